@@ -1,0 +1,73 @@
+"""Benchmark of the core engine: prints JSON.
+
+Creates, starts and cleans N ``example.square`` jobs through the Python API (in waves of
+``--wave`` jobs, as a server sees them arrive), and reports the rate and the growth of the
+process's resident memory per job after a warm-up.
+
+    python bench/engine.py [-n 20000] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+
+import psutil
+
+import dahu.engine
+from dahu.job import Job
+
+
+def run_jobs(count: int, wave: int) -> None:
+    done = 0
+    while done < count:
+        jobs = [Job("example.square", {"x": i}) for i in range(min(wave, count - done))]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.clean(wait=True)
+            if job.status != Job.STATE_SUCCESS:
+                raise SystemExit(f"job {job.id} ended {job.status}: {job.error}")
+        done += len(jobs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--jobs", type=int, default=20000)
+    parser.add_argument("--wave", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=2000)
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--workers", type=int, default=None, help="job slots (default: CPUs)")
+    args = parser.parse_args(argv)
+    workdir = args.workdir or tempfile.mkdtemp(prefix="dahu-bench-")
+    dahu.engine.configure(workdir=workdir, max_workers=args.workers)
+    proc = psutil.Process()
+    run_jobs(args.warmup, args.wave)
+    gc.collect()
+    rss0 = proc.memory_info().rss
+    t0 = time.perf_counter()
+    run_jobs(args.jobs, args.wave)
+    elapsed = time.perf_counter() - t0
+    gc.collect()
+    rss1 = proc.memory_info().rss
+    result = {
+        "benchmark": "engine",
+        "jobs": args.jobs,
+        "seconds": round(elapsed, 3),
+        "jobs_per_s": round(args.jobs / elapsed, 1),
+        "rss_growth_kb_per_job": round((rss1 - rss0) / 1024 / args.jobs, 4),
+        "rss_mb": round(rss1 / 2**20, 1),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Plugin factory: finds plugin modules in plugin directories and instantiates plugins.
+
+Plugin names are fully qualified ``module.name`` strings, case-insensitive.  A module is a
+``.py`` file or a package directory (with ``__init__.py``) inside a plugin directory.
+Directories are searched in this order: those listed in ``DAHU_PLUGINS``
+(``os.pathsep``-separated), those configured (``Factory(plugin_path=...)`` or
+:meth:`Factory.add_directory`), then the built-in ``dahu/plugins``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import sys
+import threading
+from types import ModuleType
+from typing import Any
+
+from . import DahuError
+from .utils import fully_qualified_name
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_source", "Factory", "plugin_factory", "register", "UnknownPlugin"]
+
+BUILTIN_PLUGIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+class UnknownPlugin(DahuError):
+    """A plugin name that cannot be resolved to a registered plugin class."""
+
+
+def load_source(module_name: str, file_path: str) -> ModuleType:
+    """Load the module ``module_name`` from ``file_path`` without adding it to ``sys.modules``.
+
+    ``file_path`` is a ``.py`` file, or a package directory (or its ``__init__.py``).  A
+    package is kept in ``sys.modules`` under its own name, because its relative imports
+    need it there; a plain module file is not.
+    """
+    is_package = os.path.isdir(file_path) or os.path.basename(file_path) == "__init__.py"
+    if is_package:
+        directory = file_path if os.path.isdir(file_path) else os.path.dirname(file_path)
+        init = os.path.join(directory, "__init__.py")
+        if module_name in sys.modules:
+            existing = getattr(sys.modules[module_name], "__file__", None)
+            if existing and os.path.abspath(existing) == os.path.abspath(init):
+                return sys.modules[module_name]
+            raise DahuError(
+                f"plugin package {module_name!r} in {directory} clashes with the installed "
+                f"module of the same name"
+            )
+        spec = importlib.util.spec_from_file_location(
+            module_name, init, submodule_search_locations=[directory]
+        )
+    else:
+        spec = importlib.util.spec_from_file_location(module_name, file_path)
+    if spec is None or spec.loader is None:
+        raise DahuError(f"cannot load plugin module {module_name!r} from {file_path}")
+    module = importlib.util.module_from_spec(spec)
+    if is_package:
+        sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        if is_package:
+            sys.modules.pop(module_name, None)
+        raise
+    return module
+
+
+class Factory:
+    """Instantiates plugins by name; ``Factory()(name)`` returns a new plugin instance.
+
+    The registry of plugin classes is shared by every factory (class attributes), so a
+    plugin registered with :func:`register` anywhere can be instantiated by any factory.
+    """
+
+    registry: dict[str, type] = {}
+    modules: dict[str, ModuleType] = {}
+    plugin_dirs: dict[str, list[str]] = {}
+    reg_sem = threading.Semaphore()
+
+    def __init__(self, workdir: str | None = None, plugin_path: list[str] | str | None = None):
+        self.workdir = workdir
+        self._dirs: list[str] = []
+        self._env_seen: str | None = None
+        if isinstance(plugin_path, str):
+            plugin_path = [p for p in plugin_path.split(os.pathsep) if p]
+        for directory in plugin_path or []:
+            self.add_directory(directory)
+        self.add_directory(BUILTIN_PLUGIN_DIR)
+        self._sync_env()
+
+    def _sync_env(self) -> None:
+        """Put the directories of ``DAHU_PLUGINS`` first in the search order (re-read on use)."""
+        env = os.environ.get("DAHU_PLUGINS", "")
+        if env == self._env_seen:
+            return
+        self._env_seen = env
+        for directory in reversed([d for d in env.split(os.pathsep) if d]):
+            self.add_directory(directory, first=True)
+
+    @property
+    def directories(self) -> list[str]:
+        """The plugin directories of this factory, in search order."""
+        return list(self._dirs)
+
+    def add_directory(self, directory: str, first: bool = False) -> None:
+        """Add a plugin directory and index its modules.
+
+        It is searched after the directories already known but before the built-in one,
+        or before all of them when ``first`` is true.
+        """
+        directory = os.path.abspath(os.path.expanduser(directory))
+        if not os.path.isdir(directory):
+            logger.warning("plugin directory %s does not exist: ignored", directory)
+            return
+        modules = []
+        for entry in sorted(os.listdir(directory)):
+            path = os.path.join(directory, entry)
+            if entry.endswith(".py") and entry != "__init__.py" and os.path.isfile(path):
+                modules.append(entry[:-3])
+            elif os.path.isfile(os.path.join(path, "__init__.py")):
+                modules.append(entry)
+        with self.reg_sem:
+            Factory.plugin_dirs[directory] = modules
+            if directory in self._dirs:
+                self._dirs.remove(directory)
+            if first:
+                self._dirs.insert(0, directory)
+            elif directory != BUILTIN_PLUGIN_DIR and BUILTIN_PLUGIN_DIR in self._dirs:
+                self._dirs.insert(self._dirs.index(BUILTIN_PLUGIN_DIR), directory)
+            else:
+                self._dirs.append(directory)
+
+    def _module_path(self, module_name: str) -> str | None:
+        for directory in self._dirs:
+            for candidate in Factory.plugin_dirs.get(directory, ()):
+                if candidate.lower() == module_name:
+                    path = os.path.join(directory, candidate)
+                    return path if os.path.isdir(path) else path + ".py"
+        return None
+
+    def search_plugin(self, plugin_name: str) -> type | None:
+        """Find, load and return the class of ``plugin_name`` (``module.name``), or None.
+
+        The module is the first component of the name; loading it registers its plugins.
+        """
+        key = plugin_name.lower()
+        if key in Factory.registry:
+            return Factory.registry[key]
+        if not _NAME_RE.match(plugin_name):
+            return None
+        self._sync_env()
+        module_name = key.split(".", 1)[0]
+        with self.reg_sem:
+            if key in Factory.registry:
+                return Factory.registry[key]
+            if module_name not in Factory.modules:
+                path = self._module_path(module_name)
+                if path is None:
+                    return None
+                logger.debug("loading plugin module %s from %s", module_name, path)
+                Factory.modules[module_name] = load_source(module_name, path)
+        return Factory.registry.get(key)
+
+    def describe_failure(self, plugin_name: str) -> str:
+        """A one-line reason why ``plugin_name`` cannot be instantiated."""
+        if not isinstance(plugin_name, str) or not _NAME_RE.match(plugin_name):
+            return (
+                f"invalid plugin name {plugin_name!r}: expected 'module.name' "
+                f"(letters, digits, underscores)"
+            )
+        module_name = plugin_name.lower().split(".", 1)[0]
+        self._sync_env()
+        dirs = ", ".join(self._dirs) or "(none)"
+        if module_name in Factory.modules:
+            return f"unknown plugin {plugin_name!r}: module {module_name!r} does not define it"
+        return f"unknown plugin {plugin_name!r}: no module {module_name!r} found in {dirs}"
+
+    def get_class(self, plugin_name: str) -> type:
+        """Return the registered class of ``plugin_name`` or raise :class:`UnknownPlugin`."""
+        try:
+            klass = self.search_plugin(plugin_name)
+        except DahuError:
+            raise
+        except Exception as err:
+            raise UnknownPlugin(
+                f"cannot load plugin {plugin_name!r}: {type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}"
+            ) from err
+        if klass is None:
+            raise UnknownPlugin(self.describe_failure(plugin_name))
+        return klass
+
+    def __call__(self, plugin_name: str) -> Any:
+        """Return a new instance of the plugin ``plugin_name``."""
+        return self.get_class(plugin_name)()
+
+    def list_plugins(self) -> dict[str, str]:
+        """Load every module of every plugin directory; return ``{name: first doc line}``.
+
+        A module that fails to load is listed as ``module.<error>`` with the reason.
+        """
+        found: dict[str, str] = {}
+        self._sync_env()
+        for directory in self._dirs:
+            for module_name in Factory.plugin_dirs.get(directory, ()):
+                try:
+                    self.search_plugin(f"{module_name}._")
+                except Exception as err:
+                    found[f"{module_name.lower()}.<error>"] = (
+                        f"cannot load: {type(err).__name__}: {err}".splitlines()[0]
+                    )
+        for name, klass in sorted(Factory.registry.items()):
+            doc = (getattr(klass, "function", None) or klass).__doc__ or ""
+            found[name] = doc.strip().splitlines()[0] if doc.strip() else ""
+        return found
+
+    @classmethod
+    def register(cls, klass: type, fqn: str | None = None) -> type:
+        """Register ``klass`` as a plugin under ``fqn`` (default: its ``module.name``).
+
+        Usable as a class decorator: ``@register``.
+        """
+        name = (fqn or fully_qualified_name(klass)).lower()
+        Factory.registry[name] = klass
+        return klass
+
+
+plugin_factory = Factory()
+"""The process-wide factory used by jobs."""
+
+register = plugin_factory.register

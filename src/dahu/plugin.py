@@ -1,0 +1,167 @@
+"""Plugins: the unit of work that Dahu runs (public API).
+
+A plugin is a class derived from :class:`Plugin` (registered with
+``dahu.factory.register``) or a plain function turned into one by
+:func:`plugin_from_function`.  A job calls ``setup(input)``, then ``process()``, then
+``teardown()`` (always, even when ``process`` fails); ``abort()`` may be called from
+another thread at any time and sets ``is_aborted``, which a long ``process`` should check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .factory import Factory
+from .utils import fully_qualified_name
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Plugin", "PluginFromFunction", "plugin_from_function", "RESERVED_KEYS"]
+
+RESERVED_KEYS = frozenset({"job_id", "plugin_name", "do_profiling"})
+"""Input keys that Dahu adds or interprets itself; not passed to function plugins."""
+
+
+class Plugin:
+    """Base class of class plugins.
+
+    * gets its input parameters as a dictionary in :meth:`setup` (``self.input``),
+    * does its work in :meth:`process`,
+    * leaves its result in ``self.output`` (a dictionary),
+    * may be stopped with :meth:`abort` (it sets ``self.is_aborted``).
+
+    ``TIMEOUT`` (seconds, or None for no limit) bounds how long :meth:`wait_for` waits.
+    """
+
+    DEFAULT_SET_UP = "setup"
+    DEFAULT_PROCESS = "process"
+    DEFAULT_TEAR_DOWN = "teardown"
+    DEFAULT_ABORT = "abort"
+    REPROCESS_IGNORE: list[str] = []
+    TIMEOUT: float | None = None
+
+    def __init__(self) -> None:
+        self.input: dict[str, Any] = {}
+        self.output: dict[str, Any] = {}
+        self._logging: list[str] = []
+        self.is_aborted = False
+        # Set by the executor: a context manager that frees the job's worker slot while
+        # the plugin waits for another job, so waiters never starve the jobs they wait for.
+        self._waiting = contextlib.nullcontext
+
+    def get_name(self) -> str:
+        """Return the plugin's class name."""
+        return self.__class__.__name__
+
+    def setup(self, kwargs: dict[str, Any] | None = None) -> None:
+        """Second constructor: receive the input parameters of the job."""
+        if kwargs is not None:
+            self.input = dict(kwargs)
+
+    def process(self) -> None:
+        """Do the work; the result goes into ``self.output``."""
+
+    def teardown(self) -> None:
+        """Release resources; always run, even if ``process`` failed.
+
+        Puts the plugin's log lines into ``self.output["logging"]``.
+        """
+        self.output["logging"] = list(self._logging)
+
+    def get_info(self) -> str:
+        """Return the plugin's log lines as one text."""
+        return "\n".join(self._logging)
+
+    def abort(self) -> None:
+        """Ask the plugin to stop: sets ``is_aborted``, which ``process`` should check."""
+        self.is_aborted = True
+
+    def log_error(self, txt: str, do_raise: bool = True) -> None:
+        """Log an error in the job's log; raise ``RuntimeError(txt)`` unless told not to."""
+        logger.error("%s: %s", self.get_name(), txt)
+        self._logging.append(f"ERROR: {txt}")
+        if do_raise:
+            raise RuntimeError(txt)
+
+    def log_warning(self, txt: str) -> None:
+        """Log a warning in the job's log."""
+        logger.warning("%s: %s", self.get_name(), txt)
+        self._logging.append(f"WARNING: {txt}")
+
+    def wait_for(self, job_id: int) -> Any:
+        """Wait for the job ``job_id`` to finish and return it (a ``dahu.job.Job``).
+
+        Waits at most ``TIMEOUT`` seconds (no limit when None) and stops waiting if this
+        plugin is aborted.  Fails this plugin (``log_error``) if the other job does not
+        exist, failed, was aborted, or did not finish in time.
+        """
+        from .job import Job
+
+        timeout = self.TIMEOUT
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if Job.getStatusFromID(job_id) == Job.STATE_INEXISTANT:
+            self.log_error(f"cannot wait for job {job_id}: no such job")
+        state = Job.getStatusFromID(job_id)
+        with self._waiting():
+            while not self.is_aborted:
+                slice_ = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+                if slice_ <= 0:
+                    break
+                state = Job.synchronize_job(job_id, slice_)
+                if state in Job.FINAL_STATES:
+                    break
+        if self.is_aborted:
+            self.log_error(f"aborted while waiting for job {job_id}")
+        if state == Job.STATE_SUCCESS:
+            return Job.getJobFromID(job_id)
+        if state in Job.FINAL_STATES:
+            self.log_error(f"job {job_id} that this job waits for ended in state {state}")
+        self.log_error(
+            f"job {job_id} that this job waits for did not finish within {timeout} s "
+            f"(state {state})"
+        )
+        return None
+
+
+class PluginFromFunction(Plugin):
+    """Template of the plugins made from a function: ``output["result"]`` is its result.
+
+    An instance is also callable: ``instance(**kwargs)`` returns ``function(**kwargs)``.
+    """
+
+    function: Callable[..., Any] | None = None
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return self.function(**kwargs)
+
+    def get_name(self) -> str:
+        """Return the function's name."""
+        return getattr(self.function, "__name__", self.__class__.__name__)
+
+    def process(self) -> None:
+        """Call the function with the input (less Dahu's own keys) as keyword arguments."""
+        kwargs = {k: v for k, v in self.input.items() if k not in RESERVED_KEYS}
+        self.output["result"] = self.function(**kwargs)
+
+
+def plugin_from_function(function: Callable[..., Any]) -> str:
+    """Make a plugin class from ``function``, register it, and return its plugin name.
+
+    The name is the function's lower-case ``module.name`` (e.g. ``example.square``).
+    """
+    name = fully_qualified_name(function)
+    klass = type(
+        function.__name__,
+        (PluginFromFunction,),
+        {
+            "function": staticmethod(function),
+            "__doc__": function.__doc__,
+            "__module__": function.__module__,
+        },
+    )
+    Factory.register(klass, name)
+    return name

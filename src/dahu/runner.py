@@ -1,0 +1,152 @@
+"""One run of one plugin: setup → process → teardown, with abort and profiling.
+
+:class:`Execution` is what every executor runs, in the server's threads or in a
+worker process; it knows nothing about journals or Tango.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import cProfile
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .factory import Factory, plugin_factory
+from .states import State
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Execution", "Outcome"]
+
+
+@dataclass
+class Outcome:
+    """What a plugin run produced."""
+
+    state: str
+    output: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    module_file: str | None = None
+    plugin_version: str | None = None
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: first line of message`` for an exception."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def plugin_provenance(plugin: Any) -> tuple[str | None, str | None]:
+    """Return the plugin's module file and its version (if the plugin or module declares one)."""
+    klass = type(plugin)
+    module = sys.modules.get(klass.__module__) or Factory.modules.get(
+        klass.__module__.split(".")[0].lower()
+    )
+    module_file = getattr(module, "__file__", None)
+    version = getattr(klass, "VERSION", None) or getattr(klass, "__version__", None)
+    if version is None and module is not None:
+        version = getattr(module, "__version__", None) or getattr(module, "VERSION", None)
+    return module_file, (str(version) if version is not None else None)
+
+
+class Execution:
+    """Runs the plugin ``plugin_name`` on ``input_data`` once.
+
+    :param waiting: a context manager factory entered while the plugin waits for another
+        job (the executor frees the worker slot there)
+    :param profile_dir: where ``"do_profiling": true`` writes its profile file
+    """
+
+    def __init__(
+        self,
+        plugin_name: str,
+        input_data: dict[str, Any],
+        job_id: int | None = None,
+        factory: Factory = plugin_factory,
+        waiting: Callable[[], Any] | None = None,
+        profile_dir: str | None = None,
+    ):
+        self.plugin_name = plugin_name
+        self.input_data = input_data
+        self.job_id = job_id
+        self.factory = factory
+        self.waiting = waiting or contextlib.nullcontext
+        self.profile_dir = profile_dir
+        self.plugin: Any = None
+        self.abort_requested = False
+        self.abort_reason: str | None = None
+
+    def abort(self, reason: str = "aborted on request") -> None:
+        """Ask the plugin to stop (now, or as soon as it exists)."""
+        if not self.abort_requested:
+            self.abort_reason = reason
+        self.abort_requested = True
+        plugin = self.plugin
+        if plugin is not None:
+            try:
+                getattr(plugin, plugin.DEFAULT_ABORT)()
+            except Exception:
+                logger.exception("job %s: the plugin's abort() failed", self.job_id)
+
+    def _call(self, plugin: Any, method_name: str, *args: Any) -> None:
+        getattr(plugin, method_name)(*args)
+
+    def _process(self, plugin: Any) -> None:
+        if not self.input_data.get("do_profiling"):
+            self._call(plugin, plugin.DEFAULT_PROCESS)
+            return
+        profiler = cProfile.Profile()
+        try:
+            profiler.runcall(self._call, plugin, plugin.DEFAULT_PROCESS)
+        finally:
+            directory = self.profile_dir or os.getcwd()
+            os.makedirs(directory, exist_ok=True)
+            path = os.path.join(directory, f"{self.job_id:05d}_{self.plugin_name}.profile")
+            profiler.dump_stats(path)
+            logger.info("job %s: profile written to %s", self.job_id, path)
+
+    def run(self) -> Outcome:
+        """Run setup, process, teardown; never raises."""
+        started = time.time()
+        try:
+            plugin = self.factory(self.plugin_name)
+        except Exception as err:
+            reason = str(err) if isinstance(err, Exception) and str(err) else one_line(err)
+            return Outcome(State.FAILURE, {}, reason, started, time.time())
+        plugin._waiting = self.waiting
+        self.plugin = plugin
+        if self.abort_requested:
+            self.abort(self.abort_reason or "aborted on request")
+        state, error = State.SUCCESS, None
+        try:
+            self._call(plugin, plugin.DEFAULT_SET_UP, dict(self.input_data))
+            if not (self.abort_requested or getattr(plugin, "is_aborted", False)):
+                self._process(plugin)
+        except Exception as err:
+            state = State.FAILURE
+            error = f"{one_line(err)}\n{traceback.format_exc()}"
+        finally:
+            try:
+                self._call(plugin, plugin.DEFAULT_TEAR_DOWN)
+            except Exception as err:
+                if state == State.SUCCESS:
+                    state = State.FAILURE
+                    error = f"teardown failed: {one_line(err)}\n{traceback.format_exc()}"
+                else:
+                    error = f"{error}\nteardown failed too: {one_line(err)}"
+        if self.abort_requested or getattr(plugin, "is_aborted", False):
+            state = State.ABORTED
+            error = self.abort_reason or "aborted by the plugin"
+        output = getattr(plugin, "output", None)
+        if not isinstance(output, dict):
+            output = {"result": output}
+        module_file, version = plugin_provenance(plugin)
+        return Outcome(state, output, error, started, time.time(), module_file, version)

@@ -1,0 +1,78 @@
+"""Small helpers shared by Dahu and its plugins (public API)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy
+
+__all__ = ["NumpyEncoder", "get_isotime", "get_workdir", "fully_qualified_name", "dumps"]
+
+
+class NumpyEncoder(json.JSONEncoder):
+    """JSON encoder that also writes numpy arrays (as lists) and numpy scalars."""
+
+    def default(self, obj: Any) -> Any:
+        if isinstance(obj, numpy.ndarray):
+            return obj.tolist()
+        if isinstance(obj, numpy.generic):
+            return obj.item()
+        if isinstance(obj, (set, frozenset, tuple)):
+            return list(obj)
+        if isinstance(obj, bytes):
+            return obj.decode("utf-8", errors="replace")
+        if isinstance(obj, os.PathLike):
+            return os.fspath(obj)
+        return super().default(obj)
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """Serialise ``obj`` to JSON with :class:`NumpyEncoder`."""
+    return json.dumps(obj, cls=NumpyEncoder, indent=indent)
+
+
+def get_isotime(forceTime: float | None = None, for_path: bool = False) -> str:  # noqa: N803
+    """Return the local time as an ISO-8601 string with the UTC offset.
+
+    :param forceTime: a time stamp (seconds since the epoch) to format instead of now
+    :param for_path: give a form usable in a file name (no ``:``)
+    """
+    when = time.time() if forceTime is None else forceTime
+    local = time.localtime(when)
+    offset = time.strftime("%z", local)
+    offset = f"{offset[:3]}:{offset[3:]}" if len(offset) == 5 else offset
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", local) + offset
+    if for_path:
+        text = text.replace(":", "")
+    return text
+
+
+def get_workdir(basedir: str | None = None) -> str:
+    """Create and return a new working directory for this run.
+
+    The directory is ``<basedir>/dahu_<user>/<date-time>`` where ``basedir`` defaults to
+    the system's temporary directory.  It is created if needed.
+    """
+    if basedir is None:
+        basedir = tempfile.gettempdir()
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    path = os.path.join(basedir, f"dahu_{user}", get_isotime(for_path=True))
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def fully_qualified_name(obj: Any) -> str:
+    """Return the lower-case ``module.name`` of a class, a function or an instance."""
+    if not hasattr(obj, "__qualname__") and not hasattr(obj, "__name__"):
+        obj = obj.__class__
+    module = getattr(obj, "__module__", None) or ""
+    name = getattr(obj, "__name__", None) or obj.__class__.__name__
+    return f"{module}.{name}".lower() if module else name.lower()
