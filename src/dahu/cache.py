@@ -19,8 +19,8 @@ class DataCache(dict):
     """A dict-like cache holding at most ``max_size`` items, least recently used first out.
 
     :param max_size: the number of items kept; the oldest is dropped when full
-    :param borg: when true (the default) all Borg instances share one storage; when false
-        the instance has its own.
+    :param borg: when true (the default) all Borg instances share one storage, whose size
+        is the largest ``max_size`` asked for; when false the instance has its own.
     """
 
     _shared_state: dict[str, Any] = {}
@@ -36,9 +36,8 @@ class DataCache(dict):
                     )
             self.__dict__ = DataCache._shared_state
             with self._lock:
-                if max_size != self.max_size:
-                    self.max_size = max_size
-                    self._shrink()
+                # shared storage: the largest size any user asked for wins
+                self.max_size = max(self.max_size, max_size)
         else:
             self._data = OrderedDict()
             self._lock = threading.RLock()

@@ -115,6 +115,7 @@ class ThreadExecutor:
                     except Exception:
                         logger.exception("job %s: unexpected error in the executor", job)
                     finally:
+                        job = None  # a finished job must not outlive its run here
                         self._cond.acquire()
                         self._running -= 1
                         if self._reclaiming or (not self._queue and not self._running):

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up the project (virtual environment at .venv) and run the demo or the tests.
+#   bash dev.sh demo   # set up, then run the demo
+#   bash dev.sh test   # set up, then lint and run the test suite
+#   bash dev.sh setup  # only set up
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python3}"
+
+setup() {
+    if [ ! -x .venv/bin/python ]; then
+        "$PYTHON" -m venv .venv
+    fi
+    # reinstall only when the project's metadata changed since the last set-up
+    stamp=.venv/.dahu-installed
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        .venv/bin/python -m pip install --quiet --upgrade pip
+        .venv/bin/python -m pip install --quiet -e ".[test]"
+        touch "$stamp"
+    fi
+}
+
+case "${1:-}" in
+    setup)
+        setup
+        ;;
+    demo)
+        setup
+        shift
+        exec .venv/bin/dahu-demo "$@"
+        ;;
+    test)
+        setup
+        shift
+        .venv/bin/ruff check src tests bench
+        .venv/bin/ruff format --check src tests bench
+        exec .venv/bin/python -m pytest "$@"
+        ;;
+    *)
+        echo "usage: bash dev.sh {demo|test|setup} [arguments]" >&2
+        exit 2
+        ;;
+esac

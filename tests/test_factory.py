@@ -1,0 +1,123 @@
+"""dahu.factory: plugin directories, DAHU_PLUGINS, load_source, register."""
+
+import sys
+import textwrap
+
+import pytest
+
+from dahu.factory import BUILTIN_PLUGIN_DIR, Factory, UnknownPlugin, load_source, register
+from dahu.plugin import Plugin
+
+
+def write(path, text):
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_load_source_does_not_touch_sys_modules(tmp_path):
+    path = write(tmp_path / "loner.py", "VALUE = 42\n")
+    module = load_source("loner_mod", str(path))
+    assert module.VALUE == 42
+    assert "loner_mod" not in sys.modules
+
+
+def test_register_is_a_decorator_with_lower_case_name():
+    @register
+    class ShoutingPlugin(Plugin):
+        pass
+
+    name = f"{__name__}.shoutingplugin".lower()
+    assert Factory.registry[name] is ShoutingPlugin
+    assert isinstance(Factory()(name.upper()), ShoutingPlugin)
+
+
+def test_builtin_examples_found_case_insensitively():
+    factory = Factory()
+    assert factory.directories[-1] == BUILTIN_PLUGIN_DIR
+    plugin = factory("Example.Cube")
+    plugin.setup({"x": 2})
+    plugin.process()
+    assert plugin.output["result"] == 8
+    assert "example" in Factory.plugin_dirs[BUILTIN_PLUGIN_DIR]
+
+
+def test_dahu_plugins_module_file_and_package(plugin_dir):
+    write(
+        plugin_dir / "beamline_one.py",
+        """
+        from dahu.plugin import Plugin, plugin_from_function
+        from dahu.factory import register
+
+        def double(x):
+            "Double x."
+            return 2 * x
+
+        plugin_from_function(double)
+
+        @register
+        class Triple(Plugin):
+            "Triple x."
+            def process(self):
+                self.output["result"] = 3 * self.input["x"]
+        """,
+    )
+    package = plugin_dir / "beamline_pkg"
+    package.mkdir()
+    write(package / "helpers.py", "FACTOR = 5\n")
+    write(
+        package / "__init__.py",
+        """
+        from dahu.plugin import Plugin
+        from dahu.factory import register
+        from .helpers import FACTOR
+
+        @register
+        class Scale(Plugin):
+            "Scale x by FACTOR."
+            def process(self):
+                self.output["result"] = FACTOR * self.input["x"]
+        """,
+    )
+    factory = Factory()
+    assert factory.directories[0] == str(plugin_dir)
+    assert factory("beamline_one.double")(x=4) == 8
+    triple = factory("beamline_one.triple")
+    triple.setup({"x": 2})
+    triple.process()
+    assert triple.output["result"] == 6
+    scale = factory("beamline_pkg.scale")
+    scale.setup({"x": 2})
+    scale.process()
+    assert scale.output["result"] == 10
+    listing = factory.list_plugins()
+    assert listing["beamline_one.double"] == "Double x."
+    assert listing["beamline_pkg.scale"] == "Scale x by FACTOR."
+    assert "beamline_one" not in sys.modules
+
+
+def test_configured_directory_searched_before_builtin(tmp_path):
+    write(tmp_path / "example.py", "from dahu.plugin import plugin_from_function\n")
+    factory = Factory(plugin_path=[str(tmp_path)])
+    assert factory.directories.index(str(tmp_path)) < factory.directories.index(BUILTIN_PLUGIN_DIR)
+
+
+@pytest.mark.parametrize("name", ["../x", "os.system", "nomodule.plugin", "", "example"])
+def test_unknown_or_outside_names_give_a_one_line_reason(name):
+    factory = Factory()
+    with pytest.raises(UnknownPlugin) as info:
+        factory(name)
+    message = str(info.value)
+    assert "\n" not in message
+    assert repr(name) in message
+
+
+def test_unknown_plugin_reason_lists_directories():
+    factory = Factory()
+    with pytest.raises(UnknownPlugin, match="no module 'nomodule' found in .*plugins"):
+        factory("nomodule.plugin")
+
+
+def test_module_that_fails_to_import_is_reported(plugin_dir):
+    write(plugin_dir / "broken.py", "raise ImportError('missing libfoo')\n")
+    with pytest.raises(UnknownPlugin, match="cannot load plugin 'broken.x': ImportError"):
+        Factory()("broken.x")

@@ -1,0 +1,282 @@
+"""dahu.job.Job through the public API: states, aliases, input forms, abort, wait_for."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from dahu.job import InvalidInput, Job
+from dahu.journal import job_file_stem
+
+
+def run(name, data=None, timeout=20):
+    job = Job(name, data or {})
+    job.start()
+    job.join(timeout)
+    return job
+
+
+def test_states_constants():
+    assert Job.STATE_INEXISTANT == "inexistant"
+    assert Job.STATE == ["uninitialized", "starting", "running", "success", "failure", "aborted"]
+
+
+def test_square_job_output_and_class_getters(engine):
+    job = run("example.square", {"x": 7})
+    assert job.status == Job.STATE_SUCCESS
+    assert job.output_data["result"] == 49
+    assert job.input_data == {"x": 7, "plugin_name": "example.square", "job_id": job.id}
+    for get_status in (Job.getStatusFromID, Job.getStatusFromId):
+        assert get_status(job.id) == "success"
+    for get_output in (Job.getDataOutputFromID, Job.getDataOutputFromId):
+        assert get_output(job.id)["result"] == 49
+        assert json.loads(get_output(job.id, as_JSON=True))["result"] == 49
+    for get_input in (Job.getDataInputFromID, Job.getDataInputFromId):
+        assert get_input(job.id)["x"] == 7
+    for get_error in (Job.getErrorFromID, Job.getErrorFromId):
+        assert get_error(job.id) == ""
+    for get_job in (Job.getJobFromID, Job.getJobFromId):
+        assert get_job(job.id).id == job.id
+    assert Job.synchronize_job(job.id, 1) == "success"
+    assert job.name == job.getName() == "example.square"
+    assert isinstance(job, threading.Thread)
+
+
+def test_input_as_json_text_and_file(engine, tmp_path):
+    assert run("example.cube", '{"x": 3}').output_data["result"] == 27
+    path = tmp_path / "input.json"
+    path.write_text(json.dumps({"x": 4}))
+    assert run("example.cube", str(path)).output_data["result"] == 64
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [("{not json", "not valid JSON"), ("[1, 2]", "must be a JSON object"), (42, "JSON object")],
+)
+def test_bad_input_is_refused_with_one_line(engine, bad, reason):
+    with pytest.raises(InvalidInput) as info:
+        Job("example.square", bad)
+    assert reason in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_failure_keeps_reason_and_traceback(engine):
+    job = run("example.error", {"message": "detector on fire"})
+    assert job.status == Job.STATE_FAILURE
+    lines = job.error.splitlines()
+    assert lines[0] == "ValueError: detector on fire"
+    assert any("Traceback" in line for line in lines)
+    assert job.output_data["logging"] == []  # teardown ran
+
+
+def test_unknown_plugin_fails_with_reason_naming_plugin_and_dirs(engine):
+    job = run("nosuchmodule.plugin", {})
+    assert job.status == Job.STATE_FAILURE
+    assert job.error.startswith("unknown plugin 'nosuchmodule.plugin'")
+    assert "plugins" in job.error and "\n" not in job.error
+    assert "None" not in job.error
+
+
+def test_callbacks_receive_the_finished_job(engine):
+    seen = []
+    job = Job("example.square", {"x": 2})
+    job.connect_callback(lambda j: seen.append((j.id, j.status, j.output_data["result"])))
+    job.start()
+    job.join(10)
+    assert seen == [(job.id, "success", 4)]
+
+
+def test_join_before_start_waits_instead_of_raising(engine):
+    job = Job("example.square", {"x": 5})
+    job.join(0.05)  # not started: waits (times out), does not raise
+    assert job.status == Job.STATE_UNINITIALIZED
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(state=Job.synchronize_job(job.id, 20)))
+    waiter.start()
+    job.start()
+    waiter.join(20)
+    assert result["state"] == Job.STATE_SUCCESS
+
+
+def test_abort_running_job(engine):
+    called = threading.Event()
+    job = Job("example.sleep", {"t": 30})
+    job.connect_callback(lambda j: called.set())
+    job.start()
+    deadline = time.monotonic() + 10
+    while job.status != Job.STATE_RUNNING and time.monotonic() < deadline:
+        time.sleep(0.005)
+    t0 = time.monotonic()
+    assert job.abort() is True
+    job.join(5)
+    assert time.monotonic() - t0 < 1.0
+    assert job.status == Job.STATE_ABORTED
+    assert job.output_data["slept"] is False  # the plugin saw the abort
+    assert "logging" in job.output_data  # teardown ran
+    assert called.is_set()
+    assert "aborted" in job.error
+
+
+def test_abort_of_a_job_not_running_changes_nothing(engine):
+    job = run("example.square", {"x": 1})
+    assert job.abort() is False
+    assert job.status == Job.STATE_SUCCESS
+    fresh = Job("example.square", {"x": 1})
+    assert fresh.abort() is False
+    assert fresh.status == Job.STATE_UNINITIALIZED
+
+
+def test_ids_unique_and_increasing_under_concurrent_creation(engine):
+    per_thread = {}
+
+    def create(n):
+        per_thread[n] = [Job("example.noop", {}).id for _ in range(100)]
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    all_ids = [i for ids in per_thread.values() for i in ids]
+    assert len(set(all_ids)) == 800
+    for ids in per_thread.values():
+        assert ids == sorted(ids)
+    assert sorted(all_ids) == list(range(min(all_ids), min(all_ids) + 800))
+
+
+def test_negative_ids_count_from_the_last_job(engine):
+    first = run("example.square", {"x": 2})
+    last = run("example.square", {"x": 3})
+    assert Job.getDataOutputFromID(-1)["result"] == 9
+    assert Job.getDataOutputFromID(-2)["result"] == 4
+    assert Job.getJobFromID(-1).id == last.id
+    assert first.id == last.id - 1
+
+
+def test_unknown_id(engine):
+    assert Job.getStatusFromID(99999) == Job.STATE_INEXISTANT
+    assert Job.getJobFromID(99999) is None
+    assert "does not exist" in Job.getErrorFromID(99999)
+    assert Job.cleanJobfromID(99999) == "job 99999 does not exist"
+
+
+def test_clean_writes_files_and_frees_memory(engine):
+    job = run("example.square", {"x": 6})
+    job.clean()
+    stem = job_file_stem(str(engine.workdir), job.id, "example.square")
+    inp = json.loads(open(stem + ".inp").read())
+    out = json.loads(open(stem + ".out").read())
+    assert inp == {"x": 6, "plugin_name": "example.square", "job_id": job.id}
+    assert out["result"] == 36
+    assert open(stem + ".out").read().startswith("{\n  ")  # pretty JSON
+    assert job.plugin is None
+    assert job.id not in Job._live
+    assert job.output_data["result"] == 36  # answered by the journal
+    assert Job.cleanJobfromID(job.id) == f"job {job.id} cleaned"
+    assert Job.cleanJobfromId(job.id) == f"job {job.id} cleaned"
+
+
+def test_finished_jobs_do_not_stay_in_memory(engine):
+    import gc
+
+    ids = []
+    for i in range(50):
+        job = Job("example.square", {"x": i})
+        job.start()
+        ids.append(job.id)
+    Job.synchronize_all()
+    del job
+    gc.collect()
+    assert not any(i in Job._live for i in ids)
+    assert not any(i in Job._recent for i in ids)
+    assert Job.getDataOutputFromID(ids[10])["result"] == 100
+
+
+def test_stats_table(engine):
+    for x in range(5):
+        run("example.square", {"x": x})
+    run("example.error")
+    text = Job.stats()
+    assert "example.square" in text and "example.error" in text
+    assert "total wall time" in text
+    assert "speed-up" in text
+    assert "regression" in text
+    stats = Job.statistics()
+    assert stats["plugins"]["example.square"]["success"] == 5
+    assert stats["plugins"]["example.error"]["failure"] == 1
+
+
+WAITER = '''
+from dahu.plugin import Plugin
+from dahu.factory import register
+
+@register
+class AddPrevious(Plugin):
+    """Wait for job `other`, add its result to x."""
+    TIMEOUT = 20
+
+    def process(self):
+        other = self.wait_for(self.input["other"])
+        self.output["result"] = other.output_data["result"] + self.input["x"]
+
+
+@register
+class Impatient(Plugin):
+    """Wait at most 0.2 s for job `other`."""
+    TIMEOUT = 0.2
+
+    def process(self):
+        self.wait_for(self.input["other"])
+'''
+
+
+def test_wait_for_reads_another_jobs_result(engine, plugin_dir):
+    (plugin_dir / "chain.py").write_text(WAITER)
+    first = Job("example.square", {"x": 3})
+    second = Job("chain.addprevious", {"other": first.id, "x": 1})
+    second.start()
+    first.start()
+    second.join(20)
+    assert second.status == Job.STATE_SUCCESS, second.error
+    assert second.output_data["result"] == 10
+
+
+def test_wait_for_failed_or_never_started_job_fails_the_waiter(engine, plugin_dir):
+    (plugin_dir / "chain.py").write_text(WAITER)
+    failed = run("example.error")
+    waiter = run("chain.addprevious", {"other": failed.id, "x": 1})
+    assert waiter.status == Job.STATE_FAILURE
+    assert f"job {failed.id} that this job waits for ended in state failure" in waiter.error
+    never = Job("example.square", {"x": 1})
+    impatient = run("chain.impatient", {"other": never.id})
+    assert impatient.status == Job.STATE_FAILURE
+    assert "did not finish within 0.2 s (state uninitialized)" in impatient.error
+    missing = run("chain.impatient", {"other": 999999})
+    assert "no such job" in missing.error
+
+
+def test_wait_for_chain_longer_than_the_pool_does_not_deadlock(engine, plugin_dir):
+    (plugin_dir / "chain.py").write_text(WAITER)
+    assert engine.executor.max_workers == 4
+    head = Job("example.square", {"x": 2})
+    chain = [head]
+    for _ in range(10):  # each waits for the previous one
+        chain.append(Job("chain.addprevious", {"other": chain[-1].id, "x": 1}))
+    for job in reversed(chain):  # waiters first: they take every slot
+        job.start()
+    chain[-1].join(30)
+    assert chain[-1].status == Job.STATE_SUCCESS, chain[-1].error
+    assert chain[-1].output_data["result"] == 4 + 10
+
+
+def test_serialize_runs_one_at_a_time(engine):
+    engine.executor.serialize = True
+    jobs = [Job("example.sleep", {"t": 0.05}) for _ in range(4)]
+    for job in jobs:
+        job.start()
+    Job.synchronize_all()
+    spans = sorted((j._started_at, j._ended_at) for j in jobs)
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert start >= end - 1e-3
+    engine.executor.serialize = False

@@ -1,0 +1,79 @@
+"""dahu.plugin: the plugin base class, function plugins, logging, profiling."""
+
+import os
+
+import pytest
+
+from dahu.factory import Factory
+from dahu.job import Job
+from dahu.plugin import Plugin, PluginFromFunction, plugin_from_function
+
+
+def triple_it(x, offset=0):
+    """Multiply x by three."""
+    return 3 * x + offset
+
+
+def test_default_method_names_and_attributes():
+    assert Plugin.DEFAULT_SET_UP == "setup"
+    assert Plugin.DEFAULT_PROCESS == "process"
+    assert Plugin.DEFAULT_TEAR_DOWN == "teardown"
+    assert Plugin.DEFAULT_ABORT == "abort"
+    assert Plugin.REPROCESS_IGNORE == []
+    plugin = Plugin()
+    assert plugin.input == {} and plugin.output == {}
+    assert plugin.get_name() == "Plugin"
+
+
+def test_setup_teardown_logging_and_info():
+    plugin = Plugin()
+    plugin.setup({"a": 1})
+    assert plugin.input == {"a": 1}
+    plugin.log_warning("careful")
+    plugin.log_error("bad thing", do_raise=False)
+    with pytest.raises(RuntimeError, match="worse thing"):
+        plugin.log_error("worse thing")
+    plugin.teardown()
+    assert plugin.output["logging"] == [
+        "WARNING: careful",
+        "ERROR: bad thing",
+        "ERROR: worse thing",
+    ]
+    assert "careful" in plugin.get_info()
+
+
+def test_abort_sets_is_aborted():
+    plugin = Plugin()
+    assert not plugin.is_aborted
+    plugin.abort()
+    assert plugin.is_aborted
+
+
+def test_plugin_from_function_registers_and_is_callable():
+    name = plugin_from_function(triple_it)
+    assert name == f"{__name__}.triple_it".lower()
+    instance = Factory()(name)
+    assert isinstance(instance, PluginFromFunction)
+    assert instance(x=2, offset=1) == 7
+    instance.setup({"x": 5, "job_id": 3, "plugin_name": name})
+    instance.process()
+    assert instance.output["result"] == 15
+    assert instance.get_name() == "triple_it"
+
+
+def test_function_plugin_job_with_wrong_arguments_fails_clearly(engine):
+    name = plugin_from_function(triple_it)
+    job = Job(name, {"y": 1})
+    job.start()
+    job.join(10)
+    assert job.status == Job.STATE_FAILURE
+    assert "unexpected keyword argument 'y'" in job.error.splitlines()[0]
+
+
+def test_profiling_writes_a_profile_file(engine):
+    job = Job("example.cube", {"x": 2, "do_profiling": True})
+    job.start()
+    job.join(10)
+    assert job.status == Job.STATE_SUCCESS
+    profiles = [f for f in os.listdir(engine.workdir) if f.endswith(".profile")]
+    assert profiles == [f"{job.id:05d}_example.cube.profile"]
