@@ -14,7 +14,7 @@ import os
 import threading
 from typing import Any
 
-from .executor import ThreadExecutor
+from .executor import Watchdog, make_executor
 from .factory import Factory, plugin_factory
 from .journal import Journal, SQLiteJournal
 from .states import State
@@ -30,7 +30,13 @@ class Engine:
     :param workdir: the stable work directory (journal, ``.inp``/``.out`` files)
     :param journal: a journal; default a :class:`~dahu.journal.SQLiteJournal` in ``workdir``
     :param executor: where plugins run; default a :class:`~dahu.executor.ThreadExecutor`
-    :param max_workers: slots of the default executor (default: number of CPUs)
+    :param max_workers: slots of the executor (default: number of CPUs)
+    :param executor_kind: ``thread`` (default), ``process`` or ``dask`` when no executor
+        is given; ``executor_options`` go to its constructor
+    :param default_timeout: seconds after which a running job is aborted as timed out
+        (None: no limit); a plugin's ``JOB_TIMEOUT`` or the input key ``job_timeout``
+        override it
+    :param recover: close the unfinished jobs of dead processes as ``interrupted``
     """
 
     def __init__(
@@ -40,15 +46,25 @@ class Engine:
         executor: Any = None,
         max_workers: int | None = None,
         factory: Factory = plugin_factory,
+        executor_kind: str = "thread",
+        executor_options: dict[str, Any] | None = None,
+        default_timeout: float | None = None,
+        recover: bool = True,
     ):
         self.journal = journal if journal is not None else SQLiteJournal(workdir)
         self.workdir = os.path.abspath(
             workdir or getattr(self.journal, "workdir", None) or os.getcwd()
         )
-        self.interrupted = self.journal.mark_interrupted()
+        self.interrupted = self.journal.mark_interrupted() if recover else []
         self.first_id = self.journal.last_id() + 1
-        self.executor = executor if executor is not None else ThreadExecutor(max_workers)
         self.factory = factory
+        self.default_timeout = default_timeout
+        self.watchdog = Watchdog()
+        if executor is None:
+            executor = make_executor(executor_kind, max_workers, **(executor_options or {}))
+        self.executor = executor
+        if hasattr(executor, "attach"):
+            executor.attach(self)
         self.journal_fault: str | None = None
         self._lock = threading.Lock()
         self.finished = {State.SUCCESS: 0, State.FAILURE: 0, State.ABORTED: 0}

@@ -13,16 +13,21 @@ An executor runs objects with a ``run()`` method that never raises (``dahu.job.J
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import threading
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
+
+from .runner import Execution
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Executor", "ThreadExecutor", "default_workers"]
+__all__ = ["Executor", "ThreadExecutor", "Watchdog", "default_workers", "make_executor"]
 
 
 def default_workers() -> int:
@@ -39,6 +44,14 @@ class Executor(Protocol):
 
     def submit(self, job: Any) -> None:
         """Queue ``job``; its ``run()`` is called when a slot is free."""
+
+    def execution(
+        self, plugin_name: str, input_data: dict, job_id: int, engine: Any, on_plugin: Any
+    ) -> Any:
+        """The object that runs one job here: ``run() -> Outcome``, ``abort(reason)``."""
+
+    def cancel(self, job: Any) -> bool:
+        """Take a queued job off the queue and finish it as aborted."""
 
     def waiting(self) -> contextlib.AbstractContextManager:
         """A context manager entered while a running job waits for another job."""
@@ -83,6 +96,34 @@ class ThreadExecutor:
     def limit(self) -> int:
         """How many jobs may hold a slot now."""
         return 1 if self._serialize else self.max_workers
+
+    def execution(
+        self,
+        plugin_name: str,
+        input_data: dict,
+        job_id: int,
+        engine: Any,
+        on_plugin: Callable[[float | None], Any] | None = None,
+    ) -> Execution:
+        """An in-process :class:`~dahu.runner.Execution` (shares ``DataCache``)."""
+        return Execution(
+            plugin_name,
+            input_data,
+            job_id,
+            factory=engine.factory,
+            waiting=self.waiting,
+            profile_dir=engine.workdir,
+            on_plugin=on_plugin,
+        )
+
+    def cancel(self, job: Any) -> bool:
+        with self._cond:
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                return False  # a worker took it: it will see the abort
+        job.run()  # finishes at once as aborted
+        return True
 
     def submit(self, job: Any) -> None:
         with self._cond:
@@ -130,6 +171,10 @@ class ThreadExecutor:
                     break
             self._threads -= 1
             self._cond.notify_all()
+        self._thread_exit()
+
+    def _thread_exit(self) -> None:
+        """Called by a pool thread that ends (subclasses free what it owned)."""
 
     @contextlib.contextmanager
     def waiting(self) -> Iterator[None]:
@@ -168,3 +213,82 @@ class ThreadExecutor:
                 self._cond.wait_for(
                     lambda: not self._queue and not self._running and not self._waiting, timeout
                 )
+
+
+class Watchdog:
+    """Calls functions after a delay, from one thread (job timeouts, abort grace periods).
+
+    Cancelled calls are dropped lazily; the heap is rebuilt when they dominate it, so a
+    server with a default timeout on every job keeps a bounded heap.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[list[Any]] = []
+        self._counter = itertools.count()
+        self._cancelled = 0
+        self._thread: threading.Thread | None = None
+
+    def call_later(self, delay: float, function: Callable[[], Any]) -> list[Any]:
+        """Call ``function()`` in ``delay`` seconds; return a handle for :meth:`cancel`."""
+        entry = [time.monotonic() + delay, next(self._counter), function]
+        with self._cond:
+            heapq.heappush(self._heap, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="dahu-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+        return entry
+
+    def cancel(self, entry: list[Any]) -> None:
+        """Forget a call that has not happened yet."""
+        with self._cond:
+            if entry[2] is not None:
+                entry[2] = None
+                self._cancelled += 1
+                if self._cancelled > 64 and self._cancelled > len(self._heap) // 2:
+                    self._heap = [e for e in self._heap if e[2] is not None]
+                    heapq.heapify(self._heap)
+                    self._cancelled = 0
+
+    def pending(self) -> int:
+        """How many calls are still to come."""
+        with self._cond:
+            return sum(1 for e in self._heap if e[2] is not None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    delay = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(delay)
+                entry = heapq.heappop(self._heap)
+                function, entry[2] = entry[2], None
+                if function is None:
+                    self._cancelled = max(0, self._cancelled - 1)
+                    continue
+            try:
+                function()
+            except Exception:
+                logger.exception("watchdog call %r failed", function)
+
+
+def make_executor(kind: str = "thread", max_workers: int | None = None, **options: Any) -> Any:
+    """Make the executor named ``kind``: ``thread``, ``process`` or ``dask``.
+
+    ``options`` go to its constructor (see :mod:`dahu.process_executor` and
+    :mod:`dahu.dask_executor`).
+    """
+    if kind == "thread":
+        return ThreadExecutor(max_workers, **options)
+    if kind == "process":
+        from .process_executor import ProcessExecutor
+
+        return ProcessExecutor(max_workers, **options)
+    if kind == "dask":
+        from .dask_executor import DaskExecutor
+
+        return DaskExecutor(max_workers, **options)
+    raise ValueError(f"unknown executor {kind!r}: expected thread, process or dask")

@@ -28,7 +28,7 @@ from tabulate import tabulate
 from . import DahuError
 from .engine import Engine, get_engine
 from .journal import JournalError, write_job_files
-from .runner import Execution, Outcome
+from .runner import Outcome
 from .states import State
 from .utils import NumpyEncoder
 
@@ -105,8 +105,9 @@ class Job(threading.Thread):
         self._status = State.UNINITIALIZED
         self._callbacks: list[Callable[[Job], Any]] = []
         self._done = threading.Event()
-        self._execution: Execution | None = None
+        self._execution: Any = None
         self._abort_reason: str | None = None
+        self._timer: Any = None
         self._runner: int | None = None
         self._cleaned = False
         self._files_written = False
@@ -131,34 +132,68 @@ class Job(threading.Thread):
     def run(self) -> None:
         """Run the plugin and record the outcome; called by the executor, never raises."""
         self._runner = threading.get_ident()
-        started = time.time()
-        if self._abort_reason is not None:
-            outcome = Outcome(State.ABORTED, {}, self._abort_reason, None, started)
-        else:
-            execution = Execution(
-                self._plugin_name,
-                self._input_data or {},
-                self._jobId,
-                factory=self._engine.factory,
-                waiting=self._engine.executor.waiting,
-                profile_dir=self._engine.workdir,
-            )
-            self._execution = execution
-            with Job._lock:
-                self._status = State.RUNNING
-            if self._abort_reason is not None:  # abort arrived in between
-                execution.abort(self._abort_reason)
-            # The journal learns the start time with the outcome: one write less per job.
-            # A job unfinished in the journal when its process dies is "interrupted"
-            # whether it was queued or running.
-            outcome = execution.run()
+        execution = self._begin()
+        outcome = execution.run() if execution is not None else self._aborted_outcome()
         self._finish(outcome)
+
+    def _aborted_outcome(self) -> Outcome:
+        return Outcome(State.ABORTED, {}, self._abort_reason, None, time.time())
+
+    def _begin(self) -> Any:
+        """Make the job ``running``: return the execution to run, or None if aborted first.
+
+        The journal learns the start time with the outcome (one write less per job): a
+        job unfinished in the journal when its process dies is ``interrupted`` whether it
+        was queued or running.
+        """
+        if self._abort_reason is not None:
+            return None
+        execution = self._engine.executor.execution(
+            self._plugin_name,
+            self._input_data or {},
+            self._jobId,
+            self._engine,
+            on_plugin=self._arm_timeout,
+        )
+        with Job._lock:
+            self._execution = execution
+            self._status = State.RUNNING
+        if self._abort_reason is not None:  # abort arrived in between
+            execution.abort(self._abort_reason)
+        return execution
+
+    def _arm_timeout(self, plugin_timeout: float | None) -> None:
+        """Start the job's clock: the input's ``job_timeout``, else the plugin's
+        ``JOB_TIMEOUT``, else the engine's default; abort the job when it runs out."""
+        timeout = self._input_data.get("job_timeout") if self._input_data else None
+        if timeout is None:
+            timeout = plugin_timeout if plugin_timeout is not None else None
+        if timeout is None:
+            timeout = self._engine.default_timeout
+        try:
+            timeout = float(timeout) if timeout is not None else None
+        except (TypeError, ValueError):
+            logger.warning("job %s: ignoring timeout %r: not a number", self._jobId, timeout)
+            timeout = None
+        if timeout is not None and timeout > 0:
+            ref = weakref.ref(self)
+
+            def expire() -> None:
+                job = ref()
+                if job is not None and job._status == State.RUNNING:
+                    logger.warning("job %s timed out after %g s: aborting it", job.id, timeout)
+                    job.abort(f"timed out after {timeout:g} s")
+
+            self._timer = self._engine.watchdog.call_later(timeout, expire)
 
     def _journal_failed(self, err: Exception) -> None:
         self._engine.journal_fault = str(err)
         logger.error("job %s: %s", self._jobId, err)
 
     def _finish(self, outcome: Outcome) -> None:
+        if self._timer is not None:
+            self._engine.watchdog.cancel(self._timer)
+            self._timer = None
         self._output_data = outcome.output
         self._error = outcome.error
         self._started_at, self._ended_at = outcome.started, outcome.ended
@@ -237,6 +272,8 @@ class Job(threading.Thread):
             execution = self._execution
         if execution is not None:
             execution.abort(reason)
+        elif status == State.STARTING:
+            self._engine.executor.cancel(self)
         return True
 
     def connect_callback(self, method: Callable[[Job], Any] | None = None) -> None:
@@ -353,6 +390,7 @@ class Job(threading.Thread):
             _done=threading.Event(),
             _execution=None,
             _abort_reason=None,
+            _timer=None,
             _runner=None,
             _cleaned=True,
             _files_written=True,
@@ -395,7 +433,19 @@ class Job(threading.Thread):
         if job is not None:
             job.join(timeout)
             return job._status
-        return cls.getStatusFromID(job_id)
+        # Not a job of this process (e.g. a worker process waiting for a job of the
+        # server): follow its record in the shared journal.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            state = cls.getStatusFromID(job_id)
+            if state in State.FINAL or state == State.INEXISTANT:
+                return state
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return state
+            time.sleep(delay if remaining is None else min(delay, remaining))
+            delay = min(delay * 2, 0.1)
 
     @classmethod
     def synchronize_all(cls) -> None:

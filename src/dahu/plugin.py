@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Plugin", "PluginFromFunction", "plugin_from_function", "RESERVED_KEYS"]
 
-RESERVED_KEYS = frozenset({"job_id", "plugin_name", "do_profiling"})
+RESERVED_KEYS = frozenset({"job_id", "plugin_name", "do_profiling", "job_timeout"})
 """Input keys that Dahu adds or interprets itself; not passed to function plugins."""
 
 
@@ -35,6 +35,9 @@ class Plugin:
     * may be stopped with :meth:`abort` (it sets ``self.is_aborted``).
 
     ``TIMEOUT`` (seconds, or None for no limit) bounds how long :meth:`wait_for` waits.
+    ``JOB_TIMEOUT`` (seconds, or None) bounds the whole job: past it the job is aborted
+    and its error says it timed out (the input key ``job_timeout`` overrides it, and it
+    overrides the server's default).
     """
 
     DEFAULT_SET_UP = "setup"
@@ -43,6 +46,7 @@ class Plugin:
     DEFAULT_ABORT = "abort"
     REPROCESS_IGNORE: list[str] = []
     TIMEOUT: float | None = None
+    JOB_TIMEOUT: float | None = None
 
     def __init__(self) -> None:
         self.input: dict[str, Any] = {}

@@ -63,6 +63,7 @@ class Execution:
     :param waiting: a context manager factory entered while the plugin waits for another
         job (the executor frees the worker slot there)
     :param profile_dir: where ``"do_profiling": true`` writes its profile file
+    :param on_plugin: called with the plugin's ``JOB_TIMEOUT`` once it is instantiated
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class Execution:
         factory: Factory = plugin_factory,
         waiting: Callable[[], Any] | None = None,
         profile_dir: str | None = None,
+        on_plugin: Callable[[float | None], Any] | None = None,
     ):
         self.plugin_name = plugin_name
         self.input_data = input_data
@@ -80,6 +82,7 @@ class Execution:
         self.factory = factory
         self.waiting = waiting or contextlib.nullcontext
         self.profile_dir = profile_dir
+        self.on_plugin = on_plugin
         self.plugin: Any = None
         self.abort_requested = False
         self.abort_reason: str | None = None
@@ -123,6 +126,8 @@ class Execution:
             return Outcome(State.FAILURE, {}, reason, started, time.time())
         plugin._waiting = self.waiting
         self.plugin = plugin
+        if self.on_plugin is not None:
+            self.on_plugin(getattr(plugin, "JOB_TIMEOUT", None))
         if self.abort_requested:
             self.abort(self.abort_reason or "aborted on request")
         state, error = State.SUCCESS, None

@@ -9,10 +9,10 @@ Plugins:
 
 Building the sparse-matrix (CSR) engine of an integrator costs far more than integrating one
 frame, so ready-to-use integrators are kept in the shared :class:`~dahu.cache.DataCache`, keyed
-by everything the engine depends on. Jobs sharing a key share the integrator: once its engine
-exists, pyFAI's Cython integration neither modifies it nor holds the GIL, so several jobs can
-integrate concurrently on the same object. Only the engine construction is serialised, by a lock
-per key.
+by everything the engine depends on (geometry, shape, mask, npt, unit, method, npt_azim). A
+pyFAI integrator must not integrate in two threads at once (its engine keeps a per-call buffer),
+so each key holds a pool: a job borrows an integrator for its whole run and gives it back in
+``teardown``; consecutive jobs reuse it, concurrent jobs get one each and run in parallel.
 
 This file is loaded by Dahu's plugin factory under the module name ``pyfai``, outside
 ``sys.modules``: it only uses absolute imports.
@@ -22,6 +22,7 @@ import glob
 import hashlib
 import json
 import logging
+import operator
 import os
 import threading
 import time
@@ -51,12 +52,39 @@ DEFAULT_UNIT = "q_nm^-1"
 DEFAULT_NPT = 1000
 ERROR_MODELS = ("poisson", "azimuthal", "hybrid")
 _CACHE_PREFIX = "pyfai.integrator"
-# Striped locks: bounded, and two keys rarely share a stripe (which only serialises setups).
-_SETUP_LOCKS = tuple(threading.Lock() for _ in range(32))
+#: Idle integrators kept per cache key: enough for every worker thread of a small server.
+MAX_IDLE_INTEGRATORS = 4
 
 
 class InputError(RuntimeError):
     """A bad plugin input; its message is one line naming the offending file or value."""
+
+
+class IntegratorPool:
+    """The ready integrators of one cache key; each is lent to one job at a time.
+
+    pyFAI's sparse-matrix engines keep their preprocessed image in the engine object, so two
+    threads must never integrate with the same integrator at once (results get mixed up). Jobs
+    therefore borrow an integrator: consecutive jobs reuse the same one, concurrent jobs each
+    get their own, so they integrate in parallel (pyFAI releases the GIL while integrating).
+    """
+
+    def __init__(self, key: str, max_idle: int = MAX_IDLE_INTEGRATORS) -> None:
+        self.key = key
+        self.max_idle = max_idle
+        self._idle: list[CachedIntegrator] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> "CachedIntegrator | None":
+        """An idle integrator, now lent to the caller, or None if all are in use."""
+        with self._lock:
+            return self._idle.pop() if self._idle else None
+
+    def give_back(self, integrator: "CachedIntegrator") -> None:
+        """Return a borrowed integrator; beyond ``max_idle`` idle ones it is dropped."""
+        with self._lock:
+            if len(self._idle) < self.max_idle and all(i is not integrator for i in self._idle):
+                self._idle.append(integrator)
 
 
 @dataclass(frozen=True)
@@ -67,6 +95,7 @@ class CachedIntegrator:
     key: str
     radial: numpy.ndarray
     azimuthal: numpy.ndarray | None
+    pool: IntegratorPool
 
 
 @dataclass(frozen=True)
@@ -86,10 +115,11 @@ def load_geometry(poni_file: str) -> AzimuthalIntegrator:
         raise InputError(f"poni file '{poni_file}' does not exist")
     try:
         with open(poni_file, encoding="utf-8") as stream:
-            keys = {line.partition(":")[0].strip().lower() for line in stream if ":" in line}
+            # "Key: value" lines (poni) or '"key": value,' lines (JSON poni)
+            keys = {line.partition(":")[0].strip(' \t{"').lower() for line in stream}
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"cannot read poni file '{poni_file}': {error}") from error
-    if "distance" not in keys or not keys & {"detector", "pixelsize1"}:
+    if not keys & {"distance", "dist"} or not keys & {"detector", "pixelsize1"}:
         raise InputError(f"poni file '{poni_file}' has no distance or detector: not a geometry")
     try:
         return pyFAI.load(poni_file)
@@ -130,9 +160,13 @@ def parse_method(method: Any, dim: int) -> IntegrationMethod:
 
 def positive_int(value: Any, name: str) -> int:
     """``value`` as a positive integer, or an error naming the input ``name``."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    raise InputError(f"{name} must be a positive integer, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = 0
+    if number < 1 or isinstance(value, bool):
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return number
 
 
 def read_image(path: str, what: str) -> numpy.ndarray:
@@ -219,7 +253,7 @@ def _integrate(ai: AzimuthalIntegrator, frame: numpy.ndarray, npt: int, npt_azim
     return ai.integrate1d(frame, npt, **kw)
 
 
-def get_integrator(
+def acquire_integrator(
     ai: AzimuthalIntegrator,
     shape: tuple[int, int],
     npt: int,
@@ -228,10 +262,11 @@ def get_integrator(
     npt_azim: int | None = None,
     mask: numpy.ndarray | None = None,
 ) -> tuple[CachedIntegrator, bool]:
-    """A ready integrator for the geometry of ``ai`` and these settings, and whether it was cached.
+    """Borrow a ready integrator for the geometry of ``ai`` and these settings.
 
-    On a cache miss ``ai`` itself gets the mask and its engine built by a first integration,
-    under a lock per key so that concurrent jobs build it once; it is then shared.
+    Returns it and whether it was reused from the cache. When none is idle, ``ai`` itself
+    (a fresh object, e.g. from :func:`load_geometry`) gets the mask and its engine built by a
+    first integration. Give it back with :func:`release_integrator` when done.
     """
     parts = {
         "geometry": ai.get_config(),
@@ -240,33 +275,29 @@ def get_integrator(
         "npt": npt,
         "npt_azim": npt_azim,
         "unit": unit.name,
-        "method": [method.dimension, method.split_lower, method.algo_lower, method.impl_lower],
+        "method": list(method.method[:4]),
     }
     digest = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-    key = (_CACHE_PREFIX, digest)
-    cache = DataCache()
-    cached = cache.get(key)
-    if cached is not None:
-        return cached, True
-    with _SETUP_LOCKS[int(digest[:8], 16) % len(_SETUP_LOCKS)]:
-        cached = cache.get(key)
-        if cached is not None:
-            return cached, True
-        start = time.perf_counter()
-        if mask is not None:
-            detector_mask = ai.detector.mask
-            if detector_mask is not None:
-                mask = numpy.logical_or(mask, detector_mask)
-            ai.detector.mask = mask
-        blank = numpy.zeros(shape, dtype=numpy.float32)
-        result = _integrate(ai, blank, npt, npt_azim, unit=unit, method=method)
-        azimuthal = numpy.array(result.azimuthal) if npt_azim else None
-        cached = CachedIntegrator(ai, digest, numpy.array(result.radial), azimuthal)
-        cache[key] = cached
-        logger.info(
-            "Built %s integrator %s in %.3fs", method, digest[:12], time.perf_counter() - start
-        )
-    return cached, False
+    pool = DataCache().setdefault((_CACHE_PREFIX, digest), IntegratorPool(digest))
+    integrator = pool.take()
+    if integrator is not None:
+        return integrator, True
+    start = time.perf_counter()
+    if mask is not None:
+        if ai.detector.mask is not None:
+            mask = numpy.logical_or(mask, ai.detector.mask)
+        ai.detector.mask = mask
+    blank = numpy.zeros(shape, dtype=numpy.float32)
+    result = _integrate(ai, blank, npt, npt_azim, unit=unit, method=method)
+    azimuthal = numpy.array(result.azimuthal) if npt_azim else None
+    integrator = CachedIntegrator(ai, digest, numpy.array(result.radial), azimuthal, pool)
+    logger.info("Built %s integrator %s in %.3fs", method, digest[:12], time.perf_counter() - start)
+    return integrator, False
+
+
+def release_integrator(integrator: CachedIntegrator) -> None:
+    """Give back an integrator borrowed with :func:`acquire_integrator`, for the next job."""
+    integrator.pool.give_back(integrator)
 
 
 def integrate_simple(
@@ -288,9 +319,12 @@ def integrate_simple(
     npt = positive_int(npt, "npt")
     label, frame = next(iter_frames(expand_inputs(image_file)))
     _check_shape(ai, frame.shape, label, poni_file)
-    cached, _ = get_integrator(ai, frame.shape, npt, the_unit, the_method)
     os.makedirs(os.path.dirname(os.path.abspath(curve_file)), exist_ok=True)
-    cached.ai.integrate1d(frame, npt, unit=the_unit, method=the_method, filename=curve_file)
+    integrator, _ = acquire_integrator(ai, frame.shape, npt, the_unit, the_method)
+    try:
+        integrator.ai.integrate1d(frame, npt, unit=the_unit, method=the_method, filename=curve_file)
+    finally:
+        release_integrator(integrator)
     return {"out_file": curve_file}
 
 
@@ -311,7 +345,14 @@ def _check_shape(ai: AzimuthalIntegrator, shape: tuple[int, ...], label: str, po
 class _NexusWriter:
     """Streams integrated frames into a NeXus file: NXroot > NXentry > NXprocess + NXdata."""
 
-    def __init__(self, path: str, cached: CachedIntegrator, unit, n_frames: int, errors: Any):
+    def __init__(
+        self,
+        path: str,
+        cached: CachedIntegrator,
+        unit: pyFAI.units.Unit,
+        n_frames: int,
+        errors: bool,
+    ) -> None:
         self.path = path
         self.h5 = h5py.File(path, "w")
         self.h5.attrs.update(NX_class="NXroot", default="entry", creator="dahu")
@@ -348,7 +389,7 @@ class _NexusWriter:
         self.errors = data.create_dataset("errors", **layout) if errors else None
         self.data = data
 
-    def write(self, index: int, result) -> None:
+    def write(self, index: int, result: Any) -> None:
         """Store the integration result of frame ``index``."""
         self.intensity[index] = result.intensity
         if self.errors is not None:
@@ -434,12 +475,15 @@ def parse_settings(params: dict[str, Any]) -> Settings:
     )  # fmt: skip
     monitor = params.get("monitor_values")
     if monitor is not None:
-        if not isinstance(monitor, (list, tuple)) or len(monitor) != settings.total:
-            count = len(monitor) if isinstance(monitor, (list, tuple)) else repr(monitor)
-            raise InputError(f"monitor_values has {count} values for {settings.total} frames")
-        if not all(isinstance(v, (int, float)) and v > 0 for v in monitor):
-            raise InputError(f"monitor_values must be positive numbers, got {list(monitor)!r}")
-        settings.monitor = [float(v) for v in monitor]
+        try:
+            values = numpy.asarray(monitor, dtype=float)
+        except (TypeError, ValueError):
+            values = numpy.zeros(0)
+        if values.ndim != 1 or not numpy.all(numpy.isfinite(values) & (values > 0)):
+            raise InputError(f"monitor_values must be a list of positive numbers, got {monitor!r}")
+        if len(values) != settings.total:
+            raise InputError(f"monitor_values has {len(values)} values for {settings.total} frames")
+        settings.monitor = values.tolist()
     return settings
 
 
@@ -451,7 +495,7 @@ class IntegrateManyFrames(Plugin):
     them), ``npt`` (1000), ``unit`` ("q_nm^-1"), ``method`` (("full", "csr", "cython")),
     ``npt_azim`` (2D integration when given), ``mask``, ``dark``, ``flat`` (image files),
     ``polarization_factor``, ``do_SA`` (True), ``monitor_values`` (one per frame),
-    ``error_model`` ("poisson", "azimuthal"), ``output_file`` (or ``output_dir``).
+    ``error_model`` ("poisson", "azimuthal", "hybrid"), ``output_file`` (or ``output_dir``).
 
     Output: ``output_file``, ``frames`` (integrated), ``total_frames``, ``aborted``, ``unit``,
     ``timings`` (seconds) and ``integrator`` (cache key, whether it was reused).
@@ -473,7 +517,7 @@ class IntegrateManyFrames(Plugin):
         start = time.perf_counter()
         try:
             settings = self.settings = parse_settings(self.input)
-            self.integrator, self.reused = get_integrator(
+            self.integrator, self.reused = acquire_integrator(
                 settings.ai, settings.sources[0].shape, settings.npt, settings.unit,
                 settings.method, settings.npt_azim, settings.images.get("mask"),
             )  # fmt: skip
@@ -512,10 +556,13 @@ class IntegrateManyFrames(Plugin):
     def _process(self, settings: Settings, integrator: CachedIntegrator) -> None:
         timings = {"read": 0.0, "integration": 0.0, "write": 0.0}
         start = time.perf_counter()
-        path = self._output_path()
         total = settings.total
+        path = self.input.get("output_file")
         try:
-            writer = _NexusWriter(path, integrator, settings.unit, total, settings.error_model)
+            path = self._output_path()
+            writer = _NexusWriter(
+                path, integrator, settings.unit, total, bool(settings.error_model)
+            )
         except OSError as error:
             raise InputError(f"cannot write output file '{path}': {error}") from error
         timings["write"] += time.perf_counter() - start
@@ -558,13 +605,14 @@ class IntegrateManyFrames(Plugin):
             writer.close(done, self._config(), settings.monitor)
             timings["write"] += time.perf_counter() - tick
         self.timings.update(timings, process=time.perf_counter() - start)
-        if self.is_aborted:
+        aborted = self.is_aborted and done < total
+        if aborted:
             self.log_warning(f"aborted after {done} of {total} frames; partial output in {path}")
         self.output.update(
             output_file=path,
             frames=done,
             total_frames=total,
-            aborted=bool(self.is_aborted),
+            aborted=aborted,
             unit=settings.unit.name,
             npt=settings.npt,
             npt_azim=settings.npt_azim,
@@ -579,7 +627,9 @@ class IntegrateManyFrames(Plugin):
         logger.info("job %s: abort requested", self.input.get("job_id"))
 
     def teardown(self) -> None:
-        """Drop the input description and the reference to the shared integrator."""
+        """Give the integrator back for the next job and drop the input description."""
+        if self.integrator is not None:
+            release_integrator(self.integrator)
         self.settings = None
         self.integrator = None
         super().teardown()

@@ -1,0 +1,85 @@
+"""Benchmark of ``dahu-reprocess``: prints JSON.
+
+Writes N ``example.square`` job input files, then reprocesses them with ``-j 1`` and
+``-j 2`` (the CLI in a subprocess, ``-q --json``) and reports, per run, the rate the
+tool measures itself (first job submitted to last job done) and the rate seen from
+outside, start-up included.
+
+    python bench/reprocess.py [-n 2000] [--small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def write_inputs(directory: str, count: int) -> None:
+    """Write ``count`` inputs laid out as the server writes them (NNNN/NNNNN_plugin.inp)."""
+    for job_id in range(1, count + 1):
+        sub = os.path.join(directory, f"{job_id // 1000:04d}")
+        os.makedirs(sub, exist_ok=True)
+        data = {"x": job_id, "plugin_name": "example.square", "job_id": job_id}
+        with open(os.path.join(sub, f"{job_id:05d}_example.square.inp"), "w") as handle:
+            json.dump(data, handle, indent=2)
+
+
+def run(inputs: str, output: str, workers: int, count: int) -> dict[str, float]:
+    """Reprocess ``inputs`` with ``-j workers``; the rates measured."""
+    command = [sys.executable, "-m", "dahu.app.reprocess", "-q", "--json"]
+    command += ["-j", str(workers), "-o", output, inputs]
+    t0 = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"dahu-reprocess -j {workers} exited {proc.returncode}: {proc.stderr}")
+    summary = json.loads(proc.stdout)
+    if summary["total"]["success"] != count:
+        raise SystemExit(f"dahu-reprocess -j {workers}: {summary['total']}")
+    return {
+        "jobs_per_s": round(summary["jobs_per_s"], 1),
+        "seconds": round(summary["wall_time"], 3),
+        "jobs_per_s_with_startup": round(count / elapsed, 1),
+        "seconds_with_startup": round(elapsed, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its JSON figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--jobs", type=int, default=2000, help="inputs (default 2000)")
+    parser.add_argument("--small", action="store_true", help="a tiny run (50 inputs)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    count = 50 if args.small else args.jobs
+    base = tempfile.mkdtemp(prefix="dahu-bench-reprocess-")
+    try:
+        inputs = os.path.join(base, "inputs")
+        write_inputs(inputs, count)
+        runs = {
+            f"j{workers}": run(inputs, os.path.join(base, f"out-j{workers}"), workers, count)
+            for workers in (1, 2)
+        }
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    result = {
+        "benchmark": "reprocess",
+        "plugin": "example.square",
+        "jobs": count,
+        **runs,
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command-line entry points: dahu_server, dahu-register, dahu-reprocess."""

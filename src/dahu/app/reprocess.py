@@ -1,0 +1,528 @@
+"""``dahu-reprocess``: run archived jobs again, in parallel, and compare with what they gave.
+
+Each SOURCE is a job input file (``.inp``/``.json`` as the server writes them), a
+directory searched recursively for such files, or job ids (``3``, ``1-5``, ``1-3,7``)
+read from the journal of ``--workdir``.  The inputs run as Dahu jobs in this process
+(``-j`` at once) on an engine whose work directory is the output directory, so each run
+is recorded in its journal and gets its ``.inp``/``.out`` files there.  A summary table
+follows; ``--compare`` also checks each new output against the archived one (see
+:mod:`dahu.compare`).
+
+Exit status: 0 all jobs succeeded (and, with ``--compare``, none differ), 1 a job
+failed, was aborted or differs, or an input could not be run, 2 bad usage, 130
+interrupted (Ctrl-C or SIGTERM: running jobs are aborted, the summary still printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import queue
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tabulate import tabulate
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from .. import DahuError, __version__
+from ..compare import DEFAULT_ATOL, DEFAULT_IGNORE, DEFAULT_RTOL, Difference, first_difference
+from ..engine import configure
+from ..factory import plugin_factory
+from ..job import Job
+from ..journal import SQLiteJournal, default_workdir
+from ..states import State
+from ..utils import dumps, get_workdir
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["build_parser", "main", "expand_sources", "Item", "Result"]
+
+PROG = "dahu-reprocess"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+INPUT_EXTENSIONS = (".inp", ".json")
+INVALID = "(invalid input)"
+_IDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+_CHUNK = 1000  # journal records read at once when listing an id range
+
+
+class InputError(DahuError):
+    """An input that cannot be run; its message is one line."""
+
+
+@dataclass
+class Item:
+    """One thing to reprocess: an input file, a job of a journal, or a source in error."""
+
+    label: str
+    path: str | None = None
+    journal: Any = None
+    job_id: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class Result:
+    """What became of one item."""
+
+    source: str
+    plugin: str
+    state: str
+    job_id: int | None = None
+    error: str | None = None
+    invalid: bool = False
+    compared: bool = False
+    difference: Difference | None = None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text}")
+    return value
+
+
+_HELP = {
+    "sources": "a job input file (.inp or .json), a directory searched recursively for them, "
+    "or job ids (3, 1-5, 1-3,7) from the journal of --workdir",
+    "output": "directory for the new journal and .inp/.out files "
+    "(default: a new work directory, <tmp>/dahu_<user>/<date-time>)",
+    "workdir": "work directory whose journal holds the job ids given as SOURCE "
+    "(default: $DAHU_WORKDIR, else ~/.local/state/dahu)",
+    "plugins": "add a plugin directory (repeatable; DAHU_PLUGINS is honoured too)",
+    "compare": "compare each new output with the archived one (the .out next to the .inp, "
+    "or the journal's); list the jobs that differ",
+    "rtol": "relative tolerance on numbers for --compare (default %(default)g)",
+    "atol": "absolute tolerance on numbers for --compare (default %(default)g)",
+    "ignore": "output key or HDF5 member name not compared, at any depth (repeatable; "
+    "job_id is never compared)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``dahu-reprocess`` (also used to write its man page)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run archived Dahu jobs again, in parallel, print a summary, and "
+        "optionally compare the new outputs with the archived ones.",
+    )
+    add = parser.add_argument
+    add("sources", nargs="+", metavar="SOURCE", help=_HELP["sources"])
+    add("-o", "--output", metavar="DIR", help=_HELP["output"])
+    add("-j", "--jobs", type=_positive_int, default=1, metavar="N", help="jobs run at once")
+    add("--workdir", metavar="DIR", help=_HELP["workdir"])
+    add("--plugins", action="append", default=[], metavar="DIR", help=_HELP["plugins"])
+    add("--compare", action="store_true", help=_HELP["compare"])
+    add("--rtol", type=_tolerance, default=DEFAULT_RTOL, metavar="X", help=_HELP["rtol"])
+    add("--atol", type=_tolerance, default=DEFAULT_ATOL, metavar="X", help=_HELP["atol"])
+    add("--ignore", action="append", default=[], metavar="KEY", help=_HELP["ignore"])
+    add("-q", "--quiet", action="store_true", help="print only the summary: no progress bar")
+    add("--json", action="store_true", help="print the summary as JSON")
+    add("-d", "--debug", action="store_true", help="log debugging messages")
+    add("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+# ---- sources ------------------------------------------------------------------------
+def _walk(directory: str, exclude: str | None) -> Iterator[str]:
+    """Input files under ``directory``, sorted, skipping the ``exclude`` directory."""
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(
+            d for d in dirs if exclude is None or os.path.realpath(os.path.join(root, d)) != exclude
+        )
+        for name in sorted(files):
+            if name.endswith(INPUT_EXTENSIONS):
+                yield os.path.join(root, name)
+
+
+def _open_journal(workdir: str) -> Any:
+    # SQLiteJournal would create a missing journal: only open one that exists
+    if not os.path.isfile(os.path.join(workdir, SQLiteJournal.FILENAME)):
+        raise InputError(f"no journal in {workdir}")
+    return SQLiteJournal(workdir)
+
+
+def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
+    items = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        lo, hi = int(first), int(last or first)
+        if hi < lo:
+            items.append(Item(part, error=f"empty id range in {workdir}"))
+            continue
+        found = []
+        for start in range(lo, min(hi, journal.last_id()) + 1, _CHUNK):
+            end = min(start + _CHUNK - 1, hi)
+            found.extend(record.id for record in journal.select(start, end))
+        items.extend(Item(f"job {i}", journal=journal, job_id=i) for i in found)
+        if not found:
+            what = f"job {lo} is not" if lo == hi else f"no job {part} is"
+            items.append(Item(part, error=f"{what} in the journal of {workdir}"))
+    return items
+
+
+def expand_sources(sources: list[str], workdir: str, exclude: str | None = None) -> list[Item]:
+    """Turn the SOURCE arguments into items, in order; unusable ones carry an error.
+
+    :param workdir: the work directory whose journal holds the ids given as sources
+    :param exclude: a directory never searched for inputs (the output directory)
+    """
+    items: list[Item] = []
+    journal: Any = None
+    exclude = os.path.realpath(exclude) if exclude else None
+    for source in sources:
+        if os.path.isdir(source):
+            found = [Item(path, path=path) for path in _walk(source, exclude)]
+            items.extend(found or [Item(source, error="no .inp or .json file in this directory")])
+        elif os.path.isfile(source):
+            items.append(Item(source, path=source))
+        elif _IDS.match(source):
+            try:
+                journal = journal or _open_journal(workdir)
+            except DahuError as err:
+                items.append(Item(source, error=str(err)))
+                continue
+            items.extend(_journal_items(source, workdir, journal))
+        else:
+            items.append(Item(source, error="no such file or directory"))
+    return items
+
+
+def load_input(item: Item) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    """Return the plugin name, the input and (journal items) the archived output."""
+    if item.error:
+        raise InputError(item.error)
+    if item.journal is not None:
+        record = item.journal.get(item.job_id)
+        if record is None:
+            raise InputError(f"job {item.job_id} vanished from the journal")
+        return record.plugin, record.input, record.output
+    try:
+        with open(item.path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as err:
+        raise InputError(f"cannot read: {err.strerror or err}") from err
+    except (ValueError, RecursionError) as err:
+        raise InputError(f"not JSON: {str(err).splitlines()[0]}") from err
+    if not isinstance(data, dict):
+        raise InputError(f"not a job input: a JSON {type(data).__name__}, not an object")
+    plugin = data.get("plugin_name")
+    if not isinstance(plugin, str) or not plugin:
+        raise InputError("not a job input: no plugin_name")
+    return plugin, data, None
+
+
+def load_archive(item: Item) -> tuple[bool, Any]:
+    """The archived output of a file item: ``(found, output)``; raises InputError if unreadable."""
+    path = os.path.splitext(item.path)[0] + ".out"
+    if not os.path.isfile(path):
+        return False, None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return True, json.load(handle)
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read the archived output {path}: {err}") from err
+
+
+# ---- running --------------------------------------------------------------------------
+class Reprocessor:
+    """Runs the items as jobs on ``engine``, at most ``window`` in flight, and tallies."""
+
+    def __init__(self, args: argparse.Namespace, engine: Any, items: list[Item]):
+        self.args = args
+        self.engine = engine
+        self.factory = plugin_factory
+        self.items = items
+        self.window = max(2 * args.jobs, 8)
+        self.ignore = DEFAULT_IGNORE | set(args.ignore)
+        self.results: list[Result] = []
+        self.pending: dict[int, Job] = {}
+        self.done: queue.Queue[Result] = queue.Queue()
+        self.stop = threading.Event()
+        self.forced = False
+        self.aborting = False
+        self.started = self.ended = time.monotonic()
+        show = not args.quiet and sys.stderr.isatty()
+        self.bar = tqdm(total=len(items), unit="job", file=sys.stderr, disable=not show)
+
+    def say(self, text: str) -> None:
+        """Print one line on stderr, above the progress bar."""
+        if self.bar.disable:
+            print(text, file=sys.stderr, flush=True)
+        else:
+            self.bar.write(text, file=sys.stderr)
+
+    def run(self) -> None:
+        """Submit every item (``window`` in flight at most) and collect every result."""
+        self.started = time.monotonic()
+        with self._signals(), contextlib.ExitStack() as stack:
+            if not self.bar.disable:
+                stack.enter_context(logging_redirect_tqdm())
+            try:
+                for item in self.items:
+                    while len(self.pending) >= self.window and not self.stop.is_set():
+                        self._reap(0.1)
+                    if self.stop.is_set():
+                        break
+                    self._submit(item)
+                    self._reap(0)
+                while self.pending:
+                    if self.stop.is_set() and not self.aborting:
+                        self._abort_all()
+                    self._reap(0.1)
+            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+                self.forced = True
+                self.say(f"{PROG}: not waiting for {len(self.pending)} running job(s)")
+        self.ended = time.monotonic()
+        self.bar.close()
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """First SIGINT/SIGTERM: stop submitting and abort the jobs; second: stop waiting."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.stop.is_set():
+                raise KeyboardInterrupt
+            self.stop.set()
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _abort_all(self) -> None:
+        self.aborting = True
+        self.say(f"{PROG}: interrupted: aborting {len(self.pending)} job(s)")
+        for job in list(self.pending.values()):
+            if job.status not in State.FINAL:
+                job.abort("interrupted by the user")
+
+    def _submit(self, item: Item) -> None:
+        plugin = ""
+        try:
+            plugin, data, archive = load_input(item)
+            klass = self.factory.get_class(plugin)
+            drop = {"job_id", "plugin_name", *(getattr(klass, "REPROCESS_IGNORE", None) or ())}
+            job = Job(plugin, {k: v for k, v in data.items() if k not in drop})
+        except DahuError as err:
+            self._record(Result(item.label, plugin or INVALID, State.FAILURE, None, str(err), True))
+            return
+        self.pending[job.id] = job
+        job.connect_callback(lambda job: self._ended(job, item, plugin, archive))
+        job.start()
+
+    def _ended(self, job: Any, item: Item, plugin: str, archive: Any) -> None:
+        """Callback, in the job's worker thread: compare, write the files, report."""
+        state = job.status
+        error = job.error.split("\n", 1)[0] if state != State.SUCCESS else None
+        result = Result(item.label, plugin, state, job.id, error)
+        try:
+            if self.args.compare and state in (State.SUCCESS, State.FAILURE):
+                self._compare(result, item, archive, job.output_data)
+            job.clean(wait=False)
+        except Exception as err:  # a loop boundary: the job must still be reported
+            logger.exception("job %s: cannot compare or write its files", job.id)
+            result.difference = result.difference or Difference("", f"reprocessing error: {err}")
+        finally:
+            self.done.put(result)
+
+    def _compare(self, result: Result, item: Item, archive: Any, output: Any) -> None:
+        if item.path is not None:
+            try:
+                found, archive = load_archive(item)
+            except InputError as err:
+                result.compared, result.difference = True, Difference("", str(err))
+                return
+            if not found:
+                return
+        elif archive is None:
+            return
+        result.compared = True
+        # compare what the .out file holds (numpy values, tuples, sets as JSON has them)
+        output = json.loads(dumps(output))
+        args = self.args
+        result.difference = first_difference(archive, output, args.rtol, args.atol, self.ignore)
+
+    def _reap(self, timeout: float) -> None:
+        """Record the results of ended jobs, waiting up to ``timeout`` s for the first."""
+        try:
+            result = self.done.get(timeout=timeout) if timeout else self.done.get_nowait()
+            while True:
+                self.pending.pop(result.job_id, None)
+                self._record(result)
+                result = self.done.get_nowait()
+        except queue.Empty:
+            return
+
+    def _record(self, result: Result) -> None:
+        self.results.append(result)
+        self.bar.update(1)
+        if result.invalid:
+            self.say(f"{PROG}: {result.source}: {result.error}")
+        elif result.state == State.FAILURE and not self.args.quiet:
+            self.say(f"{PROG}: {result.source}: job {result.job_id} failed: {result.error}")
+
+
+# ---- summary --------------------------------------------------------------------------
+def _brief(result: Result, **more: Any) -> dict[str, Any]:
+    return {"source": result.source, "plugin": result.plugin, "job_id": result.job_id, **more}
+
+
+def _row() -> dict[str, Any]:
+    return {"jobs": 0, "success": 0, "failure": 0, "aborted": 0, "invalid": 0, "runtime": 0.0}
+
+
+def summarize(run: Reprocessor, output_dir: str) -> dict[str, Any]:
+    """The summary of a run as JSON-ready data (see ``docs/reprocess.md``)."""
+    runtimes = run.engine.journal.summary(run.engine.first_id)["plugins"]
+    plugins: dict[str, dict[str, Any]] = {}
+    for result in run.results:
+        entry = plugins.setdefault(result.plugin, _row())
+        entry["jobs"] += 1
+        entry[result.state] = entry.get(result.state, 0) + 1
+        entry["invalid"] += result.invalid
+    total = _row()
+    for name, entry in plugins.items():
+        entry["runtime"] = runtimes.get(name, {}).get("runtime", 0.0)
+        for key in total:
+            total[key] += entry[key]
+    for entry in (*plugins.values(), total):
+        ran = entry["jobs"] - entry["invalid"]
+        entry["mean"] = entry["runtime"] / ran if ran else 0.0
+    ran = total["jobs"] - total["invalid"]
+    wall = run.ended - run.started
+    compared = [r for r in run.results if r.compared]
+    differ = sorted((r for r in compared if r.difference), key=lambda r: r.job_id or 0)
+    summary: dict[str, Any] = {
+        "output_dir": output_dir,
+        "plugins": dict(sorted(plugins.items())),
+        "total": total,
+        "not_started": len(run.items) - len(run.results) - len(run.pending),
+        "still_running": len(run.pending),
+        "wall_time": wall,
+        "jobs_per_s": ran / wall if wall > 0 else 0.0,
+        "errors": [_brief(r, error=r.error) for r in run.results if r.state == State.FAILURE],
+        "compare": None,
+        "interrupted": run.stop.is_set(),
+    }
+    if run.args.compare:
+        summary["compare"] = {
+            "compared": len(compared),
+            "same": len(compared) - len(differ),
+            "differ": len(differ),
+            "no_archive": sum(1 for r in run.results if r.job_id is not None and not r.compared),
+            "rtol": run.args.rtol,
+            "atol": run.args.atol,
+            "differences": [
+                _brief(r, key=r.difference.path, reason=r.difference.reason) for r in differ
+            ],
+        }
+    if summary["interrupted"] or run.forced:
+        status = EXIT_INTERRUPTED
+    elif total["failure"] or total["aborted"] or (summary["compare"] or {}).get("differ"):
+        status = EXIT_FAILED
+    else:
+        status = EXIT_OK
+    summary["exit_status"] = status
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as the text tables ``dahu-reprocess`` prints."""
+    headers = ["plugin", "jobs", "success", "failure", "aborted", "total s", "mean ms"]
+    rows = [
+        [name, e["jobs"], e["success"], e["failure"], e["aborted"], e["runtime"], e["mean"] * 1e3]
+        for name, e in [*summary["plugins"].items(), ("total", summary["total"])]
+    ]
+    lines = [tabulate(rows, headers=headers, floatfmt=".3f"), ""]
+    total = summary["total"]
+    lines.append(
+        f"{total['jobs'] - total['invalid']} job(s) in {summary['wall_time']:.2f} s "
+        f"({summary['jobs_per_s']:.1f} jobs/s); output in {summary['output_dir']}"
+    )
+    if total["invalid"]:
+        lines.append(f"{total['invalid']} input(s) could not be run")
+    if summary["interrupted"]:
+        lines.append(
+            f"interrupted: {summary['not_started']} input(s) not started, "
+            f"{summary['still_running']} job(s) still running at exit"
+        )
+    comparison = summary["compare"]
+    if comparison is not None:
+        lines.append(
+            f"compared {comparison['compared']} output(s) with their archive: "
+            f"{comparison['same']} the same, {comparison['differ']} differ, "
+            f"{comparison['no_archive']} without archive"
+        )
+        if comparison["differences"]:
+            table = [
+                [d["job_id"], d["source"], d["plugin"], d["key"] or "(output)", d["reason"]]
+                for d in comparison["differences"]
+            ]
+            headers = ["job", "source", "plugin", "first difference", "detail"]
+            lines += ["", "jobs that differ from their archive:", tabulate(table, headers)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``dahu-reprocess`` with ``argv`` (default: the command line); the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or bad usage (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format=f"{PROG}: %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    problems = [
+        f"plugin directory {d} does not exist" for d in args.plugins if not os.path.isdir(d)
+    ]
+    if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
+        problems.append(f"output {args.output} is not a directory")
+    if problems:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: {problems[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    for directory in args.plugins:
+        plugin_factory.add_directory(directory)
+    output_dir = os.path.abspath(args.output or get_workdir())
+    os.makedirs(output_dir, exist_ok=True)
+    items = expand_sources(args.sources, args.workdir or default_workdir(), exclude=output_dir)
+    engine = configure(workdir=output_dir, max_workers=args.jobs)
+    run = Reprocessor(args, engine, items)
+    run.run()
+    summary = summarize(run, output_dir)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_summary(summary))
+    if not run.forced:  # else jobs still run in their threads: leave the journal open
+        engine.close()
+    return summary["exit_status"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""The ``process`` executor: plugins run in long-lived, isolated worker processes.
+
+Each slot of the pool (a thread of :class:`~dahu.executor.ThreadExecutor`) owns one
+worker process (``python -m dahu.worker``), started on first use as a fresh interpreter
+(safe in a multi-threaded Tango server).  Plugin modules are imported in the worker once
+and reused, so caches stay warm between jobs.
+
+* A worker that dies (segfault, ``os._exit``, out of memory) turns its job into
+  ``failure`` with the reason (``worker process died: signal 11 (SIGSEGV)``); the next
+  job on that slot gets a new worker.  The server keeps serving.
+* ``abort`` asks the plugin first; if the job has not ended ``abort_grace`` seconds
+  later the worker is killed.  The job ends ``aborted`` either way.
+* Workers can be recycled after ``recycle_jobs`` jobs or once their resident memory
+  passes ``recycle_rss_mb``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .executor import ThreadExecutor
+from .runner import Outcome
+from .states import State
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ProcessExecutor", "WorkerProcess"]
+
+
+def death_reason(exitcode: int | None) -> str:
+    """``worker process died: signal 11 (SIGSEGV)`` / ``... exit code 1``."""
+    if exitcode is None:
+        return "worker process died"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "unknown"
+        return f"worker process died: signal {-exitcode} ({name})"
+    return f"worker process died: exit code {exitcode}"
+
+
+class WorkerProcess:
+    """One worker process (``python -m dahu.worker``) and the server's end of its pipe.
+
+    A plain subprocess rather than ``multiprocessing``: it never re-imports the server's
+    main module and inherits none of its threads.
+    """
+
+    def __init__(self, workdir: str, plugin_dirs: list[str]):
+        ours, theirs = socket.socketpair()
+        level = logging.getLogger("dahu").getEffectiveLevel()
+        command = [sys.executable, "-m", "dahu.worker", str(theirs.fileno()), workdir, str(level)]
+        self.process = subprocess.Popen(
+            [*command, *plugin_dirs], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
+        )
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.jobs = 0
+        self.rss = 0
+        self._send_lock = threading.Lock()
+
+    @property
+    def pid(self) -> int:
+        """The worker's process id."""
+        return self.process.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        """The exit code (negative: killed by that signal), None while it runs."""
+        return self.process.poll()
+
+    def is_alive(self) -> bool:
+        """True while the worker runs."""
+        return self.process.poll() is None
+
+    def send(self, message: tuple) -> bool:
+        """Send a message; False if the worker is gone."""
+        try:
+            with self._send_lock:
+                self.conn.send(message)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def kill(self) -> None:
+        """Kill the worker now."""
+        if self.is_alive():
+            self.process.kill()
+        self.process.wait(10)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the worker to stop; kill it if it does not."""
+        self.send(("stop",))
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.conn.close()
+
+
+class RemoteExecution:
+    """Runs one job in a worker process (the ``Execution`` interface of the executors)."""
+
+    plugin = None  # the plugin lives in the worker
+
+    def __init__(self, executor, worker, plugin_name, input_data, job_id, on_plugin):
+        self.executor = executor
+        self.worker = worker
+        self.plugin_name = plugin_name
+        self.input_data = input_data
+        self.job_id = job_id
+        self.on_plugin = on_plugin
+        self.abort_reason: str | None = None
+        self.killed = False
+        self._done = threading.Event()
+
+    def abort(self, reason: str = "aborted on request") -> None:
+        """Ask the plugin to stop; kill the worker if it has not after the grace period."""
+        if self.abort_reason is None:
+            self.abort_reason = reason
+        self.worker.send(("abort", self.job_id, reason))
+        self.executor.engine.watchdog.call_later(self.executor.abort_grace, self._kill)
+
+    def _kill(self) -> None:
+        if not self._done.is_set() and self.worker.is_alive():
+            logger.warning(
+                "job %s did not stop %g s after abort: killing worker %s",
+                self.job_id,
+                self.executor.abort_grace,
+                self.worker.pid,
+            )
+            self.killed = True
+            self.worker.kill()
+
+    def run(self) -> Outcome:
+        """Send the job, follow the worker's messages, never raise."""
+        started = time.time()
+        waiting = None
+        try:
+            if not self.worker.send(("run", self.job_id, self.plugin_name, self.input_data)):
+                return self._died(started)
+            while True:
+                if not self.worker.conn.poll(0.25):
+                    if not self.worker.is_alive() and not self.worker.conn.poll(0):
+                        return self._died(started)
+                    continue
+                try:
+                    message = self.worker.conn.recv()
+                except (EOFError, OSError):
+                    return self._died(started)
+                kind = message[0]
+                if kind == "plugin" and self.on_plugin is not None:
+                    self.on_plugin(message[2])
+                elif kind == "waiting" and waiting is None:
+                    waiting = self.executor.waiting()
+                    waiting.__enter__()
+                elif kind == "resumed" and waiting is not None:
+                    waiting.__exit__(None, None, None)
+                    waiting = None
+                elif kind == "done":
+                    return self._outcome(message[2])
+        finally:
+            self._done.set()
+            if waiting is not None:
+                waiting.__exit__(None, None, None)
+
+    def _outcome(self, data: dict[str, Any]) -> Outcome:
+        self.worker.jobs += 1
+        self.worker.rss = data.get("rss", 0)
+        return Outcome(
+            data["state"],
+            json.loads(data["output"]) if data["output"] else {},
+            data["error"],
+            data["started"],
+            data["ended"],
+            data["module_file"],
+            data["plugin_version"],
+        )
+
+    def _died(self, started: float) -> Outcome:
+        try:
+            self.worker.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.worker.kill()
+        self.executor.discard(self.worker)
+        if self.killed or self.abort_reason is not None:
+            reason = self.abort_reason or "aborted on request"
+            if self.killed:
+                reason += f" (worker killed after {self.executor.abort_grace:g} s)"
+            return Outcome(State.ABORTED, {}, reason, started, time.time())
+        reason = death_reason(self.worker.exitcode)
+        logger.error("job %s: %s", self.job_id, reason)
+        return Outcome(State.FAILURE, {}, reason, started, time.time())
+
+
+class ProcessExecutor(ThreadExecutor):
+    """A pool of ``max_workers`` long-lived worker processes (see the module doc).
+
+    :param recycle_jobs: replace a worker after this many jobs (None: never)
+    :param recycle_rss_mb: replace a worker whose memory passed this many MB (None: never)
+    :param abort_grace: seconds a plugin has to stop after ``abort`` before its worker is
+        killed
+    """
+
+    name = "process"
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        recycle_jobs: int | None = None,
+        recycle_rss_mb: float | None = None,
+        abort_grace: float = 2.0,
+        idle_timeout: float = 600.0,
+    ):
+        super().__init__(max_workers, idle_timeout=idle_timeout)
+        self.recycle_jobs = recycle_jobs
+        self.recycle_rss_mb = recycle_rss_mb
+        self.abort_grace = abort_grace
+        self.engine: Any = None
+        self._local = threading.local()
+        self._workers: set[WorkerProcess] = set()
+        self._workers_lock = threading.Lock()
+
+    def attach(self, engine: Any) -> None:
+        """Learn the engine's work directory and plugin directories."""
+        self.engine = engine
+
+    def _worker_process(self) -> WorkerProcess:
+        worker = getattr(self._local, "worker", None)
+        if worker is not None and not worker.is_alive():
+            self.discard(worker)
+            worker = None
+        if worker is not None and self._worn_out(worker):
+            logger.info("recycling worker %s after %d jobs", worker.pid, worker.jobs)
+            self.discard(worker)
+            worker.stop()
+            worker = None
+        if worker is None:
+            worker = WorkerProcess(self.engine.workdir, self.engine.factory.directories)
+            with self._workers_lock:
+                self._workers.add(worker)
+            self._local.worker = worker
+        return worker
+
+    def _worn_out(self, worker: WorkerProcess) -> bool:
+        if self.recycle_jobs and worker.jobs >= self.recycle_jobs:
+            return True
+        return bool(self.recycle_rss_mb and worker.rss > self.recycle_rss_mb * 2**20)
+
+    def discard(self, worker: WorkerProcess) -> None:
+        """Forget a worker (dead or recycled); its slot starts a new one when needed."""
+        with self._workers_lock:
+            self._workers.discard(worker)
+        if getattr(self._local, "worker", None) is worker:
+            self._local.worker = None
+
+    def execution(self, plugin_name, input_data, job_id, engine, on_plugin=None):
+        """A :class:`RemoteExecution` on this slot's worker process."""
+        return RemoteExecution(
+            self, self._worker_process(), plugin_name, input_data, job_id, on_plugin
+        )
+
+    def worker_pids(self) -> list[int]:
+        """The process ids of the live workers."""
+        with self._workers_lock:
+            return sorted(w.pid for w in self._workers if w.is_alive())
+
+    def _thread_exit(self) -> None:
+        worker = getattr(self._local, "worker", None)
+        if worker is not None:
+            self.discard(worker)
+            worker.stop()
+
+    def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
+        super().shutdown(wait, timeout)
+        with self._workers_lock:
+            workers = list(self._workers)
+            self._workers.clear()
+        for worker in workers:
+            worker.stop()

@@ -1,0 +1,416 @@
+"""The pyFAI plugins integrate synthetic frames whose rings are known in advance.
+
+Every frame comes from :mod:`dahu.testdata`: Gaussian rings at known q on a background, with
+Poisson noise, frame ``i`` scaled by ``monitor_values[i]``. A plugin result is right when its
+peaks sit where the rings were put; the same checks fail with a wrong geometry, unit or mask.
+"""
+
+import threading
+
+import fabio.edfimage
+import h5py
+import numpy
+import pytest
+
+from dahu.cache import DataCache
+from dahu.factory import Factory, plugin_factory
+from dahu.job import Job
+from dahu.testdata import make_dataset, q_to_2theta
+
+SHAPE = (256, 256)
+N_FRAMES = 4
+NPT = 300
+MANY = "pyfai.integratemanyframes"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """One data set for the whole module: 4 frames of 256x256 as EDF and as an HDF5 stack."""
+    return make_dataset(tmp_path_factory.mktemp("data"), N_FRAMES, SHAPE, seed=1, mask=True)
+
+
+@pytest.fixture(scope="module")
+def pyfai_module():
+    """The plugin module as the factory loaded it (it is not in sys.modules)."""
+    plugin_factory.get_class(MANY)
+    return Factory.modules["pyfai"]
+
+
+def run(name, **params):
+    """Run a plugin the way a job does: setup, process, teardown (always)."""
+    plugin = plugin_factory(name)
+    try:
+        plugin.setup(params)
+        plugin.process()
+    finally:
+        plugin.teardown()
+    return plugin.output
+
+
+def run_many(data, tmp_path, **params):
+    params.setdefault("poni_file", data["poni_file"])
+    params.setdefault("input_files", data["edf_files"])
+    params.setdefault("npt", NPT)
+    params.setdefault("output_file", str(tmp_path / "out.h5"))
+    return run(MANY, **params)
+
+
+def read_output(output):
+    with h5py.File(output["output_file"], "r") as h5:
+        nxdata = h5["entry/integrated"]
+        radial = nxdata[output["unit"]][()]
+        errors = nxdata["errors"][()] if "errors" in nxdata else None
+        return radial, nxdata["intensity"][()], errors
+
+
+def peak_position(x, y, expected, half_width):
+    """Centroid of the part above half maximum of the peak searched near ``expected``."""
+    keep = (x > expected - half_width) & (x < expected + half_width) & numpy.isfinite(y)
+    xs, ys = x[keep], y[keep] - y[keep].min()
+    ys[ys < 0.5 * ys.max()] = 0.0
+    return float((xs * ys).sum() / ys.sum())
+
+
+def rings_in(data, unit="q_nm^-1", shift_q=0.0):
+    """Ring positions of ``data`` in ``unit`` (q or 2theta), each moved by ``shift_q`` in q."""
+    rings_q = numpy.asarray(data["ring_q_nm"]) + shift_q
+    if unit == "q_nm^-1":
+        return rings_q
+    assert unit == "2th_deg"
+    return numpy.array([q_to_2theta(q, data["wavelength"]) for q in rings_q])
+
+
+def find_rings(radial, curve, data, unit="q_nm^-1"):
+    """Where the curve peaks near each ring, searching within 4 sigma of the ring."""
+    rings = rings_in(data, unit)
+    half_widths = rings_in(data, unit, 4 * data["peak_sigma_q_nm"]) - rings
+    return numpy.array(
+        [peak_position(radial, curve, r, w) for r, w in zip(rings, half_widths, strict=True)]
+    )
+
+
+def assert_rings_at(radial, curve, data, unit="q_nm^-1", ignore=()):
+    """Every ring (but those indexed in ``ignore``) is found within a quarter sigma."""
+    rings = rings_in(data, unit)
+    tolerance = rings_in(data, unit, 0.25 * data["peak_sigma_q_nm"]) - rings
+    error = numpy.abs(find_rings(radial, curve, data, unit) - rings)
+    checked = [i for i in range(len(rings)) if i not in ignore]
+    assert numpy.all(error[checked] < tolerance[checked]), (error, tolerance)
+
+
+def test_peaks_at_known_q_for_every_frame(data, tmp_path):
+    output = run_many(data, tmp_path)
+    assert output["frames"] == N_FRAMES and not output["aborted"]
+    assert output["unit"] == "q_nm^-1"
+    assert set(output["timings"]) >= {"setup", "integration", "write"}
+    radial, intensity, errors = read_output(output)
+    assert intensity.shape == (N_FRAMES, NPT) and errors is None
+    for curve in intensity:
+        assert_rings_at(radial, curve, data)
+
+
+def test_peaks_at_known_2theta_from_hdf5_stack(data, tmp_path):
+    output = run_many(data, tmp_path, input_files=[data["hdf5_dataset"]], unit="2th_deg")
+    assert output["frames"] == N_FRAMES and output["unit"] == "2th_deg"
+    radial, intensity, _ = read_output(output)
+    assert numpy.allclose(rings_in(data, "2th_deg"), data["ring_2th_deg"])
+    for curve in intensity:
+        assert_rings_at(radial, curve, data, "2th_deg")
+    # The same curve read as if it were in q does not match: the check is unit-sensitive.
+    with pytest.raises(AssertionError):
+        assert_rings_at(radial, intensity[0], data, "q_nm^-1")
+
+
+def test_wrong_distance_moves_the_peaks(data, tmp_path):
+    text = open(data["poni_file"]).read()
+    distance = data["distance"]
+    wrong = tmp_path / "wrong.poni"
+    wrong.write_text(text.replace(f"Distance: {distance}", f"Distance: {distance * 1.05}"))
+    assert wrong.read_text() != text
+    output = run_many(data, tmp_path, poni_file=str(wrong), input_files=data["edf_files"][:1])
+    radial, intensity, _ = read_output(output)
+    shift = find_rings(radial, intensity[0], data) - rings_in(data)
+    # A longer distance means smaller angles for the same pixels: every ring moves down in q,
+    # by about 5 % of its position, far beyond the tolerance of assert_rings_at.
+    assert numpy.all(shift < -0.03 * rings_in(data)), shift
+    with pytest.raises(AssertionError):
+        assert_rings_at(radial, intensity[0], data)
+
+
+def test_mask_hides_the_ring_under_it(data, tmp_path, pyfai_module):
+    ai = pyfai_module.load_geometry(data["poni_file"])
+    q = ai.qArray(SHAPE)
+    ring, sigma = data["ring_q_nm"][1], data["peak_sigma_q_nm"]
+    mask = (numpy.abs(q - ring) < 3 * sigma).astype(numpy.int8)
+    mask_file = str(tmp_path / "ring_mask.edf")
+    fabio.edfimage.EdfImage(data=mask).write(mask_file)
+    output = run_many(data, tmp_path, mask=mask_file, input_files=data["edf_files"][:1])
+    radial, intensity, _ = read_output(output)
+    curve = intensity[0]
+    hidden = numpy.abs(radial - ring) < 2 * sigma
+    assert numpy.all(curve[hidden] == 0)  # pyFAI's "empty" value for bins without pixels
+    assert_rings_at(radial, curve, data, ignore=[1])
+
+
+def test_output_is_valid_nexus(data, tmp_path):
+    output = run_many(data, tmp_path, error_model="poisson")
+    with h5py.File(output["output_file"], "r") as h5:
+        assert h5.attrs["NX_class"] == "NXroot"
+        entry = h5[h5.attrs["default"]]
+        assert entry.attrs["NX_class"] == "NXentry"
+        nxdata = entry[entry.attrs["default"]]
+        assert nxdata.attrs["NX_class"] == "NXdata"
+        signal = nxdata[nxdata.attrs["signal"]]
+        axes = list(nxdata.attrs["axes"])
+        assert len(axes) == signal.ndim
+        for dim, name in enumerate(axes):
+            assert nxdata[name].shape == (signal.shape[dim],)
+            assert nxdata.attrs[f"{name}_indices"] == dim
+        assert axes[-1] == "q_nm^-1" and nxdata["q_nm^-1"].attrs["units"] == "nm^-1"
+        assert nxdata["errors"].shape == signal.shape
+        assert entry["process"].attrs["NX_class"] == "NXprocess"
+        assert "geometry" in entry["process/configuration/data"][()].decode()
+
+
+def test_errors_only_with_an_error_model(data, tmp_path):
+    _, intensity, errors = read_output(run_many(data, tmp_path, error_model="poisson"))
+    assert errors is not None and errors.shape == intensity.shape
+    populated = intensity > 0
+    assert numpy.all(errors[populated] > 0)
+    # Poisson counting: the relative error is far below 1 with hundreds of counts per bin.
+    assert numpy.median(errors[populated] / intensity[populated]) < 0.1
+    _, _, errors = read_output(run_many(data, tmp_path, error_model=None))
+    assert errors is None
+
+
+def test_monitor_normalisation(data, tmp_path):
+    monitor = numpy.asarray(data["monitor_values"])
+    _, raw, _ = read_output(run_many(data, tmp_path))
+    _, normalised, _ = read_output(
+        run_many(data, tmp_path, monitor_values=list(monitor), output_file=str(tmp_path / "n.h5"))
+    )
+    raw_level, norm_level = raw.mean(axis=1), normalised.mean(axis=1)
+    assert numpy.allclose(raw_level / raw_level[0], monitor / monitor[0], rtol=0.01)
+    assert numpy.allclose(norm_level / norm_level[0], 1.0, rtol=0.01)
+    assert numpy.allclose(norm_level, raw_level / monitor, rtol=1e-5)
+
+
+def test_2d_integration_shape_and_rings(data, tmp_path):
+    output = run_many(data, tmp_path, npt_azim=36, error_model="poisson")
+    assert output["npt_azim"] == 36
+    with h5py.File(output["output_file"], "r") as h5:
+        nxdata = h5["entry/integrated"]
+        assert nxdata["intensity"].shape == (N_FRAMES, 36, NPT)
+        assert nxdata["errors"].shape == (N_FRAMES, 36, NPT)
+        assert list(nxdata.attrs["axes"]) == ["frame", "chi_deg", "q_nm^-1"]
+        assert nxdata["chi_deg"].shape == (36,)
+        radial, cake = nxdata["q_nm^-1"][()], nxdata["intensity"][0]
+    assert_rings_at(radial, cake.mean(axis=0), data)
+
+
+def test_dark_is_subtracted(data, tmp_path):
+    dark_file = str(tmp_path / "dark.edf")
+    fabio.edfimage.EdfImage(data=numpy.full(SHAPE, 5.0, numpy.float32)).write(dark_file)
+    flat_file = str(tmp_path / "flat.edf")
+    fabio.edfimage.EdfImage(data=numpy.ones(SHAPE, numpy.float32)).write(flat_file)
+    common = {"input_files": data["edf_files"][:1], "do_SA": False}
+    _, plain, _ = read_output(run_many(data, tmp_path, **common))
+    _, corrected, _ = read_output(
+        run_many(
+            data,
+            tmp_path,
+            dark=dark_file,
+            flat=flat_file,
+            output_file=str(tmp_path / "d.h5"),
+            **common,
+        )
+    )
+    populated = plain[0] > 0
+    assert numpy.allclose(plain[0][populated] - corrected[0][populated], 5.0, atol=1e-3)
+
+
+def test_glob_input(data, tmp_path):
+    pattern = data["edf_files"][0].replace("frame_0000", "frame_*")
+    assert run_many(data, tmp_path, input_files=pattern)["frames"] == N_FRAMES
+
+
+def test_abort_from_another_thread_stops_within_one_frame(data, tmp_path):
+    plugin = plugin_factory(MANY)
+    first_done, aborted = threading.Event(), threading.Event()
+
+    def after_frame(index, total):
+        if index == 0:
+            first_done.set()
+            assert aborted.wait(10)
+
+    plugin.frame_callback = after_frame
+    params = {"poni_file": data["poni_file"], "input_files": [data["hdf5_dataset"]], "npt": NPT}
+    plugin.setup(dict(params, output_file=str(tmp_path / "abort.h5")))
+    worker = threading.Thread(target=plugin.process)
+    worker.start()
+    assert first_done.wait(10)
+    plugin.abort()
+    aborted.set()
+    worker.join(10)
+    assert not worker.is_alive()
+    plugin.teardown()
+    assert plugin.is_aborted
+    output = plugin.output
+    assert output["aborted"] and output["frames"] == 1 and output["total_frames"] == N_FRAMES
+    radial, intensity, _ = read_output(output)
+    assert intensity.shape == (1, NPT)  # what was done is written, and only that
+    assert_rings_at(radial, intensity[0], data)
+
+
+def test_integrate_simple_writes_a_curve(data, tmp_path):
+    curve_file = str(tmp_path / "curve.dat")
+    output = run(
+        "pyfai.integrate_simple",
+        poni_file=data["poni_file"],
+        image_file=data["edf_files"][0],
+        curve_file=curve_file,
+        npt=NPT,
+    )
+    assert output["result"] == {"out_file": curve_file}
+    curve = numpy.loadtxt(curve_file)
+    assert curve.shape == (NPT, 2)
+    assert_rings_at(curve[:, 0], curve[:, 1], data)
+
+
+def test_cache_reuses_the_integrator_of_the_same_geometry(data, tmp_path, pyfai_module):
+    DataCache().clear()
+    first = run_many(data, tmp_path, npt=257)
+    second = run_many(data, tmp_path, npt=257)
+    assert not first["integrator"]["cached"] and second["integrator"]["cached"]
+    assert first["integrator"]["key"] == second["integrator"]["key"]
+    other = run_many(data, tmp_path, npt=258)
+    assert (
+        not other["integrator"]["cached"]
+        and other["integrator"]["key"] != first["integrator"]["key"]
+    )
+
+    module = pyfai_module
+    unit, method = module.parse_unit("q_nm^-1"), module.parse_method(module.DEFAULT_METHOD, 1)
+
+    def acquire():
+        ai = module.load_geometry(data["poni_file"])  # a new object each time
+        return module.acquire_integrator(ai, SHAPE, 257, unit, method)
+
+    first, reused = acquire()
+    assert reused
+    module.release_integrator(first)
+    again, reused = acquire()
+    assert reused and again is first
+    # While borrowed, it is not lent again: a concurrent job gets an integrator of its own.
+    other, reused = acquire()
+    assert not reused and other is not first and other.key == first.key
+    module.release_integrator(other)
+    module.release_integrator(again)
+
+
+def test_concurrent_jobs_share_the_integrator_and_agree(data, tmp_path):
+    reference = read_output(run_many(data, tmp_path, input_files=[data["hdf5_dataset"]]))[1]
+    outputs = {}
+
+    def job(index):
+        outputs[index] = run_many(
+            data,
+            tmp_path,
+            input_files=[data["hdf5_dataset"]],
+            output_file=str(tmp_path / f"c{index}.h5"),
+        )
+
+    threads = [threading.Thread(target=job, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(outputs) == 2
+    for output in outputs.values():
+        numpy.testing.assert_array_equal(read_output(output)[1], reference)
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, data):
+    """Files that look like inputs but are not usable ones."""
+    root = tmp_path_factory.mktemp("bad")
+    junk = root / "junk.edf"
+    junk.write_text("not an image\n")
+    garbage_poni = root / "garbage.poni"
+    garbage_poni.write_text("this: is not\na geometry\n")
+    small = make_dataset(root / "small", 1, (128, 128), hdf5=False, mask=True)
+    return {"junk": str(junk), "garbage_poni": str(garbage_poni), "small": small}
+
+
+BAD_INPUTS = {
+    "missing poni": ({"poni_file": "{root}/nowhere.poni"}, "nowhere.poni"),
+    "garbage poni": ({"poni_file": "{garbage_poni}"}, "garbage.poni"),
+    "missing image": ({"input_files": ["{root}/nothing.edf"]}, "nothing.edf"),
+    "unreadable image": ({"input_files": ["{junk}"]}, "junk.edf"),
+    "empty glob": ({"input_files": "{root}/none_*.edf"}, "none_*.edf"),
+    "missing hdf5 dataset": ({"input_files": ["{stack}::/entry/nothing"]}, "/entry/nothing"),
+    "missing hdf5 file": ({"input_files": ["{root}/no.h5::/entry/data"]}, "no.h5"),
+    "frame shape vs detector": ({"input_files": ["{small_frame}"]}, "frame_0000.edf"),
+    "mask shape": ({"mask": "{small_mask}"}, "mask.edf"),
+    "unknown unit": ({"unit": "q_furlong^-1"}, "q_furlong^-1"),
+    "unknown method": ({"method": ["full", "csr", "abacus"]}, "abacus"),
+    "unknown method name": ({"method": "teleport"}, "teleport"),
+    "monitor count": ({"monitor_values": [1.0, 2.0]}, "monitor_values"),
+    "npt": ({"npt": 0}, "npt"),
+    "error model": ({"error_model": "guess"}, "guess"),
+    "unwritable output": ({"output_file": "{junk}/out.h5"}, "junk.edf/out.h5"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_gives_one_line_error_naming_it(case, data, bad_files, tmp_path):
+    changes, expected = BAD_INPUTS[case]
+    names = {
+        "root": str(tmp_path),
+        "junk": bad_files["junk"],
+        "garbage_poni": bad_files["garbage_poni"],
+        "stack": data["hdf5_file"],
+        "small_frame": bad_files["small"]["edf_files"][0],
+        "small_mask": bad_files["small"]["mask_file"],
+    }
+
+    def fill(value):
+        if isinstance(value, list):
+            return [fill(item) for item in value]
+        return value.format(**names) if isinstance(value, str) else value
+
+    params = {key: fill(value) for key, value in changes.items()}
+    with pytest.raises(RuntimeError) as info:
+        run_many(data, tmp_path, **params)
+    message = str(info.value)
+    assert "\n" not in message and expected in message, message
+
+
+def test_integrate_simple_reports_a_missing_poni(data, tmp_path):
+    with pytest.raises(RuntimeError, match="nowhere.poni"):
+        run(
+            "pyfai.integrate_simple",
+            poni_file=str(tmp_path / "nowhere.poni"),
+            image_file=data["edf_files"][0],
+            curve_file=str(tmp_path / "c.dat"),
+        )
+
+
+def test_as_a_job(engine, data, tmp_path):
+    """Through the job machinery: the default output name carries the job id."""
+    params = {"poni_file": data["poni_file"], "input_files": data["edf_files"], "npt": NPT}
+    job = Job(MANY, dict(params, output_dir=str(tmp_path)))
+    job.start()
+    job.join(30)
+    assert job.status == Job.STATE_SUCCESS, Job.getErrorFromID(job.id)
+    output = job.output_data
+    assert output["frames"] == N_FRAMES
+    assert output["output_file"] == str(tmp_path / f"integrate_{job.id}.h5")
+    radial, intensity, _ = read_output(output)
+    assert_rings_at(radial, intensity[-1], data)
+
+    failed = Job(MANY, dict(params, unit="q_furlong^-1"))
+    failed.start()
+    failed.join(30)
+    assert failed.status == Job.STATE_FAILURE
+    assert "unknown unit 'q_furlong^-1'" in Job.getErrorFromID(failed.id).splitlines()[0]

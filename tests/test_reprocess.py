@@ -1,0 +1,565 @@
+"""``dahu-reprocess``: the installed command run as a subprocess on archived jobs.
+
+The archived jobs are made by really running example plugins through the engine in a
+child process (the journal and the ``.inp``/``.out`` files the server writes).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import shutil
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import h5py
+import numpy
+import pytest
+
+from dahu.compare import compare, compare_files, first_difference
+
+BIN = Path(sys.executable).parent
+REPROCESS = str(BIN / "dahu-reprocess")
+ROOT = Path(__file__).resolve().parent.parent
+
+ARCHIVE_SCRIPT = """
+import json, sys
+import dahu.engine
+from dahu.job import Job
+dahu.engine.configure(workdir=sys.argv[1], max_workers=2)
+jobs = [Job(name, data) for name, data in json.loads(sys.argv[2])]
+for job in jobs:
+    job.start()
+for job in jobs:
+    job.clean()
+print(json.dumps([job.status for job in jobs]))
+"""
+
+PLUGIN_MODULE = '''
+"""Plugins of the reprocessing tests."""
+import os
+import tempfile
+
+import h5py
+import numpy
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Ramp(Plugin):
+    """Write x * (0, 1, ... 9) into a new HDF5 file in outdir; return its path."""
+
+    def process(self):
+        fd, path = tempfile.mkstemp(suffix=".h5", dir=self.input["outdir"])
+        os.close(fd)
+        with h5py.File(path, "w") as h5:
+            h5["entry/data"] = numpy.arange(10.0) * self.input.get("x", 1)
+            h5["entry/title"] = "ramp"
+        self.output["file"] = path
+
+
+@register
+class Echo(Plugin):
+    """Return the names of the input keys; drops "secret" when reprocessed."""
+
+    REPROCESS_IGNORE = ["secret"]
+
+    def process(self):
+        self.output["keys"] = sorted(self.input)
+'''
+
+EXAMPLES = [
+    ["example.square", {"x": 1}],
+    ["example.square", {"x": 2}],
+    ["example.square", {"x": 3}],
+    ["example.square", {"x": 4}],
+    ["example.cube", {"x": 2}],
+    ["example.error", {}],
+]
+
+
+def make_archive(workdir: Path, jobs: list, env: dict | None = None) -> list[str]:
+    """Run ``jobs`` ([plugin, input] pairs) through the engine in a child process."""
+    proc = subprocess.run(
+        [sys.executable, "-c", ARCHIVE_SCRIPT, str(workdir), json.dumps(jobs)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=True,
+    )
+    return json.loads(proc.stdout)
+
+
+def reprocess(*args: str, env: dict | None = None, timeout: float = 60):
+    """Run the installed ``dahu-reprocess``; the completed process."""
+    return subprocess.run(
+        [REPROCESS, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def summary_of(*args: str, env: dict | None = None) -> tuple[int, dict, str]:
+    """Run with ``--json``; exit status, parsed summary, stderr."""
+    proc = reprocess("--json", *args, env=env)
+    return proc.returncode, json.loads(proc.stdout), proc.stderr
+
+
+def inputs(workdir: Path, ids: range) -> list[str]:
+    """The archived ``.inp`` files of the jobs ``ids``."""
+    return [str(next((workdir / "0000").glob(f"{i:05d}_*.inp"))) for i in ids]
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    """A work directory where the example jobs 1-6 ran (4 squares, a cube, an error)."""
+    workdir = tmp_path_factory.mktemp("archive") / "W"
+    states = make_archive(workdir, EXAMPLES)
+    assert states == ["success"] * 5 + ["failure"]
+    return workdir
+
+
+@pytest.fixture
+def archive_copy(archive: Path, tmp_path: Path) -> Path:
+    """A copy of the archive that a test may edit."""
+    return Path(shutil.copytree(archive, tmp_path / "W"))
+
+
+@pytest.fixture
+def plugins(tmp_path: Path) -> Path:
+    """A plugin directory with the module ``rptest`` (ramp, echo)."""
+    directory = tmp_path / "plugins"
+    directory.mkdir()
+    (directory / "rptest.py").write_text(PLUGIN_MODULE)
+    return directory
+
+
+# ---- running -------------------------------------------------------------------------
+def test_directory_runs_every_archived_job(archive: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    status, summary, stderr = summary_of("-o", out, archive)
+    assert status == 1  # example.error fails again
+    assert summary["total"] == {
+        **summary["total"],
+        "jobs": 6,
+        "success": 5,
+        "failure": 1,
+        "aborted": 0,
+    }
+    assert summary["plugins"]["example.square"]["success"] == 4
+    assert summary["plugins"]["example.error"]["failure"] == 1
+    assert summary["output_dir"] == str(out)
+    assert [line for line in stderr.splitlines() if line] == [
+        f"dahu-reprocess: {archive}/0000/00006_example.error.inp: "
+        "job 6 failed: ValueError: this plugin always fails"
+    ]
+    # each run is recorded in the output directory's journal, with its .inp/.out files
+    with sqlite3.connect(out / "journal.sqlite") as db:
+        rows = db.execute("SELECT id, plugin, state FROM jobs ORDER BY id").fetchall()
+    assert [r[2] for r in rows] == ["success"] * 5 + ["failure"]
+    assert read_json(out / "0000/00003_example.square.out")["result"] == 9
+    assert read_json(out / "0000/00005_example.cube.out")["result"] == 8
+    new_input = read_json(out / "0000/00002_example.square.inp")
+    assert new_input == {"x": 2, "plugin_name": "example.square", "job_id": 2}
+
+
+def test_files_all_succeed(archive: Path, tmp_path: Path):
+    proc = reprocess("-o", tmp_path / "out", *inputs(archive, range(2, 4)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == [
+        "plugin",
+        "jobs",
+        "success",
+        "failure",
+        "aborted",
+        "total",
+        "s",
+        "mean",
+        "ms",
+    ]
+    assert any(line.split()[:5] == ["example.square", "2", "2", "0", "0"] for line in lines)
+    assert any(line.split()[:5] == ["total", "2", "2", "0", "0"] for line in lines)
+    assert "2 job(s) in" in proc.stdout
+
+
+def test_journal_ids(archive: Path, tmp_path: Path):
+    status, summary, _ = summary_of("-o", tmp_path / "one", "--workdir", archive, "3")
+    assert status == 0
+    assert summary["total"]["jobs"] == 1
+    assert read_json(tmp_path / "one/0000/00001_example.square.out")["result"] == 9
+
+    status, summary, _ = summary_of("-o", tmp_path / "range", "--workdir", archive, "1-5")
+    assert status == 0
+    assert summary["total"]["success"] == 5
+    assert summary["plugins"]["example.cube"]["success"] == 1
+
+    # ids not in the journal: one line each, counted failed; the others still run
+    status, summary, stderr = summary_of(
+        "-o", tmp_path / "missing", "--workdir", archive, "2,99", "40-50"
+    )
+    assert status == 1
+    assert summary["total"]["success"] == 1
+    assert summary["total"]["failure"] == 2
+    assert "job 99 is not in the journal" in stderr
+    assert f"40-50: no job 40-50 is in the journal of {archive}" in stderr
+
+
+def test_journal_ids_without_journal(tmp_path: Path):
+    status, summary, stderr = summary_of("-o", tmp_path / "out", "--workdir", tmp_path / "no", "1")
+    assert status == 1
+    assert summary["total"]["failure"] == 1
+    assert f"no journal in {tmp_path / 'no'}" in stderr
+    assert not (tmp_path / "no").exists()  # reading ids never creates a journal
+
+
+def test_parallel_jobs(tmp_path: Path):
+    sources = tmp_path / "in"
+    sources.mkdir()
+    for i in range(8):
+        data = {"plugin_name": "example.sleep", "t": 0.3, "job_id": i + 1}
+        (sources / f"{i:05d}_example.sleep.inp").write_text(json.dumps(data))
+    status, summary, _ = summary_of("-j", "2", "-o", tmp_path / "out", sources)
+    assert status == 0
+    entry = summary["plugins"]["example.sleep"]
+    assert entry["success"] == 8
+    assert entry["runtime"] >= 8 * 0.3 * 0.95
+    # two at a time: about half the serial time (generous bound)
+    assert summary["wall_time"] < 0.8 * entry["runtime"]
+
+
+def test_bad_inputs_are_reported_and_counted(archive: Path, tmp_path: Path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "garbage.json").write_text("this is { not JSON")
+    (bad / "no_plugin.inp").write_text(json.dumps({"x": 1}))
+    (bad / "unknown.inp").write_text(json.dumps({"plugin_name": "nosuch.plugin", "x": 1}))
+    missing = tmp_path / "missing.inp"
+    good = inputs(archive, range(1, 3))
+    status, summary, stderr = summary_of("-o", tmp_path / "out", good[0], bad, missing, good[1])
+    assert status == 1
+    assert summary["total"]["success"] == 2
+    assert summary["total"]["failure"] == 4
+    assert summary["total"]["invalid"] == 4
+    assert summary["plugins"]["nosuch.plugin"]["failure"] == 1
+    lines = stderr.splitlines()
+    assert len(lines) == 4, stderr
+    by_source = {line.split(": ")[1]: line for line in lines}
+    assert "not JSON" in by_source[str(bad / "garbage.json")]
+    assert "no plugin_name" in by_source[str(bad / "no_plugin.inp")]
+    assert "unknown plugin 'nosuch.plugin'" in by_source[str(bad / "unknown.inp")]
+    assert "no such file or directory" in by_source[str(missing)]
+    assert {e["source"] for e in summary["errors"]} == {
+        str(bad / "garbage.json"),
+        str(bad / "no_plugin.inp"),
+        str(bad / "unknown.inp"),
+        str(missing),
+    }
+
+
+def test_quiet_prints_only_the_summary(archive: Path, tmp_path: Path):
+    proc = reprocess("-q", "-o", tmp_path / "out", archive)
+    assert proc.returncode == 1
+    assert proc.stderr == ""  # the job failure is in the summary only
+    assert proc.stdout.startswith("plugin")
+    assert "example.error" in proc.stdout
+
+
+def test_bad_usage_exits_2(tmp_path: Path):
+    assert reprocess().returncode == 2
+    assert reprocess("-j", "0", tmp_path).returncode == 2
+    assert reprocess("--rtol", "-1", tmp_path).returncode == 2
+    assert reprocess("--no-such-option", tmp_path).returncode == 2
+    proc = reprocess("--plugins", tmp_path / "nowhere", tmp_path)
+    assert proc.returncode == 2
+    assert "plugin directory" in proc.stderr.splitlines()[-1]
+    (tmp_path / "file").write_text("")
+    assert reprocess("-o", tmp_path / "file", tmp_path).returncode == 2
+
+
+def test_default_output_is_a_new_work_directory(archive: Path, tmp_path: Path):
+    status, summary, _ = summary_of(
+        archive / "0000/00001_example.square.inp", env={"TMPDIR": str(tmp_path)}
+    )
+    assert status == 0
+    out = Path(summary["output_dir"])
+    assert out.parent.parent == tmp_path and out.parent.name.startswith("dahu_")
+    assert (out / "journal.sqlite").is_file()
+
+
+def test_progress_bar_only_on_a_terminal(archive: Path, tmp_path: Path):
+    def stderr_on_tty(*args: str) -> str:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        proc = subprocess.Popen(
+            [REPROCESS, *map(str, args)], stdout=subprocess.DEVNULL, stderr=slave
+        )
+        os.close(slave)
+        chunks = []
+        while True:
+            ready, _, _ = select.select([master], [], [], 30)
+            try:
+                data = os.read(master, 4096) if ready else b""
+            except OSError:  # the child closed the terminal
+                data = b""
+            if not data:
+                break
+            chunks.append(data)
+        os.close(master)
+        assert proc.wait(30) in (0, 1)
+        return b"".join(chunks).decode(errors="replace")
+
+    assert "6/6" in stderr_on_tty("-o", tmp_path / "a", archive)
+    assert "6/6" not in stderr_on_tty("-q", "-o", tmp_path / "b", archive)
+    assert "6/6" not in reprocess("-o", tmp_path / "c", archive).stderr
+
+
+def test_reprocess_ignore_and_renumbering(plugins: Path, tmp_path: Path):
+    env = {"DAHU_PLUGINS": str(plugins)}
+    jobs = [["rptest.echo", {"x": 1}]] * 2 + [["rptest.echo", {"x": 3, "secret": "s"}]]
+    make_archive(tmp_path / "W", jobs, env)
+    archived = tmp_path / "W/0000/00003_rptest.echo.inp"
+    assert read_json(archived)["secret"] == "s"
+    status, summary, stderr = summary_of("--plugins", plugins, "-o", tmp_path / "out", archived)
+    assert status == 0, stderr
+    new_input = read_json(tmp_path / "out/0000/00001_rptest.echo.inp")
+    assert new_input == {"x": 3, "plugin_name": "rptest.echo", "job_id": 1}
+    assert read_json(tmp_path / "out/0000/00001_rptest.echo.out")["keys"] == [
+        "job_id",
+        "plugin_name",
+        "x",
+    ]
+    # DAHU_PLUGINS works as well as --plugins
+    status, _, _ = summary_of("-o", tmp_path / "out2", archived, env=env)
+    assert status == 0
+
+
+# ---- --compare -------------------------------------------------------------------------
+def test_compare_same_outputs(archive: Path, tmp_path: Path):
+    status, summary, _ = summary_of(
+        "--compare", "-o", tmp_path / "a", *inputs(archive, range(1, 6))
+    )
+    assert status == 0
+    assert summary["compare"]["compared"] == 5
+    assert summary["compare"]["same"] == 5
+    assert summary["compare"]["differ"] == 0
+
+    status, summary, _ = summary_of("--compare", "-o", tmp_path / "b", "--workdir", archive, "1-5")
+    assert status == 0
+    assert summary["compare"]["same"] == 5
+
+
+def test_compare_without_archive(tmp_path: Path):
+    (tmp_path / "in.json").write_text(json.dumps({"plugin_name": "example.square", "x": 2}))
+    status, summary, _ = summary_of("--compare", "-o", tmp_path / "out", tmp_path / "in.json")
+    assert status == 0
+    assert summary["compare"]["no_archive"] == 1
+    assert summary["compare"]["compared"] == 0
+
+
+def test_compare_differing_output(archive_copy: Path, tmp_path: Path):
+    out_file = archive_copy / "0000/00002_example.square.out"
+    out_file.write_text(json.dumps({"result": 5, "logging": []}))
+    proc = reprocess("--compare", "-o", tmp_path / "out", *inputs(archive_copy, range(1, 6)))
+    assert proc.returncode == 1
+    text = proc.stdout
+    assert "compared 5 output(s) with their archive: 4 the same, 1 differ" in text
+    table = text.split("jobs that differ from their archive:")[1].splitlines()
+    row = next(line for line in table if "00002_example.square.inp" in line)
+    assert row.split()[0] == "2"
+    assert "result" in row.split() and "5 != 4" in row
+
+    status, summary, _ = summary_of("--compare", "-o", tmp_path / "j", *inputs(archive_copy, [2]))
+    assert status == 1
+    (difference,) = summary["compare"]["differences"]
+    assert difference["key"] == "result"
+    assert difference["plugin"] == "example.square"
+
+
+def test_compare_journal_archive(archive_copy: Path, tmp_path: Path):
+    with sqlite3.connect(archive_copy / "journal.sqlite") as db:
+        db.execute("UPDATE jobs SET output = ? WHERE id = 4", ('{"result": 16, "extra": 1}',))
+    status, summary, _ = summary_of(
+        "--compare", "-o", tmp_path / "o", "--workdir", archive_copy, "1-5"
+    )
+    assert status == 1
+    (difference,) = summary["compare"]["differences"]
+    assert difference["source"] == "job 4"
+    assert difference["key"] == "extra"
+
+
+def test_compare_tolerances(archive_copy: Path, tmp_path: Path):
+    out_file = archive_copy / "0000/00002_example.square.out"
+    out_file.write_text(json.dumps({"result": 4.000001, "logging": []}))  # 2.5e-7 relative
+    source = inputs(archive_copy, [2])
+
+    def differs(*options: str) -> bool:
+        status, summary, _ = summary_of("--compare", *options, "-o", tmp_path / "o", *source)
+        assert status in (0, 1)
+        return summary["compare"]["differ"] == 1
+
+    assert not differs()  # default rtol 1e-6
+    assert differs("--rtol", "0", "--atol", "0")
+    assert differs("--rtol", "1e-7")
+    assert not differs("--rtol", "0", "--atol", "1e-5")
+
+
+def test_compare_hdf5_by_value(plugins: Path, tmp_path: Path):
+    env = {"DAHU_PLUGINS": str(plugins)}
+    files = tmp_path / "files"
+    files.mkdir()
+    make_archive(tmp_path / "W", [["rptest.ramp", {"x": 2, "outdir": str(files)}]], env)
+    archived_h5 = read_json(tmp_path / "W/0000/00001_rptest.ramp.out")["file"]
+    source = tmp_path / "W/0000/00001_rptest.ramp.inp"
+    args = ["--compare", "--plugins", plugins, source]
+
+    # a new file with the same values is the same, though its name and bytes differ
+    status, summary, stderr = summary_of("-o", tmp_path / "a", *args)
+    assert status == 0, stderr
+    assert summary["compare"]["same"] == 1
+
+    with h5py.File(archived_h5, "r+") as h5:
+        h5["entry/data"][3] = 6 * (1 + 1e-9)
+    status, summary, _ = summary_of("-o", tmp_path / "b", *args)
+    assert status == 0
+    status, summary, _ = summary_of("--rtol", "0", "--atol", "0", "-o", tmp_path / "c", *args)
+    assert status == 1
+    assert summary["compare"]["differences"][0]["key"] == "file:/entry/data[3]"
+
+    with h5py.File(archived_h5, "r+") as h5:
+        h5["entry/data"][7] = -1
+        h5["entry/data"][3] = 6
+    proc = reprocess("-o", tmp_path / "d", *args)
+    assert proc.returncode == 1
+    assert "file:/entry/data[7]" in proc.stdout
+    # a member named with --ignore is not compared
+    status, _, _ = summary_of("--ignore", "data", "-o", tmp_path / "e", *args)
+    assert status == 0
+
+
+# ---- Ctrl-C -----------------------------------------------------------------------------
+def test_ctrl_c_aborts_and_prints_the_summary(tmp_path: Path):
+    sources = tmp_path / "in"
+    sources.mkdir()
+    for i in range(6):
+        data = {"plugin_name": "example.sleep", "t": 60}
+        (sources / f"{i:05d}_example.sleep.inp").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [REPROCESS, "--json", "-j", "2", "-o", str(out), str(sources)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        count = 0
+        while count < 2 and time.monotonic() < deadline:  # wait for jobs to be recorded
+            if (out / "journal.sqlite").is_file():
+                uri = f"file:{out / 'journal.sqlite'}?mode=ro"
+                with sqlite3.connect(uri, uri=True) as db:
+                    try:
+                        count = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+                    except sqlite3.OperationalError:  # schema not written yet
+                        count = 0
+            time.sleep(0.05)
+        assert count >= 2
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert time.monotonic() - started < 20  # the 60 s jobs were aborted, not waited for
+    assert proc.returncode == 130
+    summary = json.loads(stdout)
+    assert summary["interrupted"] is True
+    total = summary["total"]
+    assert total["success"] == 0
+    assert total["aborted"] >= 2
+    assert total["aborted"] + summary["not_started"] == 6
+    assert "interrupted" in stderr
+    with sqlite3.connect(out / "journal.sqlite") as db:
+        states = {s for (s,) in db.execute("SELECT state FROM jobs")}
+    assert states == {"aborted"}
+
+
+# ---- dahu.compare, in process -------------------------------------------------------------
+def test_compare_module_paths_and_reasons(tmp_path: Path):
+    assert compare({"a": [1, 2.0]}, {"a": [1.0, 2]}) is None
+    assert compare({"a": {"b": [[1, 2], [3, 4]]}}, {"a": {"b": [[1, 2], [3, 5]]}}) == "a.b[1][1]"
+    assert compare({"a": 1}, {"a": 1, "b": 2}) == "b"
+    assert compare({"a": 1, "b": 2}, {"a": 1}) == "b"
+    assert compare({"a": [1, 2]}, {"a": [1, 2, 3]}) == "a"
+    assert compare({"a": "x"}, {"a": 1}) == "a"
+    assert compare({"a": True}, {"a": 1}) == "a"
+    assert compare({"v": float("nan")}, {"v": float("nan")}) is None
+    assert compare({"job_id": 1}, {"job_id": 2}) is None
+    assert compare({"t": 1.0}, {"t": 2.0}, ignore={"t"}) is None
+    assert compare({"v": 0.0}, {"v": 1e-13}) is None
+    assert compare({"v": 100.0}, {"v": 100.01}, rtol=1e-3) is None
+    difference = first_difference({"a": [1, "x"]}, {"a": [1, "y"]})
+    assert (difference.path, difference.reason) == ("a[1]", "'x' != 'y'")
+
+    one, two, three = (tmp_path / n for n in ("1.txt", "2.txt", "3.txt"))
+    one.write_bytes(b"hello")
+    two.write_bytes(b"hello")
+    three.write_bytes(b"help!")
+    assert compare({"f": str(one)}, {"f": str(two)}) is None
+    assert first_difference({"f": str(one)}, {"f": str(three)}).reason == (
+        "file contents differ at byte 3"
+    )
+    assert compare({"f": str(one)}, {"f": str(three)}, files=False) == "f"
+
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    for path, value in ((a, 1.0), (b, 2.0)):
+        with h5py.File(path, "w") as h5:
+            data = numpy.zeros((4, 3))
+            data[2, 1] = value
+            h5["g/d"] = data
+            h5["g/s"] = "text"
+            h5["g/link"] = h5py.SoftLink("/g/d")
+    difference = compare_files(str(a), str(b))
+    assert (difference.path, difference.reason) == ("/g/d[2][1]", "1.0 != 2.0")
+    assert compare_files(str(a), str(a)) is None
+    assert compare_files(str(a), str(one)).reason == "the archived file is HDF5, the new one is not"
+
+
+def test_bench_runs_small():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench/reprocess.py"), "--small"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["jobs"] == 50
+    assert result["j1"]["jobs_per_s"] > 0 and result["j2"]["jobs_per_s"] > 0
+
+
+def test_main_in_process_help_and_version(capsys):
+    from dahu.app.reprocess import main
+
+    assert main(["--version"]) == 0
+    assert "dahu-reprocess" in capsys.readouterr().out
+    assert main([]) == 2
