@@ -121,3 +121,28 @@ def test_module_that_fails_to_import_is_reported(plugin_dir):
     write(plugin_dir / "broken.py", "raise ImportError('missing libfoo')\n")
     with pytest.raises(UnknownPlugin, match="cannot load plugin 'broken.x': ImportError"):
         Factory()("broken.x")
+
+
+def test_plugin_module_with_dataclass_and_future_annotations(plugin_dir):
+    write(
+        plugin_dir / "typed.py",
+        """
+        from __future__ import annotations
+        from dataclasses import dataclass
+        from dahu.plugin import Plugin
+        from dahu.factory import register
+
+        @dataclass
+        class Settings:
+            npt: int = 10
+
+        @register
+        class Typed(Plugin):
+            def process(self):
+                self.output["npt"] = Settings().npt
+        """,
+    )
+    plugin = Factory()("typed.typed")
+    plugin.process()
+    assert plugin.output["npt"] == 10
+    assert "typed" not in sys.modules

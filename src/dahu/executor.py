@@ -5,7 +5,9 @@ of worker threads: at most ``max_workers`` jobs hold a *slot* at once (one when
 ``serialize`` is true); more jobs wait in a FIFO queue.  A job that waits for another
 job (``Plugin.wait_for``) gives its slot back while it waits, so jobs waiting for each
 other can never take every slot and deadlock.  Threads are started on demand and end
-after a while without work.
+after a while without work.  A plugin that ignores an abort for ``abort_grace`` seconds
+is abandoned: its job ends ``aborted`` and its slot goes to another thread (a thread
+cannot be killed; use the ``process`` executor for plugins that may hang).
 
 An executor runs objects with a ``run()`` method that never raises (``dahu.job.Job``).
 """
@@ -68,9 +70,13 @@ class ThreadExecutor:
 
     name = "thread"
 
-    def __init__(self, max_workers: int | None = None, idle_timeout: float = 30.0):
+    def __init__(
+        self, max_workers: int | None = None, idle_timeout: float = 30.0, abort_grace: float = 5.0
+    ):
         self.max_workers = max(1, int(max_workers or default_workers()))
         self.idle_timeout = idle_timeout
+        self.abort_grace = abort_grace
+        self._abandoned: set[int] = set()
         self._serialize = False
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[Any] = deque()
@@ -158,12 +164,18 @@ class ThreadExecutor:
                     finally:
                         job = None  # a finished job must not outlive its run here
                         self._cond.acquire()
-                        self._running -= 1
-                        if self._reclaiming or (not self._queue and not self._running):
-                            self._cond.notify_all()
+                    if threading.get_ident() in self._abandoned:
+                        # its slot was given away when the job was abandoned: just end
+                        self._abandoned.discard(threading.get_ident())
+                        return
+                    self._running -= 1
+                    if self._reclaiming or (not self._queue and not self._running):
+                        self._cond.notify_all()
                     continue
                 if self._shutdown and not self._queue:
                     break
+                if self._threads - self._waiting > self.limit:
+                    break  # a surplus thread started while others waited: not kept
                 self._idle += 1
                 woken = self._cond.wait(self.idle_timeout)
                 self._idle -= 1
@@ -175,6 +187,24 @@ class ThreadExecutor:
 
     def _thread_exit(self) -> None:
         """Called by a pool thread that ends (subclasses free what it owned)."""
+
+    def abandon(self, thread_ident: int) -> bool:
+        """Give up on the job running in thread ``thread_ident`` (it ignored an abort).
+
+        Its slot is freed and another thread takes over; the thread itself cannot be
+        killed and ends when (if ever) the plugin returns.  Returns False if that thread
+        was already abandoned.
+        """
+        with self._cond:
+            if thread_ident in self._abandoned:
+                return False
+            self._abandoned.add(thread_ident)
+            self._running -= 1
+            self._threads -= 1
+            self._wake()
+            self._cond.notify_all()
+        logger.error("a plugin ignored its abort: its thread %s is abandoned", thread_ident)
+        return True
 
     @contextlib.contextmanager
     def waiting(self) -> Iterator[None]:

@@ -38,7 +38,7 @@ def load_source(module_name: str, file_path: str) -> ModuleType:
 
     ``file_path`` is a ``.py`` file, or a package directory (or its ``__init__.py``).  A
     package is kept in ``sys.modules`` under its own name, because its relative imports
-    need it there; a plain module file is not.
+    need it there; a plain module file is there only while its code runs.
     """
     is_package = os.path.isdir(file_path) or os.path.basename(file_path) == "__init__.py"
     if is_package:
@@ -60,14 +60,22 @@ def load_source(module_name: str, file_path: str) -> ModuleType:
     if spec is None or spec.loader is None:
         raise DahuError(f"cannot load plugin module {module_name!r} from {file_path}")
     module = importlib.util.module_from_spec(spec)
-    if is_package:
-        sys.modules[module_name] = module
+    # While its code runs, the module must be findable (dataclasses, pickle and typing
+    # look their module up in sys.modules); a plain module is removed again afterwards.
+    previous = sys.modules.get(module_name)
+    sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        if is_package:
-            sys.modules.pop(module_name, None)
+        sys.modules.pop(module_name, None)
+        if previous is not None:
+            sys.modules[module_name] = previous
         raise
+    if not is_package:
+        if previous is not None:
+            sys.modules[module_name] = previous
+        else:
+            sys.modules.pop(module_name, None)
     return module
 
 

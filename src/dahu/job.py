@@ -108,6 +108,7 @@ class Job(threading.Thread):
         self._execution: Any = None
         self._abort_reason: str | None = None
         self._timer: Any = None
+        self._outcome_recorded = False
         self._runner: int | None = None
         self._cleaned = False
         self._files_written = False
@@ -190,7 +191,24 @@ class Job(threading.Thread):
         self._engine.journal_fault = str(err)
         logger.error("job %s: %s", self._jobId, err)
 
+    def _abandon_if_stuck(self) -> None:
+        """Grace period after an abort is over: end the job even if its plugin runs on."""
+        executor = self._engine.executor
+        if self._status != State.RUNNING or self._runner is None:
+            return
+        if executor.abandon(self._runner):
+            grace = executor.abort_grace
+            reason = f"{self._abort_reason} (the plugin did not stop within {grace:g} s)"
+            self._finish(Outcome(State.ABORTED, {}, reason, None, time.time()))
+
     def _finish(self, outcome: Outcome) -> None:
+        with Job._lock:
+            if self._outcome_recorded:  # an abandoned plugin that returned at last
+                logger.warning(
+                    "job %s: late %s from an abandoned plugin ignored", self._jobId, outcome.state
+                )
+                return
+            self._outcome_recorded = True
         if self._timer is not None:
             self._engine.watchdog.cancel(self._timer)
             self._timer = None
@@ -272,6 +290,10 @@ class Job(threading.Thread):
             execution = self._execution
         if execution is not None:
             execution.abort(reason)
+            if hasattr(self._engine.executor, "abandon"):
+                self._engine.watchdog.call_later(
+                    self._engine.executor.abort_grace, self._abandon_if_stuck
+                )
         elif status == State.STARTING:
             self._engine.executor.cancel(self)
         return True
@@ -391,6 +413,7 @@ class Job(threading.Thread):
             _execution=None,
             _abort_reason=None,
             _timer=None,
+            _outcome_recorded=True,
             _runner=None,
             _cleaned=True,
             _files_written=True,

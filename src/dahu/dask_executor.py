@@ -1,0 +1,363 @@
+"""The ``dask`` executor: jobs run on a Dask distributed cluster.
+
+The scheduler address is given (``tcp://host:8786``), or ``local`` to start a
+``LocalCluster`` of ``max_workers`` single-threaded worker processes with the server.
+The workers must import ``dahu`` and see the plugin directories and the work directory
+at the same paths as the server (a shared file system, as at a facility): a worker loads
+plugin modules once per process and a plugin's ``wait_for`` reads the shared journal.
+
+* A job waiting for another (``wait_for``) secedes from the worker's thread pool while
+  it waits, so waiters never hold every worker thread.
+* ``abort`` sets a Dask ``Event`` that the task watches and passes to the plugin; if the
+  job has not ended ``abort_grace`` seconds later the worker running it is restarted and
+  the job ends ``aborted`` anyway.
+* A worker that dies running a task (segfault, ``os._exit``) makes the job ``failure``
+  with the reason; the local cluster's nanny restarts the worker.  With an external
+  scheduler, set ``distributed.scheduler.allowed-failures: 0`` so a killing task is not
+  retried on other workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from .executor import default_workers
+from .runner import Execution, Outcome
+from .states import State
+from .worker import outcome_message
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DaskExecutor", "run_task"]
+
+_configured: set[str] = set()
+_configure_lock = threading.Lock()
+
+
+def _prepare_worker(workdir: str, plugin_dirs: list[str]) -> None:
+    """Once per worker process: open the shared journal, add the plugin directories."""
+    with _configure_lock:
+        if workdir in _configured:
+            return
+        import dahu.engine
+        from dahu.factory import plugin_factory
+
+        dahu.engine.configure(workdir=workdir, recover=False, max_workers=1)
+        for directory in plugin_dirs:
+            plugin_factory.add_directory(directory)
+        _configured.add(workdir)
+
+
+@contextlib.contextmanager
+def _seceded() -> Iterator[None]:
+    """Leave the worker's thread pool while waiting for another job."""
+    from distributed import rejoin, secede
+
+    secede()
+    try:
+        yield
+    finally:
+        rejoin()
+
+
+def run_task(
+    plugin_name: str,
+    input_data: dict,
+    job_id: int,
+    workdir: str,
+    plugin_dirs: list[str],
+    abort_event: str,
+) -> dict[str, Any]:
+    """The Dask task of one job: run the plugin, watching for an abort; never raises."""
+    from distributed import Event, get_client
+
+    from dahu.factory import plugin_factory
+
+    _prepare_worker(workdir, plugin_dirs)
+    execution = Execution(
+        plugin_name,
+        input_data,
+        job_id,
+        factory=plugin_factory,
+        waiting=_seceded,
+        profile_dir=workdir,
+    )
+    finished = threading.Event()
+    event = Event(abort_event, client=get_client())
+
+    def watch() -> None:
+        while not finished.is_set():
+            try:
+                if event.wait(0.25):
+                    execution.abort("aborted on request")
+                    return
+            except Exception as err:  # the scheduler went away: nothing to watch
+                logger.warning("job %s: cannot watch for aborts: %r", job_id, err)
+                return
+
+    watcher = threading.Thread(target=watch, name=f"dahu-abort-{job_id}", daemon=True)
+    watcher.start()
+    try:
+        outcome = execution.run()
+    finally:
+        finished.set()
+    return outcome_message(outcome)
+
+
+class DaskExecution:
+    """One job on the cluster (the ``Execution`` interface of the executors)."""
+
+    plugin = None  # the plugin lives on a worker
+
+    def __init__(self, executor, plugin_name, input_data, job_id, on_plugin):
+        self.executor = executor
+        self.plugin_name = plugin_name
+        self.input_data = input_data
+        self.job_id = job_id
+        self.on_plugin = on_plugin
+        self.abort_reason: str | None = None
+        self.future: Any = None
+        self.started = time.time()
+        self.settled = False  # the job's outcome was handed over (once only)
+        self.lock = threading.Lock()
+
+    def launch(self, job: Any) -> None:
+        """Submit the task; its outcome reaches ``job`` through the collector thread."""
+        executor = self.executor
+        self.future = executor.client.submit(
+            run_task,
+            self.plugin_name,
+            self.input_data,
+            self.job_id,
+            executor.engine.workdir,
+            executor.engine.factory.directories,
+            self.event_name,
+            key=f"dahu-job-{self.job_id}-{id(self):x}",
+            pure=False,
+        )
+        if self.on_plugin is not None:
+            # the plugin runs remotely: its JOB_TIMEOUT is read from the class here
+            try:
+                klass = executor.engine.factory.search_plugin(self.plugin_name)
+            except Exception:
+                klass = None
+            self.on_plugin(getattr(klass, "JOB_TIMEOUT", None))
+        self.future.add_done_callback(lambda future: executor._completed.put((job, self)))
+
+    @property
+    def event_name(self) -> str:
+        """The name of the Dask event that aborts this job."""
+        return f"dahu-abort-{self.executor.engine.workdir}-{self.job_id}"
+
+    def abort(self, reason: str = "aborted on request") -> None:
+        """Tell the task to stop; give up on it after the grace period."""
+        if self.abort_reason is None:
+            self.abort_reason = reason
+        try:
+            from distributed import Event
+
+            Event(self.event_name, client=self.executor.client).set()
+        except Exception as err:
+            logger.warning("job %s: cannot signal the abort to the cluster: %s", self.job_id, err)
+        self.executor.engine.watchdog.call_later(self.executor.abort_grace, self._give_up)
+
+    def _give_up(self) -> None:
+        future = self.future
+        if future is None or future.done():
+            return
+        logger.warning("job %s did not stop after abort: restarting its worker", self.job_id)
+        threading.Thread(target=self._restart_worker, args=(future,), daemon=True).start()
+
+    def _restart_worker(self, future: Any) -> None:
+        """Restart the worker running the hung task (its nanny starts a fresh one)."""
+        client = self.executor.client
+        try:
+            workers = [w for w, keys in client.processing().items() if future.key in keys]
+            if workers:
+                client.restart_workers(workers)
+                return
+            future.cancel()
+        except Exception as err:
+            logger.warning("job %s: cannot restart its worker: %s", self.job_id, err)
+
+    def outcome(self) -> Outcome:
+        """The job's outcome once its future is done."""
+        import json
+
+        future, self.future = self.future, None
+        if future.cancelled() or future.status == "cancelled":
+            reason = self.abort_reason or "cancelled on the cluster"
+            return Outcome(State.ABORTED, {}, reason, self.started, time.time())
+        try:
+            data = future.result()
+        except Exception as err:
+            name = type(err).__name__
+            if name == "KilledWorker":
+                reason = f"worker process died (dask KilledWorker: {str(err).splitlines()[0]})"
+            else:
+                reason = f"dask task failed: {name}: {err}".splitlines()[0]
+            state = State.ABORTED if self.abort_reason else State.FAILURE
+            return Outcome(state, {}, self.abort_reason or reason, self.started, time.time())
+        outcome = Outcome(
+            data["state"],
+            json.loads(data["output"]) if data["output"] else {},
+            data["error"],
+            data["started"],
+            data["ended"],
+            data["module_file"],
+            data["plugin_version"],
+        )
+        if outcome.state == State.ABORTED and self.abort_reason:
+            outcome.error = self.abort_reason
+        return outcome
+
+
+class DaskExecutor:
+    """Runs jobs on a Dask cluster (see the module doc).
+
+    :param max_workers: workers of the local cluster; with an external scheduler, how
+        many jobs are on the cluster at once (default: no bound but the cluster's)
+    :param scheduler: a scheduler address, or ``local``
+    :param abort_grace: seconds a job has to stop after ``abort`` before its task is
+        cancelled
+    """
+
+    name = "dask"
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        scheduler: str = "local",
+        abort_grace: float = 2.0,
+    ):
+        self.scheduler = scheduler or "local"
+        self.max_workers = int(max_workers or default_workers())
+        self.abort_grace = abort_grace
+        self.in_flight_limit = 100_000 if self.scheduler != "local" else 10 * self.max_workers
+        self.engine: Any = None
+        self.client: Any = None
+        self.cluster: Any = None
+        self._serialize = False
+        self._lock = threading.Lock()
+        self._pending: deque[Any] = deque()
+        self._in_flight = 0
+        self._completed: queue.SimpleQueue = queue.SimpleQueue()
+        self._collector: threading.Thread | None = None
+
+    def attach(self, engine: Any) -> None:
+        """Connect to (or start) the cluster for ``engine``."""
+        import dask
+        from distributed import Client, LocalCluster
+
+        self.engine = engine
+        if self.scheduler == "local":
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                self.cluster = LocalCluster(
+                    n_workers=self.max_workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=":0",
+                )
+            self.client = Client(self.cluster)
+        else:
+            self.client = Client(self.scheduler)
+        self._collector = threading.Thread(
+            target=self._collect, name="dahu-dask-collector", daemon=True
+        )
+        self._collector.start()
+
+    @property
+    def serialize(self) -> bool:
+        """When true, one job at a time is on the cluster."""
+        return self._serialize
+
+    @serialize.setter
+    def serialize(self, value: bool) -> None:
+        with self._lock:
+            self._serialize = bool(value)
+        self._pump()
+
+    def execution(self, plugin_name, input_data, job_id, engine, on_plugin=None):
+        """A :class:`DaskExecution` for one job."""
+        return DaskExecution(self, plugin_name, input_data, job_id, on_plugin)
+
+    def submit(self, job: Any) -> None:
+        with self._lock:
+            self._pending.append(job)
+        self._pump()
+
+    def _pump(self) -> None:
+        while True:
+            with self._lock:
+                limit = 1 if self._serialize else self.in_flight_limit
+                if not self._pending or self._in_flight >= limit:
+                    return
+                job = self._pending.popleft()
+                self._in_flight += 1
+            execution = job._begin()
+            if execution is None:
+                self._settle(job, job._aborted_outcome())
+                continue
+            try:
+                execution.launch(job)
+            except Exception as err:
+                logger.exception("job %s: cannot submit to the cluster", job.id)
+                reason = f"cannot submit to the dask cluster: {err}".splitlines()[0]
+                self._settle(job, Outcome(State.FAILURE, {}, reason, None, time.time()))
+
+    def _settle(self, job: Any, outcome: Outcome) -> None:
+        with self._lock:
+            self._in_flight -= 1
+        try:
+            job._finish(outcome)
+        except Exception:
+            logger.exception("job %s: cannot record its outcome", job.id)
+        self._pump()
+
+    def _collect(self) -> None:
+        while True:
+            item = self._completed.get()
+            if item is None:
+                return
+            job, execution = item
+            self._settle(job, execution.outcome())
+
+    def waiting(self) -> contextlib.AbstractContextManager:
+        """Waiting happens on the workers (they secede); nothing to free here."""
+        return contextlib.nullcontext()
+
+    def cancel(self, job: Any) -> bool:
+        with self._lock:
+            try:
+                self._pending.remove(job)
+            except ValueError:
+                return False
+            self._in_flight += 1
+        self._settle(job, job._aborted_outcome())
+        return True
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {"queued": len(self._pending), "running": self._in_flight, "waiting": 0}
+
+    def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while wait:
+            with self._lock:
+                if not self._pending and not self._in_flight:
+                    break
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self._completed.put(None)
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()

@@ -1,0 +1,256 @@
+"""Where jobs run: the same promises under the thread, process and dask executors.
+
+Each executor gets one engine for the module (a local Dask cluster takes a second to
+start); every test runs real jobs through ``dahu.job.Job``.
+"""
+
+import textwrap
+import time
+
+import h5py
+import pytest
+
+import dahu.engine
+from dahu.job import Job
+from dahu.journal import job_file_stem
+from dahu.testdata import make_dataset
+
+PLUGINS = '''
+import ctypes
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Crash(Plugin):
+    """Kill the process running it: os._exit(1) or a segfault."""
+
+    def process(self):
+        if self.input.get("how") == "exit":
+            os._exit(1)
+        ctypes.string_at(0)
+
+
+@register
+class Hang(Plugin):
+    """Never stops, ignores abort."""
+
+    def process(self):
+        while True:
+            time.sleep(0.02)
+
+
+@register
+class Patient(Plugin):
+    """Runs until aborted; times out after JOB_TIMEOUT."""
+
+    JOB_TIMEOUT = 0.5
+
+    def process(self):
+        while not self.is_aborted:
+            time.sleep(0.01)
+
+
+@register
+class AddPrevious(Plugin):
+    """Wait for job `other`, add its result to x."""
+
+    TIMEOUT = 60
+
+    def process(self):
+        other = self.wait_for(self.input["other"])
+        self.output["result"] = other.output_data["result"] + self.input["x"]
+
+
+@register
+class Pid(Plugin):
+    """Report the process id."""
+
+    def process(self):
+        self.output["pid"] = os.getpid()
+'''
+
+KINDS = ["thread", "process", "dask"]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def kind_engine(request, tmp_path_factory):
+    base = tmp_path_factory.mktemp(request.param)
+    plugins = base / "plugins"
+    plugins.mkdir()
+    (plugins / "trouble.py").write_text(textwrap.dedent(PLUGINS))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DAHU_PLUGINS", str(plugins))
+    options = {"abort_grace": 1.0}
+    engine = dahu.engine.configure(
+        workdir=str(base / "work"),
+        max_workers=2,
+        executor_kind=request.param,
+        executor_options=options,
+    )
+    yield request.param, engine
+    engine.executor.shutdown(wait=True, timeout=30)
+    mp.undo()
+
+
+@pytest.fixture
+def kind(kind_engine):
+    kind, engine = kind_engine
+    dahu.engine._current = engine  # this module's engine is the current one
+    return kind
+
+
+def run(name, data=None, timeout=60):
+    job = Job(name, data or {})
+    job.start()
+    job.join(timeout)
+    return job
+
+
+def wait_running(job, timeout=30):
+    deadline = time.monotonic() + timeout
+    while job.status != Job.STATE_RUNNING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job.status == Job.STATE_RUNNING
+
+
+def test_normal_jobs_and_files(kind):
+    jobs = [Job("example.square", {"x": x}) for x in range(20)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(60)
+    assert [j.status for j in jobs] == ["success"] * 20
+    assert [j.output_data["result"] for j in jobs] == [x * x for x in range(20)]
+    jobs[3].clean()
+    engine = dahu.engine.get_engine()
+    stem = job_file_stem(engine.workdir, jobs[3].id, "example.square")
+    assert open(stem + ".out").read().count('"result": 9') == 1
+    assert Job.getStatusFromID(jobs[3].id) == "success"
+
+
+def test_plugin_that_raises(kind):
+    job = run("example.error", {"message": "bad frame"})
+    assert job.status == "failure"
+    assert job.error.splitlines()[0] == "ValueError: bad frame"
+
+
+@pytest.mark.parametrize("how, reason", [("exit", "exit code 1"), ("segv", "signal 11")])
+def test_dying_plugin_fails_its_job_and_the_server_goes_on(kind, how, reason):
+    if kind == "thread":
+        pytest.skip("in the thread executor plugin code runs in the server: use process")
+    job = run("trouble.crash", {"how": how})
+    assert job.status == "failure"
+    assert "worker process died" in job.error
+    if kind == "process":
+        assert reason in job.error
+    assert run("example.square", {"x": 3}).output_data["result"] == 9
+
+
+def test_abort_cooperative_plugin(kind):
+    job = Job("example.sleep", {"t": 60})
+    job.start()
+    wait_running(job)
+    t0 = time.monotonic()
+    assert job.abort()
+    job.join(10)
+    assert job.status == "aborted"
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_abort_hung_plugin_ends_it_after_grace(kind):
+    # process: the worker is killed; dask: the worker is restarted; thread: the thread
+    # cannot be killed, it is abandoned and another one takes its slot
+    job = Job("trouble.hang", {})
+    job.start()
+    wait_running(job)
+    time.sleep(0.2)  # let the plugin enter its loop in the worker
+    t0 = time.monotonic()
+    assert job.abort()
+    job.join(20)
+    elapsed = time.monotonic() - t0
+    assert job.status == "aborted"
+    assert 0.9 <= elapsed < 10
+    assert run("example.square", {"x": 2}).output_data["result"] == 4
+
+
+def test_timeouts(kind):
+    by_class = run("trouble.patient", {})
+    assert by_class.status == "aborted"
+    assert by_class.error == "timed out after 0.5 s"
+    by_input = run("example.sleep", {"t": 60, "job_timeout": 0.3})
+    assert by_input.status == "aborted"
+    assert by_input.error.startswith("timed out after 0.3 s")
+    hung = run("trouble.hang", {"job_timeout": 0.3})
+    assert hung.status == "aborted"
+    assert hung.error.startswith("timed out after 0.3 s")
+
+
+def test_wait_for_chain_longer_than_the_pool(kind):
+    head = Job("example.square", {"x": 2})
+    chain = [head]
+    for _ in range(5):  # each waits for the previous: more waiters than the 2 slots
+        chain.append(Job("trouble.addprevious", {"other": chain[-1].id, "x": 1}))
+    for job in reversed(chain):
+        job.start()
+    chain[-1].join(120)
+    assert [j.status for j in chain] == ["success"] * 6, chain[-1].error
+    assert chain[-1].output_data["result"] == 4 + 5
+
+
+def test_isolation_and_reuse_of_workers(kind):
+    import os
+
+    pids = {run("trouble.pid").output_data["pid"] for _ in range(6)}
+    if kind == "thread":
+        assert pids == {os.getpid()}
+    else:
+        assert os.getpid() not in pids
+        assert len(pids) <= 2  # long-lived workers are reused
+
+
+def test_pyfai_integration(kind, tmp_path):
+    data = make_dataset(tmp_path / "data", 3, (128, 128), seed=2)
+    job = run(
+        "pyfai.integratemanyframes",
+        {
+            "poni_file": data["poni_file"],
+            "input_files": data["edf_files"],
+            "npt": 100,
+            "output_file": str(tmp_path / "out.h5"),
+        },
+        timeout=120,
+    )
+    assert job.status == "success", job.error
+    assert job.output_data["frames"] == 3
+    with h5py.File(tmp_path / "out.h5") as h5:
+        assert h5["entry/integrated/intensity"].shape == (3, 100)
+
+
+def test_process_workers_are_recycled(tmp_path):
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path),
+        max_workers=1,
+        executor_kind="process",
+        executor_options={"recycle_jobs": 2},
+    )
+    try:
+        pids = [run("example.square", {"x": 1}) for _ in range(5)]
+        assert all(j.status == "success" for j in pids)
+        seen = []
+        for _ in range(4):
+            job = Job("example.noop", {})
+            job.start()
+            job.join(30)
+            seen.append(engine.executor.worker_pids())
+        assert len({tuple(p) for p in seen}) >= 2  # a new worker after every 2 jobs
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+def test_unknown_executor_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown executor 'gpu'"):
+        dahu.engine.configure(workdir=str(tmp_path), executor_kind="gpu")
