@@ -276,6 +276,7 @@ def test_serialize_runs_one_at_a_time(engine):
     for job in jobs:
         job.start()
     Job.synchronize_all()
+    assert all(j.runtime >= 0.05 for j in jobs)
     spans = sorted((j._started_at, j._ended_at) for j in jobs)
     for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
         assert start >= end - 1e-3

@@ -167,3 +167,13 @@ def test_live_process_jobs_are_not_marked_interrupted(workdir):
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+def test_opening_without_create_needs_an_existing_journal(tmp_path):
+    from dahu.journal import JournalError
+
+    with pytest.raises(JournalError, match="no journal in"):
+        SQLiteJournal(str(tmp_path / "empty"), create=False)
+    assert not (tmp_path / "empty").exists()
+    SQLiteJournal(str(tmp_path)).close()
+    SQLiteJournal(str(tmp_path), create=False).close()

@@ -372,6 +372,13 @@ class Job(threading.Thread):
             return self._record().error or ""
         return self._error or ""
 
+    @property
+    def runtime(self) -> float | None:
+        """Seconds the plugin ran (None until the job ended)."""
+        if self._started_at is None or self._ended_at is None:
+            return None
+        return self._ended_at - self._started_at
+
     def getName(self) -> str:  # noqa: N802 - public API
         """The plugin name of the job."""
         return self._plugin_name

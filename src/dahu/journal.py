@@ -214,11 +214,16 @@ class SQLiteJournal(Journal):
 
     FILENAME = "journal.sqlite"
 
-    def __init__(self, workdir: str | None = None, filename: str | None = None):
+    def __init__(
+        self, workdir: str | None = None, filename: str | None = None, create: bool = True
+    ):
+        """Open (or, with ``create``, create) the journal of ``workdir``."""
         self.workdir = os.path.abspath(workdir or default_workdir())
+        self.path = os.path.join(self.workdir, filename or self.FILENAME)
+        if not create and not os.path.isfile(self.path):
+            raise JournalError(f"no journal in {self.workdir}")
         try:
             os.makedirs(self.workdir, exist_ok=True)
-            self.path = os.path.join(self.workdir, filename or self.FILENAME)
             self._lock = threading.RLock()
             self._db = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=30.0
@@ -233,6 +238,9 @@ class SQLiteJournal(Journal):
         self._pid = os.getpid()
 
     def _init_schema(self) -> None:
+        current = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if current == SCHEMA_VERSION:
+            return  # nothing to write: reading another directory's journal changes nothing
         with self.transaction() as db:
             db.execute(
                 """CREATE TABLE IF NOT EXISTS jobs (
