@@ -232,8 +232,9 @@ class Job(threading.Thread):
             self._status = outcome.state
             # a job whose record could not be written stays in memory: nothing is lost
             if self._engine.journal_fault is None:
-                Job._live.pop(self._jobId, None)
-                Job._recent[self._jobId] = self
+                if Job._live.get(self._jobId) is self:
+                    del Job._live[self._jobId]
+                    Job._recent[self._jobId] = self
         self._engine.count_finished(outcome.state)
         if outcome.state == State.FAILURE:
             logger.debug("job %s failed: %s", self._jobId, (outcome.error or "").split("\n")[0])
@@ -401,7 +402,9 @@ class Job(threading.Thread):
     @classmethod
     def _lookup(cls, job_id: int) -> Job | None:
         with cls._lock:
-            return cls._live.get(job_id) or cls._recent.get(job_id)
+            job = cls._live.get(job_id) or cls._recent.get(job_id)
+        # a job of a previous engine (another work directory) is not this engine's job
+        return job if job is not None and job._engine is get_engine() else None
 
     @classmethod
     def _from_record(cls, record: Any) -> Job:

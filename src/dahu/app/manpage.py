@@ -141,7 +141,7 @@ PAGES: dict[str, Page] = {
         spec_parser=_register_spec_parser,
         summary="register a Dahu device server in the Tango database",
         description=[
-            "dahu-register declares, in the Tango database, the server dahu_server/INSTANCE "
+            "dahu-register declares, in the Tango database, the server DahuDS/INSTANCE "
             "and its DahuDS device DEVICE, so that dahu_server INSTANCE can start.",
         ],
         environment=[_ENV_TANGO],

@@ -1,0 +1,273 @@
+"""Benchmark of the DahuDS Tango device: prints JSON.
+
+Starts ``dahu_server`` without a database (``-nodb``) on a free port, with a fresh work
+directory, and measures from Python clients:
+
+* ``trivial_per_s``: round trips of a trivial command (``State``) from one client, the
+  bound of anything done one request at a time (best of a run before and after);
+* ``pairs_per_s``: ``startJob`` + ``waitJob`` pairs (``example.square``) from one client;
+  a pair is two round trips, so ``pairs_vs_bound`` compares it with ``trivial_per_s / 2``;
+* ``events_per_s``: ``startJob`` calls, back to back, until every job's ``jobSuccess``
+  change event has reached the client (one round trip per job: compared with the bound);
+* ``batch_per_s``: jobs per second submitted by one ``startJobs`` call (and
+  ``batch_done_per_s`` until they have all run);
+* ``latency_ms``: another client's ``startJob`` latency while ``--waiters`` clients (in a
+  separate process) are blocked in ``waitJob`` on jobs that do not end.
+
+    python bench/tango.py [--small] [--pairs 2000] [--events 5000] [--batch 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+# This file is named like PyTango's package: keep its directory out of the import path.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+# Large ZeroMQ buffers at both ends: a slow moment of the client must not drop events.
+os.environ.setdefault("TANGO_EVENT_BUFFER_HWM", "200000")
+os.environ.setdefault("TANGO_DS_EVENT_BUFFER_HWM", "200000")
+
+import tango  # noqa: E402
+
+DEVICE = "id00/dahu/bench"
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def device_url(port: int) -> str:
+    return f"tango://127.0.0.1:{port}/{DEVICE}#dbase=no"
+
+
+def start_server(port: int, workdir: str) -> subprocess.Popen:
+    """Start ``dahu_server`` and return once its device answers."""
+    cmd = [
+        os.path.join(BIN, "dahu_server"),
+        "bench",
+        "-nodb",
+        "-port",
+        str(port),
+        "-dlist",
+        DEVICE,
+        "--workdir",
+        workdir,
+    ]
+    with open(os.path.join(workdir, "server.log"), "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"dahu_server exited with status {proc.returncode}")
+            try:
+                tango.DeviceProxy(device_url(port)).ping()
+                return proc
+            except tango.DevFailed:
+                time.sleep(0.1)
+        raise SystemExit("dahu_server did not answer within 60 s")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def trivial_rate(proxy: tango.DeviceProxy, count: int) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        proxy.state()
+    return count / (time.perf_counter() - started)
+
+
+def pairs_rate(proxy: tango.DeviceProxy, count: int) -> float:
+    started = time.perf_counter()
+    for i in range(count):
+        job_id = proxy.startJob(["example.square", f'{{"x": {i}}}'])
+        state = proxy.waitJob(job_id)
+        while state not in ("success", "failure", "aborted"):
+            state = proxy.waitJob(job_id)
+        if state != "success":
+            raise SystemExit(f"job {job_id} ended {state}")
+    return count / (time.perf_counter() - started)
+
+
+def events_rate(proxy: tango.DeviceProxy, count: int) -> float:
+    base = proxy.startJob(["example.noop", "{}"])  # every job below gets a larger id
+    proxy.waitJob(base)
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def on_event(event: tango.EventData) -> None:
+        if event.err or event.attr_value is None:
+            return
+        value = int(event.attr_value.value)
+        if value > base:
+            seen.add(value)
+            if len(seen) >= count:
+                done.set()
+
+    event_id = proxy.subscribe_event("jobSuccess", tango.EventType.CHANGE_EVENT, on_event)
+    try:
+        started = time.perf_counter()
+        for i in range(count):
+            proxy.startJob(["example.square", f'{{"x": {i}}}'])
+        if not done.wait(120):
+            raise SystemExit(f"only {len(seen)} of {count} jobSuccess events received")
+        return count / (time.perf_counter() - started)
+    finally:
+        proxy.unsubscribe_event(event_id)
+
+
+def batch_rates(proxy: tango.DeviceProxy, count: int) -> tuple[float, float]:
+    inputs = json.dumps([{"x": i} for i in range(count)])
+    finished0 = proxy.jobsFinished
+    proxy.set_timeout_millis(60000)
+    try:
+        started = time.perf_counter()
+        ids = proxy.startJobs(["example.square", inputs])
+        submitted = time.perf_counter()
+    finally:
+        proxy.set_timeout_millis(3000)
+    if len(ids) != count:
+        raise SystemExit(f"startJobs returned {len(ids)} ids for {count} inputs")
+    while proxy.jobsFinished - finished0 < count:
+        if time.perf_counter() - started > 300:
+            raise SystemExit("the batch did not finish within 300 s")
+        time.sleep(0.01)
+    done = time.perf_counter()
+    return count / (submitted - started), count / (done - started)
+
+
+def waiter_main(url: str, ids: list[int]) -> int:
+    """Helper process: one client per id, each blocked in waitJob until killed."""
+    proxies = [tango.DeviceProxy(url) for _ in ids]
+    calls = [0] * len(ids)
+
+    def wait(index: int) -> None:
+        while True:
+            proxies[index].waitJob(ids[index])
+            calls[index] += 1
+
+    for index in range(len(ids)):
+        threading.Thread(target=wait, args=(index,), daemon=True).start()
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    sys.stdin.read()  # until the parent closes it
+    return 0
+
+
+def latency_ms(proxy: tango.DeviceProxy, port: int, waiters: int, samples: int) -> dict:
+    ids = [proxy.startJob(["example.sleep", '{"t": 600}']) for _ in range(waiters)]
+    helper = subprocess.Popen(
+        [sys.executable, __file__, "--waiter", device_url(port), *map(str, ids)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if helper.stdout.readline().strip() != "ready":
+            raise SystemExit("the waiting clients did not start")
+        time.sleep(1.0)  # let every waiter reach the server and block there
+        times = []
+        for i in range(samples):
+            started = time.perf_counter()
+            proxy.startJob(["example.noop", "{}"])
+            times.append((time.perf_counter() - started) * 1000)
+            if i % 20 == 19:
+                time.sleep(0.05)  # spread the samples over the waiters' cycles
+    finally:
+        helper.stdin.close()
+        helper.kill()
+        helper.wait()
+        for job_id in ids:
+            proxy.abort(job_id)
+    times.sort()
+    return {
+        "median": round(statistics.median(times), 3),
+        "p99": round(times[int(len(times) * 0.99) - 1], 3),
+        "max": round(times[-1], 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--waiter":
+        return waiter_main(argv[1], [int(i) for i in argv[2:]])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="a tiny run (smoke test)")
+    parser.add_argument("--pairs", type=int, default=2000)
+    parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=10000)
+    parser.add_argument("--trivial", type=int, default=5000)
+    parser.add_argument("--waiters", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="parent of the server's work directory (default: the system's temporary "
+        "directory; /dev/shm takes the disk out of the figures)",
+    )
+    args = parser.parse_args(argv)
+    if args.small:
+        args.pairs, args.events, args.batch, args.trivial = 20, 50, 200, 200
+        args.waiters, args.samples = 2, 20
+    workdir = tempfile.mkdtemp(prefix="dahu-bench-tango-", dir=args.workdir)
+    port = free_port()
+    server = start_server(port, workdir)
+    try:
+        proxy = tango.DeviceProxy(device_url(port))
+        proxy.startJob(["example.square", "{}"])  # load the plugin module
+        proxy.startJob(["example.noop", "{}"])
+        trivial_before = trivial_rate(proxy, args.trivial)
+        pairs = pairs_rate(proxy, args.pairs)
+        events = events_rate(proxy, args.events)
+        batch, batch_done = batch_rates(proxy, args.batch)
+        latency = latency_ms(proxy, port, args.waiters, args.samples)
+        trivial = max(trivial_before, trivial_rate(proxy, args.trivial))
+        result = {
+            "benchmark": "tango",
+            "trivial_per_s": round(trivial, 1),
+            "pairs": args.pairs,
+            "pairs_per_s": round(pairs, 1),
+            "pairs_vs_bound": round(pairs / (trivial / 2), 3),
+            "events": args.events,
+            "events_per_s": round(events, 1),
+            "events_vs_bound": round(events / trivial, 3),
+            "batch": args.batch,
+            "batch_per_s": round(batch, 1),
+            "batch_done_per_s": round(batch_done, 1),
+            "waiters": args.waiters,
+            "latency_ms": latency,
+            "workdir": os.path.dirname(workdir),
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "pytango": tango.__version__,
+        }
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

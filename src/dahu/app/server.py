@@ -1,0 +1,170 @@
+"""``dahu_server INSTANCE [options] [Tango options]``: run the DahuDS Tango device server.
+
+Dahu's own options are taken out of the command line; everything else goes to Tango
+unchanged, so ``dahu_server test -nodb -port 10123 -dlist id00/dahu/1`` runs without a
+database and ``dahu_server test`` runs against ``TANGO_HOST``.  Own options are matched
+exactly (never as prefixes or bundled letters), because Tango's single-dash options such
+as ``-dlist`` or ``-v4`` would otherwise be mistaken for ``-d`` or ``-l``.
+
+SIGINT/SIGTERM stop the Tango loop; then the jobs still queued or running are aborted
+and their outcome recorded in the journal before the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import logging.handlers
+import os
+import sys
+
+from .. import __version__
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["main", "split_args"]
+
+# Own options: flags, then options taking a value.  New engine options (for example
+# ``--executor KIND``) go in VALUED and in build_parser(), and reach the engine through
+# ``dahu.server.settings.engine_options`` in main().
+FLAGS = {"-d", "--debug", "-V", "--version", "-h", "--help"}
+VALUED = {"-l", "--log", "--workdir", "--plugins", "--max-workers", "--shutdown-timeout"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of Dahu's own options."""
+    parser = argparse.ArgumentParser(
+        prog="dahu_server",
+        description="Run the DahuDS Tango device server (data-analysis jobs).",
+        epilog="Any other option is passed to Tango, e.g. -nodb -port 10123 "
+        "-dlist id00/dahu/1, -v4, -ORBendPoint giop:tcp::10123.",
+    )
+    parser.add_argument("instance", help="server instance name (DahuDS/INSTANCE)")
+    parser.add_argument("-V", "--version", action="version", version=f"dahu {__version__}")
+    parser.add_argument("-d", "--debug", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "-l", "--log", metavar="DIR", help="also log to DIR/dahu_server_INSTANCE.log"
+    )
+    parser.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="work directory: journal, .inp/.out files (wins over the device property)",
+    )
+    parser.add_argument(
+        "--plugins",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="plugin directory (repeatable), added to the device property's",
+    )
+    parser.add_argument(
+        "--max-workers",
+        metavar="N",
+        type=int,
+        help="jobs running at once (wins over the device property)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        metavar="S",
+        type=float,
+        default=30.0,
+        help="on SIGINT/SIGTERM, how long to wait for aborted jobs to end (default 30)",
+    )
+    return parser
+
+
+def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split the command line into Dahu's own options and the rest (for Tango)."""
+    own: list[str] = []
+    rest: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        key = token.split("=", 1)[0] if token.startswith("--") else token
+        if key in FLAGS:
+            own.append(token)
+        elif key in VALUED:
+            own.append(token)
+            if "=" not in token:
+                value = next(tokens, None)
+                if value is not None:
+                    own.append(value)
+        else:
+            rest.append(token)
+    return own, rest
+
+
+def setup_logging(debug: bool, log_dir: str | None, instance: str) -> None:
+    """Log to stderr, and to a rotating file in ``log_dir`` when given."""
+    level = logging.DEBUG if debug else logging.INFO
+    fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(threadName)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(level)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(fmt)
+    root.addHandler(handler)
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+        path = os.path.join(log_dir, f"dahu_server_{instance}.log")
+        file_handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=20 * 2**20, backupCount=5
+        )
+        file_handler.setFormatter(fmt)
+        root.addHandler(file_handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``dahu_server``; return the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    own, rest = split_args(argv)
+    parser = build_parser()
+    if rest and not rest[0].startswith("-"):
+        instance, tango_args = rest[0], rest[1:]
+        own.append(instance)
+    else:
+        instance, tango_args = None, rest
+    args, unknown = parser.parse_known_args(own)
+    if instance is None or unknown:
+        parser.error("the instance name must come first: dahu_server INSTANCE [options]")
+    setup_logging(args.debug, args.log, instance)
+
+    # Imported here so that --help and --version answer without loading Tango.
+    import tango
+    from tango.server import run
+
+    from .. import server
+
+    server.settings.workdir = args.workdir
+    server.settings.plugins = list(args.plugins)
+    server.settings.max_workers = args.max_workers
+
+    def started() -> None:
+        # Everything loaded so far lives as long as the process: keep it out of the
+        # collector's way (full collections scan far fewer objects).
+        gc.collect()
+        gc.freeze()
+        logger.info("dahu_server %s: ready", instance)
+
+    status = 0
+    try:
+        run(
+            (server.DahuDS,),
+            args=["DahuDS", instance, *tango_args],
+            post_init_callback=started,
+            raises=True,
+        )
+    except tango.DevFailed as err:
+        sys.stderr.write(f"dahu_server: {server.one_line(err.args[0].desc)}\n")
+        status = 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        logger.info("dahu_server %s: stopping", instance)
+        if not server.shutdown(args.shutdown_timeout):
+            status = status or 1
+    logger.info("dahu_server %s: stopped", instance)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,736 @@
+"""The Tango device server ``DahuDS``: a thin translation layer over the core engine.
+
+Clients (BLISS macros, beamline scripts, GUIs) call the commands below; everything about
+jobs is done by :mod:`dahu.job` and the engine.  ``docs/server.md`` is the reference.
+
+* Concurrency: synchronous green mode with the Tango serial model ``NO_SYNC``, so each
+  request runs at once in its own omniORB thread and a client blocked in ``waitJob``
+  never delays another client.  Every command is thread-safe.
+* ``waitJob`` waits at most ``wait_timeout`` (default 2 s, below the 3 s default client
+  timeout) and returns the state then: a state that is not final means "call again".
+* Events (``jobSuccess``/``jobFailure`` per job, ``statisticsCollected``) are pushed by
+  one thread inside ``tango.EnsureOmniThread()``; job callbacks only enqueue.
+* A job input is a JSON object of at most :data:`MAX_INPUT_CHARS` characters nested at
+  most :data:`MAX_DEPTH` levels; every refusal is a ``DevFailed`` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import inspect
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy
+import tango
+from tango import AttrWriteType, DevLong, DevState, DevVarLongArray
+from tango.server import Device, attribute, command, device_property
+
+from . import DahuError, __version__
+from . import engine as dahu_engine
+from .factory import UnknownPlugin
+from .job import InvalidInput, Job, parse_input
+from .states import State
+from .utils import NumpyEncoder
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DahuDS",
+    "ServerSettings",
+    "settings",
+    "shutdown",
+    "parse_job_input",
+    "MAX_INPUT_CHARS",
+    "MAX_DEPTH",
+    "UnknownJob",
+    "TryAgain",
+]
+
+MAX_INPUT_CHARS = 16 * 2**20
+"""Largest JSON text accepted for one ``startJob`` or ``startJobs`` call (16 MiB)."""
+MAX_DEPTH = 64
+"""Deepest nesting of arrays/objects accepted in a job input."""
+INT32_MAX = 2**31 - 1
+DEFAULT_WAIT_TIMEOUT = 2.0
+DEFAULT_QUEUE_LIMIT = 1000
+MAX_REASON = 500  # characters of a DevFailed description
+BATCH_CHUNK = 256  # jobs of a startJobs batch recorded per journal transaction
+
+
+class UnknownJob(DahuError, KeyError):
+    """A job id that the journal does not know."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown job"
+
+
+class TryAgain(DahuError):
+    """The answer is not ready within the bounded wait: the client should call again."""
+
+
+@dataclass
+class ServerSettings:
+    """Settings given on the ``dahu_server`` command line; they win over device properties.
+
+    ``engine_options`` are extra keyword arguments for :func:`dahu.engine.configure`
+    (the place for future options such as the executor kind).
+    """
+
+    workdir: str | None = None
+    plugins: list[str] = field(default_factory=list)
+    max_workers: int | None = None
+    engine_options: dict[str, Any] = field(default_factory=dict)
+
+
+settings = ServerSettings()
+"""The process's server settings (set by ``dahu_server`` before the server starts)."""
+
+_engine: dahu_engine.Engine | None = None
+_engine_lock = threading.Lock()
+_inflight: dict[int, Job] = {}  # jobs started by this server and not finished: for shutdown
+_to_clean: queue.SimpleQueue = queue.SimpleQueue()  # ended jobs whose files are to be written
+_cleaner: threading.Thread | None = None
+
+
+# ---- helpers -------------------------------------------------------------------------
+def one_line(text: str, limit: int = MAX_REASON) -> str:
+    """The first non-empty line of ``text``, cut to ``limit`` characters."""
+    for line in str(text).splitlines():
+        if line.strip():
+            line = line.strip()
+            return line if len(line) <= limit else line[: limit - 3] + "..."
+    return ""
+
+
+def _reason_code(err: BaseException) -> str:
+    for klass, code in (
+        (InvalidInput, "Dahu_InvalidInput"),
+        (UnknownJob, "Dahu_UnknownJob"),
+        (UnknownPlugin, "Dahu_UnknownPlugin"),
+        (TryAgain, "Dahu_TryAgain"),
+    ):
+        if isinstance(err, klass):
+            return code
+    return "Dahu_Error"
+
+
+def client_errors(method: Callable) -> Callable:
+    """Turn any exception of a command into a ``DevFailed`` with a one-line description.
+
+    Dahu's own errors carry their message; anything unexpected is logged with its
+    traceback here, and the client gets ``Type: first line``.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except tango.DevFailed:
+            raise
+        except DahuError as err:
+            logger.debug("%s refused: %s", method.__name__, err)
+            reason, text = _reason_code(err), one_line(str(err)) or type(err).__name__
+        except Exception as err:
+            logger.exception("%s failed", method.__name__)
+            reason = "Dahu_InternalError"
+            text = one_line(f"{type(err).__name__}: {err}")
+        tango.Except.throw_exception(reason, text, f"DahuDS.{method.__name__}")
+
+    return wrapper
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (0 for a scalar), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _check_text(text: Any, what: str) -> str:
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} must be a string, got {type(text).__name__}")
+    if len(text) > MAX_INPUT_CHARS:
+        raise InvalidInput(
+            f"{what} is {len(text) / 2**20:.1f} MiB, more than the "
+            f"{MAX_INPUT_CHARS // 2**20} MiB limit"
+        )
+    return text
+
+
+def _check_depth(value: Any, what: str) -> None:
+    if _depth(value) > MAX_DEPTH:
+        raise InvalidInput(f"{what} is nested deeper than {MAX_DEPTH} levels")
+
+
+def parse_job_input(text: Any) -> dict[str, Any]:
+    """Decode one job input (JSON object text, or a JSON file path as in the original)
+    within the documented limits; raise :class:`~dahu.job.InvalidInput` otherwise."""
+    text = _check_text(text, "job input")
+    try:
+        data = parse_input(text)
+    except InvalidInput as err:
+        if "nested too deeply" in str(err):
+            raise InvalidInput(f"job input is nested deeper than {MAX_DEPTH} levels") from None
+        raise
+    # counting brackets is cheap and bounds the depth: walk only when it could be too deep
+    if text.count("{") + text.count("[") > MAX_DEPTH:
+        _check_depth(data, "job input")
+    return data
+
+
+def parse_job_inputs(text: Any) -> list[dict[str, Any]]:
+    """Decode the JSON array of job inputs of ``startJobs`` within the documented limits."""
+    text = _check_text(text, "job inputs")
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InvalidInput(f"job inputs are not valid JSON: {err}") from None
+    except RecursionError:
+        raise InvalidInput(f"job inputs are nested deeper than {MAX_DEPTH} levels") from None
+    if not isinstance(items, list):
+        raise InvalidInput(f"job inputs must be a JSON array of objects, got {_kind(items)}")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidInput(f"job input #{index} must be a JSON object, got {_kind(item)}")
+    if text.count("{") + text.count("[") > MAX_DEPTH:
+        for item in items:
+            _check_depth(item, "a job input")
+    return items
+
+
+def _kind(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
+        type(value), "null" if value is None else "number"
+    )
+
+
+_gc_pauses = 0
+_gc_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a batch of jobs is created.
+
+    A batch allocates many small objects that all stay alive; the collector would scan
+    them again and again (it more than halves the rate of ``startJobs``).  Nested and
+    concurrent pauses are counted; the collector resumes after the last one.
+    """
+    global _gc_pauses
+    with _gc_lock:
+        if _gc_pauses == 0 and not gc.isenabled():
+            paused = False  # someone else turned it off: leave it alone
+        else:
+            paused = True
+            _gc_pauses += 1
+            gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            with _gc_lock:
+                _gc_pauses -= 1
+                if _gc_pauses == 0:
+                    gc.enable()
+
+
+def configure_engine(
+    workdir: str | None, max_workers: int | None, plugin_dirs: list[str]
+) -> dahu_engine.Engine:
+    """Make the process's engine on first call; later calls reuse it (a device ``Init``
+    keeps running jobs).  Plugin directories are added to the engine's factory."""
+    global _engine, _cleaner
+    with _engine_lock:
+        engine = _engine
+        if engine is None:
+            options = dict(settings.engine_options)
+            engine = dahu_engine.configure(workdir=workdir, max_workers=max_workers, **options)
+            _engine = engine
+            if engine.interrupted:
+                logger.warning(
+                    "%d job(s) left unfinished by a previous server marked failed (interrupted)",
+                    len(engine.interrupted),
+                )
+        else:
+            if workdir and os.path.abspath(workdir) != engine.workdir:
+                logger.warning(
+                    "work directory %s ignored: the server uses %s until it restarts",
+                    workdir,
+                    engine.workdir,
+                )
+            if max_workers and getattr(engine.executor, "max_workers", max_workers) != max_workers:
+                engine.executor.max_workers = max_workers
+        if _cleaner is None:
+            _cleaner = threading.Thread(target=_clean_jobs, name="dahu-files", daemon=True)
+            _cleaner.start()
+    for directory in plugin_dirs:
+        engine.factory.add_directory(directory)
+    return engine
+
+
+def _clean_jobs() -> None:
+    """Write the ``.inp``/``.out`` files of ended jobs and free them, off the jobs' path.
+
+    Creating two files may take a millisecond on a busy disk: done here, it delays
+    neither the job's end (``waitJob``) nor its event.  The journal already holds the
+    outcome, so nothing is lost if the process dies before the files are written.
+    """
+    while True:
+        job = _to_clean.get()
+        if job is None:
+            return
+        try:
+            job.clean(wait=False)
+        except Exception:
+            logger.exception("job %s: cannot write its files", job.id)
+
+
+def shutdown(timeout: float = 30.0) -> bool:
+    """Abort the jobs still queued or running, wait (at most ``timeout`` s) until their
+    outcome is recorded and their files written, then close the journal.
+
+    Return True if every job ended in time.  Jobs aborted while queued end at once,
+    without running their plugin.
+    """
+    engine = _engine
+    if engine is None:
+        return True
+    jobs = list(_inflight.values())
+    for job in jobs:
+        job.abort("aborted: the server is shutting down")
+    if jobs:
+        logger.info("shutting down: %d job(s) aborted", len(jobs))
+    deadline = time.monotonic() + timeout
+    for job in jobs:
+        job.join(max(0.0, deadline - time.monotonic()))
+    engine.executor.shutdown(wait=False)
+    unfinished = [job.id for job in jobs if job.status not in State.FINAL]
+    if unfinished:
+        logger.error("shutting down with %d job(s) still running: %s", len(unfinished), unfinished)
+    if _cleaner is not None:
+        _to_clean.put(None)
+        _cleaner.join(max(1.0, deadline - time.monotonic()))
+    engine.journal.close()
+    return not unfinished
+
+
+# ---- the device ----------------------------------------------------------------------
+class DahuDS(Device):
+    """Data-analysis job server: runs Dahu plugins as jobs, on request of Tango clients."""
+
+    plugins_directory = device_property(
+        dtype=(str,), default_value=[], doc="Directories searched for plugin modules"
+    )
+    max_workers = device_property(
+        dtype=int, default_value=0, doc="Jobs running at once (0: number of CPUs)"
+    )
+    queue_limit = device_property(
+        dtype=int,
+        default_value=DEFAULT_QUEUE_LIMIT,
+        doc="State is ALARM while more jobs than this wait for a slot",
+    )
+    workdir = device_property(
+        dtype=str,
+        default_value="",
+        doc="Work directory: journal and .inp/.out files (default: $DAHU_WORKDIR)",
+    )
+    wait_timeout = device_property(
+        dtype=float,
+        default_value=DEFAULT_WAIT_TIMEOUT,
+        doc="Longest wait of waitJob, in seconds (keep it below the clients' timeout)",
+    )
+
+    # ---- life cycle --------------------------------------------------------------------
+    def init_device(self) -> None:
+        """Configure the engine, set up the events and start the event thread."""
+        super().init_device()
+        # Requests must not queue behind each other (waitJob blocks its caller only).
+        tango.Util.instance().set_serial_model(tango.SerialModel.NO_SYNC)
+        workdir = settings.workdir or self.workdir.strip() or None
+        max_workers = settings.max_workers or (self.max_workers if self.max_workers > 0 else None)
+        dirs = [d for d in (self.plugins_directory or []) if d.strip()] + list(settings.plugins)
+        self._engine = configure_engine(workdir, max_workers, dirs)
+        self._wait = max(0.0, float(self.wait_timeout))
+        self._last_success = 0
+        self._last_failure = 0
+        self._stats_text = ""
+        self._lock = threading.Lock()
+        self._stats_thread: threading.Thread | None = None
+        self._plugins_thread: threading.Thread | None = None
+        self._plugins_text: str | None = None
+        if not hasattr(self, "_events"):  # kept across Init: no event is lost
+            self._events: queue.SimpleQueue = queue.SimpleQueue()
+        for name in ("jobSuccess", "jobFailure", "statisticsCollected"):
+            self.set_change_event(name, True, False)
+        self._pusher = threading.Thread(target=self._push_events, name="dahu-events", daemon=True)
+        self._pusher.start()
+        logger.info(
+            "DahuDS %s ready (Dahu %s): workdir %s, %s job slots, plugins in %s",
+            self.get_name(),
+            __version__,
+            self._engine.workdir,
+            getattr(self._engine.executor, "max_workers", "?"),
+            ", ".join(self._engine.factory.directories),
+        )
+
+    def delete_device(self) -> None:
+        """Stop the event thread (jobs keep running: ``Init`` must not lose them)."""
+        pusher = getattr(self, "_pusher", None)
+        if pusher is not None:
+            self._events.put(None)
+            pusher.join(5.0)
+            self._pusher = None
+
+    def _push_events(self) -> None:
+        """The one thread that pushes events, fed by the job callbacks."""
+        with tango.EnsureOmniThread():
+            while True:
+                item = self._events.get()
+                if item is None:
+                    return
+                name, value = item
+                try:
+                    self.push_change_event(name, value)
+                except tango.DevFailed as err:
+                    logger.warning("cannot push %s=%s: %s", name, value, err.args[0].desc)
+                except Exception:
+                    logger.exception("cannot push %s=%s", name, value)
+
+    def _job_ended(self, job: Job) -> None:
+        """Job callback (worker thread): record the id, queue the event and the files."""
+        job_id = job.id
+        _inflight.pop(job_id, None)
+        if job.status == State.SUCCESS:
+            self._last_success = job_id
+            self._events.put(("jobSuccess", job_id))
+        else:
+            self._last_failure = job_id
+            self._events.put(("jobFailure", job_id))
+        _to_clean.put(job)
+
+    # ---- state -------------------------------------------------------------------------
+    def dev_state(self) -> DevState:
+        """FAULT if the journal cannot be written, ALARM if more than ``queue_limit`` jobs
+        are queued, RUNNING while jobs are queued or running, else ON."""
+        engine = self._engine
+        if engine.journal_fault:
+            return DevState.FAULT
+        counts = engine.executor.counts()
+        if counts["queued"] > self.queue_limit:
+            return DevState.ALARM
+        if counts["queued"] or counts["running"] or counts.get("waiting"):
+            return DevState.RUNNING
+        return DevState.ON
+
+    def dev_status(self) -> str:
+        """The work directory, the reason of ALARM or FAULT, and the job counters."""
+        engine = self._engine
+        counts = engine.counts()
+        lines = [f"Dahu {__version__}, work directory {engine.workdir}"]
+        if engine.journal_fault:
+            lines.append(f"FAULT: the journal cannot be written: {one_line(engine.journal_fault)}")
+        if counts["queued"] > self.queue_limit:
+            lines.append(f"ALARM: {counts['queued']} jobs queued, more than {self.queue_limit}")
+        lines.append(
+            f"jobs: {counts['queued']} queued, {counts['running']} running, "
+            f"{counts['success']} succeeded, {counts['failure']} failed, "
+            f"{counts['aborted']} aborted"
+        )
+        return "\n".join(lines)
+
+    # ---- jobs ----------------------------------------------------------------------------
+    def _plugin(self, name: Any) -> str:
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInput("the plugin name is empty")
+        name = name.strip()
+        self._engine.factory.get_class(name)  # UnknownPlugin with a one-line reason
+        return name
+
+    def _submit(self, job: Job) -> int:
+        job.connect_callback(self._job_ended)
+        _inflight[job.id] = job
+        job.start()
+        return job.id
+
+    def _job(self, job_id: int) -> Job:
+        job = Job.getJobFromID(job_id)
+        if job is None:
+            raise self._unknown(job_id)
+        return job
+
+    def _unknown(self, job_id: int) -> UnknownJob:
+        return UnknownJob(
+            f"no job {job_id}: job ids run from 1 to {self._engine.journal.last_id()}"
+        )
+
+    @command(
+        dtype_in=(str,),
+        dtype_out=DevLong,
+        doc_in="[plugin name, job input as a JSON object]",
+        doc_out="the job id",
+    )
+    @client_errors
+    def startJob(self, argin: list[str]) -> int:  # noqa: N802 - Tango interface
+        """Create a job and queue it; return its id."""
+        if len(argin) != 2:
+            raise InvalidInput(
+                f"startJob expects [plugin name, JSON object], got {len(argin)} string(s)"
+            )
+        name = self._plugin(argin[0])
+        job = Job(name, parse_job_input(argin[1]))
+        if job.id > INT32_MAX:
+            raise DahuError(f"job id {job.id} does not fit a DevLong: start a new work directory")
+        return self._submit(job)
+
+    @command(
+        dtype_in=(str,),
+        dtype_out=DevVarLongArray,
+        doc_in="[plugin name, JSON array of job inputs (objects)]",
+        doc_out="the job ids, in the order of the inputs",
+    )
+    @client_errors
+    def startJobs(self, argin: list[str]) -> numpy.ndarray:  # noqa: N802
+        """Create and queue one job per input of a JSON array; return their ids."""
+        if len(argin) != 2:
+            raise InvalidInput(
+                f"startJobs expects [plugin name, JSON array of objects], "
+                f"got {len(argin)} string(s)"
+            )
+        name = self._plugin(argin[0])
+        with gc_paused():
+            items = parse_job_inputs(argin[1])
+            # One journal transaction per chunk (when the journal offers transactions): a
+            # commit per job would divide the rate by three, one for the whole batch would
+            # keep other clients' jobs out of the journal until it ends.
+            transaction = getattr(self._engine.journal, "transaction", contextlib.nullcontext)
+            jobs: list[Job] = []
+            for first in range(0, len(items), BATCH_CHUNK):
+                with transaction():
+                    jobs.extend(Job(name, item) for item in items[first : first + BATCH_CHUNK])
+                time.sleep(0)  # let a client waiting for the journal take it now
+            if jobs and jobs[-1].id > INT32_MAX:
+                raise DahuError("job ids do not fit a DevLong: start a new work directory")
+            ids = numpy.fromiter((self._submit(job) for job in jobs), numpy.int32, len(jobs))
+        return ids
+
+    @command(dtype_in=DevLong, dtype_out=bool, doc_in="job id", doc_out="True if it is stopping")
+    @client_errors
+    def abort(self, job_id: int) -> bool:
+        """Ask a job to stop: True when it was queued or running and is now stopping."""
+        return self._job(job_id).abort("aborted by a client")
+
+    @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the job state")
+    @client_errors
+    def getJobState(self, job_id: int) -> str:  # noqa: N802
+        """The state of a job: uninitialized, starting, running, success, failure, aborted."""
+        state = Job.getStatusFromID(job_id)
+        if state == State.INEXISTANT:
+            raise self._unknown(job_id)
+        return state
+
+    @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the job state")
+    @client_errors
+    def waitJob(self, job_id: int) -> str:  # noqa: N802
+        """Wait for a job to end, at most ``wait_timeout`` s; return its state then.
+
+        A state that is not final (``starting``, ``running``) means the wait timed out:
+        call again.
+        """
+        state = Job.synchronize_job(job_id, self._wait)
+        if state == State.INEXISTANT:
+            raise self._unknown(job_id)
+        return state
+
+    @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the output, JSON")
+    @client_errors
+    def getJobOutput(self, job_id: int) -> str:  # noqa: N802
+        """The output of a job as a JSON object ({} while it has none)."""
+        return json.dumps(self._job(job_id).output_data, cls=NumpyEncoder)
+
+    @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the input, JSON")
+    @client_errors
+    def getJobInput(self, job_id: int) -> str:  # noqa: N802
+        """The input of a job as a JSON object (with ``plugin_name`` and ``job_id``)."""
+        return json.dumps(self._job(job_id).input_data, cls=NumpyEncoder)
+
+    @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the error text")
+    @client_errors
+    def getJobError(self, job_id: int) -> str:  # noqa: N802
+        """The error of a job: one line of reason, then the traceback ("" if none)."""
+        return self._job(job_id).error
+
+    @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="what was done")
+    @client_errors
+    def cleanJob(self, job_id: int) -> str:  # noqa: N802
+        """Write the job's .inp/.out files and free its memory (done anyway when it ends)."""
+        self._job(job_id)
+        return Job.cleanJobfromID(job_id, forceGC=False)
+
+    @command(dtype_in=str, dtype_out=str, doc_in="plugin name", doc_out="what happened")
+    @client_errors
+    def initPlugin(self, name: str) -> str:  # noqa: N802
+        """Load a plugin; return its docstring, or why it cannot be loaded."""
+        try:
+            klass = self._engine.factory.get_class(name.strip())
+        except DahuError as err:
+            return f"plugin {name} not loaded: {one_line(str(err))}"
+        doc = inspect.getdoc(getattr(klass, "function", None) or klass) or "(no documentation)"
+        return f"plugin {name.strip()} loaded\n{doc}"
+
+    @command(dtype_out=str, doc_out="one line per plugin: name: first line of its doc")
+    @client_errors
+    def listPlugins(self) -> str:  # noqa: N802
+        """Every plugin of the plugin directories, with the first line of its doc.
+
+        Loading every module may take long: past ``wait_timeout`` the command fails with
+        reason ``Dahu_TryAgain`` ("still loading") and a later call gets the list.
+        """
+        with self._lock:
+            thread = self._plugins_thread
+            if thread is None or (not thread.is_alive() and self._plugins_text is not None):
+                self._plugins_text = None
+                thread = threading.Thread(
+                    target=self._list_plugins, name="dahu-plugins", daemon=True
+                )
+                self._plugins_thread = thread
+                thread.start()
+        thread.join(self._wait)
+        text = self._plugins_text
+        if thread.is_alive() or text is None:
+            raise TryAgain("plugin modules are still loading: call listPlugins again")
+        return text
+
+    def _list_plugins(self) -> None:
+        try:
+            found = self._engine.factory.list_plugins()
+            self._plugins_text = "\n".join(f"{name}: {doc}" for name, doc in found.items())
+        except Exception as err:
+            logger.exception("listing the plugins failed")
+            self._plugins_text = f"<error>: cannot list the plugins: {one_line(str(err))}"
+
+    # ---- statistics ------------------------------------------------------------------------
+    @command(doc_in="none: collects in the background, then pushes statisticsCollected")
+    @client_errors
+    def collectStatistics(self) -> None:  # noqa: N802
+        """Collect statistics on this server's jobs in the background; when done,
+        ``statisticsCollected`` is updated and its change event pushed."""
+        with self._lock:
+            if self._stats_thread is not None and self._stats_thread.is_alive():
+                return
+            self._stats_thread = threading.Thread(
+                target=self._collect_statistics, name="dahu-statistics", daemon=True
+            )
+            self._stats_thread.start()
+
+    def _collect_statistics(self) -> None:
+        started = time.perf_counter()
+        try:
+            text = Job.stats()
+        except Exception as err:
+            logger.exception("collecting statistics failed")
+            text = f"statistics could not be collected: {one_line(str(err))}"
+        text += (
+            f"\nstatistics collected on {time.strftime('%Y-%m-%d %H:%M:%S')} "
+            f"in {time.perf_counter() - started:.3f} s"
+        )
+        self._stats_text = text
+        self._events.put(("statisticsCollected", text))
+
+    @command(dtype_out=str, doc_out="the statistics, as a text table")
+    @client_errors
+    def getStatistics(self) -> str:  # noqa: N802
+        """The last statistics collected (collected now if none was)."""
+        thread = self._stats_thread
+        if thread is not None:
+            thread.join(self._wait)
+        if not self._stats_text:
+            self._collect_statistics()
+        return self._stats_text
+
+    # ---- attributes ------------------------------------------------------------------------
+    @attribute(dtype=DevLong)
+    def jobSuccess(self) -> int:  # noqa: N802
+        """Id of the last job that ended in success."""
+        return self._last_success
+
+    @attribute(dtype=DevLong)
+    def jobFailure(self) -> int:  # noqa: N802
+        """Id of the last job that ended in failure or was aborted."""
+        return self._last_failure
+
+    @attribute(dtype=str)
+    def statisticsCollected(self) -> str:  # noqa: N802
+        """The last statistics collected by collectStatistics."""
+        return self._stats_text
+
+    @attribute(dtype=bool, access=AttrWriteType.READ_WRITE)
+    def serialize(self) -> bool:
+        """When true, jobs run one at a time."""
+        return bool(self._engine.executor.serialize)
+
+    @serialize.write
+    def serialize(self, value: bool) -> None:
+        """Run jobs one at a time (true) or up to the number of slots (false)."""
+        logger.info("serialize set to %s", bool(value))
+        executor = self._engine.executor
+        executor.serialize = bool(value)
+        # Work-around: ThreadExecutor's setter frees slots without starting the workers
+        # to fill them, so queued jobs would wait for the running one to end.
+        wake, cond = getattr(executor, "_wake", None), getattr(executor, "_cond", None)
+        if not value and wake is not None and cond is not None:
+            with cond:
+                for _ in range(int(getattr(executor, "max_workers", 1))):
+                    wake()
+
+    @attribute(dtype=DevLong)
+    def jobsQueued(self) -> int:  # noqa: N802
+        """Jobs waiting for a free slot."""
+        return self._engine.executor.counts()["queued"]
+
+    @attribute(dtype=DevLong)
+    def jobsRunning(self) -> int:  # noqa: N802
+        """Jobs running (including those waiting for another job)."""
+        counts = self._engine.executor.counts()
+        return counts["running"] + counts.get("waiting", 0)
+
+    @attribute(dtype=DevLong)
+    def jobsFinished(self) -> int:  # noqa: N802
+        """Jobs ended since the server started."""
+        return self._engine.counts()["finished"]
+
+    @attribute(dtype=DevLong)
+    def jobsSucceeded(self) -> int:  # noqa: N802
+        """Jobs ended in success since the server started."""
+        return self._engine.counts()["success"]
+
+    @attribute(dtype=DevLong)
+    def jobsFailed(self) -> int:  # noqa: N802
+        """Jobs ended in failure since the server started."""
+        return self._engine.counts()["failure"]
+
+    @attribute(dtype=DevLong)
+    def jobsAborted(self) -> int:  # noqa: N802
+        """Jobs aborted since the server started."""
+        return self._engine.counts()["aborted"]

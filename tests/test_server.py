@@ -1,0 +1,506 @@
+"""The DahuDS device, in its own process, driven by real DeviceProxy clients.
+
+One device serves the whole module (starting one takes a second or two); tests that need
+a state of their own (restart, a broken journal) start their own.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import tango
+from tango.test_context import DeviceTestContext
+
+from dahu.job import Job
+from dahu.server import MAX_DEPTH, DahuDS
+
+ROOT = Path(__file__).resolve().parent.parent
+WAIT = 1.0  # the device's wait_timeout in these tests
+FINAL = ("success", "failure", "aborted")
+
+HOOKS = '''\
+"""Plugins for the DahuDS tests."""
+
+from dahu.engine import get_engine
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class BreakJournal(Plugin):
+    """Make every later journal write fail, as a full or read-only disk would."""
+
+    def process(self):
+        journal = get_engine().journal
+        with journal._lock:
+            journal._db.execute("PRAGMA query_only = ON")
+'''
+
+
+@pytest.fixture(scope="module")
+def plugin_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("plugins")
+    (path / "dahutest.py").write_text(HOOKS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("work")
+
+
+def forget_jobs_of_other_tests() -> None:
+    """DeviceTestContext forks this process, and the device would inherit the jobs that
+    other test modules left in ``Job``'s in-memory registry: their ids collide with the
+    device's own jobs.  (Core request: lookups should ignore jobs of another engine.)"""
+    with Job._lock:
+        Job._live.clear()
+        Job._recent.clear()
+
+
+def start_device(workdir: Path, plugin_dir: Path, **properties) -> DeviceTestContext:
+    forget_jobs_of_other_tests()
+    props = {
+        "workdir": str(workdir),
+        "plugins_directory": [str(plugin_dir)],
+        "max_workers": 2,
+        "queue_limit": 3,
+        "wait_timeout": WAIT,
+        **properties,
+    }
+    return DeviceTestContext(DahuDS, process=True, properties=props, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def context(workdir, plugin_dir):
+    with start_device(workdir, plugin_dir) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def proxy(context):
+    """A client of the module's device, left idle and not serialized after each test."""
+    yield context
+    context.serialize = False
+    wait_until(lambda: context.state() == tango.DevState.ON, what="the device to be idle")
+
+
+@pytest.fixture
+def other(context):
+    """A second, independent client of the same device."""
+    return tango.DeviceProxy(context.dev_name())
+
+
+def wait_until(condition, timeout: float = 20.0, what: str = "a condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def finish(proxy, job_id: int) -> str:
+    """Call waitJob until the job ends (each call is bounded by the device)."""
+    deadline = time.monotonic() + 30
+    state = proxy.waitJob(job_id)
+    while state not in FINAL:
+        assert time.monotonic() < deadline, f"job {job_id} still {state}"
+        state = proxy.waitJob(job_id)
+    return state
+
+
+def refused(call, *args) -> tango.DevError:
+    """Call, expect a DevFailed with a one-line description; return its first error."""
+    with pytest.raises(tango.DevFailed) as info:
+        call(*args)
+    error = info.value.args[0]
+    assert error.desc.strip(), "empty description"
+    assert "\n" not in error.desc.strip(), error.desc
+    assert "Traceback" not in error.desc and 'File "' not in error.desc, error.desc
+    return error
+
+
+def start_running(proxy, seconds: float = 30.0) -> int:
+    """Start an example.sleep job and wait until it is running."""
+    job_id = proxy.startJob(["example.sleep", json.dumps({"t": seconds})])
+    wait_until(lambda: proxy.getJobState(job_id) == "running", what=f"job {job_id} to run")
+    return job_id
+
+
+# ---- interface ---------------------------------------------------------------------------
+COMMANDS = {
+    "startJob": ("DevVarStringArray", "DevLong"),
+    "startJobs": ("DevVarStringArray", "DevVarLongArray"),
+    "abort": ("DevLong", "DevBoolean"),
+    "getJobState": ("DevLong", "DevString"),
+    "initPlugin": ("DevString", "DevString"),
+    "cleanJob": ("DevLong", "DevString"),
+    "collectStatistics": ("DevVoid", "DevVoid"),
+    "getStatistics": ("DevVoid", "DevString"),
+    "getJobOutput": ("DevLong", "DevString"),
+    "getJobInput": ("DevLong", "DevString"),
+    "getJobError": ("DevLong", "DevString"),
+    "listPlugins": ("DevVoid", "DevString"),
+    "waitJob": ("DevLong", "DevString"),
+}
+ATTRIBUTES = {
+    "jobSuccess": (tango.CmdArgType.DevLong, tango.AttrWriteType.READ),
+    "jobFailure": (tango.CmdArgType.DevLong, tango.AttrWriteType.READ),
+    "statisticsCollected": (tango.CmdArgType.DevString, tango.AttrWriteType.READ),
+    "serialize": (tango.CmdArgType.DevBoolean, tango.AttrWriteType.READ_WRITE),
+    "jobsQueued": (tango.CmdArgType.DevLong, tango.AttrWriteType.READ),
+    "jobsRunning": (tango.CmdArgType.DevLong, tango.AttrWriteType.READ),
+    "jobsFinished": (tango.CmdArgType.DevLong, tango.AttrWriteType.READ),
+}
+
+
+def test_commands_and_attributes_have_the_documented_types(proxy):
+    commands = {c.cmd_name: (str(c.in_type), str(c.out_type)) for c in proxy.command_list_query()}
+    for name, types in COMMANDS.items():
+        assert commands.get(name) == types, name
+    attributes = {a.name: a for a in proxy.attribute_list_query()}
+    for name, (dtype, access) in ATTRIBUTES.items():
+        assert attributes[name].data_type == dtype, name
+        assert attributes[name].writable == access, name
+
+
+# ---- jobs ----------------------------------------------------------------------------------
+def test_a_job_runs_and_its_records_are_readable(proxy, workdir):
+    job_id = proxy.startJob(["example.square", json.dumps({"x": 7})])
+    assert isinstance(job_id, int) and job_id > 0
+    assert finish(proxy, job_id) == "success"
+    assert proxy.getJobState(job_id) == "success"
+    assert json.loads(proxy.getJobOutput(job_id))["result"] == 49
+    given = json.loads(proxy.getJobInput(job_id))
+    assert given["x"] == 7 and given["job_id"] == job_id
+    assert given["plugin_name"] == "example.square"
+    assert proxy.getJobError(job_id) == ""
+    assert proxy.jobSuccess == job_id  # set before the job counts as ended
+    assert "cleaned" in proxy.cleanJob(job_id)
+    stem = f"{job_id // 1000:04d}/{job_id:05d}_example.square"
+    out = workdir / f"{stem}.out"
+    wait_until(out.exists, what=f"{out} to be written")
+    assert json.loads(out.read_text())["result"] == 49
+    assert json.loads((workdir / f"{stem}.inp").read_text())["x"] == 7
+
+
+def test_a_failing_job_ends_in_failure_with_a_readable_error(proxy):
+    job_id = proxy.startJob(["example.error", json.dumps({"message": "bad frame"})])
+    assert finish(proxy, job_id) == "failure"
+    error = proxy.getJobError(job_id)
+    assert error.splitlines()[0] == "ValueError: bad frame"
+    assert proxy.jobFailure == job_id
+
+
+def test_start_jobs_queues_a_batch_and_returns_ids_in_order(proxy):
+    inputs = [{"x": i} for i in range(40)]
+    ids = proxy.startJobs(["example.square", json.dumps(inputs)])
+    assert len(ids) == 40
+    assert list(ids) == list(range(ids[0], ids[0] + 40))
+    for x, job_id in enumerate(ids):
+        assert finish(proxy, int(job_id)) == "success"
+        assert json.loads(proxy.getJobOutput(int(job_id)))["result"] == x * x
+
+
+def test_change_events_arrive_for_every_job(proxy):
+    events: queue.Queue = queue.Queue()
+
+    def listener(name):
+        def on_event(event):
+            if not event.err and event.attr_value is not None:
+                events.put((name, int(event.attr_value.value)))
+
+        return on_event
+
+    subscriptions = [
+        proxy.subscribe_event(name, tango.EventType.CHANGE_EVENT, listener(name))
+        for name in ("jobSuccess", "jobFailure")
+    ]
+    try:
+        good = list(proxy.startJobs(["example.square", json.dumps([{"x": i} for i in range(20)])]))
+        bad = [proxy.startJob(["example.error", "{}"]) for _ in range(3)]
+        expected = {("jobSuccess", int(i)) for i in good} | {("jobFailure", i) for i in bad}
+        seen = set()
+        deadline = time.monotonic() + 30
+        while not expected <= seen:
+            seen.add(events.get(timeout=max(0.1, deadline - time.monotonic())))
+    finally:
+        for subscription in subscriptions:
+            proxy.unsubscribe_event(subscription)
+
+
+def test_statistics_are_collected_in_the_background_and_pushed(proxy):
+    finish(proxy, proxy.startJob(["example.square", "{}"]))
+    texts: queue.Queue = queue.Queue()
+
+    def on_event(event):
+        if not event.err and event.attr_value is not None and event.attr_value.value:
+            texts.put(event.attr_value.value)
+
+    subscription = proxy.subscribe_event(
+        "statisticsCollected", tango.EventType.CHANGE_EVENT, on_event
+    )
+    try:
+        while not texts.empty():  # the value current at subscription, if any
+            texts.get()
+        proxy.collectStatistics()
+        text = texts.get(timeout=20)
+    finally:
+        proxy.unsubscribe_event(subscription)
+    assert "example.square" in text and "statistics collected" in text
+    assert proxy.getStatistics() == text == proxy.statisticsCollected
+
+
+def list_plugins(proxy) -> list[str]:
+    """listPlugins, called again while the device is still loading modules."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return proxy.listPlugins().splitlines()
+        except tango.DevFailed as err:
+            if err.args[0].reason != "Dahu_TryAgain" or time.monotonic() > deadline:
+                raise
+
+
+def test_list_plugins_and_init_plugin(proxy):
+    listing = list_plugins(proxy)
+    assert "example.square: Return x squared." in listing
+    assert any(line.startswith("dahutest.breakjournal: ") for line in listing)
+    message = proxy.initPlugin("example.sleep")
+    assert message.startswith("plugin example.sleep loaded")
+    assert "stops promptly when aborted" in message
+    assert "not loaded" in proxy.initPlugin("nothing.here")
+    assert "not loaded" in proxy.initPlugin("../x")
+
+
+def test_counters_follow_the_jobs(proxy):
+    finished, succeeded = proxy.jobsFinished, proxy.read_attribute("jobsSucceeded").value
+    failed = proxy.read_attribute("jobsFailed").value
+    finish(proxy, proxy.startJob(["example.square", "{}"]))
+    finish(proxy, proxy.startJob(["example.error", "{}"]))
+    assert proxy.jobsFinished == finished + 2
+    assert proxy.read_attribute("jobsSucceeded").value == succeeded + 1
+    assert proxy.read_attribute("jobsFailed").value == failed + 1
+    job_id = start_running(proxy)
+    assert proxy.jobsRunning == 1 and proxy.jobsQueued == 0
+    assert proxy.abort(job_id)
+    finish(proxy, job_id)
+
+
+# ---- serialize, state, abort, waiting ---------------------------------------------------------
+def test_serialize_runs_jobs_one_at_a_time(proxy):
+    proxy.serialize = True
+    assert proxy.serialize is True
+    first = start_running(proxy)
+    second = proxy.startJob(["example.sleep", json.dumps({"t": 30})])
+    assert proxy.getJobState(second) == "starting"
+    assert proxy.jobsRunning == 1 and proxy.jobsQueued == 1
+    proxy.serialize = False
+    assert proxy.serialize is False
+    wait_until(lambda: proxy.getJobState(second) == "running", what="the second job to run")
+    assert proxy.abort(first) and proxy.abort(second)
+    assert finish(proxy, first) == finish(proxy, second) == "aborted"
+
+
+def test_state_is_on_running_or_alarm(proxy):
+    assert proxy.state() == tango.DevState.ON
+    proxy.serialize = True
+    running = start_running(proxy)
+    assert proxy.state() == tango.DevState.RUNNING
+    queued = [proxy.startJob(["example.sleep", "{}"]) for _ in range(4)]  # queue_limit is 3
+    assert proxy.state() == tango.DevState.ALARM
+    assert "ALARM" in proxy.status()
+    for job_id in [running, *queued]:
+        assert proxy.abort(job_id)
+    proxy.serialize = False
+    assert finish(proxy, running) == "aborted"
+    assert {finish(proxy, job_id) for job_id in queued} == {"aborted"}
+    wait_until(lambda: proxy.state() == tango.DevState.ON, what="state ON")
+
+
+def test_abort_stops_a_running_job_within_a_second(proxy):
+    job_id = start_running(proxy, 60)
+    started = time.monotonic()
+    assert proxy.abort(job_id) is True
+    state = proxy.waitJob(job_id)
+    assert state == "aborted"
+    assert time.monotonic() - started < 1.0
+    assert "aborted" in proxy.getJobError(job_id)
+    assert proxy.abort(job_id) is False  # already over
+
+
+def test_wait_job_is_bounded_and_waits_for_jobs_not_started(proxy):
+    proxy.serialize = True
+    blocker = start_running(proxy, 60)
+    waiting = proxy.startJob(["example.square", json.dumps({"x": 2})])
+    started = time.monotonic()
+    assert proxy.waitJob(waiting) == "starting"  # queued behind the blocker: it waited
+    elapsed = time.monotonic() - started
+    assert WAIT * 0.9 <= elapsed < WAIT + 1.5  # bounded, well below the 3 s client timeout
+    assert proxy.waitJob(blocker) == "running"
+    proxy.abort(blocker)
+    assert finish(proxy, waiting) == "success"
+
+
+def test_a_blocked_wait_job_does_not_delay_other_clients(proxy, other):
+    job_id = start_running(proxy, 60)
+    calls: list[tuple[float, float, str]] = []
+    stop = threading.Event()
+
+    def keep_waiting():
+        while not stop.is_set():
+            begun = time.monotonic()
+            state = proxy.waitJob(job_id)
+            calls.append((begun, time.monotonic(), state))
+
+    waiter = threading.Thread(target=keep_waiting)
+    waiter.start()
+    try:
+        time.sleep(0.2)  # let the first waitJob reach the device
+        window_start = time.monotonic()
+        latencies = []
+        for i in range(20):
+            begun = time.monotonic()
+            new = other.startJob(["example.square", json.dumps({"x": i})])
+            other.getJobState(new)
+            latencies.append(time.monotonic() - begun)
+        window_end = time.monotonic()
+    finally:
+        stop.set()
+        proxy.abort(job_id)
+        waiter.join(10)
+    assert max(latencies) < 0.3, latencies
+    # at least one waitJob was blocked in the device during the whole window
+    assert any(b <= window_start and e >= window_end for b, e, _ in calls), calls
+    assert calls[0][2] in ("running", "aborted")  # ended by the abort at the latest
+
+
+def test_init_keeps_jobs_and_events(proxy):
+    running = start_running(proxy, 60)
+    proxy.init()
+    assert proxy.getJobState(running) == "running"
+    events: queue.Queue = queue.Queue()
+    subscription = proxy.subscribe_event(
+        "jobFailure",
+        tango.EventType.CHANGE_EVENT,
+        lambda event: event.err or events.put(event.attr_value.value),
+    )
+    try:
+        assert proxy.abort(running)
+        assert finish(proxy, running) == "aborted"
+        deadline = time.monotonic() + 20
+        while events.get(timeout=max(0.1, deadline - time.monotonic())) != running:
+            pass
+    finally:
+        proxy.unsubscribe_event(subscription)
+
+
+# ---- bad input -------------------------------------------------------------------------------
+DEEP = '{"a": ' + "[" * (MAX_DEPTH + 10) + "]" * (MAX_DEPTH + 10) + "}"
+VERY_DEEP = "[" * 200_000 + "]" * 200_000
+BAD_STARTS = {
+    "malformed JSON": (["example.square", '{"x": 1'], "not valid JSON"),
+    "a JSON list": (["example.square", "[1, 2]"], "must be a JSON object"),
+    "a JSON number": (["example.square", "3"], "must be a JSON object"),
+    "no input": (["example.square"], "expects [plugin name"),
+    "no argument at all": ([], "expects [plugin name"),
+    "too many": (["example.square", "{}", "{}"], "expects [plugin name"),
+    "empty plugin name": (["", "{}"], "plugin name is empty"),
+    "unknown plugin": (["nothing.here", "{}"], "unknown plugin 'nothing.here'"),
+    "relative path": (["../x", "{}"], "invalid plugin name '../x'"),
+    "module outside the directories": (["os.system", "{}"], "unknown plugin 'os.system'"),
+    "deep JSON": (["example.square", DEEP], f"nested deeper than {MAX_DEPTH}"),
+    "very deep JSON": (["example.square", VERY_DEEP], "nested deeper"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STARTS))
+def test_bad_start_job_is_refused_in_one_line(proxy, case):
+    argin, expected = BAD_STARTS[case]
+    last = proxy.startJob(["example.noop", "{}"])
+    error = refused(proxy.startJob, argin)
+    assert expected in error.desc
+    # nothing was created
+    assert proxy.startJob(["example.noop", "{}"]) == last + 1
+
+
+def test_huge_json_is_refused_and_the_server_stays_up(proxy):
+    huge = '{"a": "' + "x" * (17 * 2**20) + '"}'
+    assert "16 MiB limit" in refused(proxy.startJob, ["example.square", huge]).desc
+    assert "16 MiB limit" in refused(proxy.startJobs, ["example.square", f"[{huge}]"]).desc
+    assert proxy.state() == tango.DevState.ON
+    assert finish(proxy, proxy.startJob(["example.square", "{}"])) == "success"
+
+
+@pytest.mark.parametrize(
+    "argin, expected",
+    [
+        (["example.square", "{}"], "JSON array of objects, got object"),
+        (["example.square", "[{}, 3]"], "job input #1 must be a JSON object"),
+        (["example.square", "[{"], "not valid JSON"),
+        (["example.square"], "expects [plugin name"),
+        (["os.system", "[{}]"], "unknown plugin"),
+        (["example.square", f"[{DEEP}]"], "nested deeper"),
+        (["example.square", f"[{VERY_DEEP}]"], "nested deeper"),
+    ],
+)
+def test_bad_start_jobs_is_refused_in_one_line(proxy, argin, expected):
+    assert expected in refused(proxy.startJobs, argin).desc
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["getJobState", "waitJob", "abort", "getJobOutput", "getJobInput", "getJobError", "cleanJob"],
+)
+def test_unknown_job_ids_are_refused_in_one_line(proxy, command):
+    for job_id in (10**9, 0):
+        error = refused(getattr(proxy, command), job_id)
+        assert f"no job {job_id}" in error.desc
+        assert error.reason == "Dahu_UnknownJob"
+
+
+# ---- restart, journal fault, benchmark ----------------------------------------------------------
+def test_jobs_survive_a_restart_and_a_broken_journal_means_fault(tmp_path, plugin_dir):
+    workdir = tmp_path / "work"
+    with start_device(workdir, plugin_dir) as first:
+        done = first.startJob(["example.square", json.dumps({"x": 5})])
+        assert finish(first, done) == "success"
+        failed = first.startJob(["example.error", "{}"])
+        assert finish(first, failed) == "failure"
+        cut = start_running(first, 600)  # still running when the server goes away
+    with start_device(workdir, plugin_dir) as second:
+        assert second.getJobState(done) == "success"
+        assert json.loads(second.getJobOutput(done))["result"] == 25
+        assert json.loads(second.getJobInput(done))["x"] == 5
+        assert second.getJobError(failed).startswith("ValueError")
+        assert second.getJobState(cut) == "failure"
+        assert second.getJobError(cut) == "interrupted"
+        assert second.startJob(["example.noop", "{}"]) > cut
+        # a journal that cannot be written: FAULT, and new jobs are refused in one line
+        assert second.state() in (tango.DevState.ON, tango.DevState.RUNNING)
+        finish(second, second.startJob(["dahutest.breakjournal", "{}"]))
+        wait_until(lambda: second.state() == tango.DevState.FAULT, what="state FAULT")
+        assert "journal" in second.status()
+        assert "journal" in refused(second.startJob, ["example.square", "{}"]).desc
+
+
+def test_the_benchmark_runs_on_a_tiny_size():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "tango.py"), "--small"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("trivial_per_s", "pairs_per_s", "events_per_s", "batch_per_s", "latency_ms"):
+        assert key in figures

@@ -1,0 +1,226 @@
+"""dahu-register and dahu_server against a real Tango database.
+
+The database is PyTango's own (``python -m tango.databaseds.database``, SQLite file in
+the test's directory, on a port the system picks); the server and the registration tool
+are the installed entry points, run as separate processes with ``TANGO_HOST`` set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import tango
+
+BIN = Path(sys.executable).parent
+INSTANCE = "dbtest"
+DEVICE = "id00/dahu/dbtest"
+
+PLUGIN = '''\
+"""A plugin that is only found through the registered plugins_directory property."""
+
+from dahu.plugin import plugin_from_function
+
+
+def hello(name="world"):
+    """Say hello."""
+    return f"hello {name}"
+
+
+plugin_from_function(hello)
+'''
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        pytest.skip(f"{name} is not installed in {BIN} (pip install -e .)")
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_lines(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line)
+
+
+@pytest.fixture
+def database(tmp_path):
+    """A Tango database on a free port; yields the TANGO_HOST value."""
+    env = dict(os.environ, PYTANGO_DATABASE_NAME=str(tmp_path / "tango.db"))
+    env.pop("TANGO_HOST", None)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tango.databaseds.database",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--print-host-port",
+            "2",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=read_lines, args=(proc.stderr, lines), daemon=True).start()
+    port = None
+    deadline = time.monotonic() + 60
+    try:
+        while port is None:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail("the Tango database did not start within 60 s")
+            if "listening on" in line:
+                port = int(line.rsplit("port=", 1)[1].strip(" .\n"))
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for_device(url: str, server: subprocess.Popen, timeout: float = 60) -> tango.DeviceProxy:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert server.poll() is None, f"dahu_server exited with status {server.returncode}"
+        try:
+            proxy = tango.DeviceProxy(url)
+            proxy.ping()
+            return proxy
+        except tango.DevFailed:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def finish(proxy: tango.DeviceProxy, job_id: int) -> str:
+    deadline = time.monotonic() + 30
+    state = proxy.waitJob(job_id)
+    while state not in ("success", "failure", "aborted") and time.monotonic() < deadline:
+        state = proxy.waitJob(job_id)
+    return state
+
+
+def test_register_then_serve_by_name_then_stop_cleanly(database, tmp_path):
+    env = dict(os.environ, TANGO_HOST=database)
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "dbtest.py").write_text(PLUGIN)
+    workdir = tmp_path / "work"
+
+    registered = subprocess.run(
+        [
+            tool("dahu-register"),
+            INSTANCE,
+            DEVICE,
+            "--plugins",
+            str(plugins),
+            "--workdir",
+            str(workdir),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert registered.returncode == 0, registered.stderr
+    assert DEVICE in registered.stdout
+
+    log_dir = tmp_path / "logs"
+    with open(tmp_path / "server.err", "w") as err:
+        server = subprocess.Popen(
+            [tool("dahu_server"), INSTANCE, "--log", str(log_dir)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        proxy = wait_for_device(f"tango://{database}/{DEVICE}", server)
+        assert proxy.get_property("plugins_directory")["plugins_directory"] == [str(plugins)]
+        job_id = proxy.startJob(["dbtest.hello", json.dumps({"name": "tango"})])
+        assert finish(proxy, job_id) == "success"
+        assert json.loads(proxy.getJobOutput(job_id))["result"] == "hello tango"
+        assert proxy.state() == tango.DevState.ON
+        running = proxy.startJob(["example.sleep", json.dumps({"t": 600})])
+        deadline = time.monotonic() + 30
+        while proxy.getJobState(running) != "running":
+            assert time.monotonic() < deadline, "the sleep job never ran"
+            time.sleep(0.02)
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    stderr = (tmp_path / "server.err").read_text()
+    assert server.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr
+    # the running job was aborted and recorded before the process exited
+    with sqlite3.connect(workdir / "journal.sqlite") as db:
+        states = dict(db.execute("SELECT id, state FROM jobs").fetchall())
+    assert states == {job_id: "success", running: "aborted"}
+    assert (workdir / f"{job_id // 1000:04d}" / f"{job_id:05d}_dbtest.hello.out").exists()
+    assert (log_dir / f"dahu_server_{INSTANCE}.log").read_text().count("stopped") == 1
+
+
+def test_register_without_a_database_fails_in_one_line():
+    env = dict(os.environ, TANGO_HOST=f"127.0.0.1:{free_port()}")
+    result = subprocess.run(
+        [tool("dahu-register"), INSTANCE, DEVICE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no Tango database reachable" in lines[0], result.stderr
+
+
+def test_register_refuses_a_bad_device_name():
+    result = subprocess.run(
+        [tool("dahu-register"), INSTANCE, "not-a-device"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "domain/family/member" in result.stderr
+
+
+def test_server_version_and_split_of_tango_options():
+    result = subprocess.run([tool("dahu_server"), "-V"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("dahu ")
+
+    from dahu.app.server import split_args
+
+    own, rest = split_args(
+        ["test", "-nodb", "-dlist", "id00/dahu/1", "-v4", "-d", "--plugins", "/p", "-l", "/l"]
+    )
+    assert own == ["-d", "--plugins", "/p", "-l", "/l"]
+    assert rest == ["test", "-nodb", "-dlist", "id00/dahu/1", "-v4"]
