@@ -12,9 +12,11 @@ import h5py
 import numpy
 import pytest
 
+from dahu import integration
 from dahu.cache import DataCache
-from dahu.factory import Factory, plugin_factory
+from dahu.factory import plugin_factory
 from dahu.job import Job
+from dahu.journal import job_file_stem
 from dahu.testdata import make_dataset, q_to_2theta
 
 SHAPE = (256, 256)
@@ -27,13 +29,6 @@ MANY = "pyfai.integratemanyframes"
 def data(tmp_path_factory):
     """One data set for the whole module: 4 frames of 256x256 as EDF and as an HDF5 stack."""
     return make_dataset(tmp_path_factory.mktemp("data"), N_FRAMES, SHAPE, seed=1, mask=True)
-
-
-@pytest.fixture(scope="module")
-def pyfai_module():
-    """The plugin module as the factory loaded it (it is not in sys.modules)."""
-    plugin_factory.get_class(MANY)
-    return Factory.modules["pyfai"]
 
 
 def run(name, **params):
@@ -137,8 +132,8 @@ def test_wrong_distance_moves_the_peaks(data, tmp_path):
         assert_rings_at(radial, intensity[0], data)
 
 
-def test_mask_hides_the_ring_under_it(data, tmp_path, pyfai_module):
-    ai = pyfai_module.load_geometry(data["poni_file"])
+def test_mask_hides_the_ring_under_it(data, tmp_path):
+    ai = integration.load_geometry(data["poni_file"])
     q = ai.qArray(SHAPE)
     ring, sigma = data["ring_q_nm"][1], data["peak_sigma_q_nm"]
     mask = (numpy.abs(q - ring) < 3 * sigma).astype(numpy.int8)
@@ -229,6 +224,32 @@ def test_dark_is_subtracted(data, tmp_path):
     assert numpy.allclose(plain[0][populated] - corrected[0][populated], 5.0, atol=1e-3)
 
 
+def test_hdf5_frame_selection(data, tmp_path):
+    stack = data["hdf5_dataset"]
+    _, everything, _ = read_output(run_many(data, tmp_path, input_files=[stack]))
+    output = run_many(
+        data,
+        tmp_path,
+        input_files=[f"{stack}[1:3]", f"{stack}[0]", f"{stack}[-1]", f"{stack}[::2]"],
+        output_file=str(tmp_path / "selected.h5"),
+    )
+    assert output["frames"] == output["total_frames"] == 6
+    _, selected, _ = read_output(output)
+    numpy.testing.assert_array_equal(selected, everything[[1, 2, 0, 3, 0, 2]])
+
+
+def test_more_frames_than_a_write_block(data, tmp_path):
+    stack = data["hdf5_dataset"]
+    _, once, _ = read_output(run_many(data, tmp_path, input_files=[stack]))
+    repeats = integration.WRITE_BLOCK_FRAMES // N_FRAMES + 2  # a block and a part
+    output = run_many(
+        data, tmp_path, input_files=[stack] * repeats, output_file=str(tmp_path / "long.h5")
+    )
+    assert output["frames"] == repeats * N_FRAMES > integration.WRITE_BLOCK_FRAMES
+    _, intensity, _ = read_output(output)
+    numpy.testing.assert_array_equal(intensity, numpy.concatenate([once] * repeats))
+
+
 def test_glob_input(data, tmp_path):
     pattern = data["edf_files"][0].replace("frame_0000", "frame_*")
     assert run_many(data, tmp_path, input_files=pattern)["frames"] == N_FRAMES
@@ -277,7 +298,7 @@ def test_integrate_simple_writes_a_curve(data, tmp_path):
     assert_rings_at(curve[:, 0], curve[:, 1], data)
 
 
-def test_cache_reuses_the_integrator_of_the_same_geometry(data, tmp_path, pyfai_module):
+def test_cache_reuses_the_integrator_of_the_same_geometry(data, tmp_path):
     DataCache().clear()
     first = run_many(data, tmp_path, npt=257)
     second = run_many(data, tmp_path, npt=257)
@@ -289,7 +310,7 @@ def test_cache_reuses_the_integrator_of_the_same_geometry(data, tmp_path, pyfai_
         and other["integrator"]["key"] != first["integrator"]["key"]
     )
 
-    module = pyfai_module
+    module = integration
     unit, method = module.parse_unit("q_nm^-1"), module.parse_method(module.DEFAULT_METHOD, 1)
 
     def acquire():
@@ -349,6 +370,9 @@ BAD_INPUTS = {
     "unreadable image": ({"input_files": ["{junk}"]}, "junk.edf"),
     "empty glob": ({"input_files": "{root}/none_*.edf"}, "none_*.edf"),
     "missing hdf5 dataset": ({"input_files": ["{stack}::/entry/nothing"]}, "/entry/nothing"),
+    "bad frame selection": ({"input_files": ["{stack}::/entry/data[a:b]"]}, "[a:b]"),
+    "frame outside the stack": ({"input_files": ["{stack}::/entry/data[9]"]}, "[9]"),
+    "empty frame selection": ({"input_files": ["{stack}::/entry/data[3:1]"]}, "[3:1]"),
     "missing hdf5 file": ({"input_files": ["{root}/no.h5::/entry/data"]}, "no.h5"),
     "frame shape vs detector": ({"input_files": ["{small_frame}"]}, "frame_0000.edf"),
     "mask shape": ({"mask": "{small_mask}"}, "mask.edf"),
@@ -414,3 +438,14 @@ def test_as_a_job(engine, data, tmp_path):
     failed.join(30)
     assert failed.status == Job.STATE_FAILURE
     assert "unknown unit 'q_furlong^-1'" in Job.getErrorFromID(failed.id).splitlines()[0]
+
+
+def test_as_a_job_writes_next_to_its_files_by_default(engine, data):
+    params = {"poni_file": data["poni_file"], "input_files": data["edf_files"][:1], "npt": NPT}
+    job = Job(MANY, params)
+    job.start()
+    job.join(30)
+    assert job.status == Job.STATE_SUCCESS, Job.getErrorFromID(job.id)
+    expected = job_file_stem(engine.workdir, job.id, MANY) + ".h5"
+    assert job.output_data["output_file"] == expected
+    assert read_output(job.output_data)[1].shape == (1, NPT)

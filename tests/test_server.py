@@ -18,7 +18,6 @@ import pytest
 import tango
 from tango.test_context import DeviceTestContext
 
-from dahu.job import Job
 from dahu.server import MAX_DEPTH, DahuDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,17 +55,7 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("work")
 
 
-def forget_jobs_of_other_tests() -> None:
-    """DeviceTestContext forks this process, and the device would inherit the jobs that
-    other test modules left in ``Job``'s in-memory registry: their ids collide with the
-    device's own jobs.  (Core request: lookups should ignore jobs of another engine.)"""
-    with Job._lock:
-        Job._live.clear()
-        Job._recent.clear()
-
-
 def start_device(workdir: Path, plugin_dir: Path, **properties) -> DeviceTestContext:
-    forget_jobs_of_other_tests()
     props = {
         "workdir": str(workdir),
         "plugins_directory": [str(plugin_dir)],

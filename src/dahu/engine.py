@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
+import time
 from typing import Any
 
 from .executor import Watchdog, make_executor
@@ -68,6 +70,60 @@ class Engine:
         self.journal_fault: str | None = None
         self._lock = threading.Lock()
         self.finished = {State.SUCCESS: 0, State.FAILURE: 0, State.ABORTED: 0}
+        self._to_clean: queue.SimpleQueue = queue.SimpleQueue()
+        self._cleaner: threading.Thread | None = None
+
+    def clean_later(self, job: Any) -> None:
+        """Write the job's ``.inp``/``.out`` files and free it in a background thread.
+
+        Creating two files may take a millisecond on a busy disk: done there, it delays
+        neither the job's end nor its event.  The journal already holds the outcome, so
+        nothing is lost if the process dies before the files are written.
+        """
+        with self._lock:
+            if self._cleaner is None:
+                self._cleaner = threading.Thread(
+                    target=self._clean_jobs, name="dahu-files", daemon=True
+                )
+                self._cleaner.start()
+        self._to_clean.put(job)
+
+    def _clean_jobs(self) -> None:
+        while True:
+            job = self._to_clean.get()
+            if job is None:
+                return
+            try:
+                job.clean(wait=False)
+            except Exception:
+                logger.exception("job %s: cannot write its files", job.id)
+
+    def shutdown(self, abort: bool = True, timeout: float = 30.0) -> bool:
+        """Stop: abort (or let finish) the jobs queued or running, wait at most
+        ``timeout`` s for their outcome to be recorded and their files written, stop the
+        executor and close the journal.  True if every job ended in time."""
+        from .job import Job
+
+        deadline = time.monotonic() + timeout
+        jobs = Job.live_jobs(self)
+        if abort:
+            for job in jobs:
+                job.abort("aborted: the server is shutting down")
+            if jobs:
+                logger.info("shutting down: %d job(s) aborted", len(jobs))
+        for job in jobs:
+            job.join(max(0.0, deadline - time.monotonic()))
+        unfinished = [job.id for job in jobs if job.status not in State.FINAL]
+        if unfinished:
+            logger.error(
+                "shutting down with %d job(s) still running: %s", len(unfinished), unfinished
+            )
+        self.executor.shutdown(wait=False)
+        if self._cleaner is not None:
+            self._to_clean.put(None)
+            self._cleaner.join(max(1.0, deadline - time.monotonic()))
+        self.journal.close()
+        return not unfinished
 
     def count_finished(self, state: str) -> None:
         """Count one job ended in ``state``."""

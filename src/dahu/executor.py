@@ -69,6 +69,7 @@ class ThreadExecutor:
     """A bounded pool of worker threads in this process (see the module doc)."""
 
     name = "thread"
+    abandons_hung_jobs = True  # a thread cannot be killed: give its slot away instead
 
     def __init__(
         self, max_workers: int | None = None, idle_timeout: float = 30.0, abort_grace: float = 5.0
@@ -78,7 +79,9 @@ class ThreadExecutor:
         self.abort_grace = abort_grace
         self._abandoned: set[int] = set()
         self._serialize = False
-        self._cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # idle threads wait here
+        self._slot_free = threading.Condition(lock)  # waiters reclaiming their slot, here
         self._queue: deque[Any] = deque()
         self._running = 0  # jobs holding a slot
         self._waiting = 0  # jobs that gave their slot back while waiting for another
@@ -96,6 +99,8 @@ class ThreadExecutor:
     def serialize(self, value: bool) -> None:
         with self._cond:
             self._serialize = bool(value)
+            self._wake()  # slots freed: start the queued jobs now
+            self._slot_free.notify_all()
             self._cond.notify_all()
 
     @property
@@ -143,8 +148,9 @@ class ThreadExecutor:
         if not self._queue or self._running + self._reclaiming >= self.limit:
             return
         if self._idle:
-            self._cond.notify()
-        if len(self._queue) > self._idle and self._running + self._idle < self.limit:
+            self._cond.notify(min(self._idle, len(self._queue)))
+        # one more thread per queued job that no idle thread will take, up to the limit
+        while len(self._queue) > self._idle and self._running + self._idle < self.limit:
             self._threads += 1
             self._idle += 1  # counted as idle until it takes a job
             threading.Thread(target=self._worker, name="dahu-worker", daemon=True).start()
@@ -169,8 +175,10 @@ class ThreadExecutor:
                         self._abandoned.discard(threading.get_ident())
                         return
                     self._running -= 1
-                    if self._reclaiming or (not self._queue and not self._running):
-                        self._cond.notify_all()
+                    if self._reclaiming:
+                        self._slot_free.notify_all()
+                    if not self._queue and not self._running:
+                        self._cond.notify_all()  # for shutdown(wait=True)
                     continue
                 if self._shutdown and not self._queue:
                     break
@@ -202,6 +210,7 @@ class ThreadExecutor:
             self._running -= 1
             self._threads -= 1
             self._wake()
+            self._slot_free.notify_all()
             self._cond.notify_all()
         logger.error("a plugin ignored its abort: its thread %s is abandoned", thread_ident)
         return True
@@ -213,6 +222,7 @@ class ThreadExecutor:
             self._running -= 1
             self._waiting += 1
             self._wake()
+            self._slot_free.notify_all()
         try:
             yield
         finally:
@@ -220,9 +230,10 @@ class ThreadExecutor:
                 self._waiting -= 1
                 self._reclaiming += 1
                 while self._running >= self.limit:
-                    self._cond.wait()
+                    self._slot_free.wait()
                 self._reclaiming -= 1
                 self._running += 1
+                self._wake()  # the queue may have waited for the reclaimers
 
     def counts(self) -> dict[str, int]:
         with self._cond:

@@ -30,7 +30,7 @@ from .engine import Engine, get_engine
 from .journal import JournalError, write_job_files
 from .runner import Outcome
 from .states import State
-from .utils import NumpyEncoder
+from .utils import NumpyEncoder, gc_paused
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +88,20 @@ class Job(threading.Thread):
     _live: dict[int, Job] = {}  # jobs not finished yet
     _recent: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
-    def __init__(self, name: str = "plugin.Plugin", input_data: Any = None):
-        data = parse_input(input_data)
-        if not isinstance(name, str) or not name:
-            raise InvalidInput("plugin name must be a non-empty string")
-        data["plugin_name"] = name
+    def __init__(
+        self, name: str = "plugin.Plugin", input_data: Any = None, *, _job_id: int | None = None
+    ):
         engine = get_engine()
+        if _job_id is None:
+            data = parse_input(input_data)
+            if not isinstance(name, str) or not name:
+                raise InvalidInput("plugin name must be a non-empty string")
+            data["plugin_name"] = name
+            _job_id = engine.journal.create(name, data, time.time())
+        else:  # recorded already by create_many
+            data = input_data
         self._engine: Engine = engine
-        self._jobId = engine.journal.create(name, data, time.time())
+        self._jobId = _job_id
         data["job_id"] = self._jobId
         threading.Thread.__init__(self, name=name, daemon=True)
         self._plugin_name = name
@@ -117,6 +123,35 @@ class Job(threading.Thread):
         self._ended_at: float | None = None
         with Job._lock:
             Job._live[self._jobId] = self
+
+    @classmethod
+    def create_many(cls, name: str, inputs: list[Any], chunk: int = 256) -> list[Job]:
+        """Create one job per input (dicts, JSON texts or files), ``chunk`` journal
+        records per transaction; all inputs are checked before any job is created."""
+        if not isinstance(name, str) or not name:
+            raise InvalidInput("plugin name must be a non-empty string")
+        datas = [parse_input(item) for item in inputs]
+        for data in datas:
+            data["plugin_name"] = name
+        journal = get_engine().journal
+        jobs: list[Job] = []
+        with gc_paused():
+            for first in range(0, len(datas), chunk):
+                part = datas[first : first + chunk]
+                ids = journal.create_many(name, part, time.time())
+                jobs.extend(cls(name, d, _job_id=i) for d, i in zip(part, ids, strict=True))
+                time.sleep(0)  # between chunks, let other threads reach the journal
+        return jobs
+
+    @classmethod
+    def live_jobs(cls, engine: Engine | None = None) -> list[Job]:
+        """The jobs of ``engine`` (default: the current one) queued or running now."""
+        engine = engine or get_engine()
+        with cls._lock:
+            jobs = list(cls._live.values())
+        return [
+            j for j in jobs if j._engine is engine and j._status in (State.STARTING, State.RUNNING)
+        ]
 
     def __repr__(self) -> str:
         return f"<Job {self._jobId} {self._plugin_name} {self._status}>"
@@ -291,7 +326,7 @@ class Job(threading.Thread):
             execution = self._execution
         if execution is not None:
             execution.abort(reason)
-            if hasattr(self._engine.executor, "abandon"):
+            if getattr(self._engine.executor, "abandons_hung_jobs", False):
                 self._engine.watchdog.call_later(
                     self._engine.executor.abort_grace, self._abandon_if_stuck
                 )
@@ -453,8 +488,7 @@ class Job(threading.Thread):
         job = cls._lookup(job_id)
         if job is not None:
             return job._status
-        record = get_engine().journal.get(job_id)
-        return record.state if record is not None else State.INEXISTANT
+        return get_engine().journal.state(job_id) or State.INEXISTANT
 
     getStatusFromId = getStatusFromID
 

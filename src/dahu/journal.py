@@ -105,9 +105,18 @@ class Journal(abc.ABC):
     def create(self, plugin: str, input_data: dict[str, Any], submitted: float) -> int:
         """Record a new job (state ``uninitialized``); return its id, larger than any before."""
 
+    def create_many(self, plugin: str, inputs: list[dict[str, Any]], submitted: float) -> list[int]:
+        """Record several jobs at once (one transaction where possible); return their ids."""
+        return [self.create(plugin, data, submitted) for data in inputs]
+
     @abc.abstractmethod
     def set_state(self, job_id: int, state: str, started: float | None = None) -> None:
         """Record a non-final state change (``starting``, ``running``)."""
+
+    def state(self, job_id: int) -> str | None:
+        """The state of ``job_id`` only (None if unknown): cheaper than :meth:`get`."""
+        record = self.get(job_id)
+        return record.state if record is not None else None
 
     @abc.abstractmethod
     def finish(
@@ -288,6 +297,38 @@ class SQLiteJournal(Journal):
             (plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__),
         )
         return cursor.lastrowid
+
+    def create_many(self, plugin: str, inputs: list[dict[str, Any]], submitted: float) -> list[int]:
+        texts = [_dumps(data) for data in inputs]
+        try:
+            with self.transaction() as db:
+                ids = []
+                for text in texts:
+                    cursor = db.execute(
+                        "INSERT INTO jobs (plugin, state, input, submitted, host, pid, version) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            plugin,
+                            State.UNINITIALIZED,
+                            text,
+                            submitted,
+                            HOST,
+                            self._pid,
+                            __version__,
+                        ),
+                    )
+                    ids.append(cursor.lastrowid)
+        except sqlite3.Error as err:
+            raise JournalError(f"cannot write the journal {self.path}: {err}") from err
+        return ids
+
+    def state(self, job_id: int) -> str | None:
+        try:
+            with self._lock:
+                row = self._db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        except sqlite3.Error as err:
+            raise JournalError(f"cannot read the journal {self.path}: {err}") from err
+        return row[0] if row else None
 
     def set_state(self, job_id: int, state: str, started: float | None = None) -> None:
         self._write(

@@ -213,6 +213,7 @@ class ProcessExecutor(ThreadExecutor):
     """
 
     name = "process"
+    abandons_hung_jobs = False  # its workers are killed instead
 
     def __init__(
         self,

@@ -16,9 +16,7 @@ jobs is done by :mod:`dahu.job` and the engine.  ``docs/server.md`` is the refer
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import inspect
 import json
 import logging
@@ -26,7 +24,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,9 +36,10 @@ from tango.server import Device, attribute, command, device_property
 from . import DahuError, __version__
 from . import engine as dahu_engine
 from .factory import UnknownPlugin
-from .job import InvalidInput, Job, parse_input
+from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_inputs
+from .job import InvalidInput, Job
 from .states import State
-from .utils import NumpyEncoder
+from .utils import NumpyEncoder, gc_paused
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +55,10 @@ __all__ = [
     "TryAgain",
 ]
 
-MAX_INPUT_CHARS = 16 * 2**20
-"""Largest JSON text accepted for one ``startJob`` or ``startJobs`` call (16 MiB)."""
-MAX_DEPTH = 64
-"""Deepest nesting of arrays/objects accepted in a job input."""
 INT32_MAX = 2**31 - 1
 DEFAULT_WAIT_TIMEOUT = 2.0
 DEFAULT_QUEUE_LIMIT = 1000
 MAX_REASON = 500  # characters of a DevFailed description
-BATCH_CHUNK = 256  # jobs of a startJobs batch recorded per journal transaction
 
 
 class UnknownJob(DahuError, KeyError):
@@ -89,6 +83,9 @@ class ServerSettings:
     workdir: str | None = None
     plugins: list[str] = field(default_factory=list)
     max_workers: int | None = None
+    executor: str | None = None
+    scheduler: str | None = None
+    timeout: float | None = None
     engine_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -97,9 +94,6 @@ settings = ServerSettings()
 
 _engine: dahu_engine.Engine | None = None
 _engine_lock = threading.Lock()
-_inflight: dict[int, Job] = {}  # jobs started by this server and not finished: for shutdown
-_to_clean: queue.SimpleQueue = queue.SimpleQueue()  # ended jobs whose files are to be written
-_cleaner: threading.Thread | None = None
 
 
 # ---- helpers -------------------------------------------------------------------------
@@ -149,123 +143,27 @@ def client_errors(method: Callable) -> Callable:
     return wrapper
 
 
-def _depth(value: Any) -> int:
-    """Nesting depth of a decoded JSON value (0 for a scalar), without recursion."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, level)
-        if level > MAX_DEPTH:
-            break
-        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
-    return deepest
-
-
-def _check_text(text: Any, what: str) -> str:
-    if not isinstance(text, str):
-        raise InvalidInput(f"{what} must be a string, got {type(text).__name__}")
-    if len(text) > MAX_INPUT_CHARS:
-        raise InvalidInput(
-            f"{what} is {len(text) / 2**20:.1f} MiB, more than the "
-            f"{MAX_INPUT_CHARS // 2**20} MiB limit"
-        )
-    return text
-
-
-def _check_depth(value: Any, what: str) -> None:
-    if _depth(value) > MAX_DEPTH:
-        raise InvalidInput(f"{what} is nested deeper than {MAX_DEPTH} levels")
-
-
-def parse_job_input(text: Any) -> dict[str, Any]:
-    """Decode one job input (JSON object text, or a JSON file path as in the original)
-    within the documented limits; raise :class:`~dahu.job.InvalidInput` otherwise."""
-    text = _check_text(text, "job input")
-    try:
-        data = parse_input(text)
-    except InvalidInput as err:
-        if "nested too deeply" in str(err):
-            raise InvalidInput(f"job input is nested deeper than {MAX_DEPTH} levels") from None
-        raise
-    # counting brackets is cheap and bounds the depth: walk only when it could be too deep
-    if text.count("{") + text.count("[") > MAX_DEPTH:
-        _check_depth(data, "job input")
-    return data
-
-
-def parse_job_inputs(text: Any) -> list[dict[str, Any]]:
-    """Decode the JSON array of job inputs of ``startJobs`` within the documented limits."""
-    text = _check_text(text, "job inputs")
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InvalidInput(f"job inputs are not valid JSON: {err}") from None
-    except RecursionError:
-        raise InvalidInput(f"job inputs are nested deeper than {MAX_DEPTH} levels") from None
-    if not isinstance(items, list):
-        raise InvalidInput(f"job inputs must be a JSON array of objects, got {_kind(items)}")
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise InvalidInput(f"job input #{index} must be a JSON object, got {_kind(item)}")
-    if text.count("{") + text.count("[") > MAX_DEPTH:
-        for item in items:
-            _check_depth(item, "a job input")
-    return items
-
-
-def _kind(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
-        type(value), "null" if value is None else "number"
-    )
-
-
-_gc_pauses = 0
-_gc_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a batch of jobs is created.
-
-    A batch allocates many small objects that all stay alive; the collector would scan
-    them again and again (it more than halves the rate of ``startJobs``).  Nested and
-    concurrent pauses are counted; the collector resumes after the last one.
-    """
-    global _gc_pauses
-    with _gc_lock:
-        if _gc_pauses == 0 and not gc.isenabled():
-            paused = False  # someone else turned it off: leave it alone
-        else:
-            paused = True
-            _gc_pauses += 1
-            gc.disable()
-    try:
-        yield
-    finally:
-        if paused:
-            with _gc_lock:
-                _gc_pauses -= 1
-                if _gc_pauses == 0:
-                    gc.enable()
-
-
 def configure_engine(
-    workdir: str | None, max_workers: int | None, plugin_dirs: list[str]
+    workdir: str | None,
+    max_workers: int | None,
+    plugin_dirs: list[str],
+    executor: str = "thread",
+    scheduler: str | None = None,
+    timeout: float | None = None,
 ) -> dahu_engine.Engine:
     """Make the process's engine on first call; later calls reuse it (a device ``Init``
     keeps running jobs).  Plugin directories are added to the engine's factory."""
-    global _engine, _cleaner
+    global _engine
     with _engine_lock:
         engine = _engine
         if engine is None:
             options = dict(settings.engine_options)
+            options.setdefault("executor_kind", executor)
+            options.setdefault("default_timeout", timeout)
+            if executor == "dask":
+                executor_options = dict(options.get("executor_options") or {})
+                executor_options.setdefault("scheduler", scheduler or "local")
+                options["executor_options"] = executor_options
             engine = dahu_engine.configure(workdir=workdir, max_workers=max_workers, **options)
             _engine = engine
             if engine.interrupted:
@@ -282,29 +180,9 @@ def configure_engine(
                 )
             if max_workers and getattr(engine.executor, "max_workers", max_workers) != max_workers:
                 engine.executor.max_workers = max_workers
-        if _cleaner is None:
-            _cleaner = threading.Thread(target=_clean_jobs, name="dahu-files", daemon=True)
-            _cleaner.start()
     for directory in plugin_dirs:
         engine.factory.add_directory(directory)
     return engine
-
-
-def _clean_jobs() -> None:
-    """Write the ``.inp``/``.out`` files of ended jobs and free them, off the jobs' path.
-
-    Creating two files may take a millisecond on a busy disk: done here, it delays
-    neither the job's end (``waitJob``) nor its event.  The journal already holds the
-    outcome, so nothing is lost if the process dies before the files are written.
-    """
-    while True:
-        job = _to_clean.get()
-        if job is None:
-            return
-        try:
-            job.clean(wait=False)
-        except Exception:
-            logger.exception("job %s: cannot write its files", job.id)
 
 
 def shutdown(timeout: float = 30.0) -> bool:
@@ -315,25 +193,7 @@ def shutdown(timeout: float = 30.0) -> bool:
     without running their plugin.
     """
     engine = _engine
-    if engine is None:
-        return True
-    jobs = list(_inflight.values())
-    for job in jobs:
-        job.abort("aborted: the server is shutting down")
-    if jobs:
-        logger.info("shutting down: %d job(s) aborted", len(jobs))
-    deadline = time.monotonic() + timeout
-    for job in jobs:
-        job.join(max(0.0, deadline - time.monotonic()))
-    engine.executor.shutdown(wait=False)
-    unfinished = [job.id for job in jobs if job.status not in State.FINAL]
-    if unfinished:
-        logger.error("shutting down with %d job(s) still running: %s", len(unfinished), unfinished)
-    if _cleaner is not None:
-        _to_clean.put(None)
-        _cleaner.join(max(1.0, deadline - time.monotonic()))
-    engine.journal.close()
-    return not unfinished
+    return True if engine is None else engine.shutdown(abort=True, timeout=timeout)
 
 
 # ---- the device ----------------------------------------------------------------------
@@ -356,6 +216,21 @@ class DahuDS(Device):
         default_value="",
         doc="Work directory: journal and .inp/.out files (default: $DAHU_WORKDIR)",
     )
+    executor = device_property(
+        dtype=str,
+        default_value="thread",
+        doc="Where plugins run: thread, process (isolated workers) or dask",
+    )
+    scheduler = device_property(
+        dtype=str,
+        default_value="local",
+        doc="dask executor: scheduler address (tcp://host:8786) or local",
+    )
+    default_timeout = device_property(
+        dtype=float,
+        default_value=0.0,
+        doc="Seconds after which a running job is aborted as timed out (0: no limit)",
+    )
     wait_timeout = device_property(
         dtype=float,
         default_value=DEFAULT_WAIT_TIMEOUT,
@@ -371,7 +246,15 @@ class DahuDS(Device):
         workdir = settings.workdir or self.workdir.strip() or None
         max_workers = settings.max_workers or (self.max_workers if self.max_workers > 0 else None)
         dirs = [d for d in (self.plugins_directory or []) if d.strip()] + list(settings.plugins)
-        self._engine = configure_engine(workdir, max_workers, dirs)
+        timeout = settings.timeout or (self.default_timeout if self.default_timeout > 0 else None)
+        self._engine = configure_engine(
+            workdir,
+            max_workers,
+            dirs,
+            executor=settings.executor or self.executor.strip() or "thread",
+            scheduler=settings.scheduler or self.scheduler.strip() or "local",
+            timeout=timeout,
+        )
         self._wait = max(0.0, float(self.wait_timeout))
         self._last_success = 0
         self._last_failure = 0
@@ -387,10 +270,11 @@ class DahuDS(Device):
         self._pusher = threading.Thread(target=self._push_events, name="dahu-events", daemon=True)
         self._pusher.start()
         logger.info(
-            "DahuDS %s ready (Dahu %s): workdir %s, %s job slots, plugins in %s",
+            "DahuDS %s ready (Dahu %s): workdir %s, %s executor, %s job slots, plugins in %s",
             self.get_name(),
             __version__,
             self._engine.workdir,
+            self._engine.executor.name,
             getattr(self._engine.executor, "max_workers", "?"),
             ", ".join(self._engine.factory.directories),
         )
@@ -421,14 +305,13 @@ class DahuDS(Device):
     def _job_ended(self, job: Job) -> None:
         """Job callback (worker thread): record the id, queue the event and the files."""
         job_id = job.id
-        _inflight.pop(job_id, None)
         if job.status == State.SUCCESS:
             self._last_success = job_id
             self._events.put(("jobSuccess", job_id))
         else:
             self._last_failure = job_id
             self._events.put(("jobFailure", job_id))
-        _to_clean.put(job)
+        self._engine.clean_later(job)
 
     # ---- state -------------------------------------------------------------------------
     def dev_state(self) -> DevState:
@@ -470,7 +353,6 @@ class DahuDS(Device):
 
     def _submit(self, job: Job) -> int:
         job.connect_callback(self._job_ended)
-        _inflight[job.id] = job
         job.start()
         return job.id
 
@@ -520,16 +402,7 @@ class DahuDS(Device):
             )
         name = self._plugin(argin[0])
         with gc_paused():
-            items = parse_job_inputs(argin[1])
-            # One journal transaction per chunk (when the journal offers transactions): a
-            # commit per job would divide the rate by three, one for the whole batch would
-            # keep other clients' jobs out of the journal until it ends.
-            transaction = getattr(self._engine.journal, "transaction", contextlib.nullcontext)
-            jobs: list[Job] = []
-            for first in range(0, len(items), BATCH_CHUNK):
-                with transaction():
-                    jobs.extend(Job(name, item) for item in items[first : first + BATCH_CHUNK])
-                time.sleep(0)  # let a client waiting for the journal take it now
+            jobs = Job.create_many(name, parse_job_inputs(argin[1]))
             if jobs and jobs[-1].id > INT32_MAX:
                 raise DahuError("job ids do not fit a DevLong: start a new work directory")
             ids = numpy.fromiter((self._submit(job) for job in jobs), numpy.int32, len(jobs))
@@ -696,13 +569,6 @@ class DahuDS(Device):
         logger.info("serialize set to %s", bool(value))
         executor = self._engine.executor
         executor.serialize = bool(value)
-        # Work-around: ThreadExecutor's setter frees slots without starting the workers
-        # to fill them, so queued jobs would wait for the running one to end.
-        wake, cond = getattr(executor, "_wake", None), getattr(executor, "_cond", None)
-        if not value and wake is not None and cond is not None:
-            with cond:
-                for _ in range(int(getattr(executor, "max_workers", 1))):
-                    wake()
 
     @attribute(dtype=DevLong)
     def jobsQueued(self) -> int:  # noqa: N802

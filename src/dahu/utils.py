@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import getpass
 import json
 import os
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy
 
-__all__ = ["NumpyEncoder", "get_isotime", "get_workdir", "fully_qualified_name", "dumps"]
+__all__ = [
+    "NumpyEncoder",
+    "get_isotime",
+    "get_workdir",
+    "fully_qualified_name",
+    "dumps",
+    "gc_paused",
+]
 
 
 class NumpyEncoder(json.JSONEncoder):
@@ -76,3 +87,31 @@ def fully_qualified_name(obj: Any) -> str:
     module = getattr(obj, "__module__", None) or ""
     name = getattr(obj, "__name__", None) or obj.__class__.__name__
     return f"{module}.{name}".lower() if module else name.lower()
+
+
+_gc_pauses = 0
+_gc_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while many long-lived objects are made.
+
+    Creating a batch of jobs allocates many small objects that all stay alive; the
+    collector would scan them again and again.  Nested and concurrent pauses are
+    counted; the collector resumes after the last one (unless it was off before).
+    """
+    global _gc_pauses
+    with _gc_lock:
+        paused = _gc_pauses > 0 or gc.isenabled()
+        if paused:
+            _gc_pauses += 1
+            gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            with _gc_lock:
+                _gc_pauses -= 1
+                if _gc_pauses == 0:
+                    gc.enable()

@@ -3,7 +3,7 @@
 Registers the server ``DahuDS/INSTANCE`` with the device ``DEVICE`` (``domain/family/member``)
 of class ``DahuDS`` in the Tango database named by ``TANGO_HOST``, and writes its device
 properties (``plugins_directory``, and ``workdir``/``max_workers``/``queue_limit``/
-``wait_timeout`` when given).  Registering again updates the properties.
+``wait_timeout``/``executor``/``scheduler``/``default_timeout`` when given).  Registering again updates the properties.
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queue-limit", metavar="N", type=int, help="the queue_limit property")
     parser.add_argument(
         "--wait-timeout", metavar="S", type=float, help="the wait_timeout property (seconds)"
+    )
+    parser.add_argument(
+        "--executor", choices=["thread", "process", "dask"], help="the executor property"
+    )
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="the scheduler property (dask)")
+    parser.add_argument(
+        "--default-timeout", metavar="S", type=float, help="the default_timeout property"
     )
     return parser
 
@@ -78,7 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         properties["plugins_directory"] = [os.path.abspath(d) for d in args.plugins]
     if args.workdir:
         properties["workdir"] = [os.path.abspath(args.workdir)]
-    for name in ("max_workers", "queue_limit", "wait_timeout"):
+    for name in (
+        "max_workers",
+        "queue_limit",
+        "wait_timeout",
+        "executor",
+        "scheduler",
+        "default_timeout",
+    ):
         value = getattr(args, name)
         if value is not None:
             properties[name] = [str(value)]

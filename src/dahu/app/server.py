@@ -25,11 +25,19 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["main", "split_args"]
 
-# Own options: flags, then options taking a value.  New engine options (for example
-# ``--executor KIND``) go in VALUED and in build_parser(), and reach the engine through
-# ``dahu.server.settings.engine_options`` in main().
+# Own options: flags, then options taking a value (each also in build_parser()).
 FLAGS = {"-d", "--debug", "-V", "--version", "-h", "--help"}
-VALUED = {"-l", "--log", "--workdir", "--plugins", "--max-workers", "--shutdown-timeout"}
+VALUED = {
+    "-l",
+    "--log",
+    "--workdir",
+    "--plugins",
+    "--max-workers",
+    "--shutdown-timeout",
+    "--executor",
+    "--scheduler",
+    "--timeout",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         type=int,
         help="jobs running at once (wins over the device property)",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=["thread", "process", "dask"],
+        help="where plugins run (wins over the device property; default thread): "
+        "thread = in the server, process = isolated worker processes, dask = a Dask cluster",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="with --executor dask: the scheduler address (tcp://host:8786) or 'local' "
+        "(default) to start a local cluster",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        help="abort a running job after this long unless its plugin or input says "
+        "otherwise (default: no limit)",
     )
     parser.add_argument(
         "--shutdown-timeout",
@@ -137,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     server.settings.workdir = args.workdir
     server.settings.plugins = list(args.plugins)
     server.settings.max_workers = args.max_workers
+    server.settings.executor = args.executor
+    server.settings.scheduler = args.scheduler
+    server.settings.timeout = args.timeout
 
     def started() -> None:
         # Everything loaded so far lives as long as the process: keep it out of the

@@ -1,0 +1,134 @@
+"""A database-less ``dahu_server`` subprocess on a free local port, with a client.
+
+Used by the demo, the benchmarks and the tests that need a server in its own, fresh
+process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from .. import DahuError
+
+__all__ = ["LocalServer", "ServerFailed", "free_port"]
+
+DEVICE = "demo/dahu/1"
+
+
+class ServerFailed(DahuError):
+    """The local server did not start or answer."""
+
+
+def free_port() -> int:
+    """A TCP port that is free on this host now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Runs the command given after it, asking Linux first to SIGTERM it when its parent dies
+# (PR_SET_PDEATHSIG survives exec): a demo or benchmark killed outright leaves no server.
+# An exec wrapper rather than preexec_fn, which may deadlock in a process with threads.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n    ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"
+    "except (OSError, AttributeError):\n    pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n    sys.exit(1)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+class LocalServer:
+    """A database-less ``dahu_server`` subprocess on a free local port, with a client.
+
+    :param workdir: the server's work directory (journal, ``.inp``/``.out`` files)
+    :param log_path: where the server's stdout and stderr go
+    :param max_workers: job slots (``--max-workers``); None for the server's default
+    :param device: the device name; :attr:`url` is its database-less address
+    :param extra_args: more ``dahu_server`` options (``--executor process``, ...)
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        log_path: str,
+        max_workers: int | None = None,
+        device: str = DEVICE,
+        instance: str = "demo",
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.log_path = log_path
+        self.port = free_port()
+        self.url = f"tango://127.0.0.1:{self.port}/{device}#dbase=no"
+        script = os.path.join(os.path.dirname(sys.executable), "dahu_server")
+        launcher = (
+            [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "dahu.app.server"]
+        )
+        if sys.platform.startswith("linux"):
+            launcher = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *launcher]
+        self.command = [*launcher, instance, "-nodb", "-port", str(self.port), "-dlist", device]
+        self.command += ["--workdir", workdir]
+        if max_workers:
+            self.command += ["--max-workers", str(max_workers)]
+        self.command += list(extra_args or [])
+        self.process: subprocess.Popen | None = None
+        self.proxy: Any = None
+
+    def start(self, timeout: float = 30.0) -> Any:
+        """Start the server and return a ``DeviceProxy`` once the device answers ``ping``."""
+        import tango
+
+        os.makedirs(self.workdir, exist_ok=True)
+        with open(self.log_path, "w", encoding="utf-8") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise ServerFailed(
+                        f"dahu_server exited with status {self.process.returncode} "
+                        f"(see {self.log_path})"
+                    )
+                try:
+                    proxy = tango.DeviceProxy(self.url)
+                    proxy.ping()
+                    self.proxy = proxy
+                    return proxy
+                except tango.DevFailed:
+                    if time.monotonic() > deadline:
+                        raise ServerFailed(
+                            f"dahu_server did not answer within {timeout:g} s (see {self.log_path})"
+                        ) from None
+                    time.sleep(0.05)  # the server is starting: poll again
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM the server and wait for it to exit; its exit status (killed after
+        ``timeout`` s: None)."""
+        self.proxy = None
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                return process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                return None
+        return process.returncode

@@ -1,0 +1,97 @@
+"""Job inputs coming from clients: JSON objects within documented limits.
+
+A client-facing input is a JSON object of at most :data:`MAX_INPUT_CHARS` characters,
+nested at most :data:`MAX_DEPTH` levels; anything else is refused with an
+:class:`~dahu.job.InvalidInput` whose message is one line.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .job import InvalidInput, parse_input
+
+__all__ = ["MAX_INPUT_CHARS", "MAX_DEPTH", "parse_job_input", "parse_job_inputs"]
+
+MAX_INPUT_CHARS = 16 * 2**20
+"""Largest JSON text accepted for one ``startJob`` or ``startJobs`` call (16 MiB)."""
+MAX_DEPTH = 64
+"""Deepest nesting of arrays/objects accepted in a job input."""
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (0 for a scalar), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _check_text(text: Any, what: str) -> str:
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} must be a string, got {type(text).__name__}")
+    if len(text) > MAX_INPUT_CHARS:
+        raise InvalidInput(
+            f"{what} is {len(text) / 2**20:.1f} MiB, more than the "
+            f"{MAX_INPUT_CHARS // 2**20} MiB limit"
+        )
+    return text
+
+
+def _check_depth(value: Any, what: str) -> None:
+    if _depth(value) > MAX_DEPTH:
+        raise InvalidInput(f"{what} is nested deeper than {MAX_DEPTH} levels")
+
+
+def parse_job_input(text: Any) -> dict[str, Any]:
+    """Decode one job input (JSON object text, or a JSON file path as in the original)
+    within the documented limits; raise :class:`~dahu.job.InvalidInput` otherwise."""
+    text = _check_text(text, "job input")
+    try:
+        data = parse_input(text)
+    except InvalidInput as err:
+        if "nested too deeply" in str(err):
+            raise InvalidInput(f"job input is nested deeper than {MAX_DEPTH} levels") from None
+        raise
+    # counting brackets is cheap and bounds the depth: walk only when it could be too deep
+    if text.count("{") + text.count("[") > MAX_DEPTH:
+        _check_depth(data, "job input")
+    return data
+
+
+def parse_job_inputs(text: Any) -> list[dict[str, Any]]:
+    """Decode the JSON array of job inputs of ``startJobs`` within the documented limits."""
+    text = _check_text(text, "job inputs")
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InvalidInput(f"job inputs are not valid JSON: {err}") from None
+    except RecursionError:
+        raise InvalidInput(f"job inputs are nested deeper than {MAX_DEPTH} levels") from None
+    if not isinstance(items, list):
+        raise InvalidInput(f"job inputs must be a JSON array of objects, got {_kind(items)}")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidInput(f"job input #{index} must be a JSON object, got {_kind(item)}")
+    if text.count("{") + text.count("[") > MAX_DEPTH:
+        for item in items:
+            _check_depth(item, "a job input")
+    return items
+
+
+def _kind(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
+        type(value), "null" if value is None else "number"
+    )

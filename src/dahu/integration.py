@@ -1,0 +1,490 @@
+"""Azimuthal-integration machinery shared by the pyFAI plugins, benchmarks and the demo.
+
+* Reading inputs: :func:`load_geometry` (``.poni`` files), :func:`expand_inputs` and
+  :func:`iter_frames` (image files, globs, ``file.h5::/dataset`` stacks, one frame at a time),
+  :func:`read_image` (mask, dark, flat).
+* Parsing settings: :func:`parse_unit`, :func:`parse_method`, :func:`positive_int`,
+  :func:`check_shape`; every bad value raises :class:`InputError` with a one-line message
+  naming the offending file or value.
+* The integrator cache: :func:`acquire_integrator` / :func:`release_integrator`.
+* Writing results: :class:`NexusWriter` streams integrated frames into a NeXus HDF5 file.
+
+Building the sparse-matrix (CSR) engine of an integrator costs far more than integrating one
+frame, so ready-to-use integrators are kept in the shared :class:`~dahu.cache.DataCache`, keyed
+by everything the engine depends on (geometry, shape, mask, npt, unit, method, npt_azim). A
+pyFAI integrator must not integrate in two threads at once (its engine keeps a per-call buffer),
+so each key holds a pool: a job borrows an integrator for its whole run and gives it back when
+done; consecutive jobs reuse it, concurrent jobs get one each and run in parallel.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import operator
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fabio
+import h5py
+import numpy
+import pyFAI
+import pyFAI.units
+from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+from pyFAI.method_registry import IntegrationMethod, Method
+
+from . import DahuError
+from .cache import DataCache
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "DEFAULT_NPT",
+    "DEFAULT_UNIT",
+    "ERROR_MODELS",
+    "MAX_IDLE_INTEGRATORS",
+    "WRITE_BLOCK_BYTES",
+    "WRITE_BLOCK_FRAMES",
+    "CachedIntegrator",
+    "FrameSource",
+    "InputError",
+    "IntegratorPool",
+    "NexusWriter",
+    "acquire_integrator",
+    "check_shape",
+    "expand_inputs",
+    "integrate",
+    "iter_frames",
+    "load_geometry",
+    "parse_method",
+    "parse_unit",
+    "positive_int",
+    "read_image",
+    "release_integrator",
+]
+
+#: The plugins' default integration method (split, algorithm, implementation).
+DEFAULT_METHOD = ("full", "csr", "cython")
+#: The plugins' default radial unit.
+DEFAULT_UNIT = "q_nm^-1"
+#: The plugins' default number of radial bins.
+DEFAULT_NPT = 1000
+#: Error models accepted by ``error_model``.
+ERROR_MODELS = ("poisson", "azimuthal", "hybrid")
+_CACHE_PREFIX = "pyfai.integrator"
+#: Idle integrators kept per cache key: enough for every worker thread of a small server.
+MAX_IDLE_INTEGRATORS = 4
+#: Largest block of integrated frames the NeXus writer keeps before writing them.
+WRITE_BLOCK_FRAMES = 64
+#: Largest block of integrated frames, in bytes, the NeXus writer keeps before writing them.
+WRITE_BLOCK_BYTES = 8 * 2**20
+
+
+class InputError(DahuError, RuntimeError):
+    """A bad plugin input; its message is one line naming the offending file or value."""
+
+
+class IntegratorPool:
+    """The ready integrators of one cache key; each is lent to one job at a time.
+
+    pyFAI's sparse-matrix engines keep their preprocessed image in the engine object, so two
+    threads must never integrate with the same integrator at once (results get mixed up). Jobs
+    therefore borrow an integrator: consecutive jobs reuse the same one, concurrent jobs each
+    get their own, so they integrate in parallel (pyFAI releases the GIL while integrating).
+    """
+
+    def __init__(self, key: str, max_idle: int = MAX_IDLE_INTEGRATORS) -> None:
+        self.key = key
+        self.max_idle = max_idle
+        self._idle: list[CachedIntegrator] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> CachedIntegrator | None:
+        """An idle integrator, now lent to the caller, or None if all are in use."""
+        with self._lock:
+            return self._idle.pop() if self._idle else None
+
+    def give_back(self, integrator: CachedIntegrator) -> None:
+        """Return a borrowed integrator; beyond ``max_idle`` idle ones it is dropped."""
+        with self._lock:
+            if len(self._idle) < self.max_idle and all(i is not integrator for i in self._idle):
+                self._idle.append(integrator)
+
+
+@dataclass(frozen=True)
+class CachedIntegrator:
+    """An integrator whose engine is built, with the axes every integration with it produces."""
+
+    ai: AzimuthalIntegrator
+    key: str
+    radial: numpy.ndarray
+    azimuthal: numpy.ndarray | None
+    pool: IntegratorPool
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """One input file (or HDF5 dataset) and what its header says about its frames.
+
+    ``selection`` holds the frame indices of a ``file.h5::/dataset[start:stop]`` selection
+    (None: every frame); ``nframes`` counts the frames selected.
+    """
+
+    label: str
+    path: str
+    h5path: str | None
+    nframes: int
+    shape: tuple[int, ...]
+    selection: range | None = None
+
+
+def load_geometry(poni_file: str) -> AzimuthalIntegrator:
+    """Read a pyFAI ``.poni`` file, refusing files that do not describe a geometry."""
+    if not poni_file or not os.path.isfile(poni_file):
+        raise InputError(f"poni file '{poni_file}' does not exist")
+    try:
+        with open(poni_file, encoding="utf-8") as stream:
+            # "Key: value" lines (poni) or '"key": value,' lines (JSON poni)
+            keys = {line.partition(":")[0].strip(' \t{"').lower() for line in stream}
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read poni file '{poni_file}': {error}") from error
+    if not keys & {"distance", "dist"} or not keys & {"detector", "pixelsize1"}:
+        raise InputError(f"poni file '{poni_file}' has no distance or detector: not a geometry")
+    try:
+        ai = AzimuthalIntegrator()
+        # pyFAI.load() would run a full gc.collect() (tens of ms, holding the GIL and so
+        # stalling every other job); nothing here needs it: refcounting frees the arrays.
+        ai.auto_gc = False
+        return ai.load(poni_file)
+    except Exception as error:  # pyFAI raises anything from KeyError to JSONDecodeError
+        raise InputError(f"invalid poni file '{poni_file}': {error}") from error
+
+
+def parse_unit(unit: Any) -> pyFAI.units.Unit:
+    """The pyFAI radial unit named ``unit`` (e.g. ``"q_nm^-1"``, ``"2th_deg"``, ``"r_mm"``)."""
+    if not isinstance(unit, str) or unit not in pyFAI.units.RADIAL_UNITS:
+        known = ", ".join(list(pyFAI.units.RADIAL_UNITS)[:11])
+        raise InputError(f"unknown unit {unit!r}: expected one of {known}, ...")
+    return pyFAI.units.to_unit(unit)
+
+
+def parse_method(method: Any, dim: int) -> IntegrationMethod:
+    """The available pyFAI method for ``method``: (split, algo, impl), "split,algo,impl", "csr"."""
+    if isinstance(method, str):
+        parts = [p.strip() for p in method.replace(",", " ").split()]
+        if len(parts) != 3:
+            request = Method.parsed(method)
+            if request.split is None and request.algo is None and request.impl is None:
+                raise InputError(f"unknown method {method!r}: expected (split, algo, impl)")
+            parts = [request.split, request.algo, request.impl]
+    elif isinstance(method, Sequence) and len(method) == 3:
+        parts = list(method)
+    else:
+        raise InputError(f"unknown method {method!r}: expected (split, algo, impl)")
+    try:
+        request = Method(dim, *parts)
+    except (ValueError, TypeError) as error:
+        raise InputError(f"unknown method {method!r}: {error}") from error
+    selected = IntegrationMethod.select_one_available(request, dim=dim, degradable=False)
+    if selected is None:
+        raise InputError(f"method {method!r} is not available for {dim}D integration here")
+    return selected
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as a positive integer, or an error naming the input ``name``."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = 0
+    if number < 1 or isinstance(value, bool):
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return number
+
+
+def read_image(path: str, what: str) -> numpy.ndarray:
+    """First frame of the image file ``path`` (any fabio format); ``what`` names it in errors."""
+    if not isinstance(path, str) or not os.path.isfile(path):
+        raise InputError(f"{what} file '{path}' does not exist")
+    try:
+        with fabio.open(path) as image:
+            return numpy.array(image.data)
+    except Exception as error:  # fabio raises whatever the format reader raises
+        raise InputError(f"cannot read {what} file '{path}': {error}") from error
+
+
+def expand_inputs(input_files: Any) -> list[FrameSource]:
+    """Describe the frames of ``input_files``: a path, a glob or a list of them.
+
+    ``file.h5::/path/to/dataset`` names an HDF5 dataset: a 2D dataset is one frame, each slice
+    of a 3D dataset along its first axis is one frame; ``file.h5::/dataset[10:20]`` (Python
+    slice syntax: ``[i]``, ``[start:stop]``, ``[start:stop:step]``) selects some of them.
+    Any other path is opened by fabio.
+    """
+    items = [input_files] if isinstance(input_files, str) else input_files
+    if not isinstance(items, (list, tuple)) or not items:
+        raise InputError(f"input_files must be a non-empty path, glob or list, got {input_files!r}")
+    paths: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise InputError(f"input_files must hold paths, got {item!r}")
+        if any(char in item for char in "*?[") and "::" not in item:
+            matches = sorted(glob.glob(os.path.expanduser(item)))
+            if not matches:
+                raise InputError(f"no input file matches '{item}'")
+            paths.extend(matches)
+        else:
+            paths.append(item)
+    return [_describe(path) for path in paths]
+
+
+def _parse_selection(text: str, label: str, count: int) -> range:
+    """The frame indices selected by ``text`` (``"5"``, ``"10:20"``, ``":100:2"``) of ``count``."""
+    parts = text.split(":")
+    try:
+        values = [int(part) if part.strip() else None for part in parts]
+    except ValueError:
+        values = []
+    if not 1 <= len(values) <= 3 or (len(values) == 1 and values[0] is None) or values[2:] == [0]:
+        raise InputError(
+            f"bad frame selection [{text}] in '{label}': expected [i], [start:stop] "
+            "or [start:stop:step]"
+        )
+    if len(values) == 1:
+        index = values[0] + count if values[0] < 0 else values[0]
+        if not 0 <= index < count:
+            raise InputError(f"frame [{text}] of '{label}' is outside its {count} frames")
+        return range(index, index + 1)
+    selected = range(count)[slice(*values)]
+    if not selected:
+        raise InputError(f"frame selection [{text}] of '{label}' selects none of its {count}")
+    return selected
+
+
+def _describe(label: str) -> FrameSource:
+    path, sep, h5path = label.partition("::")
+    if not os.path.isfile(path):
+        raise InputError(f"image file '{path}' does not exist")
+    if not sep:
+        try:
+            header = fabio.openheader(path)
+            return FrameSource(label, path, None, int(header.nframes), tuple(header.shape))
+        except Exception as error:  # fabio raises whatever the format reader raises
+            raise InputError(f"cannot read image file '{path}': {error}") from error
+    selection_text = None
+    if h5path.endswith("]") and "[" in h5path:
+        h5path, _, selection_text = h5path[:-1].rpartition("[")
+    try:
+        with h5py.File(path, "r") as h5:
+            dataset = h5.get(h5path)
+            if not isinstance(dataset, h5py.Dataset):
+                raise InputError(f"HDF5 dataset '{h5path}' not found in '{path}'")
+            shape = dataset.shape
+    except OSError as error:
+        raise InputError(f"cannot read HDF5 file '{path}': {error}") from error
+    if len(shape) not in (2, 3):
+        raise InputError(f"HDF5 dataset '{label}' has shape {shape}: expected 2D or 3D")
+    if len(shape) == 2:
+        if selection_text is not None:
+            raise InputError(f"HDF5 dataset '{path}::{h5path}' is one frame: nothing to select")
+        return FrameSource(label, path, h5path, 1, shape)
+    if selection_text is None:
+        return FrameSource(label, path, h5path, shape[0], shape[1:])
+    selection = _parse_selection(selection_text, label, shape[0])
+    return FrameSource(label, path, h5path, len(selection), shape[1:], selection)
+
+
+def iter_frames(sources: Sequence[FrameSource]) -> Iterator[tuple[str, numpy.ndarray]]:
+    """Yield ``(label, frame)`` for every frame of ``sources``, reading one frame at a time.
+
+    A frame's label is its file (and dataset) with its index in it: ``stack.h5::/data[12]``.
+    """
+    for source in sources:
+        try:
+            if source.h5path is not None:
+                base = f"{source.path}::{source.h5path}"
+                indices = source.selection or range(source.nframes)
+                with h5py.File(source.path, "r") as h5:
+                    dataset = h5[source.h5path]
+                    for index in indices:
+                        frame = dataset[index] if dataset.ndim == 3 else dataset[()]
+                        yield f"{base}[{index}]", frame
+            else:
+                with fabio.open(source.path) as image:
+                    for index in range(source.nframes):
+                        frame = image.data if index == 0 else image.getframe(index).data
+                        yield f"{source.label}[{index}]", frame
+        except (OSError, KeyError, ValueError) as error:
+            raise InputError(f"cannot read a frame of '{source.label}': {error}") from error
+
+
+def integrate(
+    ai: AzimuthalIntegrator, frame: numpy.ndarray, npt: int, npt_azim: int | None, **kw: Any
+) -> Any:
+    """Integrate ``frame`` in 1D (``npt`` bins), or in 2D when ``npt_azim`` is given."""
+    if npt_azim:
+        return ai.integrate2d(frame, npt, npt_azim, **kw)
+    return ai.integrate1d(frame, npt, **kw)
+
+
+def acquire_integrator(
+    ai: AzimuthalIntegrator,
+    shape: tuple[int, int],
+    npt: int,
+    unit: pyFAI.units.Unit,
+    method: IntegrationMethod,
+    npt_azim: int | None = None,
+    mask: numpy.ndarray | None = None,
+) -> tuple[CachedIntegrator, bool]:
+    """Borrow a ready integrator for the geometry of ``ai`` and these settings.
+
+    Returns it and whether it was reused from the cache. When none is idle, ``ai`` itself
+    (a fresh object, e.g. from :func:`load_geometry`) gets the mask and its engine built by a
+    first integration. Give it back with :func:`release_integrator` when done.
+    """
+    parts = {
+        "geometry": ai.get_config(),
+        "shape": list(shape),
+        "mask": None if mask is None else hashlib.sha1(numpy.ascontiguousarray(mask)).hexdigest(),
+        "npt": npt,
+        "npt_azim": npt_azim,
+        "unit": unit.name,
+        "method": list(method.method[:4]),
+    }
+    digest = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    pool = DataCache().setdefault((_CACHE_PREFIX, digest), IntegratorPool(digest))
+    integrator = pool.take()
+    if integrator is not None:
+        return integrator, True
+    start = time.perf_counter()
+    if mask is not None:
+        if ai.detector.mask is not None:
+            mask = numpy.logical_or(mask, ai.detector.mask)
+        ai.detector.mask = mask
+    blank = numpy.zeros(shape, dtype=numpy.float32)
+    result = integrate(ai, blank, npt, npt_azim, unit=unit, method=method)
+    azimuthal = numpy.array(result.azimuthal) if npt_azim else None
+    integrator = CachedIntegrator(ai, digest, numpy.array(result.radial), azimuthal, pool)
+    logger.info("Built %s integrator %s in %.3fs", method, digest[:12], time.perf_counter() - start)
+    return integrator, False
+
+
+def release_integrator(integrator: CachedIntegrator) -> None:
+    """Give back an integrator borrowed with :func:`acquire_integrator`, for the next job."""
+    integrator.pool.give_back(integrator)
+
+
+def check_shape(ai: AzimuthalIntegrator, shape: tuple[int, ...], label: str, poni: str) -> None:
+    """Refuse a frame that is not 2D or does not match the detector of the geometry ``poni``."""
+    expected = ai.detector.max_shape
+    if len(shape) != 2:
+        raise InputError(f"frame '{label}' has shape {tuple(shape)}: expected a 2D image")
+    if expected is not None and tuple(shape) != tuple(expected):
+        raise InputError(
+            f"frame '{label}' has shape {tuple(shape)} but the detector of '{poni}' "
+            f"is {tuple(expected)}"
+        )
+
+
+class NexusWriter:
+    """Streams integrated frames into a NeXus file: NXroot > NXentry > NXprocess + NXdata.
+
+    Frames are written in order, in blocks of up to ``WRITE_BLOCK_FRAMES`` frames (and
+    about ``WRITE_BLOCK_BYTES``): one HDF5 write per frame would cost a few percent of
+    the integration time. :meth:`close` writes what is left.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        cached: CachedIntegrator,
+        unit: pyFAI.units.Unit,
+        n_frames: int,
+        errors: bool,
+    ) -> None:
+        self.path = path
+        self.h5 = h5py.File(path, "w")
+        self.h5.attrs.update(NX_class="NXroot", default="entry", creator="dahu")
+        self.h5.attrs["file_name"] = os.path.basename(path)
+        entry = self.h5.create_group("entry")
+        entry.attrs.update(NX_class="NXentry", default="integrated")
+        entry["program_name"] = "dahu pyfai.integratemanyframes"
+        entry["start_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.entry = entry
+        self.process = entry.create_group("process")
+        self.process.attrs["NX_class"] = "NXprocess"
+        self.process["program"] = "pyFAI"
+        self.process["version"] = pyFAI.version
+        data = entry.create_group("integrated")
+        data.attrs.update(NX_class="NXdata", signal="intensity")
+        radial_name = unit.name
+        frame_shape = (len(cached.radial),)
+        axes = ["frame", radial_name]
+        if cached.azimuthal is not None:
+            frame_shape = (len(cached.azimuthal), len(cached.radial))
+            axes = ["frame", "chi_deg", radial_name]
+            chi = data.create_dataset("chi_deg", data=cached.azimuthal)
+            chi.attrs.update(units="deg", long_name="Azimuthal angle chi (deg)")
+        data.attrs["axes"] = axes
+        for index, name in enumerate(axes):
+            data.attrs[f"{name}_indices"] = index
+        radial = data.create_dataset(radial_name, data=cached.radial)
+        radial.attrs.update(units=radial_name.partition("_")[2], long_name=unit.label)
+        data.create_dataset("frame", data=numpy.arange(n_frames), maxshape=(None,))
+        layout = {"shape": (n_frames,) + frame_shape, "maxshape": (None,) + frame_shape}
+        layout.update(dtype=numpy.float32, chunks=(1,) + frame_shape, fillvalue=numpy.nan)
+        self.intensity = data.create_dataset("intensity", **layout)
+        self.intensity.attrs["interpretation"] = "spectrum" if len(frame_shape) == 1 else "image"
+        self.errors = data.create_dataset("errors", **layout) if errors else None
+        self.data = data
+        frame_bytes = 4 * int(numpy.prod(frame_shape))
+        block = max(1, min(n_frames, WRITE_BLOCK_FRAMES, WRITE_BLOCK_BYTES // frame_bytes))
+        self._buffers = [numpy.empty((block,) + frame_shape, numpy.float32) for _ in "ie"]
+        self._first = 0  # index of the first frame in the buffers
+        self._count = 0  # frames in the buffers
+
+    def write(self, index: int, result: Any) -> None:
+        """Store the integration result of frame ``index`` (frames come in order)."""
+        if self._count and index != self._first + self._count:
+            self.flush()
+        if not self._count:
+            self._first = index
+        self._buffers[0][self._count] = result.intensity
+        if self.errors is not None:
+            self._buffers[1][self._count] = result.sigma
+        self._count += 1
+        if self._count == len(self._buffers[0]):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered frames into the file."""
+        if self._count:
+            block = slice(self._first, self._first + self._count)
+            self.intensity[block] = self._buffers[0][: self._count]
+            if self.errors is not None:
+                self.errors[block] = self._buffers[1][: self._count]
+            self._count = 0
+
+    def close(self, n_done: int, config: dict, monitor: Sequence[float] | None) -> None:
+        """Trim the datasets to the ``n_done`` frames written, record the configuration, close."""
+        try:
+            self.flush()
+            for name in ("frame", "intensity", "errors"):
+                if name in self.data:
+                    self.data[name].resize(n_done, axis=0)
+            if monitor is not None:
+                self.data["monitor"] = numpy.asarray(monitor[:n_done], dtype=float)
+            note = self.process.create_group("configuration")
+            note.attrs["NX_class"] = "NXnote"
+            note["type"] = "text/json"
+            note["data"] = json.dumps(config, default=str)
+            self.entry["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        finally:
+            self.h5.close()

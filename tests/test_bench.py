@@ -1,0 +1,69 @@
+"""The benchmarks run on a tiny size and print the JSON figures they promise.
+
+Their figures are not checked: benchmarks are never part of the suite's pass/fail.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+from .conftest import ROOT, child_env
+
+
+def run_bench(script: str, *args: str, timeout: float = 120) -> dict:
+    """Run ``bench/<script>`` and return the JSON object it prints last."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(),
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_pyfai_bench_small(tmp_path):
+    figures = run_bench("pyfai.py", "--small", "--data", str(tmp_path / "data"))
+    assert figures["benchmark"] == "pyfai" and figures["frames"] == 8
+    assert figures["workers"] == [1, 2] and figures["omp_num_threads"] >= 1
+    for key in ("bare_fps", "dahu_fps", "ratio", "ratio_paired_median"):
+        assert set(figures[key]) == {"1", "2"}, key
+        assert all(value > 0 for value in figures[key].values()), key
+    assert set(figures["speedup_2_over_1"]) == {"bare", "dahu"}
+    assert figures["target_ratio"] == 0.95
+    for details in figures["dahu_jobs"].values():
+        assert details["integrators_reused"] == details["jobs"]  # warmed up, as promised
+    # the data set is kept where asked, for the next run to reuse
+    assert (tmp_path / "data" / "stack.h5").is_file()
+    assert (tmp_path / "data" / "dataset.json").is_file()
+
+
+def test_pyfai_bench_helpers(tmp_path):
+    """``prepare`` and ``job_inputs``, as other benchmarks import them."""
+    spec = importlib.util.spec_from_file_location("bench_pyfai", ROOT / "bench" / "pyfai.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    dataset = bench.prepare(tmp_path / "data", frames=5, shape=(64, 64))
+    assert dataset["n_frames"] == 5 and dataset["hdf5_dataset"].endswith("::/entry/data")
+    stamp = (tmp_path / "data" / "stack.h5").stat().st_mtime_ns
+    assert bench.prepare(tmp_path / "data", frames=5, shape=(64, 64)) == dataset  # reused
+    assert (tmp_path / "data" / "stack.h5").stat().st_mtime_ns == stamp
+    inputs = bench.job_inputs(dataset, 2, tmp_path / "out")
+    assert [item["input_files"] for item in inputs] == [
+        [dataset["hdf5_dataset"] + "[0:2]"],
+        [dataset["hdf5_dataset"] + "[2:5]"],
+    ]
+    assert len({item["output_file"] for item in inputs}) == 2
+
+
+def test_engine_bench_small(tmp_path):
+    figures = run_bench("engine.py", "-n", "200", "--warmup", "50", "--workdir", str(tmp_path))
+    assert figures["benchmark"] == "engine" and figures["jobs"] == 200
+    for key in ("seconds", "jobs_per_s", "rss_growth_kb_per_job", "rss_mb", "cpus"):
+        assert key in figures, key
+    assert figures["jobs_per_s"] > 0

@@ -1,0 +1,159 @@
+"""The DahuDS device under the process and dask executors, through real DeviceProxy
+clients: the same states, outputs, events and files as under the default thread executor,
+and a crashing or hung plugin does not take the server down."""
+
+from __future__ import annotations
+
+import json
+import queue
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import tango
+
+from dahu.app.localserver import LocalServer
+from dahu.journal import job_file_stem
+
+FINAL = ("success", "failure", "aborted")
+
+PLUGINS = '''
+import ctypes
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Crash(Plugin):
+    """Kill the process running it."""
+
+    def process(self):
+        if self.input.get("how") == "exit":
+            os._exit(1)
+        ctypes.string_at(0)
+
+
+@register
+class Hang(Plugin):
+    """Never stops, ignores abort."""
+
+    def process(self):
+        while True:
+            time.sleep(0.02)
+
+
+@register
+class AddPrevious(Plugin):
+    """Wait for job `other`, add its result to x."""
+
+    TIMEOUT = 60
+
+    def process(self):
+        other = self.wait_for(self.input["other"])
+        self.output["result"] = other.output_data["result"] + self.input["x"]
+'''
+
+
+@pytest.fixture(scope="module", params=["process", "dask"])
+def device(request, tmp_path_factory):
+    """A real ``dahu_server`` process (a fresh interpreter: a Dask client must not be
+    forked) with the executor under test."""
+    base = tmp_path_factory.mktemp(request.param)
+    plugins = base / "plugins"
+    plugins.mkdir()
+    (plugins / "devtrouble.py").write_text(textwrap.dedent(PLUGINS))
+    workdir = base / "work"
+    server = LocalServer(
+        str(workdir),
+        str(base / "server.log"),
+        max_workers=2,
+        device="test/dahu/executors",
+        extra_args=["--executor", request.param, "--plugins", str(plugins)],
+    )
+    proxy = server.start(timeout=60)
+    try:
+        yield proxy, workdir
+    finally:
+        status = server.stop()
+    assert status == 0, (base / "server.log").read_text()[-2000:]
+
+
+def finish(proxy, job_id: int, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    state = proxy.waitJob(job_id)
+    while state not in FINAL:
+        assert time.monotonic() < deadline, f"job {job_id} still {state}"
+        state = proxy.waitJob(job_id)
+    return state
+
+
+def start(proxy, plugin: str, **data) -> int:
+    return proxy.startJob([plugin, json.dumps(data)])
+
+
+def test_jobs_outputs_events_and_files(device):
+    proxy, workdir = device
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    sub = proxy.subscribe_event("jobSuccess", tango.EventType.CHANGE_EVENT, lambda e: events.put(e))
+    try:
+        ids = [start(proxy, "example.square", x=x) for x in range(5)]
+        assert [finish(proxy, i) for i in ids] == ["success"] * 5
+        assert [json.loads(proxy.getJobOutput(i))["result"] for i in ids] == [0, 1, 4, 9, 16]
+        seen = set()
+        deadline = time.monotonic() + 30
+        while not set(ids) <= seen and time.monotonic() < deadline:
+            event = events.get(timeout=30)
+            if not event.err:
+                seen.add(event.attr_value.value)
+        assert set(ids) <= seen
+    finally:
+        proxy.unsubscribe_event(sub)
+    stem = job_file_stem(str(workdir), ids[2], "example.square")
+    deadline = time.monotonic() + 10
+    while not Path(stem + ".out").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert json.loads(Path(stem + ".out").read_text())["result"] == 4
+
+
+@pytest.mark.parametrize("how", ["exit", "segv"])
+def test_crashing_plugin_fails_and_server_goes_on(device, how):
+    proxy, _ = device
+    job_id = start(proxy, "devtrouble.crash", how=how)
+    assert finish(proxy, job_id) == "failure"
+    assert "worker process died" in proxy.getJobError(job_id).splitlines()[0]
+    assert finish(proxy, start(proxy, "example.cube", x=2)) == "success"
+
+
+def test_plugin_failure(device):
+    proxy, _ = device
+    job_id = start(proxy, "example.error", message="no beam")
+    assert finish(proxy, job_id) == "failure"
+    assert proxy.getJobError(job_id).splitlines()[0] == "ValueError: no beam"
+
+
+def test_abort_hung_plugin_and_timeout(device):
+    proxy, _ = device
+    job_id = start(proxy, "devtrouble.hang")
+    deadline = time.monotonic() + 30
+    while proxy.getJobState(job_id) != "running" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proxy.abort(job_id) is True
+    assert finish(proxy, job_id, timeout=30) == "aborted"
+    timed = start(proxy, "devtrouble.hang", job_timeout=0.3)
+    assert finish(proxy, timed, timeout=30) == "aborted"
+    assert proxy.getJobError(timed).startswith("timed out after 0.3 s")
+    assert finish(proxy, start(proxy, "example.square", x=3)) == "success"
+
+
+def test_wait_for_chain_longer_than_the_pool(device):
+    proxy, _ = device
+    head = start(proxy, "example.square", x=2)
+    chain = [head]
+    for _ in range(4):
+        chain.append(start(proxy, "devtrouble.addprevious", other=chain[-1], x=1))
+    assert finish(proxy, chain[-1], timeout=120) == "success"
+    assert json.loads(proxy.getJobOutput(chain[-1]))["result"] == 4 + 4
