@@ -1,6 +1,6 @@
-"""Job inputs coming from clients: JSON objects within documented limits.
+"""Job inputs: JSON objects, from the Python API and from clients.
 
-A client-facing input is a JSON object of at most :data:`MAX_INPUT_CHARS` characters,
+:func:`parse_input` accepts a dict, JSON text or the path of a JSON file.  A client-facing input is a JSON object of at most :data:`MAX_INPUT_CHARS` characters,
 nested at most :data:`MAX_DEPTH` levels; anything else is refused with an
 :class:`~dahu.job.InvalidInput` whose message is one line.
 """
@@ -8,16 +8,58 @@ nested at most :data:`MAX_DEPTH` levels; anything else is refused with an
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
-from .job import InvalidInput, parse_input
+from . import DahuError
 
-__all__ = ["MAX_INPUT_CHARS", "MAX_DEPTH", "parse_job_input", "parse_job_inputs"]
+__all__ = [
+    "InvalidInput",
+    "MAX_INPUT_CHARS",
+    "MAX_DEPTH",
+    "parse_input",
+    "parse_job_input",
+    "parse_job_inputs",
+]
 
 MAX_INPUT_CHARS = 16 * 2**20
 """Largest JSON text accepted for one ``startJob`` or ``startJobs`` call (16 MiB)."""
 MAX_DEPTH = 64
 """Deepest nesting of arrays/objects accepted in a job input."""
+
+
+class InvalidInput(DahuError, ValueError):
+    """A job input that is not a JSON object (dict, JSON text, or JSON file)."""
+
+
+def parse_input(input_data: Any) -> dict[str, Any]:
+    """Turn a dict, a JSON string or the path of a JSON file into a new dict."""
+    if input_data is None:
+        return {}
+    if isinstance(input_data, dict):
+        return dict(input_data)
+    if isinstance(input_data, (bytes, bytearray)):
+        input_data = input_data.decode("utf-8", errors="replace")
+    if isinstance(input_data, os.PathLike):
+        input_data = os.fspath(input_data)
+    if not isinstance(input_data, str):
+        raise InvalidInput(f"job input must be a JSON object, got {type(input_data).__name__}")
+    text = input_data.strip()
+    if not text.startswith(("{", "[", '"')) and os.path.isfile(text):
+        try:
+            with open(text, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as err:
+            raise InvalidInput(f"cannot read job input file {input_data}: {err}") from err
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError as err:
+        raise InvalidInput(f"job input is not valid JSON: {err}") from err
+    except RecursionError as err:
+        raise InvalidInput("job input is nested too deeply") from err
+    if not isinstance(value, dict):
+        raise InvalidInput(f"job input must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _depth(value: Any) -> int:

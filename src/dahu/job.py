@@ -16,59 +16,24 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-from tabulate import tabulate
-
 from . import DahuError
 from .engine import Engine, get_engine
+from .inputs import InvalidInput, parse_input
 from .journal import JournalError, write_job_files
 from .runner import Outcome
 from .states import State
+from .statistics import format_statistics
 from .utils import NumpyEncoder, gc_paused
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Job", "parse_input", "InvalidInput"]
-
-
-class InvalidInput(DahuError, ValueError):
-    """A job input that is not a JSON object (dict, JSON text, or JSON file)."""
-
-
-def parse_input(input_data: Any) -> dict[str, Any]:
-    """Turn a dict, a JSON string or the path of a JSON file into a new dict."""
-    if input_data is None:
-        return {}
-    if isinstance(input_data, dict):
-        return dict(input_data)
-    if isinstance(input_data, (bytes, bytearray)):
-        input_data = input_data.decode("utf-8", errors="replace")
-    if isinstance(input_data, os.PathLike):
-        input_data = os.fspath(input_data)
-    if not isinstance(input_data, str):
-        raise InvalidInput(f"job input must be a JSON object, got {type(input_data).__name__}")
-    text = input_data.strip()
-    if not text.startswith(("{", "[", '"')) and os.path.isfile(text):
-        try:
-            with open(text, encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as err:
-            raise InvalidInput(f"cannot read job input file {input_data}: {err}") from err
-    try:
-        value = json.loads(text) if text else {}
-    except json.JSONDecodeError as err:
-        raise InvalidInput(f"job input is not valid JSON: {err}") from err
-    except RecursionError as err:
-        raise InvalidInput("job input is nested too deeply") from err
-    if not isinstance(value, dict):
-        raise InvalidInput(f"job input must be a JSON object, got {type(value).__name__}")
-    return value
 
 
 class Job(threading.Thread):
@@ -583,32 +548,4 @@ class Job(threading.Thread):
     @classmethod
     def stats(cls) -> str:
         """Return the statistics of this engine's jobs as a text table."""
-        summary = cls.statistics()
-        rows = [
-            [
-                name,
-                entry["count"],
-                entry["success"],
-                entry["failure"],
-                entry["aborted"],
-                f"{entry['runtime']:.3f}",
-                f"{entry['mean'] * 1000:.3f}",
-            ]
-            for name, entry in sorted(summary["plugins"].items())
-        ]
-        table = tabulate(
-            rows,
-            headers=["plugin", "jobs", "success", "failure", "aborted", "total s", "mean ms"],
-        )
-        reg = summary["regression"]
-        lines = [
-            table,
-            "",
-            f"jobs: {summary['jobs']}, finished: {summary['finished']}",
-            f"total execution time: {summary['total_runtime']:.3f} s",
-            f"total wall time: {summary['wall_time']:.3f} s",
-            f"speed-up: {summary['speedup']:.2f}",
-            "execution time regression: "
-            f"{reg['intercept'] * 1000:.3f} ms + {reg['slope'] * 1000:.6f} ms per job",
-        ]
-        return "\n".join(lines)
+        return format_statistics(cls.statistics())

@@ -32,6 +32,7 @@ import psutil
 
 from . import DahuError, __version__
 from .states import State
+from .statistics import aggregate
 from .utils import NumpyEncoder
 
 logger = logging.getLogger(__name__)
@@ -172,50 +173,6 @@ def _process_alive(host: str | None, pid: int | None, since: float | None) -> bo
         return since is None or proc.create_time() <= since + 1.0
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-
-
-def _aggregate(rows: list[tuple[str, str, float | None, float | None, float | None]]) -> dict:
-    """Per-plugin counts and runtimes, wall time and the runtime-vs-order regression."""
-    plugins: dict[str, dict[str, Any]] = {}
-    starts, ends, runtimes = [], [], []
-    for plugin, state, started, ended, runtime in rows:
-        entry = plugins.setdefault(
-            plugin, {"count": 0, **{s: 0 for s in State.ALL}, "runtime": 0.0}
-        )
-        entry["count"] += 1
-        entry[state] = entry.get(state, 0) + 1
-        if runtime is not None:
-            entry["runtime"] += runtime
-            runtimes.append(runtime)
-        if started is not None:
-            starts.append(started)
-        if ended is not None:
-            ends.append(ended)
-    for entry in plugins.values():
-        done = entry["success"] + entry["failure"] + entry["aborted"]
-        entry["mean"] = entry["runtime"] / done if done else 0.0
-    wall = (max(ends) - min(starts)) if starts and ends else 0.0
-    total = sum(runtimes)
-    n = len(runtimes)
-    slope = intercept = 0.0
-    if n >= 2:
-        mean_x = (n - 1) / 2
-        mean_y = total / n
-        sxx = sum((i - mean_x) ** 2 for i in range(n))
-        sxy = sum((i - mean_x) * (y - mean_y) for i, y in enumerate(runtimes))
-        slope = sxy / sxx if sxx else 0.0
-        intercept = mean_y - slope * mean_x
-    elif n == 1:
-        intercept = total
-    return {
-        "plugins": plugins,
-        "jobs": len(rows),
-        "finished": n,
-        "total_runtime": total,
-        "wall_time": wall,
-        "speedup": (total / wall) if wall > 0 else 0.0,
-        "regression": {"intercept": intercept, "slope": slope},
-    }
 
 
 class SQLiteJournal(Journal):
@@ -425,7 +382,7 @@ class SQLiteJournal(Journal):
                 "SELECT plugin, state, started, ended, runtime FROM jobs WHERE id >= ? ORDER BY id",
                 (first,),
             ).fetchall()
-        return _aggregate(rows)
+        return aggregate(rows)
 
     def close(self) -> None:
         with self._lock:
@@ -519,7 +476,7 @@ class MemoryJournal(Journal):
                 for i, r in sorted(self._records.items())
                 if i >= first
             ]
-        return _aggregate(rows)
+        return aggregate(rows)
 
 
 def job_file_stem(workdir: str, job_id: int, plugin: str) -> str:

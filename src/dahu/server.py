@@ -16,7 +16,6 @@ jobs is done by :mod:`dahu.job` and the engine.  ``docs/server.md`` is the refer
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import logging
@@ -24,7 +23,6 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +33,9 @@ from tango.server import Device, attribute, command, device_property
 
 from . import DahuError, __version__
 from . import engine as dahu_engine
-from .factory import UnknownPlugin
 from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_inputs
 from .job import InvalidInput, Job
+from .server_errors import TryAgain, UnknownJob, client_errors, one_line
 from .states import State
 from .utils import NumpyEncoder, gc_paused
 
@@ -58,18 +56,6 @@ __all__ = [
 INT32_MAX = 2**31 - 1
 DEFAULT_WAIT_TIMEOUT = 2.0
 DEFAULT_QUEUE_LIMIT = 1000
-MAX_REASON = 500  # characters of a DevFailed description
-
-
-class UnknownJob(DahuError, KeyError):
-    """A job id that the journal does not know."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else "unknown job"
-
-
-class TryAgain(DahuError):
-    """The answer is not ready within the bounded wait: the client should call again."""
 
 
 @dataclass
@@ -97,52 +83,6 @@ _engine_lock = threading.Lock()
 
 
 # ---- helpers -------------------------------------------------------------------------
-def one_line(text: str, limit: int = MAX_REASON) -> str:
-    """The first non-empty line of ``text``, cut to ``limit`` characters."""
-    for line in str(text).splitlines():
-        if line.strip():
-            line = line.strip()
-            return line if len(line) <= limit else line[: limit - 3] + "..."
-    return ""
-
-
-def _reason_code(err: BaseException) -> str:
-    for klass, code in (
-        (InvalidInput, "Dahu_InvalidInput"),
-        (UnknownJob, "Dahu_UnknownJob"),
-        (UnknownPlugin, "Dahu_UnknownPlugin"),
-        (TryAgain, "Dahu_TryAgain"),
-    ):
-        if isinstance(err, klass):
-            return code
-    return "Dahu_Error"
-
-
-def client_errors(method: Callable) -> Callable:
-    """Turn any exception of a command into a ``DevFailed`` with a one-line description.
-
-    Dahu's own errors carry their message; anything unexpected is logged with its
-    traceback here, and the client gets ``Type: first line``.
-    """
-
-    @functools.wraps(method)
-    def wrapper(self: Any, *args: Any) -> Any:
-        try:
-            return method(self, *args)
-        except tango.DevFailed:
-            raise
-        except DahuError as err:
-            logger.debug("%s refused: %s", method.__name__, err)
-            reason, text = _reason_code(err), one_line(str(err)) or type(err).__name__
-        except Exception as err:
-            logger.exception("%s failed", method.__name__)
-            reason = "Dahu_InternalError"
-            text = one_line(f"{type(err).__name__}: {err}")
-        tango.Except.throw_exception(reason, text, f"DahuDS.{method.__name__}")
-
-    return wrapper
-
-
 def configure_engine(
     workdir: str | None,
     max_workers: int | None,

@@ -1,0 +1,83 @@
+"""How the Tango device reports errors: a ``DevFailed`` with a one-line description.
+
+Every command of ``DahuDS`` is wrapped by :func:`client_errors`: Dahu's own errors carry
+their message and a reason code (``Dahu_InvalidInput``, ``Dahu_UnknownPlugin``,
+``Dahu_UnknownJob``, ``Dahu_TryAgain``, ``Dahu_Error``); anything unexpected is logged
+with its traceback on the server and reported as ``Dahu_InternalError``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import tango
+
+from . import DahuError
+from .factory import UnknownPlugin
+from .job import InvalidInput
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["UnknownJob", "TryAgain", "one_line", "client_errors", "MAX_REASON"]
+
+MAX_REASON = 500  # characters of a DevFailed description
+
+
+class UnknownJob(DahuError, KeyError):
+    """A job id that the journal does not know."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown job"
+
+
+class TryAgain(DahuError):
+    """The answer is not ready within the bounded wait: the client should call again."""
+
+
+def one_line(text: str, limit: int = MAX_REASON) -> str:
+    """The first non-empty line of ``text``, cut to ``limit`` characters."""
+    for line in str(text).splitlines():
+        if line.strip():
+            line = line.strip()
+            return line if len(line) <= limit else line[: limit - 3] + "..."
+    return ""
+
+
+def _reason_code(err: BaseException) -> str:
+    for klass, code in (
+        (InvalidInput, "Dahu_InvalidInput"),
+        (UnknownJob, "Dahu_UnknownJob"),
+        (UnknownPlugin, "Dahu_UnknownPlugin"),
+        (TryAgain, "Dahu_TryAgain"),
+    ):
+        if isinstance(err, klass):
+            return code
+    return "Dahu_Error"
+
+
+def client_errors(method: Callable) -> Callable:
+    """Turn any exception of a command into a ``DevFailed`` with a one-line description.
+
+    Dahu's own errors carry their message; anything unexpected is logged with its
+    traceback here, and the client gets ``Type: first line``.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except tango.DevFailed:
+            raise
+        except DahuError as err:
+            logger.debug("%s refused: %s", method.__name__, err)
+            reason, text = _reason_code(err), one_line(str(err)) or type(err).__name__
+        except Exception as err:
+            logger.exception("%s failed", method.__name__)
+            reason = "Dahu_InternalError"
+            text = one_line(f"{type(err).__name__}: {err}")
+        tango.Except.throw_exception(reason, text, f"DahuDS.{method.__name__}")
+
+    return wrapper
