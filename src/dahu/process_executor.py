@@ -68,6 +68,7 @@ class WorkerProcess:
         self.jobs = 0
         self.rss = 0
         self._send_lock = threading.Lock()
+        self._stopped = False
 
     @property
     def pid(self) -> int:
@@ -87,6 +88,8 @@ class WorkerProcess:
         """Send a message; False if the worker is gone."""
         try:
             with self._send_lock:
+                if self._stopped:
+                    return False
                 self.conn.send(message)
             return True
         except (OSError, ValueError):
@@ -99,13 +102,22 @@ class WorkerProcess:
         self.process.wait(10)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Ask the worker to stop; kill it if it does not."""
-        self.send(("stop",))
+        """Ask the worker to stop; kill it if it does not.  Safe to call more than once,
+        from several threads (the pool thread and ``shutdown`` may both do it)."""
+        with self._send_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            try:
+                self.conn.send(("stop",))
+            except (OSError, ValueError):
+                pass
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-        self.conn.close()
+        with self._send_lock:
+            self.conn.close()
 
 
 class RemoteExecution:
