@@ -248,6 +248,18 @@ def test_parallel_jobs(tmp_path: Path):
     assert summary["wall_time"] < 0.8 * entry["runtime"]
 
 
+def test_process_executor_gives_the_same_outputs(archive: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    status, summary, _ = summary_of(
+        "--executor", "process", "-j", "2", "--compare", "-o", out, archive
+    )
+    assert status == 1  # example.error fails again, as archived
+    assert summary["total"]["success"] == 5 and summary["total"]["failure"] == 1
+    assert read_json(out / "0000/00003_example.square.out")["result"] == 9
+    assert summary["compare"]["differ"] == 0
+    assert summary["compare"]["compared"] == 6
+
+
 def test_bad_inputs_are_reported_and_counted(archive: Path, tmp_path: Path):
     bad = tmp_path / "bad"
     bad.mkdir()

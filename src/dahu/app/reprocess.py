@@ -39,7 +39,7 @@ from ..compare import DEFAULT_ATOL, DEFAULT_IGNORE, DEFAULT_RTOL, Difference, fi
 from ..engine import configure
 from ..factory import plugin_factory
 from ..job import Job
-from ..journal import SQLiteJournal, default_workdir
+from ..journal import JournalError, SQLiteJournal, default_workdir
 from ..states import State
 from ..utils import dumps, get_workdir
 
@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("-j", "--jobs", type=_positive_int, default=1, metavar="N", help="jobs run at once")
     add("--workdir", metavar="DIR", help=_HELP["workdir"])
     add("--plugins", action="append", default=[], metavar="DIR", help=_HELP["plugins"])
+    add(
+        "--executor",
+        choices=["thread", "process"],
+        default="thread",
+        help="where the plugins run: threads of this process (default) or isolated "
+        "worker processes (a crashing plugin then fails only its job)",
+    )
     add("--compare", action="store_true", help=_HELP["compare"])
     add("--rtol", type=_tolerance, default=DEFAULT_RTOL, metavar="X", help=_HELP["rtol"])
     add("--atol", type=_tolerance, default=DEFAULT_ATOL, metavar="X", help=_HELP["atol"])
@@ -152,10 +159,10 @@ def _walk(directory: str, exclude: str | None) -> Iterator[str]:
 
 
 def _open_journal(workdir: str) -> Any:
-    # SQLiteJournal would create a missing journal: only open one that exists
-    if not os.path.isfile(os.path.join(workdir, SQLiteJournal.FILENAME)):
-        raise InputError(f"no journal in {workdir}")
-    return SQLiteJournal(workdir)
+    try:  # never create a journal in the directory only read from
+        return SQLiteJournal(workdir, create=False)
+    except JournalError as err:
+        raise InputError(str(err)) from err
 
 
 def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
@@ -511,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = os.path.abspath(args.output or get_workdir())
     os.makedirs(output_dir, exist_ok=True)
     items = expand_sources(args.sources, args.workdir or default_workdir(), exclude=output_dir)
-    engine = configure(workdir=output_dir, max_workers=args.jobs)
+    engine = configure(workdir=output_dir, max_workers=args.jobs, executor_kind=args.executor)
     run = Reprocessor(args, engine, items)
     run.run()
     summary = summarize(run, output_dir)
