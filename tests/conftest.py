@@ -44,3 +44,64 @@ def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+TROUBLE_PLUGINS = '''\
+"""Plugins that misbehave, for the executor tests."""
+import ctypes
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Crash(Plugin):
+    """Kill the process running it: os._exit(1) or a segfault."""
+
+    def process(self):
+        if self.input.get("how") == "exit":
+            os._exit(1)
+        ctypes.string_at(0)
+
+
+@register
+class Hang(Plugin):
+    """Never stops, ignores abort."""
+
+    def process(self):
+        while True:
+            time.sleep(0.02)
+
+
+@register
+class Patient(Plugin):
+    """Runs until aborted; times out after JOB_TIMEOUT."""
+
+    JOB_TIMEOUT = 0.5
+
+    def process(self):
+        while not self.is_aborted:
+            time.sleep(0.01)
+
+
+@register
+class AddPrevious(Plugin):
+    """Wait for job `other`, add its result to x."""
+
+    TIMEOUT = 60
+
+    def process(self):
+        other = self.wait_for(self.input["other"])
+        self.output["result"] = other.output_data["result"] + self.input["x"]
+
+
+@register
+class Pid(Plugin):
+    """Report the process id."""
+
+    def process(self):
+        self.output["pid"] = os.getpid()
+'''
+"""A plugin module: crashing, hanging, timing-out, waiting and pid-reporting plugins."""

@@ -4,7 +4,6 @@ Each executor gets one engine for the module (a local Dask cluster takes a secon
 start); every test runs real jobs through ``dahu.job.Job``.
 """
 
-import textwrap
 import time
 
 import h5py
@@ -15,63 +14,7 @@ from dahu.job import Job
 from dahu.journal import job_file_stem
 from dahu.testdata import make_dataset
 
-PLUGINS = '''
-import ctypes
-import os
-import time
-
-from dahu.factory import register
-from dahu.plugin import Plugin
-
-
-@register
-class Crash(Plugin):
-    """Kill the process running it: os._exit(1) or a segfault."""
-
-    def process(self):
-        if self.input.get("how") == "exit":
-            os._exit(1)
-        ctypes.string_at(0)
-
-
-@register
-class Hang(Plugin):
-    """Never stops, ignores abort."""
-
-    def process(self):
-        while True:
-            time.sleep(0.02)
-
-
-@register
-class Patient(Plugin):
-    """Runs until aborted; times out after JOB_TIMEOUT."""
-
-    JOB_TIMEOUT = 0.5
-
-    def process(self):
-        while not self.is_aborted:
-            time.sleep(0.01)
-
-
-@register
-class AddPrevious(Plugin):
-    """Wait for job `other`, add its result to x."""
-
-    TIMEOUT = 60
-
-    def process(self):
-        other = self.wait_for(self.input["other"])
-        self.output["result"] = other.output_data["result"] + self.input["x"]
-
-
-@register
-class Pid(Plugin):
-    """Report the process id."""
-
-    def process(self):
-        self.output["pid"] = os.getpid()
-'''
+from .conftest import TROUBLE_PLUGINS
 
 KINDS = ["thread", "process", "dask"]
 
@@ -81,7 +24,7 @@ def kind_engine(request, tmp_path_factory):
     base = tmp_path_factory.mktemp(request.param)
     plugins = base / "plugins"
     plugins.mkdir()
-    (plugins / "trouble.py").write_text(textwrap.dedent(PLUGINS))
+    (plugins / "trouble.py").write_text(TROUBLE_PLUGINS)
     mp = pytest.MonkeyPatch()
     mp.setenv("DAHU_PLUGINS", str(plugins))
     options = {"abort_grace": 1.0}

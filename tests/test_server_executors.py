@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import queue
-import textwrap
 import time
 from pathlib import Path
 
@@ -16,46 +15,9 @@ import tango
 from dahu.app.localserver import LocalServer
 from dahu.journal import job_file_stem
 
+from .conftest import TROUBLE_PLUGINS
+
 FINAL = ("success", "failure", "aborted")
-
-PLUGINS = '''
-import ctypes
-import os
-import time
-
-from dahu.factory import register
-from dahu.plugin import Plugin
-
-
-@register
-class Crash(Plugin):
-    """Kill the process running it."""
-
-    def process(self):
-        if self.input.get("how") == "exit":
-            os._exit(1)
-        ctypes.string_at(0)
-
-
-@register
-class Hang(Plugin):
-    """Never stops, ignores abort."""
-
-    def process(self):
-        while True:
-            time.sleep(0.02)
-
-
-@register
-class AddPrevious(Plugin):
-    """Wait for job `other`, add its result to x."""
-
-    TIMEOUT = 60
-
-    def process(self):
-        other = self.wait_for(self.input["other"])
-        self.output["result"] = other.output_data["result"] + self.input["x"]
-'''
 
 
 @pytest.fixture(scope="module", params=["process", "dask"])
@@ -65,7 +27,7 @@ def device(request, tmp_path_factory):
     base = tmp_path_factory.mktemp(request.param)
     plugins = base / "plugins"
     plugins.mkdir()
-    (plugins / "devtrouble.py").write_text(textwrap.dedent(PLUGINS))
+    (plugins / "devtrouble.py").write_text(TROUBLE_PLUGINS)
     workdir = base / "work"
     server = LocalServer(
         str(workdir),

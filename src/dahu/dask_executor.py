@@ -31,7 +31,7 @@ from typing import Any
 from .executor import default_workers
 from .runner import Execution, Outcome
 from .states import State
-from .worker import outcome_message
+from .worker import outcome_from_message, outcome_message
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +189,6 @@ class DaskExecution:
 
     def outcome(self) -> Outcome:
         """The job's outcome once its future is done."""
-        import json
-
         future, self.future = self.future, None
         if future.cancelled() or future.status == "cancelled":
             reason = self.abort_reason or "cancelled on the cluster"
@@ -205,15 +203,7 @@ class DaskExecution:
                 reason = f"dask task failed: {name}: {err}".splitlines()[0]
             state = State.ABORTED if self.abort_reason else State.FAILURE
             return Outcome(state, {}, self.abort_reason or reason, self.started, time.time())
-        outcome = Outcome(
-            data["state"],
-            json.loads(data["output"]) if data["output"] else {},
-            data["error"],
-            data["started"],
-            data["ended"],
-            data["module_file"],
-            data["plugin_version"],
-        )
+        outcome = outcome_from_message(data)
         if outcome.state == State.ABORTED and self.abort_reason:
             outcome.error = self.abort_reason
         return outcome

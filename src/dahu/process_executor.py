@@ -16,7 +16,6 @@ and reused, so caches stay warm between jobs.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import socket
@@ -30,6 +29,7 @@ from typing import Any
 from .executor import ThreadExecutor
 from .runner import Outcome
 from .states import State
+from .worker import outcome_from_message
 
 logger = logging.getLogger(__name__)
 
@@ -189,15 +189,7 @@ class RemoteExecution:
     def _outcome(self, data: dict[str, Any]) -> Outcome:
         self.worker.jobs += 1
         self.worker.rss = data.get("rss", 0)
-        return Outcome(
-            data["state"],
-            json.loads(data["output"]) if data["output"] else {},
-            data["error"],
-            data["started"],
-            data["ended"],
-            data["module_file"],
-            data["plugin_version"],
-        )
+        return outcome_from_message(data)
 
     def _died(self, started: float) -> Outcome:
         try:

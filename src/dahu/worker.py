@@ -15,6 +15,7 @@ directory is shared), so jobs in different workers can wait for each other.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -29,7 +30,7 @@ from .utils import NumpyEncoder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["worker_main", "outcome_message"]
+__all__ = ["worker_main", "outcome_message", "outcome_from_message"]
 
 _ENCODER = NumpyEncoder()
 
@@ -52,6 +53,19 @@ def outcome_message(outcome: Outcome) -> dict[str, Any]:
         "plugin_version": outcome.plugin_version,
         "rss": psutil.Process().memory_info().rss,
     }
+
+
+def outcome_from_message(data: dict[str, Any]) -> Outcome:
+    """The outcome back from :func:`outcome_message`, on the server's side."""
+    return Outcome(
+        data["state"],
+        json.loads(data["output"]) if data["output"] else {},
+        data["error"],
+        data["started"],
+        data["ended"],
+        data["module_file"],
+        data["plugin_version"],
+    )
 
 
 def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int) -> None:
