@@ -94,6 +94,15 @@ def trivial_rate(proxy: tango.DeviceProxy, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
+def python_command_rate(proxy: tango.DeviceProxy, job_id: int, count: int) -> float:
+    """Round trips of the cheapest Python command of the device (getJobState of a job
+    that ended): what any command implemented in Python costs, for comparison."""
+    started = time.perf_counter()
+    for _ in range(count):
+        proxy.getJobState(job_id)
+    return count / (time.perf_counter() - started)
+
+
 def pairs_rate(proxy: tango.DeviceProxy, count: int) -> float:
     started = time.perf_counter()
     for i in range(count):
@@ -231,9 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     server = start_server(port, workdir)
     try:
         proxy = tango.DeviceProxy(device_url(port))
-        proxy.startJob(["example.square", "{}"])  # load the plugin module
+        first = proxy.startJob(["example.square", "{}"])  # load the plugin module
         proxy.startJob(["example.noop", "{}"])
+        proxy.waitJob(first)
         trivial_before = trivial_rate(proxy, args.trivial)
+        python_trivial = python_command_rate(proxy, first, args.trivial)
         pairs = pairs_rate(proxy, args.pairs)
         events = events_rate(proxy, args.events)
         batch, batch_done = batch_rates(proxy, args.batch)
@@ -245,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             "pairs": args.pairs,
             "pairs_per_s": round(pairs, 1),
             "pairs_vs_bound": round(pairs / (trivial / 2), 3),
+            "python_command_per_s": round(python_trivial, 1),
+            "pairs_vs_python_command": round(pairs / (python_trivial / 2), 3),
             "events": args.events,
             "events_per_s": round(events, 1),
             "events_vs_bound": round(events / trivial, 3),

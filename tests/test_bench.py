@@ -67,3 +67,23 @@ def test_engine_bench_small(tmp_path):
     for key in ("seconds", "jobs_per_s", "rss_growth_kb_per_job", "rss_mb", "cpus"):
         assert key in figures, key
     assert figures["jobs_per_s"] > 0
+
+
+def test_executors_bench_small(tmp_path):
+    figures = run_bench(
+        "executors.py",
+        "--small",
+        "--kinds",
+        "thread",
+        "process",
+        "--data",
+        str(tmp_path / "data"),
+        timeout=300,
+    )
+    assert figures["benchmark"] == "executors"
+    assert set(figures["executors"]) == {"thread", "process"}
+    for entry in figures["executors"].values():
+        assert entry["square_jobs_per_s"] > 0 and entry["pyfai_frames_per_s"] > 0
+    process = figures["executors"]["process"]
+    assert process["abort_cooperative_s"] < process["abort_hung_s"]
+    assert process["abort_hung_s"] >= process["abort_grace_s"]  # killed after the grace
