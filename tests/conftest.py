@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,19 @@ def plugin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.mkdir()
     monkeypatch.setenv("DAHU_PLUGINS", str(path))
     return path
+
+
+FINAL = ("success", "failure", "aborted")
+
+
+def finish(proxy, job_id: int, timeout: float = 60.0) -> str:
+    """Call the device's waitJob until the job ends (each call is bounded by the device)."""
+    deadline = time.monotonic() + timeout
+    state = proxy.waitJob(job_id)
+    while state not in FINAL:
+        assert time.monotonic() < deadline, f"job {job_id} still {state}"
+        state = proxy.waitJob(job_id)
+    return state
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -9,6 +9,8 @@ import pytest
 from dahu.job import InvalidInput, Job
 from dahu.journal import job_file_stem
 
+from .conftest import TROUBLE_PLUGINS
+
 
 def run(name, data=None, timeout=20):
     job = Job(name, data or {})
@@ -207,28 +209,20 @@ def test_stats_table(engine):
     assert stats["plugins"]["example.error"]["failure"] == 1
 
 
-WAITER = '''
-from dahu.plugin import Plugin
-from dahu.factory import register
-
-@register
-class AddPrevious(Plugin):
-    """Wait for job `other`, add its result to x."""
-    TIMEOUT = 20
-
-    def process(self):
-        other = self.wait_for(self.input["other"])
-        self.output["result"] = other.output_data["result"] + self.input["x"]
-
+WAITER = (
+    TROUBLE_PLUGINS
+    + '''
 
 @register
 class Impatient(Plugin):
     """Wait at most 0.2 s for job `other`."""
+
     TIMEOUT = 0.2
 
     def process(self):
         self.wait_for(self.input["other"])
 '''
+)
 
 
 def test_wait_for_reads_another_jobs_result(engine, plugin_dir):

@@ -17,13 +17,13 @@ from tango.test_context import DeviceTestContext
 from dahu.server import DahuDS
 from dahu.testdata import make_dataset
 
+from .conftest import finish
 from .test_pyfai_plugins import assert_rings_at, read_output
 
 SHAPE = (256, 256)
 N_FRAMES = 4
 NPT = 300
 MANY = "pyfai.integratemanyframes"
-FINAL = ("success", "failure", "aborted")
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +42,6 @@ def proxy(tmp_path_factory):
     }
     with DeviceTestContext(DahuDS, process=True, properties=props, timeout=60) as device:
         yield device
-
-
-def finish(proxy, job_id: int, timeout: float = 60.0) -> str:
-    """Call waitJob until the job ends (each call is bounded by the device)."""
-    deadline = time.monotonic() + timeout
-    state = proxy.waitJob(job_id)
-    while state not in FINAL:
-        assert time.monotonic() < deadline, f"job {job_id} still {state}"
-        state = proxy.waitJob(job_id)
-    return state
 
 
 def many_input(data: dict, tmp_path: Path, **params) -> dict:

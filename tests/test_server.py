@@ -20,9 +20,10 @@ from tango.test_context import DeviceTestContext
 
 from dahu.server import MAX_DEPTH, DahuDS
 
+from .conftest import finish
+
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 1.0  # the device's wait_timeout in these tests
-FINAL = ("success", "failure", "aborted")
 
 HOOKS = '''\
 """Plugins for the DahuDS tests."""
@@ -95,16 +96,6 @@ def wait_until(condition, timeout: float = 20.0, what: str = "a condition"):
             return value
         time.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def finish(proxy, job_id: int) -> str:
-    """Call waitJob until the job ends (each call is bounded by the device)."""
-    deadline = time.monotonic() + 30
-    state = proxy.waitJob(job_id)
-    while state not in FINAL:
-        assert time.monotonic() < deadline, f"job {job_id} still {state}"
-        state = proxy.waitJob(job_id)
-    return state
 
 
 def refused(call, *args) -> tango.DevError:

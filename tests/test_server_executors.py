@@ -15,9 +15,7 @@ import tango
 from dahu.app.localserver import LocalServer
 from dahu.journal import job_file_stem
 
-from .conftest import TROUBLE_PLUGINS
-
-FINAL = ("success", "failure", "aborted")
+from .conftest import TROUBLE_PLUGINS, finish
 
 
 @pytest.fixture(scope="module", params=["process", "dask"])
@@ -42,15 +40,6 @@ def device(request, tmp_path_factory):
     finally:
         status = server.stop()
     assert status == 0, (base / "server.log").read_text()[-2000:]
-
-
-def finish(proxy, job_id: int, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    state = proxy.waitJob(job_id)
-    while state not in FINAL:
-        assert time.monotonic() < deadline, f"job {job_id} still {state}"
-        state = proxy.waitJob(job_id)
-    return state
 
 
 def start(proxy, plugin: str, **data) -> int:
