@@ -120,6 +120,25 @@ def test_abort_running_job(engine):
     assert "aborted" in job.error
 
 
+def test_long_jobs_are_recorded_as_running_in_the_journal(engine):
+    from dahu.journal import SQLiteJournal
+
+    job = Job("example.sleep", {"t": 30})
+    job.start()
+    reader = SQLiteJournal(str(engine.workdir), create=False)  # as another process sees it
+    try:
+        deadline = time.monotonic() + 10
+        while reader.state(job.id) != "running" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert reader.state(job.id) == "running"
+        assert reader.get(job.id).started is not None
+        job.abort()
+        job.join(10)
+        assert reader.state(job.id) == "aborted"
+    finally:
+        reader.close()
+
+
 def test_abort_of_a_job_not_running_changes_nothing(engine):
     job = run("example.square", {"x": 1})
     assert job.abort() is False

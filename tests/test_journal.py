@@ -54,6 +54,13 @@ class TestJournalContract:
         assert record.runtime == pytest.approx(0.5)
         assert (record.module_file, record.plugin_version) == ("/p/example.py", "1.0")
 
+    def test_a_final_state_is_never_overwritten_by_a_running_one(self, journal):
+        job_id = journal.create("example.square", {}, 1.0)
+        journal.finish(job_id, "success", {"result": 1}, None, 1.0, 2.0)
+        journal.set_state(job_id, "running", 1.0)
+        assert journal.get(job_id).state == "success"
+        assert journal.state(job_id) == "success"
+
     def test_missing_id_is_none(self, journal):
         assert journal.get(12345) is None
         assert journal.last_id() == 0

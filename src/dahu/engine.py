@@ -72,6 +72,37 @@ class Engine:
         self.finished = {State.SUCCESS: 0, State.FAILURE: 0, State.ABORTED: 0}
         self._to_clean: queue.SimpleQueue = queue.SimpleQueue()
         self._cleaner: threading.Thread | None = None
+        self._sweeping = False
+        self._closed = False
+
+    def watch_running(self) -> None:
+        """Start (once) the sweep that records long-running jobs as ``running``.
+
+        Every ``Job.NOTE_RUNNING_AFTER`` seconds the jobs running since at least that long
+        get their state written to the journal: nothing is written for short jobs, and
+        readers in other processes (worker processes, a second server, dahu-reprocess) see
+        long ones as running.
+        """
+        if self._sweeping:
+            return
+        with self._lock:
+            if self._sweeping:
+                return
+            self._sweeping = True
+        from .job import Job
+
+        period = Job.NOTE_RUNNING_AFTER
+
+        def sweep() -> None:
+            now = time.time()
+            for job in Job.live_jobs(self):
+                started = job._started_at
+                if started is not None and now - started >= period:
+                    job._note_running()
+            if not self._closed:
+                self.watchdog.call_later(period, sweep)
+
+        self.watchdog.call_later(period, sweep)
 
     def clean_later(self, job: Any) -> None:
         """Write the job's ``.inp``/``.out`` files and free it in a background thread.
@@ -118,6 +149,7 @@ class Engine:
             logger.error(
                 "shutting down with %d job(s) still running: %s", len(unfinished), unfinished
             )
+        self._closed = True
         self.executor.shutdown(wait=False)
         if self._cleaner is not None:
             self._to_clean.put(None)
@@ -140,6 +172,7 @@ class Engine:
 
     def close(self) -> None:
         """Stop the executor (waiting for its jobs) and close the journal."""
+        self._closed = True
         self.executor.shutdown(wait=True)
         self.journal.close()
 

@@ -280,7 +280,8 @@ class Watchdog:
                     target=self._loop, name="dahu-watchdog", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0] is entry:  # due before all others: the thread must wake sooner
+                self._cond.notify()
         return entry
 
     def cancel(self, entry: list[Any]) -> None:

@@ -48,6 +48,7 @@ class Job(threading.Thread):
     STATE_ABORTED = State.ABORTED
     STATE = list(State.ALL)
     FINAL_STATES = State.FINAL
+    NOTE_RUNNING_AFTER = 0.5  # seconds: longer jobs are recorded as running (at most 2x)
 
     _lock = threading.Lock()
     _live: dict[int, Job] = {}  # jobs not finished yet
@@ -79,6 +80,7 @@ class Job(threading.Thread):
         self._execution: Any = None
         self._abort_reason: str | None = None
         self._timer: Any = None
+        self._noted_running = False
         self._outcome_recorded = False
         self._runner: int | None = None
         self._cleaned = False
@@ -143,9 +145,11 @@ class Job(threading.Thread):
     def _begin(self) -> Any:
         """Make the job ``running``: return the execution to run, or None if aborted first.
 
-        The journal learns the start time with the outcome (one write less per job): a
-        job unfinished in the journal when its process dies is ``interrupted`` whether it
-        was queued or running.
+        Most jobs are short: the journal learns their start time with the outcome (one
+        write less per job).  A job still running after :attr:`NOTE_RUNNING_AFTER`
+        seconds is recorded as ``running``, for readers of the journal in other
+        processes.  A job unfinished in the journal when its process dies is
+        ``interrupted`` whether it was queued or running.
         """
         if self._abort_reason is not None:
             return None
@@ -159,9 +163,20 @@ class Job(threading.Thread):
         with Job._lock:
             self._execution = execution
             self._status = State.RUNNING
+        self._started_at = time.time()
+        self._engine.watch_running()
         if self._abort_reason is not None:  # abort arrived in between
             execution.abort(self._abort_reason)
         return execution
+
+    def _note_running(self) -> None:
+        """Record ``running`` in the journal once (never over a final state)."""
+        if self._status == State.RUNNING and not self._noted_running:
+            self._noted_running = True
+            try:
+                self._engine.journal.set_state(self._jobId, State.RUNNING, self._started_at)
+            except JournalError as err:
+                self._journal_failed(err)
 
     def _arm_timeout(self, plugin_timeout: float | None) -> None:
         """Start the job's clock: the input's ``job_timeout``, else the plugin's
@@ -423,6 +438,7 @@ class Job(threading.Thread):
             _execution=None,
             _abort_reason=None,
             _timer=None,
+            _noted_running=True,
             _outcome_recorded=True,
             _runner=None,
             _cleaned=True,

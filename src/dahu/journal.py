@@ -112,7 +112,8 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     def set_state(self, job_id: int, state: str, started: float | None = None) -> None:
-        """Record a non-final state change (``starting``, ``running``)."""
+        """Record a non-final state change (``starting``, ``running``); a job whose final
+        state is recorded already keeps it."""
 
     def state(self, job_id: int) -> str | None:
         """The state of ``job_id`` only (None if unknown): cheaper than :meth:`get`."""
@@ -289,8 +290,9 @@ class SQLiteJournal(Journal):
 
     def set_state(self, job_id: int, state: str, started: float | None = None) -> None:
         self._write(
-            "UPDATE jobs SET state = ?, started = COALESCE(?, started) WHERE id = ?",
-            (state, started, job_id),
+            "UPDATE jobs SET state = ?, started = COALESCE(?, started) "
+            "WHERE id = ? AND state NOT IN (?, ?, ?)",
+            (state, started, job_id, *State.FINAL),
         )
 
     def finish(
@@ -417,6 +419,8 @@ class MemoryJournal(Journal):
     def set_state(self, job_id: int, state: str, started: float | None = None) -> None:
         with self._lock:
             record = self._records[job_id]
+            if record.state in State.FINAL:
+                return
             record.state = state
             record.started = started if started is not None else record.started
 
