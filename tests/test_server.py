@@ -131,6 +131,7 @@ COMMANDS = {
     "getJobError": ("DevLong", "DevString"),
     "listPlugins": ("DevVoid", "DevString"),
     "waitJob": ("DevLong", "DevString"),
+    "getJobInfo": ("DevLong", "DevString"),
 }
 ATTRIBUTES = {
     "jobSuccess": (tango.CmdArgType.DevLong, tango.AttrWriteType.READ),
@@ -179,6 +180,20 @@ def test_a_failing_job_ends_in_failure_with_a_readable_error(proxy):
     error = proxy.getJobError(job_id)
     assert error.splitlines()[0] == "ValueError: bad frame"
     assert proxy.jobFailure == job_id
+    info = json.loads(proxy.getJobInfo(job_id))
+    assert info["state"] == "failure" and info["error"] == "ValueError: bad frame"
+
+
+def test_job_info_gives_times_and_provenance(proxy):
+    job_id = proxy.startJob(["example.sleep", json.dumps({"t": 0.2})])
+    assert finish(proxy, job_id) == "success"
+    info = json.loads(proxy.getJobInfo(job_id))
+    assert info["id"] == job_id and info["plugin"] == "example.sleep"
+    assert info["state"] == "success" and info["error"] == ""
+    assert 0.19 <= info["runtime"] < 5
+    assert info["submitted"] <= info["started"] < info["ended"]
+    assert info["module_file"].endswith("example.py") and info["plugin_version"] == "1.0"
+    assert info["version"] and info["host"] and info["pid"] > 0
 
 
 def test_start_jobs_queues_a_batch_and_returns_ids_in_order(proxy):
@@ -439,7 +454,16 @@ def test_bad_start_jobs_is_refused_in_one_line(proxy, argin, expected):
 
 @pytest.mark.parametrize(
     "command",
-    ["getJobState", "waitJob", "abort", "getJobOutput", "getJobInput", "getJobError", "cleanJob"],
+    [
+        "getJobState",
+        "waitJob",
+        "abort",
+        "getJobOutput",
+        "getJobInput",
+        "getJobError",
+        "cleanJob",
+        "getJobInfo",
+    ],
 )
 def test_unknown_job_ids_are_refused_in_one_line(proxy, command):
     for job_id in (10**9, 0):

@@ -394,6 +394,32 @@ class DahuDS(Device):
         """The error of a job: one line of reason, then the traceback ("" if none)."""
         return self._job(job_id).error
 
+    @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="JSON object")
+    @client_errors
+    def getJobInfo(self, job_id: int) -> str:  # noqa: N802
+        """What the journal knows of a job besides its input and output, as JSON: id,
+        plugin, state, submitted/started/ended (epoch seconds), runtime (s), the first line
+        of its error, and provenance (host, pid, Dahu version, plugin module and version)."""
+        record = self._engine.journal.get(int(job_id))
+        if record is None:
+            raise self._unknown(job_id)
+        info = {
+            "id": record.id,
+            "plugin": record.plugin,
+            "state": Job.getStatusFromID(record.id),  # the live state wins
+            "submitted": record.submitted,
+            "started": record.started,
+            "ended": record.ended,
+            "runtime": record.runtime,
+            "error": one_line(record.error or ""),
+            "host": record.host,
+            "pid": record.pid,
+            "version": record.version,
+            "module_file": record.module_file,
+            "plugin_version": record.plugin_version,
+        }
+        return json.dumps(info)
+
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="what was done")
     @client_errors
     def cleanJob(self, job_id: int) -> str:  # noqa: N802

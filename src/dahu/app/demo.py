@@ -69,7 +69,7 @@ class DemoJob:
     state: str = "?"
     output: dict[str, Any] = field(default_factory=dict)
     error: str = ""
-    runtime: float | None = None  # seconds the plugin ran, from the journal
+    runtime: float | None = None  # seconds the plugin ran (getJobInfo)
 
     @property
     def reason(self) -> str:
@@ -176,17 +176,10 @@ def run_jobs(proxy: Any, jobs: list[DemoJob], timeout: float) -> None:
         proxy.cleanJob(job.job_id)  # its .inp/.out files are written when this returns
 
 
-def read_runtimes(workdir: str, jobs: list[DemoJob]) -> None:
-    """Read how long each job's plugin ran from the journal (reading it changes nothing)."""
-    from ..journal import SQLiteJournal
-
-    journal = SQLiteJournal(workdir, create=False)
-    try:
-        for job in jobs:
-            record = journal.get(job.job_id)
-            job.runtime = record.runtime if record is not None else None
-    finally:
-        journal.close()
+def read_runtimes(proxy: Any, jobs: list[DemoJob]) -> None:
+    """Ask the server how long each job's plugin ran (``getJobInfo``)."""
+    for job in jobs:
+        job.runtime = json.loads(proxy.getJobInfo(job.job_id))["runtime"]
 
 
 def load_curves(h5_path: str, curve_path: str) -> tuple[numpy.ndarray, ...]:
@@ -317,7 +310,7 @@ def run_demo(args: argparse.Namespace) -> list[str]:
         )
         jobs = demo_jobs(data, results)
         run_jobs(proxy, jobs, args.timeout)
-        read_runtimes(workdir, jobs)
+        read_runtimes(proxy, jobs)
         rows = []
         for job in jobs:
             problem = job.problem()
@@ -329,7 +322,7 @@ def run_demo(args: argparse.Namespace) -> list[str]:
         headers = ["job", "plugin", "state", "runtime (ms)", "result", "check"]
         print()
         print(tabulate(rows, headers=headers, floatfmt=".1f", missingval="-"))
-        print("(runtime: how long the plugin ran, from the server's journal)")
+        print("(runtime: how long the plugin ran, from getJobInfo)")
         print("\nStatistics (getStatistics):")
         print(proxy.getStatistics())
     finally:
