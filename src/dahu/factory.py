@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from . import DahuError
-from .utils import fully_qualified_name
+from .utils import error_line, fully_qualified_name
 
 logger = logging.getLogger(__name__)
 
@@ -196,10 +196,7 @@ class Factory:
         except DahuError:
             raise
         except Exception as err:
-            raise UnknownPlugin(
-                f"cannot load plugin {plugin_name!r}: {type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else ''}"
-            ) from err
+            raise UnknownPlugin(f"cannot load plugin {plugin_name!r}: {error_line(err)}") from err
         if klass is None:
             raise UnknownPlugin(self.describe_failure(plugin_name))
         return klass
@@ -220,9 +217,7 @@ class Factory:
                 try:
                     self.search_plugin(f"{module_name}._")
                 except Exception as err:
-                    found[f"{module_name.lower()}.<error>"] = (
-                        f"cannot load: {type(err).__name__}: {err}".splitlines()[0]
-                    )
+                    found[f"{module_name.lower()}.<error>"] = f"cannot load: {error_line(err)}"
         for name, klass in sorted(Factory.registry.items()):
             doc = (getattr(klass, "function", None) or klass).__doc__ or ""
             found[name] = doc.strip().splitlines()[0] if doc.strip() else ""

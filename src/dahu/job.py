@@ -183,7 +183,7 @@ class Job(threading.Thread):
         ``JOB_TIMEOUT``, else the engine's default; abort the job when it runs out."""
         timeout = self._input_data.get("job_timeout") if self._input_data else None
         if timeout is None:
-            timeout = plugin_timeout if plugin_timeout is not None else None
+            timeout = plugin_timeout
         if timeout is None:
             timeout = self._engine.default_timeout
         try:

@@ -19,6 +19,7 @@ from typing import Any
 
 from .factory import Factory, plugin_factory
 from .states import State
+from .utils import error_line
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +37,6 @@ class Outcome:
     ended: float | None = None
     module_file: str | None = None
     plugin_version: str | None = None
-
-
-def one_line(err: BaseException) -> str:
-    """``Type: first line of message`` for an exception."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def plugin_provenance(plugin: Any) -> tuple[str | None, str | None]:
@@ -122,7 +117,7 @@ class Execution:
         try:
             plugin = self.factory(self.plugin_name)
         except Exception as err:
-            reason = str(err) if isinstance(err, Exception) and str(err) else one_line(err)
+            reason = str(err) or error_line(err)  # Dahu's own reasons are one line already
             return Outcome(State.FAILURE, {}, reason, started, time.time())
         plugin._waiting = self.waiting
         self.plugin = plugin
@@ -137,16 +132,16 @@ class Execution:
                 self._process(plugin)
         except Exception as err:
             state = State.FAILURE
-            error = f"{one_line(err)}\n{traceback.format_exc()}"
+            error = f"{error_line(err)}\n{traceback.format_exc()}"
         finally:
             try:
                 self._call(plugin, plugin.DEFAULT_TEAR_DOWN)
             except Exception as err:
                 if state == State.SUCCESS:
                     state = State.FAILURE
-                    error = f"teardown failed: {one_line(err)}\n{traceback.format_exc()}"
+                    error = f"teardown failed: {error_line(err)}\n{traceback.format_exc()}"
                 else:
-                    error = f"{error}\nteardown failed too: {one_line(err)}"
+                    error = f"{error}\nteardown failed too: {error_line(err)}"
         if self.abort_requested or getattr(plugin, "is_aborted", False):
             state = State.ABORTED
             error = self.abort_reason or "aborted by the plugin"
