@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,50 +40,9 @@ os.environ.setdefault("TANGO_DS_EVENT_BUFFER_HWM", "200000")
 
 import tango  # noqa: E402
 
+from dahu.app.localserver import LocalServer  # noqa: E402
+
 DEVICE = "id00/dahu/bench"
-BIN = os.path.dirname(sys.executable)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def device_url(port: int) -> str:
-    return f"tango://127.0.0.1:{port}/{DEVICE}#dbase=no"
-
-
-def start_server(port: int, workdir: str) -> subprocess.Popen:
-    """Start ``dahu_server`` and return once its device answers."""
-    cmd = [
-        os.path.join(BIN, "dahu_server"),
-        "bench",
-        "-nodb",
-        "-port",
-        str(port),
-        "-dlist",
-        DEVICE,
-        "--workdir",
-        workdir,
-    ]
-    with open(os.path.join(workdir, "server.log"), "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"dahu_server exited with status {proc.returncode}")
-            try:
-                tango.DeviceProxy(device_url(port)).ping()
-                return proc
-            except tango.DevFailed:
-                time.sleep(0.1)
-        raise SystemExit("dahu_server did not answer within 60 s")
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
 
 
 def trivial_rate(proxy: tango.DeviceProxy, count: int) -> float:
@@ -180,10 +138,10 @@ def waiter_main(url: str, ids: list[int]) -> int:
     return 0
 
 
-def latency_ms(proxy: tango.DeviceProxy, port: int, waiters: int, samples: int) -> dict:
+def latency_ms(proxy: tango.DeviceProxy, url: str, waiters: int, samples: int) -> dict:
     ids = [proxy.startJob(["example.sleep", '{"t": 600}']) for _ in range(waiters)]
     helper = subprocess.Popen(
-        [sys.executable, __file__, "--waiter", device_url(port), *map(str, ids)],
+        [sys.executable, __file__, "--waiter", url, *map(str, ids)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -236,10 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         args.pairs, args.events, args.batch, args.trivial = 20, 50, 200, 200
         args.waiters, args.samples = 2, 20
     workdir = tempfile.mkdtemp(prefix="dahu-bench-tango-", dir=args.workdir)
-    port = free_port()
-    server = start_server(port, workdir)
+    server = LocalServer(
+        workdir, os.path.join(workdir, "server.log"), device=DEVICE, instance="bench"
+    )
+    proxy = server.start(timeout=60)
     try:
-        proxy = tango.DeviceProxy(device_url(port))
         first = proxy.startJob(["example.square", "{}"])  # load the plugin module
         proxy.startJob(["example.noop", "{}"])
         proxy.waitJob(first)
@@ -248,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs = pairs_rate(proxy, args.pairs)
         events = events_rate(proxy, args.events)
         batch, batch_done = batch_rates(proxy, args.batch)
-        latency = latency_ms(proxy, port, args.waiters, args.samples)
+        latency = latency_ms(proxy, server.url, args.waiters, args.samples)
         trivial = max(trivial_before, trivial_rate(proxy, args.trivial))
         result = {
             "benchmark": "tango",
@@ -272,11 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "pytango": tango.__version__,
         }
     finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop(60)
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(result))
     return 0

@@ -11,7 +11,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import tango
+
+from dahu.app.localserver import free_port
 
 BIN = Path(sys.executable).parent
 INSTANCE = "dbtest"
@@ -46,12 +47,6 @@ def tool(name: str) -> str:
     if not path.exists():
         pytest.skip(f"{name} is not installed in {BIN} (pip install -e .)")
     return str(path)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def read_lines(stream, lines: queue.Queue) -> None:
