@@ -236,6 +236,7 @@ class DaskExecutor:
         self.cluster: Any = None
         self._serialize = False
         self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)  # notified as jobs are settled
         self._pending: deque[Any] = deque()
         self._in_flight = 0
         self._completed: queue.SimpleQueue = queue.SimpleQueue()
@@ -303,12 +304,13 @@ class DaskExecutor:
                 self._settle(job, Outcome(State.FAILURE, {}, reason, None, time.time()))
 
     def _settle(self, job: Any, outcome: Outcome) -> None:
-        with self._lock:
-            self._in_flight -= 1
         try:
             job._finish(outcome)
         except Exception:
             logger.exception("job %s: cannot record its outcome", job.id)
+        with self._lock:
+            self._in_flight -= 1  # only now: shutdown(wait=True) waits for the record
+            self._drained.notify_all()
         self._pump()
 
     def _collect(self) -> None:
@@ -338,14 +340,9 @@ class DaskExecutor:
             return {"queued": len(self._pending), "running": self._in_flight, "waiting": 0}
 
     def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while wait:
+        if wait:
             with self._lock:
-                if not self._pending and not self._in_flight:
-                    break
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+                self._drained.wait_for(lambda: not self._pending and not self._in_flight, timeout)
         self._completed.put(None)
         if self.client is not None:
             self.client.close()

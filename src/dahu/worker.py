@@ -33,6 +33,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["worker_main", "outcome_message", "outcome_from_message"]
 
 _ENCODER = NumpyEncoder()
+_self: psutil.Process | None = None  # this process, for the memory reported per outcome
+
+
+def _rss() -> int:
+    global _self
+    if _self is None or _self.pid != os.getpid():  # made once per process (forks too)
+        _self = psutil.Process()
+    return _self.memory_info().rss
 
 
 def outcome_message(outcome: Outcome) -> dict[str, Any]:
@@ -51,7 +59,7 @@ def outcome_message(outcome: Outcome) -> dict[str, Any]:
         "ended": outcome.ended,
         "module_file": outcome.module_file,
         "plugin_version": outcome.plugin_version,
-        "rss": psutil.Process().memory_info().rss,
+        "rss": _rss(),
     }
 
 
