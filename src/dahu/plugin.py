@@ -107,9 +107,9 @@ class Plugin:
 
         timeout = self.TIMEOUT
         deadline = None if timeout is None else time.monotonic() + timeout
-        if Job.getStatusFromID(job_id) == Job.STATE_INEXISTANT:
-            self.log_error(f"cannot wait for job {job_id}: no such job")
         state = Job.getStatusFromID(job_id)
+        if state == Job.STATE_INEXISTANT:
+            self.log_error(f"cannot wait for job {job_id}: no such job")
         with self._waiting():
             while not self.is_aborted:
                 slice_ = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
