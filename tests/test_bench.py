@@ -87,3 +87,17 @@ def test_executors_bench_small(tmp_path):
     process = figures["executors"]["process"]
     assert process["abort_cooperative_s"] < process["abort_hung_s"]
     assert process["abort_hung_s"] >= process["abort_grace_s"]  # killed after the grace
+
+
+def test_client_bench_small():
+    figures = run_bench("client.py", "--small", timeout=300)
+    assert figures["benchmark"] == "client" and figures["jobs"] == 200
+    for key in (
+        "client_map_per_s",
+        "raw_map_per_s",
+        "client_submit_per_s",
+        "raw_submit_per_s",
+        "tango_events_per_s",
+        "tango_batch_done_per_s",
+    ):
+        assert figures[key] > 0, key

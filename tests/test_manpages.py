@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dahu.app.manpage import PAGES, get_parser, render_page
+from dahu.app.manpage import PAGES, get_parser, render_page, subcommands
 
 ROOT = Path(__file__).resolve().parent.parent
 MAN = ROOT / "man"
@@ -43,14 +43,20 @@ def test_page_renders_with_every_option(name: str):
     for section in SECTIONS:
         assert re.search(rf"^{section}$", text, re.M), f"{name}: no {section} section"
     parser, _ = get_parser(name)
-    for action in parser._actions:  # argparse's list of its options
-        for option in action.option_strings:
-            assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text), (
-                f"{name}: option {option} is not in the man page"
-            )
-        if not action.option_strings:
-            metavar = action.metavar or action.dest.upper()
-            assert metavar in text, f"{name}: argument {metavar} is not in the man page"
+    commands = subcommands(parser)
+    if commands:
+        assert re.search(r"^COMMANDS$", text, re.M), f"{name}: no COMMANDS section"
+    for where, each in [(name, parser)] + [(f"{name} {c}", sub) for c, sub, _ in commands]:
+        if each is not parser:
+            assert re.search(rf"^ +{re.escape(where)}\b", text, re.M), f"{where} is not described"
+        for action in each._actions:  # argparse's list of its options
+            for option in action.option_strings:
+                assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text), (
+                    f"{where}: option {option} is not in the man page"
+                )
+            if not action.option_strings:
+                metavar = action.metavar or action.dest.upper()
+                assert metavar in text, f"{where}: argument {metavar} is not in the man page"
 
 
 @pytest.mark.parametrize("name", sorted(PAGES))
@@ -100,3 +106,10 @@ def test_man_reads_the_page():
     )
     assert proc.returncode == 0, proc.stderr
     assert "--compare" in proc.stdout
+
+
+def test_dahu_jobs_page_documents_its_exit_codes():
+    text = rendered(MAN / "dahu-jobs.1")
+    section = text.split("EXIT STATUS", 1)[1].split("SEE ALSO", 1)[0]
+    for code in ("0", "1", "2", "3"):
+        assert re.search(rf"^ +{code} ", section, re.M), f"exit status {code} not documented"

@@ -501,6 +501,15 @@ def test_jobs_survive_a_restart_and_a_broken_journal_means_fault(tmp_path, plugi
         assert "journal" in refused(second.startJob, ["example.square", "{}"]).desc
 
 
+def test_retention_properties(tmp_path, plugin_dir):
+    """The retention setting as device properties (dahu-jobs' tests run it at work)."""
+    with start_device(tmp_path / "a", plugin_dir, retention="3", retention_interval=60.0) as proxy:
+        assert "retention: keeping the last 3 jobs, pruned every 60 s" in proxy.status()
+    with start_device(tmp_path / "b", plugin_dir, retention="forever") as proxy:
+        assert "retention not applied: bad retention 'forever'" in proxy.status()
+        assert finish(proxy, proxy.startJob(["example.square", "{}"])) == "success"  # serving
+
+
 def test_the_benchmark_runs_on_a_tiny_size():
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "tango.py"), "--small"],

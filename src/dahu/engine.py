@@ -9,6 +9,7 @@ unfinished there, and job ids continue after the highest recorded one.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -71,6 +72,7 @@ class Engine:
         self._lock = threading.Lock()
         self.finished = {State.SUCCESS: 0, State.FAILURE: 0, State.ABORTED: 0}
         self._to_clean: queue.SimpleQueue = queue.SimpleQueue()
+        self._unwritten: collections.deque[float] = collections.deque()  # end times, FIFO
         self._cleaner: threading.Thread | None = None
         self._sweeping = False
         self._closed = False
@@ -117,7 +119,16 @@ class Engine:
                     target=self._clean_jobs, name="dahu-files", daemon=True
                 )
                 self._cleaner.start()
+            self._unwritten.append(getattr(job, "_ended_at", None) or time.time())
         self._to_clean.put(job)
+
+    def files_settled(self) -> float:
+        """A time (epoch s) before which every job that ended has its ``.inp``/``.out``
+        files written by :meth:`clean_later`: now when none is waiting for the writer.
+        The retention prunes only such jobs, so that no file is written after its job's
+        record is gone."""
+        with self._lock:
+            return min(self._unwritten) if self._unwritten else time.time()
 
     def _clean_jobs(self) -> None:
         while True:
@@ -128,6 +139,9 @@ class Engine:
                 job.clean(wait=False)
             except Exception:
                 logger.exception("job %s: cannot write its files", job.id)
+            finally:
+                with self._lock:
+                    self._unwritten.popleft()
 
     def shutdown(self, abort: bool = True, timeout: float = 30.0) -> bool:
         """Stop: abort (or let finish) the jobs queued or running, wait at most

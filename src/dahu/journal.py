@@ -142,7 +142,7 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     def last_id(self) -> int:
-        """The highest id recorded, 0 when empty."""
+        """The highest id ever given (pruned records included), 0 when empty."""
 
     @abc.abstractmethod
     def select(
@@ -197,6 +197,8 @@ class SQLiteJournal(Journal):
             self._db = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=30.0
             )
+            # takes effect on a new file only: lets prunes give space back in small steps
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=30000")
@@ -343,8 +345,12 @@ class SQLiteJournal(Journal):
         return self._record(row) if row else None
 
     def last_id(self) -> int:
+        # the highest id ever given: pruned records count too, as ids are never reused
         with self._lock:
-            row = self._db.execute("SELECT MAX(id) FROM jobs").fetchone()
+            row = self._db.execute(
+                "SELECT MAX(COALESCE((SELECT MAX(id) FROM jobs), 0), "
+                "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0))"
+            ).fetchone()
         return row[0] or 0
 
     def select(

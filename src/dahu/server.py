@@ -35,6 +35,7 @@ from . import DahuError, __version__
 from . import engine as dahu_engine
 from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_inputs
 from .job import InvalidInput, Job
+from .retention import Retention, RetentionSchedule, parse_retention
 from .server_errors import TryAgain, UnknownJob, client_errors, one_line
 from .states import State
 from .utils import NumpyEncoder, gc_paused
@@ -76,6 +77,8 @@ class ServerSettings:
     executor: str | None = None
     scheduler: str | None = None
     timeout: float | None = None
+    retention: str | None = None
+    retention_interval: float | None = None
     engine_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,6 +87,8 @@ settings = ServerSettings()
 
 _engine: dahu_engine.Engine | None = None
 _engine_lock = threading.Lock()
+_retention: RetentionSchedule | None = None
+DEFAULT_RETENTION_INTERVAL = 3600.0
 
 
 # ---- helpers -------------------------------------------------------------------------
@@ -129,13 +134,43 @@ def configure_engine(
     return engine
 
 
+def configure_retention(
+    engine: dahu_engine.Engine, retention: Retention | None, interval: float
+) -> RetentionSchedule | None:
+    """Prune the engine's work directory by ``retention`` every ``interval`` s (one
+    schedule per process; a device ``Init`` replaces it); None: keep every job."""
+    global _retention
+    with _engine_lock:
+        current = _retention
+        if (
+            current is not None
+            and current.retention == retention
+            and current.interval == max(0.1, interval)
+        ):
+            return current
+        if current is not None:
+            current.stop()
+            _retention = None
+        if retention is not None and getattr(engine.journal, "path", None):
+            # files_settled: no file is written after its record is pruned; the second
+            # covers the moment between a job's final record and its callback
+            _retention = RetentionSchedule(
+                engine.workdir, retention, interval, min_age=1.0, settled=engine.files_settled
+            ).start()
+        return _retention
+
+
 def shutdown(timeout: float = 30.0) -> bool:
     """Abort the jobs still queued or running, wait (at most ``timeout`` s) until their
     outcome is recorded and their files written, then close the journal.
 
     Return True if every job ended in time.  Jobs aborted while queued end at once,
-    without running their plugin.
+    without running their plugin.  The retention schedule, if any, stops first.
     """
+    global _retention
+    if _retention is not None:
+        _retention.stop()
+        _retention = None
     engine = _engine
     return True if engine is None else engine.shutdown(abort=True, timeout=timeout)
 
@@ -180,6 +215,17 @@ class DahuDS(Device):
         default_value=DEFAULT_WAIT_TIMEOUT,
         doc="Longest wait of waitJob, in seconds (keep it below the clients' timeout)",
     )
+    retention = device_property(
+        dtype=str,
+        default_value="",
+        doc="Finished jobs kept in the work directory: a duration (30d, 12h) or a number "
+        "of most recent jobs (100000); older ones are pruned (empty: keep every job)",
+    )
+    retention_interval = device_property(
+        dtype=float,
+        default_value=DEFAULT_RETENTION_INTERVAL,
+        doc="Seconds between two prunes by the retention setting",
+    )
 
     # ---- life cycle --------------------------------------------------------------------
     def init_device(self) -> None:
@@ -200,6 +246,14 @@ class DahuDS(Device):
             timeout=timeout,
         )
         self._wait = max(0.0, float(self.wait_timeout))
+        self._retention_error = ""
+        spec = settings.retention if settings.retention is not None else self.retention
+        interval = settings.retention_interval or self.retention_interval
+        try:
+            configure_retention(self._engine, parse_retention(spec), interval)
+        except DahuError as err:  # keep serving; Status tells why nothing is pruned
+            self._retention_error = one_line(str(err))
+            logger.error("retention not applied: %s", self._retention_error)
         self._last_success = 0
         self._last_failure = 0
         self._stats_text = ""
@@ -280,6 +334,14 @@ class DahuDS(Device):
             lines.append(f"FAULT: the journal cannot be written: {one_line(engine.journal_fault)}")
         if counts["queued"] > self.queue_limit:
             lines.append(f"ALARM: {counts['queued']} jobs queued, more than {self.queue_limit}")
+        schedule = _retention
+        if self._retention_error:
+            lines.append(f"retention not applied: {self._retention_error}")
+        elif schedule is not None:
+            lines.append(
+                f"retention: keeping {schedule.retention.describe()}, "
+                f"pruned every {schedule.interval:g} s"
+            )
         lines.append(
             f"jobs: {counts['queued']} queued, {counts['running']} running, "
             f"{counts['success']} succeeded, {counts['failure']} failed, "

@@ -1,9 +1,10 @@
 """Man pages of the tools installed with Dahu, rendered in roff from their argument parsers.
 
-``python -m dahu.app.manpage`` writes ``man/dahu_server.1``, ``man/dahu-register.1`` and
-``man/dahu-reprocess.1`` (``--check`` only tells whether they are up to date).  Each
-page's SYNOPSIS, ARGUMENTS and OPTIONS come from the tool's ``build_parser()``, so they
-list every option; the prose (description, environment, files, exit status) is kept here.
+``python -m dahu.app.manpage`` writes ``man/dahu_server.1``, ``man/dahu-register.1``,
+``man/dahu-reprocess.1`` and ``man/dahu-jobs.1`` (``--check`` only tells whether they are
+up to date).  Each page's SYNOPSIS, ARGUMENTS, OPTIONS and (for a tool with
+subcommands) COMMANDS come from the tool's ``build_parser()``, so they list every
+option; the prose (description, environment, files, exit status) is kept here.
 A tool whose module does not offer ``build_parser()`` yet is described by a parser
 written here from its specification.
 """
@@ -191,7 +192,50 @@ PAGES: dict[str, Page] = {
             ("2", "bad usage"),
             ("130", "interrupted by Ctrl-C or SIGTERM"),
         ],
-        see_also=["dahu_server(1)", "dahu-register(1)"],
+        see_also=["dahu_server(1)", "dahu-register(1)", "dahu-jobs(1)"],
+    ),
+    "dahu-jobs": Page(
+        name="dahu-jobs",
+        module="dahu.app.jobs",
+        spec_parser=lambda: importlib.import_module("dahu.app.jobs").build_parser(),
+        summary="list, inspect, count, export and prune the jobs of a Dahu work directory",
+        description=[
+            "dahu-jobs reads the journal (journal.sqlite) of a Dahu work directory: every "
+            "job a server or dahu-reprocess ran there, with its input, output, error, times "
+            "and provenance. It opens the journal read-only, so it can run while a server "
+            "writes the same journal; only prune writes.",
+            "WHEN, in --since, --until and --before, is a duration back from now (90s, 10m, "
+            "1h, 2d, 1w), now, today, yesterday, or an ISO 8601 date or date and time "
+            "(2026-11-28, 2026-11-28T10:00, 2026-11-28 10:00:00+01:00), in local time "
+            "unless it carries an offset. Times are those the jobs were submitted at.",
+            "prune removes the journal records and the .inp/.out files of finished jobs "
+            "(success, failure, aborted) only: jobs still queued or running are kept and "
+            "counted. It deletes in short transactions, so a running server is not held "
+            "up, never removes a job that ended less than --min-age ago (the server writes "
+            "its files just after it ends), then gives the freed space back to the file "
+            "system. Job ids are never reused. A server can prune on a schedule by itself: "
+            "see --retention in dahu_server(1).",
+        ],
+        environment=[
+            ("DAHU_WORKDIR", "The work directory when --workdir is not given."),
+            ("XDG_STATE_HOME", "Without DAHU_WORKDIR, the work directory is XDG_STATE_HOME/dahu."),
+        ],
+        files=[
+            ("WORKDIR/journal.sqlite", "the journal"),
+            ("WORKDIR/NNNN/NNNNN_PLUGIN.inp, .out", "the input and output files of each job"),
+        ],
+        exit_status=[
+            ("0", "done (also when no job matches)"),
+            ("1", "show: no job with this id in the journal"),
+            ("2", "bad usage: unknown command or option, bad date, duration or number"),
+            (
+                "3",
+                "the work directory does not exist, is not a Dahu work directory (no "
+                "journal.sqlite, or not a Dahu journal), or its journal cannot be read or "
+                "written",
+            ),
+        ],
+        see_also=["dahu_server(1)", "dahu-reprocess(1)"],
     ),
 }
 """The man pages, by tool name."""
@@ -261,12 +305,58 @@ def _items(entries: list[tuple[str, str]], tag_font: str = "B") -> list[str]:
     return lines
 
 
-def render(page: Page, parser: argparse.ArgumentParser) -> str:
-    """The roff source of ``page``, with the options of ``parser``."""
+def subcommands(
+    parser: argparse.ArgumentParser,
+) -> list[tuple[str, argparse.ArgumentParser, str]]:
+    """The subcommands of ``parser``: (name, parser, help), in order; [] if none."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
+            return [(name, sub, helps.get(name, "")) for name, sub in action.choices.items()]
+    return []
+
+
+def _split(parser: argparse.ArgumentParser) -> tuple[list, list]:
+    """The optional and positional actions of ``parser`` that have a help text."""
     # argparse keeps its actions in a private list; it is the only way to enumerate them
     actions = [a for a in parser._actions if a.help is not argparse.SUPPRESS]
     optional = [a for a in actions if a.option_strings]
     positional = [a for a in actions if not a.option_strings]
+    return optional, positional
+
+
+def _option_items(optional: list, prog: str) -> list[str]:
+    lines = []
+    for action in optional:
+        tags = []
+        for option in action.option_strings:
+            tag = f"\\fB{_esc(option)}\\fR"
+            tags.append(f"{tag} {_metavar(action)}" if _takes_value(action) else tag)
+        lines += [".TP", ", ".join(tags), _esc(_expand_help(action, prog))]
+    return lines
+
+
+def _commands_section(page: Page, parser: argparse.ArgumentParser) -> list[str]:
+    lines: list[str] = []
+    for name, sub, help_text in subcommands(parser):
+        optional, positional = _split(sub)
+        optional = [a for a in optional if "-h" not in a.option_strings]
+        usage = " ".join(
+            [f"\\fB{_esc(page.name)} {_esc(name)}\\fR"]
+            + [_metavar(a) for a in positional]
+            + (["[\\fIoptions\\fR]"] if optional else [])
+        )
+        lines += [".SS", usage]
+        lines.append(_esc(sub.description or help_text))
+        for action in positional:
+            lines += [".TP", _metavar(action), _esc(_expand_help(action, page.name))]
+        lines += _option_items(optional, page.name)
+    return _section("COMMANDS") + lines if lines else []
+
+
+def render(page: Page, parser: argparse.ArgumentParser) -> str:
+    """The roff source of ``page``, with the options (and subcommands) of ``parser``."""
+    optional, positional = _split(parser)
     title = page.name.upper().replace("-", "\\-")
     lines = [
         f'.\\" Generated by "python -m dahu.app.manpage" from the {page.name} argument parser.',
@@ -292,12 +382,8 @@ def render(page: Page, parser: argparse.ArgumentParser) -> str:
         for action in positional:
             lines += [".TP", _metavar(action), _esc(_expand_help(action, page.name))]
     lines += _section("OPTIONS")
-    for action in optional:
-        tags = []
-        for option in action.option_strings:
-            tag = f"\\fB{_esc(option)}\\fR"
-            tags.append(f"{tag} {_metavar(action)}" if _takes_value(action) else tag)
-        lines += [".TP", ", ".join(tags), _esc(_expand_help(action, page.name))]
+    lines += _option_items(optional, page.name)
+    lines += _commands_section(page, parser)
     for title_, entries in page.extra:
         lines += _section(title_) + _items(entries)
     if page.environment:

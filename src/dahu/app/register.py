@@ -3,7 +3,8 @@
 Registers the server ``DahuDS/INSTANCE`` with the device ``DEVICE`` (``domain/family/member``)
 of class ``DahuDS`` in the Tango database named by ``TANGO_HOST``, and writes its device
 properties (``plugins_directory``, and ``workdir``/``max_workers``/``queue_limit``/
-``wait_timeout``/``executor``/``scheduler``/``default_timeout`` when given).  Registering again updates the properties.
+``wait_timeout``/``executor``/``scheduler``/``default_timeout``/``retention``/
+``retention_interval`` when given).  Registering again updates the properties.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", metavar="ADDRESS", help="the scheduler property (dask)")
     parser.add_argument(
         "--default-timeout", metavar="S", type=float, help="the default_timeout property"
+    )
+    parser.add_argument(
+        "--retention",
+        metavar="SPEC",
+        help="the retention property: a duration (30d) or a number of jobs (100000) to keep",
+    )
+    parser.add_argument(
+        "--retention-interval", metavar="S", type=float, help="the retention_interval property"
     )
     return parser
 
@@ -92,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         "executor",
         "scheduler",
         "default_timeout",
+        "retention",
+        "retention_interval",
     ):
         value = getattr(args, name)
         if value is not None:

@@ -37,7 +37,30 @@ VALUED = {
     "--executor",
     "--scheduler",
     "--timeout",
+    "--retention",
+    "--retention-interval",
 }
+
+
+def _retention(text: str) -> str:
+    from ..retention import parse_retention
+    from ..timespec import BadTime
+
+    try:
+        parse_retention(text)
+    except BadTime as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected more than 0 seconds, not {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="abort a running job after this long unless its plugin or input says "
         "otherwise (default: no limit)",
+    )
+    parser.add_argument(
+        "--retention",
+        metavar="SPEC",
+        type=_retention,
+        help="prune old finished jobs (journal records and .inp/.out files) on a schedule: "
+        "SPEC is a duration (30d, 12h: keep the jobs submitted since) or a number of most "
+        "recent jobs to keep (100000); wins over the retention property (default: keep all)",
+    )
+    parser.add_argument(
+        "--retention-interval",
+        metavar="SECONDS",
+        type=_positive_seconds,
+        help="seconds between two prunes by --retention (wins over the "
+        "retention_interval property; default 3600)",
     )
     parser.add_argument(
         "--shutdown-timeout",
@@ -167,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     server.settings.executor = args.executor
     server.settings.scheduler = args.scheduler
     server.settings.timeout = args.timeout
+    server.settings.retention = args.retention
+    server.settings.retention_interval = args.retention_interval
 
     def started() -> None:
         # Everything loaded so far lives as long as the process: keep it out of the

@@ -1,0 +1,401 @@
+"""``dahu-jobs``: list, inspect, count, export and prune the jobs of a work directory.
+
+Reads the journal (``journal.sqlite``) of ``--workdir`` (default ``$DAHU_WORKDIR``, else
+``~/.local/state/dahu``) on a read-only connection, so it can run while a server writes
+the same journal; only ``prune`` writes (see :mod:`dahu.retention`).
+
+Exit status: 0 done, 1 no job with the id given to ``show``, 2 bad usage (unknown
+option, bad date or number), 3 the work directory is missing, is not a Dahu work
+directory, or its journal cannot be read or written.  Every error is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from typing import IO, Any, NoReturn
+
+from tabulate import tabulate
+
+from .. import __version__
+from ..jobquery import Filters, count, get, latest, open_journal, records, statistics
+from ..journal import JournalError, default_workdir, job_file_stem
+from ..retention import DEFAULT_MIN_AGE, prune
+from ..states import State
+from ..timespec import BadTime, format_time, parse_duration, parse_when
+
+__all__ = ["build_parser", "main", "EXIT_OK", "EXIT_NOT_FOUND", "EXIT_USAGE", "EXIT_WORKDIR"]
+
+PROG = "dahu-jobs"
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_WORKDIR = 0, 1, 2, 3
+DEFAULT_LIMIT = 50
+EXPORT_FIELDS = [
+    "id",
+    "plugin",
+    "state",
+    "submitted",
+    "started",
+    "ended",
+    "runtime",
+    "host",
+    "pid",
+    "version",
+    "module_file",
+    "plugin_version",
+    "error",
+    "input",
+    "output",
+]
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``dahu-jobs: ...``), status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{PROG}: {message} (see {PROG} --help)\n")
+
+
+def _when(text: str) -> float:
+    try:
+        return parse_when(text)
+    except BadTime as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, not {value}")
+    return value
+
+
+def _job_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a job id is a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"job ids start at 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        try:
+            return parse_duration(text)
+        except BadTime as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``dahu-jobs`` (also used to write its man page)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-w",
+        "--workdir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="the work directory (default: $DAHU_WORKDIR, else ~/.local/state/dahu)",
+    )
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--plugin", metavar="NAME", help="only jobs of this plugin")
+    filters.add_argument("--state", choices=State.ALL, help="only jobs in this state")
+    filters.add_argument(
+        "--since",
+        type=_when,
+        metavar="WHEN",
+        help="only jobs submitted at or after WHEN: a duration back from now (90s, 10m, "
+        "1h, 2d, 1w), today, yesterday, or a date (2026-11-28, 2026-11-28T10:00)",
+    )
+    filters.add_argument(
+        "--until", type=_when, metavar="WHEN", help="only jobs submitted at or before WHEN"
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON, for scripts")
+
+    parser = Parser(
+        prog=PROG,
+        description="List, inspect, count, export and prune the jobs recorded in the journal "
+        "of a Dahu work directory. Safe while a server runs on it.",
+        parents=[common],
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, help="list, show, stats, export or prune"
+    )
+
+    add = commands.add_parser(
+        "list",
+        parents=[common, filters, as_json],
+        help="the most recent jobs, as a table (or JSON)",
+        description="The most recent jobs that match, oldest first.",
+    )
+    add.add_argument(
+        "--limit",
+        type=_count,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help=f"at most N jobs, the most recent (default {DEFAULT_LIMIT}; 0: all)",
+    )
+    add = commands.add_parser(
+        "show",
+        parents=[common, as_json],
+        help="one job: input, output, error, times, provenance, files",
+        description="Everything the journal knows of one job.",
+    )
+    add.add_argument("job_id", type=_job_id, metavar="ID", help="the job id")
+    commands.add_parser(
+        "stats",
+        parents=[common, filters, as_json],
+        help="per plugin: jobs, successes, failures, aborts, mean and p95 runtime",
+        description="Counts and runtimes of the jobs that match, per plugin and in all.",
+    )
+    add = commands.add_parser(
+        "export",
+        parents=[common, filters],
+        help="the jobs that match, whole, as CSV or JSON lines",
+        description="Write every job that matches, with its input, output and error.",
+    )
+    add.add_argument(
+        "--format",
+        choices=["jsonl", "csv"],
+        help="JSON lines (one object per job) or CSV (input and output as JSON text); "
+        "default: csv when the output file ends with .csv, else jsonl",
+    )
+    add.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+    add = commands.add_parser(
+        "prune",
+        parents=[common, as_json],
+        help="remove old finished jobs and their .inp/.out files, reclaim the space",
+        description="Remove the records and files of old finished jobs; jobs not finished "
+        "are never touched. Safe while a server runs.",
+    )
+    which = add.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--before", type=_when, metavar="WHEN", help="remove jobs submitted before WHEN"
+    )
+    which.add_argument(
+        "--keep-last", type=_count, metavar="N", help="remove all but the N most recent jobs"
+    )
+    add.add_argument("--dry-run", action="store_true", help="only tell what would be removed")
+    add.add_argument(
+        "--min-age",
+        type=_seconds,
+        default=DEFAULT_MIN_AGE,
+        metavar="SECONDS",
+        help="keep jobs that ended less than this long ago, as their files may still be "
+        "being written (default %(default)g; 30s, 5m also accepted)",
+    )
+    return parser
+
+
+# ---- commands ---------------------------------------------------------------------------
+def _filters(args: argparse.Namespace) -> Filters:
+    return Filters(args.plugin, args.state, args.since, args.until)
+
+
+def one_line(text: str, width: int = 500) -> str:
+    """The first non-empty line of ``text``, cut to ``width`` characters."""
+    for line in text.splitlines():
+        if line.strip():
+            line = line.strip()
+            return line if len(line) <= width else line[: width - 3] + "..."
+    return ""
+
+
+def _cut(text: str | None, width: int = 60) -> str:
+    return one_line(text or "", width)
+
+
+def _seconds_text(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def cmd_list(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
+    """``list``."""
+    filters = _filters(args)
+    rows = latest(db, filters, args.limit or None)
+    if args.json:
+        keys = ["id", "plugin", "state", "submitted", "started", "ended", "runtime", "error"]
+        items = [dict(zip(keys, row, strict=True)) for row in rows]
+        for item in items:
+            item["error"] = one_line(item["error"] or "")
+        json.dump(items, out, indent=1)
+        out.write("\n")
+        return EXIT_OK
+    table = [
+        [i, plugin, state, format_time(submitted), _seconds_text(runtime), _cut(error)]
+        for i, plugin, state, submitted, _, _, runtime, error in rows
+    ]
+    headers = ["id", "plugin", "state", "submitted", "runtime s", "error"]
+    out.write(tabulate(table, headers=headers, disable_numparse=True) + "\n")
+    if args.limit and len(rows) == args.limit:
+        total = count(db, filters)
+        if total > len(rows):
+            sys.stderr.write(
+                f"{PROG}: the last {len(rows)} of {total} matching jobs (--limit 0 for all)\n"
+            )
+    elif not rows:
+        sys.stderr.write(f"{PROG}: no job matches\n")
+    return EXIT_OK
+
+
+def _files(workdir: str, job_id: int, plugin: str) -> dict[str, str | None]:
+    stem = job_file_stem(workdir, job_id, plugin)
+    return {
+        ext: (stem + "." + ext if os.path.isfile(stem + "." + ext) else None)
+        for ext in ("inp", "out")
+    }
+
+
+def _record_dict(record: Any) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in EXPORT_FIELDS}
+
+
+def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
+    """``show ID``."""
+    record = get(db, args.job_id)
+    if record is None:
+        sys.stderr.write(f"{PROG}: no job {args.job_id} in the journal of {args.workdir}\n")
+        return EXIT_NOT_FOUND
+    files = _files(args.workdir, record.id, record.plugin)
+    if args.json:
+        json.dump({**_record_dict(record), "files": files}, out, indent=1)
+        out.write("\n")
+        return EXIT_OK
+    lines = [
+        f"job {record.id}: {record.plugin}, {record.state}",
+        f"submitted  {format_time(record.submitted)}",
+        f"started    {format_time(record.started)}",
+        f"ended      {format_time(record.ended)}",
+        f"runtime    {_seconds_text(record.runtime)} s"
+        if record.runtime is not None
+        else "runtime",
+        f"host       {record.host or ''} (pid {record.pid}), Dahu {record.version or '?'}",
+        f"plugin     {record.module_file or '?'}, version {record.plugin_version or '?'}",
+        f"files      {files['inp'] or '(no .inp)'}, {files['out'] or '(no .out)'}",
+        "input:",
+        json.dumps(record.input, indent=2),
+        "output:",
+        json.dumps(record.output, indent=2) if record.output is not None else "(none)",
+        "error:",
+        record.error or "(none)",
+    ]
+    out.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
+def cmd_stats(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
+    """``stats``."""
+    figures = statistics(db, _filters(args))
+    if args.json:
+        json.dump(figures, out, indent=1)
+        out.write("\n")
+        return EXIT_OK
+    rows = []
+    for name, entry in [*figures["plugins"].items(), ("(all)", figures["total"])]:
+        unfinished = entry["jobs"] - sum(entry[s] for s in State.FINAL)
+        rows.append(
+            [
+                name,
+                entry["jobs"],
+                entry["success"],
+                entry["failure"],
+                entry["aborted"],
+                unfinished,
+                _seconds_text(entry["mean_s"]),
+                _seconds_text(entry["p95_s"]),
+            ]
+        )
+    headers = ["plugin", "jobs", "success", "failure", "aborted", "unfinished", "mean s", "p95 s"]
+    out.write(tabulate(rows, headers=headers, disable_numparse=True) + "\n")
+    return EXIT_OK
+
+
+def cmd_export(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
+    """``export``."""
+    kind = args.format or ("csv" if (args.output or "").lower().endswith(".csv") else "jsonl")
+    target = out
+    if args.output:
+        try:
+            target = open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        except OSError as err:
+            sys.stderr.write(f"{PROG}: cannot write {args.output}: {err.strerror or err}\n")
+            return EXIT_USAGE
+    written = 0
+    try:
+        if kind == "csv":
+            writer = csv.writer(target)
+            writer.writerow(EXPORT_FIELDS)
+            for record in records(db, _filters(args)):
+                row = _record_dict(record)
+                row["input"] = json.dumps(row["input"])
+                row["output"] = json.dumps(row["output"]) if row["output"] is not None else ""
+                writer.writerow(["" if row[k] is None else row[k] for k in EXPORT_FIELDS])
+                written += 1
+        else:
+            for record in records(db, _filters(args)):
+                target.write(json.dumps(_record_dict(record)) + "\n")
+                written += 1
+    finally:
+        if target is not out:
+            target.close()
+    if args.output:
+        sys.stderr.write(f"{PROG}: {written} job(s) written to {args.output} ({kind})\n")
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace, out: IO[str]) -> int:
+    """``prune``."""
+    report = prune(
+        args.workdir,
+        before=args.before,
+        keep_last=args.keep_last,
+        dry_run=args.dry_run,
+        min_age=args.min_age,
+    )
+    if args.json:
+        json.dump(report.as_dict(), out, indent=1)
+        out.write("\n")
+    else:
+        out.write(report.summary() + "\n")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``dahu-jobs`` with ``argv`` (default: the command line); the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or bad usage
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args.workdir = os.path.abspath(getattr(args, "workdir", None) or default_workdir())
+    out = sys.stdout
+    try:
+        if args.command == "prune":
+            return cmd_prune(args, out)
+        db = open_journal(args.workdir)
+        try:
+            command = {"list": cmd_list, "show": cmd_show, "stats": cmd_stats}
+            return command.get(args.command, cmd_export)(db, args, out)
+        finally:
+            db.close()
+    except JournalError as err:
+        sys.stderr.write(f"{PROG}: {one_line(str(err))}\n")
+        return EXIT_WORKDIR
+    except BrokenPipeError:  # the reader went away (| head): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

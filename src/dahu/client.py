@@ -1,0 +1,769 @@
+"""The Python client of a Dahu server: jobs as futures.
+
+::
+
+    from dahu.client import DahuClient, JobFailed, as_completed
+
+    with DahuClient("id00/dahu/1") as dahu:
+        future = dahu.submit("example.square", x=7)
+        print(future.result(timeout=60))            # {'x': 7, 'result': 49, ...}
+        for future in as_completed(dahu.map("example.square", [{"x": i} for i in range(100)])):
+            print(future.job_id, future.result()["result"])
+
+A :class:`JobFuture` is a :class:`concurrent.futures.Future`: ``result(timeout)`` gives
+the job's output dict or raises :class:`JobFailed` / :class:`JobAborted`,
+``add_done_callback``, :func:`as_completed` and :func:`wait` work as with any executor,
+and ``cancel()`` aborts the job on the server.
+
+How completion is learnt: one subscription per client to each of the device's
+``jobSuccess`` and ``jobFailure`` change events (the device pushes one per job), read by
+a small pool of threads that fetch the outcome.  So that no future hangs when events are
+lost (missed events, a broken subscription, a job that ended before the client
+subscribed), a watcher thread calls ``waitJob`` on the oldest pending job whenever no
+event came for a while, checks every pending job once after an event error, and sweeps
+all the pending jobs now and then.  ``docs/client.md`` is the reference.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import tango
+
+from . import DahuError
+from .inputs import MAX_INPUT_CHARS
+from .states import State
+from .utils import NumpyEncoder
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DahuClient",
+    "JobFuture",
+    "ClientError",
+    "ServerError",
+    "JobNotFound",
+    "JobError",
+    "JobFailed",
+    "JobAborted",
+    "ClientClosed",
+    "as_completed",
+    "wait",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "ALL_COMPLETED",
+]
+
+as_completed = concurrent.futures.as_completed
+wait = concurrent.futures.wait
+FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
+FIRST_EXCEPTION = concurrent.futures.FIRST_EXCEPTION
+ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
+
+_ENCODER = NumpyEncoder(separators=(",", ":"))
+_RETRY_REASONS = {"Dahu_TryAgain"}
+
+
+# ---- errors ----------------------------------------------------------------------------
+class ClientError(DahuError):
+    """An error of the Dahu client."""
+
+
+class ServerError(ClientError):
+    """The device refused a request or could not be reached.
+
+    :ivar reason: the Tango reason code (``Dahu_InvalidInput``, ``Dahu_UnknownPlugin``,
+        ``API_DeviceTimedOut``, ...)
+    """
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason
+
+    @classmethod
+    def from_devfailed(cls, err: tango.DevFailed, what: str) -> ServerError:
+        """The one-line error of a ``DevFailed`` raised by ``what``."""
+        first = err.args[0]
+        klass = JobNotFound if first.reason == "Dahu_UnknownJob" else cls
+        desc = " ".join(first.desc.split()) or first.reason
+        return klass(f"{what}: {desc}", first.reason)
+
+
+class JobNotFound(ServerError, KeyError):
+    """The server knows no job with this id."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class JobError(ClientError):
+    """A job that did not succeed.
+
+    :ivar job_id: the job's id
+    :ivar state: its final state (``failure`` or ``aborted``)
+    :ivar reason: the one-line reason given by the server
+    :ivar traceback: the traceback text recorded with the error ("" if none)
+    """
+
+    def __init__(self, job_id: int, state: str, reason: str, traceback: str = ""):
+        super().__init__(f"job {job_id} {state}: {reason}" if reason else f"job {job_id} {state}")
+        self.job_id = job_id
+        self.state = state
+        self.reason = reason
+        self.traceback = traceback
+
+    @classmethod
+    def from_error_text(cls, job_id: int, text: str) -> JobError:
+        """Build from the text of ``getJobError``: a reason line, then the traceback."""
+        reason, _, rest = text.strip().partition("\n")
+        return cls(job_id, cls.STATE, reason.strip(), rest.strip("\n"))
+
+    STATE = "failure"
+
+
+class JobFailed(JobError):
+    """The job ended in ``failure``: its plugin raised, it timed out, or it was
+    interrupted by a server restart."""
+
+    STATE = State.FAILURE
+
+
+class JobAborted(JobError, concurrent.futures.CancelledError):
+    """The job was aborted (by :meth:`JobFuture.cancel`, another client, or the server
+    shutting down).  A :class:`concurrent.futures.CancelledError` too."""
+
+    STATE = State.ABORTED
+
+
+class ClientClosed(ClientError):
+    """The client was closed before the job ended (the job itself goes on)."""
+
+
+# ---- futures ---------------------------------------------------------------------------
+class JobFuture(concurrent.futures.Future):
+    """The future of one Dahu job.
+
+    Besides the :class:`concurrent.futures.Future` interface it knows its job:
+    :attr:`job_id`, and the properties :attr:`state`, :attr:`input`, :attr:`output`,
+    :attr:`error` and :attr:`info`, which ask the server (one round trip each, except
+    what the ended future knows already).
+    """
+
+    def __init__(self, client: DahuClient, job_id: int, plugin: str | None = None):
+        super().__init__()
+        self.job_id = int(job_id)
+        self.plugin = plugin
+        self._client = client
+        self._since = time.monotonic()
+        self._final_state: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<JobFuture job {self.job_id} {self.plugin or ''} {self._state.lower()}>"
+
+    @property
+    def id(self) -> int:
+        """The job id (same as :attr:`job_id`)."""
+        return self.job_id
+
+    # -- Future interface
+    def cancel(self) -> bool:
+        """Abort the job on the server.
+
+        Return True when the server accepted (the job was queued or running): the future
+        is then cancelled at once (``result()`` raises :class:`JobAborted`) while the job
+        stops as soon as its plugin notices.  False if the job had ended already.
+        """
+        if self.done():
+            return False
+        client = self._client
+        client._forget(self)  # the event of the abort must not settle it meanwhile
+        try:
+            stopping = client._call("abort", self.job_id)
+        except BaseException:
+            client._retrack(self)
+            raise
+        if stopping and super().cancel():
+            self._final_state = State.ABORTED
+            return True
+        client._retrack(self)  # it had ended: its outcome is fetched as usual
+        return False
+
+    def _aborted(self) -> JobAborted:
+        return JobAborted(self.job_id, State.ABORTED, "aborted by cancel()")
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """The job's output dict, waiting at most ``timeout`` s (``TimeoutError`` then);
+        raises :class:`JobFailed` or :class:`JobAborted` if the job did not succeed."""
+        try:
+            return super().result(timeout)
+        except concurrent.futures.CancelledError as err:
+            if isinstance(err, JobAborted):
+                raise
+            raise self._aborted() from None
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The job's :class:`JobError` (None if it succeeded), waiting at most ``timeout`` s."""
+        try:
+            return super().exception(timeout)
+        except concurrent.futures.CancelledError as err:
+            if isinstance(err, JobAborted):
+                raise
+            raise self._aborted() from None
+
+    # -- the job on the server
+    @property
+    def state(self) -> str:
+        """The job's state: the final one once the future is done, else asked now."""
+        if self._final_state is not None:
+            return self._final_state
+        return self._client._call("getJobState", self.job_id)
+
+    @property
+    def input(self) -> dict[str, Any]:
+        """The job's input as the server recorded it (with ``job_id`` and ``plugin_name``)."""
+        return json.loads(self._client._call("getJobInput", self.job_id))
+
+    @property
+    def output(self) -> dict[str, Any]:
+        """The job's output: the result once it succeeded, else what the server has now."""
+        if self.done() and not self.cancelled() and self.exception(0) is None:
+            return self.result(0)
+        return json.loads(self._client._call("getJobOutput", self.job_id))
+
+    @property
+    def error(self) -> str:
+        """The job's error text: a one-line reason, then the traceback ("" if none)."""
+        return self._client._call("getJobError", self.job_id)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Times, state and provenance of the job (``getJobInfo``): id, plugin, state,
+        submitted/started/ended (epoch s), runtime (s), error line, host, pid, version,
+        module_file, plugin_version."""
+        return json.loads(self._client._call("getJobInfo", self.job_id))
+
+    # -- settled by the client
+    def _settle(self, state: str, output: Any = None, error: BaseException | None = None) -> None:
+        """Record the outcome unless the future is done already (cancelled, closed)."""
+        self._final_state = state
+        try:
+            if error is None:
+                self.set_result(output)
+            else:
+                self.set_exception(error)
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled by the user meanwhile
+
+
+# ---- the client ------------------------------------------------------------------------
+class DahuClient:
+    """A client of one ``DahuDS`` device: submits jobs and follows them as futures.
+
+    :param device: a Tango device name (``id00/dahu/1``, with ``TANGO_HOST``) or a full
+        URL (``tango://host:10123/id00/dahu/1#dbase=no``)
+    :param timeout: the Tango client timeout of each call, in seconds (default: Tango's,
+        3 s); ``map`` allows itself more for a large batch
+    :param resolvers: threads that fetch the outcome of ended jobs
+    :param poll_interval: seconds without an event after which the watcher asks the
+        server (``waitJob``) about the oldest pending job
+    :param sweep_interval: seconds between two checks of every pending job (doubling up
+        to ``max_sweep_interval`` while the checks find nothing that events missed)
+
+    Thread-safe: futures can be submitted and waited for from any number of threads.
+    Each thread that calls the device gets its own ``DeviceProxy``.  ``close()`` (or
+    leaving a ``with`` block) unsubscribes and stops the threads; futures still pending
+    then fail with :class:`ClientClosed` (their jobs go on on the server).
+    """
+
+    def __init__(
+        self,
+        device: str,
+        timeout: float | None = None,
+        resolvers: int = 4,
+        poll_interval: float = 1.0,
+        sweep_interval: float = 2.0,
+        max_sweep_interval: float = 60.0,
+    ):
+        self.device = device
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.sweep_interval = sweep_interval
+        self.max_sweep_interval = max_sweep_interval
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pending: dict[int, JobFuture] = {}  # insertion order: oldest first
+        self._early: dict[int, str | None] = {}  # ended while a submission was in flight
+        self._submitting = 0
+        self._closed = False
+        self._suspect = False  # events may have been lost: check every pending job
+        self._fresh = False  # jobs were submitted since the watcher last looked
+        self._last_event = time.monotonic()  # last job of ours learnt from an event
+        self._wake = threading.Event()
+        self._outcomes: queue.SimpleQueue = queue.SimpleQueue()
+        self._events_proxy = self._new_proxy()
+        self._subscriptions: list[int] = []
+        try:
+            self._events_proxy.ping()
+            for name in ("jobSuccess", "jobFailure"):
+                self._subscriptions.append(
+                    self._events_proxy.subscribe_event(
+                        name, tango.EventType.CHANGE_EVENT, _EventHandler(self, name)
+                    )
+                )
+        except tango.DevFailed as err:
+            self._unsubscribe()
+            raise ServerError.from_devfailed(err, f"cannot connect to {device}") from None
+        self._threads = [
+            threading.Thread(target=self._resolve_loop, name=f"dahu-client-{i}", daemon=True)
+            for i in range(max(1, resolvers))
+        ]
+        self._threads.append(
+            threading.Thread(target=self._watch_loop, name="dahu-client-watch", daemon=True)
+        )
+        for thread in self._threads:
+            thread.start()
+
+    # ---- context manager -----------------------------------------------------------------
+    def __enter__(self) -> DahuClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<DahuClient {self.device}: {len(self._pending)} pending>"
+
+    # ---- calls ---------------------------------------------------------------------------
+    def _new_proxy(self) -> tango.DeviceProxy:
+        try:
+            proxy = tango.DeviceProxy(self.device)
+        except tango.DevFailed as err:
+            raise ServerError.from_devfailed(err, f"cannot reach {self.device}") from None
+        if self.timeout is not None:
+            proxy.set_timeout_millis(int(self.timeout * 1000))
+        return proxy
+
+    def _proxy(self) -> tango.DeviceProxy:
+        """This thread's proxy (DeviceProxy calls from many threads are kept apart)."""
+        proxy = getattr(self._local, "proxy", None)
+        if proxy is None:
+            proxy = self._local.proxy = self._new_proxy()
+        return proxy
+
+    def _call(self, command: str, argument: Any = None) -> Any:
+        """Run a device command; a ``DevFailed`` becomes a one-line :class:`ServerError`."""
+        try:
+            proxy = self._proxy()
+            if argument is None:
+                return proxy.command_inout(command)
+            return proxy.command_inout(command, argument)
+        except tango.DevFailed as err:
+            raise ServerError.from_devfailed(err, command) from None
+
+    # ---- submitting ----------------------------------------------------------------------
+    def submit(
+        self, plugin: str, input: dict[str, Any] | None = None, /, **kwargs: Any
+    ) -> JobFuture:  # noqa: A002
+        """Start one job of ``plugin``; return its future.
+
+        The input is ``input`` (a dict) updated with the keyword arguments:
+        ``submit("example.square", x=7)`` or ``submit("example.square", {"x": 7})``.
+        Raises :class:`ServerError` at once if the server refuses it (unknown plugin,
+        input not JSON-serialisable or too large).
+        """
+        data = {**(input or {}), **kwargs}
+        text = self._encode(data)
+        self._begin()
+        ids: list[int] = []
+        try:
+            ids = [int(self._call("startJob", [plugin, text]))]
+        finally:
+            futures = self._track(ids, plugin)
+        return futures[0]
+
+    def map(self, plugin: str, inputs: Iterable[dict[str, Any]]) -> list[JobFuture]:
+        """Start one job of ``plugin`` per input with a single ``startJobs`` call; return
+        their futures in the order of the inputs.
+
+        (More calls only when the inputs together pass the server's limit of one call,
+        16 MiB of JSON.)  The server refuses the whole batch if one input is invalid.
+        """
+        texts = [self._encode(item) for item in inputs]
+        futures: list[JobFuture] = []
+        if not texts:
+            return futures
+        for chunk in _chunks(texts, MAX_INPUT_CHARS - 2):
+            self._begin()
+            ids: list[int] = []
+            try:
+                ids = self._start_batch(plugin, "[" + ",".join(chunk) + "]", len(chunk))
+            finally:
+                futures += self._track(ids, plugin)
+        return futures
+
+    def _start_batch(self, plugin: str, text: str, count: int) -> list[int]:
+        proxy = self._proxy()
+        # a large batch takes longer than one call's default timeout to record
+        base = proxy.get_timeout_millis()
+        proxy.set_timeout_millis(max(base, 10_000 + count * 2))
+        try:
+            return [int(i) for i in proxy.command_inout("startJobs", [plugin, text])]
+        except tango.DevFailed as err:
+            raise ServerError.from_devfailed(err, "startJobs") from None
+        finally:
+            proxy.set_timeout_millis(base)
+
+    @staticmethod
+    def _encode(data: Any) -> str:
+        if not isinstance(data, dict):
+            raise TypeError(f"a job input must be a dict, not {type(data).__name__}")
+        try:
+            return _ENCODER.encode(data)
+        except (TypeError, ValueError) as err:
+            raise ClientError(f"job input is not JSON-serialisable: {err}") from None
+
+    def job(self, job_id: int) -> JobFuture:
+        """The future of an existing job (submitted by anyone, maybe long ago).
+
+        Raises :class:`JobNotFound` if the server knows no such job.  A job that has
+        ended already gives a future that is done as soon as its outcome is fetched.
+        """
+        job_id = int(job_id)
+        future = JobFuture(self, job_id)
+        tracked = self._register(future)  # before asking: an event from now on is not missed
+        if tracked is not future:
+            return tracked
+        try:
+            state = self._call("getJobState", job_id)
+        except ServerError:
+            self._forget(future)
+            raise
+        if state in State.FINAL:
+            self._ended(job_id, state)
+        return future
+
+    def plugins(self, timeout: float = 60.0) -> dict[str, str]:
+        """The plugins the server offers: name → first line of its documentation."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                text = self._proxy().command_inout("listPlugins")
+                break
+            except tango.DevFailed as err:  # still loading the modules: ask again
+                if err.args[0].reason not in _RETRY_REASONS or time.monotonic() > deadline:
+                    raise ServerError.from_devfailed(err, "listPlugins") from None
+        plugins = {}
+        for line in text.splitlines():
+            name, _, doc = line.partition(": ")
+            if name:
+                plugins[name] = doc
+        return plugins
+
+    @staticmethod
+    def as_completed(
+        futures: Iterable[concurrent.futures.Future], timeout: float | None = None
+    ) -> Iterator[concurrent.futures.Future]:
+        """The futures as they complete (:func:`concurrent.futures.as_completed`)."""
+        return concurrent.futures.as_completed(futures, timeout)
+
+    @staticmethod
+    def wait(
+        futures: Iterable[concurrent.futures.Future],
+        timeout: float | None = None,
+        return_when: str = ALL_COMPLETED,
+    ) -> Any:
+        """Wait for the futures (:func:`concurrent.futures.wait`): ``(done, not_done)``."""
+        return concurrent.futures.wait(futures, timeout, return_when)
+
+    @property
+    def pending(self) -> int:
+        """Futures of this client whose job has not ended yet."""
+        with self._lock:
+            return len(self._pending)
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+    def _begin(self) -> None:
+        """A submission starts: events of jobs not tracked yet are kept until it ends."""
+        with self._lock:
+            if self._closed:
+                raise ClientClosed(f"the client of {self.device} is closed")
+            self._submitting += 1
+
+    def _track(self, ids: list[int], plugin: str) -> list[JobFuture]:
+        """A submission ended: make the futures of its ``ids``."""
+        futures = [JobFuture(self, i, plugin) for i in ids]
+        ended = []
+        with self._lock:
+            closed = self._closed
+            for future in futures:
+                if future.job_id in self._early:
+                    ended.append((future, self._early.pop(future.job_id)))
+                elif not closed:
+                    self._pending[future.job_id] = future
+            self._submitting -= 1
+            if not self._submitting:
+                self._early.clear()
+            self._fresh = True
+        if closed:  # closed during the call: nobody would settle them
+            for future in futures:
+                future._settle(State.INEXISTANT, error=self._closed_error(future))
+        for item in ended:
+            self._outcomes.put(item)
+        return futures
+
+    def _register(self, future: JobFuture) -> JobFuture:
+        """Track ``future`` (or return the future already tracking its job)."""
+        with self._lock:
+            if self._closed:
+                raise ClientClosed(f"the client of {self.device} is closed")
+            return self._pending.setdefault(future.job_id, future)
+
+    def _retrack(self, future: JobFuture) -> None:
+        """Follow ``future`` again after :meth:`_forget` (its job may have ended since)."""
+        if not future.done():
+            self._outcomes.put((future, None))  # fetched now; tracked again if not ended
+
+    def _forget(self, future: JobFuture) -> None:
+        with self._lock:
+            if self._pending.get(future.job_id) is future:
+                del self._pending[future.job_id]
+
+    def _ended(self, job_id: int, state: str | None, event: bool = False) -> None:
+        """Job ``job_id`` ended (``state``, or None when only "not a success" is known);
+        ``event``: learnt from a change event (the watcher then stays idle)."""
+        with self._lock:
+            future = self._pending.pop(job_id, None)
+            if future is None:
+                if self._submitting:
+                    self._early[job_id] = state
+                return
+            if event:
+                self._last_event = time.monotonic()
+        self._outcomes.put((future, state))
+
+    def _event(self, name: str, event: Any) -> None:
+        """A change event of ``jobSuccess``/``jobFailure`` (Tango's event thread)."""
+        if self._closed:
+            return
+        if event.err:
+            errors = event.errors or ()
+            logger.info(
+                "%s: event error on %s: %s",
+                self.device,
+                name,
+                errors[0].desc.strip() if errors else "?",
+            )
+            self._suspect = True  # events may have been missed: check every job
+            self._wake.set()
+            return
+        value = event.attr_value.value if event.attr_value is not None else None
+        if value:
+            self._ended(int(value), State.SUCCESS if name == "jobSuccess" else None, event=True)
+
+    # ---- threads -------------------------------------------------------------------------
+    def _resolve_loop(self) -> None:
+        """Fetch the outcome of each ended job and settle its future."""
+        with tango.EnsureOmniThread():
+            while True:
+                item = self._outcomes.get()
+                if item is None:
+                    return
+                future, state = item
+                try:
+                    self._fetch(future, state)
+                except JobNotFound as err:
+                    future._settle(State.INEXISTANT, error=err)
+                except ServerError as err:  # unreachable for now: the watcher tries again
+                    logger.warning("%s: job %s: %s", self.device, future.job_id, err)
+                    self._requeue(future)
+                except Exception as err:  # a loop boundary: the future must not hang
+                    logger.exception(
+                        "%s: job %s: cannot fetch its outcome", self.device, future.job_id
+                    )
+                    future._settle(
+                        State.INEXISTANT, error=ClientError(f"job {future.job_id}: {err}")
+                    )
+
+    def _fetch(self, future: JobFuture, state: str | None) -> None:
+        if future.done():
+            return
+        job_id = future.job_id
+        if state is None:
+            state = self._call("getJobState", job_id)
+        if state == State.SUCCESS:
+            future._settle(state, output=json.loads(self._call("getJobOutput", job_id)))
+        elif state in State.FINAL:
+            klass = JobAborted if state == State.ABORTED else JobFailed
+            error = klass.from_error_text(job_id, self._call("getJobError", job_id))
+            future._settle(state, error=error)
+        else:  # not ended after all (a stale value): keep waiting
+            self._requeue(future)
+
+    def _requeue(self, future: JobFuture) -> None:
+        with self._lock:
+            if not self._closed and not future.done():
+                self._pending.setdefault(future.job_id, future)
+                return
+        if not future.done():
+            future._settle(State.INEXISTANT, error=self._closed_error(future))
+
+    def _closed_error(self, future: JobFuture) -> ClientClosed:
+        return ClientClosed(
+            f"job {future.job_id}: the client of {self.device} was closed before it ended"
+        )
+
+    def _watch_loop(self) -> None:
+        """The fallback for lost events.  Once no event has settled a job of ours for
+        ``poll_interval`` s: ``waitJob`` on the oldest pending job, and every
+        ``sweep_interval`` s (doubling while nothing is found; back to the start when
+        jobs are submitted) a check of every pending job, for those that ended behind a
+        long one.  After an event error: a check of every pending job at once."""
+        period = self.sweep_interval
+        next_sweep = time.monotonic() + period
+        with tango.EnsureOmniThread():
+            while not self._closed:
+                self._wake.wait(self.poll_interval)
+                self._wake.clear()
+                while not self._closed:
+                    with self._lock:
+                        head = next(iter(self._pending.values()), None)
+                        fresh, self._fresh = self._fresh, False
+                    if head is None:
+                        break
+                    now = time.monotonic()
+                    if fresh:
+                        period = self.sweep_interval
+                        next_sweep = min(next_sweep, now + period)
+                    if self._suspect:
+                        self._sweep(forced=True)
+                        continue
+                    if now - max(self._last_event, head._since) < self.poll_interval:
+                        period = self.sweep_interval  # events are flowing: leave it to them
+                        next_sweep = now + period
+                        break
+                    if now >= next_sweep:
+                        found = self._sweep(forced=False)
+                        period = (
+                            self.sweep_interval
+                            if found
+                            else min(2 * period, self.max_sweep_interval)
+                        )
+                        next_sweep = time.monotonic() + period
+                        continue
+                    if not self._wait_head(head):
+                        break
+
+    def _wait_head(self, head: JobFuture) -> bool:
+        """``waitJob`` on the oldest pending job; True if it has ended."""
+        try:
+            state = self._proxy().command_inout("waitJob", head.job_id)
+        except tango.DevFailed as err:
+            if err.args[0].reason == "Dahu_UnknownJob":
+                self._ended(head.job_id, None)  # the resolver reports it
+                return True
+            return False  # timed out on our side, or the server is away: next round
+        if state in State.FINAL:
+            self._ended(head.job_id, state)
+            return True
+        return False
+
+    def _sweep(self, forced: bool) -> int:
+        """Ask the state of every pending job (older than ``poll_interval``); return how
+        many had ended unnoticed."""
+        self._suspect = False
+        cutoff = time.monotonic() - (0 if forced else self.poll_interval)
+        with self._lock:
+            futures = [f for f in self._pending.values() if f._since <= cutoff]
+        found = 0
+        proxy = self._proxy()
+        for future in futures:
+            if self._closed:
+                break
+            try:
+                state = proxy.command_inout("getJobState", future.job_id)
+            except tango.DevFailed as err:
+                if err.args[0].reason != "Dahu_UnknownJob":
+                    self._suspect = forced  # the server is away: sweep again later
+                    break
+                state = None
+            if state is None or state in State.FINAL:
+                with self._lock:
+                    ended = self._pending.get(future.job_id) is future
+                if ended:
+                    found += 1
+                    self._ended(future.job_id, state)
+        if found:
+            logger.info("%s: %d job(s) ended without an event", self.device, found)
+        return found
+
+    # ---- closing -------------------------------------------------------------------------
+    def _unsubscribe(self) -> None:
+        for subscription in self._subscriptions:
+            try:
+                self._events_proxy.unsubscribe_event(subscription)
+            except tango.DevFailed as err:
+                logger.debug("%s: unsubscribe: %s", self.device, err.args[0].desc)
+            except KeyError:  # unsubscribed already, by someone else
+                logger.debug("%s: subscription %s was gone", self.device, subscription)
+        self._subscriptions = []
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Unsubscribe, stop the client's threads and fail the futures still pending with
+        :class:`ClientClosed` (their jobs go on on the server)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pending = list(self._pending.values())
+            self._pending.clear()
+        self._unsubscribe()
+        self._wake.set()
+        for _ in self._threads:
+            self._outcomes.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        for future in pending:
+            future._settle(State.INEXISTANT, error=self._closed_error(future))
+        # outcomes fetched by nobody: their futures must not hang either
+        while True:
+            try:
+                item = self._outcomes.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None and not item[0].done():
+                item[0]._settle(State.INEXISTANT, error=self._closed_error(item[0]))
+
+
+class _EventHandler:
+    """The callback of one subscription: hands each event to the client at once."""
+
+    def __init__(self, client: DahuClient, name: str):
+        self.client = client
+        self.name = name
+
+    def push_event(self, event: Any) -> None:
+        """Called by Tango for each event."""
+        self.client._event(self.name, event)
+
+
+def _chunks(texts: list[str], limit: int) -> Iterator[list[str]]:
+    """Split encoded inputs into batches whose JSON array stays within ``limit`` chars."""
+    chunk: list[str] = []
+    size = 0
+    for text in texts:
+        if chunk and size + len(text) + 1 > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(text)
+        size += len(text) + 1
+    if chunk:
+        yield chunk

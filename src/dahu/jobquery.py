@@ -1,0 +1,204 @@
+"""Queries over the journal of a work directory, for ``dahu-jobs`` and the retention.
+
+Another process (a running ``dahu_server``) may be writing the same journal: reading is
+done on a read-only SQLite connection, which WAL mode lets run beside the server's writer
+without blocking it.  A work directory that does not exist, has no ``journal.sqlite``, or
+whose file is not a Dahu journal is refused with a :class:`NotAJournal` whose message is
+one line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .journal import SCHEMA_VERSION, JobRecord, JournalError, SQLiteJournal
+from .states import State
+
+__all__ = [
+    "NotAJournal",
+    "Filters",
+    "open_journal",
+    "count",
+    "latest",
+    "records",
+    "get",
+    "statistics",
+    "LIGHT_COLUMNS",
+]
+
+LIGHT_COLUMNS = "id, plugin, state, submitted, started, ended, runtime, substr(error, 1, 2000)"
+"""The columns of a listing: no input nor output, the error cut."""
+_BATCH = 1000
+
+
+class NotAJournal(JournalError):
+    """The work directory is missing, or holds no Dahu journal."""
+
+
+@dataclass
+class Filters:
+    """Which jobs: by plugin, state and submission time (epoch seconds, inclusive)."""
+
+    plugin: str | None = None
+    state: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        """The SQL condition and its arguments."""
+        clauses, args = ["1"], []
+        if self.plugin is not None:
+            clauses.append("plugin = ?")
+            args.append(self.plugin)
+        if self.state is not None:
+            clauses.append("state = ?")
+            args.append(self.state)
+        if self.since is not None:
+            clauses.append("submitted >= ?")
+            args.append(self.since)
+        if self.until is not None:
+            clauses.append("submitted <= ?")
+            args.append(self.until)
+        return " AND ".join(clauses), args
+
+
+def open_journal(workdir: str, write: bool = False) -> sqlite3.Connection:
+    """A connection to the journal of ``workdir`` (read-only unless ``write``); never
+    creates one."""
+    workdir = os.path.abspath(workdir)
+    if not os.path.exists(workdir):
+        raise NotAJournal(f"no such work directory: {workdir}")
+    if not os.path.isdir(workdir):
+        raise NotAJournal(f"{workdir} is not a directory")
+    path = os.path.join(workdir, SQLiteJournal.FILENAME)
+    if not os.path.isfile(path):
+        raise NotAJournal(
+            f"{workdir} is not a Dahu work directory: it has no {SQLiteJournal.FILENAME}"
+        )
+    mode = "rw" if write else "ro"
+    uri = f"file:{urllib.parse.quote(path)}?mode={mode}"
+    try:
+        db = sqlite3.connect(
+            uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        db.execute("PRAGMA busy_timeout=30000")
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as err:
+        raise NotAJournal(f"{path} is not a Dahu journal: {err}") from None
+    if "jobs" not in tables:
+        db.close()
+        raise NotAJournal(f"{path} is not a Dahu journal: it has no jobs table")
+    if version > SCHEMA_VERSION:
+        db.close()
+        raise NotAJournal(
+            f"{path} has schema {version}, newer than this Dahu ({SCHEMA_VERSION}): upgrade Dahu"
+        )
+    return db
+
+
+def _read(db: sqlite3.Connection, sql: str, args: Any = ()) -> list[tuple]:
+    try:
+        return db.execute(sql, args).fetchall()
+    except sqlite3.Error as err:
+        raise JournalError(f"cannot read the journal: {err}") from None
+
+
+def count(db: sqlite3.Connection, filters: Filters) -> int:
+    """How many jobs match."""
+    where, args = filters.where()
+    return _read(db, f"SELECT COUNT(*) FROM jobs WHERE {where}", args)[0][0]
+
+
+def latest(db: sqlite3.Connection, filters: Filters, limit: int | None) -> list[tuple]:
+    """The ``limit`` most recent matching jobs (all when None), oldest first, as rows of
+    :data:`LIGHT_COLUMNS`."""
+    where, args = filters.where()
+    sql = f"SELECT {LIGHT_COLUMNS} FROM jobs WHERE {where} ORDER BY id DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args = [*args, limit]
+    rows = _read(db, sql, args)
+    rows.reverse()
+    return rows
+
+
+def records(db: sqlite3.Connection, filters: Filters) -> Iterator[JobRecord]:
+    """Every matching job, whole (input and output), by id; read in batches."""
+    where, args = filters.where()
+    last = 0
+    while True:
+        rows = _read(
+            db,
+            f"SELECT {SQLiteJournal._COLUMNS} FROM jobs WHERE {where} AND id > ? "
+            f"ORDER BY id LIMIT {_BATCH}",
+            [*args, last],
+        )
+        for row in rows:
+            yield SQLiteJournal._record(row)
+        if len(rows) < _BATCH:
+            return
+        last = rows[-1][0]
+
+
+def get(db: sqlite3.Connection, job_id: int) -> JobRecord | None:
+    """The whole record of ``job_id``, or None."""
+    rows = _read(db, f"SELECT {SQLiteJournal._COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+    return SQLiteJournal._record(rows[0]) if rows else None
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """The ``fraction`` quantile of sorted ``values`` (nearest rank), None if empty."""
+    if not values:
+        return None
+    rank = max(1, math.ceil(fraction * len(values)))
+    return values[rank - 1]
+
+
+def _runtime_figures(entry: dict[str, Any], values: list[float]) -> None:
+    values.sort()
+    entry["timed"] = len(values)
+    entry["mean_s"] = sum(values) / len(values) if values else None
+    entry["p95_s"] = percentile(values, 0.95)
+    entry["max_s"] = values[-1] if values else None
+
+
+def _blank() -> dict[str, Any]:
+    return {"jobs": 0, **{s: 0 for s in State.ALL}}
+
+
+def statistics(db: sqlite3.Connection, filters: Filters) -> dict[str, Any]:
+    """``{"plugins": {name: entry}, "total": entry}``: per plugin and in all, the number
+    of jobs, the count per state, and the runtime mean / p95 / max of the ended jobs
+    (``timed``: how many have a runtime)."""
+    where, args = filters.where()
+    per: dict[str, dict[str, Any]] = {}
+    runtimes: dict[str, list[float]] = {}
+    total = _blank()
+    try:
+        for plugin, state, runtime in db.execute(
+            f"SELECT plugin, state, runtime FROM jobs WHERE {where}", args
+        ):
+            entry = per.get(plugin)
+            if entry is None:
+                entry = per[plugin] = _blank()
+                runtimes[plugin] = []
+            for target in (entry, total):
+                target["jobs"] += 1
+                target[state] = target.get(state, 0) + 1
+            if runtime is not None:
+                runtimes[plugin].append(runtime)
+    except sqlite3.Error as err:
+        raise JournalError(f"cannot read the journal: {err}") from None
+    everything: list[float] = []
+    for plugin, entry in per.items():
+        everything += runtimes[plugin]
+        _runtime_figures(entry, runtimes[plugin])
+    _runtime_figures(total, everything)
+    return {"plugins": dict(sorted(per.items())), "total": total}

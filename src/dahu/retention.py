@@ -1,0 +1,368 @@
+"""Pruning the journal: old finished jobs lose their record and their ``.inp``/``.out``
+files, and the space is given back.  ``dahu-jobs prune`` and the server's retention
+setting run the same :func:`prune`.
+
+Safe beside a running server:
+
+* only jobs in a final state (``success``, ``failure``, ``aborted``) are removed, and
+  only those that ended at least ``min_age`` seconds ago (the server writes a job's files
+  just after it ends); a job still queued or running is never touched;
+* records are deleted in short transactions of at most ``batch`` jobs, so the server's
+  own writes wait milliseconds, not the whole prune;
+* a job's files are removed before its record: if the prune is interrupted, what is left
+  is a record whose files are gone (a later prune removes it), never files that no
+  record names;
+* the space is reclaimed in small steps (``PRAGMA incremental_vacuum``), then the WAL
+  file is truncated.  A journal made before this version is rewritten once by
+  ``VACUUM`` (the server's writes wait during that one rewrite).
+
+Job ids are never reused after a prune: new jobs keep counting from the highest id ever
+given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import DahuError
+from .jobquery import open_journal
+from .journal import JournalError, SQLiteJournal, job_file_stem
+from .states import State
+from .timespec import BadTime, parse_duration
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PruneReport",
+    "Retention",
+    "RetentionSchedule",
+    "prune",
+    "parse_retention",
+    "DEFAULT_MIN_AGE",
+]
+
+DEFAULT_MIN_AGE = 60.0
+"""Seconds a job must have ended since before it may be pruned."""
+_FINAL = tuple(sorted(State.FINAL))
+
+
+@dataclass
+class PruneReport:
+    """What a prune removed (or, with ``dry_run``, would remove)."""
+
+    workdir: str
+    dry_run: bool
+    matched: int = 0
+    removed: int = 0
+    kept_unfinished: int = 0
+    kept_recent: int = 0
+    files_removed: int = 0
+    file_bytes: int = 0
+    journal_bytes_before: int = 0
+    journal_bytes_after: int = 0
+    first_id: int | None = None
+    last_id: int | None = None
+    seconds: float = 0.0
+    unfinished_ids: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line for people."""
+        verb = "would remove" if self.dry_run else "removed"
+        ids = f" (ids {self.first_id}-{self.last_id})" if self.first_id is not None else ""
+        text = f"{verb} {self.removed} job(s){ids} and {self.files_removed} file(s), " + (
+            f"{_size(self.file_bytes)} of files"
+        )
+        if not self.dry_run:
+            freed = self.journal_bytes_before - self.journal_bytes_after
+            text += (
+                f"; journal {_size(self.journal_bytes_before)} -> {_size(self.journal_bytes_after)}"
+            )
+            text += f" ({_size(max(freed, 0))} reclaimed)"
+        kept = []
+        if self.kept_unfinished:
+            kept.append(f"{self.kept_unfinished} unfinished")
+        if self.kept_recent:
+            kept.append(f"{self.kept_recent} ended less than the minimum age ago")
+        if kept:
+            text += "; kept " + " and ".join(kept)
+        return text
+
+
+def _size(value: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)
+
+
+def _journal_bytes(path: str) -> int:
+    total = 0
+    for suffix in ("", "-wal"):
+        try:
+            total += os.path.getsize(path + suffix)
+        except OSError:
+            pass
+    return total
+
+
+def prune(
+    workdir: str,
+    before: float | None = None,
+    keep_last: int | None = None,
+    dry_run: bool = False,
+    min_age: float = DEFAULT_MIN_AGE,
+    batch: int = 500,
+    now: float | None = None,
+    settled: float | None = None,
+) -> PruneReport:
+    """Remove the finished jobs submitted before ``before`` (epoch s) and/or not among the
+    ``keep_last`` most recent jobs, with their files; reclaim the space.
+
+    At least one of ``before`` and ``keep_last`` must be given (both: a job must match
+    both to go).  ``dry_run`` only counts.  A job must have ended ``min_age`` s before
+    ``now`` and, when ``settled`` is given (the server knows when its file writer has
+    caught up: :meth:`dahu.engine.Engine.files_settled`), before ``settled``.  See the
+    module's documentation for safety.
+    """
+    if before is None and keep_last is None:
+        raise DahuError("prune needs a date (before) or a number of jobs to keep (keep_last)")
+    if keep_last is not None and keep_last < 0:
+        raise DahuError(f"keep_last must be 0 or more, not {keep_last}")
+    started = time.monotonic()
+    now = time.time() if now is None else now
+    cutoff = now - min_age if settled is None else min(now - min_age, settled)
+    workdir = os.path.abspath(workdir)
+    path = os.path.join(workdir, SQLiteJournal.FILENAME)
+    report = PruneReport(workdir, dry_run, journal_bytes_before=_journal_bytes(path))
+    db = open_journal(workdir, write=not dry_run)
+    try:
+        clauses, args = [], []
+        if before is not None:
+            clauses.append("submitted < ?")
+            args.append(before)
+        if keep_last is not None:
+            row = db.execute(
+                "SELECT id FROM jobs ORDER BY id DESC LIMIT 1 OFFSET ?", (keep_last,)
+            ).fetchone()
+            if row is None:  # no more than keep_last jobs: nothing to remove
+                clauses.append("0")
+            else:
+                clauses.append("id <= ?")
+                args.append(row[0])
+        match = " AND ".join(clauses)
+        report.matched = db.execute(f"SELECT COUNT(*) FROM jobs WHERE {match}", args).fetchone()[0]
+        unfinished = db.execute(
+            f"SELECT id FROM jobs WHERE {match} AND state NOT IN (?, ?, ?) ORDER BY id",
+            [*args, *_FINAL],
+        ).fetchall()
+        report.kept_unfinished = len(unfinished)
+        report.unfinished_ids = [row[0] for row in unfinished[:100]]
+        settled = "state IN (?, ?, ?) AND (ended IS NULL OR ended <= ?)"
+        eligible = f"{match} AND {settled}"
+        eligible_args = [*args, *_FINAL, cutoff]
+        report.kept_recent = db.execute(
+            f"SELECT COUNT(*) FROM jobs WHERE {match} AND state IN (?, ?, ?) AND ended > ?",
+            [*args, *_FINAL, cutoff],
+        ).fetchone()[0]
+        directories: set[str] = set()
+        last = 0
+        while True:
+            rows = db.execute(
+                f"SELECT id, plugin FROM jobs WHERE {eligible} AND id > ? ORDER BY id LIMIT ?",
+                [*eligible_args, last, batch],
+            ).fetchall()
+            if not rows:
+                break
+            last = rows[-1][0]
+            if report.first_id is None:
+                report.first_id = rows[0][0]
+            report.last_id = last
+            for job_id, plugin in rows:
+                _remove_files(workdir, job_id, plugin, dry_run, report, directories)
+            if not dry_run:
+                marks = ",".join("?" * len(rows))
+                with _transaction(db):
+                    db.execute(
+                        f"DELETE FROM jobs WHERE id IN ({marks}) AND state IN (?, ?, ?)",
+                        [*(r[0] for r in rows), *_FINAL],
+                    )
+            report.removed += len(rows)
+        if not dry_run:
+            for directory in sorted(directories):
+                try:
+                    os.rmdir(directory)  # only if empty: the server may write there again
+                except OSError:
+                    pass
+            if report.removed:
+                _reclaim(db)
+    except sqlite3.Error as err:
+        raise JournalError(f"cannot prune the journal {path}: {err}") from None
+    finally:
+        db.close()
+    report.journal_bytes_after = _journal_bytes(path)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+class _transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error) on an autocommit connection."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: Any, *rest: Any) -> None:
+        self.db.execute("ROLLBACK" if kind is not None else "COMMIT")
+
+
+def _remove_files(
+    workdir: str, job_id: int, plugin: str, dry_run: bool, report: PruneReport, dirs: set[str]
+) -> None:
+    stem = job_file_stem(workdir, job_id, plugin)
+    dirs.add(os.path.dirname(stem))
+    for ext in (".inp", ".out"):
+        try:
+            size = os.stat(stem + ext).st_size
+            if not dry_run:
+                os.unlink(stem + ext)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            logger.warning("job %s: cannot remove %s: %s", job_id, stem + ext, err)
+            continue
+        report.files_removed += 1
+        report.file_bytes += size
+
+
+def _reclaim(db: sqlite3.Connection) -> None:
+    """Give the freed pages back to the file system, in small steps when possible."""
+    mode = db.execute("PRAGMA auto_vacuum").fetchone()[0]
+    if mode != 2:  # a journal made before incremental vacuum: convert it, once
+        logger.info("journal: rewriting it once (VACUUM) so that later prunes are incremental")
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute("VACUUM")
+    else:
+        while db.execute("PRAGMA freelist_count").fetchone()[0] > 0:
+            db.execute("PRAGMA incremental_vacuum(2000)").fetchall()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+
+# ---- the server's retention setting ------------------------------------------------------
+@dataclass(frozen=True)
+class Retention:
+    """What the server keeps: jobs younger than ``max_age`` s, or the ``keep_last`` most
+    recent jobs."""
+
+    max_age: float | None = None
+    keep_last: int | None = None
+
+    def describe(self) -> str:
+        """The setting in words, for the log."""
+        if self.keep_last is not None:
+            return f"the last {self.keep_last} jobs"
+        return f"jobs submitted in the last {self.max_age:g} s"
+
+
+def parse_retention(text: str) -> Retention | None:
+    """The retention written ``30d`` (a duration: keep the jobs submitted since then) or
+    ``100000`` (a count: keep that many most recent jobs); None for an empty text (keep
+    everything)."""
+    value = (text or "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return Retention(keep_last=int(value))
+    try:
+        return Retention(max_age=parse_duration(value))
+    except BadTime:
+        raise BadTime(
+            f"bad retention {text!r}: expected a duration such as 30d or 12h, "
+            "or a number of jobs to keep such as 100000"
+        ) from None
+
+
+class RetentionSchedule:
+    """Prunes a work directory by a :class:`Retention` every ``interval`` seconds, in a
+    thread of its own (the first run soon after :meth:`start`).
+
+    ``settled`` (a callable giving the ``settled`` time of :func:`prune`) lets the
+    server's schedule prune jobs as soon as their files are written, instead of waiting
+    ``min_age`` seconds after they ended.
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        retention: Retention,
+        interval: float,
+        min_age: float = DEFAULT_MIN_AGE,
+        first_delay: float = 1.0,
+        settled: Callable[[], float] | None = None,
+    ):
+        self.workdir = workdir
+        self.retention = retention
+        self.interval = max(0.1, float(interval))
+        self.min_age = min_age
+        self.settled = settled
+        self.first_delay = first_delay
+        self.last: PruneReport | None = None
+        self.runs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dahu-retention", daemon=True)
+
+    def start(self) -> RetentionSchedule:
+        """Start the thread; return self."""
+        logger.info(
+            "retention: keeping %s in %s, pruned every %g s",
+            self.retention.describe(),
+            self.workdir,
+            self.interval,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the prune in progress, if any."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def run_once(self) -> PruneReport:
+        """Prune now."""
+        retention = self.retention
+        before = time.time() - retention.max_age if retention.max_age is not None else None
+        report = prune(
+            self.workdir,
+            before=before,
+            keep_last=retention.keep_last,
+            min_age=self.min_age,
+            settled=self.settled() if self.settled is not None else None,
+        )
+        self.last = report
+        self.runs += 1
+        if report.removed:
+            logger.info("retention: %s", report.summary())
+        return report
+
+    def _run(self) -> None:
+        delay = self.first_delay
+        while not self._stop.wait(delay):
+            try:
+                self.run_once()
+            except Exception:  # a loop boundary: try again at the next period
+                logger.exception("retention: pruning %s failed", self.workdir)
+            delay = self.interval

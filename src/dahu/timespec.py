@@ -1,0 +1,71 @@
+"""Times written by people: durations (``90s``, ``10m``, ``1h``, ``2d``, ``1w``) and
+dates (``2026-11-28``, ``2026-11-28T10:00``, ``2026-11-28 10:00:00+01:00``).
+
+Used by ``dahu-jobs`` (``--since``, ``--until``, ``--before``) and by the server's
+retention setting.  Every refusal is a :class:`BadTime` whose message is one line.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import time
+
+from . import DahuError
+
+__all__ = ["BadTime", "UNITS", "parse_duration", "parse_when", "format_time"]
+
+UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+"""Seconds per unit of a duration."""
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw])\s*$", re.IGNORECASE)
+
+
+class BadTime(DahuError, ValueError):
+    """A duration or a date that cannot be understood."""
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a duration written as a number and a unit: ``90s``, ``10m``, ``1.5h``,
+    ``2d``, ``1w``."""
+    match = _DURATION.match(text or "")
+    if not match:
+        raise BadTime(
+            f"bad duration {text!r}: expected a number and a unit s, m, h, d or w (e.g. 12h)"
+        )
+    return float(match.group(1)) * UNITS[match.group(2).lower()]
+
+
+def parse_when(text: str, now: float | None = None) -> float:
+    """Epoch seconds of ``text``: a duration back from ``now`` (``1h`` is an hour ago),
+    ``now``, ``today``/``yesterday`` (local midnight), or an ISO 8601 date or date and
+    time (local time unless it carries an offset or ``Z``)."""
+    now = time.time() if now is None else now
+    value = (text or "").strip()
+    if _DURATION.match(value):
+        return now - parse_duration(value)
+    lowered = value.lower()
+    if lowered == "now":
+        return now
+    if lowered in ("today", "yesterday"):
+        midnight = datetime.datetime.fromtimestamp(now).replace(
+            hour=0, minute=0, second=0, microsecond=0
+        )
+        if lowered == "yesterday":
+            midnight -= datetime.timedelta(days=1)
+        return midnight.timestamp()
+    try:
+        when = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise BadTime(
+            f"bad date {text!r}: expected a date such as 2026-11-28 or 2026-11-28T10:00, "
+            "or a duration back from now such as 1h or 2d"
+        ) from None
+    return when.timestamp()  # naive: local time
+
+
+def format_time(epoch: float | None) -> str:
+    """``2026-11-28 10:00:01`` in local time ("" for None)."""
+    if epoch is None:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))

@@ -1,0 +1,283 @@
+"""``dahu.client``: jobs as futures, against a real ``dahu_server`` process."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import tango
+
+from dahu.app.localserver import LocalServer
+from dahu.client import (
+    FIRST_COMPLETED,
+    ClientClosed,
+    ClientError,
+    DahuClient,
+    JobAborted,
+    JobFailed,
+    JobFuture,
+    JobNotFound,
+    ServerError,
+    as_completed,
+    wait,
+)
+
+from .conftest import finish
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("client")
+    local = LocalServer(
+        str(base / "work"), str(base / "server.log"), max_workers=2, device="test/dahu/client"
+    )
+    local.start(timeout=60)
+    try:
+        yield local
+    finally:
+        status = local.stop()
+    assert status == 0, Path(local.log_path).read_text()[-2000:]
+
+
+@pytest.fixture
+def client(server):
+    with DahuClient(server.url, poll_interval=0.5) as dahu:
+        yield dahu
+
+
+@pytest.fixture
+def proxy(server):
+    """A raw Tango client of the same device."""
+    return tango.DeviceProxy(server.url)
+
+
+def wait_running(future: JobFuture, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while future.state != "running":
+        assert time.monotonic() < deadline, f"job {future.job_id} did not start"
+        time.sleep(0.01)
+
+
+# ---- one job ---------------------------------------------------------------------------------
+def test_a_job_succeeds_with_its_output(client):
+    called = []
+    future = client.submit("example.square", x=7)
+    future.add_done_callback(called.append)
+    assert isinstance(future, concurrent.futures.Future)
+    assert future.result(timeout=30)["result"] == 49
+    assert future.done() and not future.cancelled() and future.exception() is None
+    assert future.state == "success" and future.output["result"] == 49
+    assert future.input["x"] == 7 and future.input["job_id"] == future.job_id == future.id
+    info = future.info
+    assert info["id"] == future.job_id and info["plugin"] == "example.square"
+    assert info["state"] == "success" and info["runtime"] >= 0
+    deadline = time.monotonic() + 10
+    while not called and time.monotonic() < deadline:  # callbacks run in the client's thread
+        time.sleep(0.01)
+    assert called == [future]
+    # the input as a dict, with keywords on top
+    other = client.submit("example.cube", {"x": 3, "y": 1}, y=2)
+    assert other.result(30)["result"] == 27 and other.input["y"] == 2
+
+
+def test_a_failing_job_raises_job_failed(client):
+    future = client.submit("example.error", message="bad frame")
+    with pytest.raises(JobFailed) as info:
+        future.result(timeout=30)
+    error = info.value
+    assert error.job_id == future.job_id and error.state == "failure"
+    assert error.reason == "ValueError: bad frame"
+    assert "Traceback" in error.traceback and "raise ValueError" in error.traceback
+    assert str(error) == f"job {future.job_id} failure: ValueError: bad frame"
+    assert future.exception() is error and future.state == "failure"
+    assert future.error.startswith("ValueError: bad frame\n")
+
+
+def test_cancel_aborts_the_job(client, proxy):
+    future = client.submit("example.sleep", t=60)
+    wait_running(future)
+    started = time.monotonic()
+    assert future.cancel() is True
+    assert future.cancelled() and future.done()
+    with pytest.raises(JobAborted) as info:
+        future.result(timeout=1)
+    assert isinstance(info.value, concurrent.futures.CancelledError)
+    assert info.value.job_id == future.job_id
+    with pytest.raises(JobAborted):
+        future.exception()
+    assert future.cancel() is False  # done already
+    assert finish(proxy, future.job_id) == "aborted"
+    assert time.monotonic() - started < 5
+    # re-attached later, the job reads as aborted, with the server's reason
+    again = client.job(future.job_id)
+    with pytest.raises(JobAborted) as info:
+        again.result(timeout=30)
+    assert info.value.reason == "aborted by a client" and not again.cancelled()
+
+
+def test_a_job_aborted_by_someone_else_raises_job_aborted(client, proxy):
+    future = client.submit("example.sleep", t=60)
+    wait_running(future)
+    assert proxy.abort(future.job_id)
+    with pytest.raises(JobAborted):
+        future.result(timeout=30)
+    assert future.state == "aborted" and not future.cancelled()
+
+
+def test_cancel_of_a_job_that_ended_returns_false(client):
+    future = client.submit("example.square", x=2)
+    assert future.result(30)["result"] == 4
+    assert future.cancel() is False and not future.cancelled()
+
+
+def test_result_timeout(client):
+    future = client.submit("example.sleep", t=60)
+    with pytest.raises(TimeoutError):
+        future.result(timeout=0.2)
+    assert not future.done()
+    assert future.cancel()
+
+
+def test_refused_submissions_raise_at_once(client):
+    with pytest.raises(ServerError) as info:
+        client.submit("nothing.here", x=1)
+    assert info.value.reason == "Dahu_UnknownPlugin"
+    assert "\n" not in str(info.value) and "nothing.here" in str(info.value)
+    with pytest.raises(ClientError, match="not JSON-serialisable"):
+        client.submit("example.square", x=object())
+    with pytest.raises(ServerError) as info:
+        client.map("nothing.here", [{"x": 1}])
+    assert info.value.reason == "Dahu_UnknownPlugin"
+    assert client.pending == 0
+    assert client.map("example.square", []) == []
+
+
+def test_unknown_job(client):
+    with pytest.raises(JobNotFound) as info:
+        client.job(10**9)
+    assert "no job 1000000000" in str(info.value)
+    assert isinstance(info.value, KeyError)
+    assert client.pending == 0
+
+
+def test_plugins(client):
+    plugins = client.plugins()
+    assert plugins["example.square"] == "Return x squared."
+    assert "example.sleep" in plugins
+
+
+# ---- many jobs -------------------------------------------------------------------------------
+def test_map_of_ten_thousand_jobs(client):
+    count = 10_000
+    started = time.monotonic()
+    futures = client.map("example.square", [{"x": x} for x in range(count)])
+    assert [f.job_id for f in futures] == list(range(futures[0].job_id, futures[0].job_id + count))
+    seen = set()
+    for future in as_completed(futures, timeout=600):
+        seen.add(future.job_id)
+    assert len(seen) == count
+    assert [f.result()["result"] for f in futures] == [x * x for x in range(count)]
+    assert client.pending == 0
+    print(f"map of {count} jobs: {count / (time.monotonic() - started):.0f} jobs/s")
+
+
+def test_wait_and_as_completed(client):
+    slow = client.submit("example.sleep", t=60)
+    quick = client.submit("example.square", x=5)
+    done, not_done = wait([slow, quick], timeout=30, return_when=FIRST_COMPLETED)
+    assert done == {quick} and not_done == {slow}
+    done, not_done = client.wait([quick], timeout=30)
+    assert done == {quick} and not not_done
+    assert list(client.as_completed([quick], timeout=5)) == [quick]
+    slow.cancel()
+
+
+def test_two_threads_share_one_client(client):
+    results: dict[str, list] = {}
+    errors: list[BaseException] = []
+
+    def work(name: str, offset: int) -> None:
+        try:
+            singles = [client.submit("example.square", x=offset + i) for i in range(300)]
+            batch = client.map("example.square", [{"x": offset + i} for i in range(300)])
+            results[name] = [f.result(timeout=120)["result"] for f in singles + batch]
+        except BaseException as err:  # reported by the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(n, o)) for n, o in (("a", 0), ("b", 1000))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    assert not errors, errors
+    assert results["a"] == [i * i for i in range(300)] * 2
+    assert results["b"] == [(1000 + i) ** 2 for i in range(300)] * 2
+
+
+# ---- events lost or late -----------------------------------------------------------------
+def test_a_client_started_after_the_jobs_ended(server, proxy):
+    good = proxy.startJob(["example.square", json.dumps({"x": 9})])
+    bad = proxy.startJob(["example.error", json.dumps({"message": "old failure"})])
+    assert finish(proxy, good) == "success" and finish(proxy, bad) == "failure"
+    with DahuClient(server.url) as late:
+        future = late.job(good)
+        assert future.result(timeout=30)["result"] == 81
+        assert future.input["x"] == 9 and future.state == "success"
+        assert future.info["plugin"] == "example.square"
+        failed = late.job(bad)
+        with pytest.raises(JobFailed) as info:
+            failed.result(timeout=30)
+        assert info.value.reason == "ValueError: old failure"
+        assert failed.error.startswith("ValueError: old failure")
+        # a job still running when re-attached completes through the events
+        running = proxy.startJob(["example.sleep", json.dumps({"t": 0.5})])
+        attached = late.job(running)
+        assert late.job(running) is attached
+        assert attached.result(timeout=30)["logging"] == []
+
+
+def test_no_future_hangs_when_events_are_dropped(server):
+    with DahuClient(server.url, poll_interval=0.2, sweep_interval=0.5) as dahu:
+        # drop the events: unsubscribe behind the client's back
+        for subscription in dahu._subscriptions:
+            dahu._events_proxy.unsubscribe_event(subscription)
+        futures = dahu.map("example.square", [{"x": x} for x in range(300)])
+        futures += [dahu.submit("example.error") for _ in range(3)]
+        done, not_done = wait(futures, timeout=120)
+        assert not not_done
+        assert [f.result()["result"] for f in futures[:300]] == [x * x for x in range(300)]
+        assert all(isinstance(f.exception(), JobFailed) for f in futures[300:])
+        # jobs that end behind a long one are found by the sweep, not after it
+        head = dahu.submit("example.sleep", t=20)
+        wait_running(head)
+        quick = [dahu.submit("example.square", x=x) for x in range(5)]
+        done, not_done = wait(quick, timeout=10)
+        assert not not_done and not head.done()
+        assert head.cancel()
+
+
+def test_close_unsubscribes_and_fails_pending_futures(server, proxy):
+    dahu = DahuClient(server.url)
+    future = dahu.submit("example.sleep", t=60)
+    assert len(dahu._subscriptions) == 2
+    dahu.close()
+    assert dahu._subscriptions == []
+    assert all(not thread.is_alive() for thread in dahu._threads)
+    with pytest.raises(ClientClosed):
+        future.result(timeout=5)
+    with pytest.raises(ClientClosed):
+        dahu.submit("example.square", x=1)
+    dahu.close()  # twice: nothing more
+    assert proxy.getJobState(future.job_id) in ("starting", "running")  # the job goes on
+    assert proxy.abort(future.job_id)
+
+
+def test_an_unreachable_device_is_one_line(server):
+    url = server.url.replace(str(server.port), "1")  # nothing listens on port 1
+    with pytest.raises(ServerError) as info:
+        DahuClient(url, timeout=2)
+    assert "\n" not in str(info.value)

@@ -1,0 +1,420 @@
+"""``dahu-jobs`` on a journal written by a running ``dahu_server``, and the server's
+retention setting."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from dahu.app.localserver import LocalServer
+from dahu.client import DahuClient, wait
+from dahu.journal import job_file_stem
+from dahu.retention import parse_retention, prune
+from dahu.timespec import BadTime, parse_duration, parse_when
+
+from .conftest import VENV_BIN, child_env
+
+DAHU_JOBS = str(VENV_BIN / "dahu-jobs")
+
+
+def run(*args: str, workdir: Path | str | None = None) -> subprocess.CompletedProcess:
+    command = [DAHU_JOBS, *args]
+    if workdir is not None:
+        command += ["--workdir", str(workdir)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=child_env())
+
+
+def one_line_error(proc: subprocess.CompletedProcess, status: int) -> str:
+    assert proc.returncode == status, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("dahu-jobs: ") and "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def wait_files(workdir: Path, job_id: int, plugin: str, timeout: float = 30) -> None:
+    stem = job_file_stem(str(workdir), job_id, plugin)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(stem + ".out"):
+        assert time.monotonic() < deadline, f"no files for job {job_id}"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("jobs")
+    local = LocalServer(
+        str(base / "work"), str(base / "server.log"), max_workers=2, device="test/dahu/jobs"
+    )
+    local.start(timeout=60)
+    try:
+        yield local
+    finally:
+        status = local.stop()
+    assert status == 0, Path(local.log_path).read_text()[-2000:]
+
+
+@pytest.fixture(scope="module")
+def history(server):
+    """Jobs of every kind in the server's journal; one still running."""
+    workdir = Path(server.workdir)
+    with DahuClient(server.url) as dahu:
+        running = dahu.submit("example.sleep", t=600)
+        squares = dahu.map("example.square", [{"x": x} for x in range(40)])
+        failed = dahu.submit("example.error", message="no beam")
+        aborted = dahu.submit("example.sleep", t=600)
+        while aborted.state != "running":
+            time.sleep(0.01)
+        aborted.cancel()
+        wait([*squares, failed], timeout=60)
+        for future in (*squares, failed):
+            wait_files(workdir, future.job_id, future.plugin)
+        ids = {
+            "running": running.job_id,
+            "squares": [f.job_id for f in squares],
+            "failed": failed.job_id,
+            "aborted": aborted.job_id,
+        }
+        yield workdir, ids, dahu
+        running.cancel()
+
+
+# ---- list ---------------------------------------------------------------------------------
+def test_list_table_and_json(history):
+    workdir, ids, _ = history
+    proc = run("list", "--limit", "0", workdir=workdir)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["id", "plugin", "state", "submitted", "runtime", "s", "error"]
+    assert any(
+        line.split()[:3] == [str(ids["failed"]), "example.error", "failure"] for line in lines
+    )
+    assert "ValueError: no beam" in proc.stdout
+    proc = run("list", "--json", "--limit", "0", workdir=workdir)
+    items = json.loads(proc.stdout)
+    by_id = {item["id"]: item for item in items}
+    assert by_id[ids["running"]]["state"] == "running"
+    assert by_id[ids["aborted"]]["state"] == "aborted"
+    assert by_id[ids["squares"][3]]["state"] == "success"
+    assert [item["id"] for item in items] == sorted(by_id)
+
+
+def test_list_filters_and_limit(history):
+    workdir, ids, _ = history
+    items = json.loads(run("list", "--json", "--state", "failure", workdir=workdir).stdout)
+    assert [item["id"] for item in items] == [ids["failed"]]
+    assert items[0]["error"] == "ValueError: no beam"
+    items = json.loads(
+        run("list", "--json", "--plugin", "example.square", "--limit", "0", workdir=workdir).stdout
+    )
+    assert [item["id"] for item in items] == ids["squares"]
+    proc = run("list", "--limit", "3", "--plugin", "example.square", workdir=workdir)
+    assert len(proc.stdout.splitlines()) == 2 + 3
+    assert proc.stderr.strip() == "dahu-jobs: the last 3 of 40 matching jobs (--limit 0 for all)"
+    assert proc.stdout.splitlines()[-1].split()[0] == str(ids["squares"][-1])
+    since = json.loads(
+        run("list", "--json", "--since", "1h", "--limit", "0", workdir=workdir).stdout
+    )
+    assert len(since) >= 43
+    proc = run("list", "--until", "2001-01-01", workdir=workdir)
+    assert proc.returncode == 0 and proc.stderr.strip() == "dahu-jobs: no job matches"
+    proc = run("list", "--json", "--since", "2001-01-01T00:00", "--until", "now", workdir=workdir)
+    assert len(json.loads(proc.stdout)) == 43
+
+
+def test_list_by_environment_workdir(history):
+    workdir, ids, _ = history
+    proc = subprocess.run(
+        [DAHU_JOBS, "list", "--json", "--state", "failure"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(DAHU_WORKDIR=str(workdir)),
+    )
+    assert [item["id"] for item in json.loads(proc.stdout)] == [ids["failed"]]
+
+
+# ---- show ---------------------------------------------------------------------------------
+def test_show(history):
+    workdir, ids, _ = history
+    job_id = ids["failed"]
+    proc = run("show", str(job_id), workdir=workdir)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert text.startswith(f"job {job_id}: example.error, failure\n")
+    assert '"message": "no beam"' in text and "Traceback" in text
+    assert "example.py" in text and "version 1.0" in text
+    assert f"{job_id:05d}_example.error.inp" in text
+    record = json.loads(run("show", str(ids["squares"][5]), "--json", workdir=workdir).stdout)
+    assert record["output"]["result"] == 25 and record["input"]["x"] == 5
+    assert record["state"] == "success" and record["submitted"] <= record["ended"]
+    assert record["files"]["out"].endswith("_example.square.out")
+    assert record["host"] and record["pid"] and record["module_file"].endswith("example.py")
+
+
+def test_show_unknown_id(history):
+    workdir, _, _ = history
+    line = one_line_error(run("show", "999999", workdir=workdir), 1)
+    assert line == f"dahu-jobs: no job 999999 in the journal of {workdir}"
+
+
+# ---- stats, export ------------------------------------------------------------------------
+def test_stats(history):
+    workdir, _, _ = history
+    figures = json.loads(run("stats", "--json", workdir=workdir).stdout)
+    square = figures["plugins"]["example.square"]
+    assert square["jobs"] == square["success"] == 40 and square["timed"] == 40
+    assert 0 <= square["mean_s"] <= square["p95_s"] <= square["max_s"]
+    sleep = figures["plugins"]["example.sleep"]
+    assert sleep["aborted"] >= 1 and sleep["running"] >= 1
+    assert figures["plugins"]["example.error"]["failure"] == 1
+    assert figures["total"]["jobs"] == sum(e["jobs"] for e in figures["plugins"].values())
+    text = run("stats", "--plugin", "example.square", workdir=workdir).stdout
+    header, _, row, total = text.splitlines()
+    assert header.split() == [
+        "plugin", "jobs", "success", "failure", "aborted", "unfinished", "mean", "s", "p95", "s"
+    ]  # fmt: skip
+    assert row.split()[:6] == ["example.square", "40", "40", "0", "0", "0"]
+    assert total.split()[:2] == ["(all)", "40"]
+
+
+def test_export_json_lines_and_csv(history, tmp_path):
+    workdir, ids, _ = history
+    proc = run("export", "--plugin", "example.square", workdir=workdir)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 40
+    first = json.loads(lines[0])
+    assert first["id"] == ids["squares"][0] and first["output"]["result"] == 0
+    assert set(first) >= {"id", "plugin", "state", "input", "output", "error", "runtime"}
+    target = tmp_path / "jobs.csv"
+    proc = run("export", "-o", str(target), workdir=workdir)
+    assert proc.returncode == 0 and "written to" in proc.stderr
+    rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    failed = next(row for row in rows if row["id"] == str(ids["failed"]))
+    assert failed["state"] == "failure" and failed["error"].startswith("ValueError: no beam\n")
+    assert json.loads(failed["input"])["message"] == "no beam"
+    assert len(rows) == len(
+        json.loads(run("list", "--json", "--limit", "0", workdir=workdir).stdout)
+    )
+    proc = run("export", "--format", "csv", "--state", "aborted", workdir=workdir)
+    assert next(csv.DictReader(io.StringIO(proc.stdout)))["state"] == "aborted"
+
+
+# ---- bad input ----------------------------------------------------------------------------
+def test_bad_work_directories(tmp_path):
+    missing = tmp_path / "nothing"
+    line = one_line_error(run("list", workdir=missing), 3)
+    assert line == f"dahu-jobs: no such work directory: {missing}"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    line = one_line_error(run("stats", workdir=foreign), 3)
+    assert "is not a Dahu work directory" in line
+    assert os.listdir(foreign) == []  # nothing created
+    (foreign / "journal.sqlite").write_bytes(b"not a database at all" * 100)
+    line = one_line_error(run("show", "1", workdir=foreign), 3)
+    assert "is not a Dahu journal" in line
+    other = tmp_path / "other"
+    other.mkdir()
+    sqlite3.connect(other / "journal.sqlite").execute("CREATE TABLE t (x)").connection.commit()
+    assert "no jobs table" in one_line_error(run("export", workdir=other), 3)
+    assert "is not a directory" in one_line_error(run("list", workdir=other / "journal.sqlite"), 3)
+    assert "no such work" in one_line_error(run("prune", "--keep-last", "1", workdir=missing), 3)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["list", "--since", "last tuesday"], "bad date 'last tuesday'"),
+        (["list", "--until", "2026-13-45"], "bad date '2026-13-45'"),
+        (["list", "--limit", "-1"], "expected 0 or more"),
+        (["list", "--limit", "many"], "expected a whole number"),
+        (["list", "--state", "done"], "invalid choice: 'done'"),
+        (["show", "abc"], "a job id is a whole number"),
+        (["show"], "the following arguments are required: ID"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        ([], "the following arguments are required: COMMAND"),
+        (["prune"], "one of the arguments --before --keep-last is required"),
+        (["prune", "--before", "1d", "--keep-last", "3"], "not allowed with argument"),
+        (["prune", "--before", "soon"], "bad date 'soon'"),
+        (["prune", "--keep-last", "1", "--min-age", "a while"], "bad duration 'a while'"),
+        (["export", "--format", "xml"], "invalid choice: 'xml'"),
+    ],
+)
+def test_bad_usage_is_one_line_and_status_2(history, args, expected):
+    workdir, _, _ = history
+    line = one_line_error(run(*args, workdir=workdir), 2)
+    assert expected in line
+
+
+def test_version_and_help():
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("dahu-jobs ")
+    proc = run("prune", "--help")
+    assert proc.returncode == 0 and "--keep-last" in proc.stdout
+
+
+def test_time_specs():
+    assert parse_duration("90s") == 90 and parse_duration("1.5h") == 5400
+    assert parse_duration("2D") == 2 * 86400 and parse_duration("1w") == 7 * 86400
+    assert parse_when("1h", now=10_000) == 6400
+    assert parse_when("now", now=5.0) == 5.0
+    assert parse_when("2026-11-28T00:00:00+00:00") == 1795824000
+    assert parse_when("today") <= time.time() and parse_when("yesterday") < parse_when("today")
+    for bad in ("", "1", "h", "-1h", "1y"):
+        with pytest.raises(BadTime):
+            parse_duration(bad)
+    assert parse_retention("") is None and parse_retention("  ") is None
+    assert parse_retention("1000").keep_last == 1000
+    assert parse_retention("30d").max_age == 30 * 86400
+    with pytest.raises(BadTime, match="bad retention 'forever'"):
+        parse_retention("forever")
+
+
+# ---- prune ----------------------------------------------------------------------------------
+def test_prune_on_a_running_server(server, history):
+    workdir, ids, dahu = history
+    before_list = json.loads(run("list", "--json", "--limit", "0", workdir=workdir).stdout)
+    dry = json.loads(
+        run(
+            "prune", "--keep-last", "5", "--min-age", "0", "--dry-run", "--json", workdir=workdir
+        ).stdout
+    )
+    assert dry["dry_run"] and dry["removed"] == len(before_list) - 5 - dry["kept_unfinished"]
+    assert dry["kept_unfinished"] == 1 and dry["unfinished_ids"] == [ids["running"]]
+    assert json.loads(run("list", "--json", "--limit", "0", workdir=workdir).stdout) == before_list
+    # the default minimum age keeps every job that ended in the last minute
+    recent = json.loads(run("prune", "--keep-last", "5", "--json", workdir=workdir).stdout)
+    assert recent["removed"] == 0 and recent["kept_recent"] == dry["removed"]
+    # a server writes new jobs while we prune
+    more = dahu.map("example.square", [{"x": x} for x in range(200)])
+    proc = run("prune", "--keep-last", "5", "--min-age", "0", "--json", workdir=workdir)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["removed"] >= dry["removed"] and report["kept_unfinished"] == 1
+    assert report["files_removed"] > 0 and report["file_bytes"] > 0
+    wait(more, timeout=60)
+    assert [f.result()["result"] for f in more] == [x * x for x in range(200)]
+    left = json.loads(run("list", "--json", "--limit", "0", workdir=workdir).stdout)
+    left_ids = [item["id"] for item in left]
+    assert ids["running"] in left_ids  # unfinished: never pruned
+    assert ids["failed"] not in left_ids and ids["squares"][0] not in left_ids
+    for job_id in ids["squares"]:
+        stem = job_file_stem(str(workdir), job_id, "example.square")
+        assert not os.path.exists(stem + ".inp") and not os.path.exists(stem + ".out")
+    # the server still reads and runs jobs; ids go on
+    assert dahu.submit("example.square", x=12).result(30)["result"] == 144
+    assert dahu.job(more[-1].job_id).result(30)["result"] == 199**2
+    one_line_error(run("show", str(ids["failed"]), workdir=workdir), 1)
+
+
+def test_prune_reclaims_space_and_ids_are_never_reused(tmp_path):
+    workdir = tmp_path / "work"
+    local = LocalServer(str(workdir), str(tmp_path / "server.log"), device="test/dahu/prune")
+    local.start(timeout=60)
+    try:
+        with DahuClient(local.url) as dahu:
+            futures = dahu.map("example.square", [{"x": x, "pad": "x" * 2000} for x in range(1500)])
+            wait(futures, timeout=120)
+            last = futures[-1].job_id
+            wait_files(workdir, last, "example.square")
+            journal = workdir / "journal.sqlite"
+            size = journal.stat().st_size
+            report = prune(str(workdir), before=time.time() + 1, min_age=0)
+            assert report.removed == 1500 and report.files_removed == 3000
+            assert report.journal_bytes_after < report.journal_bytes_before / 4
+            assert journal.stat().st_size < size / 4
+            assert not list(workdir.glob("000?"))  # emptied directories are removed
+            assert dahu.submit("example.square", x=2).job_id == last + 1
+    finally:
+        assert local.stop() == 0
+    # a restarted server on the emptied journal goes on counting
+    local = LocalServer(str(workdir), str(tmp_path / "server2.log"), device="test/dahu/prune")
+    local.start(timeout=60)
+    try:
+        with DahuClient(local.url) as dahu:
+            future = dahu.submit("example.square", x=3)
+            assert future.result(30)["result"] == 9
+            assert future.job_id > last + 1
+    finally:
+        assert local.stop() == 0
+
+
+# ---- the server's retention setting ---------------------------------------------------------
+def test_server_retention_keeps_the_last_jobs(tmp_path):
+    workdir = tmp_path / "work"
+    local = LocalServer(
+        str(workdir),
+        str(tmp_path / "server.log"),
+        max_workers=2,
+        device="test/dahu/retention",
+        extra_args=["--retention", "5", "--retention-interval", "0.3"],
+    )
+    local.start(timeout=60)
+    try:
+        assert "retention: keeping the last 5 jobs, pruned every 0.3 s" in local.proxy.status()
+        with DahuClient(local.url) as dahu:
+            long = dahu.submit("example.sleep", t=600)
+            futures = dahu.map("example.square", [{"x": x} for x in range(30)])
+            wait(futures, timeout=60)
+            deadline = time.monotonic() + 30
+            while True:
+                listed = json.loads(run("list", "--json", "--limit", "0", workdir=workdir).stdout)
+                if len(listed) <= 6 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            ids = [item["id"] for item in listed]
+            assert ids == [long.job_id] + [f.job_id for f in futures[-5:]]  # unfinished kept
+            deadline = time.monotonic() + 10
+            while len(list(workdir.glob("*/*.out"))) > 5 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            outs = sorted(path.name for path in workdir.glob("*/*.out"))
+            assert outs == [f"{f.job_id:05d}_example.square.out" for f in futures[-5:]]
+            # recent jobs stay readable through the device
+            assert dahu.job(futures[-1].job_id).result(30)["result"] == 29**2
+            assert long.cancel()
+    finally:
+        assert local.stop() == 0
+
+
+def test_server_retention_by_age_and_bad_settings(tmp_path):
+    proc = subprocess.run(
+        [str(VENV_BIN / "dahu_server"), "x", "--retention", "forever"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
+    assert proc.returncode == 2 and "bad retention 'forever'" in proc.stderr
+    workdir = tmp_path / "work"
+    local = LocalServer(
+        str(workdir),
+        str(tmp_path / "server.log"),
+        device="test/dahu/age",
+        extra_args=["--retention", "2s", "--retention-interval", "0.3"],
+    )
+    local.start(timeout=60)
+    try:
+        with DahuClient(local.url) as dahu:
+            old = dahu.map("example.square", [{"x": x} for x in range(10)])
+            wait(old, timeout=60)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                listed = json.loads(run("list", "--json", workdir=workdir).stdout)
+                if not listed:
+                    break
+                time.sleep(0.2)
+            assert listed == []
+            young = dahu.submit("example.square", x=4)
+            assert young.result(30)["result"] == 16
+            listed = json.loads(run("list", "--json", workdir=workdir).stdout)
+            assert [item["id"] for item in listed] == [young.job_id]
+    finally:
+        assert local.stop() == 0
