@@ -370,7 +370,7 @@ class DahuClient:
     # ---- submitting ----------------------------------------------------------------------
     def submit(
         self, plugin: str, input: dict[str, Any] | None = None, /, **kwargs: Any
-    ) -> JobFuture:  # noqa: A002
+    ) -> JobFuture:
         """Start one job of ``plugin``; return its future.
 
         The input is ``input`` (a dict) updated with the keyword arguments:
@@ -392,8 +392,9 @@ class DahuClient:
         """Start one job of ``plugin`` per input with a single ``startJobs`` call; return
         their futures in the order of the inputs.
 
-        (More calls only when the inputs together pass the server's limit of one call,
-        16 MiB of JSON.)  The server refuses the whole batch if one input is invalid.
+        The server refuses the whole batch if one input is invalid.  More calls are made
+        only when the inputs together pass the server's limit of one call (16 MiB of
+        JSON); if one of those is refused, the jobs of the calls before it go on.
         """
         texts = [self._encode(item) for item in inputs]
         futures: list[JobFuture] = []
