@@ -246,6 +246,7 @@ def test_bad_work_directories(tmp_path):
         (["prune", "--before", "soon"], "bad date 'soon'"),
         (["prune", "--keep-last", "1", "--min-age", "a while"], "bad duration 'a while'"),
         (["export", "--format", "xml"], "invalid choice: 'xml'"),
+        (["export", "-o", "/nonexistent/jobs.csv"], "cannot write /nonexistent/jobs.csv"),
     ],
 )
 def test_bad_usage_is_one_line_and_status_2(history, args, expected):

@@ -6,7 +6,7 @@
 
     with DahuClient("id00/dahu/1") as dahu:
         future = dahu.submit("example.square", x=7)
-        print(future.result(timeout=60))            # {'x': 7, 'result': 49, ...}
+        print(future.result(timeout=60))            # {'result': 49, 'logging': []}
         for future in as_completed(dahu.map("example.square", [{"x": i} for i in range(100)])):
             print(future.job_id, future.result()["result"])
 
@@ -37,7 +37,16 @@ from typing import Any
 
 import tango
 
-from . import DahuError
+from .futures import (
+    ClientClosed,
+    ClientError,
+    JobAborted,
+    JobError,
+    JobFailed,
+    JobFuture,
+    JobNotFound,
+    ServerError,
+)
 from .inputs import MAX_INPUT_CHARS
 from .states import State
 from .utils import NumpyEncoder
@@ -69,197 +78,6 @@ ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 
 _ENCODER = NumpyEncoder(separators=(",", ":"))
 _RETRY_REASONS = {"Dahu_TryAgain"}
-
-
-# ---- errors ----------------------------------------------------------------------------
-class ClientError(DahuError):
-    """An error of the Dahu client."""
-
-
-class ServerError(ClientError):
-    """The device refused a request or could not be reached.
-
-    :ivar reason: the Tango reason code (``Dahu_InvalidInput``, ``Dahu_UnknownPlugin``,
-        ``API_DeviceTimedOut``, ...)
-    """
-
-    def __init__(self, message: str, reason: str = ""):
-        super().__init__(message)
-        self.reason = reason
-
-    @classmethod
-    def from_devfailed(cls, err: tango.DevFailed, what: str) -> ServerError:
-        """The one-line error of a ``DevFailed`` raised by ``what``."""
-        first = err.args[0]
-        klass = JobNotFound if first.reason == "Dahu_UnknownJob" else cls
-        desc = " ".join(first.desc.split()) or first.reason
-        return klass(f"{what}: {desc}", first.reason)
-
-
-class JobNotFound(ServerError, KeyError):
-    """The server knows no job with this id."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
-
-
-class JobError(ClientError):
-    """A job that did not succeed.
-
-    :ivar job_id: the job's id
-    :ivar state: its final state (``failure`` or ``aborted``)
-    :ivar reason: the one-line reason given by the server
-    :ivar traceback: the traceback text recorded with the error ("" if none)
-    """
-
-    def __init__(self, job_id: int, state: str, reason: str, traceback: str = ""):
-        super().__init__(f"job {job_id} {state}: {reason}" if reason else f"job {job_id} {state}")
-        self.job_id = job_id
-        self.state = state
-        self.reason = reason
-        self.traceback = traceback
-
-    @classmethod
-    def from_error_text(cls, job_id: int, text: str) -> JobError:
-        """Build from the text of ``getJobError``: a reason line, then the traceback."""
-        reason, _, rest = text.strip().partition("\n")
-        return cls(job_id, cls.STATE, reason.strip(), rest.strip("\n"))
-
-    STATE = "failure"
-
-
-class JobFailed(JobError):
-    """The job ended in ``failure``: its plugin raised, it timed out, or it was
-    interrupted by a server restart."""
-
-    STATE = State.FAILURE
-
-
-class JobAborted(JobError, concurrent.futures.CancelledError):
-    """The job was aborted (by :meth:`JobFuture.cancel`, another client, or the server
-    shutting down).  A :class:`concurrent.futures.CancelledError` too."""
-
-    STATE = State.ABORTED
-
-
-class ClientClosed(ClientError):
-    """The client was closed before the job ended (the job itself goes on)."""
-
-
-# ---- futures ---------------------------------------------------------------------------
-class JobFuture(concurrent.futures.Future):
-    """The future of one Dahu job.
-
-    Besides the :class:`concurrent.futures.Future` interface it knows its job:
-    :attr:`job_id`, and the properties :attr:`state`, :attr:`input`, :attr:`output`,
-    :attr:`error` and :attr:`info`, which ask the server (one round trip each, except
-    what the ended future knows already).
-    """
-
-    def __init__(self, client: DahuClient, job_id: int, plugin: str | None = None):
-        super().__init__()
-        self.job_id = int(job_id)
-        self.plugin = plugin
-        self._client = client
-        self._since = time.monotonic()
-        self._final_state: str | None = None
-
-    def __repr__(self) -> str:
-        return f"<JobFuture job {self.job_id} {self.plugin or ''} {self._state.lower()}>"
-
-    @property
-    def id(self) -> int:
-        """The job id (same as :attr:`job_id`)."""
-        return self.job_id
-
-    # -- Future interface
-    def cancel(self) -> bool:
-        """Abort the job on the server.
-
-        Return True when the server accepted (the job was queued or running): the future
-        is then cancelled at once (``result()`` raises :class:`JobAborted`) while the job
-        stops as soon as its plugin notices.  False if the job had ended already.
-        """
-        if self.done():
-            return False
-        client = self._client
-        client._forget(self)  # the event of the abort must not settle it meanwhile
-        try:
-            stopping = client._call("abort", self.job_id)
-        except BaseException:
-            client._retrack(self)
-            raise
-        if stopping and super().cancel():
-            self._final_state = State.ABORTED
-            return True
-        client._retrack(self)  # it had ended: its outcome is fetched as usual
-        return False
-
-    def _aborted(self) -> JobAborted:
-        return JobAborted(self.job_id, State.ABORTED, "aborted by cancel()")
-
-    def result(self, timeout: float | None = None) -> dict[str, Any]:
-        """The job's output dict, waiting at most ``timeout`` s (``TimeoutError`` then);
-        raises :class:`JobFailed` or :class:`JobAborted` if the job did not succeed."""
-        try:
-            return super().result(timeout)
-        except concurrent.futures.CancelledError as err:
-            if isinstance(err, JobAborted):
-                raise
-            raise self._aborted() from None
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        """The job's :class:`JobError` (None if it succeeded), waiting at most ``timeout`` s."""
-        try:
-            return super().exception(timeout)
-        except concurrent.futures.CancelledError as err:
-            if isinstance(err, JobAborted):
-                raise
-            raise self._aborted() from None
-
-    # -- the job on the server
-    @property
-    def state(self) -> str:
-        """The job's state: the final one once the future is done, else asked now."""
-        if self._final_state is not None:
-            return self._final_state
-        return self._client._call("getJobState", self.job_id)
-
-    @property
-    def input(self) -> dict[str, Any]:
-        """The job's input as the server recorded it (with ``job_id`` and ``plugin_name``)."""
-        return json.loads(self._client._call("getJobInput", self.job_id))
-
-    @property
-    def output(self) -> dict[str, Any]:
-        """The job's output: the result once it succeeded, else what the server has now."""
-        if self.done() and not self.cancelled() and self.exception(0) is None:
-            return self.result(0)
-        return json.loads(self._client._call("getJobOutput", self.job_id))
-
-    @property
-    def error(self) -> str:
-        """The job's error text: a one-line reason, then the traceback ("" if none)."""
-        return self._client._call("getJobError", self.job_id)
-
-    @property
-    def info(self) -> dict[str, Any]:
-        """Times, state and provenance of the job (``getJobInfo``): id, plugin, state,
-        submitted/started/ended (epoch s), runtime (s), error line, host, pid, version,
-        module_file, plugin_version."""
-        return json.loads(self._client._call("getJobInfo", self.job_id))
-
-    # -- settled by the client
-    def _settle(self, state: str, output: Any = None, error: BaseException | None = None) -> None:
-        """Record the outcome unless the future is done already (cancelled, closed)."""
-        self._final_state = state
-        try:
-            if error is None:
-                self.set_result(output)
-            else:
-                self.set_exception(error)
-        except concurrent.futures.InvalidStateError:
-            pass  # cancelled by the user meanwhile
 
 
 # ---- the client ------------------------------------------------------------------------

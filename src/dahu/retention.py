@@ -315,7 +315,7 @@ class RetentionSchedule:
     ):
         self.workdir = workdir
         self.retention = retention
-        self.interval = max(0.1, float(interval))
+        self.interval = float(interval)
         self.min_age = min_age
         self.settled = settled
         self.first_delay = first_delay
@@ -365,4 +365,4 @@ class RetentionSchedule:
                 self.run_once()
             except Exception:  # a loop boundary: try again at the next period
                 logger.exception("retention: pruning %s failed", self.workdir)
-            delay = self.interval
+            delay = max(0.1, self.interval)

@@ -142,11 +142,7 @@ def configure_retention(
     global _retention
     with _engine_lock:
         current = _retention
-        if (
-            current is not None
-            and current.retention == retention
-            and current.interval == max(0.1, interval)
-        ):
+        if current is not None and (current.retention, current.interval) == (retention, interval):
             return current
         if current is not None:
             current.stop()

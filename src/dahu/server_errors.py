@@ -18,6 +18,7 @@ import tango
 from . import DahuError
 from .factory import UnknownPlugin
 from .job import InvalidInput
+from .utils import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +36,6 @@ class UnknownJob(DahuError, KeyError):
 
 class TryAgain(DahuError):
     """The answer is not ready within the bounded wait: the client should call again."""
-
-
-def one_line(text: str, limit: int = MAX_REASON) -> str:
-    """The first non-empty line of ``text``, cut to ``limit`` characters."""
-    for line in str(text).splitlines():
-        if line.strip():
-            line = line.strip()
-            return line if len(line) <= limit else line[: limit - 3] + "..."
-    return ""
 
 
 def _reason_code(err: BaseException) -> str:

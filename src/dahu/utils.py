@@ -23,6 +23,7 @@ __all__ = [
     "dumps",
     "gc_paused",
     "error_line",
+    "one_line",
 ]
 
 
@@ -91,6 +92,15 @@ def get_workdir(basedir: str | None = None) -> str:
         os.makedirs(path, exist_ok=True)
         _workdir = (os.getpid(), path)
         return path
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """The first non-empty line of ``text``, stripped and cut to ``limit`` characters."""
+    for line in str(text).splitlines():
+        if line.strip():
+            line = line.strip()
+            return line if len(line) <= limit else line[: limit - 3] + "..."
+    return ""
 
 
 def error_line(err: BaseException) -> str:

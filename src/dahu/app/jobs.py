@@ -5,7 +5,7 @@ Reads the journal (``journal.sqlite``) of ``--workdir`` (default ``$DAHU_WORKDIR
 the same journal; only ``prune`` writes (see :mod:`dahu.retention`).
 
 Exit status: 0 done, 1 no job with the id given to ``show``, 2 bad usage (unknown
-option, bad date or number), 3 the work directory is missing, is not a Dahu work
+option, bad date or number, an export file that cannot be written), 3 the work directory is missing, is not a Dahu work
 directory, or its journal cannot be read or written.  Every error is one line on stderr.
 """
 
@@ -26,6 +26,7 @@ from ..journal import JournalError, default_workdir, job_file_stem
 from ..retention import DEFAULT_MIN_AGE, prune
 from ..states import State
 from ..timespec import BadTime, format_time, parse_duration, parse_when
+from ..utils import one_line
 
 __all__ = ["build_parser", "main", "EXIT_OK", "EXIT_NOT_FOUND", "EXIT_USAGE", "EXIT_WORKDIR"]
 
@@ -200,15 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- commands ---------------------------------------------------------------------------
 def _filters(args: argparse.Namespace) -> Filters:
     return Filters(args.plugin, args.state, args.since, args.until)
-
-
-def one_line(text: str, width: int = 500) -> str:
-    """The first non-empty line of ``text``, cut to ``width`` characters."""
-    for line in text.splitlines():
-        if line.strip():
-            line = line.strip()
-            return line if len(line) <= width else line[: width - 3] + "..."
-    return ""
 
 
 def _cut(text: str | None, width: int = 60) -> str:

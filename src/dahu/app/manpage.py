@@ -227,7 +227,11 @@ PAGES: dict[str, Page] = {
         exit_status=[
             ("0", "done (also when no job matches)"),
             ("1", "show: no job with this id in the journal"),
-            ("2", "bad usage: unknown command or option, bad date, duration or number"),
+            (
+                "2",
+                "bad usage: unknown command or option, bad date, duration or number, or an "
+                "export file that cannot be written",
+            ),
             (
                 "3",
                 "the work directory does not exist, is not a Dahu work directory (no "
