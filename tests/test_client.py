@@ -260,6 +260,27 @@ def test_no_future_hangs_when_events_are_dropped(server):
         assert head.cancel()
 
 
+def test_a_job_cut_by_a_server_crash_fails_after_the_restart(tmp_path):
+    workdir, device = str(tmp_path / "work"), "test/dahu/crash"
+    first = LocalServer(workdir, str(tmp_path / "first.log"), device=device)
+    first.start(timeout=60)
+    second = LocalServer(workdir, str(tmp_path / "second.log"), device=device, port=first.port)
+    try:
+        with DahuClient(first.url, poll_interval=0.2) as dahu:
+            future = dahu.submit("example.sleep", t=600)
+            wait_running(future)
+            first.process.kill()  # no shutdown: the job is left running in the journal
+            first.process.wait()
+            second.start(timeout=60)
+            with pytest.raises(JobFailed) as info:
+                future.result(timeout=60)
+            assert info.value.reason == "interrupted"
+            assert dahu.submit("example.square", x=5).result(timeout=30)["result"] == 25
+    finally:
+        first.stop()
+        assert second.stop() == 0
+
+
 def test_close_unsubscribes_and_fails_pending_futures(server, proxy):
     dahu = DahuClient(server.url)
     future = dahu.submit("example.sleep", t=60)

@@ -402,6 +402,7 @@ class DahuClient:
                 except ServerError as err:  # unreachable for now: the watcher tries again
                     logger.warning("%s: job %s: %s", self.device, future.job_id, err)
                     self._requeue(future)
+                    self._suspect = True
                 except Exception as err:  # a loop boundary: the future must not hang
                     logger.exception(
                         "%s: job %s: cannot fetch its outcome", self.device, future.job_id
@@ -461,7 +462,8 @@ class DahuClient:
                         period = self.sweep_interval
                         next_sweep = min(next_sweep, now + period)
                     if self._suspect:
-                        self._sweep(forced=True)
+                        if self._sweep(forced=True) < 0:
+                            break  # the server is away: try again after a pause
                         continue
                     if now - max(self._last_event, head._since) < self.poll_interval:
                         period = self.sweep_interval  # events are flowing: leave it to them
@@ -469,6 +471,9 @@ class DahuClient:
                         break
                     if now >= next_sweep:
                         found = self._sweep(forced=False)
+                        if found < 0:
+                            next_sweep = time.monotonic() + period
+                            break
                         period = (
                             self.sweep_interval
                             if found
@@ -495,7 +500,8 @@ class DahuClient:
 
     def _sweep(self, forced: bool) -> int:
         """Ask the state of every pending job (older than ``poll_interval``); return how
-        many had ended unnoticed."""
+        many had ended unnoticed, -1 if the server could not be asked (a forced sweep
+        is then tried again)."""
         self._suspect = False
         cutoff = time.monotonic() - (0 if forced else self.poll_interval)
         with self._lock:
@@ -509,8 +515,8 @@ class DahuClient:
                 state = proxy.command_inout("getJobState", future.job_id)
             except tango.DevFailed as err:
                 if err.args[0].reason != "Dahu_UnknownJob":
-                    self._suspect = forced  # the server is away: sweep again later
-                    break
+                    self._suspect = self._suspect or forced  # the server is away
+                    return -1
                 state = None
             if state is None or state in State.FINAL:
                 with self._lock:

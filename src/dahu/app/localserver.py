@@ -52,6 +52,8 @@ class LocalServer:
     :param max_workers: job slots (``--max-workers``); None for the server's default
     :param device: the device name; :attr:`url` is its database-less address
     :param extra_args: more ``dahu_server`` options (``--executor process``, ...)
+    :param port: the TCP port (default: a free one), e.g. to restart a server where its
+        clients expect it
     """
 
     def __init__(
@@ -62,10 +64,11 @@ class LocalServer:
         device: str = DEVICE,
         instance: str = "demo",
         extra_args: list[str] | None = None,
+        port: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.log_path = log_path
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"tango://127.0.0.1:{self.port}/{device}#dbase=no"
         script = os.path.join(os.path.dirname(sys.executable), "dahu_server")
         launcher = (
