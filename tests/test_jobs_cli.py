@@ -291,6 +291,15 @@ def test_prune_on_a_running_server(server, history):
     assert dry["dry_run"] and dry["removed"] == len(before_list) - 5 - dry["kept_unfinished"]
     assert dry["kept_unfinished"] == 1 and dry["unfinished_ids"] == [ids["running"]]
     assert json.loads(run("list", "--json", "--limit", "0", workdir=workdir).stdout) == before_list
+    by_date = json.loads(
+        run(
+            "prune", "--before", "now", "--min-age", "0", "--dry-run", "--json", workdir=workdir
+        ).stdout
+    )
+    assert by_date["removed"] == len(before_list) - 1 and by_date["kept_unfinished"] == 1
+    assert (
+        json.loads(run("prune", "--before", "1h", "--json", workdir=workdir).stdout)["matched"] == 0
+    )
     # the default minimum age keeps every job that ended in the last minute
     recent = json.loads(run("prune", "--keep-last", "5", "--json", workdir=workdir).stdout)
     assert recent["removed"] == 0 and recent["kept_recent"] == dry["removed"]

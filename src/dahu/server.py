@@ -244,7 +244,9 @@ class DahuDS(Device):
         self._wait = max(0.0, float(self.wait_timeout))
         self._retention_error = ""
         spec = settings.retention if settings.retention is not None else self.retention
-        interval = settings.retention_interval or self.retention_interval
+        interval = settings.retention_interval or (
+            self.retention_interval if self.retention_interval > 0 else DEFAULT_RETENTION_INTERVAL
+        )
         try:
             configure_retention(self._engine, parse_retention(spec), interval)
         except DahuError as err:  # keep serving; Status tells why nothing is pruned
