@@ -278,11 +278,15 @@ class DahuClient:
             except tango.DevFailed as err:  # still loading the modules: ask again
                 if err.args[0].reason not in _RETRY_REASONS or time.monotonic() > deadline:
                     raise ServerError.from_devfailed(err, "listPlugins") from None
+        if text.startswith("<error>"):
+            raise ServerError(f"listPlugins: {text.partition(': ')[2]}", "Dahu_Error")
         plugins = {}
-        for line in text.splitlines():
-            name, _, doc = line.partition(": ")
-            if name:
-                plugins[name] = doc
+        for line in text.splitlines():  # a header line, then " name : first doc line"
+            name, sep, doc = line.strip().partition(" : ")
+            if not sep:
+                name, sep, doc = line.strip().partition(": ")
+            if sep and name and " " not in name:
+                plugins[name] = doc.strip()
         return plugins
 
     @staticmethod
