@@ -116,6 +116,8 @@ def test_list_filters_and_limit(history):
         run("list", "--json", "--plugin", "example.square", "--limit", "0", workdir=workdir).stdout
     )
     assert [item["id"] for item in items] == ids["squares"]
+    proc = run("list", "--json", "--limit", "3", "--plugin", "example.square", workdir=workdir)
+    assert len(json.loads(proc.stdout)) == 3 and "the last 3 of 40" in proc.stderr
     proc = run("list", "--limit", "3", "--plugin", "example.square", workdir=workdir)
     assert len(proc.stdout.splitlines()) == 2 + 3
     assert proc.stderr.strip() == "dahu-jobs: the last 3 of 40 matching jobs (--limit 0 for all)"
@@ -172,7 +174,7 @@ def test_stats(history):
     figures = json.loads(run("stats", "--json", workdir=workdir).stdout)
     square = figures["plugins"]["example.square"]
     assert square["jobs"] == square["success"] == 40 and square["timed"] == 40
-    assert 0 <= square["mean_s"] <= square["p95_s"] <= square["max_s"]
+    assert 0 <= square["p95_s"] <= square["max_s"] and 0 <= square["mean_s"] <= square["max_s"]
     sleep = figures["plugins"]["example.sleep"]
     assert sleep["aborted"] >= 1 and sleep["running"] >= 1
     assert figures["plugins"]["example.error"]["failure"] == 1
@@ -428,3 +430,12 @@ def test_server_retention_by_age_and_bad_settings(tmp_path):
             assert [item["id"] for item in listed] == [young.job_id]
     finally:
         assert local.stop() == 0
+
+
+def test_percentile_is_the_nearest_rank():
+    from dahu.jobquery import percentile
+
+    assert percentile([], 0.95) is None
+    assert percentile([3.0], 0.95) == 3.0
+    assert percentile([float(i) for i in range(1, 101)], 0.95) == 95.0
+    assert percentile([1.0, 2.0, 3.0, 100.0], 0.95) == 100.0

@@ -222,21 +222,21 @@ def cmd_list(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
             item["error"] = one_line(item["error"] or "")
         json.dump(items, out, indent=1)
         out.write("\n")
-        return EXIT_OK
-    table = [
-        [i, plugin, state, format_time(submitted), _seconds_text(runtime), _cut(error)]
-        for i, plugin, state, submitted, _, _, runtime, error in rows
-    ]
-    headers = ["id", "plugin", "state", "submitted", "runtime s", "error"]
-    out.write(tabulate(table, headers=headers, disable_numparse=True) + "\n")
-    if args.limit and len(rows) == args.limit:
+    else:
+        table = [
+            [i, plugin, state, format_time(submitted), _seconds_text(runtime), _cut(error)]
+            for i, plugin, state, submitted, _, _, runtime, error in rows
+        ]
+        headers = ["id", "plugin", "state", "submitted", "runtime s", "error"]
+        out.write(tabulate(table, headers=headers, disable_numparse=True) + "\n")
+        if not rows:
+            sys.stderr.write(f"{PROG}: no job matches\n")
+    if args.limit and len(rows) == args.limit:  # said on stderr: the JSON stays clean
         total = count(db, filters)
         if total > len(rows):
             sys.stderr.write(
                 f"{PROG}: the last {len(rows)} of {total} matching jobs (--limit 0 for all)\n"
             )
-    elif not rows:
-        sys.stderr.write(f"{PROG}: no job matches\n")
     return EXIT_OK
 
 
