@@ -29,6 +29,7 @@ __all__ = [
     "records",
     "get",
     "statistics",
+    "percentile",
     "LIGHT_COLUMNS",
 ]
 
