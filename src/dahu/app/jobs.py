@@ -376,8 +376,13 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_prune(args, out)
         db = open_journal(args.workdir)
         try:
-            command = {"list": cmd_list, "show": cmd_show, "stats": cmd_stats}
-            return command.get(args.command, cmd_export)(db, args, out)
+            commands = {
+                "list": cmd_list,
+                "show": cmd_show,
+                "stats": cmd_stats,
+                "export": cmd_export,
+            }
+            return commands[args.command](db, args, out)
         finally:
             db.close()
     except JournalError as err:
