@@ -15,9 +15,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 version = __version__
 
-
-class DahuError(Exception):
-    """Base class of every error raised by Dahu itself (not by plugin code)."""
+from .errors import DahuError  # noqa: E402 - after the version, which errors does not need
 
 
 __all__ = ["DahuError", "__version__", "version"]

@@ -18,8 +18,8 @@ import threading
 from types import ModuleType
 from typing import Any
 
-from . import DahuError
-from .utils import error_line, fully_qualified_name
+from .errors import DahuError, UnknownPlugin, error_line
+from .utils import fully_qualified_name
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +27,6 @@ __all__ = ["load_source", "Factory", "plugin_factory", "register", "UnknownPlugi
 
 BUILTIN_PLUGIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
-
-
-class UnknownPlugin(DahuError):
-    """A plugin name that cannot be resolved to a registered plugin class."""
 
 
 def load_source(module_name: str, file_path: str) -> ModuleType:
