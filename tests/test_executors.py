@@ -42,7 +42,7 @@ def kind_engine(request, tmp_path_factory):
 @pytest.fixture
 def kind(kind_engine):
     kind, engine = kind_engine
-    dahu.engine._current = engine  # this module's engine is the current one
+    dahu.engine.activate(engine)  # this module's engine is the current one
     return kind
 
 

@@ -75,6 +75,22 @@ def load_source(module_name: str, file_path: str) -> ModuleType:
     return module
 
 
+def _list_modules(directory: str) -> list[str]:
+    """The plugin modules of a directory: its ``*.py`` files and its packages."""
+    modules = []
+    try:
+        entries = sorted(os.listdir(directory))
+    except OSError:  # removed since it was added
+        return modules
+    for entry in entries:
+        path = os.path.join(directory, entry)
+        if entry.endswith(".py") and entry != "__init__.py" and os.path.isfile(path):
+            modules.append(entry[:-3])
+        elif os.path.isfile(os.path.join(path, "__init__.py")):
+            modules.append(entry)
+    return modules
+
+
 class Factory:
     """Instantiates plugins by name; ``Factory()(name)`` returns a new plugin instance.
 
@@ -91,6 +107,7 @@ class Factory:
         self.workdir = workdir
         self._dirs: list[str] = []
         self._env_seen: str | None = None
+        self._env_lock = threading.Lock()
         if isinstance(plugin_path, str):
             plugin_path = [p for p in plugin_path.split(os.pathsep) if p]
         for directory in plugin_path or []:
@@ -103,9 +120,12 @@ class Factory:
         env = os.environ.get("DAHU_PLUGINS", "")
         if env == self._env_seen:
             return
-        self._env_seen = env
-        for directory in reversed([d for d in env.split(os.pathsep) if d]):
-            self.add_directory(directory, first=True)
+        with self._env_lock:  # another thread must not see the new value half applied
+            if env == self._env_seen:
+                return
+            for directory in reversed([d for d in env.split(os.pathsep) if d]):
+                self.add_directory(directory, first=True)
+            self._env_seen = env
 
     @property
     def directories(self) -> list[str]:
@@ -122,13 +142,7 @@ class Factory:
         if not os.path.isdir(directory):
             logger.warning("plugin directory %s does not exist: ignored", directory)
             return
-        modules = []
-        for entry in sorted(os.listdir(directory)):
-            path = os.path.join(directory, entry)
-            if entry.endswith(".py") and entry != "__init__.py" and os.path.isfile(path):
-                modules.append(entry[:-3])
-            elif os.path.isfile(os.path.join(path, "__init__.py")):
-                modules.append(entry)
+        modules = _list_modules(directory)
         with self.reg_sem:
             Factory.plugin_dirs[directory] = modules
             if directory in self._dirs:
@@ -166,10 +180,34 @@ class Factory:
             if module_name not in Factory.modules:
                 path = self._module_path(module_name)
                 if path is None:
+                    # a module added to a plugin directory since it was indexed
+                    for directory in self._dirs:
+                        Factory.plugin_dirs[directory] = _list_modules(directory)
+                    path = self._module_path(module_name)
+                if path is None:
                     return None
                 logger.debug("loading plugin module %s from %s", module_name, path)
                 Factory.modules[module_name] = load_source(module_name, path)
         return Factory.registry.get(key)
+
+    def locate(self, plugin_name: str) -> None:
+        """Check that ``plugin_name`` can be found without importing any plugin code: it
+        is registered, or a plugin directory has its module; :class:`UnknownPlugin`
+        otherwise.  (Whether the module defines it is known only once it is loaded.)"""
+        key = plugin_name.lower() if isinstance(plugin_name, str) else ""
+        if key in Factory.registry:
+            return
+        if _NAME_RE.match(key):
+            self._sync_env()
+            module_name = key.split(".", 1)[0]
+            with self.reg_sem:
+                if module_name in Factory.modules or self._module_path(module_name):
+                    return
+                for directory in self._dirs:  # a module added since it was indexed
+                    Factory.plugin_dirs[directory] = _list_modules(directory)
+                if self._module_path(module_name):
+                    return
+        raise UnknownPlugin(self.describe_failure(plugin_name))
 
     def describe_failure(self, plugin_name: str) -> str:
         """A one-line reason why ``plugin_name`` cannot be instantiated."""
@@ -191,7 +229,7 @@ class Factory:
             klass = self.search_plugin(plugin_name)
         except DahuError:
             raise
-        except Exception as err:
+        except BaseException as err:  # SystemExit or worse from a module's code included
             raise UnknownPlugin(f"cannot load plugin {plugin_name!r}: {error_line(err)}") from err
         if klass is None:
             raise UnknownPlugin(self.describe_failure(plugin_name))
@@ -212,7 +250,7 @@ class Factory:
             for module_name in Factory.plugin_dirs.get(directory, ()):
                 try:
                     self.search_plugin(f"{module_name}._")
-                except Exception as err:
+                except BaseException as err:  # a module's SystemExit must not end us
                     found[f"{module_name.lower()}.<error>"] = f"cannot load: {error_line(err)}"
         for name, klass in sorted(Factory.registry.items()):
             doc = (getattr(klass, "function", None) or klass).__doc__ or ""

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["UnknownJob", "TryAgain", "one_line", "client_errors", "MAX_REASON"]
 
+
 def _reason_code(err: BaseException) -> str:
     for klass, code in (
         (InvalidInput, "Dahu_InvalidInput"),

@@ -264,6 +264,7 @@ class Reprocessor:
         self.stop = threading.Event()
         self.forced = False
         self.aborting = False
+        self.give_up_at = float("inf")
         self.started = self.ended = time.monotonic()
         show = not args.quiet and sys.stderr.isatty()
         self.bar = tqdm(total=len(items), unit="job", file=sys.stderr, disable=not show)
@@ -292,10 +293,12 @@ class Reprocessor:
                 while self.pending:
                     if self.stop.is_set() and not self.aborting:
                         self._abort_all()
+                    if self.aborting and time.monotonic() > self.give_up_at:
+                        self._give_up()
+                        break
                     self._reap(0.1)
             except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
-                self.forced = True
-                self.say(f"{PROG}: not waiting for {len(self.pending)} running job(s)")
+                self._give_up()
         self.ended = time.monotonic()
         self.bar.close()
 
@@ -318,7 +321,16 @@ class Reprocessor:
             for sig, old in previous.items():
                 signal.signal(sig, old)
 
+    def _give_up(self) -> None:
+        """Stop waiting for jobs that did not stop (their plugin ignores the abort)."""
+        self.forced = True
+        self.say(f"{PROG}: not waiting for {len(self.pending)} job(s) that did not stop")
+
     def _abort_all(self) -> None:
+        # every job ends within the executor's grace period after its abort (a plugin
+        # that ignores it is abandoned or killed): wait a little longer, never forever
+        grace = float(getattr(self.engine.executor, "abort_grace", 5.0))
+        self.give_up_at = time.monotonic() + grace + 5.0
         self.aborting = True
         self.say(f"{PROG}: interrupted: aborting {len(self.pending)} job(s)")
         for job in list(self.pending.values()):

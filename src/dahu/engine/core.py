@@ -102,6 +102,10 @@ class Engine:
             runs.append(run)
         return runs
 
+    def last_id(self) -> int:
+        """The highest job id recorded in the journal."""
+        return self.journal.last_id()
+
     def find(self, job_id: int) -> JobRun | None:
         """The run of ``job_id`` if it is in memory (live, or ended and referenced)."""
         return self.table.find(job_id)
@@ -156,8 +160,9 @@ class Engine:
 
         self.watchdog.call_later(period, sweep)
 
-    def clean_later(self, run: JobRun) -> None:
-        """Write the job's ``.inp``/``.out`` files and free it in a background thread.
+    def clean_later(self, job: Any) -> None:
+        """Call ``job.clean(wait=False)`` in a background thread: write the ended job's
+        ``.inp``/``.out`` files and free its data.
 
         Creating two files may take a millisecond on a busy disk: done there, it delays
         neither the job's end nor its event.  The journal already holds the outcome, so
@@ -169,17 +174,17 @@ class Engine:
                     target=self._clean_jobs, name="dahu-files", daemon=True
                 )
                 self._cleaner.start()
-        self._to_clean.put(run)
+        self._to_clean.put(job)
 
     def _clean_jobs(self) -> None:
         while True:
-            run = self._to_clean.get()
-            if run is None:
+            job = self._to_clean.get()
+            if job is None:
                 return
             try:
-                self.cycle.clean(run)
+                job.clean(wait=False)
             except Exception:
-                logger.exception("job %s: cannot write its files", run.id)
+                logger.exception("job %s: cannot write its files", job.id)
 
     def shutdown(self, abort: bool = True, timeout: float = 30.0) -> bool:
         """Stop: abort (or let finish) the jobs queued or running, wait at most

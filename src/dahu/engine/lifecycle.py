@@ -29,6 +29,7 @@ from ..errors import JournalError, error_line
 from ..executors.runner import Outcome
 from ..journal.base import JobRecord
 from ..states import State
+from ..utils import get_isotime
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class JobRun:
         "cleaned",
         "files_written",
         "from_journal",
+        "submitted",
+        "aborted_at",
         "face",
         "cycle",
         "__weakref__",
@@ -91,6 +94,8 @@ class JobRun:
         self.cleaned = False
         self.files_written = False
         self.from_journal = False
+        self.submitted = time.time()
+        self.aborted_at: float | None = None
         self.face: Any = None  # a weak reference to the dahu.job.Job showing this run
 
     @classmethod
@@ -102,6 +107,7 @@ class JobRun:
         run.error = record.error
         run.state = record.state
         run.started, run.ended = record.started, record.ended
+        run.submitted = record.submitted
         run.noted_running = run.recorded = run.cleaned = run.files_written = True
         run.from_journal = True
         run.done.set()
@@ -140,6 +146,20 @@ class JobRun:
         if me == self.runner or me == self.callback_thread:
             return self.done.is_set()
         return self.done.wait(timeout)
+
+
+def final_output(run: JobRun, outcome: Outcome) -> dict[str, Any]:
+    """The output clients read: the plugin's, with ``job_runtime``, and the original's
+    ``error`` (list of lines) or ``aborted`` (time) keys."""
+    output = dict(outcome.output) if isinstance(outcome.output, dict) else {}
+    ended = outcome.ended if outcome.ended is not None else time.time()
+    begun = outcome.started if outcome.started is not None else run.submitted
+    output["job_runtime"] = max(ended - begun, 0.0)
+    if outcome.state == State.FAILURE and outcome.error:
+        output["error"] = outcome.error.splitlines()
+    elif outcome.state == State.ABORTED:
+        output["aborted"] = get_isotime(run.aborted_at or ended)
+    return output
 
 
 class LifeCycle:
@@ -226,6 +246,7 @@ class LifeCycle:
                 logger.warning("job %s is %s: nothing to abort", run.id, state)
                 return False
             run.abort_reason = reason
+            run.aborted_at = time.time()
             execution = run.execution
         executor = self.engine.executor
         if execution is not None:
@@ -257,7 +278,9 @@ class LifeCycle:
         never raises, and the waiters are woken whatever happens."""
         with self.lock:
             if run.recorded:
-                logger.warning("job %s: late %s from an abandoned plugin ignored", run.id, outcome.state)
+                logger.warning(
+                    "job %s: late %s from an abandoned plugin ignored", run.id, outcome.state
+                )
                 return
             run.recorded = True
         engine = self.engine
@@ -266,18 +289,24 @@ class LifeCycle:
             if run.timer is not None:
                 engine.watchdog.cancel(run.timer)
                 run.timer = None
-            run.output, run.error = outcome.output, outcome.error
+            output = final_output(run, outcome)
+            final_input = None
+            if outcome.input is not None and outcome.input != run.input_data:
+                # a plugin that added keys to its input has them recorded, as in the original
+                final_input = run.input_data = {**(run.input_data or {}), **outcome.input}
+            run.output, run.error = output, outcome.error
             run.started, run.ended = outcome.started, outcome.ended
             try:
                 engine.journal.finish(
                     run.id,
                     outcome.state,
-                    outcome.output,
+                    output,
                     outcome.error,
                     outcome.started,
                     outcome.ended,
                     outcome.module_file,
                     outcome.plugin_version,
+                    final_input,
                 )
                 recorded = True
             except Exception as err:  # a journal must not leave a job running forever

@@ -44,9 +44,7 @@ class JobTable:
         """The run of ``job_id`` if it is in memory, else None."""
         with self.lock:
             return (
-                self._live.get(job_id)
-                or self._unrecorded.get(job_id)
-                or self._recent.get(job_id)
+                self._live.get(job_id) or self._unrecorded.get(job_id) or self._recent.get(job_id)
             )
 
     def live(self) -> list[Any]:

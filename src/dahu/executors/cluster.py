@@ -121,7 +121,7 @@ def run_task(
         outcome = execution.run()
     finally:
         finished.set()
-    return outcome_message(outcome)
+    return outcome_message(outcome, job_id)
 
 
 class DaskExecution:

@@ -40,6 +40,8 @@ class Outcome:
     ended: float | None = None
     module_file: str | None = None
     plugin_version: str | None = None
+    #: the plugin's ``input`` at the end (plugins may add keys; the ``.inp`` file keeps them)
+    input: dict[str, Any] | None = None
 
 
 def plugin_provenance(plugin: Any) -> tuple[str | None, str | None]:
@@ -132,7 +134,9 @@ class Execution:
             self.abort(self.abort_reason or "aborted on request")
         state, error = State.SUCCESS, None
         try:
-            self._call(plugin, plugin.DEFAULT_SET_UP, dict(self.input_data))
+            # as in the original: the input is in place before setup(), called bare
+            plugin.input.update(self.input_data)
+            self._call(plugin, plugin.DEFAULT_SET_UP)
             if not (self.abort_requested or getattr(plugin, "is_aborted", False)):
                 self._process(plugin)
         except BaseException as err:
@@ -154,4 +158,8 @@ class Execution:
         if not isinstance(output, dict):
             output = {"result": output}
         module_file, version = plugin_provenance(plugin)
-        return Outcome(state, output, error, started, time.time(), module_file, version)
+        final_input = getattr(plugin, "input", None)
+        final_input = final_input if isinstance(final_input, dict) else None
+        return Outcome(
+            state, output, error, started, time.time(), module_file, version, final_input
+        )

@@ -29,7 +29,7 @@ import psutil
 
 from ..errors import error_line
 from ..factory import plugin_factory
-from ..journal.base import encode_output
+from ..journal.base import encode_final_input, encode_output
 from ..journal.reader import use_reader
 from ..states import State
 from .runner import Execution, Outcome
@@ -48,9 +48,10 @@ def _rss() -> int:
     return _self.memory_info().rss
 
 
-def outcome_message(outcome: Outcome) -> dict[str, Any]:
+def outcome_message(outcome: Outcome, job_id: int | None = None) -> dict[str, Any]:
     """The picklable, JSON-safe form of an outcome sent back to the server."""
     output, error = encode_output(outcome.output, outcome.error)
+    final_input = encode_final_input(job_id, outcome.input)
     return {
         "state": outcome.state,
         "output": output,
@@ -59,6 +60,7 @@ def outcome_message(outcome: Outcome) -> dict[str, Any]:
         "ended": outcome.ended,
         "module_file": outcome.module_file,
         "plugin_version": outcome.plugin_version,
+        "input": final_input,  # None: the server keeps the input it sent
         "rss": _rss(),
     }
 
@@ -73,6 +75,7 @@ def outcome_from_message(data: dict[str, Any]) -> Outcome:
         data["ended"],
         data["module_file"],
         data["plugin_version"],
+        json.loads(data["input"]) if data.get("input") else None,
     )
 
 
@@ -98,7 +101,7 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
             outcome = Outcome(State.FAILURE, {}, f"worker error: {error_line(err)}")
         current.pop(job_id, None)
         try:
-            send(("done", job_id, outcome_message(outcome)))
+            send(("done", job_id, outcome_message(outcome, job_id)))
         except OSError:
             logger.error("job %s: the server is gone", job_id)
 

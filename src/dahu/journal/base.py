@@ -28,6 +28,7 @@ The contract, for every implementation (all methods are thread-safe):
 from __future__ import annotations
 
 import abc
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ __all__ = [
     "JournalError",
     "default_workdir",
     "encode_input",
+    "encode_final_input",
     "encode_output",
     "INTERRUPTED",
     "HOST",
@@ -52,6 +54,7 @@ INTERRUPTED = "interrupted"
 """The error of a job whose process died before it ended."""
 HOST = socket.gethostname()
 _COMPACT = NumpyEncoder()
+logger = logging.getLogger(__name__)
 
 
 def default_workdir() -> str:
@@ -70,6 +73,17 @@ def encode_input(input_data: Any) -> str:
         return _COMPACT.encode(input_data)
     except (TypeError, ValueError, RecursionError) as err:
         raise JournalError(f"job input is not JSON-serialisable: {err}") from err
+
+
+def encode_final_input(job_id: int, input_data: Any) -> str | None:
+    """The plugin's final input as JSON, or None (logged) if it is not serialisable."""
+    if input_data is None:
+        return None
+    try:
+        return _COMPACT.encode(input_data)
+    except (TypeError, ValueError, RecursionError):
+        logger.warning("job %s: its final input is not JSON-serialisable", job_id)
+        return None
 
 
 def encode_output(output: Any, error: str | None) -> tuple[str | None, str | None]:
@@ -142,9 +156,12 @@ class Journal(abc.ABC):
         ended: float | None,
         module_file: str | None = None,
         plugin_version: str | None = None,
+        input_data: dict[str, Any] | None = None,
     ) -> None:
-        """Record the final state of a job, its output or error, and its times (an unknown
-        id is ignored; an output that is not serialisable is kept as its ``repr``)."""
+        """Record the final state of a job, its output or error, and its times; with
+        ``input_data``, replace the recorded input (the plugin's final input; kept as it
+        was if that one is not serialisable).  An unknown id is ignored; an output that is
+        not serialisable is kept as its ``repr``."""
 
     @abc.abstractmethod
     def get(self, job_id: int) -> JobRecord | None:

@@ -9,7 +9,7 @@ from ..utils import NumpyEncoder
 
 __all__ = ["job_file_stem", "write_job_files"]
 
-_PRETTY = NumpyEncoder(indent=2)
+_PRETTY = NumpyEncoder(indent=4)  # the original's indentation
 _known_dirs: set[str] = set()
 
 

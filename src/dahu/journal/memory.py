@@ -12,8 +12,8 @@ from typing import Any
 
 from .. import __version__
 from ..states import State
-from .base import HOST, JobRecord, Journal, encode_input, encode_output
 from ..statistics import aggregate
+from .base import HOST, JobRecord, Journal, encode_final_input, encode_input, encode_output
 
 __all__ = ["MemoryJournal"]
 
@@ -70,12 +70,16 @@ class MemoryJournal(Journal):
         ended: float | None,
         module_file: str | None = None,
         plugin_version: str | None = None,
+        input_data: dict[str, Any] | None = None,
     ) -> None:
         text, error = encode_output(output, error)
+        final_input = encode_final_input(job_id, input_data)
         with self._lock:
             record = self._records.get(job_id)
             if record is None:
                 return
+            if final_input is not None:
+                record.input = json.loads(final_input)
             record.state, record.error = state, error
             record.output = json.loads(text) if text is not None else None
             record.started, record.ended = started, ended

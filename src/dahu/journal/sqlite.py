@@ -21,16 +21,17 @@ import psutil
 from .. import __version__
 from ..errors import JournalError
 from ..states import State
+from ..statistics import aggregate
 from .base import (
     HOST,
     INTERRUPTED,
     JobRecord,
     Journal,
     default_workdir,
+    encode_final_input,
     encode_input,
     encode_output,
 )
-from ..statistics import aggregate
 
 logger = logging.getLogger(__name__)
 
@@ -175,14 +176,20 @@ class SQLiteJournal(Journal):
         ended: float | None,
         module_file: str | None = None,
         plugin_version: str | None = None,
+        input_data: dict[str, Any] | None = None,
     ) -> None:
         runtime = (ended - started) if started is not None and ended is not None else None
         text, error = encode_output(output, error)
-        self._write(
+        values = (state, text, error, started, ended, runtime, module_file, plugin_version)
+        sql = (
             "UPDATE jobs SET state = ?, output = ?, error = ?, started = ?, ended = ?, "
-            "runtime = ?, module_file = ?, plugin_version = ? WHERE id = ?",
-            (state, text, error, started, ended, runtime, module_file, plugin_version, job_id),
+            "runtime = ?, module_file = ?, plugin_version = ?"
         )
+        final_input = encode_final_input(job_id, input_data)
+        if final_input is not None:
+            values += (final_input,)
+            sql += ", input = ?"
+        self._write(sql + " WHERE id = ?", values + (job_id,))
 
     _COLUMNS = (
         "id, plugin, state, input, output, error, submitted, started, ended, runtime, "
@@ -250,5 +257,3 @@ class SQLiteJournal(Journal):
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
