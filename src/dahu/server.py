@@ -19,11 +19,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy
@@ -32,11 +30,12 @@ from tango import AttrWriteType, DevLong, DevState, DevVarLongArray
 from tango.server import Device, attribute, command, device_property
 
 from . import __version__
-from . import engine as dahu_engine
 from .errors import DahuError, InvalidInput, TryAgain, UnknownJob, one_line
 from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_inputs
 from .job import Job
+from .properties import PROPERTIES
 from .server_errors import client_errors
+from .server_settings import ServerSettings, configure_engine, settings, shutdown
 from .states import State
 from .utils import NumpyEncoder, gc_paused
 
@@ -55,128 +54,19 @@ __all__ = [
 ]
 
 INT32_MAX = 2**31 - 1
-DEFAULT_WAIT_TIMEOUT = 2.0
-DEFAULT_QUEUE_LIMIT = 1000
-
-
-@dataclass
-class ServerSettings:
-    """Settings given on the ``dahu_server`` command line; they win over device properties.
-
-    ``engine_options`` are extra keyword arguments for :func:`dahu.engine.configure`
-    (the place for future options such as the executor kind).
-    """
-
-    workdir: str | None = None
-    plugins: list[str] = field(default_factory=list)
-    max_workers: int | None = None
-    executor: str | None = None
-    scheduler: str | None = None
-    timeout: float | None = None
-    engine_options: dict[str, Any] = field(default_factory=dict)
-
-
-settings = ServerSettings()
-"""The process's server settings (set by ``dahu_server`` before the server starts)."""
-
-_engine: dahu_engine.Engine | None = None
-_engine_lock = threading.Lock()
-
-
-# ---- helpers -------------------------------------------------------------------------
-def configure_engine(
-    workdir: str | None,
-    max_workers: int | None,
-    plugin_dirs: list[str],
-    executor: str = "thread",
-    scheduler: str | None = None,
-    timeout: float | None = None,
-) -> dahu_engine.Engine:
-    """Make the process's engine on first call; later calls reuse it (a device ``Init``
-    keeps running jobs).  Plugin directories are added to the engine's factory."""
-    global _engine
-    with _engine_lock:
-        engine = _engine
-        if engine is None:
-            options = dict(settings.engine_options)
-            options.setdefault("executor_kind", executor)
-            options.setdefault("default_timeout", timeout)
-            if executor == "dask":
-                executor_options = dict(options.get("executor_options") or {})
-                executor_options.setdefault("scheduler", scheduler or "local")
-                options["executor_options"] = executor_options
-            engine = dahu_engine.configure(workdir=workdir, max_workers=max_workers, **options)
-            _engine = engine
-            if engine.interrupted:
-                logger.warning(
-                    "%d job(s) left unfinished by a previous server marked failed (interrupted)",
-                    len(engine.interrupted),
-                )
-        else:
-            if workdir and os.path.abspath(workdir) != engine.workdir:
-                logger.warning(
-                    "work directory %s ignored: the server uses %s until it restarts",
-                    workdir,
-                    engine.workdir,
-                )
-            if max_workers and getattr(engine.executor, "max_workers", max_workers) != max_workers:
-                engine.executor.max_workers = max_workers
-    for directory in plugin_dirs:
-        engine.factory.add_directory(directory)
-    return engine
-
-
-def shutdown(timeout: float = 30.0) -> bool:
-    """Abort the jobs still queued or running, wait (at most ``timeout`` s) until their
-    outcome is recorded and their files written, then close the journal.
-
-    Return True if every job ended in time.  Jobs aborted while queued end at once,
-    without running their plugin.
-    """
-    engine = _engine
-    return True if engine is None else engine.shutdown(abort=True, timeout=timeout)
 
 
 # ---- the device ----------------------------------------------------------------------
 class DahuDS(Device):
     """Data-analysis job server: runs Dahu plugins as jobs, on request of Tango clients."""
 
-    plugins_directory = device_property(
-        dtype=(str,), default_value=[], doc="Directories searched for plugin modules"
-    )
-    max_workers = device_property(
-        dtype=int, default_value=0, doc="Jobs running at once (0: number of CPUs)"
-    )
-    queue_limit = device_property(
-        dtype=int,
-        default_value=DEFAULT_QUEUE_LIMIT,
-        doc="State is ALARM while more jobs than this wait for a slot",
-    )
-    workdir = device_property(
-        dtype=str,
-        default_value="",
-        doc="Work directory: journal and .inp/.out files (default: $DAHU_WORKDIR)",
-    )
-    executor = device_property(
-        dtype=str,
-        default_value="thread",
-        doc="Where plugins run: thread, process (isolated workers) or dask",
-    )
-    scheduler = device_property(
-        dtype=str,
-        default_value="local",
-        doc="dask executor: scheduler address (tcp://host:8786) or local",
-    )
-    default_timeout = device_property(
-        dtype=float,
-        default_value=0.0,
-        doc="Seconds after which a running job is aborted as timed out (0: no limit)",
-    )
-    wait_timeout = device_property(
-        dtype=float,
-        default_value=DEFAULT_WAIT_TIMEOUT,
-        doc="Longest wait of waitJob, in seconds (keep it below the clients' timeout)",
-    )
+    # one device property per entry of dahu.properties.PROPERTIES (the class namespace
+    # is a dict: the names are defined here, as if written one by one)
+    for _prop in PROPERTIES:
+        locals()[_prop.name] = device_property(
+            dtype=_prop.dtype, default_value=_prop.default, doc=_prop.doc
+        )
+    del _prop
 
     # ---- life cycle --------------------------------------------------------------------
     def init_device(self) -> None:

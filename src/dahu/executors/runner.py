@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import error_line
+from ..errors import DahuError, error_line
 from ..factory import Factory, plugin_factory
 from ..states import State
 
@@ -124,7 +124,8 @@ class Execution:
         try:
             plugin = self.factory(self.plugin_name)
         except BaseException as err:
-            reason = str(err) or error_line(err)  # Dahu's own reasons are one line already
+            # Dahu's own reasons (unknown plugin...) are one line already
+            reason = str(err) if isinstance(err, DahuError) and str(err) else error_line(err)
             return Outcome(State.FAILURE, {}, reason, started, time.time())
         plugin._waiting = self.waiting
         self.plugin = plugin
