@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import cProfile
+import inspect
 import logging
 import os
 import sys
@@ -55,6 +56,28 @@ def plugin_provenance(plugin: Any) -> tuple[str | None, str | None]:
     if version is None and module is not None:
         version = getattr(module, "__version__", None) or getattr(module, "VERSION", None)
     return module_file, (str(version) if version is not None else None)
+
+
+_SETUP_WANTS_INPUT: dict[type, bool] = {}
+
+
+def _setup_args(plugin: Any) -> tuple:
+    """``()`` for the usual ``setup(self)`` / ``setup(self, kwargs=None)``; the input for a
+    ``setup(self, kwargs)`` whose argument is required (the original fails those with a
+    ``TypeError``; such plugins ship with it, e.g. ``id31.Integrate``)."""
+    klass = type(plugin)
+    wants = _SETUP_WANTS_INPUT.get(klass)
+    if wants is None:
+        try:
+            params = inspect.signature(getattr(plugin, plugin.DEFAULT_SET_UP)).parameters
+            wants = any(
+                p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                for p in params.values()
+            )
+        except (TypeError, ValueError):  # no signature to read: call it as the original
+            wants = False
+        _SETUP_WANTS_INPUT[klass] = wants
+    return (dict(plugin.input),) if wants else ()
 
 
 class Execution:
@@ -137,7 +160,7 @@ class Execution:
         try:
             # as in the original: the input is in place before setup(), called bare
             plugin.input.update(self.input_data)
-            self._call(plugin, plugin.DEFAULT_SET_UP)
+            self._call(plugin, plugin.DEFAULT_SET_UP, *_setup_args(plugin))
             if not (self.abort_requested or getattr(plugin, "is_aborted", False)):
                 self._process(plugin)
         except BaseException as err:
