@@ -37,6 +37,7 @@ from typing import Any
 
 import tango
 
+from .client_watch import watch
 from .futures import (
     ClientClosed,
     ClientError,
@@ -143,7 +144,7 @@ class DahuClient:
             for i in range(max(1, resolvers))
         ]
         self._threads.append(
-            threading.Thread(target=self._watch_loop, name="dahu-client-watch", daemon=True)
+            threading.Thread(target=watch, args=(self,), name="dahu-client-watch", daemon=True)
         )
         for thread in self._threads:
             thread.start()
@@ -442,95 +443,6 @@ class DahuClient:
         return ClientClosed(
             f"job {future.job_id}: the client of {self.device} was closed before it ended"
         )
-
-    def _watch_loop(self) -> None:
-        """The fallback for lost events.  Once no event has settled a job of ours for
-        ``poll_interval`` s: ``waitJob`` on the oldest pending job, and every
-        ``sweep_interval`` s (doubling while nothing is found; back to the start when
-        jobs are submitted) a check of every pending job, for those that ended behind a
-        long one.  After an event error: a check of every pending job at once."""
-        period = self.sweep_interval
-        next_sweep = time.monotonic() + period
-        with tango.EnsureOmniThread():
-            while not self._closed:
-                self._wake.wait(self.poll_interval)
-                self._wake.clear()
-                while not self._closed:
-                    with self._lock:
-                        head = next(iter(self._pending.values()), None)
-                        fresh, self._fresh = self._fresh, False
-                    if head is None:
-                        break
-                    now = time.monotonic()
-                    if fresh:
-                        period = self.sweep_interval
-                        next_sweep = min(next_sweep, now + period)
-                    if self._suspect:
-                        if self._sweep(forced=True) < 0:
-                            break  # the server is away: try again after a pause
-                        continue
-                    if now - max(self._last_event, head._since) < self.poll_interval:
-                        period = self.sweep_interval  # events are flowing: leave it to them
-                        next_sweep = now + period
-                        break
-                    if now >= next_sweep:
-                        found = self._sweep(forced=False)
-                        if found < 0:
-                            next_sweep = time.monotonic() + period
-                            break
-                        period = (
-                            self.sweep_interval
-                            if found
-                            else min(2 * period, self.max_sweep_interval)
-                        )
-                        next_sweep = time.monotonic() + period
-                        continue
-                    if not self._wait_head(head):
-                        break
-
-    def _wait_head(self, head: JobFuture) -> bool:
-        """``waitJob`` on the oldest pending job; True if it has ended."""
-        try:
-            state = self._proxy().command_inout("waitJob", head.job_id)
-        except tango.DevFailed as err:
-            if err.args[0].reason == "Dahu_UnknownJob":
-                self._ended(head.job_id, None)  # the resolver reports it
-                return True
-            return False  # timed out on our side, or the server is away: next round
-        if state in State.FINAL:
-            self._ended(head.job_id, state)
-            return True
-        return False
-
-    def _sweep(self, forced: bool) -> int:
-        """Ask the state of every pending job (older than ``poll_interval``); return how
-        many had ended unnoticed, -1 if the server could not be asked (a forced sweep
-        is then tried again)."""
-        self._suspect = False
-        cutoff = time.monotonic() - (0 if forced else self.poll_interval)
-        with self._lock:
-            futures = [f for f in self._pending.values() if f._since <= cutoff]
-        found = 0
-        proxy = self._proxy()
-        for future in futures:
-            if self._closed:
-                break
-            try:
-                state = proxy.command_inout("getJobState", future.job_id)
-            except tango.DevFailed as err:
-                if err.args[0].reason != "Dahu_UnknownJob":
-                    self._suspect = self._suspect or forced  # the server is away
-                    return -1
-                state = None
-            if state is None or state in State.FINAL:
-                with self._lock:
-                    ended = self._pending.get(future.job_id) is future
-                if ended:
-                    found += 1
-                    self._ended(future.job_id, state)
-        if found:
-            logger.info("%s: %d job(s) ended without an event", self.device, found)
-        return found
 
     # ---- closing -------------------------------------------------------------------------
     def _unsubscribe(self) -> None:

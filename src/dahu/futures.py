@@ -9,15 +9,12 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tango
 
-from . import DahuError
+from .errors import DahuError
 from .states import State
-
-if TYPE_CHECKING:
-    from .client import DahuClient
 
 __all__ = [
     "JobFuture",
@@ -116,7 +113,7 @@ class JobFuture(concurrent.futures.Future):
     what the ended future knows already).
     """
 
-    def __init__(self, client: DahuClient, job_id: int, plugin: str | None = None):
+    def __init__(self, client: Any, job_id: int, plugin: str | None = None):
         super().__init__()
         self.job_id = int(job_id)
         self.plugin = plugin

@@ -11,7 +11,7 @@ import datetime
 import re
 import time
 
-from . import DahuError
+from .errors import DahuError
 
 __all__ = ["BadTime", "UNITS", "parse_duration", "parse_when", "format_time"]
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy
 
+from .errors import error_line, one_line
+
 __all__ = [
     "NumpyEncoder",
     "get_isotime",
@@ -92,21 +94,6 @@ def get_workdir(basedir: str | None = None) -> str:
         os.makedirs(path, exist_ok=True)
         _workdir = (os.getpid(), path)
         return path
-
-
-def one_line(text: str, limit: int = 500) -> str:
-    """The first non-empty line of ``text``, stripped and cut to ``limit`` characters."""
-    for line in str(text).splitlines():
-        if line.strip():
-            line = line.strip()
-            return line if len(line) <= limit else line[: limit - 3] + "..."
-    return ""
-
-
-def error_line(err: BaseException) -> str:
-    """``Type: first line of its message``: an exception as a one-line reason."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def fully_qualified_name(obj: Any) -> str:

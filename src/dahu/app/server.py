@@ -20,6 +20,8 @@ import os
 import sys
 
 from .. import __version__
+from ..errors import tango_line
+from ..properties import PROPERTIES
 
 logger = logging.getLogger(__name__)
 
@@ -27,40 +29,40 @@ __all__ = ["main", "split_args"]
 
 # Own options: flags, then options taking a value (each also in build_parser()).
 FLAGS = {"-d", "--debug", "-V", "--version", "-h", "--help"}
-VALUED = {
-    "-l",
-    "--log",
-    "--workdir",
-    "--plugins",
-    "--max-workers",
-    "--shutdown-timeout",
-    "--executor",
-    "--scheduler",
-    "--timeout",
-    "--retention",
-    "--retention-interval",
+VALUED = {"-l", "--log", "--shutdown-timeout"} | {
+    p.server_option for p in PROPERTIES if p.server_option
+}
+_SERVER_HELP = {
+    "plugins_directory": "plugin directory (repeatable), added to the device property's",
+    "workdir": "work directory: journal, .inp/.out files (wins over the device property)",
+    "max_workers": "jobs running at once (wins over the device property)",
+    "executor": "where plugins run (wins over the device property; default thread): "
+    "thread = in the server, process = isolated worker processes, dask = a Dask cluster",
+    "scheduler": "with --executor dask: the scheduler address (tcp://host:8786) or 'local' "
+    "(default) to start a local cluster",
+    "default_timeout": "abort a running job after this long unless its plugin or input says "
+    "otherwise (default: no limit; wins over the device property)",
+    "retention": "prune old finished jobs (journal records and .inp/.out files) on a schedule: "
+    "SPEC is a duration (30d, 12h: keep the jobs submitted since) or a number of most "
+    "recent jobs to keep (100000); wins over the device property (default: keep all)",
+    "retention_interval": "seconds between two prunes by --retention (wins over the device "
+    "property; default 3600)",
 }
 
 
-def _retention(text: str) -> str:
+def _check_retention(args: argparse.Namespace) -> str | None:
+    """Why ``--retention``/``--retention-interval`` cannot be applied (None if they can)."""
     from ..retention import parse_retention
     from ..timespec import BadTime
 
-    try:
-        parse_retention(text)
-    except BadTime as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected more than 0 seconds, not {text}")
-    return value
+    if args.retention is not None:
+        try:
+            parse_retention(args.retention)
+        except BadTime as err:
+            return f"argument --retention: {err}"
+    if args.retention_interval is not None and not args.retention_interval > 0:
+        return f"argument --retention-interval: expected more than 0 s, not {args.retention_interval:g}"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,58 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-l", "--log", metavar="DIR", help="also log to DIR/dahu_server_INSTANCE.log"
     )
-    parser.add_argument(
-        "--workdir",
-        metavar="DIR",
-        help="work directory: journal, .inp/.out files (wins over the device property)",
-    )
-    parser.add_argument(
-        "--plugins",
-        metavar="DIR",
-        action="append",
-        default=[],
-        help="plugin directory (repeatable), added to the device property's",
-    )
-    parser.add_argument(
-        "--max-workers",
-        metavar="N",
-        type=int,
-        help="jobs running at once (wins over the device property)",
-    )
-    parser.add_argument(
-        "--executor",
-        choices=["thread", "process", "dask"],
-        help="where plugins run (wins over the device property; default thread): "
-        "thread = in the server, process = isolated worker processes, dask = a Dask cluster",
-    )
-    parser.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="with --executor dask: the scheduler address (tcp://host:8786) or 'local' "
-        "(default) to start a local cluster",
-    )
-    parser.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        type=float,
-        help="abort a running job after this long unless its plugin or input says "
-        "otherwise (default: no limit)",
-    )
-    parser.add_argument(
-        "--retention",
-        metavar="SPEC",
-        type=_retention,
-        help="prune old finished jobs (journal records and .inp/.out files) on a schedule: "
-        "SPEC is a duration (30d, 12h: keep the jobs submitted since) or a number of most "
-        "recent jobs to keep (100000); wins over the retention property (default: keep all)",
-    )
-    parser.add_argument(
-        "--retention-interval",
-        metavar="SECONDS",
-        type=_positive_seconds,
-        help="seconds between two prunes by --retention (wins over the "
-        "retention_interval property; default 3600)",
-    )
+    for prop in PROPERTIES:
+        if prop.server_option:
+            prop.add_option(parser, prop.server_option, _SERVER_HELP[prop.name])
     parser.add_argument(
         "--shutdown-timeout",
         metavar="S",
@@ -191,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(own)
     if instance is None or unknown:
         parser.error("the instance name must come first: dahu_server INSTANCE [options]")
+    problem = _check_retention(args)
+    if problem:
+        parser.error(problem)
     setup_logging(args.debug, args.log, instance)
 
     # Imported here so that --help and --version answer without loading Tango.
@@ -200,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     from .. import server
 
     server.settings.workdir = args.workdir
-    server.settings.plugins = list(args.plugins)
+    server.settings.plugins = list(args.plugins_directory)
     server.settings.max_workers = args.max_workers
     server.settings.executor = args.executor
     server.settings.scheduler = args.scheduler
-    server.settings.timeout = args.timeout
+    server.settings.timeout = args.default_timeout
     server.settings.retention = args.retention
     server.settings.retention_interval = args.retention_interval
 
@@ -224,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             raises=True,
         )
     except tango.DevFailed as err:
-        sys.stderr.write(f"dahu_server: {server.one_line(err.args[0].desc)}\n")
+        sys.stderr.write(f"dahu_server: {tango_line(err)}\n")
         status = 1
     except KeyboardInterrupt:
         pass

@@ -1,0 +1,129 @@
+"""The engine of the ``DahuDS`` server: the settings of the ``dahu_server`` command line,
+the one engine of the server process (kept across a device ``Init``), its retention
+schedule and its shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import engine as dahu_engine
+from .retention import Retention, RetentionSchedule
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ServerSettings", "settings", "configure_engine", "configure_retention", "shutdown"]
+
+
+@dataclass
+class ServerSettings:
+    """Settings given on the ``dahu_server`` command line; they win over device properties.
+
+    ``engine_options`` are extra keyword arguments for :func:`dahu.engine.configure`
+    (the place for future options such as the executor kind).
+    """
+
+    workdir: str | None = None
+    plugins: list[str] = field(default_factory=list)
+    max_workers: int | None = None
+    executor: str | None = None
+    scheduler: str | None = None
+    timeout: float | None = None
+    retention: str | None = None
+    retention_interval: float | None = None
+    engine_options: dict[str, Any] = field(default_factory=dict)
+
+
+settings = ServerSettings()
+"""The process's server settings (set by ``dahu_server`` before the server starts)."""
+
+_engine: dahu_engine.Engine | None = None
+_engine_lock = threading.Lock()
+_retention: RetentionSchedule | None = None
+
+
+def configure_engine(
+    workdir: str | None,
+    max_workers: int | None,
+    plugin_dirs: list[str],
+    executor: str = "thread",
+    scheduler: str | None = None,
+    timeout: float | None = None,
+) -> dahu_engine.Engine:
+    """Make the process's engine on first call; later calls reuse it (a device ``Init``
+    keeps running jobs).  Plugin directories are added to the engine's factory."""
+    global _engine
+    with _engine_lock:
+        engine = _engine
+        if engine is None:
+            options = dict(settings.engine_options)
+            options.setdefault("executor_kind", executor)
+            options.setdefault("default_timeout", timeout)
+            if executor == "dask":
+                executor_options = dict(options.get("executor_options") or {})
+                executor_options.setdefault("scheduler", scheduler or "local")
+                options["executor_options"] = executor_options
+            engine = dahu_engine.configure(workdir=workdir, max_workers=max_workers, **options)
+            _engine = engine
+            if engine.interrupted:
+                logger.warning(
+                    "%d job(s) left unfinished by a previous server marked failed (interrupted)",
+                    len(engine.interrupted),
+                )
+        else:
+            if workdir and os.path.abspath(workdir) != engine.workdir:
+                logger.warning(
+                    "work directory %s ignored: the server uses %s until it restarts",
+                    workdir,
+                    engine.workdir,
+                )
+            if max_workers and getattr(engine.executor, "max_workers", max_workers) != max_workers:
+                engine.executor.max_workers = max_workers
+    for directory in plugin_dirs:
+        engine.factory.add_directory(directory)
+    return engine
+
+
+def configure_retention(
+    engine: dahu_engine.Engine, retention: Retention | None, interval: float
+) -> RetentionSchedule | None:
+    """Prune the engine's work directory by ``retention`` every ``interval`` s (one
+    schedule per process; a device ``Init`` replaces it); None: keep every job."""
+    global _retention
+    with _engine_lock:
+        current = _retention
+        if current is not None and (current.retention, current.interval) == (retention, interval):
+            return current
+        if current is not None:
+            current.stop()
+            _retention = None
+        if retention is not None and getattr(engine.journal, "path", None):
+            # files_settled: no file is written after its record is pruned; the second
+            # covers the moment between a job's final record and its callback
+            _retention = RetentionSchedule(
+                engine.workdir, retention, interval, min_age=1.0, settled=engine.files_settled
+            ).start()
+        return _retention
+
+
+def current_retention() -> RetentionSchedule | None:
+    """The retention schedule in force (None: every job is kept)."""
+    return _retention
+
+
+def shutdown(timeout: float = 30.0) -> bool:
+    """Abort the jobs still queued or running, wait (at most ``timeout`` s) until their
+    outcome is recorded and their files written, then close the journal.
+
+    Return True if every job ended in time.  Jobs aborted while queued end at once,
+    without running their plugin.  The retention schedule, if any, stops first.
+    """
+    global _retention
+    if _retention is not None:
+        _retention.stop()
+        _retention = None
+    engine = _engine
+    return True if engine is None else engine.shutdown(abort=True, timeout=timeout)
