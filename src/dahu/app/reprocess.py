@@ -295,7 +295,7 @@ def _row() -> dict[str, Any]:
 
 def summarize(run: Reprocessor, output_dir: str) -> dict[str, Any]:
     """The summary of a run as JSON-ready data (see ``docs/reprocess.md``)."""
-    runtimes = run.engine.journal.summary(run.engine.first_id)["plugins"]
+    runtimes = run.engine.statistics()["plugins"]
     plugins: dict[str, dict[str, Any]] = {}
     for result in run.results:
         entry = plugins.setdefault(result.plugin, _row())
