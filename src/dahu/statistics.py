@@ -89,9 +89,7 @@ class RunningStatistics:
             self._entry(plugin)["count"] += count
             self._jobs += count
 
-    def ended(
-        self, plugin: str, state: str, started: float | None, ended: float | None
-    ) -> None:
+    def ended(self, plugin: str, state: str, started: float | None, ended: float | None) -> None:
         """A job of ``plugin`` ended in ``state`` (its times as recorded)."""
         with self._lock:
             entry = self._entry(plugin)

@@ -249,15 +249,30 @@ class SQLiteJournal(Journal):
         runtime = (ended - started) if started is not None and ended is not None else None
         text, error = encode_output(output, error)
         values = (state, text, error, started, ended, runtime, module_file, plugin_version)
-        sql = (
-            "UPDATE jobs SET state = ?, output = ?, error = ?, started = ?, ended = ?, "
-            "runtime = ?, module_file = ?, plugin_version = ?"
-        )
         final_input = encode_final_input(job_id, input_data)
         if final_input is not None:
-            values += (final_input,)
-            sql += ", input = ?"
-        self._write(sql + " WHERE id = ?", [values + (job_id,)])
+            self._write(self._FINISH_INPUT, [values + (final_input, job_id)])
+        else:
+            self._write(self._FINISH, [values + (job_id,)])
+
+    _FINISH = (
+        "UPDATE jobs SET state = ?, output = ?, error = ?, started = ?, ended = ?, "
+        "runtime = ?, module_file = ?, plugin_version = ? WHERE id = ?"
+    )
+    _FINISH_INPUT = _FINISH.replace(" WHERE", ", input = ? WHERE")
+
+    def finish_many(
+        self,
+        outcomes: list[
+            tuple[int, str, dict[str, Any] | None, str | None, float | None, float | None]
+        ],
+    ) -> None:
+        rows = []
+        for job_id, state, output, error, started, ended in outcomes:
+            runtime = (ended - started) if started is not None and ended is not None else None
+            text, error = encode_output(output, error)
+            rows.append((state, text, error, started, ended, runtime, None, None, job_id))
+        self._write(self._FINISH, rows)
 
     _COLUMNS = (
         "id, plugin, state, input, output, error, submitted, started, ended, runtime, "
