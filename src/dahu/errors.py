@@ -26,6 +26,7 @@ __all__ = [
     "ExecutorError",
     "error_line",
     "one_line",
+    "tango_line",
     "MAX_REASON",
 ]
 
@@ -77,3 +78,11 @@ def error_line(err: BaseException) -> str:
     """``Type: first line of its message``: an exception as a one-line reason."""
     text = one_line(err, limit=2**31)
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def tango_line(err: BaseException) -> str:
+    """A Tango ``DevFailed`` as one line: its first error's description (any other error:
+    its message, or its type when it has none)."""
+    args = getattr(err, "args", ())
+    desc = getattr(args[0], "desc", None) if args else None
+    return one_line(desc if desc is not None else err) or type(err).__name__

@@ -18,7 +18,7 @@ import threading
 from types import ModuleType
 from typing import Any
 
-from .errors import DahuError, UnknownPlugin, error_line
+from .errors import DahuError, UnknownPlugin, error_line, one_line
 from .utils import fully_qualified_name
 
 logger = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ class Factory:
                     found[f"{module_name.lower()}.<error>"] = f"cannot load: {error_line(err)}"
         for name, klass in sorted(Factory.registry.items()):
             doc = (getattr(klass, "function", None) or klass).__doc__ or ""
-            found[name] = doc.strip().splitlines()[0] if doc.strip() else ""
+            found[name] = one_line(doc)
         return found
 
     @classmethod

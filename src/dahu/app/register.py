@@ -13,6 +13,7 @@ import os
 import re
 import sys
 
+from ..errors import tango_line
 from ..properties import PROPERTIES
 
 __all__ = ["main", "build_parser"]
@@ -38,14 +39,6 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _first_line(err: Exception) -> str:
-    args = getattr(err, "args", ())
-    text = getattr(args[0], "desc", None) if args else None
-    text = str(text if text is not None else err)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dahu-register``; return the exit status."""
     args = build_parser().parse_args(argv)
@@ -62,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         database = tango.Database()
     except tango.DevFailed as err:
-        return _fail(f"no Tango database reachable at TANGO_HOST={tango_host}: {_first_line(err)}")
+        return _fail(f"no Tango database reachable at TANGO_HOST={tango_host}: {tango_line(err)}")
 
     properties: dict[str, list[str]] = {}
     for prop in PROPERTIES:
@@ -83,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if properties:
             database.put_device_property(args.device, properties)
     except tango.DevFailed as err:
-        return _fail(f"cannot register {args.device} at {tango_host}: {_first_line(err)}")
+        return _fail(f"cannot register {args.device} at {tango_host}: {tango_line(err)}")
     sys.stdout.write(
         f"registered {args.device} (class DahuDS) in server {info.server} at {tango_host}\n"
     )

@@ -33,9 +33,10 @@ from tabulate import tabulate
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .. import DahuError, __version__
+from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_IGNORE, DEFAULT_RTOL, Difference, first_difference
 from ..engine import configure
+from ..errors import DahuError, one_line
 from ..factory import plugin_factory
 from ..job import Job
 from ..journal import default_workdir
@@ -235,7 +236,7 @@ class Reprocessor:
     def _ended(self, job: Any, item: Item, plugin: str, archive: Any) -> None:
         """Callback, in the job's worker thread: compare, write the files, report."""
         state = job.status
-        error = job.error.split("\n", 1)[0] if state != State.SUCCESS else None
+        error = one_line(job.error) if state != State.SUCCESS else None
         result = Result(item.label, plugin, state, job.id, error)
         try:
             if self.args.compare and state in (State.SUCCESS, State.FAILURE):

@@ -20,6 +20,7 @@ import os
 import sys
 
 from .. import __version__
+from ..errors import tango_line
 from ..properties import PROPERTIES
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             raises=True,
         )
     except tango.DevFailed as err:
-        sys.stderr.write(f"dahu_server: {server.one_line(err.args[0].desc)}\n")
+        sys.stderr.write(f"dahu_server: {tango_line(err)}\n")
         status = 1
     except KeyboardInterrupt:
         pass

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DahuError, JournalError
+from ..errors import DahuError, JournalError, one_line
 from ..journal import SQLiteJournal
 
 __all__ = ["InputError", "Item", "expand_sources", "load_input", "load_archive"]
@@ -115,7 +115,7 @@ def load_input(item: Item) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
     except OSError as err:
         raise InputError(f"cannot read: {err.strerror or err}") from err
     except (ValueError, RecursionError) as err:
-        raise InputError(f"not JSON: {str(err).splitlines()[0]}") from err
+        raise InputError(f"not JSON: {one_line(err)}") from err
     if not isinstance(data, dict):
         raise InputError(f"not a job input: a JSON {type(data).__name__}, not an object")
     plugin = data.get("plugin_name")

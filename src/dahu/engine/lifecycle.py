@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import JournalError, error_line
+from ..errors import JournalError, error_line, one_line
 from ..executors.runner import Outcome
 from ..journal.base import JobRecord
 from ..states import State
@@ -312,16 +312,18 @@ class LifeCycle:
             except Exception as err:  # a journal must not leave a job running forever
                 engine.journal_failed(run.id, err)
         finally:
-            with self.lock:
-                run.state = outcome.state
-                engine.table.ended(run, recorded and engine.journal_fault is None)
-            engine.count_finished(run)
-            self._callbacks(run)
-            run.done.set()
+            try:
+                with self.lock:
+                    run.state = outcome.state
+                    engine.table.ended(run, recorded and engine.journal_fault is None)
+                engine.count_finished(run)
+                self._callbacks(run)
+            finally:
+                run.done.set()
 
     def _callbacks(self, run: JobRun) -> None:
         if run.state == State.FAILURE:
-            logger.debug("job %s failed: %s", run.id, (run.error or "").split("\n")[0])
+            logger.debug("job %s failed: %s", run.id, one_line(run.error or ""))
         callbacks, run.callbacks = run.callbacks, []
         if not callbacks:
             return
@@ -330,7 +332,7 @@ class LifeCycle:
             for method, face in callbacks:
                 try:
                     method(face)
-                except Exception:
+                except BaseException:  # a callback must not stop the others, nor the waiters
                     logger.exception("job %s: callback %r failed", run.id, method)
         finally:
             run.callback_thread = None

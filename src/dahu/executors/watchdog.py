@@ -67,5 +67,5 @@ class Watchdog:
                     continue
             try:
                 function()
-            except Exception:
+            except BaseException:  # the one watchdog thread must survive any call
                 logger.exception("watchdog call %r failed", function)
