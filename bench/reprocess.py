@@ -5,7 +5,11 @@ Writes N ``example.square`` job input files, then reprocesses them with ``-j 1``
 tool measures itself (first job submitted to last job done) and the rate seen from
 outside, start-up included.
 
-    python bench/reprocess.py [-n 2000] [--small]
+    python bench/reprocess.py [-n 2000] [--small] [--original /path/to/python]
+
+With ``--original``, the original tool (``dahu-reprocess`` next to that interpreter, the
+2024.2 release in a throw-away virtual environment) reprocesses the same files, start-up
+included, and ``j1_vs_original`` compares our ``-j 1`` with it.
 """
 
 from __future__ import annotations
@@ -50,12 +54,34 @@ def run(inputs: str, output: str, workers: int, count: int) -> dict[str, float]:
     }
 
 
+def run_original(python: str, inputs: str, base: str, count: int) -> dict[str, float]:
+    """The original ``dahu-reprocess`` on every input file, start-up included."""
+    files = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(inputs)
+        for name in names
+        if name.endswith(".inp")
+    )
+    script = os.path.join(os.path.dirname(python), "dahu-reprocess")
+    workdir = tempfile.mkdtemp(prefix="original-", dir=base)
+    env = dict(os.environ, TMPDIR=workdir)  # where the original writes its files
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [python, script, *files], capture_output=True, text=True, env=env, cwd=workdir
+    )
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"the original dahu-reprocess exited {proc.returncode}: {proc.stderr}")
+    return {"jobs_per_s_with_startup": round(count / elapsed, 1), "seconds": round(elapsed, 3)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its JSON figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--jobs", type=int, default=2000, help="inputs (default 2000)")
     parser.add_argument("--small", action="store_true", help="a tiny run (50 inputs)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--original", metavar="PYTHON", help="python of the original Dahu")
     args = parser.parse_args(argv)
     count = 50 if args.small else args.jobs
     base = tempfile.mkdtemp(prefix="dahu-bench-reprocess-")
@@ -66,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             f"j{workers}": run(inputs, os.path.join(base, f"out-j{workers}"), workers, count)
             for workers in (1, 2)
         }
+        if args.original:
+            runs["original"] = run_original(args.original, inputs, base, count)
+            runs["j1_vs_original"] = round(
+                runs["j1"]["jobs_per_s_with_startup"] / runs["original"]["jobs_per_s_with_startup"],
+                3,
+            )
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)

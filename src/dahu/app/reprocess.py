@@ -234,14 +234,14 @@ class Reprocessor:
         job.start()
 
     def _ended(self, job: Any, item: Item, plugin: str, archive: Any) -> None:
-        """Callback, in the job's worker thread: compare, write the files, report."""
+        """Callback, in the job's worker thread: compare, queue the files, report."""
         state = job.status
         error = one_line(job.error) if state != State.SUCCESS else None
         result = Result(item.label, plugin, state, job.id, error)
         try:
             if self.args.compare and state in (State.SUCCESS, State.FAILURE):
                 self._compare(result, item, archive, job.output_data)
-            job.clean(wait=False)
+            self.engine.clean_later(job)  # files written off the job slot, before close()
         except Exception as err:  # a loop boundary: the job must still be reported
             logger.exception("job %s: cannot compare or write its files", job.id)
             result.difference = result.difference or Difference("", f"reprocessing error: {err}")

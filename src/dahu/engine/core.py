@@ -180,11 +180,23 @@ class Engine:
                 self._cleaner.start()
         self._to_clean.put(job)
 
+    def flush_files(self, timeout: float | None = None) -> bool:
+        """Wait until the files of every job handed to :meth:`clean_later` so far are
+        written; True if they are (False: ``timeout`` s passed)."""
+        if self._cleaner is None:
+            return True
+        marker = threading.Event()
+        self._to_clean.put(marker)
+        return marker.wait(timeout)
+
     def _clean_jobs(self) -> None:
         while True:
             job = self._to_clean.get()
             if job is None:
                 return
+            if isinstance(job, threading.Event):  # flush_files: all before it are written
+                job.set()
+                continue
             try:
                 job.clean(wait=False)
             except Exception:
@@ -240,9 +252,11 @@ class Engine:
         return counts
 
     def close(self) -> None:
-        """Stop the executor (waiting for its jobs) and close the journal."""
+        """Stop the executor (waiting for its jobs), wait for the jobs' files and close
+        the journal."""
         self._closed = True
         self.executor.shutdown(wait=True)
+        self.flush_files()
         self.journal.close()
 
 
