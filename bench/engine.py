@@ -94,11 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     workdir = args.workdir or tempfile.mkdtemp(prefix="dahu-bench-")
     os.makedirs(workdir, exist_ok=True)
-    dahu.engine.configure(workdir=workdir, max_workers=args.workers)
+    engine = dahu.engine.configure(workdir=workdir, max_workers=args.workers)
     proc = psutil.Process()
     run_jobs(args.warmup, args.wave)
     gc.collect()
     rss0 = proc.memory_info().rss
+    commits0 = getattr(engine.journal, "commits", 0)
     t0 = time.perf_counter()
     run_jobs(args.jobs, args.wave)
     elapsed = time.perf_counter() - t0
@@ -111,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         "jobs_per_s": round(args.jobs / elapsed, 1),
         "rss_growth_kb_per_job": round((rss1 - rss0) / 1024 / args.jobs, 4),
         "rss_mb": round(rss1 / 2**20, 1),
+        # group commit: 2.0 would be one transaction per journal write (create, finish)
+        "journal_commits_per_job": round(
+            (getattr(engine.journal, "commits", 0) - commits0) / args.jobs, 3
+        ),
         "workdir": workdir,
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
