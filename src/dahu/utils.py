@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy
 
-from .errors import error_line
+from .errors import error_line, one_line
 
 __all__ = [
     "NumpyEncoder",
@@ -25,6 +25,7 @@ __all__ = [
     "dumps",
     "gc_paused",
     "error_line",
+    "one_line",
 ]
 
 

@@ -14,7 +14,7 @@ from ..errors import JournalError
 from .base import INTERRUPTED, JobRecord, Journal, default_workdir
 from .files import job_file_stem, write_job_files
 from .memory import MemoryJournal
-from .sqlite import SQLiteJournal
+from .sqlite import SCHEMA_VERSION, SQLiteJournal
 
 __all__ = [
     "JobRecord",
@@ -26,4 +26,5 @@ __all__ = [
     "job_file_stem",
     "write_job_files",
     "INTERRUPTED",
+    "SCHEMA_VERSION",
 ]
