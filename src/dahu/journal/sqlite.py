@@ -52,14 +52,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SQLiteJournal", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 2
-"""2: the index on ``state`` is replaced by a partial one on unfinished jobs (the only
-query that needs it, at start-up), so that ending a job updates no large index."""
+SCHEMA_VERSION = 1
 
-_UNFINISHED_INDEX = (
-    "CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs(id) "
-    "WHERE state NOT IN ('success', 'failure', 'aborted')"
-)
+_UNFINISHED = tuple(state for state in State.ALL if state not in State.FINAL)
+"""The states a record can have before its job ends (looked up with the state index)."""
 
 
 class _Write:
@@ -136,8 +132,7 @@ class SQLiteJournal(Journal):
                     host TEXT, pid INTEGER, version TEXT,
                     module_file TEXT, plugin_version TEXT, extra TEXT)"""  # extra: unused, kept for schema 1
             )
-            db.execute("DROP INDEX IF EXISTS jobs_state")  # schema 1
-            db.execute(_UNFINISHED_INDEX)
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)")
             current = db.execute("PRAGMA user_version").fetchone()[0]
             if current > SCHEMA_VERSION:
                 raise JournalError(
@@ -162,25 +157,56 @@ class SQLiteJournal(Journal):
     def _write(self, sql: str, rows: list[tuple]) -> list[int]:
         """Commit ``sql`` once per row (with the writes of other threads queued now, in
         one transaction); return the rows' ``lastrowid``."""
-        write = _Write(sql, rows)
-        with self._queue_lock:
-            self._queue.append(write)
-        with self._lock:
-            if not write.done:
-                self._commit_queued()
+        lock = self._lock
+        if lock.acquire(blocking=False):  # free: commit now, with whatever is queued
+            try:
+                if not self._queue and len(rows) == 1:
+                    # alone: one autocommitted statement, cheaper than BEGIN + it + COMMIT
+                    try:
+                        row_id = self._db.execute(sql, rows[0]).lastrowid
+                    except sqlite3.Error as err:
+                        raise JournalError(f"cannot write the journal {self.path}: {err}") from err
+                    self.commits += 1
+                    return [row_id]
+                write = _Write(sql, rows)
+                self._commit([write])
+            finally:
+                lock.release()
+        else:
+            write = _Write(
+                sql, rows
+            )  # another thread commits: queue, and commit what is left when it is done
+            with self._queue_lock:
+                self._queue.append(write)
+            with self._lock:
+                if not write.done:
+                    self._commit([])
         if write.error is not None:
             err = write.error
             raise JournalError(f"cannot write the journal {self.path}: {err}") from err
         return write.ids
 
-    def _commit_queued(self) -> None:
-        """Commit every queued write in one transaction (writer lock held)."""
-        with self._queue_lock:
-            batch, self._queue = self._queue, []
+    def _commit(self, batch: list[_Write]) -> None:
+        """Commit ``batch`` and every queued write in one transaction (writer lock held)."""
+        if self._queue:  # a write queued after this look is committed by its own thread
+            with self._queue_lock:
+                batch, self._queue = self._queue + batch, []
         if not batch:
             return
         db = self._db
         failure: BaseException | None = None
+        if len(batch) == 1 and len(batch[0].rows) == 1:
+            # alone: one autocommitted statement costs less than BEGIN + it + COMMIT
+            write = batch[0]
+            try:
+                write.ids = [db.execute(write.sql, write.rows[0]).lastrowid]
+                self.commits += 1
+            except sqlite3.Error as err:
+                failure = err
+            finally:
+                write.error = failure
+                write.done = True
+            return
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -318,9 +344,10 @@ class SQLiteJournal(Journal):
 
     def _close_dead(self) -> list[int]:
         with self.transaction() as db:
-            rows = db.execute(  # the condition of the partial index jobs_unfinished
-                "SELECT id, host, pid, submitted FROM jobs "
-                "WHERE state NOT IN ('success', 'failure', 'aborted')"
+            rows = db.execute(  # a few seeks in the state index, not a scan of the table
+                f"SELECT id, host, pid, submitted FROM jobs "
+                f"WHERE state IN ({', '.join('?' * len(_UNFINISHED))})",
+                _UNFINISHED,
             ).fetchall()
             dead = [r[0] for r in rows if not _process_alive(r[1], r[2], r[3])]
             now = time.time()
