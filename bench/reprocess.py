@@ -24,13 +24,15 @@ import tempfile
 import time
 
 
-def write_inputs(directory: str, count: int) -> None:
+def write_inputs(
+    directory: str, count: int, plugin: str = "example.square", **extra: float
+) -> None:
     """Write ``count`` inputs laid out as the server writes them (NNNN/NNNNN_plugin.inp)."""
     for job_id in range(1, count + 1):
         sub = os.path.join(directory, f"{job_id // 1000:04d}")
         os.makedirs(sub, exist_ok=True)
-        data = {"x": job_id, "plugin_name": "example.square", "job_id": job_id}
-        with open(os.path.join(sub, f"{job_id:05d}_example.square.inp"), "w") as handle:
+        data = {"x": job_id, **extra, "plugin_name": plugin, "job_id": job_id}
+        with open(os.path.join(sub, f"{job_id:05d}_{plugin}.inp"), "w") as handle:
             json.dump(data, handle, indent=2)
 
 
@@ -91,6 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         runs = {
             f"j{workers}": run(inputs, os.path.join(base, f"out-j{workers}"), workers, count)
             for workers in (1, 2)
+        }
+        # a plugin that releases the GIL (example.sleep, 5 ms): does -j 2 run twice as fast?
+        sleepers = os.path.join(base, "sleep-inputs")
+        slow = max(count // 5, 40)
+        write_inputs(sleepers, slow, "example.sleep", t=0.005)
+        gil_free = {
+            f"j{workers}": run(sleepers, os.path.join(base, f"sleep-j{workers}"), workers, slow)
+            for workers in (1, 2)
+        }
+        runs["sleep_5ms"] = {
+            "jobs": slow,
+            **gil_free,
+            "j2_over_j1": round(gil_free["j2"]["jobs_per_s"] / gil_free["j1"]["jobs_per_s"], 3),
         }
         if args.original:
             runs["original"] = run_original(args.original, inputs, base, count)
