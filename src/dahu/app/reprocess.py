@@ -31,7 +31,6 @@ from typing import Any
 
 from tabulate import tabulate
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_IGNORE, DEFAULT_RTOL, Difference, first_difference
@@ -163,6 +162,9 @@ class Reprocessor:
         self.started = time.monotonic()
         with self._signals(), contextlib.ExitStack() as stack:
             if not self.bar.disable:
+                # imported here: it pulls asyncio in, a tenth of the start-up of a -q run
+                from tqdm.contrib.logging import logging_redirect_tqdm
+
                 stack.enter_context(logging_redirect_tqdm())
             try:
                 for item in self.items:
