@@ -155,7 +155,7 @@ class Factory:
                 self._dirs.append(directory)
 
     def _module_path(self, module_name: str) -> str | None:
-        for directory in self._dirs:
+        for directory in tuple(self._dirs):  # a snapshot: read without the lock too
             for candidate in Factory.plugin_dirs.get(directory, ()):
                 if candidate.lower() == module_name:
                     path = os.path.join(directory, candidate)
@@ -200,9 +200,10 @@ class Factory:
         if _NAME_RE.match(key):
             self._sync_env()
             module_name = key.split(".", 1)[0]
+            # no lock here: another thread may hold it for seconds, importing a module
+            if module_name in Factory.modules or self._module_path(module_name):
+                return
             with self.reg_sem:
-                if module_name in Factory.modules or self._module_path(module_name):
-                    return
                 for directory in self._dirs:  # a module added since it was indexed
                     Factory.plugin_dirs[directory] = _list_modules(directory)
                 if self._module_path(module_name):

@@ -183,11 +183,10 @@ class DahuDS(Device):
         if not isinstance(name, str) or not name.strip():
             raise InvalidInput("the plugin name is empty")
         name = name.strip()
-        factory = self._engine.factory
-        if getattr(self._engine.executor, "isolates_plugins", False):
-            factory.locate(name)  # plugin code runs elsewhere: never imported here
-        else:
-            factory.get_class(name)  # UnknownPlugin with a one-line reason
+        # UnknownPlugin (one-line reason) if no plugin directory has its module; the
+        # module is imported where the job runs (never here: a client must not wait
+        # for, nor the server suffer from, a plugin module's import)
+        self._engine.factory.locate(name)
         return name
 
     def _submit(self, job: Job) -> int:
