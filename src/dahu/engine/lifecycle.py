@@ -46,6 +46,7 @@ class JobRun:
 
     __slots__ = (
         "id",
+        "job_id",
         "plugin_name",
         "input_data",
         "output",
@@ -74,7 +75,7 @@ class JobRun:
 
     def __init__(self, cycle: LifeCycle | None, job_id: int, plugin: str, input_data: Any):
         self.cycle = cycle
-        self.id = job_id
+        self.id = self.job_id = job_id  # job_id: the name the executors know it by
         self.plugin_name = plugin
         self.input_data: dict[str, Any] | None = input_data
         self.output: dict[str, Any] | None = {}
@@ -117,11 +118,6 @@ class JobRun:
         return f"<JobRun {self.id} {self.plugin_name} {self.state}>"
 
     # ---- the executors' interface (dahu.executors.base.Task) ---------------------------
-    @property
-    def job_id(self) -> int:
-        """The job id."""
-        return self.id
-
     def begin(self, execution: Any) -> bool:
         """The job got a slot: it runs with ``execution``; False if it was aborted."""
         return self.cycle.begin(self, execution)
