@@ -627,6 +627,7 @@ def test_bench_runs_small():
     result = json.loads(proc.stdout)
     assert result["jobs"] == 50
     assert result["j1"]["jobs_per_s"] > 0 and result["j2"]["jobs_per_s"] > 0
+    assert result["sleep_5ms"]["jobs"] == 40 and result["sleep_5ms"]["j2_over_j1"] > 0
 
 
 def test_main_in_process_help_and_version(capsys):

@@ -378,8 +378,7 @@ class Job(threading.Thread, metaclass=_JobClass):
     def statistics(cls) -> dict[str, Any]:
         """Per-plugin counts and runtimes of this engine's jobs, wall time, speed-up and
         the linear regression of runtime against job order (as a dict)."""
-        engine = get_engine()
-        return engine.journal.summary(engine.first_id)
+        return get_engine().statistics()
 
     @classmethod
     def stats(cls) -> str:

@@ -31,7 +31,6 @@ from typing import Any
 
 from tabulate import tabulate
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_IGNORE, DEFAULT_RTOL, Difference, first_difference
@@ -163,6 +162,9 @@ class Reprocessor:
         self.started = time.monotonic()
         with self._signals(), contextlib.ExitStack() as stack:
             if not self.bar.disable:
+                # imported here: it pulls asyncio in, a tenth of the start-up of a -q run
+                from tqdm.contrib.logging import logging_redirect_tqdm
+
                 stack.enter_context(logging_redirect_tqdm())
             try:
                 for item in self.items:
@@ -234,14 +236,14 @@ class Reprocessor:
         job.start()
 
     def _ended(self, job: Any, item: Item, plugin: str, archive: Any) -> None:
-        """Callback, in the job's worker thread: compare, write the files, report."""
+        """Callback, in the job's worker thread: compare, queue the files, report."""
         state = job.status
         error = one_line(job.error) if state != State.SUCCESS else None
         result = Result(item.label, plugin, state, job.id, error)
         try:
             if self.args.compare and state in (State.SUCCESS, State.FAILURE):
                 self._compare(result, item, archive, job.output_data)
-            job.clean(wait=False)
+            self.engine.clean_later(job)  # files written off the job slot, before close()
         except Exception as err:  # a loop boundary: the job must still be reported
             logger.exception("job %s: cannot compare or write its files", job.id)
             result.difference = result.difference or Difference("", f"reprocessing error: {err}")
@@ -296,7 +298,7 @@ def _row() -> dict[str, Any]:
 
 def summarize(run: Reprocessor, output_dir: str) -> dict[str, Any]:
     """The summary of a run as JSON-ready data (see ``docs/reprocess.md``)."""
-    runtimes = run.engine.journal.summary(run.engine.first_id)["plugins"]
+    runtimes = run.engine.statistics()["plugins"]
     plugins: dict[str, dict[str, Any]] = {}
     for result in run.results:
         entry = plugins.setdefault(result.plugin, _row())

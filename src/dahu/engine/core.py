@@ -23,6 +23,7 @@ from ..executors import Watchdog, make_executor
 from ..factory import Factory, plugin_factory
 from ..journal import Journal, SQLiteJournal, write_job_files
 from ..states import State
+from ..statistics import RunningStatistics
 from .lifecycle import NOTE_RUNNING_AFTER, JobRun, LifeCycle
 from .table import JobTable
 
@@ -75,6 +76,7 @@ class Engine:
         self.journal_fault: str | None = None
         self._lock = threading.Lock()
         self.finished = {State.SUCCESS: 0, State.FAILURE: 0, State.ABORTED: 0}
+        self.stats = RunningStatistics()
         self._to_clean: queue.SimpleQueue = queue.SimpleQueue()
         self._unwritten: collections.deque[float] = collections.deque()  # end times, FIFO
         self._cleaner: threading.Thread | None = None
@@ -88,6 +90,7 @@ class Engine:
     def create(self, plugin: str, input_data: dict[str, Any]) -> JobRun:
         """Record a new job in the journal (its id is its record's) and keep it live."""
         job_id = self.journal.create(plugin, input_data, time.time())
+        self.stats.created(plugin)
         input_data["job_id"] = job_id
         run = JobRun(self.cycle, job_id, plugin, input_data)
         self.table.add(run)
@@ -96,6 +99,7 @@ class Engine:
     def create_many(self, plugin: str, inputs: list[dict[str, Any]]) -> list[JobRun]:
         """Record several jobs in one journal transaction; keep them live."""
         ids = self.journal.create_many(plugin, inputs, time.time())
+        self.stats.created(plugin, len(ids))
         runs = []
         for job_id, data in zip(ids, inputs, strict=True):
             data["job_id"] = job_id
@@ -188,11 +192,23 @@ class Engine:
         with self._lock:
             return min(self._unwritten) if self._unwritten else time.time()
 
+    def flush_files(self, timeout: float | None = None) -> bool:
+        """Wait until the files of every job handed to :meth:`clean_later` so far are
+        written; True if they are (False: ``timeout`` s passed)."""
+        if self._cleaner is None:
+            return True
+        marker = threading.Event()
+        self._to_clean.put(marker)
+        return marker.wait(timeout)
+
     def _clean_jobs(self) -> None:
         while True:
             job = self._to_clean.get()
             if job is None:
                 return
+            if isinstance(job, threading.Event):  # flush_files: all before it are written
+                job.set()
+                continue
             try:
                 job.clean(wait=False)
             except Exception:
@@ -227,10 +243,20 @@ class Engine:
         self.journal.close()
         return not unfinished
 
-    def count_finished(self, state: str) -> None:
-        """Count one job ended in ``state``."""
+    def count_finished(self, run: JobRun) -> None:
+        """Count one job ended (its state and times in the statistics)."""
         with self._lock:
-            self.finished[state] = self.finished.get(state, 0) + 1
+            self.finished[run.state] = self.finished.get(run.state, 0) + 1
+        self.stats.ended(run.plugin_name, run.state, run.started, run.ended)
+
+    def statistics(self) -> dict[str, Any]:
+        """The statistics of this engine's jobs (see :func:`dahu.statistics.aggregate`),
+        kept up to date as jobs end: no scan of the journal."""
+        unfinished: dict[str, dict[str, int]] = {}
+        for run in self.table.live():
+            states = unfinished.setdefault(run.plugin_name, {})
+            states[run.state] = states.get(run.state, 0) + 1
+        return self.stats.summary(unfinished)
 
     def counts(self) -> dict[str, int]:
         """Jobs queued, running and finished (per final state) since the engine started."""
@@ -241,9 +267,11 @@ class Engine:
         return counts
 
     def close(self) -> None:
-        """Stop the executor (waiting for its jobs) and close the journal."""
+        """Stop the executor (waiting for its jobs), wait for the jobs' files and close
+        the journal."""
         self._closed = True
         self.executor.shutdown(wait=True)
+        self.flush_files()
         self.journal.close()
 
 

@@ -312,7 +312,7 @@ class LifeCycle:
                 with self.lock:
                     run.state = outcome.state
                     engine.table.ended(run, recorded and engine.journal_fault is None)
-                engine.count_finished(outcome.state)
+                engine.count_finished(run)
                 self._callbacks(run)
             finally:
                 run.done.set()

@@ -163,6 +163,17 @@ class Journal(abc.ABC):
         was if that one is not serialisable).  An unknown id is ignored; an output that is
         not serialisable is kept as its ``repr``."""
 
+    def finish_many(
+        self,
+        outcomes: list[
+            tuple[int, str, dict[str, Any] | None, str | None, float | None, float | None]
+        ],
+    ) -> None:
+        """Record the final state of several jobs at once: ``(job_id, state, output,
+        error, started, ended)`` each (the bulk path: imports, benchmarks)."""
+        for job_id, state, output, error, started, ended in outcomes:
+            self.finish(job_id, state, output, error, started, ended)
+
     @abc.abstractmethod
     def get(self, job_id: int) -> JobRecord | None:
         """Return a copy of the record of ``job_id`` (input with ``job_id`` set), or None."""
