@@ -72,6 +72,8 @@ class ServerSettings:
     executor: str | None = None
     scheduler: str | None = None
     timeout: float | None = None
+    http: str | None = None
+    http_token: str | None = None
     engine_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -80,6 +82,7 @@ settings = ServerSettings()
 
 _engine: dahu_engine.Engine | None = None
 _engine_lock = threading.Lock()
+_web: Any = None  # the dahu.web.WebService serving the page, when asked for
 
 
 # ---- helpers -------------------------------------------------------------------------
@@ -125,6 +128,22 @@ def configure_engine(
     return engine
 
 
+def start_web(address: str, token: str | None = None) -> Any:
+    """Serve the read-only web page (:mod:`dahu.web`) on ``address`` from this process.
+
+    Once per process; a token is generated (and logged) for a non-loopback address
+    without one.  Raise :class:`dahu.web.WebError` when it cannot be served.
+    """
+    global _web
+    from .web import serve
+
+    if _web is None:
+        _web, generated = serve(address, token, _engine)
+        if generated:
+            logger.warning("web page access token generated: %s", _web.url)
+    return _web
+
+
 def shutdown(timeout: float = 30.0) -> bool:
     """Abort the jobs still queued or running, wait (at most ``timeout`` s) until their
     outcome is recorded and their files written, then close the journal.
@@ -133,7 +152,10 @@ def shutdown(timeout: float = 30.0) -> bool:
     without running their plugin.
     """
     engine = _engine
-    return True if engine is None else engine.shutdown(abort=True, timeout=timeout)
+    done = True if engine is None else engine.shutdown(abort=True, timeout=timeout)
+    if _web is not None:
+        _web.stop()
+    return done
 
 
 # ---- the device ----------------------------------------------------------------------
@@ -176,6 +198,16 @@ class DahuDS(Device):
         default_value=DEFAULT_WAIT_TIMEOUT,
         doc="Longest wait of waitJob, in seconds (keep it below the clients' timeout)",
     )
+    http = device_property(
+        dtype=str,
+        default_value="",
+        doc="Serve the read-only web page on [HOST:]PORT (host 127.0.0.1 by default)",
+    )
+    http_token = device_property(
+        dtype=str,
+        default_value="",
+        doc="Access token of the web page (generated when HOST is not a loopback address)",
+    )
 
     # ---- life cycle --------------------------------------------------------------------
     def init_device(self) -> None:
@@ -196,6 +228,13 @@ class DahuDS(Device):
             timeout=timeout,
         )
         self._wait = max(0.0, float(self.wait_timeout))
+        if _web is None and self.http.strip():
+            try:
+                start_web(self.http.strip(), self.http_token.strip() or None)
+            except DahuError as err:
+                logger.error("no web page: %s", err)
+        if _web is not None:
+            _web.monitor.attach(self._engine)
         self._last_success = 0
         self._last_failure = 0
         self._stats_text = ""
@@ -245,6 +284,9 @@ class DahuDS(Device):
     def _job_ended(self, job: Job) -> None:
         """Job callback (worker thread): record the id, queue the event and the files."""
         job_id = job.id
+        web = _web
+        if web is not None:
+            web.monitor.job_ended(job)
         if job.status == State.SUCCESS:
             self._last_success = job_id
             self._events.put(("jobSuccess", job_id))
@@ -272,6 +314,8 @@ class DahuDS(Device):
         engine = self._engine
         counts = engine.counts()
         lines = [f"Dahu {__version__}, work directory {engine.workdir}"]
+        if _web is not None:
+            lines.append(f"web page: http://{_web.host}:{_web.port}/")
         if engine.journal_fault:
             lines.append(f"FAULT: the journal cannot be written: {one_line(engine.journal_fault)}")
         if counts["queued"] > self.queue_limit:

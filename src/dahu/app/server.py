@@ -37,6 +37,8 @@ VALUED = {
     "--executor",
     "--scheduler",
     "--timeout",
+    "--http",
+    "--http-token",
 }
 
 
@@ -90,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="abort a running job after this long unless its plugin or input says "
         "otherwise (default: no limit)",
+    )
+    parser.add_argument(
+        "--http",
+        metavar="[HOST:]PORT",
+        help="serve the read-only web page and its JSON endpoints on PORT of HOST "
+        "(default host 127.0.0.1; wins over the device property http)",
+    )
+    parser.add_argument(
+        "--http-token",
+        metavar="TOKEN",
+        help="access token of the web page (at least 16 characters; default "
+        "$DAHU_HTTP_TOKEN); generated and printed when HOST is not a loopback address",
     )
     parser.add_argument(
         "--shutdown-timeout",
@@ -167,6 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     server.settings.executor = args.executor
     server.settings.scheduler = args.scheduler
     server.settings.timeout = args.timeout
+    server.settings.http = args.http
+    if args.http:
+        from ..web import WebError
+
+        token = args.http_token or os.environ.get("DAHU_HTTP_TOKEN") or None
+        try:
+            web = server.start_web(args.http, token)
+        except WebError as err:
+            sys.stderr.write(f"dahu_server: {err}\n")
+            return 1
+        sys.stderr.write(f"dahu_server: web page at {web.url}\n")
 
     def started() -> None:
         # Everything loaded so far lives as long as the process: keep it out of the
