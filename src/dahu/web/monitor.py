@@ -48,8 +48,8 @@ def runtime_bin(seconds: float) -> int:
 
 
 def bin_value(index: int) -> float:
-    """The runtime a bin stands for: its geometric middle, in seconds."""
-    return SMALLEST * 10 ** ((index + 0.5) / BINS_PER_DECADE)
+    """The runtime a bin stands for: its geometric middle, in seconds (4 digits)."""
+    return float(f"{SMALLEST * 10 ** ((index + 0.5) / BINS_PER_DECADE):.4g}")
 
 
 def percentile(histogram: dict[int, int], fraction: float) -> float | None:
@@ -115,6 +115,7 @@ class Monitor:
         self._failures: deque[dict[str, Any]] = deque(maxlen=FAILURES)
         self.engine: Any = None
         self.started = clock()
+        self._rows: dict[int, tuple] = {}  # series rows of the buckets that are over
 
     # ---- feeding --------------------------------------------------------------------
     def attach(self, engine: Any) -> None:
@@ -301,29 +302,42 @@ class Monitor:
         """Per :data:`BUCKET` seconds over the last ``window`` s: jobs/s, failures/s,
         runtime percentiles (p50, p90, p99, seconds), longest queue and most running."""
         now = self._clock()
-        with self._lock:
-            buckets = {
-                b.key: (dict(b.ended), dict(b.histogram), b.queue, b.running)
-                for b in self._buckets(now, window)
-            }
         newest = int(now // BUCKET)
         first = newest - int(math.ceil(window / BUCKET)) + 1
         first = max(first, int(self.started // BUCKET))
-        out: dict[str, list[Any]] = {
-            k: [] for k in ("t", "jobs_per_s", "failed_per_s", "p50", "p90", "p99", "queue")
-        }
-        out["running"] = []
+        with self._lock:
+            # a bucket that is over never changes: its row is computed once
+            wanted = {k for k in range(first, newest) if k not in self._rows}
+            buckets = {
+                b.key: (dict(b.ended), dict(b.histogram), b.queue, b.running)
+                for b in self._buckets(now, window)
+                if b.key == newest or b.key in wanted
+            }
+        for key in list(self._rows):
+            if key < newest - len(self._ring):
+                del self._rows[key]
+        names = ("t", "jobs_per_s", "failed_per_s", "p50", "p90", "p99", "queue", "running")
+        out: dict[str, Any] = {name: [] for name in names}
         for key in range(first, newest + 1):
-            ended, histogram, queue, running = buckets.get(key, ({}, {}, 0, 0))
-            span = BUCKET if key < newest else max(1.0, now - key * BUCKET)
-            out["t"].append(key * BUCKET)
-            out["jobs_per_s"].append(round(sum(ended.values()) / span, 3))
-            failed = ended.get(State.FAILURE, 0) + ended.get(State.ABORTED, 0)
-            out["failed_per_s"].append(round(failed / span, 3))
-            for name, fraction in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
-                out[name].append(percentile(histogram, fraction))
-            out["queue"].append(queue)
-            out["running"].append(running)
+            row = self._rows.get(key) if key < newest else None
+            if row is None:
+                ended, histogram, queue, running = buckets.get(key, ({}, {}, 0, 0))
+                span = BUCKET if key < newest else max(1.0, now - key * BUCKET)
+                failed = ended.get(State.FAILURE, 0) + ended.get(State.ABORTED, 0)
+                row = (
+                    key * BUCKET,
+                    round(sum(ended.values()) / span, 3),
+                    round(failed / span, 3),
+                    percentile(histogram, 0.5),
+                    percentile(histogram, 0.9),
+                    percentile(histogram, 0.99),
+                    queue,
+                    running,
+                )
+                if key < newest:
+                    self._rows[key] = row
+            for name, value in zip(names, row, strict=True):
+                out[name].append(value)
         out["bucket"] = BUCKET
         return out
 

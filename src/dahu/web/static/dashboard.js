@@ -85,6 +85,7 @@ function renderTables(s) {
   const plugins = Object.entries(s.plugins).map(([name, p]) => {
     const last = p.last_failure;
     const lastCell = last ? jobLink(last.id) : cell("");
+    lastCell.className = "reason";
     if (last) { lastCell.title = last.reason; lastCell.appendChild(document.createTextNode(" " + last.reason.slice(0, 60))); }
     return row([cell(name), cell(p.jobs, "num"), cell(p.success, "num state-success"),
       cell(p.failure, "num" + (p.failure ? " state-failure" : "")),
@@ -120,7 +121,7 @@ function renderPlots(series) {
     { x, y: series.p50.map(toMs), name: "p50", type: "scatter", mode: "lines", line: { color: "#1a7f37" }, connectgaps: false },
     { x, y: series.p90.map(toMs), name: "p90", type: "scatter", mode: "lines", line: { color: "#b26a00" } },
     { x, y: series.p99.map(toMs), name: "p99", type: "scatter", mode: "lines", line: { color: "#c62828" } },
-  ], layout({ yaxis: { type: "log", title: { text: "ms" }, tickfont: { size: 10 }, automargin: true } }), CONFIG);
+  ], layout({ yaxis: { type: "log", dtick: "D2", title: { text: "ms" }, tickfont: { size: 10 }, automargin: true } }), CONFIG);
   Plotly.react("plot-queue", [
     { x, y: series.queue, name: "queued", type: "scatter", mode: "lines", line: { color: "#6a3d9a", shape: "hv" }, fill: "tozeroy" },
     { x, y: series.running, name: "running", type: "scatter", mode: "lines", line: { color: "#2457c5", shape: "hv" } },
