@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--default-timeout", metavar="S", type=float, help="the default_timeout property"
     )
+    parser.add_argument(
+        "--http",
+        metavar="[HOST:]PORT",
+        help="the http property: serve the read-only web page there",
+    )
     return parser
 
 
@@ -92,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "executor",
         "scheduler",
         "default_timeout",
+        "http",
     ):
         value = getattr(args, name)
         if value is not None:

@@ -21,6 +21,7 @@ import tornado.web
 
 from ..states import State
 from ..utils import NumpyEncoder
+from .access import is_loopback
 from .monitor import WINDOW
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,6 @@ __all__ = ["make_app", "STATIC_DIR", "plotly_dir"]
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 TOKEN_COOKIE = "dahu_token"
 MAX_LIMIT = 1000
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 _JSON = NumpyEncoder()
 
 
@@ -77,7 +77,7 @@ class _Base(tornado.web.RequestHandler):
             # DNS rebinding: a page of another site must not reach a loopback-only server
             host = self.request.host or ""
             name = host.partition("]")[0] + "]" if host.startswith("[") else host.partition(":")[0]
-            if name not in LOOPBACK_NAMES:
+            if not is_loopback(name.strip("[]")):
                 raise ClientError(403, f"host {host[:80]!r} refused: use 127.0.0.1")
         token = service.token
         if token:
