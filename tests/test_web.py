@@ -530,3 +530,26 @@ def test_monitor_memory_is_bounded_over_hours():
     )
     failures = monitor.failures(5)
     assert failures[0]["reason"] == f"ValueError: job {job_id // 100 * 100}"
+
+
+def test_a_page_that_stops_reading_is_disconnected(engine, monkeypatch):
+    """A stalled event stream is dropped instead of piling up in the server's memory."""
+    import dahu.web.app
+
+    monkeypatch.setattr(dahu.web.app, "STALLED_PUSHES", 3)
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    big = {"padding": "x" * 2_000_000}  # each event fills the socket's buffers at once
+    monkeypatch.setattr(service.monitor, "summary", lambda: big)
+    service.start()
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", service.port))
+            sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            wait_until(lambda: service.broadcaster.clients, 10, "the stream to open")
+            # never read: the server gives up on this page within a few pushes
+            wait_until(lambda: not service.broadcaster.clients, 30, "the page to be dropped")
+            assert service.broadcaster.sent >= 3
+    finally:
+        service.stop()

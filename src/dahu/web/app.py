@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 import time
 from typing import Any
 
@@ -31,6 +32,8 @@ __all__ = ["make_app", "STATIC_DIR", "plotly_dir"]
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 TOKEN_COOKIE = "dahu_token"
 MAX_LIMIT = 1000
+STALLED_PUSHES = 30  # events a page may miss (not reading) before it is disconnected
+STREAM_BUFFER = 256 * 1024  # bytes the kernel may hold for one event stream
 _JSON = NumpyEncoder()
 
 
@@ -298,6 +301,10 @@ class EventsHandler(_Base):
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Accel-Buffering", "no")
         self.closed = asyncio.get_running_loop().create_future()
+        stream = self.request.connection.stream
+        if stream is not None and stream.socket is not None:
+            # a page that stops reading must be noticed soon: keep the kernel's buffer small
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_BUFFER)
         self.write("retry: 2000\n\n")
         await self.flush()
         self.service.broadcaster.add(self)
@@ -311,13 +318,29 @@ class EventsHandler(_Base):
         if closed is not None and not closed.done():
             closed.set_result(None)
 
+    sending = False
+    missed = 0
+
     async def send(self, chunk: bytes) -> None:
-        """Write one event; a closed connection ends the handler."""
+        """Write one event, unless the previous one is still on its way (a page that
+        does not read is disconnected after ``STALLED_PUSHES`` missed events)."""
+        if self.sending:
+            self.missed += 1
+            if self.missed >= STALLED_PUSHES:
+                logger.info(
+                    "web page %s stopped reading its events: closed", self.request.remote_ip
+                )
+                self.request.connection.close()
+                self.on_connection_close()
+            return
+        self.sending, self.missed = True, 0
         try:
             self.write(chunk)
             await self.flush()
         except tornado.iostream.StreamClosedError:
             self.on_connection_close()
+        finally:
+            self.sending = False
 
 
 class NotFoundHandler(_Base):

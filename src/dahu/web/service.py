@@ -34,35 +34,53 @@ _JSON = NumpyEncoder()
 
 
 class Broadcaster:
-    """Sends one summary per second to every open event stream (built once for all)."""
+    """Sends one summary per second to every open event stream (built once for all).
+
+    A page that does not read its stream (a suspended tab, a stalled network) is not
+    waited for: it misses the summaries while its previous one is still being sent, and
+    is disconnected after :data:`dahu.web.app.STALLED_PUSHES` of them, so that nothing piles up in
+    the server's memory.  The browser reconnects by itself when it wakes up.
+    """
 
     def __init__(self, service: WebService) -> None:
         self.service = service
         self.clients: set[Any] = set()
+        self._tasks: set[asyncio.Task] = set()
         self.sent = 0
 
     def add(self, client: Any) -> None:
         self.clients.add(client)
-        asyncio.get_running_loop().create_task(self._push([client]))
+        chunk = self._chunk()
+        if chunk is not None:
+            self._send(client, chunk)
 
     def discard(self, client: Any) -> None:
         self.clients.discard(client)
 
-    async def tick(self) -> None:
-        if self.clients:
-            await self._push(list(self.clients))
+    def tick(self) -> None:
+        if not self.clients:
+            return  # no page open: nothing is built
+        chunk = self._chunk()
+        if chunk is not None:
+            for client in list(self.clients):
+                self._send(client, chunk)
 
-    async def _push(self, clients: list[Any]) -> None:
+    def _send(self, client: Any, chunk: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(client.send(chunk))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _chunk(self) -> bytes | None:
         monitor = self.service.monitor
         if monitor.engine is None:
-            return
+            return None
         try:
-            chunk = ("event: summary\ndata: " + _JSON.encode(monitor.summary()) + "\n\n").encode()
+            text = _JSON.encode(monitor.summary())
         except Exception:
             logger.exception("cannot build the summary for the web page")
-            return
+            return None
         self.sent += 1
-        await asyncio.gather(*(client.send(chunk) for client in clients))
+        return ("event: summary\ndata: " + text + "\n\n").encode()
 
 
 class WebService:
@@ -139,6 +157,10 @@ class WebService:
             sampler.stop()
             pusher.stop()
             server.stop()
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.run_until_complete(server.close_all_connections())
             loop.close()
 
