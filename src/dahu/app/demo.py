@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="after the demo's jobs, keep the server busy this long (about 250 jobs/s) "
+        help="after the demo's jobs, keep the server busy this long (about 200 jobs/s) "
         "before the screenshot of the web page, so that its plots show something (0)",
     )
     return parser
