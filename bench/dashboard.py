@@ -266,8 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
         figures["http_cost_pct"] = round(
             figures["server_cpu_closed_pct"] - figures["no_http_cpu_pct"], 2
         )
-    shutil.rmtree(base, ignore_errors=True)
-    print(json.dumps(figures))
+    print(json.dumps(figures), flush=True)
+    shutil.rmtree(base, ignore_errors=True)  # long after a soak: millions of job files
     return figures
 
 
