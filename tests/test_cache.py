@@ -59,3 +59,20 @@ def test_thread_safe_under_concurrent_writers():
     assert not errors
     assert len(cache) <= 50
     assert len(cache.keys()) == len(cache)
+
+
+def test_borg_keeps_the_size_it_was_first_made_with():
+    first = DataCache()
+    later = DataCache(first.max_size + 7)
+    assert later.max_size == first.max_size
+    own = DataCache(first.max_size + 7, borg=False)
+    assert own.max_size == first.max_size + 7
+
+
+def test_get_with_a_default_stores_it_as_the_original():
+    cache = DataCache(max_size=3, borg=False)
+    made = {"integrator": object()}
+    assert cache.get("geometry", made) is made
+    assert cache["geometry"] is made  # stored: the next job finds it
+    assert cache.get("geometry", {}) is made
+    assert cache.get("absent") is None and "absent" not in cache

@@ -260,13 +260,16 @@ def test_wait_for_failed_or_never_started_job_fails_the_waiter(engine, plugin_di
     failed = run("example.error")
     waiter = run("chain.addprevious", {"other": failed.id, "x": 1})
     assert waiter.status == Job.STATE_FAILURE
-    assert f"job {failed.id} that this job waits for ended in state failure" in waiter.error
+    assert "Other job ended in failure: aborting myself" in waiter.error.splitlines()[0]
     never = Job("example.square", {"x": 1})
     impatient = run("chain.impatient", {"other": never.id})
     assert impatient.status == Job.STATE_FAILURE
     assert "did not finish within 0.2 s (state uninitialized)" in impatient.error
+    # as in the original: an id never given out is a warning, and the waiter goes on
     missing = run("chain.impatient", {"other": 999999})
-    assert "no such job" in missing.error
+    assert missing.status == Job.STATE_SUCCESS, missing.error
+    expected = "Warning in Impatient: Not synchronizing job, invalid id: 999999"
+    assert expected in missing.output_data["logging"]
 
 
 def test_wait_for_chain_longer_than_the_pool_does_not_deadlock(engine, plugin_dir):

@@ -35,9 +35,9 @@ def test_setup_teardown_logging_and_info():
         plugin.log_error("worse thing")
     plugin.teardown()
     assert plugin.output["logging"] == [
-        "WARNING: careful",
-        "ERROR: bad thing",
-        "ERROR: worse thing",
+        "Warning in Plugin: careful",
+        "Warning in Plugin: bad thing",
+        "ERROR in Plugin: worse thing",
     ]
     assert "careful" in plugin.get_info()
 
@@ -55,6 +55,7 @@ def test_plugin_from_function_registers_and_is_callable():
     instance = Factory()(name)
     assert isinstance(instance, PluginFromFunction)
     assert instance(x=2, offset=1) == 7
+    instance = Factory()(name)
     instance.setup({"x": 5, "job_id": 3, "plugin_name": name})
     instance.process()
     assert instance.output["result"] == 15

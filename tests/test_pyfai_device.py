@@ -79,13 +79,13 @@ def test_integrate_simple_writes_a_curve_on_the_rings(proxy, data, tmp_path):
         "poni_file": data["poni_file"],
         "image_file": data["edf_files"][1],
         "curve_file": str(curve_file),
-        "npt": NPT,
-    }
+    }  # the original's three arguments: 1000 points in 2theta (degrees)
     job_id = proxy.startJob(["pyfai.integrate_simple", json.dumps(params)])
     assert finish(proxy, job_id) == "success", proxy.getJobError(job_id)
     assert json.loads(proxy.getJobOutput(job_id))["result"] == {"out_file": str(curve_file)}
     curve = numpy.loadtxt(curve_file)
-    assert_rings_at(curve[:, 0], curve[:, 1], data)
+    assert curve.shape == (1000, 2)
+    assert_rings_at(curve[:, 0], curve[:, 1], data, unit="2th_deg")
 
 
 def test_abort_mid_stack_keeps_the_frames_done(proxy, data, tmp_path):

@@ -291,11 +291,27 @@ def test_integrate_simple_writes_a_curve(data, tmp_path):
         image_file=data["edf_files"][0],
         curve_file=curve_file,
         npt=NPT,
+        unit="q_nm^-1",
     )
     assert output["result"] == {"out_file": curve_file}
     curve = numpy.loadtxt(curve_file)
     assert curve.shape == (NPT, 2)
     assert_rings_at(curve[:, 0], curve[:, 1], data)
+
+
+def test_integrate_simple_with_three_arguments_is_in_2theta(data, tmp_path):
+    """As in the original: poni, image and curve file give 1000 points in 2th_deg."""
+    curve_file = str(tmp_path / "curve.dat")
+    run(
+        "pyfai.integrate_simple",
+        poni_file=data["poni_file"],
+        image_file=data["edf_files"][0],
+        curve_file=curve_file,
+    )
+    curve = numpy.loadtxt(curve_file)
+    assert curve.shape == (1000, 2)
+    assert "2th_deg" in open(curve_file).read()
+    assert_rings_at(curve[:, 0], curve[:, 1], data, unit="2th_deg")
 
 
 def test_cache_reuses_the_integrator_of_the_same_geometry(data, tmp_path):

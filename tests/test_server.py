@@ -268,13 +268,17 @@ def list_plugins(proxy) -> list[str]:
 
 def test_list_plugins_and_init_plugin(proxy):
     listing = list_plugins(proxy)
-    assert "example.square: Return x squared." in listing
-    assert any(line.startswith("dahutest.breakjournal: ") for line in listing)
+    # the original's texts, which clients parse
+    assert listing[0].startswith("List of all plugin currently loaded")
+    assert " example.square : Return x squared." in listing
+    assert any(line.startswith(" dahutest.breakjournal : ") for line in listing)
     message = proxy.initPlugin("example.sleep")
-    assert message.startswith("plugin example.sleep loaded")
+    assert message.startswith("Plugin loaded: example.sleep\n")
     assert "stops promptly when aborted" in message
-    assert "not loaded" in proxy.initPlugin("nothing.here")
-    assert "not loaded" in proxy.initPlugin("../x")
+    missing = proxy.initPlugin("nothing.here")
+    assert missing.startswith("Plugin not found: nothing.here, unknown plugin 'nothing.here'")
+    assert "\n" not in missing
+    assert proxy.initPlugin("../x").startswith("Plugin not found: ../x, invalid plugin name")
 
 
 def test_counters_follow_the_jobs(proxy):

@@ -24,8 +24,10 @@ def test_numpy_encoder_writes_arrays_and_scalars():
 def test_isotime_is_iso8601_and_path_safe():
     stamp = get_isotime(0)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", stamp)
-    assert ":" not in get_isotime(0, for_path=True)
-    assert get_isotime(0, for_path=True) == stamp.replace(":", "")
+    path_form = get_isotime(0, for_path=True)
+    assert ":" not in path_form
+    # the original's file-name form: local date and time, "h" and "m" as separators
+    assert path_form == stamp[:13] + "h" + stamp[14:16] + "m" + stamp[17:19]
 
 
 def test_workdir_is_created_under_basedir(tmp_path):

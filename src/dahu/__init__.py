@@ -5,15 +5,11 @@ jobs; every job is recorded in a persistent journal; a Tango device (``DahuDS``)
 the control system submit jobs and follow them.
 """
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _version
+# ``dahu.version`` is a module (as in the original) and ``from dahu import version`` gives
+# the version string: the name is rebound to the string once the module is imported.
+from .version import hexversion, strictversion, version, version_info  # noqa: F401
 
-try:
-    __version__ = _version("dahu")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
-
-version = __version__
+__version__ = version
 
 
 class DahuError(Exception):

@@ -20,7 +20,8 @@ class DataCache(dict):
 
     :param max_size: the number of items kept; the oldest is dropped when full
     :param borg: when true (the default) all Borg instances share one storage, whose size
-        is the largest ``max_size`` asked for; when false the instance has its own.
+        is the ``max_size`` of the first one made (later sizes are ignored); when false the
+        instance has its own.
     """
 
     _shared_state: dict[str, Any] = {}
@@ -34,10 +35,8 @@ class DataCache(dict):
                     DataCache._shared_state.update(
                         _data=OrderedDict(), _lock=threading.RLock(), max_size=max_size
                     )
+            # the shared storage keeps the size it was first made with, as in the original
             self.__dict__ = DataCache._shared_state
-            with self._lock:
-                # shared storage: the largest size any user asked for wins
-                self.max_size = max(self.max_size, max_size)
         else:
             self._data = OrderedDict()
             self._lock = threading.RLock()
@@ -86,11 +85,15 @@ class DataCache(dict):
         return len(self) > 0
 
     def get(self, key: Any, default: Any = None) -> Any:
-        """Return the value of ``key`` (marking it recently used) or ``default``."""
+        """Return the value of ``key`` (marking it recently used); if it is missing,
+        store ``default`` under ``key`` (unless it is None) and return it, as the
+        original does: plugins fill their caches with ``cache.get(key, new_value)``."""
         with self._lock:
             if key in self._data:
                 self._data.move_to_end(key)
                 return self._data[key]
+            if default is not None:
+                self[key] = default
             return default
 
     def keys(self) -> list:

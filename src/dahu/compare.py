@@ -41,7 +41,7 @@ DEFAULT_RTOL = 1e-6
 DEFAULT_ATOL = 1e-12
 """Default absolute tolerance on numbers."""
 
-DEFAULT_IGNORE = frozenset({"job_id"})
+DEFAULT_IGNORE = frozenset({"job_id", "job_runtime", "aborted"})  # differ on every run
 """Keys never compared: a reprocessed job is renumbered."""
 
 _BLOCK = 1 << 22  # elements of an HDF5 dataset read at once

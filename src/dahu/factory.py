@@ -79,6 +79,22 @@ def load_source(module_name: str, file_path: str) -> ModuleType:
     return module
 
 
+def _list_modules(directory: str) -> list[str]:
+    """The plugin modules of a directory: its ``*.py`` files and its packages."""
+    modules = []
+    try:
+        entries = sorted(os.listdir(directory))
+    except OSError:  # removed since it was added
+        return modules
+    for entry in entries:
+        path = os.path.join(directory, entry)
+        if entry.endswith(".py") and entry != "__init__.py" and os.path.isfile(path):
+            modules.append(entry[:-3])
+        elif os.path.isfile(os.path.join(path, "__init__.py")):
+            modules.append(entry)
+    return modules
+
+
 class Factory:
     """Instantiates plugins by name; ``Factory()(name)`` returns a new plugin instance.
 
@@ -95,6 +111,7 @@ class Factory:
         self.workdir = workdir
         self._dirs: list[str] = []
         self._env_seen: str | None = None
+        self._env_lock = threading.Lock()
         if isinstance(plugin_path, str):
             plugin_path = [p for p in plugin_path.split(os.pathsep) if p]
         for directory in plugin_path or []:
@@ -107,9 +124,12 @@ class Factory:
         env = os.environ.get("DAHU_PLUGINS", "")
         if env == self._env_seen:
             return
-        self._env_seen = env
-        for directory in reversed([d for d in env.split(os.pathsep) if d]):
-            self.add_directory(directory, first=True)
+        with self._env_lock:  # another thread must not see the new value half applied
+            if env == self._env_seen:
+                return
+            for directory in reversed([d for d in env.split(os.pathsep) if d]):
+                self.add_directory(directory, first=True)
+            self._env_seen = env
 
     @property
     def directories(self) -> list[str]:
@@ -126,13 +146,7 @@ class Factory:
         if not os.path.isdir(directory):
             logger.warning("plugin directory %s does not exist: ignored", directory)
             return
-        modules = []
-        for entry in sorted(os.listdir(directory)):
-            path = os.path.join(directory, entry)
-            if entry.endswith(".py") and entry != "__init__.py" and os.path.isfile(path):
-                modules.append(entry[:-3])
-            elif os.path.isfile(os.path.join(path, "__init__.py")):
-                modules.append(entry)
+        modules = _list_modules(directory)
         with self.reg_sem:
             Factory.plugin_dirs[directory] = modules
             if directory in self._dirs:
@@ -169,6 +183,11 @@ class Factory:
                 return Factory.registry[key]
             if module_name not in Factory.modules:
                 path = self._module_path(module_name)
+                if path is None:
+                    # a module added to a plugin directory since it was indexed
+                    for directory in self._dirs:
+                        Factory.plugin_dirs[directory] = _list_modules(directory)
+                    path = self._module_path(module_name)
                 if path is None:
                     return None
                 logger.debug("loading plugin module %s from %s", module_name, path)

@@ -25,18 +25,27 @@ from typing import Any
 from . import DahuError
 from .engine import Engine, get_engine
 from .inputs import InvalidInput, parse_input
-from .journal import JournalError, write_job_files
+from .journal import JournalError, job_file_stem, write_job_files
 from .runner import Outcome
 from .states import State
 from .statistics import format_statistics
-from .utils import NumpyEncoder, gc_paused
+from .utils import NumpyEncoder, gc_paused, get_isotime
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Job", "parse_input", "InvalidInput"]
 
 
-class Job(threading.Thread):
+class _JobClass(type):
+    """Metaclass of :class:`Job`: gives the class attribute ``Job._id_class``."""
+
+    @property
+    def _id_class(cls) -> int:
+        """The last job id given out (plugins compare ids with it, as in the original)."""
+        return get_engine().journal.last_id()
+
+
+class Job(threading.Thread, metaclass=_JobClass):
     """One job: a plugin name, an input dict, a state, an output or an error."""
 
     STATE_INEXISTANT = State.INEXISTANT
@@ -88,6 +97,8 @@ class Job(threading.Thread):
         self._from_journal = False
         self._started_at: float | None = None
         self._ended_at: float | None = None
+        self._aborted_at: float | None = None
+        self._submitted = time.time()
         with Job._lock:
             Job._live[self._jobId] = self
 
@@ -227,19 +238,25 @@ class Job(threading.Thread):
         if self._timer is not None:
             self._engine.watchdog.cancel(self._timer)
             self._timer = None
-        self._output_data = outcome.output
+        output = self._final_output(outcome)
+        final_input = None
+        if outcome.input is not None and outcome.input != self._input_data:
+            # a plugin that added keys to its input has them recorded, as in the original
+            final_input = self._input_data = {**(self._input_data or {}), **outcome.input}
+        self._output_data = output
         self._error = outcome.error
         self._started_at, self._ended_at = outcome.started, outcome.ended
         try:
             self._engine.journal.finish(
                 self._jobId,
                 outcome.state,
-                outcome.output,
+                output,
                 outcome.error,
                 outcome.started,
                 outcome.ended,
                 outcome.module_file,
                 outcome.plugin_version,
+                final_input,
             )
         except JournalError as err:
             self._journal_failed(err)
@@ -259,6 +276,19 @@ class Job(threading.Thread):
             except Exception:
                 logger.exception("job %s: callback %r failed", self._jobId, callback)
         self._done.set()
+
+    def _final_output(self, outcome: Outcome) -> dict[str, Any]:
+        """The output clients read: the plugin's, with ``job_runtime``, and the
+        original's ``error`` (list of lines) or ``aborted`` (time) keys."""
+        output = dict(outcome.output) if isinstance(outcome.output, dict) else {}
+        ended = outcome.ended if outcome.ended is not None else time.time()
+        begun = outcome.started if outcome.started is not None else self._submitted
+        output["job_runtime"] = max(ended - begun, 0.0)
+        if outcome.state == State.FAILURE and outcome.error:
+            output["error"] = outcome.error.splitlines()
+        elif outcome.state == State.ABORTED:
+            output["aborted"] = get_isotime(self._aborted_at or ended)
+        return output
 
     def _write_files(self) -> None:
         """Write the ``.inp``/``.out`` files of the ended job (done as soon as it ends)."""
@@ -303,6 +333,7 @@ class Job(threading.Thread):
                 logger.warning("job %s is %s: nothing to abort", self._jobId, status)
                 return False
             self._abort_reason = reason
+            self._aborted_at = time.time()
             execution = self._execution
         if execution is not None:
             execution.abort(reason)
@@ -352,6 +383,13 @@ class Job(threading.Thread):
     def plugin(self) -> Any:
         """The plugin instance (None before it runs and after ``clean``)."""
         return self._execution.plugin if self._execution is not None else None
+
+    @property
+    def data_on_disk(self) -> str | None:
+        """The base path of the job's ``.inp``/``.out`` files once cleaned, else None."""
+        if not (self._cleaned or self._files_written):
+            return None
+        return job_file_stem(self._engine.workdir, self._jobId, self._plugin_name)
 
     @property
     def status(self) -> str:
@@ -446,6 +484,8 @@ class Job(threading.Thread):
             _from_journal=True,
             _started_at=record.started,
             _ended_at=record.ended,
+            _aborted_at=None,
+            _submitted=record.submitted,
         )
         job._done.set()
         return job

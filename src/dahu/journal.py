@@ -91,7 +91,7 @@ class JobRecord:
 
 
 _COMPACT = NumpyEncoder()
-_PRETTY = NumpyEncoder(indent=2)
+_PRETTY = NumpyEncoder(indent=4)  # the original's indentation
 _known_dirs: set[str] = set()
 
 
@@ -131,8 +131,10 @@ class Journal(abc.ABC):
         ended: float | None,
         module_file: str | None = None,
         plugin_version: str | None = None,
+        input_data: dict[str, Any] | None = None,
     ) -> None:
-        """Record the final state of a job, its output or error, and its times."""
+        """Record the final state of a job, its output or error, and its times; with
+        ``input_data``, replace the recorded input (the plugin's final input)."""
 
     @abc.abstractmethod
     def get(self, job_id: int) -> JobRecord | None:
@@ -293,6 +295,7 @@ class SQLiteJournal(Journal):
         ended: float | None,
         module_file: str | None = None,
         plugin_version: str | None = None,
+        input_data: dict[str, Any] | None = None,
     ) -> None:
         runtime = (ended - started) if started is not None and ended is not None else None
         try:
@@ -300,11 +303,18 @@ class SQLiteJournal(Journal):
         except (TypeError, ValueError) as err:
             text = _dumps({"unserializable_output": repr(output)[:1000]})
             error = (error + "\n" if error else "") + f"output not JSON-serialisable: {err}"
-        self._write(
+        values = (state, text, error, started, ended, runtime, module_file, plugin_version)
+        sql = (
             "UPDATE jobs SET state = ?, output = ?, error = ?, started = ?, ended = ?, "
-            "runtime = ?, module_file = ?, plugin_version = ? WHERE id = ?",
-            (state, text, error, started, ended, runtime, module_file, plugin_version, job_id),
+            "runtime = ?, module_file = ?, plugin_version = ?"
         )
+        if input_data is not None:
+            try:
+                values += (_dumps(input_data),)
+                sql += ", input = ?"
+            except (TypeError, ValueError):
+                logger.warning("job %s: its final input is not JSON-serialisable", job_id)
+        self._write(sql + " WHERE id = ?", values + (job_id,))
 
     _COLUMNS = (
         "id, plugin, state, input, output, error, submitted, started, ended, runtime, "
@@ -422,10 +432,13 @@ class MemoryJournal(Journal):
         ended: float | None,
         module_file: str | None = None,
         plugin_version: str | None = None,
+        input_data: dict[str, Any] | None = None,
     ) -> None:
         text = _dumps(output) if output is not None else None
         with self._lock:
             record = self._records[job_id]
+            if input_data is not None:
+                record.input = json.loads(_dumps(input_data))
             record.state, record.error = state, error
             record.output = json.loads(text) if text is not None else None
             record.started, record.ended = started, ended

@@ -2,8 +2,8 @@
 
 A plugin is a class derived from :class:`Plugin` (registered with
 ``dahu.factory.register``) or a plain function turned into one by
-:func:`plugin_from_function`.  A job calls ``setup(input)``, then ``process()``, then
-``teardown()`` (always, even when ``process`` fails); ``abort()`` may be called from
+:func:`plugin_from_function`.  A job fills ``plugin.input`` with the job's input, calls ``setup()``, then
+``process()``, then ``teardown()`` (always, even when ``process`` fails); ``abort()`` may be called from
 another thread at any time and sets ``is_aborted``, which a long ``process`` should check.
 """
 
@@ -34,7 +34,8 @@ class Plugin:
     * leaves its result in ``self.output`` (a dictionary),
     * may be stopped with :meth:`abort` (it sets ``self.is_aborted``).
 
-    ``TIMEOUT`` (seconds, or None for no limit) bounds how long :meth:`wait_for` waits.
+    ``TIMEOUT`` (seconds, default 10; None for no limit) bounds how long :meth:`wait_for`
+    waits.
     ``JOB_TIMEOUT`` (seconds, or None) bounds the whole job: past it the job is aborted
     and its error says it timed out (the input key ``job_timeout`` overrides it, and it
     overrides the server's default).
@@ -45,7 +46,7 @@ class Plugin:
     DEFAULT_TEAR_DOWN = "teardown"
     DEFAULT_ABORT = "abort"
     REPROCESS_IGNORE: list[str] = []
-    TIMEOUT: float | None = None
+    TIMEOUT: float | None = 10.0
     JOB_TIMEOUT: float | None = None
 
     def __init__(self) -> None:
@@ -62,9 +63,10 @@ class Plugin:
         return self.__class__.__name__
 
     def setup(self, kwargs: dict[str, Any] | None = None) -> None:
-        """Second constructor: receive the input parameters of the job."""
+        """Second constructor: the job's input is already in ``self.input``;
+        ``kwargs``, if given, is merged into it."""
         if kwargs is not None:
-            self.input = dict(kwargs)
+            self.input.update(kwargs)
 
     def process(self) -> None:
         """Do the work; the result goes into ``self.output``."""
@@ -72,9 +74,10 @@ class Plugin:
     def teardown(self) -> None:
         """Release resources; always run, even if ``process`` failed.
 
-        Puts the plugin's log lines into ``self.output["logging"]``.
+        Puts the plugin's log list itself into ``self.output["logging"]``: lines logged
+        afterwards still reach the output.
         """
-        self.output["logging"] = list(self._logging)
+        self.output["logging"] = self._logging
 
     def get_info(self) -> str:
         """Return the plugin's log lines as one text."""
@@ -85,48 +88,57 @@ class Plugin:
         self.is_aborted = True
 
     def log_error(self, txt: str, do_raise: bool = True) -> None:
-        """Log an error in the job's log; raise ``RuntimeError(txt)`` unless told not to."""
-        logger.error("%s: %s", self.get_name(), txt)
-        self._logging.append(f"ERROR: {txt}")
-        if do_raise:
-            raise RuntimeError(txt)
+        """Record ``ERROR in <Class>: txt`` in the job's log and raise it as a
+        ``RuntimeError``; with ``do_raise=False`` record ``Warning in <Class>: txt``."""
+        if not do_raise:
+            self.log_warning(txt)
+            return
+        line = f"ERROR in {self.get_name()}: {txt}"
+        logger.error("%s", line)
+        self._logging.append(line)
+        raise RuntimeError(line)
 
     def log_warning(self, txt: str) -> None:
-        """Log a warning in the job's log."""
-        logger.warning("%s: %s", self.get_name(), txt)
-        self._logging.append(f"WARNING: {txt}")
+        """Record ``Warning in <Class>: txt`` in the job's log."""
+        line = f"Warning in {self.get_name()}: {txt}"
+        logger.warning("%s", line)
+        self._logging.append(line)
 
     def wait_for(self, job_id: int) -> Any:
         """Wait for the job ``job_id`` to finish and return it (a ``dahu.job.Job``).
 
-        Waits at most ``TIMEOUT`` seconds (no limit when None) and stops waiting if this
-        plugin is aborted.  Fails this plugin (``log_error``) if the other job does not
-        exist, failed, was aborted, or did not finish in time.
+        Waits at most ``TIMEOUT`` seconds (10 by default, no limit when None) and stops
+        waiting if this plugin is aborted.  An id beyond the last one given out is
+        logged as a warning and None is returned (this job goes on).  Fails this plugin
+        (``log_error``) if the other job ended in another state than ``success``, does
+        not exist, or did not finish in time.
         """
         from .job import Job
 
+        job_id = int(job_id)
+        if job_id > Job._id_class:
+            self.log_warning(f"Not synchronizing job, invalid id: {job_id}")
+            return None
         timeout = self.TIMEOUT
         deadline = None if timeout is None else time.monotonic() + timeout
         state = Job.getStatusFromID(job_id)
         if state == Job.STATE_INEXISTANT:
             self.log_error(f"cannot wait for job {job_id}: no such job")
         with self._waiting():
-            while not self.is_aborted:
+            while not self.is_aborted and state not in Job.FINAL_STATES:
                 slice_ = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
                 if slice_ <= 0:
                     break
                 state = Job.synchronize_job(job_id, slice_)
-                if state in Job.FINAL_STATES:
-                    break
         if self.is_aborted:
             self.log_error(f"aborted while waiting for job {job_id}")
         if state == Job.STATE_SUCCESS:
             return Job.getJobFromID(job_id)
         if state in Job.FINAL_STATES:
-            self.log_error(f"job {job_id} that this job waits for ended in state {state}")
+            self.log_error(f"Other job ended in {state}: aborting myself")
         self.log_error(
-            f"job {job_id} that this job waits for did not finish within {timeout} s "
-            f"(state {state})"
+            f"Timeout while waiting other job to finish: job {job_id} did not finish "
+            f"within {timeout} s (state {state})"
         )
         return None
 
@@ -134,13 +146,18 @@ class Plugin:
 class PluginFromFunction(Plugin):
     """Template of the plugins made from a function: ``output["result"]`` is its result.
 
-    An instance is also callable: ``instance(**kwargs)`` returns ``function(**kwargs)``.
+    An instance is also callable, for debugging: ``instance(**kwargs)`` runs it on
+    ``kwargs`` and returns ``function(**kwargs)``.
     """
 
     function: Callable[..., Any] | None = None
 
     def __call__(self, **kwargs: Any) -> Any:
-        return self.function(**kwargs)
+        """Run the plugin on ``kwargs`` (merged into its input) and return the result."""
+        self.input.update(kwargs)
+        self.process()
+        self.teardown()
+        return self.output["result"]
 
     def get_name(self) -> str:
         """Return the function's name."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import cProfile
+import inspect
 import logging
 import os
 import sys
@@ -37,6 +38,8 @@ class Outcome:
     ended: float | None = None
     module_file: str | None = None
     plugin_version: str | None = None
+    #: the plugin's ``input`` at the end (plugins may add keys; the ``.inp`` file keeps them)
+    input: dict[str, Any] | None = None
 
 
 def plugin_provenance(plugin: Any) -> tuple[str | None, str | None]:
@@ -50,6 +53,28 @@ def plugin_provenance(plugin: Any) -> tuple[str | None, str | None]:
     if version is None and module is not None:
         version = getattr(module, "__version__", None) or getattr(module, "VERSION", None)
     return module_file, (str(version) if version is not None else None)
+
+
+_SETUP_WANTS_INPUT: dict[type, bool] = {}
+
+
+def _setup_args(plugin: Any) -> tuple:
+    """``()`` for the usual ``setup(self)`` / ``setup(self, kwargs=None)``; the input for a
+    ``setup(self, kwargs)`` whose argument is required (the original fails those with a
+    ``TypeError``; such plugins ship with it, e.g. ``id31.Integrate``)."""
+    klass = type(plugin)
+    wants = _SETUP_WANTS_INPUT.get(klass)
+    if wants is None:
+        try:
+            params = inspect.signature(getattr(plugin, plugin.DEFAULT_SET_UP)).parameters
+            wants = any(
+                p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                for p in params.values()
+            )
+        except (TypeError, ValueError):  # no signature to read: call it as the original
+            wants = False
+        _SETUP_WANTS_INPUT[klass] = wants
+    return (dict(plugin.input),) if wants else ()
 
 
 class Execution:
@@ -127,7 +152,9 @@ class Execution:
             self.abort(self.abort_reason or "aborted on request")
         state, error = State.SUCCESS, None
         try:
-            self._call(plugin, plugin.DEFAULT_SET_UP, dict(self.input_data))
+            # as in the original: the input is in place before setup(), called bare
+            plugin.input.update(self.input_data)
+            self._call(plugin, plugin.DEFAULT_SET_UP, *_setup_args(plugin))
             if not (self.abort_requested or getattr(plugin, "is_aborted", False)):
                 self._process(plugin)
         except Exception as err:
@@ -149,4 +176,8 @@ class Execution:
         if not isinstance(output, dict):
             output = {"result": output}
         module_file, version = plugin_provenance(plugin)
-        return Outcome(state, output, error, started, time.time(), module_file, version)
+        final_input = getattr(plugin, "input", None)
+        final_input = final_input if isinstance(final_input, dict) else None
+        return Outcome(
+            state, output, error, started, time.time(), module_file, version, final_input
+        )

@@ -55,6 +55,10 @@ __all__ = [
 
 INT32_MAX = 2**31 - 1
 DEFAULT_WAIT_TIMEOUT = 2.0
+# listPlugins' first line, as the original's (clients skip it)
+PLUGINS_HEADER = (
+    "List of all plugin currently loaded (use initPlugin to loaded additional plugins):"
+)
 DEFAULT_QUEUE_LIMIT = 1000
 
 
@@ -478,9 +482,9 @@ class DahuDS(Device):
         try:
             klass = self._engine.factory.get_class(name.strip())
         except DahuError as err:
-            return f"plugin {name} not loaded: {one_line(str(err))}"
+            return f"Plugin not found: {name}, {one_line(str(err))}"
         doc = inspect.getdoc(getattr(klass, "function", None) or klass) or "(no documentation)"
-        return f"plugin {name.strip()} loaded\n{doc}"
+        return f"Plugin loaded: {name.strip()}\n{doc}"  # the original's texts
 
     @command(dtype_out=str, doc_out="one line per plugin: name: first line of its doc")
     @client_errors
@@ -508,7 +512,8 @@ class DahuDS(Device):
     def _list_plugins(self) -> None:
         try:
             found = self._engine.factory.list_plugins()
-            self._plugins_text = "\n".join(f"{name}: {doc}" for name, doc in found.items())
+            lines = [PLUGINS_HEADER] + [f" {name} : {doc}" for name, doc in found.items()]
+            self._plugins_text = "\n".join(lines)
         except Exception as err:
             logger.exception("listing the plugins failed")
             self._plugins_text = f"<error>: cannot list the plugins: {one_line(str(err))}"

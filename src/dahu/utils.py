@@ -52,33 +52,45 @@ def get_isotime(forceTime: float | None = None, for_path: bool = False) -> str: 
     """Return the local time as an ISO-8601 string with the UTC offset.
 
     :param forceTime: a time stamp (seconds since the epoch) to format instead of now
-    :param for_path: give a form usable in a file name (no ``:``)
+    :param for_path: give the form used in file names, ``2024-02-22T14h05m09``
     """
     when = time.time() if forceTime is None else forceTime
     local = time.localtime(when)
+    if for_path:  # the original's file-name form: local time, no offset, no ":"
+        return time.strftime("%Y-%m-%dT%Hh%Mm%S", local)
     offset = time.strftime("%z", local)
     offset = f"{offset[:3]}:{offset[3:]}" if len(offset) == 5 else offset
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", local) + offset
-    if for_path:
-        text = text.replace(":", "")
-    return text
+    return time.strftime("%Y-%m-%dT%H:%M:%S", local) + offset
+
+
+_workdir: tuple[int, str] | None = None  # (pid, path) of this process's directory
+_workdir_lock = threading.Lock()
 
 
 def get_workdir(basedir: str | None = None) -> str:
-    """Create and return a new working directory for this run.
+    """Return this process's working directory, creating it on first use.
 
-    The directory is ``<basedir>/dahu_<user>/<date-time>`` where ``basedir`` defaults to
-    the system's temporary directory.  It is created if needed.
+    The directory is ``<basedir>/dahu_<user>/<date-time>_<pid>``, ``basedir`` being the
+    system's temporary directory by default.  Every call in one process returns the same
+    directory, unless ``basedir`` names another place (then a directory is made there
+    and kept from then on).
     """
-    if basedir is None:
-        basedir = tempfile.gettempdir()
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    path = os.path.join(basedir, f"dahu_{user}", get_isotime(for_path=True))
-    os.makedirs(path, exist_ok=True)
-    return path
+    global _workdir
+    base = os.path.abspath(basedir) if basedir else None
+    with _workdir_lock:
+        if _workdir is not None and _workdir[0] == os.getpid():
+            path = _workdir[1]
+            if base is None or path.startswith(base + os.sep):
+                return path
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = str(os.getuid())
+        name = f"{get_isotime(for_path=True)}_{os.getpid()}"
+        path = os.path.join(base or tempfile.gettempdir(), f"dahu_{user}", name)
+        os.makedirs(path, exist_ok=True)
+        _workdir = (os.getpid(), path)
+        return path
 
 
 def error_line(err: BaseException) -> str:

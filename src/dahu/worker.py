@@ -51,6 +51,10 @@ def outcome_message(outcome: Outcome) -> dict[str, Any]:
     except (TypeError, ValueError) as err:
         output = _ENCODER.encode({"unserializable_output": repr(outcome.output)[:1000]})
         error = (error + "\n" if error else "") + f"output not JSON-serialisable: {err}"
+    try:
+        final_input = _ENCODER.encode(outcome.input) if outcome.input is not None else None
+    except (TypeError, ValueError):
+        final_input = None  # the server keeps the input it sent
     return {
         "state": outcome.state,
         "output": output,
@@ -59,6 +63,7 @@ def outcome_message(outcome: Outcome) -> dict[str, Any]:
         "ended": outcome.ended,
         "module_file": outcome.module_file,
         "plugin_version": outcome.plugin_version,
+        "input": final_input,
         "rss": _rss(),
     }
 
@@ -73,6 +78,7 @@ def outcome_from_message(data: dict[str, Any]) -> Outcome:
         data["ended"],
         data["module_file"],
         data["plugin_version"],
+        json.loads(data["input"]) if data.get("input") else None,
     )
 
 

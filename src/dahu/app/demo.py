@@ -127,6 +127,7 @@ def demo_jobs(data: dict[str, Any], results: str) -> list[DemoJob]:
         "image_file": data["edf_files"][0],
         "curve_file": os.path.join(results, "frame_0000.dat"),
         "npt": NPT,
+        "unit": "q_nm^-1",  # plotted with the other curves (its default is 2th_deg)
     }
     jobs.append(DemoJob("pyfai.integrate_simple", simple))
     return jobs

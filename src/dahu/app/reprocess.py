@@ -102,7 +102,7 @@ _HELP = {
     "sources": "a job input file (.inp or .json), a directory searched recursively for them, "
     "or job ids (3, 1-5, 1-3,7) from the journal of --workdir",
     "output": "directory for the new journal and .inp/.out files "
-    "(default: a new work directory, <tmp>/dahu_<user>/<date-time>)",
+    "(default: a new work directory, <tmp>/dahu_<user>/<date-time>_<pid>)",
     "workdir": "work directory whose journal holds the job ids given as SOURCE "
     "(default: $DAHU_WORKDIR, else ~/.local/state/dahu)",
     "plugins": "add a plugin directory (repeatable; DAHU_PLUGINS is honoured too)",

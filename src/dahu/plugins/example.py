@@ -1,7 +1,7 @@
 """Example plugins: small, fast, and used by the tests and the demo.
 
 * ``example.square`` (function): ``x**2`` as ``output["result"]``
-* ``example.noop`` (function): does nothing
+* ``example.noop`` (function): returns its input ``x``
 * ``example.cube`` (class): ``x**3`` as ``output["result"]``
 * ``example.sleep`` (class): sleeps ``t`` seconds, stops promptly when aborted
 * ``example.error`` (class): raises in ``process``
@@ -20,9 +20,9 @@ def square(x=0):
     return x * x
 
 
-def noop(**kwargs):
-    """Do nothing (for measuring Dahu's own overhead)."""
-    return None
+def noop(x=None):
+    """Return ``x`` unchanged (for measuring Dahu's own overhead)."""
+    return x
 
 
 plugin_from_function(square)

@@ -66,10 +66,11 @@ def integrate_simple(
     image_file: str,
     curve_file: str,
     npt: int = DEFAULT_NPT,
-    unit: str = DEFAULT_UNIT,
+    unit: str = "2th_deg",
     method: Sequence[str] | str = DEFAULT_METHOD,
 ) -> dict[str, str]:
-    """Integrate the first frame of ``image_file`` into the 1D curve file ``curve_file``.
+    """Integrate the first frame of ``image_file`` into the 1D curve file ``curve_file``
+    (in ``2th_deg`` by default, as in the original).
 
     The curve is written in pyFAI's ASCII format (radial, intensity) with the geometry in its
     header. Returns ``{"out_file": curve_file}``.

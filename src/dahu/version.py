@@ -1,0 +1,48 @@
+"""Dahu's version, as the module the original package had (``import dahu.version``).
+
+``version`` is the installed distribution's version string (plugins write it into their
+results); ``version_info`` its numeric parts, ``hexversion`` them packed as Python packs
+its own, ``strictversion`` the bare ``X.Y.Z`` form, ``citation`` how to cite Dahu.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+from typing import NamedTuple
+
+__all__ = ["version", "version_info", "hexversion", "strictversion", "citation", "__date__"]
+
+try:
+    version = _distribution_version("dahu")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    version = "0+unknown"
+
+
+class VersionInfo(NamedTuple):
+    """The parts of :data:`version`: ``(major, minor, micro, releaselevel, serial)``."""
+
+    major: int
+    minor: int
+    micro: int
+    releaselevel: str
+    serial: int
+
+
+def _parse(text: str) -> VersionInfo:
+    numbers = [int(n) for n in re.findall(r"\d+", text.split("+")[0])[:3]]
+    numbers += [0] * (3 - len(numbers))
+    return VersionInfo(numbers[0], numbers[1], numbers[2], "final", 0)
+
+
+version_info = _parse(version)
+strictversion = f"{version_info.major}.{version_info.minor}.{version_info.micro}"
+hexversion = (
+    (version_info.major % 256) << 24
+    | (version_info.minor % 256) << 16
+    | (version_info.micro % 256) << 8
+    | 0xF0
+)
+__date__ = strictversion
+citation = "Dahu: a data-analysis job server for synchrotron beamlines, version " + version
