@@ -317,6 +317,8 @@ def run_demo(args: argparse.Namespace) -> list[str]:
     problems: list[str] = []
     started = time.perf_counter()
     proxy = server.start()
+    # the first pyFAI job's startJob imports pyFAI: seconds on a busy machine
+    proxy.set_timeout_millis(15_000)
     try:
         print(
             f"dahu_server up in {time.perf_counter() - started:.1f} s: {server.url} "
