@@ -90,6 +90,23 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    found = {}
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            found[pid] = times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two readings (a process that ended counts for nothing
+    after its last reading; a new one for all it used)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 def web_thread_cpu(page: str | None) -> float:
     """CPU seconds of the server's web thread (every request and push runs there)."""
     if page is None:
@@ -103,16 +120,28 @@ def measure(
 ) -> dict:
     """CPU of the server, of its web thread and of ``other`` processes, % of one core,
     over ``seconds``."""
-    other = other or []
+    browser = other[0] if other else None
     web0 = web_thread_cpu(page)
-    wall0, cpu0, oth0 = time.monotonic(), cpu_seconds([server_pid]), cpu_seconds(other)
+    wall0, cpu0 = time.monotonic(), cpu_seconds([server_pid])
+    oth0 = cpu_by_pid(browser_pids(browser))
     time.sleep(seconds)  # the measurement window itself
     wall = time.monotonic() - wall0
     return {
         "server": 100 * (cpu_seconds([server_pid]) - cpu0) / wall,
         "web": 100 * (web_thread_cpu(page) - web0) / wall,
-        "other": 100 * (cpu_seconds(other) - oth0) / wall,
+        "other": 100 * spent(oth0, cpu_by_pid(browser_pids(browser))) / wall,
     }
+
+
+def browser_pids(root: int | None) -> list[int]:
+    """The browser's process and all its children, now."""
+    if root is None:
+        return []
+    try:
+        process = psutil.Process(root)
+        return [root, *(child.pid for child in process.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def job_ended_cost(jobs: int = 200_000) -> float:
