@@ -5,7 +5,11 @@ Writes N ``example.square`` job input files, then reprocesses them with ``-j 1``
 tool measures itself (first job submitted to last job done) and the rate seen from
 outside, start-up included.
 
-    python bench/reprocess.py [-n 2000] [--small]
+    python bench/reprocess.py [-n 2000] [--small] [--original /path/to/python]
+
+With ``--original``, the original tool (``dahu-reprocess`` next to that interpreter, the
+2024.2 release in a throw-away virtual environment) reprocesses the same files, start-up
+included, and ``j1_vs_original`` compares our ``-j 1`` with it.
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ import tempfile
 import time
 
 
-def write_inputs(directory: str, count: int) -> None:
+def write_inputs(
+    directory: str, count: int, plugin: str = "example.square", **extra: float
+) -> None:
     """Write ``count`` inputs laid out as the server writes them (NNNN/NNNNN_plugin.inp)."""
     for job_id in range(1, count + 1):
         sub = os.path.join(directory, f"{job_id // 1000:04d}")
         os.makedirs(sub, exist_ok=True)
-        data = {"x": job_id, "plugin_name": "example.square", "job_id": job_id}
-        with open(os.path.join(sub, f"{job_id:05d}_example.square.inp"), "w") as handle:
+        data = {"x": job_id, **extra, "plugin_name": plugin, "job_id": job_id}
+        with open(os.path.join(sub, f"{job_id:05d}_{plugin}.inp"), "w") as handle:
             json.dump(data, handle, indent=2)
 
 
@@ -50,12 +56,34 @@ def run(inputs: str, output: str, workers: int, count: int) -> dict[str, float]:
     }
 
 
+def run_original(python: str, inputs: str, base: str, count: int) -> dict[str, float]:
+    """The original ``dahu-reprocess`` on every input file, start-up included."""
+    files = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(inputs)
+        for name in names
+        if name.endswith(".inp")
+    )
+    script = os.path.join(os.path.dirname(python), "dahu-reprocess")
+    workdir = tempfile.mkdtemp(prefix="original-", dir=base)
+    env = dict(os.environ, TMPDIR=workdir)  # where the original writes its files
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [python, script, *files], capture_output=True, text=True, env=env, cwd=workdir
+    )
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"the original dahu-reprocess exited {proc.returncode}: {proc.stderr}")
+    return {"jobs_per_s_with_startup": round(count / elapsed, 1), "seconds": round(elapsed, 3)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its JSON figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--jobs", type=int, default=2000, help="inputs (default 2000)")
     parser.add_argument("--small", action="store_true", help="a tiny run (50 inputs)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--original", metavar="PYTHON", help="python of the original Dahu")
     args = parser.parse_args(argv)
     count = 50 if args.small else args.jobs
     base = tempfile.mkdtemp(prefix="dahu-bench-reprocess-")
@@ -66,6 +94,25 @@ def main(argv: list[str] | None = None) -> int:
             f"j{workers}": run(inputs, os.path.join(base, f"out-j{workers}"), workers, count)
             for workers in (1, 2)
         }
+        # a plugin that releases the GIL (example.sleep, 5 ms): does -j 2 run twice as fast?
+        sleepers = os.path.join(base, "sleep-inputs")
+        slow = max(count // 5, 40)
+        write_inputs(sleepers, slow, "example.sleep", t=0.005)
+        gil_free = {
+            f"j{workers}": run(sleepers, os.path.join(base, f"sleep-j{workers}"), workers, slow)
+            for workers in (1, 2)
+        }
+        runs["sleep_5ms"] = {
+            "jobs": slow,
+            **gil_free,
+            "j2_over_j1": round(gil_free["j2"]["jobs_per_s"] / gil_free["j1"]["jobs_per_s"], 3),
+        }
+        if args.original:
+            runs["original"] = run_original(args.original, inputs, base, count)
+            runs["j1_vs_original"] = round(
+                runs["j1"]["jobs_per_s_with_startup"] / runs["original"]["jobs_per_s_with_startup"],
+                3,
+            )
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)

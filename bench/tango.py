@@ -100,6 +100,53 @@ def events_rate(proxy: tango.DeviceProxy, count: int) -> float:
         proxy.unsubscribe_event(event_id)
 
 
+def event_latency_ms(proxy: tango.DeviceProxy, count: int, rate: float) -> dict:
+    """Milliseconds from ``startJob`` returning to the job's ``jobSuccess`` event reaching
+    the client, with jobs started at ``rate`` per second."""
+    returned: dict[int, float] = {}
+    arrived: dict[int, float] = {}
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def on_event(event: tango.EventData) -> None:
+        now = time.perf_counter()
+        if event.err or event.attr_value is None:
+            return
+        with lock:
+            arrived.setdefault(int(event.attr_value.value), now)
+            if len(arrived) >= count and all(i in arrived for i in returned):
+                done.set()
+
+    event_id = proxy.subscribe_event("jobSuccess", tango.EventType.CHANGE_EVENT, on_event)
+    try:
+        with lock:
+            arrived.clear()  # the event sent on subscription
+        period = 1.0 / rate
+        started = time.perf_counter()
+        for i in range(count):
+            pause = started + i * period - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            job_id = proxy.startJob(["example.square", f'{{"x": {i}}}'])
+            with lock:
+                returned[job_id] = time.perf_counter()
+        deadline = time.monotonic() + 60
+        while not all(i in arrived for i in returned) and time.monotonic() < deadline:
+            done.wait(0.1)
+    finally:
+        proxy.unsubscribe_event(event_id)
+    # an event may overtake the reply of its own startJob: that is a latency of 0
+    times = sorted(max(arrived[i] - t, 0.0) * 1000 for i, t in returned.items() if i in arrived)
+    if len(times) < count:
+        raise SystemExit(f"only {len(times)} of {count} jobSuccess events received")
+    return {
+        "rate_per_s": rate,
+        "median": round(statistics.median(times), 3),
+        "p99": round(times[max(int(len(times) * 0.99) - 1, 0)], 3),
+        "max": round(times[-1], 3),
+    }
+
+
 def batch_rates(proxy: tango.DeviceProxy, count: int) -> tuple[float, float]:
     inputs = json.dumps([{"x": i} for i in range(count)])
     finished0 = proxy.jobsFinished
@@ -183,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trivial", type=int, default=5000)
     parser.add_argument("--waiters", type=int, default=10)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--latency-jobs", type=int, default=2000, help="jobs at 500/s")
     parser.add_argument(
         "--workdir",
         metavar="DIR",
@@ -192,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.small:
         args.pairs, args.events, args.batch, args.trivial = 20, 50, 200, 200
-        args.waiters, args.samples = 2, 20
+        args.waiters, args.samples, args.latency_jobs = 2, 20, 50
     workdir = tempfile.mkdtemp(prefix="dahu-bench-tango-", dir=args.workdir)
     server = LocalServer(
         workdir, os.path.join(workdir, "server.log"), device=DEVICE, instance="bench"
@@ -206,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         python_trivial = python_command_rate(proxy, first, args.trivial)
         pairs = pairs_rate(proxy, args.pairs)
         events = events_rate(proxy, args.events)
+        event_latency = event_latency_ms(proxy, args.latency_jobs, 500.0)
         batch, batch_done = batch_rates(proxy, args.batch)
         latency = latency_ms(proxy, server.url, args.waiters, args.samples)
         trivial = max(trivial_before, trivial_rate(proxy, args.trivial))
@@ -220,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             "events": args.events,
             "events_per_s": round(events, 1),
             "events_vs_bound": round(events / trivial, 3),
+            "events_vs_python_command": round(events / python_trivial, 3),
+            "event_latency_ms": event_latency,
             "batch": args.batch,
             "batch_per_s": round(batch, 1),
             "batch_done_per_s": round(batch_done, 1),

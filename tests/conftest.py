@@ -111,6 +111,34 @@ class AddPrevious(Plugin):
         self.output["result"] = other.output_data["result"] + self.input["x"]
 
 
+THROWN = {
+    "SystemExit": lambda: SystemExit(3),
+    "KeyboardInterrupt": KeyboardInterrupt,
+    "GeneratorExit": GeneratorExit,
+    "BaseException": lambda: BaseException("odd"),
+}
+
+
+@register
+class Raise(Plugin):
+    """Raise the BaseException named `what` in `where` (setup, process or teardown)."""
+
+    def setup(self, kwargs=None):
+        super().setup(kwargs)
+        self._throw("setup")
+
+    def process(self):
+        self._throw("process")
+
+    def teardown(self):
+        super().teardown()
+        self._throw("teardown")
+
+    def _throw(self, where):
+        if self.input.get("where", "process") == where:
+            raise THROWN[self.input["what"]]()
+
+
 @register
 class Pid(Plugin):
     """Report the process id."""
@@ -118,4 +146,13 @@ class Pid(Plugin):
     def process(self):
         self.output["pid"] = os.getpid()
 '''
-"""A plugin module: crashing, hanging, timing-out, waiting and pid-reporting plugins."""
+"""A plugin module: crashing, hanging, timing-out, raising, waiting and pid-reporting
+plugins."""
+
+BASE_EXCEPTIONS = [
+    ("SystemExit", "process", "SystemExit: 3"),
+    ("KeyboardInterrupt", "process", "KeyboardInterrupt"),
+    ("GeneratorExit", "setup", "GeneratorExit"),
+    ("BaseException", "teardown", "teardown failed: BaseException: odd"),
+]
+"""(what, where, first line of the job's error) for the ``trouble.raise`` plugin."""

@@ -89,6 +89,22 @@ def test_executors_bench_small(tmp_path):
     assert process["abort_hung_s"] >= process["abort_grace_s"]  # killed after the grace
 
 
+def test_longlife_bench_small(tmp_path):
+    figures = run_bench(
+        "longlife.py", "--jobs", "20", "200", "--calls", "5", "--workdir", str(tmp_path)
+    )
+    assert figures["benchmark"] == "longlife"
+    assert [size["jobs"] for size in figures["sizes"]] == [20, 200]
+    commands = {"startJob", "getJobState_old", "getJobState_new", "getJobOutput_old"}
+    commands.add("getStatistics")
+    assert set(figures["ratios_largest_over_smallest"]) == commands
+    for size in figures["sizes"]:
+        assert set(size["median_ms"]) == commands
+        assert 0 < size["journal_bytes_per_job"] < 10000
+        assert size["collectStatistics_s"] >= 0
+    assert not list(tmp_path.iterdir())  # its work directories are removed
+
+
 def test_dashboard_bench_small():
     from dahu.web.browser import find_chromium
 

@@ -14,7 +14,7 @@ from dahu.job import Job
 from dahu.journal import job_file_stem
 from dahu.testdata import make_dataset
 
-from .conftest import TROUBLE_PLUGINS
+from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS
 
 KINDS = ["thread", "process", "dask"]
 
@@ -42,7 +42,7 @@ def kind_engine(request, tmp_path_factory):
 @pytest.fixture
 def kind(kind_engine):
     kind, engine = kind_engine
-    dahu.engine._current = engine  # this module's engine is the current one
+    dahu.engine.activate(engine)  # this module's engine is the current one
     return kind
 
 
@@ -91,6 +91,32 @@ def test_dying_plugin_fails_its_job_and_the_server_goes_on(kind, how, reason):
     if kind == "process":
         assert reason in job.error
     assert run("example.square", {"x": 3}).output_data["result"] == 9
+
+
+@pytest.mark.parametrize("what, where, line", BASE_EXCEPTIONS)
+def test_base_exceptions_fail_the_job_and_spare_the_pool(kind, what, where, line):
+    # three such jobs on two slots: a pool thread killed by one would leave none for the
+    # last job (and the server would accept jobs it never runs)
+    jobs = [Job("trouble.raise", {"what": what, "where": where}) for _ in range(3)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(60)
+    assert [j.status for j in jobs] == ["failure"] * 3
+    assert jobs[0].error.splitlines()[0] == line
+    assert run("example.square", {"x": 5}).output_data["result"] == 25
+
+
+def test_a_callback_may_join_its_own_job(kind):
+    # bug: under dask the callbacks run in the one collector thread, which then waited
+    # for itself forever (and no other job ever ended)
+    seen = []
+    job = Job("example.square", {"x": 4})
+    job.connect_callback(lambda j: (j.join(), seen.append(j.status)))
+    job.start()
+    job.join(20)
+    assert seen == ["success"]
+    assert run("example.square", {"x": 1}, timeout=20).status == "success"
 
 
 def test_abort_cooperative_plugin(kind):

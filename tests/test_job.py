@@ -192,7 +192,6 @@ def test_clean_writes_files_and_frees_memory(engine):
     assert out["result"] == 36
     assert open(stem + ".out").read().startswith("{\n  ")  # pretty JSON
     assert job.plugin is None
-    assert job.id not in Job._live
     assert job.output_data["result"] == 36  # answered by the journal
     assert Job.cleanJobfromID(job.id) == f"job {job.id} cleaned"
     assert Job.cleanJobfromId(job.id) == f"job {job.id} cleaned"
@@ -200,17 +199,21 @@ def test_clean_writes_files_and_frees_memory(engine):
 
 def test_finished_jobs_do_not_stay_in_memory(engine):
     import gc
+    import weakref
 
-    ids = []
+    ids, plugins, faces = [], [], []
     for i in range(50):
         job = Job("example.square", {"x": i})
+        job.connect_callback(lambda job: plugins.append(weakref.ref(job.plugin)))
         job.start()
         ids.append(job.id)
+        faces.append(weakref.ref(job))
     Job.synchronize_all()
+    assert len(plugins) == 50
+    assert engine.live() == []
     del job
     gc.collect()
-    assert not any(i in Job._live for i in ids)
-    assert not any(i in Job._recent for i in ids)
+    assert [ref() for ref in faces + plugins] == [None] * 100  # neither jobs nor plugins
     assert Job.getDataOutputFromID(ids[10])["result"] == 100
 
 
@@ -293,7 +296,8 @@ def test_serialize_runs_one_at_a_time(engine):
         job.start()
     Job.synchronize_all()
     assert all(j.runtime >= 0.05 for j in jobs)
-    spans = sorted((j._started_at, j._ended_at) for j in jobs)
+    records = [engine.journal.get(j.id) for j in jobs]
+    spans = sorted((r.started, r.ended) for r in records)
     for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
         assert start >= end - 1e-3
     engine.executor.serialize = False

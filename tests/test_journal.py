@@ -10,7 +10,7 @@ import time
 import numpy
 import pytest
 
-from dahu.journal import INTERRUPTED, MemoryJournal, SQLiteJournal, job_file_stem
+from dahu.journal import INTERRUPTED, JournalError, MemoryJournal, SQLiteJournal, job_file_stem
 
 from .conftest import child_env
 
@@ -81,6 +81,110 @@ class TestJournalContract:
         assert summary["wall_time"] == pytest.approx(7.0)
         assert summary["regression"]["slope"] == pytest.approx(1.0)
         assert summary["regression"]["intercept"] == pytest.approx(1.0)
+
+    def test_create_refuses_an_input_json_cannot_encode_and_records_nothing(self, journal):
+        journal.create("example.noop", {}, 1.0)
+        with pytest.raises(JournalError, match="not JSON-serialisable"):
+            journal.create("example.noop", {"handle": object()}, 2.0)
+        assert journal.last_id() == 1
+        assert journal.get(2) is None
+
+    def test_create_many_records_all_in_order_or_none(self, journal):
+        ids = journal.create_many("example.square", [{"x": i} for i in range(5)], 3.0)
+        assert ids == sorted(ids) and len(set(ids)) == 5
+        assert [journal.get(i).input["x"] for i in ids] == list(range(5))
+        assert {journal.state(i) for i in ids} == {"uninitialized"}
+        with pytest.raises(JournalError):
+            journal.create_many("example.square", [{"x": 1}, {"x": object()}], 4.0)
+        assert journal.last_id() == ids[-1]
+        assert journal.create_many("example.square", [], 5.0) == []
+
+    def test_unknown_ids_are_ignored_by_writes_and_unknown_to_reads(self, journal):
+        journal.set_state(404, "running", 1.0)
+        journal.finish(404, "success", {"result": 1}, None, 1.0, 2.0)
+        assert journal.get(404) is None
+        assert journal.state(404) is None
+        assert journal.last_id() == 0
+        assert list(journal.select()) == []
+
+    def test_finish_keeps_an_output_json_cannot_encode_as_its_repr(self, journal):
+        job_id = journal.create("example.noop", {}, 1.0)
+        journal.finish(job_id, "success", {"handle": object()}, None, 1.0, 2.0)
+        record = journal.get(job_id)
+        assert record.state == "success"
+        assert "object object" in record.output["unserializable_output"]
+        assert record.error.startswith("output not JSON-serialisable")
+        other = journal.create("example.noop", {}, 1.0)
+        journal.finish(other, "failure", {"x": {1, 2}, "y": object()}, "ValueError: bad", 1, 2)
+        error = journal.get(other).error.splitlines()
+        assert error[0] == "ValueError: bad"  # the reason stays first
+        assert error[1].startswith("output not JSON-serialisable")
+
+    def test_finish_may_replace_the_input_with_the_plugins_final_one(self, journal):
+        job_id = journal.create("example.noop", {"x": 1}, 1.0)
+        journal.finish(job_id, "success", {}, None, 1.0, 2.0, input_data={"x": 1, "y": 2})
+        assert journal.get(job_id).input == {"x": 1, "y": 2, "job_id": job_id}
+        journal.finish(job_id, "success", {}, None, 1.0, 2.0, input_data={"bad": object()})
+        assert journal.get(job_id).input == {"x": 1, "y": 2, "job_id": job_id}
+
+    def test_records_are_copies(self, journal):
+        job_id = journal.create("example.noop", {"x": [1]}, 1.0)
+        journal.finish(job_id, "success", {"result": [2]}, None, 1.0, 2.0)
+        record = journal.get(job_id)
+        record.input["x"].append(99)
+        record.output["result"].append(99)
+        again = journal.get(job_id)
+        assert again.input["x"] == [1]
+        assert again.output == {"result": [2]}
+
+    def test_select_bounds_are_optional_and_inclusive(self, journal):
+        ids = [journal.create("example.noop", {}, 1.0) for _ in range(4)]
+        assert [r.id for r in journal.select()] == ids
+        assert [r.id for r in journal.select(first=ids[2])] == ids[2:]
+        assert [r.id for r in journal.select(last=ids[1])] == ids[:2]
+        assert list(journal.select(state="success")) == []
+
+    def test_jobs_of_this_live_process_are_never_marked_interrupted(self, journal):
+        job_id = journal.create("example.noop", {}, 1.0)
+        journal.set_state(job_id, "running", 1.0)
+        assert journal.mark_interrupted() == []
+        assert journal.state(job_id) == "running"
+
+    def test_summary_from_a_first_id(self, journal):
+        first = journal.create("example.a", {}, 0.0)
+        journal.finish(first, "success", {}, None, 0.0, 1.0)
+        second = journal.create("example.b", {}, 0.0)
+        journal.finish(second, "failure", None, "boom", 1.0, 3.0)
+        summary = journal.summary(second)
+        assert list(summary["plugins"]) == ["example.b"]
+        assert summary["plugins"]["example.b"]["failure"] == 1
+        assert summary["jobs"] == 1 and summary["total_runtime"] == pytest.approx(2.0)
+
+    def test_a_broken_store_raises_journal_error_from_every_method(self, journal, tmp_path):
+        if isinstance(journal, MemoryJournal):
+            pytest.skip("memory cannot break")
+        import sqlite3
+
+        job_id = journal.create("example.noop", {}, 1.0)
+        db = sqlite3.connect(journal.path)
+        db.execute("DROP TABLE jobs")
+        db.commit()
+        db.close()
+        calls = [
+            lambda: journal.create("example.noop", {}, 1.0),
+            lambda: journal.create_many("example.noop", [{}], 1.0),
+            lambda: journal.set_state(job_id, "running", 1.0),
+            lambda: journal.finish(job_id, "success", {}, None, 1.0, 2.0),
+            lambda: journal.state(job_id),
+            lambda: journal.get(job_id),
+            lambda: journal.last_id(),
+            lambda: list(journal.select()),
+            lambda: journal.mark_interrupted(),
+            lambda: journal.summary(),
+        ]
+        for call in calls:
+            with pytest.raises(JournalError):
+                call()
 
 
 def test_journal_refuses_a_newer_schema(tmp_path):
@@ -177,7 +281,6 @@ def test_live_process_jobs_are_not_marked_interrupted(workdir):
 
 
 def test_opening_without_create_needs_an_existing_journal(tmp_path):
-    from dahu.journal import JournalError
 
     with pytest.raises(JournalError, match="no journal in"):
         SQLiteJournal(str(tmp_path / "empty"), create=False)

@@ -27,6 +27,8 @@ import pytest
 
 from dahu.compare import compare, compare_files, first_difference
 
+from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS
+
 BIN = Path(sys.executable).parent
 REPROCESS = str(BIN / "dahu-reprocess")
 ROOT = Path(__file__).resolve().parent.parent
@@ -515,6 +517,64 @@ def test_ctrl_c_aborts_and_prints_the_summary(tmp_path: Path):
     assert states == {"aborted"}
 
 
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_plugins_raising_base_exceptions_fail_their_jobs(tmp_path: Path, executor: str):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "trouble.py").write_text(TROUBLE_PLUGINS)
+    sources = tmp_path / "in"
+    sources.mkdir()
+    for i, (what, where, _) in enumerate(BASE_EXCEPTIONS * 2):  # more jobs than slots
+        data = {"plugin_name": "trouble.raise", "what": what, "where": where}
+        (sources / f"{i:05d}_trouble.raise.inp").write_text(json.dumps(data))
+    args = ["-j", "2", "--executor", executor, "--plugins", plugins, "-o", tmp_path / "out"]
+    status, summary, stderr = summary_of(*args, sources)
+    assert status == 1, stderr
+    assert summary["total"]["failure"] == 2 * len(BASE_EXCEPTIONS)
+    for *_, line in BASE_EXCEPTIONS:
+        assert line in stderr
+
+
+def test_one_sigterm_ends_a_run_whose_plugin_ignores_abort(tmp_path: Path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "trouble.py").write_text(TROUBLE_PLUGINS)
+    sources = tmp_path / "in"
+    sources.mkdir()
+    (sources / "00001_trouble.hang.inp").write_text(json.dumps({"plugin_name": "trouble.hang"}))
+    data = {"plugin_name": "trouble.raise", "what": "SystemExit"}
+    (sources / "00002_trouble.raise.inp").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [REPROCESS, "--json", "-j", "2", "--plugins", str(plugins), "-o", str(out), str(sources)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        state = None
+        while state != "running" and time.monotonic() < deadline:  # the hung job runs
+            if (out / "journal.sqlite").is_file():
+                with sqlite3.connect(f"file:{out / 'journal.sqlite'}?mode=ro", uri=True) as db:
+                    try:
+                        row = db.execute("SELECT state FROM jobs WHERE plugin = 'trouble.hang'")
+                        state = (row.fetchone() or [None])[0]
+                    except sqlite3.OperationalError:  # schema not written yet
+                        pass
+            time.sleep(0.05)
+        assert state == "running"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)  # once
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert time.monotonic() - started < 30
+    assert proc.returncode == 130
+    total = json.loads(stdout)["total"]
+    assert total["aborted"] == 1 and total["failure"] == 1
+
+
 # ---- dahu.compare, in process -------------------------------------------------------------
 def test_compare_module_paths_and_reasons(tmp_path: Path):
     assert compare({"a": [1, 2.0]}, {"a": [1.0, 2]}) is None
@@ -567,6 +627,7 @@ def test_bench_runs_small():
     result = json.loads(proc.stdout)
     assert result["jobs"] == 50
     assert result["j1"]["jobs_per_s"] > 0 and result["j2"]["jobs_per_s"] > 0
+    assert result["sleep_5ms"]["jobs"] == 40 and result["sleep_5ms"]["j2_over_j1"] > 0
 
 
 def test_main_in_process_help_and_version(capsys):

@@ -510,5 +510,6 @@ def test_the_benchmark_runs_on_a_tiny_size():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    for key in ("trivial_per_s", "pairs_per_s", "events_per_s", "batch_per_s", "latency_ms"):
+    keys = ("trivial_per_s", "pairs_per_s", "events_per_s", "batch_per_s", "latency_ms")
+    for key in (*keys, "python_command_per_s", "events_vs_python_command", "event_latency_ms"):
         assert key in figures

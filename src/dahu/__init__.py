@@ -11,9 +11,6 @@ from .version import hexversion, strictversion, version, version_info  # noqa: F
 
 __version__ = version
 
-
-class DahuError(Exception):
-    """Base class of every error raised by Dahu itself (not by plugin code)."""
-
+from .errors import DahuError  # noqa: E402 - after the version, which errors does not need
 
 __all__ = ["DahuError", "__version__", "version"]

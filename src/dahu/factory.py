@@ -18,8 +18,8 @@ import threading
 from types import ModuleType
 from typing import Any
 
-from . import DahuError
-from .utils import error_line, fully_qualified_name
+from .errors import DahuError, UnknownPlugin, error_line, one_line
+from .utils import fully_qualified_name
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +27,6 @@ __all__ = ["load_source", "Factory", "plugin_factory", "register", "UnknownPlugi
 
 BUILTIN_PLUGIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
-
-
-class UnknownPlugin(DahuError):
-    """A plugin name that cannot be resolved to a registered plugin class."""
 
 
 def load_source(module_name: str, file_path: str) -> ModuleType:
@@ -159,7 +155,7 @@ class Factory:
                 self._dirs.append(directory)
 
     def _module_path(self, module_name: str) -> str | None:
-        for directory in self._dirs:
+        for directory in tuple(self._dirs):  # a snapshot: read without the lock too
             for candidate in Factory.plugin_dirs.get(directory, ()):
                 if candidate.lower() == module_name:
                     path = os.path.join(directory, candidate)
@@ -194,6 +190,26 @@ class Factory:
                 Factory.modules[module_name] = load_source(module_name, path)
         return Factory.registry.get(key)
 
+    def locate(self, plugin_name: str) -> None:
+        """Check that ``plugin_name`` can be found without importing any plugin code: it
+        is registered, or a plugin directory has its module; :class:`UnknownPlugin`
+        otherwise.  (Whether the module defines it is known only once it is loaded.)"""
+        key = plugin_name.lower() if isinstance(plugin_name, str) else ""
+        if key in Factory.registry:
+            return
+        if _NAME_RE.match(key):
+            self._sync_env()
+            module_name = key.split(".", 1)[0]
+            # no lock here: another thread may hold it for seconds, importing a module
+            if module_name in Factory.modules or self._module_path(module_name):
+                return
+            with self.reg_sem:
+                for directory in self._dirs:  # a module added since it was indexed
+                    Factory.plugin_dirs[directory] = _list_modules(directory)
+                if self._module_path(module_name):
+                    return
+        raise UnknownPlugin(self.describe_failure(plugin_name))
+
     def describe_failure(self, plugin_name: str) -> str:
         """A one-line reason why ``plugin_name`` cannot be instantiated."""
         if not isinstance(plugin_name, str) or not _NAME_RE.match(plugin_name):
@@ -214,7 +230,7 @@ class Factory:
             klass = self.search_plugin(plugin_name)
         except DahuError:
             raise
-        except Exception as err:
+        except BaseException as err:  # SystemExit or worse from a module's code included
             raise UnknownPlugin(f"cannot load plugin {plugin_name!r}: {error_line(err)}") from err
         if klass is None:
             raise UnknownPlugin(self.describe_failure(plugin_name))
@@ -235,11 +251,11 @@ class Factory:
             for module_name in Factory.plugin_dirs.get(directory, ()):
                 try:
                     self.search_plugin(f"{module_name}._")
-                except Exception as err:
+                except BaseException as err:  # a module's SystemExit must not end us
                     found[f"{module_name.lower()}.<error>"] = f"cannot load: {error_line(err)}"
         for name, klass in sorted(Factory.registry.items()):
             doc = (getattr(klass, "function", None) or klass).__doc__ or ""
-            found[name] = doc.strip().splitlines()[0] if doc.strip() else ""
+            found[name] = one_line(doc)
         return found
 
     @classmethod

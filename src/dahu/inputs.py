@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from . import DahuError
+from .errors import InvalidInput
 
 __all__ = [
     "InvalidInput",
@@ -26,10 +26,6 @@ MAX_INPUT_CHARS = 16 * 2**20
 """Largest JSON text accepted for one ``startJob`` or ``startJobs`` call (16 MiB)."""
 MAX_DEPTH = 64
 """Deepest nesting of arrays/objects accepted in a job input."""
-
-
-class InvalidInput(DahuError, ValueError):
-    """A job input that is not a JSON object (dict, JSON text, or JSON file)."""
 
 
 def parse_input(input_data: Any) -> dict[str, Any]:

@@ -39,8 +39,8 @@ import pyFAI.units
 from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 from pyFAI.method_registry import IntegrationMethod, Method
 
-from . import DahuError
 from .cache import DataCache
+from .errors import DahuError
 
 logger = logging.getLogger(__name__)
 

@@ -19,11 +19,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy
@@ -31,11 +29,20 @@ import tango
 from tango import AttrWriteType, DevLong, DevState, DevVarLongArray
 from tango.server import Device, attribute, command, device_property
 
-from . import DahuError, __version__
-from . import engine as dahu_engine
+from . import __version__
+from .errors import DahuError, InvalidInput, TryAgain, UnknownJob, one_line
 from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_inputs
-from .job import InvalidInput, Job
-from .server_errors import TryAgain, UnknownJob, client_errors, one_line
+from .job import Job
+from .properties import PROPERTIES
+from .server_errors import client_errors
+from .server_settings import (
+    ServerSettings,
+    configure_engine,
+    settings,
+    shutdown,
+    start_web,
+    web_service,
+)
 from .states import State
 from .utils import NumpyEncoder, gc_paused
 
@@ -54,164 +61,23 @@ __all__ = [
 ]
 
 INT32_MAX = 2**31 - 1
-DEFAULT_WAIT_TIMEOUT = 2.0
 # listPlugins' first line, as the original's (clients skip it)
 PLUGINS_HEADER = (
     "List of all plugin currently loaded (use initPlugin to loaded additional plugins):"
 )
-DEFAULT_QUEUE_LIMIT = 1000
-
-
-@dataclass
-class ServerSettings:
-    """Settings given on the ``dahu_server`` command line; they win over device properties.
-
-    ``engine_options`` are extra keyword arguments for :func:`dahu.engine.configure`
-    (the place for future options such as the executor kind).
-    """
-
-    workdir: str | None = None
-    plugins: list[str] = field(default_factory=list)
-    max_workers: int | None = None
-    executor: str | None = None
-    scheduler: str | None = None
-    timeout: float | None = None
-    http: str | None = None
-    http_token: str | None = None
-    engine_options: dict[str, Any] = field(default_factory=dict)
-
-
-settings = ServerSettings()
-"""The process's server settings (set by ``dahu_server`` before the server starts)."""
-
-_engine: dahu_engine.Engine | None = None
-_engine_lock = threading.Lock()
-_web: Any = None  # the dahu.web.WebService serving the page, when asked for
-
-
-# ---- helpers -------------------------------------------------------------------------
-def configure_engine(
-    workdir: str | None,
-    max_workers: int | None,
-    plugin_dirs: list[str],
-    executor: str = "thread",
-    scheduler: str | None = None,
-    timeout: float | None = None,
-) -> dahu_engine.Engine:
-    """Make the process's engine on first call; later calls reuse it (a device ``Init``
-    keeps running jobs).  Plugin directories are added to the engine's factory."""
-    global _engine
-    with _engine_lock:
-        engine = _engine
-        if engine is None:
-            options = dict(settings.engine_options)
-            options.setdefault("executor_kind", executor)
-            options.setdefault("default_timeout", timeout)
-            if executor == "dask":
-                executor_options = dict(options.get("executor_options") or {})
-                executor_options.setdefault("scheduler", scheduler or "local")
-                options["executor_options"] = executor_options
-            engine = dahu_engine.configure(workdir=workdir, max_workers=max_workers, **options)
-            _engine = engine
-            if engine.interrupted:
-                logger.warning(
-                    "%d job(s) left unfinished by a previous server marked failed (interrupted)",
-                    len(engine.interrupted),
-                )
-        else:
-            if workdir and os.path.abspath(workdir) != engine.workdir:
-                logger.warning(
-                    "work directory %s ignored: the server uses %s until it restarts",
-                    workdir,
-                    engine.workdir,
-                )
-            if max_workers and getattr(engine.executor, "max_workers", max_workers) != max_workers:
-                engine.executor.max_workers = max_workers
-    for directory in plugin_dirs:
-        engine.factory.add_directory(directory)
-    return engine
-
-
-def start_web(address: str, token: str | None = None) -> Any:
-    """Serve the read-only web page (:mod:`dahu.web`) on ``address`` from this process.
-
-    Once per process; a token is generated (and logged) for a non-loopback address
-    without one.  Raise :class:`dahu.web.WebError` when it cannot be served.
-    """
-    global _web
-    from .web import serve
-
-    if _web is None:
-        _web, generated = serve(address, token, _engine)
-        if generated:
-            logger.warning("web page access token generated: %s", _web.url)
-    return _web
-
-
-def shutdown(timeout: float = 30.0) -> bool:
-    """Abort the jobs still queued or running, wait (at most ``timeout`` s) until their
-    outcome is recorded and their files written, then close the journal.
-
-    Return True if every job ended in time.  Jobs aborted while queued end at once,
-    without running their plugin.
-    """
-    engine = _engine
-    done = True if engine is None else engine.shutdown(abort=True, timeout=timeout)
-    if _web is not None:
-        _web.stop()
-    return done
 
 
 # ---- the device ----------------------------------------------------------------------
 class DahuDS(Device):
     """Data-analysis job server: runs Dahu plugins as jobs, on request of Tango clients."""
 
-    plugins_directory = device_property(
-        dtype=(str,), default_value=[], doc="Directories searched for plugin modules"
-    )
-    max_workers = device_property(
-        dtype=int, default_value=0, doc="Jobs running at once (0: number of CPUs)"
-    )
-    queue_limit = device_property(
-        dtype=int,
-        default_value=DEFAULT_QUEUE_LIMIT,
-        doc="State is ALARM while more jobs than this wait for a slot",
-    )
-    workdir = device_property(
-        dtype=str,
-        default_value="",
-        doc="Work directory: journal and .inp/.out files (default: $DAHU_WORKDIR)",
-    )
-    executor = device_property(
-        dtype=str,
-        default_value="thread",
-        doc="Where plugins run: thread, process (isolated workers) or dask",
-    )
-    scheduler = device_property(
-        dtype=str,
-        default_value="local",
-        doc="dask executor: scheduler address (tcp://host:8786) or local",
-    )
-    default_timeout = device_property(
-        dtype=float,
-        default_value=0.0,
-        doc="Seconds after which a running job is aborted as timed out (0: no limit)",
-    )
-    wait_timeout = device_property(
-        dtype=float,
-        default_value=DEFAULT_WAIT_TIMEOUT,
-        doc="Longest wait of waitJob, in seconds (keep it below the clients' timeout)",
-    )
-    http = device_property(
-        dtype=str,
-        default_value="",
-        doc="Serve the read-only web page on [HOST:]PORT (host 127.0.0.1 by default)",
-    )
-    http_token = device_property(
-        dtype=str,
-        default_value="",
-        doc="Access token of the web page (generated when HOST is not a loopback address)",
-    )
+    # one device property per entry of dahu.properties.PROPERTIES (the class namespace
+    # is a dict: the names are defined here, as if written one by one)
+    for _prop in PROPERTIES:
+        locals()[_prop.name] = device_property(
+            dtype=_prop.dtype, default_value=_prop.default, doc=_prop.doc
+        )
+    del _prop
 
     # ---- life cycle --------------------------------------------------------------------
     def init_device(self) -> None:
@@ -232,13 +98,14 @@ class DahuDS(Device):
             timeout=timeout,
         )
         self._wait = max(0.0, float(self.wait_timeout))
-        if _web is None and self.http.strip():
+        if web_service() is None and self.http.strip():
             try:
                 start_web(self.http.strip(), self.http_token.strip() or None)
             except DahuError as err:
                 logger.error("no web page: %s", err)
-        if _web is not None:
-            _web.monitor.attach(self._engine)
+        self._web = web_service()
+        if self._web is not None:
+            self._web.monitor.attach(self._engine)
         self._last_success = 0
         self._last_failure = 0
         self._stats_text = ""
@@ -288,7 +155,7 @@ class DahuDS(Device):
     def _job_ended(self, job: Job) -> None:
         """Job callback (worker thread): record the id, queue the event and the files."""
         job_id = job.id
-        web = _web
+        web = self._web
         if web is not None:
             web.monitor.job_ended(job)
         if job.status == State.SUCCESS:
@@ -318,8 +185,8 @@ class DahuDS(Device):
         engine = self._engine
         counts = engine.counts()
         lines = [f"Dahu {__version__}, work directory {engine.workdir}"]
-        if _web is not None:
-            lines.append(f"web page: http://{_web.host}:{_web.port}/")
+        if self._web is not None:
+            lines.append(f"web page: http://{self._web.host}:{self._web.port}/")
         if engine.journal_fault:
             lines.append(f"FAULT: the journal cannot be written: {one_line(engine.journal_fault)}")
         if counts["queued"] > self.queue_limit:
@@ -336,7 +203,10 @@ class DahuDS(Device):
         if not isinstance(name, str) or not name.strip():
             raise InvalidInput("the plugin name is empty")
         name = name.strip()
-        self._engine.factory.get_class(name)  # UnknownPlugin with a one-line reason
+        # UnknownPlugin (one-line reason) if no plugin directory has its module; the
+        # module is imported where the job runs (never here: a client must not wait
+        # for, nor the server suffer from, a plugin module's import)
+        self._engine.factory.locate(name)
         return name
 
     def _submit(self, job: Job) -> int:

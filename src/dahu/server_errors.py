@@ -15,35 +15,20 @@ from typing import Any
 
 import tango
 
-from . import DahuError
-from .factory import UnknownPlugin
-from .job import InvalidInput
+from .errors import (
+    MAX_REASON,
+    DahuError,
+    InvalidInput,
+    TryAgain,
+    UnknownJob,
+    UnknownPlugin,
+    error_line,
+    one_line,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["UnknownJob", "TryAgain", "one_line", "client_errors", "MAX_REASON"]
-
-MAX_REASON = 500  # characters of a DevFailed description
-
-
-class UnknownJob(DahuError, KeyError):
-    """A job id that the journal does not know."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else "unknown job"
-
-
-class TryAgain(DahuError):
-    """The answer is not ready within the bounded wait: the client should call again."""
-
-
-def one_line(text: str, limit: int = MAX_REASON) -> str:
-    """The first non-empty line of ``text``, cut to ``limit`` characters."""
-    for line in str(text).splitlines():
-        if line.strip():
-            line = line.strip()
-            return line if len(line) <= limit else line[: limit - 3] + "..."
-    return ""
 
 
 def _reason_code(err: BaseException) -> str:
@@ -77,7 +62,7 @@ def client_errors(method: Callable) -> Callable:
         except Exception as err:
             logger.exception("%s failed", method.__name__)
             reason = "Dahu_InternalError"
-            text = one_line(f"{type(err).__name__}: {err}")
+            text = one_line(error_line(err))
         tango.Except.throw_exception(reason, text, f"DahuDS.{method.__name__}")
 
     return wrapper

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy
 
+from .errors import error_line, one_line
+
 __all__ = [
     "NumpyEncoder",
     "get_isotime",
@@ -23,6 +25,7 @@ __all__ = [
     "dumps",
     "gc_paused",
     "error_line",
+    "one_line",
 ]
 
 
@@ -91,12 +94,6 @@ def get_workdir(basedir: str | None = None) -> str:
         os.makedirs(path, exist_ok=True)
         _workdir = (os.getpid(), path)
         return path
-
-
-def error_line(err: BaseException) -> str:
-    """``Type: first line of its message``: an exception as a one-line reason."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def fully_qualified_name(obj: Any) -> str:

@@ -8,16 +8,13 @@ its own, ``strictversion`` the bare ``X.Y.Z`` form, ``citation`` how to cite Dah
 from __future__ import annotations
 
 import re
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _distribution_version
 from typing import NamedTuple
 
 __all__ = ["version", "version_info", "hexversion", "strictversion", "citation", "__date__"]
 
-try:
-    version = _distribution_version("dahu")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    version = "0+unknown"
+# The one place the version is written: pyproject.toml reads it from here at build time
+# (a literal, so that importing Dahu needs no package metadata lookup).
+version = "2026.11.0"
 
 
 class VersionInfo(NamedTuple):

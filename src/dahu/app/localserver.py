@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from .. import DahuError
+from ..errors import DahuError
 
 __all__ = ["LocalServer", "ServerFailed", "free_port"]
 

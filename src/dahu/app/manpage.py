@@ -4,8 +4,6 @@
 ``man/dahu-reprocess.1`` (``--check`` only tells whether they are up to date).  Each
 page's SYNOPSIS, ARGUMENTS and OPTIONS come from the tool's ``build_parser()``, so they
 list every option; the prose (description, environment, files, exit status) is kept here.
-A tool whose module does not offer ``build_parser()`` yet is described by a parser
-written here from its specification.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,55 +23,12 @@ MAN_DIR = Path(__file__).resolve().parents[3] / "man"
 """The ``man/`` directory of a source checkout."""
 
 
-def _server_spec_parser() -> argparse.ArgumentParser:
-    """``dahu_server`` as specified, for as long as ``dahu.app.server`` has no parser."""
-    parser = argparse.ArgumentParser(prog="dahu_server")
-    parser.add_argument("instance", metavar="INSTANCE", help="the Tango server instance name")
-    parser.add_argument("-d", "--debug", action="store_true", help="log debugging messages")
-    parser.add_argument("-l", "--log", metavar="DIR", help="write log files into DIR")
-    parser.add_argument(
-        "--workdir", metavar="DIR", help="work directory: the journal and the .inp/.out files"
-    )
-    parser.add_argument(
-        "--plugins", action="append", metavar="DIR", help="add a plugin directory (repeatable)"
-    )
-    parser.add_argument("-V", "--version", action="version", version="%(prog)s")
-    parser.add_argument(
-        "--executor",
-        choices=["thread", "process", "dask"],
-        help="where plugins run: threads of the server, isolated processes, or a Dask cluster",
-    )
-    parser.add_argument("--max-workers", metavar="N", type=int, help="jobs run at once")
-    parser.add_argument(
-        "--scheduler", metavar="ADDRESS", help="address of the Dask scheduler (--executor dask)"
-    )
-    parser.add_argument(
-        "--timeout", metavar="SECONDS", type=float, help="abort a job running longer than this"
-    )
-    return parser
-
-
-def _register_spec_parser() -> argparse.ArgumentParser:
-    """``dahu-register`` as specified, for as long as ``dahu.app.register`` has no parser."""
-    parser = argparse.ArgumentParser(prog="dahu-register")
-    parser.add_argument("instance", metavar="INSTANCE", help="the dahu_server instance name")
-    parser.add_argument("device", metavar="DEVICE", help="the device name, e.g. id00/dahu/1")
-    parser.add_argument(
-        "--plugins",
-        action="append",
-        metavar="DIR",
-        help="a plugin directory recorded for the device (repeatable)",
-    )
-    return parser
-
-
 @dataclass
 class Page:
     """What a man page says beyond its parser's options."""
 
     name: str
     module: str
-    spec_parser: Callable[[], argparse.ArgumentParser]
     summary: str
     description: list[str]
     environment: list[tuple[str, str]] = field(default_factory=list)
@@ -98,7 +52,6 @@ PAGES: dict[str, Page] = {
     "dahu_server": Page(
         name="dahu_server",
         module="dahu.app.server",
-        spec_parser=_server_spec_parser,
         summary="the Dahu data-analysis job server (Tango device server DahuDS)",
         description=[
             "dahu_server runs the Tango device DahuDS: clients submit jobs (a plugin name "
@@ -149,7 +102,6 @@ PAGES: dict[str, Page] = {
     "dahu-register": Page(
         name="dahu-register",
         module="dahu.app.register",
-        spec_parser=_register_spec_parser,
         summary="register a Dahu device server in the Tango database",
         description=[
             "dahu-register declares, in the Tango database, the server DahuDS/INSTANCE "
@@ -166,7 +118,6 @@ PAGES: dict[str, Page] = {
     "dahu-reprocess": Page(
         name="dahu-reprocess",
         module="dahu.app.reprocess",
-        spec_parser=lambda: importlib.import_module("dahu.app.reprocess").build_parser(),
         summary="run archived Dahu jobs again and compare with what they gave",
         description=[
             "dahu-reprocess runs archived jobs again through the same plugin code as the "
@@ -208,17 +159,9 @@ PAGES: dict[str, Page] = {
 """The man pages, by tool name."""
 
 
-def get_parser(name: str) -> tuple[argparse.ArgumentParser, bool]:
-    """The tool's parser and whether it is the real one (its module's ``build_parser()``)."""
-    page = PAGES[name]
-    try:
-        build = importlib.import_module(page.module).build_parser
-    except (ImportError, AttributeError) as err:
-        absent = isinstance(err, ModuleNotFoundError) and err.name == page.module
-        log = logger.info if absent or isinstance(err, AttributeError) else logger.warning
-        log("%s: no parser from %s (%s): using its specification", name, page.module, err)
-        return page.spec_parser(), False
-    return build(), True
+def get_parser(name: str) -> argparse.ArgumentParser:
+    """The tool's parser: its module's ``build_parser()``."""
+    return importlib.import_module(PAGES[name].module).build_parser()
 
 
 def _esc(text: str) -> str:
@@ -326,7 +269,7 @@ def render(page: Page, parser: argparse.ArgumentParser) -> str:
 
 def render_page(name: str) -> str:
     """The roff source of the man page of tool ``name`` (real parser when available)."""
-    parser, _ = get_parser(name)
+    parser = get_parser(name)
     return render(PAGES[name], parser)
 
 

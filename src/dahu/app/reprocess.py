@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import queue
-import re
 import signal
 import sys
 import threading
@@ -32,16 +31,17 @@ from typing import Any
 
 from tabulate import tabulate
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .. import DahuError, __version__
+from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_IGNORE, DEFAULT_RTOL, Difference, first_difference
 from ..engine import configure
+from ..errors import DahuError, one_line
 from ..factory import plugin_factory
 from ..job import Job
-from ..journal import JournalError, SQLiteJournal, default_workdir
+from ..journal import default_workdir
 from ..states import State
 from ..utils import dumps, get_workdir
+from .sources import InputError, Item, expand_sources, load_archive, load_input
 
 logger = logging.getLogger(__name__)
 
@@ -49,25 +49,7 @@ __all__ = ["build_parser", "main", "expand_sources", "Item", "Result"]
 
 PROG = "dahu-reprocess"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-INPUT_EXTENSIONS = (".inp", ".json")
 INVALID = "(invalid input)"
-_IDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
-_CHUNK = 1000  # journal records read at once when listing an id range
-
-
-class InputError(DahuError):
-    """An input that cannot be run; its message is one line."""
-
-
-@dataclass
-class Item:
-    """One thing to reprocess: an input file, a job of a journal, or a source in error."""
-
-    label: str
-    path: str | None = None
-    journal: Any = None
-    job_id: int | None = None
-    error: str | None = None
 
 
 @dataclass
@@ -146,107 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ---- sources ------------------------------------------------------------------------
-def _walk(directory: str, exclude: str | None) -> Iterator[str]:
-    """Input files under ``directory``, sorted, skipping the ``exclude`` directory."""
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = sorted(
-            d for d in dirs if exclude is None or os.path.realpath(os.path.join(root, d)) != exclude
-        )
-        for name in sorted(files):
-            if name.endswith(INPUT_EXTENSIONS):
-                yield os.path.join(root, name)
-
-
-def _open_journal(workdir: str) -> Any:
-    try:  # never create a journal in the directory only read from
-        return SQLiteJournal(workdir, create=False)
-    except JournalError as err:
-        raise InputError(str(err)) from err
-
-
-def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
-    items = []
-    for part in spec.split(","):
-        first, _, last = part.partition("-")
-        lo, hi = int(first), int(last or first)
-        if hi < lo:
-            items.append(Item(part, error=f"empty id range in {workdir}"))
-            continue
-        found = []
-        for start in range(lo, min(hi, journal.last_id()) + 1, _CHUNK):
-            end = min(start + _CHUNK - 1, hi)
-            found.extend(record.id for record in journal.select(start, end))
-        items.extend(Item(f"job {i}", journal=journal, job_id=i) for i in found)
-        if not found:
-            what = f"job {lo} is not" if lo == hi else f"no job {part} is"
-            items.append(Item(part, error=f"{what} in the journal of {workdir}"))
-    return items
-
-
-def expand_sources(sources: list[str], workdir: str, exclude: str | None = None) -> list[Item]:
-    """Turn the SOURCE arguments into items, in order; unusable ones carry an error.
-
-    :param workdir: the work directory whose journal holds the ids given as sources
-    :param exclude: a directory never searched for inputs (the output directory)
-    """
-    items: list[Item] = []
-    journal: Any = None
-    exclude = os.path.realpath(exclude) if exclude else None
-    for source in sources:
-        if os.path.isdir(source):
-            found = [Item(path, path=path) for path in _walk(source, exclude)]
-            items.extend(found or [Item(source, error="no .inp or .json file in this directory")])
-        elif os.path.isfile(source):
-            items.append(Item(source, path=source))
-        elif _IDS.match(source):
-            try:
-                journal = journal or _open_journal(workdir)
-            except DahuError as err:
-                items.append(Item(source, error=str(err)))
-                continue
-            items.extend(_journal_items(source, workdir, journal))
-        else:
-            items.append(Item(source, error="no such file or directory"))
-    return items
-
-
-def load_input(item: Item) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
-    """Return the plugin name, the input and (journal items) the archived output."""
-    if item.error:
-        raise InputError(item.error)
-    if item.journal is not None:
-        record = item.journal.get(item.job_id)
-        if record is None:
-            raise InputError(f"job {item.job_id} vanished from the journal")
-        return record.plugin, record.input, record.output
-    try:
-        with open(item.path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except OSError as err:
-        raise InputError(f"cannot read: {err.strerror or err}") from err
-    except (ValueError, RecursionError) as err:
-        raise InputError(f"not JSON: {str(err).splitlines()[0]}") from err
-    if not isinstance(data, dict):
-        raise InputError(f"not a job input: a JSON {type(data).__name__}, not an object")
-    plugin = data.get("plugin_name")
-    if not isinstance(plugin, str) or not plugin:
-        raise InputError("not a job input: no plugin_name")
-    return plugin, data, None
-
-
-def load_archive(item: Item) -> tuple[bool, Any]:
-    """The archived output of a file item: ``(found, output)``; raises InputError if unreadable."""
-    path = os.path.splitext(item.path)[0] + ".out"
-    if not os.path.isfile(path):
-        return False, None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return True, json.load(handle)
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot read the archived output {path}: {err}") from err
-
-
 # ---- running --------------------------------------------------------------------------
 class Reprocessor:
     """Runs the items as jobs on ``engine``, at most ``window`` in flight, and tallies."""
@@ -264,6 +145,7 @@ class Reprocessor:
         self.stop = threading.Event()
         self.forced = False
         self.aborting = False
+        self.give_up_at = float("inf")
         self.started = self.ended = time.monotonic()
         show = not args.quiet and sys.stderr.isatty()
         self.bar = tqdm(total=len(items), unit="job", file=sys.stderr, disable=not show)
@@ -280,6 +162,9 @@ class Reprocessor:
         self.started = time.monotonic()
         with self._signals(), contextlib.ExitStack() as stack:
             if not self.bar.disable:
+                # imported here: it pulls asyncio in, a tenth of the start-up of a -q run
+                from tqdm.contrib.logging import logging_redirect_tqdm
+
                 stack.enter_context(logging_redirect_tqdm())
             try:
                 for item in self.items:
@@ -292,10 +177,12 @@ class Reprocessor:
                 while self.pending:
                     if self.stop.is_set() and not self.aborting:
                         self._abort_all()
+                    if self.aborting and time.monotonic() > self.give_up_at:
+                        self._give_up()
+                        break
                     self._reap(0.1)
             except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
-                self.forced = True
-                self.say(f"{PROG}: not waiting for {len(self.pending)} running job(s)")
+                self._give_up()
         self.ended = time.monotonic()
         self.bar.close()
 
@@ -318,7 +205,16 @@ class Reprocessor:
             for sig, old in previous.items():
                 signal.signal(sig, old)
 
+    def _give_up(self) -> None:
+        """Stop waiting for jobs that did not stop (their plugin ignores the abort)."""
+        self.forced = True
+        self.say(f"{PROG}: not waiting for {len(self.pending)} job(s) that did not stop")
+
     def _abort_all(self) -> None:
+        # every job ends within the executor's grace period after its abort (a plugin
+        # that ignores it is abandoned or killed): wait a little longer, never forever
+        grace = float(getattr(self.engine.executor, "abort_grace", 5.0))
+        self.give_up_at = time.monotonic() + grace + 5.0
         self.aborting = True
         self.say(f"{PROG}: interrupted: aborting {len(self.pending)} job(s)")
         for job in list(self.pending.values()):
@@ -340,14 +236,14 @@ class Reprocessor:
         job.start()
 
     def _ended(self, job: Any, item: Item, plugin: str, archive: Any) -> None:
-        """Callback, in the job's worker thread: compare, write the files, report."""
+        """Callback, in the job's worker thread: compare, queue the files, report."""
         state = job.status
-        error = job.error.split("\n", 1)[0] if state != State.SUCCESS else None
+        error = one_line(job.error) if state != State.SUCCESS else None
         result = Result(item.label, plugin, state, job.id, error)
         try:
             if self.args.compare and state in (State.SUCCESS, State.FAILURE):
                 self._compare(result, item, archive, job.output_data)
-            job.clean(wait=False)
+            self.engine.clean_later(job)  # files written off the job slot, before close()
         except Exception as err:  # a loop boundary: the job must still be reported
             logger.exception("job %s: cannot compare or write its files", job.id)
             result.difference = result.difference or Difference("", f"reprocessing error: {err}")
@@ -402,7 +298,7 @@ def _row() -> dict[str, Any]:
 
 def summarize(run: Reprocessor, output_dir: str) -> dict[str, Any]:
     """The summary of a run as JSON-ready data (see ``docs/reprocess.md``)."""
-    runtimes = run.engine.journal.summary(run.engine.first_id)["plugins"]
+    runtimes = run.engine.statistics()["plugins"]
     plugins: dict[str, dict[str, Any]] = {}
     for result in run.results:
         entry = plugins.setdefault(result.plugin, _row())

@@ -20,6 +20,8 @@ import os
 import sys
 
 from .. import __version__
+from ..errors import tango_line
+from ..properties import PROPERTIES
 
 logger = logging.getLogger(__name__)
 
@@ -27,18 +29,23 @@ __all__ = ["main", "split_args"]
 
 # Own options: flags, then options taking a value (each also in build_parser()).
 FLAGS = {"-d", "--debug", "-V", "--version", "-h", "--help"}
-VALUED = {
-    "-l",
-    "--log",
-    "--workdir",
-    "--plugins",
-    "--max-workers",
-    "--shutdown-timeout",
-    "--executor",
-    "--scheduler",
-    "--timeout",
-    "--http",
-    "--http-token",
+VALUED = {"-l", "--log", "--shutdown-timeout"} | {
+    p.server_option for p in PROPERTIES if p.server_option
+}
+_SERVER_HELP = {
+    "plugins_directory": "plugin directory (repeatable), added to the device property's",
+    "workdir": "work directory: journal, .inp/.out files (wins over the device property)",
+    "max_workers": "jobs running at once (wins over the device property)",
+    "executor": "where plugins run (wins over the device property; default thread): "
+    "thread = in the server, process = isolated worker processes, dask = a Dask cluster",
+    "scheduler": "with --executor dask: the scheduler address (tcp://host:8786) or 'local' "
+    "(default) to start a local cluster",
+    "default_timeout": "abort a running job after this long unless its plugin or input says "
+    "otherwise (default: no limit; wins over the device property)",
+    "http": "serve the read-only web page and its JSON endpoints on PORT of HOST "
+    "(default host 127.0.0.1; wins over the device property http)",
+    "http_token": "access token of the web page (at least 16 characters; default "
+    "$DAHU_HTTP_TOKEN); generated and printed when HOST is not a loopback address",
 }
 
 
@@ -56,55 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-l", "--log", metavar="DIR", help="also log to DIR/dahu_server_INSTANCE.log"
     )
-    parser.add_argument(
-        "--workdir",
-        metavar="DIR",
-        help="work directory: journal, .inp/.out files (wins over the device property)",
-    )
-    parser.add_argument(
-        "--plugins",
-        metavar="DIR",
-        action="append",
-        default=[],
-        help="plugin directory (repeatable), added to the device property's",
-    )
-    parser.add_argument(
-        "--max-workers",
-        metavar="N",
-        type=int,
-        help="jobs running at once (wins over the device property)",
-    )
-    parser.add_argument(
-        "--executor",
-        choices=["thread", "process", "dask"],
-        help="where plugins run (wins over the device property; default thread): "
-        "thread = in the server, process = isolated worker processes, dask = a Dask cluster",
-    )
-    parser.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="with --executor dask: the scheduler address (tcp://host:8786) or 'local' "
-        "(default) to start a local cluster",
-    )
-    parser.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        type=float,
-        help="abort a running job after this long unless its plugin or input says "
-        "otherwise (default: no limit)",
-    )
-    parser.add_argument(
-        "--http",
-        metavar="[HOST:]PORT",
-        help="serve the read-only web page and its JSON endpoints on PORT of HOST "
-        "(default host 127.0.0.1; wins over the device property http)",
-    )
-    parser.add_argument(
-        "--http-token",
-        metavar="TOKEN",
-        help="access token of the web page (at least 16 characters; default "
-        "$DAHU_HTTP_TOKEN); generated and printed when HOST is not a loopback address",
-    )
+    for prop in PROPERTIES:
+        if prop.server_option:
+            prop.add_option(parser, prop.server_option, _SERVER_HELP[prop.name])
     parser.add_argument(
         "--shutdown-timeout",
         metavar="S",
@@ -176,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     from .. import server
 
     server.settings.workdir = args.workdir
-    server.settings.plugins = list(args.plugins)
+    server.settings.plugins = list(args.plugins_directory)
     server.settings.max_workers = args.max_workers
     server.settings.executor = args.executor
     server.settings.scheduler = args.scheduler
-    server.settings.timeout = args.timeout
+    server.settings.timeout = args.default_timeout
     server.settings.http = args.http
     if args.http:
         from ..web import WebError
@@ -209,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             raises=True,
         )
     except tango.DevFailed as err:
-        sys.stderr.write(f"dahu_server: {server.one_line(err.args[0].desc)}\n")
+        sys.stderr.write(f"dahu_server: {tango_line(err)}\n")
         status = 1
     except KeyboardInterrupt:
         pass

@@ -11,6 +11,10 @@ plugin modules once per process and a plugin's ``wait_for`` reads the shared jou
 * ``abort`` sets a Dask ``Event`` that the task watches and passes to the plugin; if the
   job has not ended ``abort_grace`` seconds later the worker running it is restarted and
   the job ends ``aborted`` anyway.
+* A plugin's ``JOB_TIMEOUT`` is applied on the worker (the server never imports plugin
+  code): the task aborts its plugin when it runs out.  A timeout known to the server
+  (input ``job_timeout``, the server's default) also restarts a worker whose plugin
+  ignores the abort.
 * A worker that dies running a task (segfault, ``os._exit``) makes the job ``failure``
   with the reason; the local cluster's nanny restarts the worker.  With an external
   scheduler, set ``distributed.scheduler.allowed-failures: 0`` so a killing task is not
@@ -28,9 +32,13 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from .executor import default_workers
+from ..errors import error_line, one_line
+from ..factory import Factory, plugin_factory
+from ..journal.reader import use_reader
+from ..states import State
+from .base import Task
 from .runner import Execution, Outcome
-from .states import State
+from .thread import default_workers
 from .worker import outcome_from_message, outcome_message
 
 logger = logging.getLogger(__name__)
@@ -42,14 +50,12 @@ _configure_lock = threading.Lock()
 
 
 def _prepare_worker(workdir: str, plugin_dirs: list[str]) -> None:
-    """Once per worker process: open the shared journal, add the plugin directories."""
+    """Once per worker process: read jobs from the shared journal, add the plugin
+    directories."""
     with _configure_lock:
         if workdir in _configured:
             return
-        import dahu.engine
-        from dahu.factory import plugin_factory
-
-        dahu.engine.configure(workdir=workdir, recover=False, max_workers=1)
+        use_reader(workdir)
         for directory in plugin_dirs:
             plugin_factory.add_directory(directory)
         _configured.add(workdir)
@@ -78,9 +84,13 @@ def run_task(
     """The Dask task of one job: run the plugin, watching for an abort; never raises."""
     from distributed import Event, get_client
 
-    from dahu.factory import plugin_factory
-
     _prepare_worker(workdir, plugin_dirs)
+    clock: list[tuple[float, float]] = []  # (deadline, timeout) of the plugin's JOB_TIMEOUT
+
+    def plugin_loaded(job_timeout: float | None) -> None:
+        if input_data.get("job_timeout") is None and job_timeout:
+            clock.append((time.monotonic() + float(job_timeout), float(job_timeout)))
+
     execution = Execution(
         plugin_name,
         input_data,
@@ -88,12 +98,15 @@ def run_task(
         factory=plugin_factory,
         waiting=_seceded,
         profile_dir=workdir,
+        on_plugin=plugin_loaded,
     )
     finished = threading.Event()
     event = Event(abort_event, client=get_client())
 
     def watch() -> None:
         while not finished.is_set():
+            if clock and time.monotonic() >= clock[0][0]:
+                execution.abort(f"timed out after {clock.pop()[1]:g} s")
             try:
                 if event.wait(0.25):
                     execution.abort("aborted on request")
@@ -108,53 +121,52 @@ def run_task(
         outcome = execution.run()
     finally:
         finished.set()
-    return outcome_message(outcome)
+    return outcome_message(outcome, job_id)
 
 
 class DaskExecution:
     """One job on the cluster (the ``Execution`` interface of the executors)."""
 
     plugin = None  # the plugin lives on a worker
+    in_process = False
 
-    def __init__(self, executor, plugin_name, input_data, job_id, on_plugin):
+    def __init__(self, executor: DaskExecutor, task: Task):
         self.executor = executor
-        self.plugin_name = plugin_name
-        self.input_data = input_data
-        self.job_id = job_id
-        self.on_plugin = on_plugin
+        self.task = task
+        self.plugin_name = task.plugin_name
+        self.input_data = task.input_data
+        self.job_id = task.job_id
         self.abort_reason: str | None = None
         self.future: Any = None
         self.started = time.time()
         self.settled = False  # the job's outcome was handed over (once only)
         self.lock = threading.Lock()
 
-    def launch(self, job: Any) -> None:
-        """Submit the task; its outcome reaches ``job`` through the collector thread."""
+    def launch(self) -> None:
+        """Submit the task; its outcome reaches the engine through the collector thread."""
         executor = self.executor
         self.future = executor.client.submit(
             run_task,
             self.plugin_name,
             self.input_data,
             self.job_id,
-            executor.engine.workdir,
-            executor.engine.factory.directories,
+            executor.host.workdir,
+            executor.host.factory.directories,
             self.event_name,
             key=f"dahu-job-{self.job_id}-{id(self):x}",
             pure=False,
         )
-        if self.on_plugin is not None:
-            # the plugin runs remotely: its JOB_TIMEOUT is read from the class here
-            try:
-                klass = executor.engine.factory.search_plugin(self.plugin_name)
-            except Exception:
-                klass = None
-            self.on_plugin(getattr(klass, "JOB_TIMEOUT", None))
-        self.future.add_done_callback(lambda future: executor._completed.put((job, self)))
+        # The plugin runs remotely and its module is not imported here: its JOB_TIMEOUT
+        # is known only if the class is registered in this process already; the worker
+        # applies it anyway.
+        klass = Factory.registry.get(self.plugin_name.lower())
+        self.task.plugin_loaded(getattr(klass, "JOB_TIMEOUT", None))
+        self.future.add_done_callback(lambda future: executor._completed.put(self))
 
     @property
     def event_name(self) -> str:
         """The name of the Dask event that aborts this job."""
-        return f"dahu-abort-{self.executor.engine.workdir}-{self.job_id}"
+        return f"dahu-abort-{self.executor.host.workdir}-{self.job_id}"
 
     def abort(self, reason: str = "aborted on request") -> None:
         """Tell the task to stop; give up on it after the grace period."""
@@ -166,7 +178,7 @@ class DaskExecution:
             Event(self.event_name, client=self.executor.client).set()
         except Exception as err:
             logger.warning("job %s: cannot signal the abort to the cluster: %s", self.job_id, err)
-        self.executor.engine.watchdog.call_later(self.executor.abort_grace, self._give_up)
+        self.executor.host.watchdog.call_later(self.executor.abort_grace, self._give_up)
 
     def _give_up(self) -> None:
         future = self.future
@@ -198,9 +210,9 @@ class DaskExecution:
         except Exception as err:
             name = type(err).__name__
             if name == "KilledWorker":
-                reason = f"worker process died (dask KilledWorker: {str(err).splitlines()[0]})"
+                reason = f"worker process died (dask KilledWorker: {one_line(err)})"
             else:
-                reason = f"dask task failed: {name}: {err}".splitlines()[0]
+                reason = f"dask task failed: {error_line(err)}"
             state = State.ABORTED if self.abort_reason else State.FAILURE
             return Outcome(state, {}, self.abort_reason or reason, self.started, time.time())
         outcome = outcome_from_message(data)
@@ -220,6 +232,8 @@ class DaskExecutor:
     """
 
     name = "dask"
+    abandons_hung_jobs = False  # a hung task's worker is restarted instead
+    isolates_plugins = True
 
     def __init__(
         self,
@@ -231,7 +245,7 @@ class DaskExecutor:
         self.max_workers = int(max_workers or default_workers())
         self.abort_grace = abort_grace
         self.in_flight_limit = 100_000 if self.scheduler != "local" else 10 * self.max_workers
-        self.engine: Any = None
+        self.host: Any = None
         self.client: Any = None
         self.cluster: Any = None
         self._serialize = False
@@ -242,12 +256,12 @@ class DaskExecutor:
         self._completed: queue.SimpleQueue = queue.SimpleQueue()
         self._collector: threading.Thread | None = None
 
-    def attach(self, engine: Any) -> None:
-        """Connect to (or start) the cluster for ``engine``."""
+    def attach(self, host: Any) -> None:
+        """Connect to (or start) the cluster for the engine ``host``."""
         import dask
         from distributed import Client, LocalCluster
 
-        self.engine = engine
+        self.host = host
         if self.scheduler == "local":
             with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
                 self.cluster = LocalCluster(
@@ -275,13 +289,10 @@ class DaskExecutor:
             self._serialize = bool(value)
         self._pump()
 
-    def execution(self, plugin_name, input_data, job_id, engine, on_plugin=None):
-        """A :class:`DaskExecution` for one job."""
-        return DaskExecution(self, plugin_name, input_data, job_id, on_plugin)
-
-    def submit(self, job: Any) -> None:
+    def submit(self, task: Task) -> None:
+        """Queue ``task``; it goes to the cluster when the in-flight bound allows."""
         with self._lock:
-            self._pending.append(job)
+            self._pending.append(task)
         self._pump()
 
     def _pump(self) -> None:
@@ -290,24 +301,25 @@ class DaskExecutor:
                 limit = 1 if self._serialize else self.in_flight_limit
                 if not self._pending or self._in_flight >= limit:
                     return
-                job = self._pending.popleft()
+                task = self._pending.popleft()
                 self._in_flight += 1
-            execution = job._begin()
-            if execution is None:
-                self._settle(job, job._aborted_outcome())
+            execution = DaskExecution(self, task)
+            if not task.begin(execution):  # aborted while queued: the engine ended it
+                self._settle(task, None)
                 continue
             try:
-                execution.launch(job)
+                execution.launch()
             except Exception as err:
-                logger.exception("job %s: cannot submit to the cluster", job.id)
-                reason = f"cannot submit to the dask cluster: {err}".splitlines()[0]
-                self._settle(job, Outcome(State.FAILURE, {}, reason, None, time.time()))
+                logger.exception("job %s: cannot submit to the cluster", task.job_id)
+                reason = f"cannot submit to the dask cluster: {error_line(err)}"
+                self._settle(task, Outcome(State.FAILURE, {}, reason, None, time.time()))
 
-    def _settle(self, job: Any, outcome: Outcome) -> None:
-        try:
-            job._finish(outcome)
-        except Exception:
-            logger.exception("job %s: cannot record its outcome", job.id)
+    def _settle(self, task: Task, outcome: Outcome | None) -> None:
+        if outcome is not None:
+            try:
+                task.finish(outcome)
+            except Exception:
+                logger.exception("job %s: cannot record its outcome", task.job_id)
         with self._lock:
             self._in_flight -= 1  # only now: shutdown(wait=True) waits for the record
             self._drained.notify_all()
@@ -315,31 +327,36 @@ class DaskExecutor:
 
     def _collect(self) -> None:
         while True:
-            item = self._completed.get()
-            if item is None:
+            execution = self._completed.get()
+            if execution is None:
                 return
-            job, execution = item
-            self._settle(job, execution.outcome())
+            self._settle(execution.task, execution.outcome())
 
     def waiting(self) -> contextlib.AbstractContextManager:
         """Waiting happens on the workers (they secede); nothing to free here."""
         return contextlib.nullcontext()
 
-    def cancel(self, job: Any) -> bool:
+    def cancel(self, task: Task) -> bool:
+        """Take ``task`` off the queue; False if it went to the cluster already."""
         with self._lock:
             try:
-                self._pending.remove(job)
+                self._pending.remove(task)
             except ValueError:
                 return False
-            self._in_flight += 1
-        self._settle(job, job._aborted_outcome())
+        self._pump()
         return True
 
+    def abandon(self, task: Task) -> bool:
+        """Never needed: a hung task's worker is restarted (see :meth:`DaskExecution.abort`)."""
+        return False
+
     def counts(self) -> dict[str, int]:
+        """``{"queued": n, "running": n, "waiting": 0}``."""
         with self._lock:
             return {"queued": len(self._pending), "running": self._in_flight, "waiting": 0}
 
     def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Stop (waiting for the jobs in flight with ``wait``); close the cluster."""
         if wait:
             with self._lock:
                 self._drained.wait_for(lambda: not self._pending and not self._in_flight, timeout)

@@ -1,7 +1,10 @@
 """One run of one plugin: setup → process → teardown, with abort and profiling.
 
 :class:`Execution` is what every executor runs, in the server's threads or in a
-worker process; it knows nothing about journals or Tango.
+worker process; it knows nothing about journals or Tango.  Whatever the plugin raises,
+``BaseException`` included (``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit``),
+ends the run as ``failure`` with a one-line reason: a plugin never kills the thread that
+runs it.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .factory import Factory, plugin_factory
-from .states import State
-from .utils import error_line
+from ..errors import DahuError, error_line
+from ..factory import Factory, plugin_factory
+from ..states import State
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +89,8 @@ class Execution:
     :param on_plugin: called with the plugin's ``JOB_TIMEOUT`` once it is instantiated
     """
 
+    in_process = True  # the plugin runs in this process (see the executors' interface)
+
     def __init__(
         self,
         plugin_name: str,
@@ -116,7 +121,7 @@ class Execution:
         if plugin is not None:
             try:
                 getattr(plugin, plugin.DEFAULT_ABORT)()
-            except Exception:
+            except BaseException:
                 logger.exception("job %s: the plugin's abort() failed", self.job_id)
 
     def _call(self, plugin: Any, method_name: str, *args: Any) -> None:
@@ -141,8 +146,9 @@ class Execution:
         started = time.time()
         try:
             plugin = self.factory(self.plugin_name)
-        except Exception as err:
-            reason = str(err) or error_line(err)  # Dahu's own reasons are one line already
+        except BaseException as err:
+            # Dahu's own reasons (unknown plugin...) are one line already
+            reason = str(err) if isinstance(err, DahuError) and str(err) else error_line(err)
             return Outcome(State.FAILURE, {}, reason, started, time.time())
         plugin._waiting = self.waiting
         self.plugin = plugin
@@ -157,13 +163,13 @@ class Execution:
             self._call(plugin, plugin.DEFAULT_SET_UP, *_setup_args(plugin))
             if not (self.abort_requested or getattr(plugin, "is_aborted", False)):
                 self._process(plugin)
-        except Exception as err:
+        except BaseException as err:
             state = State.FAILURE
             error = f"{error_line(err)}\n{traceback.format_exc()}"
         finally:
             try:
                 self._call(plugin, plugin.DEFAULT_TEAR_DOWN)
-            except Exception as err:
+            except BaseException as err:
                 if state == State.SUCCESS:
                     state = State.FAILURE
                     error = f"teardown failed: {error_line(err)}\n{traceback.format_exc()}"

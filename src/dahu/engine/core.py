@@ -1,4 +1,5 @@
-"""The engine: the journal, the executor and the work directory that jobs share.
+"""The engine: the job table, the life cycle, the journal, the executor and the work
+directory that the jobs of a process share.
 
 One engine is current per process.  It is made on first use from the environment
 (``DAHU_WORKDIR``, see :func:`dahu.journal.default_workdir`) or explicitly with
@@ -16,22 +17,27 @@ import threading
 import time
 from typing import Any
 
-from .executor import Watchdog, make_executor
-from .factory import Factory, plugin_factory
-from .journal import Journal, SQLiteJournal
-from .states import State
+from ..errors import JournalError
+from ..executors import Watchdog, make_executor
+from ..factory import Factory, plugin_factory
+from ..journal import Journal, SQLiteJournal, write_job_files
+from ..states import State
+from ..statistics import RunningStatistics
+from .lifecycle import NOTE_RUNNING_AFTER, JobRun, LifeCycle
+from .table import JobTable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Engine", "configure", "get_engine"]
+__all__ = ["Engine", "configure", "get_engine", "activate"]
 
 
 class Engine:
-    """Holds what every job of the process shares.
+    """Holds what every job of the process shares, and owns the jobs while they live.
 
     :param workdir: the stable work directory (journal, ``.inp``/``.out`` files)
     :param journal: a journal; default a :class:`~dahu.journal.SQLiteJournal` in ``workdir``
-    :param executor: where plugins run; default a :class:`~dahu.executor.ThreadExecutor`
+    :param executor: where plugins run; default a
+        :class:`~dahu.executors.thread.ThreadExecutor`
     :param max_workers: slots of the executor (default: number of CPUs)
     :param executor_kind: ``thread`` (default), ``process`` or ``dask`` when no executor
         is given; ``executor_options`` go to its constructor
@@ -64,21 +70,77 @@ class Engine:
         self.watchdog = Watchdog()
         if executor is None:
             executor = make_executor(executor_kind, max_workers, **(executor_options or {}))
-        self.executor = executor
-        if hasattr(executor, "attach"):
-            executor.attach(self)
+        self.table = JobTable()
+        self.cycle = LifeCycle(self)
         self.journal_fault: str | None = None
         self._lock = threading.Lock()
         self.finished = {State.SUCCESS: 0, State.FAILURE: 0, State.ABORTED: 0}
+        self.stats = RunningStatistics()
         self._to_clean: queue.SimpleQueue = queue.SimpleQueue()
         self._cleaner: threading.Thread | None = None
         self._sweeping = False
         self._closed = False
+        self.executor = executor
+        if hasattr(executor, "attach"):
+            executor.attach(self)
+
+    # ---- jobs ---------------------------------------------------------------------------
+    def create(self, plugin: str, input_data: dict[str, Any]) -> JobRun:
+        """Record a new job in the journal (its id is its record's) and keep it live."""
+        job_id = self.journal.create(plugin, input_data, time.time())
+        self.stats.created(plugin)
+        input_data["job_id"] = job_id
+        run = JobRun(self.cycle, job_id, plugin, input_data)
+        self.table.add(run)
+        return run
+
+    def create_many(self, plugin: str, inputs: list[dict[str, Any]]) -> list[JobRun]:
+        """Record several jobs in one journal transaction; keep them live."""
+        ids = self.journal.create_many(plugin, inputs, time.time())
+        self.stats.created(plugin, len(ids))
+        runs = []
+        for job_id, data in zip(ids, inputs, strict=True):
+            data["job_id"] = job_id
+            run = JobRun(self.cycle, job_id, plugin, data)
+            self.table.add(run)
+            runs.append(run)
+        return runs
+
+    def last_id(self) -> int:
+        """The highest job id recorded in the journal."""
+        return self.journal.last_id()
+
+    def find(self, job_id: int) -> JobRun | None:
+        """The run of ``job_id`` if it is in memory (live, or ended and referenced)."""
+        return self.table.find(job_id)
+
+    def live(self) -> list[JobRun]:
+        """The jobs queued or running now."""
+        return [run for run in self.table.live() if run.is_alive()]
+
+    def journal_failed(self, job_id: int, err: BaseException) -> None:
+        """The journal refused a write: the engine is at fault (the server's state says
+        FAULT) and keeps ended jobs in memory from now on."""
+        self.journal_fault = str(err) or type(err).__name__
+        if isinstance(err, JournalError):
+            logger.error("job %s: %s", job_id, err)
+        else:
+            logger.exception("job %s: the journal failed", job_id)
+
+    def write_files(self, job_id: int, plugin: str, input_data: Any, output: Any) -> bool:
+        """Write a job's ``.inp``/``.out`` files; False (logged) if they cannot be."""
+        try:
+            write_job_files(self.workdir, job_id, plugin, input_data, output)
+            return True
+        except (OSError, TypeError, ValueError) as err:
+            logger.error("job %s: cannot write its .inp/.out files: %s", job_id, err)
+            return False
 
     def watch_running(self) -> None:
         """Start (once) the sweep that records long-running jobs as ``running``.
 
-        Every ``Job.NOTE_RUNNING_AFTER`` seconds the jobs running since at least that long
+        Every :data:`~dahu.engine.lifecycle.NOTE_RUNNING_AFTER` seconds the jobs running
+        since at least that long
         get their state written to the journal: nothing is written for short jobs, and
         readers in other processes (worker processes, a second server, dahu-reprocess) see
         long ones as running.
@@ -89,23 +151,22 @@ class Engine:
             if self._sweeping:
                 return
             self._sweeping = True
-        from .job import Job
-
-        period = Job.NOTE_RUNNING_AFTER
+        period = NOTE_RUNNING_AFTER
 
         def sweep() -> None:
             now = time.time()
-            for job in Job.live_jobs(self):
-                started = job._started_at
+            for run in self.live():
+                started = run.started
                 if started is not None and now - started >= period:
-                    job._note_running()
+                    self.cycle.note_running(run)
             if not self._closed:
                 self.watchdog.call_later(period, sweep)
 
         self.watchdog.call_later(period, sweep)
 
     def clean_later(self, job: Any) -> None:
-        """Write the job's ``.inp``/``.out`` files and free it in a background thread.
+        """Call ``job.clean(wait=False)`` in a background thread: write the ended job's
+        ``.inp``/``.out`` files and free its data.
 
         Creating two files may take a millisecond on a busy disk: done there, it delays
         neither the job's end nor its event.  The journal already holds the outcome, so
@@ -119,11 +180,23 @@ class Engine:
                 self._cleaner.start()
         self._to_clean.put(job)
 
+    def flush_files(self, timeout: float | None = None) -> bool:
+        """Wait until the files of every job handed to :meth:`clean_later` so far are
+        written; True if they are (False: ``timeout`` s passed)."""
+        if self._cleaner is None:
+            return True
+        marker = threading.Event()
+        self._to_clean.put(marker)
+        return marker.wait(timeout)
+
     def _clean_jobs(self) -> None:
         while True:
             job = self._to_clean.get()
             if job is None:
                 return
+            if isinstance(job, threading.Event):  # flush_files: all before it are written
+                job.set()
+                continue
             try:
                 job.clean(wait=False)
             except Exception:
@@ -133,18 +206,16 @@ class Engine:
         """Stop: abort (or let finish) the jobs queued or running, wait at most
         ``timeout`` s for their outcome to be recorded and their files written, stop the
         executor and close the journal.  True if every job ended in time."""
-        from .job import Job
-
         deadline = time.monotonic() + timeout
-        jobs = Job.live_jobs(self)
+        runs = self.live()
         if abort:
-            for job in jobs:
-                job.abort("aborted: the server is shutting down")
-            if jobs:
-                logger.info("shutting down: %d job(s) aborted", len(jobs))
-        for job in jobs:
-            job.join(max(0.0, deadline - time.monotonic()))
-        unfinished = [job.id for job in jobs if job.status not in State.FINAL]
+            for run in runs:
+                self.cycle.abort(run, "aborted: the server is shutting down")
+            if runs:
+                logger.info("shutting down: %d job(s) aborted", len(runs))
+        for run in runs:
+            run.done.wait(max(0.0, deadline - time.monotonic()))
+        unfinished = [run.id for run in runs if run.state not in State.FINAL]
         if unfinished:
             logger.error(
                 "shutting down with %d job(s) still running: %s", len(unfinished), unfinished
@@ -157,10 +228,20 @@ class Engine:
         self.journal.close()
         return not unfinished
 
-    def count_finished(self, state: str) -> None:
-        """Count one job ended in ``state``."""
+    def count_finished(self, run: JobRun) -> None:
+        """Count one job ended (its state and times in the statistics)."""
         with self._lock:
-            self.finished[state] = self.finished.get(state, 0) + 1
+            self.finished[run.state] = self.finished.get(run.state, 0) + 1
+        self.stats.ended(run.plugin_name, run.state, run.started, run.ended)
+
+    def statistics(self) -> dict[str, Any]:
+        """The statistics of this engine's jobs (see :func:`dahu.statistics.aggregate`),
+        kept up to date as jobs end: no scan of the journal."""
+        unfinished: dict[str, dict[str, int]] = {}
+        for run in self.table.live():
+            states = unfinished.setdefault(run.plugin_name, {})
+            states[run.state] = states.get(run.state, 0) + 1
+        return self.stats.summary(unfinished)
 
     def counts(self) -> dict[str, int]:
         """Jobs queued, running and finished (per final state) since the engine started."""
@@ -171,9 +252,11 @@ class Engine:
         return counts
 
     def close(self) -> None:
-        """Stop the executor (waiting for its jobs) and close the journal."""
+        """Stop the executor (waiting for its jobs), wait for the jobs' files and close
+        the journal."""
         self._closed = True
         self.executor.shutdown(wait=True)
+        self.flush_files()
         self.journal.close()
 
 
@@ -198,8 +281,12 @@ def configure(**kwargs: Any) -> Engine:
 
     Jobs of a previous engine keep their journal; new jobs use the new one.
     """
+    return activate(Engine(**kwargs))
+
+
+def activate(engine: Engine) -> Engine:
+    """Make ``engine`` (made earlier) the process's current one again."""
     global _current
-    engine = Engine(**kwargs)
     with _current_lock:
         _current = engine
     return engine

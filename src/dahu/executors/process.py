@@ -1,7 +1,7 @@
 """The ``process`` executor: plugins run in long-lived, isolated worker processes.
 
-Each slot of the pool (a thread of :class:`~dahu.executor.ThreadExecutor`) owns one
-worker process (``python -m dahu.worker``), started on first use as a fresh interpreter
+Each slot of the pool (a thread of :class:`~dahu.executors.thread.ThreadExecutor`) owns one
+worker process (``python -m dahu.executors.worker``), started on first use as a fresh interpreter
 (safe in a multi-threaded Tango server).  Plugin modules are imported in the worker once
 and reused, so caches stay warm between jobs.
 
@@ -26,9 +26,10 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .executor import ThreadExecutor
+from ..states import State
+from .base import Task
 from .runner import Outcome
-from .states import State
+from .thread import ThreadExecutor
 from .worker import outcome_from_message
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ def death_reason(exitcode: int | None) -> str:
 
 
 class WorkerProcess:
-    """One worker process (``python -m dahu.worker``) and the server's end of its pipe.
+    """One worker process (``python -m dahu.executors.worker``) and the server's end of
+    its pipe.
 
     A plain subprocess rather than ``multiprocessing``: it never re-imports the server's
     main module and inherits none of its threads.
@@ -59,7 +61,8 @@ class WorkerProcess:
     def __init__(self, workdir: str, plugin_dirs: list[str]):
         ours, theirs = socket.socketpair()
         level = logging.getLogger("dahu").getEffectiveLevel()
-        command = [sys.executable, "-m", "dahu.worker", str(theirs.fileno()), workdir, str(level)]
+        command = [sys.executable, "-m", __package__ + ".worker", str(theirs.fileno()), workdir]
+        command.append(str(level))
         self.process = subprocess.Popen(
             [*command, *plugin_dirs], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
         )
@@ -124,14 +127,15 @@ class RemoteExecution:
     """Runs one job in a worker process (the ``Execution`` interface of the executors)."""
 
     plugin = None  # the plugin lives in the worker
+    in_process = False
 
-    def __init__(self, executor, worker, plugin_name, input_data, job_id, on_plugin):
+    def __init__(self, executor: ProcessExecutor, worker: WorkerProcess, task: Task):
         self.executor = executor
         self.worker = worker
-        self.plugin_name = plugin_name
-        self.input_data = input_data
-        self.job_id = job_id
-        self.on_plugin = on_plugin
+        self.plugin_name = task.plugin_name
+        self.input_data = task.input_data
+        self.job_id = task.job_id
+        self.on_plugin = task.plugin_loaded
         self.abort_reason: str | None = None
         self.killed = False
         self._done = threading.Event()
@@ -141,7 +145,7 @@ class RemoteExecution:
         if self.abort_reason is None:
             self.abort_reason = reason
         self.worker.send(("abort", self.job_id, reason))
-        self.executor.engine.watchdog.call_later(self.executor.abort_grace, self._kill)
+        self.executor.host.watchdog.call_later(self.executor.abort_grace, self._kill)
 
     def _kill(self) -> None:
         if not self._done.is_set() and self.worker.is_alive():
@@ -218,6 +222,7 @@ class ProcessExecutor(ThreadExecutor):
 
     name = "process"
     abandons_hung_jobs = False  # its workers are killed instead
+    isolates_plugins = True
 
     def __init__(
         self,
@@ -231,14 +236,9 @@ class ProcessExecutor(ThreadExecutor):
         self.recycle_jobs = recycle_jobs
         self.recycle_rss_mb = recycle_rss_mb
         self.abort_grace = abort_grace
-        self.engine: Any = None
         self._local = threading.local()
         self._workers: set[WorkerProcess] = set()
         self._workers_lock = threading.Lock()
-
-    def attach(self, engine: Any) -> None:
-        """Learn the engine's work directory and plugin directories."""
-        self.engine = engine
 
     def _worker_process(self) -> WorkerProcess:
         worker = getattr(self._local, "worker", None)
@@ -251,7 +251,7 @@ class ProcessExecutor(ThreadExecutor):
             worker.stop()
             worker = None
         if worker is None:
-            worker = WorkerProcess(self.engine.workdir, self.engine.factory.directories)
+            worker = WorkerProcess(self.host.workdir, self.host.factory.directories)
             with self._workers_lock:
                 self._workers.add(worker)
             self._local.worker = worker
@@ -269,11 +269,9 @@ class ProcessExecutor(ThreadExecutor):
         if getattr(self._local, "worker", None) is worker:
             self._local.worker = None
 
-    def execution(self, plugin_name, input_data, job_id, engine, on_plugin=None):
+    def execution(self, task: Task) -> RemoteExecution:
         """A :class:`RemoteExecution` on this slot's worker process."""
-        return RemoteExecution(
-            self, self._worker_process(), plugin_name, input_data, job_id, on_plugin
-        )
+        return RemoteExecution(self, self._worker_process(), task)
 
     def worker_pids(self) -> list[int]:
         """The process ids of the live workers."""
@@ -287,6 +285,7 @@ class ProcessExecutor(ThreadExecutor):
             worker.stop()
 
     def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Stop taking jobs (waiting for them with ``wait``), then stop every worker."""
         super().shutdown(wait, timeout)
         with self._workers_lock:
             workers = list(self._workers)

@@ -1,0 +1,136 @@
+"""Where ``dahu-reprocess`` finds its jobs: ``.inp``/``.json`` files, directories of them,
+and id ranges of a journal; each becomes an :class:`Item` (one job to run again)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import DahuError, JournalError, one_line
+from ..journal import SQLiteJournal
+
+__all__ = ["InputError", "Item", "expand_sources", "load_input", "load_archive"]
+
+INPUT_EXTENSIONS = (".inp", ".json")
+_IDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+_CHUNK = 1000  # journal records read at once when listing an id range
+
+
+class InputError(DahuError):
+    """An input that cannot be run; its message is one line."""
+
+
+@dataclass
+class Item:
+    """One thing to reprocess: an input file, a job of a journal, or a source in error."""
+
+    label: str
+    path: str | None = None
+    journal: Any = None
+    job_id: int | None = None
+    error: str | None = None
+
+
+# ---- sources ------------------------------------------------------------------------
+def _walk(directory: str, exclude: str | None) -> Iterator[str]:
+    """Input files under ``directory``, sorted, skipping the ``exclude`` directory."""
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(
+            d for d in dirs if exclude is None or os.path.realpath(os.path.join(root, d)) != exclude
+        )
+        for name in sorted(files):
+            if name.endswith(INPUT_EXTENSIONS):
+                yield os.path.join(root, name)
+
+
+def _open_journal(workdir: str) -> Any:
+    try:  # never create a journal in the directory only read from
+        return SQLiteJournal(workdir, create=False)
+    except JournalError as err:
+        raise InputError(str(err)) from err
+
+
+def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
+    items = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        lo, hi = int(first), int(last or first)
+        if hi < lo:
+            items.append(Item(part, error=f"empty id range in {workdir}"))
+            continue
+        found = []
+        for start in range(lo, min(hi, journal.last_id()) + 1, _CHUNK):
+            end = min(start + _CHUNK - 1, hi)
+            found.extend(record.id for record in journal.select(start, end))
+        items.extend(Item(f"job {i}", journal=journal, job_id=i) for i in found)
+        if not found:
+            what = f"job {lo} is not" if lo == hi else f"no job {part} is"
+            items.append(Item(part, error=f"{what} in the journal of {workdir}"))
+    return items
+
+
+def expand_sources(sources: list[str], workdir: str, exclude: str | None = None) -> list[Item]:
+    """Turn the SOURCE arguments into items, in order; unusable ones carry an error.
+
+    :param workdir: the work directory whose journal holds the ids given as sources
+    :param exclude: a directory never searched for inputs (the output directory)
+    """
+    items: list[Item] = []
+    journal: Any = None
+    exclude = os.path.realpath(exclude) if exclude else None
+    for source in sources:
+        if os.path.isdir(source):
+            found = [Item(path, path=path) for path in _walk(source, exclude)]
+            items.extend(found or [Item(source, error="no .inp or .json file in this directory")])
+        elif os.path.isfile(source):
+            items.append(Item(source, path=source))
+        elif _IDS.match(source):
+            try:
+                journal = journal or _open_journal(workdir)
+            except DahuError as err:
+                items.append(Item(source, error=str(err)))
+                continue
+            items.extend(_journal_items(source, workdir, journal))
+        else:
+            items.append(Item(source, error="no such file or directory"))
+    return items
+
+
+def load_input(item: Item) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    """Return the plugin name, the input and (journal items) the archived output."""
+    if item.error:
+        raise InputError(item.error)
+    if item.journal is not None:
+        record = item.journal.get(item.job_id)
+        if record is None:
+            raise InputError(f"job {item.job_id} vanished from the journal")
+        return record.plugin, record.input, record.output
+    try:
+        with open(item.path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as err:
+        raise InputError(f"cannot read: {err.strerror or err}") from err
+    except (ValueError, RecursionError) as err:
+        raise InputError(f"not JSON: {one_line(err)}") from err
+    if not isinstance(data, dict):
+        raise InputError(f"not a job input: a JSON {type(data).__name__}, not an object")
+    plugin = data.get("plugin_name")
+    if not isinstance(plugin, str) or not plugin:
+        raise InputError("not a job input: no plugin_name")
+    return plugin, data, None
+
+
+def load_archive(item: Item) -> tuple[bool, Any]:
+    """The archived output of a file item: ``(found, output)``; raises InputError if unreadable."""
+    path = os.path.splitext(item.path)[0] + ".out"
+    if not os.path.isfile(path):
+        return False, None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return True, json.load(handle)
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read the archived output {path}: {err}") from err

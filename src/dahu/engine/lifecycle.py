@@ -1,0 +1,350 @@
+"""The life cycle of a job: every state transition, in one place.
+
+::
+
+    uninitialized ──start──▶ starting ──begin──▶ running ──finish──▶ success | failure | aborted
+                                │                   │
+                                └──abort (queued)───┴──abort/timeout──▶ aborted
+                                                    └──abort ignored past the grace──▶ aborted (abandoned)
+
+A job of a process that died is closed by the journal as ``failure``/``interrupted``.
+
+:class:`JobRun` holds the state of one job while it lives in this process; it is what the
+executors receive (the :class:`~dahu.executors.base.Task` interface: ``begin``,
+``plugin_loaded``, ``finish``).  :class:`LifeCycle` performs the transitions: it records
+them in the journal, arms the job's clock, runs the callbacks and wakes the waiters.
+``dahu.job.Job`` is only a face over a :class:`JobRun`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import JournalError, error_line, one_line
+from ..executors.runner import Outcome
+from ..journal.base import JobRecord
+from ..states import State
+from ..utils import get_isotime
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["JobRun", "LifeCycle", "NOTE_RUNNING_AFTER"]
+
+NOTE_RUNNING_AFTER = 0.5
+"""Seconds after which a running job is recorded as ``running`` in the journal (at most
+twice that): short jobs cost one journal write less, readers in other processes see
+long ones as running."""
+
+
+class JobRun:
+    """The state of one job in this process (owned by the engine's :class:`LifeCycle`)."""
+
+    __slots__ = (
+        "id",
+        "job_id",
+        "plugin_name",
+        "input_data",
+        "output",
+        "error",
+        "state",
+        "started",
+        "ended",
+        "callbacks",
+        "done",
+        "execution",
+        "abort_reason",
+        "timer",
+        "noted_running",
+        "recorded",
+        "runner",
+        "callback_thread",
+        "cleaned",
+        "files_written",
+        "from_journal",
+        "submitted",
+        "aborted_at",
+        "face",
+        "cycle",
+        "__weakref__",
+    )
+
+    def __init__(self, cycle: LifeCycle | None, job_id: int, plugin: str, input_data: Any):
+        self.cycle = cycle
+        self.id = self.job_id = job_id  # job_id: the name the executors know it by
+        self.plugin_name = plugin
+        self.input_data: dict[str, Any] | None = input_data
+        self.output: dict[str, Any] | None = {}
+        self.error: str | None = None
+        self.state = State.UNINITIALIZED
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.callbacks: list[tuple[Callable[[Any], Any], Any]] = []
+        self.done = threading.Event()
+        self.execution: Any = None
+        self.abort_reason: str | None = None
+        self.timer: Any = None
+        self.noted_running = False
+        self.recorded = False  # the outcome was handed over (once only)
+        self.runner: int | None = None  # the thread running the plugin in this process
+        self.callback_thread: int | None = None  # the thread running the callbacks now
+        self.cleaned = False
+        self.files_written = False
+        self.from_journal = False
+        self.submitted = time.time()
+        self.aborted_at: float | None = None
+        self.face: Any = None  # a weak reference to the dahu.job.Job showing this run
+
+    @classmethod
+    def from_record(cls, record: JobRecord) -> JobRun:
+        """An ended (or foreign) job as the journal knows it: nothing to run, nothing to
+        wait for in this process."""
+        run = cls(None, record.id, record.plugin, record.input)
+        run.output = record.output or {}
+        run.error = record.error
+        run.state = record.state
+        run.started, run.ended = record.started, record.ended
+        run.submitted = record.submitted
+        run.noted_running = run.recorded = run.cleaned = run.files_written = True
+        run.from_journal = True
+        run.done.set()
+        return run
+
+    def __repr__(self) -> str:
+        return f"<JobRun {self.id} {self.plugin_name} {self.state}>"
+
+    # ---- the executors' interface (dahu.executors.base.Task) ---------------------------
+    def begin(self, execution: Any) -> bool:
+        """The job got a slot: it runs with ``execution``; False if it was aborted."""
+        return self.cycle.begin(self, execution)
+
+    def plugin_loaded(self, job_timeout: float | None) -> None:
+        """The plugin exists: start the job's clock (see :meth:`LifeCycle.arm_timeout`)."""
+        self.cycle.arm_timeout(self, job_timeout)
+
+    def finish(self, outcome: Outcome) -> None:
+        """The run ended with ``outcome``."""
+        self.cycle.finish(self, outcome)
+
+    # ---- reading ----------------------------------------------------------------------
+    def is_alive(self) -> bool:
+        """True while queued or running."""
+        return self.state in (State.STARTING, State.RUNNING)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the job ended and its callbacks ran (at once from its own plugin's
+        thread or from its callbacks); True if it has."""
+        me = threading.get_ident()
+        if me == self.runner or me == self.callback_thread:
+            return self.done.is_set()
+        return self.done.wait(timeout)
+
+
+def final_output(run: JobRun, outcome: Outcome) -> dict[str, Any]:
+    """The output clients read: the plugin's, with ``job_runtime``, and the original's
+    ``error`` (list of lines) or ``aborted`` (time) keys."""
+    output = dict(outcome.output) if isinstance(outcome.output, dict) else {}
+    ended = outcome.ended if outcome.ended is not None else time.time()
+    begun = outcome.started if outcome.started is not None else run.submitted
+    output["job_runtime"] = max(ended - begun, 0.0)
+    if outcome.state == State.FAILURE and outcome.error:
+        output["error"] = outcome.error.splitlines()
+    elif outcome.state == State.ABORTED:
+        output["aborted"] = get_isotime(run.aborted_at or ended)
+    return output
+
+
+class LifeCycle:
+    """Performs every state transition of the jobs of one engine."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+        self.lock = engine.table.lock  # one lock for the table and the states
+
+    # ---- transitions ------------------------------------------------------------------
+    def start(self, run: JobRun) -> None:
+        """uninitialized → starting: queue the job on the executor."""
+        with self.lock:
+            if run.state != State.UNINITIALIZED:
+                raise RuntimeError(f"job {run.id} was already started")
+            run.state = State.STARTING
+        try:
+            self.engine.executor.submit(run)
+        except Exception as err:
+            self.finish(run, Outcome(State.FAILURE, {}, f"cannot queue the job: {error_line(err)}"))
+            raise
+
+    def begin(self, run: JobRun, execution: Any) -> bool:
+        """starting → running, or → aborted if an abort came while it was queued."""
+        with self.lock:
+            aborted = run.abort_reason is not None
+            if not aborted:
+                run.execution = execution
+                run.state = State.RUNNING
+                run.started = time.time()
+                if getattr(execution, "in_process", False):
+                    run.runner = threading.get_ident()
+        if aborted:
+            self.finish(run, Outcome(State.ABORTED, {}, run.abort_reason, None, time.time()))
+            return False
+        self.engine.watch_running()
+        return True
+
+    def note_running(self, run: JobRun) -> None:
+        """Record ``running`` in the journal once (never over a final state)."""
+        if run.state == State.RUNNING and not run.noted_running:
+            run.noted_running = True
+            try:
+                self.engine.journal.set_state(run.id, State.RUNNING, run.started)
+            except JournalError as err:
+                self.engine.journal_failed(run.id, err)
+
+    def arm_timeout(self, run: JobRun, plugin_timeout: float | None) -> None:
+        """Start the job's clock: the input's ``job_timeout``, else the plugin's
+        ``JOB_TIMEOUT``, else the engine's default; abort the job when it runs out."""
+        timeout = (run.input_data or {}).get("job_timeout")
+        if timeout is None:
+            timeout = plugin_timeout
+        if timeout is None:
+            timeout = self.engine.default_timeout
+        try:
+            timeout = float(timeout) if timeout is not None else None
+        except (TypeError, ValueError):
+            logger.warning("job %s: ignoring timeout %r: not a number", run.id, timeout)
+            timeout = None
+        if timeout is None or timeout <= 0:
+            return
+        ref = weakref.ref(run)
+
+        def expire() -> None:
+            target = ref()
+            if target is not None and target.state == State.RUNNING:
+                logger.warning("job %s timed out after %g s: aborting it", target.id, timeout)
+                self.abort(target, f"timed out after {timeout:g} s")
+
+        run.timer = self.engine.watchdog.call_later(timeout, expire)
+
+    def abort(self, run: JobRun, reason: str) -> bool:
+        """Ask a queued or running job to stop; True if it is now stopping.
+
+        A queued job ends ``aborted`` at once (its plugin never runs); a running plugin is
+        asked to stop and the job ends ``aborted`` when it returns.  With an executor that
+        cannot kill plugins, one that ignores the abort for ``abort_grace`` seconds is
+        abandoned: its job ends ``aborted`` and its slot goes to another job.
+        """
+        with self.lock:
+            state = run.state
+            if state not in (State.STARTING, State.RUNNING) or run.abort_reason:
+                logger.warning("job %s is %s: nothing to abort", run.id, state)
+                return False
+            run.abort_reason = reason
+            run.aborted_at = time.time()
+            execution = run.execution
+        executor = self.engine.executor
+        if execution is not None:
+            execution.abort(reason)
+            if getattr(executor, "abandons_hung_jobs", False):
+                self.engine.watchdog.call_later(
+                    executor.abort_grace, lambda: self.abandon_if_stuck(run)
+                )
+        elif state == State.STARTING and executor.cancel(run):
+            self.finish(run, Outcome(State.ABORTED, {}, reason, None, time.time()))
+        return True
+
+    def abandon_if_stuck(self, run: JobRun) -> None:
+        """running → aborted although the plugin runs on: it ignored its abort."""
+        executor = self.engine.executor
+        if run.state != State.RUNNING or run.recorded:
+            return
+        if executor.abandon(run):
+            grace = executor.abort_grace
+            reason = (
+                f"{run.abort_reason} (the plugin did not stop within {grace:g} s; "
+                f"its thread is abandoned)"
+            )
+            self.finish(run, Outcome(State.ABORTED, {}, reason, run.started, time.time()))
+
+    def finish(self, run: JobRun, outcome: Outcome) -> None:
+        """→ success | failure | aborted: record the outcome, run the callbacks, wake the
+        waiters.  Called once per job (a late outcome of an abandoned plugin is ignored);
+        never raises, and the waiters are woken whatever happens."""
+        with self.lock:
+            if run.recorded:
+                logger.warning(
+                    "job %s: late %s from an abandoned plugin ignored", run.id, outcome.state
+                )
+                return
+            run.recorded = True
+        engine = self.engine
+        recorded = False
+        try:
+            if run.timer is not None:
+                engine.watchdog.cancel(run.timer)
+                run.timer = None
+            output = final_output(run, outcome)
+            final_input = None
+            if outcome.input is not None and outcome.input != run.input_data:
+                # a plugin that added keys to its input has them recorded, as in the original
+                final_input = run.input_data = {**(run.input_data or {}), **outcome.input}
+            run.output, run.error = output, outcome.error
+            run.started, run.ended = outcome.started, outcome.ended
+            try:
+                engine.journal.finish(
+                    run.id,
+                    outcome.state,
+                    output,
+                    outcome.error,
+                    outcome.started,
+                    outcome.ended,
+                    outcome.module_file,
+                    outcome.plugin_version,
+                    final_input,
+                )
+                recorded = True
+            except Exception as err:  # a journal must not leave a job running forever
+                engine.journal_failed(run.id, err)
+        finally:
+            try:
+                with self.lock:
+                    run.state = outcome.state
+                    engine.table.ended(run, recorded and engine.journal_fault is None)
+                engine.count_finished(run)
+                self._callbacks(run)
+            finally:
+                run.done.set()
+
+    def _callbacks(self, run: JobRun) -> None:
+        if run.state == State.FAILURE:
+            logger.debug("job %s failed: %s", run.id, one_line(run.error or ""))
+        callbacks, run.callbacks = run.callbacks, []
+        if not callbacks:
+            return
+        run.callback_thread = threading.get_ident()
+        try:
+            for method, face in callbacks:
+                try:
+                    method(face)
+                except BaseException:  # a callback must not stop the others, nor the waiters
+                    logger.exception("job %s: callback %r failed", run.id, method)
+        finally:
+            run.callback_thread = None
+
+    def clean(self, run: JobRun) -> None:
+        """Write the ended job's ``.inp``/``.out`` files once, and free its data when the
+        journal holds it."""
+        if run.state not in State.FINAL or run.cleaned:
+            return
+        engine = self.engine
+        if not run.files_written:
+            run.files_written = engine.write_files(
+                run.id, run.plugin_name, run.input_data, run.output
+            )
+        run.execution = None
+        run.callbacks = []
+        if engine.journal_fault is None:
+            run.cleaned = True  # the journal answers from now on
+            run.input_data = run.output = None

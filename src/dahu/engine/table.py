@@ -1,0 +1,57 @@
+"""The job table: which jobs of this engine live in memory, and where to find them by id.
+
+* ``live``: jobs not ended yet (queued or running; held strongly);
+* ``unrecorded``: jobs ended whose outcome the journal could not take (held strongly, so
+  that nothing is lost while the journal is at fault);
+* ``recent``: ended jobs that something still references (held weakly).
+
+A finished job needs nothing in memory: once nobody references it, the journal answers.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+__all__ = ["JobTable"]
+
+
+class JobTable:
+    """Job runs of one engine by id (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._live: dict[int, Any] = {}
+        self._unrecorded: dict[int, Any] = {}
+        self._recent: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    def add(self, run: Any) -> None:
+        """A new job, not ended."""
+        with self.lock:
+            self._live[run.id] = run
+
+    def ended(self, run: Any, recorded: bool) -> None:
+        """``run`` ended; ``recorded``: its outcome is in the journal (lock held)."""
+        if self._live.pop(run.id, None) is None:
+            return
+        if recorded:
+            self._recent[run.id] = run
+        else:
+            self._unrecorded[run.id] = run
+
+    def find(self, job_id: int) -> Any:
+        """The run of ``job_id`` if it is in memory, else None."""
+        with self.lock:
+            return (
+                self._live.get(job_id) or self._unrecorded.get(job_id) or self._recent.get(job_id)
+            )
+
+    def live(self) -> list[Any]:
+        """The runs not ended yet."""
+        with self.lock:
+            return list(self._live.values())
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self._live)

@@ -1,0 +1,88 @@
+"""The exceptions of Dahu, and how an error becomes a one-line reason.
+
+Every error that Dahu itself raises (not plugin code) derives from :class:`DahuError`::
+
+    DahuError
+    ├── InvalidInput (also ValueError)   a job input that is not a JSON object
+    ├── UnknownPlugin                    a plugin name that resolves to no plugin class
+    ├── UnknownJob (also KeyError)       a job id that the journal does not know
+    ├── JournalError                     the journal cannot be read or written
+    ├── TryAgain                         an answer not ready within a bounded wait
+    └── ExecutorError                    an executor cannot take or run a job
+
+A client always gets a one-line reason (:func:`error_line`, :func:`one_line`); the
+traceback goes to the job's error record or to the log.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DahuError",
+    "InvalidInput",
+    "UnknownPlugin",
+    "UnknownJob",
+    "JournalError",
+    "TryAgain",
+    "ExecutorError",
+    "error_line",
+    "one_line",
+    "tango_line",
+    "MAX_REASON",
+]
+
+MAX_REASON = 500
+"""Longest one-line reason given to a client, in characters."""
+
+
+class DahuError(Exception):
+    """Base class of every error raised by Dahu itself (not by plugin code)."""
+
+
+class InvalidInput(DahuError, ValueError):
+    """A job input that is not a JSON object (dict, JSON text, or JSON file)."""
+
+
+class UnknownPlugin(DahuError):
+    """A plugin name that cannot be resolved to a registered plugin class."""
+
+
+class UnknownJob(DahuError, KeyError):
+    """A job id that the journal does not know."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown job"
+
+
+class JournalError(DahuError):
+    """The journal cannot be read or written."""
+
+
+class TryAgain(DahuError):
+    """The answer is not ready within the bounded wait: the client should call again."""
+
+
+class ExecutorError(DahuError):
+    """An executor cannot take a job (shut down, cluster unreachable)."""
+
+
+def one_line(text: object, limit: int = MAX_REASON) -> str:
+    """The first non-empty line of ``text``, stripped and cut to ``limit`` characters."""
+    for line in str(text).splitlines():
+        line = line.strip()
+        if line:
+            return line if len(line) <= limit else line[: limit - 3] + "..."
+    return ""
+
+
+def error_line(err: BaseException) -> str:
+    """``Type: first line of its message``: an exception as a one-line reason."""
+    text = one_line(err, limit=2**31)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def tango_line(err: BaseException) -> str:
+    """A Tango ``DevFailed`` as one line: its first error's description (any other error:
+    its message, or its type when it has none)."""
+    args = getattr(err, "args", ())
+    desc = getattr(args[0], "desc", None) if args else None
+    return one_line(desc if desc is not None else err) or type(err).__name__

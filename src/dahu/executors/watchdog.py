@@ -1,0 +1,71 @@
+"""Calls functions after a delay, from one thread: job timeouts and abort grace periods."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Watchdog"]
+
+
+class Watchdog:
+    """Calls functions after a delay, from one thread (job timeouts, abort grace periods).
+
+    Cancelled calls are dropped lazily; the heap is rebuilt when they dominate it, so a
+    server with a default timeout on every job keeps a bounded heap.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[list[Any]] = []
+        self._counter = itertools.count()
+        self._cancelled = 0
+        self._thread: threading.Thread | None = None
+
+    def call_later(self, delay: float, function: Callable[[], Any]) -> list[Any]:
+        """Call ``function()`` in ``delay`` seconds; return a handle for :meth:`cancel`."""
+        entry = [time.monotonic() + delay, next(self._counter), function]
+        with self._cond:
+            heapq.heappush(self._heap, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="dahu-watchdog", daemon=True
+                )
+                self._thread.start()
+            if self._heap[0] is entry:  # due before all others: the thread must wake sooner
+                self._cond.notify()
+        return entry
+
+    def cancel(self, entry: list[Any]) -> None:
+        """Forget a call that has not happened yet."""
+        with self._cond:
+            if entry[2] is not None:
+                entry[2] = None
+                self._cancelled += 1
+                if self._cancelled > 64 and self._cancelled > len(self._heap) // 2:
+                    self._heap = [e for e in self._heap if e[2] is not None]
+                    heapq.heapify(self._heap)
+                    self._cancelled = 0
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    delay = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(delay)
+                entry = heapq.heappop(self._heap)
+                function, entry[2] = entry[2], None
+                if function is None:
+                    self._cancelled = max(0, self._cancelled - 1)
+                    continue
+            try:
+                function()
+            except BaseException:  # the one watchdog thread must survive any call
+                logger.exception("watchdog call %r failed", function)

@@ -1,0 +1,156 @@
+"""The worker process of the ``process`` executor.
+
+It imports plugin modules once and keeps them (and their ``DataCache``) between jobs.
+It talks to the server over a pipe:
+
+server → worker: ``("run", job_id, plugin, input)``, ``("abort", job_id, reason)``,
+``("stop",)``; worker → server: ``("plugin", job_id, job_timeout)`` once the plugin is
+instantiated, ``("waiting", job_id)`` / ``("resumed", job_id)`` around ``wait_for``, and
+``("done", job_id, outcome)`` with the output as JSON text.
+
+A plugin's ``wait_for`` reads the other job's record in the server's journal through a
+:class:`~dahu.journal.reader.JournalReader` (the work directory is shared), so jobs in
+different workers can wait for each other; no engine is made in a worker.
+
+``python -m dahu.executors.worker`` (or ``python -m dahu.worker``) runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+
+from ..errors import error_line
+from ..factory import plugin_factory
+from ..journal.base import encode_final_input, encode_output
+from ..journal.reader import use_reader
+from ..states import State
+from .runner import Execution, Outcome
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["worker_main", "outcome_message", "outcome_from_message"]
+
+_self: psutil.Process | None = None  # this process, for the memory reported per outcome
+
+
+def _rss() -> int:
+    global _self
+    if _self is None or _self.pid != os.getpid():  # made once per process (forks too)
+        _self = psutil.Process()
+    return _self.memory_info().rss
+
+
+def outcome_message(outcome: Outcome, job_id: int | None = None) -> dict[str, Any]:
+    """The picklable, JSON-safe form of an outcome sent back to the server."""
+    output, error = encode_output(outcome.output, outcome.error)
+    final_input = encode_final_input(job_id, outcome.input)
+    return {
+        "state": outcome.state,
+        "output": output,
+        "error": error,
+        "started": outcome.started,
+        "ended": outcome.ended,
+        "module_file": outcome.module_file,
+        "plugin_version": outcome.plugin_version,
+        "input": final_input,  # None: the server keeps the input it sent
+        "rss": _rss(),
+    }
+
+
+def outcome_from_message(data: dict[str, Any]) -> Outcome:
+    """The outcome back from :func:`outcome_message`, on the server's side."""
+    return Outcome(
+        data["state"],
+        json.loads(data["output"]) if data["output"] else {},
+        data["error"],
+        data["started"],
+        data["ended"],
+        data["module_file"],
+        data["plugin_version"],
+        json.loads(data["input"]) if data.get("input") else None,
+    )
+
+
+def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int) -> None:
+    """Serve jobs from the server until told to stop or the pipe closes."""
+    logging.basicConfig(
+        level=log_level, format=f"%(asctime)s worker-{os.getpid()} %(levelname)s %(message)s"
+    )
+    use_reader(workdir)
+    for directory in plugin_dirs:
+        plugin_factory.add_directory(directory)
+    send_lock = threading.Lock()
+    current: dict[int, Execution] = {}
+
+    def send(message: tuple) -> None:
+        with send_lock:
+            conn.send(message)
+
+    def run(job_id: int, execution: Execution) -> None:
+        try:
+            outcome = execution.run()
+        except BaseException as err:  # Execution.run does not raise; belt and braces
+            outcome = Outcome(State.FAILURE, {}, f"worker error: {error_line(err)}")
+        current.pop(job_id, None)
+        try:
+            send(("done", job_id, outcome_message(outcome, job_id)))
+        except OSError:
+            logger.error("job %s: the server is gone", job_id)
+
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            break
+        kind = message[0]
+        if kind == "run":
+            job_id, plugin_name, input_data = message[1:4]
+
+            @contextlib.contextmanager
+            def waiting(job_id: int = job_id) -> Iterator[None]:
+                send(("waiting", job_id))
+                try:
+                    yield
+                finally:
+                    send(("resumed", job_id))
+
+            execution = Execution(
+                plugin_name,
+                input_data,
+                job_id,
+                factory=plugin_factory,
+                waiting=waiting,
+                profile_dir=workdir,
+                on_plugin=lambda t, job_id=job_id: send(("plugin", job_id, t)),
+            )
+            current[job_id] = execution
+            threading.Thread(target=run, args=(job_id, execution), daemon=True).start()
+        elif kind == "abort":
+            execution = current.get(message[1])
+            if execution is not None:
+                execution.abort(message[2])
+        elif kind == "stop":
+            break
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m dahu.executors.worker FD WORKDIR LOGLEVEL [PLUGIN_DIR ...]`` (started
+    by the process executor, not by hand)."""
+    import sys
+    from multiprocessing.connection import Connection
+
+    args = sys.argv[1:] if argv is None else argv
+    conn = Connection(int(args[0]))
+    worker_main(conn, args[1], args[3:], int(args[2]))
+
+
+if __name__ == "__main__":
+    main()

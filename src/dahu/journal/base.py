@@ -1,0 +1,201 @@
+"""The job journal: a persistent record of every job, so that no job is ever lost.
+
+:class:`Journal` is the documented interface, implemented by
+:class:`~dahu.journal.sqlite.SQLiteJournal` (the real one, a SQLite file
+``journal.sqlite`` in the work directory) and :class:`~dahu.journal.memory.MemoryJournal`
+(for tests and throw-away runs).  ``tests/test_journal.py`` states the contract and runs
+it against both; a new backend subclasses :class:`Journal` and is added there.
+
+The life of a record: :meth:`Journal.create` (state ``uninitialized``, committed before
+the id is returned) → :meth:`Journal.set_state` (``running``) → :meth:`Journal.finish`
+(final state, output, error, times, plugin provenance).  When a journal is opened,
+records left unfinished by a process that no longer runs are closed as ``failure`` with
+the error ``interrupted``.
+
+The contract, for every implementation (all methods are thread-safe):
+
+* an input that is not JSON-serialisable makes ``create``/``create_many`` raise
+  :class:`~dahu.errors.JournalError` and records nothing;
+* an output that is not JSON-serialisable is recorded as
+  ``{"unserializable_output": repr}`` and the error says so: ``finish`` never fails on
+  plugin data;
+* ``set_state``/``finish`` on an unknown id do nothing; ``set_state`` never replaces a
+  final state;
+* a storage failure is raised as :class:`~dahu.errors.JournalError`, never as the
+  backend's own exception.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import JournalError
+from ..utils import NumpyEncoder
+
+__all__ = [
+    "JobRecord",
+    "Journal",
+    "JournalError",
+    "default_workdir",
+    "encode_input",
+    "encode_final_input",
+    "encode_output",
+    "INTERRUPTED",
+    "HOST",
+]
+
+INTERRUPTED = "interrupted"
+"""The error of a job whose process died before it ended."""
+HOST = socket.gethostname()
+_COMPACT = NumpyEncoder()
+logger = logging.getLogger(__name__)
+
+
+def default_workdir() -> str:
+    """The stable work directory: ``$DAHU_WORKDIR``, else ``$XDG_STATE_HOME/dahu``
+    (``~/.local/state/dahu``)."""
+    env = os.environ.get("DAHU_WORKDIR")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    state_home = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(state_home, "dahu")
+
+
+def encode_input(input_data: Any) -> str:
+    """A job input as compact JSON; :class:`JournalError` if it cannot be."""
+    try:
+        return _COMPACT.encode(input_data)
+    except (TypeError, ValueError, RecursionError) as err:
+        raise JournalError(f"job input is not JSON-serialisable: {err}") from err
+
+
+def encode_final_input(job_id: int, input_data: Any) -> str | None:
+    """The plugin's final input as JSON, or None (logged) if it is not serialisable."""
+    if input_data is None:
+        return None
+    try:
+        return _COMPACT.encode(input_data)
+    except (TypeError, ValueError, RecursionError):
+        logger.warning("job %s: its final input is not JSON-serialisable", job_id)
+        return None
+
+
+def encode_output(output: Any, error: str | None) -> tuple[str | None, str | None]:
+    """A job output as compact JSON and its error; an output that is not serialisable is
+    kept as its ``repr`` and the error says so (a plugin's output never breaks a record)."""
+    if output is None:
+        return None, error
+    try:
+        return _COMPACT.encode(output), error
+    except (TypeError, ValueError, RecursionError) as err:
+        text = _COMPACT.encode({"unserializable_output": repr(output)[:1000]})
+        note = f"output not JSON-serialisable: {err}"
+        return text, (error + "\n" if error else "") + note
+
+
+@dataclass
+class JobRecord:
+    """Everything the journal knows about one job."""
+
+    id: int
+    plugin: str
+    state: str
+    input: dict[str, Any]
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    submitted: float | None = None
+    started: float | None = None
+    ended: float | None = None
+    runtime: float | None = None
+    host: str | None = None
+    pid: int | None = None
+    version: str | None = None
+    module_file: str | None = None
+    plugin_version: str | None = None
+
+
+class Journal(abc.ABC):
+    """The documented interface of a job journal (see the module doc for the contract)."""
+
+    workdir: str | None = None
+
+    @abc.abstractmethod
+    def create(self, plugin: str, input_data: dict[str, Any], submitted: float) -> int:
+        """Record a new job (state ``uninitialized``); return its id, larger than any before."""
+
+    def create_many(self, plugin: str, inputs: list[dict[str, Any]], submitted: float) -> list[int]:
+        """Record several jobs at once (all or none); return their increasing ids."""
+        for data in inputs:
+            encode_input(data)  # refuse them all before recording any
+        return [self.create(plugin, data, submitted) for data in inputs]
+
+    @abc.abstractmethod
+    def set_state(self, job_id: int, state: str, started: float | None = None) -> None:
+        """Record a non-final state change (``running``); a job whose final state is
+        recorded already keeps it; an unknown id is ignored."""
+
+    def state(self, job_id: int) -> str | None:
+        """The state of ``job_id`` only (None if unknown): cheaper than :meth:`get`."""
+        record = self.get(job_id)
+        return record.state if record is not None else None
+
+    @abc.abstractmethod
+    def finish(
+        self,
+        job_id: int,
+        state: str,
+        output: dict[str, Any] | None,
+        error: str | None,
+        started: float | None,
+        ended: float | None,
+        module_file: str | None = None,
+        plugin_version: str | None = None,
+        input_data: dict[str, Any] | None = None,
+    ) -> None:
+        """Record the final state of a job, its output or error, and its times; with
+        ``input_data``, replace the recorded input (the plugin's final input; kept as it
+        was if that one is not serialisable).  An unknown id is ignored; an output that is
+        not serialisable is kept as its ``repr``."""
+
+    def finish_many(
+        self,
+        outcomes: list[
+            tuple[int, str, dict[str, Any] | None, str | None, float | None, float | None]
+        ],
+    ) -> None:
+        """Record the final state of several jobs at once: ``(job_id, state, output,
+        error, started, ended)`` each (the bulk path: imports, benchmarks)."""
+        for job_id, state, output, error, started, ended in outcomes:
+            self.finish(job_id, state, output, error, started, ended)
+
+    @abc.abstractmethod
+    def get(self, job_id: int) -> JobRecord | None:
+        """Return a copy of the record of ``job_id`` (input with ``job_id`` set), or None."""
+
+    @abc.abstractmethod
+    def last_id(self) -> int:
+        """The highest id recorded, 0 when empty."""
+
+    @abc.abstractmethod
+    def select(
+        self, first: int | None = None, last: int | None = None, state: str | None = None
+    ) -> Iterator[JobRecord]:
+        """Iterate over the records with ``first <= id <= last`` (and ``state``), by id."""
+
+    @abc.abstractmethod
+    def mark_interrupted(self) -> list[int]:
+        """Close as ``failure``/``interrupted`` the unfinished jobs of dead processes."""
+
+    @abc.abstractmethod
+    def summary(self, first: int = 0) -> dict[str, Any]:
+        """Aggregates of the jobs with ``id >= first`` (see
+        :func:`dahu.statistics.aggregate`)."""
+
+    def close(self) -> None:  # noqa: B027 - optional for implementations
+        """Release the journal's resources."""

@@ -1,0 +1,148 @@
+"""The device properties of ``DahuDS``: one list, used by the device (``dahu.server``),
+``dahu_server`` (its options that win over a property), ``dahu-register`` (one option per
+property) and checked against ``docs/server.md`` by the tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Property", "PROPERTIES", "EXECUTORS", "DEFAULT_WAIT_TIMEOUT", "DEFAULT_QUEUE_LIMIT"]
+
+EXECUTORS = ("thread", "process", "dask")
+DEFAULT_WAIT_TIMEOUT = 2.0
+DEFAULT_QUEUE_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Property:
+    """One device property.
+
+    :param option: the command-line option of ``dahu-register`` (and of ``dahu_server``
+        when ``server_option``) that sets it
+    :param server_option: ``dahu_server`` has the option too, winning over the property
+    :param path: its values are paths (``dahu-register`` makes them absolute)
+    """
+
+    name: str
+    dtype: Any
+    default: Any
+    doc: str
+    option: str
+    metavar: str | None = None
+    server_option: str | None = None
+    path: bool = False
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def repeated(self) -> bool:
+        """A list of values (the option is repeatable)."""
+        return isinstance(self.dtype, tuple)
+
+    def add_option(self, parser: Any, option: str | None = None, help: str | None = None) -> None:
+        """Add the option setting this property to an ``argparse`` parser."""
+        kwargs: dict[str, Any] = {"help": help or f"the {self.name} property: {self.doc}"}
+        if self.choices:
+            kwargs["choices"] = list(self.choices)
+        else:
+            kwargs["metavar"] = self.metavar
+        if self.repeated:
+            kwargs.update(action="append", default=[])
+        elif self.dtype in (int, float):
+            kwargs["type"] = self.dtype
+        parser.add_argument(option or self.option, dest=self.name, **kwargs)
+
+
+PROPERTIES: tuple[Property, ...] = (
+    Property(
+        "plugins_directory",
+        (str,),
+        [],
+        "directories searched for plugin modules",
+        "--plugins",
+        "DIR",
+        server_option="--plugins",
+        path=True,
+    ),
+    Property(
+        "workdir",
+        str,
+        "",
+        "work directory: journal and .inp/.out files (default: $DAHU_WORKDIR)",
+        "--workdir",
+        "DIR",
+        server_option="--workdir",
+        path=True,
+    ),
+    Property(
+        "max_workers",
+        int,
+        0,
+        "jobs running at once (0: number of CPUs)",
+        "--max-workers",
+        "N",
+        server_option="--max-workers",
+    ),
+    Property(
+        "queue_limit",
+        int,
+        DEFAULT_QUEUE_LIMIT,
+        "state is ALARM while more jobs than this wait for a slot",
+        "--queue-limit",
+        "N",
+    ),
+    Property(
+        "executor",
+        str,
+        "thread",
+        "where plugins run: thread, process (isolated workers) or dask",
+        "--executor",
+        server_option="--executor",
+        choices=EXECUTORS,
+    ),
+    Property(
+        "scheduler",
+        str,
+        "local",
+        "dask executor: scheduler address (tcp://host:8786) or local",
+        "--scheduler",
+        "ADDRESS",
+        server_option="--scheduler",
+    ),
+    Property(
+        "default_timeout",
+        float,
+        0.0,
+        "seconds after which a running job is aborted as timed out (0: no limit)",
+        "--default-timeout",
+        "S",
+        server_option="--timeout",
+    ),
+    Property(
+        "wait_timeout",
+        float,
+        DEFAULT_WAIT_TIMEOUT,
+        "longest wait of waitJob, in seconds (keep it below the clients' timeout)",
+        "--wait-timeout",
+        "S",
+    ),
+    Property(
+        "http",
+        str,
+        "",
+        "serve the read-only web page on [HOST:]PORT (host 127.0.0.1 by default)",
+        "--http",
+        "[HOST:]PORT",
+        server_option="--http",
+    ),
+    Property(
+        "http_token",
+        str,
+        "",
+        "access token of the web page (generated when HOST is not a loopback address)",
+        "--http-token",
+        "TOKEN",
+        server_option="--http-token",
+    ),
+)
+"""Every device property of ``DahuDS``, in the order the docs list them."""

@@ -1,0 +1,121 @@
+"""The engine of the ``DahuDS`` server: the settings of the ``dahu_server`` command line,
+the one engine of the server process (kept across a device ``Init``) and its shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import engine as dahu_engine
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ServerSettings", "settings", "configure_engine", "shutdown", "start_web", "web_service"]
+
+
+@dataclass
+class ServerSettings:
+    """Settings given on the ``dahu_server`` command line; they win over device properties.
+
+    ``engine_options`` are extra keyword arguments for :func:`dahu.engine.configure`
+    (the place for future options such as the executor kind).
+    """
+
+    workdir: str | None = None
+    plugins: list[str] = field(default_factory=list)
+    max_workers: int | None = None
+    executor: str | None = None
+    scheduler: str | None = None
+    timeout: float | None = None
+    http: str | None = None
+    engine_options: dict[str, Any] = field(default_factory=dict)
+
+
+settings = ServerSettings()
+"""The process's server settings (set by ``dahu_server`` before the server starts)."""
+
+_engine: dahu_engine.Engine | None = None
+_engine_lock = threading.Lock()
+
+
+def configure_engine(
+    workdir: str | None,
+    max_workers: int | None,
+    plugin_dirs: list[str],
+    executor: str = "thread",
+    scheduler: str | None = None,
+    timeout: float | None = None,
+) -> dahu_engine.Engine:
+    """Make the process's engine on first call; later calls reuse it (a device ``Init``
+    keeps running jobs).  Plugin directories are added to the engine's factory."""
+    global _engine
+    with _engine_lock:
+        engine = _engine
+        if engine is None:
+            options = dict(settings.engine_options)
+            options.setdefault("executor_kind", executor)
+            options.setdefault("default_timeout", timeout)
+            if executor == "dask":
+                executor_options = dict(options.get("executor_options") or {})
+                executor_options.setdefault("scheduler", scheduler or "local")
+                options["executor_options"] = executor_options
+            engine = dahu_engine.configure(workdir=workdir, max_workers=max_workers, **options)
+            _engine = engine
+            if engine.interrupted:
+                logger.warning(
+                    "%d job(s) left unfinished by a previous server marked failed (interrupted)",
+                    len(engine.interrupted),
+                )
+        else:
+            if workdir and os.path.abspath(workdir) != engine.workdir:
+                logger.warning(
+                    "work directory %s ignored: the server uses %s until it restarts",
+                    workdir,
+                    engine.workdir,
+                )
+            if max_workers and getattr(engine.executor, "max_workers", max_workers) != max_workers:
+                engine.executor.max_workers = max_workers
+    for directory in plugin_dirs:
+        engine.factory.add_directory(directory)
+    return engine
+
+
+_web: Any = None  # the dahu.web.WebService serving the page, when asked for
+
+
+def start_web(address: str, token: str | None = None) -> Any:
+    """Serve the read-only web page (:mod:`dahu.web`) on ``address`` from this process.
+
+    Once per process; a token is generated (and logged) for a non-loopback address
+    without one.  Raise :class:`dahu.web.WebError` when it cannot be served.
+    """
+    global _web
+    from .web import serve
+
+    if _web is None:
+        _web, generated = serve(address, token, _engine)
+        if generated:
+            logger.warning("web page access token generated: %s", _web.url)
+    return _web
+
+
+def web_service() -> Any:
+    """The process's web page service, or None."""
+    return _web
+
+
+def shutdown(timeout: float = 30.0) -> bool:
+    """Abort the jobs still queued or running, wait (at most ``timeout`` s) until their
+    outcome is recorded and their files written, then close the journal.
+
+    Return True if every job ended in time.  Jobs aborted while queued end at once,
+    without running their plugin.
+    """
+    engine = _engine
+    done = True if engine is None else engine.shutdown(abort=True, timeout=timeout)
+    if _web is not None:
+        _web.stop()
+    return done

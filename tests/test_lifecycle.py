@@ -1,0 +1,138 @@
+"""The life cycle of jobs through the engine: every transition ends, whatever the journal
+or the plugin does (the three bugs of issue 10, and plugins raising BaseException)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import dahu.engine
+from dahu.factory import register
+from dahu.job import Job
+from dahu.journal import JournalError, MemoryJournal, SQLiteJournal
+from dahu.plugin import Plugin
+
+from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS
+
+
+@register
+class Opaque(Plugin):
+    """Leaves an output that JSON cannot encode."""
+
+    def process(self):
+        self.output["handle"] = object()
+
+
+class FaultyJournal(MemoryJournal):
+    """A journal whose disk is full: outcomes cannot be recorded."""
+
+    def finish(self, *args, **kwargs):
+        raise JournalError("cannot write the journal: disk full")
+
+
+def run(name, data=None, timeout=10.0):
+    job = Job(name, data or {})
+    job.start()
+    job.join(timeout)
+    return job
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_unserialisable_output_ends_the_job_with_every_journal(tmp_path, kind):
+    # bug: the memory journal raised TypeError, the job stayed running, join never returned
+    journal = MemoryJournal() if kind == "memory" else SQLiteJournal(str(tmp_path / "j"))
+    engine = dahu.engine.configure(workdir=str(tmp_path), journal=journal, max_workers=2)
+    try:
+        job = run("tests.test_lifecycle.opaque")
+        assert job.status == "success"
+        record = engine.journal.get(job.id)
+        assert record.state == "success"
+        assert "unserializable_output" in record.output
+        assert "output not JSON-serialisable" in record.error
+    finally:
+        engine.close()
+
+
+def test_synchronize_all_returns_after_a_journal_fault(tmp_path):
+    # bug: jobs ended after a journal fault stay in memory (nothing is lost), and
+    # synchronize_all then waited for them again and again
+    engine = dahu.engine.configure(workdir=str(tmp_path), journal=FaultyJournal(), max_workers=2)
+    try:
+        jobs = [Job("example.square", {"x": i}) for i in range(3)]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join(10)
+        assert [j.status for j in jobs] == ["success"] * 3
+        assert engine.journal_fault and "disk full" in engine.journal_fault
+        waiter = threading.Thread(target=Job.synchronize_all, daemon=True)
+        waiter.start()
+        waiter.join(10)
+        assert not waiter.is_alive()
+        # the outcome was not recorded: the job in memory still answers
+        assert Job.getStatusFromID(jobs[1].id) == "success"
+        assert Job.getDataOutputFromID(jobs[1].id)["result"] == 1
+    finally:
+        engine.close()
+
+
+def test_a_journal_that_raises_anything_does_not_leave_a_job_running(tmp_path):
+    class Broken(MemoryJournal):
+        def finish(self, *args, **kwargs):
+            raise RuntimeError("a bug in a journal backend")
+
+    engine = dahu.engine.configure(workdir=str(tmp_path), journal=Broken(), max_workers=1)
+    try:
+        job = run("example.square", {"x": 3})
+        assert job.status == "success"
+        assert "a bug in a journal backend" in engine.journal_fault
+        assert run("example.square", {"x": 2}).output_data["result"] == 4
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("what, where, line", BASE_EXCEPTIONS)
+def test_base_exceptions_from_plugins_fail_the_job(engine, plugin_dir, what, where, line):
+    (plugin_dir / "trouble.py").write_text(TROUBLE_PLUGINS)
+    slots = engine.executor.max_workers
+    jobs = [Job("trouble.raise", {"what": what, "where": where}) for _ in range(slots + 1)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(10)
+    assert {j.status for j in jobs} == {"failure"}
+    assert jobs[0].error.splitlines()[0] == line
+    assert engine.journal.get(jobs[0].id).state == "failure"
+    assert run("example.square", {"x": 7}).output_data["result"] == 49
+
+
+def test_a_plugin_that_cannot_be_instantiated_fails_its_job(engine, plugin_dir):
+    (plugin_dir / "exits.py").write_text(
+        "from dahu.factory import register\nfrom dahu.plugin import Plugin\n\n"
+        "@register\nclass Now(Plugin):\n    def __init__(self):\n        raise SystemExit(5)\n"
+    )
+    job = run("exits.now")
+    assert job.status == "failure"
+    assert job.error.splitlines()[0] == "SystemExit: 5"
+
+
+def test_abort_of_a_queued_job_ends_it_without_running_it(engine):
+    engine.executor.serialize = True
+    first = Job("example.sleep", {"t": 0.3})
+    queued = Job("example.square", {"x": 2})
+    first.start()
+    queued.start()
+    assert queued.abort("not needed")
+    queued.join(5)
+    assert queued.status == "aborted"
+    assert queued.error == "not needed"
+    first.join(5)
+    assert first.status == "success"
+    assert not queued.abort()  # ended: nothing to abort
+
+
+def test_a_job_cannot_be_started_twice(engine):
+    job = run("example.square", {"x": 1})
+    with pytest.raises(RuntimeError, match="already started"):
+        job.start()

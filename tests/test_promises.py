@@ -1,0 +1,176 @@
+"""The journal's promises under group commit, seen from outside the writing process:
+
+* a job's record is committed before its id is returned (``kill -9`` of the server right
+  after ``startJob``/``startJobs`` returned: the restarted server knows the jobs);
+* a finished job is never reported (``jobSuccess`` event, ``waitJob`` answer, callback,
+  ``join``) before its outcome is committed: another connection to the journal file,
+  opened when the report arrives, already reads the final state and the output.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+import tango
+
+import dahu.engine
+from dahu.app.localserver import LocalServer
+from dahu.job import Job
+from dahu.journal import SQLiteJournal
+
+from .conftest import finish
+
+DEVICE = "test/dahu/promises"
+
+
+def committed(workdir: Path, job_id: int) -> tuple[str, dict | None] | None:
+    """State and output of ``job_id`` as another process would read them now."""
+    db = sqlite3.connect(f"file:{workdir / SQLiteJournal.FILENAME}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT state, output FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    finally:
+        db.close()
+    if row is None:
+        return None
+    return row[0], json.loads(row[1]) if row[1] else None
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A real ``dahu_server`` subprocess on a fresh work directory."""
+    workdir = tmp_path / "work"
+    local = LocalServer(str(workdir), str(tmp_path / "server.log"), device=DEVICE)
+    local.start(timeout=60)
+    try:
+        yield local, workdir
+    finally:
+        local.stop()
+
+
+def test_events_and_waitjob_come_after_the_outcome_is_committed(server):
+    local, workdir = server
+    proxy = local.proxy
+    seen: dict[int, tuple | None] = {}
+    lock = threading.Lock()
+    all_seen = threading.Event()
+    count = 60
+
+    def on_event(event: tango.EventData) -> None:
+        if event.err or event.attr_value is None:
+            return
+        job_id = int(event.attr_value.value)
+        if job_id <= 0:
+            return
+        read = committed(workdir, job_id)  # read when the event arrives, not later
+        with lock:
+            seen[job_id] = read
+            if len(seen) >= count:
+                all_seen.set()
+
+    sub = proxy.subscribe_event("jobSuccess", tango.EventType.CHANGE_EVENT, on_event)
+    try:
+        ids = [proxy.startJob(["example.square", json.dumps({"x": x})]) for x in range(count)]
+        assert all_seen.wait(60), f"{len(seen)} of {count} events"
+    finally:
+        proxy.unsubscribe_event(sub)
+    for x, job_id in enumerate(ids):
+        state, output = seen[job_id]
+        assert state == "success" and output["result"] == x * x, (job_id, seen[job_id])
+    # waitJob: each answer found the outcome in the journal file already
+    more = [proxy.startJob(["example.square", json.dumps({"x": x})]) for x in range(20)]
+    for x, job_id in enumerate(more):
+        assert finish(proxy, job_id) == "success"
+        state, output = committed(workdir, job_id)
+        assert state == "success" and output["result"] == x * x
+
+
+def test_callbacks_and_join_come_after_the_outcome_is_committed(workdir):
+    dahu.engine.configure(workdir=str(workdir), max_workers=2)
+    reads: dict[int, tuple | None] = {}
+
+    def callback(job: Job) -> None:
+        reads[job.id] = committed(workdir, job.id)
+
+    jobs = [Job("example.square", {"x": x}) for x in range(50)]
+    for job in jobs:
+        job.connect_callback(callback)
+        job.start()
+    for x, job in enumerate(jobs):
+        job.join(60)
+        state, output = committed(workdir, job.id)  # right after join returned
+        assert state == "success" and output["result"] == x * x
+        assert reads[job.id][0] == "success"
+
+
+def test_kill_9_right_after_startjob_returns_keeps_the_jobs(tmp_path):
+    workdir = tmp_path / "work"
+    local = LocalServer(str(workdir), str(tmp_path / "server.log"), device=DEVICE)
+    proxy = local.start(timeout=60)
+    try:
+        slow = proxy.startJob(["example.sleep", '{"t": 600}'])
+        quick = proxy.startJob(["example.square", '{"x": 3}'])
+        batch = list(proxy.startJobs(["example.sleep", json.dumps([{"t": 600}] * 5)]))
+        local.process.kill()  # SIGKILL: no shutdown, nothing flushed by the server
+        local.process.wait(30)
+    finally:
+        local.stop()
+    again = LocalServer(str(workdir), str(tmp_path / "server2.log"), device=DEVICE)
+    proxy = again.start(timeout=60)
+    try:
+        assert proxy.getJobState(slow) == "failure"  # it was running: interrupted
+        assert proxy.getJobError(slow) == "interrupted"
+        assert proxy.getJobState(quick) in ("success", "failure")
+        assert json.loads(proxy.getJobInput(quick))["x"] == 3
+        for job_id in batch:
+            assert proxy.getJobState(job_id) == "failure"
+            assert json.loads(proxy.getJobInput(job_id))["t"] == 600
+        assert proxy.startJob(["example.noop", "{}"]) > max(batch)
+    finally:
+        again.stop()
+
+
+def test_group_commit_batches_concurrent_writes(tmp_path):
+    journal = SQLiteJournal(str(tmp_path))
+    threads = 8
+    per_thread = 200
+    barrier = threading.Barrier(threads)
+    ids: list[list[int]] = [[] for _ in range(threads)]
+
+    def writer(index: int) -> None:
+        barrier.wait()
+        for i in range(per_thread):
+            job_id = journal.create("example.noop", {"i": i}, 0.0)
+            journal.finish(job_id, "success", {"i": i}, None, 0.0, 1.0)
+            ids[index].append(job_id)
+
+    workers = [threading.Thread(target=writer, args=(i,)) for i in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(60)
+    every = sorted(i for chunk in ids for i in chunk)
+    assert every == list(range(1, threads * per_thread + 1))  # each its own id
+    assert all(journal.get(i).state == "success" for i in every)
+    # fewer transactions than writes: concurrent writers shared commits
+    assert journal.commits < 2 * threads * per_thread
+    journal.close()
+
+
+def test_unfinished_jobs_are_found_through_the_state_index(tmp_path):
+    """Start-up looks the unfinished jobs up in the index: no scan of a million rows."""
+    journal = SQLiteJournal(str(tmp_path))
+    journal.close()
+    db = sqlite3.connect(str(tmp_path / SQLiteJournal.FILENAME))
+    try:
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN SELECT id, host, pid, submitted FROM jobs WHERE state IN (?, ?, ?)",
+            ("uninitialized", "starting", "running"),
+        ).fetchall()
+    finally:
+        db.close()
+    details = " ".join(str(row[-1]) for row in plan)
+    assert "SEARCH" in details and "jobs_state" in details, details
