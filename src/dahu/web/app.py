@@ -249,8 +249,9 @@ def _job_details(engine: Any, job_id: int) -> dict[str, Any] | None:
     record = engine.journal.get(job_id)
     if record is None:
         return None
-    job = Job._lookup(job_id)  # a live job knows its state before the journal does
-    state = job.status if job is not None else record.state
+    state = Job.getStatusFromID(job_id)  # a live job knows its state before the journal
+    if state == State.INEXISTANT:
+        state = record.state
     return {
         "id": record.id,
         "plugin": record.plugin,

@@ -66,6 +66,14 @@ def percentile(histogram: dict[int, int], fraction: float) -> float | None:
     return bin_value(max(histogram))
 
 
+def _started(job: Any) -> float | None:
+    """When the job's plugin began (the engine's record of the running job)."""
+    run = getattr(job, "_run", None)
+    if run is not None:
+        return getattr(run, "started", None)
+    return getattr(job, "_started_at", None)
+
+
 def _reason(error: str) -> str:
     for line in (error or "").splitlines():
         line = line.strip()
@@ -245,8 +253,7 @@ class Monitor:
         for job in Job.live_jobs(self.engine):
             if job.status != State.RUNNING:
                 continue
-            # the start time is the job's own (set when its plugin began)
-            started = getattr(job, "_started_at", None)
+            started = _started(job)
             jobs.append(
                 {
                     "id": job.id,
