@@ -105,6 +105,20 @@ def test_longlife_bench_small(tmp_path):
     assert not list(tmp_path.iterdir())  # its work directories are removed
 
 
+def test_dashboard_bench_small():
+    from dahu.web.browser import find_chromium
+
+    figures = run_bench("dashboard.py", "--small", timeout=300)
+    assert figures["benchmark"] == "dashboard" and figures["rate_target"] == 100
+    assert figures["rate_achieved"] > 0 and figures["server_cpu_closed_pct"] > 0
+    assert figures["job_ended_us"] > 0
+    if find_chromium() is not None:
+        for key in ("server_cpu_open_pct", "page_cost_pct", "browser_cpu_pct"):
+            assert figures[key] is not None, key
+        assert figures["soak_samples"] and figures["js_heap_mb_end"] > 0
+        assert figures["page_errors"] == []
+
+
 def test_client_bench_small():
     figures = run_bench("client.py", "--small", timeout=300)
     assert figures["benchmark"] == "client" and figures["jobs"] == 200

@@ -7,6 +7,8 @@ import subprocess
 
 import h5py
 
+from dahu.web.browser import find_chromium
+
 from .conftest import VENV_BIN, child_env
 
 DEMO = str(VENV_BIN / "dahu-demo")
@@ -49,6 +51,14 @@ def test_demo_runs_everything_and_exits_0(tmp_path):
     assert len(list((tmp_path / "work").glob("*/*.inp"))) == 7
     assert len(list((tmp_path / "work").glob("*/*.out"))) == 7
     assert "peaks of all 4 curves on the rings" in out
+    # the screenshot of the server's web page, as a browser shows it
+    assert "web page of the server: http://127.0.0.1:" in out
+    if find_chromium() is not None:
+        assert f"screenshot of the web page: {tmp_path / 'dashboard.png'}" in out
+        width, height = png_size(tmp_path / "dashboard.png")
+        assert width >= 1000 and height >= 600
+    else:
+        assert "no screenshot of the web page: chromium is not installed" in out
 
 
 def test_generate_only_writes_the_data_set(tmp_path):

@@ -43,6 +43,8 @@ from .server_settings import (
     current_retention,
     settings,
     shutdown,
+    start_web,
+    web_service,
 )
 from .states import State
 from .utils import NumpyEncoder, gc_paused
@@ -109,6 +111,14 @@ class DahuDS(Device):
         except DahuError as err:  # keep serving; Status tells why nothing is pruned
             self._retention_error = one_line(str(err))
             logger.error("retention not applied: %s", self._retention_error)
+        if web_service() is None and self.http.strip():
+            try:
+                start_web(self.http.strip(), self.http_token.strip() or None)
+            except DahuError as err:
+                logger.error("no web page: %s", err)
+        self._web = web_service()
+        if self._web is not None:
+            self._web.monitor.attach(self._engine)
         self._last_success = 0
         self._last_failure = 0
         self._stats_text = ""
@@ -158,6 +168,9 @@ class DahuDS(Device):
     def _job_ended(self, job: Job) -> None:
         """Job callback (worker thread): record the id, queue the event and the files."""
         job_id = job.id
+        web = self._web
+        if web is not None:
+            web.monitor.job_ended(job)
         if job.status == State.SUCCESS:
             self._last_success = job_id
             self._events.put(("jobSuccess", job_id))
@@ -181,11 +194,13 @@ class DahuDS(Device):
         return DevState.ON
 
     def dev_status(self) -> str:
-        """The work directory, the reason of ALARM or FAULT, the retention in force, and
-        the job counters."""
+        """The work directory, the web page, the reason of ALARM or FAULT, the retention
+        in force, and the job counters."""
         engine = self._engine
         counts = engine.counts()
         lines = [f"Dahu {__version__}, work directory {engine.workdir}"]
+        if self._web is not None:
+            lines.append(f"web page: http://{self._web.host}:{self._web.port}/")
         if engine.journal_fault:
             lines.append(f"FAULT: the journal cannot be written: {one_line(engine.journal_fault)}")
         if counts["queued"] > self.queue_limit:

@@ -15,7 +15,15 @@ from .retention import Retention, RetentionSchedule
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ServerSettings", "settings", "configure_engine", "configure_retention", "shutdown"]
+__all__ = [
+    "ServerSettings",
+    "settings",
+    "configure_engine",
+    "configure_retention",
+    "shutdown",
+    "start_web",
+    "web_service",
+]
 
 
 @dataclass
@@ -34,6 +42,7 @@ class ServerSettings:
     timeout: float | None = None
     retention: str | None = None
     retention_interval: float | None = None
+    http: str | None = None
     engine_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -114,6 +123,30 @@ def current_retention() -> RetentionSchedule | None:
     return _retention
 
 
+_web: Any = None  # the dahu.web.WebService serving the page, when asked for
+
+
+def start_web(address: str, token: str | None = None) -> Any:
+    """Serve the read-only web page (:mod:`dahu.web`) on ``address`` from this process.
+
+    Once per process; a token is generated (and logged) for a non-loopback address
+    without one.  Raise :class:`dahu.web.WebError` when it cannot be served.
+    """
+    global _web
+    from .web import serve
+
+    if _web is None:
+        _web, generated = serve(address, token, _engine)
+        if generated:
+            logger.warning("web page access token generated: %s", _web.url)
+    return _web
+
+
+def web_service() -> Any:
+    """The process's web page service, or None."""
+    return _web
+
+
 def shutdown(timeout: float = 30.0) -> bool:
     """Abort the jobs still queued or running, wait (at most ``timeout`` s) until their
     outcome is recorded and their files written, then close the journal.
@@ -126,4 +159,7 @@ def shutdown(timeout: float = 30.0) -> bool:
         _retention.stop()
         _retention = None
     engine = _engine
-    return True if engine is None else engine.shutdown(abort=True, timeout=timeout)
+    done = True if engine is None else engine.shutdown(abort=True, timeout=timeout)
+    if _web is not None:
+        _web.stop()
+    return done

@@ -4,11 +4,12 @@ Starts a database-less ``dahu_server`` on a free local port, generates diffracti
 with known rings (:mod:`dahu.testdata`), submits example jobs (one of them fails on
 purpose) and two pyFAI integrations through a real ``DeviceProxy``, follows them by their
 ``jobSuccess``/``jobFailure`` change events, prints a table of the jobs, the server's
-statistics and where the outputs are, plots the integrated curves into a PNG next to the
-HDF5 output, checks that the peaks sit on the known rings, and stops the server with
-SIGTERM. The exit status is 0 only when everything went as expected.
+statistics and where the outputs are, saves a screenshot of the server's web page
+(``dashboard.png``, when Chromium is installed), plots the integrated curves into a PNG
+next to the HDF5 output, checks that the peaks sit on the known rings, and stops the
+server with SIGTERM. The exit status is 0 only when everything went as expected.
 
-    dahu-demo [--output DIR] [--frames N] [--shape H W]
+    dahu-demo [--output DIR] [--frames N] [--shape H W] [--load SECONDS]
     dahu-demo --generate-only DIR [--frames N] [--shape H W]
 
 :class:`~dahu.app.localserver.LocalServer` (a ``dahu_server`` subprocess and a client of it) is also used by the
@@ -29,7 +30,8 @@ from typing import Any
 
 import numpy
 
-from .localserver import LocalServer, ServerFailed
+from .demopage import keep_busy, save_screenshot
+from .localserver import LocalServer, ServerFailed, free_port
 
 __all__ = ["DemoFailed", "main", "ring_errors"]
 
@@ -266,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for the jobs (60)"
     )
+    parser.add_argument(
+        "--load",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after the demo's jobs, keep the server busy this long (about 200 jobs/s) "
+        "before the screenshot of the web page, so that its plots show something (0)",
+    )
     return parser
 
 
@@ -300,10 +310,15 @@ def run_demo(args: argparse.Namespace) -> list[str]:
     os.makedirs(results, exist_ok=True)
     print(f"dahu-demo: output directory {output}")
     data = generate(data_dir, args.frames, args.shape)
-    server = LocalServer(workdir, os.path.join(output, "server.log"))
+    http_port = free_port()
+    server = LocalServer(
+        workdir, os.path.join(output, "server.log"), extra_args=["--http", str(http_port)]
+    )
     problems: list[str] = []
     started = time.perf_counter()
     proxy = server.start()
+    # the first pyFAI job's startJob imports pyFAI: seconds on a busy machine
+    proxy.set_timeout_millis(15_000)
     try:
         print(
             f"dahu_server up in {time.perf_counter() - started:.1f} s: {server.url} "
@@ -312,6 +327,16 @@ def run_demo(args: argparse.Namespace) -> list[str]:
         jobs = demo_jobs(data, results)
         run_jobs(proxy, jobs, args.timeout)
         read_runtimes(proxy, jobs)
+        page = f"http://127.0.0.1:{http_port}/"
+        print(f"web page of the server: {page}")
+        last_job = max(job.job_id for job in jobs)
+        if args.load > 0:
+            count = keep_busy(proxy, args.load)
+            print(f"kept the server busy for {args.load:g} s: {count} more jobs")
+            last_job = proxy.startJob(["example.square", json.dumps({"x": 1})])
+        shot = save_screenshot(page, os.path.join(output, "dashboard.png"), last_job)
+        if shot:
+            print(f"screenshot of the web page: {shot}")
         rows = []
         for job in jobs:
             problem = job.problem()

@@ -63,6 +63,12 @@ PAGES: dict[str, Page] = {
             "INSTANCE is the name of the server instance in the Tango database (see "
             "dahu-register(1)). Options that Dahu does not know, such as the Tango options "
             "below, are passed on to Tango.",
+            "With --http, the server also serves a live, read-only web page and its JSON "
+            "endpoints (/api): counters, running and latest jobs, failures with their "
+            "reason, per-plugin statistics and plots of the last hour. It listens on "
+            "127.0.0.1 unless HOST says otherwise; on any other address it requires an "
+            "access token, generated and printed at start when not given. Without --http "
+            "nothing listens besides Tango.",
         ],
         extra=[
             (
@@ -76,7 +82,12 @@ PAGES: dict[str, Page] = {
                 ],
             )
         ],
-        environment=[_ENV_PLUGINS, _ENV_WORKDIR, _ENV_TANGO],
+        environment=[
+            _ENV_PLUGINS,
+            _ENV_WORKDIR,
+            _ENV_TANGO,
+            ("DAHU_HTTP_TOKEN", "The web page's access token, when --http-token is not given."),
+        ],
         files=[
             ("WORKDIR/journal.sqlite", "the journal: every job, its input, output and error"),
             (

@@ -42,6 +42,10 @@ _SERVER_HELP = {
     "(default) to start a local cluster",
     "default_timeout": "abort a running job after this long unless its plugin or input says "
     "otherwise (default: no limit; wins over the device property)",
+    "http": "serve the read-only web page and its JSON endpoints on PORT of HOST "
+    "(default host 127.0.0.1; wins over the device property http)",
+    "http_token": "access token of the web page (at least 16 characters; default "
+    "$DAHU_HTTP_TOKEN); generated and printed when HOST is not a loopback address",
     "retention": "prune old finished jobs (journal records and .inp/.out files) on a schedule: "
     "SPEC is a duration (30d, 12h: keep the jobs submitted since) or a number of most "
     "recent jobs to keep (100000); wins over the device property (default: keep all)",
@@ -163,6 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     server.settings.timeout = args.default_timeout
     server.settings.retention = args.retention
     server.settings.retention_interval = args.retention_interval
+    server.settings.http = args.http
+    if args.http:
+        from ..web import WebError
+
+        token = args.http_token or os.environ.get("DAHU_HTTP_TOKEN") or None
+        try:
+            web = server.start_web(args.http, token)
+        except WebError as err:
+            sys.stderr.write(f"dahu_server: {err}\n")
+            return 1
+        sys.stderr.write(f"dahu_server: web page at {web.url}\n")
 
     def started() -> None:
         # Everything loaded so far lives as long as the process: keep it out of the

@@ -1,0 +1,185 @@
+// The live page of a Dahu server: one summary per second from /api/events (server-sent
+// events), or from /api/summary every 2 s when the event stream is not available
+// (?transport=poll forces polling).  Everything is rebuilt from each summary, so the
+// page keeps no history of its own and its memory does not grow.
+"use strict";
+
+const POLL_MS = 2000;
+const STALE_MS = 5000;
+let lastUpdate = 0;
+let transport = "";
+
+function $(id) { return document.getElementById(id); }
+
+function cell(text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text === null || text === undefined ? "–" : String(text);
+  if (cls) td.className = cls;
+  return td;
+}
+
+function jobLink(id) {
+  const td = document.createElement("td");
+  const a = document.createElement("a");
+  a.href = "/jobs/" + encodeURIComponent(id);
+  a.textContent = String(id);
+  a.title = "error, input and output of job " + id;
+  td.appendChild(a);
+  return td;
+}
+
+function row(cells) {
+  const tr = document.createElement("tr");
+  for (const c of cells) tr.appendChild(c);
+  return tr;
+}
+
+function fill(tableId, rows, empty) {
+  const body = $(tableId).tBodies[0];
+  if (!rows.length) {
+    const td = cell(empty, "muted");
+    td.colSpan = $(tableId).tHead.rows[0].cells.length;
+    rows = [row([td])];
+  }
+  body.replaceChildren(...rows);
+}
+
+function duration(s) {
+  if (s === null || s === undefined) return "–";
+  if (s < 1e-3) return (s * 1e6).toFixed(0) + " µs";
+  if (s < 1) return (s * 1e3).toFixed(s < 0.01 ? 2 : 1) + " ms";
+  if (s < 120) return s.toFixed(1) + " s";
+  if (s < 7200) return Math.floor(s / 60) + " min " + Math.floor(s % 60) + " s";
+  return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+}
+
+function clock(t) {
+  if (!t) return "–";
+  return new Date(t * 1000).toLocaleTimeString([], { hour12: false });
+}
+
+function stateCell(state) { return cell(state, "state-" + state); }
+
+function renderCounters(c) {
+  $("c-queued").textContent = c.queued;
+  $("c-running").textContent = c.running;
+  $("c-finished").textContent = c.finished_last_hour;
+  $("c-failed").textContent = c.failed_last_hour;
+  $("c-aborted").textContent = c.aborted_last_hour;
+  $("c-rate").textContent = c.jobs_per_s < 10 ? c.jobs_per_s.toFixed(1) : Math.round(c.jobs_per_s);
+  $("c-total").textContent = c.finished + " finished: " + c.succeeded + " ok, " + c.failed +
+    " failed, " + c.aborted + " aborted (up " + duration(c.uptime) + ")";
+  const fault = $("fault");
+  fault.hidden = !c.journal_fault;
+  fault.textContent = c.journal_fault ? "The journal cannot be written: " + c.journal_fault : "";
+}
+
+function renderTables(s) {
+  $("n-running").textContent = s.running.length ? "(" + s.running.length + ")" : "";
+  fill("running", s.running.map(j => row([jobLink(j.id), cell(j.plugin), cell(duration(j.elapsed), "num")])),
+       "no job running");
+  fill("failures", s.failures.map(j => row([jobLink(j.id), cell(j.plugin), stateCell(j.state),
+       cell(j.reason, "reason"), cell(clock(j.ended))])), "no failure");
+  fill("recent", s.recent.map(j => row([jobLink(j.id), cell(j.plugin), stateCell(j.state),
+       cell(duration(j.runtime), "num"), cell(clock(j.ended))])), "no job yet");
+  const plugins = Object.entries(s.plugins).map(([name, p]) => {
+    const last = p.last_failure;
+    const lastCell = last ? jobLink(last.id) : cell("");
+    lastCell.className = "reason";
+    if (last) { lastCell.title = last.reason; lastCell.appendChild(document.createTextNode(" " + last.reason.slice(0, 60))); }
+    return row([cell(name), cell(p.jobs, "num"), cell(p.success, "num state-success"),
+      cell(p.failure, "num" + (p.failure ? " state-failure" : "")),
+      cell(p.aborted, "num" + (p.aborted ? " state-aborted" : "")),
+      cell(duration(p.mean_runtime), "num"), cell(duration(p.p50_runtime), "num"),
+      cell(duration(p.p95_runtime), "num"), lastCell]);
+  });
+  fill("plugins", plugins, "no job yet");
+}
+
+const LAYOUT = {
+  margin: { l: 48, r: 10, t: 6, b: 28 }, showlegend: true,
+  legend: { orientation: "h", x: 0, y: 1.14, font: { size: 11 } },
+  xaxis: { type: "date", tickfont: { size: 10 } },
+  yaxis: { rangemode: "tozero", tickfont: { size: 10 }, automargin: true },
+  font: { family: "system-ui, sans-serif", size: 11 },
+  paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
+};
+const CONFIG = { displayModeBar: false, responsive: true };
+
+function layout(extra) { return Object.assign({}, LAYOUT, extra); }
+
+function toMs(v) { return v === null ? null : v * 1000; }
+
+function renderPlots(series) {
+  if (!window.Plotly) return;
+  const x = series.t.map(t => t * 1000);
+  Plotly.react("plot-rate", [
+    { x, y: series.jobs_per_s, name: "ended", type: "scatter", mode: "lines", line: { color: "#2457c5" }, fill: "tozeroy" },
+    { x, y: series.failed_per_s, name: "failed or aborted", type: "scatter", mode: "lines", line: { color: "#c62828" } },
+  ], layout({ yaxis: Object.assign({}, LAYOUT.yaxis, { title: { text: "jobs/s" } }) }), CONFIG);
+  Plotly.react("plot-runtime", [
+    { x, y: series.p50.map(toMs), name: "p50", type: "scatter", mode: "lines", line: { color: "#1a7f37" }, connectgaps: false },
+    { x, y: series.p90.map(toMs), name: "p90", type: "scatter", mode: "lines", line: { color: "#b26a00" } },
+    { x, y: series.p99.map(toMs), name: "p99", type: "scatter", mode: "lines", line: { color: "#c62828" } },
+  ], layout({ yaxis: { type: "log", dtick: "D2", title: { text: "ms" }, tickfont: { size: 10 }, automargin: true } }), CONFIG);
+  Plotly.react("plot-queue", [
+    { x, y: series.queue, name: "queued", type: "scatter", mode: "lines", line: { color: "#6a3d9a", shape: "hv" }, fill: "tozeroy" },
+    { x, y: series.running, name: "running", type: "scatter", mode: "lines", line: { color: "#2457c5", shape: "hv" } },
+  ], layout({ yaxis: Object.assign({}, LAYOUT.yaxis, { title: { text: "jobs" } }) }), CONFIG);
+}
+
+function render(summary) {
+  lastUpdate = Date.now();
+  renderCounters(summary.counters);
+  renderTables(summary);
+  renderPlots(summary.series);
+  setLive("live: " + transport, "");
+}
+
+function setLive(text, cls) {
+  const live = $("live");
+  live.textContent = text;
+  live.className = "live" + (cls ? " " + cls : "");
+}
+
+function poll(reason) {
+  transport = "polling every " + POLL_MS / 1000 + " s";
+  if (reason) console.info("dahu: polling /api/summary: " + reason);
+  const once = () => {
+    fetch("/api/summary", { cache: "no-store", credentials: "same-origin" })
+      .then(r => r.ok ? r.json() : Promise.reject(new Error("HTTP " + r.status)))
+      .then(render)
+      .catch(err => setLive("server unreachable (" + err.message + ")", "down"))
+      .finally(() => setTimeout(once, POLL_MS));
+  };
+  once();
+}
+
+function stream() {
+  transport = "server-sent events";
+  const source = new EventSource("/api/events");
+  let received = false;
+  const giveUp = why => { source.close(); poll(why); };
+  source.addEventListener("summary", e => { received = true; render(JSON.parse(e.data)); });
+  source.onerror = () => {
+    if (!received) giveUp("the event stream failed");
+    else setLive("reconnecting…", "down");  // EventSource retries by itself
+  };
+  setTimeout(() => { if (!received) giveUp("no event within 5 s"); }, STALE_MS);
+}
+
+function watch() {
+  if (lastUpdate && Date.now() - lastUpdate > STALE_MS) setLive("no update for " +
+    Math.round((Date.now() - lastUpdate) / 1000) + " s", "down");
+}
+
+function start() {
+  $("server").textContent = location.host;
+  const params = new URLSearchParams(location.search);
+  if (params.has("token")) history.replaceState(null, "", location.pathname);  // kept as a cookie
+  if (params.get("transport") === "poll" || !window.EventSource) poll("asked for");
+  else stream();
+  setInterval(watch, 1000);
+}
+
+start();

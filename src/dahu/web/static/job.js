@@ -1,0 +1,54 @@
+// One job: its information, full error, input and output (from /api/jobs/ID), refreshed
+// every 2 s until the job has ended.
+"use strict";
+
+const FINAL = ["success", "failure", "aborted"];
+
+function $(id) { return document.getElementById(id); }
+
+function when(t) { return t ? new Date(t * 1000).toLocaleString([], { hour12: false }) : "–"; }
+
+function show(job) {
+  document.title = "Dahu job " + job.id;
+  $("title").textContent = "job " + job.id + " · " + job.plugin;
+  const rows = [
+    ["state", job.state], ["plugin", job.plugin], ["reason", job.reason || "–"],
+    ["submitted", when(job.submitted)], ["started", when(job.started)], ["ended", when(job.ended)],
+    ["runtime", job.runtime === null ? "–" : (job.runtime * 1000).toFixed(3) + " ms"],
+    ["host / pid", (job.host || "–") + " / " + (job.pid || "–")],
+    ["Dahu version", job.version || "–"], ["plugin module", job.module_file || "–"],
+    ["plugin version", job.plugin_version || "–"],
+  ];
+  $("info").tBodies[0].replaceChildren(...rows.map(([k, v]) => {
+    const tr = document.createElement("tr");
+    const th = document.createElement("th");
+    th.textContent = k;
+    const td = document.createElement("td");
+    td.textContent = String(v);
+    if (k === "state") td.className = "state-" + v;
+    tr.append(th, td);
+    return tr;
+  }));
+  $("error").textContent = job.error || "(no error)";
+  $("input").textContent = JSON.stringify(job.input, null, 2);
+  $("output").textContent = job.output === null ? "(no output yet)" : JSON.stringify(job.output, null, 2);
+  return FINAL.includes(job.state);
+}
+
+function load() {
+  const id = decodeURIComponent(location.pathname.split("/").pop());
+  fetch("/api/jobs/" + encodeURIComponent(id), { cache: "no-store", credentials: "same-origin" })
+    .then(r => r.json().then(body => ({ ok: r.ok, body })))
+    .then(({ ok, body }) => {
+      if (!ok) throw new Error(body.error || "cannot read the job");
+      $("problem").hidden = true;
+      if (!show(body)) setTimeout(load, 2000);
+    })
+    .catch(err => {
+      $("problem").hidden = false;
+      $("problem").textContent = err.message;
+      $("title").textContent = "job " + id;
+    });
+}
+
+load();

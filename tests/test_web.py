@@ -1,0 +1,555 @@
+"""The web page of ``dahu_server --http``: a real server, real HTTP, a real headless Chromium.
+
+The page is looked at as a person does (Debian's ``chromium``, installed by ``.ci/run``);
+the JSON endpoints and the access rule are checked with plain HTTP requests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+from tango.test_context import DeviceTestContext
+
+from dahu.app.localserver import LocalServer, free_port
+from dahu.server import DahuDS
+from dahu.web import Monitor, WebError, WebService
+from dahu.web.browser import Browser, find_chromium
+from dahu.web.monitor import BUCKET, RECENT, WINDOW, percentile, runtime_bin
+
+from .conftest import child_env, finish
+
+
+def http(url: str, method: str = "GET", headers: dict | None = None, timeout: float = 10.0):
+    """(status, headers, body text) of one request; errors are answers too."""
+    request = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.headers, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read().decode()
+
+
+def get_json(url: str, **kwargs):
+    status, headers, body = http(url, **kwargs)
+    assert headers["Content-Type"].startswith("application/json"), (status, body)
+    return status, json.loads(body)
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "a condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)  # polling a condition of another process
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real ``dahu_server --http PORT`` (database-less), with its Tango proxy."""
+    base = tmp_path_factory.mktemp("web")
+    port = free_port()
+    local = LocalServer(
+        str(base / "work"),
+        str(base / "server.log"),
+        max_workers=2,
+        device="test/dahu/web",
+        extra_args=["--http", str(port)],
+    )
+    proxy = local.start(timeout=60)
+    local.http = f"http://127.0.0.1:{port}"
+    try:
+        yield local, proxy
+    finally:
+        assert local.stop() == 0, (base / "server.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def jobs(server):
+    """A success, a failure and an aborted job, ended."""
+    local, proxy = server
+    ok = proxy.startJob(["example.square", json.dumps({"x": 6})])
+    bad = proxy.startJob(["example.error", json.dumps({"message": "detector on fire"})])
+    slow = proxy.startJob(["example.sleep", json.dumps({"t": 60})])
+    wait_until(lambda: proxy.getJobState(slow) == "running", what="the slow job to run")
+    proxy.abort(slow)
+    states = {job: finish(proxy, job) for job in (ok, bad, slow)}
+    assert states == {ok: "success", bad: "failure", slow: "aborted"}
+    return {"ok": ok, "bad": bad, "aborted": slow}
+
+
+@pytest.fixture
+def browser():
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed and could not be (.ci/run installs Debian's)")
+    with Browser(width=1400, height=1000) as b:
+        yield b
+
+
+# ---- the page, in a browser ---------------------------------------------------------------
+ROWS = "Array.from(document.querySelectorAll('#{table} tbody tr')).map(r => r.innerText)"
+
+
+def has_row(table: str, job_id: int) -> str:
+    """JavaScript: does the table have a row for this job (its first cell)?"""
+    return (
+        f"Array.from(document.querySelectorAll('#{table} tbody tr'))"
+        f".some(r => r.cells[0].innerText.trim() === '{job_id}')"
+    )
+
+
+def rows(browser, table: str) -> list[str]:
+    return browser.evaluate(ROWS.format(table=table))
+
+
+def shows(browser, table: str, pattern: str) -> bool:
+    found = rows(browser, table)
+    assert any(re.search(pattern, row) for row in found), (pattern, found)
+    return True
+
+
+def test_page_shows_jobs_live_without_reload(server, browser):
+    local, proxy = server
+    browser.open(local.http + "/")
+    browser.wait_for("document.getElementById('live').textContent.includes('server-sent')")
+    browser.evaluate("window.notReloaded = true")  # gone if the page reloads
+    before = int(
+        browser.wait_for(
+            "document.getElementById('c-finished').textContent.trim() !== '–' && document.getElementById('c-finished').textContent"
+        )
+    )
+
+    ids = [proxy.startJob(["example.square", json.dumps({"x": x})]) for x in (2, 3)]
+    bad = proxy.startJob(["example.error", json.dumps({"message": "beam lost on purpose"})])
+    slow = proxy.startJob(["example.sleep", json.dumps({"t": 60})])
+
+    # the running job appears with its elapsed time, which grows
+    browser.wait_for(has_row("running", slow))
+    first = [r for r in rows(browser, "running") if r.startswith(str(slow))][0]
+    assert "example.sleep" in first and re.search(r"\d+(\.\d)? (ms|s)", first), first
+    proxy.abort(slow)
+    for job in (*ids, bad, slow):
+        finish(proxy, job)
+
+    # ended jobs: in the latest jobs with state and runtime, the failure with its reason
+    browser.wait_for(has_row("failures", slow))
+    assert shows(
+        browser, "failures", rf"^{bad}\s+example\.error\s+failure\s+.*beam lost on purpose"
+    )
+    assert shows(browser, "failures", rf"^{slow}\s+example\.sleep\s+aborted\s+aborted by a client")
+    for job in ids:
+        assert shows(browser, "recent", rf"^{job}\s+example\.square\s+success\s+[\d.]+ (µs|ms)")
+    assert not [r for r in rows(browser, "running") if r.startswith(f"{slow}\t")]
+    finished = int(browser.text("#c-finished"))
+    assert finished >= before + 4
+    assert int(browser.text("#c-failed")) >= 1 and int(browser.text("#c-aborted")) >= 1
+    plugins = " ".join(rows(browser, "plugins"))
+    assert "example.error" in plugins and "beam lost on purpose" in plugins
+    # the plots are drawn (one SVG per plot, with data)
+    assert browser.evaluate("document.querySelectorAll('.chart .main-svg').length") >= 3
+    assert browser.evaluate("document.getElementById('plot-rate').data[0].y.some(v => v > 0)"), (
+        "no jobs/s plotted"
+    )
+    assert browser.evaluate("window.notReloaded === true"), "the page was reloaded"
+    assert list(browser.errors) == []
+
+    # the failure links to the full error, input and output
+    href = browser.evaluate(f"document.querySelector('#failures a[href=\"/jobs/{bad}\"]').href")
+    browser.open(href)
+    browser.wait_for("document.getElementById('error').textContent.includes('Traceback')")
+    assert "beam lost on purpose" in browser.text("#error")
+    assert json.loads(browser.text("#input"))["message"] == "beam lost on purpose"
+    assert "failure" in browser.text("#info")
+    assert list(browser.errors) == []
+
+
+def test_page_falls_back_to_polling(server, browser):
+    local, proxy = server
+    browser.open(local.http + "/?transport=poll")
+    browser.wait_for("document.getElementById('live').textContent.includes('polling')")
+    job = proxy.startJob(["example.cube", json.dumps({"x": 4})])
+    finish(proxy, job)
+    browser.wait_for(has_row("recent", job))
+    assert shows(browser, "recent", rf"^{job}\s+example\.cube\s+success")
+    assert list(browser.errors) == []
+
+
+def test_job_page_of_an_unknown_job_says_so(server, browser):
+    local, _ = server
+    browser.open(local.http + "/jobs/987654")
+    browser.wait_for("!document.getElementById('problem').hidden")
+    assert "no job 987654" in browser.text("#problem")
+
+
+# ---- the JSON endpoints ------------------------------------------------------------------
+def test_every_endpoint_answers_json(server, jobs):
+    local, _ = server
+    base = local.http
+    status, index = get_json(base + "/api")
+    assert status == 200 and "/api/summary" in index["endpoints"]
+
+    status, counters = get_json(base + "/api/counters")
+    assert status == 200
+    assert counters["finished"] >= 3 and counters["failed"] >= 1 and counters["aborted"] >= 1
+    assert counters["finished_last_hour"] >= 3 and counters["failed_last_hour"] >= 1
+
+    status, summary = get_json(base + "/api/summary")
+    assert status == 200
+    assert set(summary) == {"counters", "running", "recent", "failures", "plugins", "series"}
+
+    _, recent = get_json(base + "/api/jobs?limit=500")
+    by_id = {j["id"]: j for j in recent["jobs"]}
+    assert by_id[jobs["ok"]]["state"] == "success" and by_id[jobs["ok"]]["runtime"] > 0
+    assert by_id[jobs["bad"]]["reason"].endswith("detector on fire")
+    _, failed = get_json(base + "/api/jobs?state=failure&limit=5")
+    assert failed["jobs"] and all(j["state"] == "failure" for j in failed["jobs"])
+    _, only = get_json(base + "/api/jobs?plugin=example.square")
+    assert only["jobs"] and {j["plugin"] for j in only["jobs"]} == {"example.square"}
+    _, failures = get_json(base + "/api/failures?limit=100")
+    assert {jobs["bad"], jobs["aborted"]} <= {j["id"] for j in failures["failures"]}
+
+    _, plugins = get_json(base + "/api/plugins")
+    error = plugins["plugins"]["example.error"]
+    assert error["failure"] >= 1 and "detector on fire" in error["last_failure"]["reason"]
+    assert plugins["plugins"]["example.square"]["p50_runtime"] > 0
+
+    _, series = get_json(base + "/api/series?window=60")
+    assert series["bucket"] == BUCKET and len(series["t"]) <= 60 // BUCKET + 1
+    assert sum(series["jobs_per_s"]) > 0
+    assert {"p50", "p90", "p99", "queue", "running", "failed_per_s"} <= set(series)
+
+    _, running = get_json(base + "/api/running")
+    assert running == {"running": []}
+
+
+def test_job_endpoint_gives_error_input_and_output(server, jobs):
+    base = server[0].http
+    status, ok = get_json(f"{base}/api/jobs/{jobs['ok']}")
+    assert status == 200
+    assert ok["state"] == "success" and ok["output"]["result"] == 36 and ok["input"]["x"] == 6
+    _, bad = get_json(f"{base}/api/jobs/{jobs['bad']}")
+    assert bad["state"] == "failure" and bad["reason"].endswith("detector on fire")
+    assert "Traceback" in bad["error"] and bad["input"]["message"] == "detector on fire"
+    _, aborted = get_json(f"{base}/api/jobs/{jobs['aborted']}")
+    assert aborted["state"] == "aborted" and aborted["reason"] == "aborted by a client"
+
+
+def test_running_jobs_have_their_elapsed_time(server):
+    local, proxy = server
+    job = proxy.startJob(["example.sleep", json.dumps({"t": 60})])
+    try:
+        wait_until(lambda: proxy.getJobState(job) == "running", what="the job to run")
+
+        def listed():
+            return [
+                j for j in get_json(local.http + "/api/running")[1]["running"] if j["id"] == job
+            ]
+
+        first = wait_until(listed, what="the job in /api/running")[0]
+        later = wait_until(lambda: [j for j in listed() if j["elapsed"] > first["elapsed"]])[0]
+        assert later["plugin"] == "example.sleep" and later["started"] == first["started"]
+        _, details = get_json(f"{local.http}/api/jobs/{job}")
+        assert details["state"] == "running"  # the live state, ahead of the journal
+    finally:
+        proxy.abort(job)
+        finish(proxy, job)
+
+
+def test_event_stream_sends_summaries(server, jobs):
+    request = urllib.request.Request(server[0].http + "/api/events")
+    with urllib.request.urlopen(request, timeout=10) as stream:
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        events = []
+        for raw in stream:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if len(events) == 2:
+                    break
+    assert events[0]["counters"]["finished"] >= 3
+    assert events[1]["counters"]["time"] > events[0]["counters"]["time"]
+
+
+@pytest.mark.parametrize(
+    "path, status, reason",
+    [
+        ("/api/jobs/abc", 400, "a job id is an integer"),
+        ("/api/jobs/0", 404, "no job 0"),
+        ("/api/jobs/99999999", 404, "no job 99999999: job ids run from 1 to"),
+        ("/api/jobs?limit=0", 400, "limit must be from 1 to 1000"),
+        ("/api/jobs?limit=ten", 400, "limit must be an integer"),
+        ("/api/jobs?state=exploded", 400, "state must be one of"),
+        ("/api/running?limit=-3", 400, "limit must be from 1"),
+        ("/api/failures?limit=1e9", 400, "limit must be an integer"),
+        ("/api/series?window=5", 400, "window must be from 10 to 3600"),
+        ("/api/series?window=x", 400, "window must be an integer"),
+        ("/api/nothing", 404, "no such page"),
+        ("/static/../server.py", 404, "no such page"),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx(server, jobs, path, status, reason):
+    got, headers, body = http(server[0].http + path)
+    assert got == status, body
+    error = json.loads(body)["error"]
+    assert reason in error and "\n" not in error and "Traceback" not in body
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+def test_nothing_can_be_changed_through_the_page(server, jobs, method):
+    local, proxy = server
+    for path in ("/api/jobs", f"/api/jobs/{jobs['ok']}", "/api/summary", "/"):
+        status, _, body = http(local.http + path, method=method)
+        assert status == 405 and "read-only" in json.loads(body)["error"], (path, body)
+    assert proxy.getJobState(jobs["ok"]) == "success"
+
+
+def test_served_on_loopback_only_and_not_to_other_host_names(server):
+    local, _ = server
+    port = int(local.http.rsplit(":", 1)[1])
+    listening = [
+        c.laddr
+        for c in psutil.Process(local.process.pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    ]
+    assert [addr.ip for addr in listening] == ["127.0.0.1"]
+    status, _, body = http(local.http + "/api/counters", headers={"Host": "attacker.example"})
+    assert status == 403 and "refused" in body
+
+
+# ---- the access token ---------------------------------------------------------------------
+def test_a_non_loopback_bind_without_a_token_is_refused():
+    with pytest.raises(WebError, match="needs an access token"):
+        WebService("0.0.0.0:0", token=None)
+    with pytest.raises(WebError, match="at least 16 characters"):
+        WebService("127.0.0.1:0", token="short")
+    with pytest.raises(WebError, match="expected PORT or HOST:PORT"):
+        WebService("127.0.0.1:http")
+
+
+def start_server(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "dahu.app.server",
+        "tok",
+        "-nodb",
+        "-port",
+        str(port),
+        "-dlist",
+        "test/dahu/token",
+        "--workdir",
+        str(tmp_path / "work"),
+        *args,
+    ]
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or child_env(),
+    )
+
+
+def read_stderr_until(process: subprocess.Popen, pattern: str, timeout: float = 60.0) -> str:
+    """Lines of the server's stderr up to the one matching ``pattern``."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if re.search(pattern, line):
+            return line
+        assert time.monotonic() < deadline, "".join(seen)
+    raise AssertionError("server exited: " + "".join(seen))
+
+
+def test_other_address_gets_a_generated_token_and_refuses_requests_without_it(tmp_path):
+    port = free_port()
+    process = start_server(tmp_path, "--http", f"0.0.0.0:{port}")
+    try:
+        line = read_stderr_until(process, r"web page at http://")
+        token = re.search(r"\?token=([\w-]+)", line).group(1)
+        assert len(token) >= 16
+        base = f"http://127.0.0.1:{port}"
+        read_stderr_until(process, r"ready")
+        for path in ("/", "/api/counters", "/api/events", "/static/dashboard.js"):
+            status, _, body = http(base + path)
+            assert status == 401 and "access token is required" in body, path
+        assert http(base + "/api/counters?token=" + "x" * len(token))[0] == 401
+        status, headers, _ = http(f"{base}/?token={token}")
+        assert status == 200 and "dahu_token=" in headers["Set-Cookie"]
+        assert "HttpOnly" in headers["Set-Cookie"]
+        cookie = headers["Set-Cookie"].split(";")[0]
+        assert http(base + "/api/counters", headers={"Cookie": cookie})[0] == 200
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert http(base + "/api/summary", headers=bearer)[0] == 200
+        # not a loopback server: any host name is fine once the token is given
+        assert http(base + "/api/summary", headers={**bearer, "Host": "beamline"})[0] == 200
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_given_token_is_required_on_loopback_too(tmp_path, browser):
+    port = free_port()
+    token = "beamline-secret-0123456789"
+    process = start_server(tmp_path, "--http", str(port), env=child_env(DAHU_HTTP_TOKEN=token))
+    try:
+        line = read_stderr_until(process, r"web page at http://")
+        assert token in line
+        read_stderr_until(process, r"ready")
+        base = f"http://127.0.0.1:{port}"
+        assert http(base + "/api/counters")[0] == 401
+        # the page opened with the token works, and its own requests carry it (cookie)
+        browser.open(f"{base}/?token={token}")
+        browser.wait_for("document.getElementById('live').textContent.includes('server-sent')")
+        assert "token" not in browser.evaluate("location.href")
+        assert list(browser.errors) == []
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--http", "0.0.0.0:1", "--http-token", "short"], "at least 16 characters"),
+        (["--http", "localhost:notaport"], "expected PORT or HOST:PORT"),
+    ],
+)
+def test_bad_web_options_stop_the_server_in_one_line(tmp_path, args, message):
+    process = start_server(tmp_path, *args)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert err.strip().splitlines()[-1].startswith("dahu_server: ") and message in err
+
+
+def test_a_busy_port_is_reported_at_start(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        process = start_server(tmp_path, "--http", str(port))
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert f"cannot serve the web page on 127.0.0.1:{port}" in err
+
+
+def speaks_http(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            return sock.recv(5) == b"HTTP/"
+    except OSError:
+        return False
+
+
+def test_without_http_nothing_but_tango_listens(tmp_path):
+    server = LocalServer(str(tmp_path / "work"), str(tmp_path / "server.log"), device="t/w/1")
+    proxy = server.start(timeout=60)
+    try:
+        assert proxy.getJobState(proxy.startJob(["example.square", "{}"])) in (
+            "starting",
+            "running",
+            "success",
+        )
+        ports = {
+            c.laddr.port
+            for c in psutil.Process(server.process.pid).net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        }
+        assert server.port in ports
+        assert not [port for port in ports if speaks_http(port)]
+    finally:
+        assert server.stop() == 0
+
+
+def test_device_property_serves_the_page(tmp_path):
+    port = free_port()
+    properties = {"workdir": str(tmp_path / "work"), "http": f"127.0.0.1:{port}"}
+    with DeviceTestContext(DahuDS, process=True, properties=properties, timeout=60) as proxy:
+        job = proxy.startJob(["example.square", json.dumps({"x": 9})])
+        finish(proxy, job)
+        status, details = get_json(f"http://127.0.0.1:{port}/api/jobs/{job}")
+        assert status == 200 and details["output"]["result"] == 81
+        _, recent = get_json(f"http://127.0.0.1:{port}/api/jobs")
+        assert recent["jobs"][0]["id"] == job
+        assert f"web page: http://127.0.0.1:{port}/" in proxy.status()
+
+
+# ---- the monitor's bounded memory ----------------------------------------------------------
+class FakeJob:
+    def __init__(self, job_id: int, state: str, runtime: float, plugin: str = "p.q"):
+        self.id, self.status, self.runtime, self.name = job_id, state, runtime, plugin
+        self.error = "" if state == "success" else f"ValueError: job {job_id}\nTraceback ..."
+
+
+def test_percentiles_are_within_their_bin():
+    histogram: dict[int, int] = {}
+    values = [0.001 * (1 + i) for i in range(1000)]  # 1 ms ... 1 s
+    for value in values:
+        index = runtime_bin(value)
+        histogram[index] = histogram.get(index, 0) + 1
+    for fraction in (0.5, 0.9, 0.99):
+        exact = values[int(fraction * len(values)) - 1]
+        assert abs(percentile(histogram, fraction) / exact - 1) < 0.13
+    assert percentile({}, 0.5) is None
+
+
+def test_monitor_memory_is_bounded_over_hours():
+    now = [1_000_000.0]
+    monitor = Monitor(clock=lambda: now[0])
+    job_id = 0
+    for _second in range(2 * WINDOW):  # two hours, ten jobs a second
+        for _ in range(10):
+            job_id += 1
+            state = "failure" if job_id % 100 == 0 else "success"
+            monitor.job_ended(FakeJob(job_id, state, 0.002))
+        now[0] += 1.0
+    assert sum(b is not None for b in monitor._ring) <= WINDOW // BUCKET
+    assert len(monitor.recent(10_000)) == RECENT
+    series = monitor.series()
+    assert len(series["t"]) == WINDOW // BUCKET
+    assert 9 <= series["jobs_per_s"][-2] <= 11  # a full bucket: ten jobs a second
+    assert abs(series["p50"][-2] / 0.002 - 1) < 0.13
+    counters = monitor.counters()
+    assert counters["finished_last_hour"] <= 10 * (WINDOW + BUCKET)
+    assert counters["failed_last_hour"] == pytest.approx(
+        counters["finished_last_hour"] / 100, rel=0.05
+    )
+    failures = monitor.failures(5)
+    assert failures[0]["reason"] == f"ValueError: job {job_id // 100 * 100}"
+
+
+def test_a_page_that_stops_reading_is_disconnected(engine, monkeypatch):
+    """A stalled event stream is dropped instead of piling up in the server's memory."""
+    import dahu.web.app
+
+    monkeypatch.setattr(dahu.web.app, "STALLED_PUSHES", 3)
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    big = {"padding": "x" * 2_000_000}  # each event fills the socket's buffers at once
+    monkeypatch.setattr(service.monitor, "summary", lambda: big)
+    service.start()
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", service.port))
+            sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            wait_until(lambda: service.broadcaster.clients, 10, "the stream to open")
+            # never read: the server gives up on this page within a few pushes
+            wait_until(lambda: not service.broadcaster.clients, 30, "the page to be dropped")
+            assert service.broadcaster.sent >= 3
+    finally:
+        service.stop()
