@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import dahu.engine
+from dahu.app.localserver import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -38,6 +40,20 @@ def plugin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.mkdir()
     monkeypatch.setenv("DAHU_PLUGINS", str(path))
     return path
+
+
+@contextlib.contextmanager
+def running_server(base: Path, device: str, **options):
+    """A database-less ``dahu_server`` in ``base`` (work directory and log), stopped at
+    the end, where it must exit with status 0."""
+    options.setdefault("max_workers", 2)
+    local = LocalServer(str(base / "work"), str(base / "server.log"), device=device, **options)
+    local.start(timeout=60)
+    try:
+        yield local
+    finally:
+        status = local.stop()
+    assert status == 0, Path(local.log_path).read_text()[-2000:]
 
 
 FINAL = ("success", "failure", "aborted")

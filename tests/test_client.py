@@ -6,7 +6,6 @@ import concurrent.futures
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import tango
@@ -26,21 +25,13 @@ from dahu.client import (
     wait,
 )
 
-from .conftest import finish
+from .conftest import finish, running_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("client")
-    local = LocalServer(
-        str(base / "work"), str(base / "server.log"), max_workers=2, device="test/dahu/client"
-    )
-    local.start(timeout=60)
-    try:
+    with running_server(tmp_path_factory.mktemp("client"), "test/dahu/client") as local:
         yield local
-    finally:
-        status = local.stop()
-    assert status == 0, Path(local.log_path).read_text()[-2000:]
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from dahu.journal import job_file_stem
 from dahu.retention import parse_retention, prune
 from dahu.timespec import BadTime, parse_duration, parse_when
 
-from .conftest import VENV_BIN, child_env
+from .conftest import VENV_BIN, child_env, running_server
 
 DAHU_JOBS = str(VENV_BIN / "dahu-jobs")
 
@@ -50,16 +50,8 @@ def wait_files(workdir: Path, job_id: int, plugin: str, timeout: float = 30) -> 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("jobs")
-    local = LocalServer(
-        str(base / "work"), str(base / "server.log"), max_workers=2, device="test/dahu/jobs"
-    )
-    local.start(timeout=60)
-    try:
+    with running_server(tmp_path_factory.mktemp("jobs"), "test/dahu/jobs") as local:
         yield local
-    finally:
-        status = local.stop()
-    assert status == 0, Path(local.log_path).read_text()[-2000:]
 
 
 @pytest.fixture(scope="module")
