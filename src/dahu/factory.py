@@ -162,6 +162,16 @@ class Factory:
                     return path if os.path.isdir(path) else path + ".py"
         return None
 
+    def _find_module(self, module_name: str) -> str | None:
+        """:meth:`_module_path`, indexing the directories again on a miss (a module added
+        since they were indexed); the caller holds ``reg_sem``."""
+        path = self._module_path(module_name)
+        if path is None:
+            for directory in self._dirs:
+                Factory.plugin_dirs[directory] = _list_modules(directory)
+            path = self._module_path(module_name)
+        return path
+
     def search_plugin(self, plugin_name: str) -> type | None:
         """Find, load and return the class of ``plugin_name`` (``module.name``), or None.
 
@@ -178,12 +188,7 @@ class Factory:
             if key in Factory.registry:
                 return Factory.registry[key]
             if module_name not in Factory.modules:
-                path = self._module_path(module_name)
-                if path is None:
-                    # a module added to a plugin directory since it was indexed
-                    for directory in self._dirs:
-                        Factory.plugin_dirs[directory] = _list_modules(directory)
-                    path = self._module_path(module_name)
+                path = self._find_module(module_name)
                 if path is None:
                     return None
                 logger.debug("loading plugin module %s from %s", module_name, path)
@@ -204,9 +209,7 @@ class Factory:
             if module_name in Factory.modules or self._module_path(module_name):
                 return
             with self.reg_sem:
-                for directory in self._dirs:  # a module added since it was indexed
-                    Factory.plugin_dirs[directory] = _list_modules(directory)
-                if self._module_path(module_name):
+                if self._find_module(module_name):
                     return
         raise UnknownPlugin(self.describe_failure(plugin_name))
 
