@@ -54,6 +54,13 @@ def server(tmp_path_factory):
         yield local
 
 
+def journal_state(workdir: Path, job_id: int) -> str | None:
+    """The state the journal holds for ``job_id``, read as another process would."""
+    with sqlite3.connect(workdir / "journal.sqlite", timeout=30) as db:
+        row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return row[0] if row else None
+
+
 @pytest.fixture(scope="module")
 def history(server):
     """Jobs of every kind in the server's journal; one still running."""
@@ -69,6 +76,11 @@ def history(server):
         wait([*squares, failed], timeout=60)
         for future in (*squares, failed):
             wait_files(workdir, future.job_id, future.plugin)
+        # the server records a job as running in its journal once it ran 0.5 to 1 s
+        deadline = time.monotonic() + 30
+        while journal_state(workdir, running.job_id) != "running":
+            assert time.monotonic() < deadline, "the running job never showed in the journal"
+            time.sleep(0.05)
         ids = {
             "running": running.job_id,
             "squares": [f.job_id for f in squares],

@@ -106,6 +106,70 @@ def test_callbacks_and_join_come_after_the_outcome_is_committed(workdir):
         assert reads[job.id][0] == "success"
 
 
+def test_jobs_reported_by_the_journal_writer_come_after_their_commit(workdir):
+    """Jobs whose callbacks are all nonblocking are reported from the journal's writer
+    thread after a batched commit: join(), the callbacks and the statistics still see
+    the outcome only once it is committed, in every job."""
+    engine = dahu.engine.configure(workdir=str(workdir), max_workers=2)
+    reads: dict[int, tuple | None] = {}
+    threads: set[str] = set()
+
+    @dahu.engine.nonblocking
+    def callback(job: Job) -> None:
+        reads[job.id] = committed(workdir, job.id)
+        threads.add(threading.current_thread().name)
+
+    commits0 = engine.journal.commits
+    jobs = [Job("example.square", {"x": x}) for x in range(300)]
+    for job in jobs[::2]:
+        job.connect_callback(callback)
+    for job in jobs:
+        job.start()
+    for x, job in enumerate(jobs):
+        job.join(60)
+        assert job.status == "success"
+        state, output = committed(workdir, job.id)  # right after join returned
+        assert state == "success" and output["result"] == x * x
+    assert all(reads[job.id][0] == "success" for job in jobs[::2])
+    assert threads == {"dahu-journal"}
+    # the outcomes went in batches: fewer commits than jobs created and ended
+    assert engine.journal.commits - commits0 < 2 * len(jobs)
+
+
+def test_a_plain_callback_runs_in_the_job_thread_and_may_wait_for_jobs(workdir):
+    """A callback not marked nonblocking may wait for another job: it runs in the
+    thread that ran the job, after that thread committed the outcome itself."""
+    dahu.engine.configure(workdir=str(workdir), max_workers=2)
+    seen: list[tuple] = []
+
+    def callback(job: Job) -> None:
+        other = Job("example.square", {"x": 7})
+        other.start()
+        other.join(60)  # a job ended by the journal's writer thread meanwhile
+        seen.append((threading.current_thread().name, other.status, committed(workdir, job.id)))
+
+    first = Job("example.square", {"x": 3})
+    first.connect_callback(callback)
+    first.start()
+    first.join(60)
+    assert seen and seen[0][0] != "dahu-journal"
+    assert seen[0][1] == "success" and seen[0][2][0] == "success"
+
+
+def test_close_commits_and_reports_every_queued_outcome(workdir):
+    engine = dahu.engine.configure(workdir=str(workdir), max_workers=2)
+    ended: list[int] = []
+    jobs = [Job("example.square", {"x": x}) for x in range(200)]
+    for job in jobs:
+        job.connect_callback(dahu.engine.nonblocking(lambda job: ended.append(job.id)))
+        job.start()
+    engine.close()  # without any join
+    assert sorted(ended) == [job.id for job in jobs]
+    for x, job in enumerate(jobs):
+        state, output = committed(workdir, job.id)
+        assert state == "success" and output["result"] == x * x
+
+
 def test_kill_9_right_after_startjob_returns_keeps_the_jobs(tmp_path):
     workdir = tmp_path / "work"
     local = LocalServer(str(workdir), str(tmp_path / "server.log"), device=DEVICE)

@@ -30,6 +30,7 @@ from tango import AttrWriteType, DevLong, DevState, DevVarLongArray
 from tango.server import Device, attribute, command, device_property
 
 from . import __version__
+from .engine import nonblocking
 from .errors import DahuError, InvalidInput, TryAgain, UnknownJob, one_line
 from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_inputs
 from .job import Job
@@ -165,6 +166,7 @@ class DahuDS(Device):
                 except Exception:
                     logger.exception("cannot push %s=%s", name, value)
 
+    @nonblocking
     def _job_ended(self, job: Job) -> None:
         """Job callback (worker thread): record the id, queue the event and the files."""
         job_id = job.id

@@ -11,6 +11,14 @@ their own, used by the engine; neither imports it.  ``dahu.job.Job`` is the publ
 """
 
 from .core import Engine, activate, configure, get_engine
-from .lifecycle import NOTE_RUNNING_AFTER, JobRun
+from .lifecycle import NOTE_RUNNING_AFTER, JobRun, nonblocking
 
-__all__ = ["Engine", "JobRun", "activate", "configure", "get_engine", "NOTE_RUNNING_AFTER"]
+__all__ = [
+    "Engine",
+    "JobRun",
+    "activate",
+    "configure",
+    "get_engine",
+    "NOTE_RUNNING_AFTER",
+    "nonblocking",
+]

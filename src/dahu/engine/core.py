@@ -237,6 +237,7 @@ class Engine:
             )
         self._closed = True
         self.executor.shutdown(wait=False)
+        self.journal.flush()  # the outcomes queued are committed and reported
         if self._cleaner is not None:
             self._to_clean.put(None)
             self._cleaner.join(max(1.0, deadline - time.monotonic()))
@@ -271,6 +272,7 @@ class Engine:
         the journal."""
         self._closed = True
         self.executor.shutdown(wait=True)
+        self.journal.flush()  # the outcomes queued are committed and reported
         self.flush_files()
         self.journal.close()
 

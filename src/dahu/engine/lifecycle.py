@@ -33,7 +33,16 @@ from ..utils import get_isotime
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JobRun", "LifeCycle", "NOTE_RUNNING_AFTER"]
+__all__ = ["JobRun", "LifeCycle", "NOTE_RUNNING_AFTER", "nonblocking"]
+
+
+def nonblocking(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a job callback as one that returns at once and never waits for a job (it
+    queues work elsewhere): a job whose callbacks are all so marked is reported from the
+    journal's writer thread, and the thread that ran it does not wait for the commit."""
+    method.dahu_nonblocking = True  # type: ignore[attr-defined]
+    return method
+
 
 NOTE_RUNNING_AFTER = 0.5
 """Seconds after which a running job is recorded as ``running`` in the journal (at most
@@ -271,7 +280,14 @@ class LifeCycle:
     def finish(self, run: JobRun, outcome: Outcome) -> None:
         """→ success | failure | aborted: record the outcome, run the callbacks, wake the
         waiters.  Called once per job (a late outcome of an abandoned plugin is ignored);
-        never raises, and the waiters are woken whatever happens."""
+        never raises, and the waiters are woken whatever happens.
+
+        The outcome is committed before anyone is told.  When every callback of the job is
+        marked :func:`nonblocking` (or it has none), the calling thread does not wait for
+        that: the journal commits the outcome with others in its next batch and reports
+        the job (state, callbacks, waiters) from its writer thread, and the executor's
+        thread goes on with the next job.  Other callbacks (user code, which may wait for
+        other jobs) run in the calling thread after it committed the outcome itself."""
         with self.lock:
             if run.recorded:
                 logger.warning(
@@ -280,6 +296,7 @@ class LifeCycle:
                 return
             run.recorded = True
         engine = self.engine
+        deferred = False
         recorded = False
         try:
             if run.timer is not None:
@@ -292,30 +309,54 @@ class LifeCycle:
                 final_input = run.input_data = {**(run.input_data or {}), **outcome.input}
             run.output, run.error = output, outcome.error
             run.started, run.ended = outcome.started, outcome.ended
+            record = (
+                run.id,
+                outcome.state,
+                output,
+                outcome.error,
+                outcome.started,
+                outcome.ended,
+                outcome.module_file,
+                outcome.plugin_version,
+                final_input,
+            )
+            if all(getattr(method, "dahu_nonblocking", False) for method, _ in run.callbacks):
+                state = outcome.state
+                run.runner = None  # its thread goes on with other jobs
+
+                def committed(error: BaseException | None) -> None:
+                    if error is not None:
+                        engine.journal_failed(run.id, error)
+                    self._report(run, state, error is None)
+
+                try:
+                    engine.journal.finish_later(committed, *record)
+                    deferred = True
+                    return
+                except Exception as err:  # e.g. the journal is closed: report it now
+                    engine.journal_failed(run.id, err)
+                    return
             try:
-                engine.journal.finish(
-                    run.id,
-                    outcome.state,
-                    output,
-                    outcome.error,
-                    outcome.started,
-                    outcome.ended,
-                    outcome.module_file,
-                    outcome.plugin_version,
-                    final_input,
-                )
+                engine.journal.finish(*record)
                 recorded = True
             except Exception as err:  # a journal must not leave a job running forever
                 engine.journal_failed(run.id, err)
         finally:
-            try:
-                with self.lock:
-                    run.state = outcome.state
-                    engine.table.ended(run, recorded and engine.journal_fault is None)
-                engine.count_finished(run)
-                self._callbacks(run)
-            finally:
-                run.done.set()
+            if not deferred:
+                self._report(run, outcome.state, recorded)
+
+    def _report(self, run: JobRun, state: str, recorded: bool) -> None:
+        """The outcome is recorded (or could not be): set the final state, run the
+        callbacks, wake the waiters."""
+        engine = self.engine
+        try:
+            with self.lock:
+                run.state = state
+                engine.table.ended(run, recorded and engine.journal_fault is None)
+            engine.count_finished(run)
+            self._callbacks(run)
+        finally:
+            run.done.set()
 
     def _callbacks(self, run: JobRun) -> None:
         if run.state == State.FAILURE:

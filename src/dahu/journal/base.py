@@ -31,7 +31,7 @@ import abc
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,6 +162,44 @@ class Journal(abc.ABC):
         ``input_data``, replace the recorded input (the plugin's final input; kept as it
         was if that one is not serialisable).  An unknown id is ignored; an output that is
         not serialisable is kept as its ``repr``."""
+
+    def finish_later(
+        self,
+        then: Callable[[BaseException | None], Any],
+        job_id: int,
+        state: str,
+        output: dict[str, Any] | None,
+        error: str | None,
+        started: float | None,
+        ended: float | None,
+        module_file: str | None = None,
+        plugin_version: str | None = None,
+        input_data: dict[str, Any] | None = None,
+    ) -> None:
+        """:meth:`finish`, committed with the next batch instead of now: ``then(None)``
+        is called once the outcome is committed (``then(error)`` if it could not be), from
+        whichever thread committed it.  The caller goes on meanwhile.  This default
+        records it at once and calls ``then`` in the calling thread."""
+        try:
+            self.finish(
+                job_id,
+                state,
+                output,
+                error,
+                started,
+                ended,
+                module_file,
+                plugin_version,
+                input_data,
+            )
+        except Exception as err:
+            then(err)
+        else:
+            then(None)
+
+    def flush(self) -> None:  # noqa: B027 - optional for implementations
+        """Return once every write queued by :meth:`finish_later` is committed and its
+        ``then`` has run."""
 
     def finish_many(
         self,

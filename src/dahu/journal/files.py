@@ -2,15 +2,90 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 from ..utils import NumpyEncoder
 
-__all__ = ["job_file_stem", "write_job_files"]
+__all__ = ["job_file_stem", "write_job_files", "pretty_json"]
 
-_PRETTY = NumpyEncoder(indent=4)  # the original's indentation
+_PRETTY = NumpyEncoder(indent=4)  # the original's indentation (and the fallback below)
+_default = _PRETTY.default
+_string = json.encoder.encode_basestring_ascii  # C: the original's ensure_ascii strings
+_int = int.__repr__
+_float = float.__repr__
+_INDENTS = ["\n" + "    " * level for level in range(64)]
 _known_dirs: set[str] = set()
+
+
+def _number(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value == float("inf"):
+        return "Infinity"
+    if value == -float("inf"):
+        return "-Infinity"
+    return _float(value)
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, float):
+        return _number(key)
+    if key is True:
+        return "true"
+    if key is False:
+        return "false"
+    if key is None:
+        return "null"
+    if isinstance(key, int):
+        return _int(key)
+    raise TypeError(f"keys must be str, int, float, bool or None, not {key.__class__.__name__}")
+
+
+def _pretty(obj: Any, level: int) -> str:
+    if isinstance(obj, str):
+        return _string(obj)
+    if obj is None:
+        return "null"
+    if obj is True:
+        return "true"
+    if obj is False:
+        return "false"
+    if isinstance(obj, int):
+        return _int(obj)
+    if isinstance(obj, float):
+        return _number(obj)
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        inner = _INDENTS[level + 1]
+        parts = [_string(_key(k)) + ": " + _pretty(v, level + 1) for k, v in obj.items()]
+        return "{" + inner + ("," + inner).join(parts) + _INDENTS[level] + "}"
+    if isinstance(obj, (list, tuple)):
+        if not obj:
+            return "[]"
+        inner = _INDENTS[level + 1]
+        return (
+            "["
+            + inner
+            + ("," + inner).join([_pretty(v, level + 1) for v in obj])
+            + (_INDENTS[level] + "]")
+        )
+    return _pretty(_default(obj), level)
+
+
+def pretty_json(data: Any) -> str:
+    """``data`` as the original's files hold it: ``json.dumps(data, indent=4,
+    cls=NumpyEncoder)``, the same text, in a fraction of the time (the standard
+    library encodes indented JSON in pure Python)."""
+    try:
+        return _pretty(data, 0)
+    except (IndexError, RecursionError):
+        # deeper than the indent table, or circular: the standard encoder says which
+        return _PRETTY.encode(data)
 
 
 def job_file_stem(workdir: str, job_id: int, plugin: str) -> str:
@@ -30,7 +105,7 @@ def write_job_files(
     paths = []
     for ext, data in ((".inp", input_data), (".out", output_data)):
         path = stem + ext
-        text = _PRETTY.encode(data).encode("utf-8")
+        text = pretty_json(data).encode("ascii")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except FileNotFoundError:  # the directory was removed behind our back

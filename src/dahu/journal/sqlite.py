@@ -61,14 +61,15 @@ _UNFINISHED = tuple(state for state in State.ALL if state not in State.FINAL)
 class _Write:
     """One statement queued for the next group commit (``rows``: its argument tuples)."""
 
-    __slots__ = ("sql", "rows", "ids", "done", "error")
+    __slots__ = ("sql", "rows", "ids", "done", "error", "then")
 
-    def __init__(self, sql: str, rows: list[tuple]):
+    def __init__(self, sql: str, rows: list[tuple], then: Any = None):
         self.sql = sql
         self.rows = rows
         self.ids: list[int] = []
         self.done = False
         self.error: BaseException | None = None
+        self.then = then  # called with the error (or None) once committed (finish_later)
 
 
 def _process_alive(host: str | None, pid: int | None, since: float | None) -> bool:
@@ -106,6 +107,12 @@ class SQLiteJournal(Journal):
             self._queue_lock = threading.Lock()
             self._queue: list[_Write] = []
             self.commits = 0  # transactions committed by _write (group commit)
+            # finish_later: outcomes queued for the writer thread, committed in batches
+            self._later: list[_Write] = []
+            self._later_cond = threading.Condition(threading.Lock())
+            self._later_busy = False  # the writer thread holds a batch not yet reported
+            self._writer: threading.Thread | None = None
+            self._closing = False
             self._db = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=30.0
             )
@@ -283,6 +290,78 @@ class SQLiteJournal(Journal):
         else:
             self._write(self._FINISH, [values + (job_id,)])
 
+    def finish_later(
+        self,
+        then: Any,
+        job_id: int,
+        state: str,
+        output: dict[str, Any] | None,
+        error: str | None,
+        started: float | None,
+        ended: float | None,
+        module_file: str | None = None,
+        plugin_version: str | None = None,
+        input_data: dict[str, Any] | None = None,
+    ) -> None:
+        runtime = (ended - started) if started is not None and ended is not None else None
+        text, error = encode_output(output, error)
+        values = (state, text, error, started, ended, runtime, module_file, plugin_version)
+        final_input = encode_final_input(job_id, input_data)
+        if final_input is not None:
+            write = _Write(self._FINISH_INPUT, [values + (final_input, job_id)], then)
+        else:
+            write = _Write(self._FINISH, [values + (job_id,)], then)
+        with self._later_cond:
+            if self._closing:
+                raise JournalError(f"the journal {self.path} is closed")
+            self._later.append(write)
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_later, name="dahu-journal", daemon=True
+                )
+                self._writer.start()
+            elif len(self._later) == 1:
+                self._later_cond.notify()
+
+    def _write_later(self) -> None:
+        """The writer thread: commit the queued outcomes in batches, in order, then call
+        their ``then`` (in the same order)."""
+        cond = self._later_cond
+        while True:
+            with cond:
+                while not self._later and not self._closing:
+                    self._later_busy = False
+                    cond.notify_all()  # for flush()
+                    cond.wait()
+                if not self._later:
+                    self._later_busy = False
+                    cond.notify_all()
+                    return
+                batch, self._later = self._later, []
+                self._later_busy = True
+            try:
+                with self._lock:
+                    self._commit(batch)
+            except BaseException as err:  # noqa: BLE001 - every write gets its reason
+                for write in batch:
+                    if write.error is None:
+                        write.error = err
+            for write in batch:
+                error = write.error
+                if error is not None and not isinstance(error, JournalError):
+                    error = JournalError(f"cannot write the journal {self.path}: {error}")
+                try:
+                    write.then(error)
+                except BaseException:  # a report must not stop the writer
+                    logger.exception("journal: a job's report failed")
+
+    def flush(self) -> None:
+        if threading.current_thread() is self._writer:
+            return  # from a report: what it waits for comes after it
+        with self._later_cond:
+            while self._writer is not None and (self._later or self._later_busy):
+                self._later_cond.wait()
+
     _FINISH = (
         "UPDATE jobs SET state = ?, output = ?, error = ?, started = ?, ended = ?, "
         "runtime = ?, module_file = ?, plugin_version = ? WHERE id = ?"
@@ -374,5 +453,12 @@ class SQLiteJournal(Journal):
         return aggregate(rows)
 
     def close(self) -> None:
+        """Commit what :meth:`finish_later` queued, stop the writer thread and close."""
+        with self._later_cond:
+            self._closing = True
+            self._later_cond.notify_all()
+            writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()
         with self._lock:
             self._db.close()
