@@ -45,9 +45,20 @@ class Outcome:
     input: dict[str, Any] | None = None
 
 
+_PROVENANCE: dict[type, tuple[str | None, str | None]] = {}
+
+
 def plugin_provenance(plugin: Any) -> tuple[str | None, str | None]:
-    """Return the plugin's module file and its version (if the plugin or module declares one)."""
+    """Return the plugin's module file and its version (if the plugin or module declares
+    one); looked up once per plugin class."""
     klass = type(plugin)
+    known = _PROVENANCE.get(klass)
+    if known is None:
+        known = _PROVENANCE[klass] = _provenance(klass)
+    return known
+
+
+def _provenance(klass: type) -> tuple[str | None, str | None]:
     module = sys.modules.get(klass.__module__) or Factory.modules.get(
         klass.__module__.split(".")[0].lower()
     )

@@ -107,11 +107,10 @@ class SQLiteJournal(Journal):
             self._queue_lock = threading.Lock()
             self._queue: list[_Write] = []
             self.commits = 0  # transactions committed by _write (group commit)
-            # finish_later: outcomes queued for the writer thread, committed in batches
-            self._later: list[_Write] = []
-            self._later_cond = threading.Condition(threading.Lock())
-            self._later_busy = False  # the writer thread holds a batch not yet reported
-            self._writer: threading.Thread | None = None
+            # finish_later: writes whose caller does not wait (reported through ``then``)
+            self._pending = 0  # queued or committed, ``then`` not yet run
+            self._settled = threading.Condition(threading.Lock())
+            self._reporting = threading.local()
             self._closing = False
             self._db = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=30.0
@@ -151,9 +150,25 @@ class SQLiteJournal(Journal):
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the writer lock; on leaving, commit what others queued meanwhile."""
+        self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._lock.release()
+        # a writer that found the lock taken queued its write and left: the holder
+        # commits it (the outermost holder: an inner one is inside a transaction)
+        if self._queue and not self._lock._is_owned():  # type: ignore[attr-defined]
+            self._drain()
+
+    @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """Hold the writer lock and run the block in one IMMEDIATE transaction."""
-        with self._lock:
+        with self._locked():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -164,42 +179,81 @@ class SQLiteJournal(Journal):
                 self._db.execute("COMMIT")
 
     def _write(self, sql: str, rows: list[tuple]) -> list[int]:
-        """Commit ``sql`` once per row (with the writes of other threads queued now, in
-        one transaction); return the rows' ``lastrowid``."""
-        lock = self._lock
-        if lock.acquire(blocking=False):  # free: commit now, with whatever is queued
-            try:
-                if not self._queue and len(rows) == 1:
-                    # alone: one autocommitted statement, cheaper than BEGIN + it + COMMIT
-                    try:
-                        row_id = self._db.execute(sql, rows[0]).lastrowid
-                    except sqlite3.Error as err:
-                        raise JournalError(f"cannot write the journal {self.path}: {err}") from err
-                    self.commits += 1
-                    return [row_id]
-                write = _Write(sql, rows)
-                self._commit([write])
-            finally:
-                lock.release()
-        else:
-            write = _Write(
-                sql, rows
-            )  # another thread commits: queue, and commit what is left when it is done
-            with self._queue_lock:
-                self._queue.append(write)
-            with self._lock:
-                if not write.done:
-                    self._commit([])
+        """Commit ``sql`` once per row, with every write queued now, in one transaction;
+        return the rows' ``lastrowid``."""
+        write = _Write(sql, rows)
+        with self._queue_lock:
+            self._queue.append(write)
+        batch: list[_Write] = []
+        self._lock.acquire()
+        try:
+            if not write.done:
+                batch = self._take()
+                self._commit(batch)
+        finally:
+            self._release()
+        self._report(batch)
         if write.error is not None:
             err = write.error
             raise JournalError(f"cannot write the journal {self.path}: {err}") from err
         return write.ids
 
+    def _write_later(self, write: _Write) -> None:
+        """Queue ``write`` (its ``then`` reports it) and commit the queue now if the
+        writer lock is free; if not, its holder commits it when it leaves: the caller
+        never waits."""
+        with self._settled:
+            if self._closing:
+                raise JournalError(f"the journal {self.path} is closed")
+            self._pending += 1
+        with self._queue_lock:
+            self._queue.append(write)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Commit the queued writes while the writer lock is free, then report them."""
+        while self._queue:
+            if not self._lock.acquire(blocking=False):
+                return  # its holder commits the queue when it leaves
+            try:
+                batch = self._take()
+                self._commit(batch)
+            finally:
+                self._lock.release()
+            self._report(batch)
+
+    def _take(self) -> list[_Write]:
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        return batch
+
+    def _report(self, batch: list[_Write]) -> None:
+        """Call the ``then`` of the committed writes of ``batch`` that have one, in order."""
+        reported = 0
+        self._reporting.active = True
+        try:
+            for write in batch:
+                if write.then is None:
+                    continue
+                reported += 1
+                error = write.error
+                if error is not None and not isinstance(error, JournalError):
+                    error = JournalError(f"cannot write the journal {self.path}: {error}")
+                try:
+                    write.then(error)
+                except BaseException:  # one report must not stop the others
+                    logger.exception("journal: a job's report failed")
+        finally:
+            self._reporting.active = False
+            if reported:
+                with self._settled:
+                    self._pending -= reported
+                    if not self._pending:
+                        self._settled.notify_all()
+
     def _commit(self, batch: list[_Write]) -> None:
-        """Commit ``batch`` and every queued write in one transaction (writer lock held)."""
-        if self._queue:  # a write queued after this look is committed by its own thread
-            with self._queue_lock:
-                batch, self._queue = self._queue + batch, []
+        """Commit ``batch`` in one transaction (writer lock held); every write gets its
+        ids or the error."""
         if not batch:
             return
         db = self._db
@@ -238,7 +292,7 @@ class SQLiteJournal(Journal):
 
     def _read(self, sql: str, args: tuple | list = ()) -> list[tuple]:
         try:
-            with self._lock:
+            with self._locked():
                 return self._db.execute(sql, args).fetchall()
         except sqlite3.Error as err:
             raise JournalError(f"cannot read the journal {self.path}: {err}") from err
@@ -311,56 +365,15 @@ class SQLiteJournal(Journal):
             write = _Write(self._FINISH_INPUT, [values + (final_input, job_id)], then)
         else:
             write = _Write(self._FINISH, [values + (job_id,)], then)
-        with self._later_cond:
-            if self._closing:
-                raise JournalError(f"the journal {self.path} is closed")
-            self._later.append(write)
-            if self._writer is None:
-                self._writer = threading.Thread(
-                    target=self._write_later, name="dahu-journal", daemon=True
-                )
-                self._writer.start()
-            elif len(self._later) == 1:
-                self._later_cond.notify()
-
-    def _write_later(self) -> None:
-        """The writer thread: commit the queued outcomes in batches, in order, then call
-        their ``then`` (in the same order)."""
-        cond = self._later_cond
-        while True:
-            with cond:
-                while not self._later and not self._closing:
-                    self._later_busy = False
-                    cond.notify_all()  # for flush()
-                    cond.wait()
-                if not self._later:
-                    self._later_busy = False
-                    cond.notify_all()
-                    return
-                batch, self._later = self._later, []
-                self._later_busy = True
-            try:
-                with self._lock:
-                    self._commit(batch)
-            except BaseException as err:  # noqa: BLE001 - every write gets its reason
-                for write in batch:
-                    if write.error is None:
-                        write.error = err
-            for write in batch:
-                error = write.error
-                if error is not None and not isinstance(error, JournalError):
-                    error = JournalError(f"cannot write the journal {self.path}: {error}")
-                try:
-                    write.then(error)
-                except BaseException:  # a report must not stop the writer
-                    logger.exception("journal: a job's report failed")
+        self._write_later(write)
 
     def flush(self) -> None:
-        if threading.current_thread() is self._writer:
-            return  # from a report: what it waits for comes after it
-        with self._later_cond:
-            while self._writer is not None and (self._later or self._later_busy):
-                self._later_cond.wait()
+        if getattr(self._reporting, "active", False):
+            return  # from a report: what it would wait for includes itself
+        self._drain()
+        with self._settled:
+            while self._pending:
+                self._settled.wait()
 
     _FINISH = (
         "UPDATE jobs SET state = ?, output = ?, error = ?, started = ?, ended = ?, "
@@ -453,12 +466,9 @@ class SQLiteJournal(Journal):
         return aggregate(rows)
 
     def close(self) -> None:
-        """Commit what :meth:`finish_later` queued, stop the writer thread and close."""
-        with self._later_cond:
+        """Commit and report what :meth:`finish_later` queued, then close."""
+        self.flush()
+        with self._settled:
             self._closing = True
-            self._later_cond.notify_all()
-            writer = self._writer
-        if writer is not None and writer is not threading.current_thread():
-            writer.join()
         with self._lock:
             self._db.close()
