@@ -16,6 +16,7 @@ jobs is done by :mod:`dahu.job` and the engine.  ``docs/server.md`` is the refer
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -101,6 +102,7 @@ class DahuDS(Device):
             scheduler=settings.scheduler or self.scheduler.strip() or "local",
             timeout=timeout,
         )
+        self._engine.thread_context = tango.EnsureOmniThread  # it pushes the job events
         self._wait = max(0.0, float(self.wait_timeout))
         self._retention_error = ""
         spec = settings.retention if settings.retention is not None else self.retention
@@ -152,34 +154,38 @@ class DahuDS(Device):
             self._pusher = None
 
     def _push_events(self) -> None:
-        """The one thread that pushes events, fed by the job callbacks."""
+        """The thread that pushes the events of the device's other threads (the job
+        events are pushed by the engine's files thread)."""
         with tango.EnsureOmniThread():
             while True:
                 item = self._events.get()
                 if item is None:
                     return
-                name, value = item
-                try:
-                    self.push_change_event(name, value)
-                except tango.DevFailed as err:
-                    logger.warning("cannot push %s=%s: %s", name, value, err.args[0].desc)
-                except Exception:
-                    logger.exception("cannot push %s=%s", name, value)
+                self._push(*item)
 
     @nonblocking
     def _job_ended(self, job: Job) -> None:
-        """Job callback (worker thread): record the id, queue the event and the files."""
+        """Job callback: record the id, hand the job to the engine's files thread, which
+        pushes its event, then writes its files."""
         job_id = job.id
         web = self._web
         if web is not None:
             web.monitor.job_ended(job)
         if job.status == State.SUCCESS:
             self._last_success = job_id
-            self._events.put(("jobSuccess", job_id))
+            name = "jobSuccess"
         else:
             self._last_failure = job_id
-            self._events.put(("jobFailure", job_id))
-        self._engine.clean_later(job)
+            name = "jobFailure"
+        self._engine.clean_later(job, functools.partial(self._push, name, job_id))
+
+    def _push(self, name: str, value: Any) -> None:
+        try:
+            self.push_change_event(name, value)
+        except tango.DevFailed as err:
+            logger.warning("cannot push %s=%s: %s", name, value, err.args[0].desc)
+        except Exception:
+            logger.exception("cannot push %s=%s", name, value)
 
     # ---- state -------------------------------------------------------------------------
     def dev_state(self) -> DevState:

@@ -137,8 +137,6 @@ def setup_logging(debug: bool, log_dir: str | None, instance: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dahu_server``; return the exit status."""
-    if os.environ.get("DAHU_SWITCH"):
-        sys.setswitchinterval(float(os.environ["DAHU_SWITCH"]))
     argv = sys.argv[1:] if argv is None else list(argv)
     own, rest = split_args(argv)
     parser = build_parser()

@@ -16,6 +16,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from queue import Empty
 from typing import Any
 
 from ..errors import JournalError
@@ -80,6 +83,9 @@ class Engine:
         self._to_clean: queue.SimpleQueue = queue.SimpleQueue()
         self._unwritten: collections.deque[float] = collections.deque()  # end times, FIFO
         self._cleaner: threading.Thread | None = None
+        #: a context manager factory the files thread runs in (the device's Tango threads
+        #: need ``tango.EnsureOmniThread``); set before the first :meth:`clean_later`
+        self.thread_context: Callable[[], Any] | None = None
         self._sweeping = False
         self._closed = False
         self.executor = executor
@@ -166,9 +172,11 @@ class Engine:
 
         self.watchdog.call_later(period, sweep)
 
-    def clean_later(self, job: Any) -> None:
+    def clean_later(self, job: Any, announce: Callable[[], Any] | None = None) -> None:
         """Call ``job.clean(wait=False)`` in a background thread: write the ended job's
-        ``.inp``/``.out`` files and free its data.
+        ``.inp``/``.out`` files and free its data.  ``announce()``, if given, is called
+        in that thread first (the device pushes the job's event there): the jobs queued
+        together are announced, then their files written.
 
         Creating two files may take a millisecond on a busy disk: done there, it delays
         neither the job's end nor its event.  The journal already holds the outcome, so
@@ -182,7 +190,7 @@ class Engine:
                 self._cleaner.start()
             run = getattr(job, "_run", None)  # the job's run: its end time, if known
             self._unwritten.append(getattr(run, "ended", None) or time.time())
-        self._to_clean.put(job)
+        self._to_clean.put((job, announce))
 
     def files_settled(self) -> float:
         """A time (epoch s) before which every job that ended has its ``.inp``/``.out``
@@ -202,13 +210,33 @@ class Engine:
         return marker.wait(timeout)
 
     def _clean_jobs(self) -> None:
-        while True:
-            job = self._to_clean.get()
-            if job is None:
-                return
-            if isinstance(job, threading.Event):  # flush_files: all before it are written
-                job.set()
+        context = self.thread_context() if self.thread_context is not None else nullcontext()
+        with context:
+            while self._clean_batch():
+                pass
+
+    def _clean_batch(self) -> bool:
+        """Announce, then clean, the jobs queued now (waiting for one); False at the end."""
+        queued = self._to_clean
+        batch = [queued.get()]
+        while len(batch) < 256:
+            try:
+                batch.append(queued.get_nowait())
+            except Empty:
+                break
+        for item in batch:
+            if isinstance(item, tuple) and item[1] is not None:
+                try:
+                    item[1]()
+                except Exception:
+                    logger.exception("job %s: its announcement failed", item[0].id)
+        for item in batch:
+            if item is None:
+                return False
+            if isinstance(item, threading.Event):  # flush_files: all before it are written
+                item.set()
                 continue
+            job = item[0]
             try:
                 job.clean(wait=False)
             except Exception:
@@ -216,6 +244,7 @@ class Engine:
             finally:
                 with self._lock:
                     self._unwritten.popleft()
+        return True
 
     def shutdown(self, abort: bool = True, timeout: float = 30.0) -> bool:
         """Stop: abort (or let finish) the jobs queued or running, wait at most

@@ -61,6 +61,7 @@ class ThreadExecutor:
         lock = threading.Lock()
         self._cond = threading.Condition(lock)  # idle threads wait here
         self._slot_free = threading.Condition(lock)  # waiters reclaiming their slot, here
+        self._drained = threading.Condition(lock)  # shutdown(wait=True) waits here
         self._queue: deque[Any] = deque()
         self._running = 0  # jobs holding a slot
         self._waiting = 0  # jobs that gave their slot back while waiting for another
@@ -156,7 +157,7 @@ class ThreadExecutor:
                     if self._reclaiming:
                         self._slot_free.notify_all()
                     if not self._queue and not self._running:
-                        self._cond.notify_all()  # for shutdown(wait=True)
+                        self._drained.notify_all()  # for shutdown(wait=True) only
                     continue
                 if self._shutdown and not self._queue:
                     break
@@ -205,6 +206,7 @@ class ThreadExecutor:
             self._wake()
             self._slot_free.notify_all()
             self._cond.notify_all()
+            self._drained.notify_all()
         logger.error("a plugin ignored its abort: its thread %s is abandoned", thread_ident)
         return True
 
@@ -239,6 +241,6 @@ class ThreadExecutor:
             self._shutdown = True
             self._cond.notify_all()
             if wait:
-                self._cond.wait_for(
+                self._drained.wait_for(
                     lambda: not self._queue and not self._running and not self._waiting, timeout
                 )
