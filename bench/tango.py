@@ -251,13 +251,19 @@ def main(argv: list[str] | None = None) -> int:
         proxy.startJob(["example.noop", "{}"])
         proxy.waitJob(first)
         trivial_before = trivial_rate(proxy, args.trivial)
-        python_trivial = python_command_rate(proxy, first, args.trivial)
+        # the bound varies from one moment to the next on a shared machine: measured
+        # before each workload and at the end, the best of them is the bound (the
+        # ratios are the least favourable of the run)
+        python_runs = [python_command_rate(proxy, first, args.trivial)]
         pairs = pairs_rate(proxy, args.pairs)
+        python_runs.append(python_command_rate(proxy, first, args.trivial))
         events = events_rate(proxy, args.events)
         event_latency = event_latency_ms(proxy, args.latency_jobs, 500.0)
         batch, batch_done = batch_rates(proxy, args.batch)
         latency = latency_ms(proxy, server.url, args.waiters, args.samples)
         trivial = max(trivial_before, trivial_rate(proxy, args.trivial))
+        python_runs.append(python_command_rate(proxy, first, args.trivial))
+        python_trivial = max(python_runs)
         result = {
             "benchmark": "tango",
             "trivial_per_s": round(trivial, 1),
@@ -265,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             "pairs_per_s": round(pairs, 1),
             "pairs_vs_bound": round(pairs / (trivial / 2), 3),
             "python_command_per_s": round(python_trivial, 1),
+            "python_command_runs_per_s": [round(rate, 1) for rate in python_runs],
             "pairs_vs_python_command": round(pairs / (python_trivial / 2), 3),
             "events": args.events,
             "events_per_s": round(events, 1),
