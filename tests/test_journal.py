@@ -287,3 +287,61 @@ def test_opening_without_create_needs_an_existing_journal(tmp_path):
     assert not (tmp_path / "empty").exists()
     SQLiteJournal(str(tmp_path)).close()
     SQLiteJournal(str(tmp_path), create=False).close()
+
+
+# ---- the .inp/.out text ------------------------------------------------------------------
+PRETTY_CASES = [
+    {},
+    [],
+    {"x": 1, "plugin_name": "example.square", "job_id": 12},
+    {
+        "a": [1, 2.5, None, True, False, 'é\n"\\', {"b": [], "c": {}}],
+        1: 2,
+        2.5: 3,
+        True: 4,
+        None: 5,
+    },
+    [float("nan"), float("inf"), -float("inf"), 1e300, -0.0, 0.1],
+    {"deep": [[[[{"k": [1, {"l": "m"}]}]]]]},
+    "text",
+    7,
+    None,
+]
+
+
+@pytest.mark.parametrize("data", PRETTY_CASES + ["numpy"], ids=repr)
+def test_job_files_hold_the_originals_indented_json(data):
+    """The fast encoder of the files gives exactly json.dumps(indent=4, NumpyEncoder)."""
+    import numpy
+
+    from dahu.journal.files import pretty_json
+    from dahu.utils import NumpyEncoder
+
+    if data == "numpy":
+        data = {
+            "image": numpy.arange(6.0).reshape(2, 3),
+            "f32": numpy.float32(1.5),
+            "i64": numpy.int64(7),
+            "pair": (1, 2),
+            "set": {3},
+            "raw": b"xy",
+        }
+    assert pretty_json(data) == json.dumps(data, indent=4, cls=NumpyEncoder)
+
+
+def test_job_files_encoder_refuses_what_json_refuses():
+    from dahu.journal.files import pretty_json
+
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        pretty_json({"o": object()})
+    with pytest.raises(TypeError, match="keys must be"):
+        pretty_json({(1, 2): 1})
+    circular: list = []
+    circular.append(circular)
+    with pytest.raises(ValueError, match="Circular reference"):
+        pretty_json(circular)
+    deep = inner = []
+    for _ in range(200):  # deeper than its indent table: the standard encoder takes over
+        inner.append([])
+        inner = inner[0]
+    assert pretty_json(deep) == json.dumps(deep, indent=4)

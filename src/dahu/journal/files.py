@@ -19,14 +19,12 @@ _INDENTS = ["\n" + "    " * level for level in range(64)]
 _known_dirs: set[str] = set()
 
 
+_SPECIAL = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
 def _number(value: float) -> str:
-    if value != value:
-        return "NaN"
-    if value == float("inf"):
-        return "Infinity"
-    if value == -float("inf"):
-        return "-Infinity"
-    return _float(value)
+    text = _float(value)
+    return _SPECIAL.get(text, text)
 
 
 def _key(key: Any) -> str:
