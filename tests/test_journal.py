@@ -296,7 +296,7 @@ PRETTY_CASES = [
     {"x": 1, "plugin_name": "example.square", "job_id": 12},
     {
         "a": [1, 2.5, None, True, False, 'é\n"\\', {"b": [], "c": {}}],
-        1: 2,
+        3: 2,
         2.5: 3,
         True: 4,
         None: 5,
