@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from dahu.app.localserver import LocalServer
 from dahu.job import Job
 from dahu.journal import SQLiteJournal
 
-from .conftest import finish
+from .conftest import child_env, finish
 
 DEVICE = "test/dahu/promises"
 
@@ -165,6 +167,47 @@ def test_close_commits_and_reports_every_queued_outcome(workdir):
     for x, job in enumerate(jobs):
         state, output = committed(workdir, job.id)
         assert state == "success" and output["result"] == x * x
+
+
+def test_an_in_process_job_id_is_given_once_its_record_is_committed(workdir):
+    """Job() queues its record; reading job.id commits it first (another process sees
+    the job as soon as its id is known), and starting a job commits the queued records."""
+    dahu.engine.configure(workdir=str(workdir), max_workers=2)
+    jobs = [Job("example.square", {"x": x}) for x in range(20)]
+    jobs[10].start()  # commits every record queued before it too
+    for job in jobs[:11]:
+        assert committed(workdir, job._run.id) is not None
+    jobs[10].join(60)
+    assert committed(workdir, jobs[10].id)[0] == "success"
+    later = Job("example.square", {"x": 1})
+    assert committed(workdir, later.id) == ("uninitialized", None)
+
+
+EXIT_WITHOUT_CLOSE = """
+import sys, dahu.engine
+from dahu.job import Job
+dahu.engine.configure(workdir=sys.argv[1])
+done = Job("example.square", {"x": 3}); done.start(); done.join()
+never_started = Job("example.noop", {})
+print(done._run.id, never_started._run.id, flush=True)
+"""
+
+
+def test_a_process_ending_without_closing_commits_what_it_queued(workdir):
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_WITHOUT_CLOSE, str(workdir)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=60,
+        check=True,
+    )
+    done, never_started = map(int, proc.stdout.split())
+    assert committed(workdir, done) == (
+        "success",
+        {"result": 9, "logging": [], "job_runtime": pytest.approx(0, abs=60)},
+    )
+    assert committed(workdir, never_started) == ("uninitialized", None)
 
 
 def test_kill_9_right_after_startjob_returns_keeps_the_jobs(tmp_path):

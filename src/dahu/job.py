@@ -78,7 +78,9 @@ class Job(threading.Thread, metaclass=_JobClass):
             raise InvalidInput("plugin name must be a non-empty string")
         data["plugin_name"] = name
         engine = get_engine()
-        self._face(engine, engine.create(name, data))
+        # its record is committed with the next batch (at the latest when it starts or
+        # when its id is read: nobody learns the id of a job the journal does not hold)
+        self._face(engine, engine.create(name, data, later=True))
 
     def _face(self, engine: Engine | None, run: JobRun) -> None:
         # What threading.Thread.__init__ sets, set directly: no thread is made per job,
@@ -197,8 +199,11 @@ class Job(threading.Thread, metaclass=_JobClass):
     # ---- properties -----------------------------------------------------------------
     @property
     def id(self) -> int:
-        """The job id (an increasing integer)."""
-        return self._run.id
+        """The job id (an increasing integer), once the journal holds the job's record."""
+        run = self._run
+        if run.record is not None and self._engine is not None:
+            self._engine.settle(run)
+        return run.id
 
     @property
     def plugin(self) -> Any:

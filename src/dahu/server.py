@@ -240,9 +240,10 @@ class DahuDS(Device):
         return name
 
     def _submit(self, job: Job) -> int:
+        job_id = job.id  # its record is committed first (a journal error refuses it)
         job.connect_callback(self._job_ended)
         job.start()
-        return job.id
+        return job_id
 
     def _job(self, job_id: int) -> Job:
         job = Job.getJobFromID(job_id)

@@ -93,14 +93,41 @@ class Engine:
             executor.attach(self)
 
     # ---- jobs ---------------------------------------------------------------------------
-    def create(self, plugin: str, input_data: dict[str, Any]) -> JobRun:
-        """Record a new job in the journal (its id is its record's) and keep it live."""
-        job_id = self.journal.create(plugin, input_data, time.time())
+    def create(self, plugin: str, input_data: dict[str, Any], later: bool = False) -> JobRun:
+        """Record a new job in the journal and keep it live.
+
+        With ``later``, its record is queued and committed with the next batch (at the
+        latest when the job starts, or when its id is asked for: :meth:`settle`).
+        """
+        token = None
+        if later:
+
+            def created(error: BaseException | None) -> None:
+                if error is not None:
+                    self.journal_failed(job_id, error)
+
+            job_id, token = self.journal.create_later(created, plugin, input_data, time.time())
+        else:
+            job_id = self.journal.create(plugin, input_data, time.time())
         self.stats.created(plugin)
         input_data["job_id"] = job_id
         run = JobRun(self.cycle, job_id, plugin, input_data)
+        run.record = token
         self.table.add(run)
         return run
+
+    def settle(self, run: JobRun) -> None:
+        """Return once the journal holds the record of ``run`` (see :meth:`create`)."""
+        token = run.record
+        if token is not None:
+            try:
+                self.journal.settle(token)
+            except JournalError:
+                if run.state == State.UNINITIALIZED:
+                    self.table.forget(run)  # not recorded, never started: no such job
+                raise
+            finally:
+                run.record = None
 
     def create_many(self, plugin: str, inputs: list[dict[str, Any]]) -> list[JobRun]:
         """Record several jobs in one journal transaction; keep them live."""

@@ -115,6 +115,7 @@ class JobRun:
         "aborted_at",
         "face",
         "cycle",
+        "record",
         "__weakref__",
     )
 
@@ -143,6 +144,7 @@ class JobRun:
         self.submitted = time.time()
         self.aborted_at: float | None = None
         self.face: Any = None  # a weak reference to the dahu.job.Job showing this run
+        self.record: Any = None  # the journal's token while its record is not committed
 
     @classmethod
     def from_record(cls, record: JobRecord) -> JobRun:
@@ -217,6 +219,8 @@ class LifeCycle:
             if run.state != State.UNINITIALIZED:
                 raise RuntimeError(f"job {run.id} was already started")
             run.state = State.STARTING
+        if run.record is not None:
+            self.engine.journal.commit_soon()  # its record (and those queued before it)
         try:
             self.engine.executor.submit(run)
         except Exception as err:

@@ -40,6 +40,11 @@ class JobTable:
         else:
             self._unrecorded[run.id] = run
 
+    def forget(self, run: Any) -> None:
+        """A job whose record could not be written, never started: it does not exist."""
+        with self.lock:
+            self._live.pop(run.id, None)
+
     def find(self, job_id: int) -> Any:
         """The run of ``job_id`` if it is in memory, else None."""
         with self.lock:

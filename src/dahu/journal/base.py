@@ -129,6 +129,28 @@ class Journal(abc.ABC):
     def create(self, plugin: str, input_data: dict[str, Any], submitted: float) -> int:
         """Record a new job (state ``uninitialized``); return its id, larger than any before."""
 
+    def create_later(
+        self,
+        then: Callable[[BaseException | None], Any],
+        plugin: str,
+        input_data: dict[str, Any],
+        submitted: float,
+    ) -> tuple[int, Any]:
+        """:meth:`create`, committed with the next batch instead of now: return the id
+        and a token for :meth:`settle`; ``then(None)`` (or ``then(error)``) once
+        committed.  The record is committed at the latest by the next write of any
+        thread, :meth:`commit_soon`, :meth:`settle` or :meth:`flush`.  This default
+        records it at once."""
+        job_id = self.create(plugin, input_data, submitted)
+        then(None)
+        return job_id, None
+
+    def commit_soon(self) -> None:  # noqa: B027 - optional for implementations
+        """Start committing what :meth:`create_later` queued (without waiting for it)."""
+
+    def settle(self, token: Any) -> None:  # noqa: B027 - optional for implementations
+        """Return once the record of ``token`` (from :meth:`create_later`) is committed."""
+
     def create_many(self, plugin: str, inputs: list[dict[str, Any]], submitted: float) -> list[int]:
         """Record several jobs at once (all or none); return their increasing ids."""
         for data in inputs:

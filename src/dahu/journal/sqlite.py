@@ -3,24 +3,21 @@
 WAL mode, a busy timeout, one writer connection behind a lock, a versioned schema; the
 contract is that of :class:`~dahu.journal.base.Journal`.
 
-Group commit.  A commit costs far more than the statement it commits (tens of
-microseconds of WAL and lock work, against a few for an INSERT), so writes are batched:
-a thread that writes queues its statement, then takes the writer lock; whoever holds the
-lock commits *every* queued statement in one transaction, and the threads whose
-statements it carried find them done when they get the lock.  No thread waits for a
-timer and none is added: alone, a write is one transaction as before; under load (the
-worker threads ending jobs while the device creates new ones) one commit carries many.
-
-What it keeps: every write method returns only once its statement is committed, so a
-job's record exists before its id is returned (``create``) and its outcome is in the
-journal before anyone is told it ended (``finish`` returns before the engine sets the
-job's state, runs its callbacks, pushes its event or answers ``waitJob``).  A crash
-(``kill -9``, a power cut with ``synchronous=NORMAL`` aside) loses at most statements
-still queued, whose callers were not answered yet: nothing a client was told.
+Writes are batched (group commit, :mod:`dahu.journal.writer`).  What it keeps: a
+job's record is committed before anyone learns its id (``create`` returns once
+committed; ``create_later`` queues it, and the engine commits it before the job starts
+or its id is read: ``settle``), and a job's outcome is committed before anyone is told
+it ended (``finish`` returns once committed; ``finish_later`` reports the job from the
+thread that committed it).  Job ids come from blocks reserved in ``sqlite_sequence``
+(``ID_BLOCK`` at a time): several processes on one journal never share an id, and a
+process hands back what it did not give when it closes.  A crash (``kill -9``; a power
+cut with ``synchronous=NORMAL`` aside) loses at most writes still queued, whose callers
+were not answered: nothing a client was told.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -28,6 +25,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,6 +45,7 @@ from .base import (
     encode_input,
     encode_output,
 )
+from .writer import BatchedWriter, _Write
 
 logger = logging.getLogger(__name__)
 
@@ -56,20 +55,6 @@ SCHEMA_VERSION = 1
 
 _UNFINISHED = tuple(state for state in State.ALL if state not in State.FINAL)
 """The states a record can have before its job ends (looked up with the state index)."""
-
-
-class _Write:
-    """One statement queued for the next group commit (``rows``: its argument tuples)."""
-
-    __slots__ = ("sql", "rows", "ids", "done", "error", "then")
-
-    def __init__(self, sql: str, rows: list[tuple], then: Any = None):
-        self.sql = sql
-        self.rows = rows
-        self.ids: list[int] = []
-        self.done = False
-        self.error: BaseException | None = None
-        self.then = then  # called with the error (or None) once committed (finish_later)
 
 
 def _process_alive(host: str | None, pid: int | None, since: float | None) -> bool:
@@ -88,7 +73,14 @@ def _process_alive(host: str | None, pid: int | None, since: float | None) -> bo
         return False
 
 
-class SQLiteJournal(Journal):
+def _close_at_exit(ref: weakref.ref) -> None:
+    journal = ref()
+    if journal is not None and journal._pid == os.getpid():  # not in a forked child
+        with contextlib.suppress(Exception):
+            journal.close()
+
+
+class SQLiteJournal(BatchedWriter, Journal):
     """The journal as a SQLite file (WAL mode; one writer connection behind a lock)."""
 
     FILENAME = "journal.sqlite"
@@ -103,15 +95,11 @@ class SQLiteJournal(Journal):
             raise JournalError(f"no journal in {self.workdir}")
         try:
             os.makedirs(self.workdir, exist_ok=True)
-            self._lock = threading.RLock()
-            self._queue_lock = threading.Lock()
-            self._queue: list[_Write] = []
-            self.commits = 0  # transactions committed by _write (group commit)
-            # finish_later: writes whose caller does not wait (reported through ``then``)
-            self._pending = 0  # queued or committed, ``then`` not yet run
-            self._settled = threading.Condition(threading.Lock())
-            self._reporting = threading.local()
-            self._closing = False
+            self._init_writer()
+            # job ids: this process takes them from blocks reserved in sqlite_sequence
+            self._ids_lock = threading.Lock()
+            self._next_id = 1
+            self._block_end = 0  # nothing reserved yet
             self._db = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=30.0
             )
@@ -125,6 +113,9 @@ class SQLiteJournal(Journal):
         except (OSError, sqlite3.Error) as err:
             raise JournalError(f"cannot open the journal in {self.workdir}: {err}") from err
         self._pid = os.getpid()
+        self._closed = False
+        # a process that ends without closing its journal still commits what it queued
+        atexit.register(_close_at_exit, weakref.ref(self))
 
     def _init_schema(self) -> None:
         current = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -149,147 +140,6 @@ class SQLiteJournal(Journal):
                 )
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the writer lock; on leaving, commit what others queued meanwhile."""
-        self._lock.acquire()
-        try:
-            yield
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        self._lock.release()
-        # a writer that found the lock taken queued its write and left: the holder
-        # commits it (the outermost holder: an inner one is inside a transaction)
-        if self._queue and not self._lock._is_owned():  # type: ignore[attr-defined]
-            self._drain()
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Hold the writer lock and run the block in one IMMEDIATE transaction."""
-        with self._locked():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
-
-    def _write(self, sql: str, rows: list[tuple]) -> list[int]:
-        """Commit ``sql`` once per row, with every write queued now, in one transaction;
-        return the rows' ``lastrowid``."""
-        write = _Write(sql, rows)
-        with self._queue_lock:
-            self._queue.append(write)
-        batch: list[_Write] = []
-        self._lock.acquire()
-        try:
-            if not write.done:
-                batch = self._take()
-                self._commit(batch)
-        finally:
-            self._release()
-        self._report(batch)
-        if write.error is not None:
-            err = write.error
-            raise JournalError(f"cannot write the journal {self.path}: {err}") from err
-        return write.ids
-
-    def _write_later(self, write: _Write) -> None:
-        """Queue ``write`` (its ``then`` reports it) and commit the queue now if the
-        writer lock is free; if not, its holder commits it when it leaves: the caller
-        never waits."""
-        with self._settled:
-            if self._closing:
-                raise JournalError(f"the journal {self.path} is closed")
-            self._pending += 1
-        with self._queue_lock:
-            self._queue.append(write)
-        self._drain()
-
-    def _drain(self) -> None:
-        """Commit the queued writes while the writer lock is free, then report them."""
-        while self._queue:
-            if not self._lock.acquire(blocking=False):
-                return  # its holder commits the queue when it leaves
-            try:
-                batch = self._take()
-                self._commit(batch)
-            finally:
-                self._lock.release()
-            self._report(batch)
-
-    def _take(self) -> list[_Write]:
-        with self._queue_lock:
-            batch, self._queue = self._queue, []
-        return batch
-
-    def _report(self, batch: list[_Write]) -> None:
-        """Call the ``then`` of the committed writes of ``batch`` that have one, in order."""
-        reported = 0
-        self._reporting.active = True
-        try:
-            for write in batch:
-                if write.then is None:
-                    continue
-                reported += 1
-                error = write.error
-                if error is not None and not isinstance(error, JournalError):
-                    error = JournalError(f"cannot write the journal {self.path}: {error}")
-                try:
-                    write.then(error)
-                except BaseException:  # one report must not stop the others
-                    logger.exception("journal: a job's report failed")
-        finally:
-            self._reporting.active = False
-            if reported:
-                with self._settled:
-                    self._pending -= reported
-                    if not self._pending:
-                        self._settled.notify_all()
-
-    def _commit(self, batch: list[_Write]) -> None:
-        """Commit ``batch`` in one transaction (writer lock held); every write gets its
-        ids or the error."""
-        if not batch:
-            return
-        db = self._db
-        failure: BaseException | None = None
-        if len(batch) == 1 and len(batch[0].rows) == 1:
-            # alone: one autocommitted statement costs less than BEGIN + it + COMMIT
-            write = batch[0]
-            try:
-                write.ids = [db.execute(write.sql, write.rows[0]).lastrowid]
-                self.commits += 1
-            except sqlite3.Error as err:
-                failure = err
-            finally:
-                write.error = failure
-                write.done = True
-            return
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for write in batch:
-                    write.ids = [db.execute(write.sql, row).lastrowid for row in write.rows]
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            self.commits += 1
-        except sqlite3.Error as err:
-            failure = err
-        except BaseException as err:  # e.g. KeyboardInterrupt: the others must not hang
-            failure = err
-            raise
-        finally:
-            for write in batch:
-                write.error = failure
-                write.done = True
-
     def _read(self, sql: str, args: tuple | list = ()) -> list[tuple]:
         try:
             with self._locked():
@@ -298,19 +148,85 @@ class SQLiteJournal(Journal):
             raise JournalError(f"cannot read the journal {self.path}: {err}") from err
 
     _INSERT = (
-        "INSERT INTO jobs (plugin, state, input, submitted, host, pid, version) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO jobs (id, plugin, state, input, submitted, host, pid, version) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     )
 
-    def _new_row(self, plugin: str, input_data: dict[str, Any], submitted: float) -> tuple:
-        text = encode_input(input_data)
-        return (plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
+    ID_BLOCK = 64
+    """Job ids reserved at once: one small transaction per block instead of an id from
+    each record's INSERT, so that a record can be queued before it is committed."""
+
+    def _ids(self, count: int) -> int:
+        """Reserve ``count`` consecutive job ids (larger than any given by any process
+        on this journal); return the first."""
+        with self._ids_lock:
+            if self._next_id + count - 1 > self._block_end:
+                size = max(count, self.ID_BLOCK)
+                try:
+                    with self.transaction() as db:
+                        row = db.execute(
+                            "SELECT MAX(COALESCE((SELECT MAX(id) FROM jobs), 0), "
+                            "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0))"
+                        ).fetchone()
+                        first = (row[0] or 0) + 1
+                        end = first + size - 1
+                        if not db.execute(
+                            "UPDATE sqlite_sequence SET seq = ? WHERE name = 'jobs'", (end,)
+                        ).rowcount:
+                            db.execute(
+                                "INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)",
+                                (end,),
+                            )
+                except sqlite3.Error as err:
+                    raise JournalError(f"cannot write the journal {self.path}: {err}") from err
+                self._next_id, self._block_end = first, end
+            first = self._next_id
+            self._next_id += count
+            return first
+
+    def _give_back_ids(self) -> None:
+        """Closing: the ids reserved and not given go back (if nobody reserved after)."""
+        with self._ids_lock:
+            if self._next_id <= self._block_end:
+                with contextlib.suppress(sqlite3.Error), self.transaction() as db:
+                    db.execute(
+                        "UPDATE sqlite_sequence SET seq = ? WHERE name = 'jobs' AND seq = ?",
+                        (self._next_id - 1, self._block_end),
+                    )
+                self._block_end = self._next_id - 1
 
     def create(self, plugin: str, input_data: dict[str, Any], submitted: float) -> int:
-        return self._write(self._INSERT, [self._new_row(plugin, input_data, submitted)])[0]
+        text = encode_input(input_data)  # refused before an id is taken
+        job_id = self._ids(1)
+        row = (job_id, plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
+        self._write(self._INSERT, [row])
+        return job_id
+
+    def create_later(
+        self,
+        then: Any,
+        plugin: str,
+        input_data: dict[str, Any],
+        submitted: float,
+    ) -> tuple[int, Any]:
+        text = encode_input(input_data)
+        job_id = self._ids(1)
+        row = (job_id, plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
+        write = _Write(self._INSERT, [row], then)
+        self._queue_later(write)
+        return job_id, write
 
     def create_many(self, plugin: str, inputs: list[dict[str, Any]], submitted: float) -> list[int]:
-        return self._write(self._INSERT, [self._new_row(plugin, d, submitted) for d in inputs])
+        texts = [encode_input(data) for data in inputs]  # all refused before any id is taken
+        if not texts:
+            return []
+        first = self._ids(len(texts))
+        rows = [
+            (first + i, plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
+            for i, text in enumerate(texts)
+        ]
+        self._write(self._INSERT, rows)
+        return [row[0] for row in rows]
 
     def state(self, job_id: int) -> str | None:
         rows = self._read("SELECT state FROM jobs WHERE id = ?", (job_id,))
@@ -367,14 +283,6 @@ class SQLiteJournal(Journal):
             write = _Write(self._FINISH, [values + (job_id,)], then)
         self._write_later(write)
 
-    def flush(self) -> None:
-        if getattr(self._reporting, "active", False):
-            return  # from a report: what it would wait for includes itself
-        self._drain()
-        with self._settled:
-            while self._pending:
-                self._settled.wait()
-
     _FINISH = (
         "UPDATE jobs SET state = ?, output = ?, error = ?, started = ?, ended = ?, "
         "runtime = ?, module_file = ?, plugin_version = ? WHERE id = ?"
@@ -414,14 +322,17 @@ class SQLiteJournal(Journal):
         return self._record(rows[0]) if rows else None
 
     def last_id(self) -> int:
-        # the highest id ever given: pruned records count too, as ids are never reused
-        return (
-            self._read(
-                "SELECT MAX(COALESCE((SELECT MAX(id) FROM jobs), 0), "
-                "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0))"
-            )[0][0]
-            or 0
-        )
+        # the highest id ever given: pruned records count too, as ids are never reused;
+        # the ids this process reserved and did not give yet do not
+        largest, seq = self._read(
+            "SELECT COALESCE((SELECT MAX(id) FROM jobs), 0), "
+            "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0)"
+        )[0]
+        with self._ids_lock:
+            given = self._next_id - 1
+            if seq == self._block_end and self._block_end:
+                seq = 0  # our own reservation: what we gave is ``given``
+        return max(largest or 0, seq or 0, given)
 
     def select(
         self, first: int | None = None, last: int | None = None, state: str | None = None
@@ -467,8 +378,12 @@ class SQLiteJournal(Journal):
 
     def close(self) -> None:
         """Commit and report what :meth:`finish_later` queued, then close."""
+        if self._closed:
+            return
+        self._closed = True
         self.flush()
         with self._settled:
             self._closing = True
+        self._give_back_ids()
         with self._lock:
             self._db.close()
