@@ -22,7 +22,7 @@ import tango
 import dahu.engine
 from dahu.app.localserver import LocalServer
 from dahu.job import Job
-from dahu.journal import SQLiteJournal
+from dahu.journal import SQLiteJournal, job_file_stem
 
 from .conftest import child_env, finish
 
@@ -53,7 +53,7 @@ def server(tmp_path):
         local.stop()
 
 
-def test_events_and_waitjob_come_after_the_outcome_is_committed(server):
+def test_events_come_after_the_outcome_is_committed_and_the_files_written(server):
     local, workdir = server
     proxy = local.proxy
     seen: dict[int, tuple | None] = {}
@@ -68,8 +68,11 @@ def test_events_and_waitjob_come_after_the_outcome_is_committed(server):
         if job_id <= 0:
             return
         read = committed(workdir, job_id)  # read when the event arrives, not later
+        # as in the original, the job's files are written before its event is pushed
+        out = Path(job_file_stem(str(workdir), job_id, "example.square") + ".out")
+        on_disk = json.loads(out.read_text()) if out.exists() else None
         with lock:
-            seen[job_id] = read
+            seen[job_id] = (*read, on_disk)
             if len(seen) >= count:
                 all_seen.set()
 
@@ -80,8 +83,9 @@ def test_events_and_waitjob_come_after_the_outcome_is_committed(server):
     finally:
         proxy.unsubscribe_event(sub)
     for x, job_id in enumerate(ids):
-        state, output = seen[job_id]
+        state, output, on_disk = seen[job_id]
         assert state == "success" and output["result"] == x * x, (job_id, seen[job_id])
+        assert on_disk == output, f"job {job_id}: its .out file was not written first"
     # waitJob: each answer found the outcome in the journal file already
     more = [proxy.startJob(["example.square", json.dumps({"x": x})]) for x in range(20)]
     for x, job_id in enumerate(more):

@@ -201,9 +201,9 @@ class Engine:
 
     def clean_later(self, job: Any, announce: Callable[[], Any] | None = None) -> None:
         """Call ``job.clean(wait=False)`` in a background thread: write the ended job's
-        ``.inp``/``.out`` files and free its data.  ``announce()``, if given, is called
-        in that thread first (the device pushes the job's event there): the jobs queued
-        together are announced, then their files written.
+        ``.inp``/``.out`` files and free its data; then call ``announce()``, if given, in
+        that thread (the device pushes the job's event there: as in the original, a
+        client told a job ended finds its files).
 
         Creating two files may take a millisecond on a busy disk: done there, it delays
         neither the job's end nor its event.  The journal already holds the outcome, so
@@ -243,7 +243,7 @@ class Engine:
                 pass
 
     def _clean_batch(self) -> bool:
-        """Announce, then clean, the jobs queued now (waiting for one); False at the end."""
+        """Clean, then announce, the jobs queued now (waiting for one); False at the end."""
         queued = self._to_clean
         batch = [queued.get()]
         while len(batch) < 256:
@@ -252,18 +252,12 @@ class Engine:
             except Empty:
                 break
         for item in batch:
-            if isinstance(item, tuple) and item[1] is not None:
-                try:
-                    item[1]()
-                except Exception:
-                    logger.exception("job %s: its announcement failed", item[0].id)
-        for item in batch:
             if item is None:
                 return False
             if isinstance(item, threading.Event):  # flush_files: all before it are written
                 item.set()
                 continue
-            job = item[0]
+            job, announce = item
             try:
                 job.clean(wait=False)
             except Exception:
@@ -271,6 +265,11 @@ class Engine:
             finally:
                 with self._lock:
                     self._unwritten.popleft()
+            if announce is not None:
+                try:
+                    announce()
+                except Exception:
+                    logger.exception("job %s: its announcement failed", job.id)
         return True
 
     def shutdown(self, abort: bool = True, timeout: float = 30.0) -> bool:
