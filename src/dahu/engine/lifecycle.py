@@ -37,9 +37,12 @@ __all__ = ["JobRun", "LifeCycle", "NOTE_RUNNING_AFTER", "nonblocking"]
 
 
 def nonblocking(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark a job callback as one that returns at once and never waits for a job (it
-    queues work elsewhere): a job whose callbacks are all so marked is reported from the
-    journal's writer thread, and the thread that ran it does not wait for the commit."""
+    """Mark a job callback as one that returns at once: it queues work elsewhere, never
+    waits for a job, and takes no lock that code reading or writing jobs may hold.
+
+    A job whose callbacks are all so marked does not hold its thread until its outcome
+    is committed: the job is reported (callbacks, waiters) by whichever thread commits
+    the outcome, possibly one that was reading the journal."""
     method.dahu_nonblocking = True  # type: ignore[attr-defined]
     return method
 
