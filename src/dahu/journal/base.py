@@ -219,9 +219,10 @@ class Journal(abc.ABC):
         else:
             then(None)
 
-    def flush(self) -> None:  # noqa: B027 - optional for implementations
-        """Return once every write queued by :meth:`finish_later` is committed and its
-        ``then`` has run."""
+    def flush(self, timeout: float | None = None) -> bool:
+        """Return once every write queued by :meth:`finish_later` or :meth:`create_later`
+        is committed and its ``then`` has run (at most ``timeout`` s); True if so."""
+        return True
 
     def finish_many(
         self,

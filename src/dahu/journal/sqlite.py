@@ -77,7 +77,8 @@ def _close_at_exit(ref: weakref.ref) -> None:
     journal = ref()
     if journal is not None and journal._pid == os.getpid():  # not in a forked child
         with contextlib.suppress(Exception):
-            journal.close()
+            if journal.flush(timeout=30.0):  # bounded: the process must be able to end
+                journal.close()
 
 
 class SQLiteJournal(BatchedWriter, Journal):

@@ -231,10 +231,11 @@ class BatchedWriter:
             err = token.error
             raise JournalError(f"cannot write the journal {self.path}: {err}") from err
 
-    def flush(self) -> None:
+    def flush(self, timeout: float | None = None) -> bool:
+        """Commit what is queued and wait until every write that does not wait is
+        committed and reported (at most ``timeout`` s); True if so."""
         if getattr(self._reporting, "active", False):
-            return  # from a report: what it would wait for includes itself
+            return False  # from a report: what it would wait for includes itself
         self._drain()
         with self._settled:
-            while self._pending:
-                self._settled.wait()
+            return self._settled.wait_for(lambda: not self._pending, timeout)
