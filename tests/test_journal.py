@@ -107,6 +107,24 @@ class TestJournalContract:
         assert journal.last_id() == 0
         assert list(journal.select()) == []
 
+    def test_output_text_is_the_recorded_output(self, journal):
+        assert journal.output_text(404) is None
+        job_id = journal.create("example.square", {"x": 3}, 1.0)
+        assert journal.output_text(job_id) == "{}"
+        journal.finish(job_id, "failure", {"error": ["ValueError: no", "line"]}, "x", 1.0, 2.0)
+        assert json.loads(journal.output_text(job_id)) == journal.get(job_id).output
+
+    def test_later_writes_are_committed_then_reported(self, journal):
+        reports: list = []
+        job_id, token = journal.create_later(reports.append, "example.square", {"x": 2}, 1.0)
+        journal.settle(token)
+        assert journal.get(job_id).state == "uninitialized"
+        journal.finish_later(reports.append, job_id, "success", {"result": 4}, None, 1.0, 2.0)
+        assert journal.flush(10)
+        assert reports == [None, None]
+        assert journal.get(job_id).output == {"result": 4}
+        assert journal.last_id() == job_id
+
     def test_finish_keeps_an_output_json_cannot_encode_as_its_repr(self, journal):
         job_id = journal.create("example.noop", {}, 1.0)
         journal.finish(job_id, "success", {"handle": object()}, None, 1.0, 2.0)

@@ -239,6 +239,14 @@ class Journal(abc.ABC):
     def get(self, job_id: int) -> JobRecord | None:
         """Return a copy of the record of ``job_id`` (input with ``job_id`` set), or None."""
 
+    def output_text(self, job_id: int) -> str | None:
+        """The output of ``job_id`` as the JSON text recorded (``{}`` when it has none),
+        or None if there is no such job: what a client reads, without decoding it."""
+        record = self.get(job_id)
+        if record is None:
+            return None
+        return encode_output(record.output or {}, None)[0]
+
     @abc.abstractmethod
     def last_id(self) -> int:
         """The highest id ever given (pruned records included), 0 when empty."""

@@ -322,6 +322,12 @@ class SQLiteJournal(BatchedWriter, Journal):
         rows = self._read(f"SELECT {self._COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return self._record(rows[0]) if rows else None
 
+    def output_text(self, job_id: int) -> str | None:
+        rows = self._read("SELECT output FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            return None
+        return rows[0][0] or "{}"
+
     def last_id(self) -> int:
         # the highest id ever given: pruned records count too, as ids are never reused;
         # the ids this process reserved and did not give yet do not
