@@ -329,13 +329,8 @@ class DahuDS(Device):
     @client_errors
     def getJobOutput(self, job_id: int) -> str:  # noqa: N802
         """The output of a job as a JSON object ({} while it has none)."""
-        job_id = Job._resolve(job_id)  # -1: the last job
-        if self._engine.find(job_id) is None:  # ended, not in memory: the text recorded
-            text = self._engine.journal.output_text(job_id)
-            if text is None:
-                raise self._unknown(job_id)
-            return text
-        return json.dumps(self._job(job_id).output_data, cls=NumpyEncoder)
+        text = self._engine.stored_output(Job._resolve(job_id))  # ended: the text recorded
+        return text or json.dumps(self._job(job_id).output_data, cls=NumpyEncoder)
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the input, JSON")
     @client_errors

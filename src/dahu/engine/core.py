@@ -141,6 +141,13 @@ class Engine:
             runs.append(run)
         return runs
 
+    def stored_output(self, job_id: int) -> str | None:
+        """The output of a job not in memory as the JSON text the journal holds (no
+        decoding); None if it is in memory or unknown."""
+        if self.table.find(job_id) is not None:
+            return None
+        return self.journal.output_text(job_id)
+
     def last_id(self) -> int:
         """The highest job id recorded in the journal."""
         return self.journal.last_id()
