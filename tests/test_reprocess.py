@@ -630,6 +630,26 @@ def test_bench_runs_small():
     assert result["sleep_5ms"]["jobs"] == 40 and result["sleep_5ms"]["j2_over_j1"] > 0
 
 
+def test_a_quiet_run_imports_neither_numpy_nor_the_table_and_bar_modules(tmp_path: Path):
+    """Start-up: a ``-q --json`` run of plain inputs needs none of the slow imports."""
+    source = tmp_path / "00001_example.square.inp"
+    source.write_text(json.dumps({"plugin_name": "example.square", "x": 3}))
+    script = (
+        "import sys\n"
+        "from dahu.app.reprocess import main\n"
+        f"status = main(['-q', '--json', '-o', {str(tmp_path / 'out')!r}, {str(source)!r}])\n"
+        "slow = sorted({'numpy', 'tabulate', 'tqdm', 'importlib.metadata'} & set(sys.modules))\n"
+        "print(status, slow, file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stderr.splitlines()[-1] == "0 []"
+    assert json.loads(proc.stdout)["total"]["success"] == 1
+    out = tmp_path / "out" / "0000"
+    assert read_json(next(out.glob("*.out")))["result"] == 9
+
+
 def test_main_in_process_help_and_version(capsys):
     from dahu.app.reprocess import main
 

@@ -29,9 +29,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tabulate import tabulate
-from tqdm import tqdm
-
 from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_IGNORE, DEFAULT_RTOL, Difference, first_difference
 from ..engine import configure
@@ -129,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---- running --------------------------------------------------------------------------
+class _NoBar:
+    """The progress bar when none is shown (``-q``, or standard error not a terminal)."""
+
+    disable = True
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Reprocessor:
     """Runs the items as jobs on ``engine``, at most ``window`` in flight, and tallies."""
 
@@ -147,8 +156,11 @@ class Reprocessor:
         self.aborting = False
         self.give_up_at = float("inf")
         self.started = self.ended = time.monotonic()
-        show = not args.quiet and sys.stderr.isatty()
-        self.bar = tqdm(total=len(items), unit="job", file=sys.stderr, disable=not show)
+        self.bar: Any = _NoBar()
+        if not args.quiet and sys.stderr.isatty():
+            from tqdm import tqdm  # only when the bar shows: a tenth of a -q run's start-up
+
+            self.bar = tqdm(total=len(items), unit="job", file=sys.stderr)
 
     def say(self, text: str) -> None:
         """Print one line on stderr, above the progress bar."""
@@ -353,6 +365,8 @@ def summarize(run: Reprocessor, output_dir: str) -> dict[str, Any]:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The summary as the text tables ``dahu-reprocess`` prints."""
+    from tabulate import tabulate  # here: it imports importlib.metadata, slow to import
+
     headers = ["plugin", "jobs", "success", "failure", "aborted", "total s", "mean ms"]
     rows = [
         [name, e["jobs"], e["success"], e["failure"], e["aborted"], e["runtime"], e["mean"] * 1e3]
