@@ -138,8 +138,29 @@ class _NoBar:
         pass
 
 
+@dataclass
+class _Loaded:
+    """An item read by the read-ahead thread: its input, or why it cannot be run."""
+
+    item: Item
+    plugin: str = ""
+    data: dict[str, Any] | None = None
+    archive: Any = None
+    error: DahuError | None = None
+
+
+_END = object()  # the read-ahead thread has read every item
+
+
 class Reprocessor:
-    """Runs the items as jobs on ``engine``, at most ``window`` in flight, and tallies."""
+    """Runs the items as jobs on ``engine``, at most ``window`` in flight, and tallies.
+
+    A read-ahead thread loads the inputs, in order, while the jobs run (at most
+    ``window`` items are loaded and not yet ended at a time); the main thread creates the
+    jobs of consecutive inputs of one plugin together (one journal transaction) and
+    collects the results, which the jobs' callbacks and the reader send it through one
+    queue.
+    """
 
     def __init__(self, args: argparse.Namespace, engine: Any, items: list[Item]):
         self.args = args
@@ -150,8 +171,12 @@ class Reprocessor:
         self.ignore = DEFAULT_IGNORE | set(args.ignore)
         self.results: list[Result] = []
         self.pending: dict[int, Job] = {}
-        self.done: queue.Queue[Result] = queue.Queue()
-        self.stop = threading.Event()
+        # what the main thread waits for: _Loaded items, Results of ended jobs, _END
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.slots = threading.Semaphore(self.window)  # items loaded and not yet ended
+        self.ready: list[_Loaded] = []  # loaded, not yet submitted
+        self.stop = threading.Event()  # Ctrl-C: submit no more, abort the running jobs
+        self.done_reading = threading.Event()  # the reader stops: nothing more is submitted
         self.forced = False
         self.aborting = False
         self.give_up_at = float("inf")
@@ -178,25 +203,78 @@ class Reprocessor:
                 from tqdm.contrib.logging import logging_redirect_tqdm
 
                 stack.enter_context(logging_redirect_tqdm())
+            reader = threading.Thread(
+                target=self._read_ahead, name="dahu-reprocess-reader", daemon=True
+            )
+            reader.start()
             try:
-                for item in self.items:
-                    while len(self.pending) >= self.window and not self.stop.is_set():
-                        self._reap(0.1)
-                    if self.stop.is_set():
-                        break
-                    self._submit(item)
-                    self._reap(0)
-                while self.pending:
-                    if self.stop.is_set() and not self.aborting:
-                        self._abort_all()
-                    if self.aborting and time.monotonic() > self.give_up_at:
-                        self._give_up()
-                        break
-                    self._reap(0.1)
+                self._loop()
             except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
                 self._give_up()
+            finally:
+                self.done_reading.set()  # the reader stops, if it has not ended
         self.ended = time.monotonic()
         self.bar.close()
+
+    def _read_ahead(self) -> None:
+        """Load the items in order, ``window`` ahead at most, into the inbox."""
+        try:
+            for item in self.items:
+                while not self.slots.acquire(timeout=0.1):
+                    if self.stop.is_set() or self.done_reading.is_set():
+                        return
+                if self.stop.is_set() or self.done_reading.is_set():
+                    return
+                try:
+                    plugin, data, archive = load_input(item)
+                    loaded = _Loaded(item, plugin, data, archive)
+                except DahuError as err:
+                    loaded = _Loaded(item, error=err)
+                self.inbox.put(loaded)
+        except BaseException as err:  # unexpected: raised again in the main thread
+            self.inbox.put(err)
+        finally:
+            self.inbox.put(_END)
+
+    def _loop(self) -> None:
+        """Submit the loaded items and record the results until every job has ended."""
+        reading = True
+        while reading or self.pending:
+            if self.stop.is_set():
+                if not self.pending:
+                    return
+                if not self.aborting:
+                    self._abort_all()
+                elif time.monotonic() > self.give_up_at:
+                    self._give_up()
+                    return
+            try:
+                message = self.inbox.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            while True:
+                if isinstance(message, Result):
+                    self.pending.pop(message.job_id, None)
+                    self._record(message)
+                    self.slots.release()
+                elif isinstance(message, _Loaded):
+                    self.ready.append(message)
+                elif message is _END:
+                    reading = False
+                else:
+                    raise message
+                try:
+                    message = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+            # submit when nothing more comes, when a slot may be idle, or in batches
+            if self.ready and not self.stop.is_set():
+                if (
+                    not reading
+                    or len(self.pending) <= self.args.jobs
+                    or len(self.ready) >= self.window // 2
+                ):
+                    self._submit_ready()
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
@@ -233,19 +311,63 @@ class Reprocessor:
             if job.status not in State.FINAL:
                 job.abort("interrupted by the user")
 
-    def _submit(self, item: Item) -> None:
-        plugin = ""
-        try:
-            plugin, data, archive = load_input(item)
-            klass = self.factory.get_class(plugin)
+    def _submit_ready(self) -> None:
+        """Create and start the jobs of the loaded items, in order; record those in error.
+
+        Consecutive items of one plugin are created together (their journal records in
+        one transaction)."""
+        ready, self.ready = self.ready, []
+        group: list[tuple[_Loaded, dict[str, Any]]] = []
+        for loaded in ready:
+            plugin, data = loaded.plugin, loaded.data
+            try:
+                if loaded.error is not None:
+                    raise loaded.error
+                klass = self.factory.get_class(plugin)
+            except DahuError as err:
+                self._start(group)
+                group = []
+                self._invalid(loaded, err)
+                continue
             drop = {"job_id", "plugin_name", *(getattr(klass, "REPROCESS_IGNORE", None) or ())}
-            job = Job(plugin, {k: v for k, v in data.items() if k not in drop})
-        except DahuError as err:
-            self._record(Result(item.label, plugin or INVALID, State.FAILURE, None, str(err), True))
+            if group and group[0][0].plugin != plugin:
+                self._start(group)
+                group = []
+            group.append((loaded, {k: v for k, v in (data or {}).items() if k not in drop}))
+        self._start(group)
+
+    def _invalid(self, loaded: _Loaded, err: DahuError) -> None:
+        item = loaded.item
+        self._record(
+            Result(item.label, loaded.plugin or INVALID, State.FAILURE, None, str(err), True)
+        )
+        self.slots.release()
+
+    def _start(self, group: list[tuple[_Loaded, dict[str, Any]]]) -> None:
+        """Create the jobs of ``group`` (items of one plugin) and start them."""
+        if not group:
             return
-        self.pending[job.id] = job
-        job.connect_callback(lambda job: self._ended(job, item, plugin, archive))
-        job.start()
+        jobs: list[tuple[_Loaded, Job]] = []
+        if len(group) > 1:
+            try:
+                made = Job.create_many(group[0][0].plugin, [data for _, data in group])
+                jobs = list(zip((loaded for loaded, _ in group), made, strict=True))
+            except DahuError:  # none was created: each on its own, to tell which fails
+                jobs = []
+        if not jobs:
+            for loaded, data in group:
+                try:
+                    jobs.append((loaded, Job(loaded.plugin, data)))
+                except DahuError as err:
+                    self._invalid(loaded, err)
+        for loaded, job in jobs:
+            self.pending[job.id] = job
+            job.connect_callback(self._callback(loaded))
+            job.start()
+
+    def _callback(self, loaded: _Loaded) -> Any:
+        item, plugin, archive = loaded.item, loaded.plugin, loaded.archive
+        return lambda job: self._ended(job, item, plugin, archive)
 
     def _ended(self, job: Any, item: Item, plugin: str, archive: Any) -> None:
         """Callback, in the job's worker thread: compare, queue the files, report."""
@@ -260,7 +382,7 @@ class Reprocessor:
             logger.exception("job %s: cannot compare or write its files", job.id)
             result.difference = result.difference or Difference("", f"reprocessing error: {err}")
         finally:
-            self.done.put(result)
+            self.inbox.put(result)
 
     def _compare(self, result: Result, item: Item, archive: Any, output: Any) -> None:
         if item.path is not None:
@@ -278,17 +400,6 @@ class Reprocessor:
         output = json.loads(dumps(output))
         args = self.args
         result.difference = first_difference(archive, output, args.rtol, args.atol, self.ignore)
-
-    def _reap(self, timeout: float) -> None:
-        """Record the results of ended jobs, waiting up to ``timeout`` s for the first."""
-        try:
-            result = self.done.get(timeout=timeout) if timeout else self.done.get_nowait()
-            while True:
-                self.pending.pop(result.job_id, None)
-                self._record(result)
-                result = self.done.get_nowait()
-        except queue.Empty:
-            return
 
     def _record(self, result: Result) -> None:
         self.results.append(result)
