@@ -16,11 +16,11 @@ interrupted (Ctrl-C or SIGTERM: running jobs are aborted, the summary still prin
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
@@ -140,7 +140,7 @@ class _NoBar:
 
 @dataclass
 class _Loaded:
-    """An item read by the read-ahead thread: its input, or why it cannot be run."""
+    """An item whose input was read: the input, or why it cannot be run."""
 
     item: Item
     plugin: str = ""
@@ -149,17 +149,23 @@ class _Loaded:
     error: DahuError | None = None
 
 
-_END = object()  # the read-ahead thread has read every item
+def _load(item: Item) -> _Loaded:
+    try:
+        plugin, data, archive = load_input(item)
+    except DahuError as err:
+        return _Loaded(item, error=err)
+    return _Loaded(item, plugin, data, archive)
 
 
 class Reprocessor:
     """Runs the items as jobs on ``engine``, at most ``window`` in flight, and tallies.
 
-    A read-ahead thread loads the inputs, in order, while the jobs run (at most
-    ``window`` items are loaded and not yet ended at a time); the main thread creates the
-    jobs of consecutive inputs of one plugin together (one journal transaction) and
-    collects the results, which the jobs' callbacks and the reader send it through one
-    queue.
+    The main thread reads the inputs, in order, while the jobs run: when half the window
+    has ended it reads the next inputs and creates their jobs, those of consecutive
+    inputs of one plugin together (one journal transaction).  The jobs' callbacks hand
+    their results over in a list and wake the main thread only when it has something to
+    do (half the window ended, or every job), so that it does not take turns with the
+    workers on every job; it wakes every 0.1 s anyway (progress bar, Ctrl-C).
     """
 
     def __init__(self, args: argparse.Namespace, engine: Any, items: list[Item]):
@@ -168,15 +174,14 @@ class Reprocessor:
         self.factory = plugin_factory
         self.items = items
         self.window = max(2 * args.jobs, 8)
+        # refill when this many jobs are left: half the window, and a job per slot at least
+        self.low = max(self.window // 2, args.jobs)
         self.ignore = DEFAULT_IGNORE | set(args.ignore)
         self.results: list[Result] = []
         self.pending: dict[int, Job] = {}
-        # what the main thread waits for: _Loaded items, Results of ended jobs, _END
-        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.slots = threading.Semaphore(self.window)  # items loaded and not yet ended
-        self.ready: list[_Loaded] = []  # loaded, not yet submitted
-        self.stop = threading.Event()  # Ctrl-C: submit no more, abort the running jobs
-        self.done_reading = threading.Event()  # the reader stops: nothing more is submitted
+        self.ended_jobs: collections.deque[tuple[Result, Job]] = collections.deque()
+        self.wake = threading.Event()  # set by a callback when the main thread is needed
+        self.stop = threading.Event()
         self.forced = False
         self.aborting = False
         self.give_up_at = float("inf")
@@ -203,43 +208,18 @@ class Reprocessor:
                 from tqdm.contrib.logging import logging_redirect_tqdm
 
                 stack.enter_context(logging_redirect_tqdm())
-            reader = threading.Thread(
-                target=self._read_ahead, name="dahu-reprocess-reader", daemon=True
-            )
-            reader.start()
             try:
                 self._loop()
             except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
                 self._give_up()
-            finally:
-                self.done_reading.set()  # the reader stops, if it has not ended
         self.ended = time.monotonic()
         self.bar.close()
 
-    def _read_ahead(self) -> None:
-        """Load the items in order, ``window`` ahead at most, into the inbox."""
-        try:
-            for item in self.items:
-                while not self.slots.acquire(timeout=0.1):
-                    if self.stop.is_set() or self.done_reading.is_set():
-                        return
-                if self.stop.is_set() or self.done_reading.is_set():
-                    return
-                try:
-                    plugin, data, archive = load_input(item)
-                    loaded = _Loaded(item, plugin, data, archive)
-                except DahuError as err:
-                    loaded = _Loaded(item, error=err)
-                self.inbox.put(loaded)
-        except BaseException as err:  # unexpected: raised again in the main thread
-            self.inbox.put(err)
-        finally:
-            self.inbox.put(_END)
-
     def _loop(self) -> None:
-        """Submit the loaded items and record the results until every job has ended."""
-        reading = True
-        while reading or self.pending:
+        """Submit the items and record the results until every job has ended."""
+        items = iter(self.items)
+        more = True
+        while more or self.pending:
             if self.stop.is_set():
                 if not self.pending:
                     return
@@ -248,33 +228,38 @@ class Reprocessor:
                 elif time.monotonic() > self.give_up_at:
                     self._give_up()
                     return
-            try:
-                message = self.inbox.get(timeout=0.1)
-            except queue.Empty:
+            elif more and len(self.pending) <= self.low:
+                more = self._refill(items)
                 continue
-            while True:
-                if isinstance(message, Result):
-                    self.pending.pop(message.job_id, None)
-                    self._record(message)
-                    self.slots.release()
-                elif isinstance(message, _Loaded):
-                    self.ready.append(message)
-                elif message is _END:
-                    reading = False
-                else:
-                    raise message
-                try:
-                    message = self.inbox.get_nowait()
-                except queue.Empty:
-                    break
-            # submit when nothing more comes, when a slot may be idle, or in batches
-            if self.ready and not self.stop.is_set():
-                if (
-                    not reading
-                    or len(self.pending) <= self.args.jobs
-                    or len(self.ready) >= self.window // 2
-                ):
-                    self._submit_ready()
+            self.wake.wait(0.1)
+            self.wake.clear()  # before taking the list: a later callback sets it again
+            self._reap()
+
+    def _refill(self, items: Iterator[Item]) -> bool:
+        """Read inputs until the window is full, then create and start their jobs;
+        False when every item has been read."""
+        ready: list[_Loaded] = []
+        more = True
+        while len(self.pending) + len(ready) < self.window and not self.stop.is_set():
+            item = next(items, None)
+            if item is None:
+                more = False
+                break
+            ready.append(_load(item))
+        self._submit(ready)
+        return more
+
+    def _reap(self) -> None:
+        """Record the results the callbacks left, and queue the jobs' files for writing."""
+        ended = self.ended_jobs
+        while ended:
+            result, job = ended.popleft()
+            self.pending.pop(job.id, None)
+            try:  # off the job slots; the engine writes them before close()
+                self.engine.clean_later(job)
+            except Exception:  # a loop boundary: the job must still be reported
+                logger.exception("job %s: cannot write its files", job.id)
+            self._record(result)
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
@@ -311,12 +296,11 @@ class Reprocessor:
             if job.status not in State.FINAL:
                 job.abort("interrupted by the user")
 
-    def _submit_ready(self) -> None:
+    def _submit(self, ready: list[_Loaded]) -> None:
         """Create and start the jobs of the loaded items, in order; record those in error.
 
         Consecutive items of one plugin are created together (their journal records in
         one transaction)."""
-        ready, self.ready = self.ready, []
         group: list[tuple[_Loaded, dict[str, Any]]] = []
         for loaded in ready:
             plugin, data = loaded.plugin, loaded.data
@@ -337,11 +321,8 @@ class Reprocessor:
         self._start(group)
 
     def _invalid(self, loaded: _Loaded, err: DahuError) -> None:
-        item = loaded.item
-        self._record(
-            Result(item.label, loaded.plugin or INVALID, State.FAILURE, None, str(err), True)
-        )
-        self.slots.release()
+        plugin = loaded.plugin or INVALID
+        self._record(Result(loaded.item.label, plugin, State.FAILURE, None, str(err), True))
 
     def _start(self, group: list[tuple[_Loaded, dict[str, Any]]]) -> None:
         """Create the jobs of ``group`` (items of one plugin) and start them."""
@@ -370,19 +351,21 @@ class Reprocessor:
         return lambda job: self._ended(job, item, plugin, archive)
 
     def _ended(self, job: Any, item: Item, plugin: str, archive: Any) -> None:
-        """Callback, in the job's worker thread: compare, queue the files, report."""
+        """Callback, in the job's worker thread: compare, hand the result over."""
         state = job.status
         error = one_line(job.error) if state != State.SUCCESS else None
         result = Result(item.label, plugin, state, job.id, error)
         try:
             if self.args.compare and state in (State.SUCCESS, State.FAILURE):
                 self._compare(result, item, archive, job.output_data)
-            self.engine.clean_later(job)  # files written off the job slot, before close()
         except Exception as err:  # a loop boundary: the job must still be reported
-            logger.exception("job %s: cannot compare or write its files", job.id)
+            logger.exception("job %s: cannot compare its output", job.id)
             result.difference = result.difference or Difference("", f"reprocessing error: {err}")
         finally:
-            self.inbox.put(result)
+            self.ended_jobs.append((result, job))  # thread-safe; taken by _reap
+            # wake the main thread when it has work: a refill, or the last jobs ended
+            if len(self.ended_jobs) >= len(self.pending) - self.low or self.stop.is_set():
+                self.wake.set()
 
     def _compare(self, result: Result, item: Item, archive: Any, output: Any) -> None:
         if item.path is not None:
