@@ -330,8 +330,15 @@ class Reprocessor:
             return
         jobs: list[tuple[_Loaded, Job]] = []
         if len(group) > 1:
+            # the engine's create_many, not Job.create_many: that one yields the GIL
+            # (time.sleep(0)) after each chunk, and this thread then waits to get it back
+            # while the job slot it should feed runs dry
+            plugin = group[0][0].plugin
             try:
-                made = Job.create_many(group[0][0].plugin, [data for _, data in group])
+                runs = self.engine.create_many(
+                    plugin, [{**data, "plugin_name": plugin} for _, data in group]
+                )
+                made = [Job.getJobFromID(run.id) for run in runs]
                 jobs = list(zip((loaded for loaded, _ in group), made, strict=True))
             except DahuError:  # none was created: each on its own, to tell which fails
                 jobs = []
