@@ -246,7 +246,8 @@ class Reprocessor:
                 more = False
                 break
             ready.append(_load(item))
-        self._submit(ready)
+        if not self.stop.is_set():  # interrupted while reading: those are not started
+            self._submit(ready)
         return more
 
     def _reap(self) -> None:
