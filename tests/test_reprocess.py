@@ -327,6 +327,26 @@ def test_many_inputs_keep_their_order_across_plugins_and_bad_inputs(tmp_path: Pa
     assert all(reason in line for reason, line in zip(reasons, lines, strict=True))
 
 
+def test_input_files_are_read_as_utf8_text(tmp_path: Path):
+    """Windows newlines are fine; a byte-order mark or bytes that are not UTF-8 are not
+    JSON, each reported on its line."""
+    sources = tmp_path / "in"
+    sources.mkdir()
+    (sources / "1_crlf.inp").write_bytes(b'{"plugin_name": "example.square",\r\n "x": 3}\r\n')
+    (sources / "2_bom.inp").write_bytes(b'\xef\xbb\xbf{"plugin_name": "example.square"}')
+    (sources / "3_latin1.inp").write_bytes(b'{"plugin_name": "example.square", "t": "\xe9"}')
+    status, summary, stderr = summary_of("-o", tmp_path / "out", sources)
+    assert status == 1
+    assert summary["total"]["success"] == 1 and summary["total"]["invalid"] == 2
+    assert read_json(tmp_path / "out/0000/00001_example.square.out")["result"] == 9
+    bom, latin1 = stderr.splitlines()
+    assert bom.endswith(
+        "2_bom.inp: not JSON: Unexpected UTF-8 BOM (decode using utf-8-sig): "
+        "line 1 column 1 (char 0)"
+    )
+    assert "3_latin1.inp: not JSON: 'utf-8' codec can't decode byte 0xe9" in latin1
+
+
 def test_quiet_prints_only_the_summary(archive: Path, tmp_path: Path):
     proc = reprocess("-q", "-o", tmp_path / "out", archive)
     assert proc.returncode == 1
