@@ -48,6 +48,20 @@ def wait_files(workdir: Path, job_id: int, plugin: str, timeout: float = 30) -> 
         time.sleep(0.01)
 
 
+def wait_journal_state(workdir: Path, job_id: int, state: str, timeout: float = 30) -> None:
+    """Wait until the journal records ``state`` for ``job_id`` (the server notes a job
+    running only once it has run for ``NOTE_RUNNING_AFTER`` seconds)."""
+    deadline = time.monotonic() + timeout
+    uri = f"file:{workdir / 'journal.sqlite'}?mode=ro"
+    while True:
+        with sqlite3.connect(uri, uri=True) as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is not None and row[0] == state:
+            return
+        assert time.monotonic() < deadline, f"job {job_id} is not {state} in the journal"
+        time.sleep(0.01)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with running_server(tmp_path_factory.mktemp("jobs"), "test/dahu/jobs") as local:
@@ -69,6 +83,7 @@ def history(server):
         wait([*squares, failed], timeout=60)
         for future in (*squares, failed):
             wait_files(workdir, future.job_id, future.plugin)
+        wait_journal_state(workdir, running.job_id, "running")
         ids = {
             "running": running.job_id,
             "squares": [f.job_id for f in squares],
