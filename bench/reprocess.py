@@ -10,18 +10,34 @@ outside, start-up included.
 With ``--original``, the original tool (``dahu-reprocess`` next to that interpreter, the
 2024.2 release in a throw-away virtual environment) reprocesses the same files, start-up
 included, and ``j1_vs_original`` compares our ``-j 1`` with it.
+
+Does ``-j 2`` pay off for plugins that release the GIL?  ``sleep_5ms`` runs
+``example.sleep`` (5 ms) and ``numpy_5ms`` the plugin ``benchwork.ufuncs`` of
+``bench/plugins`` (numpy ufuncs calibrated to about 5 ms of CPU per job here), each with
+``-j 1`` and ``-j 2``; ``j2_over_j1`` is the ratio of the rates the tool measures.  For
+the numpy work, ``bare_2_threads_speedup`` is what two bare threads running the same
+work get on this machine at that moment: the bound for ``j2_over_j1`` (less than 2 when
+other processes use the cores).
+
+Dahu's modules are compiled to bytecode first (``compileall``), as installing a package
+does: the original's are, and a development checkout under ``PYTHONDONTWRITEBYTECODE``
+would otherwise compile every module at each start-up (``--no-compile`` skips it).
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+
+PLUGINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
 
 
 def write_inputs(
@@ -36,9 +52,9 @@ def write_inputs(
             json.dump(data, handle, indent=2)
 
 
-def run(inputs: str, output: str, workers: int, count: int) -> dict[str, float]:
+def run(inputs: str, output: str, workers: int, count: int, *options: str) -> dict[str, float]:
     """Reprocess ``inputs`` with ``-j workers``; the rates measured."""
-    command = [sys.executable, "-m", "dahu.app.reprocess", "-q", "--json"]
+    command = [sys.executable, "-m", "dahu.app.reprocess", "-q", "--json", *options]
     command += ["-j", str(workers), "-o", output, inputs]
     t0 = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -77,6 +93,64 @@ def run_original(python: str, inputs: str, base: str, count: int) -> dict[str, f
     return {"jobs_per_s_with_startup": round(count / elapsed, 1), "seconds": round(elapsed, 3)}
 
 
+def gil_free(base: str, count: int, plugin: str, **extra: float) -> dict[str, object]:
+    """``-j 1`` and ``-j 2`` on ``count`` jobs of a plugin that releases the GIL."""
+    inputs = os.path.join(base, f"{plugin}-inputs")
+    write_inputs(inputs, count, plugin, **extra)
+    runs = {
+        f"j{workers}": run(
+            inputs, os.path.join(base, f"{plugin}-j{workers}"), workers, count, "--plugins", PLUGINS
+        )
+        for workers in (1, 2)
+    }
+    return {
+        "jobs": count,
+        **runs,
+        "j2_over_j1": round(runs["j2"]["jobs_per_s"] / runs["j1"]["jobs_per_s"], 3),
+    }
+
+
+def bare_speedup(work, jobs: int) -> float:
+    """How much faster two threads run ``2 * jobs`` calls of ``work`` than one thread
+    runs ``jobs`` of them: what the machine gives now, without Dahu."""
+
+    def loop() -> None:
+        for _ in range(jobs):
+            work()
+
+    start = time.perf_counter()
+    loop()
+    alone = time.perf_counter() - start
+    threads = [threading.Thread(target=loop) for _ in range(2)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return round(2 * alone / (time.perf_counter() - start), 3)
+
+
+def numpy_work(base: str, count: int) -> dict[str, object]:
+    """``benchwork.ufuncs`` calibrated to about 5 ms per job, with ``-j 1`` and ``-j 2``."""
+    sys.path.insert(0, PLUGINS)
+    try:
+        import benchwork
+    finally:
+        sys.path.remove(PLUGINS)
+    rounds = benchwork.calibrate(0.005)
+    start = time.perf_counter()
+    for _ in range(20):
+        benchwork.ufuncs(rounds=rounds)
+    per_job = (time.perf_counter() - start) / 20
+    figures = gil_free(base, count, "benchwork.ufuncs", rounds=rounds)
+    return {
+        "rounds": rounds,
+        "ms_per_job": round(per_job * 1e3, 2),
+        **figures,
+        "bare_2_threads_speedup": bare_speedup(lambda: benchwork.ufuncs(rounds=rounds), 100),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its JSON figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -84,8 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="a tiny run (50 inputs)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--original", metavar="PYTHON", help="python of the original Dahu")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="do not compile Dahu's modules first"
+    )
     args = parser.parse_args(argv)
     count = 50 if args.small else args.jobs
+    if not args.no_compile:
+        import dahu
+
+        compileall.compile_dir(os.path.dirname(dahu.__file__), quiet=2)
     base = tempfile.mkdtemp(prefix="dahu-bench-reprocess-")
     try:
         inputs = os.path.join(base, "inputs")
@@ -94,19 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             f"j{workers}": run(inputs, os.path.join(base, f"out-j{workers}"), workers, count)
             for workers in (1, 2)
         }
-        # a plugin that releases the GIL (example.sleep, 5 ms): does -j 2 run twice as fast?
-        sleepers = os.path.join(base, "sleep-inputs")
+        # plugins that release the GIL (sleeping, numpy): does -j 2 run twice as fast?
         slow = max(count // 5, 40)
-        write_inputs(sleepers, slow, "example.sleep", t=0.005)
-        gil_free = {
-            f"j{workers}": run(sleepers, os.path.join(base, f"sleep-j{workers}"), workers, slow)
-            for workers in (1, 2)
-        }
-        runs["sleep_5ms"] = {
-            "jobs": slow,
-            **gil_free,
-            "j2_over_j1": round(gil_free["j2"]["jobs_per_s"] / gil_free["j1"]["jobs_per_s"], 3),
-        }
+        runs["sleep_5ms"] = gil_free(base, slow, "example.sleep", t=0.005)
+        runs["numpy_5ms"] = numpy_work(base, slow)
         if args.original:
             runs["original"] = run_original(args.original, inputs, base, count)
             runs["j1_vs_original"] = round(
@@ -121,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         "plugin": "example.square",
         "jobs": count,
         **runs,
+        "bytecode_compiled": not args.no_compile,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
     }

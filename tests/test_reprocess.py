@@ -291,6 +291,62 @@ def test_bad_inputs_are_reported_and_counted(archive: Path, tmp_path: Path):
     }
 
 
+def test_many_inputs_keep_their_order_across_plugins_and_bad_inputs(tmp_path: Path):
+    """More inputs than are loaded at a time, runs of one plugin then another, bad inputs
+    among them: the new ids follow the inputs' order, each bad input gets its line."""
+    sources = tmp_path / "in"
+    sources.mkdir()
+    plan = []  # (file name, plugin or None for a bad input, x)
+    for i in range(40):
+        if i in (5, 17, 18, 33):
+            plan.append((f"{i:05d}_bad.inp", None, i))
+        else:
+            plan.append(
+                (f"{i:05d}_job.inp", "example.cube" if 10 <= i < 25 else "example.square", i)
+            )
+    for name, plugin, x in plan:
+        if plugin is None:
+            text = "{ not JSON" if x % 2 else json.dumps({"plugin_name": "nosuch.plugin"})
+        else:
+            text = json.dumps({"plugin_name": plugin, "x": x, "job_id": 1000 + x})
+        (sources / name).write_text(text)
+    out = tmp_path / "out"
+    status, summary, stderr = summary_of("-j", "2", "-o", out, sources)
+    assert status == 1
+    good = [(plugin, x) for _, plugin, x in plan if plugin is not None]
+    assert summary["total"]["success"] == len(good) == 36
+    assert summary["total"]["invalid"] == 4
+    for job_id, (plugin, x) in enumerate(good, start=1):
+        stem = out / "0000" / f"{job_id:05d}_{plugin}"
+        assert read_json(f"{stem}.inp")["x"] == x
+        assert read_json(f"{stem}.out")["result"] == (x**3 if plugin == "example.cube" else x**2)
+    bad = [str(sources / name) for name, plugin, _ in plan if plugin is None]
+    lines = stderr.splitlines()
+    assert [line.split(": ")[1] for line in lines] == bad
+    reasons = ["not JSON" if x % 2 else "unknown plugin 'nosuch.plugin'" for x in (5, 17, 18, 33)]
+    assert all(reason in line for reason, line in zip(reasons, lines, strict=True))
+
+
+def test_input_files_are_read_as_utf8_text(tmp_path: Path):
+    """Windows newlines are fine; a byte-order mark or bytes that are not UTF-8 are not
+    JSON, each reported on its line."""
+    sources = tmp_path / "in"
+    sources.mkdir()
+    (sources / "1_crlf.inp").write_bytes(b'{"plugin_name": "example.square",\r\n "x": 3}\r\n')
+    (sources / "2_bom.inp").write_bytes(b'\xef\xbb\xbf{"plugin_name": "example.square"}')
+    (sources / "3_latin1.inp").write_bytes(b'{"plugin_name": "example.square", "t": "\xe9"}')
+    status, summary, stderr = summary_of("-o", tmp_path / "out", sources)
+    assert status == 1
+    assert summary["total"]["success"] == 1 and summary["total"]["invalid"] == 2
+    assert read_json(tmp_path / "out/0000/00001_example.square.out")["result"] == 9
+    bom, latin1 = stderr.splitlines()
+    assert bom.endswith(
+        "2_bom.inp: not JSON: Unexpected UTF-8 BOM (decode using utf-8-sig): "
+        "line 1 column 1 (char 0)"
+    )
+    assert "3_latin1.inp: not JSON: 'utf-8' codec can't decode byte 0xe9" in latin1
+
+
 def test_quiet_prints_only_the_summary(archive: Path, tmp_path: Path):
     proc = reprocess("-q", "-o", tmp_path / "out", archive)
     assert proc.returncode == 1
@@ -628,6 +684,51 @@ def test_bench_runs_small():
     assert result["jobs"] == 50
     assert result["j1"]["jobs_per_s"] > 0 and result["j2"]["jobs_per_s"] > 0
     assert result["sleep_5ms"]["jobs"] == 40 and result["sleep_5ms"]["j2_over_j1"] > 0
+    numpy_work = result["numpy_5ms"]
+    assert numpy_work["jobs"] == 40 and numpy_work["rounds"] >= 1
+    assert numpy_work["j1"]["jobs_per_s"] > 0 and numpy_work["j2"]["jobs_per_s"] > 0
+    assert numpy_work["bare_2_threads_speedup"] > 0
+
+
+def test_a_quiet_run_imports_neither_numpy_nor_the_table_and_bar_modules(tmp_path: Path):
+    """Start-up: a ``-q --json`` run of plain inputs needs none of the slow imports."""
+    source = tmp_path / "00001_example.square.inp"
+    source.write_text(json.dumps({"plugin_name": "example.square", "x": 3}))
+    script = (
+        "import sys\n"
+        "from dahu.app.reprocess import main\n"
+        f"status = main(['-q', '--json', '-o', {str(tmp_path / 'out')!r}, {str(source)!r}])\n"
+        "slow = sorted({'numpy', 'tabulate', 'tqdm', 'importlib.metadata'} & set(sys.modules))\n"
+        "print(status, slow, file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stderr.splitlines()[-1] == "0 []"
+    assert json.loads(proc.stdout)["total"]["success"] == 1
+    out = tmp_path / "out" / "0000"
+    assert read_json(next(out.glob("*.out")))["result"] == 9
+
+
+def test_bench_numpy_plugin_runs_as_a_job(tmp_path: Path):
+    """bench/plugins/benchwork.py: numpy ufuncs, the same checksum for the same input."""
+    sources = tmp_path / "in"
+    sources.mkdir()
+    for i in range(2):
+        data = {"plugin_name": "benchwork.ufuncs", "size": 1000, "rounds": 3, "x": i}
+        (sources / f"{i:05d}_benchwork.ufuncs.inp").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    status, summary, stderr = summary_of(
+        "-j", "2", "--plugins", ROOT / "bench" / "plugins", "-o", out, sources
+    )
+    assert status == 0, stderr
+    assert summary["plugins"]["benchwork.ufuncs"]["success"] == 2
+    first, second = (read_json(out / f"0000/0000{i}_benchwork.ufuncs.out") for i in (1, 2))
+    assert first["result"]["rounds"] == 3 and first["result"]["size"] == 1000
+    values = numpy.linspace(0.0, 1.0, 1000)
+    expected = sum((step + 1.0) * numpy.sin(values) for step in range(3)).sum()
+    assert first["result"]["checksum"] == second["result"]["checksum"]
+    assert first["result"]["checksum"] == pytest.approx(expected)
 
 
 def test_main_in_process_help_and_version(capsys):

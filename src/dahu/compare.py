@@ -23,8 +23,6 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy
-
 __all__ = [
     "DEFAULT_ATOL",
     "DEFAULT_IGNORE",
@@ -43,6 +41,20 @@ DEFAULT_ATOL = 1e-12
 
 DEFAULT_IGNORE = frozenset({"job_id", "job_runtime", "aborted"})  # differ on every run
 """Keys never compared: a reprocessed job is renumbered."""
+
+
+class _LazyNumpy:
+    """Stands for numpy until first used, then imports it and is replaced by it: importing
+    this module (``dahu-reprocess`` does, for its defaults) does not import numpy."""
+
+    def __getattr__(self, name: str) -> Any:
+        import numpy
+
+        globals()["numpy"] = numpy
+        return getattr(numpy, name)
+
+
+numpy: Any = _LazyNumpy()
 
 _BLOCK = 1 << 22  # elements of an HDF5 dataset read at once
 _SHOWN = 60  # characters of a value shown in a reason

@@ -6,8 +6,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from tabulate import tabulate
-
 from .states import State
 
 __all__ = ["aggregate", "format_statistics", "RunningStatistics"]
@@ -145,6 +143,8 @@ class RunningStatistics:
 
 def format_statistics(summary: dict[str, Any]) -> str:
     """The statistics of :func:`aggregate` as a readable text table."""
+    from tabulate import tabulate  # here: it imports importlib.metadata, slow to import
+
     rows = [
         [
             name,

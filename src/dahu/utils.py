@@ -7,13 +7,12 @@ import gc
 import getpass
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
-
-import numpy
 
 from .errors import error_line, one_line
 
@@ -33,10 +32,14 @@ class NumpyEncoder(json.JSONEncoder):
     """JSON encoder that also writes numpy arrays (as lists) and numpy scalars."""
 
     def default(self, obj: Any) -> Any:
-        if isinstance(obj, numpy.ndarray):
-            return obj.tolist()
-        if isinstance(obj, numpy.generic):
-            return obj.item()
+        # numpy is not imported here (it would cost a tenth of a second to every tool
+        # that imports Dahu): an object can be a numpy one only once numpy is imported
+        numpy = sys.modules.get("numpy")
+        if numpy is not None:
+            if isinstance(obj, numpy.ndarray):
+                return obj.tolist()
+            if isinstance(obj, numpy.generic):
+                return obj.item()
         if isinstance(obj, (set, frozenset, tuple)):
             return list(obj)
         if isinstance(obj, bytes):

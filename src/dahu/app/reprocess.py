@@ -16,11 +16,11 @@ interrupted (Ctrl-C or SIGTERM: running jobs are aborted, the summary still prin
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
@@ -29,26 +29,42 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tabulate import tabulate
-from tqdm import tqdm
-
 from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_IGNORE, DEFAULT_RTOL, Difference, first_difference
-from ..engine import configure
+from ..engine import configure, nonblocking
 from ..errors import DahuError, one_line
 from ..factory import plugin_factory
 from ..job import Job
 from ..journal import default_workdir
 from ..states import State
 from ..utils import dumps, get_workdir
+from .reprocess_summary import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    format_summary,
+    summarize,
+)
 from .sources import InputError, Item, expand_sources, load_archive, load_input
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_parser", "main", "expand_sources", "Item", "Result"]
+__all__ = [
+    "build_parser",
+    "main",
+    "expand_sources",
+    "Item",
+    "Result",
+    "summarize",
+    "format_summary",
+    "EXIT_OK",
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "EXIT_INTERRUPTED",
+]
 
 PROG = "dahu-reprocess"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 INVALID = "(invalid input)"
 
 
@@ -129,8 +145,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---- running --------------------------------------------------------------------------
+class _NoBar:
+    """The progress bar when none is shown (``-q``, or standard error not a terminal)."""
+
+    disable = True
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class _Loaded:
+    """An item whose input was read: the input, or why it cannot be run."""
+
+    item: Item
+    plugin: str = ""
+    data: dict[str, Any] | None = None
+    archive: Any = None
+    error: DahuError | None = None
+
+
+def _load(item: Item) -> _Loaded:
+    try:
+        plugin, data, archive = load_input(item)
+    except DahuError as err:
+        return _Loaded(item, error=err)
+    return _Loaded(item, plugin, data, archive)
+
+
 class Reprocessor:
-    """Runs the items as jobs on ``engine``, at most ``window`` in flight, and tallies."""
+    """Runs the items as jobs on ``engine``, at most ``window`` in flight, and tallies.
+
+    The main thread reads the inputs, in order, while the jobs run: when half the window
+    has ended it reads the next inputs and creates their jobs, those of consecutive
+    inputs of one plugin together (one journal transaction).  The jobs' callbacks hand
+    their results over in a list and wake the main thread only when it has something to
+    do (half the window ended, or every job), so that it does not take turns with the
+    workers on every job; it wakes every 0.1 s anyway (progress bar, Ctrl-C).
+    """
 
     def __init__(self, args: argparse.Namespace, engine: Any, items: list[Item]):
         self.args = args
@@ -138,17 +193,23 @@ class Reprocessor:
         self.factory = plugin_factory
         self.items = items
         self.window = max(2 * args.jobs, 8)
+        # refill when this many jobs are left: half the window, and a job per slot at least
+        self.low = max(self.window // 2, args.jobs)
         self.ignore = DEFAULT_IGNORE | set(args.ignore)
         self.results: list[Result] = []
         self.pending: dict[int, Job] = {}
-        self.done: queue.Queue[Result] = queue.Queue()
+        self.ended_jobs: collections.deque[tuple[Result, Job]] = collections.deque()
+        self.wake = threading.Event()  # set by a callback when the main thread is needed
         self.stop = threading.Event()
         self.forced = False
         self.aborting = False
         self.give_up_at = float("inf")
         self.started = self.ended = time.monotonic()
-        show = not args.quiet and sys.stderr.isatty()
-        self.bar = tqdm(total=len(items), unit="job", file=sys.stderr, disable=not show)
+        self.bar: Any = _NoBar()
+        if not args.quiet and sys.stderr.isatty():
+            from tqdm import tqdm  # only when the bar shows: a tenth of a -q run's start-up
+
+            self.bar = tqdm(total=len(items), unit="job", file=sys.stderr)
 
     def say(self, text: str) -> None:
         """Print one line on stderr, above the progress bar."""
@@ -167,24 +228,58 @@ class Reprocessor:
 
                 stack.enter_context(logging_redirect_tqdm())
             try:
-                for item in self.items:
-                    while len(self.pending) >= self.window and not self.stop.is_set():
-                        self._reap(0.1)
-                    if self.stop.is_set():
-                        break
-                    self._submit(item)
-                    self._reap(0)
-                while self.pending:
-                    if self.stop.is_set() and not self.aborting:
-                        self._abort_all()
-                    if self.aborting and time.monotonic() > self.give_up_at:
-                        self._give_up()
-                        break
-                    self._reap(0.1)
+                self._loop()
             except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
                 self._give_up()
         self.ended = time.monotonic()
         self.bar.close()
+
+    def _loop(self) -> None:
+        """Submit the items and record the results until every job has ended."""
+        items = iter(self.items)
+        more = True
+        while more or self.pending:
+            if self.stop.is_set():
+                if not self.pending:
+                    return
+                if not self.aborting:
+                    self._abort_all()
+                elif time.monotonic() > self.give_up_at:
+                    self._give_up()
+                    return
+            elif more and len(self.pending) <= self.low:
+                more = self._refill(items)
+                continue
+            self.wake.wait(0.1)
+            self.wake.clear()  # before taking the list: a later callback sets it again
+            self._reap()
+
+    def _refill(self, items: Iterator[Item]) -> bool:
+        """Read inputs until the window is full, then create and start their jobs;
+        False when every item has been read."""
+        ready: list[_Loaded] = []
+        more = True
+        while len(self.pending) + len(ready) < self.window and not self.stop.is_set():
+            item = next(items, None)
+            if item is None:
+                more = False
+                break
+            ready.append(_load(item))
+        if not self.stop.is_set():  # interrupted while reading: those are not started
+            self._submit(ready)
+        return more
+
+    def _reap(self) -> None:
+        """Record the results the callbacks left, and queue the jobs' files for writing."""
+        ended = self.ended_jobs
+        while ended:
+            result, job = ended.popleft()
+            self.pending.pop(job.id, None)
+            try:  # off the job slots; the engine writes them before close()
+                self.engine.clean_later(job)
+            except Exception:  # a loop boundary: the job must still be reported
+                logger.exception("job %s: cannot write its files", job.id)
+            self._record(result)
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
@@ -221,34 +316,85 @@ class Reprocessor:
             if job.status not in State.FINAL:
                 job.abort("interrupted by the user")
 
-    def _submit(self, item: Item) -> None:
-        plugin = ""
-        try:
-            plugin, data, archive = load_input(item)
-            klass = self.factory.get_class(plugin)
+    def _submit(self, ready: list[_Loaded]) -> None:
+        """Create and start the jobs of the loaded items, in order; record those in error.
+
+        Consecutive items of one plugin are created together (their journal records in
+        one transaction)."""
+        group: list[tuple[_Loaded, dict[str, Any]]] = []
+        for loaded in ready:
+            plugin, data = loaded.plugin, loaded.data
+            try:
+                if loaded.error is not None:
+                    raise loaded.error
+                klass = self.factory.get_class(plugin)
+            except DahuError as err:
+                self._start(group)
+                group = []
+                self._invalid(loaded, err)
+                continue
             drop = {"job_id", "plugin_name", *(getattr(klass, "REPROCESS_IGNORE", None) or ())}
-            job = Job(plugin, {k: v for k, v in data.items() if k not in drop})
-        except DahuError as err:
-            self._record(Result(item.label, plugin or INVALID, State.FAILURE, None, str(err), True))
+            if group and group[0][0].plugin != plugin:
+                self._start(group)
+                group = []
+            group.append((loaded, {k: v for k, v in (data or {}).items() if k not in drop}))
+        self._start(group)
+
+    def _invalid(self, loaded: _Loaded, err: DahuError) -> None:
+        plugin = loaded.plugin or INVALID
+        self._record(Result(loaded.item.label, plugin, State.FAILURE, None, str(err), True))
+
+    def _start(self, group: list[tuple[_Loaded, dict[str, Any]]]) -> None:
+        """Create the jobs of ``group`` (items of one plugin) and start them."""
+        if not group:
             return
-        self.pending[job.id] = job
-        job.connect_callback(lambda job: self._ended(job, item, plugin, archive))
-        job.start()
+        jobs: list[tuple[_Loaded, Job]] = []
+        if len(group) > 1:
+            # the engine's create_many, not Job.create_many: that one yields the GIL
+            # (time.sleep(0)) after each chunk, and this thread then waits to get it back
+            # while the job slot it should feed runs dry
+            plugin = group[0][0].plugin
+            try:
+                runs = self.engine.create_many(
+                    plugin, [{**data, "plugin_name": plugin} for _, data in group]
+                )
+                made = [Job.getJobFromID(run.id) for run in runs]
+                jobs = list(zip((loaded for loaded, _ in group), made, strict=True))
+            except DahuError:  # none was created: each on its own, to tell which fails
+                jobs = []
+        if not jobs:
+            for loaded, data in group:
+                try:
+                    jobs.append((loaded, Job(loaded.plugin, data)))
+                except DahuError as err:
+                    self._invalid(loaded, err)
+        for loaded, job in jobs:
+            self.pending[job.id] = job
+            job.connect_callback(self._callback(loaded))
+            job.start()
+
+    def _callback(self, loaded: _Loaded) -> Any:
+        item, plugin, archive = loaded.item, loaded.plugin, loaded.archive
+        # it only compares and hands the result over: the job need not hold its slot
+        # until its outcome is committed (dahu.engine.nonblocking)
+        return nonblocking(lambda job: self._ended(job, item, plugin, archive))
 
     def _ended(self, job: Any, item: Item, plugin: str, archive: Any) -> None:
-        """Callback, in the job's worker thread: compare, queue the files, report."""
+        """Callback, in the job's worker thread: compare, hand the result over."""
         state = job.status
         error = one_line(job.error) if state != State.SUCCESS else None
         result = Result(item.label, plugin, state, job.id, error)
         try:
             if self.args.compare and state in (State.SUCCESS, State.FAILURE):
                 self._compare(result, item, archive, job.output_data)
-            self.engine.clean_later(job)  # files written off the job slot, before close()
         except Exception as err:  # a loop boundary: the job must still be reported
-            logger.exception("job %s: cannot compare or write its files", job.id)
+            logger.exception("job %s: cannot compare its output", job.id)
             result.difference = result.difference or Difference("", f"reprocessing error: {err}")
         finally:
-            self.done.put(result)
+            self.ended_jobs.append((result, job))  # thread-safe; taken by _reap
+            # wake the main thread when it has work: a refill, or the last jobs ended
+            if len(self.ended_jobs) >= len(self.pending) - self.low or self.stop.is_set():
+                self.wake.set()
 
     def _compare(self, result: Result, item: Item, archive: Any, output: Any) -> None:
         if item.path is not None:
@@ -267,17 +413,6 @@ class Reprocessor:
         args = self.args
         result.difference = first_difference(archive, output, args.rtol, args.atol, self.ignore)
 
-    def _reap(self, timeout: float) -> None:
-        """Record the results of ended jobs, waiting up to ``timeout`` s for the first."""
-        try:
-            result = self.done.get(timeout=timeout) if timeout else self.done.get_nowait()
-            while True:
-                self.pending.pop(result.job_id, None)
-                self._record(result)
-                result = self.done.get_nowait()
-        except queue.Empty:
-            return
-
     def _record(self, result: Result) -> None:
         self.results.append(result)
         self.bar.update(1)
@@ -285,107 +420,6 @@ class Reprocessor:
             self.say(f"{PROG}: {result.source}: {result.error}")
         elif result.state == State.FAILURE and not self.args.quiet:
             self.say(f"{PROG}: {result.source}: job {result.job_id} failed: {result.error}")
-
-
-# ---- summary --------------------------------------------------------------------------
-def _brief(result: Result, **more: Any) -> dict[str, Any]:
-    return {"source": result.source, "plugin": result.plugin, "job_id": result.job_id, **more}
-
-
-def _row() -> dict[str, Any]:
-    return {"jobs": 0, "success": 0, "failure": 0, "aborted": 0, "invalid": 0, "runtime": 0.0}
-
-
-def summarize(run: Reprocessor, output_dir: str) -> dict[str, Any]:
-    """The summary of a run as JSON-ready data (see ``docs/reprocess.md``)."""
-    runtimes = run.engine.statistics()["plugins"]
-    plugins: dict[str, dict[str, Any]] = {}
-    for result in run.results:
-        entry = plugins.setdefault(result.plugin, _row())
-        entry["jobs"] += 1
-        entry[result.state] = entry.get(result.state, 0) + 1
-        entry["invalid"] += result.invalid
-    total = _row()
-    for name, entry in plugins.items():
-        entry["runtime"] = runtimes.get(name, {}).get("runtime", 0.0)
-        for key in total:
-            total[key] += entry[key]
-    for entry in (*plugins.values(), total):
-        ran = entry["jobs"] - entry["invalid"]
-        entry["mean"] = entry["runtime"] / ran if ran else 0.0
-    ran = total["jobs"] - total["invalid"]
-    wall = run.ended - run.started
-    compared = [r for r in run.results if r.compared]
-    differ = sorted((r for r in compared if r.difference), key=lambda r: r.job_id or 0)
-    summary: dict[str, Any] = {
-        "output_dir": output_dir,
-        "plugins": dict(sorted(plugins.items())),
-        "total": total,
-        "not_started": len(run.items) - len(run.results) - len(run.pending),
-        "still_running": len(run.pending),
-        "wall_time": wall,
-        "jobs_per_s": ran / wall if wall > 0 else 0.0,
-        "errors": [_brief(r, error=r.error) for r in run.results if r.state == State.FAILURE],
-        "compare": None,
-        "interrupted": run.stop.is_set(),
-    }
-    if run.args.compare:
-        summary["compare"] = {
-            "compared": len(compared),
-            "same": len(compared) - len(differ),
-            "differ": len(differ),
-            "no_archive": sum(1 for r in run.results if r.job_id is not None and not r.compared),
-            "rtol": run.args.rtol,
-            "atol": run.args.atol,
-            "differences": [
-                _brief(r, key=r.difference.path, reason=r.difference.reason) for r in differ
-            ],
-        }
-    if summary["interrupted"] or run.forced:
-        status = EXIT_INTERRUPTED
-    elif total["failure"] or total["aborted"] or (summary["compare"] or {}).get("differ"):
-        status = EXIT_FAILED
-    else:
-        status = EXIT_OK
-    summary["exit_status"] = status
-    return summary
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as the text tables ``dahu-reprocess`` prints."""
-    headers = ["plugin", "jobs", "success", "failure", "aborted", "total s", "mean ms"]
-    rows = [
-        [name, e["jobs"], e["success"], e["failure"], e["aborted"], e["runtime"], e["mean"] * 1e3]
-        for name, e in [*summary["plugins"].items(), ("total", summary["total"])]
-    ]
-    lines = [tabulate(rows, headers=headers, floatfmt=".3f"), ""]
-    total = summary["total"]
-    lines.append(
-        f"{total['jobs'] - total['invalid']} job(s) in {summary['wall_time']:.2f} s "
-        f"({summary['jobs_per_s']:.1f} jobs/s); output in {summary['output_dir']}"
-    )
-    if total["invalid"]:
-        lines.append(f"{total['invalid']} input(s) could not be run")
-    if summary["interrupted"]:
-        lines.append(
-            f"interrupted: {summary['not_started']} input(s) not started, "
-            f"{summary['still_running']} job(s) still running at exit"
-        )
-    comparison = summary["compare"]
-    if comparison is not None:
-        lines.append(
-            f"compared {comparison['compared']} output(s) with their archive: "
-            f"{comparison['same']} the same, {comparison['differ']} differ, "
-            f"{comparison['no_archive']} without archive"
-        )
-        if comparison["differences"]:
-            table = [
-                [d["job_id"], d["source"], d["plugin"], d["key"] or "(output)", d["reason"]]
-                for d in comparison["differences"]
-            ]
-            headers = ["job", "source", "plugin", "first difference", "detail"]
-            lines += ["", "jobs that differ from their archive:", tabulate(table, headers)]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

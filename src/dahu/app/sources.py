@@ -100,6 +100,26 @@ def expand_sources(sources: list[str], workdir: str, exclude: str | None = None)
     return items
 
 
+def _read_text(path: str) -> str:
+    """The text of a UTF-8 file, newlines translated as ``open()`` does.
+
+    Four system calls for a small file instead of the nine of ``open().read()`` (which
+    also asks whether it is a terminal, seeks and stats it twice): each one lets another
+    thread take the GIL, and the caller, which feeds the job slots, waits to get it back.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    text = b"".join(chunks).decode("utf-8")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
 def load_input(item: Item) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
     """Return the plugin name, the input and (journal items) the archived output."""
     if item.error:
@@ -110,8 +130,7 @@ def load_input(item: Item) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
             raise InputError(f"job {item.job_id} vanished from the journal")
         return record.plugin, record.input, record.output
     try:
-        with open(item.path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = json.loads(_read_text(item.path))
     except OSError as err:
         raise InputError(f"cannot read: {err.strerror or err}") from err
     except (ValueError, RecursionError) as err:

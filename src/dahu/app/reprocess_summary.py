@@ -1,0 +1,122 @@
+"""The summary of a ``dahu-reprocess`` run: per-plugin counts and runtimes, failures,
+the comparison with the archive, the exit status; as JSON-ready data or text tables
+(see ``docs/reprocess.md``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..states import State
+
+__all__ = [
+    "summarize",
+    "format_summary",
+    "EXIT_OK",
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "EXIT_INTERRUPTED",
+]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _brief(result: Any, **more: Any) -> dict[str, Any]:
+    return {"source": result.source, "plugin": result.plugin, "job_id": result.job_id, **more}
+
+
+def _row() -> dict[str, Any]:
+    return {"jobs": 0, "success": 0, "failure": 0, "aborted": 0, "invalid": 0, "runtime": 0.0}
+
+
+def summarize(run: Any, output_dir: str) -> dict[str, Any]:
+    """The summary of a run as JSON-ready data (see ``docs/reprocess.md``)."""
+    runtimes = run.engine.statistics()["plugins"]
+    plugins: dict[str, dict[str, Any]] = {}
+    for result in run.results:
+        entry = plugins.setdefault(result.plugin, _row())
+        entry["jobs"] += 1
+        entry[result.state] = entry.get(result.state, 0) + 1
+        entry["invalid"] += result.invalid
+    total = _row()
+    for name, entry in plugins.items():
+        entry["runtime"] = runtimes.get(name, {}).get("runtime", 0.0)
+        for key in total:
+            total[key] += entry[key]
+    for entry in (*plugins.values(), total):
+        ran = entry["jobs"] - entry["invalid"]
+        entry["mean"] = entry["runtime"] / ran if ran else 0.0
+    ran = total["jobs"] - total["invalid"]
+    wall = run.ended - run.started
+    compared = [r for r in run.results if r.compared]
+    differ = sorted((r for r in compared if r.difference), key=lambda r: r.job_id or 0)
+    summary: dict[str, Any] = {
+        "output_dir": output_dir,
+        "plugins": dict(sorted(plugins.items())),
+        "total": total,
+        "not_started": len(run.items) - len(run.results) - len(run.pending),
+        "still_running": len(run.pending),
+        "wall_time": wall,
+        "jobs_per_s": ran / wall if wall > 0 else 0.0,
+        "errors": [_brief(r, error=r.error) for r in run.results if r.state == State.FAILURE],
+        "compare": None,
+        "interrupted": run.stop.is_set(),
+    }
+    if run.args.compare:
+        summary["compare"] = {
+            "compared": len(compared),
+            "same": len(compared) - len(differ),
+            "differ": len(differ),
+            "no_archive": sum(1 for r in run.results if r.job_id is not None and not r.compared),
+            "rtol": run.args.rtol,
+            "atol": run.args.atol,
+            "differences": [
+                _brief(r, key=r.difference.path, reason=r.difference.reason) for r in differ
+            ],
+        }
+    if summary["interrupted"] or run.forced:
+        status = EXIT_INTERRUPTED
+    elif total["failure"] or total["aborted"] or (summary["compare"] or {}).get("differ"):
+        status = EXIT_FAILED
+    else:
+        status = EXIT_OK
+    summary["exit_status"] = status
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as the text tables ``dahu-reprocess`` prints."""
+    from tabulate import tabulate  # here: it imports importlib.metadata, slow to import
+
+    headers = ["plugin", "jobs", "success", "failure", "aborted", "total s", "mean ms"]
+    rows = [
+        [name, e["jobs"], e["success"], e["failure"], e["aborted"], e["runtime"], e["mean"] * 1e3]
+        for name, e in [*summary["plugins"].items(), ("total", summary["total"])]
+    ]
+    lines = [tabulate(rows, headers=headers, floatfmt=".3f"), ""]
+    total = summary["total"]
+    lines.append(
+        f"{total['jobs'] - total['invalid']} job(s) in {summary['wall_time']:.2f} s "
+        f"({summary['jobs_per_s']:.1f} jobs/s); output in {summary['output_dir']}"
+    )
+    if total["invalid"]:
+        lines.append(f"{total['invalid']} input(s) could not be run")
+    if summary["interrupted"]:
+        lines.append(
+            f"interrupted: {summary['not_started']} input(s) not started, "
+            f"{summary['still_running']} job(s) still running at exit"
+        )
+    comparison = summary["compare"]
+    if comparison is not None:
+        lines.append(
+            f"compared {comparison['compared']} output(s) with their archive: "
+            f"{comparison['same']} the same, {comparison['differ']} differ, "
+            f"{comparison['no_archive']} without archive"
+        )
+        if comparison["differences"]:
+            table = [
+                [d["job_id"], d["source"], d["plugin"], d["key"] or "(output)", d["reason"]]
+                for d in comparison["differences"]
+            ]
+            headers = ["job", "source", "plugin", "first difference", "detail"]
+            lines += ["", "jobs that differ from their archive:", tabulate(table, headers)]
+    return "\n".join(lines)
