@@ -118,7 +118,8 @@ class Job(threading.Thread, metaclass=_JobClass):
             for first in range(0, len(datas), chunk):
                 runs = engine.create_many(name, datas[first : first + chunk])
                 jobs.extend(cls._over(engine, run) for run in runs)
-                time.sleep(0)  # between chunks, let other threads reach the journal
+                if first + chunk < len(datas):
+                    time.sleep(0)  # between chunks, let other threads reach the journal
         return jobs
 
     @classmethod

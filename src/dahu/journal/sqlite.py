@@ -29,8 +29,6 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-import psutil
-
 from .. import __version__
 from ..errors import JournalError
 from ..states import State
@@ -65,6 +63,8 @@ def _process_alive(host: str | None, pid: int | None, since: float | None) -> bo
         return False
     if pid == os.getpid():
         return True
+    import psutil  # only here: the largest import of a journal otherwise
+
     try:
         proc = psutil.Process(pid)
         # a recycled pid belongs to a process started after the job was submitted

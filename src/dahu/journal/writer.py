@@ -96,7 +96,7 @@ class BatchedWriter:
 
     def _write(self, sql: str, rows: list[tuple]) -> list[int]:
         """Commit ``sql`` once per row, with every write queued now, in one transaction;
-        return the rows' ``lastrowid``."""
+        return ``[lastrowid]`` for a one-row write (``[]`` for more)."""
         write = _Write(sql, rows)
         with self._queue_lock:
             self._queue.append(write)
@@ -194,7 +194,10 @@ class BatchedWriter:
             db.execute("BEGIN IMMEDIATE")
             try:
                 for write in batch:
-                    write.ids = [db.execute(write.sql, row).lastrowid for row in write.rows]
+                    if len(write.rows) == 1:
+                        write.ids = [db.execute(write.sql, write.rows[0]).lastrowid]
+                    else:  # many rows: one call (their callers know their ids)
+                        db.executemany(write.sql, write.rows)
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
