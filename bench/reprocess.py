@@ -83,6 +83,7 @@ def run_original(python: str, inputs: str, base: str, count: int) -> dict[str, f
     script = os.path.join(os.path.dirname(python), "dahu-reprocess")
     workdir = tempfile.mkdtemp(prefix="original-", dir=base)
     env = dict(os.environ, TMPDIR=workdir)  # where the original writes its files
+    env.pop("PYTHONPATH", None)  # its own Dahu, whatever this run imports
     t0 = time.perf_counter()
     proc = subprocess.run(
         [python, script, *files], capture_output=True, text=True, env=env, cwd=workdir
