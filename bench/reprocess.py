@@ -162,13 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-compile", action="store_true", help="do not compile Dahu's modules first"
     )
+    parser.add_argument(
+        "--dir",
+        help="where the inputs and outputs of both tools go (default: the temporary "
+        "directory; /dev/shm/... takes the disk out)",
+    )
     args = parser.parse_args(argv)
     count = 50 if args.small else args.jobs
     if not args.no_compile:
         import dahu
 
         compileall.compile_dir(os.path.dirname(dahu.__file__), quiet=2)
-    base = tempfile.mkdtemp(prefix="dahu-bench-reprocess-")
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)
+    base = tempfile.mkdtemp(prefix="dahu-bench-reprocess-", dir=args.dir)
     try:
         inputs = os.path.join(base, "inputs")
         write_inputs(inputs, count)
