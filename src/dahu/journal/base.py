@@ -186,34 +186,15 @@ class Journal(abc.ABC):
         not serialisable is kept as its ``repr``."""
 
     def finish_later(
-        self,
-        then: Callable[[BaseException | None], Any],
-        job_id: int,
-        state: str,
-        output: dict[str, Any] | None,
-        error: str | None,
-        started: float | None,
-        ended: float | None,
-        module_file: str | None = None,
-        plugin_version: str | None = None,
-        input_data: dict[str, Any] | None = None,
+        self, then: Callable[[BaseException | None], Any], *outcome: Any, **named: Any
     ) -> None:
-        """:meth:`finish`, committed with the next batch instead of now: ``then(None)``
+        """:meth:`finish` (``outcome``: its arguments), committed with the next batch
+        instead of now: ``then(None)``
         is called once the outcome is committed (``then(error)`` if it could not be), from
         whichever thread committed it.  The caller goes on meanwhile.  This default
         records it at once and calls ``then`` in the calling thread."""
         try:
-            self.finish(
-                job_id,
-                state,
-                output,
-                error,
-                started,
-                ended,
-                module_file,
-                plugin_version,
-                input_data,
-            )
+            self.finish(*outcome, **named)
         except Exception as err:
             then(err)
         else:

@@ -27,35 +27,36 @@ def _number(value: float) -> str:
     return _SPECIAL.get(text, text)
 
 
+def _scalar(value: Any) -> str | None:
+    """JSON text of None, a bool, an int or a float; None for anything else."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return _int(value)
+    if isinstance(value, float):
+        return _number(value)
+    return None
+
+
 def _key(key: Any) -> str:
     if isinstance(key, str):
         return key
-    if isinstance(key, float):
-        return _number(key)
-    if key is True:
-        return "true"
-    if key is False:
-        return "false"
-    if key is None:
-        return "null"
-    if isinstance(key, int):
-        return _int(key)
-    raise TypeError(f"keys must be str, int, float, bool or None, not {key.__class__.__name__}")
+    text = _scalar(key)
+    if text is None:
+        raise TypeError(f"keys must be str, int, float, bool or None, not {key.__class__.__name__}")
+    return text
 
 
 def _pretty(obj: Any, level: int) -> str:
     if isinstance(obj, str):
         return _string(obj)
-    if obj is None:
-        return "null"
-    if obj is True:
-        return "true"
-    if obj is False:
-        return "false"
-    if isinstance(obj, int):
-        return _int(obj)
-    if isinstance(obj, float):
-        return _number(obj)
+    text = _scalar(obj)
+    if text is not None:
+        return text
     if isinstance(obj, dict):
         if not obj:
             return "{}"

@@ -240,7 +240,7 @@ class SQLiteJournal(BatchedWriter, Journal):
             [(state, started, job_id, *State.FINAL)],
         )
 
-    def finish(
+    def _outcome(
         self,
         job_id: int,
         state: str,
@@ -251,37 +251,23 @@ class SQLiteJournal(BatchedWriter, Journal):
         module_file: str | None = None,
         plugin_version: str | None = None,
         input_data: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> _Write:
+        """The write recording a job's outcome (arguments of :meth:`finish`)."""
         runtime = (ended - started) if started is not None and ended is not None else None
         text, error = encode_output(output, error)
         values = (state, text, error, started, ended, runtime, module_file, plugin_version)
         final_input = encode_final_input(job_id, input_data)
         if final_input is not None:
-            self._write(self._FINISH_INPUT, [values + (final_input, job_id)])
-        else:
-            self._write(self._FINISH, [values + (job_id,)])
+            return _Write(self._FINISH_INPUT, [values + (final_input, job_id)])
+        return _Write(self._FINISH, [values + (job_id,)])
 
-    def finish_later(
-        self,
-        then: Any,
-        job_id: int,
-        state: str,
-        output: dict[str, Any] | None,
-        error: str | None,
-        started: float | None,
-        ended: float | None,
-        module_file: str | None = None,
-        plugin_version: str | None = None,
-        input_data: dict[str, Any] | None = None,
-    ) -> None:
-        runtime = (ended - started) if started is not None and ended is not None else None
-        text, error = encode_output(output, error)
-        values = (state, text, error, started, ended, runtime, module_file, plugin_version)
-        final_input = encode_final_input(job_id, input_data)
-        if final_input is not None:
-            write = _Write(self._FINISH_INPUT, [values + (final_input, job_id)], then)
-        else:
-            write = _Write(self._FINISH, [values + (job_id,)], then)
+    def finish(self, *outcome: Any, **named: Any) -> None:  # arguments: Journal.finish
+        write = self._outcome(*outcome, **named)
+        self._write(write.sql, write.rows)
+
+    def finish_later(self, then: Any, *outcome: Any, **named: Any) -> None:
+        write = self._outcome(*outcome, **named)
+        write.then = then
         self._write_later(write)
 
     _FINISH = (

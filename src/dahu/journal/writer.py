@@ -100,6 +100,12 @@ class BatchedWriter:
         write = _Write(sql, rows)
         with self._queue_lock:
             self._queue.append(write)
+        self._wait_for(write)
+        return write.ids
+
+    def _wait_for(self, write: _Write) -> None:
+        """Return once the queued ``write`` is committed (committing the queue if no
+        other thread did); :class:`JournalError` if it could not be."""
         batch: list[_Write] = []
         self._lock.acquire()
         try:
@@ -112,7 +118,6 @@ class BatchedWriter:
         if write.error is not None:
             err = write.error
             raise JournalError(f"cannot write the journal {self.path}: {err}") from err
-        return write.ids
 
     def _write_later(self, write: _Write) -> None:
         """Queue ``write`` (its ``then`` reports it) and commit the queue now if the
@@ -219,20 +224,8 @@ class BatchedWriter:
 
     def settle(self, token: Any) -> None:
         """Return once the write ``token`` (from :meth:`create_later`) is committed."""
-        if token is None or token.done:
-            return
-        batch: list[_Write] = []
-        self._lock.acquire()
-        try:
-            if not token.done:
-                batch = self._take()
-                self._commit(batch)
-        finally:
-            self._release()
-        self._report(batch)
-        if token.error is not None:
-            err = token.error
-            raise JournalError(f"cannot write the journal {self.path}: {err}") from err
+        if token is not None:
+            self._wait_for(token)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Commit what is queued and wait until every write that does not wait is
