@@ -192,7 +192,10 @@ class Reprocessor:
         self.engine = engine
         self.factory = plugin_factory
         self.items = items
-        self.window = max(2 * args.jobs, 8)
+        # 64 inputs at least: with fewer, the job slot waited for the main thread's
+        # refills (2,000 trivial jobs, -j 1, tmpfs: 0.94 to 1.10 s with 8, 0.68 to 0.86 s
+        # with 32 to 256)
+        self.window = max(8 * args.jobs, 64)
         # refill when this many jobs are left: half the window, and a job per slot at least
         self.low = max(self.window // 2, args.jobs)
         self.ignore = DEFAULT_IGNORE | set(args.ignore)
