@@ -366,3 +366,25 @@ def test_job_files_encoder_refuses_what_json_refuses():
         inner.append([])
         inner = inner[0]
     assert pretty_json(deep) == json.dumps(deep, indent=4)
+
+
+def test_ids_are_consecutive_in_a_process_and_never_shared(tmp_path):
+    """Ids come from blocks reserved in the journal: one writer gets consecutive ids
+    whatever the sizes asked for; two writers on one journal never get the same id."""
+    journal = SQLiteJournal(str(tmp_path))
+    ids = [journal.create("example.noop", {}, 1.0) for _ in range(50)]
+    ids += journal.create_many("example.noop", [{}] * 30, 2.0)
+    ids += journal.create_many("example.noop", [{}] * 100, 3.0)
+    ids += [journal.create_later(lambda error: None, "example.noop", {}, 4.0)[0] for _ in range(5)]
+    assert journal.flush(10)
+    assert ids == list(range(1, 186))
+    other = SQLiteJournal(str(tmp_path))  # as a second process on the same directory
+    theirs = [other.create("example.noop", {}, 5.0) for _ in range(70)]
+    ours = journal.create_many("example.noop", [{}] * 70, 6.0)
+    assert not set(theirs) & set(ours) and not set(theirs + ours) & set(ids)
+    assert theirs == sorted(theirs) and ours == sorted(ours)
+    other.close()
+    journal.close()
+    again = SQLiteJournal(str(tmp_path))  # a clean close gave the unused ids back
+    assert again.create("example.noop", {}, 7.0) == max(theirs + ours) + 1
+    again.close()

@@ -157,33 +157,38 @@ class SQLiteJournal(BatchedWriter, Journal):
     """Job ids reserved at once: one small transaction per block instead of an id from
     each record's INSERT, so that a record can be queued before it is committed."""
 
-    def _ids(self, count: int) -> int:
-        """Reserve ``count`` consecutive job ids (larger than any given by any process
-        on this journal); return the first."""
+    def _ids(self, count: int) -> list[int]:
+        """Take ``count`` increasing job ids (larger than any given by any process on
+        this journal): the rest of this process's block first, then a new block (which
+        follows it when no other process reserved meanwhile)."""
         with self._ids_lock:
-            if self._next_id + count - 1 > self._block_end:
-                size = max(count, self.ID_BLOCK)
-                try:
-                    with self.transaction() as db:
-                        row = db.execute(
-                            "SELECT MAX(COALESCE((SELECT MAX(id) FROM jobs), 0), "
-                            "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0))"
-                        ).fetchone()
-                        first = (row[0] or 0) + 1
-                        end = first + size - 1
-                        if not db.execute(
-                            "UPDATE sqlite_sequence SET seq = ? WHERE name = 'jobs'", (end,)
-                        ).rowcount:
-                            db.execute(
-                                "INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)",
-                                (end,),
-                            )
-                except sqlite3.Error as err:
-                    raise JournalError(f"cannot write the journal {self.path}: {err}") from err
-                self._next_id, self._block_end = first, end
-            first = self._next_id
-            self._next_id += count
-            return first
+            ids = list(range(self._next_id, min(self._next_id + count, self._block_end + 1)))
+            self._next_id += len(ids)
+            if len(ids) < count:
+                first = self._reserve(max(count - len(ids), self.ID_BLOCK))
+                more = count - len(ids)
+                ids.extend(range(first, first + more))
+                self._next_id = first + more
+            return ids
+
+    def _reserve(self, size: int) -> int:
+        """Reserve ``size`` ids in ``sqlite_sequence`` (ids lock held); return the first."""
+        try:
+            with self.transaction() as db:
+                row = db.execute(
+                    "SELECT MAX(COALESCE((SELECT MAX(id) FROM jobs), 0), "
+                    "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0))"
+                ).fetchone()
+                first = (row[0] or 0) + 1
+                end = first + size - 1
+                if not db.execute(
+                    "UPDATE sqlite_sequence SET seq = ? WHERE name = 'jobs'", (end,)
+                ).rowcount:
+                    db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)", (end,))
+        except sqlite3.Error as err:
+            raise JournalError(f"cannot write the journal {self.path}: {err}") from err
+        self._block_end = end
+        return first
 
     def _give_back_ids(self) -> None:
         """Closing: the ids reserved and not given go back (if nobody reserved after)."""
@@ -198,7 +203,7 @@ class SQLiteJournal(BatchedWriter, Journal):
 
     def create(self, plugin: str, input_data: dict[str, Any], submitted: float) -> int:
         text = encode_input(input_data)  # refused before an id is taken
-        job_id = self._ids(1)
+        job_id = self._ids(1)[0]
         row = (job_id, plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
         self._write(self._INSERT, [row])
         return job_id
@@ -211,7 +216,7 @@ class SQLiteJournal(BatchedWriter, Journal):
         submitted: float,
     ) -> tuple[int, Any]:
         text = encode_input(input_data)
-        job_id = self._ids(1)
+        job_id = self._ids(1)[0]
         row = (job_id, plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
         write = _Write(self._INSERT, [row], then)
         self._queue_later(write)
@@ -221,13 +226,13 @@ class SQLiteJournal(BatchedWriter, Journal):
         texts = [encode_input(data) for data in inputs]  # all refused before any id is taken
         if not texts:
             return []
-        first = self._ids(len(texts))
+        ids = self._ids(len(texts))
         rows = [
-            (first + i, plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
-            for i, text in enumerate(texts)
+            (job_id, plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
+            for job_id, text in zip(ids, texts, strict=True)
         ]
         self._write(self._INSERT, rows)
-        return [row[0] for row in rows]
+        return ids
 
     def state(self, job_id: int) -> str | None:
         rows = self._read("SELECT state FROM jobs WHERE id = ?", (job_id,))
