@@ -166,7 +166,7 @@ class DahuDS(Device):
     @nonblocking
     def _job_ended(self, job: Job) -> None:
         """Job callback: record the id, hand the job to the engine's files thread, which
-        pushes its event, then writes its files."""
+        writes its files, then pushes its event."""
         job_id = job.id
         web = self._web
         if web is not None:

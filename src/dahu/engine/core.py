@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from queue import Empty
 from typing import Any
 
 from ..errors import JournalError
@@ -246,38 +245,29 @@ class Engine:
     def _clean_jobs(self) -> None:
         context = self.thread_context() if self.thread_context is not None else nullcontext()
         with context:
-            while self._clean_batch():
-                pass
+            while True:
+                item = self._to_clean.get()
+                if item is None:
+                    return
+                if isinstance(item, threading.Event):  # flush_files: all before it written
+                    item.set()
+                    continue
+                self._clean_one(*item)
 
-    def _clean_batch(self) -> bool:
-        """Clean, then announce, the jobs queued now (waiting for one); False at the end."""
-        queued = self._to_clean
-        batch = [queued.get()]
-        while len(batch) < 256:
+    def _clean_one(self, job: Any, announce: Callable[[], Any] | None) -> None:
+        """Write the job's files, then announce it (see :meth:`clean_later`)."""
+        try:
+            job.clean(wait=False)
+        except Exception:
+            logger.exception("job %s: cannot write its files", job.id)
+        finally:
+            with self._lock:
+                self._unwritten.popleft()
+        if announce is not None:
             try:
-                batch.append(queued.get_nowait())
-            except Empty:
-                break
-        for item in batch:
-            if item is None:
-                return False
-            if isinstance(item, threading.Event):  # flush_files: all before it are written
-                item.set()
-                continue
-            job, announce = item
-            try:
-                job.clean(wait=False)
+                announce()
             except Exception:
-                logger.exception("job %s: cannot write its files", job.id)
-            finally:
-                with self._lock:
-                    self._unwritten.popleft()
-            if announce is not None:
-                try:
-                    announce()
-                except Exception:
-                    logger.exception("job %s: its announcement failed", job.id)
-        return True
+                logger.exception("job %s: its announcement failed", job.id)
 
     def shutdown(self, abort: bool = True, timeout: float = 30.0) -> bool:
         """Stop: abort (or let finish) the jobs queued or running, wait at most

@@ -327,8 +327,8 @@ class LifeCycle:
 
         The outcome is committed before anyone is told.  When every callback of the job is
         marked :func:`nonblocking` (or it has none), the calling thread does not wait for
-        that: the journal commits the outcome with others in its next batch and reports
-        the job (state, callbacks, waiters) from its writer thread, and the executor's
+        that: the journal commits the outcome with others in its next batch, the thread
+        that commits it reports the job (state, callbacks, waiters), and the executor's
         thread goes on with the next job.  Other callbacks (user code, which may wait for
         other jobs) run in the calling thread after it committed the outcome itself."""
         with self.lock:
@@ -375,10 +375,9 @@ class LifeCycle:
                 try:
                     engine.journal.finish_later(committed, *record)
                     deferred = True
-                    return
                 except Exception as err:  # e.g. the journal is closed: report it now
                     engine.journal_failed(run.id, err)
-                    return
+                return
             try:
                 engine.journal.finish(*record)
                 recorded = True

@@ -164,9 +164,9 @@ class SQLiteJournal(BatchedWriter, Journal):
         with self._ids_lock:
             ids = list(range(self._next_id, min(self._next_id + count, self._block_end + 1)))
             self._next_id += len(ids)
-            if len(ids) < count:
-                first = self._reserve(max(count - len(ids), self.ID_BLOCK))
-                more = count - len(ids)
+            more = count - len(ids)
+            if more:
+                first = self._reserve(max(more, self.ID_BLOCK))
                 ids.extend(range(first, first + more))
                 self._next_id = first + more
             return ids
@@ -201,12 +201,21 @@ class SQLiteJournal(BatchedWriter, Journal):
                     )
                 self._block_end = self._next_id - 1
 
+    def _records(self, plugin: str, inputs: list[dict[str, Any]], submitted: float) -> list[tuple]:
+        """The INSERT rows of new jobs, with their ids (every input is encoded, or
+        refused, before any id is taken)."""
+        texts = [encode_input(data) for data in inputs]
+        ids = self._ids(len(texts)) if texts else []
+        state, pid = State.UNINITIALIZED, self._pid
+        return [
+            (job_id, plugin, state, text, submitted, HOST, pid, __version__)
+            for job_id, text in zip(ids, texts, strict=True)
+        ]
+
     def create(self, plugin: str, input_data: dict[str, Any], submitted: float) -> int:
-        text = encode_input(input_data)  # refused before an id is taken
-        job_id = self._ids(1)[0]
-        row = (job_id, plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
-        self._write(self._INSERT, [row])
-        return job_id
+        rows = self._records(plugin, [input_data], submitted)
+        self._write(self._INSERT, rows)
+        return rows[0][0]
 
     def create_later(
         self,
@@ -215,24 +224,16 @@ class SQLiteJournal(BatchedWriter, Journal):
         input_data: dict[str, Any],
         submitted: float,
     ) -> tuple[int, Any]:
-        text = encode_input(input_data)
-        job_id = self._ids(1)[0]
-        row = (job_id, plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
-        write = _Write(self._INSERT, [row], then)
+        rows = self._records(plugin, [input_data], submitted)
+        write = _Write(self._INSERT, rows, then)
         self._queue_later(write)
-        return job_id, write
+        return rows[0][0], write
 
     def create_many(self, plugin: str, inputs: list[dict[str, Any]], submitted: float) -> list[int]:
-        texts = [encode_input(data) for data in inputs]  # all refused before any id is taken
-        if not texts:
-            return []
-        ids = self._ids(len(texts))
-        rows = [
-            (job_id, plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
-            for job_id, text in zip(ids, texts, strict=True)
-        ]
-        self._write(self._INSERT, rows)
-        return ids
+        rows = self._records(plugin, inputs, submitted)
+        if rows:
+            self._write(self._INSERT, rows)
+        return [row[0] for row in rows]
 
     def state(self, job_id: int) -> str | None:
         rows = self._read("SELECT state FROM jobs WHERE id = ?", (job_id,))

@@ -155,7 +155,8 @@ class BatchedWriter:
     def _report(self, batch: list[_Write]) -> None:
         """Call the ``then`` of the committed writes of ``batch`` that have one, in order."""
         reported = 0
-        self._reporting.active = True
+        # a report may write (and report others) in turn: depth, not a flag
+        self._reporting.depth = getattr(self._reporting, "depth", 0) + 1
         try:
             for write in batch:
                 if write.then is None:
@@ -169,7 +170,7 @@ class BatchedWriter:
                 except BaseException:  # one report must not stop the others
                     logger.exception("journal: a job's report failed")
         finally:
-            self._reporting.active = False
+            self._reporting.depth -= 1
             if reported:
                 with self._settled:
                     self._pending -= reported
@@ -182,21 +183,12 @@ class BatchedWriter:
         if not batch:
             return
         db = self._db
+        # alone: one autocommitted statement costs less than BEGIN + it + COMMIT
+        alone = len(batch) == 1 and len(batch[0].rows) == 1
         failure: BaseException | None = None
-        if len(batch) == 1 and len(batch[0].rows) == 1:
-            # alone: one autocommitted statement costs less than BEGIN + it + COMMIT
-            write = batch[0]
-            try:
-                write.ids = [db.execute(write.sql, write.rows[0]).lastrowid]
-                self.commits += 1
-            except sqlite3.Error as err:
-                failure = err
-            finally:
-                write.error = failure
-                write.done = True
-            return
         try:
-            db.execute("BEGIN IMMEDIATE")
+            if not alone:
+                db.execute("BEGIN IMMEDIATE")
             try:
                 for write in batch:
                     if len(write.rows) == 1:
@@ -204,9 +196,11 @@ class BatchedWriter:
                     else:  # many rows: one call (their callers know their ids)
                         db.executemany(write.sql, write.rows)
             except BaseException:
-                db.execute("ROLLBACK")
+                if not alone:
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
+            if not alone:
+                db.execute("COMMIT")
             self.commits += 1
         except sqlite3.Error as err:
             failure = err
@@ -230,7 +224,7 @@ class BatchedWriter:
     def flush(self, timeout: float | None = None) -> bool:
         """Commit what is queued and wait until every write that does not wait is
         committed and reported (at most ``timeout`` s); True if so."""
-        if getattr(self._reporting, "active", False):
+        if getattr(self._reporting, "depth", 0):
             return False  # from a report: what it would wait for includes itself
         self._drain()
         with self._settled:
