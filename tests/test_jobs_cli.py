@@ -312,20 +312,26 @@ def test_prune_on_a_running_server(server, history):
     # the default minimum age keeps every job that ended in the last minute
     recent = json.loads(run("prune", "--keep-last", "5", "--json", workdir=workdir).stdout)
     assert recent["removed"] == 0 and recent["kept_recent"] == dry["removed"]
-    # a server writes new jobs while we prune
-    more = dahu.map("example.square", [{"x": x} for x in range(200)])
+    # a server writes new jobs while we prune: a long job takes the second slot, so the
+    # new ones are still queued when the prune runs (once they ran, their outputs could
+    # be pruned before the client reads them: --min-age 0 asks for that)
+    blocker = dahu.submit("example.sleep", t=600)
+    while blocker.state != "running":
+        time.sleep(0.01)
+    more = dahu.map("example.square", [{"x": x} for x in range(50)])  # all listed: ≤ 100
     proc = run("prune", "--keep-last", "5", "--min-age", "0", "--json", workdir=workdir)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["removed"] >= dry["removed"]
-    # kept unfinished: the long job, and those of the new ones still queued or running
-    new_ids = {f.job_id for f in more}
+    blocker.cancel()
+    # kept unfinished: the long job, and the new ones, queued or running
+    new_ids = {f.job_id for f in more} | {blocker.job_id}
     assert ids["running"] in report["unfinished_ids"]
     assert set(report["unfinished_ids"]) - {ids["running"]} <= new_ids
     assert report["kept_unfinished"] == len(report["unfinished_ids"])
     assert report["files_removed"] > 0 and report["file_bytes"] > 0
     wait(more, timeout=60)
-    assert [f.result()["result"] for f in more] == [x * x for x in range(200)]
+    assert [f.result()["result"] for f in more] == [x * x for x in range(50)]
     left = json.loads(run("list", "--json", "--limit", "0", workdir=workdir).stdout)
     left_ids = [item["id"] for item in left]
     assert ids["running"] in left_ids  # unfinished: never pruned
@@ -335,7 +341,7 @@ def test_prune_on_a_running_server(server, history):
         assert not os.path.exists(stem + ".inp") and not os.path.exists(stem + ".out")
     # the server still reads and runs jobs; ids go on
     assert dahu.submit("example.square", x=12).result(30)["result"] == 144
-    assert dahu.job(more[-1].job_id).result(30)["result"] == 199**2
+    assert dahu.job(more[-1].job_id).result(30)["result"] == 49**2
     one_line_error(run("show", str(ids["failed"]), workdir=workdir), 1)
 
 
