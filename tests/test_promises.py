@@ -21,8 +21,10 @@ import tango
 
 import dahu.engine
 from dahu.app.localserver import LocalServer
+from dahu.factory import register
 from dahu.job import Job
 from dahu.journal import SQLiteJournal, job_file_stem
+from dahu.plugin import Plugin
 
 from .conftest import child_env, finish
 
@@ -137,6 +139,67 @@ def test_jobs_reported_by_the_journal_writer_come_after_their_commit(workdir):
     assert all(reads[job.id][0] == "success" for job in jobs[::2])
     # the outcomes went in batches: fewer commits than jobs created and ended
     assert engine.journal.commits - commits0 < 2 * len(jobs)
+
+
+_GATE = threading.Event()
+
+
+class Gate(Plugin):
+    """Runs until the test opens the gate (60 s at most)."""
+
+    def process(self):
+        self.output["opened"] = _GATE.wait(60)
+
+
+register(Gate, "promises.gate")
+
+
+def test_an_outcome_held_for_a_batch_is_reported_while_the_next_job_runs(
+    workdir, monkeypatch
+):
+    """An outcome that ends while jobs are queued behind it waits for others to share its
+    commit, but not for them to end: the next job in its slot may run for a long time."""
+    # nothing else writes meanwhile: the running job is not recorded as running
+    monkeypatch.setattr(dahu.engine.core, "NOTE_RUNNING_AFTER", 3600.0)
+    engine = dahu.engine.configure(workdir=str(workdir), max_workers=1)
+    reported = threading.Event()
+    first = Job("example.square", {"x": 4})
+    first.connect_callback(dahu.engine.nonblocking(lambda job: reported.set()))
+    gate = Job("promises.gate", {})
+    after = Job("example.square", {"x": 5})  # queued: the first outcome is held
+    _GATE.clear()
+    try:
+        for job in (first, gate, after):
+            job.start()
+        assert reported.wait(10), "the held outcome was not committed while the gate ran"
+        assert first.status == "success" and gate.status == "running"
+        assert committed(workdir, first.id) == ("success", first.output_data)
+    finally:
+        _GATE.set()
+    assert after.join(30) is None and after.status == "success" and gate.status == "success"
+    engine.close()
+
+
+def test_a_burst_of_jobs_shares_commits(workdir):
+    """Jobs queued behind each other on one slot have their outcomes committed together:
+    far fewer commits than jobs, and every job reported."""
+    engine = dahu.engine.configure(workdir=str(workdir), max_workers=1)
+    ended: list[int] = []
+    _GATE.clear()
+    gate = Job("promises.gate", {})
+    gate.start()  # holds the slot while the burst is queued
+    jobs = [Job("example.square", {"x": x}) for x in range(400)]
+    for job in jobs:
+        job.connect_callback(dahu.engine.nonblocking(lambda job: ended.append(job.id)))
+        job.start()
+    commits0 = engine.journal.commits
+    _GATE.set()
+    for x, job in enumerate(jobs):
+        job.join(60)
+        assert job.status == "success" and job.output_data["result"] == x * x
+    assert sorted(ended) == [job.id for job in jobs]
+    assert engine.journal.commits - commits0 < len(jobs) // 4
+    engine.close()
 
 
 def test_a_plain_callback_runs_in_the_job_thread_and_may_wait_for_jobs(workdir):

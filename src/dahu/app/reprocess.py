@@ -273,13 +273,16 @@ class Reprocessor:
         return more
 
     def _reap(self) -> None:
-        """Record the results the callbacks left, and queue the jobs' files for writing."""
+        """Record the results the callbacks left, and write the jobs' files."""
         ended = self.ended_jobs
         while ended:
             result, job = ended.popleft()
             self.pending.pop(job.id, None)
-            try:  # off the job slots; the engine writes them before close()
-                self.engine.clean_later(job)
+            # here, not in the engine's files thread (clean_later): a third thread
+            # doing small system calls made all three wait for the GIL after each one
+            # (10,000 trivial jobs, -j 1, tmpfs: 3.1 to 3.3 s there, 2.3 to 2.8 s here)
+            try:
+                job.clean(wait=False)
             except Exception:  # a loop boundary: the job must still be reported
                 logger.exception("job %s: cannot write its files", job.id)
             self._record(result)

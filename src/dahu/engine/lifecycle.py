@@ -53,6 +53,10 @@ twice that): short jobs cost one journal write less, readers in other processes 
 long ones as running."""
 
 
+HOLD_FOR = 0.002
+"""Seconds an outcome may wait in the journal's queue for others to share its commit,
+when the thread that ran the job has queued jobs to run next."""
+
 _SIGNAL_LOCK = threading.Lock()
 
 
@@ -214,6 +218,7 @@ class LifeCycle:
     def __init__(self, engine: Any):
         self.engine = engine
         self.lock = engine.table.lock  # one lock for the table and the states
+        self._hold_armed = False  # a timer will commit the held outcomes
 
     # ---- transitions ------------------------------------------------------------------
     def start(self, run: JobRun) -> None:
@@ -372,11 +377,18 @@ class LifeCycle:
                         engine.journal_failed(run.id, error)
                     self._report(run, state, error is None)
 
+                # more jobs queued: this thread runs one next; its outcome may share a
+                # commit with theirs (a timer commits it soon if nothing else does)
+                backlog = getattr(engine.executor, "backlog", None)
+                hold = bool(backlog is not None and backlog())
                 try:
-                    engine.journal.finish_later(committed, *record)
+                    engine.journal.finish_later(committed, *record, hold=hold)
                     deferred = True
                 except Exception as err:  # e.g. the journal is closed: report it now
                     engine.journal_failed(run.id, err)
+                else:
+                    if hold:
+                        self._commit_held_soon()
                 return
             try:
                 engine.journal.finish(*record)
@@ -386,6 +398,24 @@ class LifeCycle:
         finally:
             if not deferred:
                 self._report(run, outcome.state, recorded)
+
+    def _commit_held_soon(self) -> None:
+        """Have the outcomes held back (see :meth:`finish`) committed within
+        :data:`HOLD_FOR` seconds, if no other write commits them first: one timer at a
+        time, armed by the first outcome held after the last one fired."""
+        if self._hold_armed:
+            return
+        self._hold_armed = True  # cleared before the commit: a later hold arms another
+        journal = self.engine.journal
+
+        def commit() -> None:
+            self._hold_armed = False
+            try:
+                journal.commit_soon()
+            except Exception:  # reported by the writes themselves
+                logger.exception("journal: cannot commit the held outcomes")
+
+        self.engine.watchdog.call_later(HOLD_FOR, commit)
 
     def _report(self, run: JobRun, state: str, recorded: bool) -> None:
         """The outcome is recorded (or could not be): set the final state, run the

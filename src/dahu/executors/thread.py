@@ -114,6 +114,10 @@ class ThreadExecutor:
                 return False  # a worker took it: it will see the abort
         return True
 
+    def backlog(self) -> int:
+        """How many jobs wait for a slot (read without the lock: a hint)."""
+        return len(self._queue)
+
     def submit(self, task: Task) -> None:
         """Queue ``task``; a pool thread runs it when a slot is free."""
         with self._cond:

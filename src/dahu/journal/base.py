@@ -186,13 +186,22 @@ class Journal(abc.ABC):
         not serialisable is kept as its ``repr``."""
 
     def finish_later(
-        self, then: Callable[[BaseException | None], Any], *outcome: Any, **named: Any
+        self,
+        then: Callable[[BaseException | None], Any],
+        *outcome: Any,
+        hold: bool = False,
+        **named: Any,
     ) -> None:
         """:meth:`finish` (``outcome``: its arguments), committed with the next batch
         instead of now: ``then(None)``
         is called once the outcome is committed (``then(error)`` if it could not be), from
-        whichever thread committed it.  The caller goes on meanwhile.  This default
-        records it at once and calls ``then`` in the calling thread."""
+        whichever thread committed it.  The caller goes on meanwhile.
+
+        With ``hold``, more outcomes are coming: the journal may keep this one queued
+        until a batch is worth a commit, at the latest until the next write of any thread,
+        :meth:`commit_soon` or :meth:`flush` (the caller arranges for one soon).
+
+        This default records it at once and calls ``then`` in the calling thread."""
         try:
             self.finish(*outcome, **named)
         except Exception as err:

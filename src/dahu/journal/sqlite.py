@@ -271,10 +271,13 @@ class SQLiteJournal(BatchedWriter, Journal):
         write = self._outcome(*outcome, **named)
         self._write(write.sql, write.rows)
 
-    def finish_later(self, then: Any, *outcome: Any, **named: Any) -> None:
+    def finish_later(self, then: Any, *outcome: Any, hold: bool = False, **named: Any) -> None:
         write = self._outcome(*outcome, **named)
         write.then = then
-        self._write_later(write)
+        if hold:
+            self._hold_later(write)
+        else:
+            self._write_later(write)
 
     _FINISH = (
         "UPDATE jobs SET state = ?, output = ?, error = ?, started = ?, ended = ?, "

@@ -126,6 +126,17 @@ class BatchedWriter:
         self._queue_later(write)
         self._drain()
 
+    HOLD_WRITES = 32
+    """Writes queued with ``hold`` that make a batch worth committing at once."""
+
+    def _hold_later(self, write: _Write) -> None:
+        """Queue ``write`` like :meth:`_write_later`, but commit only once
+        :data:`HOLD_WRITES` writes are queued: the caller has more coming, and sees to a
+        commit soon (:meth:`commit_soon`) if none follows."""
+        self._queue_later(write)
+        if len(self._queue) >= self.HOLD_WRITES:
+            self._drain()
+
     def _queue_later(self, write: _Write) -> None:
         """Queue ``write``, whose caller does not wait (its ``then`` reports it)."""
         with self._settled:
