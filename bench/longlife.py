@@ -3,10 +3,11 @@
 For each size given with ``--jobs`` (default 1,000 and 1,000,000), fills a fresh work
 directory's journal with that many ended ``example.square`` jobs through the journal's
 bulk path (``create_many`` and ``finish_many``, thousands of records per transaction),
-starts ``dahu_server -nodb`` on it and times, from one client, the median round trip
-of ``startJob``, ``getJobState`` of the oldest and of a new id, ``getJobOutput`` of an
-old id and ``getStatistics``, and how long ``collectStatistics`` takes until the
-statistics are ready.  It also reports the journal's bytes per job.  ``ratios`` compares
+starts ``dahu_server -nodb`` on it (the servers of every size run side by side) and
+times, from one client, the median round trip of ``startJob``, ``getJobState`` of the
+oldest and of a new id, ``getJobOutput`` of an old id and ``getStatistics``, the sizes
+taking turns of 20 calls of each command so that a slow minute of the machine weighs on
+all, and how long ``collectStatistics`` takes until the statistics are ready.  It also reports the journal's bytes per job.  ``ratios`` compares
 the largest size with the smallest (1.0: flat).  Prints JSON.
 
     python bench/longlife.py [--jobs 1000 1000000] [--calls 300]
@@ -33,6 +34,7 @@ from dahu.journal import SQLiteJournal  # noqa: E402
 
 DEVICE = "id00/dahu/longlife"
 CHUNK = 10000
+CALLS_PER_TURN = 20
 
 
 def fill(workdir: str, count: int) -> float:
@@ -58,14 +60,14 @@ def fill(workdir: str, count: int) -> float:
     return time.perf_counter() - started
 
 
-def median_ms(call, count: int) -> float:
-    """The median duration of ``call()`` in milliseconds over ``count`` calls."""
+def timed_ms(call, count: int) -> list[float]:
+    """The durations of ``count`` calls of ``call()``, in milliseconds."""
     times = []
     for _ in range(count):
         t0 = time.perf_counter()
         call()
         times.append((time.perf_counter() - t0) * 1000)
-    return round(statistics.median(times), 4)
+    return times
 
 
 def journal_bytes(workdir: str) -> int:
@@ -79,42 +81,57 @@ def journal_bytes(workdir: str) -> int:
     return os.path.getsize(path)
 
 
-def measure(base: str, count: int, calls: int) -> dict:
-    """Fill a journal with ``count`` jobs, start a server on it and time its commands."""
-    workdir = os.path.join(base, f"jobs-{count}")
-    fill_s = fill(workdir, count)
-    size = journal_bytes(workdir)
-    server = LocalServer(
-        workdir, os.path.join(base, f"server-{count}.log"), device=DEVICE, instance="longlife"
-    )
-    t0 = time.perf_counter()
-    proxy = server.start(timeout=120)
-    startup = time.perf_counter() - t0
-    try:
-        first = proxy.startJob(["example.square", '{"x": 1}'])
-        proxy.waitJob(first)
-        proxy.getStatistics()  # warm
-        figures = {
-            "startJob": median_ms(lambda: proxy.startJob(["example.square", '{"x": 2}']), calls),
-            "getJobState_old": median_ms(lambda: proxy.getJobState(1), calls),
-            "getJobState_new": median_ms(lambda: proxy.getJobState(first), calls),
-            "getJobOutput_old": median_ms(lambda: proxy.getJobOutput(max(count // 2, 1)), calls),
-            "getStatistics": median_ms(proxy.getStatistics, calls),
-        }
+class Subject:
+    """A server started on a journal filled with ``count`` ended jobs."""
+
+    def __init__(self, base: str, count: int):
+        self.count = count
+        workdir = os.path.join(base, f"jobs-{count}")
+        self.fill_s = fill(workdir, count)
+        self.size = journal_bytes(workdir)
+        self.server = LocalServer(
+            workdir,
+            os.path.join(base, f"server-{count}.log"),
+            device=f"{DEVICE}{count}",
+            instance=f"longlife{count}",
+        )
         t0 = time.perf_counter()
-        proxy.collectStatistics()
-        proxy.getStatistics()  # waits for the collection
+        self.proxy = proxy = self.server.start(timeout=120)
+        self.startup = time.perf_counter() - t0
+        self.first = proxy.startJob(["example.square", '{"x": 1}'])
+        proxy.waitJob(self.first)
+        proxy.getStatistics()  # warm
+        self.times: dict[str, list[float]] = {}
+
+    def commands(self) -> dict:
+        proxy, first, count = self.proxy, self.first, self.count
+        return {
+            "startJob": lambda: proxy.startJob(["example.square", '{"x": 2}']),
+            "getJobState_old": lambda: proxy.getJobState(1),
+            "getJobState_new": lambda: proxy.getJobState(first),
+            "getJobOutput_old": lambda: proxy.getJobOutput(max(count // 2, 1)),
+            "getStatistics": proxy.getStatistics,
+        }
+
+    def time_round(self, calls: int) -> None:
+        for name, call in self.commands().items():
+            self.times.setdefault(name, []).extend(timed_ms(call, calls))
+
+    def result(self) -> dict:
+        t0 = time.perf_counter()
+        self.proxy.collectStatistics()
+        self.proxy.getStatistics()  # waits for the collection
         collect = time.perf_counter() - t0
-    finally:
-        server.stop(60)
-    return {
-        "jobs": count,
-        "fill_s": round(fill_s, 2),
-        "server_startup_s": round(startup, 3),
-        "median_ms": figures,
-        "collectStatistics_s": round(collect, 4),
-        "journal_bytes_per_job": round(size / max(count, 1), 1),
-    }
+        return {
+            "jobs": self.count,
+            "fill_s": round(self.fill_s, 2),
+            "server_startup_s": round(self.startup, 3),
+            "median_ms": {
+                name: round(statistics.median(times), 4) for name, times in self.times.items()
+            },
+            "collectStatistics_s": round(collect, 4),
+            "journal_bytes_per_job": round(self.size / max(self.count, 1), 1),
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,9 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="parent of the work directories (default: temp)")
     args = parser.parse_args(argv)
     base = tempfile.mkdtemp(prefix="dahu-bench-longlife-", dir=args.workdir)
+    subjects: list[Subject] = []
     try:
-        sizes = [measure(base, count, args.calls) for count in sorted(args.jobs)]
+        for count in sorted(args.jobs):
+            subjects.append(Subject(base, count))
+        # every server runs meanwhile; they are timed in turns of a few calls each, so
+        # that the machine's moods (2x from one minute to the next here) weigh on all
+        rounds = max(1, args.calls // CALLS_PER_TURN)
+        for _ in range(rounds):
+            for subject in subjects:
+                subject.time_round(max(1, args.calls // rounds))
+        sizes = [subject.result() for subject in subjects]
     finally:
+        for subject in subjects:
+            subject.server.stop(60)
         shutil.rmtree(base, ignore_errors=True)
     small, large = sizes[0], sizes[-1]
     ratios = {
