@@ -187,9 +187,7 @@ class Engine:
                 plugin,
                 input_data,
                 output,
-                # not in the files thread: there the writes overlap with the pool's jobs
-                hold_gil=self.files_seconds < self.HOLD_GIL_FILES_SECONDS
-                and threading.current_thread() is not self._cleaner,
+                hold_gil=self.files_seconds < self.HOLD_GIL_FILES_SECONDS,
             )
             return True
         except (OSError, TypeError, ValueError) as err:
@@ -253,20 +251,17 @@ class Engine:
         neither the job's end nor its event.  The journal already holds the outcome, so
         nothing is lost if the process dies before the files are written.
 
-        Called in an executor's pool thread (:meth:`pool_thread`) while no job waits for a
-        slot, the files thread has nothing to write and files take less than
-        :data:`INLINE_FILES_SECONDS`, the calling thread writes and announces itself:
-        waking the files thread for each job cost more server CPU than the files (about
-        80 of 1,050 µs per job through the device).  With jobs queued, the files thread
-        writes while the pool runs them.
+        Called in an executor's pool thread (:meth:`pool_thread`) while the files thread
+        has nothing to write and files take less than :data:`INLINE_FILES_SECONDS`, the
+        calling thread writes and announces itself: waking the files thread for each job
+        cost more server CPU than the files (about 80 of 1,050 µs per job through the
+        device).
         """
         run = getattr(job, "_run", None)  # the job's run: its end time, if known
         ended = getattr(run, "ended", None) or time.time()
-        backlog = getattr(self.executor, "backlog", None)
         if (
             getattr(self._pool_thread, "inline", False)
             and self.files_seconds < self.INLINE_FILES_SECONDS
-            and not (backlog is not None and backlog())
         ):
             with self._lock:
                 inline = not self._unwritten  # else the files thread would be overtaken
