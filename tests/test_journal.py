@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy
 import pytest
@@ -389,34 +388,3 @@ def test_ids_are_consecutive_in_a_process_and_never_shared(tmp_path):
     again = SQLiteJournal(str(tmp_path))  # a clean close gave the unused ids back
     assert again.create("example.noop", {}, 7.0) == max(theirs + ours) + 1
     again.close()
-
-
-@pytest.mark.parametrize("hold_gil", [False, True])
-def test_job_files_are_the_same_whether_or_not_the_gil_is_held(tmp_path, hold_gil):
-    """The two ways of creating the files (``os`` calls, or the C library's while holding
-    the GIL, for fast disks) give the same files, replace old ones, and fail alike."""
-    from dahu.journal.files import _LIBC, write_job_files
-
-    if hold_gil and _LIBC is None:
-        pytest.skip("no C library calls on this platform")
-    output = {"result": 4, "text": "é" * 40000}  # more than one small write
-    stem = tmp_path / "0000" / "00003_example.square"
-    stem.parent.mkdir()
-    (tmp_path / "0000" / "00003_example.square.out").write_text("x" * 200000)  # replaced
-    inp, out = write_job_files(str(tmp_path), 3, "example.square", {"x": 2}, output, hold_gil)
-    assert (inp, out) == (f"{stem}.inp", f"{stem}.out")
-    assert json.loads(Path(out).read_text()) == output
-    assert Path(out).read_text() == json.dumps(output, indent=4)
-    assert json.loads(Path(inp).read_text()) == {"x": 2}
-    assert oct(os.stat(out).st_mode & 0o777) == oct(0o644 & ~_umask())
-    taken = tmp_path / "0000" / "00004_example.square.inp"
-    taken.mkdir()  # a directory where the file should go (refused even to root)
-    with pytest.raises(IsADirectoryError) as caught:
-        write_job_files(str(tmp_path), 4, "example.square", {}, {}, hold_gil)
-    assert caught.value.filename == str(taken)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

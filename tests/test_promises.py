@@ -154,7 +154,9 @@ class Gate(Plugin):
 register(Gate, "promises.gate")
 
 
-def test_an_outcome_held_for_a_batch_is_reported_while_the_next_job_runs(workdir, monkeypatch):
+def test_an_outcome_held_for_a_batch_is_reported_while_the_next_job_runs(
+    workdir, monkeypatch
+):
     """An outcome that ends while jobs are queued behind it waits for others to share its
     commit, but not for them to end: the next job in its slot may run for a long time."""
     # nothing else writes meanwhile: the running job is not recorded as running

@@ -86,7 +86,7 @@ class Engine:
         #: need ``tango.EnsureOmniThread``); set before the first :meth:`clean_later`
         self.thread_context: Callable[[], Any] | None = None
         self._pool_thread = threading.local()  # .inline: clean_later may write here
-        self.files_seconds = 0.0  # a running mean of the time to write a job's files (s)
+        self.files_seconds = 0.0  # a running mean of the time to write a job's files
         self._sweeping = False
         self._closed = False
         self.executor = executor
@@ -170,31 +170,14 @@ class Engine:
         else:
             logger.exception("job %s: the journal failed", job_id)
 
-    HOLD_GIL_FILES_SECONDS = 0.0005
-    """While writing a job's files takes less than this (running mean), they are written
-    without releasing the GIL (see :func:`dahu.journal.files.write_job_files`)."""
-
     def write_files(self, job_id: int, plugin: str, input_data: Any, output: Any) -> bool:
-        """Write a job's ``.inp``/``.out`` files; False (logged) if they cannot be.
-
-        Keeps :attr:`files_seconds`, the running mean of the time it takes (a slow disk
-        shows there at once: a single 4 ms write brings the mean above 0.5 ms)."""
-        started = time.perf_counter()
+        """Write a job's ``.inp``/``.out`` files; False (logged) if they cannot be."""
         try:
-            write_job_files(
-                self.workdir,
-                job_id,
-                plugin,
-                input_data,
-                output,
-                hold_gil=self.files_seconds < self.HOLD_GIL_FILES_SECONDS,
-            )
+            write_job_files(self.workdir, job_id, plugin, input_data, output)
             return True
         except (OSError, TypeError, ValueError) as err:
             logger.error("job %s: cannot write its .inp/.out files: %s", job_id, err)
             return False
-        finally:
-            self.files_seconds += (time.perf_counter() - started - self.files_seconds) / 8
 
     def watch_running(self) -> None:
         """Start (once) the sweep that records long-running jobs as ``running``.
@@ -310,6 +293,7 @@ class Engine:
 
     def _clean_one(self, job: Any, announce: Callable[[], Any] | None, ended: float) -> None:
         """Write the job's files, then announce it (see :meth:`clean_later`)."""
+        started = time.perf_counter()
         try:
             job.clean(wait=False)
         except Exception:
@@ -317,6 +301,7 @@ class Engine:
         finally:
             with self._lock:
                 self._unwritten.remove(ended)  # its own: another may have come first
+            self.files_seconds += (time.perf_counter() - started - self.files_seconds) / 8
         if announce is not None:
             try:
                 announce()
