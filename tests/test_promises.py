@@ -202,40 +202,6 @@ def test_a_burst_of_jobs_shares_commits(workdir):
     engine.close()
 
 
-def test_cheap_files_are_written_and_announced_by_the_pool_thread_slow_ones_handed_over(
-    workdir,
-):
-    """``clean_later`` from a job's report (the device's path): while files are cheap and
-    none are queued, the pool thread that reports the job writes them and announces it
-    itself; once they are slow, the files thread does, and the job's slot goes on."""
-    engine = dahu.engine.configure(workdir=str(workdir), max_workers=1)
-    seen: list[tuple[str, bool, tuple | None]] = []
-
-    @dahu.engine.nonblocking
-    def ended(job: Job) -> None:
-        out = Path(job_file_stem(str(workdir), job.id, "example.square") + ".out")
-
-        def announce() -> None:  # as the device pushes the job's event
-            seen.append((threading.current_thread().name, out.exists(), committed(workdir, job.id)))
-
-        engine.clean_later(job, announce)
-
-    def run_one(x: int) -> None:
-        job = Job("example.square", {"x": x})
-        job.connect_callback(ended)
-        job.start()
-        job.join(30)
-
-    for x in range(5):
-        run_one(x)
-    engine.files_seconds = 1.0  # as measured on a slow disk
-    run_one(5)
-    assert engine.flush_files(30)
-    assert [name for name, _, _ in seen] == ["dahu-worker"] * 5 + ["dahu-files"]
-    assert all(exists and read[0] == "success" for _, exists, read in seen)
-    engine.close()
-
-
 def test_a_plain_callback_runs_in_the_job_thread_and_may_wait_for_jobs(workdir):
     """A callback not marked nonblocking may wait for another job: it runs in the
     thread that ran the job, after that thread committed the outcome itself."""
