@@ -16,8 +16,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 from ..errors import JournalError
@@ -80,13 +80,11 @@ class Engine:
         self.finished = {State.SUCCESS: 0, State.FAILURE: 0, State.ABORTED: 0}
         self.stats = RunningStatistics()
         self._to_clean: queue.SimpleQueue = queue.SimpleQueue()
-        self._unwritten: collections.deque[float] = collections.deque()  # end times, unwritten
+        self._unwritten: collections.deque[float] = collections.deque()  # end times, FIFO
         self._cleaner: threading.Thread | None = None
         #: a context manager factory the files thread runs in (the device's Tango threads
         #: need ``tango.EnsureOmniThread``); set before the first :meth:`clean_later`
         self.thread_context: Callable[[], Any] | None = None
-        self._pool_thread = threading.local()  # .inline: clean_later may write here
-        self.files_seconds = 0.0  # a running mean of the time to write a job's files
         self._sweeping = False
         self._closed = False
         self.executor = executor
@@ -207,23 +205,6 @@ class Engine:
 
         self.watchdog.call_later(period, sweep)
 
-    INLINE_FILES_SECONDS = 0.001
-    """Files written faster than this (running mean) are written by the executor's
-    thread that reports the job, not handed to the files thread."""
-
-    @contextmanager
-    def pool_thread(self) -> Iterator[None]:
-        """The context of an executor's pool thread: :attr:`thread_context` (the device's
-        ``tango.EnsureOmniThread``), in which :meth:`clean_later` may write the files and
-        announce the job itself."""
-        context = self.thread_context() if self.thread_context is not None else nullcontext()
-        with context:
-            self._pool_thread.inline = True
-            try:
-                yield
-            finally:
-                self._pool_thread.inline = False
-
     def clean_later(self, job: Any, announce: Callable[[], Any] | None = None) -> None:
         """Call ``job.clean(wait=False)`` in a background thread: write the ended job's
         ``.inp``/``.out`` files and free its data; then call ``announce()``, if given, in
@@ -233,34 +214,16 @@ class Engine:
         Creating two files may take a millisecond on a busy disk: done there, it delays
         neither the job's end nor its event.  The journal already holds the outcome, so
         nothing is lost if the process dies before the files are written.
-
-        Called in an executor's pool thread (:meth:`pool_thread`) while the files thread
-        has nothing to write and files take less than :data:`INLINE_FILES_SECONDS`, the
-        calling thread writes and announces itself: waking the files thread for each job
-        cost more server CPU than the files (about 80 of 1,050 µs per job through the
-        device).
         """
-        run = getattr(job, "_run", None)  # the job's run: its end time, if known
-        ended = getattr(run, "ended", None) or time.time()
-        if (
-            getattr(self._pool_thread, "inline", False)
-            and self.files_seconds < self.INLINE_FILES_SECONDS
-        ):
-            with self._lock:
-                inline = not self._unwritten  # else the files thread would be overtaken
-                if inline:
-                    self._unwritten.append(ended)
-            if inline:
-                self._clean_one(job, announce, ended)
-                return
         with self._lock:
             if self._cleaner is None:
                 self._cleaner = threading.Thread(
                     target=self._clean_jobs, name="dahu-files", daemon=True
                 )
                 self._cleaner.start()
-            self._unwritten.append(ended)
-        self._to_clean.put((job, announce, ended))
+            run = getattr(job, "_run", None)  # the job's run: its end time, if known
+            self._unwritten.append(getattr(run, "ended", None) or time.time())
+        self._to_clean.put((job, announce))
 
     def files_settled(self) -> float:
         """A time (epoch s) before which every job that ended has its ``.inp``/``.out``
@@ -291,17 +254,15 @@ class Engine:
                     continue
                 self._clean_one(*item)
 
-    def _clean_one(self, job: Any, announce: Callable[[], Any] | None, ended: float) -> None:
+    def _clean_one(self, job: Any, announce: Callable[[], Any] | None) -> None:
         """Write the job's files, then announce it (see :meth:`clean_later`)."""
-        started = time.perf_counter()
         try:
             job.clean(wait=False)
         except Exception:
             logger.exception("job %s: cannot write its files", job.id)
         finally:
             with self._lock:
-                self._unwritten.remove(ended)  # its own: another may have come first
-            self.files_seconds += (time.perf_counter() - started - self.files_seconds) / 8
+                self._unwritten.popleft()
         if announce is not None:
             try:
                 announce()

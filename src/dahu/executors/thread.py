@@ -139,12 +139,6 @@ class ThreadExecutor:
             threading.Thread(target=self._worker, name="dahu-worker", daemon=True).start()
 
     def _worker(self) -> None:
-        # the engine's context for its pool threads (Tango: EnsureOmniThread)
-        context = getattr(self.host, "pool_thread", None)
-        with context() if context is not None else contextlib.nullcontext():
-            self._serve()
-
-    def _serve(self) -> None:
         with self._cond:
             self._idle -= 1
             while True:
