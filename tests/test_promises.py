@@ -154,14 +154,12 @@ class Gate(Plugin):
 register(Gate, "promises.gate")
 
 
-def test_an_outcome_held_for_a_batch_is_reported_while_the_next_job_runs(
-    workdir, monkeypatch
-):
+def test_an_outcome_held_for_a_batch_is_reported_while_the_next_job_runs(workdir, monkeypatch):
     """An outcome that ends while jobs are queued behind it waits for others to share its
     commit, but not for them to end: the next job in its slot may run for a long time."""
     # nothing else writes meanwhile: the running job is not recorded as running
     monkeypatch.setattr(dahu.engine.core, "NOTE_RUNNING_AFTER", 3600.0)
-    engine = dahu.engine.configure(workdir=str(workdir), max_workers=1)
+    engine = dahu.engine.configure(workdir=str(workdir), max_workers=1, batch_outcomes=True)
     reported = threading.Event()
     first = Job("example.square", {"x": 4})
     first.connect_callback(dahu.engine.nonblocking(lambda job: reported.set()))
@@ -181,9 +179,9 @@ def test_an_outcome_held_for_a_batch_is_reported_while_the_next_job_runs(
 
 
 def test_a_burst_of_jobs_shares_commits(workdir):
-    """Jobs queued behind each other on one slot have their outcomes committed together:
-    far fewer commits than jobs, and every job reported."""
-    engine = dahu.engine.configure(workdir=str(workdir), max_workers=1)
+    """Batch work (dahu-reprocess): jobs queued behind each other on one slot have their
+    outcomes committed together: far fewer commits than jobs, every job reported."""
+    engine = dahu.engine.configure(workdir=str(workdir), max_workers=1, batch_outcomes=True)
     ended: list[int] = []
     _GATE.clear()
     gate = Job("promises.gate", {})

