@@ -174,7 +174,8 @@ def test_an_outcome_held_for_a_batch_is_reported_while_the_next_job_runs(workdir
         assert committed(workdir, first.id) == ("success", first.output_data)
     finally:
         _GATE.set()
-    assert after.join(30) is None and after.status == "success" and gate.status == "success"
+    after.join(30)
+    assert after.status == "success" and gate.status == "success"
     engine.close()
 
 

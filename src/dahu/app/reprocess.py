@@ -282,7 +282,7 @@ class Reprocessor:
             # committed in batches (held while jobs are queued), a third thread doing
             # small system calls made all three wait for the GIL after each one
             # (10,000 trivial jobs, -j 1, tmpfs, alternated runs: 3.3 to 3.4 s there,
-            # 2.3 to 2.9 s here, as before the batches)
+            # 2.3 to 2.9 s here)
             try:
                 job.clean(wait=False)
             except Exception:  # a loop boundary: the job must still be reported

@@ -50,9 +50,9 @@ class Engine:
     :param recover: close the unfinished jobs of dead processes as ``interrupted``
     :param batch_outcomes: let the outcome of a job that ends while others wait for a
         slot wait for theirs to share a commit (at most 32 of them, 2 ms): for batch
-        work such as ``dahu-reprocess`` (10,000 jobs: 15% less time); a server answering
-        clients keeps it off (with it, a ``startJobs`` burst ran 40% slower through the
-        device, its commits moved to the timer's thread)
+        work such as ``dahu-reprocess`` (10,000 jobs: about 10% less time); a server
+        answering clients keeps it off (with it, ``startJobs`` bursts through the device
+        ran slower, their commits and reports moved to the timer's thread)
     """
 
     def __init__(
