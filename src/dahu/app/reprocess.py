@@ -388,7 +388,8 @@ class Reprocessor:
         return nonblocking(lambda job: self._ended(job, item, plugin, archive))
 
     def _ended(self, job: Any, item: Item, plugin: str, archive: Any) -> None:
-        """Callback, in the job's worker thread: compare, hand the result over."""
+        """Callback, in the thread that committed the job's outcome (its worker, the
+        main thread or the engine's timer): compare, hand the result over."""
         state = job.status
         error = one_line(job.error) if state != State.SUCCESS else None
         result = Result(item.label, plugin, state, job.id, error)

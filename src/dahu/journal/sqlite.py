@@ -153,6 +153,12 @@ class SQLiteJournal(BatchedWriter, Journal):
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     )
 
+    _HIGHEST = (
+        "COALESCE((SELECT MAX(id) FROM jobs), 0), "
+        "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0)"
+    )
+    """The highest id recorded and the highest reserved (``sqlite_sequence``)."""
+
     ID_BLOCK = 64
     """Job ids reserved at once: one small transaction per block instead of an id from
     each record's INSERT, so that a record can be queued before it is committed."""
@@ -175,10 +181,7 @@ class SQLiteJournal(BatchedWriter, Journal):
         """Reserve ``size`` ids in ``sqlite_sequence`` (ids lock held); return the first."""
         try:
             with self.transaction() as db:
-                row = db.execute(
-                    "SELECT MAX(COALESCE((SELECT MAX(id) FROM jobs), 0), "
-                    "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0))"
-                ).fetchone()
+                row = db.execute(f"SELECT MAX({self._HIGHEST})").fetchone()
                 first = (row[0] or 0) + 1
                 end = first + size - 1
                 if not db.execute(
@@ -274,10 +277,7 @@ class SQLiteJournal(BatchedWriter, Journal):
     def finish_later(self, then: Any, *outcome: Any, hold: bool = False, **named: Any) -> None:
         write = self._outcome(*outcome, **named)
         write.then = then
-        if hold:
-            self._hold_later(write)
-        else:
-            self._write_later(write)
+        self._write_later(write, hold)
 
     _FINISH = (
         "UPDATE jobs SET state = ?, output = ?, error = ?, started = ?, ended = ?, "
@@ -326,10 +326,7 @@ class SQLiteJournal(BatchedWriter, Journal):
     def last_id(self) -> int:
         # the highest id ever given: pruned records count too, as ids are never reused;
         # the ids this process reserved and did not give yet do not
-        largest, seq = self._read(
-            "SELECT COALESCE((SELECT MAX(id) FROM jobs), 0), "
-            "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0)"
-        )[0]
+        largest, seq = self._read(f"SELECT {self._HIGHEST}")[0]
         with self._ids_lock:
             given = self._next_id - 1
             if seq == self._block_end and self._block_end:

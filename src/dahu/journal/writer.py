@@ -11,8 +11,10 @@ in one transaction.  Two kinds of writes:
   write is committed now if the lock is free, else by the holder, which commits what was
   queued meanwhile when it leaves the lock; the write's ``then(error)`` is called by the
   thread that committed it, after the commit (the engine reports a job ended there).
+  A write queued with ``hold`` waits for others until a batch is worth a commit; its
+  caller sees to a commit soon if none comes (the engine arms a timer).
 
-No thread waits for a timer and none is added.  Nothing is reported before it is
+The writer itself waits for no timer and adds no thread.  Nothing is reported before it is
 committed; a crash loses at most writes still queued, whose callers were not answered
 and whose ``then`` did not run.  :meth:`BatchedWriter.flush` waits until every queued
 write is committed and reported.
@@ -119,22 +121,17 @@ class BatchedWriter:
             err = write.error
             raise JournalError(f"cannot write the journal {self.path}: {err}") from err
 
-    def _write_later(self, write: _Write) -> None:
-        """Queue ``write`` (its ``then`` reports it) and commit the queue now if the
-        writer lock is free; if not, its holder commits it when it leaves: the caller
-        never waits."""
-        self._queue_later(write)
-        self._drain()
-
     HOLD_WRITES = 32
     """Writes queued with ``hold`` that make a batch worth committing at once."""
 
-    def _hold_later(self, write: _Write) -> None:
-        """Queue ``write`` like :meth:`_write_later`, but commit only once
-        :data:`HOLD_WRITES` writes are queued: the caller has more coming, and sees to a
-        commit soon (:meth:`commit_soon`) if none follows."""
+    def _write_later(self, write: _Write, hold: bool = False) -> None:
+        """Queue ``write`` (its ``then`` reports it) and commit the queue now if the
+        writer lock is free; if not, its holder commits it when it leaves: the caller
+        never waits.  With ``hold``, commit only once :data:`HOLD_WRITES` writes are
+        queued: the caller has more coming, and sees to a commit soon
+        (:meth:`commit_soon`) if none follows."""
         self._queue_later(write)
-        if len(self._queue) >= self.HOLD_WRITES:
+        if not hold or len(self._queue) >= self.HOLD_WRITES:
             self._drain()
 
     def _queue_later(self, write: _Write) -> None:
