@@ -3,16 +3,30 @@
 Starts ``dahu_server`` without a database (``-nodb``) on a free port, with a fresh work
 directory, and measures from Python clients:
 
-* ``trivial_per_s``: round trips of a trivial command (``State``) from one client, the
-  bound of anything done one request at a time (best of a run before and after);
+* the bounds: round trips of the C++ ``State`` command (``trivial_per_s``) and of the
+  cheapest command written in Python (``getJobState`` of an ended job,
+  ``python_command_per_s``: what PyTango costs any Python command, such as a one-line
+  echo);
 * ``pairs_per_s``: ``startJob`` + ``waitJob`` pairs (``example.square``) from one client;
-  a pair is two round trips, so ``pairs_vs_bound`` compares it with ``trivial_per_s / 2``;
+  a pair is two round trips, so ``pairs_vs_python_command`` compares it with
+  ``python_command_per_s / 2`` (and ``pairs_vs_bound`` with ``trivial_per_s / 2``);
 * ``events_per_s``: ``startJob`` calls, back to back, until every job's ``jobSuccess``
-  change event has reached the client (one round trip per job: compared with the bound);
+  change event has reached the client (one round trip per job: compared with the bounds);
+* ``event_latency_ms``: from ``startJob`` returning to the job's ``jobSuccess`` event
+  reaching the client, jobs started at 500/s; ``event_latency_reference_ms`` is the same
+  for a bare PyTango device (in its own process) whose ``startJob`` only hands a number to
+  a Python thread that pushes it as the event: the machine's own floor;
 * ``batch_per_s``: jobs per second submitted by one ``startJobs`` call (and
   ``batch_done_per_s`` until they have all run);
 * ``latency_ms``: another client's ``startJob`` latency while ``--waiters`` clients (in a
   separate process) are blocked in ``waitJob`` on jobs that do not end.
+
+The speed of this shared machine changes from one second to the next (the bound itself by
+up to 2x within a run), so a workload and its bound are measured in turns: a turn of
+the workload, then a turn of each bound, again and again; each rate is the total of its
+turns (``turns`` says how many), and the latencies of Dahu and of the reference device
+are taken in alternate slices.  ``python_command_alone_per_s`` are the bound's runs
+before, between and after the workloads, as earlier versions of this script measured it.
 
     python bench/tango.py [--small] [--pairs 2000] [--events 5000] [--batch 10000]
 """
@@ -20,6 +34,7 @@ directory, and measures from Python clients:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -45,13 +60,6 @@ from dahu.app.localserver import LocalServer  # noqa: E402
 DEVICE = "id00/dahu/bench"
 
 
-def trivial_rate(proxy: tango.DeviceProxy, count: int) -> float:
-    started = time.perf_counter()
-    for _ in range(count):
-        proxy.state()
-    return count / (time.perf_counter() - started)
-
-
 def python_command_rate(proxy: tango.DeviceProxy, job_id: int, count: int) -> float:
     """Round trips of the cheapest Python command of the device (getJobState of a job
     that ended): what any command implemented in Python costs, for comparison."""
@@ -61,51 +69,98 @@ def python_command_rate(proxy: tango.DeviceProxy, job_id: int, count: int) -> fl
     return count / (time.perf_counter() - started)
 
 
-def pairs_rate(proxy: tango.DeviceProxy, count: int) -> float:
-    started = time.perf_counter()
-    for i in range(count):
-        job_id = proxy.startJob(["example.square", f'{{"x": {i}}}'])
-        state = proxy.waitJob(job_id)
-        while state not in ("success", "failure", "aborted"):
-            state = proxy.waitJob(job_id)
-        if state != "success":
-            raise SystemExit(f"job {job_id} ended {state}")
-    return count / (time.perf_counter() - started)
+class Turns:
+    """Seconds and counts of a workload and of the two bounds, summed over turns."""
+
+    def __init__(self, proxy: tango.DeviceProxy, job_id: int, echoes: int):
+        self.proxy, self.job_id, self.echoes = proxy, job_id, echoes
+        self.seconds = {"work": 0.0, "python_command": 0.0, "trivial": 0.0}
+        self.counts = {"work": 0, "python_command": 0, "trivial": 0}
+        self.turns = 0
+
+    def bounds(self) -> None:
+        """One turn of each bound."""
+        proxy, job_id = self.proxy, self.job_id
+        started = time.perf_counter()
+        for _ in range(self.echoes):
+            proxy.getJobState(job_id)
+        middle = time.perf_counter()
+        for _ in range(self.echoes):
+            proxy.state()
+        self.add("python_command", self.echoes, middle - started)
+        self.add("trivial", self.echoes, time.perf_counter() - middle)
+        self.turns += 1
+
+    def add(self, what: str, count: int, seconds: float) -> None:
+        self.counts[what] += count
+        self.seconds[what] += seconds
+
+    def rate(self, what: str) -> float:
+        return self.counts[what] / self.seconds[what]
 
 
-def events_rate(proxy: tango.DeviceProxy, count: int) -> float:
-    base = proxy.startJob(["example.noop", "{}"])  # every job below gets a larger id
-    proxy.waitJob(base)
+def pairs_in_turns(proxy: tango.DeviceProxy, job_id: int, count: int, per_turn: int = 50) -> Turns:
+    """``count`` pairs, ``per_turn`` at a time, each turn followed by one of the bounds."""
+    turns = Turns(proxy, job_id, 2 * per_turn)
+    done = 0
+    while done < count:
+        size = min(per_turn, count - done)
+        started = time.perf_counter()
+        for i in range(size):
+            new = proxy.startJob(["example.square", f'{{"x": {done + i}}}'])
+            state = proxy.waitJob(new)
+            while state not in ("success", "failure", "aborted"):
+                state = proxy.waitJob(new)
+            if state != "success":
+                raise SystemExit(f"job {new} ended {state}")
+        turns.add("work", size, time.perf_counter() - started)
+        done += size
+        turns.bounds()
+    return turns
+
+
+def events_in_turns(
+    proxy: tango.DeviceProxy, job_id: int, count: int, per_turn: int = 250
+) -> Turns:
+    """``count`` jobs started back to back, ``per_turn`` at a time: a turn lasts until
+    every one of its jobs' ``jobSuccess`` events has arrived; each turn is followed by one
+    of the bounds."""
     seen: set[int] = set()
-    done = threading.Event()
+    lock = threading.Lock()
+    arrived = threading.Condition(lock)
 
     def on_event(event: tango.EventData) -> None:
         if event.err or event.attr_value is None:
             return
-        value = int(event.attr_value.value)
-        if value > base:
-            seen.add(value)
-            if len(seen) >= count:
-                done.set()
+        with arrived:
+            seen.add(int(event.attr_value.value))
+            arrived.notify_all()
 
+    turns = Turns(proxy, job_id, per_turn)
     event_id = proxy.subscribe_event("jobSuccess", tango.EventType.CHANGE_EVENT, on_event)
     try:
-        started = time.perf_counter()
-        for i in range(count):
-            proxy.startJob(["example.square", f'{{"x": {i}}}'])
-        if not done.wait(120):
-            raise SystemExit(f"only {len(seen)} of {count} jobSuccess events received")
-        return count / (time.perf_counter() - started)
+        done = 0
+        while done < count:
+            size = min(per_turn, count - done)
+            started = time.perf_counter()
+            ids = [proxy.startJob(["example.square", f'{{"x": {done + i}}}']) for i in range(size)]
+            with arrived:
+                if not arrived.wait_for(functools.partial(seen.issuperset, ids), 120):
+                    missing = len(set(ids) - seen)
+                    raise SystemExit(f"{missing} of {size} jobSuccess events never arrived")
+            turns.add("work", size, time.perf_counter() - started)
+            done += size
+            turns.bounds()
     finally:
         proxy.unsubscribe_event(event_id)
+    return turns
 
 
-def event_latency_ms(proxy: tango.DeviceProxy, count: int, rate: float) -> dict:
+def event_latencies(proxy: tango.DeviceProxy, count: int, rate: float) -> list[float]:
     """Milliseconds from ``startJob`` returning to the job's ``jobSuccess`` event reaching
-    the client, with jobs started at ``rate`` per second."""
+    the client, for ``count`` jobs started at ``rate`` per second."""
     returned: dict[int, float] = {}
     arrived: dict[int, float] = {}
-    done = threading.Event()
     lock = threading.Lock()
 
     def on_event(event: tango.EventData) -> None:
@@ -114,8 +169,6 @@ def event_latency_ms(proxy: tango.DeviceProxy, count: int, rate: float) -> dict:
             return
         with lock:
             arrived.setdefault(int(event.attr_value.value), now)
-            if len(arrived) >= count and all(i in arrived for i in returned):
-                done.set()
 
     event_id = proxy.subscribe_event("jobSuccess", tango.EventType.CHANGE_EVENT, on_event)
     try:
@@ -131,20 +184,109 @@ def event_latency_ms(proxy: tango.DeviceProxy, count: int, rate: float) -> dict:
             with lock:
                 returned[job_id] = time.perf_counter()
         deadline = time.monotonic() + 60
-        while not all(i in arrived for i in returned) and time.monotonic() < deadline:
-            done.wait(0.1)
+        while time.monotonic() < deadline:
+            with lock:
+                if all(i in arrived for i in returned):
+                    break
+            time.sleep(0.01)
     finally:
         proxy.unsubscribe_event(event_id)
     # an event may overtake the reply of its own startJob: that is a latency of 0
-    times = sorted(max(arrived[i] - t, 0.0) * 1000 for i, t in returned.items() if i in arrived)
+    times = [max(arrived[i] - t, 0.0) * 1000 for i, t in returned.items() if i in arrived]
     if len(times) < count:
         raise SystemExit(f"only {len(times)} of {count} jobSuccess events received")
+    return times
+
+
+def latency_summary(times: list[float], rate: float) -> dict:
+    times = sorted(times)
     return {
         "rate_per_s": rate,
+        "jobs": len(times),
         "median": round(statistics.median(times), 3),
         "p99": round(times[max(int(len(times) * 0.99) - 1, 0)], 3),
         "max": round(times[-1], 3),
     }
+
+
+class ReferenceDevice:
+    """The bare PyTango device of ``event_latency_reference_ms``, in its own process."""
+
+    def __init__(self) -> None:
+        from dahu.app.localserver import free_port
+
+        port = free_port()
+        self.url = f"tango://127.0.0.1:{port}/{REFERENCE_DEVICE}#dbase=no"
+        command = [sys.executable, __file__, "--reference-server", "bench", "-nodb"]
+        command += ["-port", str(port), "-dlist", REFERENCE_DEVICE]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+
+    def start(self, timeout: float = 60) -> tango.DeviceProxy:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise SystemExit(
+                    f"the reference device exited: {self.process.stderr.read()[-500:]}"
+                )
+            try:
+                proxy = tango.DeviceProxy(self.url)
+                proxy.ping()
+                return proxy
+            except tango.DevFailed:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the reference device did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+REFERENCE_DEVICE = "bench/reference/1"
+
+
+def reference_server_main(argv: list[str]) -> int:
+    """The reference device: ``startJob`` numbers the call and hands the number to a
+    Python thread, which pushes it as a ``jobSuccess`` change event (what Dahu does for a
+    job, without the job)."""
+    import queue
+
+    from tango.server import Device, attribute, command, run
+
+    class Reference(Device):
+        def init_device(self) -> None:
+            super().init_device()
+            tango.Util.instance().set_serial_model(tango.SerialModel.NO_SYNC)  # as DahuDS
+            self.set_change_event("jobSuccess", True, False)
+            self._count = 0
+            self._last = 0
+            self._queue: queue.SimpleQueue = queue.SimpleQueue()
+            threading.Thread(target=self._push_events, daemon=True).start()
+
+        def _push_events(self) -> None:
+            with tango.EnsureOmniThread():
+                while True:
+                    self._last = self._queue.get()
+                    self.push_change_event("jobSuccess", self._last)
+
+        @attribute(dtype=tango.DevLong)
+        def jobSuccess(self) -> int:  # noqa: N802 - the name DahuDS uses
+            return self._last
+
+        @command(dtype_in=(str,), dtype_out=tango.DevLong)
+        def startJob(self, argin: list[str]) -> int:  # noqa: N802
+            self._count += 1
+            self._queue.put(self._count)
+            return self._count
+
+    run((Reference,), args=["tango.py", *argv])
+    return 0
 
 
 def batch_rates(proxy: tango.DeviceProxy, count: int) -> tuple[float, float]:
@@ -222,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--waiter":
         return waiter_main(argv[1], [int(i) for i in argv[2:]])
+    if argv and argv[0] == "--reference-server":
+        return reference_server_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="a tiny run (smoke test)")
     parser.add_argument("--pairs", type=int, default=2000)
@@ -230,7 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trivial", type=int, default=5000)
     parser.add_argument("--waiters", type=int, default=10)
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--latency-jobs", type=int, default=2000, help="jobs at 500/s")
+    parser.add_argument(
+        "--latency-jobs",
+        type=int,
+        default=2000,
+        help="jobs at 500/s (and as many for the reference)",
+    )
     parser.add_argument(
         "--workdir",
         metavar="DIR",
@@ -238,46 +387,65 @@ def main(argv: list[str] | None = None) -> int:
         "directory; /dev/shm takes the disk out of the figures)",
     )
     args = parser.parse_args(argv)
+    pairs_turn, events_turn, slices = 50, 1000, 4
     if args.small:
         args.pairs, args.events, args.batch, args.trivial = 20, 50, 200, 200
         args.waiters, args.samples, args.latency_jobs = 2, 20, 50
+        pairs_turn, events_turn, slices = 10, 25, 2
     workdir = tempfile.mkdtemp(prefix="dahu-bench-tango-", dir=args.workdir)
     server = LocalServer(
         workdir, os.path.join(workdir, "server.log"), device=DEVICE, instance="bench"
     )
+    reference = ReferenceDevice()
     proxy = server.start(timeout=60)
     try:
+        reference_proxy = reference.start(timeout=60)
         first = proxy.startJob(["example.square", "{}"])  # load the plugin module
         proxy.startJob(["example.noop", "{}"])
         proxy.waitJob(first)
-        trivial_before = trivial_rate(proxy, args.trivial)
-        # the bound varies from one moment to the next on a shared machine: measured
-        # before each workload and at the end, the best of them is the bound (the
-        # ratios are the least favourable of the run)
-        python_runs = [python_command_rate(proxy, first, args.trivial)]
-        pairs = pairs_rate(proxy, args.pairs)
-        python_runs.append(python_command_rate(proxy, first, args.trivial))
-        events = events_rate(proxy, args.events)
-        event_latency = event_latency_ms(proxy, args.latency_jobs, 500.0)
+        alone = [python_command_rate(proxy, first, args.trivial)]
+        pairs = pairs_in_turns(proxy, first, args.pairs, pairs_turn)
+        alone.append(python_command_rate(proxy, first, args.trivial))
+        events = events_in_turns(proxy, first, args.events, events_turn)
+        # Dahu's latency and the reference's, in alternate slices of the same minutes
+        ours: list[float] = []
+        floor: list[float] = []
+        size = max(args.latency_jobs // slices, 1)
+        for _ in range(slices):
+            ours += event_latencies(proxy, size, 500.0)
+            floor += event_latencies(reference_proxy, size, 500.0)
         batch, batch_done = batch_rates(proxy, args.batch)
         latency = latency_ms(proxy, server.url, args.waiters, args.samples)
-        trivial = max(trivial_before, trivial_rate(proxy, args.trivial))
-        python_runs.append(python_command_rate(proxy, first, args.trivial))
-        python_trivial = max(python_runs)
+        alone.append(python_command_rate(proxy, first, args.trivial))
+        bound = {
+            name: (pairs.counts[name] + events.counts[name])
+            / (pairs.seconds[name] + events.seconds[name])
+            for name in ("trivial", "python_command")
+        }
         result = {
             "benchmark": "tango",
-            "trivial_per_s": round(trivial, 1),
+            "method": "turns",
+            "trivial_per_s": round(bound["trivial"], 1),
+            "python_command_per_s": round(bound["python_command"], 1),
             "pairs": args.pairs,
-            "pairs_per_s": round(pairs, 1),
-            "pairs_vs_bound": round(pairs / (trivial / 2), 3),
-            "python_command_per_s": round(python_trivial, 1),
-            "python_command_runs_per_s": [round(rate, 1) for rate in python_runs],
-            "pairs_vs_python_command": round(pairs / (python_trivial / 2), 3),
+            "pairs_turns": pairs.turns,
+            "pairs_per_s": round(pairs.rate("work"), 1),
+            "pairs_vs_python_command": round(
+                pairs.rate("work") / (pairs.rate("python_command") / 2), 3
+            ),
+            "pairs_vs_bound": round(pairs.rate("work") / (pairs.rate("trivial") / 2), 3),
+            "pairs_turns_python_command_per_s": round(pairs.rate("python_command"), 1),
             "events": args.events,
-            "events_per_s": round(events, 1),
-            "events_vs_bound": round(events / trivial, 3),
-            "events_vs_python_command": round(events / python_trivial, 3),
-            "event_latency_ms": event_latency,
+            "events_turns": events.turns,
+            "events_per_s": round(events.rate("work"), 1),
+            "events_vs_python_command": round(
+                events.rate("work") / events.rate("python_command"), 3
+            ),
+            "events_vs_bound": round(events.rate("work") / events.rate("trivial"), 3),
+            "events_turns_python_command_per_s": round(events.rate("python_command"), 1),
+            "event_latency_ms": latency_summary(ours, 500.0),
+            "event_latency_reference_ms": latency_summary(floor, 500.0),
+            "python_command_alone_per_s": [round(rate, 1) for rate in alone],
             "batch": args.batch,
             "batch_per_s": round(batch, 1),
             "batch_done_per_s": round(batch_done, 1),
@@ -289,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             "pytango": tango.__version__,
         }
     finally:
+        reference.stop()
         server.stop(60)
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(result))

@@ -522,3 +522,8 @@ def test_the_benchmark_runs_on_a_tiny_size():
     keys = ("trivial_per_s", "pairs_per_s", "events_per_s", "batch_per_s", "latency_ms")
     for key in (*keys, "python_command_per_s", "events_vs_python_command", "event_latency_ms"):
         assert key in figures
+    # the workloads alternate with their bound: every turn of work is followed by one
+    assert figures["pairs_turns"] == 2 and figures["events_turns"] == 2
+    assert figures["pairs_vs_python_command"] > 0 and figures["events_vs_python_command"] > 0
+    # Dahu's event latency and the bare reference device's, over the same number of jobs
+    assert figures["event_latency_ms"]["jobs"] == figures["event_latency_reference_ms"]["jobs"] == 50
