@@ -209,6 +209,23 @@ def latency_summary(times: list[float], rate: float) -> dict:
     }
 
 
+def cpu_ticks() -> list[int] | None:
+    """The machine's CPU time counters (Linux ``/proc/stat``), None elsewhere."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            return [int(field) for field in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_percent(before: list[int] | None, after: list[int] | None) -> float | None:
+    """Percent of the CPU time the hypervisor gave to others (``steal``) in between."""
+    if not before or not after or len(before) < 8:
+        return None
+    spent = [b - a for a, b in zip(before, after, strict=False)]
+    return round(100.0 * spent[7] / max(sum(spent), 1), 1)
+
+
 class ReferenceDevice:
     """The bare PyTango device of ``event_latency_reference_ms``, in its own process."""
 
@@ -411,9 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         ours: list[float] = []
         floor: list[float] = []
         size = max(args.latency_jobs // slices, 1)
+        ticks = cpu_ticks()
         for _ in range(slices):
             ours += event_latencies(proxy, size, 500.0)
             floor += event_latencies(reference_proxy, size, 500.0)
+        steal = steal_percent(ticks, cpu_ticks())
         batch, batch_done = batch_rates(proxy, args.batch)
         latency = latency_ms(proxy, server.url, args.waiters, args.samples)
         alone.append(python_command_rate(proxy, first, args.trivial))
@@ -445,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
             "events_turns_python_command_per_s": round(events.rate("python_command"), 1),
             "event_latency_ms": latency_summary(ours, 500.0),
             "event_latency_reference_ms": latency_summary(floor, 500.0),
+            # time the hypervisor took from this VM meanwhile: it makes the tails
+            "event_latency_steal_percent": steal,
             "python_command_alone_per_s": [round(rate, 1) for rate in alone],
             "batch": args.batch,
             "batch_per_s": round(batch, 1),
