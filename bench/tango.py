@@ -72,7 +72,7 @@ def python_command_rate(proxy: tango.DeviceProxy, job_id: int, count: int) -> fl
 class Turns:
     """Seconds and counts of a workload and of the two bounds, summed over turns."""
 
-    def __init__(self, proxy: tango.DeviceProxy, job_id: int, echoes: int):
+    def __init__(self, proxy: tango.DeviceProxy, job_id: int | None, echoes: int):
         self.proxy, self.job_id, self.echoes = proxy, job_id, echoes
         self.seconds = {"work": 0.0, "python_command": 0.0, "trivial": 0.0}
         self.counts = {"work": 0, "python_command": 0, "trivial": 0}
@@ -120,11 +120,11 @@ def pairs_in_turns(proxy: tango.DeviceProxy, job_id: int, count: int, per_turn: 
 
 
 def events_in_turns(
-    proxy: tango.DeviceProxy, job_id: int, count: int, per_turn: int = 250
+    proxy: tango.DeviceProxy, job_id: int | None, count: int, per_turn: int = 1000
 ) -> Turns:
     """``count`` jobs started back to back, ``per_turn`` at a time: a turn lasts until
     every one of its jobs' ``jobSuccess`` events has arrived; each turn is followed by one
-    of the bounds."""
+    of the bounds (none with ``job_id`` None)."""
     seen: set[int] = set()
     lock = threading.Lock()
     arrived = threading.Condition(lock)
@@ -150,10 +150,17 @@ def events_in_turns(
                     raise SystemExit(f"{missing} of {size} jobSuccess events never arrived")
             turns.add("work", size, time.perf_counter() - started)
             done += size
-            turns.bounds()
+            if job_id is not None:
+                turns.bounds()
     finally:
         proxy.unsubscribe_event(event_id)
     return turns
+
+
+def events_rate(proxy: tango.DeviceProxy, count: int) -> float:
+    """``count`` jobs started back to back until every ``jobSuccess`` event has arrived,
+    in one go, without the bounds (``bench/client.py`` compares its ways with it)."""
+    return events_in_turns(proxy, None, count, count).rate("work")
 
 
 def event_latencies(proxy: tango.DeviceProxy, count: int, rate: float) -> list[float]:
