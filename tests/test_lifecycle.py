@@ -136,3 +136,38 @@ def test_a_job_cannot_be_started_twice(engine):
     job = run("example.square", {"x": 1})
     with pytest.raises(RuntimeError, match="already started"):
         job.start()
+
+
+def test_a_job_s_files_are_written_once_when_clean_comes_from_two_threads(tmp_path):
+    # cleanJob may come while the files thread writes the same job's files: a second
+    # write (truncate, then write) would show a reader an empty file meanwhile
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    try:
+        job = run("example.square", {"x": 3})
+        assert job.status == "success"
+        writing, release = threading.Event(), threading.Event()
+        calls = []
+        write_files = engine.write_files
+
+        def slow_write(*args):
+            calls.append(threading.current_thread().name)
+            writing.set()
+            release.wait(10)
+            return write_files(*args)
+
+        engine.write_files = slow_write
+        first = threading.Thread(target=job.clean, kwargs={"wait": False}, name="first")
+        second = threading.Thread(target=job.clean, kwargs={"wait": False}, name="second")
+        first.start()
+        assert writing.wait(10)
+        second.start()
+        second.join(0.2)
+        assert second.is_alive()  # waits for the first writer instead of writing again
+        release.set()
+        first.join(10)
+        second.join(10)
+        assert calls == ["first"]
+        with open(job.data_on_disk + ".out", encoding="ascii") as out:
+            assert '"result": 9' in out.read()
+    finally:
+        engine.close()
