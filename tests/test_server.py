@@ -526,4 +526,6 @@ def test_the_benchmark_runs_on_a_tiny_size():
     assert figures["pairs_turns"] == 2 and figures["events_turns"] == 2
     assert figures["pairs_vs_python_command"] > 0 and figures["events_vs_python_command"] > 0
     # Dahu's event latency and the bare reference device's, over the same number of jobs
-    assert figures["event_latency_ms"]["jobs"] == figures["event_latency_reference_ms"]["jobs"] == 50
+    assert (
+        figures["event_latency_ms"]["jobs"] == figures["event_latency_reference_ms"]["jobs"] == 50
+    )
