@@ -74,9 +74,10 @@ class Turns:
 
     def __init__(self, proxy: tango.DeviceProxy, job_id: int | None, echoes: int):
         self.proxy, self.job_id, self.echoes = proxy, job_id, echoes
-        self.seconds = {"work": 0.0, "python_command": 0.0, "trivial": 0.0}
-        self.counts = {"work": 0, "python_command": 0, "trivial": 0}
+        self.seconds = {"work": 0.0, "python_command": 0.0, "trivial": 0.0, "echo": 0.0}
+        self.counts = {"work": 0, "python_command": 0, "trivial": 0, "echo": 0}
         self.turns = 0
+        self.echo: tango.DeviceProxy | None = None  # the reference device, when given
 
     def bounds(self) -> None:
         """One turn of each bound."""
@@ -89,6 +90,12 @@ class Turns:
             proxy.state()
         self.add("python_command", self.echoes, middle - started)
         self.add("trivial", self.echoes, time.perf_counter() - middle)
+        if self.echo is not None:
+            echo = self.echo
+            started = time.perf_counter()
+            for i in range(self.echoes):
+                echo.echo(i)
+            self.add("echo", self.echoes, time.perf_counter() - started)
         self.turns += 1
 
     def add(self, what: str, count: int, seconds: float) -> None:
@@ -99,9 +106,17 @@ class Turns:
         return self.counts[what] / self.seconds[what]
 
 
-def pairs_in_turns(proxy: tango.DeviceProxy, job_id: int, count: int, per_turn: int = 50) -> Turns:
-    """``count`` pairs, ``per_turn`` at a time, each turn followed by one of the bounds."""
+def pairs_in_turns(
+    proxy: tango.DeviceProxy,
+    job_id: int,
+    count: int,
+    per_turn: int = 50,
+    echo: tango.DeviceProxy | None = None,
+) -> Turns:
+    """``count`` pairs, ``per_turn`` at a time, each turn followed by one of the bounds
+    (and of the ``echo`` command of the reference device, if given)."""
     turns = Turns(proxy, job_id, 2 * per_turn)
+    turns.echo = echo
     done = 0
     while done < count:
         size = min(per_turn, count - done)
@@ -120,11 +135,15 @@ def pairs_in_turns(proxy: tango.DeviceProxy, job_id: int, count: int, per_turn: 
 
 
 def events_in_turns(
-    proxy: tango.DeviceProxy, job_id: int | None, count: int, per_turn: int = 1000
+    proxy: tango.DeviceProxy,
+    job_id: int | None,
+    count: int,
+    per_turn: int = 1000,
+    echo: tango.DeviceProxy | None = None,
 ) -> Turns:
     """``count`` jobs started back to back, ``per_turn`` at a time: a turn lasts until
     every one of its jobs' ``jobSuccess`` events has arrived; each turn is followed by one
-    of the bounds (none with ``job_id`` None)."""
+    of the bounds (none with ``job_id`` None; the reference's ``echo`` too, if given)."""
     seen: set[int] = set()
     lock = threading.Lock()
     arrived = threading.Condition(lock)
@@ -137,6 +156,7 @@ def events_in_turns(
             arrived.notify_all()
 
     turns = Turns(proxy, job_id, per_turn)
+    turns.echo = echo
     event_id = proxy.subscribe_event("jobSuccess", tango.EventType.CHANGE_EVENT, on_event)
     try:
         done = 0
@@ -303,6 +323,10 @@ def reference_server_main(argv: list[str]) -> int:
         def jobSuccess(self) -> int:  # noqa: N802 - the name DahuDS uses
             return self._last
 
+        @command(dtype_in=tango.DevLong, dtype_out=tango.DevLong)
+        def echo(self, value: int) -> int:
+            return value
+
         @command(dtype_in=(str,), dtype_out=tango.DevLong)
         def startJob(self, argin: list[str]) -> int:  # noqa: N802
             self._count += 1
@@ -428,9 +452,9 @@ def main(argv: list[str] | None = None) -> int:
         proxy.startJob(["example.noop", "{}"])
         proxy.waitJob(first)
         alone = [python_command_rate(proxy, first, args.trivial)]
-        pairs = pairs_in_turns(proxy, first, args.pairs, pairs_turn)
+        pairs = pairs_in_turns(proxy, first, args.pairs, pairs_turn, reference_proxy)
         alone.append(python_command_rate(proxy, first, args.trivial))
-        events = events_in_turns(proxy, first, args.events, events_turn)
+        events = events_in_turns(proxy, first, args.events, events_turn, reference_proxy)
         # Dahu's latency and the reference's, in alternate slices of the same minutes
         ours: list[float] = []
         floor: list[float] = []
@@ -446,13 +470,14 @@ def main(argv: list[str] | None = None) -> int:
         bound = {
             name: (pairs.counts[name] + events.counts[name])
             / (pairs.seconds[name] + events.seconds[name])
-            for name in ("trivial", "python_command")
+            for name in ("trivial", "python_command", "echo")
         }
         result = {
             "benchmark": "tango",
             "method": "turns",
             "trivial_per_s": round(bound["trivial"], 1),
             "python_command_per_s": round(bound["python_command"], 1),
+            "echo_per_s": round(bound["echo"], 1),
             "pairs": args.pairs,
             "pairs_turns": pairs.turns,
             "pairs_per_s": round(pairs.rate("work"), 1),
@@ -460,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                 pairs.rate("work") / (pairs.rate("python_command") / 2), 3
             ),
             "pairs_vs_bound": round(pairs.rate("work") / (pairs.rate("trivial") / 2), 3),
+            "pairs_vs_echo": round(pairs.rate("work") / (pairs.rate("echo") / 2), 3),
             "pairs_turns_python_command_per_s": round(pairs.rate("python_command"), 1),
             "events": args.events,
             "events_turns": events.turns,
@@ -468,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                 events.rate("work") / events.rate("python_command"), 3
             ),
             "events_vs_bound": round(events.rate("work") / events.rate("trivial"), 3),
+            "events_vs_echo": round(events.rate("work") / events.rate("echo"), 3),
             "events_turns_python_command_per_s": round(events.rate("python_command"), 1),
             "event_latency_ms": latency_summary(ours, 500.0),
             "event_latency_reference_ms": latency_summary(floor, 500.0),
