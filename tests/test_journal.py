@@ -1,5 +1,6 @@
 """The journal: one contract for every implementation, then restarts of real processes."""
 
+import http
 import json
 import os
 import signal
@@ -323,6 +324,17 @@ PRETTY_CASES = [
         None: 5,
     },
     [float("nan"), float("inf"), -float("inf"), 1e300, -0.0, 0.1],
+    # values of a dict: the exact types take a shortcut, subclasses and the rest do not
+    {
+        "nan": float("nan"),
+        "inf": -float("inf"),
+        "t": True,
+        "n": None,
+        "big": 10**30,
+        "enum": http.HTTPStatus.OK,
+        "sub": type("Text", (str,), {})("é"),
+        "list": [],
+    },
     {"deep": [[[[{"k": [1, {"l": "m"}]}]]]]},
     "text",
     7,
