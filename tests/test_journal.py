@@ -324,7 +324,7 @@ PRETTY_CASES = [
         None: 5,
     },
     [float("nan"), float("inf"), -float("inf"), 1e300, -0.0, 0.1],
-    # values of a dict: the exact types take a shortcut, subclasses and the rest do not
+    # dict values: special floats, bools, None, a big int, int and str subclasses
     {
         "nan": float("nan"),
         "inf": -float("inf"),

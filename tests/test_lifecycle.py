@@ -156,11 +156,18 @@ def test_a_job_s_files_are_written_once_when_clean_comes_from_two_threads(tmp_pa
             return write_files(*args)
 
         engine.write_files = slow_write
+        entered = threading.Event()
+
+        def clean_again():
+            entered.set()
+            job.clean(wait=False)
+
         first = threading.Thread(target=job.clean, kwargs={"wait": False}, name="first")
-        second = threading.Thread(target=job.clean, kwargs={"wait": False}, name="second")
+        second = threading.Thread(target=clean_again, name="second")
         first.start()
         assert writing.wait(10)
         second.start()
+        assert entered.wait(10)
         second.join(0.2)
         assert second.is_alive()  # waits for the first writer instead of writing again
         release.set()
