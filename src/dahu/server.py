@@ -154,8 +154,7 @@ class DahuDS(Device):
             self._pusher = None
 
     def _push_events(self) -> None:
-        """The thread that pushes the events of the device's other threads (the job
-        events are pushed by the engine's files thread)."""
+        """Push the events of the device's other threads (job events: the files thread)."""
         with tango.EnsureOmniThread():
             while True:
                 item = self._events.get()
@@ -165,8 +164,8 @@ class DahuDS(Device):
 
     @nonblocking
     def _job_ended(self, job: Job) -> None:
-        """Job callback: record the id, hand the job to the engine's files thread, which
-        writes its files, then pushes its event."""
+        """Job callback: record the id; the engine's files thread writes its files, then
+        pushes its event."""
         job_id = job.id
         web = self._web
         if web is not None:
@@ -180,9 +179,8 @@ class DahuDS(Device):
         self._engine.clean_later(job, functools.partial(self._push, name, job_id))
 
     def _push(self, name: str, value: Any) -> None:
-        """Push a change event of ``name``, unless no client is subscribed to it: Tango
-        would not send it then, and PyTango's conversions would cost the thread that
-        writes the job files up to 100 µs per job for nothing."""
+        """Push a change event of ``name`` if a client is subscribed (Tango sends nothing
+        to nobody; PyTango's push alone costs the files thread up to 100 µs)."""
         try:
             if self.is_there_subscriber(name, tango.EventType.CHANGE_EVENT):
                 self.push_change_event(name, value)
@@ -321,8 +319,7 @@ class DahuDS(Device):
     def waitJob(self, job_id: int) -> str:  # noqa: N802
         """Wait for a job to end, at most ``wait_timeout`` s; return its state then.
 
-        A state that is not final (``starting``, ``running``) means the wait timed out:
-        call again.
+        A state that is not final (``starting``, ``running``) means it timed out: call again.
         """
         state = Job.synchronize_job(job_id, self._wait)
         if state == State.INEXISTANT:
