@@ -257,12 +257,12 @@ class ReferenceDevice:
     """The bare PyTango device of ``event_latency_reference_ms``, in its own process."""
 
     def __init__(self) -> None:
-        from dahu.app.localserver import free_port
+        from dahu.app.localserver import die_with_parent, free_port
 
         port = free_port()
         self.url = f"tango://127.0.0.1:{port}/{REFERENCE_DEVICE}#dbase=no"
         command = [sys.executable, __file__, "--reference-server", "bench", "-nodb"]
-        command += ["-port", str(port), "-dlist", REFERENCE_DEVICE]
+        command = die_with_parent(command + ["-port", str(port), "-dlist", REFERENCE_DEVICE])
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import DahuError
 
-__all__ = ["LocalServer", "ServerFailed", "free_port"]
+__all__ = ["LocalServer", "ServerFailed", "die_with_parent", "free_port"]
 
 DEVICE = "demo/dahu/1"
 
@@ -42,6 +42,13 @@ _DIE_WITH_PARENT = (
     "if os.getppid() != int(sys.argv[1]):\n    sys.exit(1)\n"
     "os.execv(sys.argv[2], sys.argv[2:])\n"
 )
+
+
+def die_with_parent(command: list[str]) -> list[str]:
+    """``command`` run so that it gets SIGTERM when this process dies (on Linux)."""
+    if not sys.platform.startswith("linux"):
+        return list(command)
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
 
 
 class LocalServer:
@@ -74,9 +81,15 @@ class LocalServer:
         launcher = (
             [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "dahu.app.server"]
         )
-        if sys.platform.startswith("linux"):
-            launcher = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *launcher]
-        self.command = [*launcher, instance, "-nodb", "-port", str(self.port), "-dlist", device]
+        self.command = [
+            *die_with_parent(launcher),
+            instance,
+            "-nodb",
+            "-port",
+            str(self.port),
+            "-dlist",
+            device,
+        ]
         self.command += ["--workdir", workdir]
         if max_workers:
             self.command += ["--max-workers", str(max_workers)]
