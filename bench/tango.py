@@ -134,6 +134,39 @@ def pairs_in_turns(
     return turns
 
 
+class EventWatch:
+    """A ``jobSuccess`` subscription that can start jobs and wait for their events."""
+
+    def __init__(self, proxy: tango.DeviceProxy) -> None:
+        self.proxy = proxy
+        self.seen: set[int] = set()
+        self.arrived = threading.Condition(threading.Lock())
+        self.event_id = proxy.subscribe_event(
+            "jobSuccess", tango.EventType.CHANGE_EVENT, self.on_event
+        )
+
+    def on_event(self, event: tango.EventData) -> None:
+        if event.err or event.attr_value is None:
+            return
+        with self.arrived:
+            self.seen.add(int(event.attr_value.value))
+            self.arrived.notify_all()
+
+    def run(self, first: int, size: int) -> float:
+        """Start ``size`` jobs back to back; seconds until every one's event arrived."""
+        proxy = self.proxy
+        started = time.perf_counter()
+        ids = [proxy.startJob(["example.square", f'{{"x": {first + i}}}']) for i in range(size)]
+        with self.arrived:
+            if not self.arrived.wait_for(functools.partial(self.seen.issuperset, ids), 120):
+                missing = len(set(ids) - self.seen)
+                raise SystemExit(f"{missing} of {size} jobSuccess events never arrived")
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.proxy.unsubscribe_event(self.event_id)
+
+
 def events_in_turns(
     proxy: tango.DeviceProxy,
     job_id: int | None,
@@ -143,37 +176,28 @@ def events_in_turns(
 ) -> Turns:
     """``count`` jobs started back to back, ``per_turn`` at a time: a turn lasts until
     every one of its jobs' ``jobSuccess`` events has arrived; each turn is followed by one
-    of the bounds (none with ``job_id`` None; the reference's ``echo`` too, if given)."""
-    seen: set[int] = set()
-    lock = threading.Lock()
-    arrived = threading.Condition(lock)
-
-    def on_event(event: tango.EventData) -> None:
-        if event.err or event.attr_value is None:
-            return
-        with arrived:
-            seen.add(int(event.attr_value.value))
-            arrived.notify_all()
-
+    of the bounds (none with ``job_id`` None).  With ``echo`` (the reference device), its
+    ``echo`` is one more bound, and the same workload on it (``reference``: a server that
+    does nothing but push the events) follows each turn too."""
     turns = Turns(proxy, job_id, per_turn)
     turns.echo = echo
-    event_id = proxy.subscribe_event("jobSuccess", tango.EventType.CHANGE_EVENT, on_event)
+    turns.counts["reference"], turns.seconds["reference"] = 0, 0.0
+    ours = EventWatch(proxy)
+    theirs = EventWatch(echo) if echo is not None else None
     try:
         done = 0
         while done < count:
             size = min(per_turn, count - done)
-            started = time.perf_counter()
-            ids = [proxy.startJob(["example.square", f'{{"x": {done + i}}}']) for i in range(size)]
-            with arrived:
-                if not arrived.wait_for(functools.partial(seen.issuperset, ids), 120):
-                    missing = len(set(ids) - seen)
-                    raise SystemExit(f"{missing} of {size} jobSuccess events never arrived")
-            turns.add("work", size, time.perf_counter() - started)
-            done += size
+            turns.add("work", size, ours.run(done, size))
             if job_id is not None:
                 turns.bounds()
+            if theirs is not None:
+                turns.add("reference", size, theirs.run(done, size))
+            done += size
     finally:
-        proxy.unsubscribe_event(event_id)
+        ours.close()
+        if theirs is not None:
+            theirs.close()
     return turns
 
 
@@ -495,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "events_vs_bound": round(events.rate("work") / events.rate("trivial"), 3),
             "events_vs_echo": round(events.rate("work") / events.rate("echo"), 3),
+            # the same workload on the reference device, which does nothing but push them
+            "events_reference_per_s": round(events.rate("reference"), 1),
+            "events_reference_vs_echo": round(events.rate("reference") / events.rate("echo"), 3),
             "events_turns_python_command_per_s": round(events.rate("python_command"), 1),
             "event_latency_ms": latency_summary(ours, 500.0),
             "event_latency_reference_ms": latency_summary(floor, 500.0),

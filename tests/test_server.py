@@ -526,6 +526,7 @@ def test_the_benchmark_runs_on_a_tiny_size():
     assert figures["pairs_turns"] == 2 and figures["events_turns"] == 2
     assert figures["pairs_vs_python_command"] > 0 and figures["events_vs_python_command"] > 0
     assert figures["echo_per_s"] > 0 and figures["pairs_vs_echo"] > 0
+    assert figures["events_reference_per_s"] > 0  # the same workload on the bare device
     # Dahu's event latency and the bare reference device's, over the same number of jobs
     assert (
         figures["event_latency_ms"]["jobs"] == figures["event_latency_reference_ms"]["jobs"] == 50
