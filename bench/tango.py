@@ -34,6 +34,7 @@ before, between and after the workloads, as earlier versions of this script meas
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import os
@@ -55,7 +56,7 @@ os.environ.setdefault("TANGO_DS_EVENT_BUFFER_HWM", "200000")
 
 import tango  # noqa: E402
 
-from dahu.app.localserver import LocalServer  # noqa: E402
+from dahu.app.localserver import LocalServer, die_with_parent  # noqa: E402
 
 DEVICE = "id00/dahu/bench"
 
@@ -70,14 +71,20 @@ def python_command_rate(proxy: tango.DeviceProxy, job_id: int, count: int) -> fl
 
 
 class Turns:
-    """Seconds and counts of a workload and of the two bounds, summed over turns."""
+    """Seconds and counts of a workload and of its bounds (``getJobState``, ``State``
+    and, with ``echo``, the reference device's ``echo``), summed over turns."""
 
-    def __init__(self, proxy: tango.DeviceProxy, job_id: int | None, echoes: int):
-        self.proxy, self.job_id, self.echoes = proxy, job_id, echoes
-        self.seconds = {"work": 0.0, "python_command": 0.0, "trivial": 0.0, "echo": 0.0}
-        self.counts = {"work": 0, "python_command": 0, "trivial": 0, "echo": 0}
+    def __init__(
+        self,
+        proxy: tango.DeviceProxy,
+        job_id: int | None,
+        echoes: int,
+        echo: tango.DeviceProxy | None = None,
+    ):
+        self.proxy, self.job_id, self.echoes, self.echo = proxy, job_id, echoes, echo
+        self.seconds: collections.Counter = collections.Counter()
+        self.counts: collections.Counter = collections.Counter()
         self.turns = 0
-        self.echo: tango.DeviceProxy | None = None  # the reference device, when given
 
     def bounds(self) -> None:
         """One turn of each bound."""
@@ -115,8 +122,7 @@ def pairs_in_turns(
 ) -> Turns:
     """``count`` pairs, ``per_turn`` at a time, each turn followed by one of the bounds
     (and of the ``echo`` command of the reference device, if given)."""
-    turns = Turns(proxy, job_id, 2 * per_turn)
-    turns.echo = echo
+    turns = Turns(proxy, job_id, 2 * per_turn, echo)
     done = 0
     while done < count:
         size = min(per_turn, count - done)
@@ -179,9 +185,7 @@ def events_in_turns(
     of the bounds (none with ``job_id`` None).  With ``echo`` (the reference device), its
     ``echo`` is one more bound, and the same workload on it (``reference``: a server that
     does nothing but push the events) follows each turn too."""
-    turns = Turns(proxy, job_id, per_turn)
-    turns.echo = echo
-    turns.counts["reference"], turns.seconds["reference"] = 0, 0.0
+    turns = Turns(proxy, job_id, per_turn, echo)
     ours = EventWatch(proxy)
     theirs = EventWatch(echo) if echo is not None else None
     try:
@@ -277,46 +281,19 @@ def steal_percent(before: list[int] | None, after: list[int] | None) -> float | 
     return round(100.0 * spent[7] / max(sum(spent), 1), 1)
 
 
-class ReferenceDevice:
-    """The bare PyTango device of ``event_latency_reference_ms``, in its own process."""
-
-    def __init__(self) -> None:
-        from dahu.app.localserver import die_with_parent, free_port
-
-        port = free_port()
-        self.url = f"tango://127.0.0.1:{port}/{REFERENCE_DEVICE}#dbase=no"
-        command = [sys.executable, __file__, "--reference-server", "bench", "-nodb"]
-        command = die_with_parent(command + ["-port", str(port), "-dlist", REFERENCE_DEVICE])
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-
-    def start(self, timeout: float = 60) -> tango.DeviceProxy:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise SystemExit(
-                    f"the reference device exited: {self.process.stderr.read()[-500:]}"
-                )
-            try:
-                proxy = tango.DeviceProxy(self.url)
-                proxy.ping()
-                return proxy
-            except tango.DevFailed:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the reference device did not start") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 REFERENCE_DEVICE = "bench/reference/1"
+
+
+class ReferenceDevice(LocalServer):
+    """The bare PyTango device of ``event_latency_reference_ms``, in its own process,
+    started and stopped as the Dahu server is (its log in ``log_path``)."""
+
+    def __init__(self, workdir: str, log_path: str) -> None:
+        super().__init__(workdir, log_path, device=REFERENCE_DEVICE, instance="bench")
+        command = [sys.executable, __file__, "--reference-server", "bench", "-nodb"]
+        self.command = die_with_parent(
+            command + ["-port", str(self.port), "-dlist", REFERENCE_DEVICE]
+        )
 
 
 def reference_server_main(argv: list[str]) -> int:
@@ -468,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     server = LocalServer(
         workdir, os.path.join(workdir, "server.log"), device=DEVICE, instance="bench"
     )
-    reference = ReferenceDevice()
+    reference = ReferenceDevice(workdir, os.path.join(workdir, "reference.log"))
     proxy = server.start(timeout=60)
     try:
         reference_proxy = reference.start(timeout=60)
