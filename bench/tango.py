@@ -84,6 +84,7 @@ class Turns:
         self.proxy, self.job_id, self.echoes, self.echo = proxy, job_id, echoes, echo
         self.seconds: collections.Counter = collections.Counter()
         self.counts: collections.Counter = collections.Counter()
+        self.per_turn: collections.defaultdict = collections.defaultdict(list)  # rates
         self.turns = 0
 
     def bounds(self) -> None:
@@ -108,9 +109,26 @@ class Turns:
     def add(self, what: str, count: int, seconds: float) -> None:
         self.counts[what] += count
         self.seconds[what] += seconds
+        self.per_turn[what].append(count / seconds)
 
     def rate(self, what: str) -> float:
         return self.counts[what] / self.seconds[what]
+
+    def spread(self, what: str, bound: str, scale: float = 1.0) -> dict:
+        """The ratio of ``what`` to ``bound`` (times ``scale``) turn by turn, each turn
+        against the bound's turn that followed it: how much one run's ratio can be
+        trusted (the target is the ratio of the sums, :meth:`rate`)."""
+        ratios = sorted(
+            w / (b * scale) for w, b in zip(self.per_turn[what], self.per_turn[bound])
+        )
+        if not ratios:
+            return {}
+        return {
+            "turns": len(ratios),
+            "median": round(statistics.median(ratios), 3),
+            "min": round(ratios[0], 3),
+            "max": round(ratios[-1], 3),
+        }
 
 
 def pairs_in_turns(
@@ -488,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             "pairs_vs_bound": round(pairs.rate("work") / (pairs.rate("trivial") / 2), 3),
             "pairs_vs_echo": round(pairs.rate("work") / (pairs.rate("echo") / 2), 3),
             "pairs_turns_python_command_per_s": round(pairs.rate("python_command"), 1),
+            "pairs_vs_python_command_by_turn": pairs.spread("work", "python_command", 0.5),
             "events": args.events,
             "events_turns": events.turns,
             "events_per_s": round(events.rate("work"), 1),
@@ -500,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             "events_reference_per_s": round(events.rate("reference"), 1),
             "events_reference_vs_echo": round(events.rate("reference") / events.rate("echo"), 3),
             "events_turns_python_command_per_s": round(events.rate("python_command"), 1),
+            "events_vs_python_command_by_turn": events.spread("work", "python_command"),
             "event_latency_ms": latency_summary(ours, 500.0),
             "event_latency_reference_ms": latency_summary(floor, 500.0),
             # time the hypervisor took from this VM meanwhile: it makes the tails

@@ -527,6 +527,10 @@ def test_the_benchmark_runs_on_a_tiny_size():
     assert figures["pairs_vs_python_command"] > 0 and figures["events_vs_python_command"] > 0
     assert figures["echo_per_s"] > 0 and figures["pairs_vs_echo"] > 0
     assert figures["events_reference_per_s"] > 0  # the same workload on the bare device
+    # the ratio turn by turn: its spread says how far one run's ratio can be trusted
+    for key in ("pairs_vs_python_command_by_turn", "events_vs_python_command_by_turn"):
+        spread = figures[key]
+        assert spread["turns"] == 2 and 0 < spread["min"] <= spread["median"] <= spread["max"]
     # Dahu's event latency and the bare reference device's, over the same number of jobs
     assert (
         figures["event_latency_ms"]["jobs"] == figures["event_latency_reference_ms"]["jobs"] == 50
