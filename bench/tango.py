@@ -118,9 +118,8 @@ class Turns:
         """The ratio of ``what`` to ``bound`` (times ``scale``) turn by turn, each turn
         against the bound's turn that followed it: how much one run's ratio can be
         trusted (the target is the ratio of the sums, :meth:`rate`)."""
-        ratios = sorted(
-            w / (b * scale) for w, b in zip(self.per_turn[what], self.per_turn[bound])
-        )
+        pairs = zip(self.per_turn[what], self.per_turn[bound], strict=True)
+        ratios = sorted(w / (b * scale) for w, b in pairs)
         if not ratios:
             return {}
         return {
