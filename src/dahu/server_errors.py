@@ -1,6 +1,7 @@
 """How the Tango device reports errors: a ``DevFailed`` with a one-line description.
 
-Every command of ``DahuDS`` is wrapped by :func:`client_errors`: Dahu's own errors carry
+Every command of ``DahuDS`` is wrapped by :func:`client_errors`.  It keeps the Python
+state of the thread that runs it (:mod:`dahu.server_threads`).  Dahu's own errors carry
 their message and a reason code (``Dahu_InvalidInput``, ``Dahu_UnknownPlugin``,
 ``Dahu_UnknownJob``, ``Dahu_TryAgain``, ``Dahu_Error``); anything unexpected is logged
 with its traceback on the server and reported as ``Dahu_InternalError``.
@@ -25,6 +26,7 @@ from .errors import (
     error_line,
     one_line,
 )
+from .server_threads import keep_thread_state
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ def client_errors(method: Callable) -> Callable:
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any) -> Any:
+        keep_thread_state()  # the next command on this thread finds its Python state
         try:
             return method(self, *args)
         except tango.DevFailed:
