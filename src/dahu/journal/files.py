@@ -92,6 +92,20 @@ def job_file_stem(workdir: str, job_id: int, plugin: str) -> str:
     return os.path.join(workdir, f"{job_id // 1000:04d}", f"{job_id:05d}_{plugin}")
 
 
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+
+
+def _write(path: str, text: bytes) -> None:
+    """Create (or truncate) ``path`` with all of ``text``."""
+    fd = os.open(path, _FLAGS, 0o644)
+    try:
+        done = 0
+        while done < len(text):  # a write may take only part of it
+            done += os.write(fd, text[done:])
+    finally:
+        os.close(fd)
+
+
 def write_job_files(
     workdir: str, job_id: int, plugin: str, input_data: Any, output_data: Any
 ) -> tuple[str, str]:
@@ -106,13 +120,9 @@ def write_job_files(
         path = stem + ext
         text = pretty_json(data).encode("ascii")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            _write(path, text)
         except FileNotFoundError:  # the directory was removed behind our back
             os.makedirs(directory, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, text)
-        finally:
-            os.close(fd)
+            _write(path, text)
         paths.append(path)
     return paths[0], paths[1]
