@@ -230,7 +230,9 @@ class Engine:
                 self._cleaner.start()
             run = getattr(job, "_run", None)  # the job's run: its end time, if known
             self._unwritten.append(getattr(run, "ended", None) or time.time())
-        self._to_clean.put((job, announce))
+            # queued under the same lock: the files thread takes the jobs in the order
+            # of _unwritten, so its popleft() removes the written job's own end time
+            self._to_clean.put((job, announce))
 
     def files_settled(self) -> float:
         """A time (epoch s) before which every job that ended has its ``.inp``/``.out``
