@@ -5,8 +5,15 @@ import os
 import re
 
 import numpy
+import pytest
 
-from dahu.utils import NumpyEncoder, fully_qualified_name, get_isotime, get_workdir
+from dahu.utils import (
+    NumpyEncoder,
+    compact_json,
+    fully_qualified_name,
+    get_isotime,
+    get_workdir,
+)
 
 
 def test_numpy_encoder_writes_arrays_and_scalars():
@@ -19,6 +26,32 @@ def test_numpy_encoder_writes_arrays_and_scalars():
     }
     decoded = json.loads(json.dumps(data, cls=NumpyEncoder))
     assert decoded == {"a": [0, 1, 2], "f": 1.5, "i": 7, "b": True, "m": [[1.0, 1.0], [1.0, 1.0]]}
+
+
+def test_compact_json_gives_the_standard_text_and_errors():
+    """The journal's encoder: json.dumps(obj, cls=NumpyEncoder), to the character."""
+    values = [
+        {"a": 1, "b": [1, 2.5, None, True], "c": {"d": "\u00e9t\u00e9"}},
+        "text",
+        3,
+        float("nan"),
+        [float("inf"), -float("inf")],
+        {1: 2, 2.5: 3, None: 4, False: 5},
+        {"arr": numpy.arange(3), "f": numpy.float32(1.5), "s": {1}, "t": (1, 2), "b": b"xy"},
+        [],
+        {},
+    ]
+    for value in values:
+        assert compact_json(value) == json.dumps(value, cls=NumpyEncoder)
+    circular: list = []
+    circular.append(circular)
+    for bad, message in [
+        (circular, "Circular reference detected"),
+        ({"x": object()}, "not JSON serializable"),
+        ({(1, 2): 3}, "keys must be str"),
+    ]:
+        with pytest.raises((ValueError, TypeError), match=message):
+            compact_json(bad)
 
 
 def test_isotime_is_iso8601_and_path_safe():

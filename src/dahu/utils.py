@@ -22,6 +22,7 @@ __all__ = [
     "get_workdir",
     "fully_qualified_name",
     "dumps",
+    "compact_json",
     "gc_paused",
     "error_line",
     "one_line",
@@ -47,6 +48,40 @@ class NumpyEncoder(json.JSONEncoder):
         if isinstance(obj, os.PathLike):
             return os.fspath(obj)
         return super().default(obj)
+
+
+_COMPACT = NumpyEncoder()
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+# The C encoder of ``_COMPACT``, made once: ``JSONEncoder.encode`` makes a new one (and
+# its circular-reference table) on every call, which took half the time of encoding a
+# job's small input or output.  Without the table, a circular structure ends in a
+# RecursionError, and the standard encoder is then asked for its own error.
+_compact_c = (
+    _c_make_encoder(
+        None,
+        _COMPACT.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        _COMPACT.key_separator,
+        _COMPACT.item_separator,
+        False,
+        False,
+        True,
+    )
+    if _c_make_encoder is not None
+    else None
+)
+
+
+def compact_json(obj: Any) -> str:
+    """``obj`` as one line of JSON: ``json.dumps(obj, cls=NumpyEncoder)``, the same text
+    and the same errors, in half the time."""
+    if _compact_c is None:
+        return _COMPACT.encode(obj)
+    try:
+        return "".join(_compact_c(obj, 0))
+    except RecursionError:
+        return _COMPACT.encode(obj)  # "Circular reference detected", or its RecursionError
 
 
 def dumps(obj: Any, indent: int | None = None) -> str:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import JournalError
-from ..utils import NumpyEncoder
+from ..utils import compact_json
 
 __all__ = [
     "JobRecord",
@@ -53,7 +53,6 @@ __all__ = [
 INTERRUPTED = "interrupted"
 """The error of a job whose process died before it ended."""
 HOST = socket.gethostname()
-_COMPACT = NumpyEncoder()
 logger = logging.getLogger(__name__)
 
 
@@ -70,7 +69,7 @@ def default_workdir() -> str:
 def encode_input(input_data: Any) -> str:
     """A job input as compact JSON; :class:`JournalError` if it cannot be."""
     try:
-        return _COMPACT.encode(input_data)
+        return compact_json(input_data)
     except (TypeError, ValueError, RecursionError) as err:
         raise JournalError(f"job input is not JSON-serialisable: {err}") from err
 
@@ -80,7 +79,7 @@ def encode_final_input(job_id: int, input_data: Any) -> str | None:
     if input_data is None:
         return None
     try:
-        return _COMPACT.encode(input_data)
+        return compact_json(input_data)
     except (TypeError, ValueError, RecursionError):
         logger.warning("job %s: its final input is not JSON-serialisable", job_id)
         return None
@@ -92,9 +91,9 @@ def encode_output(output: Any, error: str | None) -> tuple[str | None, str | Non
     if output is None:
         return None, error
     try:
-        return _COMPACT.encode(output), error
+        return compact_json(output), error
     except (TypeError, ValueError, RecursionError) as err:
-        text = _COMPACT.encode({"unserializable_output": repr(output)[:1000]})
+        text = compact_json({"unserializable_output": repr(output)[:1000]})
         note = f"output not JSON-serialisable: {err}"
         return text, (error + "\n" if error else "") + note
 
