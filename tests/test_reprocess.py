@@ -14,6 +14,7 @@ import select
 import shutil
 import signal
 import sqlite3
+import statistics
 import struct
 import subprocess
 import sys
@@ -672,15 +673,40 @@ def test_compare_module_paths_and_reasons(tmp_path: Path):
     assert compare_files(str(a), str(one)).reason == "the archived file is HDF5, the new one is not"
 
 
-def test_bench_runs_small():
+def test_bench_runs_small(tmp_path: Path):
+    """The benchmark's figures, and its turns with an "original" tool (here a stand-in
+    that records each call: the real one is not installed in the test environment)."""
+    original = tmp_path / "original" / "bin"
+    original.mkdir(parents=True)
+    (original / "python").symlink_to(os.path.realpath(sys.executable))
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    (original / "dahu-reprocess").write_text(
+        "import os, sys, time\n"
+        "assert sys.argv[1:] and all(a.endswith('.inp') for a in sys.argv[1:])\n"
+        f"open(os.path.join({str(calls)!r}, str(time.monotonic_ns())), 'w').close()\n"
+    )
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench/reprocess.py"), "--small"],
+        [
+            sys.executable,
+            str(ROOT / "bench/reprocess.py"),
+            "--small",
+            "--original",
+            str(original / "python"),
+            "--repeat",
+            "2",
+        ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
+    assert len(list(calls.iterdir())) == 2  # one call a turn, every input file given
+    ours, theirs = result["j1_runs_with_startup"], result["original_runs_with_startup"]
+    assert len(ours) == len(theirs) == 2 and min(ours + theirs) > 0
+    median = statistics.median
+    assert result["j1_vs_original"] == round(median(ours) / median(theirs), 3)
     assert result["jobs"] == 50
     assert result["j1"]["jobs_per_s"] > 0 and result["j2"]["jobs_per_s"] > 0
     assert result["sleep_5ms"]["jobs"] == 40 and result["sleep_5ms"]["j2_over_j1"] > 0
