@@ -59,7 +59,7 @@ _c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
 _compact_c = (
     _c_make_encoder(
         None,
-        _COMPACT.default,
+        lambda obj: _COMPACT.default(obj),  # looked up at each call, as encode() does
         json.encoder.encode_basestring_ascii,
         None,
         _COMPACT.key_separator,
