@@ -10,6 +10,7 @@ import pytest
 from dahu.utils import (
     NumpyEncoder,
     compact_json,
+    dumps,
     fully_qualified_name,
     get_isotime,
     get_workdir,
@@ -43,6 +44,7 @@ def test_compact_json_gives_the_standard_text_and_errors():
     ]
     for value in values:
         assert compact_json(value) == json.dumps(value, cls=NumpyEncoder)
+        assert dumps(value) == compact_json(value)  # dumps without indent uses it
     circular: list = []
     circular.append(circular)
     for bad, message in [

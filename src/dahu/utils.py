@@ -86,6 +86,8 @@ def compact_json(obj: Any) -> str:
 
 def dumps(obj: Any, indent: int | None = None) -> str:
     """Serialise ``obj`` to JSON with :class:`NumpyEncoder`."""
+    if indent is None:
+        return compact_json(obj)
     return json.dumps(obj, cls=NumpyEncoder, indent=indent)
 
 

@@ -21,7 +21,7 @@ import tornado.iostream
 import tornado.web
 
 from ..states import State
-from ..utils import NumpyEncoder
+from ..utils import compact_json
 from .access import is_loopback
 from .monitor import WINDOW
 
@@ -34,7 +34,6 @@ TOKEN_COOKIE = "dahu_token"
 MAX_LIMIT = 1000
 STALLED_PUSHES = 30  # events a page may miss (not reading) before it is disconnected
 STREAM_BUFFER = 256 * 1024  # bytes the kernel may hold for one event stream
-_JSON = NumpyEncoder()
 
 
 def plotly_dir() -> str:
@@ -125,7 +124,7 @@ class _Base(tornado.web.RequestHandler):
     def send_json(self, data: Any) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        self.finish(_JSON.encode(data))
+        self.finish(compact_json(data))
 
     def int_argument(self, name: str, default: int, low: int, high: int) -> int:
         """A query argument that must be an integer in [low, high]."""

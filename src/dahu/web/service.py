@@ -20,7 +20,7 @@ import threading
 from typing import Any
 
 from .. import __version__
-from ..utils import NumpyEncoder
+from ..utils import compact_json
 from .access import MIN_TOKEN_CHARS, WebError, is_loopback, new_token, parse_address
 from .monitor import Monitor
 
@@ -30,7 +30,6 @@ __all__ = ["WebError", "WebService", "serve"]
 
 PUSH_PERIOD = 1.0  # seconds between two summaries on the event stream
 SAMPLE_PERIOD = 1.0  # seconds between two samples of the queue length
-_JSON = NumpyEncoder()
 
 
 class Broadcaster:
@@ -75,7 +74,7 @@ class Broadcaster:
         if monitor.engine is None:
             return None
         try:
-            text = _JSON.encode(monitor.summary())
+            text = compact_json(monitor.summary())
         except Exception:
             logger.exception("cannot build the summary for the web page")
             return None
