@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import getpass
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -125,6 +123,9 @@ def get_workdir(basedir: str | None = None) -> str:
             path = _workdir[1]
             if base is None or path.startswith(base + os.sep):
                 return path
+        import getpass  # here: it and tempfile cost a command line's start 5 ms
+        import tempfile
+
         try:
             user = getpass.getuser()
         except (KeyError, OSError):

@@ -10,7 +10,6 @@ runs it.
 from __future__ import annotations
 
 import contextlib
-import cProfile
 import inspect
 import logging
 import os
@@ -142,6 +141,8 @@ class Execution:
         if not self.input_data.get("do_profiling"):
             self._call(plugin, plugin.DEFAULT_PROCESS)
             return
+        import cProfile  # only for do_profiling
+
         profiler = cProfile.Profile()
         try:
             profiler.runcall(self._call, plugin, plugin.DEFAULT_PROCESS)

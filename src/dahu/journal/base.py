@@ -30,7 +30,6 @@ from __future__ import annotations
 import abc
 import logging
 import os
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +51,7 @@ __all__ = [
 
 INTERRUPTED = "interrupted"
 """The error of a job whose process died before it ended."""
-HOST = socket.gethostname()
+HOST = os.uname().nodename  # socket.gethostname(), without importing socket
 logger = logging.getLogger(__name__)
 
 
