@@ -11,6 +11,10 @@ With ``--original``, the same pattern runs in that interpreter's Dahu (the origi
 ``clean()``), its files in the same file system, both run ``--repeat`` times
 alternately, and ``vs_original`` is our median rate over its median rate.  File creation
 dominates on a slow disk: ``--workdir /dev/shm/...`` shows Dahu's own cost.
+
+``steal_percent`` (and, with ``--original``, ``runs_steal_percent`` and
+``original_runs_steal_percent``) is the CPU time the hypervisor gave to others during
+each run (``bench/machine.py``): on a shared virtual machine, a slow run often has it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import psutil
 
 import dahu.engine
 from dahu.job import Job
+from machine import StealMeter  # next to this file
 
 
 def run_jobs(count: int, wave: int) -> None:
@@ -105,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     rss0 = proc.memory_info().rss
     commits0 = getattr(engine.journal, "commits", 0)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    run_jobs(args.jobs, args.wave)
+    with StealMeter() as steal:
+        run_jobs(args.jobs, args.wave)
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu0  # less sensitive than wall time to a busy machine
     gc.collect()
@@ -118,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_us_per_job": round(cpu / args.jobs * 1e6, 1),
         "rss_growth_kb_per_job": round((rss1 - rss0) / 1024 / args.jobs, 4),
         "rss_mb": round(rss1 / 2**20, 1),
+        "steal_percent": steal.percent,
         # group commit: 2.0 would be one transaction per journal write (create, finish)
         "journal_commits_per_job": round(
             (getattr(engine.journal, "commits", 0) - commits0) / args.jobs, 3
@@ -130,17 +137,25 @@ def main(argv: list[str] | None = None) -> int:
         # alternate: ours, the original, ours, ... (--repeat times each); on a shared
         # machine the rates move from one minute to the next: medians, and every run
         ours, theirs = [result["jobs_per_s"]], []
+        ours_steal, theirs_steal = [steal.percent], []
         for turn in range(args.repeat):
             original_dir = tempfile.mkdtemp(prefix="dahu-bench-original-", dir=workdir)
-            theirs.append(
-                original_rate(args.original, args.jobs, args.wave, args.warmup, original_dir)
-            )
+            with StealMeter() as steal:
+                theirs.append(
+                    original_rate(args.original, args.jobs, args.wave, args.warmup, original_dir)
+                )
+            theirs_steal.append(steal.percent)
             if turn + 1 < args.repeat:
                 t0 = time.perf_counter()
-                run_jobs(args.jobs, args.wave)
+                with StealMeter() as steal:
+                    run_jobs(args.jobs, args.wave)
                 ours.append(args.jobs / (time.perf_counter() - t0))
+                ours_steal.append(steal.percent)
         result["runs_jobs_per_s"] = [round(rate, 1) for rate in ours]
         result["original_runs_jobs_per_s"] = [round(rate, 1) for rate in theirs]
+        # the machine's share: steal in each run (the original's includes its start-up)
+        result["runs_steal_percent"] = ours_steal
+        result["original_runs_steal_percent"] = theirs_steal
         result["median_jobs_per_s"] = round(statistics.median(ours), 1)
         result["original_jobs_per_s"] = round(statistics.median(theirs), 1)
         result["vs_original"] = round(

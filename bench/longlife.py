@@ -7,8 +7,12 @@ starts ``dahu_server -nodb`` on it (the servers of every size run side by side) 
 times, from one client, the median round trip of ``startJob``, ``getJobState`` of the
 oldest and of a new id, ``getJobOutput`` of an old id and ``getStatistics``, the sizes
 taking turns of 20 calls of each command so that a slow minute of the machine weighs on
-all, and how long ``collectStatistics`` takes until the statistics are ready.  It also reports the journal's bytes per job.  ``ratios`` compares
-the largest size with the smallest (1.0: flat).  Prints JSON.
+all, and how long ``collectStatistics`` takes until the statistics are ready.  It also
+reports the journal's bytes per job.  ``ratios_largest_over_smallest`` compares the
+largest size with the smallest (1.0: flat); ``ratios_by_round`` gives that ratio for
+each round of turns (a slow episode shows in a few rounds, a cost of the size in all),
+and ``steal_percent`` the CPU time the hypervisor gave to others meanwhile
+(``bench/machine.py``).  Prints JSON.
 
     python bench/longlife.py [--jobs 1000 1000000] [--calls 300]
 """
@@ -24,6 +28,8 @@ import statistics
 import sys
 import tempfile
 import time
+
+from machine import StealMeter  # next to this file
 
 # This directory holds a tango.py: keep it out of the import path.
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -113,9 +119,14 @@ class Subject:
             "getStatistics": proxy.getStatistics,
         }
 
-    def time_round(self, calls: int) -> None:
+    def time_round(self, calls: int) -> dict[str, float]:
+        """Time ``calls`` calls of each command; the medians of this round (ms)."""
+        medians = {}
         for name, call in self.commands().items():
-            self.times.setdefault(name, []).extend(timed_ms(call, calls))
+            times = timed_ms(call, calls)
+            self.times.setdefault(name, []).extend(times)
+            medians[name] = statistics.median(times)
+        return medians
 
     def result(self) -> dict:
         t0 = time.perf_counter()
@@ -149,9 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         # every server runs meanwhile; they are timed in turns of a few calls each, so
         # that the machine's moods (2x from one minute to the next here) weigh on all
         rounds = max(1, args.calls // CALLS_PER_TURN)
-        for _ in range(rounds):
-            for subject in subjects:
-                subject.time_round(max(1, args.calls // rounds))
+        turns: dict[str, list[float]] = {}  # per command: largest over smallest, per round
+        with StealMeter() as steal:
+            for _ in range(rounds):
+                medians = [subject.time_round(max(1, args.calls // rounds)) for subject in subjects]
+                for name, value in medians[-1].items():
+                    turns.setdefault(name, []).append(round(value / medians[0][name], 2))
         sizes = [subject.result() for subject in subjects]
     finally:
         for subject in subjects:
@@ -166,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "longlife",
         "sizes": sizes,
         "ratios_largest_over_smallest": ratios,
+        "ratios_by_round": turns,
         "target_ratio_max": 1.2,
+        "steal_percent": steal.percent,
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
     }

@@ -12,7 +12,9 @@ With ``--original``, the original tool (``dahu-reprocess`` next to that interpre
 included.  Our ``-j 1`` and the original then take turns, ``--repeat`` times each (the
 rates of both move by a third from one minute to the next here), and
 ``j1_vs_original`` is the median of our rates over the median of its rates, start-up
-included; every run is in ``j1_runs_with_startup`` and ``original_runs_with_startup``.
+included; every run is in ``j1_runs_with_startup`` and ``original_runs_with_startup``,
+and the CPU time the hypervisor gave to others during each run (``bench/machine.py``) in
+``j1_runs_steal_percent`` and ``original_runs_steal_percent``.
 
 Does ``-j 2`` pay off for plugins that release the GIL?  ``sleep_5ms`` runs
 ``example.sleep`` (5 ms) and ``numpy_5ms`` the plugin ``benchwork.ufuncs`` of
@@ -40,6 +42,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from machine import StealMeter  # next to this file
 
 PLUGINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
 
@@ -200,17 +204,23 @@ def main(argv: list[str] | None = None) -> int:
         runs["numpy_5ms"] = numpy_work(base, slow)
         if args.original:
             # alternate: the original, ours, the original, ... in the same minutes
-            ours, theirs = [], []
+            ours, theirs, ours_steal, theirs_steal = [], [], [], []
             for turn in range(max(args.repeat, 1)):
-                original = run_original(args.original, inputs, base, count)
+                with StealMeter() as steal:
+                    original = run_original(args.original, inputs, base, count)
                 theirs.append(original["jobs_per_s_with_startup"])
+                theirs_steal.append(steal.percent)
                 if turn == 0:
                     runs["original"] = original
                 output = os.path.join(base, f"out-j1-turn{turn}")
-                ours.append(run(inputs, output, 1, count)["jobs_per_s_with_startup"])
+                with StealMeter() as steal:
+                    ours.append(run(inputs, output, 1, count)["jobs_per_s_with_startup"])
+                ours_steal.append(steal.percent)
                 shutil.rmtree(output, ignore_errors=True)
             runs["j1_runs_with_startup"] = ours
             runs["original_runs_with_startup"] = theirs
+            runs["j1_runs_steal_percent"] = ours_steal
+            runs["original_runs_steal_percent"] = theirs_steal
             runs["j1_vs_original"] = round(statistics.median(ours) / statistics.median(theirs), 3)
     finally:
         if not args.keep:

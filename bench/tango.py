@@ -46,6 +46,8 @@ import tempfile
 import threading
 import time
 
+from machine import cpu_ticks, steal_percent  # next to this file
+
 # This file is named like PyTango's package: keep its directory out of the import path.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
@@ -279,23 +281,6 @@ def latency_summary(times: list[float], rate: float) -> dict:
         "p99": round(times[max(int(len(times) * 0.99) - 1, 0)], 3),
         "max": round(times[-1], 3),
     }
-
-
-def cpu_ticks() -> list[int] | None:
-    """The machine's CPU time counters (Linux ``/proc/stat``), None elsewhere."""
-    try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            return [int(field) for field in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-
-
-def steal_percent(before: list[int] | None, after: list[int] | None) -> float | None:
-    """Percent of the CPU time the hypervisor gave to others (``steal``) in between."""
-    if not before or not after or len(before) < 8:
-        return None
-    spent = [b - a for a, b in zip(before, after, strict=False)]
-    return round(100.0 * spent[7] / max(sum(spent), 1), 1)
 
 
 REFERENCE_DEVICE = "bench/reference/1"

@@ -67,6 +67,7 @@ def test_engine_bench_small(tmp_path):
     for key in ("seconds", "jobs_per_s", "rss_growth_kb_per_job", "rss_mb", "cpus"):
         assert key in figures, key
     assert figures["jobs_per_s"] > 0
+    assert 0 <= figures["steal_percent"] <= 100  # the machine's share (Linux /proc/stat)
 
 
 def test_executors_bench_small(tmp_path):
@@ -98,11 +99,27 @@ def test_longlife_bench_small(tmp_path):
     commands = {"startJob", "getJobState_old", "getJobState_new", "getJobOutput_old"}
     commands.add("getStatistics")
     assert set(figures["ratios_largest_over_smallest"]) == commands
+    assert set(figures["ratios_by_round"]) == commands
+    assert all(len(ratios) == 1 and ratios[0] > 0 for ratios in figures["ratios_by_round"].values())
+    assert 0 <= figures["steal_percent"] <= 100
     for size in figures["sizes"]:
         assert set(size["median_ms"]) == commands
         assert 0 < size["journal_bytes_per_job"] < 10000
         assert size["collectStatistics_s"] >= 0
     assert not list(tmp_path.iterdir())  # its work directories are removed
+
+
+def test_steal_meter_reads_the_machines_counters():
+    """bench/machine.py: the hypervisor's share of the CPU time over a block."""
+    spec = importlib.util.spec_from_file_location("bench_machine", ROOT / "bench" / "machine.py")
+    machine = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(machine)
+    assert machine.steal_percent([0] * 10, [0] * 7 + [5] + [0, 0]) == 100.0
+    assert machine.steal_percent([0] * 10, [90] + [0] * 6 + [10, 0, 0]) == 10.0
+    assert machine.steal_percent(None, [1] * 10) is None
+    with machine.StealMeter() as meter:
+        sum(range(100000))
+    assert meter.percent is None or 0 <= meter.percent <= 100
 
 
 def test_dashboard_bench_small():

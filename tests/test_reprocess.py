@@ -705,6 +705,8 @@ def test_bench_runs_small(tmp_path: Path):
     assert len(list(calls.iterdir())) == 2  # one call a turn, every input file given
     ours, theirs = result["j1_runs_with_startup"], result["original_runs_with_startup"]
     assert len(ours) == len(theirs) == 2 and min(ours + theirs) > 0
+    steal = result["j1_runs_steal_percent"] + result["original_runs_steal_percent"]
+    assert len(steal) == 4 and all(0 <= value <= 100 for value in steal)  # each turn's
     median = statistics.median
     assert result["j1_vs_original"] == round(median(ours) / median(theirs), 3)
     assert result["jobs"] == 50
