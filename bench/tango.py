@@ -46,10 +46,12 @@ import tempfile
 import threading
 import time
 
-from machine import cpu_ticks, steal_percent  # next to this file
-
-# This file is named like PyTango's package: keep its directory out of the import path.
+# This file is named like PyTango's package: keep its directory out of the import path,
+# once machine.py is taken from it (bench/client.py loads this file by its path).
 _HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+from machine import cpu_ticks, steal_percent  # noqa: E402
+
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 # Large ZeroMQ buffers at both ends: a slow moment of the client must not drop events.
