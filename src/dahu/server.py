@@ -49,7 +49,7 @@ from .server_settings import (
     web_service,
 )
 from .states import State
-from .utils import NumpyEncoder, gc_paused
+from .utils import compact_json, gc_paused
 
 logger = logging.getLogger(__name__)
 
@@ -331,13 +331,13 @@ class DahuDS(Device):
     def getJobOutput(self, job_id: int) -> str:  # noqa: N802
         """The output of a job as a JSON object ({} while it has none)."""
         text = self._engine.stored_output(Job._resolve(job_id))  # ended: the text recorded
-        return text or json.dumps(self._job(job_id).output_data, cls=NumpyEncoder)
+        return text or compact_json(self._job(job_id).output_data)
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the input, JSON")
     @client_errors
     def getJobInput(self, job_id: int) -> str:  # noqa: N802
         """The input of a job as a JSON object (with ``plugin_name`` and ``job_id``)."""
-        return json.dumps(self._job(job_id).input_data, cls=NumpyEncoder)
+        return compact_json(self._job(job_id).input_data)
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the error text")
     @client_errors
