@@ -362,6 +362,16 @@ def test_job_files_hold_the_originals_indented_json(data):
     assert pretty_json(data) == json.dumps(data, indent=4, cls=NumpyEncoder)
 
 
+@pytest.mark.parametrize("workdir", ["/data/dahu", "/data/dahu/", "relative", "rel/", ""])
+def test_job_file_paths_are_the_joined_paths(workdir):
+    """The files' paths, built with f-strings, are those os.path.join gives."""
+    for job_id in (5, 999, 1000, 12345, 1234567):
+        stem = job_file_stem(workdir, job_id, "example.square")
+        assert stem == os.path.join(
+            workdir, f"{job_id // 1000:04d}", f"{job_id:05d}_example.square"
+        )
+
+
 def test_job_files_encoder_refuses_what_json_refuses():
     from dahu.journal.files import pretty_json
 

@@ -82,14 +82,17 @@ class Job(threading.Thread, metaclass=_JobClass):
         # when its id is read: nobody learns the id of a job the journal does not hold)
         self._face(engine, engine.create(name, data, later=True))
 
+    # What threading.Thread.__init__ sets, as class attributes (the name is set per job):
+    # no thread is made per job, and Thread.__init__ (an Event, the registry of threads)
+    # cost as much as the rest of a job's creation.  Thread's own methods still find
+    # what they read.
+    _target, _args, _kwargs = None, (), {}  # noqa: RUF012 - never written (run() is ours)
+    _daemonic, _ident, _native_id = True, None, None
+    _tstate_lock, _started, _is_stopped = None, _NEVER_STARTED, False
+    _initialized, _stderr, _invoke_excepthook = True, sys.stderr, None
+
     def _face(self, engine: Engine | None, run: JobRun) -> None:
-        # What threading.Thread.__init__ sets, set directly: no thread is made per job,
-        # and Thread.__init__ (an Event, the registry of threads) cost as much as the
-        # rest of a job's creation.  Thread's own methods still find what they read.
-        self._target, self._name, self._args, self._kwargs = None, run.plugin_name, (), {}
-        self._daemonic, self._ident, self._native_id = True, None, None
-        self._tstate_lock, self._started, self._is_stopped = None, _NEVER_STARTED, False
-        self._initialized, self._stderr, self._invoke_excepthook = True, sys.stderr, None
+        self._name = run.plugin_name
         self._engine = engine
         self._run = run
         run.face = weakref.ref(self)

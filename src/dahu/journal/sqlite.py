@@ -227,10 +227,16 @@ class SQLiteJournal(BatchedWriter, Journal):
         input_data: dict[str, Any],
         submitted: float,
     ) -> tuple[int, Any]:
-        rows = self._records(plugin, [input_data], submitted)
-        write = _Write(self._INSERT, rows, then)
+        text = encode_input(input_data)  # refused before an id is taken
+        with self._ids_lock:  # the next id of the block, else a new block
+            job_id = self._next_id
+            if job_id > self._block_end:
+                job_id = self._reserve(self.ID_BLOCK)
+            self._next_id = job_id + 1
+        row = (job_id, plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
+        write = _Write(self._INSERT, [row], then)
         self._queue_later(write)
-        return rows[0][0], write
+        return job_id, write
 
     def create_many(self, plugin: str, inputs: list[dict[str, Any]], submitted: float) -> list[int]:
         rows = self._records(plugin, inputs, submitted)
