@@ -401,7 +401,12 @@ def test_ids_are_consecutive_in_a_process_and_never_shared(tmp_path):
     assert journal.flush(10)
     assert ids == list(range(1, 186))
     other = SQLiteJournal(str(tmp_path))  # as a second process on the same directory
-    theirs = [other.create("example.noop", {}, 5.0) for _ in range(70)]
+    theirs = [other.create("example.noop", {}, 5.0) for _ in range(35)]
+    # one record at a time, queued: more than a block (ID_BLOCK) of them
+    theirs += [
+        other.create_later(lambda error: None, "example.noop", {}, 5.5)[0] for _ in range(70)
+    ]
+    assert other.flush(10)
     ours = journal.create_many("example.noop", [{}] * 70, 6.0)
     assert not set(theirs) & set(ours) and not set(theirs + ours) & set(ids)
     assert theirs == sorted(theirs) and ours == sorted(ours)

@@ -177,6 +177,15 @@ class SQLiteJournal(BatchedWriter, Journal):
                 self._next_id = first + more
             return ids
 
+    def _id(self) -> int:
+        """Take one job id: :meth:`_ids` for a single record, without its lists."""
+        with self._ids_lock:
+            job_id = self._next_id
+            if job_id > self._block_end:  # the block is used up: a new one
+                job_id = self._reserve(self.ID_BLOCK)
+            self._next_id = job_id + 1
+            return job_id
+
     def _reserve(self, size: int) -> int:
         """Reserve ``size`` ids in ``sqlite_sequence`` (ids lock held); return the first."""
         try:
@@ -228,11 +237,7 @@ class SQLiteJournal(BatchedWriter, Journal):
         submitted: float,
     ) -> tuple[int, Any]:
         text = encode_input(input_data)  # refused before an id is taken
-        with self._ids_lock:  # the next id of the block, else a new block
-            job_id = self._next_id
-            if job_id > self._block_end:
-                job_id = self._reserve(self.ID_BLOCK)
-            self._next_id = job_id + 1
+        job_id = self._id()
         row = (job_id, plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
         write = _Write(self._INSERT, [row], then)
         self._queue_later(write)
