@@ -119,7 +119,12 @@ def job_file_dir(workdir: str, job_id: int) -> str:
 
 def job_file_stem(workdir: str, job_id: int, plugin: str) -> str:
     """``<workdir>/NNNN/NNNNN_<plugin>``: the path of a job's files, without extension."""
-    return f"{job_file_dir(workdir, job_id)}{os.sep}{job_id:05d}_{plugin}"
+    return _stem_in(job_file_dir(workdir, job_id), job_id, plugin)
+
+
+def _stem_in(directory: str, job_id: int, plugin: str) -> str:
+    """``<directory>/NNNNN_<plugin>``, ``directory`` being :func:`job_file_dir`'s."""
+    return f"{directory}{os.sep}{job_id:05d}_{plugin}"
 
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
@@ -141,7 +146,7 @@ def write_job_files(
 ) -> tuple[str, str]:
     """Write ``<stem>.inp`` and ``<stem>.out`` (indented, numpy-aware JSON); return the paths."""
     directory = job_file_dir(workdir, job_id)
-    stem = f"{directory}{os.sep}{job_id:05d}_{plugin}"
+    stem = _stem_in(directory, job_id, plugin)
     if directory not in _known_dirs:
         os.makedirs(directory, exist_ok=True)
         _known_dirs.add(directory)

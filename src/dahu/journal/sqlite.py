@@ -218,11 +218,14 @@ class SQLiteJournal(BatchedWriter, Journal):
         refused, before any id is taken)."""
         texts = [encode_input(data) for data in inputs]
         ids = self._ids(len(texts)) if texts else []
-        state, pid = State.UNINITIALIZED, self._pid
         return [
-            (job_id, plugin, state, text, submitted, HOST, pid, __version__)
+            self._row(job_id, plugin, text, submitted)
             for job_id, text in zip(ids, texts, strict=True)
         ]
+
+    def _row(self, job_id: int, plugin: str, text: str, submitted: float) -> tuple:
+        """The INSERT row (:attr:`_INSERT`) of a new job whose input is ``text``."""
+        return (job_id, plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
 
     def create(self, plugin: str, input_data: dict[str, Any], submitted: float) -> int:
         rows = self._records(plugin, [input_data], submitted)
@@ -238,8 +241,7 @@ class SQLiteJournal(BatchedWriter, Journal):
     ) -> tuple[int, Any]:
         text = encode_input(input_data)  # refused before an id is taken
         job_id = self._id()
-        row = (job_id, plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
-        write = _Write(self._INSERT, [row], then)
+        write = _Write(self._INSERT, [self._row(job_id, plugin, text, submitted)], then)
         self._queue_later(write)
         return job_id, write
 
