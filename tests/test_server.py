@@ -411,6 +411,8 @@ BAD_STARTS = {
     "a JSON list": (["example.square", "[1, 2]"], "must be a JSON object"),
     "a JSON number": (["example.square", "3"], "must be a JSON object"),
     "no input": (["example.square"], "expects [plugin name"),
+    "an empty input": (["example.square", ""], "job input is empty"),
+    "a blank input": (["example.square", " \n\t"], "job input is empty"),
     "no argument at all": ([], "expects [plugin name"),
     "too many": (["example.square", "{}", "{}"], "expects [plugin name"),
     "empty plugin name": (["", "{}"], "plugin name is empty"),
