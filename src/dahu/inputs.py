@@ -49,8 +49,8 @@ def parse_input(input_data: Any) -> dict[str, Any]:
             raise InvalidInput(f"cannot read job input file {input_data}: {err}") from err
     try:
         value = json.loads(text) if text else {}
-    except json.JSONDecodeError as err:
-        raise InvalidInput(f"job input is not valid JSON: {err}") from err
+    except ValueError as err:  # JSONDecodeError, or an integer of over 4,300 digits
+        raise InvalidInput(f"job input is not valid JSON: {_json_error(err)}") from err
     except RecursionError as err:
         raise InvalidInput("job input is nested too deeply") from err
     if not isinstance(value, dict):
@@ -75,6 +75,12 @@ def _depth(value: Any) -> int:
             break
         stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
     return deepest
+
+
+def _json_error(err: ValueError) -> str:
+    """What ``json.loads`` found wrong, without advice meant for the server's code
+    (``use sys.set_int_max_str_digits()``)."""
+    return str(err).split("; use sys.", 1)[0]
 
 
 def _check_text(text: Any, what: str) -> str:
@@ -116,8 +122,8 @@ def parse_job_inputs(text: Any) -> list[dict[str, Any]]:
     text = _check_text(text, "job inputs")
     try:
         items = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InvalidInput(f"job inputs are not valid JSON: {err}") from None
+    except ValueError as err:  # JSONDecodeError, or an integer of over 4,300 digits
+        raise InvalidInput(f"job inputs are not valid JSON: {_json_error(err)}") from None
     except RecursionError:
         raise InvalidInput(f"job inputs are nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(items, list):
