@@ -156,6 +156,25 @@ class Raise(Plugin):
 
 
 @register
+class Unwritable(Plugin):
+    """Leave an output no JSON text nor repr() can hold: an int of 5,000 digits
+    (`how`: "huge") or lists nested 100,000 deep ("deep"); or add an object to its input
+    ("input")."""
+
+    def process(self):
+        if self.input.get("how") == "input":
+            self.input["handle"] = object()
+            self.output["result"] = 1
+        elif self.input.get("how") == "deep":
+            deep = []
+            for _ in range(100_000):
+                deep = [deep]
+            self.output["deep"] = deep
+        else:
+            self.output["big"] = 10**5000
+
+
+@register
 class Pid(Plugin):
     """Report the process id."""
 

@@ -139,6 +139,22 @@ class TestJournalContract:
         assert error[0] == "ValueError: bad"  # the reason stays first
         assert error[1].startswith("output not JSON-serialisable")
 
+    def test_finish_keeps_an_output_whose_repr_fails_too(self, journal):
+        # bug: an int of over 4,300 digits made both the encoding and repr() raise, and
+        # the journal failed (the server went to FAULT and refused every new job)
+        class Touchy:
+            def __repr__(self):
+                raise RuntimeError("no repr")
+
+        for output in ({"big": 10**5000}, {"touchy": Touchy()}):
+            job_id = journal.create("example.noop", {}, 1.0)
+            journal.finish(job_id, "success", output, None, 1.0, 2.0)
+            record = journal.get(job_id)
+            assert record.state == "success"
+            assert "repr() failed" in record.output["unserializable_output"]
+            assert record.error.startswith("output not JSON-serialisable")
+        assert journal.get(journal.create("example.noop", {}, 1.0)).state == "uninitialized"
+
     def test_finish_may_replace_the_input_with_the_plugins_final_one(self, journal):
         job_id = journal.create("example.noop", {"x": 1}, 1.0)
         journal.finish(job_id, "success", {}, None, 1.0, 2.0, input_data={"x": 1, "y": 2})

@@ -24,6 +24,25 @@ class Opaque(Plugin):
         self.output["handle"] = object()
 
 
+@register
+class Huge(Plugin):
+    """Leaves an int of 5,000 digits: neither JSON nor repr() can write it."""
+
+    def process(self):
+        self.output["big"] = 10**5000
+
+
+@register
+class Deep(Plugin):
+    """Leaves lists nested 100,000 deep: JSON, repr() and the files all recurse too far."""
+
+    def process(self):
+        deep: list = []
+        for _ in range(100_000):
+            deep = [deep]
+        self.output["deep"] = deep
+
+
 class FaultyJournal(MemoryJournal):
     """A journal whose disk is full: outcomes cannot be recorded."""
 
@@ -50,6 +69,23 @@ def test_unserialisable_output_ends_the_job_with_every_journal(tmp_path, kind):
         assert record.state == "success"
         assert "unserializable_output" in record.output
         assert "output not JSON-serialisable" in record.error
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("plugin, reason", [("huge", "Exceeds the limit"), ("deep", "recursion")])
+def test_an_output_no_text_can_hold_fails_nothing_but_its_record(tmp_path, plugin, reason):
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=2)
+    try:
+        job = run(f"tests.test_lifecycle.{plugin}")
+        assert job.status == "success"
+        record = engine.journal.get(job.id)
+        assert record.state == "success"
+        assert "repr() failed" in record.output["unserializable_output"]
+        assert reason in record.error
+        assert not engine.journal_fault  # the engine still takes jobs
+        job.clean()  # its files cannot hold it either: logged, nothing raised
+        assert run("example.square", {"x": 3}).output_data["result"] == 9
     finally:
         engine.close()
 

@@ -89,6 +89,29 @@ def test_crashing_plugin_fails_and_server_goes_on(device, how):
     assert finish(proxy, start(proxy, "example.cube", x=2)) == "success"
 
 
+@pytest.mark.parametrize("how", ["huge", "deep", "input"])
+def test_data_no_text_can_hold_is_recorded_and_the_server_goes_on(device, how):
+    # bugs: the journal failed on such an output, and the server went to FAULT, refusing
+    # every job; getJobOutput/getJobInput of the job still in memory raised
+    proxy, _, _ = device
+    job_id = start(proxy, "devtrouble.unwritable", how=how)
+    state = finish(proxy, job_id, timeout=60)
+    for cleaned in (False, True):  # maybe in memory just after the end, then the journal's
+        error, output = proxy.getJobError(job_id), json.loads(proxy.getJobOutput(job_id))
+        assert json.loads(proxy.getJobInput(job_id))["how"] == how
+        assert json.loads(proxy.getJobInfo(job_id))["state"] == state
+        if how == "input":
+            assert (state, output["result"]) == ("success", 1)
+        elif state == "success":
+            assert "unserializable_output" in output, output
+            assert not cleaned or "output not JSON-serialisable" in error, error
+        else:  # the Dask executor pickles the output back: it may fail there
+            assert state == "failure" and error.splitlines()[0].strip(), error
+        proxy.cleanJob(job_id)
+    assert proxy.state() == tango.DevState.ON
+    assert finish(proxy, start(proxy, "example.square", x=5), timeout=60) == "success"
+
+
 def test_plugin_failure(device):
     proxy, _, _ = device
     job_id = start(proxy, "example.error", message="no beam")

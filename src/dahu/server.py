@@ -330,14 +330,15 @@ class DahuDS(Device):
     @client_errors
     def getJobOutput(self, job_id: int) -> str:  # noqa: N802
         """The output of a job as a JSON object ({} while it has none)."""
-        text = self._engine.stored_output(Job._resolve(job_id))  # ended: the text recorded
+        text = self._engine.output_text(Job._resolve(job_id))  # as the journal records it
         return text or compact_json(self._job(job_id).output_data)
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the input, JSON")
     @client_errors
     def getJobInput(self, job_id: int) -> str:  # noqa: N802
         """The input of a job as a JSON object (with ``plugin_name`` and ``job_id``)."""
-        return compact_json(self._job(job_id).input_data)
+        job = self._job(job_id)
+        return self._engine.input_text(job.id, job.input_data)
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the error text")
     @client_errors
@@ -351,24 +352,9 @@ class DahuDS(Device):
         """What the journal knows of a job besides its input and output, as JSON: id,
         plugin, state, submitted/started/ended (epoch seconds), runtime (s), the first line
         of its error, and provenance (host, pid, Dahu version, plugin module and version)."""
-        record = self._engine.journal.get(int(job_id))
-        if record is None:
+        info = self._engine.info(Job._resolve(job_id))
+        if info is None:
             raise self._unknown(job_id)
-        info = {
-            "id": record.id,
-            "plugin": record.plugin,
-            "state": Job.getStatusFromID(record.id),  # the live state wins
-            "submitted": record.submitted,
-            "started": record.started,
-            "ended": record.ended,
-            "runtime": record.runtime,
-            "error": one_line(record.error or ""),
-            "host": record.host,
-            "pid": record.pid,
-            "version": record.version,
-            "module_file": record.module_file,
-            "plugin_version": record.plugin_version,
-        }
         return json.dumps(info)
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="what was done")

@@ -20,12 +20,14 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
-from ..errors import JournalError
+from ..errors import JournalError, one_line
 from ..executors import Watchdog, make_executor
 from ..factory import Factory, plugin_factory
 from ..journal import Journal, SQLiteJournal, write_job_files
+from ..journal.base import encode_output
 from ..states import State
 from ..statistics import RunningStatistics
+from ..utils import compact_json
 from .lifecycle import NOTE_RUNNING_AFTER, JobRun, LifeCycle
 from .table import JobTable
 
@@ -147,12 +149,47 @@ class Engine:
             runs.append(run)
         return runs
 
-    def stored_output(self, job_id: int) -> str | None:
-        """The output of a job not in memory as the JSON text the journal holds (no
-        decoding); None if it is in memory or unknown."""
-        if self.table.find(job_id) is not None:
+    def output_text(self, job_id: int) -> str | None:
+        """A job's output as JSON text, as the journal records it: the journal's own text
+        (no decoding) once the job is out of memory, the same encoding while it is in
+        memory (an output JSON cannot hold becomes its ``repr``: plugin data never makes
+        this raise).  None if the job is unknown or has no output yet."""
+        run = self.table.find(job_id)
+        if run is None:
+            return self.journal.output_text(job_id)
+        return encode_output(run.output, None)[0]
+
+    def input_text(self, job_id: int, data: Any) -> str:
+        """``data``, the input of job ``job_id``, as JSON text; the input the journal
+        recorded if a plugin added to it what JSON cannot hold."""
+        try:
+            return compact_json(data)
+        except Exception:  # e.g. an object, an int of over 4,300 digits
+            record = self.journal.get(job_id)
+            return compact_json(record.input if record is not None else {})
+
+    def info(self, job_id: int) -> dict[str, Any] | None:
+        """What the journal knows of a job besides its input and output (the live state
+        wins; the first line of its error); None if the job is unknown."""
+        record = self.journal.get(job_id)
+        if record is None:
             return None
-        return self.journal.output_text(job_id)
+        run = self.table.find(job_id)
+        return {
+            "id": record.id,
+            "plugin": record.plugin,
+            "state": run.state if run is not None else record.state,
+            "submitted": record.submitted,
+            "started": record.started,
+            "ended": record.ended,
+            "runtime": record.runtime,
+            "error": one_line(record.error or ""),
+            "host": record.host,
+            "pid": record.pid,
+            "version": record.version,
+            "module_file": record.module_file,
+            "plugin_version": record.plugin_version,
+        }
 
     def last_id(self) -> int:
         """The highest job id recorded in the journal."""
@@ -180,7 +217,7 @@ class Engine:
         try:
             write_job_files(self.workdir, job_id, plugin, input_data, output)
             return True
-        except (OSError, TypeError, ValueError) as err:
+        except Exception as err:  # the disk, or plugin data no JSON text can hold
             logger.error("job %s: cannot write its .inp/.out files: %s", job_id, err)
             return False
 

@@ -79,7 +79,7 @@ def encode_final_input(job_id: int, input_data: Any) -> str | None:
         return None
     try:
         return compact_json(input_data)
-    except (TypeError, ValueError, RecursionError):
+    except Exception:  # plugin data: whatever its encoding raises, the record is kept
         logger.warning("job %s: its final input is not JSON-serialisable", job_id)
         return None
 
@@ -91,10 +91,26 @@ def encode_output(output: Any, error: str | None) -> tuple[str | None, str | Non
         return None, error
     try:
         return compact_json(output), error
-    except (TypeError, ValueError, RecursionError) as err:
-        text = compact_json({"unserializable_output": repr(output)[:1000]})
-        note = f"output not JSON-serialisable: {err}"
+    except Exception as err:  # plugin data: whatever its encoding raises, the record is kept
+        text = compact_json({"unserializable_output": _safe_repr(output)})
+        note = f"output not JSON-serialisable: {_safe_text(err)}"
         return text, (error + "\n" if error else "") + note
+
+
+def _safe_repr(value: Any, limit: int = 1000) -> str:
+    """``repr(value)`` cut to ``limit`` characters, or a placeholder if ``repr`` raises
+    (an int of over 4,300 digits, a class whose ``__repr__`` fails)."""
+    try:
+        return repr(value)[:limit]
+    except Exception as err:
+        return f"<{type(value).__name__} object: repr() failed: {_safe_text(err)}>"
+
+
+def _safe_text(err: BaseException) -> str:
+    try:
+        return str(err)
+    except Exception:
+        return type(err).__name__
 
 
 @dataclass
