@@ -103,7 +103,7 @@ def parse_job_input(text: Any) -> dict[str, Any]:
     """Decode one job input (JSON object text, or a JSON file path as in the original)
     within the documented limits; raise :class:`~dahu.job.InvalidInput` otherwise."""
     text = _check_text(text, "job input")
-    if not text.strip():  # the original answered -1: not a job id (docs/compat.md)
+    if not text or text.isspace():  # the original answered -1: not a job id (compat.md)
         raise InvalidInput('job input is empty: give a JSON object, e.g. "{}"')
     try:
         data = parse_input(text)
