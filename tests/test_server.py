@@ -543,3 +543,31 @@ def test_the_benchmark_runs_on_a_tiny_size():
     assert (
         figures["event_latency_ms"]["jobs"] == figures["event_latency_reference_ms"]["jobs"] == 50
     )
+
+
+@pytest.mark.parametrize(
+    "tool, args, message",
+    [
+        ("server", ["--max-workers", "-3"], "--max-workers: expected 0 or more, not -3"),
+        ("server", ["--max-workers", "2.5"], "--max-workers: expected a whole number, not '2.5'"),
+        ("server", ["--timeout", "-1"], "--timeout: expected 0 or more, not -1"),
+        ("server", ["--timeout", "nan"], "--timeout: expected a finite number, not 'nan'"),
+        ("server", ["--retention-interval", "inf"], "expected a finite number, not 'inf'"),
+        ("register", ["--wait-timeout", "-2"], "--wait-timeout: expected 0 or more, not -2"),
+        ("register", ["--queue-limit", "-1"], "--queue-limit: expected 0 or more, not -1"),
+    ],
+)
+def test_numeric_options_refuse_what_the_server_cannot_use(capsys, tool, args, message):
+    # bug: a negative or non-finite number was taken and quietly ignored or clamped
+    from dahu.app import register
+    from dahu.app import server as dahu_server
+
+    parser = (dahu_server if tool == "server" else register).build_parser()
+    positional = ["x"] if tool == "server" else ["x", "a/b/c"]
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args([*positional, *args])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+    (action,) = [a for a in parser._actions if args[0] in a.option_strings]
+    accepted = parser.parse_args([*positional, args[0], "0"])  # 0 is fine everywhere
+    assert getattr(accepted, action.dest) == 0

@@ -4,6 +4,9 @@ property) and checked against ``docs/server.md`` by the tests."""
 
 from __future__ import annotations
 
+import argparse
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +33,8 @@ class Property:
         when ``server_option``) that sets it
     :param server_option: ``dahu_server`` has the option too, winning over the property
     :param path: its values are paths (``dahu-register`` makes them absolute)
+    :param minimum: the options refuse a number below it (and any number that is not
+        finite)
     """
 
     name: str
@@ -41,6 +46,7 @@ class Property:
     server_option: str | None = None
     path: bool = False
     choices: tuple[str, ...] | None = None
+    minimum: float | None = None
 
     @property
     def repeated(self) -> bool:
@@ -57,8 +63,27 @@ class Property:
         if self.repeated:
             kwargs.update(action="append", default=[])
         elif self.dtype in (int, float):
-            kwargs["type"] = self.dtype
+            kwargs["type"] = _number(self.dtype, self.minimum)
         parser.add_argument(option or self.option, dest=self.name, **kwargs)
+
+
+def _number(dtype: type, minimum: float | None) -> Callable[[str], Any]:
+    """An ``argparse`` type: a finite ``dtype`` of at least ``minimum``, or a one-line
+    reason."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = dtype(text)
+        except ValueError:
+            kind = "a whole number" if dtype is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {kind}, not {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, not {text!r}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {minimum:g} or more, not {text}")
+        return value
+
+    return parse
 
 
 PROPERTIES: tuple[Property, ...] = (
@@ -90,6 +115,7 @@ PROPERTIES: tuple[Property, ...] = (
         "--max-workers",
         "N",
         server_option="--max-workers",
+        minimum=0,
     ),
     Property(
         "queue_limit",
@@ -98,6 +124,7 @@ PROPERTIES: tuple[Property, ...] = (
         "state is ALARM while more jobs than this wait for a slot",
         "--queue-limit",
         "N",
+        minimum=0,
     ),
     Property(
         "executor",
@@ -125,6 +152,7 @@ PROPERTIES: tuple[Property, ...] = (
         "--default-timeout",
         "S",
         server_option="--timeout",
+        minimum=0,
     ),
     Property(
         "wait_timeout",
@@ -133,6 +161,7 @@ PROPERTIES: tuple[Property, ...] = (
         "longest wait of waitJob, in seconds (keep it below the clients' timeout)",
         "--wait-timeout",
         "S",
+        minimum=0,
     ),
     Property(
         "http",
