@@ -293,3 +293,20 @@ def test_an_unreachable_device_is_one_line(server):
     with pytest.raises(ServerError) as info:
         DahuClient(url, timeout=2)
     assert "\n" not in str(info.value)
+
+
+def test_no_server_at_the_address_says_what_to_check():
+    # bug: the reason was Tango's "The connection request was delayed. The last
+    # connection request was done less than 1000 ms ago", which hides the cause
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"tango://127.0.0.1:{port}/test/dahu/nobody#dbase=no"
+    with pytest.raises(ServerError) as info:
+        DahuClient(url)
+    message = str(info.value)
+    assert message.startswith(f"cannot connect to {url}: Failed to connect to device")
+    assert message.endswith("(is its server running, at this address?)")
+    assert "delayed" not in message and "\n" not in message

@@ -50,6 +50,11 @@ class ServerError(ClientError):
         first = err.args[0]
         klass = JobNotFound if first.reason == "Dahu_UnknownJob" else cls
         desc = " ".join(first.desc.split()) or first.reason
+        if first.reason == "API_CantConnectToDevice":
+            # Tango's own throttling hides the cause ("The connection request was
+            # delayed..."): say what a user can check instead
+            desc = desc.split(" The connection request was delayed", 1)[0]
+            desc += " (is its server running, at this address?)"
         return klass(f"{what}: {desc}", first.reason)
 
 
