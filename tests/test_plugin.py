@@ -59,7 +59,7 @@ def test_plugin_from_function_registers_and_is_callable():
     instance.setup({"x": 5, "job_id": 3, "plugin_name": name})
     instance.process()
     assert instance.output["result"] == 15
-    assert instance.get_name() == "triple_it"
+    assert instance.get_name() == f"{__name__}.triple_it"  # as the original: module.name
 
 
 def test_function_plugin_job_with_wrong_arguments_fails_clearly(engine):

@@ -159,10 +159,6 @@ class PluginFromFunction(Plugin):
         self.teardown()
         return self.output["result"]
 
-    def get_name(self) -> str:
-        """Return the function's name."""
-        return getattr(self.function, "__name__", self.__class__.__name__)
-
     def process(self) -> None:
         """Call the function with the input (less Dahu's own keys) as keyword arguments."""
         kwargs = {k: v for k, v in self.input.items() if k not in RESERVED_KEYS}
@@ -172,11 +168,13 @@ class PluginFromFunction(Plugin):
 def plugin_from_function(function: Callable[..., Any]) -> str:
     """Make a plugin class from ``function``, register it, and return its plugin name.
 
-    The name is the function's lower-case ``module.name`` (e.g. ``example.square``).
+    The name is the function's lower-case ``module.name`` (e.g. ``example.square``).  The
+    class is named ``module.name`` as the function is spelt, as in the original: that is
+    what ``get_name()`` returns.
     """
     name = fully_qualified_name(function)
     klass = type(
-        function.__name__,
+        f"{function.__module__}.{function.__name__}",
         (PluginFromFunction,),
         {
             "function": staticmethod(function),
