@@ -50,11 +50,22 @@ def test_input_as_json_text_and_file(engine, tmp_path):
     path = tmp_path / "input.json"
     path.write_text(json.dumps({"x": 4}))
     assert run("example.cube", str(path)).output_data["result"] == 64
+    path.write_text('{"x": ')
+    with pytest.raises(InvalidInput, match=f"job input file {path} is not valid JSON"):
+        Job("example.cube", str(path))
+    assert run("example.noop", None).output_data["result"] is None  # None: no input
 
 
 @pytest.mark.parametrize(
     "bad, reason",
-    [("{not json", "not valid JSON"), ("[1, 2]", "must be a JSON object"), (42, "JSON object")],
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        (42, "JSON object"),
+        ("", "job input is empty"),
+        ("  \n", "job input is empty"),
+        ("/no/such/input.json", "job input is neither JSON nor a file: '/no/such/input.json'"),
+    ],
 )
 def test_bad_input_is_refused_with_one_line(engine, bad, reason):
     with pytest.raises(InvalidInput) as info:

@@ -41,16 +41,23 @@ def parse_input(input_data: Any) -> dict[str, Any]:
     if not isinstance(input_data, str):
         raise InvalidInput(f"job input must be a JSON object, got {type(input_data).__name__}")
     text = input_data.strip()
+    if not text:  # the original raised a JSONDecodeError (its server answered -1)
+        raise InvalidInput('job input is empty: give a JSON object, e.g. "{}"')
+    path = None  # the JSON file the text came from
     if not text.startswith(("{", "[", '"')) and os.path.isfile(text):
+        path = text
         try:
-            with open(text, encoding="utf-8") as handle:
+            with open(path, encoding="utf-8") as handle:
                 text = handle.read()
         except OSError as err:
             raise InvalidInput(f"cannot read job input file {input_data}: {err}") from err
     try:
-        value = json.loads(text) if text else {}
+        value = json.loads(text)
     except ValueError as err:  # JSONDecodeError, or an integer of over 4,300 digits
-        raise InvalidInput(f"job input is not valid JSON: {_json_error(err)}") from err
+        if path is None and not text.startswith(("{", "[", '"')):
+            raise InvalidInput(f"job input is neither JSON nor a file: {_cut(text)}") from err
+        what = f"job input file {path}" if path else "job input"
+        raise InvalidInput(f"{what} is not valid JSON: {_json_error(err)}") from err
     except RecursionError as err:
         raise InvalidInput("job input is nested too deeply") from err
     if not isinstance(value, dict):
@@ -75,6 +82,11 @@ def _depth(value: Any) -> int:
             break
         stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
     return deepest
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    """``repr`` of ``text``, cut to about ``limit`` characters."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 def _json_error(err: ValueError) -> str:
@@ -103,8 +115,6 @@ def parse_job_input(text: Any) -> dict[str, Any]:
     """Decode one job input (JSON object text, or a JSON file path as in the original)
     within the documented limits; raise :class:`~dahu.job.InvalidInput` otherwise."""
     text = _check_text(text, "job input")
-    if not text or text.isspace():  # the original answered -1: not a job id (compat.md)
-        raise InvalidInput('job input is empty: give a JSON object, e.g. "{}"')
     try:
         data = parse_input(text)
     except InvalidInput as err:
