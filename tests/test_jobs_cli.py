@@ -169,10 +169,11 @@ def test_show(history):
     assert record["host"] and record["pid"] and record["module_file"].endswith("example.py")
 
 
-def test_show_unknown_id(history):
+@pytest.mark.parametrize("job_id", ["999999", "9" * 30])  # the second: beyond SQLite's ints
+def test_show_unknown_id(history, job_id):
     workdir, _, _ = history
-    line = one_line_error(run("show", "999999", workdir=workdir), 1)
-    assert line == f"dahu-jobs: no job 999999 in the journal of {workdir}"
+    line = one_line_error(run("show", job_id, workdir=workdir), 1)
+    assert line == f"dahu-jobs: no job {job_id} in the journal of {workdir}"
 
 
 # ---- stats, export ------------------------------------------------------------------------

@@ -139,6 +139,15 @@ class TestJournalContract:
         assert error[0] == "ValueError: bad"  # the reason stays first
         assert error[1].startswith("output not JSON-serialisable")
 
+    def test_an_id_beyond_what_a_journal_can_hold_is_no_job(self, journal):
+        # bug: SQLite raised OverflowError, a traceback in dahu-jobs and a 500 on the web
+        job_id = journal.create("example.noop", {}, 1.0)
+        huge = 10**30
+        assert journal.get(huge) is None and journal.state(huge) is None
+        assert journal.output_text(huge) is None
+        assert [r.id for r in journal.select(1, huge)] == [job_id]
+        assert [r.id for r in journal.select(huge, None)] == []
+
     def test_finish_keeps_an_output_whose_repr_fails_too(self, journal):
         # bug: an int of over 4,300 digits made both the encoding and repr() raise, and
         # the journal failed (the server went to FAULT and refused every new job)

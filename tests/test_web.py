@@ -287,6 +287,7 @@ def test_event_stream_sends_summaries(server, jobs):
         ("/api/jobs/abc", 400, "a job id is an integer"),
         ("/api/jobs/0", 404, "no job 0"),
         ("/api/jobs/99999999", 404, "no job 99999999: job ids run from 1 to"),
+        ("/api/jobs/" + "9" * 30, 404, f"no job {'9' * 30}: job ids run from 1 to"),
         ("/api/jobs?limit=0", 400, "limit must be from 1 to 1000"),
         ("/api/jobs?limit=ten", 400, "limit must be an integer"),
         ("/api/jobs?state=exploded", 400, "state must be one of"),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .journal import SCHEMA_VERSION, JobRecord, JournalError, SQLiteJournal
+from .journal.base import storable_id
 from .states import State
 
 __all__ = [
@@ -150,6 +151,8 @@ def records(db: sqlite3.Connection, filters: Filters) -> Iterator[JobRecord]:
 
 def get(db: sqlite3.Connection, job_id: int) -> JobRecord | None:
     """The whole record of ``job_id``, or None."""
+    if not storable_id(job_id):
+        return None
     rows = _read(db, f"SELECT {SQLiteJournal._COLUMNS} FROM jobs WHERE id = ?", (job_id,))
     return SQLiteJournal._record(rows[0]) if rows else None
 

@@ -47,7 +47,19 @@ __all__ = [
     "encode_output",
     "INTERRUPTED",
     "HOST",
+    "MAX_ID",
+    "storable_id",
 ]
+
+MAX_ID = 2**63 - 1
+"""The largest id a journal can hold (SQLite's INTEGER)."""
+
+
+def storable_id(job_id: int) -> bool:
+    """True if ``job_id`` can name a record (from 1 to :data:`MAX_ID`): a larger number
+    cannot even be looked up, it is simply not a job."""
+    return 0 < job_id <= MAX_ID
+
 
 INTERRUPTED = "interrupted"
 """The error of a job whose process died before it ended."""

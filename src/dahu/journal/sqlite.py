@@ -36,12 +36,14 @@ from ..statistics import aggregate
 from .base import (
     HOST,
     INTERRUPTED,
+    MAX_ID,
     JobRecord,
     Journal,
     default_workdir,
     encode_final_input,
     encode_input,
     encode_output,
+    storable_id,
 )
 from .writer import BatchedWriter, _Write
 
@@ -252,6 +254,8 @@ class SQLiteJournal(BatchedWriter, Journal):
         return [row[0] for row in rows]
 
     def state(self, job_id: int) -> str | None:
+        if not storable_id(job_id):
+            return None
         rows = self._read("SELECT state FROM jobs WHERE id = ?", (job_id,))
         return rows[0][0] if rows else None
 
@@ -327,10 +331,14 @@ class SQLiteJournal(BatchedWriter, Journal):
         return JobRecord(*data)
 
     def get(self, job_id: int) -> JobRecord | None:
+        if not storable_id(job_id):
+            return None
         rows = self._read(f"SELECT {self._COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return self._record(rows[0]) if rows else None
 
     def output_text(self, job_id: int) -> str | None:
+        if not storable_id(job_id):
+            return None
         rows = self._read("SELECT output FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             return None
@@ -350,7 +358,8 @@ class SQLiteJournal(BatchedWriter, Journal):
         self, first: int | None = None, last: int | None = None, state: str | None = None
     ) -> Iterator[JobRecord]:
         sql = f"SELECT {self._COLUMNS} FROM jobs WHERE id >= ? AND id <= ?"
-        args: list[Any] = [first or 0, last if last is not None else 2**62]
+        last = MAX_ID if last is None else last
+        args: list[Any] = [min(max(first or 0, 0), MAX_ID), min(max(last, -1), MAX_ID)]
         if state is not None:
             sql += " AND state = ?"
             args.append(state)
