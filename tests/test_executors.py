@@ -4,6 +4,7 @@ Each executor gets one engine for the module (a local Dask cluster takes a secon
 start); every test runs real jobs through ``dahu.job.Job``.
 """
 
+import threading
 import time
 
 import h5py
@@ -156,6 +157,11 @@ def test_timeouts(kind):
     hung = run("trouble.hang", {"job_timeout": 0.3})
     assert hung.status == "aborted"
     assert hung.error.startswith("timed out after 0.3 s")
+    # bug: a job_timeout that is not a number lifted every limit (the plugin's, the
+    # server's); NaN went into the watchdog's heap. Now it is ignored, the next applies.
+    for bad in ("soon", float("nan"), True, [1]):
+        patient = run("trouble.patient", {"job_timeout": bad})
+        assert (patient.status, patient.error) == ("aborted", "timed out after 0.5 s"), bad
 
 
 def test_wait_for_chain_longer_than_the_pool(kind):
@@ -223,3 +229,18 @@ def test_process_workers_are_recycled(tmp_path):
 def test_unknown_executor_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown executor 'gpu'"):
         dahu.engine.configure(workdir=str(tmp_path), executor_kind="gpu")
+
+
+def test_watchdog_refuses_a_nan_delay_and_keeps_its_order():
+    # a NaN deadline compares false with every other: in the heap it would delay others
+    from dahu.executors import Watchdog
+
+    watchdog = Watchdog()
+    fired: list[str] = []
+    done = threading.Event()
+    with pytest.raises(ValueError, match="NaN"):
+        watchdog.call_later(float("nan"), lambda: fired.append("nan"))
+    watchdog.call_later(0.2, lambda: (fired.append("second"), done.set()))
+    watchdog.call_later(0.05, lambda: fired.append("first"))
+    assert done.wait(10)
+    assert fired == ["first", "second"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 import os
 import sys
 import threading
@@ -24,6 +25,7 @@ __all__ = [
     "gc_paused",
     "error_line",
     "one_line",
+    "seconds",
 ]
 
 
@@ -172,3 +174,15 @@ def gc_paused() -> Iterator[None]:
                 _gc_pauses -= 1
                 if _gc_pauses == 0:
                     gc.enable()
+
+
+def seconds(value: Any) -> float | None:
+    """``value`` (a job timeout, from a job input or a plugin) as a number of seconds;
+    None if it is not a number: a string, a bool, None or NaN."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return None if math.isnan(number) else number

@@ -19,6 +19,7 @@ them in the journal, arms the job's clock, runs the callbacks and wakes the wait
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import weakref
@@ -29,7 +30,7 @@ from ..errors import JournalError, error_line, one_line
 from ..executors.runner import Outcome
 from ..journal.base import JobRecord
 from ..states import State
-from ..utils import get_isotime
+from ..utils import get_isotime, seconds
 
 logger = logging.getLogger(__name__)
 
@@ -265,18 +266,24 @@ class LifeCycle:
     def arm_timeout(self, run: JobRun, plugin_timeout: float | None) -> None:
         """Start the job's clock: the input's ``job_timeout``, else the plugin's
         ``JOB_TIMEOUT``, else the engine's default; abort the job when it runs out."""
-        timeout = (run.input_data or {}).get("job_timeout")
-        if timeout is None:
-            timeout = plugin_timeout
-        if timeout is None:
-            timeout = self.engine.default_timeout
-        try:
-            timeout = float(timeout) if timeout is not None else None
-        except (TypeError, ValueError):
-            logger.warning("job %s: ignoring timeout %r: not a number", run.id, timeout)
-            timeout = None
-        if timeout is None or timeout <= 0:
-            return
+        timeout = None
+        for value in (
+            (run.input_data or {}).get("job_timeout"),
+            plugin_timeout,
+            self.engine.default_timeout,
+        ):
+            if value is None:
+                continue
+            # a value that is not a number (NaN, a string, a bool) is ignored: the next
+            # one applies, so that a bad input key cannot lift the server's default
+            number = seconds(value)
+            if number is None:
+                logger.warning("job %s: ignoring timeout %r: not a number", run.id, value)
+                continue
+            timeout = number
+            break
+        if timeout is None or timeout <= 0 or math.isinf(timeout):
+            return  # no limit
         ref = weakref.ref(run)
 
         def expire() -> None:

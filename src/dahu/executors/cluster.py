@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -36,6 +37,7 @@ from ..errors import error_line, one_line
 from ..factory import Factory, plugin_factory
 from ..journal.reader import use_reader
 from ..states import State
+from ..utils import seconds
 from .base import Task
 from .runner import Execution, Outcome
 from .thread import default_workers
@@ -88,8 +90,10 @@ def run_task(
     clock: list[tuple[float, float]] = []  # (deadline, timeout) of the plugin's JOB_TIMEOUT
 
     def plugin_loaded(job_timeout: float | None) -> None:
-        if input_data.get("job_timeout") is None and job_timeout:
-            clock.append((time.monotonic() + float(job_timeout), float(job_timeout)))
+        # the plugin's JOB_TIMEOUT, unless the input gives a timeout that is a number
+        limit = seconds(job_timeout)
+        if seconds(input_data.get("job_timeout")) is None and limit and 0 < limit < math.inf:
+            clock.append((time.monotonic() + limit, limit))
 
     execution = Execution(
         plugin_name,

@@ -31,6 +31,8 @@ class Watchdog:
 
     def call_later(self, delay: float, function: Callable[[], Any]) -> list[Any]:
         """Call ``function()`` in ``delay`` seconds; return a handle for :meth:`cancel`."""
+        if delay != delay:  # NaN compares false with everything: it would break the heap
+            raise ValueError("a watchdog delay cannot be NaN")
         entry = [time.monotonic() + delay, next(self._counter), function]
         with self._cond:
             heapq.heappush(self._heap, entry)
