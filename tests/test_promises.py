@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -301,6 +302,40 @@ def test_kill_9_right_after_startjob_returns_keeps_the_jobs(tmp_path):
         assert proxy.startJob(["example.noop", "{}"]) > max(batch)
     finally:
         again.stop()
+
+
+def test_a_plugin_that_outlives_the_shutdown_is_recorded_as_aborted(tmp_path):
+    # bug: its job stayed "running" in the journal after the server had exited, and
+    # every job ended at shutdown logged "cannot push ...: attribute not found"
+    from .conftest import TROUBLE_PLUGINS
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "stubborn.py").write_text(TROUBLE_PLUGINS)
+    workdir, log = tmp_path / "work", tmp_path / "server.log"
+    extra = ["--plugins", str(plugins), "--shutdown-timeout", "1"]
+    local = LocalServer(str(workdir), str(log), device=DEVICE, max_workers=2, extra_args=extra)
+    proxy = local.start(timeout=60)
+    try:
+        hung = proxy.startJob(["stubborn.hang", "{}"])  # ignores its abort
+        sleeping = proxy.startJob(["example.sleep", '{"t": 600}'])
+        queued = proxy.startJob(["example.sleep", '{"t": 600}'])
+        deadline = time.monotonic() + 30
+        while proxy.getJobState(hung) != "running" or proxy.getJobState(sleeping) != "running":
+            assert time.monotonic() < deadline, "the jobs never ran"
+            time.sleep(0.01)
+    finally:
+        status = local.stop()
+    assert status == 1  # a job was still running after the timeout: said by the status
+    with sqlite3.connect(workdir / "journal.sqlite") as db:
+        rows = dict((r[0], r[1:]) for r in db.execute("SELECT id, state, error FROM jobs"))
+    assert rows[hung] == (
+        "aborted",
+        "aborted: the server is shutting down (the plugin had not stopped after 1 s)",
+    )
+    assert rows[sleeping] == rows[queued] == ("aborted", "aborted: the server is shutting down")
+    text = log.read_text()
+    assert "cannot push" not in text and "Traceback" not in text, text[-2000:]
 
 
 def test_group_commit_batches_concurrent_writes(tmp_path):

@@ -46,6 +46,7 @@ from .server_settings import (
     settings,
     shutdown,
     start_web,
+    stopping,
     web_service,
 )
 from .states import State
@@ -181,6 +182,8 @@ class DahuDS(Device):
     def _push(self, name: str, value: Any) -> None:
         """Push a change event of ``name`` if a client is subscribed (Tango sends nothing
         to nobody; PyTango's push alone costs the files thread up to 100 µs)."""
+        if stopping():
+            return  # the Tango loop has ended: the device and its clients are gone
         try:
             if self.is_there_subscriber(name, tango.EventType.CHANGE_EVENT):
                 self.push_change_event(name, value)

@@ -22,6 +22,7 @@ __all__ = [
     "configure_retention",
     "shutdown",
     "start_web",
+    "stopping",
     "web_service",
 ]
 
@@ -51,6 +52,14 @@ settings = ServerSettings()
 
 _engine: dahu_engine.Engine | None = None
 _engine_lock = threading.Lock()
+_stopping = threading.Event()
+
+
+def stopping() -> bool:
+    """True once :func:`shutdown` began: the Tango loop has ended, nobody can be told."""
+    return _stopping.is_set()
+
+
 _retention: RetentionSchedule | None = None
 
 
@@ -155,6 +164,7 @@ def shutdown(timeout: float = 30.0) -> bool:
     without running their plugin.  The retention schedule, if any, stops first.
     """
     global _retention
+    _stopping.set()
     if _retention is not None:
         _retention.stop()
         _retention = None

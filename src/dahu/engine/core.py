@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import JournalError, one_line
 from ..executors import Watchdog, make_executor
+from ..executors.runner import Outcome
 from ..factory import Factory, plugin_factory
 from ..journal import Journal, SQLiteJournal, write_job_files
 from ..journal.base import encode_output
@@ -333,6 +334,11 @@ class Engine:
             logger.error(
                 "shutting down with %d job(s) still running: %s", len(unfinished), unfinished
             )
+        for run in runs:  # recorded now: once the process ends nobody else would
+            if run.state not in State.FINAL:
+                reason = run.abort_reason or "the server stopped"
+                note = f"{reason} (the plugin had not stopped after {timeout:g} s)"
+                self.cycle.finish(run, Outcome(State.ABORTED, {}, note, run.started, time.time()))
         self._closed = True
         self.executor.shutdown(wait=False)
         self.journal.flush()  # the outcomes queued are committed and reported
