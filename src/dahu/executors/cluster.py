@@ -92,7 +92,11 @@ def run_task(
     def plugin_loaded(job_timeout: float | None) -> None:
         # the plugin's JOB_TIMEOUT, unless the input gives a timeout that is a number
         limit = seconds(job_timeout)
-        if seconds(input_data.get("job_timeout")) is None and limit and 0 < limit < math.inf:
+        if (
+            seconds(input_data.get("job_timeout")) is None
+            and limit is not None
+            and 0 < limit < math.inf
+        ):
             clock.append((time.monotonic() + limit, limit))
 
     execution = Execution(

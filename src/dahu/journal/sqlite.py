@@ -253,11 +253,17 @@ class SQLiteJournal(BatchedWriter, Journal):
             self._write(self._INSERT, rows)
         return [row[0] for row in rows]
 
-    def state(self, job_id: int) -> str | None:
+    def _by_id(self, columns: str, job_id: int) -> tuple | None:
+        """The ``columns`` of job ``job_id``'s row, or None if there is none (an id
+        beyond SQLite's integers is no job: it is not looked up)."""
         if not storable_id(job_id):
             return None
-        rows = self._read("SELECT state FROM jobs WHERE id = ?", (job_id,))
-        return rows[0][0] if rows else None
+        rows = self._read(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    def state(self, job_id: int) -> str | None:
+        row = self._by_id("state", job_id)
+        return row[0] if row else None
 
     def set_state(self, job_id: int, state: str, started: float | None = None) -> None:
         self._write(
@@ -331,18 +337,12 @@ class SQLiteJournal(BatchedWriter, Journal):
         return JobRecord(*data)
 
     def get(self, job_id: int) -> JobRecord | None:
-        if not storable_id(job_id):
-            return None
-        rows = self._read(f"SELECT {self._COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        return self._record(rows[0]) if rows else None
+        row = self._by_id(self._COLUMNS, job_id)
+        return self._record(row) if row else None
 
     def output_text(self, job_id: int) -> str | None:
-        if not storable_id(job_id):
-            return None
-        rows = self._read("SELECT output FROM jobs WHERE id = ?", (job_id,))
-        if not rows:
-            return None
-        return rows[0][0] or "{}"
+        row = self._by_id("output", job_id)
+        return (row[0] or "{}") if row else None
 
     def last_id(self) -> int:
         # the highest id ever given: pruned records count too, as ids are never reused;
