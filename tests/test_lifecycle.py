@@ -3,7 +3,14 @@ or the plugin does (the three bugs of issue 10, and plugins raising BaseExceptio
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sqlite3
+import subprocess
+import sys
 import threading
+import time
+import types
 
 import pytest
 
@@ -13,7 +20,7 @@ from dahu.job import Job
 from dahu.journal import JournalError, MemoryJournal, SQLiteJournal
 from dahu.plugin import Plugin
 
-from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS
+from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS, child_env
 
 
 @register
@@ -214,3 +221,122 @@ def test_a_job_s_files_are_written_once_when_clean_comes_from_two_threads(tmp_pa
             assert '"result": 9' in out.read()
     finally:
         engine.close()
+
+
+def full_disk(journal: SQLiteJournal, full: bool) -> None:
+    """Make the SQLite journal refuse every write (as a full disk does) or take them again."""
+    with journal._lock:
+        journal._db.execute(f"PRAGMA query_only = {'ON' if full else 'OFF'}")
+
+
+def on_disk(engine, job_id):
+    """A job's state and output as a new connection to the journal file reads them."""
+    path = f"file:{engine.workdir}/journal.sqlite?mode=ro"
+    with contextlib.closing(sqlite3.connect(path, uri=True)) as db:
+        state, output = db.execute(
+            "SELECT state, output FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+    return types.SimpleNamespace(state=state, output=json.loads(output) if output else None)
+
+
+def test_outcomes_a_full_journal_refused_are_recorded_when_it_has_room_again(tmp_path):
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=2)
+    try:
+        jobs = [Job("example.square", {"x": i}) for i in range(3)]
+        ids = [job.id for job in jobs]  # recorded: an id is given once its record is in
+        full_disk(engine.journal, True)
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join(10)
+        assert [job.status for job in jobs] == ["success"] * 3
+        assert engine.journal_fault
+        assert on_disk(engine, jobs[2].id).state == "uninitialized"
+        del job
+        jobs[1].clean()  # its files are written; its data stay: the journal has none
+        del jobs
+        assert Job.getDataOutputFromID(ids[2])["result"] == 4  # still in memory
+        assert not engine.retry_journal()  # still full: nothing changes
+        assert engine.journal_fault and on_disk(engine, ids[0]).state == "uninitialized"
+        full_disk(engine.journal, False)
+        assert engine.retry_journal()
+        assert engine.journal_fault is None
+        for i, job_id in enumerate(ids):
+            record = on_disk(engine, job_id)
+            assert (record.state, record.output["result"]) == ("success", i * i)
+            out = tmp_path / "0000" / f"{job_id:05d}_example.square.out"
+            assert json.loads(out.read_text())["result"] == i * i
+        assert engine.table.unrecorded() == []
+    finally:
+        engine.close()
+
+
+def test_the_engine_retries_a_full_journal_by_itself(tmp_path, monkeypatch):
+    monkeypatch.setattr(dahu.engine.core, "JOURNAL_RETRY", 0.05)
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    try:
+        job = Job("example.square", {"x": 7})
+        assert job.id  # recorded
+        full_disk(engine.journal, True)
+        job.start()
+        job.join(10)
+        assert job.status == "success" and engine.journal_fault
+        full_disk(engine.journal, False)
+        deadline = time.monotonic() + 10
+        while engine.journal_fault is not None:
+            assert time.monotonic() < deadline, "the fault was never cleared"
+            time.sleep(0.01)
+        assert on_disk(engine, job.id).output["result"] == 49
+    finally:
+        engine.close()
+
+
+def test_shutdown_says_when_outcomes_are_lost(tmp_path):
+    # a process whose journal stays full to the end: it says so and exits with an error
+    script = f"""
+import sys
+import dahu.engine
+from dahu.job import Job
+engine = dahu.engine.configure(workdir={str(tmp_path)!r}, max_workers=1)
+job = Job("example.square", {{"x": 7}})
+print("id", job.id)
+with engine.journal._lock:
+    engine.journal._db.execute("PRAGMA query_only = ON")
+job.start()
+job.join(10)
+print("told", job.status)
+sys.exit(0 if engine.shutdown(timeout=5) else 3)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=child_env(), timeout=60
+    )
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "told success" in result.stdout
+    assert "1 job outcome(s) the journal refused are lost" in result.stderr
+    job_id = int(result.stdout.split()[1])
+    again = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    try:  # what the next start finds: the job was interrupted, not lost without a trace
+        record = again.journal.get(job_id)
+        assert (record.state, record.error) == ("failure", "interrupted")
+    finally:
+        again.close()
+
+
+def test_a_file_the_disk_cannot_hold_is_not_left_truncated(tmp_path):
+    # a child with a 64 kB file size limit: writing a bigger .out file fails part way
+    script = f"""
+import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, resource.RLIM_INFINITY))
+from dahu.journal import write_job_files
+try:
+    write_job_files({str(tmp_path)!r}, 5, "big.one", {{"x": 1}}, {{"blob": "x" * 200000}})
+except OSError as err:
+    print("refused:", err)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=child_env(), timeout=60
+    )
+    assert "refused: [Errno 27] File too large" in result.stdout, result.stderr
+    files = sorted(p.name for p in (tmp_path / "0000").iterdir())
+    assert files == ["00005_big.one.inp"]  # the .out is not there half written

@@ -6,8 +6,10 @@ a state of their own (restart, a broken journal) start their own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,13 +22,17 @@ from tango.test_context import DeviceTestContext
 
 from dahu.server import MAX_DEPTH, DahuDS
 
-from .conftest import finish
+from .conftest import FINAL, finish
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 1.0  # the device's wait_timeout in these tests
 
 HOOKS = '''\
 """Plugins for the DahuDS tests."""
+
+import os
+import threading
+import time
 
 from dahu.engine import get_engine
 from dahu.factory import register
@@ -41,6 +47,16 @@ class BreakJournal(Plugin):
         journal = get_engine().journal
         with journal._lock:
             journal._db.execute("PRAGMA query_only = ON")
+        flag = self.input.get("heal_when")
+        if flag:  # the disk has room again once this file exists
+            threading.Thread(target=self.heal, args=(journal, flag), daemon=True).start()
+
+    @staticmethod
+    def heal(journal, flag):
+        while not os.path.exists(flag):
+            time.sleep(0.02)
+        with journal._lock:
+            journal._db.execute("PRAGMA query_only = OFF")
 '''
 
 
@@ -501,12 +517,40 @@ def test_jobs_survive_a_restart_and_a_broken_journal_means_fault(tmp_path, plugi
         assert second.getJobState(cut) == "failure"
         assert second.getJobError(cut) == "interrupted"
         assert second.startJob(["example.noop", "{}"]) > cut
-        # a journal that cannot be written: FAULT, and new jobs are refused in one line
+        # a journal that cannot be written (a full disk): FAULT, new jobs are refused in
+        # one line, and the outcome the journal refused is kept in memory
         assert second.state() in (tango.DevState.ON, tango.DevState.RUNNING)
-        finish(second, second.startJob(["dahutest.breakjournal", "{}"]))
+        flag = workdir / "room-again"
+        broke = second.startJob(["dahutest.breakjournal", json.dumps({"heal_when": str(flag)})])
+        assert finish(second, broke) == "success"
         wait_until(lambda: second.state() == tango.DevState.FAULT, what="state FAULT")
         assert "journal" in second.status()
         assert "journal" in refused(second.startJob, ["example.square", "{}"]).desc
+        assert second.getJobState(broke) == "success"
+        assert journal_state(workdir, broke) not in FINAL  # not in the journal yet
+        # room again: Init gives the journal what it refused, and the device is ON
+        flag.touch()
+        wait_until(lambda: accepts(second), what="the journal to take writes")
+        second.Init()
+        assert second.state() in (tango.DevState.ON, tango.DevState.RUNNING)
+        assert "FAULT" not in second.status()
+        assert journal_state(workdir, broke) == "success"
+        assert finish(second, second.startJob(["example.square", "{}"])) == "success"
+
+
+def journal_state(workdir: Path, job_id: int) -> str:
+    """The state of a job as the journal file on disk has it (read by another connection)."""
+    with contextlib.closing(sqlite3.connect(workdir / "journal.sqlite")) as db:
+        return db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+
+
+def accepts(proxy) -> bool:
+    """True once the device takes a new job (its record could be written)."""
+    try:
+        proxy.startJob(["example.noop", "{}"])
+    except tango.DevFailed:
+        return False
+    return True
 
 
 def test_retention_properties(tmp_path, plugin_dir):

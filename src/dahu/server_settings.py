@@ -100,6 +100,8 @@ def configure_engine(
                 )
             if max_workers and getattr(engine.executor, "max_workers", max_workers) != max_workers:
                 engine.executor.max_workers = max_workers
+            if engine.journal_fault is not None:  # Init: try the journal again now
+                engine.retry_journal()
     for directory in plugin_dirs:
         engine.factory.add_directory(directory)
     return engine

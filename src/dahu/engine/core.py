@@ -34,6 +34,9 @@ from .table import JobTable
 
 logger = logging.getLogger(__name__)
 
+JOURNAL_RETRY = 10.0
+"""Seconds between two tries to give the journal the outcomes it refused (disk full...)."""
+
 __all__ = ["Engine", "configure", "get_engine", "activate"]
 
 
@@ -86,6 +89,9 @@ class Engine:
         self.table = JobTable()
         self.cycle = LifeCycle(self)
         self.journal_fault: str | None = None
+        self._faults = 0  # journal writes refused so far (a retry clears only what it saw)
+        self._retry_armed = False
+        self._retry_lock = threading.Lock()
         self._lock = threading.Lock()
         self.finished = {State.SUCCESS: 0, State.FAILURE: 0, State.ABORTED: 0}
         self.stats = RunningStatistics()
@@ -206,12 +212,71 @@ class Engine:
 
     def journal_failed(self, job_id: int, err: BaseException) -> None:
         """The journal refused a write: the engine is at fault (the server's state says
-        FAULT) and keeps ended jobs in memory from now on."""
-        self.journal_fault = str(err) or type(err).__name__
+        FAULT), keeps in memory the jobs whose outcome it refused, and tries again every
+        :data:`JOURNAL_RETRY` seconds (:meth:`retry_journal`)."""
+        with self._lock:
+            self.journal_fault = str(err) or type(err).__name__
+            self._faults += 1
+            arm = not self._retry_armed and not self._closed
+            self._retry_armed = self._retry_armed or arm
         if isinstance(err, JournalError):
             logger.error("job %s: %s", job_id, err)
         else:
             logger.exception("job %s: the journal failed", job_id)
+        if arm:
+            self.watchdog.call_later(JOURNAL_RETRY, self._retry_soon)
+
+    def _retry_soon(self) -> None:
+        """The watchdog's turn: retry, and come back later while the journal refuses."""
+        with self._lock:
+            self._retry_armed = False
+        try:
+            ok = self.retry_journal()
+        except Exception:  # a journal backend's bug must not stop the watchdog
+            logger.exception("journal: the retry failed")
+            ok = False
+        with self._lock:
+            arm = not ok and not self._retry_armed and not self._closed
+            self._retry_armed = self._retry_armed or arm
+        if arm:
+            self.watchdog.call_later(JOURNAL_RETRY, self._retry_soon)
+
+    def retry_journal(self) -> bool:
+        """Give the journal the outcomes it refused, oldest first, and clear the fault
+        if it takes them all and a test write; True if the journal is not at fault
+        (then) any more.  Runs by itself every :data:`JOURNAL_RETRY` seconds while at
+        fault; the device's ``Init`` and :meth:`close` call it too."""
+        with self._retry_lock:
+            if self.journal_fault is None:
+                return True
+            faults = self._faults
+            late = 0
+            try:
+                for run in self.table.unrecorded():
+                    if run.unrecorded is not None:
+                        self.journal.finish(*run.unrecorded)
+                        run.unrecorded = None
+                        late += 1
+                    self.table.recorded(run)
+                    if not run.files_written:
+                        run.files_written = self.write_files(
+                            run.id, run.plugin_name, run.input_data, run.output
+                        )
+                self.journal.probe()
+            except Exception as err:
+                logger.warning(
+                    "journal still at fault (%d late outcome(s) recorded): %s",
+                    late,
+                    one_line(str(err) or type(err).__name__),
+                )
+                return False
+            with self._lock:
+                if self._faults == faults:  # no write refused meanwhile
+                    self.journal_fault = None
+            logger.warning(
+                "journal writable again: %d outcome(s) it had refused are recorded", late
+            )
+            return self.journal_fault is None
 
     def write_files(self, job_id: int, plugin: str, input_data: Any, output: Any) -> bool:
         """Write a job's ``.inp``/``.out`` files; False (logged) if they cannot be."""
@@ -319,7 +384,8 @@ class Engine:
     def shutdown(self, abort: bool = True, timeout: float = 30.0) -> bool:
         """Stop: abort (or let finish) the jobs queued or running, wait at most
         ``timeout`` s for their outcome to be recorded and their files written, stop the
-        executor and close the journal.  True if every job ended in time."""
+        executor and close the journal.  True if every job ended in time and the journal
+        holds every outcome (see :meth:`retry_journal`)."""
         deadline = time.monotonic() + timeout
         runs = self.live()
         if abort:
@@ -345,8 +411,9 @@ class Engine:
         if self._cleaner is not None:
             self._to_clean.put(None)
             self._cleaner.join(max(1.0, deadline - time.monotonic()))
+        lost = self._last_retry()
         self.journal.close()
-        return not unfinished
+        return not unfinished and not lost
 
     def count_finished(self, run: JobRun) -> None:
         """Count one job ended (its state and times in the statistics)."""
@@ -378,7 +445,22 @@ class Engine:
         self.executor.shutdown(wait=True)
         self.journal.flush()  # the outcomes queued are committed and reported
         self.flush_files()
+        self._last_retry()
         self.journal.close()
+
+    def _last_retry(self) -> int:
+        """Before the journal closes: retry it if at fault; return how many outcomes it
+        still refuses (lost, logged)."""
+        if self.journal_fault is None or self.retry_journal():
+            return 0
+        lost = len(self.table.unrecorded())
+        if lost:
+            logger.error(
+                "%d job outcome(s) the journal refused are lost: those jobs will read "
+                "failed (interrupted) at the next start",
+                lost,
+            )
+        return lost
 
 
 _current: Engine | None = None

@@ -125,6 +125,7 @@ class JobRun:
         "face",
         "cycle",
         "record",
+        "unrecorded",
         "__weakref__",
     )
 
@@ -154,6 +155,8 @@ class JobRun:
         self.aborted_at: float | None = None
         self.face: Any = None  # a weak reference to the dahu.job.Job showing this run
         self.record: Any = None  # the journal's token while its record is not committed
+        #: the arguments of ``Journal.finish`` while the journal has not taken the outcome
+        self.unrecorded: tuple | None = None
 
     @classmethod
     def from_record(cls, record: JobRecord) -> JobRun:
@@ -383,6 +386,7 @@ class LifeCycle:
 
                 def committed(error: BaseException | None) -> None:
                     if error is not None:
+                        run.unrecorded = record
                         engine.journal_failed(run.id, error)
                     self._report(run, state, error is None)
 
@@ -395,6 +399,7 @@ class LifeCycle:
                     engine.journal.finish_later(committed, *record, hold=hold)
                     deferred = True
                 except Exception as err:  # e.g. the journal is closed: report it now
+                    run.unrecorded = record
                     engine.journal_failed(run.id, err)
                 else:
                     if hold:
@@ -404,6 +409,7 @@ class LifeCycle:
                 engine.journal.finish(*record)
                 recorded = True
             except Exception as err:  # a journal must not leave a job running forever
+                run.unrecorded = record
                 engine.journal_failed(run.id, err)
         finally:
             if not deferred:
@@ -434,7 +440,7 @@ class LifeCycle:
         try:
             with self.lock:
                 run.state = state
-                engine.table.ended(run, recorded and engine.journal_fault is None)
+                engine.table.ended(run, recorded)
             engine.count_finished(run)
             self._callbacks(run)
         finally:
@@ -472,6 +478,6 @@ class LifeCycle:
                     )
         run.execution = None
         run.callbacks = []
-        if engine.journal_fault is None:
+        if run.unrecorded is None:
             run.cleaned = True  # the journal answers from now on
             run.input_data = run.output = None

@@ -40,6 +40,17 @@ class JobTable:
         else:
             self._unrecorded[run.id] = run
 
+    def unrecorded(self) -> list[Any]:
+        """The ended runs whose outcome the journal has not taken yet, oldest first."""
+        with self.lock:
+            return sorted(self._unrecorded.values(), key=lambda run: run.id)
+
+    def recorded(self, run: Any) -> None:
+        """The journal took the outcome of ``run`` late: hold it weakly from now on."""
+        with self.lock:
+            if self._unrecorded.pop(run.id, None) is not None:
+                self._recent[run.id] = run
+
     def forget(self, run: Any) -> None:
         """A job whose record could not be written, never started: it does not exist."""
         with self.lock:

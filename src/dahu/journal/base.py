@@ -282,5 +282,9 @@ class Journal(abc.ABC):
         """Aggregates of the jobs with ``id >= first`` (see
         :func:`dahu.statistics.aggregate`)."""
 
+    def probe(self) -> None:  # noqa: B027 - optional for implementations
+        """Commit a write that changes nothing; :class:`~dahu.errors.JournalError` if
+        the journal cannot be written (the engine's test before it clears a fault)."""
+
     def close(self) -> None:  # noqa: B027 - optional for implementations
         """Release the journal's resources."""

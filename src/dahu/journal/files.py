@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -134,11 +135,16 @@ def _write(path: str, text: bytes) -> None:
     """Create (or truncate) ``path`` with all of ``text``."""
     fd = os.open(path, _FLAGS, 0o644)
     try:
-        done = 0
-        while done < len(text):  # a write may take only part of it
-            done += os.write(fd, text[done:])
-    finally:
-        os.close(fd)
+        try:
+            done = 0
+            while done < len(text):  # a write may take only part of it
+                done += os.write(fd, text[done:])
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # no truncated file (disk full...): a reader finds none instead
+        raise
 
 
 def write_job_files(
