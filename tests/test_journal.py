@@ -126,6 +126,17 @@ class TestJournalContract:
         assert journal.get(job_id).output == {"result": 4}
         assert journal.last_id() == job_id
 
+    def test_text_with_lone_surrogates_is_recorded_escaped(self, journal):
+        # a KeyError of a "\\udfff" JSON key, a file name with an undecodable byte
+        job_id = journal.create("example.\udce9", {"\udfff": "x"}, 1.0)
+        error = "KeyError: '\udfff' in /data/caf\udce9.edf"
+        journal.finish(job_id, "failure", {"f": "caf\udce9"}, error, 1.0, 2.0, "/p/\udce9.py")
+        record = journal.get(job_id)
+        assert record.error == "KeyError: '\\udfff' in /data/caf\\udce9.edf"
+        assert record.plugin == "example.\\udce9"
+        assert record.output == {"f": "caf\udce9"}  # JSON: kept as it was
+        assert record.input["\udfff"] == "x"
+
     def test_finish_keeps_an_output_json_cannot_encode_as_its_repr(self, journal):
         job_id = journal.create("example.noop", {}, 1.0)
         journal.finish(job_id, "success", {"handle": object()}, None, 1.0, 2.0)
@@ -229,6 +240,30 @@ class TestJournalContract:
         for call in calls:
             with pytest.raises(JournalError):
                 call()
+
+
+def test_a_row_sqlite_cannot_bind_fails_alone_and_nothing_hangs(tmp_path):
+    # bug: an error other than SQLite's in a batch left the other writes of the batch
+    # unreported (their jobs never ended) and made flush() wait for ever
+    journal = SQLiteJournal(str(tmp_path))
+    try:
+        good = journal.create("example.square", {"x": 2}, 1.0)
+        reports: dict = {}
+        outcome = ("success", {"result": 4}, None, 1.0, 2.0)
+        journal.finish_later(lambda e: reports.setdefault("bad", e), 2**70, *outcome, hold=True)
+        journal.finish_later(lambda e: reports.setdefault("good", e), good, *outcome, hold=True)
+        assert journal.flush(10)
+        assert reports["good"] is None
+        assert isinstance(reports["bad"], JournalError) and "too large" in str(reports["bad"])
+        assert journal.get(good).output == {"result": 4}
+        # create_many: all its rows or none
+        with pytest.raises(JournalError):
+            journal.finish_many(
+                [(good, "failure", {}, None, 1.0, 2.0), (2**70, "x", {}, None, 1, 2)]
+            )
+        assert journal.get(good).state == "success"
+    finally:
+        journal.close()
 
 
 def test_journal_refuses_a_newer_schema(tmp_path):

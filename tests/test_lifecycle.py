@@ -223,6 +223,24 @@ def test_a_job_s_files_are_written_once_when_clean_comes_from_two_threads(tmp_pa
         engine.close()
 
 
+def test_a_lone_surrogate_in_an_input_key_fails_its_job_and_nothing_else(tmp_path):
+    # bug: the job's error ("unexpected keyword argument '\\udfff'") could not be stored:
+    # the journal went to FAULT and closing the engine hung
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    try:
+        job = run("example.square", '{"\\udfff": 1}')
+        assert job.status == "failure"
+        assert "unexpected keyword argument '\\udfff'" in job.error
+        assert engine.journal_fault is None
+        assert on_disk(engine, job.id).state == "failure"
+        assert run("example.square", {"x": 3}).output_data["result"] == 9
+    finally:
+        closing = threading.Thread(target=engine.close, daemon=True)
+        closing.start()
+        closing.join(20)
+        assert not closing.is_alive(), "closing the engine hangs"
+
+
 def full_disk(journal: SQLiteJournal, full: bool) -> None:
     """Make the SQLite journal refuse every write (as a full disk does) or take them again."""
     with journal._lock:

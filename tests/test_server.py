@@ -453,6 +453,16 @@ def test_bad_start_job_is_refused_in_one_line(proxy, case):
     assert proxy.startJob(["example.noop", "{}"]) == last + 1
 
 
+def test_a_lone_surrogate_escape_fails_only_its_job(proxy):
+    # bug: the job's error held the key '\\udfff', which SQLite could not store: FAULT
+    job_id = proxy.startJob(["example.square", '{"\\udfff": 1}'])
+    assert finish(proxy, job_id) == "failure"
+    assert "unexpected keyword argument '\\udfff'" in proxy.getJobError(job_id)
+    assert json.loads(proxy.getJobInput(job_id))["\udfff"] == 1
+    assert proxy.state() != tango.DevState.FAULT
+    assert finish(proxy, proxy.startJob(["example.square", '{"x": 2}'])) == "success"
+
+
 def test_huge_json_is_refused_and_the_server_stays_up(proxy):
     huge = '{"a": "' + "x" * (17 * 2**20) + '"}'
     assert "16 MiB limit" in refused(proxy.startJob, ["example.square", huge]).desc

@@ -84,6 +84,19 @@ def compact_json(obj: Any) -> str:
         return _COMPACT.encode(obj)  # "Circular reference detected", or its RecursionError
 
 
+def utf8_text(text: Any) -> Any:
+    """``text`` with any lone surrogate (a file name's undecodable byte, a ``\\udXXX`` JSON
+    escape) written as its escape: text UTF-8, SQLite and Tango can carry.  Anything that
+    is not a string is returned as it is."""
+    if not isinstance(text, str) or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def dumps(obj: Any, indent: int | None = None) -> str:
     """Serialise ``obj`` to JSON with :class:`NumpyEncoder`."""
     if indent is None:

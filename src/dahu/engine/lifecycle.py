@@ -30,7 +30,7 @@ from ..errors import JournalError, error_line, one_line
 from ..executors.runner import Outcome
 from ..journal.base import JobRecord
 from ..states import State
-from ..utils import get_isotime, seconds
+from ..utils import get_isotime, seconds, utf8_text
 
 logger = logging.getLogger(__name__)
 
@@ -367,13 +367,13 @@ class LifeCycle:
             if outcome.input is not None and outcome.input != run.input_data:
                 # a plugin that added keys to its input has them recorded, as in the original
                 final_input = run.input_data = {**(run.input_data or {}), **outcome.input}
-            run.output, run.error = output, outcome.error
+            run.output, run.error = output, utf8_text(outcome.error)
             run.started, run.ended = outcome.started, outcome.ended
             record = (
                 run.id,
                 outcome.state,
                 output,
-                outcome.error,
+                run.error,
                 outcome.started,
                 outcome.ended,
                 outcome.module_file,

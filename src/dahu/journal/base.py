@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import JournalError
-from ..utils import compact_json
+from ..utils import compact_json, utf8_text
 
 __all__ = [
     "JobRecord",
@@ -99,6 +99,7 @@ def encode_final_input(job_id: int, input_data: Any) -> str | None:
 def encode_output(output: Any, error: str | None) -> tuple[str | None, str | None]:
     """A job output as compact JSON and its error; an output that is not serialisable is
     kept as its ``repr`` and the error says so (a plugin's output never breaks a record)."""
+    error = utf8_text(error)
     if output is None:
         return None, error
     try:

@@ -13,6 +13,7 @@ from typing import Any
 from .. import __version__
 from ..states import State
 from ..statistics import aggregate
+from ..utils import utf8_text
 from .base import HOST, JobRecord, Journal, encode_final_input, encode_input, encode_output
 
 __all__ = ["MemoryJournal"]
@@ -32,7 +33,7 @@ class MemoryJournal(Journal):
         self._last += 1
         self._records[self._last] = JobRecord(
             self._last,
-            plugin,
+            utf8_text(plugin),  # as SQLite has it
             State.UNINITIALIZED,
             json.loads(text),
             submitted=submitted,
@@ -85,7 +86,8 @@ class MemoryJournal(Journal):
             record.started, record.ended = started, ended
             if started is not None and ended is not None:
                 record.runtime = ended - started
-            record.module_file, record.plugin_version = module_file, plugin_version
+            record.module_file = utf8_text(module_file)
+            record.plugin_version = utf8_text(plugin_version)
 
     def get(self, job_id: int) -> JobRecord | None:
         with self._lock:

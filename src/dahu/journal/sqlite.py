@@ -33,6 +33,7 @@ from .. import __version__
 from ..errors import JournalError
 from ..states import State
 from ..statistics import aggregate
+from ..utils import utf8_text
 from .base import (
     HOST,
     INTERRUPTED,
@@ -227,6 +228,7 @@ class SQLiteJournal(BatchedWriter, Journal):
 
     def _row(self, job_id: int, plugin: str, text: str, submitted: float) -> tuple:
         """The INSERT row (:attr:`_INSERT`) of a new job whose input is ``text``."""
+        plugin = utf8_text(plugin)
         return (job_id, plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
 
     def create(self, plugin: str, input_data: dict[str, Any], submitted: float) -> int:
@@ -291,6 +293,7 @@ class SQLiteJournal(BatchedWriter, Journal):
         """The write recording a job's outcome (arguments of :meth:`finish`)."""
         runtime = (ended - started) if started is not None and ended is not None else None
         text, error = encode_output(output, error)
+        module_file, plugin_version = utf8_text(module_file), utf8_text(plugin_version)
         values = (state, text, error, started, ended, runtime, module_file, plugin_version)
         final_input = encode_final_input(job_id, input_data)
         if final_input is not None:

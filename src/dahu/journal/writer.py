@@ -33,7 +33,11 @@ from ..errors import JournalError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BatchedWriter"]
+__all__ = ["BAD_ROW", "BatchedWriter"]
+
+BAD_ROW = (UnicodeError, OverflowError, sqlite3.InterfaceError)
+"""What SQLite raises for a row it cannot bind (text that is not UTF-8, an int beyond
+64 bits): an error of that write alone, not of the journal."""
 
 
 class _Write:
@@ -199,10 +203,20 @@ class BatchedWriter:
                 db.execute("BEGIN IMMEDIATE")
             try:
                 for write in batch:
-                    if len(write.rows) == 1:
-                        write.ids = [db.execute(write.sql, write.rows[0]).lastrowid]
-                    else:  # many rows: one call (their callers know their ids)
-                        db.executemany(write.sql, write.rows)
+                    try:
+                        if len(write.rows) == 1:
+                            write.ids = [db.execute(write.sql, write.rows[0]).lastrowid]
+                        else:  # many rows: one call (their callers know their ids)
+                            db.execute("SAVEPOINT many")
+                            try:
+                                db.executemany(write.sql, write.rows)
+                            except BaseException:
+                                db.execute("ROLLBACK TO many")
+                                raise
+                            finally:
+                                db.execute("RELEASE many")
+                    except BAD_ROW as err:  # that write alone fails: none of it was written
+                        write.error = err
             except BaseException:
                 if not alone:
                     db.execute("ROLLBACK")
@@ -210,14 +224,15 @@ class BatchedWriter:
             if not alone:
                 db.execute("COMMIT")
             self.commits += 1
-        except sqlite3.Error as err:
+        except Exception as err:  # the journal's (disk full...) or a bug: the batch fails
             failure = err
         except BaseException as err:  # e.g. KeyboardInterrupt: the others must not hang
             failure = err
             raise
         finally:
             for write in batch:
-                write.error = failure
+                if failure is not None:
+                    write.error = failure
                 write.done = True
 
     def commit_soon(self) -> None:
