@@ -137,13 +137,19 @@ class TestJournalContract:
         assert record.output == {"f": "caf\udce9"}  # JSON: kept as it was
         assert record.input["\udfff"] == "x"
 
-    def test_finish_keeps_an_output_json_cannot_encode_as_its_repr(self, journal):
+    def test_finish_keeps_what_json_cannot_encode_as_text_and_the_rest_as_it_is(self, journal):
+        # bug: one object in an output replaced all of it by 1,000 characters of repr
         job_id = journal.create("example.noop", {}, 1.0)
-        journal.finish(job_id, "success", {"handle": object()}, None, 1.0, 2.0)
+        output = {"handle": object(), "result": [1.5, 2], (1, 2): "t", "n": {"s": {3}}}
+        journal.finish(job_id, "success", output, None, 1.0, 2.0)
         record = journal.get(job_id)
         assert record.state == "success"
-        assert "object object" in record.output["unserializable_output"]
+        assert record.output["handle"].startswith("<object object at")
+        assert record.output["result"] == [1.5, 2]
+        assert record.output["(1, 2)"] == "t"
+        assert record.output["n"] == {"s": [3]}
         assert record.error.startswith("output not JSON-serialisable")
+        assert record.error.endswith("(what JSON cannot hold is kept as text)")
         other = journal.create("example.noop", {}, 1.0)
         journal.finish(other, "failure", {"x": {1, 2}, "y": object()}, "ValueError: bad", 1, 2)
         error = journal.get(other).error.splitlines()
@@ -166,12 +172,12 @@ class TestJournalContract:
             def __repr__(self):
                 raise RuntimeError("no repr")
 
-        for output in ({"big": 10**5000}, {"touchy": Touchy()}):
+        for output, key in (({"big": 10**5000}, "unserializable_output"), ({"t": Touchy()}, "t")):
             job_id = journal.create("example.noop", {}, 1.0)
             journal.finish(job_id, "success", output, None, 1.0, 2.0)
             record = journal.get(job_id)
             assert record.state == "success"
-            assert "repr() failed" in record.output["unserializable_output"]
+            assert "repr() failed" in record.output[key]
             assert record.error.startswith("output not JSON-serialisable")
         assert journal.get(journal.create("example.noop", {}, 1.0)).state == "uninitialized"
 
@@ -179,8 +185,10 @@ class TestJournalContract:
         job_id = journal.create("example.noop", {"x": 1}, 1.0)
         journal.finish(job_id, "success", {}, None, 1.0, 2.0, input_data={"x": 1, "y": 2})
         assert journal.get(job_id).input == {"x": 1, "y": 2, "job_id": job_id}
-        journal.finish(job_id, "success", {}, None, 1.0, 2.0, input_data={"bad": object()})
-        assert journal.get(job_id).input == {"x": 1, "y": 2, "job_id": job_id}
+        journal.finish(job_id, "success", {}, None, 1.0, 2.0, input_data={"x": 1, "o": object()})
+        assert journal.get(job_id).input["o"].startswith("<object object at")  # as text
+        journal.finish(job_id, "success", {}, None, 1.0, 2.0, input_data={"big": 10**5000})
+        assert journal.get(job_id).input["o"].startswith("<object object at")  # unchanged
 
     def test_records_are_copies(self, journal):
         job_id = journal.create("example.noop", {"x": [1]}, 1.0)

@@ -32,6 +32,14 @@ class Opaque(Plugin):
 
 
 @register
+class Mixed(Plugin):
+    """Leaves an output with a key and a value JSON refuses, among good ones."""
+
+    def process(self):
+        self.output.update({(1, 2): "t", "handle": object(), "result": [1, 2]})
+
+
+@register
 class Huge(Plugin):
     """Leaves an int of 5,000 digits: neither JSON nor repr() can write it."""
 
@@ -74,8 +82,26 @@ def test_unserialisable_output_ends_the_job_with_every_journal(tmp_path, kind):
         assert job.status == "success"
         record = engine.journal.get(job.id)
         assert record.state == "success"
-        assert "unserializable_output" in record.output
+        assert record.output["handle"].startswith("<object object at")
         assert "output not JSON-serialisable" in record.error
+    finally:
+        engine.close()
+
+
+def test_what_json_refuses_is_text_in_the_files_and_the_getters(tmp_path):
+    # bug: Job.getDataOutputFromId(id, as_JSON=True) raised TypeError, and no .out file
+    # was written (the original dropped the tuple key and raised for the object)
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    try:
+        job = run("tests.test_lifecycle.mixed")
+        assert job.status == "success"
+        text = json.loads(Job.getDataOutputFromId(job.id, as_JSON=True))
+        assert text["(1, 2)"] == "t" and text["result"] == [1, 2]
+        assert text["handle"].startswith("<object object at")
+        job.clean()
+        out = tmp_path / "0000" / f"{job.id:05d}_tests.test_lifecycle.mixed.out"
+        assert json.loads(out.read_text())["(1, 2)"] == "t"
+        assert json.loads(engine.output_text(job.id))["(1, 2)"] == "t"  # getJobOutput's
     finally:
         engine.close()
 

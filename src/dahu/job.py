@@ -33,7 +33,7 @@ from .journal import job_file_stem, write_job_files
 from .journal.reader import JournalReader, current_reader, follow
 from .states import State
 from .statistics import format_statistics
-from .utils import NumpyEncoder, gc_paused
+from .utils import NumpyEncoder, gc_paused, jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -370,7 +370,12 @@ class Job(threading.Thread, metaclass=_JobClass):
     def _data(cls, jobId: int, attribute: str, as_JSON: bool) -> Any:  # noqa: N803
         job = cls.getJobFromID(jobId)
         data = getattr(job, attribute) if job is not None else {}
-        return json.dumps(data, cls=NumpyEncoder) if as_JSON else data
+        if not as_JSON:
+            return data
+        try:
+            return json.dumps(data, cls=NumpyEncoder)
+        except (TypeError, ValueError):  # what JSON refuses as text, as the journal has it
+            return json.dumps(jsonable(data), cls=NumpyEncoder)
 
     @classmethod
     def getDataOutputFromID(cls, jobId: int, as_JSON: bool = False) -> Any:  # noqa: N802,N803

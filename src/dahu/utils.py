@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import error_line, one_line
@@ -82,6 +82,43 @@ def compact_json(obj: Any) -> str:
         return "".join(_compact_c(obj, 0))
     except RecursionError:
         return _COMPACT.encode(obj)  # "Circular reference detected", or its RecursionError
+
+
+_KEYS = (str, int, float, bool, type(None))
+
+
+def jsonable(obj: Any, limit: int = 1000) -> Any:
+    """A copy of ``obj`` that JSON can encode, as close to it as can be: a key JSON
+    refuses (a tuple...) becomes its ``str``, a value neither JSON nor
+    :class:`NumpyEncoder` takes (an object...) its ``repr`` (at most ``limit``
+    characters).  Everything else is kept as it is.  Raises what a structure too deep or
+    circular raises (``RecursionError``, ``ValueError``)."""
+    if isinstance(obj, dict):
+        return {
+            (key if isinstance(key, _KEYS) else _text_of(key, str, limit)): jsonable(value)
+            for key, value in obj.items()
+        }
+    if isinstance(obj, list):
+        return [jsonable(value) for value in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    try:
+        converted = _COMPACT.default(obj)  # numpy, sets, tuples, bytes, paths
+    except Exception:
+        return _text_of(obj, repr, limit)
+    return jsonable(converted)
+
+
+def _text_of(obj: Any, how: Callable[[Any], str], limit: int) -> str:
+    """``how(obj)`` cut to ``limit`` characters, or a placeholder if it raises."""
+    try:
+        return how(obj)[:limit]
+    except Exception as err:
+        try:
+            reason = str(err)
+        except Exception:
+            reason = type(err).__name__
+        return f"<{type(obj).__name__} object: {how.__name__}() failed: {reason}>"
 
 
 def utf8_text(text: Any) -> Any:

@@ -162,7 +162,7 @@ class Engine:
         memory (an output JSON cannot hold becomes its ``repr``: plugin data never makes
         this raise).  None if the job is unknown or has no output yet."""
         run = self.table.find(job_id)
-        if run is None:
+        if run is None or run.output is None:  # not in memory, or cleaned: freed
             return self.journal.output_text(job_id)
         return encode_output(run.output, None)[0]
 

@@ -16,9 +16,9 @@ The contract, for every implementation (all methods are thread-safe):
 
 * an input that is not JSON-serialisable makes ``create``/``create_many`` raise
   :class:`~dahu.errors.JournalError` and records nothing;
-* an output that is not JSON-serialisable is recorded as
-  ``{"unserializable_output": repr}`` and the error says so: ``finish`` never fails on
-  plugin data;
+* an output that is not JSON-serialisable is recorded with what JSON refuses as text
+  (:func:`dahu.utils.jsonable`; if even that fails, as ``{"unserializable_output":
+  repr}``) and the error says so: ``finish`` never fails on plugin data;
 * ``set_state``/``finish`` on an unknown id do nothing; ``set_state`` never replaces a
   final state;
 * a storage failure is raised as :class:`~dahu.errors.JournalError`, never as the
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import JournalError
-from ..utils import compact_json, utf8_text
+from ..utils import compact_json, jsonable, utf8_text
 
 __all__ = [
     "JobRecord",
@@ -92,8 +92,12 @@ def encode_final_input(job_id: int, input_data: Any) -> str | None:
     try:
         return compact_json(input_data)
     except Exception:  # plugin data: whatever its encoding raises, the record is kept
+        try:
+            text = compact_json(jsonable(input_data))
+        except Exception:
+            text = None  # the input recorded at its creation stays
         logger.warning("job %s: its final input is not JSON-serialisable", job_id)
-        return None
+        return text
 
 
 def encode_output(output: Any, error: str | None) -> tuple[str | None, str | None]:
@@ -105,8 +109,12 @@ def encode_output(output: Any, error: str | None) -> tuple[str | None, str | Non
     try:
         return compact_json(output), error
     except Exception as err:  # plugin data: whatever its encoding raises, the record is kept
-        text = compact_json({"unserializable_output": _safe_repr(output)})
         note = f"output not JSON-serialisable: {_safe_text(err)}"
+        try:  # keys and values JSON refuses as text, the rest as it is
+            text = compact_json(jsonable(output))
+            note += " (what JSON cannot hold is kept as text)"
+        except Exception:  # too deep, an int of over 4,300 digits...: all of it as text
+            text = compact_json({"unserializable_output": _safe_repr(output)})
         return text, (error + "\n" if error else "") + note
 
 

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from ..utils import NumpyEncoder
+from ..utils import NumpyEncoder, jsonable
 
 __all__ = ["job_file_dir", "job_file_stem", "write_job_files", "pretty_json"]
 
@@ -159,7 +159,10 @@ def write_job_files(
     paths = []
     for ext, data in ((".inp", input_data), (".out", output_data)):
         path = stem + ext
-        text = pretty_json(data).encode("ascii")
+        try:
+            text = pretty_json(data).encode("ascii")
+        except (TypeError, ValueError):  # what JSON refuses as text (as the journal has it)
+            text = pretty_json(jsonable(data)).encode("ascii")
         try:
             _write(path, text)
         except FileNotFoundError:  # the directory was removed behind our back
