@@ -57,6 +57,14 @@ class BreakJournal(Plugin):
             time.sleep(0.02)
         with journal._lock:
             journal._db.execute("PRAGMA query_only = OFF")
+
+
+@register
+class Theta(Plugin):
+    """Integrates in 2\u03b8 (\u00b0)."""
+
+    def process(self):
+        raise ValueError("2\u03b8 out of range: 95\u00b0")
 '''
 
 
@@ -295,6 +303,19 @@ def test_list_plugins_and_init_plugin(proxy):
     assert missing.startswith("Plugin not found: nothing.here, unknown plugin 'nothing.here'")
     assert "\n" not in missing
     assert proxy.initPlugin("../x").startswith("Plugin not found: ../x, invalid plugin name")
+
+
+def test_texts_with_characters_latin1_lacks_reach_the_client(proxy):
+    # bug: PyTango sends a DevString as Latin-1: a plugin docstring or an error with a
+    # theta failed listPlugins, initPlugin and getJobError with a UnicodeError
+    assert " dahutest.theta : Integrates in 2\\u03b8 (\u00b0)." in list_plugins(proxy)
+    assert proxy.initPlugin("dahutest.theta").endswith("Integrates in 2\\u03b8 (\u00b0).")
+    job_id = proxy.startJob(["dahutest.theta", "{}"])
+    assert finish(proxy, job_id) == "failure"
+    assert proxy.getJobError(job_id).startswith("ValueError: 2\\u03b8 out of range: 95\u00b0")
+    # the description of a DevFailed travels as UTF-8 read as Latin-1: ASCII only
+    error = refused(proxy.startJob, ["\u00e9t\u00e9.x", "{}"])
+    assert "'\\xe9t\\xe9.x'" in error.desc
 
 
 def test_counters_follow_the_jobs(proxy):

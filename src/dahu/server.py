@@ -37,7 +37,7 @@ from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_input
 from .job import Job
 from .properties import DEFAULT_RETENTION_INTERVAL, PROPERTIES
 from .retention import parse_retention
-from .server_errors import client_errors
+from .server_errors import client_errors, latin1_text
 from .server_settings import (
     ServerSettings,
     configure_engine,
@@ -231,7 +231,7 @@ class DahuDS(Device):
             f"{counts['success']} succeeded, {counts['failure']} failed, "
             f"{counts['aborted']} aborted"
         )
-        return "\n".join(lines)
+        return latin1_text("\n".join(lines))  # a work directory may have any name
 
     # ---- jobs ----------------------------------------------------------------------------
     def _plugin(self, name: Any) -> str:

@@ -30,7 +30,7 @@ from .server_threads import keep_thread_state
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UnknownJob", "TryAgain", "one_line", "client_errors", "MAX_REASON"]
+__all__ = ["UnknownJob", "TryAgain", "one_line", "client_errors", "latin1_text", "MAX_REASON"]
 
 
 def _reason_code(err: BaseException) -> str:
@@ -56,7 +56,8 @@ def client_errors(method: Callable) -> Callable:
     def wrapper(self: Any, *args: Any) -> Any:
         keep_thread_state()  # the next command on this thread finds its Python state
         try:
-            return method(self, *args)
+            result = method(self, *args)
+            return latin1_text(result) if isinstance(result, str) else result
         except tango.DevFailed:
             raise
         except DahuError as err:
@@ -66,6 +67,17 @@ def client_errors(method: Callable) -> Callable:
             logger.exception("%s failed", method.__name__)
             reason = "Dahu_InternalError"
             text = one_line(error_line(err))
+        if not text.isascii():  # sent as UTF-8 and read as Latin-1: escapes only
+            text = text.encode("ascii", "backslashreplace").decode("ascii")
         tango.Except.throw_exception(reason, text, f"DahuDS.{method.__name__}")
 
     return wrapper
+
+
+def latin1_text(text: str) -> str:
+    """``text`` as a Tango ``DevString`` can carry it: PyTango sends it as Latin-1, and
+    fails the command on a character Latin-1 lacks (the theta of "2θ"), which is written
+    as its escape (``\\u03b8``) instead.  Latin-1 text (``é``, ``°``) is left as it is."""
+    if text.isascii():
+        return text
+    return text.encode("latin-1", "backslashreplace").decode("latin-1")
