@@ -244,3 +244,49 @@ def test_watchdog_refuses_a_nan_delay_and_keeps_its_order():
     watchdog.call_later(0.05, lambda: fired.append("first"))
     assert done.wait(10)
     assert fired == ["first", "second"]
+
+
+def test_a_thread_that_cannot_start_does_not_stall_the_pool(tmp_path, monkeypatch):
+    # bug: "can't start new thread" (a limit on threads, after many abandoned plugins)
+    # left the pool counting a thread that did not exist: queued jobs waited for ever
+    import dahu.executors.thread as pool
+
+    refuse = threading.Event()
+
+    class Limited(threading.Thread):
+        def start(self):
+            if refuse.is_set():
+                raise RuntimeError("can't start new thread")
+            super().start()
+
+    monkeypatch.setattr(pool.threading, "Thread", Limited)
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=2, executor_options={})
+    try:
+        refuse.set()
+        job = Job("example.square", {"x": 2})
+        with pytest.raises(Exception, match="cannot start a thread to run it: can't start new"):
+            job.start()
+        assert job.status == "failure"
+        assert job.error.startswith("cannot queue the job: ExecutorError: cannot start a thread")
+        refuse.clear()
+        assert run_job("example.square", {"x": 3}) == 9  # the pool is whole again
+        # threads alive: a job for which no new thread can start is run by one of them
+        first = Job("example.sleep", {"t": 0.3})
+        first.start()
+        refuse.set()
+        second = Job("example.square", {"x": 4})
+        second.start()
+        second.join(10)
+        assert (second.status, second.output_data["result"]) == ("success", 16)
+        first.join(10)
+        assert first.status == "success"
+    finally:
+        refuse.clear()
+        engine.close()
+
+
+def run_job(name, data):
+    job = Job(name, data)
+    job.start()
+    job.join(10)
+    return job.output_data["result"]

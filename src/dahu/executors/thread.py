@@ -124,19 +124,37 @@ class ThreadExecutor:
             if self._shutdown:
                 raise ExecutorError("the executor is shut down")
             self._queue.append(task)
-            self._wake()
+            failed = self._wake()
+            if failed is not None and not (self._idle or self._running or self._waiting):
+                # no thread at all to run it, now or later: refuse it, the job fails
+                self._queue.remove(task)
+                raise ExecutorError(f"cannot start a thread to run it: {failed}")
 
-    def _wake(self) -> None:
-        """Make sure a thread will take the queue's head if a slot is free (lock held)."""
+    def _wake(self) -> RuntimeError | None:
+        """Make sure a thread will take the queue's head if a slot is free (lock held).
+        Returns the error if a new thread could not be started (the process may start no
+        more: a limit on threads, no memory); the threads there are take the queue."""
         if not self._queue or self._running + self._reclaiming >= self.limit:
-            return
+            return None
         if self._idle:
             self._cond.notify(min(self._idle, len(self._queue)))
         # one more thread per queued job that no idle thread will take, up to the limit
         while len(self._queue) > self._idle and self._running + self._idle < self.limit:
             self._threads += 1
             self._idle += 1  # counted as idle until it takes a job
-            threading.Thread(target=self._worker, name="dahu-worker", daemon=True).start()
+            try:
+                threading.Thread(target=self._worker, name="dahu-worker", daemon=True).start()
+            except RuntimeError as err:  # "can't start new thread": not counted, tried again
+                self._threads -= 1
+                self._idle -= 1
+                logger.error(
+                    "cannot start a pool thread (%d jobs running, %d threads abandoned): %s",
+                    self._running,
+                    len(self._abandoned),
+                    err,
+                )
+                return err
+        return None
 
     def _worker(self) -> None:
         with self._cond:
