@@ -256,3 +256,15 @@ def test_job_attributes_plugins_use(engine, monkeypatch):
     job.clean()
     assert os.path.isfile(job.data_on_disk + ".inp")
     assert json.load(open(job.data_on_disk + ".out"))["result"] == 2
+
+
+def test_a_job_prints_as_in_the_original(engine, monkeypatch):
+    monkeypatch.setenv("DAHU_PLUGINS", str(LEGACY))
+    job = Job("legacy.add_one", {"x": 1})
+    assert (
+        repr(job)
+        == f"dahu job (thread) #{job.id} using plugin legacy.add_one currently uninitialized"
+    )
+    job.start()
+    job.join(30)
+    assert str(job) == f"dahu job (thread) #{job.id} using finished plugin (legacy.add_one) success"

@@ -131,8 +131,13 @@ class Job(threading.Thread, metaclass=_JobClass):
         engine = engine or get_engine()
         return [cls._over(engine, run) for run in engine.live()]
 
-    def __repr__(self) -> str:
-        return f"<Job {self._run.id} {self._run.plugin_name} {self._run.state}>"
+    def __repr__(self) -> str:  # the original's text (its plugin may run in another process)
+        run = self._run
+        if run.state in State.FINAL:
+            return (
+                f"dahu job (thread) #{run.id} using finished plugin ({run.plugin_name}) {run.state}"
+            )
+        return f"dahu job (thread) #{run.id} using plugin {run.plugin_name} currently {run.state}"
 
     # ---- life cycle (performed by the engine) -------------------------------------------
     def start(self) -> None:
