@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -216,6 +217,30 @@ def test_export_json_lines_and_csv(history, tmp_path):
     )
     proc = run("export", "--format", "csv", "--state", "aborted", workdir=workdir)
     assert next(csv.DictReader(io.StringIO(proc.stdout)))["state"] == "aborted"
+
+
+def test_an_export_the_disk_cannot_hold_is_one_line_and_leaves_no_file(history, tmp_path):
+    # bug: a traceback (status 1) and a half-written file, when the disk filled up
+    workdir, _, _ = history
+    target = tmp_path / "jobs.jsonl"
+
+    def small_files():  # in the child: files may not grow past 2 kB (as a full disk)
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, resource.RLIM_INFINITY))
+
+    proc = subprocess.run(
+        [DAHU_JOBS, "export", "-o", str(target), "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+        preexec_fn=small_files,
+    )
+    line = one_line_error(proc, 2)
+    assert line == f"dahu-jobs: cannot write {target}: File too large"
+    assert not target.exists()
 
 
 # ---- bad input ----------------------------------------------------------------------------

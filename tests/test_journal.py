@@ -483,3 +483,33 @@ def test_ids_are_consecutive_in_a_process_and_never_shared(tmp_path):
     again = SQLiteJournal(str(tmp_path))  # a clean close gave the unused ids back
     assert again.create("example.noop", {}, 7.0) == max(theirs + ours) + 1
     again.close()
+
+
+def test_a_write_the_disk_refuses_reports_the_disks_error_and_leaves_no_transaction(tmp_path):
+    # a child whose files may not grow: SQLite rolls the batch back itself; the error
+    # reported was ROLLBACK's ("cannot rollback - no transaction is active")
+    script = f"""
+import os, resource, signal
+from dahu.journal import JournalError, SQLiteJournal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+journal = SQLiteJournal({str(tmp_path)!r})
+first = journal.create("example.square", {{"x": 1}}, 1.0)
+size = max(os.path.getsize(os.path.join({str(tmp_path)!r}, f)) for f in os.listdir({str(tmp_path)!r}))
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 20000, resource.RLIM_INFINITY))
+try:
+    journal.create_many("example.square", [{{"blob": "x" * 5000}}] * 200, 1.0)
+except JournalError as err:
+    print("refused:", err)
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+second = journal.create("example.square", {{"x": 2}}, 1.0)  # room again: it writes
+journal.finish(second, "success", {{"r": 4}}, None, 1.0, 2.0)
+print("after:", journal.get(second).state)
+journal.close()
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=child_env(), timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "refused: cannot write the journal" in result.stdout
+    assert "cannot rollback" not in result.stdout
+    assert "after: success" in result.stdout

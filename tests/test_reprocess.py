@@ -766,3 +766,36 @@ def test_main_in_process_help_and_version(capsys):
     assert main(["--version"]) == 0
     assert "dahu-reprocess" in capsys.readouterr().out
     assert main([]) == 2
+
+
+def test_a_full_output_disk_is_reported_and_fails_the_run(tmp_path):
+    # bug: the journal refused records and outcomes; dahu-reprocess printed a traceback
+    # (a record refused) or claimed success with exit status 0 (outcomes refused)
+    inputs, plugins = tmp_path / "inputs", tmp_path / "plugins"
+    inputs.mkdir()
+    plugins.mkdir()
+    (plugins / "big.py").write_text(
+        "def blob(n):\n    return 'y' * n\n\n"
+        "from dahu.plugin import plugin_from_function\nplugin_from_function(blob)\n"
+    )
+    for i, n in enumerate([10] * 20 + [20000] * 200):  # small inputs, then big outputs
+        text = json.dumps({"plugin_name": "big.blob", "n": n})
+        (inputs / f"{i:03d}.inp").write_text(text)
+
+    def small_files():  # in the child: files may not grow past 1 MB (as a full disk)
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+
+    proc = subprocess.run(
+        [REPROCESS, "-q", "--plugins", str(plugins), "-o", str(tmp_path / "out"), str(inputs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=small_files,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "could not be recorded in the journal" in proc.stderr
+    assert "cannot write the journal" in proc.stderr

@@ -12,6 +12,7 @@ directory, or its journal cannot be read or written.  Every error is one line on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -337,8 +338,19 @@ def cmd_export(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
             for record in records(db, _filters(args)):
                 target.write(json.dumps(_record_dict(record)) + "\n")
                 written += 1
-    finally:
         if target is not out:
+            target.close()
+    except OSError as err:  # disk full...: no half-written file is left
+        if target is out:
+            raise
+        with contextlib.suppress(OSError):
+            target.close()
+        with contextlib.suppress(OSError):
+            os.remove(args.output)
+        sys.stderr.write(f"{PROG}: cannot write {args.output}: {err.strerror or err}\n")
+        return EXIT_USAGE
+    finally:
+        if target is not out and not target.closed:
             target.close()
     if args.output:
         sys.stderr.write(f"{PROG}: {written} job(s) written to {args.output} ({kind})\n")

@@ -152,7 +152,11 @@ PAGES: dict[str, Page] = {
         ],
         exit_status=[
             ("0", "every job succeeded (and, with --compare, none differs)"),
-            ("1", "a job failed or was aborted, an input could not be run, or outputs differ"),
+            (
+                "1",
+                "a job failed or was aborted, an input could not be run, outputs differ, "
+                "or an outcome or a job's files could not be written (disk full)",
+            ),
             ("2", "bad usage"),
             ("130", "interrupted by Ctrl-C or SIGTERM"),
         ],

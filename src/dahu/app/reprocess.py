@@ -9,7 +9,8 @@ follows; ``--compare`` also checks each new output against the archived one (see
 :mod:`dahu.compare`).
 
 Exit status: 0 all jobs succeeded (and, with ``--compare``, none differ), 1 a job
-failed, was aborted or differs, or an input could not be run, 2 bad usage, 130
+failed, was aborted or differs, an input could not be run, or an outcome or a job's
+files could not be written to the output directory (disk full), 2 bad usage, 130
 interrupted (Ctrl-C or SIGTERM: running jobs are aborted, the summary still printed).
 """
 
@@ -377,9 +378,15 @@ class Reprocessor:
                 except DahuError as err:
                     self._invalid(loaded, err)
         for loaded, job in jobs:
-            self.pending[job.id] = job
+            try:
+                job_id = job.id  # a Job's record is committed here, when its id is asked
+            except DahuError as err:  # the journal refused it (disk full): no such job
+                self._invalid(loaded, err)
+                continue
+            self.pending[job_id] = job
             job.connect_callback(self._callback(loaded))
-            job.start()
+            with contextlib.suppress(DahuError):  # "cannot queue": its callback reports it
+                job.start()
 
     def _callback(self, loaded: _Loaded) -> Any:
         item, plugin, archive = loaded.item, loaded.plugin, loaded.archive
@@ -470,9 +477,18 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(format_summary(summary))
+    status = summary["exit_status"]
     if not run.forced:  # else jobs still run in their threads: leave the journal open
-        engine.close()
-    return summary["exit_status"]
+        lost = engine.close()
+        if lost or engine.files_failed:
+            print(
+                f"{PROG}: {lost} outcome(s) could not be recorded in the journal and "
+                f"{engine.files_failed} job(s) have no .inp/.out files in {output_dir} "
+                "(disk full? see the errors above)",
+                file=sys.stderr,
+            )
+            status = max(status, 1)
+    return status
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ class Engine:
         self.cycle = LifeCycle(self)
         self.journal_fault: str | None = None
         self._faults = 0  # journal writes refused so far (a retry clears only what it saw)
+        self.files_failed = 0  # jobs whose .inp/.out files could not be written
         self._retry_armed = False
         self._retry_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -285,6 +286,7 @@ class Engine:
             return True
         except Exception as err:  # the disk, or plugin data no JSON text can hold
             logger.error("job %s: cannot write its .inp/.out files: %s", job_id, err)
+            self.files_failed += 1
             return False
 
     def watch_running(self) -> None:
@@ -438,15 +440,17 @@ class Engine:
         counts["finished"] = sum(self.finished.values())
         return counts
 
-    def close(self) -> None:
+    def close(self) -> int:
         """Stop the executor (waiting for its jobs), wait for the jobs' files and close
-        the journal."""
+        the journal; return how many outcomes the journal refused to the end (lost: see
+        :meth:`retry_journal`), 0 when it holds them all."""
         self._closed = True
         self.executor.shutdown(wait=True)
         self.journal.flush()  # the outcomes queued are committed and reported
         self.flush_files()
-        self._last_retry()
+        lost = self._last_retry()
         self.journal.close()
+        return lost
 
     def _last_retry(self) -> int:
         """Before the journal closes: retry it if at fault; return how many outcomes it

@@ -95,10 +95,13 @@ class BatchedWriter:
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._end_transaction()
                 raise
-            else:
+            try:
                 self._db.execute("COMMIT")
+            except BaseException:
+                self._end_transaction()
+                raise
 
     def _write(self, sql: str, rows: list[tuple]) -> list[int]:
         """Commit ``sql`` once per row, with every write queued now, in one transaction;
@@ -201,39 +204,47 @@ class BatchedWriter:
         try:
             if not alone:
                 db.execute("BEGIN IMMEDIATE")
-            try:
-                for write in batch:
-                    try:
-                        if len(write.rows) == 1:
-                            write.ids = [db.execute(write.sql, write.rows[0]).lastrowid]
-                        else:  # many rows: one call (their callers know their ids)
-                            db.execute("SAVEPOINT many")
-                            try:
-                                db.executemany(write.sql, write.rows)
-                            except BaseException:
-                                db.execute("ROLLBACK TO many")
-                                raise
-                            finally:
-                                db.execute("RELEASE many")
-                    except BAD_ROW as err:  # that write alone fails: none of it was written
-                        write.error = err
-            except BaseException:
-                if not alone:
-                    db.execute("ROLLBACK")
-                raise
+            for write in batch:
+                try:
+                    if len(write.rows) == 1:
+                        write.ids = [db.execute(write.sql, write.rows[0]).lastrowid]
+                    else:  # many rows: one call (their callers know their ids)
+                        db.execute("SAVEPOINT many")
+                        try:
+                            db.executemany(write.sql, write.rows)
+                        except BAD_ROW:
+                            db.execute("ROLLBACK TO many")
+                            db.execute("RELEASE many")
+                            raise
+                        db.execute("RELEASE many")
+                except BAD_ROW as err:  # that write alone fails: none of it was written
+                    write.error = err
             if not alone:
                 db.execute("COMMIT")
             self.commits += 1
         except Exception as err:  # the journal's (disk full...) or a bug: the batch fails
             failure = err
+            self._end_transaction()
         except BaseException as err:  # e.g. KeyboardInterrupt: the others must not hang
             failure = err
+            self._end_transaction()
             raise
         finally:
             for write in batch:
                 if failure is not None:
                     write.error = failure
                 write.done = True
+
+    def _end_transaction(self) -> None:
+        """After a failed write: roll back what is left of the transaction.  SQLite may
+        have rolled it back itself (disk full, I/O error): then there is nothing to do,
+        and the failure's own error, not ROLLBACK's, is the one reported.  A transaction
+        left open would make every later write fail."""
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                logger.exception("journal %s: cannot roll back", self.path)
 
     def commit_soon(self) -> None:
         """Commit the queue now if the writer lock is free (else its holder does)."""
