@@ -95,18 +95,18 @@ def jsonable(obj: Any, limit: int = 1000) -> Any:
     circular raises (``RecursionError``, ``ValueError``)."""
     if isinstance(obj, dict):
         return {
-            (key if isinstance(key, _KEYS) else _text_of(key, str, limit)): jsonable(value)
+            (key if isinstance(key, _KEYS) else _text_of(key, str, limit)): jsonable(value, limit)
             for key, value in obj.items()
         }
     if isinstance(obj, list):
-        return [jsonable(value) for value in obj]
+        return [jsonable(value, limit) for value in obj]
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     try:
         converted = _COMPACT.default(obj)  # numpy, sets, tuples, bytes, paths
     except Exception:
         return _text_of(obj, repr, limit)
-    return jsonable(converted)
+    return jsonable(converted, limit)
 
 
 def _text_of(obj: Any, how: Callable[[Any], str], limit: int) -> str:

@@ -259,10 +259,11 @@ class Engine:
                         run.unrecorded = None
                         late += 1
                     self.table.recorded(run)
-                    if not run.files_written:
-                        run.files_written = self.write_files(
-                            run.id, run.plugin_name, run.input_data, run.output
-                        )
+                    with self.cycle.files_lock:  # as LifeCycle.clean: written once
+                        if not run.files_written:
+                            run.files_written = self.write_files(
+                                run.id, run.plugin_name, run.input_data, run.output
+                            )
                 self.journal.probe()
             except Exception as err:
                 logger.warning(

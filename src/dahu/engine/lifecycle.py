@@ -224,7 +224,7 @@ class LifeCycle:
         self.engine = engine
         self.lock = engine.table.lock  # one lock for the table and the states
         self._hold_armed = False  # a timer will commit the held outcomes
-        self._files_lock = threading.Lock()  # a job's files are written by one thread
+        self.files_lock = threading.Lock()  # a job's files are written by one thread
 
     # ---- transitions ------------------------------------------------------------------
     def start(self, run: JobRun) -> None:
@@ -471,7 +471,7 @@ class LifeCycle:
         if not run.files_written:
             # once: cleanJob may come while the files thread writes them, and a second
             # write (truncate, then write) would show a reader an empty file meanwhile
-            with self._files_lock:
+            with self.files_lock:
                 if not run.files_written:
                     run.files_written = engine.write_files(
                         run.id, run.plugin_name, run.input_data, run.output
