@@ -366,6 +366,13 @@ def test_bad_usage_exits_2(tmp_path: Path):
     assert "plugin directory" in proc.stderr.splitlines()[-1]
     (tmp_path / "file").write_text("")
     assert reprocess("-o", tmp_path / "file", tmp_path).returncode == 2
+    # an output directory that cannot be made (read-only disk...): one line, no traceback
+    proc = reprocess("-o", tmp_path / "file" / "out", tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        f"dahu-reprocess: error: cannot use the output directory {tmp_path}/file/out: "
+        f"Not a directory: {tmp_path}/file/out"
+    )
 
 
 def test_default_output_is_a_new_work_directory(archive: Path, tmp_path: Path):

@@ -157,7 +157,7 @@ PAGES: dict[str, Page] = {
                 "a job failed or was aborted, an input could not be run, outputs differ, "
                 "or an outcome or a job's files could not be written (disk full)",
             ),
-            ("2", "bad usage"),
+            ("2", "bad usage, or an output directory that cannot be made or used"),
             ("130", "interrupted by Ctrl-C or SIGTERM"),
         ],
         see_also=["dahu_server(1)", "dahu-register(1)", "dahu-jobs(1)"],

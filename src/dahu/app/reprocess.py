@@ -33,7 +33,7 @@ from typing import Any
 from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_IGNORE, DEFAULT_RTOL, Difference, first_difference
 from ..engine import configure, nonblocking
-from ..errors import DahuError, one_line
+from ..errors import DahuError, JournalError, one_line
 from ..factory import plugin_factory
 from ..job import Job
 from ..journal import default_workdir
@@ -462,14 +462,21 @@ def main(argv: list[str] | None = None) -> int:
     for directory in args.plugins:
         plugin_factory.add_directory(directory)
     output_dir = os.path.abspath(args.output or get_workdir())
-    os.makedirs(output_dir, exist_ok=True)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        engine = configure(
+            workdir=output_dir,
+            max_workers=args.jobs,
+            executor_kind=args.executor,
+            batch_outcomes=True,  # batch work: outcomes share commits
+        )
+    except (OSError, JournalError) as err:  # a read-only or full disk...
+        text = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) else str(err)
+        print(
+            f"{PROG}: error: cannot use the output directory {output_dir}: {text}", file=sys.stderr
+        )
+        return EXIT_USAGE
     items = expand_sources(args.sources, args.workdir or default_workdir(), exclude=output_dir)
-    engine = configure(
-        workdir=output_dir,
-        max_workers=args.jobs,
-        executor_kind=args.executor,
-        batch_outcomes=True,  # batch work: outcomes share commits
-    )
     run = Reprocessor(args, engine, items)
     run.run()
     summary = summarize(run, output_dir)
