@@ -584,6 +584,31 @@ def accepts(proxy) -> bool:
     return True
 
 
+def test_init_plugin_of_a_module_slow_to_import_says_try_again(tmp_path):
+    # bug: the client waited for the import and got Tango's own timeout (a CORBA
+    # TRANSIENT) after 3 s, where listPlugins answers Dahu_TryAgain
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slowimport.py").write_text(
+        f"import time\ntime.sleep(3 * {WAIT!r})\n"
+        + "from dahu.factory import register\nfrom dahu.plugin import Plugin\n\n\n"
+        + "@register\nclass Slow(Plugin):\n    'Slow to import.'\n"
+    )
+    with start_device(tmp_path / "work", plugins) as proxy:
+        error = refused(proxy.initPlugin, "slowimport.slow")
+        assert error.reason == "Dahu_TryAgain"
+        assert error.desc == "plugin slowimport.slow is still loading: call initPlugin again"
+
+        def loaded():
+            try:
+                return proxy.initPlugin("slowimport.slow")
+            except tango.DevFailed as err:
+                assert err.args[0].reason == "Dahu_TryAgain"
+                return None
+
+        assert wait_until(loaded, what="the module").startswith("Plugin loaded: slowimport.slow")
+
+
 def test_retention_properties(tmp_path, plugin_dir):
     """The retention setting as device properties (dahu-jobs' tests run it at work)."""
     with start_device(tmp_path / "a", plugin_dir, retention="3", retention_interval=60.0) as proxy:

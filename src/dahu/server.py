@@ -49,6 +49,7 @@ from .server_settings import (
     stopping,
     web_service,
 )
+from .server_threads import within
 from .states import State
 from .utils import compact_json, gc_paused
 
@@ -370,9 +371,15 @@ class DahuDS(Device):
     @command(dtype_in=str, dtype_out=str, doc_in="plugin name", doc_out="what happened")
     @client_errors
     def initPlugin(self, name: str) -> str:  # noqa: N802
-        """Load a plugin; return its docstring, or why it cannot be loaded."""
+        """Load a plugin; return its docstring, or why it cannot be loaded.  A module
+        slower to import than ``wait_timeout``: ``Dahu_TryAgain``, as for listPlugins."""
+        busy = f"plugin {name.strip()} is still loading: call initPlugin again"
         try:
-            klass = self._engine.factory.get_class(name.strip())
+            klass = within(
+                max(self._wait, 0.1), lambda: self._engine.factory.get_class(name.strip()), busy
+            )
+        except TryAgain:
+            raise
         except DahuError as err:
             return f"Plugin not found: {name}, {one_line(str(err))}"
         doc = inspect.getdoc(getattr(klass, "function", None) or klass) or "(no documentation)"

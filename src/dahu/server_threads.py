@@ -23,8 +23,14 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-__all__ = ["MAX_KEPT", "keep_thread_state", "kept_threads"]
+from .errors import TryAgain
+
+__all__ = ["MAX_KEPT", "keep_thread_state", "kept_threads", "within"]
+
+T = TypeVar("T")
 
 MAX_KEPT = 64
 """Threads whose Python state is kept (each about 20 kB until the process ends)."""
@@ -54,3 +60,26 @@ def keep_thread_state() -> None:
 def kept_threads() -> int:
     """How many threads keep their Python state (the memory it holds is bounded)."""
     return _count
+
+
+def within(seconds: float, function: Callable[[], T], busy: str) -> T:
+    """``function()``, run in a thread of its own: its result (or what it raised) if it
+    ends within ``seconds``, else :class:`~dahu.errors.TryAgain` with ``busy``.  The
+    function goes on, and a later call finds its work done (a module imported stays
+    imported): a command never waits longer than the client's patience for slow work."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = function()
+        except BaseException as err:  # handed to the caller
+            box["error"] = err
+
+    thread = threading.Thread(target=run, name="dahu-bounded", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TryAgain(busy)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
