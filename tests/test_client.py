@@ -251,6 +251,28 @@ def test_no_future_hangs_when_events_are_dropped(server):
         assert head.cancel()
 
 
+def test_the_watcher_outlives_a_server_it_cannot_reach_yet(server):
+    # bug: a restarting server (OBJECT_NOT_EXIST while its device is not exported yet)
+    # made the watcher's first DeviceProxy fail; the thread died and, without events,
+    # no future settled again (seen as a flaky crash-and-restart test)
+    with DahuClient(server.url, poll_interval=0.1, sweep_interval=0.2) as dahu:
+        for subscription in dahu._subscriptions:  # no events: the watcher is the only way
+            dahu._events_proxy.unsubscribe_event(subscription)
+        real, refused = dahu._new_proxy, []
+
+        def restarting():
+            if threading.current_thread().name == "dahu-client-watch" and len(refused) < 3:
+                refused.append(1)
+                raise ServerError("cannot reach it: OBJECT_NOT_EXIST", "API_CorbaException")
+            return real()
+
+        dahu._new_proxy = restarting
+        future = dahu.submit("example.square", x=4)
+        assert future.result(timeout=30)["result"] == 16
+        assert len(refused) == 3
+        assert all(thread.is_alive() for thread in dahu._threads)
+
+
 def test_a_job_cut_by_a_server_crash_fails_after_the_restart(tmp_path):
     workdir, device = str(tmp_path / "work"), "test/dahu/crash"
     first = LocalServer(workdir, str(tmp_path / "first.log"), device=device)

@@ -12,6 +12,7 @@ from typing import Any
 
 import tango
 
+from .futures import ServerError
 from .states import State
 
 logger = logging.getLogger("dahu.client")
@@ -24,51 +25,66 @@ def watch(client: Any) -> None:
     ``poll_interval`` s: ``waitJob`` on the oldest pending job, and every
     ``sweep_interval`` s (doubling while nothing is found; back to the start when
     jobs are submitted) a check of every pending job, for those that ended behind a
-    long one.  After an event error: a check of every pending job at once."""
-    period = client.sweep_interval
-    next_sweep = time.monotonic() + period
+    long one.  After an event error: a check of every pending job at once.  The thread
+    never dies while the client is open: the futures depend on it."""
+    state = {"period": client.sweep_interval}
+    state["next_sweep"] = time.monotonic() + state["period"]
     with tango.EnsureOmniThread():
         while not client._closed:
             client._wake.wait(client.poll_interval)
             client._wake.clear()
-            while not client._closed:
-                with client._lock:
-                    head = next(iter(client._pending.values()), None)
-                    fresh, client._fresh = client._fresh, False
-                if head is None:
-                    break
-                now = time.monotonic()
-                if fresh:
-                    period = client.sweep_interval
-                    next_sweep = min(next_sweep, now + period)
-                if client._suspect:
-                    if _sweep(client, forced=True) < 0:
-                        break  # the server is away: try again after a pause
-                    continue
-                if now - max(client._last_event, head._since) < client.poll_interval:
-                    period = client.sweep_interval  # events are flowing: leave it to them
-                    next_sweep = now + period
-                    break
-                if now >= next_sweep:
-                    found = _sweep(client, forced=False)
-                    if found < 0:
-                        next_sweep = time.monotonic() + period
-                        break
-                    period = (
-                        client.sweep_interval
-                        if found
-                        else min(2 * period, client.max_sweep_interval)
-                    )
-                    next_sweep = time.monotonic() + period
-                    continue
-                if not _wait_head(client, head):
-                    break
+            try:
+                _round(client, state)
+            except Exception:  # a loop boundary: log it, and try again after a pause
+                logger.exception("%s: the watcher's round failed", client.device)
+
+
+def _round(client: Any, state: dict[str, float]) -> None:
+    """One round of the watcher: check what needs checking until nothing does for now
+    (``state``: the sweep period and the time of the next sweep, kept between rounds)."""
+    try:
+        while not client._closed:
+            with client._lock:
+                head = next(iter(client._pending.values()), None)
+                fresh, client._fresh = client._fresh, False
+            if head is None:
+                return
+            now = time.monotonic()
+            if fresh:
+                state["period"] = client.sweep_interval
+                state["next_sweep"] = min(state["next_sweep"], now + state["period"])
+            if client._suspect:
+                if _sweep(client, forced=True) < 0:
+                    return  # the server is away: try again after a pause
+                continue
+            if now - max(client._last_event, head._since) < client.poll_interval:
+                state["period"] = client.sweep_interval  # events flow: leave it to them
+                state["next_sweep"] = now + state["period"]
+                return
+            if now >= state["next_sweep"]:
+                found = _sweep(client, forced=False)
+                if found < 0:
+                    state["next_sweep"] = time.monotonic() + state["period"]
+                    return
+                state["period"] = (
+                    client.sweep_interval
+                    if found
+                    else min(2 * state["period"], client.max_sweep_interval)
+                )
+                state["next_sweep"] = time.monotonic() + state["period"]
+                continue
+            if not _wait_head(client, head):
+                return
+    except ServerError as err:  # no proxy could be made: the server is away (restarting)
+        logger.info("%s: %s", client.device, err)
 
 
 def _wait_head(client: Any, head: Any) -> bool:
     """``waitJob`` on the oldest pending job; True if it has ended."""
     try:
         state = client._proxy().command_inout("waitJob", head.job_id)
+    except ServerError:  # no proxy could be made (a server restarting): next round
+        return False
     except tango.DevFailed as err:
         if err.args[0].reason == "Dahu_UnknownJob":
             client._ended(head.job_id, None)  # the resolver reports it
@@ -89,7 +105,11 @@ def _sweep(client: Any, forced: bool) -> int:
     with client._lock:
         futures = [f for f in client._pending.values() if f._since <= cutoff]
     found = 0
-    proxy = client._proxy()
+    try:
+        proxy = client._proxy()
+    except ServerError:  # no proxy could be made (a server restarting)
+        client._suspect = client._suspect or forced
+        return -1
     for future in futures:
         if client._closed:
             break
