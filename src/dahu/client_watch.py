@@ -42,41 +42,38 @@ def watch(client: Any) -> None:
 def _round(client: Any, state: dict[str, float]) -> None:
     """One round of the watcher: check what needs checking until nothing does for now
     (``state``: the sweep period and the time of the next sweep, kept between rounds)."""
-    try:
-        while not client._closed:
-            with client._lock:
-                head = next(iter(client._pending.values()), None)
-                fresh, client._fresh = client._fresh, False
-            if head is None:
-                return
-            now = time.monotonic()
-            if fresh:
-                state["period"] = client.sweep_interval
-                state["next_sweep"] = min(state["next_sweep"], now + state["period"])
-            if client._suspect:
-                if _sweep(client, forced=True) < 0:
-                    return  # the server is away: try again after a pause
-                continue
-            if now - max(client._last_event, head._since) < client.poll_interval:
-                state["period"] = client.sweep_interval  # events flow: leave it to them
-                state["next_sweep"] = now + state["period"]
-                return
-            if now >= state["next_sweep"]:
-                found = _sweep(client, forced=False)
-                if found < 0:
-                    state["next_sweep"] = time.monotonic() + state["period"]
-                    return
-                state["period"] = (
-                    client.sweep_interval
-                    if found
-                    else min(2 * state["period"], client.max_sweep_interval)
-                )
+    while not client._closed:
+        with client._lock:
+            head = next(iter(client._pending.values()), None)
+            fresh, client._fresh = client._fresh, False
+        if head is None:
+            return
+        now = time.monotonic()
+        if fresh:
+            state["period"] = client.sweep_interval
+            state["next_sweep"] = min(state["next_sweep"], now + state["period"])
+        if client._suspect:
+            if _sweep(client, forced=True) < 0:
+                return  # the server is away: try again after a pause
+            continue
+        if now - max(client._last_event, head._since) < client.poll_interval:
+            state["period"] = client.sweep_interval  # events flow: leave it to them
+            state["next_sweep"] = now + state["period"]
+            return
+        if now >= state["next_sweep"]:
+            found = _sweep(client, forced=False)
+            if found < 0:
                 state["next_sweep"] = time.monotonic() + state["period"]
-                continue
-            if not _wait_head(client, head):
                 return
-    except ServerError as err:  # no proxy could be made: the server is away (restarting)
-        logger.info("%s: %s", client.device, err)
+            state["period"] = (
+                client.sweep_interval
+                if found
+                else min(2 * state["period"], client.max_sweep_interval)
+            )
+            state["next_sweep"] = time.monotonic() + state["period"]
+            continue
+        if not _wait_head(client, head):
+            return
 
 
 def _wait_head(client: Any, head: Any) -> bool:

@@ -373,17 +373,18 @@ class DahuDS(Device):
     def initPlugin(self, name: str) -> str:  # noqa: N802
         """Load a plugin; return its docstring, or why it cannot be loaded.  A module
         slower to import than ``wait_timeout``: ``Dahu_TryAgain``, as for listPlugins."""
-        busy = f"plugin {name.strip()} is still loading: call initPlugin again"
+        plugin = name.strip()
+        busy = f"plugin {plugin} is still loading: call initPlugin again"
         try:
             klass = within(
-                max(self._wait, 0.1), lambda: self._engine.factory.get_class(name.strip()), busy
+                max(self._wait, 0.1), lambda: self._engine.factory.get_class(plugin), busy
             )
         except TryAgain:
             raise
         except DahuError as err:
             return f"Plugin not found: {name}, {one_line(str(err))}"
         doc = inspect.getdoc(getattr(klass, "function", None) or klass) or "(no documentation)"
-        return f"Plugin loaded: {name.strip()}\n{doc}"  # the original's texts
+        return f"Plugin loaded: {plugin}\n{doc}"  # the original's texts
 
     @command(dtype_out=str, doc_out="one line per plugin: name: first line of its doc")
     @client_errors

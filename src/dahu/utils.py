@@ -95,7 +95,7 @@ def jsonable(obj: Any, limit: int = 1000) -> Any:
     circular raises (``RecursionError``, ``ValueError``)."""
     if isinstance(obj, dict):
         return {
-            (key if isinstance(key, _KEYS) else _text_of(key, str, limit)): jsonable(value, limit)
+            (key if isinstance(key, _KEYS) else text_of(key, str, limit)): jsonable(value, limit)
             for key, value in obj.items()
         }
     if isinstance(obj, list):
@@ -105,20 +105,25 @@ def jsonable(obj: Any, limit: int = 1000) -> Any:
     try:
         converted = _COMPACT.default(obj)  # numpy, sets, tuples, bytes, paths
     except Exception:
-        return _text_of(obj, repr, limit)
+        return text_of(obj, repr, limit)
     return jsonable(converted, limit)
 
 
-def _text_of(obj: Any, how: Callable[[Any], str], limit: int) -> str:
-    """``how(obj)`` cut to ``limit`` characters, or a placeholder if it raises."""
+def text_of(obj: Any, how: Callable[[Any], str] = repr, limit: int = 1000) -> str:
+    """``how(obj)`` cut to ``limit`` characters, or a placeholder if it raises (an int of
+    over 4,300 digits, a class whose ``__repr__`` fails)."""
     try:
         return how(obj)[:limit]
     except Exception as err:
-        try:
-            reason = str(err)
-        except Exception:
-            reason = type(err).__name__
-        return f"<{type(obj).__name__} object: {how.__name__}() failed: {reason}>"
+        return f"<{type(obj).__name__} object: {how.__name__}() failed: {safe_str(err)}>"
+
+
+def safe_str(obj: Any) -> str:
+    """``str(obj)``, or the name of its type if that raises."""
+    try:
+        return str(obj)
+    except Exception:
+        return type(obj).__name__
 
 
 def utf8_text(text: Any) -> Any:

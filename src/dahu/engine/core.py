@@ -218,12 +218,18 @@ class Engine:
         with self._lock:
             self.journal_fault = str(err) or type(err).__name__
             self._faults += 1
-            arm = not self._retry_armed and not self._closed
-            self._retry_armed = self._retry_armed or arm
         if isinstance(err, JournalError):
             logger.error("job %s: %s", job_id, err)
         else:
             logger.exception("job %s: the journal failed", job_id)
+        self._arm_retry()
+
+    def _arm_retry(self) -> None:
+        """Have :meth:`_retry_soon` run in :data:`JOURNAL_RETRY` s (once at a time; not
+        once the engine is closed)."""
+        with self._lock:
+            arm = not self._retry_armed and not self._closed
+            self._retry_armed = self._retry_armed or arm
         if arm:
             self.watchdog.call_later(JOURNAL_RETRY, self._retry_soon)
 
@@ -236,11 +242,8 @@ class Engine:
         except Exception:  # a journal backend's bug must not stop the watchdog
             logger.exception("journal: the retry failed")
             ok = False
-        with self._lock:
-            arm = not ok and not self._retry_armed and not self._closed
-            self._retry_armed = self._retry_armed or arm
-        if arm:
-            self.watchdog.call_later(JOURNAL_RETRY, self._retry_soon)
+        if not ok:
+            self._arm_retry()
 
     def retry_journal(self) -> bool:
         """Give the journal the outcomes it refused, oldest first, and clear the fault

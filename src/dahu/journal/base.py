@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import JournalError
-from ..utils import compact_json, jsonable, utf8_text
+from ..utils import compact_json, jsonable, safe_str, text_of, utf8_text
 
 __all__ = [
     "JobRecord",
@@ -109,29 +109,13 @@ def encode_output(output: Any, error: str | None) -> tuple[str | None, str | Non
     try:
         return compact_json(output), error
     except Exception as err:  # plugin data: whatever its encoding raises, the record is kept
-        note = f"output not JSON-serialisable: {_safe_text(err)}"
+        note = f"output not JSON-serialisable: {safe_str(err)}"
         try:  # keys and values JSON refuses as text, the rest as it is
             text = compact_json(jsonable(output))
             note += " (what JSON cannot hold is kept as text)"
         except Exception:  # too deep, an int of over 4,300 digits...: all of it as text
-            text = compact_json({"unserializable_output": _safe_repr(output)})
+            text = compact_json({"unserializable_output": text_of(output)})
         return text, (error + "\n" if error else "") + note
-
-
-def _safe_repr(value: Any, limit: int = 1000) -> str:
-    """``repr(value)`` cut to ``limit`` characters, or a placeholder if ``repr`` raises
-    (an int of over 4,300 digits, a class whose ``__repr__`` fails)."""
-    try:
-        return repr(value)[:limit]
-    except Exception as err:
-        return f"<{type(value).__name__} object: repr() failed: {_safe_text(err)}>"
-
-
-def _safe_text(err: BaseException) -> str:
-    try:
-        return str(err)
-    except Exception:
-        return type(err).__name__
 
 
 @dataclass
