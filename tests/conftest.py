@@ -156,6 +156,22 @@ class Raise(Plugin):
 
 
 @register
+class Linger(Plugin):
+    """Start a thread that is not a daemon and never ends (a monitor loop)."""
+
+    def process(self):
+        import threading
+
+        threading.Thread(target=_forever, name="linger-monitor", daemon=False).start()
+        self.output["result"] = 1
+
+
+def _forever():
+    while True:
+        time.sleep(0.05)
+
+
+@register
 class Unwritable(Plugin):
     """Leave an output no JSON text nor repr() can hold: an int of 5,000 digits
     (`how`: "huge") or lists nested 100,000 deep ("deep"); or add an object to its input

@@ -338,6 +338,31 @@ def test_a_plugin_that_outlives_the_shutdown_is_recorded_as_aborted(tmp_path):
     assert "cannot push" not in text and "Traceback" not in text, text[-2000:]
 
 
+def test_a_thread_a_plugin_leaves_running_does_not_keep_the_server_alive(tmp_path):
+    # bug: after "dahu_server ...: stopped" the process waited for ever for the plugin's
+    # thread (Python joins every non-daemon thread at exit)
+    from .conftest import TROUBLE_PLUGINS
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "trouble.py").write_text(TROUBLE_PLUGINS)
+    workdir, log = tmp_path / "work", tmp_path / "server.log"
+    local = LocalServer(
+        str(workdir), str(log), device=DEVICE, extra_args=["--plugins", str(plugins)]
+    )
+    proxy = local.start(timeout=60)
+    try:
+        job_id = proxy.startJob(["trouble.linger", "{}"])
+        assert proxy.waitJob(job_id) == "success"
+    finally:
+        status = local.stop(timeout=30)  # None: it had to be killed
+    assert status == 0
+    text = log.read_text()
+    assert (
+        "exiting without waiting for 1 thread(s) that plugins left running: linger-monitor" in text
+    )
+
+
 def test_group_commit_batches_concurrent_writes(tmp_path):
     journal = SQLiteJournal(str(tmp_path))
     threads = 8

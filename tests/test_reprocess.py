@@ -641,6 +641,23 @@ def test_one_sigterm_ends_a_run_whose_plugin_ignores_abort(tmp_path: Path):
     assert total["aborted"] == 1 and total["failure"] == 1
 
 
+def test_a_thread_a_plugin_leaves_running_does_not_keep_the_tool_alive(tmp_path: Path):
+    # bug: Python waits for every non-daemon thread at exit, so the run printed its
+    # summary and then never ended
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "trouble.py").write_text(TROUBLE_PLUGINS)
+    source = tmp_path / "00001_trouble.linger.inp"
+    source.write_text(json.dumps({"plugin_name": "trouble.linger"}))
+    started = time.monotonic()
+    proc = reprocess("--json", "--plugins", plugins, "-o", tmp_path / "out", source, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["total"]["success"] == 1
+    assert time.monotonic() - started < 30
+    assert "exiting without waiting for 1 thread(s) that plugins left running" in proc.stderr
+    assert "linger-monitor" in proc.stderr
+
+
 # ---- dahu.compare, in process -------------------------------------------------------------
 def test_compare_module_paths_and_reasons(tmp_path: Path):
     assert compare({"a": [1, 2.0]}, {"a": [1.0, 2]}) is None

@@ -39,6 +39,7 @@ from ..job import Job
 from ..journal import default_workdir
 from ..states import State
 from ..utils import dumps, get_workdir
+from . import leave
 from .reprocess_summary import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -498,5 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def cli() -> None:
+    """The ``dahu-reprocess`` command: :func:`main`, then exit without waiting for threads
+    that plugins left running (:func:`dahu.app.leave`)."""
+    leave(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

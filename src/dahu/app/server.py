@@ -22,6 +22,7 @@ import sys
 from .. import __version__
 from ..errors import tango_line
 from ..properties import PROPERTIES
+from . import leave
 
 logger = logging.getLogger(__name__)
 
@@ -207,5 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def cli() -> None:
+    """The ``dahu_server`` command: :func:`main`, then exit without waiting for threads
+    that plugins left running (:func:`dahu.app.leave`)."""
+    leave(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()
