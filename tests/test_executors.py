@@ -226,6 +226,24 @@ def test_process_workers_are_recycled(tmp_path):
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+def test_a_thread_a_plugin_leaves_running_does_not_keep_a_worker_alive(tmp_path, monkeypatch):
+    # bug: the stopped worker waited for the plugin's thread, until it was killed 5 s later
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "trouble.py").write_text(TROUBLE_PLUGINS)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"), max_workers=1, executor_kind="process"
+    )
+    try:
+        assert run("trouble.linger").status == "success"
+        workers = list(engine.executor._workers)
+        assert len(workers) == 1
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+    assert workers[0].exitcode == 0  # it exited; it was not killed (-9)
+
+
 def test_unknown_executor_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown executor 'gpu'"):
         dahu.engine.configure(workdir=str(tmp_path), executor_kind="gpu")

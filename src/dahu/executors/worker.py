@@ -147,9 +147,13 @@ def main(argv: list[str] | None = None) -> None:
     import sys
     from multiprocessing.connection import Connection
 
+    from ..app import leave
+
     args = sys.argv[1:] if argv is None else argv
     conn = Connection(int(args[0]))
     worker_main(conn, args[1], args[3:], int(args[2]))
+    # a thread a plugin left running must not keep the worker alive until it is killed
+    leave(0, grace=0.5)
 
 
 if __name__ == "__main__":
