@@ -201,6 +201,25 @@ def test_abort_of_a_queued_job_ends_it_without_running_it(engine):
     assert not queued.abort()  # ended: nothing to abort
 
 
+def test_shutdown_aborts_the_queued_jobs_without_running_them(tmp_path):
+    # bug: the running jobs were aborted first, in id order; each freed slot started a
+    # queued job, so under load queued jobs ran (and succeeded) during the shutdown
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=2)
+    running = [Job("example.sleep", {"t": 600}) for _ in range(2)]
+    queued = [Job("example.square", {"x": i}) for i in range(300)]
+    for job in running + queued:
+        job.start()
+    deadline = time.monotonic() + 30
+    while any(job.status != "running" for job in running):
+        assert time.monotonic() < deadline, "the sleeping jobs never ran"
+        time.sleep(0.01)
+    assert engine.shutdown(timeout=30)
+    assert {job.status for job in running} == {"aborted"}
+    ran = [job.id for job in queued if job.status != "aborted"]
+    assert not ran, f"{len(ran)} queued job(s) ran during the shutdown"
+    assert {job.error for job in queued} == {"aborted: the server is shutting down"}
+
+
 def test_a_job_cannot_be_started_twice(engine):
     job = run("example.square", {"x": 1})
     with pytest.raises(RuntimeError, match="already started"):

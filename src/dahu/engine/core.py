@@ -395,7 +395,9 @@ class Engine:
         deadline = time.monotonic() + timeout
         runs = self.live()
         if abort:
-            for run in runs:
+            # the queued first: a running job aborted frees its slot, which must not go
+            # to a queued job that is about to be aborted too
+            for run in sorted(runs, key=lambda run: run.state != State.STARTING):
                 self.cycle.abort(run, "aborted: the server is shutting down")
             if runs:
                 logger.info("shutting down: %d job(s) aborted", len(runs))
