@@ -583,6 +583,49 @@ def test_ctrl_c_aborts_and_prints_the_summary(tmp_path: Path):
     assert states == {"aborted"}
 
 
+def test_ctrl_c_aborts_the_queued_jobs_without_running_them(tmp_path: Path):
+    # bug: the running jobs were aborted first; each freed slot started a queued job, so
+    # jobs the user interrupted ran (and succeeded) after the Ctrl-C
+    sources = tmp_path / "in"
+    sources.mkdir()
+    (sources / "00000_example.sleep.inp").write_text(
+        json.dumps({"plugin_name": "example.sleep", "t": 60})
+    )
+    for i in range(1, 41):
+        data = {"plugin_name": "example.square", "x": i}
+        (sources / f"{i:05d}_example.square.inp").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [REPROCESS, "--json", "-j", "1", "-o", str(out), str(sources)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        state = None
+        while state != "running" and time.monotonic() < deadline:  # the sleep runs
+            if (out / "journal.sqlite").is_file():
+                with sqlite3.connect(f"file:{out / 'journal.sqlite'}?mode=ro", uri=True) as db:
+                    try:
+                        row = db.execute("SELECT state FROM jobs WHERE plugin = 'example.sleep'")
+                        state = (row.fetchone() or [None])[0]
+                    except sqlite3.OperationalError:  # schema not written yet
+                        pass
+            time.sleep(0.05)
+        assert state == "running"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    total = json.loads(stdout)["total"]
+    assert total["success"] == 0, "jobs queued at the Ctrl-C ran"
+    with sqlite3.connect(out / "journal.sqlite") as db:
+        states = {s for (s,) in db.execute("SELECT state FROM jobs")}
+    assert states == {"aborted"}
+
+
 @pytest.mark.parametrize("executor", ["thread", "process"])
 def test_plugins_raising_base_exceptions_fail_their_jobs(tmp_path: Path, executor: str):
     plugins = tmp_path / "plugins"

@@ -322,7 +322,9 @@ class Reprocessor:
         self.give_up_at = time.monotonic() + grace + 5.0
         self.aborting = True
         self.say(f"{PROG}: interrupted: aborting {len(self.pending)} job(s)")
-        for job in list(self.pending.values()):
+        # the queued first: an aborted running job frees a slot for the next queued one
+        jobs = sorted(self.pending.values(), key=lambda job: job.status != State.STARTING)
+        for job in jobs:
             if job.status not in State.FINAL:
                 job.abort("interrupted by the user")
 
