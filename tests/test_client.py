@@ -145,6 +145,10 @@ def test_refused_submissions_raise_at_once(client):
     assert info.value.reason == "Dahu_UnknownPlugin"
     assert client.pending == 0
     assert client.map("example.square", []) == []
+    with pytest.raises(TypeError, match="a plugin name must be a str, not NoneType"):
+        client.submit(None, x=1)  # was Tango's "cannot be converted to DevVarStringArray"
+    with pytest.raises(TypeError, match="a plugin name must be a str, not int"):
+        client.map(7, [{"x": 1}])
 
 
 def test_unknown_job(client):
@@ -153,6 +157,26 @@ def test_unknown_job(client):
     assert "no job 1000000000" in str(info.value)
     assert isinstance(info.value, KeyError)
     assert client.pending == 0
+    with pytest.raises(JobNotFound, match="no job 1000000000000: job ids are 32-bit"):
+        client.job(10**12)  # was an OverflowError from Tango: "Value is too large."
+    with pytest.raises(TypeError):
+        client.job("7")
+    assert client.pending == 0
+
+
+def test_a_negative_id_is_the_job_it_counts_back_to(client):
+    # bug: the future kept the id -1; the events of the job (under its own id) never
+    # reached it, and its state followed whichever job was the last one
+    first = client.submit("example.sleep", t=0.5)
+    last = client.submit("example.square", x=5)
+    assert last.job_id == first.job_id + 1  # nobody else submits to this server now
+    future = client.job(-1)
+    assert future.job_id == last.job_id
+    assert future.result(timeout=30)["result"] == 25
+    earlier = client.job(-2)
+    assert earlier.job_id == first.job_id
+    client.submit("example.square", x=6).result(timeout=30)  # -1 is another job now
+    assert earlier.result(timeout=30)["slept"] is True
 
 
 def test_plugins(client):

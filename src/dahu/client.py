@@ -29,6 +29,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import operator
 import queue
 import threading
 import time
@@ -197,6 +198,7 @@ class DahuClient:
         Raises :class:`ServerError` at once if the server refuses it (unknown plugin,
         input not JSON-serialisable or too large).
         """
+        _check_name(plugin)
         data = {**(input or {}), **kwargs}
         text = self._encode(data)
         self._begin()
@@ -215,6 +217,7 @@ class DahuClient:
         only when the inputs together pass the server's limit of one call (16 MiB of
         JSON); if one of those is refused, the jobs of the calls before it go on.
         """
+        _check_name(plugin)
         texts = [self._encode(item) for item in inputs]
         futures: list[JobFuture] = []
         if not texts:
@@ -254,8 +257,14 @@ class DahuClient:
 
         Raises :class:`JobNotFound` if the server knows no such job.  A job that has
         ended already gives a future that is done as soon as its outcome is fetched.
+        A negative id counts from the last job, as on the device (``-1``: the last one);
+        the future is that job's, under its own id.
         """
-        job_id = int(job_id)
+        job_id = operator.index(job_id)  # an int, or TypeError: not "1.5" nor "7"
+        if not -(2**31) <= job_id < 2**31:  # Tango's DevLong: the device could not be asked
+            raise JobNotFound(f"no job {job_id}: job ids are 32-bit", "Dahu_UnknownJob")
+        if job_id < 0:
+            job_id = int(json.loads(self._call("getJobInfo", job_id))["id"])
         future = JobFuture(self, job_id)
         tracked = self._register(future)  # before asking: an event from now on is not missed
         if tracked is not future:
@@ -494,6 +503,11 @@ class _EventHandler:
     def push_event(self, event: Any) -> None:
         """Called by Tango for each event."""
         self.client._event(self.name, event)
+
+
+def _check_name(plugin: Any) -> None:
+    if not isinstance(plugin, str):
+        raise TypeError(f"a plugin name must be a str, not {type(plugin).__name__}")
 
 
 def _chunks(texts: list[str], limit: int) -> Iterator[list[str]]:
