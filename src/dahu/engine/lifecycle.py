@@ -309,7 +309,7 @@ class LifeCycle:
             state = run.state
             if state not in (State.STARTING, State.RUNNING) or run.abort_reason:
                 doing = "already being aborted" if run.abort_reason else state
-                logger.warning("job %s is %s: nothing to abort", run.id, doing)
+                logger.info("job %s is %s: nothing to abort", run.id, doing)
                 return False
             run.abort_reason = reason
             run.aborted_at = time.time()
