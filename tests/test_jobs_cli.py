@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from dahu.app.localserver import LocalServer
-from dahu.client import DahuClient, wait
+from dahu.client import DahuClient, JobNotFound, wait
 from dahu.journal import job_file_stem
 from dahu.retention import parse_retention, prune
 from dahu.timespec import BadTime, parse_duration, parse_when
@@ -435,6 +435,13 @@ def test_server_retention_keeps_the_last_jobs(tmp_path):
             assert outs == [f"{f.job_id:05d}_example.square.out" for f in futures[-5:]]
             # recent jobs stay readable through the device
             assert dahu.job(futures[-1].job_id).result(30)["result"] == 29**2
+            # a pruned one says so (it said "job ids run from 1 to N", N above its id)
+            with pytest.raises(JobNotFound) as info:
+                dahu.job(futures[0].job_id)
+            assert str(info.value).endswith(
+                f"no job {futures[0].job_id}: it is no longer in the journal (pruned) "
+                "or was never given"
+            )
             assert long.cancel()
     finally:
         assert local.stop() == 0

@@ -198,9 +198,7 @@ class DahuClient:
         Raises :class:`ServerError` at once if the server refuses it (unknown plugin,
         input not JSON-serialisable or too large).
         """
-        _check_name(plugin)
-        data = {**(input or {}), **kwargs}
-        text = self._encode(data)
+        text = self._encode({**(input or {}), **kwargs}, plugin)
         self._begin()
         ids: list[int] = []
         try:
@@ -217,8 +215,7 @@ class DahuClient:
         only when the inputs together pass the server's limit of one call (16 MiB of
         JSON); if one of those is refused, the jobs of the calls before it go on.
         """
-        _check_name(plugin)
-        texts = [self._encode(item) for item in inputs]
+        texts = [self._encode(item, plugin) for item in inputs]
         futures: list[JobFuture] = []
         if not texts:
             return futures
@@ -244,7 +241,9 @@ class DahuClient:
             proxy.set_timeout_millis(base)
 
     @staticmethod
-    def _encode(data: Any) -> str:
+    def _encode(data: Any, plugin: Any) -> str:
+        if not isinstance(plugin, str):
+            raise TypeError(f"a plugin name must be a str, not {type(plugin).__name__}")
         if not isinstance(data, dict):
             raise TypeError(f"a job input must be a dict, not {type(data).__name__}")
         try:
@@ -503,11 +502,6 @@ class _EventHandler:
     def push_event(self, event: Any) -> None:
         """Called by Tango for each event."""
         self.client._event(self.name, event)
-
-
-def _check_name(plugin: Any) -> None:
-    if not isinstance(plugin, str):
-        raise TypeError(f"a plugin name must be a str, not {type(plugin).__name__}")
 
 
 def _chunks(texts: list[str], limit: int) -> Iterator[list[str]]:

@@ -258,9 +258,7 @@ class DahuDS(Device):
         return job
 
     def _unknown(self, job_id: int) -> UnknownJob:
-        return UnknownJob(
-            f"no job {job_id}: job ids run from 1 to {self._engine.journal.last_id()}"
-        )
+        return UnknownJob(self._engine.no_such_job(job_id))
 
     @command(
         dtype_in=(str,),

@@ -203,6 +203,15 @@ class Engine:
         """The highest job id recorded in the journal."""
         return self.journal.last_id()
 
+    def no_such_job(self, job_id: int) -> str:
+        """Why ``job_id`` cannot be read, in one line (for a client's error)."""
+        last = self.journal.last_id()
+        if not last:
+            return f"no job {job_id}: the journal has no job yet"
+        if 1 <= job_id <= last:  # an id below the last one: pruned, or skipped by a crash
+            return f"no job {job_id}: it is no longer in the journal (pruned) or was never given"
+        return f"no job {job_id}: job ids run from 1 to {last}"
+
     def find(self, job_id: int) -> JobRun | None:
         """The run of ``job_id`` if it is in memory (live, or ended and referenced)."""
         return self.table.find(job_id)

@@ -286,9 +286,7 @@ class JobHandler(_Base):
         loop = asyncio.get_running_loop()
         details = await loop.run_in_executor(None, _job_details, engine, job_id)
         if details is None:
-            last = engine.journal.last_id()
-            known = f"job ids run from 1 to {last}" if last else "the journal has no job yet"
-            raise ClientError(404, f"no job {job_id}: {known}")
+            raise ClientError(404, engine.no_such_job(job_id))
         self.send_json(details)
 
 
