@@ -197,6 +197,40 @@ def test_register_without_a_database_fails_in_one_line():
     assert len(lines) == 1 and "no Tango database reachable" in lines[0], result.stderr
 
 
+def test_server_without_a_database_says_where_it_looked(tmp_path):
+    # it was Tango's "Can't build connection to TANGO database server, exiting", status 255
+    host = f"127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [tool("dahu_server"), INSTANCE, "--workdir", str(tmp_path)],
+        env=dict(os.environ, TANGO_HOST=host),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"dahu_server: no Tango database reachable at TANGO_HOST={host}: ")
+    assert lines[0].endswith("(or run with -nodb)")
+
+
+def test_server_of_an_instance_not_registered_says_so(database, tmp_path):
+    # it was Tango's "The device server DahuDS/x is not defined in database. Exiting!",
+    # status 255
+    result = subprocess.run(
+        [tool("dahu_server"), "nowhere", "--workdir", str(tmp_path)],
+        env=dict(os.environ, TANGO_HOST=database),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"dahu_server: DahuDS/nowhere is not registered in the Tango database at "
+        f"TANGO_HOST={database}: run dahu-register nowhere DOMAIN/FAMILY/MEMBER first"
+    )
+
+
 def test_register_refuses_a_bad_device_name():
     result = subprocess.run(
         [tool("dahu-register"), INSTANCE, "not-a-device"],

@@ -97,8 +97,15 @@ PAGES: dict[str, Page] = {
         ],
         exit_status=[
             ("0", "the server stopped normally"),
+            (
+                "1",
+                "the server could not start (no Tango database reachable, or the instance "
+                "is not registered: one line says which, and where it looked), jobs were "
+                "still running after --shutdown-timeout, or outcomes could not be recorded "
+                "in the journal",
+            ),
             ("2", "bad usage"),
-            ("other", "the server could not start or failed"),
+            ("other", "Tango ended the process"),
         ],
         see_also=["dahu-register(1)", "dahu-reprocess(1)"],
     ),

@@ -18,6 +18,7 @@ import logging
 import logging.handlers
 import os
 import sys
+from typing import Any
 
 from .. import __version__
 from ..errors import tango_line
@@ -136,6 +137,26 @@ def setup_logging(debug: bool, log_dir: str | None, instance: str) -> None:
         root.addHandler(file_handler)
 
 
+def _database_problem(tango: Any, instance: str, tango_args: list[str]) -> str | None:
+    """Why the server cannot start from the Tango database, in one line; None if it can
+    (or if it runs without one).  Tango's own messages do not say where it looked."""
+    if any(arg == "-nodb" or arg.startswith("-file") for arg in tango_args):
+        return None
+    where = os.environ.get("TANGO_HOST")
+    at = f" at TANGO_HOST={where}" if where else ""
+    try:
+        database = tango.Database()
+        registered = list(database.get_device_class_list(f"DahuDS/{instance}"))
+    except tango.DevFailed as err:
+        return f"no Tango database reachable{at}: {tango_line(err)} (or run with -nodb)"
+    if not registered:  # Tango: "... is not defined in database. Exiting!", status 255
+        return (
+            f"DahuDS/{instance} is not registered in the Tango database{at}: "
+            f"run dahu-register {instance} DOMAIN/FAMILY/MEMBER first"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dahu_server``; return the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -160,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from .. import server
 
+    problem = _database_problem(tango, instance, tango_args)
+    if problem:
+        sys.stderr.write(f"dahu_server: {problem}\n")
+        return 1
     server.settings.workdir = args.workdir
     server.settings.plugins = list(args.plugins_directory)
     server.settings.max_workers = args.max_workers
