@@ -17,7 +17,7 @@ import pytest
 
 from dahu.app.localserver import LocalServer
 from dahu.client import DahuClient, JobNotFound, wait
-from dahu.journal import job_file_stem
+from dahu.journal import SQLiteJournal, job_file_stem
 from dahu.retention import parse_retention, prune
 from dahu.timespec import BadTime, parse_duration, parse_when
 
@@ -369,6 +369,50 @@ def test_prune_on_a_running_server(server, history):
     assert dahu.submit("example.square", x=12).result(30)["result"] == 144
     assert dahu.job(more[-1].job_id).result(30)["result"] == 49**2
     one_line_error(run("show", str(ids["failed"]), workdir=workdir), 1)
+
+
+def test_prune_shows_its_progress_on_a_terminal(tmp_path):
+    # a million jobs take about half a minute to prune: it was silent until the end
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    journal = SQLiteJournal(str(tmp_path))
+    now = time.time() - 3600
+    ids = journal.create_many("example.square", [{"x": i} for i in range(3000)], now)
+    journal.finish_many([(i, "success", {"result": 1}, None, now, now + 1) for i in ids])
+    journal.close()
+    calls = []
+    report = prune(str(tmp_path), keep_last=1000, dry_run=True, progress=lambda *a: calls.append(a))
+    assert report.removed == 2000 and calls[-1] == (2000, 2000)  # dry run: counted too
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    proc = subprocess.Popen(
+        [DAHU_JOBS, "prune", "--keep-last", "1000", "-w", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        text=True,
+        env=child_env(),
+    )
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert stdout.startswith("removed 2000 job(s) (ids 1-2000)")
+    text = shown.decode(errors="replace")
+    assert "pruning:" in text and "2000/2000" in text, text
+    quiet = run("prune", "--keep-last", "0", workdir=tmp_path)  # not a terminal: no bar
+    assert quiet.returncode == 0 and quiet.stderr == ""
 
 
 def test_prune_reclaims_space_and_ids_are_never_reused(tmp_path):

@@ -126,6 +126,7 @@ def prune(
     batch: int = 500,
     now: float | None = None,
     settled: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> PruneReport:
     """Remove the finished jobs submitted before ``before`` (epoch s) and/or not among the
     ``keep_last`` most recent jobs, with their files; reclaim the space.
@@ -134,7 +135,9 @@ def prune(
     both to go).  ``dry_run`` only counts.  A job must have ended ``min_age`` s before
     ``now`` and, when ``settled`` is given (the server knows when its file writer has
     caught up: :meth:`dahu.engine.Engine.files_settled`), before ``settled``.  See the
-    module's documentation for safety.
+    module's documentation for safety.  ``progress(done, total)`` is called after each
+    batch of jobs removed (``total``: the jobs that go); the space is reclaimed after the
+    last one.
     """
     if before is None and keep_last is None:
         raise DahuError("prune needs a date (before) or a number of jobs to keep (keep_last)")
@@ -178,6 +181,7 @@ def prune(
         ).fetchone()[0]
         directories: set[str] = set()
         last = 0
+        going = report.matched - report.kept_unfinished - report.kept_recent
         while True:
             rows = db.execute(
                 f"SELECT id, plugin FROM jobs WHERE {eligible} AND id > ? ORDER BY id LIMIT ?",
@@ -199,6 +203,8 @@ def prune(
                         [*(r[0] for r in rows), *_FINAL],
                     )
             report.removed += len(rows)
+            if progress is not None:
+                progress(report.removed, going)
         if not dry_run:
             for directory in sorted(directories):
                 try:

@@ -358,14 +358,31 @@ def cmd_export(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, out: IO[str]) -> int:
-    """``prune``."""
-    report = prune(
-        args.workdir,
-        before=args.before,
-        keep_last=args.keep_last,
-        dry_run=args.dry_run,
-        min_age=args.min_age,
-    )
+    """``prune``: a progress bar on a terminal (a million jobs take about half a minute)."""
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="job", desc="pruning", file=sys.stderr, leave=False)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.set_description("reclaiming the space")
+
+    try:
+        report = prune(
+            args.workdir,
+            before=args.before,
+            keep_last=args.keep_last,
+            dry_run=args.dry_run,
+            min_age=args.min_age,
+            progress=progress if sys.stderr.isatty() and not args.dry_run else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
     if args.json:
         json.dump(report.as_dict(), out, indent=1)
         out.write("\n")
