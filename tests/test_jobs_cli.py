@@ -371,29 +371,17 @@ def test_prune_on_a_running_server(server, history):
     one_line_error(run("show", str(ids["failed"]), workdir=workdir), 1)
 
 
-def test_prune_shows_its_progress_on_a_terminal(tmp_path):
-    # a million jobs take about half a minute to prune: it was silent until the end
+def on_a_terminal(*args: str) -> tuple[int, str, str]:
+    """Run dahu-jobs with stderr on a terminal of 100 columns: status, stdout, terminal."""
     import fcntl
     import pty
     import struct
     import termios
 
-    journal = SQLiteJournal(str(tmp_path))
-    now = time.time() - 3600
-    ids = journal.create_many("example.square", [{"x": i} for i in range(3000)], now)
-    journal.finish_many([(i, "success", {"result": 1}, None, now, now + 1) for i in ids])
-    journal.close()
-    calls = []
-    report = prune(str(tmp_path), keep_last=1000, dry_run=True, progress=lambda *a: calls.append(a))
-    assert report.removed == 2000 and calls[-1] == (2000, 2000)  # dry run: counted too
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
     proc = subprocess.Popen(
-        [DAHU_JOBS, "prune", "--keep-last", "1000", "-w", str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        text=True,
-        env=child_env(),
+        [DAHU_JOBS, *args], stdout=subprocess.PIPE, stderr=slave, text=True, env=child_env()
     )
     os.close(slave)
     shown = b""
@@ -407,11 +395,35 @@ def test_prune_shows_its_progress_on_a_terminal(tmp_path):
         shown += chunk
     os.close(master)
     stdout, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0
+    return proc.returncode, stdout, shown.decode(errors="replace")
+
+
+def old_jobs(workdir: Path, count: int) -> None:
+    journal = SQLiteJournal(str(workdir))
+    now = time.time() - 3600
+    ids = journal.create_many("example.square", [{"x": i} for i in range(count)], now)
+    journal.finish_many([(i, "success", {"result": 1}, None, now, now + 1) for i in ids])
+    journal.close()
+
+
+def test_prune_and_export_show_their_progress_on_a_terminal(tmp_path):
+    # a million jobs take about half a minute to prune, 40 s to export: both were silent
+    old_jobs(tmp_path, 3000)
+    calls = []
+    report = prune(str(tmp_path), keep_last=1000, dry_run=True, progress=lambda *a: calls.append(a))
+    assert report.removed == 2000 and calls[-1] == (2000, 2000)  # dry run: counted too
+    target = tmp_path / "jobs.csv"
+    status, _, shown = on_a_terminal("export", "-o", str(target), "-w", str(tmp_path))
+    assert status == 0 and "exporting:" in shown and "/3000 [" in shown, shown
+    assert "3000 job(s) written to" in shown
+    assert len(target.read_text().splitlines()) == 3001
+    status, stdout, shown = on_a_terminal("prune", "--keep-last", "1000", "-w", str(tmp_path))
+    assert status == 0
     assert stdout.startswith("removed 2000 job(s) (ids 1-2000)")
-    text = shown.decode(errors="replace")
-    assert "pruning:" in text and "2000/2000" in text, text
-    quiet = run("prune", "--keep-last", "0", workdir=tmp_path)  # not a terminal: no bar
+    assert "pruning:" in shown and "/2000 [" in shown, shown
+    quiet = run("export", "-o", str(target), workdir=tmp_path)  # not a terminal: no bar
+    assert quiet.stderr == f"dahu-jobs: 1000 job(s) written to {target} (csv)\n"
+    quiet = run("prune", "--keep-last", "0", workdir=tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 

@@ -324,18 +324,24 @@ def cmd_export(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
             sys.stderr.write(f"{PROG}: cannot write {args.output}: {err.strerror or err}\n")
             return EXIT_USAGE
     written = 0
+    found: Any = records(db, _filters(args))
+    if sys.stderr.isatty() and (args.output or not out.isatty()):  # a bar beside no output
+        from tqdm import tqdm  # a million jobs take about 40 s
+
+        total = count(db, _filters(args))
+        found = tqdm(found, total=total, unit="job", desc="exporting", file=sys.stderr, leave=False)
     try:
         if kind == "csv":
             writer = csv.writer(target)
             writer.writerow(EXPORT_FIELDS)
-            for record in records(db, _filters(args)):
+            for record in found:
                 row = _record_dict(record)
                 row["input"] = json.dumps(row["input"])
                 row["output"] = json.dumps(row["output"]) if row["output"] is not None else ""
                 writer.writerow(["" if row[k] is None else row[k] for k in EXPORT_FIELDS])
                 written += 1
         else:
-            for record in records(db, _filters(args)):
+            for record in found:
                 target.write(json.dumps(_record_dict(record)) + "\n")
                 written += 1
         if target is not out:
@@ -352,6 +358,7 @@ def cmd_export(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     finally:
         if target is not out and not target.closed:
             target.close()
+        found.close()  # the bar, or the generator
     if args.output:
         sys.stderr.write(f"{PROG}: {written} job(s) written to {args.output} ({kind})\n")
     return EXIT_OK
