@@ -363,6 +363,49 @@ def test_a_thread_a_plugin_leaves_running_does_not_keep_the_server_alive(tmp_pat
     )
 
 
+def test_a_stream_of_outcomes_neither_holds_a_client_nor_reorders_the_reports(tmp_path):
+    # bug: after startJobs of 100,000 trivial jobs, one startJob took 9 to 15 s. The
+    # client's thread, once it held the writer lock, committed and reported everyone's
+    # outcomes for as long as they came, and each commit held tens of thousands of them.
+    # Batches reported by two threads at once also pushed events out of order.
+    from dahu.executors.watchdog import Watchdog
+
+    journal = SQLiteJournal(str(tmp_path))
+    helper = Watchdog()  # the engine hands left-over writes to its watchdog the same way
+    journal.hand_off = lambda: helper.call_later(0.0, journal.drain_some)
+    ids = journal.create_many("example.square", [{"x": i} for i in range(60_000)], 0.0)
+    reported: list[int] = []
+    produced = threading.Event()
+
+    def producer() -> None:  # a pool thread ending jobs as fast as it can
+        for job_id in ids:
+            journal.finish_later(
+                lambda error, job_id=job_id: reported.append(job_id),
+                job_id,
+                "success",
+                {"result": 1},
+                None,
+                1.0,
+                2.0,
+            )
+        produced.set()
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    while len(reported) < 1000:  # the stream is on
+        time.sleep(0.001)
+    answered_during_the_stream = 0
+    for i in range(20):  # a client: reads, and records it waits for
+        assert journal.state(ids[i]) is not None
+        journal.create("example.square", {"x": -i}, 0.0)
+        answered_during_the_stream += not produced.is_set()
+    thread.join(120)
+    assert journal.flush(timeout=60)
+    assert answered_during_the_stream == 20, "the client waited for the stream to end"
+    assert reported == ids  # every outcome reported once, in the order it was written
+    journal.close()
+
+
 def test_group_commit_batches_concurrent_writes(tmp_path):
     journal = SQLiteJournal(str(tmp_path))
     threads = 8

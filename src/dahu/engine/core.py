@@ -84,6 +84,9 @@ class Engine:
         self.default_timeout = default_timeout
         self.batch_outcomes = batch_outcomes
         self.watchdog = Watchdog()
+        if hasattr(self.journal, "drain_some"):  # a client's command never commits for long
+            drain = self.journal.drain_some
+            self.journal.hand_off = lambda: self.watchdog.call_later(0.0, drain)
         if executor is None:
             executor = make_executor(executor_kind, max_workers, **(executor_options or {}))
         self.table = JobTable()

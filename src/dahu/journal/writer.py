@@ -14,6 +14,13 @@ in one transaction.  Two kinds of writes:
   A write queued with ``hold`` waits for others until a batch is worth a commit; its
   caller sees to a commit soon if none comes (the engine arms a timer).
 
+Committed batches are reported in commit order, by one thread at a time.  A thread that
+answers a caller (it waited for its write, or read) commits and reports at most one batch
+for others, then hands what is left to :attr:`BatchedWriter.hand_off` (the engine's
+watchdog calls :meth:`BatchedWriter.drain_some`); writers that do not wait give way to a
+thread blocked on the lock, and past :data:`BatchedWriter.MAX_QUEUED` queued writes they
+wait for it (backpressure).
+
 The writer itself waits for no timer and adds no thread.  Nothing is reported before it is
 committed; a crash loses at most writes still queued, whose callers were not answered
 and whose ``then`` did not run.  :meth:`BatchedWriter.flush` waits until every queued
@@ -22,11 +29,13 @@ write is committed and reported.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import JournalError
@@ -63,6 +72,11 @@ class BatchedWriter:
 
     def _init_writer(self) -> None:
         self._lock = threading.RLock()  # the writer lock (reads take it too)
+        # threads blocked on the writer lock (a read, a record a client waits for): the
+        # threads that commit in passing let them have it first, or under a stream of
+        # outcomes they would take it back each time and starve them (seconds)
+        self._waiters = 0
+        self._waiters_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Write] = []
         self.commits = 0  # transactions committed
@@ -70,22 +84,47 @@ class BatchedWriter:
         self._settled = threading.Condition(threading.Lock())
         self._reporting = threading.local()
         self._closing = False
+        # committed batches whose writes have a `then`, in commit order; one thread at a
+        # time reports them (the lock is re-entrant: a report may write and report)
+        self._reports: collections.deque[list[_Write]] = collections.deque()
+        self._report_lock = threading.RLock()
+        self.hand_off: Callable[[], None] | None = None
+        self._handed = False  # a hand-off is on its way: one is enough
+        """Called when a thread that must not linger (one that waited for its own write,
+        or read) leaves writes or reports for others: it must see to a call of
+        :meth:`drain_some` soon, from another thread (the engine: its watchdog).  None:
+        such a thread commits and reports everything queued itself."""
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the writer lock; on leaving, commit what others queued meanwhile."""
-        self._lock.acquire()
+        self._acquire()
         try:
             yield
         finally:
             self._release()
 
+    def _acquire(self) -> None:
+        """Take the writer lock, before the threads that commit in passing."""
+        if not self._waiters and self._lock.acquire(blocking=False):
+            return
+        with self._waiters_lock:
+            self._waiters += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._waiters_lock:
+                self._waiters -= 1
+
     def _release(self) -> None:
         self._lock.release()
         # a writer that found the lock taken queued its write and left: the holder
-        # commits it (the outermost holder: an inner one is inside a transaction)
+        # commits it (the outermost holder: an inner one is inside a transaction).  The
+        # holder here answers a caller (a read, a record): it commits one batch and
+        # reports one, then hands what is left over (under a stream of outcomes there is
+        # always more) rather than work for others until the stream stops.
         if self._queue and not self._lock._is_owned():  # type: ignore[attr-defined]
-            self._drain()
+            self._drain(bounded=True)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -115,15 +154,14 @@ class BatchedWriter:
     def _wait_for(self, write: _Write) -> None:
         """Return once the queued ``write`` is committed (committing the queue if no
         other thread did); :class:`JournalError` if it could not be."""
-        batch: list[_Write] = []
-        self._lock.acquire()
+        self._acquire()
         try:
             if not write.done:
-                batch = self._take()
-                self._commit(batch)
+                self._commit(self._take())
         finally:
             self._release()
-        self._report(batch)
+        self._report_queued(bounded=True)
+        self._leftovers()
         if write.error is not None:
             err = write.error
             raise JournalError(f"cannot write the journal {self.path}: {err}") from err
@@ -138,8 +176,25 @@ class BatchedWriter:
         queued: the caller has more coming, and sees to a commit soon
         (:meth:`commit_soon`) if none follows."""
         self._queue_later(write)
-        if not hold or len(self._queue) >= self.HOLD_WRITES:
+        if len(self._queue) > self.MAX_QUEUED:
+            self._catch_up()
+        elif not hold or len(self._queue) >= self.HOLD_WRITES:
             self._drain()
+
+    MAX_QUEUED = 512
+    """Writes queued past which a writer that does not wait waits for the writer lock
+    after all, and commits: a burst of jobs faster than the commits otherwise grows the
+    queue without end, and one commit of tens of thousands of writes held the lock for
+    seconds against every client's command."""
+
+    def _catch_up(self) -> None:
+        """Wait for the writer lock and commit the queue, then report (backpressure)."""
+        self._acquire()
+        try:
+            self._commit(self._take())
+        finally:
+            self._lock.release()
+        self._report_queued()
 
     def _queue_later(self, write: _Write) -> None:
         """Queue ``write``, whose caller does not wait (its ``then`` reports it)."""
@@ -150,21 +205,91 @@ class BatchedWriter:
         with self._queue_lock:
             self._queue.append(write)
 
-    def _drain(self) -> None:
-        """Commit the queued writes while the writer lock is free, then report them."""
+    def _drain(self, bounded: bool = False) -> None:
+        """Commit the queued writes while the writer lock is free, then report them.
+        ``bounded``: one batch of each, then the rest is handed over (:attr:`hand_off`)."""
         while self._queue:
-            if not self._lock.acquire(blocking=False):
-                return  # its holder commits the queue when it leaves
+            if self._waiters or not self._lock.acquire(blocking=False):
+                break  # the holder (or the waiter, next) commits the queue when it leaves
             try:
-                batch = self._take()
-                self._commit(batch)
+                self._commit(self._take(self.BOUNDED_BATCH if bounded else None))
             finally:
                 self._lock.release()
-            self._report(batch)
+            self._report_queued(bounded)
+            if bounded:
+                break
+        if bounded:
+            self._leftovers()
+        else:
+            self._report_queued()
 
-    def _take(self) -> list[_Write]:
+    def _report_queued(self, bounded: bool = False) -> None:
+        """Report the committed batches in commit order (``bounded``: one at most).  If
+        another thread is reporting, it reports these too."""
+        while self._reports:
+            if not self._report_lock.acquire(blocking=False):
+                return
+            try:
+                while self._reports:
+                    try:
+                        batch = self._reports.popleft()
+                    except IndexError:  # a nested report took it
+                        break
+                    self._report(batch)
+                    if bounded:
+                        return
+            finally:
+                self._report_lock.release()
+
+    def _leftovers(self) -> None:
+        """Writes or reports left by a thread that must not linger: hand them over."""
+        if not (self._queue or self._reports):
+            return
+        hand_off = self.hand_off
+        if hand_off is None:
+            self._drain()
+        elif not self._handed:
+            self._handed = True
+            try:
+                hand_off()
+            except Exception:  # no thread to hand to: do it here after all
+                self._handed = False
+                logger.exception("journal: cannot hand over the writes left")
+                self._drain()
+
+    def drain_some(self, budget: float = 0.02) -> None:
+        """Commit and report for about ``budget`` s at most, then hand over what is left
+        (for the thread :attr:`hand_off` wakes: it has other work too)."""
+        self._handed = False  # from now on, what is left over needs a new hand-off
+        deadline = time.monotonic() + budget
+        while time.monotonic() < deadline:
+            progressed = False
+            if self._queue and not self._waiters and self._lock.acquire(blocking=False):
+                try:
+                    self._commit(self._take(self.BOUNDED_BATCH))
+                finally:
+                    self._lock.release()
+                progressed = True
+            if self._reports and self._report_lock.acquire(blocking=False):
+                try:
+                    if self._reports:
+                        self._report(self._reports.popleft())
+                        progressed = True
+                finally:
+                    self._report_lock.release()
+            if not progressed:
+                return  # nothing left, or the threads holding the locks see to it
+        self._leftovers()
+
+    BOUNDED_BATCH = 512
+    """Writes a thread that must not linger commits at once (a burst queues thousands)."""
+
+    def _take(self, limit: int | None = None) -> list[_Write]:
         with self._queue_lock:
-            batch, self._queue = self._queue, []
+            if limit is None or len(self._queue) <= limit:
+                batch, self._queue = self._queue, []
+            else:
+                batch, self._queue = self._queue[:limit], self._queue[limit:]
         return batch
 
     def _report(self, batch: list[_Write]) -> None:
@@ -234,6 +359,8 @@ class BatchedWriter:
                 if failure is not None:
                     write.error = failure
                 write.done = True
+            if any(write.then is not None for write in batch):
+                self._reports.append(batch)
 
     def _end_transaction(self) -> None:
         """After a failed write: roll back what is left of the transaction.  SQLite may
