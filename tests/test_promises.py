@@ -406,6 +406,45 @@ def test_a_stream_of_outcomes_neither_holds_a_client_nor_reorders_the_reports(tm
     journal.close()
 
 
+def test_writes_queued_while_a_writer_catches_up_are_committed(tmp_path, monkeypatch):
+    # bug (found before it shipped): a writer past MAX_QUEUED waited for the lock and
+    # committed, but left the lock without looking at what was queued meanwhile: those
+    # jobs were never reported ended unless another write came
+    journal = SQLiteJournal(str(tmp_path))
+    first_part = journal.MAX_QUEUED + 1
+    ids = journal.create_many("example.square", [{"x": i} for i in range(first_part + 50)], 0.0)
+    reported = threading.Semaphore(0)
+
+    def end(job_id: int) -> None:
+        journal.finish_later(lambda error: reported.release(), job_id, "success", {}, None, 1, 2)
+
+    commit = journal._commit
+    arrived = []
+
+    def commit_while_others_write(batch):  # others end jobs during the big commit
+        if len(batch) == first_part and not arrived:
+            arrived.append(True)
+            others = threading.Thread(target=lambda: [end(i) for i in ids[first_part:]])
+            others.start()
+            others.join(30)  # they find the lock taken: they leave their writes
+        commit(batch)
+
+    monkeypatch.setattr(journal, "_commit", commit_while_others_write)
+    journal._lock.acquire()  # a long commit of someone else's: the writes queue up
+    first = threading.Thread(target=lambda: [end(i) for i in ids[:first_part]])
+    first.start()  # its last write finds the queue full: it waits for the lock
+    deadline = time.monotonic() + 30
+    while not journal._waiters:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    journal._lock.release()
+    first.join(30)
+    assert arrived
+    for _ in ids:  # every job reported, though no write came after the last ones
+        assert reported.acquire(timeout=30), "a queued outcome was never committed"
+    journal.close()
+
+
 def test_group_commit_batches_concurrent_writes(tmp_path):
     journal = SQLiteJournal(str(tmp_path))
     threads = 8

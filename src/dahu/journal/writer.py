@@ -194,7 +194,7 @@ class BatchedWriter:
             self._commit(self._take())
         finally:
             self._lock.release()
-        self._report_queued()
+        self._drain()  # what was queued meanwhile: its writers left it to this holder
 
     def _queue_later(self, write: _Write) -> None:
         """Queue ``write``, whose caller does not wait (its ``then`` reports it)."""
