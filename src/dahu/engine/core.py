@@ -407,12 +407,15 @@ class Engine:
         deadline = time.monotonic() + timeout
         runs = self.live()
         if abort:
-            # the queued first: a running job aborted frees its slot, which must not go
-            # to a queued job that is about to be aborted too
-            for run in sorted(runs, key=lambda run: run.state != State.STARTING):
-                self.cycle.abort(run, "aborted: the server is shutting down")
+            # the queued first, newest first (the pool takes the oldest): a running job
+            # aborted frees its slot, which must not go to a queued job about to go too
+            order = sorted(runs, key=lambda run: (run.state != State.STARTING, -run.id))
+            reason = "aborted: the server is shutting down"
+            aborted = sum(
+                self.cycle.abort(run, reason) for run in order if run.state not in State.FINAL
+            )
             if runs:
-                logger.info("shutting down: %d job(s) aborted", len(runs))
+                logger.info("shutting down: %d job(s) aborted", aborted)
         for run in runs:
             run.done.wait(max(0.0, deadline - time.monotonic()))
         unfinished = [run.id for run in runs if run.state not in State.FINAL]

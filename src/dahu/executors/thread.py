@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -62,7 +62,9 @@ class ThreadExecutor:
         self._cond = threading.Condition(lock)  # idle threads wait here
         self._slot_free = threading.Condition(lock)  # waiters reclaiming their slot, here
         self._drained = threading.Condition(lock)  # shutdown(wait=True) waits here
-        self._queue: deque[Any] = deque()
+        # queued tasks in order; a dict so that cancelling one (shutdown aborts thousands
+        # of the newest) is O(1): remove() on a deque of 70,000 took 14 s for 5,800
+        self._queue: OrderedDict[Any, None] = OrderedDict()
         self._running = 0  # jobs holding a slot
         self._waiting = 0  # jobs that gave their slot back while waiting for another
         self._reclaiming = 0  # waiters that want their slot back: served first
@@ -108,10 +110,9 @@ class ThreadExecutor:
     def cancel(self, task: Task) -> bool:
         """Take ``task`` off the queue; False if a pool thread took it already."""
         with self._cond:
-            try:
-                self._queue.remove(task)
-            except ValueError:
+            if task not in self._queue:
                 return False  # a worker took it: it will see the abort
+            del self._queue[task]
         return True
 
     def backlog(self) -> int:
@@ -123,11 +124,11 @@ class ThreadExecutor:
         with self._cond:
             if self._shutdown:
                 raise ExecutorError("the executor is shut down")
-            self._queue.append(task)
+            self._queue[task] = None
             failed = self._wake()
             if failed is not None and not (self._idle or self._running or self._waiting):
                 # no thread at all to run it, now or later: refuse it, the job fails
-                self._queue.remove(task)
+                del self._queue[task]
                 raise ExecutorError(f"cannot start a thread to run it: {failed}")
 
     def _wake(self) -> RuntimeError | None:
@@ -161,7 +162,7 @@ class ThreadExecutor:
             self._idle -= 1
             while True:
                 if self._queue and self._running + self._reclaiming < self.limit:
-                    task = self._queue.popleft()
+                    task = self._queue.popitem(last=False)[0]
                     self._running += 1
                     self._threads_of[task.job_id] = threading.get_ident()
                     self._cond.release()
