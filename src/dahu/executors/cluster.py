@@ -29,7 +29,7 @@ import math
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -259,7 +259,7 @@ class DaskExecutor:
         self._serialize = False
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)  # notified as jobs are settled
-        self._pending: deque[Any] = deque()
+        self._pending: OrderedDict[Any, None] = OrderedDict()  # O(1) cancel, in order
         self._in_flight = 0
         self._completed: queue.SimpleQueue = queue.SimpleQueue()
         self._collector: threading.Thread | None = None
@@ -300,7 +300,7 @@ class DaskExecutor:
     def submit(self, task: Task) -> None:
         """Queue ``task``; it goes to the cluster when the in-flight bound allows."""
         with self._lock:
-            self._pending.append(task)
+            self._pending[task] = None
         self._pump()
 
     def _pump(self) -> None:
@@ -309,7 +309,7 @@ class DaskExecutor:
                 limit = 1 if self._serialize else self.in_flight_limit
                 if not self._pending or self._in_flight >= limit:
                     return
-                task = self._pending.popleft()
+                task = self._pending.popitem(last=False)[0]
                 self._in_flight += 1
             execution = DaskExecution(self, task)
             if not task.begin(execution):  # aborted while queued: the engine ended it
@@ -347,10 +347,9 @@ class DaskExecutor:
     def cancel(self, task: Task) -> bool:
         """Take ``task`` off the queue; False if it went to the cluster already."""
         with self._lock:
-            try:
-                self._pending.remove(task)
-            except ValueError:
+            if task not in self._pending:
                 return False
+            del self._pending[task]
         self._pump()
         return True
 
