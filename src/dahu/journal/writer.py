@@ -89,11 +89,11 @@ class BatchedWriter:
         self._reports: collections.deque[list[_Write]] = collections.deque()
         self._report_lock = threading.RLock()
         self.hand_off: Callable[[], None] | None = None
-        self._handed = False  # a hand-off is on its way: one is enough
         """Called when a thread that must not linger (one that waited for its own write,
         or read) leaves writes or reports for others: it must see to a call of
         :meth:`drain_some` soon, from another thread (the engine: its watchdog).  None:
         such a thread commits and reports everything queued itself."""
+        self._handed = False  # a hand-off is on its way: one is enough
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
