@@ -538,6 +538,28 @@ def test_compare_hdf5_by_value(plugins: Path, tmp_path: Path):
 
 
 # ---- Ctrl-C -----------------------------------------------------------------------------
+def start_run(*args: str) -> subprocess.Popen:
+    """``dahu-reprocess --json ARGS`` in the background."""
+    command = [REPROCESS, "--json", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_running(out: Path, plugin: str, timeout: float = 30) -> None:
+    """Return once the output journal shows a job of ``plugin`` running."""
+    deadline = time.monotonic() + timeout
+    state = None
+    while state != "running" and time.monotonic() < deadline:
+        if (out / "journal.sqlite").is_file():
+            with sqlite3.connect(f"file:{out / 'journal.sqlite'}?mode=ro", uri=True) as db:
+                try:
+                    row = db.execute("SELECT state FROM jobs WHERE plugin = ?", (plugin,))
+                    state = (row.fetchone() or [None])[0]
+                except sqlite3.OperationalError:  # schema not written yet
+                    pass
+        time.sleep(0.05)
+    assert state == "running", f"no {plugin} job ran"
+
+
 def test_ctrl_c_aborts_and_prints_the_summary(tmp_path: Path):
     sources = tmp_path / "in"
     sources.mkdir()
@@ -595,25 +617,9 @@ def test_ctrl_c_aborts_the_queued_jobs_without_running_them(tmp_path: Path):
         data = {"plugin_name": "example.square", "x": i}
         (sources / f"{i:05d}_example.square.inp").write_text(json.dumps(data))
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [REPROCESS, "--json", "-j", "1", "-o", str(out), str(sources)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_run("-j", "1", "-o", str(out), str(sources))
     try:
-        deadline = time.monotonic() + 30
-        state = None
-        while state != "running" and time.monotonic() < deadline:  # the sleep runs
-            if (out / "journal.sqlite").is_file():
-                with sqlite3.connect(f"file:{out / 'journal.sqlite'}?mode=ro", uri=True) as db:
-                    try:
-                        row = db.execute("SELECT state FROM jobs WHERE plugin = 'example.sleep'")
-                        state = (row.fetchone() or [None])[0]
-                    except sqlite3.OperationalError:  # schema not written yet
-                        pass
-            time.sleep(0.05)
-        assert state == "running"
+        wait_running(out, "example.sleep")
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
@@ -654,25 +660,9 @@ def test_one_sigterm_ends_a_run_whose_plugin_ignores_abort(tmp_path: Path):
     data = {"plugin_name": "trouble.raise", "what": "SystemExit"}
     (sources / "00002_trouble.raise.inp").write_text(json.dumps(data))
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [REPROCESS, "--json", "-j", "2", "--plugins", str(plugins), "-o", str(out), str(sources)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_run("-j", "2", "--plugins", str(plugins), "-o", str(out), str(sources))
     try:
-        deadline = time.monotonic() + 30
-        state = None
-        while state != "running" and time.monotonic() < deadline:  # the hung job runs
-            if (out / "journal.sqlite").is_file():
-                with sqlite3.connect(f"file:{out / 'journal.sqlite'}?mode=ro", uri=True) as db:
-                    try:
-                        row = db.execute("SELECT state FROM jobs WHERE plugin = 'trouble.hang'")
-                        state = (row.fetchone() or [None])[0]
-                    except sqlite3.OperationalError:  # schema not written yet
-                        pass
-            time.sleep(0.05)
-        assert state == "running"
+        wait_running(out, "trouble.hang")
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)  # once
         stdout, stderr = proc.communicate(timeout=60)
