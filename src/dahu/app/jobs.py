@@ -324,11 +324,12 @@ def cmd_export(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
             sys.stderr.write(f"{PROG}: cannot write {args.output}: {err.strerror or err}\n")
             return EXIT_USAGE
     written = 0
-    found: Any = records(db, _filters(args))
+    filters = _filters(args)
+    found: Any = records(db, filters)
     if sys.stderr.isatty() and (args.output or not out.isatty()):  # a bar beside no output
         from tqdm import tqdm  # a million jobs take about 40 s
 
-        total = count(db, _filters(args))
+        total = count(db, filters)
         found = tqdm(found, total=total, unit="job", desc="exporting", file=sys.stderr, leave=False)
     try:
         if kind == "csv":

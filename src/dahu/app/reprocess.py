@@ -322,11 +322,8 @@ class Reprocessor:
         self.give_up_at = time.monotonic() + grace + 5.0
         self.aborting = True
         self.say(f"{PROG}: interrupted: aborting {len(self.pending)} job(s)")
-        # the queued first: an aborted running job frees a slot for the next queued one
-        jobs = sorted(self.pending.values(), key=lambda job: job.status != State.STARTING)
-        for job in jobs:
-            if job.status not in State.FINAL:
-                job.abort("interrupted by the user")
+        # the engine runs only this tool's jobs: every pending one is live there
+        self.engine.abort_all(self.engine.live(), "interrupted by the user")
 
     def _submit(self, ready: list[_Loaded]) -> None:
         """Create and start the jobs of the loaded items, in order; record those in error.

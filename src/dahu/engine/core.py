@@ -223,6 +223,13 @@ class Engine:
         """The jobs queued or running now."""
         return [run for run in self.table.live() if run.is_alive()]
 
+    def abort_all(self, runs: list[JobRun], reason: str) -> int:
+        """Abort ``runs`` (from :meth:`live`), the queued first, newest first: the pool
+        takes the oldest, and each running job aborted frees a slot for the next one.
+        Return how many were still queued or running."""
+        order = sorted(runs, key=lambda run: (run.state != State.STARTING, -run.id))
+        return sum(self.cycle.abort(run, reason) for run in order if run.state not in State.FINAL)
+
     def journal_failed(self, job_id: int, err: BaseException) -> None:
         """The journal refused a write: the engine is at fault (the server's state says
         FAULT), keeps in memory the jobs whose outcome it refused, and tries again every
@@ -406,16 +413,9 @@ class Engine:
         holds every outcome (see :meth:`retry_journal`)."""
         deadline = time.monotonic() + timeout
         runs = self.live()
-        if abort:
-            # the queued first, newest first (the pool takes the oldest): a running job
-            # aborted frees its slot, which must not go to a queued job about to go too
-            order = sorted(runs, key=lambda run: (run.state != State.STARTING, -run.id))
-            reason = "aborted: the server is shutting down"
-            aborted = sum(
-                self.cycle.abort(run, reason) for run in order if run.state not in State.FINAL
-            )
-            if runs:
-                logger.info("shutting down: %d job(s) aborted", aborted)
+        if abort and runs:  # none: nothing to abort, nothing to say
+            aborted = self.abort_all(runs, "aborted: the server is shutting down")
+            logger.info("shutting down: %d job(s) aborted", aborted)
         for run in runs:
             run.done.wait(max(0.0, deadline - time.monotonic()))
         unfinished = [run.id for run in runs if run.state not in State.FINAL]
