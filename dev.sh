@@ -3,6 +3,7 @@
 #   bash dev.sh demo   # set up, then run the demo
 #   bash dev.sh test   # set up, then lint and run the test suite
 #   bash dev.sh setup  # only set up
+#   bash dev.sh lowest # the tests against the lowest versions pyproject.toml allows (.venv-lowest)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
@@ -36,8 +37,20 @@ case "${1:-}" in
         .venv/bin/ruff format --check src tests bench
         exec .venv/bin/python -m pytest "$@"
         ;;
+    lowest)
+        # every direct dependency at the lower bound pyproject.toml gives it (uv's
+        # lowest-direct resolution), in an environment made afresh each time (an
+        # installed newer version would satisfy the bound and stay)
+        rm -rf .venv-lowest
+        "$PYTHON" -m venv .venv-lowest
+        .venv-lowest/bin/python -m pip install --quiet uv
+        .venv-lowest/bin/uv pip install --quiet --python .venv-lowest/bin/python \
+            --resolution lowest-direct -e ".[test]"
+        shift
+        exec .venv-lowest/bin/python -m pytest -p no:cacheprovider "$@"
+        ;;
     *)
-        echo "usage: bash dev.sh {demo|test|setup} [arguments]" >&2
+        echo "usage: bash dev.sh {demo|test|setup|lowest} [arguments]" >&2
         exit 2
         ;;
 esac

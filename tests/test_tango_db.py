@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -49,46 +47,47 @@ def tool(name: str) -> str:
     return str(path)
 
 
-def read_lines(stream, lines: queue.Queue) -> None:
-    for line in stream:
-        lines.put(line)
+def database_answers(proc: subprocess.Popen, port: int, timeout: float) -> bool:
+    """Whether the database started by ``proc`` answers on ``port`` (False if it exits)."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            tango.Database("127.0.0.1", port)
+            return True
+        except tango.DevFailed:
+            time.sleep(0.2)
+    return False
 
 
 @pytest.fixture
 def database(tmp_path):
-    """A Tango database on a free port; yields the TANGO_HOST value."""
+    """A Tango database on a free port; yields the TANGO_HOST value.
+
+    The port is picked here and the database is asked whether it answers: PyTango's
+    ``--port 0 --print-host-port`` needs PyTango 10.3, and pyproject.toml allows 10.1."""
     env = dict(os.environ, PYTANGO_DATABASE_NAME=str(tmp_path / "tango.db"))
     env.pop("TANGO_HOST", None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tango.databaseds.database",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--print-host-port",
-            "2",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=read_lines, args=(proc.stderr, lines), daemon=True).start()
-    port = None
-    deadline = time.monotonic() + 60
+    log = tmp_path / "database.log"
+    errors = log.open("w")
+    for _attempt in range(3):  # another process may take the port before the database
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tango.databaseds.database", "--host", "127.0.0.1"]
+            + ["--port", str(port), "2"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+        if database_answers(proc, port, timeout=60):
+            break
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            pytest.fail("the Tango database did not answer within 60 s")
+    else:
+        pytest.fail(f"the Tango database did not start: {log.read_text()[-2000:]}")
     try:
-        while port is None:
-            try:
-                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail("the Tango database did not start within 60 s")
-            if "listening on" in line:
-                port = int(line.rsplit("port=", 1)[1].strip(" .\n"))
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -97,6 +96,7 @@ def database(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        errors.close()
 
 
 def wait_for_device(url: str, server: subprocess.Popen, timeout: float = 60) -> tango.DeviceProxy:

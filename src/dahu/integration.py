@@ -36,7 +36,11 @@ import h5py
 import numpy
 import pyFAI
 import pyFAI.units
-from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+try:  # pyFAI >= 2025.1
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+except ImportError:  # pyFAI 2024
+    from pyFAI.azimuthalIntegrator import AzimuthalIntegrator
 from pyFAI.method_registry import IntegrationMethod, Method
 
 from .cache import DataCache
@@ -52,6 +56,7 @@ __all__ = [
     "MAX_IDLE_INTEGRATORS",
     "WRITE_BLOCK_BYTES",
     "WRITE_BLOCK_FRAMES",
+    "AzimuthalIntegrator",
     "CachedIntegrator",
     "FrameSource",
     "InputError",
@@ -181,7 +186,8 @@ def parse_method(method: Any, dim: int) -> IntegrationMethod:
         parts = [p.strip() for p in method.replace(",", " ").split()]
         if len(parts) != 3:
             request = Method.parsed(method)
-            if request.split is None and request.algo is None and request.impl is None:
+            # pyFAI ignores words it does not know; its wildcard is None (2024: "*")
+            if all(part in (None, "*") for part in request[1:4]):
                 raise InputError(f"unknown method {method!r}: expected (split, algo, impl)")
             parts = [request.split, request.algo, request.impl]
     elif isinstance(method, Sequence) and len(method) == 3:
@@ -189,7 +195,7 @@ def parse_method(method: Any, dim: int) -> IntegrationMethod:
     else:
         raise InputError(f"unknown method {method!r}: expected (split, algo, impl)")
     try:
-        request = Method(dim, *parts)
+        request = Method(dim, *parts, None)  # target: any
     except (ValueError, TypeError) as error:
         raise InputError(f"unknown method {method!r}: {error}") from error
     selected = IntegrationMethod.select_one_available(request, dim=dim, degradable=False)

@@ -27,7 +27,8 @@ import fabio.edfimage
 import h5py
 import numpy
 import pyFAI.detectors
-from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+from dahu.integration import AzimuthalIntegrator
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy
 import pyFAI.units
-from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 from pyFAI.method_registry import IntegrationMethod
 
 from dahu.engine import get_engine
@@ -37,6 +36,7 @@ from dahu.integration import (
     DEFAULT_NPT,
     DEFAULT_UNIT,
     ERROR_MODELS,
+    AzimuthalIntegrator,
     CachedIntegrator,
     FrameSource,
     InputError,
