@@ -219,6 +219,18 @@ def test_export_json_lines_and_csv(history, tmp_path):
     assert next(csv.DictReader(io.StringIO(proc.stdout)))["state"] == "aborted"
 
 
+def test_an_export_onto_the_journal_is_refused_and_the_journal_kept(history):
+    # bug: "-o WORKDIR/journal.sqlite" truncated the journal before reading it
+    workdir, ids, _ = history
+    before = run("list", "--json", "--limit", "0", workdir=workdir).stdout
+    for name in ("journal.sqlite", "journal.sqlite-wal", "./journal.sqlite"):
+        target = os.path.join(workdir, name)
+        line = one_line_error(run("export", "-o", target, workdir=workdir), 2)
+        assert line == f"dahu-jobs: will not export onto the journal itself: {target}"
+    assert run("list", "--json", "--limit", "0", workdir=workdir).stdout == before
+    assert json.loads(run("show", str(ids["failed"]), "--json", workdir=workdir).stdout)
+
+
 def test_an_export_the_disk_cannot_hold_is_one_line_and_leaves_no_file(history, tmp_path):
     # bug: a traceback (status 1) and a half-written file, when the disk filled up
     workdir, _, _ = history
@@ -280,6 +292,8 @@ def test_bad_work_directories(tmp_path):
         (["prune", "--before", "1d", "--keep-last", "3"], "not allowed with argument"),
         (["prune", "--before", "soon"], "bad date 'soon'"),
         (["prune", "--keep-last", "1", "--min-age", "a while"], "bad duration 'a while'"),
+        (["prune", "--keep-last", "1", "--min-age", "-5"], "0 s or more, not '-5'"),
+        (["prune", "--keep-last", "1", "--min-age", "nan"], "0 s or more, not 'nan'"),
         (["export", "--format", "xml"], "invalid choice: 'xml'"),
         (["export", "-o", "/nonexistent/jobs.csv"], "cannot write /nonexistent/jobs.csv"),
     ],

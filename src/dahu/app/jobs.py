@@ -24,6 +24,7 @@ from tabulate import tabulate
 from .. import __version__
 from ..jobquery import Filters, count, get, latest, open_journal, records, statistics
 from ..journal import JournalError, default_workdir, job_file_stem
+from ..journal.sqlite import SQLiteJournal
 from ..retention import DEFAULT_MIN_AGE, prune
 from ..states import State
 from ..timespec import BadTime, format_time, parse_duration, parse_when
@@ -89,12 +90,15 @@ def _job_id(text: str) -> int:
 
 def _seconds(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         try:
-            return parse_duration(text)
+            value = parse_duration(text)
         except BadTime as err:
             raise argparse.ArgumentTypeError(str(err)) from None
+    if not value >= 0 or value == float("inf"):  # NaN too
+        raise argparse.ArgumentTypeError(f"a duration of 0 s or more, not {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,6 +322,11 @@ def cmd_export(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     kind = args.format or ("csv" if (args.output or "").lower().endswith(".csv") else "jsonl")
     target = out
     if args.output:
+        journal = os.path.join(args.workdir, SQLiteJournal.FILENAME)
+        mine = [journal + suffix for suffix in ("", "-wal", "-shm", "-journal")]
+        if os.path.realpath(args.output) in map(os.path.realpath, mine):
+            sys.stderr.write(f"{PROG}: will not export onto the journal itself: {args.output}\n")
+            return EXIT_USAGE
         try:
             target = open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115
         except OSError as err:

@@ -204,7 +204,7 @@ PAGES: dict[str, Page] = {
             (
                 "2",
                 "bad usage: unknown command or option, bad date, duration or number, or an "
-                "export file that cannot be written",
+                "export file that cannot be written (or is the journal itself)",
             ),
             (
                 "3",
