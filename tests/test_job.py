@@ -242,6 +242,27 @@ def test_stats_table(engine):
     assert stats["plugins"]["example.error"]["failure"] == 1
 
 
+def test_mean_runtime_is_that_of_the_jobs_that_ran(engine):
+    # bug: the mean divided the runtime by every ended job, those aborted before they
+    # started too (dahu-jobs stats, which reads the journal, divided by those that ran)
+    sleepers = [Job("example.sleep", {"t": 60}) for _ in range(10)]  # 4 slots: 6 queued
+    for job in sleepers:
+        job.start()
+    deadline = time.monotonic() + 30
+    while sum(job.status == "running" for job in sleepers) < 4:
+        assert time.monotonic() < deadline, [job.status for job in sleepers]
+        time.sleep(0.01)
+    for job in reversed(sleepers):  # the queued ones first: they never run
+        job.abort()
+    for job in sleepers:
+        job.join(30)
+    assert engine.journal.flush(30)
+    for stats in (Job.statistics(), engine.journal.summary()):
+        entry = stats["plugins"]["example.sleep"]
+        assert entry["aborted"] == 10 and entry["ran"] == 4
+        assert entry["mean"] == pytest.approx(entry["runtime"] / 4)
+
+
 WAITER = (
     TROUBLE_PLUGINS
     + '''

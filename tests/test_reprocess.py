@@ -363,6 +363,14 @@ def test_bad_usage_exits_2(tmp_path: Path):
     assert reprocess("-j", "0", tmp_path).returncode == 2
     assert reprocess("--rtol", "-1", tmp_path).returncode == 2
     assert reprocess("--no-such-option", tmp_path).returncode == 2
+    # the reason names what is wrong, not the program's own functions (_positive_int)
+    for option, value, reason in [
+        ("-j", "abc", "-j/--jobs: expected a whole number, not 'abc'"),
+        ("--rtol", "abc", "--rtol: must be a number >= 0, not abc"),
+    ]:
+        proc = reprocess(option, value, tmp_path)
+        assert proc.returncode == 2
+        assert proc.stderr.splitlines()[-1] == f"dahu-reprocess: error: argument {reason}"
     proc = reprocess("--plugins", tmp_path / "nowhere", tmp_path)
     assert proc.returncode == 2
     assert "plugin directory" in proc.stderr.splitlines()[-1]
@@ -627,6 +635,9 @@ def test_ctrl_c_aborts_the_queued_jobs_without_running_them(tmp_path: Path):
     assert proc.returncode == 130, stderr
     total = json.loads(stdout)["total"]
     assert total["success"] == 0, "jobs queued at the Ctrl-C ran"
+    # the mean runtime is that of the one job that ran (it divided by all 41: 41x too low)
+    assert total["ran"] == 1 and total["runtime"] > 0
+    assert total["mean"] == pytest.approx(total["runtime"])
     with sqlite3.connect(out / "journal.sqlite") as db:
         states = {s for (s,) in db.execute("SELECT state FROM jobs")}
     assert states == {"aborted"}

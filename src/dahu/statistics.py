@@ -17,20 +17,20 @@ def aggregate(rows: list[tuple[str, str, float | None, float | None, float | Non
     starts, ends, runtimes = [], [], []
     for plugin, state, started, ended, runtime in rows:
         entry = plugins.setdefault(
-            plugin, {"count": 0, **{s: 0 for s in State.ALL}, "runtime": 0.0}
+            plugin, {"count": 0, **{s: 0 for s in State.ALL}, "runtime": 0.0, "ran": 0}
         )
         entry["count"] += 1
         entry[state] = entry.get(state, 0) + 1
         if runtime is not None:
             entry["runtime"] += runtime
+            entry["ran"] += 1
             runtimes.append(runtime)
         if started is not None:
             starts.append(started)
         if ended is not None:
             ends.append(ended)
-    for entry in plugins.values():
-        done = entry["success"] + entry["failure"] + entry["aborted"]
-        entry["mean"] = entry["runtime"] / done if done else 0.0
+    for entry in plugins.values():  # the mean of the jobs that ran (not those never started)
+        entry["mean"] = entry["runtime"] / entry["ran"] if entry["ran"] else 0.0
     wall = (max(ends) - min(starts)) if starts and ends else 0.0
     total = sum(runtimes)
     n = len(runtimes)
@@ -77,7 +77,7 @@ class RunningStatistics:
     def _entry(self, plugin: str) -> dict[str, Any]:
         entry = self._plugins.get(plugin)
         if entry is None:
-            entry = self._plugins[plugin] = {"count": 0, "ended": 0, "runtime": 0.0}
+            entry = self._plugins[plugin] = {"count": 0, "ran": 0, "runtime": 0.0}
             entry.update((state, 0) for state in State.FINAL)
         return entry
 
@@ -92,13 +92,13 @@ class RunningStatistics:
         with self._lock:
             entry = self._entry(plugin)
             entry[state] = entry.get(state, 0) + 1
-            entry["ended"] += 1
             if started is not None:
                 if self._first_start is None or started < self._first_start:
                     self._first_start = started
                 if ended is not None:
                     runtime = ended - started
                     entry["runtime"] += runtime
+                    entry["ran"] += 1
                     self._sum_iy += self._finished * runtime
                     self._sum_y += runtime
                     self._finished += 1
@@ -115,9 +115,8 @@ class RunningStatistics:
                 for state in State.FINAL:
                     entry[state] = counters[state]
                 entry.update((unfinished or {}).get(name, {}))
-                entry["runtime"] = counters["runtime"]
-                done = counters["ended"]
-                entry["mean"] = counters["runtime"] / done if done else 0.0
+                entry["runtime"], entry["ran"] = counters["runtime"], counters["ran"]
+                entry["mean"] = counters["runtime"] / counters["ran"] if counters["ran"] else 0.0
                 plugins[name] = entry
             n, total, sum_iy = self._finished, self._sum_y, self._sum_iy
             first, last, jobs = self._first_start, self._last_end, self._jobs

@@ -25,7 +25,15 @@ def _brief(result: Any, **more: Any) -> dict[str, Any]:
 
 
 def _row() -> dict[str, Any]:
-    return {"jobs": 0, "success": 0, "failure": 0, "aborted": 0, "invalid": 0, "runtime": 0.0}
+    return {
+        "jobs": 0,
+        "success": 0,
+        "failure": 0,
+        "aborted": 0,
+        "invalid": 0,
+        "runtime": 0.0,
+        "ran": 0,
+    }
 
 
 def summarize(run: Any, output_dir: str) -> dict[str, Any]:
@@ -40,11 +48,11 @@ def summarize(run: Any, output_dir: str) -> dict[str, Any]:
     total = _row()
     for name, entry in plugins.items():
         entry["runtime"] = runtimes.get(name, {}).get("runtime", 0.0)
+        entry["ran"] = runtimes.get(name, {}).get("ran", 0)
         for key in total:
             total[key] += entry[key]
-    for entry in (*plugins.values(), total):
-        ran = entry["jobs"] - entry["invalid"]
-        entry["mean"] = entry["runtime"] / ran if ran else 0.0
+    for entry in (*plugins.values(), total):  # the jobs that ran: not those Ctrl-C cancelled
+        entry["mean"] = entry["runtime"] / entry["ran"] if entry["ran"] else 0.0
     ran = total["jobs"] - total["invalid"]
     wall = run.ended - run.started
     compared = [r for r in run.results if r.compared]
