@@ -110,6 +110,39 @@ def test_cancel_aborts_the_job(client, proxy):
     assert info.value.reason == "aborted by a client" and not again.cancelled()
 
 
+def test_a_cancelled_future_is_done_for_wait_and_as_completed(client):
+    # bug: cancel() left the future CANCELLED but never notified: wait() and
+    # as_completed() did not count it as done (they waited for their timeout, or for
+    # ever), and a thread already blocked in wait() was not woken
+    slow = client.submit("example.sleep", t=60)
+    quick = client.submit("example.square", x=3)
+    assert slow.cancel() is True
+    done, not_done = wait([slow, quick], timeout=30)
+    assert done == {slow, quick} and not not_done
+    assert set(as_completed([slow, quick], timeout=30)) == {slow, quick}
+    # a waiter blocked before the cancel, and a callback that waits too
+    blocked = client.submit("example.sleep", t=60)
+    seen: list = []
+    blocked.add_done_callback(lambda f: seen.append(wait([f], timeout=30)[0]))
+    waited: list = []
+    waiter = threading.Thread(target=lambda: waited.append(wait([blocked], timeout=30)))
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while not blocked._waiters:  # the thread is in wait()
+        assert time.monotonic() < deadline, "the waiting thread did not start"
+        time.sleep(0.01)
+    started = time.monotonic()
+    assert blocked.cancel() is True
+    waiter.join(30)
+    assert waited == [({blocked}, set())] and time.monotonic() - started < 10
+    assert seen == [{blocked}]  # the callback ran in cancel()'s thread, after the notice
+    late: list = []
+    blocked.add_done_callback(late.append)  # on a cancelled future: at once
+    assert late == [blocked] and blocked.state == "aborted"
+    with pytest.raises(JobAborted):
+        blocked.exception(timeout=0)
+
+
 def test_a_job_aborted_by_someone_else_raises_job_aborted(client, proxy):
     future = client.submit("example.sleep", t=60)
     wait_running(future)

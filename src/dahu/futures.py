@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import time
+from concurrent.futures import _base
 from typing import Any
 
 import tango
@@ -151,11 +152,25 @@ class JobFuture(concurrent.futures.Future):
         except BaseException:
             client._retrack(self)
             raise
-        if stopping and super().cancel():
-            self._final_state = State.ABORTED
+        if stopping and self._cancel_now():
             return True
         client._retrack(self)  # it had ended: its outcome is fetched as usual
         return False
+
+    def _cancel_now(self) -> bool:
+        """Cancel the future as ``Future.cancel()`` does, and tell ``wait()`` and
+        ``as_completed()`` at once, as an executor does when it drops a cancelled task
+        (``Future.cancel()`` alone leaves them waiting); the callbacks run after, and
+        may wait too.  False if the future was settled meanwhile."""
+        with self._condition:  # re-entrant: the calls below take it too
+            if self._state != _base.PENDING:
+                return self.cancelled()
+            self._final_state = State.ABORTED
+            self._state = _base.CANCELLED
+            self._condition.notify_all()  # result() and exception()
+            self.set_running_or_notify_cancel()  # wait() and as_completed()
+        self._invoke_callbacks()
+        return True
 
     def _aborted(self) -> JobAborted:
         return JobAborted(self.job_id, State.ABORTED, "aborted by cancel()")
