@@ -367,6 +367,21 @@ def test_close_unsubscribes_and_fails_pending_futures(server, proxy):
     assert proxy.abort(future.job_id)
 
 
+def test_close_in_a_done_callback_stops_every_thread(server):
+    # bug: close() drained the stop signal meant for the thread running the callback:
+    # that thread (and the client it holds) stayed blocked for ever
+    dahu = DahuClient(server.url)
+    closed = threading.Event()
+    future = dahu.submit("example.square", x=2)
+    future.add_done_callback(lambda f: (dahu.close(), closed.set()))
+    assert closed.wait(30)
+    deadline = time.monotonic() + 10
+    while any(thread.is_alive() for thread in dahu._threads):
+        assert time.monotonic() < deadline, [t.name for t in dahu._threads if t.is_alive()]
+        time.sleep(0.01)
+    assert future.result(0)["result"] == 4
+
+
 def test_an_unreachable_device_is_one_line(server):
     url = server.url.replace(str(server.port), "1")  # nothing listens on port 1
     with pytest.raises(ServerError) as info:

@@ -490,6 +490,8 @@ class DahuClient:
                 break
             if item is not None and not item[0].done():
                 item[0]._settle(State.INEXISTANT, error=self._closed_error(item[0]))
+        if threading.current_thread() in self._threads:  # from a callback: its stop signal
+            self._outcomes.put(None)  # was drained above
 
 
 class _EventHandler:
