@@ -100,7 +100,7 @@ def test_cancel_aborts_the_job(client, proxy):
     assert info.value.job_id == future.job_id
     with pytest.raises(JobAborted):
         future.exception()
-    assert future.cancel() is False  # done already
+    assert future.cancel() is True  # cancelled already: True, as for any future (was False)
     assert finish(proxy, future.job_id) == "aborted"
     assert time.monotonic() - started < 5
     # re-attached later, the job reads as aborted, with the server's reason
@@ -364,6 +364,7 @@ def test_close_unsubscribes_and_fails_pending_futures(server, proxy):
         dahu.submit("example.square", x=1)
     dahu.close()  # twice: nothing more
     assert proxy.getJobState(future.job_id) in ("starting", "running")  # the job goes on
+    assert future.state in ("starting", "running")  # asked: it was "inexistant"
     assert proxy.abort(future.job_id)
 
 

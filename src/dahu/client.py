@@ -345,7 +345,7 @@ class DahuClient:
             self._fresh = True
         if closed:  # closed during the call: nobody would settle them
             for future in futures:
-                future._settle(State.INEXISTANT, error=self._closed_error(future))
+                future._settle(None, error=self._closed_error(future))
         for item in ended:
             self._outcomes.put(item)
         return futures
@@ -420,9 +420,7 @@ class DahuClient:
                     logger.exception(
                         "%s: job %s: cannot fetch its outcome", self.device, future.job_id
                     )
-                    future._settle(
-                        State.INEXISTANT, error=ClientError(f"job {future.job_id}: {err}")
-                    )
+                    future._settle(None, error=ClientError(f"job {future.job_id}: {err}"))
 
     def _fetch(self, future: JobFuture, state: str | None) -> None:
         if future.done():
@@ -445,7 +443,7 @@ class DahuClient:
                 self._pending.setdefault(future.job_id, future)
                 return
         if not future.done():
-            future._settle(State.INEXISTANT, error=self._closed_error(future))
+            future._settle(None, error=self._closed_error(future))
 
     def _closed_error(self, future: JobFuture) -> ClientClosed:
         return ClientClosed(
@@ -481,7 +479,7 @@ class DahuClient:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
         for future in pending:
-            future._settle(State.INEXISTANT, error=self._closed_error(future))
+            future._settle(None, error=self._closed_error(future))
         # outcomes fetched by nobody: their futures must not hang either
         while True:
             try:
@@ -489,7 +487,7 @@ class DahuClient:
             except queue.Empty:
                 break
             if item is not None and not item[0].done():
-                item[0]._settle(State.INEXISTANT, error=self._closed_error(item[0]))
+                item[0]._settle(None, error=self._closed_error(item[0]))
         if threading.current_thread() in self._threads:  # from a callback: its stop signal
             self._outcomes.put(None)  # was drained above
 
