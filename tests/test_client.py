@@ -184,6 +184,56 @@ def test_refused_submissions_raise_at_once(client):
         client.map(7, [{"x": 1}])
 
 
+def test_unclear_arguments_get_a_clear_error(client):
+    # bug: a raw UnicodeError from Tango for a name Latin-1 cannot carry; map() of one
+    # dict said "a job input must be a dict, not str"; submit() of a list said "'list'
+    # object is not a mapping"
+    with pytest.raises(ServerError) as info:
+        client.submit("2θ.x", x=1)
+    assert info.value.reason == "Dahu_UnknownPlugin"  # as the server says of "é.x"
+    assert str(info.value) == (
+        r"startJob: invalid plugin name '2\u03b8.x': expected 'module.name' "
+        "(letters, digits, underscores)"
+    )
+    with pytest.raises(ServerError) as info:
+        client.submit("é.x", x=1)  # this one reaches the server: the same kind of refusal
+    assert info.value.reason == "Dahu_UnknownPlugin" and "invalid plugin name" in str(info.value)
+    with pytest.raises(ServerError, match=r"startJobs: invalid plugin name '2\\u03b8.x'"):
+        client.map("2θ.x", [{"x": 1}])
+    with pytest.raises(
+        TypeError, match=r"^map wants an iterable of dicts \(one per job\), not dict$"
+    ):
+        client.map("example.square", {"x": 1})
+    with pytest.raises(TypeError, match="^map wants an iterable of dicts"):
+        client.map("example.square", 5)
+    with pytest.raises(TypeError, match=r"^a job input must be a dict, not int \(inputs\[1\]\)$"):
+        client.map("example.square", [{"x": 1}, 2])
+    with pytest.raises(TypeError, match="^a job input must be a dict, not list$"):
+        client.submit("example.square", [1])
+    assert client.pending == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "error"),
+    [
+        ("poll_interval", 0, ValueError),  # was accepted, and the watcher spun a CPU
+        ("poll_interval", "1", TypeError),
+        ("sweep_interval", -1.0, ValueError),
+        ("max_sweep_interval", float("nan"), ValueError),
+        ("timeout", 0, ValueError),
+        ("timeout", float("inf"), ValueError),
+        ("resolvers", 0, ValueError),  # was taken as 1
+        ("resolvers", 2.5, TypeError),
+        ("device", None, TypeError),
+    ],
+)
+def test_settings_that_cannot_work_are_refused(server, setting, value, error):
+    settings = {"device": server.url, setting: value}
+    with pytest.raises(error, match=f"^{setting} must be ") as info:
+        DahuClient(**settings)
+    assert "\n" not in str(info.value)
+
+
 def test_unknown_job(client):
     with pytest.raises(JobNotFound) as info:
         client.job(10**9)
