@@ -100,7 +100,7 @@ def test_cancel_aborts_the_job(client, proxy):
     assert info.value.job_id == future.job_id
     with pytest.raises(JobAborted):
         future.exception()
-    assert future.cancel() is False  # done already
+    assert future.cancel() is True  # cancelled already: True, as for any future (was False)
     assert finish(proxy, future.job_id) == "aborted"
     assert time.monotonic() - started < 5
     # re-attached later, the job reads as aborted, with the server's reason
@@ -108,6 +108,39 @@ def test_cancel_aborts_the_job(client, proxy):
     with pytest.raises(JobAborted) as info:
         again.result(timeout=30)
     assert info.value.reason == "aborted by a client" and not again.cancelled()
+
+
+def test_a_cancelled_future_is_done_for_wait_and_as_completed(client):
+    # bug: cancel() left the future CANCELLED but never notified: wait() and
+    # as_completed() did not count it as done (they waited for their timeout, or for
+    # ever), and a thread already blocked in wait() was not woken
+    slow = client.submit("example.sleep", t=60)
+    quick = client.submit("example.square", x=3)
+    assert slow.cancel() is True
+    done, not_done = wait([slow, quick], timeout=30)
+    assert done == {slow, quick} and not not_done
+    assert set(as_completed([slow, quick], timeout=30)) == {slow, quick}
+    # a waiter blocked before the cancel, and a callback that waits too
+    blocked = client.submit("example.sleep", t=60)
+    seen: list = []
+    blocked.add_done_callback(lambda f: seen.append(wait([f], timeout=30)[0]))
+    waited: list = []
+    waiter = threading.Thread(target=lambda: waited.append(wait([blocked], timeout=30)))
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while not blocked._waiters:  # the thread is in wait()
+        assert time.monotonic() < deadline, "the waiting thread did not start"
+        time.sleep(0.01)
+    started = time.monotonic()
+    assert blocked.cancel() is True
+    waiter.join(30)
+    assert waited == [({blocked}, set())] and time.monotonic() - started < 10
+    assert seen == [{blocked}]  # the callback ran in cancel()'s thread, after the notice
+    late: list = []
+    blocked.add_done_callback(late.append)  # on a cancelled future: at once
+    assert late == [blocked] and blocked.state == "aborted"
+    with pytest.raises(JobAborted):
+        blocked.exception(timeout=0)
 
 
 def test_a_job_aborted_by_someone_else_raises_job_aborted(client, proxy):
@@ -149,6 +182,56 @@ def test_refused_submissions_raise_at_once(client):
         client.submit(None, x=1)  # was Tango's "cannot be converted to DevVarStringArray"
     with pytest.raises(TypeError, match="a plugin name must be a str, not int"):
         client.map(7, [{"x": 1}])
+
+
+def test_unclear_arguments_get_a_clear_error(client):
+    # bug: a raw UnicodeError from Tango for a name Latin-1 cannot carry; map() of one
+    # dict said "a job input must be a dict, not str"; submit() of a list said "'list'
+    # object is not a mapping"
+    with pytest.raises(ServerError) as info:
+        client.submit("2θ.x", x=1)
+    assert info.value.reason == "Dahu_UnknownPlugin"  # as the server says of "é.x"
+    assert str(info.value) == (
+        r"startJob: invalid plugin name '2\u03b8.x': expected 'module.name' "
+        "(letters, digits, underscores)"
+    )
+    with pytest.raises(ServerError) as info:
+        client.submit("é.x", x=1)  # this one reaches the server: the same kind of refusal
+    assert info.value.reason == "Dahu_UnknownPlugin" and "invalid plugin name" in str(info.value)
+    with pytest.raises(ServerError, match=r"startJobs: invalid plugin name '2\\u03b8.x'"):
+        client.map("2θ.x", [{"x": 1}])
+    with pytest.raises(
+        TypeError, match=r"^map wants an iterable of dicts \(one per job\), not dict$"
+    ):
+        client.map("example.square", {"x": 1})
+    with pytest.raises(TypeError, match="^map wants an iterable of dicts"):
+        client.map("example.square", 5)
+    with pytest.raises(TypeError, match=r"^a job input must be a dict, not int \(inputs\[1\]\)$"):
+        client.map("example.square", [{"x": 1}, 2])
+    with pytest.raises(TypeError, match="^a job input must be a dict, not list$"):
+        client.submit("example.square", [1])
+    assert client.pending == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "error"),
+    [
+        ("poll_interval", 0, ValueError),  # was accepted, and the watcher spun a CPU
+        ("poll_interval", "1", TypeError),
+        ("sweep_interval", -1.0, ValueError),
+        ("max_sweep_interval", float("nan"), ValueError),
+        ("timeout", 0, ValueError),
+        ("timeout", float("inf"), ValueError),
+        ("resolvers", 0, ValueError),  # was taken as 1
+        ("resolvers", 2.5, TypeError),
+        ("device", None, TypeError),
+    ],
+)
+def test_settings_that_cannot_work_are_refused(server, setting, value, error):
+    settings = {"device": server.url, setting: value}
+    with pytest.raises(error, match=f"^{setting} must be ") as info:
+        DahuClient(**settings)
+    assert "\n" not in str(info.value)
 
 
 def test_unknown_job(client):
@@ -331,7 +414,23 @@ def test_close_unsubscribes_and_fails_pending_futures(server, proxy):
         dahu.submit("example.square", x=1)
     dahu.close()  # twice: nothing more
     assert proxy.getJobState(future.job_id) in ("starting", "running")  # the job goes on
+    assert future.state in ("starting", "running")  # asked: it was "inexistant"
     assert proxy.abort(future.job_id)
+
+
+def test_close_in_a_done_callback_stops_every_thread(server):
+    # bug: close() drained the stop signal meant for the thread running the callback:
+    # that thread (and the client it holds) stayed blocked for ever
+    dahu = DahuClient(server.url)
+    closed = threading.Event()
+    future = dahu.submit("example.square", x=2)
+    future.add_done_callback(lambda f: (dahu.close(), closed.set()))
+    assert closed.wait(30)
+    deadline = time.monotonic() + 10
+    while any(thread.is_alive() for thread in dahu._threads):
+        assert time.monotonic() < deadline, [t.name for t in dahu._threads if t.is_alive()]
+        time.sleep(0.01)
+    assert future.result(0)["result"] == 4
 
 
 def test_an_unreachable_device_is_one_line(server):

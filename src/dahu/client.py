@@ -38,6 +38,7 @@ from typing import Any
 
 import tango
 
+from .client_args import check_settings, encode_input, encode_inputs
 from .client_watch import watch
 from .futures import (
     ClientClosed,
@@ -51,7 +52,6 @@ from .futures import (
 )
 from .inputs import MAX_INPUT_CHARS
 from .states import State
-from .utils import NumpyEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,6 @@ FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
 FIRST_EXCEPTION = concurrent.futures.FIRST_EXCEPTION
 ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 
-_ENCODER = NumpyEncoder(separators=(",", ":"))
 _RETRY_REASONS = {"Dahu_TryAgain"}
 
 
@@ -96,6 +95,9 @@ class DahuClient:
     :param sweep_interval: seconds between two checks of every pending job (doubling up
         to ``max_sweep_interval`` while the checks find nothing that events missed)
 
+    Settings that could not work (an interval that is not a positive number, ...) raise
+    ``TypeError``/``ValueError`` at once.
+
     Thread-safe: futures can be submitted and waited for from any number of threads.
     Each thread that calls the device gets its own ``DeviceProxy``.  ``close()`` (or
     leaving a ``with`` block) unsubscribes and stops the threads; futures still pending
@@ -111,6 +113,9 @@ class DahuClient:
         sweep_interval: float = 2.0,
         max_sweep_interval: float = 60.0,
     ):
+        check_settings(
+            device, timeout, resolvers, poll_interval, sweep_interval, max_sweep_interval
+        )
         self.device = device
         self.timeout = timeout
         self.poll_interval = poll_interval
@@ -142,7 +147,7 @@ class DahuClient:
             raise ServerError.from_devfailed(err, f"cannot connect to {device}") from None
         self._threads = [
             threading.Thread(target=self._resolve_loop, name=f"dahu-client-{i}", daemon=True)
-            for i in range(max(1, resolvers))
+            for i in range(resolvers)
         ]
         self._threads.append(
             threading.Thread(target=watch, args=(self,), name="dahu-client-watch", daemon=True)
@@ -198,7 +203,7 @@ class DahuClient:
         Raises :class:`ServerError` at once if the server refuses it (unknown plugin,
         input not JSON-serialisable or too large).
         """
-        text = self._encode({**(input or {}), **kwargs}, plugin)
+        text = encode_input(plugin, input, kwargs)
         self._begin()
         ids: list[int] = []
         try:
@@ -215,7 +220,7 @@ class DahuClient:
         only when the inputs together pass the server's limit of one call (16 MiB of
         JSON); if one of those is refused, the jobs of the calls before it go on.
         """
-        texts = [self._encode(item, plugin) for item in inputs]
+        texts = encode_inputs(plugin, inputs)
         futures: list[JobFuture] = []
         if not texts:
             return futures
@@ -239,17 +244,6 @@ class DahuClient:
             raise ServerError.from_devfailed(err, "startJobs") from None
         finally:
             proxy.set_timeout_millis(base)
-
-    @staticmethod
-    def _encode(data: Any, plugin: Any) -> str:
-        if not isinstance(plugin, str):
-            raise TypeError(f"a plugin name must be a str, not {type(plugin).__name__}")
-        if not isinstance(data, dict):
-            raise TypeError(f"a job input must be a dict, not {type(data).__name__}")
-        try:
-            return _ENCODER.encode(data)
-        except (TypeError, ValueError) as err:
-            raise ClientError(f"job input is not JSON-serialisable: {err}") from None
 
     def job(self, job_id: int) -> JobFuture:
         """The future of an existing job (submitted by anyone, maybe long ago).
@@ -345,7 +339,7 @@ class DahuClient:
             self._fresh = True
         if closed:  # closed during the call: nobody would settle them
             for future in futures:
-                future._settle(State.INEXISTANT, error=self._closed_error(future))
+                future._settle(None, error=self._closed_error(future))
         for item in ended:
             self._outcomes.put(item)
         return futures
@@ -420,9 +414,7 @@ class DahuClient:
                     logger.exception(
                         "%s: job %s: cannot fetch its outcome", self.device, future.job_id
                     )
-                    future._settle(
-                        State.INEXISTANT, error=ClientError(f"job {future.job_id}: {err}")
-                    )
+                    future._settle(None, error=ClientError(f"job {future.job_id}: {err}"))
 
     def _fetch(self, future: JobFuture, state: str | None) -> None:
         if future.done():
@@ -445,7 +437,7 @@ class DahuClient:
                 self._pending.setdefault(future.job_id, future)
                 return
         if not future.done():
-            future._settle(State.INEXISTANT, error=self._closed_error(future))
+            future._settle(None, error=self._closed_error(future))
 
     def _closed_error(self, future: JobFuture) -> ClientClosed:
         return ClientClosed(
@@ -481,7 +473,7 @@ class DahuClient:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
         for future in pending:
-            future._settle(State.INEXISTANT, error=self._closed_error(future))
+            future._settle(None, error=self._closed_error(future))
         # outcomes fetched by nobody: their futures must not hang either
         while True:
             try:
@@ -489,7 +481,9 @@ class DahuClient:
             except queue.Empty:
                 break
             if item is not None and not item[0].done():
-                item[0]._settle(State.INEXISTANT, error=self._closed_error(item[0]))
+                item[0]._settle(None, error=self._closed_error(item[0]))
+        if threading.current_thread() in self._threads:  # from a callback: its stop signal
+            self._outcomes.put(None)  # was drained above
 
 
 class _EventHandler:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import time
+from concurrent.futures import _base
 from typing import Any
 
 import tango
@@ -127,7 +128,8 @@ class JobFuture(concurrent.futures.Future):
         self._final_state: str | None = None
 
     def __repr__(self) -> str:
-        return f"<JobFuture job {self.job_id} {self.plugin or ''} {self._state.lower()}>"
+        state = _base._STATE_TO_DESCRIPTION_MAP.get(self._state, self._state.lower())
+        return f"<JobFuture job {self.job_id} {self.plugin or ''} {state}>"
 
     @property
     def id(self) -> int:
@@ -140,8 +142,11 @@ class JobFuture(concurrent.futures.Future):
 
         Return True when the server accepted (the job was queued or running): the future
         is then cancelled at once (``result()`` raises :class:`JobAborted`) while the job
-        stops as soon as its plugin notices.  False if the job had ended already.
+        stops as soon as its plugin notices; True again on a cancelled future, as for any
+        future.  False if the job had ended already.
         """
+        if self.cancelled():
+            return True
         if self.done():
             return False
         client = self._client
@@ -151,11 +156,24 @@ class JobFuture(concurrent.futures.Future):
         except BaseException:
             client._retrack(self)
             raise
-        if stopping and super().cancel():
-            self._final_state = State.ABORTED
+        if stopping and self._cancel_now():
             return True
         client._retrack(self)  # it had ended: its outcome is fetched as usual
         return False
+
+    def _cancel_now(self) -> bool:
+        """Cancel the future as ``Future.cancel()`` does, and tell ``wait()`` and
+        ``as_completed()`` at once, as an executor does when it drops a cancelled task
+        (``Future.cancel()`` alone leaves them waiting); the callbacks run after, and
+        may wait too.  False if the future was settled meanwhile."""
+        with self._condition:  # re-entrant: the calls below take it too
+            if self._state != _base.PENDING:
+                return self.cancelled()
+            self._state = _base.CANCELLED
+            self._condition.notify_all()  # result() and exception()
+            self.set_running_or_notify_cancel()  # wait() and as_completed()
+        self._invoke_callbacks()
+        return True
 
     def _aborted(self) -> JobAborted:
         return JobAborted(self.job_id, State.ABORTED, "aborted by cancel()")
@@ -182,7 +200,10 @@ class JobFuture(concurrent.futures.Future):
     # -- the job on the server
     @property
     def state(self) -> str:
-        """The job's state: the final one once the future is done, else asked now."""
+        """The job's state: the final one once the future is done, else asked now (also
+        when the client was closed before the job ended: it goes on on the server)."""
+        if self.cancelled():
+            return State.ABORTED
         if self._final_state is not None:
             return self._final_state
         return self._client._call("getJobState", self.job_id)
@@ -212,13 +233,18 @@ class JobFuture(concurrent.futures.Future):
         return json.loads(self._client._call("getJobInfo", self.job_id))
 
     # -- settled by the client
-    def _settle(self, state: str, output: Any = None, error: BaseException | None = None) -> None:
-        """Record the outcome unless the future is done already (cancelled, closed)."""
-        self._final_state = state
+    def _settle(
+        self, state: str | None, output: Any = None, error: BaseException | None = None
+    ) -> None:
+        """Record the outcome unless the future is done already (cancelled, closed);
+        ``state`` None: the job's end is not known (:attr:`state` then asks)."""
+        if self.done():
+            return
+        previous, self._final_state = self._final_state, state  # seen by the callbacks
         try:
             if error is None:
                 self.set_result(output)
             else:
                 self.set_exception(error)
         except concurrent.futures.InvalidStateError:
-            pass  # cancelled by the user meanwhile
+            self._final_state = previous  # cancelled by the user meanwhile
