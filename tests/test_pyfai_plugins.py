@@ -5,6 +5,7 @@ Poisson noise, frame ``i`` scaled by ``monitor_values[i]``. A plugin result is r
 peaks sit where the rings were put; the same checks fail with a wrong geometry, unit or mask.
 """
 
+import os
 import threading
 
 import fabio.edfimage
@@ -399,6 +400,18 @@ BAD_INPUTS = {
     "npt": ({"npt": 0}, "npt"),
     "error model": ({"error_model": "guess"}, "guess"),
     "unwritable output": ({"output_file": "{junk}/out.h5"}, "junk.edf/out.h5"),
+    "npt too large": ({"npt": 10**12}, "npt must be at most 100000, got 1000000000000"),
+    "npt_azim too large": ({"npt_azim": 10**5}, "npt_azim must be at most 10000"),
+    "too many 2D bins": ({"npt": 10**4, "npt_azim": 1000}, "npt * npt_azim must be at most"),
+    "poni is a directory": ({"poni_file": "{root}"}, "' is a directory"),
+    "poni is not a regular file": ({"poni_file": "/dev/null"}, "is not a regular file"),
+    "mask is a directory": ({"mask": "{root}"}, "' is a directory"),
+    "image is a directory": ({"input_files": ["{root}"]}, "' is a directory"),
+    "output_dir is a file": (
+        {"output_file": None, "output_dir": "{junk}"},
+        "output_dir '{junk}' is not a directory",
+    ),
+    "monitor string": ({"monitor_values": "abc"}, "monitor_values must be a list of numbers"),
 }
 
 
@@ -423,7 +436,43 @@ def test_bad_input_gives_one_line_error_naming_it(case, data, bad_files, tmp_pat
     with pytest.raises(RuntimeError) as info:
         run_many(data, tmp_path, **params)
     message = str(info.value)
-    assert "\n" not in message and expected in message, message
+    assert "\n" not in message and fill(expected) in message, message
+
+
+@pytest.mark.parametrize(
+    "key", ["poni_file", "input_files", "mask", "dark", "flat", "output_file", "output_dir"]
+)
+def test_a_number_as_a_file_name_is_refused_and_no_descriptor_is_touched(data, tmp_path, key):
+    """open(fd) would read and close the server's descriptor fd (its journal, its stdout)."""
+    fd = os.open(data["poni_file"], os.O_RDONLY)
+    try:
+        with pytest.raises(RuntimeError) as info:
+            run_many(data, tmp_path, **{key: fd})
+        message = str(info.value)
+        assert "\n" not in message and f"{key} must be a path" in message, message
+        assert "got int" in message
+        os.fstat(fd)  # still open
+    finally:
+        os.close(fd)
+    with pytest.raises(RuntimeError, match="input_files must be a path .* got list"):
+        run_many(data, tmp_path, input_files=[data["edf_files"][0], 3])
+
+
+@pytest.mark.parametrize("key", ["poni_file", "image_file", "curve_file"])
+def test_integrate_simple_refuses_a_number_as_a_file_name(data, tmp_path, key):
+    fd = os.open(data["poni_file"], os.O_RDONLY)
+    params = {
+        "poni_file": data["poni_file"],
+        "image_file": data["edf_files"][0],
+        "curve_file": str(tmp_path / "c.dat"),
+        key: fd,
+    }
+    try:
+        with pytest.raises(RuntimeError, match=f"{key} must be a path .* got int"):
+            run("pyfai.integrate_simple", **params)
+        os.fstat(fd)  # still open
+    finally:
+        os.close(fd)
 
 
 def test_integrate_simple_reports_a_missing_poni(data, tmp_path):
