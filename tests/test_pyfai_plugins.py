@@ -475,6 +475,21 @@ def test_integrate_simple_refuses_a_number_as_a_file_name(data, tmp_path, key):
         os.close(fd)
 
 
+def test_relative_output_paths_are_reported_absolute(data, tmp_path, monkeypatch):
+    """A relative output_file or output_dir lands in the current directory (the server's),
+    and the output says where: an absolute path."""
+    monkeypatch.chdir(tmp_path)
+    output = run_many(data, tmp_path, output_file="scan1.h5", input_files=data["edf_files"][:1])
+    assert output["output_file"] == str(tmp_path / "scan1.h5")
+    assert read_output(output)[1].shape == (1, NPT)
+    output = run_many(
+        data, tmp_path, output_file=None, output_dir="results", input_files=data["edf_files"][:1]
+    )
+    assert os.path.isabs(output["output_file"])
+    assert os.path.dirname(output["output_file"]) == str(tmp_path / "results")
+    assert read_output(output)[1].shape == (1, NPT)
+
+
 def test_integrate_simple_reports_a_missing_poni(data, tmp_path):
     with pytest.raises(RuntimeError, match="nowhere.poni"):
         run(

@@ -253,7 +253,10 @@ class IntegrateManyFrames(Plugin):
 
     def _output_path(self) -> str:
         """``output_file``; else ``integrate_<job id>.h5`` in ``output_dir``; else, for a job,
-        next to its ``.inp``/``.out`` files in the work directory; else a new directory."""
+        next to its ``.inp``/``.out`` files in the work directory; else a new directory.
+
+        The path is made absolute (a relative one is taken from the current directory of
+        the process: the server's), and its directory is created."""
         path = self.input.get("output_file")
         directory = self.input.get("output_dir")
         job = self.input.get("job_id")
@@ -262,12 +265,13 @@ class IntegrateManyFrames(Plugin):
             path = job_file_stem(get_engine().workdir, job, self.input.get("plugin_name", "pyfai"))
             path += ".h5"
         elif not path:
-            directory = directory or get_workdir()
+            directory = os.path.abspath(directory or get_workdir())
             if os.path.exists(directory) and not os.path.isdir(directory):
                 raise InputError(f"output_dir '{directory}' is not a directory")
             path = os.path.join(directory, f"integrate_{job or uuid.uuid4().hex[:12]}.h5")
+        path = os.path.abspath(path)
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
         except OSError as error:
             raise InputError(f"cannot write output file '{path}': {error}") from error
         return path
