@@ -229,6 +229,14 @@ class IntegrateManyFrames(Plugin):
     ``frame_callback``, if set, is called as ``frame_callback(index, total)`` after each frame.
     """
 
+    #: Dropped by ``dahu-reprocess``: a new run writes next to its own job files, never
+    #: over the archived result (or, with ``output_dir``, another job's).
+    REPROCESS_IGNORE = ["output_file", "output_dir"]
+    #: Not compared by ``dahu-reprocess --compare``: what differs on every run (output keys
+    #: ``timings``, ``cached``; HDF5 members ``start_time``, ``end_time``, and
+    #: ``configuration``, the job's input, whose job id and output path change).
+    REPROCESS_COMPARE_IGNORE = ["timings", "cached", "start_time", "end_time", "configuration"]
+
     def __init__(self) -> None:
         super().__init__()
         self.frame_callback: Callable[[int, int], None] | None = None
