@@ -5,8 +5,10 @@ Poisson noise, frame ``i`` scaled by ``monitor_values[i]``. A plugin result is r
 peaks sit where the rings were put; the same checks fail with a wrong geometry, unit or mask.
 """
 
+import datetime
 import os
 import threading
+import time
 
 import fabio.edfimage
 import h5py
@@ -18,6 +20,7 @@ from dahu.cache import DataCache
 from dahu.factory import plugin_factory
 from dahu.job import Job
 from dahu.journal import job_file_stem
+from dahu.states import State
 from dahu.testdata import make_dataset, q_to_2theta
 
 SHAPE = (256, 256)
@@ -529,3 +532,24 @@ def test_as_a_job_writes_next_to_its_files_by_default(engine, data):
     expected = job_file_stem(engine.workdir, job.id, MANY) + ".h5"
     assert job.output_data["output_file"] == expected
     assert read_output(job.output_data)[1].shape == (1, NPT)
+
+
+def test_an_aborted_job_says_when_in_its_output(engine, data, tmp_path):
+    """As every aborted Dahu job (and in the original): "aborted" is the time of the abort,
+    an ISO 8601 string; the file holds the frames done, fewer than the total."""
+    out = tmp_path / "aborted.h5"
+    params = {"poni_file": data["poni_file"], "input_files": [data["hdf5_dataset"]] * 500}
+    job = Job(MANY, dict(params, npt=NPT, output_file=str(out)))
+    job.start()
+    deadline = time.monotonic() + 30
+    while not out.exists() and job.status not in State.FINAL:
+        assert time.monotonic() < deadline, "the job never started writing"
+        time.sleep(0.01)
+    job.abort()
+    job.join(30)
+    assert job.status == State.ABORTED, Job.getErrorFromID(job.id)
+    output = job.output_data
+    assert isinstance(output["aborted"], str)
+    datetime.datetime.fromisoformat(output["aborted"])
+    assert output["frames"] < output["total_frames"] == 500 * N_FRAMES
+    assert read_output(output)[1].shape == (output["frames"], NPT)
