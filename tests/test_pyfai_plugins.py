@@ -5,7 +5,10 @@ Poisson noise, frame ``i`` scaled by ``monitor_values[i]``. A plugin result is r
 peaks sit where the rings were put; the same checks fail with a wrong geometry, unit or mask.
 """
 
+import datetime
+import os
 import threading
+import time
 
 import fabio.edfimage
 import h5py
@@ -17,6 +20,7 @@ from dahu.cache import DataCache
 from dahu.factory import plugin_factory
 from dahu.job import Job
 from dahu.journal import job_file_stem
+from dahu.states import State
 from dahu.testdata import make_dataset, q_to_2theta
 
 SHAPE = (256, 256)
@@ -399,6 +403,18 @@ BAD_INPUTS = {
     "npt": ({"npt": 0}, "npt"),
     "error model": ({"error_model": "guess"}, "guess"),
     "unwritable output": ({"output_file": "{junk}/out.h5"}, "junk.edf/out.h5"),
+    "npt too large": ({"npt": 10**12}, "npt must be at most 100000, got 1000000000000"),
+    "npt_azim too large": ({"npt_azim": 10**5}, "npt_azim must be at most 10000"),
+    "too many 2D bins": ({"npt": 10**4, "npt_azim": 1000}, "npt * npt_azim must be at most"),
+    "poni is a directory": ({"poni_file": "{root}"}, "' is a directory"),
+    "poni is not a regular file": ({"poni_file": "/dev/null"}, "is not a regular file"),
+    "mask is a directory": ({"mask": "{root}"}, "' is a directory"),
+    "image is a directory": ({"input_files": ["{root}"]}, "' is a directory"),
+    "output_dir is a file": (
+        {"output_file": None, "output_dir": "{junk}"},
+        "output_dir '{junk}' is not a directory",
+    ),
+    "monitor string": ({"monitor_values": "abc"}, "monitor_values must be a list of numbers"),
 }
 
 
@@ -423,7 +439,58 @@ def test_bad_input_gives_one_line_error_naming_it(case, data, bad_files, tmp_pat
     with pytest.raises(RuntimeError) as info:
         run_many(data, tmp_path, **params)
     message = str(info.value)
-    assert "\n" not in message and expected in message, message
+    assert "\n" not in message and fill(expected) in message, message
+
+
+@pytest.mark.parametrize(
+    "key", ["poni_file", "input_files", "mask", "dark", "flat", "output_file", "output_dir"]
+)
+def test_a_number_as_a_file_name_is_refused_and_no_descriptor_is_touched(data, tmp_path, key):
+    """open(fd) would read and close the server's descriptor fd (its journal, its stdout)."""
+    fd = os.open(data["poni_file"], os.O_RDONLY)
+    try:
+        with pytest.raises(RuntimeError) as info:
+            run_many(data, tmp_path, **{key: fd})
+        message = str(info.value)
+        assert "\n" not in message and f"{key} must be a path" in message, message
+        assert "got int" in message
+        os.fstat(fd)  # still open
+    finally:
+        os.close(fd)
+    with pytest.raises(RuntimeError, match="input_files must be a path .* got list"):
+        run_many(data, tmp_path, input_files=[data["edf_files"][0], 3])
+
+
+@pytest.mark.parametrize("key", ["poni_file", "image_file", "curve_file"])
+def test_integrate_simple_refuses_a_number_as_a_file_name(data, tmp_path, key):
+    fd = os.open(data["poni_file"], os.O_RDONLY)
+    params = {
+        "poni_file": data["poni_file"],
+        "image_file": data["edf_files"][0],
+        "curve_file": str(tmp_path / "c.dat"),
+        key: fd,
+    }
+    try:
+        with pytest.raises(RuntimeError, match=f"{key} must be a path .* got int"):
+            run("pyfai.integrate_simple", **params)
+        os.fstat(fd)  # still open
+    finally:
+        os.close(fd)
+
+
+def test_relative_output_paths_are_reported_absolute(data, tmp_path, monkeypatch):
+    """A relative output_file or output_dir lands in the current directory (the server's),
+    and the output says where: an absolute path."""
+    monkeypatch.chdir(tmp_path)
+    output = run_many(data, tmp_path, output_file="scan1.h5", input_files=data["edf_files"][:1])
+    assert output["output_file"] == str(tmp_path / "scan1.h5")
+    assert read_output(output)[1].shape == (1, NPT)
+    output = run_many(
+        data, tmp_path, output_file=None, output_dir="results", input_files=data["edf_files"][:1]
+    )
+    assert os.path.isabs(output["output_file"])
+    assert os.path.dirname(output["output_file"]) == str(tmp_path / "results")
+    assert read_output(output)[1].shape == (1, NPT)
 
 
 def test_integrate_simple_reports_a_missing_poni(data, tmp_path):
@@ -465,3 +532,24 @@ def test_as_a_job_writes_next_to_its_files_by_default(engine, data):
     expected = job_file_stem(engine.workdir, job.id, MANY) + ".h5"
     assert job.output_data["output_file"] == expected
     assert read_output(job.output_data)[1].shape == (1, NPT)
+
+
+def test_an_aborted_job_says_when_in_its_output(engine, data, tmp_path):
+    """As every aborted Dahu job (and in the original): "aborted" is the time of the abort,
+    an ISO 8601 string; the file holds the frames done, fewer than the total."""
+    out = tmp_path / "aborted.h5"
+    params = {"poni_file": data["poni_file"], "input_files": [data["hdf5_dataset"]] * 500}
+    job = Job(MANY, dict(params, npt=NPT, output_file=str(out)))
+    job.start()
+    deadline = time.monotonic() + 30
+    while not out.exists() and job.status not in State.FINAL:
+        assert time.monotonic() < deadline, "the job never started writing"
+        time.sleep(0.01)
+    job.abort()
+    job.join(30)
+    assert job.status == State.ABORTED, Job.getErrorFromID(job.id)
+    output = job.output_data
+    assert isinstance(output["aborted"], str)
+    datetime.datetime.fromisoformat(output["aborted"])
+    assert output["frames"] < output["total_frames"] == 500 * N_FRAMES
+    assert read_output(output)[1].shape == (output["frames"], NPT)

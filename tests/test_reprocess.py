@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import pty
@@ -29,6 +30,7 @@ import numpy
 import pytest
 
 from dahu.compare import compare, compare_files, first_difference
+from dahu.testdata import make_dataset
 
 from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS
 
@@ -543,6 +545,57 @@ def test_compare_hdf5_by_value(plugins: Path, tmp_path: Path):
     # a member named with --ignore is not compared
     status, _, _ = summary_of("--ignore", "data", "-o", tmp_path / "e", *args)
     assert status == 0
+
+
+def test_pyfai_jobs_write_new_files_and_an_unchanged_rerun_compares_the_same(tmp_path: Path):
+    """The built-in pyfai.integratemanyframes drops output_file and output_dir when
+    reprocessed (REPROCESS_IGNORE): the archived results are left alone, even another
+    job's of the same output_dir; its REPROCESS_COMPARE_IGNORE skips what changes on every
+    run (timings, time stamps, the recorded input), so no --ignore is needed."""
+    data = make_dataset(tmp_path / "data", 4, (64, 64), seed=3, edf=False)
+    results = tmp_path / "results"
+    common = {"poni_file": data["poni_file"], "npt": 50}
+    stack = data["hdf5_dataset"]
+    jobs = [
+        ["pyfai.integratemanyframes", {**common, "input_files": stack, "output_file": str(results / "scan1.h5")}],
+        ["pyfai.integratemanyframes", {**common, "input_files": stack + "[0:2]", "output_dir": str(results)}],
+        ["pyfai.integratemanyframes", {**common, "input_files": stack + "[2:4]", "output_dir": str(results)}],
+        ["pyfai.integratemanyframes", {**common, "input_files": stack}],
+    ]  # fmt: skip
+    archive = tmp_path / "W"
+    assert make_archive(archive, jobs) == ["success"] * 4
+    archived = sorted(results.glob("*.h5")) + sorted(archive.glob("0000/*.h5"))
+    assert len(archived) == 4
+
+    def digests() -> list[str]:
+        return [hashlib.sha256(path.read_bytes()).hexdigest() for path in archived]
+
+    before = digests()
+    status, summary, stderr = summary_of(
+        "--compare", "-o", tmp_path / "a", "--workdir", archive, "1-4"
+    )
+    assert status == 0, (stderr, summary["compare"]["differences"])
+    assert (summary["compare"]["same"], summary["compare"]["differ"]) == (4, 0)
+    assert digests() == before  # no archived result was written over
+    new_files = sorted((tmp_path / "a/0000").glob("*.h5"))
+    assert [path.name[:5] for path in new_files] == ["00001", "00002", "00003", "00004"]
+    new_output = read_json(tmp_path / "a/0000/00001_pyfai.integratemanyframes.out")
+    assert new_output["output_file"] == str(new_files[0])
+
+    # a real change is still reported: the archived intensities of job 1 doubled...
+    with h5py.File(results / "scan1.h5", "r+") as h5:
+        h5["entry/integrated/intensity"][...] *= 2
+    status, summary, _ = summary_of("--compare", "-o", tmp_path / "b", "--workdir", archive, "1-4")
+    assert status == 1
+    (difference,) = summary["compare"]["differences"]
+    assert difference["job_id"] == 1
+    assert difference["key"].startswith("output_file:/entry/integrated/intensity")
+    # ... and a rerun with another npt than the archived job's
+    source = Path(inputs(archive, [4])[0])
+    source.write_text(json.dumps({**read_json(source), "npt": 60}))
+    status, summary, _ = summary_of("--compare", "-o", tmp_path / "c", source)
+    assert status == 1
+    assert summary["compare"]["differ"] == 1
 
 
 # ---- Ctrl-C -----------------------------------------------------------------------------

@@ -174,6 +174,7 @@ class _Loaded:
     data: dict[str, Any] | None = None
     archive: Any = None
     error: DahuError | None = None
+    ignore: frozenset[str] = frozenset()  # its plugin's REPROCESS_COMPARE_IGNORE
 
 
 def _load(item: Item) -> _Loaded:
@@ -349,6 +350,7 @@ class Reprocessor:
                 self._invalid(loaded, err)
                 continue
             drop = {"job_id", "plugin_name", *(getattr(klass, "REPROCESS_IGNORE", None) or ())}
+            loaded.ignore = frozenset(getattr(klass, "REPROCESS_COMPARE_IGNORE", None) or ())
             if group and group[0][0].plugin != plugin:
                 self._start(group)
                 group = []
@@ -395,20 +397,19 @@ class Reprocessor:
                 job.start()
 
     def _callback(self, loaded: _Loaded) -> Any:
-        item, plugin, archive = loaded.item, loaded.plugin, loaded.archive
         # it only compares and hands the result over: the job need not hold its slot
         # until its outcome is committed (dahu.engine.nonblocking)
-        return nonblocking(lambda job: self._ended(job, item, plugin, archive))
+        return nonblocking(lambda job: self._ended(job, loaded))
 
-    def _ended(self, job: Any, item: Item, plugin: str, archive: Any) -> None:
+    def _ended(self, job: Any, loaded: _Loaded) -> None:
         """Callback, in the thread that committed the job's outcome (its worker, the
         main thread or the engine's timer): compare, hand the result over."""
         state = job.status
         error = one_line(job.error) if state != State.SUCCESS else None
-        result = Result(item.label, plugin, state, job.id, error)
+        result = Result(loaded.item.label, loaded.plugin, state, job.id, error)
         try:
             if self.args.compare and state in (State.SUCCESS, State.FAILURE):
-                self._compare(result, item, archive, job.output_data)
+                self._compare(result, loaded, job.output_data)
         except Exception as err:  # a loop boundary: the job must still be reported
             logger.exception("job %s: cannot compare its output", job.id)
             result.difference = result.difference or Difference("", f"reprocessing error: {err}")
@@ -418,7 +419,8 @@ class Reprocessor:
             if len(self.ended_jobs) >= len(self.pending) - self.low or self.stop.is_set():
                 self.wake.set()
 
-    def _compare(self, result: Result, item: Item, archive: Any, output: Any) -> None:
+    def _compare(self, result: Result, loaded: _Loaded, output: Any) -> None:
+        item, archive = loaded.item, loaded.archive
         if item.path is not None:
             try:
                 found, archive = load_archive(item)
@@ -433,7 +435,8 @@ class Reprocessor:
         # compare what the .out file holds (numpy values, tuples, sets as JSON has them)
         output = json.loads(dumps(output))
         args = self.args
-        result.difference = first_difference(archive, output, args.rtol, args.atol, self.ignore)
+        ignore = self.ignore | loaded.ignore
+        result.difference = first_difference(archive, output, args.rtol, args.atol, ignore)
 
     def _record(self, result: Result) -> None:
         self.results.append(result)

@@ -19,6 +19,7 @@ This file is loaded by Dahu's plugin factory under the module name ``pyfai``, ou
 
 import logging
 import os
+import reprlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -36,6 +37,9 @@ from dahu.integration import (
     DEFAULT_NPT,
     DEFAULT_UNIT,
     ERROR_MODELS,
+    MAX_BINS_2D,
+    MAX_NPT,
+    MAX_NPT_AZIM,
     AzimuthalIntegrator,
     CachedIntegrator,
     FrameSource,
@@ -60,6 +64,35 @@ from dahu.utils import get_workdir
 # The factory loads this file as module "pyfai"; log under the dahu hierarchy all the same.
 logger = logging.getLogger("dahu.plugins." + __name__.rpartition(".")[2])
 
+#: The inputs that name files or directories; those marked True may be a list of them.
+PATH_INPUTS = {
+    "poni_file": False,
+    "input_files": True,
+    "image_file": True,
+    "curve_file": False,
+    "mask": False,
+    "dark": False,
+    "flat": False,
+    "output_file": False,
+    "output_dir": False,
+}
+
+
+def check_paths(params: dict[str, Any]) -> None:
+    """Refuse a file or directory input that is not a path (a string, or a list of them).
+
+    Python's ``open(3)`` reads file descriptor 3 of the server, then closes it: a number
+    where a file name belongs must never get that far.
+    """
+    for key, lists in PATH_INPUTS.items():
+        value = params.get(key)
+        if value is None or isinstance(value, str):
+            continue
+        if lists and isinstance(value, list) and all(isinstance(item, str) for item in value):
+            continue
+        kind = "a path (a string) or a list of paths" if lists else "a path (a string)"
+        raise InputError(f"{key} must be {kind}, got {type(value).__name__} {reprlib.repr(value)}")
+
 
 def integrate_simple(
     poni_file: str,
@@ -75,10 +108,11 @@ def integrate_simple(
     The curve is written in pyFAI's ASCII format (radial, intensity) with the geometry in its
     header. Returns ``{"out_file": curve_file}``.
     """
+    check_paths({"poni_file": poni_file, "image_file": image_file, "curve_file": curve_file})
     ai = load_geometry(poni_file)
     the_unit = parse_unit(unit)
     the_method = parse_method(method, 1)
-    npt = positive_int(npt, "npt")
+    npt = positive_int(npt, "npt", MAX_NPT)
     label, frame = next(iter_frames(expand_inputs(image_file)))
     check_shape(ai, frame.shape, label, poni_file)
     os.makedirs(os.path.dirname(os.path.abspath(curve_file)), exist_ok=True)
@@ -118,12 +152,17 @@ class Settings:
 
 def parse_settings(params: dict[str, Any]) -> Settings:
     """Validate the input of :class:`IntegrateManyFrames`; raise :class:`InputError` if bad."""
+    check_paths(params)
     poni_file = params.get("poni_file")
     ai = load_geometry(poni_file)
     unit = parse_unit(params.get("unit", DEFAULT_UNIT))
-    npt = positive_int(params.get("npt", DEFAULT_NPT), "npt")
+    npt = positive_int(params.get("npt", DEFAULT_NPT), "npt", MAX_NPT)
     npt_azim = params.get("npt_azim")
-    npt_azim = None if npt_azim is None else positive_int(npt_azim, "npt_azim")
+    npt_azim = None if npt_azim is None else positive_int(npt_azim, "npt_azim", MAX_NPT_AZIM)
+    if npt_azim and npt * npt_azim > MAX_BINS_2D:
+        raise InputError(
+            f"npt * npt_azim must be at most {MAX_BINS_2D}, got {npt} * {npt_azim} bins"
+        )
     method = parse_method(params.get("method", DEFAULT_METHOD), 2 if npt_azim else 1)
     error_model = params.get("error_model")
     if error_model is not None:
@@ -156,6 +195,10 @@ def parse_settings(params: dict[str, Any]) -> Settings:
     )  # fmt: skip
     monitor = params.get("monitor_values")
     if monitor is not None:
+        if not isinstance(monitor, (list, tuple, numpy.ndarray)):
+            raise InputError(
+                f"monitor_values must be a list of numbers, got {reprlib.repr(monitor)}"
+            )
         try:
             values = numpy.asarray(monitor, dtype=float)
         except (TypeError, ValueError):
@@ -186,6 +229,14 @@ class IntegrateManyFrames(Plugin):
     ``frame_callback``, if set, is called as ``frame_callback(index, total)`` after each frame.
     """
 
+    #: Dropped by ``dahu-reprocess``: a new run writes next to its own job files, never
+    #: over the archived result (or, with ``output_dir``, another job's).
+    REPROCESS_IGNORE = ["output_file", "output_dir"]
+    #: Not compared by ``dahu-reprocess --compare``: what differs on every run (output keys
+    #: ``timings``, ``cached``; HDF5 members ``start_time``, ``end_time``, and
+    #: ``configuration``, the job's input, whose job id and output path change).
+    REPROCESS_COMPARE_IGNORE = ["timings", "cached", "start_time", "end_time", "configuration"]
+
     def __init__(self) -> None:
         super().__init__()
         self.frame_callback: Callable[[int, int], None] | None = None
@@ -210,17 +261,27 @@ class IntegrateManyFrames(Plugin):
 
     def _output_path(self) -> str:
         """``output_file``; else ``integrate_<job id>.h5`` in ``output_dir``; else, for a job,
-        next to its ``.inp``/``.out`` files in the work directory; else a new directory."""
+        next to its ``.inp``/``.out`` files in the work directory; else a new directory.
+
+        The path is made absolute (a relative one is taken from the current directory of
+        the process: the server's), and its directory is created."""
         path = self.input.get("output_file")
+        directory = self.input.get("output_dir")
         job = self.input.get("job_id")
-        if not path and not self.input.get("output_dir") and job is not None:
+        if not path and not directory and job is not None:
             # a job exists only once an engine does: its work directory is the right place
             path = job_file_stem(get_engine().workdir, job, self.input.get("plugin_name", "pyfai"))
             path += ".h5"
         elif not path:
-            directory = self.input.get("output_dir") or get_workdir()
+            directory = os.path.abspath(directory or get_workdir())
+            if os.path.exists(directory) and not os.path.isdir(directory):
+                raise InputError(f"output_dir '{directory}' is not a directory")
             path = os.path.join(directory, f"integrate_{job or uuid.uuid4().hex[:12]}.h5")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        path = os.path.abspath(path)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        except OSError as error:
+            raise InputError(f"cannot write output file '{path}': {error}") from error
         return path
 
     def _config(self) -> dict[str, Any]:
@@ -246,9 +307,8 @@ class IntegrateManyFrames(Plugin):
         timings = {"read": 0.0, "integration": 0.0, "write": 0.0}
         start = time.perf_counter()
         total = settings.total
-        path = self.input.get("output_file")
+        path = self._output_path()
         try:
-            path = self._output_path()
             writer = NexusWriter(path, integrator, settings.unit, total, bool(settings.error_model))
         except OSError as error:
             raise InputError(f"cannot write output file '{path}': {error}") from error
