@@ -142,7 +142,9 @@ PAGES: dict[str, Page] = {
             "With --compare, each new output is compared with the archived one: same keys, "
             "equal values, numbers and arrays within --rtol/--atol "
             "(|new - old| <= atol + rtol * |old|), files named in the output by content, "
-            "HDF5 files dataset by dataset by value. The jobs that differ are listed with "
+            "HDF5 files dataset by dataset by value (the names in --ignore and in the "
+            "plugin's REPROCESS_COMPARE_IGNORE, such as time stamps, are skipped). The jobs "
+            "that differ are listed with "
             "their first differing key.",
             "Ctrl-C (or SIGTERM) stops starting jobs and aborts the running ones; the "
             "summary of what finished is still printed. A second Ctrl-C stops waiting.",
