@@ -696,6 +696,51 @@ def test_ctrl_c_aborts_the_queued_jobs_without_running_them(tmp_path: Path):
     assert states == {"aborted"}
 
 
+SLOW_IMPORT = """
+import pathlib, time
+pathlib.Path(__file__).with_name("importing").touch()
+time.sleep(120)  # heavy imports, a slow network disk
+
+from dahu.plugin import plugin_from_function
+
+def f(x=0):
+    return x
+
+plugin_from_function(f)
+"""
+
+
+def test_ctrl_c_while_a_plugin_module_is_imported(tmp_path: Path):
+    # bug: the first Ctrl-C said nothing until the import ended; the second became
+    # "cannot load plugin 'slowimp.f': KeyboardInterrupt", an input counted as failed
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slowimp.py").write_text(SLOW_IMPORT)
+    sources = tmp_path / "in"
+    sources.mkdir()
+    for i in range(3):
+        (sources / f"{i}.inp").write_text(json.dumps({"plugin_name": "slowimp.f", "x": i}))
+    proc = start_run("--plugins", str(plugins), "-o", str(tmp_path / "out"), str(sources))
+    try:
+        deadline = time.monotonic() + 30
+        while not (plugins / "importing").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "no import began"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        first = proc.stderr.readline()  # said at once, while the import goes on
+        assert first == "dahu-reprocess: interrupted\n"
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "cannot load plugin" not in stderr and "KeyboardInterrupt" not in stderr
+    summary = json.loads(stdout)
+    assert summary["interrupted"] is True
+    assert summary["total"]["jobs"] == 0 and summary["not_started"] == 3
+
+
 @pytest.mark.parametrize("executor", ["thread", "process"])
 def test_plugins_raising_base_exceptions_fail_their_jobs(tmp_path: Path, executor: str):
     plugins = tmp_path / "plugins"

@@ -48,7 +48,7 @@ from .reprocess_summary import (
     format_summary,
     summarize,
 )
-from .sources import InputError, Item, expand_sources, load_archive, load_input
+from .sources import InputError, Item, Loaded, expand_sources, load, load_archive
 
 logger = logging.getLogger(__name__)
 
@@ -165,26 +165,6 @@ class _NoBar:
         pass
 
 
-@dataclass
-class _Loaded:
-    """An item whose input was read: the input, or why it cannot be run."""
-
-    item: Item
-    plugin: str = ""
-    data: dict[str, Any] | None = None
-    archive: Any = None
-    error: DahuError | None = None
-    ignore: frozenset[str] = frozenset()  # its plugin's REPROCESS_COMPARE_IGNORE
-
-
-def _load(item: Item) -> _Loaded:
-    try:
-        plugin, data, archive = load_input(item)
-    except DahuError as err:
-        return _Loaded(item, error=err)
-    return _Loaded(item, plugin, data, archive)
-
-
 class Reprocessor:
     """Runs the items as jobs on ``engine``, at most ``window`` in flight, and tallies.
 
@@ -269,14 +249,14 @@ class Reprocessor:
     def _refill(self, items: Iterator[Item]) -> bool:
         """Read inputs until the window is full, then create and start their jobs;
         False when every item has been read."""
-        ready: list[_Loaded] = []
+        ready: list[Loaded] = []
         more = True
         while len(self.pending) + len(ready) < self.window and not self.stop.is_set():
             item = next(items, None)
             if item is None:
                 more = False
                 break
-            ready.append(_load(item))
+            ready.append(load(item))
         if not self.stop.is_set():  # interrupted while reading: those are not started
             self._submit(ready)
         return more
@@ -309,6 +289,9 @@ class Reprocessor:
             if self.stop.is_set():
                 raise KeyboardInterrupt
             self.stop.set()
+            # said at once, even when the main thread is busy (importing a slow plugin
+            # module): os.write, as print() may be the call this handler interrupted
+            os.write(2, f"{'' if self.bar.disable else chr(10)}{PROG}: interrupted\n".encode())
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -328,23 +311,27 @@ class Reprocessor:
         grace = float(getattr(self.engine.executor, "abort_grace", 5.0))
         self.give_up_at = time.monotonic() + grace + 5.0
         self.aborting = True
-        self.say(f"{PROG}: interrupted: aborting {len(self.pending)} job(s)")
+        self.say(f"{PROG}: aborting {len(self.pending)} job(s)")
         # the engine runs only this tool's jobs: every pending one is live there
         self.engine.abort_all(self.engine.live(), "interrupted by the user")
 
-    def _submit(self, ready: list[_Loaded]) -> None:
+    def _submit(self, ready: list[Loaded]) -> None:
         """Create and start the jobs of the loaded items, in order; record those in error.
 
         Consecutive items of one plugin are created together (their journal records in
         one transaction)."""
-        group: list[tuple[_Loaded, dict[str, Any]]] = []
+        group: list[tuple[Loaded, dict[str, Any]]] = []
         for loaded in ready:
+            if self.stop.is_set():  # a Ctrl-C while a plugin module was imported
+                return  # the rest are not started (nor the group: it would be aborted)
             plugin, data = loaded.plugin, loaded.data
             try:
                 if loaded.error is not None:
                     raise loaded.error
                 klass = self.factory.get_class(plugin)
             except DahuError as err:
+                if self.stop.is_set():  # a second Ctrl-C broke the import: not the input's fault
+                    return
                 self._start(group)
                 group = []
                 self._invalid(loaded, err)
@@ -355,17 +342,18 @@ class Reprocessor:
                 self._start(group)
                 group = []
             group.append((loaded, {k: v for k, v in (data or {}).items() if k not in drop}))
-        self._start(group)
+        if not self.stop.is_set():
+            self._start(group)
 
-    def _invalid(self, loaded: _Loaded, err: DahuError) -> None:
+    def _invalid(self, loaded: Loaded, err: DahuError) -> None:
         plugin = loaded.plugin or INVALID
         self._record(Result(loaded.item.label, plugin, State.FAILURE, None, str(err), True))
 
-    def _start(self, group: list[tuple[_Loaded, dict[str, Any]]]) -> None:
+    def _start(self, group: list[tuple[Loaded, dict[str, Any]]]) -> None:
         """Create the jobs of ``group`` (items of one plugin) and start them."""
         if not group:
             return
-        jobs: list[tuple[_Loaded, Job]] = []
+        jobs: list[tuple[Loaded, Job]] = []
         if len(group) > 1:
             # the engine's create_many, not Job.create_many: that one yields the GIL
             # (time.sleep(0)) after each chunk, and this thread then waits to get it back
@@ -396,12 +384,12 @@ class Reprocessor:
             with contextlib.suppress(DahuError):  # "cannot queue": its callback reports it
                 job.start()
 
-    def _callback(self, loaded: _Loaded) -> Any:
+    def _callback(self, loaded: Loaded) -> Any:
         # it only compares and hands the result over: the job need not hold its slot
         # until its outcome is committed (dahu.engine.nonblocking)
         return nonblocking(lambda job: self._ended(job, loaded))
 
-    def _ended(self, job: Any, loaded: _Loaded) -> None:
+    def _ended(self, job: Any, loaded: Loaded) -> None:
         """Callback, in the thread that committed the job's outcome (its worker, the
         main thread or the engine's timer): compare, hand the result over."""
         state = job.status
@@ -419,7 +407,7 @@ class Reprocessor:
             if len(self.ended_jobs) >= len(self.pending) - self.low or self.stop.is_set():
                 self.wake.set()
 
-    def _compare(self, result: Result, loaded: _Loaded, output: Any) -> None:
+    def _compare(self, result: Result, loaded: Loaded, output: Any) -> None:
         item, archive = loaded.item, loaded.archive
         if item.path is not None:
             try:

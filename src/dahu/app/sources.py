@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import DahuError, JournalError, one_line
 from ..journal import SQLiteJournal
 
-__all__ = ["InputError", "Item", "expand_sources", "load_input", "load_archive"]
+__all__ = ["InputError", "Item", "Loaded", "expand_sources", "load", "load_input", "load_archive"]
 
 INPUT_EXTENSIONS = (".inp", ".json")
 _IDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
@@ -153,3 +153,24 @@ def load_archive(item: Item) -> tuple[bool, Any]:
             return True, json.load(handle)
     except (OSError, ValueError) as err:
         raise InputError(f"cannot read the archived output {path}: {err}") from err
+
+
+@dataclass
+class Loaded:
+    """An item whose input was read: the input, or why it cannot be run."""
+
+    item: Item
+    plugin: str = ""
+    data: dict[str, Any] | None = None
+    archive: Any = None
+    error: DahuError | None = None
+    ignore: frozenset[str] = frozenset()  # its plugin's REPROCESS_COMPARE_IGNORE
+
+
+def load(item: Item) -> Loaded:
+    """Read ``item``'s input; what cannot be run is kept as its error."""
+    try:
+        plugin, data, archive = load_input(item)
+    except DahuError as err:
+        return Loaded(item, error=err)
+    return Loaded(item, plugin, data, archive)
