@@ -245,6 +245,32 @@ def test_job_endpoint_gives_error_input_and_output(server, jobs):
     assert aborted["state"] == "aborted" and aborted["reason"] == "aborted by a client"
 
 
+def strict_json(text: str):
+    """Parse as a browser does: NaN and Infinity are not JSON."""
+
+    def refuse(word):
+        raise ValueError(f"not JSON: {word}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_job_with_nan_and_infinity_can_be_viewed(server, browser):
+    local, proxy = server
+    job = proxy.startJob(["example.noop", '{"x": [1.5, NaN, Infinity, -Infinity]}'])
+    assert finish(proxy, job) == "success"
+    status, _, body = http(f"{local.http}/api/jobs/{job}")
+    assert status == 200
+    details = strict_json(body)
+    expected = [1.5, "NaN", "Infinity", "-Infinity"]
+    assert details["input"]["x"] == expected and details["output"]["result"] == expected
+    # the job page shows the job, not a parse error
+    browser.open(f"{local.http}/jobs/{job}")
+    browser.wait_for("document.getElementById('output').textContent.includes('Infinity')")
+    assert '"NaN"' in browser.text("#input") and '"-Infinity"' in browser.text("#output")
+    assert browser.evaluate("document.getElementById('problem').hidden")
+    assert list(browser.errors) == []
+
+
 def test_running_jobs_have_their_elapsed_time(server):
     local, proxy = server
     job = proxy.startJob(["example.sleep", json.dumps({"t": 60})])
@@ -279,6 +305,20 @@ def test_event_stream_sends_summaries(server, jobs):
                     break
     assert events[0]["counters"]["finished"] >= 3
     assert events[1]["counters"]["time"] > events[0]["counters"]["time"]
+
+
+def test_event_stream_is_standard_json_with_nan(engine, monkeypatch):
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    monkeypatch.setattr(service.monitor, "summary", lambda: {"p50": float("nan")})
+    service.start()
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{service.port}/api/events")
+        with urllib.request.urlopen(request, timeout=10) as stream:
+            data = next(line for line in stream if line.startswith(b"data: "))
+        assert strict_json(data[6:].decode()) == {"p50": "NaN"}
+    finally:
+        service.stop()
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,8 @@ import tornado.iostream
 import tornado.web
 
 from ..states import State
-from ..utils import compact_json
 from .access import is_loopback
+from .jsontext import web_json
 from .monitor import WINDOW
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class _Base(tornado.web.RequestHandler):
     def send_json(self, data: Any) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        self.finish(compact_json(data))
+        self.finish(web_json(data))
 
     def int_argument(self, name: str, default: int, low: int, high: int) -> int:
         """A query argument that must be an integer in [low, high]."""
