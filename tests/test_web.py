@@ -6,11 +6,13 @@ the JSON endpoints and the access rule are checked with plain HTTP requests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -182,6 +184,101 @@ def test_page_falls_back_to_polling(server, browser):
     finish(proxy, job)
     browser.wait_for(has_row("recent", job))
     assert shows(browser, "recent", rf"^{job}\s+example\.cube\s+success")
+    assert list(browser.errors) == []
+
+
+class Gateway:
+    """A reverse proxy in front of the web server (as a beamline puts one for TLS): it
+    passes requests on, or, after :meth:`fail` (the server restarting behind it), answers
+    502 Bad Gateway until :meth:`recover`."""
+
+    def __init__(self, backend_url: str) -> None:
+        self.backend = int(backend_url.rsplit(":", 1)[1])
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.down = False
+        self.refused = 0  # requests answered 502
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with self.lock:
+            self.sockets.append(client)
+            down = self.down
+        if down:
+            with contextlib.suppress(OSError):
+                client.recv(65536)
+                client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                self.refused += 1
+            self._cut([client])
+            return
+        backend = socket.create_connection(("127.0.0.1", self.backend))
+        with self.lock:
+            self.sockets.append(backend)
+        threading.Thread(target=self._pipe, args=(backend, client), daemon=True).start()
+        self._pipe(client, backend)
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+        Gateway._cut([source, target])
+
+    @staticmethod
+    def _cut(sockets: list[socket.socket]) -> None:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def fail(self) -> None:
+        """Cut every open connection and answer 502 from now on."""
+        with self.lock:
+            self.down = True
+            self._cut(self.sockets)
+
+    def recover(self) -> None:
+        self.down = False
+
+    def close(self) -> None:
+        self.listener.close()
+        self.fail()
+        with self.lock:
+            for sock in self.sockets:
+                sock.close()
+
+
+@pytest.fixture
+def gateway(server):
+    proxy = Gateway(server[0].http)
+    yield proxy
+    proxy.close()
+
+
+LIVE = "document.getElementById('live').textContent"
+
+
+def test_page_recovers_when_its_stream_was_refused_for_a_while(server, gateway, browser):
+    _, proxy = server
+    browser.open(gateway.url + "/")
+    browser.wait_for(f"{LIVE}.includes('server-sent')")
+    gateway.fail()  # the server restarts behind the proxy: 502 for a while
+    browser.wait_for(f"{LIVE}.includes('reconnecting')")
+    wait_until(lambda: gateway.refused >= 2, what="the page to ask again and be refused")
+    job = proxy.startJob(["example.cube", json.dumps({"x": 5})])
+    finish(proxy, job)
+    gateway.recover()
+    browser.wait_for(has_row("recent", job))  # live again, without a reload
+    browser.wait_for(f"{LIVE} === 'live: server-sent events'")
     assert list(browser.errors) == []
 
 
