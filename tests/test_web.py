@@ -282,6 +282,25 @@ def test_page_recovers_when_its_stream_was_refused_for_a_while(server, gateway, 
     assert list(browser.errors) == []
 
 
+def test_job_page_keeps_refreshing_through_a_server_restart(server, gateway, browser):
+    _, proxy = server
+    job = proxy.startJob(["example.sleep", json.dumps({"t": 60})])
+    try:
+        browser.open(f"{gateway.url}/jobs/{job}")
+        browser.wait_for("document.getElementById('info').innerText.includes('running')")
+        gateway.fail()  # the server restarts behind the proxy
+        browser.wait_for("!document.getElementById('problem').hidden")
+        problem = browser.text("#problem")
+    finally:
+        proxy.abort(job)
+    assert finish(proxy, job) == "aborted"
+    gateway.recover()
+    browser.wait_for("document.getElementById('info').innerText.includes('aborted')")
+    assert browser.evaluate("document.getElementById('problem').hidden")
+    assert "aborted by a client" in browser.text("#error")
+    assert "trying again every 2 s" in problem, problem
+
+
 def test_job_page_of_an_unknown_job_says_so(server, browser):
     local, _ = server
     browser.open(local.http + "/jobs/987654")

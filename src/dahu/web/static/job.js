@@ -1,8 +1,10 @@
 // One job: its information, full error, input and output (from /api/jobs/ID), refreshed
-// every 2 s until the job has ended.
+// every 2 s until the job has ended (through errors: a server that restarts is waited for).
 "use strict";
 
 const FINAL = ["success", "failure", "aborted"];
+const REFRESH_MS = 2000;
+let shown = false;  // the job was shown once
 
 function $(id) { return document.getElementById(id); }
 
@@ -38,16 +40,25 @@ function show(job) {
 function load() {
   const id = decodeURIComponent(location.pathname.split("/").pop());
   fetch("/api/jobs/" + encodeURIComponent(id), { cache: "no-store", credentials: "same-origin" })
-    .then(r => r.json().then(body => ({ ok: r.ok, body })))
-    .then(({ ok, body }) => {
-      if (!ok) throw new Error(body.error || "cannot read the job");
+    .then(r => r.json().catch(() => ({})).then(body => ({ r, body })))
+    .then(({ r, body }) => {
+      if (!r.ok) {
+        const error = new Error(body.error || "HTTP " + r.status + " " + r.statusText);
+        error.retry = r.status >= 500;  // a proxy's 502, the server starting (503): try again
+        throw error;
+      }
       $("problem").hidden = true;
-      if (!show(body)) setTimeout(load, 2000);
+      shown = true;
+      if (!show(body)) setTimeout(load, REFRESH_MS);
     })
     .catch(err => {
+      // a network error (the server restarting) is tried again; a 4xx answer is final
+      const retry = err.retry !== false;
       $("problem").hidden = false;
-      $("problem").textContent = err.message;
-      $("title").textContent = "job " + id;
+      $("problem").textContent = err.message +
+        (retry ? ": trying again every " + REFRESH_MS / 1000 + " s" + (shown ? " (the state below may be old)" : "") : "");
+      if (!shown) $("title").textContent = "job " + id;
+      if (retry) setTimeout(load, REFRESH_MS);
     });
 }
 
