@@ -361,6 +361,26 @@ def test_job_endpoint_gives_error_input_and_output(server, jobs):
     assert aborted["state"] == "aborted" and aborted["reason"] == "aborted by a client"
 
 
+def test_job_listings_search_the_journal_beyond_the_latest_jobs(server, jobs):
+    local, proxy = server
+    inputs = [{"x": x} for x in range(RECENT + 20)]  # more than the monitor keeps
+    ids = [int(i) for i in proxy.startJobs(["example.square", json.dumps(inputs)])]
+    assert {finish(proxy, job) for job in ids} == {"success"}
+    base = local.http
+    _, failed = get_json(base + "/api/jobs?state=failure&limit=1000")
+    assert jobs["bad"] in [j["id"] for j in failed["jobs"]]
+    assert {j["state"] for j in failed["jobs"]} == {"failure"}
+    _, by_plugin = get_json(base + "/api/jobs?plugin=example.error")
+    bad = [j for j in by_plugin["jobs"] if j["id"] == jobs["bad"]]
+    assert bad and bad[0]["reason"].endswith("detector on fire")
+    _, failures = get_json(base + "/api/failures?limit=1000")
+    assert {jobs["bad"], jobs["aborted"]} <= {j["id"] for j in failures["failures"]}
+    _, many = get_json(base + "/api/jobs?limit=1000")
+    listed = [j["id"] for j in many["jobs"]]
+    assert len(listed) > RECENT + 20 and set(ids) <= set(listed)
+    assert listed == sorted(listed, reverse=True)  # the newest first
+
+
 def strict_json(text: str):
     """Parse as a browser does: NaN and Infinity are not JSON."""
 

@@ -20,8 +20,10 @@ from typing import Any
 import tornado.iostream
 import tornado.web
 
+from ..errors import JournalError
 from ..states import State
 from .access import is_loopback
+from .history import ENDED, FAILED, latest_jobs
 from .jsontext import web_json
 from .monitor import WINDOW
 
@@ -217,17 +219,37 @@ class RunningHandler(_Base):
 
 
 class JobsHandler(_Base):
-    def get(self) -> None:
+    """``GET /api/jobs``: the latest jobs from the journal (from the monitor's memory
+    when the journal is not a file)."""
+
+    async def get(self) -> None:
+        monitor = self.monitor
         limit = self.int_argument("limit", 25, 1, MAX_LIMIT)
         state = self.state_argument()
         plugin = self.get_query_argument("plugin", None)
-        self.send_json({"jobs": self.monitor.recent(limit, state, plugin)})
+        states = ENDED if state is None else (state,)
+        jobs = await self.read_journal(limit, states, plugin)
+        if jobs is None:
+            jobs = monitor.recent(limit, state, plugin)
+        self.send_json({"jobs": jobs})
+
+    async def read_journal(
+        self, limit: int, states: tuple[str, ...], plugin: str | None = None
+    ) -> list[dict[str, Any]] | None:
+        journal = self.monitor.engine.journal
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, latest_jobs, journal, limit, states, plugin)
+        except JournalError as err:
+            raise ClientError(503, str(err)) from None
 
 
-class FailuresHandler(_Base):
-    def get(self) -> None:
+class FailuresHandler(JobsHandler):
+    async def get(self) -> None:
+        monitor = self.monitor
         limit = self.int_argument("limit", 25, 1, MAX_LIMIT)
-        self.send_json({"failures": self.monitor.failures(limit)})
+        jobs = await self.read_journal(limit, FAILED)
+        self.send_json({"failures": monitor.failures(limit) if jobs is None else jobs})
 
 
 class PluginsHandler(_Base):
