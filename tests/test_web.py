@@ -26,6 +26,7 @@ from dahu.app.localserver import LocalServer, free_port
 from dahu.server import DahuDS
 from dahu.web import Monitor, WebError, WebService
 from dahu.web.browser import Browser, find_chromium
+from dahu.web.history import MAX_SHOWN
 from dahu.web.monitor import BUCKET, RECENT, WINDOW, percentile, runtime_bin
 
 from .conftest import child_env, finish
@@ -405,6 +406,25 @@ def test_a_job_with_nan_and_infinity_can_be_viewed(server, browser):
     assert '"NaN"' in browser.text("#input") and '"-Infinity"' in browser.text("#output")
     assert browser.evaluate("document.getElementById('problem').hidden")
     assert list(browser.errors) == []
+
+
+def test_a_huge_input_or_output_is_left_out_of_the_job_page(server, browser):
+    local, proxy = server
+    big = "x" * (MAX_SHOWN + 1000)
+    job = proxy.startJob(["example.noop", json.dumps({"x": big})])  # output = input
+    small = proxy.startJob(["example.noop", json.dumps({"x": big[:1000]})])
+    assert finish(proxy, job) == finish(proxy, small) == "success"
+    status, _, body = http(f"{local.http}/api/jobs/{job}")
+    details = json.loads(body)
+    assert status == 200 and len(body) < 10_000
+    assert details["input"] is None and details["output"] is None
+    assert details["omitted"]["input"] > MAX_SHOWN and details["omitted"]["output"] > MAX_SHOWN
+    _, below = get_json(f"{local.http}/api/jobs/{small}")
+    assert below["omitted"] == {} and below["output"]["result"] == big[:1000]
+    browser.open(f"{local.http}/jobs/{job}")
+    browser.wait_for("document.getElementById('output').textContent.includes('not shown')")
+    assert "1.0 MB of JSON" in browser.text("#output")
+    assert f"dahu-jobs show {job}" in browser.text("#input")
 
 
 def test_running_jobs_have_their_elapsed_time(server):

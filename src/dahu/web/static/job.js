@@ -10,6 +10,11 @@ function $(id) { return document.getElementById(id); }
 
 function when(t) { return t ? new Date(t * 1000).toLocaleString([], { hour12: false }) : "–"; }
 
+function tooLarge(what, bytes, id) {
+  return "(not shown: the " + what + " is " + (bytes / 1e6).toFixed(1) + " MB of JSON, more than " +
+    "the 1 MB this page shows; `dahu-jobs show " + id + "` prints it)";
+}
+
 function show(job) {
   document.title = "Dahu job " + job.id;
   $("title").textContent = "job " + job.id + " · " + job.plugin;
@@ -32,8 +37,11 @@ function show(job) {
     return tr;
   }));
   $("error").textContent = job.error || "(no error)";
-  $("input").textContent = JSON.stringify(job.input, null, 2);
-  $("output").textContent = job.output === null ? "(no output yet)" : JSON.stringify(job.output, null, 2);
+  const omitted = job.omitted || {};
+  $("input").textContent = "input" in omitted ? tooLarge("input", omitted.input, job.id) :
+    JSON.stringify(job.input, null, 2);
+  $("output").textContent = "output" in omitted ? tooLarge("output", omitted.output, job.id) :
+    job.output === null ? "(no output yet)" : JSON.stringify(job.output, null, 2);
   return FINAL.includes(job.state);
 }
 
