@@ -6,11 +6,13 @@ the JSON endpoints and the access rule are checked with plain HTTP requests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +26,7 @@ from dahu.app.localserver import LocalServer, free_port
 from dahu.server import DahuDS
 from dahu.web import Monitor, WebError, WebService
 from dahu.web.browser import Browser, find_chromium
+from dahu.web.history import MAX_SHOWN
 from dahu.web.monitor import BUCKET, RECENT, WINDOW, percentile, runtime_bin
 
 from .conftest import child_env, finish
@@ -185,6 +188,120 @@ def test_page_falls_back_to_polling(server, browser):
     assert list(browser.errors) == []
 
 
+class Gateway:
+    """A reverse proxy in front of the web server (as a beamline puts one for TLS): it
+    passes requests on, or, after :meth:`fail` (the server restarting behind it), answers
+    502 Bad Gateway until :meth:`recover`."""
+
+    def __init__(self, backend_url: str) -> None:
+        self.backend = int(backend_url.rsplit(":", 1)[1])
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.down = False
+        self.refused = 0  # requests answered 502
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with self.lock:
+            self.sockets.append(client)
+            down = self.down
+        if down:
+            with contextlib.suppress(OSError):
+                client.recv(65536)
+                client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                self.refused += 1
+            self._cut([client])
+            return
+        backend = socket.create_connection(("127.0.0.1", self.backend))
+        with self.lock:
+            self.sockets.append(backend)
+        threading.Thread(target=self._pipe, args=(backend, client), daemon=True).start()
+        self._pipe(client, backend)
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+        Gateway._cut([source, target])
+
+    @staticmethod
+    def _cut(sockets: list[socket.socket]) -> None:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def fail(self) -> None:
+        """Cut every open connection and answer 502 from now on."""
+        with self.lock:
+            self.down = True
+            self._cut(self.sockets)
+
+    def recover(self) -> None:
+        self.down = False
+
+    def close(self) -> None:
+        self.listener.close()
+        self.fail()
+        with self.lock:
+            for sock in self.sockets:
+                sock.close()
+
+
+@pytest.fixture
+def gateway(server):
+    proxy = Gateway(server[0].http)
+    yield proxy
+    proxy.close()
+
+
+LIVE = "document.getElementById('live').textContent"
+
+
+def test_page_recovers_when_its_stream_was_refused_for_a_while(server, gateway, browser):
+    _, proxy = server
+    browser.open(gateway.url + "/")
+    browser.wait_for(f"{LIVE}.includes('server-sent')")
+    gateway.fail()  # the server restarts behind the proxy: 502 for a while
+    browser.wait_for(f"{LIVE}.includes('reconnecting')")
+    wait_until(lambda: gateway.refused >= 2, what="the page to ask again and be refused")
+    job = proxy.startJob(["example.cube", json.dumps({"x": 5})])
+    finish(proxy, job)
+    gateway.recover()
+    browser.wait_for(has_row("recent", job))  # live again, without a reload
+    browser.wait_for(f"{LIVE} === 'live: server-sent events'")
+    assert list(browser.errors) == []
+
+
+def test_job_page_keeps_refreshing_through_a_server_restart(server, gateway, browser):
+    _, proxy = server
+    job = proxy.startJob(["example.sleep", json.dumps({"t": 60})])
+    try:
+        browser.open(f"{gateway.url}/jobs/{job}")
+        browser.wait_for("document.getElementById('info').innerText.includes('running')")
+        gateway.fail()  # the server restarts behind the proxy
+        browser.wait_for("!document.getElementById('problem').hidden")
+        problem = browser.text("#problem")
+    finally:
+        proxy.abort(job)
+    assert finish(proxy, job) == "aborted"
+    gateway.recover()
+    browser.wait_for("document.getElementById('info').innerText.includes('aborted')")
+    assert browser.evaluate("document.getElementById('problem').hidden")
+    assert "aborted by a client" in browser.text("#error")
+    assert "trying again every 2 s" in problem, problem
+
+
 def test_job_page_of_an_unknown_job_says_so(server, browser):
     local, _ = server
     browser.open(local.http + "/jobs/987654")
@@ -245,6 +362,71 @@ def test_job_endpoint_gives_error_input_and_output(server, jobs):
     assert aborted["state"] == "aborted" and aborted["reason"] == "aborted by a client"
 
 
+def test_job_listings_search_the_journal_beyond_the_latest_jobs(server, jobs):
+    local, proxy = server
+    inputs = [{"x": x} for x in range(RECENT + 20)]  # more than the monitor keeps
+    ids = [int(i) for i in proxy.startJobs(["example.square", json.dumps(inputs)])]
+    assert {finish(proxy, job) for job in ids} == {"success"}
+    base = local.http
+    _, failed = get_json(base + "/api/jobs?state=failure&limit=1000")
+    assert jobs["bad"] in [j["id"] for j in failed["jobs"]]
+    assert {j["state"] for j in failed["jobs"]} == {"failure"}
+    _, by_plugin = get_json(base + "/api/jobs?plugin=example.error")
+    bad = [j for j in by_plugin["jobs"] if j["id"] == jobs["bad"]]
+    assert bad and bad[0]["reason"].endswith("detector on fire")
+    _, failures = get_json(base + "/api/failures?limit=1000")
+    assert {jobs["bad"], jobs["aborted"]} <= {j["id"] for j in failures["failures"]}
+    _, many = get_json(base + "/api/jobs?limit=1000")
+    listed = [j["id"] for j in many["jobs"]]
+    assert len(listed) > RECENT + 20 and set(ids) <= set(listed)
+    assert listed == sorted(listed, reverse=True)  # the newest first
+
+
+def strict_json(text: str):
+    """Parse as a browser does: NaN and Infinity are not JSON."""
+
+    def refuse(word):
+        raise ValueError(f"not JSON: {word}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_job_with_nan_and_infinity_can_be_viewed(server, browser):
+    local, proxy = server
+    job = proxy.startJob(["example.noop", '{"x": [1.5, NaN, Infinity, -Infinity]}'])
+    assert finish(proxy, job) == "success"
+    status, _, body = http(f"{local.http}/api/jobs/{job}")
+    assert status == 200
+    details = strict_json(body)
+    expected = [1.5, "NaN", "Infinity", "-Infinity"]
+    assert details["input"]["x"] == expected and details["output"]["result"] == expected
+    # the job page shows the job, not a parse error
+    browser.open(f"{local.http}/jobs/{job}")
+    browser.wait_for("document.getElementById('output').textContent.includes('Infinity')")
+    assert '"NaN"' in browser.text("#input") and '"-Infinity"' in browser.text("#output")
+    assert browser.evaluate("document.getElementById('problem').hidden")
+    assert list(browser.errors) == []
+
+
+def test_a_huge_input_or_output_is_left_out_of_the_job_page(server, browser):
+    local, proxy = server
+    big = "x" * (MAX_SHOWN + 1000)
+    job = proxy.startJob(["example.noop", json.dumps({"x": big})])  # output = input
+    small = proxy.startJob(["example.noop", json.dumps({"x": big[:1000]})])
+    assert finish(proxy, job) == finish(proxy, small) == "success"
+    status, _, body = http(f"{local.http}/api/jobs/{job}")
+    details = json.loads(body)
+    assert status == 200 and len(body) < 10_000
+    assert details["input"] is None and details["output"] is None
+    assert details["omitted"]["input"] > MAX_SHOWN and details["omitted"]["output"] > MAX_SHOWN
+    _, below = get_json(f"{local.http}/api/jobs/{small}")
+    assert below["omitted"] == {} and below["output"]["result"] == big[:1000]
+    browser.open(f"{local.http}/jobs/{job}")
+    browser.wait_for("document.getElementById('output').textContent.includes('not shown')")
+    assert "1.0 MB of JSON" in browser.text("#output")
+    assert f"dahu-jobs show {job}" in browser.text("#input")
+
+
 def test_running_jobs_have_their_elapsed_time(server):
     local, proxy = server
     job = proxy.startJob(["example.sleep", json.dumps({"t": 60})])
@@ -279,6 +461,20 @@ def test_event_stream_sends_summaries(server, jobs):
                     break
     assert events[0]["counters"]["finished"] >= 3
     assert events[1]["counters"]["time"] > events[0]["counters"]["time"]
+
+
+def test_event_stream_is_standard_json_with_nan(engine, monkeypatch):
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    monkeypatch.setattr(service.monitor, "summary", lambda: {"p50": float("nan")})
+    service.start()
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{service.port}/api/events")
+        with urllib.request.urlopen(request, timeout=10) as stream:
+            data = next(line for line in stream if line.startswith(b"data: "))
+        assert strict_json(data[6:].decode()) == {"p50": "NaN"}
+    finally:
+        service.stop()
 
 
 @pytest.mark.parametrize(

@@ -20,9 +20,11 @@ from typing import Any
 import tornado.iostream
 import tornado.web
 
+from ..errors import JournalError
 from ..states import State
-from ..utils import compact_json
 from .access import is_loopback
+from .history import ENDED, FAILED, job_details, latest_jobs
+from .jsontext import web_json
 from .monitor import WINDOW
 
 logger = logging.getLogger(__name__)
@@ -124,7 +126,7 @@ class _Base(tornado.web.RequestHandler):
     def send_json(self, data: Any) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        self.finish(compact_json(data))
+        self.finish(web_json(data))
 
     def int_argument(self, name: str, default: int, low: int, high: int) -> int:
         """A query argument that must be an integer in [low, high]."""
@@ -217,17 +219,37 @@ class RunningHandler(_Base):
 
 
 class JobsHandler(_Base):
-    def get(self) -> None:
+    """``GET /api/jobs``: the latest jobs from the journal (from the monitor's memory
+    when the journal is not a file)."""
+
+    async def get(self) -> None:
+        monitor = self.monitor
         limit = self.int_argument("limit", 25, 1, MAX_LIMIT)
         state = self.state_argument()
         plugin = self.get_query_argument("plugin", None)
-        self.send_json({"jobs": self.monitor.recent(limit, state, plugin)})
+        states = ENDED if state is None else (state,)
+        jobs = await self.read_journal(limit, states, plugin)
+        if jobs is None:
+            jobs = monitor.recent(limit, state, plugin)
+        self.send_json({"jobs": jobs})
+
+    async def read_journal(
+        self, limit: int, states: tuple[str, ...], plugin: str | None = None
+    ) -> list[dict[str, Any]] | None:
+        journal = self.monitor.engine.journal
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, latest_jobs, journal, limit, states, plugin)
+        except JournalError as err:
+            raise ClientError(503, str(err)) from None
 
 
-class FailuresHandler(_Base):
-    def get(self) -> None:
+class FailuresHandler(JobsHandler):
+    async def get(self) -> None:
+        monitor = self.monitor
         limit = self.int_argument("limit", 25, 1, MAX_LIMIT)
-        self.send_json({"failures": self.monitor.failures(limit)})
+        jobs = await self.read_journal(limit, FAILED)
+        self.send_json({"failures": monitor.failures(limit) if jobs is None else jobs})
 
 
 class PluginsHandler(_Base):
@@ -241,34 +263,10 @@ class SeriesHandler(_Base):
         self.send_json(self.monitor.series(window))
 
 
-def _job_details(engine: Any, job_id: int) -> dict[str, Any] | None:
-    """Everything about one job (journal + live state); runs off the event loop."""
-    from ..job import Job
-
-    record = engine.journal.get(job_id)
-    if record is None:
-        return None
-    state = Job.getStatusFromID(job_id)  # a live job knows its state before the journal
-    if state == State.INEXISTANT:
-        state = record.state
-    return {
-        "id": record.id,
-        "plugin": record.plugin,
-        "state": state,
-        "submitted": record.submitted,
-        "started": record.started,
-        "ended": record.ended,
-        "runtime": record.runtime,
-        "reason": (record.error or "").strip().partition("\n")[0],
-        "error": record.error or "",
-        "input": record.input,
-        "output": record.output,
-        "host": record.host,
-        "pid": record.pid,
-        "version": record.version,
-        "module_file": record.module_file,
-        "plugin_version": record.plugin_version,
-    }
+def _job_answer(engine: Any, job_id: int) -> str | None:
+    """The JSON text of one job, or None; read and encoded off the event loop."""
+    details = job_details(engine, job_id)
+    return None if details is None else web_json(details)
 
 
 class JobHandler(_Base):
@@ -284,10 +282,15 @@ class JobHandler(_Base):
             raise ClientError(404, f"no job {job_id}: job ids start at 1")
         engine = monitor.engine
         loop = asyncio.get_running_loop()
-        details = await loop.run_in_executor(None, _job_details, engine, job_id)
-        if details is None:
+        try:
+            text = await loop.run_in_executor(None, _job_answer, engine, job_id)
+        except JournalError as err:
+            raise ClientError(503, str(err)) from None
+        if text is None:
             raise ClientError(404, engine.no_such_job(job_id))
-        self.send_json(details)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(text)
 
 
 class EventsHandler(_Base):

@@ -74,7 +74,8 @@ def _started(job: Any) -> float | None:
     return getattr(job, "_started_at", None)
 
 
-def _reason(error: str) -> str:
+def reason_line(error: str) -> str:
+    """The first line of an error that is not blank, cut to :data:`REASON_CHARS`."""
     for line in (error or "").splitlines():
         line = line.strip()
         if line:
@@ -146,7 +147,9 @@ class Monitor:
                     "state": record.state,
                     "runtime": record.runtime,
                     "ended": record.ended,
-                    "reason": _reason(record.error or "") if record.state != State.SUCCESS else "",
+                    "reason": reason_line(record.error or "")
+                    if record.state != State.SUCCESS
+                    else "",
                 }
                 self._recent.appendleft(item)
                 if record.state != State.SUCCESS:
@@ -172,7 +175,7 @@ class Monitor:
             "state": state,
             "runtime": runtime,
             "ended": now,
-            "reason": _reason(job.error) if state != State.SUCCESS else "",
+            "reason": reason_line(job.error) if state != State.SUCCESS else "",
         }
         index = runtime_bin(runtime) if runtime is not None else None
         with self._lock:

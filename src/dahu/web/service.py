@@ -20,8 +20,8 @@ import threading
 from typing import Any
 
 from .. import __version__
-from ..utils import compact_json
 from .access import MIN_TOKEN_CHARS, WebError, is_loopback, new_token, parse_address
+from .jsontext import web_json
 from .monitor import Monitor
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Broadcaster:
         if monitor.engine is None:
             return None
         try:
-            text = compact_json(monitor.summary())
+            text = web_json(monitor.summary())
         except Exception:
             logger.exception("cannot build the summary for the web page")
             return None

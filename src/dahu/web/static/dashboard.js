@@ -6,8 +6,12 @@
 
 const POLL_MS = 2000;
 const STALE_MS = 5000;
+const RETRY_MS = [1000, 2000, 4000, 8000, 15000];  // back-off of the stream's reconnections
 let lastUpdate = 0;
 let transport = "";
+let trouble = "";  // why updates stopped, while the page is trying again
+let streamed = false;  // an event came through the stream once: it works on this network
+let retries = 0;
 
 function $(id) { return document.getElementById(id); }
 
@@ -130,6 +134,7 @@ function renderPlots(series) {
 
 function render(summary) {
   lastUpdate = Date.now();
+  trouble = "";
   renderCounters(summary.counters);
   renderTables(summary);
   renderPlots(summary.series);
@@ -149,7 +154,10 @@ function poll(reason) {
     fetch("/api/summary", { cache: "no-store", credentials: "same-origin" })
       .then(r => r.ok ? r.json() : Promise.reject(new Error("HTTP " + r.status)))
       .then(render)
-      .catch(err => setLive("server unreachable (" + err.message + ")", "down"))
+      .catch(err => {
+        trouble = "server unreachable (" + err.message + "), retrying";
+        setLive(trouble, "down");
+      })
       .finally(() => setTimeout(once, POLL_MS));
   };
   once();
@@ -159,18 +167,36 @@ function stream() {
   transport = "server-sent events";
   const source = new EventSource("/api/events");
   let received = false;
-  const giveUp = why => { source.close(); poll(why); };
-  source.addEventListener("summary", e => { received = true; render(JSON.parse(e.data)); });
+  let over = false;
+  const fallBack = why => { if (!over) { over = true; source.close(); poll(why); } };
+  source.addEventListener("summary", e => {
+    received = streamed = true;
+    retries = 0;
+    render(JSON.parse(e.data));
+  });
   source.onerror = () => {
-    if (!received) giveUp("the event stream failed");
-    else setLive("reconnecting…", "down");  // EventSource retries by itself
+    if (over) return;
+    if (!streamed) { fallBack("the event stream failed"); return; }
+    trouble = "reconnecting…";
+    if (source.readyState !== EventSource.CLOSED) {
+      setLive(trouble, "down");  // a network error: EventSource retries by itself
+    } else {
+      // an answer that is not the stream (a proxy's 502 while the server restarts, the
+      // server's 503 while it starts): EventSource gives up for good, so try again here
+      over = true;
+      source.close();
+      const wait = RETRY_MS[Math.min(retries, RETRY_MS.length - 1)];
+      retries += 1;
+      setLive(trouble + " (next try in " + wait / 1000 + " s)", "down");
+      setTimeout(stream, wait);
+    }
   };
-  setTimeout(() => { if (!received) giveUp("no event within 5 s"); }, STALE_MS);
+  if (!streamed) setTimeout(() => { if (!received) fallBack("no event within 5 s"); }, STALE_MS);
 }
 
 function watch() {
-  if (lastUpdate && Date.now() - lastUpdate > STALE_MS) setLive("no update for " +
-    Math.round((Date.now() - lastUpdate) / 1000) + " s", "down");
+  if (lastUpdate && Date.now() - lastUpdate > STALE_MS) setLive((trouble ? trouble + " " : "") +
+    "no update for " + Math.round((Date.now() - lastUpdate) / 1000) + " s", "down");
 }
 
 function start() {

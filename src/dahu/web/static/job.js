@@ -1,12 +1,19 @@
 // One job: its information, full error, input and output (from /api/jobs/ID), refreshed
-// every 2 s until the job has ended.
+// every 2 s until the job has ended (through errors: a server that restarts is waited for).
 "use strict";
 
 const FINAL = ["success", "failure", "aborted"];
+const REFRESH_MS = 2000;
+let shown = false;  // the job was shown once
 
 function $(id) { return document.getElementById(id); }
 
 function when(t) { return t ? new Date(t * 1000).toLocaleString([], { hour12: false }) : "–"; }
+
+function tooLarge(what, bytes, id) {
+  return "(not shown: the " + what + " is " + (bytes / 1e6).toFixed(1) + " MB of JSON, more than " +
+    "the 1 MB this page shows; `dahu-jobs show " + id + "` prints it)";
+}
 
 function show(job) {
   document.title = "Dahu job " + job.id;
@@ -30,24 +37,36 @@ function show(job) {
     return tr;
   }));
   $("error").textContent = job.error || "(no error)";
-  $("input").textContent = JSON.stringify(job.input, null, 2);
-  $("output").textContent = job.output === null ? "(no output yet)" : JSON.stringify(job.output, null, 2);
+  const omitted = job.omitted || {};
+  $("input").textContent = "input" in omitted ? tooLarge("input", omitted.input, job.id) :
+    JSON.stringify(job.input, null, 2);
+  $("output").textContent = "output" in omitted ? tooLarge("output", omitted.output, job.id) :
+    job.output === null ? "(no output yet)" : JSON.stringify(job.output, null, 2);
   return FINAL.includes(job.state);
 }
 
 function load() {
   const id = decodeURIComponent(location.pathname.split("/").pop());
   fetch("/api/jobs/" + encodeURIComponent(id), { cache: "no-store", credentials: "same-origin" })
-    .then(r => r.json().then(body => ({ ok: r.ok, body })))
-    .then(({ ok, body }) => {
-      if (!ok) throw new Error(body.error || "cannot read the job");
+    .then(r => r.json().catch(() => ({})).then(body => ({ r, body })))
+    .then(({ r, body }) => {
+      if (!r.ok) {
+        const error = new Error(body.error || "HTTP " + r.status + " " + r.statusText);
+        error.retry = r.status >= 500;  // a proxy's 502, the server starting (503): try again
+        throw error;
+      }
       $("problem").hidden = true;
-      if (!show(body)) setTimeout(load, 2000);
+      shown = true;
+      if (!show(body)) setTimeout(load, REFRESH_MS);
     })
     .catch(err => {
+      // a network error (the server restarting) is tried again; a 4xx answer is final
+      const retry = err.retry !== false;
       $("problem").hidden = false;
-      $("problem").textContent = err.message;
-      $("title").textContent = "job " + id;
+      $("problem").textContent = err.message +
+        (retry ? ": trying again every " + REFRESH_MS / 1000 + " s" + (shown ? " (the state below may be old)" : "") : "");
+      if (!shown) $("title").textContent = "job " + id;
+      if (retry) setTimeout(load, REFRESH_MS);
     });
 }
 
