@@ -29,6 +29,17 @@ def test_numpy_encoder_writes_arrays_and_scalars():
     assert decoded == {"a": [0, 1, 2], "f": 1.5, "i": 7, "b": True, "m": [[1.0, 1.0], [1.0, 1.0]]}
 
 
+def test_numpy_encoder_writes_a_longdouble_and_refuses_a_complex_plainly():
+    # bug: longdouble's item() is a longdouble again: default() recursed for ever
+    # (RecursionError), and a job whose output held one lost its .out file
+    total = numpy.arange(10, dtype=numpy.longdouble).sum()
+    assert json.loads(json.dumps({"total": total}, cls=NumpyEncoder)) == {"total": 45.0}
+    assert json.dumps(numpy.longdouble(1.5), cls=NumpyEncoder) == "1.5"
+    for value in (numpy.clongdouble(1 + 2j), numpy.complex128(1 + 2j)):
+        with pytest.raises(TypeError, match="complex is not JSON serializable"):
+            json.dumps(value, cls=NumpyEncoder)
+
+
 def test_compact_json_gives_the_standard_text_and_errors():
     """The journal's encoder: json.dumps(obj, cls=NumpyEncoder), to the character."""
     values = [

@@ -40,7 +40,10 @@ class NumpyEncoder(json.JSONEncoder):
             if isinstance(obj, numpy.ndarray):
                 return obj.tolist()
             if isinstance(obj, numpy.generic):
-                return obj.item()
+                value = obj.item()
+                if isinstance(value, numpy.generic):  # longdouble: no Python type holds it
+                    value = complex(value) if numpy.iscomplexobj(value) else float(value)
+                return value
         if isinstance(obj, (set, frozenset, tuple)):
             return list(obj)
         if isinstance(obj, bytes):
