@@ -2,6 +2,8 @@
 
 import threading
 
+import pytest
+
 from dahu.cache import DataCache
 
 
@@ -76,3 +78,14 @@ def test_get_with_a_default_stores_it_as_the_original():
     assert cache["geometry"] is made  # stored: the next job finds it
     assert cache.get("geometry", {}) is made
     assert cache.get("absent") is None and "absent" not in cache
+
+
+def test_a_missing_key_is_a_key_error_and_the_original_value_error():
+    # bug: only KeyError; plugins written for the original catch ValueError
+    cache = DataCache(borg=False)
+    cache["there"] = 1
+    for expected in (KeyError, ValueError):
+        with pytest.raises(expected) as info:
+            cache["integrator-for-poni-1"]
+        assert info.value.args == ("integrator-for-poni-1",)
+    assert cache["there"] == 1 and list(cache) == ["there"]

@@ -12,7 +12,12 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-__all__ = ["DataCache"]
+__all__ = ["DataCache", "MissingKey"]
+
+
+class MissingKey(KeyError, ValueError):
+    """``cache[key]`` of a key the cache does not hold: a ``KeyError``, as for a dict,
+    and a ``ValueError``, which the original raised (plugins catch either)."""
 
 
 class DataCache(dict):
@@ -58,7 +63,10 @@ class DataCache(dict):
 
     def __getitem__(self, key: Any) -> Any:
         with self._lock:
-            value = self._data[key]
+            try:
+                value = self._data[key]
+            except KeyError:
+                raise MissingKey(key) from None
             self._data.move_to_end(key)
             return value
 
