@@ -12,9 +12,20 @@ import pytest
 
 import dahu.engine
 from dahu.app.localserver import LocalServer
+from dahu.factory import Factory
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def _plugin_directories_of_this_test_only():
+    """Directories given to a ``Factory`` are searched by every factory of the process
+    (as in the original): forget those a test gave, so that its plugin modules (often
+    of the same names) are not found by the next tests."""
+    before = list(Factory.configured)
+    yield
+    Factory.configured[:] = before
 
 
 @pytest.fixture

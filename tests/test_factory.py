@@ -6,6 +6,7 @@ import textwrap
 import pytest
 
 from dahu.factory import BUILTIN_PLUGIN_DIR, Factory, UnknownPlugin, load_source, register
+from dahu.job import Job
 from dahu.plugin import Plugin
 
 
@@ -146,3 +147,24 @@ def test_plugin_module_with_dataclass_and_future_annotations(plugin_dir):
     plugin.process()
     assert plugin.output["npt"] == 10
     assert "typed" not in sys.modules
+
+
+def test_a_directory_given_to_one_factory_is_searched_by_every_factory(tmp_path, engine):
+    # bug: Factory(plugin_path=[d]) in a script, then Job("beamline.Integrate"): the job's
+    # factory did not search d ("unknown plugin"); the original shares the directories
+    write(
+        tmp_path / "beamline.py",
+        "from dahu.plugin import Plugin\n"
+        "from dahu.factory import register\n"
+        "@register\n"
+        "class Integrate(Plugin):\n"
+        "    def process(self):\n"
+        "        self.output['ok'] = True\n",
+    )
+    Factory(plugin_path=[str(tmp_path)])
+    job = Job("beamline.Integrate", {})
+    job.start()
+    job.join(30)
+    assert job.status == "success", job.output_data
+    assert job.output_data["ok"] is True
+    assert "beamline.integrate" in Factory().list_plugins()  # another factory lists it

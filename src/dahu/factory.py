@@ -101,6 +101,9 @@ class Factory:
     registry: dict[str, type] = {}
     modules: dict[str, ModuleType] = {}
     plugin_dirs: dict[str, list[str]] = {}
+    # directories given to any factory (plugin_path, add_directory): every factory
+    # searches them after its own, as in the original, where the list was shared
+    configured: list[str] = []
     reg_sem = threading.Semaphore()
 
     def __init__(self, workdir: str | None = None, plugin_path: list[str] | str | None = None):
@@ -145,6 +148,9 @@ class Factory:
         modules = _list_modules(directory)
         with self.reg_sem:
             Factory.plugin_dirs[directory] = modules
+            if not first and directory != BUILTIN_PLUGIN_DIR:
+                if directory not in Factory.configured:
+                    Factory.configured.append(directory)
             if directory in self._dirs:
                 self._dirs.remove(directory)
             if first:
@@ -154,8 +160,15 @@ class Factory:
             else:
                 self._dirs.append(directory)
 
+    def _search_order(self) -> list[str]:
+        """This factory's directories, then those other factories were given, then the
+        built-in one (a snapshot: read without the lock too)."""
+        own = [d for d in tuple(self._dirs) if d != BUILTIN_PLUGIN_DIR]
+        shared = [d for d in tuple(Factory.configured) if d not in own]
+        return own + shared + ([BUILTIN_PLUGIN_DIR] if BUILTIN_PLUGIN_DIR in self._dirs else [])
+
     def _module_path(self, module_name: str) -> str | None:
-        for directory in tuple(self._dirs):  # a snapshot: read without the lock too
+        for directory in self._search_order():
             for candidate in Factory.plugin_dirs.get(directory, ()):
                 if candidate.lower() == module_name:
                     path = os.path.join(directory, candidate)
@@ -167,7 +180,7 @@ class Factory:
         since they were indexed); the caller holds ``reg_sem``."""
         path = self._module_path(module_name)
         if path is None:
-            for directory in self._dirs:
+            for directory in self._search_order():
                 Factory.plugin_dirs[directory] = _list_modules(directory)
             path = self._module_path(module_name)
         return path
@@ -222,7 +235,7 @@ class Factory:
             )
         module_name = plugin_name.lower().split(".", 1)[0]
         self._sync_env()
-        dirs = ", ".join(self._dirs) or "(none)"
+        dirs = ", ".join(self._search_order()) or "(none)"
         if module_name in Factory.modules:
             return f"unknown plugin {plugin_name!r}: module {module_name!r} does not define it"
         return f"unknown plugin {plugin_name!r}: no module {module_name!r} found in {dirs}"
@@ -250,7 +263,7 @@ class Factory:
         """
         found: dict[str, str] = {}
         self._sync_env()
-        for directory in self._dirs:
+        for directory in self._search_order():
             for module_name in Factory.plugin_dirs.get(directory, ()):
                 try:
                     self.search_plugin(f"{module_name}._")
