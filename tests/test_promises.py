@@ -222,6 +222,27 @@ def test_a_plain_callback_runs_in_the_job_thread_and_may_wait_for_jobs(workdir):
     assert seen[0][1] == "success" and seen[0][2][0] == "success"
 
 
+def test_a_callback_that_raises_leaves_the_outcome_clients_were_told(workdir, caplog):
+    """A deliberate difference (docs/compat.md): the original turned the job into a
+    failure; here the outcome, committed and reported before callbacks run, stays."""
+    dahu.engine.configure(workdir=str(workdir), max_workers=2)
+    ran: list[int] = []
+
+    def broken(job: Job) -> None:
+        raise RuntimeError("bug in a client's callback")
+
+    job = Job("example.square", {"x": 3})
+    job.connect_callback(broken)
+    job.connect_callback(lambda job: ran.append(job.id))  # the others still run
+    job.start()
+    job.join(60)
+    assert job.status == "success" and job.output_data["result"] == 9
+    assert committed(workdir, job.id)[0] == "success"
+    assert ran == [job.id]
+    assert Job.getErrorFromId(job.id) == ""
+    assert any("callback" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
 def test_close_commits_and_reports_every_queued_outcome(workdir):
     engine = dahu.engine.configure(workdir=str(workdir), max_workers=2)
     ended: list[int] = []
