@@ -226,6 +226,46 @@ def test_process_workers_are_recycled(tmp_path):
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+PARENT = """
+from dahu.job import Job
+from dahu.plugin import Plugin
+from dahu.factory import register
+
+@register
+class Parent(Plugin):
+    def process(self):
+        sub = Job("example.square", {"x": self.input["x"]})
+        sub.start()
+        sub.join(30)
+        self.output.update(child=sub.id, child_state=sub.status)
+"""
+
+
+def test_a_job_a_plugin_makes_in_a_process_worker_is_in_the_same_journal(tmp_path, monkeypatch):
+    # bug: the worker's engine was made on $DAHU_WORKDIR (else ~/.local/state/dahu): the
+    # sub-job went to another journal, its id clashed with the server's, and the server
+    # answered with the state of its own job of that id
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "nested.py").write_text(PARENT)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv("DAHU_WORKDIR", str(elsewhere))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"), max_workers=1, executor_kind="process"
+    )
+    try:
+        parent = run("nested.Parent", {"x": 4})
+        assert parent.status == "success", parent.output_data
+        child = parent.output_data["child"]
+        assert parent.output_data["child_state"] == "success" and child != parent.id
+        assert Job.getStatusFromID(child) == "success"
+        assert Job.getDataOutputFromId(child)["result"] == 16
+        assert not elsewhere.exists()
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_a_thread_a_plugin_leaves_running_does_not_keep_a_worker_alive(tmp_path, monkeypatch):
     # bug: the stopped worker waited for the plugin's thread, until it was killed 5 s later
     plugins = tmp_path / "plugins"

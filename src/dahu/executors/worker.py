@@ -85,6 +85,9 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
         level=log_level, format=f"%(asctime)s worker-{os.getpid()} %(levelname)s %(message)s"
     )
     use_reader(workdir)
+    # a job a plugin makes here (Job(...)) goes to the server's work directory: this
+    # process's own engine, made on first use, opens the same journal
+    os.environ["DAHU_WORKDIR"] = workdir
     for directory in plugin_dirs:
         plugin_factory.add_directory(directory)
     send_lock = threading.Lock()
