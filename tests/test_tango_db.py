@@ -253,3 +253,45 @@ def test_server_version_and_split_of_tango_options():
     )
     assert own == ["-d", "--plugins", "/p", "-l", "/l"]
     assert rest == ["test", "-nodb", "-dlist", "id00/dahu/1", "-v4"]
+
+
+def test_init_applies_changed_properties_and_bounds_the_wait(database, tmp_path):
+    # bugs: a default_timeout changed then Init had no effect (max_workers did); a
+    # wait_timeout of 1e10 made every waitJob fail (OverflowError: timestamp out of range)
+    env = dict(os.environ, TANGO_HOST=database)
+    refused = subprocess.run(
+        [tool("dahu-register"), INSTANCE, DEVICE, "--wait-timeout", "1e10"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "expected 3600 or less, not 1e10" in refused.stderr
+    registered = subprocess.run(
+        [tool("dahu-register"), INSTANCE, DEVICE, "--workdir", str(tmp_path / "work")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert registered.returncode == 0, registered.stderr
+    with open(tmp_path / "server.err", "w") as err:
+        server = subprocess.Popen(
+            [tool("dahu_server"), INSTANCE], env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
+    try:
+        proxy = wait_for_device(f"tango://{database}/{DEVICE}", server)
+        db = tango.Database(*database.split(":"))
+        # a property written by hand (Jive), past what dahu-register accepts
+        db.put_device_property(DEVICE, {"default_timeout": ["0.5"], "wait_timeout": ["1e10"]})
+        proxy.Init()
+        job = proxy.startJob(["example.sleep", json.dumps({"t": 30})])
+        assert finish(proxy, job) == "aborted"  # waitJob answers (it failed on the overflow)
+        assert proxy.getJobError(job).startswith("timed out after 0.5 s")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

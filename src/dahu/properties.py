@@ -21,6 +21,7 @@ __all__ = [
 
 EXECUTORS = ("thread", "process", "dask")
 DEFAULT_WAIT_TIMEOUT = 2.0
+MAX_WAIT_TIMEOUT = 3600.0  # a longer wait overflows the system's timers (1e10 s did)
 DEFAULT_QUEUE_LIMIT = 1000
 DEFAULT_RETENTION_INTERVAL = 3600.0
 
@@ -35,6 +36,7 @@ class Property:
     :param path: its values are paths (``dahu-register`` makes them absolute)
     :param minimum: the options refuse a number below it (and any number that is not
         finite)
+    :param maximum: the options refuse a number above it
     """
 
     name: str
@@ -47,6 +49,7 @@ class Property:
     path: bool = False
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
+    maximum: float | None = None
 
     @property
     def repeated(self) -> bool:
@@ -63,13 +66,13 @@ class Property:
         if self.repeated:
             kwargs.update(action="append", default=[])
         elif self.dtype in (int, float):
-            kwargs["type"] = _number(self.dtype, self.minimum)
+            kwargs["type"] = _number(self.dtype, self.minimum, self.maximum)
         parser.add_argument(option or self.option, dest=self.name, **kwargs)
 
 
-def _number(dtype: type, minimum: float | None) -> Callable[[str], Any]:
-    """An ``argparse`` type: a finite ``dtype`` of at least ``minimum``, or a one-line
-    reason."""
+def _number(dtype: type, minimum: float | None, maximum: float | None) -> Callable[[str], Any]:
+    """An ``argparse`` type: a finite ``dtype`` from ``minimum`` to ``maximum``, or a
+    one-line reason."""
 
     def parse(text: str) -> Any:
         try:
@@ -81,6 +84,8 @@ def _number(dtype: type, minimum: float | None) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(f"expected a finite number, not {text!r}")
         if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"expected {minimum:g} or more, not {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"expected {maximum:g} or less, not {text}")
         return value
 
     return parse
@@ -162,6 +167,7 @@ PROPERTIES: tuple[Property, ...] = (
         "--wait-timeout",
         "S",
         minimum=0,
+        maximum=MAX_WAIT_TIMEOUT,
     ),
     Property(
         "http",

@@ -35,7 +35,7 @@ from .engine import nonblocking
 from .errors import DahuError, InvalidInput, TryAgain, UnknownJob, one_line
 from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_inputs
 from .job import Job
-from .properties import DEFAULT_RETENTION_INTERVAL, PROPERTIES
+from .properties import DEFAULT_RETENTION_INTERVAL, MAX_WAIT_TIMEOUT, PROPERTIES
 from .retention import parse_retention
 from .server_errors import client_errors, latin1_text
 from .server_settings import (
@@ -105,7 +105,7 @@ class DahuDS(Device):
             timeout=timeout,
         )
         self._engine.thread_context = tango.EnsureOmniThread  # it pushes the job events
-        self._wait = max(0.0, float(self.wait_timeout))
+        self._wait = min(max(0.0, float(self.wait_timeout)), MAX_WAIT_TIMEOUT)  # NaN: 0
         self._retention_error = ""
         spec = settings.retention if settings.retention is not None else self.retention
         interval = settings.retention_interval or (

@@ -99,7 +99,11 @@ def configure_engine(
                     engine.workdir,
                 )
             if max_workers and getattr(engine.executor, "max_workers", max_workers) != max_workers:
-                engine.executor.max_workers = max_workers
+                if engine.executor.name == "dask":  # the cluster was made with its workers
+                    logger.warning("max_workers %d ignored: Dask keeps its workers", max_workers)
+                else:
+                    engine.executor.max_workers = max_workers
+            engine.default_timeout = timeout  # for the jobs that start from now on
             if engine.journal_fault is not None:  # Init: try the journal again now
                 engine.retry_journal()
     for directory in plugin_dirs:
