@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -295,3 +296,25 @@ def test_init_applies_changed_properties_and_bounds_the_wait(database, tmp_path)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_a_busy_port_is_one_line_of_ours_after_omniorbs(tmp_path):
+    # bug: a Python traceback ending in "RuntimeError: Caught an unknown exception!"
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        command = [tool("dahu_server"), "t", "-nodb", "-port", str(port), "-dlist", "t/dahu/1"]
+        result = subprocess.run(
+            [*command, "--workdir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "Address in use?" in result.stderr  # omniORB's reason
+    ours = [line for line in result.stderr.splitlines() if line.startswith("dahu_server:")]
+    assert ours == [
+        "dahu_server: Tango could not start (Caught an unknown exception!): see omniORB above"
+    ]

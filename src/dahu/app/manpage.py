@@ -99,8 +99,8 @@ PAGES: dict[str, Page] = {
             ("0", "the server stopped normally"),
             (
                 "1",
-                "the server could not start (no Tango database reachable, or the instance "
-                "is not registered: one line says which, and where it looked), jobs were "
+                "the server could not start (no Tango database reachable, the instance "
+                "not registered, a port in use: one line says which), jobs were "
                 "still running after --shutdown-timeout, or outcomes could not be recorded "
                 "in the journal",
             ),

@@ -205,11 +205,15 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         sys.stderr.write(f"dahu_server: web page at {web.url}\n")
 
+    ready = False
+
     def started() -> None:
+        nonlocal ready
         # Everything loaded so far lives as long as the process: keep it out of the
         # collector's way (full collections scan far fewer objects).
         gc.collect()
         gc.freeze()
+        ready = True
         logger.info("dahu_server %s: ready", instance)
 
     status = 0
@@ -222,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     except tango.DevFailed as err:
         sys.stderr.write(f"dahu_server: {tango_line(err)}\n")
+        status = 1
+    except RuntimeError as err:  # Tango's start failed (omniORB said why, e.g. a busy port)
+        if ready:
+            raise
+        sys.stderr.write(f"dahu_server: Tango could not start ({err}): see omniORB above\n")
         status = 1
     except KeyboardInterrupt:
         pass
