@@ -492,6 +492,22 @@ def test_huge_json_is_refused_and_the_server_stays_up(proxy):
     assert finish(proxy, proxy.startJob(["example.square", "{}"])) == "success"
 
 
+def test_an_input_file_is_held_to_the_same_limits(proxy, tmp_path):
+    # bug: a JSON file's path as the input skipped the size and depth limits
+    huge, deep = tmp_path / "huge.json", tmp_path / "deep.json"
+    huge.write_text('{"a": "' + "x" * (17 * 2**20) + '"}')
+    deep.write_text(DEEP)
+    error = refused(proxy.startJob, ["example.square", str(huge)]).desc
+    assert f"job input file {huge} is 17.0 MiB, more than the 16 MiB limit" in error
+    error = refused(proxy.startJob, ["example.square", str(deep)]).desc
+    assert f"nested deeper than {MAX_DEPTH}" in error
+    fine = tmp_path / "fine.json"
+    fine.write_text('{"x": 6}')
+    job = proxy.startJob(["example.square", str(fine)])
+    assert finish(proxy, job) == "success"
+    assert json.loads(proxy.getJobOutput(job))["result"] == 36
+
+
 @pytest.mark.parametrize(
     "argin, expected",
     [

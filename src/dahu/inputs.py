@@ -115,6 +115,13 @@ def parse_job_input(text: Any) -> dict[str, Any]:
     """Decode one job input (JSON object text, or a JSON file path as in the original)
     within the documented limits; raise :class:`~dahu.job.InvalidInput` otherwise."""
     text = _check_text(text, "job input")
+    path = text.strip()
+    from_file = not path.startswith(("{", "[", '"')) and os.path.isfile(path)
+    if from_file and os.path.getsize(path) > MAX_INPUT_CHARS:  # the same limits as inline
+        raise InvalidInput(
+            f"job input file {path} is {os.path.getsize(path) / 2**20:.1f} MiB, more than "
+            f"the {MAX_INPUT_CHARS // 2**20} MiB limit"
+        )
     try:
         data = parse_input(text)
     except InvalidInput as err:
@@ -122,7 +129,7 @@ def parse_job_input(text: Any) -> dict[str, Any]:
             raise InvalidInput(f"job input is nested deeper than {MAX_DEPTH} levels") from None
         raise
     # counting brackets is cheap and bounds the depth: walk only when it could be too deep
-    if text.count("{") + text.count("[") > MAX_DEPTH:
+    if from_file or text.count("{") + text.count("[") > MAX_DEPTH:
         _check_depth(data, "job input")
     return data
 
