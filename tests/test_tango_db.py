@@ -318,3 +318,55 @@ def test_a_busy_port_is_one_line_of_ours_after_omniorbs(tmp_path):
     assert ours == [
         "dahu_server: Tango could not start (Caught an unknown exception!): see omniORB above"
     ]
+
+
+def test_init_with_a_bad_property_keeps_the_device_serving_in_fault(database, tmp_path):
+    # bugs: Init with wait_timeout='abc' gave the client "UNKNOWN CORBA system exception",
+    # the state stayed ON, statisticsCollected events were never pushed again, and Init
+    # reset jobSuccess to 0
+    env = dict(os.environ, TANGO_HOST=database)
+    registered = subprocess.run(
+        [tool("dahu-register"), INSTANCE, DEVICE, "--workdir", str(tmp_path / "work")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert registered.returncode == 0, registered.stderr
+    with open(tmp_path / "server.err", "w") as err:
+        server = subprocess.Popen(
+            [tool("dahu_server"), INSTANCE], env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
+    try:
+        proxy = wait_for_device(f"tango://{database}/{DEVICE}", server)
+        job = proxy.startJob(["example.square", json.dumps({"x": 3})])
+        assert finish(proxy, job) == "success"
+        seen: list[str] = []
+        proxy.subscribe_event(
+            "statisticsCollected",
+            tango.EventType.CHANGE_EVENT,
+            lambda event: seen.append(event.attr_value.value) if not event.err else None,
+        )
+        db = tango.Database(*database.split(":"))
+        db.put_device_property(DEVICE, {"wait_timeout": ["abc"]})
+        proxy.Init()  # no CORBA exception
+        assert proxy.state() == tango.DevState.FAULT
+        assert "wait_timeout" in proxy.status() and "fix it, then Init" in proxy.status()
+        assert proxy.jobSuccess == job  # kept across Init
+        assert finish(proxy, proxy.startJob(["example.square", "{}"])) == "success"
+        before = len(seen)
+        proxy.collectStatistics()
+        deadline = time.monotonic() + 30
+        while len(seen) == before:  # the event thread still pushes
+            assert time.monotonic() < deadline, "no statisticsCollected event after Init"
+            time.sleep(0.02)
+        db.delete_device_property(DEVICE, ["wait_timeout"])
+        proxy.Init()
+        assert proxy.state() == tango.DevState.ON
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

@@ -32,7 +32,7 @@ from tango.server import Device, attribute, command, device_property
 
 from . import __version__
 from .engine import nonblocking
-from .errors import DahuError, InvalidInput, TryAgain, UnknownJob, one_line
+from .errors import DahuError, InvalidInput, TryAgain, UnknownJob, one_line, tango_line
 from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_inputs
 from .job import Job
 from .properties import DEFAULT_RETENTION_INTERVAL, MAX_WAIT_TIMEOUT, PROPERTIES
@@ -40,14 +40,14 @@ from .retention import parse_retention
 from .server_errors import client_errors, latin1_text
 from .server_settings import (
     ServerSettings,
+    attach_web,
     configure_engine,
     configure_retention,
     current_retention,
+    ready_line,
     settings,
     shutdown,
-    start_web,
     stopping,
-    web_service,
 )
 from .server_threads import within
 from .states import State
@@ -88,8 +88,19 @@ class DahuDS(Device):
 
     # ---- life cycle --------------------------------------------------------------------
     def init_device(self) -> None:
-        """Configure the engine, set up the events and start the event thread."""
-        super().init_device()
+        """Configure the engine, set up the events and start the event thread; a device
+        property of the wrong type at an ``Init`` keeps the settings in force (FAULT)."""
+        self._bad_property = ""
+        try:
+            super().init_device()
+        except (tango.DevFailed, ValueError, TypeError) as err:  # PyTango's ValueError
+            if not hasattr(self, "_engine"):  # at start: the server refuses to run
+                raise
+            self._bad_property = one_line(
+                tango_line(err) if isinstance(err, tango.DevFailed) else str(err)
+            )
+            logger.error("Init: %s: the settings in force are kept", self._bad_property)
+            return self._start_pusher()
         # Requests must not queue behind each other (waitJob blocks its caller only).
         tango.Util.instance().set_serial_model(tango.SerialModel.NO_SYNC)
         workdir = settings.workdir or self.workdir.strip() or None
@@ -116,36 +127,24 @@ class DahuDS(Device):
         except DahuError as err:  # keep serving; Status tells why nothing is pruned
             self._retention_error = one_line(str(err))
             logger.error("retention not applied: %s", self._retention_error)
-        if web_service() is None and self.http.strip():
-            try:
-                start_web(self.http.strip(), self.http_token.strip() or None)
-            except DahuError as err:
-                logger.error("no web page: %s", err)
-        self._web = web_service()
-        if self._web is not None:
-            self._web.monitor.attach(self._engine)
-        self._last_success = 0
-        self._last_failure = 0
-        self._stats_text = ""
+        self._web = attach_web(self._engine, self.http, self.http_token)
+        if not hasattr(self, "_last_success"):  # kept across Init, as the jobs are
+            self._last_success = self._last_failure = 0
+            self._stats_text = ""
         self._lock = threading.Lock()
         self._stats_thread: threading.Thread | None = None
         self._plugins_thread: threading.Thread | None = None
         self._plugins_text: str | None = None
+        self._start_pusher()
+        logger.info("%s", ready_line(self.get_name(), __version__, self._engine))
+
+    def _start_pusher(self) -> None:
         if not hasattr(self, "_events"):  # kept across Init: no event is lost
             self._events: queue.SimpleQueue = queue.SimpleQueue()
         for name in ("jobSuccess", "jobFailure", "statisticsCollected"):
             self.set_change_event(name, True, False)
         self._pusher = threading.Thread(target=self._push_events, name="dahu-events", daemon=True)
         self._pusher.start()
-        logger.info(
-            "DahuDS %s ready (Dahu %s): workdir %s, %s executor, %s job slots, plugins in %s",
-            self.get_name(),
-            __version__,
-            self._engine.workdir,
-            self._engine.executor.name,
-            getattr(self._engine.executor, "max_workers", "?"),
-            ", ".join(self._engine.factory.directories),
-        )
 
     def delete_device(self) -> None:
         """Stop the event thread (jobs keep running: ``Init`` must not lose them)."""
@@ -198,7 +197,7 @@ class DahuDS(Device):
         """FAULT if the journal cannot be written, ALARM if more than ``queue_limit`` jobs
         are queued, RUNNING while jobs are queued or running, else ON."""
         engine = self._engine
-        if engine.journal_fault:
+        if engine.journal_fault or self._bad_property:
             return DevState.FAULT
         counts = engine.executor.counts()
         if counts["queued"] > self.queue_limit:
@@ -217,6 +216,8 @@ class DahuDS(Device):
             lines.append(f"web page: http://{self._web.host}:{self._web.port}/")
         if engine.journal_fault:
             lines.append(f"FAULT: the journal cannot be written: {one_line(engine.journal_fault)}")
+        if self._bad_property:
+            lines.append(f"FAULT: {self._bad_property}: fix it, then Init (settings kept)")
         if counts["queued"] > self.queue_limit:
             lines.append(f"ALARM: {counts['queued']} jobs queued, more than {self.queue_limit}")
         schedule = current_retention()

@@ -24,6 +24,8 @@ __all__ = [
     "start_web",
     "stopping",
     "web_service",
+    "attach_web",
+    "ready_line",
 ]
 
 
@@ -160,6 +162,31 @@ def start_web(address: str, token: str | None = None) -> Any:
 def web_service() -> Any:
     """The process's web page service, or None."""
     return _web
+
+
+def attach_web(engine: dahu_engine.Engine, http: str, token: str) -> Any:
+    """The web page of the process, started by the device's ``http`` property when the
+    command line started none (a failure is logged: the device runs without it), and
+    shown ``engine``'s jobs; None without a page."""
+    if web_service() is None and http.strip():
+        try:
+            start_web(http.strip(), token.strip() or None)
+        except Exception as err:  # WebError (a DahuError): busy port, bad address...
+            logger.error("no web page: %s", err)
+    web = web_service()
+    if web is not None:
+        web.monitor.attach(engine)
+    return web
+
+
+def ready_line(name: str, version: str, engine: dahu_engine.Engine) -> str:
+    """What the log says when the device ``name`` is ready."""
+    return (
+        f"DahuDS {name} ready (Dahu {version}): workdir {engine.workdir}, "
+        f"{engine.executor.name} executor, "
+        f"{getattr(engine.executor, 'max_workers', '?')} job slots, "
+        f"plugins in {', '.join(engine.factory.directories)}"
+    )
 
 
 def shutdown(timeout: float = 30.0) -> bool:
