@@ -28,6 +28,7 @@ from typing import Any
 
 from .engine import NOTE_RUNNING_AFTER, Engine, JobRun, get_engine
 from .errors import DahuError, InvalidInput
+from .executors.slot import SELF_JOIN, current_job_id, released
 from .inputs import parse_input
 from .journal import job_file_stem, write_job_files
 from .journal.reader import JournalReader, current_reader, follow
@@ -159,8 +160,11 @@ class Job(threading.Thread, metaclass=_JobClass):
         """Wait until the job ends (or ``timeout`` seconds).
 
         Unlike ``Thread.join``, waiting for a job that is not started yet is allowed: it
-        waits for it to be started and to end.  Called from the job's own plugin or from
-        its callbacks it returns at once, whatever the executor.
+        waits for it to be started and to end.  Called from another job's plugin or
+        callbacks, that job's executor slot is free for others while it waits (no
+        deadlock when every slot waits).  From the job's own callbacks it returns at
+        once; from its own plugin it raises ``RuntimeError("cannot join current
+        thread")``, as the original did.
         """
         self._run.wait(timeout)
 
@@ -331,17 +335,24 @@ class Job(threading.Thread, metaclass=_JobClass):
         if run is not None:
             run.wait(timeout)
             return run.state
+        if isinstance(source, JournalReader) and job_id == current_job_id():
+            raise RuntimeError(SELF_JOIN)  # a plugin in a worker process waits for itself
         # Not a job of this process (e.g. a worker waiting for a job of the server, or a
         # second process on the same work directory): follow its record in the journal.
-        return follow(source.journal, job_id, timeout)
+        with released():
+            return follow(source.journal, job_id, timeout)
 
     @classmethod
     def synchronize_all(cls) -> None:
-        """Wait for every job of the process that is queued or running to end."""
+        """Wait for every job of the process that is queued or running to end, oldest
+        first.  From a job's plugin it raises ``RuntimeError("cannot join current
+        thread")`` when it comes to that job, as the original did."""
         engine = get_engine()
         waited: set[int] = set()
         while True:
-            pending = [run for run in engine.live() if run.id not in waited]
+            pending = sorted(
+                (run for run in engine.live() if run.id not in waited), key=lambda run: run.id
+            )
             if not pending:
                 return
             for run in pending:
