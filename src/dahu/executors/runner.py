@@ -181,7 +181,9 @@ class Execution:
             # as in the original: the input is in place before setup(), called bare
             plugin.input.update(self.input_data)
             self._call(plugin, plugin.DEFAULT_SET_UP, *_setup_args(plugin))
-            if not (self.abort_requested or getattr(plugin, "is_aborted", False)):
+            # only an abort from outside stops the job: a plugin's own abort() (to
+            # leave its loop) is the plugin's business, as in the original
+            if not self.abort_requested:
                 self._process(plugin)
         except BaseException as err:
             state = State.FAILURE
@@ -195,9 +197,9 @@ class Execution:
                     error = f"teardown failed: {error_line(err)}\n{traceback.format_exc()}"
                 else:
                     error = f"{error}\nteardown failed too: {error_line(err)}"
-        if self.abort_requested or getattr(plugin, "is_aborted", False):
+        if self.abort_requested:
             state = State.ABORTED
-            error = self.abort_reason or "aborted by the plugin"
+            error = self.abort_reason or "aborted on request"
         output = getattr(plugin, "output", None)
         if not isinstance(output, dict):
             output = {"result": output}
