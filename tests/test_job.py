@@ -1,5 +1,6 @@
 """dahu.job.Job through the public API: states, aliases, input forms, abort, wait_for."""
 
+import datetime
 import json
 import threading
 import time
@@ -72,6 +73,35 @@ def test_bad_input_is_refused_with_one_line(engine, bad, reason):
         Job("example.square", bad)
     assert reason in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (
+            {"when": datetime.datetime(2024, 2, 22)},
+            "input['when'] is of type datetime.datetime, which JSON cannot hold",
+        ),
+        (
+            {"x": [1, {"o": object()}]},
+            "input['x'][1]['o'] is of type object, which JSON cannot hold",
+        ),
+        ({(1, 2): 3}, "key (1, 2) of input is of type tuple (JSON keys are text)"),
+    ],
+)
+def test_an_input_json_cannot_hold_is_refused_as_invalid_input(engine, bad, reason):
+    # bug: Job() raised dahu.errors.JournalError, not the InvalidInput (a ValueError)
+    # that callers catch for bad inputs
+    last = Job._id_class
+    for create in (
+        lambda: Job("example.noop", bad),
+        lambda: Job.create_many("example.noop", [{}, bad]),
+    ):
+        with pytest.raises(InvalidInput) as info:
+            create()
+        assert str(info.value) == f"job input is not JSON-serialisable: {reason}"
+    assert Job._id_class == last  # no job was recorded
+    assert run("example.noop", {"x": 1}).output_data["result"] == 1
 
 
 def test_failure_keeps_reason_and_traceback(engine):

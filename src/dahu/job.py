@@ -27,9 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .engine import NOTE_RUNNING_AFTER, Engine, JobRun, get_engine
-from .errors import DahuError, InvalidInput
+from .errors import DahuError, InvalidInput, JournalError
 from .executors.slot import SELF_JOIN, current_job_id, released
-from .inputs import parse_input
+from .inputs import parse_input, unrecordable
 from .journal import job_file_stem, write_job_files
 from .journal.reader import JournalReader, current_reader, follow
 from .states import State
@@ -48,6 +48,16 @@ __all__ = ["Job", "parse_input", "InvalidInput"]
 def _source() -> Engine | JournalReader:
     """Where job ids are looked up: the engine, or the shared journal in a worker."""
     return current_reader() or get_engine()
+
+
+def _refuse_unrecordable(datas: list[dict[str, Any]]) -> None:
+    """Raise :class:`InvalidInput` naming the first key or value JSON refuses in
+    ``datas`` (the journal refused them): the journal records every input, to show and
+    replay the job; return if they are all JSON (the journal failed for another reason)."""
+    for data in datas:
+        reason = unrecordable(data)
+        if reason is not None:
+            raise InvalidInput(f"job input is not JSON-serialisable: {reason}") from None
 
 
 class _JobClass(type):
@@ -81,7 +91,12 @@ class Job(threading.Thread, metaclass=_JobClass):
         engine = get_engine()
         # its record is committed with the next batch (at the latest when it starts or
         # when its id is read: nobody learns the id of a job the journal does not hold)
-        self._face(engine, engine.create(name, data, later=True))
+        try:
+            run = engine.create(name, data, later=True)
+        except JournalError:
+            _refuse_unrecordable([data])
+            raise
+        self._face(engine, run)
 
     # What threading.Thread.__init__ sets, as class attributes (the name is set per job):
     # no thread is made per job, and Thread.__init__ (an Event, the registry of threads)
@@ -120,7 +135,11 @@ class Job(threading.Thread, metaclass=_JobClass):
         jobs: list[Job] = []
         with gc_paused():
             for first in range(0, len(datas), chunk):
-                runs = engine.create_many(name, datas[first : first + chunk])
+                try:
+                    runs = engine.create_many(name, datas[first : first + chunk])
+                except JournalError:
+                    _refuse_unrecordable(datas[first : first + chunk])
+                    raise
                 jobs.extend(cls._over(engine, run) for run in runs)
                 if first + chunk < len(datas):
                     time.sleep(0)  # between chunks, let other threads reach the journal
