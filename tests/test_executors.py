@@ -4,8 +4,10 @@ Each executor gets one engine for the module (a local Dask cluster takes a secon
 start); every test runs real jobs through ``dahu.job.Job``.
 """
 
+import os
 import threading
 import time
+from pathlib import Path
 
 import h5py
 import pytest
@@ -174,6 +176,56 @@ def test_wait_for_chain_longer_than_the_pool(kind):
     chain[-1].join(120)
     assert [j.status for j in chain] == ["success"] * 6, chain[-1].error
     assert chain[-1].output_data["result"] == 4 + 5
+
+
+SYNCER = """
+from dahu.factory import register
+from dahu.job import Job
+from dahu.plugin import Plugin
+
+
+@register
+class Sync(Plugin):
+    def process(self):
+        self.output["other"] = Job.synchronize_job(self.input["other"], 20)
+"""
+
+
+def test_plugins_synchronizing_with_queued_jobs_give_their_slot_back(kind):
+    # bug: a plugin waiting with Job.synchronize_job kept its slot: with both slots held
+    # by waiters, the jobs they waited for never started (until the waiters' timeout)
+    plugins = os.environ["DAHU_PLUGINS"].split(os.pathsep)[0]
+    (Path(plugins) / "syncer.py").write_text(SYNCER)
+    others = [Job("example.square", {"x": x}) for x in range(3)]
+    waiters = [Job("syncer.sync", {"other": other.id}) for other in others]
+    started = time.monotonic()
+    for job in waiters + others:  # the waiters take every slot first
+        job.start()
+    for job in waiters:
+        job.join(60)
+    assert [(j.status, j.output_data.get("other")) for j in waiters] == [("success", "success")] * 3
+    assert time.monotonic() - started < 15
+
+
+def test_callbacks_waiting_for_follow_up_jobs_do_not_deadlock(kind):
+    # bug: a callback waiting for a follow-up job kept its slot (thread, process)
+    seen = {}
+
+    def chain(job):
+        follow_up = Job("example.square", {"x": job.output_data["result"]})
+        follow_up.start()
+        follow_up.join(20)
+        seen[job.id] = follow_up.status
+
+    jobs = [Job("example.square", {"x": x}) for x in range(3)]
+    started = time.monotonic()
+    for job in jobs:
+        job.connect_callback(chain)
+        job.start()
+    for job in jobs:
+        job.join(60)
+    assert seen == {job.id: "success" for job in jobs}
+    assert time.monotonic() - started < 15
 
 
 def test_isolation_and_reuse_of_workers(kind):
