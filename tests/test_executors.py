@@ -296,6 +296,52 @@ def test_a_thread_a_plugin_leaves_running_does_not_keep_a_worker_alive(tmp_path,
     assert workers[0].exitcode == 0  # it exited; it was not killed (-9)
 
 
+JOINER = """
+from dahu.factory import register
+from dahu.job import Job
+from dahu.plugin import Plugin
+
+
+@register
+class Joiner(Plugin):
+    def process(self):
+        Job.getJobFromID(self.input["other"]).join()  # ignores its abort
+"""
+
+
+def test_an_abandoned_plugin_that_waits_for_a_job_frees_its_slot_once(tmp_path, monkeypatch):
+    # a plugin waiting in Job.join gave its slot back; abandoning it must not free a
+    # second one (the pool would count -1 running and run one job past its limit), nor
+    # may it take one back when its wait ends
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "joiner.py").write_text(JOINER)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"), max_workers=1, executor_options={"abort_grace": 0.2}
+    )
+    try:
+        other = Job("example.square", {"x": 3})
+        waiter = Job("joiner.joiner", {"other": other.id})
+        waiter.start()
+        wait_running(waiter)
+        waiter.abort()
+        waiter.join(10)
+        assert waiter.status == "aborted" and "did not stop within 0.2 s" in waiter.error
+        counts = engine.counts()
+        assert (counts["running"], counts["waiting"]) == (0, 0)
+        other.start()  # the abandoned plugin's join returns; it ends
+        other.join(10)
+        deadline = time.monotonic() + 10
+        while engine.executor._waiters and time.monotonic() < deadline:
+            time.sleep(0.01)
+        counts = engine.counts()
+        assert (counts["running"], counts["waiting"]) == (0, 0)
+        assert run("example.square", {"x": 2}, timeout=10).status == "success"
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_unknown_executor_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown executor 'gpu'"):
         dahu.engine.configure(workdir=str(tmp_path), executor_kind="gpu")

@@ -229,7 +229,9 @@ class ThreadExecutor:
             if thread_ident is None or thread_ident in self._abandoned:
                 return False
             self._abandoned.add(thread_ident)
-            if thread_ident not in self._waiters:  # a waiting thread gave its slot back
+            if thread_ident in self._waiters:  # it gave its slot back: it waits no more
+                self._waiting -= self._waiters[thread_ident]
+            else:
                 self._running -= 1
             self._threads -= 1
             self._wake()
@@ -260,11 +262,11 @@ class ThreadExecutor:
         finally:
             if held:
                 with self._cond:
-                    self._waiting -= 1
                     self._waiters[me] -= 1
                     if not self._waiters[me]:
                         del self._waiters[me]
                     if me not in self._abandoned:  # abandoned meanwhile: no slot to take
+                        self._waiting -= 1
                         self._reclaiming += 1
                         while self._running >= self.limit:
                             self._slot_free.wait()
