@@ -4,8 +4,10 @@ Each executor gets one engine for the module (a local Dask cluster takes a secon
 start); every test runs real jobs through ``dahu.job.Job``.
 """
 
+import os
 import threading
 import time
+from pathlib import Path
 
 import h5py
 import pytest
@@ -176,6 +178,56 @@ def test_wait_for_chain_longer_than_the_pool(kind):
     assert chain[-1].output_data["result"] == 4 + 5
 
 
+SYNCER = """
+from dahu.factory import register
+from dahu.job import Job
+from dahu.plugin import Plugin
+
+
+@register
+class Sync(Plugin):
+    def process(self):
+        self.output["other"] = Job.synchronize_job(self.input["other"], 20)
+"""
+
+
+def test_plugins_synchronizing_with_queued_jobs_give_their_slot_back(kind):
+    # bug: a plugin waiting with Job.synchronize_job kept its slot: with both slots held
+    # by waiters, the jobs they waited for never started (until the waiters' timeout)
+    plugins = os.environ["DAHU_PLUGINS"].split(os.pathsep)[0]
+    (Path(plugins) / "syncer.py").write_text(SYNCER)
+    others = [Job("example.square", {"x": x}) for x in range(3)]
+    waiters = [Job("syncer.sync", {"other": other.id}) for other in others]
+    started = time.monotonic()
+    for job in waiters + others:  # the waiters take every slot first
+        job.start()
+    for job in waiters:
+        job.join(60)
+    assert [(j.status, j.output_data.get("other")) for j in waiters] == [("success", "success")] * 3
+    assert time.monotonic() - started < 15
+
+
+def test_callbacks_waiting_for_follow_up_jobs_do_not_deadlock(kind):
+    # bug: a callback waiting for a follow-up job kept its slot (thread, process)
+    seen = {}
+
+    def chain(job):
+        follow_up = Job("example.square", {"x": job.output_data["result"]})
+        follow_up.start()
+        follow_up.join(20)
+        seen[job.id] = follow_up.status
+
+    jobs = [Job("example.square", {"x": x}) for x in range(3)]
+    started = time.monotonic()
+    for job in jobs:
+        job.connect_callback(chain)
+        job.start()
+    for job in jobs:
+        job.join(60)
+    assert seen == {job.id: "success" for job in jobs}
+    assert time.monotonic() - started < 15
+
+
 def test_isolation_and_reuse_of_workers(kind):
     import os
 
@@ -282,6 +334,52 @@ def test_a_thread_a_plugin_leaves_running_does_not_keep_a_worker_alive(tmp_path,
     finally:
         engine.executor.shutdown(wait=True, timeout=30)
     assert workers[0].exitcode == 0  # it exited; it was not killed (-9)
+
+
+JOINER = """
+from dahu.factory import register
+from dahu.job import Job
+from dahu.plugin import Plugin
+
+
+@register
+class Joiner(Plugin):
+    def process(self):
+        Job.getJobFromID(self.input["other"]).join()  # ignores its abort
+"""
+
+
+def test_an_abandoned_plugin_that_waits_for_a_job_frees_its_slot_once(tmp_path, monkeypatch):
+    # a plugin waiting in Job.join gave its slot back; abandoning it must not free a
+    # second one (the pool would count -1 running and run one job past its limit), nor
+    # may it take one back when its wait ends
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "joiner.py").write_text(JOINER)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"), max_workers=1, executor_options={"abort_grace": 0.2}
+    )
+    try:
+        other = Job("example.square", {"x": 3})
+        waiter = Job("joiner.joiner", {"other": other.id})
+        waiter.start()
+        wait_running(waiter)
+        waiter.abort()
+        waiter.join(10)
+        assert waiter.status == "aborted" and "did not stop within 0.2 s" in waiter.error
+        counts = engine.counts()
+        assert (counts["running"], counts["waiting"]) == (0, 0)
+        other.start()  # the abandoned plugin's join returns; it ends
+        other.join(10)
+        deadline = time.monotonic() + 10
+        while engine.executor._waiters and time.monotonic() < deadline:
+            time.sleep(0.01)
+        counts = engine.counts()
+        assert (counts["running"], counts["waiting"]) == (0, 0)
+        assert run("example.square", {"x": 2}, timeout=10).status == "success"
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
 
 
 def test_unknown_executor_is_refused(tmp_path):

@@ -1,5 +1,6 @@
 """dahu.job.Job through the public API: states, aliases, input forms, abort, wait_for."""
 
+import datetime
 import json
 import threading
 import time
@@ -72,6 +73,35 @@ def test_bad_input_is_refused_with_one_line(engine, bad, reason):
         Job("example.square", bad)
     assert reason in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (
+            {"when": datetime.datetime(2024, 2, 22)},
+            "input['when'] is of type datetime.datetime, which JSON cannot hold",
+        ),
+        (
+            {"x": [1, {"o": object()}]},
+            "input['x'][1]['o'] is of type object, which JSON cannot hold",
+        ),
+        ({(1, 2): 3}, "key (1, 2) of input is of type tuple (JSON keys are text)"),
+    ],
+)
+def test_an_input_json_cannot_hold_is_refused_as_invalid_input(engine, bad, reason):
+    # bug: Job() raised dahu.errors.JournalError, not the InvalidInput (a ValueError)
+    # that callers catch for bad inputs
+    last = Job._id_class
+    for create in (
+        lambda: Job("example.noop", bad),
+        lambda: Job.create_many("example.noop", [{}, bad]),
+    ):
+        with pytest.raises(InvalidInput) as info:
+            create()
+        assert str(info.value) == f"job input is not JSON-serialisable: {reason}"
+    assert Job._id_class == last  # no job was recorded
+    assert run("example.noop", {"x": 1}).output_data["result"] == 1
 
 
 def test_failure_keeps_reason_and_traceback(engine):
@@ -333,3 +363,104 @@ def test_serialize_runs_one_at_a_time(engine):
     for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
         assert start >= end - 1e-3
     engine.executor.serialize = False
+
+
+JOINERS = '''
+from dahu.factory import register
+from dahu.job import Job
+from dahu.plugin import Plugin
+
+
+@register
+class Parent(Plugin):
+    """Start a sub-job and wait for it with the public API (`how`: join or sync)."""
+
+    def process(self):
+        sub = Job("example.square", {"x": self.input["x"]})
+        sub.start()
+        if self.input["how"] == "join":
+            sub.join(10)
+            self.output["child"] = sub.status
+        else:
+            self.output["child"] = Job.synchronize_job(sub.id, 10)
+
+
+@register
+class Myself(Plugin):
+    """Wait for its own job: `how` is join, sync, all, wait_for or wait_for_last."""
+
+    TIMEOUT = 30
+
+    def process(self):
+        own = self.input["job_id"]
+        how = self.input["how"]
+        if how == "join":
+            Job.getJobFromID(own).join(30)
+        elif how == "sync":
+            Job.synchronize_job(own, 30)
+        elif how == "all":
+            Job.synchronize_all()
+        elif how == "wait_for":
+            self.wait_for(own)
+        else:
+            self.wait_for(-1)
+'''
+
+
+@pytest.mark.parametrize("how", ["join", "sync"])
+def test_plugins_joining_sub_jobs_on_every_slot_do_not_deadlock(engine, plugin_dir, how):
+    # bug: each parent kept its slot while it waited: with every slot held by a parent,
+    # the sub-jobs stayed 'starting' until the parents' timeout (for ever without one)
+    (plugin_dir / "joiners.py").write_text(JOINERS)
+    started = time.monotonic()
+    parents = [Job("joiners.parent", {"x": x, "how": how}) for x in range(2 * 4)]
+    for parent in parents:
+        parent.start()
+    for parent in parents:
+        parent.join(30)
+    assert [p.status for p in parents] == ["success"] * 8, parents[0].error
+    assert [p.output_data["child"] for p in parents] == ["success"] * 8
+    assert time.monotonic() - started < 8  # no parent waited for its 10 s timeout
+
+
+def test_callbacks_waiting_for_follow_up_jobs_on_every_slot_do_not_deadlock(engine):
+    # bug: a callback kept its job's slot while it waited: the follow-ups never started
+    seen = {}
+
+    def chain(job):
+        follow_up = Job("example.square", {"x": job.output_data["result"]})
+        follow_up.start()
+        follow_up.join(10)
+        seen[job.id] = (follow_up.status, follow_up.output_data.get("result"))
+
+    jobs = [Job("example.square", {"x": x}) for x in range(2 * 4)]
+    for job in jobs:
+        job.connect_callback(chain)
+        job.start()
+    for job in jobs:
+        job.join(30)
+    assert seen == {job.id: ("success", (x * x) ** 2) for x, job in enumerate(jobs)}
+
+
+@pytest.mark.parametrize("how", ["join", "sync", "all"])
+def test_a_plugin_joining_its_own_job_fails_at_once_as_in_the_original(engine, plugin_dir, how):
+    # the original's Thread.join raised; ours returned at once (join) or waited (all)
+    (plugin_dir / "joiners.py").write_text(JOINERS)
+    started = time.monotonic()
+    job = run("joiners.myself", {"how": how}, timeout=30)
+    assert job.status == Job.STATE_FAILURE
+    assert job.error.splitlines()[0] == "RuntimeError: cannot join current thread"
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("how", ["wait_for", "wait_for_last"])
+def test_wait_for_its_own_job_fails_at_once_without_spinning(engine, plugin_dir, how):
+    # bug: wait_for(own id) spun at full CPU for TIMEOUT s, then reported a timeout
+    (plugin_dir / "joiners.py").write_text(JOINERS)
+    cpu, started = time.process_time(), time.monotonic()
+    job = run("joiners.myself", {"how": how}, timeout=60)
+    assert job.status == Job.STATE_FAILURE
+    reason = f"cannot wait for job {job.id}: it is this job (cannot join current thread)"
+    assert job.error.splitlines()[0] == f"RuntimeError: ERROR in Myself: {reason}"
+    assert time.monotonic() - started < 5
+    assert time.process_time() - cpu < 2

@@ -183,6 +183,16 @@ def test_an_aborted_job_records_when(path):
     assert re.fullmatch(ISO, ran.output["aborted"])
 
 
+@pytest.mark.parametrize("data", [{"last": 4}, {"in_setup": True}])
+def test_a_plugin_that_aborts_itself_and_returns_succeeds(path, data):
+    # bug: a plugin's own self.abort() (to leave its loop) made the job 'aborted'
+    # ("aborted by the plugin"); only an abort from outside does, as in the original
+    ran = run(path, "legacy.stopsitself", data)
+    assert (ran.state, ran.error) == ("success", "")
+    assert ran.output["frames"] == (5 if "last" in data else 1)
+    assert "aborted" not in ran.output
+
+
 def test_the_builtin_noop_returns_its_input(path):
     assert run(path, "example.noop", {"x": [1, 2]}).output["result"] == [1, 2]
 

@@ -78,3 +78,49 @@ def test_profiling_writes_a_profile_file(engine):
     assert job.status == Job.STATE_SUCCESS
     profiles = [f for f in os.listdir(engine.workdir) if f.endswith(".profile")]
     assert profiles == [f"{job.id:05d}_example.cube.profile"]
+
+
+PRIVATE = """
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class InInit(Plugin):
+    def __init__(self):
+        Plugin.__init__(self)
+        self._waiting = ["frame1", "frame2"]
+
+    def process(self):
+        self.output["pending"] = len(self._waiting)
+
+
+@register
+class InSetup(Plugin):
+    def setup(self, kwargs=None):
+        Plugin.setup(self, kwargs)
+        self._waiting = list(self.input["wait_for"])
+
+    def process(self):
+        for job_id in self._waiting:
+            self.wait_for(job_id)
+        self.output["waited"] = len(self._waiting)
+"""
+
+
+def test_a_plugin_may_keep_its_own_waiting_attribute(engine, plugin_dir):
+    # bug: the base class kept its own `_waiting` there: the executor overwrote the
+    # plugin's list, or wait_for() called the plugin's list (TypeError)
+    (plugin_dir / "private.py").write_text(PRIVATE)
+    first = Job("example.square", {"x": 2})
+    first.start()
+    first.join(10)
+    for name, data, key, value in (
+        ("private.ininit", {}, "pending", 2),
+        ("private.insetup", {"wait_for": [first.id]}, "waited", 1),
+    ):
+        job = Job(name, data)
+        job.start()
+        job.join(20)
+        assert job.status == Job.STATE_SUCCESS, job.error
+        assert job.output_data[key] == value

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from typing import Any
 
 from .errors import InvalidInput
+from .utils import compact_json
 
 __all__ = [
     "InvalidInput",
@@ -20,6 +22,7 @@ __all__ = [
     "parse_input",
     "parse_job_input",
     "parse_job_inputs",
+    "unrecordable",
 ]
 
 MAX_INPUT_CHARS = 16 * 2**20
@@ -63,6 +66,36 @@ def parse_input(input_data: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput(f"job input must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def unrecordable(data: dict[str, Any]) -> str | None:
+    """Why JSON cannot record the job input ``data``, in one line: the first key or
+    value it refuses (``input['when'] is of type datetime.datetime, which JSON cannot
+    hold``), breadth first; None if there is none (the journal refused it for another
+    reason)."""
+    queue: deque[tuple[Any, str]] = deque([(data, "input")])
+    while queue:
+        item, where = queue.popleft()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if not isinstance(key, (str, int, float, bool)) and key is not None:
+                    kind = _type_name(key)
+                    return f"key {key!r} of {where} is of type {kind} (JSON keys are text)"
+                queue.append((value, f"{where}[{key!r}]"))
+        elif isinstance(item, (list, tuple)):
+            queue.extend((value, f"{where}[{index}]") for index, value in enumerate(item))
+        else:
+            try:
+                compact_json(item)
+            except Exception:  # TypeError, ValueError, RecursionError
+                return f"{where} is of type {_type_name(item)}, which JSON cannot hold"
+    return None
+
+
+def _type_name(value: Any) -> str:
+    klass = type(value)
+    module = klass.__module__
+    return klass.__qualname__ if module == "builtins" else f"{module}.{klass.__qualname__}"
 
 
 def _depth(value: Any) -> int:

@@ -27,8 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .engine import NOTE_RUNNING_AFTER, Engine, JobRun, get_engine
-from .errors import DahuError, InvalidInput
-from .inputs import parse_input
+from .errors import DahuError, InvalidInput, JournalError
+from .executors.slot import SELF_JOIN, current_job_id, released
+from .inputs import parse_input, unrecordable
 from .journal import job_file_stem, write_job_files
 from .journal.reader import JournalReader, current_reader, follow
 from .states import State
@@ -47,6 +48,16 @@ __all__ = ["Job", "parse_input", "InvalidInput"]
 def _source() -> Engine | JournalReader:
     """Where job ids are looked up: the engine, or the shared journal in a worker."""
     return current_reader() or get_engine()
+
+
+def _refuse_unrecordable(datas: list[dict[str, Any]]) -> None:
+    """Raise :class:`InvalidInput` naming the first key or value JSON refuses in
+    ``datas`` (the journal refused them): the journal records every input, to show and
+    replay the job; return if they are all JSON (the journal failed for another reason)."""
+    for data in datas:
+        reason = unrecordable(data)
+        if reason is not None:
+            raise InvalidInput(f"job input is not JSON-serialisable: {reason}") from None
 
 
 class _JobClass(type):
@@ -80,7 +91,12 @@ class Job(threading.Thread, metaclass=_JobClass):
         engine = get_engine()
         # its record is committed with the next batch (at the latest when it starts or
         # when its id is read: nobody learns the id of a job the journal does not hold)
-        self._face(engine, engine.create(name, data, later=True))
+        try:
+            run = engine.create(name, data, later=True)
+        except JournalError:
+            _refuse_unrecordable([data])
+            raise
+        self._face(engine, run)
 
     # What threading.Thread.__init__ sets, as class attributes (the name is set per job):
     # no thread is made per job, and Thread.__init__ (an Event, the registry of threads)
@@ -119,7 +135,11 @@ class Job(threading.Thread, metaclass=_JobClass):
         jobs: list[Job] = []
         with gc_paused():
             for first in range(0, len(datas), chunk):
-                runs = engine.create_many(name, datas[first : first + chunk])
+                try:
+                    runs = engine.create_many(name, datas[first : first + chunk])
+                except JournalError:
+                    _refuse_unrecordable(datas[first : first + chunk])
+                    raise
                 jobs.extend(cls._over(engine, run) for run in runs)
                 if first + chunk < len(datas):
                     time.sleep(0)  # between chunks, let other threads reach the journal
@@ -159,8 +179,11 @@ class Job(threading.Thread, metaclass=_JobClass):
         """Wait until the job ends (or ``timeout`` seconds).
 
         Unlike ``Thread.join``, waiting for a job that is not started yet is allowed: it
-        waits for it to be started and to end.  Called from the job's own plugin or from
-        its callbacks it returns at once, whatever the executor.
+        waits for it to be started and to end.  Called from another job's plugin or
+        callbacks, that job's executor slot is free for others while it waits (no
+        deadlock when every slot waits).  From the job's own callbacks it returns at
+        once; from its own plugin it raises ``RuntimeError("cannot join current
+        thread")``, as the original did.
         """
         self._run.wait(timeout)
 
@@ -331,17 +354,24 @@ class Job(threading.Thread, metaclass=_JobClass):
         if run is not None:
             run.wait(timeout)
             return run.state
+        if isinstance(source, JournalReader) and job_id == current_job_id():
+            raise RuntimeError(SELF_JOIN)  # a plugin in a worker process waits for itself
         # Not a job of this process (e.g. a worker waiting for a job of the server, or a
         # second process on the same work directory): follow its record in the journal.
-        return follow(source.journal, job_id, timeout)
+        with released():
+            return follow(source.journal, job_id, timeout)
 
     @classmethod
     def synchronize_all(cls) -> None:
-        """Wait for every job of the process that is queued or running to end."""
+        """Wait for every job of the process that is queued or running to end, oldest
+        first.  From a job's plugin it raises ``RuntimeError("cannot join current
+        thread")`` when it comes to that job, as the original did."""
         engine = get_engine()
         waited: set[int] = set()
         while True:
-            pending = [run for run in engine.live() if run.id not in waited]
+            pending = sorted(
+                (run for run in engine.live() if run.id not in waited), key=lambda run: run.id
+            )
             if not pending:
                 return
             for run in pending:

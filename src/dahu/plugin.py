@@ -9,12 +9,12 @@ another thread at any time and sets ``is_aborted``, which a long ``process`` sho
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .executors.slot import SELF_JOIN, current_job_id, released
 from .factory import Factory
 from .utils import fully_qualified_name
 
@@ -56,7 +56,8 @@ class Plugin:
         self.is_aborted = False
         # Set by the executor: a context manager that frees the job's worker slot while
         # the plugin waits for another job, so waiters never starve the jobs they wait for.
-        self._waiting = contextlib.nullcontext
+        # Named for Dahu: a plugin's own ``self._waiting`` must not clash with it.
+        self._dahu_waiting: Callable[[], Any] = released
 
     def get_name(self) -> str:
         """Return the plugin's class name."""
@@ -111,7 +112,8 @@ class Plugin:
         waiting if this plugin is aborted.  An id beyond the last one given out is
         logged as a warning and None is returned (this job goes on).  Fails this plugin
         (``log_error``) if the other job ended in another state than ``success``, does
-        not exist, or did not finish in time.
+        not exist, did not finish in time, or is this very job (-1 included).  While it
+        waits, the job's executor slot is free for other jobs.
         """
         from .job import Job
 
@@ -119,17 +121,29 @@ class Plugin:
         if job_id > Job._id_class:
             self.log_warning(f"Not synchronizing job, invalid id: {job_id}")
             return None
+        job_id = Job._resolve(job_id)  # -1: the last job
+        own = current_job_id()
+        if own is None:  # a thread the plugin started
+            own = self.input.get("job_id")
+        if job_id == own:
+            self.log_error(f"cannot wait for job {job_id}: it is this job ({SELF_JOIN})")
         timeout = self.TIMEOUT
         deadline = None if timeout is None else time.monotonic() + timeout
         state = Job.getStatusFromID(job_id)
-        if state == Job.STATE_INEXISTANT:
-            self.log_error(f"cannot wait for job {job_id}: no such job")
-        with self._waiting():
-            while not self.is_aborted and state not in Job.FINAL_STATES:
+        with self._dahu_waiting():
+            # each turn waits for the job's end (at most 0.5 s, to see an abort); a job
+            # that is gone ends the loop: nothing would wait, the loop would spin
+            while (
+                not self.is_aborted
+                and state not in Job.FINAL_STATES
+                and state != Job.STATE_INEXISTANT
+            ):
                 slice_ = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
                 if slice_ <= 0:
                     break
                 state = Job.synchronize_job(job_id, slice_)
+        if state == Job.STATE_INEXISTANT:
+            self.log_error(f"cannot wait for job {job_id}: no such job")
         if self.is_aborted:
             self.log_error(f"aborted while waiting for job {job_id}")
         if state == Job.STATE_SUCCESS:

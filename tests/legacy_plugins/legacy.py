@@ -147,6 +147,25 @@ class Slow(Plugin):
             time.sleep(0.01)
 
 
+@register
+class StopsItself(Plugin):
+    """Ends its own acquisition loop with self.abort(), then returns its result."""
+
+    def setup(self):
+        if self.input.get("in_setup"):
+            self.abort()  # "nothing to acquire": process still runs in the original
+
+    def process(self):
+        frames = 0
+        for frame in range(100):
+            frames += 1
+            if frame == self.input.get("last", 0):
+                self.abort()
+            if self.is_aborted:
+                break
+        self.output["frames"] = frames
+
+
 def add_one(x):
     return x + 1
 

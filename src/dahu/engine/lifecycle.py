@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import JournalError, error_line, one_line
 from ..executors.runner import Outcome
+from ..executors.slot import SELF_JOIN, released, serves
 from ..journal.base import JobRecord
 from ..states import State
 from ..utils import get_isotime, seconds, utf8_text
@@ -195,12 +196,23 @@ class JobRun:
         return self.state in (State.STARTING, State.RUNNING)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the job ended and its callbacks ran (at once from its own plugin's
-        thread or from its callbacks); True if it has."""
+        """Wait until the job ended and its callbacks ran; True if it has.
+
+        From a job's plugin or callbacks, the job's executor slot is free for other jobs
+        while it waits (:func:`~dahu.executors.slot.released`).  From the job's own
+        callbacks it returns at once; from its own plugin it raises ``RuntimeError``
+        (``cannot join current thread``, as the original's ``Thread.join``): it would
+        wait for itself.
+        """
+        if self.done.is_set():
+            return True
         me = threading.get_ident()
-        if me == self.runner or me == self.callback_thread:
-            return self.done.is_set()
-        return self.done.wait(timeout)
+        if me == self.callback_thread:
+            return False
+        if me == self.runner or serves(self):
+            raise RuntimeError(SELF_JOIN)
+        with released():
+            return self.done.wait(timeout)
 
 
 def final_output(run: JobRun, outcome: Outcome) -> dict[str, Any]:

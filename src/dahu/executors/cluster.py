@@ -6,8 +6,10 @@ The workers must import ``dahu`` and see the plugin directories and the work dir
 at the same paths as the server (a shared file system, as at a facility): a worker loads
 plugin modules once per process and a plugin's ``wait_for`` reads the shared journal.
 
-* A job waiting for another (``wait_for``) secedes from the worker's thread pool while
-  it waits, so waiters never hold every worker thread.
+* A job waiting for another (``wait_for``, ``Job.synchronize_job``) secedes from the
+  worker's thread pool while it waits, so waiters never hold every worker thread.  The
+  jobs' callbacks run in the server's collector thread: one that waits for a job hands
+  the collecting over to a new thread, so the outcome it waits for still arrives.
 * ``abort`` sets a Dask ``Event`` that the task watches and passes to the plugin; if the
   job has not ended ``abort_grace`` seconds later the worker running it is restarted and
   the job ends ``aborted`` anyway.
@@ -40,6 +42,7 @@ from ..states import State
 from ..utils import seconds
 from .base import Task
 from .runner import Execution, Outcome
+from .slot import serving
 from .thread import default_workers
 from .worker import outcome_from_message, outcome_message
 
@@ -334,11 +337,30 @@ class DaskExecutor:
         self._pump()
 
     def _collect(self) -> None:
+        me = threading.current_thread()
         while True:
             execution = self._completed.get()
             if execution is None:
                 return
-            self._settle(execution.task, execution.outcome())
+            task = execution.task
+            # the job's callbacks run here: one that waits for a job hands the
+            # collecting over to a new thread (:meth:`_hand_over`), so outcomes go on
+            with serving(task.job_id, self._hand_over, task):
+                self._settle(task, execution.outcome())
+            if self._collector is not me:
+                return  # another thread collects now
+
+    @contextlib.contextmanager
+    def _hand_over(self) -> Iterator[None]:
+        """A callback on the collector thread waits for a job: a new thread collects the
+        outcomes meanwhile (this one ends after the callbacks)."""
+        with self._lock:
+            if threading.current_thread() is self._collector:
+                self._collector = threading.Thread(
+                    target=self._collect, name="dahu-dask-collector", daemon=True
+                )
+                self._collector.start()
+        yield
 
     def waiting(self) -> contextlib.AbstractContextManager:
         """Waiting happens on the workers (they secede); nothing to free here."""

@@ -10,6 +10,7 @@ runs it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -23,6 +24,7 @@ from typing import Any
 from ..errors import DahuError, error_line
 from ..factory import Factory, plugin_factory
 from ..states import State
+from .slot import released, serving
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +164,14 @@ class Execution:
             # Dahu's own reasons (unknown plugin...) are one line already
             reason = str(err) if isinstance(err, DahuError) and str(err) else error_line(err)
             return Outcome(State.FAILURE, {}, reason, started, time.time())
-        plugin._waiting = self.waiting
+        # wait_for from a thread the plugin started gives the job's slot back too
+        plugin._dahu_waiting = functools.partial(released, self.waiting)
         self.plugin = plugin
+        with serving(self.job_id, self.waiting):
+            return self._run(plugin, started)
+
+    def _run(self, plugin: Any, started: float) -> Outcome:
+        """Run the plugin made by :meth:`run` (marked as this job's, see :mod:`.slot`)."""
         if self.on_plugin is not None:
             self.on_plugin(getattr(plugin, "JOB_TIMEOUT", None))
         if self.abort_requested:
@@ -173,7 +181,9 @@ class Execution:
             # as in the original: the input is in place before setup(), called bare
             plugin.input.update(self.input_data)
             self._call(plugin, plugin.DEFAULT_SET_UP, *_setup_args(plugin))
-            if not (self.abort_requested or getattr(plugin, "is_aborted", False)):
+            # only an abort from outside stops the job: a plugin's own abort() (to
+            # leave its loop) is the plugin's business, as in the original
+            if not self.abort_requested:
                 self._process(plugin)
         except BaseException as err:
             state = State.FAILURE
@@ -187,9 +197,9 @@ class Execution:
                     error = f"teardown failed: {error_line(err)}\n{traceback.format_exc()}"
                 else:
                     error = f"{error}\nteardown failed too: {error_line(err)}"
-        if self.abort_requested or getattr(plugin, "is_aborted", False):
+        if self.abort_requested:
             state = State.ABORTED
-            error = self.abort_reason or "aborted by the plugin"
+            error = self.abort_reason or "aborted on request"
         output = getattr(plugin, "output", None)
         if not isinstance(output, dict):
             output = {"result": output}

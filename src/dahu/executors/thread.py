@@ -3,8 +3,9 @@
 :class:`ThreadExecutor` (the default) runs jobs in the server process on a bounded pool
 of worker threads: at most ``max_workers`` jobs hold a *slot* at once (one when
 ``serialize`` is true); more jobs wait in a FIFO queue.  A job that waits for another
-job (``Plugin.wait_for``) gives its slot back while it waits, so jobs waiting for each
-other can never take every slot and deadlock.  Threads are started on demand and end
+job (``Plugin.wait_for``, ``Job.join``..., from its plugin or its callbacks) gives its
+slot back while it waits, so jobs waiting for each other can never take every slot and
+deadlock (see :mod:`.slot`).  Threads are started on demand and end
 after a while without work.  A plugin that ignores an abort for ``abort_grace`` seconds
 is abandoned: its job ends ``aborted`` and its slot goes to another thread.  A thread
 cannot be killed: an abandoned plugin runs on (and keeps its CPU busy if it spins) until
@@ -30,6 +31,7 @@ from ..factory import plugin_factory
 from ..states import State
 from .base import Task, execute
 from .runner import Execution, Outcome
+from .slot import serving
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class ThreadExecutor:
         self.abort_grace = abort_grace
         self._abandoned: set[int] = set()
         self._threads_of: dict[int, int] = {}  # job id -> the pool thread running it
+        self._waiters: dict[int, int] = {}  # pool thread -> waits it is in (slot given back)
         self.host: Any = None
         self._serialize = False
         lock = threading.Lock()
@@ -167,7 +170,9 @@ class ThreadExecutor:
                     self._threads_of[task.job_id] = threading.get_ident()
                     self._cond.release()
                     try:
-                        self._run(task)
+                        # the plugin and the callbacks give the slot back while they wait
+                        with serving(task.job_id, self.waiting, task):
+                            self._run(task)
                     finally:
                         self._cond.acquire()
                         self._threads_of.pop(task.job_id, None)
@@ -224,7 +229,10 @@ class ThreadExecutor:
             if thread_ident is None or thread_ident in self._abandoned:
                 return False
             self._abandoned.add(thread_ident)
-            self._running -= 1
+            if thread_ident in self._waiters:  # it gave its slot back: it waits no more
+                self._waiting -= self._waiters[thread_ident]
+            else:
+                self._running -= 1
             self._threads -= 1
             self._wake()
             self._slot_free.notify_all()
@@ -235,23 +243,36 @@ class ThreadExecutor:
 
     @contextlib.contextmanager
     def waiting(self) -> Iterator[None]:
-        """Give the caller's slot back while it waits for another job; take it back after."""
+        """Give the caller's slot back while it waits for another job; take it back after.
+
+        A thread abandoned (its plugin ignored an abort) holds no slot: it gives none
+        back and takes none.
+        """
+        me = threading.get_ident()
         with self._cond:
-            self._running -= 1
-            self._waiting += 1
-            self._wake()
-            self._slot_free.notify_all()
+            held = me not in self._abandoned
+            if held:
+                self._running -= 1
+                self._waiting += 1
+                self._waiters[me] = self._waiters.get(me, 0) + 1
+                self._wake()
+                self._slot_free.notify_all()
         try:
             yield
         finally:
-            with self._cond:
-                self._waiting -= 1
-                self._reclaiming += 1
-                while self._running >= self.limit:
-                    self._slot_free.wait()
-                self._reclaiming -= 1
-                self._running += 1
-                self._wake()  # the queue may have waited for the reclaimers
+            if held:
+                with self._cond:
+                    self._waiters[me] -= 1
+                    if not self._waiters[me]:
+                        del self._waiters[me]
+                    if me not in self._abandoned:  # abandoned meanwhile: no slot to take
+                        self._waiting -= 1
+                        self._reclaiming += 1
+                        while self._running >= self.limit:
+                            self._slot_free.wait()
+                        self._reclaiming -= 1
+                        self._running += 1
+                    self._wake()  # the queue may have waited for the reclaimers
 
     def counts(self) -> dict[str, int]:
         """``{"queued": n, "running": n, "waiting": n}``."""
