@@ -27,6 +27,7 @@ def device(request, tmp_path_factory):
     plugins.mkdir()
     (plugins / "devtrouble.py").write_text(TROUBLE_PLUGINS)
     (plugins / "devbadimport.py").write_text(BAD_IMPORT)
+    (plugins / "devfork.py").write_text(FORK_RETURNS)
     workdir = base / "work"
     server = LocalServer(
         str(workdir),
@@ -47,6 +48,24 @@ BAD_IMPORT = '''"""Ends the process that imports it."""
 import os
 
 os._exit(3)
+'''
+
+
+FORK_RETURNS = '''
+import os
+from dahu.plugin import plugin_from_function
+
+
+def returns(x=0):
+    """Forks; the child returns from the plugin too (no exec, no os._exit)."""
+    pid = os.fork()
+    if pid == 0:
+        return {"who": "child", "x": x}
+    os.waitpid(pid, 0)
+    return {"who": "parent", "x": x}
+
+
+plugin_from_function(returns)
 '''
 
 
@@ -165,3 +184,19 @@ def test_wait_for_chain_longer_than_the_pool(device):
         chain.append(start(proxy, "devtrouble.addprevious", other=chain[-1], x=1))
     assert finish(proxy, chain[-1], timeout=120) == "success"
     assert json.loads(proxy.getJobOutput(chain[-1]))["result"] == 4 + 4
+
+
+def test_a_process_a_plugin_forks_does_not_shift_the_outcomes_of_later_jobs(device):
+    # bug: the plugin's forked child returned too and its 'done' message was taken for
+    # the job's outcome (the child's output); every later job on that worker then ended
+    # with the output of the job before it, all 'success'
+    proxy, _, kind = device
+    if kind != "process":
+        pytest.skip("a plugin forking the server or a Dask worker is not supported")
+    job_id = start(proxy, "devfork.returns", x=1)
+    assert finish(proxy, job_id) == "success"
+    assert json.loads(proxy.getJobOutput(job_id))["result"] == {"who": "parent", "x": 1}
+    for t in (0.2, 0.1, 0.3, 0.05):
+        job_id = start(proxy, "example.sleep", t=t)
+        assert finish(proxy, job_id) == "success"
+        assert json.loads(proxy.getJobOutput(job_id))["t"] == t
