@@ -505,3 +505,98 @@ def run_job(name, data):
     job.start()
     job.join(10)
     return job.output_data["result"]
+
+
+FORKING = '''
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+from multiprocessing.connection import Connection
+
+from dahu.plugin import plugin_from_function
+
+
+def fork_returns(how="return"):
+    """Forks; the child returns from the plugin too (no exec, no os._exit)."""
+    pid = os.fork()
+    if pid == 0:
+        if how == "exit":
+            sys.exit(7)
+        return {"who": "child"}
+    _, status = os.waitpid(pid, 0)  # the child returned (and so sent its 'done') first
+    return {"who": "parent", "child_exit": os.waitstatus_to_exitcode(status)}
+
+
+def _square(queue, x):
+    queue.put(x * x)
+
+
+def spawns(x=3):
+    """multiprocessing (fork) and subprocess (fork + exec) in a plugin."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_square, args=(queue, x))
+    child.start()
+    squared = queue.get(timeout=30)
+    child.join(30)
+    echoed = subprocess.run(
+        [sys.executable, "-c", "print(6 * 7)"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return {"squared": squared, "exitcode": child.exitcode, "echoed": echoed}
+
+
+def stray(other=0):
+    """Sends a 'done' for another job on the worker's pipe, then returns its own."""
+    conn = Connection(os.dup(int(sys.argv[1])))
+    outcome = {"state": "success", "output": json.dumps({"stray": True}), "error": None,
+               "started": 0, "ended": 0, "module_file": None, "plugin_version": None}
+    conn.send(("done", other, outcome))
+    return {"own": True}
+
+
+plugin_from_function(fork_returns)
+plugin_from_function(spawns)
+plugin_from_function(stray)
+'''
+
+
+@pytest.fixture
+def forking_engine(tmp_path, monkeypatch):
+    """A process executor with one worker, and plugins that fork."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "forking.py").write_text(FORKING)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"), max_workers=1, executor_kind="process"
+    )
+    yield engine
+    engine.executor.shutdown(wait=True, timeout=30)
+
+
+def test_a_process_a_plugin_forks_never_reports_an_outcome(forking_engine):
+    # bug: the forked child returned from the plugin and sent its own 'done' for the job:
+    # the job ended with the child's output, and every later job on that worker with
+    # the output of the job before it, all 'success'
+    job = run("forking.fork_returns", {})
+    assert (job.status, job.output_data["result"]) == (
+        "success",
+        {"who": "parent", "child_exit": 0},
+    )
+    job = run("forking.fork_returns", {"how": "exit"})
+    assert job.output_data["result"] == {"who": "parent", "child_exit": 7}
+    for t in (0.2, 0.1, 0.3):
+        job = run("example.sleep", {"t": t})
+        assert (job.status, job.output_data["t"]) == ("success", t)
+    job = run("forking.spawns", {"x": 5})  # multiprocessing and fork + exec still work
+    assert job.output_data["result"] == {"squared": 25, "exitcode": 0, "echoed": "42"}
+    assert len(forking_engine.executor.worker_pids()) == 1  # the same worker throughout
+
+
+def test_a_worker_message_for_another_job_is_ignored(forking_engine):
+    # bug: the server took the first 'done' it read for the running job, whatever its id
+    job = run("forking.stray", {"other": 999999})
+    assert (job.status, job.output_data["result"]) == ("success", {"own": True})
+    assert run("example.square", {"x": 6}).output_data["result"] == 36

@@ -5,6 +5,7 @@ BaseException-raising plugin does not take the server down."""
 from __future__ import annotations
 
 import json
+import os
 import queue
 import time
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 import tango
 
 from dahu.app.localserver import LocalServer
+from dahu.factory import Factory
 from dahu.journal import job_file_stem
+from dahu.server_plugins import PLUGINS_HEADER, PluginCatalog
 
 from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS, finish
 
@@ -27,6 +30,8 @@ def device(request, tmp_path_factory):
     plugins.mkdir()
     (plugins / "devtrouble.py").write_text(TROUBLE_PLUGINS)
     (plugins / "devbadimport.py").write_text(BAD_IMPORT)
+    (plugins / "devfork.py").write_text(FORK_RETURNS)
+    (plugins / "devsegv.py").write_text("import ctypes\n\nctypes.string_at(0)\n")
     workdir = base / "work"
     server = LocalServer(
         str(workdir),
@@ -47,6 +52,24 @@ BAD_IMPORT = '''"""Ends the process that imports it."""
 import os
 
 os._exit(3)
+'''
+
+
+FORK_RETURNS = '''
+import os
+from dahu.plugin import plugin_from_function
+
+
+def returns(x=0):
+    """Forks; the child returns from the plugin too (no exec, no os._exit)."""
+    pid = os.fork()
+    if pid == 0:
+        return {"who": "child", "x": x}
+    os.waitpid(pid, 0)
+    return {"who": "parent", "x": x}
+
+
+plugin_from_function(returns)
 '''
 
 
@@ -164,6 +187,49 @@ def test_start_job_never_imports_plugin_code_in_an_isolating_server(device):
     assert finish(proxy, after, timeout=60) == "success", proxy.getJobError(after)
 
 
+def answer(command, *args):
+    """A command that may answer Dahu_TryAgain (modules still loading), called again."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return command(*args)
+        except tango.DevFailed as err:
+            if err.args[0].reason != "Dahu_TryAgain" or time.monotonic() > deadline:
+                raise
+
+
+def test_list_and_init_plugins_never_import_plugin_code_in_an_isolating_server(device):
+    # bug: listPlugins and initPlugin imported the plugin modules in the server: a
+    # module whose import segfaults (or calls os._exit) ended the server
+    proxy, _, kind = device
+    if kind == "thread":
+        pytest.skip("the thread executor imports plugins in the server by design")
+    lines = answer(proxy.listPlugins).splitlines()
+    assert lines[0].startswith("List of all plugin currently loaded")
+    assert " devsegv.<error> : cannot load: the import crashed: signal 11 (SIGSEGV)" in lines
+    assert " devbadimport.<error> : cannot load: the import ended the process: exit code 3" in lines
+    assert " example.square : Return x squared." in lines
+    assert (
+        " devfork.returns : Forks; the child returns from the plugin too (no exec, no os._exit)."
+        in lines
+    )
+    assert answer(proxy.initPlugin, "devsegv.x") == (
+        "Plugin not found: devsegv.x, cannot load plugin 'devsegv.x': "
+        "the import crashed: signal 11 (SIGSEGV)"
+    )
+    assert answer(proxy.initPlugin, "devbadimport.x").endswith("ended the process: exit code 3")
+    assert (
+        answer(proxy.initPlugin, "example.square")
+        == "Plugin loaded: example.square\nReturn x squared."
+    )
+    assert answer(proxy.initPlugin, "devfork.nothing") == (
+        "Plugin not found: devfork.nothing, unknown plugin 'devfork.nothing': "
+        "module 'devfork' does not define it"
+    )
+    assert proxy.state() == tango.DevState.ON
+    assert finish(proxy, start(proxy, "example.square", x=7), timeout=60) == "success"
+
+
 def test_abort_hung_plugin_and_timeout(device):
     proxy, _, _ = device
     job_id = start(proxy, "devtrouble.hang")
@@ -186,3 +252,64 @@ def test_wait_for_chain_longer_than_the_pool(device):
         chain.append(start(proxy, "devtrouble.addprevious", other=chain[-1], x=1))
     assert finish(proxy, chain[-1], timeout=120) == "success"
     assert json.loads(proxy.getJobOutput(chain[-1]))["result"] == 4 + 4
+
+
+def test_a_process_a_plugin_forks_does_not_shift_the_outcomes_of_later_jobs(device):
+    # bug: the plugin's forked child returned too and its 'done' message was taken for
+    # the job's outcome (the child's output); every later job on that worker then ended
+    # with the output of the job before it, all 'success'
+    proxy, _, kind = device
+    if kind != "process":
+        pytest.skip("a plugin forking the server or a Dask worker is not supported")
+    job_id = start(proxy, "devfork.returns", x=1)
+    assert finish(proxy, job_id) == "success"
+    assert json.loads(proxy.getJobOutput(job_id))["result"] == {"who": "parent", "x": 1}
+    for t in (0.2, 0.1, 0.3, 0.05):
+        job_id = start(proxy, "example.sleep", t=t)
+        assert finish(proxy, job_id) == "success"
+        assert json.loads(proxy.getJobOutput(job_id))["t"] == t
+
+
+MARKED = '''"""Writes the id of the process importing it."""
+import os
+from dahu.plugin import plugin_from_function
+
+with open(os.path.join(os.path.dirname(__file__), "imported-by"), "a") as marks:
+    marks.write(f"{os.getpid()}\\n")
+
+
+def first(x=0):
+    """The first plugin.
+
+    More about it."""
+    return x
+plugin_from_function(first)
+'''
+
+
+def test_the_plugin_listing_of_an_isolating_server_is_made_by_a_helper_process(tmp_path):
+    # the same texts as the server's own imports gave, never imported here, and kept
+    # until a module file of the plugin directories changes
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "marked.py").write_text(MARKED)
+    catalog = PluginCatalog(Factory(plugin_path=[str(plugins)]), isolated=True)
+    lines = catalog.listing().splitlines()
+    assert lines[0] == PLUGINS_HEADER
+    assert " marked.first : The first plugin." in lines
+    assert " example.square : Return x squared." in lines
+    expected = "Plugin loaded: marked.first\nThe first plugin.\n\nMore about it."
+    assert catalog.init_text(" marked.first ") == expected
+    marks = (plugins / "imported-by").read_text().split()
+    assert len(marks) == 1 and int(marks[0]) != os.getpid()  # once, by a helper process
+    assert catalog.listing().splitlines() == lines  # kept
+    (plugins / "marked.py").write_text(
+        MARKED + "\n\ndef second():\n    '''Two.'''\nplugin_from_function(second)\n"
+    )
+    assert " marked.second : Two." in catalog.listing().splitlines()
+    assert catalog.init_text("marked.second") == "Plugin loaded: marked.second\nTwo."
+    assert catalog.init_text("marked.third").startswith("Plugin not found: marked.third, ")
+    assert os.getpid() not in {int(pid) for pid in (plugins / "imported-by").read_text().split()}
+    in_process = PluginCatalog(Factory(plugin_path=[str(plugins)]), isolated=False)
+    assert in_process.init_text("marked.first") == expected  # the thread executor's text
+    assert " marked.second : Two." in in_process.listing().splitlines()

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Callable, Collection
 from types import ModuleType
 from typing import Any
 
@@ -167,6 +168,11 @@ class Factory:
         shared = [d for d in tuple(Factory.configured) if d not in own]
         return own + shared + ([BUILTIN_PLUGIN_DIR] if BUILTIN_PLUGIN_DIR in self._dirs else [])
 
+    def search_order(self) -> list[str]:
+        """Every directory this factory searches, in order (``DAHU_PLUGINS`` re-read)."""
+        self._sync_env()
+        return self._search_order()
+
     def _module_path(self, module_name: str) -> str | None:
         for directory in self._search_order():
             for candidate in Factory.plugin_dirs.get(directory, ()):
@@ -256,15 +262,23 @@ class Factory:
         """Return a new instance of the plugin ``plugin_name``."""
         return self.get_class(plugin_name)()
 
-    def list_plugins(self) -> dict[str, str]:
+    def list_plugins(
+        self, skip: Collection[str] = (), on_module: Callable[[str], None] | None = None
+    ) -> dict[str, str]:
         """Load every module of every plugin directory; return ``{name: first doc line}``.
 
         A module that fails to load is listed as ``module.<error>`` with the reason.
+        Modules named (lower case) in ``skip`` are not loaded; ``on_module(name)`` is
+        called before each module is.
         """
         found: dict[str, str] = {}
         self._sync_env()
         for directory in self._search_order():
             for module_name in Factory.plugin_dirs.get(directory, ()):
+                if module_name.lower() in skip:
+                    continue
+                if on_module is not None:
+                    on_module(module_name)
                 try:
                     self.search_plugin(f"{module_name}._")
                 except BaseException as err:  # a module's SystemExit must not end us

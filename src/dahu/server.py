@@ -17,7 +17,6 @@ jobs is done by :mod:`dahu.job` and the engine.  ``docs/server.md`` is the refer
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import logging
 import queue
@@ -38,6 +37,7 @@ from .job import Job
 from .properties import DEFAULT_RETENTION_INTERVAL, MAX_WAIT_TIMEOUT, PROPERTIES
 from .retention import parse_retention
 from .server_errors import client_errors, latin1_text
+from .server_plugins import PluginCatalog
 from .server_settings import (
     ServerSettings,
     attach_web,
@@ -68,10 +68,6 @@ __all__ = [
 ]
 
 INT32_MAX = 2**31 - 1
-# listPlugins' first line, as the original's (clients skip it)
-PLUGINS_HEADER = (
-    "List of all plugin currently loaded (use initPlugin to loaded additional plugins):"
-)
 
 
 # ---- the device ----------------------------------------------------------------------
@@ -135,6 +131,8 @@ class DahuDS(Device):
         self._stats_thread: threading.Thread | None = None
         self._plugins_thread: threading.Thread | None = None
         self._plugins_text: str | None = None
+        # under process and dask, plugin modules are imported by a helper process only
+        self._plugins = PluginCatalog(self._engine.factory, self._engine.executor.isolates_plugins)
         self._start_pusher()
         logger.info("%s", ready_line(self.get_name(), __version__, self._engine))
 
@@ -372,18 +370,8 @@ class DahuDS(Device):
     def initPlugin(self, name: str) -> str:  # noqa: N802
         """Load a plugin; return its docstring, or why it cannot be loaded.  A module
         slower to import than ``wait_timeout``: ``Dahu_TryAgain``, as for listPlugins."""
-        plugin = name.strip()
-        busy = f"plugin {plugin} is still loading: call initPlugin again"
-        try:
-            klass = within(
-                max(self._wait, 0.1), lambda: self._engine.factory.get_class(plugin), busy
-            )
-        except TryAgain:
-            raise
-        except DahuError as err:
-            return f"Plugin not found: {name}, {one_line(str(err))}"
-        doc = inspect.getdoc(getattr(klass, "function", None) or klass) or "(no documentation)"
-        return f"Plugin loaded: {plugin}\n{doc}"  # the original's texts
+        busy = f"plugin {name.strip()} is still loading: call initPlugin again"
+        return within(max(self._wait, 0.1), lambda: self._plugins.init_text(name), busy)
 
     @command(dtype_out=str, doc_out="one line per plugin: name: first line of its doc")
     @client_errors
@@ -409,13 +397,7 @@ class DahuDS(Device):
         return text
 
     def _list_plugins(self) -> None:
-        try:
-            found = self._engine.factory.list_plugins()
-            lines = [PLUGINS_HEADER] + [f" {name} : {doc}" for name, doc in found.items()]
-            self._plugins_text = "\n".join(lines)
-        except Exception as err:
-            logger.exception("listing the plugins failed")
-            self._plugins_text = f"<error>: cannot list the plugins: {one_line(str(err))}"
+        self._plugins_text = self._plugins.listing()
 
     # ---- statistics ------------------------------------------------------------------------
     @command(doc_in="none: collects in the background, then pushes statisticsCollected")

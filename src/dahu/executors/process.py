@@ -12,6 +12,8 @@ and reused, so caches stay warm between jobs.
   later the worker is killed.  The job ends ``aborted`` either way.
 * Workers can be recycled after ``recycle_jobs`` jobs or once their resident memory
   passes ``recycle_rss_mb``.
+* Every message of a worker names its job: one for another job (a stray or stale
+  message) is logged and ignored, never taken for this job's outcome.
 """
 
 from __future__ import annotations
@@ -175,6 +177,16 @@ class RemoteExecution:
                 except (EOFError, OSError):
                     return self._died(started)
                 kind = message[0]
+                if len(message) < 2 or message[1] != self.job_id:
+                    # not this job's (a stale or stray message): never its outcome
+                    logger.warning(
+                        "job %s: ignored a %r message of worker %s for job %r",
+                        self.job_id,
+                        kind,
+                        self.worker.pid,
+                        message[1] if len(message) > 1 else None,
+                    )
+                    continue
                 if kind == "plugin" and self.on_plugin is not None:
                     self.on_plugin(message[2])
                 elif kind == "waiting" and waiting is None:

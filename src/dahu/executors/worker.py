@@ -6,7 +6,14 @@ It talks to the server over a pipe:
 server → worker: ``("run", job_id, plugin, input)``, ``("abort", job_id, reason)``,
 ``("stop",)``; worker → server: ``("plugin", job_id, job_timeout)`` once the plugin is
 instantiated, ``("waiting", job_id)`` / ``("resumed", job_id)`` around ``wait_for``, and
-``("done", job_id, outcome)`` with the output as JSON text.
+``("done", job_id, outcome)`` with the output as JSON text.  The server matches every
+message to its job by ``job_id`` and ignores one for another job.
+
+A process a plugin forks (``os.fork()`` without ``exec``) that returns from the plugin
+instead of ending ends there (``os._exit``: 0 if the plugin succeeded, the code of a
+``sys.exit(code)``, else 1): only the worker itself talks to the server, and the fork's
+outcome is never reported.
+``multiprocessing``, ``subprocess`` and fork + ``exec`` are not affected.
 
 A plugin's ``wait_for`` reads the other job's record in the server's journal through a
 :class:`~dahu.journal.reader.JournalReader` (the work directory is shared), so jobs in
@@ -21,6 +28,8 @@ import contextlib
 import json
 import logging
 import os
+import re
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -79,6 +88,32 @@ def outcome_from_message(data: dict[str, Any]) -> Outcome:
     )
 
 
+def fork_exit_code(outcome: Outcome) -> int:
+    """The exit code of a forked process that returned from the plugin with ``outcome``:
+    0 if it succeeded, the code of a ``sys.exit(code)``, else 1."""
+    if outcome.state == State.SUCCESS:
+        return 0
+    match = re.match(r"SystemExit(?:: (-?\d+))?$", (outcome.error or "").split("\n", 1)[0])
+    if match:
+        return int(match.group(1) or 0) & 0xFF
+    return 1
+
+
+def leave_fork(job_id: int, outcome: Outcome) -> None:
+    """End a process a plugin forked that returned from the plugin (it must neither
+    report an outcome nor serve jobs), with :func:`fork_exit_code`."""
+    logger.warning(
+        "job %s: a process the plugin forked (pid %d) returned from it: it ends here, "
+        "its outcome is not reported",
+        job_id,
+        os.getpid(),
+    )
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(fork_exit_code(outcome))
+
+
 def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int) -> None:
     """Serve jobs from the server until told to stop or the pipe closes."""
     logging.basicConfig(
@@ -92,8 +127,11 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
         plugin_factory.add_directory(directory)
     send_lock = threading.Lock()
     current: dict[int, Execution] = {}
+    worker_pid = os.getpid()
 
     def send(message: tuple) -> None:
+        if os.getpid() != worker_pid:  # a process the plugin forked: not on our pipe
+            return
         with send_lock:
             conn.send(message)
 
@@ -102,6 +140,8 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
             outcome = execution.run()
         except BaseException as err:  # Execution.run does not raise; belt and braces
             outcome = Outcome(State.FAILURE, {}, f"worker error: {error_line(err)}")
+        if os.getpid() != worker_pid:
+            leave_fork(job_id, outcome)
         current.pop(job_id, None)
         try:
             send(("done", job_id, outcome_message(outcome, job_id)))
@@ -147,7 +187,6 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
 def main(argv: list[str] | None = None) -> None:
     """``python -m dahu.executors.worker FD WORKDIR LOGLEVEL [PLUGIN_DIR ...]`` (started
     by the process executor, not by hand)."""
-    import sys
     from multiprocessing.connection import Connection
 
     from ..app import leave

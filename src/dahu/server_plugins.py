@@ -1,0 +1,207 @@
+"""The answers of the device's ``listPlugins`` and ``initPlugin``.
+
+Under the ``thread`` executor the server imports the plugin modules itself (its jobs run
+there anyway).  Under ``process`` and ``dask`` the server never imports plugin code: a
+throwaway helper process (``python -m dahu.server_plugins``, a fresh interpreter)
+imports the modules and sends back the listing or the docstring as JSON lines.  A module
+whose import ends that process (a segfault, ``os._exit``) gets a one-line reason
+(``module.<error> : cannot load: the import crashed: signal 11 (SIGSEGV)``); the helper
+is started again without it to list the others.  Answers are kept until a module file
+of the plugin directories changes (added, removed, modified).
+
+This module imports nothing heavy: the helper process runs it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .errors import DahuError, UnknownPlugin, one_line
+from .factory import Factory, _list_modules, plugin_factory
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PLUGINS_HEADER", "PluginCatalog", "ended_reason"]
+
+# listPlugins' first line, as the original's (clients skip it)
+PLUGINS_HEADER = (
+    "List of all plugin currently loaded (use initPlugin to loaded additional plugins):"
+)
+
+
+def ended_reason(returncode: int) -> str:
+    """``the import crashed: signal 11 (SIGSEGV)`` / ``the import ended the process:
+    exit code 3``."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown"
+        return f"the import crashed: signal {-returncode} ({name})"
+    return f"the import ended the process: exit code {returncode}"
+
+
+def _signature(directories: list[str]) -> tuple:
+    """What identifies the plugin modules' files now (their paths, sizes and times)."""
+    items: list[Any] = []
+    for directory in directories:
+        for module in _list_modules(directory):
+            path = os.path.join(directory, module)
+            path = os.path.join(path, "__init__.py") if os.path.isdir(path) else path + ".py"
+            try:
+                stat = os.stat(path)
+                items.append((path, stat.st_size, stat.st_mtime_ns))
+            except OSError:
+                items.append((path, None, None))
+    return tuple(items)
+
+
+class PluginCatalog:
+    """``listPlugins``' and ``initPlugin``'s texts for a server, with ``factory``'s
+    plugin directories; ``isolated``: never import plugin code in this process."""
+
+    def __init__(self, factory: Factory, isolated: bool):
+        self.factory = factory
+        self.isolated = isolated
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}  # per module: no twin helpers
+        self._answers: dict[Any, Any] = {}
+        self._seen: tuple | None = None
+
+    def listing(self) -> str:
+        """``listPlugins``' text: the header, then `` name : first doc line`` lines."""
+        try:
+            if self.isolated:
+                found = self._ask(("list",), "*", self._list)
+            else:
+                found = self.factory.list_plugins()
+        except Exception as err:
+            logger.exception("listing the plugins failed")
+            return f"<error>: cannot list the plugins: {one_line(str(err))}"
+        return "\n".join([PLUGINS_HEADER] + [f" {name} : {doc}" for name, doc in found.items()])
+
+    def init_text(self, name: str) -> str:
+        """``initPlugin``'s text: ``Plugin loaded: NAME`` and the docstring, or ``Plugin
+        not found: NAME, reason`` (the original's texts)."""
+        plugin = name.strip()
+        try:
+            if self.isolated:
+                self.factory.locate(plugin)  # a plugin directory has its module
+                module = plugin.lower().split(".", 1)[0]
+                doc = self._ask(("doc", plugin.lower()), module, lambda d: self._doc(plugin, d))
+            else:
+                doc = _doc(self.factory.get_class(plugin))
+        except DahuError as err:
+            return f"Plugin not found: {name}, {one_line(str(err))}"
+        return f"Plugin loaded: {plugin}\n{doc or '(no documentation)'}"
+
+    # ---- the helper process -------------------------------------------------------------
+    def _ask(self, key: tuple, module: str, compute: Callable[[list[str]], tuple]) -> Any:
+        """The answer of ``compute(directories)`` (``answer, {other key: answer}``), kept
+        under ``key`` while the module files stay the same; one helper at a time per
+        ``module`` (``*``: every module)."""
+        directories = self.factory.search_order()
+        with self._lock:
+            seen = _signature(directories)
+            if seen != self._seen:
+                self._answers.clear()
+                self._seen = seen
+            lock = self._locks.setdefault(module, threading.Lock())
+        with lock:
+            if key in self._answers:
+                return self._answers[key]
+            answer, others = compute(directories)
+            with self._lock:
+                if self._seen == seen:
+                    self._answers.update(others)
+                    self._answers[key] = answer
+            return answer
+
+    def _list(self, directories: list[str]) -> tuple[dict[str, str], dict]:
+        crashed: dict[str, str] = {}  # module -> reason
+        while True:
+            lines, returncode = _helper(["list", ",".join(crashed), *directories])
+            if lines and "plugins" in lines[-1]:
+                errors = {f"{m}.<error>": f"cannot load: {r}" for m, r in crashed.items()}
+                docs = {("doc", name): doc for name, doc in lines[-1]["docs"].items()}
+                return {**errors, **lines[-1]["plugins"]}, docs  # initPlugin's answers too
+            loading = [line["loading"].lower() for line in lines if "loading" in line]
+            if not loading or loading[-1] in crashed:
+                raise RuntimeError(f"the helper process failed: {ended_reason(returncode)}")
+            crashed[loading[-1]] = ended_reason(returncode)
+            logger.error("plugin module %s: %s", loading[-1], crashed[loading[-1]])
+
+    def _doc(self, plugin: str, directories: list[str]) -> tuple[str, dict]:
+        lines, returncode = _helper(["doc", plugin, *directories])
+        answer = lines[-1] if lines else {}
+        if "doc" in answer:
+            return answer["doc"] or "", {}
+        if "missing" in answer:
+            raise UnknownPlugin(answer["missing"])
+        if not any("loading" in line for line in lines):
+            raise RuntimeError(f"the helper process failed: {ended_reason(returncode)}")
+        logger.error("plugin %s: %s", plugin, ended_reason(returncode))
+        raise UnknownPlugin(f"cannot load plugin {plugin!r}: {ended_reason(returncode)}")
+
+
+def _helper(args: list[str]) -> tuple[list[dict[str, Any]], int]:
+    """Run ``python -m dahu.server_plugins ARGS``: its JSON lines and its exit code."""
+    process = subprocess.run(
+        [sys.executable, "-m", __name__, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        check=False,
+    )
+    lines = []
+    for line in process.stdout.splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:  # cut short by the crash
+            break
+    return lines, process.returncode
+
+
+def _doc(klass: type) -> str:
+    return inspect.getdoc(getattr(klass, "function", None) or klass) or ""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m dahu.server_plugins list SKIPPED DIR... | doc PLUGIN DIR...``: one JSON
+    object a line on stdout (a module's own prints go to stderr)."""
+    args = sys.argv[1:] if argv is None else argv
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+
+    def say(**message: Any) -> None:
+        out.write(json.dumps(message) + "\n")
+
+    for directory in args[2:]:
+        plugin_factory.add_directory(directory)
+    if args[0] == "list":
+        skip = set(args[1].split(","))
+        found = plugin_factory.list_plugins(skip, lambda module: say(loading=module))
+        docs = {name: _doc(klass) for name, klass in Factory.registry.items()}
+        say(plugins=found, docs=docs)
+    else:
+        say(loading=args[1])
+        try:
+            klass = plugin_factory.get_class(args[1])
+        except DahuError as err:
+            say(missing=one_line(str(err)))
+        else:
+            say(doc=_doc(klass))
+    out.flush()
+    os._exit(0)  # a thread a module started must not keep the helper alive
+
+
+if __name__ == "__main__":
+    main()
