@@ -149,65 +149,6 @@ def test_abort_hung_plugin_ends_it_after_grace(kind):
     assert run("example.square", {"x": 2}).output_data["result"] == 4
 
 
-def test_a_queued_job_is_starting_until_it_runs_and_its_abort_spares_the_others(kind):
-    # bugs (dask): a job whose task waited on the cluster behind busy workers was
-    # reported running and its job_timeout counted the wait (it timed out before it
-    # ran); aborting it restarted the worker of a running job, which failed ("worker
-    # process died")
-    executor = dahu.engine.get_engine().executor
-    if kind == "dask":  # a worker restarted by an earlier test may not be back yet
-        executor.client.wait_for_workers(2, timeout=30)
-    busy = [Job("example.sleep", {"t": 4}) for _ in range(2)]  # both slots
-    for job in busy:
-        job.start()
-    for job in busy:
-        wait_running(job)
-    late = Job("example.sleep", {"t": 1, "job_timeout": 2.5})
-    doomed = Job("example.sleep", {"t": 1})
-    late.start()
-    doomed.start()
-    counts = executor.counts()
-    assert (late.status, doomed.status) == (Job.STATE_STARTING, Job.STATE_STARTING)
-    assert (counts["queued"], counts["running"]) == (2, 2)
-    assert doomed.abort()
-    doomed.join(10)
-    assert doomed.status == "aborted"
-    for job in busy:
-        job.join(30)
-    assert [j.status for j in busy] == ["success"] * 2, busy[0].error or busy[1].error
-    late.join(30)
-    assert late.status == "success", late.error  # 1 s run, its 2.5 s counted from its start
-
-
-def test_a_task_waiting_behind_a_hung_plugin_survives_the_restart_of_its_worker(kind):
-    # bug (dask): restarting the worker of a plugin that ignored its abort also failed
-    # the task waiting on that worker ("worker process died"), which had not started
-    if kind != "dask":
-        pytest.skip("only dask hands jobs to workers before a slot is free")
-    executor = dahu.engine.get_engine().executor
-    executor.client.wait_for_workers(2, timeout=30)
-    busy = Job("example.sleep", {"t": 3})
-    busy.start()
-    wait_running(busy)
-    hung = Job("trouble.hang", {})
-    hung.start()
-    wait_running(hung)
-    behind = [Job("example.square", {"x": x}) for x in range(2)]
-    for job in behind:
-        job.start()
-    deadline = time.monotonic() + 30  # one task waits on each worker
-    while sorted(map(len, executor.client.processing().values())) != [2, 2]:
-        assert time.monotonic() < deadline, executor.client.processing()
-        time.sleep(0.01)
-    assert hung.abort()
-    hung.join(30)
-    assert hung.status == "aborted"
-    for job in [busy, *behind]:
-        job.join(60)
-    assert [j.status for j in [busy, *behind]] == ["success"] * 3, behind[0].error
-    assert [j.output_data["result"] for j in behind] == [0, 1]
-
-
 def test_timeouts(kind):
     by_class = run("trouble.patient", {})
     assert by_class.status == "aborted"

@@ -142,27 +142,6 @@ def test_plugin_failure(device):
     assert proxy.getJobError(job_id).splitlines()[0] == "ValueError: no beam"
 
 
-def test_queued_jobs_are_starting_their_abort_spares_the_running_ones(device):
-    # bugs (dask): jobs waiting on the cluster were "running" (jobsRunning counted them),
-    # their job_timeout counted the wait; aborting one restarted the worker of a running
-    # job, which then failed ("worker process died (dask KilledWorker ...)")
-    proxy, _, _ = device
-    busy = [start(proxy, "example.sleep", t=5) for _ in range(2)]  # both slots, together
-    deadline = time.monotonic() + 30
-    while (states := [proxy.getJobState(i) for i in busy]) != ["running"] * 2:
-        assert time.monotonic() < deadline and "success" not in states, states
-        time.sleep(0.01)
-    late = start(proxy, "example.sleep", t=1, job_timeout=2.5)
-    doomed = start(proxy, "example.sleep", t=1)
-    assert [proxy.getJobState(i) for i in (late, doomed)] == ["starting"] * 2
-    assert (proxy.jobsQueued, proxy.jobsRunning) == (2, 2)
-    assert proxy.abort(doomed) is True
-    assert finish(proxy, doomed) == "aborted"
-    assert [finish(proxy, i) for i in busy] == ["success"] * 2, proxy.getJobError(busy[0])
-    assert finish(proxy, late) == "success", proxy.getJobError(late)
-    assert json.loads(proxy.getJobInfo(late))["runtime"] < 2.5
-
-
 @pytest.mark.parametrize("what, where, line", BASE_EXCEPTIONS)
 def test_base_exceptions_fail_the_job_and_the_server_goes_on(device, what, where, line):
     proxy, _, _ = device

@@ -6,14 +6,21 @@ The workers must import ``dahu`` and see the plugin directories and the work dir
 at the same paths as the server (a shared file system, as at a facility): a worker loads
 plugin modules once per process and a plugin's ``wait_for`` reads the shared journal.
 
-What a user sees of it is in docs/executors.md.  In short: a waiting job secedes from
-the worker's thread pool, and a callback that waits hands the collecting of outcomes to a
-new thread; a job is ``running`` (its clock started) once its task reports its start on a
-Dask event topic, ``starting`` (queued) before; ``abort`` cancels a task not started, or
-sets a Dask ``Event`` the task watches, and ``abort_grace`` s later restarts the worker
-(tasks only waiting there are resubmitted); a plugin's ``JOB_TIMEOUT`` is applied on the
-worker; a worker that dies (segfault, ``os._exit``) fails its job and is restarted by
-the nanny (external scheduler: set ``distributed.scheduler.allowed-failures: 0``).
+* A job waiting for another (``wait_for``, ``Job.synchronize_job``) secedes from the
+  worker's thread pool while it waits, so waiters never hold every worker thread.  The
+  jobs' callbacks run in the server's collector thread: one that waits for a job hands
+  the collecting over to a new thread, so the outcome it waits for still arrives.
+* ``abort`` sets a Dask ``Event`` that the task watches and passes to the plugin; if the
+  job has not ended ``abort_grace`` seconds later the worker running it is restarted and
+  the job ends ``aborted`` anyway.
+* A plugin's ``JOB_TIMEOUT`` is applied on the worker (the server never imports plugin
+  code): the task aborts its plugin when it runs out.  A timeout known to the server
+  (input ``job_timeout``, the server's default) also restarts a worker whose plugin
+  ignores the abort.
+* A worker that dies running a task (segfault, ``os._exit``) makes the job ``failure``
+  with the reason; the local cluster's nanny restarts the worker.  With an external
+  scheduler, set ``distributed.scheduler.allowed-failures: 0`` so a killing task is not
+  retried on other workers.
 """
 
 from __future__ import annotations
@@ -24,7 +31,6 @@ import math
 import queue
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
@@ -79,16 +85,10 @@ def run_task(
     workdir: str,
     plugin_dirs: list[str],
     abort_event: str,
-    started_topic: str | None = None,
-    key: str | None = None,
 ) -> dict[str, Any]:
-    """The Dask task of one job: report its start on ``started_topic``, run the plugin,
-    watching for an abort; never raises."""
-    from distributed import Event, get_client, get_worker
+    """The Dask task of one job: run the plugin, watching for an abort; never raises."""
+    from distributed import Event, get_client
 
-    if started_topic:  # no round trip: the event goes with the worker's next batch
-        worker = get_worker()
-        worker.log_event(started_topic, {"key": key, "worker": worker.address})
     _prepare_worker(workdir, plugin_dirs)
     clock: list[tuple[float, float]] = []  # (deadline, timeout) of the plugin's JOB_TIMEOUT
 
@@ -136,12 +136,7 @@ def run_task(
 
 
 class DaskExecution:
-    """One job on the cluster (the ``Execution`` interface of the executors).
-
-    ``phase``: ``waiting`` (submitted, its task not started on a worker), ``running``
-    (the task reported its start: the engine was told), ``cancelled`` (the engine ended
-    the job before that), ``settled`` (its outcome was handed over).
-    """
+    """One job on the cluster (the ``Execution`` interface of the executors)."""
 
     plugin = None  # the plugin lives on a worker
     in_process = False
@@ -154,20 +149,14 @@ class DaskExecution:
         self.job_id = task.job_id
         self.abort_reason: str | None = None
         self.future: Any = None
-        self.key = ""
-        self.attempts = 0
-        self.phase = "waiting"
-        self.worker: str | None = None  # the worker its task started on
-        self.started: float | None = None
+        self.started = time.time()
+        self.settled = False  # the job's outcome was handed over (once only)
+        self.lock = threading.Lock()
 
     def launch(self) -> None:
-        """Submit the task; its start and its outcome reach the collector thread."""
+        """Submit the task; its outcome reaches the engine through the collector thread."""
         executor = self.executor
-        self.attempts += 1
-        self.key = f"dahu-job-{self.job_id}-{id(self):x}-{self.attempts}"
-        with executor._lock:
-            executor._by_key[self.key] = self
-        future = executor.client.submit(
+        self.future = executor.client.submit(
             run_task,
             self.plugin_name,
             self.input_data,
@@ -175,42 +164,32 @@ class DaskExecution:
             executor.host.workdir,
             executor.host.factory.directories,
             self.event_name,
-            executor.started_topic,
-            self.key,
-            key=self.key,
+            key=f"dahu-job-{self.job_id}-{id(self):x}",
             pure=False,
         )
-        self.future = future
-        future.add_done_callback(lambda done: executor._events.put((executor._done, self, done)))
+        # The plugin runs remotely and its module is not imported here: its JOB_TIMEOUT
+        # is known only if the class is registered in this process already; the worker
+        # applies it anyway.
+        klass = Factory.registry.get(self.plugin_name.lower())
+        self.task.plugin_loaded(getattr(klass, "JOB_TIMEOUT", None))
+        self.future.add_done_callback(lambda future: executor._completed.put(self))
 
     @property
     def event_name(self) -> str:
         """The name of the Dask event that aborts this job."""
         return f"dahu-abort-{self.executor.host.workdir}-{self.job_id}"
 
-    def _signal_abort(self) -> None:
+    def abort(self, reason: str = "aborted on request") -> None:
+        """Tell the task to stop; give up on it after the grace period."""
+        if self.abort_reason is None:
+            self.abort_reason = reason
         try:
             from distributed import Event
 
             Event(self.event_name, client=self.executor.client).set()
         except Exception as err:
             logger.warning("job %s: cannot signal the abort to the cluster: %s", self.job_id, err)
-
-    def abort(self, reason: str = "aborted on request") -> None:
-        """Tell the running task to stop; restart its worker after the grace period."""
-        if self.abort_reason is None:
-            self.abort_reason = reason
-        self._signal_abort()
         self.executor.host.watchdog.call_later(self.executor.abort_grace, self._give_up)
-
-    def drop(self) -> None:
-        """Cancel the task of a job the engine ended before the task started (and abort
-        it, should it have started meanwhile)."""
-        self._signal_abort()
-        try:
-            self.future.cancel()
-        except Exception as err:
-            logger.warning("job %s: cannot cancel its task: %s", self.job_id, err)
 
     def _give_up(self) -> None:
         future = self.future
@@ -220,30 +199,16 @@ class DaskExecution:
         threading.Thread(target=self._restart_worker, args=(future,), daemon=True).start()
 
     def _restart_worker(self, future: Any) -> None:
-        """Restart the worker that runs the hung task (its nanny starts a fresh one)."""
+        """Restart the worker running the hung task (its nanny starts a fresh one)."""
+        client = self.executor.client
         try:
-            if self.worker is None:  # never reported its start: nothing runs it
-                future.cancel()
+            workers = [w for w, keys in client.processing().items() if future.key in keys]
+            if workers:
+                client.restart_workers(workers)
                 return
-            with self.executor._lock:
-                self.executor._restarted.add(self.worker)
-            self.executor.client.restart_workers([self.worker])
+            future.cancel()
         except Exception as err:
             logger.warning("job %s: cannot restart its worker: %s", self.job_id, err)
-
-    def bystander(self, future: Any) -> bool:
-        """True if the task, not started, was lost with a worker restarted for another
-        job (it is resubmitted, at most twice)."""
-        if self.attempts > 2 or future.status != "error":
-            return False
-        try:
-            err = future.exception()
-            worker = getattr(err.last_worker, "address", None)
-        except Exception:
-            return False
-        with self.executor._lock:
-            restarted = worker in self.executor._restarted
-            return self.phase == "waiting" and type(err).__name__ == "KilledWorker" and restarted
 
     def outcome(self) -> Outcome:
         """The job's outcome once its future is done."""
@@ -273,8 +238,8 @@ class DaskExecutor:
     :param max_workers: workers of the local cluster; with an external scheduler, how
         many jobs are on the cluster at once (default: no bound but the cluster's)
     :param scheduler: a scheduler address, or ``local``
-    :param abort_grace: seconds a job has to stop after ``abort`` before its worker is
-        restarted
+    :param abort_grace: seconds a job has to stop after ``abort`` before its task is
+        cancelled
     """
 
     name = "dask"
@@ -294,17 +259,12 @@ class DaskExecutor:
         self.host: Any = None
         self.client: Any = None
         self.cluster: Any = None
-        self.started_topic = f"dahu-started-{uuid.uuid4().hex}"
         self._serialize = False
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)  # notified as jobs are settled
         self._pending: OrderedDict[Any, None] = OrderedDict()  # O(1) cancel, in order
-        self._in_flight = 0  # submitted to the cluster, outcome not handed over
-        self._phases = {"waiting": 0, "running": 0}  # of the executions in flight
-        self._by_task: dict[Any, DaskExecution] = {}
-        self._by_key: dict[str, DaskExecution] = {}
-        self._restarted: set[str] = set()  # workers restarted for a hung job
-        self._events: queue.SimpleQueue = queue.SimpleQueue()  # starts and outcomes
+        self._in_flight = 0
+        self._completed: queue.SimpleQueue = queue.SimpleQueue()
         self._collector: threading.Thread | None = None
 
     def attach(self, host: Any) -> None:
@@ -324,8 +284,6 @@ class DaskExecutor:
             self.client = Client(self.cluster)
         else:
             self.client = Client(self.scheduler)
-        # sent before any task: the scheduler forwards every start to this client
-        self.client.subscribe_topic(self.started_topic, self._on_started)
         self._collector = threading.Thread(
             target=self._collect, name="dahu-dask-collector", daemon=True
         )
@@ -348,19 +306,6 @@ class DaskExecutor:
             self._pending[task] = None
         self._pump()
 
-    def _move(self, execution: DaskExecution, phase: str, before: tuple = ()) -> bool:
-        """Move ``execution`` to ``phase`` if it is in one of ``before`` (any when empty),
-        keeping the counts; call with the lock held."""
-        old = execution.phase
-        if before and old not in before:
-            return False
-        if old in self._phases:
-            self._phases[old] -= 1
-        if phase in self._phases:
-            self._phases[phase] += 1
-        execution.phase = phase
-        return True
-
     def _pump(self) -> None:
         while True:
             with self._lock:
@@ -369,96 +314,39 @@ class DaskExecutor:
                     return
                 task = self._pending.popitem(last=False)[0]
                 self._in_flight += 1
-                execution = DaskExecution(self, task)
-                self._phases["waiting"] += 1
-                self._by_task[task] = execution
+            execution = DaskExecution(self, task)
+            if not task.begin(execution):  # aborted while queued: the engine ended it
+                self._settle(task, None)
+                continue
             try:
                 execution.launch()
             except Exception as err:
                 logger.exception("job %s: cannot submit to the cluster", task.job_id)
                 reason = f"cannot submit to the dask cluster: {error_line(err)}"
-                self._settle(execution, Outcome(State.FAILURE, {}, reason, None, time.time()))
+                self._settle(task, Outcome(State.FAILURE, {}, reason, None, time.time()))
 
-    def _settle(self, execution: DaskExecution, outcome: Outcome | None) -> None:
-        """Hand ``outcome`` over (unless the engine ended the job already) and free the
-        job's place on the cluster."""
-        with self._lock:
-            finish = self._move(execution, "settled", ("waiting", "running"))
-        if finish and outcome is not None:
+    def _settle(self, task: Task, outcome: Outcome | None) -> None:
+        if outcome is not None:
             try:
-                execution.task.finish(outcome)
+                task.finish(outcome)
             except Exception:
-                logger.exception("job %s: cannot record its outcome", execution.job_id)
+                logger.exception("job %s: cannot record its outcome", task.job_id)
         with self._lock:
-            self._by_task.pop(execution.task, None)
-            self._by_key.pop(execution.key, None)
             self._in_flight -= 1  # only now: shutdown(wait=True) waits for the record
             self._drained.notify_all()
         self._pump()
 
-    def _on_started(self, event: tuple[float, Any]) -> None:
-        """A task started on a worker (called on the client's event loop)."""
-        msg = event[1] if isinstance(event, tuple | list) and len(event) == 2 else None
-        if isinstance(msg, dict):
-            self._events.put((self._started, msg.get("key"), msg.get("worker")))
-
-    def _started(self, key: str, worker: str) -> None:
-        """starting → running: the engine starts the job's clock now."""
-        with self._lock:
-            execution = self._by_key.get(key)
-            if execution is None or execution.key != key:
-                return  # ended already, or an attempt that was replaced
-            if not self._move(execution, "running", ("waiting",)):
-                return
-            execution.worker = worker
-            execution.started = time.time()
-        task = execution.task
-        if not task.begin(execution):  # aborted just now: the engine ended the job
-            with self._lock:
-                self._move(execution, "cancelled", ("running",))
-            execution.drop()
-            return
-        # The plugin runs remotely and its module is not imported here: its JOB_TIMEOUT
-        # is known only if the class is registered in this process already; the worker
-        # applies it anyway.
-        klass = Factory.registry.get(task.plugin_name.lower())
-        task.plugin_loaded(getattr(klass, "JOB_TIMEOUT", None))
-
-    def _done(self, execution: DaskExecution, future: Any) -> None:
-        if future is not execution.future:
-            return  # an attempt that was replaced
-        if execution.bystander(future):
-            logger.warning(
-                "job %s: its task was lost with a worker restarted for another job: "
-                "submitting it again",
-                execution.job_id,
-            )
-            with self._lock:
-                self._by_key.pop(execution.key, None)
-            try:
-                execution.launch()
-                return
-            except Exception as err:
-                reason = f"cannot submit to the dask cluster: {error_line(err)}"
-                outcome = Outcome(State.FAILURE, {}, reason, None, time.time())
-                self._settle(execution, outcome)
-                return
-        # the job's callbacks run here: one that waits for a job hands the collecting
-        # over to a new thread (:meth:`_hand_over`), so outcomes go on
-        with serving(execution.job_id, self._hand_over, execution.task):
-            self._settle(execution, execution.outcome())
-
     def _collect(self) -> None:
         me = threading.current_thread()
         while True:
-            item = self._events.get()
-            if item is None:
+            execution = self._completed.get()
+            if execution is None:
                 return
-            method, *args = item
-            try:
-                method(*args)
-            except Exception:  # the collector must go on: every job depends on it
-                logger.exception("dask executor: cannot handle %s", method.__name__)
+            task = execution.task
+            # the job's callbacks run here: one that waits for a job hands the
+            # collecting over to a new thread (:meth:`_hand_over`), so outcomes go on
+            with serving(task.job_id, self._hand_over, task):
+                self._settle(task, execution.outcome())
             if self._collector is not me:
                 return  # another thread collects now
 
@@ -479,18 +367,11 @@ class DaskExecutor:
         return contextlib.nullcontext()
 
     def cancel(self, task: Task) -> bool:
-        """Take ``task`` off the queue, or cancel its task on the cluster if the task has
-        not started; False if it has."""
+        """Take ``task`` off the queue; False if it went to the cluster already."""
         with self._lock:
-            execution = None
-            if task in self._pending:
-                del self._pending[task]
-            else:
-                execution = self._by_task.get(task)
-                if execution is None or not self._move(execution, "cancelled", ("waiting",)):
-                    return False
-        if execution is not None:
-            execution.drop()  # its place is freed when the cluster confirms
+            if task not in self._pending:
+                return False
+            del self._pending[task]
         self._pump()
         return True
 
@@ -499,18 +380,16 @@ class DaskExecutor:
         return False
 
     def counts(self) -> dict[str, int]:
-        """``{"queued": n, "running": n, "waiting": 0}``: a job whose task waits on the
-        cluster is queued."""
+        """``{"queued": n, "running": n, "waiting": 0}``."""
         with self._lock:
-            queued = len(self._pending) + self._phases["waiting"]
-            return {"queued": queued, "running": self._phases["running"], "waiting": 0}
+            return {"queued": len(self._pending), "running": self._in_flight, "waiting": 0}
 
     def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
         """Stop (waiting for the jobs in flight with ``wait``); close the cluster."""
         if wait:
             with self._lock:
                 self._drained.wait_for(lambda: not self._pending and not self._in_flight, timeout)
-        self._events.put(None)
+        self._completed.put(None)
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:
