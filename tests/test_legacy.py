@@ -193,6 +193,12 @@ def test_a_plugin_that_aborts_itself_and_returns_succeeds(path, data):
     assert "aborted" not in ran.output
 
 
+def test_a_method_the_plugin_names_but_lacks_is_skipped(path):
+    # bug: AttributeError, the job failed; the original logs it and goes on
+    ran = run(path, "legacy.renamed")
+    assert (ran.state, ran.output["r"]) == ("success", 1)
+
+
 def test_the_builtin_noop_returns_its_input(path):
     assert run(path, "example.noop", {"x": [1, 2]}).output["result"] == [1, 2]
 

@@ -166,6 +166,17 @@ class StopsItself(Plugin):
         self.output["frames"] = frames
 
 
+@register
+class Renamed(Plugin):
+    """Names a set-up method it does not have (a rename left half done): the original
+    logs "No such method" and runs process anyway."""
+
+    DEFAULT_SET_UP = "prepare"
+
+    def process(self):
+        self.output["r"] = 1
+
+
 def add_one(x):
     return x + 1
 

@@ -86,7 +86,7 @@ def _setup_args(plugin: Any) -> tuple:
                 p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
                 for p in params.values()
             )
-        except (TypeError, ValueError):  # no signature to read: call it as the original
+        except (AttributeError, TypeError, ValueError):  # no signature (or no method)
             wants = False
         _SETUP_WANTS_INPUT[klass] = wants
     return (dict(plugin.input),) if wants else ()
@@ -137,7 +137,12 @@ class Execution:
                 logger.exception("job %s: the plugin's abort() failed", self.job_id)
 
     def _call(self, plugin: Any, method_name: str, *args: Any) -> None:
-        getattr(plugin, method_name)(*args)
+        method = getattr(plugin, method_name, None)
+        if not callable(method):  # as the original: said in the log, the job goes on
+            name = type(plugin).__name__
+            logger.error("job %s: no such method %s in class %s", self.job_id, method_name, name)
+            return
+        method(*args)
 
     def _process(self, plugin: Any) -> None:
         if not self.input_data.get("do_profiling"):
