@@ -199,6 +199,13 @@ def test_a_method_the_plugin_names_but_lacks_is_skipped(path):
     assert (ran.state, ran.output["r"]) == ("success", 1)
 
 
+def test_an_output_of_key_value_pairs_is_a_dict_as_in_the_original(path):
+    # bug: {"result": [["a", 1], ...]}; the original gave {"a": 1, ...}
+    ran = run(path, "legacy.pairs")
+    assert ran.state == "success"
+    assert {k: ran.output[k] for k in ("a", "b")} == {"a": 1, "b": [2, 3]}
+
+
 def test_the_builtin_noop_returns_its_input(path):
     assert run(path, "example.noop", {"x": [1, 2]}).output["result"] == [1, 2]
 

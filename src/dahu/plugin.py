@@ -76,9 +76,11 @@ class Plugin:
         """Release resources; always run, even if ``process`` failed.
 
         Puts the plugin's log list itself into ``self.output["logging"]``: lines logged
-        afterwards still reach the output.
+        afterwards still reach the output (when the output is a dict: a plugin may have
+        set it to key-value pairs, which the job turns into one).
         """
-        self.output["logging"] = self._logging
+        if isinstance(self.output, dict):
+            self.output["logging"] = self._logging
 
     def get_info(self) -> str:
         """Return the plugin's log lines as one text."""

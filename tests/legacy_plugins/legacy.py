@@ -177,6 +177,14 @@ class Renamed(Plugin):
         self.output["r"] = 1
 
 
+@register
+class Pairs(Plugin):
+    """Sets its output to key-value pairs (the original's output.update() took them)."""
+
+    def process(self):
+        self.output = [("a", 1), ("b", [2, 3])]
+
+
 def add_one(x):
     return x + 1
 

@@ -207,7 +207,10 @@ class Execution:
             error = self.abort_reason or "aborted on request"
         output = getattr(plugin, "output", None)
         if not isinstance(output, dict):
-            output = {"result": output}
+            try:  # key-value pairs, which the original's output.update() took
+                output = dict(output)
+            except (TypeError, ValueError):
+                output = {"result": output}
         module_file, version = plugin_provenance(plugin)
         final_input = getattr(plugin, "input", None)
         final_input = final_input if isinstance(final_input, dict) else None
