@@ -7,6 +7,7 @@ are the installed entry points, run as separate processes with ``TANGO_HOST`` se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -256,18 +257,11 @@ def test_server_version_and_split_of_tango_options():
     assert rest == ["test", "-nodb", "-dlist", "id00/dahu/1", "-v4"]
 
 
-def test_init_applies_changed_properties_and_bounds_the_wait(database, tmp_path):
-    # bugs: a default_timeout changed then Init had no effect (max_workers did); a
-    # wait_timeout of 1e10 made every waitJob fail (OverflowError: timestamp out of range)
+@contextlib.contextmanager
+def registered_server(database: str, tmp_path: Path):
+    """``dahu-register`` then ``dahu_server`` of the test device; yields its proxy and
+    stops the server (SIGTERM) at the end."""
     env = dict(os.environ, TANGO_HOST=database)
-    refused = subprocess.run(
-        [tool("dahu-register"), INSTANCE, DEVICE, "--wait-timeout", "1e10"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert refused.returncode == 2 and "expected 3600 or less, not 1e10" in refused.stderr
     registered = subprocess.run(
         [tool("dahu-register"), INSTANCE, DEVICE, "--workdir", str(tmp_path / "work")],
         env=env,
@@ -281,14 +275,7 @@ def test_init_applies_changed_properties_and_bounds_the_wait(database, tmp_path)
             [tool("dahu_server"), INSTANCE], env=env, stdout=subprocess.DEVNULL, stderr=err
         )
     try:
-        proxy = wait_for_device(f"tango://{database}/{DEVICE}", server)
-        db = tango.Database(*database.split(":"))
-        # a property written by hand (Jive), past what dahu-register accepts
-        db.put_device_property(DEVICE, {"default_timeout": ["0.5"], "wait_timeout": ["1e10"]})
-        proxy.Init()
-        job = proxy.startJob(["example.sleep", json.dumps({"t": 30})])
-        assert finish(proxy, job) == "aborted"  # waitJob answers (it failed on the overflow)
-        assert proxy.getJobError(job).startswith("timed out after 0.5 s")
+        yield wait_for_device(f"tango://{database}/{DEVICE}", server)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -296,6 +283,28 @@ def test_init_applies_changed_properties_and_bounds_the_wait(database, tmp_path)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_init_applies_changed_properties_and_bounds_the_wait(database, tmp_path):
+    # bugs: a default_timeout changed then Init had no effect (max_workers did); a
+    # wait_timeout of 1e10 made every waitJob fail (OverflowError: timestamp out of range)
+    env = dict(os.environ, TANGO_HOST=database)
+    refused = subprocess.run(
+        [tool("dahu-register"), INSTANCE, DEVICE, "--wait-timeout", "1e10"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "expected 3600 or less, not 1e10" in refused.stderr
+    with registered_server(database, tmp_path) as proxy:
+        db = tango.Database(*database.split(":"))
+        # a property written by hand (Jive), past what dahu-register accepts
+        db.put_device_property(DEVICE, {"default_timeout": ["0.5"], "wait_timeout": ["1e10"]})
+        proxy.Init()
+        job = proxy.startJob(["example.sleep", json.dumps({"t": 30})])
+        assert finish(proxy, job) == "aborted"  # waitJob answers (it failed on the overflow)
+        assert proxy.getJobError(job).startswith("timed out after 0.5 s")
 
 
 def test_a_busy_port_is_one_line_of_ours_after_omniorbs(tmp_path):
@@ -324,21 +333,7 @@ def test_init_with_a_bad_property_keeps_the_device_serving_in_fault(database, tm
     # bugs: Init with wait_timeout='abc' gave the client "UNKNOWN CORBA system exception",
     # the state stayed ON, statisticsCollected events were never pushed again, and Init
     # reset jobSuccess to 0
-    env = dict(os.environ, TANGO_HOST=database)
-    registered = subprocess.run(
-        [tool("dahu-register"), INSTANCE, DEVICE, "--workdir", str(tmp_path / "work")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert registered.returncode == 0, registered.stderr
-    with open(tmp_path / "server.err", "w") as err:
-        server = subprocess.Popen(
-            [tool("dahu_server"), INSTANCE], env=env, stdout=subprocess.DEVNULL, stderr=err
-        )
-    try:
-        proxy = wait_for_device(f"tango://{database}/{DEVICE}", server)
+    with registered_server(database, tmp_path) as proxy:
         job = proxy.startJob(["example.square", json.dumps({"x": 3})])
         assert finish(proxy, job) == "success"
         seen: list[str] = []
@@ -363,10 +358,3 @@ def test_init_with_a_bad_property_keeps_the_device_serving_in_fault(database, tm
         db.delete_device_property(DEVICE, ["wait_timeout"])
         proxy.Init()
         assert proxy.state() == tango.DevState.ON
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()

@@ -18,7 +18,6 @@ import inspect
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import DahuError, UnknownPlugin, one_line
+from .executors.process import exit_text
 from .factory import Factory, _list_modules, plugin_factory
 
 logger = logging.getLogger(__name__)
@@ -42,12 +42,8 @@ def ended_reason(returncode: int) -> str:
     """``the import crashed: signal 11 (SIGSEGV)`` / ``the import ended the process:
     exit code 3``."""
     if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = "unknown"
-        return f"the import crashed: signal {-returncode} ({name})"
-    return f"the import ended the process: exit code {returncode}"
+        return f"the import crashed: {exit_text(returncode)}"
+    return f"the import ended the process: {exit_text(returncode)}"
 
 
 def _signature(directories: list[str]) -> tuple:

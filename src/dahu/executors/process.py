@@ -39,17 +39,22 @@ logger = logging.getLogger(__name__)
 __all__ = ["ProcessExecutor", "WorkerProcess"]
 
 
-def death_reason(exitcode: int | None) -> str:
-    """``worker process died: signal 11 (SIGSEGV)`` / ``... exit code 1``."""
-    if exitcode is None:
-        return "worker process died"
+def exit_text(exitcode: int) -> str:
+    """``signal 11 (SIGSEGV)`` for a process killed by a signal, else ``exit code 1``."""
     if exitcode < 0:
         try:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = "unknown"
-        return f"worker process died: signal {-exitcode} ({name})"
-    return f"worker process died: exit code {exitcode}"
+        return f"signal {-exitcode} ({name})"
+    return f"exit code {exitcode}"
+
+
+def death_reason(exitcode: int | None) -> str:
+    """``worker process died: signal 11 (SIGSEGV)`` / ``... exit code 1``."""
+    if exitcode is None:
+        return "worker process died"
+    return f"worker process died: {exit_text(exitcode)}"
 
 
 class WorkerProcess:
