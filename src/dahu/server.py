@@ -215,7 +215,7 @@ class DahuDS(Device):
         if engine.journal_fault:
             lines.append(f"FAULT: the journal cannot be written: {one_line(engine.journal_fault)}")
         if self._bad_property:
-            lines.append(f"FAULT: {self._bad_property}: fix it, then Init (settings kept)")
+            lines.append(f"FAULT: bad device property: {self._bad_property}: fix it, then Init")
         if counts["queued"] > self.queue_limit:
             lines.append(f"ALARM: {counts['queued']} jobs queued, more than {self.queue_limit}")
         schedule = current_retention()
