@@ -124,6 +124,9 @@ def test_list_filters_and_limit(history):
         run("list", "--json", "--plugin", "example.square", "--limit", "0", workdir=workdir).stdout
     )
     assert [item["id"] for item in items] == ids["squares"]
+    # plugin names are not case-sensitive, in the filters as for the factory
+    spelled = run("list", "--json", "--plugin", "Example.SQUARE", "--limit", "0", workdir=workdir)
+    assert [item["id"] for item in json.loads(spelled.stdout)] == ids["squares"]
     proc = run("list", "--json", "--limit", "3", "--plugin", "example.square", workdir=workdir)
     assert len(json.loads(proc.stdout)) == 3 and "the last 3 of 40" in proc.stderr
     proc = run("list", "--limit", "3", "--plugin", "example.square", workdir=workdir)

@@ -333,6 +333,8 @@ def test_every_endpoint_answers_json(server, jobs):
     assert failed["jobs"] and all(j["state"] == "failure" for j in failed["jobs"])
     _, only = get_json(base + "/api/jobs?plugin=example.square")
     assert only["jobs"] and {j["plugin"] for j in only["jobs"]} == {"example.square"}
+    _, spelled = get_json(base + "/api/jobs?plugin=Example.Square")
+    assert [j["id"] for j in spelled["jobs"]] == [j["id"] for j in only["jobs"]]
     _, failures = get_json(base + "/api/failures?limit=100")
     assert {jobs["bad"], jobs["aborted"]} <= {j["id"] for j in failures["failures"]}
 
@@ -374,6 +376,8 @@ def test_job_listings_search_the_journal_beyond_the_latest_jobs(server, jobs):
     _, by_plugin = get_json(base + "/api/jobs?plugin=example.error")
     bad = [j for j in by_plugin["jobs"] if j["id"] == jobs["bad"]]
     assert bad and bad[0]["reason"].endswith("detector on fire")
+    _, spelled = get_json(base + "/api/jobs?plugin=EXAMPLE.error")
+    assert jobs["bad"] in [j["id"] for j in spelled["jobs"]]
     _, failures = get_json(base + "/api/failures?limit=1000")
     assert {jobs["bad"], jobs["aborted"]} <= {j["id"] for j in failures["failures"]}
     _, many = get_json(base + "/api/jobs?limit=1000")

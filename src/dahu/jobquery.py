@@ -56,7 +56,7 @@ class Filters:
         """The SQL condition and its arguments."""
         clauses, args = ["1"], []
         if self.plugin is not None:
-            clauses.append("plugin = ?")
+            clauses.append("plugin = ? COLLATE NOCASE")  # as the factory: any case
             args.append(self.plugin)
         if self.state is not None:
             clauses.append("state = ?")

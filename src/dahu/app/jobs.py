@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the work directory (default: $DAHU_WORKDIR, else ~/.local/state/dahu)",
     )
     filters = argparse.ArgumentParser(add_help=False)
-    filters.add_argument("--plugin", metavar="NAME", help="only jobs of this plugin")
+    filters.add_argument("--plugin", metavar="NAME", help="only jobs of this plugin (any case)")
     filters.add_argument("--state", choices=State.ALL, help="only jobs in this state")
     filters.add_argument(
         "--since",

@@ -59,7 +59,7 @@ def latest_jobs(
             where, args = "state = ?", []
             if plugin is not None:
                 newest = db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
-                where += " AND plugin = ? AND id > ?"
+                where += " AND plugin = ? COLLATE NOCASE AND id > ?"
                 args = [plugin, newest - PLUGIN_SCAN]
             sql = f"SELECT {_COLUMNS} FROM jobs WHERE {where} ORDER BY id DESC LIMIT ?"
             for state in states:

@@ -277,7 +277,8 @@ class Monitor:
         if state is not None:
             items = [i for i in items if i["state"] == state]
         if plugin is not None:
-            items = [i for i in items if i["plugin"] == plugin]
+            name = plugin.lower()  # plugin names are not case-sensitive (the factory's)
+            items = [i for i in items if i["plugin"].lower() == name]
         return items[:limit]
 
     def failures(self, limit: int = 25) -> list[dict[str, Any]]:
