@@ -37,11 +37,15 @@ def test_square_job_output_and_class_getters(engine):
         assert json.loads(get_output(job.id, as_JSON=True))["result"] == 49
     for get_input in (Job.getDataInputFromID, Job.getDataInputFromId):
         assert get_input(job.id)["x"] == 7
+        # compact text, as the original gives for a job in memory
+        assert get_input(job.id, as_JSON=True).startswith('{"x":7,"plugin_name":"example.square"')
     for get_error in (Job.getErrorFromID, Job.getErrorFromId):
         assert get_error(job.id) == ""
     for get_job in (Job.getJobFromID, Job.getJobFromId):
         assert get_job(job.id).id == job.id
     assert Job.synchronize_job(job.id, 1) == "success"
+    job.clean()  # the same compact text once the data lives in the journal only
+    assert Job.getDataInputFromId(job.id, as_JSON=True).startswith('{"x":7,"plugin_name":')
     assert job.name == job.getName() == "example.square"
     assert isinstance(job, threading.Thread)
 

@@ -407,10 +407,11 @@ class Job(threading.Thread, metaclass=_JobClass):
         data = getattr(job, attribute) if job is not None else {}
         if not as_JSON:
             return data
+        # compact, as the original's text of a job in memory
         try:
-            return json.dumps(data, cls=NumpyEncoder)
+            return json.dumps(data, cls=NumpyEncoder, separators=(",", ":"))
         except (TypeError, ValueError):  # what JSON refuses as text, as the journal has it
-            return json.dumps(jsonable(data), cls=NumpyEncoder)
+            return json.dumps(jsonable(data), cls=NumpyEncoder, separators=(",", ":"))
 
     @classmethod
     def getDataOutputFromID(cls, jobId: int, as_JSON: bool = False) -> Any:  # noqa: N802,N803
