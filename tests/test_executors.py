@@ -166,6 +166,32 @@ def test_timeouts(kind):
         assert (patient.status, patient.error) == ("aborted", "timed out after 0.5 s"), bad
 
 
+def test_aborting_a_job_waiting_for_a_free_worker_spares_the_running_ones(kind):
+    # bug (dask): aborting a job whose task waited on a worker for a free thread
+    # restarted that worker after the grace period, killing the job it was running
+    sleepers = [Job("example.sleep", {"t": 2.5}) for _ in range(2)]  # both workers busy
+    for job in sleepers:
+        job.start()
+    for job in sleepers:
+        wait_running(job)
+    # Dask counts a task running as soon as it is on the cluster, and its timeout
+    # counts the wait there (a known limit, docs/executors.md)
+    waiting = Job("example.square", {"x": 3, **({} if kind == "dask" else {"job_timeout": 1.0})})
+    waiting.start()
+    dropped = Job("example.square", {"x": 4})
+    dropped.start()
+    if kind != "dask":
+        assert waiting.status == dropped.status == "starting"
+    assert dropped.abort()
+    dropped.join(30)
+    assert dropped.status == "aborted"
+    waiting.join(30)
+    assert (waiting.status, waiting.output_data.get("result")) == ("success", 9), waiting.error
+    for job in sleepers:
+        job.join(30)
+    assert [job.status for job in sleepers] == ["success", "success"], [j.error for j in sleepers]
+
+
 def test_wait_for_chain_longer_than_the_pool(kind):
     head = Job("example.square", {"x": 2})
     chain = [head]

@@ -12,7 +12,8 @@ plugin modules once per process and a plugin's ``wait_for`` reads the shared jou
   the collecting over to a new thread, so the outcome it waits for still arrives.
 * ``abort`` sets a Dask ``Event`` that the task watches and passes to the plugin; if the
   job has not ended ``abort_grace`` seconds later the worker running it is restarted and
-  the job ends ``aborted`` anyway.
+  the job ends ``aborted`` anyway (a task still waiting on a worker for a free thread is
+  cancelled instead: the worker's running job goes on).
 * A plugin's ``JOB_TIMEOUT`` is applied on the worker (the server never imports plugin
   code): the task aborts its plugin when it runs out.  A timeout known to the server
   (input ``job_timeout``, the server's default) also restarts a worker whose plugin
@@ -113,6 +114,9 @@ def run_task(
     )
     finished = threading.Event()
     event = Event(abort_event, client=get_client())
+    if event.is_set():  # aborted while the task waited for a worker: do not begin
+        now = time.time()
+        return outcome_message(Outcome(State.ABORTED, {}, "aborted on request", now, now), job_id)
 
     def watch() -> None:
         while not finished.is_set():
@@ -133,6 +137,13 @@ def run_task(
     finally:
         finished.set()
     return outcome_message(outcome, job_id)
+
+
+def _started(key: str, dask_worker: Any = None) -> bool:
+    """On a worker (``Client.run``): whether the task ``key`` has begun there (it runs,
+    or waits for a job, seceded), rather than waiting for a free worker thread."""
+    task = dask_worker.state.tasks.get(key)
+    return task is not None and task.state in ("executing", "long-running")
 
 
 class DaskExecution:
@@ -199,13 +210,18 @@ class DaskExecution:
         threading.Thread(target=self._restart_worker, args=(future,), daemon=True).start()
 
     def _restart_worker(self, future: Any) -> None:
-        """Restart the worker running the hung task (its nanny starts a fresh one)."""
+        """Restart the worker running the hung task (its nanny starts a fresh one); a task
+        still waiting for a worker thread is only cancelled (restarting the worker that
+        holds it would kill the job it runs)."""
         client = self.executor.client
         try:
             workers = [w for w, keys in client.processing().items() if future.key in keys]
             if workers:
-                client.restart_workers(workers)
-                return
+                started = client.run(_started, future.key, workers=workers)
+                running = [w for w in workers if started.get(w)]
+                if running:
+                    client.restart_workers(running)
+                    return
             future.cancel()
         except Exception as err:
             logger.warning("job %s: cannot restart its worker: %s", self.job_id, err)
