@@ -32,6 +32,10 @@ def device(request, tmp_path_factory):
     (plugins / "devbadimport.py").write_text(BAD_IMPORT)
     (plugins / "devfork.py").write_text(FORK_RETURNS)
     (plugins / "devsegv.py").write_text("import ctypes\n\nctypes.string_at(0)\n")
+    mp = pytest.MonkeyPatch()
+    if request.param != "thread":  # that one imports plugin modules in the server itself
+        (plugins / "devhang.py").write_text("import time\n\ntime.sleep(600)\n")
+        mp.setenv("DAHU_PLUGIN_IMPORT_TIMEOUT", "5")  # the server's helper process reads it
     workdir = base / "work"
     server = LocalServer(
         str(workdir),
@@ -40,7 +44,10 @@ def device(request, tmp_path_factory):
         device="test/dahu/executors",
         extra_args=["--executor", request.param, "--plugins", str(plugins)],
     )
-    proxy = server.start(timeout=60)
+    try:
+        proxy = server.start(timeout=60)
+    finally:
+        mp.undo()
     try:
         yield proxy, workdir, request.param
     finally:
@@ -187,6 +194,8 @@ def test_list_and_init_plugins_never_import_plugin_code_in_an_isolating_server(d
     assert lines[0].startswith("List of all plugin currently loaded")
     assert " devsegv.<error> : cannot load: the import crashed: signal 11 (SIGSEGV)" in lines
     assert " devbadimport.<error> : cannot load: the import ended the process: exit code 3" in lines
+    # bug: a module whose import hung kept listPlugins answering "try again" for ever
+    assert " devhang.<error> : cannot load: the import did not finish within 5 s" in lines
     assert " example.square : Return x squared." in lines
     assert (
         " devfork.returns : Forks; the child returns from the plugin too (no exec, no os._exit)."
@@ -197,6 +206,7 @@ def test_list_and_init_plugins_never_import_plugin_code_in_an_isolating_server(d
         "the import crashed: signal 11 (SIGSEGV)"
     )
     assert answer(proxy.initPlugin, "devbadimport.x").endswith("ended the process: exit code 3")
+    assert answer(proxy.initPlugin, "devhang.x").endswith("the import did not finish within 5 s")
     assert (
         answer(proxy.initPlugin, "example.square")
         == "Plugin loaded: example.square\nReturn x squared."

@@ -6,7 +6,9 @@ throwaway helper process (``python -m dahu.server_plugins``, a fresh interpreter
 imports the modules and sends back the listing or the docstring as JSON lines.  A module
 whose import ends that process (a segfault, ``os._exit``) gets a one-line reason
 (``module.<error> : cannot load: the import crashed: signal 11 (SIGSEGV)``); the helper
-is started again without it to list the others.  Answers are kept until a module file
+is started again without it to list the others.  So is a module whose import does not
+finish within ``$DAHU_PLUGIN_IMPORT_TIMEOUT`` seconds (default 60): the helper is killed,
+and the module's reason is ``the import did not finish within 60 s``.  Answers are kept until a module file
 of the plugin directories changes (added, removed, modified).
 
 This module imports nothing heavy: the helper process runs it.
@@ -17,7 +19,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -38,9 +42,25 @@ PLUGINS_HEADER = (
 )
 
 
-def ended_reason(returncode: int) -> str:
+IMPORT_TIMEOUT_VARIABLE = "DAHU_PLUGIN_IMPORT_TIMEOUT"
+IMPORT_TIMEOUT = 60.0  # seconds a plugin module's import may take in the helper
+
+
+def import_timeout() -> float:
+    """Seconds one module's import may take (``$DAHU_PLUGIN_IMPORT_TIMEOUT``, else 60)."""
+    try:
+        value = float(os.environ.get(IMPORT_TIMEOUT_VARIABLE) or IMPORT_TIMEOUT)
+    except ValueError:
+        value = IMPORT_TIMEOUT
+    return value if 0 < value < math.inf else IMPORT_TIMEOUT
+
+
+def ended_reason(returncode: int | None) -> str:
     """``the import crashed: signal 11 (SIGSEGV)`` / ``the import ended the process:
-    exit code 3``."""
+    exit code 3`` / (None: the helper was killed) ``the import did not finish within
+    60 s``."""
+    if returncode is None:
+        return f"the import did not finish within {import_timeout():g} s"
     if returncode < 0:
         return f"the import crashed: {exit_text(returncode)}"
     return f"the import ended the process: {exit_text(returncode)}"
@@ -103,8 +123,8 @@ class PluginCatalog:
     # ---- the helper process -------------------------------------------------------------
     def _ask(self, key: tuple, module: str, compute: Callable[[list[str]], tuple]) -> Any:
         """The answer of ``compute(directories)`` (``answer, {other key: answer}``), kept
-        under ``key`` while the module files stay the same; one helper at a time per
-        ``module`` (``*``: every module)."""
+        under ``key`` while the module files stay the same (a :class:`DahuError` it raised
+        too); one helper at a time per ``module`` (``*``: every module)."""
         directories = self.factory.search_order()
         with self._lock:
             seen = _signature(directories)
@@ -114,12 +134,20 @@ class PluginCatalog:
             lock = self._locks.setdefault(module, threading.Lock())
         with lock:
             if key in self._answers:
-                return self._answers[key]
-            answer, others = compute(directories)
+                answer = self._answers[key]
+                if isinstance(answer, DahuError):
+                    raise answer
+                return answer
+            try:
+                answer, others = compute(directories)
+            except DahuError as err:  # kept too: a slow failure is not paid on every call
+                answer, others = err, {}
             with self._lock:
                 if self._seen == seen:
                     self._answers.update(others)
                     self._answers[key] = answer
+            if isinstance(answer, DahuError):
+                raise answer
             return answer
 
     def _list(self, directories: list[str]) -> tuple[dict[str, str], dict]:
@@ -149,21 +177,40 @@ class PluginCatalog:
         raise UnknownPlugin(f"cannot load plugin {plugin!r}: {ended_reason(returncode)}")
 
 
-def _helper(args: list[str]) -> tuple[list[dict[str, Any]], int]:
-    """Run ``python -m dahu.server_plugins ARGS``: its JSON lines and its exit code."""
-    process = subprocess.run(
+def _helper(args: list[str]) -> tuple[list[dict[str, Any]], int | None]:
+    """Run ``python -m dahu.server_plugins ARGS``: its JSON lines and its exit code (None:
+    killed, as one module's import took longer than :func:`import_timeout`)."""
+    limit = import_timeout()
+    process = subprocess.Popen(
         [sys.executable, "-m", __name__, *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        check=False,
     )
-    lines = []
-    for line in process.stdout.splitlines():
+    received: queue.SimpleQueue = queue.SimpleQueue()
+
+    def read() -> None:
+        for raw in process.stdout:  # type: ignore[union-attr]
+            received.put(raw)
+        received.put(None)
+
+    threading.Thread(target=read, name="dahu-plugins-helper", daemon=True).start()
+    lines: list[dict[str, Any]] = []
+    cut = False
+    while True:
         try:
-            lines.append(json.loads(line))
-        except ValueError:  # cut short by the crash
+            raw = received.get(timeout=limit)  # each line: the next module, or the end
+        except queue.Empty:
+            process.kill()
+            process.wait()
+            return lines, None
+        if raw is None:
             break
-    return lines, process.returncode
+        if not cut:
+            try:
+                lines.append(json.loads(raw))
+            except ValueError:  # cut short by the crash
+                cut = True
+    return lines, process.wait()
 
 
 def _doc(klass: type) -> str:

@@ -87,6 +87,11 @@ PAGES: dict[str, Page] = {
             _ENV_WORKDIR,
             _ENV_TANGO,
             ("DAHU_HTTP_TOKEN", "The web page's access token, when --http-token is not given."),
+            (
+                "DAHU_PLUGIN_IMPORT_TIMEOUT",
+                "Seconds a plugin module's import may take when listPlugins or initPlugin "
+                "asks a helper process for it (process and dask executors; default 60).",
+            ),
         ],
         files=[
             ("WORKDIR/journal.sqlite", "the journal: every job, its input, output and error"),
