@@ -302,3 +302,32 @@ def test_the_plugin_listing_of_an_isolating_server_is_made_by_a_helper_process(t
     in_process = PluginCatalog(Factory(plugin_path=[str(plugins)]), isolated=False)
     assert in_process.init_text("marked.first") == expected  # the thread executor's text
     assert " marked.second : Two." in in_process.listing().splitlines()
+
+
+def test_the_server_recycles_its_worker_processes_as_told(tmp_path):
+    # bug: recycle_jobs and recycle_rss_mb were executor options only: a server could
+    # not set them (a plugin that leaks memory grew its worker for weeks)
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "where.py").write_text(
+        "import os\nfrom dahu.plugin import plugin_from_function\n\n\n"
+        "def pid():\n    return {'pid': os.getpid()}\n\n\nplugin_from_function(pid)\n"
+    )
+    server = LocalServer(
+        str(tmp_path / "work"),
+        str(tmp_path / "server.log"),
+        max_workers=1,
+        device="test/dahu/recycling",
+        extra_args=["--executor", "process", "--recycle-jobs", "2", "--plugins", str(plugins)],
+    )
+    proxy = server.start(timeout=60)
+    try:
+        pids = []
+        for _ in range(5):
+            job_id = start(proxy, "where.pid")
+            assert finish(proxy, job_id) == "success"
+            pids.append(json.loads(proxy.getJobOutput(job_id))["result"]["pid"])
+        assert server.process.pid not in pids
+    finally:
+        assert server.stop() == 0
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4], pids

@@ -150,6 +150,27 @@ PROPERTIES: tuple[Property, ...] = (
         server_option="--scheduler",
     ),
     Property(
+        "recycle_jobs",
+        int,
+        0,
+        "process executor: replace a worker process after this many jobs (0: never)",
+        "--recycle-jobs",
+        "N",
+        server_option="--recycle-jobs",
+        minimum=0,
+    ),
+    Property(
+        "recycle_rss_mb",
+        float,
+        0.0,
+        "process executor: replace a worker process whose resident memory passed this "
+        "many MB, after its job (0: never)",
+        "--recycle-rss-mb",
+        "MB",
+        server_option="--recycle-rss-mb",
+        minimum=0,
+    ),
+    Property(
         "default_timeout",
         float,
         0.0,

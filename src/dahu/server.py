@@ -42,6 +42,7 @@ from .server_settings import (
     ServerSettings,
     attach_web,
     configure_engine,
+    configure_recycling,
     configure_retention,
     current_retention,
     ready_line,
@@ -112,6 +113,11 @@ class DahuDS(Device):
             timeout=timeout,
         )
         self._engine.thread_context = tango.EnsureOmniThread  # it pushes the job events
+        configure_recycling(
+            self._engine,
+            settings.recycle_jobs or int(self.recycle_jobs),
+            settings.recycle_rss_mb or float(self.recycle_rss_mb),
+        )
         self._wait = min(max(0.0, float(self.wait_timeout)), MAX_WAIT_TIMEOUT)  # NaN: 0
         self._retention_error = ""
         spec = settings.retention if settings.retention is not None else self.retention

@@ -5,6 +5,7 @@ schedule and its shutdown."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ class ServerSettings:
     executor: str | None = None
     scheduler: str | None = None
     timeout: float | None = None
+    recycle_jobs: int | None = None
+    recycle_rss_mb: float | None = None
     retention: str | None = None
     retention_interval: float | None = None
     http: str | None = None
@@ -111,6 +114,20 @@ def configure_engine(
     for directory in plugin_dirs:
         engine.factory.add_directory(directory)
     return engine
+
+
+def configure_recycling(engine: dahu_engine.Engine, jobs: int, rss_mb: float) -> None:
+    """Replace the process executor's workers after ``jobs`` jobs or past ``rss_mb`` MB
+    of resident memory (0: never), from the next job on; other executors have no
+    worker processes to replace (a warning if asked to)."""
+    jobs = jobs if jobs > 0 else 0
+    rss_mb = rss_mb if 0 < rss_mb < math.inf else 0  # NaN, a negative number: never
+    executor = engine.executor
+    if hasattr(executor, "recycle_jobs"):
+        executor.recycle_jobs = jobs or None
+        executor.recycle_rss_mb = rss_mb or None
+    elif jobs or rss_mb:
+        logger.warning("recycle_jobs/recycle_rss_mb ignored: the %s executor", executor.name)
 
 
 def configure_retention(

@@ -42,6 +42,10 @@ _SERVER_HELP = {
     "thread = in the server, process = isolated worker processes, dask = a Dask cluster",
     "scheduler": "with --executor dask: the scheduler address (tcp://host:8786) or 'local' "
     "(default) to start a local cluster",
+    "recycle_jobs": "with --executor process: replace a worker process after N jobs (wins "
+    "over the device property; default 0: never)",
+    "recycle_rss_mb": "with --executor process: replace a worker process whose resident memory "
+    "passed MB megabytes, after its job (wins over the device property; default 0: never)",
     "default_timeout": "abort a running job after this long unless its plugin or input says "
     "otherwise (default: no limit; wins over the device property)",
     "http": "serve the read-only web page and its JSON endpoints on PORT of HOST "
@@ -191,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     server.settings.executor = args.executor
     server.settings.scheduler = args.scheduler
     server.settings.timeout = args.default_timeout
+    server.settings.recycle_jobs = args.recycle_jobs
+    server.settings.recycle_rss_mb = args.recycle_rss_mb
     server.settings.retention = args.retention
     server.settings.retention_interval = args.retention_interval
     server.settings.http = args.http
