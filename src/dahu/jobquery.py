@@ -12,13 +12,13 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from .journal import SCHEMA_VERSION, JobRecord, JournalError, SQLiteJournal
 from .journal.base import storable_id
+from .journal.sqlite import connect_file
 from .states import State
 
 __all__ = [
@@ -83,12 +83,8 @@ def open_journal(workdir: str, write: bool = False) -> sqlite3.Connection:
         raise NotAJournal(
             f"{workdir} is not a Dahu work directory: it has no {SQLiteJournal.FILENAME}"
         )
-    mode = "rw" if write else "ro"
-    uri = f"file:{urllib.parse.quote(path)}?mode={mode}"
     try:
-        db = sqlite3.connect(
-            uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
+        db = connect_file(path, write)
         db.execute("PRAGMA busy_timeout=30000")
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         version = db.execute("PRAGMA user_version").fetchone()[0]

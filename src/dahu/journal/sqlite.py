@@ -25,6 +25,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -50,7 +51,17 @@ from .writer import BatchedWriter, _Write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SQLiteJournal", "SCHEMA_VERSION"]
+__all__ = ["SQLiteJournal", "SCHEMA_VERSION", "connect_file"]
+
+
+def connect_file(path: str, write: bool = False) -> sqlite3.Connection:
+    """A connection to the existing journal file ``path``, read-only unless ``write``
+    (for readers beside the server: ``dahu-jobs``, the web page); never creates one."""
+    uri = f"file:{urllib.parse.quote(path)}?mode={'rw' if write else 'ro'}"
+    return sqlite3.connect(
+        uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
+    )
+
 
 SCHEMA_VERSION = 1
 

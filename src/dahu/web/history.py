@@ -16,12 +16,12 @@ the web thread busy for seconds): the answer says it was left out and how large 
 from __future__ import annotations
 
 import sqlite3
-import urllib.parse
 from typing import Any
 
 from ..errors import JournalError
 from ..journal import JobRecord, SQLiteJournal
 from ..journal.base import storable_id
+from ..journal.sqlite import connect_file
 from ..states import State
 from .monitor import reason_line
 
@@ -40,8 +40,7 @@ _DETAILS = (
 
 def _connect(journal: SQLiteJournal) -> sqlite3.Connection:
     """A read-only connection to the journal's file."""
-    uri = f"file:{urllib.parse.quote(journal.path)}?mode=ro"
-    return sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+    return connect_file(journal.path)
 
 
 def latest_jobs(
