@@ -599,6 +599,51 @@ def test_pyfai_jobs_write_new_files_and_an_unchanged_rerun_compares_the_same(tmp
 
 
 # ---- Ctrl-C -----------------------------------------------------------------------------
+def test_pyfai_curves_of_a_rerun_go_to_the_output_directory(tmp_path: Path):
+    """pyfai.integrate_simple's curve_file is required (REPROCESS_IGNORE cannot drop it):
+    its REPROCESS_RELOCATE moves a rerun's curve under the output directory, keeping its
+    name, and the comparison reads both curves as tables (their headers name their own
+    paths)."""
+    # bug: the rerun wrote over the archived curve, then compared it with itself
+    data = make_dataset(tmp_path / "data", 2, (64, 64), seed=5, edf=False)
+    results = tmp_path / "results"
+    common = {"poni_file": data["poni_file"], "image_file": data["hdf5_dataset"], "npt": 40}
+    jobs = [
+        ["pyfai.integrate_simple", {**common, "curve_file": str(results / "one.dat")}],
+        ["pyfai.integrate_simple", {**common, "curve_file": str(results / "sub/one.dat")}],
+    ]
+    archive = tmp_path / "W"
+    assert make_archive(archive, jobs) == ["success"] * 2
+    archived = [results / "one.dat", results / "sub/one.dat"]
+    before = [(path.read_bytes(), path.stat().st_mtime_ns) for path in archived]
+    status, summary, stderr = summary_of(
+        "--compare", "-o", tmp_path / "a", "--workdir", archive, "1-2"
+    )
+    assert status == 0, (stderr, summary["compare"]["differences"])
+    assert (summary["compare"]["same"], summary["compare"]["differ"]) == (2, 0)
+    assert [(path.read_bytes(), path.stat().st_mtime_ns) for path in archived] == before
+    new = [
+        Path(
+            read_json(tmp_path / f"a/0000/0000{i}_pyfai.integrate_simple.out")["result"]["out_file"]
+        )
+        for i in (1, 2)
+    ]
+    assert new[0] != new[1] and [path.name for path in new] == ["one.dat", "one.dat"]
+    assert all(path.is_relative_to(tmp_path / "a/relocated") and path.is_file() for path in new)
+    assert numpy.array_equal(numpy.loadtxt(new[0]), numpy.loadtxt(archived[0]))
+
+    # a real change is still reported, as a number of the curve
+    lines = archived[1].read_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    radial, intensity = lines[row].split()
+    lines[row] = f"{radial} {float(intensity) * 2 + 1:e}"
+    archived[1].write_text("\n".join(lines) + "\n")
+    status, summary, _ = summary_of("--compare", "-o", tmp_path / "b", "--workdir", archive, "1-2")
+    assert status == 1
+    (difference,) = summary["compare"]["differences"]
+    assert (difference["job_id"], difference["key"]) == (2, "result.out_file[0][1]")
+
+
 def start_run(*args: str) -> subprocess.Popen:
     """``dahu-reprocess --json ARGS`` in the background."""
     command = [REPROCESS, "--json", *args]
@@ -826,6 +871,25 @@ def test_compare_module_paths_and_reasons(tmp_path: Path):
         "file contents differ at byte 3"
     )
     assert compare({"f": str(one)}, {"f": str(three)}, files=False) == "f"
+
+    # text files of numbers (pyFAI's curves) compare as tables: their comment lines,
+    # which hold the file's own path and the date, are skipped
+    curves = [tmp_path / f"curve{i}.dat" for i in range(5)]
+    rows = "  1.0e-01  4.35e+01\n  2.0e-01  4.03e+01\n"
+    curves[0].write_text(f"# --> {curves[0]}\n#2th_deg  I\n{rows}")
+    curves[1].write_text(f"# --> {curves[1]}\n# another date\n#2th_deg  I\n{rows}\n")
+    curves[2].write_text(f"# --> {curves[2]}\n{rows.replace('4.03e+01', '4.13e+01')}")
+    curves[3].write_text(f"# --> {curves[3]}\n{rows}  3.0e-01  3.9e+01\n")
+    curves[4].write_text(f"# --> {curves[4]}\n{rows}end\n")
+    assert compare_files(str(curves[0]), str(curves[1])) is None
+    assert compare_files(str(curves[0]), str(curves[1]).replace("1.dat", "0.dat")) is None
+    difference = first_difference({"out": str(curves[0])}, {"out": str(curves[2])})
+    assert (difference.path, difference.reason) == ("out[1][1]", "40.3 != 41.3")
+    assert compare({"out": str(curves[0])}, {"out": str(curves[2])}, rtol=0.05) is None
+    assert compare_files(str(curves[0]), str(curves[3])).reason == (
+        "table of 2 rows x 2 columns != 3 rows x 2 columns"
+    )
+    assert compare_files(str(curves[0]), str(curves[4])).reason.startswith("file ")
 
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
     for path, value in ((a, 1.0), (b, 2.0)):

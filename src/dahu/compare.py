@@ -6,8 +6,10 @@ Two outputs are the same when they have the same keys and equal values, where
   the archived value being the reference: ``|new - old| <= atol + rtol * |old|``
   (NaN equals NaN, booleans are compared exactly),
 * two different strings that both name existing files are equal when the files are:
-  HDF5 files dataset by dataset, by value (attributes are not compared), other files
-  byte by byte,
+  HDF5 files dataset by dataset, by value (attributes are not compared); text files of
+  numbers (pyFAI's ``.dat``/``.xy``/``.chi`` curves: ``#`` comment lines, then columns)
+  as tables of numbers, their comment lines skipped (pyFAI writes the file's own path and
+  the date there); other files byte by byte,
 * keys (and HDF5 members) whose name is in ``ignore`` are skipped at any depth.
 
 :func:`first_difference` returns the first :class:`Difference` (a key path such as
@@ -57,6 +59,7 @@ class _LazyNumpy:
 numpy: Any = _LazyNumpy()
 
 _BLOCK = 1 << 22  # elements of an HDF5 dataset read at once
+_TABLE_BYTES = 64 << 20  # a larger text file is compared byte by byte only
 _SHOWN = 60  # characters of a value shown in a reason
 
 
@@ -215,7 +218,15 @@ class _Comparer:
             return Difference("", "the archived file is HDF5, the new one is not")
         if new_h5:
             return Difference("", "the new file is HDF5, the archived one is not")
-        return _bytes(old, new)
+        found = _bytes(old, new)
+        if found is None:
+            return None
+        tables = _table(old), _table(new)
+        if tables[0] is None or tables[1] is None:
+            return found
+        if tables[0].shape != tables[1].shape:
+            return Difference("", f"table of {_shape(tables[0])} != {_shape(tables[1])}")
+        return self.arrays(tables[0], tables[1], "")
 
     def group(self, old: Any, new: Any, path: str, seen: set) -> Difference | None:
         import h5py
@@ -294,6 +305,30 @@ def _blocks(old: Any, new: Any) -> Iterator[tuple[int, numpy.ndarray, numpy.ndar
     step = max(1, _BLOCK // row)
     for start in range(0, old.shape[0], step):
         yield start, old[start : start + step], new[start : start + step]
+
+
+def _table(path: str) -> numpy.ndarray | None:
+    """A text file of numbers as a 2-D array (rows of one length; blank lines and ``#``
+    comment lines skipped), or None if it is not one."""
+    if os.path.getsize(path) > _TABLE_BYTES:
+        return None
+    rows = []
+    with open(path, "rb") as handle:
+        for raw in handle:
+            line = raw.strip()
+            if not line or line.startswith(b"#"):
+                continue
+            try:
+                rows.append([float(field) for field in line.split()])
+            except ValueError:
+                return None
+    if not rows or len({len(row) for row in rows}) != 1:
+        return None
+    return numpy.array(rows)
+
+
+def _shape(table: numpy.ndarray) -> str:
+    return f"{table.shape[0]} rows x {table.shape[1]} columns"
 
 
 def _bytes(old: str, new: str) -> Difference | None:

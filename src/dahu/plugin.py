@@ -46,6 +46,7 @@ class Plugin:
     DEFAULT_TEAR_DOWN = "teardown"
     DEFAULT_ABORT = "abort"
     REPROCESS_IGNORE: list[str] = []
+    REPROCESS_RELOCATE: list[str] = []
     TIMEOUT: float | None = 10.0
     JOB_TIMEOUT: float | None = None
 

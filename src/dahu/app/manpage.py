@@ -141,13 +141,16 @@ PAGES: dict[str, Page] = {
             "aborted, total and mean runtime. A progress bar is shown when standard error "
             "is a terminal.",
             "Input keys listed in a plugin's REPROCESS_IGNORE are dropped before the job "
-            "runs; job_id is renumbered. An input that cannot be run (missing, not JSON, no "
+            "runs, and the paths of those in its REPROCESS_RELOCATE are moved under "
+            "DIR/relocated/ (the archived files are not written over); job_id is "
+            "renumbered. An input that cannot be run (missing, not JSON, no "
             "plugin_name, unknown plugin) is reported on one line and counted as failed; "
             "the others still run.",
             "With --compare, each new output is compared with the archived one: same keys, "
             "equal values, numbers and arrays within --rtol/--atol "
             "(|new - old| <= atol + rtol * |old|), files named in the output by content, "
-            "HDF5 files dataset by dataset by value (the names in --ignore and in the "
+            "HDF5 files dataset by dataset by value, text files of numbers (pyFAI "
+            "curves) as tables, their # comment lines skipped (the names in --ignore and in the "
             "plugin's REPROCESS_COMPARE_IGNORE, such as time stamps, are skipped). The jobs "
             "that differ are listed with "
             "their first differing key.",

@@ -48,7 +48,18 @@ from .reprocess_summary import (
     format_summary,
     summarize,
 )
-from .sources import InputError, Item, Loaded, expand_sources, load, load_archive
+from .sources import (
+    InputError,
+    Item,
+    Loaded,
+    expand_sources,
+    first_relocation,
+    load,
+    load_archive,
+    next_relocation,
+    relocate,
+    reprocess_setting,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +208,7 @@ class Reprocessor:
         self.aborting = False
         self.give_up_at = float("inf")
         self.started = self.ended = time.monotonic()
+        self.relocated_dir = first_relocation(engine.workdir)  # REPROCESS_RELOCATE's paths
         self.bar: Any = _NoBar()
         if not args.quiet and sys.stderr.isatty():
             from tqdm import tqdm  # only when the bar shows: a tenth of a -q run's start-up
@@ -336,12 +348,15 @@ class Reprocessor:
                 group = []
                 self._invalid(loaded, err)
                 continue
-            drop = {"job_id", "plugin_name", *(getattr(klass, "REPROCESS_IGNORE", None) or ())}
-            loaded.ignore = frozenset(getattr(klass, "REPROCESS_COMPARE_IGNORE", None) or ())
+            drop = {"job_id", "plugin_name", *reprocess_setting(klass, "REPROCESS_IGNORE")}
+            loaded.ignore = frozenset(reprocess_setting(klass, "REPROCESS_COMPARE_IGNORE"))
             if group and group[0][0].plugin != plugin:
                 self._start(group)
                 group = []
-            group.append((loaded, {k: v for k, v in (data or {}).items() if k not in drop}))
+            data = {k: v for k, v in (data or {}).items() if k not in drop}
+            if relocate(data, reprocess_setting(klass, "REPROCESS_RELOCATE"), self.relocated_dir):
+                self.relocated_dir = next_relocation(self.relocated_dir)
+            group.append((loaded, data))
         if not self.stop.is_set():
             self._start(group)
 

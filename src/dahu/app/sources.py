@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -174,3 +175,37 @@ def load(item: Item) -> Loaded:
     except DahuError as err:
         return Loaded(item, error=err)
     return Loaded(item, plugin, data, archive)
+
+
+# ---- what a plugin asks of dahu-reprocess -------------------------------------------
+def reprocess_setting(klass: Any, name: str) -> tuple[str, ...]:
+    """A plugin's ``REPROCESS_*`` list: the class attribute, or for a plugin made from a
+    function, the function's attribute of that name."""
+    value = getattr(klass, name, None) or getattr(getattr(klass, "function", None), name, None)
+    return tuple(value or ())
+
+
+def first_relocation(workdir: str) -> str:
+    """The directory of the first job whose ``REPROCESS_RELOCATE`` paths are moved:
+    ``WORKDIR/relocated/<date-time>-<pid>/000001`` (one directory per run of the tool)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join(workdir, "relocated", f"{stamp}-{os.getpid()}", "000001")
+
+
+def next_relocation(directory: str) -> str:
+    """The directory of the next job after the one of ``directory``."""
+    parent, number = os.path.split(directory)
+    return os.path.join(parent, f"{int(number) + 1:06d}")
+
+
+def relocate(data: dict[str, Any], keys: tuple[str, ...], directory: str) -> bool:
+    """Give the paths of ``keys`` (files the plugin writes) in ``data`` the new
+    ``directory``, keeping their names, so that the archived files are not written over;
+    True if one was moved."""
+    moved = False
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, str) and value.strip():
+            data[key] = os.path.join(directory, os.path.basename(value.rstrip("/")))
+            moved = True
+    return moved

@@ -124,6 +124,9 @@ def integrate_simple(
     return {"out_file": curve_file}
 
 
+#: ``dahu-reprocess`` writes a rerun's curve into its output directory, never over the
+#: archived one (the key is required: it cannot be dropped)
+integrate_simple.REPROCESS_RELOCATE = ["curve_file"]  # type: ignore[attr-defined]
 plugin_from_function(integrate_simple)
 
 
