@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ import dahu
 from dahu.job import Job
 from dahu.server import DahuDS
 
-from .conftest import finish
+from .conftest import child_env, finish
 
 LEGACY = Path(__file__).resolve().parent / "legacy_plugins"
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"
@@ -291,3 +293,23 @@ def test_a_job_prints_as_in_the_original(engine, monkeypatch):
     job.start()
     job.join(30)
     assert str(job) == f"dahu job (thread) #{job.id} using finished plugin (legacy.add_one) success"
+
+
+def test_import_dahu_alone_gives_the_original_modules(tmp_path):
+    # bug: AttributeError: module 'dahu' has no attribute 'job' (the original's
+    # __init__ imports job, plugin, utils and plugin_factory)
+    script = (
+        "import dahu\n"
+        "job = dahu.job.Job('legacy.add_one', {'x': 41})\n"
+        "job.start(); job.join(30)\n"
+        "plugin = dahu.plugin_factory('legacy.baresetup')\n"
+        "print(job.output_data['result'], isinstance(plugin, dahu.plugin.Plugin),\n"
+        "      dahu.utils.get_isotime(0, for_path=True)[:2], dahu.factory.register is not None,\n"
+        "      dahu.project, dahu.date == dahu.strictversion)\n"
+    )
+    env = child_env(DAHU_PLUGINS=str(LEGACY), DAHU_WORKDIR=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["42", "True", "19", "True", "dahu", "True"]
