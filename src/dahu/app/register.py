@@ -3,7 +3,9 @@
 Registers the server ``DahuDS/INSTANCE`` with the device ``DEVICE`` (``domain/family/member``)
 of class ``DahuDS`` in the Tango database named by ``TANGO_HOST``, and writes the device
 properties given (one option per property of :data:`dahu.properties.PROPERTIES`).
-Registering again updates the properties.
+Registering again updates the properties.  The original's options (``--server``,
+``--domain``, ``--family``, ``--member``, with its defaults ``dahu`` and ``id00/dahu/1``)
+name them too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from ..properties import PROPERTIES
 __all__ = ["main", "build_parser"]
 
 DEVICE_RE = re.compile(r"^[^/\s]+/[^/\s]+/[^/\s]+$")
+DEVICE_PARTS = (("domain", "id00"), ("family", "dahu"), ("member", "1"))
+"""The original's options naming the device, with its defaults."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,11 +31,44 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dahu-register",
         description="Register a DahuDS device in the Tango database at TANGO_HOST.",
     )
-    parser.add_argument("instance", help="server instance name: the server is DahuDS/INSTANCE")
-    parser.add_argument("device", help="device name, domain/family/member (e.g. id00/dahu/1)")
+    parser.add_argument(
+        "instance",
+        nargs="?",
+        help="server instance name: the server is DahuDS/INSTANCE (default: dahu)",
+    )
+    parser.add_argument(
+        "device",
+        nargs="?",
+        help="device name, domain/family/member (default: id00/dahu/1)",
+    )
     for prop in PROPERTIES:
         prop.add_option(parser)
+    legacy = parser.add_argument_group(
+        "the original dahu-register's options (instead of INSTANCE and DEVICE)"
+    )
+    legacy.add_argument(
+        "--server", "--instance", dest="server", metavar="NAME", help="INSTANCE (default: dahu)"
+    )
+    for part, default in DEVICE_PARTS:
+        legacy.add_argument(
+            f"--{part}", metavar=part.upper(), help=f"{part} of DEVICE (default: {default})"
+        )
     return parser
+
+
+def names(args: argparse.Namespace) -> tuple[str, str]:
+    """The instance and the device named by the command line (positional arguments or
+    the original's options, else the original's defaults); ValueError if they clash."""
+    if args.instance and args.server and args.instance != args.server:
+        raise ValueError(f"two instance names: {args.instance!r} and --server {args.server!r}")
+    instance = args.instance or args.server or "dahu"
+    given = {part: getattr(args, part) for part, _default in DEVICE_PARTS}
+    if args.device and any(value is not None for value in given.values()):
+        raise ValueError("give the device either as DEVICE or with --domain/--family/--member")
+    device = args.device or "/".join(
+        default if given[part] is None else given[part] for part, default in DEVICE_PARTS
+    )
+    return instance, device
 
 
 def _fail(message: str) -> int:
@@ -42,6 +79,10 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dahu-register``; return the exit status."""
     args = build_parser().parse_args(argv)
+    try:
+        args.instance, args.device = names(args)
+    except ValueError as err:
+        return _fail(str(err))
     if not DEVICE_RE.match(args.device):
         return _fail(f"invalid device name {args.device!r}: expected domain/family/member")
     if "/" in args.instance or not args.instance.strip():
