@@ -313,3 +313,17 @@ def test_import_dahu_alone_gives_the_original_modules(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["42", "True", "19", "True", "dahu", "True"]
+
+
+def test_a_new_device_reads_as_the_original_before_any_job(tmp_path):
+    # bug: jobSuccess and jobFailure read 0 and statisticsCollected "" before the first
+    # job and collection; the original's -1 and text are what its clients test for
+    props = {"workdir": str(tmp_path), "plugins_directory": [str(LEGACY)]}
+    with DeviceTestContext(DahuDS, process=True, properties=props, timeout=60) as proxy:
+        assert (proxy.jobSuccess, proxy.jobFailure) == (-1, -1)
+        assert proxy.statisticsCollected == (
+            "No statistics collected yet, please use the 'collectStatistics' method first"
+        )
+        job_id = proxy.startJob(["legacy.add_one", '{"x": 1}'])
+        assert finish(proxy, job_id) == "success"
+        assert (proxy.jobSuccess, proxy.jobFailure) == (job_id, -1)

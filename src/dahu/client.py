@@ -390,7 +390,7 @@ class DahuClient:
             self._wake.set()
             return
         value = event.attr_value.value if event.attr_value is not None else None
-        if value:
+        if value and value > 0:  # -1: no job ended so yet (the value sent on subscribing)
             self._ended(int(value), State.SUCCESS if name == "jobSuccess" else None, event=True)
 
     # ---- threads -------------------------------------------------------------------------

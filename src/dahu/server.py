@@ -69,6 +69,10 @@ __all__ = [
 ]
 
 INT32_MAX = 2**31 - 1
+NO_JOB_YET = -1
+"""``jobSuccess``/``jobFailure`` before any job ended in that state, as in the original."""
+NO_STATISTICS_YET = "No statistics collected yet, please use the 'collectStatistics' method first"
+"""``statisticsCollected`` before any collection: the original's text."""
 
 
 # ---- the device ----------------------------------------------------------------------
@@ -131,7 +135,7 @@ class DahuDS(Device):
             logger.error("retention not applied: %s", self._retention_error)
         self._web = attach_web(self._engine, self.http, self.http_token)
         if not hasattr(self, "_last_success"):  # kept across Init, as the jobs are
-            self._last_success = self._last_failure = 0
+            self._last_success = self._last_failure = NO_JOB_YET
             self._stats_text = ""
         self._lock = threading.Lock()
         self._stats_thread: threading.Thread | None = None
@@ -457,8 +461,9 @@ class DahuDS(Device):
 
     @attribute(dtype=str)
     def statisticsCollected(self) -> str:  # noqa: N802
-        """The last statistics collected by collectStatistics."""
-        return self._stats_text
+        """The last statistics collected by collectStatistics (the original's text until
+        then)."""
+        return self._stats_text or NO_STATISTICS_YET
 
     @attribute(dtype=bool, access=AttrWriteType.READ_WRITE)
     def serialize(self) -> bool:
