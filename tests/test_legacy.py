@@ -169,6 +169,20 @@ def test_a_failed_job_output_carries_the_error_lines(path):
     assert json.loads(out)["error"] == error
 
 
+def test_a_failed_setup_is_torn_down_and_its_output_kept_before_clean(engine, monkeypatch):
+    # as in the original, teardown runs after a failed setup; here the plugin's output and
+    # log lines are in the output at once (the original added them only at clean())
+    monkeypatch.setenv("DAHU_PLUGINS", str(LEGACY))
+    job = Job("legacy.setupfails", {})
+    job.start()
+    job.join(30)
+    assert job.status == "failure"
+    output = job.output_data
+    assert (output["opened"], output["closed"]) == (True, True)
+    assert output["logging"] == ["ERROR in SetupFails: no such file"]
+    assert output["error"][0] == "RuntimeError: ERROR in SetupFails: no such file"
+
+
 def test_every_finished_job_records_its_runtime(path):
     ran = run(path, "legacy.add_one", {"x": 1})
     assert ran.output["result"] == 2

@@ -185,6 +185,21 @@ class Pairs(Plugin):
         self.output = [("a", 1), ("b", [2, 3])]
 
 
+@register
+class SetupFails(Plugin):
+    """Fails in setup; its teardown (called anyway, as in the original) closes what it
+    opened and records it."""
+
+    def setup(self, kwargs=None):
+        Plugin.setup(self, kwargs)
+        self.output["opened"] = True
+        self.log_error("no such file")
+
+    def teardown(self):
+        self.output["closed"] = True
+        Plugin.teardown(self)
+
+
 def add_one(x):
     return x + 1
 
