@@ -282,6 +282,11 @@ def test_server_version_and_split_of_tango_options():
     )
     assert own == ["-d", "--plugins", "/p", "-l", "/l"]
     assert rest == ["test", "-nodb", "-dlist", "id00/dahu/1", "-v4"]
+    # the original dahu_server's spellings of Tango's trace level and trace file
+    # (bug: "--verbose 4" made the server exit 2, "-f FILE" gave Tango's usage text)
+    for words in (["--verbose", "4", "-f", "/t.log"], ["-v", "4", "--file=/t.log"]):
+        own, rest = split_args(["test", "-nodb", *words, "-d"])
+        assert (own, rest) == (["-d"], ["test", "-nodb", "-v4", "-file=/t.log"])
 
 
 @contextlib.contextmanager

@@ -77,7 +77,8 @@ PAGES: dict[str, Page] = {
                     ("-nodb", "run without a Tango database (with -port and -dlist)"),
                     ("-port N", "listen on TCP port N"),
                     ("-dlist DEV", "the device(s) to export when running without database"),
-                    ("-vN", "Tango's own trace level N (1 to 5)"),
+                    ("-vN", "Tango's own trace level N (1 to 5); also -v N, --verbose N"),
+                    ("-file=FILE", "Tango's trace file; also -f FILE, --file FILE"),
                     ("-ORBendPoint giop:tcp:HOST:PORT", "the CORBA end point to listen on"),
                 ],
             )

@@ -102,13 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The original dahu_server's spellings of two Tango options, given to Tango its way
+TANGO_SPELLINGS = {"-v": "-v{}", "--verbose": "-v{}", "-f": "-file={}", "--file": "-file={}"}
+
+
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Split the command line into Dahu's own options and the rest (for Tango)."""
+    """Split the command line into Dahu's own options and the rest (for Tango).  The
+    original's ``-v/--verbose LEVEL`` and ``-f/--file FILE`` become Tango's ``-vLEVEL``
+    and ``-file=FILE``."""
     own: list[str] = []
     rest: list[str] = []
     tokens = iter(argv)
     for token in tokens:
         key = token.split("=", 1)[0] if token.startswith("--") else token
+        if key in TANGO_SPELLINGS:
+            value = token.split("=", 1)[1] if "=" in token else next(tokens, None)
+            if value is None or (key in ("-v", "--verbose") and not value.isdigit()):
+                rest += [token] if value is None else [token, value]
+            else:
+                rest.append(TANGO_SPELLINGS[key].format(value))
+            continue
         if key in FLAGS:
             own.append(token)
         elif key in VALUED:
