@@ -485,6 +485,20 @@ def test_ids_are_consecutive_in_a_process_and_never_shared(tmp_path):
     again.close()
 
 
+def test_another_process_sees_the_last_id_given_not_the_block_reserved(tmp_path):
+    # bug: a process reading the journal (a process worker, a Dask worker) took the end
+    # of the server's reserved block for the last id: job -1 and the ids not given yet
+    # were misread there
+    writer = SQLiteJournal(str(tmp_path))
+    ids = [writer.create("example.noop", {}, 1.0) for _ in range(12)]
+    reader = SQLiteJournal(str(tmp_path))
+    assert reader.last_id() == writer.last_id() == ids[-1] == 12
+    writer.create("example.noop", {}, 2.0)
+    assert reader.last_id() == 13
+    reader.close()
+    writer.close()
+
+
 def test_a_write_the_disk_refuses_reports_the_disks_error_and_leaves_no_transaction(tmp_path):
     # a child whose files may not grow: SQLite rolls the batch back itself; the error
     # reported was ROLLBACK's ("cannot rollback - no transaction is active")

@@ -364,12 +364,17 @@ class SQLiteJournal(BatchedWriter, Journal):
 
     def last_id(self) -> int:
         # the highest id ever given: pruned records count too, as ids are never reused;
-        # the ids this process reserved and did not give yet do not
+        # the ids reserved and not given yet do not
         largest, seq = self._read(f"SELECT {self._HIGHEST}")[0]
         with self._ids_lock:
             given = self._next_id - 1
             if seq == self._block_end and self._block_end:
                 seq = 0  # our own reservation: what we gave is ``given``
+            elif largest and not self._block_end:
+                # a process that gave no id (a worker, a reader; a restarted server
+                # before its first job): another's reservation, whose given ids are all
+                # recorded (a record is committed before its id is handed out)
+                seq = 0
         return max(largest or 0, seq or 0, given)
 
     def select(
