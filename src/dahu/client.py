@@ -406,7 +406,12 @@ class DahuClient:
                     self._fetch(future, state)
                 except JobNotFound as err:
                     future._settle(State.INEXISTANT, error=err)
-                except ServerError as err:  # unreachable for now: the watcher tries again
+                except ServerError as err:  # asked again (the watcher) unless hopeless
+                    if err.hopeless:
+                        future._settle(
+                            None, error=ServerError(f"job {future.job_id}: {err}", err.reason)
+                        )
+                        continue
                     logger.warning("%s: job %s: %s", self.device, future.job_id, err)
                     self._requeue(future)
                     self._suspect = True

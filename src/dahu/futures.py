@@ -56,7 +56,15 @@ class ServerError(ClientError):
             # delayed..."): say what a user can check instead
             desc = desc.split(" The connection request was delayed", 1)[0]
             desc += " (is its server running, at this address?)"
+        elif "MessageSizeExceedLimit" in desc:  # CORBA's words for a message too large
+            desc += " (the message is larger than the largest one Tango may carry)"
         return klass(f"{what}: {desc}", first.reason)
+
+    @property
+    def hopeless(self) -> bool:
+        """Whether the server answered for good, so that the same call would fail again:
+        a bug of the server, or an answer too large for any Tango message."""
+        return self.reason == "Dahu_InternalError" or "MessageSizeExceedLimit" in str(self)
 
 
 class JobNotFound(ServerError, KeyError):

@@ -1,0 +1,52 @@
+"""``dahu.client`` at the edges: answers Tango cannot carry, several threads at one
+future, jobs that time out (against a real ``dahu_server`` process)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dahu.client import DahuClient, ServerError
+
+from .conftest import running_server
+
+BULKY = '''\
+"""A plugin with an output as large as asked."""
+from dahu.plugin import plugin_from_function
+
+
+def text(n=1):
+    """Return n characters."""
+    return "b" * int(n)
+
+
+plugin_from_function(text)
+'''
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory):
+    """A server whose Tango messages are at most 1 MB, with the plugin ``bulky.text``."""
+    base = tmp_path_factory.mktemp("client_limits")
+    (base / "plugins").mkdir()
+    (base / "plugins" / "bulky.py").write_text(BULKY)
+    extra = ["--plugins", str(base / "plugins"), "-ORBgiopMaxMsgSize", "1000000"]
+    with running_server(base, "test/dahu/limits", extra_args=extra) as local:
+        yield local
+
+
+def test_an_output_too_large_for_tango_fails_the_future(small_server):
+    # bug: getJobOutput failed with MARSHAL_MessageSizeExceedLimitOnServer and the client
+    # asked again every second or so, for ever: result() never returned (the server
+    # encoded the whole output each time) and the log filled with the same warning
+    with DahuClient(small_server.url, poll_interval=0.2) as dahu:
+        future = dahu.submit("bulky.text", n=2_000_000)
+        with pytest.raises(ServerError) as info:
+            future.result(timeout=30)
+        message = str(info.value)
+        assert message.startswith(f"job {future.job_id}: getJobOutput: ")
+        assert "MessageSizeExceedLimitOnServer" in message and "\n" not in message
+        assert "larger than the largest one Tango may carry" in message
+        assert future.state == "success"  # the job itself succeeded: its output is kept
+        assert dahu.pending == 0
+        small = dahu.submit("bulky.text", n=10)  # the client goes on
+        assert small.result(timeout=30)["result"] == "b" * 10
