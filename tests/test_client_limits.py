@@ -3,9 +3,12 @@ future, jobs that time out (against a real ``dahu_server`` process)."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
-from dahu.client import DahuClient, ServerError
+from dahu.client import DahuClient, JobAborted, ServerError
 
 from .conftest import running_server
 
@@ -50,3 +53,38 @@ def test_an_output_too_large_for_tango_fails_the_future(small_server):
         assert dahu.pending == 0
         small = dahu.submit("bulky.text", n=10)  # the client goes on
         assert small.result(timeout=30)["result"] == "b" * 10
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("client_cancel"), "test/dahu/cancel") as local:
+        yield local
+
+
+def test_threads_cancelling_one_future_all_hear_true(server):
+    # bug: the threads that lost the race got False ("the job had ended already") although
+    # the job was aborted and the future cancelled; a second cancel() could also requeue
+    # the future, so that the first one's cancel returned False too
+    with DahuClient(server.url) as dahu:
+        for _ in range(3):
+            future = dahu.submit("example.sleep", t=60)
+            while future.state != "running":
+                time.sleep(0.01)
+            called = []
+            future.add_done_callback(called.append)
+            start = threading.Barrier(6)
+            answers = []
+
+            def cancel(future=future, start=start, answers=answers):
+                start.wait()
+                answers.append(future.cancel())
+
+            threads = [threading.Thread(target=cancel) for _ in range(6)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert answers == [True] * 6
+            assert future.cancelled() and called == [future]
+            with pytest.raises(JobAborted, match="aborted by cancel"):
+                future.result(0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import threading
 import time
 from concurrent.futures import _base
 from typing import Any
@@ -134,6 +135,7 @@ class JobFuture(concurrent.futures.Future):
         self._client = client
         self._since = time.monotonic()
         self._final_state: str | None = None
+        self._cancelling = threading.Lock()
 
     def __repr__(self) -> str:
         state = _base._STATE_TO_DESCRIPTION_MAP.get(self._state, self._state.lower())
@@ -153,34 +155,35 @@ class JobFuture(concurrent.futures.Future):
         stops as soon as its plugin notices; True again on a cancelled future, as for any
         future.  False if the job had ended already.
         """
-        if self.cancelled():
-            return True
-        if self.done():
-            return False
-        client = self._client
-        client._forget(self)  # the event of the abort must not settle it meanwhile
-        try:
-            stopping = client._call("abort", self.job_id)
-        except BaseException:
-            client._retrack(self)
-            raise
-        if stopping and self._cancel_now():
-            return True
-        client._retrack(self)  # it had ended: its outcome is fetched as usual
-        return False
+        with self._cancelling:  # one at a time: a second one is told what the first did
+            if self.cancelled():
+                return True
+            if self.done():
+                return False
+            client = self._client
+            client._forget(self)  # the event of the abort must not settle it meanwhile
+            try:
+                stopping = client._call("abort", self.job_id)
+            except BaseException:
+                client._retrack(self)
+                raise
+            if not (stopping and self._cancel_now()):
+                client._retrack(self)  # it had ended: its outcome is fetched as usual
+                return False
+        self._invoke_callbacks()  # not holding the lock: they may cancel other futures
+        return True
 
     def _cancel_now(self) -> bool:
         """Cancel the future as ``Future.cancel()`` does, and tell ``wait()`` and
         ``as_completed()`` at once, as an executor does when it drops a cancelled task
-        (``Future.cancel()`` alone leaves them waiting); the callbacks run after, and
-        may wait too.  False if the future was settled meanwhile."""
+        (``Future.cancel()`` alone leaves them waiting); the caller runs the callbacks.
+        False if the future was settled meanwhile."""
         with self._condition:  # re-entrant: the calls below take it too
             if self._state != _base.PENDING:
                 return self.cancelled()
             self._state = _base.CANCELLED
             self._condition.notify_all()  # result() and exception()
             self.set_running_or_notify_cancel()  # wait() and as_completed()
-        self._invoke_callbacks()
         return True
 
     def _aborted(self) -> JobAborted:
