@@ -3,12 +3,15 @@ future, jobs that time out (against a real ``dahu_server`` process)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
 import pytest
+import tango
 
-from dahu.client import DahuClient, JobAborted, ServerError
+from dahu.client import DahuClient, JobAborted, JobNotFound, ServerError
 
 from .conftest import running_server
 
@@ -88,3 +91,47 @@ def test_threads_cancelling_one_future_all_hear_true(server):
             assert future.cancelled() and called == [future]
             with pytest.raises(JobAborted, match="aborted by cancel"):
                 future.result(0)
+
+
+def test_a_server_that_does_not_answer_is_named_as_such(server):
+    # bug: the reason was API_CorbaException and the message CORBA's words alone,
+    # "startJob: TRANSIENT CORBA system exception: TRANSIENT_CallTimedout"
+    with DahuClient(server.url, timeout=0.5) as dahu:
+        assert dahu.submit("example.square", x=2).result(timeout=30)["result"] == 4
+        os.kill(server.process.pid, signal.SIGSTOP)  # a server that does not answer
+        try:
+            with pytest.raises(ServerError) as info:
+                dahu.submit("example.square", x=3)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert info.value.reason == "API_ServerNotRunning"
+        assert str(info.value) == (
+            "startJob: Failed to connect to device test/dahu/cancel: TRANSIENT_CallTimedout "
+            "(is its server running, at this address?)"
+        )
+
+
+def _devfailed(*errors: tuple[str, str]) -> tango.DevFailed:
+    stack = []
+    for reason, desc in errors:
+        error = tango.DevError()
+        error.reason, error.desc, error.origin = reason, desc, "Connection::command_inout()"
+        stack.append(error)
+    return tango.DevFailed(*stack)
+
+
+def test_a_call_that_timed_out_has_the_reason_api_device_timed_out():
+    # the stack PyTango 10 raises for a call past the client's timeout; the reason was
+    # API_CorbaException where the documentation says API_DeviceTimedOut
+    err = _devfailed(
+        ("API_CorbaException", "TRANSIENT CORBA system exception: TRANSIENT_CallTimedout"),
+        ("API_DeviceTimedOut", "Timeout (3000 mS) exceeded on device d/e/f, command startJob"),
+    )
+    error = ServerError.from_devfailed(err, "startJob")
+    assert error.reason == "API_DeviceTimedOut"
+    assert str(error) == (
+        "startJob: Timeout (3000 mS) exceeded on device d/e/f, command startJob: "
+        "TRANSIENT_CallTimedout"
+    )
+    unknown = ServerError.from_devfailed(_devfailed(("Dahu_UnknownJob", "no job 5")), "abort")
+    assert isinstance(unknown, JobNotFound) and str(unknown) == "abort: no job 5"

@@ -50,16 +50,22 @@ class ServerError(ClientError):
     def from_devfailed(cls, err: tango.DevFailed, what: str) -> ServerError:
         """The one-line error of a ``DevFailed`` raised by ``what``."""
         first = err.args[0]
-        klass = JobNotFound if first.reason == "Dahu_UnknownJob" else cls
-        desc = " ".join(first.desc.split()) or first.reason
-        if first.reason == "API_CantConnectToDevice":
+        reason, desc = first.reason, " ".join(first.desc.split()) or first.reason
+        if reason == "API_CorbaException" and len(err.args) > 1:
+            # CORBA's words ("TRANSIENT CORBA system exception: TRANSIENT_CallTimedout"),
+            # then Tango's, which say what happened (API_DeviceTimedOut): both, in short
+            code = desc.rpartition(" ")[2]
+            reason = err.args[1].reason
+            desc = f"{' '.join(err.args[1].desc.split())}: {code}"
+        klass = JobNotFound if reason == "Dahu_UnknownJob" else cls
+        if reason in ("API_CantConnectToDevice", "API_ServerNotRunning"):
             # Tango's own throttling hides the cause ("The connection request was
             # delayed..."): say what a user can check instead
             desc = desc.split(" The connection request was delayed", 1)[0]
             desc += " (is its server running, at this address?)"
         elif "MessageSizeExceedLimit" in desc:  # CORBA's words for a message too large
             desc += " (the message is larger than the largest one Tango may carry)"
-        return klass(f"{what}: {desc}", first.reason)
+        return klass(f"{what}: {desc}", reason)
 
     @property
     def hopeless(self) -> bool:
