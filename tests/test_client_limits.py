@@ -135,3 +135,16 @@ def test_a_call_that_timed_out_has_the_reason_api_device_timed_out():
     )
     unknown = ServerError.from_devfailed(_devfailed(("Dahu_UnknownJob", "no job 5")), "abort")
     assert isinstance(unknown, JobNotFound) and str(unknown) == "abort: no job 5"
+
+
+def test_a_job_that_times_out_is_aborted(server):
+    # docs/client.md said JobFailed ("the plugin raised, or timed out"): the server makes
+    # a job whose time is up "aborted", so the future raises JobAborted, and exception()
+    # returns it (the future itself was not cancelled)
+    with DahuClient(server.url) as dahu:
+        future = dahu.submit("example.sleep", t=60, job_timeout=0.5)
+        with pytest.raises(JobAborted) as info:
+            future.result(timeout=30)
+        assert info.value.reason == "timed out after 0.5 s"
+        assert future.state == "aborted" and not future.cancelled()
+        assert future.exception(0) is info.value

@@ -201,7 +201,7 @@ class DahuClient:
         The input is ``input`` (a dict) updated with the keyword arguments:
         ``submit("example.square", x=7)`` or ``submit("example.square", {"x": 7})``.
         Raises :class:`ServerError` at once if the server refuses it (unknown plugin,
-        input not JSON-serialisable or too large).
+        input too large), :class:`ClientError` for an input JSON cannot encode.
         """
         text = encode_input(plugin, input, kwargs)
         self._begin()

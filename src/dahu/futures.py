@@ -107,15 +107,15 @@ class JobError(ClientError):
 
 
 class JobFailed(JobError):
-    """The job ended in ``failure``: its plugin raised, it timed out, or it was
-    interrupted by a server restart."""
+    """The job ended in ``failure``: its plugin raised, or it was interrupted by a
+    server restart."""
 
     STATE = State.FAILURE
 
 
 class JobAborted(JobError, concurrent.futures.CancelledError):
-    """The job was aborted (by :meth:`JobFuture.cancel`, another client, or the server
-    shutting down).  A :class:`concurrent.futures.CancelledError` too."""
+    """The job was aborted (by :meth:`JobFuture.cancel`, another client, its timeout, or
+    the server shutting down).  A :class:`concurrent.futures.CancelledError` too."""
 
     STATE = State.ABORTED
 
@@ -206,7 +206,8 @@ class JobFuture(concurrent.futures.Future):
             raise self._aborted() from None
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        """The job's :class:`JobError` (None if it succeeded), waiting at most ``timeout`` s."""
+        """The job's :class:`JobError` (None if it succeeded), waiting at most ``timeout`` s;
+        raises :class:`JobAborted` once :meth:`cancel` cancelled the future."""
         try:
             return super().exception(timeout)
         except concurrent.futures.CancelledError as err:
