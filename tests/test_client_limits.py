@@ -148,3 +148,28 @@ def test_a_job_that_times_out_is_aborted(server):
         assert info.value.reason == "timed out after 0.5 s"
         assert future.state == "aborted" and not future.cancelled()
         assert future.exception(0) is info.value
+
+
+def test_a_done_callback_may_wait_for_another_job(server):
+    # bug: a callback runs in one of the client's threads, the ones that fetch outcomes;
+    # callbacks waiting for other jobs of the client (result()) left no thread to fetch
+    # them: each waited for its whole timeout, or for ever
+    with DahuClient(server.url, resolvers=1) as dahu:
+        results, errors = [], []
+
+        def chain(future):
+            try:
+                then = dahu.submit("example.square", x=future.result()["result"])
+                results.append(then.result(timeout=10)["result"])
+                then.exception(timeout=10)
+            except Exception as err:  # a callback's error would only be logged
+                errors.append(repr(err))
+
+        futures = dahu.map("example.square", [{"x": x} for x in range(4)])
+        for future in futures:
+            future.add_done_callback(chain)
+        deadline = time.monotonic() + 60
+        while len(results) + len(errors) < 4:
+            assert time.monotonic() < deadline, (results, errors)
+            time.sleep(0.01)
+        assert errors == [] and sorted(results) == [x**4 for x in range(4)]

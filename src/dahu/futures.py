@@ -198,6 +198,7 @@ class JobFuture(concurrent.futures.Future):
     def result(self, timeout: float | None = None) -> dict[str, Any]:
         """The job's output dict, waiting at most ``timeout`` s (``TimeoutError`` then);
         raises :class:`JobFailed` or :class:`JobAborted` if the job did not succeed."""
+        timeout = self._client._help(self, timeout)  # in a callback: fetch meanwhile
         try:
             return super().result(timeout)
         except concurrent.futures.CancelledError as err:
@@ -208,6 +209,7 @@ class JobFuture(concurrent.futures.Future):
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The job's :class:`JobError` (None if it succeeded), waiting at most ``timeout`` s;
         raises :class:`JobAborted` once :meth:`cancel` cancelled the future."""
+        timeout = self._client._help(self, timeout)
         try:
             return super().exception(timeout)
         except concurrent.futures.CancelledError as err:
