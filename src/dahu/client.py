@@ -29,6 +29,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import math
 import operator
 import queue
 import threading
@@ -38,7 +39,7 @@ from typing import Any
 
 import tango
 
-from .client_args import check_settings, encode_input, encode_inputs
+from .client_args import check_settings, chunks, encode_input, encode_inputs
 from .client_watch import watch
 from .futures import (
     ClientClosed,
@@ -201,7 +202,7 @@ class DahuClient:
         The input is ``input`` (a dict) updated with the keyword arguments:
         ``submit("example.square", x=7)`` or ``submit("example.square", {"x": 7})``.
         Raises :class:`ServerError` at once if the server refuses it (unknown plugin,
-        input not JSON-serialisable or too large).
+        input too large), :class:`ClientError` for an input JSON cannot encode.
         """
         text = encode_input(plugin, input, kwargs)
         self._begin()
@@ -224,7 +225,7 @@ class DahuClient:
         futures: list[JobFuture] = []
         if not texts:
             return futures
-        for chunk in _chunks(texts, MAX_INPUT_CHARS - 2):
+        for chunk in chunks(texts, MAX_INPUT_CHARS - 2):
             self._begin()
             ids: list[int] = []
             try:
@@ -397,24 +398,45 @@ class DahuClient:
     def _resolve_loop(self) -> None:
         """Fetch the outcome of each ended job and settle its future."""
         with tango.EnsureOmniThread():
-            while True:
-                item = self._outcomes.get()
-                if item is None:
-                    return
-                future, state = item
-                try:
-                    self._fetch(future, state)
-                except JobNotFound as err:
-                    future._settle(State.INEXISTANT, error=err)
-                except ServerError as err:  # unreachable for now: the watcher tries again
-                    logger.warning("%s: job %s: %s", self.device, future.job_id, err)
-                    self._requeue(future)
-                    self._suspect = True
-                except Exception as err:  # a loop boundary: the future must not hang
-                    logger.exception(
-                        "%s: job %s: cannot fetch its outcome", self.device, future.job_id
-                    )
-                    future._settle(None, error=ClientError(f"job {future.job_id}: {err}"))
+            while (item := self._outcomes.get()) is not None:
+                self._resolve(*item)
+
+    def _resolve(self, future: JobFuture, state: str | None) -> None:
+        try:
+            self._fetch(future, state)
+        except JobNotFound as err:
+            future._settle(State.INEXISTANT, error=err)
+        except ServerError as err:  # asked again (the watcher) unless hopeless
+            if err.hopeless:
+                future._settle(None, error=ServerError(f"job {future.job_id}: {err}", err.reason))
+                return
+            logger.warning("%s: job %s: %s", self.device, future.job_id, err)
+            self._requeue(future)
+            self._suspect = True
+        except Exception as err:  # a loop boundary: the future must not hang
+            logger.exception("%s: job %s: cannot fetch its outcome", self.device, future.job_id)
+            future._settle(None, error=ClientError(f"job {future.job_id}: {err}"))
+
+    def _help(self, future: JobFuture, timeout: float | None) -> float | None:
+        """A wait for ``future`` in a done-callback, run by one of our threads: fetch
+        outcomes meanwhile (callbacks waiting idle could leave no thread to fetch them);
+        return the time left of ``timeout``."""
+        if future.done() or threading.current_thread() not in self._threads:
+            return timeout
+        deadline = time.monotonic() + (math.inf if timeout is None else timeout)
+        while not future.done() and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return 0.0
+            try:
+                item = self._outcomes.get(timeout=min(left, 0.05))
+            except queue.Empty:
+                continue
+            if item is None:  # closing: the stop signal is the loop's
+                self._outcomes.put(None)
+                break
+            self._resolve(*item)
+        return None if timeout is None else max(0.0, deadline - time.monotonic())
 
     def _fetch(self, future: JobFuture, state: str | None) -> None:
         if future.done():
@@ -496,17 +518,3 @@ class _EventHandler:
     def push_event(self, event: Any) -> None:
         """Called by Tango for each event."""
         self.client._event(self.name, event)
-
-
-def _chunks(texts: list[str], limit: int) -> Iterator[list[str]]:
-    """Split encoded inputs into batches whose JSON array stays within ``limit`` chars."""
-    chunk: list[str] = []
-    size = 0
-    for text in texts:
-        if chunk and size + len(text) + 1 > limit:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(text)
-        size += len(text) + 1
-    if chunk:
-        yield chunk

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from .futures import ClientError, ServerError
 from .utils import NumpyEncoder
 
-__all__ = ["check_settings", "encode_input", "encode_inputs"]
+__all__ = ["check_settings", "chunks", "encode_input", "encode_inputs"]
 
 _ENCODER = NumpyEncoder(separators=(",", ":"))
 
@@ -91,3 +91,17 @@ def encode_inputs(plugin: Any, inputs: Any) -> list[str]:
             f"map wants an iterable of dicts (one per job), not {type(inputs).__name__}"
         )
     return [_encode(item, f" (inputs[{i}])") for i, item in enumerate(inputs)]
+
+
+def chunks(texts: list[str], limit: int) -> Iterator[list[str]]:
+    """Split encoded inputs into batches whose JSON array stays within ``limit`` chars."""
+    chunk: list[str] = []
+    size = 0
+    for text in texts:
+        if chunk and size + len(text) + 1 > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(text)
+        size += len(text) + 1
+    if chunk:
+        yield chunk

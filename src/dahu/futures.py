@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import threading
 import time
 from concurrent.futures import _base
 from typing import Any
@@ -49,14 +50,28 @@ class ServerError(ClientError):
     def from_devfailed(cls, err: tango.DevFailed, what: str) -> ServerError:
         """The one-line error of a ``DevFailed`` raised by ``what``."""
         first = err.args[0]
-        klass = JobNotFound if first.reason == "Dahu_UnknownJob" else cls
-        desc = " ".join(first.desc.split()) or first.reason
-        if first.reason == "API_CantConnectToDevice":
+        reason, desc = first.reason, " ".join(first.desc.split()) or first.reason
+        if reason == "API_CorbaException" and len(err.args) > 1:
+            # CORBA's words ("TRANSIENT CORBA system exception: TRANSIENT_CallTimedout"),
+            # then Tango's, which say what happened (API_DeviceTimedOut): both, in short
+            code = desc.rpartition(" ")[2]
+            reason = err.args[1].reason
+            desc = f"{' '.join(err.args[1].desc.split())}: {code}"
+        klass = JobNotFound if reason == "Dahu_UnknownJob" else cls
+        if reason in ("API_CantConnectToDevice", "API_ServerNotRunning"):
             # Tango's own throttling hides the cause ("The connection request was
             # delayed..."): say what a user can check instead
             desc = desc.split(" The connection request was delayed", 1)[0]
             desc += " (is its server running, at this address?)"
-        return klass(f"{what}: {desc}", first.reason)
+        elif "MessageSizeExceedLimit" in desc:  # CORBA's words for a message too large
+            desc += " (the message is larger than the largest one Tango may carry)"
+        return klass(f"{what}: {desc}", reason)
+
+    @property
+    def hopeless(self) -> bool:
+        """Whether the server answered for good, so that the same call would fail again:
+        a bug of the server, or an answer too large for any Tango message."""
+        return self.reason == "Dahu_InternalError" or "MessageSizeExceedLimit" in str(self)
 
 
 class JobNotFound(ServerError, KeyError):
@@ -92,15 +107,15 @@ class JobError(ClientError):
 
 
 class JobFailed(JobError):
-    """The job ended in ``failure``: its plugin raised, it timed out, or it was
-    interrupted by a server restart."""
+    """The job ended in ``failure``: its plugin raised, or it was interrupted by a
+    server restart."""
 
     STATE = State.FAILURE
 
 
 class JobAborted(JobError, concurrent.futures.CancelledError):
-    """The job was aborted (by :meth:`JobFuture.cancel`, another client, or the server
-    shutting down).  A :class:`concurrent.futures.CancelledError` too."""
+    """The job was aborted (by :meth:`JobFuture.cancel`, another client, its timeout, or
+    the server shutting down).  A :class:`concurrent.futures.CancelledError` too."""
 
     STATE = State.ABORTED
 
@@ -126,6 +141,7 @@ class JobFuture(concurrent.futures.Future):
         self._client = client
         self._since = time.monotonic()
         self._final_state: str | None = None
+        self._cancelling = threading.Lock()
 
     def __repr__(self) -> str:
         state = _base._STATE_TO_DESCRIPTION_MAP.get(self._state, self._state.lower())
@@ -145,34 +161,35 @@ class JobFuture(concurrent.futures.Future):
         stops as soon as its plugin notices; True again on a cancelled future, as for any
         future.  False if the job had ended already.
         """
-        if self.cancelled():
-            return True
-        if self.done():
-            return False
-        client = self._client
-        client._forget(self)  # the event of the abort must not settle it meanwhile
-        try:
-            stopping = client._call("abort", self.job_id)
-        except BaseException:
-            client._retrack(self)
-            raise
-        if stopping and self._cancel_now():
-            return True
-        client._retrack(self)  # it had ended: its outcome is fetched as usual
-        return False
+        with self._cancelling:  # one at a time: a second one is told what the first did
+            if self.cancelled():
+                return True
+            if self.done():
+                return False
+            client = self._client
+            client._forget(self)  # the event of the abort must not settle it meanwhile
+            try:
+                stopping = client._call("abort", self.job_id)
+            except BaseException:
+                client._retrack(self)
+                raise
+            if not (stopping and self._cancel_now()):
+                client._retrack(self)  # it had ended: its outcome is fetched as usual
+                return False
+        self._invoke_callbacks()  # not holding the lock: they may cancel other futures
+        return True
 
     def _cancel_now(self) -> bool:
         """Cancel the future as ``Future.cancel()`` does, and tell ``wait()`` and
         ``as_completed()`` at once, as an executor does when it drops a cancelled task
-        (``Future.cancel()`` alone leaves them waiting); the callbacks run after, and
-        may wait too.  False if the future was settled meanwhile."""
+        (``Future.cancel()`` alone leaves them waiting); the caller runs the callbacks.
+        False if the future was settled meanwhile."""
         with self._condition:  # re-entrant: the calls below take it too
             if self._state != _base.PENDING:
                 return self.cancelled()
             self._state = _base.CANCELLED
             self._condition.notify_all()  # result() and exception()
             self.set_running_or_notify_cancel()  # wait() and as_completed()
-        self._invoke_callbacks()
         return True
 
     def _aborted(self) -> JobAborted:
@@ -181,6 +198,7 @@ class JobFuture(concurrent.futures.Future):
     def result(self, timeout: float | None = None) -> dict[str, Any]:
         """The job's output dict, waiting at most ``timeout`` s (``TimeoutError`` then);
         raises :class:`JobFailed` or :class:`JobAborted` if the job did not succeed."""
+        timeout = self._client._help(self, timeout)  # in a callback: fetch meanwhile
         try:
             return super().result(timeout)
         except concurrent.futures.CancelledError as err:
@@ -189,7 +207,9 @@ class JobFuture(concurrent.futures.Future):
             raise self._aborted() from None
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        """The job's :class:`JobError` (None if it succeeded), waiting at most ``timeout`` s."""
+        """The job's :class:`JobError` (None if it succeeded), waiting at most ``timeout`` s;
+        raises :class:`JobAborted` once :meth:`cancel` cancelled the future."""
+        timeout = self._client._help(self, timeout)
         try:
             return super().exception(timeout)
         except concurrent.futures.CancelledError as err:

@@ -1,0 +1,175 @@
+"""``dahu.client`` at the edges: answers Tango cannot carry, several threads at one
+future, jobs that time out (against a real ``dahu_server`` process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import tango
+
+from dahu.client import DahuClient, JobAborted, JobNotFound, ServerError
+
+from .conftest import running_server
+
+BULKY = '''\
+"""A plugin with an output as large as asked."""
+from dahu.plugin import plugin_from_function
+
+
+def text(n=1):
+    """Return n characters."""
+    return "b" * int(n)
+
+
+plugin_from_function(text)
+'''
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory):
+    """A server whose Tango messages are at most 1 MB, with the plugin ``bulky.text``."""
+    base = tmp_path_factory.mktemp("client_limits")
+    (base / "plugins").mkdir()
+    (base / "plugins" / "bulky.py").write_text(BULKY)
+    extra = ["--plugins", str(base / "plugins"), "-ORBgiopMaxMsgSize", "1000000"]
+    with running_server(base, "test/dahu/limits", extra_args=extra) as local:
+        yield local
+
+
+def test_an_output_too_large_for_tango_fails_the_future(small_server):
+    # bug: getJobOutput failed with MARSHAL_MessageSizeExceedLimitOnServer and the client
+    # asked again every second or so, for ever: result() never returned (the server
+    # encoded the whole output each time) and the log filled with the same warning
+    with DahuClient(small_server.url, poll_interval=0.2) as dahu:
+        future = dahu.submit("bulky.text", n=2_000_000)
+        with pytest.raises(ServerError) as info:
+            future.result(timeout=30)
+        message = str(info.value)
+        assert message.startswith(f"job {future.job_id}: getJobOutput: ")
+        assert "MessageSizeExceedLimitOnServer" in message and "\n" not in message
+        assert "larger than the largest one Tango may carry" in message
+        assert future.state == "success"  # the job itself succeeded: its output is kept
+        assert dahu.pending == 0
+        small = dahu.submit("bulky.text", n=10)  # the client goes on
+        assert small.result(timeout=30)["result"] == "b" * 10
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("client_cancel"), "test/dahu/cancel") as local:
+        yield local
+
+
+def test_threads_cancelling_one_future_all_hear_true(server):
+    # bug: the threads that lost the race got False ("the job had ended already") although
+    # the job was aborted and the future cancelled; a second cancel() could also requeue
+    # the future, so that the first one's cancel returned False too
+    with DahuClient(server.url) as dahu:
+        for _ in range(3):
+            future = dahu.submit("example.sleep", t=60)
+            while future.state != "running":
+                time.sleep(0.01)
+            called = []
+            future.add_done_callback(called.append)
+            start = threading.Barrier(6)
+            answers = []
+
+            def cancel(future=future, start=start, answers=answers):
+                start.wait()
+                answers.append(future.cancel())
+
+            threads = [threading.Thread(target=cancel) for _ in range(6)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert answers == [True] * 6
+            assert future.cancelled() and called == [future]
+            with pytest.raises(JobAborted, match="aborted by cancel"):
+                future.result(0)
+
+
+def test_a_server_that_does_not_answer_is_named_as_such(server):
+    # bug: the reason was API_CorbaException and the message CORBA's words alone,
+    # "startJob: TRANSIENT CORBA system exception: TRANSIENT_CallTimedout"
+    with DahuClient(server.url, timeout=0.5) as dahu:
+        assert dahu.submit("example.square", x=2).result(timeout=30)["result"] == 4
+        os.kill(server.process.pid, signal.SIGSTOP)  # a server that does not answer
+        try:
+            with pytest.raises(ServerError) as info:
+                dahu.submit("example.square", x=3)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert info.value.reason == "API_ServerNotRunning"
+        assert str(info.value) == (
+            "startJob: Failed to connect to device test/dahu/cancel: TRANSIENT_CallTimedout "
+            "(is its server running, at this address?)"
+        )
+
+
+def _devfailed(*errors: tuple[str, str]) -> tango.DevFailed:
+    stack = []
+    for reason, desc in errors:
+        error = tango.DevError()
+        error.reason, error.desc, error.origin = reason, desc, "Connection::command_inout()"
+        stack.append(error)
+    return tango.DevFailed(*stack)
+
+
+def test_a_call_that_timed_out_has_the_reason_api_device_timed_out():
+    # the stack PyTango 10 raises for a call past the client's timeout; the reason was
+    # API_CorbaException where the documentation says API_DeviceTimedOut
+    err = _devfailed(
+        ("API_CorbaException", "TRANSIENT CORBA system exception: TRANSIENT_CallTimedout"),
+        ("API_DeviceTimedOut", "Timeout (3000 mS) exceeded on device d/e/f, command startJob"),
+    )
+    error = ServerError.from_devfailed(err, "startJob")
+    assert error.reason == "API_DeviceTimedOut"
+    assert str(error) == (
+        "startJob: Timeout (3000 mS) exceeded on device d/e/f, command startJob: "
+        "TRANSIENT_CallTimedout"
+    )
+    unknown = ServerError.from_devfailed(_devfailed(("Dahu_UnknownJob", "no job 5")), "abort")
+    assert isinstance(unknown, JobNotFound) and str(unknown) == "abort: no job 5"
+
+
+def test_a_job_that_times_out_is_aborted(server):
+    # docs/client.md said JobFailed ("the plugin raised, or timed out"): the server makes
+    # a job whose time is up "aborted", so the future raises JobAborted, and exception()
+    # returns it (the future itself was not cancelled)
+    with DahuClient(server.url) as dahu:
+        future = dahu.submit("example.sleep", t=60, job_timeout=0.5)
+        with pytest.raises(JobAborted) as info:
+            future.result(timeout=30)
+        assert info.value.reason == "timed out after 0.5 s"
+        assert future.state == "aborted" and not future.cancelled()
+        assert future.exception(0) is info.value
+
+
+def test_a_done_callback_may_wait_for_another_job(server):
+    # bug: a callback runs in one of the client's threads, the ones that fetch outcomes;
+    # callbacks waiting for other jobs of the client (result()) left no thread to fetch
+    # them: each waited for its whole timeout, or for ever
+    with DahuClient(server.url, resolvers=1) as dahu:
+        results, errors = [], []
+
+        def chain(future):
+            try:
+                then = dahu.submit("example.square", x=future.result()["result"])
+                results.append(then.result(timeout=10)["result"])
+                then.exception(timeout=10)
+            except Exception as err:  # a callback's error would only be logged
+                errors.append(repr(err))
+
+        futures = dahu.map("example.square", [{"x": x} for x in range(4)])
+        for future in futures:
+            future.add_done_callback(chain)
+        deadline = time.monotonic() + 60
+        while len(results) + len(errors) < 4:
+            assert time.monotonic() < deadline, (results, errors)
+            time.sleep(0.01)
+        assert errors == [] and sorted(results) == [x**4 for x in range(4)]
