@@ -279,5 +279,9 @@ class Journal(abc.ABC):
         """Commit a write that changes nothing; :class:`~dahu.errors.JournalError` if
         the journal cannot be written (the engine's test before it clears a fault)."""
 
+    def check_file(self) -> None:  # noqa: B027 - optional for implementations
+        """Put the journal's storage back if it was removed while in use (the work
+        directory deleted); :class:`~dahu.errors.JournalError` if it cannot be."""
+
     def close(self) -> None:  # noqa: B027 - optional for implementations
         """Release the journal's resources."""

@@ -1,0 +1,101 @@
+"""No job is lost when the work directory is deleted, or the journal replaced, under a
+running server or engine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+
+import dahu.engine
+from dahu.app.localserver import LocalServer
+from dahu.job import Job
+from dahu.journal import SQLiteJournal
+
+from .conftest import finish
+
+DEVICE = "test/dahu/durable"
+
+
+def run(plugin: str, data: dict) -> Job:
+    job = Job(plugin, data)
+    job.start()
+    job.join()
+    return job
+
+
+def recorded(path) -> dict[int, str]:
+    """The state of every job in the journal file ``path``, read by another connection."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return dict(db.execute("SELECT id, state FROM jobs"))
+    finally:
+        db.close()
+
+
+def test_a_work_directory_deleted_under_a_running_server_loses_no_job(tmp_path):
+    # bug: the server went on writing into the deleted journal file, nothing said so, its
+    # jobs were gone at the next start and their ids were given again (from 1)
+    workdir = tmp_path / "work"
+    local = LocalServer(str(workdir), str(tmp_path / "server.log"), device=DEVICE)
+    proxy = local.start(timeout=60)
+    try:
+        ids = [proxy.startJob(["example.square", json.dumps({"x": x})]) for x in range(3)]
+        assert [finish(proxy, job_id) for job_id in ids] == ["success"] * 3
+        for job_id in ids:
+            proxy.cleanJob(job_id)  # its files written: none comes while it is removed
+        shutil.rmtree(workdir)
+        ids += [proxy.startJob(["example.square", json.dumps({"x": x})]) for x in range(3, 6)]
+        assert [finish(proxy, job_id) for job_id in ids[3:]] == ["success"] * 3
+    finally:
+        assert local.stop() == 0
+    assert recorded(workdir / SQLiteJournal.FILENAME) == dict.fromkeys(ids, "success")
+    assert "was removed (its work directory deleted?)" in (tmp_path / "server.log").read_text()
+    again = LocalServer(str(workdir), str(tmp_path / "server2.log"), device=DEVICE)
+    proxy = again.start(timeout=60)
+    try:
+        for x, job_id in enumerate(ids):
+            assert json.loads(proxy.getJobOutput(job_id))["result"] == x * x
+        assert proxy.startJob(["example.noop", "{}"]) > max(ids)  # no id given twice
+    finally:
+        again.stop()
+
+
+def test_a_running_engine_puts_its_deleted_journal_back(tmp_path):
+    workdir = tmp_path / "work"
+    path = workdir / SQLiteJournal.FILENAME
+    engine = dahu.engine.configure(workdir=str(workdir), max_workers=1)
+    try:
+        first = run("example.square", {"x": 2})  # a job started: the engine's sweep runs
+        shutil.rmtree(workdir)
+        second = run("example.square", {"x": 3})
+        deadline = time.monotonic() + 30
+        while not path.exists():  # put back while the engine runs, for readers
+            assert time.monotonic() < deadline, "the journal was not written again"
+            time.sleep(0.05)
+        assert recorded(path) == {first.id: "success", second.id: "success"}
+        assert run("example.square", {"x": 4}).status == "success"
+        assert not engine.journal_fault
+    finally:
+        engine.close()
+
+
+def test_a_journal_replaced_under_a_running_engine_puts_it_at_fault(tmp_path):
+    workdir = tmp_path / "work"
+    path = workdir / SQLiteJournal.FILENAME
+    engine = dahu.engine.configure(workdir=str(workdir), max_workers=1)
+    try:
+        run("example.square", {"x": 2})
+        path.unlink()
+        other = SQLiteJournal(str(workdir))  # somebody else's journal now at that path
+        other.close()
+        deadline = time.monotonic() + 30
+        while not engine.journal_fault:
+            assert time.monotonic() < deadline, "the engine did not notice"
+            time.sleep(0.05)
+        assert "was replaced by another file" in engine.journal_fault
+        assert not engine.retry_journal()  # still the wrong file: still at fault
+        assert recorded(path) == {}  # the other file is left as it is
+    finally:
+        engine.close()
