@@ -99,3 +99,44 @@ def test_a_journal_replaced_under_a_running_engine_puts_it_at_fault(tmp_path):
         assert recorded(path) == {}  # the other file is left as it is
     finally:
         engine.close()
+
+
+def test_minus_one_is_the_last_job_after_a_server_was_killed(tmp_path):
+    # bug: after a kill -9, -1 stood for the last id the killed server had reserved
+    # (64), not given: getJobState(-1) failed with "no job -1: job ids run from 1 to 64"
+    workdir = tmp_path / "work"
+    local = LocalServer(str(workdir), str(tmp_path / "server.log"), device=DEVICE)
+    proxy = local.start(timeout=60)
+    try:
+        ids = [proxy.startJob(["example.square", json.dumps({"x": x})]) for x in range(3)]
+        assert [finish(proxy, job_id) for job_id in ids] == ["success"] * 3
+        local.process.kill()  # SIGKILL: the ids it reserved are not given back
+        local.process.wait(30)
+    finally:
+        local.stop()
+    again = LocalServer(str(workdir), str(tmp_path / "server2.log"), device=DEVICE)
+    proxy = again.start(timeout=60)
+    try:
+        assert json.loads(proxy.getJobInfo(-1))["id"] == ids[-1]
+        assert proxy.getJobState(-1) == "success"
+        assert json.loads(proxy.getJobOutput(-2))["result"] == 1
+        new = proxy.startJob(["example.noop", "{}"])
+        assert new > ids[-1]
+        assert json.loads(proxy.getJobInfo(-1))["id"] == new
+    finally:
+        again.stop()
+
+
+def test_minus_one_is_the_last_job_while_another_process_writes_the_journal(tmp_path):
+    # bug: -1 stood for the last id the other process had reserved, not given
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    other = SQLiteJournal(str(tmp_path))  # as a second server on the same directory
+    try:
+        ours = run("example.square", {"x": 5})
+        theirs = other.create("example.noop", {}, time.time())
+        assert theirs > ours.id  # from a block reserved after this process's
+        assert Job.getJobFromID(-1).id == theirs
+        assert Job.getStatusFromID(-1) == "uninitialized"
+    finally:
+        other.close()
+        engine.close()

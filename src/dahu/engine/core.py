@@ -202,8 +202,8 @@ class Engine:
         }
 
     def last_id(self) -> int:
-        """The highest job id recorded in the journal."""
-        return self.journal.last_id()
+        """The id of the newest job in the journal (``-1``; see ``Journal.newest_id``)."""
+        return self.journal.newest_id()
 
     def no_such_job(self, job_id: int) -> str:
         """Why ``job_id`` cannot be read, in one line (for a client's error)."""

@@ -433,6 +433,11 @@ class SQLiteJournal(BatchedWriter, Journal):
                 seq = 0  # our own reservation: what we gave is ``given``
         return max(largest or 0, seq or 0, given)
 
+    def newest_id(self) -> int:
+        largest = self._read("SELECT COALESCE(MAX(id), 0) FROM jobs")[0][0]
+        with self._ids_lock:
+            return max(largest, self._next_id - 1)  # given: its record may be queued
+
     def select(
         self, first: int | None = None, last: int | None = None, state: str | None = None
     ) -> Iterator[JobRecord]:
