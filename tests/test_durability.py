@@ -8,8 +8,11 @@ import shutil
 import sqlite3
 import time
 
+import pytest
+
 import dahu.engine
 from dahu.app.localserver import LocalServer
+from dahu.errors import JournalError
 from dahu.job import Job
 from dahu.journal import SQLiteJournal
 
@@ -140,3 +143,19 @@ def test_minus_one_is_the_last_job_while_another_process_writes_the_journal(tmp_
     finally:
         other.close()
         engine.close()
+
+
+def test_a_journal_that_cannot_open_on_a_full_disk_says_the_disk_is_full(tmp_path, monkeypatch):
+    # bug: on a full disk the server refused to start with SQLite's bare "disk I/O
+    # error" (its shared-memory file cannot grow), which reads as a broken disk
+    import dahu.journal.sqlite as module
+
+    SQLiteJournal(str(tmp_path)).close()
+    (tmp_path / (SQLiteJournal.FILENAME + "-shm")).mkdir()  # SQLite cannot open it
+    with pytest.raises(JournalError) as refused:
+        SQLiteJournal(str(tmp_path))
+    assert "full" not in str(refused.value)  # room on the disk: SQLite's reason only
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(module.shutil, "disk_usage", lambda path: usage._replace(free=0))
+    with pytest.raises(JournalError, match=r"\(its file system is full: 0 bytes free\)$"):
+        SQLiteJournal(str(tmp_path))

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -96,6 +97,16 @@ def _identity(path: str) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
+def _full(workdir: str) -> str:
+    """Why a journal may not open (`` (its file system is full: ...)``), or ``""``: on a
+    full disk SQLite says only ``disk I/O error`` (its shared-memory file cannot grow)."""
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(workdir).free
+        if free < 1 << 20:
+            return f" (its file system is full: {free} bytes free)"
+    return ""
+
+
 def _close_at_exit(ref: weakref.ref) -> None:
     journal = ref()
     if journal is not None and journal._pid == os.getpid():  # not in a forked child
@@ -128,7 +139,9 @@ class SQLiteJournal(BatchedWriter, Journal):
             self._init_schema()
             self._file = _identity(self.path)  # the file this connection writes
         except (OSError, sqlite3.Error) as err:
-            raise JournalError(f"cannot open the journal in {self.workdir}: {err}") from err
+            raise JournalError(
+                f"cannot open the journal in {self.workdir}: {err}{_full(self.workdir)}"
+            ) from err
         self._pid = os.getpid()
         self._closed = False
         self._guarded = create  # a writer's: close puts a removed file back
