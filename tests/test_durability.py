@@ -159,3 +159,26 @@ def test_a_journal_that_cannot_open_on_a_full_disk_says_the_disk_is_full(tmp_pat
     monkeypatch.setattr(module.shutil, "disk_usage", lambda path: usage._replace(free=0))
     with pytest.raises(JournalError, match=r"\(its file system is full: 0 bytes free\)$"):
         SQLiteJournal(str(tmp_path))
+
+
+def test_a_journal_made_again_where_jobs_ran_gives_no_id_twice(tmp_path):
+    # bug: a work directory whose journal was deleted (or emptied) gave ids from 1 again,
+    # overwriting the .inp/.out files of the jobs that had run there
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    try:
+        old = [run("example.square", {"x": x}) for x in (2, 3)]
+        for job in old:
+            job.clean()  # their files written
+    finally:
+        engine.close()
+    for path in tmp_path.glob(SQLiteJournal.FILENAME + "*"):
+        path.unlink()
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    try:
+        new = run("example.square", {"x": 7})
+        new.clean()
+        assert new.id == old[-1].id + 1
+    finally:
+        engine.close()
+    first = tmp_path / "0000" / f"{old[0].id:05d}_example.square.out"
+    assert json.loads(first.read_text())["result"] == 4  # still the old job's

@@ -48,6 +48,7 @@ from .base import (
     encode_output,
     storable_id,
 )
+from .files import highest_file_id
 from .writer import BatchedWriter, _Write
 
 logger = logging.getLogger(__name__)
@@ -221,6 +222,14 @@ class SQLiteJournal(BatchedWriter, Journal):
             )
             db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)")
             current = db.execute("PRAGMA user_version").fetchone()[0]
+            if not current and (highest := highest_file_id(self.workdir)):  # new: ids after
+                db.execute("DELETE FROM sqlite_sequence")  # (none: a new journal)
+                db.execute("INSERT INTO sqlite_sequence VALUES ('jobs', ?)", (highest,))
+                logger.warning(
+                    "new journal %s: job files up to id %d are there, ids go on after them",
+                    self.path,
+                    highest,
+                )
             if current > SCHEMA_VERSION:
                 raise JournalError(
                     f"journal {self.path} has schema {current}, newer than this Dahu "
