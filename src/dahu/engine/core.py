@@ -45,8 +45,7 @@ class Engine:
 
     :param workdir: the stable work directory (journal, ``.inp``/``.out`` files)
     :param journal: a journal; default a :class:`~dahu.journal.SQLiteJournal` in ``workdir``
-    :param executor: where plugins run; default a
-        :class:`~dahu.executors.thread.ThreadExecutor`
+    :param executor: where plugins run; default a :class:`~dahu.executors.ThreadExecutor`
     :param max_workers: slots of the executor (default: number of CPUs)
     :param executor_kind: ``thread`` (default), ``process`` or ``dask`` when no executor
         is given; ``executor_options`` go to its constructor
@@ -203,8 +202,8 @@ class Engine:
         }
 
     def last_id(self) -> int:
-        """The highest job id recorded in the journal."""
-        return self.journal.last_id()
+        """The id of the newest job in the journal (``-1``; see ``Journal.newest_id``)."""
+        return self.journal.newest_id()
 
     def no_such_job(self, job_id: int) -> str:
         """Why ``job_id`` cannot be read, in one line (for a client's error)."""
@@ -230,7 +229,7 @@ class Engine:
         order = sorted(runs, key=lambda run: (run.state != State.STARTING, -run.id))
         return sum(self.cycle.abort(run, reason) for run in order if run.state not in State.FINAL)
 
-    def journal_failed(self, job_id: int, err: BaseException) -> None:
+    def journal_failed(self, job_id: int | None, err: BaseException) -> None:
         """The journal refused a write: the engine is at fault (the server's state says
         FAULT), keeps in memory the jobs whose outcome it refused, and tries again every
         :data:`JOURNAL_RETRY` seconds (:meth:`retry_journal`)."""
@@ -238,7 +237,7 @@ class Engine:
             self.journal_fault = str(err) or type(err).__name__
             self._faults += 1
         if isinstance(err, JournalError):
-            logger.error("job %s: %s", job_id, err)
+            logger.error("%s%s", "" if job_id is None else f"job {job_id}: ", err)
         else:
             logger.exception("job %s: the journal failed", job_id)
         self._arm_retry()
@@ -316,10 +315,9 @@ class Engine:
         """Start (once) the sweep that records long-running jobs as ``running``.
 
         Every :data:`~dahu.engine.lifecycle.NOTE_RUNNING_AFTER` seconds the jobs running
-        since at least that long
-        get their state written to the journal: nothing is written for short jobs, and
-        readers in other processes (worker processes, a second server, dahu-reprocess) see
-        long ones as running.
+        since at least that long get their state written to the journal: readers in
+        other processes see long ones as running; and the journal's file is checked
+        (put back if the work directory was deleted).
         """
         if self._sweeping:
             return
@@ -335,6 +333,11 @@ class Engine:
                 started = run.started
                 if started is not None and now - started >= period:
                     self.cycle.note_running(run)
+            if self.journal_fault is None:  # at fault: the retry's probe checks it
+                try:
+                    self.journal.check_file()
+                except JournalError as err:
+                    self.journal_failed(None, err)
             if not self._closed:
                 self.watchdog.call_later(period, sweep)
 
@@ -342,14 +345,11 @@ class Engine:
 
     def clean_later(self, job: Any, announce: Callable[[], Any] | None = None) -> None:
         """Call ``job.clean(wait=False)`` in a background thread: write the ended job's
-        ``.inp``/``.out`` files and free its data; then call ``announce()``, if given, in
-        that thread (the device pushes the job's event there: as in the original, a
-        client told a job ended finds its files).
+        ``.inp``/``.out`` files and free its data; then ``announce()``, if given, there
+        (the device pushes the job's event: a client told a job ended finds its files).
 
-        Creating two files may take a millisecond on a busy disk: done there, it delays
-        neither the job's end nor its event.  The journal already holds the outcome, so
-        nothing is lost if the process dies before the files are written.
-        """
+        Two files may take a millisecond on a busy disk: done there, they delay neither
+        the job's end nor its event (the journal already holds the outcome)."""
         with self._lock:
             if self._cleaner is None:
                 self._cleaner = threading.Thread(
@@ -371,8 +371,8 @@ class Engine:
             return min(self._unwritten) if self._unwritten else time.time()
 
     def flush_files(self, timeout: float | None = None) -> bool:
-        """Wait until the files of every job handed to :meth:`clean_later` so far are
-        written; True if they are (False: ``timeout`` s passed)."""
+        """Wait until the files of the jobs given to :meth:`clean_later` are written;
+        True if they are (False: ``timeout`` s passed)."""
         if self._cleaner is None:
             return True
         marker = threading.Event()

@@ -260,6 +260,12 @@ class Journal(abc.ABC):
     def last_id(self) -> int:
         """The highest id ever given (pruned records included), 0 when empty."""
 
+    def newest_id(self) -> int:
+        """The id of the newest job recorded (or given by this process), 0 when none:
+        the job ``-1`` stands for.  Unlike :meth:`last_id`, not an id reserved and never
+        given (by a process killed, or another one writing the same journal)."""
+        return self.last_id()
+
     @abc.abstractmethod
     def select(
         self, first: int | None = None, last: int | None = None, state: str | None = None
@@ -278,6 +284,10 @@ class Journal(abc.ABC):
     def probe(self) -> None:  # noqa: B027 - optional for implementations
         """Commit a write that changes nothing; :class:`~dahu.errors.JournalError` if
         the journal cannot be written (the engine's test before it clears a fault)."""
+
+    def check_file(self) -> None:  # noqa: B027 - optional for implementations
+        """Put the journal's storage back if it was removed while in use (the work
+        directory deleted); :class:`~dahu.errors.JournalError` if it cannot be."""
 
     def close(self) -> None:  # noqa: B027 - optional for implementations
         """Release the journal's resources."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..utils import NumpyEncoder, jsonable
 
-__all__ = ["job_file_dir", "job_file_stem", "write_job_files", "pretty_json"]
+__all__ = ["job_file_dir", "job_file_stem", "write_job_files", "pretty_json", "highest_file_id"]
 
 _PRETTY = NumpyEncoder(indent=4)  # the original's indentation (and the fallback below)
 _default = _PRETTY.default
@@ -145,6 +145,24 @@ def _write(path: str, text: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(path)  # no truncated file (disk full...): a reader finds none instead
         raise
+
+
+def highest_file_id(workdir: str) -> int:
+    """The highest job id of the ``NNNN/NNNNN_<plugin>.inp``/``.out`` files in
+    ``workdir``, 0 if none: a journal made where jobs ran before (it was deleted, or
+    emptied) gives ids after theirs, rather than overwrite their files."""
+    with contextlib.suppress(OSError):
+        dirs = sorted((n for n in os.listdir(workdir) if n.isdigit()), key=int, reverse=True)
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                ids = [
+                    int(file.partition("_")[0])
+                    for file in os.listdir(os.path.join(workdir, name))
+                    if file.partition("_")[0].isdigit() and file.endswith((".inp", ".out"))
+                ]
+                if ids:
+                    return max(ids)
+    return 0
 
 
 def write_job_files(

@@ -83,9 +83,9 @@ class JournalReader:
         return None
 
     def last_id(self) -> int:
-        """The highest id recorded (0 if none)."""
+        """The id of the newest job recorded (0 if none)."""
         try:
-            return self.journal.last_id()
+            return self.journal.newest_id()
         except JournalError:
             return 0
 

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -47,6 +48,7 @@ from .base import (
     encode_output,
     storable_id,
 )
+from .files import highest_file_id
 from .writer import BatchedWriter, _Write
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,25 @@ def _process_alive(host: str | None, pid: int | None, since: float | None) -> bo
         return False
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    """The device and inode of the file at ``path``; None if there is none."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _full(workdir: str) -> str:
+    """Why a journal may not open (`` (its file system is full: ...)``), or ``""``: on a
+    full disk SQLite says only ``disk I/O error`` (its shared-memory file cannot grow)."""
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(workdir).free
+        if free < 1 << 20:
+            return f" (its file system is full: {free} bytes free)"
+    return ""
+
+
 def _close_at_exit(ref: weakref.ref) -> None:
     journal = ref()
     if journal is not None and journal._pid == os.getpid():  # not in a forked child
@@ -115,22 +136,75 @@ class SQLiteJournal(BatchedWriter, Journal):
             self._ids_lock = threading.Lock()
             self._next_id = 1
             self._block_end = 0  # nothing reserved yet
-            self._db = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=30.0
-            )
-            # takes effect on a new file only: lets prunes give space back in small steps
-            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=30000")
-            self._db.execute("PRAGMA cache_size=-512")
+            self._db = self._connect()
             self._init_schema()
+            self._file = _identity(self.path)  # the file this connection writes
         except (OSError, sqlite3.Error) as err:
-            raise JournalError(f"cannot open the journal in {self.workdir}: {err}") from err
+            raise JournalError(
+                f"cannot open the journal in {self.workdir}: {err}{_full(self.workdir)}"
+            ) from err
         self._pid = os.getpid()
         self._closed = False
+        self._guarded = create  # a writer's: close puts a removed file back
         # a process that ends without closing its journal still commits what it queued
         atexit.register(_close_at_exit, weakref.ref(self))
+
+    def _connect(self) -> sqlite3.Connection:
+        """A writer connection to :attr:`path` (created if missing), set up."""
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        # takes effect on a new file only: lets prunes give space back in small steps
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=30000")
+        db.execute("PRAGMA cache_size=-512")
+        return db
+
+    def check_file(self) -> None:
+        """Put the journal's file back if it was removed while this process wrote it
+        (its work directory deleted: the connection went on writing to a file nobody
+        can open again, lost at the exit): write it again, whole, from the connection.
+        A file replaced by another one is left alone: :class:`JournalError`.  The
+        engine calls it twice a second; :meth:`close` checks too (unless opened with
+        ``create=False``: a reader's)."""
+        if not self._closed:
+            self._check_file()
+
+    def _check_file(self) -> None:
+        with self._locked():
+            now = _identity(self.path)
+            if now == self._file:
+                return
+            if now is not None:
+                raise JournalError(
+                    f"the journal {self.path} was replaced by another file while this "
+                    f"process wrote it: what it records from now on is lost when it stops"
+                )
+            aside = self.path + ".restoring"  # whole before readers find it at path
+            try:
+                os.makedirs(self.workdir, exist_ok=True)
+                for suffix in ("", "-wal", "-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(aside + suffix)
+                copy = sqlite3.connect(aside)
+                try:
+                    self._db.backup(copy)
+                finally:
+                    copy.close()
+                os.replace(aside, self.path)
+                db = self._connect()
+                self._file = _identity(self.path)
+            except (OSError, sqlite3.Error) as err:
+                with contextlib.suppress(OSError):
+                    os.unlink(aside)  # no half copy left behind (a full disk)
+                raise JournalError(f"cannot write the journal {self.path} again: {err}") from err
+            self._db.close()
+            self._db = db
+        logger.error(
+            "journal %s was removed (its work directory deleted?) while this process "
+            "wrote it: written again, with every job, from the open database",
+            self.path,
+        )
 
     def _init_schema(self) -> None:
         current = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -148,6 +222,14 @@ class SQLiteJournal(BatchedWriter, Journal):
             )
             db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)")
             current = db.execute("PRAGMA user_version").fetchone()[0]
+            if not current and (highest := highest_file_id(self.workdir)):  # new: ids after
+                db.execute("DELETE FROM sqlite_sequence")  # (none: a new journal)
+                db.execute("INSERT INTO sqlite_sequence VALUES ('jobs', ?)", (highest,))
+                logger.warning(
+                    "new journal %s: job files up to id %d are there, ids go on after them",
+                    self.path,
+                    highest,
+                )
             if current > SCHEMA_VERSION:
                 raise JournalError(
                     f"journal {self.path} has schema {current}, newer than this Dahu "
@@ -286,6 +368,7 @@ class SQLiteJournal(BatchedWriter, Journal):
         )
 
     def probe(self) -> None:
+        self.check_file()  # the file was removed: put back; replaced: JournalError
         # rewrites the last record's page as it is: a commit that needs room on the disk
         self._write("UPDATE jobs SET state = state WHERE id = (SELECT MAX(id) FROM jobs)", [()])
 
@@ -377,6 +460,11 @@ class SQLiteJournal(BatchedWriter, Journal):
                 seq = 0
         return max(largest or 0, seq or 0, given)
 
+    def newest_id(self) -> int:
+        largest = self._read("SELECT COALESCE(MAX(id), 0) FROM jobs")[0][0]
+        with self._ids_lock:
+            return max(largest, self._next_id - 1)  # given: its record may be queued
+
     def select(
         self, first: int | None = None, last: int | None = None, state: str | None = None
     ) -> Iterator[JobRecord]:
@@ -429,5 +517,8 @@ class SQLiteJournal(BatchedWriter, Journal):
         with self._settled:
             self._closing = True
         self._give_back_ids()
+        if self._guarded:  # the last outcomes are in a file that can be read again
+            with contextlib.suppress(JournalError):
+                self._check_file()
         with self._lock:
             self._db.close()

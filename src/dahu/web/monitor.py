@@ -133,7 +133,7 @@ class Monitor:
         if self.engine is engine:
             return
         self.engine = engine
-        last = engine.journal.last_id()
+        last = engine.journal.newest_id()  # not ids a killed server reserved
         seed = [
             r
             for r in engine.journal.select(first=max(1, last - RECENT + 1))

@@ -1,0 +1,184 @@
+"""No job is lost when the work directory is deleted, or the journal replaced, under a
+running server or engine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+
+import pytest
+
+import dahu.engine
+from dahu.app.localserver import LocalServer
+from dahu.errors import JournalError
+from dahu.job import Job
+from dahu.journal import SQLiteJournal
+
+from .conftest import finish
+
+DEVICE = "test/dahu/durable"
+
+
+def run(plugin: str, data: dict) -> Job:
+    job = Job(plugin, data)
+    job.start()
+    job.join()
+    return job
+
+
+def recorded(path) -> dict[int, str]:
+    """The state of every job in the journal file ``path``, read by another connection."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return dict(db.execute("SELECT id, state FROM jobs"))
+    finally:
+        db.close()
+
+
+def test_a_work_directory_deleted_under_a_running_server_loses_no_job(tmp_path):
+    # bug: the server went on writing into the deleted journal file, nothing said so, its
+    # jobs were gone at the next start and their ids were given again (from 1)
+    workdir = tmp_path / "work"
+    local = LocalServer(str(workdir), str(tmp_path / "server.log"), device=DEVICE)
+    proxy = local.start(timeout=60)
+    try:
+        ids = [proxy.startJob(["example.square", json.dumps({"x": x})]) for x in range(3)]
+        assert [finish(proxy, job_id) for job_id in ids] == ["success"] * 3
+        for job_id in ids:
+            proxy.cleanJob(job_id)  # its files written: none comes while it is removed
+        shutil.rmtree(workdir)
+        ids += [proxy.startJob(["example.square", json.dumps({"x": x})]) for x in range(3, 6)]
+        assert [finish(proxy, job_id) for job_id in ids[3:]] == ["success"] * 3
+    finally:
+        assert local.stop() == 0
+    assert recorded(workdir / SQLiteJournal.FILENAME) == dict.fromkeys(ids, "success")
+    assert "was removed (its work directory deleted?)" in (tmp_path / "server.log").read_text()
+    again = LocalServer(str(workdir), str(tmp_path / "server2.log"), device=DEVICE)
+    proxy = again.start(timeout=60)
+    try:
+        for x, job_id in enumerate(ids):
+            assert json.loads(proxy.getJobOutput(job_id))["result"] == x * x
+        assert proxy.startJob(["example.noop", "{}"]) > max(ids)  # no id given twice
+    finally:
+        again.stop()
+
+
+def test_a_running_engine_puts_its_deleted_journal_back(tmp_path):
+    workdir = tmp_path / "work"
+    path = workdir / SQLiteJournal.FILENAME
+    engine = dahu.engine.configure(workdir=str(workdir), max_workers=1)
+    try:
+        first = run("example.square", {"x": 2})  # a job started: the engine's sweep runs
+        shutil.rmtree(workdir)
+        second = run("example.square", {"x": 3})
+        deadline = time.monotonic() + 30
+        while not path.exists():  # put back while the engine runs, for readers
+            assert time.monotonic() < deadline, "the journal was not written again"
+            time.sleep(0.05)
+        assert recorded(path) == {first.id: "success", second.id: "success"}
+        assert run("example.square", {"x": 4}).status == "success"
+        assert not engine.journal_fault
+    finally:
+        engine.close()
+
+
+def test_a_journal_replaced_under_a_running_engine_puts_it_at_fault(tmp_path):
+    workdir = tmp_path / "work"
+    path = workdir / SQLiteJournal.FILENAME
+    engine = dahu.engine.configure(workdir=str(workdir), max_workers=1)
+    try:
+        run("example.square", {"x": 2})
+        path.unlink()
+        other = SQLiteJournal(str(workdir))  # somebody else's journal now at that path
+        other.close()
+        deadline = time.monotonic() + 30
+        while not engine.journal_fault:
+            assert time.monotonic() < deadline, "the engine did not notice"
+            time.sleep(0.05)
+        assert "was replaced by another file" in engine.journal_fault
+        assert not engine.retry_journal()  # still the wrong file: still at fault
+        assert recorded(path) == {}  # the other file is left as it is
+    finally:
+        engine.close()
+
+
+def test_minus_one_is_the_last_job_after_a_server_was_killed(tmp_path):
+    # bug: after a kill -9, -1 stood for the last id the killed server had reserved
+    # (64), not given: getJobState(-1) failed with "no job -1: job ids run from 1 to 64"
+    workdir = tmp_path / "work"
+    local = LocalServer(str(workdir), str(tmp_path / "server.log"), device=DEVICE)
+    proxy = local.start(timeout=60)
+    try:
+        ids = [proxy.startJob(["example.square", json.dumps({"x": x})]) for x in range(3)]
+        assert [finish(proxy, job_id) for job_id in ids] == ["success"] * 3
+        local.process.kill()  # SIGKILL: the ids it reserved are not given back
+        local.process.wait(30)
+    finally:
+        local.stop()
+    again = LocalServer(str(workdir), str(tmp_path / "server2.log"), device=DEVICE)
+    proxy = again.start(timeout=60)
+    try:
+        assert json.loads(proxy.getJobInfo(-1))["id"] == ids[-1]
+        assert proxy.getJobState(-1) == "success"
+        assert json.loads(proxy.getJobOutput(-2))["result"] == 1
+        new = proxy.startJob(["example.noop", "{}"])
+        assert new > ids[-1]
+        assert json.loads(proxy.getJobInfo(-1))["id"] == new
+    finally:
+        again.stop()
+
+
+def test_minus_one_is_the_last_job_while_another_process_writes_the_journal(tmp_path):
+    # bug: -1 stood for the last id the other process had reserved, not given
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    other = SQLiteJournal(str(tmp_path))  # as a second server on the same directory
+    try:
+        ours = run("example.square", {"x": 5})
+        theirs = other.create("example.noop", {}, time.time())
+        assert theirs > ours.id  # from a block reserved after this process's
+        assert Job.getJobFromID(-1).id == theirs
+        assert Job.getStatusFromID(-1) == "uninitialized"
+    finally:
+        other.close()
+        engine.close()
+
+
+def test_a_journal_that_cannot_open_on_a_full_disk_says_the_disk_is_full(tmp_path, monkeypatch):
+    # bug: on a full disk the server refused to start with SQLite's bare "disk I/O
+    # error" (its shared-memory file cannot grow), which reads as a broken disk
+    import dahu.journal.sqlite as module
+
+    SQLiteJournal(str(tmp_path)).close()
+    (tmp_path / (SQLiteJournal.FILENAME + "-shm")).mkdir()  # SQLite cannot open it
+    with pytest.raises(JournalError) as refused:
+        SQLiteJournal(str(tmp_path))
+    assert "full" not in str(refused.value)  # room on the disk: SQLite's reason only
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(module.shutil, "disk_usage", lambda path: usage._replace(free=0))
+    with pytest.raises(JournalError, match=r"\(its file system is full: 0 bytes free\)$"):
+        SQLiteJournal(str(tmp_path))
+
+
+def test_a_journal_made_again_where_jobs_ran_gives_no_id_twice(tmp_path):
+    # bug: a work directory whose journal was deleted (or emptied) gave ids from 1 again,
+    # overwriting the .inp/.out files of the jobs that had run there
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    try:
+        old = [run("example.square", {"x": x}) for x in (2, 3)]
+        for job in old:
+            job.clean()  # their files written
+    finally:
+        engine.close()
+    for path in tmp_path.glob(SQLiteJournal.FILENAME + "*"):
+        path.unlink()
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    try:
+        new = run("example.square", {"x": 7})
+        new.clean()
+        assert new.id == old[-1].id + 1
+    finally:
+        engine.close()
+    first = tmp_path / "0000" / f"{old[0].id:05d}_example.square.out"
+    assert json.loads(first.read_text())["result"] == 4  # still the old job's
