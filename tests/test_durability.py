@@ -148,7 +148,7 @@ def test_minus_one_is_the_last_job_while_another_process_writes_the_journal(tmp_
 def test_a_journal_that_cannot_open_on_a_full_disk_says_the_disk_is_full(tmp_path, monkeypatch):
     # bug: on a full disk the server refused to start with SQLite's bare "disk I/O
     # error" (its shared-memory file cannot grow), which reads as a broken disk
-    import dahu.journal.sqlite as module
+    import dahu.journal.sqlitefile as module
 
     SQLiteJournal(str(tmp_path)).close()
     (tmp_path / (SQLiteJournal.FILENAME + "-shm")).mkdir()  # SQLite cannot open it

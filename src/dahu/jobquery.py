@@ -18,7 +18,7 @@ from typing import Any
 
 from .journal import SCHEMA_VERSION, JobRecord, JournalError, SQLiteJournal
 from .journal.base import storable_id
-from .journal.sqlite import connect_file
+from .journal.sqlitefile import connect_file
 from .states import State
 
 __all__ = [

@@ -22,11 +22,9 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import threading
 import time
-import urllib.parse
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -49,20 +47,12 @@ from .base import (
     storable_id,
 )
 from .files import highest_file_id
+from .sqlitefile import file_identity, full_disk_reason
 from .writer import BatchedWriter, _Write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SQLiteJournal", "SCHEMA_VERSION", "connect_file"]
-
-
-def connect_file(path: str, write: bool = False) -> sqlite3.Connection:
-    """A connection to the existing journal file ``path``, read-only unless ``write``
-    (for readers beside the server: ``dahu-jobs``, the web page); never creates one."""
-    uri = f"file:{urllib.parse.quote(path)}?mode={'rw' if write else 'ro'}"
-    return sqlite3.connect(
-        uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
-    )
+__all__ = ["SQLiteJournal", "SCHEMA_VERSION"]
 
 
 SCHEMA_VERSION = 1
@@ -87,25 +77,6 @@ def _process_alive(host: str | None, pid: int | None, since: float | None) -> bo
         return since is None or proc.create_time() <= since + 1.0
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-
-
-def _identity(path: str) -> tuple[int, int] | None:
-    """The device and inode of the file at ``path``; None if there is none."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return info.st_dev, info.st_ino
-
-
-def _full(workdir: str) -> str:
-    """Why a journal may not open (`` (its file system is full: ...)``), or ``""``: on a
-    full disk SQLite says only ``disk I/O error`` (its shared-memory file cannot grow)."""
-    with contextlib.suppress(OSError):
-        free = shutil.disk_usage(workdir).free
-        if free < 1 << 20:
-            return f" (its file system is full: {free} bytes free)"
-    return ""
 
 
 def _close_at_exit(ref: weakref.ref) -> None:
@@ -138,10 +109,10 @@ class SQLiteJournal(BatchedWriter, Journal):
             self._block_end = 0  # nothing reserved yet
             self._db = self._connect()
             self._init_schema()
-            self._file = _identity(self.path)  # the file this connection writes
+            self._file = file_identity(self.path)  # the file this connection writes
         except (OSError, sqlite3.Error) as err:
             raise JournalError(
-                f"cannot open the journal in {self.workdir}: {err}{_full(self.workdir)}"
+                f"cannot open the journal in {self.workdir}: {err}{full_disk_reason(self.workdir)}"
             ) from err
         self._pid = os.getpid()
         self._closed = False
@@ -172,7 +143,7 @@ class SQLiteJournal(BatchedWriter, Journal):
 
     def _check_file(self) -> None:
         with self._locked():
-            now = _identity(self.path)
+            now = file_identity(self.path)
             if now == self._file:
                 return
             if now is not None:
@@ -193,7 +164,7 @@ class SQLiteJournal(BatchedWriter, Journal):
                     copy.close()
                 os.replace(aside, self.path)
                 db = self._connect()
-                self._file = _identity(self.path)
+                self._file = file_identity(self.path)
             except (OSError, sqlite3.Error) as err:
                 with contextlib.suppress(OSError):
                     os.unlink(aside)  # no half copy left behind (a full disk)

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import JournalError
 from ..journal import JobRecord, SQLiteJournal
 from ..journal.base import storable_id
-from ..journal.sqlite import connect_file
+from ..journal.sqlitefile import connect_file
 from ..states import State
 from .monitor import reason_line
 
