@@ -11,6 +11,7 @@ import time
 import numpy
 import pytest
 
+import dahu.engine
 from dahu.journal import INTERRUPTED, JournalError, MemoryJournal, SQLiteJournal, job_file_stem
 
 from .conftest import child_env
@@ -355,6 +356,32 @@ def test_sigkill_mid_job_marks_it_interrupted(workdir):
     # skipped (at most one block of them)
     new_id = Job("example.noop", {}).id
     assert queued_id < new_id <= queued_id + SQLiteJournal.ID_BLOCK
+
+
+def test_files_a_killed_process_left_unwritten_are_written_at_the_next_start(workdir):
+    # bug: a server killed after a job's outcome was committed but before its files were
+    # written left it without .inp/.out files for good; interrupted jobs never had any
+    first = child(workdir, "run")
+    done_id = int(first.communicate(timeout=60)[0])
+    stem = job_file_stem(str(workdir), done_id, "example.square")
+    written = json.loads(open(stem + ".out").read())
+    proc = child(workdir, "hang")
+    running_id, queued_id = map(int, proc.stdout.readline().split())
+    for ext in (".inp", ".out"):
+        os.remove(stem + ext)  # as if killed between the commit and the files
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    engine = dahu.engine.configure(workdir=str(workdir))
+    assert engine.recovered == 3
+    assert json.loads(open(stem + ".out").read()) == written
+    assert json.loads(open(stem + ".inp").read())["x"] == 2
+    for job_id, plugin in ((running_id, "example.sleep"), (queued_id, "example.square")):
+        cut = job_file_stem(str(workdir), job_id, plugin)
+        assert json.loads(open(cut + ".inp").read())["job_id"] == job_id
+        assert json.loads(open(cut + ".out").read()) == {"error": [INTERRUPTED]}
+    engine.close()
+    assert dahu.engine.configure(workdir=str(workdir)).recovered == 0  # once only
 
 
 def test_live_process_jobs_are_not_marked_interrupted(workdir):

@@ -5,8 +5,7 @@ One engine is current per process.  It is made on first use from the environment
 (``DAHU_WORKDIR``, see :func:`dahu.journal.default_workdir`) or explicitly with
 :func:`configure` (the server and ``dahu-reprocess`` do).  Opening an engine on a work
 directory closes, as ``failure``/``interrupted``, the jobs that a dead process left
-unfinished there, and job ids continue after the highest recorded one.
-"""
+unfinished there (and writes their files, :mod:`.recovery`); ids go on after the last."""
 
 from __future__ import annotations
 
@@ -30,6 +29,7 @@ from ..states import State
 from ..statistics import RunningStatistics
 from ..utils import compact_json
 from .lifecycle import NOTE_RUNNING_AFTER, JobRun, LifeCycle
+from .recovery import write_missing_files
 from .table import JobTable
 
 logger = logging.getLogger(__name__)
@@ -104,11 +104,11 @@ class Engine:
         #: a context manager factory the files thread runs in (the device's Tango threads
         #: need ``tango.EnsureOmniThread``); set before the first :meth:`clean_later`
         self.thread_context: Callable[[], Any] | None = None
-        self._sweeping = False
-        self._closed = False
+        self._sweeping = self._closed = False
         self.executor = executor
         if hasattr(executor, "attach"):
             executor.attach(self)
+        self.recovered = write_missing_files(self, self.interrupted) if recover else 0
 
     # ---- jobs ---------------------------------------------------------------------------
     def create(self, plugin: str, input_data: dict[str, Any], later: bool = False) -> JobRun:
