@@ -217,7 +217,7 @@ def test_shutdown_aborts_the_queued_jobs_without_running_them(tmp_path):
     assert {job.status for job in running} == {"aborted"}
     ran = [job.id for job in queued if job.status != "aborted"]
     assert not ran, f"{len(ran)} queued job(s) ran during the shutdown"
-    assert {job.error for job in queued} == {"aborted: the server is shutting down"}
+    assert {job.error for job in queued} == {"the server is shutting down"}
 
 
 def test_a_job_cannot_be_started_twice(engine):

@@ -352,9 +352,9 @@ def test_a_plugin_that_outlives_the_shutdown_is_recorded_as_aborted(tmp_path):
         rows = dict((r[0], r[1:]) for r in db.execute("SELECT id, state, error FROM jobs"))
     assert rows[hung] == (
         "aborted",
-        "aborted: the server is shutting down (the plugin had not stopped after 1 s)",
+        "the server is shutting down (the plugin had not stopped after 1 s)",
     )
-    assert rows[sleeping] == rows[queued] == ("aborted", "aborted: the server is shutting down")
+    assert rows[sleeping] == rows[queued] == ("aborted", "the server is shutting down")
     text = log.read_text()
     assert "cannot push" not in text and "Traceback" not in text, text[-2000:]
 

@@ -414,7 +414,7 @@ class Engine:
         deadline = time.monotonic() + timeout
         runs = self.live()
         if abort and runs:  # none: nothing to abort, nothing to say
-            aborted = self.abort_all(runs, "aborted: the server is shutting down")
+            aborted = self.abort_all(runs, "the server is shutting down")
             logger.info("shutting down: %d job(s) aborted", aborted)
         for run in runs:
             run.done.wait(max(0.0, deadline - time.monotonic()))
