@@ -173,3 +173,25 @@ def test_a_done_callback_may_wait_for_another_job(server):
             assert time.monotonic() < deadline, (results, errors)
             time.sleep(0.01)
         assert errors == [] and sorted(results) == [x**4 for x in range(4)]
+
+
+def test_events_kept_while_submissions_overlap_are_bounded(small_server, monkeypatch):
+    # bug: events of jobs not (yet) ours are kept while a submission is in flight, and
+    # cleared only when none is: threads whose submissions always overlap made the store
+    # grow with the ids of every other client's jobs, for as long as the client lived
+    import dahu.client
+
+    monkeypatch.setattr(dahu.client, "EARLY_MAX", 5)
+    with DahuClient(small_server.url) as ours, DahuClient(small_server.url) as theirs:
+        ours._begin()  # a submission in flight for the whole test
+        try:
+            futures = theirs.map("bulky.text", [{"n": 1}] * 20)
+            assert [f.result(timeout=30)["result"] for f in futures] == ["b"] * 20
+            last = max(f.job_id for f in futures)  # events come in order: the last one
+            deadline = time.monotonic() + 30
+            while last not in ours._early and time.monotonic() < deadline:
+                time.sleep(0.05)  # the events reach our client too: poll its store
+            assert len(ours._early) == 5 and set(ours._early) <= {f.job_id for f in futures}
+        finally:
+            ours._track([], "bulky.text")
+        assert ours._early == {}

@@ -15,14 +15,11 @@ the job's output dict or raises :class:`JobFailed` / :class:`JobAborted`,
 ``add_done_callback``, :func:`as_completed` and :func:`wait` work as with any executor,
 and ``cancel()`` aborts the job on the server.
 
-How completion is learnt: one subscription per client to each of the device's
-``jobSuccess`` and ``jobFailure`` change events (the device pushes one per job), read by
-a small pool of threads that fetch the outcome.  So that no future hangs when events are
-lost (missed events, a broken subscription, a job that ended before the client
-subscribed), a watcher thread calls ``waitJob`` on the oldest pending job whenever no
-event came for a while, checks every pending job once after an event error, and sweeps
-all the pending jobs now and then.  ``docs/client.md`` is the reference.
-"""
+Completion is learnt from the device's ``jobSuccess``/``jobFailure`` change events (one
+subscription each per client), read by a small pool of threads that fetch the outcome;
+a watcher thread sees to it that no future hangs when events are lost (``waitJob`` on
+the oldest pending job when no event came for a while, every pending job after an event
+error, all of them now and then).  ``docs/client.md`` is the reference."""
 
 from __future__ import annotations
 
@@ -73,6 +70,7 @@ __all__ = [
     "ALL_COMPLETED",
 ]
 
+EARLY_MAX = 100_000  # jobs ended while submissions were in flight, kept at most
 as_completed = concurrent.futures.as_completed
 wait = concurrent.futures.wait
 FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
@@ -370,6 +368,8 @@ class DahuClient:
             if future is None:
                 if self._submitting:
                     self._early[job_id] = state
+                    if len(self._early) > EARLY_MAX:  # submissions may overlap for ever
+                        del self._early[next(iter(self._early))]
                 return
             if event:
                 self._last_event = time.monotonic()
