@@ -433,6 +433,30 @@ def test_close_in_a_done_callback_stops_every_thread(server):
     assert future.result(0)["result"] == 4
 
 
+def test_close_does_not_wait_for_a_callback_blocked_on_a_pending_future(server, proxy):
+    # bug: close() joined its threads before failing the pending futures: a done-callback
+    # waiting for one (result() without timeout) held close() for its whole timeout
+    dahu = DahuClient(server.url)
+    slow = dahu.submit("example.sleep", t=60)
+    seen = []
+    entered = threading.Event()
+
+    def follow_up(_):
+        entered.set()
+        try:
+            slow.result()
+        except ClientClosed as err:
+            seen.append(err)
+
+    dahu.submit("example.square", x=3).add_done_callback(follow_up)
+    assert entered.wait(30)
+    started = time.monotonic()
+    dahu.close(timeout=60)
+    assert time.monotonic() - started < 30  # not the 60 s of its timeout
+    assert len(seen) == 1 and all(not thread.is_alive() for thread in dahu._threads)
+    assert proxy.abort(slow.job_id)
+
+
 def test_an_unreachable_device_is_one_line(server):
     url = server.url.replace(str(server.port), "1")  # nothing listens on port 1
     with pytest.raises(ServerError) as info:

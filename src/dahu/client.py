@@ -490,12 +490,12 @@ class DahuClient:
         self._wake.set()
         for _ in self._threads:
             self._outcomes.put(None)
+        for future in pending:  # first: a callback of our threads may wait for one
+            future._settle(None, error=self._closed_error(future))
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
-        for future in pending:
-            future._settle(None, error=self._closed_error(future))
         # outcomes fetched by nobody: their futures must not hang either
         while True:
             try:
