@@ -110,6 +110,17 @@ def test_base_exceptions_fail_the_job_and_spare_the_pool(kind, what, where, line
     assert run("example.square", {"x": 5}).output_data["result"] == 25
 
 
+def test_an_exception_whose_message_cannot_be_read_fails_its_job_as_the_plugins(kind):
+    # bug: the one-line reason called str() on it, which raised out of the run: the job
+    # failed as "executor error" / "worker error" / "dask task failed: RuntimeError: ..."
+    # without the plugin's output (under dask the task itself failed)
+    job = run("trouble.unreadable")
+    assert job.status == "failure"
+    assert job.error.splitlines()[0] == "Mute: <exception str() failed>"
+    assert job.output_data["partial"] == 1
+    assert run("example.square", {"x": 6}).output_data["result"] == 36
+
+
 def test_a_callback_may_join_its_own_job(kind):
     # bug: under dask the callbacks run in the one collector thread, which then waited
     # for itself forever (and no other job ever ended)
