@@ -358,6 +358,62 @@ def test_a_job_a_plugin_makes_in_a_worker_is_in_the_same_journal(kind, tmp_path,
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+LEAVER = """
+import time
+from pathlib import Path
+
+from dahu.job import Job
+from dahu.plugin import Plugin
+from dahu.factory import register
+
+@register
+class Leaver(Plugin):
+    # start a long job, say its id, then return (or hang: "hang")
+    def process(self):
+        sub = Job("example.sleep", {"t": 60})
+        sub.start()
+        Path(self.input["id_file"]).write_text(str(sub.id))
+        self.output["child"] = sub.id
+        while self.input.get("hang"):
+            time.sleep(0.02)
+"""
+
+
+@pytest.mark.parametrize("how", ["recycled", "killed"])
+def test_the_jobs_a_plugin_made_end_with_their_worker_process(how, tmp_path, monkeypatch):
+    # bug: a job a plugin made runs in the worker process; when that process ended
+    # (recycled, killed after a timeout) the job stayed "uninitialized" or "running" for
+    # ever in the journal: the server answered that, and wait_for it never returned
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "leaver.py").write_text(LEAVER)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"),
+        max_workers=1,
+        executor_kind="process",
+        executor_options={"recycle_jobs": 1, "abort_grace": 0.2},
+    )
+    id_file = tmp_path / "child"
+    try:
+        data = {"id_file": str(id_file)}
+        if how == "killed":
+            data.update(hang=True, job_timeout=0.5)
+        parent = run("leaver.Leaver", data)
+        assert parent.status == ("success" if how == "recycled" else "aborted")
+        child = int(id_file.read_text())
+        if how == "recycled":
+            assert run("example.square", {"x": 2}).status == "success"  # a new worker
+        deadline = time.monotonic() + 20
+        while Job.getStatusFromID(child) not in ("success", "failure", "aborted"):
+            assert time.monotonic() < deadline, Job.getStatusFromID(child)
+            time.sleep(0.02)
+        assert Job.getStatusFromID(child) == "failure"
+        assert Job.getErrorFromId(child).startswith("interrupted")
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_a_thread_a_plugin_leaves_running_does_not_keep_a_worker_alive(tmp_path, monkeypatch):
     # bug: the stopped worker waited for the plugin's thread, until it was killed 5 s later
     plugins = tmp_path / "plugins"

@@ -218,6 +218,7 @@ class RemoteExecution:
         except subprocess.TimeoutExpired:
             self.worker.kill()
         self.executor.discard(self.worker)
+        self.executor.close_orphans()
         if self.killed or self.abort_reason is not None:
             reason = self.abort_reason or "aborted on request"
             if self.killed:
@@ -266,6 +267,7 @@ class ProcessExecutor(ThreadExecutor):
             logger.info("recycling worker %s after %d jobs", worker.pid, worker.jobs)
             self.discard(worker)
             worker.stop()
+            self.close_orphans()
             worker = None
         if worker is None:
             worker = WorkerProcess(self.host.workdir, self.host.factory.directories)
@@ -286,6 +288,18 @@ class ProcessExecutor(ThreadExecutor):
         if getattr(self._local, "worker", None) is worker:
             self._local.worker = None
 
+    def close_orphans(self) -> None:
+        """After a worker process ended: the jobs its plugins made (``Job(...)``), which
+        ran in it, can end no more; their records are closed as ``interrupted`` (by the
+        journal's check of dead processes, as at a server's start)."""
+        close = getattr(getattr(self.host, "journal", None), "mark_interrupted", None)
+        if close is None:
+            return
+        try:
+            close()
+        except Exception as err:  # the journal says why in its own errors
+            logger.warning("cannot close the jobs of an ended worker process: %s", err)
+
     def execution(self, task: Task) -> RemoteExecution:
         """A :class:`RemoteExecution` on this slot's worker process."""
         return RemoteExecution(self, self._worker_process(), task)
@@ -300,6 +314,7 @@ class ProcessExecutor(ThreadExecutor):
         if worker is not None:
             self.discard(worker)
             worker.stop()
+            self.close_orphans()
 
     def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
         """Stop taking jobs (waiting for them with ``wait``), then stop every worker."""
@@ -309,3 +324,5 @@ class ProcessExecutor(ThreadExecutor):
             self._workers.clear()
         for worker in workers:
             worker.stop()
+        if workers:
+            self.close_orphans()
