@@ -414,6 +414,88 @@ def test_the_jobs_a_plugin_made_end_with_their_worker_process(how, tmp_path, mon
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+SLOW_IMPORT = """
+import os
+import time
+
+while not os.path.exists(os.environ["DAHU_TEST_RELEASE"]):  # an import that hangs
+    time.sleep(0.02)
+"""
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+@pytest.mark.parametrize("where", ["input", "default"])
+def test_a_plugin_whose_import_hangs_times_out(kind, where, tmp_path, monkeypatch):
+    # bug: the clock started once the plugin existed: a job whose module import (or
+    # __init__) hung ran for ever, whatever job_timeout or the server's --timeout said,
+    # and held its slot (under process its worker was never killed)
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    module = f"slowimport_{kind}_{where}"  # a module of its own: the factory keeps modules
+    (plugins / f"{module}.py").write_text(SLOW_IMPORT)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    release = tmp_path / "release"
+    monkeypatch.setenv("DAHU_TEST_RELEASE", str(release))
+    monkeypatch.setattr(dahu.engine.lifecycle, "LOADING_AT_LEAST", 0.5)  # 60 s
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"),
+        max_workers=1,
+        executor_kind=kind,
+        executor_options={"abort_grace": 0.2},
+        default_timeout=0.5 if where == "default" else None,
+    )
+    try:
+        # loaded first: under thread, a hung import holds the factory's loading lock
+        assert run("example.square", {"x": 2}, timeout=20).output_data["result"] == 4
+        data = {"job_timeout": 0.5} if where == "input" else {}
+        job = run(f"{module}.anything", data, timeout=20)
+        assert job.status == "aborted"
+        assert job.error.startswith("timed out after 0.5 s (the plugin was still loading)")
+        assert run("example.square", {"x": 3}, timeout=20).output_data["result"] == 9
+    finally:
+        release.touch()  # the abandoned thread (thread executor) finishes its import
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+SLOW_LOADING = """
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+time.sleep(1.0)  # a heavy import
+
+
+@register
+class Long(Plugin):
+    JOB_TIMEOUT = 30
+
+    def process(self):
+        self.output["result"] = 1
+"""
+
+
+def test_the_default_timeout_leaves_a_slow_import_its_time(tmp_path, monkeypatch):
+    # the plugin's JOB_TIMEOUT, which lifts the default, is known only once it is loaded:
+    # while loading, the default gives it LOADING_AT_LEAST seconds at least
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slowloading.py").write_text(SLOW_LOADING)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    monkeypatch.setattr(dahu.engine.lifecycle, "LOADING_AT_LEAST", 10.0)
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"),
+        max_workers=1,
+        executor_kind="process",
+        default_timeout=0.3,
+    )
+    try:
+        job = run("slowloading.Long", timeout=20)
+        assert job.status == "success", job.error
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_a_thread_a_plugin_leaves_running_does_not_keep_a_worker_alive(tmp_path, monkeypatch):
     # bug: the stopped worker waited for the plugin's thread, until it was killed 5 s later
     plugins = tmp_path / "plugins"
