@@ -359,6 +359,8 @@ def test_a_job_a_plugin_makes_in_a_worker_is_in_the_same_journal(kind, tmp_path,
 
 
 LEAVER = """
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -374,15 +376,18 @@ class Leaver(Plugin):
         sub.start()
         Path(self.input["id_file"]).write_text(str(sub.id))
         self.output["child"] = sub.id
+        if self.input.get("die"):  # the worker dies once this job has ended
+            threading.Timer(0.2, os._exit, (1,)).start()
         while self.input.get("hang"):
             time.sleep(0.02)
 """
 
 
-@pytest.mark.parametrize("how", ["recycled", "killed"])
+@pytest.mark.parametrize("how", ["recycled", "killed", "died"])
 def test_the_jobs_a_plugin_made_end_with_their_worker_process(how, tmp_path, monkeypatch):
     # bug: a job a plugin made runs in the worker process; when that process ended
-    # (recycled, killed after a timeout) the job stayed "uninitialized" or "running" for
+    # (recycled, killed after a timeout, died between jobs) the job stayed
+    # "uninitialized" or "running" for
     # ever in the journal: the server answered that, and wait_for it never returned
     plugins = tmp_path / "plugins"
     plugins.mkdir()
@@ -392,17 +397,21 @@ def test_the_jobs_a_plugin_made_end_with_their_worker_process(how, tmp_path, mon
         workdir=str(tmp_path / "work"),
         max_workers=1,
         executor_kind="process",
-        executor_options={"recycle_jobs": 1, "abort_grace": 0.2},
+        executor_options={"recycle_jobs": 1 if how == "recycled" else None, "abort_grace": 0.2},
     )
     id_file = tmp_path / "child"
     try:
         data = {"id_file": str(id_file)}
         if how == "killed":
             data.update(hang=True, job_timeout=0.5)
+        data["die"] = how == "died"
         parent = run("leaver.Leaver", data)
-        assert parent.status == ("success" if how == "recycled" else "aborted")
+        assert parent.status == ("aborted" if how == "killed" else "success")
         child = int(id_file.read_text())
-        if how == "recycled":
+        if how == "died":
+            (worker,) = engine.executor._workers
+            worker.process.wait(20)
+        if how != "killed":
             assert run("example.square", {"x": 2}).status == "success"  # a new worker
         deadline = time.monotonic() + 20
         while Job.getStatusFromID(child) not in ("success", "failure", "aborted"):

@@ -260,8 +260,9 @@ class ProcessExecutor(ThreadExecutor):
 
     def _worker_process(self) -> WorkerProcess:
         worker = getattr(self._local, "worker", None)
-        if worker is not None and not worker.is_alive():
+        if worker is not None and not worker.is_alive():  # it died between two jobs
             self.discard(worker)
+            self.close_orphans()
             worker = None
         if worker is not None and self._worn_out(worker):
             logger.info("recycling worker %s after %d jobs", worker.pid, worker.jobs)
