@@ -70,8 +70,13 @@ class WorkerProcess:
         level = logging.getLogger("dahu").getEffectiveLevel()
         command = [sys.executable, "-m", __package__ + ".worker", str(theirs.fileno()), workdir]
         command.append(str(level))
+        # a process group of its own: a terminal's Ctrl-C (SIGINT to the server's group)
+        # is the server's to handle, which aborts the jobs and then stops the workers
         self.process = subprocess.Popen(
-            [*command, *plugin_dirs], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
+            [*command, *plugin_dirs],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            process_group=0,
         )
         theirs.close()
         self.conn = Connection(ours.detach())
