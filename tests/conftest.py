@@ -166,6 +166,22 @@ class Raise(Plugin):
             raise THROWN[self.input["what"]]()
 
 
+class Mute(ValueError):
+    """An exception whose message cannot be read (its __str__ raises)."""
+
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+@register
+class Unreadable(Plugin):
+    """Raise an exception whose str() raises, after writing some output."""
+
+    def process(self):
+        self.output["partial"] = 1
+        raise Mute()
+
+
 @register
 class Linger(Plugin):
     """Start a thread that is not a daemon and never ends (a monitor loop)."""

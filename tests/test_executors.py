@@ -110,6 +110,17 @@ def test_base_exceptions_fail_the_job_and_spare_the_pool(kind, what, where, line
     assert run("example.square", {"x": 5}).output_data["result"] == 25
 
 
+def test_an_exception_whose_message_cannot_be_read_fails_its_job_as_the_plugins(kind):
+    # bug: the one-line reason called str() on it, which raised out of the run: the job
+    # failed as "executor error" / "worker error" / "dask task failed: RuntimeError: ..."
+    # without the plugin's output (under dask the task itself failed)
+    job = run("trouble.unreadable")
+    assert job.status == "failure"
+    assert job.error.splitlines()[0] == "Mute: <exception str() failed>"
+    assert job.output_data["partial"] == 1
+    assert run("example.square", {"x": 6}).output_data["result"] == 36
+
+
 def test_a_callback_may_join_its_own_job(kind):
     # bug: under dask the callbacks run in the one collector thread, which then waited
     # for itself forever (and no other job ever ended)
@@ -312,17 +323,20 @@ from dahu.factory import register
 @register
 class Parent(Plugin):
     def process(self):
-        sub = Job("example.square", {"x": self.input["x"]})
+        sub = Job("example.sleep", {"t": self.input["t"]})
         sub.start()
-        sub.join(30)
+        self.wait_for(sub.id)
         self.output.update(child=sub.id, child_state=sub.status)
 """
 
 
-def test_a_job_a_plugin_makes_in_a_process_worker_is_in_the_same_journal(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["process", "dask"])
+def test_a_job_a_plugin_makes_in_a_worker_is_in_the_same_journal(kind, tmp_path, monkeypatch):
     # bug: the worker's engine was made on $DAHU_WORKDIR (else ~/.local/state/dahu): the
     # sub-job went to another journal, its id clashed with the server's, and the server
-    # answered with the state of its own job of that id
+    # answered with the state of its own job of that id (process, until 2026-11; dask:
+    # the plugin's wait_for(sub.id) said "invalid id" without waiting, the server
+    # answered "inexistant")
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "nested.py").write_text(PARENT)
@@ -330,16 +344,163 @@ def test_a_job_a_plugin_makes_in_a_process_worker_is_in_the_same_journal(tmp_pat
     elsewhere = tmp_path / "elsewhere"
     monkeypatch.setenv("DAHU_WORKDIR", str(elsewhere))
     engine = dahu.engine.configure(
-        workdir=str(tmp_path / "work"), max_workers=1, executor_kind="process"
+        workdir=str(tmp_path / "work"), max_workers=1, executor_kind=kind
     )
     try:
-        parent = run("nested.Parent", {"x": 4})
+        parent = run("nested.Parent", {"t": 0.5})
         assert parent.status == "success", parent.output_data
         child = parent.output_data["child"]
         assert parent.output_data["child_state"] == "success" and child != parent.id
         assert Job.getStatusFromID(child) == "success"
-        assert Job.getDataOutputFromId(child)["result"] == 16
+        assert Job.getDataOutputFromId(child)["slept"] is True
         assert not elsewhere.exists()
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+LEAVER = """
+import os
+import threading
+import time
+from pathlib import Path
+
+from dahu.job import Job
+from dahu.plugin import Plugin
+from dahu.factory import register
+
+@register
+class Leaver(Plugin):
+    # start a long job, say its id, then return (or hang: "hang")
+    def process(self):
+        sub = Job("example.sleep", {"t": 60})
+        sub.start()
+        Path(self.input["id_file"]).write_text(str(sub.id))
+        self.output["child"] = sub.id
+        if self.input.get("die"):  # the worker dies once this job has ended
+            threading.Timer(0.2, os._exit, (1,)).start()
+        while self.input.get("hang"):
+            time.sleep(0.02)
+"""
+
+
+@pytest.mark.parametrize("how", ["recycled", "killed", "died"])
+def test_the_jobs_a_plugin_made_end_with_their_worker_process(how, tmp_path, monkeypatch):
+    # bug: a job a plugin made runs in the worker process; when that process ended
+    # (recycled, killed after a timeout, died between jobs) the job stayed
+    # "uninitialized" or "running" for
+    # ever in the journal: the server answered that, and wait_for it never returned
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "leaver.py").write_text(LEAVER)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"),
+        max_workers=1,
+        executor_kind="process",
+        executor_options={"recycle_jobs": 1 if how == "recycled" else None, "abort_grace": 0.2},
+    )
+    id_file = tmp_path / "child"
+    try:
+        data = {"id_file": str(id_file)}
+        if how == "killed":
+            data.update(hang=True, job_timeout=0.5)
+        data["die"] = how == "died"
+        parent = run("leaver.Leaver", data)
+        assert parent.status == ("aborted" if how == "killed" else "success")
+        child = int(id_file.read_text())
+        if how == "died":
+            (worker,) = engine.executor._workers
+            worker.process.wait(20)
+        if how != "killed":
+            assert run("example.square", {"x": 2}).status == "success"  # a new worker
+        deadline = time.monotonic() + 20
+        while Job.getStatusFromID(child) not in ("success", "failure", "aborted"):
+            assert time.monotonic() < deadline, Job.getStatusFromID(child)
+            time.sleep(0.02)
+        assert Job.getStatusFromID(child) == "failure"
+        assert Job.getErrorFromId(child).startswith("interrupted")
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+SLOW_IMPORT = """
+import os
+import time
+
+while not os.path.exists(os.environ["DAHU_TEST_RELEASE"]):  # an import that hangs
+    time.sleep(0.02)
+"""
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+@pytest.mark.parametrize("where", ["input", "default"])
+def test_a_plugin_whose_import_hangs_times_out(kind, where, tmp_path, monkeypatch):
+    # bug: the clock started once the plugin existed: a job whose module import (or
+    # __init__) hung ran for ever, whatever job_timeout or the server's --timeout said,
+    # and held its slot (under process its worker was never killed)
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    module = f"slowimport_{kind}_{where}"  # a module of its own: the factory keeps modules
+    (plugins / f"{module}.py").write_text(SLOW_IMPORT)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    release = tmp_path / "release"
+    monkeypatch.setenv("DAHU_TEST_RELEASE", str(release))
+    monkeypatch.setattr(dahu.engine.lifecycle, "LOADING_AT_LEAST", 0.5)  # 60 s
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"),
+        max_workers=1,
+        executor_kind=kind,
+        executor_options={"abort_grace": 0.2},
+        default_timeout=0.5 if where == "default" else None,
+    )
+    try:
+        # loaded first: under thread, a hung import holds the factory's loading lock
+        assert run("example.square", {"x": 2}, timeout=20).output_data["result"] == 4
+        data = {"job_timeout": 0.5} if where == "input" else {}
+        job = run(f"{module}.anything", data, timeout=20)
+        assert job.status == "aborted"
+        assert job.error.startswith("timed out after 0.5 s (the plugin was still loading)")
+        assert run("example.square", {"x": 3}, timeout=20).output_data["result"] == 9
+    finally:
+        release.touch()  # the abandoned thread (thread executor) finishes its import
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+SLOW_LOADING = """
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+time.sleep(1.0)  # a heavy import
+
+
+@register
+class Long(Plugin):
+    JOB_TIMEOUT = 30
+
+    def process(self):
+        self.output["result"] = 1
+"""
+
+
+def test_the_default_timeout_leaves_a_slow_import_its_time(tmp_path, monkeypatch):
+    # the plugin's JOB_TIMEOUT, which lifts the default, is known only once it is loaded:
+    # while loading, the default gives it LOADING_AT_LEAST seconds at least
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slowloading.py").write_text(SLOW_LOADING)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    monkeypatch.setattr(dahu.engine.lifecycle, "LOADING_AT_LEAST", 10.0)
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"),
+        max_workers=1,
+        executor_kind="process",
+        default_timeout=0.3,
+    )
+    try:
+        job = run("slowloading.Long", timeout=20)
+        assert job.status == "success", job.error
     finally:
         engine.executor.shutdown(wait=True, timeout=30)
 

@@ -331,3 +331,55 @@ def test_the_server_recycles_its_worker_processes_as_told(tmp_path):
     finally:
         assert server.stop() == 0
     assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4], pids
+
+
+def test_a_terminal_ctrl_c_stops_the_server_and_aborts_its_jobs(tmp_path):
+    # bug: Ctrl-C in the terminal of a dahu_server --executor process sent SIGINT to its
+    # worker processes too (one process group): they died with KeyboardInterrupt
+    # tracebacks and their jobs ended "failure: worker process died: signal 2 (SIGINT)"
+    # instead of being aborted by the server's shutdown
+    import signal
+    import subprocess
+
+    from dahu.journal.reader import JournalReader
+
+    workdir = tmp_path / "work"
+    log = tmp_path / "server.log"
+    server = LocalServer(
+        str(workdir),
+        str(log),
+        max_workers=2,
+        device="test/dahu/ctrlc",
+        extra_args=["--executor", "process"],
+    )
+    with open(log, "w") as out:  # a process group of its own, as a terminal's job is
+        process = subprocess.Popen(
+            server.command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                proxy = tango.DeviceProxy(server.url)
+                proxy.ping()
+                break
+            except tango.DevFailed:
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        jobs = [start(proxy, "example.sleep", t=60) for _ in range(2)]
+        while any(proxy.getJobState(job) != "running" for job in jobs):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    reader = JournalReader(str(workdir))
+    assert [reader.state(job) for job in jobs] == ["aborted", "aborted"], log.read_text()
+    assert "KeyboardInterrupt" not in log.read_text()

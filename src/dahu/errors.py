@@ -65,9 +65,19 @@ class ExecutorError(DahuError):
     """An executor cannot take a job (shut down, cluster unreachable)."""
 
 
+def _text(obj: object) -> str:
+    """``str(obj)``; for one whose ``__str__`` raises (a plugin's exception may), what
+    Python's tracebacks print: ``<exception str() failed>``."""
+    try:
+        return str(obj)
+    except Exception:
+        kind = "exception" if isinstance(obj, BaseException) else type(obj).__name__
+        return f"<{kind} str() failed>"
+
+
 def one_line(text: object, limit: int = MAX_REASON) -> str:
     """The first non-empty line of ``text``, stripped and cut to ``limit`` characters."""
-    for line in str(text).splitlines():
+    for line in _text(text).splitlines():
         line = line.strip()
         if line:
             return line if len(line) <= limit else line[: limit - 3] + "..."

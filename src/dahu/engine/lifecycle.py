@@ -55,6 +55,10 @@ twice that): short jobs cost one journal write less, readers in other processes 
 long ones as running."""
 
 
+LOADING_AT_LEAST = 60.0
+"""Seconds the engine's default timeout gives a plugin to load at least (its
+``JOB_TIMEOUT``, which may lift the default, is known only once it has loaded)."""
+
 HOLD_FOR = 0.002
 """Seconds an outcome may wait in the journal's queue for others to share its commit,
 when the thread that ran the job has queued jobs to run next (engines made with
@@ -267,6 +271,8 @@ class LifeCycle:
             self.finish(run, Outcome(State.ABORTED, {}, run.abort_reason, None, time.time()))
             return False
         self.engine.watch_running()
+        # until the plugin exists (its import or __init__ may hang), the limit known now
+        self.arm_timeout(run, None, loading=True)
         return True
 
     def note_running(self, run: JobRun) -> None:
@@ -278,34 +284,41 @@ class LifeCycle:
             except JournalError as err:
                 self.engine.journal_failed(run.id, err)
 
-    def arm_timeout(self, run: JobRun, plugin_timeout: float | None) -> None:
+    def arm_timeout(self, run: JobRun, plugin_timeout: float | None, loading: bool = False) -> None:
         """Start the job's clock: the input's ``job_timeout``, else the plugin's
-        ``JOB_TIMEOUT``, else the engine's default; abort the job when it runs out."""
+        ``JOB_TIMEOUT``, else the engine's default; abort the job when it runs out (the
+        clock armed while its plugin loads, ``loading``, is replaced)."""
+        if run.timer is not None:
+            self.engine.watchdog.cancel(run.timer)
+            run.timer = None
         timeout = None
-        for value in (
-            (run.input_data or {}).get("job_timeout"),
-            plugin_timeout,
-            self.engine.default_timeout,
-        ):
+        values = ((run.input_data or {}).get("job_timeout"), plugin_timeout)
+        for source, value in enumerate((*values, self.engine.default_timeout)):
             if value is None:
                 continue
             # a value that is not a number (NaN, a string, a bool) is ignored: the next
             # one applies, so that a bad input key cannot lift the server's default
             number = seconds(value)
             if number is None:
-                logger.warning("job %s: ignoring timeout %r: not a number", run.id, value)
+                if loading or source == 1:  # said once: the others were said at begin
+                    logger.warning("job %s: ignoring timeout %r: not a number", run.id, value)
                 continue
+            if loading and source == 2 and 0 < number < math.inf:
+                number = max(number, LOADING_AT_LEAST)
             timeout = number
             break
         if timeout is None or timeout <= 0 or math.isinf(timeout):
             return  # no limit
         ref = weakref.ref(run)
+        note = " (the plugin was still loading)" if loading else ""
 
         def expire() -> None:
             target = ref()
             if target is not None and target.state == State.RUNNING:
-                logger.warning("job %s timed out after %g s: aborting it", target.id, timeout)
-                self.abort(target, f"timed out after {timeout:g} s")
+                logger.warning(
+                    "job %s timed out after %g s%s: aborting it", target.id, timeout, note
+                )
+                self.abort(target, f"timed out after {timeout:g} s{note}")
 
         run.timer = self.engine.watchdog.call_later(timeout, expire)
 

@@ -53,7 +53,9 @@ class Executor(Protocol):
     """What the engine needs from an executor.
 
     ``attach(host)`` is called once by the engine, with an object that has ``workdir``,
-    ``factory`` (its ``directories`` are the plugin directories) and ``watchdog``.
+    ``factory`` (its ``directories`` are the plugin directories), ``watchdog`` and
+    ``journal`` (only its ``mark_interrupted()``: the process executor closes the jobs
+    made in a worker process that ended).
     ``isolates_plugins``: plugin code never runs in the engine's process (the server
     then checks plugin names without importing plugin modules).  ``abandons_hung_jobs``:
     a plugin that ignores its abort cannot be killed, the engine abandons it after

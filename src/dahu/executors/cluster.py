@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -57,10 +58,13 @@ _configure_lock = threading.Lock()
 
 def _prepare_worker(workdir: str, plugin_dirs: list[str]) -> None:
     """Once per worker process: read jobs from the shared journal, add the plugin
-    directories."""
+    directories; a job a plugin makes here (``Job(...)``) goes to the server's work
+    directory (the first server's, on a cluster several servers share)."""
     with _configure_lock:
         if workdir in _configured:
             return
+        if not _configured:  # this process's own engine, made on first use, opens it
+            os.environ["DAHU_WORKDIR"] = workdir
         use_reader(workdir)
         for directory in plugin_dirs:
             plugin_factory.add_directory(directory)

@@ -70,8 +70,13 @@ class WorkerProcess:
         level = logging.getLogger("dahu").getEffectiveLevel()
         command = [sys.executable, "-m", __package__ + ".worker", str(theirs.fileno()), workdir]
         command.append(str(level))
+        # a process group of its own: a terminal's Ctrl-C (SIGINT to the server's group)
+        # is the server's to handle, which aborts the jobs and then stops the workers
         self.process = subprocess.Popen(
-            [*command, *plugin_dirs], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
+            [*command, *plugin_dirs],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            process_group=0,
         )
         theirs.close()
         self.conn = Connection(ours.detach())
@@ -218,6 +223,7 @@ class RemoteExecution:
         except subprocess.TimeoutExpired:
             self.worker.kill()
         self.executor.discard(self.worker)
+        self.executor.close_orphans()
         if self.killed or self.abort_reason is not None:
             reason = self.abort_reason or "aborted on request"
             if self.killed:
@@ -259,13 +265,15 @@ class ProcessExecutor(ThreadExecutor):
 
     def _worker_process(self) -> WorkerProcess:
         worker = getattr(self._local, "worker", None)
-        if worker is not None and not worker.is_alive():
+        if worker is not None and not worker.is_alive():  # it died between two jobs
             self.discard(worker)
+            self.close_orphans()
             worker = None
         if worker is not None and self._worn_out(worker):
             logger.info("recycling worker %s after %d jobs", worker.pid, worker.jobs)
             self.discard(worker)
             worker.stop()
+            self.close_orphans()
             worker = None
         if worker is None:
             worker = WorkerProcess(self.host.workdir, self.host.factory.directories)
@@ -286,6 +294,18 @@ class ProcessExecutor(ThreadExecutor):
         if getattr(self._local, "worker", None) is worker:
             self._local.worker = None
 
+    def close_orphans(self) -> None:
+        """After a worker process ended: the jobs its plugins made (``Job(...)``), which
+        ran in it, can end no more; their records are closed as ``interrupted`` (by the
+        journal's check of dead processes, as at a server's start)."""
+        close = getattr(getattr(self.host, "journal", None), "mark_interrupted", None)
+        if close is None:
+            return
+        try:
+            close()
+        except Exception as err:  # the journal says why in its own errors
+            logger.warning("cannot close the jobs of an ended worker process: %s", err)
+
     def execution(self, task: Task) -> RemoteExecution:
         """A :class:`RemoteExecution` on this slot's worker process."""
         return RemoteExecution(self, self._worker_process(), task)
@@ -300,6 +320,7 @@ class ProcessExecutor(ThreadExecutor):
         if worker is not None:
             self.discard(worker)
             worker.stop()
+            self.close_orphans()
 
     def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
         """Stop taking jobs (waiting for them with ``wait``), then stop every worker."""
@@ -309,3 +330,5 @@ class ProcessExecutor(ThreadExecutor):
             self._workers.clear()
         for worker in workers:
             worker.stop()
+        if workers:
+            self.close_orphans()
