@@ -315,6 +315,23 @@ def test_process_workers_are_recycled(tmp_path):
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+def test_a_worker_recycled_for_its_memory_says_so(tmp_path, caplog):
+    # bug: the log said "recycling worker N after 1 jobs" whatever the reason
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path),
+        max_workers=1,
+        executor_kind="process",
+        executor_options={"recycle_rss_mb": 1},  # any Python process has more
+    )
+    try:
+        with caplog.at_level("INFO", logger="dahu.executors.process"):
+            assert [run("example.square", {"x": 2}).status for _ in range(2)] == ["success"] * 2
+        lines = [r.getMessage() for r in caplog.records if "recycling worker" in r.getMessage()]
+        assert lines and all(" MB of memory (recycle_rss_mb 1)" in line for line in lines)
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 PARENT = """
 from dahu.job import Job
 from dahu.plugin import Plugin

@@ -269,8 +269,8 @@ class ProcessExecutor(ThreadExecutor):
             self.discard(worker)
             self.close_orphans()
             worker = None
-        if worker is not None and self._worn_out(worker):
-            logger.info("recycling worker %s after %d jobs", worker.pid, worker.jobs)
+        if worker is not None and (why := self._worn_out(worker)):
+            logger.info("recycling worker %s %s", worker.pid, why)
             self.discard(worker)
             worker.stop()
             self.close_orphans()
@@ -282,10 +282,15 @@ class ProcessExecutor(ThreadExecutor):
             self._local.worker = worker
         return worker
 
-    def _worn_out(self, worker: WorkerProcess) -> bool:
+    def _worn_out(self, worker: WorkerProcess) -> str:
+        """Why ``worker`` is to be replaced now ("" if it is not)."""
         if self.recycle_jobs and worker.jobs >= self.recycle_jobs:
-            return True
-        return bool(self.recycle_rss_mb and worker.rss > self.recycle_rss_mb * 2**20)
+            return f"after {worker.jobs} jobs"
+        if self.recycle_rss_mb and worker.rss > self.recycle_rss_mb * 2**20:
+            return (
+                f"at {worker.rss / 2**20:.0f} MB of memory (recycle_rss_mb {self.recycle_rss_mb:g})"
+            )
+        return ""
 
     def discard(self, worker: WorkerProcess) -> None:
         """Forget a worker (dead or recycled); its slot starts a new one when needed."""
