@@ -400,8 +400,11 @@ class Leaver(Plugin):
 """
 
 
-@pytest.mark.parametrize("how", ["recycled", "killed", "died"])
-def test_the_jobs_a_plugin_made_end_with_their_worker_process(how, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("kind", "how"),
+    [("process", "recycled"), ("process", "killed"), ("process", "died"), ("dask", "killed")],
+)
+def test_the_jobs_a_plugin_made_end_with_their_worker_process(kind, how, tmp_path, monkeypatch):
     # bug: a job a plugin made runs in the worker process; when that process ended
     # (recycled, killed after a timeout, died between jobs) the job stayed
     # "uninitialized" or "running" for
@@ -410,11 +413,11 @@ def test_the_jobs_a_plugin_made_end_with_their_worker_process(how, tmp_path, mon
     plugins.mkdir()
     (plugins / "leaver.py").write_text(LEAVER)
     monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    options: dict = {"abort_grace": 0.2}
+    if kind == "process":
+        options["recycle_jobs"] = 1 if how == "recycled" else None
     engine = dahu.engine.configure(
-        workdir=str(tmp_path / "work"),
-        max_workers=1,
-        executor_kind="process",
-        executor_options={"recycle_jobs": 1 if how == "recycled" else None, "abort_grace": 0.2},
+        workdir=str(tmp_path / "work"), max_workers=1, executor_kind=kind, executor_options=options
     )
     id_file = tmp_path / "child"
     try:

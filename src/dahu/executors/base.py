@@ -22,6 +22,7 @@ in :func:`dahu.executors.make_executor`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any, Protocol
 
@@ -29,7 +30,9 @@ from ..errors import error_line
 from ..states import State
 from .runner import Outcome
 
-__all__ = ["Task", "Executor", "execute"]
+__all__ = ["Task", "Executor", "execute", "close_orphans"]
+
+logger = logging.getLogger(__name__)
 
 
 class Task(Protocol):
@@ -102,3 +105,16 @@ def execute(task: Task, execution: Any) -> None:
         outcome = Outcome(State.FAILURE, {}, f"executor error: {error_line(err)}", started)
         outcome.ended = time.time()
     task.finish(outcome)
+
+
+def close_orphans(host: Any) -> None:
+    """A process that ran plugins ended (a worker recycled, killed or dead): the jobs its
+    plugins made (``Job(...)``), which ran in it, can end no more; their records are
+    closed as ``interrupted`` (the journal's check of dead processes, as at a start)."""
+    close = getattr(getattr(host, "journal", None), "mark_interrupted", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception as err:  # the journal says why in its own errors
+        logger.warning("cannot close the jobs of an ended worker process: %s", err)

@@ -42,7 +42,7 @@ from ..factory import Factory, plugin_factory
 from ..journal.reader import use_reader
 from ..states import State
 from ..utils import seconds
-from .base import Task
+from .base import Task, close_orphans
 from .runner import Execution, Outcome
 from .slot import serving
 from .thread import default_workers
@@ -225,6 +225,7 @@ class DaskExecution:
                 running = [w for w in workers if started.get(w)]
                 if running:
                     client.restart_workers(running)
+                    close_orphans(self.executor.host)  # the jobs its plugins made
                     return
             future.cancel()
         except Exception as err:
@@ -242,6 +243,7 @@ class DaskExecution:
             name = type(err).__name__
             if name == "KilledWorker":
                 reason = f"worker process died (dask KilledWorker: {one_line(err)})"
+                close_orphans(self.executor.host)  # the jobs its plugins made
             else:
                 reason = f"dask task failed: {error_line(err)}"
             state = State.ABORTED if self.abort_reason else State.FAILURE

@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..states import State
-from .base import Task
+from .base import Task, close_orphans
 from .runner import Outcome
 from .thread import ThreadExecutor
 from .worker import outcome_from_message
@@ -300,16 +300,9 @@ class ProcessExecutor(ThreadExecutor):
             self._local.worker = None
 
     def close_orphans(self) -> None:
-        """After a worker process ended: the jobs its plugins made (``Job(...)``), which
-        ran in it, can end no more; their records are closed as ``interrupted`` (by the
-        journal's check of dead processes, as at a server's start)."""
-        close = getattr(getattr(self.host, "journal", None), "mark_interrupted", None)
-        if close is None:
-            return
-        try:
-            close()
-        except Exception as err:  # the journal says why in its own errors
-            logger.warning("cannot close the jobs of an ended worker process: %s", err)
+        """After a worker process ended: close the jobs its plugins made (see
+        :func:`~dahu.executors.base.close_orphans`)."""
+        close_orphans(self.host)
 
     def execution(self, task: Task) -> RemoteExecution:
         """A :class:`RemoteExecution` on this slot's worker process."""
