@@ -452,6 +452,18 @@ while not os.path.exists(os.environ["DAHU_TEST_RELEASE"]):  # an import that han
 """
 
 
+FRESH = """
+from dahu.plugin import plugin_from_function
+
+
+def double(x=0):
+    return 2 * x
+
+
+plugin_from_function(double)
+"""
+
+
 @pytest.mark.parametrize("kind", ["thread", "process"])
 @pytest.mark.parametrize("where", ["input", "default"])
 def test_a_plugin_whose_import_hangs_times_out(kind, where, tmp_path, monkeypatch):
@@ -462,6 +474,8 @@ def test_a_plugin_whose_import_hangs_times_out(kind, where, tmp_path, monkeypatc
     plugins.mkdir()
     module = f"slowimport_{kind}_{where}"  # a module of its own: the factory keeps modules
     (plugins / f"{module}.py").write_text(SLOW_IMPORT)
+    fresh = f"fresh_{kind}_{where}"
+    (plugins / f"{fresh}.py").write_text(FRESH)
     monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
     release = tmp_path / "release"
     monkeypatch.setenv("DAHU_TEST_RELEASE", str(release))
@@ -474,13 +488,16 @@ def test_a_plugin_whose_import_hangs_times_out(kind, where, tmp_path, monkeypatc
         default_timeout=0.5 if where == "default" else None,
     )
     try:
-        # loaded first: under thread, a hung import holds the factory's loading lock
         assert run("example.square", {"x": 2}, timeout=20).output_data["result"] == 4
         data = {"job_timeout": 0.5} if where == "input" else {}
         job = run(f"{module}.anything", data, timeout=20)
         assert job.status == "aborted"
         assert job.error.startswith("timed out after 0.5 s (the plugin was still loading)")
         assert run("example.square", {"x": 3}, timeout=20).output_data["result"] == 9
+        # bug (thread): the hung import held the factory's one loading lock, so every
+        # module not loaded yet waited for ever; a lock per module now
+        later = run(f"{fresh}.double", {"x": 4}, timeout=20)
+        assert (later.status, later.output_data.get("result")) == ("success", 8), later.status
     finally:
         release.touch()  # the abandoned thread (thread executor) finishes its import
         engine.executor.shutdown(wait=True, timeout=30)

@@ -106,6 +106,9 @@ class Factory:
     # searches them after its own, as in the original, where the list was shared
     configured: list[str] = []
     reg_sem = threading.Semaphore()
+    # one lock per module being imported: a module whose import hangs blocks only the
+    # jobs of its own plugins, not the loading of every other module (reg_sem did)
+    _importing: dict[str, threading.Lock] = {}
 
     def __init__(self, workdir: str | None = None, plugin_path: list[str] | str | None = None):
         self.workdir = workdir
@@ -204,12 +207,14 @@ class Factory:
         self._sync_env()
         module_name = key.split(".", 1)[0]
         with self.reg_sem:
-            if key in Factory.registry:
-                return Factory.registry[key]
+            if key in Factory.registry or module_name in Factory.modules:
+                return Factory.registry.get(key)
+            path = self._find_module(module_name)
+            if path is None:
+                return None
+            importing = Factory._importing.setdefault(module_name, threading.Lock())
+        with importing:
             if module_name not in Factory.modules:
-                path = self._find_module(module_name)
-                if path is None:
-                    return None
                 logger.debug("loading plugin module %s from %s", module_name, path)
                 Factory.modules[module_name] = load_source(module_name, path)
         return Factory.registry.get(key)
