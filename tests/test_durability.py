@@ -37,6 +37,14 @@ def recorded(path) -> dict[int, str]:
         db.close()
 
 
+def squares(proxy, count: int = 3) -> list[int]:
+    """Start ``count`` ``example.square`` jobs on the device; their ids once they all
+    succeeded."""
+    ids = [proxy.startJob(["example.square", json.dumps({"x": x})]) for x in range(count)]
+    assert [finish(proxy, job_id) for job_id in ids] == ["success"] * count
+    return ids
+
+
 def test_a_work_directory_deleted_under_a_running_server_loses_no_job(tmp_path):
     # bug: the server went on writing into the deleted journal file, nothing said so, its
     # jobs were gone at the next start and their ids were given again (from 1)
@@ -44,8 +52,7 @@ def test_a_work_directory_deleted_under_a_running_server_loses_no_job(tmp_path):
     local = LocalServer(str(workdir), str(tmp_path / "server.log"), device=DEVICE)
     proxy = local.start(timeout=60)
     try:
-        ids = [proxy.startJob(["example.square", json.dumps({"x": x})]) for x in range(3)]
-        assert [finish(proxy, job_id) for job_id in ids] == ["success"] * 3
+        ids = squares(proxy)
         for job_id in ids:
             proxy.cleanJob(job_id)  # its files written: none comes while it is removed
         shutil.rmtree(workdir)
@@ -111,8 +118,7 @@ def test_minus_one_is_the_last_job_after_a_server_was_killed(tmp_path):
     local = LocalServer(str(workdir), str(tmp_path / "server.log"), device=DEVICE)
     proxy = local.start(timeout=60)
     try:
-        ids = [proxy.startJob(["example.square", json.dumps({"x": x})]) for x in range(3)]
-        assert [finish(proxy, job_id) for job_id in ids] == ["success"] * 3
+        ids = squares(proxy)
         local.process.kill()  # SIGKILL: the ids it reserved are not given back
         local.process.wait(30)
     finally:
