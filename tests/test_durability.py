@@ -188,3 +188,27 @@ def test_a_journal_made_again_where_jobs_ran_gives_no_id_twice(tmp_path):
         engine.close()
     first = tmp_path / "0000" / f"{old[0].id:05d}_example.square.out"
     assert json.loads(first.read_text())["result"] == 4  # still the old job's
+
+
+def test_a_second_server_on_the_same_work_directory_is_warned_of(tmp_path):
+    # bug: a second server on one work directory by mistake was accepted silently: no
+    # job was lost, but each server's counters, events and statistics showed half
+    workdir = tmp_path / "work"
+    first = LocalServer(str(workdir), str(tmp_path / "first.log"), device=DEVICE)
+    second = LocalServer(str(workdir), str(tmp_path / "second.log"), device=DEVICE + "2")
+    first.start(timeout=60)
+    try:
+        proxy = second.start(timeout=60)
+        try:
+            assert squares(proxy, 1)  # it serves all the same
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+    warning = f"another dahu_server (pid {first.process.pid} on "
+    assert warning in (tmp_path / "second.log").read_text()
+    assert "another dahu_server" not in (tmp_path / "first.log").read_text()
+    third = LocalServer(str(workdir), str(tmp_path / "third.log"), device=DEVICE)
+    third.start(timeout=60)  # alone again: the lock went with the first server
+    third.stop()
+    assert "another dahu_server" not in (tmp_path / "third.log").read_text()

@@ -4,9 +4,11 @@ schedule and its shutdown."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
+import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +93,15 @@ def configure_engine(
                 options["executor_options"] = executor_options
             engine = dahu_engine.configure(workdir=workdir, max_workers=max_workers, **options)
             _engine = engine
+            holder = claim_workdir(engine.workdir)
+            if holder:
+                logger.warning(
+                    "another dahu_server (%s) uses the work directory %s: both record jobs in "
+                    "one journal (their ids never clash), but each one's counters, events and "
+                    "statistics cover only its own jobs: give each server its own --workdir",
+                    holder,
+                    engine.workdir,
+                )
             if engine.interrupted:
                 logger.warning(
                     "%d job(s) left unfinished by a previous server marked failed (interrupted)",
@@ -128,6 +139,33 @@ def configure_recycling(engine: dahu_engine.Engine, jobs: int, rss_mb: float) ->
         executor.recycle_rss_mb = rss_mb or None
     elif jobs or rss_mb:
         logger.warning("recycle_jobs/recycle_rss_mb ignored: the %s executor", executor.name)
+
+
+LOCK_NAME = "dahu_server.lock"
+_claimed: Any = None  # the work directory's lock file, open for the process's life
+
+
+def claim_workdir(workdir: str) -> str | None:
+    """Lock ``WORKDIR/dahu_server.lock`` (``flock``) for this process's life: None, or
+    who holds it already (``pid 123 on HOST``): another server on that directory."""
+    global _claimed
+    try:
+        handle = open(os.path.join(workdir, LOCK_NAME), "a+", encoding="utf-8")
+    except OSError:
+        return None  # best effort: the journal says what is wrong with the directory
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        return (holder or "pid unknown") if isinstance(err, BlockingIOError) else None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    _claimed = handle
+    return None
 
 
 def configure_retention(
