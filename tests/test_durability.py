@@ -107,6 +107,10 @@ def test_a_journal_replaced_under_a_running_engine_puts_it_at_fault(tmp_path):
         assert "was replaced by another file" in engine.journal_fault
         assert not engine.retry_journal()  # still the wrong file: still at fault
         assert recorded(path) == {}  # the other file is left as it is
+        # bug: new jobs were still taken, recorded only in the file nobody could open
+        with pytest.raises(JournalError, match=r"replaced by another file: no new job$"):
+            Job("example.square", {"x": 3})
+        assert recorded(path) == {}
     finally:
         engine.close()
 

@@ -110,6 +110,7 @@ class SQLiteJournal(BatchedWriter, Journal):
             self._db = self._connect()
             self._init_schema()
             self._file = file_identity(self.path)  # the file this connection writes
+            self._replaced = False  # another file took its place (check_file)
         except (OSError, sqlite3.Error) as err:
             raise JournalError(
                 f"cannot open the journal in {self.workdir}: {err}{full_disk_reason(self.workdir)}"
@@ -144,6 +145,7 @@ class SQLiteJournal(BatchedWriter, Journal):
     def _check_file(self) -> None:
         with self._locked():
             now = file_identity(self.path)
+            self._replaced = now is not None and now != self._file  # no new job then
             if now == self._file:
                 return
             if now is not None:
@@ -283,12 +285,17 @@ class SQLiteJournal(BatchedWriter, Journal):
     def _records(self, plugin: str, inputs: list[dict[str, Any]], submitted: float) -> list[tuple]:
         """The INSERT rows of new jobs, with their ids (every input is encoded, or
         refused, before any id is taken)."""
+        self._refuse_if_replaced()
         texts = [encode_input(data) for data in inputs]
         ids = self._ids(len(texts)) if texts else []
         return [
             self._row(job_id, plugin, text, submitted)
             for job_id, text in zip(ids, texts, strict=True)
         ]
+
+    def _refuse_if_replaced(self) -> None:
+        if self._replaced:  # a job recorded now would be lost with this file: refused
+            raise JournalError(f"the journal {self.path} was replaced by another file: no new job")
 
     def _row(self, job_id: int, plugin: str, text: str, submitted: float) -> tuple:
         """The INSERT row (:attr:`_INSERT`) of a new job whose input is ``text``."""
@@ -307,6 +314,7 @@ class SQLiteJournal(BatchedWriter, Journal):
         input_data: dict[str, Any],
         submitted: float,
     ) -> tuple[int, Any]:
+        self._refuse_if_replaced()
         text = encode_input(input_data)  # refused before an id is taken
         job_id = self._id()
         write = _Write(self._INSERT, [self._row(job_id, plugin, text, submitted)], then)
