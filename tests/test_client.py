@@ -457,6 +457,18 @@ def test_close_does_not_wait_for_a_callback_blocked_on_a_pending_future(server, 
     assert proxy.abort(slow.job_id)
 
 
+def test_a_job_asked_for_while_its_submission_is_in_flight_has_one_future(server, proxy):
+    # bug: job(id) called while a map holding that id was still returning got a future
+    # that the map's replaced in the client's bookkeeping: it never settled
+    with DahuClient(server.url) as dahu:
+        job_id = proxy.startJob(["example.sleep", '{"t": 0.5}'])  # as a map's, in flight
+        dahu._begin()
+        early = dahu.job(job_id)  # asked for by another thread meanwhile
+        (mapped,) = dahu._track([job_id], "example.sleep")  # the map returns its ids
+        assert mapped is early
+        assert early.result(timeout=30)["job_runtime"] >= 0.5
+
+
 def test_an_unreachable_device_is_one_line(server):
     url = server.url.replace(str(server.port), "1")  # nothing listens on port 1
     with pytest.raises(ServerError) as info:

@@ -327,11 +327,11 @@ class DahuClient:
         ended = []
         with self._lock:
             closed = self._closed
-            for future in futures:
+            for i, future in enumerate(futures):
                 if future.job_id in self._early:
                     ended.append((future, self._early.pop(future.job_id)))
-                elif not closed:
-                    self._pending[future.job_id] = future
+                elif not closed:  # job(id) may have asked for it meanwhile: that future
+                    futures[i] = self._pending.setdefault(future.job_id, future)
             self._submitting -= 1
             if not self._submitting:
                 self._early.clear()
