@@ -12,6 +12,7 @@ import numpy
 import pytest
 
 import dahu.engine
+from dahu.job import Job
 from dahu.journal import INTERRUPTED, JournalError, MemoryJournal, SQLiteJournal, job_file_stem
 
 from .conftest import child_env
@@ -382,6 +383,26 @@ def test_files_a_killed_process_left_unwritten_are_written_at_the_next_start(wor
         assert json.loads(open(cut + ".out").read()) == {"error": [INTERRUPTED]}
     engine.close()
     assert dahu.engine.configure(workdir=str(workdir)).recovered == 0  # once only
+
+
+def test_the_files_of_a_live_process_jobs_are_left_to_it(workdir):
+    # a second engine on the directory (a worker process, a tool beside the server) must
+    # not write the files the server's own files thread may be writing at that moment
+    engine = dahu.engine.configure(workdir=str(workdir))
+    job = Job("example.square", {"x": 2})
+    job.start()
+    job.join()
+    job.clean()
+    stem = job_file_stem(str(workdir), job.id, "example.square")
+    for ext in (".inp", ".out"):
+        os.remove(stem + ext)  # as if still queued for the server's files thread
+    beside = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert beside.recovered == 0
+        assert not os.path.exists(stem + ".inp") and not os.path.exists(stem + ".out")
+    finally:
+        beside.close()
+        engine.close()
 
 
 def test_live_process_jobs_are_not_marked_interrupted(workdir):

@@ -4,7 +4,9 @@ A job's outcome is committed to the journal before its files are written (by the
 thread, after the job's end): a server killed in between leaves ended jobs without
 files, and the jobs it left unfinished (closed as ``interrupted`` at the next start)
 never get any.  The journal holds everything those files show, so the next start
-writes them.  Files are written in the order jobs end, so only the latest ends are
+writes them: those of jobs whose process is gone (a live one, a server beside a worker
+process or a tool on its directory, writes its own).  Files are written in the order
+jobs end, so only the latest ends are
 looked at: the search stops after :data:`SETTLED` ended jobs in a row that have both
 files, and never looks further back than :data:`WINDOW` ids.
 """
@@ -16,6 +18,7 @@ import os
 from typing import Any
 
 from ..journal import job_file_stem
+from ..journal.sqlite import process_alive
 from ..states import State
 
 logger = logging.getLogger(__name__)
@@ -33,14 +36,21 @@ def write_missing_files(engine: Any, interrupted: list[int]) -> int:
     last = journal.last_id()
     if not last:
         return 0
+    closed = set(interrupted)
     records = [r for r in journal.select(first=max(1, last - WINDOW + 1)) if r.state in State.FINAL]
-    records.sort(key=lambda r: (r.id in interrupted, r.ended or 0.0), reverse=True)
+    records.sort(key=lambda r: (r.id in closed, r.ended or 0.0), reverse=True)
+    alive: dict[tuple, bool] = {}  # (host, pid) -> its process runs (asked once each)
     written = present = 0
     for record in records:
+        owner = (record.host, record.pid)
+        if owner not in alive:  # newest record first: a pid used again since is told apart
+            alive[owner] = process_alive(record.host, record.pid, record.submitted)
+        if alive[owner] and record.id not in closed:
+            continue  # its process writes its files (they may be queued there now)
         stem = job_file_stem(engine.workdir, record.id, record.plugin)
         if os.path.exists(stem + ".inp") and os.path.exists(stem + ".out"):
             present += 1
-            if present >= SETTLED and record.id not in interrupted:
+            if present >= SETTLED and record.id not in closed:
                 break
             continue
         present = 0

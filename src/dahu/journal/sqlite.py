@@ -52,8 +52,7 @@ from .writer import BatchedWriter, _Write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SQLiteJournal", "SCHEMA_VERSION"]
-
+__all__ = ["SQLiteJournal", "SCHEMA_VERSION", "process_alive"]
 
 SCHEMA_VERSION = 1
 
@@ -61,7 +60,7 @@ _UNFINISHED = tuple(state for state in State.ALL if state not in State.FINAL)
 """The states a record can have before its job ends (looked up with the state index)."""
 
 
-def _process_alive(host: str | None, pid: int | None, since: float | None) -> bool:
+def process_alive(host: str | None, pid: int | None, since: float | None) -> bool:
     """Whether the process that wrote a record may still be running."""
     if host != HOST:
         return True  # another machine: cannot tell, leave its jobs alone
@@ -472,7 +471,7 @@ class SQLiteJournal(BatchedWriter, Journal):
                 f"WHERE state IN ({', '.join('?' * len(_UNFINISHED))})",
                 _UNFINISHED,
             ).fetchall()
-            dead = [r[0] for r in rows if not _process_alive(r[1], r[2], r[3])]
+            dead = [r[0] for r in rows if not process_alive(r[1], r[2], r[3])]
             now = time.time()
             db.executemany(
                 "UPDATE jobs SET state = ?, error = ?, ended = ? WHERE id = ?",
