@@ -52,12 +52,10 @@ from .sources import (
     InputError,
     Item,
     Loaded,
+    Relocator,
     expand_sources,
-    first_relocation,
     load,
     load_archive,
-    next_relocation,
-    relocate,
     reprocess_setting,
 )
 
@@ -208,7 +206,7 @@ class Reprocessor:
         self.aborting = False
         self.give_up_at = float("inf")
         self.started = self.ended = time.monotonic()
-        self.relocated_dir = first_relocation(engine.workdir)  # REPROCESS_RELOCATE's paths
+        self.relocate = Relocator(engine.workdir)  # REPROCESS_RELOCATE's paths
         self.bar: Any = _NoBar()
         if not args.quiet and sys.stderr.isatty():
             from tqdm import tqdm  # only when the bar shows: a tenth of a -q run's start-up
@@ -354,8 +352,7 @@ class Reprocessor:
                 self._start(group)
                 group = []
             data = {k: v for k, v in (data or {}).items() if k not in drop}
-            if relocate(data, reprocess_setting(klass, "REPROCESS_RELOCATE"), self.relocated_dir):
-                self.relocated_dir = next_relocation(self.relocated_dir)
+            self.relocate(data, reprocess_setting(klass, "REPROCESS_RELOCATE"))
             group.append((loaded, data))
         if not self.stop.is_set():
             self._start(group)

@@ -185,27 +185,23 @@ def reprocess_setting(klass: Any, name: str) -> tuple[str, ...]:
     return tuple(value or ())
 
 
-def first_relocation(workdir: str) -> str:
-    """The directory of the first job whose ``REPROCESS_RELOCATE`` paths are moved:
-    ``WORKDIR/relocated/<date-time>-<pid>/000001`` (one directory per run of the tool)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return os.path.join(workdir, "relocated", f"{stamp}-{os.getpid()}", "000001")
+class Relocator:
+    """Gives the paths of a plugin's ``REPROCESS_RELOCATE`` keys (files it writes) a new
+    directory per job, keeping their names, so that the archived files are not written
+    over: ``WORKDIR/relocated/<date-time>-<pid>/000001``, ``000002``... (one directory
+    per run of the tool)."""
 
+    def __init__(self, workdir: str):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.base = os.path.join(workdir, "relocated", f"{stamp}-{os.getpid()}")
+        self.jobs = 0  # jobs whose paths were moved so far
 
-def next_relocation(directory: str) -> str:
-    """The directory of the next job after the one of ``directory``."""
-    parent, number = os.path.split(directory)
-    return os.path.join(parent, f"{int(number) + 1:06d}")
-
-
-def relocate(data: dict[str, Any], keys: tuple[str, ...], directory: str) -> bool:
-    """Give the paths of ``keys`` (files the plugin writes) in ``data`` the new
-    ``directory``, keeping their names, so that the archived files are not written over;
-    True if one was moved."""
-    moved = False
-    for key in keys:
-        value = data.get(key)
-        if isinstance(value, str) and value.strip():
-            data[key] = os.path.join(directory, os.path.basename(value.rstrip("/")))
-            moved = True
-    return moved
+    def __call__(self, data: dict[str, Any], keys: tuple[str, ...]) -> None:
+        """Move the paths of ``keys`` in ``data`` (a job's input) to the next directory."""
+        moving = [key for key in keys if isinstance(data.get(key), str) and data[key].strip()]
+        if not moving:
+            return
+        self.jobs += 1
+        directory = os.path.join(self.base, f"{self.jobs:06d}")
+        for key in moving:
+            data[key] = os.path.join(directory, os.path.basename(data[key].rstrip("/")))
