@@ -87,6 +87,14 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def wait_for_file(path: Path, timeout: float = 30.0) -> None:
+    """Wait until ``path`` exists (a plugin says it is in ``process``)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
 TROUBLE_PLUGINS = '''\
 """Plugins that misbehave, for the executor tests."""
 import ctypes
@@ -109,9 +117,11 @@ class Crash(Plugin):
 
 @register
 class Hang(Plugin):
-    """Never stops, ignores abort."""
+    """Never stops, ignores abort (creates the file ``flag``, if given, on entering)."""
 
     def process(self):
+        if "flag" in self.input:
+            open(self.input["flag"], "w").close()
         while True:
             time.sleep(0.02)
 

@@ -27,7 +27,7 @@ from dahu.job import Job
 from dahu.journal import SQLiteJournal, job_file_stem
 from dahu.plugin import Plugin
 
-from .conftest import child_env, finish
+from .conftest import child_env, finish, wait_for_file
 
 DEVICE = "test/dahu/promises"
 
@@ -338,13 +338,15 @@ def test_a_plugin_that_outlives_the_shutdown_is_recorded_as_aborted(tmp_path):
     local = LocalServer(str(workdir), str(log), device=DEVICE, max_workers=2, extra_args=extra)
     proxy = local.start(timeout=60)
     try:
-        hung = proxy.startJob(["stubborn.hang", "{}"])  # ignores its abort
+        flag = tmp_path / "in-process"
+        hung = proxy.startJob(["stubborn.hang", json.dumps({"flag": str(flag)})])
         sleeping = proxy.startJob(["example.sleep", '{"t": 600}'])
         queued = proxy.startJob(["example.sleep", '{"t": 600}'])
         deadline = time.monotonic() + 30
         while proxy.getJobState(hung) != "running" or proxy.getJobState(sleeping) != "running":
             assert time.monotonic() < deadline, "the jobs never ran"
             time.sleep(0.01)
+        wait_for_file(flag)  # in process(), not loading (an abort then skips process)
     finally:
         status = local.stop()
     assert status == 1  # a job was still running after the timeout: said by the status

@@ -39,17 +39,23 @@ from .retention import parse_retention
 from .server_errors import client_errors, latin1_text
 from .server_plugins import PluginCatalog
 from .server_settings import (
+    EVENTS_LINGER,
+    READS_LINGER,
+    STOP_SIGNALS,
     ServerSettings,
+    abort_while_serving,
     attach_web,
     configure_engine,
     configure_recycling,
     configure_retention,
-    current_retention,
     ready_line,
+    serving,
     settings,
     shutdown,
+    shutting_down,
     stopping,
 )
+from .server_status import status_text
 from .server_threads import within
 from .states import State
 from .utils import compact_json, gc_paused
@@ -144,6 +150,9 @@ class DahuDS(Device):
         # under process and dask, plugin modules are imported by a helper process only
         self._plugins = PluginCatalog(self._engine.factory, self._engine.executor.isolates_plugins)
         self._start_pusher()
+        for signo in STOP_SIGNALS:
+            self.register_signal(signo)
+        serving()
         logger.info("%s", ready_line(self.get_name(), __version__, self._engine))
 
     def _start_pusher(self) -> None:
@@ -155,12 +164,20 @@ class DahuDS(Device):
         self._pusher.start()
 
     def delete_device(self) -> None:
-        """Stop the event thread (jobs keep running: ``Init`` must not lose them)."""
+        """Stop the event thread (jobs keep running: ``Init`` must not lose them).  When
+        the server stops, first abort the jobs and push their events (clients hear)."""
+        if getattr(self, "_engine", None) and tango.Util.instance().is_svr_shutting_down():
+            abort_while_serving(EVENTS_LINGER)  # not done yet: stopped by the admin's Kill
         pusher = getattr(self, "_pusher", None)
         if pusher is not None:
             self._events.put(None)
             pusher.join(5.0)
             self._pusher = None
+
+    def signal_handler(self, signo: int) -> None:
+        """SIGTERM, SIGINT: the server stops once this returns.  The device still
+        answers here: abort the jobs, push their events and answer for a moment more."""
+        abort_while_serving(READS_LINGER)
 
     def _push_events(self) -> None:
         """Push the events of the device's other threads (job events: the files thread)."""
@@ -217,34 +234,13 @@ class DahuDS(Device):
     def dev_status(self) -> str:
         """The work directory, the web page, the reason of ALARM or FAULT, the retention
         in force, and the job counters."""
-        engine = self._engine
-        counts = engine.counts()
-        lines = [f"Dahu {__version__}, work directory {engine.workdir}"]
-        if self._web is not None:
-            lines.append(f"web page: http://{self._web.host}:{self._web.port}/")
-        if engine.journal_fault:
-            lines.append(f"FAULT: the journal cannot be written: {one_line(engine.journal_fault)}")
-        if self._bad_property:
-            lines.append(f"FAULT: bad device property: {self._bad_property}: fix it, then Init")
-        if counts["queued"] > self.queue_limit:
-            lines.append(f"ALARM: {counts['queued']} jobs queued, more than {self.queue_limit}")
-        schedule = current_retention()
-        if self._retention_error:
-            lines.append(f"retention not applied: {self._retention_error}")
-        elif schedule is not None:
-            lines.append(
-                f"retention: keeping {schedule.retention.describe()}, "
-                f"pruned every {schedule.interval:g} s"
-            )
-        lines.append(
-            f"jobs: {counts['queued']} queued, {counts['running']} running, "
-            f"{counts['success']} succeeded, {counts['failure']} failed, "
-            f"{counts['aborted']} aborted"
-        )
-        return latin1_text("\n".join(lines))  # a work directory may have any name
+        faults = (self._bad_property, self._retention_error)
+        return latin1_text(status_text(self._engine, self._web, self.queue_limit, *faults))
 
     # ---- jobs ----------------------------------------------------------------------------
     def _plugin(self, name: Any) -> str:
+        if shutting_down():
+            raise DahuError("the server is shutting down: it takes no new job")
         if not isinstance(name, str) or not name.strip():
             raise InvalidInput("the plugin name is empty")
         name = name.strip()

@@ -8,8 +8,10 @@ import fcntl
 import logging
 import math
 import os
+import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,9 @@ __all__ = [
     "configure_engine",
     "configure_retention",
     "shutdown",
+    "abort_while_serving",
+    "shutting_down",
+    "serving",
     "start_web",
     "stopping",
     "web_service",
@@ -51,6 +56,7 @@ class ServerSettings:
     retention: str | None = None
     retention_interval: float | None = None
     http: str | None = None
+    shutdown_timeout: float = 30.0
     engine_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,6 +66,15 @@ settings = ServerSettings()
 _engine: dahu_engine.Engine | None = None
 _engine_lock = threading.Lock()
 _stopping = threading.Event()
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""The signals that stop Tango's server: the device aborts its jobs first."""
+READS_LINGER = 0.5
+"""Seconds a server stopped by a signal still answers after pushing the events of the
+jobs it aborted, so that clients told can read their errors."""
+EVENTS_LINGER = 0.1
+"""The same when the device is already gone (stopped by the admin device's ``Kill``):
+time for ZeroMQ to send the events."""
+_stop_began: float | None = None  # time.monotonic() when the jobs were aborted
 
 
 def stopping() -> bool:
@@ -244,9 +259,47 @@ def ready_line(name: str, version: str, engine: dahu_engine.Engine) -> str:
     )
 
 
+def abort_while_serving(linger: float) -> None:
+    """The server is stopping, its device still there: abort the jobs queued or running
+    and wait, within ``settings.shutdown_timeout``, until their ends are recorded, their
+    files written and their events pushed; then, if there were any, wait ``linger`` s
+    more (ZeroMQ sends the events from its own thread and Tango closes its socket without
+    waiting; clients told may read the jobs' errors meanwhile).  From here on, new jobs
+    are refused (:func:`shutting_down`) and :func:`shutdown` counts its timeout from here.
+    """
+    global _stop_began
+    engine = _engine
+    with _engine_lock:
+        if engine is None or _stop_began is not None:
+            return
+        _stop_began = time.monotonic()
+    runs = engine.live()
+    if not runs:
+        return
+    aborted = engine.abort_all(runs, "the server is shutting down")
+    logger.info("stopping: %d job(s) aborted", aborted)
+    deadline = _stop_began + settings.shutdown_timeout
+    for run in runs:
+        run.done.wait(max(0.0, deadline - time.monotonic()))
+    if engine.flush_files(max(0.0, deadline - time.monotonic())):  # the events with them
+        time.sleep(linger)
+
+
+def serving() -> None:
+    """A device serves (again: a Tango server may be started again in this process)."""
+    global _stop_began
+    _stop_began = None
+
+
+def shutting_down() -> bool:
+    """True once the server began to stop: it takes no new job."""
+    return _stop_began is not None or _stopping.is_set()
+
+
 def shutdown(timeout: float = 30.0) -> bool:
-    """Abort the jobs still queued or running, wait (at most ``timeout`` s) until their
-    outcome is recorded and their files written, then close the journal.
+    """Abort the jobs still queued or running, wait (at most ``timeout`` s, counted from
+    :func:`abort_while_serving` if it ran) until their outcome is recorded and their
+    files written, then close the journal.
 
     Return True if every job ended in time.  Jobs aborted while queued end at once,
     without running their plugin.  The retention schedule, if any, stops first.
@@ -257,7 +310,7 @@ def shutdown(timeout: float = 30.0) -> bool:
         _retention.stop()
         _retention = None
     engine = _engine
-    done = True if engine is None else engine.shutdown(abort=True, timeout=timeout)
+    done = engine is None or engine.shutdown(abort=True, timeout=timeout, since=_stop_began)
     if _web is not None:
         _web.stop()
     return done

@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     server.settings.retention = args.retention
     server.settings.retention_interval = args.retention_interval
     server.settings.http = args.http
+    server.settings.shutdown_timeout = args.shutdown_timeout
     if args.http:
         from ..server_settings import start_web
         from ..web import WebError

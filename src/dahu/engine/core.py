@@ -112,11 +112,9 @@ class Engine:
 
     # ---- jobs ---------------------------------------------------------------------------
     def create(self, plugin: str, input_data: dict[str, Any], later: bool = False) -> JobRun:
-        """Record a new job in the journal and keep it live.
-
-        With ``later``, its record is queued and committed with the next batch (at the
-        latest when the job starts, or when its id is asked for: :meth:`settle`).
-        """
+        """Record a new job in the journal and keep it live.  With ``later``, its record
+        is queued and committed with the next batch (at the latest when the job starts,
+        or when its id is asked for: :meth:`settle`)."""
         token = None
         if later:
 
@@ -406,12 +404,14 @@ class Engine:
             except Exception:
                 logger.exception("job %s: its announcement failed", job.id)
 
-    def shutdown(self, abort: bool = True, timeout: float = 30.0) -> bool:
-        """Stop: abort (or let finish) the jobs queued or running, wait at most
-        ``timeout`` s for their outcome to be recorded and their files written, stop the
-        executor and close the journal.  True if every job ended in time and the journal
-        holds every outcome (see :meth:`retry_journal`)."""
-        deadline = time.monotonic() + timeout
+    def shutdown(
+        self, abort: bool = True, timeout: float = 30.0, since: float | None = None
+    ) -> bool:
+        """Stop: abort (or let finish) the jobs queued or running, wait at most ``timeout``
+        s from ``since`` (a ``time.monotonic()``; default now) for their outcome to be recorded
+        and files written, stop the executor and close the journal.  True if every job
+        ended in time and the journal holds every outcome (see :meth:`retry_journal`)."""
+        deadline = (time.monotonic() if since is None else since) + timeout
         runs = self.live()
         if abort and runs:  # none: nothing to abort, nothing to say
             aborted = self.abort_all(runs, "the server is shutting down")

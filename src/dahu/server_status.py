@@ -1,0 +1,44 @@
+"""The ``Status`` text of the ``DahuDS`` device."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+from .engine import Engine
+from .errors import one_line
+from .server_settings import current_retention
+
+__all__ = ["status_text"]
+
+
+def status_text(
+    engine: Engine, web: Any, queue_limit: int, bad_property: str, retention_error: str
+) -> str:
+    """The work directory, the web page (``web``, if any), the reason of ALARM (more than
+    ``queue_limit`` jobs queued) or FAULT (the journal, a bad property), the retention in
+    force (or why it is not applied), and the job counters."""
+    counts = engine.counts()
+    lines = [f"Dahu {__version__}, work directory {engine.workdir}"]
+    if web is not None:
+        lines.append(f"web page: http://{web.host}:{web.port}/")
+    if engine.journal_fault:
+        lines.append(f"FAULT: the journal cannot be written: {one_line(engine.journal_fault)}")
+    if bad_property:
+        lines.append(f"FAULT: bad device property: {bad_property}: fix it, then Init")
+    if counts["queued"] > queue_limit:
+        lines.append(f"ALARM: {counts['queued']} jobs queued, more than {queue_limit}")
+    schedule = current_retention()
+    if retention_error:
+        lines.append(f"retention not applied: {retention_error}")
+    elif schedule is not None:
+        lines.append(
+            f"retention: keeping {schedule.retention.describe()}, "
+            f"pruned every {schedule.interval:g} s"
+        )
+    lines.append(
+        f"jobs: {counts['queued']} queued, {counts['running']} running, "
+        f"{counts['success']} succeeded, {counts['failure']} failed, "
+        f"{counts['aborted']} aborted"
+    )
+    return "\n".join(lines)

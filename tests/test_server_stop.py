@@ -1,0 +1,118 @@
+"""A server that stops aborts its jobs and tells its clients, while its device still
+answers (``DahuDS.signal_handler``), and takes no new job meanwhile."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import threading
+import time
+
+import pytest
+import tango
+
+from dahu.app.localserver import LocalServer
+from dahu.client import DahuClient, JobAborted
+
+from .conftest import TROUBLE_PLUGINS, wait_for_file
+
+DEVICE = "test/dahu/stop"
+REASON = "the server is shutting down"
+
+
+class Failures:
+    """The ids a raw Tango client hears of through ``jobFailure`` events."""
+
+    def __init__(self, proxy: tango.DeviceProxy) -> None:
+        self.ids: set[int] = set()
+        self.arrived = threading.Condition()
+        proxy.subscribe_event("jobFailure", tango.EventType.CHANGE_EVENT, self.on_event)
+
+    def on_event(self, event: tango.EventData) -> None:
+        if not event.err and event.attr_value is not None and event.attr_value.value > 0:
+            with self.arrived:
+                self.ids.add(int(event.attr_value.value))
+                self.arrived.notify_all()
+
+    def wait_for(self, ids: set[int], timeout: float = 20.0) -> set[int]:
+        with self.arrived:
+            self.arrived.wait_for(lambda: ids <= self.ids, timeout)
+            return set(self.ids)
+
+
+def running(proxy: tango.DeviceProxy, job_id: int) -> None:
+    deadline = time.monotonic() + 30
+    while proxy.getJobState(job_id) != "running":
+        assert time.monotonic() < deadline, f"job {job_id} never ran"
+        time.sleep(0.01)
+
+
+def test_futures_and_events_hear_of_the_jobs_a_stopping_server_aborts(tmp_path):
+    local = LocalServer(str(tmp_path / "work"), str(tmp_path / "log"), 1, device=DEVICE)
+    proxy = local.start(timeout=60)
+    failures = Failures(proxy)
+    client = DahuClient(local.url)
+    try:
+        sleeping = client.submit("example.sleep", {"t": 600})
+        queued = client.submit("example.sleep", {"t": 600})
+        running(proxy, sleeping.job_id)
+        assert local.stop() == 0
+        # the futures end now (they used to wait until the server was back)
+        for future in (sleeping, queued):
+            with pytest.raises(JobAborted, match=REASON):
+                future.result(timeout=20)
+        wanted = {sleeping.job_id, queued.job_id}
+        assert failures.wait_for(wanted) >= wanted
+    finally:
+        client.close()
+        local.stop()
+
+
+def test_a_stopping_server_refuses_new_jobs_and_still_answers(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "stubborn.py").write_text(TROUBLE_PLUGINS)
+    workdir, flag = tmp_path / "work", tmp_path / "in-process"
+    extra = ["--plugins", str(plugins), "--shutdown-timeout", "4"]
+    local = LocalServer(str(workdir), str(tmp_path / "log"), device=DEVICE, extra_args=extra)
+    proxy = local.start(timeout=60)
+    try:
+        hung = proxy.startJob(["stubborn.hang", json.dumps({"flag": str(flag)})])
+        wait_for_file(flag)  # in process(), where it ignores its abort: the stop waits
+        local.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        accepted = []  # before the signal was handled
+        while True:
+            assert time.monotonic() < deadline, "startJob was never refused"
+            try:
+                accepted.append(proxy.startJob(["example.square", '{"x": 2}']))
+            except tango.DevFailed as err:
+                assert "the server is shutting down: it takes no new job" in err.args[0].desc
+                break
+            time.sleep(0.01)
+        assert proxy.getJobState(hung) == "running"  # reads are still answered
+        assert local.process.wait(30) == 1  # a job outlived the timeout: said by the status
+    finally:
+        local.stop()
+    with sqlite3.connect(workdir / "journal.sqlite") as db:
+        ids = [r[0] for r in db.execute("SELECT id FROM jobs ORDER BY id")]
+        row = db.execute("SELECT state, error FROM jobs WHERE id = ?", (hung,)).fetchone()
+    assert ids == [hung, *accepted]  # a refused job left no record
+    assert row == ("aborted", f"{REASON} (the plugin had not stopped after 4 s)")
+
+
+def test_a_server_killed_through_its_admin_device_still_pushes_the_events(tmp_path):
+    local = LocalServer(str(tmp_path / "work"), str(tmp_path / "log"), 1, device=DEVICE)
+    proxy = local.start(timeout=60)
+    failures = Failures(proxy)
+    try:
+        sleeping = proxy.startJob(["example.sleep", '{"t": 600}'])
+        queued = proxy.startJob(["example.sleep", '{"t": 600}'])
+        running(proxy, sleeping)
+        admin = tango.DeviceProxy(f"tango://127.0.0.1:{local.port}/dserver/DahuDS/demo#dbase=no")
+        admin.command_inout("Kill")
+        assert failures.wait_for({sleeping, queued}) >= {sleeping, queued}
+        assert local.process.wait(30) == 0
+    finally:
+        local.stop()
