@@ -326,6 +326,8 @@ def test_a_client_started_after_the_jobs_ended(server, proxy):
         assert future.result(timeout=30)["result"] == 81
         assert future.input["x"] == 9 and future.state == "success"
         assert future.info["plugin"] == "example.square"
+        # bug: a re-attached future did not know its plugin (its repr showed none)
+        assert future.plugin == "example.square" and "example.square" in repr(future)
         failed = late.job(bad)
         with pytest.raises(JobFailed) as info:
             failed.result(timeout=30)

@@ -248,10 +248,8 @@ class DahuClient:
         """The future of an existing job (submitted by anyone, maybe long ago).
 
         Raises :class:`JobNotFound` if the server knows no such job.  A job that has
-        ended already gives a future that is done as soon as its outcome is fetched.
-        A negative id counts from the last job, as on the device (``-1``: the last one);
-        the future is that job's, under its own id.
-        """
+        ended already gives a future that is done as soon as its outcome is fetched.  A
+        negative id counts from the last job (``-1``: the last one), as on the device."""
         job_id = operator.index(job_id)  # an int, or TypeError: not "1.5" nor "7"
         if not -(2**31) <= job_id < 2**31:  # Tango's DevLong: the device could not be asked
             raise JobNotFound(f"no job {job_id}: job ids are 32-bit", "Dahu_UnknownJob")
@@ -262,10 +260,11 @@ class DahuClient:
         if tracked is not future:
             return tracked
         try:
-            state = self._call("getJobState", job_id)
+            info = json.loads(self._call("getJobInfo", job_id))
         except ServerError:
             self._forget(future)
             raise
+        future.plugin, state = info.get("plugin"), info.get("state")
         if state in State.FINAL:
             self._ended(job_id, state)
         return future

@@ -223,9 +223,10 @@ class Engine:
     def abort_all(self, runs: list[JobRun], reason: str) -> int:
         """Abort ``runs`` (from :meth:`live`), the queued first, newest first: the pool
         takes the oldest, and each running job aborted frees a slot for the next one.
-        Return how many were still queued or running."""
+        Return how many were still queued or running (and not being aborted already)."""
         order = sorted(runs, key=lambda run: (run.state != State.STARTING, -run.id))
-        return sum(self.cycle.abort(run, reason) for run in order if run.state not in State.FINAL)
+        live = [run for run in order if run.state not in State.FINAL and not run.abort_reason]
+        return sum(self.cycle.abort(run, reason) for run in live)
 
     def journal_failed(self, job_id: int | None, err: BaseException) -> None:
         """The journal refused a write: the engine is at fault (the server's state says
@@ -413,8 +414,7 @@ class Engine:
         ended in time and the journal holds every outcome (see :meth:`retry_journal`)."""
         deadline = (time.monotonic() if since is None else since) + timeout
         runs = self.live()
-        if abort and runs:  # none: nothing to abort, nothing to say
-            aborted = self.abort_all(runs, "the server is shutting down")
+        if abort and (aborted := self.abort_all(runs, "the server is shutting down")):
             logger.info("shutting down: %d job(s) aborted", aborted)
         for run in runs:
             run.done.wait(max(0.0, deadline - time.monotonic()))
