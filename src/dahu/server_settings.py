@@ -273,15 +273,16 @@ def abort_while_serving(linger: float) -> None:
         if engine is None or _stop_began is not None:
             return
         _stop_began = time.monotonic()
-    runs = engine.live()
-    if not runs:
-        return
-    aborted = engine.abort_all(runs, "the server is shutting down")
-    logger.info("stopping: %d job(s) aborted", aborted)
     deadline = _stop_began + settings.shutdown_timeout
-    for run in runs:
-        run.done.wait(max(0.0, deadline - time.monotonic()))
-    if engine.flush_files(max(0.0, deadline - time.monotonic())):  # the events with them
+    seen: set[int] = set()
+    # again for jobs made meanwhile: by a request already past the check, by a plugin
+    while runs := [run for run in engine.live() if run.id not in seen]:
+        seen.update(run.id for run in runs)
+        aborted = engine.abort_all(runs, "the server is shutting down")
+        logger.info("stopping: %d job(s) aborted", aborted)
+        for run in runs:
+            run.done.wait(max(0.0, deadline - time.monotonic()))
+    if seen and engine.flush_files(max(0.0, deadline - time.monotonic())):  # the events too
         time.sleep(linger)
 
 
