@@ -151,7 +151,7 @@ class DahuDS(Device):
         self._plugins = PluginCatalog(self._engine.factory, self._engine.executor.isolates_plugins)
         self._start_pusher()
         for signo in STOP_SIGNALS:
-            self.register_signal(signo)
+            self.register_signal(int(signo), False)  # in the signal thread
         serving()
         logger.info("%s", ready_line(self.get_name(), __version__, self._engine))
 
