@@ -622,6 +622,22 @@ def test_given_token_is_required_on_loopback_too(tmp_path, browser):
         process.wait(30)
 
 
+def test_the_printed_address_works_with_a_base64_token(engine):
+    token = "ab+cd/ef=gh+ij/kl=mnopq=="  # as `openssl rand -base64` makes them
+    service = WebService("127.0.0.1:0", token=token)
+    service.monitor.attach(engine)
+    service.start()
+    try:
+        status, headers, _ = http(service.url)  # the address dahu_server prints
+        assert status == 200
+        cookie = headers["Set-Cookie"].split(";")[0]
+        assert (
+            http(service.url.split("?")[0] + "api/counters", headers={"Cookie": cookie})[0] == 200
+        )
+    finally:
+        service.stop()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

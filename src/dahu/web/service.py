@@ -18,6 +18,7 @@ import logging
 import socket
 import threading
 from typing import Any
+from urllib.parse import quote
 
 from .. import __version__
 from .access import MIN_TOKEN_CHARS, WebError, is_loopback, new_token, parse_address
@@ -124,7 +125,8 @@ class WebService:
         """The page's address (with the token, when there is one)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         shown = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host
-        query = f"?token={self.token}" if self.token else ""
+        # quoted: a token from ``openssl rand -base64`` has + / = (a + would read as a space)
+        query = f"?token={quote(self.token, safe='')}" if self.token else ""
         return f"http://{shown}:{self.port}/{query}"
 
     def start(self) -> None:
