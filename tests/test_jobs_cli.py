@@ -286,6 +286,7 @@ def test_bad_work_directories(tmp_path):
         (["list", "--until", "2026-13-45"], "bad date '2026-13-45'"),
         (["list", "--limit", "-1"], "expected 0 or more"),
         (["list", "--limit", "many"], "expected a whole number"),
+        (["list", "--since", "0001-01-01"], "bad date '0001-01-01': out of the range"),
         (["list", "--state", "done"], "invalid choice: 'done'"),
         (["show", "abc"], "a job id is a whole number"),
         (["show"], "the following arguments are required: ID"),
@@ -305,6 +306,19 @@ def test_bad_usage_is_one_line_and_status_2(history, args, expected):
     workdir, _, _ = history
     line = one_line_error(run(*args, workdir=workdir), 2)
     assert expected in line
+
+
+def test_numbers_past_64_bits_mean_everything(history):
+    workdir, ids, _ = history
+    huge = "9" * 30
+    proc = run("list", "--json", "--limit", huge, workdir=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == len(
+        json.loads(run("list", "--json", "--limit", "0", workdir=workdir).stdout)
+    )
+    proc = run("prune", "--keep-last", huge, "--dry-run", "--json", workdir=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["removed"] == 0
 
 
 def test_version_and_help():

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .journal import SCHEMA_VERSION, JobRecord, JournalError, SQLiteJournal
-from .journal.base import storable_id
+from .journal.base import MAX_ID, storable_id
 from .journal.sqlitefile import connect_file
 from .states import State
 
@@ -121,7 +121,7 @@ def latest(db: sqlite3.Connection, filters: Filters, limit: int | None) -> list[
     sql = f"SELECT {LIGHT_COLUMNS} FROM jobs WHERE {where} ORDER BY id DESC"
     if limit is not None:
         sql += " LIMIT ?"
-        args = [*args, limit]
+        args = [*args, min(limit, MAX_ID)]  # SQLite's integers have 64 bits
     rows = _read(db, sql, args)
     rows.reverse()
     return rows
