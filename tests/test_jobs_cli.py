@@ -173,6 +173,27 @@ def test_show(history):
     assert record["host"] and record["pid"] and record["module_file"].endswith("example.py")
 
 
+def test_text_that_is_not_ascii_is_shown_as_written(tmp_path):
+    journal = SQLiteJournal(str(tmp_path))
+    job_id = journal.create("weird.plugin", {"nom": "détecteur ☢ 漢字"}, time.time())
+    error = "RuntimeError: échec du détecteur ☢\nTraceback (most recent call last):\n..."
+    journal.finish(job_id, "failure", {"note": "é"}, error, time.time(), time.time())
+    journal.close()
+    text = run("show", str(job_id), workdir=tmp_path).stdout
+    assert '"nom": "détecteur ☢ 漢字"' in text and '"note": "é"' in text
+    # a terminal that cannot show them (a Latin-1 or ASCII locale): escaped, no traceback
+    for encoding in ("ascii", "latin-1"):
+        for command in (["show", str(job_id)], ["list"], ["export", "--format", "csv"]):
+            proc = subprocess.run(
+                [DAHU_JOBS, *command, "--workdir", str(tmp_path)],
+                capture_output=True,
+                timeout=60,
+                env=child_env(PYTHONIOENCODING=encoding),
+            )
+            assert proc.returncode == 0 and proc.stderr == b"", (encoding, command, proc.stderr)
+            assert b"RuntimeError: " in proc.stdout and b"\\u2622" in proc.stdout
+
+
 @pytest.mark.parametrize("job_id", ["999999", "9" * 30])  # the second: beyond SQLite's ints
 def test_show_unknown_id(history, job_id):
     workdir, _, _ = history

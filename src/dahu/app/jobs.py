@@ -280,9 +280,11 @@ def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
         f"plugin     {record.module_file or '?'}, version {record.plugin_version or '?'}",
         f"files      {files['inp'] or '(no .inp)'}, {files['out'] or '(no .out)'}",
         "input:",
-        json.dumps(record.input, indent=2),
+        json.dumps(record.input, indent=2, ensure_ascii=False),  # détecteur, not d\u00e9...
         "output:",
-        json.dumps(record.output, indent=2) if record.output is not None else "(none)",
+        json.dumps(record.output, indent=2, ensure_ascii=False)
+        if record.output is not None
+        else "(none)",
         "error:",
         record.error or "(none)",
     ]
@@ -417,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.workdir = os.path.abspath(getattr(args, "workdir", None) or default_workdir())
     out = sys.stdout
+    with contextlib.suppress(AttributeError, ValueError):
+        # a job's text (é, ☢) on a terminal that cannot show it: escaped, not a traceback
+        out.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
         if args.command == "prune":
             return cmd_prune(args, out)
