@@ -188,6 +188,43 @@ def test_page_falls_back_to_polling(server, browser):
     assert list(browser.errors) == []
 
 
+VISIBLE_POINTS = (
+    "Array.from(document.querySelectorAll('#plot-runtime .point'))"
+    ".filter(p => p.getBBox().width > 0).length"
+)
+
+
+def test_runtimes_of_a_short_burst_are_drawn(engine, monkeypatch, browser):
+    """A burst of jobs within one 10-s bucket, none before nor after: no line joins its
+    percentiles to anything, yet they must be seen."""
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    summary = service.monitor.summary
+
+    def one_burst():
+        data = summary()
+        t0 = data["series"]["t"][-1] - 20
+        data["series"] = {
+            "t": [t0, t0 + 10, t0 + 20],
+            "jobs_per_s": [0, 500.0, 0],
+            "failed_per_s": [0, 0, 0],
+            **{p: [None, 0.002, None] for p in ("p50", "p90", "p99")},
+            "queue": [0, 0, 0],
+            "running": [0, 0, 0],
+            "bucket": 10,
+        }
+        return data
+
+    monkeypatch.setattr(service.monitor, "summary", one_burst)
+    service.start()
+    try:
+        browser.open(f"http://127.0.0.1:{service.port}/")
+        browser.wait_for(f"{VISIBLE_POINTS} === 3", timeout=10)  # p50, p90 and p99
+        assert list(browser.errors) == []
+    finally:
+        service.stop()
+
+
 class Gateway:
     """A reverse proxy in front of the web server (as a beamline puts one for TLS): it
     passes requests on, or, after :meth:`fail` (the server restarting behind it), answers

@@ -114,6 +114,15 @@ function layout(extra) { return Object.assign({}, LAYOUT, extra); }
 
 function toMs(v) { return v === null ? null : v * 1000; }
 
+// a percentile line; a bucket with no ended job on either side (a short burst) has no
+// line to draw through it, so it gets a marker of its own
+function percentileTrace(x, values, name, color) {
+  const y = values.map(toMs);
+  const alone = y.map((v, i) => v !== null && (y[i - 1] ?? null) === null && (y[i + 1] ?? null) === null);
+  return { x, y, name, type: "scatter", mode: "lines+markers", line: { color },
+           marker: { color, size: alone.map(a => (a ? 6 : 0)) } };
+}
+
 function renderPlots(series) {
   if (!window.Plotly) return;
   const x = series.t.map(t => t * 1000);
@@ -122,9 +131,9 @@ function renderPlots(series) {
     { x, y: series.failed_per_s, name: "failed or aborted", type: "scatter", mode: "lines", line: { color: "#c62828" } },
   ], layout({ yaxis: Object.assign({}, LAYOUT.yaxis, { title: { text: "jobs/s" } }) }), CONFIG);
   Plotly.react("plot-runtime", [
-    { x, y: series.p50.map(toMs), name: "p50", type: "scatter", mode: "lines", line: { color: "#1a7f37" }, connectgaps: false },
-    { x, y: series.p90.map(toMs), name: "p90", type: "scatter", mode: "lines", line: { color: "#b26a00" } },
-    { x, y: series.p99.map(toMs), name: "p99", type: "scatter", mode: "lines", line: { color: "#c62828" } },
+    percentileTrace(x, series.p50, "p50", "#1a7f37"),
+    percentileTrace(x, series.p90, "p90", "#b26a00"),
+    percentileTrace(x, series.p99, "p99", "#c62828"),
   ], layout({ yaxis: { type: "log", dtick: "D2", title: { text: "ms" }, tickfont: { size: 10 }, automargin: true } }), CONFIG);
   Plotly.react("plot-queue", [
     { x, y: series.queue, name: "queued", type: "scatter", mode: "lines", line: { color: "#6a3d9a", shape: "hv" }, fill: "tozeroy" },
