@@ -346,6 +346,17 @@ def test_job_page_of_an_unknown_job_says_so(server, browser):
     assert "no job 987654" in browser.text("#problem")
 
 
+def test_job_page_wraps_a_long_reason(server, browser):
+    local, proxy = server
+    path = "/data/visitor/ma1234/id00/20261130/RAW_DATA/" + "sample_scan_0001/" * 20 + "x.h5"
+    job = proxy.startJob(["example.error", json.dumps({"message": f"cannot read {path}"})])
+    finish(proxy, job)
+    browser.open(f"{local.http}/jobs/{job}")
+    browser.wait_for("document.getElementById('info').innerText.includes('sample_scan')")
+    # the page fits the window: no sideways scrolling to read the reason
+    assert browser.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
 # ---- the JSON endpoints ------------------------------------------------------------------
 def test_every_endpoint_answers_json(server, jobs):
     local, _ = server
