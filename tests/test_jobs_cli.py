@@ -156,6 +156,20 @@ def test_list_by_environment_workdir(history):
 
 
 # ---- show ---------------------------------------------------------------------------------
+def test_queued_jobs_are_found_as_starting(history):
+    workdir, _, dahu = history
+    # one slot is taken by the history's running job: the first runs, the second waits
+    first, queued = dahu.map("example.sleep", [{"t": 600}, {"t": 600}])
+    try:
+        assert queued.state == "starting"
+        wait_journal_state(workdir, first.job_id, "running")  # noted after half a second
+        proc = run("list", "--json", "--state", "starting", workdir=workdir)
+        assert [item["id"] for item in json.loads(proc.stdout)] == [queued.job_id], proc.stderr
+    finally:
+        first.cancel(), queued.cancel()
+        wait([first, queued], timeout=60)
+
+
 def test_show(history):
     workdir, ids, _ = history
     job_id = ids["failed"]

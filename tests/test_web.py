@@ -400,6 +400,20 @@ def test_every_endpoint_answers_json(server, jobs):
     assert running == {"running": []}
 
 
+def test_queued_jobs_are_listed_as_starting(server):
+    local, proxy = server
+    jobs = [proxy.startJob(["example.sleep", json.dumps({"t": 60})]) for _ in range(3)]
+    try:  # two job slots: the third waits
+        assert proxy.getJobState(jobs[2]) == "starting"
+        _, answer = get_json(local.http + "/api/jobs?state=starting")
+        assert [(j["id"], j["state"]) for j in answer["jobs"]] == [(jobs[2], "starting")]
+    finally:
+        for job in jobs:
+            proxy.abort(job)
+        for job in jobs:
+            finish(proxy, job)
+
+
 def test_job_endpoint_gives_error_input_and_output(server, jobs):
     base = server[0].http
     status, ok = get_json(f"{base}/api/jobs/{jobs['ok']}")

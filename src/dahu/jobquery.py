@@ -24,6 +24,7 @@ from .states import State
 __all__ = [
     "NotAJournal",
     "Filters",
+    "journal_states",
     "open_journal",
     "count",
     "latest",
@@ -59,8 +60,8 @@ class Filters:
             clauses.append("plugin = ? COLLATE NOCASE")  # as the factory: any case
             args.append(self.plugin)
         if self.state is not None:
-            clauses.append("state = ?")
-            args.append(self.state)
+            clauses.append(f"state IN ({', '.join('?' * len(journal_states(self.state)))})")
+            args += journal_states(self.state)
         if self.since is not None:
             clauses.append("submitted >= ?")
             args.append(self.since)
@@ -68,6 +69,12 @@ class Filters:
             clauses.append("submitted <= ?")
             args.append(self.until)
         return " AND ".join(clauses), args
+
+
+def journal_states(state: str) -> tuple[str, ...]:
+    """The states a journal records for jobs in ``state``: it writes no ``starting``, so a
+    queued job stays ``uninitialized`` there until it is noted running."""
+    return (State.UNINITIALIZED, State.STARTING) if state == State.STARTING else (state,)
 
 
 def open_journal(workdir: str, write: bool = False) -> sqlite3.Connection:

@@ -21,6 +21,7 @@ import tornado.iostream
 import tornado.web
 
 from ..errors import JournalError
+from ..jobquery import journal_states
 from ..states import State
 from .access import is_loopback
 from .history import ENDED, FAILED, job_details, latest_jobs
@@ -227,10 +228,16 @@ class JobsHandler(_Base):
         limit = self.int_argument("limit", 25, 1, MAX_LIMIT)
         state = self.state_argument()
         plugin = self.get_query_argument("plugin", None)
-        states = ENDED if state is None else (state,)
+        states = ENDED if state is None else journal_states(state)
         jobs = await self.read_journal(limit, states, plugin)
         if jobs is None:
             jobs = monitor.recent(limit, state, plugin)
+        for job in jobs:  # a job not ended: its live state wins over the journal's
+            run = None if job["state"] in State.FINAL else monitor.engine.find(job["id"])
+            if run is not None:
+                job["state"] = run.state
+        if state is not None:
+            jobs = [job for job in jobs if job["state"] in journal_states(state)]
         self.send_json({"jobs": jobs})
 
     async def read_journal(
