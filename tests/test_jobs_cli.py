@@ -208,6 +208,31 @@ def test_text_that_is_not_ascii_is_shown_as_written(tmp_path):
             assert b"RuntimeError: " in proc.stdout and b"\\u2622" in proc.stdout
 
 
+def test_a_work_directory_this_user_cannot_write_is_read(tmp_path):
+    """Another account's work directory (the server's), or a copy on read-only media: a
+    reader of a WAL journal needs to make its -shm file there, and cannot."""
+    journal = SQLiteJournal(str(tmp_path))
+    job_id = journal.create("example.square", {"x": 3}, time.time())
+    journal.finish(job_id, "success", {"result": 9}, None, time.time(), time.time())
+    journal.close()
+    assert not (tmp_path / "journal.sqlite-wal").exists()  # no server writes there
+    tmp_path.chmod(0o555)
+    try:
+        if os.access(tmp_path, os.W_OK):  # root writes anyway: the -shm cannot be made
+            tmp_path.chmod(0o755)
+            (tmp_path / "journal.sqlite-shm").symlink_to(tmp_path / "missing" / "shm")
+            tmp_path.chmod(0o555)
+        proc = run("show", str(job_id), "--json", workdir=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["output"]["result"] == 9
+        line = one_line_error(
+            run("prune", "--keep-last", "0", "--min-age", "0", workdir=tmp_path), 3
+        )
+        assert line.startswith("dahu-jobs: cannot ") and f"{tmp_path}/journal.sqlite" in line
+    finally:
+        tmp_path.chmod(0o755)
+
+
 @pytest.mark.parametrize("job_id", ["999999", "9" * 30])  # the second: beyond SQLite's ints
 def test_show_unknown_id(history, job_id):
     workdir, _, _ = history

@@ -77,6 +77,29 @@ def journal_states(state: str) -> tuple[str, ...]:
     return (State.UNINITIALIZED, State.STARTING) if state == State.STARTING else (state,)
 
 
+def _connect(path: str, write: bool, immutable: bool = False) -> tuple[Any, set[str], int]:
+    db = connect_file(path, write, immutable)
+    try:
+        db.execute("PRAGMA busy_timeout=30000")
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db, tables, version
+
+
+def _wal_bytes(path: str) -> int:
+    try:
+        return os.path.getsize(path + "-wal")
+    except OSError:
+        return 0
+
+
+def _unwritable(workdir: str) -> str:
+    return "" if os.access(workdir, os.W_OK) else " (this process cannot write its directory)"
+
+
 def open_journal(workdir: str, write: bool = False) -> sqlite3.Connection:
     """A connection to the journal of ``workdir`` (read-only unless ``write``); never
     creates one."""
@@ -91,11 +114,18 @@ def open_journal(workdir: str, write: bool = False) -> sqlite3.Connection:
             f"{workdir} is not a Dahu work directory: it has no {SQLiteJournal.FILENAME}"
         )
     try:
-        db = connect_file(path, write)
-        db.execute("PRAGMA busy_timeout=30000")
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-    except sqlite3.Error as err:
+        try:
+            db, tables, version = _connect(path, write)
+        except sqlite3.OperationalError:
+            if write or _wal_bytes(path):
+                raise
+            # a directory this process cannot write (another account's, read-only media)
+            # and no server writing there (no -wal file, or an empty one): SQLite cannot
+            # make the -shm file a reader of a WAL journal needs, so the file is read as is
+            db, tables, version = _connect(path, write, immutable=True)
+    except sqlite3.DatabaseError as err:
+        if isinstance(err, sqlite3.OperationalError):  # could not open or read it
+            raise NotAJournal(f"cannot open {path}: {err}{_unwritable(workdir)}") from None
         raise NotAJournal(f"{path} is not a Dahu journal: {err}") from None
     if "jobs" not in tables:
         db.close()
