@@ -684,8 +684,11 @@ def test_given_token_is_required_on_loopback_too(tmp_path, browser):
         process.wait(30)
 
 
-def test_the_printed_address_works_with_a_base64_token(engine):
-    token = "ab+cd/ef=gh+ij/kl=mnopq=="  # as `openssl rand -base64` makes them
+@pytest.mark.parametrize(
+    "token",
+    ["ab+cd/ef=gh+ij/kl=mnopq==", "my secret pass phrase; été 123"],  # openssl rand -base64
+)
+def test_the_printed_address_works_with_any_token(engine, token):
     service = WebService("127.0.0.1:0", token=token)
     service.monitor.attach(engine)
     service.start()

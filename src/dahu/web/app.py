@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from typing import Any
+from urllib.parse import quote, unquote
 
 import tornado.iostream
 import tornado.web
@@ -74,7 +75,8 @@ class _Base(tornado.web.RequestHandler):
         query = self.get_query_argument("token", None)
         if query:
             return query
-        return self.get_cookie(TOKEN_COOKIE)
+        cookie = self.get_cookie(TOKEN_COOKIE)
+        return None if cookie is None else unquote(cookie)
 
     def prepare(self) -> None:
         service = self.service
@@ -91,7 +93,9 @@ class _Base(tornado.web.RequestHandler):
                 raise ClientError(401, "a valid access token is required (?token=... or header)")
             if self.get_query_argument("token", None):
                 # the page's own requests (fetch, EventSource) then carry it as a cookie
-                self.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+                # quoted: a cookie cannot hold a space, a ; or an é of a token
+                cookie = quote(token, safe="")
+                self.set_cookie(TOKEN_COOKIE, cookie, httponly=True, samesite="Strict")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
