@@ -684,6 +684,21 @@ def test_given_token_is_required_on_loopback_too(tmp_path, browser):
         process.wait(30)
 
 
+def test_the_printed_address_of_a_wildcard_bind_answers(engine):
+    for wildcard in ("0.0.0.0", "[::]"):
+        try:
+            service = WebService(f"{wildcard}:0", token="t" * 16)
+        except WebError:  # a machine without IPv6
+            assert wildcard == "[::]"
+            continue
+        service.monitor.attach(engine)
+        service.start()
+        try:
+            assert http(service.url)[0] == 200, service.url
+        finally:
+            service.stop()
+
+
 @pytest.mark.parametrize(
     "token",
     ["ab+cd/ef=gh+ij/kl=mnopq==", "my secret pass phrase; été 123"],  # openssl rand -base64

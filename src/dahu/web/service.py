@@ -124,7 +124,9 @@ class WebService:
     def url(self) -> str:
         """The page's address (with the token, when there is one)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        shown = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host
+        # a wildcard is reached through this machine's loopback of the same family ([::]
+        # is bound IPv6 only)
+        shown = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
         # quoted: a token from ``openssl rand -base64`` has + / = (a + would read as a space)
         query = f"?token={quote(self.token, safe='')}" if self.token else ""
         return f"http://{shown}:{self.port}/{query}"
