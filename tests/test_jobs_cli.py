@@ -233,6 +233,23 @@ def test_a_work_directory_this_user_cannot_write_is_read(tmp_path):
         tmp_path.chmod(0o755)
 
 
+def test_an_interrupted_export_leaves_no_file(tmp_path):
+    journal = SQLiteJournal(str(tmp_path))
+    journal.create_many("example.noop", [{"x": "y" * 10_000}] * 5000, time.time())
+    journal.close()
+    target = tmp_path / "jobs.jsonl"
+    command = [DAHU_JOBS, "export", "-o", str(target), "--workdir", str(tmp_path)]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=child_env())
+    deadline = time.monotonic() + 30
+    while not (target.exists() and target.stat().st_size):  # writing: 50 MB to go
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)  # ^C
+    _, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err) == (130, "dahu-jobs: interrupted\n")
+    assert not target.exists()
+
+
 @pytest.mark.parametrize("job_id", ["999999", "9" * 30])  # the second: beyond SQLite's ints
 def test_show_unknown_id(history, job_id):
     workdir, _, _ = history

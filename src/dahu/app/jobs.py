@@ -6,7 +6,8 @@ the same journal; only ``prune`` writes (see :mod:`dahu.retention`).
 
 Exit status: 0 done, 1 no job with the id given to ``show``, 2 bad usage (unknown
 option, bad date or number, an export file that cannot be written), 3 the work directory is missing, is not a Dahu work
-directory, or its journal cannot be read or written.  Every error is one line on stderr.
+directory, or its journal cannot be read or written, 130 interrupted (^C).  Every error is
+one line on stderr.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = ["build_parser", "main", "EXIT_OK", "EXIT_NOT_FOUND", "EXIT_USAGE", "E
 
 PROG = "dahu-jobs"
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_WORKDIR = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # as a shell says of a command ended by ^C
 DEFAULT_LIMIT = 50
 EXPORT_FIELDS = [
     "id",
@@ -358,13 +360,15 @@ def cmd_export(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
                 written += 1
         if target is not out:
             target.close()
-    except OSError as err:  # disk full...: no half-written file is left
+    except (OSError, KeyboardInterrupt) as err:  # disk full, ^C: no half-written file is left
         if target is out:
             raise
         with contextlib.suppress(OSError):
             target.close()
         with contextlib.suppress(OSError):
             os.remove(args.output)
+        if isinstance(err, KeyboardInterrupt):
+            raise
         sys.stderr.write(f"{PROG}: cannot write {args.output}: {err.strerror or err}\n")
         return EXIT_USAGE
     finally:
@@ -439,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     except JournalError as err:
         sys.stderr.write(f"{PROG}: {one_line(str(err))}\n")
         return EXIT_WORKDIR
+    except KeyboardInterrupt:  # ^C: what prune did so far stands (see docs/jobs.md)
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (| head): not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
