@@ -277,6 +277,17 @@ def test_stats(history):
     assert total.split()[:2] == ["(all)", "40"]
 
 
+def test_stats_count_a_plugin_however_its_jobs_spell_it(tmp_path):
+    journal = SQLiteJournal(str(tmp_path))
+    for name in ("EXAMPLE.Square", "example.square"):  # both run example.square
+        job_id = journal.create(name, {"x": 2}, time.time())
+        journal.finish(job_id, "success", {"result": 4}, None, time.time(), time.time())
+    journal.close()
+    figures = json.loads(run("stats", "--json", workdir=tmp_path).stdout)
+    assert list(figures["plugins"]) == ["example.square"]
+    assert figures["plugins"]["example.square"]["success"] == 2
+
+
 def test_export_json_lines_and_csv(history, tmp_path):
     workdir, ids, _ = history
     proc = run("export", "--plugin", "example.square", workdir=workdir)

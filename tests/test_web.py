@@ -804,6 +804,14 @@ def test_percentiles_are_within_their_bin():
     assert percentile({}, 0.5) is None
 
 
+def test_one_plugin_row_however_its_jobs_spell_it():
+    monitor = Monitor()
+    for job_id, name in enumerate(["EXAMPLE.Square", "example.square", "Example.Square"], 1):
+        monitor.job_ended(FakeJob(job_id, "success", 0.002, plugin=name))
+    plugins = monitor.plugins()
+    assert list(plugins) == ["example.square"] and plugins["example.square"]["jobs"] == 3
+
+
 def test_monitor_memory_is_bounded_over_hours():
     now = [1_000_000.0]
     monitor = Monitor(clock=lambda: now[0])

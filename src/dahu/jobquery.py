@@ -219,9 +219,10 @@ def statistics(db: sqlite3.Connection, filters: Filters) -> dict[str, Any]:
     runtimes: dict[str, list[float]] = {}
     total = _blank()
     try:
-        for plugin, state, runtime in db.execute(
+        for name, state, runtime in db.execute(
             f"SELECT plugin, state, runtime FROM jobs WHERE {where}", args
         ):
+            plugin = name.lower()  # one plugin however its jobs spelled it, as the factory
             entry = per.get(plugin)
             if entry is None:
                 entry = per[plugin] = _blank()
