@@ -225,6 +225,29 @@ def test_runtimes_of_a_short_burst_are_drawn(engine, monkeypatch, browser):
         service.stop()
 
 
+def test_the_running_table_says_when_it_shows_only_some(engine, monkeypatch, browser):
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    summary = service.monitor.summary
+
+    def busy():
+        data = summary()
+        data["counters"]["running"] = 64  # a big server: the summary lists the longest 30
+        data["running"] = [
+            {"id": i, "plugin": "p.q", "started": 0.0, "elapsed": 1.0} for i in range(1, 31)
+        ]
+        return data
+
+    monkeypatch.setattr(service.monitor, "summary", busy)
+    service.start()
+    try:
+        browser.open(f"http://127.0.0.1:{service.port}/")
+        browser.wait_for("document.querySelectorAll('#running tbody tr').length === 30", 10)
+        assert browser.text("#n-running") == "(the 30 longest of 64)"
+    finally:
+        service.stop()
+
+
 class Gateway:
     """A reverse proxy in front of the web server (as a beamline puts one for TLS): it
     passes requests on, or, after :meth:`fail` (the server restarting behind it), answers

@@ -79,7 +79,9 @@ function renderCounters(c) {
 }
 
 function renderTables(s) {
-  $("n-running").textContent = s.running.length ? "(" + s.running.length + ")" : "";
+  // the summary lists the 30 longest-running jobs: say so when more run
+  const shown = s.running.length, all = Math.max(shown, s.counters.running);
+  $("n-running").textContent = !shown ? "" : all > shown ? "(the " + shown + " longest of " + all + ")" : "(" + shown + ")";
   fill("running", s.running.map(j => row([jobLink(j.id), cell(j.plugin), cell(duration(j.elapsed), "num")])),
        "no job running");
   fill("failures", s.failures.map(j => row([jobLink(j.id), cell(j.plugin), stateCell(j.state),
