@@ -808,6 +808,15 @@ def test_device_property_serves_the_page(tmp_path):
         assert f"web page: http://127.0.0.1:{port}/" in proxy.status()
 
 
+def test_status_gives_a_usable_ipv6_address(engine):
+    from types import SimpleNamespace
+
+    from dahu.server_status import status_text
+
+    text = status_text(engine, SimpleNamespace(host="::1", port=8080), 1000, "", "")
+    assert "web page: http://[::1]:8080/" in text
+
+
 # ---- the monitor's bounded memory ----------------------------------------------------------
 class FakeJob:
     def __init__(self, job_id: int, state: str, runtime: float, plugin: str = "p.q"):
