@@ -741,6 +741,19 @@ def test_the_printed_address_works_with_any_token(engine, token):
         service.stop()
 
 
+def test_a_job_link_with_the_token_drops_it_from_the_address_bar(engine, browser):
+    token = "beamline-secret-0123456789"
+    service = WebService("127.0.0.1:0", token=token)
+    service.monitor.attach(engine)
+    service.start()
+    try:
+        browser.open(f"http://127.0.0.1:{service.port}/jobs/1?token={token}")
+        browser.wait_for("document.getElementById('problem').textContent.includes('no job 1')")
+        assert browser.evaluate("location.href") == f"http://127.0.0.1:{service.port}/jobs/1"
+    finally:
+        service.stop()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

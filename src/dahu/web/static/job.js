@@ -70,4 +70,6 @@ function load() {
     });
 }
 
+// the token of a shared link is kept as a cookie: out of the address bar, history, bookmarks
+if (new URLSearchParams(location.search).has("token")) history.replaceState(null, "", location.pathname);
 load();
