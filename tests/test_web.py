@@ -674,7 +674,7 @@ def test_other_address_gets_a_generated_token_and_refuses_requests_without_it(tm
             assert status == 401 and "access token is required" in body, path
         assert http(base + "/api/counters?token=" + "x" * len(token))[0] == 401
         status, headers, _ = http(f"{base}/?token={token}")
-        assert status == 200 and "dahu_token=" in headers["Set-Cookie"]
+        assert status == 200 and f"dahu_token_{port}=" in headers["Set-Cookie"]
         assert "HttpOnly" in headers["Set-Cookie"]
         cookie = headers["Set-Cookie"].split(";")[0]
         assert http(base + "/api/counters", headers={"Cookie": cookie})[0] == 200
@@ -752,6 +752,26 @@ def test_a_job_link_with_the_token_drops_it_from_the_address_bar(engine, browser
         assert browser.evaluate("location.href") == f"http://127.0.0.1:{service.port}/jobs/1"
     finally:
         service.stop()
+
+
+def test_two_servers_of_one_machine_keep_their_own_tokens(engine, browser):
+    """Cookies are shared by every port of a host: the page of one server must not lose
+    its token when the page of another one is opened."""
+    services = [WebService("127.0.0.1:0", token=f"secret-of-server-{n}-0123") for n in (1, 2)]
+    for service in services:
+        service.monitor.attach(engine)
+        service.start()
+    try:
+        for service in services:
+            browser.open(f"http://127.0.0.1:{service.port}/?token={service.token}")
+            browser.wait_for("document.getElementById('live').textContent.includes('live')")
+        first = services[0]
+        browser.open(f"http://127.0.0.1:{first.port}/jobs/1")  # a link of the first page
+        assert "401" not in browser.evaluate("document.body.innerText")  # its token works
+        browser.wait_for("document.getElementById('problem').textContent.includes('no job 1')")
+    finally:
+        for service in services:
+            service.stop()
 
 
 @pytest.mark.parametrize(

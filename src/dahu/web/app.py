@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["make_app", "STATIC_DIR", "plotly_dir"]
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-TOKEN_COOKIE = "dahu_token"
+TOKEN_COOKIE = "dahu_token_{port}"  # per port: the cookies of a host are shared by its ports
 MAX_LIMIT = 1000
 STALLED_PUSHES = 30  # events a page may miss (not reading) before it is disconnected
 STREAM_BUFFER = 256 * 1024  # bytes the kernel may hold for one event stream
@@ -75,7 +75,7 @@ class _Base(tornado.web.RequestHandler):
         query = self.get_query_argument("token", None)
         if query:
             return query
-        cookie = self.get_cookie(TOKEN_COOKIE)
+        cookie = self.get_cookie(TOKEN_COOKIE.format(port=self.service.port))
         return None if cookie is None else unquote(cookie)
 
     def prepare(self) -> None:
@@ -95,7 +95,8 @@ class _Base(tornado.web.RequestHandler):
                 # the page's own requests (fetch, EventSource) then carry it as a cookie
                 # quoted: a cookie cannot hold a space, a ; or an é of a token
                 cookie = quote(token, safe="")
-                self.set_cookie(TOKEN_COOKIE, cookie, httponly=True, samesite="Strict")
+                name = TOKEN_COOKIE.format(port=self.service.port)
+                self.set_cookie(name, cookie, httponly=True, samesite="Strict")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
