@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import socket
 import subprocess
@@ -564,6 +565,17 @@ def test_event_stream_is_standard_json_with_nan(engine, monkeypatch):
         assert strict_json(data[6:].decode()) == {"p50": "NaN"}
     finally:
         service.stop()
+
+
+def test_stopping_with_a_page_open_logs_no_error(engine, caplog):
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    request = urllib.request.Request(f"http://127.0.0.1:{service.port}/api/events")
+    with urllib.request.urlopen(request, timeout=10) as stream:
+        next(line for line in stream if line.startswith(b"data: "))  # the page is open
+        service.stop()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 @pytest.mark.parametrize(

@@ -160,6 +160,9 @@ class WebService:
             sampler.stop()
             pusher.stop()
             server.stop()
+            # the event streams told to close (stop) end by themselves in one more turn;
+            # cancelled instead, Tornado would log an error for each open page
+            loop.run_until_complete(asyncio.sleep(0))
             pending = asyncio.all_tasks(loop)
             for task in pending:
                 task.cancel()
