@@ -381,6 +381,16 @@ def test_job_page_wraps_a_long_reason(server, browser):
     assert browser.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
+def test_job_page_gives_a_long_runtime_in_seconds(server, browser):
+    local, proxy = server
+    job = proxy.startJob(["example.sleep", json.dumps({"t": 1.2})])
+    finish(proxy, job)
+    browser.open(f"{local.http}/jobs/{job}")
+    browser.wait_for("document.getElementById('info').innerText.includes('runtime')", 10)
+    shown = browser.evaluate("document.getElementById('info').rows[6].cells[1].innerText")
+    assert re.fullmatch(r"1\.2\d\d s", shown), shown  # not 1200.345 ms
+
+
 # ---- the JSON endpoints ------------------------------------------------------------------
 def test_every_endpoint_answers_json(server, jobs):
     local, _ = server
