@@ -115,7 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     filters = argparse.ArgumentParser(add_help=False)
     filters.add_argument("--plugin", metavar="NAME", help="only jobs of this plugin (any case)")
-    filters.add_argument("--state", choices=State.ALL, help="only jobs in this state")
+    filters.add_argument(
+        "--state",
+        choices=State.ALL,
+        help="only jobs in this state (the journal records a queued job as uninitialized: "
+        "starting finds those)",
+    )
     filters.add_argument(
         "--since",
         type=_when,
