@@ -156,6 +156,20 @@ def test_list_by_environment_workdir(history):
 
 
 # ---- show ---------------------------------------------------------------------------------
+def test_queued_jobs_are_found_as_starting(history):
+    workdir, _, dahu = history
+    # one slot is taken by the history's running job: the first runs, the second waits
+    first, queued = dahu.map("example.sleep", [{"t": 600}, {"t": 600}])
+    try:
+        assert queued.state == "starting"
+        wait_journal_state(workdir, first.job_id, "running")  # noted after half a second
+        proc = run("list", "--json", "--state", "starting", workdir=workdir)
+        assert [item["id"] for item in json.loads(proc.stdout)] == [queued.job_id], proc.stderr
+    finally:
+        first.cancel(), queued.cancel()
+        wait([first, queued], timeout=60)
+
+
 def test_show(history):
     workdir, ids, _ = history
     job_id = ids["failed"]
@@ -171,6 +185,69 @@ def test_show(history):
     assert record["state"] == "success" and record["submitted"] <= record["ended"]
     assert record["files"]["out"].endswith("_example.square.out")
     assert record["host"] and record["pid"] and record["module_file"].endswith("example.py")
+
+
+def test_text_that_is_not_ascii_is_shown_as_written(tmp_path):
+    journal = SQLiteJournal(str(tmp_path))
+    job_id = journal.create("weird.plugin", {"nom": "détecteur ☢ 漢字"}, time.time())
+    error = "RuntimeError: échec du détecteur ☢\nTraceback (most recent call last):\n..."
+    journal.finish(job_id, "failure", {"note": "é"}, error, time.time(), time.time())
+    journal.close()
+    text = run("show", str(job_id), workdir=tmp_path).stdout
+    assert '"nom": "détecteur ☢ 漢字"' in text and '"note": "é"' in text
+    # a terminal that cannot show them (a Latin-1 or ASCII locale): escaped, no traceback
+    for encoding in ("ascii", "latin-1"):
+        for command in (["show", str(job_id)], ["list"], ["export", "--format", "csv"]):
+            proc = subprocess.run(
+                [DAHU_JOBS, *command, "--workdir", str(tmp_path)],
+                capture_output=True,
+                timeout=60,
+                env=child_env(PYTHONIOENCODING=encoding),
+            )
+            assert proc.returncode == 0 and proc.stderr == b"", (encoding, command, proc.stderr)
+            assert b"RuntimeError: " in proc.stdout and b"\\u2622" in proc.stdout
+
+
+def test_a_work_directory_this_user_cannot_write_is_read(tmp_path):
+    """Another account's work directory (the server's), or a copy on read-only media: a
+    reader of a WAL journal needs to make its -shm file there, and cannot."""
+    journal = SQLiteJournal(str(tmp_path))
+    job_id = journal.create("example.square", {"x": 3}, time.time())
+    journal.finish(job_id, "success", {"result": 9}, None, time.time(), time.time())
+    journal.close()
+    assert not (tmp_path / "journal.sqlite-wal").exists()  # no server writes there
+    tmp_path.chmod(0o555)
+    try:
+        if os.access(tmp_path, os.W_OK):  # root writes anyway: the -shm cannot be made
+            tmp_path.chmod(0o755)
+            (tmp_path / "journal.sqlite-shm").symlink_to(tmp_path / "missing" / "shm")
+            tmp_path.chmod(0o555)
+        proc = run("show", str(job_id), "--json", workdir=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["output"]["result"] == 9
+        line = one_line_error(
+            run("prune", "--keep-last", "0", "--min-age", "0", workdir=tmp_path), 3
+        )
+        assert line.startswith("dahu-jobs: cannot ") and f"{tmp_path}/journal.sqlite" in line
+    finally:
+        tmp_path.chmod(0o755)
+
+
+def test_an_interrupted_export_leaves_no_file(tmp_path):
+    journal = SQLiteJournal(str(tmp_path))
+    journal.create_many("example.noop", [{"x": "y" * 10_000}] * 5000, time.time())
+    journal.close()
+    target = tmp_path / "jobs.jsonl"
+    command = [DAHU_JOBS, "export", "-o", str(target), "--workdir", str(tmp_path)]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=child_env())
+    deadline = time.monotonic() + 30
+    while not (target.exists() and target.stat().st_size):  # writing: 50 MB to go
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)  # ^C
+    _, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err) == (130, "dahu-jobs: interrupted\n")
+    assert not target.exists()
 
 
 @pytest.mark.parametrize("job_id", ["999999", "9" * 30])  # the second: beyond SQLite's ints
@@ -198,6 +275,17 @@ def test_stats(history):
     ]  # fmt: skip
     assert row.split()[:6] == ["example.square", "40", "40", "0", "0", "0"]
     assert total.split()[:2] == ["(all)", "40"]
+
+
+def test_stats_count_a_plugin_however_its_jobs_spell_it(tmp_path):
+    journal = SQLiteJournal(str(tmp_path))
+    for name in ("EXAMPLE.Square", "example.square"):  # both run example.square
+        job_id = journal.create(name, {"x": 2}, time.time())
+        journal.finish(job_id, "success", {"result": 4}, None, time.time(), time.time())
+    journal.close()
+    figures = json.loads(run("stats", "--json", workdir=tmp_path).stdout)
+    assert list(figures["plugins"]) == ["example.square"]
+    assert figures["plugins"]["example.square"]["success"] == 2
 
 
 def test_export_json_lines_and_csv(history, tmp_path):
@@ -286,6 +374,7 @@ def test_bad_work_directories(tmp_path):
         (["list", "--until", "2026-13-45"], "bad date '2026-13-45'"),
         (["list", "--limit", "-1"], "expected 0 or more"),
         (["list", "--limit", "many"], "expected a whole number"),
+        (["list", "--since", "0001-01-01"], "bad date '0001-01-01': out of the range"),
         (["list", "--state", "done"], "invalid choice: 'done'"),
         (["show", "abc"], "a job id is a whole number"),
         (["show"], "the following arguments are required: ID"),
@@ -305,6 +394,19 @@ def test_bad_usage_is_one_line_and_status_2(history, args, expected):
     workdir, _, _ = history
     line = one_line_error(run(*args, workdir=workdir), 2)
     assert expected in line
+
+
+def test_numbers_past_64_bits_mean_everything(history):
+    workdir, ids, _ = history
+    huge = "9" * 30
+    proc = run("list", "--json", "--limit", huge, workdir=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == len(
+        json.loads(run("list", "--json", "--limit", "0", workdir=workdir).stdout)
+    )
+    proc = run("prune", "--keep-last", huge, "--dry-run", "--json", workdir=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["removed"] == 0
 
 
 def test_version_and_help():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import socket
 import subprocess
@@ -188,6 +189,66 @@ def test_page_falls_back_to_polling(server, browser):
     assert list(browser.errors) == []
 
 
+VISIBLE_POINTS = (
+    "Array.from(document.querySelectorAll('#plot-runtime .point'))"
+    ".filter(p => p.getBBox().width > 0).length"
+)
+
+
+def test_runtimes_of_a_short_burst_are_drawn(engine, monkeypatch, browser):
+    """A burst of jobs within one 10-s bucket, none before nor after: no line joins its
+    percentiles to anything, yet they must be seen."""
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    summary = service.monitor.summary
+
+    def one_burst():
+        data = summary()
+        t0 = data["series"]["t"][-1] - 20
+        data["series"] = {
+            "t": [t0, t0 + 10, t0 + 20],
+            "jobs_per_s": [0, 500.0, 0],
+            "failed_per_s": [0, 0, 0],
+            **{p: [None, 0.002, None] for p in ("p50", "p90", "p99")},
+            "queue": [0, 0, 0],
+            "running": [0, 0, 0],
+            "bucket": 10,
+        }
+        return data
+
+    monkeypatch.setattr(service.monitor, "summary", one_burst)
+    service.start()
+    try:
+        browser.open(f"http://127.0.0.1:{service.port}/")
+        browser.wait_for(f"{VISIBLE_POINTS} === 3", timeout=10)  # p50, p90 and p99
+        assert list(browser.errors) == []
+    finally:
+        service.stop()
+
+
+def test_the_running_table_says_when_it_shows_only_some(engine, monkeypatch, browser):
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    summary = service.monitor.summary
+
+    def busy():
+        data = summary()
+        data["counters"]["running"] = 64  # a big server: the summary lists the longest 30
+        data["running"] = [
+            {"id": i, "plugin": "p.q", "started": 0.0, "elapsed": 1.0} for i in range(1, 31)
+        ]
+        return data
+
+    monkeypatch.setattr(service.monitor, "summary", busy)
+    service.start()
+    try:
+        browser.open(f"http://127.0.0.1:{service.port}/")
+        browser.wait_for("document.querySelectorAll('#running tbody tr').length === 30", 10)
+        assert browser.text("#n-running") == "(the 30 longest of 64)"
+    finally:
+        service.stop()
+
+
 class Gateway:
     """A reverse proxy in front of the web server (as a beamline puts one for TLS): it
     passes requests on, or, after :meth:`fail` (the server restarting behind it), answers
@@ -309,6 +370,27 @@ def test_job_page_of_an_unknown_job_says_so(server, browser):
     assert "no job 987654" in browser.text("#problem")
 
 
+def test_job_page_wraps_a_long_reason(server, browser):
+    local, proxy = server
+    path = "/data/visitor/ma1234/id00/20261130/RAW_DATA/" + "sample_scan_0001/" * 20 + "x.h5"
+    job = proxy.startJob(["example.error", json.dumps({"message": f"cannot read {path}"})])
+    finish(proxy, job)
+    browser.open(f"{local.http}/jobs/{job}")
+    browser.wait_for("document.getElementById('info').innerText.includes('sample_scan')")
+    # the page fits the window: no sideways scrolling to read the reason
+    assert browser.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_job_page_gives_a_long_runtime_in_seconds(server, browser):
+    local, proxy = server
+    job = proxy.startJob(["example.sleep", json.dumps({"t": 1.2})])
+    finish(proxy, job)
+    browser.open(f"{local.http}/jobs/{job}")
+    browser.wait_for("document.getElementById('info').innerText.includes('runtime')", 10)
+    shown = browser.evaluate("document.getElementById('info').rows[6].cells[1].innerText")
+    assert re.fullmatch(r"1\.2\d\d s", shown), shown  # not 1200.345 ms
+
+
 # ---- the JSON endpoints ------------------------------------------------------------------
 def test_every_endpoint_answers_json(server, jobs):
     local, _ = server
@@ -350,6 +432,20 @@ def test_every_endpoint_answers_json(server, jobs):
 
     _, running = get_json(base + "/api/running")
     assert running == {"running": []}
+
+
+def test_queued_jobs_are_listed_as_starting(server):
+    local, proxy = server
+    jobs = [proxy.startJob(["example.sleep", json.dumps({"t": 60})]) for _ in range(3)]
+    try:  # two job slots: the third waits
+        assert proxy.getJobState(jobs[2]) == "starting"
+        _, answer = get_json(local.http + "/api/jobs?state=starting")
+        assert [(j["id"], j["state"]) for j in answer["jobs"]] == [(jobs[2], "starting")]
+    finally:
+        for job in jobs:
+            proxy.abort(job)
+        for job in jobs:
+            finish(proxy, job)
 
 
 def test_job_endpoint_gives_error_input_and_output(server, jobs):
@@ -481,6 +577,17 @@ def test_event_stream_is_standard_json_with_nan(engine, monkeypatch):
         service.stop()
 
 
+def test_stopping_with_a_page_open_logs_no_error(engine, caplog):
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    request = urllib.request.Request(f"http://127.0.0.1:{service.port}/api/events")
+    with urllib.request.urlopen(request, timeout=10) as stream:
+        next(line for line in stream if line.startswith(b"data: "))  # the page is open
+        service.stop()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 @pytest.mark.parametrize(
     "path, status, reason",
     [
@@ -589,7 +696,7 @@ def test_other_address_gets_a_generated_token_and_refuses_requests_without_it(tm
             assert status == 401 and "access token is required" in body, path
         assert http(base + "/api/counters?token=" + "x" * len(token))[0] == 401
         status, headers, _ = http(f"{base}/?token={token}")
-        assert status == 200 and "dahu_token=" in headers["Set-Cookie"]
+        assert status == 200 and f"dahu_token_{port}=" in headers["Set-Cookie"]
         assert "HttpOnly" in headers["Set-Cookie"]
         cookie = headers["Set-Cookie"].split(";")[0]
         assert http(base + "/api/counters", headers={"Cookie": cookie})[0] == 200
@@ -620,6 +727,73 @@ def test_given_token_is_required_on_loopback_too(tmp_path, browser):
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_the_printed_address_of_a_wildcard_bind_answers(engine):
+    for wildcard in ("0.0.0.0", "[::]"):
+        try:
+            service = WebService(f"{wildcard}:0", token="t" * 16)
+        except WebError:  # a machine without IPv6
+            assert wildcard == "[::]"
+            continue
+        service.monitor.attach(engine)
+        service.start()
+        try:
+            assert http(service.url)[0] == 200, service.url
+        finally:
+            service.stop()
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["ab+cd/ef=gh+ij/kl=mnopq==", "my secret pass phrase; été 123"],  # openssl rand -base64
+)
+def test_the_printed_address_works_with_any_token(engine, token):
+    service = WebService("127.0.0.1:0", token=token)
+    service.monitor.attach(engine)
+    service.start()
+    try:
+        status, headers, _ = http(service.url)  # the address dahu_server prints
+        assert status == 200
+        cookie = headers["Set-Cookie"].split(";")[0]
+        assert (
+            http(service.url.split("?")[0] + "api/counters", headers={"Cookie": cookie})[0] == 200
+        )
+    finally:
+        service.stop()
+
+
+def test_a_job_link_with_the_token_drops_it_from_the_address_bar(engine, browser):
+    token = "beamline-secret-0123456789"
+    service = WebService("127.0.0.1:0", token=token)
+    service.monitor.attach(engine)
+    service.start()
+    try:
+        browser.open(f"http://127.0.0.1:{service.port}/jobs/1?token={token}")
+        browser.wait_for("document.getElementById('problem').textContent.includes('no job 1')")
+        assert browser.evaluate("location.href") == f"http://127.0.0.1:{service.port}/jobs/1"
+    finally:
+        service.stop()
+
+
+def test_two_servers_of_one_machine_keep_their_own_tokens(engine, browser):
+    """Cookies are shared by every port of a host: the page of one server must not lose
+    its token when the page of another one is opened."""
+    services = [WebService("127.0.0.1:0", token=f"secret-of-server-{n}-0123") for n in (1, 2)]
+    for service in services:
+        service.monitor.attach(engine)
+        service.start()
+    try:
+        for service in services:
+            browser.open(f"http://127.0.0.1:{service.port}/?token={service.token}")
+            browser.wait_for("document.getElementById('live').textContent.includes('live')")
+        first = services[0]
+        browser.open(f"http://127.0.0.1:{first.port}/jobs/1")  # a link of the first page
+        assert "401" not in browser.evaluate("document.body.innerText")  # its token works
+        browser.wait_for("document.getElementById('problem').textContent.includes('no job 1')")
+    finally:
+        for service in services:
+            service.stop()
 
 
 @pytest.mark.parametrize(
@@ -689,6 +863,15 @@ def test_device_property_serves_the_page(tmp_path):
         assert f"web page: http://127.0.0.1:{port}/" in proxy.status()
 
 
+def test_status_gives_a_usable_ipv6_address(engine):
+    from types import SimpleNamespace
+
+    from dahu.server_status import status_text
+
+    text = status_text(engine, SimpleNamespace(host="::1", port=8080), 1000, "", "")
+    assert "web page: http://[::1]:8080/" in text
+
+
 # ---- the monitor's bounded memory ----------------------------------------------------------
 class FakeJob:
     def __init__(self, job_id: int, state: str, runtime: float, plugin: str = "p.q"):
@@ -706,6 +889,14 @@ def test_percentiles_are_within_their_bin():
         exact = values[int(fraction * len(values)) - 1]
         assert abs(percentile(histogram, fraction) / exact - 1) < 0.13
     assert percentile({}, 0.5) is None
+
+
+def test_one_plugin_row_however_its_jobs_spell_it():
+    monitor = Monitor()
+    for job_id, name in enumerate(["EXAMPLE.Square", "example.square", "Example.Square"], 1):
+        monitor.job_ended(FakeJob(job_id, "success", 0.002, plugin=name))
+    plugins = monitor.plugins()
+    assert list(plugins) == ["example.square"] and plugins["example.square"]["jobs"] == 3
 
 
 def test_monitor_memory_is_bounded_over_hours():

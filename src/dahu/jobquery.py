@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .journal import SCHEMA_VERSION, JobRecord, JournalError, SQLiteJournal
-from .journal.base import storable_id
+from .journal.base import MAX_ID, storable_id
 from .journal.sqlitefile import connect_file
 from .states import State
 
 __all__ = [
     "NotAJournal",
     "Filters",
+    "journal_states",
     "open_journal",
     "count",
     "latest",
@@ -59,8 +60,8 @@ class Filters:
             clauses.append("plugin = ? COLLATE NOCASE")  # as the factory: any case
             args.append(self.plugin)
         if self.state is not None:
-            clauses.append("state = ?")
-            args.append(self.state)
+            clauses.append(f"state IN ({', '.join('?' * len(journal_states(self.state)))})")
+            args += journal_states(self.state)
         if self.since is not None:
             clauses.append("submitted >= ?")
             args.append(self.since)
@@ -68,6 +69,35 @@ class Filters:
             clauses.append("submitted <= ?")
             args.append(self.until)
         return " AND ".join(clauses), args
+
+
+def journal_states(state: str) -> tuple[str, ...]:
+    """The states a journal records for jobs in ``state``: it writes no ``starting``, so a
+    queued job stays ``uninitialized`` there until it is noted running."""
+    return (State.UNINITIALIZED, State.STARTING) if state == State.STARTING else (state,)
+
+
+def _connect(path: str, write: bool, immutable: bool = False) -> tuple[Any, set[str], int]:
+    db = connect_file(path, write, immutable)
+    try:
+        db.execute("PRAGMA busy_timeout=30000")
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db, tables, version
+
+
+def _wal_bytes(path: str) -> int:
+    try:
+        return os.path.getsize(path + "-wal")
+    except OSError:
+        return 0
+
+
+def _unwritable(workdir: str) -> str:
+    return "" if os.access(workdir, os.W_OK) else " (this process cannot write its directory)"
 
 
 def open_journal(workdir: str, write: bool = False) -> sqlite3.Connection:
@@ -84,11 +114,18 @@ def open_journal(workdir: str, write: bool = False) -> sqlite3.Connection:
             f"{workdir} is not a Dahu work directory: it has no {SQLiteJournal.FILENAME}"
         )
     try:
-        db = connect_file(path, write)
-        db.execute("PRAGMA busy_timeout=30000")
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-    except sqlite3.Error as err:
+        try:
+            db, tables, version = _connect(path, write)
+        except sqlite3.OperationalError:
+            if write or _wal_bytes(path):
+                raise
+            # a directory this process cannot write (another account's, read-only media)
+            # and no server writing there (no -wal file, or an empty one): SQLite cannot
+            # make the -shm file a reader of a WAL journal needs, so the file is read as is
+            db, tables, version = _connect(path, write, immutable=True)
+    except sqlite3.DatabaseError as err:
+        if isinstance(err, sqlite3.OperationalError):  # could not open or read it
+            raise NotAJournal(f"cannot open {path}: {err}{_unwritable(workdir)}") from None
         raise NotAJournal(f"{path} is not a Dahu journal: {err}") from None
     if "jobs" not in tables:
         db.close()
@@ -121,7 +158,7 @@ def latest(db: sqlite3.Connection, filters: Filters, limit: int | None) -> list[
     sql = f"SELECT {LIGHT_COLUMNS} FROM jobs WHERE {where} ORDER BY id DESC"
     if limit is not None:
         sql += " LIMIT ?"
-        args = [*args, limit]
+        args = [*args, min(limit, MAX_ID)]  # SQLite's integers have 64 bits
     rows = _read(db, sql, args)
     rows.reverse()
     return rows
@@ -182,9 +219,10 @@ def statistics(db: sqlite3.Connection, filters: Filters) -> dict[str, Any]:
     runtimes: dict[str, list[float]] = {}
     total = _blank()
     try:
-        for plugin, state, runtime in db.execute(
+        for name, state, runtime in db.execute(
             f"SELECT plugin, state, runtime FROM jobs WHERE {where}", args
         ):
+            plugin = name.lower()  # one plugin however its jobs spelled it, as the factory
             entry = per.get(plugin)
             if entry is None:
                 entry = per[plugin] = _blank()

@@ -34,6 +34,7 @@ from typing import Any
 from .errors import DahuError
 from .jobquery import open_journal
 from .journal import JournalError, SQLiteJournal, job_file_stem
+from .journal.base import MAX_ID
 from .states import State
 from .timespec import BadTime, parse_duration
 
@@ -157,7 +158,8 @@ def prune(
             args.append(before)
         if keep_last is not None:
             row = db.execute(
-                "SELECT id FROM jobs ORDER BY id DESC LIMIT 1 OFFSET ?", (keep_last,)
+                "SELECT id FROM jobs ORDER BY id DESC LIMIT 1 OFFSET ?",
+                (min(keep_last, MAX_ID),),  # SQLite's integers have 64 bits
             ).fetchone()
             if row is None:  # no more than keep_last jobs: nothing to remove
                 clauses.append("0")

@@ -21,7 +21,8 @@ def status_text(
     counts = engine.counts()
     lines = [f"Dahu {__version__}, work directory {engine.workdir}"]
     if web is not None:
-        lines.append(f"web page: http://{web.host}:{web.port}/")
+        host = f"[{web.host}]" if ":" in web.host else web.host  # IPv6: http://[::1]:8080/
+        lines.append(f"web page: http://{host}:{web.port}/")
     if engine.journal_fault:
         lines.append(f"FAULT: the journal cannot be written: {one_line(engine.journal_fault)}")
     if bad_property:

@@ -61,7 +61,10 @@ def parse_when(text: str, now: float | None = None) -> float:
             f"bad date {text!r}: expected a date such as 2026-11-28 or 2026-11-28T10:00, "
             "or a duration back from now such as 1h or 2d"
         ) from None
-    return when.timestamp()  # naive: local time
+    try:
+        return when.timestamp()  # naive: local time
+    except (ValueError, OverflowError):  # 0001-01-01 in local time may be year 0
+        raise BadTime(f"bad date {text!r}: out of the range of this system's clock") from None
 
 
 def format_time(epoch: float | None) -> str:

@@ -6,7 +6,8 @@ the same journal; only ``prune`` writes (see :mod:`dahu.retention`).
 
 Exit status: 0 done, 1 no job with the id given to ``show``, 2 bad usage (unknown
 option, bad date or number, an export file that cannot be written), 3 the work directory is missing, is not a Dahu work
-directory, or its journal cannot be read or written.  Every error is one line on stderr.
+directory, or its journal cannot be read or written, 130 interrupted (^C).  Every error is
+one line on stderr.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = ["build_parser", "main", "EXIT_OK", "EXIT_NOT_FOUND", "EXIT_USAGE", "E
 
 PROG = "dahu-jobs"
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_WORKDIR = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # as a shell says of a command ended by ^C
 DEFAULT_LIMIT = 50
 EXPORT_FIELDS = [
     "id",
@@ -113,7 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     filters = argparse.ArgumentParser(add_help=False)
     filters.add_argument("--plugin", metavar="NAME", help="only jobs of this plugin (any case)")
-    filters.add_argument("--state", choices=State.ALL, help="only jobs in this state")
+    filters.add_argument(
+        "--state",
+        choices=State.ALL,
+        help="only jobs in this state (the journal records a queued job as uninitialized: "
+        "starting finds those)",
+    )
     filters.add_argument(
         "--since",
         type=_when,
@@ -280,9 +287,11 @@ def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
         f"plugin     {record.module_file or '?'}, version {record.plugin_version or '?'}",
         f"files      {files['inp'] or '(no .inp)'}, {files['out'] or '(no .out)'}",
         "input:",
-        json.dumps(record.input, indent=2),
+        json.dumps(record.input, indent=2, ensure_ascii=False),  # détecteur, not d\u00e9...
         "output:",
-        json.dumps(record.output, indent=2) if record.output is not None else "(none)",
+        json.dumps(record.output, indent=2, ensure_ascii=False)
+        if record.output is not None
+        else "(none)",
         "error:",
         record.error or "(none)",
     ]
@@ -356,13 +365,15 @@ def cmd_export(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
                 written += 1
         if target is not out:
             target.close()
-    except OSError as err:  # disk full...: no half-written file is left
+    except (OSError, KeyboardInterrupt) as err:  # disk full, ^C: no half-written file is left
         if target is out:
             raise
         with contextlib.suppress(OSError):
             target.close()
         with contextlib.suppress(OSError):
             os.remove(args.output)
+        if isinstance(err, KeyboardInterrupt):
+            raise
         sys.stderr.write(f"{PROG}: cannot write {args.output}: {err.strerror or err}\n")
         return EXIT_USAGE
     finally:
@@ -417,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.workdir = os.path.abspath(getattr(args, "workdir", None) or default_workdir())
     out = sys.stdout
+    with contextlib.suppress(AttributeError, ValueError):
+        # a job's text (é, ☢) on a terminal that cannot show it: escaped, not a traceback
+        out.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
         if args.command == "prune":
             return cmd_prune(args, out)
@@ -434,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     except JournalError as err:
         sys.stderr.write(f"{PROG}: {one_line(str(err))}\n")
         return EXIT_WORKDIR
+    except KeyboardInterrupt:  # ^C: what prune did so far stands (see docs/jobs.md)
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (| head): not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -223,6 +223,11 @@ PAGES: dict[str, Page] = {
                 "journal.sqlite, or not a Dahu journal), or its journal cannot be read or "
                 "written",
             ),
+            (
+                "130",
+                "interrupted by Ctrl-C: export removes the file it was writing; what prune "
+                "removed stays removed",
+            ),
         ],
         see_also=["dahu_server(1)", "dahu-reprocess(1)"],
     ),

@@ -12,10 +12,14 @@ import urllib.parse
 __all__ = ["connect_file", "file_identity", "full_disk_reason"]
 
 
-def connect_file(path: str, write: bool = False) -> sqlite3.Connection:
+def connect_file(path: str, write: bool = False, immutable: bool = False) -> sqlite3.Connection:
     """A connection to the existing journal file ``path``, read-only unless ``write``
-    (for readers beside the server: ``dahu-jobs``, the web page); never creates one."""
+    (for readers beside the server: ``dahu-jobs``, the web page); never creates one.
+    ``immutable``: read the file as it is, without the ``-shm`` file a reader of a WAL
+    journal otherwise makes (for a directory this process cannot write)."""
     uri = f"file:{urllib.parse.quote(path)}?mode={'rw' if write else 'ro'}"
+    if immutable:
+        uri += "&immutable=1"
     return sqlite3.connect(
         uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
     )

@@ -16,11 +16,13 @@ import os
 import socket
 import time
 from typing import Any
+from urllib.parse import quote, unquote
 
 import tornado.iostream
 import tornado.web
 
 from ..errors import JournalError
+from ..jobquery import journal_states
 from ..states import State
 from .access import is_loopback
 from .history import ENDED, FAILED, job_details, latest_jobs
@@ -32,7 +34,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["make_app", "STATIC_DIR", "plotly_dir"]
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-TOKEN_COOKIE = "dahu_token"
+TOKEN_COOKIE = "dahu_token_{port}"  # per port: the cookies of a host are shared by its ports
 MAX_LIMIT = 1000
 STALLED_PUSHES = 30  # events a page may miss (not reading) before it is disconnected
 STREAM_BUFFER = 256 * 1024  # bytes the kernel may hold for one event stream
@@ -73,7 +75,8 @@ class _Base(tornado.web.RequestHandler):
         query = self.get_query_argument("token", None)
         if query:
             return query
-        return self.get_cookie(TOKEN_COOKIE)
+        cookie = self.get_cookie(TOKEN_COOKIE.format(port=self.service.port))
+        return None if cookie is None else unquote(cookie)
 
     def prepare(self) -> None:
         service = self.service
@@ -90,7 +93,10 @@ class _Base(tornado.web.RequestHandler):
                 raise ClientError(401, "a valid access token is required (?token=... or header)")
             if self.get_query_argument("token", None):
                 # the page's own requests (fetch, EventSource) then carry it as a cookie
-                self.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+                # quoted: a cookie cannot hold a space, a ; or an é of a token
+                cookie = quote(token, safe="")
+                name = TOKEN_COOKIE.format(port=self.service.port)
+                self.set_cookie(name, cookie, httponly=True, samesite="Strict")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
@@ -227,10 +233,16 @@ class JobsHandler(_Base):
         limit = self.int_argument("limit", 25, 1, MAX_LIMIT)
         state = self.state_argument()
         plugin = self.get_query_argument("plugin", None)
-        states = ENDED if state is None else (state,)
+        states = ENDED if state is None else journal_states(state)
         jobs = await self.read_journal(limit, states, plugin)
         if jobs is None:
             jobs = monitor.recent(limit, state, plugin)
+        for job in jobs:  # a job not ended: its live state wins over the journal's
+            run = None if job["state"] in State.FINAL else monitor.engine.find(job["id"])
+            if run is not None:
+                job["state"] = run.state
+        if state is not None:
+            jobs = [job for job in jobs if job["state"] in journal_states(state)]
         self.send_json({"jobs": jobs})
 
     async def read_journal(

@@ -181,9 +181,10 @@ class Monitor:
         with self._lock:
             bucket = self._bucket(now)
             bucket.ended[state] = bucket.ended.get(state, 0) + 1
-            stats = self._plugins.get(plugin)
+            # one row per plugin, however its jobs spelled it (names are not case-sensitive)
+            stats = self._plugins.get(plugin.lower())
             if stats is None:
-                stats = self._plugins[plugin] = _PluginStats()
+                stats = self._plugins[plugin.lower()] = _PluginStats()
             stats.ended[state] = stats.ended.get(state, 0) + 1
             stats.last_ended = now
             if index is not None:

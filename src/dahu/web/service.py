@@ -18,6 +18,7 @@ import logging
 import socket
 import threading
 from typing import Any
+from urllib.parse import quote
 
 from .. import __version__
 from .access import MIN_TOKEN_CHARS, WebError, is_loopback, new_token, parse_address
@@ -123,8 +124,11 @@ class WebService:
     def url(self) -> str:
         """The page's address (with the token, when there is one)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        shown = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host
-        query = f"?token={self.token}" if self.token else ""
+        # a wildcard is reached through this machine's loopback of the same family ([::]
+        # is bound IPv6 only)
+        shown = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+        # quoted: a token from ``openssl rand -base64`` has + / = (a + would read as a space)
+        query = f"?token={quote(self.token, safe='')}" if self.token else ""
         return f"http://{shown}:{self.port}/{query}"
 
     def start(self) -> None:
@@ -156,6 +160,9 @@ class WebService:
             sampler.stop()
             pusher.stop()
             server.stop()
+            # the event streams told to close (stop) end by themselves in one more turn;
+            # cancelled instead, Tornado would log an error for each open page
+            loop.run_until_complete(asyncio.sleep(0))
             pending = asyncio.all_tasks(loop)
             for task in pending:
                 task.cancel()

@@ -79,7 +79,9 @@ function renderCounters(c) {
 }
 
 function renderTables(s) {
-  $("n-running").textContent = s.running.length ? "(" + s.running.length + ")" : "";
+  // the summary lists the 30 longest-running jobs: say so when more run
+  const shown = s.running.length, all = Math.max(shown, s.counters.running);
+  $("n-running").textContent = !shown ? "" : all > shown ? "(the " + shown + " longest of " + all + ")" : "(" + shown + ")";
   fill("running", s.running.map(j => row([jobLink(j.id), cell(j.plugin), cell(duration(j.elapsed), "num")])),
        "no job running");
   fill("failures", s.failures.map(j => row([jobLink(j.id), cell(j.plugin), stateCell(j.state),
@@ -114,6 +116,15 @@ function layout(extra) { return Object.assign({}, LAYOUT, extra); }
 
 function toMs(v) { return v === null ? null : v * 1000; }
 
+// a percentile line; a bucket with no ended job on either side (a short burst) has no
+// line to draw through it, so it gets a marker of its own
+function percentileTrace(x, values, name, color) {
+  const y = values.map(toMs);
+  const alone = y.map((v, i) => v !== null && (y[i - 1] ?? null) === null && (y[i + 1] ?? null) === null);
+  return { x, y, name, type: "scatter", mode: "lines+markers", line: { color },
+           marker: { color, size: alone.map(a => (a ? 6 : 0)) } };
+}
+
 function renderPlots(series) {
   if (!window.Plotly) return;
   const x = series.t.map(t => t * 1000);
@@ -122,9 +133,9 @@ function renderPlots(series) {
     { x, y: series.failed_per_s, name: "failed or aborted", type: "scatter", mode: "lines", line: { color: "#c62828" } },
   ], layout({ yaxis: Object.assign({}, LAYOUT.yaxis, { title: { text: "jobs/s" } }) }), CONFIG);
   Plotly.react("plot-runtime", [
-    { x, y: series.p50.map(toMs), name: "p50", type: "scatter", mode: "lines", line: { color: "#1a7f37" }, connectgaps: false },
-    { x, y: series.p90.map(toMs), name: "p90", type: "scatter", mode: "lines", line: { color: "#b26a00" } },
-    { x, y: series.p99.map(toMs), name: "p99", type: "scatter", mode: "lines", line: { color: "#c62828" } },
+    percentileTrace(x, series.p50, "p50", "#1a7f37"),
+    percentileTrace(x, series.p90, "p90", "#b26a00"),
+    percentileTrace(x, series.p99, "p99", "#c62828"),
   ], layout({ yaxis: { type: "log", dtick: "D2", title: { text: "ms" }, tickfont: { size: 10 }, automargin: true } }), CONFIG);
   Plotly.react("plot-queue", [
     { x, y: series.queue, name: "queued", type: "scatter", mode: "lines", line: { color: "#6a3d9a", shape: "hv" }, fill: "tozeroy" },

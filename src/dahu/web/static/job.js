@@ -10,6 +10,14 @@ function $(id) { return document.getElementById(id); }
 
 function when(t) { return t ? new Date(t * 1000).toLocaleString([], { hour12: false }) : "–"; }
 
+function runtime(s) {  // 0.178 ms, 2.500 s, 1 h 2 min 5.0 s: not 3725000.000 ms
+  if (s === null) return "–";
+  if (s < 1) return (s * 1000).toFixed(3) + " ms";
+  if (s < 60) return s.toFixed(3) + " s";
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return (h ? h + " h " : "") + m + " min " + (s % 60).toFixed(1) + " s";
+}
+
 function tooLarge(what, bytes, id) {
   return "(not shown: the " + what + " is " + (bytes / 1e6).toFixed(1) + " MB of JSON, more than " +
     "the 1 MB this page shows; `dahu-jobs show " + id + "` prints it)";
@@ -21,7 +29,7 @@ function show(job) {
   const rows = [
     ["state", job.state], ["plugin", job.plugin], ["reason", job.reason || "–"],
     ["submitted", when(job.submitted)], ["started", when(job.started)], ["ended", when(job.ended)],
-    ["runtime", job.runtime === null ? "–" : (job.runtime * 1000).toFixed(3) + " ms"],
+    ["runtime", runtime(job.runtime)],
     ["host / pid", (job.host || "–") + " / " + (job.pid || "–")],
     ["Dahu version", job.version || "–"], ["plugin module", job.module_file || "–"],
     ["plugin version", job.plugin_version || "–"],
@@ -70,4 +78,6 @@ function load() {
     });
 }
 
+// the token of a shared link is kept as a cookie: out of the address bar, history, bookmarks
+if (new URLSearchParams(location.search).has("token")) history.replaceState(null, "", location.pathname);
 load();
