@@ -381,6 +381,12 @@ def test_init_with_a_bad_property_keeps_the_device_serving_in_fault(database, tm
         status = proxy.status()  # PyTango 10.3 names the property, 10.1 only the value
         assert "FAULT: bad device property: " in status and "'abc'" in status
         assert proxy.jobSuccess == job  # kept across Init
+        # the same through the admin device's DevRestart (a new device object): it was
+        # "Got exception when trying to build device status"
+        tango.DeviceProxy(proxy.adm_name()).DevRestart(DEVICE)
+        assert proxy.state() == tango.DevState.FAULT
+        assert "FAULT: bad device property: " in proxy.status()
+        assert proxy.jobSuccess == job
         assert finish(proxy, proxy.startJob(["example.square", "{}"])) == "success"
         before = len(seen)
         proxy.collectStatistics()

@@ -34,6 +34,8 @@ __all__ = [
     "web_service",
     "attach_web",
     "ready_line",
+    "adopt",
+    "current",
 ]
 
 
@@ -247,6 +249,36 @@ def attach_web(engine: dahu_engine.Engine, http: str, token: str) -> Any:
     if web is not None:
         web.monitor.attach(engine)
     return web
+
+
+_devices: dict[str, Any] = {}
+"""Device name -> the object serving it now.  The admin device's ``DevRestart`` (and
+``RestartServer``) replaces the object; the jobs the old one started run on and end
+through the new one (their events, ``jobSuccess``/``jobFailure``)."""
+ADOPTED = tuple(
+    "_last_success _last_failure _stats_text _events _engine _wait _retention_error _web "
+    "_lock _stats_thread _plugins_thread _plugins_text _plugins queue_limit".split()
+)
+"""What a new object serving a device takes over from the one it replaces: the last job
+ids, the statistics, the events still to push, and the settings in force (kept if a
+device property is now bad: `queue_limit`, read by the state)."""
+
+
+def adopt(device: Any) -> None:
+    """Make ``device`` the object serving its name, with what the one it replaces knew."""
+    name = device.get_name()
+    previous = _devices.get(name)
+    if previous is not None and previous is not device:
+        for attribute in ADOPTED:
+            if hasattr(previous, attribute):
+                setattr(device, attribute, getattr(previous, attribute))
+    device._name = name
+    _devices[name] = device
+
+
+def current(device: Any) -> Any:
+    """The object serving ``device``'s name now (``device`` itself, unless replaced)."""
+    return _devices.get(device._name, device)
 
 
 def ready_line(name: str, version: str, engine: dahu_engine.Engine) -> str:
