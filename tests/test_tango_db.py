@@ -339,6 +339,24 @@ def test_init_applies_changed_properties_and_bounds_the_wait(database, tmp_path)
         assert proxy.getJobError(job).startswith("timed out after 0.5 s")
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the default is one slot here")
+def test_init_without_max_workers_gives_the_default_slots_back(database, tmp_path):
+    # bug: max_workers set to 1 then deleted (or 0: the number of CPUs) kept 1 slot
+    with registered_server(database, tmp_path) as proxy:
+        db = tango.Database(*database.split(":"))
+        db.put_device_property(DEVICE, {"max_workers": ["1"]})
+        proxy.Init()
+        db.delete_device_property(DEVICE, ["max_workers"])
+        proxy.Init()
+        jobs = [proxy.startJob(["example.sleep", json.dumps({"t": 60})]) for _ in range(2)]
+        deadline = time.monotonic() + 30
+        while proxy.jobsRunning < 2:
+            assert time.monotonic() < deadline, "the second job never ran"
+            time.sleep(0.02)
+        for job in jobs:
+            proxy.abort(job)
+
+
 def test_a_busy_port_is_one_line_of_ours_after_omniorbs(tmp_path):
     # bug: a Python traceback ending in "RuntimeError: Caught an unknown exception!"
     with socket.socket() as busy:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import engine as dahu_engine
+from .executors.thread import default_workers
 from .retention import Retention, RetentionSchedule
 
 logger = logging.getLogger(__name__)
@@ -131,11 +132,11 @@ def configure_engine(
                     workdir,
                     engine.workdir,
                 )
-            if max_workers and getattr(engine.executor, "max_workers", max_workers) != max_workers:
-                if engine.executor.name == "dask":  # the cluster was made with its workers
-                    logger.warning("max_workers %d ignored: Dask keeps its workers", max_workers)
-                else:
-                    engine.executor.max_workers = max_workers
+            if engine.executor.name != "dask":  # 0 or none: the default again
+                engine.executor.max_workers = max_workers or default_workers()
+            elif max_workers and engine.executor.max_workers != max_workers:
+                # the cluster was made with its workers
+                logger.warning("max_workers %d ignored: Dask keeps its workers", max_workers)
             engine.default_timeout = timeout  # for the jobs that start from now on
             if engine.journal_fault is not None:  # Init: try the journal again now
                 engine.retry_journal()
