@@ -338,6 +338,28 @@ def test_process_workers_are_recycled(tmp_path):
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+def test_a_plugin_directory_added_later_reaches_the_running_workers(tmp_path):
+    # bug: a plugins_directory added by a device Init was listed and accepted by
+    # startJob, but the worker processes already started failed its jobs ("no module")
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"), max_workers=1, executor_kind="process"
+    )
+    try:
+        assert run("example.square", {"x": 1}).status == "success"  # a worker is up
+        later = tmp_path / "later"
+        later.mkdir()
+        (later / "later.py").write_text(
+            "from dahu.plugin import plugin_from_function\n"
+            "def hi():\n    return 'hi'\n"
+            "plugin_from_function(hi)\n"
+        )
+        engine.factory.add_directory(str(later))
+        job = run("later.hi")
+        assert (job.status, job.output_data.get("result")) == ("success", "hi"), job.error
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_a_worker_recycled_for_its_memory_says_so(tmp_path, caplog):
     # bug: the log said "recycling worker N after 1 jobs" whatever the reason
     engine = dahu.engine.configure(
