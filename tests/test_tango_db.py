@@ -271,6 +271,26 @@ def test_register_refuses_a_bad_device_name():
     assert "domain/family/member" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "option, line",
+    [
+        (["--retention", "30x"], "argument --retention: bad retention '30x': expected a duration"),
+        (["--http", "web"], "argument --http: web address 'web': expected PORT or HOST:PORT"),
+    ],
+)
+def test_register_refuses_what_the_server_would_not_apply(option, line):
+    # bug: registered with status 0; the server then logged it and showed it in Status
+    result = subprocess.run(
+        [tool("dahu-register"), INSTANCE, DEVICE, *option],
+        env=dict(os.environ, TANGO_HOST=f"127.0.0.1:{free_port()}"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(f"dahu-register: error: {line}")
+
+
 def test_server_version_and_split_of_tango_options():
     result = subprocess.run([tool("dahu_server"), "-V"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("dahu ")
