@@ -445,8 +445,10 @@ DEEP = '{"a": ' + "[" * (MAX_DEPTH + 10) + "]" * (MAX_DEPTH + 10) + "}"
 VERY_DEEP = "[" * 200_000 + "]" * 200_000
 BAD_STARTS = {
     "malformed JSON": (["example.square", '{"x": 1'], "not valid JSON"),
-    "a JSON list": (["example.square", "[1, 2]"], "must be a JSON object"),
-    "a JSON number": (["example.square", "3"], "must be a JSON object"),
+    # the JSON names of what came (it said "got list", "got int", "got NoneType")
+    "a JSON list": (["example.square", "[1, 2]"], "must be a JSON object, got array"),
+    "a JSON number": (["example.square", "3"], "must be a JSON object, got number"),
+    "a JSON null": (["example.square", "null"], "must be a JSON object, got null"),
     "no input": (["example.square"], "expects [plugin name"),
     "an empty input": (["example.square", ""], "job input is empty"),
     "a blank input": (["example.square", " \n\t"], "job input is empty"),

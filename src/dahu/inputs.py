@@ -64,7 +64,7 @@ def parse_input(input_data: Any) -> dict[str, Any]:
     except RecursionError as err:
         raise InvalidInput("job input is nested too deeply") from err
     if not isinstance(value, dict):
-        raise InvalidInput(f"job input must be a JSON object, got {type(value).__name__}")
+        raise InvalidInput(f"job input must be a JSON object, got {_kind(value)}")
     return value
 
 
