@@ -359,6 +359,21 @@ def test_init_applies_changed_properties_and_bounds_the_wait(database, tmp_path)
         assert proxy.getJobError(job).startswith("timed out after 0.5 s")
 
 
+def test_init_says_which_changed_properties_wait_for_a_restart(database, tmp_path):
+    # bug: a new executor, or a new http address once the page was served, was ignored
+    # in silence (docs/server.md said that Init re-reads them)
+    with registered_server(database, tmp_path) as proxy:
+        db = tango.Database(*database.split(":"))
+        db.put_device_property(DEVICE, {"http": ["127.0.0.1:0"]})
+        proxy.Init()  # the first address is served
+        assert "web page: http://127.0.0.1:" in proxy.status()
+        db.put_device_property(DEVICE, {"executor": ["process"], "http": ["127.0.0.1:1"]})
+        proxy.Init()
+    log = (tmp_path / "server.err").read_text()
+    assert "executor process ignored: the server uses the thread executor until it restarts" in log
+    assert "web page address 127.0.0.1:1 ignored: the page is served on 127.0.0.1:0" in log
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the default is one slot here")
 def test_init_without_max_workers_gives_the_default_slots_back(database, tmp_path):
     # bug: max_workers set to 1 then deleted (or 0: the number of CPUs) kept 1 slot

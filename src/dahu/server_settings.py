@@ -126,6 +126,12 @@ def configure_engine(
                     len(engine.interrupted),
                 )
         else:
+            if executor != engine.executor.name:
+                logger.warning(
+                    "executor %s ignored: the server uses the %s executor until it restarts",
+                    executor,
+                    engine.executor.name,
+                )
             if workdir and os.path.abspath(workdir) != engine.workdir:
                 logger.warning(
                     "work directory %s ignored: the server uses %s until it restarts",
@@ -248,6 +254,12 @@ def attach_web(engine: dahu_engine.Engine, http: str, token: str) -> Any:
             logger.error("no web page: %s", err)
     web = web_service()
     if web is not None:
+        if http.strip() and http.strip() != web.address:
+            logger.warning(
+                "web page address %s ignored: the page is served on %s until the server restarts",
+                http.strip(),
+                web.address,
+            )
         web.monitor.attach(engine)
     return web
 
