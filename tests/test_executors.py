@@ -203,6 +203,29 @@ def test_aborting_a_job_waiting_for_a_free_worker_spares_the_running_ones(kind):
     assert [job.status for job in sleepers] == ["success", "success"], [j.error for j in sleepers]
 
 
+def test_more_slots_start_the_queued_jobs_at_once(kind_engine, kind):
+    # bug: raising max_workers (a device Init) started no queued job until a running
+    # job ended, and hours-long jobs kept the new slots idle
+    if kind == "dask":
+        pytest.skip("a Dask cluster keeps its workers")
+    executor = kind_engine[1].executor
+    sleepers = [Job("example.sleep", {"t": 120}) for _ in range(3)]
+    try:
+        for job in sleepers:
+            job.start()
+        wait_running(sleepers[0])
+        wait_running(sleepers[1])
+        assert sleepers[2].status == "starting"
+        executor.max_workers = 3
+        wait_running(sleepers[2])
+    finally:
+        executor.max_workers = 2
+        for job in sleepers:
+            job.abort()
+        for job in sleepers:
+            job.join(30)
+
+
 def test_wait_for_chain_longer_than_the_pool(kind):
     head = Job("example.square", {"x": 2})
     chain = [head]
@@ -311,6 +334,28 @@ def test_process_workers_are_recycled(tmp_path):
             job.join(30)
             seen.append(engine.executor.worker_pids())
         assert len({tuple(p) for p in seen}) >= 2  # a new worker after every 2 jobs
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+def test_a_plugin_directory_added_later_reaches_the_running_workers(tmp_path):
+    # bug: a plugins_directory added by a device Init was listed and accepted by
+    # startJob, but the worker processes already started failed its jobs ("no module")
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"), max_workers=1, executor_kind="process"
+    )
+    try:
+        assert run("example.square", {"x": 1}).status == "success"  # a worker is up
+        later = tmp_path / "later"
+        later.mkdir()
+        (later / "later.py").write_text(
+            "from dahu.plugin import plugin_from_function\n"
+            "def hi():\n    return 'hi'\n"
+            "plugin_from_function(hi)\n"
+        )
+        engine.factory.add_directory(str(later))
+        job = run("later.hi")
+        assert (job.status, job.output_data.get("result")) == ("success", "hi"), job.error
     finally:
         engine.executor.shutdown(wait=True, timeout=30)
 

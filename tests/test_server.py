@@ -445,8 +445,10 @@ DEEP = '{"a": ' + "[" * (MAX_DEPTH + 10) + "]" * (MAX_DEPTH + 10) + "}"
 VERY_DEEP = "[" * 200_000 + "]" * 200_000
 BAD_STARTS = {
     "malformed JSON": (["example.square", '{"x": 1'], "not valid JSON"),
-    "a JSON list": (["example.square", "[1, 2]"], "must be a JSON object"),
-    "a JSON number": (["example.square", "3"], "must be a JSON object"),
+    # the JSON names of what came (it said "got list", "got int", "got NoneType")
+    "a JSON list": (["example.square", "[1, 2]"], "must be a JSON object, got array"),
+    "a JSON number": (["example.square", "3"], "must be a JSON object, got number"),
+    "a JSON null": (["example.square", "null"], "must be a JSON object, got null"),
     "no input": (["example.square"], "expects [plugin name"),
     "an empty input": (["example.square", ""], "job input is empty"),
     "a blank input": (["example.square", " \n\t"], "job input is empty"),
@@ -488,6 +490,11 @@ def test_huge_json_is_refused_and_the_server_stays_up(proxy):
     huge = '{"a": "' + "x" * (17 * 2**20) + '"}'
     assert "16 MiB limit" in refused(proxy.startJob, ["example.square", huge]).desc
     assert "16 MiB limit" in refused(proxy.startJobs, ["example.square", f"[{huge}]"]).desc
+    # just past the limit: it was "16.0 MiB, more than the 16 MiB limit"
+    just_past = '{"a": "' + "x" * (2**24 - 8) + '"}'
+    assert refused(proxy.startJob, ["example.square", just_past]).desc == (
+        "job input is 16,777,217 characters, more than the 16 MiB limit (16,777,216 characters)"
+    )
     assert proxy.state() == tango.DevState.ON
     assert finish(proxy, proxy.startJob(["example.square", "{}"])) == "success"
 
@@ -498,7 +505,7 @@ def test_an_input_file_is_held_to_the_same_limits(proxy, tmp_path):
     huge.write_text('{"a": "' + "x" * (17 * 2**20) + '"}')
     deep.write_text(DEEP)
     error = refused(proxy.startJob, ["example.square", str(huge)]).desc
-    assert f"job input file {huge} is 17.0 MiB, more than the 16 MiB limit" in error
+    assert f"job input file {huge} is 17,825,801 bytes, more than the 16 MiB limit" in error
     error = refused(proxy.startJob, ["example.square", str(deep)]).desc
     assert f"nested deeper than {MAX_DEPTH}" in error
     fine = tmp_path / "fine.json"

@@ -15,7 +15,7 @@ import tango
 from dahu.app.localserver import LocalServer
 from dahu.client import DahuClient, JobAborted
 
-from .conftest import TROUBLE_PLUGINS, wait_for_file
+from .conftest import TROUBLE_PLUGINS, finish, wait_for_file
 
 DEVICE = "test/dahu/stop"
 REASON = "the server is shutting down"
@@ -116,3 +116,37 @@ def test_a_server_killed_through_its_admin_device_still_pushes_the_events(tmp_pa
         assert local.process.wait(30) == 0
     finally:
         local.stop()
+
+
+@pytest.mark.parametrize("command", ["DevRestart", "RestartServer"])
+def test_jobs_running_across_a_restart_of_the_device_end_through_the_new_one(tmp_path, command):
+    # bug: the admin device's DevRestart (or RestartServer) made a new device object but
+    # the jobs running went on reporting to the deleted one: their events were never
+    # pushed ("cannot push jobFailure=2: jobFailure attribute not found" in the log), and
+    # jobSuccess/jobFailure read -1 again
+    local = LocalServer(str(tmp_path / "work"), str(tmp_path / "log"), 1, device=DEVICE)
+    proxy = local.start(timeout=60)
+    failures = Failures(proxy)
+    try:
+        done = proxy.startJob(["example.square", '{"x": 2}'])
+        assert finish(proxy, done) == "success"
+        sleeping = proxy.startJob(["example.sleep", '{"t": 600}'])
+        running(proxy, sleeping)
+        admin = tango.DeviceProxy(f"tango://127.0.0.1:{local.port}/dserver/DahuDS/demo#dbase=no")
+        admin.command_inout(command, DEVICE) if command == "DevRestart" else admin.RestartServer()
+        deadline = time.monotonic() + 30
+        while True:  # RestartServer answers before the device is back
+            try:
+                assert proxy.read_attribute("jobSuccess").value == done
+                break
+            except tango.DevFailed:
+                assert time.monotonic() < deadline, "the device did not come back"
+                time.sleep(0.1)
+        assert proxy.getJobState(sleeping) == "running"  # the restart kept the job
+        assert proxy.abort(sleeping)
+        assert finish(proxy, sleeping) == "aborted"
+        assert sleeping in failures.wait_for({sleeping})
+        assert proxy.jobFailure == sleeping
+    finally:
+        assert local.stop() == 0
+    assert "attribute not found" not in (tmp_path / "log").read_text()

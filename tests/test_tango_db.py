@@ -271,6 +271,26 @@ def test_register_refuses_a_bad_device_name():
     assert "domain/family/member" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "option, line",
+    [
+        (["--retention", "30x"], "argument --retention: bad retention '30x': expected a duration"),
+        (["--http", "web"], "argument --http: web address 'web': expected PORT or HOST:PORT"),
+    ],
+)
+def test_register_refuses_what_the_server_would_not_apply(option, line):
+    # bug: registered with status 0; the server then logged it and showed it in Status
+    result = subprocess.run(
+        [tool("dahu-register"), INSTANCE, DEVICE, *option],
+        env=dict(os.environ, TANGO_HOST=f"127.0.0.1:{free_port()}"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(f"dahu-register: error: {line}")
+
+
 def test_server_version_and_split_of_tango_options():
     result = subprocess.run([tool("dahu_server"), "-V"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("dahu ")
@@ -339,6 +359,39 @@ def test_init_applies_changed_properties_and_bounds_the_wait(database, tmp_path)
         assert proxy.getJobError(job).startswith("timed out after 0.5 s")
 
 
+def test_init_says_which_changed_properties_wait_for_a_restart(database, tmp_path):
+    # bug: a new executor, or a new http address once the page was served, was ignored
+    # in silence (docs/server.md said that Init re-reads them)
+    with registered_server(database, tmp_path) as proxy:
+        db = tango.Database(*database.split(":"))
+        db.put_device_property(DEVICE, {"http": ["127.0.0.1:0"]})
+        proxy.Init()  # the first address is served
+        assert "web page: http://127.0.0.1:" in proxy.status()
+        db.put_device_property(DEVICE, {"executor": ["process"], "http": ["127.0.0.1:1"]})
+        proxy.Init()
+    log = (tmp_path / "server.err").read_text()
+    assert "executor process ignored: the server uses the thread executor until it restarts" in log
+    assert "web page address 127.0.0.1:1 ignored: the page is served on 127.0.0.1:0" in log
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the default is one slot here")
+def test_init_without_max_workers_gives_the_default_slots_back(database, tmp_path):
+    # bug: max_workers set to 1 then deleted (or 0: the number of CPUs) kept 1 slot
+    with registered_server(database, tmp_path) as proxy:
+        db = tango.Database(*database.split(":"))
+        db.put_device_property(DEVICE, {"max_workers": ["1"]})
+        proxy.Init()
+        db.delete_device_property(DEVICE, ["max_workers"])
+        proxy.Init()
+        jobs = [proxy.startJob(["example.sleep", json.dumps({"t": 60})]) for _ in range(2)]
+        deadline = time.monotonic() + 30
+        while proxy.jobsRunning < 2:
+            assert time.monotonic() < deadline, "the second job never ran"
+            time.sleep(0.02)
+        for job in jobs:
+            proxy.abort(job)
+
+
 def test_a_busy_port_is_one_line_of_ours_after_omniorbs(tmp_path):
     # bug: a Python traceback ending in "RuntimeError: Caught an unknown exception!"
     with socket.socket() as busy:
@@ -381,6 +434,12 @@ def test_init_with_a_bad_property_keeps_the_device_serving_in_fault(database, tm
         status = proxy.status()  # PyTango 10.3 names the property, 10.1 only the value
         assert "FAULT: bad device property: " in status and "'abc'" in status
         assert proxy.jobSuccess == job  # kept across Init
+        # the same through the admin device's DevRestart (a new device object): it was
+        # "Got exception when trying to build device status"
+        tango.DeviceProxy(proxy.adm_name()).DevRestart(DEVICE)
+        assert proxy.state() == tango.DevState.FAULT
+        assert "FAULT: bad device property: " in proxy.status()
+        assert proxy.jobSuccess == job
         assert finish(proxy, proxy.startJob(["example.square", "{}"])) == "success"
         before = len(seen)
         proxy.collectStatistics()

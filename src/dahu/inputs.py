@@ -64,7 +64,7 @@ def parse_input(input_data: Any) -> dict[str, Any]:
     except RecursionError as err:
         raise InvalidInput("job input is nested too deeply") from err
     if not isinstance(value, dict):
-        raise InvalidInput(f"job input must be a JSON object, got {type(value).__name__}")
+        raise InvalidInput(f"job input must be a JSON object, got {_kind(value)}")
     return value
 
 
@@ -132,11 +132,17 @@ def _check_text(text: Any, what: str) -> str:
     if not isinstance(text, str):
         raise InvalidInput(f"{what} must be a string, got {type(text).__name__}")
     if len(text) > MAX_INPUT_CHARS:
-        raise InvalidInput(
-            f"{what} is {len(text) / 2**20:.1f} MiB, more than the "
-            f"{MAX_INPUT_CHARS // 2**20} MiB limit"
-        )
+        raise _too_big(what, len(text), "characters")
     return text
+
+
+def _too_big(what: str, size: int, unit: str) -> InvalidInput:
+    """The refusal of an input past the limit, in exact figures: just past it, "16.0 MiB,
+    more than the 16 MiB limit" said nothing."""
+    return InvalidInput(
+        f"{what} is {size:,} {unit}, more than the {MAX_INPUT_CHARS // 2**20} MiB limit "
+        f"({MAX_INPUT_CHARS:,} {unit})"
+    )
 
 
 def _check_depth(value: Any, what: str) -> None:
@@ -151,10 +157,7 @@ def parse_job_input(text: Any) -> dict[str, Any]:
     path = text.strip()
     from_file = not path.startswith(("{", "[", '"')) and os.path.isfile(path)
     if from_file and os.path.getsize(path) > MAX_INPUT_CHARS:  # the same limits as inline
-        raise InvalidInput(
-            f"job input file {path} is {os.path.getsize(path) / 2**20:.1f} MiB, more than "
-            f"the {MAX_INPUT_CHARS // 2**20} MiB limit"
-        )
+        raise _too_big(f"job input file {path}", os.path.getsize(path), "bytes")
     try:
         data = parse_input(text)
     except InvalidInput as err:

@@ -44,10 +44,12 @@ from .server_settings import (
     STOP_SIGNALS,
     ServerSettings,
     abort_while_serving,
+    adopt,
     attach_web,
     configure_engine,
     configure_recycling,
     configure_retention,
+    current,
     ready_line,
     serving,
     settings,
@@ -98,6 +100,7 @@ class DahuDS(Device):
         """Configure the engine, set up the events and start the event thread; a device
         property of the wrong type at an ``Init`` keeps the settings in force (FAULT)."""
         self._bad_property = ""
+        adopt(self)  # after a DevRestart: what the deleted object knew
         try:
             super().init_device()
         except (tango.DevFailed, ValueError, TypeError) as err:  # PyTango's ValueError
@@ -193,25 +196,27 @@ class DahuDS(Device):
         """Job callback: record the id; the engine's files thread writes its files, then
         pushes its event."""
         job_id = job.id
-        web = self._web
+        device = current(self)  # a DevRestart may have replaced self
+        web = device._web
         if web is not None:
             web.monitor.job_ended(job)
         if job.status == State.SUCCESS:
-            self._last_success = job_id
+            device._last_success = job_id
             name = "jobSuccess"
         else:
-            self._last_failure = job_id
+            device._last_failure = job_id
             name = "jobFailure"
-        self._engine.clean_later(job, functools.partial(self._push, name, job_id))
+        device._engine.clean_later(job, functools.partial(device._push, name, job_id))
 
     def _push(self, name: str, value: Any) -> None:
         """Push a change event of ``name`` if a client is subscribed (Tango sends nothing
         to nobody; PyTango's push alone costs the files thread up to 100 µs)."""
         if stopping():
             return  # the Tango loop has ended: the device and its clients are gone
+        device = current(self)  # a DevRestart may have replaced self
         try:
-            if self.is_there_subscriber(name, tango.EventType.CHANGE_EVENT):
-                self.push_change_event(name, value)
+            if device.is_there_subscriber(name, tango.EventType.CHANGE_EVENT):
+                device.push_change_event(name, value)
         except tango.DevFailed as err:
             logger.warning("cannot push %s=%s: %s", name, value, err.args[0].desc)
         except Exception:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import engine as dahu_engine
+from .executors.thread import default_workers
 from .retention import Retention, RetentionSchedule
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ __all__ = [
     "web_service",
     "attach_web",
     "ready_line",
+    "adopt",
+    "current",
 ]
 
 
@@ -123,17 +126,23 @@ def configure_engine(
                     len(engine.interrupted),
                 )
         else:
+            if executor != engine.executor.name:
+                logger.warning(
+                    "executor %s ignored: the server uses the %s executor until it restarts",
+                    executor,
+                    engine.executor.name,
+                )
             if workdir and os.path.abspath(workdir) != engine.workdir:
                 logger.warning(
                     "work directory %s ignored: the server uses %s until it restarts",
                     workdir,
                     engine.workdir,
                 )
-            if max_workers and getattr(engine.executor, "max_workers", max_workers) != max_workers:
-                if engine.executor.name == "dask":  # the cluster was made with its workers
-                    logger.warning("max_workers %d ignored: Dask keeps its workers", max_workers)
-                else:
-                    engine.executor.max_workers = max_workers
+            if engine.executor.name != "dask":  # 0 or none: the default again
+                engine.executor.max_workers = max_workers or default_workers()
+            elif max_workers and engine.executor.max_workers != max_workers:
+                # the cluster was made with its workers
+                logger.warning("max_workers %d ignored: Dask keeps its workers", max_workers)
             engine.default_timeout = timeout  # for the jobs that start from now on
             if engine.journal_fault is not None:  # Init: try the journal again now
                 engine.retry_journal()
@@ -245,8 +254,44 @@ def attach_web(engine: dahu_engine.Engine, http: str, token: str) -> Any:
             logger.error("no web page: %s", err)
     web = web_service()
     if web is not None:
+        if http.strip() and http.strip() != web.address:
+            logger.warning(
+                "web page address %s ignored: the page is served on %s until the server restarts",
+                http.strip(),
+                web.address,
+            )
         web.monitor.attach(engine)
     return web
+
+
+_devices: dict[str, Any] = {}
+"""Device name -> the object serving it now.  The admin device's ``DevRestart`` (and
+``RestartServer``) replaces the object; the jobs the old one started run on and end
+through the new one (their events, ``jobSuccess``/``jobFailure``)."""
+ADOPTED = tuple(
+    "_last_success _last_failure _stats_text _events _engine _wait _retention_error _web "
+    "_lock _stats_thread _plugins_thread _plugins_text _plugins queue_limit".split()
+)
+"""What a new object serving a device takes over from the one it replaces: the last job
+ids, the statistics, the events still to push, and the settings in force (kept if a
+device property is now bad: `queue_limit`, read by the state)."""
+
+
+def adopt(device: Any) -> None:
+    """Make ``device`` the object serving its name, with what the one it replaces knew."""
+    name = device.get_name()
+    previous = _devices.get(name)
+    if previous is not None and previous is not device:
+        for attribute in ADOPTED:
+            if hasattr(previous, attribute):
+                setattr(device, attribute, getattr(previous, attribute))
+    device._name = name
+    _devices[name] = device
+
+
+def current(device: Any) -> Any:
+    """The object serving ``device``'s name now (``device`` itself, unless replaced)."""
+    return _devices.get(device._name, device)
 
 
 def ready_line(name: str, version: str, engine: dahu_engine.Engine) -> str:

@@ -71,6 +71,26 @@ def names(args: argparse.Namespace) -> tuple[str, str]:
     return instance, device
 
 
+def _check_values(retention: str | None, http: str | None) -> str | None:
+    """Why ``--retention`` or ``--http`` is a value the server would not apply (None if
+    both are right)."""
+    from ..retention import parse_retention
+    from ..timespec import BadTime
+    from ..web.access import WebError, parse_address
+
+    try:
+        if retention is not None:
+            parse_retention(retention)
+    except BadTime as err:
+        return f"argument --retention: {err}"
+    try:
+        if http is not None:
+            parse_address(http)
+    except WebError as err:
+        return f"argument --http: {err}"
+    return None
+
+
 def _fail(message: str) -> int:
     sys.stderr.write(f"dahu-register: {message}\n")
     return 1
@@ -78,7 +98,11 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dahu-register``; return the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = _check_values(args.retention, args.http)
+    if problem:  # the server would not apply it: say so now, not in its Status later
+        parser.error(problem)
     try:
         args.instance, args.device = names(args)
     except ValueError as err:

@@ -80,6 +80,7 @@ class WorkerProcess:
         )
         theirs.close()
         self.conn = Connection(ours.detach())
+        self.plugin_dirs = list(plugin_dirs)
         self.jobs = 0
         self.rss = 0
         self._send_lock = threading.Lock()
@@ -284,6 +285,8 @@ class ProcessExecutor(ThreadExecutor):
 
     def _worn_out(self, worker: WorkerProcess) -> str:
         """Why ``worker`` is to be replaced now ("" if it is not)."""
+        if worker.plugin_dirs != self.host.factory.directories:  # a device Init added one
+            return "for the new plugin directories"
         if self.recycle_jobs and worker.jobs >= self.recycle_jobs:
             return f"after {worker.jobs} jobs"
         if self.recycle_rss_mb and worker.rss > self.recycle_rss_mb * 2**20:

@@ -53,7 +53,7 @@ class ThreadExecutor:
     def __init__(
         self, max_workers: int | None = None, idle_timeout: float = 30.0, abort_grace: float = 5.0
     ):
-        self.max_workers = max(1, int(max_workers or default_workers()))
+        self._max_workers = max(1, int(max_workers or default_workers()))
         self.idle_timeout = idle_timeout
         self.abort_grace = abort_grace
         self._abandoned: set[int] = set()
@@ -87,6 +87,18 @@ class ThreadExecutor:
             self._wake()  # slots freed: start the queued jobs now
             self._slot_free.notify_all()
             self._cond.notify_all()
+
+    @property
+    def max_workers(self) -> int:
+        """Jobs running at once (unless ``serialize``)."""
+        return self._max_workers
+
+    @max_workers.setter
+    def max_workers(self, value: int) -> None:
+        with self._cond:
+            self._max_workers = max(1, int(value))
+            self._wake()  # more slots: start the queued jobs now
+            self._cond.notify_all()  # fewer: the idle threads over the limit end
 
     @property
     def limit(self) -> int:

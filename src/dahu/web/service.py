@@ -93,6 +93,7 @@ class WebService:
     """
 
     def __init__(self, address: str, token: str | None = None, monitor: Monitor | None = None):
+        self.address = address.strip()  # as asked for (the port may be 0)
         self.host, port = parse_address(address)
         self.loopback = is_loopback(self.host)
         token = token or None
