@@ -3,6 +3,7 @@ and id ranges of a journal; each becomes an :class:`Item` (one job to run again)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -187,9 +188,9 @@ def reprocess_setting(klass: Any, name: str) -> tuple[str, ...]:
 
 class Relocator:
     """Gives the paths of a plugin's ``REPROCESS_RELOCATE`` keys (files it writes) a new
-    directory per job, keeping their names, so that the archived files are not written
-    over: ``WORKDIR/relocated/<date-time>-<pid>/000001``, ``000002``... (one directory
-    per run of the tool)."""
+    directory per job (made here), keeping their names, so that the archived files are not
+    written over: ``WORKDIR/relocated/<date-time>-<pid>/000001``, ``000002``... (one
+    directory per run of the tool)."""
 
     def __init__(self, workdir: str):
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -203,5 +204,7 @@ class Relocator:
             return
         self.jobs += 1
         directory = os.path.join(self.base, f"{self.jobs:06d}")
+        with contextlib.suppress(OSError):  # else the plugin says why it cannot write there
+            os.makedirs(directory, exist_ok=True)  # the archived path's directory existed
         for key in moving:
             data[key] = os.path.join(directory, os.path.basename(data[key].rstrip("/")))

@@ -1,0 +1,92 @@
+"""``dahu-reprocess`` as a beamline user meets it: plugins written the plain way (an
+output JSON cannot hold, a result file at a path of their input, an ``abort()`` that
+blocks) and the command's output read by other programs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .test_reprocess import summary_of
+
+USER_PLUGINS = '''
+"""Plugins written as a beamline user writes them."""
+import threading
+import time
+
+import numpy
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Histogram(Plugin):
+    """Counts keyed by numpy integers (JSON keys must be str), and an object."""
+
+    def process(self):
+        values = numpy.array(self.input.get("values", [1, 2, 2]))
+        self.output["counts"] = {k: int(n) for k, n in zip(*numpy.unique(values, return_counts=True))}
+
+
+@register
+class Write(Plugin):
+    """Write x to the file out_file (whose directory existed when the job first ran)."""
+
+    REPROCESS_RELOCATE = ["out_file"]
+
+    def process(self):
+        with open(self.input["out_file"], "w") as handle:
+            handle.write(f"{self.input['x']}\\n")
+        self.output["out_file"] = self.input["out_file"]
+
+
+@register
+class Locked(Plugin):
+    """Holds a lock while it works; abort() takes that lock, so it blocks meanwhile."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock = threading.Lock()
+        self.stop = False
+
+    def process(self):
+        with self.lock:
+            time.sleep(self.input.get("t", 60))
+
+    def abort(self):
+        with self.lock:
+            self.stop = True
+'''
+
+
+def user_plugins(tmp_path: Path) -> Path:
+    directory = tmp_path / "plugins"
+    directory.mkdir()
+    (directory / "user.py").write_text(USER_PLUGINS)
+    return directory
+
+
+def write_inputs(directory: Path, *inputs: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, data in enumerate(inputs, 1):
+        (directory / f"{i:05d}_{data['plugin_name']}.inp").write_text(json.dumps(data))
+    return directory
+
+
+def test_relocated_paths_have_their_directory_made(tmp_path: Path):
+    # bug: REPROCESS_RELOCATE gave the path a directory nobody made, so a plugin that
+    # writes its file where its input says (as it did when the job first ran) failed
+    plugins = user_plugins(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    inputs = [
+        {"plugin_name": "user.write", "x": x, "out_file": str(data / "r.txt")} for x in (1, 2)
+    ]
+    sources = write_inputs(tmp_path / "in", *inputs)
+    out = tmp_path / "out"
+    status, summary, stderr = summary_of("--plugins", plugins, "-o", out, sources)
+    assert (status, summary["total"]["success"]) == (0, 2), stderr
+    written = sorted((out / "relocated").glob("*/*/r.txt"))
+    assert [path.read_text() for path in written] == ["1\n", "2\n"]
+    assert not (data / "r.txt").exists()
