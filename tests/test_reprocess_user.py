@@ -5,9 +5,10 @@ blocks) and the command's output read by other programs."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
-from .test_reprocess import summary_of
+from .test_reprocess import start_run, summary_of, wait_running
 
 USER_PLUGINS = '''
 """Plugins written as a beamline user writes them."""
@@ -90,3 +91,23 @@ def test_relocated_paths_have_their_directory_made(tmp_path: Path):
     written = sorted((out / "relocated").glob("*/*/r.txt"))
     assert [path.read_text() for path in written] == ["1\n", "2\n"]
     assert not (data / "r.txt").exists()
+
+
+def test_one_sigterm_ends_a_run_whose_plugin_abort_blocks(tmp_path: Path):
+    # bug: the plugin's abort() ran in the main thread; one that blocks (it waits for a
+    # lock process() holds) kept a SIGTERMed run waiting for ever
+    plugins = user_plugins(tmp_path)
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "user.locked", "t": 600})
+    out = tmp_path / "out"
+    proc = start_run("--plugins", str(plugins), "-o", str(out), str(sources))
+    try:
+        wait_running(out, "user.locked")
+        started = time.monotonic()
+        proc.terminate()  # once
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert time.monotonic() - started < 30
+    assert proc.returncode == 130, stderr
+    summary = json.loads(stdout)
+    assert summary["interrupted"] and summary["still_running"] == 1

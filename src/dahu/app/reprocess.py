@@ -322,8 +322,11 @@ class Reprocessor:
         self.give_up_at = time.monotonic() + grace + 5.0
         self.aborting = True
         self.say(f"{PROG}: aborting {len(self.pending)} job(s)")
-        # the engine runs only this tool's jobs: every pending one is live there
-        self.engine.abort_all(self.engine.live(), "interrupted by the user")
+        # the engine runs only this tool's jobs: every pending one is live there; in a
+        # thread of its own, as a plugin's abort() may block (it waits for a lock its
+        # process() holds): the main thread still gives up on time
+        live, why = self.engine.live(), "interrupted by the user"
+        threading.Thread(target=self.engine.abort_all, args=(live, why), daemon=True).start()
 
     def _submit(self, ready: list[Loaded]) -> None:
         """Create and start the jobs of the loaded items, in order; record those in error.
