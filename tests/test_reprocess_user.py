@@ -75,6 +75,23 @@ def write_inputs(directory: Path, *inputs: dict) -> Path:
     return directory
 
 
+def test_an_unchanged_rerun_of_an_output_json_cannot_hold_compares_the_same(tmp_path: Path):
+    # bug: --compare encoded the new output without the fallback the .out file uses (the
+    # text of what JSON refuses): "reprocessing error: keys must be str, int..." as a
+    # difference, and a traceback on stderr
+    plugins = user_plugins(tmp_path)
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "user.histogram"})
+    status, _, stderr = summary_of("--plugins", plugins, "-o", tmp_path / "a", sources)
+    assert status == 0, stderr
+    archived = tmp_path / "a"
+    status, summary, stderr = summary_of(
+        "--compare", "--plugins", plugins, "-o", tmp_path / "b", archived
+    )
+    assert summary["compare"]["differences"] == []
+    assert (status, summary["compare"]["same"]) == (0, 1), stderr
+    assert "Traceback" not in stderr
+
+
 def test_relocated_paths_have_their_directory_made(tmp_path: Path):
     # bug: REPROCESS_RELOCATE gave the path a directory nobody made, so a plugin that
     # writes its file where its input says (as it did when the job first ran) failed

@@ -38,7 +38,7 @@ from ..factory import plugin_factory
 from ..job import Job
 from ..journal import default_workdir
 from ..states import State
-from ..utils import dumps, get_workdir
+from ..utils import get_workdir
 from . import leave
 from .reprocess_summary import (
     EXIT_FAILED,
@@ -53,6 +53,7 @@ from .sources import (
     Item,
     Loaded,
     Relocator,
+    as_archived,
     expand_sources,
     load,
     load_archive,
@@ -435,11 +436,10 @@ class Reprocessor:
         elif archive is None:
             return
         result.compared = True
-        # compare what the .out file holds (numpy values, tuples, sets as JSON has them)
-        output = json.loads(dumps(output))
         args = self.args
         ignore = self.ignore | loaded.ignore
-        result.difference = first_difference(archive, output, args.rtol, args.atol, ignore)
+        new = as_archived(output)  # what the .out file holds, as the archive is
+        result.difference = first_difference(archive, new, args.rtol, args.atol, ignore)
 
     def _record(self, result: Result) -> None:
         self.results.append(result)

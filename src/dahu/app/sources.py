@@ -14,8 +14,18 @@ from typing import Any
 
 from ..errors import DahuError, JournalError, one_line
 from ..journal import SQLiteJournal
+from ..utils import dumps, jsonable
 
-__all__ = ["InputError", "Item", "Loaded", "expand_sources", "load", "load_input", "load_archive"]
+__all__ = [
+    "InputError",
+    "Item",
+    "Loaded",
+    "as_archived",
+    "expand_sources",
+    "load",
+    "load_input",
+    "load_archive",
+]
 
 INPUT_EXTENSIONS = (".inp", ".json")
 _IDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
@@ -155,6 +165,15 @@ def load_archive(item: Item) -> tuple[bool, Any]:
             return True, json.load(handle)
     except (OSError, ValueError) as err:
         raise InputError(f"cannot read the archived output {path}: {err}") from err
+
+
+def as_archived(output: Any) -> Any:
+    """A job's output as its ``.out`` file (and the journal) hold it: numpy values, tuples
+    and sets as JSON has them, what JSON refuses (a numpy key, an object) as its text."""
+    try:
+        return json.loads(dumps(output))
+    except (TypeError, ValueError):
+        return json.loads(dumps(jsonable(output)))
 
 
 @dataclass
