@@ -5,10 +5,11 @@ blocks) and the command's output read by other programs."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
-from .test_reprocess import start_run, summary_of, wait_running
+from .test_reprocess import REPROCESS, start_run, summary_of, wait_running
 
 USER_PLUGINS = '''
 """Plugins written as a beamline user writes them."""
@@ -108,6 +109,21 @@ def test_relocated_paths_have_their_directory_made(tmp_path: Path):
     written = sorted((out / "relocated").glob("*/*/r.txt"))
     assert [path.read_text() for path in written] == ["1\n", "2\n"]
     assert not (data / "r.txt").exists()
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path):
+    # bug: `dahu-reprocess --json ... | head -1` ended in a BrokenPipeError traceback
+    sources = write_inputs(tmp_path / "in", *[{"plugin_name": "nope.x"} for _ in range(2000)])
+    command = (
+        f"'{REPROCESS}' -q --json -o '{tmp_path / 'out'}' '{sources}' 2>'{tmp_path}/err' | head -1"
+    )
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout == "{\n"
+    stderr = (tmp_path / "err").read_text()
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+    assert proc.returncode == 1  # the inputs could not be run, whoever reads the summary
 
 
 def test_one_sigterm_ends_a_run_whose_plugin_abort_blocks(tmp_path: Path):

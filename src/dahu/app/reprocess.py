@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -46,6 +45,7 @@ from .reprocess_summary import (
     EXIT_OK,
     EXIT_USAGE,
     format_summary,
+    print_summary,
     summarize,
 )
 from .sources import (
@@ -492,10 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Reprocessor(args, engine, items)
     run.run()
     summary = summarize(run, output_dir)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(format_summary(summary))
+    print_summary(summary, args.json)
     status = summary["exit_status"]
     if not run.forced:  # else jobs still run in their threads: leave the journal open
         lost = engine.close()
