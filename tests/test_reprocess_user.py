@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from .test_reprocess import REPROCESS, start_run, summary_of, wait_running
 
@@ -144,3 +147,33 @@ def test_one_sigterm_ends_a_run_whose_plugin_abort_blocks(tmp_path: Path):
     assert proc.returncode == 130, stderr
     summary = json.loads(stdout)
     assert summary["interrupted"] and summary["still_running"] == 1
+
+
+SIGNAL_WHILE_LISTING = """
+import os, signal, sys, time
+import dahu.app.reprocess as reprocess
+
+SIGNAL = getattr(signal, sys.argv.pop(1))
+
+def expand_sources(*args, **kwargs):  # a long walk of a large archive, signalled
+    os.kill(os.getpid(), SIGNAL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return []
+
+reprocess.expand_sources = expand_sources
+reprocess.cli()
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_sources_are_listed_ends_the_run_as_interrupted(
+    tmp_path: Path, name: str
+):
+    # bug: the run's handlers came once the inputs were listed (a long walk of a large
+    # archive): a Ctrl-C then was a KeyboardInterrupt traceback, a SIGTERM killed it silently
+    command = [sys.executable, "-c", SIGNAL_WHILE_LISTING, name, "-o", str(tmp_path / "o"), "x"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "dahu-reprocess: interrupted\n"
