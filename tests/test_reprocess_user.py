@@ -177,3 +177,29 @@ def test_a_signal_while_the_sources_are_listed_ends_the_run_as_interrupted(
     proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "dahu-reprocess: interrupted\n"
+
+
+def test_an_archived_file_that_cannot_be_read_is_a_one_line_difference(tmp_path: Path):
+    # bug: a truncated archived HDF5 file (the disk filled up when the job first ran)
+    # made h5py raise: a traceback per job on stderr, "reprocessing error: ..." as reason
+    plugins = user_plugins(tmp_path)
+    (plugins / "h5.py").write_text(
+        "import h5py\nfrom dahu.plugin import plugin_from_function\n\n\n"
+        "def save(path=''):\n"
+        "    with h5py.File(path, 'w') as h5:\n"
+        "        h5['data'] = list(range(100))\n"
+        "    return {'file': path}\n\n\n"
+        "save.REPROCESS_RELOCATE = ['path']\nplugin_from_function(save)\n"
+    )
+    archived = tmp_path / "archived.h5"
+    archived.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(992))  # truncated: a disk filled up
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "h5.save", "path": str(archived)})
+    (sources / "00001_h5.save.out").write_text(json.dumps({"result": {"file": str(archived)}}))
+    status, summary, stderr = summary_of(
+        "--compare", "--plugins", plugins, "-o", tmp_path / "b", sources
+    )
+    (difference,) = summary["compare"]["differences"]
+    assert difference["key"] == "result.file"
+    assert difference["reason"].startswith("cannot compare the files: Unable to ")
+    assert "\n" not in difference["reason"]
+    assert (status, "Traceback" in stderr) == (1, False), stderr
