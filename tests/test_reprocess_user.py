@@ -203,3 +203,23 @@ def test_an_archived_file_that_cannot_be_read_is_a_one_line_difference(tmp_path:
     assert difference["reason"].startswith("cannot compare the files: Unable to ")
     assert "\n" not in difference["reason"]
     assert (status, "Traceback" in stderr) == (1, False), stderr
+
+
+def test_ids_are_read_from_a_journal_this_process_cannot_write(tmp_path: Path):
+    # bug: ids were read through a writer's connection, which needs the journal's -shm
+    # file: on a read-only archive (or another user's work directory, no server running)
+    # every id was "cannot open the journal ...: unable to open database file". The
+    # -shm file that cannot be made is a dangling link here: root may write anywhere.
+    archive = tmp_path / "W"
+    sources = write_inputs(
+        tmp_path / "in", *[{"plugin_name": "example.square", "x": x} for x in (2, 3)]
+    )
+    status, _, stderr = summary_of("-o", archive, sources)
+    assert status == 0, stderr
+    before = (archive / "journal.sqlite").read_bytes()
+    (archive / "journal.sqlite-shm").symlink_to(tmp_path / "no" / "such" / "directory")
+    status, summary, stderr = summary_of(
+        "--compare", "-o", tmp_path / "b", "--workdir", archive, "1-2"
+    )
+    assert (status, summary["total"]["success"], summary["compare"]["same"]) == (0, 2, 2), stderr
+    assert (archive / "journal.sqlite").read_bytes() == before

@@ -7,13 +7,17 @@ import contextlib
 import json
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DahuError, JournalError, one_line
+from ..jobquery import get as get_record
+from ..jobquery import open_journal
 from ..journal import SQLiteJournal
+from ..journal.base import MAX_ID
 from ..utils import dumps, jsonable
 
 __all__ = [
@@ -29,7 +33,6 @@ __all__ = [
 
 INPUT_EXTENSIONS = (".inp", ".json")
 _IDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
-_CHUNK = 1000  # journal records read at once when listing an id range
 
 
 class InputError(DahuError):
@@ -59,11 +62,35 @@ def _walk(directory: str, exclude: str | None) -> Iterator[str]:
                 yield os.path.join(root, name)
 
 
-def _open_journal(workdir: str) -> Any:
-    try:  # never create a journal in the directory only read from
-        return SQLiteJournal(workdir, create=False)
-    except JournalError as err:
-        raise InputError(str(err)) from err
+class _Journal:
+    """The journal of the work directory the ids are read from, on a read-only connection:
+    reading it never writes there (nor creates a journal), and works where this process
+    cannot write (a read-only archive, another user's work directory)."""
+
+    def __init__(self, workdir: str):
+        if not os.path.isfile(os.path.join(workdir, SQLiteJournal.FILENAME)):
+            raise InputError(f"no journal in {workdir}")
+        try:
+            self.db = open_journal(workdir)
+        except JournalError as err:
+            raise InputError(one_line(err)) from err
+        self.path = os.path.join(workdir, SQLiteJournal.FILENAME)
+
+    def ids(self, first: int, last: int) -> list[int]:
+        """The ids from ``first`` to ``last`` that are in the journal, in order."""
+        last = min(last, MAX_ID)
+        sql = "SELECT id FROM jobs WHERE id BETWEEN ? AND ? ORDER BY id"
+        try:
+            return [row[0] for row in self.db.execute(sql, (first, last))] if first <= last else []
+        except sqlite3.Error as err:
+            raise InputError(f"cannot read the journal {self.path}: {err}") from err
+
+    def get(self, job_id: int) -> Any:
+        """The record of ``job_id``, or None."""
+        try:
+            return get_record(self.db, job_id)
+        except JournalError as err:
+            raise InputError(one_line(err)) from err
 
 
 def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
@@ -74,10 +101,7 @@ def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
         if hi < lo:
             items.append(Item(part, error=f"empty id range in {workdir}"))
             continue
-        found = []
-        for start in range(lo, min(hi, journal.last_id()) + 1, _CHUNK):
-            end = min(start + _CHUNK - 1, hi)
-            found.extend(record.id for record in journal.select(start, end))
+        found = journal.ids(lo, hi)
         items.extend(Item(f"job {i}", journal=journal, job_id=i) for i in found)
         if not found:
             what = f"job {lo} is not" if lo == hi else f"no job {part} is"
@@ -102,7 +126,7 @@ def expand_sources(sources: list[str], workdir: str, exclude: str | None = None)
             items.append(Item(source, path=source))
         elif _IDS.match(source):
             try:
-                journal = journal or _open_journal(workdir)
+                journal = journal or _Journal(workdir)
             except DahuError as err:
                 items.append(Item(source, error=str(err)))
                 continue
