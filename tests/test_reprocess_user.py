@@ -47,6 +47,19 @@ class Write(Plugin):
 
 
 @register
+class Save(Plugin):
+    """Write x to result.txt in the directory output_dir (which existed when it first ran)."""
+
+    REPROCESS_RELOCATE = ["output_dir"]
+
+    def process(self):
+        path = f"{self.input['output_dir']}/result.txt"
+        with open(path, "w") as handle:
+            handle.write(f"{self.input['x']}\\n")
+        self.output["file"] = path
+
+
+@register
 class Locked(Plugin):
     """Holds a lock while it works; abort() takes that lock, so it blocks meanwhile."""
 
@@ -112,6 +125,23 @@ def test_relocated_paths_have_their_directory_made(tmp_path: Path):
     written = sorted((out / "relocated").glob("*/*/r.txt"))
     assert [path.read_text() for path in written] == ["1\n", "2\n"]
     assert not (data / "r.txt").exists()
+
+
+def test_a_relocated_directory_is_made(tmp_path: Path):
+    # bug: a key naming a directory (output_dir) was given a new path inside the job's new
+    # directory, but nothing made it: the plugin writing a file in it failed
+    plugins = user_plugins(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    sources = write_inputs(
+        tmp_path / "in", {"plugin_name": "user.save", "x": 7, "output_dir": f"{data}/"}
+    )
+    out = tmp_path / "out"
+    status, summary, stderr = summary_of("--plugins", plugins, "-o", out, sources)
+    assert (status, summary["total"]["success"]) == (0, 1), stderr
+    (written,) = (out / "relocated").glob("*/*/data/result.txt")
+    assert written.read_text() == "7\n"
+    assert not list(data.iterdir())
 
 
 def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path):

@@ -230,10 +230,11 @@ def reprocess_setting(klass: Any, name: str) -> tuple[str, ...]:
 
 
 class Relocator:
-    """Gives the paths of a plugin's ``REPROCESS_RELOCATE`` keys (files it writes) a new
-    directory per job (made here), keeping their names, so that the archived files are not
-    written over: ``WORKDIR/relocated/<date-time>-<pid>/000001``, ``000002``... (one
-    directory per run of the tool)."""
+    """Gives the paths of a plugin's ``REPROCESS_RELOCATE`` keys (files it writes, or
+    directories it writes in) a new directory per job (made here), keeping their names, so
+    that the archived files are not written over: ``WORKDIR/relocated/<date-time>-<pid>/
+    000001``, ``000002``... (one directory per run of the tool).  A path that names an
+    existing directory is made too, in the new one."""
 
     def __init__(self, workdir: str):
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -247,7 +248,12 @@ class Relocator:
             return
         self.jobs += 1
         directory = os.path.join(self.base, f"{self.jobs:06d}")
-        with contextlib.suppress(OSError):  # else the plugin says why it cannot write there
-            os.makedirs(directory, exist_ok=True)  # the archived path's directory existed
+        made = [directory]  # the archived path's directory existed
         for key in moving:
-            data[key] = os.path.join(directory, os.path.basename(data[key].rstrip("/")))
+            path = os.path.join(directory, os.path.basename(data[key].rstrip("/")))
+            if os.path.isdir(data[key]):  # a directory the plugin writes in (output_dir)
+                made.append(path)
+            data[key] = path
+        for path in made:
+            with contextlib.suppress(OSError):  # else the plugin says why it cannot write there
+                os.makedirs(path, exist_ok=True)
