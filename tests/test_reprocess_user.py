@@ -253,3 +253,32 @@ def test_ids_are_read_from_a_journal_this_process_cannot_write(tmp_path: Path):
     )
     assert (status, summary["total"]["success"], summary["compare"]["same"]) == (0, 2, 2), stderr
     assert (archive / "journal.sqlite").read_bytes() == before
+
+
+def test_one_sigterm_ends_a_run_while_a_plugin_module_is_imported(tmp_path: Path):
+    # bug: the first signal let the import go on, and only a second one stopped it: one
+    # that never ends (a module waiting for a network disk) kept a run that got its
+    # single SIGTERM (a batch system's) going for ever
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "stuck.py").write_text(
+        "import pathlib, time\n"
+        "pathlib.Path(__file__).with_name('importing').touch()\n"
+        "while True:\n"
+        "    time.sleep(0.05)\n"
+    )
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "stuck.f"}, {"plugin_name": "stuck.f"})
+    proc = start_run("--plugins", str(plugins), "-o", str(tmp_path / "out"), str(sources))
+    try:
+        deadline = time.monotonic() + 30
+        while not (plugins / "importing").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "no import began"
+            time.sleep(0.01)
+        proc.terminate()  # once
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "cannot load plugin" not in stderr and "KeyboardInterrupt" not in stderr
+    summary = json.loads(stdout)
+    assert (summary["total"]["jobs"], summary["not_started"]) == (0, 2)

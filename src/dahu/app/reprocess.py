@@ -135,6 +135,7 @@ class Reprocessor:
         self.wake = threading.Event()  # set by a callback when the main thread is needed
         self.stop = threading.Event()
         self.forced = False
+        self.importing = False  # the main thread is in the factory (a plugin module import)
         self.aborting = False
         self.give_up_at = float("inf")
         self.started = self.ended = time.monotonic()
@@ -234,6 +235,8 @@ class Reprocessor:
             # said at once, even when the main thread is busy (importing a slow plugin
             # module): os.write, as print() may be the call this handler interrupted
             os.write(2, f"{'' if self.bar.disable else chr(10)}{PROG}: interrupted\n".encode())
+            if self.importing:  # for jobs that will not start: stop it (it may never end)
+                raise KeyboardInterrupt
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -273,10 +276,16 @@ class Reprocessor:
             try:
                 if loaded.error is not None:
                     raise loaded.error
-                klass = self.factory.get_class(plugin)
-            except DahuError as err:
-                if self.stop.is_set():  # a second Ctrl-C broke the import: not the input's fault
+                self.importing = True
+                try:
+                    klass = self.factory.get_class(plugin)
+                finally:
+                    self.importing = False
+            except (DahuError, KeyboardInterrupt) as err:
+                if self.stop.is_set():  # a signal broke the import: not the input's fault
                     return
+                if isinstance(err, KeyboardInterrupt):  # not a signal of ours: as it was
+                    raise
                 self._start(group)
                 group = []
                 self._invalid(loaded, err)
