@@ -5,6 +5,7 @@ blocks) and the command's output read by other programs."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -282,3 +283,23 @@ def test_one_sigterm_ends_a_run_while_a_plugin_module_is_imported(tmp_path: Path
     assert "cannot load plugin" not in stderr and "KeyboardInterrupt" not in stderr
     summary = json.loads(stdout)
     assert (summary["total"]["jobs"], summary["not_started"]) == (0, 2)
+
+
+def test_jobs_aborted_by_ctrl_c_are_not_counted_without_archive(tmp_path: Path):
+    # bug: --compare counted every job it did not compare as "without archive", the jobs
+    # a Ctrl-C aborted too, whose archive was there
+    sources = write_inputs(tmp_path / "in", *[{"plugin_name": "example.sleep", "t": 600}] * 2)
+    for source in sources.glob("*.inp"):
+        source.with_suffix(".out").write_text(json.dumps({"slept": True, "t": 600}))
+    out = tmp_path / "out"
+    proc = start_run("--compare", "-o", str(out), str(sources))
+    try:
+        wait_running(out, "example.sleep")
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    summary = json.loads(stdout)
+    assert summary["total"]["aborted"] == 2
+    assert (summary["compare"]["compared"], summary["compare"]["no_archive"]) == (0, 0)

@@ -22,6 +22,7 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+ENDED = (State.SUCCESS, State.FAILURE)  # the jobs --compare compares (not those aborted)
 
 
 def _brief(result: Any, **more: Any) -> dict[str, Any]:
@@ -78,7 +79,11 @@ def summarize(run: Any, output_dir: str) -> dict[str, Any]:
             "compared": len(compared),
             "same": len(compared) - len(differ),
             "differ": len(differ),
-            "no_archive": sum(1 for r in run.results if r.job_id is not None and not r.compared),
+            "no_archive": sum(
+                1
+                for r in run.results
+                if r.job_id is not None and r.state in ENDED and not r.compared
+            ),
             "rtol": run.args.rtol,
             "atol": run.args.atol,
             "differences": [
