@@ -303,3 +303,43 @@ def test_jobs_aborted_by_ctrl_c_are_not_counted_without_archive(tmp_path: Path):
     summary = json.loads(stdout)
     assert summary["total"]["aborted"] == 2
     assert (summary["compare"]["compared"], summary["compare"]["no_archive"]) == (0, 0)
+
+
+CTRL_C_AGAIN_AT_THE_SUMMARY = """
+import os, signal
+import dahu.app.reprocess as reprocess
+
+summarize = reprocess.summarize
+run = reprocess.Reprocessor.run
+
+def interrupted_run(self):  # a Ctrl-C came: nothing more starts
+    self.stop.set()
+    run(self)
+
+def impatient_summary(*args):  # the user's second Ctrl-C, as the summary is made
+    os.kill(os.getpid(), signal.SIGINT)
+    return summarize(*args)
+
+reprocess.Reprocessor.run = interrupted_run
+reprocess.summarize = impatient_summary
+reprocess.cli()
+"""
+
+
+def test_another_ctrl_c_while_the_summary_is_printed_is_not_a_traceback(tmp_path: Path):
+    # bug: a Ctrl-C pressed again just after the run's (an impatient user's third, or a
+    # second once the jobs had stopped) came while the summary was made: a traceback
+    # from tabulate, no summary, and the journal not closed
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "example.square", "x": 2})
+    command = [
+        sys.executable,
+        "-c",
+        CTRL_C_AGAIN_AT_THE_SUMMARY,
+        "-o",
+        str(tmp_path / "o"),
+        str(sources),
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 130
+    assert "interrupted: 1 input(s) not started" in proc.stdout

@@ -441,20 +441,37 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
     run = Reprocessor(args, engine, items)
     run.run()
-    summary = summarize(run, output_dir)
-    print_summary(summary, args.json)
-    status = summary["exit_status"]
-    if not run.forced:  # else jobs still run in their threads: leave the journal open
-        lost = engine.close()
-        if lost or engine.files_failed:
-            print(
-                f"{PROG}: {lost} outcome(s) could not be recorded in the journal and "
-                f"{engine.files_failed} job(s) have no .inp/.out files in {output_dir} "
-                "(disk full? see the errors above)",
-                file=sys.stderr,
-            )
-            status = max(status, 1)
+    with _signals_ignored(run.stop.is_set()):
+        summary = summarize(run, output_dir)
+        print_summary(summary, args.json)
+        status = summary["exit_status"]
+        if not run.forced:  # else jobs still run in their threads: leave the journal open
+            lost = engine.close()
+            if lost or engine.files_failed:
+                print(
+                    f"{PROG}: {lost} outcome(s) could not be recorded in the journal and "
+                    f"{engine.files_failed} job(s) have no .inp/.out files in {output_dir} "
+                    "(disk full? see the errors above)",
+                    file=sys.stderr,
+                )
+                status = max(status, 1)
     return status
+
+
+@contextlib.contextmanager
+def _signals_ignored(interrupted: bool) -> Iterator[None]:
+    """Once a run was interrupted, what is left (its summary, the journal's last commits)
+    takes a moment: a Ctrl-C or SIGTERM meanwhile would only break it (a traceback, no
+    summary), and is ignored."""
+    if not interrupted or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def cli() -> None:
