@@ -5,6 +5,7 @@ blocks) and the command's output read by other programs."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -343,3 +344,29 @@ def test_another_ctrl_c_while_the_summary_is_printed_is_not_a_traceback(tmp_path
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 130
     assert "interrupted: 1 input(s) not started" in proc.stdout
+
+
+def test_a_directory_that_cannot_be_read_is_reported(tmp_path: Path, monkeypatch):
+    # bug: os.walk skips what it cannot list: the inputs under a directory of another
+    # user (or a flaky network disk) were left out without a word, and a source
+    # directory that could not be read said "no .inp or .json file in this directory"
+    from dahu.app.sources import expand_sources
+
+    write_inputs(tmp_path / "a" / "open", {"plugin_name": "example.square"})
+    write_inputs(tmp_path / "a" / "locked", {"plugin_name": "example.square"})
+    write_inputs(tmp_path / "b", {"plugin_name": "example.square"})
+    locked = {str(tmp_path / "a" / "locked"), str(tmp_path / "b")}
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if os.fspath(path) in locked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    items = expand_sources([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path))
+    assert [(item.label, item.error) for item in items] == [
+        (str(tmp_path / "a" / "locked"), "cannot read this directory: Permission denied"),
+        (str(tmp_path / "a" / "open" / "00001_example.square.inp"), None),
+        (str(tmp_path / "b"), "cannot read this directory: Permission denied"),
+    ]

@@ -51,15 +51,26 @@ class Item:
 
 
 # ---- sources ------------------------------------------------------------------------
-def _walk(directory: str, exclude: str | None) -> Iterator[str]:
-    """Input files under ``directory``, sorted, skipping the ``exclude`` directory."""
-    for root, dirs, files in os.walk(directory):
+def _walk(directory: str, exclude: str | None) -> Iterator[Item]:
+    """Input files under ``directory``, sorted, skipping the ``exclude`` directory; a
+    directory that cannot be read is an item in error (os.walk would skip it silently)."""
+    unreadable: list[Item] = []
+
+    def refused(err: OSError) -> None:
+        reason = f"cannot read this directory: {err.strerror or err}"
+        unreadable.append(Item(err.filename or directory, error=reason))
+
+    for root, dirs, files in os.walk(directory, onerror=refused):
+        yield from unreadable
+        unreadable.clear()
         dirs[:] = sorted(
             d for d in dirs if exclude is None or os.path.realpath(os.path.join(root, d)) != exclude
         )
         for name in sorted(files):
             if name.endswith(INPUT_EXTENSIONS):
-                yield os.path.join(root, name)
+                path = os.path.join(root, name)
+                yield Item(path, path=path)
+    yield from unreadable
 
 
 class _Journal:
@@ -120,7 +131,7 @@ def expand_sources(sources: list[str], workdir: str, exclude: str | None = None)
     exclude = os.path.realpath(exclude) if exclude else None
     for source in sources:
         if os.path.isdir(source):
-            found = [Item(path, path=path) for path in _walk(source, exclude)]
+            found = list(_walk(source, exclude))
             items.extend(found or [Item(source, error="no .inp or .json file in this directory")])
         elif os.path.isfile(source):
             items.append(Item(source, path=source))
