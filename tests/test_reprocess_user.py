@@ -370,3 +370,15 @@ def test_a_directory_that_cannot_be_read_is_reported(tmp_path: Path, monkeypatch
         (str(tmp_path / "a" / "open" / "00001_example.square.inp"), None),
         (str(tmp_path / "b"), "cannot read this directory: Permission denied"),
     ]
+
+
+def test_an_input_from_a_pipe_runs(tmp_path: Path):
+    # bug: a SOURCE that is not a regular file (a pipe: <(...), /dev/stdin) was "no such
+    # file or directory", although it was there to be read
+    out = tmp_path / "out"
+    command = f"""'{REPROCESS}' -q --json -o '{out}' <(echo '{{"plugin_name": "example.square", "x": 3}}')"""
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["total"]["success"] == 1
+    (output,) = out.glob("0000/*.out")
+    assert json.loads(output.read_text())["result"] == 9

@@ -133,7 +133,7 @@ def expand_sources(sources: list[str], workdir: str, exclude: str | None = None)
         if os.path.isdir(source):
             found = list(_walk(source, exclude))
             items.extend(found or [Item(source, error="no .inp or .json file in this directory")])
-        elif os.path.isfile(source):
+        elif os.path.exists(source):  # a file, or a pipe (<(...), /dev/stdin)
             items.append(Item(source, path=source))
         elif _IDS.match(source):
             try:
