@@ -382,3 +382,27 @@ def test_an_input_from_a_pipe_runs(tmp_path: Path):
     assert json.loads(proc.stdout)["total"]["success"] == 1
     (output,) = out.glob("0000/*.out")
     assert json.loads(output.read_text())["result"] == 9
+
+
+def test_a_failed_job_compares_by_its_reason_not_its_traceback(tmp_path: Path):
+    # bug: the traceback lines of a failed job's error were compared too: with the plugin
+    # edited above the failing line (or Dahu upgraded), every failed job of an unchanged
+    # behaviour "differed" at error[N] by a line number or a path
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    module = "from dahu.plugin import plugin_from_function\n\n\ndef f(x=0):\n    raise ValueError(f'bad x {x}')\n\n\nplugin_from_function(f)\n"
+    (plugins / "failing.py").write_text(module)
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "failing.f", "x": 1})
+    status, _, stderr = summary_of("--plugins", plugins, "-o", tmp_path / "a", sources)
+    assert status == 1, stderr
+    (plugins / "failing.py").write_text('"""Edited."""\n\n' + module)  # the lines move
+    args = ("--compare", "--plugins", plugins, "-o", tmp_path / "b", tmp_path / "a")
+    status, summary, stderr = summary_of(*args)
+    assert summary["compare"]["differences"] == []
+    (plugins / "failing.py").write_text(module.replace("bad x", "wrong x"))
+    status, summary, stderr = summary_of(*args[:-3], tmp_path / "c", tmp_path / "a")
+    (difference,) = summary["compare"]["differences"]
+    assert (difference["key"], difference["reason"]) == (
+        "error[0]",
+        "'ValueError: bad x 1' != 'ValueError: wrong x 1'",
+    )

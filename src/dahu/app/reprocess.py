@@ -57,6 +57,7 @@ from .sources import (
     expand_sources,
     load,
     load_archive,
+    reason_only,
     reprocess_setting,
 )
 
@@ -378,8 +379,9 @@ class Reprocessor:
         result.compared = True
         args = self.args
         ignore = self.ignore | loaded.ignore
-        new = as_archived(output)  # what the .out file holds, as the archive is
-        result.difference = first_difference(archive, new, args.rtol, args.atol, ignore)
+        new = reason_only(as_archived(output))  # what the .out file holds, as the archive
+        old = reason_only(archive)
+        result.difference = first_difference(old, new, args.rtol, args.atol, ignore)
 
     def _record(self, result: Result) -> None:
         self.results.append(result)

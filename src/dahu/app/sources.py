@@ -29,6 +29,7 @@ __all__ = [
     "load",
     "load_input",
     "load_archive",
+    "reason_only",
 ]
 
 INPUT_EXTENSIONS = (".inp", ".json")
@@ -209,6 +210,15 @@ def as_archived(output: Any) -> Any:
         return json.loads(dumps(output))
     except (TypeError, ValueError):
         return json.loads(dumps(jsonable(output)))
+
+
+def reason_only(output: Any) -> Any:
+    """``output`` with a failed job's ``"error"`` (its lines: the reason, then the
+    traceback) cut to the reason: ``--compare`` compares what a job gave, not where the
+    code that failed stands (file paths and line numbers change with any edit)."""
+    if isinstance(output, dict) and isinstance(output.get("error"), list) and output["error"]:
+        return {**output, "error": output["error"][:1]}
+    return output
 
 
 @dataclass
