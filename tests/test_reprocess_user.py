@@ -33,7 +33,8 @@ class Histogram(Plugin):
 
     def process(self):
         values = numpy.array(self.input.get("values", [1, 2, 2]))
-        self.output["counts"] = {k: int(n) for k, n in zip(*numpy.unique(values, return_counts=True))}
+        counts = zip(*numpy.unique(values, return_counts=True))
+        self.output["counts"] = {k: int(n) for k, n in counts}
 
 
 @register
@@ -376,7 +377,8 @@ def test_an_input_from_a_pipe_runs(tmp_path: Path):
     # bug: a SOURCE that is not a regular file (a pipe: <(...), /dev/stdin) was "no such
     # file or directory", although it was there to be read
     out = tmp_path / "out"
-    command = f"""'{REPROCESS}' -q --json -o '{out}' <(echo '{{"plugin_name": "example.square", "x": 3}}')"""
+    data = '{"plugin_name": "example.square", "x": 3}'
+    command = f"'{REPROCESS}' -q --json -o '{out}' <(echo '{data}')"
     proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["total"]["success"] == 1
@@ -390,7 +392,12 @@ def test_a_failed_job_compares_by_its_reason_not_its_traceback(tmp_path: Path):
     # behaviour "differed" at error[N] by a line number or a path
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    module = "from dahu.plugin import plugin_from_function\n\n\ndef f(x=0):\n    raise ValueError(f'bad x {x}')\n\n\nplugin_from_function(f)\n"
+    module = (
+        "from dahu.plugin import plugin_from_function\n\n\n"
+        "def f(x=0):\n"
+        "    raise ValueError(f'bad x {x}')\n\n\n"
+        "plugin_from_function(f)\n"
+    )
     (plugins / "failing.py").write_text(module)
     sources = write_inputs(tmp_path / "in", {"plugin_name": "failing.f", "x": 1})
     status, _, stderr = summary_of("--plugins", plugins, "-o", tmp_path / "a", sources)
