@@ -413,3 +413,15 @@ def test_a_failed_job_compares_by_its_reason_not_its_traceback(tmp_path: Path):
         "error[0]",
         "'ValueError: bad x 1' != 'ValueError: wrong x 1'",
     )
+
+
+def test_an_archived_file_that_is_gone_is_said_so(tmp_path: Path):
+    # bug: the output named a file the archive no longer has (cleaned, moved): the
+    # reason was the two paths, cut, as if the plugin had written elsewhere
+    from dahu.compare import first_difference
+
+    new = tmp_path / "new.h5"
+    new.write_bytes(b"data")
+    gone = str(tmp_path / "archive" / "processed" / "sample_0001" / "00012_pyfai.h5")
+    difference = first_difference({"file": gone}, {"file": str(new)})
+    assert (difference.path, difference.reason) == ("file", f"the archived file {gone} is gone")

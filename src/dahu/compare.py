@@ -208,6 +208,8 @@ class _Comparer:
                 return None
             sep = ":" if found.path.startswith("/") else ""
             return Difference(f"{path}{sep}{found.path}", found.reason)
+        if self.files and os.path.isabs(old) and os.path.isfile(new) and not os.path.exists(old):
+            return Difference(path, f"the archived file {old} is gone")  # cleaned, moved
         return Difference(path, f"{_show(old)} != {_show(new)}")
 
     # ---- files -----------------------------------------------------------------------
