@@ -199,11 +199,17 @@ class _Comparer:
         if old == new:
             return None
         if self.files and os.path.isfile(old) and os.path.isfile(new):
-            found = self.file(old, new)
+            try:
+                found = self.file(old, new)
+            except OSError as err:  # unreadable: a truncated HDF5 file (a disk filled up)...
+                line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                return Difference(path, f"cannot compare the files: {line}")
             if found is None:
                 return None
             sep = ":" if found.path.startswith("/") else ""
             return Difference(f"{path}{sep}{found.path}", found.reason)
+        if self.files and os.path.isabs(old) and os.path.isfile(new) and not os.path.exists(old):
+            return Difference(path, f"the archived file {old} is gone")  # cleaned, moved
         return Difference(path, f"{_show(old)} != {_show(new)}")
 
     # ---- files -----------------------------------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -30,22 +29,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .. import __version__
-from ..compare import DEFAULT_ATOL, DEFAULT_IGNORE, DEFAULT_RTOL, Difference, first_difference
+from ..compare import DEFAULT_IGNORE, Difference, first_difference
 from ..engine import configure, nonblocking
 from ..errors import DahuError, JournalError, one_line
 from ..factory import plugin_factory
 from ..job import Job
 from ..journal import default_workdir
 from ..states import State
-from ..utils import dumps, get_workdir
+from ..utils import get_workdir
 from . import leave
+from .reprocess_args import PROG, build_parser
 from .reprocess_summary import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     format_summary,
+    print_summary,
     summarize,
 )
 from .sources import (
@@ -53,9 +53,11 @@ from .sources import (
     Item,
     Loaded,
     Relocator,
+    as_archived,
     expand_sources,
     load,
     load_archive,
+    reason_only,
     reprocess_setting,
 )
 
@@ -75,7 +77,6 @@ __all__ = [
     "EXIT_INTERRUPTED",
 ]
 
-PROG = "dahu-reprocess"
 INVALID = "(invalid input)"
 
 
@@ -91,74 +92,6 @@ class Result:
     invalid: bool = False
     compared: bool = False
     difference: Difference | None = None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text}")
-    return value
-
-
-_HELP = {
-    "sources": "a job input file (.inp or .json), a directory searched recursively for them, "
-    "or job ids (3, 1-5, 1-3,7) from the journal of --workdir",
-    "output": "directory for the new journal and .inp/.out files "
-    "(default: a new work directory, <tmp>/dahu_<user>/<date-time>_<pid>)",
-    "workdir": "work directory whose journal holds the job ids given as SOURCE "
-    "(default: $DAHU_WORKDIR, else ~/.local/state/dahu)",
-    "plugins": "add a plugin directory (repeatable; DAHU_PLUGINS is honoured too)",
-    "compare": "compare each new output with the archived one (the .out next to the .inp, "
-    "or the journal's); list the jobs that differ",
-    "rtol": "relative tolerance on numbers for --compare (default %(default)g)",
-    "atol": "absolute tolerance on numbers for --compare (default %(default)g)",
-    "ignore": "output key or HDF5 member name not compared, at any depth (repeatable; "
-    "job_id is never compared)",
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``dahu-reprocess`` (also used to write its man page)."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Run archived Dahu jobs again, in parallel, print a summary, and "
-        "optionally compare the new outputs with the archived ones.",
-    )
-    add = parser.add_argument
-    add("sources", nargs="+", metavar="SOURCE", help=_HELP["sources"])
-    add("-o", "--output", metavar="DIR", help=_HELP["output"])
-    add("-j", "--jobs", type=_positive_int, default=1, metavar="N", help="jobs run at once")
-    add("--workdir", metavar="DIR", help=_HELP["workdir"])
-    add("--plugins", action="append", default=[], metavar="DIR", help=_HELP["plugins"])
-    add(
-        "--executor",
-        choices=["thread", "process"],
-        default="thread",
-        help="where the plugins run: threads of this process (default) or isolated "
-        "worker processes (a crashing plugin then fails only its job)",
-    )
-    add("--compare", action="store_true", help=_HELP["compare"])
-    add("--rtol", type=_tolerance, default=DEFAULT_RTOL, metavar="X", help=_HELP["rtol"])
-    add("--atol", type=_tolerance, default=DEFAULT_ATOL, metavar="X", help=_HELP["atol"])
-    add("--ignore", action="append", default=[], metavar="KEY", help=_HELP["ignore"])
-    add("-q", "--quiet", action="store_true", help="print only the summary: no progress bar")
-    add("--json", action="store_true", help="print the summary as JSON")
-    add("-d", "--debug", action="store_true", help="log debugging messages")
-    add("-V", "--version", action="version", version=f"%(prog)s {__version__}")
-    return parser
 
 
 # ---- running --------------------------------------------------------------------------
@@ -203,6 +136,7 @@ class Reprocessor:
         self.wake = threading.Event()  # set by a callback when the main thread is needed
         self.stop = threading.Event()
         self.forced = False
+        self.importing = False  # the main thread is in the factory (a plugin module import)
         self.aborting = False
         self.give_up_at = float("inf")
         self.started = self.ended = time.monotonic()
@@ -302,6 +236,8 @@ class Reprocessor:
             # said at once, even when the main thread is busy (importing a slow plugin
             # module): os.write, as print() may be the call this handler interrupted
             os.write(2, f"{'' if self.bar.disable else chr(10)}{PROG}: interrupted\n".encode())
+            if self.importing:  # for jobs that will not start: stop it (it may never end)
+                raise KeyboardInterrupt
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -322,8 +258,11 @@ class Reprocessor:
         self.give_up_at = time.monotonic() + grace + 5.0
         self.aborting = True
         self.say(f"{PROG}: aborting {len(self.pending)} job(s)")
-        # the engine runs only this tool's jobs: every pending one is live there
-        self.engine.abort_all(self.engine.live(), "interrupted by the user")
+        # the engine runs only this tool's jobs: every pending one is live there; in a
+        # thread of its own, as a plugin's abort() may block (it waits for a lock its
+        # process() holds): the main thread still gives up on time
+        live, why = self.engine.live(), "interrupted by the user"
+        threading.Thread(target=self.engine.abort_all, args=(live, why), daemon=True).start()
 
     def _submit(self, ready: list[Loaded]) -> None:
         """Create and start the jobs of the loaded items, in order; record those in error.
@@ -338,10 +277,16 @@ class Reprocessor:
             try:
                 if loaded.error is not None:
                     raise loaded.error
-                klass = self.factory.get_class(plugin)
-            except DahuError as err:
-                if self.stop.is_set():  # a second Ctrl-C broke the import: not the input's fault
+                self.importing = True
+                try:
+                    klass = self.factory.get_class(plugin)
+                finally:
+                    self.importing = False
+            except (DahuError, KeyboardInterrupt) as err:
+                if self.stop.is_set():  # a signal broke the import: not the input's fault
                     return
+                if isinstance(err, KeyboardInterrupt):  # not a signal of ours: as it was
+                    raise
                 self._start(group)
                 group = []
                 self._invalid(loaded, err)
@@ -432,11 +377,11 @@ class Reprocessor:
         elif archive is None:
             return
         result.compared = True
-        # compare what the .out file holds (numpy values, tuples, sets as JSON has them)
-        output = json.loads(dumps(output))
         args = self.args
         ignore = self.ignore | loaded.ignore
-        result.difference = first_difference(archive, output, args.rtol, args.atol, ignore)
+        new = reason_only(as_archived(output))  # what the .out file holds, as the archive
+        old = reason_only(archive)
+        result.difference = first_difference(old, new, args.rtol, args.atol, ignore)
 
     def _record(self, result: Result) -> None:
         self.results.append(result)
@@ -485,26 +430,50 @@ def main(argv: list[str] | None = None) -> int:
             f"{PROG}: error: cannot use the output directory {output_dir}: {text}", file=sys.stderr
         )
         return EXIT_USAGE
-    items = expand_sources(args.sources, args.workdir or default_workdir(), exclude=output_dir)
+    # listing the inputs may take long (a large archive): a Ctrl-C or SIGTERM meanwhile
+    # ends the run as one during the run does, nothing having started
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        items = expand_sources(args.sources, args.workdir or default_workdir(), output_dir)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        engine.close()
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     run = Reprocessor(args, engine, items)
     run.run()
-    summary = summarize(run, output_dir)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(format_summary(summary))
-    status = summary["exit_status"]
-    if not run.forced:  # else jobs still run in their threads: leave the journal open
-        lost = engine.close()
-        if lost or engine.files_failed:
-            print(
-                f"{PROG}: {lost} outcome(s) could not be recorded in the journal and "
-                f"{engine.files_failed} job(s) have no .inp/.out files in {output_dir} "
-                "(disk full? see the errors above)",
-                file=sys.stderr,
-            )
-            status = max(status, 1)
+    with _signals_ignored(run.stop.is_set()):
+        summary = summarize(run, output_dir)
+        print_summary(summary, args.json)
+        status = summary["exit_status"]
+        if not run.forced:  # else jobs still run in their threads: leave the journal open
+            lost = engine.close()
+            if lost or engine.files_failed:
+                print(
+                    f"{PROG}: {lost} outcome(s) could not be recorded in the journal and "
+                    f"{engine.files_failed} job(s) have no .inp/.out files in {output_dir} "
+                    "(disk full? see the errors above)",
+                    file=sys.stderr,
+                )
+                status = max(status, 1)
     return status
+
+
+@contextlib.contextmanager
+def _signals_ignored(interrupted: bool) -> Iterator[None]:
+    """Once a run was interrupted, what is left (its summary, the journal's last commits)
+    takes a moment: a Ctrl-C or SIGTERM meanwhile would only break it (a traceback, no
+    summary), and is ignored."""
+    if not interrupted or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def cli() -> None:

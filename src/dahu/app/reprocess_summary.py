@@ -4,6 +4,9 @@ the comparison with the archive, the exit status; as JSON-ready data or text tab
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from typing import Any
 
 from ..states import State
@@ -11,6 +14,7 @@ from ..states import State
 __all__ = [
     "summarize",
     "format_summary",
+    "print_summary",
     "EXIT_OK",
     "EXIT_FAILED",
     "EXIT_USAGE",
@@ -18,6 +22,7 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+ENDED = (State.SUCCESS, State.FAILURE)  # the jobs --compare compares (not those aborted)
 
 
 def _brief(result: Any, **more: Any) -> dict[str, Any]:
@@ -74,7 +79,11 @@ def summarize(run: Any, output_dir: str) -> dict[str, Any]:
             "compared": len(compared),
             "same": len(compared) - len(differ),
             "differ": len(differ),
-            "no_archive": sum(1 for r in run.results if r.job_id is not None and not r.compared),
+            "no_archive": sum(
+                1
+                for r in run.results
+                if r.job_id is not None and r.state in ENDED and not r.compared
+            ),
             "rtol": run.args.rtol,
             "atol": run.args.atol,
             "differences": [
@@ -128,3 +137,12 @@ def format_summary(summary: dict[str, Any]) -> str:
             headers = ["job", "source", "plugin", "first difference", "detail"]
             lines += ["", "jobs that differ from their archive:", tabulate(table, headers)]
     return "\n".join(lines)
+
+
+def print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    """Print the summary on standard output, as JSON or tables; a reader that went away
+    (``| head``) is not an error: the run still ends as it should."""
+    try:
+        print(json.dumps(summary, indent=2) if as_json else format_summary(summary), flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

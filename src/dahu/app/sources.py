@@ -3,22 +3,37 @@ and id ranges of a journal; each becomes an :class:`Item` (one job to run again)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DahuError, JournalError, one_line
+from ..jobquery import get as get_record
+from ..jobquery import open_journal
 from ..journal import SQLiteJournal
+from ..journal.base import MAX_ID
+from ..utils import dumps, jsonable
 
-__all__ = ["InputError", "Item", "Loaded", "expand_sources", "load", "load_input", "load_archive"]
+__all__ = [
+    "InputError",
+    "Item",
+    "Loaded",
+    "as_archived",
+    "expand_sources",
+    "load",
+    "load_input",
+    "load_archive",
+    "reason_only",
+]
 
 INPUT_EXTENSIONS = (".inp", ".json")
 _IDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
-_CHUNK = 1000  # journal records read at once when listing an id range
 
 
 class InputError(DahuError):
@@ -37,22 +52,57 @@ class Item:
 
 
 # ---- sources ------------------------------------------------------------------------
-def _walk(directory: str, exclude: str | None) -> Iterator[str]:
-    """Input files under ``directory``, sorted, skipping the ``exclude`` directory."""
-    for root, dirs, files in os.walk(directory):
+def _walk(directory: str, exclude: str | None) -> Iterator[Item]:
+    """Input files under ``directory``, sorted, skipping the ``exclude`` directory; a
+    directory that cannot be read is an item in error (os.walk would skip it silently)."""
+    unreadable: list[Item] = []
+
+    def refused(err: OSError) -> None:
+        reason = f"cannot read this directory: {err.strerror or err}"
+        unreadable.append(Item(err.filename or directory, error=reason))
+
+    for root, dirs, files in os.walk(directory, onerror=refused):
+        yield from unreadable
+        unreadable.clear()
         dirs[:] = sorted(
             d for d in dirs if exclude is None or os.path.realpath(os.path.join(root, d)) != exclude
         )
         for name in sorted(files):
             if name.endswith(INPUT_EXTENSIONS):
-                yield os.path.join(root, name)
+                path = os.path.join(root, name)
+                yield Item(path, path=path)
+    yield from unreadable
 
 
-def _open_journal(workdir: str) -> Any:
-    try:  # never create a journal in the directory only read from
-        return SQLiteJournal(workdir, create=False)
-    except JournalError as err:
-        raise InputError(str(err)) from err
+class _Journal:
+    """The journal of the work directory the ids are read from, on a read-only connection:
+    reading it never writes there (nor creates a journal), and works where this process
+    cannot write (a read-only archive, another user's work directory)."""
+
+    def __init__(self, workdir: str):
+        if not os.path.isfile(os.path.join(workdir, SQLiteJournal.FILENAME)):
+            raise InputError(f"no journal in {workdir}")
+        try:
+            self.db = open_journal(workdir)
+        except JournalError as err:
+            raise InputError(one_line(err)) from err
+        self.path = os.path.join(workdir, SQLiteJournal.FILENAME)
+
+    def ids(self, first: int, last: int) -> list[int]:
+        """The ids from ``first`` to ``last`` that are in the journal, in order."""
+        last = min(last, MAX_ID)
+        sql = "SELECT id FROM jobs WHERE id BETWEEN ? AND ? ORDER BY id"
+        try:
+            return [row[0] for row in self.db.execute(sql, (first, last))] if first <= last else []
+        except sqlite3.Error as err:
+            raise InputError(f"cannot read the journal {self.path}: {err}") from err
+
+    def get(self, job_id: int) -> Any:
+        """The record of ``job_id``, or None."""
+        try:
+            return get_record(self.db, job_id)
+        except JournalError as err:
+            raise InputError(one_line(err)) from err
 
 
 def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
@@ -63,10 +113,7 @@ def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
         if hi < lo:
             items.append(Item(part, error=f"empty id range in {workdir}"))
             continue
-        found = []
-        for start in range(lo, min(hi, journal.last_id()) + 1, _CHUNK):
-            end = min(start + _CHUNK - 1, hi)
-            found.extend(record.id for record in journal.select(start, end))
+        found = journal.ids(lo, hi)
         items.extend(Item(f"job {i}", journal=journal, job_id=i) for i in found)
         if not found:
             what = f"job {lo} is not" if lo == hi else f"no job {part} is"
@@ -85,13 +132,13 @@ def expand_sources(sources: list[str], workdir: str, exclude: str | None = None)
     exclude = os.path.realpath(exclude) if exclude else None
     for source in sources:
         if os.path.isdir(source):
-            found = [Item(path, path=path) for path in _walk(source, exclude)]
+            found = list(_walk(source, exclude))
             items.extend(found or [Item(source, error="no .inp or .json file in this directory")])
-        elif os.path.isfile(source):
+        elif os.path.exists(source):  # a file, or a pipe (<(...), /dev/stdin)
             items.append(Item(source, path=source))
         elif _IDS.match(source):
             try:
-                journal = journal or _open_journal(workdir)
+                journal = journal or _Journal(workdir)
             except DahuError as err:
                 items.append(Item(source, error=str(err)))
                 continue
@@ -156,6 +203,24 @@ def load_archive(item: Item) -> tuple[bool, Any]:
         raise InputError(f"cannot read the archived output {path}: {err}") from err
 
 
+def as_archived(output: Any) -> Any:
+    """A job's output as its ``.out`` file (and the journal) hold it: numpy values, tuples
+    and sets as JSON has them, what JSON refuses (a numpy key, an object) as its text."""
+    try:
+        return json.loads(dumps(output))
+    except (TypeError, ValueError):
+        return json.loads(dumps(jsonable(output)))
+
+
+def reason_only(output: Any) -> Any:
+    """``output`` with a failed job's ``"error"`` (its lines: the reason, then the
+    traceback) cut to the reason: ``--compare`` compares what a job gave, not where the
+    code that failed stands (file paths and line numbers change with any edit)."""
+    if isinstance(output, dict) and isinstance(output.get("error"), list) and output["error"]:
+        return {**output, "error": output["error"][:1]}
+    return output
+
+
 @dataclass
 class Loaded:
     """An item whose input was read: the input, or why it cannot be run."""
@@ -186,10 +251,11 @@ def reprocess_setting(klass: Any, name: str) -> tuple[str, ...]:
 
 
 class Relocator:
-    """Gives the paths of a plugin's ``REPROCESS_RELOCATE`` keys (files it writes) a new
-    directory per job, keeping their names, so that the archived files are not written
-    over: ``WORKDIR/relocated/<date-time>-<pid>/000001``, ``000002``... (one directory
-    per run of the tool)."""
+    """Gives the paths of a plugin's ``REPROCESS_RELOCATE`` keys (files it writes, or
+    directories it writes in) a new directory per job (made here), keeping their names, so
+    that the archived files are not written over: ``WORKDIR/relocated/<date-time>-<pid>/
+    000001``, ``000002``... (one directory per run of the tool).  A path that names an
+    existing directory is made too, in the new one."""
 
     def __init__(self, workdir: str):
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -203,5 +269,12 @@ class Relocator:
             return
         self.jobs += 1
         directory = os.path.join(self.base, f"{self.jobs:06d}")
+        made = [directory]  # the archived path's directory existed
         for key in moving:
-            data[key] = os.path.join(directory, os.path.basename(data[key].rstrip("/")))
+            path = os.path.join(directory, os.path.basename(data[key].rstrip("/")))
+            if os.path.isdir(data[key]):  # a directory the plugin writes in (output_dir)
+                made.append(path)
+            data[key] = path
+        for path in made:
+            with contextlib.suppress(OSError):  # else the plugin says why it cannot write there
+                os.makedirs(path, exist_ok=True)

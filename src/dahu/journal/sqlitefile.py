@@ -14,15 +14,38 @@ __all__ = ["connect_file", "file_identity", "full_disk_reason"]
 
 def connect_file(path: str, write: bool = False, immutable: bool = False) -> sqlite3.Connection:
     """A connection to the existing journal file ``path``, read-only unless ``write``
-    (for readers beside the server: ``dahu-jobs``, the web page); never creates one.
-    ``immutable``: read the file as it is, without the ``-shm`` file a reader of a WAL
-    journal otherwise makes (for a directory this process cannot write)."""
+    (for readers beside the server: ``dahu-jobs``, the web page, ``dahu-reprocess``'s
+    ids); never creates one.  A read-only connection reads a journal nobody writes even
+    where this process cannot write (a read-only archive, another user's directory);
+    ``immutable`` reads the file as it is in any case."""
     uri = f"file:{urllib.parse.quote(path)}?mode={'rw' if write else 'ro'}"
     if immutable:
         uri += "&immutable=1"
-    return sqlite3.connect(
-        uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
-    )
+    db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False)
+    if write or immutable:
+        return db
+    try:
+        db.execute("PRAGMA user_version")
+    except sqlite3.OperationalError as err:
+        # a reader of a WAL file makes its -shm file if none is there, which it cannot on a
+        # read-only file system or in another user's directory; with no -shm file and no
+        # -wal content, no process writes the journal: read it as a file that does not change
+        idle = not os.path.exists(path + "-shm") and _size(path + "-wal") == 0
+        if getattr(err, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_CANTOPEN or not idle:
+            raise
+        db.close()
+        db = sqlite3.connect(
+            uri + "&immutable=1", uri=True, isolation_level=None, check_same_thread=False
+        )
+    return db
+
+
+def _size(path: str) -> int:
+    """The size of the file at ``path``; 0 if there is none."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def file_identity(path: str) -> tuple[int, int] | None:

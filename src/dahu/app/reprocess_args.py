@@ -1,0 +1,80 @@
+"""The command line of ``dahu-reprocess``: its options (also used to write its man page)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import __version__
+from ..compare import DEFAULT_ATOL, DEFAULT_RTOL
+
+__all__ = ["PROG", "build_parser"]
+
+PROG = "dahu-reprocess"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text}")
+    return value
+
+
+_HELP = {
+    "sources": "a job input file (.inp or .json), a directory searched recursively for them, "
+    "or job ids (3, 1-5, 1-3,7) from the journal of --workdir",
+    "output": "directory for the new journal and .inp/.out files "
+    "(default: a new work directory, <tmp>/dahu_<user>/<date-time>_<pid>)",
+    "workdir": "work directory whose journal holds the job ids given as SOURCE "
+    "(default: $DAHU_WORKDIR, else ~/.local/state/dahu)",
+    "plugins": "add a plugin directory (repeatable; DAHU_PLUGINS is honoured too)",
+    "compare": "compare each new output with the archived one (the .out next to the .inp, "
+    "or the journal's); list the jobs that differ",
+    "rtol": "relative tolerance on numbers for --compare (default %(default)g)",
+    "atol": "absolute tolerance on numbers for --compare (default %(default)g)",
+    "ignore": "output key or HDF5 member name not compared, at any depth (repeatable; "
+    "job_id is never compared)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``dahu-reprocess`` (also used to write its man page)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run archived Dahu jobs again, in parallel, print a summary, and "
+        "optionally compare the new outputs with the archived ones.",
+    )
+    add = parser.add_argument
+    add("sources", nargs="+", metavar="SOURCE", help=_HELP["sources"])
+    add("-o", "--output", metavar="DIR", help=_HELP["output"])
+    add("-j", "--jobs", type=_positive_int, default=1, metavar="N", help="jobs run at once")
+    add("--workdir", metavar="DIR", help=_HELP["workdir"])
+    add("--plugins", action="append", default=[], metavar="DIR", help=_HELP["plugins"])
+    add(
+        "--executor",
+        choices=["thread", "process"],
+        default="thread",
+        help="where the plugins run: threads of this process (default) or isolated "
+        "worker processes (a crashing plugin then fails only its job)",
+    )
+    add("--compare", action="store_true", help=_HELP["compare"])
+    add("--rtol", type=_tolerance, default=DEFAULT_RTOL, metavar="X", help=_HELP["rtol"])
+    add("--atol", type=_tolerance, default=DEFAULT_ATOL, metavar="X", help=_HELP["atol"])
+    add("--ignore", action="append", default=[], metavar="KEY", help=_HELP["ignore"])
+    add("-q", "--quiet", action="store_true", help="print only the summary: no progress bar")
+    add("--json", action="store_true", help="print the summary as JSON")
+    add("-d", "--debug", action="store_true", help="log debugging messages")
+    add("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    return parser

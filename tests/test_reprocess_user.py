@@ -1,0 +1,427 @@
+"""``dahu-reprocess`` as a beamline user meets it: plugins written the plain way (an
+output JSON cannot hold, a result file at a path of their input, an ``abort()`` that
+blocks) and the command's output read by other programs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .test_reprocess import REPROCESS, start_run, summary_of, wait_running
+
+USER_PLUGINS = '''
+"""Plugins written as a beamline user writes them."""
+import threading
+import time
+
+import numpy
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Histogram(Plugin):
+    """Counts keyed by numpy integers (JSON keys must be str), and an object."""
+
+    def process(self):
+        values = numpy.array(self.input.get("values", [1, 2, 2]))
+        counts = zip(*numpy.unique(values, return_counts=True))
+        self.output["counts"] = {k: int(n) for k, n in counts}
+
+
+@register
+class Write(Plugin):
+    """Write x to the file out_file (whose directory existed when the job first ran)."""
+
+    REPROCESS_RELOCATE = ["out_file"]
+
+    def process(self):
+        with open(self.input["out_file"], "w") as handle:
+            handle.write(f"{self.input['x']}\\n")
+        self.output["out_file"] = self.input["out_file"]
+
+
+@register
+class Save(Plugin):
+    """Write x to result.txt in the directory output_dir (which existed when it first ran)."""
+
+    REPROCESS_RELOCATE = ["output_dir"]
+
+    def process(self):
+        path = f"{self.input['output_dir']}/result.txt"
+        with open(path, "w") as handle:
+            handle.write(f"{self.input['x']}\\n")
+        self.output["file"] = path
+
+
+@register
+class Locked(Plugin):
+    """Holds a lock while it works; abort() takes that lock, so it blocks meanwhile."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock = threading.Lock()
+        self.stop = False
+
+    def process(self):
+        with self.lock:
+            time.sleep(self.input.get("t", 60))
+
+    def abort(self):
+        with self.lock:
+            self.stop = True
+'''
+
+
+def user_plugins(tmp_path: Path) -> Path:
+    directory = tmp_path / "plugins"
+    directory.mkdir()
+    (directory / "user.py").write_text(USER_PLUGINS)
+    return directory
+
+
+def write_inputs(directory: Path, *inputs: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, data in enumerate(inputs, 1):
+        (directory / f"{i:05d}_{data['plugin_name']}.inp").write_text(json.dumps(data))
+    return directory
+
+
+def test_an_unchanged_rerun_of_an_output_json_cannot_hold_compares_the_same(tmp_path: Path):
+    # bug: --compare encoded the new output without the fallback the .out file uses (the
+    # text of what JSON refuses): "reprocessing error: keys must be str, int..." as a
+    # difference, and a traceback on stderr
+    plugins = user_plugins(tmp_path)
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "user.histogram"})
+    status, _, stderr = summary_of("--plugins", plugins, "-o", tmp_path / "a", sources)
+    assert status == 0, stderr
+    archived = tmp_path / "a"
+    status, summary, stderr = summary_of(
+        "--compare", "--plugins", plugins, "-o", tmp_path / "b", archived
+    )
+    assert summary["compare"]["differences"] == []
+    assert (status, summary["compare"]["same"]) == (0, 1), stderr
+    assert "Traceback" not in stderr
+
+
+def test_relocated_paths_have_their_directory_made(tmp_path: Path):
+    # bug: REPROCESS_RELOCATE gave the path a directory nobody made, so a plugin that
+    # writes its file where its input says (as it did when the job first ran) failed
+    plugins = user_plugins(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    inputs = [
+        {"plugin_name": "user.write", "x": x, "out_file": str(data / "r.txt")} for x in (1, 2)
+    ]
+    sources = write_inputs(tmp_path / "in", *inputs)
+    out = tmp_path / "out"
+    status, summary, stderr = summary_of("--plugins", plugins, "-o", out, sources)
+    assert (status, summary["total"]["success"]) == (0, 2), stderr
+    written = sorted((out / "relocated").glob("*/*/r.txt"))
+    assert [path.read_text() for path in written] == ["1\n", "2\n"]
+    assert not (data / "r.txt").exists()
+
+
+def test_a_relocated_directory_is_made(tmp_path: Path):
+    # bug: a key naming a directory (output_dir) was given a new path inside the job's new
+    # directory, but nothing made it: the plugin writing a file in it failed
+    plugins = user_plugins(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    sources = write_inputs(
+        tmp_path / "in", {"plugin_name": "user.save", "x": 7, "output_dir": f"{data}/"}
+    )
+    out = tmp_path / "out"
+    status, summary, stderr = summary_of("--plugins", plugins, "-o", out, sources)
+    assert (status, summary["total"]["success"]) == (0, 1), stderr
+    (written,) = (out / "relocated").glob("*/*/data/result.txt")
+    assert written.read_text() == "7\n"
+    assert not list(data.iterdir())
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path):
+    # bug: `dahu-reprocess --json ... | head -1` ended in a BrokenPipeError traceback
+    sources = write_inputs(tmp_path / "in", *[{"plugin_name": "nope.x"} for _ in range(2000)])
+    command = (
+        f"'{REPROCESS}' -q --json -o '{tmp_path / 'out'}' '{sources}' 2>'{tmp_path}/err' | head -1"
+    )
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout == "{\n"
+    stderr = (tmp_path / "err").read_text()
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+    assert proc.returncode == 1  # the inputs could not be run, whoever reads the summary
+
+
+def test_one_sigterm_ends_a_run_whose_plugin_abort_blocks(tmp_path: Path):
+    # bug: the plugin's abort() ran in the main thread; one that blocks (it waits for a
+    # lock process() holds) kept a SIGTERMed run waiting for ever
+    plugins = user_plugins(tmp_path)
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "user.locked", "t": 600})
+    out = tmp_path / "out"
+    proc = start_run("--plugins", str(plugins), "-o", str(out), str(sources))
+    try:
+        wait_running(out, "user.locked")
+        started = time.monotonic()
+        proc.terminate()  # once
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert time.monotonic() - started < 30
+    assert proc.returncode == 130, stderr
+    summary = json.loads(stdout)
+    assert summary["interrupted"] and summary["still_running"] == 1
+
+
+SIGNAL_WHILE_LISTING = """
+import os, signal, sys, time
+import dahu.app.reprocess as reprocess
+
+SIGNAL = getattr(signal, sys.argv.pop(1))
+
+def expand_sources(*args, **kwargs):  # a long walk of a large archive, signalled
+    os.kill(os.getpid(), SIGNAL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return []
+
+reprocess.expand_sources = expand_sources
+reprocess.cli()
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_sources_are_listed_ends_the_run_as_interrupted(
+    tmp_path: Path, name: str
+):
+    # bug: the run's handlers came once the inputs were listed (a long walk of a large
+    # archive): a Ctrl-C then was a KeyboardInterrupt traceback, a SIGTERM killed it silently
+    command = [sys.executable, "-c", SIGNAL_WHILE_LISTING, name, "-o", str(tmp_path / "o"), "x"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "dahu-reprocess: interrupted\n"
+
+
+def test_an_archived_file_that_cannot_be_read_is_a_one_line_difference(tmp_path: Path):
+    # bug: a truncated archived HDF5 file (the disk filled up when the job first ran)
+    # made h5py raise: a traceback per job on stderr, "reprocessing error: ..." as reason
+    plugins = user_plugins(tmp_path)
+    (plugins / "h5.py").write_text(
+        "import h5py\nfrom dahu.plugin import plugin_from_function\n\n\n"
+        "def save(path=''):\n"
+        "    with h5py.File(path, 'w') as h5:\n"
+        "        h5['data'] = list(range(100))\n"
+        "    return {'file': path}\n\n\n"
+        "save.REPROCESS_RELOCATE = ['path']\nplugin_from_function(save)\n"
+    )
+    archived = tmp_path / "archived.h5"
+    archived.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(992))  # truncated: a disk filled up
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "h5.save", "path": str(archived)})
+    (sources / "00001_h5.save.out").write_text(json.dumps({"result": {"file": str(archived)}}))
+    status, summary, stderr = summary_of(
+        "--compare", "--plugins", plugins, "-o", tmp_path / "b", sources
+    )
+    (difference,) = summary["compare"]["differences"]
+    assert difference["key"] == "result.file"
+    assert difference["reason"].startswith("cannot compare the files: Unable to ")
+    assert "\n" not in difference["reason"]
+    assert (status, "Traceback" in stderr) == (1, False), stderr
+
+
+def test_ids_are_read_from_a_journal_this_process_cannot_write(tmp_path: Path):
+    # bug: ids were read through a writer's connection, which needs the journal's -shm
+    # file: on a read-only archive (or another user's work directory, no server running)
+    # every id was "cannot open the journal ...: unable to open database file". The
+    # -shm file that cannot be made is a dangling link here: root may write anywhere.
+    archive = tmp_path / "W"
+    sources = write_inputs(
+        tmp_path / "in", *[{"plugin_name": "example.square", "x": x} for x in (2, 3)]
+    )
+    status, _, stderr = summary_of("-o", archive, sources)
+    assert status == 0, stderr
+    before = (archive / "journal.sqlite").read_bytes()
+    (archive / "journal.sqlite-shm").symlink_to(tmp_path / "no" / "such" / "directory")
+    status, summary, stderr = summary_of(
+        "--compare", "-o", tmp_path / "b", "--workdir", archive, "1-2"
+    )
+    assert (status, summary["total"]["success"], summary["compare"]["same"]) == (0, 2, 2), stderr
+    assert (archive / "journal.sqlite").read_bytes() == before
+
+
+def test_one_sigterm_ends_a_run_while_a_plugin_module_is_imported(tmp_path: Path):
+    # bug: the first signal let the import go on, and only a second one stopped it: one
+    # that never ends (a module waiting for a network disk) kept a run that got its
+    # single SIGTERM (a batch system's) going for ever
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "stuck.py").write_text(
+        "import pathlib, time\n"
+        "pathlib.Path(__file__).with_name('importing').touch()\n"
+        "while True:\n"
+        "    time.sleep(0.05)\n"
+    )
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "stuck.f"}, {"plugin_name": "stuck.f"})
+    proc = start_run("--plugins", str(plugins), "-o", str(tmp_path / "out"), str(sources))
+    try:
+        deadline = time.monotonic() + 30
+        while not (plugins / "importing").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "no import began"
+            time.sleep(0.01)
+        proc.terminate()  # once
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "cannot load plugin" not in stderr and "KeyboardInterrupt" not in stderr
+    summary = json.loads(stdout)
+    assert (summary["total"]["jobs"], summary["not_started"]) == (0, 2)
+
+
+def test_jobs_aborted_by_ctrl_c_are_not_counted_without_archive(tmp_path: Path):
+    # bug: --compare counted every job it did not compare as "without archive", the jobs
+    # a Ctrl-C aborted too, whose archive was there
+    sources = write_inputs(tmp_path / "in", *[{"plugin_name": "example.sleep", "t": 600}] * 2)
+    for source in sources.glob("*.inp"):
+        source.with_suffix(".out").write_text(json.dumps({"slept": True, "t": 600}))
+    out = tmp_path / "out"
+    proc = start_run("--compare", "-o", str(out), str(sources))
+    try:
+        wait_running(out, "example.sleep")
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    summary = json.loads(stdout)
+    assert summary["total"]["aborted"] == 2
+    assert (summary["compare"]["compared"], summary["compare"]["no_archive"]) == (0, 0)
+
+
+CTRL_C_AGAIN_AT_THE_SUMMARY = """
+import os, signal
+import dahu.app.reprocess as reprocess
+
+summarize = reprocess.summarize
+run = reprocess.Reprocessor.run
+
+def interrupted_run(self):  # a Ctrl-C came: nothing more starts
+    self.stop.set()
+    run(self)
+
+def impatient_summary(*args):  # the user's second Ctrl-C, as the summary is made
+    os.kill(os.getpid(), signal.SIGINT)
+    return summarize(*args)
+
+reprocess.Reprocessor.run = interrupted_run
+reprocess.summarize = impatient_summary
+reprocess.cli()
+"""
+
+
+def test_another_ctrl_c_while_the_summary_is_printed_is_not_a_traceback(tmp_path: Path):
+    # bug: a Ctrl-C pressed again just after the run's (an impatient user's third, or a
+    # second once the jobs had stopped) came while the summary was made: a traceback
+    # from tabulate, no summary, and the journal not closed
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "example.square", "x": 2})
+    command = [
+        sys.executable,
+        "-c",
+        CTRL_C_AGAIN_AT_THE_SUMMARY,
+        "-o",
+        str(tmp_path / "o"),
+        str(sources),
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 130
+    assert "interrupted: 1 input(s) not started" in proc.stdout
+
+
+def test_a_directory_that_cannot_be_read_is_reported(tmp_path: Path, monkeypatch):
+    # bug: os.walk skips what it cannot list: the inputs under a directory of another
+    # user (or a flaky network disk) were left out without a word, and a source
+    # directory that could not be read said "no .inp or .json file in this directory"
+    from dahu.app.sources import expand_sources
+
+    write_inputs(tmp_path / "a" / "open", {"plugin_name": "example.square"})
+    write_inputs(tmp_path / "a" / "locked", {"plugin_name": "example.square"})
+    write_inputs(tmp_path / "b", {"plugin_name": "example.square"})
+    locked = {str(tmp_path / "a" / "locked"), str(tmp_path / "b")}
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if os.fspath(path) in locked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    items = expand_sources([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path))
+    assert [(item.label, item.error) for item in items] == [
+        (str(tmp_path / "a" / "locked"), "cannot read this directory: Permission denied"),
+        (str(tmp_path / "a" / "open" / "00001_example.square.inp"), None),
+        (str(tmp_path / "b"), "cannot read this directory: Permission denied"),
+    ]
+
+
+def test_an_input_from_a_pipe_runs(tmp_path: Path):
+    # bug: a SOURCE that is not a regular file (a pipe: <(...), /dev/stdin) was "no such
+    # file or directory", although it was there to be read
+    out = tmp_path / "out"
+    data = '{"plugin_name": "example.square", "x": 3}'
+    command = f"'{REPROCESS}' -q --json -o '{out}' <(echo '{data}')"
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["total"]["success"] == 1
+    (output,) = out.glob("0000/*.out")
+    assert json.loads(output.read_text())["result"] == 9
+
+
+def test_a_failed_job_compares_by_its_reason_not_its_traceback(tmp_path: Path):
+    # bug: the traceback lines of a failed job's error were compared too: with the plugin
+    # edited above the failing line (or Dahu upgraded), every failed job of an unchanged
+    # behaviour "differed" at error[N] by a line number or a path
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    module = (
+        "from dahu.plugin import plugin_from_function\n\n\n"
+        "def f(x=0):\n"
+        "    raise ValueError(f'bad x {x}')\n\n\n"
+        "plugin_from_function(f)\n"
+    )
+    (plugins / "failing.py").write_text(module)
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "failing.f", "x": 1})
+    status, _, stderr = summary_of("--plugins", plugins, "-o", tmp_path / "a", sources)
+    assert status == 1, stderr
+    (plugins / "failing.py").write_text('"""Edited."""\n\n' + module)  # the lines move
+    args = ("--compare", "--plugins", plugins, "-o", tmp_path / "b", tmp_path / "a")
+    status, summary, stderr = summary_of(*args)
+    assert summary["compare"]["differences"] == []
+    (plugins / "failing.py").write_text(module.replace("bad x", "wrong x"))
+    status, summary, stderr = summary_of(*args[:-3], tmp_path / "c", tmp_path / "a")
+    (difference,) = summary["compare"]["differences"]
+    assert (difference["key"], difference["reason"]) == (
+        "error[0]",
+        "'ValueError: bad x 1' != 'ValueError: wrong x 1'",
+    )
+
+
+def test_an_archived_file_that_is_gone_is_said_so(tmp_path: Path):
+    # bug: the output named a file the archive no longer has (cleaned, moved): the
+    # reason was the two paths, cut, as if the plugin had written elsewhere
+    from dahu.compare import first_difference
+
+    new = tmp_path / "new.h5"
+    new.write_bytes(b"data")
+    gone = str(tmp_path / "archive" / "processed" / "sample_0001" / "00012_pyfai.h5")
+    difference = first_difference({"file": gone}, {"file": str(new)})
+    assert (difference.path, difference.reason) == ("file", f"the archived file {gone} is gone")
