@@ -577,6 +577,21 @@ def test_event_stream_is_standard_json_with_nan(engine, monkeypatch):
         service.stop()
 
 
+def test_requests_do_not_fill_the_server_log(engine, caplog):
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    caplog.set_level(logging.INFO)
+    caplog.clear()  # what the start said
+    try:
+        base = f"http://127.0.0.1:{service.port}"
+        for path in ("/api/counters", "/api/summary", "/api/jobs/987654", "/favicon.ico"):
+            http(base + path)  # what a page and a monitoring script ask all day long
+    finally:
+        service.stop()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == []
+
+
 def test_stopping_with_a_page_open_logs_no_error(engine, caplog):
     service = WebService("127.0.0.1:0")
     service.monitor.attach(engine)
