@@ -310,12 +310,17 @@ def test_export_json_lines_and_csv(history, tmp_path):
     assert next(csv.DictReader(io.StringIO(proc.stdout)))["state"] == "aborted"
 
 
-def test_an_export_onto_the_journal_is_refused_and_the_journal_kept(history):
+def test_an_export_onto_the_journal_is_refused_and_the_journal_kept(history, tmp_path):
     # bug: "-o WORKDIR/journal.sqlite" truncated the journal before reading it
     workdir, ids, _ = history
     before = run("list", "--json", "--limit", "0", workdir=workdir).stdout
-    for name in ("journal.sqlite", "journal.sqlite-wal", "./journal.sqlite"):
-        target = os.path.join(workdir, name)
+    linked = tmp_path / "journal-link.sqlite"
+    try:
+        os.link(workdir / "journal.sqlite", linked)  # a hard link: another path, one file
+    except OSError:  # another file system
+        linked = workdir / "journal.sqlite"
+    targets = [os.path.join(workdir, n) for n in ("journal.sqlite", "journal.sqlite-wal")]
+    for target in [*targets, os.path.join(workdir, "./journal.sqlite"), str(linked)]:
         line = one_line_error(run("export", "-o", target, workdir=workdir), 2)
         assert line == f"dahu-jobs: will not export onto the journal itself: {target}"
     assert run("list", "--json", "--limit", "0", workdir=workdir).stdout == before
