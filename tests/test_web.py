@@ -912,6 +912,17 @@ def test_status_gives_a_usable_ipv6_address(engine):
     assert "web page: http://[::1]:8080/" in text
 
 
+def test_device_property_page_takes_the_token_of_the_environment(tmp_path, monkeypatch):
+    token = "beamline-secret-0123456789"
+    monkeypatch.setenv("DAHU_HTTP_TOKEN", token)  # the documented default of the token
+    port = free_port()
+    properties = {"workdir": str(tmp_path / "work"), "http": f"127.0.0.1:{port}"}
+    with DeviceTestContext(DahuDS, process=True, properties=properties, timeout=60):
+        base = f"http://127.0.0.1:{port}"
+        assert http(base + "/api/counters")[0] == 401
+        assert http(base + "/api/counters", headers={"Authorization": f"Bearer {token}"})[0] == 200
+
+
 # ---- the monitor's bounded memory ----------------------------------------------------------
 class FakeJob:
     def __init__(self, job_id: int, state: str, runtime: float, plugin: str = "p.q"):
