@@ -551,6 +551,26 @@ def test_prune_and_export_show_their_progress_on_a_terminal(tmp_path):
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 
+def test_prune_counts_only_the_jobs_it_removed(tmp_path, monkeypatch):
+    """Another prune (the server's retention) may take some of the same jobs first."""
+    import dahu.retention
+
+    journal = SQLiteJournal(str(tmp_path))
+    for job_id in journal.create_many("example.square", [{"x": 1}] * 10, time.time() - 3600):
+        journal.finish(job_id, "success", {}, None, time.time() - 3600, time.time() - 3600)
+    journal.close()
+    remove_files = dahu.retention._remove_files
+
+    def racing(workdir, job_id, *args):
+        remove_files(workdir, job_id, *args)
+        if job_id % 2:  # the other prune deletes this record meanwhile
+            with sqlite3.connect(tmp_path / "journal.sqlite") as other:
+                other.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    monkeypatch.setattr(dahu.retention, "_remove_files", racing)
+    assert prune(str(tmp_path), keep_last=0).removed == 5
+
+
 def test_prune_reclaims_space_and_ids_are_never_reused(tmp_path):
     workdir = tmp_path / "work"
     local = LocalServer(str(workdir), str(tmp_path / "server.log"), device="test/dahu/prune")
