@@ -310,12 +310,17 @@ def test_export_json_lines_and_csv(history, tmp_path):
     assert next(csv.DictReader(io.StringIO(proc.stdout)))["state"] == "aborted"
 
 
-def test_an_export_onto_the_journal_is_refused_and_the_journal_kept(history):
+def test_an_export_onto_the_journal_is_refused_and_the_journal_kept(history, tmp_path):
     # bug: "-o WORKDIR/journal.sqlite" truncated the journal before reading it
     workdir, ids, _ = history
     before = run("list", "--json", "--limit", "0", workdir=workdir).stdout
-    for name in ("journal.sqlite", "journal.sqlite-wal", "./journal.sqlite"):
-        target = os.path.join(workdir, name)
+    linked = tmp_path / "journal-link.sqlite"
+    try:
+        os.link(workdir / "journal.sqlite", linked)  # a hard link: another path, one file
+    except OSError:  # another file system
+        linked = workdir / "journal.sqlite"
+    targets = [os.path.join(workdir, n) for n in ("journal.sqlite", "journal.sqlite-wal")]
+    for target in [*targets, os.path.join(workdir, "./journal.sqlite"), str(linked)]:
         line = one_line_error(run("export", "-o", target, workdir=workdir), 2)
         assert line == f"dahu-jobs: will not export onto the journal itself: {target}"
     assert run("list", "--json", "--limit", "0", workdir=workdir).stdout == before
@@ -544,6 +549,26 @@ def test_prune_and_export_show_their_progress_on_a_terminal(tmp_path):
     assert quiet.stderr == f"dahu-jobs: 1000 job(s) written to {target} (csv)\n"
     quiet = run("prune", "--keep-last", "0", workdir=tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_prune_counts_only_the_jobs_it_removed(tmp_path, monkeypatch):
+    """Another prune (the server's retention) may take some of the same jobs first."""
+    import dahu.retention
+
+    journal = SQLiteJournal(str(tmp_path))
+    for job_id in journal.create_many("example.square", [{"x": 1}] * 10, time.time() - 3600):
+        journal.finish(job_id, "success", {}, None, time.time() - 3600, time.time() - 3600)
+    journal.close()
+    remove_files = dahu.retention._remove_files
+
+    def racing(workdir, job_id, *args):
+        remove_files(workdir, job_id, *args)
+        if job_id % 2:  # the other prune deletes this record meanwhile
+            with sqlite3.connect(tmp_path / "journal.sqlite") as other:
+                other.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    monkeypatch.setattr(dahu.retention, "_remove_files", racing)
+    assert prune(str(tmp_path), keep_last=0).removed == 5
 
 
 def test_prune_reclaims_space_and_ids_are_never_reused(tmp_path):

@@ -169,7 +169,7 @@ def test_page_shows_jobs_live_without_reload(server, browser):
     assert list(browser.errors) == []
 
     # the failure links to the full error, input and output
-    href = browser.evaluate(f"document.querySelector('#failures a[href=\"/jobs/{bad}\"]').href")
+    href = browser.evaluate(f"document.querySelector('#failures a[href=\"jobs/{bad}\"]').href")
     browser.open(href)
     browser.wait_for("document.getElementById('error').textContent.includes('Traceback')")
     assert "beam lost on purpose" in browser.text("#error")
@@ -254,8 +254,9 @@ class Gateway:
     passes requests on, or, after :meth:`fail` (the server restarting behind it), answers
     502 Bad Gateway until :meth:`recover`."""
 
-    def __init__(self, backend_url: str) -> None:
+    def __init__(self, backend_url: str, prefix: str = "") -> None:
         self.backend = int(backend_url.rsplit(":", 1)[1])
+        self.prefix = prefix.encode()  # served under this path: /dahu/api/... -> /api/...
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.down = False
@@ -287,12 +288,16 @@ class Gateway:
         with self.lock:
             self.sockets.append(backend)
         threading.Thread(target=self._pipe, args=(backend, client), daemon=True).start()
-        self._pipe(client, backend)
+        self._pipe(client, backend, self.prefix)
 
     @staticmethod
-    def _pipe(source: socket.socket, target: socket.socket) -> None:
+    def _pipe(source: socket.socket, target: socket.socket, prefix: bytes = b"") -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                if prefix:  # the request lines of a page's small requests come whole
+                    data = re.sub(rb"^(GET|POST) /", rb"\1 /outside-the-proxy/", data, flags=re.M)
+                    outside = rb"^(GET|POST) /outside-the-proxy" + re.escape(prefix)
+                    data = re.sub(outside, rb"\1 ", data, flags=re.M)  # only PREFIX/... passes
                 target.sendall(data)
         Gateway._cut([source, target])
 
@@ -344,6 +349,25 @@ def test_page_recovers_when_its_stream_was_refused_for_a_while(server, gateway, 
     assert list(browser.errors) == []
 
 
+def test_page_works_under_a_proxy_path(server, jobs, browser):
+    """A reverse proxy that serves the page at https://host/dahu/ (as a facility's one
+    front end for many servers): the page asks for its files and data under that path."""
+    gateway = Gateway(server[0].http, prefix="/dahu")
+    try:
+        browser.open(gateway.url + "/dahu/")
+        browser.wait_for(has_row("failures", jobs["bad"]), 20)
+        assert "server-sent" in browser.text("#live")
+        browser.evaluate(f"document.querySelector('#failures a[href$=\"/{jobs['bad']}\"]').click()")
+        browser.wait_for(
+            "(document.getElementById('error') || {textContent: ''}).textContent.includes('detector on fire')",
+            20,
+        )
+        assert browser.evaluate("location.pathname") == f"/dahu/jobs/{jobs['bad']}"
+        assert list(browser.errors) == []
+    finally:
+        gateway.close()
+
+
 def test_job_page_keeps_refreshing_through_a_server_restart(server, gateway, browser):
     _, proxy = server
     job = proxy.startJob(["example.sleep", json.dumps({"t": 60})])
@@ -373,7 +397,8 @@ def test_job_page_of_an_unknown_job_says_so(server, browser):
 def test_job_page_wraps_a_long_reason(server, browser):
     local, proxy = server
     path = "/data/visitor/ma1234/id00/20261130/RAW_DATA/" + "sample_scan_0001/" * 20 + "x.h5"
-    job = proxy.startJob(["example.error", json.dumps({"message": f"cannot read {path}"})])
+    # ValueError: could not convert string to float: '/data/...' (example.error is others')
+    job = proxy.startJob(["example.sleep", json.dumps({"t": path})])
     finish(proxy, job)
     browser.open(f"{local.http}/jobs/{job}")
     browser.wait_for("document.getElementById('info').innerText.includes('sample_scan')")
@@ -575,6 +600,21 @@ def test_event_stream_is_standard_json_with_nan(engine, monkeypatch):
         assert strict_json(data[6:].decode()) == {"p50": "NaN"}
     finally:
         service.stop()
+
+
+def test_requests_do_not_fill_the_server_log(engine, caplog):
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    caplog.set_level(logging.INFO)
+    caplog.clear()  # what the start said
+    try:
+        base = f"http://127.0.0.1:{service.port}"
+        for path in ("/api/counters", "/api/summary", "/api/jobs/987654", "/favicon.ico"):
+            http(base + path)  # what a page and a monitoring script ask all day long
+    finally:
+        service.stop()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == []
 
 
 def test_stopping_with_a_page_open_logs_no_error(engine, caplog):
@@ -870,6 +910,17 @@ def test_status_gives_a_usable_ipv6_address(engine):
 
     text = status_text(engine, SimpleNamespace(host="::1", port=8080), 1000, "", "")
     assert "web page: http://[::1]:8080/" in text
+
+
+def test_device_property_page_takes_the_token_of_the_environment(tmp_path, monkeypatch):
+    token = "beamline-secret-0123456789"
+    monkeypatch.setenv("DAHU_HTTP_TOKEN", token)  # the documented default of the token
+    port = free_port()
+    properties = {"workdir": str(tmp_path / "work"), "http": f"127.0.0.1:{port}"}
+    with DeviceTestContext(DahuDS, process=True, properties=properties, timeout=60):
+        base = f"http://127.0.0.1:{port}"
+        assert http(base + "/api/counters")[0] == 401
+        assert http(base + "/api/counters", headers={"Authorization": f"Bearer {token}"})[0] == 200
 
 
 # ---- the monitor's bounded memory ----------------------------------------------------------

@@ -197,14 +197,15 @@ def prune(
             report.last_id = last
             for job_id, plugin in rows:
                 _remove_files(workdir, job_id, plugin, dry_run, report, directories)
+            gone = len(rows)
             if not dry_run:
                 marks = ",".join("?" * len(rows))
                 with _transaction(db):
-                    db.execute(
+                    gone = db.execute(  # not those another prune (the server's) took first
                         f"DELETE FROM jobs WHERE id IN ({marks}) AND state IN (?, ?, ?)",
                         [*(r[0] for r in rows), *_FINAL],
-                    )
-            report.removed += len(rows)
+                    ).rowcount
+            report.removed += gone
             if progress is not None:
                 progress(report.removed, going)
         if not dry_run:

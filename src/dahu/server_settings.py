@@ -59,6 +59,7 @@ class ServerSettings:
     retention: str | None = None
     retention_interval: float | None = None
     http: str | None = None
+    http_token: str | None = None  # --http-token, else $DAHU_HTTP_TOKEN
     shutdown_timeout: float = 30.0
     engine_options: dict[str, Any] = field(default_factory=dict)
 
@@ -248,8 +249,10 @@ def attach_web(engine: dahu_engine.Engine, http: str, token: str) -> Any:
     command line started none (a failure is logged: the device runs without it), and
     shown ``engine``'s jobs; None without a page."""
     if web_service() is None and http.strip():
+        # as documented: the option wins over the property, $DAHU_HTTP_TOKEN is the default
+        given = settings.http_token or token.strip() or os.environ.get("DAHU_HTTP_TOKEN")
         try:
-            start_web(http.strip(), token.strip() or None)
+            start_web(http.strip(), given or None)
         except Exception as err:  # WebError (a DahuError): busy port, bad address...
             logger.error("no web page: %s", err)
     web = web_service()

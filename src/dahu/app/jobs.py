@@ -326,6 +326,14 @@ def cmd_stats(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     return EXIT_OK
 
 
+def _same_file(one: str, other: str) -> bool:
+    """Whether two names are one file: a symbolic or a hard link to it too."""
+    try:
+        return os.path.samefile(one, other)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(one) == os.path.realpath(other)
+
+
 def cmd_export(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     """``export``."""
     kind = args.format or ("csv" if (args.output or "").lower().endswith(".csv") else "jsonl")
@@ -333,7 +341,7 @@ def cmd_export(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     if args.output:
         journal = os.path.join(args.workdir, SQLiteJournal.FILENAME)
         mine = [journal + suffix for suffix in ("", "-wal", "-shm", "-journal")]
-        if os.path.realpath(args.output) in map(os.path.realpath, mine):
+        if any(_same_file(args.output, name) for name in mine):
             sys.stderr.write(f"{PROG}: will not export onto the journal itself: {args.output}\n")
             return EXIT_USAGE
         try:

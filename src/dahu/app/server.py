@@ -213,14 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     server.settings.retention = args.retention
     server.settings.retention_interval = args.retention_interval
     server.settings.http = args.http
+    server.settings.http_token = args.http_token or os.environ.get("DAHU_HTTP_TOKEN") or None
     server.settings.shutdown_timeout = args.shutdown_timeout
     if args.http:
         from ..server_settings import start_web
         from ..web import WebError
 
-        token = args.http_token or os.environ.get("DAHU_HTTP_TOKEN") or None
         try:
-            web = start_web(args.http, token)
+            web = start_web(args.http, server.settings.http_token)
         except WebError as err:
             sys.stderr.write(f"dahu_server: {err}\n")
             return 1

@@ -361,6 +361,21 @@ class NotFoundHandler(_Base):
         raise ClientError(404, f"no such page: {self.request.path[:100]}")
 
 
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    """Requests go to the debug log (a bug's 5xx is logged with its traceback already):
+    a page left open or a monitoring script must not fill the server's log."""
+    if logger.isEnabledFor(logging.DEBUG):
+        request = handler.request
+        logger.debug(
+            "%d %s %s (%s) %.1f ms",
+            handler.get_status(),
+            request.method,
+            request.uri,
+            request.remote_ip,
+            1000.0 * request.request_time(),
+        )
+
+
 def make_app(service: Any) -> tornado.web.Application:
     """The application of one :class:`~dahu.web.service.WebService`."""
     options = {"service": service}
@@ -382,5 +397,9 @@ def make_app(service: Any) -> tornado.web.Application:
         (r"(.*)", NotFoundHandler, options),
     ]
     return tornado.web.Application(
-        routes, compress_response=False, xsrf_cookies=False, serve_traceback=False
+        routes,
+        compress_response=False,
+        xsrf_cookies=False,
+        serve_traceback=False,
+        log_function=_log_request,
     )

@@ -25,7 +25,7 @@ function cell(text, cls) {
 function jobLink(id) {
   const td = document.createElement("td");
   const a = document.createElement("a");
-  a.href = "/jobs/" + encodeURIComponent(id);
+  a.href = "jobs/" + encodeURIComponent(id);  // relative: the page may sit under a proxy's path
   a.textContent = String(id);
   a.title = "error, input and output of job " + id;
   td.appendChild(a);
@@ -162,7 +162,7 @@ function poll(reason) {
   transport = "polling every " + POLL_MS / 1000 + " s";
   if (reason) console.info("dahu: polling /api/summary: " + reason);
   const once = () => {
-    fetch("/api/summary", { cache: "no-store", credentials: "same-origin" })
+    fetch("api/summary", { cache: "no-store", credentials: "same-origin" })
       .then(r => r.ok ? r.json() : Promise.reject(new Error("HTTP " + r.status)))
       .then(render)
       .catch(err => {
@@ -176,7 +176,7 @@ function poll(reason) {
 
 function stream() {
   transport = "server-sent events";
-  const source = new EventSource("/api/events");
+  const source = new EventSource("api/events");
   let received = false;
   let over = false;
   const fallBack = why => { if (!over) { over = true; source.close(); poll(why); } };

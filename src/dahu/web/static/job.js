@@ -55,7 +55,7 @@ function show(job) {
 
 function load() {
   const id = decodeURIComponent(location.pathname.split("/").pop());
-  fetch("/api/jobs/" + encodeURIComponent(id), { cache: "no-store", credentials: "same-origin" })
+  fetch("../api/jobs/" + encodeURIComponent(id), { cache: "no-store", credentials: "same-origin" })
     .then(r => r.json().catch(() => ({})).then(body => ({ r, body })))
     .then(({ r, body }) => {
       if (!r.ok) {
