@@ -445,3 +445,17 @@ def test_what_plugins_print_does_not_spoil_the_json_summary(tmp_path: Path, exec
     status, summary, stderr = summary_of(*args)  # the whole standard output is JSON
     assert (status, summary["total"]["success"]) == (0, 1), stderr
     assert "integrating frame 7" in stderr
+
+
+def test_a_plugins_option_naming_a_file_says_so(tmp_path: Path):
+    # bug: "plugin directory X does not exist" for a file that exists (a plugin module
+    # given instead of its directory)
+    module = tmp_path / "mine.py"
+    module.write_text("")
+    proc = subprocess.run(
+        [REPROCESS, "--plugins", str(module), "x"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        f"dahu-reprocess: error: plugin directory {module} is not a directory"
+    )

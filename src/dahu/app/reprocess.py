@@ -406,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     problems = [
-        f"plugin directory {d} does not exist" for d in args.plugins if not os.path.isdir(d)
+        f"plugin directory {d} {'is not a directory' if os.path.exists(d) else 'does not exist'}"
+        for d in args.plugins
+        if not os.path.isdir(d)
     ]
     if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
         problems.append(f"output {args.output} is not a directory")
