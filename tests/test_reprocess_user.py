@@ -425,3 +425,37 @@ def test_an_archived_file_that_is_gone_is_said_so(tmp_path: Path):
     gone = str(tmp_path / "archive" / "processed" / "sample_0001" / "00012_pyfai.h5")
     difference = first_difference({"file": gone}, {"file": str(new)})
     assert (difference.path, difference.reason) == ("file", f"the archived file {gone} is gone")
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_what_plugins_print_does_not_spoil_the_json_summary(tmp_path: Path, executor: str):
+    # bug: what a plugin printed went to standard output with the summary, so that
+    # `dahu-reprocess -q --json ... > report.json` was not JSON
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "chatty.py").write_text(
+        "from dahu.plugin import plugin_from_function\n\n\n"
+        "def f(x=0):\n"
+        "    print('integrating frame', x)\n"
+        "    return x\n\n\n"
+        "plugin_from_function(f)\n"
+    )
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "chatty.f", "x": 7})
+    args = ("-q", "--executor", executor, "--plugins", plugins, "-o", tmp_path / "out", sources)
+    status, summary, stderr = summary_of(*args)  # the whole standard output is JSON
+    assert (status, summary["total"]["success"]) == (0, 1), stderr
+    assert "integrating frame 7" in stderr
+
+
+def test_a_plugins_option_naming_a_file_says_so(tmp_path: Path):
+    # bug: "plugin directory X does not exist" for a file that exists (a plugin module
+    # given instead of its directory)
+    module = tmp_path / "mine.py"
+    module.write_text("")
+    proc = subprocess.run(
+        [REPROCESS, "--plugins", str(module), "x"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        f"dahu-reprocess: error: plugin directory {module} is not a directory"
+    )

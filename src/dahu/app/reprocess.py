@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from ..compare import DEFAULT_IGNORE, Difference, first_difference
 from ..engine import configure, nonblocking
@@ -47,6 +47,7 @@ from .reprocess_summary import (
     format_summary,
     print_summary,
     summarize,
+    summary_stdout,
 )
 from .sources import (
     InputError,
@@ -405,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     problems = [
-        f"plugin directory {d} does not exist" for d in args.plugins if not os.path.isdir(d)
+        f"plugin directory {d} {'is not a directory' if os.path.exists(d) else 'does not exist'}"
+        for d in args.plugins
+        if not os.path.isdir(d)
     ]
     if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
         problems.append(f"output {args.output} is not a directory")
@@ -413,6 +416,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: {problems[0]}", file=sys.stderr)
         return EXIT_USAGE
+    with summary_stdout() as out:  # what plugins print goes to standard error meanwhile
+        return _run(args, out)
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> int:
+    """Run the jobs of ``args``, print the summary on ``out``; the exit status."""
     for directory in args.plugins:
         plugin_factory.add_directory(directory)
     output_dir = os.path.abspath(args.output or get_workdir())
@@ -445,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     run.run()
     with _signals_ignored(run.stop.is_set()):
         summary = summarize(run, output_dir)
-        print_summary(summary, args.json)
+        print_summary(summary, args.json, out)
         status = summary["exit_status"]
         if not run.forced:  # else jobs still run in their threads: leave the journal open
             lost = engine.close()

@@ -4,10 +4,12 @@ the comparison with the archive, the exit status; as JSON-ready data or text tab
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 from ..states import State
 
@@ -15,6 +17,7 @@ __all__ = [
     "summarize",
     "format_summary",
     "print_summary",
+    "summary_stdout",
     "EXIT_OK",
     "EXIT_FAILED",
     "EXIT_USAGE",
@@ -139,10 +142,36 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def print_summary(summary: dict[str, Any], as_json: bool) -> None:
-    """Print the summary on standard output, as JSON or tables; a reader that went away
-    (``| head``) is not an error: the run still ends as it should."""
+def print_summary(summary: dict[str, Any], as_json: bool, out: TextIO | None = None) -> None:
+    """Print the summary on ``out`` (standard output), as JSON or tables; a reader that
+    went away (``| head``) is not an error: the run still ends as it should."""
+    out = out or sys.stdout
     try:
-        print(json.dumps(summary, indent=2) if as_json else format_summary(summary), flush=True)
+        text = json.dumps(summary, indent=2) if as_json else format_summary(summary)
+        print(text, file=out, flush=True)
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+
+
+@contextlib.contextmanager
+def summary_stdout() -> Iterator[TextIO]:
+    """Standard output kept for the summary alone: meanwhile file descriptor 1 is standard
+    error, so that what plugins print (``print``, C libraries, worker processes) does not
+    spoil it (``--json > report.json``).  Yields the file to print the summary on."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no standard output to keep
+        yield sys.stdout
+        return
+    os.dup2(2, 1)
+    out = open(saved, "w", closefd=False)  # the descriptor is closed below, once restored
+    try:
+        yield out
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        with contextlib.suppress(OSError, ValueError):
+            out.close()
+        os.dup2(saved, 1)
+        os.close(saved)
