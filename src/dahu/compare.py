@@ -93,6 +93,13 @@ def _is_number(value: Any) -> bool:
     )
 
 
+def _holds_bool(value: Any) -> bool:
+    """Whether a list (or tuple, at any depth) holds a boolean among numbers."""
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(item) for item in value)
+    return isinstance(value, (bool, numpy.bool_))
+
+
 class _Comparer:
     """One comparison: the tolerances and the names to skip."""
 
@@ -160,6 +167,8 @@ class _Comparer:
         except (ValueError, TypeError):  # ragged
             return None
         if a.dtype.kind not in "iufc" or b.dtype.kind not in "iufc" or a.shape != b.shape:
+            return None
+        if _holds_bool(old) or _holds_bool(new):  # [1, True] is not [1, 1]
             return None
         return a, b
 

@@ -19,6 +19,7 @@ __all__ = [
     "InvalidInput",
     "MAX_INPUT_CHARS",
     "MAX_DEPTH",
+    "json_kind",
     "parse_input",
     "parse_job_input",
     "parse_job_inputs",
@@ -64,7 +65,7 @@ def parse_input(input_data: Any) -> dict[str, Any]:
     except RecursionError as err:
         raise InvalidInput("job input is nested too deeply") from err
     if not isinstance(value, dict):
-        raise InvalidInput(f"job input must be a JSON object, got {_kind(value)}")
+        raise InvalidInput(f"job input must be a JSON object, got {json_kind(value)}")
     return value
 
 
@@ -180,17 +181,18 @@ def parse_job_inputs(text: Any) -> list[dict[str, Any]]:
     except RecursionError:
         raise InvalidInput(f"job inputs are nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(items, list):
-        raise InvalidInput(f"job inputs must be a JSON array of objects, got {_kind(items)}")
+        raise InvalidInput(f"job inputs must be a JSON array of objects, got {json_kind(items)}")
     for index, item in enumerate(items):
         if not isinstance(item, dict):
-            raise InvalidInput(f"job input #{index} must be a JSON object, got {_kind(item)}")
+            raise InvalidInput(f"job input #{index} must be a JSON object, got {json_kind(item)}")
     if text.count("{") + text.count("[") > MAX_DEPTH:
         for item in items:
             _check_depth(item, "a job input")
     return items
 
 
-def _kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """What ``value`` is in JSON's words: object, array, string, boolean, number, null."""
     return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
         type(value), "null" if value is None else "number"
     )

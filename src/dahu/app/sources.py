@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DahuError, JournalError, one_line
+from ..inputs import json_kind
 from ..jobquery import get as get_record
 from ..jobquery import open_journal
 from ..journal import SQLiteJournal
@@ -162,7 +163,7 @@ def _read_text(path: str) -> str:
             chunks.append(chunk)
     finally:
         os.close(fd)
-    text = b"".join(chunks).decode("utf-8")
+    text = b"".join(chunks).decode("utf-8-sig")  # a byte-order mark (Windows editors) too
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text
@@ -184,9 +185,11 @@ def load_input(item: Item) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
     except (ValueError, RecursionError) as err:
         raise InputError(f"not JSON: {one_line(err)}") from err
     if not isinstance(data, dict):
-        raise InputError(f"not a job input: a JSON {type(data).__name__}, not an object")
+        raise InputError(f"not a job input: a JSON {json_kind(data)}, not an object")
     plugin = data.get("plugin_name")
-    if not isinstance(plugin, str) or not plugin:
+    if plugin is not None and not isinstance(plugin, str):
+        raise InputError(f"not a job input: plugin_name is a JSON {json_kind(plugin)}")
+    if not plugin:
         raise InputError("not a job input: no plugin_name")
     return plugin, data, None
 
@@ -197,7 +200,7 @@ def load_archive(item: Item) -> tuple[bool, Any]:
     if not os.path.isfile(path):
         return False, None
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:
             return True, json.load(handle)
     except (OSError, ValueError) as err:
         raise InputError(f"cannot read the archived output {path}: {err}") from err
