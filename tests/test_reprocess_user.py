@@ -459,3 +459,17 @@ def test_a_plugins_option_naming_a_file_says_so(tmp_path: Path):
     assert proc.stderr.splitlines()[-1] == (
         f"dahu-reprocess: error: plugin directory {module} is not a directory"
     )
+
+
+def test_one_summary_row_however_the_inputs_spell_the_plugin(tmp_path: Path):
+    # bug: EXAMPLE.Square and example.square were two rows (the runtimes in neither)
+    sources = tmp_path / "in"
+    sources.mkdir()
+    for i, name in enumerate(("EXAMPLE.Square", "example.square", "Example.SQUARE")):
+        (sources / f"{i}.inp").write_text(json.dumps({"plugin_name": name, "x": i}))
+    status, summary, _ = summary_of("-o", tmp_path / "out", sources)
+    assert status == 0
+    assert list(summary["plugins"]) == ["example.square"]
+    row = summary["plugins"]["example.square"]
+    assert row["jobs"] == row["success"] == row["ran"] == 3
+    assert row["runtime"] == summary["total"]["runtime"] > 0

@@ -46,10 +46,15 @@ def _row() -> dict[str, Any]:
 
 def summarize(run: Any, output_dir: str) -> dict[str, Any]:
     """The summary of a run as JSON-ready data (see ``docs/reprocess.md``)."""
-    runtimes = run.engine.statistics()["plugins"]
+    # one row per plugin however its inputs spelled it (the factory ignores the case)
+    runtimes: dict[str, dict[str, Any]] = {}
+    for name, stats in run.engine.statistics()["plugins"].items():
+        times = runtimes.setdefault(name.lower(), {"runtime": 0.0, "ran": 0})
+        times["runtime"] += stats.get("runtime", 0.0)
+        times["ran"] += stats.get("ran", 0)
     plugins: dict[str, dict[str, Any]] = {}
     for result in run.results:
-        entry = plugins.setdefault(result.plugin, _row())
+        entry = plugins.setdefault(result.plugin.lower(), _row())
         entry["jobs"] += 1
         entry[result.state] = entry.get(result.state, 0) + 1
         entry["invalid"] += result.invalid
