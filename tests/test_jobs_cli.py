@@ -690,3 +690,26 @@ def test_percentile_is_the_nearest_rank():
     assert percentile([3.0], 0.95) == 3.0
     assert percentile([float(i) for i in range(1, 101)], 0.95) == 95.0
     assert percentile([1.0, 2.0, 3.0, 100.0], 0.95) == 100.0
+
+
+def test_show_says_when_the_process_of_an_unfinished_job_is_gone(tmp_path):
+    # a server killed and not started again leaves its jobs running in the journal:
+    # show said "running" as of a job still at work
+    workdir = tmp_path / "work"
+    local = LocalServer(str(workdir), str(tmp_path / "server.log"), device="test/dahu/gone")
+    proxy = local.start(timeout=60)
+    try:
+        cut = proxy.startJob(["example.sleep", '{"t": 600}'])
+        while proxy.getJobState(cut) != "running":
+            time.sleep(0.01)
+        alive = run("show", str(cut), workdir=workdir)
+        assert alive.returncode == 0 and "is gone" not in alive.stdout
+        local.process.kill()
+        local.process.wait(30)
+    finally:
+        local.stop()
+    shown = run("show", str(cut), workdir=workdir)
+    first = shown.stdout.splitlines()[0]
+    assert first.startswith(f"job {cut}: example.sleep, ")
+    assert f"(its process {local.process.pid} is gone: the next server" in first
+    assert json.loads(run("show", str(cut), "--json", workdir=workdir).stdout)["gone"] is True

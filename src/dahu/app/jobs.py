@@ -25,7 +25,7 @@ from tabulate import tabulate
 from .. import __version__
 from ..jobquery import Filters, count, get, latest, open_journal, records, statistics
 from ..journal import JournalError, default_workdir, job_file_stem
-from ..journal.sqlite import SQLiteJournal
+from ..journal.sqlite import SQLiteJournal, process_alive
 from ..retention import DEFAULT_MIN_AGE, prune
 from ..states import State
 from ..timespec import BadTime, format_time, parse_duration, parse_when
@@ -264,6 +264,9 @@ def _record_dict(record: Any) -> dict[str, Any]:
     return {name: getattr(record, name) for name in EXPORT_FIELDS}
 
 
+GONE = "the next server or engine on this work directory records it failure, interrupted"
+
+
 def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     """``show ID``."""
     record = get(db, args.job_id)
@@ -271,12 +274,17 @@ def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
         sys.stderr.write(f"{PROG}: no job {args.job_id} in the journal of {args.workdir}\n")
         return EXIT_NOT_FOUND
     files = _files(args.workdir, record.id, record.plugin)
+    # not ended, and the process that ran it is gone (killed, and not started again)
+    gone = record.state not in State.FINAL and not process_alive(
+        record.host, record.pid, record.submitted
+    )
     if args.json:
-        json.dump({**_record_dict(record), "files": files}, out, indent=1)
+        json.dump({**_record_dict(record), "files": files, "gone": gone}, out, indent=1)
         out.write("\n")
         return EXIT_OK
     lines = [
-        f"job {record.id}: {record.plugin}, {record.state}",
+        f"job {record.id}: {record.plugin}, {record.state}"
+        + (f" (its process {record.pid} is gone: {GONE})" if gone else ""),
         f"submitted  {format_time(record.submitted)}",
         f"started    {format_time(record.started)}",
         f"ended      {format_time(record.ended)}",
