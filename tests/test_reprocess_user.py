@@ -473,3 +473,43 @@ def test_one_summary_row_however_the_inputs_spell_the_plugin(tmp_path: Path):
     row = summary["plugins"]["example.square"]
     assert row["jobs"] == row["success"] == row["ran"] == 3
     assert row["runtime"] == summary["total"]["runtime"] > 0
+
+
+ECHO_PLUGIN = """
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+@register
+class Echo(Plugin):
+    REPROCESS_IGNORE = ["secret"]
+
+    def process(self):
+        self.output["keys"] = sorted(self.input)
+"""
+
+
+def test_a_module_crashing_at_import_under_the_process_executor_fails_its_inputs_only(
+    tmp_path: Path,
+):
+    # bug: the tool imported every plugin module itself (for its REPROCESS_* lists): a
+    # module ending the process at import ended the whole run, without a summary
+    plugins, sources = tmp_path / "plugins", tmp_path / "in"
+    plugins.mkdir()
+    sources.mkdir()
+    (plugins / "crasher.py").write_text("import os\nos._exit(7)\n")
+    (plugins / "quiet.py").write_text(ECHO_PLUGIN)
+    inputs = [("crasher.boom", {}), ("quiet.echo", {"secret": 1, "x": 2}), ("example.square", {})]
+    for i, (name, data) in enumerate(inputs, 1):
+        (sources / f"{i}.inp").write_text(json.dumps({"plugin_name": name, **data}))
+    out = tmp_path / "out"
+    args = ("--executor", "process", "--plugins", str(plugins), "-o", str(out), str(sources))
+    status, summary, stderr = summary_of(*args)
+    assert status == 1
+    assert summary["total"]["success"] == 2 and summary["total"]["invalid"] == 1
+    (error,) = summary["errors"]
+    assert error["source"] == str(sources / "1.inp")
+    assert error["error"].endswith(
+        "cannot load plugin 'crasher.boom': the import ended the process: exit code 7"
+    )
+    echoed = json.loads(next(out.rglob("*quiet.echo.out")).read_text())
+    assert echoed["keys"] == ["job_id", "plugin_name", "x"]  # REPROCESS_IGNORE still read

@@ -24,7 +24,14 @@ from .utils import fully_qualified_name
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_source", "Factory", "plugin_factory", "register", "UnknownPlugin"]
+__all__ = [
+    "load_source",
+    "Factory",
+    "plugin_factory",
+    "plugin_settings",
+    "register",
+    "UnknownPlugin",
+]
 
 BUILTIN_PLUGIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
@@ -308,3 +315,17 @@ plugin_factory = Factory()
 """The process-wide factory used by jobs."""
 
 register = plugin_factory.register
+
+
+REPROCESS_SETTINGS = ("REPROCESS_IGNORE", "REPROCESS_COMPARE_IGNORE", "REPROCESS_RELOCATE")
+"""The lists a plugin may give ``dahu-reprocess`` (see docs/reprocess.md)."""
+
+
+def plugin_settings(klass: Any) -> dict[str, tuple[str, ...]]:
+    """A plugin's ``REPROCESS_*`` lists: the class attributes, or for a plugin made from a
+    function, the function's attributes of those names (empty when not given)."""
+    function = getattr(klass, "function", None)
+    return {
+        name: tuple(getattr(klass, name, None) or getattr(function, name, None) or ())
+        for name in REPROCESS_SETTINGS
+    }

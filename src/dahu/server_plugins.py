@@ -30,7 +30,7 @@ from typing import Any
 
 from .errors import DahuError, UnknownPlugin, one_line
 from .executors.process import exit_text
-from .factory import Factory, _list_modules, plugin_factory
+from .factory import Factory, _list_modules, plugin_factory, plugin_settings
 
 logger = logging.getLogger(__name__)
 
@@ -113,12 +113,27 @@ class PluginCatalog:
             if self.isolated:
                 self.factory.locate(plugin)  # a plugin directory has its module
                 module = plugin.lower().split(".", 1)[0]
-                doc = self._ask(("doc", plugin.lower()), module, lambda d: self._doc(plugin, d))
+                doc = self._ask(("doc", plugin.lower()), module, lambda d: self._one(plugin, d))
             else:
                 doc = _doc(self.factory.get_class(plugin))
         except DahuError as err:
             return f"Plugin not found: {name}, {one_line(str(err))}"
         return f"Plugin loaded: {plugin}\n{doc or '(no documentation)'}"
+
+    def settings(self, name: str) -> dict[str, tuple[str, ...]]:
+        """The plugin's ``REPROCESS_*`` lists (:func:`~dahu.factory.plugin_settings`),
+        read by the helper process when isolated; :class:`DahuError` if it cannot load."""
+        plugin = name.strip()
+        if not self.isolated:
+            return plugin_settings(self.factory.get_class(plugin))
+        self.factory.locate(plugin)
+        module = plugin.lower().split(".", 1)[0]
+        key = ("settings", plugin.lower())
+        try:
+            found = self._ask(key, module, lambda d: self._one(plugin, d, "settings"))
+        except RuntimeError as err:  # the helper failed, not the module
+            raise UnknownPlugin(f"cannot load plugin {plugin!r}: {err}") from None
+        return {setting: tuple(values) for setting, values in found.items()}
 
     # ---- the helper process -------------------------------------------------------------
     def _ask(self, key: tuple, module: str, compute: Callable[[list[str]], tuple]) -> Any:
@@ -164,11 +179,13 @@ class PluginCatalog:
             crashed[loading[-1]] = ended_reason(returncode)
             logger.error("plugin module %s: %s", loading[-1], crashed[loading[-1]])
 
-    def _doc(self, plugin: str, directories: list[str]) -> tuple[str, dict]:
+    def _one(self, plugin: str, directories: list[str], want: str = "doc") -> tuple[Any, dict]:
+        """A plugin's ``doc`` or ``settings`` (both kept)."""
         lines, returncode = _helper(["doc", plugin, *directories])
         answer = lines[-1] if lines else {}
         if "doc" in answer:
-            return answer["doc"] or "", {}
+            both = {"doc": answer["doc"] or "", "settings": answer["settings"]}
+            return both[want], {(key, plugin.lower()): value for key, value in both.items()}
         if "missing" in answer:
             raise UnknownPlugin(answer["missing"])
         if not any("loading" in line for line in lines):
@@ -199,9 +216,11 @@ def _helper(args: list[str]) -> tuple[list[dict[str, Any]], int | None]:
     while True:
         try:
             raw = received.get(timeout=limit)  # each line: the next module, or the end
-        except queue.Empty:
+        except (queue.Empty, KeyboardInterrupt) as err:  # too long, or a Ctrl-C here
             process.kill()
             process.wait()
+            if isinstance(err, KeyboardInterrupt):
+                raise
             return lines, None
         if raw is None:
             break
@@ -241,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
         except DahuError as err:
             say(missing=one_line(str(err)))
         else:
-            say(doc=_doc(klass))
+            settings = {name: list(values) for name, values in plugin_settings(klass).items()}
+            say(doc=_doc(klass), settings=settings)
     out.flush()
     os._exit(0)  # a thread a module started must not keep the helper alive
 

@@ -32,7 +32,7 @@ from typing import Any, TextIO
 from ..compare import DEFAULT_IGNORE, Difference, first_difference
 from ..engine import configure, nonblocking
 from ..errors import DahuError, JournalError, one_line
-from ..factory import plugin_factory
+from ..factory import plugin_factory, plugin_settings
 from ..job import Job
 from ..journal import default_workdir
 from ..states import State
@@ -59,7 +59,6 @@ from .sources import (
     load,
     load_archive,
     reason_only,
-    reprocess_setting,
 )
 
 logger = logging.getLogger(__name__)
@@ -122,7 +121,11 @@ class Reprocessor:
     def __init__(self, args: argparse.Namespace, engine: Any, items: list[Item]):
         self.args = args
         self.engine = engine
-        self.factory = plugin_factory
+        self.settings = lambda name: plugin_settings(plugin_factory.get_class(name))
+        if engine.executor.isolates_plugins:  # plugin modules are imported by a helper
+            from ..server_plugins import PluginCatalog
+
+            self.settings = PluginCatalog(plugin_factory, True).settings
         self.items = items
         # 64 inputs at least: with fewer, the job slot waited for the main thread's
         # refills (2,000 trivial jobs, -j 1, tmpfs: 0.94 to 1.10 s with 8, 0.68 to 0.86 s
@@ -280,7 +283,7 @@ class Reprocessor:
                     raise loaded.error
                 self.importing = True
                 try:
-                    klass = self.factory.get_class(plugin)
+                    settings = self.settings(plugin)
                 finally:
                     self.importing = False
             except (DahuError, KeyboardInterrupt) as err:
@@ -292,13 +295,13 @@ class Reprocessor:
                 group = []
                 self._invalid(loaded, err)
                 continue
-            drop = {"job_id", "plugin_name", *reprocess_setting(klass, "REPROCESS_IGNORE")}
-            loaded.ignore = frozenset(reprocess_setting(klass, "REPROCESS_COMPARE_IGNORE"))
+            drop = {"job_id", "plugin_name", *settings["REPROCESS_IGNORE"]}
+            loaded.ignore = frozenset(settings["REPROCESS_COMPARE_IGNORE"])
             if group and group[0][0].plugin != plugin:
                 self._start(group)
                 group = []
             data = {k: v for k, v in (data or {}).items() if k not in drop}
-            self.relocate(data, reprocess_setting(klass, "REPROCESS_RELOCATE"))
+            self.relocate(data, settings["REPROCESS_RELOCATE"])
             group.append((loaded, data))
         if not self.stop.is_set():
             self._start(group)

@@ -246,13 +246,6 @@ def load(item: Item) -> Loaded:
 
 
 # ---- what a plugin asks of dahu-reprocess -------------------------------------------
-def reprocess_setting(klass: Any, name: str) -> tuple[str, ...]:
-    """A plugin's ``REPROCESS_*`` list: the class attribute, or for a plugin made from a
-    function, the function's attribute of that name."""
-    value = getattr(klass, name, None) or getattr(getattr(klass, "function", None), name, None)
-    return tuple(value or ())
-
-
 class Relocator:
     """Gives the paths of a plugin's ``REPROCESS_RELOCATE`` keys (files it writes, or
     directories it writes in) a new directory per job (made here), keeping their names, so
