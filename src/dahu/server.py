@@ -50,6 +50,7 @@ from .server_settings import (
     configure_recycling,
     configure_retention,
     current,
+    push_lock,
     ready_line,
     serving,
     settings,
@@ -165,12 +166,16 @@ class DahuDS(Device):
             self.set_change_event(name, True, False)
         self._pusher = threading.Thread(target=self._push_events, name="dahu-events", daemon=True)
         self._pusher.start()
+        with push_lock:
+            self._ready = True
 
     def delete_device(self) -> None:
         """Stop the event thread (jobs keep running: ``Init`` must not lose them).  When
         the server stops, first abort the jobs and push their events (clients hear)."""
         if getattr(self, "_engine", None) and tango.Util.instance().is_svr_shutting_down():
             abort_while_serving(EVENTS_LINGER)  # not done yet: stopped by the admin's Kill
+        with push_lock:
+            self._ready = False  # no event is pushed through this object from now on
         pusher = getattr(self, "_pusher", None)
         if pusher is not None:
             self._events.put(None)
@@ -211,12 +216,13 @@ class DahuDS(Device):
     def _push(self, name: str, value: Any) -> None:
         """Push a change event of ``name`` if a client is subscribed (Tango sends nothing
         to nobody; PyTango's push alone costs the files thread up to 100 µs)."""
-        if stopping():
-            return  # the Tango loop has ended: the device and its clients are gone
-        device = current(self)  # a DevRestart may have replaced self
         try:
-            if device.is_there_subscriber(name, tango.EventType.CHANGE_EVENT):
-                device.push_change_event(name, value)
+            with push_lock:  # never while a device object is deleted (libtango crashed)
+                device = current(self)  # a DevRestart may have replaced self
+                if stopping() or not getattr(device, "_ready", False):
+                    return  # the device is gone or not made yet: its clients check later
+                if device.is_there_subscriber(name, tango.EventType.CHANGE_EVENT):
+                    device.push_change_event(name, value)
         except tango.DevFailed as err:
             logger.warning("cannot push %s=%s: %s", name, value, err.args[0].desc)
         except Exception:

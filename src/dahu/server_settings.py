@@ -37,6 +37,7 @@ __all__ = [
     "ready_line",
     "adopt",
     "current",
+    "push_lock",
 ]
 
 
@@ -278,6 +279,11 @@ ADOPTED = tuple(
 """What a new object serving a device takes over from the one it replaces: the last job
 ids, the statistics, the events still to push, and the settings in force (kept if a
 device property is now bad: `queue_limit`, read by the state)."""
+
+
+push_lock = threading.Lock()
+"""Held by a device pushing an event and by one being deleted: Tango crashed (libtango,
+SIGSEGV) pushing through a device object that a ``DevRestart`` was deleting."""
 
 
 def adopt(device: Any) -> None:
