@@ -463,6 +463,8 @@ def test_queued_jobs_are_listed_as_starting(server):
     local, proxy = server
     jobs = [proxy.startJob(["example.sleep", json.dumps({"t": 60})]) for _ in range(3)]
     try:  # two job slots: the third waits
+        running = lambda: [proxy.getJobState(j) for j in jobs[:2]] == ["running"] * 2  # noqa: E731
+        wait_until(running, what="the first two jobs to run")
         assert proxy.getJobState(jobs[2]) == "starting"
         _, answer = get_json(local.http + "/api/jobs?state=starting")
         assert [(j["id"], j["state"]) for j in answer["jobs"]] == [(jobs[2], "starting")]
