@@ -327,15 +327,24 @@ def abort_while_serving(linger: float) -> None:
         if engine is None or _stop_began is not None:
             return
         _stop_began = time.monotonic()
+    engine.cycle.halted = "the server is shutting down"  # a job taken from now on: aborted
     deadline = _stop_began + settings.shutdown_timeout
     seen: set[int] = set()
-    # again for jobs made meanwhile: by a request already past the check, by a plugin
-    while runs := [run for run in engine.live() if run.id not in seen]:
-        seen.update(run.id for run in runs)
-        aborted = engine.abort_all(runs, "the server is shutting down")
-        logger.info("stopping: %d job(s) aborted", aborted)
-        for run in runs:
+    waiting: list[Any] = []
+    aborted = 0
+    # also the jobs made meanwhile (a startJobs already past the check, a plugin's): each
+    # round aborts what is new, and waits only once nothing new comes
+    while (runs := [run for run in engine.live() if run.id not in seen]) or waiting:
+        if runs:
+            seen.update(run.id for run in runs)
+            waiting += runs
+            aborted += engine.abort_all(runs, "the server is shutting down")
+            continue
+        for run in waiting:
             run.done.wait(max(0.0, deadline - time.monotonic()))
+        waiting = []
+    if aborted:
+        logger.info("stopping: %d job(s) aborted", aborted)
     if seen and engine.flush_files(max(0.0, deadline - time.monotonic())):  # the events too
         time.sleep(linger)
 
@@ -344,6 +353,8 @@ def serving() -> None:
     """A device serves (again: a Tango server may be started again in this process)."""
     global _stop_began
     _stop_began = None
+    if _engine is not None:
+        _engine.cycle.halted = None
 
 
 def shutting_down() -> bool:

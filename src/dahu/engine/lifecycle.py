@@ -241,6 +241,7 @@ class LifeCycle:
         self.lock = engine.table.lock  # one lock for the table and the states
         self._hold_armed = False  # a timer will commit the held outcomes
         self.files_lock = threading.Lock()  # a job's files are written by one thread
+        self.halted: str | None = None  # set (a reason): queued jobs end aborted, none begins
 
     # ---- transitions ------------------------------------------------------------------
     def start(self, run: JobRun) -> None:
@@ -260,6 +261,8 @@ class LifeCycle:
     def begin(self, run: JobRun, execution: Any) -> bool:
         """starting → running, or → aborted if an abort came while it was queued."""
         with self.lock:
+            if run.abort_reason is None and self.halted is not None:
+                run.abort_reason = self.halted
             aborted = run.abort_reason is not None
             if not aborted:
                 run.execution = execution
