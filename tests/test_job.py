@@ -242,6 +242,20 @@ def test_clean_writes_files_and_frees_memory(engine):
     assert Job.cleanJobfromId(job.id) == f"job {job.id} cleaned"
 
 
+def test_clean_of_a_job_never_started_returns_at_once(engine):
+    # bug: clean() (wait=True) waited for the job to be started and to end: the thread
+    # that would start it hung for ever; the original returns at once, writing nothing
+    job = Job("example.square", {"x": 6})
+    cleaner = threading.Thread(target=job.clean, daemon=True)
+    cleaner.start()
+    cleaner.join(10)
+    assert not cleaner.is_alive(), "clean() of a job never started hangs"
+    assert (job.status, job.data_on_disk) == ("uninitialized", None)
+    job.start()  # it can still run, and be cleaned then
+    job.clean()
+    assert job.output_data["result"] == 36 and job.data_on_disk is not None
+
+
 def test_finished_jobs_do_not_stay_in_memory(engine):
     import gc
     import weakref

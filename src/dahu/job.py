@@ -215,9 +215,10 @@ class Job(threading.Thread, metaclass=_JobClass):
         """Write ``<workdir>/NNNN/NNNNN_<plugin>.inp/.out`` and free the plugin.
 
         :param force: force a garbage collection afterwards
-        :param wait: wait for the job to finish first
+        :param wait: wait for the job to finish first (not for a job never started: as in
+            the original, nothing is written then)
         """
-        if wait:
+        if wait and self._run.state != State.UNINITIALIZED:
             self.join()
         run = self._run
         if run.state not in State.FINAL:
