@@ -165,6 +165,41 @@ def test_abort_running_job(engine):
     assert "aborted" in job.error
 
 
+BAD_ABORT = """
+import threading
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+@register
+class BadAbort(Plugin):
+    def __init__(self):
+        Plugin.__init__(self)
+        self._stopped = threading.Event()
+
+    def process(self):
+        self._stopped.wait(30)
+
+    def abort(self):
+        Plugin.abort(self)
+        self._stopped.set()
+        raise RuntimeError("abort broke")
+"""
+
+
+def test_a_plugin_whose_abort_raises_still_ends_aborted(engine, plugin_dir, caplog):
+    # the original deadlocked here (its error handler took the lock abort held)
+    (plugin_dir / "badabort.py").write_text(BAD_ABORT)
+    job = Job("badabort.badabort", {})
+    job.start()
+    deadline = time.monotonic() + 10
+    while job.status != Job.STATE_RUNNING and time.monotonic() < deadline:
+        time.sleep(0.005)
+    job.abort()
+    job.join(10)
+    assert job.status == Job.STATE_ABORTED
+    assert "the plugin's abort() failed" in caplog.text
+
+
 def test_long_jobs_are_recorded_as_running_in_the_journal(engine):
     from dahu.journal import SQLiteJournal
 
