@@ -200,6 +200,37 @@ def test_a_plugin_whose_abort_raises_still_ends_aborted(engine, plugin_dir, capl
     assert "the plugin's abort() failed" in caplog.text
 
 
+CIRCULAR = """
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+@register
+class Circular(Plugin):
+    def process(self):
+        loop = {"a": 1}
+        loop["me"] = loop
+        self.output.update(loop=loop, kept=[1, 2])
+"""
+
+
+def test_an_output_holding_itself_keeps_the_rest_and_its_files(engine, plugin_dir):
+    # bug: a circular value (RecursionError in jsonable) made getDataOutputFromId(as_JSON)
+    # raise, the .out file unwritten, and the journal keep the whole output as one repr
+    (plugin_dir / "circular.py").write_text(CIRCULAR)
+    job = Job("circular.circular", {})
+    job.start()
+    job.join(10)
+    assert job.status == "success"
+    text = json.loads(Job.getDataOutputFromId(job.id, as_JSON=True))
+    assert text["kept"] == [1, 2] and text["loop"]["a"] == 1
+    assert text["loop"]["me"] == "{'a': 1, 'me': {...}}"
+    job.clean()
+    stem = job_file_stem(str(engine.workdir), job.id, "circular.circular")
+    out = json.loads(open(stem + ".out").read())
+    assert out["kept"] == [1, 2] and out["loop"]["me"] == text["loop"]["me"]
+    assert job.output_data["loop"]["a"] == 1  # the journal's record, after clean
+
+
 def test_long_jobs_are_recorded_as_running_in_the_journal(engine):
     from dahu.journal import SQLiteJournal
 
