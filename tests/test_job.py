@@ -231,6 +231,33 @@ def test_an_output_holding_itself_keeps_the_rest_and_its_files(engine, plugin_di
     assert job.output_data["loop"]["a"] == 1  # the journal's record, after clean
 
 
+BIG_INT = """
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+@register
+class BigInt(Plugin):
+    def process(self):
+        self.output.update(big=10**5000, kept=[1, 2])
+"""
+
+
+def test_an_output_with_an_int_too_long_for_text_keeps_the_rest(engine, plugin_dir):
+    # bug: an int of over 4,300 digits (Python will not write it as text) made
+    # getDataOutputFromId(as_JSON) raise, the .out file unwritten, the output lost
+    (plugin_dir / "bigint.py").write_text(BIG_INT)
+    job = Job("bigint.bigint", {})
+    job.start()
+    job.join(10)
+    assert job.status == "success"
+    text = json.loads(Job.getDataOutputFromId(job.id, as_JSON=True))
+    assert text["kept"] == [1, 2] and "repr() failed" in text["big"]
+    job.clean()
+    stem = job_file_stem(str(engine.workdir), job.id, "bigint.bigint")
+    assert json.loads(open(stem + ".out").read())["kept"] == [1, 2]
+    assert job.output_data["kept"] == [1, 2]
+
+
 def test_long_jobs_are_recorded_as_running_in_the_journal(engine):
     from dahu.journal import SQLiteJournal
 

@@ -90,11 +90,17 @@ def compact_json(obj: Any) -> str:
 _KEYS = (str, int, float, bool, type(None))
 
 
+#: ints of up to this many bits have fewer than 4,300 digits (Python's default limit
+#: for writing an int as text)
+_SAFE_INT_BITS = 14_000
+
+
 def jsonable(obj: Any, limit: int = 1000) -> Any:
     """A copy of ``obj`` that JSON can encode, as close to it as can be: a key JSON
     refuses (a tuple...) becomes its ``str``, a value neither JSON nor
     :class:`NumpyEncoder` takes (an object...) its ``repr`` (at most ``limit``
-    characters), and so does a dict or list inside itself (``{'a': 1, 'me': {...}}``).
+    characters), and so does a dict or list inside itself (``{'a': 1, 'me': {...}}``) and
+    an int too long for Python to write.
     Everything else is kept as it is.  Raises what a structure too deep raises
     (``RecursionError``)."""
     return _jsonable(obj, limit, set())
@@ -117,6 +123,12 @@ def _jsonable(obj: Any, limit: int, inside: set[int]) -> Any:
             }
         finally:
             inside.discard(id(obj))
+    if isinstance(obj, int) and obj.bit_length() > _SAFE_INT_BITS:
+        try:  # Python refuses to write an int of over 4,300 digits as text
+            str(obj)
+        except ValueError:
+            return text_of(obj, repr, limit)
+        return obj
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     try:
