@@ -258,6 +258,32 @@ def test_an_output_with_an_int_too_long_for_text_keeps_the_rest(engine, plugin_d
     assert job.output_data["kept"] == [1, 2]
 
 
+DEEP = """
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+@register
+class Deep(Plugin):
+    def process(self):
+        deep = []
+        for _ in range(100_000):
+            deep = [deep]
+        self.output.update(deep=deep, kept=1)
+"""
+
+
+def test_the_json_getter_of_an_output_nested_too_deep_answers(engine, plugin_dir):
+    # bug: getDataOutputFromId(id, as_JSON=True) raised RecursionError while the job
+    # was in memory; it gives what the journal keeps
+    (plugin_dir / "deep.py").write_text(DEEP)
+    job = Job("deep.deep", {})
+    job.start()
+    job.join(10)
+    assert job.status == "success"
+    text = json.loads(Job.getDataOutputFromId(job.id, as_JSON=True))
+    assert "repr() failed" in text["unserializable_output"]
+
+
 def test_long_jobs_are_recorded_as_running_in_the_journal(engine):
     from dahu.journal import SQLiteJournal
 
