@@ -165,6 +165,125 @@ def test_abort_running_job(engine):
     assert "aborted" in job.error
 
 
+BAD_ABORT = """
+import threading
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+@register
+class BadAbort(Plugin):
+    def __init__(self):
+        Plugin.__init__(self)
+        self._stopped = threading.Event()
+
+    def process(self):
+        self._stopped.wait(30)
+
+    def abort(self):
+        Plugin.abort(self)
+        self._stopped.set()
+        raise RuntimeError("abort broke")
+"""
+
+
+def test_a_plugin_whose_abort_raises_still_ends_aborted(engine, plugin_dir, caplog):
+    # the original deadlocked here (its error handler took the lock abort held)
+    (plugin_dir / "badabort.py").write_text(BAD_ABORT)
+    job = Job("badabort.badabort", {})
+    job.start()
+    deadline = time.monotonic() + 10
+    while job.status != Job.STATE_RUNNING and time.monotonic() < deadline:
+        time.sleep(0.005)
+    job.abort()
+    job.join(10)
+    assert job.status == Job.STATE_ABORTED
+    assert "the plugin's abort() failed" in caplog.text
+
+
+CIRCULAR = """
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+@register
+class Circular(Plugin):
+    def process(self):
+        loop = {"a": 1}
+        loop["me"] = loop
+        self.output.update(loop=loop, kept=[1, 2])
+"""
+
+
+def test_an_output_holding_itself_keeps_the_rest_and_its_files(engine, plugin_dir):
+    # bug: a circular value (RecursionError in jsonable) made getDataOutputFromId(as_JSON)
+    # raise, the .out file unwritten, and the journal keep the whole output as one repr
+    (plugin_dir / "circular.py").write_text(CIRCULAR)
+    job = Job("circular.circular", {})
+    job.start()
+    job.join(10)
+    assert job.status == "success"
+    text = json.loads(Job.getDataOutputFromId(job.id, as_JSON=True))
+    assert text["kept"] == [1, 2] and text["loop"]["a"] == 1
+    assert text["loop"]["me"] == "{'a': 1, 'me': {...}}"
+    job.clean()
+    stem = job_file_stem(str(engine.workdir), job.id, "circular.circular")
+    out = json.loads(open(stem + ".out").read())
+    assert out["kept"] == [1, 2] and out["loop"]["me"] == text["loop"]["me"]
+    assert job.output_data["loop"]["a"] == 1  # the journal's record, after clean
+
+
+BIG_INT = """
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+@register
+class BigInt(Plugin):
+    def process(self):
+        self.output.update(big=10**5000, kept=[1, 2])
+"""
+
+
+def test_an_output_with_an_int_too_long_for_text_keeps_the_rest(engine, plugin_dir):
+    # bug: an int of over 4,300 digits (Python will not write it as text) made
+    # getDataOutputFromId(as_JSON) raise, the .out file unwritten, the output lost
+    (plugin_dir / "bigint.py").write_text(BIG_INT)
+    job = Job("bigint.bigint", {})
+    job.start()
+    job.join(10)
+    assert job.status == "success"
+    text = json.loads(Job.getDataOutputFromId(job.id, as_JSON=True))
+    assert text["kept"] == [1, 2] and "repr() failed" in text["big"]
+    job.clean()
+    stem = job_file_stem(str(engine.workdir), job.id, "bigint.bigint")
+    assert json.loads(open(stem + ".out").read())["kept"] == [1, 2]
+    assert job.output_data["kept"] == [1, 2]
+
+
+DEEP = """
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+@register
+class Deep(Plugin):
+    def process(self):
+        deep = []
+        for _ in range(100_000):
+            deep = [deep]
+        self.output.update(deep=deep, kept=1)
+"""
+
+
+def test_the_json_getter_of_an_output_nested_too_deep_answers(engine, plugin_dir):
+    # bug: getDataOutputFromId(id, as_JSON=True) raised RecursionError while the job
+    # was in memory; it gives what the journal keeps
+    (plugin_dir / "deep.py").write_text(DEEP)
+    job = Job("deep.deep", {})
+    job.start()
+    job.join(10)
+    assert job.status == "success"
+    text = json.loads(Job.getDataOutputFromId(job.id, as_JSON=True))
+    assert "repr() failed" in text["unserializable_output"]
+
+
 def test_long_jobs_are_recorded_as_running_in_the_journal(engine):
     from dahu.journal import SQLiteJournal
 
@@ -240,6 +359,20 @@ def test_clean_writes_files_and_frees_memory(engine):
     assert job.output_data["result"] == 36  # answered by the journal
     assert Job.cleanJobfromID(job.id) == f"job {job.id} cleaned"
     assert Job.cleanJobfromId(job.id) == f"job {job.id} cleaned"
+
+
+def test_clean_of_a_job_never_started_returns_at_once(engine):
+    # bug: clean() (wait=True) waited for the job to be started and to end: the thread
+    # that would start it hung for ever; the original returns at once, writing nothing
+    job = Job("example.square", {"x": 6})
+    cleaner = threading.Thread(target=job.clean, daemon=True)
+    cleaner.start()
+    cleaner.join(10)
+    assert not cleaner.is_alive(), "clean() of a job never started hangs"
+    assert (job.status, job.data_on_disk) == ("uninitialized", None)
+    job.start()  # it can still run, and be cleaned then
+    job.clean()
+    assert job.output_data["result"] == 36 and job.data_on_disk is not None
 
 
 def test_finished_jobs_do_not_stay_in_memory(engine):

@@ -318,6 +318,24 @@ def test_integrate_simple_with_three_arguments_is_in_2theta(data, tmp_path):
     assert_rings_at(curve[:, 0], curve[:, 1], data, unit="2th_deg")
 
 
+def test_integrate_simple_with_three_arguments_gives_the_original_curve(data, tmp_path):
+    """bug: pixel splitting "full" by default, where the original called integrate1d without
+    a method (pyFAI's default): the intensities differed from the original's curves."""
+    import fabio
+    import pyFAI
+
+    mine, theirs = str(tmp_path / "mine.dat"), str(tmp_path / "theirs.dat")
+    run(
+        "pyfai.integrate_simple",
+        poni_file=data["poni_file"],
+        image_file=data["edf_files"][0],
+        curve_file=mine,
+    )
+    ai = pyFAI.load(data["poni_file"])
+    ai.integrate1d(fabio.open(data["edf_files"][0]).data, 1000, filename=theirs, unit="2th_deg")
+    numpy.testing.assert_allclose(numpy.loadtxt(mine), numpy.loadtxt(theirs), rtol=1e-5)
+
+
 def test_cache_reuses_the_integrator_of_the_same_geometry(data, tmp_path):
     DataCache().clear()
     first = run_many(data, tmp_path, npt=257)

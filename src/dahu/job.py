@@ -34,7 +34,7 @@ from .journal import job_file_stem, write_job_files
 from .journal.reader import JournalReader, current_reader, follow
 from .states import State
 from .statistics import format_statistics
-from .utils import NumpyEncoder, gc_paused, jsonable
+from .utils import NumpyEncoder, gc_paused, jsonable, text_of
 
 logger = logging.getLogger(__name__)
 
@@ -215,9 +215,10 @@ class Job(threading.Thread, metaclass=_JobClass):
         """Write ``<workdir>/NNNN/NNNNN_<plugin>.inp/.out`` and free the plugin.
 
         :param force: force a garbage collection afterwards
-        :param wait: wait for the job to finish first
+        :param wait: wait for the job to finish first (not for a job never started: as in
+            the original, nothing is written then)
         """
-        if wait:
+        if wait and self._run.state != State.UNINITIALIZED:
             self.join()
         run = self._run
         if run.state not in State.FINAL:
@@ -410,8 +411,11 @@ class Job(threading.Thread, metaclass=_JobClass):
         # compact, as the original's text of a job in memory
         try:
             return json.dumps(data, cls=NumpyEncoder, separators=(",", ":"))
-        except (TypeError, ValueError):  # what JSON refuses as text, as the journal has it
-            return json.dumps(jsonable(data), cls=NumpyEncoder, separators=(",", ":"))
+        except (TypeError, ValueError, RecursionError):  # as text, as the journal has it
+            try:
+                return json.dumps(jsonable(data), cls=NumpyEncoder, separators=(",", ":"))
+            except (ValueError, RecursionError):  # nested too deep: all of it as text
+                return json.dumps({"unserializable_output": text_of(data)})
 
     @classmethod
     def getDataOutputFromID(cls, jobId: int, as_JSON: bool = False) -> Any:  # noqa: N802,N803

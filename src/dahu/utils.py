@@ -90,26 +90,52 @@ def compact_json(obj: Any) -> str:
 _KEYS = (str, int, float, bool, type(None))
 
 
+#: ints of up to this many bits have fewer than 4,300 digits (Python's default limit
+#: for writing an int as text)
+_SAFE_INT_BITS = 14_000
+
+
 def jsonable(obj: Any, limit: int = 1000) -> Any:
     """A copy of ``obj`` that JSON can encode, as close to it as can be: a key JSON
     refuses (a tuple...) becomes its ``str``, a value neither JSON nor
     :class:`NumpyEncoder` takes (an object...) its ``repr`` (at most ``limit``
-    characters).  Everything else is kept as it is.  Raises what a structure too deep or
-    circular raises (``RecursionError``, ``ValueError``)."""
-    if isinstance(obj, dict):
-        return {
-            (key if isinstance(key, _KEYS) else text_of(key, str, limit)): jsonable(value, limit)
-            for key, value in obj.items()
-        }
-    if isinstance(obj, list):
-        return [jsonable(value, limit) for value in obj]
+    characters), and so does a dict or list inside itself (``{'a': 1, 'me': {...}}``) and
+    an int too long for Python to write.
+    Everything else is kept as it is.  Raises what a structure too deep raises
+    (``RecursionError``)."""
+    return _jsonable(obj, limit, set())
+
+
+def _jsonable(obj: Any, limit: int, inside: set[int]) -> Any:
+    """:func:`jsonable`; ``inside`` holds the ids of the containers being converted."""
+    if isinstance(obj, (dict, list)):
+        if id(obj) in inside:
+            return text_of(obj, repr, limit)
+        inside.add(id(obj))
+        try:
+            if isinstance(obj, list):
+                return [_jsonable(value, limit, inside) for value in obj]
+            return {
+                (key if isinstance(key, _KEYS) else text_of(key, str, limit)): _jsonable(
+                    value, limit, inside
+                )
+                for key, value in obj.items()
+            }
+        finally:
+            inside.discard(id(obj))
+    if isinstance(obj, int) and obj.bit_length() > _SAFE_INT_BITS:
+        try:  # Python refuses to write an int of over 4,300 digits as text
+            str(obj)
+        except ValueError:
+            return text_of(obj, repr, limit)
+        return obj
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     try:
         converted = _COMPACT.default(obj)  # numpy, sets, tuples, bytes, paths
     except Exception:
         return text_of(obj, repr, limit)
-    return jsonable(converted, limit)
+    return _jsonable(converted, limit, inside)
 
 
 def text_of(obj: Any, how: Callable[[Any], str] = repr, limit: int = 1000) -> str:

@@ -17,6 +17,7 @@ This file is loaded by Dahu's plugin factory under the module name ``pyfai``, ou
 ``sys.modules``: it only uses absolute imports.
 """
 
+import inspect
 import logging
 import os
 import reprlib
@@ -94,16 +95,21 @@ def check_paths(params: dict[str, Any]) -> None:
         raise InputError(f"{key} must be {kind}, got {type(value).__name__} {reprlib.repr(value)}")
 
 
+#: The method of ``integrate_simple`` when none is given: pyFAI's own default for
+#: ``integrate1d``, which the original's ``integrate_simple`` used (it named no method).
+SIMPLE_METHOD = inspect.signature(AzimuthalIntegrator.integrate1d).parameters["method"].default
+
+
 def integrate_simple(
     poni_file: str,
     image_file: str,
     curve_file: str,
     npt: int = DEFAULT_NPT,
     unit: str = "2th_deg",
-    method: Sequence[str] | str = DEFAULT_METHOD,
+    method: Sequence[str] | str = SIMPLE_METHOD,
 ) -> dict[str, str]:
     """Integrate the first frame of ``image_file`` into the 1D curve file ``curve_file``
-    (in ``2th_deg`` by default, as in the original).
+    (in ``2th_deg`` with pyFAI's default method by default, as in the original).
 
     The curve is written in pyFAI's ASCII format (radial, intensity) with the geometry in its
     header. Returns ``{"out_file": curve_file}``.
