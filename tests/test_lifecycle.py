@@ -233,9 +233,7 @@ def test_a_halted_engine_begins_no_job(tmp_path):
         job.start()
     for job in jobs:
         job.join(30)
-    assert {(job.status, job.error) for job in jobs} == {
-        ("aborted", "the server is shutting down")
-    }
+    assert {(job.status, job.error) for job in jobs} == {("aborted", "the server is shutting down")}
     assert all(job.output_data.get("result") is None for job in jobs)  # never ran
     engine.cycle.halted = None
     again = Job("example.square", {"x": 3})
