@@ -138,6 +138,10 @@ def test_jobs_running_across_a_restart_of_the_device_end_through_the_new_one(tmp
         admin = tango.DeviceProxy(f"tango://127.0.0.1:{local.port}/dserver/DahuDS/demo#dbase=no")
         admin.command_inout(command, DEVICE) if command == "DevRestart" else admin.RestartServer()
         deadline = time.monotonic() + 30
+        log = tmp_path / "log"
+        while log.read_text().count(f"DahuDS {DEVICE} ready") < 2:  # made again: logged
+            assert time.monotonic() < deadline, "the device was not made again"
+            time.sleep(0.05)
         while True:  # RestartServer answers before the device is back
             try:
                 assert proxy.read_attribute("jobSuccess").value == done
