@@ -650,6 +650,19 @@ def start_run(*args: str) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def interrupted_run(out: Path, plugin: str, *args: str) -> tuple[int, str, str]:
+    """``dahu-reprocess --json -o OUT ARGS``, Ctrl-C once a job of ``plugin`` runs: its
+    exit status, stdout and stderr."""
+    proc = start_run("-o", str(out), *args)
+    try:
+        wait_running(out, plugin)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, stdout, stderr
+
+
 def wait_running(out: Path, plugin: str, timeout: float = 30) -> None:
     """Return once the output journal shows a job of ``plugin`` running."""
     deadline = time.monotonic() + timeout
@@ -723,14 +736,8 @@ def test_ctrl_c_aborts_the_queued_jobs_without_running_them(tmp_path: Path):
         data = {"plugin_name": "example.square", "x": i}
         (sources / f"{i:05d}_example.square.inp").write_text(json.dumps(data))
     out = tmp_path / "out"
-    proc = start_run("-j", "1", "-o", str(out), str(sources))
-    try:
-        wait_running(out, "example.sleep")
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, stderr
+    status, stdout, stderr = interrupted_run(out, "example.sleep", "-j", "1", str(sources))
+    assert status == 130, stderr
     total = json.loads(stdout)["total"]
     assert total["success"] == 0, "jobs queued at the Ctrl-C ran"
     # the mean runtime is that of the one job that ran (it divided by all 41: 41x too low)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_reprocess import REPROCESS, start_run, summary_of, wait_running
+from .test_reprocess import REPROCESS, interrupted_run, start_run, summary_of, wait_running
 
 USER_PLUGINS = '''
 """Plugins written as a beamline user writes them."""
@@ -293,15 +292,10 @@ def test_jobs_aborted_by_ctrl_c_are_not_counted_without_archive(tmp_path: Path):
     sources = write_inputs(tmp_path / "in", *[{"plugin_name": "example.sleep", "t": 600}] * 2)
     for source in sources.glob("*.inp"):
         source.with_suffix(".out").write_text(json.dumps({"slept": True, "t": 600}))
-    out = tmp_path / "out"
-    proc = start_run("--compare", "-o", str(out), str(sources))
-    try:
-        wait_running(out, "example.sleep")
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, stderr
+    status, stdout, stderr = interrupted_run(
+        tmp_path / "out", "example.sleep", "--compare", str(sources)
+    )
+    assert status == 130, stderr
     summary = json.loads(stdout)
     assert summary["total"]["aborted"] == 2
     assert (summary["compare"]["compared"], summary["compare"]["no_archive"]) == (0, 0)
