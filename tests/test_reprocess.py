@@ -663,11 +663,11 @@ def interrupted_run(out: Path, plugin: str, *args: str) -> tuple[int, str, str]:
     return proc.returncode, stdout, stderr
 
 
-def wait_running(out: Path, plugin: str, timeout: float = 30) -> None:
-    """Return once the output journal shows a job of ``plugin`` running."""
+def wait_running(out: Path, plugin: str, timeout: float = 30, wanted: str = "running") -> None:
+    """Return once the output journal shows a job of ``plugin`` running (or ``wanted``)."""
     deadline = time.monotonic() + timeout
     state = None
-    while state != "running" and time.monotonic() < deadline:
+    while state != wanted and time.monotonic() < deadline:
         if (out / "journal.sqlite").is_file():
             with sqlite3.connect(f"file:{out / 'journal.sqlite'}?mode=ro", uri=True) as db:
                 try:
@@ -676,7 +676,7 @@ def wait_running(out: Path, plugin: str, timeout: float = 30) -> None:
                 except sqlite3.OperationalError:  # schema not written yet
                     pass
         time.sleep(0.05)
-    assert state == "running", f"no {plugin} job ran"
+    assert state == wanted, f"no {plugin} job {wanted}"
 
 
 def test_ctrl_c_aborts_and_prints_the_summary(tmp_path: Path):

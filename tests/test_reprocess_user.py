@@ -507,3 +507,44 @@ def test_a_module_crashing_at_import_under_the_process_executor_fails_its_inputs
     )
     echoed = json.loads(next(out.rglob("*quiet.echo.out")).read_text())
     assert echoed["keys"] == ["job_id", "plugin_name", "x"]  # REPROCESS_IGNORE still read
+
+
+WAITING_IMPORT = """
+import pathlib, time
+here = pathlib.Path(__file__)
+here.with_name("importing").touch()
+deadline = time.monotonic() + 60
+while not here.with_name("release").exists() and time.monotonic() < deadline:
+    time.sleep(0.01)  # heavy imports, a slow network disk
+
+from dahu.plugin import plugin_from_function
+
+def f(x=0):
+    return x
+
+plugin_from_function(f)
+"""
+
+
+def test_jobs_ready_run_while_the_next_plugin_module_is_imported(tmp_path: Path):
+    # bug: the jobs of the inputs before began only once the next input's plugin module
+    # was imported (a module taking 30 s to import held them 30 s)
+    plugins, sources, out = tmp_path / "plugins", tmp_path / "in", tmp_path / "out"
+    plugins.mkdir()
+    sources.mkdir()
+    (plugins / "waitimp.py").write_text(WAITING_IMPORT)
+    (sources / "1.inp").write_text(json.dumps({"plugin_name": "example.square", "x": 4}))
+    (sources / "2.inp").write_text(json.dumps({"plugin_name": "waitimp.f", "x": 1}))
+    proc = start_run("-j", "2", "--plugins", str(plugins), "-o", str(out), str(sources))
+    try:
+        deadline = time.monotonic() + 30
+        while not (plugins / "importing").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "no import began"
+            time.sleep(0.01)
+        wait_running(out, "example.square", wanted="success")  # the import still waits
+        (plugins / "release").touch()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert json.loads(stdout)["total"]["success"] == 2

@@ -278,6 +278,9 @@ class Reprocessor:
             if self.stop.is_set():  # a Ctrl-C while a plugin module was imported
                 return  # the rest are not started (nor the group: it would be aborted)
             plugin, data = loaded.plugin, loaded.data
+            if group and group[0][0].plugin != plugin:  # started before a (slow) import
+                self._start(group)
+                group = []
             try:
                 if loaded.error is not None:
                     raise loaded.error
@@ -297,9 +300,6 @@ class Reprocessor:
                 continue
             drop = {"job_id", "plugin_name", *settings["REPROCESS_IGNORE"]}
             loaded.ignore = frozenset(settings["REPROCESS_COMPARE_IGNORE"])
-            if group and group[0][0].plugin != plugin:
-                self._start(group)
-                group = []
             data = {k: v for k, v in (data or {}).items() if k not in drop}
             self.relocate(data, settings["REPROCESS_RELOCATE"])
             group.append((loaded, data))
