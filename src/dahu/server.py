@@ -30,7 +30,7 @@ from tango import AttrWriteType, DevLong, DevState, DevVarLongArray
 from tango.server import Device, attribute, command, device_property
 
 from . import __version__
-from .engine import nonblocking
+from .engine import SHUTDOWN_REASON, nonblocking
 from .errors import DahuError, InvalidInput, TryAgain, UnknownJob, one_line, tango_line
 from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_inputs
 from .job import Job
@@ -251,7 +251,7 @@ class DahuDS(Device):
     # ---- jobs ----------------------------------------------------------------------------
     def _plugin(self, name: Any) -> str:
         if shutting_down():
-            raise DahuError("the server is shutting down: it takes no new job")
+            raise DahuError(f"{SHUTDOWN_REASON}: it takes no new job")
         if not isinstance(name, str) or not name.strip():
             raise InvalidInput("the plugin name is empty")
         name = name.strip()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import engine as dahu_engine
+from .engine import SHUTDOWN_REASON
 from .executors.thread import default_workers
 from .retention import Retention, RetentionSchedule
 
@@ -327,7 +328,7 @@ def abort_while_serving(linger: float) -> None:
         if engine is None or _stop_began is not None:
             return
         _stop_began = time.monotonic()
-    engine.cycle.halted = "the server is shutting down"  # a job taken from now on: aborted
+    engine.cycle.halted = SHUTDOWN_REASON  # a job taken from now on: aborted
     deadline = _stop_began + settings.shutdown_timeout
     seen: set[int] = set()
     waiting: list[Any] = []
@@ -338,7 +339,7 @@ def abort_while_serving(linger: float) -> None:
         if runs:
             seen.update(run.id for run in runs)
             waiting += runs
-            aborted += engine.abort_all(runs, "the server is shutting down")
+            aborted += engine.abort_all(runs, SHUTDOWN_REASON)
             continue
         for run in waiting:
             run.done.wait(max(0.0, deadline - time.monotonic()))

@@ -11,7 +11,7 @@ their own, used by the engine; neither imports it.  ``dahu.job.Job`` is the publ
 """
 
 from .core import Engine, activate, configure, get_engine
-from .lifecycle import NOTE_RUNNING_AFTER, JobRun, nonblocking
+from .lifecycle import NOTE_RUNNING_AFTER, SHUTDOWN_REASON, JobRun, nonblocking
 
 __all__ = [
     "Engine",
@@ -20,5 +20,6 @@ __all__ = [
     "configure",
     "get_engine",
     "NOTE_RUNNING_AFTER",
+    "SHUTDOWN_REASON",
     "nonblocking",
 ]

@@ -28,7 +28,7 @@ from ..journal.base import encode_output
 from ..states import State
 from ..statistics import RunningStatistics
 from ..utils import compact_json
-from .lifecycle import NOTE_RUNNING_AFTER, JobRun, LifeCycle
+from .lifecycle import NOTE_RUNNING_AFTER, SHUTDOWN_REASON, JobRun, LifeCycle
 from .recovery import write_missing_files
 from .table import JobTable
 
@@ -414,7 +414,7 @@ class Engine:
         ended in time and the journal holds every outcome (see :meth:`retry_journal`)."""
         deadline = (time.monotonic() if since is None else since) + timeout
         runs = self.live()
-        if abort and (aborted := self.abort_all(runs, "the server is shutting down")):
+        if abort and (aborted := self.abort_all(runs, SHUTDOWN_REASON)):
             logger.info("shutting down: %d job(s) aborted", aborted)
         for run in runs:
             run.done.wait(max(0.0, deadline - time.monotonic()))

@@ -55,6 +55,9 @@ twice that): short jobs cost one journal write less, readers in other processes 
 long ones as running."""
 
 
+SHUTDOWN_REASON = "the server is shutting down"
+"""The error of the jobs a stopping server or engine aborts."""
+
 LOADING_AT_LEAST = 60.0
 """Seconds the engine's default timeout gives a plugin to load at least (its
 ``JOB_TIMEOUT``, which may lift the default, is known only once it has loaded)."""
