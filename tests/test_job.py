@@ -281,7 +281,7 @@ def test_the_json_getter_of_an_output_nested_too_deep_answers(engine, plugin_dir
     job.join(10)
     assert job.status == "success"
     text = json.loads(Job.getDataOutputFromId(job.id, as_JSON=True))
-    assert "repr() failed" in text["unserializable_output"]
+    assert "nested too deep" in text["unserializable_output"]
 
 
 def test_long_jobs_are_recorded_as_running_in_the_journal(engine):

@@ -107,20 +107,28 @@ def test_what_json_refuses_is_text_in_the_files_and_the_getters(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "plugin, reason, key",
-    [("huge", "Exceeds the limit", "big"), ("deep", "recursion", "unserializable_output")],
+    "plugin, reason, key, text",
+    [
+        ("huge", "Exceeds the limit", "big", "repr() failed"),
+        ("deep", "recursion", "unserializable_output", "nested too deep"),
+    ],
 )
-def test_an_output_no_text_can_hold_fails_nothing_but_its_record(tmp_path, plugin, reason, key):
+def test_an_output_no_text_can_hold_fails_nothing_but_its_record(
+    tmp_path, plugin, reason, key, text
+):
     engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=2)
     try:
         job = run(f"tests.test_lifecycle.{plugin}")
         assert job.status == "success"
         record = engine.journal.get(job.id)
         assert record.state == "success"
-        assert "repr() failed" in record.output[key]  # the value alone when it can be
+        assert text in record.output[key]  # the value alone when it can be
         assert reason in record.error
         assert not engine.journal_fault  # the engine still takes jobs
-        job.clean()  # its files cannot hold it either: logged, nothing raised
+        job.clean()
+        # bug: an output nested deeper than the recursion limit got no .out file
+        out = tmp_path / "0000" / f"{job.id:05d}_tests.test_lifecycle.{plugin}.out"
+        assert text in json.loads(out.read_text())[key]
         assert run("example.square", {"x": 3}).output_data["result"] == 9
     finally:
         engine.close()

@@ -143,6 +143,8 @@ def text_of(obj: Any, how: Callable[[Any], str] = repr, limit: int = 1000) -> st
     over 4,300 digits, a class whose ``__repr__`` fails)."""
     try:
         return how(obj)[:limit]
+    except RecursionError:
+        return f"<{type(obj).__name__} object nested too deep to be written>"
     except Exception as err:
         return f"<{type(obj).__name__} object: {how.__name__}() failed: {safe_str(err)}>"
 

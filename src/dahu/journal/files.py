@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from ..utils import NumpyEncoder, jsonable
+from ..utils import NumpyEncoder, jsonable, text_of
 
 __all__ = ["job_file_dir", "job_file_stem", "write_job_files", "pretty_json", "highest_file_id"]
 
@@ -179,8 +179,12 @@ def write_job_files(
         path = stem + ext
         try:
             text = pretty_json(data).encode("ascii")
-        except (TypeError, ValueError):  # what JSON refuses as text (as the journal has it)
-            text = pretty_json(jsonable(data)).encode("ascii")
+        except (TypeError, ValueError, RecursionError):  # as text, as the journal has it
+            try:  # what JSON refuses as text, the rest as it is
+                text = pretty_json(jsonable(data)).encode("ascii")
+            except (TypeError, ValueError, RecursionError):  # too deep: all of it as text
+                kept = {f"unserializable_{'input' if ext == '.inp' else 'output'}": text_of(data)}
+                text = pretty_json(kept).encode("ascii")
         try:
             _write(path, text)
         except FileNotFoundError:  # the directory was removed behind our back
