@@ -548,3 +548,32 @@ def test_jobs_ready_run_while_the_next_plugin_module_is_imported(tmp_path: Path)
         proc.kill()
     assert proc.returncode == 0, stderr
     assert json.loads(stdout)["total"]["success"] == 2
+
+
+def test_a_dead_worker_is_reported_once_per_job(tmp_path: Path):
+    # bug: without -q each job whose worker process died was told twice on standard
+    # error: by the executor's log line, then by the tool's own line
+    plugins, sources = tmp_path / "plugins", tmp_path / "in"
+    plugins.mkdir()
+    sources.mkdir()
+    (plugins / "dying.py").write_text(
+        "import os\nfrom dahu.plugin import plugin_from_function\n"
+        "def die(**kw):\n    os._exit(3)\nplugin_from_function(die)\n"
+    )
+    (sources / "1.inp").write_text(json.dumps({"plugin_name": "dying.die"}))
+    args = ["--executor", "process", "--plugins", str(plugins), "-o", str(tmp_path / "out")]
+    proc = subprocess.run(
+        [REPROCESS, *args, str(sources)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1, proc.stderr
+    died = [line for line in proc.stderr.splitlines() if "worker process died" in line]
+    assert died == [
+        f"dahu-reprocess: {sources / '1.inp'}: job 1 failed: worker process died: exit code 3"
+    ]
+    debug = subprocess.run(
+        [REPROCESS, "-d", *args[:-1], str(tmp_path / "out2"), str(sources)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "ERROR dahu.executors.process: job 1: worker process died" in debug.stderr

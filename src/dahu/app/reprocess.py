@@ -419,8 +419,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: {problems[0]}", file=sys.stderr)
         return EXIT_USAGE
-    with summary_stdout() as out:  # what plugins print goes to standard error meanwhile
-        return _run(args, out)
+    # each failed job is reported once, by this tool, with its reason (not by its executor)
+    executor_log = logging.getLogger("dahu.executors.process")
+    if not args.debug:
+        executor_log.addFilter(_not_a_job_failure)
+    try:
+        with summary_stdout() as out:  # what plugins print goes to standard error meanwhile
+            return _run(args, out)
+    finally:
+        executor_log.removeFilter(_not_a_job_failure)
+
+
+def _not_a_job_failure(record: logging.LogRecord) -> bool:
+    return not getattr(record, "job_failure", False)
 
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
