@@ -59,6 +59,7 @@ class Save(Plugin):
         with open(path, "w") as handle:
             handle.write(f"{self.input['x']}\\n")
         self.output["file"] = path
+        self.output["dir"] = self.input["output_dir"]
 
 
 @register
@@ -144,6 +145,24 @@ def test_a_relocated_directory_is_made(tmp_path: Path):
     (written,) = (out / "relocated").glob("*/*/data/result.txt")
     assert written.read_text() == "7\n"
     assert not list(data.iterdir())
+
+
+def test_a_relocated_directory_in_the_output_compares_the_same(tmp_path: Path):
+    # bug: the output naming its relocated output_dir made every rerun differ
+    plugins = user_plugins(tmp_path)
+    (tmp_path / "data").mkdir()
+    job = {"plugin_name": "user.save", "x": 7, "output_dir": f"{tmp_path / 'data'}/"}
+    sources = write_inputs(tmp_path / "in", job)
+    status, _, stderr = summary_of("--plugins", plugins, "-o", tmp_path / "a", sources)
+    assert status == 0, stderr
+    args = ("--compare", "--plugins", plugins, "-o", tmp_path / "b", tmp_path / "a")
+    status, summary, stderr = summary_of(*args)
+    assert (status, summary["compare"]["same"]) == (0, 1), summary["compare"]
+    # what is in the directory is still compared
+    (plugins / "user.py").write_text(USER_PLUGINS.replace("{self.input['x']}", "x"))
+    status, summary, _ = summary_of(*args[:-3], tmp_path / "c", tmp_path / "a")
+    (difference,) = summary["compare"]["differences"]
+    assert difference["key"] == "file"
 
 
 def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path):

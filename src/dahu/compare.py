@@ -217,6 +217,8 @@ class _Comparer:
                 return None
             sep = ":" if found.path.startswith("/") else ""
             return Difference(f"{path}{sep}{found.path}", found.reason)
+        if self.files and _same_directory_moved(old, new):
+            return None
         if self.files and os.path.isabs(old) and os.path.isfile(new) and not os.path.exists(old):
             return Difference(path, f"the archived file {old} is gone")  # cleaned, moved
         return Difference(path, f"{_show(old)} != {_show(new)}")
@@ -297,6 +299,14 @@ class _Comparer:
             if found is not None:
                 return found
         return None
+
+
+def _same_directory_moved(old: str, new: str) -> bool:
+    """Both name existing directories of one name: a directory the plugin writes in,
+    given a new place for the rerun (``REPROCESS_RELOCATE``).  Its files are compared
+    where the output names them."""
+    old_name, new_name = os.path.basename(old.rstrip("/")), os.path.basename(new.rstrip("/"))
+    return bool(old_name) and old_name == new_name and os.path.isdir(old) and os.path.isdir(new)
 
 
 def _plain(value: Any) -> Any:
