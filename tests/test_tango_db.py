@@ -163,6 +163,18 @@ def test_register_then_serve_by_name_then_stop_cleanly(database, tmp_path):
         assert finish(proxy, job_id) == "success"
         assert json.loads(proxy.getJobOutput(job_id))["result"] == "hello tango"
         assert proxy.state() == tango.DevState.ON
+        # bug: a second server of the same instance printed Tango's words, status 255
+        second = subprocess.run(
+            [tool("dahu_server"), INSTANCE, "--workdir", str(tmp_path / "other")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 1
+        assert second.stderr.startswith(f"dahu_server: DahuDS/{INSTANCE} is already running (pid ")
+        assert second.stderr.count("\n") == 1, second.stderr
+        assert proxy.getJobState(job_id) == "success"  # the first one serves on
         running = proxy.startJob(["example.sleep", json.dumps({"t": 600})])
         deadline = time.monotonic() + 30
         while proxy.getJobState(running) != "running":

@@ -171,7 +171,26 @@ def _database_problem(tango: Any, instance: str, tango_args: list[str]) -> str |
             f"DahuDS/{instance} is not registered in the Tango database{at}: "
             f"run dahu-register {instance} DOMAIN/FAMILY/MEMBER first"
         )
-    return None
+    return _running_already(tango, database, instance)
+
+
+def _running_already(tango: Any, database: Any, instance: str) -> str | None:
+    """``DahuDS/instance is already running...`` if its admin device answers (Tango's own
+    words: "This server is already running, exiting!", status 255)."""
+    admin = f"dserver/DahuDS/{instance}"
+    try:
+        info = database.get_device_info(admin)
+        if not info.exported:
+            return None
+        proxy = tango.DeviceProxy(admin)
+        proxy.set_timeout_millis(2000)
+        proxy.ping()
+    except tango.DevFailed:  # not exported, or left exported by a process that died
+        return None
+    return (
+        f"DahuDS/{instance} is already running (pid {info.pid} on {info.host}): "
+        "stop it first, or start another instance"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
