@@ -630,6 +630,22 @@ def test_stopping_with_a_page_open_logs_no_error(engine, caplog):
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+def test_stopping_closes_the_idle_connections_of_pages(engine):
+    """A browser keeps its connection open between two requests (keep-alive): a stop
+    left it open, so the page's next request waited for ever on a service that was gone
+    (a page of a service stopped and started again in the same process never came back)."""
+    import http.client
+
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
+    connection.request("GET", "/api/counters")
+    assert connection.getresponse().read()  # the connection stays open, idle
+    service.stop()
+    assert connection.sock.recv(100) == b""  # closed by the server (not a 10 s timeout)
+
+
 @pytest.mark.parametrize(
     "path, status, reason",
     [
