@@ -854,6 +854,83 @@ def test_two_servers_of_one_machine_keep_their_own_tokens(engine, browser):
             service.stop()
 
 
+@pytest.mark.parametrize("transport", ["", "&transport=poll"])
+def test_a_page_whose_token_changed_says_so_and_stops(engine, browser, monkeypatch, transport):
+    """The server restarted with a new generated token while the page stayed open: the
+    page said "reconnecting" and asked again forever, all day; it must say that access is
+    refused and stop asking."""
+    import dahu.web.app
+
+    asked = []
+    prepare = dahu.web.app._Base.prepare
+
+    def counted(handler):
+        asked.append(handler.request.path)
+        return prepare(handler)
+
+    monkeypatch.setattr(dahu.web.app._Base, "prepare", counted)
+    first = WebService("127.0.0.1:0", token="the-first-token-0123")
+    first.monitor.attach(engine)
+    first.start()
+    browser.open(first.url + transport)
+    browser.wait_for(f"{LIVE}.startsWith('live')")
+    first.stop()
+    restarted = WebService(f"127.0.0.1:{first.port}", token="a-new-generated-token-4567")
+    restarted.monitor.attach(engine)
+    restarted.start()
+    try:
+        browser.wait_for("!document.getElementById('refused').hidden", 30)
+        said = browser.text("#refused")
+        assert "access token has changed" in said and "HTTP 401" in said, said
+        assert "updates stopped" in browser.text("#live")
+        before = len(asked)
+        time.sleep(2.5)  # nothing must come: the page asked again after 1 s, then 2 s, ...
+        assert len(asked) == before, asked[before:]
+        assert browser.text("#live") == "access refused: updates stopped"
+    finally:
+        restarted.stop()
+
+
+def test_the_page_fits_a_phone(engine, monkeypatch, browser):
+    """375 px wide: the page scrolled sideways (the plugin and failure tables); now a
+    table wider than the screen scrolls inside its panel, the page does not."""
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    summary = service.monitor.summary
+
+    def busy():
+        data = summary()
+        plugin = "id00.azimuthal_integration_multi_geometry"
+        job = {"id": 123456, "plugin": plugin, "state": "failure", "runtime": 4e-6}
+        job.update(ended=time.time(), reason="ValueError: " + "no beam on the sample " * 8)
+        data["recent"], data["failures"] = [job] * 15, [job] * 15
+        data["running"] = [{"id": 1234567, "plugin": plugin, "started": 0.0, "elapsed": 86400}]
+        stats = {"jobs": 123456, "success": 100000, "failure": 23450, "aborted": 6}
+        stats.update(mean_runtime=4e-6, p50_runtime=3.5e-7, p95_runtime=1234.5)
+        data["plugins"] = {plugin: {**stats, "last_ended": time.time(), "last_failure": job}}
+        return data
+
+    monkeypatch.setattr(service.monitor, "summary", busy)
+    service.start()
+    try:
+        browser.viewport(375, 800)
+        browser.open(f"http://127.0.0.1:{service.port}/")
+        browser.wait_for("document.querySelectorAll('#plugins tbody tr td').length > 3", 10)
+        assert browser.evaluate("document.documentElement.scrollWidth") <= 375
+        # runtimes of a few µs (and under one) are not written 0
+        assert (
+            browser.evaluate("document.querySelector('#recent tbody tr').cells[3].innerText")
+            == "4 µs"
+        )
+        cells = browser.evaluate(
+            "Array.from(document.querySelector('#plugins tbody tr').cells).map(c => c.innerText)"
+        )
+        assert cells[5:8] == ["4 µs", "0.35 µs", "20 min 34 s"], cells
+        assert list(browser.errors) == []
+    finally:
+        service.stop()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
