@@ -333,6 +333,20 @@ def test_stats(history):
     assert total.split()[:2] == ["(all)", "40"]
 
 
+def test_the_plugin_filter_ignores_case_beyond_ascii(tmp_path):
+    # bug: --plugin étude.fit missed the jobs a client sent as ÉTUDE.Fit, which the
+    # factory runs as the same plugin and stats counts in its row
+    journal = SQLiteJournal(str(tmp_path))
+    for name in ("ÉTUDE.Fit", "étude.fit", "etude.fit"):
+        job_id = journal.create(name, {}, time.time())
+        journal.finish(job_id, "success", {}, None, time.time(), time.time())
+    journal.close()
+    items = json.loads(run("list", "--json", "--plugin", "Étude.FIT", workdir=tmp_path).stdout)
+    assert [item["plugin"] for item in items] == ["ÉTUDE.Fit", "étude.fit"]
+    figures = json.loads(run("stats", "--json", "--plugin", "étude.fit", workdir=tmp_path).stdout)
+    assert figures["total"]["jobs"] == figures["plugins"]["étude.fit"]["jobs"] == 2
+
+
 def test_stats_count_a_plugin_however_its_jobs_spell_it(tmp_path):
     journal = SQLiteJournal(str(tmp_path))
     for name in ("EXAMPLE.Square", "example.square"):  # both run example.square

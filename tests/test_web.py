@@ -509,6 +509,23 @@ def test_job_listings_search_the_journal_beyond_the_latest_jobs(server, jobs):
     assert listed == sorted(listed, reverse=True)  # the newest first
 
 
+def test_the_plugin_filter_ignores_case_beyond_ascii(engine):
+    # bug: /api/jobs?plugin=étude.fit missed the jobs a client sent as ÉTUDE.Fit (the
+    # factory runs both, and the plugins table counts them as one)
+    for name in ("ÉTUDE.Fit", "étude.fit", "etude.fit"):
+        job_id = engine.journal.create(name, {}, time.time())
+        engine.journal.finish(job_id, "success", {}, None, time.time(), time.time())
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    try:
+        url = f"http://127.0.0.1:{service.port}/api/jobs?plugin=%C3%A9tude.FIT"
+        _, found = get_json(url)
+        assert [j["plugin"] for j in found["jobs"]] == ["étude.fit", "ÉTUDE.Fit"]
+    finally:
+        service.stop()
+
+
 def strict_json(text: str):
     """Parse as a browser does: NaN and Infinity are not JSON."""
 
