@@ -908,6 +908,36 @@ def test_a_page_whose_token_changed_says_so_and_stops(engine, browser, monkeypat
         restarted.stop()
 
 
+def test_jobs_of_another_day_show_their_date(engine, monkeypatch, browser):
+    # bug: after a restart, the latest jobs (read from the journal) ended three days ago
+    # read "03:40:52" only, as if they had ended today
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    summary = service.monitor.summary
+    now = time.time()
+    jobs = [
+        {"id": n, "plugin": "p.q", "state": "success", "runtime": 1.0, "ended": ended}
+        for n, ended in ((2, now), (1, now - 3 * 86400))
+    ]
+
+    def restarted():
+        return {**summary(), "recent": jobs}
+
+    monkeypatch.setattr(service.monitor, "summary", restarted)
+    service.start()
+    try:
+        browser.open(f"http://127.0.0.1:{service.port}/")
+        browser.wait_for("document.querySelectorAll('#recent tbody tr').length === 2", 10)
+        ended = browser.evaluate(
+            "Array.from(document.querySelectorAll('#recent tbody tr')).map(r => r.cells[4].innerText)"
+        )
+        day = f"new Date({jobs[1]['ended'] * 1000}).toLocaleDateString([], {{month: 'short', day: 'numeric'}})"
+        assert ended[1].startswith(browser.evaluate(day) + " "), ended
+        assert re.fullmatch(r"\d\d:\d\d:\d\d", ended[0]), ended  # today: the time only
+    finally:
+        service.stop()
+
+
 def test_the_page_fits_a_phone(engine, monkeypatch, browser):
     """375 px wide: the page scrolled sideways (the plugin and failure tables); now a
     table wider than the screen scrolls inside its panel, the page does not."""

@@ -62,9 +62,15 @@ function duration(s) {
   return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
 }
 
+// the time of day; with the date for another day (the journal's jobs of earlier runs)
 function clock(t) {
   if (!t) return "–";
-  return new Date(t * 1000).toLocaleTimeString([], { hour12: false });
+  const when = new Date(t * 1000), now = new Date();
+  const time = when.toLocaleTimeString([], { hour12: false });
+  if (when.toDateString() === now.toDateString()) return time;
+  const day = { month: "short", day: "numeric" };
+  if (when.getFullYear() !== now.getFullYear()) day.year = "numeric";
+  return when.toLocaleDateString([], day) + " " + time;
 }
 
 function stateCell(state) { return cell(state, "state-" + state); }
