@@ -234,10 +234,15 @@ def cmd_list(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     rows = latest(db, filters, args.limit or None)
     if args.json:
         keys = ["id", "plugin", "state", "submitted", "started", "ended", "runtime", "error"]
-        items = [dict(zip(keys, row, strict=True)) for row in rows]
-        for item in items:
+        # one job at a time, as json.dump(items, indent=1) writes them: the text of a
+        # million jobs is not held whole in memory
+        out.write("[" if rows else "[]\n")
+        for index, row in enumerate(rows):
+            item = dict(zip(keys, row, strict=True))
             item["error"] = one_line(item["error"] or "")
-        out.write(standard_json(items, indent=1) + "\n")
+            text = standard_json(item, indent=1).replace("\n", "\n ")
+            out.write(("\n " if index == 0 else ",\n ") + text)
+        out.write("\n]\n" if rows else "")
     else:
         table = [
             [i, plugin, state, format_time(submitted), _runtime(runtime, out), _cut(error)]
