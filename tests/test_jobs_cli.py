@@ -101,7 +101,7 @@ def test_list_table_and_json(history):
     proc = run("list", "--limit", "0", workdir=workdir)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["id", "plugin", "state", "submitted", "runtime", "s", "error"]
+    assert lines[0].split() == ["id", "plugin", "state", "submitted", "runtime", "error"]
     assert any(
         line.split()[:3] == [str(ids["failed"]), "example.error", "failure"] for line in lines
     )
@@ -208,6 +208,62 @@ def test_text_that_is_not_ascii_is_shown_as_written(tmp_path):
             assert b"RuntimeError: " in proc.stdout and b"\\u2622" in proc.stdout
 
 
+def strict_json(text: str):
+    """``text`` read as standard JSON: NaN and Infinity, which Python writes, are refused
+    (as by ``jq``, a browser's ``JSON.parse``, most languages' parsers)."""
+
+    def refuse(word: str):
+        raise ValueError(f"{word} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_of_a_job_with_nan_and_infinity_is_standard(tmp_path):
+    # bug: --json, export wrote NaN and Infinity (a numpy result, a runtime), which jq
+    # and JSON.parse refuse: the whole listing was unreadable
+    journal = SQLiteJournal(str(tmp_path))
+    job_id = journal.create("id00.fit", {"guess": float("-inf")}, time.time())
+    output = {"chi2": float("nan"), "peak": float("inf")}
+    journal.finish(job_id, "success", output, None, time.time(), float("inf"))
+    journal.close()
+    record = strict_json(run("show", str(job_id), "--json", workdir=tmp_path).stdout)
+    assert record["output"] == {"chi2": "NaN", "peak": "Infinity"}
+    assert (record["input"]["guess"], record["runtime"]) == ("-Infinity", "Infinity")
+    (item,) = strict_json(run("list", "--json", workdir=tmp_path).stdout)
+    assert item["runtime"] == "Infinity"
+    figures = strict_json(run("stats", "--json", workdir=tmp_path).stdout)
+    assert figures["total"]["max_s"] == "Infinity"
+    line = run("export", workdir=tmp_path).stdout
+    assert strict_json(line)["output"] == {"chi2": "NaN", "peak": "Infinity"}
+    (row,) = csv.DictReader(io.StringIO(run("export", "--format", "csv", workdir=tmp_path).stdout))
+    assert strict_json(row["output"]) == {"chi2": "NaN", "peak": "Infinity"}
+    assert "inf" in run("list", workdir=tmp_path).stdout  # and the table has no traceback
+
+
+def test_runtimes_of_microseconds_are_not_zero(tmp_path):
+    # bug: a job of 40 µs read "0.000" in the tables, as if it took no time at all
+    journal = SQLiteJournal(str(tmp_path))
+    for runtime in (40e-6, 5.86e-3, 2.5):
+        job_id = journal.create("id00.quick", {}, 1000.0)
+        journal.finish(job_id, "success", {}, None, 1000.0, 1000.0 + runtime)
+    journal.close()
+    table = run("list", workdir=tmp_path).stdout
+    assert [line.split()[5:] for line in table.splitlines()[2:]] == [
+        ["40", "µs"], ["5.86", "ms"], ["2.5", "s"]
+    ]  # fmt: skip
+    assert "runtime    40 µs (4" in run("show", "1", workdir=tmp_path).stdout
+    row = run("stats", workdir=tmp_path).stdout.splitlines()[2].split()
+    assert row[0] == "id00.quick" and row[-4:] == ["835", "ms", "2.5", "s"]  # mean, p95
+    ascii_terminal = subprocess.run(
+        [DAHU_JOBS, "list", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(PYTHONIOENCODING="ascii"),
+    )
+    assert ascii_terminal.stdout.splitlines()[2].split()[5:] == ["40", "us"]
+
+
 def test_a_work_directory_this_user_cannot_write_is_read(tmp_path):
     """Another account's work directory (the server's), or a copy on read-only media: a
     reader of a WAL journal needs to make its -shm file there, and cannot."""
@@ -271,10 +327,24 @@ def test_stats(history):
     text = run("stats", "--plugin", "example.square", workdir=workdir).stdout
     header, _, row, total = text.splitlines()
     assert header.split() == [
-        "plugin", "jobs", "success", "failure", "aborted", "unfinished", "mean", "s", "p95", "s"
+        "plugin", "jobs", "success", "failure", "aborted", "unfinished", "mean", "p95"
     ]  # fmt: skip
     assert row.split()[:6] == ["example.square", "40", "40", "0", "0", "0"]
     assert total.split()[:2] == ["(all)", "40"]
+
+
+def test_the_plugin_filter_ignores_case_beyond_ascii(tmp_path):
+    # bug: --plugin étude.fit missed the jobs a client sent as ÉTUDE.Fit, which the
+    # factory runs as the same plugin and stats counts in its row
+    journal = SQLiteJournal(str(tmp_path))
+    for name in ("ÉTUDE.Fit", "étude.fit", "etude.fit"):
+        job_id = journal.create(name, {}, time.time())
+        journal.finish(job_id, "success", {}, None, time.time(), time.time())
+    journal.close()
+    items = json.loads(run("list", "--json", "--plugin", "Étude.FIT", workdir=tmp_path).stdout)
+    assert [item["plugin"] for item in items] == ["ÉTUDE.Fit", "étude.fit"]
+    figures = json.loads(run("stats", "--json", "--plugin", "étude.fit", workdir=tmp_path).stdout)
+    assert figures["total"]["jobs"] == figures["plugins"]["étude.fit"]["jobs"] == 2
 
 
 def test_stats_count_a_plugin_however_its_jobs_spell_it(tmp_path):

@@ -509,6 +509,23 @@ def test_job_listings_search_the_journal_beyond_the_latest_jobs(server, jobs):
     assert listed == sorted(listed, reverse=True)  # the newest first
 
 
+def test_the_plugin_filter_ignores_case_beyond_ascii(engine):
+    # bug: /api/jobs?plugin=étude.fit missed the jobs a client sent as ÉTUDE.Fit (the
+    # factory runs both, and the plugins table counts them as one)
+    for name in ("ÉTUDE.Fit", "étude.fit", "etude.fit"):
+        job_id = engine.journal.create(name, {}, time.time())
+        engine.journal.finish(job_id, "success", {}, None, time.time(), time.time())
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    try:
+        url = f"http://127.0.0.1:{service.port}/api/jobs?plugin=%C3%A9tude.FIT"
+        _, found = get_json(url)
+        assert [j["plugin"] for j in found["jobs"]] == ["étude.fit", "ÉTUDE.Fit"]
+    finally:
+        service.stop()
+
+
 def strict_json(text: str):
     """Parse as a browser does: NaN and Infinity are not JSON."""
 
@@ -628,6 +645,22 @@ def test_stopping_with_a_page_open_logs_no_error(engine, caplog):
         next(line for line in stream if line.startswith(b"data: "))  # the page is open
         service.stop()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_stopping_closes_the_idle_connections_of_pages(engine):
+    """A browser keeps its connection open between two requests (keep-alive): a stop
+    left it open, so the page's next request waited for ever on a service that was gone
+    (a page of a service stopped and started again in the same process never came back)."""
+    import http.client
+
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
+    connection.request("GET", "/api/counters")
+    assert connection.getresponse().read()  # the connection stays open, idle
+    service.stop()
+    assert connection.sock.recv(100) == b""  # closed by the server (not a 10 s timeout)
 
 
 @pytest.mark.parametrize(
@@ -836,6 +869,113 @@ def test_two_servers_of_one_machine_keep_their_own_tokens(engine, browser):
     finally:
         for service in services:
             service.stop()
+
+
+@pytest.mark.parametrize("transport", ["", "&transport=poll"])
+def test_a_page_whose_token_changed_says_so_and_stops(engine, browser, monkeypatch, transport):
+    """The server restarted with a new generated token while the page stayed open: the
+    page said "reconnecting" and asked again forever, all day; it must say that access is
+    refused and stop asking."""
+    import dahu.web.app
+
+    asked = []
+    prepare = dahu.web.app._Base.prepare
+
+    def counted(handler):
+        asked.append(handler.request.path)
+        return prepare(handler)
+
+    monkeypatch.setattr(dahu.web.app._Base, "prepare", counted)
+    first = WebService("127.0.0.1:0", token="the-first-token-0123")
+    first.monitor.attach(engine)
+    first.start()
+    browser.open(first.url + transport)
+    browser.wait_for(f"{LIVE}.startsWith('live')")
+    first.stop()
+    restarted = WebService(f"127.0.0.1:{first.port}", token="a-new-generated-token-4567")
+    restarted.monitor.attach(engine)
+    restarted.start()
+    try:
+        browser.wait_for("!document.getElementById('refused').hidden", 30)
+        said = browser.text("#refused")
+        assert "access token has changed" in said and "HTTP 401" in said, said
+        assert "updates stopped" in browser.text("#live")
+        before = len(asked)
+        time.sleep(2.5)  # nothing must come: the page asked again after 1 s, then 2 s, ...
+        assert len(asked) == before, asked[before:]
+        assert browser.text("#live") == "access refused: updates stopped"
+    finally:
+        restarted.stop()
+
+
+def test_jobs_of_another_day_show_their_date(engine, monkeypatch, browser):
+    # bug: after a restart, the latest jobs (read from the journal) ended three days ago
+    # read "03:40:52" only, as if they had ended today
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    summary = service.monitor.summary
+    now = time.time()
+    jobs = [
+        {"id": n, "plugin": "p.q", "state": "success", "runtime": 1.0, "ended": ended}
+        for n, ended in ((2, now), (1, now - 3 * 86400))
+    ]
+
+    def restarted():
+        return {**summary(), "recent": jobs}
+
+    monkeypatch.setattr(service.monitor, "summary", restarted)
+    service.start()
+    try:
+        browser.open(f"http://127.0.0.1:{service.port}/")
+        browser.wait_for("document.querySelectorAll('#recent tbody tr').length === 2", 10)
+        ended = browser.evaluate(
+            "Array.from(document.querySelectorAll('#recent tbody tr')).map(r => r.cells[4].innerText)"
+        )
+        day = f"new Date({jobs[1]['ended'] * 1000}).toLocaleDateString([], {{month: 'short', day: 'numeric'}})"
+        assert ended[1].startswith(browser.evaluate(day) + " "), ended
+        assert re.fullmatch(r"\d\d:\d\d:\d\d", ended[0]), ended  # today: the time only
+    finally:
+        service.stop()
+
+
+def test_the_page_fits_a_phone(engine, monkeypatch, browser):
+    """375 px wide: the page scrolled sideways (the plugin and failure tables); now a
+    table wider than the screen scrolls inside its panel, the page does not."""
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    summary = service.monitor.summary
+
+    def busy():
+        data = summary()
+        plugin = "id00.azimuthal_integration_multi_geometry"
+        job = {"id": 123456, "plugin": plugin, "state": "failure", "runtime": 4e-6}
+        job.update(ended=time.time(), reason="ValueError: " + "no beam on the sample " * 8)
+        data["recent"], data["failures"] = [job] * 15, [job] * 15
+        data["running"] = [{"id": 1234567, "plugin": plugin, "started": 0.0, "elapsed": 86400}]
+        stats = {"jobs": 123456, "success": 100000, "failure": 23450, "aborted": 6}
+        stats.update(mean_runtime=4e-6, p50_runtime=3.5e-7, p95_runtime=1234.5)
+        data["plugins"] = {plugin: {**stats, "last_ended": time.time(), "last_failure": job}}
+        return data
+
+    monkeypatch.setattr(service.monitor, "summary", busy)
+    service.start()
+    try:
+        browser.viewport(375, 800)
+        browser.open(f"http://127.0.0.1:{service.port}/")
+        browser.wait_for("document.querySelectorAll('#plugins tbody tr td').length > 3", 10)
+        assert browser.evaluate("document.documentElement.scrollWidth") <= 375
+        # runtimes of a few µs (and under one) are not written 0
+        assert (
+            browser.evaluate("document.querySelector('#recent tbody tr').cells[3].innerText")
+            == "4 µs"
+        )
+        cells = browser.evaluate(
+            "Array.from(document.querySelector('#plugins tbody tr').cells).map(c => c.innerText)"
+        )
+        assert cells[5:8] == ["4 µs", "0.35 µs", "20 min 34 s"], cells
+        assert list(browser.errors) == []
+    finally:
+        service.stop()
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ __all__ = [
     "NotAJournal",
     "Filters",
     "journal_states",
+    "plugin_condition",
     "open_journal",
     "count",
     "latest",
@@ -57,8 +58,9 @@ class Filters:
         """The SQL condition and its arguments."""
         clauses, args = ["1"], []
         if self.plugin is not None:
-            clauses.append("plugin = ? COLLATE NOCASE")  # as the factory: any case
-            args.append(self.plugin)
+            clause, value = plugin_condition(self.plugin)
+            clauses.append(clause)
+            args.append(value)
         if self.state is not None:
             clauses.append(f"state IN ({', '.join('?' * len(journal_states(self.state)))})")
             args += journal_states(self.state)
@@ -69,6 +71,15 @@ class Filters:
             clauses.append("submitted <= ?")
             args.append(self.until)
         return " AND ".join(clauses), args
+
+
+def plugin_condition(plugin: str) -> tuple[str, str]:
+    """The SQL condition (one ``?``) and its argument for the jobs of ``plugin``, in any
+    case as for the factory (``str.lower``): SQLite's ``NOCASE`` for an ASCII name, the
+    connection's ``dahu_lower`` beyond (``ÉTUDE.Fit`` is ``étude.fit``)."""
+    if plugin.isascii():
+        return "plugin = ? COLLATE NOCASE", plugin
+    return "dahu_lower(plugin) = ?", plugin.lower()
 
 
 def journal_states(state: str) -> tuple[str, ...]:

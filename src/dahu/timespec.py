@@ -8,12 +8,13 @@ retention setting.  Every refusal is a :class:`BadTime` whose message is one lin
 from __future__ import annotations
 
 import datetime
+import math
 import re
 import time
 
 from .errors import DahuError
 
-__all__ = ["BadTime", "UNITS", "parse_duration", "parse_when", "format_time"]
+__all__ = ["BadTime", "UNITS", "parse_duration", "parse_when", "format_time", "format_duration"]
 
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 """Seconds per unit of a duration."""
@@ -72,3 +73,28 @@ def format_time(epoch: float | None) -> str:
     if epoch is None:
         return ""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _significant(value: float) -> str:
+    """Three significant digits, no exponent: ``3.21``, ``58.6``, ``105``."""
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def format_duration(seconds: float | None, micro: str = "µs") -> str:
+    """A runtime as a person reads it, three significant digits below a minute:
+    ``0.4 µs``, ``3.21 µs``, ``105 µs``, ``5.86 ms``, ``2.5 s``, ``12.3 s``, then
+    ``2 min 5.0 s``, ``1 h 2 min`` ("" for None).  ``micro`` is the unit of microseconds
+    (``us`` where ``µ`` cannot be shown)."""
+    if seconds is None:
+        return ""
+    if not math.isfinite(seconds) or seconds <= 0:
+        return f"{seconds:g} s"  # 0 s; inf s, nan s as they are, not a made-up figure
+    for scale, unit in ((1e-6, micro), (1e-3, "ms"), (1.0, "s")):
+        value = float(f"{seconds / scale:.3g}")  # 999.7 µs is 1 ms, not 1e+03 µs
+        if value < 1000 and (unit != "s" or value < 60):
+            return f"{_significant(value)} {unit}"
+    tenths = round(seconds * 10)  # 59.96 s is 1 min 0.0 s, not 0 min 60.0 s
+    if tenths < 36000:
+        return f"{tenths // 600} min {tenths % 600 / 10:.1f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60} min"

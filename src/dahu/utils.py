@@ -54,6 +54,7 @@ class NumpyEncoder(json.JSONEncoder):
 
 
 _COMPACT = NumpyEncoder()
+_STRICT = NumpyEncoder(allow_nan=False)
 _c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
 # The C encoder of ``_COMPACT``, made once: ``JSONEncoder.encode`` makes a new one (and
 # its circular-reference table) on every call, which took half the time of encoding a
@@ -168,6 +169,21 @@ def utf8_text(text: Any) -> Any:
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+def standard_json(obj: Any, indent: int | None = None) -> str:
+    """``obj`` as standard JSON, which every parser reads: a float that is not finite
+    (NaN, ±Infinity, which Python writes as the words ``NaN``, ``Infinity``) is written
+    as the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` (``float()`` reads it back).
+    ASCII, with :class:`NumpyEncoder`; one line, or indented by ``indent``."""
+    encoder = _STRICT if indent is None else NumpyEncoder(allow_nan=False, indent=indent)
+    try:
+        return encoder.encode(obj)
+    except ValueError as err:
+        if not str(err).startswith("Out of range float"):
+            raise
+    # rare: write it as Python does, then read the non-standard words back as strings
+    return encoder.encode(json.loads(compact_json(obj), parse_constant=str))
 
 
 def dumps(obj: Any, indent: int | None = None) -> str:

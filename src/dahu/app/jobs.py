@@ -28,8 +28,8 @@ from ..journal import JournalError, default_workdir, job_file_stem
 from ..journal.sqlite import SQLiteJournal, process_alive
 from ..retention import DEFAULT_MIN_AGE, prune
 from ..states import State
-from ..timespec import BadTime, format_time, parse_duration, parse_when
-from ..utils import one_line
+from ..timespec import BadTime, format_duration, format_time, parse_duration, parse_when
+from ..utils import one_line, standard_json
 
 __all__ = ["build_parser", "main", "EXIT_OK", "EXIT_NOT_FOUND", "EXIT_USAGE", "EXIT_WORKDIR"]
 
@@ -219,8 +219,13 @@ def _cut(text: str | None, width: int = 60) -> str:
     return one_line(text or "", width)
 
 
-def _seconds_text(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}"
+def _runtime(value: float | None, out: IO[str]) -> str:
+    """``105 µs``, ``5.86 ms``, ``2.5 s``: not ``0.000`` for a job of a few µs."""
+    try:
+        "µ".encode(out.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError, TypeError):
+        return format_duration(value, micro="us")  # a terminal that cannot show µ
+    return format_duration(value)
 
 
 def cmd_list(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
@@ -229,17 +234,21 @@ def cmd_list(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     rows = latest(db, filters, args.limit or None)
     if args.json:
         keys = ["id", "plugin", "state", "submitted", "started", "ended", "runtime", "error"]
-        items = [dict(zip(keys, row, strict=True)) for row in rows]
-        for item in items:
+        # one job at a time, as json.dump(items, indent=1) writes them: the text of a
+        # million jobs is not held whole in memory
+        out.write("[" if rows else "[]\n")
+        for index, row in enumerate(rows):
+            item = dict(zip(keys, row, strict=True))
             item["error"] = one_line(item["error"] or "")
-        json.dump(items, out, indent=1)
-        out.write("\n")
+            text = standard_json(item, indent=1).replace("\n", "\n ")
+            out.write(("\n " if index == 0 else ",\n ") + text)
+        out.write("\n]\n" if rows else "")
     else:
         table = [
-            [i, plugin, state, format_time(submitted), _seconds_text(runtime), _cut(error)]
+            [i, plugin, state, format_time(submitted), _runtime(runtime, out), _cut(error)]
             for i, plugin, state, submitted, _, _, runtime, error in rows
         ]
-        headers = ["id", "plugin", "state", "submitted", "runtime s", "error"]
+        headers = ["id", "plugin", "state", "submitted", "runtime", "error"]
         out.write(tabulate(table, headers=headers, disable_numparse=True) + "\n")
         if not rows:
             sys.stderr.write(f"{PROG}: no job matches\n")
@@ -279,8 +288,8 @@ def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
         record.host, record.pid, record.submitted
     )
     if args.json:
-        json.dump({**_record_dict(record), "files": files, "gone": gone}, out, indent=1)
-        out.write("\n")
+        record_json = {**_record_dict(record), "files": files, "gone": gone}
+        out.write(standard_json(record_json, indent=1) + "\n")
         return EXIT_OK
     lines = [
         f"job {record.id}: {record.plugin}, {record.state}"
@@ -288,7 +297,7 @@ def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
         f"submitted  {format_time(record.submitted)}",
         f"started    {format_time(record.started)}",
         f"ended      {format_time(record.ended)}",
-        f"runtime    {_seconds_text(record.runtime)} s"
+        f"runtime    {_runtime(record.runtime, out)} ({record.runtime:.9g} s)"
         if record.runtime is not None
         else "runtime",
         f"host       {record.host or ''} (pid {record.pid}), Dahu {record.version or '?'}",
@@ -311,8 +320,7 @@ def cmd_stats(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     """``stats``."""
     figures = statistics(db, _filters(args))
     if args.json:
-        json.dump(figures, out, indent=1)
-        out.write("\n")
+        out.write(standard_json(figures, indent=1) + "\n")
         return EXIT_OK
     rows = []
     for name, entry in [*figures["plugins"].items(), ("(all)", figures["total"])]:
@@ -325,11 +333,11 @@ def cmd_stats(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
                 entry["failure"],
                 entry["aborted"],
                 unfinished,
-                _seconds_text(entry["mean_s"]),
-                _seconds_text(entry["p95_s"]),
+                _runtime(entry["mean_s"], out),
+                _runtime(entry["p95_s"], out),
             ]
         )
-    headers = ["plugin", "jobs", "success", "failure", "aborted", "unfinished", "mean s", "p95 s"]
+    headers = ["plugin", "jobs", "success", "failure", "aborted", "unfinished", "mean", "p95"]
     out.write(tabulate(rows, headers=headers, disable_numparse=True) + "\n")
     return EXIT_OK
 
@@ -371,13 +379,13 @@ def cmd_export(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
             writer.writerow(EXPORT_FIELDS)
             for record in found:
                 row = _record_dict(record)
-                row["input"] = json.dumps(row["input"])
-                row["output"] = json.dumps(row["output"]) if row["output"] is not None else ""
+                row["input"] = standard_json(row["input"])
+                row["output"] = standard_json(row["output"]) if row["output"] is not None else ""
                 writer.writerow(["" if row[k] is None else row[k] for k in EXPORT_FIELDS])
                 written += 1
         else:
             for record in found:
-                target.write(json.dumps(_record_dict(record)) + "\n")
+                target.write(standard_json(_record_dict(record)) + "\n")
                 written += 1
         if target is not out:
             target.close()
@@ -428,8 +436,7 @@ def cmd_prune(args: argparse.Namespace, out: IO[str]) -> int:
         if bar is not None:
             bar.close()
     if args.json:
-        json.dump(report.as_dict(), out, indent=1)
-        out.write("\n")
+        out.write(standard_json(report.as_dict(), indent=1) + "\n")
     else:
         out.write(report.summary() + "\n")
     return EXIT_OK

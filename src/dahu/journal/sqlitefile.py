@@ -18,6 +18,18 @@ def connect_file(path: str, write: bool = False, immutable: bool = False) -> sql
     ids); never creates one.  A read-only connection reads a journal nobody writes even
     where this process cannot write (a read-only archive, another user's directory);
     ``immutable`` reads the file as it is in any case."""
+    db = _open(path, write, immutable)
+    # plugin names are not case-sensitive, also beyond ASCII (SQLite's NOCASE is not)
+    db.create_function("dahu_lower", 1, _lower, deterministic=True)
+    return db
+
+
+def _lower(text: object) -> object:
+    return text.lower() if isinstance(text, str) else text
+
+
+def _open(path: str, write: bool, immutable: bool) -> sqlite3.Connection:
+    """:func:`connect_file`."""
     uri = f"file:{urllib.parse.quote(path)}?mode={'rw' if write else 'ro'}"
     if immutable:
         uri += "&immutable=1"

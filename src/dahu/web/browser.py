@@ -179,6 +179,17 @@ class Browser:
             raise BrowserError(f"cannot open {url}: {result['errorText']}")
         self._wait_event("Page.loadEventFired", self.timeout)
 
+    def viewport(self, width: int, height: int) -> None:
+        """Lay pages out for a screen of this size (a phone's 375 px too: a headless
+        window is at least 500 px wide)."""
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+
     def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression in the page (promises are awaited)."""
         result = self.call(

@@ -19,6 +19,7 @@ import sqlite3
 from typing import Any
 
 from ..errors import JournalError
+from ..jobquery import plugin_condition
 from ..journal import JobRecord, SQLiteJournal
 from ..journal.base import storable_id
 from ..journal.sqlitefile import connect_file
@@ -58,8 +59,9 @@ def latest_jobs(
             where, args = "state = ?", []
             if plugin is not None:
                 newest = db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
-                where += " AND plugin = ? COLLATE NOCASE AND id > ?"
-                args = [plugin, newest - PLUGIN_SCAN]
+                clause, name = plugin_condition(plugin)
+                where += f" AND {clause} AND id > ?"
+                args = [name, newest - PLUGIN_SCAN]
             sql = f"SELECT {_COLUMNS} FROM jobs WHERE {where} ORDER BY id DESC LIMIT ?"
             for state in states:
                 rows += db.execute(sql, [state, *args, limit]).fetchall()

@@ -14,6 +14,7 @@ start), then :meth:`WebService.start` runs Tornado's event loop in a thread of i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -31,6 +32,7 @@ __all__ = ["WebError", "WebService", "serve"]
 
 PUSH_PERIOD = 1.0  # seconds between two summaries on the event stream
 SAMPLE_PERIOD = 1.0  # seconds between two samples of the queue length
+CLOSE_TIMEOUT = 2.0  # seconds a stop waits for the requests being answered
 
 
 class Broadcaster:
@@ -164,11 +166,16 @@ class WebService:
             # the event streams told to close (stop) end by themselves in one more turn;
             # cancelled instead, Tornado would log an error for each open page
             loop.run_until_complete(asyncio.sleep(0))
+            # the connections first (a browser's idle keep-alive ones too): cancelling
+            # their tasks would forget them open, and a page's next request would wait
+            # on them for ever instead of failing and trying again
+            closing = asyncio.wait_for(server.close_all_connections(), CLOSE_TIMEOUT)
+            with contextlib.suppress(asyncio.TimeoutError):
+                loop.run_until_complete(closing)
             pending = asyncio.all_tasks(loop)
             for task in pending:
                 task.cancel()
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(server.close_all_connections())
             loop.close()
 
     def _sample(self) -> None:

@@ -12,6 +12,7 @@ let transport = "";
 let trouble = "";  // why updates stopped, while the page is trying again
 let streamed = false;  // an event came through the stream once: it works on this network
 let retries = 0;
+let refused = "";  // the server refused this page (its token changed): updates stopped
 
 function $(id) { return document.getElementById(id); }
 
@@ -48,18 +49,28 @@ function fill(tableId, rows, empty) {
   body.replaceChildren(...rows);
 }
 
+// three significant digits, no exponent: 0.4, 3.21, 58.6, 105
+function significant(v) { return v < 100 ? String(Number(v.toPrecision(3))) : v.toFixed(0); }
+
 function duration(s) {
   if (s === null || s === undefined) return "–";
-  if (s < 1e-3) return (s * 1e6).toFixed(0) + " µs";
-  if (s < 1) return (s * 1e3).toFixed(s < 0.01 ? 2 : 1) + " ms";
+  if (typeof s !== "number" || !isFinite(s) || s <= 0) return s + " s";  // 0 s, "Infinity" s
+  if (s < 0.9995e-3) return significant(s * 1e6) + " µs";  // 0.4 µs, not 0 µs
+  if (s < 0.9995) return significant(s * 1e3) + " ms";
   if (s < 120) return s.toFixed(1) + " s";
   if (s < 7200) return Math.floor(s / 60) + " min " + Math.floor(s % 60) + " s";
   return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
 }
 
+// the time of day; with the date for another day (the journal's jobs of earlier runs)
 function clock(t) {
   if (!t) return "–";
-  return new Date(t * 1000).toLocaleTimeString([], { hour12: false });
+  const when = new Date(t * 1000), now = new Date();
+  const time = when.toLocaleTimeString([], { hour12: false });
+  if (when.toDateString() === now.toDateString()) return time;
+  const day = { month: "short", day: "numeric" };
+  if (when.getFullYear() !== now.getFullYear()) day.year = "numeric";
+  return when.toLocaleDateString([], day) + " " + time;
 }
 
 function stateCell(state) { return cell(state, "state-" + state); }
@@ -158,18 +169,45 @@ function setLive(text, cls) {
   live.className = "live" + (cls ? " " + cls : "");
 }
 
+// An answer that will not change by asking again: access refused (401: the server was
+// restarted with another token; 403: this address is refused). Updates stop, saying why.
+function refuse(status, body) {
+  refused = "Updates stopped: the server refused this page (HTTP " + status + ": " +
+    ((body && body.error) || "access refused") + "). " + (status === 401 ?
+    "Its access token has changed (the server was restarted with a new one?): open the " +
+    "address it printed, with its ?token=, to go on." : "");
+  setLive("access refused: updates stopped", "down");
+  const problem = $("refused");
+  problem.textContent = refused;
+  problem.hidden = false;
+}
+
+function isRefusal(status) { return status === 401 || status === 403; }
+
+// the answer to a request of the page: its JSON, or an error carrying the status and body
+function answer(r) {
+  if (r.ok) return r.json();
+  return r.json().catch(() => ({})).then(body => {
+    const error = new Error("HTTP " + r.status);
+    Object.assign(error, { status: r.status, body });
+    throw error;
+  });
+}
+
 function poll(reason) {
   transport = "polling every " + POLL_MS / 1000 + " s";
   if (reason) console.info("dahu: polling /api/summary: " + reason);
   const once = () => {
     fetch("api/summary", { cache: "no-store", credentials: "same-origin" })
-      .then(r => r.ok ? r.json() : Promise.reject(new Error("HTTP " + r.status)))
+      .then(answer)
       .then(render)
+      .then(() => setTimeout(once, POLL_MS))
       .catch(err => {
+        if (isRefusal(err.status)) { refuse(err.status, err.body); return; }
         trouble = "server unreachable (" + err.message + "), retrying";
         setLive(trouble, "down");
-      })
-      .finally(() => setTimeout(once, POLL_MS));
+        setTimeout(once, POLL_MS);
+      });
   };
   once();
 }
@@ -187,25 +225,37 @@ function stream() {
   });
   source.onerror = () => {
     if (over) return;
-    if (!streamed) { fallBack("the event stream failed"); return; }
-    trouble = "reconnecting…";
     if (source.readyState !== EventSource.CLOSED) {
+      if (!streamed) { fallBack("the event stream failed"); return; }
+      trouble = "reconnecting…";
       setLive(trouble, "down");  // a network error: EventSource retries by itself
-    } else {
-      // an answer that is not the stream (a proxy's 502 while the server restarts, the
-      // server's 503 while it starts): EventSource gives up for good, so try again here
-      over = true;
-      source.close();
-      const wait = RETRY_MS[Math.min(retries, RETRY_MS.length - 1)];
-      retries += 1;
-      setLive(trouble + " (next try in " + wait / 1000 + " s)", "down");
-      setTimeout(stream, wait);
+      return;
     }
+    // an answer that is not the stream: EventSource gives up for good and does not say
+    // which; a refusal (401: the token changed) stops the page, anything else (a proxy's
+    // 502 while the server restarts, its 503 while it starts) is tried again here
+    over = true;
+    source.close();
+    fetch("api/counters", { cache: "no-store", credentials: "same-origin" })
+      .then(answer)
+      .then(() => null, err => err)
+      .then(err => {
+        if (err && isRefusal(err.status)) refuse(err.status, err.body);
+        else if (!streamed) poll("the event stream failed");
+        else {
+          trouble = "reconnecting…";
+          const wait = RETRY_MS[Math.min(retries, RETRY_MS.length - 1)];
+          retries += 1;
+          setLive(trouble + " (next try in " + wait / 1000 + " s)", "down");
+          setTimeout(stream, wait);
+        }
+      });
   };
   if (!streamed) setTimeout(() => { if (!received) fallBack("no event within 5 s"); }, STALE_MS);
 }
 
 function watch() {
+  if (refused) return;
   if (lastUpdate && Date.now() - lastUpdate > STALE_MS) setLive((trouble ? trouble + " " : "") +
     "no update for " + Math.round((Date.now() - lastUpdate) / 1000) + " s", "down");
 }

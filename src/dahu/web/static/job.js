@@ -10,8 +10,13 @@ function $(id) { return document.getElementById(id); }
 
 function when(t) { return t ? new Date(t * 1000).toLocaleString([], { hour12: false }) : "–"; }
 
-function runtime(s) {  // 0.178 ms, 2.500 s, 1 h 2 min 5.0 s: not 3725000.000 ms
+// three significant digits, no exponent: 0.4, 3.21, 58.6, 105
+function significant(v) { return v < 100 ? String(Number(v.toPrecision(3))) : v.toFixed(0); }
+
+function runtime(s) {  // 3.21 µs, 0.178 ms, 2.500 s, 1 h 2 min 5.0 s: not 3725000.000 ms
   if (s === null) return "–";
+  if (typeof s !== "number" || !isFinite(s) || s <= 0) return s + " s";  // 0 s, "Infinity" s
+  if (s < 0.9995e-3) return significant(s * 1e6) + " µs";  // 40 µs, 0.4 µs: not 0.000 ms
   if (s < 1) return (s * 1000).toFixed(3) + " ms";
   if (s < 60) return s.toFixed(3) + " s";
   const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
@@ -59,7 +64,9 @@ function load() {
     .then(r => r.json().catch(() => ({})).then(body => ({ r, body })))
     .then(({ r, body }) => {
       if (!r.ok) {
-        const error = new Error(body.error || "HTTP " + r.status + " " + r.statusText);
+        const error = new Error((body.error || "HTTP " + r.status + " " + r.statusText) +
+          (r.status === 401 ? ": the server's access token has changed (was it restarted with " +
+            "a new one?): open the address it printed, with its ?token=" : ""));
         error.retry = r.status >= 500;  // a proxy's 502, the server starting (503): try again
         throw error;
       }
