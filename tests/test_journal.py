@@ -575,3 +575,42 @@ journal.close()
     assert "refused: cannot write the journal" in result.stdout
     assert "cannot rollback" not in result.stdout
     assert "after: success" in result.stdout
+
+
+def test_a_write_waiting_for_another_process_lock_holds_up_no_read(tmp_path):
+    # bug: a write waiting for a lock another process held (a prune's VACUUM, a sqlite3
+    # shell, a second server: up to the 30 s busy timeout) held the journal's one
+    # connection, so every read of a finished job (getJobState, getJobOutput, -1...)
+    # waited too: the device stopped answering any client until the lock went
+    import sqlite3
+    import threading
+
+    journal = SQLiteJournal(str(tmp_path))
+    old = journal.create("example.square", {"x": 3}, 1.0)
+    journal.finish(old, "success", {"result": 9}, None, 1.0, 2.0)
+    other = sqlite3.connect(journal.path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    created: list[int] = []
+    writer = threading.Thread(
+        target=lambda: created.append(journal.create("example.noop", {}, 3.0)), daemon=True
+    )
+    try:
+        writer.start()
+        deadline = time.monotonic() + 10
+        while journal._lock.acquire(blocking=False):  # until the writer waits for SQLite
+            journal._lock.release()
+            assert time.monotonic() < deadline
+        answers: list = []
+        reader = threading.Thread(
+            target=lambda: answers.append((journal.get(old).output, journal.state(old))),
+            daemon=True,
+        )
+        reader.start()
+        reader.join(5)
+        assert answers == [({"result": 9}, "success")]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    writer.join(30)
+    assert created == [old + 1] and journal.get(old + 1).state == "uninitialized"
+    journal.close()
