@@ -4,6 +4,7 @@ import http
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -385,6 +386,35 @@ def test_files_a_killed_process_left_unwritten_are_written_at_the_next_start(wor
     assert dahu.engine.configure(workdir=str(workdir)).recovered == 0  # once only
 
 
+def test_every_interrupted_job_gets_its_files_however_long_the_queue_was(workdir, monkeypatch):
+    # bug: only the interrupted jobs among the last WINDOW (2,000) ids got their files:
+    # a server killed with 5,000 jobs of a startJobs queued left 2,900 of them without
+    # .inp/.out files, at that start and every later one
+    from dahu.engine import recovery
+
+    monkeypatch.setattr(recovery, "WINDOW", 40)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(100)], 1.0)
+    journal.close()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    with db:  # as a server killed with them queued left them
+        db.execute("UPDATE jobs SET pid = ?", (gone.pid,))
+    db.close()
+
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert sorted(engine.interrupted) == ids
+        assert engine.recovered == len(ids)
+        for job_id in ids:
+            stem = job_file_stem(str(workdir), job_id, "example.square")
+            assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
+            assert json.loads(open(stem + ".inp").read())["job_id"] == job_id
+    finally:
+        engine.close()
+
+
 def test_the_files_of_a_live_process_jobs_are_left_to_it(workdir):
     # a second engine on the directory (a worker process, a tool beside the server) must
     # not write the files the server's own files thread may be writing at that moment
@@ -582,7 +612,6 @@ def test_a_write_waiting_for_another_process_lock_holds_up_no_read(tmp_path):
     # shell, a second server: up to the 30 s busy timeout) held the journal's one
     # connection, so every read of a finished job (getJobState, getJobOutput, -1...)
     # waited too: the device stopped answering any client until the lock went
-    import sqlite3
     import threading
 
     journal = SQLiteJournal(str(tmp_path))

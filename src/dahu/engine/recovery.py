@@ -8,7 +8,8 @@ writes them: those of jobs whose process is gone (a live one, a server beside a 
 process or a tool on its directory, writes its own).  Files are written in the order
 jobs end, so only the latest ends are
 looked at: the search stops after :data:`SETTLED` ended jobs in a row that have both
-files, and never looks further back than :data:`WINDOW` ids.
+files, and never looks further back than :data:`WINDOW` ids, but for the interrupted
+jobs, which all get theirs.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ def write_missing_files(engine: Any, interrupted: list[int]) -> int:
     if not last:
         return 0
     closed = set(interrupted)
-    records = [r for r in journal.select(first=max(1, last - WINDOW + 1)) if r.state in State.FINAL]
+    first = max(1, last - WINDOW + 1)
+    records = [r for r in journal.select(first=first) if r.state in State.FINAL]
+    # interrupted ones older than the window (a long queue cut short): each by its id
+    records += filter(None, (journal.get(i) for i in sorted(closed) if i < first))
     records.sort(key=lambda r: (r.id in closed, r.ended or 0.0), reverse=True)
     alive: dict[tuple, bool] = {}  # (host, pid) -> its process runs (asked once each)
     written = present = 0
