@@ -14,7 +14,14 @@ import pytest
 
 import dahu.engine
 from dahu.job import Job
-from dahu.journal import INTERRUPTED, JournalError, MemoryJournal, SQLiteJournal, job_file_stem
+from dahu.journal import (
+    INTERRUPTED,
+    JournalError,
+    MemoryJournal,
+    SQLiteJournal,
+    job_file_stem,
+    write_job_files,
+)
 
 from .conftest import child_env
 
@@ -411,6 +418,36 @@ def test_every_interrupted_job_gets_its_files_however_long_the_queue_was(workdir
             stem = job_file_stem(str(workdir), job_id, "example.square")
             assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
             assert json.loads(open(stem + ".inp").read())["job_id"] == job_id
+    finally:
+        engine.close()
+
+
+def test_a_files_thread_far_behind_at_a_kill_leaves_no_job_without_files(workdir, monkeypatch):
+    # bug: a burst of trivial jobs outruns the files thread (60,000 ended jobs without
+    # files at a kill -9 here); the next start wrote those of the last 2,000 ids only
+    from dahu.engine import recovery
+
+    monkeypatch.setattr(recovery, "WINDOW", 40)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(150)], 1.0)
+    journal.finish_many([(i, "success", {"result": i * i}, None, 1.0, 2.0 + i) for i in ids])
+    journal.close()
+    for job_id in ids[:60]:  # the files thread had written these
+        write_job_files(str(workdir), job_id, "example.square", {"x": 0}, {"result": 0})
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    with db:
+        db.execute("UPDATE jobs SET pid = ?", (gone.pid,))
+    db.close()
+
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.recovered == 90
+        for job_id in ids[60:]:
+            stem = job_file_stem(str(workdir), job_id, "example.square")
+            assert json.loads(open(stem + ".out").read())["result"] == job_id * job_id
+            assert json.loads(open(stem + ".inp").read())["x"] == job_id - 1
     finally:
         engine.close()
 
