@@ -424,16 +424,20 @@ def test_every_interrupted_job_gets_its_files_however_long_the_queue_was(workdir
 
 def test_a_files_thread_far_behind_at_a_kill_leaves_no_job_without_files(workdir, monkeypatch):
     # bug: a burst of trivial jobs outruns the files thread (60,000 ended jobs without
-    # files at a kill -9 here); the next start wrote those of the last 2,000 ids only
+    # files at a kill -9 here); the next start wrote those of the last 2,000 ids only,
+    # and took the file the kill left empty (created, not written yet) for a whole one
     from dahu.engine import recovery
 
     monkeypatch.setattr(recovery, "WINDOW", 40)
     journal = SQLiteJournal(str(workdir))
     ids = journal.create_many("example.square", [{"x": i} for i in range(150)], 1.0)
     journal.finish_many([(i, "success", {"result": i * i}, None, 1.0, 2.0 + i) for i in ids])
+    queued = journal.create_many("example.square", [{"x": 0}] * 60, 1.0)  # never started
     journal.close()
     for job_id in ids[:60]:  # the files thread had written these
         write_job_files(str(workdir), job_id, "example.square", {"x": 0}, {"result": 0})
+    cut = job_file_stem(str(workdir), ids[59], "example.square") + ".out"
+    open(cut, "w").close()  # the kill came between its creation and its write
     gone = subprocess.Popen(["true"])
     gone.wait()
     db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
@@ -443,8 +447,9 @@ def test_a_files_thread_far_behind_at_a_kill_leaves_no_job_without_files(workdir
 
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
-        assert engine.recovered == 90
-        for job_id in ids[60:]:
+        assert sorted(engine.interrupted) == queued
+        assert engine.recovered == 91 + len(queued)
+        for job_id in ids[59:]:
             stem = job_file_stem(str(workdir), job_id, "example.square")
             assert json.loads(open(stem + ".out").read())["result"] == job_id * job_id
             assert json.loads(open(stem + ".inp").read())["x"] == job_id - 1
