@@ -216,3 +216,34 @@ def test_a_second_server_on_the_same_work_directory_is_warned_of(tmp_path):
     third.start(timeout=60)  # alone again: the lock went with the first server
     third.stop()
     assert "another dahu_server" not in (tmp_path / "third.log").read_text()
+
+
+def test_a_journal_that_refuses_new_jobs_puts_the_server_at_fault(tmp_path):
+    # bug: on a full disk (here: a file size limit) every startJob/startJobs was refused
+    # while the device said ON, its Status and its log silent: only the outcomes of
+    # running jobs set FAULT, and an idle server has none
+    import resource
+
+    import tango
+
+    workdir = tmp_path / "work"
+    local = LocalServer(str(workdir), str(tmp_path / "server.log"), device=DEVICE)
+    proxy = local.start(timeout=60)
+    try:
+        squares(proxy, 1)
+        largest = max(path.stat().st_size for path in workdir.glob("journal.sqlite*"))
+        unlimited = resource.RLIM_INFINITY
+        limit = (largest + 65536, unlimited)
+        resource.prlimit(local.process.pid, resource.RLIMIT_FSIZE, limit)
+        big = json.dumps([{"x": x, "pad": "p" * 10000} for x in range(50)])
+        with pytest.raises(tango.DevFailed, match="cannot write the journal"):
+            proxy.startJobs(["example.square", big])
+        assert proxy.state() == tango.DevState.FAULT
+        assert "FAULT: the journal cannot be written: cannot write the journal" in proxy.status()
+        resource.prlimit(local.process.pid, resource.RLIMIT_FSIZE, (unlimited, unlimited))
+        proxy.Init()  # tries the journal again at once
+        assert proxy.state() == tango.DevState.ON
+        squares(proxy, 1)
+    finally:
+        assert local.stop() == 0
+    assert "cannot write the journal" in (tmp_path / "server.log").read_text()

@@ -4,6 +4,7 @@ import http
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +14,14 @@ import pytest
 
 import dahu.engine
 from dahu.job import Job
-from dahu.journal import INTERRUPTED, JournalError, MemoryJournal, SQLiteJournal, job_file_stem
+from dahu.journal import (
+    INTERRUPTED,
+    JournalError,
+    MemoryJournal,
+    SQLiteJournal,
+    job_file_stem,
+    write_job_files,
+)
 
 from .conftest import child_env
 
@@ -385,6 +393,70 @@ def test_files_a_killed_process_left_unwritten_are_written_at_the_next_start(wor
     assert dahu.engine.configure(workdir=str(workdir)).recovered == 0  # once only
 
 
+def test_every_interrupted_job_gets_its_files_however_long_the_queue_was(workdir, monkeypatch):
+    # bug: only the interrupted jobs among the last WINDOW (2,000) ids got their files:
+    # a server killed with 5,000 jobs of a startJobs queued left 2,900 of them without
+    # .inp/.out files, at that start and every later one
+    from dahu.engine import recovery
+
+    monkeypatch.setattr(recovery, "WINDOW", 40)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(100)], 1.0)
+    journal.close()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    with db:  # as a server killed with them queued left them
+        db.execute("UPDATE jobs SET pid = ?", (gone.pid,))
+    db.close()
+
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert sorted(engine.interrupted) == ids
+        assert engine.recovered == len(ids)
+        for job_id in ids:
+            stem = job_file_stem(str(workdir), job_id, "example.square")
+            assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
+            assert json.loads(open(stem + ".inp").read())["job_id"] == job_id
+    finally:
+        engine.close()
+
+
+def test_a_files_thread_far_behind_at_a_kill_leaves_no_job_without_files(workdir, monkeypatch):
+    # bug: a burst of trivial jobs outruns the files thread (60,000 ended jobs without
+    # files at a kill -9 here); the next start wrote those of the last 2,000 ids only,
+    # and took the file the kill left empty (created, not written yet) for a whole one
+    from dahu.engine import recovery
+
+    monkeypatch.setattr(recovery, "WINDOW", 40)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(150)], 1.0)
+    journal.finish_many([(i, "success", {"result": i * i}, None, 1.0, 2.0 + i) for i in ids])
+    queued = journal.create_many("example.square", [{"x": 0}] * 60, 1.0)  # never started
+    journal.close()
+    for job_id in ids[:60]:  # the files thread had written these
+        write_job_files(str(workdir), job_id, "example.square", {"x": 0}, {"result": 0})
+    cut = job_file_stem(str(workdir), ids[59], "example.square") + ".out"
+    open(cut, "w").close()  # the kill came between its creation and its write
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    with db:
+        db.execute("UPDATE jobs SET pid = ?", (gone.pid,))
+    db.close()
+
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert sorted(engine.interrupted) == queued
+        assert engine.recovered == 91 + len(queued)
+        for job_id in ids[59:]:
+            stem = job_file_stem(str(workdir), job_id, "example.square")
+            assert json.loads(open(stem + ".out").read())["result"] == job_id * job_id
+            assert json.loads(open(stem + ".inp").read())["x"] == job_id - 1
+    finally:
+        engine.close()
+
+
 def test_the_files_of_a_live_process_jobs_are_left_to_it(workdir):
     # a second engine on the directory (a worker process, a tool beside the server) must
     # not write the files the server's own files thread may be writing at that moment
@@ -575,3 +647,41 @@ journal.close()
     assert "refused: cannot write the journal" in result.stdout
     assert "cannot rollback" not in result.stdout
     assert "after: success" in result.stdout
+
+
+def test_a_write_waiting_for_another_process_lock_holds_up_no_read(tmp_path):
+    # bug: a write waiting for a lock another process held (a prune's VACUUM, a sqlite3
+    # shell, a second server: up to the 30 s busy timeout) held the journal's one
+    # connection, so every read of a finished job (getJobState, getJobOutput, -1...)
+    # waited too: the device stopped answering any client until the lock went
+    import threading
+
+    journal = SQLiteJournal(str(tmp_path))
+    old = journal.create("example.square", {"x": 3}, 1.0)
+    journal.finish(old, "success", {"result": 9}, None, 1.0, 2.0)
+    other = sqlite3.connect(journal.path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    created: list[int] = []
+    writer = threading.Thread(
+        target=lambda: created.append(journal.create("example.noop", {}, 3.0)), daemon=True
+    )
+    try:
+        writer.start()
+        deadline = time.monotonic() + 10
+        while journal._lock.acquire(blocking=False):  # until the writer waits for SQLite
+            journal._lock.release()
+            assert time.monotonic() < deadline
+        answers: list = []
+        reader = threading.Thread(
+            target=lambda: answers.append((journal.get(old).output, journal.state(old))),
+            daemon=True,
+        )
+        reader.start()
+        reader.join(5)
+        assert answers == [({"result": 9}, "success")]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    writer.join(30)
+    assert created == [old + 1] and journal.get(old + 1).state == "uninitialized"
+    journal.close()

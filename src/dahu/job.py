@@ -60,6 +60,16 @@ def _refuse_unrecordable(datas: list[dict[str, Any]]) -> None:
             raise InvalidInput(f"job input is not JSON-serialisable: {reason}") from None
 
 
+def _refused(engine: Engine, datas: list[dict[str, Any]], err: JournalError) -> None:
+    """The journal refused the records of new jobs (``datas``): :class:`InvalidInput`
+    if an input is the cause; else it cannot be written (a full disk, a lock held too
+    long, a broken file) and the engine is at fault (FAULT, the reason in ``Status``,
+    tried again every 10 s), as when it refuses an outcome."""
+    _refuse_unrecordable(datas)
+    if not isinstance(err.__cause__, (TypeError, ValueError, RecursionError)):
+        engine.journal_failed(None, err)
+
+
 class _JobClass(type):
     """Metaclass of :class:`Job`: gives the class attribute ``Job._id_class``."""
 
@@ -93,8 +103,8 @@ class Job(threading.Thread, metaclass=_JobClass):
         # when its id is read: nobody learns the id of a job the journal does not hold)
         try:
             run = engine.create(name, data, later=True)
-        except JournalError:
-            _refuse_unrecordable([data])
+        except JournalError as err:
+            _refused(engine, [data], err)
             raise
         self._face(engine, run)
 
@@ -137,8 +147,8 @@ class Job(threading.Thread, metaclass=_JobClass):
             for first in range(0, len(datas), chunk):
                 try:
                     runs = engine.create_many(name, datas[first : first + chunk])
-                except JournalError:
-                    _refuse_unrecordable(datas[first : first + chunk])
+                except JournalError as err:
+                    _refused(engine, datas[first : first + chunk], err)
                     raise
                 jobs.extend(cls._over(engine, run) for run in runs)
                 if first + chunk < len(datas):

@@ -7,8 +7,10 @@ never get any.  The journal holds everything those files show, so the next start
 writes them: those of jobs whose process is gone (a live one, a server beside a worker
 process or a tool on its directory, writes its own).  Files are written in the order
 jobs end, so only the latest ends are
-looked at: the search stops after :data:`SETTLED` ended jobs in a row that have both
-files, and never looks further back than :data:`WINDOW` ids.
+looked at: the search reads :data:`WINDOW` ids at a time, from the last one down, and
+stops after :data:`SETTLED` ended jobs in a row that have both files whole, or after a
+window where none lacked them (a burst can leave tens of thousands unwritten; a window of
+the queue cut short is passed over).  The interrupted jobs all get theirs.
 """
 
 from __future__ import annotations
@@ -26,42 +28,76 @@ logger = logging.getLogger(__name__)
 __all__ = ["write_missing_files", "SETTLED", "WINDOW"]
 
 SETTLED = 50  # ended jobs in a row with their files: the older ones have theirs
-WINDOW = 2000  # ids looked at, at most (from the last one down)
+WINDOW = 2000  # ids looked at at once (from the last one down)
 
 
 def write_missing_files(engine: Any, interrupted: list[int]) -> int:
     """Write the missing files of the latest ended jobs of ``engine``'s journal and of
     the ``interrupted`` ones (closed at this start); return how many jobs got files."""
     journal = engine.journal
-    last = journal.last_id()
-    if not last:
-        return 0
     closed = set(interrupted)
-    records = [r for r in journal.select(first=max(1, last - WINDOW + 1)) if r.state in State.FINAL]
-    records.sort(key=lambda r: (r.id in closed, r.ended or 0.0), reverse=True)
+    # the interrupted ones never had files, however many were queued
+    written = sum(_write(engine, r) for r in map(journal.get, sorted(closed)) if r is not None)
     alive: dict[tuple, bool] = {}  # (host, pid) -> its process runs (asked once each)
-    written = present = 0
-    for record in records:
-        owner = (record.host, record.pid)
-        if owner not in alive:  # newest record first: a pid used again since is told apart
-            alive[owner] = process_alive(record.host, record.pid, record.submitted)
-        if alive[owner] and record.id not in closed:
-            continue  # its process writes its files (they may be queued there now)
-        stem = job_file_stem(engine.workdir, record.id, record.plugin)
-        if os.path.exists(stem + ".inp") and os.path.exists(stem + ".out"):
-            present += 1
-            if present >= SETTLED and record.id not in closed:
-                break
-            continue
-        present = 0
-        output = record.output
-        if output is None:  # closed without an outcome: the error is what is known
-            output = {"error": (record.error or "").splitlines()}
-        if engine.write_files(record.id, record.plugin, record.input, output):
-            written += 1
+    present = 0
+    top = journal.last_id()
+    while top >= 1:  # the latest ends, window by window while files were missing
+        first = max(1, top - WINDOW + 1)
+        records = [r for r in journal.select(first, top) if r.state in State.FINAL]
+        ended = [r for r in records if r.id not in closed]  # not the queue cut short
+        ended.sort(key=lambda r: r.ended or 0.0, reverse=True)
+        more, present, looked = _write_missing(engine, ended, alive, present)
+        written += more
+        if present >= SETTLED or not more and (looked or len(ended) == len(records)):
+            break  # the files thread had caught up: the older jobs have theirs
+        top = first - 1
     if written:
         logger.warning(
             "%d job(s) ended without their .inp/.out files (a process died): written now",
             written,
         )
     return written
+
+
+def _write_missing(
+    engine: Any, records: list[Any], alive: dict[tuple, bool], present: int
+) -> tuple[int, int, int]:
+    """Write the files that ``records`` (newest end first) of dead processes lack, until
+    :data:`SETTLED` jobs in a row (``present`` so far) have theirs; return how many jobs
+    got files, the jobs in a row that have them, and the jobs looked at."""
+    written = looked = 0
+    for record in records:
+        owner = (record.host, record.pid)
+        if owner not in alive:  # newest record first: a pid used again since is told apart
+            alive[owner] = process_alive(record.host, record.pid, record.submitted)
+        if alive[owner]:
+            continue  # its process writes its files (they may be queued there now)
+        looked += 1
+        stem = job_file_stem(engine.workdir, record.id, record.plugin)
+        if _whole(stem + ".inp") and _whole(stem + ".out"):
+            present += 1
+            if present >= SETTLED:
+                break
+            continue
+        present = 0
+        written += _write(engine, record)
+    return written, present, looked
+
+
+def _whole(path: str) -> bool:
+    """Whether the job file ``path`` is there and whole: a kill between its creation and
+    its write (or in the middle of a long one) left it empty, or cut short."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(-1, os.SEEK_END)
+            return file.read(1) in (b"}", b"]")  # the end of a JSON object or list
+    except OSError:  # none, or empty (no byte before its end)
+        return False
+
+
+def _write(engine: Any, record: Any) -> bool:
+    """Write the ``.inp``/``.out`` files of the job of ``record``; False if they cannot be."""
+    output = record.output
+    if output is None:  # closed without an outcome: the error is what is known
+        output = {"error": (record.error or "").splitlines()}
+    return engine.write_files(record.id, record.plugin, record.input, output)

@@ -47,7 +47,7 @@ from .base import (
     storable_id,
 )
 from .files import highest_file_id
-from .sqlitefile import file_identity, full_disk_reason
+from .sqlitefile import connect_file, file_identity, full_disk_reason
 from .writer import BatchedWriter, _Write
 
 logger = logging.getLogger(__name__)
@@ -108,6 +108,9 @@ class SQLiteJournal(BatchedWriter, Journal):
             self._block_end = 0  # nothing reserved yet
             self._db = self._connect()
             self._init_schema()
+            # reads have their own connection: a write waiting for another process's
+            # lock (30 s at most) holds up no read of a finished job
+            self._reader, self._read_lock = connect_file(self.path, write=True), threading.Lock()
             self._file = file_identity(self.path)  # the file this connection writes
             self._replaced = False  # another file took its place (check_file)
         except (OSError, sqlite3.Error) as err:
@@ -172,6 +175,9 @@ class SQLiteJournal(BatchedWriter, Journal):
                 raise JournalError(f"cannot write the journal {self.path} again: {err}") from err
             self._db.close()
             self._db = db
+            with self._read_lock:
+                self._reader.close()
+                self._reader = connect_file(self.path, write=True)
         logger.error(
             "journal %s was removed (its work directory deleted?) while this process "
             "wrote it: written again, with every job, from the open database",
@@ -211,10 +217,12 @@ class SQLiteJournal(BatchedWriter, Journal):
 
     def _read(self, sql: str, args: tuple | list = ()) -> list[tuple]:
         try:
-            with self._locked():
-                return self._db.execute(sql, args).fetchall()
+            with self._read_lock:
+                rows = self._reader.execute(sql, args).fetchall()
         except sqlite3.Error as err:
             raise JournalError(f"cannot read the journal {self.path}: {err}") from err
+        self._commit_in_passing()
+        return rows
 
     _INSERT = (
         "INSERT INTO jobs (id, plugin, state, input, submitted, host, pid, version) "
@@ -498,5 +506,6 @@ class SQLiteJournal(BatchedWriter, Journal):
         if self._guarded:  # the last outcomes are in a file that can be read again
             with contextlib.suppress(JournalError):
                 self._check_file()
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()

@@ -119,10 +119,14 @@ class BatchedWriter:
     def _release(self) -> None:
         self._lock.release()
         # a writer that found the lock taken queued its write and left: the holder
-        # commits it (the outermost holder: an inner one is inside a transaction).  The
-        # holder here answers a caller (a read, a record): it commits one batch and
-        # reports one, then hands what is left over (under a stream of outcomes there is
-        # always more) rather than work for others until the stream stops.
+        # commits it (the outermost holder: an inner one is inside a transaction)
+        self._commit_in_passing()
+
+    def _commit_in_passing(self) -> None:
+        """From a thread that answers a caller (a read, a record): commit one batch of
+        what others queued and report one, if the writer lock is free, then hand what is
+        left over (under a stream of outcomes there is always more) rather than work for
+        others until the stream stops."""
         if self._queue and not self._lock._is_owned():  # type: ignore[attr-defined]
             self._drain(bounded=True)
 
