@@ -127,6 +127,19 @@ class Hang(Plugin):
 
 
 @register
+class Stubborn(Plugin):
+    """Never stops, and its abort() never returns (it waits for a lock process holds)."""
+
+    def process(self):
+        while True:
+            time.sleep(0.02)
+
+    def abort(self):
+        while True:
+            time.sleep(0.02)
+
+
+@register
 class Patient(Plugin):
     """Runs until aborted; times out after JOB_TIMEOUT."""
 

@@ -177,6 +177,28 @@ def test_timeouts(kind):
         assert (patient.status, patient.error) == ("aborted", "timed out after 0.5 s"), bad
 
 
+def test_a_plugin_whose_abort_never_returns_stalls_no_timeout(kind):
+    # bug (thread): the plugin's abort() was called in the thread that aborted the job,
+    # the watchdog's for a timeout: it never returned, the job stayed running for ever
+    # and no timeout of any other job fired again (a client's abortJob hung the same way)
+    stuck = Job("trouble.stubborn", {"job_timeout": 0.3})
+    stuck.start()
+    wait_running(stuck)
+    other = run("trouble.patient", {}, timeout=15)
+    assert (other.status, other.error) == ("aborted", "timed out after 0.5 s")
+    stuck.join(15)
+    assert stuck.status == "aborted"
+    assert stuck.error.startswith("timed out after 0.3 s")
+    again = Job("trouble.stubborn", {})
+    again.start()
+    wait_running(again)
+    t0 = time.monotonic()
+    assert again.abort()  # a client's abort returns
+    assert time.monotonic() - t0 < 3
+    again.join(15)
+    assert again.status == "aborted"
+
+
 def test_aborting_a_job_waiting_for_a_free_worker_spares_the_running_ones(kind):
     # bug (dask): aborting a job whose task waited on a worker for a free thread
     # restarted that worker after the grace period, killing the job it was running
