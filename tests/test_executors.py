@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import h5py
+import psutil
 import pytest
 
 import dahu.engine
@@ -358,6 +359,66 @@ def test_process_workers_are_recycled(tmp_path):
         assert len({tuple(p) for p in seen}) >= 2  # a new worker after every 2 jobs
     finally:
         engine.executor.shutdown(wait=True, timeout=30)
+
+
+def test_a_killed_worker_takes_the_programs_its_plugin_started_along(tmp_path, monkeypatch):
+    # bug: the worker of a plugin that ignored its abort (or its timeout) was killed, but
+    # the external program the plugin waited for ran on, orphaned, for ever
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "external.py").write_text(EXTERNAL)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"),
+        max_workers=1,
+        executor_kind="process",
+        executor_options={"abort_grace": 0.5},
+    )
+    pidfile = tmp_path / "child.pid"
+    try:
+        job = Job("external.program", {"pidfile": str(pidfile)})
+        job.start()
+        deadline = time.monotonic() + 30
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pid = int(pidfile.read_text())
+        assert job.abort()
+        job.join(30)
+        assert job.status == "aborted"
+        assert job.error == "aborted on request (worker killed after 0.5 s)"
+        deadline = time.monotonic() + 10
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if running(pid):
+            os.kill(pid, 9)
+            raise AssertionError("the program the plugin started outlived its job")
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs (neither gone nor a zombie)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+EXTERNAL = """
+import subprocess
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Program(Plugin):
+    def process(self):
+        child = subprocess.Popen(["sleep", "600"])
+        with open(self.input["pidfile"], "w") as f:
+            f.write(str(child.pid))
+        child.wait()  # ignores its abort
+"""
 
 
 def test_a_plugin_directory_added_later_reaches_the_running_workers(tmp_path):

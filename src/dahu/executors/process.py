@@ -18,7 +18,9 @@ and reused, so caches stay warm between jobs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -112,7 +114,11 @@ class WorkerProcess:
             return False
 
     def kill(self) -> None:
-        """Kill the worker now."""
+        """Kill the worker now, with the processes its plugins started (its process
+        group): an external program a hung plugin waits for must not outlive its job."""
+        if self.process.returncode is None:  # not reaped yet: its pid names its group
+            with contextlib.suppress(OSError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         if self.is_alive():
             self.process.kill()
         self.process.wait(10)
