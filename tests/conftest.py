@@ -152,11 +152,14 @@ class Patient(Plugin):
 
 @register
 class AddPrevious(Plugin):
-    """Wait for job `other`, add its result to x."""
+    """Wait for job `other`, add its result to x (creates the file ``flag``, if given,
+    before it waits)."""
 
     TIMEOUT = 60
 
     def process(self):
+        if "flag" in self.input:
+            open(self.input["flag"], "w").close()
         other = self.wait_for(self.input["other"])
         self.output["result"] = other.output_data["result"] + self.input["x"]
 

@@ -261,6 +261,40 @@ def test_wait_for_chain_longer_than_the_pool(kind):
     assert chain[-1].output_data["result"] == 4 + 5
 
 
+def test_an_aborted_waiter_ends_without_waiting_for_a_slot(kind_engine, kind, tmp_path):
+    # bug: a job aborted (or timed out) while its plugin waited for another job needed
+    # its slot back to end, and both slots ran long jobs: under process it stayed
+    # running until one of them ended (hours), its worker killed meanwhile; under thread
+    # it ended "... did not stop within 1 s; its thread is abandoned", although it had
+    # under dask it waited for a thread of its worker, which was restarted after the
+    # grace: the long job running there failed (KilledWorker)
+    executor = kind_engine[1].executor
+    long_jobs = [Job("example.sleep", {"t": 120}) for _ in range(2)]
+    flag = tmp_path / "waiting"
+    waiter = Job("trouble.addprevious", {"other": long_jobs[0].id, "x": 1, "flag": str(flag)})
+    waiter.start()
+    deadline = time.monotonic() + 30
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        for job in long_jobs:  # they take both slots once the waiter gave its slot back
+            job.start()
+        for job in long_jobs:
+            wait_running(job)
+        assert waiter.abort()
+        waiter.join(10)
+        assert (waiter.status, waiter.error) == ("aborted", "aborted on request")
+        assert [job.status for job in long_jobs] == ["running", "running"]
+    finally:
+        for job in long_jobs:
+            job.abort()
+        for job in [*long_jobs, waiter]:
+            job.join(30)
+    assert [job.error for job in long_jobs] == ["aborted on request"] * 2
+    assert run("example.square", {"x": 4}).output_data["result"] == 16
+    assert executor.counts() == {"queued": 0, "running": 0, "waiting": 0}
+
+
 SYNCER = """
 from dahu.factory import register
 from dahu.job import Job

@@ -31,7 +31,7 @@ from ..factory import plugin_factory
 from ..states import State
 from .base import Task, execute
 from .runner import Execution, Outcome
-from .slot import serving
+from .slot import current_task, serving
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,11 @@ __all__ = ["ThreadExecutor", "default_workers"]
 def default_workers() -> int:
     """The default number of job slots: the number of CPUs."""
     return max(1, os.cpu_count() or 1)
+
+
+def _aborted(task: Any) -> bool:
+    """Whether the engine is aborting ``task`` (None: a thread that runs no task)."""
+    return getattr(task, "abort_reason", None) is not None
 
 
 class ThreadExecutor:
@@ -261,6 +266,7 @@ class ThreadExecutor:
         back and takes none.
         """
         me = threading.get_ident()
+        task = current_task()
         with self._cond:
             held = me not in self._abandoned
             if held:
@@ -280,11 +286,20 @@ class ThreadExecutor:
                     if me not in self._abandoned:  # abandoned meanwhile: no slot to take
                         self._waiting -= 1
                         self._reclaiming += 1
-                        while self._running >= self.limit:
+                        # an aborted job ends: it takes its slot at once, over the
+                        # limit if need be, rather than wait behind long jobs to say so
+                        while self._running >= self.limit and not _aborted(task):
                             self._slot_free.wait()
                         self._reclaiming -= 1
                         self._running += 1
                     self._wake()  # the queue may have waited for the reclaimers
+
+    def aborting(self, task: Task) -> None:
+        """``task`` is being aborted: if it waits to take its slot back after a wait for
+        another job, it takes it now (see :meth:`waiting`)."""
+        with self._cond:
+            if self._reclaiming:
+                self._slot_free.notify_all()
 
     def counts(self) -> dict[str, int]:
         """``{"queued": n, "running": n, "waiting": n}``."""
