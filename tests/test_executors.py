@@ -5,6 +5,7 @@ start); every test runs real jobs through ``dahu.job.Job``.
 """
 
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -293,6 +294,41 @@ def test_an_aborted_waiter_ends_without_waiting_for_a_slot(kind_engine, kind, tm
     assert [job.error for job in long_jobs] == ["aborted on request"] * 2
     assert run("example.square", {"x": 4}).output_data["result"] == 16
     assert executor.counts() == {"queued": 0, "running": 0, "waiting": 0}
+
+
+def test_a_waiter_whose_worker_dies_ends_without_waiting_for_a_slot(tmp_path, monkeypatch):
+    # bug: its worker dead (the OOM killer), a job whose plugin waited for another one
+    # stayed running until a slot was free, here until the long job ended
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "trouble.py").write_text(TROUBLE_PLUGINS)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"), max_workers=1, executor_kind="process"
+    )
+    long_job = Job("example.sleep", {"t": 120})
+    flag = tmp_path / "waiting"
+    waiter = Job("trouble.addprevious", {"other": long_job.id, "x": 1, "flag": str(flag)})
+    try:
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while not flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (pid,) = engine.executor.worker_pids()
+        long_job.start()  # on the slot the waiter gave back
+        wait_running(long_job)
+        os.kill(pid, signal.SIGKILL)
+        waiter.join(10)
+        assert (waiter.status, waiter.error) == (
+            "failure",
+            "worker process died: signal 9 (SIGKILL)",
+        )
+        assert long_job.status == "running"
+    finally:
+        long_job.abort()
+        long_job.join(30)
+        engine.executor.shutdown(wait=True, timeout=30)
+    assert engine.executor.counts() == {"queued": 0, "running": 0, "waiting": 0}
 
 
 SYNCER = """

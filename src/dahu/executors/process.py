@@ -207,7 +207,7 @@ class RemoteExecution:
                 if kind == "plugin" and self.on_plugin is not None:
                     self.on_plugin(message[2])
                 elif kind == "waiting" and waiting is None:
-                    waiting = self.executor.waiting()
+                    waiting = self.executor.waiting(self._done.is_set)
                     waiting.__enter__()
                 elif kind == "resumed" and waiting is not None:
                     waiting.__exit__(None, None, None)
@@ -216,7 +216,7 @@ class RemoteExecution:
                     return self._outcome(message[2])
         finally:
             self._done.set()
-            if waiting is not None:
+            if waiting is not None:  # the worker died waiting: no slot to wait for
                 waiting.__exit__(None, None, None)
 
     def _outcome(self, data: dict[str, Any]) -> Outcome:

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import ExecutorError, error_line
@@ -259,11 +259,12 @@ class ThreadExecutor:
         return True
 
     @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
+    def waiting(self, ended: Callable[[], bool] | None = None) -> Iterator[None]:
         """Give the caller's slot back while it waits for another job; take it back after.
 
         A thread abandoned (its plugin ignored an abort) holds no slot: it gives none
-        back and takes none.
+        back and takes none.  A job that is ending, aborted or ``ended()`` (its worker
+        died), takes its slot back at once, over the limit if need be.
         """
         me = threading.get_ident()
         task = current_task()
@@ -288,7 +289,9 @@ class ThreadExecutor:
                         self._reclaiming += 1
                         # an aborted job ends: it takes its slot at once, over the
                         # limit if need be, rather than wait behind long jobs to say so
-                        while self._running >= self.limit and not _aborted(task):
+                        while self._running >= self.limit and not (
+                            _aborted(task) or (ended is not None and ended())
+                        ):
                             self._slot_free.wait()
                         self._reclaiming -= 1
                         self._running += 1
