@@ -331,6 +331,67 @@ def test_a_waiter_whose_worker_dies_ends_without_waiting_for_a_slot(tmp_path, mo
     assert engine.executor.counts() == {"queued": 0, "running": 0, "waiting": 0}
 
 
+FANOUT = """
+import threading
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Fan(Plugin):
+    TIMEOUT = 60
+
+    def process(self):
+        threads = [
+            threading.Thread(target=self._wait, args=(self.input["other"],)) for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _wait(self, other):
+        try:
+            self.wait_for(other)
+        except RuntimeError:
+            pass
+"""
+
+
+def test_a_plugin_waiting_from_several_threads_gives_one_slot_back(kind):
+    # bug (thread): each of its threads waiting for a job gave a slot back: with 2
+    # slots, 4 threads waiting let 5 jobs run at once
+    if kind == "dask":
+        pytest.skip("a Dask task waits seceded from the worker's threads")
+    plugins = os.environ["DAHU_PLUGINS"].split(os.pathsep)[0]
+    (Path(plugins) / "fanout.py").write_text(FANOUT)
+    gate = Job("example.sleep", {"t": 60})
+    fan = Job("fanout.fan", {"other": gate.id})
+    others = [Job("example.sleep", {"t": 60}) for _ in range(4)]
+    executor = dahu.engine.get_engine().executor
+    try:
+        fan.start()
+        deadline = time.monotonic() + 30
+        while executor.counts()["waiting"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gate.start()
+        for job in others:
+            job.start()
+        wait_running(gate)
+        wait_running(others[0])
+        time.sleep(0.5)  # the queued jobs would have started by now
+        assert executor.counts() == {"queued": 3, "running": 2, "waiting": 1}
+        assert [job.status for job in others] == ["running"] + ["starting"] * 3
+    finally:
+        for job in [gate, *others]:
+            job.abort()
+        for job in [fan, gate, *others]:
+            job.join(30)
+    assert fan.status == "success", fan.error
+    assert executor.counts() == {"queued": 0, "running": 0, "waiting": 0}
+
+
 SYNCER = """
 from dahu.factory import register
 from dahu.job import Job

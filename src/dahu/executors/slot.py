@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["serving", "released", "current_job_id", "current_task", "serves", "SELF_JOIN"]
+__all__ = ["serving", "released", "current_job_id", "serves", "SELF_JOIN"]
 
 SELF_JOIN = "cannot join current thread"
 """The error of a job that waits for itself (the original's ``Thread.join`` text)."""
@@ -56,12 +56,6 @@ def current_job_id() -> int | None:
     """The id of the job the calling thread runs (plugin or callbacks), or None."""
     mark = getattr(_local, "serving", None)
     return mark.job_id if mark is not None else None
-
-
-def current_task() -> Any:
-    """The executor's task the calling thread runs, or None."""
-    mark = getattr(_local, "serving", None)
-    return mark.task if mark is not None else None
 
 
 def serves(task: Any) -> bool:
