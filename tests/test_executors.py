@@ -356,6 +356,24 @@ class Fan(Plugin):
             self.wait_for(other)
         except RuntimeError:
             pass
+
+
+@register
+class Many(Plugin):
+    # one thread per job of `others` waits for it, then creates the file `flag` + id
+
+    TIMEOUT = 10
+
+    def process(self):
+        threads = [threading.Thread(target=self._wait, args=(o,)) for o in self.input["others"]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _wait(self, other):
+        self.output[str(other)] = self.wait_for(other).output_data["result"]
+        open(self.input["flag"] + str(other), "w").close()
 """
 
 
@@ -390,6 +408,39 @@ def test_a_plugin_waiting_from_several_threads_gives_one_slot_back(kind):
             job.join(30)
     assert fan.status == "success", fan.error
     assert executor.counts() == {"queued": 0, "running": 0, "waiting": 0}
+
+
+def test_a_plugin_waiting_from_several_threads_waits_without_its_slot_to_the_end(kind, tmp_path):
+    # bug (process): the slot came back when the first of its threads was done waiting:
+    # the job it still waited for, started later, found no free slot and never ran
+    if kind == "dask":
+        pytest.skip("a Dask task waits seceded from the worker's threads")
+    plugins = os.environ["DAHU_PLUGINS"].split(os.pathsep)[0]
+    (Path(plugins) / "fanout.py").write_text(FANOUT)
+    executor = dahu.engine.get_engine().executor
+    filler = Job("example.sleep", {"t": 60})
+    first, second = Job("example.square", {"x": 2}), Job("example.square", {"x": 3})
+    flag = str(tmp_path / "done-")
+    fan = Job("fanout.many", {"others": [first.id, second.id], "flag": flag})
+    try:
+        filler.start()
+        wait_running(filler)
+        fan.start()
+        first.start()
+        first.join(30)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(flag + str(first.id)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        deadline = time.monotonic() + 1  # the server would take the slot back meanwhile
+        while executor.counts()["waiting"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second.start()
+        fan.join(30)
+        assert fan.status == "success", fan.error
+        assert fan.output_data[str(second.id)] == 9
+    finally:
+        filler.abort()
+        filler.join(30)
 
 
 SYNCER = """
