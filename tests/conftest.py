@@ -127,6 +127,19 @@ class Hang(Plugin):
 
 
 @register
+class Stubborn(Plugin):
+    """Never stops, and its abort() never returns (it waits for a lock process holds)."""
+
+    def process(self):
+        while True:
+            time.sleep(0.02)
+
+    def abort(self):
+        while True:
+            time.sleep(0.02)
+
+
+@register
 class Patient(Plugin):
     """Runs until aborted; times out after JOB_TIMEOUT."""
 
@@ -139,11 +152,14 @@ class Patient(Plugin):
 
 @register
 class AddPrevious(Plugin):
-    """Wait for job `other`, add its result to x."""
+    """Wait for job `other`, add its result to x (creates the file ``flag``, if given,
+    before it waits)."""
 
     TIMEOUT = 60
 
     def process(self):
+        if "flag" in self.input:
+            open(self.input["flag"], "w").close()
         other = self.wait_for(self.input["other"])
         self.output["result"] = other.output_data["result"] + self.input["x"]
 

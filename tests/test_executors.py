@@ -5,11 +5,13 @@ start); every test runs real jobs through ``dahu.job.Job``.
 """
 
 import os
+import signal
 import threading
 import time
 from pathlib import Path
 
 import h5py
+import psutil
 import pytest
 
 import dahu.engine
@@ -177,6 +179,28 @@ def test_timeouts(kind):
         assert (patient.status, patient.error) == ("aborted", "timed out after 0.5 s"), bad
 
 
+def test_a_plugin_whose_abort_never_returns_stalls_no_timeout(kind):
+    # bug (thread): the plugin's abort() was called in the thread that aborted the job,
+    # the watchdog's for a timeout: it never returned, the job stayed running for ever
+    # and no timeout of any other job fired again (a client's abortJob hung the same way)
+    stuck = Job("trouble.stubborn", {"job_timeout": 0.3})
+    stuck.start()
+    wait_running(stuck)
+    other = run("trouble.patient", {}, timeout=15)
+    assert (other.status, other.error) == ("aborted", "timed out after 0.5 s")
+    stuck.join(15)
+    assert stuck.status == "aborted"
+    assert stuck.error.startswith("timed out after 0.3 s")
+    again = Job("trouble.stubborn", {})
+    again.start()
+    wait_running(again)
+    t0 = time.monotonic()
+    assert again.abort()  # a client's abort returns
+    assert time.monotonic() - t0 < 3
+    again.join(15)
+    assert again.status == "aborted"
+
+
 def test_aborting_a_job_waiting_for_a_free_worker_spares_the_running_ones(kind):
     # bug (dask): aborting a job whose task waited on a worker for a free thread
     # restarted that worker after the grace period, killing the job it was running
@@ -236,6 +260,187 @@ def test_wait_for_chain_longer_than_the_pool(kind):
     chain[-1].join(120)
     assert [j.status for j in chain] == ["success"] * 6, chain[-1].error
     assert chain[-1].output_data["result"] == 4 + 5
+
+
+def test_an_aborted_waiter_ends_without_waiting_for_a_slot(kind_engine, kind, tmp_path):
+    # bug: a job aborted (or timed out) while its plugin waited for another job needed
+    # its slot back to end, and both slots ran long jobs: under process it stayed
+    # running until one of them ended (hours), its worker killed meanwhile; under thread
+    # it ended "... did not stop within 1 s; its thread is abandoned", although it had
+    # under dask it waited for a thread of its worker, which was restarted after the
+    # grace: the long job running there failed (KilledWorker)
+    executor = kind_engine[1].executor
+    long_jobs = [Job("example.sleep", {"t": 120}) for _ in range(2)]
+    flag = tmp_path / "waiting"
+    waiter = Job("trouble.addprevious", {"other": long_jobs[0].id, "x": 1, "flag": str(flag)})
+    waiter.start()
+    deadline = time.monotonic() + 30
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        for job in long_jobs:  # they take both slots once the waiter gave its slot back
+            job.start()
+        for job in long_jobs:
+            wait_running(job)
+        assert waiter.abort()
+        waiter.join(10)
+        assert (waiter.status, waiter.error) == ("aborted", "aborted on request")
+        assert [job.status for job in long_jobs] == ["running", "running"]
+    finally:
+        for job in long_jobs:
+            job.abort()
+        for job in [*long_jobs, waiter]:
+            job.join(30)
+    assert [job.error for job in long_jobs] == ["aborted on request"] * 2
+    assert run("example.square", {"x": 4}).output_data["result"] == 16
+    assert executor.counts() == {"queued": 0, "running": 0, "waiting": 0}
+
+
+def test_a_waiter_whose_worker_dies_ends_without_waiting_for_a_slot(tmp_path, monkeypatch):
+    # bug: its worker dead (the OOM killer), a job whose plugin waited for another one
+    # stayed running until a slot was free, here until the long job ended
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "trouble.py").write_text(TROUBLE_PLUGINS)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"), max_workers=1, executor_kind="process"
+    )
+    long_job = Job("example.sleep", {"t": 120})
+    flag = tmp_path / "waiting"
+    waiter = Job("trouble.addprevious", {"other": long_job.id, "x": 1, "flag": str(flag)})
+    try:
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while not flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (pid,) = engine.executor.worker_pids()
+        long_job.start()  # on the slot the waiter gave back
+        wait_running(long_job)
+        os.kill(pid, signal.SIGKILL)
+        waiter.join(10)
+        assert (waiter.status, waiter.error) == (
+            "failure",
+            "worker process died: signal 9 (SIGKILL)",
+        )
+        assert long_job.status == "running"
+    finally:
+        long_job.abort()
+        long_job.join(30)
+        engine.executor.shutdown(wait=True, timeout=30)
+    assert engine.executor.counts() == {"queued": 0, "running": 0, "waiting": 0}
+
+
+FANOUT = """
+import threading
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Fan(Plugin):
+    TIMEOUT = 60
+
+    def process(self):
+        threads = [
+            threading.Thread(target=self._wait, args=(self.input["other"],)) for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _wait(self, other):
+        try:
+            self.wait_for(other)
+        except RuntimeError:
+            pass
+
+
+@register
+class Many(Plugin):
+    # one thread per job of `others` waits for it, then creates the file `flag` + id
+
+    TIMEOUT = 10
+
+    def process(self):
+        threads = [threading.Thread(target=self._wait, args=(o,)) for o in self.input["others"]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _wait(self, other):
+        self.output[str(other)] = self.wait_for(other).output_data["result"]
+        open(self.input["flag"] + str(other), "w").close()
+"""
+
+
+def test_a_plugin_waiting_from_several_threads_gives_one_slot_back(kind):
+    # bug (thread): each of its threads waiting for a job gave a slot back: with 2
+    # slots, 4 threads waiting let 5 jobs run at once
+    if kind == "dask":
+        pytest.skip("a Dask task waits seceded from the worker's threads")
+    plugins = os.environ["DAHU_PLUGINS"].split(os.pathsep)[0]
+    (Path(plugins) / "fanout.py").write_text(FANOUT)
+    gate = Job("example.sleep", {"t": 60})
+    fan = Job("fanout.fan", {"other": gate.id})
+    others = [Job("example.sleep", {"t": 60}) for _ in range(4)]
+    executor = dahu.engine.get_engine().executor
+    try:
+        fan.start()
+        deadline = time.monotonic() + 30
+        while executor.counts()["waiting"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gate.start()
+        for job in others:
+            job.start()
+        wait_running(gate)
+        wait_running(others[0])
+        time.sleep(0.5)  # the queued jobs would have started by now
+        assert executor.counts() == {"queued": 3, "running": 2, "waiting": 1}
+        assert [job.status for job in others] == ["running"] + ["starting"] * 3
+    finally:
+        for job in [gate, *others]:
+            job.abort()
+        for job in [fan, gate, *others]:
+            job.join(30)
+    assert fan.status == "success", fan.error
+    assert executor.counts() == {"queued": 0, "running": 0, "waiting": 0}
+
+
+def test_a_plugin_waiting_from_several_threads_waits_without_its_slot_to_the_end(kind, tmp_path):
+    # bug (process): the slot came back when the first of its threads was done waiting:
+    # the job it still waited for, started later, found no free slot and never ran
+    if kind == "dask":
+        pytest.skip("a Dask task waits seceded from the worker's threads")
+    plugins = os.environ["DAHU_PLUGINS"].split(os.pathsep)[0]
+    (Path(plugins) / "fanout.py").write_text(FANOUT)
+    executor = dahu.engine.get_engine().executor
+    filler = Job("example.sleep", {"t": 60})
+    first, second = Job("example.square", {"x": 2}), Job("example.square", {"x": 3})
+    flag = str(tmp_path / "done-")
+    fan = Job("fanout.many", {"others": [first.id, second.id], "flag": flag})
+    try:
+        filler.start()
+        wait_running(filler)
+        fan.start()
+        first.start()
+        first.join(30)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(flag + str(first.id)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        deadline = time.monotonic() + 1  # the server would take the slot back meanwhile
+        while executor.counts()["waiting"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second.start()
+        fan.join(30)
+        assert fan.status == "success", fan.error
+        assert fan.output_data[str(second.id)] == 9
+    finally:
+        filler.abort()
+        filler.join(30)
 
 
 SYNCER = """
@@ -336,6 +541,66 @@ def test_process_workers_are_recycled(tmp_path):
         assert len({tuple(p) for p in seen}) >= 2  # a new worker after every 2 jobs
     finally:
         engine.executor.shutdown(wait=True, timeout=30)
+
+
+def test_a_killed_worker_takes_the_programs_its_plugin_started_along(tmp_path, monkeypatch):
+    # bug: the worker of a plugin that ignored its abort (or its timeout) was killed, but
+    # the external program the plugin waited for ran on, orphaned, for ever
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "external.py").write_text(EXTERNAL)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"),
+        max_workers=1,
+        executor_kind="process",
+        executor_options={"abort_grace": 0.5},
+    )
+    pidfile = tmp_path / "child.pid"
+    try:
+        job = Job("external.program", {"pidfile": str(pidfile)})
+        job.start()
+        deadline = time.monotonic() + 30
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pid = int(pidfile.read_text())
+        assert job.abort()
+        job.join(30)
+        assert job.status == "aborted"
+        assert job.error == "aborted on request (worker killed after 0.5 s)"
+        deadline = time.monotonic() + 10
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if running(pid):
+            os.kill(pid, 9)
+            raise AssertionError("the program the plugin started outlived its job")
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs (neither gone nor a zombie)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+EXTERNAL = """
+import subprocess
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Program(Plugin):
+    def process(self):
+        child = subprocess.Popen(["sleep", "600"])
+        with open(self.input["pidfile"], "w") as f:
+            f.write(str(child.pid))
+        child.wait()  # ignores its abort
+"""
 
 
 def test_a_plugin_directory_added_later_reaches_the_running_workers(tmp_path):

@@ -347,6 +347,9 @@ class LifeCycle:
             execution = run.execution
         executor = self.engine.executor
         if execution is not None:
+            aborting = getattr(executor, "aborting", None)
+            if aborting is not None:  # a plugin back from waiting for a job: no slot wait
+                aborting(run)
             execution.abort(reason)
             if getattr(executor, "abandons_hung_jobs", False):
                 self.engine.watchdog.call_later(

@@ -41,6 +41,7 @@ class Task(Protocol):
     job_id: int
     plugin_name: str
     input_data: dict[str, Any]
+    abort_reason: str | None  # set once the engine aborts the job
 
     def begin(self, execution: Any) -> bool:
         """The job gets a slot and runs with ``execution``; False if it was aborted."""
@@ -62,7 +63,9 @@ class Executor(Protocol):
     ``isolates_plugins``: plugin code never runs in the engine's process (the server
     then checks plugin names without importing plugin modules).  ``abandons_hung_jobs``:
     a plugin that ignores its abort cannot be killed, the engine abandons it after
-    ``abort_grace`` seconds (:meth:`abandon`).
+    ``abort_grace`` seconds (:meth:`abandon`).  An executor may also have
+    ``aborting(task)``, which the engine calls when it aborts a running task (the pools
+    of threads let a job back from waiting for another one end without a free slot).
     """
 
     name: str

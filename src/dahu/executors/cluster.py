@@ -72,15 +72,18 @@ def _prepare_worker(workdir: str, plugin_dirs: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def _seceded() -> Iterator[None]:
-    """Leave the worker's thread pool while waiting for another job."""
+def _seceded(execution: Execution) -> Iterator[None]:
+    """Leave the worker's thread pool while ``execution`` waits for another job."""
     from distributed import rejoin, secede
 
     secede()
     try:
         yield
     finally:
-        rejoin()
+        # aborted, the job ends: it does not wait for a thread of the worker (behind a
+        # long job, past its grace its worker would be restarted, killing that job)
+        if not execution.abort_requested:
+            rejoin()
 
 
 def run_task(
@@ -112,7 +115,7 @@ def run_task(
         input_data,
         job_id,
         factory=plugin_factory,
-        waiting=_seceded,
+        waiting=lambda: _seceded(execution),
         profile_dir=workdir,
         on_plugin=plugin_loaded,
     )

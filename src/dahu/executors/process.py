@@ -18,7 +18,9 @@ and reused, so caches stay warm between jobs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -112,7 +114,11 @@ class WorkerProcess:
             return False
 
     def kill(self) -> None:
-        """Kill the worker now."""
+        """Kill the worker now, with the processes its plugins started (its process
+        group): an external program a hung plugin waits for must not outlive its job."""
+        if self.process.returncode is None:  # not reaped yet: its pid names its group
+            with contextlib.suppress(OSError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         if self.is_alive():
             self.process.kill()
         self.process.wait(10)
@@ -201,7 +207,7 @@ class RemoteExecution:
                 if kind == "plugin" and self.on_plugin is not None:
                     self.on_plugin(message[2])
                 elif kind == "waiting" and waiting is None:
-                    waiting = self.executor.waiting()
+                    waiting = self.executor.waiting(self._done.is_set)
                     waiting.__enter__()
                 elif kind == "resumed" and waiting is not None:
                     waiting.__exit__(None, None, None)
@@ -210,7 +216,7 @@ class RemoteExecution:
                     return self._outcome(message[2])
         finally:
             self._done.set()
-            if waiting is not None:
+            if waiting is not None:  # the worker died waiting: no slot to wait for
                 waiting.__exit__(None, None, None)
 
     def _outcome(self, data: dict[str, Any]) -> Outcome:

@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -29,6 +30,9 @@ from .slot import released, serving
 logger = logging.getLogger(__name__)
 
 __all__ = ["Execution", "Outcome"]
+
+ABORT_CALL_WAIT = 1.0
+"""Seconds :meth:`Execution.abort` waits for the plugin's ``abort()`` to return."""
 
 
 @dataclass
@@ -131,10 +135,33 @@ class Execution:
         self.abort_requested = True
         plugin = self.plugin
         if plugin is not None:
+            self._ask_plugin(plugin)
+
+    def _ask_plugin(self, plugin: Any) -> None:
+        """Call the plugin's ``abort()`` in a thread of its own, waiting for it at most
+        :data:`ABORT_CALL_WAIT` s: one that never returns must not hold the caller (the
+        watchdog, which times every job out; a client's ``abortJob``; the shutdown)."""
+
+        def call() -> None:
             try:
                 getattr(plugin, plugin.DEFAULT_ABORT)()
             except BaseException:
                 logger.exception("job %s: the plugin's abort() failed", self.job_id)
+
+        caller = threading.Thread(target=call, name=f"dahu-abort-{self.job_id}", daemon=True)
+        try:
+            caller.start()
+        except RuntimeError:  # no thread to be had: call it here
+            call()
+            return
+        caller.join(ABORT_CALL_WAIT)
+        if caller.is_alive():
+            logger.error(
+                "job %s: the plugin's abort() did not return within %g s; it goes on in "
+                "its own thread",
+                self.job_id,
+                ABORT_CALL_WAIT,
+            )
 
     def _call(self, plugin: Any, method_name: str, *args: Any) -> None:
         method = getattr(plugin, method_name, None)

@@ -18,12 +18,13 @@ It runs the :class:`~dahu.executors.base.Task` objects of the engine (see
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import ExecutorError, error_line
@@ -43,6 +44,11 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def _aborted(task: Any) -> bool:
+    """Whether the engine is aborting ``task`` (None: a thread that runs no task)."""
+    return getattr(task, "abort_reason", None) is not None
+
+
 class ThreadExecutor:
     """A bounded pool of worker threads in this process (see the module doc)."""
 
@@ -58,7 +64,9 @@ class ThreadExecutor:
         self.abort_grace = abort_grace
         self._abandoned: set[int] = set()
         self._threads_of: dict[int, int] = {}  # job id -> the pool thread running it
-        self._waiters: dict[int, int] = {}  # pool thread -> waits it is in (slot given back)
+        self._tasks: dict[int, Task] = {}  # pool thread -> the task it runs
+        # pool thread -> waits its job is in (its plugin's threads' too): slot given back
+        self._waiters: dict[int, int] = {}
         self.host: Any = None
         self._serialize = False
         lock = threading.Lock()
@@ -117,7 +125,7 @@ class ThreadExecutor:
             task.input_data,
             task.job_id,
             factory=host.factory if host is not None else plugin_factory,
-            waiting=self.waiting,
+            waiting=functools.partial(self.waiting, job_id=task.job_id),
             profile_dir=host.workdir if host is not None else None,
             on_plugin=task.plugin_loaded,
         )
@@ -180,6 +188,7 @@ class ThreadExecutor:
                     task = self._queue.popitem(last=False)[0]
                     self._running += 1
                     self._threads_of[task.job_id] = threading.get_ident()
+                    self._tasks[threading.get_ident()] = task
                     self._cond.release()
                     try:
                         # the plugin and the callbacks give the slot back while they wait
@@ -188,12 +197,13 @@ class ThreadExecutor:
                     finally:
                         self._cond.acquire()
                         self._threads_of.pop(task.job_id, None)
+                        self._tasks.pop(threading.get_ident(), None)
                         task = None  # a finished job must not outlive its run here
                     if threading.get_ident() in self._abandoned:
                         # its slot was given away when the job was abandoned: just end
                         self._abandoned.discard(threading.get_ident())
                         return
-                    self._running -= 1
+                    self._release(threading.get_ident())
                     if self._reclaiming:
                         self._slot_free.notify_all()
                     if not self._queue and not self._running:
@@ -241,10 +251,7 @@ class ThreadExecutor:
             if thread_ident is None or thread_ident in self._abandoned:
                 return False
             self._abandoned.add(thread_ident)
-            if thread_ident in self._waiters:  # it gave its slot back: it waits no more
-                self._waiting -= self._waiters[thread_ident]
-            else:
-                self._running -= 1
+            self._release(thread_ident)
             self._threads -= 1
             self._wake()
             self._slot_free.notify_all()
@@ -253,38 +260,75 @@ class ThreadExecutor:
         logger.error("a plugin ignored its abort: its thread %s is abandoned", thread_ident)
         return True
 
-    @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
-        """Give the caller's slot back while it waits for another job; take it back after.
+    def _release(self, owner: int) -> None:
+        """The job of pool thread ``owner`` ends here (done or abandoned): free its slot,
+        or, if it gave it back to wait (its plugin's threads may still), count it as
+        waiting no more (lock held)."""
+        if self._waiters.pop(owner, None) is not None:
+            self._waiting -= 1
+        else:
+            self._running -= 1
 
+    @contextlib.contextmanager
+    def waiting(
+        self, ended: Callable[[], bool] | None = None, job_id: int | None = None
+    ) -> Iterator[None]:
+        """Give the slot of the caller's job back while it waits for another job; take
+        it back after.
+
+        The job is the one of the calling pool thread, or ``job_id`` for a thread its
+        plugin started; it gives its slot back once, however many of its threads wait.
         A thread abandoned (its plugin ignored an abort) holds no slot: it gives none
-        back and takes none.
+        back and takes none.  A job that is ending, aborted or ``ended()`` (its worker
+        died), takes its slot back at once, over the limit if need be.
         """
-        me = threading.get_ident()
         with self._cond:
-            held = me not in self._abandoned
+            owner = threading.get_ident() if job_id is None else self._threads_of.get(job_id)
+            held = owner is not None and owner not in self._abandoned
             if held:
-                self._running -= 1
-                self._waiting += 1
-                self._waiters[me] = self._waiters.get(me, 0) + 1
-                self._wake()
-                self._slot_free.notify_all()
+                count = self._waiters.get(owner, 0)
+                self._waiters[owner] = count + 1
+                if not count:  # the job's first wait
+                    self._running -= 1
+                    self._waiting += 1
+                    self._wake()
+                    self._slot_free.notify_all()
         try:
             yield
         finally:
             if held:
                 with self._cond:
-                    self._waiters[me] -= 1
-                    if not self._waiters[me]:
-                        del self._waiters[me]
-                    if me not in self._abandoned:  # abandoned meanwhile: no slot to take
-                        self._waiting -= 1
-                        self._reclaiming += 1
-                        while self._running >= self.limit:
-                            self._slot_free.wait()
-                        self._reclaiming -= 1
-                        self._running += 1
-                    self._wake()  # the queue may have waited for the reclaimers
+                    self._reclaim(owner, ended)
+
+    def _reclaim(self, owner: Any, ended: Callable[[], bool] | None) -> None:
+        """One wait of the job of pool thread ``owner`` is over: its last one takes the
+        slot back (lock held)."""
+        count = self._waiters.get(owner)
+        if count is None:  # its job ended or was abandoned meanwhile: no slot to take
+            return
+        if count > 1:
+            self._waiters[owner] = count - 1
+            return
+        del self._waiters[owner]
+        self._waiting -= 1
+        self._reclaiming += 1
+        task = self._tasks.get(owner)
+        # an aborted job ends: it takes its slot at once, over the limit if need be,
+        # rather than wait behind long jobs to say so
+        while self._running >= self.limit and not (
+            _aborted(task) or (ended is not None and ended())
+        ):
+            self._slot_free.wait()
+        self._reclaiming -= 1
+        self._running += 1
+        self._wake()  # the queue may have waited for the reclaimers
+
+    def aborting(self, task: Task) -> None:
+        """``task`` is being aborted: if it waits to take its slot back after a wait for
+        another job, it takes it now (see :meth:`waiting`)."""
+        with self._cond:
+            if self._reclaiming:
+                self._slot_free.notify_all()
 
     def counts(self) -> dict[str, int]:
         """``{"queued": n, "running": n, "waiting": n}``."""

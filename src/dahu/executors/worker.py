@@ -127,6 +127,8 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
         plugin_factory.add_directory(directory)
     send_lock = threading.Lock()
     current: dict[int, Execution] = {}
+    waits: dict[int, int] = {}  # job id -> waits for other jobs (its plugin's threads')
+    waits_lock = threading.Lock()
     worker_pid = os.getpid()
 
     def send(message: tuple) -> None:
@@ -159,11 +161,20 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
 
             @contextlib.contextmanager
             def waiting(job_id: int = job_id) -> Iterator[None]:
-                send(("waiting", job_id))
+                # said once for the job, however many of its plugin's threads wait: the
+                # slot comes back when the last wait is over, not the first
+                with waits_lock:
+                    waits[job_id] = waits.get(job_id, 0) + 1
+                    if waits[job_id] == 1:
+                        send(("waiting", job_id))
                 try:
                     yield
                 finally:
-                    send(("resumed", job_id))
+                    with waits_lock:
+                        waits[job_id] -= 1
+                        if not waits[job_id]:
+                            del waits[job_id]
+                            send(("resumed", job_id))
 
             execution = Execution(
                 plugin_name,
