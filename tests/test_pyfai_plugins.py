@@ -571,3 +571,31 @@ def test_an_aborted_job_says_when_in_its_output(engine, data, tmp_path):
     datetime.datetime.fromisoformat(output["aborted"])
     assert output["frames"] < output["total_frames"] == 500 * N_FRAMES
     assert read_output(output)[1].shape == (output["frames"], NPT)
+
+
+@pytest.mark.parametrize("which", ["stack", "frame", "poni", "mask"])
+def test_an_output_file_that_is_an_input_is_refused_and_left_intact(data, tmp_path, which):
+    """Naming the raw data (or the geometry, the mask) as output_file must not destroy it."""
+    stack, frame = tmp_path / "stack.h5", tmp_path / "frame.edf"
+    poni, mask = tmp_path / "geometry.poni", tmp_path / "mask.edf"
+    for source, copy in [(data["hdf5_file"], stack), (data["edf_files"][0], frame),
+                         (data["poni_file"], poni), (data["mask_file"], mask)]:  # fmt: skip
+        copy.write_bytes(open(source, "rb").read())
+    before = {path: path.read_bytes() for path in (stack, frame, poni, mask)}
+    inputs = [f"{stack}::/entry/data", str(frame)]
+    target = {"stack": stack, "frame": frame, "poni": poni, "mask": mask}[which]
+    with pytest.raises(RuntimeError) as info:
+        run_many(data, tmp_path, poni_file=str(poni), input_files=inputs, mask=str(mask),
+                 output_file=str(target))  # fmt: skip
+    message = str(info.value)
+    assert "\n" not in message and f"'{target}' is also an input" in message, message
+    assert {path: path.read_bytes() for path in before} == before
+    with pytest.raises(RuntimeError, match="is also an input .image_file."):
+        run("pyfai.integrate_simple", poni_file=str(poni), image_file=str(frame),
+            curve_file=str(frame))  # fmt: skip
+    assert frame.read_bytes() == before[frame]
+
+
+def test_an_output_file_that_is_a_directory_is_named_so(data, tmp_path):
+    with pytest.raises(RuntimeError, match=f"output_file '{tmp_path}' is a directory$"):
+        run_many(data, tmp_path, output_file=str(tmp_path))

@@ -95,6 +95,20 @@ def check_paths(params: dict[str, Any]) -> None:
         raise InputError(f"{key} must be {kind}, got {type(value).__name__} {reprlib.repr(value)}")
 
 
+def check_not_an_input(key: str, path: str, inputs: dict[str, Any]) -> None:
+    """Refuse to write ``path`` (the input ``key``) over one of the files it reads:
+    ``inputs`` maps input names to a path or a list of them. A raw data stack named as
+    ``output_file`` would be truncated before its frames are read."""
+    if not os.path.exists(path):
+        return
+    for name, value in inputs.items():
+        for other in [value] if isinstance(value, str) else value or ():
+            if os.path.exists(other) and os.path.samefile(path, other):
+                raise InputError(
+                    f"{key} '{path}' is also an input ({name}): it would be overwritten"
+                )
+
+
 #: The method of ``integrate_simple`` when none is given: pyFAI's own default for
 #: ``integrate1d``, which the original's ``integrate_simple`` used (it named no method).
 SIMPLE_METHOD = inspect.signature(AzimuthalIntegrator.integrate1d).parameters["method"].default
@@ -119,7 +133,11 @@ def integrate_simple(
     the_unit = parse_unit(unit)
     the_method = parse_method(method, 1)
     npt = positive_int(npt, "npt", MAX_NPT)
-    label, frame = next(iter_frames(expand_inputs(image_file)))
+    sources = expand_inputs(image_file)
+    check_not_an_input("curve_file", curve_file, {
+        "poni_file": poni_file, "image_file": [source.path for source in sources],
+    })  # fmt: skip
+    label, frame = next(iter_frames(sources))
     check_shape(ai, frame.shape, label, poni_file)
     os.makedirs(os.path.dirname(os.path.abspath(curve_file)), exist_ok=True)
     integrator, _ = acquire_integrator(ai, frame.shape, npt, the_unit, the_method)
@@ -287,6 +305,11 @@ class IntegrateManyFrames(Plugin):
                 raise InputError(f"output_dir '{directory}' is not a directory")
             path = os.path.join(directory, f"integrate_{job or uuid.uuid4().hex[:12]}.h5")
         path = os.path.abspath(path)
+        if os.path.isdir(path):
+            raise InputError(f"output_file '{path}' is a directory")
+        inputs = {name: self.input.get(name) for name in ("poni_file", "mask", "dark", "flat")}
+        inputs["input_files"] = [source.path for source in self.settings.sources]
+        check_not_an_input("output_file", path, inputs)
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
         except OSError as error:
