@@ -599,3 +599,16 @@ def test_an_output_file_that_is_an_input_is_refused_and_left_intact(data, tmp_pa
 def test_an_output_file_that_is_a_directory_is_named_so(data, tmp_path):
     with pytest.raises(RuntimeError, match=f"output_file '{tmp_path}' is a directory$"):
         run_many(data, tmp_path, output_file=str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["csr", "lut", "full", "full,csr", "nosplit_csr"])
+def test_a_short_method_name_means_what_it_means_to_pyfai(data, tmp_path, name):
+    """method="csr" must give the curve pyFAI's own integrate1d(method="csr") gives (bbox
+    pixel splitting), not another pixel splitting."""
+    ai = integration.load_geometry(data["poni_file"])
+    frame = fabio.open(data["edf_files"][0]).data
+    expected = ai.integrate1d(frame, NPT, unit="q_nm^-1", method=name)
+    assert integration.parse_method(name, 1) == expected.method
+    assert integration.parse_method(name, 2) == ai.integrate2d(frame, NPT, 36, method=name).method
+    output = run_many(data, tmp_path, method=name, input_files=data["edf_files"][:1])
+    numpy.testing.assert_allclose(read_output(output)[1][0], expected.intensity, rtol=1e-6)

@@ -206,18 +206,15 @@ def parse_method(method: Any, dim: int) -> IntegrationMethod:
     """The available pyFAI method for ``method``: (split, algo, impl), "split,algo,impl", "csr"."""
     if isinstance(method, str):
         parts = [p.strip() for p in method.replace(",", " ").split()]
-        if len(parts) != 3:
-            request = Method.parsed(method)
-            # pyFAI ignores words it does not know; its wildcard is None (2024: "*")
-            if all(part in (None, "*") for part in request[1:4]):
-                raise InputError(f"unknown method {method!r}: expected (split, algo, impl)")
-            parts = [request.split, request.algo, request.impl]
+        # pyFAI ignores words it does not know; its wildcard is None (2024: "*")
+        if len(parts) != 3 and all(p in (None, "*") for p in Method.parsed(method)[1:4]):
+            raise InputError(f"unknown method {method!r}: expected (split, algo, impl)")
     elif isinstance(method, Sequence) and len(method) == 3:
         parts = list(method)
     else:
         raise InputError(f"unknown method {method!r}: expected (split, algo, impl)")
-    try:
-        request = Method(dim, *parts, None)  # target: any
+    try:  # a short name ("csr", "full,csr") means what it means to pyFAI's integrate1d
+        request = Method(dim, *parts, None) if len(parts) == 3 else method  # target: any
     except (ValueError, TypeError) as error:
         raise InputError(f"unknown method {method!r}: {error}") from error
     selected = IntegrationMethod.select_one_available(request, dim=dim, degradable=False)
