@@ -612,3 +612,16 @@ def test_a_short_method_name_means_what_it_means_to_pyfai(data, tmp_path, name):
     assert integration.parse_method(name, 2) == ai.integrate2d(frame, NPT, 36, method=name).method
     output = run_many(data, tmp_path, method=name, input_files=data["edf_files"][:1])
     numpy.testing.assert_allclose(read_output(output)[1][0], expected.intensity, rtol=1e-6)
+
+
+def test_any_non_zero_mask_value_masks(data, tmp_path):
+    """As documented, non-zero = masked: also 256 (pyFAI's int8 cast makes it 0) or 0.5."""
+    strip = fabio.open(data["mask_file"]).data != 0
+    _, expected, _ = read_output(run_many(data, tmp_path, mask=data["mask_file"]))
+    _, unmasked, _ = read_output(run_many(data, tmp_path))
+    assert not numpy.allclose(expected, unmasked)
+    for value, dtype in [(256, numpy.int32), (0.5, numpy.float32), (numpy.nan, numpy.float32)]:
+        mask_file = str(tmp_path / "odd_mask.edf")
+        fabio.edfimage.EdfImage(data=numpy.where(strip, value, 0).astype(dtype)).write(mask_file)
+        _, intensity, _ = read_output(run_many(data, tmp_path, mask=mask_file))
+        numpy.testing.assert_array_equal(intensity, expected, err_msg=f"mask value {value}")

@@ -216,6 +216,8 @@ def parse_settings(params: dict[str, Any]) -> Settings:
                     f"{name} file '{params[name]}' has shape {images[name].shape} "
                     f"but the frames are {shape}"
                 )
+    if "mask" in images:  # pyFAI casts a mask to int8: 256 or 0.5 would mask nothing
+        images["mask"] = images["mask"] != 0
     settings = Settings(
         poni_file, ai, unit, npt, npt_azim, method, sources, images, None, error_model,
         polarization, bool(params.get("do_SA", True)),
