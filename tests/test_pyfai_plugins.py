@@ -625,3 +625,15 @@ def test_any_non_zero_mask_value_masks(data, tmp_path):
         fabio.edfimage.EdfImage(data=numpy.where(strip, value, 0).astype(dtype)).write(mask_file)
         _, intensity, _ = read_output(run_many(data, tmp_path, mask=mask_file))
         numpy.testing.assert_array_equal(intensity, expected, err_msg=f"mask value {value}")
+
+
+@pytest.mark.parametrize(
+    "unit, units",
+    [("2th_deg", "deg"), ("q_A^-1", "A^-1"), ("d*2_nm^-2", "nm^-2"),
+     ("exit_angle_horz_deg", "deg"), ("scattering_angle_vert_rad", "rad"),
+     ("log(q.nm)_None", "")],
+)  # fmt: skip
+def test_the_radial_axis_has_the_units_of_its_unit(data, tmp_path, unit, units):
+    output = run_many(data, tmp_path, unit=unit, npt=50, input_files=data["edf_files"][:1])
+    with h5py.File(output["output_file"], "r") as h5:
+        assert h5["entry/integrated"][unit].attrs["units"] == units

@@ -461,7 +461,8 @@ class NexusWriter:
         for index, name in enumerate(axes):
             data.attrs[f"{name}_indices"] = index
         radial = data.create_dataset(radial_name, data=cached.radial)
-        radial.attrs.update(units=radial_name.partition("_")[2], long_name=unit.label)
+        units = radial_name.rpartition("_")[2]  # exit_angle_horz_deg: deg; log(q.nm)_None
+        radial.attrs.update(units="" if units == "None" else units, long_name=unit.label)
         data.create_dataset("frame", data=numpy.arange(n_frames), maxshape=(None,))
         layout = {"shape": (n_frames,) + frame_shape, "maxshape": (None,) + frame_shape}
         layout.update(dtype=numpy.float32, chunks=(1,) + frame_shape, fillvalue=numpy.nan)
