@@ -398,7 +398,11 @@ def bad_files(tmp_path_factory, data):
     garbage_poni = root / "garbage.poni"
     garbage_poni.write_text("this: is not\na geometry\n")
     small = make_dataset(root / "small", 1, (128, 128), hdf5=False, mask=True)
-    return {"junk": str(junk), "garbage_poni": str(garbage_poni), "small": small}
+    odd = root / "odd.h5"
+    with h5py.File(odd, "w") as h5:
+        h5["empty"] = numpy.zeros((0,) + SHAPE, numpy.int32)
+    paths = {"junk": str(junk), "garbage_poni": str(garbage_poni), "odd": str(odd)}
+    return dict(paths, small=small)
 
 
 BAD_INPUTS = {
@@ -433,6 +437,14 @@ BAD_INPUTS = {
         "output_dir '{junk}' is not a directory",
     ),
     "monitor string": ({"monitor_values": "abc"}, "monitor_values must be a list of numbers"),
+    "empty hdf5 stack": (
+        {"input_files": ["{odd}::/empty"]},
+        "input '{odd}::/empty' holds no frame",
+    ),
+    "hdf5 file without its dataset": (
+        {"input_files": ["{odd}"]},
+        "cannot read image file '{odd}': HDF5: name a dataset, file.h5::/entry/data",
+    ),
 }
 
 
@@ -446,6 +458,7 @@ def test_bad_input_gives_one_line_error_naming_it(case, data, bad_files, tmp_pat
         "stack": data["hdf5_file"],
         "small_frame": bad_files["small"]["edf_files"][0],
         "small_mask": bad_files["small"]["mask_file"],
+        "odd": bad_files["odd"],
     }
 
     def fill(value):
@@ -637,3 +650,12 @@ def test_the_radial_axis_has_the_units_of_its_unit(data, tmp_path, unit, units):
     output = run_many(data, tmp_path, unit=unit, npt=50, input_files=data["edf_files"][:1])
     with h5py.File(output["output_file"], "r") as h5:
         assert h5["entry/integrated"][unit].attrs["units"] == units
+
+
+def test_integrate_simple_names_an_empty_stack(data, tmp_path):
+    stack = str(tmp_path / "empty.h5")
+    with h5py.File(stack, "w") as h5:
+        h5["data"] = numpy.zeros((0,) + SHAPE, numpy.int32)
+    with pytest.raises(RuntimeError, match=r"input '.*empty.h5::/data' holds no frame$"):
+        run("pyfai.integrate_simple", poni_file=data["poni_file"], image_file=f"{stack}::/data",
+            curve_file=str(tmp_path / "c.dat"))  # fmt: skip

@@ -268,7 +268,10 @@ def expand_inputs(input_files: Any) -> list[FrameSource]:
             paths.extend(matches)
         else:
             paths.append(item)
-    return [_describe(path) for path in paths]
+    sources = [_describe(path) for path in paths]
+    if empty := [source.label for source in sources if not source.nframes]:
+        raise InputError(f"input '{empty[0]}' holds no frame")
+    return sources
 
 
 def _parse_selection(text: str, label: str, count: int) -> range:
@@ -302,7 +305,8 @@ def _describe(label: str) -> FrameSource:
             header = fabio.openheader(path)
             return FrameSource(label, path, None, int(header.nframes), tuple(header.shape))
         except Exception as error:  # fabio raises whatever the format reader raises
-            raise InputError(f"cannot read image file '{path}': {error}") from error
+            why = "HDF5: name a dataset, file.h5::/entry/data" if h5py.is_hdf5(path) else error
+            raise InputError(f"cannot read image file '{path}': {why}") from error
     selection_text = None
     if h5path.endswith("]") and "[" in h5path:
         h5path, _, selection_text = h5path[:-1].rpartition("[")
