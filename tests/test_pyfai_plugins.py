@@ -437,6 +437,11 @@ BAD_INPUTS = {
         "output_dir '{junk}' is not a directory",
     ),
     "monitor string": ({"monitor_values": "abc"}, "monitor_values must be a list of numbers"),
+    "monitor word": ({"monitor_values": [1, "abc", 1, 1]}, "monitor_values[1] must be a positive"),
+    "monitor zero in a long list": (
+        {"monitor_values": [1.0] * 10**5 + [0.0]},
+        "monitor_values[100000] must be a positive number, got 0.0",
+    ),
     "empty hdf5 stack": (
         {"input_files": ["{odd}::/empty"]},
         "input '{odd}::/empty' holds no frame",
@@ -471,6 +476,7 @@ def test_bad_input_gives_one_line_error_naming_it(case, data, bad_files, tmp_pat
         run_many(data, tmp_path, **params)
     message = str(info.value)
     assert "\n" not in message and fill(expected) in message, message
+    assert len(message) < 500, message
 
 
 @pytest.mark.parametrize(

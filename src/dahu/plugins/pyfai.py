@@ -19,6 +19,7 @@ This file is loaded by Dahu's plugin factory under the module name ``pyfai``, ou
 
 import inspect
 import logging
+import math
 import os
 import reprlib
 import time
@@ -154,6 +155,17 @@ integrate_simple.REPROCESS_RELOCATE = ["curve_file"]  # type: ignore[attr-define
 plugin_from_function(integrate_simple)
 
 
+def positive_number(value: Any, name: str) -> float:
+    """``value`` as a finite positive float, or an error naming ``name``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number > 0) or isinstance(value, bool):
+        raise InputError(f"{name} must be a positive number, got {reprlib.repr(value)}")
+    return number
+
+
 @dataclass
 class Settings:
     """The validated inputs of :class:`IntegrateManyFrames`."""
@@ -228,12 +240,9 @@ def parse_settings(params: dict[str, Any]) -> Settings:
             raise InputError(
                 f"monitor_values must be a list of numbers, got {reprlib.repr(monitor)}"
             )
-        try:
-            values = numpy.asarray(monitor, dtype=float)
-        except (TypeError, ValueError):
-            values = numpy.zeros(0)
-        if values.ndim != 1 or not numpy.all(numpy.isfinite(values) & (values > 0)):
-            raise InputError(f"monitor_values must be a list of positive numbers, got {monitor!r}")
+        values = numpy.asarray(
+            [positive_number(v, f"monitor_values[{i}]") for i, v in enumerate(monitor)]
+        )
         if len(values) != settings.total:
             raise InputError(f"monitor_values has {len(values)} values for {settings.total} frames")
         settings.monitor = values.tolist()
