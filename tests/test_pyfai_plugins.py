@@ -401,7 +401,10 @@ def bad_files(tmp_path_factory, data):
     odd = root / "odd.h5"
     with h5py.File(odd, "w") as h5:
         h5["empty"] = numpy.zeros((0,) + SHAPE, numpy.int32)
+    raw = open(data["edf_files"][0], "rb").read()
+    (root / "half.edf").write_bytes(raw[: len(raw) // 2])  # an image still being written
     paths = {"junk": str(junk), "garbage_poni": str(garbage_poni), "odd": str(odd)}
+    paths["half"] = str(root / "half.edf")
     return dict(paths, small=small)
 
 
@@ -442,6 +445,14 @@ BAD_INPUTS = {
         {"monitor_values": [1.0] * 10**5 + [0.0]},
         "monitor_values[100000] must be a positive number, got 0.0",
     ),
+    "image still being written": (
+        {"input_files": ["{half}"]},
+        "cannot read image file '{half}': its data is shorter than its header says",
+    ),
+    "dark still being written": (
+        {"dark": "{half}"},
+        "cannot read dark file '{half}': its data is shorter than its header says",
+    ),
     "empty hdf5 stack": (
         {"input_files": ["{odd}::/empty"]},
         "input '{odd}::/empty' holds no frame",
@@ -464,6 +475,7 @@ def test_bad_input_gives_one_line_error_naming_it(case, data, bad_files, tmp_pat
         "small_frame": bad_files["small"]["edf_files"][0],
         "small_mask": bad_files["small"]["mask_file"],
         "odd": bad_files["odd"],
+        "half": bad_files["half"],
     }
 
     def fill(value):
@@ -665,3 +677,19 @@ def test_integrate_simple_names_an_empty_stack(data, tmp_path):
     with pytest.raises(RuntimeError, match=r"input '.*empty.h5::/data' holds no frame$"):
         run("pyfai.integrate_simple", poni_file=data["poni_file"], image_file=f"{stack}::/data",
             curve_file=str(tmp_path / "c.dat"))  # fmt: skip
+
+
+def test_a_frame_cut_short_after_setup_fails_the_job(data, tmp_path):
+    """fabio pads a short file with zeros: integrating it would give a wrong curve."""
+    frame = tmp_path / "frame.edf"
+    raw = open(data["edf_files"][0], "rb").read()
+    frame.write_bytes(raw)
+    plugin = plugin_factory(MANY)
+    try:
+        plugin.setup({"poni_file": data["poni_file"], "input_files": [str(frame)], "npt": NPT,
+                      "output_file": str(tmp_path / "out.h5")})  # fmt: skip
+        frame.write_bytes(raw[: len(raw) // 2])
+        with pytest.raises(RuntimeError, match="its data is shorter than its header says"):
+            plugin.process()
+    finally:
+        plugin.teardown()

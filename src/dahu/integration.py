@@ -234,12 +234,20 @@ def positive_int(value: Any, name: str, maximum: int | None = None) -> int:
     return number
 
 
+def _complete(image: Any) -> Any:
+    """The fabio ``image``, if its data is all there: fabio pads a file that is shorter than
+    its header says (one still being written) with zeros, and only logs it."""
+    if image.incomplete_file:
+        raise ValueError("its data is shorter than its header says (still being written?)")
+    return image
+
+
 def read_image(path: str, what: str) -> numpy.ndarray:
     """First frame of the image file ``path`` (any fabio format); ``what`` names it in errors."""
     check_file(path, what)
     try:
         with fabio.open(path) as image:
-            return numpy.array(image.data)
+            return numpy.array(_complete(image).data)
     except Exception as error:  # fabio raises whatever the format reader raises
         raise InputError(f"cannot read {what} file '{path}': {error}") from error
 
@@ -300,7 +308,7 @@ def _describe(label: str) -> FrameSource:
     check_file(path, "image")
     if not sep:
         try:
-            header = fabio.openheader(path)
+            header = _complete(fabio.openheader(path))
             return FrameSource(label, path, None, int(header.nframes), tuple(header.shape))
         except Exception as error:  # fabio raises whatever the format reader raises
             why = "HDF5: name a dataset, file.h5::/entry/data" if h5py.is_hdf5(path) else error
@@ -346,7 +354,7 @@ def iter_frames(sources: Sequence[FrameSource]) -> Iterator[tuple[str, numpy.nda
             else:
                 with fabio.open(source.path) as image:
                     for index in range(source.nframes):
-                        frame = image.data if index == 0 else image.getframe(index).data
+                        frame = _complete(image if index == 0 else image.getframe(index)).data
                         yield f"{source.label}[{index}]", frame
         except (OSError, KeyError, ValueError) as error:
             raise InputError(f"cannot read a frame of '{source.label}': {error}") from error
