@@ -445,6 +445,7 @@ BAD_INPUTS = {
         {"monitor_values": [1.0] * 10**5 + [0.0]},
         "monitor_values[100000] must be a positive number, got 0.0",
     ),
+    "do_SA as a word": ({"do_SA": "false"}, "do_SA must be true or false, got 'false'"),
     "image still being written": (
         {"input_files": ["{half}"]},
         "cannot read image file '{half}': its data is shorter than its header says",

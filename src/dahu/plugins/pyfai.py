@@ -213,6 +213,9 @@ def parse_settings(params: dict[str, Any]) -> Settings:
         isinstance(polarization, (int, float)) and -1 <= polarization <= 1
     ):
         raise InputError(f"polarization_factor must be a number in [-1, 1], got {polarization!r}")
+    do_sa = params.get("do_SA", True)
+    if do_sa not in (True, False):  # bool("false") is True
+        raise InputError(f"do_SA must be true or false, got {reprlib.repr(do_sa)}")
     sources = expand_inputs(params.get("input_files"))
     shape = tuple(sources[0].shape)
     for source in sources:
@@ -232,7 +235,7 @@ def parse_settings(params: dict[str, Any]) -> Settings:
         images["mask"] = images["mask"] != 0
     settings = Settings(
         poni_file, ai, unit, npt, npt_azim, method, sources, images, None, error_model,
-        polarization, bool(params.get("do_SA", True)),
+        polarization, bool(do_sa),
     )  # fmt: skip
     monitor = params.get("monitor_values")
     if monitor is not None:
