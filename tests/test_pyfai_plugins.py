@@ -694,3 +694,9 @@ def test_a_frame_cut_short_after_setup_fails_the_job(data, tmp_path):
             plugin.process()
     finally:
         plugin.teardown()
+
+
+def test_a_file_name_with_brackets_is_that_file_not_a_glob(data, tmp_path):
+    frame = tmp_path / "scan[1]_0000.edf"
+    frame.write_bytes(open(data["edf_files"][0], "rb").read())
+    assert run_many(data, tmp_path, input_files=str(frame))["frames"] == 1

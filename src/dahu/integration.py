@@ -267,7 +267,7 @@ def expand_inputs(input_files: Any) -> list[FrameSource]:
     for item in items:
         if not isinstance(item, str):
             raise InputError(f"input_files must hold paths, got {item!r}")
-        if any(char in item for char in "*?[") and "::" not in item:
+        if any(char in item for char in "*?[") and "::" not in item and not os.path.exists(item):
             matches = sorted(glob.glob(os.path.expanduser(item)))
             if not matches:
                 raise InputError(f"no input file matches '{item}'")
