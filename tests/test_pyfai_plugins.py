@@ -700,3 +700,8 @@ def test_a_file_name_with_brackets_is_that_file_not_a_glob(data, tmp_path):
     frame = tmp_path / "scan[1]_0000.edf"
     frame.write_bytes(open(data["edf_files"][0], "rb").read())
     assert run_many(data, tmp_path, input_files=str(frame))["frames"] == 1
+
+
+def test_a_tuple_of_input_files_is_a_list_of_them(data, tmp_path):
+    """From Python, as the journal (JSON) records it: a rerun gets a list and succeeds."""
+    assert run_many(data, tmp_path, input_files=tuple(data["edf_files"]))["frames"] == N_FRAMES

@@ -90,7 +90,7 @@ def check_paths(params: dict[str, Any]) -> None:
         value = params.get(key)
         if value is None or isinstance(value, str):
             continue
-        if lists and isinstance(value, list) and all(isinstance(item, str) for item in value):
+        if lists and isinstance(value, (list, tuple)) and all(isinstance(i, str) for i in value):
             continue
         kind = "a path (a string) or a list of paths" if lists else "a path (a string)"
         raise InputError(f"{key} must be {kind}, got {type(value).__name__} {reprlib.repr(value)}")
