@@ -398,7 +398,14 @@ def bad_files(tmp_path_factory, data):
     garbage_poni = root / "garbage.poni"
     garbage_poni.write_text("this: is not\na geometry\n")
     small = make_dataset(root / "small", 1, (128, 128), hdf5=False, mask=True)
-    return {"junk": str(junk), "garbage_poni": str(garbage_poni), "small": small}
+    odd = root / "odd.h5"
+    with h5py.File(odd, "w") as h5:
+        h5["empty"] = numpy.zeros((0,) + SHAPE, numpy.int32)
+    raw = open(data["edf_files"][0], "rb").read()
+    (root / "half.edf").write_bytes(raw[: len(raw) // 2])  # an image still being written
+    paths = {"junk": str(junk), "garbage_poni": str(garbage_poni), "odd": str(odd)}
+    paths["half"] = str(root / "half.edf")
+    return dict(paths, small=small)
 
 
 BAD_INPUTS = {
@@ -433,6 +440,28 @@ BAD_INPUTS = {
         "output_dir '{junk}' is not a directory",
     ),
     "monitor string": ({"monitor_values": "abc"}, "monitor_values must be a list of numbers"),
+    "monitor word": ({"monitor_values": [1, "abc", 1, 1]}, "monitor_values[1] must be a positive"),
+    "monitor zero in a long list": (
+        {"monitor_values": [1.0] * 10**5 + [0.0]},
+        "monitor_values[100000] must be a positive number, got 0.0",
+    ),
+    "do_SA as a word": ({"do_SA": "false"}, "do_SA must be true or false, got 'false'"),
+    "image still being written": (
+        {"input_files": ["{half}"]},
+        "cannot read image file '{half}': its data is shorter than its header says",
+    ),
+    "dark still being written": (
+        {"dark": "{half}"},
+        "cannot read dark file '{half}': its data is shorter than its header says",
+    ),
+    "empty hdf5 stack": (
+        {"input_files": ["{odd}::/empty"]},
+        "input '{odd}::/empty' holds no frame",
+    ),
+    "hdf5 file without its dataset": (
+        {"input_files": ["{odd}"]},
+        "cannot read image file '{odd}': HDF5: name a dataset, file.h5::/entry/data",
+    ),
 }
 
 
@@ -446,6 +475,8 @@ def test_bad_input_gives_one_line_error_naming_it(case, data, bad_files, tmp_pat
         "stack": data["hdf5_file"],
         "small_frame": bad_files["small"]["edf_files"][0],
         "small_mask": bad_files["small"]["mask_file"],
+        "odd": bad_files["odd"],
+        "half": bad_files["half"],
     }
 
     def fill(value):
@@ -458,6 +489,7 @@ def test_bad_input_gives_one_line_error_naming_it(case, data, bad_files, tmp_pat
         run_many(data, tmp_path, **params)
     message = str(info.value)
     assert "\n" not in message and fill(expected) in message, message
+    assert len(message) < 500, message
 
 
 @pytest.mark.parametrize(
@@ -571,3 +603,105 @@ def test_an_aborted_job_says_when_in_its_output(engine, data, tmp_path):
     datetime.datetime.fromisoformat(output["aborted"])
     assert output["frames"] < output["total_frames"] == 500 * N_FRAMES
     assert read_output(output)[1].shape == (output["frames"], NPT)
+
+
+@pytest.mark.parametrize("which", ["stack", "frame", "poni", "mask"])
+def test_an_output_file_that_is_an_input_is_refused_and_left_intact(data, tmp_path, which):
+    """Naming the raw data (or the geometry, the mask) as output_file must not destroy it."""
+    stack, frame = tmp_path / "stack.h5", tmp_path / "frame.edf"
+    poni, mask = tmp_path / "geometry.poni", tmp_path / "mask.edf"
+    for source, copy in [(data["hdf5_file"], stack), (data["edf_files"][0], frame),
+                         (data["poni_file"], poni), (data["mask_file"], mask)]:  # fmt: skip
+        copy.write_bytes(open(source, "rb").read())
+    before = {path: path.read_bytes() for path in (stack, frame, poni, mask)}
+    inputs = [f"{stack}::/entry/data", str(frame)]
+    target = {"stack": stack, "frame": frame, "poni": poni, "mask": mask}[which]
+    with pytest.raises(RuntimeError) as info:
+        run_many(data, tmp_path, poni_file=str(poni), input_files=inputs, mask=str(mask),
+                 output_file=str(target))  # fmt: skip
+    message = str(info.value)
+    assert "\n" not in message and f"'{target}' is also an input" in message, message
+    assert {path: path.read_bytes() for path in before} == before
+    with pytest.raises(RuntimeError, match="is also an input .image_file."):
+        run("pyfai.integrate_simple", poni_file=str(poni), image_file=str(frame),
+            curve_file=str(frame))  # fmt: skip
+    assert frame.read_bytes() == before[frame]
+
+
+def test_an_output_file_that_is_a_directory_is_named_so(data, tmp_path):
+    with pytest.raises(RuntimeError, match=f"output_file '{tmp_path}' is a directory$"):
+        run_many(data, tmp_path, output_file=str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["csr", "lut", "full", "full,csr", "nosplit_csr"])
+def test_a_short_method_name_means_what_it_means_to_pyfai(data, tmp_path, name):
+    """method="csr" must give the curve pyFAI's own integrate1d(method="csr") gives (bbox
+    pixel splitting), not another pixel splitting."""
+    ai = integration.load_geometry(data["poni_file"])
+    frame = fabio.open(data["edf_files"][0]).data
+    expected = ai.integrate1d(frame, NPT, unit="q_nm^-1", method=name)
+    assert integration.parse_method(name, 1) == expected.method
+    assert integration.parse_method(name, 2) == ai.integrate2d(frame, NPT, 36, method=name).method
+    output = run_many(data, tmp_path, method=name, input_files=data["edf_files"][:1])
+    numpy.testing.assert_allclose(read_output(output)[1][0], expected.intensity, rtol=1e-6)
+
+
+def test_any_non_zero_mask_value_masks(data, tmp_path):
+    """As documented, non-zero = masked: also 256 (pyFAI's int8 cast makes it 0) or 0.5."""
+    strip = fabio.open(data["mask_file"]).data != 0
+    _, expected, _ = read_output(run_many(data, tmp_path, mask=data["mask_file"]))
+    _, unmasked, _ = read_output(run_many(data, tmp_path))
+    assert not numpy.allclose(expected, unmasked)
+    for value, dtype in [(256, numpy.int32), (0.5, numpy.float32), (numpy.nan, numpy.float32)]:
+        mask_file = str(tmp_path / "odd_mask.edf")
+        fabio.edfimage.EdfImage(data=numpy.where(strip, value, 0).astype(dtype)).write(mask_file)
+        _, intensity, _ = read_output(run_many(data, tmp_path, mask=mask_file))
+        numpy.testing.assert_array_equal(intensity, expected, err_msg=f"mask value {value}")
+
+
+@pytest.mark.parametrize(
+    "unit, units",
+    [("2th_deg", "deg"), ("q_A^-1", "A^-1"), ("d*2_nm^-2", "nm^-2"),
+     ("exit_angle_horz_deg", "deg"), ("scattering_angle_vert_rad", "rad"),
+     ("log(q.nm)_None", "")],
+)  # fmt: skip
+def test_the_radial_axis_has_the_units_of_its_unit(data, tmp_path, unit, units):
+    output = run_many(data, tmp_path, unit=unit, npt=50, input_files=data["edf_files"][:1])
+    with h5py.File(output["output_file"], "r") as h5:
+        assert h5["entry/integrated"][unit].attrs["units"] == units
+
+
+def test_integrate_simple_names_an_empty_stack(data, tmp_path):
+    stack = str(tmp_path / "empty.h5")
+    with h5py.File(stack, "w") as h5:
+        h5["data"] = numpy.zeros((0,) + SHAPE, numpy.int32)
+    with pytest.raises(RuntimeError, match=r"input '.*empty.h5::/data' holds no frame$"):
+        run("pyfai.integrate_simple", poni_file=data["poni_file"], image_file=f"{stack}::/data",
+            curve_file=str(tmp_path / "c.dat"))  # fmt: skip
+
+
+def test_a_frame_cut_short_after_setup_fails_the_job(data, tmp_path):
+    """fabio pads a short file with zeros: integrating it would give a wrong curve."""
+    frame = tmp_path / "frame.edf"
+    raw = open(data["edf_files"][0], "rb").read()
+    frame.write_bytes(raw)
+    plugin = plugin_factory(MANY)
+    try:
+        plugin.setup({"poni_file": data["poni_file"], "input_files": [str(frame)], "npt": NPT,
+                      "output_file": str(tmp_path / "out.h5")})  # fmt: skip
+        frame.write_bytes(raw[: len(raw) // 2])
+        with pytest.raises(RuntimeError, match="its data is shorter than its header says"):
+            plugin.process()
+    finally:
+        plugin.teardown()
+
+
+def test_a_file_name_with_brackets_is_that_file_not_a_glob(data, tmp_path):
+    frame = tmp_path / "scan[1]_0000.edf"
+    frame.write_bytes(open(data["edf_files"][0], "rb").read())
+    assert run_many(data, tmp_path, input_files=str(frame))["frames"] == 1
+
+
+def test_a_tuple_of_input_files_is_a_list_of_them(data, tmp_path):
+    """From Python, as the journal (JSON) records it: a rerun gets a list and succeeds."""
+    assert run_many(data, tmp_path, input_files=tuple(data["edf_files"]))["frames"] == N_FRAMES

@@ -7,7 +7,8 @@
   :func:`check_shape`; every bad value raises :class:`InputError` with a one-line message
   naming the offending file or value.
 * The integrator cache: :func:`acquire_integrator` / :func:`release_integrator`.
-* Writing results: :class:`NexusWriter` streams integrated frames into a NeXus HDF5 file.
+* Writing results: :class:`NexusWriter` (from :mod:`dahu.nexus`) streams integrated frames
+  into a NeXus HDF5 file.
 
 Building the sparse-matrix (CSR) engine of an integrator costs far more than integrating one
 frame, so ready-to-use integrators are kept in the shared :class:`~dahu.cache.DataCache`, keyed
@@ -45,6 +46,7 @@ from pyFAI.method_registry import IntegrationMethod, Method
 
 from .cache import DataCache
 from .errors import DahuError
+from .nexus import WRITE_BLOCK_BYTES, WRITE_BLOCK_FRAMES, NexusWriter
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +99,6 @@ ERROR_MODELS = ("poisson", "azimuthal", "hybrid")
 _CACHE_PREFIX = "pyfai.integrator"
 #: Idle integrators kept per cache key: enough for every worker thread of a small server.
 MAX_IDLE_INTEGRATORS = 4
-#: Largest block of integrated frames the NeXus writer keeps before writing them.
-WRITE_BLOCK_FRAMES = 64
-#: Largest block of integrated frames, in bytes, the NeXus writer keeps before writing them.
-WRITE_BLOCK_BYTES = 8 * 2**20
 
 
 class InputError(DahuError, RuntimeError):
@@ -206,18 +204,15 @@ def parse_method(method: Any, dim: int) -> IntegrationMethod:
     """The available pyFAI method for ``method``: (split, algo, impl), "split,algo,impl", "csr"."""
     if isinstance(method, str):
         parts = [p.strip() for p in method.replace(",", " ").split()]
-        if len(parts) != 3:
-            request = Method.parsed(method)
-            # pyFAI ignores words it does not know; its wildcard is None (2024: "*")
-            if all(part in (None, "*") for part in request[1:4]):
-                raise InputError(f"unknown method {method!r}: expected (split, algo, impl)")
-            parts = [request.split, request.algo, request.impl]
+        # pyFAI ignores words it does not know; its wildcard is None (2024: "*")
+        if len(parts) != 3 and all(p in (None, "*") for p in Method.parsed(method)[1:4]):
+            raise InputError(f"unknown method {method!r}: expected (split, algo, impl)")
     elif isinstance(method, Sequence) and len(method) == 3:
         parts = list(method)
     else:
         raise InputError(f"unknown method {method!r}: expected (split, algo, impl)")
-    try:
-        request = Method(dim, *parts, None)  # target: any
+    try:  # a short name ("csr", "full,csr") means what it means to pyFAI's integrate1d
+        request = Method(dim, *parts, None) if len(parts) == 3 else method  # target: any
     except (ValueError, TypeError) as error:
         raise InputError(f"unknown method {method!r}: {error}") from error
     selected = IntegrationMethod.select_one_available(request, dim=dim, degradable=False)
@@ -239,12 +234,20 @@ def positive_int(value: Any, name: str, maximum: int | None = None) -> int:
     return number
 
 
+def _complete(image: Any) -> Any:
+    """The fabio ``image``, if its data is all there: fabio pads a file that is shorter than
+    its header says (one still being written) with zeros, and only logs it."""
+    if image.incomplete_file:
+        raise ValueError("its data is shorter than its header says (still being written?)")
+    return image
+
+
 def read_image(path: str, what: str) -> numpy.ndarray:
     """First frame of the image file ``path`` (any fabio format); ``what`` names it in errors."""
     check_file(path, what)
     try:
         with fabio.open(path) as image:
-            return numpy.array(image.data)
+            return numpy.array(_complete(image).data)
     except Exception as error:  # fabio raises whatever the format reader raises
         raise InputError(f"cannot read {what} file '{path}': {error}") from error
 
@@ -264,14 +267,17 @@ def expand_inputs(input_files: Any) -> list[FrameSource]:
     for item in items:
         if not isinstance(item, str):
             raise InputError(f"input_files must hold paths, got {item!r}")
-        if any(char in item for char in "*?[") and "::" not in item:
+        if any(char in item for char in "*?[") and "::" not in item and not os.path.exists(item):
             matches = sorted(glob.glob(os.path.expanduser(item)))
             if not matches:
                 raise InputError(f"no input file matches '{item}'")
             paths.extend(matches)
         else:
             paths.append(item)
-    return [_describe(path) for path in paths]
+    sources = [_describe(path) for path in paths]
+    if empty := [source.label for source in sources if not source.nframes]:
+        raise InputError(f"input '{empty[0]}' holds no frame")
+    return sources
 
 
 def _parse_selection(text: str, label: str, count: int) -> range:
@@ -302,10 +308,11 @@ def _describe(label: str) -> FrameSource:
     check_file(path, "image")
     if not sep:
         try:
-            header = fabio.openheader(path)
+            header = _complete(fabio.openheader(path))
             return FrameSource(label, path, None, int(header.nframes), tuple(header.shape))
         except Exception as error:  # fabio raises whatever the format reader raises
-            raise InputError(f"cannot read image file '{path}': {error}") from error
+            why = "HDF5: name a dataset, file.h5::/entry/data" if h5py.is_hdf5(path) else error
+            raise InputError(f"cannot read image file '{path}': {why}") from error
     selection_text = None
     if h5path.endswith("]") and "[" in h5path:
         h5path, _, selection_text = h5path[:-1].rpartition("[")
@@ -347,7 +354,7 @@ def iter_frames(sources: Sequence[FrameSource]) -> Iterator[tuple[str, numpy.nda
             else:
                 with fabio.open(source.path) as image:
                     for index in range(source.nframes):
-                        frame = image.data if index == 0 else image.getframe(index).data
+                        frame = _complete(image if index == 0 else image.getframe(index)).data
                         yield f"{source.label}[{index}]", frame
         except (OSError, KeyError, ValueError) as error:
             raise InputError(f"cannot read a frame of '{source.label}': {error}") from error
@@ -419,100 +426,3 @@ def check_shape(ai: AzimuthalIntegrator, shape: tuple[int, ...], label: str, pon
             f"frame '{label}' has shape {tuple(shape)} but the detector of '{poni}' "
             f"is {tuple(expected)}"
         )
-
-
-class NexusWriter:
-    """Streams integrated frames into a NeXus file: NXroot > NXentry > NXprocess + NXdata.
-
-    Frames are written in order, in blocks of up to ``WRITE_BLOCK_FRAMES`` frames (and
-    about ``WRITE_BLOCK_BYTES``): one HDF5 write per frame would cost a few percent of
-    the integration time. :meth:`close` writes what is left.
-    """
-
-    def __init__(
-        self,
-        path: str,
-        cached: CachedIntegrator,
-        unit: pyFAI.units.Unit,
-        n_frames: int,
-        errors: bool,
-    ) -> None:
-        self.path = path
-        self.h5 = h5py.File(path, "w")
-        self.h5.attrs.update(NX_class="NXroot", default="entry", creator="dahu")
-        self.h5.attrs["file_name"] = os.path.basename(path)
-        entry = self.h5.create_group("entry")
-        entry.attrs.update(NX_class="NXentry", default="integrated")
-        entry["program_name"] = "dahu pyfai.integratemanyframes"
-        entry["start_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.entry = entry
-        self.process = entry.create_group("process")
-        self.process.attrs["NX_class"] = "NXprocess"
-        self.process["program"] = "pyFAI"
-        self.process["version"] = pyFAI.version
-        data = entry.create_group("integrated")
-        data.attrs.update(NX_class="NXdata", signal="intensity")
-        radial_name = unit.name
-        frame_shape = (len(cached.radial),)
-        axes = ["frame", radial_name]
-        if cached.azimuthal is not None:
-            frame_shape = (len(cached.azimuthal), len(cached.radial))
-            axes = ["frame", "chi_deg", radial_name]
-            chi = data.create_dataset("chi_deg", data=cached.azimuthal)
-            chi.attrs.update(units="deg", long_name="Azimuthal angle chi (deg)")
-        data.attrs["axes"] = axes
-        for index, name in enumerate(axes):
-            data.attrs[f"{name}_indices"] = index
-        radial = data.create_dataset(radial_name, data=cached.radial)
-        radial.attrs.update(units=radial_name.partition("_")[2], long_name=unit.label)
-        data.create_dataset("frame", data=numpy.arange(n_frames), maxshape=(None,))
-        layout = {"shape": (n_frames,) + frame_shape, "maxshape": (None,) + frame_shape}
-        layout.update(dtype=numpy.float32, chunks=(1,) + frame_shape, fillvalue=numpy.nan)
-        self.intensity = data.create_dataset("intensity", **layout)
-        self.intensity.attrs["interpretation"] = "spectrum" if len(frame_shape) == 1 else "image"
-        self.errors = data.create_dataset("errors", **layout) if errors else None
-        self.data = data
-        frame_bytes = 4 * int(numpy.prod(frame_shape))
-        block = max(1, min(n_frames, WRITE_BLOCK_FRAMES, WRITE_BLOCK_BYTES // frame_bytes))
-        self._buffers = [numpy.empty((block,) + frame_shape, numpy.float32) for _ in "ie"]
-        self._first = 0  # index of the first frame in the buffers
-        self._count = 0  # frames in the buffers
-
-    def write(self, index: int, result: Any) -> None:
-        """Store the integration result of frame ``index`` (frames come in order)."""
-        if self._count and index != self._first + self._count:
-            self.flush()
-        if not self._count:
-            self._first = index
-        self._buffers[0][self._count] = result.intensity
-        if self.errors is not None:
-            self._buffers[1][self._count] = result.sigma
-        self._count += 1
-        if self._count == len(self._buffers[0]):
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the buffered frames into the file."""
-        if self._count:
-            block = slice(self._first, self._first + self._count)
-            self.intensity[block] = self._buffers[0][: self._count]
-            if self.errors is not None:
-                self.errors[block] = self._buffers[1][: self._count]
-            self._count = 0
-
-    def close(self, n_done: int, config: dict, monitor: Sequence[float] | None) -> None:
-        """Trim the datasets to the ``n_done`` frames written, record the configuration, close."""
-        try:
-            self.flush()
-            for name in ("frame", "intensity", "errors"):
-                if name in self.data:
-                    self.data[name].resize(n_done, axis=0)
-            if monitor is not None:
-                self.data["monitor"] = numpy.asarray(monitor[:n_done], dtype=float)
-            note = self.process.create_group("configuration")
-            note.attrs["NX_class"] = "NXnote"
-            note["type"] = "text/json"
-            note["data"] = json.dumps(config, default=str)
-            self.entry["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        finally:
-            self.h5.close()

@@ -19,6 +19,7 @@ This file is loaded by Dahu's plugin factory under the module name ``pyfai``, ou
 
 import inspect
 import logging
+import math
 import os
 import reprlib
 import time
@@ -89,10 +90,24 @@ def check_paths(params: dict[str, Any]) -> None:
         value = params.get(key)
         if value is None or isinstance(value, str):
             continue
-        if lists and isinstance(value, list) and all(isinstance(item, str) for item in value):
+        if lists and isinstance(value, (list, tuple)) and all(isinstance(i, str) for i in value):
             continue
         kind = "a path (a string) or a list of paths" if lists else "a path (a string)"
         raise InputError(f"{key} must be {kind}, got {type(value).__name__} {reprlib.repr(value)}")
+
+
+def check_not_an_input(key: str, path: str, inputs: dict[str, Any]) -> None:
+    """Refuse to write ``path`` (the input ``key``) over one of the files it reads:
+    ``inputs`` maps input names to a path or a list of them. A raw data stack named as
+    ``output_file`` would be truncated before its frames are read."""
+    if not os.path.exists(path):
+        return
+    for name, value in inputs.items():
+        for other in [value] if isinstance(value, str) else value or ():
+            if os.path.exists(other) and os.path.samefile(path, other):
+                raise InputError(
+                    f"{key} '{path}' is also an input ({name}): it would be overwritten"
+                )
 
 
 #: The method of ``integrate_simple`` when none is given: pyFAI's own default for
@@ -119,7 +134,11 @@ def integrate_simple(
     the_unit = parse_unit(unit)
     the_method = parse_method(method, 1)
     npt = positive_int(npt, "npt", MAX_NPT)
-    label, frame = next(iter_frames(expand_inputs(image_file)))
+    sources = expand_inputs(image_file)
+    check_not_an_input("curve_file", curve_file, {
+        "poni_file": poni_file, "image_file": [source.path for source in sources],
+    })  # fmt: skip
+    label, frame = next(iter_frames(sources))
     check_shape(ai, frame.shape, label, poni_file)
     os.makedirs(os.path.dirname(os.path.abspath(curve_file)), exist_ok=True)
     integrator, _ = acquire_integrator(ai, frame.shape, npt, the_unit, the_method)
@@ -134,6 +153,17 @@ def integrate_simple(
 #: archived one (the key is required: it cannot be dropped)
 integrate_simple.REPROCESS_RELOCATE = ["curve_file"]  # type: ignore[attr-defined]
 plugin_from_function(integrate_simple)
+
+
+def positive_number(value: Any, name: str) -> float:
+    """``value`` as a finite positive float, or an error naming ``name``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number > 0) or isinstance(value, bool):
+        raise InputError(f"{name} must be a positive number, got {reprlib.repr(value)}")
+    return number
 
 
 @dataclass
@@ -183,6 +213,9 @@ def parse_settings(params: dict[str, Any]) -> Settings:
         isinstance(polarization, (int, float)) and -1 <= polarization <= 1
     ):
         raise InputError(f"polarization_factor must be a number in [-1, 1], got {polarization!r}")
+    do_sa = params.get("do_SA", True)
+    if do_sa not in (True, False):  # bool("false") is True
+        raise InputError(f"do_SA must be true or false, got {reprlib.repr(do_sa)}")
     sources = expand_inputs(params.get("input_files"))
     shape = tuple(sources[0].shape)
     for source in sources:
@@ -198,9 +231,11 @@ def parse_settings(params: dict[str, Any]) -> Settings:
                     f"{name} file '{params[name]}' has shape {images[name].shape} "
                     f"but the frames are {shape}"
                 )
+    if "mask" in images:  # pyFAI casts a mask to int8: 256 or 0.5 would mask nothing
+        images["mask"] = images["mask"] != 0
     settings = Settings(
         poni_file, ai, unit, npt, npt_azim, method, sources, images, None, error_model,
-        polarization, bool(params.get("do_SA", True)),
+        polarization, bool(do_sa),
     )  # fmt: skip
     monitor = params.get("monitor_values")
     if monitor is not None:
@@ -208,12 +243,9 @@ def parse_settings(params: dict[str, Any]) -> Settings:
             raise InputError(
                 f"monitor_values must be a list of numbers, got {reprlib.repr(monitor)}"
             )
-        try:
-            values = numpy.asarray(monitor, dtype=float)
-        except (TypeError, ValueError):
-            values = numpy.zeros(0)
-        if values.ndim != 1 or not numpy.all(numpy.isfinite(values) & (values > 0)):
-            raise InputError(f"monitor_values must be a list of positive numbers, got {monitor!r}")
+        values = numpy.asarray(
+            [positive_number(v, f"monitor_values[{i}]") for i, v in enumerate(monitor)]
+        )
         if len(values) != settings.total:
             raise InputError(f"monitor_values has {len(values)} values for {settings.total} frames")
         settings.monitor = values.tolist()
@@ -287,6 +319,11 @@ class IntegrateManyFrames(Plugin):
                 raise InputError(f"output_dir '{directory}' is not a directory")
             path = os.path.join(directory, f"integrate_{job or uuid.uuid4().hex[:12]}.h5")
         path = os.path.abspath(path)
+        if os.path.isdir(path):
+            raise InputError(f"output_file '{path}' is a directory")
+        inputs = {name: self.input.get(name) for name in ("poni_file", "mask", "dark", "flat")}
+        inputs["input_files"] = [source.path for source in self.settings.sources]
+        check_not_an_input("output_file", path, inputs)
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
         except OSError as error:

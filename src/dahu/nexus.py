@@ -1,0 +1,124 @@
+"""Writing integrated frames into a NeXus HDF5 file: :class:`NexusWriter`.
+
+Used by ``pyfai.integratemanyframes`` through :mod:`dahu.integration` (which re-exports it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import h5py
+import numpy
+import pyFAI
+import pyFAI.units
+
+__all__ = ["WRITE_BLOCK_BYTES", "WRITE_BLOCK_FRAMES", "NexusWriter"]
+
+#: Largest block of integrated frames the NeXus writer keeps before writing them.
+WRITE_BLOCK_FRAMES = 64
+#: Largest block of integrated frames, in bytes, the NeXus writer keeps before writing them.
+WRITE_BLOCK_BYTES = 8 * 2**20
+
+
+class NexusWriter:
+    """Streams integrated frames into a NeXus file: NXroot > NXentry > NXprocess + NXdata.
+
+    Frames are written in order, in blocks of up to ``WRITE_BLOCK_FRAMES`` frames (and
+    about ``WRITE_BLOCK_BYTES``): one HDF5 write per frame would cost a few percent of
+    the integration time. :meth:`close` writes what is left. ``cached`` is the
+    :class:`dahu.integration.CachedIntegrator` whose ``radial`` (and ``azimuthal``) axes
+    every frame has.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        cached: Any,
+        unit: pyFAI.units.Unit,
+        n_frames: int,
+        errors: bool,
+    ) -> None:
+        self.path = path
+        self.h5 = h5py.File(path, "w")
+        self.h5.attrs.update(NX_class="NXroot", default="entry", creator="dahu")
+        self.h5.attrs["file_name"] = os.path.basename(path)
+        entry = self.h5.create_group("entry")
+        entry.attrs.update(NX_class="NXentry", default="integrated")
+        entry["program_name"] = "dahu pyfai.integratemanyframes"
+        entry["start_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.entry = entry
+        self.process = entry.create_group("process")
+        self.process.attrs["NX_class"] = "NXprocess"
+        self.process["program"] = "pyFAI"
+        self.process["version"] = pyFAI.version
+        data = entry.create_group("integrated")
+        data.attrs.update(NX_class="NXdata", signal="intensity")
+        radial_name = unit.name
+        frame_shape = (len(cached.radial),)
+        axes = ["frame", radial_name]
+        if cached.azimuthal is not None:
+            frame_shape = (len(cached.azimuthal), len(cached.radial))
+            axes = ["frame", "chi_deg", radial_name]
+            chi = data.create_dataset("chi_deg", data=cached.azimuthal)
+            chi.attrs.update(units="deg", long_name="Azimuthal angle chi (deg)")
+        data.attrs["axes"] = axes
+        for index, name in enumerate(axes):
+            data.attrs[f"{name}_indices"] = index
+        radial = data.create_dataset(radial_name, data=cached.radial)
+        units = radial_name.rpartition("_")[2]  # exit_angle_horz_deg: deg; log(q.nm)_None
+        radial.attrs.update(units="" if units == "None" else units, long_name=unit.label)
+        data.create_dataset("frame", data=numpy.arange(n_frames), maxshape=(None,))
+        layout = {"shape": (n_frames,) + frame_shape, "maxshape": (None,) + frame_shape}
+        layout.update(dtype=numpy.float32, chunks=(1,) + frame_shape, fillvalue=numpy.nan)
+        self.intensity = data.create_dataset("intensity", **layout)
+        self.intensity.attrs["interpretation"] = "spectrum" if len(frame_shape) == 1 else "image"
+        self.errors = data.create_dataset("errors", **layout) if errors else None
+        self.data = data
+        frame_bytes = 4 * int(numpy.prod(frame_shape))
+        block = max(1, min(n_frames, WRITE_BLOCK_FRAMES, WRITE_BLOCK_BYTES // frame_bytes))
+        self._buffers = [numpy.empty((block,) + frame_shape, numpy.float32) for _ in "ie"]
+        self._first = 0  # index of the first frame in the buffers
+        self._count = 0  # frames in the buffers
+
+    def write(self, index: int, result: Any) -> None:
+        """Store the integration result of frame ``index`` (frames come in order)."""
+        if self._count and index != self._first + self._count:
+            self.flush()
+        if not self._count:
+            self._first = index
+        self._buffers[0][self._count] = result.intensity
+        if self.errors is not None:
+            self._buffers[1][self._count] = result.sigma
+        self._count += 1
+        if self._count == len(self._buffers[0]):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered frames into the file."""
+        if self._count:
+            block = slice(self._first, self._first + self._count)
+            self.intensity[block] = self._buffers[0][: self._count]
+            if self.errors is not None:
+                self.errors[block] = self._buffers[1][: self._count]
+            self._count = 0
+
+    def close(self, n_done: int, config: dict, monitor: Sequence[float] | None) -> None:
+        """Trim the datasets to the ``n_done`` frames written, record the configuration, close."""
+        try:
+            self.flush()
+            for name in ("frame", "intensity", "errors"):
+                if name in self.data:
+                    self.data[name].resize(n_done, axis=0)
+            if monitor is not None:
+                self.data["monitor"] = numpy.asarray(monitor[:n_done], dtype=float)
+            note = self.process.create_group("configuration")
+            note.attrs["NX_class"] = "NXnote"
+            note["type"] = "text/json"
+            note["data"] = json.dumps(config, default=str)
+            self.entry["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        finally:
+            self.h5.close()
