@@ -11,7 +11,7 @@ import time
 import pytest
 import tango
 
-from dahu.client import DahuClient, JobAborted, JobNotFound, ServerError
+from dahu.client import ClientClosed, DahuClient, JobAborted, JobNotFound, ServerError
 
 from .conftest import running_server
 
@@ -195,3 +195,33 @@ def test_events_kept_while_submissions_overlap_are_bounded(small_server, monkeyp
         finally:
             ours._track([], "bulky.text")
         assert ours._early == {}
+
+
+def test_a_cancel_that_overlaps_close_does_not_leave_its_future_pending(server):
+    # bug: cancel() stops following the future while it asks the server; when the answer
+    # was "it had ended" (or an error) after close() had run, the future was handed to
+    # resolver threads that were gone: result() without a timeout waited for ever
+    dahu = DahuClient(server.url)
+    future = dahu.submit("example.sleep", t=60)
+    asked, closed = threading.Event(), threading.Event()
+    real_call = dahu._call
+
+    def slow_abort(command, argument=None):
+        if command != "abort":
+            return real_call(command, argument)
+        asked.set()
+        assert closed.wait(30)  # the server answers after close() returned
+        return False  # "the job had ended already"
+
+    dahu._call = slow_abort
+    answers = []
+    canceller = threading.Thread(target=lambda: answers.append(future.cancel()))
+    canceller.start()
+    assert asked.wait(30)
+    dahu.close()
+    closed.set()
+    canceller.join(30)
+    assert answers == [False]
+    with pytest.raises(ClientClosed):
+        future.result(timeout=10)
+    assert real_call("abort", future.job_id)

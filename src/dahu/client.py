@@ -323,12 +323,11 @@ class DahuClient:
     def _track(self, ids: list[int], plugin: str) -> list[JobFuture]:
         """A submission ended: make the futures of its ``ids``."""
         futures = [JobFuture(self, i, plugin) for i in ids]
-        ended = []
-        with self._lock:
+        with self._lock:  # queued under the lock: close() then finds what it must settle
             closed = self._closed
             for i, future in enumerate(futures):
                 if future.job_id in self._early:
-                    ended.append((future, self._early.pop(future.job_id)))
+                    self._outcomes.put((future, self._early.pop(future.job_id)))
                 elif not closed:  # job(id) may have asked for it meanwhile: that future
                     futures[i] = self._pending.setdefault(future.job_id, future)
             self._submitting -= 1
@@ -338,8 +337,6 @@ class DahuClient:
         if closed:  # closed during the call: nobody would settle them
             for future in futures:
                 future._settle(None, error=self._closed_error(future))
-        for item in ended:
-            self._outcomes.put(item)
         return futures
 
     def _register(self, future: JobFuture) -> JobFuture:
@@ -351,8 +348,11 @@ class DahuClient:
 
     def _retrack(self, future: JobFuture) -> None:
         """Follow ``future`` again after :meth:`_forget` (its job may have ended since)."""
-        if not future.done():
-            self._outcomes.put((future, None))  # fetched now; tracked again if not ended
+        with self._lock:  # not after close() drained the queue: nobody would fetch it
+            if not self._closed:
+                self._outcomes.put((future, None))  # fetched now; tracked again if not ended
+                return
+        future._settle(None, error=self._closed_error(future))
 
     def _forget(self, future: JobFuture) -> None:
         with self._lock:
@@ -372,7 +372,7 @@ class DahuClient:
                 return
             if event:
                 self._last_event = time.monotonic()
-        self._outcomes.put((future, state))
+            self._outcomes.put((future, state))
 
     def _event(self, name: str, event: Any) -> None:
         """A change event of ``jobSuccess``/``jobFailure`` (Tango's event thread)."""
