@@ -225,3 +225,25 @@ def test_a_cancel_that_overlaps_close_does_not_leave_its_future_pending(server):
     with pytest.raises(ClientClosed):
         future.result(timeout=10)
     assert real_call("abort", future.job_id)
+
+
+def test_a_map_past_one_call_is_refused_whole_or_not_at_all(server):
+    # bug: a map whose inputs need several startJobs calls sent them one by one; an input
+    # the server refuses in a later call raised after the jobs of the first call had
+    # started, and the caller had no future for them (nor their ids)
+    proxy = tango.DeviceProxy(server.url)
+    deep: dict = {}
+    for _ in range(70):
+        deep = {"a": deep}
+    big = "b" * 9_000_000  # two of them pass the 16 MiB of one call
+    with DahuClient(server.url) as dahu:
+        last = proxy.startJob(["example.square", "{}"])
+        with pytest.raises(ServerError) as info:
+            dahu.map("example.noop", [{"x": big}, {"x": big}, {"x": deep}])
+        assert proxy.startJob(["example.square", "{}"]) == last + 1  # no job started
+        assert str(info.value) == (
+            "startJobs: job input is nested deeper than 64 levels (inputs[2])"
+        )
+        assert info.value.reason == "Dahu_InvalidInput"
+        futures = dahu.map("example.noop", [{"x": big}, {"x": "c"}, {"x": big}])
+        assert [len(f.result(timeout=60)["result"]) for f in futures] == [9_000_000, 1, 9_000_000]

@@ -215,9 +215,9 @@ class DahuClient:
         """Start one job of ``plugin`` per input with a single ``startJobs`` call; return
         their futures in the order of the inputs.
 
-        The server refuses the whole batch if one input is invalid.  More calls are made
-        only when the inputs together pass the server's limit of one call (16 MiB of
-        JSON); if one of those is refused, the jobs of the calls before it go on.
+        The whole batch is refused if one input is invalid.  More calls are made only
+        past the server's limit of one call (16 MiB of JSON), each input checked first;
+        if a later call fails all the same (a timeout), the jobs of those before go on.
         """
         texts = encode_inputs(plugin, inputs)
         futures: list[JobFuture] = []
