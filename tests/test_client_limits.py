@@ -247,3 +247,35 @@ def test_a_map_past_one_call_is_refused_whole_or_not_at_all(server):
         assert info.value.reason == "Dahu_InvalidInput"
         futures = dahu.map("example.noop", [{"x": big}, {"x": "c"}, {"x": big}])
         assert [len(f.result(timeout=60)["result"]) for f in futures] == [9_000_000, 1, 9_000_000]
+
+
+class _SlowOutputs:
+    """A proxy whose getJobOutput takes 7 s to arrive: with a shorter timeout, it times
+    out (as a large output on a busy network does)."""
+
+    def __init__(self, proxy):
+        self._proxy = proxy
+
+    def __getattr__(self, name):
+        return getattr(self._proxy, name)
+
+    def command_inout(self, command, *args):
+        millis = self._proxy.get_timeout_millis()
+        if command == "getJobOutput" and millis < 7000:
+            raise _devfailed(
+                ("API_CorbaException", "TRANSIENT CORBA system exception: TRANSIENT_CallTimedout"),
+                ("API_DeviceTimedOut", f"Timeout ({millis} mS) exceeded, command getJobOutput"),
+            )
+        return self._proxy.command_inout(command, *args)
+
+
+def test_an_output_slower_to_arrive_than_the_timeout_is_read_all_the_same(server):
+    # bug: getJobOutput past the client's timeout was asked again, with the same timeout,
+    # every second or so for ever: result() never returned, and the server encoded and
+    # sent the whole output each time
+    with DahuClient(server.url, timeout=3, poll_interval=0.1) as dahu:
+        real = dahu._new_proxy
+        dahu._new_proxy = lambda: _SlowOutputs(real())
+        future = dahu.submit("example.square", x=6)
+        assert future.result(timeout=10)["result"] == 36
+        assert dahu._proxy().get_timeout_millis() == 3000  # only that call had more time
