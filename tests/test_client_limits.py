@@ -279,3 +279,21 @@ def test_an_output_slower_to_arrive_than_the_timeout_is_read_all_the_same(server
         future = dahu.submit("example.square", x=6)
         assert future.result(timeout=10)["result"] == 36
         assert dahu._proxy().get_timeout_millis() == 3000  # only that call had more time
+
+
+def test_pickling_a_future_says_what_to_pickle_instead(server):
+    # bug: pickle and copy failed with "cannot pickle '_thread.RLock' object", which
+    # says nothing of the future nor of what to do
+    import copy
+    import pickle
+
+    with DahuClient(server.url) as dahu:
+        future = dahu.submit("example.square", x=2)
+        for attempt in (pickle.dumps, copy.copy):
+            with pytest.raises(TypeError) as info:
+                attempt(future)
+            assert str(info.value) == (
+                "a JobFuture cannot be pickled (its client's threads settle it): pickle its "
+                f"job_id ({future.job_id}) and get the job back with DahuClient.job(job_id)"
+            )
+        assert dahu.job(future.job_id).result(timeout=30)["result"] == 4

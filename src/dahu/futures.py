@@ -148,6 +148,12 @@ class JobFuture(concurrent.futures.Future):
         state = _base._STATE_TO_DESCRIPTION_MAP.get(self._state, self._state.lower())
         return f"<JobFuture job {self.job_id} {self.plugin or ''} {state}>"
 
+    def __reduce__(self) -> Any:  # not "cannot pickle '_thread.RLock' object"
+        raise TypeError(
+            f"a JobFuture cannot be pickled (its client's threads settle it): pickle its "
+            f"job_id ({self.job_id}) and get the job back with DahuClient.job(job_id)"
+        )
+
     @property
     def id(self) -> int:
         """The job id (same as :attr:`job_id`)."""
