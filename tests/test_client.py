@@ -493,3 +493,38 @@ def test_no_server_at_the_address_says_what_to_check():
     assert message.startswith(f"cannot connect to {url}: Failed to connect to device")
     assert message.endswith("(is its server running, at this address?)")
     assert "delayed" not in message and "\n" not in message
+
+
+def test_a_lost_event_is_found_while_other_events_keep_coming(server):
+    # bug: the watcher stayed idle as long as events of other jobs of the client kept
+    # coming: a job whose own event was lost waited until the stream paused, for as long
+    # as a beamline scan lasts
+    with DahuClient(server.url, poll_interval=0.2, max_sweep_interval=1.0) as dahu:
+        lost: list[int] = []
+        events = dahu._event
+
+        def lossy(name, event):  # the event of the job in `lost` never arrives
+            if event.attr_value is None or event.attr_value.value not in lost:
+                events(name, event)
+
+        dahu._event = lossy
+        stop, done = threading.Event(), []
+
+        def stream():  # a job of ours ends every 50 ms
+            while not stop.is_set():
+                done.append(dahu.submit("example.square", x=1).result(timeout=30))
+                time.sleep(0.05)
+
+        streamer = threading.Thread(target=stream)
+        streamer.start()
+        try:
+            deadline = time.monotonic() + 30
+            while len(done) < 5:  # events flow
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            future = dahu.submit("example.sleep", t=0.3)
+            lost.append(future.job_id)
+            assert future.result(timeout=10)["slept"] is True
+        finally:
+            stop.set()
+            streamer.join(30)
