@@ -528,3 +528,14 @@ def test_a_lost_event_is_found_while_other_events_keep_coming(server):
         finally:
             stop.set()
             streamer.join(30)
+
+
+def test_a_device_that_is_not_dahu_is_named_as_such(server):
+    # bug: "cannot connect to URL: jobsuccess attribute not found", which reads like a
+    # broken server rather than the wrong device
+    url = server.url.replace("test/dahu/client", "dserver/dahuds/demo")  # its admin device
+    with pytest.raises(ServerError) as info:
+        DahuClient(url)
+    assert str(info.value) == (
+        f"cannot connect to {url}: jobsuccess attribute not found (is it a DahuDS device?)"
+    )

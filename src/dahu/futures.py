@@ -63,6 +63,8 @@ class ServerError(ClientError):
             # delayed..."): say what a user can check instead
             desc = desc.split(" The connection request was delayed", 1)[0]
             desc += " (is its server running, at this address?)"
+        elif reason == "API_AttrNotFound" and "job" in desc:  # no jobSuccess/jobFailure
+            desc += " (is it a DahuDS device?)"
         elif "MessageSizeExceedLimit" in desc:  # CORBA's words for a message too large
             desc += " (the message is larger than the largest one Tango may carry)"
         return klass(f"{what}: {desc}", reason)
