@@ -213,6 +213,28 @@ def test_unclear_arguments_get_a_clear_error(client):
     assert client.pending == 0
 
 
+def test_inputs_json_cannot_encode_are_one_line_client_errors(client):
+    # bug: an input nested thousands of levels deep raised a bare RecursionError; an
+    # integer of over 4,300 digits advised to call sys.set_int_max_str_digits(), which
+    # would not help: the server refuses such inputs too
+    deep: dict = {}
+    for _ in range(5000):
+        deep = {"a": deep}
+    with pytest.raises(ClientError) as info:
+        client.submit("example.noop", x=deep)
+    assert str(info.value) == (
+        "job input is not JSON-serialisable: it is nested too deeply "
+        "(the server takes at most 64 levels)"
+    )
+    with pytest.raises(ClientError) as info:
+        client.map("example.noop", [{}, {"x": 10**5000}])
+    assert str(info.value) == (
+        "job input (inputs[1]) is not JSON-serialisable: "
+        "Exceeds the limit (4300 digits) for integer string conversion"
+    )
+    assert client.pending == 0
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "error"),
     [

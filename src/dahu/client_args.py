@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .futures import ClientError, ServerError
-from .inputs import InvalidInput, parse_job_input
+from .inputs import MAX_DEPTH, InvalidInput, parse_job_input
 from .utils import NumpyEncoder
 
 __all__ = ["check_settings", "chunks", "encode_input", "encode_inputs"]
@@ -70,8 +70,11 @@ def _encode(data: Any, where: str = "") -> str:
         raise TypeError(f"a job input must be a dict, not {type(data).__name__}{where}")
     try:
         return _ENCODER.encode(data)
-    except (TypeError, ValueError) as err:
-        raise ClientError(f"job input{where} is not JSON-serialisable: {err}") from None
+    except (TypeError, ValueError) as err:  # not the advice meant for the server's code
+        reason = str(err).split("; use sys.set_int_max_str_digits()", 1)[0]
+    except RecursionError:
+        reason = f"it is nested too deeply (the server takes at most {MAX_DEPTH} levels)"
+    raise ClientError(f"job input{where} is not JSON-serialisable: {reason}")
 
 
 def encode_input(plugin: Any, data: Any, kwargs: dict[str, Any]) -> str:
