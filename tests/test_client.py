@@ -213,6 +213,28 @@ def test_unclear_arguments_get_a_clear_error(client):
     assert client.pending == 0
 
 
+def test_inputs_json_cannot_encode_are_one_line_client_errors(client):
+    # bug: an input nested thousands of levels deep raised a bare RecursionError; an
+    # integer of over 4,300 digits advised to call sys.set_int_max_str_digits(), which
+    # would not help: the server refuses such inputs too
+    deep: dict = {}
+    for _ in range(5000):
+        deep = {"a": deep}
+    with pytest.raises(ClientError) as info:
+        client.submit("example.noop", x=deep)
+    assert str(info.value) == (
+        "job input is not JSON-serialisable: it is nested too deeply "
+        "(the server takes at most 64 levels)"
+    )
+    with pytest.raises(ClientError) as info:
+        client.map("example.noop", [{}, {"x": 10**5000}])
+    assert str(info.value) == (
+        "job input (inputs[1]) is not JSON-serialisable: "
+        "Exceeds the limit (4300 digits) for integer string conversion"
+    )
+    assert client.pending == 0
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "error"),
     [
@@ -493,3 +515,49 @@ def test_no_server_at_the_address_says_what_to_check():
     assert message.startswith(f"cannot connect to {url}: Failed to connect to device")
     assert message.endswith("(is its server running, at this address?)")
     assert "delayed" not in message and "\n" not in message
+
+
+def test_a_lost_event_is_found_while_other_events_keep_coming(server):
+    # bug: the watcher stayed idle as long as events of other jobs of the client kept
+    # coming: a job whose own event was lost waited until the stream paused, for as long
+    # as a beamline scan lasts
+    with DahuClient(server.url, poll_interval=0.2, max_sweep_interval=1.0) as dahu:
+        lost: list[int] = []
+        events = dahu._event
+
+        def lossy(name, event):  # the event of the job in `lost` never arrives
+            if event.attr_value is None or event.attr_value.value not in lost:
+                events(name, event)
+
+        dahu._event = lossy
+        stop, done = threading.Event(), []
+
+        def stream():  # a job of ours ends every 50 ms
+            while not stop.is_set():
+                done.append(dahu.submit("example.square", x=1).result(timeout=30))
+                time.sleep(0.05)
+
+        streamer = threading.Thread(target=stream)
+        streamer.start()
+        try:
+            deadline = time.monotonic() + 30
+            while len(done) < 5:  # events flow
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            future = dahu.submit("example.sleep", t=0.3)
+            lost.append(future.job_id)
+            assert future.result(timeout=10)["slept"] is True
+        finally:
+            stop.set()
+            streamer.join(30)
+
+
+def test_a_device_that_is_not_dahu_is_named_as_such(server):
+    # bug: "cannot connect to URL: jobsuccess attribute not found", which reads like a
+    # broken server rather than the wrong device
+    url = server.url.replace("test/dahu/client", "dserver/dahuds/demo")  # its admin device
+    with pytest.raises(ServerError) as info:
+        DahuClient(url)
+    assert str(info.value) == (
+        f"cannot connect to {url}: jobsuccess attribute not found (is it a DahuDS device?)"
+    )

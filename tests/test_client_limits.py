@@ -11,7 +11,7 @@ import time
 import pytest
 import tango
 
-from dahu.client import DahuClient, JobAborted, JobNotFound, ServerError
+from dahu.client import ClientClosed, DahuClient, JobAborted, JobNotFound, ServerError
 
 from .conftest import running_server
 
@@ -195,3 +195,105 @@ def test_events_kept_while_submissions_overlap_are_bounded(small_server, monkeyp
         finally:
             ours._track([], "bulky.text")
         assert ours._early == {}
+
+
+def test_a_cancel_that_overlaps_close_does_not_leave_its_future_pending(server):
+    # bug: cancel() stops following the future while it asks the server; when the answer
+    # was "it had ended" (or an error) after close() had run, the future was handed to
+    # resolver threads that were gone: result() without a timeout waited for ever
+    dahu = DahuClient(server.url)
+    future = dahu.submit("example.sleep", t=60)
+    asked, closed = threading.Event(), threading.Event()
+    real_call = dahu._call
+
+    def slow_abort(command, argument=None):
+        if command != "abort":
+            return real_call(command, argument)
+        asked.set()
+        assert closed.wait(30)  # the server answers after close() returned
+        return False  # "the job had ended already"
+
+    dahu._call = slow_abort
+    answers = []
+    canceller = threading.Thread(target=lambda: answers.append(future.cancel()))
+    canceller.start()
+    assert asked.wait(30)
+    dahu.close()
+    closed.set()
+    canceller.join(30)
+    assert answers == [False]
+    with pytest.raises(ClientClosed):
+        future.result(timeout=10)
+    assert real_call("abort", future.job_id)
+
+
+def test_a_map_past_one_call_is_refused_whole_or_not_at_all(server):
+    # bug: a map whose inputs need several startJobs calls sent them one by one; an input
+    # the server refuses in a later call raised after the jobs of the first call had
+    # started, and the caller had no future for them (nor their ids)
+    proxy = tango.DeviceProxy(server.url)
+    deep: dict = {}
+    for _ in range(70):
+        deep = {"a": deep}
+    big = "b" * 9_000_000  # two of them pass the 16 MiB of one call
+    with DahuClient(server.url) as dahu:
+        last = proxy.startJob(["example.square", "{}"])
+        with pytest.raises(ServerError) as info:
+            dahu.map("example.noop", [{"x": big}, {"x": big}, {"x": deep}])
+        assert proxy.startJob(["example.square", "{}"]) == last + 1  # no job started
+        assert str(info.value) == (
+            "startJobs: job input is nested deeper than 64 levels (inputs[2])"
+        )
+        assert info.value.reason == "Dahu_InvalidInput"
+        futures = dahu.map("example.noop", [{"x": big}, {"x": "c"}, {"x": big}])
+        assert [len(f.result(timeout=60)["result"]) for f in futures] == [9_000_000, 1, 9_000_000]
+
+
+class _SlowOutputs:
+    """A proxy whose getJobOutput takes 7 s to arrive: with a shorter timeout, it times
+    out (as a large output on a busy network does)."""
+
+    def __init__(self, proxy):
+        self._proxy = proxy
+
+    def __getattr__(self, name):
+        return getattr(self._proxy, name)
+
+    def command_inout(self, command, *args):
+        millis = self._proxy.get_timeout_millis()
+        if command == "getJobOutput" and millis < 7000:
+            raise _devfailed(
+                ("API_CorbaException", "TRANSIENT CORBA system exception: TRANSIENT_CallTimedout"),
+                ("API_DeviceTimedOut", f"Timeout ({millis} mS) exceeded, command getJobOutput"),
+            )
+        return self._proxy.command_inout(command, *args)
+
+
+def test_an_output_slower_to_arrive_than_the_timeout_is_read_all_the_same(server):
+    # bug: getJobOutput past the client's timeout was asked again, with the same timeout,
+    # every second or so for ever: result() never returned, and the server encoded and
+    # sent the whole output each time
+    with DahuClient(server.url, timeout=3, poll_interval=0.1) as dahu:
+        real = dahu._new_proxy
+        dahu._new_proxy = lambda: _SlowOutputs(real())
+        future = dahu.submit("example.square", x=6)
+        assert future.result(timeout=10)["result"] == 36
+        assert dahu._proxy().get_timeout_millis() == 3000  # only that call had more time
+
+
+def test_pickling_a_future_says_what_to_pickle_instead(server):
+    # bug: pickle and copy failed with "cannot pickle '_thread.RLock' object", which
+    # says nothing of the future nor of what to do
+    import copy
+    import pickle
+
+    with DahuClient(server.url) as dahu:
+        future = dahu.submit("example.square", x=2)
+        for attempt in (pickle.dumps, copy.copy):
+            with pytest.raises(TypeError) as info:
+                attempt(future)
+            assert str(info.value) == (
+                "a JobFuture cannot be pickled (its client's threads settle it): pickle its "
+                f"job_id ({future.job_id}) and get the job back with DahuClient.job(job_id)"
+            )
+        assert dahu.job(future.job_id).result(timeout=30)["result"] == 4

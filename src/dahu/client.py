@@ -87,7 +87,7 @@ class DahuClient:
     :param device: a Tango device name (``id00/dahu/1``, with ``TANGO_HOST``) or a full
         URL (``tango://host:10123/id00/dahu/1#dbase=no``)
     :param timeout: the Tango client timeout of each call, in seconds (default: Tango's,
-        3 s); ``map`` allows itself more for a large batch
+        3 s); ``map`` and the reading of a slow outcome allow themselves more
     :param resolvers: threads that fetch the outcome of ended jobs
     :param poll_interval: seconds without an event after which the watcher asks the
         server (``waitJob``) about the oldest pending job
@@ -181,13 +181,19 @@ class DahuClient:
             proxy = self._local.proxy = self._new_proxy()
         return proxy
 
-    def _call(self, command: str, argument: Any = None) -> Any:
-        """Run a device command; a ``DevFailed`` becomes a one-line :class:`ServerError`."""
+    def _call(self, command: str, argument: Any = None, millis: int = 0) -> Any:
+        """Run a device command, allowing it at least ``millis`` ms; a ``DevFailed``
+        becomes a one-line :class:`ServerError`."""
         try:
             proxy = self._proxy()
-            if argument is None:
-                return proxy.command_inout(command)
-            return proxy.command_inout(command, argument)
+            base = proxy.get_timeout_millis()
+            if millis > base:
+                proxy.set_timeout_millis(millis)
+            try:
+                return proxy.command_inout(command, argument)
+            finally:
+                if millis > base:
+                    proxy.set_timeout_millis(base)
         except tango.DevFailed as err:
             raise ServerError.from_devfailed(err, command) from None
 
@@ -215,9 +221,9 @@ class DahuClient:
         """Start one job of ``plugin`` per input with a single ``startJobs`` call; return
         their futures in the order of the inputs.
 
-        The server refuses the whole batch if one input is invalid.  More calls are made
-        only when the inputs together pass the server's limit of one call (16 MiB of
-        JSON); if one of those is refused, the jobs of the calls before it go on.
+        The whole batch is refused if one input is invalid.  More calls are made only
+        past the server's limit of one call (16 MiB of JSON), each input checked first;
+        if a later call fails all the same (a timeout), the jobs of those before go on.
         """
         texts = encode_inputs(plugin, inputs)
         futures: list[JobFuture] = []
@@ -227,22 +233,12 @@ class DahuClient:
             self._begin()
             ids: list[int] = []
             try:
-                ids = self._start_batch(plugin, "[" + ",".join(chunk) + "]", len(chunk))
+                # a large batch takes longer to record than one call's default timeout
+                text, millis = "[" + ",".join(chunk) + "]", 10_000 + 2 * len(chunk)
+                ids = [int(i) for i in self._call("startJobs", [plugin, text], millis)]
             finally:
                 futures += self._track(ids, plugin)
         return futures
-
-    def _start_batch(self, plugin: str, text: str, count: int) -> list[int]:
-        proxy = self._proxy()
-        # a large batch takes longer than one call's default timeout to record
-        base = proxy.get_timeout_millis()
-        proxy.set_timeout_millis(max(base, 10_000 + count * 2))
-        try:
-            return [int(i) for i in proxy.command_inout("startJobs", [plugin, text])]
-        except tango.DevFailed as err:
-            raise ServerError.from_devfailed(err, "startJobs") from None
-        finally:
-            proxy.set_timeout_millis(base)
 
     def job(self, job_id: int) -> JobFuture:
         """The future of an existing job (submitted by anyone, maybe long ago).
@@ -323,12 +319,11 @@ class DahuClient:
     def _track(self, ids: list[int], plugin: str) -> list[JobFuture]:
         """A submission ended: make the futures of its ``ids``."""
         futures = [JobFuture(self, i, plugin) for i in ids]
-        ended = []
-        with self._lock:
+        with self._lock:  # queued under the lock: close() then finds what it must settle
             closed = self._closed
             for i, future in enumerate(futures):
                 if future.job_id in self._early:
-                    ended.append((future, self._early.pop(future.job_id)))
+                    self._outcomes.put((future, self._early.pop(future.job_id)))
                 elif not closed:  # job(id) may have asked for it meanwhile: that future
                     futures[i] = self._pending.setdefault(future.job_id, future)
             self._submitting -= 1
@@ -338,8 +333,6 @@ class DahuClient:
         if closed:  # closed during the call: nobody would settle them
             for future in futures:
                 future._settle(None, error=self._closed_error(future))
-        for item in ended:
-            self._outcomes.put(item)
         return futures
 
     def _register(self, future: JobFuture) -> JobFuture:
@@ -351,8 +344,11 @@ class DahuClient:
 
     def _retrack(self, future: JobFuture) -> None:
         """Follow ``future`` again after :meth:`_forget` (its job may have ended since)."""
-        if not future.done():
-            self._outcomes.put((future, None))  # fetched now; tracked again if not ended
+        with self._lock:  # not after close() drained the queue: nobody would fetch it
+            if not self._closed:
+                self._outcomes.put((future, None))  # fetched now; tracked again if not ended
+                return
+        future._settle(None, error=self._closed_error(future))
 
     def _forget(self, future: JobFuture) -> None:
         with self._lock:
@@ -372,7 +368,7 @@ class DahuClient:
                 return
             if event:
                 self._last_event = time.monotonic()
-        self._outcomes.put((future, state))
+            self._outcomes.put((future, state))
 
     def _event(self, name: str, event: Any) -> None:
         """A change event of ``jobSuccess``/``jobFailure`` (Tango's event thread)."""
@@ -409,6 +405,8 @@ class DahuClient:
             if err.hopeless:
                 future._settle(None, error=ServerError(f"job {future.job_id}: {err}", err.reason))
                 return
+            if err.reason == "API_DeviceTimedOut":  # too slow to send: allow twice as long
+                future._patience = 2 * max(future._patience, self._proxy().get_timeout_millis())
             logger.warning("%s: job %s: %s", self.device, future.job_id, err)
             self._requeue(future)
             self._suspect = True
@@ -444,10 +442,12 @@ class DahuClient:
         if state is None:
             state = self._call("getJobState", job_id)
         if state == State.SUCCESS:
-            future._settle(state, output=json.loads(self._call("getJobOutput", job_id)))
+            text = self._call("getJobOutput", job_id, future._patience)
+            future._settle(state, output=json.loads(text))
         elif state in State.FINAL:
             klass = JobAborted if state == State.ABORTED else JobFailed
-            error = klass.from_error_text(job_id, self._call("getJobError", job_id))
+            text = self._call("getJobError", job_id, future._patience)
+            error = klass.from_error_text(job_id, text)
             future._settle(state, error=error)
         else:  # not ended after all (a stale value): keep waiting
             self._requeue(future)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .futures import ClientError, ServerError
+from .inputs import MAX_DEPTH, InvalidInput, parse_job_input
 from .utils import NumpyEncoder
 
 __all__ = ["check_settings", "chunks", "encode_input", "encode_inputs"]
@@ -69,8 +70,11 @@ def _encode(data: Any, where: str = "") -> str:
         raise TypeError(f"a job input must be a dict, not {type(data).__name__}{where}")
     try:
         return _ENCODER.encode(data)
-    except (TypeError, ValueError) as err:
-        raise ClientError(f"job input{where} is not JSON-serialisable: {err}") from None
+    except (TypeError, ValueError) as err:  # not the advice meant for the server's code
+        reason = str(err).split("; use sys.set_int_max_str_digits()", 1)[0]
+    except RecursionError:
+        reason = f"it is nested too deeply (the server takes at most {MAX_DEPTH} levels)"
+    raise ClientError(f"job input{where} is not JSON-serialisable: {reason}")
 
 
 def encode_input(plugin: Any, data: Any, kwargs: dict[str, Any]) -> str:
@@ -93,15 +97,24 @@ def encode_inputs(plugin: Any, inputs: Any) -> list[str]:
     return [_encode(item, f" (inputs[{i}])") for i, item in enumerate(inputs)]
 
 
-def chunks(texts: list[str], limit: int) -> Iterator[list[str]]:
-    """Split encoded inputs into batches whose JSON array stays within ``limit`` chars."""
-    chunk: list[str] = []
+def chunks(texts: list[str], limit: int) -> list[list[str]]:
+    """Split encoded inputs into batches whose JSON array stays within ``limit`` chars.
+
+    Several batches are several calls, and a refusal of one would come after the jobs
+    of the calls before it had started: each input is then checked first with the
+    server's own rules (size, nesting), so that ``map`` refuses all of them or none."""
+    batches: list[list[str]] = [[]]
     size = 0
     for text in texts:
-        if chunk and size + len(text) + 1 > limit:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(text)
+        if batches[-1] and size + len(text) + 1 > limit:
+            batches.append([])
+            size = 0
+        batches[-1].append(text)
         size += len(text) + 1
-    if chunk:
-        yield chunk
+    if len(batches) > 1:
+        for i, text in enumerate(texts):
+            try:
+                parse_job_input(text)
+            except InvalidInput as err:
+                raise ServerError(f"startJobs: {err} (inputs[{i}])", "Dahu_InvalidInput") from None
+    return batches if texts else []

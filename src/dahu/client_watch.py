@@ -21,13 +21,15 @@ __all__ = ["watch"]
 
 
 def watch(client: Any) -> None:
-    """The loop of ``client``'s watcher thread (``client`` is a ``DahuClient``).  Once no event has settled a job of ours for
-    ``poll_interval`` s: ``waitJob`` on the oldest pending job, and every
-    ``sweep_interval`` s (doubling while nothing is found; back to the start when
-    jobs are submitted) a check of every pending job, for those that ended behind a
-    long one.  After an event error: a check of every pending job at once.  The thread
-    never dies while the client is open: the futures depend on it."""
-    state = {"period": client.sweep_interval}
+    """The loop of ``client``'s watcher thread (``client`` is a ``DahuClient``).
+
+    Once no event has settled a job of ours for ``poll_interval`` s: ``waitJob`` on the
+    oldest pending job, and every ``sweep_interval`` s (doubling while nothing is found;
+    back to the start when jobs are submitted) a check of every pending job, for those
+    that ended behind a long one; while events flow, the state of the oldest pending job
+    every ``max_sweep_interval`` s.  After an event error: a check of every pending job
+    at once.  The thread never dies while the client is open: the futures depend on it."""
+    state = {"period": client.sweep_interval, "head_asked": 0.0}
     state["next_sweep"] = time.monotonic() + state["period"]
     with tango.EnsureOmniThread():
         while not client._closed:
@@ -57,8 +59,14 @@ def _round(client: Any, state: dict[str, float]) -> None:
                 return  # the server is away: try again after a pause
             continue
         if now - max(client._last_event, head._since) < client.poll_interval:
-            state["period"] = client.sweep_interval  # events flow: leave it to them
+            state["period"] = client.sweep_interval  # events flow: leave it to them,
             state["next_sweep"] = now + state["period"]
+            if now - max(head._since, state["head_asked"]) < client.max_sweep_interval:
+                return
+            state["head_asked"] = now  # but for the oldest job, whose event may be lost
+            if _wait_head(client, head, "getJobState"):
+                client._suspect = True  # it was: others may have been lost too
+                continue
             return
         if now >= state["next_sweep"]:
             found = _sweep(client, forced=False)
@@ -76,10 +84,10 @@ def _round(client: Any, state: dict[str, float]) -> None:
             return
 
 
-def _wait_head(client: Any, head: Any) -> bool:
-    """``waitJob`` on the oldest pending job; True if it has ended."""
+def _wait_head(client: Any, head: Any, command: str = "waitJob") -> bool:
+    """``waitJob`` (or ``command``) on the oldest pending job; True if it has ended."""
     try:
-        state = client._proxy().command_inout("waitJob", head.job_id)
+        state = client._proxy().command_inout(command, head.job_id)
     except ServerError:  # no proxy could be made (a server restarting): next round
         return False
     except tango.DevFailed as err:

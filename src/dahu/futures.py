@@ -63,6 +63,8 @@ class ServerError(ClientError):
             # delayed..."): say what a user can check instead
             desc = desc.split(" The connection request was delayed", 1)[0]
             desc += " (is its server running, at this address?)"
+        elif reason == "API_AttrNotFound" and "job" in desc:  # no jobSuccess/jobFailure
+            desc += " (is it a DahuDS device?)"
         elif "MessageSizeExceedLimit" in desc:  # CORBA's words for a message too large
             desc += " (the message is larger than the largest one Tango may carry)"
         return klass(f"{what}: {desc}", reason)
@@ -142,10 +144,17 @@ class JobFuture(concurrent.futures.Future):
         self._since = time.monotonic()
         self._final_state: str | None = None
         self._cancelling = threading.Lock()
+        self._patience = 0  # ms a fetch of its outcome may take (0: the client's timeout)
 
     def __repr__(self) -> str:
         state = _base._STATE_TO_DESCRIPTION_MAP.get(self._state, self._state.lower())
         return f"<JobFuture job {self.job_id} {self.plugin or ''} {state}>"
+
+    def __reduce__(self) -> Any:  # not "cannot pickle '_thread.RLock' object"
+        raise TypeError(
+            f"a JobFuture cannot be pickled (its client's threads settle it): pickle its "
+            f"job_id ({self.job_id}) and get the job back with DahuClient.job(job_id)"
+        )
 
     @property
     def id(self) -> int:
