@@ -106,6 +106,7 @@ class SQLiteJournal(BatchedWriter, Journal):
             self._ids_lock = threading.Lock()
             self._next_id = 1
             self._block_end = 0  # nothing reserved yet
+            self._queued_id = 0  # the last id of a record queued (create_later)
             self._db = self._connect()
             self._init_schema()
             # reads have their own connection: a write waiting for another process's
@@ -260,6 +261,7 @@ class SQLiteJournal(BatchedWriter, Journal):
             if job_id > self._block_end:  # the block is used up: a new one
                 job_id = self._reserve(self.ID_BLOCK)
             self._next_id = job_id + 1
+            self._queued_id = job_id
             return job_id
 
     def _reserve(self, size: int) -> int:
@@ -449,7 +451,9 @@ class SQLiteJournal(BatchedWriter, Journal):
     def newest_id(self) -> int:
         largest = self._read("SELECT COALESCE(MAX(id), 0) FROM jobs")[0][0]
         with self._ids_lock:
-            return max(largest, self._next_id - 1)  # given: its record may be queued
+            # a record queued is a job (given, in memory); not the ids a batch has taken
+            # while its transaction is still being written
+            return max(largest, self._queued_id)
 
     def select(
         self, first: int | None = None, last: int | None = None, state: str | None = None
