@@ -197,7 +197,9 @@ def test_one_sigterm_ends_a_run_whose_plugin_abort_blocks(tmp_path: Path):
     assert time.monotonic() - started < 30
     assert proc.returncode == 130, stderr
     summary = json.loads(stdout)
-    assert summary["interrupted"] and summary["still_running"] == 1
+    # its plugin's thread is abandoned after the abort grace: the job still gets its state
+    assert summary["interrupted"] and summary["still_running"] == 0
+    assert summary["total"]["aborted"] == 1
 
 
 SIGNAL_WHILE_LISTING = """
