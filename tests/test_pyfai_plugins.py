@@ -6,6 +6,7 @@ peaks sit where the rings were put; the same checks fail with a wrong geometry, 
 """
 
 import datetime
+import json
 import os
 import threading
 import time
@@ -705,3 +706,13 @@ def test_a_file_name_with_brackets_is_that_file_not_a_glob(data, tmp_path):
 def test_a_tuple_of_input_files_is_a_list_of_them(data, tmp_path):
     """From Python, as the journal (JSON) records it: a rerun gets a list and succeeds."""
     assert run_many(data, tmp_path, input_files=tuple(data["edf_files"]))["frames"] == N_FRAMES
+
+
+def test_a_json_geometry_on_one_line_is_read(data, tmp_path):
+    """pyFAI reads a JSON geometry however it is laid out (json.dumps(ai.get_config()))."""
+    config = integration.load_geometry(data["poni_file"]).get_config()
+    compact = tmp_path / "geometry.json"
+    compact.write_text(json.dumps(config))
+    _, expected, _ = read_output(run_many(data, tmp_path, input_files=data["edf_files"][:1]))
+    output = run_many(data, tmp_path, poni_file=str(compact), input_files=data["edf_files"][:1])
+    numpy.testing.assert_array_equal(read_output(output)[1], expected)

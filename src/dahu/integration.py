@@ -176,10 +176,18 @@ def load_geometry(poni_file: str) -> AzimuthalIntegrator:
     check_file(poni_file, "poni")
     try:
         with open(poni_file, encoding="utf-8") as stream:
-            # "Key: value" lines (poni) or '"key": value,' lines (JSON poni)
-            keys = {line.partition(":")[0].strip(' \t{"').lower() for line in stream}
+            text = stream.read(2**20)  # a geometry is a few hundred bytes
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"cannot read poni file '{poni_file}': {error}") from error
+    try:  # JSON, on one line or many, its geometry maybe in a section ("poni": {...})
+        config = json.loads(text)
+    except ValueError:
+        config = None
+    if isinstance(config, dict):
+        parts = [config, *(value for value in config.values() if isinstance(value, dict))]
+        keys = {str(key).lower() for part in parts for key in part}
+    else:  # "Key: value" lines
+        keys = {line.partition(":")[0].strip(' \t{"').lower() for line in text.splitlines()}
     if not keys & {"distance", "dist"} or not keys & {"detector", "pixelsize1"}:
         raise InputError(f"poni file '{poni_file}' has no distance or detector: not a geometry")
     try:
