@@ -11,7 +11,9 @@ import os
 import threading
 import time
 
+import fabio.cbfimage
 import fabio.edfimage
+import fabio.tifimage
 import h5py
 import numpy
 import pytest
@@ -406,6 +408,12 @@ def bad_files(tmp_path_factory, data):
     (root / "half.edf").write_bytes(raw[: len(raw) // 2])  # an image still being written
     paths = {"junk": str(junk), "garbage_poni": str(garbage_poni), "odd": str(odd)}
     paths["half"] = str(root / "half.edf")
+    frame = fabio.open(data["edf_files"][0]).data
+    for kind, image in [("cbf", fabio.cbfimage.CbfImage), ("tif", fabio.tifimage.TifImage)]:
+        image(data=frame).write(str(root / f"whole.{kind}"))
+        raw = (root / f"whole.{kind}").read_bytes()
+        (root / f"half.{kind}").write_bytes(raw[: len(raw) // 2])  # a Pilatus still writing
+        paths[f"half_{kind}"] = str(root / f"half.{kind}")
     return dict(paths, small=small)
 
 
@@ -455,6 +463,18 @@ BAD_INPUTS = {
         {"dark": "{half}"},
         "cannot read dark file '{half}': its data is shorter than its header says",
     ),
+    "cbf still being written": (
+        {"input_files": ["{half_cbf}"]},
+        "cannot read a frame of '{half_cbf}': AssertionError (a damaged or partly written",
+    ),
+    "tiff still being written": (
+        {"input_files": ["{half_tif}"]},
+        "cannot read a frame of '{half_tif}': no image data in it (still being written?)",
+    ),
+    "tiff dark still being written": (
+        {"dark": "{half_tif}"},
+        "cannot read dark file '{half_tif}': no image data in it",
+    ),
     "empty hdf5 stack": (
         {"input_files": ["{odd}::/empty"]},
         "input '{odd}::/empty' holds no frame",
@@ -478,6 +498,8 @@ def test_bad_input_gives_one_line_error_naming_it(case, data, bad_files, tmp_pat
         "small_mask": bad_files["small"]["mask_file"],
         "odd": bad_files["odd"],
         "half": bad_files["half"],
+        "half_cbf": bad_files["half_cbf"],
+        "half_tif": bad_files["half_tif"],
     }
 
     def fill(value):

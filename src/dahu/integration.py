@@ -242,12 +242,20 @@ def positive_int(value: Any, name: str, maximum: int | None = None) -> int:
     return number
 
 
-def _complete(image: Any) -> Any:
+def _complete(image: Any, data: bool = True) -> Any:
     """The fabio ``image``, if its data is all there: fabio pads a file that is shorter than
-    its header says (one still being written) with zeros, and only logs it."""
+    its header says (one still being written) with zeros, and only logs it; a short TIFF
+    gives no data at all. ``data=False`` for a header read alone."""
     if image.incomplete_file:
         raise ValueError("its data is shorter than its header says (still being written?)")
+    if data and not isinstance(image.data, numpy.ndarray):
+        raise ValueError("no image data in it (still being written?)")
     return image
+
+
+def _why(error: Exception) -> str:
+    """The message of ``error``, or its type when it has none (fabio's ``AssertionError``)."""
+    return str(error) or f"{type(error).__name__} (a damaged or partly written file?)"
 
 
 def read_image(path: str, what: str) -> numpy.ndarray:
@@ -257,7 +265,7 @@ def read_image(path: str, what: str) -> numpy.ndarray:
         with fabio.open(path) as image:
             return numpy.array(_complete(image).data)
     except Exception as error:  # fabio raises whatever the format reader raises
-        raise InputError(f"cannot read {what} file '{path}': {error}") from error
+        raise InputError(f"cannot read {what} file '{path}': {_why(error)}") from error
 
 
 def expand_inputs(input_files: Any) -> list[FrameSource]:
@@ -316,7 +324,7 @@ def _describe(label: str) -> FrameSource:
     check_file(path, "image")
     if not sep:
         try:
-            header = _complete(fabio.openheader(path))
+            header = _complete(fabio.openheader(path), data=False)
             return FrameSource(label, path, None, int(header.nframes), tuple(header.shape))
         except Exception as error:  # fabio raises whatever the format reader raises
             why = "HDF5: name a dataset, file.h5::/entry/data" if h5py.is_hdf5(path) else error
@@ -364,8 +372,8 @@ def iter_frames(sources: Sequence[FrameSource]) -> Iterator[tuple[str, numpy.nda
                     for index in range(source.nframes):
                         frame = _complete(image if index == 0 else image.getframe(index)).data
                         yield f"{source.label}[{index}]", frame
-        except (OSError, KeyError, ValueError) as error:
-            raise InputError(f"cannot read a frame of '{source.label}': {error}") from error
+        except Exception as error:  # fabio raises whatever the format reader raises
+            raise InputError(f"cannot read a frame of '{source.label}': {_why(error)}") from error
 
 
 def integrate(
