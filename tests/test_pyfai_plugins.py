@@ -404,6 +404,8 @@ def bad_files(tmp_path_factory, data):
     odd = root / "odd.h5"
     with h5py.File(odd, "w") as h5:
         h5["empty"] = numpy.zeros((0,) + SHAPE, numpy.int32)
+        h5["complex"] = numpy.zeros((2,) + SHAPE, complex)
+        h5["records"] = numpy.zeros((2,) + SHAPE, [("a", "i4"), ("b", "f4")])
     raw = open(data["edf_files"][0], "rb").read()
     (root / "half.edf").write_bytes(raw[: len(raw) // 2])  # an image still being written
     paths = {"junk": str(junk), "garbage_poni": str(garbage_poni), "odd": str(odd)}
@@ -475,6 +477,11 @@ BAD_INPUTS = {
         {"dark": "{half_tif}"},
         "cannot read dark file '{half_tif}': no image data in it",
     ),
+    "complex hdf5 stack": (
+        {"input_files": ["{odd}::/complex"]},
+        "HDF5 dataset '{odd}::/complex' holds complex128: expected numbers",
+    ),
+    "hdf5 stack of records": ({"input_files": ["{odd}::/records"]}, "expected numbers"),
     "empty hdf5 stack": (
         {"input_files": ["{odd}::/empty"]},
         "input '{odd}::/empty' holds no frame",

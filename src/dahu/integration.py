@@ -337,9 +337,11 @@ def _describe(label: str) -> FrameSource:
             dataset = h5.get(h5path)
             if not isinstance(dataset, h5py.Dataset):
                 raise InputError(f"HDF5 dataset '{h5path}' not found in '{path}'")
-            shape = dataset.shape
+            shape, dtype = dataset.shape, dataset.dtype
     except OSError as error:
         raise InputError(f"cannot read HDF5 file '{path}': {error}") from error
+    if dtype.kind not in "biuf":  # pyFAI drops the imaginary part, and fails on the others
+        raise InputError(f"HDF5 dataset '{label}' holds {dtype}: expected numbers")
     if len(shape) not in (2, 3):
         raise InputError(f"HDF5 dataset '{label}' has shape {shape}: expected 2D or 3D")
     if len(shape) == 2:
