@@ -745,3 +745,27 @@ def test_a_json_geometry_on_one_line_is_read(data, tmp_path):
     _, expected, _ = read_output(run_many(data, tmp_path, input_files=data["edf_files"][:1]))
     output = run_many(data, tmp_path, poni_file=str(compact), input_files=data["edf_files"][:1])
     numpy.testing.assert_array_equal(read_output(output)[1], expected)
+
+
+def test_jobs_after_one_another_never_reuse_an_engine_of_other_settings(data, tmp_path):
+    """The same poni and mask paths with other contents, other masks, methods, units: every
+    curve is bare pyFAI's, however the integrator cache was filled before."""
+    poni, mask_file = tmp_path / "g.poni", tmp_path / "m.edf"
+    text = open(data["poni_file"]).read()
+    strip = fabio.open(data["mask_file"]).data
+    frame = fabio.open(data["edf_files"][0]).data
+    runs = [({}, text, None), ({}, text, strip), ({}, text, strip.T), ({}, text, None),
+            ({"unit": "2th_deg"}, text, strip.T), ({"method": "no,csr,cython"}, text, strip.T),
+            ({}, text.replace("Distance: 0.1", "Distance: 0.11"), strip.T)]  # fmt: skip
+    for options, geometry, mask in runs:
+        poni.write_text(geometry)
+        params = dict(options, poni_file=str(poni), input_files=data["edf_files"][:1])
+        if mask is not None:
+            fabio.edfimage.EdfImage(data=mask.astype(numpy.int8)).write(str(mask_file))
+            params["mask"] = str(mask_file)
+        _, intensity, _ = read_output(run_many(data, tmp_path, **params))
+        method = tuple(options.get("method", "full,csr,cython").split(","))
+        expected = integration.load_geometry(str(poni)).integrate1d(
+            frame, NPT, unit=options.get("unit", "q_nm^-1"), method=method, mask=mask
+        )
+        numpy.testing.assert_allclose(intensity[0], expected.intensity, rtol=1e-5, err_msg=params)
