@@ -456,6 +456,7 @@ BAD_INPUTS = {
         {"monitor_values": [1.0] * 10**5 + [0.0]},
         "monitor_values[100000] must be a positive number, got 0.0",
     ),
+    "polarization as a switch": ({"polarization_factor": True}, "polarization_factor must be"),
     "do_SA as a word": ({"do_SA": "false"}, "do_SA must be true or false, got 'false'"),
     "image still being written": (
         {"input_files": ["{half}"]},

@@ -209,8 +209,9 @@ def parse_settings(params: dict[str, Any]) -> Settings:
         if error_model not in ERROR_MODELS:
             raise InputError(f"unknown error_model {error_model!r}: expected one of {ERROR_MODELS}")
     polarization = params.get("polarization_factor")
-    if polarization is not None and not (
-        isinstance(polarization, (int, float)) and -1 <= polarization <= 1
+    if polarization is not None and (  # true is not a factor: 1 would be a silent choice
+        isinstance(polarization, bool)
+        or not (isinstance(polarization, (int, float)) and -1 <= polarization <= 1)
     ):
         raise InputError(f"polarization_factor must be a number in [-1, 1], got {polarization!r}")
     do_sa = params.get("do_SA", True)
