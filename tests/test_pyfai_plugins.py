@@ -410,6 +410,8 @@ def bad_files(tmp_path_factory, data):
     (root / "half.edf").write_bytes(raw[: len(raw) // 2])  # an image still being written
     paths = {"junk": str(junk), "garbage_poni": str(garbage_poni), "odd": str(odd)}
     paths["half"] = str(root / "half.edf")
+    paths["full_mask"] = str(root / "full_mask.edf")
+    fabio.edfimage.EdfImage(data=numpy.ones(SHAPE, numpy.int8)).write(paths["full_mask"])
     frame = fabio.open(data["edf_files"][0]).data
     for kind, image in [("cbf", fabio.cbfimage.CbfImage), ("tif", fabio.tifimage.TifImage)]:
         image(data=frame).write(str(root / f"whole.{kind}"))
@@ -457,6 +459,7 @@ BAD_INPUTS = {
         "monitor_values[100000] must be a positive number, got 0.0",
     ),
     "polarization as a switch": ({"polarization_factor": True}, "polarization_factor must be"),
+    "mask of every pixel": ({"mask": "{full_mask}"}, "mask file '{full_mask}' masks every pixel"),
     "do_SA as a word": ({"do_SA": "false"}, "do_SA must be true or false, got 'false'"),
     "image still being written": (
         {"input_files": ["{half}"]},
@@ -506,6 +509,7 @@ def test_bad_input_gives_one_line_error_naming_it(case, data, bad_files, tmp_pat
         "small_mask": bad_files["small"]["mask_file"],
         "odd": bad_files["odd"],
         "half": bad_files["half"],
+        "full_mask": bad_files["full_mask"],
         "half_cbf": bad_files["half_cbf"],
         "half_tif": bad_files["half_tif"],
     }

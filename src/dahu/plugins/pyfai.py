@@ -234,6 +234,8 @@ def parse_settings(params: dict[str, Any]) -> Settings:
                 )
     if "mask" in images:  # pyFAI casts a mask to int8: 256 or 0.5 would mask nothing
         images["mask"] = images["mask"] != 0
+        if images["mask"].all():  # pyFAI would give curves of zeros (at a radial axis of 0)
+            raise InputError(f"mask file '{params['mask']}' masks every pixel (0 is valid)")
     settings = Settings(
         poni_file, ai, unit, npt, npt_azim, method, sources, images, None, error_model,
         polarization, bool(do_sa),
