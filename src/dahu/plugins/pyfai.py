@@ -268,7 +268,8 @@ class IntegrateManyFrames(Plugin):
     by default a job writes ``NNNNN_pyfai.integratemanyframes.h5`` next to its ``.inp`` file).
 
     Output: ``output_file``, ``frames`` (integrated), ``total_frames``, ``aborted``, ``unit``,
-    ``timings`` (seconds) and ``integrator`` (cache key, whether it was reused).
+    ``npt``, ``npt_azim``, ``error_model``, ``timings`` (seconds) and ``integrator`` (cache
+    key, whether it was reused).
 
     ``frame_callback``, if set, is called as ``frame_callback(index, total)`` after each frame.
     """
