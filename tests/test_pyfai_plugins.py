@@ -6,11 +6,14 @@ peaks sit where the rings were put; the same checks fail with a wrong geometry, 
 """
 
 import datetime
+import json
 import os
 import threading
 import time
 
+import fabio.cbfimage
 import fabio.edfimage
+import fabio.tifimage
 import h5py
 import numpy
 import pytest
@@ -401,10 +404,20 @@ def bad_files(tmp_path_factory, data):
     odd = root / "odd.h5"
     with h5py.File(odd, "w") as h5:
         h5["empty"] = numpy.zeros((0,) + SHAPE, numpy.int32)
+        h5["complex"] = numpy.zeros((2,) + SHAPE, complex)
+        h5["records"] = numpy.zeros((2,) + SHAPE, [("a", "i4"), ("b", "f4")])
     raw = open(data["edf_files"][0], "rb").read()
     (root / "half.edf").write_bytes(raw[: len(raw) // 2])  # an image still being written
     paths = {"junk": str(junk), "garbage_poni": str(garbage_poni), "odd": str(odd)}
     paths["half"] = str(root / "half.edf")
+    paths["full_mask"] = str(root / "full_mask.edf")
+    fabio.edfimage.EdfImage(data=numpy.ones(SHAPE, numpy.int8)).write(paths["full_mask"])
+    frame = fabio.open(data["edf_files"][0]).data
+    for kind, image in [("cbf", fabio.cbfimage.CbfImage), ("tif", fabio.tifimage.TifImage)]:
+        image(data=frame).write(str(root / f"whole.{kind}"))
+        raw = (root / f"whole.{kind}").read_bytes()
+        (root / f"half.{kind}").write_bytes(raw[: len(raw) // 2])  # a Pilatus still writing
+        paths[f"half_{kind}"] = str(root / f"half.{kind}")
     return dict(paths, small=small)
 
 
@@ -445,6 +458,8 @@ BAD_INPUTS = {
         {"monitor_values": [1.0] * 10**5 + [0.0]},
         "monitor_values[100000] must be a positive number, got 0.0",
     ),
+    "polarization as a switch": ({"polarization_factor": True}, "polarization_factor must be"),
+    "mask of every pixel": ({"mask": "{full_mask}"}, "mask file '{full_mask}' masks every pixel"),
     "do_SA as a word": ({"do_SA": "false"}, "do_SA must be true or false, got 'false'"),
     "image still being written": (
         {"input_files": ["{half}"]},
@@ -454,6 +469,23 @@ BAD_INPUTS = {
         {"dark": "{half}"},
         "cannot read dark file '{half}': its data is shorter than its header says",
     ),
+    "cbf still being written": (
+        {"input_files": ["{half_cbf}"]},
+        "cannot read a frame of '{half_cbf}': AssertionError (a damaged or partly written",
+    ),
+    "tiff still being written": (
+        {"input_files": ["{half_tif}"]},
+        "cannot read a frame of '{half_tif}': no image data in it (still being written?)",
+    ),
+    "tiff dark still being written": (
+        {"dark": "{half_tif}"},
+        "cannot read dark file '{half_tif}': no image data in it",
+    ),
+    "complex hdf5 stack": (
+        {"input_files": ["{odd}::/complex"]},
+        "HDF5 dataset '{odd}::/complex' holds complex128: expected numbers",
+    ),
+    "hdf5 stack of records": ({"input_files": ["{odd}::/records"]}, "expected numbers"),
     "empty hdf5 stack": (
         {"input_files": ["{odd}::/empty"]},
         "input '{odd}::/empty' holds no frame",
@@ -477,6 +509,9 @@ def test_bad_input_gives_one_line_error_naming_it(case, data, bad_files, tmp_pat
         "small_mask": bad_files["small"]["mask_file"],
         "odd": bad_files["odd"],
         "half": bad_files["half"],
+        "full_mask": bad_files["full_mask"],
+        "half_cbf": bad_files["half_cbf"],
+        "half_tif": bad_files["half_tif"],
     }
 
     def fill(value):
@@ -705,3 +740,37 @@ def test_a_file_name_with_brackets_is_that_file_not_a_glob(data, tmp_path):
 def test_a_tuple_of_input_files_is_a_list_of_them(data, tmp_path):
     """From Python, as the journal (JSON) records it: a rerun gets a list and succeeds."""
     assert run_many(data, tmp_path, input_files=tuple(data["edf_files"]))["frames"] == N_FRAMES
+
+
+def test_a_json_geometry_on_one_line_is_read(data, tmp_path):
+    """pyFAI reads a JSON geometry however it is laid out (json.dumps(ai.get_config()))."""
+    config = integration.load_geometry(data["poni_file"]).get_config()
+    compact = tmp_path / "geometry.json"
+    compact.write_text(json.dumps(config))
+    _, expected, _ = read_output(run_many(data, tmp_path, input_files=data["edf_files"][:1]))
+    output = run_many(data, tmp_path, poni_file=str(compact), input_files=data["edf_files"][:1])
+    numpy.testing.assert_array_equal(read_output(output)[1], expected)
+
+
+def test_jobs_after_one_another_never_reuse_an_engine_of_other_settings(data, tmp_path):
+    """The same poni and mask paths with other contents, other masks, methods, units: every
+    curve is bare pyFAI's, however the integrator cache was filled before."""
+    poni, mask_file = tmp_path / "g.poni", tmp_path / "m.edf"
+    text = open(data["poni_file"]).read()
+    strip = fabio.open(data["mask_file"]).data
+    frame = fabio.open(data["edf_files"][0]).data
+    runs = [({}, text, None), ({}, text, strip), ({}, text, strip.T), ({}, text, None),
+            ({"unit": "2th_deg"}, text, strip.T), ({"method": "no,csr,cython"}, text, strip.T),
+            ({}, text.replace("Distance: 0.1", "Distance: 0.11"), strip.T)]  # fmt: skip
+    for options, geometry, mask in runs:
+        poni.write_text(geometry)
+        params = dict(options, poni_file=str(poni), input_files=data["edf_files"][:1])
+        if mask is not None:
+            fabio.edfimage.EdfImage(data=mask.astype(numpy.int8)).write(str(mask_file))
+            params["mask"] = str(mask_file)
+        _, intensity, _ = read_output(run_many(data, tmp_path, **params))
+        method = tuple(options.get("method", "full,csr,cython").split(","))
+        expected = integration.load_geometry(str(poni)).integrate1d(
+            frame, NPT, unit=options.get("unit", "q_nm^-1"), method=method, mask=mask
+        )
+        numpy.testing.assert_allclose(intensity[0], expected.intensity, rtol=1e-5, err_msg=params)

@@ -176,10 +176,18 @@ def load_geometry(poni_file: str) -> AzimuthalIntegrator:
     check_file(poni_file, "poni")
     try:
         with open(poni_file, encoding="utf-8") as stream:
-            # "Key: value" lines (poni) or '"key": value,' lines (JSON poni)
-            keys = {line.partition(":")[0].strip(' \t{"').lower() for line in stream}
+            text = stream.read(2**20)  # a geometry is a few hundred bytes
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"cannot read poni file '{poni_file}': {error}") from error
+    try:  # JSON, on one line or many, its geometry maybe in a section ("poni": {...})
+        config = json.loads(text)
+    except ValueError:
+        config = None
+    if isinstance(config, dict):
+        parts = [config, *(value for value in config.values() if isinstance(value, dict))]
+        keys = {str(key).lower() for part in parts for key in part}
+    else:  # "Key: value" lines
+        keys = {line.partition(":")[0].strip(' \t{"').lower() for line in text.splitlines()}
     if not keys & {"distance", "dist"} or not keys & {"detector", "pixelsize1"}:
         raise InputError(f"poni file '{poni_file}' has no distance or detector: not a geometry")
     try:
@@ -234,12 +242,20 @@ def positive_int(value: Any, name: str, maximum: int | None = None) -> int:
     return number
 
 
-def _complete(image: Any) -> Any:
+def _complete(image: Any, data: bool = True) -> Any:
     """The fabio ``image``, if its data is all there: fabio pads a file that is shorter than
-    its header says (one still being written) with zeros, and only logs it."""
+    its header says (one still being written) with zeros, and only logs it; a short TIFF
+    gives no data at all. ``data=False`` for a header read alone."""
     if image.incomplete_file:
         raise ValueError("its data is shorter than its header says (still being written?)")
+    if data and not isinstance(image.data, numpy.ndarray):
+        raise ValueError("no image data in it (still being written?)")
     return image
+
+
+def _why(error: Exception) -> str:
+    """The message of ``error``, or its type when it has none (fabio's ``AssertionError``)."""
+    return str(error) or f"{type(error).__name__} (a damaged or partly written file?)"
 
 
 def read_image(path: str, what: str) -> numpy.ndarray:
@@ -249,7 +265,7 @@ def read_image(path: str, what: str) -> numpy.ndarray:
         with fabio.open(path) as image:
             return numpy.array(_complete(image).data)
     except Exception as error:  # fabio raises whatever the format reader raises
-        raise InputError(f"cannot read {what} file '{path}': {error}") from error
+        raise InputError(f"cannot read {what} file '{path}': {_why(error)}") from error
 
 
 def expand_inputs(input_files: Any) -> list[FrameSource]:
@@ -308,7 +324,7 @@ def _describe(label: str) -> FrameSource:
     check_file(path, "image")
     if not sep:
         try:
-            header = _complete(fabio.openheader(path))
+            header = _complete(fabio.openheader(path), data=False)
             return FrameSource(label, path, None, int(header.nframes), tuple(header.shape))
         except Exception as error:  # fabio raises whatever the format reader raises
             why = "HDF5: name a dataset, file.h5::/entry/data" if h5py.is_hdf5(path) else error
@@ -321,9 +337,11 @@ def _describe(label: str) -> FrameSource:
             dataset = h5.get(h5path)
             if not isinstance(dataset, h5py.Dataset):
                 raise InputError(f"HDF5 dataset '{h5path}' not found in '{path}'")
-            shape = dataset.shape
+            shape, dtype = dataset.shape, dataset.dtype
     except OSError as error:
         raise InputError(f"cannot read HDF5 file '{path}': {error}") from error
+    if dtype.kind not in "biuf":  # pyFAI drops the imaginary part, and fails on the others
+        raise InputError(f"HDF5 dataset '{label}' holds {dtype}: expected numbers")
     if len(shape) not in (2, 3):
         raise InputError(f"HDF5 dataset '{label}' has shape {shape}: expected 2D or 3D")
     if len(shape) == 2:
@@ -356,8 +374,8 @@ def iter_frames(sources: Sequence[FrameSource]) -> Iterator[tuple[str, numpy.nda
                     for index in range(source.nframes):
                         frame = _complete(image if index == 0 else image.getframe(index)).data
                         yield f"{source.label}[{index}]", frame
-        except (OSError, KeyError, ValueError) as error:
-            raise InputError(f"cannot read a frame of '{source.label}': {error}") from error
+        except Exception as error:  # fabio raises whatever the format reader raises
+            raise InputError(f"cannot read a frame of '{source.label}': {_why(error)}") from error
 
 
 def integrate(

@@ -209,8 +209,9 @@ def parse_settings(params: dict[str, Any]) -> Settings:
         if error_model not in ERROR_MODELS:
             raise InputError(f"unknown error_model {error_model!r}: expected one of {ERROR_MODELS}")
     polarization = params.get("polarization_factor")
-    if polarization is not None and not (
-        isinstance(polarization, (int, float)) and -1 <= polarization <= 1
+    if polarization is not None and (  # true is not a factor: 1 would be a silent choice
+        isinstance(polarization, bool)
+        or not (isinstance(polarization, (int, float)) and -1 <= polarization <= 1)
     ):
         raise InputError(f"polarization_factor must be a number in [-1, 1], got {polarization!r}")
     do_sa = params.get("do_SA", True)
@@ -233,6 +234,8 @@ def parse_settings(params: dict[str, Any]) -> Settings:
                 )
     if "mask" in images:  # pyFAI casts a mask to int8: 256 or 0.5 would mask nothing
         images["mask"] = images["mask"] != 0
+        if images["mask"].all():  # pyFAI would give curves of zeros (at a radial axis of 0)
+            raise InputError(f"mask file '{params['mask']}' masks every pixel (0 is valid)")
     settings = Settings(
         poni_file, ai, unit, npt, npt_azim, method, sources, images, None, error_model,
         polarization, bool(do_sa),
@@ -265,7 +268,8 @@ class IntegrateManyFrames(Plugin):
     by default a job writes ``NNNNN_pyfai.integratemanyframes.h5`` next to its ``.inp`` file).
 
     Output: ``output_file``, ``frames`` (integrated), ``total_frames``, ``aborted``, ``unit``,
-    ``timings`` (seconds) and ``integrator`` (cache key, whether it was reused).
+    ``npt``, ``npt_azim``, ``error_model``, ``timings`` (seconds) and ``integrator`` (cache
+    key, whether it was reused).
 
     ``frame_callback``, if set, is called as ``frame_callback(index, total)`` after each frame.
     """
