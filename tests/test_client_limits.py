@@ -297,3 +297,42 @@ def test_pickling_a_future_says_what_to_pickle_instead(server):
                 f"job_id ({future.job_id}) and get the job back with DahuClient.job(job_id)"
             )
         assert dahu.job(future.job_id).result(timeout=30)["result"] == 4
+
+
+def test_a_future_followed_again_while_job_id_made_another_one_still_ends(server):
+    # bug: a future out of the client's books for a moment (its cancel() failed, its
+    # outcome could not be read) was tracked again only if no other future of its job
+    # was: job(id) asked meanwhile made one, and the first future waited for ever
+    with DahuClient(server.url, poll_interval=0.2) as dahu:
+        future = dahu.submit("example.sleep", t=1)
+        while future.state != "running":
+            time.sleep(0.01)
+        asked, go = threading.Event(), threading.Event()
+        real_call = dahu._call
+
+        def unreachable_abort(command, argument=None, millis=0):
+            if command != "abort":
+                return real_call(command, argument, millis)
+            asked.set()
+            assert go.wait(30)
+            raise ServerError("abort: Failed to connect to device", "API_ServerNotRunning")
+
+        dahu._call = unreachable_abort
+        errors = []
+        canceller = threading.Thread(target=lambda: errors.append(_raised(future.cancel)))
+        canceller.start()
+        assert asked.wait(30)
+        other = dahu.job(future.job_id)  # while cancel() waits for the server
+        go.set()
+        canceller.join(30)
+        assert errors == [ServerError]
+        assert other.result(timeout=30)["slept"] is True
+        assert future.result(timeout=10)["slept"] is True
+
+
+def _raised(call):
+    try:
+        call()
+    except Exception as err:
+        return type(err)
+    return None
