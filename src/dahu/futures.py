@@ -168,7 +168,8 @@ class JobFuture(concurrent.futures.Future):
         Return True when the server accepted (the job was queued or running): the future
         is then cancelled at once (``result()`` raises :class:`JobAborted`) while the job
         stops as soon as its plugin notices; True again on a cancelled future, as for any
-        future.  False if the job had ended already.
+        future.  False if the job had ended already; :class:`ServerError` if the server
+        cannot be asked (the future and its job go on).
         """
         with self._cancelling:  # one at a time: a second one is told what the first did
             if self.cancelled():
