@@ -208,24 +208,26 @@ class JobFuture(concurrent.futures.Future):
     def result(self, timeout: float | None = None) -> dict[str, Any]:
         """The job's output dict, waiting at most ``timeout`` s (``TimeoutError`` then);
         raises :class:`JobFailed` or :class:`JobAborted` if the job did not succeed."""
-        timeout = self._client._help(self, timeout)  # in a callback: fetch meanwhile
-        try:
-            return super().result(timeout)
-        except concurrent.futures.CancelledError as err:
-            if isinstance(err, JobAborted):
-                raise
-            raise self._aborted() from None
+        return self._wait(super().result, timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The job's :class:`JobError` (None if it succeeded), waiting at most ``timeout`` s;
         raises :class:`JobAborted` once :meth:`cancel` cancelled the future."""
-        timeout = self._client._help(self, timeout)
+        return self._wait(super().exception, timeout)
+
+    def _wait(self, get: Any, timeout: float | None) -> Any:
+        """``get(timeout)``, the ``Future`` method, with :class:`JobAborted` for a cancelled
+        future and a ``TimeoutError`` that says which job (Future's says nothing)."""
+        left = self._client._help(self, timeout)  # in a callback: fetch meanwhile
         try:
-            return super().exception(timeout)
+            return get(left)
         except concurrent.futures.CancelledError as err:
             if isinstance(err, JobAborted):
                 raise
             raise self._aborted() from None
+        except concurrent.futures.TimeoutError:
+            message = f"job {self.job_id} has not ended within {timeout:g} s"
+            raise concurrent.futures.TimeoutError(message) from None
 
     # -- the job on the server
     @property
