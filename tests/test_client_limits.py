@@ -11,7 +11,7 @@ import time
 import pytest
 import tango
 
-from dahu.client import ClientClosed, DahuClient, JobAborted, JobNotFound, ServerError
+from dahu.client import ClientClosed, DahuClient, JobAborted, JobFailed, JobNotFound, ServerError
 
 from .conftest import running_server
 
@@ -336,3 +336,19 @@ def _raised(call):
     except Exception as err:
         return type(err)
     return None
+
+
+def test_job_errors_cross_processes_whole(server):
+    # bug: pickle (a process pool returning the error) and deepcopy of a JobFailed or
+    # JobAborted failed: "JobError.__init__() missing 2 required positional arguments"
+    import copy
+    import pickle
+
+    with DahuClient(server.url) as dahu:
+        error = dahu.submit("example.error", message="no beam").exception(timeout=30)
+    for again in (pickle.loads(pickle.dumps(error)), copy.deepcopy(error)):
+        assert type(again) is JobFailed and str(again) == str(error)
+        assert (again.job_id, again.state, again.reason) == (error.job_id, "failure", error.reason)
+        assert again.traceback == error.traceback and "raise ValueError" in again.traceback
+    aborted = pickle.loads(pickle.dumps(JobAborted(7, "aborted", "aborted by cancel()")))
+    assert isinstance(aborted, JobAborted) and str(aborted) == "job 7 aborted: aborted by cancel()"

@@ -99,6 +99,9 @@ class JobError(ClientError):
         self.reason = reason
         self.traceback = traceback
 
+    def __reduce__(self) -> Any:  # pickled (a process pool's result), copied: whole
+        return type(self), (self.job_id, self.state, self.reason, self.traceback)
+
     @classmethod
     def from_error_text(cls, job_id: int, text: str) -> JobError:
         """Build from the text of ``getJobError``: a reason line, then the traceback."""
