@@ -159,9 +159,13 @@ def test_cancel_of_a_job_that_ended_returns_false(client):
 
 
 def test_result_timeout(client):
+    # bug: the TimeoutError had no message: a log said "TimeoutError" and nothing more
     future = client.submit("example.sleep", t=60)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError) as info:
         future.result(timeout=0.2)
+    assert str(info.value) == f"job {future.job_id} has not ended within 0.2 s"
+    with pytest.raises(TimeoutError, match=f"^job {future.job_id} has not ended within 0 s$"):
+        future.exception(timeout=0)
     assert not future.done()
     assert future.cancel()
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import tango
 
-from dahu.client import ClientClosed, DahuClient, JobAborted, JobNotFound, ServerError
+from dahu.client import ClientClosed, DahuClient, JobAborted, JobFailed, JobNotFound, ServerError
 
 from .conftest import running_server
 
@@ -297,3 +297,58 @@ def test_pickling_a_future_says_what_to_pickle_instead(server):
                 f"job_id ({future.job_id}) and get the job back with DahuClient.job(job_id)"
             )
         assert dahu.job(future.job_id).result(timeout=30)["result"] == 4
+
+
+def test_a_future_followed_again_while_job_id_made_another_one_still_ends(server):
+    # bug: a future out of the client's books for a moment (its cancel() failed, its
+    # outcome could not be read) was tracked again only if no other future of its job
+    # was: job(id) asked meanwhile made one, and the first future waited for ever
+    with DahuClient(server.url, poll_interval=0.2) as dahu:
+        future = dahu.submit("example.sleep", t=1)
+        while future.state != "running":
+            time.sleep(0.01)
+        asked, go = threading.Event(), threading.Event()
+        real_call = dahu._call
+
+        def unreachable_abort(command, argument=None, millis=0):
+            if command != "abort":
+                return real_call(command, argument, millis)
+            asked.set()
+            assert go.wait(30)
+            raise ServerError("abort: Failed to connect to device", "API_ServerNotRunning")
+
+        dahu._call = unreachable_abort
+        errors = []
+        canceller = threading.Thread(target=lambda: errors.append(_raised(future.cancel)))
+        canceller.start()
+        assert asked.wait(30)
+        other = dahu.job(future.job_id)  # while cancel() waits for the server
+        go.set()
+        canceller.join(30)
+        assert errors == [ServerError]
+        assert other.result(timeout=30)["slept"] is True
+        assert future.result(timeout=10)["slept"] is True
+
+
+def _raised(call):
+    try:
+        call()
+    except Exception as err:
+        return type(err)
+    return None
+
+
+def test_job_errors_cross_processes_whole(server):
+    # bug: pickle (a process pool returning the error) and deepcopy of a JobFailed or
+    # JobAborted failed: "JobError.__init__() missing 2 required positional arguments"
+    import copy
+    import pickle
+
+    with DahuClient(server.url) as dahu:
+        error = dahu.submit("example.error", message="no beam").exception(timeout=30)
+    for again in (pickle.loads(pickle.dumps(error)), copy.deepcopy(error)):
+        assert type(again) is JobFailed and str(again) == str(error)
+        assert (again.job_id, again.state, again.reason) == (error.job_id, "failure", error.reason)
+        assert again.traceback == error.traceback and "raise ValueError" in again.traceback
+    aborted = pickle.loads(pickle.dumps(JobAborted(7, "aborted", "aborted by cancel()")))
+    assert isinstance(aborted, JobAborted) and str(aborted) == "job 7 aborted: aborted by cancel()"

@@ -135,11 +135,10 @@ class DahuClient:
         self._subscriptions: list[int] = []
         try:
             self._events_proxy.ping()
-            for name in ("jobSuccess", "jobFailure"):
+            for name in ("jobSuccess", "jobFailure"):  # each event handed over at once
+                handler = lambda event, name=name: self._event(name, event)  # noqa: E731
                 self._subscriptions.append(
-                    self._events_proxy.subscribe_event(
-                        name, tango.EventType.CHANGE_EVENT, _EventHandler(self, name)
-                    )
+                    self._events_proxy.subscribe_event(name, tango.EventType.CHANGE_EVENT, handler)
                 )
         except tango.DevFailed as err:
             self._unsubscribe()
@@ -453,11 +452,15 @@ class DahuClient:
             self._requeue(future)
 
     def _requeue(self, future: JobFuture) -> None:
+        other = None
         with self._lock:
             if not self._closed and not future.done():
-                self._pending.setdefault(future.job_id, future)
-                return
-        if not future.done():
+                other = self._pending.setdefault(future.job_id, future)
+                if other is future:
+                    return
+        if other is not None:  # job(id) made another future of the job meanwhile:
+            other.add_done_callback(lambda _: self._retrack(future))  # fetched after it
+        elif not future.done():
             future._settle(None, error=self._closed_error(future))
 
     def _closed_error(self, future: JobFuture) -> ClientClosed:
@@ -505,15 +508,3 @@ class DahuClient:
                 item[0]._settle(None, error=self._closed_error(item[0]))
         if threading.current_thread() in self._threads:  # from a callback: its stop signal
             self._outcomes.put(None)  # was drained above
-
-
-class _EventHandler:
-    """The callback of one subscription: hands each event to the client at once."""
-
-    def __init__(self, client: DahuClient, name: str):
-        self.client = client
-        self.name = name
-
-    def push_event(self, event: Any) -> None:
-        """Called by Tango for each event."""
-        self.client._event(self.name, event)

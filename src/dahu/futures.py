@@ -99,6 +99,9 @@ class JobError(ClientError):
         self.reason = reason
         self.traceback = traceback
 
+    def __reduce__(self) -> Any:  # pickled (a process pool's result), copied: whole
+        return type(self), (self.job_id, self.state, self.reason, self.traceback)
+
     @classmethod
     def from_error_text(cls, job_id: int, text: str) -> JobError:
         """Build from the text of ``getJobError``: a reason line, then the traceback."""
@@ -168,7 +171,8 @@ class JobFuture(concurrent.futures.Future):
         Return True when the server accepted (the job was queued or running): the future
         is then cancelled at once (``result()`` raises :class:`JobAborted`) while the job
         stops as soon as its plugin notices; True again on a cancelled future, as for any
-        future.  False if the job had ended already.
+        future.  False if the job had ended already; :class:`ServerError` if the server
+        cannot be asked (the future and its job go on).
         """
         with self._cancelling:  # one at a time: a second one is told what the first did
             if self.cancelled():
@@ -207,24 +211,26 @@ class JobFuture(concurrent.futures.Future):
     def result(self, timeout: float | None = None) -> dict[str, Any]:
         """The job's output dict, waiting at most ``timeout`` s (``TimeoutError`` then);
         raises :class:`JobFailed` or :class:`JobAborted` if the job did not succeed."""
-        timeout = self._client._help(self, timeout)  # in a callback: fetch meanwhile
-        try:
-            return super().result(timeout)
-        except concurrent.futures.CancelledError as err:
-            if isinstance(err, JobAborted):
-                raise
-            raise self._aborted() from None
+        return self._wait(super().result, timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The job's :class:`JobError` (None if it succeeded), waiting at most ``timeout`` s;
         raises :class:`JobAborted` once :meth:`cancel` cancelled the future."""
-        timeout = self._client._help(self, timeout)
+        return self._wait(super().exception, timeout)
+
+    def _wait(self, get: Any, timeout: float | None) -> Any:
+        """``get(timeout)``, the ``Future`` method, with :class:`JobAborted` for a cancelled
+        future and a ``TimeoutError`` that says which job (Future's says nothing)."""
+        left = self._client._help(self, timeout)  # in a callback: fetch meanwhile
         try:
-            return super().exception(timeout)
+            return get(left)
         except concurrent.futures.CancelledError as err:
             if isinstance(err, JobAborted):
                 raise
             raise self._aborted() from None
+        except concurrent.futures.TimeoutError:
+            message = f"job {self.job_id} has not ended within {timeout:g} s"
+            raise concurrent.futures.TimeoutError(message) from None
 
     # -- the job on the server
     @property
