@@ -112,6 +112,17 @@ def test_unknown_or_outside_names_give_a_one_line_reason(name):
     assert repr(name) in message
 
 
+@pytest.mark.parametrize("name", ["a" * 100_000 + ".x", "not a name " * 10_000])
+def test_the_reason_for_a_huge_name_is_short(name):
+    # bug: the reason held the whole name twice (module and plugin): a client sending a
+    # name of 100 kB got a one-line message of 200 kB
+    with pytest.raises(UnknownPlugin) as info:
+        Factory()(name)
+    message = str(info.value)
+    assert len(message) < 1000 and "\n" not in message
+    assert message.startswith(("unknown plugin 'aaaa", "invalid plugin name 'not a name"))
+
+
 def test_unknown_plugin_reason_lists_directories():
     factory = Factory()
     with pytest.raises(UnknownPlugin, match="no module 'nomodule' found in .*plugins"):

@@ -245,18 +245,20 @@ class Factory:
         raise UnknownPlugin(self.describe_failure(plugin_name))
 
     def describe_failure(self, plugin_name: str) -> str:
-        """A one-line reason why ``plugin_name`` cannot be instantiated."""
+        """A one-line reason why ``plugin_name`` cannot be instantiated (a name of
+        100 kB is cut: the reason is read, not the name)."""
+        name = _shown(plugin_name)
         if not isinstance(plugin_name, str) or not _NAME_RE.match(plugin_name):
             return (
-                f"invalid plugin name {plugin_name!r}: expected 'module.name' "
-                f"(letters, digits, underscores)"
+                f"invalid plugin name {name}: expected 'module.name' (letters, digits, underscores)"
             )
         module_name = plugin_name.lower().split(".", 1)[0]
+        module = _shown(module_name)
         self._sync_env()
         dirs = ", ".join(self._search_order()) or "(none)"
         if module_name in Factory.modules:
-            return f"unknown plugin {plugin_name!r}: module {module_name!r} does not define it"
-        return f"unknown plugin {plugin_name!r}: no module {module_name!r} found in {dirs}"
+            return f"unknown plugin {name}: module {module} does not define it"
+        return f"unknown plugin {name}: no module {module} found in {dirs}"
 
     def get_class(self, plugin_name: str) -> type:
         """Return the registered class of ``plugin_name`` or raise :class:`UnknownPlugin`."""
@@ -265,7 +267,9 @@ class Factory:
         except DahuError:
             raise
         except BaseException as err:  # SystemExit or worse from a module's code included
-            raise UnknownPlugin(f"cannot load plugin {plugin_name!r}: {error_line(err)}") from err
+            raise UnknownPlugin(
+                f"cannot load plugin {_shown(plugin_name)}: {error_line(err)}"
+            ) from err
         if klass is None:
             raise UnknownPlugin(self.describe_failure(plugin_name))
         return klass
@@ -329,3 +333,9 @@ def plugin_settings(klass: Any) -> dict[str, tuple[str, ...]]:
         name: tuple(getattr(klass, name, None) or getattr(function, name, None) or ())
         for name in REPROCESS_SETTINGS
     }
+
+
+def _shown(name: Any, limit: int = 200) -> str:
+    """``repr(name)``, cut to about ``limit`` characters."""
+    text = repr(name)
+    return text if len(text) <= limit else f"{text[: limit - 4]}...{text[-1]}"
