@@ -440,6 +440,8 @@ def test_close_unsubscribes_and_fails_pending_futures(server, proxy):
         future.result(timeout=5)
     with pytest.raises(ClientClosed):
         dahu.submit("example.square", x=1)
+    with pytest.raises(ClientClosed):  # bug: it answered, as if the client were open
+        dahu.plugins()
     dahu.close()  # twice: nothing more
     assert proxy.getJobState(future.job_id) in ("starting", "running")  # the job goes on
     assert future.state in ("starting", "running")  # asked: it was "inexistant"

@@ -266,6 +266,8 @@ class DahuClient:
 
     def plugins(self, timeout: float = 60.0) -> dict[str, str]:
         """The plugins the server offers: name → first line of its documentation."""
+        if self._closed:
+            raise ClientClosed(f"the client of {self.device} is closed")
         deadline = time.monotonic() + timeout
         while True:
             try:
