@@ -871,14 +871,12 @@ def test_two_servers_of_one_machine_keep_their_own_tokens(engine, browser):
             service.stop()
 
 
-@pytest.mark.parametrize("transport", ["", "&transport=poll"])
-def test_a_page_whose_token_changed_says_so_and_stops(engine, browser, monkeypatch, transport):
-    """The server restarted with a new generated token while the page stayed open: the
-    page said "reconnecting" and asked again forever, all day; it must say that access is
-    refused and stop asking."""
+@pytest.fixture
+def counted_requests(monkeypatch):
+    """The paths of the requests the web services of this process answer."""
     import dahu.web.app
 
-    asked = []
+    asked: list[str] = []
     prepare = dahu.web.app._Base.prepare
 
     def counted(handler):
@@ -886,6 +884,15 @@ def test_a_page_whose_token_changed_says_so_and_stops(engine, browser, monkeypat
         return prepare(handler)
 
     monkeypatch.setattr(dahu.web.app._Base, "prepare", counted)
+    return asked
+
+
+@pytest.mark.parametrize("transport", ["", "&transport=poll"])
+def test_a_page_whose_token_changed_says_so_and_stops(engine, browser, counted_requests, transport):
+    """The server restarted with a new generated token while the page stayed open: the
+    page said "reconnecting" and asked again forever, all day; it must say that access is
+    refused and stop asking."""
+    asked = counted_requests
     first = WebService("127.0.0.1:0", token="the-first-token-0123")
     first.monitor.attach(engine)
     first.start()
@@ -934,6 +941,36 @@ def test_jobs_of_another_day_show_their_date(engine, monkeypatch, browser):
         day = f"new Date({jobs[1]['ended'] * 1000}).toLocaleDateString([], {{month: 'short', day: 'numeric'}})"
         assert ended[1].startswith(browser.evaluate(day) + " "), ended
         assert re.fullmatch(r"\d\d:\d\d:\d\d", ended[0]), ended  # today: the time only
+    finally:
+        service.stop()
+
+
+def test_many_tabs_of_the_page_leave_room_for_one_more(engine, browser, counted_requests):
+    """A browser opens at most 6 connections to a server and each open page held one for
+    its event stream: with 6 tabs of the page (in the background), a 7th tab, a job page,
+    did not even load.  A hidden tab now holds no stream."""
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    url = f"http://127.0.0.1:{service.port}/"
+    try:
+        for _ in range(6):
+            browser.call("Target.createTarget", url=url, background=True)  # hidden tabs
+        wait_until(lambda: counted_requests.count("/static/plotly.min.js") == 6, 60)
+        browser.open(url)  # the 7th tab
+        browser.wait_for(f"{LIVE}.startsWith('live')", 20)
+        assert len(service.broadcaster.clients) == 1
+        # this tab hidden (another one in front): its stream goes after 5 s, and comes
+        # back when it is shown again
+        this = browser.call("Target.getTargetInfo")["targetInfo"]["targetId"]
+        browser.call("Target.createTarget", url="about:blank")
+        wait_until(
+            lambda: not service.broadcaster.clients, 20, "the hidden tab to close its stream"
+        )
+        assert browser.text("#live") == "paused while this tab is hidden"
+        browser.call("Target.activateTarget", targetId=this)
+        browser.wait_for(f"{LIVE} === 'live: server-sent events'", 20)
+        assert len(service.broadcaster.clients) == 1 and list(browser.errors) == []
     finally:
         service.stop()
 
