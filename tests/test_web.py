@@ -571,6 +571,23 @@ def test_a_huge_input_or_output_is_left_out_of_the_job_page(server, browser):
     assert f"dahu-jobs show {job}" in browser.text("#input")
 
 
+def test_a_huge_error_is_cut_on_the_job_page(server, browser):
+    # bug: a plugin raising with a 5 MB message (a big list in it) gave a 15 MB answer:
+    # the message as the reason, in the error, and the page trying to show all of it
+    local, proxy = server
+    message = "bad frame " * (MAX_SHOWN // 2)  # 5 MB on one line
+    job = proxy.startJob(["example.error", json.dumps({"message": message})])
+    assert finish(proxy, job) == "failure"
+    status, _, body = http(f"{local.http}/api/jobs/{job}")
+    details = json.loads(body)
+    assert status == 200 and len(body) < MAX_SHOWN + 10_000
+    assert details["omitted"]["error"] > len(message)  # and the input, which holds it
+    assert len(details["error"]) == MAX_SHOWN and len(details["reason"]) < 1000
+    browser.open(f"{local.http}/jobs/{job}")
+    browser.wait_for("document.getElementById('error').textContent.includes('(cut: ')")
+    assert f"dahu-jobs show {job}" in browser.text("#error")
+
+
 def test_running_jobs_have_their_elapsed_time(server):
     local, proxy = server
     job = proxy.startJob(["example.sleep", json.dumps({"t": 60})])

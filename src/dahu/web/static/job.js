@@ -49,8 +49,10 @@ function show(job) {
     tr.append(th, td);
     return tr;
   }));
-  $("error").textContent = job.error || "(no error)";
   const omitted = job.omitted || {};
+  $("error").textContent = (job.error || "(no error)") + ("error" in omitted ? "\n… (cut: the " +
+    "error has " + omitted.error.toLocaleString("en") + " characters, more than the " +
+    "1,000,000 this page shows; `dahu-jobs show " + job.id + "` prints it)" : "");
   $("input").textContent = "input" in omitted ? tooLarge("input", omitted.input, job.id) :
     JSON.stringify(job.input, null, 2);
   $("output").textContent = "output" in omitted ? tooLarge("output", omitted.output, job.id) :
