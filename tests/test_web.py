@@ -406,6 +406,19 @@ def test_job_page_wraps_a_long_reason(server, browser):
     assert browser.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
+def test_job_page_names_the_time_zone_of_its_times(server, jobs, browser):
+    # a user in Japan reading a job of a server in France: "10:00:01" alone was taken
+    # for the server's time (dahu-jobs', the logs')
+    local, _ = server
+    browser.call("Emulation.setTimezoneOverride", timezoneId="Asia/Tokyo")
+    browser.open(f"{local.http}/jobs/{jobs['ok']}")
+    browser.wait_for("document.getElementById('info').innerText.includes('success')", 10)
+    submitted = browser.evaluate("document.getElementById('info').rows[3].cells[1].innerText")
+    _, details = get_json(f"{local.http}/api/jobs/{jobs['ok']}")
+    tokyo = time.gmtime(details["submitted"] + 9 * 3600)
+    assert submitted.endswith(time.strftime("%H:%M:%S GMT+9", tokyo)), submitted
+
+
 def test_job_page_gives_a_long_runtime_in_seconds(server, browser):
     local, proxy = server
     job = proxy.startJob(["example.sleep", json.dumps({"t": 1.2})])

@@ -8,7 +8,10 @@ let shown = false;  // the job was shown once
 
 function $(id) { return document.getElementById(id); }
 
-function when(t) { return t ? new Date(t * 1000).toLocaleString([], { hour12: false }) : "–"; }
+// in the browser's time zone, which is named: the server's may be another (dahu-jobs, logs)
+function when(t) {
+  return t ? new Date(t * 1000).toLocaleString([], { hour12: false, timeZoneName: "short" }) : "–";
+}
 
 // three significant digits, no exponent: 0.4, 3.21, 58.6, 105
 function significant(v) { return v < 100 ? String(Number(v.toPrecision(3))) : v.toFixed(0); }
