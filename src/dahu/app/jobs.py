@@ -17,6 +17,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import sys
 from typing import IO, Any, NoReturn
 
@@ -215,8 +216,18 @@ def _filters(args: argparse.Namespace) -> Filters:
     return Filters(args.plugin, args.state, args.since, args.until)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _shown(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\x1b``): a plugin name
+    a client sent with a new line or a terminal escape neither breaks a table's rows nor
+    drives the terminal."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+
+
 def _cut(text: str | None, width: int = 60) -> str:
-    return one_line(text or "", width)
+    return _shown(one_line(text or "", width))
 
 
 def _runtime(value: float | None, out: IO[str]) -> str:
@@ -268,7 +279,7 @@ def cmd_list(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
         def cells(row: tuple) -> tuple[str, ...]:
             i, plugin, state, submitted, _, _, runtime, error = row
             runtime = format_duration(runtime, micro)
-            return str(i), plugin, state, format_time(submitted), runtime, _cut(error)
+            return str(i), _shown(plugin), state, format_time(submitted), runtime, _cut(error)
 
         headers = ["id", "plugin", "state", "submitted", "runtime", "error"]
         _write_table(headers, rows, cells, out)
@@ -349,7 +360,7 @@ def cmd_stats(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
         unfinished = entry["jobs"] - sum(entry[s] for s in State.FINAL)
         rows.append(
             [
-                name,
+                _shown(name),
                 entry["jobs"],
                 entry["success"],
                 entry["failure"],
