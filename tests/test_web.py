@@ -1005,6 +1005,36 @@ def test_many_tabs_of_the_page_leave_room_for_one_more(engine, browser, counted_
         service.stop()
 
 
+def test_a_hidden_job_page_does_not_refresh(engine, browser, counted_requests):
+    """A job page of a running job refreshes every 2 s, and the server reads and encodes
+    its input and output (up to 2 MB) each time: left in the background for hours, it
+    did so all along.  Hidden, it waits; shown again, it refreshes at once."""
+    from dahu.job import Job
+
+    job = Job("example.sleep", {"t": 60, "data": "x" * 100_000})
+    job.start()
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    path = f"/api/jobs/{job.id}"
+    try:
+        browser.open(f"http://127.0.0.1:{service.port}/jobs/{job.id}")
+        browser.wait_for("document.getElementById('info').innerText.includes('running')", 20)
+        this = browser.call("Target.getTargetInfo")["targetInfo"]["targetId"]
+        browser.call("Target.createTarget", url="about:blank")  # in front of the job page
+        browser.wait_for("document.hidden", 10)
+        before = counted_requests.count(path)
+        time.sleep(6.5)  # three refresh periods: nothing must be asked
+        assert counted_requests.count(path) <= before + 1  # one already on its way at most
+        job.abort()
+        job.join(30)
+        browser.call("Target.activateTarget", targetId=this)
+        browser.wait_for("document.getElementById('info').innerText.includes('aborted')", 20)
+    finally:
+        job.abort()
+        service.stop()
+
+
 def test_the_page_fits_a_phone(engine, monkeypatch, browser):
     """375 px wide: the page scrolled sideways (the plugin and failure tables); now a
     table wider than the screen scrolls inside its panel, the page does not."""

@@ -63,6 +63,18 @@ function show(job) {
   return FINAL.includes(job.state);
 }
 
+// the next refresh; none while the tab is hidden (a job page left in the background had
+// the server read and encode its input and output, up to 2 MB, every 2 s for hours)
+function later() {
+  if (!document.hidden) { setTimeout(load, REFRESH_MS); return; }
+  const shown = () => {
+    if (document.hidden) return;
+    document.removeEventListener("visibilitychange", shown);
+    load();
+  };
+  document.addEventListener("visibilitychange", shown);
+}
+
 function load() {
   const id = decodeURIComponent(location.pathname.split("/").pop());
   fetch("../api/jobs/" + encodeURIComponent(id), { cache: "no-store", credentials: "same-origin" })
@@ -77,7 +89,7 @@ function load() {
       }
       $("problem").hidden = true;
       shown = true;
-      if (!show(body)) setTimeout(load, REFRESH_MS);
+      if (!show(body)) later();
     })
     .catch(err => {
       // a network error (the server restarting) is tried again; a 4xx answer is final
@@ -86,7 +98,7 @@ function load() {
       $("problem").textContent = err.message +
         (retry ? ": trying again every " + REFRESH_MS / 1000 + " s" + (shown ? " (the state below may be old)" : "") : "");
       if (!shown) $("title").textContent = "job " + id;
-      if (retry) setTimeout(load, REFRESH_MS);
+      if (retry) later();
     });
 }
 
