@@ -1035,6 +1035,24 @@ def test_a_hidden_job_page_does_not_refresh(engine, browser, counted_requests):
         service.stop()
 
 
+def test_reloading_a_page_whose_token_changed_says_what_to_do(engine):
+    # bug: after a restart with a new token, reloading the page showed raw JSON
+    service = WebService("127.0.0.1:0", token="a-new-generated-token-4567")
+    service.monitor.attach(engine)
+    service.start()
+    try:
+        base = f"http://127.0.0.1:{service.port}"
+        cookie = {"Cookie": f"dahu_token_{service.port}=the-first-token-0123"}
+        for path in ("/", "/jobs/1"):
+            status, headers, body = http(base + path, headers=cookie)
+            assert status == 401 and headers["Content-Type"].startswith("text/html")
+            assert "access token is required" in body and "new token" in body
+        status, headers, _ = http(base + "/api/counters", headers=cookie)
+        assert status == 401 and headers["Content-Type"].startswith("application/json")
+    finally:
+        service.stop()
+
+
 def test_the_page_fits_a_phone(engine, monkeypatch, browser):
     """375 px wide: the page scrolled sideways (the plugin and failure tables); now a
     table wider than the screen scrolls inside its panel, the page does not."""
