@@ -264,6 +264,21 @@ def test_runtimes_of_microseconds_are_not_zero(tmp_path):
     assert ascii_terminal.stdout.splitlines()[2].split()[5:] == ["40", "us"]
 
 
+def test_control_characters_of_a_job_neither_break_rows_nor_drive_the_terminal(tmp_path):
+    # a client's plugin name with a new line split its row in two; a terminal escape in
+    # a name or an error turned the operator's terminal red (or worse)
+    journal = SQLiteJournal(str(tmp_path))
+    for name in ("no.such\nplugin", "\x1b[31mred.plugin"):
+        job_id = journal.create(name, {}, time.time())
+        error = f"KeyError: \x1b[2J{name}"
+        journal.finish(job_id, "failure", None, error, time.time(), time.time())
+    journal.close()
+    for command in ("list", "stats"):
+        text = run(command, workdir=tmp_path).stdout
+        assert "\x1b" not in text and len(text.splitlines()) == 4 + (command == "stats"), text
+        assert "no.such\\nplugin" in text and "\\x1b[31mred.plugin" in text
+
+
 def test_a_work_directory_this_user_cannot_write_is_read(tmp_path):
     """Another account's work directory (the server's), or a copy on read-only media: a
     reader of a WAL journal needs to make its -shm file there, and cannot."""

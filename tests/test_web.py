@@ -406,6 +406,19 @@ def test_job_page_wraps_a_long_reason(server, browser):
     assert browser.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
+def test_job_page_names_the_time_zone_of_its_times(server, jobs, browser):
+    # a user in Japan reading a job of a server in France: "10:00:01" alone was taken
+    # for the server's time (dahu-jobs', the logs')
+    local, _ = server
+    browser.call("Emulation.setTimezoneOverride", timezoneId="Asia/Tokyo")
+    browser.open(f"{local.http}/jobs/{jobs['ok']}")
+    browser.wait_for("document.getElementById('info').innerText.includes('success')", 10)
+    submitted = browser.evaluate("document.getElementById('info').rows[3].cells[1].innerText")
+    _, details = get_json(f"{local.http}/api/jobs/{jobs['ok']}")
+    tokyo = time.gmtime(details["submitted"] + 9 * 3600)
+    assert submitted.endswith(time.strftime("%H:%M:%S GMT+9", tokyo)), submitted
+
+
 def test_job_page_gives_a_long_runtime_in_seconds(server, browser):
     local, proxy = server
     job = proxy.startJob(["example.sleep", json.dumps({"t": 1.2})])
@@ -569,6 +582,23 @@ def test_a_huge_input_or_output_is_left_out_of_the_job_page(server, browser):
     browser.wait_for("document.getElementById('output').textContent.includes('not shown')")
     assert "1.0 MB of JSON" in browser.text("#output")
     assert f"dahu-jobs show {job}" in browser.text("#input")
+
+
+def test_a_huge_error_is_cut_on_the_job_page(server, browser):
+    # bug: a plugin raising with a 5 MB message (a big list in it) gave a 15 MB answer:
+    # the message as the reason, in the error, and the page trying to show all of it
+    local, proxy = server
+    message = "bad frame " * (MAX_SHOWN // 2)  # 5 MB on one line
+    job = proxy.startJob(["example.error", json.dumps({"message": message})])
+    assert finish(proxy, job) == "failure"
+    status, _, body = http(f"{local.http}/api/jobs/{job}")
+    details = json.loads(body)
+    assert status == 200 and len(body) < MAX_SHOWN + 10_000
+    assert details["omitted"]["error"] > len(message)  # and the input, which holds it
+    assert len(details["error"]) == MAX_SHOWN and len(details["reason"]) < 1000
+    browser.open(f"{local.http}/jobs/{job}")
+    browser.wait_for("document.getElementById('error').textContent.includes('(cut: ')")
+    assert f"dahu-jobs show {job}" in browser.text("#error")
 
 
 def test_running_jobs_have_their_elapsed_time(server):
@@ -871,14 +901,12 @@ def test_two_servers_of_one_machine_keep_their_own_tokens(engine, browser):
             service.stop()
 
 
-@pytest.mark.parametrize("transport", ["", "&transport=poll"])
-def test_a_page_whose_token_changed_says_so_and_stops(engine, browser, monkeypatch, transport):
-    """The server restarted with a new generated token while the page stayed open: the
-    page said "reconnecting" and asked again forever, all day; it must say that access is
-    refused and stop asking."""
+@pytest.fixture
+def counted_requests(monkeypatch):
+    """The paths of the requests the web services of this process answer."""
     import dahu.web.app
 
-    asked = []
+    asked: list[str] = []
     prepare = dahu.web.app._Base.prepare
 
     def counted(handler):
@@ -886,6 +914,15 @@ def test_a_page_whose_token_changed_says_so_and_stops(engine, browser, monkeypat
         return prepare(handler)
 
     monkeypatch.setattr(dahu.web.app._Base, "prepare", counted)
+    return asked
+
+
+@pytest.mark.parametrize("transport", ["", "&transport=poll"])
+def test_a_page_whose_token_changed_says_so_and_stops(engine, browser, counted_requests, transport):
+    """The server restarted with a new generated token while the page stayed open: the
+    page said "reconnecting" and asked again forever, all day; it must say that access is
+    refused and stop asking."""
+    asked = counted_requests
     first = WebService("127.0.0.1:0", token="the-first-token-0123")
     first.monitor.attach(engine)
     first.start()
@@ -934,6 +971,84 @@ def test_jobs_of_another_day_show_their_date(engine, monkeypatch, browser):
         day = f"new Date({jobs[1]['ended'] * 1000}).toLocaleDateString([], {{month: 'short', day: 'numeric'}})"
         assert ended[1].startswith(browser.evaluate(day) + " "), ended
         assert re.fullmatch(r"\d\d:\d\d:\d\d", ended[0]), ended  # today: the time only
+    finally:
+        service.stop()
+
+
+def test_many_tabs_of_the_page_leave_room_for_one_more(engine, browser, counted_requests):
+    """A browser opens at most 6 connections to a server and each open page held one for
+    its event stream: with 6 tabs of the page (in the background), a 7th tab, a job page,
+    did not even load.  A hidden tab now holds no stream."""
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    url = f"http://127.0.0.1:{service.port}/"
+    try:
+        for _ in range(6):
+            browser.call("Target.createTarget", url=url, background=True)  # hidden tabs
+        wait_until(lambda: counted_requests.count("/static/plotly.min.js") == 6, 60)
+        browser.open(url)  # the 7th tab
+        browser.wait_for(f"{LIVE}.startsWith('live')", 20)
+        assert len(service.broadcaster.clients) == 1
+        # this tab hidden (another one in front): its stream goes after 5 s, and comes
+        # back when it is shown again
+        this = browser.call("Target.getTargetInfo")["targetInfo"]["targetId"]
+        browser.call("Target.createTarget", url="about:blank")
+        wait_until(
+            lambda: not service.broadcaster.clients, 20, "the hidden tab to close its stream"
+        )
+        assert browser.text("#live") == "paused while this tab is hidden"
+        browser.call("Target.activateTarget", targetId=this)
+        browser.wait_for(f"{LIVE} === 'live: server-sent events'", 20)
+        assert len(service.broadcaster.clients) == 1 and list(browser.errors) == []
+    finally:
+        service.stop()
+
+
+def test_a_hidden_job_page_does_not_refresh(engine, browser, counted_requests):
+    """A job page of a running job refreshes every 2 s, and the server reads and encodes
+    its input and output (up to 2 MB) each time: left in the background for hours, it
+    did so all along.  Hidden, it waits; shown again, it refreshes at once."""
+    from dahu.job import Job
+
+    job = Job("example.sleep", {"t": 60, "data": "x" * 100_000})
+    job.start()
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    path = f"/api/jobs/{job.id}"
+    try:
+        browser.open(f"http://127.0.0.1:{service.port}/jobs/{job.id}")
+        browser.wait_for("document.getElementById('info').innerText.includes('running')", 20)
+        this = browser.call("Target.getTargetInfo")["targetInfo"]["targetId"]
+        browser.call("Target.createTarget", url="about:blank")  # in front of the job page
+        browser.wait_for("document.hidden", 10)
+        before = counted_requests.count(path)
+        time.sleep(6.5)  # three refresh periods: nothing must be asked
+        assert counted_requests.count(path) <= before + 1  # one already on its way at most
+        job.abort()
+        job.join(30)
+        browser.call("Target.activateTarget", targetId=this)
+        browser.wait_for("document.getElementById('info').innerText.includes('aborted')", 20)
+    finally:
+        job.abort()
+        service.stop()
+
+
+def test_reloading_a_page_whose_token_changed_says_what_to_do(engine):
+    # bug: after a restart with a new token, reloading the page showed raw JSON
+    service = WebService("127.0.0.1:0", token="a-new-generated-token-4567")
+    service.monitor.attach(engine)
+    service.start()
+    try:
+        base = f"http://127.0.0.1:{service.port}"
+        cookie = {"Cookie": f"dahu_token_{service.port}=the-first-token-0123"}
+        for path in ("/", "/jobs/1"):
+            status, headers, body = http(base + path, headers=cookie)
+            assert status == 401 and headers["Content-Type"].startswith("text/html")
+            assert "access token is required" in body and "new token" in body
+        status, headers, _ = http(base + "/api/counters", headers=cookie)
+        assert status == 401 and headers["Content-Type"].startswith("application/json")
     finally:
         service.stop()
 

@@ -17,6 +17,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import sys
 from typing import IO, Any, NoReturn
 
@@ -215,17 +216,46 @@ def _filters(args: argparse.Namespace) -> Filters:
     return Filters(args.plugin, args.state, args.since, args.until)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _shown(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\x1b``): a plugin name
+    a client sent with a new line or a terminal escape neither breaks a table's rows nor
+    drives the terminal."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+
+
 def _cut(text: str | None, width: int = 60) -> str:
-    return one_line(text or "", width)
+    return _shown(one_line(text or "", width))
 
 
 def _runtime(value: float | None, out: IO[str]) -> str:
     """``105 µs``, ``5.86 ms``, ``2.5 s``: not ``0.000`` for a job of a few µs."""
+    return format_duration(value, _micro(out))
+
+
+def _micro(out: IO[str]) -> str:
     try:
         "µ".encode(out.encoding or "ascii")
     except (UnicodeEncodeError, LookupError, TypeError):
-        return format_duration(value, micro="us")  # a terminal that cannot show µ
-    return format_duration(value)
+        return "us"  # a terminal that cannot show µ
+    return "µs"
+
+
+def _write_table(headers: list[str], rows: Any, cells: Any, out: IO[str]) -> None:
+    """The table ``tabulate`` writes (its ``simple`` format, text cells), written row by
+    row: ``cells(row)`` is made twice (widths, then lines) rather than kept, so that a
+    million jobs start coming at once and take no memory (tabulate took a minute and
+    1.7 GB before writing the first line)."""
+    widths = [len(header) + 2 for header in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, cells(row), strict=True)]
+    out.write("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    out.write("\n" + "  ".join("-" * w for w in widths) + "\n")
+    for row in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(cells(row), widths, strict=True)).rstrip())
+        out.write("\n")
 
 
 def cmd_list(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
@@ -244,12 +274,15 @@ def cmd_list(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
             out.write(("\n " if index == 0 else ",\n ") + text)
         out.write("\n]\n" if rows else "")
     else:
-        table = [
-            [i, plugin, state, format_time(submitted), _runtime(runtime, out), _cut(error)]
-            for i, plugin, state, submitted, _, _, runtime, error in rows
-        ]
+        micro = _micro(out)
+
+        def cells(row: tuple) -> tuple[str, ...]:
+            i, plugin, state, submitted, _, _, runtime, error = row
+            runtime = format_duration(runtime, micro)
+            return str(i), _shown(plugin), state, format_time(submitted), runtime, _cut(error)
+
         headers = ["id", "plugin", "state", "submitted", "runtime", "error"]
-        out.write(tabulate(table, headers=headers, disable_numparse=True) + "\n")
+        _write_table(headers, rows, cells, out)
         if not rows:
             sys.stderr.write(f"{PROG}: no job matches\n")
     if args.limit and len(rows) == args.limit:  # said on stderr: the JSON stays clean
@@ -327,7 +360,7 @@ def cmd_stats(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
         unfinished = entry["jobs"] - sum(entry[s] for s in State.FINAL)
         rows.append(
             [
-                name,
+                _shown(name),
                 entry["jobs"],
                 entry["success"],
                 entry["failure"],

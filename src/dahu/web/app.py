@@ -154,8 +154,25 @@ class _Base(tornado.web.RequestHandler):
         return state
 
 
+REFUSED_PAGE = (
+    b'<!doctype html><html lang="en"><meta charset="utf-8"><title>Dahu: access refused</title>'
+    b"<p>Dahu: a valid access token is required (?token=... or header).</p>"
+    b"<p>If this page worked before, the server was started again with a new token: open "
+    b"the address it printed at start, with its <code>?token=</code>.</p></html>"
+)
+
+
 class PageHandler(_Base):
     """An HTML page of the static directory (``index.html``, ``job.html``)."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code != 401:
+            super().write_error(status_code, **kwargs)
+            return
+        # a person reloading the page: a page that says what to do, not JSON
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(REFUSED_PAGE)
 
     def initialize(self, service: Any, page: str) -> None:  # type: ignore[override]
         super().initialize(service)

@@ -11,6 +11,7 @@ plugin: a plugin filter searches only the latest :data:`PLUGIN_SCAN` jobs.
 An input or output larger than :data:`MAX_SHOWN` bytes of JSON is not read for
 ``/api/jobs/ID`` (a few parallel requests for a 100 MB output held copies of it and kept
 the web thread busy for seconds): the answer says it was left out and how large it is.
+An error larger than that is cut to its first :data:`MAX_SHOWN` characters.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ FAILED = (State.FAILURE, State.ABORTED)
 MAX_SHOWN = 1_000_000  # bytes of JSON of an input or output that /api/jobs/ID sends
 _COLUMNS = "id, plugin, state, runtime, ended, substr(error, 1, 2000)"
 _DETAILS = (
-    "id, plugin, state, typeof(input), typeof(output), error, submitted, started, ended, "
-    "runtime, host, pid, version, module_file, plugin_version"
+    f"id, plugin, state, typeof(input), typeof(output), substr(error, 1, {MAX_SHOWN}), "
+    "submitted, started, ended, runtime, host, pid, version, module_file, plugin_version, "
+    "length(error)"
 )
 
 
@@ -97,7 +99,9 @@ def _bounded_record(journal: Any, job_id: int) -> tuple[JobRecord | None, dict[s
             row = db.execute(f"SELECT {_DETAILS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return None, {}
-            data, omitted = list(row), {}
+            data, omitted = list(row[:-1]), {}
+            if (row[-1] or 0) > MAX_SHOWN:  # its first MAX_SHOWN characters only
+                omitted["error"] = row[-1]  # its length in characters
             for index, column in ((3, "input"), (4, "output")):
                 if data[index] == "null":  # typeof() reads the type only, not the text
                     data[index] = None
@@ -134,7 +138,7 @@ def job_details(engine: Any, job_id: int) -> dict[str, Any] | None:
         "started": record.started,
         "ended": record.ended,
         "runtime": record.runtime,
-        "reason": (record.error or "").strip().partition("\n")[0],
+        "reason": reason_line(record.error or ""),
         "error": record.error or "",
         "input": None if "input" in omitted else record.input,
         "output": None if "output" in omitted else record.output,

@@ -7,12 +7,19 @@
 const POLL_MS = 2000;
 const STALE_MS = 5000;
 const RETRY_MS = [1000, 2000, 4000, 8000, 15000];  // back-off of the stream's reconnections
+// A browser opens at most 6 connections to a server, and an open stream holds one: with 6
+// tabs of the page, a 7th tab (a job page too) could not even load. A tab hidden this long
+// closes its stream, and opens it again when shown (a summary comes at once).
+const HIDDEN_MS = 5000;
 let lastUpdate = 0;
 let transport = "";
 let trouble = "";  // why updates stopped, while the page is trying again
 let streamed = false;  // an event came through the stream once: it works on this network
 let retries = 0;
 let refused = "";  // the server refused this page (its token changed): updates stopped
+let paused = false;  // no stream while the tab is hidden
+let closeStream = () => false;  // closes the open stream; whether one was open
+let hiding = null;  // the timer closing the stream of a hidden tab
 
 function $(id) { return document.getElementById(id); }
 
@@ -214,9 +221,12 @@ function poll(reason) {
 
 function stream() {
   transport = "server-sent events";
+  paused = document.hidden;
+  if (paused) { setLive("paused while this tab is hidden", "stale"); return; }
   const source = new EventSource("api/events");
   let received = false;
   let over = false;
+  closeStream = () => { if (over) return false; over = true; source.close(); return true; };
   const fallBack = why => { if (!over) { over = true; source.close(); poll(why); } };
   source.addEventListener("summary", e => {
     received = streamed = true;
@@ -254,8 +264,14 @@ function stream() {
   if (!streamed) setTimeout(() => { if (!received) fallBack("no event within 5 s"); }, STALE_MS);
 }
 
+function visibility() {
+  clearTimeout(hiding);
+  if (document.hidden) hiding = setTimeout(() => { if (closeStream()) stream(); }, HIDDEN_MS);
+  else if (paused && !refused) stream();
+}
+
 function watch() {
-  if (refused) return;
+  if (refused || paused) return;
   if (lastUpdate && Date.now() - lastUpdate > STALE_MS) setLive((trouble ? trouble + " " : "") +
     "no update for " + Math.round((Date.now() - lastUpdate) / 1000) + " s", "down");
 }
@@ -265,7 +281,10 @@ function start() {
   const params = new URLSearchParams(location.search);
   if (params.has("token")) history.replaceState(null, "", location.pathname);  // kept as a cookie
   if (params.get("transport") === "poll" || !window.EventSource) poll("asked for");
-  else stream();
+  else {
+    stream();
+    document.addEventListener("visibilitychange", visibility);
+  }
   setInterval(watch, 1000);
 }
 

@@ -8,7 +8,10 @@ let shown = false;  // the job was shown once
 
 function $(id) { return document.getElementById(id); }
 
-function when(t) { return t ? new Date(t * 1000).toLocaleString([], { hour12: false }) : "–"; }
+// in the browser's time zone, which is named: the server's may be another (dahu-jobs, logs)
+function when(t) {
+  return t ? new Date(t * 1000).toLocaleString([], { hour12: false, timeZoneName: "short" }) : "–";
+}
 
 // three significant digits, no exponent: 0.4, 3.21, 58.6, 105
 function significant(v) { return v < 100 ? String(Number(v.toPrecision(3))) : v.toFixed(0); }
@@ -49,13 +52,27 @@ function show(job) {
     tr.append(th, td);
     return tr;
   }));
-  $("error").textContent = job.error || "(no error)";
   const omitted = job.omitted || {};
+  $("error").textContent = (job.error || "(no error)") + ("error" in omitted ? "\n… (cut: the " +
+    "error has " + omitted.error.toLocaleString("en") + " characters, more than the " +
+    "1,000,000 this page shows; `dahu-jobs show " + job.id + "` prints it)" : "");
   $("input").textContent = "input" in omitted ? tooLarge("input", omitted.input, job.id) :
     JSON.stringify(job.input, null, 2);
   $("output").textContent = "output" in omitted ? tooLarge("output", omitted.output, job.id) :
     job.output === null ? "(no output yet)" : JSON.stringify(job.output, null, 2);
   return FINAL.includes(job.state);
+}
+
+// the next refresh; none while the tab is hidden (a job page left in the background had
+// the server read and encode its input and output, up to 2 MB, every 2 s for hours)
+function later() {
+  if (!document.hidden) { setTimeout(load, REFRESH_MS); return; }
+  const shown = () => {
+    if (document.hidden) return;
+    document.removeEventListener("visibilitychange", shown);
+    load();
+  };
+  document.addEventListener("visibilitychange", shown);
 }
 
 function load() {
@@ -72,7 +89,7 @@ function load() {
       }
       $("problem").hidden = true;
       shown = true;
-      if (!show(body)) setTimeout(load, REFRESH_MS);
+      if (!show(body)) later();
     })
     .catch(err => {
       // a network error (the server restarting) is tried again; a 4xx answer is final
@@ -81,7 +98,7 @@ function load() {
       $("problem").textContent = err.message +
         (retry ? ": trying again every " + REFRESH_MS / 1000 + " s" + (shown ? " (the state below may be old)" : "") : "");
       if (!shown) $("title").textContent = "job " + id;
-      if (retry) setTimeout(load, REFRESH_MS);
+      if (retry) later();
     });
 }
 
