@@ -5,7 +5,11 @@ DevLong limit of job ids."""
 from __future__ import annotations
 
 import json
+import os
+import queue
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,8 +27,9 @@ def start_device(workdir: Path, **properties) -> DeviceTestContext:
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory):
-    with start_device(tmp_path_factory.mktemp("work")) as proxy:
+def proxy():
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # thousands of job files: fast
+    with tempfile.TemporaryDirectory(dir=shm) as work, start_device(Path(work)) as proxy:
         yield proxy
 
 
@@ -59,3 +64,36 @@ def test_the_last_job_is_a_job_while_another_client_records_a_batch(proxy, other
     assert answers > 10  # it asked while the batch was recorded
     assert refusals == [], refusals[:3]
     assert finish(proxy, -1) == "success"
+
+
+def test_every_job_has_its_event_across_init(proxy, other):
+    # bug: the event of a job that ended while the device ran Init was dropped: a
+    # subscriber never heard of it
+    events: queue.SimpleQueue = queue.SimpleQueue()
+
+    def on_event(event):
+        if not event.err and event.attr_value is not None:
+            events.put(int(event.attr_value.value))
+
+    subscription = other.subscribe_event("jobSuccess", tango.EventType.CHANGE_EVENT, on_event)
+    try:
+        ids = [
+            int(i) for i in proxy.startJobs(["example.sleep", json.dumps([{"t": 0.002}] * 2000)])
+        ]
+        for _ in range(8):  # Init, again and again, while the jobs end
+            proxy.init()
+            time.sleep(0.1)
+        assert finish(proxy, ids[-1]) == "success"
+        heard: list[int] = []
+        deadline = time.monotonic() + 60  # after the events of the jobs of other tests
+        while not set(ids) <= set(heard) and time.monotonic() < deadline:
+            try:
+                heard.append(events.get(timeout=0.5))
+            except queue.Empty:
+                pass
+    finally:
+        other.unsubscribe_event(subscription)
+    missing = sorted(set(ids) - set(heard))
+    assert missing == [], f"{len(missing)} job(s) without their event: {missing[:10]}"
+    mine = [job_id for job_id in heard if job_id in set(ids)]
+    assert len(mine) == len(set(mine)), "an event pushed twice"
