@@ -4,9 +4,11 @@ DevLong limit of job ids."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import sqlite3
 import tempfile
 import threading
 import time
@@ -16,6 +18,7 @@ import pytest
 import tango
 from tango.test_context import DeviceTestContext
 
+from dahu.journal.sqlite import SQLiteJournal
 from dahu.server import DahuDS
 
 from .conftest import finish
@@ -97,3 +100,28 @@ def test_every_job_has_its_event_across_init(proxy, other):
     assert missing == [], f"{len(missing)} job(s) without their event: {missing[:10]}"
     mine = [job_id for job_id in heard if job_id in set(ids)]
     assert len(mine) == len(set(mine)), "an event pushed twice"
+
+
+def test_ids_past_the_devlong_limit_are_refused_and_their_jobs_end(tmp_path):
+    # bug: a job whose id did not fit a DevLong was refused but left in the journal
+    # "uninitialized" for good: -1 stood for it, waitJob(-1) never saw it end, and the
+    # next start closed it as "interrupted" (a process died)
+    journal = SQLiteJournal(str(tmp_path))
+    journal.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / SQLiteJournal.FILENAME)) as db, db:
+        db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)", (2**31 - 3,))
+    with start_device(tmp_path) as proxy:
+        fits = [proxy.startJob(["example.square", "{}"]) for _ in range(2)]
+        assert fits == [2**31 - 2, 2**31 - 1]
+        for call, argin in ((proxy.startJob, "{}"), (proxy.startJobs, "[{}, {}]")):
+            with pytest.raises(tango.DevFailed) as info:
+                call(["example.square", argin])
+            assert "not fit a DevLong (at most 2147483647)" in info.value.args[0].desc
+        assert proxy.waitJob(-1) == "failure"  # the last refused job: it ended
+        error = proxy.getJobError(-1)
+        assert error.startswith("job ids 2147483649 to 2147483650 do not fit a DevLong")
+        assert all(finish(proxy, job_id) == "success" for job_id in fits)
+        assert proxy.jobsRunning == proxy.jobsQueued == 0
+    with contextlib.closing(sqlite3.connect(tmp_path / SQLiteJournal.FILENAME)) as db:
+        states = dict(db.execute("SELECT id, state FROM jobs WHERE id > ?", (2**31 - 1,)))
+    assert states == {2**31: "failure", 2**31 + 1: "failure", 2**31 + 2: "failure"}

@@ -256,6 +256,14 @@ class DahuDS(Device):
         job.start()
         return job_id
 
+    def _beyond_devlong(self, jobs: list[Job]) -> DahuError:
+        """The refusal of ``jobs`` whose ids do not all fit a DevLong; they end failed."""
+        ids = f"id {jobs[0].id} does" if len(jobs) == 1 else f"ids {jobs[0].id} to {jobs[-1].id} do"
+        reason = f"job {ids} not fit a DevLong (at most {INT32_MAX}): start a new work directory"
+        for job in jobs:
+            job._refuse(reason)
+        return DahuError(reason)
+
     def _job(self, job_id: int) -> Job:
         job = Job.getJobFromID(job_id)
         if job is None:
@@ -281,7 +289,7 @@ class DahuDS(Device):
         name = self._plugin(argin[0])
         job = Job(name, parse_job_input(argin[1]))
         if job.id > INT32_MAX:
-            raise DahuError(f"job id {job.id} does not fit a DevLong: start a new work directory")
+            raise self._beyond_devlong([job])
         return self._submit(job)
 
     @command(
@@ -302,7 +310,7 @@ class DahuDS(Device):
         with gc_paused():
             jobs = Job.create_many(name, parse_job_inputs(argin[1]))
             if jobs and jobs[-1].id > INT32_MAX:
-                raise DahuError("job ids do not fit a DevLong: start a new work directory")
+                raise self._beyond_devlong(jobs)
             ids = numpy.fromiter((self._submit(job) for job in jobs), numpy.int32, len(jobs))
         return ids
 

@@ -356,6 +356,10 @@ class LifeCycle:
             self.finish(run, Outcome(State.ABORTED, {}, reason, None, time.time()))
         return True
 
+    def refuse(self, run: JobRun, reason: str) -> None:
+        """uninitialized → failure: a job made but not to run (its id cannot be told)."""
+        self.finish(run, Outcome(State.FAILURE, {}, reason, None, time.time()))
+
     def abandon_if_stuck(self, run: JobRun) -> None:
         """running → aborted although the plugin runs on: it ignored its abort."""
         executor = self.engine.executor
