@@ -18,6 +18,7 @@ import pytest
 import tango
 from tango.test_context import DeviceTestContext
 
+from dahu.app.localserver import LocalServer
 from dahu.journal.sqlite import SQLiteJournal
 from dahu.server import DahuDS
 
@@ -125,3 +126,23 @@ def test_ids_past_the_devlong_limit_are_refused_and_their_jobs_end(tmp_path):
     with contextlib.closing(sqlite3.connect(tmp_path / SQLiteJournal.FILENAME)) as db:
         states = dict(db.execute("SELECT id, state FROM jobs WHERE id > ?", (2**31 - 1,)))
     assert states == {2**31: "failure", 2**31 + 1: "failure", 2**31 + 2: "failure"}
+
+
+def test_a_stop_with_many_jobs_queued_logs_one_true_line(tmp_path):
+    # bug: the slots aborted the queue's head while the stop aborted its tail: each job
+    # the two met on logged "job N is already being aborted: nothing to abort" (one line
+    # per queued job, 75,000 here), and "stopping: N job(s) aborted" counted only the tail
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(dir=shm) as work:
+        local = LocalServer(work, str(tmp_path / "log"), 2, device="test/dahu/1")
+        proxy = local.start(timeout=60)
+        try:
+            proxy.set_timeout_millis(60_000)
+            proxy.startJobs(["example.sleep", json.dumps([{"t": 0.01}] * 5000)])
+        finally:
+            assert local.stop() == 0
+        with contextlib.closing(sqlite3.connect(Path(work) / SQLiteJournal.FILENAME)) as db:
+            aborted = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'aborted'").fetchone()
+    log = (tmp_path / "log").read_text()
+    assert "nothing to abort" not in log
+    assert f"stopping: {aborted[0]} job(s) aborted" in log

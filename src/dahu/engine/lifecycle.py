@@ -328,7 +328,7 @@ class LifeCycle:
 
         run.timer = self.engine.watchdog.call_later(timeout, expire)
 
-    def abort(self, run: JobRun, reason: str) -> bool:
+    def abort(self, run: JobRun, reason: str, quiet: bool = False) -> bool:
         """Ask a queued or running job to stop; True if it is now stopping.
 
         A queued job ends ``aborted`` at once (its plugin never runs); a running plugin is
@@ -340,7 +340,8 @@ class LifeCycle:
             state = run.state
             if state not in (State.STARTING, State.RUNNING) or run.abort_reason:
                 doing = "already being aborted" if run.abort_reason else state
-                logger.info("job %s is %s: nothing to abort", run.id, doing)
+                log = logger.debug if quiet else logger.info  # quiet: the engine's abort_all
+                log("job %s is %s: nothing to abort", run.id, doing)
                 return False
             run.abort_reason = reason
             run.aborted_at = time.time()
