@@ -179,3 +179,17 @@ def test_a_directory_given_to_one_factory_is_searched_by_every_factory(tmp_path,
     assert job.status == "success", job.output_data
     assert job.output_data["ok"] is True
     assert "beamline.integrate" in Factory().list_plugins()  # another factory lists it
+
+
+def test_list_plugins_sees_the_modules_added_and_removed_since(tmp_path):
+    # bug: the listing (listPlugins of a server with the thread executor) went by the
+    # index of the directory made when it was added: a module added later was not
+    # listed, and one removed was listed as "gone.<error> : cannot load: FileNotFoundError"
+    module = "from dahu.plugin import plugin_from_function\n\n\ndef {0}(x=0):\n    '{0}.'\n"
+    write(tmp_path / "gone.py", module.format("old") + "\n\nplugin_from_function(old)\n")
+    factory = Factory(plugin_path=[str(tmp_path)])
+    (tmp_path / "gone.py").unlink()
+    write(tmp_path / "added.py", module.format("new") + "\n\nplugin_from_function(new)\n")
+    listing = factory.list_plugins()
+    assert listing.get("added.new") == "new."
+    assert not [name for name in listing if name.startswith("gone.")]

@@ -289,6 +289,9 @@ class Factory:
         """
         found: dict[str, str] = {}
         self._sync_env()
+        with self.reg_sem:  # the modules added or removed since they were indexed
+            for directory in self._search_order():
+                Factory.plugin_dirs[directory] = _list_modules(directory)
         for directory in self._search_order():
             for module_name in Factory.plugin_dirs.get(directory, ()):
                 if module_name.lower() in skip:

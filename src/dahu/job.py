@@ -216,6 +216,11 @@ class Job(threading.Thread, metaclass=_JobClass):
             return False
         return self._run.cycle.abort(self._run, reason)
 
+    def _refuse(self, reason: str) -> None:
+        """End this job, never started, as ``failure`` with ``reason`` (in the journal:
+        not left ``uninitialized``) when its id cannot be handed out."""
+        self._cycle().refuse(self._run, reason)
+
     def connect_callback(self, method: Callable[[Job], Any] | None = None) -> None:
         """Call ``method(job)`` when the job ends (after its outcome is recorded)."""
         if method is not None and callable(method):

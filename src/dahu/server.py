@@ -37,6 +37,7 @@ from .job import Job
 from .properties import DEFAULT_RETENTION_INTERVAL, MAX_WAIT_TIMEOUT, PROPERTIES
 from .retention import parse_retention
 from .server_errors import client_errors, latin1_text
+from .server_events import push_event, ready_to_push
 from .server_plugins import PluginCatalog
 from .server_settings import (
     EVENTS_LINGER,
@@ -56,7 +57,6 @@ from .server_settings import (
     settings,
     shutdown,
     shutting_down,
-    stopping,
 )
 from .server_status import status_text
 from .server_threads import within
@@ -162,12 +162,12 @@ class DahuDS(Device):
     def _start_pusher(self) -> None:
         if not hasattr(self, "_events"):  # kept across Init: no event is lost
             self._events: queue.SimpleQueue = queue.SimpleQueue()
+            self._held: list[tuple[str, Any]] = []  # (Init) pushed once it is made
         for name in ("jobSuccess", "jobFailure", "statisticsCollected"):
             self.set_change_event(name, True, False)
         self._pusher = threading.Thread(target=self._push_events, name="dahu-events", daemon=True)
         self._pusher.start()
-        with push_lock:
-            self._ready = True
+        ready_to_push(self)  # the events of the jobs that ended meanwhile first
 
     def delete_device(self) -> None:
         """Stop the event thread (jobs keep running: ``Init`` must not lose them).  When
@@ -214,19 +214,8 @@ class DahuDS(Device):
         device._engine.clean_later(job, functools.partial(device._push, name, job_id))
 
     def _push(self, name: str, value: Any) -> None:
-        """Push a change event of ``name`` if a client is subscribed (Tango sends nothing
-        to nobody; PyTango's push alone costs the files thread up to 100 µs)."""
-        try:
-            with push_lock:  # never while a device object is deleted (libtango crashed)
-                device = current(self)  # a DevRestart may have replaced self
-                if stopping() or not getattr(device, "_ready", False):
-                    return  # the device is gone or not made yet: its clients check later
-                if device.is_there_subscriber(name, tango.EventType.CHANGE_EVENT):
-                    device.push_change_event(name, value)
-        except tango.DevFailed as err:
-            logger.warning("cannot push %s=%s: %s", name, value, err.args[0].desc)
-        except Exception:
-            logger.exception("cannot push %s=%s", name, value)
+        """Push a change event of ``name`` (held while the device is being made)."""
+        push_event(self, name, value)
 
     # ---- state -------------------------------------------------------------------------
     def dev_state(self) -> DevState:
@@ -267,6 +256,14 @@ class DahuDS(Device):
         job.start()
         return job_id
 
+    def _beyond_devlong(self, jobs: list[Job]) -> DahuError:
+        """The refusal of ``jobs`` whose ids do not all fit a DevLong; they end failed."""
+        ids = f"id {jobs[0].id} does" if len(jobs) == 1 else f"ids {jobs[0].id} to {jobs[-1].id} do"
+        reason = f"job {ids} not fit a DevLong (at most {INT32_MAX}): start a new work directory"
+        for job in jobs:
+            job._refuse(reason)
+        return DahuError(reason)
+
     def _job(self, job_id: int) -> Job:
         job = Job.getJobFromID(job_id)
         if job is None:
@@ -292,7 +289,7 @@ class DahuDS(Device):
         name = self._plugin(argin[0])
         job = Job(name, parse_job_input(argin[1]))
         if job.id > INT32_MAX:
-            raise DahuError(f"job id {job.id} does not fit a DevLong: start a new work directory")
+            raise self._beyond_devlong([job])
         return self._submit(job)
 
     @command(
@@ -313,7 +310,7 @@ class DahuDS(Device):
         with gc_paused():
             jobs = Job.create_many(name, parse_job_inputs(argin[1]))
             if jobs and jobs[-1].id > INT32_MAX:
-                raise DahuError("job ids do not fit a DevLong: start a new work directory")
+                raise self._beyond_devlong(jobs)
             ids = numpy.fromiter((self._submit(job) for job in jobs), numpy.int32, len(jobs))
         return ids
 

@@ -274,7 +274,7 @@ _devices: dict[str, Any] = {}
 ``RestartServer``) replaces the object; the jobs the old one started run on and end
 through the new one (their events, ``jobSuccess``/``jobFailure``)."""
 ADOPTED = tuple(
-    "_last_success _last_failure _stats_text _events _engine _wait _retention_error _web "
+    "_last_success _last_failure _stats_text _events _held _engine _wait _retention_error _web "
     "_lock _stats_thread _plugins_thread _plugins_text _plugins queue_limit".split()
 )
 """What a new object serving a device takes over from the one it replaces: the last job
@@ -332,19 +332,21 @@ def abort_while_serving(linger: float) -> None:
     deadline = _stop_began + settings.shutdown_timeout
     seen: set[int] = set()
     waiting: list[Any] = []
-    aborted = 0
+    stopped: list[Any] = []
     # also the jobs made meanwhile (a startJobs already past the check, a plugin's): each
     # round aborts what is new, and waits only once nothing new comes
     while (runs := [run for run in engine.live() if run.id not in seen]) or waiting:
         if runs:
             seen.update(run.id for run in runs)
             waiting += runs
-            aborted += engine.abort_all(runs, SHUTDOWN_REASON)
+            stopped += runs
+            engine.abort_all(runs, SHUTDOWN_REASON)
             continue
         for run in waiting:
             run.done.wait(max(0.0, deadline - time.monotonic()))
         waiting = []
-    if aborted:
+    # those the stop aborted and those a slot took meanwhile (halted: aborted at once)
+    if aborted := sum(run.abort_reason == SHUTDOWN_REASON for run in stopped):
         logger.info("stopping: %d job(s) aborted", aborted)
     if seen and engine.flush_files(max(0.0, deadline - time.monotonic())):  # the events too
         time.sleep(linger)

@@ -226,7 +226,7 @@ class Engine:
         Return how many were still queued or running (and not being aborted already)."""
         order = sorted(runs, key=lambda run: (run.state != State.STARTING, -run.id))
         live = [run for run in order if run.state not in State.FINAL and not run.abort_reason]
-        return sum(self.cycle.abort(run, reason) for run in live)
+        return sum(self.cycle.abort(run, reason, quiet=True) for run in live)  # (a slot's too)
 
     def journal_failed(self, job_id: int | None, err: BaseException) -> None:
         """The journal refused a write: the engine is at fault (the server's state says

@@ -328,7 +328,7 @@ class LifeCycle:
 
         run.timer = self.engine.watchdog.call_later(timeout, expire)
 
-    def abort(self, run: JobRun, reason: str) -> bool:
+    def abort(self, run: JobRun, reason: str, quiet: bool = False) -> bool:
         """Ask a queued or running job to stop; True if it is now stopping.
 
         A queued job ends ``aborted`` at once (its plugin never runs); a running plugin is
@@ -340,7 +340,8 @@ class LifeCycle:
             state = run.state
             if state not in (State.STARTING, State.RUNNING) or run.abort_reason:
                 doing = "already being aborted" if run.abort_reason else state
-                logger.info("job %s is %s: nothing to abort", run.id, doing)
+                log = logger.debug if quiet else logger.info  # quiet: the engine's abort_all
+                log("job %s is %s: nothing to abort", run.id, doing)
                 return False
             run.abort_reason = reason
             run.aborted_at = time.time()
@@ -358,6 +359,10 @@ class LifeCycle:
         elif state == State.STARTING and executor.cancel(run):
             self.finish(run, Outcome(State.ABORTED, {}, reason, None, time.time()))
         return True
+
+    def refuse(self, run: JobRun, reason: str) -> None:
+        """uninitialized → failure: a job made but not to run (its id cannot be told)."""
+        self.finish(run, Outcome(State.FAILURE, {}, reason, None, time.time()))
 
     def abandon_if_stuck(self, run: JobRun) -> None:
         """running → aborted although the plugin runs on: it ignored its abort."""
