@@ -280,7 +280,8 @@ def gc_paused() -> Iterator[None]:
 
 def seconds(value: Any) -> float | None:
     """``value`` (a job timeout, from a job input or a plugin) as a number of seconds;
-    None if it is not a number: a string, a bool, None or NaN."""
+    None if it is not a number: text that is not one (``"30"`` is 30), a bool, None or
+    NaN."""
     if value is None or isinstance(value, bool):
         return None
     try:

@@ -146,11 +146,15 @@ def run_task(
     return outcome_message(outcome, job_id)
 
 
-def _started(key: str, dask_worker: Any = None) -> bool:
-    """On a worker (``Client.run``): whether the task ``key`` has begun there (it runs,
-    or waits for a job, seceded), rather than waiting for a free worker thread."""
-    task = dask_worker.state.tasks.get(key)
-    return task is not None and task.state in ("executing", "long-running")
+def _begun(keys: list[str], dask_worker: Any = None) -> list[str]:
+    """On a worker (``Client.run``): those of the tasks ``keys`` that have begun there
+    (they run, or wait for a job, seceded), rather than wait for a free worker thread."""
+    tasks = dask_worker.state.tasks
+    return [
+        key
+        for key in keys
+        if (task := tasks.get(key)) is not None and task.state in ("executing", "long-running")
+    ]
 
 
 class DaskExecution:
@@ -170,6 +174,10 @@ class DaskExecution:
         self.started = time.time()
         self.settled = False  # the job's outcome was handed over (once only)
         self.lock = threading.Lock()
+        self.attempt = 0
+        # it waits on a worker restarted for another job's hung plugin: its KilledWorker
+        # is not its own, it is sent again
+        self.bystander = False
 
     def launch(self) -> None:
         """Submit the task; its outcome reaches the engine through the collector thread."""
@@ -182,9 +190,12 @@ class DaskExecution:
             executor.host.workdir,
             executor.host.factory.directories,
             self.event_name,
-            key=f"dahu-job-{self.job_id}-{id(self):x}",
+            key=f"dahu-job-{self.job_id}-{id(self):x}-{self.attempt}",
             pure=False,
         )
+        self.attempt += 1
+        with executor._lock:
+            executor._launched[self.future.key] = self
         # The plugin runs remotely and its module is not imported here: its JOB_TIMEOUT
         # is known only if the class is registered in this process already; the worker
         # applies it anyway.
@@ -222,17 +233,52 @@ class DaskExecution:
         holds it would kill the job it runs)."""
         client = self.executor.client
         try:
-            workers = [w for w, keys in client.processing().items() if future.key in keys]
+            processing = client.processing()
+            workers = [w for w, keys in processing.items() if future.key in keys]
             if workers:
-                started = client.run(_started, future.key, workers=workers)
-                running = [w for w in workers if started.get(w)]
+                begun = client.run(_begun, [future.key], workers=workers)
+                running = [w for w in workers if begun.get(w)]
                 if running:
+                    self._spare_bystanders({w: processing[w] for w in running})
                     client.restart_workers(running)
                     close_orphans(self.executor.host)  # the jobs its plugins made
                     return
             future.cancel()
         except Exception as err:
             logger.warning("job %s: cannot restart its worker: %s", self.job_id, err)
+
+    def _spare_bystanders(self, processing: dict[str, list[str]]) -> None:
+        """Mark the tasks that wait, not begun, on the workers about to be restarted
+        (``processing``: their keys per worker): they are sent again (:meth:`relaunched`)
+        instead of failing with ``KilledWorker``."""
+        executor = self.executor
+        for worker, keys in processing.items():
+            begun = set(executor.client.run(_begun, list(keys), workers=[worker])[worker])
+            with executor._lock:
+                for key in set(keys) - begun:
+                    other = executor._launched.get(key)
+                    if other is not None and other is not self:
+                        other.bystander = True
+
+    def relaunched(self) -> bool:
+        """Send again a bystander task (see :meth:`_spare_bystanders`) that its worker's
+        restart failed; True if it was sent."""
+        future = self.future
+        if not self.bystander or self.abort_reason is not None:
+            return False
+        self.bystander = False
+        if future.status != "error":  # it ran to its end, or was cancelled
+            return False
+        try:
+            if type(future.exception()).__name__ != "KilledWorker":
+                return False
+            logger.info("job %s: sent again (its worker was restarted)", self.job_id)
+            self.launch()
+        except Exception:  # reported as the task's outcome
+            logger.exception("job %s: cannot send it again", self.job_id)
+            self.future = future
+            return False
+        return True
 
     def outcome(self) -> Outcome:
         """The job's outcome once its future is done."""
@@ -291,6 +337,7 @@ class DaskExecutor:
         self._in_flight = 0
         self._completed: queue.SimpleQueue = queue.SimpleQueue()
         self._collector: threading.Thread | None = None
+        self._launched: dict[str, DaskExecution] = {}  # by task key, until settled
 
     def attach(self, host: Any) -> None:
         """Connect to (or start) the cluster for the engine ``host``."""
@@ -367,6 +414,10 @@ class DaskExecutor:
             execution = self._completed.get()
             if execution is None:
                 return
+            with self._lock:
+                self._launched.pop(execution.future.key, None)
+            if execution.relaunched():
+                continue
             task = execution.task
             # the job's callbacks run here: one that waits for a job hands the
             # collecting over to a new thread (:meth:`_hand_over`), so outcomes go on
