@@ -28,6 +28,7 @@ from typing import Any
 
 from .engine import NOTE_RUNNING_AFTER, Engine, JobRun, get_engine
 from .errors import DahuError, InvalidInput, JournalError
+from .executors.runner import Outcome
 from .executors.slot import SELF_JOIN, current_job_id, released
 from .inputs import parse_input, unrecordable
 from .journal import job_file_stem, write_job_files
@@ -219,7 +220,7 @@ class Job(threading.Thread, metaclass=_JobClass):
     def _refuse(self, reason: str) -> None:
         """End this job, never started, as ``failure`` with ``reason`` (in the journal:
         not left ``uninitialized``) when its id cannot be handed out."""
-        self._cycle().refuse(self._run, reason)
+        self._cycle().finish(self._run, Outcome(State.FAILURE, {}, reason, None, time.time()))
 
     def connect_callback(self, method: Callable[[Job], Any] | None = None) -> None:
         """Call ``method(job)`` when the job ends (after its outcome is recorded)."""

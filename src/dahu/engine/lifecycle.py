@@ -8,7 +8,6 @@
                                                     └──abort ignored past the grace──▶ aborted (abandoned)
 
 A job of a process that died is closed by the journal as ``failure``/``interrupted``.
-
 :class:`JobRun` holds the state of one job while it lives in this process; it is what the
 executors receive (the :class:`~dahu.executors.base.Task` interface: ``begin``,
 ``plugin_loaded``, ``finish``).  :class:`LifeCycle` performs the transitions: it records
@@ -51,8 +50,7 @@ def nonblocking(method: Callable[..., Any]) -> Callable[..., Any]:
 
 NOTE_RUNNING_AFTER = 0.5
 """Seconds after which a running job is recorded as ``running`` in the journal (at most
-twice that): short jobs cost one journal write less, readers in other processes see
-long ones as running."""
+twice that): short jobs cost one journal write less; other processes see long ones."""
 
 
 SHUTDOWN_REASON = "the server is shutting down"
@@ -359,10 +357,6 @@ class LifeCycle:
         elif state == State.STARTING and executor.cancel(run):
             self.finish(run, Outcome(State.ABORTED, {}, reason, None, time.time()))
         return True
-
-    def refuse(self, run: JobRun, reason: str) -> None:
-        """uninitialized → failure: a job made but not to run (its id cannot be told)."""
-        self.finish(run, Outcome(State.FAILURE, {}, reason, None, time.time()))
 
     def abandon_if_stuck(self, run: JobRun) -> None:
         """running → aborted although the plugin runs on: it ignored its abort."""
