@@ -171,6 +171,21 @@ def test_a_journal_that_cannot_open_on_a_full_disk_says_the_disk_is_full(tmp_pat
         SQLiteJournal(str(tmp_path))
 
 
+def test_a_journal_that_cannot_open_on_a_read_only_file_system_says_so(tmp_path, monkeypatch):
+    # bug: on a read-only file system the server refused to start with SQLite's bare
+    # "unable to open database file", which names no cause
+    import os
+
+    SQLiteJournal(str(tmp_path)).close()
+    (tmp_path / (SQLiteJournal.FILENAME + "-shm")).mkdir()  # SQLite cannot open it
+    real = os.statvfs(tmp_path)
+    flags = real.f_flag | os.ST_RDONLY
+    fake = os.statvfs_result((*real[:8], flags, *real[9:]))  # f_flag is the 9th field
+    monkeypatch.setattr(os, "statvfs", lambda path: fake)
+    with pytest.raises(JournalError, match=r"\(its file system is read-only\)$"):
+        SQLiteJournal(str(tmp_path))
+
+
 def test_a_journal_made_again_where_jobs_ran_gives_no_id_twice(tmp_path):
     # bug: a work directory whose journal was deleted (or emptied) gave ids from 1 again,
     # overwriting the .inp/.out files of the jobs that had run there

@@ -59,8 +59,14 @@ def file_identity(path: str) -> tuple[int, int] | None:
 
 def full_disk_reason(workdir: str) -> str:
     """Why a journal may not open (`` (its file system is full: ...)``), or ``""``: on a
-    full disk SQLite says only ``disk I/O error`` (its shared-memory file cannot grow)."""
+    full disk SQLite says only ``disk I/O error`` (its shared-memory file cannot grow),
+    on a read-only one or in a directory this user cannot write ``unable to open
+    database file``."""
     with contextlib.suppress(OSError):
+        if os.statvfs(workdir).f_flag & os.ST_RDONLY:
+            return " (its file system is read-only)"
+        if not os.access(workdir, os.W_OK):
+            return " (this user cannot write in the directory)"
         free = shutil.disk_usage(workdir).free
         if free < 1 << 20:
             return f" (its file system is full: {free} bytes free)"
