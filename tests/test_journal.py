@@ -393,6 +393,16 @@ def test_files_a_killed_process_left_unwritten_are_written_at_the_next_start(wor
     assert dahu.engine.configure(workdir=str(workdir)).recovered == 0  # once only
 
 
+def of_a_dead_process(workdir) -> None:
+    """Make every record of the journal of ``workdir`` that of a process that is gone."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    with db:
+        db.execute("UPDATE jobs SET pid = ?", (gone.pid,))
+    db.close()
+
+
 def test_every_interrupted_job_gets_its_files_however_long_the_queue_was(workdir, monkeypatch):
     # bug: only the interrupted jobs among the last WINDOW (2,000) ids got their files:
     # a server killed with 5,000 jobs of a startJobs queued left 2,900 of them without
@@ -403,12 +413,7 @@ def test_every_interrupted_job_gets_its_files_however_long_the_queue_was(workdir
     journal = SQLiteJournal(str(workdir))
     ids = journal.create_many("example.square", [{"x": i} for i in range(100)], 1.0)
     journal.close()
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
-    with db:  # as a server killed with them queued left them
-        db.execute("UPDATE jobs SET pid = ?", (gone.pid,))
-    db.close()
+    of_a_dead_process(workdir)
 
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
@@ -438,12 +443,7 @@ def test_a_files_thread_far_behind_at_a_kill_leaves_no_job_without_files(workdir
         write_job_files(str(workdir), job_id, "example.square", {"x": 0}, {"result": 0})
     cut = job_file_stem(str(workdir), ids[59], "example.square") + ".out"
     open(cut, "w").close()  # the kill came between its creation and its write
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
-    with db:
-        db.execute("UPDATE jobs SET pid = ?", (gone.pid,))
-    db.close()
+    of_a_dead_process(workdir)
 
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
@@ -685,3 +685,25 @@ def test_a_write_waiting_for_another_process_lock_holds_up_no_read(tmp_path):
     writer.join(30)
     assert created == [old + 1] and journal.get(old + 1).state == "uninitialized"
     journal.close()
+
+
+def test_files_deleted_by_a_user_are_not_all_written_again(workdir, monkeypatch):
+    # the search for files a killed process left unwritten goes back window by window
+    # while files are missing: bounded, so that a user who deleted the job files of a
+    # long journal does not get them all back at the next start
+    from dahu.engine import recovery
+
+    monkeypatch.setattr(recovery, "WINDOW", 10)
+    monkeypatch.setattr(recovery, "REACH", 30)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(100)], 1.0)
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, 2.0 + i) for i in ids])
+    journal.close()
+    of_a_dead_process(workdir)
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.recovered == 30
+        assert os.path.exists(job_file_stem(str(workdir), ids[-30], "example.square") + ".out")
+        assert not os.path.exists(job_file_stem(str(workdir), ids[-31], "example.square") + ".out")
+    finally:
+        engine.close()

@@ -10,7 +10,8 @@ jobs end, so only the latest ends are
 looked at: the search reads :data:`WINDOW` ids at a time, from the last one down, and
 stops after :data:`SETTLED` ended jobs in a row that have both files whole, or after a
 window where none lacked them (a burst can leave tens of thousands unwritten; a window of
-the queue cut short is passed over).  The interrupted jobs all get theirs.
+the queue cut short is passed over), and looks :data:`REACH` ids back at most (files a
+user deleted are not all written again).  The interrupted jobs all get theirs.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from ..states import State
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_missing_files", "SETTLED", "WINDOW"]
+__all__ = ["write_missing_files", "SETTLED", "WINDOW", "REACH"]
 
 SETTLED = 50  # ended jobs in a row with their files: the older ones have theirs
 WINDOW = 2000  # ids looked at at once (from the last one down)
+REACH = 100_000  # ids looked at, at most: files a user deleted are not all written again
 
 
 def write_missing_files(engine: Any, interrupted: list[int]) -> int:
@@ -41,7 +43,8 @@ def write_missing_files(engine: Any, interrupted: list[int]) -> int:
     alive: dict[tuple, bool] = {}  # (host, pid) -> its process runs (asked once each)
     present = 0
     top = journal.last_id()
-    while top >= 1:  # the latest ends, window by window while files were missing
+    floor = max(0, top - REACH)
+    while top > floor:  # the latest ends, window by window while files were missing
         first = max(1, top - WINDOW + 1)
         records = [r for r in journal.select(first, top) if r.state in State.FINAL]
         ended = [r for r in records if r.id not in closed]  # not the queue cut short
