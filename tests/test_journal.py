@@ -687,6 +687,34 @@ def test_a_write_waiting_for_another_process_lock_holds_up_no_read(tmp_path):
     journal.close()
 
 
+def test_an_ended_job_left_without_files_behind_later_ends_gets_them(workdir, monkeypatch):
+    # bug: a server killed while job 60's outcome was committed but not yet reported
+    # (files follow the reports), after queued jobs aborted later had theirs written:
+    # the search met those first, found no file missing there and stopped
+    from dahu.engine import recovery
+
+    monkeypatch.setattr(recovery, "WINDOW", 40)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(120)], 1.0)
+    ran, queued = ids[:60], ids[60:]
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, 2.0 + i) for i in ran])
+    aborted = queued[-10:]  # queued, aborted by a client, files written
+    journal.finish_many([(i, "aborted", {}, "aborted by a client", None, 500.0) for i in aborted])
+    journal.close()
+    for job_id in ran[:-1] + aborted:
+        write_job_files(str(workdir), job_id, "example.square", {"x": 0}, {"result": 0})
+    of_a_dead_process(workdir)
+
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert len(engine.interrupted) == 50
+        assert engine.recovered == 51  # the interrupted ones, and the last that ran
+        stem = job_file_stem(str(workdir), ran[-1], "example.square")
+        assert json.loads(open(stem + ".out").read())["result"] == ran[-1]
+    finally:
+        engine.close()
+
+
 def test_files_deleted_by_a_user_are_not_all_written_again(workdir, monkeypatch):
     # the search for files a killed process left unwritten goes back window by window
     # while files are missing: bounded, so that a user who deleted the job files of a

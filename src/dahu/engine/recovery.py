@@ -7,11 +7,12 @@ never get any.  The journal holds everything those files show, so the next start
 writes them: those of jobs whose process is gone (a live one, a server beside a worker
 process or a tool on its directory, writes its own).  Files are written in the order
 jobs end, so only the latest ends are
-looked at: the search reads :data:`WINDOW` ids at a time, from the last one down, and
-stops after :data:`SETTLED` ended jobs in a row that have both files whole, or after a
-window where none lacked them (a burst can leave tens of thousands unwritten; a window of
-the queue cut short is passed over), and looks :data:`REACH` ids back at most (files a
-user deleted are not all written again).  The interrupted jobs all get theirs.
+looked at: the search reads :data:`WINDOW` ids at a time, from the last one down (a
+burst can leave tens of thousands unwritten), and stops after :data:`SETTLED` ended jobs
+in a row that have both files whole (in the order of their ends: the files follow the
+order of the commits, close to it), or after a window where only live processes ended
+jobs, and looks :data:`REACH` ids back at most (files a user deleted are not all written
+again).  The interrupted jobs all get theirs.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def write_missing_files(engine: Any, interrupted: list[int]) -> int:
         ended.sort(key=lambda r: r.ended or 0.0, reverse=True)
         more, present, looked = _write_missing(engine, ended, alive, present)
         written += more
-        if present >= SETTLED or not more and (looked or len(ended) == len(records)):
-            break  # the files thread had caught up: the older jobs have theirs
+        if present >= SETTLED or not looked and len(ended) == len(records):
+            break  # the files thread had caught up, or only live processes ended jobs here
         top = first - 1
     if written:
         logger.warning(
