@@ -262,3 +262,35 @@ def test_a_journal_that_refuses_new_jobs_puts_the_server_at_fault(tmp_path):
     finally:
         assert local.stop() == 0
     assert "cannot write the journal" in (tmp_path / "server.log").read_text()
+
+
+def test_a_wal_file_removed_under_a_running_server_loses_no_job_at_a_kill(tmp_path):
+    # bug: with journal.sqlite-wal removed (a clean-up of files that look temporary)
+    # the server went on committing into the removed file: dahu-jobs found no jobs
+    # table, and a kill -9 lost every job since the last checkpoint (here: all of them)
+    workdir = tmp_path / "work"
+    local = LocalServer(str(workdir), str(tmp_path / "server.log"), device=DEVICE)
+    proxy = local.start(timeout=60)
+    try:
+        ids = squares(proxy)
+        (workdir / (SQLiteJournal.FILENAME + "-wal")).unlink()
+        ids += squares(proxy)
+        deadline = time.monotonic() + 10
+        while readable(workdir) != dict.fromkeys(ids, "success"):  # by dahu-jobs, the web
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        ids += squares(proxy)  # committed to the new -wal
+        local.process.kill()
+        local.process.wait(30)
+    finally:
+        local.stop()
+    assert readable(workdir) == dict.fromkeys(ids, "success")
+
+
+def readable(workdir) -> dict[int, str]:
+    """What another process reads of the journal of ``workdir`` now ({} if nothing)."""
+    try:
+        return recorded(workdir / SQLiteJournal.FILENAME)
+    except sqlite3.Error:
+        return {}
