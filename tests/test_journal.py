@@ -715,6 +715,35 @@ def test_an_ended_job_left_without_files_behind_later_ends_gets_them(workdir, mo
         engine.close()
 
 
+def test_the_last_ends_among_a_queue_cut_short_get_their_files(workdir, monkeypatch):
+    # bug: a server killed during a startJobs of 2,000 jobs (queued while other
+    # clients' jobs came and ended) had jobs 99 and 100 (ids below the queue cut short)
+    # end last without files; the search met 50 jobs with files above the queue first,
+    # which ended earlier, and stopped
+    from dahu.engine import recovery
+
+    monkeypatch.setattr(recovery, "WINDOW", 40)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(200)], 1.0)
+    ran, others = ids[:100], ids[140:]  # ids[100:140]: queued, never started
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, 100.0 + i) for i in ran])
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, i - 140.0) for i in others])
+    journal.close()
+    for job_id in ran[:-2] + others:
+        write_job_files(str(workdir), job_id, "example.square", {"x": 0}, {"result": 0})
+    of_a_dead_process(workdir)
+
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert len(engine.interrupted) == 40
+        assert engine.recovered == 42
+        for job_id in ran[-2:]:
+            stem = job_file_stem(str(workdir), job_id, "example.square")
+            assert json.loads(open(stem + ".out").read())["result"] == job_id
+    finally:
+        engine.close()
+
+
 def test_files_deleted_by_a_user_are_not_all_written_again(workdir, monkeypatch):
     # the search for files a killed process left unwritten goes back window by window
     # while files are missing: bounded, so that a user who deleted the job files of a

@@ -8,7 +8,8 @@ writes them: those of jobs whose process is gone (a live one, a server beside a 
 process or a tool on its directory, writes its own).  Files are written in the order
 jobs end, so only the latest ends are
 looked at: the search reads :data:`WINDOW` ids at a time, from the last one down (a
-burst can leave tens of thousands unwritten), and stops after :data:`SETTLED` ended jobs
+burst can leave tens of thousands unwritten; the first read takes in the ids of the
+interrupted jobs and a window below them, among which the last ends are), and stops after :data:`SETTLED` ended jobs
 in a row that have both files whole (in the order of their ends: the files follow the
 order of the commits, close to it), or after a window where only live processes ended
 jobs, and looks :data:`REACH` ids back at most (files a user deleted are not all written
@@ -45,8 +46,10 @@ def write_missing_files(engine: Any, interrupted: list[int]) -> int:
     present = 0
     top = journal.last_id()
     floor = max(0, top - REACH)
+    # first the ids of the queue cut short and a window below: the jobs that ended last
+    # were submitted among them (a startJobs queues its jobs while other clients' come)
+    first = max(1, floor + 1, min(closed, default=top + 1) - WINDOW)
     while top > floor:  # the latest ends, window by window while files were missing
-        first = max(1, top - WINDOW + 1)
         records = [r for r in journal.select(first, top) if r.state in State.FINAL]
         ended = [r for r in records if r.id not in closed]  # not the queue cut short
         ended.sort(key=lambda r: r.ended or 0.0, reverse=True)
@@ -55,6 +58,7 @@ def write_missing_files(engine: Any, interrupted: list[int]) -> int:
         if present >= SETTLED or not looked and len(ended) == len(records):
             break  # the files thread had caught up, or only live processes ended jobs here
         top = first - 1
+        first = max(1, top - WINDOW + 1)
     if written:
         logger.warning(
             "%d job(s) ended without their .inp/.out files (a process died): written now",
