@@ -744,6 +744,34 @@ def test_the_last_ends_among_a_queue_cut_short_get_their_files(workdir, monkeypa
         engine.close()
 
 
+def test_the_last_ends_of_a_startjobs_far_below_later_ids_get_their_files(workdir, monkeypatch):
+    # bug: a kill loop's startJobs of 2,000 jobs, queued while other clients' jobs came
+    # (higher ids, ended earlier), had its last 15 jobs end last, 2,600 ids below the
+    # queue cut short: the search found 50 jobs with files among the higher ids and
+    # stopped; it now goes on down while jobs ended after those 50
+    from dahu.engine import recovery
+
+    monkeypatch.setattr(recovery, "WINDOW", 40)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(300)], 1.0)
+    batch, others = ids[:150], ids[150:260]  # ids[260:]: queued, never started
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, 1000.0 + i) for i in batch])
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, float(i)) for i in others])
+    journal.close()
+    for job_id in batch[:-10] + others:
+        write_job_files(str(workdir), job_id, "example.square", {"x": 0}, {"result": 0})
+    of_a_dead_process(workdir)
+
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.recovered == 40 + 10
+        for job_id in batch[-10:]:
+            stem = job_file_stem(str(workdir), job_id, "example.square")
+            assert json.loads(open(stem + ".out").read())["result"] == job_id
+    finally:
+        engine.close()
+
+
 def test_files_deleted_by_a_user_are_not_all_written_again(workdir, monkeypatch):
     # the search for files a killed process left unwritten goes back window by window
     # while files are missing: bounded, so that a user who deleted the job files of a
