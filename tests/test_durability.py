@@ -171,6 +171,21 @@ def test_a_journal_that_cannot_open_on_a_full_disk_says_the_disk_is_full(tmp_pat
         SQLiteJournal(str(tmp_path))
 
 
+def test_a_journal_that_cannot_open_on_a_read_only_file_system_says_so(tmp_path, monkeypatch):
+    # bug: on a read-only file system the server refused to start with SQLite's bare
+    # "unable to open database file", which names no cause
+    import os
+
+    SQLiteJournal(str(tmp_path)).close()
+    (tmp_path / (SQLiteJournal.FILENAME + "-shm")).mkdir()  # SQLite cannot open it
+    real = os.statvfs(tmp_path)
+    flags = real.f_flag | os.ST_RDONLY
+    fake = os.statvfs_result((*real[:8], flags, *real[9:]))  # f_flag is the 9th field
+    monkeypatch.setattr(os, "statvfs", lambda path: fake)
+    with pytest.raises(JournalError, match=r"\(its file system is read-only\)$"):
+        SQLiteJournal(str(tmp_path))
+
+
 def test_a_journal_made_again_where_jobs_ran_gives_no_id_twice(tmp_path):
     # bug: a work directory whose journal was deleted (or emptied) gave ids from 1 again,
     # overwriting the .inp/.out files of the jobs that had run there
@@ -247,3 +262,35 @@ def test_a_journal_that_refuses_new_jobs_puts_the_server_at_fault(tmp_path):
     finally:
         assert local.stop() == 0
     assert "cannot write the journal" in (tmp_path / "server.log").read_text()
+
+
+def test_a_wal_file_removed_under_a_running_server_loses_no_job_at_a_kill(tmp_path):
+    # bug: with journal.sqlite-wal removed (a clean-up of files that look temporary)
+    # the server went on committing into the removed file: dahu-jobs found no jobs
+    # table, and a kill -9 lost every job since the last checkpoint (here: all of them)
+    workdir = tmp_path / "work"
+    local = LocalServer(str(workdir), str(tmp_path / "server.log"), device=DEVICE)
+    proxy = local.start(timeout=60)
+    try:
+        ids = squares(proxy)
+        (workdir / (SQLiteJournal.FILENAME + "-wal")).unlink()
+        ids += squares(proxy)
+        deadline = time.monotonic() + 10
+        while readable(workdir) != dict.fromkeys(ids, "success"):  # by dahu-jobs, the web
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        ids += squares(proxy)  # committed to the new -wal
+        local.process.kill()
+        local.process.wait(30)
+    finally:
+        local.stop()
+    assert readable(workdir) == dict.fromkeys(ids, "success")
+
+
+def readable(workdir) -> dict[int, str]:
+    """What another process reads of the journal of ``workdir`` now ({} if nothing)."""
+    try:
+        return recorded(workdir / SQLiteJournal.FILENAME)
+    except sqlite3.Error:
+        return {}

@@ -601,3 +601,36 @@ def test_wait_for_its_own_job_fails_at_once_without_spinning(engine, plugin_dir,
     assert job.error.splitlines()[0] == f"RuntimeError: ERROR in Myself: {reason}"
     assert time.monotonic() - started < 5
     assert time.process_time() - cpu < 2
+
+
+def test_the_jobs_of_a_create_many_the_journal_refused_halfway_never_stay_queued(workdir):
+    # bug: startJobs of 1,000 jobs on a disk that filled up after the first 256 records
+    # answered an error (no id) and left those 256 "uninitialized" in the journal for
+    # good: never run, held in memory, shown as waiting by dahu-jobs
+    import dahu.engine
+    from dahu.errors import JournalError
+    from dahu.journal import MemoryJournal
+
+    class FillsUp(MemoryJournal):
+        def create_many(self, plugin, inputs, submitted):
+            if self.last_id() >= 4:
+                raise JournalError("cannot write the journal: disk full") from OSError(28, "full")
+            return super().create_many(plugin, inputs, submitted)
+
+    journal = FillsUp()
+    engine = dahu.engine.configure(workdir=str(workdir), journal=journal)
+    try:
+        with pytest.raises(JournalError, match="disk full"):
+            Job.create_many("example.square", [{"x": x} for x in range(10)], chunk=4)
+        records = list(journal.select())
+        assert [record.state for record in records] == ["failure"] * 4
+        assert records[0].error == (
+            "not started: the journal refused the records of the jobs created with it: "
+            "cannot write the journal: disk full"
+        )
+        assert not engine.live() and engine.journal_fault is not None
+        assert engine.flush_files(timeout=30)
+        stem = job_file_stem(str(workdir), records[0].id, "example.square")
+        assert json.loads(open(stem + ".out").read())["error"][0] == records[0].error
+    finally:
+        engine.close()

@@ -393,6 +393,16 @@ def test_files_a_killed_process_left_unwritten_are_written_at_the_next_start(wor
     assert dahu.engine.configure(workdir=str(workdir)).recovered == 0  # once only
 
 
+def of_a_dead_process(workdir) -> None:
+    """Make every record of the journal of ``workdir`` that of a process that is gone."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    with db:
+        db.execute("UPDATE jobs SET pid = ?", (gone.pid,))
+    db.close()
+
+
 def test_every_interrupted_job_gets_its_files_however_long_the_queue_was(workdir, monkeypatch):
     # bug: only the interrupted jobs among the last WINDOW (2,000) ids got their files:
     # a server killed with 5,000 jobs of a startJobs queued left 2,900 of them without
@@ -403,12 +413,7 @@ def test_every_interrupted_job_gets_its_files_however_long_the_queue_was(workdir
     journal = SQLiteJournal(str(workdir))
     ids = journal.create_many("example.square", [{"x": i} for i in range(100)], 1.0)
     journal.close()
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
-    with db:  # as a server killed with them queued left them
-        db.execute("UPDATE jobs SET pid = ?", (gone.pid,))
-    db.close()
+    of_a_dead_process(workdir)
 
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
@@ -438,12 +443,7 @@ def test_a_files_thread_far_behind_at_a_kill_leaves_no_job_without_files(workdir
         write_job_files(str(workdir), job_id, "example.square", {"x": 0}, {"result": 0})
     cut = job_file_stem(str(workdir), ids[59], "example.square") + ".out"
     open(cut, "w").close()  # the kill came between its creation and its write
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
-    with db:
-        db.execute("UPDATE jobs SET pid = ?", (gone.pid,))
-    db.close()
+    of_a_dead_process(workdir)
 
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
@@ -685,3 +685,110 @@ def test_a_write_waiting_for_another_process_lock_holds_up_no_read(tmp_path):
     writer.join(30)
     assert created == [old + 1] and journal.get(old + 1).state == "uninitialized"
     journal.close()
+
+
+def test_an_ended_job_left_without_files_behind_later_ends_gets_them(workdir, monkeypatch):
+    # bug: a server killed while job 60's outcome was committed but not yet reported
+    # (files follow the reports), after queued jobs aborted later had theirs written:
+    # the search met those first, found no file missing there and stopped
+    from dahu.engine import recovery
+
+    monkeypatch.setattr(recovery, "WINDOW", 40)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(120)], 1.0)
+    ran, queued = ids[:60], ids[60:]
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, 2.0 + i) for i in ran])
+    aborted = queued[-10:]  # queued, aborted by a client, files written
+    journal.finish_many([(i, "aborted", {}, "aborted by a client", None, 500.0) for i in aborted])
+    journal.close()
+    for job_id in ran[:-1] + aborted:
+        write_job_files(str(workdir), job_id, "example.square", {"x": 0}, {"result": 0})
+    of_a_dead_process(workdir)
+
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert len(engine.interrupted) == 50
+        assert engine.recovered == 51  # the interrupted ones, and the last that ran
+        stem = job_file_stem(str(workdir), ran[-1], "example.square")
+        assert json.loads(open(stem + ".out").read())["result"] == ran[-1]
+    finally:
+        engine.close()
+
+
+def test_the_last_ends_among_a_queue_cut_short_get_their_files(workdir, monkeypatch):
+    # bug: a server killed during a startJobs of 2,000 jobs (queued while other
+    # clients' jobs came and ended) had jobs 99 and 100 (ids below the queue cut short)
+    # end last without files; the search met 50 jobs with files above the queue first,
+    # which ended earlier, and stopped
+    from dahu.engine import recovery
+
+    monkeypatch.setattr(recovery, "WINDOW", 40)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(200)], 1.0)
+    ran, others = ids[:100], ids[140:]  # ids[100:140]: queued, never started
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, 100.0 + i) for i in ran])
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, i - 140.0) for i in others])
+    journal.close()
+    for job_id in ran[:-2] + others:
+        write_job_files(str(workdir), job_id, "example.square", {"x": 0}, {"result": 0})
+    of_a_dead_process(workdir)
+
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert len(engine.interrupted) == 40
+        assert engine.recovered == 42
+        for job_id in ran[-2:]:
+            stem = job_file_stem(str(workdir), job_id, "example.square")
+            assert json.loads(open(stem + ".out").read())["result"] == job_id
+    finally:
+        engine.close()
+
+
+def test_the_last_ends_of_a_startjobs_far_below_later_ids_get_their_files(workdir, monkeypatch):
+    # bug: a kill loop's startJobs of 2,000 jobs, queued while other clients' jobs came
+    # (higher ids, ended earlier), had its last 15 jobs end last, 2,600 ids below the
+    # queue cut short: the search found 50 jobs with files among the higher ids and
+    # stopped; it now goes on down while jobs ended after those 50
+    from dahu.engine import recovery
+
+    monkeypatch.setattr(recovery, "WINDOW", 40)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(300)], 1.0)
+    batch, others = ids[:150], ids[150:260]  # ids[260:]: queued, never started
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, 1000.0 + i) for i in batch])
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, float(i)) for i in others])
+    journal.close()
+    for job_id in batch[:-10] + others:
+        write_job_files(str(workdir), job_id, "example.square", {"x": 0}, {"result": 0})
+    of_a_dead_process(workdir)
+
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.recovered == 40 + 10
+        for job_id in batch[-10:]:
+            stem = job_file_stem(str(workdir), job_id, "example.square")
+            assert json.loads(open(stem + ".out").read())["result"] == job_id
+    finally:
+        engine.close()
+
+
+def test_files_deleted_by_a_user_are_not_all_written_again(workdir, monkeypatch):
+    # the search for files a killed process left unwritten goes back window by window
+    # while files are missing: bounded, so that a user who deleted the job files of a
+    # long journal does not get them all back at the next start
+    from dahu.engine import recovery
+
+    monkeypatch.setattr(recovery, "WINDOW", 10)
+    monkeypatch.setattr(recovery, "REACH", 30)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(100)], 1.0)
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, 2.0 + i) for i in ids])
+    journal.close()
+    of_a_dead_process(workdir)
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.recovered == 30
+        assert os.path.exists(job_file_stem(str(workdir), ids[-30], "example.square") + ".out")
+        assert not os.path.exists(job_file_stem(str(workdir), ids[-31], "example.square") + ".out")
+    finally:
+        engine.close()

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .engine import NOTE_RUNNING_AFTER, Engine, JobRun, get_engine
-from .errors import DahuError, InvalidInput, JournalError
+from .errors import DahuError, InvalidInput, JournalError, one_line
 from .executors.runner import Outcome
 from .executors.slot import SELF_JOIN, current_job_id, released
 from .inputs import parse_input, unrecordable
@@ -69,6 +69,19 @@ def _refused(engine: Engine, datas: list[dict[str, Any]], err: JournalError) -> 
     _refuse_unrecordable(datas)
     if not isinstance(err.__cause__, (TypeError, ValueError, RecursionError)):
         engine.journal_failed(None, err)
+
+
+def _never_started(engine: Engine, jobs: list[Job], err: JournalError) -> None:
+    """Close the ``jobs`` of a :meth:`Job.create_many` whose next records the journal
+    refused: their caller gets the error and no id, so they never start; ended
+    (``failure``, saying why, with their files) rather than left waiting in the journal
+    for good."""
+    reason = one_line(
+        f"not started: the journal refused the records of the jobs created with it: {err}"
+    )
+    for job in jobs:
+        engine.cycle.finish(job._run, Outcome(State.FAILURE, {}, reason, None, time.time()))
+        engine.clean_later(job)  # its .inp/.out files, as any job that ended
 
 
 class _JobClass(type):
@@ -149,6 +162,7 @@ class Job(threading.Thread, metaclass=_JobClass):
                 try:
                     runs = engine.create_many(name, datas[first : first + chunk])
                 except JournalError as err:
+                    _never_started(engine, jobs, err)
                     _refused(engine, datas[first : first + chunk], err)
                     raise
                 jobs.extend(cls._over(engine, run) for run in runs)

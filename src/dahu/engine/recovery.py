@@ -7,10 +7,15 @@ never get any.  The journal holds everything those files show, so the next start
 writes them: those of jobs whose process is gone (a live one, a server beside a worker
 process or a tool on its directory, writes its own).  Files are written in the order
 jobs end, so only the latest ends are
-looked at: the search reads :data:`WINDOW` ids at a time, from the last one down, and
-stops after :data:`SETTLED` ended jobs in a row that have both files whole, or after a
-window where none lacked them (a burst can leave tens of thousands unwritten; a window of
-the queue cut short is passed over).  The interrupted jobs all get theirs.
+looked at: the search reads :data:`WINDOW` ids at a time, from the last one down (a
+burst can leave tens of thousands unwritten; the first read takes in the ids of the
+interrupted jobs and a window below them), until :data:`SETTLED` ended jobs in a row
+have both files whole, in the order of their ends (the files follow the order of the
+commits, close to it); then, since a startJobs queues its jobs while other clients'
+come, it goes on down while a window holds jobs that ended after the last of them (it
+stops at once at a window where only live processes ended jobs).  It looks :data:`REACH`
+ids back at most (files a user deleted are not all written again).  The interrupted
+jobs all get theirs.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from ..states import State
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_missing_files", "SETTLED", "WINDOW"]
+__all__ = ["write_missing_files", "SETTLED", "WINDOW", "REACH"]
 
 SETTLED = 50  # ended jobs in a row with their files: the older ones have theirs
 WINDOW = 2000  # ids looked at at once (from the last one down)
+REACH = 100_000  # ids looked at, at most: files a user deleted are not all written again
 
 
 def write_missing_files(engine: Any, interrupted: list[int]) -> int:
@@ -39,18 +45,27 @@ def write_missing_files(engine: Any, interrupted: list[int]) -> int:
     # the interrupted ones never had files, however many were queued
     written = sum(_write(engine, r) for r in map(journal.get, sorted(closed)) if r is not None)
     alive: dict[tuple, bool] = {}  # (host, pid) -> its process runs (asked once each)
-    present = 0
+    present, since = 0, None  # since: once 50 in a row have files, the end of the 50th
     top = journal.last_id()
-    while top >= 1:  # the latest ends, window by window while files were missing
-        first = max(1, top - WINDOW + 1)
+    floor = max(0, top - REACH)
+    # first the ids of the queue cut short and a window below: the jobs that ended last
+    # were submitted among them (a startJobs queues its jobs while other clients' come)
+    first = max(1, floor + 1, min(closed, default=top + 1) - WINDOW)
+    while top > floor:  # the latest ends, window by window
         records = [r for r in journal.select(first, top) if r.state in State.FINAL]
         ended = [r for r in records if r.id not in closed]  # not the queue cut short
+        if since is not None:  # only the jobs that ended after those 50 may lack files
+            ended = [r for r in ended if (r.ended or 0.0) > since]
+            if not ended:
+                break  # none here: the older ids ended before, with their files
         ended.sort(key=lambda r: r.ended or 0.0, reverse=True)
-        more, present, looked = _write_missing(engine, ended, alive, present)
+        more, present, looked, settled = _write_missing(engine, ended, alive, present, since)
         written += more
-        if present >= SETTLED or not more and (looked or len(ended) == len(records)):
-            break  # the files thread had caught up: the older jobs have theirs
+        if since is None and settled is None and not looked and len(ended) == len(records):
+            break  # only live processes ended jobs here: they write their files
+        since = settled if since is None else since
         top = first - 1
+        first = max(1, top - WINDOW + 1)
     if written:
         logger.warning(
             "%d job(s) ended without their .inp/.out files (a process died): written now",
@@ -60,11 +75,12 @@ def write_missing_files(engine: Any, interrupted: list[int]) -> int:
 
 
 def _write_missing(
-    engine: Any, records: list[Any], alive: dict[tuple, bool], present: int
-) -> tuple[int, int, int]:
-    """Write the files that ``records`` (newest end first) of dead processes lack, until
-    :data:`SETTLED` jobs in a row (``present`` so far) have theirs; return how many jobs
-    got files, the jobs in a row that have them, and the jobs looked at."""
+    engine: Any, records: list[Any], alive: dict[tuple, bool], present: int, since: float | None
+) -> tuple[int, int, int, float | None]:
+    """Write the files that ``records`` (newest end first) of dead processes lack; until
+    :data:`SETTLED` jobs in a row (``present`` so far) have theirs, unless ``since`` is
+    known already.  Return how many jobs got files, the jobs in a row that have them, the
+    jobs looked at, and the end of the last of :data:`SETTLED` in a row (None: not yet)."""
     written = looked = 0
     for record in records:
         owner = (record.host, record.pid)
@@ -76,12 +92,12 @@ def _write_missing(
         stem = job_file_stem(engine.workdir, record.id, record.plugin)
         if _whole(stem + ".inp") and _whole(stem + ".out"):
             present += 1
-            if present >= SETTLED:
-                break
+            if present >= SETTLED and since is None:
+                return written, present, looked, record.ended or 0.0
             continue
         present = 0
         written += _write(engine, record)
-    return written, present, looked
+    return written, present, looked, None
 
 
 def _whole(path: str) -> bool:

@@ -47,7 +47,7 @@ from .base import (
     storable_id,
 )
 from .files import highest_file_id
-from .sqlitefile import connect_file, file_identity, full_disk_reason
+from .sqlitefile import connect_file, file_identity, full_disk_reason, process_alive, write_again
 from .writer import BatchedWriter, _Write
 
 logger = logging.getLogger(__name__)
@@ -58,24 +58,6 @@ SCHEMA_VERSION = 1
 
 _UNFINISHED = tuple(state for state in State.ALL if state not in State.FINAL)
 """The states a record can have before its job ends (looked up with the state index)."""
-
-
-def process_alive(host: str | None, pid: int | None, since: float | None) -> bool:
-    """Whether the process that wrote a record may still be running."""
-    if host != HOST:
-        return True  # another machine: cannot tell, leave its jobs alone
-    if pid is None:
-        return False
-    if pid == os.getpid():
-        return True
-    import psutil  # only here: the largest import of a journal otherwise
-
-    try:
-        proc = psutil.Process(pid)
-        # a recycled pid belongs to a process started after the job was submitted
-        return since is None or proc.create_time() <= since + 1.0
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
 
 
 def _close_at_exit(ref: weakref.ref) -> None:
@@ -113,6 +95,7 @@ class SQLiteJournal(BatchedWriter, Journal):
             # lock (30 s at most) holds up no read of a finished job
             self._reader, self._read_lock = connect_file(self.path, write=True), threading.Lock()
             self._file = file_identity(self.path)  # the file this connection writes
+            self._sides = self._side_files()  # and its -wal and -shm files
             self._replaced = False  # another file took its place (check_file)
         except (OSError, sqlite3.Error) as err:
             raise JournalError(
@@ -139,6 +122,8 @@ class SQLiteJournal(BatchedWriter, Journal):
         """Put the journal's file back if it was removed while this process wrote it
         (its work directory deleted: the connection went on writing to a file nobody
         can open again, lost at the exit): write it again, whole, from the connection.
+        Its ``-wal`` or ``-shm`` file removed: what the removed ``-wal`` holds goes into
+        the journal file, and new connections make new ones.
         A file replaced by another one is left alone: :class:`JournalError`.  The
         engine calls it twice a second; :meth:`close` checks too (unless opened with
         ``create=False``: a reader's)."""
@@ -150,40 +135,58 @@ class SQLiteJournal(BatchedWriter, Journal):
             now = file_identity(self.path)
             self._replaced = now is not None and now != self._file  # no new job then
             if now == self._file:
+                if self._side_files() != self._sides:
+                    self._side_files_removed()
                 return
             if now is not None:
                 raise JournalError(
                     f"the journal {self.path} was replaced by another file while this "
                     f"process wrote it: what it records from now on is lost when it stops"
                 )
-            aside = self.path + ".restoring"  # whole before readers find it at path
             try:
-                os.makedirs(self.workdir, exist_ok=True)
-                for suffix in ("", "-wal", "-shm"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(aside + suffix)
-                copy = sqlite3.connect(aside)
-                try:
-                    self._db.backup(copy)
-                finally:
-                    copy.close()
-                os.replace(aside, self.path)
-                db = self._connect()
-                self._file = file_identity(self.path)
+                write_again(self._db, self.path)
+                self._reconnect()
             except (OSError, sqlite3.Error) as err:
-                with contextlib.suppress(OSError):
-                    os.unlink(aside)  # no half copy left behind (a full disk)
                 raise JournalError(f"cannot write the journal {self.path} again: {err}") from err
-            self._db.close()
-            self._db = db
-            with self._read_lock:
-                self._reader.close()
-                self._reader = connect_file(self.path, write=True)
         logger.error(
             "journal %s was removed (its work directory deleted?) while this process "
             "wrote it: written again, with every job, from the open database",
             self.path,
         )
+
+    def _side_files(self) -> tuple:
+        """The identities of the journal's ``-wal`` and ``-shm`` files (None: none)."""
+        return file_identity(self.path + "-wal"), file_identity(self.path + "-shm")
+
+    def _side_files_removed(self) -> None:
+        """Its ``-wal`` or ``-shm`` file was removed (writer lock held): the jobs committed
+        since the last checkpoint are only in a file nobody else can read, lost at a kill:
+        copied into the journal file, then new connections make new ones."""
+        try:
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if busy:  # a reader keeps it: the engine's retry tries again
+                raise sqlite3.OperationalError("another process reads it: tried again later")
+            self._reconnect()
+        except sqlite3.Error as err:
+            raise JournalError(
+                f"cannot write the journal {self.path}: its -wal or -shm file was removed "
+                f"while this process wrote it, and it cannot be saved: {err}"
+            ) from err
+        logger.error(
+            "journal %s: its -wal or -shm file was removed while this process wrote it: "
+            "what it held is in the journal file now",
+            self.path,
+        )
+
+    def _reconnect(self) -> None:
+        """New writer and reader connections to :attr:`path` (writer lock held), in place
+        of those writing files that are no longer there."""
+        db = self._connect()  # first: the old ones closing are not the last ones
+        with self._read_lock:
+            self._db.close()
+            self._reader.close()
+            self._db, self._reader = db, connect_file(self.path, write=True)
+        self._file, self._sides = file_identity(self.path), self._side_files()
 
     def _init_schema(self) -> None:
         current = self._db.execute("PRAGMA user_version").fetchone()[0]

@@ -1,5 +1,6 @@
 """The journal's SQLite file seen from outside a journal object: a connection for the
-readers beside the server, the identity of the file, why it may not open."""
+readers beside the server, the identity of the file, why it may not open, writing it
+again, whether the process that wrote a record runs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import shutil
 import sqlite3
 import urllib.parse
 
-__all__ = ["connect_file", "file_identity", "full_disk_reason"]
+from .base import HOST
+
+__all__ = ["connect_file", "file_identity", "full_disk_reason", "process_alive", "write_again"]
 
 
 def connect_file(path: str, write: bool = False, immutable: bool = False) -> sqlite3.Connection:
@@ -71,9 +74,55 @@ def file_identity(path: str) -> tuple[int, int] | None:
 
 def full_disk_reason(workdir: str) -> str:
     """Why a journal may not open (`` (its file system is full: ...)``), or ``""``: on a
-    full disk SQLite says only ``disk I/O error`` (its shared-memory file cannot grow)."""
+    full disk SQLite says only ``disk I/O error`` (its shared-memory file cannot grow),
+    on a read-only one or in a directory this user cannot write ``unable to open
+    database file``."""
     with contextlib.suppress(OSError):
+        if os.statvfs(workdir).f_flag & os.ST_RDONLY:
+            return " (its file system is read-only)"
+        if not os.access(workdir, os.W_OK):
+            return " (this user cannot write in the directory)"
         free = shutil.disk_usage(workdir).free
         if free < 1 << 20:
             return f" (its file system is full: {free} bytes free)"
     return ""
+
+
+def write_again(db: sqlite3.Connection, path: str) -> None:
+    """Write the journal at ``path`` again, whole, from its open connection ``db`` (its
+    file was removed, its work directory deleted): aside first, then swapped in, so that
+    a reader never finds half of it; no half copy is left behind (a full disk)."""
+    aside = path + ".restoring"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(aside + suffix)
+        copy = sqlite3.connect(aside)
+        try:
+            db.backup(copy)
+        finally:
+            copy.close()
+        os.replace(aside, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(aside)
+        raise
+
+
+def process_alive(host: str | None, pid: int | None, since: float | None) -> bool:
+    """Whether the process that wrote a record may still be running."""
+    if host != HOST:
+        return True  # another machine: cannot tell, leave its jobs alone
+    if pid is None:
+        return False
+    if pid == os.getpid():
+        return True
+    import psutil  # only here: the largest import of a journal otherwise
+
+    try:
+        proc = psutil.Process(pid)
+        # a recycled pid belongs to a process started after the job was submitted
+        return since is None or proc.create_time() <= since + 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
