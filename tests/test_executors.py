@@ -224,7 +224,28 @@ def test_a_plugin_whose_abort_never_returns_stalls_no_timeout(kind):
     assert again.status == "aborted"
 
 
-def test_aborting_a_job_waiting_for_a_free_worker_spares_the_running_ones(kind):
+@pytest.fixture
+def own_cluster(kind, tmp_path):
+    """Under dask, a cluster of its own: the module's may still be bringing back a worker
+    an earlier test's hung plugin had restarted, and then every task goes to the other."""
+    if kind != "dask":
+        yield
+        return
+    module_engine = dahu.engine.get_engine()
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"),
+        max_workers=2,
+        executor_kind="dask",
+        executor_options={"abort_grace": 1.0},
+    )
+    try:
+        yield
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+        dahu.engine.activate(module_engine)
+
+
+def test_aborting_a_job_waiting_for_a_free_worker_spares_the_running_ones(kind, own_cluster):
     # bug (dask): aborting a job whose task waited on a worker for a free thread
     # restarted that worker after the grace period, killing the job it was running
     sleepers = [Job("example.sleep", {"t": 2.5}) for _ in range(2)]  # both workers busy

@@ -95,7 +95,7 @@ def run_task(
     abort_event: str,
 ) -> dict[str, Any]:
     """The Dask task of one job: run the plugin, watching for an abort; never raises."""
-    from distributed import Event, get_client
+    from distributed import Event, get_client, get_worker
 
     _prepare_worker(workdir, plugin_dirs)
     clock: list[tuple[float, float]] = []  # (deadline, timeout) of the plugin's JOB_TIMEOUT
@@ -124,6 +124,8 @@ def run_task(
     if event.is_set():  # aborted while the task waited for a worker: do not begin
         now = time.time()
         return outcome_message(Outcome(State.ABORTED, {}, "aborted on request", now, now), job_id)
+    key = get_worker().get_current_task()
+    _plugin_begun.add(key)  # from now on an abort past its grace restarts this worker
 
     def watch() -> None:
         while not finished.is_set():
@@ -143,18 +145,20 @@ def run_task(
         outcome = execution.run()
     finally:
         finished.set()
+        _plugin_begun.discard(key)
     return outcome_message(outcome, job_id)
 
 
+_plugin_begun: set[str] = set()
+"""On a worker: the keys of the tasks whose plugin has begun (past the abort check)."""
+
+
 def _begun(keys: list[str], dask_worker: Any = None) -> list[str]:
-    """On a worker (``Client.run``): those of the tasks ``keys`` that have begun there
-    (they run, or wait for a job, seceded), rather than wait for a free worker thread."""
-    tasks = dask_worker.state.tasks
-    return [
-        key
-        for key in keys
-        if (task := tasks.get(key)) is not None and task.state in ("executing", "long-running")
-    ]
+    """On a worker (``Client.run``): those of the tasks ``keys`` whose plugin has begun
+    there (it runs, or waits for a job, seceded).  A task still checking whether it was
+    aborted before it began is not one: it ends by itself (until 2026-11-30 its worker was
+    restarted then, killing the job that began there next)."""
+    return [key for key in keys if key in _plugin_begun]
 
 
 class DaskExecution:
@@ -240,6 +244,7 @@ class DaskExecution:
                 running = [w for w in workers if begun.get(w)]
                 if running:
                     self._spare_bystanders({w: processing[w] for w in running})
+                    self.executor.restarted.update(running)
                     client.restart_workers(running)
                     close_orphans(self.executor.host)  # the jobs its plugins made
                     return
@@ -264,13 +269,19 @@ class DaskExecution:
         """Send again a bystander task (see :meth:`_spare_bystanders`) that its worker's
         restart failed; True if it was sent."""
         future = self.future
-        if not self.bystander or self.abort_reason is not None:
+        if self.abort_reason is not None:
             return False
-        self.bystander = False
+        bystander, self.bystander = self.bystander, False
         if future.status != "error":  # it ran to its end, or was cancelled
             return False
         try:
-            if type(future.exception()).__name__ != "KilledWorker":
+            error = future.exception()
+            if type(error).__name__ != "KilledWorker":
+                return False
+            # or it began on that worker while the restart was on its way (a worker
+            # takes its next task until it stops)
+            died_on = getattr(getattr(error, "last_worker", None), "address", None)
+            if not bystander and (died_on not in self.executor.restarted or self.attempt > 1):
                 return False
             logger.info("job %s: sent again (its worker was restarted)", self.job_id)
             self.launch()
@@ -338,6 +349,7 @@ class DaskExecutor:
         self._completed: queue.SimpleQueue = queue.SimpleQueue()
         self._collector: threading.Thread | None = None
         self._launched: dict[str, DaskExecution] = {}  # by task key, until settled
+        self.restarted: set[str] = set()  # the addresses of the workers it restarted
 
     def attach(self, host: Any) -> None:
         """Connect to (or start) the cluster for the engine ``host``."""
