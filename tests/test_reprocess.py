@@ -106,7 +106,9 @@ def make_archive(workdir: Path, jobs: list, env: dict | None = None) -> list[str
         # a crash of the process (a SIGABRT seen twice in 1,000 runs) shows its threads
         env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
     )
-    assert proc.returncode == 0, f"status {proc.returncode}: {proc.stderr[-5000:]}"
+    assert proc.returncode == 0, (
+        f"status {proc.returncode}: {proc.stderr[:4000]}...{proc.stderr[-3000:]}"
+    )
     return json.loads(proc.stdout)
 
 
