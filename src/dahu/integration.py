@@ -421,9 +421,9 @@ def acquire_integrator(
 
 
 _BUILDING = threading.Lock()
-"""One engine built at a time in a process: two threads building pyFAI engines at once
-(two first jobs) killed the process with SIGABRT inside the build, twice in the test
-suite's runs of 2026-11-30 (about one run in three of the whole suite)."""
+"""One engine built at a time in a process: a process running two first jobs in two
+threads died of SIGABRT while building an engine, twice in the test suite's runs of
+2026-11-30 (building in two threads at once is the suspect, not proven)."""
 
 
 def _build(
