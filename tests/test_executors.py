@@ -340,16 +340,21 @@ def test_an_aborted_waiter_ends_without_waiting_for_a_slot(kind_engine, kind, tm
     assert executor.counts() == {"queued": 0, "running": 0, "waiting": 0}
 
 
-def test_a_waiter_whose_worker_dies_ends_without_waiting_for_a_slot(tmp_path, monkeypatch):
-    # bug: its worker dead (the OOM killer), a job whose plugin waited for another one
-    # stayed running until a slot was free, here until the long job ended
+def one_process_engine(tmp_path, monkeypatch):
+    """An engine of one worker process, with the trouble plugins."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "trouble.py").write_text(TROUBLE_PLUGINS)
     monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
-    engine = dahu.engine.configure(
+    return dahu.engine.configure(
         workdir=str(tmp_path / "work"), max_workers=1, executor_kind="process"
     )
+
+
+def test_a_waiter_whose_worker_dies_ends_without_waiting_for_a_slot(tmp_path, monkeypatch):
+    # bug: its worker dead (the OOM killer), a job whose plugin waited for another one
+    # stayed running until a slot was free, here until the long job ended
+    engine = one_process_engine(tmp_path, monkeypatch)
     long_job = Job("example.sleep", {"t": 120})
     flag = tmp_path / "waiting"
     waiter = Job("trouble.addprevious", {"other": long_job.id, "x": 1, "flag": str(flag)})
@@ -898,13 +903,7 @@ def test_the_default_timeout_leaves_a_slow_import_its_time(tmp_path, monkeypatch
 
 def test_a_thread_a_plugin_leaves_running_does_not_keep_a_worker_alive(tmp_path, monkeypatch):
     # bug: the stopped worker waited for the plugin's thread, until it was killed 5 s later
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "trouble.py").write_text(TROUBLE_PLUGINS)
-    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
-    engine = dahu.engine.configure(
-        workdir=str(tmp_path / "work"), max_workers=1, executor_kind="process"
-    )
+    engine = one_process_engine(tmp_path, monkeypatch)
     try:
         assert run("trouble.linger").status == "success"
         workers = list(engine.executor._workers)
