@@ -701,6 +701,10 @@ def test_any_non_zero_mask_value_masks(data, tmp_path):
      ("log(q.nm)_None", "")],
 )  # fmt: skip
 def test_the_radial_axis_has_the_units_of_its_unit(data, tmp_path, unit, units):
+    import pyFAI.units
+
+    if unit not in pyFAI.units.RADIAL_UNITS:  # the angle units came after pyFAI 2024.1
+        pytest.skip(f"this pyFAI has no unit {unit}")
     output = run_many(data, tmp_path, unit=unit, npt=50, input_files=data["edf_files"][:1])
     with h5py.File(output["output_file"], "r") as h5:
         assert h5["entry/integrated"][unit].attrs["units"] == units
