@@ -179,9 +179,6 @@ class DaskExecution:
         self.settled = False  # the job's outcome was handed over (once only)
         self.lock = threading.Lock()
         self.attempt = 0
-        # it waits on a worker restarted for another job's hung plugin: its KilledWorker
-        # is not its own, it is sent again
-        self.bystander = False
 
     def launch(self) -> None:
         """Submit the task; its outcome reaches the engine through the collector thread."""
@@ -243,7 +240,6 @@ class DaskExecution:
                 begun = client.run(_begun, [future.key], workers=workers)
                 running = [w for w in workers if begun.get(w)]
                 if running:
-                    self._spare_bystanders({w: processing[w] for w in running})
                     self.executor.restarted.update(running)
                     client.restart_workers(running)
                     close_orphans(self.executor.host)  # the jobs its plugins made
@@ -252,36 +248,22 @@ class DaskExecution:
         except Exception as err:
             logger.warning("job %s: cannot restart its worker: %s", self.job_id, err)
 
-    def _spare_bystanders(self, processing: dict[str, list[str]]) -> None:
-        """Mark the tasks that wait, not begun, on the workers about to be restarted
-        (``processing``: their keys per worker): they are sent again (:meth:`relaunched`)
-        instead of failing with ``KilledWorker``."""
-        executor = self.executor
-        for worker, keys in processing.items():
-            begun = set(executor.client.run(_begun, list(keys), workers=[worker])[worker])
-            with executor._lock:
-                for key in set(keys) - begun:
-                    other = executor._launched.get(key)
-                    if other is not None and other is not self:
-                        other.bystander = True
-
     def relaunched(self) -> bool:
-        """Send again a bystander task (see :meth:`_spare_bystanders`) that its worker's
-        restart failed; True if it was sent."""
+        """Send again, once, a job that one of our restarts of a worker (for another
+        job's hung plugin) failed: it waited on that worker, or began there while the
+        restart was on its way (a worker takes its next task until it stops).  True if
+        it was sent."""
         future = self.future
-        if self.abort_reason is not None:
+        if self.abort_reason is not None or self.attempt > 1:
             return False
-        bystander, self.bystander = self.bystander, False
         if future.status != "error":  # it ran to its end, or was cancelled
             return False
         try:
             error = future.exception()
             if type(error).__name__ != "KilledWorker":
                 return False
-            # or it began on that worker while the restart was on its way (a worker
-            # takes its next task until it stops)
             died_on = getattr(getattr(error, "last_worker", None), "address", None)
-            if not bystander and (died_on not in self.executor.restarted or self.attempt > 1):
+            if died_on not in self.executor.restarted:
                 return False
             logger.info("job %s: sent again (its worker was restarted)", self.job_id)
             self.launch()
