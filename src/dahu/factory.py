@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import re
+import reprlib
 import sys
 import threading
 from collections.abc import Callable, Collection
@@ -338,7 +339,6 @@ def plugin_settings(klass: Any) -> dict[str, tuple[str, ...]]:
     }
 
 
-def _shown(name: Any, limit: int = 200) -> str:
-    """``repr(name)``, cut to about ``limit`` characters."""
-    text = repr(name)
-    return text if len(text) <= limit else f"{text[: limit - 4]}...{text[-1]}"
+_NAMES = reprlib.Repr()  # a plugin name in a reason: cut in its middle, about 200 characters
+_NAMES.maxstring = _NAMES.maxother = 200
+_shown = _NAMES.repr
