@@ -20,6 +20,7 @@ done; consecutive jobs reuse it, concurrent jobs get one each and run in paralle
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -36,6 +37,7 @@ import fabio
 import h5py
 import numpy
 import pyFAI
+import pyFAI.detectors
 import pyFAI.units
 
 try:  # pyFAI >= 2025.1
@@ -68,6 +70,7 @@ __all__ = [
     "IntegratorPool",
     "NexusWriter",
     "acquire_integrator",
+    "check_error_model",
     "check_file",
     "check_shape",
     "expand_inputs",
@@ -227,6 +230,32 @@ def parse_method(method: Any, dim: int) -> IntegrationMethod:
     if selected is None:
         raise InputError(f"method {method!r} is not available for {dim}D integration here")
     return selected
+
+
+@functools.lru_cache(maxsize=64)
+def _error_model_failure(method: IntegrationMethod, error_model: str) -> str | None:
+    """Why ``method`` cannot compute ``error_model``, found by integrating a tiny blank image
+    (a few ms, once per pair); None if it can."""
+    detector = pyFAI.detectors.Detector(1e-4, 1e-4, max_shape=(8, 8))
+    ai = AzimuthalIntegrator(dist=0.1, poni1=4e-4, poni2=4e-4, detector=detector)
+    ai.auto_gc, ai.wavelength = False, 1e-10
+    npt_azim = 4 if method.dimension == 2 else None
+    try:
+        with _BUILDING:  # it builds an engine, if a tiny one
+            integrate(ai, numpy.ones((8, 8)), 4, npt_azim, method=method, error_model=error_model)
+    except Exception as error:  # pyFAI raises NotImplementedError, or anything its engine does
+        return _why(error).splitlines()[0]
+    return None
+
+
+def check_error_model(method: IntegrationMethod, error_model: str | None) -> None:
+    """Refuse an ``error_model`` that ``method`` cannot compute (pyFAI 2026: numpy's histogram
+    with ``"azimuthal"``), before any frame is read or any file written."""
+    if error_model is not None and (why := _error_model_failure(method, error_model)):
+        split, algo, impl = method.method[1:4]
+        raise InputError(
+            f"method ({split}, {algo}, {impl}) cannot compute error_model {error_model!r}: {why}"
+        )
 
 
 def positive_int(value: Any, name: str, maximum: int | None = None) -> int:

@@ -48,6 +48,7 @@ from dahu.integration import (
     InputError,
     NexusWriter,
     acquire_integrator,
+    check_error_model,
     check_shape,
     expand_inputs,
     integrate,
@@ -208,6 +209,7 @@ def parse_settings(params: dict[str, Any]) -> Settings:
         error_model = str(error_model).lower()
         if error_model not in ERROR_MODELS:
             raise InputError(f"unknown error_model {error_model!r}: expected one of {ERROR_MODELS}")
+        check_error_model(method, error_model)
     polarization = params.get("polarization_factor")
     if polarization is not None and (  # true is not a factor: 1 would be a silent choice
         isinstance(polarization, bool)
