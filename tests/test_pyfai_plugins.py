@@ -788,3 +788,31 @@ def test_jobs_after_one_another_never_reuse_an_engine_of_other_settings(data, tm
             frame, NPT, unit=options.get("unit", "q_nm^-1"), method=method, mask=mask
         )
         numpy.testing.assert_allclose(intensity[0], expected.intensity, rtol=1e-5, err_msg=params)
+
+
+def test_a_tilde_in_a_path_is_the_home_directory(data, tmp_path, monkeypatch):
+    """``~/...`` means the home of the user running the job, for every file input, as in
+    a shell: no directory named ``~`` is created in the current directory."""
+    home = tmp_path / "home"
+    (home / "scan").mkdir(parents=True)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    for name in ("poni_file", "mask_file"):
+        (home / "scan" / os.path.basename(data[name])).write_bytes(open(data[name], "rb").read())
+    frame = home / "scan" / "f.edf"
+    frame.write_bytes(open(data["edf_files"][0], "rb").read())
+    inputs = {"poni_file": "~/scan/geometry.poni", "input_files": ["~/scan/f.edf"]}
+    output = run_many(data, tmp_path, **inputs, mask="~/scan/mask.edf", output_file="~/o.h5")
+    assert output["output_file"] == str(home / "o.h5")
+    assert read_output(output)[1].shape == (1, NPT)
+    output = run_many(data, tmp_path, **inputs, output_file=None, output_dir="~/results")
+    assert os.path.dirname(output["output_file"]) == str(home / "results")
+    output = run(
+        "pyfai.integrate_simple", poni_file="~/scan/geometry.poni", image_file="~/scan/f.edf",
+        curve_file="~/curves/f.dat",
+    )  # fmt: skip
+    assert output["result"]["out_file"] == str(home / "curves" / "f.dat")
+    assert (home / "curves" / "f.dat").is_file()
+    assert os.listdir(cwd) == []

@@ -97,6 +97,21 @@ def check_paths(params: dict[str, Any]) -> None:
         raise InputError(f"{key} must be {kind}, got {type(value).__name__} {reprlib.repr(value)}")
 
 
+def expand_home(params: dict[str, Any]) -> dict[str, Any]:
+    """The file and directory inputs of ``params`` with a leading ``~`` or ``~user`` expanded
+    (as a shell would, to the home of the user running the job), so that ``~/scan1.h5`` is
+    written in that home, not in a new directory named ``~``. Non-paths are left as they are,
+    for :func:`check_paths` to refuse."""
+    expanded: dict[str, Any] = {}
+    for key, lists in PATH_INPUTS.items():
+        value = params.get(key)
+        if isinstance(value, str):
+            expanded[key] = os.path.expanduser(value)
+        elif lists and isinstance(value, (list, tuple)):
+            expanded[key] = [os.path.expanduser(v) if isinstance(v, str) else v for v in value]
+    return expanded
+
+
 def check_not_an_input(key: str, path: str, inputs: dict[str, Any]) -> None:
     """Refuse to write ``path`` (the input ``key``) over one of the files it reads:
     ``inputs`` maps input names to a path or a list of them. A raw data stack named as
@@ -130,7 +145,10 @@ def integrate_simple(
     The curve is written in pyFAI's ASCII format (radial, intensity) with the geometry in its
     header. Returns ``{"out_file": curve_file}``.
     """
-    check_paths({"poni_file": poni_file, "image_file": image_file, "curve_file": curve_file})
+    paths = {"poni_file": poni_file, "image_file": image_file, "curve_file": curve_file}
+    check_paths(paths)
+    paths = expand_home(paths)
+    poni_file, image_file, curve_file = paths["poni_file"], paths["image_file"], paths["curve_file"]
     ai = load_geometry(poni_file)
     the_unit = parse_unit(unit)
     the_method = parse_method(method, 1)
@@ -296,6 +314,7 @@ class IntegrateManyFrames(Plugin):
         """Validate the inputs and fetch (or build) the integrator."""
         super().setup(kwargs)
         start = time.perf_counter()
+        self.input.update(expand_home(self.input))
         try:
             settings = self.settings = parse_settings(self.input)
             self.integrator, self.reused = acquire_integrator(
