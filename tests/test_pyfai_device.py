@@ -94,10 +94,10 @@ def test_abort_mid_stack_keeps_the_frames_done(proxy, data, tmp_path):
     out = tmp_path / "aborted.h5"
     params = many_input(data, tmp_path, input_files=sources, output_file=str(out))
     job_id = proxy.startJob([MANY, json.dumps(params)])
-    # The output file is created when the first frame is about to be read: the job is then
-    # past its setup and in the middle of the stack.
+    # The output file is created (as aborted.h5.part, renamed at the end) when the first
+    # frame is about to be read: the job is then past its setup and in the middle of the stack.
     deadline = time.monotonic() + 30
-    while not out.exists():
+    while not (tmp_path / "aborted.h5.part").exists():
         assert proxy.getJobState(job_id) in ("starting", "running")
         assert time.monotonic() < deadline, "the job never started integrating"
         time.sleep(0.01)

@@ -8,6 +8,7 @@ peaks sit where the rings were put; the same checks fail with a wrong geometry, 
 import datetime
 import json
 import os
+import signal
 import threading
 import time
 
@@ -18,6 +19,7 @@ import h5py
 import numpy
 import pytest
 
+import dahu.engine
 from dahu import integration
 from dahu.cache import DataCache
 from dahu.factory import plugin_factory
@@ -636,10 +638,7 @@ def test_an_aborted_job_says_when_in_its_output(engine, data, tmp_path):
     params = {"poni_file": data["poni_file"], "input_files": [data["hdf5_dataset"]] * 500}
     job = Job(MANY, dict(params, npt=NPT, output_file=str(out)))
     job.start()
-    deadline = time.monotonic() + 30
-    while not out.exists() and job.status not in State.FINAL:
-        assert time.monotonic() < deadline, "the job never started writing"
-        time.sleep(0.01)
+    wait_for_file(f"{out}.part", job)
     job.abort()
     job.join(30)
     assert job.status == State.ABORTED, Job.getErrorFromID(job.id)
@@ -816,3 +815,71 @@ def test_a_tilde_in_a_path_is_the_home_directory(data, tmp_path, monkeypatch):
     assert output["result"]["out_file"] == str(home / "curves" / "f.dat")
     assert (home / "curves" / "f.dat").is_file()
     assert os.listdir(cwd) == []
+
+
+def wait_for_file(path, job, timeout=60):
+    """Poll until ``path`` exists (the job started writing) or the job has ended."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and job.status not in State.FINAL:
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def process_engine(tmp_path, monkeypatch):
+    """Two worker processes that do not lock HDF5 files (as on many beamline file systems)."""
+    monkeypatch.setenv("HDF5_USE_FILE_LOCKING", "FALSE")
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"), max_workers=2, executor_kind="process"
+    )
+    yield engine
+    engine.executor.shutdown(wait=True, timeout=30)
+
+
+def test_a_second_writer_of_an_output_file_is_refused(process_engine, data, tmp_path):
+    """Without HDF5's locks, two worker processes wrote one file at once (and both
+    succeeded); the second is refused, naming the job that writes it."""
+    out = tmp_path / "shared.h5"
+    params = {"poni_file": data["poni_file"], "npt": NPT, "output_file": str(out)}
+    first = Job(MANY, dict(params, input_files=[data["hdf5_dataset"]] * 1000))
+    first.start()
+    try:
+        wait_for_file(f"{out}.part", first)
+        second = Job(MANY, dict(params, input_files=data["edf_files"]))
+        second.start()
+        second.join(60)
+        assert second.status == State.FAILURE
+        reason = Job.getErrorFromID(second.id).splitlines()[0]
+        assert f"output_file '{out}' is being written by job {first.id} (pid" in reason, reason
+    finally:
+        first.abort()
+        first.join(60)
+    assert first.status == State.ABORTED
+    assert read_output(first.output_data)[1].shape == (first.output_data["frames"], NPT)
+    assert not os.path.exists(f"{out}.lock")
+
+
+def test_a_writer_killed_mid_file_leaves_no_damaged_output(process_engine, data, tmp_path):
+    """A worker killed while writing left an HDF5 file nobody could open (``bad object
+    header version number``) under the output name; the name now keeps what it held, and
+    the next job writing it works."""
+    out = tmp_path / "scan.h5"
+    params = {"poni_file": data["poni_file"], "npt": NPT, "output_file": str(out)}
+    done = Job(MANY, dict(params, input_files=data["edf_files"][:1]))
+    done.start()
+    done.join(60)
+    assert done.status == State.SUCCESS, Job.getErrorFromID(done.id)
+    killed = Job(MANY, dict(params, input_files=[data["hdf5_dataset"]] * 1000))
+    killed.start()
+    wait_for_file(f"{out}.part", killed)
+    for pid in process_engine.executor.worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    killed.join(60)
+    assert killed.status == State.FAILURE
+    assert read_output(done.output_data)[1].shape == (1, NPT)  # the earlier, complete file
+    again = Job(MANY, dict(params, input_files=data["edf_files"]))
+    again.start()
+    again.join(60)
+    assert again.status == State.SUCCESS, Job.getErrorFromID(again.id)
+    assert read_output(again.output_data)[1].shape == (N_FRAMES, NPT)
+    assert sorted(os.listdir(tmp_path)) == ["scan.h5", "work"]

@@ -48,7 +48,7 @@ from pyFAI.method_registry import IntegrationMethod, Method
 
 from .cache import DataCache
 from .errors import DahuError
-from .nexus import WRITE_BLOCK_BYTES, WRITE_BLOCK_FRAMES, NexusWriter
+from .nexus import WRITE_BLOCK_BYTES, WRITE_BLOCK_FRAMES, NexusWriter, OutputInUse
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ __all__ = [
     "InputError",
     "IntegratorPool",
     "NexusWriter",
+    "OutputInUse",
     "acquire_integrator",
     "check_error_model",
     "check_file",

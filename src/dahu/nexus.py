@@ -1,12 +1,21 @@
 """Writing integrated frames into a NeXus HDF5 file: :class:`NexusWriter`.
 
 Used by ``pyfai.integratemanyframes`` through :mod:`dahu.integration` (which re-exports it).
+
+A file is written as ``NAME.part`` and renamed ``NAME`` when it is closed, so that ``NAME``
+is never a file cut short by a killed process (HDF5 cannot read one: ``bad object header
+version number``). While it is written, ``NAME.lock`` is held (``flock``) and names the
+writer: a second writer of ``NAME``, in any process of the host, is refused with
+:class:`OutputInUse`, whatever ``HDF5_USE_FILE_LOCKING`` says.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -16,12 +25,49 @@ import numpy
 import pyFAI
 import pyFAI.units
 
-__all__ = ["WRITE_BLOCK_BYTES", "WRITE_BLOCK_FRAMES", "NexusWriter"]
+from .errors import DahuError
+
+__all__ = ["WRITE_BLOCK_BYTES", "WRITE_BLOCK_FRAMES", "NexusWriter", "OutputInUse"]
 
 #: Largest block of integrated frames the NeXus writer keeps before writing them.
 WRITE_BLOCK_FRAMES = 64
 #: Largest block of integrated frames, in bytes, the NeXus writer keeps before writing them.
 WRITE_BLOCK_BYTES = 8 * 2**20
+
+
+class OutputInUse(DahuError):
+    """The output file is being written by another writer (named in the message)."""
+
+
+def claim(path: str, owner: str) -> int:
+    """Hold ``path.lock`` for writing ``path``: its descriptor, locked, holding ``owner``.
+
+    Raises :class:`OutputInUse` naming the holder if another descriptor (of any process)
+    holds it. A lock file left by a killed writer is taken over: the kernel released its lock.
+    """
+    lock_path = path + ".lock"
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another writer"
+            os.close(fd)
+            raise OutputInUse(f"output_file '{path}' is being written by {holder}") from None
+        with contextlib.suppress(FileNotFoundError):  # else its holder removed it: again
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{owner} (pid {os.getpid()} on {socket.gethostname()})\n".encode())
+    return fd
+
+
+def release(path: str, fd: int) -> None:
+    """Let go of the claim ``fd`` on ``path`` (from :func:`claim`), removing its lock file."""
+    with contextlib.suppress(OSError):  # removed before unlocked: a waiter then retries
+        os.unlink(path + ".lock")
+    os.close(fd)
 
 
 class NexusWriter:
@@ -31,7 +77,7 @@ class NexusWriter:
     about ``WRITE_BLOCK_BYTES``): one HDF5 write per frame would cost a few percent of
     the integration time. :meth:`close` writes what is left. ``cached`` is the
     :class:`dahu.integration.CachedIntegrator` whose ``radial`` (and ``azimuthal``) axes
-    every frame has.
+    every frame has. ``owner`` (``"job 12"``) names the writer to a second one of ``path``.
     """
 
     def __init__(
@@ -41,9 +87,25 @@ class NexusWriter:
         unit: pyFAI.units.Unit,
         n_frames: int,
         errors: bool,
+        owner: str = "another writer",
     ) -> None:
         self.path = path
-        self.h5 = h5py.File(path, "w")
+        self._claim = claim(path, owner)
+        try:
+            self.h5 = h5py.File(path + ".part", "w")
+        except BaseException:
+            release(path, self._claim)
+            raise
+        try:
+            self._layout(cached, unit, n_frames, errors)
+        except BaseException:
+            self.h5.close()
+            release(path, self._claim)
+            raise
+
+    def _layout(self, cached: Any, unit: pyFAI.units.Unit, n_frames: int, errors: bool) -> None:
+        """Create the groups, axes and (empty) datasets of the file, and the write buffers."""
+        path = self.path
         self.h5.attrs.update(NX_class="NXroot", default="entry", creator="dahu")
         self.h5.attrs["file_name"] = os.path.basename(path)
         entry = self.h5.create_group("entry")
@@ -121,4 +183,8 @@ class NexusWriter:
             note["data"] = json.dumps(config, default=str)
             self.entry["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         finally:
-            self.h5.close()
+            try:
+                self.h5.close()
+                os.replace(self.path + ".part", self.path)
+            finally:
+                release(self.path, self._claim)

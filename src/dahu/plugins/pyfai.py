@@ -47,6 +47,7 @@ from dahu.integration import (
     FrameSource,
     InputError,
     NexusWriter,
+    OutputInUse,
     acquire_integrator,
     check_error_model,
     check_shape,
@@ -379,10 +380,15 @@ class IntegrateManyFrames(Plugin):
         start = time.perf_counter()
         total = settings.total
         path = self._output_path()
+        owner = f"job {self.input['job_id']}" if "job_id" in self.input else "another writer"
         try:
-            writer = NexusWriter(path, integrator, settings.unit, total, bool(settings.error_model))
+            writer = NexusWriter(
+                path, integrator, settings.unit, total, bool(settings.error_model), owner
+            )
         except OSError as error:
             raise InputError(f"cannot write output file '{path}': {error}") from error
+        except OutputInUse as error:
+            raise InputError(str(error)) from error
         timings["write"] += time.perf_counter() - start
         frames = iter_frames(settings.sources)
         kwargs = {
