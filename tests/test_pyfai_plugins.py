@@ -410,7 +410,11 @@ def bad_files(tmp_path_factory, data):
         h5["records"] = numpy.zeros((2,) + SHAPE, [("a", "i4"), ("b", "f4")])
     raw = open(data["edf_files"][0], "rb").read()
     (root / "half.edf").write_bytes(raw[: len(raw) // 2])  # an image still being written
+    no_wavelength = root / "no_wavelength.poni"
+    lines = open(data["poni_file"]).read().splitlines(keepends=True)
+    no_wavelength.write_text("".join(x for x in lines if not x.startswith("Wavelength")))
     paths = {"junk": str(junk), "garbage_poni": str(garbage_poni), "odd": str(odd)}
+    paths["no_wavelength"] = str(no_wavelength)
     paths["half"] = str(root / "half.edf")
     paths["full_mask"] = str(root / "full_mask.edf")
     fabio.edfimage.EdfImage(data=numpy.ones(SHAPE, numpy.int8)).write(paths["full_mask"])
@@ -426,6 +430,10 @@ def bad_files(tmp_path_factory, data):
 BAD_INPUTS = {
     "missing poni": ({"poni_file": "{root}/nowhere.poni"}, "nowhere.poni"),
     "garbage poni": ({"poni_file": "{garbage_poni}"}, "garbage.poni"),
+    "poni without wavelength, in q": (
+        {"poni_file": "{no_wavelength}"},
+        "cannot integrate with poni file '{no_wavelength}': wavelength is needed for q",
+    ),
     "missing image": ({"input_files": ["{root}/nothing.edf"]}, "nothing.edf"),
     "unreadable image": ({"input_files": ["{junk}"]}, "junk.edf"),
     "empty glob": ({"input_files": "{root}/none_*.edf"}, "none_*.edf"),
@@ -514,6 +522,7 @@ def test_bad_input_gives_one_line_error_naming_it(case, data, bad_files, tmp_pat
         "root": str(tmp_path),
         "junk": bad_files["junk"],
         "garbage_poni": bad_files["garbage_poni"],
+        "no_wavelength": bad_files["no_wavelength"],
         "stack": data["hdf5_file"],
         "small_frame": bad_files["small"]["edf_files"][0],
         "small_mask": bad_files["small"]["mask_file"],
@@ -588,6 +597,14 @@ def test_relative_output_paths_are_reported_absolute(data, tmp_path, monkeypatch
     assert os.path.isabs(output["output_file"])
     assert os.path.dirname(output["output_file"]) == str(tmp_path / "results")
     assert read_output(output)[1].shape == (1, NPT)
+
+
+def test_integrate_simple_names_a_poni_without_wavelength_for_q(data, bad_files, tmp_path):
+    params = {"poni_file": bad_files["no_wavelength"], "image_file": data["edf_files"][0]}
+    with pytest.raises(RuntimeError, match="no_wavelength.poni': wavelength is needed for q"):
+        run("pyfai.integrate_simple", **params, curve_file=str(tmp_path / "c.dat"), unit="q_A^-1")
+    output = run("pyfai.integrate_simple", **params, curve_file=str(tmp_path / "c.dat"))
+    assert output["result"]["out_file"] == str(tmp_path / "c.dat")  # 2theta needs none
 
 
 def test_integrate_simple_reports_a_missing_poni(data, tmp_path):

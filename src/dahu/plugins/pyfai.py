@@ -127,6 +127,16 @@ def check_not_an_input(key: str, path: str, inputs: dict[str, Any]) -> None:
                 )
 
 
+def borrow_integrator(poni_file: str, ai: AzimuthalIntegrator, *args: Any) -> Any:
+    """:func:`~dahu.integration.acquire_integrator` (``ai``, then its ``args``), with what
+    pyFAI refuses while building the engine (``wavelength is needed for q calculation``, for
+    a geometry without one) as a one-line error naming the poni file."""
+    try:
+        return acquire_integrator(ai, *args)
+    except ValueError as error:
+        raise InputError(f"cannot integrate with poni file '{poni_file}': {error}") from error
+
+
 #: The method of ``integrate_simple`` when none is given: pyFAI's own default for
 #: ``integrate1d``, which the original's ``integrate_simple`` used (it named no method).
 SIMPLE_METHOD = inspect.signature(AzimuthalIntegrator.integrate1d).parameters["method"].default
@@ -161,7 +171,7 @@ def integrate_simple(
     label, frame = next(iter_frames(sources))
     check_shape(ai, frame.shape, label, poni_file)
     os.makedirs(os.path.dirname(os.path.abspath(curve_file)), exist_ok=True)
-    integrator, _ = acquire_integrator(ai, frame.shape, npt, the_unit, the_method)
+    integrator, _ = borrow_integrator(poni_file, ai, frame.shape, npt, the_unit, the_method)
     try:
         integrator.ai.integrate1d(frame, npt, unit=the_unit, method=the_method, filename=curve_file)
     finally:
@@ -318,9 +328,9 @@ class IntegrateManyFrames(Plugin):
         self.input.update(expand_home(self.input))
         try:
             settings = self.settings = parse_settings(self.input)
-            self.integrator, self.reused = acquire_integrator(
-                settings.ai, settings.sources[0].shape, settings.npt, settings.unit,
-                settings.method, settings.npt_azim, settings.images.get("mask"),
+            self.integrator, self.reused = borrow_integrator(
+                settings.poni_file, settings.ai, settings.sources[0].shape, settings.npt,
+                settings.unit, settings.method, settings.npt_azim, settings.images.get("mask"),
             )  # fmt: skip
         except InputError as error:
             self.log_error(str(error))
