@@ -900,3 +900,17 @@ def test_a_writer_killed_mid_file_leaves_no_damaged_output(process_engine, data,
     assert again.status == State.SUCCESS, Job.getErrorFromID(again.id)
     assert read_output(again.output_data)[1].shape == (N_FRAMES, NPT)
     assert sorted(os.listdir(tmp_path)) == ["scan.h5", "work"]
+
+
+def test_an_output_file_that_is_a_link_is_written_through_it(data, tmp_path):
+    """The file is written as NAME.part and renamed: through a symbolic link, as HDF5 writes,
+    so that the link stays a link to the new result."""
+    (tmp_path / "store").mkdir()
+    real = tmp_path / "store" / "scan.h5"
+    link = tmp_path / "scan.h5"
+    link.symlink_to(real)
+    output = run_many(data, tmp_path, output_file=str(link), input_files=data["edf_files"][:2])
+    assert link.is_symlink() and read_output(output)[1].shape == (2, NPT)
+    with h5py.File(real, "r") as h5:
+        assert h5["entry/integrated/intensity"].shape == (2, NPT)
+    assert sorted(os.listdir(tmp_path / "store")) == ["scan.h5"]

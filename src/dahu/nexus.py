@@ -90,17 +90,22 @@ class NexusWriter:
         owner: str = "another writer",
     ) -> None:
         self.path = path
-        self._claim = claim(path, owner)
+        # through a symbolic link, as HDF5 would write: the link stays, and two names of
+        # one file are one claim
+        self._target = target = os.path.realpath(path)
+        if os.path.exists(target) and not os.access(target, os.W_OK):
+            raise PermissionError(f"'{path}' is read-only: it is not replaced")
+        self._claim = claim(target, owner)
         try:
-            self.h5 = h5py.File(path + ".part", "w")
+            self.h5 = h5py.File(target + ".part", "w")
         except BaseException:
-            release(path, self._claim)
+            release(target, self._claim)
             raise
         try:
             self._layout(cached, unit, n_frames, errors)
         except BaseException:
             self.h5.close()
-            release(path, self._claim)
+            release(target, self._claim)
             raise
 
     def _layout(self, cached: Any, unit: pyFAI.units.Unit, n_frames: int, errors: bool) -> None:
@@ -185,6 +190,6 @@ class NexusWriter:
         finally:
             try:
                 self.h5.close()
-                os.replace(self.path + ".part", self.path)
+                os.replace(self._target + ".part", self._target)
             finally:
-                release(self.path, self._claim)
+                release(self._target, self._claim)
