@@ -429,6 +429,11 @@ def bad_files(tmp_path_factory, data):
 
 BAD_INPUTS = {
     "missing poni": ({"poni_file": "{root}/nowhere.poni"}, "nowhere.poni"),
+    "no poni": ({"poni_file": None}, "poni_file is required: the pyFAI geometry (.poni) file"),
+    "output_file ending with a slash": (
+        {"output_file": "{root}/results/"},
+        "output_file '{root}/results/' ends with '/': name a file, or use output_dir",
+    ),
     "garbage poni": ({"poni_file": "{garbage_poni}"}, "garbage.poni"),
     "poni without wavelength, in q": (
         {"poni_file": "{no_wavelength}"},

@@ -223,6 +223,8 @@ def parse_settings(params: dict[str, Any]) -> Settings:
     """Validate the input of :class:`IntegrateManyFrames`; raise :class:`InputError` if bad."""
     check_paths(params)
     poni_file = params.get("poni_file")
+    if poni_file is None:  # else: "poni file must be a path (a string), got NoneType"
+        raise InputError("poni_file is required: the pyFAI geometry (.poni) file")
     ai = load_geometry(poni_file)
     unit = parse_unit(params.get("unit", DEFAULT_UNIT))
     npt = positive_int(params.get("npt", DEFAULT_NPT), "npt", MAX_NPT)
@@ -354,6 +356,8 @@ class IntegrateManyFrames(Plugin):
             if os.path.exists(directory) and not os.path.isdir(directory):
                 raise InputError(f"output_dir '{directory}' is not a directory")
             path = os.path.join(directory, f"integrate_{job or uuid.uuid4().hex[:12]}.h5")
+        if path.endswith(os.sep):  # abspath would drop the "/" and write a file of that name
+            raise InputError(f"output_file '{path}' ends with '/': name a file, or use output_dir")
         path = os.path.abspath(path)
         if os.path.isdir(path):
             raise InputError(f"output_file '{path}' is a directory")
