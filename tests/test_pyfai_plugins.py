@@ -699,6 +699,25 @@ def test_an_output_file_that_is_a_directory_is_named_so(data, tmp_path):
         run_many(data, tmp_path, output_file=str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    "curve, reason",
+    [
+        ("{tmp}", "curve_file '{tmp}' is a directory"),
+        ("{tmp}/new/", "curve_file '{tmp}/new/' ends with '/': name a file"),
+        ("{poni}/c.dat", "cannot write curve_file '{poni}/c.dat': '{poni}' is a file, not a dir"),
+    ],
+)
+def test_integrate_simple_names_a_curve_file_it_cannot_write(data, tmp_path, curve, reason):
+    """Was IsADirectoryError, or FileExistsError naming the poni file."""
+    names = {"tmp": tmp_path, "poni": data["poni_file"]}
+    params = {"poni_file": data["poni_file"], "image_file": data["edf_files"][0]}
+    with pytest.raises(RuntimeError) as info:
+        run("pyfai.integrate_simple", **params, curve_file=curve.format(**names))
+    message = str(info.value)
+    assert "\n" not in message and reason.format(**names) in message, message
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("name", ["csr", "lut", "full", "full,csr", "nosplit_csr"])
 def test_a_short_method_name_means_what_it_means_to_pyfai(data, tmp_path, name):
     """method="csr" must give the curve pyFAI's own integrate1d(method="csr") gives (bbox

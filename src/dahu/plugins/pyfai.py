@@ -127,6 +127,27 @@ def check_not_an_input(key: str, path: str, inputs: dict[str, Any]) -> None:
                 )
 
 
+def prepare_output(key: str, path: str, inputs: dict[str, Any], hint: str = "name a file") -> str:
+    """``path`` (the input ``key``) made absolute, its directory made, or a one-line error:
+    it ends with "/" (``hint`` says what to do), names a directory or one of the ``inputs``
+    (see :func:`check_not_an_input`), or its directory cannot be made."""
+    if path.endswith(os.sep):  # abspath would drop the "/" and write a file of that name
+        raise InputError(f"{key} '{path}' ends with '/': {hint}")
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise InputError(f"{key} '{path}' is a directory")
+    check_not_an_input(key, path, inputs)
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as error:
+        while not os.path.exists(parent):  # makedirs says "File exists" for a file on the way
+            parent = os.path.dirname(parent)
+        why = error if os.path.isdir(parent) else f"'{parent}' is a file, not a directory"
+        raise InputError(f"cannot write {key} '{path}': {why}") from error
+    return path
+
+
 def borrow_integrator(poni_file: str, ai: AzimuthalIntegrator, *args: Any) -> Any:
     """:func:`~dahu.integration.acquire_integrator` (``ai``, then its ``args``), with what
     pyFAI refuses while building the engine (``wavelength is needed for q calculation``, for
@@ -165,12 +186,11 @@ def integrate_simple(
     the_method = parse_method(method, 1)
     npt = positive_int(npt, "npt", MAX_NPT)
     sources = expand_inputs(image_file)
-    check_not_an_input("curve_file", curve_file, {
-        "poni_file": poni_file, "image_file": [source.path for source in sources],
-    })  # fmt: skip
     label, frame = next(iter_frames(sources))
     check_shape(ai, frame.shape, label, poni_file)
-    os.makedirs(os.path.dirname(os.path.abspath(curve_file)), exist_ok=True)
+    prepare_output("curve_file", curve_file, {
+        "poni_file": poni_file, "image_file": [source.path for source in sources],
+    })  # fmt: skip
     integrator, _ = borrow_integrator(poni_file, ai, frame.shape, npt, the_unit, the_method)
     try:
         integrator.ai.integrate1d(frame, npt, unit=the_unit, method=the_method, filename=curve_file)
@@ -356,19 +376,9 @@ class IntegrateManyFrames(Plugin):
             if os.path.exists(directory) and not os.path.isdir(directory):
                 raise InputError(f"output_dir '{directory}' is not a directory")
             path = os.path.join(directory, f"integrate_{job or uuid.uuid4().hex[:12]}.h5")
-        if path.endswith(os.sep):  # abspath would drop the "/" and write a file of that name
-            raise InputError(f"output_file '{path}' ends with '/': name a file, or use output_dir")
-        path = os.path.abspath(path)
-        if os.path.isdir(path):
-            raise InputError(f"output_file '{path}' is a directory")
         inputs = {name: self.input.get(name) for name in ("poni_file", "mask", "dark", "flat")}
         inputs["input_files"] = [source.path for source in self.settings.sources]
-        check_not_an_input("output_file", path, inputs)
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        except OSError as error:
-            raise InputError(f"cannot write output file '{path}': {error}") from error
-        return path
+        return prepare_output("output_file", path, inputs, "name a file, or use output_dir")
 
     def _config(self) -> dict[str, Any]:
         """What the output file records about how it was made: the input, completed."""
