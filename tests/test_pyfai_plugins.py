@@ -156,6 +156,31 @@ def test_mask_hides_the_ring_under_it(data, tmp_path):
     assert_rings_at(radial, curve, data, ignore=[1])
 
 
+def test_a_mask_dark_or_flat_may_be_an_hdf5_dataset(data, tmp_path):
+    """As frames are named in input_files: ``file.h5::/dataset`` (fabio reads it too); it
+    was refused as a file that does not exist."""
+    mask = fabio.open(data["mask_file"]).data
+    dark = numpy.full(SHAPE, 3, numpy.int32)
+    images = tmp_path / "images.h5"
+    with h5py.File(images, "w") as h5:
+        h5["entry/mask"], h5["entry/dark"] = mask, dark[numpy.newaxis]  # a stack of one
+    frames = {"input_files": data["edf_files"][:1], "do_SA": False}
+    _, expected, _ = read_output(run_many(data, tmp_path / "edf", mask=data["mask_file"], **frames))
+    output = run_many(
+        data, tmp_path, **frames, mask=f"{images}::/entry/mask", dark=f"{images}::/entry/dark"
+    )
+    _, with_dark, _ = read_output(output)
+    _, unmasked, _ = read_output(run_many(data, tmp_path / "no", **frames))
+    assert not numpy.allclose(unmasked, expected)  # the mask changes the curve
+    seen = expected[0] != 0  # bins with pixels
+    assert numpy.array_equal(with_dark[0] != 0, seen)
+    assert numpy.allclose(with_dark[0][seen] + 3, expected[0][seen], atol=1e-3)
+    with pytest.raises(RuntimeError, match=f"output_file '{images}' is also an input .mask."):
+        run_many(data, tmp_path, **frames, mask=f"{images}::/entry/mask", output_file=str(images))
+    with pytest.raises(RuntimeError, match="cannot read mask file .*: HDF5: name a dataset"):
+        run_many(data, tmp_path, **frames, mask=str(images))
+
+
 def test_output_is_valid_nexus(data, tmp_path):
     output = run_many(data, tmp_path, error_model="poisson")
     with h5py.File(output["output_file"], "r") as h5:

@@ -289,13 +289,18 @@ def _why(error: Exception) -> str:
 
 
 def read_image(path: str, what: str) -> numpy.ndarray:
-    """First frame of the image file ``path`` (any fabio format); ``what`` names it in errors."""
+    """First frame of the image file ``path`` (any fabio format, or an HDF5 dataset written as
+    in ``input_files``: ``mask.h5::/entry/mask``); ``what`` names it in errors."""
+    if "::" in path:
+        _, frame = next(iter_frames([_describe(path, what)]))
+        return numpy.array(frame)
     check_file(path, what)
     try:
         with fabio.open(path) as image:
             return numpy.array(_complete(image).data)
     except Exception as error:  # fabio raises whatever the format reader raises
-        raise InputError(f"cannot read {what} file '{path}': {_why(error)}") from error
+        why = "HDF5: name a dataset, file.h5::/entry/data" if h5py.is_hdf5(path) else _why(error)
+        raise InputError(f"cannot read {what} file '{path}': {why}") from error
 
 
 def expand_inputs(input_files: Any) -> list[FrameSource]:
@@ -349,9 +354,9 @@ def _parse_selection(text: str, label: str, count: int) -> range:
     return selected
 
 
-def _describe(label: str) -> FrameSource:
+def _describe(label: str, what: str = "image") -> FrameSource:
     path, sep, h5path = label.partition("::")
-    check_file(path, "image")
+    check_file(path, what)
     if not sep:
         try:
             header = _complete(fabio.openheader(path), data=False)

@@ -121,6 +121,7 @@ def check_not_an_input(key: str, path: str, inputs: dict[str, Any]) -> None:
         return
     for name, value in inputs.items():
         for other in [value] if isinstance(value, str) else value or ():
+            other = other.partition("::")[0]  # an HDF5 dataset: its file
             if os.path.exists(other) and os.path.samefile(path, other):
                 raise InputError(
                     f"{key} '{path}' is also an input ({name}): it would be overwritten"
