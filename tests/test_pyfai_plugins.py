@@ -6,6 +6,7 @@ peaks sit where the rings were put; the same checks fail with a wrong geometry, 
 """
 
 import datetime
+import errno
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ import numpy
 import pytest
 
 import dahu.engine
-from dahu import integration
+from dahu import integration, nexus
 from dahu.cache import DataCache
 from dahu.factory import plugin_factory
 from dahu.job import Job
@@ -963,3 +964,17 @@ def test_an_output_file_that_is_a_link_is_written_through_it(data, tmp_path):
     with h5py.File(real, "r") as h5:
         assert h5["entry/integrated/intensity"].shape == (2, NPT)
     assert sorted(os.listdir(tmp_path / "store")) == ["scan.h5"]
+
+
+def test_a_file_system_without_locks_still_gets_its_output(data, tmp_path, monkeypatch, caplog):
+    """flock fails with ENOLCK or EOPNOTSUPP on some file systems: the job writes as HDF5
+    itself would (unguarded), with a warning, rather than failing."""
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(nexus.fcntl, "flock", no_locks)
+    output = run_many(data, tmp_path, input_files=data["edf_files"][:2])
+    assert read_output(output)[1].shape == (2, NPT)
+    assert "a second writer is not refused" in caplog.text
+    assert sorted(os.listdir(tmp_path)) == ["out.h5"]

@@ -12,8 +12,10 @@ writer: a second writer of ``NAME``, in any process of the host, is refused with
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -26,6 +28,8 @@ import pyFAI
 import pyFAI.units
 
 from .errors import DahuError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["WRITE_BLOCK_BYTES", "WRITE_BLOCK_FRAMES", "NexusWriter", "OutputInUse"]
 
@@ -54,6 +58,13 @@ def claim(path: str, owner: str) -> int:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another writer"
             os.close(fd)
             raise OutputInUse(f"output_file '{path}' is being written by {holder}") from None
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise
+            # a file system without locks (some FUSE ones): write, unguarded, as HDF5 would
+            logger.warning("cannot lock %s (%s): a second writer is not refused", lock_path, error)
+            break
         with contextlib.suppress(FileNotFoundError):  # else its holder removed it: again
             if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
                 break
