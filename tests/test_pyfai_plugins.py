@@ -10,6 +10,8 @@ import errno
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -978,3 +980,33 @@ def test_a_file_system_without_locks_still_gets_its_output(data, tmp_path, monke
     assert read_output(output)[1].shape == (2, NPT)
     assert "a second writer is not refused" in caplog.text
     assert sorted(os.listdir(tmp_path)) == ["out.h5"]
+
+
+def test_a_result_open_in_a_viewer_does_not_fail_the_rerun(data, tmp_path):
+    """A user looking at the last result (silx view: HDF5 holds a lock on the file) made
+    the next job writing it fail: ``unable to lock file``. The new file replaces it; the
+    viewer keeps the one it opened."""
+    out = tmp_path / "scan.h5"
+    run_many(data, tmp_path, output_file=str(out), input_files=data["edf_files"][:1])
+    viewer = subprocess.Popen(
+        [sys.executable, "-c", VIEWER, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert viewer.stdout.readline() == b"(1, 300)\n"  # it has the file open
+        output = run_many(data, tmp_path, output_file=str(out), input_files=data["edf_files"])
+        assert read_output(output)[1].shape == (N_FRAMES, NPT)
+        viewer.stdin.write(b"again\n")
+        viewer.stdin.flush()
+        assert viewer.stdout.readline() == b"(1, 300)\n"  # still the file it opened
+    finally:
+        viewer.stdin.close()
+        assert viewer.wait(30) == 0
+
+
+VIEWER = """
+import sys, h5py
+with h5py.File(sys.argv[1], "r") as h5:
+    for line in iter(lambda: (print(h5["entry/integrated/intensity"].shape, flush=True),
+                              sys.stdin.readline())[1], ""):
+        pass
+"""
