@@ -8,6 +8,7 @@ reads them, JSON decoded), and checks what a user of the original would see.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -341,3 +342,15 @@ def test_a_new_device_reads_as_the_original_before_any_job(tmp_path):
         job_id = proxy.startJob(["legacy.add_one", '{"x": 1}'])
         assert finish(proxy, job_id) == "success"
         assert (proxy.jobSuccess, proxy.jobFailure) == (job_id, -1)
+
+
+def test_hexversion_grows_from_the_originals():
+    # bug: the year was packed modulo 256, so 2026.11.0 gave 0xea0b00f0, below the
+    # original 2024.2.0's 0x7e80200f0: a plugin checking `hexversion >= ...` took this
+    # Dahu for an older one
+    version = importlib.import_module("dahu.version")
+    original_2024_2_0 = 2024 << 24 | 2 << 16 | 0 << 8 | 0xF << 4  # the original's packing
+    assert original_2024_2_0 == 0x7E80200F0
+    major, minor, micro = version.version_info[:3]
+    assert version.hexversion == major << 24 | minor << 16 | micro << 8 | 0xF << 4
+    assert version.hexversion > original_2024_2_0

@@ -598,3 +598,32 @@ def test_a_dead_worker_is_reported_once_per_job(tmp_path: Path):
         timeout=120,
     )
     assert "ERROR dahu.executors.process: job 1: worker process died" in debug.stderr
+
+
+def test_a_failed_job_archived_by_the_original_dahu_compares_by_its_reason(tmp_path: Path):
+    # bug: the original Dahu (2024.2.0) wrote a failed job's error as the traceback text
+    # first, then "<class 'TypeError'>: reason", then the frames: a rerun of its archive
+    # with --compare found every failed job different at error[0], the same failure too
+    archive = tmp_path / "dahu_2026-11-30T06h31m02" / "0000"
+    archive.mkdir(parents=True)
+    job = {"x": "a", "plugin_name": "example.square", "job_id": 4}
+    (archive / "00004_example.square.inp").write_text(json.dumps(job, indent=4))
+    reason = "can't multiply sequence by non-int of type 'str'"
+    error = [  # as the original's Job._log_error wrote it
+        "Traceback (most recent call last):\n"
+        '  File ".../dahu/job.py", line 215, in _run_\n    method()\n'
+        f"TypeError: {reason}\n\nError {reason} while calling example.square.process",
+        f"<class 'TypeError'>: {reason}",
+        '  File ".../dahu/job.py", line 215, in _run_',
+        "\t\tmethod()",
+    ]
+    out = {"error": error, "logging": [], "job_runtime": 0.1}
+    (archive / "00004_example.square.out").write_text(json.dumps(out, indent=4))
+    status, summary, stderr = summary_of("--compare", "-o", tmp_path / "new", archive)
+    assert summary["total"]["failure"] == 1, stderr
+    assert (summary["compare"]["same"], summary["compare"]["differences"]) == (1, [])
+
+    from dahu.app.sources import reason_only  # an exception of a plugin's own module
+
+    original = ["Traceback ...", "<class 'id00.BeamLost'>: no beam\nat all", "  File ..."]
+    assert reason_only({"error": original}) == {"error": ["BeamLost: no beam"]}

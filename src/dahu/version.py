@@ -1,8 +1,9 @@
 """Dahu's version, as the module the original package had (``import dahu.version``).
 
 ``version`` is the installed distribution's version string (plugins write it into their
-results); ``version_info`` its numeric parts, ``hexversion`` them packed as Python packs
-its own, ``strictversion`` the bare ``X.Y.Z`` form, ``citation`` how to cite Dahu.
+results); ``version_info`` its numeric parts, ``hexversion`` them packed as the original
+packed them (as Python packs its own, the year not cut to a byte), ``strictversion`` the
+bare ``X.Y.Z`` form, ``citation`` how to cite Dahu.
 """
 
 from __future__ import annotations
@@ -35,11 +36,10 @@ def _parse(text: str) -> VersionInfo:
 
 version_info = _parse(version)
 strictversion = f"{version_info.major}.{version_info.minor}.{version_info.micro}"
+# packed as the original packed it (the year is not cut to a byte: 2024.2.0 is 0x7e80200f0),
+# so that the number grows from the original's versions to these
 hexversion = (
-    (version_info.major % 256) << 24
-    | (version_info.minor % 256) << 16
-    | (version_info.micro % 256) << 8
-    | 0xF0
+    version_info.major << 24 | version_info.minor << 16 | version_info.micro << 8 | 0xF << 4
 )
 __date__ = strictversion
 citation = "Dahu: a data-analysis job server for synchrotron beamlines, version " + version

@@ -35,6 +35,9 @@ __all__ = [
 
 INPUT_EXTENSIONS = (".inp", ".json")
 _IDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+# the reason of a failed job in an archive of the original Dahu (2024.2.0): the second
+# line of its error, after the traceback text ("<class 'id00.BeamLost'>: no beam")
+_ORIGINAL_REASON = re.compile(r"<class '(?:[\w.]*\.)?(\w+)'>: ?(.*)", re.DOTALL)
 
 
 class InputError(DahuError):
@@ -218,9 +221,17 @@ def as_archived(output: Any) -> Any:
 def reason_only(output: Any) -> Any:
     """``output`` with a failed job's ``"error"`` (its lines: the reason, then the
     traceback) cut to the reason: ``--compare`` compares what a job gave, not where the
-    code that failed stands (file paths and line numbers change with any edit)."""
+    code that failed stands (file paths and line numbers change with any edit).  An error
+    as the original Dahu wrote it is cut to its reason written as Dahu writes it."""
     if isinstance(output, dict) and isinstance(output.get("error"), list) and output["error"]:
-        return {**output, "error": output["error"][:1]}
+        lines = output["error"]
+        found = (
+            len(lines) > 1 and isinstance(lines[1], str) and _ORIGINAL_REASON.fullmatch(lines[1])
+        )
+        if not found:
+            return {**output, "error": lines[:1]}
+        text = one_line(found[2], limit=2**31)
+        return {**output, "error": [f"{found[1]}: {text}" if text else found[1]]}
     return output
 
 

@@ -140,7 +140,7 @@ class Execution:
     def _ask_plugin(self, plugin: Any) -> None:
         """Call the plugin's ``abort()`` in a thread of its own, waiting for it at most
         :data:`ABORT_CALL_WAIT` s: one that never returns must not hold the caller (the
-        watchdog, which times every job out; a client's ``abortJob``; the shutdown)."""
+        watchdog, which times every job out; a client's ``abort`` command; the shutdown)."""
 
         def call() -> None:
             try:
