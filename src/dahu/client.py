@@ -37,7 +37,7 @@ from typing import Any
 import tango
 
 from .client_args import check_settings, chunks, encode_input, encode_inputs
-from .client_watch import watch
+from .client_watch import check_journal, read_journal, watch
 from .futures import (
     ClientClosed,
     ClientError,
@@ -135,6 +135,7 @@ class DahuClient:
         self._subscriptions: list[int] = []
         try:
             self._events_proxy.ping()
+            self._journal, self._journal_seen = read_journal(self._events_proxy), time.monotonic()
             for name in ("jobSuccess", "jobFailure"):  # each event handed over at once
                 handler = lambda event, name=name: self._event(name, event)  # noqa: E731
                 self._subscriptions.append(
@@ -250,6 +251,7 @@ class DahuClient:
             raise JobNotFound(f"no job {job_id}: job ids are 32-bit", "Dahu_UnknownJob")
         if job_id < 0:
             job_id = int(json.loads(self._call("getJobInfo", job_id))["id"])
+        check_journal(self, self.poll_interval)  # not a pending future of another journal
         future = JobFuture(self, job_id)
         tracked = self._register(future)  # before asking: an event from now on is not missed
         if tracked is not future:
@@ -312,6 +314,7 @@ class DahuClient:
     # ---- bookkeeping ---------------------------------------------------------------------
     def _begin(self) -> None:
         """A submission starts: events of jobs not tracked yet are kept until it ends."""
+        check_journal(self, self.poll_interval)  # its ids: of the journal of our futures
         with self._lock:
             if self._closed:
                 raise ClientClosed(f"the client of {self.device} is closed")
@@ -384,6 +387,7 @@ class DahuClient:
                 errors[0].desc.strip() if errors else "?",
             )
             self._suspect = True  # events may have been missed: check every job
+            self._journal_seen = -math.inf  # and the server's journal (a restart)
             self._wake.set()
             return
         value = event.attr_value.value if event.attr_value is not None else None
@@ -440,6 +444,10 @@ class DahuClient:
         if future.done():
             return
         job_id = future.job_id
+        if not check_journal(self, math.inf):  # after a lost connection: the same journal?
+            raise ServerError(f"{self.device}: journalId cannot be read", "API_CantConnectToDevice")
+        if future.done():  # failed by check_journal: the server has another journal
+            return
         if state is None:
             state = self._call("getJobState", job_id)
         if state == State.SUCCESS:
