@@ -23,6 +23,7 @@ import psutil
 import pytest
 from tango.test_context import DeviceTestContext
 
+import dahu.engine.core
 from dahu.app.localserver import LocalServer, free_port
 from dahu.server import DahuDS
 from dahu.web import Monitor, WebError, WebService
@@ -486,6 +487,36 @@ def test_queued_jobs_are_listed_as_starting(server):
             proxy.abort(job)
         for job in jobs:
             finish(proxy, job)
+
+
+def test_a_job_that_just_started_is_listed_as_running(engine, monkeypatch):
+    # bug: a job running for under NOTE_RUNNING_AFTER (0.5 s) is still "uninitialized"
+    # in the journal: /api/jobs?state=running missed it and ?state=starting dropped it
+    # (its live state is running): it was listed under no state
+    monkeypatch.setattr(dahu.engine.core, "NOTE_RUNNING_AFTER", 3600.0)  # that window, held
+    from dahu.job import Job
+
+    jobs = [Job("example.sleep", {"t": 60}) for _ in range(6)]  # four slots: two queued
+    for job in jobs:
+        job.start()
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    try:
+        wait_until(lambda: [j.status for j in jobs[:4]] == ["running"] * 4, what="four to run")
+        base = f"http://127.0.0.1:{service.port}/api/jobs"
+        _, running = get_json(base + "?state=running&limit=3")
+        _, starting = get_json(base + "?state=starting")
+        assert [(j["id"], j["state"]) for j in running["jobs"]] == [
+            (job.id, "running") for job in jobs[3:0:-1]
+        ]
+        assert [(j["id"], j["state"]) for j in starting["jobs"]] == [
+            (job.id, "starting") for job in jobs[:3:-1]
+        ]
+    finally:
+        service.stop()
+        for job in jobs:
+            job.abort()
 
 
 def test_job_endpoint_gives_error_input_and_output(server, jobs):
