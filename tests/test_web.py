@@ -350,6 +350,26 @@ def test_page_recovers_when_its_stream_was_refused_for_a_while(server, gateway, 
     assert list(browser.errors) == []
 
 
+def test_the_badge_does_not_flicker_while_the_server_is_down(server, gateway, browser):
+    # bug: while the server was away, the reconnections wrote "reconnecting… (next try in
+    # 4 s)" and the stale-check "reconnecting… no update for 6 s" into the badge in turn:
+    # it changed its words (and width) every second, back and forth
+    browser.open(gateway.url + "/")
+    browser.wait_for(f"{LIVE}.includes('server-sent')")
+    browser.evaluate(
+        "window.badges = []; new MutationObserver(() => badges.push("
+        f"{LIVE}.replace(/[0-9]+/g, '#'))).observe(document.getElementById('live'), "
+        "{childList: true, characterData: true, subtree: true})"
+    )
+    gateway.fail()
+    browser.wait_for(f"/no update for (1[2-9]|[2-9][0-9]) s/.test({LIVE})", 30)
+    seen = browser.evaluate("badges.filter((b, i) => i === 0 || b !== badges[i - 1])")
+    assert len(seen) == len(set(seen)), seen  # no wording comes back after another one
+    assert seen[-1] == "reconnecting…, no update for # s", seen
+    gateway.recover()
+    browser.wait_for(f"{LIVE} === 'live: server-sent events'", 30)
+
+
 def test_page_works_under_a_proxy_path(server, jobs, browser):
     """A reverse proxy that serves the page at https://host/dahu/ (as a facility's one
     front end for many servers): the page asks for its files and data under that path."""

@@ -170,6 +170,14 @@ function render(summary) {
   setLive("live: " + transport, "");
 }
 
+// the badge while no update comes: why (trouble) and for how long, in one wording (the
+// reconnections and the stale check once wrote two in turn: the badge flickered)
+function showTrouble() {
+  const age = Date.now() - lastUpdate;
+  const stale = lastUpdate && age > STALE_MS ? "no update for " + Math.round(age / 1000) + " s" : "";
+  setLive([trouble, stale].filter(Boolean).join(", "), "down");
+}
+
 function setLive(text, cls) {
   const live = $("live");
   live.textContent = text;
@@ -212,7 +220,7 @@ function poll(reason) {
       .catch(err => {
         if (isRefusal(err.status)) { refuse(err.status, err.body); return; }
         trouble = "server unreachable (" + err.message + "), retrying";
-        setLive(trouble, "down");
+        showTrouble();
         setTimeout(once, POLL_MS);
       });
   };
@@ -238,7 +246,7 @@ function stream() {
     if (source.readyState !== EventSource.CLOSED) {
       if (!streamed) { fallBack("the event stream failed"); return; }
       trouble = "reconnecting…";
-      setLive(trouble, "down");  // a network error: EventSource retries by itself
+      showTrouble();  // a network error: EventSource retries by itself
       return;
     }
     // an answer that is not the stream: EventSource gives up for good and does not say
@@ -256,7 +264,7 @@ function stream() {
           trouble = "reconnecting…";
           const wait = RETRY_MS[Math.min(retries, RETRY_MS.length - 1)];
           retries += 1;
-          setLive(trouble + " (next try in " + wait / 1000 + " s)", "down");
+          showTrouble();
           setTimeout(stream, wait);
         }
       });
@@ -272,8 +280,7 @@ function visibility() {
 
 function watch() {
   if (refused || paused) return;
-  if (lastUpdate && Date.now() - lastUpdate > STALE_MS) setLive((trouble ? trouble + " " : "") +
-    "no update for " + Math.round((Date.now() - lastUpdate) / 1000) + " s", "down");
+  if (lastUpdate && Date.now() - lastUpdate > STALE_MS) showTrouble();
 }
 
 function start() {
