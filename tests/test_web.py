@@ -1056,6 +1056,34 @@ def test_many_tabs_of_the_page_leave_room_for_one_more(engine, browser, counted_
         service.stop()
 
 
+def test_pages_shown_at_once_share_one_stream(engine, browser, counted_requests):
+    """Six pages shown at once (windows side by side on a control-room screen) held the
+    browser's six connections to the server: a seventh, or a job page, did not load.
+    The tabs of one browser now share one stream: the one that streams passes each
+    summary on to the others, and another one takes over when it is closed."""
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    url = f"http://127.0.0.1:{service.port}/"
+    try:
+        windows = [
+            browser.call("Target.createTarget", url=url, newWindow=True)["targetId"]
+            for _ in range(6)
+        ]
+        wait_until(lambda: counted_requests.count("/static/plotly.min.js") == 6, 60)
+        browser.open(url)  # the 7th page, shown too
+        browser.wait_for(f"{LIVE}.startsWith('live')", 20)
+        assert browser.evaluate("document.visibilityState") == "visible"
+        assert len(service.broadcaster.clients) == 1
+        for target in windows:  # the one streaming goes too: another one takes over
+            browser.call("Target.closeTarget", targetId=target)
+        wait_until(lambda: len(service.broadcaster.clients) == 1, 20, "a new stream")
+        browser.wait_for(f"{LIVE} === 'live: server-sent events'", 20)
+        assert list(browser.errors) == []
+    finally:
+        service.stop()
+
+
 def test_a_hidden_job_page_does_not_refresh(engine, browser, counted_requests):
     """A job page of a running job refreshes every 2 s, and the server reads and encodes
     its input and output (up to 2 MB) each time: left in the background for hours, it
