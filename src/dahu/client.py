@@ -171,7 +171,7 @@ class DahuClient:
         except tango.DevFailed as err:
             raise ServerError.from_devfailed(err, f"cannot reach {self.device}") from None
         if self.timeout is not None:
-            proxy.set_timeout_millis(int(self.timeout * 1000))
+            proxy.set_timeout_millis(max(1, int(self.timeout * 1000)))  # 0: no timeout at all
         return proxy
 
     def _proxy(self) -> tango.DeviceProxy:
