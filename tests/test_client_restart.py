@@ -50,3 +50,28 @@ def test_a_server_restarted_on_a_new_journal_does_not_settle_the_old_jobs(tmp_pa
     finally:
         first.stop()
         assert second.stop() == 0
+
+
+def test_a_server_whose_journal_cannot_be_written_is_still_a_server_to_connect_to(tmp_path):
+    # bug (of journalId's first version): its journal full, the server could not make
+    # the token, and the client refused to connect ("cannot connect to ...")
+    import resource
+
+    local = LocalServer(
+        str(tmp_path / "work"), str(tmp_path / "server.log"), device="test/dahu/full"
+    )
+    proxy = local.start(timeout=60)
+    try:
+        job = proxy.startJob(["example.square", '{"x": 4}'])
+        assert finish(proxy, job) == "success"
+        largest = max(path.stat().st_size for path in (tmp_path / "work").glob("journal.sqlite*"))
+        unlimited = resource.RLIM_INFINITY
+        resource.prlimit(local.process.pid, resource.RLIMIT_FSIZE, (largest, unlimited))
+        with pytest.raises(tango.DevFailed):  # what the client reads at connect
+            proxy.read_attribute("journalId")
+        with DahuClient(local.url) as dahu:
+            assert dahu.job(job).result(timeout=30)["result"] == 16
+            assert "example.square" in dahu.plugins()
+        resource.prlimit(local.process.pid, resource.RLIMIT_FSIZE, (unlimited, unlimited))
+    finally:
+        assert local.stop() == 0

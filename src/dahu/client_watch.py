@@ -142,13 +142,15 @@ def _sweep(client: Any, forced: bool) -> int:
 
 
 def read_journal(proxy: tango.DeviceProxy) -> str | None:
-    """The server's ``journalId``; None for a server that has none (an earlier Dahu)."""
+    """The server's ``journalId``; None for a server that has none (an earlier Dahu), ""
+    when it cannot tell now (its journal cannot be written: the token is made on first
+    use).  Raises ``DevFailed`` when the server cannot be reached."""
     try:
         return proxy.read_attribute("journalId").value
-    except tango.DevFailed as err:
-        if err.args[0].reason == "API_AttrNotFound":
-            return None
+    except (tango.ConnectionFailed, tango.CommunicationFailed):
         raise
+    except tango.DevFailed as err:
+        return None if err.args[0].reason == "API_AttrNotFound" else ""
 
 
 def check_journal(client: Any, max_age: float) -> bool:
@@ -168,9 +170,11 @@ def check_journal(client: Any, max_age: float) -> bool:
         return False
     with client._lock:
         client._journal_seen = started
-        if token == client._journal or token is None:
+        if token in (client._journal, None, ""):  # the same, or the server cannot tell
             return True
         previous, client._journal = client._journal, token
+        if not previous:  # not known until now: nothing to compare with
+            return True
         pending = list(client._pending.values())
         client._pending.clear()
     logger.warning(
