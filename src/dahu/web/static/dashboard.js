@@ -361,7 +361,6 @@ function start() {
     SHARE.onmessage = hear;
     addEventListener("pagehide", resign);
     document.addEventListener("visibilitychange", visibility);
-    setLive("waiting for updates…", "");
     heard = Date.now() - TAKEOVER_MS + 1500;  // a leader speaks each second: or lead
   } else {
     stream();
