@@ -52,6 +52,35 @@ def test_a_server_restarted_on_a_new_journal_does_not_settle_the_old_jobs(tmp_pa
         assert second.stop() == 0
 
 
+def test_cancelling_a_job_of_the_old_journal_leaves_the_new_servers_job_alone(tmp_path):
+    # bug: cancel() of the old server's job 1 aborted the new server's job 1, another
+    # job, before anything had noticed the restart (the watcher idle: long intervals)
+    device = "test/dahu/cancel-fresh"
+    first = LocalServer(str(tmp_path / "a"), str(tmp_path / "a.log"), device=device)
+    first.start(timeout=60)
+    second = LocalServer(
+        str(tmp_path / "b"), str(tmp_path / "b.log"), device=device, port=first.port
+    )
+    try:
+        with DahuClient(first.url, poll_interval=300, sweep_interval=300) as dahu:
+            old = dahu.submit("example.sleep", t=600)
+            first.process.kill()
+            first.process.wait()
+            second.start(timeout=60)
+            proxy = tango.DeviceProxy(second.url)
+            other = proxy.startJob(["example.sleep", '{"t": 600}'])
+            assert other == old.job_id
+            dahu._journal_seen -= 300  # as if the last check were older than poll_interval
+            assert old.cancel() is False  # not this server's job: nothing to abort
+            with pytest.raises(ServerError, match="another journal"):
+                old.result(timeout=10)
+            assert proxy.getJobState(other) in ("starting", "running")
+            assert proxy.abort(other)
+    finally:
+        first.stop()
+        assert second.stop() == 0
+
+
 def test_a_server_whose_journal_cannot_be_written_is_still_a_server_to_connect_to(tmp_path):
     # bug (of journalId's first version): its journal full, the server could not make
     # the token, and the client refused to connect ("cannot connect to ...")

@@ -154,6 +154,8 @@ class DahuClient:
         for thread in self._threads:
             thread.start()
 
+    _check_journal = check_journal  # (self, max_age): JobFuture.cancel's too
+
     # ---- context manager -----------------------------------------------------------------
     def __enter__(self) -> DahuClient:
         return self
@@ -441,13 +443,11 @@ class DahuClient:
         return None if timeout is None else max(0.0, deadline - time.monotonic())
 
     def _fetch(self, future: JobFuture, state: str | None) -> None:
-        if future.done():
-            return
-        job_id = future.job_id
         if not check_journal(self, math.inf):  # after a lost connection: the same journal?
             raise ServerError(f"{self.device}: journalId cannot be read", "API_CantConnectToDevice")
-        if future.done():  # failed by check_journal: the server has another journal
+        if future.done():  # settled meanwhile (cancelled, or of another journal)
             return
+        job_id = future.job_id
         if state is None:
             state = self._call("getJobState", job_id)
         if state == State.SUCCESS:

@@ -177,9 +177,10 @@ class JobFuture(concurrent.futures.Future):
         with self._cancelling:  # one at a time: a second one is told what the first did
             if self.cancelled():
                 return True
+            client = self._client
+            client._check_journal(client.poll_interval)  # its job N, not another server's
             if self.done():
                 return False
-            client = self._client
             client._forget(self)  # the event of the abort must not settle it meanwhile
             try:
                 stopping = client._call("abort", self.job_id)
