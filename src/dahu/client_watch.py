@@ -190,5 +190,5 @@ def check_journal(client: Any, max_age: float) -> bool:
             f"job {job_id}: the server {client.device} now has another journal (restarted "
             f"on another work directory?): its job {job_id} is another job"
         )
-        future._settle("inexistant", error=JobNotFound(reason, "Dahu_JournalChanged"))
+        future._settle(State.INEXISTANT, error=JobNotFound(reason, "Dahu_JournalChanged"))
     return True
