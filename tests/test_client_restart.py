@@ -44,6 +44,7 @@ def test_a_server_restarted_on_a_new_journal_does_not_settle_the_old_jobs(tmp_pa
                 old.result(timeout=60)
             assert info.value.reason == "Dahu_JournalChanged"
             assert "another journal" in str(info.value) and "\n" not in str(info.value)
+            assert old.state == "inexistant"  # not the new server's job of that id
             # the client goes on with the new server's jobs
             assert dahu.submit("example.square", x=5).result(timeout=30)["result"] == 25
             assert dahu.job(other).result(timeout=30)["result"] == 9
