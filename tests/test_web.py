@@ -996,6 +996,27 @@ def test_a_page_whose_token_changed_says_so_and_stops(engine, browser, counted_r
         restarted.stop()
 
 
+def test_a_page_with_the_new_token_beside_a_refused_one_goes_live(engine, browser):
+    # bug: a page refused after a restart with a new token still said every second that
+    # it streamed for the others: a page opened with the new token followed it, and
+    # stayed at "connecting…" for good
+    first = WebService("127.0.0.1:0", token="the-first-token-0123")
+    first.monitor.attach(engine)
+    first.start()
+    browser.open(first.url)  # the page that streams
+    browser.wait_for(f"{LIVE}.startsWith('live')")
+    first.stop()
+    restarted = WebService(f"127.0.0.1:{first.port}", token="a-new-generated-token-4567")
+    restarted.monitor.attach(engine)
+    restarted.start()
+    try:
+        browser.wait_for("!document.getElementById('refused').hidden", 30)
+        browser.call("Target.createTarget", url=restarted.url, newWindow=True)  # new token
+        wait_until(lambda: restarted.broadcaster.clients, 20, "the new page's stream")
+    finally:
+        restarted.stop()
+
+
 def test_jobs_of_another_day_show_their_date(engine, monkeypatch, browser):
     # bug: after a restart, the latest jobs (read from the journal) ended three days ago
     # read "03:40:52" only, as if they had ended today

@@ -249,6 +249,7 @@ function refuse(status, body) {
     "Its access token has changed (the server was restarted with a new one?): open the " +
     "address it printed, with its ?token=, to go on." : "");
   share({ refused: [status, body] });
+  resign();  // a page opened later with the new token must not wait for this one
   setLive("access refused: updates stopped", "down");
   const problem = $("refused");
   problem.textContent = refused;
