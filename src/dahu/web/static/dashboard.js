@@ -338,8 +338,11 @@ function visibility() {
   clearTimeout(hiding);
   if (sharing && document.hidden) hiding = setTimeout(() => { if (leading) stream(); }, HIDDEN_MS);
   else if (document.hidden) hiding = setTimeout(() => { if (closeStream()) stream(); }, HIDDEN_MS);
-  else if (sharing && latest) { follow(latest); latest = null; }
-  else if (paused && !refused && !sharing) stream();
+  else if (sharing) {  // shown: the latest summary passed on, or this tab streams at once
+    if (latest) follow(latest);
+    latest = null;
+    claim();
+  } else if (paused && !refused) stream();
 }
 
 function watch() {
