@@ -55,7 +55,8 @@ def test_a_server_restarted_on_a_new_journal_does_not_settle_the_old_jobs(tmp_pa
 
 def test_cancelling_a_job_of_the_old_journal_leaves_the_new_servers_job_alone(tmp_path):
     # bug: cancel() of the old server's job 1 aborted the new server's job 1, another
-    # job, before anything had noticed the restart (the watcher idle: long intervals)
+    # job, before anything had noticed the restart (the watcher idle: long intervals),
+    # and its state was that job's
     device = "test/dahu/cancel-fresh"
     first = LocalServer(str(tmp_path / "a"), str(tmp_path / "a.log"), device=device)
     first.start(timeout=60)
@@ -72,6 +73,7 @@ def test_cancelling_a_job_of_the_old_journal_leaves_the_new_servers_job_alone(tm
             other = proxy.startJob(["example.sleep", '{"t": 600}'])
             assert other == old.job_id
             dahu._journal_seen -= 300  # as if the last check were older than poll_interval
+            assert old.state == "inexistant"  # not the new server's job 1's "running"
             assert old.cancel() is False  # not this server's job: nothing to abort
             with pytest.raises(ServerError, match="another journal"):
                 old.result(timeout=10)

@@ -240,6 +240,8 @@ class JobFuture(concurrent.futures.Future):
         when the client was closed before the job ended: it goes on on the server)."""
         if self.cancelled():
             return State.ABORTED
+        if not self.done():  # its job N, not that of a server restarted on another journal
+            self._client._check_journal(self._client.poll_interval)
         if self._final_state is not None:
             return self._final_state
         return self._client._call("getJobState", self.job_id)
