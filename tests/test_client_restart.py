@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 
 import pytest
@@ -29,6 +31,9 @@ def test_a_server_restarted_on_a_new_journal_does_not_settle_the_old_jobs(tmp_pa
     second = LocalServer(
         str(tmp_path / "b"), str(tmp_path / "b.log"), device=device, port=first.port
     )
+    journal = f"file:{tmp_path / 'a' / 'journal.sqlite'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(journal, uri=True)) as db:  # made at start: a
+        assert db.execute("SELECT count(*) FROM identity").fetchone() == (1,)  # read waits not
     try:
         with DahuClient(first.url, poll_interval=0.2) as dahu:
             old = dahu.submit("example.sleep", t=600)
@@ -84,26 +89,27 @@ def test_cancelling_a_job_of_the_old_journal_leaves_the_new_servers_job_alone(tm
         assert second.stop() == 0
 
 
-def test_a_server_whose_journal_cannot_be_written_is_still_a_server_to_connect_to(tmp_path):
-    # bug (of journalId's first version): its journal full, the server could not make
-    # the token, and the client refused to connect ("cannot connect to ...")
-    import resource
+def test_a_server_that_cannot_give_its_journal_id_is_still_a_server_to_connect_to(tmp_path):
+    # bug (of journalId's first version): a server whose journal could not make its
+    # token (its disk full, here a journal that refuses it) refused every client:
+    # "cannot connect to ...", although it ran and served jobs
+    import sqlite3
 
+    from dahu.journal import SQLiteJournal
+
+    SQLiteJournal(str(tmp_path / "work")).close()
+    with sqlite3.connect(tmp_path / "work" / SQLiteJournal.FILENAME) as db:
+        db.execute("CREATE VIEW identity AS SELECT 'x' AS token WHERE 0")  # refuses a token
     local = LocalServer(
-        str(tmp_path / "work"), str(tmp_path / "server.log"), device="test/dahu/full"
+        str(tmp_path / "work"), str(tmp_path / "server.log"), device="test/dahu/noid"
     )
     proxy = local.start(timeout=60)
     try:
-        job = proxy.startJob(["example.square", '{"x": 4}'])
-        assert finish(proxy, job) == "success"
-        largest = max(path.stat().st_size for path in (tmp_path / "work").glob("journal.sqlite*"))
-        unlimited = resource.RLIM_INFINITY
-        resource.prlimit(local.process.pid, resource.RLIMIT_FSIZE, (largest, unlimited))
         with pytest.raises(tango.DevFailed):  # what the client reads at connect
             proxy.read_attribute("journalId")
-        with DahuClient(local.url) as dahu:
-            assert dahu.job(job).result(timeout=30)["result"] == 16
+        with DahuClient(local.url, poll_interval=0.2) as dahu:
+            assert dahu.submit("example.square", x=4).result(timeout=30)["result"] == 16
             assert "example.square" in dahu.plugins()
-        resource.prlimit(local.process.pid, resource.RLIMIT_FSIZE, (unlimited, unlimited))
     finally:
         assert local.stop() == 0
+    assert "the journal has no identity yet" in (tmp_path / "server.log").read_text()
