@@ -137,6 +137,25 @@ def test_a_call_that_timed_out_has_the_reason_api_device_timed_out():
     assert isinstance(unknown, JobNotFound) and str(unknown) == "abort: no job 5"
 
 
+def test_a_timeout_under_a_millisecond_is_one_not_none(server):
+    # bug: timeout=0.0004 became Tango's 0 ms, which is no timeout at all: a call waited
+    # for as long as the server took, the opposite of what was asked
+    with DahuClient(server.url) as dahu:
+        job = dahu.submit("example.sleep", t=30)
+        dahu.timeout = 0.0004  # as if given to DahuClient (whose own calls might time out)
+        try:
+            proxy = dahu._new_proxy()
+            millis = proxy.get_timeout_millis()
+            proxy.set_timeout_millis(3000)  # what PyTango asks once first, not timed here
+            proxy.command_query("waitJob")
+            proxy.set_timeout_millis(millis)
+            with pytest.raises(tango.DevFailed) as info:
+                proxy.command_inout("waitJob", job.job_id)  # the server waits for seconds
+            assert "API_DeviceTimedOut" in [error.reason for error in info.value.args]
+        finally:
+            assert job.cancel()
+
+
 def test_a_job_that_times_out_is_aborted(server):
     # docs/client.md said JobFailed ("the plugin raised, or timed out"): the server makes
     # a job whose time is up "aborted", so the future raises JobAborted, and exception()

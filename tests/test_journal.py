@@ -323,6 +323,22 @@ def child(workdir, mode):
     )
 
 
+def test_a_journal_keeps_its_identity_and_another_one_has_another(tmp_path):
+    # what a client compares across a server restart (journalId): the same journal, the
+    # same jobs under the same ids; a fresh work directory numbers other jobs from 1
+    first = SQLiteJournal(str(tmp_path / "a"))
+    token = first.identity
+    first.close()
+    again, other = SQLiteJournal(str(tmp_path / "a")), SQLiteJournal(str(tmp_path / "b"))
+    try:
+        assert again.identity == token and len(token) == 32
+        assert other.identity != token
+        assert MemoryJournal().identity != MemoryJournal().identity
+    finally:
+        again.close()
+        other.close()
+
+
 def test_restart_continues_ids_and_reads_old_jobs(workdir):
     first = child(workdir, "run")
     last_of_first = int(first.communicate(timeout=60)[0])

@@ -165,6 +165,7 @@ ATTRIBUTES = {
     "jobsQueued": (tango.CmdArgType.DevLong, tango.AttrWriteType.READ),
     "jobsRunning": (tango.CmdArgType.DevLong, tango.AttrWriteType.READ),
     "jobsFinished": (tango.CmdArgType.DevLong, tango.AttrWriteType.READ),
+    "journalId": (tango.CmdArgType.DevString, tango.AttrWriteType.READ),
 }
 
 

@@ -23,6 +23,7 @@ import psutil
 import pytest
 from tango.test_context import DeviceTestContext
 
+import dahu.engine.core
 from dahu.app.localserver import LocalServer, free_port
 from dahu.server import DahuDS
 from dahu.web import Monitor, WebError, WebService
@@ -349,6 +350,26 @@ def test_page_recovers_when_its_stream_was_refused_for_a_while(server, gateway, 
     assert list(browser.errors) == []
 
 
+def test_the_badge_does_not_flicker_while_the_server_is_down(server, gateway, browser):
+    # bug: while the server was away, the reconnections wrote "reconnecting… (next try in
+    # 4 s)" and the stale-check "reconnecting… no update for 6 s" into the badge in turn:
+    # it changed its words (and width) every second, back and forth
+    browser.open(gateway.url + "/")
+    browser.wait_for(f"{LIVE}.includes('server-sent')")
+    browser.evaluate(
+        "window.badges = []; new MutationObserver(() => badges.push("
+        f"{LIVE}.replace(/[0-9]+/g, '#'))).observe(document.getElementById('live'), "
+        "{childList: true, characterData: true, subtree: true})"
+    )
+    gateway.fail()
+    browser.wait_for(f"/no update for (1[2-9]|[2-9][0-9]) s/.test({LIVE})", 30)
+    seen = browser.evaluate("badges.filter((b, i) => i === 0 || b !== badges[i - 1])")
+    assert len(seen) == len(set(seen)), seen  # no wording comes back after another one
+    assert seen[-1] == "reconnecting…, no update for # s", seen
+    gateway.recover()
+    browser.wait_for(f"{LIVE} === 'live: server-sent events'", 30)
+
+
 def test_page_works_under_a_proxy_path(server, jobs, browser):
     """A reverse proxy that serves the page at https://host/dahu/ (as a facility's one
     front end for many servers): the page asks for its files and data under that path."""
@@ -486,6 +507,36 @@ def test_queued_jobs_are_listed_as_starting(server):
             proxy.abort(job)
         for job in jobs:
             finish(proxy, job)
+
+
+def test_a_job_that_just_started_is_listed_as_running(engine, monkeypatch):
+    # bug: a job running for under NOTE_RUNNING_AFTER (0.5 s) is still "uninitialized"
+    # in the journal: /api/jobs?state=running missed it and ?state=starting dropped it
+    # (its live state is running): it was listed under no state
+    monkeypatch.setattr(dahu.engine.core, "NOTE_RUNNING_AFTER", 3600.0)  # that window, held
+    from dahu.job import Job
+
+    jobs = [Job("example.sleep", {"t": 60}) for _ in range(6)]  # four slots: two queued
+    for job in jobs:
+        job.start()
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    try:
+        wait_until(lambda: [j.status for j in jobs[:4]] == ["running"] * 4, what="four to run")
+        base = f"http://127.0.0.1:{service.port}/api/jobs"
+        _, running = get_json(base + "?state=running&limit=3")
+        _, starting = get_json(base + "?state=starting")
+        assert [(j["id"], j["state"]) for j in running["jobs"]] == [
+            (job.id, "running") for job in jobs[3:0:-1]
+        ]
+        assert [(j["id"], j["state"]) for j in starting["jobs"]] == [
+            (job.id, "starting") for job in jobs[:3:-1]
+        ]
+    finally:
+        service.stop()
+        for job in jobs:
+            job.abort()
 
 
 def test_job_endpoint_gives_error_input_and_output(server, jobs):
@@ -945,6 +996,27 @@ def test_a_page_whose_token_changed_says_so_and_stops(engine, browser, counted_r
         restarted.stop()
 
 
+def test_a_page_with_the_new_token_beside_a_refused_one_goes_live(engine, browser):
+    # bug: a page refused after a restart with a new token still said every second that
+    # it streamed for the others: a page opened with the new token followed it, and
+    # stayed at "connecting…" for good
+    first = WebService("127.0.0.1:0", token="the-first-token-0123")
+    first.monitor.attach(engine)
+    first.start()
+    browser.open(first.url)  # the page that streams
+    browser.wait_for(f"{LIVE}.startsWith('live')")
+    first.stop()
+    restarted = WebService(f"127.0.0.1:{first.port}", token="a-new-generated-token-4567")
+    restarted.monitor.attach(engine)
+    restarted.start()
+    try:
+        browser.wait_for("!document.getElementById('refused').hidden", 30)
+        browser.call("Target.createTarget", url=restarted.url, newWindow=True)  # new token
+        wait_until(lambda: restarted.broadcaster.clients, 20, "the new page's stream")
+    finally:
+        restarted.stop()
+
+
 def test_jobs_of_another_day_show_their_date(engine, monkeypatch, browser):
     # bug: after a restart, the latest jobs (read from the journal) ended three days ago
     # read "03:40:52" only, as if they had ended today
@@ -1001,6 +1073,34 @@ def test_many_tabs_of_the_page_leave_room_for_one_more(engine, browser, counted_
         browser.call("Target.activateTarget", targetId=this)
         browser.wait_for(f"{LIVE} === 'live: server-sent events'", 20)
         assert len(service.broadcaster.clients) == 1 and list(browser.errors) == []
+    finally:
+        service.stop()
+
+
+def test_pages_shown_at_once_share_one_stream(engine, browser, counted_requests):
+    """Six pages shown at once (windows side by side on a control-room screen) held the
+    browser's six connections to the server: a seventh, or a job page, did not load.
+    The tabs of one browser now share one stream: the one that streams passes each
+    summary on to the others, and another one takes over when it is closed."""
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    url = f"http://127.0.0.1:{service.port}/"
+    try:
+        windows = [
+            browser.call("Target.createTarget", url=url, newWindow=True)["targetId"]
+            for _ in range(6)
+        ]
+        wait_until(lambda: counted_requests.count("/static/plotly.min.js") == 6, 60)
+        browser.open(url)  # the 7th page, shown too
+        browser.wait_for(f"{LIVE}.startsWith('live')", 20)
+        assert browser.evaluate("document.visibilityState") == "visible"
+        assert len(service.broadcaster.clients) == 1
+        for target in windows:  # the one streaming goes too: another one takes over
+            browser.call("Target.closeTarget", targetId=target)
+        wait_until(lambda: len(service.broadcaster.clients) == 1, 20, "a new stream")
+        browser.wait_for(f"{LIVE} === 'live: server-sent events'", 20)
+        assert list(browser.errors) == []
     finally:
         service.stop()
 

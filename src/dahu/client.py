@@ -37,7 +37,7 @@ from typing import Any
 import tango
 
 from .client_args import check_settings, chunks, encode_input, encode_inputs
-from .client_watch import watch
+from .client_watch import check_journal, read_journal, watch
 from .futures import (
     ClientClosed,
     ClientError,
@@ -135,6 +135,7 @@ class DahuClient:
         self._subscriptions: list[int] = []
         try:
             self._events_proxy.ping()
+            self._journal, self._journal_seen = read_journal(self._events_proxy), time.monotonic()
             for name in ("jobSuccess", "jobFailure"):  # each event handed over at once
                 handler = lambda event, name=name: self._event(name, event)  # noqa: E731
                 self._subscriptions.append(
@@ -153,6 +154,8 @@ class DahuClient:
         for thread in self._threads:
             thread.start()
 
+    _check_journal = check_journal  # (self, max_age): JobFuture.cancel's too
+
     # ---- context manager -----------------------------------------------------------------
     def __enter__(self) -> DahuClient:
         return self
@@ -170,7 +173,7 @@ class DahuClient:
         except tango.DevFailed as err:
             raise ServerError.from_devfailed(err, f"cannot reach {self.device}") from None
         if self.timeout is not None:
-            proxy.set_timeout_millis(int(self.timeout * 1000))
+            proxy.set_timeout_millis(max(1, int(self.timeout * 1000)))  # 0: no timeout at all
         return proxy
 
     def _proxy(self) -> tango.DeviceProxy:
@@ -250,6 +253,7 @@ class DahuClient:
             raise JobNotFound(f"no job {job_id}: job ids are 32-bit", "Dahu_UnknownJob")
         if job_id < 0:
             job_id = int(json.loads(self._call("getJobInfo", job_id))["id"])
+        check_journal(self, self.poll_interval)  # not a pending future of another journal
         future = JobFuture(self, job_id)
         tracked = self._register(future)  # before asking: an event from now on is not missed
         if tracked is not future:
@@ -312,6 +316,7 @@ class DahuClient:
     # ---- bookkeeping ---------------------------------------------------------------------
     def _begin(self) -> None:
         """A submission starts: events of jobs not tracked yet are kept until it ends."""
+        check_journal(self, self.poll_interval)  # its ids: of the journal of our futures
         with self._lock:
             if self._closed:
                 raise ClientClosed(f"the client of {self.device} is closed")
@@ -384,6 +389,7 @@ class DahuClient:
                 errors[0].desc.strip() if errors else "?",
             )
             self._suspect = True  # events may have been missed: check every job
+            self._journal_seen = -math.inf  # and the server's journal (a restart)
             self._wake.set()
             return
         value = event.attr_value.value if event.attr_value is not None else None
@@ -437,7 +443,9 @@ class DahuClient:
         return None if timeout is None else max(0.0, deadline - time.monotonic())
 
     def _fetch(self, future: JobFuture, state: str | None) -> None:
-        if future.done():
+        if not check_journal(self, math.inf):  # after a lost connection: the same journal?
+            raise ServerError(f"{self.device}: journalId cannot be read", "API_CantConnectToDevice")
+        if future.done():  # settled meanwhile (cancelled, or of another journal)
             return
         job_id = future.job_id
         if state is None:

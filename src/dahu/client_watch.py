@@ -1,23 +1,25 @@
 """The fallback of :mod:`dahu.client` for lost events: no future waits for an event that
 will never come (events dropped, a broken subscription, a job that ended before the
 client subscribed, a server restart).  Runs in one thread of each client; see
-``docs/client.md``.
+``docs/client.md``.  Also the check that the server still numbers its jobs in the
+journal the client's ids came from (:func:`check_journal`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
 import tango
 
-from .futures import ServerError
+from .futures import JobNotFound, ServerError
 from .states import State
 
 logger = logging.getLogger("dahu.client")
 
-__all__ = ["watch"]
+__all__ = ["watch", "read_journal", "check_journal"]
 
 
 def watch(client: Any) -> None:
@@ -48,8 +50,8 @@ def _round(client: Any, state: dict[str, float]) -> None:
         with client._lock:
             head = next(iter(client._pending.values()), None)
             fresh, client._fresh = client._fresh, False
-        if head is None:
-            return
+        if head is None or not check_journal(client, 0.0):
+            return  # nothing to watch, or the server is away: next round
         now = time.monotonic()
         if fresh:
             state["period"] = client.sweep_interval
@@ -94,7 +96,8 @@ def _wait_head(client: Any, head: Any, command: str = "waitJob") -> bool:
         if err.args[0].reason == "Dahu_UnknownJob":
             client._ended(head.job_id, None)  # the resolver reports it
             return True
-        return False  # timed out on our side, or the server is away: next round
+        client._journal_seen = -math.inf  # timed out, or the server is away: check it
+        return False  # next round
     if state in State.FINAL:
         client._ended(head.job_id, state)
         return True
@@ -114,6 +117,7 @@ def _sweep(client: Any, forced: bool) -> int:
         proxy = client._proxy()
     except ServerError:  # no proxy could be made (a server restarting)
         client._suspect = client._suspect or forced
+        client._journal_seen = -math.inf
         return -1
     for future in futures:
         if client._closed:
@@ -123,6 +127,7 @@ def _sweep(client: Any, forced: bool) -> int:
         except tango.DevFailed as err:
             if err.args[0].reason != "Dahu_UnknownJob":
                 client._suspect = client._suspect or forced  # the server is away
+                client._journal_seen = -math.inf
                 return -1
             state = None
         if state is None or state in State.FINAL:
@@ -134,3 +139,56 @@ def _sweep(client: Any, forced: bool) -> int:
     if found:
         logger.info("%s: %d job(s) ended without an event", client.device, found)
     return found
+
+
+def read_journal(proxy: tango.DeviceProxy) -> str | None:
+    """The server's ``journalId``; None for a server that has none (an earlier Dahu), ""
+    when it cannot tell now (its journal cannot be written: the token is made on first
+    use).  Raises ``DevFailed`` when the server cannot be reached."""
+    try:
+        return proxy.read_attribute("journalId").value
+    except (tango.ConnectionFailed, tango.CommunicationFailed):
+        raise
+    except tango.DevFailed as err:
+        return None if err.args[0].reason == "API_AttrNotFound" else ""
+
+
+def check_journal(client: Any, max_age: float) -> bool:
+    """Make sure the server still numbers its jobs in the journal the client's job ids
+    come from, unless it was seen less than ``max_age`` s ago (``math.inf``: only after
+    a lost connection).  A server restarted on another journal (a fresh work directory)
+    gives the same ids to other jobs: the pending futures fail with
+    :class:`JobNotFound` (``Dahu_JournalChanged``) instead of taking their outcome.
+    False if the server could not be asked (it is away)."""
+    started = time.monotonic()
+    if client._journal is None or started - client._journal_seen < max_age:
+        return True
+    try:
+        token = read_journal(client._proxy())
+    except (tango.DevFailed, ServerError):
+        client._journal_seen = -math.inf
+        return False
+    with client._lock:
+        client._journal_seen = started
+        if token in (client._journal, None, ""):  # the same, or the server cannot tell
+            return True
+        previous, client._journal = client._journal, token
+        if not previous:  # not known until now: nothing to compare with
+            return True
+        pending = list(client._pending.values())
+        client._pending.clear()
+    logger.warning(
+        "%s: the server now numbers its jobs in another journal (%s, was %s): %d job(s) lost",
+        client.device,
+        token,
+        previous,
+        len(pending),
+    )
+    for future in pending:
+        job_id = future.job_id
+        reason = (
+            f"job {job_id}: the server {client.device} now has another journal (restarted "
+            f"on another work directory?): its job {job_id} is another job"
+        )
+        future._settle(State.INEXISTANT, error=JobNotFound(reason, "Dahu_JournalChanged"))
+    return True

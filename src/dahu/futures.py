@@ -177,9 +177,10 @@ class JobFuture(concurrent.futures.Future):
         with self._cancelling:  # one at a time: a second one is told what the first did
             if self.cancelled():
                 return True
+            client = self._client
+            client._check_journal(client.poll_interval)  # its job N, not another server's
             if self.done():
                 return False
-            client = self._client
             client._forget(self)  # the event of the abort must not settle it meanwhile
             try:
                 stopping = client._call("abort", self.job_id)
@@ -239,6 +240,8 @@ class JobFuture(concurrent.futures.Future):
         when the client was closed before the job ended: it goes on on the server)."""
         if self.cancelled():
             return State.ABORTED
+        if not self.done():  # its job N, not that of a server restarted on another journal
+            self._client._check_journal(self._client.poll_interval)
         if self._final_state is not None:
             return self._final_state
         return self._client._call("getJobState", self.job_id)

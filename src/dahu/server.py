@@ -464,6 +464,11 @@ class DahuDS(Device):
         return self._last_failure
 
     @attribute(dtype=str)
+    def journalId(self) -> str:  # noqa: N802
+        """A token of the journal the job ids come from: another token, other jobs."""
+        return self._engine.journal.identity
+
+    @attribute(dtype=str)
     def statisticsCollected(self) -> str:  # noqa: N802
         """The last statistics collected by collectStatistics (the original's text until
         then)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import engine as dahu_engine
 from .engine import SHUTDOWN_REASON
+from .errors import JournalError
 from .executors.thread import default_workers
 from .retention import Retention, RetentionSchedule
 
@@ -128,6 +129,10 @@ def configure_engine(
                     "%d job(s) left unfinished by a previous server marked failed (interrupted)",
                     len(engine.interrupted),
                 )
+            try:  # now: a client's first read of journalId must not wait for the journal
+                logger.debug("journal %s", engine.journal.identity)
+            except JournalError as err:  # made at a later read, once it can be written
+                logger.warning("the journal has no identity yet: %s", err)
         else:
             if executor != engine.executor.name:
                 logger.warning(

@@ -28,8 +28,10 @@ The contract, for every implementation (all methods are thread-safe):
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -143,6 +145,13 @@ class Journal(abc.ABC):
     """The documented interface of a job journal (see the module doc for the contract)."""
 
     workdir: str | None = None
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """A token naming this journal: the same in every process that writes it (an id
+        is the same job), another one for another journal (a fresh work directory numbers
+        its jobs from 1 again).  Clients compare it across a server restart."""
+        return uuid.uuid4().hex
 
     @abc.abstractmethod
     def create(self, plugin: str, input_data: dict[str, Any], submitted: float) -> int:

@@ -48,6 +48,7 @@ from .base import (
 )
 from .files import highest_file_id
 from .sqlitefile import connect_file, file_identity, full_disk_reason, process_alive, write_again
+from .sqlitefile import journal_identity as _identity
 from .writer import BatchedWriter, _Write
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class SQLiteJournal(BatchedWriter, Journal):
     """The journal as a SQLite file (WAL mode; one writer connection behind a lock)."""
 
     FILENAME = "journal.sqlite"
+    identity = _identity  # a token kept in the file (sqlitefile)
 
     def __init__(
         self, workdir: str | None = None, filename: str | None = None, create: bool = True

@@ -5,14 +5,25 @@ again, whether the process that wrote a record runs."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import sqlite3
 import urllib.parse
+import uuid
+from typing import Any
 
+from ..errors import JournalError
 from .base import HOST
 
-__all__ = ["connect_file", "file_identity", "full_disk_reason", "process_alive", "write_again"]
+__all__ = [
+    "connect_file",
+    "file_identity",
+    "full_disk_reason",
+    "journal_identity",
+    "process_alive",
+    "write_again",
+]
 
 
 def connect_file(path: str, write: bool = False, immutable: bool = False) -> sqlite3.Connection:
@@ -126,3 +137,25 @@ def process_alive(host: str | None, pid: int | None, since: float | None) -> boo
         return since is None or proc.create_time() <= since + 1.0
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
+
+
+def journal_token(journal: Any) -> str:
+    """The :attr:`~dahu.journal.Journal.identity` of the SQLite ``journal``: made at
+    random by the first process that asks, kept in a table of its own (a journal of an
+    earlier Dahu gets one then; Dahu versions that do not know the table ignore it)."""
+    try:
+        with journal.transaction() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS identity (token TEXT NOT NULL)")
+            db.execute(
+                "INSERT INTO identity SELECT ? WHERE NOT EXISTS (SELECT 1 FROM identity)",
+                (uuid.uuid4().hex,),
+            )
+            return db.execute("SELECT token FROM identity ORDER BY rowid LIMIT 1").fetchone()[0]
+    except sqlite3.Error as err:
+        raise JournalError(
+            f"cannot read the identity of the journal {journal.path}: {err}"
+        ) from err
+
+
+journal_identity = functools.cached_property(journal_token)
+"""``SQLiteJournal.identity``: asked once per journal object."""

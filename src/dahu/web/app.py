@@ -25,7 +25,7 @@ from ..errors import JournalError
 from ..jobquery import journal_states
 from ..states import State
 from .access import is_loopback
-from .history import ENDED, FAILED, job_details, latest_jobs
+from .history import ENDED, FAILED, job_details, latest_jobs, live_jobs
 from .jsontext import web_json
 from .monitor import WINDOW
 
@@ -260,6 +260,11 @@ class JobsHandler(_Base):
                 job["state"] = run.state
         if state is not None:
             jobs = [job for job in jobs if job["state"] in journal_states(state)]
+        if state in (State.STARTING, State.RUNNING):  # ours, also those the journal lags on
+            listed = {job["id"] for job in jobs}
+            live = live_jobs(monitor.engine, state, plugin)
+            jobs += [job for job in live if job["id"] not in listed]
+            jobs = sorted(jobs, key=lambda job: job["id"], reverse=True)[:limit]
         self.send_json({"jobs": jobs})
 
     async def read_journal(

@@ -27,7 +27,7 @@ from ..journal.sqlitefile import connect_file
 from ..states import State
 from .monitor import reason_line
 
-__all__ = ["latest_jobs", "job_details", "PLUGIN_SCAN", "MAX_SHOWN", "ENDED", "FAILED"]
+__all__ = ["latest_jobs", "live_jobs", "job_details", "PLUGIN_SCAN", "MAX_SHOWN", "ENDED", "FAILED"]
 
 PLUGIN_SCAN = 100_000  # job ids back from the newest that a plugin filter searches
 ENDED = (State.SUCCESS, State.FAILURE, State.ABORTED)
@@ -82,6 +82,25 @@ def latest_jobs(
             "reason": reason_line(error or "") if state != State.SUCCESS else "",
         }
         for job_id, name, state, runtime, ended, error in rows[:limit]
+    ]
+
+
+def live_jobs(engine: Any, state: str, plugin: str | None = None) -> list[dict[str, Any]]:
+    """The jobs of this server queued (``starting``) or running now, as the items of
+    :func:`latest_jobs`: the journal notes a job running only after
+    :data:`~dahu.engine.lifecycle.NOTE_RUNNING_AFTER`, and never notes it queued."""
+    name = None if plugin is None else plugin.lower()
+    return [
+        {
+            "id": run.id,
+            "plugin": run.plugin_name,
+            "state": state,
+            "runtime": None,
+            "ended": None,
+            "reason": "",
+        }
+        for run in engine.live()
+        if run.state == state and (name is None or run.plugin_name.lower() == name)
     ]
 
 

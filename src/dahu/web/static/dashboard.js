@@ -20,6 +20,20 @@ let refused = "";  // the server refused this page (its token changed): updates 
 let paused = false;  // no stream while the tab is hidden
 let closeStream = () => false;  // closes the open stream; whether one was open
 let hiding = null;  // the timer closing the stream of a hidden tab
+// The tabs of this page of one server share one stream, which holds one of the browser's 6
+// connections to the server: six pages shown at once (windows side by side) left none for a
+// 7th or a job page. The tab that streams (the leader) passes each summary on to the others
+// over a BroadcastChannel and says it is there every second; when it goes (closed, hidden,
+// silent for TAKEOVER_MS), a shown tab takes over. Two leaders that hear each other: the
+// one with the lowest id stays.
+const TAKEOVER_MS = 3000;
+const SHARE = window.BroadcastChannel ?
+  new BroadcastChannel("dahu page " + new URL(".", location.href).pathname) : null;
+const me = Math.random();
+let sharing = false;  // this page takes part (not with ?transport=poll)
+let leading = false;  // this tab holds the stream
+let heard = 0;  // when the leader last spoke
+let latest = null;  // a summary passed on while this tab was hidden: drawn when shown
 
 function $(id) { return document.getElementById(id); }
 
@@ -161,13 +175,64 @@ function renderPlots(series) {
   ], layout({ yaxis: Object.assign({}, LAYOUT.yaxis, { title: { text: "jobs" } }) }), CONFIG);
 }
 
+function share(message) {
+  if (leading) SHARE.postMessage(Object.assign({ from: me }, message));
+}
+
+function claim() {
+  if (leading || refused || document.hidden || Date.now() - heard < TAKEOVER_MS) return;
+  leading = true;
+  share({});  // the others do not claim too
+  stream();
+}
+
+function resign() {
+  if (!leading) return;
+  share({ bye: true });
+  leading = false;
+  heard = Date.now();
+  closeStream();
+}
+
+// a message of the leader (of a tab that thinks it leads)
+function hear(e) {
+  const m = e.data;
+  if (refused) return;
+  if (m.bye) {  // a shown tab takes over
+    if (!leading) { heard = 0; setTimeout(claim, 100 + 400 * Math.random()); }
+    return;
+  }
+  if (leading && m.from > me) return;  // two leaders: the lowest id stays
+  resign();
+  heard = Date.now();
+  if (m.refused) refuse(m.refused[0], m.refused[1]);
+  else if (m.badge) setLive(m.badge, "down");
+  else if (m.summary && document.hidden) latest = m;
+  else if (m.summary) follow(m);
+}
+
+function follow(m) {
+  transport = m.transport + ", through another tab";
+  render(m.summary);
+}
+
 function render(summary) {
+  share({ summary, transport });
   lastUpdate = Date.now();
   trouble = "";
   renderCounters(summary.counters);
   renderTables(summary);
   renderPlots(summary.series);
   setLive("live: " + transport, "");
+}
+
+// the badge while no update comes: why (trouble) and for how long, in one wording (the
+// reconnections and the stale check once wrote two in turn: the badge flickered)
+function showTrouble() {
+  const age = Date.now() - lastUpdate;
+  const stale = lastUpdate && age > STALE_MS ? "no update for " + Math.round(age / 1000) + " s" : "";
+  setLive([trouble, stale].filter(Boolean).join(", "), "down");
+  share({ badge: $("live").textContent });
 }
 
 function setLive(text, cls) {
@@ -183,6 +248,8 @@ function refuse(status, body) {
     ((body && body.error) || "access refused") + "). " + (status === 401 ?
     "Its access token has changed (the server was restarted with a new one?): open the " +
     "address it printed, with its ?token=, to go on." : "");
+  share({ refused: [status, body] });
+  resign();  // a page opened later with the new token must not wait for this one
   setLive("access refused: updates stopped", "down");
   const problem = $("refused");
   problem.textContent = refused;
@@ -205,6 +272,7 @@ function poll(reason) {
   transport = "polling every " + POLL_MS / 1000 + " s";
   if (reason) console.info("dahu: polling /api/summary: " + reason);
   const once = () => {
+    if (sharing && !leading) return;  // another tab leads now
     fetch("api/summary", { cache: "no-store", credentials: "same-origin" })
       .then(answer)
       .then(render)
@@ -212,7 +280,7 @@ function poll(reason) {
       .catch(err => {
         if (isRefusal(err.status)) { refuse(err.status, err.body); return; }
         trouble = "server unreachable (" + err.message + "), retrying";
-        setLive(trouble, "down");
+        showTrouble();
         setTimeout(once, POLL_MS);
       });
   };
@@ -220,9 +288,11 @@ function poll(reason) {
 }
 
 function stream() {
+  if (sharing && !leading) return;  // another tab leads now
   transport = "server-sent events";
   paused = document.hidden;
-  if (paused) { setLive("paused while this tab is hidden", "stale"); return; }
+  if (paused) { resign(); setLive("paused while this tab is hidden", "stale"); return; }
+  closeStream();  // one at a time (a retry due after this tab led, resigned, led again)
   const source = new EventSource("api/events");
   let received = false;
   let over = false;
@@ -238,7 +308,7 @@ function stream() {
     if (source.readyState !== EventSource.CLOSED) {
       if (!streamed) { fallBack("the event stream failed"); return; }
       trouble = "reconnecting…";
-      setLive(trouble, "down");  // a network error: EventSource retries by itself
+      showTrouble();  // a network error: EventSource retries by itself
       return;
     }
     // an answer that is not the stream: EventSource gives up for good and does not say
@@ -256,7 +326,7 @@ function stream() {
           trouble = "reconnecting…";
           const wait = RETRY_MS[Math.min(retries, RETRY_MS.length - 1)];
           retries += 1;
-          setLive(trouble + " (next try in " + wait / 1000 + " s)", "down");
+          showTrouble();
           setTimeout(stream, wait);
         }
       });
@@ -266,14 +336,23 @@ function stream() {
 
 function visibility() {
   clearTimeout(hiding);
-  if (document.hidden) hiding = setTimeout(() => { if (closeStream()) stream(); }, HIDDEN_MS);
-  else if (paused && !refused) stream();
+  if (sharing && document.hidden) hiding = setTimeout(() => { if (leading) stream(); }, HIDDEN_MS);
+  else if (document.hidden) hiding = setTimeout(() => { if (closeStream()) stream(); }, HIDDEN_MS);
+  else if (sharing) {  // shown: the latest summary passed on, or this tab streams at once
+    if (latest) follow(latest);
+    latest = null;
+    claim();
+  } else if (paused && !refused) stream();
 }
 
 function watch() {
+  if (sharing && !leading) {
+    if (!refused && Date.now() - heard > TAKEOVER_MS) claim();  // no leader (any more)
+    return;
+  }
+  share({});  // this tab still leads
   if (refused || paused) return;
-  if (lastUpdate && Date.now() - lastUpdate > STALE_MS) setLive((trouble ? trouble + " " : "") +
-    "no update for " + Math.round((Date.now() - lastUpdate) / 1000) + " s", "down");
+  if (lastUpdate && Date.now() - lastUpdate > STALE_MS) showTrouble();
 }
 
 function start() {
@@ -281,7 +360,13 @@ function start() {
   const params = new URLSearchParams(location.search);
   if (params.has("token")) history.replaceState(null, "", location.pathname);  // kept as a cookie
   if (params.get("transport") === "poll" || !window.EventSource) poll("asked for");
-  else {
+  else if (SHARE) {
+    sharing = true;
+    SHARE.onmessage = hear;
+    addEventListener("pagehide", resign);
+    document.addEventListener("visibilitychange", visibility);
+    heard = Date.now() - TAKEOVER_MS + 1500;  // a leader speaks each second: or lead
+  } else {
     stream();
     document.addEventListener("visibilitychange", visibility);
   }
