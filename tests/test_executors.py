@@ -183,6 +183,30 @@ def test_a_worker_restarted_for_a_hung_plugin_spares_the_jobs_waiting_on_it(kind
     assert [(job.status, job.error) for job in others] == [("success", "")] * 6
 
 
+def test_a_restarted_dask_worker_comes_back_even_when_the_cluster_gave_up_on_it(
+    tmp_path, monkeypatch
+):
+    # bug: a LocalCluster closes the nanny of a worker away for lost-worker-timeout (15 s)
+    # after it left, one of ours restarting included (slow on a busy machine, or
+    # restarted twice in a row): the cluster stayed a worker short for good. Here the
+    # cluster gives up after 1 s, less than the restart of a hung plugin's worker takes.
+    import dask
+
+    engine = one_process_engine(tmp_path, monkeypatch, kind="dask", max_workers=2)
+    workers = engine.executor.client.scheduler_info
+    try:
+        with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}):
+            hung = run("trouble.hang", {"job_timeout": 0.3}, timeout=30)
+            assert (hung.status, hung.error) == ("aborted", "timed out after 0.3 s")
+            deadline = time.monotonic() + 30
+            while len(workers()["workers"]) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert len(workers()["workers"]) == 2
+            assert run("example.square", {"x": 5}).output_data["result"] == 25
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_timeouts(kind):
     by_class = run("trouble.patient", {})
     assert by_class.status == "aborted"
@@ -340,14 +364,14 @@ def test_an_aborted_waiter_ends_without_waiting_for_a_slot(kind_engine, kind, tm
     assert executor.counts() == {"queued": 0, "running": 0, "waiting": 0}
 
 
-def one_process_engine(tmp_path, monkeypatch):
-    """An engine of one worker process, with the trouble plugins."""
+def one_process_engine(tmp_path, monkeypatch, kind="process", max_workers=1):
+    """An engine of one worker process (by default), with the trouble plugins."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "trouble.py").write_text(TROUBLE_PLUGINS)
     monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
     return dahu.engine.configure(
-        workdir=str(tmp_path / "work"), max_workers=1, executor_kind="process"
+        workdir=str(tmp_path / "work"), max_workers=max_workers, executor_kind=kind
     )
 
 

@@ -241,6 +241,7 @@ class DaskExecution:
                 running = [w for w in workers if begun.get(w)]
                 if running:
                     self.executor.restarted.update(running)
+                    self.executor.keep_workers()
                     client.restart_workers(running)
                     close_orphans(self.executor.host)  # the jobs its plugins made
                     return
@@ -332,6 +333,9 @@ class DaskExecutor:
         self._collector: threading.Thread | None = None
         self._launched: dict[str, DaskExecution] = {}  # by task key, until settled
         self.restarted: set[str] = set()  # the addresses of the workers it restarted
+        self._keep_until = 0.0  # the local cluster's size is watched until then
+        self._keeper: threading.Thread | None = None
+        self._closing = threading.Event()
 
     def attach(self, host: Any) -> None:
         """Connect to (or start) the cluster for the engine ``host``."""
@@ -354,6 +358,43 @@ class DaskExecutor:
             target=self._collect, name="dahu-dask-collector", daemon=True
         )
         self._collector.start()
+
+    def keep_workers(self) -> None:
+        """A worker of the local cluster is restarted: watch that the cluster gets back
+        to ``max_workers``.  The cluster closes the nanny of a worker still away
+        ``distributed.deploy.lost-worker-timeout`` (15 s) after it left, even one of ours
+        restarting (a hung plugin's worker is killed 4 s after it is told to close; on a
+        busy machine, or restarted twice, it is away longer); such a nanny is started again
+        (until 2026-11-30 the cluster stayed a worker short, or with none left)."""
+        if self.cluster is None:
+            return
+        import dask
+        from dask.utils import parse_timedelta
+
+        lost = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
+        with self._lock:
+            self._keep_until = time.monotonic() + lost + 30
+            if self._keeper is None or not self._keeper.is_alive():
+                self._keeper = threading.Thread(
+                    target=self._keep, name="dahu-dask-keeper", daemon=True
+                )
+                self._keeper.start()
+
+    def _keep(self) -> None:
+        cluster = self.cluster
+        while not self._closing.wait(0.5) and time.monotonic() < self._keep_until:
+            closed = set(cluster.worker_spec) - set(list(cluster.workers))
+            if closed:
+                logger.warning("starting again the closed worker(s) %s", sorted(closed))
+                cluster.scale(self.max_workers)
+        with contextlib.suppress(Exception):
+            left = len(self.client.scheduler_info()["workers"])
+            if not self._closing.is_set() and left < self.max_workers:
+                logger.warning(
+                    "the local cluster has %d of its %d workers: the jobs run on those left",
+                    left,
+                    self.max_workers,
+                )
 
     @property
     def serialize(self) -> bool:
@@ -460,6 +501,9 @@ class DaskExecutor:
             with self._lock:
                 self._drained.wait_for(lambda: not self._pending and not self._in_flight, timeout)
         self._completed.put(None)
+        self._closing.set()
+        if self._keeper is not None:
+            self._keeper.join(5)
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:
