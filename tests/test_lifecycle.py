@@ -58,6 +58,18 @@ class Deep(Plugin):
         self.output["deep"] = deep
 
 
+DROPPING, LET_GO = threading.Event(), threading.Event()
+
+
+@register
+class SlowToDrop(Plugin):
+    """Its finaliser takes its time (closing a detector, releasing a GPU)."""
+
+    def __del__(self):
+        DROPPING.set()
+        LET_GO.wait(10)
+
+
 class FaultyJournal(MemoryJournal):
     """A journal whose disk is full: outcomes cannot be recorded."""
 
@@ -295,6 +307,26 @@ def test_a_job_s_files_are_written_once_when_clean_comes_from_two_threads(tmp_pa
         with open(job.data_on_disk + ".out", encoding="ascii") as out:
             assert '"result": 9' in out.read()
     finally:
+        engine.close()
+
+
+def test_a_plugin_s_slow_finaliser_delays_no_other_job_s_files_or_event(tmp_path):
+    # bug: the engine's files thread dropped each ended job's plugin, then wrote the
+    # next job's files and pushed its event (the device's announce): a plugin whose
+    # __del__ took 2 s delayed every later job's files and event by 2 s
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    try:
+        slow = run("tests.test_lifecycle.slowtodrop")
+        quick = run("example.square", {"x": 2})  # the pool's one thread is done with slow
+        announced = threading.Event()
+        engine.clean_later(slow)
+        engine.clean_later(quick, announced.set)
+        assert DROPPING.wait(10)
+        assert announced.wait(5), "the next job's event waited for a plugin's __del__"
+        with open(quick.data_on_disk + ".out", encoding="ascii") as out:
+            assert '"result": 4' in out.read()
+    finally:
+        LET_GO.set()
         engine.close()
 
 

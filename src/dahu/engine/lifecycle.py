@@ -31,6 +31,7 @@ from ..executors.slot import SELF_JOIN, released, serves
 from ..journal.base import JobRecord
 from ..states import State
 from ..utils import get_isotime, seconds, utf8_text
+from .table import drop_later
 
 logger = logging.getLogger(__name__)
 
@@ -510,7 +511,8 @@ class LifeCycle:
                     run.files_written = engine.write_files(
                         run.id, run.plugin_name, run.input_data, run.output
                     )
-        run.execution = None
+        held, run.execution = [run.execution], None
+        drop_later(held)  # its plugin's __del__ delays no other job's files nor event
         run.callbacks = []
         if run.unrecorded is None:
             run.cleaned = True  # the journal answers from now on
