@@ -1098,9 +1098,17 @@ def stray(other=0):
     return {"own": True}
 
 
+def closes_fds():
+    """Closes every file descriptor it inherited (as code that daemonises does), the
+    worker's pipe included."""
+    os.closerange(3, 4096)
+    return {"closed": True}
+
+
 plugin_from_function(fork_returns)
 plugin_from_function(spawns)
 plugin_from_function(stray)
+plugin_from_function(closes_fds)
 '''
 
 
@@ -1141,4 +1149,13 @@ def test_a_worker_message_for_another_job_is_ignored(forking_engine):
     # bug: the server took the first 'done' it read for the running job, whatever its id
     job = run("forking.stray", {"other": 999999})
     assert (job.status, job.output_data["result"]) == ("success", {"own": True})
+    assert run("example.square", {"x": 6}).output_data["result"] == 36
+
+
+def test_a_plugin_that_closes_the_worker_s_pipe_fails_its_job(forking_engine):
+    # bug: the worker could not send the outcome ("the server is gone" in its log) and
+    # went on waiting on its pipe: the job stayed running for ever, the shutdown too
+    job = run("forking.closes_fds", {}, timeout=20)
+    assert job.status == "failure"
+    assert job.error.startswith("worker process died: it lost its pipe to the server")
     assert run("example.square", {"x": 6}).output_data["result"] == 36

@@ -34,7 +34,7 @@ from ..states import State
 from .base import Task, close_orphans
 from .runner import Outcome
 from .thread import ThreadExecutor
-from .worker import outcome_from_message
+from .worker import LOST_PIPE, outcome_from_message
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,11 @@ def death_reason(exitcode: int | None) -> str:
     """``worker process died: signal 11 (SIGSEGV)`` / ``... exit code 1``."""
     if exitcode is None:
         return "worker process died"
+    if exitcode == LOST_PIPE:
+        return (
+            f"worker process died: it lost its pipe to the server (did the plugin close its "
+            f"file descriptors?), exit code {exitcode}"
+        )
     return f"worker process died: {exit_text(exitcode)}"
 
 
