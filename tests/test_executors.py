@@ -248,6 +248,60 @@ def test_a_plugin_whose_abort_never_returns_stalls_no_timeout(kind):
     assert again.status == "aborted"
 
 
+SLOW_ABORTS = """
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Deaf(Plugin):
+    # its abort() returns only once the file `stop` exists; so does its process()
+    def process(self):
+        while not os.path.exists(self.input["stop"]):
+            time.sleep(0.02)
+
+    def abort(self):
+        self.process()
+
+
+@register
+class Patient(Plugin):
+    def process(self):
+        while not self.is_aborted:
+            time.sleep(0.01)
+"""
+
+
+def test_plugins_whose_abort_hangs_delay_no_other_timeout(tmp_path, monkeypatch):
+    # bug (thread): the watchdog called each timed-out job's abort() and waited up to
+    # 1 s for it: with 4 jobs whose abort() hung, another job's 0.5 s timeout fired
+    # after 4.5 s (and 16 such jobs held every timeout of the server 16 s)
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slow.py").write_text(SLOW_ABORTS)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"), max_workers=6, executor_kind="thread"
+    )
+    stop = tmp_path / "stop"
+    try:
+        deaf = [Job("slow.deaf", {"job_timeout": 0.2, "stop": str(stop)}) for _ in range(4)]
+        for job in deaf:
+            job.start()
+        for job in deaf:
+            wait_running(job)
+        t0 = time.monotonic()
+        patient = run("slow.patient", {"job_timeout": 0.5}, timeout=30)
+        assert (patient.status, patient.error) == ("aborted", "timed out after 0.5 s")
+        assert time.monotonic() - t0 < 2.5
+    finally:
+        stop.touch()
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 @pytest.fixture
 def own_cluster(kind, tmp_path):
     """Under dask, a cluster of its own: the module's may still be bringing back a worker

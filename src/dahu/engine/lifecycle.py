@@ -325,7 +325,7 @@ class LifeCycle:
                 )
                 self.abort(target, f"timed out after {timeout:g} s{note}")
 
-        run.timer = self.engine.watchdog.call_later(timeout, expire)
+        run.timer = self.engine.watchdog.call_later(timeout, expire, own_thread=True)
 
     def abort(self, run: JobRun, reason: str, quiet: bool = False) -> bool:
         """Ask a queued or running job to stop; True if it is now stopping.
