@@ -302,6 +302,35 @@ def test_plugins_whose_abort_hangs_delay_no_other_timeout(tmp_path, monkeypatch)
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+def test_a_shutdown_does_not_wait_a_second_per_plugin_whose_abort_hangs(tmp_path, monkeypatch):
+    # bug (thread): the shutdown aborted the jobs in turn, waiting up to 1 s for each
+    # plugin's abort(): with 4 of them that hung it took 4 s before even waiting for the
+    # jobs (32 slots: past the server's 30 s shutdown timeout)
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slow.py").write_text(SLOW_ABORTS)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"),
+        max_workers=4,
+        executor_kind="thread",
+        executor_options={"abort_grace": 0.5},
+    )
+    stop = tmp_path / "stop"
+    try:
+        deaf = [Job("slow.deaf", {"stop": str(stop)}) for _ in range(4)]
+        for job in deaf:
+            job.start()
+        for job in deaf:
+            wait_running(job)
+        t0 = time.monotonic()
+        assert engine.shutdown(timeout=20)
+        assert time.monotonic() - t0 < 3
+        assert [job.status for job in deaf] == ["aborted"] * 4
+    finally:
+        stop.touch()
+
+
 @pytest.fixture
 def own_cluster(kind, tmp_path):
     """Under dask, a cluster of its own: the module's may still be bringing back a worker
