@@ -207,6 +207,29 @@ def test_a_restarted_dask_worker_comes_back_even_when_the_cluster_gave_up_on_it(
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+def test_a_dask_job_s_timeout_counts_from_its_plugin_s_begin(tmp_path, monkeypatch):
+    # bug (a known limit until 2026-11-30): a job's timeout counted its task's wait on
+    # the cluster behind other jobs: a job of 1 ms queued 2 s behind a long one, with a
+    # timeout of 1 s, ended "aborted: timed out after 1 s" without having run
+    engine = one_process_engine(tmp_path, monkeypatch, kind="dask", max_workers=1)
+    try:
+        long_job = Job("example.sleep", {"t": 2})
+        quick = Job("example.square", {"x": 4, "job_timeout": 1})
+        slow = Job("example.sleep", {"t": 60, "job_timeout": 1})
+        t0 = time.monotonic()
+        for job in (long_job, quick, slow):
+            job.start()
+        for job in (long_job, quick, slow):
+            job.join(30)
+        assert (quick.status, quick.output_data.get("result")) == ("success", 16), quick.error
+        # one that runs past its time still times out, 1 s after its begin
+        assert (slow.status, slow.error) == ("aborted", "timed out after 1 s")
+        assert time.monotonic() - t0 >= 2.9
+        assert long_job.status == "success"
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_timeouts(kind):
     by_class = run("trouble.patient", {})
     assert by_class.status == "aborted"
@@ -360,9 +383,9 @@ def test_aborting_a_job_waiting_for_a_free_worker_spares_the_running_ones(kind, 
         job.start()
     for job in sleepers:
         wait_running(job)
-    # Dask counts a task running as soon as it is on the cluster, and its timeout
-    # counts the wait there (a known limit, docs/executors.md)
-    waiting = Job("example.square", {"x": 3, **({} if kind == "dask" else {"job_timeout": 1.0})})
+    # Dask counts a task running as soon as it is on the cluster (a known limit,
+    # docs/executors.md); its timeout counts from its plugin's begin
+    waiting = Job("example.square", {"x": 3, "job_timeout": 1.0})
     waiting.start()
     dropped = Job("example.square", {"x": 4})
     dropped.start()
