@@ -1109,6 +1109,21 @@ def test_watchdog_refuses_a_nan_delay_and_keeps_its_order():
     assert fired == ["first", "second"]
 
 
+def test_a_watchdog_call_centuries_away_stops_no_other():
+    # bug: the watchdog waited for its next call with Condition.wait(delay), which raises
+    # OverflowError past threading.TIMEOUT_MAX (292 years): a call 1e10 s away, due
+    # first, killed its thread and no call fired again (in an engine, its sweep of the
+    # running jobs, every 0.5 s, was always due first)
+    from dahu.executors import Watchdog
+
+    watchdog = Watchdog()
+    watchdog.call_later(1e10, lambda: None)
+    watchdog._thread.join(0.5)  # it died of it at once, or it waits
+    done = threading.Event()
+    watchdog.call_later(0.05, done.set)
+    assert done.wait(5)
+
+
 def test_a_thread_that_cannot_start_does_not_stall_the_pool(tmp_path, monkeypatch):
     # bug: "can't start new thread" (a limit on threads, after many abandoned plugins)
     # left the pool counting a thread that did not exist: queued jobs waited for ever

@@ -67,7 +67,8 @@ class Watchdog:
             with self._cond:
                 while not self._heap or self._heap[0][0] > time.monotonic():
                     delay = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._cond.wait(delay)
+                    # a wait past threading.TIMEOUT_MAX raises: wake up and look again
+                    self._cond.wait(None if delay is None else min(delay, 86400.0))
                 entry = heapq.heappop(self._heap)
                 function, entry[2] = entry[2], None
                 if function is None:
