@@ -70,6 +70,17 @@ class SlowToDrop(Plugin):
         LET_GO.wait(10)
 
 
+FINALISED: list[int] = []
+
+
+@register
+class Finalised(Plugin):
+    """Says when it is finalised."""
+
+    def __del__(self):
+        FINALISED.append(self.input.get("n"))
+
+
 class FaultyJournal(MemoryJournal):
     """A journal whose disk is full: outcomes cannot be recorded."""
 
@@ -327,6 +338,19 @@ def test_a_plugin_s_slow_finaliser_delays_no_other_job_s_files_or_event(tmp_path
             assert '"result": 4' in out.read()
     finally:
         LET_GO.set()
+        engine.close()
+
+
+def test_clean_called_by_a_script_finalises_the_plugin_before_it_returns(tmp_path):
+    # as in the original: a script that cleans a job may rely on the plugin's __del__
+    # (a file it closes) having run; only the server's files thread hands it over
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    try:
+        job = run("tests.test_lifecycle.finalised", {"n": 7})
+        run("example.square", {"x": 2})  # the pool's one thread is done with the first
+        job.clean()
+        assert FINALISED == [7]
+    finally:
         engine.close()
 
 

@@ -483,7 +483,10 @@ class LifeCycle:
                         run.id, run.plugin_name, run.input_data, run.output
                     )
         held, run.execution = [run.execution], None
-        drop_later(held)  # its plugin's __del__ delays no other job's files nor event
+        if threading.current_thread() is engine._cleaner:  # the files thread: a plugin's
+            drop_later(held)  # __del__ must not delay the other jobs' files and events
+        else:  # at once, as in the original: clean() returns after the plugin's __del__
+            held.clear()
         run.callbacks = []
         if run.unrecorded is None:
             run.cleaned = True  # the journal answers from now on
