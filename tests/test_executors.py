@@ -146,6 +146,24 @@ def test_abort_cooperative_plugin(kind):
     assert time.monotonic() - t0 < 1.5
 
 
+def test_an_aborted_dask_job_leaves_no_event_on_the_scheduler(kind):
+    # bug: each aborted job left its abort Event set on the scheduler for good (memory
+    # a long-lived scheduler, or the server with a local cluster, never got back)
+    if kind != "dask":
+        pytest.skip("only Dask aborts through the scheduler")
+    job = Job("example.sleep", {"t": 60})
+    job.start()
+    wait_running(job)
+    assert job.abort()
+    job.join(10)
+    assert job.status == "aborted"
+    client = dahu.engine.get_engine().executor.client
+    names = client.run_on_scheduler(
+        lambda dask_scheduler: [str(name) for name in dask_scheduler.extensions["events"]._events]
+    )
+    assert [name for name in names if name.endswith(f"-{job.id}")] == []
+
+
 def test_abort_hung_plugin_ends_it_after_grace(kind):
     # process: the worker is killed; dask: the worker is restarted; thread: the thread
     # cannot be killed, it is abandoned and another one takes its slot

@@ -187,6 +187,11 @@ class DaskExecution:
     def outcome(self) -> Outcome:
         """The job's outcome once its future is done."""
         future, self.future = self.future, None
+        if self.abort_reason is not None:  # its abort event, set, would stay for good
+            with contextlib.suppress(Exception):
+                from distributed import Event
+
+                Event(self.event_name, client=self.executor.client).clear()
         if future.cancelled() or future.status == "cancelled":
             reason = self.abort_reason or "cancelled on the cluster"
             return Outcome(State.ABORTED, {}, reason, self.started, time.time())
