@@ -215,8 +215,8 @@ class DaskExecution:
 class DaskExecutor:
     """Runs jobs on a Dask cluster (see the module doc).
 
-    :param max_workers: workers of the local cluster; with an external scheduler, how
-        many jobs are on the cluster at once (default: no bound but the cluster's)
+    :param max_workers: workers of the local cluster (at most 10 jobs per worker are on
+        it at once); unused with an external scheduler, whose workers bound the jobs
     :param scheduler: a scheduler address, or ``local``
     :param abort_grace: seconds a job has to stop after ``abort`` before its task is
         cancelled
