@@ -6,7 +6,7 @@
 * ``recent``: ended jobs that something still references (held weakly).
 
 A finished job needs nothing in memory: once nobody references it, the journal answers.
-Its plugin instance is dropped by :func:`drop_later`, in a thread of its own.
+The files thread hands its plugin instance to :func:`drop_later` (a slow ``__del__``).
 """
 
 from __future__ import annotations
