@@ -499,6 +499,35 @@ def one_process_engine(tmp_path, monkeypatch, kind="process", max_workers=1):
     )
 
 
+SLOW_DEL = """
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class SlowDel(Plugin):
+    # its finaliser takes 3 s (closing a detector, releasing a GPU)
+    def __del__(self):
+        time.sleep(3)
+"""
+
+
+def test_a_plugin_s_slow_finaliser_delays_not_the_next_job_of_its_worker(tmp_path, monkeypatch):
+    # bug: the worker's loop held the last job's execution until the next job came, and
+    # let it go there: the plugin's __del__ ran before the next job could start
+    engine = one_process_engine(tmp_path, monkeypatch)
+    (tmp_path / "plugins" / "slow.py").write_text(SLOW_DEL)
+    try:
+        assert run("slow.slowdel", {}).status == "success"
+        t0 = time.monotonic()
+        assert run("example.square", {"x": 5}, timeout=30).output_data["result"] == 25
+        assert time.monotonic() - t0 < 2
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_a_waiter_whose_worker_dies_ends_without_waiting_for_a_slot(tmp_path, monkeypatch):
     # bug: its worker dead (the OOM killer), a job whose plugin waited for another one
     # stayed running until a slot was free, here until the long job ended

@@ -198,7 +198,10 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
             execution = current.get(message[1])
             if execution is not None:
                 execution.abort(message[2])
-        elif kind == "stop":
+        # not kept here: its plugin is let go (its __del__ run) by the job's own thread,
+        # after its outcome, not by this loop when the next job comes
+        execution = None
+        if kind == "stop":
             break
 
 
