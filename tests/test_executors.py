@@ -528,6 +528,39 @@ def test_a_plugin_s_slow_finaliser_delays_not_the_next_job_of_its_worker(tmp_pat
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+FINALISED = """
+from pathlib import Path
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Closes(Plugin):
+    # what it holds (an open file) is let go when it is finalised: it says so
+    def __del__(self):
+        Path(self.input["mark"]).touch()
+"""
+
+
+@pytest.mark.parametrize("kind", ["process", "dask"])
+def test_a_plugin_is_finalised_once_its_job_ended(kind, tmp_path, monkeypatch):
+    # bug (dask): the plugin stayed in a reference cycle (its wait_for hook, the task's
+    # Execution) until the garbage collector's next full pass: what it held (memory, an
+    # open HDF5 file) stayed held on the worker long after its job, at random
+    engine = one_process_engine(tmp_path, monkeypatch, kind=kind)
+    (tmp_path / "plugins" / "held.py").write_text(FINALISED)
+    mark = tmp_path / "finalised"
+    try:
+        assert run("held.closes", {"mark": str(mark)}).status == "success"
+        deadline = time.monotonic() + 10
+        while not mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert mark.exists()
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_a_waiter_whose_worker_dies_ends_without_waiting_for_a_slot(tmp_path, monkeypatch):
     # bug: its worker dead (the OOM killer), a job whose plugin waited for another one
     # stayed running until a slot was free, here until the long job ended

@@ -123,7 +123,13 @@ def run_task(
     finally:
         finished.set()
         _plugin_begun.pop(key, None)
-    return outcome_message(outcome, job_id)
+    message = outcome_message(outcome, job_id)
+    # let go of the plugin now, in a thread of its own (a slow __del__ delays no task):
+    # its wait_for hook and the execution make a cycle that would keep it, and what it
+    # holds (memory, open files), until the garbage collector's next full pass
+    held, execution.plugin = [execution.plugin], None
+    threading.Thread(target=held.clear, name=f"dahu-drop-{job_id}", daemon=True).start()
+    return message
 
 
 _plugin_begun: dict[str, float] = {}
