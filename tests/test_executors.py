@@ -561,6 +561,35 @@ def test_a_plugin_is_finalised_once_its_job_ended(kind, tmp_path, monkeypatch):
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+class Handed:
+    """A task as the engine hands it to an executor (see dahu.executors.base.Task)."""
+
+    plugin_name = "example.sleep"
+    input_data = {"t": 60}
+    job_id = 999999
+
+    def plugin_loaded(self, job_timeout):
+        pass
+
+
+def test_a_job_aborted_as_it_is_handed_to_its_worker_is_not_left_running(tmp_path, monkeypatch):
+    # bug (process): an abort between the job's begin and its 'run' message reached the
+    # worker first, which ignored it (no such job yet): the plugin ran on until its
+    # worker was killed after the grace ("... (worker killed after 2 s)"); a shutdown
+    # aborting jobs as the pool hands them out lost workers and their caches so
+    engine = one_process_engine(tmp_path, monkeypatch)
+    try:
+        execution = engine.executor.execution(Handed())
+        execution.abort("aborted on request")
+        t0 = time.monotonic()
+        outcome = execution.run()
+        assert (outcome.state, outcome.error) == ("aborted", "aborted on request")
+        assert time.monotonic() - t0 < 1.5
+        assert execution.worker.is_alive()
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_a_waiter_whose_worker_dies_ends_without_waiting_for_a_slot(tmp_path, monkeypatch):
     # bug: its worker dead (the OOM killer), a job whose plugin waited for another one
     # stayed running until a slot was free, here until the long job ended

@@ -189,6 +189,8 @@ class RemoteExecution:
         try:
             if not self.worker.send(("run", self.job_id, self.plugin_name, self.input_data)):
                 return self._died(started)
+            if self.abort_reason is not None:  # an abort sent before the job was: again
+                self.worker.send(("abort", self.job_id, self.abort_reason))
             while True:
                 if not self.worker.conn.poll(0.25):
                     if not self.worker.is_alive() and not self.worker.conn.poll(0):
