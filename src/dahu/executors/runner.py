@@ -142,9 +142,9 @@ class Execution:
 
     def _ask_plugin(self, plugin: Any) -> None:
         """Call the plugin's ``abort()`` in a thread of its own, waiting for it at most
-        :data:`ABORT_CALL_WAIT` s: one that never returns must not hold the caller (the
-        watchdog, which times every job out; a client's ``abortJob``; the shutdown, which
-        aborts every job in turn: 1 s for them all, not 1 s each)."""
+        :data:`ABORT_CALL_WAIT` s: one that never returns must not hold the caller (a
+        job's timeout; a client's ``abortJob``; the shutdown, which aborts every job in
+        turn: 1 s for them all, not 1 s each)."""
 
         def call() -> None:
             try:
