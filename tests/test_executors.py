@@ -146,6 +146,24 @@ def test_abort_cooperative_plugin(kind):
     assert time.monotonic() - t0 < 1.5
 
 
+def test_an_aborted_dask_job_leaves_no_event_on_the_scheduler(kind):
+    # bug: each aborted job left its abort Event set on the scheduler for good (memory
+    # a long-lived scheduler, or the server with a local cluster, never got back)
+    if kind != "dask":
+        pytest.skip("only Dask aborts through the scheduler")
+    job = Job("example.sleep", {"t": 60})
+    job.start()
+    wait_running(job)
+    assert job.abort()
+    job.join(10)
+    assert job.status == "aborted"
+    client = dahu.engine.get_engine().executor.client
+    names = client.run_on_scheduler(
+        lambda dask_scheduler: [str(name) for name in dask_scheduler.extensions["events"]._events]
+    )
+    assert [name for name in names if name.endswith(f"-{job.id}")] == []
+
+
 def test_abort_hung_plugin_ends_it_after_grace(kind):
     # process: the worker is killed; dask: the worker is restarted; thread: the thread
     # cannot be killed, it is abandoned and another one takes its slot
@@ -181,6 +199,53 @@ def test_a_worker_restarted_for_a_hung_plugin_spares_the_jobs_waiting_on_it(kind
         job.join(60)
     assert hung.status == "aborted"
     assert [(job.status, job.error) for job in others] == [("success", "")] * 6
+
+
+def test_a_restarted_dask_worker_comes_back_even_when_the_cluster_gave_up_on_it(
+    tmp_path, monkeypatch
+):
+    # bug: a LocalCluster closes the nanny of a worker away for lost-worker-timeout (15 s)
+    # after it left, one of ours restarting included (slow on a busy machine, or
+    # restarted twice in a row): the cluster stayed a worker short for good. Here the
+    # cluster gives up after 1 s, less than the restart of a hung plugin's worker takes.
+    import dask
+
+    engine = one_process_engine(tmp_path, monkeypatch, kind="dask", max_workers=2)
+    workers = engine.executor.client.scheduler_info
+    try:
+        with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}):
+            hung = run("trouble.hang", {"job_timeout": 0.3}, timeout=30)
+            assert (hung.status, hung.error) == ("aborted", "timed out after 0.3 s")
+            deadline = time.monotonic() + 30
+            while len(workers()["workers"]) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert len(workers()["workers"]) == 2
+            assert run("example.square", {"x": 5}).output_data["result"] == 25
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+def test_a_dask_job_s_timeout_counts_from_its_plugin_s_begin(tmp_path, monkeypatch):
+    # bug (a known limit until 2026-11-30): a job's timeout counted its task's wait on
+    # the cluster behind other jobs: a job of 1 ms queued 2 s behind a long one, with a
+    # timeout of 1 s, ended "aborted: timed out after 1 s" without having run
+    engine = one_process_engine(tmp_path, monkeypatch, kind="dask", max_workers=1)
+    try:
+        long_job = Job("example.sleep", {"t": 2})
+        quick = Job("example.square", {"x": 4, "job_timeout": 1})
+        slow = Job("example.sleep", {"t": 60, "job_timeout": 1})
+        t0 = time.monotonic()
+        for job in (long_job, quick, slow):
+            job.start()
+        for job in (long_job, quick, slow):
+            job.join(30)
+        assert (quick.status, quick.output_data.get("result")) == ("success", 16), quick.error
+        # one that runs past its time still times out, 1 s after its begin
+        assert (slow.status, slow.error) == ("aborted", "timed out after 1 s")
+        assert time.monotonic() - t0 >= 2.9
+        assert long_job.status == "success"
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
 
 
 def test_timeouts(kind):
@@ -224,6 +289,89 @@ def test_a_plugin_whose_abort_never_returns_stalls_no_timeout(kind):
     assert again.status == "aborted"
 
 
+SLOW_ABORTS = """
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Deaf(Plugin):
+    # its abort() returns only once the file `stop` exists; so does its process()
+    def process(self):
+        while not os.path.exists(self.input["stop"]):
+            time.sleep(0.02)
+
+    def abort(self):
+        self.process()
+
+
+@register
+class Patient(Plugin):
+    def process(self):
+        while not self.is_aborted:
+            time.sleep(0.01)
+"""
+
+
+def test_plugins_whose_abort_hangs_delay_no_other_timeout(tmp_path, monkeypatch):
+    # bug (thread): the watchdog called each timed-out job's abort() and waited up to
+    # 1 s for it: with 4 jobs whose abort() hung, another job's 0.5 s timeout fired
+    # after 4.5 s (and 16 such jobs held every timeout of the server 16 s)
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slow.py").write_text(SLOW_ABORTS)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"), max_workers=6, executor_kind="thread"
+    )
+    stop = tmp_path / "stop"
+    try:
+        deaf = [Job("slow.deaf", {"job_timeout": 0.2, "stop": str(stop)}) for _ in range(4)]
+        for job in deaf:
+            job.start()
+        for job in deaf:
+            wait_running(job)
+        t0 = time.monotonic()
+        patient = run("slow.patient", {"job_timeout": 0.5}, timeout=30)
+        assert (patient.status, patient.error) == ("aborted", "timed out after 0.5 s")
+        assert time.monotonic() - t0 < 2.5
+    finally:
+        stop.touch()
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+def test_a_shutdown_does_not_wait_a_second_per_plugin_whose_abort_hangs(tmp_path, monkeypatch):
+    # bug (thread): the shutdown aborted the jobs in turn, waiting up to 1 s for each
+    # plugin's abort(): with 4 of them that hung it took 4 s before even waiting for the
+    # jobs (32 slots: past the server's 30 s shutdown timeout)
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slow.py").write_text(SLOW_ABORTS)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"),
+        max_workers=4,
+        executor_kind="thread",
+        executor_options={"abort_grace": 0.5},
+    )
+    stop = tmp_path / "stop"
+    try:
+        deaf = [Job("slow.deaf", {"stop": str(stop)}) for _ in range(4)]
+        for job in deaf:
+            job.start()
+        for job in deaf:
+            wait_running(job)
+        t0 = time.monotonic()
+        assert engine.shutdown(timeout=20)
+        assert time.monotonic() - t0 < 3
+        assert [job.status for job in deaf] == ["aborted"] * 4
+    finally:
+        stop.touch()
+
+
 @pytest.fixture
 def own_cluster(kind, tmp_path):
     """Under dask, a cluster of its own: the module's may still be bringing back a worker
@@ -253,9 +401,9 @@ def test_aborting_a_job_waiting_for_a_free_worker_spares_the_running_ones(kind, 
         job.start()
     for job in sleepers:
         wait_running(job)
-    # Dask counts a task running as soon as it is on the cluster, and its timeout
-    # counts the wait there (a known limit, docs/executors.md)
-    waiting = Job("example.square", {"x": 3, **({} if kind == "dask" else {"job_timeout": 1.0})})
+    # Dask counts a task running as soon as it is on the cluster (a known limit,
+    # docs/executors.md); its timeout counts from its plugin's begin
+    waiting = Job("example.square", {"x": 3, "job_timeout": 1.0})
     waiting.start()
     dropped = Job("example.square", {"x": 4})
     dropped.start()
@@ -340,15 +488,106 @@ def test_an_aborted_waiter_ends_without_waiting_for_a_slot(kind_engine, kind, tm
     assert executor.counts() == {"queued": 0, "running": 0, "waiting": 0}
 
 
-def one_process_engine(tmp_path, monkeypatch):
-    """An engine of one worker process, with the trouble plugins."""
+def one_process_engine(tmp_path, monkeypatch, kind="process", max_workers=1):
+    """An engine of one worker process (by default), with the trouble plugins."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "trouble.py").write_text(TROUBLE_PLUGINS)
     monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
     return dahu.engine.configure(
-        workdir=str(tmp_path / "work"), max_workers=1, executor_kind="process"
+        workdir=str(tmp_path / "work"), max_workers=max_workers, executor_kind=kind
     )
+
+
+SLOW_DEL = """
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class SlowDel(Plugin):
+    # its finaliser takes 3 s (closing a detector, releasing a GPU)
+    def __del__(self):
+        time.sleep(3)
+"""
+
+
+def test_a_plugin_s_slow_finaliser_delays_not_the_next_job_of_its_worker(tmp_path, monkeypatch):
+    # bug: the worker's loop held the last job's execution until the next job came, and
+    # let it go there: the plugin's __del__ ran before the next job could start
+    engine = one_process_engine(tmp_path, monkeypatch)
+    (tmp_path / "plugins" / "slow.py").write_text(SLOW_DEL)
+    try:
+        assert run("slow.slowdel", {}).status == "success"
+        t0 = time.monotonic()
+        assert run("example.square", {"x": 5}, timeout=30).output_data["result"] == 25
+        assert time.monotonic() - t0 < 2
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+FINALISED = """
+from pathlib import Path
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Closes(Plugin):
+    # what it holds (an open file) is let go when it is finalised: it says so
+    def __del__(self):
+        Path(self.input["mark"]).touch()
+"""
+
+
+@pytest.mark.parametrize("kind", ["process", "dask"])
+def test_a_plugin_is_finalised_once_its_job_ended(kind, tmp_path, monkeypatch):
+    # bug (dask): the plugin stayed in a reference cycle (its wait_for hook, the task's
+    # Execution) until the garbage collector's next full pass: what it held (memory, an
+    # open HDF5 file) stayed held on the worker long after its job, at random
+    engine = one_process_engine(tmp_path, monkeypatch, kind=kind)
+    (tmp_path / "plugins" / "held.py").write_text(FINALISED)
+    mark = tmp_path / "finalised"
+    try:
+        assert run("held.closes", {"mark": str(mark)}).status == "success"
+        deadline = time.monotonic() + 10
+        while not mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert mark.exists()
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+class Handed:
+    """A task as the engine hands it to an executor (see dahu.executors.base.Task)."""
+
+    plugin_name = "example.sleep"
+    input_data = {"t": 60}
+    job_id = 999999
+
+    def plugin_loaded(self, job_timeout):
+        pass
+
+
+def test_a_job_aborted_as_it_is_handed_to_its_worker_is_not_left_running(tmp_path, monkeypatch):
+    # bug (process): an abort between the job's begin and its 'run' message reached the
+    # worker first, which ignored it (no such job yet): the plugin ran on until its
+    # worker was killed after the grace ("... (worker killed after 2 s)"); a shutdown
+    # aborting jobs as the pool hands them out lost workers and their caches so
+    engine = one_process_engine(tmp_path, monkeypatch)
+    try:
+        execution = engine.executor.execution(Handed())
+        execution.abort("aborted on request")
+        t0 = time.monotonic()
+        outcome = execution.run()
+        assert (outcome.state, outcome.error) == ("aborted", "aborted on request")
+        assert time.monotonic() - t0 < 1.5
+        assert execution.worker.is_alive()
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
 
 
 def test_a_waiter_whose_worker_dies_ends_without_waiting_for_a_slot(tmp_path, monkeypatch):
@@ -979,6 +1218,21 @@ def test_watchdog_refuses_a_nan_delay_and_keeps_its_order():
     assert fired == ["first", "second"]
 
 
+def test_a_watchdog_call_centuries_away_stops_no_other():
+    # bug: the watchdog waited for its next call with Condition.wait(delay), which raises
+    # OverflowError past threading.TIMEOUT_MAX (292 years): a call 1e10 s away, due
+    # first, killed its thread and no call fired again (in an engine, its sweep of the
+    # running jobs, every 0.5 s, was always due first)
+    from dahu.executors import Watchdog
+
+    watchdog = Watchdog()
+    watchdog.call_later(1e10, lambda: None)
+    watchdog._thread.join(0.5)  # it died of it at once, or it waits
+    done = threading.Event()
+    watchdog.call_later(0.05, done.set)
+    assert done.wait(5)
+
+
 def test_a_thread_that_cannot_start_does_not_stall_the_pool(tmp_path, monkeypatch):
     # bug: "can't start new thread" (a limit on threads, after many abandoned plugins)
     # left the pool counting a thread that did not exist: queued jobs waited for ever
@@ -1074,9 +1328,17 @@ def stray(other=0):
     return {"own": True}
 
 
+def closes_fds():
+    """Closes every file descriptor it inherited (as code that daemonises does), the
+    worker's pipe included."""
+    os.closerange(3, 4096)
+    return {"closed": True}
+
+
 plugin_from_function(fork_returns)
 plugin_from_function(spawns)
 plugin_from_function(stray)
+plugin_from_function(closes_fds)
 '''
 
 
@@ -1117,4 +1379,13 @@ def test_a_worker_message_for_another_job_is_ignored(forking_engine):
     # bug: the server took the first 'done' it read for the running job, whatever its id
     job = run("forking.stray", {"other": 999999})
     assert (job.status, job.output_data["result"]) == ("success", {"own": True})
+    assert run("example.square", {"x": 6}).output_data["result"] == 36
+
+
+def test_a_plugin_that_closes_the_worker_s_pipe_fails_its_job(forking_engine):
+    # bug: the worker could not send the outcome ("the server is gone" in its log) and
+    # went on waiting on its pipe: the job stayed running for ever, the shutdown too
+    job = run("forking.closes_fds", {}, timeout=20)
+    assert job.status == "failure"
+    assert job.error.startswith("worker process died: it lost its pipe to the server")
     assert run("example.square", {"x": 6}).output_data["result"] == 36

@@ -58,6 +58,29 @@ class Deep(Plugin):
         self.output["deep"] = deep
 
 
+DROPPING, LET_GO = threading.Event(), threading.Event()
+
+
+@register
+class SlowToDrop(Plugin):
+    """Its finaliser takes its time (closing a detector, releasing a GPU)."""
+
+    def __del__(self):
+        DROPPING.set()
+        LET_GO.wait(10)
+
+
+FINALISED: list[int] = []
+
+
+@register
+class Finalised(Plugin):
+    """Says when it is finalised."""
+
+    def __del__(self):
+        FINALISED.append(self.input.get("n"))
+
+
 class FaultyJournal(MemoryJournal):
     """A journal whose disk is full: outcomes cannot be recorded."""
 
@@ -294,6 +317,39 @@ def test_a_job_s_files_are_written_once_when_clean_comes_from_two_threads(tmp_pa
         assert calls == ["first"]
         with open(job.data_on_disk + ".out", encoding="ascii") as out:
             assert '"result": 9' in out.read()
+    finally:
+        engine.close()
+
+
+def test_a_plugin_s_slow_finaliser_delays_no_other_job_s_files_or_event(tmp_path):
+    # bug: the engine's files thread dropped each ended job's plugin, then wrote the
+    # next job's files and pushed its event (the device's announce): a plugin whose
+    # __del__ took 2 s delayed every later job's files and event by 2 s
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    try:
+        slow = run("tests.test_lifecycle.slowtodrop")
+        quick = run("example.square", {"x": 2})  # the pool's one thread is done with slow
+        announced = threading.Event()
+        engine.clean_later(slow)
+        engine.clean_later(quick, announced.set)
+        assert DROPPING.wait(10)
+        assert announced.wait(5), "the next job's event waited for a plugin's __del__"
+        with open(quick.data_on_disk + ".out", encoding="ascii") as out:
+            assert '"result": 4' in out.read()
+    finally:
+        LET_GO.set()
+        engine.close()
+
+
+def test_clean_called_by_a_script_finalises_the_plugin_before_it_returns(tmp_path):
+    # as in the original: a script that cleans a job may rely on the plugin's __del__
+    # (a file it closes) having run; only the server's files thread hands it over
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    try:
+        job = run("tests.test_lifecycle.finalised", {"n": 7})
+        run("example.square", {"x": 2})  # the pool's one thread is done with the first
+        job.clean()
+        assert FINALISED == [7]
     finally:
         engine.close()
 

@@ -4,7 +4,8 @@
   :func:`configure`, :func:`activate`): journal, executor, work directory, counters,
   the background writer of ``.inp``/``.out`` files, shutdown;
 * :mod:`.table`: the job table (live jobs, ended jobs still referenced);
-* :mod:`.lifecycle`: every state transition of a job, in one place.
+* :mod:`.lifecycle`: every state transition of a job, in one place (:mod:`.flag`: the
+  flag its waiters wait for).
 
 The journal (:mod:`dahu.journal`) and the executors (:mod:`dahu.executors`) are rooms of
 their own, used by the engine; neither imports it.  ``dahu.job.Job`` is the public face.

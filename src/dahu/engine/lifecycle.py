@@ -31,6 +31,8 @@ from ..executors.slot import SELF_JOIN, released, serves
 from ..journal.base import JobRecord
 from ..states import State
 from ..utils import get_isotime, seconds, utf8_text
+from .flag import Signal
+from .table import drop_later
 
 logger = logging.getLogger(__name__)
 
@@ -64,41 +66,6 @@ HOLD_FOR = 0.002
 """Seconds an outcome may wait in the journal's queue for others to share its commit,
 when the thread that ran the job has queued jobs to run next (engines made with
 ``batch_outcomes``)."""
-
-_SIGNAL_LOCK = threading.Lock()
-
-
-class Signal:
-    """A one-shot flag that can be waited for, like ``threading.Event``, but that costs
-    nothing until somebody waits (most jobs are never waited for one by one)."""
-
-    __slots__ = ("_set", "_event")
-
-    def __init__(self) -> None:
-        self._set = False
-        self._event: threading.Event | None = None
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def set(self) -> None:
-        self._set = True  # written before _event is read: see wait()
-        event = self._event
-        if event is not None:
-            event.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if self._set:
-            return True
-        event = self._event
-        if event is None:
-            with _SIGNAL_LOCK:
-                event = self._event
-                if event is None:
-                    event = self._event = threading.Event()
-        if self._set:  # set() ran before the event existed: it did not set it
-            return True
-        return event.wait(timeout)
 
 
 class JobRun:
@@ -318,13 +285,18 @@ class LifeCycle:
 
         def expire() -> None:
             target = ref()
-            if target is not None and target.state == State.RUNNING:
-                logger.warning(
-                    "job %s timed out after %g s%s: aborting it", target.id, timeout, note
-                )
-                self.abort(target, f"timed out after {timeout:g} s{note}")
+            if target is None or target.state != State.RUNNING:
+                return
+            # the executor may know that its plugin began later (dask: it waited on the
+            # cluster) and give it the rest of its time
+            more = getattr(target.execution, "time_left", lambda limit: 0.0)(timeout)
+            if more > 0:
+                target.timer = self.engine.watchdog.call_later(more, expire, own_thread=True)
+                return
+            logger.warning("job %s timed out after %g s%s: aborting it", target.id, timeout, note)
+            self.abort(target, f"timed out after {timeout:g} s{note}")
 
-        run.timer = self.engine.watchdog.call_later(timeout, expire)
+        run.timer = self.engine.watchdog.call_later(timeout, expire, own_thread=True)
 
     def abort(self, run: JobRun, reason: str, quiet: bool = False) -> bool:
         """Ask a queued or running job to stop; True if it is now stopping.
@@ -510,7 +482,11 @@ class LifeCycle:
                     run.files_written = engine.write_files(
                         run.id, run.plugin_name, run.input_data, run.output
                     )
-        run.execution = None
+        held, run.execution = [run.execution], None
+        if threading.current_thread() is engine._cleaner:  # the files thread: a plugin's
+            drop_later(held)  # __del__ must not delay the other jobs' files and events
+        else:  # at once, as in the original: clean() returns after the plugin's __del__
+            held.clear()
         run.callbacks = []
         if run.unrecorded is None:
             run.cleaned = True  # the journal answers from now on

@@ -6,15 +6,39 @@
 * ``recent``: ended jobs that something still references (held weakly).
 
 A finished job needs nothing in memory: once nobody references it, the journal answers.
+The files thread hands its plugin instance to :func:`drop_later` (a slow ``__del__``).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import weakref
 from typing import Any
 
-__all__ = ["JobTable"]
+__all__ = ["JobTable", "drop_later"]
+
+_to_drop: queue.SimpleQueue = queue.SimpleQueue()
+_dropper: list[threading.Thread] = []
+_dropper_lock = threading.Lock()
+
+
+def drop_later(held: list) -> None:
+    """Let go of what the list ``held`` holds (an ended job's plugin, its only reference
+    moved there) in the dropping thread, not in the caller's: a plugin's ``__del__`` may
+    take seconds (closing a device), and the files thread that ends its job writes other
+    jobs' files and pushes their events.  The plugin is finalised where its last
+    reference goes: there, or in the thread that ran it, if that one still holds it."""
+    with _dropper_lock:
+        if not _dropper:
+            _dropper.append(threading.Thread(target=_drop, name="dahu-drop", daemon=True))
+            _dropper[0].start()
+    _to_drop.put(held)
+
+
+def _drop() -> None:
+    while True:
+        _to_drop.get().clear()
 
 
 class JobTable:

@@ -7,7 +7,9 @@ knows of a job: it never sees a ``dahu.job.Job``, the journal or the job table.
 For each task, an executor
 
 1. calls ``task.begin(execution)`` when the job gets a slot, with the object that will
-   run the plugin (``abort(reason)``, ``plugin``, ``in_process``).  ``False`` means the
+   run the plugin (``abort(reason)``, ``plugin``, ``in_process``; optionally
+   ``time_left(limit)``: when the job's time of ``limit`` s seems up, the seconds more
+   it gets, its plugin having begun later than the engine thinks).  ``False`` means the
    job was aborted while queued: the engine has ended it, the executor drops it;
 2. calls ``task.plugin_loaded(job_timeout)`` once the plugin's ``JOB_TIMEOUT`` is known
    (the engine arms the job's clock), if it can learn it;

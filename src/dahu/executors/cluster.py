@@ -17,19 +17,20 @@ plugin modules once per process and a plugin's ``wait_for`` reads the shared jou
 * A plugin's ``JOB_TIMEOUT`` is applied on the worker (the server never imports plugin
   code): the task aborts its plugin when it runs out.  A timeout known to the server
   (input ``job_timeout``, the server's default) also restarts a worker whose plugin
-  ignores the abort.
+  ignores the abort; it counts from the begin of the plugin on its worker, not the
+  task's wait there (:meth:`DaskExecution.time_left`).
 * A worker that dies running a task (segfault, ``os._exit``) makes the job ``failure``
   with the reason; the local cluster's nanny restarts the worker.  With an external
   scheduler, set ``distributed.scheduler.allowed-failures: 0`` so a killing task is not
   retried on other workers.
+
+The task itself, what runs on a worker, is :func:`.dask_task.run_task`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import os
 import queue
 import threading
 import time
@@ -38,127 +39,18 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import error_line, one_line
-from ..factory import Factory, plugin_factory
-from ..journal.reader import use_reader
+from ..factory import Factory
 from ..states import State
-from ..utils import seconds
 from .base import Task, close_orphans
-from .runner import Execution, Outcome
+from .dask_task import begun_tasks, run_task, running_for
+from .runner import Outcome
 from .slot import serving
 from .thread import default_workers
-from .worker import outcome_from_message, outcome_message
+from .worker import outcome_from_message
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DaskExecutor", "run_task"]
-
-_configured: set[str] = set()
-_configure_lock = threading.Lock()
-
-
-def _prepare_worker(workdir: str, plugin_dirs: list[str]) -> None:
-    """Once per worker process: read jobs from the shared journal, add the plugin
-    directories; a job a plugin makes here (``Job(...)``) goes to the server's work
-    directory (the first server's, on a cluster several servers share)."""
-    with _configure_lock:
-        if workdir in _configured:
-            return
-        if not _configured:  # this process's own engine, made on first use, opens it
-            os.environ["DAHU_WORKDIR"] = workdir
-        use_reader(workdir)
-        for directory in plugin_dirs:
-            plugin_factory.add_directory(directory)
-        _configured.add(workdir)
-
-
-@contextlib.contextmanager
-def _seceded(execution: Execution) -> Iterator[None]:
-    """Leave the worker's thread pool while ``execution`` waits for another job."""
-    from distributed import rejoin, secede
-
-    secede()
-    try:
-        yield
-    finally:
-        # aborted, the job ends: it does not wait for a thread of the worker (behind a
-        # long job, past its grace its worker would be restarted, killing that job)
-        if not execution.abort_requested:
-            rejoin()
-
-
-def run_task(
-    plugin_name: str,
-    input_data: dict,
-    job_id: int,
-    workdir: str,
-    plugin_dirs: list[str],
-    abort_event: str,
-) -> dict[str, Any]:
-    """The Dask task of one job: run the plugin, watching for an abort; never raises."""
-    from distributed import Event, get_client, get_worker
-
-    _prepare_worker(workdir, plugin_dirs)
-    clock: list[tuple[float, float]] = []  # (deadline, timeout) of the plugin's JOB_TIMEOUT
-
-    def plugin_loaded(job_timeout: float | None) -> None:
-        # the plugin's JOB_TIMEOUT, unless the input gives a timeout that is a number
-        limit = seconds(job_timeout)
-        if (
-            seconds(input_data.get("job_timeout")) is None
-            and limit is not None
-            and 0 < limit < math.inf
-        ):
-            clock.append((time.monotonic() + limit, limit))
-
-    execution = Execution(
-        plugin_name,
-        input_data,
-        job_id,
-        factory=plugin_factory,
-        waiting=lambda: _seceded(execution),
-        profile_dir=workdir,
-        on_plugin=plugin_loaded,
-    )
-    finished = threading.Event()
-    event = Event(abort_event, client=get_client())
-    if event.is_set():  # aborted while the task waited for a worker: do not begin
-        now = time.time()
-        return outcome_message(Outcome(State.ABORTED, {}, "aborted on request", now, now), job_id)
-    key = get_worker().get_current_task()
-    _plugin_begun.add(key)  # from now on an abort past its grace restarts this worker
-
-    def watch() -> None:
-        while not finished.is_set():
-            if clock and time.monotonic() >= clock[0][0]:
-                execution.abort(f"timed out after {clock.pop()[1]:g} s")
-            try:
-                if event.wait(0.25):
-                    execution.abort("aborted on request")
-                    return
-            except Exception as err:  # the scheduler went away: nothing to watch
-                logger.warning("job %s: cannot watch for aborts: %r", job_id, err)
-                return
-
-    watcher = threading.Thread(target=watch, name=f"dahu-abort-{job_id}", daemon=True)
-    watcher.start()
-    try:
-        outcome = execution.run()
-    finally:
-        finished.set()
-        _plugin_begun.discard(key)
-    return outcome_message(outcome, job_id)
-
-
-_plugin_begun: set[str] = set()
-"""On a worker: the keys of the tasks whose plugin has begun (past the abort check)."""
-
-
-def _begun(keys: list[str], dask_worker: Any = None) -> list[str]:
-    """On a worker (``Client.run``): those of the tasks ``keys`` whose plugin has begun
-    there (it runs, or waits for a job, seceded).  A task still checking whether it was
-    aborted before it began is not one: it ends by itself (until 2026-11-30 its worker was
-    restarted then, killing the job that began there next)."""
-    return [key for key in keys if key in _plugin_begun]
 
 
 class DaskExecution:
@@ -237,16 +129,35 @@ class DaskExecution:
             processing = client.processing()
             workers = [w for w, keys in processing.items() if future.key in keys]
             if workers:
-                begun = client.run(_begun, [future.key], workers=workers)
+                begun = client.run(begun_tasks, [future.key], workers=workers)
                 running = [w for w in workers if begun.get(w)]
                 if running:
                     self.executor.restarted.update(running)
+                    self.executor.keep_workers()
                     client.restart_workers(running)
                     close_orphans(self.executor.host)  # the jobs its plugins made
                     return
             future.cancel()
         except Exception as err:
             logger.warning("job %s: cannot restart its worker: %s", self.job_id, err)
+
+    def time_left(self, limit: float) -> float:
+        """The job's time of ``limit`` s seems up: the seconds more it gets, its clock
+        counting from the begin of its plugin on a worker (it may have waited there, or
+        on the scheduler, behind other tasks); ``limit`` again while it has not begun; 0
+        once its time is up, or if the cluster cannot say."""
+        future = self.future
+        if future is None or future.done():
+            return 0.0
+        client = self.executor.client
+        try:
+            workers = [w for w, keys in client.processing().items() if future.key in keys]
+            ran = client.run(running_for, future.key, workers=workers) if workers else {}
+        except Exception as err:
+            logger.warning("job %s: cannot ask the cluster when it began: %s", self.job_id, err)
+            return 0.0
+        ran_for = [t for t in ran.values() if t is not None]
+        return max(0.0, limit - max(ran_for)) if ran_for else limit
 
     def relaunched(self) -> bool:
         """Send again, once, a job that one of our restarts of a worker (for another
@@ -276,6 +187,11 @@ class DaskExecution:
     def outcome(self) -> Outcome:
         """The job's outcome once its future is done."""
         future, self.future = self.future, None
+        if self.abort_reason is not None:  # its abort event, set, would stay for good
+            with contextlib.suppress(Exception):
+                from distributed import Event
+
+                Event(self.event_name, client=self.executor.client).clear()
         if future.cancelled() or future.status == "cancelled":
             reason = self.abort_reason or "cancelled on the cluster"
             return Outcome(State.ABORTED, {}, reason, self.started, time.time())
@@ -299,8 +215,8 @@ class DaskExecution:
 class DaskExecutor:
     """Runs jobs on a Dask cluster (see the module doc).
 
-    :param max_workers: workers of the local cluster; with an external scheduler, how
-        many jobs are on the cluster at once (default: no bound but the cluster's)
+    :param max_workers: workers of the local cluster (at most 10 jobs per worker are on
+        it at once); unused with an external scheduler, whose workers bound the jobs
     :param scheduler: a scheduler address, or ``local``
     :param abort_grace: seconds a job has to stop after ``abort`` before its task is
         cancelled
@@ -332,6 +248,9 @@ class DaskExecutor:
         self._collector: threading.Thread | None = None
         self._launched: dict[str, DaskExecution] = {}  # by task key, until settled
         self.restarted: set[str] = set()  # the addresses of the workers it restarted
+        self._keep_until = 0.0  # the local cluster's size is watched until then
+        self._keeper: threading.Thread | None = None
+        self._closing = threading.Event()
 
     def attach(self, host: Any) -> None:
         """Connect to (or start) the cluster for the engine ``host``."""
@@ -354,6 +273,43 @@ class DaskExecutor:
             target=self._collect, name="dahu-dask-collector", daemon=True
         )
         self._collector.start()
+
+    def keep_workers(self) -> None:
+        """A worker of the local cluster is restarted: watch that the cluster gets back
+        to ``max_workers``.  The cluster closes the nanny of a worker still away
+        ``distributed.deploy.lost-worker-timeout`` (15 s) after it left, even one of ours
+        restarting (a hung plugin's worker is killed 4 s after it is told to close; on a
+        busy machine, or restarted twice, it is away longer); such a nanny is started again
+        (until 2026-11-30 the cluster stayed a worker short, or with none left)."""
+        if self.cluster is None:
+            return
+        import dask
+        from dask.utils import parse_timedelta
+
+        lost = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
+        with self._lock:
+            self._keep_until = time.monotonic() + lost + 30
+            if self._keeper is None or not self._keeper.is_alive():
+                self._keeper = threading.Thread(
+                    target=self._keep, name="dahu-dask-keeper", daemon=True
+                )
+                self._keeper.start()
+
+    def _keep(self) -> None:
+        cluster = self.cluster
+        while not self._closing.wait(0.5) and time.monotonic() < self._keep_until:
+            closed = set(cluster.worker_spec) - set(list(cluster.workers))
+            if closed:
+                logger.warning("starting again the closed worker(s) %s", sorted(closed))
+                cluster.scale(self.max_workers)
+        with contextlib.suppress(Exception):
+            left = len(self.client.scheduler_info()["workers"])
+            if not self._closing.is_set() and left < self.max_workers:
+                logger.warning(
+                    "the local cluster has %d of its %d workers: the jobs run on those left",
+                    left,
+                    self.max_workers,
+                )
 
     @property
     def serialize(self) -> bool:
@@ -460,6 +416,9 @@ class DaskExecutor:
             with self._lock:
                 self._drained.wait_for(lambda: not self._pending and not self._in_flight, timeout)
         self._completed.put(None)
+        self._closing.set()
+        if self._keeper is not None:
+            self._keeper.join(5)
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:

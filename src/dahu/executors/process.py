@@ -34,7 +34,7 @@ from ..states import State
 from .base import Task, close_orphans
 from .runner import Outcome
 from .thread import ThreadExecutor
-from .worker import outcome_from_message
+from .worker import LOST_PIPE, outcome_from_message
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,11 @@ def death_reason(exitcode: int | None) -> str:
     """``worker process died: signal 11 (SIGSEGV)`` / ``... exit code 1``."""
     if exitcode is None:
         return "worker process died"
+    if exitcode == LOST_PIPE:
+        return (
+            f"worker process died: it lost its pipe to the server (did the plugin close its "
+            f"file descriptors?), exit code {exitcode}"
+        )
     return f"worker process died: {exit_text(exitcode)}"
 
 
@@ -184,6 +189,8 @@ class RemoteExecution:
         try:
             if not self.worker.send(("run", self.job_id, self.plugin_name, self.input_data)):
                 return self._died(started)
+            if self.abort_reason is not None:  # an abort sent before the job was: again
+                self.worker.send(("abort", self.job_id, self.abort_reason))
             while True:
                 if not self.worker.conn.poll(0.25):
                     if not self.worker.is_alive() and not self.worker.conn.poll(0):

@@ -1,4 +1,7 @@
-"""Calls functions after a delay, from one thread: job timeouts and abort grace periods."""
+"""Calls functions after a delay, from one thread: job timeouts and abort grace periods.
+
+A call that may block (a job's timeout calls its plugin's ``abort()``) runs in a thread
+of its own, so that it delays no other call."""
 
 from __future__ import annotations
 
@@ -29,11 +32,14 @@ class Watchdog:
         self._cancelled = 0
         self._thread: threading.Thread | None = None
 
-    def call_later(self, delay: float, function: Callable[[], Any]) -> list[Any]:
-        """Call ``function()`` in ``delay`` seconds; return a handle for :meth:`cancel`."""
+    def call_later(
+        self, delay: float, function: Callable[[], Any], own_thread: bool = False
+    ) -> list[Any]:
+        """Call ``function()`` in ``delay`` seconds (``own_thread``: in a new thread, for
+        a call that may block); return a handle for :meth:`cancel`."""
         if delay != delay:  # NaN compares false with everything: it would break the heap
             raise ValueError("a watchdog delay cannot be NaN")
-        entry = [time.monotonic() + delay, next(self._counter), function]
+        entry = [time.monotonic() + delay, next(self._counter), function, own_thread]
         with self._cond:
             heapq.heappush(self._heap, entry)
             if self._thread is None:
@@ -61,13 +67,24 @@ class Watchdog:
             with self._cond:
                 while not self._heap or self._heap[0][0] > time.monotonic():
                     delay = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._cond.wait(delay)
+                    # a wait past threading.TIMEOUT_MAX raises: wake up and look again
+                    self._cond.wait(None if delay is None else min(delay, 86400.0))
                 entry = heapq.heappop(self._heap)
                 function, entry[2] = entry[2], None
                 if function is None:
                     self._cancelled = max(0, self._cancelled - 1)
                     continue
-            try:
-                function()
-            except BaseException:  # the one watchdog thread must survive any call
-                logger.exception("watchdog call %r failed", function)
+            if entry[3]:
+                try:
+                    threading.Thread(target=self._call, args=(function,), daemon=True).start()
+                    continue
+                except RuntimeError:  # no thread to be had: call it here
+                    pass
+            self._call(function)
+
+    @staticmethod
+    def _call(function: Callable[[], Any]) -> None:
+        try:
+            function()
+        except BaseException:  # the one watchdog thread must survive any call
+            logger.exception("watchdog call %r failed", function)

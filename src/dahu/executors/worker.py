@@ -45,7 +45,11 @@ from .runner import Execution, Outcome
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["worker_main", "outcome_message", "outcome_from_message"]
+__all__ = ["LOST_PIPE", "worker_main", "outcome_message", "outcome_from_message"]
+
+LOST_PIPE = 86
+"""The exit code of a worker that cannot send an outcome on its pipe (closed by its
+plugin, or the server is gone)."""
 
 _self: psutil.Process | None = None  # this process, for the memory reported per outcome
 
@@ -147,8 +151,11 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
         current.pop(job_id, None)
         try:
             send(("done", job_id, outcome_message(outcome, job_id)))
-        except OSError:
-            logger.error("job %s: the server is gone", job_id)
+        except OSError as err:
+            # the server is gone, or the plugin closed the pipe (its file descriptors):
+            # nobody to serve; waiting on the pipe would leave the job running for ever
+            logger.error("job %s: cannot send its outcome, the worker ends: %s", job_id, err)
+            os._exit(LOST_PIPE)
 
     while True:
         try:
@@ -191,7 +198,10 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
             execution = current.get(message[1])
             if execution is not None:
                 execution.abort(message[2])
-        elif kind == "stop":
+        # not kept here: its plugin is let go (its __del__ run) by the job's own thread,
+        # after its outcome, not by this loop when the next job comes
+        execution = None
+        if kind == "stop":
             break
 
 

@@ -1,0 +1,152 @@
+"""The task of the ``dask`` executor: what runs on a Dask worker for one job.
+
+:func:`run_task` runs the plugin (a plugin's ``wait_for`` reads the shared journal),
+watches for an abort (a Dask ``Event``) and applies the plugin's ``JOB_TIMEOUT``.  It
+notes when the plugin begins; the server asks the workers (``Client.run``) which tasks'
+plugins have begun (:func:`begun_tasks`: only their workers are restarted after an
+ignored abort) and for how long (:func:`running_for`: a job's timeout counts from there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..factory import plugin_factory
+from ..journal.reader import use_reader
+from ..states import State
+from ..utils import seconds
+from .runner import Execution, Outcome
+from .worker import outcome_message
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["begun_tasks", "run_task", "running_for"]
+
+_configured: set[str] = set()
+_configure_lock = threading.Lock()
+
+
+def _prepare_worker(workdir: str, plugin_dirs: list[str]) -> None:
+    """Once per worker process: read jobs from the shared journal, add the plugin
+    directories; a job a plugin makes here (``Job(...)``) goes to the server's work
+    directory (the first server's, on a cluster several servers share)."""
+    with _configure_lock:
+        if workdir in _configured:
+            return
+        if not _configured:  # this process's own engine, made on first use, opens it
+            os.environ["DAHU_WORKDIR"] = workdir
+        use_reader(workdir)
+        for directory in plugin_dirs:
+            plugin_factory.add_directory(directory)
+        _configured.add(workdir)
+
+
+@contextlib.contextmanager
+def _seceded(execution: Execution) -> Iterator[None]:
+    """Leave the worker's thread pool while ``execution`` waits for another job."""
+    from distributed import rejoin, secede
+
+    secede()
+    try:
+        yield
+    finally:
+        # aborted, the job ends: it does not wait for a thread of the worker (behind a
+        # long job, past its grace its worker would be restarted, killing that job)
+        if not execution.abort_requested:
+            rejoin()
+
+
+def run_task(
+    plugin_name: str,
+    input_data: dict,
+    job_id: int,
+    workdir: str,
+    plugin_dirs: list[str],
+    abort_event: str,
+) -> dict[str, Any]:
+    """The Dask task of one job: run the plugin, watching for an abort; never raises."""
+    from distributed import Event, get_client, get_worker
+
+    _prepare_worker(workdir, plugin_dirs)
+    clock: list[tuple[float, float]] = []  # (deadline, timeout) of the plugin's JOB_TIMEOUT
+
+    def plugin_loaded(job_timeout: float | None) -> None:
+        # the plugin's JOB_TIMEOUT, unless the input gives a timeout that is a number
+        limit = seconds(job_timeout)
+        if (
+            seconds(input_data.get("job_timeout")) is None
+            and limit is not None
+            and 0 < limit < math.inf
+        ):
+            clock.append((time.monotonic() + limit, limit))
+
+    execution = Execution(
+        plugin_name,
+        input_data,
+        job_id,
+        factory=plugin_factory,
+        waiting=lambda: _seceded(execution),
+        profile_dir=workdir,
+        on_plugin=plugin_loaded,
+    )
+    finished = threading.Event()
+    event = Event(abort_event, client=get_client())
+    if event.is_set():  # aborted while the task waited for a worker: do not begin
+        now = time.time()
+        return outcome_message(Outcome(State.ABORTED, {}, "aborted on request", now, now), job_id)
+    key = get_worker().get_current_task()
+    _plugin_begun[key] = time.monotonic()  # from now on an abort past its grace restarts it
+
+    def watch() -> None:
+        while not finished.is_set():
+            if clock and time.monotonic() >= clock[0][0]:
+                execution.abort(f"timed out after {clock.pop()[1]:g} s")
+            try:
+                if event.wait(0.25):
+                    execution.abort("aborted on request")
+                    return
+            except Exception as err:  # the scheduler went away: nothing to watch
+                logger.warning("job %s: cannot watch for aborts: %r", job_id, err)
+                return
+
+    watcher = threading.Thread(target=watch, name=f"dahu-abort-{job_id}", daemon=True)
+    watcher.start()
+    try:
+        outcome = execution.run()
+    finally:
+        finished.set()
+        _plugin_begun.pop(key, None)
+    message = outcome_message(outcome, job_id)
+    # let go of the plugin now, in a thread of its own (a slow __del__ delays no task):
+    # its wait_for hook and the execution make a cycle that would keep it, and what it
+    # holds (memory, open files), until the garbage collector's next full pass
+    held, execution.plugin = [execution.plugin], None
+    threading.Thread(target=held.clear, name=f"dahu-drop-{job_id}", daemon=True).start()
+    return message
+
+
+_plugin_begun: dict[str, float] = {}
+"""On a worker: the tasks whose plugin has begun (past the abort check), by key: when
+(``time.monotonic()``)."""
+
+
+def begun_tasks(keys: list[str], dask_worker: Any = None) -> list[str]:
+    """On a worker (``Client.run``): those of the tasks ``keys`` whose plugin has begun
+    there (it runs, or waits for a job, seceded).  A task still checking whether it was
+    aborted before it began is not one: it ends by itself (until 2026-11-30 its worker was
+    restarted then, killing the job that began there next)."""
+    return [key for key in keys if key in _plugin_begun]
+
+
+def running_for(key: str, dask_worker: Any = None) -> float | None:
+    """On a worker (``Client.run``): seconds since the plugin of task ``key`` began there,
+    None if it has not (it waits for a thread of the worker, or is not there)."""
+    began = _plugin_begun.get(key)
+    return None if began is None else time.monotonic() - began
