@@ -453,6 +453,12 @@ def test_bad_work_directories(tmp_path):
     other.mkdir()
     sqlite3.connect(other / "journal.sqlite").execute("CREATE TABLE t (x)").connection.commit()
     assert "no jobs table" in one_line_error(run("export", workdir=other), 3)
+    # a table jobs of another program's: not "no such column: id" (a bug)
+    sqlite3.connect(other / "journal.sqlite").execute("CREATE TABLE jobs (x)").connection.commit()
+    line = one_line_error(run("list", workdir=other), 3)
+    assert line.endswith(
+        "journal.sqlite is not a Dahu journal: its jobs table has no column id, plugin, state, ..."
+    )
     assert "is not a directory" in one_line_error(run("list", workdir=other / "journal.sqlite"), 3)
     assert "no such work" in one_line_error(run("prune", "--keep-last", "1", workdir=missing), 3)
 

@@ -295,6 +295,36 @@ def test_journal_refuses_a_newer_schema(tmp_path):
         SQLiteJournal(str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        ("CREATE TABLE jobs (name TEXT, salary INT)", "its jobs table has no column id"),
+        ("CREATE TABLE photos (name TEXT)", "it has tables of its own ('photos')"),
+        (None, "file is not a database"),
+    ],
+)
+def test_another_programs_file_is_refused_in_one_line_and_left_as_it_was(tmp_path, make, reason):
+    # bug: a SQLite file of another program given as the journal was refused with "no
+    # such column: state" (a table jobs of its own), or adopted: Dahu's tables were added
+    # into it (other tables); and it was switched to WAL mode first in both cases
+    path = tmp_path / "journal.sqlite"
+    if make is None:
+        path.write_bytes(b"not a database" * 100)
+    else:
+        db = sqlite3.connect(path)
+        db.execute(make)
+        db.commit()
+        db.close()
+    before = path.read_bytes()
+    with pytest.raises(JournalError) as refused:
+        SQLiteJournal(str(tmp_path))
+    message = str(refused.value)
+    assert message.startswith(f"{path} is not a Dahu journal: {reason}")
+    assert message.endswith("; nothing was written to it") and "\n" not in message
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["journal.sqlite"]
+
+
 CHILD = """
 import sys, dahu.engine
 from dahu.job import Job

@@ -47,7 +47,14 @@ from .base import (
     storable_id,
 )
 from .files import highest_file_id
-from .sqlitefile import connect_file, file_identity, full_disk_reason, process_alive, write_again
+from .sqlitefile import (
+    connect_file,
+    connect_writer,
+    file_identity,
+    full_disk_reason,
+    process_alive,
+    write_again,
+)
 from .writer import BatchedWriter, _Write
 
 logger = logging.getLogger(__name__)
@@ -89,7 +96,7 @@ class SQLiteJournal(BatchedWriter, Journal):
             self._next_id = 1
             self._block_end = 0  # nothing reserved yet
             self._queued_id = 0  # the last id of a record queued (create_later)
-            self._db = self._connect()
+            self._db = connect_writer(self.path)
             self._init_schema()
             # reads have their own connection: a write waiting for another process's
             # lock (30 s at most) holds up no read of a finished job
@@ -106,17 +113,6 @@ class SQLiteJournal(BatchedWriter, Journal):
         self._guarded = create  # a writer's: close puts a removed file back
         # a process that ends without closing its journal still commits what it queued
         atexit.register(_close_at_exit, weakref.ref(self))
-
-    def _connect(self) -> sqlite3.Connection:
-        """A writer connection to :attr:`path` (created if missing), set up."""
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
-        # takes effect on a new file only: lets prunes give space back in small steps
-        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=30000")
-        db.execute("PRAGMA cache_size=-512")
-        return db
 
     def check_file(self) -> None:
         """Put the journal's file back if it was removed while this process wrote it
@@ -181,7 +177,7 @@ class SQLiteJournal(BatchedWriter, Journal):
     def _reconnect(self) -> None:
         """New writer and reader connections to :attr:`path` (writer lock held), in place
         of those writing files that are no longer there."""
-        db = self._connect()  # first: the old ones closing are not the last ones
+        db = connect_writer(self.path)  # first: the old ones closing are not the last ones
         with self._read_lock:
             self._db.close()
             self._reader.close()
