@@ -590,6 +590,25 @@ def test_job_file_paths_are_the_joined_paths(workdir):
         )
 
 
+@pytest.mark.parametrize("job_id", [7, 12345678])
+def test_a_plugin_name_too_long_for_a_file_name_gets_its_files_under_a_cut_one(tmp_path, job_id):
+    # bug: a plugin name over about 245 characters gave no .inp/.out files at all
+    # (ENAMETOOLONG, logged), and nothing for dahu-jobs show or a prune to find
+    names = ["id31." + "a" * 300, "id31." + "a" * 300 + "b", "id31.étude_" + "é" * 200]
+    stems = []
+    for name in names:
+        inp, out = write_job_files(str(tmp_path), job_id, name, {"x": 1}, {"y": 2})
+        stem = job_file_stem(str(tmp_path), job_id, name)
+        assert (inp, out) == (stem + ".inp", stem + ".out")
+        assert json.loads(open(out).read()) == {"y": 2}
+        file_name = os.path.basename(inp).encode()
+        assert 250 < len(file_name) <= 255 and file_name.startswith(f"{job_id:05d}_id31.".encode())
+        stems.append(stem)
+    assert len(set(stems)) == 3  # the same start, different names: different files
+    short = job_file_stem(str(tmp_path), job_id, "id31." + "a" * 200)  # fits: as it was
+    assert short.endswith(f"{job_id:05d}_id31.{'a' * 200}")
+
+
 def test_job_files_encoder_refuses_what_json_refuses():
     from dahu.journal.files import pretty_json
 
