@@ -736,6 +736,87 @@ def test_a_write_waiting_for_another_process_lock_holds_up_no_read(tmp_path):
     journal.close()
 
 
+LOCK_HOLDER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+db.execute("ROLLBACK")
+"""
+
+
+class LockedByAnotherProcess:
+    """A second process holding the journal's write lock (as a ``sqlite3`` shell does)
+    until :meth:`release`."""
+
+    def __init__(self, path):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", LOCK_HOLDER, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        assert self.proc.stdout.readline() == "locked\n"
+
+    def release(self):
+        self.proc.stdin.close()
+        assert self.proc.wait(30) == 0
+
+
+def refused_in_time(path, make_job):
+    """``make_job()`` is refused within a client's 3 s, in one line naming the cause."""
+    begun = time.monotonic()
+    with pytest.raises(JournalError) as refused:
+        make_job()
+    assert time.monotonic() - begun < 3.0
+    message = str(refused.value)
+    assert f"the journal {path} is locked by another process" in message, message
+    assert "\n" not in message and "job not recorded" in message
+
+
+def test_a_job_is_refused_in_seconds_while_another_process_holds_the_journal(engine, workdir):
+    # bug: startJob waited up to the 30 s busy timeout for another process's lock (a
+    # sqlite3 shell, a long prune): the client gave up after 3 s, and the job could still
+    # run later under an id nobody was given
+    engine.journal.RECORD_WAIT = 1.0  # the test's time; 2 s by default
+    path = workdir / "journal.sqlite"
+    lock = LockedByAnotherProcess(path)  # before any id is reserved: the reservation waits
+    refused_in_time(path, lambda: Job("example.square", {"x": 1}))
+    lock.release()
+    sleeper = Job("example.sleep", {"t": 600})
+    sleeper.start()
+    while sleeper.status != "running":
+        assert sleeper.status in ("starting", "uninitialized")
+        time.sleep(0.01)
+    lock = LockedByAnotherProcess(path)
+    try:
+        # the record waits for SQLite's lock itself
+        refused_in_time(path, lambda: Job("example.square", {"x": 2}).id)
+        # an outcome waits for it in another thread, holding the journal's writer lock
+        sleeper.abort("stop")
+        deadline = time.monotonic() + 10
+        while engine.journal._lock.acquire(blocking=False):
+            engine.journal._lock.release()
+            assert time.monotonic() < deadline
+        refused_in_time(path, lambda: Job("example.square", {"x": 3}).id)
+    finally:
+        lock.release()
+    sleeper.join(30)
+    assert sleeper.status == "aborted"
+    after = Job("example.square", {"x": 4})
+    after.start()
+    after.join(30)
+    assert after.status == "success"
+    engine.journal.flush(30)
+    records = {r.id: (r.plugin, r.input.get("x"), r.state) for r in engine.journal.select()}
+    # the refused jobs were never recorded, nor run
+    assert sorted(records.values(), key=str) == sorted(
+        [("example.sleep", None, "aborted"), ("example.square", 4, "success")], key=str
+    )
+
+
 def test_an_ended_job_left_without_files_behind_later_ends_gets_them(workdir, monkeypatch):
     # bug: a server killed while job 60's outcome was committed but not yet reported
     # (files follow the reports), after queued jobs aborted later had theirs written:

@@ -266,7 +266,7 @@ class SQLiteJournal(BatchedWriter, Journal):
     def _reserve(self, size: int) -> int:
         """Reserve ``size`` ids in ``sqlite_sequence`` (ids lock held); return the first."""
         try:
-            with self.transaction() as db:
+            with self.transaction(self.RECORD_WAIT) as db:  # for a record: bounded
                 row = db.execute(f"SELECT MAX({self._HIGHEST})").fetchone()
                 first = (row[0] or 0) + 1
                 end = first + size - 1
@@ -312,7 +312,7 @@ class SQLiteJournal(BatchedWriter, Journal):
 
     def create(self, plugin: str, input_data: dict[str, Any], submitted: float) -> int:
         rows = self._records(plugin, [input_data], submitted)
-        self._write(self._INSERT, rows)
+        self._write(self._INSERT, rows, bounded=True)
         return rows[0][0]
 
     def create_later(
@@ -325,14 +325,14 @@ class SQLiteJournal(BatchedWriter, Journal):
         self._refuse_if_replaced()
         text = encode_input(input_data)  # refused before an id is taken
         job_id = self._id()
-        write = _Write(self._INSERT, [self._row(job_id, plugin, text, submitted)], then)
+        write = _Write(self._INSERT, [self._row(job_id, plugin, text, submitted)], then, True)
         self._queue_later(write)
         return job_id, write
 
     def create_many(self, plugin: str, inputs: list[dict[str, Any]], submitted: float) -> list[int]:
         rows = self._records(plugin, inputs, submitted)
         if rows:
-            self._write(self._INSERT, rows)
+            self._write(self._INSERT, rows, bounded=True)
         return [row[0] for row in rows]
 
     def _by_id(self, columns: str, job_id: int) -> tuple | None:

@@ -49,18 +49,26 @@ BAD_ROW = (UnicodeError, OverflowError, sqlite3.InterfaceError)
 64 bits): an error of that write alone, not of the journal."""
 
 
+class _Locked(JournalError):
+    """Another process held the journal's lock for longer than a job's record waits."""
+
+
 class _Write:
     """One statement queued for the next group commit (``rows``: its argument tuples)."""
 
-    __slots__ = ("sql", "rows", "ids", "done", "error", "then")
+    __slots__ = ("sql", "rows", "ids", "done", "error", "then", "bounded", "claimed", "withdrawn")
 
-    def __init__(self, sql: str, rows: list[tuple], then: Any = None) -> None:
+    def __init__(self, sql: str, rows: list[tuple], then: Any = None, bounded: bool = False):
         self.sql = sql
         self.rows = rows
         self.ids: list[int] = []
         self.done = False
         self.error: BaseException | None = None
         self.then = then  # called with the error (or None) once committed (finish_later)
+        # a job's record: its caller waits RECORD_WAIT at most, then withdraws it (if no
+        # commit has claimed it yet: it never goes in then) and refuses the job
+        self.bounded = bounded
+        self.claimed = self.withdrawn = False
 
 
 class BatchedWriter:
@@ -96,25 +104,60 @@ class BatchedWriter:
         self._handed = False  # a hand-off is on its way: one is enough
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the writer lock; on leaving, commit what others queued meanwhile."""
-        self._acquire()
+    def _locked(self, wait: float | None = None) -> Iterator[None]:
+        """Hold the writer lock; on leaving, commit what others queued meanwhile.
+        ``wait``: seconds at most for the lock, else :meth:`_locked_error`."""
+        if not self._acquire(wait):
+            raise self._locked_error()
+        done = False
         try:
             yield
+            done = True
         finally:
-            self._release()
+            if done or wait is None:
+                self._release()
+            else:  # refused: its caller waits for no other write on the way out
+                self._lock.release()
 
-    def _acquire(self) -> None:
-        """Take the writer lock, before the threads that commit in passing."""
+    def _acquire(self, wait: float | None = None) -> bool:
+        """Take the writer lock, before the threads that commit in passing (within
+        ``wait`` seconds if given: False if it could not)."""
         if not self._waiters and self._lock.acquire(blocking=False):
-            return
+            return True
         with self._waiters_lock:
             self._waiters += 1
         try:
-            self._lock.acquire()
+            return self._lock.acquire(timeout=-1 if wait is None else max(wait, 0.0))
         finally:
             with self._waiters_lock:
                 self._waiters -= 1
+
+    RECORD_WAIT = 2.0
+    """Seconds at most that a job's record waits while another process holds the
+    journal's write lock (a ``sqlite3`` shell, a prune's ``VACUUM``): then the job is
+    refused, unrecorded and never run (a Tango client gives up after 3 s)."""
+
+    def _locked_error(self) -> JournalError:
+        return _Locked(
+            f"the journal {self.path} is locked by another process (a sqlite3 shell, a "
+            f"prune, another server?) for over {self.RECORD_WAIT:g} s: job not recorded"
+        )
+
+    def _begin(self, wait: float | None) -> None:
+        """BEGIN IMMEDIATE, waiting ``wait`` seconds at most for another process's lock
+        (the connection's busy timeout otherwise)."""
+        if wait is None:
+            self._db.execute("BEGIN IMMEDIATE")
+            return
+        self._db.execute(f"PRAGMA busy_timeout={int(max(wait, 0.0) * 1000)}")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as err:
+            if getattr(err, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+                raise self._locked_error() from err
+            raise
+        finally:
+            self._db.execute("PRAGMA busy_timeout=30000")
 
     def _release(self) -> None:
         self._lock.release()
@@ -131,10 +174,12 @@ class BatchedWriter:
             self._drain(bounded=True)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Hold the writer lock and run the block in one IMMEDIATE transaction."""
-        with self._locked():
-            self._db.execute("BEGIN IMMEDIATE")
+    def transaction(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
+        """Hold the writer lock and run the block in one IMMEDIATE transaction
+        (``wait``: seconds at most for the locks, else :class:`JournalError`)."""
+        until = None if wait is None else time.monotonic() + wait
+        with self._locked(wait):
+            self._begin(None if until is None else until - time.monotonic())
             try:
                 yield self._db
             except BaseException:
@@ -146,10 +191,11 @@ class BatchedWriter:
                 self._end_transaction()
                 raise
 
-    def _write(self, sql: str, rows: list[tuple]) -> list[int]:
+    def _write(self, sql: str, rows: list[tuple], bounded: bool = False) -> list[int]:
         """Commit ``sql`` once per row, with every write queued now, in one transaction;
-        return ``[lastrowid]`` for a one-row write (``[]`` for more)."""
-        write = _Write(sql, rows)
+        return ``[lastrowid]`` for a one-row write (``[]`` for more).  ``bounded``: job
+        records, which wait :data:`RECORD_WAIT` at most (:meth:`_wait_for`)."""
+        write = _Write(sql, rows, bounded=bounded)
         with self._queue_lock:
             self._queue.append(write)
         self._wait_for(write)
@@ -157,17 +203,30 @@ class BatchedWriter:
 
     def _wait_for(self, write: _Write) -> None:
         """Return once the queued ``write`` is committed (committing the queue if no
-        other thread did); :class:`JournalError` if it could not be."""
-        self._acquire()
-        try:
-            if not write.done:
-                self._commit(self._take())
-        finally:
+        other thread did); :class:`JournalError` if it could not be.  A ``bounded``
+        write (a job's record) waits :data:`RECORD_WAIT` at most for another process's
+        lock: then it is withdrawn unless a commit already took it (which ends soon)."""
+        wait = self.RECORD_WAIT if write.bounded else None
+        until = None if wait is None else time.monotonic() + wait
+        refused = False
+        if self._acquire(wait):
+            try:
+                if not write.done:
+                    left = None if until is None else until - time.monotonic()
+                    refused = not self._commit(self._take(), left)
+            finally:  # refused: its caller waits for no other write on the way out
+                self._lock.release() if refused else self._release()
+        elif self._withdraw(write):
+            raise self._locked_error()
+        elif not write.done:  # a commit under way claimed it: it holds SQLite's lock
+            self._acquire()
             self._release()
         self._report_queued(bounded=True)
-        self._leftovers()
+        self._leftovers(drain=not refused)
         if write.error is not None:
             err = write.error
+            if isinstance(err, JournalError):  # refused: another process's lock
+                raise JournalError(str(err))
             raise JournalError(f"cannot write the journal {self.path}: {err}") from err
 
     HOLD_WRITES = 32
@@ -245,13 +304,15 @@ class BatchedWriter:
             finally:
                 self._report_lock.release()
 
-    def _leftovers(self) -> None:
-        """Writes or reports left by a thread that must not linger: hand them over."""
+    def _leftovers(self, drain: bool = True) -> None:
+        """Writes or reports left by a thread that must not linger: hand them over
+        (with no :attr:`hand_off`, commit them here, unless not ``drain``)."""
         if not (self._queue or self._reports):
             return
         hand_off = self.hand_off
         if hand_off is None:
-            self._drain()
+            if drain:
+                self._drain()
         elif not self._handed:
             self._handed = True
             try:
@@ -321,18 +382,23 @@ class BatchedWriter:
                     if not self._pending:
                         self._settled.notify_all()
 
-    def _commit(self, batch: list[_Write]) -> None:
+    def _commit(self, batch: list[_Write], wait: float | None = None) -> bool:
         """Commit ``batch`` in one transaction (writer lock held); every write gets its
-        ids or the error."""
+        ids or the error.  ``wait``: seconds at most for another process's lock; False
+        if it did not come: the job records of the batch are refused, its other writes
+        queued again."""
         if not batch:
-            return
+            return True
         db = self._db
-        # alone: one autocommitted statement costs less than BEGIN + it + COMMIT
-        alone = len(batch) == 1 and len(batch[0].rows) == 1
+        # alone: one autocommitted statement costs less than BEGIN + it + COMMIT (not a
+        # record: it is claimed once SQLite's lock is held, and may be withdrawn before)
+        alone = len(batch) == 1 and len(batch[0].rows) == 1 and not batch[0].bounded
         failure: BaseException | None = None
+        refused = False
         try:
             if not alone:
-                db.execute("BEGIN IMMEDIATE")
+                self._begin(wait)
+            batch = self._claim(batch)
             for write in batch:
                 try:
                     if len(write.rows) == 1:
@@ -351,6 +417,9 @@ class BatchedWriter:
             if not alone:
                 db.execute("COMMIT")
             self.commits += 1
+        except _Locked as err:  # nothing begun: records refused, the rest queued again
+            refused = True
+            self._refuse(batch, err)
         except Exception as err:  # the journal's (disk full...) or a bug: the batch fails
             failure = err
             self._end_transaction()
@@ -359,12 +428,58 @@ class BatchedWriter:
             self._end_transaction()
             raise
         finally:
-            for write in batch:
-                if failure is not None:
-                    write.error = failure
-                write.done = True
-            if any(write.then is not None for write in batch):
-                self._reports.append(batch)
+            if not refused:
+                batch = self._claim(batch)  # after a failure, some may have been withdrawn
+                for write in batch:
+                    if failure is not None:
+                        write.error = failure
+                    write.done = True
+                if any(write.then is not None for write in batch):
+                    self._reports.append(batch)
+        return not refused
+
+    def _claim(self, batch: list[_Write]) -> list[_Write]:
+        """The writes of ``batch`` not withdrawn by their callers, marked as committed
+        from now on (SQLite's lock is held): they can no longer be withdrawn."""
+        with self._queue_lock:
+            kept = [write for write in batch if not write.withdrawn]
+            for write in kept:
+                write.claimed = True
+        return kept
+
+    def _withdraw(self, write: _Write) -> bool:
+        """Take back a job's record its caller no longer waits for (another process
+        holds the lock); False if a commit has claimed it, or it is done."""
+        with self._queue_lock:
+            if write.claimed or write.done:
+                return False
+            write.withdrawn = True
+            with contextlib.suppress(ValueError):
+                self._queue.remove(write)
+        self._drop(write, self._locked_error())
+        return True
+
+    def _refuse(self, batch: list[_Write], err: BaseException) -> None:
+        """Another process's lock did not come in time: the job records of ``batch`` are
+        refused, its other writes go back to the head of the queue."""
+        with self._queue_lock:
+            records = [w for w in batch if w.bounded and not w.withdrawn]
+            for write in records:
+                write.withdrawn = True
+            self._queue[:0] = [w for w in batch if not w.bounded and not w.withdrawn]
+        for write in records:
+            self._drop(write, JournalError(str(err)))
+
+    def _drop(self, write: _Write, err: JournalError) -> None:
+        """``write`` is not written: its caller gets ``err``; its ``then`` is not called
+        (nothing was recorded: the job is refused, not failed)."""
+        write.error, write.done = err, True
+        if write.then is not None:
+            write.then = None
+            with self._settled:
+                self._pending -= 1
+                if not self._pending:
+                    self._settled.notify_all()
 
     def _end_transaction(self) -> None:
         """After a failed write: roll back what is left of the transaction.  SQLite may
