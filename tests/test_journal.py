@@ -784,6 +784,7 @@ def test_a_job_is_refused_in_seconds_while_another_process_holds_the_journal(eng
     path = workdir / "journal.sqlite"
     lock = LockedByAnotherProcess(path)  # before any id is reserved: the reservation waits
     refused_in_time(path, lambda: Job("example.square", {"x": 1}))
+    assert engine.journal_fault is None  # refused, not at fault (FAULT on the device)
     lock.release()
     sleeper = Job("example.sleep", {"t": 600})
     sleeper.start()
@@ -808,7 +809,7 @@ def test_a_job_is_refused_in_seconds_while_another_process_holds_the_journal(eng
     after = Job("example.square", {"x": 4})
     after.start()
     after.join(30)
-    assert after.status == "success"
+    assert after.status == "success" and engine.journal_fault is None
     engine.journal.flush(30)
     records = {r.id: (r.plugin, r.input.get("x"), r.state) for r in engine.journal.select()}
     # the refused jobs were never recorded, nor run

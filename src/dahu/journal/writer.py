@@ -42,14 +42,14 @@ from ..errors import JournalError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BAD_ROW", "BatchedWriter"]
+__all__ = ["BAD_ROW", "BatchedWriter", "JournalLocked"]
 
 BAD_ROW = (UnicodeError, OverflowError, sqlite3.InterfaceError)
 """What SQLite raises for a row it cannot bind (text that is not UTF-8, an int beyond
 64 bits): an error of that write alone, not of the journal."""
 
 
-class _Locked(JournalError):
+class JournalLocked(JournalError):
     """Another process held the journal's lock for longer than a job's record waits."""
 
 
@@ -138,7 +138,7 @@ class BatchedWriter:
     refused, unrecorded and never run (a Tango client gives up after 3 s)."""
 
     def _locked_error(self) -> JournalError:
-        return _Locked(
+        return JournalLocked(
             f"the journal {self.path} is locked by another process (a sqlite3 shell, a "
             f"prune, another server?) for over {self.RECORD_WAIT:g} s: job not recorded"
         )
@@ -225,8 +225,8 @@ class BatchedWriter:
         self._leftovers(drain=not refused)
         if write.error is not None:
             err = write.error
-            if isinstance(err, JournalError):  # refused: another process's lock
-                raise JournalError(str(err))
+            if isinstance(err, JournalLocked):  # refused: its own error, one per write
+                raise err
             raise JournalError(f"cannot write the journal {self.path}: {err}") from err
 
     HOLD_WRITES = 32
@@ -417,9 +417,9 @@ class BatchedWriter:
             if not alone:
                 db.execute("COMMIT")
             self.commits += 1
-        except _Locked as err:  # nothing begun: records refused, the rest queued again
+        except JournalLocked:  # nothing begun: records refused, the rest queued again
             refused = True
-            self._refuse(batch, err)
+            self._refuse(batch)
         except Exception as err:  # the journal's (disk full...) or a bug: the batch fails
             failure = err
             self._end_transaction()
@@ -459,7 +459,7 @@ class BatchedWriter:
         self._drop(write, self._locked_error())
         return True
 
-    def _refuse(self, batch: list[_Write], err: BaseException) -> None:
+    def _refuse(self, batch: list[_Write]) -> None:
         """Another process's lock did not come in time: the job records of ``batch`` are
         refused, its other writes go back to the head of the queue."""
         with self._queue_lock:
@@ -468,7 +468,7 @@ class BatchedWriter:
                 write.withdrawn = True
             self._queue[:0] = [w for w in batch if not w.bounded and not w.withdrawn]
         for write in records:
-            self._drop(write, JournalError(str(err)))
+            self._drop(write, self._locked_error())
 
     def _drop(self, write: _Write, err: JournalError) -> None:
         """``write`` is not written: its caller gets ``err``; its ``then`` is not called
