@@ -818,6 +818,25 @@ def test_a_job_is_refused_in_seconds_while_another_process_holds_the_journal(eng
     )
 
 
+def test_a_reader_opens_the_journal_at_once_while_another_process_holds_its_lock(tmp_path):
+    # bug: opening a journal set auto_vacuum, which waits for the write lock: a worker
+    # process's first read of another job (wait_for, getDataOutputFromId) stalled 30 s
+    # while a prune or a sqlite3 shell held it, then found no such job ("inexistant")
+    from dahu.journal.reader import JournalReader
+
+    journal = SQLiteJournal(str(tmp_path))
+    done = journal.create("example.square", {"x": 3}, 1.0)
+    journal.finish(done, "success", {"result": 9}, None, 1.0, 2.0)
+    journal.close()
+    lock = LockedByAnotherProcess(tmp_path / "journal.sqlite")
+    try:
+        begun = time.monotonic()
+        assert JournalReader(str(tmp_path)).state(done) == "success"
+        assert time.monotonic() - begun < 3.0
+    finally:
+        lock.release()
+
+
 def test_an_ended_job_left_without_files_behind_later_ends_gets_them(workdir, monkeypatch):
     # bug: a server killed while job 60's outcome was committed but not yet reported
     # (files follow the reports), after queued jobs aborted later had theirs written:

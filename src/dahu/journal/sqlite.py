@@ -96,7 +96,7 @@ class SQLiteJournal(BatchedWriter, Journal):
             self._next_id = 1
             self._block_end = 0  # nothing reserved yet
             self._queued_id = 0  # the last id of a record queued (create_later)
-            self._db = connect_writer(self.path)
+            self._db = connect_writer(self.path, create)
             self._init_schema()
             # reads have their own connection: a write waiting for another process's
             # lock (30 s at most) holds up no read of a finished job
@@ -177,7 +177,9 @@ class SQLiteJournal(BatchedWriter, Journal):
     def _reconnect(self) -> None:
         """New writer and reader connections to :attr:`path` (writer lock held), in place
         of those writing files that are no longer there."""
-        db = connect_writer(self.path)  # first: the old ones closing are not the last ones
+        db = connect_writer(
+            self.path, self._guarded
+        )  # first: the old ones closing are not the last ones
         with self._read_lock:
             self._db.close()
             self._reader.close()

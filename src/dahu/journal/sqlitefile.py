@@ -44,13 +44,17 @@ JOB_COLUMNS = (
 """The columns of the table ``jobs`` that Dahu reads and writes."""
 
 
-def connect_writer(path: str) -> sqlite3.Connection:
+def connect_writer(path: str, writer: bool = True) -> sqlite3.Connection:
     """The journal's writer connection to ``path`` (created if missing), set up;
-    :class:`JournalError` if the file is another program's (:func:`refuse_foreign`)."""
+    :class:`JournalError` if the file is another program's (:func:`refuse_foreign`).
+    Not ``writer`` (a process that only reads other jobs): it does not wait for the
+    write lock another process holds (30 s), nor check that the file can be written."""
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
     refuse_foreign(db, path)  # before WAL mode: nothing is written into another's file
-    # takes effect on a new file only: lets prunes give space back in small steps
-    db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    if writer:
+        # takes effect on a new file only: lets prunes give space back in small steps;
+        # takes the write lock: a file that cannot be written is refused here
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=30000")
