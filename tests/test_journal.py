@@ -795,6 +795,7 @@ def test_a_job_is_refused_in_seconds_while_another_process_holds_the_journal(eng
     try:
         # the record waits for SQLite's lock itself
         refused_in_time(path, lambda: Job("example.square", {"x": 2}).id)
+        assert Job.getStatusFromID(-1) == "running"  # -1: the sleeper, not the refused job
         # an outcome waits for it in another thread, holding the journal's writer lock
         sleeper.abort("stop")
         deadline = time.monotonic() + 10

@@ -95,7 +95,7 @@ class SQLiteJournal(BatchedWriter, Journal):
             self._ids_lock = threading.Lock()
             self._next_id = 1
             self._block_end = 0  # nothing reserved yet
-            self._queued_id = 0  # the last id of a record queued (create_later)
+            self._queued_id, self._queued = 0, None  # the last record queued: id, write
             self._db = connect_writer(self.path, create)
             self._init_schema()
             # reads have their own connection: a write waiting for another process's
@@ -329,6 +329,7 @@ class SQLiteJournal(BatchedWriter, Journal):
         job_id = self._id()
         write = _Write(self._INSERT, [self._row(job_id, plugin, text, submitted)], then, True)
         self._queue_later(write)
+        self._queued = write
         return job_id, write
 
     def create_many(self, plugin: str, inputs: list[dict[str, Any]], submitted: float) -> list[int]:
@@ -452,9 +453,10 @@ class SQLiteJournal(BatchedWriter, Journal):
     def newest_id(self) -> int:
         largest = self._read("SELECT COALESCE(MAX(id), 0) FROM jobs")[0][0]
         with self._ids_lock:
-            # a record queued is a job (given, in memory); not the ids a batch has taken
-            # while its transaction is still being written
-            return max(largest, self._queued_id)
+            # a record queued is a job (given, in memory) unless refused; not the ids a
+            # batch has taken while its transaction is still being written
+            refused = self._queued is not None and self._queued.error is not None
+            return max(largest, 0 if refused else self._queued_id)
 
     def select(
         self, first: int | None = None, last: int | None = None, state: str | None = None
