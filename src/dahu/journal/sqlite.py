@@ -245,30 +245,31 @@ class SQLiteJournal(BatchedWriter, Journal):
         """Take ``count`` increasing job ids (larger than any given by any process on
         this journal): the rest of this process's block first, then a new block (which
         follows it when no other process reserved meanwhile)."""
-        with self._ids_lock:
+        with self._within(self._ids_lock) as until:  # bounded: for records
             ids = list(range(self._next_id, min(self._next_id + count, self._block_end + 1)))
             self._next_id += len(ids)
             more = count - len(ids)
             if more:
-                first = self._reserve(max(more, self.ID_BLOCK))
+                first = self._reserve(max(more, self.ID_BLOCK), until)
                 ids.extend(range(first, first + more))
                 self._next_id = first + more
             return ids
 
     def _id(self) -> int:
         """Take one job id: :meth:`_ids` for a single record, without its lists."""
-        with self._ids_lock:
+        with self._within(self._ids_lock) as until:
             job_id = self._next_id
             if job_id > self._block_end:  # the block is used up: a new one
-                job_id = self._reserve(self.ID_BLOCK)
+                job_id = self._reserve(self.ID_BLOCK, until)
             self._next_id = job_id + 1
             self._queued_id = job_id
             return job_id
 
-    def _reserve(self, size: int) -> int:
-        """Reserve ``size`` ids in ``sqlite_sequence`` (ids lock held); return the first."""
+    def _reserve(self, size: int, until: float) -> int:
+        """Reserve ``size`` ids in ``sqlite_sequence`` (ids lock held; the locks waited
+        for until ``until``, :func:`time.monotonic`); return the first."""
         try:
-            with self.transaction(self.RECORD_WAIT) as db:  # for a record: bounded
+            with self.transaction(until - time.monotonic()) as db:
                 row = db.execute(f"SELECT MAX({self._HIGHEST})").fetchone()
                 first = (row[0] or 0) + 1
                 end = first + size - 1

@@ -132,15 +132,26 @@ class BatchedWriter:
             with self._waiters_lock:
                 self._waiters -= 1
 
-    RECORD_WAIT = 2.0
-    """Seconds at most that a job's record waits while another process holds the
-    journal's write lock (a ``sqlite3`` shell, a prune's ``VACUUM``): then the job is
-    refused, unrecorded and never run (a Tango client gives up after 3 s)."""
+    RECORD_WAIT = 1.25
+    """Seconds a job's record waits at most while another process holds the journal's
+    lock (a ``sqlite3`` shell, a prune's ``VACUUM``), and as long for a block of ids (2.5 s
+    in all: a Tango client gives up after 3 s): then the job is refused, never run."""
+
+    @contextlib.contextmanager
+    def _within(self, lock: Any) -> Iterator[float]:
+        """Hold ``lock`` taken within :data:`RECORD_WAIT` s, else refuse; yield the deadline."""
+        until = time.monotonic() + self.RECORD_WAIT
+        if not lock.acquire(timeout=self.RECORD_WAIT):
+            raise self._locked_error()
+        try:
+            yield until
+        finally:
+            lock.release()
 
     def _locked_error(self) -> JournalError:
         return JournalLocked(
             f"the journal {self.path} is locked by another process (a sqlite3 shell, a "
-            f"prune, another server?) for over {self.RECORD_WAIT:g} s: job not recorded"
+            f"prune, another server?): job not recorded"
         )
 
     def _begin(self, wait: float | None) -> None:
@@ -193,8 +204,7 @@ class BatchedWriter:
 
     def _write(self, sql: str, rows: list[tuple], bounded: bool = False) -> list[int]:
         """Commit ``sql`` once per row, with every write queued now, in one transaction;
-        return ``[lastrowid]`` for a one-row write (``[]`` for more).  ``bounded``: job
-        records, which wait :data:`RECORD_WAIT` at most (:meth:`_wait_for`)."""
+        return ``[lastrowid]`` for a one-row write (``[]`` for more); ``bounded``: records."""
         write = _Write(sql, rows, bounded=bounded)
         with self._queue_lock:
             self._queue.append(write)
@@ -206,10 +216,9 @@ class BatchedWriter:
         other thread did); :class:`JournalError` if it could not be.  A ``bounded``
         write (a job's record) waits :data:`RECORD_WAIT` at most for another process's
         lock: then it is withdrawn unless a commit already took it (which ends soon)."""
-        wait = self.RECORD_WAIT if write.bounded else None
-        until = None if wait is None else time.monotonic() + wait
+        until = time.monotonic() + self.RECORD_WAIT if write.bounded else None
         refused = False
-        if self._acquire(wait):
+        if self._acquire(None if until is None else self.RECORD_WAIT):
             try:
                 if not write.done:
                     left = None if until is None else until - time.monotonic()
@@ -439,8 +448,7 @@ class BatchedWriter:
         return not refused
 
     def _claim(self, batch: list[_Write]) -> list[_Write]:
-        """The writes of ``batch`` not withdrawn by their callers, marked as committed
-        from now on (SQLite's lock is held): they can no longer be withdrawn."""
+        """The writes of ``batch`` not withdrawn, now claimed (no longer withdrawable)."""
         with self._queue_lock:
             kept = [write for write in batch if not write.withdrawn]
             for write in kept:
@@ -448,8 +456,7 @@ class BatchedWriter:
         return kept
 
     def _withdraw(self, write: _Write) -> bool:
-        """Take back a job's record its caller no longer waits for (another process
-        holds the lock); False if a commit has claimed it, or it is done."""
+        """Withdraw a job's record (another process holds the lock); False if claimed."""
         with self._queue_lock:
             if write.claimed or write.done:
                 return False
@@ -460,8 +467,7 @@ class BatchedWriter:
         return True
 
     def _refuse(self, batch: list[_Write]) -> None:
-        """Another process's lock did not come in time: the job records of ``batch`` are
-        refused, its other writes go back to the head of the queue."""
+        """Another process kept its lock: refuse the job records, queue the rest again."""
         with self._queue_lock:
             records = [w for w in batch if w.bounded and not w.withdrawn]
             for write in records:
