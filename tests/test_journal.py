@@ -706,6 +706,7 @@ def test_a_write_waiting_for_another_process_lock_holds_up_no_read(tmp_path):
     import threading
 
     journal = SQLiteJournal(str(tmp_path))
+    journal.RECORD_WAIT = 30.0  # the record below waits for the lock, however slow the test
     old = journal.create("example.square", {"x": 3}, 1.0)
     journal.finish(old, "success", {"result": 9}, None, 1.0, 2.0)
     other = sqlite3.connect(journal.path, isolation_level=None)

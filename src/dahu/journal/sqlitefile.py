@@ -24,6 +24,9 @@ __all__ = [
     "write_again",
 ]
 
+BUSY_STEP_MS = 50
+"""The busy timeout of the journal's writer connection, in ms: a step of longer waits."""
+
 JOB_COLUMNS = (
     "id",
     "plugin",
@@ -57,7 +60,8 @@ def connect_writer(path: str, writer: bool = True) -> sqlite3.Connection:
         db.execute("PRAGMA auto_vacuum=INCREMENTAL")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA busy_timeout=30000")
+    # the journal's writes wait longer, in steps of it (BatchedWriter._patiently)
+    db.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
     db.execute("PRAGMA cache_size=-512")
     return db
 

@@ -154,21 +154,22 @@ class BatchedWriter:
             f"prune, another server?): job not recorded"
         )
 
-    def _begin(self, wait: float | None) -> None:
-        """BEGIN IMMEDIATE, waiting ``wait`` seconds at most for another process's lock
-        (the connection's busy timeout otherwise)."""
-        if wait is None:
-            self._db.execute("BEGIN IMMEDIATE")
-            return
-        self._db.execute(f"PRAGMA busy_timeout={int(max(wait, 0.0) * 1000)}")
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as err:
-            if getattr(err, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
-                raise self._locked_error() from err
-            raise
-        finally:
-            self._db.execute("PRAGMA busy_timeout=30000")
+    LOCK_WAIT = 30.0
+    """Seconds a write waits at most for another process's lock (a record: less)."""
+
+    def _patiently(self, sql: str, args: tuple = (), wait: float | None = None) -> Any:
+        """Execute ``sql`` (a write), waiting ``wait`` s (else :data:`LOCK_WAIT`) at most for
+        another process's lock, in steps of the connection's short busy timeout."""
+        until = time.monotonic() + (self.LOCK_WAIT if wait is None else wait)
+        while True:
+            try:
+                return self._db.execute(sql, args)
+            except sqlite3.OperationalError as err:
+                busy = getattr(err, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or (wait is None and time.monotonic() >= until):
+                    raise
+                if time.monotonic() >= until:
+                    raise self._locked_error() from err
 
     def _release(self) -> None:
         self._lock.release()
@@ -190,7 +191,7 @@ class BatchedWriter:
         (``wait``: seconds at most for the locks, else :class:`JournalError`)."""
         until = None if wait is None else time.monotonic() + wait
         with self._locked(wait):
-            self._begin(None if until is None else until - time.monotonic())
+            self._patiently("BEGIN IMMEDIATE", (), until and until - time.monotonic())
             try:
                 yield self._db
             except BaseException:
@@ -406,12 +407,12 @@ class BatchedWriter:
         refused = False
         try:
             if not alone:
-                self._begin(wait)
+                self._patiently("BEGIN IMMEDIATE", (), wait)
             batch = self._claim(batch)
             for write in batch:
                 try:
                     if len(write.rows) == 1:
-                        write.ids = [db.execute(write.sql, write.rows[0]).lastrowid]
+                        write.ids = [self._patiently(write.sql, write.rows[0]).lastrowid]
                     else:  # many rows: one call (their callers know their ids)
                         db.execute("SAVEPOINT many")
                         try:
@@ -438,7 +439,8 @@ class BatchedWriter:
             raise
         finally:
             if not refused:
-                batch = self._claim(batch)  # after a failure, some may have been withdrawn
+                if failure is not None:  # maybe before the claim: some were withdrawn since
+                    batch = self._claim(batch)
                 for write in batch:
                     if failure is not None:
                         write.error = failure
