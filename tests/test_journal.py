@@ -839,6 +839,46 @@ def test_a_reader_opens_the_journal_at_once_while_another_process_holds_its_lock
         lock.release()
 
 
+READER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN")
+db.execute("SELECT COUNT(*) FROM jobs").fetchall()  # a snapshot, kept (a long listing)
+print("reading", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_prune_beside_a_long_reader_keeps_no_job_from_being_recorded(tmp_path):
+    # bug: the checkpoint that ends a prune (dahu-jobs prune, the server's retention)
+    # waited up to 30 s for any reader holding a snapshot (a long dahu-jobs list, a
+    # sqlite3 shell) while holding the journal's write lock: no job could be recorded
+    from dahu.retention import prune
+
+    journal = SQLiteJournal(str(tmp_path))
+    ids = journal.create_many("example.square", [{"x": x} for x in range(300)], 1.0)
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, 2.0) for i in ids])
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, journal.path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert reader.stdout.readline() == "reading\n"
+        begun = time.monotonic()
+        report = prune(str(tmp_path), keep_last=10, min_age=0)
+        assert report.removed == 290
+        assert time.monotonic() - begun < 10.0
+        recorded = journal.create("example.square", {"x": 1}, 3.0)  # not refused
+        assert journal.get(recorded).state == "uninitialized"
+    finally:
+        reader.stdin.close()
+        reader.wait(30)
+    journal.close()
+
+
 def test_an_ended_job_left_without_files_behind_later_ends_gets_them(workdir, monkeypatch):
     # bug: a server killed while job 60's outcome was committed but not yet reported
     # (files follow the reports), after queued jobs aborted later had theirs written:
