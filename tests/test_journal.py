@@ -879,6 +879,35 @@ def test_a_prune_beside_a_long_reader_keeps_no_job_from_being_recorded(tmp_path)
     journal.close()
 
 
+def test_a_prune_on_a_journal_another_process_keeps_locked_says_so(tmp_path, monkeypatch):
+    # bug: after 30 s, only SQLite's "database is locked", which names no cause
+    import dahu.jobquery
+    from dahu.retention import prune
+
+    journal = SQLiteJournal(str(tmp_path))
+    ids = journal.create_many("example.square", [{"x": x} for x in range(3)], 1.0)
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, 2.0) for i in ids])
+    journal.close()
+    connect = dahu.jobquery._connect
+
+    def impatient(*args, **named):  # the test's time: 0.1 s, not 30 s
+        db, tables, version = connect(*args, **named)
+        db.execute("PRAGMA busy_timeout=100")
+        return db, tables, version
+
+    monkeypatch.setattr(dahu.jobquery, "_connect", impatient)
+    lock = LockedByAnotherProcess(tmp_path / "journal.sqlite")
+    try:
+        with pytest.raises(JournalError) as refused:
+            prune(str(tmp_path), keep_last=1, min_age=0)
+    finally:
+        lock.release()
+    assert str(refused.value) == (
+        f"cannot prune the journal {tmp_path / 'journal.sqlite'}: database is locked "
+        "(another process held its write lock for 30 s: a sqlite3 shell?)"
+    )
+
+
 def test_an_ended_job_left_without_files_behind_later_ends_gets_them(workdir, monkeypatch):
     # bug: a server killed while job 60's outcome was committed but not yet reported
     # (files follow the reports), after queued jobs aborted later had theirs written:

@@ -219,7 +219,9 @@ def prune(
             if report.removed:
                 _reclaim(db)
     except sqlite3.Error as err:
-        raise JournalError(f"cannot prune the journal {path}: {err}") from None
+        busy = getattr(err, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+        why = " (another process held its write lock for 30 s: a sqlite3 shell?)" if busy else ""
+        raise JournalError(f"cannot prune the journal {path}: {err}{why}") from None
     finally:
         db.close()
     report.journal_bytes_after = _journal_bytes(path)
