@@ -839,6 +839,31 @@ def test_a_reader_opens_the_journal_at_once_while_another_process_holds_its_lock
         lock.release()
 
 
+def test_after_a_refused_record_no_read_nor_record_waits_for_the_lock(tmp_path):
+    # bug: a refused record put the outcomes of its batch back in the queue, and the
+    # next thread answering a client (a read, another record refused meanwhile)
+    # committed them in passing, waiting 30 s for the other process's lock
+    journal = SQLiteJournal(str(tmp_path))
+    journal.RECORD_WAIT = 0.5
+    journal.hand_off = lambda: None  # the engine's watchdog, which would commit them later
+    done = journal.create("example.square", {"x": 3}, 1.0)  # a block of ids reserved
+    lock = LockedByAnotherProcess(tmp_path / "journal.sqlite")
+    try:
+        outcomes: list = []
+        journal.finish_later(outcomes.append, done, "success", {}, None, 1.0, 2.0, hold=True)
+        created = journal.create_later(outcomes.append, "example.square", {"x": 4}, 3.0)
+        refused_in_time(journal.path, lambda: journal.settle(created[1]))
+        begun = time.monotonic()
+        assert journal.state(done) == "uninitialized"  # a read: its outcome is not in yet
+        assert time.monotonic() - begun < 1.0
+        refused_in_time(journal.path, lambda: journal.create("example.square", {"x": 5}, 4.0))
+    finally:
+        lock.release()
+    assert journal.flush(30) and outcomes == [None]
+    assert journal.state(done) == "success"
+    journal.close()
+
+
 READER = """
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1], isolation_level=None)

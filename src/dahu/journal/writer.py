@@ -65,8 +65,7 @@ class _Write:
         self.done = False
         self.error: BaseException | None = None
         self.then = then  # called with the error (or None) once committed (finish_later)
-        # a job's record: its caller waits RECORD_WAIT at most, then withdraws it (if no
-        # commit has claimed it yet: it never goes in then) and refuses the job
+        # a record: its caller withdraws it after RECORD_WAIT s, unless a commit claimed it
         self.bounded = bounded
         self.claimed = self.withdrawn = False
 
@@ -105,8 +104,7 @@ class BatchedWriter:
 
     @contextlib.contextmanager
     def _locked(self, wait: float | None = None) -> Iterator[None]:
-        """Hold the writer lock; on leaving, commit what others queued meanwhile.
-        ``wait``: seconds at most for the lock, else :meth:`_locked_error`."""
+        """Hold the writer lock (within ``wait`` s, else refused); on leaving, commit the queue."""
         if not self._acquire(wait):
             raise self._locked_error()
         done = False
@@ -225,6 +223,7 @@ class BatchedWriter:
                     left = None if until is None else until - time.monotonic()
                     refused = not self._commit(self._take(), left)
             finally:  # refused: its caller waits for no other write on the way out
+                refused = refused or isinstance(write.error, JournalLocked)
                 self._lock.release() if refused else self._release()
         elif self._withdraw(write):
             raise self._locked_error()
@@ -284,12 +283,13 @@ class BatchedWriter:
         while self._queue:
             if self._waiters or not self._lock.acquire(blocking=False):
                 break  # the holder (or the waiter, next) commits the queue when it leaves
-            try:
-                self._commit(self._take(self.BOUNDED_BATCH if bounded else None))
+            try:  # in passing: no long wait for another process's lock (handed over)
+                batch = self._take(self.BOUNDED_BATCH if bounded else None)
+                committed = self._commit(batch, self.PASSING_WAIT if bounded else None, bounded)
             finally:
                 self._lock.release()
             self._report_queued(bounded)
-            if bounded:
+            if bounded or not committed:
                 break
         if bounded:
             self._leftovers()
@@ -356,6 +356,8 @@ class BatchedWriter:
                 return  # nothing left, or the threads holding the locks see to it
         self._leftovers()
 
+    PASSING_WAIT = 0.1  # s a commit in passing waits for another process's lock
+
     BOUNDED_BATCH = 512
     """Writes a thread that must not linger commits at once (a burst queues thousands)."""
 
@@ -392,11 +394,10 @@ class BatchedWriter:
                     if not self._pending:
                         self._settled.notify_all()
 
-    def _commit(self, batch: list[_Write], wait: float | None = None) -> bool:
-        """Commit ``batch`` in one transaction (writer lock held); every write gets its
-        ids or the error.  ``wait``: seconds at most for another process's lock; False
-        if it did not come: the job records of the batch are refused, its other writes
-        queued again."""
+    def _commit(self, batch: list[_Write], wait: float | None = None, keep: bool = False) -> bool:
+        """Commit ``batch`` in one transaction (writer lock held); every write gets its ids
+        or the error.  False if another process kept its lock ``wait`` s: the batch's job
+        records are refused (``keep``: queued again, as its other writes)."""
         if not batch:
             return True
         db = self._db
@@ -412,7 +413,7 @@ class BatchedWriter:
             for write in batch:
                 try:
                     if len(write.rows) == 1:
-                        write.ids = [self._patiently(write.sql, write.rows[0]).lastrowid]
+                        write.ids = [self._patiently(write.sql, write.rows[0], wait).lastrowid]
                     else:  # many rows: one call (their callers know their ids)
                         db.execute("SAVEPOINT many")
                         try:
@@ -427,9 +428,9 @@ class BatchedWriter:
             if not alone:
                 db.execute("COMMIT")
             self.commits += 1
-        except JournalLocked:  # nothing begun: records refused, the rest queued again
+        except JournalLocked:  # nothing begun: records refused (or, in passing, queued again)
             refused = True
-            self._refuse(batch)
+            self._refuse(batch, not keep)
         except Exception as err:  # the journal's (disk full...) or a bug: the batch fails
             failure = err
             self._end_transaction()
@@ -468,19 +469,18 @@ class BatchedWriter:
         self._drop(write, self._locked_error())
         return True
 
-    def _refuse(self, batch: list[_Write]) -> None:
+    def _refuse(self, batch: list[_Write], refuse_records: bool) -> None:
         """Another process kept its lock: refuse the job records, queue the rest again."""
         with self._queue_lock:
-            records = [w for w in batch if w.bounded and not w.withdrawn]
+            records = [w for w in batch if refuse_records and w.bounded and not w.withdrawn]
             for write in records:
                 write.withdrawn = True
-            self._queue[:0] = [w for w in batch if not w.bounded and not w.withdrawn]
+            self._queue[:0] = [w for w in batch if not w.withdrawn]
         for write in records:
             self._drop(write, self._locked_error())
 
     def _drop(self, write: _Write, err: JournalError) -> None:
-        """``write`` is not written: its caller gets ``err``; its ``then`` is not called
-        (nothing was recorded: the job is refused, not failed)."""
+        """Not written: its caller gets ``err``, no ``then`` (a job refused, not failed)."""
         write.error, write.done = err, True
         if write.then is not None:
             write.then = None
