@@ -211,10 +211,9 @@ class BatchedWriter:
         return write.ids
 
     def _wait_for(self, write: _Write) -> None:
-        """Return once the queued ``write`` is committed (committing the queue if no
-        other thread did); :class:`JournalError` if it could not be.  A ``bounded``
-        write (a job's record) waits :data:`RECORD_WAIT` at most for another process's
-        lock: then it is withdrawn unless a commit already took it (which ends soon)."""
+        """Return once the queued ``write`` is committed (committing the queue if no other
+        thread did); :class:`JournalError` if it could not be.  A record (``bounded``) waits
+        :data:`RECORD_WAIT` s at most, then is withdrawn unless a commit claimed it."""
         until = time.monotonic() + self.RECORD_WAIT if write.bounded else None
         refused = False
         if self._acquire(None if until is None else self.RECORD_WAIT):
@@ -230,6 +229,7 @@ class BatchedWriter:
         elif not write.done:  # a commit under way claimed it: it holds SQLite's lock
             self._acquire()
             self._release()
+        refused = refused or isinstance(write.error, JournalLocked)
         self._report_queued(bounded=True)
         self._leftovers(drain=not refused)
         if write.error is not None:
