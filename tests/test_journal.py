@@ -864,6 +864,25 @@ def test_after_a_refused_record_no_read_nor_record_waits_for_the_lock(tmp_path):
     journal.close()
 
 
+def test_a_journal_another_process_keeps_locked_at_the_start_says_so(tmp_path, monkeypatch):
+    # bug: a server started while a sqlite3 shell held the journal's lock stopped after
+    # 30 s with SQLite's bare "database is locked", which names no cause
+    import dahu.journal.sqlitefile
+
+    SQLiteJournal(str(tmp_path)).close()
+    monkeypatch.setattr(dahu.journal.sqlitefile, "OPEN_WAIT", 0.2)  # the test's time
+    lock = LockedByAnotherProcess(tmp_path / "journal.sqlite")
+    try:
+        with pytest.raises(JournalError) as refused:
+            SQLiteJournal(str(tmp_path))
+    finally:
+        lock.release()
+    assert str(refused.value) == (
+        f"cannot open the journal in {tmp_path}: database is locked (another process "
+        "held its write lock for 0.2 s: a sqlite3 shell?)"
+    )
+
+
 READER = """
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1], isolation_level=None)

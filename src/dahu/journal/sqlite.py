@@ -106,7 +106,7 @@ class SQLiteJournal(BatchedWriter, Journal):
             self._replaced = False  # another file took its place (check_file)
         except (OSError, sqlite3.Error) as err:
             raise JournalError(
-                f"cannot open the journal in {self.workdir}: {err}{full_disk_reason(self.workdir)}"
+                f"cannot open the journal in {self.workdir}: {err}{full_disk_reason(self.workdir, err)}"
             ) from err
         self._pid = os.getpid()
         self._closed = False

@@ -24,6 +24,9 @@ __all__ = [
     "write_again",
 ]
 
+OPEN_WAIT = 30.0
+"""Seconds the opening of a journal by a writer waits for another process's lock."""
+
 BUSY_STEP_MS = 50
 """The busy timeout of the journal's writer connection, in ms: a step of longer waits."""
 
@@ -52,7 +55,7 @@ def connect_writer(path: str, writer: bool = True) -> sqlite3.Connection:
     :class:`JournalError` if the file is another program's (:func:`refuse_foreign`).
     Not ``writer`` (a process that only reads other jobs): it does not wait for the
     write lock another process holds (30 s), nor check that the file can be written."""
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=OPEN_WAIT)
     refuse_foreign(db, path)  # before WAL mode: nothing is written into another's file
     if writer:
         # takes effect on a new file only: lets prunes give space back in small steps;
@@ -152,11 +155,13 @@ def file_identity(path: str) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
-def full_disk_reason(workdir: str) -> str:
+def full_disk_reason(workdir: str, err: BaseException | None = None) -> str:
     """Why a journal may not open (`` (its file system is full: ...)``), or ``""``: on a
     full disk SQLite says only ``disk I/O error`` (its shared-memory file cannot grow),
     on a read-only one or in a directory this user cannot write ``unable to open
-    database file``."""
+    database file``, for ``err`` a lock another process kept ``database is locked``."""
+    if getattr(err, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+        return f" (another process held its write lock for {OPEN_WAIT:g} s: a sqlite3 shell?)"
     with contextlib.suppress(OSError):
         if os.statvfs(workdir).f_flag & os.ST_RDONLY:
             return " (its file system is read-only)"
