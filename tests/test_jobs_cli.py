@@ -395,6 +395,22 @@ def test_export_json_lines_and_csv(history, tmp_path):
     assert next(csv.DictReader(io.StringIO(proc.stdout)))["state"] == "aborted"
 
 
+def test_an_export_to_dash_goes_to_standard_output(history, tmp_path):
+    # bug: "-o -" wrote a file named "-" in the current directory, and nothing to a pipe
+    workdir, ids, _ = history
+    proc = subprocess.run(
+        [DAHU_JOBS, "export", "--state", "aborted", "-o", "-", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[0])["id"] == ids["aborted"]
+    assert os.listdir(tmp_path) == []
+
+
 def test_an_export_onto_the_journal_is_refused_and_the_journal_kept(history, tmp_path):
     # bug: "-o WORKDIR/journal.sqlite" truncated the journal before reading it
     workdir, ids, _ = history
