@@ -395,6 +395,22 @@ def test_export_json_lines_and_csv(history, tmp_path):
     assert next(csv.DictReader(io.StringIO(proc.stdout)))["state"] == "aborted"
 
 
+def test_an_export_to_dash_goes_to_standard_output(history, tmp_path):
+    # bug: "-o -" wrote a file named "-" in the current directory, and nothing to a pipe
+    workdir, ids, _ = history
+    proc = subprocess.run(
+        [DAHU_JOBS, "export", "--state", "aborted", "-o", "-", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[0])["id"] == ids["aborted"]
+    assert os.listdir(tmp_path) == []
+
+
 def test_an_export_onto_the_journal_is_refused_and_the_journal_kept(history, tmp_path):
     # bug: "-o WORKDIR/journal.sqlite" truncated the journal before reading it
     workdir, ids, _ = history
@@ -453,6 +469,12 @@ def test_bad_work_directories(tmp_path):
     other.mkdir()
     sqlite3.connect(other / "journal.sqlite").execute("CREATE TABLE t (x)").connection.commit()
     assert "no jobs table" in one_line_error(run("export", workdir=other), 3)
+    # a table jobs of another program's: not "no such column: id" (a bug)
+    sqlite3.connect(other / "journal.sqlite").execute("CREATE TABLE jobs (x)").connection.commit()
+    line = one_line_error(run("list", workdir=other), 3)
+    assert line.endswith(
+        "journal.sqlite is not a Dahu journal: its jobs table has no column id, plugin, state, ..."
+    )
     assert "is not a directory" in one_line_error(run("list", workdir=other / "journal.sqlite"), 3)
     assert "no such work" in one_line_error(run("prune", "--keep-last", "1", workdir=missing), 3)
 

@@ -295,6 +295,36 @@ def test_journal_refuses_a_newer_schema(tmp_path):
         SQLiteJournal(str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        ("CREATE TABLE jobs (name TEXT, salary INT)", "its jobs table has no column id"),
+        ("CREATE TABLE photos (name TEXT)", "it has tables of its own ('photos')"),
+        (None, "file is not a database"),
+    ],
+)
+def test_another_programs_file_is_refused_in_one_line_and_left_as_it_was(tmp_path, make, reason):
+    # bug: a SQLite file of another program given as the journal was refused with "no
+    # such column: state" (a table jobs of its own), or adopted: Dahu's tables were added
+    # into it (other tables); and it was switched to WAL mode first in both cases
+    path = tmp_path / "journal.sqlite"
+    if make is None:
+        path.write_bytes(b"not a database" * 100)
+    else:
+        db = sqlite3.connect(path)
+        db.execute(make)
+        db.commit()
+        db.close()
+    before = path.read_bytes()
+    with pytest.raises(JournalError) as refused:
+        SQLiteJournal(str(tmp_path))
+    message = str(refused.value)
+    assert message.startswith(f"{path} is not a Dahu journal: {reason}")
+    assert message.endswith("; nothing was written to it") and "\n" not in message
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["journal.sqlite"]
+
+
 CHILD = """
 import sys, dahu.engine
 from dahu.job import Job
@@ -576,6 +606,25 @@ def test_job_file_paths_are_the_joined_paths(workdir):
         )
 
 
+@pytest.mark.parametrize("job_id", [7, 12345678])
+def test_a_plugin_name_too_long_for_a_file_name_gets_its_files_under_a_cut_one(tmp_path, job_id):
+    # bug: a plugin name over about 245 characters gave no .inp/.out files at all
+    # (ENAMETOOLONG, logged), and nothing for dahu-jobs show or a prune to find
+    names = ["id31." + "a" * 300, "id31." + "a" * 300 + "b", "id31.étude_" + "é" * 200]
+    stems = []
+    for name in names:
+        inp, out = write_job_files(str(tmp_path), job_id, name, {"x": 1}, {"y": 2})
+        stem = job_file_stem(str(tmp_path), job_id, name)
+        assert (inp, out) == (stem + ".inp", stem + ".out")
+        assert json.loads(open(out).read()) == {"y": 2}
+        file_name = os.path.basename(inp).encode()
+        assert 250 < len(file_name) <= 255 and file_name.startswith(f"{job_id:05d}_id31.".encode())
+        stems.append(stem)
+    assert len(set(stems)) == 3  # the same start, different names: different files
+    short = job_file_stem(str(tmp_path), job_id, "id31." + "a" * 200)  # fits: as it was
+    assert short.endswith(f"{job_id:05d}_id31.{'a' * 200}")
+
+
 def test_job_files_encoder_refuses_what_json_refuses():
     from dahu.journal.files import pretty_json
 
@@ -673,6 +722,7 @@ def test_a_write_waiting_for_another_process_lock_holds_up_no_read(tmp_path):
     import threading
 
     journal = SQLiteJournal(str(tmp_path))
+    journal.RECORD_WAIT = 30.0  # the record below waits for the lock, however slow the test
     old = journal.create("example.square", {"x": 3}, 1.0)
     journal.finish(old, "success", {"result": 9}, None, 1.0, 2.0)
     other = sqlite3.connect(journal.path, isolation_level=None)
@@ -701,6 +751,221 @@ def test_a_write_waiting_for_another_process_lock_holds_up_no_read(tmp_path):
     writer.join(30)
     assert created == [old + 1] and journal.get(old + 1).state == "uninitialized"
     journal.close()
+
+
+LOCK_HOLDER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+db.execute("ROLLBACK")
+"""
+
+
+class LockedByAnotherProcess:
+    """A second process holding the journal's write lock (as a ``sqlite3`` shell does)
+    until :meth:`release`."""
+
+    def __init__(self, path):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", LOCK_HOLDER, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        assert self.proc.stdout.readline() == "locked\n"
+
+    def release(self):
+        self.proc.stdin.close()
+        assert self.proc.wait(30) == 0
+
+
+def refused_in_time(path, make_job):
+    """``make_job()`` is refused within a client's 3 s, in one line naming the cause."""
+    begun = time.monotonic()
+    with pytest.raises(JournalError) as refused:
+        make_job()
+    assert time.monotonic() - begun < 3.0
+    message = str(refused.value)
+    assert f"the journal {path} is locked by another process" in message, message
+    assert "\n" not in message and "job not recorded" in message
+
+
+def test_a_job_is_refused_in_seconds_while_another_process_holds_the_journal(engine, workdir):
+    # bug: startJob waited up to the 30 s busy timeout for another process's lock (a
+    # sqlite3 shell, a long prune): the client gave up after 3 s, and the job could still
+    # run later under an id nobody was given
+    engine.journal.RECORD_WAIT = 1.0  # the test's time; 2 s by default
+    path = workdir / "journal.sqlite"
+    lock = LockedByAnotherProcess(path)  # before any id is reserved: the reservation waits
+    refused_in_time(path, lambda: Job("example.square", {"x": 1}))
+    assert engine.journal_fault is None  # refused, not at fault (FAULT on the device)
+    lock.release()
+    sleeper = Job("example.sleep", {"t": 600})
+    sleeper.start()
+    while sleeper.status != "running":
+        assert sleeper.status in ("starting", "uninitialized")
+        time.sleep(0.01)
+    lock = LockedByAnotherProcess(path)
+    try:
+        # the record waits for SQLite's lock itself
+        refused_in_time(path, lambda: Job("example.square", {"x": 2}).id)
+        assert Job.getStatusFromID(-1) == "running"  # -1: the sleeper, not the refused job
+        # an outcome waits for it in another thread, holding the journal's writer lock
+        sleeper.abort("stop")
+        deadline = time.monotonic() + 10
+        while engine.journal._lock.acquire(blocking=False):
+            engine.journal._lock.release()
+            assert time.monotonic() < deadline
+        refused_in_time(path, lambda: Job("example.square", {"x": 3}).id)
+    finally:
+        lock.release()
+    sleeper.join(30)
+    assert sleeper.status == "aborted"
+    after = Job("example.square", {"x": 4})
+    after.start()
+    after.join(30)
+    assert after.status == "success" and engine.journal_fault is None
+    engine.journal.flush(30)
+    records = {r.id: (r.plugin, r.input.get("x"), r.state) for r in engine.journal.select()}
+    # the refused jobs were never recorded, nor run
+    assert sorted(records.values(), key=str) == sorted(
+        [("example.sleep", None, "aborted"), ("example.square", 4, "success")], key=str
+    )
+
+
+def test_a_reader_opens_the_journal_at_once_while_another_process_holds_its_lock(tmp_path):
+    # bug: opening a journal set auto_vacuum, which waits for the write lock: a worker
+    # process's first read of another job (wait_for, getDataOutputFromId) stalled 30 s
+    # while a prune or a sqlite3 shell held it, then found no such job ("inexistant")
+    from dahu.journal.reader import JournalReader
+
+    journal = SQLiteJournal(str(tmp_path))
+    done = journal.create("example.square", {"x": 3}, 1.0)
+    journal.finish(done, "success", {"result": 9}, None, 1.0, 2.0)
+    journal.close()
+    lock = LockedByAnotherProcess(tmp_path / "journal.sqlite")
+    try:
+        begun = time.monotonic()
+        assert JournalReader(str(tmp_path)).state(done) == "success"
+        assert time.monotonic() - begun < 3.0
+    finally:
+        lock.release()
+
+
+def test_after_a_refused_record_no_read_nor_record_waits_for_the_lock(tmp_path):
+    # bug: a refused record put the outcomes of its batch back in the queue, and the
+    # next thread answering a client (a read, another record refused meanwhile)
+    # committed them in passing, waiting 30 s for the other process's lock
+    journal = SQLiteJournal(str(tmp_path))
+    journal.RECORD_WAIT = 0.5
+    journal.hand_off = lambda: None  # the engine's watchdog, which would commit them later
+    done = journal.create("example.square", {"x": 3}, 1.0)  # a block of ids reserved
+    lock = LockedByAnotherProcess(tmp_path / "journal.sqlite")
+    try:
+        outcomes: list = []
+        journal.finish_later(outcomes.append, done, "success", {}, None, 1.0, 2.0, hold=True)
+        created = journal.create_later(outcomes.append, "example.square", {"x": 4}, 3.0)
+        refused_in_time(journal.path, lambda: journal.settle(created[1]))
+        begun = time.monotonic()
+        assert journal.state(done) == "uninitialized"  # a read: its outcome is not in yet
+        assert time.monotonic() - begun < 1.0
+        refused_in_time(journal.path, lambda: journal.create("example.square", {"x": 5}, 4.0))
+    finally:
+        lock.release()
+    assert journal.flush(30) and outcomes == [None]
+    assert journal.state(done) == "success"
+    journal.close()
+
+
+def test_a_journal_another_process_keeps_locked_at_the_start_says_so(tmp_path, monkeypatch):
+    # bug: a server started while a sqlite3 shell held the journal's lock stopped after
+    # 30 s with SQLite's bare "database is locked", which names no cause
+    import dahu.journal.sqlitefile
+
+    SQLiteJournal(str(tmp_path)).close()
+    monkeypatch.setattr(dahu.journal.sqlitefile, "OPEN_WAIT", 0.2)  # the test's time
+    lock = LockedByAnotherProcess(tmp_path / "journal.sqlite")
+    try:
+        with pytest.raises(JournalError) as refused:
+            SQLiteJournal(str(tmp_path))
+    finally:
+        lock.release()
+    assert str(refused.value) == (
+        f"cannot open the journal in {tmp_path}: database is locked (another process "
+        "held its write lock for 0.2 s: a sqlite3 shell?)"
+    )
+
+
+READER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN")
+db.execute("SELECT COUNT(*) FROM jobs").fetchall()  # a snapshot, kept (a long listing)
+print("reading", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_prune_beside_a_long_reader_keeps_no_job_from_being_recorded(tmp_path):
+    # bug: the checkpoint that ends a prune (dahu-jobs prune, the server's retention)
+    # waited up to 30 s for any reader holding a snapshot (a long dahu-jobs list, a
+    # sqlite3 shell) while holding the journal's write lock: no job could be recorded
+    from dahu.retention import prune
+
+    journal = SQLiteJournal(str(tmp_path))
+    ids = journal.create_many("example.square", [{"x": x} for x in range(300)], 1.0)
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, 2.0) for i in ids])
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, journal.path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert reader.stdout.readline() == "reading\n"
+        begun = time.monotonic()
+        report = prune(str(tmp_path), keep_last=10, min_age=0)
+        assert report.removed == 290
+        assert time.monotonic() - begun < 10.0
+        recorded = journal.create("example.square", {"x": 1}, 3.0)  # not refused
+        assert journal.get(recorded).state == "uninitialized"
+    finally:
+        reader.stdin.close()
+        reader.wait(30)
+    journal.close()
+
+
+def test_a_prune_on_a_journal_another_process_keeps_locked_says_so(tmp_path, monkeypatch):
+    # bug: after 30 s, only SQLite's "database is locked", which names no cause
+    import dahu.jobquery
+    from dahu.retention import prune
+
+    journal = SQLiteJournal(str(tmp_path))
+    ids = journal.create_many("example.square", [{"x": x} for x in range(3)], 1.0)
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, 2.0) for i in ids])
+    journal.close()
+    connect = dahu.jobquery._connect
+
+    def impatient(*args, **named):  # the test's time: 0.1 s, not 30 s
+        db, tables, version = connect(*args, **named)
+        db.execute("PRAGMA busy_timeout=100")
+        return db, tables, version
+
+    monkeypatch.setattr(dahu.jobquery, "_connect", impatient)
+    lock = LockedByAnotherProcess(tmp_path / "journal.sqlite")
+    try:
+        with pytest.raises(JournalError) as refused:
+            prune(str(tmp_path), keep_last=1, min_age=0)
+    finally:
+        lock.release()
+    assert str(refused.value) == (
+        f"cannot prune the journal {tmp_path / 'journal.sqlite'}: database is locked "
+        "(another process held its write lock for 30 s: a sqlite3 shell?)"
+    )
 
 
 def test_an_ended_job_left_without_files_behind_later_ends_gets_them(workdir, monkeypatch):

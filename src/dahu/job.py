@@ -33,6 +33,7 @@ from .executors.slot import SELF_JOIN, current_job_id, released
 from .inputs import parse_input, unrecordable
 from .journal import job_file_stem, write_job_files
 from .journal.reader import JournalReader, current_reader, follow
+from .journal.writer import JournalLocked
 from .states import State
 from .statistics import format_statistics
 from .utils import NumpyEncoder, gc_paused, jsonable, text_of
@@ -67,6 +68,8 @@ def _refused(engine: Engine, datas: list[dict[str, Any]], err: JournalError) -> 
     long, a broken file) and the engine is at fault (FAULT, the reason in ``Status``,
     tried again every 10 s), as when it refuses an outcome."""
     _refuse_unrecordable(datas)
+    if isinstance(err, JournalLocked):  # another process's lock, for a while: refused only
+        return
     if not isinstance(err.__cause__, (TypeError, ValueError, RecursionError)):
         engine.journal_failed(None, err)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from .journal import SCHEMA_VERSION, JobRecord, JournalError, SQLiteJournal
 from .journal.base import MAX_ID, storable_id
-from .journal.sqlitefile import connect_file
+from .journal.sqlitefile import connect_file, foreign_reason
 from .states import State
 
 __all__ = [
@@ -141,6 +141,14 @@ def open_journal(workdir: str, write: bool = False) -> sqlite3.Connection:
     if "jobs" not in tables:
         db.close()
         raise NotAJournal(f"{path} is not a Dahu journal: it has no jobs table")
+    try:
+        foreign = foreign_reason(db)  # a jobs table of another program's
+    except sqlite3.Error as err:
+        db.close()
+        raise NotAJournal(f"cannot read {path}: {err}") from None
+    if foreign:
+        db.close()
+        raise NotAJournal(f"{path} is not a Dahu journal: {foreign}")
     if version > SCHEMA_VERSION:
         db.close()
         raise NotAJournal(

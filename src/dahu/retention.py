@@ -13,7 +13,8 @@ Safe beside a running server:
   is a record whose files are gone (a later prune removes it), never files that no
   record names;
 * the space is reclaimed in small steps (``PRAGMA incremental_vacuum``), then the WAL
-  file is truncated.  A journal made before this version is rewritten once by
+  file is truncated (unless a reader keeps an older snapshot for over 0.2 s: later).
+  A journal made before this version is rewritten once by
   ``VACUUM`` (the server's writes wait during that one rewrite).
 
 Job ids are never reused after a prune: new jobs keep counting from the highest id ever
@@ -22,6 +23,7 @@ given.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -217,7 +219,9 @@ def prune(
             if report.removed:
                 _reclaim(db)
     except sqlite3.Error as err:
-        raise JournalError(f"cannot prune the journal {path}: {err}") from None
+        busy = getattr(err, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+        why = " (another process held its write lock for 30 s: a sqlite3 shell?)" if busy else ""
+        raise JournalError(f"cannot prune the journal {path}: {err}{why}") from None
     finally:
         db.close()
     report.journal_bytes_after = _journal_bytes(path)
@@ -267,7 +271,16 @@ def _reclaim(db: sqlite3.Connection) -> None:
     else:
         while db.execute("PRAGMA freelist_count").fetchone()[0] > 0:
             db.execute("PRAGMA incremental_vacuum(2000)").fetchall()
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    # a TRUNCATE checkpoint waits for the readers (a long `dahu-jobs list`, a sqlite3
+    # shell) holding the journal's write lock: the server could record no job meanwhile
+    # (30 s). A moment only, else the WAL file is truncated by a later prune
+    db.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+    with contextlib.suppress(sqlite3.OperationalError):  # the server kept its lock
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+
+CHECKPOINT_WAIT_MS = 200
+"""How long the checkpoint that ends a prune may keep the server's writes waiting."""
 
 
 # ---- the server's retention setting ------------------------------------------------------

@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON lines (one object per job) or CSV (input and output as JSON text); "
         "default: csv when the output file ends with .csv, else jsonl",
     )
-    add.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+    add.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default, or -: stdout)")
     add = commands.add_parser(
         "prune",
         parents=[common, as_json],
@@ -385,6 +385,8 @@ def _same_file(one: str, other: str) -> bool:
 
 def cmd_export(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     """``export``."""
+    if args.output == "-":  # standard output, as for other tools (not a file named "-")
+        args.output = None
     kind = args.format or ("csv" if (args.output or "").lower().endswith(".csv") else "jsonl")
     target = out
     if args.output:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from typing import Any
@@ -125,7 +126,26 @@ def job_file_stem(workdir: str, job_id: int, plugin: str) -> str:
 
 def _stem_in(directory: str, job_id: int, plugin: str) -> str:
     """``<directory>/NNNNN_<plugin>``, ``directory`` being :func:`job_file_dir`'s."""
-    return f"{directory}{os.sep}{job_id:05d}_{plugin}"
+    name = f"{job_id:05d}_{plugin}"
+    if len(name) > NAME_MAX // 4 - 4:  # it may not fit (4 bytes a character at most)
+        name = _short_name(name, plugin)
+    return f"{directory}{os.sep}{name}"
+
+
+NAME_MAX = 255
+"""The bytes of a file name (ext4, XFS, GPFS, NFS...), ``.inp`` included."""
+
+
+def _short_name(name: str, plugin: str) -> str:
+    """``name`` (``NNNNN_<plugin>``) if ``name.inp`` fits in a file name, else cut to fit
+    and ended by ``~`` and a hash of the whole plugin name: ``00012_<start of the
+    name>~<10 hex digits>`` (the original wrote no file for such a name)."""
+    raw = name.encode("utf-8", "surrogatepass")
+    if len(raw) + 4 <= NAME_MAX:
+        return name
+    digest = hashlib.sha1(plugin.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    cut = raw[: NAME_MAX - 4 - 1 - len(digest)].decode("utf-8", "ignore")  # whole characters
+    return f"{cut}~{digest}"
 
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)

@@ -34,6 +34,7 @@ from ..errors import JournalError
 from ..states import State
 from ..statistics import aggregate
 from ..utils import utf8_text
+from . import sqlitefile
 from .base import (
     HOST,
     INTERRUPTED,
@@ -47,8 +48,7 @@ from .base import (
     storable_id,
 )
 from .files import highest_file_id
-from .sqlitefile import connect_file, file_identity, full_disk_reason, process_alive, write_again
-from .sqlitefile import journal_identity as _identity
+from .sqlitefile import connect_file, connect_writer, file_identity, full_disk_reason, process_alive
 from .writer import BatchedWriter, _Write
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class SQLiteJournal(BatchedWriter, Journal):
     """The journal as a SQLite file (WAL mode; one writer connection behind a lock)."""
 
     FILENAME = "journal.sqlite"
-    identity = _identity  # a token kept in the file (sqlitefile)
+    identity = sqlitefile.journal_identity  # a token kept in the file
 
     def __init__(
         self, workdir: str | None = None, filename: str | None = None, create: bool = True
@@ -90,8 +90,8 @@ class SQLiteJournal(BatchedWriter, Journal):
             self._ids_lock = threading.Lock()
             self._next_id = 1
             self._block_end = 0  # nothing reserved yet
-            self._queued_id = 0  # the last id of a record queued (create_later)
-            self._db = self._connect()
+            self._queued_id, self._queued = 0, None  # the last record queued: id, write
+            self._db = connect_writer(self.path, create)
             self._init_schema()
             # reads have their own connection: a write waiting for another process's
             # lock (30 s at most) holds up no read of a finished job
@@ -101,24 +101,13 @@ class SQLiteJournal(BatchedWriter, Journal):
             self._replaced = False  # another file took its place (check_file)
         except (OSError, sqlite3.Error) as err:
             raise JournalError(
-                f"cannot open the journal in {self.workdir}: {err}{full_disk_reason(self.workdir)}"
+                f"cannot open the journal in {self.workdir}: {err}{full_disk_reason(self.workdir, err)}"
             ) from err
         self._pid = os.getpid()
         self._closed = False
         self._guarded = create  # a writer's: close puts a removed file back
         # a process that ends without closing its journal still commits what it queued
         atexit.register(_close_at_exit, weakref.ref(self))
-
-    def _connect(self) -> sqlite3.Connection:
-        """A writer connection to :attr:`path` (created if missing), set up."""
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
-        # takes effect on a new file only: lets prunes give space back in small steps
-        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=30000")
-        db.execute("PRAGMA cache_size=-512")
-        return db
 
     def check_file(self) -> None:
         """Put the journal's file back if it was removed while this process wrote it
@@ -146,7 +135,7 @@ class SQLiteJournal(BatchedWriter, Journal):
                     f"process wrote it: what it records from now on is lost when it stops"
                 )
             try:
-                write_again(self._db, self.path)
+                sqlitefile.write_again(self._db, self.path)
                 self._reconnect()
             except (OSError, sqlite3.Error) as err:
                 raise JournalError(f"cannot write the journal {self.path} again: {err}") from err
@@ -183,7 +172,9 @@ class SQLiteJournal(BatchedWriter, Journal):
     def _reconnect(self) -> None:
         """New writer and reader connections to :attr:`path` (writer lock held), in place
         of those writing files that are no longer there."""
-        db = self._connect()  # first: the old ones closing are not the last ones
+        db = connect_writer(
+            self.path, self._guarded
+        )  # first: the old ones closing are not the last ones
         with self._read_lock:
             self._db.close()
             self._reader.close()
@@ -249,30 +240,31 @@ class SQLiteJournal(BatchedWriter, Journal):
         """Take ``count`` increasing job ids (larger than any given by any process on
         this journal): the rest of this process's block first, then a new block (which
         follows it when no other process reserved meanwhile)."""
-        with self._ids_lock:
+        with self._within(self._ids_lock) as until:  # bounded: for records
             ids = list(range(self._next_id, min(self._next_id + count, self._block_end + 1)))
             self._next_id += len(ids)
             more = count - len(ids)
             if more:
-                first = self._reserve(max(more, self.ID_BLOCK))
+                first = self._reserve(max(more, self.ID_BLOCK), until)
                 ids.extend(range(first, first + more))
                 self._next_id = first + more
             return ids
 
     def _id(self) -> int:
         """Take one job id: :meth:`_ids` for a single record, without its lists."""
-        with self._ids_lock:
+        with self._within(self._ids_lock) as until:
             job_id = self._next_id
             if job_id > self._block_end:  # the block is used up: a new one
-                job_id = self._reserve(self.ID_BLOCK)
+                job_id = self._reserve(self.ID_BLOCK, until)
             self._next_id = job_id + 1
             self._queued_id = job_id
             return job_id
 
-    def _reserve(self, size: int) -> int:
-        """Reserve ``size`` ids in ``sqlite_sequence`` (ids lock held); return the first."""
+    def _reserve(self, size: int, until: float) -> int:
+        """Reserve ``size`` ids in ``sqlite_sequence`` (ids lock held; the locks waited
+        for until ``until``, :func:`time.monotonic`); return the first."""
         try:
-            with self.transaction() as db:
+            with self.transaction(until - time.monotonic()) as db:
                 row = db.execute(f"SELECT MAX({self._HIGHEST})").fetchone()
                 first = (row[0] or 0) + 1
                 end = first + size - 1
@@ -318,7 +310,7 @@ class SQLiteJournal(BatchedWriter, Journal):
 
     def create(self, plugin: str, input_data: dict[str, Any], submitted: float) -> int:
         rows = self._records(plugin, [input_data], submitted)
-        self._write(self._INSERT, rows)
+        self._write(self._INSERT, rows, bounded=True)
         return rows[0][0]
 
     def create_later(
@@ -331,14 +323,15 @@ class SQLiteJournal(BatchedWriter, Journal):
         self._refuse_if_replaced()
         text = encode_input(input_data)  # refused before an id is taken
         job_id = self._id()
-        write = _Write(self._INSERT, [self._row(job_id, plugin, text, submitted)], then)
+        write = _Write(self._INSERT, [self._row(job_id, plugin, text, submitted)], then, True)
         self._queue_later(write)
+        self._queued = write
         return job_id, write
 
     def create_many(self, plugin: str, inputs: list[dict[str, Any]], submitted: float) -> list[int]:
         rows = self._records(plugin, inputs, submitted)
         if rows:
-            self._write(self._INSERT, rows)
+            self._write(self._INSERT, rows, bounded=True)
         return [row[0] for row in rows]
 
     def _by_id(self, columns: str, job_id: int) -> tuple | None:
@@ -456,9 +449,10 @@ class SQLiteJournal(BatchedWriter, Journal):
     def newest_id(self) -> int:
         largest = self._read("SELECT COALESCE(MAX(id), 0) FROM jobs")[0][0]
         with self._ids_lock:
-            # a record queued is a job (given, in memory); not the ids a batch has taken
-            # while its transaction is still being written
-            return max(largest, self._queued_id)
+            # a record queued is a job (given, in memory) unless refused; not the ids a
+            # batch has taken while its transaction is still being written
+            refused = self._queued is not None and self._queued.error is not None
+            return max(largest, 0 if refused else self._queued_id)
 
     def select(
         self, first: int | None = None, last: int | None = None, state: str | None = None

@@ -18,12 +18,59 @@ from .base import HOST
 
 __all__ = [
     "connect_file",
+    "connect_writer",
     "file_identity",
+    "foreign_reason",
+    "refuse_foreign",
     "full_disk_reason",
     "journal_identity",
     "process_alive",
     "write_again",
 ]
+
+OPEN_WAIT = 30.0
+"""Seconds the opening of a journal by a writer waits for another process's lock."""
+
+BUSY_STEP_MS = 50
+"""The busy timeout of the journal's writer connection, in ms: a step of longer waits."""
+
+JOB_COLUMNS = (
+    "id",
+    "plugin",
+    "state",
+    "input",
+    "output",
+    "error",
+    "submitted",
+    "started",
+    "ended",
+    "runtime",
+    "host",
+    "pid",
+    "version",
+    "module_file",
+    "plugin_version",
+)
+"""The columns of the table ``jobs`` that Dahu reads and writes."""
+
+
+def connect_writer(path: str, writer: bool = True) -> sqlite3.Connection:
+    """The journal's writer connection to ``path`` (created if missing), set up;
+    :class:`JournalError` if the file is another program's (:func:`refuse_foreign`).
+    Not ``writer`` (a process that only reads other jobs): it does not wait for the
+    write lock another process holds (30 s), nor check that the file can be written."""
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=OPEN_WAIT)
+    refuse_foreign(db, path)  # before WAL mode: nothing is written into another's file
+    if writer:
+        # takes effect on a new file only: lets prunes give space back in small steps;
+        # takes the write lock: a file that cannot be written is refused here
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    # the journal's writes wait longer, in steps of it (BatchedWriter._patiently)
+    db.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
+    db.execute("PRAGMA cache_size=-512")
+    return db
 
 
 def connect_file(path: str, write: bool = False, immutable: bool = False) -> sqlite3.Connection:
@@ -36,6 +83,35 @@ def connect_file(path: str, write: bool = False, immutable: bool = False) -> sql
     # plugin names are not case-sensitive, also beyond ASCII (SQLite's NOCASE is not)
     db.create_function("dahu_lower", 1, _lower, deterministic=True)
     return db
+
+
+def foreign_reason(db: sqlite3.Connection) -> str:
+    """Why the database of ``db`` is not a Dahu journal (another program's file), or
+    ``""``: a Dahu journal, or a database with no table yet (a new journal).  Reads only."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "jobs" not in tables:
+        others = sorted(tables - {"sqlite_sequence"})
+        names = ", ".join(repr(name) for name in others[:3]) + (", ..." if others[3:] else "")
+        return f"it has tables of its own ({names}) and no jobs table" if others else ""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    missing = [name for name in JOB_COLUMNS if name not in columns]
+    if not missing:
+        return ""
+    return f"its jobs table has no column {', '.join(missing[:3])}{', ...' if missing[3:] else ''}"
+
+
+def refuse_foreign(db: sqlite3.Connection, path: str) -> None:
+    """:class:`JournalError` (one line) if the database of ``db`` at ``path`` is not a
+    Dahu journal: another program's file is neither read as one nor written into."""
+    try:
+        reason = foreign_reason(db)
+    except sqlite3.DatabaseError as err:
+        if isinstance(err, sqlite3.OperationalError):  # locked, cannot read: not a verdict
+            raise
+        reason = str(err)  # "file is not a database"
+    if reason:
+        db.close()
+        raise JournalError(f"{path} is not a Dahu journal: {reason}; nothing was written to it")
 
 
 def _lower(text: object) -> object:
@@ -83,11 +159,13 @@ def file_identity(path: str) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
-def full_disk_reason(workdir: str) -> str:
+def full_disk_reason(workdir: str, err: BaseException | None = None) -> str:
     """Why a journal may not open (`` (its file system is full: ...)``), or ``""``: on a
     full disk SQLite says only ``disk I/O error`` (its shared-memory file cannot grow),
     on a read-only one or in a directory this user cannot write ``unable to open
-    database file``."""
+    database file``, for ``err`` a lock another process kept ``database is locked``."""
+    if getattr(err, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+        return f" (another process held its write lock for {OPEN_WAIT:g} s: a sqlite3 shell?)"
     with contextlib.suppress(OSError):
         if os.statvfs(workdir).f_flag & os.ST_RDONLY:
             return " (its file system is read-only)"

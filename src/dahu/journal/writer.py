@@ -42,25 +42,32 @@ from ..errors import JournalError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BAD_ROW", "BatchedWriter"]
+__all__ = ["BAD_ROW", "BatchedWriter", "JournalLocked"]
 
 BAD_ROW = (UnicodeError, OverflowError, sqlite3.InterfaceError)
 """What SQLite raises for a row it cannot bind (text that is not UTF-8, an int beyond
 64 bits): an error of that write alone, not of the journal."""
 
 
+class JournalLocked(JournalError):
+    """Another process held the journal's lock for longer than a job's record waits."""
+
+
 class _Write:
     """One statement queued for the next group commit (``rows``: its argument tuples)."""
 
-    __slots__ = ("sql", "rows", "ids", "done", "error", "then")
+    __slots__ = ("sql", "rows", "ids", "done", "error", "then", "bounded", "claimed", "withdrawn")
 
-    def __init__(self, sql: str, rows: list[tuple], then: Any = None) -> None:
+    def __init__(self, sql: str, rows: list[tuple], then: Any = None, bounded: bool = False):
         self.sql = sql
         self.rows = rows
         self.ids: list[int] = []
         self.done = False
         self.error: BaseException | None = None
         self.then = then  # called with the error (or None) once committed (finish_later)
+        # a record: its caller withdraws it after RECORD_WAIT s, unless a commit claimed it
+        self.bounded = bounded
+        self.claimed = self.withdrawn = False
 
 
 class BatchedWriter:
@@ -96,25 +103,71 @@ class BatchedWriter:
         self._handed = False  # a hand-off is on its way: one is enough
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the writer lock; on leaving, commit what others queued meanwhile."""
-        self._acquire()
+    def _locked(self, wait: float | None = None) -> Iterator[None]:
+        """Hold the writer lock (within ``wait`` s, else refused); on leaving, commit the queue."""
+        if not self._acquire(wait):
+            raise self._locked_error()
+        done = False
         try:
             yield
+            done = True
         finally:
-            self._release()
+            if done or wait is None:
+                self._release()
+            else:  # refused: its caller waits for no other write on the way out
+                self._lock.release()
 
-    def _acquire(self) -> None:
-        """Take the writer lock, before the threads that commit in passing."""
+    def _acquire(self, wait: float | None = None) -> bool:
+        """Take the writer lock, before the threads that commit in passing (within
+        ``wait`` seconds if given: False if it could not)."""
         if not self._waiters and self._lock.acquire(blocking=False):
-            return
+            return True
         with self._waiters_lock:
             self._waiters += 1
         try:
-            self._lock.acquire()
+            return self._lock.acquire(timeout=-1 if wait is None else max(wait, 0.0))
         finally:
             with self._waiters_lock:
                 self._waiters -= 1
+
+    RECORD_WAIT = 1.25
+    """Seconds a job's record waits at most while another process holds the journal's
+    lock (a ``sqlite3`` shell, a prune's ``VACUUM``), and as long for a block of ids (2.5 s
+    in all: a Tango client gives up after 3 s): then the job is refused, never run."""
+
+    @contextlib.contextmanager
+    def _within(self, lock: Any) -> Iterator[float]:
+        """Hold ``lock`` taken within :data:`RECORD_WAIT` s, else refuse; yield the deadline."""
+        until = time.monotonic() + self.RECORD_WAIT
+        if not lock.acquire(timeout=self.RECORD_WAIT):
+            raise self._locked_error()
+        try:
+            yield until
+        finally:
+            lock.release()
+
+    def _locked_error(self) -> JournalError:
+        return JournalLocked(
+            f"the journal {self.path} is locked by another process (a sqlite3 shell, a "
+            f"prune, another server?): job not recorded"
+        )
+
+    LOCK_WAIT = 30.0
+    """Seconds a write waits at most for another process's lock (a record: less)."""
+
+    def _patiently(self, sql: str, args: tuple = (), wait: float | None = None) -> Any:
+        """Execute ``sql`` (a write), waiting ``wait`` s (else :data:`LOCK_WAIT`) at most for
+        another process's lock, in steps of the connection's short busy timeout."""
+        until = time.monotonic() + (self.LOCK_WAIT if wait is None else wait)
+        while True:
+            try:
+                return self._db.execute(sql, args)
+            except sqlite3.OperationalError as err:
+                busy = getattr(err, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or (wait is None and time.monotonic() >= until):
+                    raise
+                if time.monotonic() >= until:
+                    raise self._locked_error() from err
 
     def _release(self) -> None:
         self._lock.release()
@@ -131,10 +184,12 @@ class BatchedWriter:
             self._drain(bounded=True)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Hold the writer lock and run the block in one IMMEDIATE transaction."""
-        with self._locked():
-            self._db.execute("BEGIN IMMEDIATE")
+    def transaction(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
+        """Hold the writer lock and run the block in one IMMEDIATE transaction
+        (``wait``: seconds at most for the locks, else :class:`JournalError`)."""
+        until = None if wait is None else time.monotonic() + wait
+        with self._locked(wait):
+            self._patiently("BEGIN IMMEDIATE", (), until and until - time.monotonic())
             try:
                 yield self._db
             except BaseException:
@@ -146,28 +201,41 @@ class BatchedWriter:
                 self._end_transaction()
                 raise
 
-    def _write(self, sql: str, rows: list[tuple]) -> list[int]:
+    def _write(self, sql: str, rows: list[tuple], bounded: bool = False) -> list[int]:
         """Commit ``sql`` once per row, with every write queued now, in one transaction;
-        return ``[lastrowid]`` for a one-row write (``[]`` for more)."""
-        write = _Write(sql, rows)
+        return ``[lastrowid]`` for a one-row write (``[]`` for more); ``bounded``: records."""
+        write = _Write(sql, rows, bounded=bounded)
         with self._queue_lock:
             self._queue.append(write)
         self._wait_for(write)
         return write.ids
 
     def _wait_for(self, write: _Write) -> None:
-        """Return once the queued ``write`` is committed (committing the queue if no
-        other thread did); :class:`JournalError` if it could not be."""
-        self._acquire()
-        try:
-            if not write.done:
-                self._commit(self._take())
-        finally:
+        """Return once the queued ``write`` is committed (committing the queue if no other
+        thread did); :class:`JournalError` if it could not be.  A record (``bounded``) waits
+        :data:`RECORD_WAIT` s at most, then is withdrawn unless a commit claimed it."""
+        until = time.monotonic() + self.RECORD_WAIT if write.bounded else None
+        refused = False
+        if self._acquire(None if until is None else self.RECORD_WAIT):
+            try:
+                if not write.done:
+                    left = None if until is None else until - time.monotonic()
+                    refused = not self._commit(self._take(), left)
+            finally:  # refused: its caller waits for no other write on the way out
+                refused = refused or isinstance(write.error, JournalLocked)
+                self._lock.release() if refused else self._release()
+        elif self._withdraw(write):
+            raise self._locked_error()
+        elif not write.done:  # a commit under way claimed it: it holds SQLite's lock
+            self._acquire()
             self._release()
+        refused = refused or isinstance(write.error, JournalLocked)
         self._report_queued(bounded=True)
-        self._leftovers()
+        self._leftovers(drain=not refused)
         if write.error is not None:
             err = write.error
+            if isinstance(err, JournalLocked):  # refused: its own error, one per write
+                raise err
             raise JournalError(f"cannot write the journal {self.path}: {err}") from err
 
     HOLD_WRITES = 32
@@ -215,12 +283,13 @@ class BatchedWriter:
         while self._queue:
             if self._waiters or not self._lock.acquire(blocking=False):
                 break  # the holder (or the waiter, next) commits the queue when it leaves
-            try:
-                self._commit(self._take(self.BOUNDED_BATCH if bounded else None))
+            try:  # in passing: no long wait for another process's lock (handed over)
+                batch = self._take(self.BOUNDED_BATCH if bounded else None)
+                committed = self._commit(batch, self.PASSING_WAIT if bounded else None, bounded)
             finally:
                 self._lock.release()
             self._report_queued(bounded)
-            if bounded:
+            if bounded or not committed:
                 break
         if bounded:
             self._leftovers()
@@ -245,13 +314,15 @@ class BatchedWriter:
             finally:
                 self._report_lock.release()
 
-    def _leftovers(self) -> None:
-        """Writes or reports left by a thread that must not linger: hand them over."""
+    def _leftovers(self, drain: bool = True) -> None:
+        """Writes or reports left by a thread that must not linger: hand them over
+        (with no :attr:`hand_off`, commit them here, unless not ``drain``)."""
         if not (self._queue or self._reports):
             return
         hand_off = self.hand_off
         if hand_off is None:
-            self._drain()
+            if drain:
+                self._drain()
         elif not self._handed:
             self._handed = True
             try:
@@ -284,6 +355,8 @@ class BatchedWriter:
             if not progressed:
                 return  # nothing left, or the threads holding the locks see to it
         self._leftovers()
+
+    PASSING_WAIT = 0.1  # s a commit in passing waits for another process's lock
 
     BOUNDED_BATCH = 512
     """Writes a thread that must not linger commits at once (a burst queues thousands)."""
@@ -321,22 +394,26 @@ class BatchedWriter:
                     if not self._pending:
                         self._settled.notify_all()
 
-    def _commit(self, batch: list[_Write]) -> None:
-        """Commit ``batch`` in one transaction (writer lock held); every write gets its
-        ids or the error."""
+    def _commit(self, batch: list[_Write], wait: float | None = None, keep: bool = False) -> bool:
+        """Commit ``batch`` in one transaction (writer lock held); every write gets its ids
+        or the error.  False if another process kept its lock ``wait`` s: the batch's job
+        records are refused (``keep``: queued again, as its other writes)."""
         if not batch:
-            return
+            return True
         db = self._db
-        # alone: one autocommitted statement costs less than BEGIN + it + COMMIT
-        alone = len(batch) == 1 and len(batch[0].rows) == 1
+        # alone: one autocommitted statement costs less than BEGIN + it + COMMIT (not a
+        # record: it is claimed once SQLite's lock is held, and may be withdrawn before)
+        alone = len(batch) == 1 and len(batch[0].rows) == 1 and not batch[0].bounded
         failure: BaseException | None = None
+        refused = False
         try:
             if not alone:
-                db.execute("BEGIN IMMEDIATE")
+                self._patiently("BEGIN IMMEDIATE", (), wait)
+            batch = self._claim(batch)
             for write in batch:
                 try:
                     if len(write.rows) == 1:
-                        write.ids = [db.execute(write.sql, write.rows[0]).lastrowid]
+                        write.ids = [self._patiently(write.sql, write.rows[0], wait).lastrowid]
                     else:  # many rows: one call (their callers know their ids)
                         db.execute("SAVEPOINT many")
                         try:
@@ -351,6 +428,9 @@ class BatchedWriter:
             if not alone:
                 db.execute("COMMIT")
             self.commits += 1
+        except JournalLocked:  # nothing begun: records refused (or, in passing, queued again)
+            refused = True
+            self._refuse(batch, not keep)
         except Exception as err:  # the journal's (disk full...) or a bug: the batch fails
             failure = err
             self._end_transaction()
@@ -359,12 +439,55 @@ class BatchedWriter:
             self._end_transaction()
             raise
         finally:
-            for write in batch:
-                if failure is not None:
-                    write.error = failure
-                write.done = True
-            if any(write.then is not None for write in batch):
-                self._reports.append(batch)
+            if not refused:
+                if failure is not None:  # maybe before the claim: some were withdrawn since
+                    batch = self._claim(batch)
+                for write in batch:
+                    if failure is not None:
+                        write.error = failure
+                    write.done = True
+                if any(write.then is not None for write in batch):
+                    self._reports.append(batch)
+        return not refused
+
+    def _claim(self, batch: list[_Write]) -> list[_Write]:
+        """The writes of ``batch`` not withdrawn, now claimed (no longer withdrawable)."""
+        with self._queue_lock:
+            kept = [write for write in batch if not write.withdrawn]
+            for write in kept:
+                write.claimed = True
+        return kept
+
+    def _withdraw(self, write: _Write) -> bool:
+        """Withdraw a job's record (another process holds the lock); False if claimed."""
+        with self._queue_lock:
+            if write.claimed or write.done:
+                return False
+            write.withdrawn = True
+            with contextlib.suppress(ValueError):
+                self._queue.remove(write)
+        self._drop(write, self._locked_error())
+        return True
+
+    def _refuse(self, batch: list[_Write], refuse_records: bool) -> None:
+        """Another process kept its lock: refuse the job records, queue the rest again."""
+        with self._queue_lock:
+            records = [w for w in batch if refuse_records and w.bounded and not w.withdrawn]
+            for write in records:
+                write.withdrawn = True
+            self._queue[:0] = [w for w in batch if not w.withdrawn]
+        for write in records:
+            self._drop(write, self._locked_error())
+
+    def _drop(self, write: _Write, err: JournalError) -> None:
+        """Not written: its caller gets ``err``, no ``then`` (a job refused, not failed)."""
+        write.error, write.done = err, True
+        if write.then is not None:
+            write.then = None
+            with self._settled:
+                self._pending -= 1
+                if not self._pending:
+                    self._settled.notify_all()
 
     def _end_transaction(self) -> None:
         """After a failed write: roll back what is left of the transaction.  SQLite may
