@@ -2,12 +2,14 @@
 
 import http
 import json
+import logging
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import types
 
 import numpy
 import pytest
@@ -534,6 +536,28 @@ def test_live_process_jobs_are_not_marked_interrupted(workdir):
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+def test_a_worker_ending_after_the_journal_closed_leaves_its_jobs_to_the_next_start(
+    workdir, caplog
+):
+    # bug: a process worker that ended just after the server's stop (its journal closed)
+    # logged "cannot close the jobs of an ended worker process: ... Cannot operate on a
+    # closed database"; its plugins' jobs are closed at the next start, as any dead one's
+    from dahu.executors.base import close_orphans
+
+    journal = SQLiteJournal(str(workdir))
+    job_id = journal.create("example.sleep", {}, time.time())
+    journal.close()
+    of_a_dead_process(workdir)
+    with caplog.at_level(logging.WARNING, logger="dahu"):
+        close_orphans(types.SimpleNamespace(journal=journal))
+        assert journal.mark_interrupted() == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    again = SQLiteJournal(str(workdir))
+    assert again.mark_interrupted() == [job_id]
+    assert again.get(job_id).error == INTERRUPTED
+    again.close()
 
 
 def test_opening_without_create_needs_an_existing_journal(tmp_path):

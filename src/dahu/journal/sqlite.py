@@ -467,6 +467,8 @@ class SQLiteJournal(BatchedWriter, Journal):
             yield self._record(row)
 
     def mark_interrupted(self) -> list[int]:
+        if self._closed:  # a worker process that ended after the stop: the next start
+            return []
         try:
             dead = self._close_dead()
         except sqlite3.Error as err:
