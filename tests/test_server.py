@@ -198,6 +198,20 @@ def test_a_job_runs_and_its_records_are_readable(proxy, workdir):
     assert json.loads((workdir / f"{stem}.inp").read_text())["x"] == 7
 
 
+def test_clean_job_writes_again_the_files_a_user_deleted(proxy, workdir):
+    # bug: cleanJob answered "cleaned" but left the deleted .inp/.out files missing
+    job_ids = [proxy.startJob(["example.square", json.dumps({"x": x})]) for x in (3, 4)]
+    for job_id in job_ids:
+        assert finish(proxy, job_id) == "success"
+        proxy.cleanJob(job_id)  # its files are written
+        stem = workdir / f"{job_id // 1000:04d}" / f"{job_id:05d}_example.square"
+        for ext in (".inp", ".out"):
+            Path(f"{stem}{ext}").unlink()
+        assert proxy.cleanJob(job_id) == f"job {job_id} cleaned"
+        assert json.loads(Path(f"{stem}.out").read_text())["result"] in (9, 16)
+        assert json.loads(Path(f"{stem}.inp").read_text())["job_id"] == job_id
+
+
 def test_a_failing_job_ends_in_failure_with_a_readable_error(proxy):
     job_id = proxy.startJob(["example.error", json.dumps({"message": "bad frame"})])
     assert finish(proxy, job_id) == "failure"
