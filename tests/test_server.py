@@ -60,6 +60,16 @@ class BreakJournal(Plugin):
 
 
 @register
+class GcFrozen(Plugin):
+    """How many objects the garbage collector leaves out of its scans (frozen)."""
+
+    def process(self):
+        import gc
+
+        self.output["frozen"] = gc.get_freeze_count()
+
+
+@register
 class Theta(Plugin):
     """Integrates in 2\u03b8 (\u00b0)."""
 
@@ -569,6 +579,31 @@ def test_unknown_job_ids_are_refused_in_one_line(proxy, command):
 
 
 # ---- restart, journal fault, benchmark ----------------------------------------------------------
+def test_a_large_batch_is_kept_out_of_the_collector_until_it_has_run(
+    tmp_path, plugin_dir, monkeypatch
+):
+    # bug: with 400,000 jobs queued by one startJobs, each full collection of the garbage
+    # collector scanned their millions of objects, holding the GIL for 1 to 6 s: every
+    # other client's command (State too) waited past its 3 s timeout
+    batch = 300
+    monkeypatch.setattr("dahu.server.FREEZE_BATCH", batch)  # the device is forked
+    with start_device(tmp_path / "work", plugin_dir) as proxy:
+        sleepers = [start_running(proxy) for _ in range(2)]  # the batch stays queued
+        ids = proxy.startJobs(["dahutest.gcfrozen", json.dumps([{}] * batch)])
+        for job_id in sleepers:
+            proxy.abort(job_id)
+        assert finish(proxy, int(ids[0])) == "success"
+        assert json.loads(proxy.getJobOutput(int(ids[0])))["frozen"] >= 3 * batch
+        assert finish(proxy, int(ids[-1])) == "success"
+
+        def released():  # the queue drained: the collector scans them again
+            probe = proxy.startJob(["dahutest.gcfrozen", "{}"])
+            finish(proxy, probe)
+            return json.loads(proxy.getJobOutput(probe))["frozen"] == 0
+
+        wait_until(released, what="the objects frozen for the batch to be released")
+
+
 def test_jobs_survive_a_restart_and_a_broken_journal_means_fault(tmp_path, plugin_dir):
     workdir = tmp_path / "work"
     with start_device(workdir, plugin_dir) as first:

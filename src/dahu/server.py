@@ -51,6 +51,7 @@ from .server_settings import (
     configure_recycling,
     configure_retention,
     current,
+    freeze_batch,
     push_lock,
     ready_line,
     serving,
@@ -78,6 +79,9 @@ __all__ = [
 ]
 
 INT32_MAX = 2**31 - 1
+FREEZE_BATCH = 10_000
+"""A ``startJobs`` batch of this many jobs or more is kept out of the garbage collector's
+scans until the queue is empty (:func:`~dahu.utils.freeze_while`)."""
 NO_JOB_YET = -1
 """``jobSuccess``/``jobFailure`` before any job ended in that state, as in the original."""
 NO_STATISTICS_YET = "No statistics collected yet, please use the 'collectStatistics' method first"
@@ -312,6 +316,8 @@ class DahuDS(Device):
             if jobs and jobs[-1].id > INT32_MAX:
                 raise self._beyond_devlong(jobs)
             ids = numpy.fromiter((self._submit(job) for job in jobs), numpy.int32, len(jobs))
+            if len(jobs) >= FREEZE_BATCH:
+                freeze_batch(self._engine)
         return ids
 
     @command(dtype_in=DevLong, dtype_out=bool, doc_in="job id", doc_out="True if it is stopping")

@@ -19,6 +19,7 @@ from . import engine as dahu_engine
 from .engine import SHUTDOWN_REASON
 from .executors.thread import default_workers
 from .retention import Retention, RetentionSchedule
+from .utils import freeze_while
 
 logger = logging.getLogger(__name__)
 
@@ -383,3 +384,14 @@ def shutdown(timeout: float = 30.0) -> bool:
     if _web is not None:
         _web.stop()
     return done
+
+
+def freeze_batch(engine: dahu_engine.Engine) -> None:
+    """Keep a large batch's jobs out of the garbage collector's scans while they are
+    queued, or ended and waiting for their files (:func:`~dahu.utils.freeze_while`)."""
+
+    def busy() -> bool:
+        now = time.time()  # a job ended before now still waits for its files?
+        return engine.executor.counts()["queued"] > 0 or engine.files_settled() < now
+
+    freeze_while(busy, engine.watchdog.call_later, 1.0)
