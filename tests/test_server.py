@@ -222,6 +222,21 @@ def test_clean_job_writes_again_the_files_a_user_deleted(proxy, workdir):
         assert json.loads(Path(f"{stem}.inp").read_text())["job_id"] == job_id
 
 
+def test_the_info_of_a_running_job_says_when_it_started(proxy):
+    # bug: getJobInfo of a job running for less than a few seconds said "state":
+    # "running" with "started": null (the journal notes long-running jobs only)
+    before = time.time()
+    job_id = start_running(proxy)
+    try:
+        info = json.loads(proxy.getJobInfo(job_id))
+        assert info["state"] == "running"
+        assert info["started"] is not None and before - 1 <= info["started"] <= time.time()
+        assert info["started"] >= info["submitted"]
+    finally:
+        proxy.abort(job_id)
+        finish(proxy, job_id)
+
+
 def test_a_failing_job_ends_in_failure_with_a_readable_error(proxy):
     job_id = proxy.startJob(["example.error", json.dumps({"message": "bad frame"})])
     assert finish(proxy, job_id) == "failure"
