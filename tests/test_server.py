@@ -759,3 +759,15 @@ def test_numeric_options_refuse_what_the_server_cannot_use(capsys, tool, args, m
     (action,) = [a for a in parser._actions if args[0] in a.option_strings]
     accepted = parser.parse_args([*positional, args[0], "0"])  # 0 is fine everywhere
     assert getattr(accepted, action.dest) == 0
+
+
+@pytest.mark.parametrize("option", ["--workdir", "--max-workers", "-l", "--timeout"])
+def test_an_option_missing_its_value_is_named_by_the_server(capsys, option):
+    # bug: "dahu_server id00 --workdir" (value forgotten) said "the following arguments
+    # are required: instance": the instance was taken as the option's value
+    from dahu.app import server as dahu_server
+
+    with pytest.raises(SystemExit) as info:
+        dahu_server.main(["id00", option])
+    assert info.value.code == 2
+    assert f"argument {option}" in capsys.readouterr().err
