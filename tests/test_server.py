@@ -594,17 +594,23 @@ def test_unknown_job_ids_are_refused_in_one_line(proxy, command):
 
 
 # ---- restart, journal fault, benchmark ----------------------------------------------------------
+@pytest.mark.parametrize("how", ["startJobs", "startJob"])
 def test_a_large_batch_is_kept_out_of_the_collector_until_it_has_run(
-    tmp_path, plugin_dir, monkeypatch
+    tmp_path, plugin_dir, monkeypatch, how
 ):
-    # bug: with 400,000 jobs queued by one startJobs, each full collection of the garbage
-    # collector scanned their millions of objects, holding the GIL for 1 to 6 s: every
-    # other client's command (State too) waited past its 3 s timeout
+    # bug: with 400,000 jobs queued (by one startJobs, or one startJob at a time), each
+    # full collection of the garbage collector scanned their millions of objects, holding
+    # the GIL for 1 to 6 s: every other client's command (State too) waited past its 3 s
+    # timeout
     batch = 300
-    monkeypatch.setattr("dahu.server.FREEZE_BATCH", batch)  # the device is forked
+    monkeypatch.setattr("dahu.server_settings.FREEZE_BATCH", batch)  # the device is forked
+    monkeypatch.setattr("dahu.server.FREEZE_CHECK", 100)
     with start_device(tmp_path / "work", plugin_dir) as proxy:
         sleepers = [start_running(proxy) for _ in range(2)]  # the batch stays queued
-        ids = proxy.startJobs(["dahutest.gcfrozen", json.dumps([{}] * batch)])
+        if how == "startJobs":
+            ids = list(proxy.startJobs(["dahutest.gcfrozen", json.dumps([{}] * batch)]))
+        else:
+            ids = [proxy.startJob(["dahutest.gcfrozen", "{}"]) for _ in range(batch + 100)]
         for job_id in sleepers:
             proxy.abort(job_id)
         assert finish(proxy, int(ids[0])) == "success"

@@ -41,6 +41,7 @@ from .server_events import push_event, ready_when_subscribed, subscribed
 from .server_plugins import PluginCatalog
 from .server_settings import (
     EVENTS_LINGER,
+    FREEZE_CHECK,
     READS_LINGER,
     STOP_SIGNALS,
     ServerSettings,
@@ -79,9 +80,6 @@ __all__ = [
 ]
 
 INT32_MAX = 2**31 - 1
-FREEZE_BATCH = 10_000
-"""A ``startJobs`` batch of this many jobs or more is kept out of the garbage collector's
-scans until the queue is empty (:func:`~dahu.utils.freeze_while`)."""
 NO_JOB_YET = -1
 """``jobSuccess``/``jobFailure`` before any job ended in that state, as in the original."""
 NO_STATISTICS_YET = "No statistics collected yet, please use the 'collectStatistics' method first"
@@ -295,6 +293,8 @@ class DahuDS(Device):
         job = Job(name, parse_job_input(argin[1]))
         if job.id > INT32_MAX:
             raise self._beyond_devlong([job])
+        if job.id % FREEZE_CHECK == 0:  # a queue filled job by job: as a large batch
+            freeze_batch(self._engine, self._engine.executor.counts()["queued"])
         return self._submit(job)
 
     @command(
@@ -317,8 +317,7 @@ class DahuDS(Device):
             if jobs and jobs[-1].id > INT32_MAX:
                 raise self._beyond_devlong(jobs)
             ids = numpy.fromiter((self._submit(job) for job in jobs), numpy.int32, len(jobs))
-            if len(jobs) >= FREEZE_BATCH:
-                freeze_batch(self._engine)
+            freeze_batch(self._engine, len(jobs))
         return ids
 
     @command(dtype_in=DevLong, dtype_out=bool, doc_in="job id", doc_out="True if it is stopping")

@@ -386,9 +386,19 @@ def shutdown(timeout: float = 30.0) -> bool:
     return done
 
 
-def freeze_batch(engine: dahu_engine.Engine) -> None:
-    """Keep a large batch's jobs out of the garbage collector's scans while they are
-    queued, or ended and waiting for their files (:func:`~dahu.utils.freeze_while`)."""
+FREEZE_BATCH = 10_000
+"""A ``startJobs`` batch of this many jobs or more, or a queue that holds as many, is kept
+out of the garbage collector's scans until the queue is empty (:func:`freeze_batch`)."""
+FREEZE_CHECK = 1000
+"""``startJob`` looks at the length of the queue once every this many jobs."""
+
+
+def freeze_batch(engine: dahu_engine.Engine, jobs: int) -> None:
+    """If ``jobs`` (just queued, or queued now) is :data:`FREEZE_BATCH` or more, keep the
+    objects of the queued jobs out of the garbage collector's scans while jobs are queued,
+    or ended and waiting for their files (:func:`~dahu.utils.freeze_while`)."""
+    if jobs < FREEZE_BATCH:
+        return
 
     def busy() -> bool:
         now = time.time()  # a job ended before now still waits for its files?
