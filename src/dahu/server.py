@@ -55,6 +55,7 @@ from .server_settings import (
     freeze_batch,
     push_lock,
     ready_line,
+    recording_batch,
     serving,
     settings,
     shutdown,
@@ -312,7 +313,7 @@ class DahuDS(Device):
                 f"got {len(argin)} string(s)"
             )
         name = self._plugin(argin[0])
-        with gc_paused():
+        with gc_paused(), recording_batch():  # a stop that begins meanwhile waits
             jobs = Job.create_many(name, parse_job_inputs(argin[1]))
             if jobs and jobs[-1].id > INT32_MAX:
                 raise self._beyond_devlong(jobs)

@@ -4,6 +4,7 @@ schedule and its shutdown."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import math
@@ -12,11 +13,13 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import engine as dahu_engine
 from .engine import SHUTDOWN_REASON
+from .errors import DahuError
 from .executors.thread import default_workers
 from .retention import Retention, RetentionSchedule
 from .utils import freeze_while
@@ -82,6 +85,8 @@ EVENTS_LINGER = 0.1
 """The same when the device is already gone (stopped by the admin device's ``Kill``):
 time for ZeroMQ to send the events."""
 _stop_began: float | None = None  # time.monotonic() when the jobs were aborted
+_batches = 0  # startJobs calls recording and queueing their jobs (recording_batch)
+_batches_done = threading.Condition(_engine_lock)
 
 
 def stopping() -> bool:
@@ -331,6 +336,8 @@ def abort_while_serving(linger: float) -> None:
         _stop_began = time.monotonic()
     engine.cycle.halted = SHUTDOWN_REASON  # a job taken from now on: aborted
     deadline = _stop_began + settings.shutdown_timeout
+    with _batches_done:  # their clients get the ids: their jobs are aborted below
+        _batches_done.wait_for(lambda: not _batches, max(0.0, deadline - time.monotonic()))
     seen: set[int] = set()
     waiting: list[Any] = []
     stopped: list[Any] = []
@@ -351,6 +358,24 @@ def abort_while_serving(linger: float) -> None:
         logger.info("stopping: %d job(s) aborted", aborted)
     if seen and engine.flush_files(max(0.0, deadline - time.monotonic())):  # the events too
         time.sleep(linger)
+
+
+@contextlib.contextmanager
+def recording_batch() -> Iterator[None]:
+    """Around a ``startJobs`` call's recording and queueing of its jobs: a stop that
+    begins meanwhile waits for it (then aborts its jobs, telling their clients); once the
+    stop began, it is refused."""
+    global _batches
+    with _batches_done:
+        if shutting_down():
+            raise DahuError(f"{SHUTDOWN_REASON}: it takes no new job")
+        _batches += 1
+    try:
+        yield
+    finally:
+        with _batches_done:
+            _batches -= 1
+            _batches_done.notify_all()
 
 
 def serving() -> None:
