@@ -342,6 +342,12 @@ def test_list_plugins_and_init_plugin(proxy):
     assert missing.startswith("Plugin not found: nothing.here, unknown plugin 'nothing.here'")
     assert "\n" not in missing
     assert proxy.initPlugin("../x").startswith("Plugin not found: ../x, invalid plugin name")
+    # bug: a name with a new line (or a terminal escape) came back raw: the answer's
+    # first line, which clients read, was cut there and the rest looked like a docstring
+    for name, shown in (("a\nb.c", "a\\nb.c"), ("x.\x1b[31m", "x.\\x1b[31m")):
+        missing = proxy.initPlugin(name)
+        assert missing.startswith(f"Plugin not found: {shown}, invalid plugin name")
+        assert "\n" not in missing and "\x1b" not in missing
 
 
 def test_texts_with_characters_latin1_lacks_reach_the_client(proxy):
