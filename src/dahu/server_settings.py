@@ -416,6 +416,8 @@ FREEZE_BATCH = 10_000
 out of the garbage collector's scans until the queue is empty (:func:`freeze_batch`)."""
 FREEZE_CHECK = 1000
 """``startJob`` looks at the length of the queue once every this many jobs."""
+FREEZE_LIMIT = 600.0
+"""Seconds between two full collections while a large batch is kept out of them."""
 
 
 def freeze_batch(engine: dahu_engine.Engine, jobs: int) -> None:
@@ -425,8 +427,8 @@ def freeze_batch(engine: dahu_engine.Engine, jobs: int) -> None:
     if jobs < FREEZE_BATCH:
         return
 
-    def busy() -> bool:
-        now = time.time()  # a job ended before now still waits for its files?
-        return engine.executor.counts()["queued"] > 0 or engine.files_settled() < now
+    def busy() -> bool:  # a tenth of a batch queued, or a job's files a second late
+        queued = engine.executor.counts()["queued"]
+        return queued >= FREEZE_BATCH // 10 or engine.files_settled() < time.time() - 1.0
 
-    freeze_while(busy, engine.watchdog.call_later, 1.0)
+    freeze_while(busy, engine.watchdog.call_later, 1.0, FREEZE_LIMIT)
