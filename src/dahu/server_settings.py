@@ -413,7 +413,7 @@ def shutdown(timeout: float = 30.0) -> bool:
 
 FREEZE_BATCH = 10_000
 """A ``startJobs`` batch of this many jobs or more, or a queue that holds as many, is kept
-out of the garbage collector's scans until the queue is empty (:func:`freeze_batch`)."""
+out of the garbage collector's scans until a tenth of it is queued (:func:`freeze_batch`)."""
 FREEZE_CHECK = 1000
 """``startJob`` looks at the length of the queue once every this many jobs."""
 FREEZE_LIMIT = 600.0
