@@ -200,11 +200,12 @@ def test_a_subscriber_hears_once_of_every_job_that_ends_across_dev_restarts(tmp_
             admin = tango.DeviceProxy(
                 f"tango://127.0.0.1:{local.port}/dserver/DahuDS/demo#dbase=no"
             )
-            ids = [
-                int(i)
-                for i in proxy.startJobs(["example.sleep", json.dumps([{"t": 0.002}] * 1500)])
-            ]
-            for _ in range(10):  # jobs end all along the restarts
+            # jobs end all along the restarts (the first one just after the subscription)
+            noop = proxy.startJobs(["example.noop", json.dumps([{}] * 300)])
+            admin.DevRestart(DEVICE)
+            sleeping = proxy.startJobs(["example.sleep", json.dumps([{"t": 0.002}] * 1500)])
+            ids = [int(i) for i in (*noop, *sleeping)]
+            for _ in range(10):
                 admin.DevRestart(DEVICE)
                 time.sleep(0.05)
             assert finish(proxy, ids[-1]) == "success"

@@ -37,7 +37,7 @@ from .job import Job
 from .properties import DEFAULT_RETENTION_INTERVAL, MAX_WAIT_TIMEOUT, PROPERTIES
 from .retention import parse_retention
 from .server_errors import client_errors, latin1_text
-from .server_events import push_event, ready_when_subscribed, subscribed
+from .server_events import push_event, ready_when_subscribed
 from .server_plugins import PluginCatalog
 from .server_settings import (
     EVENTS_LINGER,
@@ -178,7 +178,6 @@ class DahuDS(Device):
             abort_while_serving(EVENTS_LINGER)  # not done yet: stopped by the admin's Kill
         with push_lock:
             self._ready = False  # no event is pushed through this object from now on
-            self._subscribed = subscribed(self)  # a DevRestart's new object waits for them
         pusher = getattr(self, "_pusher", None)
         if pusher is not None:
             self._events.put(None)
@@ -193,7 +192,7 @@ class DahuDS(Device):
     def _push_events(self) -> None:
         """Push the events of the device's other threads (job events: the files thread)."""
         with tango.EnsureOmniThread():
-            ready_when_subscribed(self, getattr(self, "_subscribed", ()))
+            ready_when_subscribed(self, getattr(self, "_replaced", False))
             while True:
                 item = self._events.get()
                 if item is None:

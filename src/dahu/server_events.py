@@ -21,7 +21,7 @@ from .server_settings import current, push_lock, stopping
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["push_event", "ready_to_push", "subscribed", "ready_when_subscribed"]
+__all__ = ["push_event", "ready_to_push", "ready_when_subscribed"]
 
 EVENTS = ("jobSuccess", "jobFailure", "statisticsCollected")
 RESUBSCRIBED_WITHIN = 2.0
@@ -56,17 +56,18 @@ def subscribed(device: Any) -> tuple[str, ...]:
         return tuple(
             n for n in EVENTS if device.is_there_subscriber(n, tango.EventType.CHANGE_EVENT)
         )
-    except tango.DevFailed:  # the device is being deleted
+    except tango.DevFailed:  # not there (yet): as if none
         return ()
 
 
-def ready_when_subscribed(device: Any, names: tuple[str, ...]) -> None:
-    """``device`` is made: :func:`ready_to_push` once it has the subscribers of ``names``
-    again, at most :data:`RESUBSCRIBED_WITHIN` s.  Tango gives the object a ``DevRestart``
-    made the subscribers of the one it deleted only once it is made: the events held
-    meanwhile, pushed before, reached nobody."""
+def ready_when_subscribed(device: Any, replaced: bool) -> None:
+    """``device`` is made: :func:`ready_to_push`; when it replaced another object (a
+    ``DevRestart``), once it has a subscriber, at most :data:`RESUBSCRIBED_WITHIN` s.
+    Tango gives that new object the subscribers of the one it deleted only once it is
+    made (and the deleted one may already say it has none): the events held meanwhile,
+    pushed before, reached nobody."""
     deadline = time.monotonic() + RESUBSCRIBED_WITHIN
-    while time.monotonic() < deadline and len(subscribed(device)) < len(names):
+    while replaced and time.monotonic() < deadline and not subscribed(device):
         time.sleep(0.002)
     ready_to_push(device)
 

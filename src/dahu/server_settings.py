@@ -281,7 +281,7 @@ _devices: dict[str, Any] = {}
 through the new one (their events, ``jobSuccess``/``jobFailure``)."""
 ADOPTED = tuple(
     "_last_success _last_failure _stats_text _events _held _engine _wait _retention_error _web "
-    "_lock _stats_thread _plugins_thread _plugins_text _plugins queue_limit _subscribed".split()
+    "_lock _stats_thread _plugins_thread _plugins_text _plugins queue_limit".split()
 )
 """What a new object serving a device takes over from the one it replaces: the last job
 ids, the statistics, the events still to push, and the settings in force (kept if a
@@ -302,6 +302,7 @@ def adopt(device: Any) -> None:
             if hasattr(previous, attribute):
                 setattr(device, attribute, getattr(previous, attribute))
     device._name = name
+    device._replaced = previous is not None and previous is not device  # a DevRestart
     _devices[name] = device
 
 
