@@ -218,3 +218,38 @@ def test_a_subscriber_hears_once_of_every_job_that_ends_across_dev_restarts(tmp_
                 assert all(heard[i] == 1 for i in ids)
         finally:
             assert local.stop(timeout=60) == 0
+
+
+def test_a_dev_restart_while_another_client_waits_keeps_the_subscribers_told(tmp_path):
+    # bug: with another client's waitJob in progress, the object DevRestart deleted said
+    # it had no subscriber: the new one pushed at once, before Tango gave it the old one's,
+    # and the events of the jobs that ended just after the restart reached nobody
+    heard: set[int] = set()
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as work:
+        local = LocalServer(work, str(tmp_path / "log"), 2, device=DEVICE)
+        proxy = local.start(timeout=60)
+        try:
+            proxy.subscribe_event(
+                "jobSuccess",
+                tango.EventType.CHANGE_EVENT,
+                lambda event: event.err or heard.add(int(event.attr_value.value)),
+            )
+            admin = tango.DeviceProxy(
+                f"tango://127.0.0.1:{local.port}/dserver/DahuDS/demo#dbase=no"
+            )
+            slow = proxy.startJob(["example.sleep", '{"t": 1}'])
+            waiter = threading.Thread(target=tango.DeviceProxy(local.url).waitJob, args=(slow,))
+            waiter.start()
+            running(proxy, slow)
+            batch = json.dumps([{"t": 0.001}] * 300)
+            ids = [int(i) for i in proxy.startJobs(["example.sleep", batch])]
+            admin.DevRestart(DEVICE)  # while the waitJob goes on
+            waiter.join(10)
+            assert finish(proxy, ids[-1]) == "success"
+            deadline = time.monotonic() + 10
+            while not set(ids) <= heard and time.monotonic() < deadline:
+                time.sleep(0.05)
+            missed = sorted(set(ids) - heard)
+            assert not missed, f"{len(missed)} job(s) never told: {missed[:10]}"
+        finally:
+            assert local.stop(timeout=60) == 0
