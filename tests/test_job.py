@@ -634,3 +634,25 @@ def test_the_jobs_of_a_create_many_the_journal_refused_halfway_never_stay_queued
         assert json.loads(open(stem + ".out").read())["error"][0] == records[0].error
     finally:
         engine.close()
+
+
+def test_a_huge_error_message_is_cut_with_its_head_and_tail_kept(engine):
+    # bug: a plugin raising an exception with a message of megabytes put it whole (twice:
+    # reason and traceback) into the journal, the .out file and getJobError
+    from dahu.errors import MAX_ERROR_CHARS
+
+    message = "start " + "x" * 1_000_000 + " end"
+    job = run("example.error", {"message": message})
+    assert job.status == Job.STATE_FAILURE
+    error = job.error
+    assert len(error) <= MAX_ERROR_CHARS + 200
+    assert error.startswith("ValueError: start xxx")
+    assert "characters cut" in error
+    assert "Traceback (most recent call last)" in error  # the frames are kept
+    assert 'example.py", line' in error
+    assert error.rstrip().endswith(" end")
+    job.clean()
+    stem = job_file_stem(str(engine.workdir), job.id, "example.error")
+    out = json.loads(open(stem + ".out").read())
+    assert len("\n".join(out["error"])) <= MAX_ERROR_CHARS + 200
+    assert Job.getErrorFromID(job.id) == error  # as the journal has it

@@ -152,8 +152,7 @@ def test_jobs_running_across_a_restart_of_the_device_end_through_the_new_one(tmp
         assert proxy.getJobState(sleeping) == "running"  # the restart kept the job
         assert proxy.abort(sleeping)
         assert finish(proxy, sleeping) == "aborted"
-        assert proxy.jobFailure == sleeping  # (the event may reach a client only once it
-        # subscribed again: Tango does that within 10 s)
+        assert proxy.jobFailure == sleeping
     finally:
         assert local.stop() == 0
     assert "attribute not found" not in (tmp_path / "log").read_text()
@@ -177,5 +176,80 @@ def test_devrestart_again_and_again_while_jobs_end_keeps_the_server_up(tmp_path)
                     admin.DevRestart(DEVICE)
                 time.sleep(0.1)
             assert local.process.poll() is None, "the server died"
+        finally:
+            assert local.stop(timeout=60) == 0
+
+
+def test_a_subscriber_hears_once_of_every_job_that_ends_across_dev_restarts(tmp_path):
+    # bug: the events of jobs that ended while DevRestart made the device again were
+    # pushed before Tango gave the new object its subscribers: nobody received them
+    heard: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def on_event(event: tango.EventData) -> None:
+        if not event.err and event.attr_value is not None and event.attr_value.value > 0:
+            with lock:
+                heard[int(event.attr_value.value)] = heard.get(int(event.attr_value.value), 0) + 1
+
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as work:
+        local = LocalServer(work, str(tmp_path / "log"), 2, device=DEVICE)
+        proxy = local.start(timeout=60)
+        try:
+            for name in ("jobSuccess", "jobFailure"):
+                proxy.subscribe_event(name, tango.EventType.CHANGE_EVENT, on_event)
+            admin = tango.DeviceProxy(
+                f"tango://127.0.0.1:{local.port}/dserver/DahuDS/demo#dbase=no"
+            )
+            # jobs end all along the restarts (the first one just after the subscription)
+            noop = proxy.startJobs(["example.noop", json.dumps([{}] * 300)])
+            admin.DevRestart(DEVICE)
+            sleeping = proxy.startJobs(["example.sleep", json.dumps([{"t": 0.002}] * 1500)])
+            ids = [int(i) for i in (*noop, *sleeping)]
+            for _ in range(10):
+                admin.DevRestart(DEVICE)
+                time.sleep(0.05)
+            assert finish(proxy, ids[-1]) == "success"
+            deadline = time.monotonic() + 20
+            while len(heard) < len(ids) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with lock:
+                missed = [i for i in ids if i not in heard]
+                assert not missed, f"{len(missed)} job(s) never told: {missed[:10]}"
+                assert all(heard[i] == 1 for i in ids)
+        finally:
+            assert local.stop(timeout=60) == 0
+
+
+def test_a_dev_restart_while_another_client_waits_keeps_the_subscribers_told(tmp_path):
+    # bug: with another client's waitJob in progress, the object DevRestart deleted said
+    # it had no subscriber: the new one pushed at once, before Tango gave it the old one's,
+    # and the events of the jobs that ended just after the restart reached nobody
+    heard: set[int] = set()
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as work:
+        local = LocalServer(work, str(tmp_path / "log"), 2, device=DEVICE)
+        proxy = local.start(timeout=60)
+        try:
+            proxy.subscribe_event(
+                "jobSuccess",
+                tango.EventType.CHANGE_EVENT,
+                lambda event: event.err or heard.add(int(event.attr_value.value)),
+            )
+            admin = tango.DeviceProxy(
+                f"tango://127.0.0.1:{local.port}/dserver/DahuDS/demo#dbase=no"
+            )
+            slow = proxy.startJob(["example.sleep", '{"t": 1}'])
+            waiter = threading.Thread(target=tango.DeviceProxy(local.url).waitJob, args=(slow,))
+            waiter.start()
+            running(proxy, slow)
+            batch = json.dumps([{"t": 0.001}] * 300)
+            ids = [int(i) for i in proxy.startJobs(["example.sleep", batch])]
+            admin.DevRestart(DEVICE)  # while the waitJob goes on
+            waiter.join(10)
+            assert finish(proxy, ids[-1]) == "success"
+            deadline = time.monotonic() + 10
+            while not set(ids) <= heard and time.monotonic() < deadline:
+                time.sleep(0.05)
+            missed = sorted(set(ids) - heard)
+            assert not missed, f"{len(missed)} job(s) never told: {missed[:10]}"
         finally:
             assert local.stop(timeout=60) == 0

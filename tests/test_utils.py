@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import time
 
 import numpy
 import pytest
@@ -87,3 +88,37 @@ def test_fully_qualified_name_is_lower_module_dot_name():
     assert fully_qualified_name(NumpyEncoder) == "dahu.utils.numpyencoder"
     assert fully_qualified_name(get_workdir) == "dahu.utils.get_workdir"
     assert fully_qualified_name(NumpyEncoder()) == "dahu.utils.numpyencoder"
+
+
+def test_freeze_while_busy_still_frees_the_cycles_made_meanwhile():
+    # a server kept busy (a queue that never empties after a large batch) froze every
+    # object made since, for ever: garbage cycles (plugins' objects) were never freed
+    import gc
+    import threading
+    import weakref
+
+    from dahu.utils import freeze_while
+
+    busy = threading.Event()
+    busy.set()
+    freeze_while(busy.is_set, lambda delay, f: threading.Timer(delay, f).start(), 0.02, 0.2)
+    try:
+
+        class Node:
+            pass
+
+        node = Node()
+        node.me = node  # a cycle: only the collector frees it
+        freed = weakref.ref(node)
+        del node
+        gc.freeze()  # as the next check would
+        deadline = time.monotonic() + 5
+        while freed() is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert freed() is None, "a garbage cycle stays while busy"
+    finally:
+        busy.clear()
+    deadline = time.monotonic() + 5
+    while gc.get_freeze_count() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert gc.get_freeze_count() == 0  # released once no longer busy

@@ -28,10 +28,17 @@ __all__ = [
     "one_line",
     "tango_line",
     "MAX_REASON",
+    "MAX_ERROR_CHARS",
+    "cut_error",
 ]
 
 MAX_REASON = 500
 """Longest one-line reason given to a client, in characters."""
+
+MAX_ERROR_CHARS = 65536
+"""Longest error text (reason and traceback) a job keeps; longer ones are cut."""
+MAX_ERROR_LINE = 8192
+"""Longest line of a job's error text that is kept whole."""
 
 
 class DahuError(Exception):
@@ -96,3 +103,22 @@ def tango_line(err: BaseException) -> str:
     args = getattr(err, "args", ())
     desc = getattr(args[0], "desc", None) if args else None
     return one_line(desc if desc is not None else err) or type(err).__name__
+
+
+def _cut(text: str, limit: int, sep: str = "") -> str:
+    """``text`` as its first and last ``limit // 2`` characters, with a marker between."""
+    half = limit // 2
+    return f"{text[:half]}{sep}[... {len(text) - 2 * half} characters cut ...]{sep}{text[-half:]}"
+
+
+def cut_error(text: str | None) -> str | None:
+    """A job's error text held to about :data:`MAX_ERROR_CHARS`: a line over
+    :data:`MAX_ERROR_LINE` keeps its head and tail (a huge exception message leaves the
+    traceback's frames readable), then the text keeps its head and tail."""
+    if text is None or len(text) <= MAX_ERROR_CHARS:
+        return text
+    lines = text.split("\n")
+    text = "\n".join(
+        _cut(ln, MAX_ERROR_LINE, " ") if len(ln) > MAX_ERROR_LINE else ln for ln in lines
+    )
+    return text if len(text) <= MAX_ERROR_CHARS else _cut(text, MAX_ERROR_CHARS, "\n")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -431,6 +432,13 @@ class Job(threading.Thread, metaclass=_JobClass):
         run.cycle.clean(run)
         if forceGC:
             gc.collect()
+        stem = job_file_stem(source.workdir, job_id, run.plugin_name)
+        if run.files_written and not (
+            os.path.exists(stem + ".inp") and os.path.exists(stem + ".out")
+        ):
+            record = source.journal.get(job_id)  # a user deleted them: written again
+            if record is not None and run.unrecorded is None:
+                source.write_files(job_id, record.plugin, record.input, record.output or {})
         return f"job {job_id} cleaned"
 
     cleanJobfromId = cleanJobfromID

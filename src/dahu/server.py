@@ -21,7 +21,6 @@ import json
 import logging
 import queue
 import threading
-import time
 from typing import Any
 
 import numpy
@@ -37,10 +36,11 @@ from .job import Job
 from .properties import DEFAULT_RETENTION_INTERVAL, MAX_WAIT_TIMEOUT, PROPERTIES
 from .retention import parse_retention
 from .server_errors import client_errors, latin1_text
-from .server_events import push_event, ready_to_push
+from .server_events import push_event, ready_when_subscribed
 from .server_plugins import PluginCatalog
 from .server_settings import (
     EVENTS_LINGER,
+    FREEZE_CHECK,
     READS_LINGER,
     STOP_SIGNALS,
     ServerSettings,
@@ -51,14 +51,16 @@ from .server_settings import (
     configure_recycling,
     configure_retention,
     current,
+    freeze_batch,
     push_lock,
     ready_line,
+    recording_batch,
     serving,
     settings,
     shutdown,
     shutting_down,
 )
-from .server_status import status_text
+from .server_status import statistics_text, status_text
 from .server_threads import within
 from .states import State
 from .utils import compact_json, gc_paused
@@ -167,7 +169,6 @@ class DahuDS(Device):
             self.set_change_event(name, True, False)
         self._pusher = threading.Thread(target=self._push_events, name="dahu-events", daemon=True)
         self._pusher.start()
-        ready_to_push(self)  # the events of the jobs that ended meanwhile first
 
     def delete_device(self) -> None:
         """Stop the event thread (jobs keep running: ``Init`` must not lose them).  When
@@ -190,6 +191,7 @@ class DahuDS(Device):
     def _push_events(self) -> None:
         """Push the events of the device's other threads (job events: the files thread)."""
         with tango.EnsureOmniThread():
+            ready_when_subscribed(self, getattr(self, "_replaced", False))
             while True:
                 item = self._events.get()
                 if item is None:
@@ -290,6 +292,8 @@ class DahuDS(Device):
         job = Job(name, parse_job_input(argin[1]))
         if job.id > INT32_MAX:
             raise self._beyond_devlong([job])
+        if job.id % FREEZE_CHECK == 0:  # a queue filled job by job: as a large batch
+            freeze_batch(self._engine, self._engine.executor.counts()["queued"])
         return self._submit(job)
 
     @command(
@@ -307,11 +311,12 @@ class DahuDS(Device):
                 f"got {len(argin)} string(s)"
             )
         name = self._plugin(argin[0])
-        with gc_paused():
+        with gc_paused(), recording_batch():  # a stop that begins meanwhile waits
             jobs = Job.create_many(name, parse_job_inputs(argin[1]))
             if jobs and jobs[-1].id > INT32_MAX:
                 raise self._beyond_devlong(jobs)
             ids = numpy.fromiter((self._submit(job) for job in jobs), numpy.int32, len(jobs))
+            freeze_batch(self._engine, len(jobs))
         return ids
 
     @command(dtype_in=DevLong, dtype_out=bool, doc_in="job id", doc_out="True if it is stopping")
@@ -428,17 +433,7 @@ class DahuDS(Device):
             self._stats_thread.start()
 
     def _collect_statistics(self) -> None:
-        started = time.perf_counter()
-        try:
-            text = Job.stats()
-        except Exception as err:
-            logger.exception("collecting statistics failed")
-            text = f"statistics could not be collected: {one_line(str(err))}"
-        text += (
-            f"\nstatistics collected on {time.strftime('%Y-%m-%d %H:%M:%S')} "
-            f"in {time.perf_counter() - started:.3f} s"
-        )
-        self._stats_text = text
+        self._stats_text = text = statistics_text()
         self._events.put(("statisticsCollected", text))
 
     @command(dtype_out=str, doc_out="the statistics, as a text table")

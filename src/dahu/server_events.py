@@ -4,13 +4,15 @@ per job, ``statisticsCollected``).
 Events come from the engine's files thread and the device's event thread.  They are
 pushed through the object serving the device now (a ``DevRestart`` replaces it), never
 while one is deleted or being made (``push_lock``; libtango crashed).  The events of jobs
-that end meanwhile, during an ``Init``, are held and pushed, in order, before any later
-one, once the device is made again: a subscriber hears of every job.
+that end meanwhile, during an ``Init`` or a ``DevRestart``, are held and pushed, in order,
+before any later one, once the device is made again and has its subscribers: a
+subscriber hears of every job.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import tango
@@ -19,7 +21,11 @@ from .server_settings import current, push_lock, stopping
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["push_event", "ready_to_push"]
+__all__ = ["push_event", "ready_to_push", "ready_when_subscribed"]
+
+EVENTS = ("jobSuccess", "jobFailure", "statisticsCollected")
+RESUBSCRIBED_WITHIN = 2.0
+"""Longest wait, after a ``DevRestart``, for Tango to give the new object its subscribers."""
 
 
 def push_event(device: Any, name: str, value: Any) -> None:
@@ -42,6 +48,28 @@ def ready_to_push(device: Any) -> None:
         held, device._held[:] = device._held[:], []
         for name, value in held:
             _send(device, name, value)
+
+
+def subscribed(device: Any) -> tuple[str, ...]:
+    """The events of ``device`` that a client is subscribed to."""
+    try:
+        return tuple(
+            n for n in EVENTS if device.is_there_subscriber(n, tango.EventType.CHANGE_EVENT)
+        )
+    except tango.DevFailed:  # not there (yet): as if none
+        return ()
+
+
+def ready_when_subscribed(device: Any, replaced: bool) -> None:
+    """``device`` is made: :func:`ready_to_push`; when it replaced another object (a
+    ``DevRestart``), once it has a subscriber, at most :data:`RESUBSCRIBED_WITHIN` s.
+    Tango gives that new object the subscribers of the one it deleted only once it is
+    made (and the deleted one may already say it has none): the events held meanwhile,
+    pushed before, reached nobody."""
+    deadline = time.monotonic() + RESUBSCRIBED_WITHIN
+    while replaced and time.monotonic() < deadline and not subscribed(device):
+        time.sleep(0.002)
+    ready_to_push(device)
 
 
 def _send(device: Any, name: str, value: Any) -> None:

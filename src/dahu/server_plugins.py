@@ -116,8 +116,9 @@ class PluginCatalog:
                 doc = self._ask(("doc", plugin.lower()), module, lambda d: self._one(plugin, d))
             else:
                 doc = _doc(self.factory.get_class(plugin))
-        except DahuError as err:
-            return f"Plugin not found: {name}, {one_line(str(err))}"
+        except DahuError as err:  # a new line or an escape in the name: as its escape
+            shown = name if name.isprintable() else repr(name)[1:-1]
+            return f"Plugin not found: {shown}, {one_line(str(err))}"
         return f"Plugin loaded: {plugin}\n{doc or '(no documentation)'}"
 
     def settings(self, name: str) -> dict[str, tuple[str, ...]]:

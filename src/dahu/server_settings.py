@@ -4,6 +4,7 @@ schedule and its shutdown."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import math
@@ -12,14 +13,16 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import engine as dahu_engine
 from .engine import SHUTDOWN_REASON
-from .errors import JournalError
+from .errors import DahuError, JournalError
 from .executors.thread import default_workers
 from .retention import Retention, RetentionSchedule
+from .utils import freeze_while
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +85,8 @@ EVENTS_LINGER = 0.1
 """The same when the device is already gone (stopped by the admin device's ``Kill``):
 time for ZeroMQ to send the events."""
 _stop_began: float | None = None  # time.monotonic() when the jobs were aborted
+_batches = 0  # startJobs calls recording and queueing their jobs (recording_batch)
+_batches_done = threading.Condition(_engine_lock)
 
 
 def stopping() -> bool:
@@ -301,6 +306,7 @@ def adopt(device: Any) -> None:
             if hasattr(previous, attribute):
                 setattr(device, attribute, getattr(previous, attribute))
     device._name = name
+    device._replaced = previous is not None and previous is not device  # a DevRestart
     _devices[name] = device
 
 
@@ -335,6 +341,8 @@ def abort_while_serving(linger: float) -> None:
         _stop_began = time.monotonic()
     engine.cycle.halted = SHUTDOWN_REASON  # a job taken from now on: aborted
     deadline = _stop_began + settings.shutdown_timeout
+    with _batches_done:  # their clients get the ids: their jobs are aborted below
+        _batches_done.wait_for(lambda: not _batches, max(0.0, deadline - time.monotonic()))
     seen: set[int] = set()
     waiting: list[Any] = []
     stopped: list[Any] = []
@@ -355,6 +363,24 @@ def abort_while_serving(linger: float) -> None:
         logger.info("stopping: %d job(s) aborted", aborted)
     if seen and engine.flush_files(max(0.0, deadline - time.monotonic())):  # the events too
         time.sleep(linger)
+
+
+@contextlib.contextmanager
+def recording_batch() -> Iterator[None]:
+    """Around a ``startJobs`` call's recording and queueing of its jobs: a stop that
+    begins meanwhile waits for it (then aborts its jobs, telling their clients); once the
+    stop began, it is refused."""
+    global _batches
+    with _batches_done:
+        if shutting_down():
+            raise DahuError(f"{SHUTDOWN_REASON}: it takes no new job")
+        _batches += 1
+    try:
+        yield
+    finally:
+        with _batches_done:
+            _batches -= 1
+            _batches_done.notify_all()
 
 
 def serving() -> None:
@@ -388,3 +414,26 @@ def shutdown(timeout: float = 30.0) -> bool:
     if _web is not None:
         _web.stop()
     return done
+
+
+FREEZE_BATCH = 10_000
+"""A ``startJobs`` batch of this many jobs or more, or a queue that holds as many, is kept
+out of the garbage collector's scans until a tenth of it is queued (:func:`freeze_batch`)."""
+FREEZE_CHECK = 1000
+"""``startJob`` looks at the length of the queue once every this many jobs."""
+FREEZE_LIMIT = 600.0
+"""Seconds between two full collections while a large batch is kept out of them."""
+
+
+def freeze_batch(engine: dahu_engine.Engine, jobs: int) -> None:
+    """If ``jobs`` (just queued, or queued now) is :data:`FREEZE_BATCH` or more, keep the
+    objects of the queued jobs out of the garbage collector's scans while jobs are queued,
+    or ended and waiting for their files (:func:`~dahu.utils.freeze_while`)."""
+    if jobs < FREEZE_BATCH:
+        return
+
+    def busy() -> bool:  # a tenth of a batch queued, or a job's files a second late
+        queued = engine.executor.counts()["queued"]
+        return queued >= FREEZE_BATCH // 10 or engine.files_settled() < time.time() - 1.0
+
+    freeze_while(busy, engine.watchdog.call_later, 1.0, FREEZE_LIMIT)

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from . import __version__
 from .engine import Engine
 from .errors import one_line
+from .job import Job
 from .server_settings import current_retention
 
-__all__ = ["status_text"]
+__all__ = ["status_text", "statistics_text"]
+
+logger = logging.getLogger("dahu.server")
+
+
+def statistics_text() -> str:
+    """The statistics of the server's jobs, as ``statisticsCollected`` gives them: the
+    table, or why it could not be made, then when and in how long it was collected."""
+    started = time.perf_counter()
+    try:
+        text = Job.stats()
+    except Exception as err:
+        logger.exception("collecting statistics failed")
+        text = f"statistics could not be collected: {one_line(str(err))}"
+    return text + (
+        f"\nstatistics collected on {time.strftime('%Y-%m-%d %H:%M:%S')} "
+        f"in {time.perf_counter() - started:.3f} s"
+    )
 
 
 def status_text(

@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     if rest and not rest[0].startswith("-"):
         instance, tango_args = rest[0], rest[1:]
-        own.append(instance)
+        own.insert(0, instance)  # not the value of an option that lacks one
     else:
         instance, tango_args = None, rest
     args, unknown = parser.parse_known_args(own)

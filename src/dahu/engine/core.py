@@ -188,7 +188,7 @@ class Engine:
             "plugin": record.plugin,
             "state": run.state if run is not None else record.state,
             "submitted": record.submitted,
-            "started": record.started,
+            "started": record.started or (run.started if run is not None else None),
             "ended": record.ended,
             "runtime": record.runtime,
             "error": one_line(record.error or ""),

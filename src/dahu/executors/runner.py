@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import DahuError, error_line
+from ..errors import DahuError, cut_error, error_line
 from ..factory import Factory, plugin_factory
 from ..states import State
 from .slot import released, serving
@@ -204,7 +204,7 @@ class Execution:
         except BaseException as err:
             # Dahu's own reasons (unknown plugin...) are one line already
             reason = str(err) if isinstance(err, DahuError) and str(err) else error_line(err)
-            return Outcome(State.FAILURE, {}, reason, started, time.time())
+            return Outcome(State.FAILURE, {}, cut_error(reason), started, time.time())
         # wait_for from a thread the plugin started gives the job's slot back too
         plugin._dahu_waiting = functools.partial(released, self.waiting)
         self.plugin = plugin
@@ -251,5 +251,5 @@ class Execution:
         final_input = getattr(plugin, "input", None)
         final_input = final_input if isinstance(final_input, dict) else None
         return Outcome(
-            state, output, error, started, time.time(), module_file, version, final_input
+            state, output, cut_error(error), started, time.time(), module_file, version, final_input
         )
