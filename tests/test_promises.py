@@ -444,13 +444,13 @@ def test_writes_queued_while_a_writer_catches_up_are_committed(tmp_path, monkeyp
     commit = journal._commit
     arrived = []
 
-    def commit_while_others_write(batch):  # others end jobs during the big commit
+    def commit_while_others_write(batch, *args):  # others end jobs during the big commit
         if len(batch) == first_part and not arrived:
             arrived.append(True)
             others = threading.Thread(target=lambda: [end(i) for i in ids[first_part:]])
             others.start()
             others.join(30)  # they find the lock taken: they leave their writes
-        commit(batch)
+        return commit(batch, *args)
 
     monkeypatch.setattr(journal, "_commit", commit_while_others_write)
     journal._lock.acquire()  # a long commit of someone else's: the writes queue up
