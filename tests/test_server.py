@@ -319,6 +319,43 @@ def test_statistics_are_collected_in_the_background_and_pushed(proxy):
     assert proxy.getStatistics() == text == proxy.statisticsCollected
 
 
+def test_get_statistics_while_a_collection_is_being_started_answers(monkeypatch):
+    """A getStatistics that comes while another client's collectStatistics has made its
+    thread but not started it yet (soak: twice in 12 minutes) gets the statistics, not
+    ``Dahu_InternalError: RuntimeError: cannot join thread before it is started``."""
+    from types import SimpleNamespace
+
+    import dahu.server
+
+    device = SimpleNamespace(
+        _lock=threading.Lock(),
+        _stats_thread=None,
+        _stats_text="",
+        _wait=WAIT,
+        _events=queue.Queue(),
+    )
+    device._collect_statistics = lambda: DahuDS._collect_statistics(device)
+    answers: list = []
+
+    class RacingThread(threading.Thread):
+        def start(self) -> None:
+            # another client's getStatistics, between the thread's making and its start
+            other = threading.Thread(target=lambda: answers.append(statistics(device)))
+            other.start()
+            other.join(10)
+            super().start()
+
+    def statistics(device):
+        try:
+            return DahuDS.getStatistics(device)
+        except tango.DevFailed as err:
+            return err.args[0].desc
+
+    monkeypatch.setattr(dahu.server, "threading", SimpleNamespace(Thread=RacingThread))
+    DahuDS.collectStatistics(device)
+    assert len(answers) == 1 and "statistics collected" in answers[0], answers
+
+
 def list_plugins(proxy) -> list[str]:
     """listPlugins, called again while the device is still loading modules."""
     deadline = time.monotonic() + 30

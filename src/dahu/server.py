@@ -427,10 +427,11 @@ class DahuDS(Device):
         with self._lock:
             if self._stats_thread is not None and self._stats_thread.is_alive():
                 return
-            self._stats_thread = threading.Thread(
+            thread = threading.Thread(
                 target=self._collect_statistics, name="dahu-statistics", daemon=True
             )
-            self._stats_thread.start()
+            thread.start()  # then shown: getStatistics joins it without the lock
+            self._stats_thread = thread
 
     def _collect_statistics(self) -> None:
         self._stats_text = text = statistics_text()
