@@ -350,11 +350,10 @@ class Engine:
         Two files may take a millisecond on a busy disk: done there, they delay neither
         the job's end nor its event (the journal already holds the outcome)."""
         with self._lock:
-            if self._cleaner is None:
-                self._cleaner = threading.Thread(
-                    target=self._clean_jobs, name="dahu-files", daemon=True
-                )
-                self._cleaner.start()
+            if self._cleaner is None:  # known once started: shutdown joins it unlocked
+                cleaner = threading.Thread(target=self._clean_jobs, name="dahu-files", daemon=True)
+                cleaner.start()
+                self._cleaner = cleaner
             run = getattr(job, "_run", None)  # the job's run: its end time, if known
             self._unwritten.append(getattr(run, "ended", None) or time.time())
             # queued under the same lock: the files thread takes the jobs in the order
