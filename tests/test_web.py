@@ -1100,7 +1100,9 @@ def test_pages_shown_at_once_share_one_stream(engine, browser, counted_requests)
         browser.open(url)  # the 7th page, shown too
         browser.wait_for(f"{LIVE}.startsWith('live')", 20)
         assert browser.evaluate("document.visibilityState") == "visible"
-        assert len(service.broadcaster.clients) == 1
+        # one stream for the seven (under load a page may take over from a leader slow to
+        # pass a summary on: two streams for a moment, then one again)
+        wait_until(lambda: len(service.broadcaster.clients) == 1, 20, "one stream")
         for target in windows:  # the one streaming goes too: another one takes over
             browser.call("Target.closeTarget", targetId=target)
         wait_until(lambda: len(service.broadcaster.clients) == 1, 20, "a new stream")
