@@ -465,7 +465,7 @@ BAD_INPUTS = {
     "garbage poni": ({"poni_file": "{garbage_poni}"}, "garbage.poni"),
     "poni without wavelength, in q": (
         {"poni_file": "{no_wavelength}"},
-        "cannot integrate with poni file '{no_wavelength}': wavelength is needed for q",
+        "cannot integrate with poni file '{no_wavelength}': ",  # then pyFAI's words
     ),
     "missing image": ({"input_files": ["{root}/nothing.edf"]}, "nothing.edf"),
     "unreadable image": ({"input_files": ["{junk}"]}, "junk.edf"),
@@ -634,7 +634,7 @@ def test_relative_output_paths_are_reported_absolute(data, tmp_path, monkeypatch
 
 def test_integrate_simple_names_a_poni_without_wavelength_for_q(data, bad_files, tmp_path):
     params = {"poni_file": bad_files["no_wavelength"], "image_file": data["edf_files"][0]}
-    with pytest.raises(RuntimeError, match="no_wavelength.poni': wavelength is needed for q"):
+    with pytest.raises(RuntimeError, match=r"no_wavelength\.poni': .*wavelength"):
         run("pyfai.integrate_simple", **params, curve_file=str(tmp_path / "c.dat"), unit="q_A^-1")
     output = run("pyfai.integrate_simple", **params, curve_file=str(tmp_path / "c.dat"))
     assert output["result"]["out_file"] == str(tmp_path / "c.dat")  # 2theta needs none

@@ -152,10 +152,13 @@ def prepare_output(key: str, path: str, inputs: dict[str, Any], hint: str = "nam
 def borrow_integrator(poni_file: str, ai: AzimuthalIntegrator, *args: Any) -> Any:
     """:func:`~dahu.integration.acquire_integrator` (``ai``, then its ``args``), with what
     pyFAI refuses while building the engine (``wavelength is needed for q calculation``, for
-    a geometry without one) as a one-line error naming the poni file."""
+    a geometry without one; a ``RuntimeError`` in pyFAI 2024.1) as a one-line error
+    naming the poni file."""
     try:
         return acquire_integrator(ai, *args)
-    except ValueError as error:
+    except (ValueError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and "wavelength" not in str(error):
+            raise
         raise InputError(f"cannot integrate with poni file '{poni_file}': {error}") from error
 
 
