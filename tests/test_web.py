@@ -756,6 +756,8 @@ def test_stopping_closes_the_idle_connections_of_pages(engine):
         ("/api/jobs/0", 404, "no job 0"),
         ("/api/jobs/99999999", 404, "no job 99999999: job ids run from 1 to"),
         ("/api/jobs/" + "9" * 30, 404, f"no job {'9' * 30}: job ids run from 1 to"),
+        ("/api/jobs/" + "9" * 5000, 404, "no job 99999999999999999999... (5000 digits): job"),
+        ("/api/jobs/-99999999", 404, "no job -99999999: job ids run from 1 to"),
         ("/api/jobs?limit=0", 400, "limit must be from 1 to 1000"),
         ("/api/jobs?limit=ten", 400, "limit must be an integer"),
         ("/api/jobs?state=exploded", 400, "state must be one of"),
@@ -772,6 +774,16 @@ def test_bad_requests_get_a_clear_4xx(server, jobs, path, status, reason):
     assert got == status, body
     error = json.loads(body)["error"]
     assert reason in error and "\n" not in error and "Traceback" not in body
+
+
+def test_minus_one_is_the_last_job_as_for_the_device(server, jobs):
+    # bug: /api/jobs/-1 answered 404 while the device's getJobInfo(-1) is the last job
+    local, proxy = server
+    last = json.loads(proxy.getJobInfo(-1))["id"]
+    status, details = get_json(f"{local.http}/api/jobs/-1")
+    assert status == 200 and details["id"] == last
+    _, before = get_json(f"{local.http}/api/jobs/-2")
+    assert before["id"] == last - 1
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])

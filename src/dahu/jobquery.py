@@ -202,7 +202,10 @@ def records(db: sqlite3.Connection, filters: Filters) -> Iterator[JobRecord]:
 
 
 def get(db: sqlite3.Connection, job_id: int) -> JobRecord | None:
-    """The whole record of ``job_id``, or None."""
+    """The whole record of ``job_id``, or None; a negative id counts back from the newest
+    job (``-1``: the last one), as the device's."""
+    if job_id < 0:
+        job_id += _read(db, "SELECT COALESCE(MAX(id), 0) FROM jobs")[0][0] + 1
     if not storable_id(job_id):
         return None
     rows = _read(db, f"SELECT {SQLiteJournal._COLUMNS} FROM jobs WHERE id = ?", (job_id,))

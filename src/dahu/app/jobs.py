@@ -86,8 +86,8 @@ def _job_id(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"a job id is a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"job ids start at 1, not {value}")
+    if value == 0:
+        raise argparse.ArgumentTypeError("job ids start at 1 (-1: the last job)")
     return value
 
 
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one job: input, output, error, times, provenance, files",
         description="Everything the journal knows of one job.",
     )
-    add.add_argument("job_id", type=_job_id, metavar="ID", help="the job id")
+    add.add_argument("job_id", type=_job_id, metavar="ID", help="the job id (-1: the last)")
     commands.add_parser(
         "stats",
         parents=[common, filters, as_json],

@@ -23,6 +23,7 @@ import tornado.web
 
 from ..errors import JournalError
 from ..jobquery import journal_states
+from ..journal.base import MAX_ID
 from ..states import State
 from .access import is_loopback
 from .history import ENDED, FAILED, job_details, latest_jobs, live_jobs
@@ -307,14 +308,21 @@ class JobHandler(_Base):
     """``GET /api/jobs/ID``: one job from the journal, whatever its age."""
 
     async def get(self, raw_id: str) -> None:
-        monitor = self.monitor
+        engine = self.monitor.engine
+        digits = raw_id.removeprefix("-")
+        if len(digits) > 40 and digits.isascii() and digits.isdigit():  # beyond int()'s limit
+            reason = engine.no_such_job(MAX_ID + 1).split(": ", 1)[1]
+            raise ClientError(404, f"no job {raw_id[:20]}... ({len(digits)} digits): {reason}")
         try:
             job_id = int(raw_id)
         except ValueError:
             raise ClientError(400, f"a job id is an integer, not {raw_id[:40]!r}") from None
+        if job_id < 0:  # -1 is the last job, as for the device and Job.getJobFromID
+            job_id = engine.last_id() + 1 + job_id
+            if job_id < 1:
+                raise ClientError(404, engine.no_such_job(int(raw_id)))
         if job_id < 1:
             raise ClientError(404, f"no job {job_id}: job ids start at 1")
-        engine = monitor.engine
         loop = asyncio.get_running_loop()
         try:
             text = await loop.run_in_executor(None, _job_answer, engine, job_id)
