@@ -251,10 +251,14 @@ def test_inputs_json_cannot_encode_are_one_line_client_errors(client):
         ("resolvers", 0, ValueError),  # was taken as 1
         ("resolvers", 2.5, TypeError),
         ("device", None, TypeError),
+        ("device", "SERVER ", ValueError),  # was Tango's "dbase=no modifier is an ..."
+        ("device", "", ValueError),
     ],
 )
 def test_settings_that_cannot_work_are_refused(server, setting, value, error):
     settings = {"device": server.url, setting: value}
+    if value == "SERVER ":
+        settings["device"] = server.url + " "
     with pytest.raises(error, match=f"^{setting} must be ") as info:
         DahuClient(**settings)
     assert "\n" not in str(info.value)
@@ -270,6 +274,8 @@ def test_unknown_job(client):
         client.job(10**12)  # was an OverflowError from Tango: "Value is too large."
     with pytest.raises(TypeError):
         client.job("7")
+    with pytest.raises(TypeError, match="^a job id must be an int, not bool$"):
+        client.job(True)  # was taken as job 1
     assert client.pending == 0
 
 
