@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 
+import pytest
+
+from dahu.errors import JournalError
+from dahu.job import Job
 from dahu.journal import SQLiteJournal
 
 from .test_jobs_cli import one_line_error, run
@@ -26,3 +32,54 @@ def test_show_minus_one_is_the_last_job(tmp_path):
     assert line == f"dahu-jobs: no job -4 in the journal of {tmp_path}"
     line = one_line_error(run("show", "0", workdir=tmp_path), 2)
     assert "job ids start at 1 (-1: the last job)" in line
+
+
+def _damage(workdir, sql: str) -> None:
+    with sqlite3.connect(workdir / "journal.sqlite") as db:
+        db.execute(sql)
+    db.close()
+
+
+def test_a_damaged_row_is_named_and_the_other_jobs_are_read(tmp_path):
+    # bug: a hand-edited row (input that is not JSON, a runtime that is text) made
+    # show/export a JSONDecodeError traceback and list/stats a TypeError, for every job
+    _journal(tmp_path, 4)
+    _damage(tmp_path, "UPDATE jobs SET input = '{bad' WHERE id = 2")
+    _damage(tmp_path, "UPDATE jobs SET runtime = 'x', ended = 5 WHERE id = 3")
+    bad_input = "dahu-jobs: job 2: its input in the journal is unreadable: not JSON ("
+    bad_runtime = "dahu-jobs: job 3: its runtime in the journal is unreadable: not a number ('x')"
+    proc = run("export", workdir=tmp_path)
+    assert proc.returncode == 4, proc.stderr
+    jobs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [job["id"] for job in jobs] == [1, 2, 3, 4]
+    assert jobs[1]["input"] is None and jobs[2]["runtime"] is None
+    assert jobs[3]["input"] == {"n": 4, "job_id": 4}
+    first, second = proc.stderr.splitlines()
+    assert first.startswith(bad_input) and second == bad_runtime
+    proc = run("show", "2", workdir=tmp_path)
+    assert proc.returncode == 4 and proc.stderr.startswith(bad_input)
+    assert "input:\n(unreadable: not JSON (" in proc.stdout
+    for command in (["list"], ["stats", "--json"]):
+        proc = run(*command, workdir=tmp_path)
+        assert (proc.returncode, proc.stderr) == (4, bad_runtime + "\n"), command
+    assert json.loads(run("stats", "--json", workdir=tmp_path).stdout)["total"]["jobs"] == 4
+    assert run("list", workdir=tmp_path).stdout.count("example.noop") == 4
+    assert run("show", "1", workdir=tmp_path).returncode == 0  # the other jobs: as before
+
+
+def test_the_engine_names_a_damaged_field_in_one_line(engine, workdir):
+    # the device's getJobInput / getJobOutput of such a job: a one-line reason
+    first = Job("example.square", {"x": 3})
+    second = Job("example.square", {"x": 4})
+    for job in (first, second):
+        job.start()
+        job.join()
+    assert engine.journal.flush(timeout=30)  # their outcomes are committed
+    _damage(workdir, f"UPDATE jobs SET output = '{{\"result\": ' WHERE id = {first.id}")
+    _damage(workdir, f"UPDATE jobs SET input = '[[[' WHERE id = {second.id}")
+    with pytest.raises(JournalError) as info:
+        engine.journal.output_text(first.id)
+    assert str(info.value).startswith(f"job {first.id}: its output in the journal is unreadable")
+    with pytest.raises(JournalError, match=f"^job {second.id}: its input in the journal is unr"):
+        engine.journal.get(second.id)
+    assert "\n" not in str(info.value)
