@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -774,6 +776,20 @@ def test_bad_requests_get_a_clear_4xx(server, jobs, path, status, reason):
     assert got == status, body
     error = json.loads(body)["error"]
     assert reason in error and "\n" not in error and "Traceback" not in body
+
+
+def test_a_damaged_row_is_shown_with_its_unreadable_field(server):
+    # bug: a hand-edited input that is not JSON made /api/jobs/ID a JSONDecodeError
+    local, proxy = server
+    job = proxy.startJob(["example.square", json.dumps({"x": 7})])
+    assert finish(proxy, job) == "success"
+    with sqlite3.connect(os.path.join(local.workdir, "journal.sqlite"), timeout=30) as db:
+        db.execute("UPDATE jobs SET input = '{bad' WHERE id = ?", (job,))
+    db.close()
+    status, details = get_json(f"{local.http}/api/jobs/{job}")
+    assert status == 200 and details["input"] is None
+    assert details["unreadable"]["input"].startswith("not JSON (Expecting property name")
+    assert details["output"]["result"] == 49
 
 
 def test_minus_one_is_the_last_job_as_for_the_device(server, jobs):

@@ -136,7 +136,7 @@ def _bounded_record(journal: Any, job_id: int) -> tuple[JobRecord | None, dict[s
             db.close()
     except sqlite3.Error as err:
         raise JournalError(f"cannot read the journal {journal.path}: {err}") from None
-    return SQLiteJournal._record(tuple(data)), omitted
+    return SQLiteJournal._record(tuple(data), strict=False), omitted  # a damaged field: None
 
 
 def job_details(engine: Any, job_id: int) -> dict[str, Any] | None:
@@ -159,9 +159,10 @@ def job_details(engine: Any, job_id: int) -> dict[str, Any] | None:
         "runtime": record.runtime,
         "reason": reason_line(record.error or ""),
         "error": record.error or "",
-        "input": None if "input" in omitted else record.input,
+        "input": None if "input" in omitted or "input" in record.unreadable else record.input,
         "output": None if "output" in omitted else record.output,
         "omitted": omitted,
+        "unreadable": record.unreadable,
         "host": record.host,
         "pid": record.pid,
         "version": record.version,
