@@ -83,3 +83,17 @@ def test_the_engine_names_a_damaged_field_in_one_line(engine, workdir):
     with pytest.raises(JournalError, match=f"^job {second.id}: its input in the journal is unr"):
         engine.journal.get(second.id)
     assert "\n" not in str(info.value)
+
+
+def test_numbers_past_int_digit_limit_are_not_called_not_numbers(tmp_path):
+    # bug: "show 999...9" (5,000 digits) said "a job id is a whole number, not '999...'"
+    # and wrote all 5,000 digits; "--limit 999...9" too
+    _journal(tmp_path)
+    huge = "9" * 5000
+    line = one_line_error(run("show", huge, workdir=tmp_path), 2)
+    assert "no job 99999999999999999999...: ids have at most 19 digits" in line
+    assert len(line) < 200
+    proc = run("list", "--json", "--limit", huge, workdir=tmp_path)
+    assert proc.returncode == 0 and len(json.loads(proc.stdout)) == 3
+    line = one_line_error(run("list", "--limit", "-" + huge, workdir=tmp_path), 2)
+    assert "expected 0 or more" in line and len(line) < 200

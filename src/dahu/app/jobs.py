@@ -26,6 +26,7 @@ from tabulate import tabulate
 from .. import __version__
 from ..jobquery import Filters, count, get, latest, open_journal, records, statistics
 from ..journal import JournalError, default_workdir, job_file_stem
+from ..journal.base import MAX_ID
 from ..journal.sqlite import SQLiteJournal, process_alive
 from ..retention import DEFAULT_MIN_AGE, prune
 from ..states import State
@@ -80,21 +81,36 @@ def _when(text: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _too_long(text: str) -> bool:
+    """Whether ``text`` is a whole number of more digits than ``int()`` reads (4,300
+    here; over 40 is past any job id or count)."""
+    digits = text.strip().removeprefix("-")
+    return len(digits) > 40 and digits.isascii() and digits.isdigit()
+
+
 def _count(text: str) -> int:
+    if _too_long(text):
+        if text.strip().startswith("-"):
+            raise argparse.ArgumentTypeError(f"expected 0 or more, not {text.strip()[:20]}...")
+        return MAX_ID  # more than any journal holds: all
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text[:40]!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected 0 or more, not {value}")
     return value
 
 
 def _job_id(text: str) -> int:
+    if _too_long(text):  # not "a job id is a whole number"
+        raise argparse.ArgumentTypeError(
+            f"no job {text.strip()[:20]}...: ids have at most 19 digits"
+        )
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a job id is a whole number, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"a job id is a whole number, not {text[:40]!r}") from None
     if value == 0:
         raise argparse.ArgumentTypeError("job ids start at 1 (-1: the last job)")
     return value
