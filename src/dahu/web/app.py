@@ -140,6 +140,10 @@ class _Base(tornado.web.RequestHandler):
         raw = self.get_query_argument(name, None)
         if raw is None:
             return default
+        if _too_long(raw):
+            raise ClientError(
+                400, f"{name} must be from {low} to {high}, not {raw.strip()[:20]}..."
+            )
         try:
             value = int(raw)
         except ValueError:
@@ -298,6 +302,13 @@ class SeriesHandler(_Base):
         self.send_json(self.monitor.series(window))
 
 
+def _too_long(raw: str) -> bool:
+    """Whether ``raw`` is a whole number of more digits than any job id or limit has (over
+    4,300, ``int()`` refuses it: it is not "not an integer")."""
+    digits = raw.strip().removeprefix("-")
+    return len(digits) > 40 and digits.isascii() and digits.isdigit()
+
+
 def _job_answer(engine: Any, job_id: int) -> str | None:
     """The JSON text of one job, or None; read and encoded off the event loop."""
     details = job_details(engine, job_id)
@@ -309,10 +320,9 @@ class JobHandler(_Base):
 
     async def get(self, raw_id: str) -> None:
         engine = self.monitor.engine
-        digits = raw_id.removeprefix("-")
-        if len(digits) > 40 and digits.isascii() and digits.isdigit():  # beyond int()'s limit
+        if _too_long(raw_id):
             reason = engine.no_such_job(MAX_ID + 1).split(": ", 1)[1]
-            raise ClientError(404, f"no job {raw_id[:20]}... ({len(digits)} digits): {reason}")
+            raise ClientError(404, f"no job {raw_id.strip()[:20]}... (too many digits): {reason}")
         try:
             job_id = int(raw_id)
         except ValueError:
