@@ -784,13 +784,21 @@ def test_a_damaged_row_is_shown_with_its_unreadable_field(server):
     local, proxy = server
     job = proxy.startJob(["example.square", json.dumps({"x": 7})])
     assert finish(proxy, job) == "success"
-    with sqlite3.connect(os.path.join(local.workdir, "journal.sqlite"), timeout=30) as db:
-        db.execute("UPDATE jobs SET input = '{bad' WHERE id = ?", (job,))
-    db.close()
-    status, details = get_json(f"{local.http}/api/jobs/{job}")
-    assert status == 200 and details["input"] is None
-    assert details["unreadable"]["input"].startswith("not JSON (Expecting property name")
-    assert details["output"]["result"] == 49
+    path = os.path.join(local.workdir, "journal.sqlite")
+
+    def set_input(text: str) -> None:
+        with sqlite3.connect(path, timeout=30) as db:
+            db.execute("UPDATE jobs SET input = ? WHERE id = ?", (text, job))
+        db.close()
+
+    set_input("{bad")
+    try:
+        status, details = get_json(f"{local.http}/api/jobs/{job}")
+        assert status == 200 and details["input"] is None
+        assert details["unreadable"]["input"].startswith("not JSON (Expecting property name")
+        assert details["output"]["result"] == 49
+    finally:  # the other tests' last job is whole again
+        set_input('{"x": 7}')
 
 
 def test_minus_one_is_the_last_job_as_for_the_device(server, jobs):
