@@ -13,6 +13,7 @@ from dahu.job import Job
 from dahu.journal import SQLiteJournal
 
 from .test_jobs_cli import one_line_error, run
+from .test_reprocess import summary_of
 
 
 def _journal(workdir, count: int = 3) -> None:
@@ -97,3 +98,15 @@ def test_numbers_past_int_digit_limit_are_not_called_not_numbers(tmp_path):
     assert proc.returncode == 0 and len(json.loads(proc.stdout)) == 3
     line = one_line_error(run("list", "--limit", "-" + huge, workdir=tmp_path), 2)
     assert "expected 0 or more" in line and len(line) < 200
+
+
+def test_reprocess_refuses_a_job_whose_input_is_unreadable(tmp_path):
+    # the input of a damaged row is not run as {} (it would "succeed" on no data)
+    journal = SQLiteJournal(str(tmp_path / "work"))
+    journal.create_many("example.square", [{"x": x} for x in (1, 2, 3)], time.time())
+    journal.close()
+    _damage(tmp_path / "work", "UPDATE jobs SET input = '{bad' WHERE id = 2")
+    args = ["--workdir", str(tmp_path / "work"), "-o", str(tmp_path / "out"), "1-3"]
+    status, summary, stderr = summary_of(*args)
+    assert status == 1 and summary["total"]["success"] == 2, stderr
+    assert "job 2: its input in the journal is unreadable: not JSON (" in stderr
