@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 
 import pytest
 
+import dahu.engine
 from dahu.errors import JournalError
 from dahu.job import Job
-from dahu.journal import SQLiteJournal
+from dahu.journal import SQLiteJournal, job_file_stem
+from dahu.web.monitor import Monitor
 
 from .test_jobs_cli import one_line_error, run
 from .test_reprocess import summary_of
@@ -110,3 +113,28 @@ def test_reprocess_refuses_a_job_whose_input_is_unreadable(tmp_path):
     status, summary, stderr = summary_of(*args)
     assert status == 1 and summary["total"]["success"] == 2, stderr
     assert "job 2: its input in the journal is unreadable: not JSON (" in stderr
+
+
+def test_an_engine_starts_on_a_journal_with_a_damaged_row(workdir):
+    # bug: the start's search for missing .inp/.out files read the latest records and
+    # raised on a damaged one: no server could start on that work directory any more
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": x} for x in (1, 2, 3)], time.time())
+    now = time.time()
+    journal.finish_many([(i, "success", {"result": i}, None, now, now) for i in ids])
+    journal.close()
+    _damage(workdir, "UPDATE jobs SET pid = 2147483000")  # a process that is gone
+    _damage(workdir, f"UPDATE jobs SET input = '{{bad' WHERE id = {ids[1]}")
+    engine = dahu.engine.configure(workdir=str(workdir), max_workers=1)
+    try:
+        job = Job("example.square", {"x": 5})
+        job.start()
+        job.join()
+        assert job.status == "success"
+        stems = [job_file_stem(str(workdir), i, "example.square") for i in ids]
+        assert [os.path.exists(stem + ".inp") for stem in stems] == [True, False, True]
+        monitor = Monitor()
+        monitor.attach(engine)  # the web page's tables, filled from the journal
+        assert [item["id"] for item in monitor.recent()][-3:] == ids[::-1]
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)

@@ -346,7 +346,9 @@ class Journal(abc.ABC):
     def select(
         self, first: int | None = None, last: int | None = None, state: str | None = None
     ) -> Iterator[JobRecord]:
-        """Iterate over the records with ``first <= id <= last`` (and ``state``), by id."""
+        """Iterate over the records with ``first <= id <= last`` (and ``state``), by id; a
+        field that cannot be read (a damaged row) is named in the record's ``unreadable``
+        (:func:`decode_record`), where :meth:`get` raises."""
 
     @abc.abstractmethod
     def mark_interrupted(self) -> list[int]:

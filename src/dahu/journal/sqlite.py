@@ -459,7 +459,7 @@ class SQLiteJournal(BatchedWriter, Journal):
             sql += " AND state = ?"
             args.append(state)
         for row in self._read(sql + " ORDER BY id", args):
-            yield self._record(row)
+            yield self._record(row, strict=False)  # a damaged row does not stop a scan
 
     def mark_interrupted(self) -> list[int]:
         if self._closed:  # a worker process that ended after the stop: the next start
