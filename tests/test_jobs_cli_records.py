@@ -138,3 +138,13 @@ def test_an_engine_starts_on_a_journal_with_a_damaged_row(workdir):
         assert [item["id"] for item in monitor.recent()][-3:] == ids[::-1]
     finally:
         engine.executor.shutdown(wait=True, timeout=30)
+
+
+def test_bytes_in_a_text_column_are_shown_as_text(tmp_path):
+    # bug: a blob written into the plugin or error column made show and stats a TypeError
+    _journal(tmp_path)
+    _damage(tmp_path, "UPDATE jobs SET plugin = x'ff41', error = x'4f4bff' WHERE id = 2")
+    for command in (["list"], ["stats"], ["show", "2"], ["export"]):
+        proc = run(*command, workdir=tmp_path)
+        assert (proc.returncode, proc.stderr) == (0, ""), command
+        assert "\ufffd" in proc.stdout or "\\ufffd" in proc.stdout, command

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .journal import SCHEMA_VERSION, JobRecord, JournalError, SQLiteJournal
-from .journal.base import MAX_ID, storable_id, unreadable_numbers
+from .journal.base import MAX_ID, as_text, storable_id, unreadable_numbers
 from .journal.sqlitefile import connect_file, foreign_reason
 from .states import State
 
@@ -193,8 +193,9 @@ def latest(
     rows = _read(db, sql, args)
     rows.reverse()
     for index, row in enumerate(rows):
-        if not all(type(value) in _NUMBER_TYPES for value in row[3:7]):
+        if not all(type(value) in _NUMBER_TYPES for value in row[3:7]) or bytes in map(type, row):
             data = list(row)
+            as_text(data, (1, 2, 7))  # a blob in a text column
             for name, reason in unreadable_numbers(data, _LIGHT_NUMBERS).items():
                 unreadable(row[0], name, reason)
             rows[index] = tuple(data)
@@ -269,6 +270,8 @@ def statistics(
         for job_id, name, state, runtime in db.execute(
             f"SELECT id, plugin, state, runtime FROM jobs WHERE {where}", args
         ):
+            if isinstance(name, bytes):  # a blob in a hand-edited row
+                name = name.decode("utf-8", "replace")
             plugin = name.lower()  # one plugin however its jobs spelled it, as the factory
             entry = per.get(plugin)
             if entry is None:

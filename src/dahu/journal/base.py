@@ -46,6 +46,7 @@ __all__ = [
     "decode_record",
     "unreadable_field",
     "unreadable_numbers",
+    "as_text",
     "Journal",
     "JournalError",
     "default_workdir",
@@ -150,6 +151,7 @@ class JobRecord:
 
 
 _NUMBERS = {6: "submitted", 7: "started", 8: "ended", 9: "runtime", 11: "pid"}
+_TEXTS = (1, 2, 5, 10, 12, 13, 14)  # plugin, state, error, host, version, module, its version
 
 
 def decode_record(row: tuple, strict: bool = True) -> JobRecord:
@@ -160,6 +162,7 @@ def decode_record(row: tuple, strict: bool = True) -> JobRecord:
     naming the job and the field; unless not ``strict``: it is then None (the input
     ``{}``) and its reason is in :attr:`JobRecord.unreadable`."""
     data, unreadable = list(row), {}
+    as_text(data, _TEXTS)
     for index, name in ((3, "input"), (4, "output")):
         try:
             data[index] = json.loads(data[index]) if data[index] else None
@@ -174,6 +177,14 @@ def decode_record(row: tuple, strict: bool = True) -> JobRecord:
     if isinstance(data[3], dict):
         data[3]["job_id"] = data[0]
     return JobRecord(*data, unreadable=unreadable)
+
+
+def as_text(data: list, indices: Any) -> None:
+    """Make text of the bytes at ``indices`` of ``data`` (a blob in a text column of a
+    hand-edited row; an undecodable byte is U+FFFD)."""
+    for index in indices:
+        if isinstance(data[index], bytes):
+            data[index] = data[index].decode("utf-8", "replace")
 
 
 def unreadable_numbers(data: list, names: dict[int, str]) -> dict[str, str]:
