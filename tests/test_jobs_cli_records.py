@@ -87,6 +87,11 @@ def test_the_engine_names_a_damaged_field_in_one_line(engine, workdir):
     with pytest.raises(JournalError, match=f"^job {second.id}: its input in the journal is unr"):
         engine.journal.get(second.id)
     assert "\n" not in str(info.value)
+    # getJobInfo (no input nor output in it) still answers: a damaged number is null
+    _damage(workdir, f"UPDATE jobs SET runtime = 'x' WHERE id = {second.id}")
+    details = engine.info(second.id)
+    assert details["id"] == second.id and details["runtime"] is None
+    assert details["state"] == "success"
 
 
 def test_numbers_past_int_digit_limit_are_not_called_not_numbers(tmp_path):
