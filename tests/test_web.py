@@ -786,19 +786,22 @@ def test_a_damaged_row_is_shown_with_its_unreadable_field(server):
     assert finish(proxy, job) == "success"
     path = os.path.join(local.workdir, "journal.sqlite")
 
-    def set_input(text: str) -> None:
+    def set_input(text: str, runtime) -> None:
         with sqlite3.connect(path, timeout=30) as db:
-            db.execute("UPDATE jobs SET input = ? WHERE id = ?", (text, job))
+            db.execute("UPDATE jobs SET input = ?, runtime = ? WHERE id = ?", (text, runtime, job))
         db.close()
 
-    set_input("{bad")
+    _, whole = get_json(f"{local.http}/api/jobs/{job}")
+    set_input("{bad", "x")
     try:
         status, details = get_json(f"{local.http}/api/jobs/{job}")
-        assert status == 200 and details["input"] is None
+        assert status == 200 and details["input"] is None and details["runtime"] is None
         assert details["unreadable"]["input"].startswith("not JSON (Expecting property name")
         assert details["output"]["result"] == 49
+        _, listed = get_json(f"{local.http}/api/jobs?limit=1000")
+        assert [item["runtime"] for item in listed["jobs"] if item["id"] == job] == [None]
     finally:  # the other tests' last job is whole again
-        set_input('{"x": 7}')
+        set_input('{"x": 7}', whole["runtime"])
 
 
 def test_minus_one_is_the_last_job_as_for_the_device(server, jobs):

@@ -33,7 +33,11 @@ PLUGIN_SCAN = 100_000  # job ids back from the newest that a plugin filter searc
 ENDED = (State.SUCCESS, State.FAILURE, State.ABORTED)
 FAILED = (State.FAILURE, State.ABORTED)
 MAX_SHOWN = 1_000_000  # bytes of JSON of an input or output that /api/jobs/ID sends
-_COLUMNS = "id, plugin, state, runtime, ended, substr(error, 1, 2000)"
+_NUMBER = "CASE WHEN typeof({0}) IN ('integer', 'real') THEN {0} END"  # a damaged one: null
+_COLUMNS = (
+    f"id, plugin, state, {_NUMBER.format('runtime')}, {_NUMBER.format('ended')}, "
+    "substr(error, 1, 2000)"
+)
 _DETAILS = (
     f"id, plugin, state, typeof(input), typeof(output), substr(error, 1, {MAX_SHOWN}), "
     "submitted, started, ended, runtime, host, pid, version, module_file, plugin_version, "
