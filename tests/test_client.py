@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import threading
 import time
 
@@ -262,6 +263,19 @@ def test_settings_that_cannot_work_are_refused(server, setting, value, error):
     with pytest.raises(error, match=f"^{setting} must be ") as info:
         DahuClient(**settings)
     assert "\n" not in str(info.value)
+
+
+def test_a_bad_wait_is_refused_before_anything_is_closed(server):
+    # bug: close(timeout="x") (or math.inf) raised half-way, the client marked closed
+    # with its threads still running; plugins(timeout="x"): "unsupported operand"
+    client = DahuClient(server.url)
+    with pytest.raises(TypeError, match="^timeout must be a number of seconds, not str$"):
+        client.close(timeout="x")
+    with pytest.raises(ValueError, match="^timeout must be 0 or more seconds, not nan$"):
+        client.plugins(timeout=float("nan"))
+    assert client.submit("example.square", x=3).result(timeout=30)["result"] == 9
+    client.close(timeout=math.inf)  # as long as it takes
+    assert not any(thread.is_alive() for thread in client._threads)
 
 
 def test_unknown_job(client):

@@ -35,7 +35,7 @@ from typing import Any
 
 import tango
 
-from .client_args import check_settings, chunks, encode_input, encode_inputs, job_number
+from .client_args import check_settings, chunks, encode_input, encode_inputs, job_number, wait_time
 from .client_watch import check_journal, read_journal, watch
 from .futures import (
     ClientClosed,
@@ -271,7 +271,7 @@ class DahuClient:
         """The plugins the server offers: name → first line of its documentation."""
         if self._closed:
             raise ClientClosed(f"the client of {self.device} is closed")
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_time("timeout", timeout)
         while True:
             try:
                 text = self._proxy().command_inout("listPlugins")
@@ -491,6 +491,7 @@ class DahuClient:
     def close(self, timeout: float = 10.0) -> None:
         """Unsubscribe, stop the client's threads and fail the futures still pending with
         :class:`ClientClosed` (their jobs go on on the server)."""
+        timeout = wait_time("timeout", timeout)  # before anything is closed
         with self._lock:
             if self._closed:
                 return

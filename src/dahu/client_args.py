@@ -14,7 +14,14 @@ from .futures import ClientError, ServerError
 from .inputs import MAX_DEPTH, InvalidInput, parse_job_input
 from .utils import NumpyEncoder
 
-__all__ = ["check_settings", "chunks", "encode_input", "encode_inputs", "job_number"]
+__all__ = [
+    "check_settings",
+    "chunks",
+    "encode_input",
+    "encode_inputs",
+    "job_number",
+    "wait_time",
+]
 
 _ENCODER = NumpyEncoder(separators=(",", ":"))
 
@@ -25,6 +32,16 @@ def _seconds(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if not 0 < value < math.inf:
         raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
+
+
+def wait_time(name: str, value: Any) -> float:
+    """``value``, seconds to wait (0 or more), checked before anything is done; infinity
+    is a billion seconds (a thread cannot wait longer)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not value >= 0:  # NaN too
+        raise ValueError(f"{name} must be 0 or more seconds, not {value!r}")
+    return min(float(value), 1e9)
 
 
 def check_settings(
