@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import threading
 import time
 
@@ -251,13 +252,30 @@ def test_inputs_json_cannot_encode_are_one_line_client_errors(client):
         ("resolvers", 0, ValueError),  # was taken as 1
         ("resolvers", 2.5, TypeError),
         ("device", None, TypeError),
+        ("device", "SERVER ", ValueError),  # was Tango's "dbase=no modifier is an ..."
+        ("device", "", ValueError),
     ],
 )
 def test_settings_that_cannot_work_are_refused(server, setting, value, error):
     settings = {"device": server.url, setting: value}
+    if value == "SERVER ":
+        settings["device"] = server.url + " "
     with pytest.raises(error, match=f"^{setting} must be ") as info:
         DahuClient(**settings)
     assert "\n" not in str(info.value)
+
+
+def test_a_bad_wait_is_refused_before_anything_is_closed(server):
+    # bug: close(timeout="x") (or math.inf) raised half-way, the client marked closed
+    # with its threads still running; plugins(timeout="x"): "unsupported operand"
+    client = DahuClient(server.url)
+    with pytest.raises(TypeError, match="^timeout must be a number of seconds, not str$"):
+        client.close(timeout="x")
+    with pytest.raises(ValueError, match="^timeout must be 0 or more seconds, not nan$"):
+        client.plugins(timeout=float("nan"))
+    assert client.submit("example.square", x=3).result(timeout=30)["result"] == 9
+    client.close(timeout=math.inf)  # as long as it takes
+    assert not any(thread.is_alive() for thread in client._threads)
 
 
 def test_unknown_job(client):
@@ -270,6 +288,8 @@ def test_unknown_job(client):
         client.job(10**12)  # was an OverflowError from Tango: "Value is too large."
     with pytest.raises(TypeError):
         client.job("7")
+    with pytest.raises(TypeError, match="^a job id must be an int, not bool$"):
+        client.job(True)  # was taken as job 1
     assert client.pending == 0
 
 

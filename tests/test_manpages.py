@@ -102,5 +102,5 @@ def test_man_reads_the_page():
 def test_dahu_jobs_page_documents_its_exit_codes():
     text = rendered(MAN / "dahu-jobs.1")
     section = text.split("EXIT STATUS", 1)[1].split("SEE ALSO", 1)[0]
-    for code in ("0", "1", "2", "3"):
+    for code in ("0", "1", "2", "3", "4"):
         assert re.search(rf"^ +{code} ", section, re.M), f"exit status {code} not documented"

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -756,6 +758,9 @@ def test_stopping_closes_the_idle_connections_of_pages(engine):
         ("/api/jobs/0", 404, "no job 0"),
         ("/api/jobs/99999999", 404, "no job 99999999: job ids run from 1 to"),
         ("/api/jobs/" + "9" * 30, 404, f"no job {'9' * 30}: job ids run from 1 to"),
+        ("/api/jobs/" + "9" * 5000, 404, "no job 99999999999999999999... (too many digits): job"),
+        ("/api/jobs?limit=" + "9" * 5000, 400, "limit must be from 1 to 1000, not 99999999999999"),
+        ("/api/jobs/-99999999", 404, "no job -99999999: job ids run from 1 to"),
         ("/api/jobs?limit=0", 400, "limit must be from 1 to 1000"),
         ("/api/jobs?limit=ten", 400, "limit must be an integer"),
         ("/api/jobs?state=exploded", 400, "state must be one of"),
@@ -772,6 +777,41 @@ def test_bad_requests_get_a_clear_4xx(server, jobs, path, status, reason):
     assert got == status, body
     error = json.loads(body)["error"]
     assert reason in error and "\n" not in error and "Traceback" not in body
+
+
+def test_a_damaged_row_is_shown_with_its_unreadable_field(server):
+    # bug: a hand-edited input that is not JSON made /api/jobs/ID a JSONDecodeError
+    local, proxy = server
+    job = proxy.startJob(["example.square", json.dumps({"x": 7})])
+    assert finish(proxy, job) == "success"
+    path = os.path.join(local.workdir, "journal.sqlite")
+
+    def set_input(text: str, runtime) -> None:
+        with sqlite3.connect(path, timeout=30) as db:
+            db.execute("UPDATE jobs SET input = ?, runtime = ? WHERE id = ?", (text, runtime, job))
+        db.close()
+
+    _, whole = get_json(f"{local.http}/api/jobs/{job}")
+    set_input("{bad", "x")
+    try:
+        status, details = get_json(f"{local.http}/api/jobs/{job}")
+        assert status == 200 and details["input"] is None and details["runtime"] is None
+        assert details["unreadable"]["input"].startswith("not JSON (Expecting property name")
+        assert details["output"]["result"] == 49
+        _, listed = get_json(f"{local.http}/api/jobs?limit=1000")
+        assert [item["runtime"] for item in listed["jobs"] if item["id"] == job] == [None]
+    finally:  # the other tests' last job is whole again
+        set_input('{"x": 7}', whole["runtime"])
+
+
+def test_minus_one_is_the_last_job_as_for_the_device(server, jobs):
+    # bug: /api/jobs/-1 answered 404 while the device's getJobInfo(-1) is the last job
+    local, proxy = server
+    last = json.loads(proxy.getJobInfo(-1))["id"]
+    status, details = get_json(f"{local.http}/api/jobs/-1")
+    assert status == 200 and details["id"] == last
+    _, before = get_json(f"{local.http}/api/jobs/-2")
+    assert before["id"] == last - 1
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])

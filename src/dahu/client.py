@@ -27,7 +27,6 @@ import concurrent.futures
 import json
 import logging
 import math
-import operator
 import queue
 import threading
 import time
@@ -36,7 +35,7 @@ from typing import Any
 
 import tango
 
-from .client_args import check_settings, chunks, encode_input, encode_inputs
+from .client_args import check_settings, chunks, encode_input, encode_inputs, job_number, wait_time
 from .client_watch import check_journal, read_journal, watch
 from .futures import (
     ClientClosed,
@@ -248,7 +247,7 @@ class DahuClient:
         Raises :class:`JobNotFound` if the server knows no such job.  A job that has
         ended already gives a future that is done as soon as its outcome is fetched.  A
         negative id counts from the last job (``-1``: the last one), as on the device."""
-        job_id = operator.index(job_id)  # an int, or TypeError: not "1.5" nor "7"
+        job_id = job_number(job_id)  # an int, or TypeError: not "1.5", "7" nor True
         if not -(2**31) <= job_id < 2**31:  # Tango's DevLong: the device could not be asked
             raise JobNotFound(f"no job {job_id}: job ids are 32-bit", "Dahu_UnknownJob")
         if job_id < 0:
@@ -272,7 +271,7 @@ class DahuClient:
         """The plugins the server offers: name → first line of its documentation."""
         if self._closed:
             raise ClientClosed(f"the client of {self.device} is closed")
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_time("timeout", timeout)
         while True:
             try:
                 text = self._proxy().command_inout("listPlugins")
@@ -492,6 +491,7 @@ class DahuClient:
     def close(self, timeout: float = 10.0) -> None:
         """Unsubscribe, stop the client's threads and fail the futures still pending with
         :class:`ClientClosed` (their jobs go on on the server)."""
+        timeout = wait_time("timeout", timeout)  # before anything is closed
         with self._lock:
             if self._closed:
                 return

@@ -14,7 +14,14 @@ from .futures import ClientError, ServerError
 from .inputs import MAX_DEPTH, InvalidInput, parse_job_input
 from .utils import NumpyEncoder
 
-__all__ = ["check_settings", "chunks", "encode_input", "encode_inputs"]
+__all__ = [
+    "check_settings",
+    "chunks",
+    "encode_input",
+    "encode_inputs",
+    "job_number",
+    "wait_time",
+]
 
 _ENCODER = NumpyEncoder(separators=(",", ":"))
 
@@ -25,6 +32,16 @@ def _seconds(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if not 0 < value < math.inf:
         raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
+
+
+def wait_time(name: str, value: Any) -> float:
+    """``value``, seconds to wait (0 or more), checked before anything is done; infinity
+    is a billion seconds (a thread cannot wait longer)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not value >= 0:  # NaN too
+        raise ValueError(f"{name} must be 0 or more seconds, not {value!r}")
+    return min(float(value), 1e9)
 
 
 def check_settings(
@@ -39,6 +56,10 @@ def check_settings(
     would spin a CPU)."""
     if not isinstance(device, str):
         raise TypeError(f"device must be a str (a device name or URL), not {type(device).__name__}")
+    if not device.strip() or device != device.strip():  # Tango: "dbase=no modifier is ..."
+        raise ValueError(
+            f"device must be a device name or URL without spaces around, not {device!r}"
+        )
     if timeout is not None:
         _seconds("timeout", timeout)
         if timeout * 1000 >= 2**31:  # Tango's timeout is a 32-bit count of milliseconds
@@ -50,6 +71,14 @@ def check_settings(
     _seconds("poll_interval", poll_interval)
     _seconds("sweep_interval", sweep_interval)
     _seconds("max_sweep_interval", max_sweep_interval)
+
+
+def job_number(job_id: Any) -> int:
+    """``job_id`` as an int: an int (or numpy integer), not a bool (``True`` is no job 1),
+    a float nor a text."""
+    if isinstance(job_id, bool) or not isinstance(job_id, numbers.Integral):
+        raise TypeError(f"a job id must be an int, not {type(job_id).__name__}")
+    return int(job_id)
 
 
 def _check_plugin(plugin: Any, what: str) -> None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from .journal import SCHEMA_VERSION, JobRecord, JournalError, SQLiteJournal
-from .journal.base import MAX_ID, storable_id
+from .journal.base import MAX_ID, as_text, storable_id, unreadable_numbers
 from .journal.sqlitefile import connect_file, foreign_reason
 from .states import State
 
@@ -170,9 +170,21 @@ def count(db: sqlite3.Connection, filters: Filters) -> int:
     return _read(db, f"SELECT COUNT(*) FROM jobs WHERE {where}", args)[0][0]
 
 
-def latest(db: sqlite3.Connection, filters: Filters, limit: int | None) -> list[tuple]:
+_LIGHT_NUMBERS = {3: "submitted", 4: "started", 5: "ended", 6: "runtime"}
+Unreadable = Callable[[int, str, str], Any]
+"""Told ``(job_id, field, reason)`` of each field of a record that cannot be read."""
+
+
+def _ignore(job_id: int, name: str, reason: str) -> None:
+    pass
+
+
+def latest(
+    db: sqlite3.Connection, filters: Filters, limit: int | None, unreadable: Unreadable = _ignore
+) -> list[tuple]:
     """The ``limit`` most recent matching jobs (all when None), oldest first, as rows of
-    :data:`LIGHT_COLUMNS`."""
+    :data:`LIGHT_COLUMNS`; a time that is not a number (a damaged row) is None, and told
+    to ``unreadable``."""
     where, args = filters.where()
     sql = f"SELECT {LIGHT_COLUMNS} FROM jobs WHERE {where} ORDER BY id DESC"
     if limit is not None:
@@ -180,11 +192,22 @@ def latest(db: sqlite3.Connection, filters: Filters, limit: int | None) -> list[
         args = [*args, min(limit, MAX_ID)]  # SQLite's integers have 64 bits
     rows = _read(db, sql, args)
     rows.reverse()
+    for index, row in enumerate(rows):
+        if not all(type(value) in _NUMBER_TYPES for value in row[3:7]) or bytes in map(type, row):
+            data = list(row)
+            as_text(data, (1, 2, 7))  # a blob in a text column
+            for name, reason in unreadable_numbers(data, _LIGHT_NUMBERS).items():
+                unreadable(row[0], name, reason)
+            rows[index] = tuple(data)
     return rows
 
 
+_NUMBER_TYPES = {int, float, type(None)}
+
+
 def records(db: sqlite3.Connection, filters: Filters) -> Iterator[JobRecord]:
-    """Every matching job, whole (input and output), by id; read in batches."""
+    """Every matching job, whole (input and output), by id; read in batches.  A field that
+    cannot be read (a damaged row) is None, named in the record's ``unreadable``."""
     where, args = filters.where()
     last = 0
     while True:
@@ -195,18 +218,21 @@ def records(db: sqlite3.Connection, filters: Filters) -> Iterator[JobRecord]:
             [*args, last],
         )
         for row in rows:
-            yield SQLiteJournal._record(row)
+            yield SQLiteJournal._record(row, strict=False)
         if len(rows) < _BATCH:
             return
         last = rows[-1][0]
 
 
 def get(db: sqlite3.Connection, job_id: int) -> JobRecord | None:
-    """The whole record of ``job_id``, or None."""
+    """The whole record of ``job_id`` (as :func:`records`), or None; a negative id counts back from the newest
+    job (``-1``: the last one), as the device's."""
+    if job_id < 0:
+        job_id += _read(db, "SELECT COALESCE(MAX(id), 0) FROM jobs")[0][0] + 1
     if not storable_id(job_id):
         return None
     rows = _read(db, f"SELECT {SQLiteJournal._COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-    return SQLiteJournal._record(rows[0]) if rows else None
+    return SQLiteJournal._record(rows[0], strict=False) if rows else None
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
@@ -229,18 +255,23 @@ def _blank() -> dict[str, Any]:
     return {"jobs": 0, **{s: 0 for s in State.ALL}}
 
 
-def statistics(db: sqlite3.Connection, filters: Filters) -> dict[str, Any]:
+def statistics(
+    db: sqlite3.Connection, filters: Filters, unreadable: Unreadable = _ignore
+) -> dict[str, Any]:
     """``{"plugins": {name: entry}, "total": entry}``: per plugin and in all, the number
     of jobs, the count per state, and the runtime mean / p95 / max of the ended jobs
-    (``timed``: how many have a runtime)."""
+    (``timed``: how many have a runtime; one that is not a number is told to
+    ``unreadable``)."""
     where, args = filters.where()
     per: dict[str, dict[str, Any]] = {}
     runtimes: dict[str, list[float]] = {}
     total = _blank()
     try:
-        for name, state, runtime in db.execute(
-            f"SELECT plugin, state, runtime FROM jobs WHERE {where}", args
+        for job_id, name, state, runtime in db.execute(
+            f"SELECT id, plugin, state, runtime FROM jobs WHERE {where}", args
         ):
+            if isinstance(name, bytes):  # a blob in a hand-edited row
+                name = name.decode("utf-8", "replace")
             plugin = name.lower()  # one plugin however its jobs spelled it, as the factory
             entry = per.get(plugin)
             if entry is None:
@@ -249,7 +280,11 @@ def statistics(db: sqlite3.Connection, filters: Filters) -> dict[str, Any]:
             for target in (entry, total):
                 target["jobs"] += 1
                 target[state] = target.get(state, 0) + 1
-            if runtime is not None:
+            if type(runtime) not in _NUMBER_TYPES:
+                unreadable(
+                    job_id, "runtime", unreadable_numbers([runtime], {0: "runtime"})["runtime"]
+                )
+            elif runtime is not None:
                 runtimes[plugin].append(runtime)
     except sqlite3.Error as err:
         raise JournalError(f"cannot read the journal: {err}") from None

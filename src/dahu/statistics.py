@@ -8,7 +8,18 @@ from typing import Any
 
 from .states import State
 
-__all__ = ["aggregate", "format_statistics", "RunningStatistics"]
+__all__ = ["aggregate", "format_statistics", "RunningStatistics", "PLUGIN_ROWS", "plugin_row"]
+
+PLUGIN_ROWS = 256
+"""Plugins a server counts apart; the jobs of any further name are counted together, as
+:data:`OTHER_PLUGINS` (clients naming ever new plugins that do not exist, the module
+existing, would otherwise grow the tables for ever)."""
+OTHER_PLUGINS = "(other plugins)"
+
+
+def plugin_row(rows: dict[str, Any], name: str) -> str:
+    """The row of ``rows`` (by plugin name) that counts the jobs of ``name``."""
+    return name if name in rows or len(rows) < PLUGIN_ROWS else OTHER_PLUGINS
 
 
 def aggregate(rows: list[tuple[str, str, float | None, float | None, float | None]]) -> dict:
@@ -75,6 +86,7 @@ class RunningStatistics:
         self._last_end: float | None = None
 
     def _entry(self, plugin: str) -> dict[str, Any]:
+        plugin = plugin_row(self._plugins, plugin)
         entry = self._plugins.get(plugin)
         if entry is None:
             entry = self._plugins[plugin] = {"count": 0, "ran": 0, "runtime": 0.0}
@@ -109,12 +121,17 @@ class RunningStatistics:
         """The figures, shaped as :func:`aggregate`'s; ``unfinished`` gives the jobs not
         ended yet by plugin and state (the engine knows them)."""
         with self._lock:
+            live: dict[str, dict[str, int]] = {}  # the rows of the jobs not ended
+            for name, states in (unfinished or {}).items():
+                row = live.setdefault(name if name in self._plugins else OTHER_PLUGINS, {})
+                for state, count in states.items():
+                    row[state] = row.get(state, 0) + count
             plugins = {}
             for name, counters in self._plugins.items():
                 entry = {"count": counters["count"], **{s: 0 for s in State.ALL}}
                 for state in State.FINAL:
                     entry[state] = counters[state]
-                entry.update((unfinished or {}).get(name, {}))
+                entry.update(live.get(name, {}))
                 entry["runtime"], entry["ran"] = counters["runtime"], counters["ran"]
                 entry["mean"] = counters["runtime"] / counters["ran"] if counters["ran"] else 0.0
                 plugins[name] = entry

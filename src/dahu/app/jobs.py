@@ -6,7 +6,8 @@ the same journal; only ``prune`` writes (see :mod:`dahu.retention`).
 
 Exit status: 0 done, 1 no job with the id given to ``show``, 2 bad usage (unknown
 option, bad date or number, an export file that cannot be written), 3 the work directory is missing, is not a Dahu work
-directory, or its journal cannot be read or written, 130 interrupted (^C).  Every error is
+directory, or its journal cannot be read or written, 4 done, but fields of some jobs
+could not be read (a damaged row: each named on stderr), 130 interrupted (^C).  Every error is
 one line on stderr.
 """
 
@@ -17,7 +18,6 @@ import contextlib
 import csv
 import json
 import os
-import re
 import sys
 from typing import IO, Any, NoReturn
 
@@ -26,16 +26,26 @@ from tabulate import tabulate
 from .. import __version__
 from ..jobquery import Filters, count, get, latest, open_journal, records, statistics
 from ..journal import JournalError, default_workdir, job_file_stem
+from ..journal.base import MAX_ID
 from ..journal.sqlite import SQLiteJournal, process_alive
 from ..retention import DEFAULT_MIN_AGE, prune
 from ..states import State
 from ..timespec import BadTime, format_duration, format_time, parse_duration, parse_when
 from ..utils import one_line, standard_json
+from .jobtable import Unreadable, cut, micro, runtime_text, shown, write_table
 
-__all__ = ["build_parser", "main", "EXIT_OK", "EXIT_NOT_FOUND", "EXIT_USAGE", "EXIT_WORKDIR"]
+__all__ = [
+    "build_parser",
+    "main",
+    "EXIT_OK",
+    "EXIT_NOT_FOUND",
+    "EXIT_USAGE",
+    "EXIT_WORKDIR",
+    "EXIT_UNREADABLE",
+]
 
 PROG = "dahu-jobs"
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_WORKDIR = 0, 1, 2, 3
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_WORKDIR, EXIT_UNREADABLE = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130  # as a shell says of a command ended by ^C
 DEFAULT_LIMIT = 50
 EXPORT_FIELDS = [
@@ -71,23 +81,38 @@ def _when(text: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _too_long(text: str) -> bool:
+    """Whether ``text`` is a whole number of more digits than ``int()`` reads (4,300
+    here; over 40 is past any job id or count)."""
+    digits = text.strip().removeprefix("-")
+    return len(digits) > 40 and digits.isascii() and digits.isdigit()
+
+
 def _count(text: str) -> int:
+    if _too_long(text):
+        if text.strip().startswith("-"):
+            raise argparse.ArgumentTypeError(f"expected 0 or more, not {text.strip()[:20]}...")
+        return MAX_ID  # more than any journal holds: all
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text[:40]!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected 0 or more, not {value}")
     return value
 
 
 def _job_id(text: str) -> int:
+    if _too_long(text):  # not "a job id is a whole number"
+        raise argparse.ArgumentTypeError(
+            f"no job {text.strip()[:20]}...: ids have at most 19 digits"
+        )
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a job id is a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"job ids start at 1, not {value}")
+        raise argparse.ArgumentTypeError(f"a job id is a whole number, not {text[:40]!r}") from None
+    if value == 0:
+        raise argparse.ArgumentTypeError("job ids start at 1 (-1: the last job)")
     return value
 
 
@@ -165,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one job: input, output, error, times, provenance, files",
         description="Everything the journal knows of one job.",
     )
-    add.add_argument("job_id", type=_job_id, metavar="ID", help="the job id")
+    add.add_argument("job_id", type=_job_id, metavar="ID", help="the job id (-1: the last)")
     commands.add_parser(
         "stats",
         parents=[common, filters, as_json],
@@ -216,52 +241,10 @@ def _filters(args: argparse.Namespace) -> Filters:
     return Filters(args.plugin, args.state, args.since, args.until)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _shown(text: str) -> str:
-    """``text`` with its control characters escaped (``\\n``, ``\\x1b``): a plugin name
-    a client sent with a new line or a terminal escape neither breaks a table's rows nor
-    drives the terminal."""
-    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
-
-
-def _cut(text: str | None, width: int = 60) -> str:
-    return _shown(one_line(text or "", width))
-
-
-def _runtime(value: float | None, out: IO[str]) -> str:
-    """``105 µs``, ``5.86 ms``, ``2.5 s``: not ``0.000`` for a job of a few µs."""
-    return format_duration(value, _micro(out))
-
-
-def _micro(out: IO[str]) -> str:
-    try:
-        "µ".encode(out.encoding or "ascii")
-    except (UnicodeEncodeError, LookupError, TypeError):
-        return "us"  # a terminal that cannot show µ
-    return "µs"
-
-
-def _write_table(headers: list[str], rows: Any, cells: Any, out: IO[str]) -> None:
-    """The table ``tabulate`` writes (its ``simple`` format, text cells), written row by
-    row: ``cells(row)`` is made twice (widths, then lines) rather than kept, so that a
-    million jobs start coming at once and take no memory (tabulate took a minute and
-    1.7 GB before writing the first line)."""
-    widths = [len(header) + 2 for header in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, cells(row), strict=True)]
-    out.write("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    out.write("\n" + "  ".join("-" * w for w in widths) + "\n")
-    for row in rows:
-        out.write("  ".join(c.ljust(w) for c, w in zip(cells(row), widths, strict=True)).rstrip())
-        out.write("\n")
-
-
 def cmd_list(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     """``list``."""
     filters = _filters(args)
-    rows = latest(db, filters, args.limit or None)
+    rows = latest(db, filters, args.limit or None, args.unreadable)
     if args.json:
         keys = ["id", "plugin", "state", "submitted", "started", "ended", "runtime", "error"]
         # one job at a time, as json.dump(items, indent=1) writes them: the text of a
@@ -274,15 +257,15 @@ def cmd_list(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
             out.write(("\n " if index == 0 else ",\n ") + text)
         out.write("\n]\n" if rows else "")
     else:
-        micro = _micro(out)
+        unit = micro(out)
 
         def cells(row: tuple) -> tuple[str, ...]:
             i, plugin, state, submitted, _, _, runtime, error = row
-            runtime = format_duration(runtime, micro)
-            return str(i), _shown(plugin), state, format_time(submitted), runtime, _cut(error)
+            runtime = format_duration(runtime, unit)
+            return str(i), shown(plugin), state, format_time(submitted), runtime, cut(error)
 
         headers = ["id", "plugin", "state", "submitted", "runtime", "error"]
-        _write_table(headers, rows, cells, out)
+        write_table(headers, rows, cells, out)
         if not rows:
             sys.stderr.write(f"{PROG}: no job matches\n")
     if args.limit and len(rows) == args.limit:  # said on stderr: the JSON stays clean
@@ -303,7 +286,17 @@ def _files(workdir: str, job_id: int, plugin: str) -> dict[str, str | None]:
 
 
 def _record_dict(record: Any) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in EXPORT_FIELDS}
+    """The record's fields (one that cannot be read: None, ``show`` says why)."""
+    return {
+        name: None if name in record.unreadable else getattr(record, name) for name in EXPORT_FIELDS
+    }
+
+
+def _json_field(record: Any, name: str) -> str:
+    if name in record.unreadable:
+        return f"(unreadable: {record.unreadable[name]})"
+    value = getattr(record, name)  # détecteur, not d\u00e9...
+    return "(none)" if value is None else json.dumps(value, indent=2, ensure_ascii=False)
 
 
 GONE = "the next server or engine on this work directory records it failure, interrupted"
@@ -315,6 +308,7 @@ def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     if record is None:
         sys.stderr.write(f"{PROG}: no job {args.job_id} in the journal of {args.workdir}\n")
         return EXIT_NOT_FOUND
+    args.unreadable.record(record)
     files = _files(args.workdir, record.id, record.plugin)
     # not ended, and the process that ran it is gone (killed, and not started again)
     gone = record.state not in State.FINAL and not process_alive(
@@ -330,18 +324,16 @@ def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
         f"submitted  {format_time(record.submitted)}",
         f"started    {format_time(record.started)}",
         f"ended      {format_time(record.ended)}",
-        f"runtime    {_runtime(record.runtime, out)} ({record.runtime:.9g} s)"
+        f"runtime    {runtime_text(record.runtime, out)} ({record.runtime:.9g} s)"
         if record.runtime is not None
         else "runtime",
         f"host       {record.host or ''} (pid {record.pid}), Dahu {record.version or '?'}",
         f"plugin     {record.module_file or '?'}, version {record.plugin_version or '?'}",
         f"files      {files['inp'] or '(no .inp)'}, {files['out'] or '(no .out)'}",
         "input:",
-        json.dumps(record.input, indent=2, ensure_ascii=False),  # détecteur, not d\u00e9...
+        _json_field(record, "input"),
         "output:",
-        json.dumps(record.output, indent=2, ensure_ascii=False)
-        if record.output is not None
-        else "(none)",
+        _json_field(record, "output"),
         "error:",
         record.error or "(none)",
     ]
@@ -351,7 +343,7 @@ def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
 
 def cmd_stats(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     """``stats``."""
-    figures = statistics(db, _filters(args))
+    figures = statistics(db, _filters(args), args.unreadable)
     if args.json:
         out.write(standard_json(figures, indent=1) + "\n")
         return EXIT_OK
@@ -360,14 +352,14 @@ def cmd_stats(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
         unfinished = entry["jobs"] - sum(entry[s] for s in State.FINAL)
         rows.append(
             [
-                _shown(name),
+                shown(name),
                 entry["jobs"],
                 entry["success"],
                 entry["failure"],
                 entry["aborted"],
                 unfinished,
-                _runtime(entry["mean_s"], out),
-                _runtime(entry["p95_s"], out),
+                runtime_text(entry["mean_s"], out),
+                runtime_text(entry["p95_s"], out),
             ]
         )
     headers = ["plugin", "jobs", "success", "failure", "aborted", "unfinished", "mean", "p95"]
@@ -413,6 +405,7 @@ def cmd_export(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
             writer = csv.writer(target)
             writer.writerow(EXPORT_FIELDS)
             for record in found:
+                args.unreadable.record(record)
                 row = _record_dict(record)
                 row["input"] = standard_json(row["input"])
                 row["output"] = standard_json(row["output"]) if row["output"] is not None else ""
@@ -420,6 +413,7 @@ def cmd_export(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
                 written += 1
         else:
             for record in found:
+                args.unreadable.record(record)
                 target.write(standard_json(_record_dict(record)) + "\n")
                 written += 1
         if target is not out:
@@ -500,7 +494,9 @@ def main(argv: list[str] | None = None) -> int:
                 "stats": cmd_stats,
                 "export": cmd_export,
             }
-            return commands[args.command](db, args, out)
+            args.unreadable = Unreadable(PROG)  # said on stderr, one line per field
+            status = commands[args.command](db, args, out)
+            return EXIT_UNREADABLE if status == EXIT_OK and args.unreadable else status
         finally:
             db.close()
     except JournalError as err:

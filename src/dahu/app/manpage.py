@@ -224,6 +224,11 @@ PAGES: dict[str, Page] = {
                 "written",
             ),
             (
+                "4",
+                "done, but a field of some job's record could not be read (a damaged or "
+                "hand-edited journal row); each is named on stderr in one line",
+            ),
+            (
                 "130",
                 "interrupted by Ctrl-C: export removes the file it was writing; what prune "
                 "removed stays removed",

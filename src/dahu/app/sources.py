@@ -104,9 +104,14 @@ class _Journal:
     def get(self, job_id: int) -> Any:
         """The record of ``job_id``, or None."""
         try:
-            return get_record(self.db, job_id)
+            record = get_record(self.db, job_id)
         except JournalError as err:
             raise InputError(one_line(err)) from err
+        if record is not None and "input" in record.unreadable:  # not run with {} instead
+            raise InputError(
+                f"its input in the journal is unreadable: {record.unreadable['input']}"
+            )
+        return record
 
 
 def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:

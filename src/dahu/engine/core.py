@@ -24,7 +24,7 @@ from ..executors import Watchdog, make_executor
 from ..executors.runner import Outcome
 from ..factory import Factory, plugin_factory
 from ..journal import Journal, SQLiteJournal, write_job_files
-from ..journal.base import encode_output
+from ..journal.base import encode_output, storable_id
 from ..states import State
 from ..statistics import RunningStatistics
 from ..utils import compact_json
@@ -178,8 +178,8 @@ class Engine:
 
     def info(self, job_id: int) -> dict[str, Any] | None:
         """What the journal knows of a job besides its input and output (the live state
-        wins; the first line of its error); None if the job is unknown."""
-        record = self.journal.get(job_id)
+        wins; the first line of its error; a damaged field is null); None if the job is unknown."""
+        record = next(self.journal.select(job_id, job_id), None) if storable_id(job_id) else None
         if record is None:
             return None
         run = self.table.find(job_id)

@@ -113,6 +113,11 @@ def _whole(path: str) -> bool:
 
 def _write(engine: Any, record: Any) -> bool:
     """Write the ``.inp``/``.out`` files of the job of ``record``; False if they cannot be."""
+    damaged = sorted(set(record.unreadable) & {"input", "output"})
+    if damaged:  # no file from what the journal no longer holds
+        reason = " and ".join(damaged)
+        logger.warning("job %d: its %s in the journal is unreadable: no files", record.id, reason)
+        return False
     output = record.output
     if output is None:  # closed without an outcome: the error is what is known
         output = {"error": (record.error or "").splitlines()}

@@ -29,18 +29,24 @@ from __future__ import annotations
 
 import abc
 import functools
+import json
 import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import JournalError
+from ..errors import JournalError, one_line
 from ..utils import compact_json, jsonable, safe_str, text_of, utf8_text
 
 __all__ = [
     "JobRecord",
+    "checked_output",
+    "decode_record",
+    "unreadable_field",
+    "unreadable_numbers",
+    "as_text",
     "Journal",
     "JournalError",
     "default_workdir",
@@ -139,6 +145,78 @@ class JobRecord:
     version: str | None = None
     module_file: str | None = None
     plugin_version: str | None = None
+    #: the fields whose stored value could not be read (a damaged or hand-edited row),
+    #: each with its reason; those fields are None (the input: ``{}``)
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+
+_NUMBERS = {6: "submitted", 7: "started", 8: "ended", 9: "runtime", 11: "pid"}
+_TEXTS = (1, 2, 5, 10, 12, 13, 14)  # plugin, state, error, host, version, module, its version
+
+
+def decode_record(row: tuple, strict: bool = True) -> JobRecord:
+    """The record of a journal row (``id, plugin, state, input, output, error, submitted,
+    started, ended, runtime, host, pid, version, module_file, plugin_version``).  A field
+    whose stored value cannot be read (an input or output that is not JSON, a time that is
+    not a number: a damaged or hand-edited row) raises a one-line :class:`JournalError`
+    naming the job and the field; unless not ``strict``: it is then None (the input
+    ``{}``) and its reason is in :attr:`JobRecord.unreadable`."""
+    data, unreadable = list(row), {}
+    as_text(data, _TEXTS)
+    for index, name in ((3, "input"), (4, "output")):
+        try:
+            data[index] = json.loads(data[index]) if data[index] else None
+        except (ValueError, TypeError, RecursionError) as err:
+            data[index], unreadable[name] = None, _not_json(err)
+    unreadable.update(unreadable_numbers(data, _NUMBERS))
+    if unreadable and strict:
+        name, reason = next(iter(unreadable.items()))
+        raise JournalError(unreadable_field(data[0], name, reason))
+    if data[3] is None:
+        data[3] = {}
+    if isinstance(data[3], dict):
+        data[3]["job_id"] = data[0]
+    return JobRecord(*data, unreadable=unreadable)
+
+
+def as_text(data: list, indices: Any) -> None:
+    """Make text of the bytes at ``indices`` of ``data`` (a blob in a text column of a
+    hand-edited row; an undecodable byte is U+FFFD)."""
+    for index in indices:
+        if isinstance(data[index], bytes):
+            data[index] = data[index].decode("utf-8", "replace")
+
+
+def unreadable_numbers(data: list, names: dict[int, str]) -> dict[str, str]:
+    """Set to None the values of ``data`` at the indices of ``names`` that are not numbers
+    (a ``pid``: not an int); their names and reasons."""
+    unreadable = {}
+    for index, name in names.items():
+        value = data[index]
+        if value is not None and not isinstance(value, int if name == "pid" else (int, float)):
+            data[index], unreadable[name] = None, f"not a number ({safe_str(value)[:40]!r})"
+    return unreadable
+
+
+def _not_json(err: BaseException) -> str:
+    return f"not JSON ({one_line(str(err), 100)})"
+
+
+def checked_output(job_id: int, text: str | None, valid: int) -> str:
+    """The output text of a job a client reads (``{}`` when none), ``valid`` if SQLite's
+    ``json_valid`` takes it: one it does not (NaN, Infinity are JSON to Python only) is
+    decoded, and a text that is not JSON (a damaged row) is a one-line JournalError."""
+    if text and not valid:
+        try:
+            json.loads(text)
+        except (ValueError, TypeError, RecursionError) as err:
+            raise JournalError(unreadable_field(job_id, "output", _not_json(err))) from None
+    return text or "{}"
+
+
+def unreadable_field(job_id: Any, name: str, reason: str) -> str:
+    """The one line that tells a field of a job's record cannot be read."""
+    return f"job {job_id}: its {name} in the journal is unreadable: {reason}"
 
 
 class Journal(abc.ABC):
@@ -279,7 +357,9 @@ class Journal(abc.ABC):
     def select(
         self, first: int | None = None, last: int | None = None, state: str | None = None
     ) -> Iterator[JobRecord]:
-        """Iterate over the records with ``first <= id <= last`` (and ``state``), by id."""
+        """Iterate over the records with ``first <= id <= last`` (and ``state``), by id; a
+        field that cannot be read (a damaged row) is named in the record's ``unreadable``
+        (:func:`decode_record`), where :meth:`get` raises."""
 
     @abc.abstractmethod
     def mark_interrupted(self) -> list[int]:

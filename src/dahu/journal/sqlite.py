@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -41,6 +40,8 @@ from .base import (
     MAX_ID,
     JobRecord,
     Journal,
+    checked_output,
+    decode_record,
     default_workdir,
     encode_final_input,
     encode_input,
@@ -414,22 +415,16 @@ class SQLiteJournal(BatchedWriter, Journal):
     )
 
     @staticmethod
-    def _record(row: tuple) -> JobRecord:
-        data = list(row)
-        inp = json.loads(data[3]) if data[3] else {}
-        if isinstance(inp, dict):
-            inp["job_id"] = data[0]
-        data[3] = inp
-        data[4] = json.loads(data[4]) if data[4] else None
-        return JobRecord(*data)
+    def _record(row: tuple, strict: bool = True) -> JobRecord:
+        return decode_record(row, strict)  # a damaged field: a one-line JournalError
 
     def get(self, job_id: int) -> JobRecord | None:
         row = self._by_id(self._COLUMNS, job_id)
         return self._record(row) if row else None
 
     def output_text(self, job_id: int) -> str | None:
-        row = self._by_id("output", job_id)
-        return (row[0] or "{}") if row else None
+        row = self._by_id("output, json_valid(output)", job_id)  # json_valid: no copy
+        return checked_output(job_id, *row) if row else None
 
     def last_id(self) -> int:
         # the highest id ever given: pruned records count too, as ids are never reused;
@@ -464,7 +459,7 @@ class SQLiteJournal(BatchedWriter, Journal):
             sql += " AND state = ?"
             args.append(state)
         for row in self._read(sql + " ORDER BY id", args):
-            yield self._record(row)
+            yield self._record(row, strict=False)  # a damaged row does not stop a scan
 
     def mark_interrupted(self) -> list[int]:
         if self._closed:  # a worker process that ended after the stop: the next start

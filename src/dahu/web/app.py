@@ -23,6 +23,7 @@ import tornado.web
 
 from ..errors import JournalError
 from ..jobquery import journal_states
+from ..journal.base import MAX_ID
 from ..states import State
 from .access import is_loopback
 from .history import ENDED, FAILED, job_details, latest_jobs, live_jobs
@@ -139,6 +140,10 @@ class _Base(tornado.web.RequestHandler):
         raw = self.get_query_argument(name, None)
         if raw is None:
             return default
+        if _too_long(raw):
+            raise ClientError(
+                400, f"{name} must be from {low} to {high}, not {raw.strip()[:20]}..."
+            )
         try:
             value = int(raw)
         except ValueError:
@@ -297,6 +302,13 @@ class SeriesHandler(_Base):
         self.send_json(self.monitor.series(window))
 
 
+def _too_long(raw: str) -> bool:
+    """Whether ``raw`` is a whole number of more digits than any job id or limit has (over
+    4,300, ``int()`` refuses it: it is not "not an integer")."""
+    digits = raw.strip().removeprefix("-")
+    return len(digits) > 40 and digits.isascii() and digits.isdigit()
+
+
 def _job_answer(engine: Any, job_id: int) -> str | None:
     """The JSON text of one job, or None; read and encoded off the event loop."""
     details = job_details(engine, job_id)
@@ -307,14 +319,20 @@ class JobHandler(_Base):
     """``GET /api/jobs/ID``: one job from the journal, whatever its age."""
 
     async def get(self, raw_id: str) -> None:
-        monitor = self.monitor
+        engine = self.monitor.engine
+        if _too_long(raw_id):
+            reason = engine.no_such_job(MAX_ID + 1).split(": ", 1)[1]
+            raise ClientError(404, f"no job {raw_id.strip()[:20]}... (too many digits): {reason}")
         try:
             job_id = int(raw_id)
         except ValueError:
             raise ClientError(400, f"a job id is an integer, not {raw_id[:40]!r}") from None
+        if job_id < 0:  # -1 is the last job, as for the device and Job.getJobFromID
+            job_id = engine.last_id() + 1 + job_id
+            if job_id < 1:
+                raise ClientError(404, engine.no_such_job(int(raw_id)))
         if job_id < 1:
             raise ClientError(404, f"no job {job_id}: job ids start at 1")
-        engine = monitor.engine
         loop = asyncio.get_running_loop()
         try:
             text = await loop.run_in_executor(None, _job_answer, engine, job_id)

@@ -33,7 +33,11 @@ PLUGIN_SCAN = 100_000  # job ids back from the newest that a plugin filter searc
 ENDED = (State.SUCCESS, State.FAILURE, State.ABORTED)
 FAILED = (State.FAILURE, State.ABORTED)
 MAX_SHOWN = 1_000_000  # bytes of JSON of an input or output that /api/jobs/ID sends
-_COLUMNS = "id, plugin, state, runtime, ended, substr(error, 1, 2000)"
+_NUMBER = "CASE WHEN typeof({0}) IN ('integer', 'real') THEN {0} END"  # a damaged one: null
+_COLUMNS = (
+    f"id, plugin, state, {_NUMBER.format('runtime')}, {_NUMBER.format('ended')}, "
+    "substr(error, 1, 2000)"
+)
 _DETAILS = (
     f"id, plugin, state, typeof(input), typeof(output), substr(error, 1, {MAX_SHOWN}), "
     "submitted, started, ended, runtime, host, pid, version, module_file, plugin_version, "
@@ -136,7 +140,7 @@ def _bounded_record(journal: Any, job_id: int) -> tuple[JobRecord | None, dict[s
             db.close()
     except sqlite3.Error as err:
         raise JournalError(f"cannot read the journal {journal.path}: {err}") from None
-    return SQLiteJournal._record(tuple(data)), omitted
+    return SQLiteJournal._record(tuple(data), strict=False), omitted  # a damaged field: None
 
 
 def job_details(engine: Any, job_id: int) -> dict[str, Any] | None:
@@ -159,9 +163,10 @@ def job_details(engine: Any, job_id: int) -> dict[str, Any] | None:
         "runtime": record.runtime,
         "reason": reason_line(record.error or ""),
         "error": record.error or "",
-        "input": None if "input" in omitted else record.input,
+        "input": None if "input" in omitted or "input" in record.unreadable else record.input,
         "output": None if "output" in omitted else record.output,
         "omitted": omitted,
+        "unreadable": record.unreadable,
         "host": record.host,
         "pid": record.pid,
         "version": record.version,

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..states import State
+from ..statistics import plugin_row
 
 __all__ = ["Monitor", "BUCKET", "WINDOW", "RECENT", "FAILURES", "percentile"]
 
@@ -182,9 +183,10 @@ class Monitor:
             bucket = self._bucket(now)
             bucket.ended[state] = bucket.ended.get(state, 0) + 1
             # one row per plugin, however its jobs spelled it (names are not case-sensitive)
-            stats = self._plugins.get(plugin.lower())
+            row = plugin_row(self._plugins, plugin.lower())  # bounded: PLUGIN_ROWS
+            stats = self._plugins.get(row)
             if stats is None:
-                stats = self._plugins[plugin.lower()] = _PluginStats()
+                stats = self._plugins[row] = _PluginStats()
             stats.ended[state] = stats.ended.get(state, 0) + 1
             stats.last_ended = now
             if index is not None:

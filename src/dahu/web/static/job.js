@@ -56,9 +56,12 @@ function show(job) {
   $("error").textContent = (job.error || "(no error)") + ("error" in omitted ? "\n… (cut: the " +
     "error has " + omitted.error.toLocaleString("en") + " characters, more than the " +
     "1,000,000 this page shows; `dahu-jobs show " + job.id + "` prints it)" : "");
+  const unreadable = job.unreadable || {};  // a damaged journal row
   $("input").textContent = "input" in omitted ? tooLarge("input", omitted.input, job.id) :
+    "input" in unreadable ? "(unreadable: " + unreadable.input + ")" :
     JSON.stringify(job.input, null, 2);
   $("output").textContent = "output" in omitted ? tooLarge("output", omitted.output, job.id) :
+    "output" in unreadable ? "(unreadable: " + unreadable.output + ")" :
     job.output === null ? "(no output yet)" : JSON.stringify(job.output, null, 2);
   return FINAL.includes(job.state);
 }

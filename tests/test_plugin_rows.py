@@ -1,0 +1,34 @@
+"""The per-plugin tables of a server stay bounded whatever plugin names clients send."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from dahu.statistics import OTHER_PLUGINS, PLUGIN_ROWS, RunningStatistics
+from dahu.web.monitor import Monitor
+
+NAMES = [f"soak.x{i}" for i in range(PLUGIN_ROWS + 44)]  # the module exists, not these
+
+
+def test_running_statistics_fold_the_names_past_the_bound():
+    # bug: each unknown plugin of a known module ("soak.x1", "soak.x2", ...) added a
+    # row to the server's statistics, for ever
+    stats = RunningStatistics()
+    for name in NAMES:
+        stats.created(name)
+        stats.ended(name, "failure", 1.0, 2.0)
+    stats.created("soak.late")  # still queued
+    plugins = stats.summary({"soak.late": {"starting": 1}})["plugins"]
+    assert len(plugins) == PLUGIN_ROWS + 1 and "soak.x0" in plugins
+    other = plugins[OTHER_PLUGINS]
+    assert (other["count"], other["failure"], other["starting"]) == (45, 44, 1)
+    assert sum(entry["count"] for entry in plugins.values()) == len(NAMES) + 1
+
+
+def test_the_web_page_folds_the_names_past_the_bound():
+    monitor = Monitor()
+    for job_id, name in enumerate(NAMES, 1):
+        job = SimpleNamespace(id=job_id, name=name, status="failure", runtime=0.1, error="no")
+        monitor.job_ended(job)
+    plugins = monitor.plugins()
+    assert len(plugins) == PLUGIN_ROWS + 1 and plugins[OTHER_PLUGINS]["jobs"] == 44
