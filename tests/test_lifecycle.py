@@ -489,3 +489,38 @@ except OSError as err:
     assert "refused: [Errno 27] File too large" in result.stdout, result.stderr
     files = sorted(p.name for p in (tmp_path / "0000").iterdir())
     assert files == ["00005_big.one.inp"]  # the .out is not there half written
+
+
+def test_a_job_started_while_the_engine_shuts_down_is_refused_and_recorded(tmp_path, caplog):
+    # bug: Engine.shutdown() aborted only the jobs live when it began; one another thread
+    # started meanwhile ran on, its outcome hit "journal is closed" and the journal kept
+    # it running (under the process executor: "worker process died: exit code 0")
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    running = Job("example.sleep", {"t": 600})
+    running.start()
+    late = Job("example.square", {"x": 3})
+    refused: list[BaseException] = []
+    live = engine.live
+
+    def live_then_start():  # another thread starts a job as the stop takes its list
+        runs = live()
+        try:
+            late.start()
+        except Exception as err:
+            refused.append(err)
+        return runs
+
+    engine.live = live_then_start
+    assert engine.shutdown(timeout=30)
+    assert late.status == "aborted" and late.error == "the server is shutting down"
+    assert len(refused) == 1 and "not started" in str(refused[0])
+    assert late.output_data.get("result") is None  # never ran
+    journal = SQLiteJournal(str(tmp_path))
+    try:
+        assert journal.get(late.id).state == "aborted"
+        assert journal.get(running.id).state == "aborted"
+    finally:
+        journal.close()
+    assert "journal" not in caplog.text, caplog.text
+    with pytest.raises(Exception, match="not started|closed"):
+        Job("example.square", {"x": 4}).start()  # after the stop: refused too
