@@ -15,6 +15,7 @@ import types
 import pytest
 
 import dahu.engine
+from dahu.errors import DahuError
 from dahu.factory import register
 from dahu.job import Job
 from dahu.journal import JournalError, MemoryJournal, SQLiteJournal
@@ -522,5 +523,16 @@ def test_a_job_started_while_the_engine_shuts_down_is_refused_and_recorded(tmp_p
     finally:
         journal.close()
     assert "journal" not in caplog.text, caplog.text
-    with pytest.raises(Exception, match="not started|closed"):
-        Job("example.square", {"x": 4}).start()  # after the stop: refused too
+
+
+@pytest.mark.parametrize("stop", ["shutdown", "close"])
+def test_a_job_made_after_the_engine_stopped_is_refused_in_one_clear_line(tmp_path, caplog, stop):
+    # bug: it read "cannot write the journal .../journal.sqlite: Cannot operate on a
+    # closed database." (a disk fault, one would think), logged as an error
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    getattr(engine, stop)()
+    with pytest.raises(DahuError, match="^the engine is shut down: it takes no new job"):
+        Job("example.square", {"x": 4})
+    with pytest.raises(DahuError, match="^the engine is shut down"):
+        Job.create_many("example.square", [{"x": 1}])
+    assert "journal" not in caplog.text, caplog.text

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
-from ..errors import JournalError, one_line
+from ..errors import DahuError, JournalError, one_line
 from ..executors import Watchdog, make_executor
 from ..factory import Factory, plugin_factory
 from ..journal import Journal, SQLiteJournal, write_job_files
@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 JOURNAL_RETRY = 10.0
 """Seconds between two tries to give the journal the outcomes it refused (disk full...)."""
+
+CLOSED = "the engine is shut down: it takes no new job (dahu.engine.configure makes one)"
 
 __all__ = ["Engine", "configure", "get_engine", "activate"]
 
@@ -115,6 +117,7 @@ class Engine:
         """Record a new job in the journal and keep it live.  With ``later``, its record
         is queued and committed with the next batch (at the latest when the job starts,
         or when its id is asked for: :meth:`settle`)."""
+        self._refuse_if_closed()
         token = None
         if later:
 
@@ -132,6 +135,10 @@ class Engine:
         self.table.add(run)
         return run
 
+    def _refuse_if_closed(self) -> None:
+        if self._closed:  # its journal is closed: no record could be written
+            raise DahuError(CLOSED)
+
     def settle(self, run: JobRun) -> None:
         """Return once the journal holds the record of ``run`` (see :meth:`create`)."""
         token = run.record
@@ -147,6 +154,7 @@ class Engine:
 
     def create_many(self, plugin: str, inputs: list[dict[str, Any]]) -> list[JobRun]:
         """Record several jobs in one journal transaction; keep them live."""
+        self._refuse_if_closed()
         ids = self.journal.create_many(plugin, inputs, time.time())
         self.stats.created(plugin, len(ids))
         runs = []
