@@ -13,6 +13,9 @@ from distributed.diagnostics.plugin import NannyPlugin
 
 __all__ = ["ExitWatch", "exit_code"]
 
+KEEP = 1000
+"""How many worker exits are remembered (an address is not given again soon)."""
+
 _exits: dict[str, int] = {}  # worker address -> exit code (negative: the signal)
 _exits_lock = threading.Lock()
 
@@ -30,6 +33,8 @@ class ExitWatch(NannyPlugin):
                 address = getattr(nanny.process, "worker_address", None)
                 if address is not None:
                     with _exits_lock:
+                        if len(_exits) >= KEEP:  # the oldest first (dicts keep order)
+                            del _exits[next(iter(_exits))]
                         _exits[address] = exitcode
                 on_exit(exitcode)
 
@@ -48,8 +53,8 @@ def exit_code(address: str | None, wait: float = 1.0) -> int | None:
     deadline = time.monotonic() + wait
     while address is not None:
         with _exits_lock:
-            if address in _exits:
-                return _exits.pop(address)
+            if address in _exits:  # kept: the tasks queued on it died with it too
+                return _exits[address]
         if time.monotonic() >= deadline:
             break
         time.sleep(0.01)
