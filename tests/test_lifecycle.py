@@ -536,3 +536,25 @@ def test_a_job_made_after_the_engine_stopped_is_refused_in_one_clear_line(tmp_pa
     with pytest.raises(DahuError, match="^the engine is shut down"):
         Job.create_many("example.square", [{"x": 1}])
     assert "journal" not in caplog.text, caplog.text
+
+
+@register
+class Parent(Plugin):
+    """Starts a child job (``example.square``) halfway and returns its result."""
+
+    def process(self):
+        time.sleep(self.input.get("before", 0.2))
+        child = Job("example.square", {"x": 7})
+        child.start()
+        child.join(30)
+        self.output["child"] = child.output_data.get("result")
+
+
+def test_a_shutdown_that_lets_jobs_finish_lets_them_start_their_children(tmp_path):
+    # with abort=False the jobs run to their end: one that starts a job of its own
+    # meanwhile must not have it refused (it failed: "not started: ... shutting down")
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=2)
+    parent = Job("tests.test_lifecycle.parent", {"before": 0.3})
+    parent.start()
+    assert engine.shutdown(abort=False, timeout=30)
+    assert (parent.status, parent.output_data.get("child")) == ("success", 49), parent.error

@@ -420,9 +420,10 @@ class Engine:
         and files written, stop the executor and close the journal.  True if every job
         ended in time and the journal holds every outcome (see :meth:`retry_journal`).
 
-        From the moment it begins, ``Job.start`` raises ``DahuError`` and ends its job
-        ``aborted`` (the stop's reason) without running it: every job the stop waits for
-        is known to it, and every outcome is recorded before the journal closes."""
+        From the moment it begins (``abort=False``: once no job is left, or the time is
+        up), ``Job.start`` raises ``DahuError`` and ends its job ``aborted`` (the stop's
+        reason) without running it: every job the stop waits for is known to it, and
+        every outcome is recorded before the journal closes."""
         return shut_down(self, abort, timeout, since)
 
     def count_finished(self, run: JobRun) -> None:

@@ -21,6 +21,10 @@ def shut_down(engine: Any, abort: bool, timeout: float, since: float | None) -> 
     """See :meth:`~dahu.engine.core.Engine.shutdown`."""
     deadline = (time.monotonic() if since is None else since) + timeout
     cycle = engine.cycle
+    if not abort:  # let finish: also the jobs they start meanwhile, until none is left
+        while (live := engine.live()) and time.monotonic() < deadline:
+            for run in live:
+                run.done.wait(max(0.0, deadline - time.monotonic()))
     with cycle.lock:  # from here on a Job.start is refused (its job ends aborted)
         cycle.refusing = SHUTDOWN_REASON
         if abort and cycle.halted is None:
