@@ -1406,3 +1406,29 @@ def test_a_dask_worker_dead_on_an_external_cluster_is_named_in_one_line():
     assert executor.death_reason(error) == (
         "worker process died (tcp://10.0.0.7:40211); Dask does not say how: see that worker's log"
     )
+
+
+def test_a_dask_executor_ends_thousands_of_jobs_halted_in_a_row(caplog):
+    # bug: each queued job that a stopping engine ended at its begin recursed once more
+    # (_pump -> _settle -> _pump): 500 in a row overflowed the stack of the collector
+    # thread, which died, and the jobs on the cluster never ended
+    pytest.importorskip("distributed")
+    from dahu.executors.cluster import DaskExecutor
+
+    class Halted:  # a task the engine ends when it gets its slot
+        plugin_name, input_data, abort_reason = "example.square", {}, "stopping"
+
+        def __init__(self, job_id):
+            self.job_id = job_id
+
+        def begin(self, execution):
+            return False
+
+    executor = DaskExecutor(max_workers=1)  # never attached: no task is launched
+    executor.in_flight_limit = 0  # they wait in the queue
+    for job_id in range(5000):
+        executor.submit(Halted(job_id))
+    executor.in_flight_limit = 10
+    executor.submit(Halted(5000))  # now they all get their slot, one after the other
+    assert executor.counts() == {"queued": 0, "running": 0, "waiting": 0}
+    assert "RecursionError" not in caplog.text

@@ -354,17 +354,21 @@ class DaskExecutor:
                 task = self._pending.popitem(last=False)[0]
                 self._in_flight += 1
             execution = DaskExecution(self, task)
+            # settled without pumping: this loop goes on (a recursion per job ended here
+            # overflowed the stack of the collector thread, which then died: the jobs on
+            # the cluster never ended, e.g. a stop halting 500 queued jobs in a row)
             if not task.begin(execution):  # aborted while queued: the engine ended it
-                self._settle(task, None)
+                self._settle(task, None, pump=False)
                 continue
             try:
                 execution.launch()
             except Exception as err:
                 logger.exception("job %s: cannot submit to the cluster", task.job_id)
                 reason = f"cannot submit to the dask cluster: {error_line(err)}"
-                self._settle(task, Outcome(State.FAILURE, {}, reason, None, time.time()))
+                failed = Outcome(State.FAILURE, {}, reason, None, time.time())
+                self._settle(task, failed, pump=False)
 
-    def _settle(self, task: Task, outcome: Outcome | None) -> None:
+    def _settle(self, task: Task, outcome: Outcome | None, pump: bool = True) -> None:
         if outcome is not None:
             try:
                 task.finish(outcome)
@@ -373,7 +377,8 @@ class DaskExecutor:
         with self._lock:
             self._in_flight -= 1  # only now: shutdown(wait=True) waits for the record
             self._drained.notify_all()
-        self._pump()
+        if pump:
+            self._pump()
 
     def _collect(self) -> None:
         me = threading.current_thread()
