@@ -107,11 +107,13 @@ from dahu.plugin import Plugin
 
 @register
 class Crash(Plugin):
-    """Kill the process running it: os._exit(1) or a segfault."""
+    """Kill the process running it: os._exit(1), os.abort() or a segfault."""
 
     def process(self):
         if self.input.get("how") == "exit":
             os._exit(1)
+        if self.input.get("how") == "abort":
+            os.abort()
         ctypes.string_at(0)
 
 

@@ -15,6 +15,7 @@ import types
 import pytest
 
 import dahu.engine
+from dahu.errors import DahuError
 from dahu.factory import register
 from dahu.job import Job
 from dahu.journal import JournalError, MemoryJournal, SQLiteJournal
@@ -489,3 +490,71 @@ except OSError as err:
     assert "refused: [Errno 27] File too large" in result.stdout, result.stderr
     files = sorted(p.name for p in (tmp_path / "0000").iterdir())
     assert files == ["00005_big.one.inp"]  # the .out is not there half written
+
+
+def test_a_job_started_while_the_engine_shuts_down_is_refused_and_recorded(tmp_path, caplog):
+    # bug: Engine.shutdown() aborted only the jobs live when it began; one another thread
+    # started meanwhile ran on, its outcome hit "journal is closed" and the journal kept
+    # it running (under the process executor: "worker process died: exit code 0")
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    running = Job("example.sleep", {"t": 600})
+    running.start()
+    late = Job("example.square", {"x": 3})
+    refused: list[BaseException] = []
+    live = engine.live
+
+    def live_then_start():  # another thread starts a job as the stop takes its list
+        runs = live()
+        try:
+            late.start()
+        except Exception as err:
+            refused.append(err)
+        return runs
+
+    engine.live = live_then_start
+    assert engine.shutdown(timeout=30)
+    assert late.status == "aborted" and late.error == "the server is shutting down"
+    assert len(refused) == 1 and "not started" in str(refused[0])
+    assert late.output_data.get("result") is None  # never ran
+    journal = SQLiteJournal(str(tmp_path))
+    try:
+        assert journal.get(late.id).state == "aborted"
+        assert journal.get(running.id).state == "aborted"
+    finally:
+        journal.close()
+    assert "journal" not in caplog.text, caplog.text
+
+
+@pytest.mark.parametrize("stop", ["shutdown", "close"])
+def test_a_job_made_after_the_engine_stopped_is_refused_in_one_clear_line(tmp_path, caplog, stop):
+    # bug: it read "cannot write the journal .../journal.sqlite: Cannot operate on a
+    # closed database." (a disk fault, one would think), logged as an error
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    getattr(engine, stop)()
+    with pytest.raises(DahuError, match="^the engine is shut down: it takes no new job"):
+        Job("example.square", {"x": 4})
+    with pytest.raises(DahuError, match="^the engine is shut down"):
+        Job.create_many("example.square", [{"x": 1}])
+    assert "journal" not in caplog.text, caplog.text
+
+
+@register
+class Parent(Plugin):
+    """Starts a child job (``example.square``) halfway and returns its result."""
+
+    def process(self):
+        time.sleep(self.input.get("before", 0.2))
+        child = Job("example.square", {"x": 7})
+        child.start()
+        child.join(30)
+        self.output["child"] = child.output_data.get("result")
+
+
+def test_a_shutdown_that_lets_jobs_finish_lets_them_start_their_children(tmp_path):
+    # with abort=False the jobs run to their end: one that starts a job of its own
+    # meanwhile must not have it refused (it failed: "not started: ... shutting down")
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=2)
+    parent = Job("tests.test_lifecycle.parent", {"before": 0.3})
+    parent.start()
+    assert engine.shutdown(abort=False, timeout=30)
+    assert (parent.status, parent.output_data.get("child")) == ("success", 49), parent.error

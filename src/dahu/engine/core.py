@@ -19,23 +19,25 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
-from ..errors import JournalError, one_line
+from ..errors import DahuError, JournalError, one_line
 from ..executors import Watchdog, make_executor
-from ..executors.runner import Outcome
 from ..factory import Factory, plugin_factory
 from ..journal import Journal, SQLiteJournal, write_job_files
 from ..journal.base import encode_output, storable_id
 from ..states import State
 from ..statistics import RunningStatistics
 from ..utils import compact_json
-from .lifecycle import NOTE_RUNNING_AFTER, SHUTDOWN_REASON, JobRun, LifeCycle
+from .lifecycle import NOTE_RUNNING_AFTER, JobRun, LifeCycle
 from .recovery import write_missing_files
+from .stopping import shut_down
 from .table import JobTable
 
 logger = logging.getLogger(__name__)
 
 JOURNAL_RETRY = 10.0
 """Seconds between two tries to give the journal the outcomes it refused (disk full...)."""
+
+CLOSED = "the engine is shut down: it takes no new job (dahu.engine.configure makes one)"
 
 __all__ = ["Engine", "configure", "get_engine", "activate"]
 
@@ -115,6 +117,7 @@ class Engine:
         """Record a new job in the journal and keep it live.  With ``later``, its record
         is queued and committed with the next batch (at the latest when the job starts,
         or when its id is asked for: :meth:`settle`)."""
+        self._refuse_if_closed()
         token = None
         if later:
 
@@ -132,6 +135,10 @@ class Engine:
         self.table.add(run)
         return run
 
+    def _refuse_if_closed(self) -> None:
+        if self._closed:  # its journal is closed: no record could be written
+            raise DahuError(CLOSED)
+
     def settle(self, run: JobRun) -> None:
         """Return once the journal holds the record of ``run`` (see :meth:`create`)."""
         token = run.record
@@ -147,6 +154,7 @@ class Engine:
 
     def create_many(self, plugin: str, inputs: list[dict[str, Any]]) -> list[JobRun]:
         """Record several jobs in one journal transaction; keep them live."""
+        self._refuse_if_closed()
         ids = self.journal.create_many(plugin, inputs, time.time())
         self.stats.created(plugin, len(ids))
         runs = []
@@ -410,32 +418,13 @@ class Engine:
         """Stop: abort (or let finish) the jobs queued or running, wait at most ``timeout``
         s from ``since`` (a ``time.monotonic()``; default now) for their outcome to be recorded
         and files written, stop the executor and close the journal.  True if every job
-        ended in time and the journal holds every outcome (see :meth:`retry_journal`)."""
-        deadline = (time.monotonic() if since is None else since) + timeout
-        runs = self.live()
-        if abort and (aborted := self.abort_all(runs, SHUTDOWN_REASON)):
-            logger.info("shutting down: %d job(s) aborted", aborted)
-        for run in runs:
-            run.done.wait(max(0.0, deadline - time.monotonic()))
-        unfinished = [run.id for run in runs if run.state not in State.FINAL]
-        if unfinished:
-            logger.error(
-                "shutting down with %d job(s) still running: %s", len(unfinished), unfinished
-            )
-        for run in runs:  # recorded now: once the process ends nobody else would
-            if run.state not in State.FINAL:
-                reason = run.abort_reason or "the server stopped"
-                note = f"{reason} (the plugin had not stopped after {timeout:g} s)"
-                self.cycle.finish(run, Outcome(State.ABORTED, {}, note, run.started, time.time()))
-        self._closed = True
-        self.executor.shutdown(wait=False)
-        self.journal.flush()  # the outcomes queued are committed and reported
-        if self._cleaner is not None:
-            self._to_clean.put(None)
-            self._cleaner.join(max(1.0, deadline - time.monotonic()))
-        lost = self._last_retry()
-        self.journal.close()
-        return not unfinished and not lost
+        ended in time and the journal holds every outcome (see :meth:`retry_journal`).
+
+        From the moment it begins (``abort=False``: once no job is left, or the time is
+        up), ``Job.start`` raises ``DahuError`` and ends its job ``aborted`` (the stop's
+        reason) without running it: every job the stop waits for is known to it, and
+        every outcome is recorded before the journal closes."""
+        return shut_down(self, abort, timeout, since)
 
     def count_finished(self, run: JobRun) -> None:
         """Count one job ended (its state and times in the statistics)."""

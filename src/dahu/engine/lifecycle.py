@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import JournalError, error_line, one_line
+from ..errors import DahuError, JournalError, error_line, one_line
 from ..executors.runner import Outcome
 from ..executors.slot import SELF_JOIN, released, serves
 from ..journal.base import JobRecord
@@ -210,6 +210,10 @@ class LifeCycle:
         self._hold_armed = False  # a timer will commit the held outcomes
         self.files_lock = threading.Lock()  # a job's files are written by one thread
         self.halted: str | None = None  # set (a reason): queued jobs end aborted, none begins
+        self.refusing: str | None = None  # set (a reason) by Engine.shutdown: none starts
+        #: a refused start records its job's end before the journal closes, or not at all
+        self.stop_lock = threading.RLock()
+        self.journal_closing = False
 
     # ---- transitions ------------------------------------------------------------------
     def start(self, run: JobRun) -> None:
@@ -217,7 +221,11 @@ class LifeCycle:
         with self.lock:
             if run.state != State.UNINITIALIZED:
                 raise RuntimeError(f"job {run.id} was already started")
-            run.state = State.STARTING
+            refused = self.refusing
+            if refused is None:
+                run.state = State.STARTING
+        if refused is not None:
+            self._refuse(run, refused)
         if run.record is not None:
             self.engine.journal.commit_soon()  # its record (and those queued before it)
         try:
@@ -225,6 +233,17 @@ class LifeCycle:
         except Exception as err:
             self.finish(run, Outcome(State.FAILURE, {}, f"cannot queue the job: {error_line(err)}"))
             raise
+
+    def _refuse(self, run: JobRun, reason: str) -> None:
+        """The engine is stopping: ``run`` ends ``aborted`` without running (recorded, unless
+        the journal is closing already: then it stays not started), and the caller is told."""
+        with self.stop_lock:
+            if not self.journal_closing:
+                with self.lock:
+                    run.state = State.STARTING
+                    run.abort_reason, run.aborted_at = reason, time.time()
+                self.finish(run, Outcome(State.ABORTED, {}, reason, None, time.time()))
+        raise DahuError(f"job {run.id} not started: {reason}, it takes no new job")
 
     def begin(self, run: JobRun, execution: Any) -> bool:
         """starting → running, or → aborted if an abort came while it was queued."""

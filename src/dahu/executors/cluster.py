@@ -38,11 +38,12 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import error_line, one_line
+from ..errors import error_line
 from ..factory import Factory
 from ..states import State
 from .base import Task, close_orphans
 from .dask_task import begun_tasks, run_task, running_for
+from .process import exit_text
 from .runner import Outcome
 from .slot import serving
 from .thread import default_workers
@@ -200,7 +201,7 @@ class DaskExecution:
         except Exception as err:
             name = type(err).__name__
             if name == "KilledWorker":
-                reason = f"worker process died (dask KilledWorker: {one_line(err)})"
+                reason = self.executor.death_reason(err) if not self.abort_reason else ""
                 close_orphans(self.executor.host)  # the jobs its plugins made
             else:
                 reason = f"dask task failed: {error_line(err)}"
@@ -257,6 +258,8 @@ class DaskExecutor:
         import dask
         from distributed import Client, LocalCluster
 
+        from .dask_exits import ExitWatch
+
         self.host = host
         if self.scheduler == "local":
             with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
@@ -267,12 +270,26 @@ class DaskExecutor:
                     dashboard_address=":0",
                 )
             self.client = Client(self.cluster)
+            self.client.register_plugin(ExitWatch())  # its nannies note how workers end
         else:
             self.client = Client(self.scheduler)
         self._collector = threading.Thread(
             target=self._collect, name="dahu-dask-collector", daemon=True
         )
         self._collector.start()
+
+    def death_reason(self, error: Any) -> str:
+        """Why a task's worker died (a ``KilledWorker``), in one line: its exit code if a
+        nanny of the local cluster noted it, else the worker's address."""
+        from .dask_exits import exit_code
+
+        worker = getattr(error, "last_worker", None)
+        address = getattr(worker, "address", None)
+        code = exit_code(address) if self.cluster is not None else None
+        if code is not None:
+            return f"worker process died: {exit_text(code)}"
+        where = f" ({address})" if address else ""
+        return f"worker process died{where}; Dask does not say how: see that worker's log"
 
     def keep_workers(self) -> None:
         """A worker of the local cluster is restarted: watch that the cluster gets back
@@ -337,17 +354,21 @@ class DaskExecutor:
                 task = self._pending.popitem(last=False)[0]
                 self._in_flight += 1
             execution = DaskExecution(self, task)
+            # settled without pumping: this loop goes on (a recursion per job ended here
+            # overflowed the stack of the collector thread, which then died: the jobs on
+            # the cluster never ended, e.g. a stop halting 500 queued jobs in a row)
             if not task.begin(execution):  # aborted while queued: the engine ended it
-                self._settle(task, None)
+                self._settle(task, None, pump=False)
                 continue
             try:
                 execution.launch()
             except Exception as err:
                 logger.exception("job %s: cannot submit to the cluster", task.job_id)
                 reason = f"cannot submit to the dask cluster: {error_line(err)}"
-                self._settle(task, Outcome(State.FAILURE, {}, reason, None, time.time()))
+                failed = Outcome(State.FAILURE, {}, reason, None, time.time())
+                self._settle(task, failed, pump=False)
 
-    def _settle(self, task: Task, outcome: Outcome | None) -> None:
+    def _settle(self, task: Task, outcome: Outcome | None, pump: bool = True) -> None:
         if outcome is not None:
             try:
                 task.finish(outcome)
@@ -356,7 +377,8 @@ class DaskExecutor:
         with self._lock:
             self._in_flight -= 1  # only now: shutdown(wait=True) waits for the record
             self._drained.notify_all()
-        self._pump()
+        if pump:
+            self._pump()
 
     def _collect(self) -> None:
         me = threading.current_thread()

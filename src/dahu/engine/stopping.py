@@ -1,0 +1,56 @@
+"""How an engine stops (:meth:`~dahu.engine.core.Engine.shutdown`): no job starts from
+the moment the stop begins, so that every job it waits for is known to it and every
+outcome is recorded before the journal closes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ..executors.runner import Outcome
+from ..states import State
+from .lifecycle import SHUTDOWN_REASON
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["shut_down"]
+
+
+def shut_down(engine: Any, abort: bool, timeout: float, since: float | None) -> bool:
+    """See :meth:`~dahu.engine.core.Engine.shutdown`."""
+    deadline = (time.monotonic() if since is None else since) + timeout
+    cycle = engine.cycle
+    if not abort:  # let finish: also the jobs they start meanwhile, until none is left
+        while (live := engine.live()) and time.monotonic() < deadline:
+            for run in live:
+                run.done.wait(max(0.0, deadline - time.monotonic()))
+    with cycle.lock:  # from here on a Job.start is refused (its job ends aborted)
+        cycle.refusing = SHUTDOWN_REASON
+        if abort and cycle.halted is None:
+            cycle.halted = SHUTDOWN_REASON  # a queued job a slot takes now: aborted
+    runs = engine.live()  # all of them: none can start any more
+    if abort and (aborted := engine.abort_all(runs, SHUTDOWN_REASON)):
+        logger.info("shutting down: %d job(s) aborted", aborted)
+    for run in runs:
+        run.done.wait(max(0.0, deadline - time.monotonic()))
+    unfinished = [run.id for run in runs if run.state not in State.FINAL]
+    if unfinished:
+        logger.error("shutting down with %d job(s) still running: %s", len(unfinished), unfinished)
+    for run in runs:  # recorded now: once the process ends nobody else would
+        if run.state not in State.FINAL:
+            reason = run.abort_reason or "the server stopped"
+            note = f"{reason} (the plugin had not stopped after {timeout:g} s)"
+            cycle.finish(run, Outcome(State.ABORTED, {}, note, run.started, time.time()))
+    with cycle.stop_lock:  # a start refused from now on leaves the journal alone
+        cycle.journal_closing = True
+    engine._closed = True
+    engine.executor.shutdown(wait=False)
+    engine.journal.flush()  # the outcomes queued are committed and reported
+    cleaner = engine._cleaner
+    if cleaner is not None:
+        engine._to_clean.put(None)
+        cleaner.join(max(1.0, deadline - time.monotonic()))
+    lost = engine._last_retry()
+    engine.journal.close()
+    return not unfinished and not lost

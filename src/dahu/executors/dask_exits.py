@@ -1,0 +1,61 @@
+"""How a local Dask cluster's worker process ended: its nanny (in this process) knows the
+exit code, Dask's ``KilledWorker`` does not tell it.  :class:`ExitWatch` notes it, so
+that a job whose worker died reads ``worker process died: signal 6 (SIGABRT)`` as under
+the process executor."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from distributed.diagnostics.plugin import NannyPlugin
+
+__all__ = ["ExitWatch", "exit_code"]
+
+KEEP = 1000
+"""How many worker exits are remembered (an address is not given again soon)."""
+
+_exits: dict[str, int] = {}  # worker address -> exit code (negative: the signal)
+_exits_lock = threading.Lock()
+
+
+class ExitWatch(NannyPlugin):
+    """Registered on a local cluster: each nanny notes the exit code of its worker
+    process, by the worker's address, before it starts a new one."""
+
+    name = "dahu-exit-watch"
+    idempotent = True
+
+    def setup(self, nanny: Any) -> None:
+        def watch(on_exit: Any) -> Any:
+            def noted(exitcode: int) -> None:
+                address = getattr(nanny.process, "worker_address", None)
+                if address is not None:
+                    with _exits_lock:
+                        if len(_exits) >= KEEP:  # the oldest first (dicts keep order)
+                            del _exits[next(iter(_exits))]
+                        _exits[address] = exitcode
+                on_exit(exitcode)
+
+            return noted
+
+        # the nanny reuses its WorkerProcess across restarts, or makes one with this
+        nanny._on_worker_exit_sync = watch(nanny._on_worker_exit_sync)
+        if nanny.process is not None:
+            nanny.process.on_exit = watch(nanny.process.on_exit)
+
+
+def exit_code(address: str | None, wait: float = 1.0) -> int | None:
+    """The exit code of the worker process at ``address`` once its nanny noted it (the
+    scheduler may report the task lost a moment before), None if not within ``wait`` s
+    (a nanny in another process: an external cluster)."""
+    deadline = time.monotonic() + wait
+    while address is not None:
+        with _exits_lock:
+            if address in _exits:  # kept: the tasks queued on it died with it too
+                return _exits[address]
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    return None
