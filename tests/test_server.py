@@ -865,3 +865,53 @@ def test_a_stop_while_a_batch_is_recorded_tells_its_client_of_every_job(
     finally:
         with contextlib.suppress(Exception):
             context.__exit__(None, None, None)
+
+
+def test_a_stop_while_a_single_job_is_queued_tells_its_client(tmp_path, plugin_dir, monkeypatch):
+    # bug: SIGTERM between startJob's "shutting down" check and the job being queued: the
+    # stop found no job queued or running and let the device go at once; the client got
+    # the id, and its job ended aborted with nobody told (a slot takes it at once and
+    # aborts it, the stop began: its event comes after its files, once the device is gone)
+    import os
+    import signal
+
+    from dahu.engine.core import Engine
+    from dahu.job import Job
+
+    queueing = tmp_path / "queueing"
+    start = Job.start
+    write_files = Engine.write_files
+
+    def slowly(job):  # in the device's (forked) process
+        queueing.touch()
+        time.sleep(1.0)  # the signal comes now
+        start(job)
+        time.sleep(0.3)  # a slot takes it meanwhile: aborted at once (the stop began)
+
+    def slow_disk(engine, *args):  # the job's event comes after its files
+        time.sleep(1.0)
+        return write_files(engine, *args)
+
+    monkeypatch.setattr(Job, "start", slowly)
+    monkeypatch.setattr(Engine, "write_files", slow_disk)
+    heard: set[int] = set()
+    context = start_device(tmp_path / "work", plugin_dir)
+    proxy = context.__enter__()
+    try:
+        proxy.subscribe_event(
+            "jobFailure",
+            tango.EventType.CHANGE_EVENT,
+            lambda event: event.err or heard.add(int(event.attr_value.value)),
+        )
+        given: list[int] = []
+        job = ["example.sleep", json.dumps({"t": 30})]
+        sender = threading.Thread(target=lambda: given.append(proxy.startJob(job)))
+        sender.start()
+        wait_until(queueing.exists, what="the job to be recorded")
+        os.kill(context.thread.pid, signal.SIGTERM)
+        sender.join(30)
+        assert len(given) == 1
+        wait_until(lambda: set(given) <= heard, timeout=10, what="the event of the job")
+    finally:
+        with contextlib.suppress(Exception):
+            context.__exit__(None, None, None)

@@ -54,7 +54,7 @@ from .server_settings import (
     freeze_batch,
     push_lock,
     ready_line,
-    recording_batch,
+    recording_jobs,
     serving,
     settings,
     shutdown,
@@ -289,12 +289,14 @@ class DahuDS(Device):
                 f"startJob expects [plugin name, JSON object], got {len(argin)} string(s)"
             )
         name = self._plugin(argin[0])
-        job = Job(name, parse_job_input(argin[1]))
-        if job.id > INT32_MAX:
-            raise self._beyond_devlong([job])
-        if job.id % FREEZE_CHECK == 0:  # a queue filled job by job: as a large batch
-            freeze_batch(self._engine, self._engine.executor.counts()["queued"])
-        return self._submit(job)
+        job_input = parse_job_input(argin[1])
+        with recording_jobs():  # a stop that begins meanwhile waits
+            job = Job(name, job_input)
+            if job.id > INT32_MAX:
+                raise self._beyond_devlong([job])
+            if job.id % FREEZE_CHECK == 0:  # a queue filled job by job: as a large batch
+                freeze_batch(self._engine, self._engine.executor.counts()["queued"])
+            return self._submit(job)
 
     @command(
         dtype_in=(str,),
@@ -311,7 +313,7 @@ class DahuDS(Device):
                 f"got {len(argin)} string(s)"
             )
         name = self._plugin(argin[0])
-        with gc_paused(), recording_batch():  # a stop that begins meanwhile waits
+        with gc_paused(), recording_jobs():  # a stop that begins meanwhile waits
             jobs = Job.create_many(name, parse_job_inputs(argin[1]))
             if jobs and jobs[-1].id > INT32_MAX:
                 raise self._beyond_devlong(jobs)
