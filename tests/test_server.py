@@ -70,6 +70,14 @@ class GcFrozen(Plugin):
 
 
 @register
+class Big(Plugin):
+    """An output of n characters."""
+
+    def process(self):
+        self.output["data"] = "x" * self.input["n"]
+
+
+@register
 class Theta(Plugin):
     """Integrates in 2\u03b8 (\u00b0)."""
 
@@ -915,3 +923,34 @@ def test_a_stop_while_a_single_job_is_queued_tells_its_client(tmp_path, plugin_d
     finally:
         with contextlib.suppress(Exception):
             context.__exit__(None, None, None)
+
+
+def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(
+    tmp_path, plugin_dir, monkeypatch
+):
+    # bug: a job output over Tango's 256 MiB message ("x" * 300_000_000) failed
+    # getJobOutput with API_CorbaException MARSHAL_MessageSizeExceedLimitOnServer and
+    # no Dahu reason nor where to read it (the limit is lowered here: a light test)
+    import dahu.server_errors
+
+    monkeypatch.setattr(dahu.server_errors, "MAX_ANSWER_CHARS", 50_000, raising=False)
+    work = tmp_path / "work"
+    with start_device(work, plugin_dir) as proxy:
+        job_id = proxy.startJob(["dahutest.big", json.dumps({"n": 3 * 2**20})])
+        assert finish(proxy, job_id) == "success"
+        error = refused(proxy.getJobOutput, job_id)
+        out = work / "0000" / f"{job_id:05d}_dahutest.big.out"
+        proxy.cleanJob(job_id)  # its files written (after waitJob answered)
+        assert error.reason == "Dahu_TooLarge"
+        assert error.desc.startswith(f"the output of job {job_id} is 3 MiB, more than a Tango")
+        assert f"read it from {out} or with dahu-jobs show {job_id} -w {work}" in error.desc
+        assert json.loads(out.read_text())["data"] == "x" * 3 * 2**20
+        small = proxy.startJob(["dahutest.big", json.dumps({"n": 10})])
+        assert finish(proxy, small) == "success"
+        assert json.loads(proxy.getJobOutput(small))["data"] == "x" * 10
+        big_input = proxy.startJob(["dahutest.big", json.dumps({"n": 1, "pad": "y" * 2**21})])
+        assert finish(proxy, big_input) == "success"
+        error = refused(proxy.getJobInput, big_input)
+        assert error.reason == "Dahu_TooLarge"
+        assert error.desc.startswith(f"the input of job {big_input} is 2 MiB")
+        assert f"{big_input:05d}_dahutest.big.inp or with dahu-jobs show" in error.desc

@@ -35,7 +35,7 @@ from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_input
 from .job import Job
 from .properties import DEFAULT_RETENTION_INTERVAL, MAX_WAIT_TIMEOUT, PROPERTIES
 from .retention import parse_retention
-from .server_errors import client_errors, latin1_text
+from .server_errors import client_errors, job_answer, latin1_text
 from .server_events import push_event, ready_when_subscribed
 from .server_plugins import PluginCatalog
 from .server_settings import (
@@ -352,15 +352,18 @@ class DahuDS(Device):
     @client_errors
     def getJobOutput(self, job_id: int) -> str:  # noqa: N802
         """The output of a job as a JSON object ({} while it has none)."""
-        text = self._engine.output_text(Job._resolve(job_id))  # as the journal records it
-        return text or compact_json(self._job(job_id).output_data)
+        job_id, workdir = Job._resolve(job_id), self._engine.workdir
+        text = self._engine.output_text(job_id)  # as the journal records it
+        text = text or compact_json(self._job(job_id).output_data)
+        return job_answer(text, "output", job_id, workdir, lambda: self._job(job_id).name)
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the input, JSON")
     @client_errors
     def getJobInput(self, job_id: int) -> str:  # noqa: N802
         """The input of a job as a JSON object (with ``plugin_name`` and ``job_id``)."""
-        job = self._job(job_id)
-        return self._engine.input_text(job.id, job.input_data)
+        job, workdir = self._job(job_id), self._engine.workdir
+        text = self._engine.input_text(job.id, job.input_data)
+        return job_answer(text, "input", job.id, workdir, lambda: job.name)
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the error text")
     @client_errors
