@@ -954,3 +954,24 @@ def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(
         assert error.reason == "Dahu_TooLarge"
         assert error.desc.startswith(f"the input of job {big_input} is 2 MiB")
         assert f"{big_input:05d}_dahutest.big.inp or with dahu-jobs show" in error.desc
+
+
+def test_the_info_of_a_job_with_a_huge_output_does_not_read_it(tmp_path, plugin_dir, monkeypatch):
+    # bug: getJobInfo of a job with 300 MB of input and 300 MB of output took 4.5 s, past
+    # a client's 3 s timeout: the journal decoded both to answer its state and times
+    # (here, a record read whole past 1 MiB fails the command: a light test)
+    from dahu.journal import SQLiteJournal
+
+    record = SQLiteJournal._record
+
+    def no_bulk(row):  # in the forked device
+        assert not row[4] or len(row[4]) < 2**20, "the whole output read"
+        return record(row)
+
+    monkeypatch.setattr(SQLiteJournal, "_record", staticmethod(no_bulk))
+    with start_device(tmp_path / "work", plugin_dir) as proxy:
+        job_id = proxy.startJob(["dahutest.big", json.dumps({"n": 3 * 2**20})])
+        assert finish(proxy, job_id) == "success"
+        info = json.loads(proxy.getJobInfo(job_id))
+        assert (info["id"], info["plugin"], info["state"]) == (job_id, "dahutest.big", "success")
+        assert len(proxy.getJobOutput(job_id)) > 3 * 2**20  # read as text, not decoded

@@ -352,18 +352,18 @@ class DahuDS(Device):
     @client_errors
     def getJobOutput(self, job_id: int) -> str:  # noqa: N802
         """The output of a job as a JSON object ({} while it has none)."""
-        job_id, workdir = Job._resolve(job_id), self._engine.workdir
+        job_id = Job._resolve(job_id)
         text = self._engine.output_text(job_id)  # as the journal records it
         text = text or compact_json(self._job(job_id).output_data)
-        return job_answer(text, "output", job_id, workdir, lambda: self._job(job_id).name)
+        return job_answer(text, "output", job_id, self._engine)
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the input, JSON")
     @client_errors
     def getJobInput(self, job_id: int) -> str:  # noqa: N802
         """The input of a job as a JSON object (with ``plugin_name`` and ``job_id``)."""
-        job, workdir = self._job(job_id), self._engine.workdir
+        job = self._job(job_id)
         text = self._engine.input_text(job.id, job.input_data)
-        return job_answer(text, "input", job.id, workdir, lambda: job.name)
+        return job_answer(text, "input", job.id, self._engine)
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the error text")
     @client_errors

@@ -125,13 +125,14 @@ def sendable(text: str, what: str, where: Callable[[], str] | None = None) -> st
     )
 
 
-def job_answer(text: str, what: str, job_id: int, workdir: str, name: Callable[[], str]) -> str:
-    """``text``, the ``input`` or ``output`` (``what``) of job ``job_id``, as a command
-    answers it (:func:`sendable`); too large, the error says where to read it: the job's
-    ``.inp``/``.out`` file (its plugin: ``name()``), or ``dahu-jobs show``."""
+def job_answer(text: str, what: str, job_id: int, engine: Any) -> str:
+    """``text``, the ``input`` or ``output`` (``what``) of job ``job_id`` of ``engine``,
+    as a command answers it (:func:`sendable`); too large, the error says where to read
+    it: the job's ``.inp``/``.out`` file, or ``dahu-jobs show``."""
 
     def where() -> str:
-        path = job_file_stem(workdir, job_id, name()) + (".out" if what == "output" else ".inp")
+        workdir, plugin = engine.workdir, engine.info(job_id)["plugin"]
+        path = job_file_stem(workdir, job_id, plugin) + (".out" if what == "output" else ".inp")
         return f"read it from {path} or with dahu-jobs show {job_id} -w {workdir}"
 
     return sendable(text, f"the {what} of job {job_id}", where)

@@ -179,7 +179,7 @@ class Engine:
     def info(self, job_id: int) -> dict[str, Any] | None:
         """What the journal knows of a job besides its input and output (the live state
         wins; the first line of its error); None if the job is unknown."""
-        record = self.journal.get(job_id)
+        record = self.journal.get(job_id, data=False)  # an output of 300 MB: not read
         if record is None:
             return None
         run = self.table.find(job_id)

@@ -254,8 +254,9 @@ class Journal(abc.ABC):
             self.finish(job_id, state, output, error, started, ended)
 
     @abc.abstractmethod
-    def get(self, job_id: int) -> JobRecord | None:
-        """Return a copy of the record of ``job_id`` (input with ``job_id`` set), or None."""
+    def get(self, job_id: int, data: bool = True) -> JobRecord | None:
+        """Return a copy of the record of ``job_id`` (input with ``job_id`` set), or None;
+        without its ``data`` (input ``{}``, output None): not read, however large."""
 
     def output_text(self, job_id: int) -> str | None:
         """The output of ``job_id`` as the JSON text recorded (``{}`` when it has none),

@@ -89,13 +89,13 @@ class MemoryJournal(Journal):
             record.module_file = utf8_text(module_file)
             record.plugin_version = utf8_text(plugin_version)
 
-    def get(self, job_id: int) -> JobRecord | None:
+    def get(self, job_id: int, data: bool = True) -> JobRecord | None:
         with self._lock:
             record = self._records.get(job_id)
             if record is None:
                 return None
-            copy = replace(record, input=json.loads(json.dumps(record.input)))
-            copy.output = json.loads(json.dumps(record.output))
+            copy = replace(record, input=json.loads(json.dumps(record.input)) if data else {})
+            copy.output = json.loads(json.dumps(record.output)) if data else None
         copy.input["job_id"] = job_id
         return copy
 

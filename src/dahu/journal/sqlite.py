@@ -412,6 +412,7 @@ class SQLiteJournal(BatchedWriter, Journal):
         "id, plugin, state, input, output, error, submitted, started, ended, runtime, "
         "host, pid, version, module_file, plugin_version"
     )
+    _HEAD = _COLUMNS.replace("input, output", "NULL, NULL")  # get(data=False)
 
     @staticmethod
     def _record(row: tuple) -> JobRecord:
@@ -423,8 +424,8 @@ class SQLiteJournal(BatchedWriter, Journal):
         data[4] = json.loads(data[4]) if data[4] else None
         return JobRecord(*data)
 
-    def get(self, job_id: int) -> JobRecord | None:
-        row = self._by_id(self._COLUMNS, job_id)
+    def get(self, job_id: int, data: bool = True) -> JobRecord | None:
+        row = self._by_id(self._COLUMNS if data else self._HEAD, job_id)
         return self._record(row) if row else None
 
     def output_text(self, job_id: int) -> str | None:
