@@ -975,3 +975,34 @@ def test_the_info_of_a_job_with_a_huge_output_does_not_read_it(tmp_path, plugin_
         info = json.loads(proxy.getJobInfo(job_id))
         assert (info["id"], info["plugin"], info["state"]) == (job_id, "dahutest.big", "success")
         assert len(proxy.getJobOutput(job_id)) > 3 * 2**20  # read as text, not decoded
+
+
+def test_the_error_of_an_old_job_with_a_huge_output_does_not_read_it(
+    tmp_path, plugin_dir, monkeypatch
+):
+    # bug: getJobError (and abort, cleanJob) of a job ended before the server started
+    # decoded its whole input and output: 200 MB of each, 0.9 s for getJobError, 1 s for
+    # abort (here a record read whole past 1 MiB fails the command: a light test)
+    from dahu.journal import SQLiteJournal
+
+    work = tmp_path / "work"
+    with start_device(work, plugin_dir) as proxy:
+        big = proxy.startJob(["dahutest.big", json.dumps({"n": 3 * 2**20})])
+        assert finish(proxy, big) == "success"
+        failed = proxy.startJob(["example.error", json.dumps({"message": "bad frame"})])
+        assert finish(proxy, failed) == "failure"
+    record = SQLiteJournal._record
+    armed = tmp_path / "armed"  # once the device started (it writes missing files)
+
+    def no_bulk(row):  # in the forked device
+        assert not armed.exists() or not row[4] or len(row[4]) < 2**20, "whole output read"
+        return record(row)
+
+    monkeypatch.setattr(SQLiteJournal, "_record", staticmethod(no_bulk))
+    with start_device(work, plugin_dir) as proxy:  # the jobs are the journal's only
+        armed.touch()
+        assert proxy.getJobError(big) == ""
+        assert proxy.getJobError(failed).startswith("ValueError: bad frame")
+        assert proxy.abort(big) is False
+        assert proxy.getJobState(big) == "success"
+        assert json.loads(proxy.getJobInput(failed))["message"] == "bad frame"

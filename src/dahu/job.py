@@ -360,10 +360,11 @@ class Job(threading.Thread, metaclass=_JobClass):
         job_id = cls._resolve(jobId)
         run = source.find(job_id)
         if run is None:
-            record = source.journal.get(job_id)
+            record = source.journal.get(job_id, data=False)  # its error, state, times
             if record is None:
                 return None
             run = JobRun.from_record(record)
+            run.input_data = run.output = None  # read when asked: hundreds of MB maybe
         return cls._over(source if isinstance(source, Engine) else None, run)
 
     getJobFromId = getJobFromID
