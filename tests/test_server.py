@@ -1006,3 +1006,8 @@ def test_the_error_of_an_old_job_with_a_huge_output_does_not_read_it(
         assert proxy.abort(big) is False
         assert proxy.getJobState(big) == "success"
         assert json.loads(proxy.getJobInput(failed))["message"] == "bad frame"
+        assert proxy.cleanJob(big) == f"job {big} cleaned"  # its files are there: kept
+        out = work / "0000" / f"{failed:05d}_example.error.out"
+        out.unlink()
+        assert proxy.cleanJob(failed) == f"job {failed} cleaned"
+        assert json.loads(out.read_text())["error"][0].startswith("ValueError: bad frame")
