@@ -278,9 +278,14 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     def select(
-        self, first: int | None = None, last: int | None = None, state: str | None = None
+        self,
+        first: int | None = None,
+        last: int | None = None,
+        state: str | None = None,
+        data: bool = True,
     ) -> Iterator[JobRecord]:
-        """Iterate over the records with ``first <= id <= last`` (and ``state``), by id."""
+        """Iterate over the records with ``first <= id <= last`` (and ``state``), by id;
+        without their ``data`` as :meth:`get` gives them."""
 
     @abc.abstractmethod
     def mark_interrupted(self) -> list[int]:

@@ -104,13 +104,17 @@ class MemoryJournal(Journal):
             return self._last
 
     def select(
-        self, first: int | None = None, last: int | None = None, state: str | None = None
+        self,
+        first: int | None = None,
+        last: int | None = None,
+        state: str | None = None,
+        data: bool = True,
     ) -> Iterator[JobRecord]:
         with self._lock:
             ids = sorted(self._records)
         for job_id in ids:
             if (first is None or job_id >= first) and (last is None or job_id <= last):
-                record = self.get(job_id)
+                record = self.get(job_id, data)
                 if record is not None and (state is None or record.state == state):
                     yield record
 

@@ -456,9 +456,10 @@ class SQLiteJournal(BatchedWriter, Journal):
             return max(largest, 0 if refused else self._queued_id)
 
     def select(
-        self, first: int | None = None, last: int | None = None, state: str | None = None
+        self, first: int | None = None, last: int | None = None, state: str | None = None, data=True
     ) -> Iterator[JobRecord]:
-        sql = f"SELECT {self._COLUMNS} FROM jobs WHERE id >= ? AND id <= ?"
+        columns = self._COLUMNS if data else self._HEAD
+        sql = f"SELECT {columns} FROM jobs WHERE id >= ? AND id <= ?"
         last = MAX_ID if last is None else last
         args: list[Any] = [min(max(first or 0, 0), MAX_ID), min(max(last, -1), MAX_ID)]
         if state is not None:
