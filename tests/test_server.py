@@ -1011,3 +1011,42 @@ def test_the_error_of_an_old_job_with_a_huge_output_does_not_read_it(
         out.unlink()
         assert proxy.cleanJob(failed) == f"job {failed} cleaned"
         assert json.loads(out.read_text())["error"][0].startswith("ValueError: bad frame")
+
+
+def test_a_stop_while_an_ended_job_has_its_files_written_tells_its_client(
+    tmp_path, plugin_dir, monkeypatch
+):
+    # bug: SIGTERM while the files of a job that had just ended were being written (a
+    # large output: 300 MB of .out take seconds): the stop found no job queued or running
+    # and let the device go at once; the job's event, pushed after its files, reached nobody
+    import os
+    import signal
+
+    from dahu.engine.core import Engine
+
+    writing = tmp_path / "writing"
+    write_files = Engine.write_files
+
+    def slow_disk(engine, *args):  # in the device's (forked) process
+        writing.touch()
+        time.sleep(1.0)  # the signal comes now
+        return write_files(engine, *args)
+
+    monkeypatch.setattr(Engine, "write_files", slow_disk)
+    heard: set[int] = set()
+    context = start_device(tmp_path / "work", plugin_dir)
+    proxy = context.__enter__()
+    try:
+        proxy.subscribe_event(
+            "jobSuccess",
+            tango.EventType.CHANGE_EVENT,
+            lambda event: event.err or heard.add(int(event.attr_value.value)),
+        )
+        job_id = proxy.startJob(["example.cube", json.dumps({"x": 3})])
+        assert finish(proxy, job_id) == "success"
+        wait_until(writing.exists, what="its files to be written")
+        os.kill(context.thread.pid, signal.SIGTERM)
+        wait_until(lambda: job_id in heard, timeout=10, what="the event of the job")
+    finally:
+        with contextlib.suppress(Exception):
+            context.__exit__(None, None, None)

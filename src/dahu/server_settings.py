@@ -341,6 +341,8 @@ def abort_while_serving(linger: float) -> None:
         _stop_began = time.monotonic()
     engine.cycle.halted = SHUTDOWN_REASON  # a job taken from now on: aborted
     deadline = _stop_began + settings.shutdown_timeout
+    now = time.time()  # jobs ended before, their files (then their events) not written yet
+    unwritten = engine.files_settled() < now  # (none: it answers a time after ``now``)
     with _recorded:  # their clients get the ids: their jobs are aborted below (or, taken
         # by a slot meanwhile, were at once: their files and events are waited for too)
         waited = _recording > 0
@@ -363,7 +365,7 @@ def abort_while_serving(linger: float) -> None:
     # those the stop aborted and those a slot took meanwhile (halted: aborted at once)
     if aborted := sum(run.abort_reason == SHUTDOWN_REASON for run in stopped):
         logger.info("stopping: %d job(s) aborted", aborted)
-    if (seen or waited) and engine.flush_files(
+    if (seen or waited or unwritten) and engine.flush_files(
         max(0.0, deadline - time.monotonic())
     ):  # the events too
         time.sleep(linger)
