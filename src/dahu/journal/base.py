@@ -102,14 +102,30 @@ def encode_final_input(job_id: int, input_data: Any) -> str | None:
         return text
 
 
-def encode_output(output: Any, error: str | None) -> tuple[str | None, str | None]:
+MAX_OUTPUT_CHARS = 900_000_000
+"""Longest output the journal records: SQLite refuses a row over 1,000,000,000 bytes
+(``string or blob too big``), and would refuse it at every try."""
+
+
+def encode_output(
+    output: Any, error: str | None, limit: int | None = None
+) -> tuple[str | None, str | None]:
     """A job output as compact JSON and its error; an output that is not serialisable is
-    kept as its ``repr`` and the error says so (a plugin's output never breaks a record)."""
+    kept as its ``repr``, one over ``limit`` (default :data:`MAX_OUTPUT_CHARS`) as a note,
+    and the error says so (a plugin's output never breaks a record)."""
+    limit = MAX_OUTPUT_CHARS if limit is None else limit
     error = utf8_text(error)
     if output is None:
         return None, error
     try:
-        return compact_json(output), error
+        text = compact_json(output)
+        if len(text) <= limit:
+            return text, error
+        note = (
+            f"output of {len(text) / 1e6:.0f} MB not recorded: the journal takes "
+            f"{limit / 1e6:.0f} MB at most (the job's .out file holds it)"
+        )
+        return compact_json({"unrecorded_output": note}), (error + "\n" if error else "") + note
     except Exception as err:  # plugin data: whatever its encoding raises, the record is kept
         note = f"output not JSON-serialisable: {safe_str(err)}"
         try:  # keys and values JSON refuses as text, the rest as it is
