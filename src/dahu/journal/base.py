@@ -50,6 +50,7 @@ __all__ = [
     "INTERRUPTED",
     "HOST",
     "MAX_ID",
+    "MAX_OUTPUT_CHARS",
     "storable_id",
 ]
 
