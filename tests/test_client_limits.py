@@ -50,8 +50,11 @@ def test_an_output_too_large_for_tango_fails_the_future(small_server):
             future.result(timeout=30)
         message = str(info.value)
         assert message.startswith(f"job {future.job_id}: getJobOutput: ")
-        assert "MessageSizeExceedLimitOnServer" in message and "\n" not in message
-        assert "larger than the largest one Tango may carry" in message
+        # since 2026-11-30 the server refuses it itself, below the limit of its messages
+        # (its -ORBgiopMaxMsgSize), saying where to read it; hopeless: asked once
+        assert info.value.reason == "Dahu_TooLarge" and "\n" not in message
+        assert f"the output of job {future.job_id} is 2 MiB, more than a Tango command " in message
+        assert f"_bulky.text.out or with dahu-jobs show {future.job_id} -w " in message
         assert future.state == "success"  # the job itself succeeded: its output is kept
         assert dahu.pending == 0
         small = dahu.submit("bulky.text", n=10)  # the client goes on

@@ -1097,3 +1097,34 @@ def test_files_deleted_by_a_user_are_not_all_written_again(workdir, monkeypatch)
         assert not os.path.exists(job_file_stem(str(workdir), ids[-31], "example.square") + ".out")
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_an_output_sqlite_cannot_hold_is_recorded_as_a_note(
+    kind, tmp_path, plugin_dir, monkeypatch
+):
+    # bug: an output over SQLite's 1,000,000,000 bytes ("x" * 1_000_000_100) was refused
+    # at every try ("string or blob too big"): the device stayed FAULT for good, the job
+    # "running" in the journal; here SQLite's limit is lowered to 100 kB, ours to 50 kB
+    import dahu.journal.base
+
+    engine = dahu.engine.configure(workdir=str(tmp_path / "work"), executor_kind=kind)
+    (plugin_dir / "bulky.py").write_text(
+        "from dahu.plugin import plugin_from_function\n\n\n"
+        "def text(n=1):\n    return 'x' * int(n)\n\n\nplugin_from_function(text)\n"
+    )
+    monkeypatch.setattr(dahu.journal.base, "MAX_OUTPUT_CHARS", 50_000, raising=False)
+    engine.journal._db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 100_000)
+    job = Job("bulky.text", {"n": 200_000})
+    job.start()
+    job.join()
+    job.clean()
+    assert engine.journal_fault is None
+    record = engine.journal.get(job.id)
+    assert record.state == "success"
+    note = "output of 0 MB not recorded: the journal takes 0 MB at most (the job's .out file"
+    assert record.output["unrecorded_output"].startswith(note)
+    assert record.error.startswith(note)
+    with open(job.data_on_disk + ".out") as out:  # whole: the worker sent it all
+        assert json.load(out)["result"] == "x" * 200_000
+    engine.shutdown(timeout=30)

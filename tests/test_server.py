@@ -70,6 +70,14 @@ class GcFrozen(Plugin):
 
 
 @register
+class Big(Plugin):
+    """An output of n characters."""
+
+    def process(self):
+        self.output["data"] = "x" * self.input["n"]
+
+
+@register
 class Theta(Plugin):
     """Integrates in 2\u03b8 (\u00b0)."""
 
@@ -862,6 +870,183 @@ def test_a_stop_while_a_batch_is_recorded_tells_its_client_of_every_job(
         sender.join(30)
         assert len(given) == 50
         wait_until(lambda: set(given) <= heard, what="an event for every job of the batch")
+    finally:
+        with contextlib.suppress(Exception):
+            context.__exit__(None, None, None)
+
+
+def test_a_stop_while_a_single_job_is_queued_tells_its_client(tmp_path, plugin_dir, monkeypatch):
+    # bug: SIGTERM between startJob's "shutting down" check and the job being queued: the
+    # stop found no job queued or running and let the device go at once; the client got
+    # the id, and its job ended aborted with nobody told (a slot takes it at once and
+    # aborts it, the stop began: its event comes after its files, once the device is gone)
+    import os
+    import signal
+
+    from dahu.engine.core import Engine
+    from dahu.job import Job
+
+    queueing = tmp_path / "queueing"
+    start = Job.start
+    write_files = Engine.write_files
+
+    def slowly(job):  # in the device's (forked) process
+        queueing.touch()
+        time.sleep(1.0)  # the signal comes now
+        start(job)
+        time.sleep(0.3)  # a slot takes it meanwhile: aborted at once (the stop began)
+
+    def slow_disk(engine, *args):  # the job's event comes after its files
+        time.sleep(1.0)
+        return write_files(engine, *args)
+
+    monkeypatch.setattr(Job, "start", slowly)
+    monkeypatch.setattr(Engine, "write_files", slow_disk)
+    heard: set[int] = set()
+    context = start_device(tmp_path / "work", plugin_dir)
+    proxy = context.__enter__()
+    try:
+        proxy.subscribe_event(
+            "jobFailure",
+            tango.EventType.CHANGE_EVENT,
+            lambda event: event.err or heard.add(int(event.attr_value.value)),
+        )
+        given: list[int] = []
+        job = ["example.sleep", json.dumps({"t": 30})]
+        sender = threading.Thread(target=lambda: given.append(proxy.startJob(job)))
+        sender.start()
+        wait_until(queueing.exists, what="the job to be recorded")
+        os.kill(context.thread.pid, signal.SIGTERM)
+        sender.join(30)
+        assert len(given) == 1
+        wait_until(lambda: set(given) <= heard, timeout=10, what="the event of the job")
+    finally:
+        with contextlib.suppress(Exception):
+            context.__exit__(None, None, None)
+
+
+def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(
+    tmp_path, plugin_dir, monkeypatch
+):
+    # bug: a job output over Tango's 256 MiB message ("x" * 300_000_000) failed
+    # getJobOutput with API_CorbaException MARSHAL_MessageSizeExceedLimitOnServer and
+    # no Dahu reason nor where to read it (the limit is lowered here: a light test)
+    import dahu.server_errors
+
+    monkeypatch.setattr(dahu.server_errors, "MAX_ANSWER_CHARS", 50_000, raising=False)
+    work = tmp_path / "work"
+    with start_device(work, plugin_dir) as proxy:
+        job_id = proxy.startJob(["dahutest.big", json.dumps({"n": 3 * 2**20})])
+        assert finish(proxy, job_id) == "success"
+        error = refused(proxy.getJobOutput, job_id)
+        out = work / "0000" / f"{job_id:05d}_dahutest.big.out"
+        proxy.cleanJob(job_id)  # its files written (after waitJob answered)
+        assert error.reason == "Dahu_TooLarge"
+        assert error.desc.startswith(f"the output of job {job_id} is 3 MiB, more than a Tango")
+        assert f"read it from {out} or with dahu-jobs show {job_id} -w {work}" in error.desc
+        assert json.loads(out.read_text())["data"] == "x" * 3 * 2**20
+        small = proxy.startJob(["dahutest.big", json.dumps({"n": 10})])
+        assert finish(proxy, small) == "success"
+        assert json.loads(proxy.getJobOutput(small))["data"] == "x" * 10
+        big_input = proxy.startJob(["dahutest.big", json.dumps({"n": 1, "pad": "y" * 2**21})])
+        assert finish(proxy, big_input) == "success"
+        error = refused(proxy.getJobInput, big_input)
+        assert error.reason == "Dahu_TooLarge"
+        assert error.desc.startswith(f"the input of job {big_input} is 2 MiB")
+        assert f"{big_input:05d}_dahutest.big.inp or with dahu-jobs show" in error.desc
+
+
+def test_the_info_of_a_job_with_a_huge_output_does_not_read_it(tmp_path, plugin_dir, monkeypatch):
+    # bug: getJobInfo of a job with 300 MB of input and 300 MB of output took 4.5 s, past
+    # a client's 3 s timeout: the journal decoded both to answer its state and times
+    # (here, a record read whole past 1 MiB fails the command: a light test)
+    from dahu.journal import SQLiteJournal
+
+    record = SQLiteJournal._record
+
+    def no_bulk(row, *args, **kwargs):  # in the forked device
+        assert not row[4] or len(row[4]) < 2**20, "the whole output read"
+        return record(row, *args, **kwargs)
+
+    monkeypatch.setattr(SQLiteJournal, "_record", staticmethod(no_bulk))
+    with start_device(tmp_path / "work", plugin_dir) as proxy:
+        job_id = proxy.startJob(["dahutest.big", json.dumps({"n": 3 * 2**20})])
+        assert finish(proxy, job_id) == "success"
+        info = json.loads(proxy.getJobInfo(job_id))
+        assert (info["id"], info["plugin"], info["state"]) == (job_id, "dahutest.big", "success")
+        assert len(proxy.getJobOutput(job_id)) > 3 * 2**20  # read as text, not decoded
+
+
+def test_the_error_of_an_old_job_with_a_huge_output_does_not_read_it(
+    tmp_path, plugin_dir, monkeypatch
+):
+    # bug: getJobError (and abort, cleanJob) of a job ended before the server started
+    # decoded its whole input and output: 200 MB of each, 0.9 s for getJobError, 1 s for
+    # abort (here a record read whole past 1 MiB fails the command: a light test)
+    from dahu.journal import SQLiteJournal
+
+    work = tmp_path / "work"
+    with start_device(work, plugin_dir) as proxy:
+        big = proxy.startJob(["dahutest.big", json.dumps({"n": 3 * 2**20})])
+        assert finish(proxy, big) == "success"
+        failed = proxy.startJob(["example.error", json.dumps({"message": "bad frame"})])
+        assert finish(proxy, failed) == "failure"
+    record = SQLiteJournal._record
+
+    def no_bulk(row, *args, **kwargs):  # in the forked device
+        assert not row[4] or len(row[4]) < 2**20, "the whole output read"
+        return record(row, *args, **kwargs)
+
+    monkeypatch.setattr(SQLiteJournal, "_record", staticmethod(no_bulk))
+    # the start too: it looked for missing files in the last 2000 records, read whole (20
+    # jobs of 50 MB of output: 1.9 GB of memory and 1.6 to 7.4 s before the device was up)
+    with start_device(work, plugin_dir) as proxy:  # the jobs are the journal's only
+        assert proxy.getJobError(big) == ""
+        assert proxy.getJobError(failed).startswith("ValueError: bad frame")
+        assert proxy.abort(big) is False
+        assert proxy.getJobState(big) == "success"
+        assert json.loads(proxy.getJobInput(failed))["message"] == "bad frame"
+        assert proxy.cleanJob(big) == f"job {big} cleaned"  # its files are there: kept
+        out = work / "0000" / f"{failed:05d}_example.error.out"
+        out.unlink()
+        assert proxy.cleanJob(failed) == f"job {failed} cleaned"
+        assert json.loads(out.read_text())["error"][0].startswith("ValueError: bad frame")
+
+
+def test_a_stop_while_an_ended_job_has_its_files_written_tells_its_client(
+    tmp_path, plugin_dir, monkeypatch
+):
+    # bug: SIGTERM while the files of a job that had just ended were being written (a
+    # large output: 300 MB of .out take seconds): the stop found no job queued or running
+    # and let the device go at once; the job's event, pushed after its files, reached nobody
+    import os
+    import signal
+
+    from dahu.engine.core import Engine
+
+    writing = tmp_path / "writing"
+    write_files = Engine.write_files
+
+    def slow_disk(engine, *args):  # in the device's (forked) process
+        writing.touch()
+        time.sleep(1.0)  # the signal comes now
+        return write_files(engine, *args)
+
+    monkeypatch.setattr(Engine, "write_files", slow_disk)
+    heard: set[int] = set()
+    context = start_device(tmp_path / "work", plugin_dir)
+    proxy = context.__enter__()
+    try:
+        proxy.subscribe_event(
+            "jobSuccess",
+            tango.EventType.CHANGE_EVENT,
+            lambda event: event.err or heard.add(int(event.attr_value.value)),
+        )
+        job_id = proxy.startJob(["example.cube", json.dumps({"x": 3})])
+        assert finish(proxy, job_id) == "success"
+        wait_until(writing.exists, what="its files to be written")
+        os.kill(context.thread.pid, signal.SIGTERM)
+        wait_until(lambda: job_id in heard, timeout=10, what="the event of the job")
     finally:
         with contextlib.suppress(Exception):
             context.__exit__(None, None, None)

@@ -8,6 +8,7 @@ Every error that Dahu itself raises (not plugin code) derives from :class:`DahuE
     ├── UnknownJob (also KeyError)       a job id that the journal does not know
     ├── JournalError                     the journal cannot be read or written
     ├── TryAgain                         an answer not ready within a bounded wait
+    ├── TooLarge                         an answer larger than a Tango command can send
     └── ExecutorError                    an executor cannot take or run a job
 
 A client always gets a one-line reason (:func:`error_line`, :func:`one_line`); the
@@ -23,6 +24,7 @@ __all__ = [
     "UnknownJob",
     "JournalError",
     "TryAgain",
+    "TooLarge",
     "ExecutorError",
     "error_line",
     "one_line",
@@ -66,6 +68,11 @@ class JournalError(DahuError):
 
 class TryAgain(DahuError):
     """The answer is not ready within the bounded wait: the client should call again."""
+
+
+class TooLarge(DahuError):
+    """An answer larger than a Tango command can send (the device's client reads it
+    elsewhere: the job's files, ``dahu-jobs show``)."""
 
 
 class ExecutorError(DahuError):

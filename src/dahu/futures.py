@@ -73,7 +73,8 @@ class ServerError(ClientError):
     def hopeless(self) -> bool:
         """Whether the server answered for good, so that the same call would fail again:
         a bug of the server, or an answer too large for any Tango message."""
-        return self.reason == "Dahu_InternalError" or "MessageSizeExceedLimit" in str(self)
+        lasting = self.reason in ("Dahu_InternalError", "Dahu_TooLarge")
+        return lasting or "MessageSizeExceedLimit" in str(self)
 
 
 class JobNotFound(ServerError, KeyError):

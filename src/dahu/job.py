@@ -360,10 +360,11 @@ class Job(threading.Thread, metaclass=_JobClass):
         job_id = cls._resolve(jobId)
         run = source.find(job_id)
         if run is None:
-            record = source.journal.get(job_id)
+            record = source.journal.get(job_id, data=False)  # its error, state, times
             if record is None:
                 return None
             run = JobRun.from_record(record)
+            run.input_data = run.output = None  # read when asked: hundreds of MB maybe
         return cls._over(source if isinstance(source, Engine) else None, run)
 
     getJobFromId = getJobFromID
@@ -420,12 +421,15 @@ class Job(threading.Thread, metaclass=_JobClass):
         job_id = cls._resolve(jobId)
         run = source.find(job_id)
         if run is None or run.cycle is None:
-            record = source.journal.get(job_id)
+            record = source.journal.get(job_id, data=False)
             if record is None:
                 return f"job {job_id} does not exist"
-            write_job_files(
-                source.workdir, job_id, record.plugin, record.input, record.output or {}
-            )
+            stem = job_file_stem(source.workdir, job_id, record.plugin)
+            if not (os.path.exists(stem + ".inp") and os.path.exists(stem + ".out")):
+                record = source.journal.get(job_id) or record  # deleted: written again
+                write_job_files(
+                    source.workdir, job_id, record.plugin, record.input, record.output or {}
+                )
             return f"job {job_id} cleaned"
         if run.state not in State.FINAL:
             return f"job {job_id} is {run.state}: not cleaned"

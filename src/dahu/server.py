@@ -35,7 +35,7 @@ from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_input
 from .job import Job
 from .properties import DEFAULT_RETENTION_INTERVAL, MAX_WAIT_TIMEOUT, PROPERTIES
 from .retention import parse_retention
-from .server_errors import client_errors, latin1_text
+from .server_errors import client_errors, job_answer, latin1_text
 from .server_events import push_event, ready_when_subscribed
 from .server_plugins import PluginCatalog
 from .server_settings import (
@@ -54,7 +54,7 @@ from .server_settings import (
     freeze_batch,
     push_lock,
     ready_line,
-    recording_batch,
+    recording_jobs,
     serving,
     settings,
     shutdown,
@@ -289,12 +289,14 @@ class DahuDS(Device):
                 f"startJob expects [plugin name, JSON object], got {len(argin)} string(s)"
             )
         name = self._plugin(argin[0])
-        job = Job(name, parse_job_input(argin[1]))
-        if job.id > INT32_MAX:
-            raise self._beyond_devlong([job])
-        if job.id % FREEZE_CHECK == 0:  # a queue filled job by job: as a large batch
-            freeze_batch(self._engine, self._engine.executor.counts()["queued"])
-        return self._submit(job)
+        job_input = parse_job_input(argin[1])
+        with recording_jobs():  # a stop that begins meanwhile waits
+            job = Job(name, job_input)
+            if job.id > INT32_MAX:
+                raise self._beyond_devlong([job])
+            if job.id % FREEZE_CHECK == 0:  # a queue filled job by job: as a large batch
+                freeze_batch(self._engine, self._engine.executor.counts()["queued"])
+            return self._submit(job)
 
     @command(
         dtype_in=(str,),
@@ -311,7 +313,7 @@ class DahuDS(Device):
                 f"got {len(argin)} string(s)"
             )
         name = self._plugin(argin[0])
-        with gc_paused(), recording_batch():  # a stop that begins meanwhile waits
+        with gc_paused(), recording_jobs():  # a stop that begins meanwhile waits
             jobs = Job.create_many(name, parse_job_inputs(argin[1]))
             if jobs and jobs[-1].id > INT32_MAX:
                 raise self._beyond_devlong(jobs)
@@ -350,15 +352,18 @@ class DahuDS(Device):
     @client_errors
     def getJobOutput(self, job_id: int) -> str:  # noqa: N802
         """The output of a job as a JSON object ({} while it has none)."""
-        text = self._engine.output_text(Job._resolve(job_id))  # as the journal records it
-        return text or compact_json(self._job(job_id).output_data)
+        job_id = Job._resolve(job_id)
+        text = self._engine.output_text(job_id)  # as the journal records it
+        text = text or compact_json(self._job(job_id).output_data)
+        return job_answer(text, "output", job_id, self._engine)
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the input, JSON")
     @client_errors
     def getJobInput(self, job_id: int) -> str:  # noqa: N802
         """The input of a job as a JSON object (with ``plugin_name`` and ``job_id``)."""
         job = self._job(job_id)
-        return self._engine.input_text(job.id, job.input_data)
+        text = self._engine.input_text(job.id, job.input_data)
+        return job_answer(text, "input", job.id, self._engine)
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the error text")
     @client_errors

@@ -3,8 +3,10 @@
 Every command of ``DahuDS`` is wrapped by :func:`client_errors`.  It keeps the Python
 state of the thread that runs it (:mod:`dahu.server_threads`).  Dahu's own errors carry
 their message and a reason code (``Dahu_InvalidInput``, ``Dahu_UnknownPlugin``,
-``Dahu_UnknownJob``, ``Dahu_TryAgain``, ``Dahu_Error``); anything unexpected is logged
-with its traceback on the server and reported as ``Dahu_InternalError``.
+``Dahu_UnknownJob``, ``Dahu_TryAgain``, ``Dahu_TooLarge``, ``Dahu_Error``); anything
+unexpected is logged with its traceback on the server and reported as
+``Dahu_InternalError``.  An answer a Tango message cannot hold is refused with
+``Dahu_TooLarge`` (:data:`MAX_ANSWER_CHARS`), not with omniORB's ``MARSHAL`` error.
 """
 
 from __future__ import annotations
@@ -20,17 +22,41 @@ from .errors import (
     MAX_REASON,
     DahuError,
     InvalidInput,
+    TooLarge,
     TryAgain,
     UnknownJob,
     UnknownPlugin,
     error_line,
     one_line,
 )
+from .journal import job_file_stem
 from .server_threads import keep_thread_state
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UnknownJob", "TryAgain", "one_line", "client_errors", "latin1_text", "MAX_REASON"]
+__all__ = [
+    "UnknownJob",
+    "TryAgain",
+    "one_line",
+    "client_errors",
+    "latin1_text",
+    "sendable",
+    "job_answer",
+    "follow_orb_options",
+    "MAX_REASON",
+]
+
+TANGO_MAX_MESSAGE = 256 * 1024 * 1024
+"""Bytes of one Tango message at most: omniORB's ``giopMaxMsgSize``, which Tango sets in
+every server and client (the ``ORBgiopMaxMsgSize`` environment variable does not change
+it; a server's ``-ORBgiopMaxMsgSize N`` option does).  A longer answer failed with
+``MARSHAL_MessageSizeExceedLimitOnServer``."""
+HEADERS = 4096
+"""Bytes left for a reply's headers (37 measured)."""
+MAX_ANSWER_CHARS = TANGO_MAX_MESSAGE - HEADERS
+"""Characters of a command's text answer at most (a ``DevString`` is Latin-1, a byte a
+character); see :func:`follow_orb_options`."""
+MIB = 1024 * 1024
 
 
 def _reason_code(err: BaseException) -> str:
@@ -39,6 +65,7 @@ def _reason_code(err: BaseException) -> str:
         (UnknownJob, "Dahu_UnknownJob"),
         (UnknownPlugin, "Dahu_UnknownPlugin"),
         (TryAgain, "Dahu_TryAgain"),
+        (TooLarge, "Dahu_TooLarge"),
     ):
         if isinstance(err, klass):
             return code
@@ -57,7 +84,9 @@ def client_errors(method: Callable) -> Callable:
         keep_thread_state()  # the next command on this thread finds its Python state
         try:
             result = method(self, *args)
-            return latin1_text(result) if isinstance(result, str) else result
+            if isinstance(result, str):
+                return sendable(result, f"the answer of {method.__name__}")
+            return result
         except tango.DevFailed:
             raise
         except DahuError as err:
@@ -81,3 +110,38 @@ def latin1_text(text: str) -> str:
     if text.isascii():
         return text
     return text.encode("latin-1", "backslashreplace").decode("latin-1")
+
+
+def sendable(text: str, what: str, where: Callable[[], str] | None = None) -> str:
+    """``text`` as a command answers it (:func:`latin1_text`); if it is more than
+    :data:`MAX_ANSWER_CHARS`, :class:`TooLarge`, saying ``where()`` to read it instead."""
+    text = latin1_text(text)
+    if len(text) <= MAX_ANSWER_CHARS:
+        return text
+    size, limit = len(text) / MIB, MAX_ANSWER_CHARS / MIB
+    raise TooLarge(
+        f"{what} is {size:.0f} MiB, more than a Tango command can send ({limit:.0f} MiB)"
+        + (f": {where()}" if where is not None else "")
+    )
+
+
+def job_answer(text: str, what: str, job_id: int, engine: Any) -> str:
+    """``text``, the ``input`` or ``output`` (``what``) of job ``job_id`` of ``engine``,
+    as a command answers it (:func:`sendable`); too large, the error says where to read
+    it: the job's ``.inp``/``.out`` file, or ``dahu-jobs show``."""
+
+    def where() -> str:
+        workdir, plugin = engine.workdir, engine.info(job_id)["plugin"]
+        path = job_file_stem(workdir, job_id, plugin) + (".out" if what == "output" else ".inp")
+        return f"read it from {path} or with dahu-jobs show {job_id} -w {workdir}"
+
+    return sendable(text, f"the {what} of job {job_id}", where)
+
+
+def follow_orb_options(tango_args: list[str]) -> None:
+    """Hold answers to the ``-ORBgiopMaxMsgSize N`` of the server's command line, if
+    given (N >= 8192; 0, omniORB's "no limit", leaves Tango's)."""
+    global MAX_ANSWER_CHARS
+    for option, value in zip(tango_args, tango_args[1:], strict=False):
+        if option == "-ORBgiopMaxMsgSize" and value.isdigit() and int(value) >= 8192:
+            MAX_ANSWER_CHARS = int(value) - HEADERS

@@ -85,8 +85,8 @@ EVENTS_LINGER = 0.1
 """The same when the device is already gone (stopped by the admin device's ``Kill``):
 time for ZeroMQ to send the events."""
 _stop_began: float | None = None  # time.monotonic() when the jobs were aborted
-_batches = 0  # startJobs calls recording and queueing their jobs (recording_batch)
-_batches_done = threading.Condition(_engine_lock)
+_recording = 0  # startJob(s) calls recording and queueing their jobs (recording_jobs)
+_recorded = threading.Condition(_engine_lock)
 
 
 def stopping() -> bool:
@@ -341,8 +341,12 @@ def abort_while_serving(linger: float) -> None:
         _stop_began = time.monotonic()
     engine.cycle.halted = SHUTDOWN_REASON  # a job taken from now on: aborted
     deadline = _stop_began + settings.shutdown_timeout
-    with _batches_done:  # their clients get the ids: their jobs are aborted below
-        _batches_done.wait_for(lambda: not _batches, max(0.0, deadline - time.monotonic()))
+    now = time.time()  # jobs ended before, their files (then their events) not written yet
+    unwritten = engine.files_settled() < now  # (none: it answers a time after ``now``)
+    with _recorded:  # their clients get the ids: their jobs are aborted below (or, taken
+        # by a slot meanwhile, were at once: their files and events are waited for too)
+        waited = _recording > 0
+        _recorded.wait_for(lambda: not _recording, max(0.0, deadline - time.monotonic()))
     seen: set[int] = set()
     waiting: list[Any] = []
     stopped: list[Any] = []
@@ -361,26 +365,28 @@ def abort_while_serving(linger: float) -> None:
     # those the stop aborted and those a slot took meanwhile (halted: aborted at once)
     if aborted := sum(run.abort_reason == SHUTDOWN_REASON for run in stopped):
         logger.info("stopping: %d job(s) aborted", aborted)
-    if seen and engine.flush_files(max(0.0, deadline - time.monotonic())):  # the events too
+    if (seen or waited or unwritten) and engine.flush_files(
+        max(0.0, deadline - time.monotonic())
+    ):  # the events too
         time.sleep(linger)
 
 
 @contextlib.contextmanager
-def recording_batch() -> Iterator[None]:
-    """Around a ``startJobs`` call's recording and queueing of its jobs: a stop that
-    begins meanwhile waits for it (then aborts its jobs, telling their clients); once the
-    stop began, it is refused."""
-    global _batches
-    with _batches_done:
+def recording_jobs() -> Iterator[None]:
+    """Around a ``startJob`` or ``startJobs`` call's recording and queueing of its jobs:
+    a stop that begins meanwhile waits for it (then aborts its jobs, telling their
+    clients); once the stop began, it is refused."""
+    global _recording
+    with _recorded:
         if shutting_down():
             raise DahuError(f"{SHUTDOWN_REASON}: it takes no new job")
-        _batches += 1
+        _recording += 1
     try:
         yield
     finally:
-        with _batches_done:
-            _batches -= 1
-            _batches_done.notify_all()
+        with _recorded:
+            _recording -= 1
+            _recorded.notify_all()
 
 
 def serving() -> None:

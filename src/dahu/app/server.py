@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     from tango.server import run
 
     from .. import server
+    from ..server_errors import follow_orb_options
 
     problem = _database_problem(tango, instance, tango_args)
     if problem:
@@ -234,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     server.settings.http = args.http
     server.settings.http_token = args.http_token or os.environ.get("DAHU_HTTP_TOKEN") or None
     server.settings.shutdown_timeout = args.shutdown_timeout
+    follow_orb_options(tango_args)  # the longest answer a command may send
     if args.http:
         from ..server_settings import start_web
         from ..web import WebError

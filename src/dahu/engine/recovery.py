@@ -52,7 +52,7 @@ def write_missing_files(engine: Any, interrupted: list[int]) -> int:
     # were submitted among them (a startJobs queues its jobs while other clients' come)
     first = max(1, floor + 1, min(closed, default=top + 1) - WINDOW)
     while top > floor:  # the latest ends, window by window
-        records = [r for r in journal.select(first, top) if r.state in State.FINAL]
+        records = [r for r in journal.select(first, top, data=False) if r.state in State.FINAL]
         ended = [r for r in records if r.id not in closed]  # not the queue cut short
         if since is not None:  # only the jobs that ended after those 50 may lack files
             ended = [r for r in ended if (r.ended or 0.0) > since]
@@ -96,7 +96,8 @@ def _write_missing(
                 return written, present, looked, record.ended or 0.0
             continue
         present = 0
-        written += _write(engine, record)
+        whole = next(iter(engine.journal.select(record.id, record.id)), None)  # with its data
+        written += _write(engine, whole or record)  # (select: a damaged field is named)
     return written, present, looked, None
 
 

@@ -63,7 +63,8 @@ def _rss() -> int:
 
 def outcome_message(outcome: Outcome, job_id: int | None = None) -> dict[str, Any]:
     """The picklable, JSON-safe form of an outcome sent back to the server."""
-    output, error = encode_output(outcome.output, outcome.error)
+    # whole: the server writes it to the .out file, and records it if the journal can
+    output, error = encode_output(outcome.output, outcome.error, limit=2**62)
     final_input = encode_final_input(job_id, outcome.input)
     return {
         "state": outcome.state,

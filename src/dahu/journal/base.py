@@ -56,6 +56,7 @@ __all__ = [
     "INTERRUPTED",
     "HOST",
     "MAX_ID",
+    "MAX_OUTPUT_CHARS",
     "storable_id",
 ]
 
@@ -108,14 +109,30 @@ def encode_final_input(job_id: int, input_data: Any) -> str | None:
         return text
 
 
-def encode_output(output: Any, error: str | None) -> tuple[str | None, str | None]:
+MAX_OUTPUT_CHARS = 900_000_000
+"""Longest output the journal records: SQLite refuses a row over 1,000,000,000 bytes
+(``string or blob too big``), and would refuse it at every try."""
+
+
+def encode_output(
+    output: Any, error: str | None, limit: int | None = None
+) -> tuple[str | None, str | None]:
     """A job output as compact JSON and its error; an output that is not serialisable is
-    kept as its ``repr`` and the error says so (a plugin's output never breaks a record)."""
+    kept as its ``repr``, one over ``limit`` (default :data:`MAX_OUTPUT_CHARS`) as a note,
+    and the error says so (a plugin's output never breaks a record)."""
+    limit = MAX_OUTPUT_CHARS if limit is None else limit
     error = utf8_text(error)
     if output is None:
         return None, error
     try:
-        return compact_json(output), error
+        text = compact_json(output)
+        if len(text) <= limit:
+            return text, error
+        note = (
+            f"output of {len(text) / 1e6:.0f} MB not recorded: the journal takes "
+            f"{limit / 1e6:.0f} MB at most (the job's .out file holds it)"
+        )
+        return compact_json({"unrecorded_output": note}), (error + "\n" if error else "") + note
     except Exception as err:  # plugin data: whatever its encoding raises, the record is kept
         note = f"output not JSON-serialisable: {safe_str(err)}"
         try:  # keys and values JSON refuses as text, the rest as it is
@@ -332,8 +349,9 @@ class Journal(abc.ABC):
             self.finish(job_id, state, output, error, started, ended)
 
     @abc.abstractmethod
-    def get(self, job_id: int) -> JobRecord | None:
-        """Return a copy of the record of ``job_id`` (input with ``job_id`` set), or None."""
+    def get(self, job_id: int, data: bool = True) -> JobRecord | None:
+        """Return a copy of the record of ``job_id`` (input with ``job_id`` set), or None;
+        without its ``data`` (input ``{}``, output None): not read, however large."""
 
     def output_text(self, job_id: int) -> str | None:
         """The output of ``job_id`` as the JSON text recorded (``{}`` when it has none),
@@ -355,11 +373,16 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     def select(
-        self, first: int | None = None, last: int | None = None, state: str | None = None
+        self,
+        first: int | None = None,
+        last: int | None = None,
+        state: str | None = None,
+        data: bool = True,
     ) -> Iterator[JobRecord]:
-        """Iterate over the records with ``first <= id <= last`` (and ``state``), by id; a
-        field that cannot be read (a damaged row) is named in the record's ``unreadable``
-        (:func:`decode_record`), where :meth:`get` raises."""
+        """Iterate over the records with ``first <= id <= last`` (and ``state``), by id,
+        without their ``data`` as :meth:`get` gives them; a field that cannot be read (a
+        damaged row) is named in the record's ``unreadable`` (:func:`decode_record`),
+        where :meth:`get` raises."""
 
     @abc.abstractmethod
     def mark_interrupted(self) -> list[int]:

@@ -89,13 +89,13 @@ class MemoryJournal(Journal):
             record.module_file = utf8_text(module_file)
             record.plugin_version = utf8_text(plugin_version)
 
-    def get(self, job_id: int) -> JobRecord | None:
+    def get(self, job_id: int, data: bool = True) -> JobRecord | None:
         with self._lock:
             record = self._records.get(job_id)
             if record is None:
                 return None
-            copy = replace(record, input=json.loads(json.dumps(record.input)))
-            copy.output = json.loads(json.dumps(record.output))
+            copy = replace(record, input=json.loads(json.dumps(record.input)) if data else {})
+            copy.output = json.loads(json.dumps(record.output)) if data else None
         copy.input["job_id"] = job_id
         return copy
 
@@ -104,13 +104,17 @@ class MemoryJournal(Journal):
             return self._last
 
     def select(
-        self, first: int | None = None, last: int | None = None, state: str | None = None
+        self,
+        first: int | None = None,
+        last: int | None = None,
+        state: str | None = None,
+        data: bool = True,
     ) -> Iterator[JobRecord]:
         with self._lock:
             ids = sorted(self._records)
         for job_id in ids:
             if (first is None or job_id >= first) and (last is None or job_id <= last):
-                record = self.get(job_id)
+                record = self.get(job_id, data)
                 if record is not None and (state is None or record.state == state):
                     yield record
 

@@ -413,13 +413,14 @@ class SQLiteJournal(BatchedWriter, Journal):
         "id, plugin, state, input, output, error, submitted, started, ended, runtime, "
         "host, pid, version, module_file, plugin_version"
     )
+    _HEAD = _COLUMNS.replace("input, output", "NULL, NULL")  # get(data=False)
 
     @staticmethod
     def _record(row: tuple, strict: bool = True) -> JobRecord:
         return decode_record(row, strict)  # a damaged field: a one-line JournalError
 
-    def get(self, job_id: int) -> JobRecord | None:
-        row = self._by_id(self._COLUMNS, job_id)
+    def get(self, job_id: int, data: bool = True) -> JobRecord | None:
+        row = self._by_id(self._COLUMNS if data else self._HEAD, job_id)
         return self._record(row) if row else None
 
     def output_text(self, job_id: int) -> str | None:
@@ -450,9 +451,10 @@ class SQLiteJournal(BatchedWriter, Journal):
             return max(largest, 0 if refused else self._queued_id)
 
     def select(
-        self, first: int | None = None, last: int | None = None, state: str | None = None
+        self, first: int | None = None, last: int | None = None, state: str | None = None, data=True
     ) -> Iterator[JobRecord]:
-        sql = f"SELECT {self._COLUMNS} FROM jobs WHERE id >= ? AND id <= ?"
+        columns = self._COLUMNS if data else self._HEAD
+        sql = f"SELECT {columns} FROM jobs WHERE id >= ? AND id <= ?"
         last = MAX_ID if last is None else last
         args: list[Any] = [min(max(first or 0, 0), MAX_ID), min(max(last, -1), MAX_ID)]
         if state is not None:

@@ -137,7 +137,7 @@ class Monitor:
         last = engine.journal.newest_id()  # not ids a killed server reserved
         seed = [
             r
-            for r in engine.journal.select(first=max(1, last - RECENT + 1))
+            for r in engine.journal.select(first=max(1, last - RECENT + 1), data=False)
             if r.state in State.FINAL
         ]
         with self._lock:
