@@ -30,7 +30,7 @@ from ..utils import compact_json
 from .lifecycle import NOTE_RUNNING_AFTER, JobRun, LifeCycle
 from .recovery import write_missing_files
 from .stopping import shut_down
-from .table import JobTable
+from .table import DROP_AFTER, DROP_WAVE, JobTable, drop_later
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,8 @@ class Engine:
         self._to_clean: queue.SimpleQueue = queue.SimpleQueue()
         self._unwritten: collections.deque[float] = collections.deque()  # end times, FIFO
         self._cleaner: threading.Thread | None = None
+        #: the plugins of the jobs the files thread ended, for :func:`.table.drop_later`
+        self.dropping: list[list] = []
         #: a context manager factory the files thread runs in (the device's Tango threads
         #: need ``tango.EnsureOmniThread``); set before the first :meth:`clean_later`
         self.thread_context: Callable[[], Any] | None = None
@@ -391,13 +393,19 @@ class Engine:
         context = self.thread_context() if self.thread_context is not None else nullcontext()
         with context:
             while True:
-                item = self._to_clean.get()
+                try:  # the plugins of the jobs it ended go to the dropping thread once it
+                    item = self._to_clean.get(timeout=DROP_AFTER if self.dropping else None)
+                except queue.Empty:  # has had nothing to do for a while, or DROP_WAVE at
+                    item = ()  # a time: not a wake of that thread per job
+                if item == () or item is None or len(self.dropping) >= DROP_WAVE:
+                    drop_later(self.dropping)
+                    self.dropping = []
                 if item is None:
                     return
                 if isinstance(item, threading.Event):  # flush_files: all before it written
                     item.set()
-                    continue
-                self._clean_one(*item)
+                elif item:  # a job (not the () of a wait that timed out)
+                    self._clean_one(*item)
 
     def _clean_one(self, job: Any, announce: Callable[[], Any] | None) -> None:
         """Write the job's files, then announce it (see :meth:`clean_later`)."""

@@ -32,7 +32,6 @@ from ..journal.base import JobRecord
 from ..states import State
 from ..utils import get_isotime, seconds, utf8_text
 from .flag import Signal
-from .table import drop_later
 
 logger = logging.getLogger(__name__)
 
@@ -503,7 +502,7 @@ class LifeCycle:
                     )
         held, run.execution = [run.execution], None
         if threading.current_thread() is engine._cleaner:  # the files thread: a plugin's
-            drop_later(held)  # __del__ must not delay the other jobs' files and events
+            engine.dropping.append(held)  # __del__ must not delay other jobs' files, events
         else:  # at once, as in the original: clean() returns after the plugin's __del__
             held.clear()
         run.callbacks = []

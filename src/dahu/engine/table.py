@@ -6,7 +6,8 @@
 * ``recent``: ended jobs that something still references (held weakly).
 
 A finished job needs nothing in memory: once nobody references it, the journal answers.
-The files thread hands its plugin instance to :func:`drop_later` (a slow ``__del__``).
+The files thread hands the plugin instances of the jobs it ended to :func:`drop_later`
+(a slow ``__del__``), a wave at a time (:data:`DROP_AFTER`, :data:`DROP_WAVE`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ import weakref
 from typing import Any
 
 __all__ = ["JobTable", "drop_later"]
+
+DROP_AFTER, DROP_WAVE = 0.2, 256
+"""The files thread hands the plugins of the jobs it ended to :func:`drop_later` once it
+has had nothing to do for ``DROP_AFTER`` s, or ``DROP_WAVE`` at a time: one wake of the
+dropping thread per job cost about 10% of the device's events rate."""
 
 _to_drop: queue.SimpleQueue = queue.SimpleQueue()
 _dropper: list[threading.Thread] = []
@@ -29,6 +35,8 @@ def drop_later(held: list) -> None:
     take seconds (closing a device), and the files thread that ends its job writes other
     jobs' files and pushes their events.  The plugin is finalised where its last
     reference goes: there, or in the thread that ran it, if that one still holds it."""
+    if not held:
+        return
     with _dropper_lock:
         if not _dropper:
             _dropper.append(threading.Thread(target=_drop, name="dahu-drop", daemon=True))
