@@ -46,7 +46,7 @@ class ExitWatch(NannyPlugin):
             nanny.process.on_exit = watch(nanny.process.on_exit)
 
 
-def exit_code(address: str | None, wait: float = 1.0) -> int | None:
+def exit_code(address: str | None, wait: float = 5.0) -> int | None:
     """The exit code of the worker process at ``address`` once its nanny noted it (the
     scheduler may report the task lost a moment before), None if not within ``wait`` s
     (a nanny in another process: an external cluster)."""
