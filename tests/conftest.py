@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import sys
 import time
@@ -16,11 +15,6 @@ from dahu.app.localserver import LocalServer
 from dahu.factory import Factory
 
 ROOT = Path(__file__).resolve().parent.parent
-
-# A device forked from this process (DeviceTestContext(process=True)) inherits its heap,
-# which grows as the suite runs: frozen in the child, the collector there neither scans it
-# nor copies its pages (a device started late in the suite took 4 to 6 times as long)
-os.register_at_fork(before=gc.freeze, after_in_parent=gc.unfreeze)
 VENV_BIN = Path(sys.executable).parent
 
 
