@@ -63,6 +63,12 @@ def _refuse_unrecordable(datas: list[dict[str, Any]]) -> None:
             raise InvalidInput(f"job input is not JSON-serialisable: {reason}") from None
 
 
+def _files_gone(workdir: str, job_id: int, plugin: str) -> bool:
+    """Whether a job's ``.inp`` or ``.out`` file is missing (a user deleted them)."""
+    stem = job_file_stem(workdir, job_id, plugin)
+    return not (os.path.exists(stem + ".inp") and os.path.exists(stem + ".out"))
+
+
 def _refused(engine: Engine, datas: list[dict[str, Any]], err: JournalError) -> None:
     """The journal refused the records of new jobs (``datas``): :class:`InvalidInput`
     if an input is the cause; else it cannot be written (a full disk, a lock held too
@@ -424,8 +430,7 @@ class Job(threading.Thread, metaclass=_JobClass):
             record = source.journal.get(job_id, data=False)
             if record is None:
                 return f"job {job_id} does not exist"
-            stem = job_file_stem(source.workdir, job_id, record.plugin)
-            if not (os.path.exists(stem + ".inp") and os.path.exists(stem + ".out")):
+            if _files_gone(source.workdir, job_id, record.plugin):
                 record = source.journal.get(job_id) or record  # deleted: written again
                 write_job_files(
                     source.workdir, job_id, record.plugin, record.input, record.output or {}
@@ -436,10 +441,7 @@ class Job(threading.Thread, metaclass=_JobClass):
         run.cycle.clean(run)
         if forceGC:
             gc.collect()
-        stem = job_file_stem(source.workdir, job_id, run.plugin_name)
-        if run.files_written and not (
-            os.path.exists(stem + ".inp") and os.path.exists(stem + ".out")
-        ):
+        if run.files_written and _files_gone(source.workdir, job_id, run.plugin_name):
             record = source.journal.get(job_id)  # a user deleted them: written again
             if record is not None and run.unrecorded is None:
                 source.write_files(job_id, record.plugin, record.input, record.output or {})
