@@ -648,7 +648,7 @@ def test_unknown_job_ids_are_refused_in_one_line(proxy, command):
 # ---- restart, journal fault, benchmark ----------------------------------------------------------
 @pytest.mark.parametrize("how", ["startJobs", "startJob"])
 def test_a_large_batch_is_kept_out_of_the_collector_until_it_has_run(
-    tmp_path, plugin_dir, monkeypatch, how
+    tmp_path, plugin_dir, monkeypatch, forked_devices, how
 ):
     # bug: with 400,000 jobs queued (by one startJobs, or one startJob at a time), each
     # full collection of the garbage collector scanned their millions of objects, holding
@@ -832,7 +832,7 @@ def test_an_option_missing_its_value_is_named_by_the_server(capsys, option):
 
 
 def test_a_stop_while_a_batch_is_recorded_tells_its_client_of_every_job(
-    tmp_path, plugin_dir, monkeypatch
+    tmp_path, plugin_dir, monkeypatch, forked_devices
 ):
     # bug: SIGTERM while a startJobs call recorded its batch: the stop found none of its
     # jobs yet and let the device go; the client got the ids, and never heard of the jobs
@@ -875,7 +875,9 @@ def test_a_stop_while_a_batch_is_recorded_tells_its_client_of_every_job(
             context.__exit__(None, None, None)
 
 
-def test_a_stop_while_a_single_job_is_queued_tells_its_client(tmp_path, plugin_dir, monkeypatch):
+def test_a_stop_while_a_single_job_is_queued_tells_its_client(
+    tmp_path, plugin_dir, monkeypatch, forked_devices
+):
     # bug: SIGTERM between startJob's "shutting down" check and the job being queued: the
     # stop found no job queued or running and let the device go at once; the client got
     # the id, and its job ended aborted with nobody told (a slot takes it at once and
@@ -926,7 +928,7 @@ def test_a_stop_while_a_single_job_is_queued_tells_its_client(tmp_path, plugin_d
 
 
 def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(
-    tmp_path, plugin_dir, monkeypatch
+    tmp_path, plugin_dir, monkeypatch, forked_devices
 ):
     # bug: a job output over Tango's 256 MiB message ("x" * 300_000_000) failed
     # getJobOutput with API_CorbaException MARSHAL_MessageSizeExceedLimitOnServer and
@@ -956,7 +958,9 @@ def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(
         assert f"{big_input:05d}_dahutest.big.inp or with dahu-jobs show" in error.desc
 
 
-def test_the_info_of_a_job_with_a_huge_output_does_not_read_it(tmp_path, plugin_dir, monkeypatch):
+def test_the_info_of_a_job_with_a_huge_output_does_not_read_it(
+    tmp_path, plugin_dir, monkeypatch, forked_devices
+):
     # bug: getJobInfo of a job with 300 MB of input and 300 MB of output took 4.5 s, past
     # a client's 3 s timeout: the journal decoded both to answer its state and times
     # (here, a record read whole past 1 MiB fails the command: a light test)
@@ -978,7 +982,7 @@ def test_the_info_of_a_job_with_a_huge_output_does_not_read_it(tmp_path, plugin_
 
 
 def test_the_error_of_an_old_job_with_a_huge_output_does_not_read_it(
-    tmp_path, plugin_dir, monkeypatch
+    tmp_path, plugin_dir, monkeypatch, forked_devices
 ):
     # bug: getJobError (and abort, cleanJob) of a job ended before the server started
     # decoded its whole input and output: 200 MB of each, 0.9 s for getJobError, 1 s for
@@ -1014,7 +1018,7 @@ def test_the_error_of_an_old_job_with_a_huge_output_does_not_read_it(
 
 
 def test_a_stop_while_an_ended_job_has_its_files_written_tells_its_client(
-    tmp_path, plugin_dir, monkeypatch
+    tmp_path, plugin_dir, monkeypatch, forked_devices
 ):
     # bug: SIGTERM while the files of a job that had just ended were being written (a
     # large output: 300 MB of .out take seconds): the stop found no job queued or running
