@@ -35,7 +35,9 @@ case "${1:-}" in
         shift
         .venv/bin/ruff check src tests bench
         .venv/bin/ruff format --check src tests bench
-        exec .venv/bin/python -m pytest "$@"
+        # three test files at a time (pytest-xdist, one file per worker): the tests
+        # mostly wait for devices, servers and browsers, not for the two CPUs
+        exec .venv/bin/python -m pytest -n 3 --dist loadfile "$@"
         ;;
     lowest)
         # every direct dependency at the lower bound pyproject.toml gives it (uv's
@@ -47,7 +49,7 @@ case "${1:-}" in
         .venv-lowest/bin/uv pip install --quiet --python .venv-lowest/bin/python \
             --resolution lowest-direct -e ".[test]"
         shift
-        exec .venv-lowest/bin/python -m pytest -p no:cacheprovider "$@"
+        exec .venv-lowest/bin/python -m pytest -p no:cacheprovider -n 3 --dist loadfile "$@"
         ;;
     *)
         echo "usage: bash dev.sh {demo|test|setup|lowest} [arguments]" >&2

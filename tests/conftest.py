@@ -34,6 +34,16 @@ def forked_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tango.test_context, "multiprocessing", multiprocessing.get_context("fork"))
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run that ran no test (a wrong path or ``-k``) fails, rather than ending with
+    pytest's own "no tests ran" status 5, which CI scripts may take for a pass."""
+    if hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker: the controller decides
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print("\nno test ran: this counts as a failure (see tests/conftest.py)")
+
+
 @pytest.fixture(autouse=True)
 def _plugin_directories_of_this_test_only():
     """Directories given to a ``Factory`` are searched by every factory of the process

@@ -143,3 +143,33 @@ def test_one_list_of_device_properties():
     docs = (SRC.parents[1] / "docs" / "server.md").read_text()
     table = docs.split("## Device properties", 1)[1].split("\n\n", 2)[1]
     assert re.findall(r"^\| `(\w+)` \|", table, re.M) == names
+
+
+def test_a_run_that_runs_no_test_fails(tmp_path):
+    # CI takes pytest's "no tests ran" (status 5) for something other than a failure:
+    # here such a run (a -k that matches nothing) fails, and says why
+    import subprocess
+    import sys
+
+    tests = Path(__file__).resolve().parent
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            str(tests / "test_utils.py"),
+            "-k",
+            "no_test_has_this_name",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tests.parent,
+    )
+    assert run.returncode == 1, run.stdout[-2000:]
+    assert "no test ran: this counts as a failure" in run.stdout
