@@ -931,16 +931,39 @@ def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(
     # bug: a job output over Tango's 256 MiB message ("x" * 300_000_000) failed
     # getJobOutput with API_CorbaException MARSHAL_MessageSizeExceedLimitOnServer and
     # no Dahu reason nor where to read it (the limit is lowered here: a light test)
+    # bug: the output still in memory was encoded whole to be refused (1 s for 300 MB):
+    # its size is known from the journal's encoding (here, the files thread waits, and
+    # the device fails the command if it encodes the output whole again)
+    import dahu.engine.core
     import dahu.server_errors
+    from dahu.engine import Engine
 
     monkeypatch.setattr(dahu.server_errors, "MAX_ANSWER_CHARS", 50_000, raising=False)
+    encode = dahu.engine.core.encode_output
+
+    def not_whole(output, *args):
+        assert len(output.get("data", "")) < 2**20, "the whole output encoded again"
+        return encode(output, *args)
+
+    later, write_files = tmp_path / "write the files", Engine.write_files
+
+    def held(engine, *args):
+        deadline = time.monotonic() + 20
+        while not later.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return write_files(engine, *args)
+
+    monkeypatch.setattr(dahu.engine.core, "encode_output", not_whole)
+    monkeypatch.setattr(Engine, "write_files", held)
     work = tmp_path / "work"
     with start_device(work, plugin_dir) as proxy:
         job_id = proxy.startJob(["dahutest.big", json.dumps({"n": 3 * 2**20})])
         assert finish(proxy, job_id) == "success"
-        error = refused(proxy.getJobOutput, job_id)
+        error = refused(proxy.getJobOutput, job_id)  # in memory: its files are not written
+        later.touch()
         out = work / "0000" / f"{job_id:05d}_dahutest.big.out"
         proxy.cleanJob(job_id)  # its files written (after waitJob answered)
+        assert refused(proxy.getJobOutput, job_id).desc == error.desc  # from the journal
         assert error.reason == "Dahu_TooLarge"
         assert error.desc.startswith(f"the output of job {job_id} is 3 MiB, more than a Tango")
         assert f"read it from {out} or with dahu-jobs show {job_id} -w {work}" in error.desc

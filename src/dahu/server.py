@@ -60,7 +60,7 @@ from .server_settings import (
     shutdown,
     shutting_down,
 )
-from .server_status import statistics_text, status_text
+from .server_status import NO_STATISTICS_YET, statistics_text, status_text
 from .server_threads import within
 from .states import State
 from .utils import compact_json, gc_paused
@@ -82,8 +82,6 @@ __all__ = [
 INT32_MAX = 2**31 - 1
 NO_JOB_YET = -1
 """``jobSuccess``/``jobFailure`` before any job ended in that state, as in the original."""
-NO_STATISTICS_YET = "No statistics collected yet, please use the 'collectStatistics' method first"
-"""``statisticsCollected`` before any collection: the original's text."""
 
 
 # ---- the device ----------------------------------------------------------------------
@@ -353,8 +351,10 @@ class DahuDS(Device):
     def getJobOutput(self, job_id: int) -> str:  # noqa: N802
         """The output of a job as a JSON object ({} while it has none)."""
         job_id = Job._resolve(job_id)
-        text = self._engine.output_text(job_id)  # as the journal records it
-        text = text or compact_json(self._job(job_id).output_data)
+
+        def text() -> str:  # as the journal records it
+            return self._engine.output_text(job_id) or compact_json(self._job(job_id).output_data)
+
         return job_answer(text, "output", job_id, self._engine)
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the input, JSON")

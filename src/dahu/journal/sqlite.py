@@ -374,6 +374,7 @@ class SQLiteJournal(BatchedWriter, Journal):
         """The write recording a job's outcome (arguments of :meth:`finish`)."""
         runtime = (ended - started) if started is not None and ended is not None else None
         text, error = encode_output(output, error)
+        self.note_output(job_id, text)
         module_file, plugin_version = utf8_text(module_file), utf8_text(plugin_version)
         values = (state, text, error, started, ended, runtime, module_file, plugin_version)
         final_input = encode_final_input(job_id, input_data)
@@ -406,6 +407,7 @@ class SQLiteJournal(BatchedWriter, Journal):
         for job_id, state, output, error, started, ended in outcomes:
             runtime = (ended - started) if started is not None and ended is not None else None
             text, error = encode_output(output, error)
+            self.note_output(job_id, text)
             rows.append((state, text, error, started, ended, runtime, None, None, job_id))
         self._write(self._FINISH, rows)
 
