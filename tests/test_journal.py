@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -906,14 +907,33 @@ def test_after_a_refused_record_no_read_nor_record_waits_for_the_lock(tmp_path):
     journal.close()
 
 
-def test_a_journal_another_process_keeps_locked_at_the_start_says_so(tmp_path, monkeypatch):
+def test_a_journal_another_process_keeps_locked_at_the_start_says_so(tmp_path, monkeypatch, caplog):
     # bug: a server started while a sqlite3 shell held the journal's lock stopped after
-    # 30 s with SQLite's bare "database is locked", which names no cause
+    # 30 s with SQLite's bare "database is locked", which names no cause; then, it said
+    # nothing for those 30 s. Now the log says what it waits for after a second, and it
+    # gives up after 10 s
     import dahu.journal.sqlitefile
 
     SQLiteJournal(str(tmp_path)).close()
+    path = tmp_path / "journal.sqlite"
+    lock = LockedByAnotherProcess(path)
+    opened: list = []
+    opener = threading.Thread(target=lambda: opened.append(SQLiteJournal(str(tmp_path))))
+    try:
+        opener.start()
+        deadline = time.monotonic() + 2.5
+        while "waiting up to 10 s for it" not in caplog.text:
+            assert time.monotonic() < deadline, "nothing said of the lock"
+            time.sleep(0.02)
+        line = next(r.getMessage() for r in caplog.records if "waiting up to" in r.getMessage())
+        assert line.startswith(f"the journal {path} is locked by another process (a sqlite3 ")
+        assert f"it is open in pid {lock.proc.pid} (" in line and not opened
+    finally:
+        lock.release()
+    opener.join(10)
+    opened.pop().close()  # it opens once the lock is let go
     monkeypatch.setattr(dahu.journal.sqlitefile, "OPEN_WAIT", 0.2)  # the test's time
-    lock = LockedByAnotherProcess(tmp_path / "journal.sqlite")
+    lock = LockedByAnotherProcess(path)
     try:
         with pytest.raises(JournalError) as refused:
             SQLiteJournal(str(tmp_path))
