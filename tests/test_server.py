@@ -639,7 +639,11 @@ def test_bad_start_jobs_is_refused_in_one_line(proxy, argin, expected):
     ],
 )
 def test_unknown_job_ids_are_refused_in_one_line(proxy, command):
-    for job_id in (10**9, 0):
+    # bug: getJobOutput counted a negative id from the last job twice: with N jobs,
+    # getJobOutput(-(N + 2)) answered the output of job N, and -(N + 1) said "no job 0"
+    newest = proxy.startJob(["example.cube", '{"x": 2}'])
+    assert finish(proxy, newest) == "success"
+    for job_id in (10**9, 0, -(newest + 1), -(newest + 2), -(2**31)):
         error = refused(getattr(proxy, command), job_id)
         assert f"no job {job_id}" in error.desc
         assert error.reason == "Dahu_UnknownJob"

@@ -350,7 +350,8 @@ class DahuDS(Device):
     @client_errors
     def getJobOutput(self, job_id: int) -> str:  # noqa: N802
         """The output of a job as a JSON object ({} while it has none)."""
-        job_id = Job._resolve(job_id)
+        if (wanted := job_id) < 0 and (job_id := Job._resolve(wanted)) < 1:
+            raise self._unknown(wanted)  # counted from the last job once only
 
         def text() -> str:  # as the journal records it
             return self._engine.output_text(job_id) or compact_json(self._job(job_id).output_data)
