@@ -75,6 +75,8 @@ class Big(Plugin):
 
     def process(self):
         self.output["data"] = "x" * self.input["n"]
+        if self.input.get("grow"):  # its input recorded as the plugin left it
+            self.input["pad"] = "y" * self.input["n"]
 
 
 @register
@@ -941,6 +943,7 @@ def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(
     import dahu.engine.core
     import dahu.server_errors
     from dahu.engine import Engine
+    from dahu.journal import SQLiteJournal
 
     monkeypatch.setattr(dahu.server_errors, "MAX_ANSWER_CHARS", 50_000, raising=False)
     encode = dahu.engine.core.encode_output
@@ -957,8 +960,15 @@ def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(
             time.sleep(0.01)
         return write_files(engine, *args)
 
+    record = SQLiteJournal._record
+
+    def small_input(row, *args, **kwargs):  # in the forked device
+        assert not row[3] or len(row[3]) < 2**20, "the whole input decoded"
+        return record(row, *args, **kwargs)
+
     monkeypatch.setattr(dahu.engine.core, "encode_output", not_whole)
     monkeypatch.setattr(Engine, "write_files", held)
+    monkeypatch.setattr(SQLiteJournal, "_record", staticmethod(small_input))
     work = tmp_path / "work"
     with start_device(work, plugin_dir) as proxy:
         job_id = proxy.startJob(["dahutest.big", json.dumps({"n": 3 * 2**20})])
@@ -981,6 +991,15 @@ def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(
         assert error.reason == "Dahu_TooLarge"
         assert error.desc.startswith(f"the input of job {big_input} is 2 MiB")
         assert f"{big_input:05d}_dahutest.big.inp or with dahu-jobs show" in error.desc
+        # bug: the input of a job out of memory was decoded whole from the journal, then
+        # encoded again, to be refused: 3.1 s for 300 MB, past a client's 3 s timeout
+        # (here the device fails the command if it decodes a large input)
+        grown = proxy.startJob(["dahutest.big", json.dumps({"n": 3 * 2**20, "grow": 1})])
+        assert finish(proxy, grown) == "success"
+        proxy.cleanJob(grown)  # out of memory: the journal holds it
+        error = refused(proxy.getJobInput, grown)
+        assert error.reason == "Dahu_TooLarge"
+        assert error.desc.startswith(f"the input of job {grown} is 3 MiB, more than a Tango")
 
 
 def test_the_info_of_a_job_with_a_huge_output_does_not_read_it(tmp_path, plugin_dir, monkeypatch):

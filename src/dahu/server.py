@@ -35,7 +35,7 @@ from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_input
 from .job import Job
 from .properties import DEFAULT_RETENTION_INTERVAL, MAX_WAIT_TIMEOUT, PROPERTIES
 from .retention import parse_retention
-from .server_errors import client_errors, job_answer, latin1_text
+from .server_errors import client_errors, input_answer, job_answer, latin1_text
 from .server_events import push_event, ready_when_subscribed
 from .server_plugins import PluginCatalog
 from .server_settings import (
@@ -362,9 +362,7 @@ class DahuDS(Device):
     @client_errors
     def getJobInput(self, job_id: int) -> str:  # noqa: N802
         """The input of a job as a JSON object (with ``plugin_name`` and ``job_id``)."""
-        job = self._job(job_id)
-        text = self._engine.input_text(job.id, job.input_data)
-        return job_answer(text, "input", job.id, self._engine)
+        return input_answer(self._job(job_id), self._engine)
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the error text")
     @client_errors

@@ -42,6 +42,7 @@ __all__ = [
     "latin1_text",
     "sendable",
     "job_answer",
+    "input_answer",
     "follow_orb_options",
     "MAX_REASON",
 ]
@@ -133,8 +134,12 @@ def job_answer(text: str | Callable[[], str], what: str, job_id: int, engine: An
     """``text``, the ``input`` or ``output`` (``what``) of job ``job_id`` of ``engine``,
     as a command answers it (:func:`sendable`); too large, the error says where to read
     it: the job's ``.inp``/``.out`` file, or ``dahu-jobs show``.  ``text`` may be the
-    function that makes it: an output the journal knows too large is then refused
-    without it (:meth:`~dahu.journal.base.Journal.output_chars`)."""
+    function that makes it: a text the journal knows too large is then refused without
+    it (:meth:`~dahu.journal.base.Journal.output_chars`, ``input_chars``)."""
+
+    def _input_chars() -> int | None:  # of a job out of memory: not decoded to be refused
+        run = engine.table.find(job_id)
+        return engine.journal.input_chars(job_id) if run is None or run.input_data is None else None
 
     def where() -> str:
         workdir, plugin = engine.workdir, engine.info(job_id)["plugin"]
@@ -142,11 +147,17 @@ def job_answer(text: str | Callable[[], str], what: str, job_id: int, engine: An
         return f"read it from {path} or with dahu-jobs show {job_id} -w {workdir}"
 
     if callable(text):
-        chars = engine.journal.output_chars(job_id) if what == "output" else None
+        chars = engine.journal.output_chars(job_id) if what == "output" else _input_chars()
         if chars is not None and chars > MAX_ANSWER_CHARS:  # JSON text: ASCII
             raise _too_large(chars, f"the {what} of job {job_id}", where)
         text = text()
     return sendable(text, f"the {what} of job {job_id}", where)
+
+
+def input_answer(job: Any, engine: Any) -> str:
+    """The input of ``job`` (a :class:`dahu.job.Job`) as ``getJobInput`` answers it
+    (:func:`job_answer`): made only if it can be sent."""
+    return job_answer(lambda: engine.input_text(job.id, job.input_data), "input", job.id, engine)
 
 
 def follow_orb_options(tango_args: list[str]) -> None:

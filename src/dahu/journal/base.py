@@ -373,6 +373,11 @@ class Journal(abc.ABC):
                 with contextlib.suppress(KeyError):  # another thread took it out
                     self._large_outputs.popitem(last=False)
 
+    def input_chars(self, job_id: int) -> int | None:
+        """The length of the JSON text of ``job_id``'s input as recorded, if the journal
+        can tell without reading it whole, else None."""
+        return None
+
     def output_chars(self, job_id: int) -> int | None:
         """The length of :meth:`output_text` of ``job_id`` if it is a large output this
         process recorded lately (:meth:`note_output`), else None: known without reading it

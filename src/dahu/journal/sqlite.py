@@ -425,6 +425,10 @@ class SQLiteJournal(BatchedWriter, Journal):
         row = self._by_id(self._COLUMNS if data else self._HEAD, job_id)
         return self._record(row) if row else None
 
+    def input_chars(self, job_id: int) -> int | None:
+        row = self._by_id("length(input)", job_id)  # not decoded: 0.7 s for 300 MB
+        return row[0] if row else None
+
     def output_text(self, job_id: int) -> str | None:
         row = self._by_id("output, json_valid(output)", job_id)  # json_valid: no copy
         return checked_output(job_id, *row) if row else None
