@@ -208,9 +208,12 @@ def full_disk_reason(workdir: str, err: BaseException | None = None) -> str:
     """Why a journal may not open (`` (its file system is full: ...)``), or ``""``: on a
     full disk SQLite says only ``disk I/O error`` (its shared-memory file cannot grow),
     on a read-only one or in a directory this user cannot write ``unable to open
-    database file``, for ``err`` a lock another process kept ``database is locked``."""
+    database file``, for ``err`` a lock another process kept ``database is locked``, for
+    a work directory that is a file Python ``File exists``."""
     if getattr(err, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
         return f" (another process held its write lock for {OPEN_WAIT:g} s: a sqlite3 shell?)"
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        return " (it is a file, not a directory)"
     with contextlib.suppress(OSError):
         if os.statvfs(workdir).f_flag & os.ST_RDONLY:
             return " (its file system is read-only)"
