@@ -80,6 +80,12 @@ class Big(Plugin):
 
 
 @register
+class Plain(Plugin):
+    def process(self):
+        self.output["documented"] = False
+
+
+@register
 class Theta(Plugin):
     """Integrates in 2\u03b8 (\u00b0)."""
 
@@ -386,6 +392,10 @@ def test_list_plugins_and_init_plugin(proxy):
     message = proxy.initPlugin("example.sleep")
     assert message.startswith("Plugin loaded: example.sleep\n")
     assert "stops promptly when aborted" in message
+    # bug: a plugin class without docstring was documented by the docstring of Dahu's
+    # Plugin base class (inherited), not "(no documentation)"; listPlugins said nothing
+    assert proxy.initPlugin("dahutest.plain") == "Plugin loaded: dahutest.plain\n(no documentation)"
+    assert " dahutest.plain : " in listing
     missing = proxy.initPlugin("nothing.here")
     assert missing.startswith("Plugin not found: nothing.here, unknown plugin 'nothing.here'")
     assert "\n" not in missing
