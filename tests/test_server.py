@@ -1010,6 +1010,13 @@ def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(
         error = refused(proxy.getJobInput, grown)
         assert error.reason == "Dahu_TooLarge"
         assert error.desc.startswith(f"the input of job {grown} is 3 MiB, more than a Tango")
+        # a job pruned since (dahu-jobs prune) is no job, whatever the device knew of it
+        from dahu.retention import prune
+
+        assert prune(str(work), keep_last=1, min_age=0).removed >= 1
+        for call in (proxy.getJobOutput, proxy.getJobInput):
+            error = refused(call, job_id)
+            assert error.reason == "Dahu_UnknownJob", error.desc
 
 
 def test_the_info_of_a_job_with_a_huge_output_does_not_read_it(tmp_path, plugin_dir, monkeypatch):

@@ -148,8 +148,8 @@ def job_answer(text: str | Callable[[], str], what: str, job_id: int, engine: An
 
     if callable(text):
         chars = engine.journal.output_chars(job_id) if what == "output" else _input_chars()
-        if chars is not None and chars > MAX_ANSWER_CHARS:  # JSON text: ASCII
-            raise _too_large(chars, f"the {what} of job {job_id}", where)
+        if chars is not None and chars > MAX_ANSWER_CHARS and engine.info(job_id):  # not pruned
+            raise _too_large(chars, f"the {what} of job {job_id}", where)  # JSON text: ASCII
         text = text()
     return sendable(text, f"the {what} of job {job_id}", where)
 
