@@ -487,7 +487,8 @@ class SQLiteJournal(BatchedWriter, Journal):
                 f"WHERE state IN ({', '.join('?' * len(_UNFINISHED))})",
                 _UNFINISHED,
             ).fetchall()
-            dead = [r[0] for r in rows if not process_alive(r[1], r[2], r[3])]
+            gone: set[int] = set()  # a dead server's pid: asked once, not once a job
+            dead = [r[0] for r in rows if not process_alive(r[1], r[2], r[3], gone)]
             now = time.time()
             db.executemany(
                 "UPDATE jobs SET state = ?, error = ?, ended = ? WHERE id = ?",

@@ -247,11 +247,14 @@ def write_again(db: sqlite3.Connection, path: str) -> None:
         raise
 
 
-def process_alive(host: str | None, pid: int | None, since: float | None) -> bool:
-    """Whether the process that wrote a record may still be running."""
+def process_alive(
+    host: str | None, pid: int | None, since: float | None, gone: set[int] | None = None
+) -> bool:
+    """Whether the process that wrote a record may still be running; ``gone``, the pids
+    of this host found running no process, is looked at and added to (asked once each)."""
     if host != HOST:
         return True  # another machine: cannot tell, leave its jobs alone
-    if pid is None:
+    if pid is None or (gone is not None and pid in gone):
         return False
     if pid == os.getpid():
         return True
@@ -261,7 +264,11 @@ def process_alive(host: str | None, pid: int | None, since: float | None) -> boo
         proc = psutil.Process(pid)
         # a recycled pid belongs to a process started after the job was submitted
         return since is None or proc.create_time() <= since + 1.0
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    except psutil.NoSuchProcess:
+        if gone is not None:
+            gone.add(pid)
+        return False
+    except psutil.AccessDenied:
         return False
 
 
