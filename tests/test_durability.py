@@ -186,6 +186,15 @@ def test_a_journal_that_cannot_open_on_a_read_only_file_system_says_so(tmp_path,
         SQLiteJournal(str(tmp_path))
 
 
+def test_a_work_directory_that_is_a_file_is_named_so(tmp_path):
+    # bug: a workdir property naming a file stopped the server with only "[Errno 17] File
+    # exists", which reads as if the journal were there already
+    (tmp_path / "scan.h5").write_text("data")
+    with pytest.raises(JournalError, match=r"\(it is a file, not a directory\)$"):
+        SQLiteJournal(str(tmp_path / "scan.h5"))
+    assert (tmp_path / "scan.h5").read_text() == "data"
+
+
 def test_a_journal_made_again_where_jobs_ran_gives_no_id_twice(tmp_path):
     # bug: a work directory whose journal was deleted (or emptied) gave ids from 1 again,
     # overwriting the .inp/.out files of the jobs that had run there

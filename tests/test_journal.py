@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -455,6 +456,8 @@ def test_every_interrupted_job_gets_its_files_however_long_the_queue_was(workdir
     # bug: only the interrupted jobs among the last WINDOW (2,000) ids got their files:
     # a server killed with 5,000 jobs of a startJobs queued left 2,900 of them without
     # .inp/.out files, at that start and every later one
+    import psutil
+
     from dahu.engine import recovery
 
     monkeypatch.setattr(recovery, "WINDOW", 40)
@@ -462,11 +465,16 @@ def test_every_interrupted_job_gets_its_files_however_long_the_queue_was(workdir
     ids = journal.create_many("example.square", [{"x": i} for i in range(100)], 1.0)
     journal.close()
     of_a_dead_process(workdir)
+    # bug: the start asked the system about the dead process once per job it left
+    # (70 us each: 7 s of a restart with 100,000 jobs queued, the device not answering)
+    asked, process = [], psutil.Process
+    monkeypatch.setattr(psutil, "Process", lambda *pid: asked.append(pid) or process(*pid))
 
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
         assert sorted(engine.interrupted) == ids
         assert engine.recovered == len(ids)
+        assert len([pid for pid in asked if pid]) <= 2  # once to close them, once for files
         for job_id in ids:
             stem = job_file_stem(str(workdir), job_id, "example.square")
             assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
@@ -642,7 +650,9 @@ def test_a_plugin_name_too_long_for_a_file_name_gets_its_files_under_a_cut_one(t
         assert (inp, out) == (stem + ".inp", stem + ".out")
         assert json.loads(open(out).read()) == {"y": 2}
         file_name = os.path.basename(inp).encode()
-        assert 250 < len(file_name) <= 255 and file_name.startswith(f"{job_id:05d}_id31.".encode())
+        assert 245 < len(file_name) <= 255 and file_name.startswith(f"{job_id:05d}_id31.".encode())
+        # room for the longest name Dahu makes from it too: NAME.h5.part (pyFAI)
+        assert len(os.path.basename(stem + ".h5.part").encode()) <= 255
         stems.append(stem)
     assert len(set(stems)) == 3  # the same start, different names: different files
     short = job_file_stem(str(tmp_path), job_id, "id31." + "a" * 200)  # fits: as it was
@@ -904,14 +914,33 @@ def test_after_a_refused_record_no_read_nor_record_waits_for_the_lock(tmp_path):
     journal.close()
 
 
-def test_a_journal_another_process_keeps_locked_at_the_start_says_so(tmp_path, monkeypatch):
+def test_a_journal_another_process_keeps_locked_at_the_start_says_so(tmp_path, monkeypatch, caplog):
     # bug: a server started while a sqlite3 shell held the journal's lock stopped after
-    # 30 s with SQLite's bare "database is locked", which names no cause
+    # 30 s with SQLite's bare "database is locked", which names no cause; then, it said
+    # nothing for those 30 s. Now the log says what it waits for after a second, and it
+    # gives up after 10 s
     import dahu.journal.sqlitefile
 
     SQLiteJournal(str(tmp_path)).close()
+    path = tmp_path / "journal.sqlite"
+    lock = LockedByAnotherProcess(path)
+    opened: list = []
+    opener = threading.Thread(target=lambda: opened.append(SQLiteJournal(str(tmp_path))))
+    try:
+        opener.start()
+        deadline = time.monotonic() + 2.5
+        while "waiting up to 10 s for it" not in caplog.text:
+            assert time.monotonic() < deadline, "nothing said of the lock"
+            time.sleep(0.02)
+        line = next(r.getMessage() for r in caplog.records if "waiting up to" in r.getMessage())
+        assert line.startswith(f"the journal {path} is locked by another process (a sqlite3 ")
+        assert f"it is open in pid {lock.proc.pid} (" in line and not opened
+    finally:
+        lock.release()
+    opener.join(10)
+    opened.pop().close()  # it opens once the lock is let go
     monkeypatch.setattr(dahu.journal.sqlitefile, "OPEN_WAIT", 0.2)  # the test's time
-    lock = LockedByAnotherProcess(tmp_path / "journal.sqlite")
+    lock = LockedByAnotherProcess(path)
     try:
         with pytest.raises(JournalError) as refused:
             SQLiteJournal(str(tmp_path))

@@ -80,6 +80,26 @@ def test_profiling_writes_a_profile_file(engine):
     assert profiles == [f"{job.id:05d}_example.cube.profile"]
 
 
+def test_a_plugin_name_too_long_for_a_file_name_gets_its_profile_under_a_cut_one(engine):
+    # bug: a 245-character plugin name had its .inp/.out files cut to fit, but not its
+    # .profile: cProfile failed with File name too long, and so did the job
+    from dahu.factory import plugin_factory
+    from dahu.journal import job_file_stem
+    from dahu.plugins.example import Cube
+
+    name = "id31." + "a" * 240
+    plugin_factory.register(Cube, name)
+    try:
+        job = Job(name, {"x": 2, "do_profiling": True})
+        job.start()
+        job.join(10)
+        assert job.status == Job.STATE_SUCCESS, job.error
+        stem = os.path.basename(job_file_stem(engine.workdir, job.id, name))
+        assert os.listdir(engine.workdir).count(stem + ".profile") == 1
+    finally:
+        plugin_factory.registry.pop(name, None)
+
+
 PRIVATE = """
 from dahu.factory import register
 from dahu.plugin import Plugin

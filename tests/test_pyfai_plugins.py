@@ -968,6 +968,17 @@ def test_an_output_file_that_is_a_link_is_written_through_it(data, tmp_path):
     assert sorted(os.listdir(tmp_path / "store")) == ["scan.h5"]
 
 
+def test_an_output_name_near_the_longest_file_name_is_written(data, tmp_path):
+    """``NAME.h5.part`` and ``NAME.h5.lock`` of a name that fits (252 bytes) but not with
+    those suffixes are cut as the long names of job files are (bug: File name too long)."""
+    name = "scan_" + "é" * 122 + ".h5"  # 252 bytes
+    output = run_many(
+        data, tmp_path, output_file=str(tmp_path / name), input_files=data["edf_files"][:1]
+    )
+    assert read_output(output)[1].shape == (1, NPT)
+    assert os.listdir(tmp_path) == [name]  # no .part or .lock left
+
+
 def test_a_file_system_without_locks_still_gets_its_output(data, tmp_path, monkeypatch, caplog):
     """flock fails with ENOLCK or EOPNOTSUPP on some file systems: the job writes as HDF5
     itself would (unguarded), with a warning, rather than failing."""

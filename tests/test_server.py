@@ -75,6 +75,14 @@ class Big(Plugin):
 
     def process(self):
         self.output["data"] = "x" * self.input["n"]
+        if self.input.get("grow"):  # its input recorded as the plugin left it
+            self.input["pad"] = "y" * self.input["n"]
+
+
+@register
+class Plain(Plugin):
+    def process(self):
+        self.output["documented"] = False
 
 
 @register
@@ -384,6 +392,10 @@ def test_list_plugins_and_init_plugin(proxy):
     message = proxy.initPlugin("example.sleep")
     assert message.startswith("Plugin loaded: example.sleep\n")
     assert "stops promptly when aborted" in message
+    # bug: a plugin class without docstring was documented by the docstring of Dahu's
+    # Plugin base class (inherited), not "(no documentation)"; listPlugins said nothing
+    assert proxy.initPlugin("dahutest.plain") == "Plugin loaded: dahutest.plain\n(no documentation)"
+    assert " dahutest.plain : " in listing
     missing = proxy.initPlugin("nothing.here")
     assert missing.startswith("Plugin not found: nothing.here, unknown plugin 'nothing.here'")
     assert "\n" not in missing
@@ -639,7 +651,11 @@ def test_bad_start_jobs_is_refused_in_one_line(proxy, argin, expected):
     ],
 )
 def test_unknown_job_ids_are_refused_in_one_line(proxy, command):
-    for job_id in (10**9, 0):
+    # bug: getJobOutput counted a negative id from the last job twice: with N jobs,
+    # getJobOutput(-(N + 2)) answered the output of job N, and -(N + 1) said "no job 0"
+    newest = proxy.startJob(["example.cube", '{"x": 2}'])
+    assert finish(proxy, newest) == "success"
+    for job_id in (10**9, 0, -(newest + 1), -(newest + 2), -(2**31)):
         error = refused(getattr(proxy, command), job_id)
         assert f"no job {job_id}" in error.desc
         assert error.reason == "Dahu_UnknownJob"
@@ -933,16 +949,47 @@ def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(
     # bug: a job output over Tango's 256 MiB message ("x" * 300_000_000) failed
     # getJobOutput with API_CorbaException MARSHAL_MessageSizeExceedLimitOnServer and
     # no Dahu reason nor where to read it (the limit is lowered here: a light test)
+    # bug: the output still in memory was encoded whole to be refused (1 s for 300 MB):
+    # its size is known from the journal's encoding (here, the files thread waits, and
+    # the device fails the command if it encodes the output whole again)
+    import dahu.engine.core
     import dahu.server_errors
+    from dahu.engine import Engine
+    from dahu.journal import SQLiteJournal
 
     monkeypatch.setattr(dahu.server_errors, "MAX_ANSWER_CHARS", 50_000, raising=False)
+    encode = dahu.engine.core.encode_output
+
+    def not_whole(output, *args):
+        assert len(output.get("data", "")) < 2**20, "the whole output encoded again"
+        return encode(output, *args)
+
+    later, write_files = tmp_path / "write the files", Engine.write_files
+
+    def held(engine, *args):
+        deadline = time.monotonic() + 20
+        while not later.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return write_files(engine, *args)
+
+    record = SQLiteJournal._record
+
+    def small_input(row, *args, **kwargs):  # in the forked device
+        assert not row[3] or len(row[3]) < 2**20, "the whole input decoded"
+        return record(row, *args, **kwargs)
+
+    monkeypatch.setattr(dahu.engine.core, "encode_output", not_whole)
+    monkeypatch.setattr(Engine, "write_files", held)
+    monkeypatch.setattr(SQLiteJournal, "_record", staticmethod(small_input))
     work = tmp_path / "work"
     with start_device(work, plugin_dir) as proxy:
         job_id = proxy.startJob(["dahutest.big", json.dumps({"n": 3 * 2**20})])
         assert finish(proxy, job_id) == "success"
-        error = refused(proxy.getJobOutput, job_id)
+        error = refused(proxy.getJobOutput, job_id)  # in memory: its files are not written
+        later.touch()
         out = work / "0000" / f"{job_id:05d}_dahutest.big.out"
         proxy.cleanJob(job_id)  # its files written (after waitJob answered)
+        assert refused(proxy.getJobOutput, job_id).desc == error.desc  # from the journal
         assert error.reason == "Dahu_TooLarge"
         assert error.desc.startswith(f"the output of job {job_id} is 3 MiB, more than a Tango")
         assert f"read it from {out} or with dahu-jobs show {job_id} -w {work}" in error.desc
@@ -956,6 +1003,22 @@ def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(
         assert error.reason == "Dahu_TooLarge"
         assert error.desc.startswith(f"the input of job {big_input} is 2 MiB")
         assert f"{big_input:05d}_dahutest.big.inp or with dahu-jobs show" in error.desc
+        # bug: the input of a job out of memory was decoded whole from the journal, then
+        # encoded again, to be refused: 3.1 s for 300 MB, past a client's 3 s timeout
+        # (here the device fails the command if it decodes a large input)
+        grown = proxy.startJob(["dahutest.big", json.dumps({"n": 3 * 2**20, "grow": 1})])
+        assert finish(proxy, grown) == "success"
+        proxy.cleanJob(grown)  # out of memory: the journal holds it
+        error = refused(proxy.getJobInput, grown)
+        assert error.reason == "Dahu_TooLarge"
+        assert error.desc.startswith(f"the input of job {grown} is 3 MiB, more than a Tango")
+        # a job pruned since (dahu-jobs prune) is no job, whatever the device knew of it
+        from dahu.retention import prune
+
+        assert prune(str(work), keep_last=1, min_age=0).removed >= 1
+        for call in (proxy.getJobOutput, proxy.getJobInput):
+            error = refused(call, job_id)
+            assert error.reason == "Dahu_UnknownJob", error.desc
 
 
 def test_the_info_of_a_job_with_a_huge_output_does_not_read_it(

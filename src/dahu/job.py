@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .engine import NOTE_RUNNING_AFTER, Engine, JobRun, get_engine
-from .errors import DahuError, InvalidInput, JournalError, one_line
+from .errors import DahuError, InvalidInput, JournalError, UnknownJob, one_line
 from .executors.runner import Outcome
 from .executors.slot import SELF_JOIN, current_job_id, released
 from .inputs import parse_input, unrecordable
@@ -303,7 +303,8 @@ class Job(threading.Thread, metaclass=_JobClass):
         source = self._engine if self._engine is not None else _source()
         record = source.journal.get(self._run.id)
         if record is None:
-            raise DahuError(f"job {self._run.id} is missing from the journal")
+            # pruned since (dahu-jobs prune): no such job now (Dahu_UnknownJob on the device)
+            raise UnknownJob(f"job {self._run.id} is missing from the journal")
         return record
 
     @property

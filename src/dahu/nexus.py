@@ -28,6 +28,7 @@ import pyFAI
 import pyFAI.units
 
 from .errors import DahuError
+from .journal.files import fitted_name
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +44,20 @@ class OutputInUse(DahuError):
     """The output file is being written by another writer (named in the message)."""
 
 
+def side_path(path: str, suffix: str) -> str:
+    """``path`` + ``suffix`` (``.part``, ``.lock``), its name cut as a job's too long file
+    names are (:func:`dahu.journal.files.fitted_name`) if it would not fit in a file name."""
+    directory, name = os.path.split(path)
+    return os.path.join(directory, fitted_name(name, len(suffix)) + suffix)
+
+
 def claim(path: str, owner: str) -> int:
     """Hold ``path.lock`` for writing ``path``: its descriptor, locked, holding ``owner``.
 
     Raises :class:`OutputInUse` naming the holder if another descriptor (of any process)
     holds it. A lock file left by a killed writer is taken over: the kernel released its lock.
     """
-    lock_path = path + ".lock"
+    lock_path = side_path(path, ".lock")
     while True:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -77,7 +85,7 @@ def claim(path: str, owner: str) -> int:
 def release(path: str, fd: int) -> None:
     """Let go of the claim ``fd`` on ``path`` (from :func:`claim`), removing its lock file."""
     with contextlib.suppress(OSError):  # removed before unlocked: a waiter then retries
-        os.unlink(path + ".lock")
+        os.unlink(side_path(path, ".lock"))
     os.close(fd)
 
 
@@ -108,7 +116,7 @@ class NexusWriter:
             raise PermissionError(f"'{path}' is read-only: it is not replaced")
         self._claim = claim(target, owner)
         try:
-            self.h5 = h5py.File(target + ".part", "w")
+            self.h5 = h5py.File(side_path(target, ".part"), "w")
         except BaseException:
             release(target, self._claim)
             raise
@@ -201,6 +209,6 @@ class NexusWriter:
         finally:
             try:
                 self.h5.close()
-                os.replace(self._target + ".part", self._target)
+                os.replace(side_path(self._target, ".part"), self._target)
             finally:
                 release(self._target, self._claim)

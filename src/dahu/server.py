@@ -35,7 +35,7 @@ from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_input
 from .job import Job
 from .properties import DEFAULT_RETENTION_INTERVAL, MAX_WAIT_TIMEOUT, PROPERTIES
 from .retention import parse_retention
-from .server_errors import client_errors, job_answer, latin1_text
+from .server_errors import client_errors, input_answer, job_answer, latin1_text
 from .server_events import push_event, ready_when_subscribed
 from .server_plugins import PluginCatalog
 from .server_settings import (
@@ -60,7 +60,7 @@ from .server_settings import (
     shutdown,
     shutting_down,
 )
-from .server_status import statistics_text, status_text
+from .server_status import NO_STATISTICS_YET, statistics_text, status_text
 from .server_threads import within
 from .states import State
 from .utils import compact_json, gc_paused
@@ -82,8 +82,6 @@ __all__ = [
 INT32_MAX = 2**31 - 1
 NO_JOB_YET = -1
 """``jobSuccess``/``jobFailure`` before any job ended in that state, as in the original."""
-NO_STATISTICS_YET = "No statistics collected yet, please use the 'collectStatistics' method first"
-"""``statisticsCollected`` before any collection: the original's text."""
 
 
 # ---- the device ----------------------------------------------------------------------
@@ -352,18 +350,19 @@ class DahuDS(Device):
     @client_errors
     def getJobOutput(self, job_id: int) -> str:  # noqa: N802
         """The output of a job as a JSON object ({} while it has none)."""
-        job_id = Job._resolve(job_id)
-        text = self._engine.output_text(job_id)  # as the journal records it
-        text = text or compact_json(self._job(job_id).output_data)
+        if (wanted := job_id) < 0 and (job_id := Job._resolve(wanted)) < 1:
+            raise self._unknown(wanted)  # counted from the last job once only
+
+        def text() -> str:  # as the journal records it
+            return self._engine.output_text(job_id) or compact_json(self._job(job_id).output_data)
+
         return job_answer(text, "output", job_id, self._engine)
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the input, JSON")
     @client_errors
     def getJobInput(self, job_id: int) -> str:  # noqa: N802
         """The input of a job as a JSON object (with ``plugin_name`` and ``job_id``)."""
-        job = self._job(job_id)
-        text = self._engine.input_text(job.id, job.input_data)
-        return job_answer(text, "input", job.id, self._engine)
+        return input_answer(self._job(job_id), self._engine)
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the error text")
     @client_errors

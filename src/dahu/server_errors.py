@@ -42,6 +42,7 @@ __all__ = [
     "latin1_text",
     "sendable",
     "job_answer",
+    "input_answer",
     "follow_orb_options",
     "MAX_REASON",
 ]
@@ -118,24 +119,45 @@ def sendable(text: str, what: str, where: Callable[[], str] | None = None) -> st
     text = latin1_text(text)
     if len(text) <= MAX_ANSWER_CHARS:
         return text
-    size, limit = len(text) / MIB, MAX_ANSWER_CHARS / MIB
-    raise TooLarge(
+    raise _too_large(len(text), what, where)
+
+
+def _too_large(chars: int, what: str, where: Callable[[], str] | None) -> TooLarge:
+    size, limit = chars / MIB, MAX_ANSWER_CHARS / MIB
+    return TooLarge(
         f"{what} is {size:.0f} MiB, more than a Tango command can send ({limit:.0f} MiB)"
         + (f": {where()}" if where is not None else "")
     )
 
 
-def job_answer(text: str, what: str, job_id: int, engine: Any) -> str:
+def job_answer(text: str | Callable[[], str], what: str, job_id: int, engine: Any) -> str:
     """``text``, the ``input`` or ``output`` (``what``) of job ``job_id`` of ``engine``,
     as a command answers it (:func:`sendable`); too large, the error says where to read
-    it: the job's ``.inp``/``.out`` file, or ``dahu-jobs show``."""
+    it: the job's ``.inp``/``.out`` file, or ``dahu-jobs show``.  ``text`` may be the
+    function that makes it: a text the journal knows too large is then refused without
+    it (:meth:`~dahu.journal.base.Journal.output_chars`, ``input_chars``)."""
+
+    def _input_chars() -> int | None:  # of a job out of memory: not decoded to be refused
+        run = engine.table.find(job_id)
+        return engine.journal.input_chars(job_id) if run is None or run.input_data is None else None
 
     def where() -> str:
         workdir, plugin = engine.workdir, engine.info(job_id)["plugin"]
         path = job_file_stem(workdir, job_id, plugin) + (".out" if what == "output" else ".inp")
         return f"read it from {path} or with dahu-jobs show {job_id} -w {workdir}"
 
+    if callable(text):
+        chars = engine.journal.output_chars(job_id) if what == "output" else _input_chars()
+        if chars is not None and chars > MAX_ANSWER_CHARS and engine.info(job_id):  # not pruned
+            raise _too_large(chars, f"the {what} of job {job_id}", where)  # JSON text: ASCII
+        text = text()
     return sendable(text, f"the {what} of job {job_id}", where)
+
+
+def input_answer(job: Any, engine: Any) -> str:
+    """The input of ``job`` (a :class:`dahu.job.Job`) as ``getJobInput`` answers it
+    (:func:`job_answer`): made only if it can be sent."""
+    return job_answer(lambda: engine.input_text(job.id, job.input_data), "input", job.id, engine)
 
 
 def follow_orb_options(tango_args: list[str]) -> None:

@@ -234,7 +234,8 @@ def _helper(args: list[str]) -> tuple[list[dict[str, Any]], int | None]:
 
 
 def _doc(klass: type) -> str:
-    return inspect.getdoc(getattr(klass, "function", None) or klass) or ""
+    doc = (getattr(klass, "function", None) or klass).__doc__  # its own, not its base's
+    return inspect.cleandoc(doc) if isinstance(doc, str) else ""
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,9 +12,12 @@ from .errors import one_line
 from .job import Job
 from .server_settings import current_retention
 
-__all__ = ["status_text", "statistics_text"]
+__all__ = ["status_text", "statistics_text", "NO_STATISTICS_YET"]
 
 logger = logging.getLogger("dahu.server")
+
+NO_STATISTICS_YET = "No statistics collected yet, please use the 'collectStatistics' method first"
+"""``statisticsCollected`` before any collection: the original's text."""
 
 
 def statistics_text() -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import DahuError, cut_error, error_line
 from ..factory import Factory, plugin_factory
+from ..journal.files import job_file_name
 from ..states import State
 from .slot import released, serving
 
@@ -192,7 +193,10 @@ class Execution:
         finally:
             directory = self.profile_dir or os.getcwd()
             os.makedirs(directory, exist_ok=True)
-            path = os.path.join(directory, f"{self.job_id:05d}_{self.plugin_name}.profile")
+            # cut as the job's .inp/.out files are, if too long for a file name
+            path = os.path.join(
+                directory, job_file_name(self.job_id, self.plugin_name) + ".profile"
+            )
             profiler.dump_stats(path)
             logger.info("job %s: profile written to %s", self.job_id, path)
 

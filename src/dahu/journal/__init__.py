@@ -12,7 +12,7 @@ so the engine and the executors can both use it.
 
 from ..errors import JournalError
 from .base import INTERRUPTED, JobRecord, Journal, default_workdir
-from .files import job_file_stem, write_job_files
+from .files import job_file_name, job_file_stem, write_job_files
 from .memory import MemoryJournal
 from .sqlite import SCHEMA_VERSION, SQLiteJournal
 
@@ -23,6 +23,7 @@ __all__ = [
     "MemoryJournal",
     "SQLiteJournal",
     "default_workdir",
+    "job_file_name",
     "job_file_stem",
     "write_job_files",
     "INTERRUPTED",

@@ -28,6 +28,8 @@ The contract, for every implementation (all methods are thread-safe):
 from __future__ import annotations
 
 import abc
+import collections
+import contextlib
 import functools
 import json
 import logging
@@ -112,6 +114,11 @@ def encode_final_input(job_id: int, input_data: Any) -> str | None:
 MAX_OUTPUT_CHARS = 900_000_000
 """Longest output the journal records: SQLite refuses a row over 1,000,000,000 bytes
 (``string or blob too big``), and would refuse it at every try."""
+LARGE_OUTPUT = 2**20
+"""Characters of a recorded output from which the journal notes its length (an output
+too large for a Tango answer is refused without encoding it again)."""
+LARGE_KEPT = 64
+"""The large outputs whose length the journal keeps, the last recorded."""
 
 
 def encode_output(
@@ -352,6 +359,30 @@ class Journal(abc.ABC):
     def get(self, job_id: int, data: bool = True) -> JobRecord | None:
         """Return a copy of the record of ``job_id`` (input with ``job_id`` set), or None;
         without its ``data`` (input ``{}``, output None): not read, however large."""
+
+    @functools.cached_property
+    def _large_outputs(self) -> collections.OrderedDict[int, int]:
+        return collections.OrderedDict()
+
+    def note_output(self, job_id: int, text: str | None) -> None:
+        """Remember the length of ``text``, the output of ``job_id`` as recorded, if it is
+        large (:data:`LARGE_OUTPUT` characters or more; the last :data:`LARGE_KEPT`)."""
+        if text is not None and len(text) >= LARGE_OUTPUT:
+            self._large_outputs[job_id] = len(text)
+            if len(self._large_outputs) > LARGE_KEPT:
+                with contextlib.suppress(KeyError):  # another thread took it out
+                    self._large_outputs.popitem(last=False)
+
+    def input_chars(self, job_id: int) -> int | None:
+        """The length of the JSON text of ``job_id``'s input as recorded, if the journal
+        can tell without reading it whole, else None."""
+        return None
+
+    def output_chars(self, job_id: int) -> int | None:
+        """The length of :meth:`output_text` of ``job_id`` if it is a large output this
+        process recorded lately (:meth:`note_output`), else None: known without reading it
+        (nor encoding it while the job is in memory)."""
+        return self._large_outputs.get(job_id)
 
     def output_text(self, job_id: int) -> str | None:
         """The output of ``job_id`` as the JSON text recorded (``{}`` when it has none),

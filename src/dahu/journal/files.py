@@ -10,7 +10,15 @@ from typing import Any
 
 from ..utils import NumpyEncoder, jsonable, text_of
 
-__all__ = ["job_file_dir", "job_file_stem", "write_job_files", "pretty_json", "highest_file_id"]
+__all__ = [
+    "fitted_name",
+    "job_file_dir",
+    "job_file_name",
+    "job_file_stem",
+    "write_job_files",
+    "pretty_json",
+    "highest_file_id",
+]
 
 _PRETTY = NumpyEncoder(indent=4)  # the original's indentation (and the fallback below)
 _default = _PRETTY.default
@@ -126,26 +134,37 @@ def job_file_stem(workdir: str, job_id: int, plugin: str) -> str:
 
 def _stem_in(directory: str, job_id: int, plugin: str) -> str:
     """``<directory>/NNNNN_<plugin>``, ``directory`` being :func:`job_file_dir`'s."""
-    name = f"{job_id:05d}_{plugin}"
-    if len(name) > NAME_MAX // 4 - 4:  # it may not fit (4 bytes a character at most)
-        name = _short_name(name, plugin)
-    return f"{directory}{os.sep}{name}"
+    return f"{directory}{os.sep}{job_file_name(job_id, plugin)}"
 
 
 NAME_MAX = 255
-"""The bytes of a file name (ext4, XFS, GPFS, NFS...), ``.inp`` included."""
+"""The bytes of a file name (ext4, XFS, GPFS, NFS...), its extension included."""
+SUFFIX_MAX = len(".h5.part")
+"""The longest extension Dahu adds to a job's name: ``.inp``, ``.out``, ``.profile``, and
+pyFAI's ``.h5`` with its ``.h5.part`` and ``.h5.lock`` while it is written."""
 
 
-def _short_name(name: str, plugin: str) -> str:
-    """``name`` (``NNNNN_<plugin>``) if ``name.inp`` fits in a file name, else cut to fit
-    and ended by ``~`` and a hash of the whole plugin name: ``00012_<start of the
-    name>~<10 hex digits>`` (the original wrote no file for such a name)."""
-    raw = name.encode("utf-8", "surrogatepass")
-    if len(raw) + 4 <= NAME_MAX:
+def job_file_name(job_id: int, plugin: str) -> str:
+    """``NNNNN_<plugin>``, the name of a job's files without extension, if it fits in a file
+    name with any of them (:data:`SUFFIX_MAX`), else cut to fit and ended by ``~`` and a
+    hash of the whole plugin name: ``00012_<start of the name>~<10 hex digits>`` (the
+    original wrote no file for such a name)."""
+    name = f"{job_id:05d}_{plugin}"
+    if len(name) <= (NAME_MAX - SUFFIX_MAX) // 4:  # it fits (4 bytes a character at most)
         return name
-    digest = hashlib.sha1(plugin.encode("utf-8", "surrogatepass")).hexdigest()[:10]
-    cut = raw[: NAME_MAX - 4 - 1 - len(digest)].decode("utf-8", "ignore")  # whole characters
-    return f"{cut}~{digest}"
+    return fitted_name(name, SUFFIX_MAX, plugin)
+
+
+def fitted_name(name: str, room: int, whole: str | None = None) -> str:
+    """``name`` if it fits in a file name with ``room`` bytes to spare, else cut to fit and
+    ended by ``~`` and 10 hex digits of a hash of ``whole`` (default ``name``)."""
+    raw = name.encode("utf-8", "surrogatepass")
+    if len(raw) + room <= NAME_MAX:
+        return name
+    whole = name if whole is None else whole
+    digest = hashlib.sha1(whole.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    cut = raw[: NAME_MAX - room - 1 - len(digest)].decode("utf-8", "ignore")
+    return f"{cut}~{digest}"  # whole characters (a character cut in two is dropped)
 
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)

@@ -74,6 +74,7 @@ class MemoryJournal(Journal):
         input_data: dict[str, Any] | None = None,
     ) -> None:
         text, error = encode_output(output, error)
+        self.note_output(job_id, text)
         final_input = encode_final_input(job_id, input_data)
         with self._lock:
             record = self._records.get(job_id)

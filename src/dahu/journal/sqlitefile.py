@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import sqlite3
@@ -15,6 +16,8 @@ from typing import Any
 
 from ..errors import JournalError
 from .base import HOST
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "connect_file",
@@ -28,8 +31,11 @@ __all__ = [
     "write_again",
 ]
 
-OPEN_WAIT = 30.0
+OPEN_WAIT = 10.0
 """Seconds the opening of a journal by a writer waits for another process's lock."""
+
+LOCK_NOTICE = 1.0
+"""Seconds of that wait after which the log says what it waits for."""
 
 BUSY_STEP_MS = 50
 """The busy timeout of the journal's writer connection, in ms: a step of longer waits."""
@@ -58,8 +64,37 @@ def connect_writer(path: str, writer: bool = True) -> sqlite3.Connection:
     """The journal's writer connection to ``path`` (created if missing), set up;
     :class:`JournalError` if the file is another program's (:func:`refuse_foreign`).
     Not ``writer`` (a process that only reads other jobs): it does not wait for the
-    write lock another process holds (30 s), nor check that the file can be written."""
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=OPEN_WAIT)
+    write lock another process holds (:data:`OPEN_WAIT`), nor check that the file can be
+    written.  Past :data:`LOCK_NOTICE` of that wait, the log says what it waits for."""
+    notice = min(LOCK_NOTICE, OPEN_WAIT)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=notice)
+    try:
+        _set_up(db, path, writer)
+    except sqlite3.OperationalError as err:
+        if getattr(err, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY:
+            db.close()
+            raise
+        logger.warning(
+            "the journal %s is locked by another process (a sqlite3 shell in a transaction, "
+            "a prune, another Dahu server?): waiting up to %g s for it%s",
+            path,
+            OPEN_WAIT,
+            _holders(path),
+        )
+        db.execute(f"PRAGMA busy_timeout={int((OPEN_WAIT - notice) * 1000)}")
+        try:
+            _set_up(db, path, writer)
+        except BaseException:
+            db.close()
+            raise
+    # the journal's writes wait longer, in steps of it (BatchedWriter._patiently)
+    db.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
+    db.execute("PRAGMA cache_size=-512")
+    return db
+
+
+def _set_up(db: sqlite3.Connection, path: str, writer: bool) -> None:
+    """The settings of :func:`connect_writer` that may wait for another process's lock."""
     refuse_foreign(db, path)  # before WAL mode: nothing is written into another's file
     if writer:
         # takes effect on a new file only: lets prunes give space back in small steps;
@@ -67,10 +102,20 @@ def connect_writer(path: str, writer: bool = True) -> sqlite3.Connection:
         db.execute("PRAGMA auto_vacuum=INCREMENTAL")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
-    # the journal's writes wait longer, in steps of it (BatchedWriter._patiently)
-    db.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
-    db.execute("PRAGMA cache_size=-512")
-    return db
+
+
+def _holders(path: str) -> str:
+    """``; it is open in pid 123 (sqlite3), ...``: the other processes of this host that have
+    the file ``path`` open (one of them holds its lock), as far as this user may see."""
+    import psutil  # only here: the largest import of a journal otherwise
+
+    found = []
+    real = os.path.realpath(path)
+    for proc in psutil.process_iter(["pid", "name"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.pid != os.getpid() and any(f.path == real for f in proc.open_files()):
+                found.append(f"pid {proc.pid} ({proc.info['name']})")
+    return f"; it is open in {', '.join(found[:5])}" if found else ""
 
 
 def connect_file(path: str, write: bool = False, immutable: bool = False) -> sqlite3.Connection:
@@ -163,9 +208,12 @@ def full_disk_reason(workdir: str, err: BaseException | None = None) -> str:
     """Why a journal may not open (`` (its file system is full: ...)``), or ``""``: on a
     full disk SQLite says only ``disk I/O error`` (its shared-memory file cannot grow),
     on a read-only one or in a directory this user cannot write ``unable to open
-    database file``, for ``err`` a lock another process kept ``database is locked``."""
+    database file``, for ``err`` a lock another process kept ``database is locked``, for
+    a work directory that is a file Python ``File exists``."""
     if getattr(err, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
         return f" (another process held its write lock for {OPEN_WAIT:g} s: a sqlite3 shell?)"
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        return " (it is a file, not a directory)"
     with contextlib.suppress(OSError):
         if os.statvfs(workdir).f_flag & os.ST_RDONLY:
             return " (its file system is read-only)"
@@ -199,11 +247,14 @@ def write_again(db: sqlite3.Connection, path: str) -> None:
         raise
 
 
-def process_alive(host: str | None, pid: int | None, since: float | None) -> bool:
-    """Whether the process that wrote a record may still be running."""
+def process_alive(
+    host: str | None, pid: int | None, since: float | None, gone: set[int] | None = None
+) -> bool:
+    """Whether the process that wrote a record may still be running; ``gone``, the pids
+    of this host found running no process, is looked at and added to (asked once each)."""
     if host != HOST:
         return True  # another machine: cannot tell, leave its jobs alone
-    if pid is None:
+    if pid is None or (gone is not None and pid in gone):
         return False
     if pid == os.getpid():
         return True
@@ -213,7 +264,11 @@ def process_alive(host: str | None, pid: int | None, since: float | None) -> boo
         proc = psutil.Process(pid)
         # a recycled pid belongs to a process started after the job was submitted
         return since is None or proc.create_time() <= since + 1.0
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    except psutil.NoSuchProcess:
+        if gone is not None:
+            gone.add(pid)
+        return False
+    except psutil.AccessDenied:
         return False
 
 
