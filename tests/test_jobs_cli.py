@@ -277,6 +277,18 @@ def test_control_characters_of_a_job_neither_break_rows_nor_drive_the_terminal(t
         text = run(command, workdir=tmp_path).stdout
         assert "\x1b" not in text and len(text.splitlines()) == 4 + (command == "stats"), text
         assert "no.such\\nplugin" in text and "\\x1b[31mred.plugin" in text
+    # show wrote the error raw: ESC [2J cleared the operator's screen, NUL and the 8-bit
+    # CSI (\x9b) of an input went to the terminal as they are
+    journal = SQLiteJournal(str(tmp_path))
+    job_id = journal.create("\x1b[31mred.plugin", {"x": "a\x9b2J"}, time.time())
+    error = "ValueError: \x1b[2Jbad\x00frame\nTraceback (most recent call last):\n\tline 1"
+    journal.finish(job_id, "failure", None, error, time.time(), time.time())
+    journal.close()
+    text = run("show", str(job_id), workdir=tmp_path).stdout
+    assert not set(text) & {"\x1b", "\x00", "\x9b"}, text
+    assert f"job {job_id}: \\x1b[31mred.plugin, failure" in text
+    assert '"x": "a\\x9b2J"' in text
+    assert "ValueError: \\x1b[2Jbad\\x00frame\nTraceback (most recent call last):\n\tline 1" in text
 
 
 def test_a_work_directory_this_user_cannot_write_is_read(tmp_path):

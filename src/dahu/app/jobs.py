@@ -330,13 +330,13 @@ def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
         f"host       {record.host or ''} (pid {record.pid}), Dahu {record.version or '?'}",
         f"plugin     {record.module_file or '?'}, version {record.plugin_version or '?'}",
         f"files      {files['inp'] or '(no .inp)'}, {files['out'] or '(no .out)'}",
-        "input:",
-        _json_field(record, "input"),
-        "output:",
-        _json_field(record, "output"),
-        "error:",
-        record.error or "(none)",
     ]
+    # a terminal escape in a name or an error (ESC [2J) is shown, it does not clear the
+    # screen; the error's and the JSON's lines stay lines
+    lines = [shown(line) for line in lines]
+    for name in ("input", "output"):
+        lines += [f"{name}:", shown(_json_field(record, name), lines=True)]
+    lines += ["error:", shown(record.error or "(none)", lines=True)]
     out.write("\n".join(lines) + "\n")
     return EXIT_OK
 
