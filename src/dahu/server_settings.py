@@ -20,7 +20,7 @@ from typing import Any
 from . import engine as dahu_engine
 from .engine import SHUTDOWN_REASON
 from .errors import DahuError, JournalError
-from .executors.thread import default_workers
+from .executors.thread import default_workers, worker_count
 from .retention import Retention, RetentionSchedule
 from .utils import freeze_while
 
@@ -30,6 +30,7 @@ __all__ = [
     "ServerSettings",
     "settings",
     "configure_engine",
+    "job_slots",
     "configure_retention",
     "shutdown",
     "abort_while_serving",
@@ -95,6 +96,13 @@ def stopping() -> bool:
 
 
 _retention: RetentionSchedule | None = None
+
+
+def job_slots(prop: int) -> int:
+    """The job slots asked for: ``--max-workers`` (0: the number of CPUs; it wins over
+    the property), else the ``max_workers`` property (0: the number of CPUs); a negative
+    property is a ``ValueError`` (the device is FAULT; until 2026-11-30 it meant all CPUs)."""
+    return worker_count(prop if settings.max_workers is None else settings.max_workers)
 
 
 def configure_engine(

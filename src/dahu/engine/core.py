@@ -48,7 +48,8 @@ class Engine:
     :param workdir: the stable work directory (journal, ``.inp``/``.out`` files)
     :param journal: a journal; default a :class:`~dahu.journal.SQLiteJournal` in ``workdir``
     :param executor: where plugins run; default a :class:`~dahu.executors.ThreadExecutor`
-    :param max_workers: slots of the executor (default: number of CPUs)
+    :param max_workers: slots of the executor (None or 0: the number of CPUs; a negative
+        or fractional number is a ``ValueError``)
     :param executor_kind: ``thread`` (default), ``process`` or ``dask`` when no executor
         is given; ``executor_options`` go to its constructor
     :param default_timeout: seconds after which a running job is aborted as timed out
@@ -75,6 +76,8 @@ class Engine:
         recover: bool = True,
         batch_outcomes: bool = False,
     ):
+        if executor is None:  # first: a bad max_workers leaves the journal untouched
+            executor = make_executor(executor_kind, max_workers, **(executor_options or {}))
         self.journal = journal if journal is not None else SQLiteJournal(workdir)
         self.workdir = os.path.abspath(
             workdir or getattr(self.journal, "workdir", None) or os.getcwd()
@@ -88,8 +91,6 @@ class Engine:
         if hasattr(self.journal, "drain_some"):  # a client's command never commits for long
             drain = self.journal.drain_some
             self.journal.hand_off = lambda: self.watchdog.call_later(0.0, drain)
-        if executor is None:
-            executor = make_executor(executor_kind, max_workers, **(executor_options or {}))
         self.table = JobTable()
         self.cycle = LifeCycle(self)
         self.journal_fault: str | None = None
