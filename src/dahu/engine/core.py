@@ -29,7 +29,7 @@ from ..statistics import RunningStatistics
 from ..utils import compact_json
 from .lifecycle import NOTE_RUNNING_AFTER, JobRun, LifeCycle
 from .recovery import write_missing_files
-from .stopping import shut_down
+from .stopping import close, shut_down
 from .table import DROP_AFTER, DROP_WAVE, JobTable, drop_later
 
 logger = logging.getLogger(__name__)
@@ -463,14 +463,9 @@ class Engine:
     def close(self) -> int:
         """Stop the executor (waiting for its jobs), wait for the jobs' files and close
         the journal; return how many outcomes the journal refused to the end (lost: see
-        :meth:`retry_journal`), 0 when it holds them all."""
-        self._closed = True
-        self.executor.shutdown(wait=True)
-        self.journal.flush()  # the outcomes queued are committed and reported
-        self.flush_files()
-        lost = self._last_retry()
-        self.journal.close()
-        return lost
+        :meth:`retry_journal`), 0 when it holds them all.  A job starting meanwhile ends
+        aborted, ``the engine is closing``."""
+        return close(self)
 
     def _last_retry(self) -> int:
         """Before the journal closes: retry it if at fault; return how many outcomes it
