@@ -462,6 +462,22 @@ def test_an_export_the_disk_cannot_hold_is_one_line_and_leaves_no_file(history, 
     line = one_line_error(proc, 2)
     assert line == f"dahu-jobs: cannot write {target}: File too large"
     assert not target.exists()
+    # bug: to standard output (> FILE), a traceback; a short list's buffer failed at exit
+    # ("Exception ignored ...", status 120)
+    for command in (["export"], ["list", "--limit", "0"]):
+        with open(target, "w") as stdout:
+            proc = subprocess.run(
+                [DAHU_JOBS, *command, "--workdir", str(workdir)],
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+                env=child_env(),
+                preexec_fn=small_files,
+            )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.splitlines()[-1] == "dahu-jobs: cannot write the output: File too large"
+        assert "Traceback" not in proc.stderr, proc.stderr
 
 
 # ---- bad input ----------------------------------------------------------------------------
