@@ -846,6 +846,11 @@ def test_a_non_loopback_bind_without_a_token_is_refused():
         WebService("127.0.0.1:0", token="short")
     with pytest.raises(WebError, match="expected PORT or HOST:PORT"):
         WebService("127.0.0.1:http")
+    # bug: the error quoted what followed the last colon: "web address ''", "'8080/'"
+    for address in ("localhost:", "[::1]", "http://127.0.0.1:8080/"):
+        with pytest.raises(WebError) as info:
+            WebService(address)
+        assert str(info.value) == f"web address {address!r}: expected PORT or HOST:PORT"
 
 
 def start_server(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
