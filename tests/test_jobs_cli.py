@@ -536,6 +536,26 @@ def test_bad_usage_is_one_line_and_status_2(history, args, expected):
     assert expected in line
 
 
+def test_an_empty_work_directory_is_refused_not_the_default_one(tmp_path):
+    # bug: "dahu-jobs prune -w "$DIR" --keep-last 0" with DIR unset pruned the default
+    # work directory ($DAHU_WORKDIR: the server's) without a word
+    journal = SQLiteJournal(str(tmp_path))
+    job_id = journal.create("example.noop", {}, time.time() - 3600)
+    journal.finish(job_id, "success", {}, None, time.time() - 3600, time.time() - 3600)
+    journal.close()
+    for args in (["prune", "-w", "", "--keep-last", "0", "--min-age", "0"], ["-w", " ", "list"]):
+        proc = subprocess.run(
+            [DAHU_JOBS, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=child_env(DAHU_WORKDIR=str(tmp_path)),
+        )
+        line = one_line_error(proc, 2)
+        assert "argument -w/--workdir: an empty name (an unset variable?)" in line, line
+    assert "example.noop" in run("list", workdir=tmp_path).stdout  # not pruned
+
+
 def test_numbers_past_64_bits_mean_everything(history):
     workdir, ids, _ = history
     huge = "9" * 30

@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-w",
         "--workdir",
         metavar="DIR",
+        type=types.workdir,
         default=argparse.SUPPRESS,
         help="the work directory (default: $DAHU_WORKDIR, else ~/.local/state/dahu)",
     )

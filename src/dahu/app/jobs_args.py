@@ -8,7 +8,15 @@ import argparse
 from ..journal.base import MAX_ID
 from ..timespec import BadTime, parse_duration, parse_when
 
-__all__ = ["when", "count", "job_id", "seconds"]
+__all__ = ["workdir", "when", "count", "job_id", "seconds"]
+
+
+def workdir(text: str) -> str:
+    """A work directory; an empty one is refused: ``-w "$DIR"`` with ``DIR`` unset must
+    not read, or prune, the default work directory (the server's)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty name (an unset variable?): give a directory")
+    return text
 
 
 def when(text: str) -> float:
