@@ -836,6 +836,9 @@ def test_served_on_loopback_only_and_not_to_other_host_names(server):
     assert [addr.ip for addr in listening] == ["127.0.0.1"]
     status, _, body = http(local.http + "/api/counters", headers={"Host": "attacker.example"})
     assert status == 403 and "refused" in body
+    # bug: host names are not case-sensitive, but "curl http://LOCALHOST:PORT/" got 403
+    status, _, body = http(local.http + "/api/counters", headers={"Host": f"LocalHost:{port}"})
+    assert status == 200, body
 
 
 # ---- the access token ---------------------------------------------------------------------

@@ -39,7 +39,7 @@ def parse_address(text: str) -> tuple[str, int]:
 
 def is_loopback(host: str) -> bool:
     """True for addresses reachable from this machine only."""
-    if host == "localhost":
+    if host.lower() == "localhost":  # a host name is not case-sensitive
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
