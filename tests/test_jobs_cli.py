@@ -478,6 +478,17 @@ def test_an_export_the_disk_cannot_hold_is_one_line_and_leaves_no_file(history, 
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.splitlines()[-1] == "dahu-jobs: cannot write the output: File too large"
         assert "Traceback" not in proc.stderr, proc.stderr
+    # bug: started with standard output closed (>&-), an AttributeError traceback (after
+    # prune had removed its jobs)
+    proc = subprocess.run(
+        [DAHU_JOBS, "stats", "--workdir", str(workdir)],
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        env=child_env(),
+        preexec_fn=lambda: os.close(1),
+    )
+    assert one_line_error(proc, 2) == "dahu-jobs: standard output is closed: nowhere to write"
 
 
 # ---- bad input ----------------------------------------------------------------------------

@@ -426,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.workdir = os.path.abspath(getattr(args, "workdir", None) or default_workdir())
     out = sys.stdout
+    if out is None:  # started with standard output closed (>&-): nothing is done
+        sys.stderr.write(f"{PROG}: standard output is closed: nowhere to write\n")
+        return EXIT_USAGE
     with contextlib.suppress(AttributeError, ValueError):
         # a job's text (é, ☢) on a terminal that cannot show it: escaped, not a traceback
         out.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
