@@ -52,7 +52,6 @@ from .server_settings import (
     configure_retention,
     current,
     freeze_batch,
-    job_slots,
     push_lock,
     ready_line,
     recording_jobs,
@@ -107,7 +106,7 @@ class DahuDS(Device):
         adopt(self)  # after a DevRestart: what the deleted object knew
         try:
             super().init_device()
-            max_workers = job_slots(self.max_workers)  # a negative one: FAULT
+            max_workers = settings.job_slots(self.max_workers)  # a negative one: FAULT
         except (tango.DevFailed, ValueError, TypeError) as err:  # PyTango's ValueError
             if not hasattr(self, "_engine"):  # at start: the server refuses to run
                 raise

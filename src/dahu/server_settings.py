@@ -30,7 +30,6 @@ __all__ = [
     "ServerSettings",
     "settings",
     "configure_engine",
-    "job_slots",
     "configure_retention",
     "shutdown",
     "abort_while_serving",
@@ -70,6 +69,13 @@ class ServerSettings:
     shutdown_timeout: float = 30.0
     engine_options: dict[str, Any] = field(default_factory=dict)
 
+    def job_slots(self, prop: int) -> int:
+        """The job slots asked for: ``--max-workers`` (0: the number of CPUs; it wins over
+        the property), else the ``max_workers`` property ``prop`` (0: the number of CPUs);
+        a negative ``prop`` is a ``ValueError`` (the device is FAULT; until 2026-11-30 it
+        meant all CPUs)."""
+        return worker_count(prop if self.max_workers is None else self.max_workers)
+
 
 settings = ServerSettings()
 """The process's server settings (set by ``dahu_server`` before the server starts)."""
@@ -96,13 +102,6 @@ def stopping() -> bool:
 
 
 _retention: RetentionSchedule | None = None
-
-
-def job_slots(prop: int) -> int:
-    """The job slots asked for: ``--max-workers`` (0: the number of CPUs; it wins over
-    the property), else the ``max_workers`` property (0: the number of CPUs); a negative
-    property is a ``ValueError`` (the device is FAULT; until 2026-11-30 it meant all CPUs)."""
-    return worker_count(prop if settings.max_workers is None else settings.max_workers)
 
 
 def configure_engine(
