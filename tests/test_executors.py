@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 import dahu.engine
+from dahu.executors import default_workers, make_executor
 from dahu.job import Job
 from dahu.journal import job_file_stem
 from dahu.testdata import make_dataset
@@ -443,6 +444,26 @@ def test_more_slots_start_the_queued_jobs_at_once(kind_engine, kind):
             job.abort()
         for job in sleepers:
             job.join(30)
+
+
+@pytest.mark.parametrize("name", ["thread", "process", "dask"])
+def test_a_bad_max_workers_is_refused_naming_it(tmp_path, name):
+    # bug: max_workers=2.5 was rounded down to 2, and -1 meant 1 slot (dask: -1
+    # workers), without a word; 0 (the number of CPUs) stays, as documented
+    for bad in (2.5, -1, "4", True):
+        with pytest.raises(ValueError) as info:
+            dahu.engine.Engine(workdir=str(tmp_path), max_workers=bad, executor_kind=name)
+        message = str(info.value)
+        assert message.startswith("max_workers must be a whole number") and "\n" not in message
+        assert f"not {bad!r}" in message
+    assert not (tmp_path / "journal.sqlite").exists()  # refused before the journal opened
+    executor = make_executor(name, 0)
+    assert executor.max_workers == default_workers() == make_executor(name).max_workers
+    assert make_executor(name, 3.0).max_workers == 3
+    if name != "dask":  # a device Init sets it again
+        with pytest.raises(ValueError, match="not -2"):
+            executor.max_workers = -2
+        assert executor.max_workers == default_workers()
 
 
 def test_wait_for_chain_longer_than_the_pool(kind):

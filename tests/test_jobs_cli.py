@@ -277,6 +277,18 @@ def test_control_characters_of_a_job_neither_break_rows_nor_drive_the_terminal(t
         text = run(command, workdir=tmp_path).stdout
         assert "\x1b" not in text and len(text.splitlines()) == 4 + (command == "stats"), text
         assert "no.such\\nplugin" in text and "\\x1b[31mred.plugin" in text
+    # show wrote the error raw: ESC [2J cleared the operator's screen, NUL and the 8-bit
+    # CSI (\x9b) of an input went to the terminal as they are
+    journal = SQLiteJournal(str(tmp_path))
+    job_id = journal.create("\x1b[31mred.plugin", {"x": "a\x9b2J"}, time.time())
+    error = "ValueError: \x1b[2Jbad\x00frame\nTraceback (most recent call last):\n\tline 1"
+    journal.finish(job_id, "failure", None, error, time.time(), time.time())
+    journal.close()
+    text = run("show", str(job_id), workdir=tmp_path).stdout
+    assert not set(text) & {"\x1b", "\x00", "\x9b"}, text
+    assert f"job {job_id}: \\x1b[31mred.plugin, failure" in text
+    assert '"x": "a\\x9b2J"' in text
+    assert "ValueError: \\x1b[2Jbad\\x00frame\nTraceback (most recent call last):\n\tline 1" in text
 
 
 def test_a_work_directory_this_user_cannot_write_is_read(tmp_path):
@@ -450,6 +462,33 @@ def test_an_export_the_disk_cannot_hold_is_one_line_and_leaves_no_file(history, 
     line = one_line_error(proc, 2)
     assert line == f"dahu-jobs: cannot write {target}: File too large"
     assert not target.exists()
+    # bug: to standard output (> FILE), a traceback; a short list's buffer failed at exit
+    # ("Exception ignored ...", status 120)
+    for command in (["export"], ["list", "--limit", "0"]):
+        with open(target, "w") as stdout:
+            proc = subprocess.run(
+                [DAHU_JOBS, *command, "--workdir", str(workdir)],
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+                env=child_env(),
+                preexec_fn=small_files,
+            )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.splitlines()[-1] == "dahu-jobs: cannot write the output: File too large"
+        assert "Traceback" not in proc.stderr, proc.stderr
+    # bug: started with standard output closed (>&-), an AttributeError traceback (after
+    # prune had removed its jobs)
+    proc = subprocess.run(
+        [DAHU_JOBS, "stats", "--workdir", str(workdir)],
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        env=child_env(),
+        preexec_fn=lambda: os.close(1),
+    )
+    assert one_line_error(proc, 2) == "dahu-jobs: standard output is closed: nowhere to write"
 
 
 # ---- bad input ----------------------------------------------------------------------------
@@ -506,6 +545,26 @@ def test_bad_usage_is_one_line_and_status_2(history, args, expected):
     workdir, _, _ = history
     line = one_line_error(run(*args, workdir=workdir), 2)
     assert expected in line
+
+
+def test_an_empty_work_directory_is_refused_not_the_default_one(tmp_path):
+    # bug: "dahu-jobs prune -w "$DIR" --keep-last 0" with DIR unset pruned the default
+    # work directory ($DAHU_WORKDIR: the server's) without a word
+    journal = SQLiteJournal(str(tmp_path))
+    job_id = journal.create("example.noop", {}, time.time() - 3600)
+    journal.finish(job_id, "success", {}, None, time.time() - 3600, time.time() - 3600)
+    journal.close()
+    for args in (["prune", "-w", "", "--keep-last", "0", "--min-age", "0"], ["-w", " ", "list"]):
+        proc = subprocess.run(
+            [DAHU_JOBS, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=child_env(DAHU_WORKDIR=str(tmp_path)),
+        )
+        line = one_line_error(proc, 2)
+        assert "argument -w/--workdir: an empty name (an unset variable?)" in line, line
+    assert "example.noop" in run("list", workdir=tmp_path).stdout  # not pruned
 
 
 def test_numbers_past_64_bits_mean_everything(history):

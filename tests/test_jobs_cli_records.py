@@ -69,6 +69,13 @@ def test_a_damaged_row_is_named_and_the_other_jobs_are_read(tmp_path):
     assert json.loads(run("stats", "--json", workdir=tmp_path).stdout)["total"]["jobs"] == 4
     assert run("list", workdir=tmp_path).stdout.count("example.noop") == 4
     assert run("show", "1", workdir=tmp_path).returncode == 0  # the other jobs: as before
+    # bug: a time no date is (1e300, infinity) was an OverflowError traceback for list/show
+    _damage(tmp_path, "UPDATE jobs SET submitted = 1e300, started = 9e999 WHERE id = 4")
+    proc = run("list", workdir=tmp_path)
+    assert "1e+300 (not a date)" in proc.stdout and "Traceback" not in proc.stderr
+    proc = run("show", "4", workdir=tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    assert "submitted  1e+300 (not a date)\nstarted    inf (not a date)\n" in proc.stdout
 
 
 def test_the_engine_names_a_damaged_field_in_one_line(engine, workdir):

@@ -558,3 +558,41 @@ def test_a_shutdown_that_lets_jobs_finish_lets_them_start_their_children(tmp_pat
     parent.start()
     assert engine.shutdown(abort=False, timeout=30)
     assert (parent.status, parent.output_data.get("child")) == ("success", 49), parent.error
+
+
+def test_a_job_starting_while_the_engine_closes_ends_aborted(tmp_path, monkeypatch):
+    # bug: a job whose start raced Engine.close() ended "failure: cannot queue the job:
+    # the executor is shut down", as if it had failed, instead of aborted by the stop
+    engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=1)
+    job = Job("example.square", {"x": 3})
+    executor = engine.executor
+    submit, shutdown = executor.submit, executor.shutdown
+    in_submit, shut, started = threading.Event(), threading.Event(), threading.Event()
+
+    def late_submit(run):  # the start has passed its checks; the close goes on now
+        in_submit.set()
+        assert shut.wait(30)
+        return submit(run)
+
+    def watched_shutdown(*args, **kwargs):
+        shutdown(*args, **kwargs)
+        shut.set()
+        assert started.wait(30)  # the journal stays open until the start is over
+
+    monkeypatch.setattr(executor, "submit", late_submit)
+    monkeypatch.setattr(executor, "shutdown", watched_shutdown)
+    closing = threading.Thread(target=lambda: in_submit.wait(30) and engine.close())
+    closing.start()
+    try:
+        with pytest.raises(DahuError, match=f"job {job.id} not started: the engine is closing"):
+            job.start()
+    finally:
+        started.set()
+        closing.join(30)
+    assert job.status == "aborted"
+    reader = SQLiteJournal(str(tmp_path))
+    try:
+        record = reader.get(job.id)
+        assert (record.state, record.error) == ("aborted", "the engine is closing")
+    finally:
+        reader.close()

@@ -1117,3 +1117,17 @@ def test_a_stop_while_an_ended_job_has_its_files_written_tells_its_client(
     finally:
         with contextlib.suppress(Exception):
             context.__exit__(None, None, None)
+
+
+def test_max_workers_0_on_the_command_line_wins_over_the_property(monkeypatch):
+    # bug: dahu_server --max-workers 0 (the number of CPUs) took the property's number
+    from dahu.executors import default_workers
+    from dahu.server_settings import settings
+
+    monkeypatch.setattr(settings, "max_workers", 0)
+    assert settings.job_slots(default_workers() + 3) == default_workers()
+    monkeypatch.setattr(settings, "max_workers", None)  # no option: the property's
+    assert settings.job_slots(default_workers() + 3) == default_workers() + 3
+    assert settings.job_slots(0) == default_workers()
+    with pytest.raises(ValueError, match="max_workers must be a whole number .* not -2"):
+        settings.job_slots(-2)

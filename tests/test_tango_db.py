@@ -462,3 +462,12 @@ def test_init_with_a_bad_property_keeps_the_device_serving_in_fault(database, tm
         db.delete_device_property(DEVICE, ["wait_timeout"])
         proxy.Init()
         assert proxy.state() == tango.DevState.ON
+        # bug: a negative max_workers meant "the number of CPUs" without a word
+        db.put_device_property(DEVICE, {"max_workers": ["-2"]})
+        proxy.Init()
+        assert proxy.state() == tango.DevState.FAULT
+        assert "FAULT: bad device property: max_workers must be a whole" in proxy.status()
+        assert "not -2" in proxy.status()
+        db.delete_device_property(DEVICE, ["max_workers"])
+        proxy.Init()
+        assert proxy.state() == tango.DevState.ON

@@ -104,6 +104,7 @@ class DahuDS(Device):
         adopt(self)  # after a DevRestart: what the deleted object knew
         try:
             super().init_device()
+            max_workers = settings.job_slots(self.max_workers)  # a negative one: FAULT
         except (tango.DevFailed, ValueError, TypeError) as err:  # PyTango's ValueError
             if not hasattr(self, "_engine"):  # at start: the server refuses to run
                 raise
@@ -115,7 +116,6 @@ class DahuDS(Device):
         # Requests must not queue behind each other (waitJob blocks its caller only).
         tango.Util.instance().set_serial_model(tango.SerialModel.NO_SYNC)
         workdir = settings.workdir or self.workdir.strip() or None
-        max_workers = settings.max_workers or (self.max_workers if self.max_workers > 0 else None)
         dirs = [d for d in (self.plugins_directory or []) if d.strip()] + list(settings.plugins)
         timeout = settings.timeout or (self.default_timeout if self.default_timeout > 0 else None)
         self._engine = configure_engine(

@@ -20,7 +20,7 @@ from typing import Any
 from . import engine as dahu_engine
 from .engine import SHUTDOWN_REASON
 from .errors import DahuError, JournalError
-from .executors.thread import default_workers
+from .executors.thread import default_workers, worker_count
 from .retention import Retention, RetentionSchedule
 from .utils import freeze_while
 
@@ -68,6 +68,13 @@ class ServerSettings:
     http_token: str | None = None  # --http-token, else $DAHU_HTTP_TOKEN
     shutdown_timeout: float = 30.0
     engine_options: dict[str, Any] = field(default_factory=dict)
+
+    def job_slots(self, prop: int) -> int:
+        """The job slots asked for: ``--max-workers`` (0: the number of CPUs; it wins over
+        the property), else the ``max_workers`` property ``prop`` (0: the number of CPUs);
+        a negative ``prop`` is a ``ValueError`` (the device is FAULT; until 2026-11-30 it
+        meant all CPUs)."""
+        return worker_count(prop if self.max_workers is None else self.max_workers)
 
 
 settings = ServerSettings()

@@ -69,10 +69,14 @@ def parse_when(text: str, now: float | None = None) -> float:
 
 
 def format_time(epoch: float | None) -> str:
-    """``2026-11-28 10:00:01`` in local time ("" for None)."""
+    """``2026-11-28 10:00:01`` in local time ("" for None); a number no date is (a
+    hand-edited journal's ``1e300``, infinity) as it is: ``1e+300 (not a date)``."""
     if epoch is None:
         return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    except (OverflowError, OSError, ValueError):
+        return f"{epoch:g} (not a date)"
 
 
 def _significant(value: float) -> str:

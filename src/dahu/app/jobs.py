@@ -5,7 +5,7 @@ Reads the journal (``journal.sqlite``) of ``--workdir`` (default ``$DAHU_WORKDIR
 the same journal; only ``prune`` writes (see :mod:`dahu.retention`).
 
 Exit status: 0 done, 1 no job with the id given to ``show``, 2 bad usage (unknown
-option, bad date or number, an export file that cannot be written), 3 the work directory is missing, is not a Dahu work
+option, bad date or number, an export file or standard output that cannot be written), 3 the work directory is missing, is not a Dahu work
 directory, or its journal cannot be read or written, 4 done, but fields of some jobs
 could not be read (a damaged row: each named on stderr), 130 interrupted (^C).  Every error is
 one line on stderr.
@@ -26,12 +26,12 @@ from tabulate import tabulate
 from .. import __version__
 from ..jobquery import Filters, count, get, latest, open_journal, records, statistics
 from ..journal import JournalError, default_workdir, job_file_stem
-from ..journal.base import MAX_ID
 from ..journal.sqlite import SQLiteJournal, process_alive
 from ..retention import DEFAULT_MIN_AGE, prune
 from ..states import State
-from ..timespec import BadTime, format_duration, format_time, parse_duration, parse_when
+from ..timespec import format_duration, format_time
 from ..utils import one_line, standard_json
+from . import jobs_args as types
 from .jobtable import Unreadable, cut, micro, runtime_text, shown, write_table
 
 __all__ = [
@@ -74,61 +74,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{PROG}: {message} (see {PROG} --help)\n")
 
 
-def _when(text: str) -> float:
-    try:
-        return parse_when(text)
-    except BadTime as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _too_long(text: str) -> bool:
-    """Whether ``text`` is a whole number of more digits than ``int()`` reads (4,300
-    here; over 40 is past any job id or count)."""
-    digits = text.strip().removeprefix("-")
-    return len(digits) > 40 and digits.isascii() and digits.isdigit()
-
-
-def _count(text: str) -> int:
-    if _too_long(text):
-        if text.strip().startswith("-"):
-            raise argparse.ArgumentTypeError(f"expected 0 or more, not {text.strip()[:20]}...")
-        return MAX_ID  # more than any journal holds: all
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text[:40]!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, not {value}")
-    return value
-
-
-def _job_id(text: str) -> int:
-    if _too_long(text):  # not "a job id is a whole number"
-        raise argparse.ArgumentTypeError(
-            f"no job {text.strip()[:20]}...: ids have at most 19 digits"
-        )
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a job id is a whole number, not {text[:40]!r}") from None
-    if value == 0:
-        raise argparse.ArgumentTypeError("job ids start at 1 (-1: the last job)")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        try:
-            value = parse_duration(text)
-        except BadTime as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    if not value >= 0 or value == float("inf"):  # NaN too
-        raise argparse.ArgumentTypeError(f"a duration of 0 s or more, not {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dahu-jobs`` (also used to write its man page)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -136,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-w",
         "--workdir",
         metavar="DIR",
+        type=types.workdir,
         default=argparse.SUPPRESS,
         help="the work directory (default: $DAHU_WORKDIR, else ~/.local/state/dahu)",
     )
@@ -149,13 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     filters.add_argument(
         "--since",
-        type=_when,
+        type=types.when,
         metavar="WHEN",
         help="only jobs submitted at or after WHEN: a duration back from now (90s, 10m, "
         "1h, 2d, 1w), today, yesterday, or a date (2026-11-28, 2026-11-28T10:00)",
     )
     filters.add_argument(
-        "--until", type=_when, metavar="WHEN", help="only jobs submitted at or before WHEN"
+        "--until", type=types.when, metavar="WHEN", help="only jobs submitted at or before WHEN"
     )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON, for scripts")
@@ -179,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument(
         "--limit",
-        type=_count,
+        type=types.count,
         default=DEFAULT_LIMIT,
         metavar="N",
         help=f"at most N jobs, the most recent (default {DEFAULT_LIMIT}; 0: all)",
@@ -190,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one job: input, output, error, times, provenance, files",
         description="Everything the journal knows of one job.",
     )
-    add.add_argument("job_id", type=_job_id, metavar="ID", help="the job id (-1: the last)")
+    add.add_argument("job_id", type=types.job_id, metavar="ID", help="the job id (-1: the last)")
     commands.add_parser(
         "stats",
         parents=[common, filters, as_json],
@@ -219,15 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     which = add.add_mutually_exclusive_group(required=True)
     which.add_argument(
-        "--before", type=_when, metavar="WHEN", help="remove jobs submitted before WHEN"
+        "--before", type=types.when, metavar="WHEN", help="remove jobs submitted before WHEN"
     )
     which.add_argument(
-        "--keep-last", type=_count, metavar="N", help="remove all but the N most recent jobs"
+        "--keep-last", type=types.count, metavar="N", help="remove all but the N most recent jobs"
     )
     add.add_argument("--dry-run", action="store_true", help="only tell what would be removed")
     add.add_argument(
         "--min-age",
-        type=_seconds,
+        type=types.seconds,
         default=DEFAULT_MIN_AGE,
         metavar="SECONDS",
         help="keep jobs that ended less than this long ago, as their files may still be "
@@ -330,13 +276,13 @@ def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
         f"host       {record.host or ''} (pid {record.pid}), Dahu {record.version or '?'}",
         f"plugin     {record.module_file or '?'}, version {record.plugin_version or '?'}",
         f"files      {files['inp'] or '(no .inp)'}, {files['out'] or '(no .out)'}",
-        "input:",
-        _json_field(record, "input"),
-        "output:",
-        _json_field(record, "output"),
-        "error:",
-        record.error or "(none)",
     ]
+    # a terminal escape in a name or an error (ESC [2J) is shown, it does not clear the
+    # screen; the error's and the JSON's lines stay lines
+    lines = [shown(line) for line in lines]
+    for name in ("input", "output"):
+        lines += [f"{name}:", shown(_json_field(record, name), lines=True)]
+    lines += ["error:", shown(record.error or "(none)", lines=True)]
     out.write("\n".join(lines) + "\n")
     return EXIT_OK
 
@@ -480,12 +426,17 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.workdir = os.path.abspath(getattr(args, "workdir", None) or default_workdir())
     out = sys.stdout
+    if out is None:  # started with standard output closed (>&-): nothing is done
+        sys.stderr.write(f"{PROG}: standard output is closed: nowhere to write\n")
+        return EXIT_USAGE
     with contextlib.suppress(AttributeError, ValueError):
         # a job's text (é, ☢) on a terminal that cannot show it: escaped, not a traceback
         out.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
         if args.command == "prune":
-            return cmd_prune(args, out)
+            status = cmd_prune(args, out)
+            out.flush()
+            return status
         db = open_journal(args.workdir)
         try:
             commands = {
@@ -496,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             args.unreadable = Unreadable(PROG)  # said on stderr, one line per field
             status = commands[args.command](db, args, out)
+            out.flush()  # a full disk is told here, not ignored at exit
             return EXIT_UNREADABLE if status == EXIT_OK and args.unreadable else status
         finally:
             db.close()
@@ -506,9 +458,19 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (| head): not an error of ours
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _drop_output()
         return EXIT_OK
+    except OSError as err:  # standard output on a full disk (> FILE): one line, not a traceback
+        sys.stderr.write(f"{PROG}: cannot write the output: {err.strerror or err}\n")
+        _drop_output()
+        return EXIT_USAGE
+
+
+def _drop_output() -> None:
+    """What is left in standard output's buffer goes nowhere: flushed at exit, it would
+    fail again (a traceback)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

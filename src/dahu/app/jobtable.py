@@ -34,13 +34,15 @@ class Unreadable:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def shown(text: str) -> str:
+def shown(text: str, lines: bool = False) -> str:
     """``text`` with its control characters escaped (``\\n``, ``\\x1b``): a plugin name
     a client sent with a new line or a terminal escape neither breaks a table's rows nor
-    drives the terminal."""
-    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+    drives the terminal; with ``lines``, new lines and tabs are kept (a traceback)."""
+    control = _CONTROL_BUT_LINES if lines else _CONTROL
+    return control.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 def cut(text: str | None, width: int = 60) -> str:

@@ -215,7 +215,8 @@ PAGES: dict[str, Page] = {
             (
                 "2",
                 "bad usage: unknown command or option, bad date, duration or number, or an "
-                "export file that cannot be written (or is the journal itself)",
+                "export file that cannot be written (or is the journal itself), or standard output "
+                "that cannot be written (a full disk)",
             ),
             (
                 "3",

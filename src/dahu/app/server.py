@@ -37,7 +37,7 @@ VALUED = {"-l", "--log", "--shutdown-timeout"} | {
 _SERVER_HELP = {
     "plugins_directory": "plugin directory (repeatable), added to the device property's",
     "workdir": "work directory: journal, .inp/.out files (wins over the device property)",
-    "max_workers": "jobs running at once (wins over the device property)",
+    "max_workers": "jobs running at once, 0: the number of CPUs (wins over the device property)",
     "executor": "where plugins run (wins over the device property; default thread): "
     "thread = in the server, process = isolated worker processes, dask = a Dask cluster",
     "scheduler": "with --executor dask: the scheduler address (tcp://host:8786) or 'local' "

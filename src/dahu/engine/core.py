@@ -29,7 +29,7 @@ from ..statistics import RunningStatistics
 from ..utils import compact_json
 from .lifecycle import NOTE_RUNNING_AFTER, JobRun, LifeCycle
 from .recovery import write_missing_files
-from .stopping import shut_down
+from .stopping import close, shut_down
 from .table import DROP_AFTER, DROP_WAVE, JobTable, drop_later
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ class Engine:
     :param workdir: the stable work directory (journal, ``.inp``/``.out`` files)
     :param journal: a journal; default a :class:`~dahu.journal.SQLiteJournal` in ``workdir``
     :param executor: where plugins run; default a :class:`~dahu.executors.ThreadExecutor`
-    :param max_workers: slots of the executor (default: number of CPUs)
+    :param max_workers: slots of the executor (None or 0: the number of CPUs; a negative
+        or fractional number is a ``ValueError``)
     :param executor_kind: ``thread`` (default), ``process`` or ``dask`` when no executor
         is given; ``executor_options`` go to its constructor
     :param default_timeout: seconds after which a running job is aborted as timed out
@@ -75,6 +76,8 @@ class Engine:
         recover: bool = True,
         batch_outcomes: bool = False,
     ):
+        if executor is None:  # first: a bad max_workers leaves the journal untouched
+            executor = make_executor(executor_kind, max_workers, **(executor_options or {}))
         self.journal = journal if journal is not None else SQLiteJournal(workdir)
         self.workdir = os.path.abspath(
             workdir or getattr(self.journal, "workdir", None) or os.getcwd()
@@ -88,8 +91,6 @@ class Engine:
         if hasattr(self.journal, "drain_some"):  # a client's command never commits for long
             drain = self.journal.drain_some
             self.journal.hand_off = lambda: self.watchdog.call_later(0.0, drain)
-        if executor is None:
-            executor = make_executor(executor_kind, max_workers, **(executor_options or {}))
         self.table = JobTable()
         self.cycle = LifeCycle(self)
         self.journal_fault: str | None = None
@@ -462,14 +463,9 @@ class Engine:
     def close(self) -> int:
         """Stop the executor (waiting for its jobs), wait for the jobs' files and close
         the journal; return how many outcomes the journal refused to the end (lost: see
-        :meth:`retry_journal`), 0 when it holds them all."""
-        self._closed = True
-        self.executor.shutdown(wait=True)
-        self.journal.flush()  # the outcomes queued are committed and reported
-        self.flush_files()
-        lost = self._last_retry()
-        self.journal.close()
-        return lost
+        :meth:`retry_journal`), 0 when it holds them all.  A job starting meanwhile ends
+        aborted, ``the engine is closing``."""
+        return close(self)
 
     def _last_retry(self) -> int:
         """Before the journal closes: retry it if at fault; return how many outcomes it

@@ -209,7 +209,7 @@ class LifeCycle:
         self._hold_armed = False  # a timer will commit the held outcomes
         self.files_lock = threading.Lock()  # a job's files are written by one thread
         self.halted: str | None = None  # set (a reason): queued jobs end aborted, none begins
-        self.refusing: str | None = None  # set (a reason) by Engine.shutdown: none starts
+        self.refusing: str | None = None  # set (a reason) by Engine.shutdown/close: none starts
         #: a refused start records its job's end before the journal closes, or not at all
         self.stop_lock = threading.RLock()
         self.journal_closing = False
@@ -230,6 +230,10 @@ class LifeCycle:
         try:
             self.engine.executor.submit(run)
         except Exception as err:
+            if self.refusing is not None:  # the engine began to stop meanwhile
+                with self.lock:
+                    run.state = State.UNINITIALIZED  # not started, as if refused at once
+                self._refuse(run, self.refusing)
             self.finish(run, Outcome(State.FAILURE, {}, f"cannot queue the job: {error_line(err)}"))
             raise
 

@@ -14,7 +14,9 @@ from .lifecycle import SHUTDOWN_REASON
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["shut_down"]
+__all__ = ["shut_down", "close", "CLOSING"]
+
+CLOSING = "the engine is closing"
 
 
 def shut_down(engine: Any, abort: bool, timeout: float, since: float | None) -> bool:
@@ -54,3 +56,20 @@ def shut_down(engine: Any, abort: bool, timeout: float, since: float | None) -> 
     lost = engine._last_retry()
     engine.journal.close()
     return not unfinished and not lost
+
+
+def close(engine: Any) -> int:
+    """See :meth:`~dahu.engine.core.Engine.close`."""
+    cycle = engine.cycle
+    engine._closed = True
+    with cycle.lock:  # a job starting from now on ends aborted, not "cannot queue the job"
+        if cycle.refusing is None:
+            cycle.refusing = CLOSING
+    engine.executor.shutdown(wait=True)
+    engine.journal.flush()  # the outcomes queued are committed and reported
+    engine.flush_files()
+    lost = engine._last_retry()
+    with cycle.stop_lock:  # a start refused from now on leaves the journal alone
+        cycle.journal_closing = True
+    engine.journal.close()
+    return lost

@@ -46,7 +46,7 @@ from .dask_task import begun_tasks, run_task, running_for
 from .process import exit_text
 from .runner import Outcome
 from .slot import serving
-from .thread import default_workers
+from .thread import worker_count
 from .worker import outcome_from_message
 
 logger = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ class DaskExecutor:
         abort_grace: float = 2.0,
     ):
         self.scheduler = scheduler or "local"
-        self.max_workers = int(max_workers or default_workers())
+        self.max_workers = worker_count(max_workers)
         self.abort_grace = abort_grace
         self.in_flight_limit = 100_000 if self.scheduler != "local" else 10 * self.max_workers
         self.host: Any = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import operator
 import os
 import threading
 import time
@@ -44,6 +45,26 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def worker_count(value: Any) -> int:
+    """The job slots ``max_workers`` asks for: None or 0 is the number of CPUs; a
+    negative or fractional number, or not a number, is a ``ValueError`` (until
+    2026-11-30 it was taken as 1, or rounded down, without a word)."""
+    if value is None:
+        return default_workers()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 4.0 from a configuration file
+    try:
+        whole = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        whole = None
+    if whole is None or whole < 0:
+        raise ValueError(
+            f"max_workers must be a whole number of job slots, 0 (the number of CPUs) or "
+            f"more, not {value!r}"
+        )
+    return whole or default_workers()
+
+
 def _aborted(task: Any) -> bool:
     """Whether the engine is aborting ``task`` (None: a thread that runs no task)."""
     return getattr(task, "abort_reason", None) is not None
@@ -59,7 +80,7 @@ class ThreadExecutor:
     def __init__(
         self, max_workers: int | None = None, idle_timeout: float = 30.0, abort_grace: float = 5.0
     ):
-        self._max_workers = max(1, int(max_workers or default_workers()))
+        self._max_workers = worker_count(max_workers)
         self.idle_timeout = idle_timeout
         self.abort_grace = abort_grace
         self._abandoned: set[int] = set()
@@ -103,8 +124,9 @@ class ThreadExecutor:
 
     @max_workers.setter
     def max_workers(self, value: int) -> None:
+        slots = worker_count(value)
         with self._cond:
-            self._max_workers = max(1, int(value))
+            self._max_workers = slots
             self._wake()  # more slots: start the queued jobs now
             self._cond.notify_all()  # fewer: the idle threads over the limit end
 

@@ -20,7 +20,7 @@ class WebError(DahuError):
 def parse_address(text: str) -> tuple[str, int]:
     """``PORT``, ``HOST:PORT`` or ``[IPV6]:PORT`` → (host, port); host defaults to
     127.0.0.1."""
-    text = str(text).strip()
+    text = given = str(text).strip()
     host = DEFAULT_HOST
     if text.startswith("["):
         inner, _, rest = text[1:].partition("]")
@@ -30,7 +30,8 @@ def parse_address(text: str) -> tuple[str, int]:
     try:
         port = int(text)
     except ValueError:
-        raise WebError(f"web address {text!r}: expected PORT or HOST:PORT") from None
+        # the whole address: "localhost:" is not the address ''
+        raise WebError(f"web address {given!r}: expected PORT or HOST:PORT") from None
     if not 0 <= port <= 65535:
         raise WebError(f"web port {port} is not from 0 to 65535")
     return host or DEFAULT_HOST, port
@@ -38,7 +39,7 @@ def parse_address(text: str) -> tuple[str, int]:
 
 def is_loopback(host: str) -> bool:
     """True for addresses reachable from this machine only."""
-    if host == "localhost":
+    if host.lower() == "localhost":  # a host name is not case-sensitive
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -142,15 +142,15 @@ class WebService:
         logger.info("web page: %s (read-only)", self.url)
 
     def _serve(self) -> None:
-        import tornado.httpserver
         import tornado.ioloop
 
         from .app import make_app
+        from .oversize import HTTPServer
 
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
-        server = tornado.httpserver.HTTPServer(make_app(self), xheaders=False)
+        server = HTTPServer(make_app(self), xheaders=False)
         server.add_sockets(self._sockets)
         sampler = tornado.ioloop.PeriodicCallback(self._sample, SAMPLE_PERIOD * 1000)
         pusher = tornado.ioloop.PeriodicCallback(self.broadcaster.tick, PUSH_PERIOD * 1000)

@@ -1,0 +1,74 @@
+"""The argument types of ``dahu-jobs``: dates, counts, job ids and durations, each refused
+in one line (``argparse`` prefixes the option's name)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..journal.base import MAX_ID
+from ..timespec import BadTime, parse_duration, parse_when
+
+__all__ = ["workdir", "when", "count", "job_id", "seconds"]
+
+
+def workdir(text: str) -> str:
+    """A work directory; an empty one is refused: ``-w "$DIR"`` with ``DIR`` unset must
+    not read, or prune, the default work directory (the server's)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty name (an unset variable?): give a directory")
+    return text
+
+
+def when(text: str) -> float:
+    try:
+        return parse_when(text)
+    except BadTime as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _too_long(text: str) -> bool:
+    """Whether ``text`` is a whole number of more digits than ``int()`` reads (4,300
+    here; over 40 is past any job id or count)."""
+    digits = text.strip().removeprefix("-")
+    return len(digits) > 40 and digits.isascii() and digits.isdigit()
+
+
+def count(text: str) -> int:
+    if _too_long(text):
+        if text.strip().startswith("-"):
+            raise argparse.ArgumentTypeError(f"expected 0 or more, not {text.strip()[:20]}...")
+        return MAX_ID  # more than any journal holds: all
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text[:40]!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, not {value}")
+    return value
+
+
+def job_id(text: str) -> int:
+    if _too_long(text):  # not "a job id is a whole number"
+        raise argparse.ArgumentTypeError(
+            f"no job {text.strip()[:20]}...: ids have at most 19 digits"
+        )
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a job id is a whole number, not {text[:40]!r}") from None
+    if value == 0:
+        raise argparse.ArgumentTypeError("job ids start at 1 (-1: the last job)")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            value = parse_duration(text)
+        except BadTime as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    if not value >= 0 or value == float("inf"):  # NaN too
+        raise argparse.ArgumentTypeError(f"a duration of 0 s or more, not {text!r}")
+    return value
