@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import tango
@@ -374,3 +375,18 @@ def test_job_errors_cross_processes_whole(server):
         assert again.traceback == error.traceback and "raise ValueError" in again.traceback
     aborted = pickle.loads(pickle.dumps(JobAborted(7, "aborted", "aborted by cancel()")))
     assert isinstance(aborted, JobAborted) and str(aborted) == "job 7 aborted: aborted by cancel()"
+
+
+def test_plugins_asks_again_while_the_listing_outlasts_the_client_s_timeout(small_server):
+    # bug: plugins() gave up at the first Tango timeout (API_DeviceTimedOut): a client
+    # whose timeout is short, or a server too busy to say "try again" within 3 s while it
+    # imports the plugin modules, got an error for a read it may simply repeat
+    plugins = Path(small_server.workdir).parent / "plugins"
+    (plugins / "slowlist.py").write_text(
+        "import time\ntime.sleep(2)\n\nfrom dahu.plugin import plugin_from_function\n\n\n"
+        "def slow():\n    'Slow to import.'\n\n\nplugin_from_function(slow)\n"
+    )
+    with DahuClient(small_server.url, timeout=0.5) as client:
+        listed = client.plugins(timeout=60)
+    assert listed["slowlist.slow"] == "Slow to import."
+    assert "bulky.text" in listed

@@ -76,7 +76,7 @@ FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
 FIRST_EXCEPTION = concurrent.futures.FIRST_EXCEPTION
 ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 
-_RETRY_REASONS = {"Dahu_TryAgain"}
+_RETRY_REASONS = {"Dahu_TryAgain", "API_DeviceTimedOut"}  # listPlugins: asked again
 
 
 # ---- the client ------------------------------------------------------------------------
@@ -269,23 +269,23 @@ class DahuClient:
 
     def plugins(self, timeout: float = 60.0) -> dict[str, str]:
         """The plugins the server offers: name → first line of its documentation."""
-        if self._closed:
-            raise ClientClosed(f"the client of {self.device} is closed")
         deadline = time.monotonic() + wait_time("timeout", timeout)
         while True:
+            if self._closed:
+                raise ClientClosed(f"the client of {self.device} is closed")
             try:
                 text = self._proxy().command_inout("listPlugins")
                 break
-            except tango.DevFailed as err:  # still loading the modules: ask again
-                if err.args[0].reason not in _RETRY_REASONS or time.monotonic() > deadline:
-                    raise ServerError.from_devfailed(err, "listPlugins") from None
+            except tango.DevFailed as err:  # still loading the modules (or too busy to say)
+                error = ServerError.from_devfailed(err, "listPlugins")
+                if error.reason not in _RETRY_REASONS or time.monotonic() > deadline:
+                    raise error from None
         if text.startswith("<error>"):
             raise ServerError(f"listPlugins: {text.partition(': ')[2]}", "Dahu_Error")
         plugins = {}
         for line in text.splitlines():  # a header line, then " name : first doc line"
-            name, sep, doc = line.strip().partition(" : ")
-            if not sep:
-                name, sep, doc = line.strip().partition(": ")
+            line = line.strip()
+            name, sep, doc = line.partition(" : " if " : " in line else ": ")
             if sep and name and " " not in name:
                 plugins[name] = doc.strip()
         return plugins

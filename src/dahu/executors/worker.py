@@ -161,8 +161,11 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
     while True:
         try:
             message = conn.recv()
-        except (EOFError, OSError):
+        except EOFError:  # the server closed its end: nothing more to serve
             break
+        except OSError as err:  # our end is gone (a plugin closed its descriptors)
+            logger.error("the worker's pipe to the server is gone, the worker ends: %s", err)
+            os._exit(LOST_PIPE)
         kind = message[0]
         if kind == "run":
             job_id, plugin_name, input_data = message[1:4]
