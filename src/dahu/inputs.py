@@ -7,9 +7,11 @@ nested at most :data:`MAX_DEPTH` levels; anything else is refused with an
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections import deque
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from .errors import InvalidInput
@@ -20,6 +22,7 @@ __all__ = [
     "MAX_INPUT_CHARS",
     "MAX_DEPTH",
     "json_kind",
+    "misspelt_keys",
     "parse_input",
     "parse_job_input",
     "parse_job_inputs",
@@ -196,3 +199,22 @@ def json_kind(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
         type(value), "null" if value is None else "number"
     )
+
+
+def misspelt_keys(
+    data: dict[str, Any], known: Collection[str], aliases: Mapping[str, str] | None = None
+) -> list[str]:
+    """A warning for each key of ``data`` that is not ``known`` but looks like one that is
+    (``"unt"`` for ``"unit"``, ``"NPT"``; or is one of ``aliases``, other names of known
+    keys): a plugin would ignore it, leaving the default in force. Other keys get none: the
+    original's plugins ignore keys they do not read, and clients send such keys."""
+    lower = {key.lower(): key for key in known}
+    warnings = []
+    for key in data:
+        if not isinstance(key, str) or key in known:
+            continue
+        close = difflib.get_close_matches(key.lower(), lower, 1, 0.6)
+        guess = (aliases or {}).get(key) or (lower[close[0]] if close else None)
+        if guess is not None:
+            warnings.append(f"unknown key {key!r} (did you mean {guess!r}?): it is ignored")
+    return warnings

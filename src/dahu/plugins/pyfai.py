@@ -34,6 +34,7 @@ from pyFAI.method_registry import IntegrationMethod
 
 from dahu.engine import get_engine
 from dahu.factory import register
+from dahu.inputs import misspelt_keys
 from dahu.integration import (
     DEFAULT_METHOD,
     DEFAULT_NPT,
@@ -62,7 +63,7 @@ from dahu.integration import (
     release_integrator,
 )
 from dahu.journal import job_file_stem
-from dahu.plugin import Plugin, plugin_from_function
+from dahu.plugin import RESERVED_KEYS, Plugin, plugin_from_function
 from dahu.utils import get_workdir
 
 # The factory loads this file as module "pyfai"; log under the dahu hierarchy all the same.
@@ -209,6 +210,16 @@ integrate_simple.REPROCESS_RELOCATE = ["curve_file"]  # type: ignore[attr-define
 plugin_from_function(integrate_simple)
 
 
+#: The inputs ``pyfai.integratemanyframes`` reads; of the others, one that looks misspelt is
+#: named in a warning (see :func:`dahu.inputs.misspelt_keys`).
+MANY_INPUTS = frozenset(PATH_INPUTS).difference({"image_file", "curve_file"}).union({
+    "npt", "unit", "method", "npt_azim", "polarization_factor", "do_SA", "monitor_values",
+    "error_model",
+})  # fmt: skip
+#: pyFAI's own names (of ``integrate1d``/``integrate2d`` arguments) for some inputs.
+PYFAI_NAMES = {"npt_rad": "npt", "correctSolidAngle": "do_SA", "filename": "output_file"}
+
+
 def positive_number(value: Any, name: str) -> float:
     """``value`` as a finite positive float, or an error naming ``name``."""
     try:
@@ -352,6 +363,8 @@ class IntegrateManyFrames(Plugin):
         super().setup(kwargs)
         start = time.perf_counter()
         self.input.update(expand_home(self.input))
+        for warning in misspelt_keys(self.input, MANY_INPUTS | RESERVED_KEYS, PYFAI_NAMES):
+            self.log_warning(warning)
         try:
             settings = self.settings = parse_settings(self.input)
             self.integrator, self.reused = borrow_integrator(
