@@ -814,19 +814,28 @@ def test_integrate_simple_names_an_empty_stack(data, tmp_path):
 
 
 def test_a_frame_cut_short_after_setup_fails_the_job(data, tmp_path):
-    """fabio pads a short file with zeros: integrating it would give a wrong curve."""
+    """fabio pads a short file with zeros: integrating it would give a wrong curve. The
+    frames done before it stay in NAME.h5.part: NAME.h5 (an earlier run's) is not replaced
+    by a file that looks complete."""
     frame = tmp_path / "frame.edf"
     raw = open(data["edf_files"][0], "rb").read()
     frame.write_bytes(raw)
+    out = tmp_path / "out.h5"
+    out.write_bytes(b"an earlier run's file")
     plugin = plugin_factory(MANY)
     try:
-        plugin.setup({"poni_file": data["poni_file"], "input_files": [str(frame)], "npt": NPT,
-                      "output_file": str(tmp_path / "out.h5")})  # fmt: skip
+        plugin.setup({"poni_file": data["poni_file"], "npt": NPT, "output_file": str(out),
+                      "input_files": [*data["edf_files"][:2], str(frame)]})  # fmt: skip
         frame.write_bytes(raw[: len(raw) // 2])
         with pytest.raises(RuntimeError, match="its data is shorter than its header says"):
             plugin.process()
     finally:
         plugin.teardown()
+    assert out.read_bytes() == b"an earlier run's file"
+    with h5py.File(f"{out}.part", "r") as h5:
+        assert h5["entry/integrated/intensity"].shape == (2, NPT)
+    assert f"failed after 2 of 3 frames, kept in {out}.part" in plugin.output["logging"][-2]
+    assert not os.path.exists(f"{out}.lock")
 
 
 def test_a_file_name_with_brackets_is_that_file_not_a_glob(data, tmp_path):

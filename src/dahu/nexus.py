@@ -2,7 +2,8 @@
 
 Used by ``pyfai.integratemanyframes`` through :mod:`dahu.integration` (which re-exports it).
 
-A file is written as ``NAME.part`` and renamed ``NAME`` when it is closed, so that ``NAME``
+A file is written as ``NAME.part`` and renamed ``NAME`` when it is closed (not when its
+writer failed: a damaged frame; it stays ``NAME.part``), so that ``NAME``
 is never a file cut short by a killed process (HDF5 cannot read one: ``bad object header
 version number``). While it is written, ``NAME.lock`` is held (``flock``) and names the
 writer: a second writer of ``NAME``, in any process of the host, is refused with
@@ -115,8 +116,9 @@ class NexusWriter:
         if os.path.exists(target) and not os.access(target, os.W_OK):
             raise PermissionError(f"'{path}' is read-only: it is not replaced")
         self._claim = claim(target, owner)
+        self.part = side_path(target, ".part")  # the file while it is written
         try:
-            self.h5 = h5py.File(side_path(target, ".part"), "w")
+            self.h5 = h5py.File(self.part, "w")
         except BaseException:
             release(target, self._claim)
             raise
@@ -192,8 +194,13 @@ class NexusWriter:
                 self.errors[block] = self._buffers[1][: self._count]
             self._count = 0
 
-    def close(self, n_done: int, config: dict, monitor: Sequence[float] | None) -> None:
-        """Trim the datasets to the ``n_done`` frames written, record the configuration, close."""
+    def close(
+        self, n_done: int, config: dict, monitor: Sequence[float] | None, failed: bool = False
+    ) -> None:
+        """Trim the datasets to the ``n_done`` frames written, record the configuration, close.
+
+        The file is then renamed ``NAME``; if the writer ``failed`` (a damaged frame), it stays
+        ``NAME.part``, the frames done in it, and ``NAME`` is left as it was."""
         try:
             self.flush()
             for name in ("frame", "intensity", "errors"):
@@ -209,6 +216,7 @@ class NexusWriter:
         finally:
             try:
                 self.h5.close()
-                os.replace(side_path(self._target, ".part"), self._target)
+                if not failed:
+                    os.replace(self.part, self._target)
             finally:
                 release(self._target, self._claim)

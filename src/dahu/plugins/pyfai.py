@@ -441,7 +441,7 @@ class IntegrateManyFrames(Plugin):
             "flat": settings.images.get("flat"),
             "error_model": settings.error_model,
         }
-        done = 0
+        done, failed = 0, True
         try:
             while not self.is_aborted:
                 tick = time.perf_counter()
@@ -464,11 +464,14 @@ class IntegrateManyFrames(Plugin):
                 done += 1
                 if self.frame_callback is not None:
                     self.frame_callback(done - 1, total)
+            failed = False
         finally:
             frames.close()
             tick = time.perf_counter()
-            writer.close(done, self._config(), settings.monitor)
+            writer.close(done, self._config(), settings.monitor, failed)
             timings["write"] += time.perf_counter() - tick
+            if failed:  # the error follows: a damaged frame, or the integration's own
+                self.log_warning(f"failed after {done} of {total} frames, kept in {writer.part}")
         self.timings.update(timings, process=time.perf_counter() - start)
         aborted = self.is_aborted and done < total
         if aborted:
