@@ -7,6 +7,7 @@ peaks sit where the rings were put; the same checks fail with a wrong geometry, 
 
 import datetime
 import errno
+import functools
 import json
 import os
 import signal
@@ -350,6 +351,38 @@ def test_integrate_simple_writes_a_curve(data, tmp_path):
     curve = numpy.loadtxt(curve_file)
     assert curve.shape == (NPT, 2)
     assert_rings_at(curve[:, 0], curve[:, 1], data)
+
+
+def test_integrate_simple_replaces_its_curve_only_once_written(data, tmp_path, monkeypatch):
+    """A job killed while pyFAI writes the curve leaves the earlier curve whole, not half of
+    one; a second writer of the same curve is refused, not interleaved with the first."""
+    curve = tmp_path / "curve.dat"
+    curve.write_text("an earlier curve\n")
+    seen = []  # what curve.dat holds while pyFAI writes: what a kill then would leave
+    integrate1d = integration.AzimuthalIntegrator.integrate1d
+
+    @functools.wraps(integrate1d)
+    def watched(ai, *args, **kwargs):
+        result = integrate1d(ai, *args, **kwargs)
+        if kwargs.get("filename"):
+            seen.append(curve.read_text())
+        return result
+
+    monkeypatch.setattr(integration.AzimuthalIntegrator, "integrate1d", watched)
+    params = {"poni_file": data["poni_file"], "image_file": data["edf_files"][0], "npt": NPT}
+    run("pyfai.integrate_simple", curve_file=str(curve), **params)
+    assert seen == ["an earlier curve\n"]
+    text = curve.read_text()
+    assert f"# --> {curve}\n" in text and numpy.loadtxt(curve).shape == (NPT, 2)
+    assert os.listdir(tmp_path) == ["curve.dat"]
+    lock = nexus.claim(str(curve), "job 99")
+    try:
+        with pytest.raises(RuntimeError, match=r"^curve_file '.*curve.dat' is being written by "
+                           r"job 99 \(pid \d+ on "):  # fmt: skip
+            run("pyfai.integrate_simple", curve_file=str(curve), **params)
+    finally:
+        nexus.release(str(curve), lock)
+    assert curve.read_text() == text
 
 
 def test_integrate_simple_with_three_arguments_is_in_2theta(data, tmp_path):

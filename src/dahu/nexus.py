@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import h5py
@@ -33,7 +33,7 @@ from .journal.files import fitted_name
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WRITE_BLOCK_BYTES", "WRITE_BLOCK_FRAMES", "NexusWriter", "OutputInUse"]
+__all__ = ["WRITE_BLOCK_BYTES", "WRITE_BLOCK_FRAMES", "NexusWriter", "OutputInUse", "write_curve"]
 
 #: Largest block of integrated frames the NeXus writer keeps before writing them.
 WRITE_BLOCK_FRAMES = 64
@@ -52,11 +52,12 @@ def side_path(path: str, suffix: str) -> str:
     return os.path.join(directory, fitted_name(name, len(suffix)) + suffix)
 
 
-def claim(path: str, owner: str) -> int:
+def claim(path: str, owner: str, key: str = "output_file") -> int:
     """Hold ``path.lock`` for writing ``path``: its descriptor, locked, holding ``owner``.
 
     Raises :class:`OutputInUse` naming the holder if another descriptor (of any process)
-    holds it. A lock file left by a killed writer is taken over: the kernel released its lock.
+    holds it (``key``, the input naming ``path``, begins the message). A lock file left by a
+    killed writer is taken over: the kernel released its lock.
     """
     lock_path = side_path(path, ".lock")
     while True:
@@ -66,7 +67,7 @@ def claim(path: str, owner: str) -> int:
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another writer"
             os.close(fd)
-            raise OutputInUse(f"output_file '{path}' is being written by {holder}") from None
+            raise OutputInUse(f"{key} '{path}' is being written by {holder}") from None
         except OSError as error:
             if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 os.close(fd)
@@ -88,6 +89,36 @@ def release(path: str, fd: int) -> None:
     with contextlib.suppress(OSError):  # removed before unlocked: a waiter then retries
         os.unlink(side_path(path, ".lock"))
     os.close(fd)
+
+
+def write_curve(path: str, owner: str, write: Callable[[str], None]) -> None:
+    """Write the curve file ``path`` (``integrate_simple``'s ``curve_file``) with
+    ``write(name)`` (pyFAI's ``integrate1d(..., filename=name)``), as :class:`NexusWriter`
+    writes its file: claimed by ``owner``, written as ``c.part.dat`` for ``c.dat`` (pyFAI
+    picks the format by the ending: ``.xrdml``), renamed ``path`` once written, removed if
+    ``write`` fails. The header line pyFAI writes to name the file names ``path``."""
+    target = os.path.realpath(path)
+    if os.path.exists(target) and not os.access(target, os.W_OK):
+        raise PermissionError(f"'{path}' is read-only: it is not replaced")
+    root, ending = os.path.splitext(target)
+    part = f"{root}.part{ending}"
+    lock = claim(target, owner, "curve_file")
+    try:
+        write(part)
+        with open(part, "rb+") as stream:  # a curve is a few tens of kB
+            text = stream.read()
+            named = text.replace(f"# --> {part}\n".encode(), f"# --> {path}\n".encode(), 1)
+            if named != text:
+                stream.seek(0)
+                stream.write(named)
+                stream.truncate()
+        os.replace(part, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(part)
+        raise
+    finally:
+        release(target, lock)
 
 
 class NexusWriter:

@@ -33,6 +33,7 @@ import pyFAI.units
 from pyFAI.method_registry import IntegrationMethod
 
 from dahu.engine import get_engine
+from dahu.executors.slot import current_job_id
 from dahu.factory import register
 from dahu.inputs import misspelt_keys
 from dahu.integration import (
@@ -63,6 +64,7 @@ from dahu.integration import (
     release_integrator,
 )
 from dahu.journal import job_file_stem
+from dahu.nexus import write_curve
 from dahu.plugin import RESERVED_KEYS, Plugin, plugin_from_function
 from dahu.utils import get_workdir
 
@@ -197,8 +199,15 @@ def integrate_simple(
         "poni_file": poni_file, "image_file": [source.path for source in sources],
     })  # fmt: skip
     integrator, _ = borrow_integrator(poni_file, ai, frame.shape, npt, the_unit, the_method)
-    try:
-        integrator.ai.integrate1d(frame, npt, unit=the_unit, method=the_method, filename=curve_file)
+    job = current_job_id()
+    try:  # as NAME.part.EXT, renamed once whole; a second writer is refused
+        write_curve(curve_file, "another writer" if job is None else f"job {job}", lambda name: (
+            integrator.ai.integrate1d(frame, npt, unit=the_unit, method=the_method, filename=name)
+        ))  # fmt: skip
+    except OutputInUse as error:
+        raise InputError(str(error)) from error
+    except OSError as error:
+        raise InputError(f"cannot write curve_file '{curve_file}': {error}") from error
     finally:
         release_integrator(integrator)
     return {"out_file": curve_file}
