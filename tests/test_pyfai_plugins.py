@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -383,6 +384,27 @@ def test_integrate_simple_replaces_its_curve_only_once_written(data, tmp_path, m
     finally:
         nexus.release(str(curve), lock)
     assert curve.read_text() == text
+
+
+def test_an_output_that_is_not_a_regular_file_is_never_replaced(data, tmp_path):
+    """Run as root, renaming NAME.h5.part over an output_file /dev/null made /dev/null a
+    regular file for the whole machine. A device or a pipe is refused as output_file (HDF5
+    cannot be written into one), and written into as a curve_file (as pyFAI writes it:
+    /dev/null throws the curve away)."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    reason = f"cannot write output file '{pipe}': '{pipe}' is not a regular file: it is not"
+    with pytest.raises(RuntimeError, match=f"{reason} replaced$"):
+        run_many(data, tmp_path, output_file=str(pipe))
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    read = []
+    reader = threading.Thread(target=lambda: read.append(pipe.read_text()), daemon=True)
+    reader.start()
+    run("pyfai.integrate_simple", poni_file=data["poni_file"], image_file=data["edf_files"][0],
+        curve_file=str(pipe), npt=NPT)  # fmt: skip
+    reader.join(30)
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode) and os.listdir(tmp_path) == ["pipe"]
+    assert read and f"# --> {pipe}\n" in read[0]
 
 
 def test_integrate_simple_with_three_arguments_is_in_2theta(data, tmp_path):

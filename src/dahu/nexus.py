@@ -98,6 +98,9 @@ def write_curve(path: str, owner: str, write: Callable[[str], None]) -> None:
     picks the format by the ending: ``.xrdml``), renamed ``path`` once written, removed if
     ``write`` fails. The header line pyFAI writes to name the file names ``path``."""
     target = os.path.realpath(path)
+    if os.path.exists(target) and not os.path.isfile(target):
+        write(target)  # /dev/null, a pipe: written into (a rename would replace it)
+        return
     if os.path.exists(target) and not os.access(target, os.W_OK):
         raise PermissionError(f"'{path}' is read-only: it is not replaced")
     root, ending = os.path.splitext(target)
@@ -144,6 +147,8 @@ class NexusWriter:
         # through a symbolic link, as HDF5 would write: the link stays, and two names of
         # one file are one claim
         self._target = target = os.path.realpath(path)
+        if os.path.exists(target) and not os.path.isfile(target):  # renaming would replace it
+            raise PermissionError(f"'{path}' is not a regular file: it is not replaced")
         if os.path.exists(target) and not os.access(target, os.W_OK):
             raise PermissionError(f"'{path}' is read-only: it is not replaced")
         self._claim = claim(target, owner)
