@@ -517,6 +517,11 @@ def bad_files(tmp_path_factory, data):
     paths["half"] = str(root / "half.edf")
     paths["full_mask"] = str(root / "full_mask.edf")
     fabio.edfimage.EdfImage(data=numpy.ones(SHAPE, numpy.int8)).write(paths["full_mask"])
+    paths["zero_flat"] = str(root / "zero_flat.edf")
+    fabio.edfimage.EdfImage(data=numpy.zeros(SHAPE, numpy.float32)).write(paths["zero_flat"])
+    paths["nan_dark"] = str(root / "nan_dark.edf")
+    nan = numpy.full(SHAPE, numpy.nan, numpy.float32)
+    fabio.edfimage.EdfImage(data=nan).write(paths["nan_dark"])
     frame = fabio.open(data["edf_files"][0]).data
     for kind, image in [("cbf", fabio.cbfimage.CbfImage), ("tif", fabio.tifimage.TifImage)]:
         image(data=frame).write(str(root / f"whole.{kind}"))
@@ -578,6 +583,9 @@ BAD_INPUTS = {
     ),
     "polarization as a switch": ({"polarization_factor": True}, "polarization_factor must be"),
     "mask of every pixel": ({"mask": "{full_mask}"}, "mask file '{full_mask}' masks every pixel"),
+    "flat of zeros": ({"flat": "{zero_flat}"}, "flat file '{zero_flat}' has no positive value"),
+    "flat of NaN": ({"flat": "{nan_dark}"}, "flat file '{nan_dark}' has no positive value"),
+    "dark of NaN": ({"dark": "{nan_dark}"}, "dark file '{nan_dark}' has no finite value"),
     "do_SA as a word": ({"do_SA": "false"}, "do_SA must be true or false, got 'false'"),
     "image still being written": (
         {"input_files": ["{half}"]},
@@ -633,6 +641,8 @@ def test_bad_input_gives_one_line_error_naming_it(case, data, bad_files, tmp_pat
         "odd": bad_files["odd"],
         "half": bad_files["half"],
         "full_mask": bad_files["full_mask"],
+        "zero_flat": bad_files["zero_flat"],
+        "nan_dark": bad_files["nan_dark"],
         "half_cbf": bad_files["half_cbf"],
         "half_tif": bad_files["half_tif"],
     }
@@ -648,8 +658,9 @@ def test_bad_input_gives_one_line_error_naming_it(case, data, bad_files, tmp_pat
     message = str(info.value)
     assert "\n" not in message and fill(expected) in message, message
     assert len(message) < 500, message
-    if case not in FOUND_WHILE_READING:  # refused in setup, before anything is written
-        assert not (tmp_path / "out.h5").exists()
+    # refused in setup, before anything is written, or while reading: no out.h5 either way
+    assert not (tmp_path / "out.h5").exists()
+    assert (tmp_path / "out.h5.part").exists() == (case in FOUND_WHILE_READING)
 
 
 @pytest.mark.parametrize(

@@ -313,6 +313,10 @@ def parse_settings(params: dict[str, Any]) -> Settings:
         images["mask"] = images["mask"] != 0
         if images["mask"].all():  # pyFAI would give curves of zeros (at a radial axis of 0)
             raise InputError(f"mask file '{params['mask']}' masks every pixel (0 is valid)")
+    if "dark" in images and not numpy.isfinite(images["dark"]).any():  # curves of zeros too
+        raise InputError(f"dark file '{params['dark']}' has no finite value")
+    if "flat" in images and not (images["flat"] > 0).any():  # 0 masks a pixel (NaN > 0: no)
+        raise InputError(f"flat file '{params['flat']}' has no positive value")
     settings = Settings(
         poni_file, ai, unit, npt, npt_azim, method, sources, images, None, error_model,
         polarization, bool(do_sa),
