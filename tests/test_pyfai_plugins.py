@@ -815,6 +815,7 @@ def test_an_output_file_that_is_a_directory_is_named_so(data, tmp_path):
         ("{tmp}", "curve_file '{tmp}' is a directory"),
         ("{tmp}/new/", "curve_file '{tmp}/new/' ends with '/': name a file"),
         ("{poni}/c.dat", "cannot write curve_file '{poni}/c.dat': '{poni}' is a file, not a dir"),
+        ("{tmp}/c.nxs", "cannot write curve_file '{tmp}/c.nxs': pyFAI writes no NeXus curve"),
     ],
 )
 def test_integrate_simple_names_a_curve_file_it_cannot_write(data, tmp_path, curve, reason):

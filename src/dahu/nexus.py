@@ -98,6 +98,8 @@ def write_curve(path: str, owner: str, write: Callable[[str], None]) -> None:
     picks the format by the ending: ``.xrdml``), renamed ``path`` once written, removed if
     ``write`` fails. The header line pyFAI writes to name the file names ``path``."""
     target = os.path.realpath(path)
+    if target.endswith(".nxs"):  # pyFAI would integrate, then fail: "Implement Nexus writer"
+        raise OSError("pyFAI writes no NeXus curve (.nxs): name a .dat or .xrdml file")
     if os.path.exists(target) and not os.path.isfile(target):
         write(target)  # /dev/null, a pipe: written into (a rename would replace it)
         return
