@@ -514,6 +514,16 @@ def bad_files(tmp_path_factory, data):
     no_wavelength.write_text("".join(x for x in lines if not x.startswith("Wavelength")))
     paths = {"junk": str(junk), "garbage_poni": str(garbage_poni), "odd": str(odd)}
     paths["no_wavelength"] = str(no_wavelength)
+    text = open(data["poni_file"]).read()
+    for name, old, new in [
+        ("nan_distance", "Distance: 0.1", "Distance: nan"),  # a failed fit
+        ("zero_pixel", '"pixel1": 0.0001', '"pixel1": 0'),  # was a TypeError
+        ("negative_wavelength", "Wavelength: 1e-10", "Wavelength: -1e-10"),
+        ("infinite_rot", "Rot1: 0.004", "Rot1: inf"),
+    ]:
+        assert old in text
+        (root / f"{name}.poni").write_text(text.replace(old, new))
+        paths[name] = str(root / f"{name}.poni")
     paths["half"] = str(root / "half.edf")
     paths["full_mask"] = str(root / "full_mask.edf")
     fabio.edfimage.EdfImage(data=numpy.ones(SHAPE, numpy.int8)).write(paths["full_mask"])
@@ -554,6 +564,13 @@ BAD_INPUTS = {
     "frame shape vs detector": ({"input_files": ["{small_frame}"]}, "frame_0000.edf"),
     "mask shape": ({"mask": "{small_mask}"}, "mask.edf"),
     "unknown unit": ({"unit": "q_furlong^-1"}, "q_furlong^-1"),
+    "poni of a failed fit": (
+        {"poni_file": "{nan_distance}"},
+        "poni file '{nan_distance}' has Distance nan: expected a positive number",
+    ),
+    "poni of pixels of 0 m": ({"poni_file": "{zero_pixel}"}, "has PixelSize1 None: expected a"),
+    "poni of a negative wavelength": ({"poni_file": "{negative_wavelength}"}, "Wavelength -1e-10"),
+    "poni of an infinite angle": ({"poni_file": "{infinite_rot}"}, "Rot1 inf: expected a finite"),
     "unknown method": ({"method": ["full", "csr", "abacus"]}, "abacus"),
     "unknown method name": ({"method": "teleport"}, "teleport"),
     "monitor count": ({"monitor_values": [1.0, 2.0]}, "monitor_values"),
@@ -634,6 +651,10 @@ def test_bad_input_gives_one_line_error_naming_it(case, data, bad_files, tmp_pat
         "root": str(tmp_path),
         "junk": bad_files["junk"],
         "garbage_poni": bad_files["garbage_poni"],
+        **{
+            name: bad_files[name]
+            for name in ("nan_distance", "zero_pixel", "infinite_rot", "negative_wavelength")
+        },  # fmt: skip
         "no_wavelength": bad_files["no_wavelength"],
         "stack": data["hdf5_file"],
         "small_frame": bad_files["small"]["edf_files"][0],

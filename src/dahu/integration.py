@@ -25,6 +25,7 @@ import glob
 import hashlib
 import json
 import logging
+import math
 import operator
 import os
 import threading
@@ -199,9 +200,23 @@ def load_geometry(poni_file: str) -> AzimuthalIntegrator:
         # pyFAI.load() would run a full gc.collect() (tens of ms, holding the GIL and so
         # stalling every other job); nothing here needs it: refcounting frees the arrays.
         ai.auto_gc = False
-        return ai.load(poni_file)
+        ai = ai.load(poni_file)
     except Exception as error:  # pyFAI raises anything from KeyError to JSONDecodeError
         raise InputError(f"invalid poni file '{poni_file}': {error}") from error
+    # pyFAI loads a failed fit's NaN, or a pixel size of 0 (as None: a TypeError when the
+    # engine is built), and integrates nonsense with them without a word
+    numbers = {"Distance": ai.dist, "PixelSize1": ai.detector.pixel1}
+    numbers.update(PixelSize2=ai.detector.pixel2, Wavelength=ai.wavelength or 1.0)
+    numbers.update(Poni1=ai.poni1, Poni2=ai.poni2, Rot1=ai.rot1, Rot2=ai.rot2, Rot3=ai.rot3)
+    for name, value in numbers.items():
+        number = value if isinstance(value, (int, float, numpy.floating)) else math.nan
+        signed = name.startswith(("Poni", "Rot"))  # 0 or less is fine
+        if not math.isfinite(number) or not (signed or number > 0):
+            kind = "finite" if signed else "positive"
+            raise InputError(
+                f"poni file '{poni_file}' has {name} {value}: expected a {kind} number"
+            )
+    return ai
 
 
 def parse_unit(unit: Any) -> pyFAI.units.Unit:
