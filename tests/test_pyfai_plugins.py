@@ -654,7 +654,7 @@ def test_bad_input_gives_one_line_error_naming_it(case, data, bad_files, tmp_pat
         **{
             name: bad_files[name]
             for name in ("nan_distance", "zero_pixel", "infinite_rot", "negative_wavelength")
-        },  # fmt: skip
+        },
         "no_wavelength": bad_files["no_wavelength"],
         "stack": data["hdf5_file"],
         "small_frame": bad_files["small"]["edf_files"][0],
