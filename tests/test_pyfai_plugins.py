@@ -8,14 +8,17 @@ peaks sit where the rings were put; the same checks fail with a wrong geometry, 
 import datetime
 import errno
 import functools
+import gc
 import json
 import os
+import resource
 import signal
 import stat
 import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import fabio.cbfimage
 import fabio.edfimage
@@ -1065,6 +1068,60 @@ def test_a_writer_killed_mid_file_leaves_no_damaged_output(process_engine, data,
     assert again.status == State.SUCCESS, Job.getErrorFromID(again.id)
     assert read_output(again.output_data)[1].shape == (N_FRAMES, NPT)
     assert sorted(os.listdir(tmp_path)) == ["scan.h5", "work"]
+
+
+def test_a_disk_that_fills_up_fails_the_writer_and_not_the_process(tmp_path):
+    """HDF5 cannot close a file it could not write, and freeing that file killed the process
+    (SIGSEGV: the whole server, with a thread executor). A file size limit stands in for a
+    disk that fills up during the job (the job checks the free space before it begins), in a
+    forked process (which runs no pyFAI: its OpenMP threads would not survive a fork)."""
+    cached = SimpleNamespace(radial=numpy.arange(1000.0), azimuthal=None)
+    result = SimpleNamespace(intensity=numpy.ones(1000), sigma=numpy.ones(1000))
+    out = tmp_path / "out.h5"
+    pipe_in, pipe_out = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit: EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, resource.RLIM_INFINITY))
+            unit = integration.parse_unit("q_nm^-1")
+            writer = nexus.NexusWriter(str(out), cached, unit, 200, True)  # 1.6 MB
+            errors = []  # the write that fails: of a frame, or when the file is closed
+            try:
+                for done in range(200):
+                    writer.write(done, result)
+            except OSError as error:
+                errors.append(str(error))
+            try:
+                writer.close(done, {}, None, failed=True)
+            except OSError as error:
+                errors.append(str(error))
+            os.write(pipe_out, "\n".join(errors).encode())
+            del writer
+            gc.collect()  # where HDF5's file was freed, and the process died
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(pipe_out)
+    with os.fdopen(pipe_in, "rb") as stream:
+        message = stream.read().decode()
+    assert os.waitpid(child, 0)[1] == 0
+    assert message == f"[Errno 27] File too large: '{out}'"
+    assert os.listdir(tmp_path) == []  # no damaged .part, no lock left
+
+
+def test_a_disk_too_full_for_the_file_is_found_before_it_is_written(data, tmp_path, monkeypatch):
+    """The job fails before it writes (HDF5 writing on a full disk is the case above)."""
+    monkeypatch.setattr(nexus, "_free_bytes", lambda path: 2**20)
+    with pytest.raises(RuntimeError) as info:  # 2D: 4 frames of 300 x 360 bins, 1.6 MB
+        run_many(data, tmp_path, npt_azim=360)
+    out = tmp_path / "out.h5"
+    assert str(info.value).endswith(
+        f"cannot write output file '{out}': [Errno 28] its disk is full: it needs 2.6 MB, 1.0 "
+        "MB are free"
+    )
+    assert os.listdir(tmp_path) == []
 
 
 def test_an_output_file_that_is_a_link_is_written_through_it(data, tmp_path):

@@ -17,10 +17,11 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import h5py
@@ -79,8 +80,12 @@ def claim(path: str, owner: str, key: str = "output_file") -> int:
             if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
                 break
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{owner} (pid {os.getpid()} on {socket.gethostname()})\n".encode())
+    try:  # a full disk: let go, or the lock would refuse every later writer of path
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{owner} (pid {os.getpid()} on {socket.gethostname()})\n".encode())
+    except BaseException:
+        release(path, fd)
+        raise
     return fd
 
 
@@ -126,6 +131,16 @@ def write_curve(path: str, owner: str, write: Callable[[str], None]) -> None:
         release(target, lock)
 
 
+def _free_bytes(path: str) -> float:
+    """Bytes free for this process on the file system of ``path``'s directory (infinite if
+    the file system cannot say)."""
+    try:
+        stat = os.statvfs(os.path.dirname(path))
+    except OSError:
+        return math.inf
+    return stat.f_bavail * stat.f_frsize if stat.f_frsize else math.inf
+
+
 class NexusWriter:
     """Streams integrated frames into a NeXus file: NXroot > NXentry > NXprocess + NXdata.
 
@@ -153,6 +168,14 @@ class NexusWriter:
             raise PermissionError(f"'{path}' is not a regular file: it is not replaced")
         if os.path.exists(target) and not os.access(target, os.W_OK):
             raise PermissionError(f"'{path}' is read-only: it is not replaced")
+        # a full disk is found before any write (HDF5 cannot recover from a failed one)
+        values = len(cached.radial) * (1 if cached.azimuthal is None else len(cached.azimuthal))
+        need, free = (1 + errors) * 4 * values * n_frames + 2**20, _free_bytes(target)
+        if need > free:
+            raise OSError(
+                errno.ENOSPC,
+                f"its disk is full: it needs {need / 2**20:.1f} MB, {free / 2**20:.1f} MB are free",
+            )
         self._claim = claim(target, owner)
         self.part = side_path(target, ".part")  # the file while it is written
         try:
@@ -160,10 +183,15 @@ class NexusWriter:
         except BaseException:
             release(target, self._claim)
             raise
+        self._lost = False  # a write failed: the file is damaged, HDF5 writes to /dev/null
         try:
-            self._layout(cached, unit, n_frames, errors)
+            with self._guard():
+                self._layout(cached, unit, n_frames, errors)
+                self.h5.flush()
         except BaseException:
             self.h5.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.part)
             release(target, self._claim)
             raise
 
@@ -227,10 +255,30 @@ class NexusWriter:
         """Write the buffered frames into the file."""
         if self._count:
             block = slice(self._first, self._first + self._count)
-            self.intensity[block] = self._buffers[0][: self._count]
-            if self.errors is not None:
-                self.errors[block] = self._buffers[1][: self._count]
+            with self._guard():
+                self.intensity[block] = self._buffers[0][: self._count]
+                if self.errors is not None:
+                    self.errors[block] = self._buffers[1][: self._count]
             self._count = 0
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Make a failure to write (a full disk) one line naming the file, after which HDF5
+        writes into /dev/null: it cannot be told to drop what it could not write, and a file
+        whose close failed crashes the process when it is freed (SIGSEGV; h5py issues 914
+        and 2160). So every write goes through here and :meth:`close` never fails."""
+        try:
+            yield
+        except OSError as error:
+            if not self._lost:
+                null = os.open(os.devnull, os.O_RDWR)
+                try:
+                    os.dup2(null, self.h5.id.get_vfd_handle())
+                finally:
+                    os.close(null)
+                self._lost = True
+            why = os.strerror(error.errno) if error.errno else "HDF5 cannot write it"
+            raise OSError(error.errno, why, self.path) from error
 
     def close(
         self, n_done: int, config: dict, monitor: Sequence[float] | None, failed: bool = False
@@ -238,23 +286,31 @@ class NexusWriter:
         """Trim the datasets to the ``n_done`` frames written, record the configuration, close.
 
         The file is then renamed ``NAME``; if the writer ``failed`` (a damaged frame), it stays
-        ``NAME.part``, the frames done in it, and ``NAME`` is left as it was."""
+        ``NAME.part``, the frames done in it, and ``NAME`` is left as it was; if a write failed
+        (a full disk), ``NAME.part`` is removed: it is damaged."""
         try:
             self.flush()
-            for name in ("frame", "intensity", "errors"):
-                if name in self.data:
-                    self.data[name].resize(n_done, axis=0)
-            if monitor is not None:
-                self.data["monitor"] = numpy.asarray(monitor[:n_done], dtype=float)
-            note = self.process.create_group("configuration")
-            note.attrs["NX_class"] = "NXnote"
-            note["type"] = "text/json"
-            note["data"] = json.dumps(config, default=str)
-            self.entry["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            with self._guard():
+                if self._lost:
+                    return
+                for name in ("frame", "intensity", "errors"):
+                    if name in self.data:
+                        self.data[name].resize(n_done, axis=0)
+                if monitor is not None:
+                    self.data["monitor"] = numpy.asarray(monitor[:n_done], dtype=float)
+                note = self.process.create_group("configuration")
+                note.attrs["NX_class"] = "NXnote"
+                note["type"] = "text/json"
+                note["data"] = json.dumps(config, default=str)
+                self.entry["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                self.h5.flush()  # what HDF5 still holds fails here, in the guard: not in close
         finally:
             try:
                 self.h5.close()
-                if not failed:
+                if self._lost:
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.part)
+                elif not failed:
                     os.replace(self.part, self._target)
             finally:
                 release(self._target, self._claim)

@@ -426,7 +426,7 @@ class IntegrateManyFrames(Plugin):
             self.log_error("pyfai.integratemanyframes: process() called without a valid setup()")
         try:
             self._process(self.settings, self.integrator)
-        except InputError as error:
+        except (InputError, OSError) as error:  # OSError: the output file, a full disk
             self.log_error(str(error))
 
     def _process(self, settings: Settings, integrator: CachedIntegrator) -> None:
@@ -483,7 +483,7 @@ class IntegrateManyFrames(Plugin):
             tick = time.perf_counter()
             writer.close(done, self._config(), settings.monitor, failed)
             timings["write"] += time.perf_counter() - tick
-            if failed:  # the error follows: a damaged frame, or the integration's own
+            if failed and os.path.exists(writer.part):  # the error follows (a damaged frame)
                 self.log_warning(f"failed after {done} of {total} frames, kept in {writer.part}")
         self.timings.update(timings, process=time.perf_counter() - start)
         aborted = self.is_aborted and done < total
