@@ -133,12 +133,12 @@ def write_curve(path: str, owner: str, write: Callable[[str], None]) -> None:
 
 def _free_bytes(path: str) -> float:
     """Bytes free for this process on the file system of ``path``'s directory (infinite if
-    the file system cannot say)."""
+    the file system cannot say: some FUSE ones give 0 blocks in all)."""
     try:
         stat = os.statvfs(os.path.dirname(path))
     except OSError:
         return math.inf
-    return stat.f_bavail * stat.f_frsize if stat.f_frsize else math.inf
+    return stat.f_bavail * stat.f_frsize if stat.f_blocks and stat.f_frsize else math.inf
 
 
 class NexusWriter:
