@@ -126,13 +126,18 @@ def test_a_misspelt_key_is_named_in_a_warning(data, tmp_path, caplog):
     a key unlike any the plugin reads (a client's own metadata) gets no warning."""
     output = run(MANY, poni_file=data["poni_file"], input_files=data["edf_files"][0],
                  output_file=str(tmp_path / "out.h5"), npt_rad=NPT, unt="2th_deg", NPT_AZIM=8,
-                 sample="LaB6", job_timeout=60)  # fmt: skip
+                 sample="LaB6", job_timeout=60, dummy=-1)  # fmt: skip
     assert output["npt"] == 1000 and output["unit"] == "q_nm^-1" and output["npt_azim"] is None
     warnings = [line for line in output["logging"] if line.startswith("Warning")]
     assert warnings == [
         f"Warning in IntegrateManyFrames: unknown key {key!r} (did you mean {known!r}?): it is "
         "ignored"
-        for key, known in [("npt_rad", "npt"), ("unt", "unit"), ("NPT_AZIM", "npt_azim")]
+        for key, known in [
+            ("npt_rad", "npt"),
+            ("unt", "unit"),
+            ("NPT_AZIM", "npt_azim"),
+            ("dummy", "mask"),
+        ]  # fmt: skip
     ]
     assert "unknown key 'unt' (did you mean 'unit'?)" in caplog.text
 

@@ -225,8 +225,10 @@ MANY_INPUTS = frozenset(PATH_INPUTS).difference({"image_file", "curve_file"}).un
     "npt", "unit", "method", "npt_azim", "polarization_factor", "do_SA", "monitor_values",
     "error_model",
 })  # fmt: skip
-#: pyFAI's own names (of ``integrate1d``/``integrate2d`` arguments) for some inputs.
-PYFAI_NAMES = {"npt_rad": "npt", "correctSolidAngle": "do_SA", "filename": "output_file"}
+#: pyFAI's names (``integrate1d`` arguments, the original's ``id15`` plugin) and what does it here
+PYFAI_NAMES = {"npt_rad": "npt", "correctSolidAngle": "do_SA", "filename": "output_file",
+    "dummy": "mask", "delta_dummy": "mask", "wavelength": "poni_file", "norm": "monitor_values",
+    "normalization_factor": "monitor_values"}  # fmt: skip
 
 
 def positive_number(value: Any, name: str) -> float:
