@@ -137,7 +137,7 @@ def test_a_misspelt_key_is_named_in_a_warning(data, tmp_path, caplog):
             ("unt", "unit"),
             ("NPT_AZIM", "npt_azim"),
             ("dummy", "mask"),
-        ]  # fmt: skip
+        ]
     ]
     assert "unknown key 'unt' (did you mean 'unit'?)" in caplog.text
 
@@ -374,13 +374,13 @@ def test_integrate_simple_replaces_its_curve_only_once_written(data, tmp_path, m
     def watched(ai, *args, **kwargs):
         result = integrate1d(ai, *args, **kwargs)
         if kwargs.get("filename"):
-            seen.append(curve.read_text())
+            seen.append((curve.read_text(), sorted(os.listdir(tmp_path))))
         return result
 
     monkeypatch.setattr(integration.AzimuthalIntegrator, "integrate1d", watched)
     params = {"poni_file": data["poni_file"], "image_file": data["edf_files"][0], "npt": NPT}
     run("pyfai.integrate_simple", curve_file=str(curve), **params)
-    assert seen == ["an earlier curve\n"]
+    assert seen == [("an earlier curve\n", ["curve.dat", "curve.dat.lock", "curve.dat.part"])]
     text = curve.read_text()
     assert f"# --> {curve}\n" in text and numpy.loadtxt(curve).shape == (NPT, 2)
     assert os.listdir(tmp_path) == ["curve.dat"]

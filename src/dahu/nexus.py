@@ -99,9 +99,9 @@ def release(path: str, fd: int) -> None:
 def write_curve(path: str, owner: str, write: Callable[[str], None]) -> None:
     """Write the curve file ``path`` (``integrate_simple``'s ``curve_file``) with
     ``write(name)`` (pyFAI's ``integrate1d(..., filename=name)``), as :class:`NexusWriter`
-    writes its file: claimed by ``owner``, written as ``c.part.dat`` for ``c.dat`` (pyFAI
-    picks the format by the ending: ``.xrdml``), renamed ``path`` once written, removed if
-    ``write`` fails. The header line pyFAI writes to name the file names ``path``."""
+    writes its file: claimed by ``owner``, written as ``c.dat.part`` (``c.part.xrdml`` for
+    ``c.xrdml``: pyFAI picks that format by the ending), renamed ``path`` once written,
+    removed if ``write`` fails. The header line pyFAI writes to name the file names ``path``."""
     target = os.path.realpath(path)
     if target.endswith(".nxs"):  # pyFAI would integrate, then fail: "Implement Nexus writer"
         raise OSError("pyFAI writes no NeXus curve (.nxs): name a .dat or .xrdml file")
@@ -111,7 +111,7 @@ def write_curve(path: str, owner: str, write: Callable[[str], None]) -> None:
     if os.path.exists(target) and not os.access(target, os.W_OK):
         raise PermissionError(f"'{path}' is read-only: it is not replaced")
     root, ending = os.path.splitext(target)
-    part = f"{root}.part{ending}"
+    part = f"{root}.part{ending}" if ending == ".xrdml" else f"{target}.part"
     lock = claim(target, owner, "curve_file")
     try:
         write(part)

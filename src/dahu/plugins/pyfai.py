@@ -200,7 +200,7 @@ def integrate_simple(
     })  # fmt: skip
     integrator, _ = borrow_integrator(poni_file, ai, frame.shape, npt, the_unit, the_method)
     job = current_job_id()
-    try:  # as NAME.part.EXT, renamed once whole; a second writer is refused
+    try:  # as NAME.part, renamed once whole; a second writer is refused
         write_curve(curve_file, "another writer" if job is None else f"job {job}", lambda name: (
             integrator.ai.integrate1d(frame, npt, unit=the_unit, method=the_method, filename=name)
         ))  # fmt: skip
