@@ -858,7 +858,7 @@ def test_integrate_simple_names_a_curve_file_it_cannot_write(data, tmp_path, cur
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("name", ["csr", "lut", "full", "full,csr", "nosplit_csr"])
+@pytest.mark.parametrize("name", ["csr", "lut", "full", "full,csr", "nosplit_csr", "splitpixel"])
 def test_a_short_method_name_means_what_it_means_to_pyfai(data, tmp_path, name):
     """method="csr" must give the curve pyFAI's own integrate1d(method="csr") gives (bbox
     pixel splitting), not another pixel splitting."""
@@ -869,6 +869,16 @@ def test_a_short_method_name_means_what_it_means_to_pyfai(data, tmp_path, name):
     assert integration.parse_method(name, 2) == ai.integrate2d(frame, NPT, 36, method=name).method
     output = run_many(data, tmp_path, method=name, input_files=data["edf_files"][:1])
     numpy.testing.assert_allclose(read_output(output)[1][0], expected.intensity, rtol=1e-6)
+
+
+def test_an_opencl_method_without_opencl_is_refused_not_replaced(data, tmp_path):
+    """pyFAI reads "csr_ocl" as (no, csr, cython) where OpenCL is missing: the user asked for
+    the GPU and got another pixel splitting on the CPU, as a success."""
+    if integration.IntegrationMethod.select_one_available(("bbox", "csr", "opencl"), dim=1):
+        pytest.skip("OpenCL is available here")
+    for method in ("csr_ocl", "ocl", ["bbox", "csr", "opencl"]):
+        with pytest.raises(RuntimeError, match=r"method .* is not available for 1D integration"):
+            run_many(data, tmp_path, method=method)
 
 
 def test_any_non_zero_mask_value_masks(data, tmp_path):

@@ -212,10 +212,8 @@ def load_geometry(poni_file: str) -> AzimuthalIntegrator:
         number = value if isinstance(value, (int, float, numpy.floating)) else math.nan
         signed = name.startswith(("Poni", "Rot"))  # 0 or less is fine
         if not math.isfinite(number) or not (signed or number > 0):
-            kind = "finite" if signed else "positive"
-            raise InputError(
-                f"poni file '{poni_file}' has {name} {value}: expected a {kind} number"
-            )
+            why = f"{name} {value}: expected a {'finite' if signed else 'positive'} number"
+            raise InputError(f"poni file '{poni_file}' has {why}")
     return ai
 
 
@@ -231,8 +229,9 @@ def parse_method(method: Any, dim: int) -> IntegrationMethod:
     """The available pyFAI method for ``method``: (split, algo, impl), "split,algo,impl", "csr"."""
     if isinstance(method, str):
         parts = [p.strip() for p in method.replace(",", " ").split()]
-        # pyFAI ignores words it does not know; its wildcard is None (2024: "*")
-        if len(parts) != 3 and all(p in (None, "*") for p in Method.parsed(method)[1:4]):
+        # pyFAI ignores words it does not know (None, 2024: "*"); "splitpixel": its old name
+        wild = all(p in (None, "*") for p in Method.parsed(method)[1:4])  # of full,histogram
+        if len(parts) != 3 and wild and method != "splitpixel":
             raise InputError(f"unknown method {method!r}: expected (split, algo, impl)")
     elif isinstance(method, Sequence) and len(method) == 3:
         parts = list(method)
@@ -243,7 +242,9 @@ def parse_method(method: Any, dim: int) -> IntegrationMethod:
     except (ValueError, TypeError) as error:
         raise InputError(f"unknown method {method!r}: {error}") from error
     selected = IntegrationMethod.select_one_available(request, dim=dim, degradable=False)
-    if selected is None:
+    # a short name's OpenCL ("csr_ocl") falls back to Cython without OpenCL, unlike a triple
+    wanted = Method.parsed(method).impl if request is method else None
+    if selected is None or wanted not in (None, "*", selected.method.impl):
         raise InputError(f"method {method!r} is not available for {dim}D integration here")
     return selected
 
