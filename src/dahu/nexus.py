@@ -168,15 +168,15 @@ class NexusWriter:
             raise PermissionError(f"'{path}' is not a regular file: it is not replaced")
         if os.path.exists(target) and not os.access(target, os.W_OK):
             raise PermissionError(f"'{path}' is read-only: it is not replaced")
+        self._claim = claim(target, owner)  # a read-only file system fails here
         # a full disk is found before any write (HDF5 cannot recover from a failed one)
         values = len(cached.radial) * (1 if cached.azimuthal is None else len(cached.azimuthal))
-        need, free = (1 + errors) * 4 * values * n_frames + 2**20, _free_bytes(target)
+        need, free = (1 + errors) * 4 * values * n_frames + 2**18, _free_bytes(target)
         if need > free:
-            raise OSError(
-                errno.ENOSPC,
-                f"its disk is full: it needs {need / 2**20:.1f} MB, {free / 2**20:.1f} MB are free",
-            )
-        self._claim = claim(target, owner)
+            release(target, self._claim)
+            need_mb, free_mb = math.ceil(need * 10 / 2**20) / 10, math.floor(free * 10 / 2**20) / 10
+            why = f"its disk is full: it needs {need_mb} MB, {free_mb} MB are free"
+            raise OSError(errno.ENOSPC, why)
         self.part = side_path(target, ".part")  # the file while it is written
         try:
             self.h5 = h5py.File(self.part, "w")
