@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import json
 import logging
 import math
@@ -131,6 +132,12 @@ def write_curve(path: str, owner: str, write: Callable[[str], None]) -> None:
         release(target, lock)
 
 
+def _errno_in(text: str) -> int | None:
+    """The ``errno = 28`` in an HDF5 error message (h5py gives some as a RuntimeError)."""
+    number = text.partition("errno = ")[2].partition(",")[0]
+    return int(number) if number.isdigit() else None
+
+
 def _free_bytes(path: str) -> float:
     """Bytes free for this process on the file system of ``path``'s directory (infinite if
     the file system cannot say: some FUSE ones give 0 blocks in all)."""
@@ -178,22 +185,22 @@ class NexusWriter:
             why = f"its disk is full: it needs {need_mb} MB, {free_mb} MB are free"
             raise OSError(errno.ENOSPC, why)
         self.part = side_path(target, ".part")  # the file while it is written
-        try:
-            self.h5 = h5py.File(self.part, "w")
-        except BaseException:
-            release(target, self._claim)
-            raise
         self._lost = False  # a write failed: the file is damaged, HDF5 writes to /dev/null
+        memory = io.BytesIO()  # the layout is made in memory, and written by Python: see _guard
+        with h5py.File(memory, "w") as self.h5:
+            self._layout(cached, unit, n_frames, errors)
         try:
-            with self._guard():
-                self._layout(cached, unit, n_frames, errors)
-                self.h5.flush()
+            with open(self.part, "wb") as stream:
+                stream.write(memory.getbuffer())
+            self.h5 = h5py.File(self.part, "r+")
         except BaseException:
-            self.h5.close()
             with contextlib.suppress(OSError):
                 os.unlink(self.part)
             release(target, self._claim)
             raise
+        self.entry = self.h5["entry"]
+        self.process, self.data = self.entry["process"], self.entry["integrated"]
+        self.intensity, self.errors = self.data["intensity"], self.data.get("errors")
 
     def _layout(self, cached: Any, unit: pyFAI.units.Unit, n_frames: int, errors: bool) -> None:
         """Create the groups, axes and (empty) datasets of the file, and the write buffers."""
@@ -204,11 +211,10 @@ class NexusWriter:
         entry.attrs.update(NX_class="NXentry", default="integrated")
         entry["program_name"] = "dahu pyfai.integratemanyframes"
         entry["start_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.entry = entry
-        self.process = entry.create_group("process")
-        self.process.attrs["NX_class"] = "NXprocess"
-        self.process["program"] = "pyFAI"
-        self.process["version"] = pyFAI.version
+        process = entry.create_group("process")
+        process.attrs["NX_class"] = "NXprocess"
+        process["program"] = "pyFAI"
+        process["version"] = pyFAI.version
         data = entry.create_group("integrated")
         data.attrs.update(NX_class="NXdata", signal="intensity")
         radial_name = unit.name
@@ -228,10 +234,10 @@ class NexusWriter:
         data.create_dataset("frame", data=numpy.arange(n_frames), maxshape=(None,))
         layout = {"shape": (n_frames,) + frame_shape, "maxshape": (None,) + frame_shape}
         layout.update(dtype=numpy.float32, chunks=(1,) + frame_shape, fillvalue=numpy.nan)
-        self.intensity = data.create_dataset("intensity", **layout)
-        self.intensity.attrs["interpretation"] = "spectrum" if len(frame_shape) == 1 else "image"
-        self.errors = data.create_dataset("errors", **layout) if errors else None
-        self.data = data
+        intensity = data.create_dataset("intensity", **layout)
+        intensity.attrs["interpretation"] = "spectrum" if len(frame_shape) == 1 else "image"
+        if errors:
+            data.create_dataset("errors", **layout)
         frame_bytes = 4 * int(numpy.prod(frame_shape))
         block = max(1, min(n_frames, WRITE_BLOCK_FRAMES, WRITE_BLOCK_BYTES // frame_bytes))
         self._buffers = [numpy.empty((block,) + frame_shape, numpy.float32) for _ in "ie"]
@@ -259,6 +265,7 @@ class NexusWriter:
                 self.intensity[block] = self._buffers[0][: self._count]
                 if self.errors is not None:
                     self.errors[block] = self._buffers[1][: self._count]
+                self.h5.flush()  # a full disk fails here, not when new objects are freed
             self._count = 0
 
     @contextlib.contextmanager
@@ -269,7 +276,7 @@ class NexusWriter:
         and 2160). So every write goes through here and :meth:`close` never fails."""
         try:
             yield
-        except OSError as error:
+        except (OSError, RuntimeError) as error:  # h5py: either, as HDF5's words go
             if not self._lost:
                 null = os.open(os.devnull, os.O_RDWR)
                 try:
@@ -277,8 +284,11 @@ class NexusWriter:
                 finally:
                     os.close(null)
                 self._lost = True
-            why = os.strerror(error.errno) if error.errno else "HDF5 cannot write it"
-            raise OSError(error.errno, why, self.path) from error
+                with contextlib.suppress(Exception):  # a failed flush leaves HDF5 half-way
+                    self.h5.flush()
+            number = getattr(error, "errno", None) or _errno_in(str(error))
+            why = os.strerror(number) if number else "HDF5 cannot write it"
+            raise OSError(number, why, self.path) from error
 
     def close(
         self, n_done: int, config: dict, monitor: Sequence[float] | None, failed: bool = False
