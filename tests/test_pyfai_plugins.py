@@ -641,6 +641,10 @@ BAD_INPUTS = {
         {"input_files": ["{odd}::/empty"]},
         "input '{odd}::/empty' holds no frame",
     ),
+    "hdf5 group for a dataset": (  # a NeXus NXdata group: its dataset is inside
+        {"input_files": ["{stack}::/entry"]},
+        "HDF5 dataset '/entry' is a group, not a dataset, in '{stack}'",
+    ),
     "hdf5 file without its dataset": (
         {"input_files": ["{odd}"]},
         "cannot read image file '{odd}': HDF5: name a dataset, file.h5::/entry/data",

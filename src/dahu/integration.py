@@ -387,7 +387,8 @@ def _describe(label: str, what: str = "image") -> FrameSource:
         with h5py.File(path, "r") as h5:
             dataset = h5.get(h5path)
             if not isinstance(dataset, h5py.Dataset):
-                raise InputError(f"HDF5 dataset '{h5path}' not found in '{path}'")
+                found = "not found" if dataset is None else "is a group, not a dataset,"
+                raise InputError(f"HDF5 dataset '{h5path}' {found} in '{path}'")
             shape, dtype = dataset.shape, dataset.dtype
     except OSError as error:
         raise InputError(f"cannot read HDF5 file '{path}': {error}") from error
