@@ -1171,6 +1171,14 @@ def test_an_output_name_near_the_longest_file_name_is_written(data, tmp_path):
     assert os.listdir(tmp_path) == [name]  # no .part or .lock left
 
 
+def test_a_curve_name_near_the_longest_file_name_is_written(data, tmp_path):
+    """As for the HDF5 file above: its .part and .lock are cut to fit."""
+    name = "curve_" + "é" * 122 + ".dat"  # 254 bytes
+    run("pyfai.integrate_simple", poni_file=data["poni_file"], image_file=data["edf_files"][0],
+        curve_file=str(tmp_path / name), npt=NPT)  # fmt: skip
+    assert os.listdir(tmp_path) == [name] and numpy.loadtxt(tmp_path / name).shape == (NPT, 2)
+
+
 def test_a_file_system_without_locks_still_gets_its_output(data, tmp_path, monkeypatch, caplog):
     """flock fails with ENOLCK or EOPNOTSUPP on some file systems: the job writes as HDF5
     itself would (unguarded), with a warning, rather than failing."""

@@ -112,7 +112,7 @@ def write_curve(path: str, owner: str, write: Callable[[str], None]) -> None:
     if os.path.exists(target) and not os.access(target, os.W_OK):
         raise PermissionError(f"'{path}' is read-only: it is not replaced")
     root, ending = os.path.splitext(target)
-    part = f"{root}.part{ending}" if ending == ".xrdml" else f"{target}.part"
+    part = f"{root}.part{ending}" if ending == ".xrdml" else side_path(target, ".part")
     lock = claim(target, owner, "curve_file")
     try:
         write(part)
