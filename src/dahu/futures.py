@@ -173,18 +173,23 @@ class JobFuture(concurrent.futures.Future):
         is then cancelled at once (``result()`` raises :class:`JobAborted`) while the job
         stops as soon as its plugin notices; True again on a cancelled future, as for any
         future.  False if the job had ended already; :class:`ServerError` if the server
-        cannot be asked (the future and its job go on).
+        cannot be asked within the client's timeout (the future goes on; an abort that
+        reaches a server answering late still stops the job, and the future then ends
+        with :class:`JobAborted`).
         """
         with self._cancelling:  # one at a time: a second one is told what the first did
             if self.cancelled():
                 return True
             client = self._client
-            client._check_journal(client.poll_interval)  # its job N, not another server's
+            # a server that does not answer: one timeout in all, not Tango's two or three
+            deadline = time.monotonic() + client._patience()
+            # its job N, not another server's
+            client._within(deadline, "abort", client._check_journal, client.poll_interval)
             if self.done():
                 return False
             client._forget(self)  # the event of the abort must not settle it meanwhile
             try:
-                stopping = client._call("abort", self.job_id)
+                stopping = client._within(deadline, "abort", client._call, "abort", self.job_id)
             except BaseException:
                 client._retrack(self)
                 raise
