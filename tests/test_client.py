@@ -5,6 +5,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import math
+import subprocess
+import sys
 import threading
 import time
 
@@ -26,7 +28,7 @@ from dahu.client import (
     wait,
 )
 
-from .conftest import finish, running_server
+from .conftest import child_env, finish, running_server
 
 
 @pytest.fixture(scope="module")
@@ -447,6 +449,33 @@ def test_a_job_cut_by_a_server_crash_fails_after_the_restart(tmp_path):
     finally:
         first.stop()
         assert second.stop() == 0
+
+
+EXIT_OPEN = """
+import sys
+from dahu.client import DahuClient
+dahu = DahuClient(sys.argv[1])
+future = dahu.submit("example.sleep", t=60)
+future.add_done_callback(lambda f: print(type(f.exception()).__name__, f.job_id, flush=True))
+print("submitted", flush=True)
+"""
+
+
+def test_a_client_left_open_is_closed_when_the_interpreter_exits(server, proxy):
+    # bug: a script that ended without close() kept its subscriptions while Python was
+    # finalizing: an event arriving then made cppTango abort the process (SIGABRT,
+    # "FATAL: exception not rethrown"), now and then, while its server's jobs ended
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_OPEN, server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split()
+    assert lines[:2] == ["submitted", "ClientClosed"]  # closed at exit: the future failed
+    assert proxy.abort(int(lines[2]))  # the job went on
 
 
 def test_close_unsubscribes_and_fails_pending_futures(server, proxy):

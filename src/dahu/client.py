@@ -36,7 +36,7 @@ from typing import Any
 import tango
 
 from .client_args import check_settings, chunks, encode_input, encode_inputs, job_number, wait_time
-from .client_calls import call, patience, plugin_list, within
+from .client_calls import call, close_at_exit, patience, plugin_list, within
 from .client_watch import check_journal, read_journal, watch
 from .futures import (
     ClientClosed,
@@ -154,6 +154,7 @@ class DahuClient:
         )
         for thread in self._threads:
             thread.start()
+        close_at_exit(self)
 
     _check_journal = check_journal  # (self, max_age): JobFuture.cancel's too
 

@@ -1,19 +1,22 @@
 """The device calls of :mod:`dahu.client`: a ``DevFailed`` as one line, a connection
 refused tried again within the call's timeout (a server restarting), and calls bounded
-in time (``JobFuture.cancel``), see ``docs/client.md``.
+in time (``JobFuture.cancel``), see ``docs/client.md``.  Also the closing of the clients
+still open when the interpreter exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import time
+import weakref
 from typing import Any
 
 import tango
 
 from .futures import ServerError
 
-__all__ = ["call", "within", "plugin_list", "patience", "TANGO_TIMEOUT"]
+__all__ = ["call", "within", "plugin_list", "patience", "close_at_exit", "TANGO_TIMEOUT"]
 
 TANGO_TIMEOUT = 3.0  # s: a DeviceProxy's timeout when the client sets none
 RECONNECTION_DELAY = 1.0  # s: Tango tries to connect again after this long at most
@@ -95,3 +98,20 @@ def plugin_list(text: str) -> dict[str, str]:
         if sep and name and " " not in name:
             plugins[name] = doc.strip()
     return plugins
+
+
+# ---- at exit ---------------------------------------------------------------------------
+_open: weakref.WeakSet = weakref.WeakSet()  # clients not closed yet
+
+
+def close_at_exit(client: Any) -> None:
+    """Close ``client`` when the interpreter exits, if it is still open then: an event
+    that reaches its subscriptions while Python is finalizing made cppTango abort the
+    process (``FATAL: exception not rethrown``, SIGABRT)."""
+    _open.add(client)
+
+
+@atexit.register
+def _close_all() -> None:
+    for client in list(_open):
+        client.close(timeout=1.0)
