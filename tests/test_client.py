@@ -91,6 +91,16 @@ def test_a_failing_job_raises_job_failed(client):
     assert future.error.startswith("ValueError: bad frame\n")
 
 
+def test_a_result_may_wait_as_long_as_it_takes(client):
+    # bug: result(timeout=math.inf), "as long as it takes" as close() takes it, raised
+    # OverflowError: timestamp out of range for platform time_t
+    future = client.submit("example.sleep", t=0.3)
+    assert future.exception(timeout=math.inf) is None
+    assert client.submit("example.sleep", t=0.3).result(timeout=1e12)["logging"] == []
+    with pytest.raises(TypeError, match="^timeout must be a number of seconds or None, not str$"):
+        client.submit("example.sleep", t=0.3).result(timeout="10")
+
+
 def test_cancel_aborts_the_job(client, proxy):
     future = client.submit("example.sleep", t=60)
     wait_running(future)

@@ -127,8 +127,12 @@ def test_a_submit_just_after_the_server_restarted_reaches_it(tmp_path):
     try:
         with DahuClient(local.url, timeout=1, poll_interval=0.2) as dahu:
             assert dahu.submit("example.square", x=2).result(timeout=30)["result"] == 4
+            slow = dahu.submit("example.sleep", t=600)
             local.process.kill()
             local.process.wait()
+            with pytest.raises(ServerError) as cancelled:  # not "did not answer within 1 s"
+                slow.cancel()
+            assert str(cancelled.value).startswith("abort: Failed to connect to device ")
             with pytest.raises(ServerError) as info:  # down: refused all along its timeout
                 dahu.submit("example.square", x=3)
             assert info.value.reason in ("API_CantConnectToDevice", "API_ServerNotRunning")

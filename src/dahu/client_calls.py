@@ -19,6 +19,7 @@ from .futures import ServerError
 __all__ = ["call", "within", "plugin_list", "patience", "close_at_exit", "TANGO_TIMEOUT"]
 
 TANGO_TIMEOUT = 3.0  # s: a DeviceProxy's timeout when the client sets none
+GRACE = 0.25  # s given to a bounded call past its deadline
 RECONNECTION_DELAY = 1.0  # s: Tango tries to connect again after this long at most
 # the call never reached the server: nothing was done, it can be made again
 REFUSED = ("API_CantConnectToDevice", "API_ServerNotRunning", "API_DeviceNotDefined")
@@ -74,8 +75,8 @@ def within(client: Any, deadline: float, what: str, function: Any, *args: Any) -
     if executor is None:  # the client is closed: nothing to wait with
         return function(*args)
     work = executor.submit(function, *args)
-    try:
-        return work.result(max(0.0, deadline - time.monotonic()))
+    try:  # a little longer: a call refused all along then fails with its own reason
+        return work.result(max(0.0, deadline - time.monotonic()) + GRACE)
     except concurrent.futures.TimeoutError:
         work.cancel()  # not started yet: never made
         seconds = patience(client)

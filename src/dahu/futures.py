@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import numbers
 import threading
 import time
 from concurrent.futures import _base
@@ -131,6 +132,18 @@ class ClientClosed(ClientError):
 
 
 # ---- futures ---------------------------------------------------------------------------
+def _wait_time(timeout: Any) -> float | None:
+    """``timeout`` for ``Future.result``: None (as long as it takes) for ``math.inf`` or
+    any longer than a thread can wait (``Future`` raised ``OverflowError``)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(
+            f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+        )
+    return None if timeout > 1e9 else timeout
+
+
 class JobFuture(concurrent.futures.Future):
     """The future of one Dahu job.
 
@@ -228,7 +241,7 @@ class JobFuture(concurrent.futures.Future):
     def _wait(self, get: Any, timeout: float | None) -> Any:
         """``get(timeout)``, the ``Future`` method, with :class:`JobAborted` for a cancelled
         future and a ``TimeoutError`` that says which job (Future's says nothing)."""
-        left = self._client._help(self, timeout)  # in a callback: fetch meanwhile
+        left = self._client._help(self, _wait_time(timeout))  # in a callback: fetch meanwhile
         try:
             return get(left)
         except concurrent.futures.CancelledError as err:
