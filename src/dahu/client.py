@@ -36,7 +36,7 @@ from typing import Any
 import tango
 
 from .client_args import check_settings, chunks, encode_input, encode_inputs, job_number, wait_time
-from .client_calls import call, close_at_exit, patience, plugin_list, within
+from .client_calls import call, caller_thread, close_at_exit, patience, plugin_list, within
 from .client_watch import check_journal, read_journal, watch
 from .futures import (
     ClientClosed,
@@ -196,7 +196,7 @@ class DahuClient:
                 return None
             if self._callers is None:
                 self._callers = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="dahu-client-call"
+                    1, thread_name_prefix="dahu-client-call", initializer=caller_thread
                 )
             return self._callers
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import threading
 import time
 import weakref
 from typing import Any
@@ -16,7 +17,15 @@ import tango
 
 from .futures import ServerError
 
-__all__ = ["call", "within", "plugin_list", "patience", "close_at_exit", "TANGO_TIMEOUT"]
+__all__ = [
+    "call",
+    "within",
+    "plugin_list",
+    "patience",
+    "close_at_exit",
+    "caller_thread",
+    "TANGO_TIMEOUT",
+]
 
 TANGO_TIMEOUT = 3.0  # s: a DeviceProxy's timeout when the client sets none
 GRACE = 0.25  # s given to a bounded call past its deadline
@@ -65,6 +74,14 @@ def _call_once(client: Any, command: str, argument: Any, millis: int) -> Any:
         raise ServerError.from_devfailed(err, command) from None
 
 
+_caller_thread = threading.local()  # is_it: in the caller thread of a client
+
+
+def caller_thread() -> None:
+    """Mark the running thread as the caller thread of a client (its initializer)."""
+    _caller_thread.is_it = True
+
+
 def within(client: Any, deadline: float, what: str, function: Any, *args: Any) -> Any:
     """``function(*args)`` run by the client's caller thread, waited for until
     ``deadline`` (``time.monotonic()``): a server that does not answer (stopped by a
@@ -72,8 +89,8 @@ def within(client: Any, deadline: float, what: str, function: Any, *args: Any) -
     Past the deadline, :class:`ServerError` (``API_DeviceTimedOut``) in one line; the
     call may still reach the server later."""
     executor = client._caller()
-    if executor is None:  # the client is closed: nothing to wait with
-        return function(*args)
+    if executor is None or getattr(_caller_thread, "is_it", False):
+        return function(*args)  # closed, or in a callback run by that thread: no waiting
     work = executor.submit(function, *args)
     try:  # a little longer: a call refused all along then fails with its own reason
         return work.result(max(0.0, deadline - time.monotonic()) + GRACE)

@@ -198,7 +198,7 @@ class JobFuture(concurrent.futures.Future):
             deadline = time.monotonic() + client._patience()
             # its job N, not another server's
             client._within(deadline, "abort", client._check_journal, client.poll_interval)
-            if self.done():
+            if self.done() or self._final_state is not None:  # ended, or being settled
                 return False
             client._forget(self)  # the event of the abort must not settle it meanwhile
             try:
