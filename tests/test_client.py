@@ -488,6 +488,38 @@ def test_a_client_left_open_is_closed_when_the_interpreter_exits(server, proxy):
     assert proxy.abort(int(lines[2]))  # the job went on
 
 
+def test_clients_made_at_once_subscribe_one_at_a_time(server, monkeypatch):
+    # bug: clients made by several threads at once in a fresh process failed now and then,
+    # "cannot connect to URL: Could not find event consumer for ptr" (cppTango's first
+    # subscriptions of a process are not safe from several threads)
+    subscribe, inside, overlaps = tango.DeviceProxy.subscribe_event, [], []
+
+    def one_at_a_time(proxy, *args, **kwargs):
+        inside.append(1)
+        overlaps.append(len(inside) > 1)
+        time.sleep(0.01)  # a wider window for another thread to come in
+        try:
+            return subscribe(proxy, *args, **kwargs)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(tango.DeviceProxy, "subscribe_event", one_at_a_time)
+    start, clients = threading.Barrier(4), []
+
+    def connect():
+        start.wait()
+        clients.append(DahuClient(server.url))
+
+    threads = [threading.Thread(target=connect) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for dahu in clients:
+        dahu.close()
+    assert len(clients) == 4 and len(overlaps) == 8 and not any(overlaps)
+
+
 def test_close_unsubscribes_and_fails_pending_futures(server, proxy):
     dahu = DahuClient(server.url)
     future = dahu.submit("example.sleep", t=60)

@@ -78,6 +78,10 @@ FIRST_EXCEPTION = concurrent.futures.FIRST_EXCEPTION
 ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 
 _RETRY_REASONS = {"Dahu_TryAgain"}
+# one subscription at a time: the first ones of a process, made by several threads at
+# once, could fail in cppTango ("Could not find event consumer for ptr")
+_SUBSCRIBING = threading.Lock()
+CHANGE_EVENT = tango.EventType.CHANGE_EVENT
 
 
 # ---- the client ------------------------------------------------------------------------
@@ -139,9 +143,10 @@ class DahuClient:
             self._journal, self._journal_seen = read_journal(self._events_proxy), time.monotonic()
             for name in ("jobSuccess", "jobFailure"):  # each event handed over at once
                 handler = lambda event, name=name: self._event(name, event)  # noqa: E731
-                self._subscriptions.append(
-                    self._events_proxy.subscribe_event(name, tango.EventType.CHANGE_EVENT, handler)
-                )
+                with _SUBSCRIBING:  # see there
+                    self._subscriptions.append(
+                        self._events_proxy.subscribe_event(name, CHANGE_EVENT, handler)
+                    )
         except tango.DevFailed as err:
             self._unsubscribe()
             raise ServerError.from_devfailed(err, f"cannot connect to {device}") from None
