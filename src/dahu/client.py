@@ -192,7 +192,7 @@ class DahuClient:
 
     _call = call  # (self, command, argument=None, millis=0): a refusal tried again
     _within = within  # (self, deadline, what, function, *args): JobFuture.cancel's
-    _patience = patience  # (self, millis=0): seconds a call may take
+    _patience = patience  # (self): seconds a call may take
 
     def _caller(self) -> concurrent.futures.ThreadPoolExecutor | None:
         """The thread that makes the calls of :func:`within` (None once closed)."""

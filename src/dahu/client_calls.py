@@ -34,10 +34,9 @@ RECONNECTION_DELAY = 1.0  # s: Tango tries to connect again after this long at m
 REFUSED = ("API_CantConnectToDevice", "API_ServerNotRunning", "API_DeviceNotDefined")
 
 
-def patience(client: Any, millis: int = 0) -> float:
-    """Seconds a call of ``client`` may take (its timeout, or ``millis`` if longer)."""
-    timeout = TANGO_TIMEOUT if client.timeout is None else client.timeout
-    return max(timeout, millis / 1000)
+def patience(client: Any) -> float:
+    """Seconds a call of ``client`` may take: its timeout."""
+    return TANGO_TIMEOUT if client.timeout is None else client.timeout
 
 
 def call(client: Any, command: str, argument: Any = None, millis: int = 0) -> Any:
@@ -45,10 +44,11 @@ def call(client: Any, command: str, argument: Any = None, millis: int = 0) -> An
     ``DevFailed`` becomes a one-line :class:`ServerError`.
 
     A connection refused (the server is down, or restarting) is tried again until the
-    call's timeout is over, once a second: Tango does not try to connect again sooner
-    (a call within 1 s of a refused one fails at once, "The connection request was
-    delayed"), so that a server back within the timeout gets the call."""
-    deadline = time.monotonic() + patience(client, millis)
+    client's timeout is over (not ``millis``, the time the server may take to answer),
+    once a second: Tango does not try to connect again sooner (a call within 1 s of a
+    refused one fails at once, "The connection request was delayed"), so that a server
+    back within the timeout gets the call."""
+    deadline = time.monotonic() + patience(client)
     while True:
         try:
             return _call_once(client, command, argument, millis)
