@@ -277,6 +277,19 @@ def test_a_cancel_that_overlaps_close_does_not_leave_its_future_pending(server):
     assert real_call("abort", future.job_id)
 
 
+def test_a_cancel_as_close_shuts_its_caller_thread_down_answers_false(server):
+    # bug: a cancel() that found the client open, then its caller thread shut down by
+    # close(), raised RuntimeError: cannot schedule new futures after shutdown
+    dahu = DahuClient(server.url)
+    future = dahu.submit("example.sleep", t=60)
+    callers = dahu._caller()  # what the cancel() found, just before close()
+    dahu.close()
+    dahu._caller = lambda: callers
+    assert future.cancel() is False  # ClientClosed: the job goes on
+    assert future.state in ("starting", "running")
+    assert dahu._call("abort", future.job_id)
+
+
 def test_a_map_past_one_call_is_refused_whole_or_not_at_all(server):
     # bug: a map whose inputs need several startJobs calls sent them one by one; an input
     # the server refuses in a later call raised after the jobs of the first call had

@@ -91,7 +91,10 @@ def within(client: Any, deadline: float, what: str, function: Any, *args: Any) -
     executor = client._caller()
     if executor is None or getattr(_caller_thread, "is_it", False):
         return function(*args)  # closed, or in a callback run by that thread: no waiting
-    work = executor.submit(function, *args)
+    try:
+        work = executor.submit(function, *args)
+    except RuntimeError:  # closed since (the executor shut down): nothing to wait with
+        return function(*args)
     try:  # a little longer: a call refused all along then fails with its own reason
         return work.result(max(0.0, deadline - time.monotonic()) + GRACE)
     except concurrent.futures.TimeoutError:
