@@ -446,16 +446,29 @@ def test_a_job_cut_by_a_server_crash_fails_after_the_restart(tmp_path):
     first.start(timeout=60)
     second = LocalServer(workdir, str(tmp_path / "second.log"), device=device, port=first.port)
     try:
-        with DahuClient(first.url, poll_interval=0.2) as dahu:
+        with DahuClient(first.url, timeout=1, poll_interval=0.2) as dahu:
             future = dahu.submit("example.sleep", t=600)
             wait_running(future)
             first.process.kill()  # no shutdown: the job is left running in the journal
             first.process.wait()
+            # bug: a cancel() of a job whose server is gone said "abort: the device ...
+            # did not answer within 1 s", its bounded wait ending with the refused retries
+            with pytest.raises(ServerError) as cancelled:
+                future.cancel()
+            assert str(cancelled.value).startswith("abort: Failed to connect to device ")
+            started = time.monotonic()
+            with pytest.raises(ServerError) as refused:  # down: refused all along its timeout
+                dahu.map("example.square", [{"x": 3}])
+            assert time.monotonic() - started < 5  # not the 10 s a batch may take to record
+            assert refused.value.reason in ("API_CantConnectToDevice", "API_ServerNotRunning")
+            assert "(is its server running, at this address?)" in str(refused.value)
             second.start(timeout=60)
+            # bug: a submit within 1 s of a refused call (above) failed at once, "startJob:
+            # Failed to connect to device ...": Tango does not connect again any sooner
+            assert dahu.submit("example.square", x=5).result(timeout=30)["result"] == 25
             with pytest.raises(JobFailed) as info:
                 future.result(timeout=60)
             assert info.value.reason == "interrupted"
-            assert dahu.submit("example.square", x=5).result(timeout=30)["result"] == 25
     finally:
         first.stop()
         assert second.stop() == 0

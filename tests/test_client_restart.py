@@ -120,34 +120,3 @@ def test_a_server_that_cannot_give_its_journal_id_is_still_a_server_to_connect_t
     finally:
         assert local.stop() == 0
     assert "the journal has no identity yet" in (tmp_path / "server.log").read_text()
-
-
-def test_a_submit_just_after_the_server_restarted_reaches_it(tmp_path):
-    # bug: a submit within 1 s of a refused one (the server was down) failed at once,
-    # "startJob: Failed to connect to device ...": Tango does not try to connect again
-    # before, although the server was back
-    local = LocalServer(str(tmp_path / "work"), str(tmp_path / "a.log"), device="test/dahu/back")
-    local.start(timeout=60)
-    again = LocalServer(
-        str(tmp_path / "work"), str(tmp_path / "b.log"), device="test/dahu/back", port=local.port
-    )
-    try:
-        with DahuClient(local.url, timeout=1, poll_interval=0.2) as dahu:
-            assert dahu.submit("example.square", x=2).result(timeout=30)["result"] == 4
-            slow = dahu.submit("example.sleep", t=600)
-            local.process.kill()
-            local.process.wait()
-            with pytest.raises(ServerError) as cancelled:  # not "did not answer within 1 s"
-                slow.cancel()
-            assert str(cancelled.value).startswith("abort: Failed to connect to device ")
-            started = time.monotonic()
-            with pytest.raises(ServerError) as info:  # down: refused all along its timeout
-                dahu.map("example.square", [{"x": 3}])
-            assert time.monotonic() - started < 5  # not the 10 s a batch may take to record
-            assert info.value.reason in ("API_CantConnectToDevice", "API_ServerNotRunning")
-            assert "(is its server running, at this address?)" in str(info.value)
-            again.start(timeout=60)  # the same server again, where the client expects it
-            assert dahu.submit("example.square", x=4).result(timeout=30)["result"] == 16
-    finally:
-        local.stop()
-        assert again.stop() == 0
