@@ -5,6 +5,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import math
+import subprocess
+import sys
 import threading
 import time
 
@@ -26,7 +28,7 @@ from dahu.client import (
     wait,
 )
 
-from .conftest import finish, running_server
+from .conftest import child_env, finish, running_server
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +89,16 @@ def test_a_failing_job_raises_job_failed(client):
     assert str(error) == f"job {future.job_id} failure: ValueError: bad frame"
     assert future.exception() is error and future.state == "failure"
     assert future.error.startswith("ValueError: bad frame\n")
+
+
+def test_a_result_may_wait_as_long_as_it_takes(client):
+    # bug: result(timeout=math.inf), "as long as it takes" as close() takes it, raised
+    # OverflowError: timestamp out of range for platform time_t
+    future = client.submit("example.sleep", t=0.3)
+    assert future.exception(timeout=math.inf) is None
+    assert client.submit("example.sleep", t=0.3).result(timeout=1e12)["logging"] == []
+    with pytest.raises(TypeError, match="^timeout must be a number of seconds or None, not str$"):
+        client.submit("example.sleep", t=0.3).result(timeout="10")
 
 
 def test_cancel_aborts_the_job(client, proxy):
@@ -434,19 +446,91 @@ def test_a_job_cut_by_a_server_crash_fails_after_the_restart(tmp_path):
     first.start(timeout=60)
     second = LocalServer(workdir, str(tmp_path / "second.log"), device=device, port=first.port)
     try:
-        with DahuClient(first.url, poll_interval=0.2) as dahu:
+        with DahuClient(first.url, timeout=1, poll_interval=0.2) as dahu:
             future = dahu.submit("example.sleep", t=600)
             wait_running(future)
             first.process.kill()  # no shutdown: the job is left running in the journal
             first.process.wait()
+            # bug: a cancel() of a job whose server is gone said "abort: the device ...
+            # did not answer within 1 s", its bounded wait ending with the refused retries
+            with pytest.raises(ServerError) as cancelled:
+                future.cancel()
+            assert str(cancelled.value).startswith("abort: Failed to connect to device ")
+            started = time.monotonic()
+            with pytest.raises(ServerError) as refused:  # down: refused all along its timeout
+                dahu.map("example.square", [{"x": 3}])
+            assert time.monotonic() - started < 5  # not the 10 s a batch may take to record
+            assert refused.value.reason in ("API_CantConnectToDevice", "API_ServerNotRunning")
+            assert "(is its server running, at this address?)" in str(refused.value)
             second.start(timeout=60)
+            # bug: a submit within 1 s of a refused call (above) failed at once, "startJob:
+            # Failed to connect to device ...": Tango does not connect again any sooner
+            assert dahu.submit("example.square", x=5).result(timeout=30)["result"] == 25
             with pytest.raises(JobFailed) as info:
                 future.result(timeout=60)
             assert info.value.reason == "interrupted"
-            assert dahu.submit("example.square", x=5).result(timeout=30)["result"] == 25
     finally:
         first.stop()
         assert second.stop() == 0
+
+
+EXIT_OPEN = """
+import sys
+from dahu.client import DahuClient
+dahu = DahuClient(sys.argv[1])
+future = dahu.submit("example.sleep", t=60)
+future.add_done_callback(lambda f: print(type(f.exception()).__name__, f.job_id, flush=True))
+print("submitted", flush=True)
+"""
+
+
+def test_a_client_left_open_is_closed_when_the_interpreter_exits(server, proxy):
+    # bug: a script that ended without close() kept its subscriptions while Python was
+    # finalizing: an event arriving then made cppTango abort the process (SIGABRT,
+    # "FATAL: exception not rethrown"), now and then, while its server's jobs ended
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_OPEN, server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split()
+    assert lines[:2] == ["submitted", "ClientClosed"]  # closed at exit: the future failed
+    assert proxy.abort(int(lines[2]))  # the job went on
+
+
+def test_clients_made_at_once_subscribe_one_at_a_time(server, monkeypatch):
+    # bug: clients made by several threads at once in a fresh process failed now and then,
+    # "cannot connect to URL: Could not find event consumer for ptr" (cppTango's first
+    # subscriptions of a process are not safe from several threads)
+    subscribe, inside, overlaps = tango.DeviceProxy.subscribe_event, [], []
+
+    def one_at_a_time(proxy, *args, **kwargs):
+        inside.append(1)
+        overlaps.append(len(inside) > 1)
+        time.sleep(0.01)  # a wider window for another thread to come in
+        try:
+            return subscribe(proxy, *args, **kwargs)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(tango.DeviceProxy, "subscribe_event", one_at_a_time)
+    start, clients = threading.Barrier(4), []
+
+    def connect():
+        start.wait()
+        clients.append(DahuClient(server.url))
+
+    threads = [threading.Thread(target=connect) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for dahu in clients:
+        dahu.close()
+    assert len(clients) == 4 and len(overlaps) == 8 and not any(overlaps)
 
 
 def test_close_unsubscribes_and_fails_pending_futures(server, proxy):

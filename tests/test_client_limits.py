@@ -97,17 +97,43 @@ def test_threads_cancelling_one_future_all_hear_true(server):
                 future.result(0)
 
 
+def wait_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Wait until the process ``pid`` is stopped (a signal is delivered a moment later)."""
+    deadline = time.monotonic() + timeout
+    stat = f"/proc/{pid}/stat"
+    while Path(stat).read_text().rpartition(")")[2].split()[0] not in "Tt":
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        time.sleep(0.001)
+
+
 def test_a_server_that_does_not_answer_is_named_as_such(server):
     # bug: the reason was API_CorbaException and the message CORBA's words alone,
     # "startJob: TRANSIENT CORBA system exception: TRANSIENT_CallTimedout"
-    with DahuClient(server.url, timeout=0.5) as dahu:
+    with DahuClient(server.url, timeout=0.5, poll_interval=60) as dahu:  # watcher idle
         assert dahu.submit("example.square", x=2).result(timeout=30)["result"] == 4
+        slow = dahu.submit("example.sleep", t=60)
         os.kill(server.process.pid, signal.SIGSTOP)  # a server that does not answer
         try:
+            wait_stopped(server.process.pid)  # not answering a call sent right after
             with pytest.raises(ServerError) as info:
                 dahu.submit("example.square", x=3)
+            # bug: cancel() took 3.5 s or more (Tango's timeout, then its reconnection's
+            # 3 s, for the journal check and again for the abort), not the client's 0.5 s
+            started = time.monotonic()
+            with pytest.raises(ServerError) as cancelled:
+                slow.cancel()
+            assert time.monotonic() - started < 2.0
         finally:
             os.kill(server.process.pid, signal.SIGCONT)
+        assert cancelled.value.reason == "API_DeviceTimedOut"
+        assert str(cancelled.value) == (
+            f"abort: the device {server.url} did not answer within 0.5 s "
+            "(is its server running, at this address?)"
+        )
+        # the abort, sent in time, reached the server once it answered: the job stopped
+        with pytest.raises(JobAborted, match="aborted by a client"):
+            slow.result(timeout=30)
+        assert not slow.cancelled()
         assert info.value.reason == "API_ServerNotRunning"
         assert str(info.value) == (
             "startJob: Failed to connect to device test/dahu/cancel: TRANSIENT_CallTimedout "
@@ -157,6 +183,7 @@ def test_a_timeout_under_a_millisecond_is_one_not_none(server):
                 proxy.command_inout("waitJob", job.job_id)  # the server waits for seconds
             assert "API_DeviceTimedOut" in [error.reason for error in info.value.args]
         finally:
+            dahu.timeout = None  # cancel()'s calls could not be made in under 1 ms
             assert job.cancel()
 
 
@@ -248,6 +275,19 @@ def test_a_cancel_that_overlaps_close_does_not_leave_its_future_pending(server):
     with pytest.raises(ClientClosed):
         future.result(timeout=10)
     assert real_call("abort", future.job_id)
+
+
+def test_a_cancel_as_close_shuts_its_caller_thread_down_answers_false(server):
+    # bug: a cancel() that found the client open, then its caller thread shut down by
+    # close(), raised RuntimeError: cannot schedule new futures after shutdown
+    dahu = DahuClient(server.url)
+    future = dahu.submit("example.sleep", t=60)
+    callers = dahu._caller()  # what the cancel() found, just before close()
+    dahu.close()
+    dahu._caller = lambda: callers
+    assert future.cancel() is False  # ClientClosed: the job goes on
+    assert future.state in ("starting", "running")
+    assert dahu._call("abort", future.job_id)
 
 
 def test_a_map_past_one_call_is_refused_whole_or_not_at_all(server):

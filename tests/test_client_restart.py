@@ -71,6 +71,11 @@ def test_cancelling_a_job_of_the_old_journal_leaves_the_new_servers_job_alone(tm
     try:
         with DahuClient(first.url, poll_interval=300, sweep_interval=300) as dahu:
             old = dahu.submit("example.sleep", t=600)
+            # a callback of a future that the journal check fails, cancelling another
+            # one: it was run by cancel()'s caller thread, and its cancel() waited for
+            # that thread, busy running it: "did not answer within 3 s" after 3 s
+            sibling, third, heard = dahu.map("example.sleep", [{"t": 600}] * 2) + [[]]
+            sibling.add_done_callback(lambda _: heard.append(third.cancel()))
             first.process.kill()
             first.process.wait()
             second.start(timeout=60)
@@ -78,8 +83,10 @@ def test_cancelling_a_job_of_the_old_journal_leaves_the_new_servers_job_alone(tm
             other = proxy.startJob(["example.sleep", '{"t": 600}'])
             assert other == old.job_id
             dahu._journal_seen -= 300  # as if the last check were older than poll_interval
-            assert old.state == "inexistant"  # not the new server's job 1's "running"
+            started = time.monotonic()
             assert old.cancel() is False  # not this server's job: nothing to abort
+            assert heard == [False] and time.monotonic() - started < 2
+            assert old.state == "inexistant"  # not the new server's job 1's "running"
             with pytest.raises(ServerError, match="another journal"):
                 old.result(timeout=10)
             assert proxy.getJobState(other) in ("starting", "running")

@@ -36,6 +36,7 @@ from typing import Any
 import tango
 
 from .client_args import check_settings, chunks, encode_input, encode_inputs, job_number, wait_time
+from .client_calls import call, caller_thread, close_at_exit, patience, plugin_list, within
 from .client_watch import check_journal, read_journal, watch
 from .futures import (
     ClientClosed,
@@ -77,6 +78,10 @@ FIRST_EXCEPTION = concurrent.futures.FIRST_EXCEPTION
 ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 
 _RETRY_REASONS = {"Dahu_TryAgain", "API_DeviceTimedOut"}  # listPlugins: asked again
+# one subscription at a time: the first ones of a process, made by several threads at
+# once, could fail in cppTango ("Could not find event consumer for ptr")
+_SUBSCRIBING = threading.Lock()
+CHANGE_EVENT = tango.EventType.CHANGE_EVENT
 
 
 # ---- the client ------------------------------------------------------------------------
@@ -132,14 +137,16 @@ class DahuClient:
         self._outcomes: queue.SimpleQueue = queue.SimpleQueue()
         self._events_proxy = self._new_proxy()
         self._subscriptions: list[int] = []
+        self._callers: concurrent.futures.ThreadPoolExecutor | None = None
         try:
             self._events_proxy.ping()
             self._journal, self._journal_seen = read_journal(self._events_proxy), time.monotonic()
             for name in ("jobSuccess", "jobFailure"):  # each event handed over at once
                 handler = lambda event, name=name: self._event(name, event)  # noqa: E731
-                self._subscriptions.append(
-                    self._events_proxy.subscribe_event(name, tango.EventType.CHANGE_EVENT, handler)
-                )
+                with _SUBSCRIBING:  # see there
+                    self._subscriptions.append(
+                        self._events_proxy.subscribe_event(name, CHANGE_EVENT, handler)
+                    )
         except tango.DevFailed as err:
             self._unsubscribe()
             raise ServerError.from_devfailed(err, f"cannot connect to {device}") from None
@@ -152,6 +159,7 @@ class DahuClient:
         )
         for thread in self._threads:
             thread.start()
+        close_at_exit(self)
 
     _check_journal = check_journal  # (self, max_age): JobFuture.cancel's too
 
@@ -182,21 +190,20 @@ class DahuClient:
             proxy = self._local.proxy = self._new_proxy()
         return proxy
 
-    def _call(self, command: str, argument: Any = None, millis: int = 0) -> Any:
-        """Run a device command, allowing it at least ``millis`` ms; a ``DevFailed``
-        becomes a one-line :class:`ServerError`."""
-        try:
-            proxy = self._proxy()
-            base = proxy.get_timeout_millis()
-            if millis > base:
-                proxy.set_timeout_millis(millis)
-            try:
-                return proxy.command_inout(command, argument)
-            finally:
-                if millis > base:
-                    proxy.set_timeout_millis(base)
-        except tango.DevFailed as err:
-            raise ServerError.from_devfailed(err, command) from None
+    _call = call  # (self, command, argument=None, millis=0): a refusal tried again
+    _within = within  # (self, deadline, what, function, *args): JobFuture.cancel's
+    _patience = patience  # (self): seconds a call may take
+
+    def _caller(self) -> concurrent.futures.ThreadPoolExecutor | None:
+        """The thread that makes the calls of :func:`within` (None once closed)."""
+        with self._lock:
+            if self._closed:
+                return None
+            if self._callers is None:
+                self._callers = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="dahu-client-call", initializer=caller_thread
+                )
+            return self._callers
 
     # ---- submitting ----------------------------------------------------------------------
     def submit(
@@ -274,21 +281,12 @@ class DahuClient:
             if self._closed:
                 raise ClientClosed(f"the client of {self.device} is closed")
             try:
-                text = self._proxy().command_inout("listPlugins")
+                text = self._call("listPlugins")
                 break
-            except tango.DevFailed as err:  # still loading the modules (or too busy to say)
-                error = ServerError.from_devfailed(err, "listPlugins")
-                if error.reason not in _RETRY_REASONS or time.monotonic() > deadline:
-                    raise error from None
-        if text.startswith("<error>"):
-            raise ServerError(f"listPlugins: {text.partition(': ')[2]}", "Dahu_Error")
-        plugins = {}
-        for line in text.splitlines():  # a header line, then " name : first doc line"
-            line = line.strip()
-            name, sep, doc = line.partition(" : " if " : " in line else ": ")
-            if sep and name and " " not in name:
-                plugins[name] = doc.strip()
-        return plugins
+            except ServerError as err:  # still loading the modules (or too busy to say)
+                if err.reason not in _RETRY_REASONS or time.monotonic() > deadline:
+                    raise
+        return plugin_list(text)
 
     @staticmethod
     def as_completed(
@@ -499,6 +497,8 @@ class DahuClient:
             pending = list(self._pending.values())
             self._pending.clear()
         self._unsubscribe()
+        if self._callers is not None:  # a call it makes now may still end, unheard
+            self._callers.shutdown(wait=False, cancel_futures=True)
         self._wake.set()
         for _ in self._threads:
             self._outcomes.put(None)

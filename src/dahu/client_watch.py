@@ -184,6 +184,8 @@ def check_journal(client: Any, max_age: float) -> bool:
         previous,
         len(pending),
     )
+    for future in pending:  # first: a callback of one may cancel() another, not yet settled
+        future._final_state = State.INEXISTANT  # which must not abort the new server's job
     for future in pending:
         job_id = future.job_id
         reason = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import numbers
 import threading
 import time
 from concurrent.futures import _base
@@ -131,6 +132,18 @@ class ClientClosed(ClientError):
 
 
 # ---- futures ---------------------------------------------------------------------------
+def _wait_time(timeout: Any) -> float | None:
+    """``timeout`` for ``Future.result``: None (as long as it takes) for ``math.inf`` or
+    any longer than a thread can wait (``Future`` raised ``OverflowError``)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(
+            f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+        )
+    return None if timeout > 1e9 else timeout
+
+
 class JobFuture(concurrent.futures.Future):
     """The future of one Dahu job.
 
@@ -173,18 +186,23 @@ class JobFuture(concurrent.futures.Future):
         is then cancelled at once (``result()`` raises :class:`JobAborted`) while the job
         stops as soon as its plugin notices; True again on a cancelled future, as for any
         future.  False if the job had ended already; :class:`ServerError` if the server
-        cannot be asked (the future and its job go on).
+        cannot be asked within the client's timeout (the future goes on; an abort that
+        reaches a server answering late still stops the job, and the future then ends
+        with :class:`JobAborted`).
         """
         with self._cancelling:  # one at a time: a second one is told what the first did
             if self.cancelled():
                 return True
             client = self._client
-            client._check_journal(client.poll_interval)  # its job N, not another server's
-            if self.done():
+            # a server that does not answer: one timeout in all, not Tango's two or three
+            deadline = time.monotonic() + client._patience()
+            # its job N, not another server's
+            client._within(deadline, "abort", client._check_journal, client.poll_interval)
+            if self.done() or self._final_state is not None:  # ended, or being settled
                 return False
             client._forget(self)  # the event of the abort must not settle it meanwhile
             try:
-                stopping = client._call("abort", self.job_id)
+                stopping = client._within(deadline, "abort", client._call, "abort", self.job_id)
             except BaseException:
                 client._retrack(self)
                 raise
@@ -223,7 +241,7 @@ class JobFuture(concurrent.futures.Future):
     def _wait(self, get: Any, timeout: float | None) -> Any:
         """``get(timeout)``, the ``Future`` method, with :class:`JobAborted` for a cancelled
         future and a ``TimeoutError`` that says which job (Future's says nothing)."""
-        left = self._client._help(self, timeout)  # in a callback: fetch meanwhile
+        left = self._client._help(self, _wait_time(timeout))  # in a callback: fetch meanwhile
         try:
             return get(left)
         except concurrent.futures.CancelledError as err:

@@ -1,0 +1,138 @@
+"""The device calls of :mod:`dahu.client`: a ``DevFailed`` as one line, a connection
+refused tried again within the call's timeout (a server restarting), and calls bounded
+in time (``JobFuture.cancel``), see ``docs/client.md``.  Also the closing of the clients
+still open when the interpreter exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import threading
+import time
+import weakref
+from typing import Any
+
+import tango
+
+from .futures import ServerError
+
+__all__ = [
+    "call",
+    "within",
+    "plugin_list",
+    "patience",
+    "close_at_exit",
+    "caller_thread",
+    "TANGO_TIMEOUT",
+]
+
+TANGO_TIMEOUT = 3.0  # s: a DeviceProxy's timeout when the client sets none
+GRACE = 0.25  # s given to a bounded call past its deadline
+RECONNECTION_DELAY = 1.0  # s: Tango tries to connect again after this long at most
+# the call never reached the server: nothing was done, it can be made again
+REFUSED = ("API_CantConnectToDevice", "API_ServerNotRunning", "API_DeviceNotDefined")
+
+
+def patience(client: Any) -> float:
+    """Seconds a call of ``client`` may take: its timeout."""
+    return TANGO_TIMEOUT if client.timeout is None else client.timeout
+
+
+def call(client: Any, command: str, argument: Any = None, millis: int = 0) -> Any:
+    """Run a device command of ``client``, allowing it at least ``millis`` ms; a
+    ``DevFailed`` becomes a one-line :class:`ServerError`.
+
+    A connection refused (the server is down, or restarting) is tried again until the
+    client's timeout is over (not ``millis``, the time the server may take to answer),
+    once a second: Tango does not try to connect again sooner (a call within 1 s of a
+    refused one fails at once, "The connection request was delayed"), so that a server
+    back within the timeout gets the call."""
+    deadline = time.monotonic() + patience(client)
+    while True:
+        try:
+            return _call_once(client, command, argument, millis)
+        except ServerError as err:
+            left = deadline - time.monotonic()
+            if err.reason not in REFUSED or left <= 0:
+                raise
+        time.sleep(min(left, RECONNECTION_DELAY))
+
+
+def _call_once(client: Any, command: str, argument: Any, millis: int) -> Any:
+    try:
+        proxy = client._proxy()
+        base = proxy.get_timeout_millis()
+        if millis > base:
+            proxy.set_timeout_millis(millis)
+        try:
+            return proxy.command_inout(command, argument)
+        finally:
+            if millis > base:
+                proxy.set_timeout_millis(base)
+    except tango.DevFailed as err:
+        raise ServerError.from_devfailed(err, command) from None
+
+
+_caller_thread = threading.local()  # is_it: in the caller thread of a client
+
+
+def caller_thread() -> None:
+    """Mark the running thread as the caller thread of a client (its initializer)."""
+    _caller_thread.is_it = True
+
+
+def within(client: Any, deadline: float, what: str, function: Any, *args: Any) -> Any:
+    """``function(*args)`` run by the client's caller thread, waited for until
+    ``deadline`` (``time.monotonic()``): a server that does not answer (stopped by a
+    signal, swapping) makes Tango take two or three times the timeout for one call.
+    Past the deadline, :class:`ServerError` (``API_DeviceTimedOut``) in one line; the
+    call may still reach the server later."""
+    executor = client._caller()
+    if executor is None or getattr(_caller_thread, "is_it", False):
+        return function(*args)  # closed, or in a callback run by that thread: no waiting
+    try:
+        work = executor.submit(function, *args)
+    except RuntimeError:  # closed since (the executor shut down): nothing to wait with
+        return function(*args)
+    try:  # a little longer: a call refused all along then fails with its own reason
+        return work.result(max(0.0, deadline - time.monotonic()) + GRACE)
+    except concurrent.futures.TimeoutError:
+        work.cancel()  # not started yet: never made
+        seconds = patience(client)
+        raise ServerError(
+            f"{what}: the device {client.device} did not answer within {seconds:g} s "
+            f"(is its server running, at this address?)",
+            "API_DeviceTimedOut",
+        ) from None
+
+
+def plugin_list(text: str) -> dict[str, str]:
+    """The answer of ``listPlugins``: plugin name → first line of its documentation."""
+    if text.startswith("<error>"):
+        raise ServerError(f"listPlugins: {text.partition(': ')[2]}", "Dahu_Error")
+    plugins = {}
+    for line in text.splitlines():  # a header line, then " name : first doc line"
+        name, sep, doc = line.strip().partition(" : ")
+        if not sep:
+            name, sep, doc = line.strip().partition(": ")
+        if sep and name and " " not in name:
+            plugins[name] = doc.strip()
+    return plugins
+
+
+# ---- at exit ---------------------------------------------------------------------------
+_open: weakref.WeakSet = weakref.WeakSet()  # clients not closed yet
+
+
+def close_at_exit(client: Any) -> None:
+    """Close ``client`` when the interpreter exits, if it is still open then: an event
+    that reaches its subscriptions while Python is finalizing made cppTango abort the
+    process (``FATAL: exception not rethrown``, SIGABRT)."""
+    _open.add(client)
+
+
+@atexit.register
+def _close_all() -> None:
+    for client in list(_open):
+        client.close(timeout=1.0)
