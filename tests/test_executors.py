@@ -204,6 +204,33 @@ def test_a_worker_restarted_for_a_hung_plugin_spares_the_jobs_waiting_on_it(kind
     assert [(job.status, job.error) for job in others] == [("success", "")] * 6
 
 
+def test_jobs_waiting_on_a_dask_worker_a_plugin_crashes_run_all_the_same(kind, tmp_path):
+    # bug: a worker holds a task waiting for its thread besides the one it runs; when a
+    # plugin crashed the worker, the job waiting there failed too, "worker process died:
+    # signal 6 (SIGABRT)", though its plugin never began
+    if kind != "dask":
+        pytest.skip("only a Dask worker holds tasks it has not begun")
+    flag, go = tmp_path / "flag", tmp_path / "go"
+    crash = Job("trouble.crash", {"how": "abort", "flag": str(flag), "go": str(go)})
+    crash.start()
+    deadline = time.monotonic() + 30
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    others = [Job("example.sleep", {"t": 0.3}) for _ in range(3)]
+    for job in others:  # two per worker: one waits behind the crash
+        job.start()
+    processing = dahu.engine.get_engine().executor.client.processing
+    while sorted(map(len, processing().values())) != [2, 2] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(map(len, processing().values())) == [2, 2]
+    go.touch()
+    crash.join(30)
+    for job in others:
+        job.join(30)
+    assert (crash.status, crash.error) == ("failure", "worker process died: signal 6 (SIGABRT)")
+    assert [(job.status, job.error) for job in others] == [("success", "")] * 3
+
+
 def test_a_restarted_dask_worker_comes_back_even_when_the_cluster_gave_up_on_it(
     tmp_path, monkeypatch
 ):
@@ -1406,6 +1433,21 @@ def test_a_dask_worker_dead_on_an_external_cluster_is_named_in_one_line():
     assert executor.death_reason(error) == (
         "worker process died (tcp://10.0.0.7:40211); Dask does not say how: see that worker's log"
     )
+
+
+def test_a_dead_dask_worker_s_job_is_sent_again_only_if_its_events_tell_it_never_began():
+    # the events the scheduler keeps of a dead worker (its last 1000): a job is sent
+    # again only when they show its plugin had not begun, never when some may be gone
+    from dahu.executors.dask_task import BEGUN, plugin_began
+
+    joined = (10.0, {"action": "add-worker"})
+    begun = (12.0, {"action": BEGUN, "key": "k1"})
+    other = (13.0, {"action": BEGUN, "key": "k2"})
+    assert plugin_began([joined, begun, other], "k1", since=11.0)
+    assert not plugin_began([joined, begun, other], "k3", since=11.0)
+    assert not plugin_began([begun, other], "k3", since=12.5)  # kept since it was sent
+    assert plugin_began([begun, other], "k3", since=11.5)  # some since then may be gone
+    assert plugin_began([], "k3", since=11.0)
 
 
 def test_a_dask_executor_ends_thousands_of_jobs_halted_in_a_row(caplog):

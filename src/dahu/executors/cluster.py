@@ -20,9 +20,11 @@ plugin modules once per process and a plugin's ``wait_for`` reads the shared jou
   ignores the abort; it counts from the begin of the plugin on its worker, not the
   task's wait there (:meth:`DaskExecution.time_left`).
 * A worker that dies running a task (segfault, ``os._exit``) makes the job ``failure``
-  with the reason; the local cluster's nanny restarts the worker.  With an external
-  scheduler, set ``distributed.scheduler.allowed-failures: 0`` so a killing task is not
-  retried on other workers.
+  with the reason; the local cluster's nanny restarts the worker.  The tasks that only
+  waited on that worker (their plugin had not begun: :func:`.dask_task.plugin_began`)
+  are sent again.  With an external scheduler, set
+  ``distributed.scheduler.allowed-failures: 0`` so a killing task is not retried on
+  other workers.
 
 The task itself, what runs on a worker, is :func:`.dask_task.run_task`.
 """
@@ -42,7 +44,7 @@ from ..errors import error_line
 from ..factory import Factory
 from ..states import State
 from .base import Task, close_orphans
-from .dask_task import begun_tasks, run_task, running_for
+from .dask_task import begun_tasks, plugin_began, run_task, running_for
 from .process import exit_text
 from .runner import Outcome
 from .slot import serving
@@ -52,6 +54,10 @@ from .worker import outcome_from_message
 logger = logging.getLogger(__name__)
 
 __all__ = ["DaskExecutor", "run_task"]
+
+ATTEMPTS = 3
+"""How many times a job is sent to the cluster at most: its worker died, or was
+restarted, before its plugin began there (:meth:`DaskExecution.relaunched`)."""
 
 
 class DaskExecution:
@@ -72,10 +78,12 @@ class DaskExecution:
         self.settled = False  # the job's outcome was handed over (once only)
         self.lock = threading.Lock()
         self.attempt = 0
+        self.sent = 0.0
 
     def launch(self) -> None:
         """Submit the task; its outcome reaches the engine through the collector thread."""
         executor = self.executor
+        self.sent = time.time()  # this attempt's (its worker's events tell if it began)
         self.future = executor.client.submit(
             run_task,
             self.plugin_name,
@@ -161,12 +169,14 @@ class DaskExecution:
         return max(0.0, limit - max(ran_for)) if ran_for else limit
 
     def relaunched(self) -> bool:
-        """Send again, once, a job that one of our restarts of a worker (for another
-        job's hung plugin) failed: it waited on that worker, or began there while the
-        restart was on its way (a worker takes its next task until it stops).  True if
-        it was sent."""
+        """Send again a job whose worker died (``KilledWorker``) before its plugin began
+        there: it waited on that worker behind another job, whose plugin crashed it; or
+        one that one of our restarts of a worker (for another job's hung plugin) failed:
+        it waited on that worker, or began there while the restart was on its way (a
+        worker takes its next task until it stops).  A job is sent ``ATTEMPTS`` times at
+        most.  True if it was sent."""
         future = self.future
-        if self.abort_reason is not None or self.attempt > 1:
+        if self.abort_reason is not None or self.attempt >= ATTEMPTS:
             return False
         if future.status != "error":  # it ran to its end, or was cancelled
             return False
@@ -175,15 +185,31 @@ class DaskExecution:
             if type(error).__name__ != "KilledWorker":
                 return False
             died_on = getattr(getattr(error, "last_worker", None), "address", None)
-            if died_on not in self.executor.restarted:
+            restarted = died_on in self.executor.restarted
+            if not restarted and self._began_on(died_on, future.key):
                 return False
-            logger.info("job %s: sent again (its worker was restarted)", self.job_id)
+            why = "restarted" if restarted else "died before its plugin began"
+            logger.info("job %s: sent again (its worker %s)", self.job_id, why)
             self.launch()
         except Exception:  # reported as the task's outcome
             logger.exception("job %s: cannot send it again", self.job_id)
             self.future = future
             return False
         return True
+
+    def _began_on(self, address: str | None, key: str) -> bool:
+        """Whether the plugin of task ``key`` had begun on the dead worker ``address``
+        (True if the scheduler cannot tell)."""
+        if address is None:
+            return True
+        try:
+            events = self.executor.client.get_events(address)
+        except Exception as err:
+            logger.warning(
+                "job %s: cannot ask the scheduler what its worker began: %s", self.job_id, err
+            )
+            return True
+        return plugin_began(events, key, self.sent)
 
     def outcome(self) -> Outcome:
         """The job's outcome once its future is done."""

@@ -5,6 +5,8 @@ watches for an abort (a Dask ``Event``) and applies the plugin's ``JOB_TIMEOUT``
 notes when the plugin begins; the server asks the workers (``Client.run``) which tasks'
 plugins have begun (:func:`begun_tasks`: only their workers are restarted after an
 ignored abort) and for how long (:func:`running_for`: a job's timeout counts from there).
+It notes it on the scheduler too, among the events of its worker: when the worker dies,
+the server sends again the tasks whose plugins had not begun there (:func:`plugin_began`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .worker import outcome_message
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["begun_tasks", "run_task", "running_for"]
+__all__ = ["begun_tasks", "plugin_began", "run_task", "running_for"]
 
 _configured: set[str] = set()
 _configure_lock = threading.Lock()
@@ -101,7 +103,11 @@ def run_task(
     if event.is_set():  # aborted while the task waited for a worker: do not begin
         now = time.time()
         return outcome_message(Outcome(State.ABORTED, {}, "aborted on request", now, now), job_id)
-    key = get_worker().get_current_task()
+    worker = get_worker()
+    key = worker.get_current_task()
+    # noted on the scheduler before the plugin begins: should the worker die, the jobs
+    # whose plugins had not begun there are sent again (:func:`plugin_began`)
+    get_client().log_event(worker.address, {"action": BEGUN, "key": key})
     _plugin_begun[key] = time.monotonic()  # from now on an abort past its grace restarts it
 
     def watch() -> None:
@@ -132,6 +138,9 @@ def run_task(
     return message
 
 
+BEGUN = "dahu-plugin-begun"
+"""The action of the event a task logs, under its worker's address, as its plugin begins."""
+
 _plugin_begun: dict[str, float] = {}
 """On a worker: the tasks whose plugin has begun (past the abort check), by key: when
 (``time.monotonic()``)."""
@@ -150,3 +159,16 @@ def running_for(key: str, dask_worker: Any = None) -> float | None:
     None if it has not (it waits for a thread of the worker, or is not there)."""
     began = _plugin_begun.get(key)
     return None if began is None else time.monotonic() - began
+
+
+def plugin_began(events: Any, key: str, since: float) -> bool:
+    """On the server: whether the plugin of task ``key``, sent at ``since`` (``time.time()``),
+    had begun on a worker now dead, from that worker's ``events`` on the scheduler
+    (``Client.get_events(address)``: ``(time, message)``, the oldest first).  True when
+    they cannot tell: the scheduler keeps the last 1000 events of a worker, and those
+    from the task's sending on, or since the worker joined, may be gone."""
+    actions = [(m.get("action"), m.get("key")) for _, m in events if isinstance(m, dict)]
+    if (BEGUN, key) in actions:
+        return True
+    complete = bool(events) and (events[0][0] <= since or actions[:1] == [("add-worker", None)])
+    return not complete
