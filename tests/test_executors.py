@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import psutil
@@ -1433,6 +1434,60 @@ def test_a_dask_worker_dead_on_an_external_cluster_is_named_in_one_line():
     assert executor.death_reason(error) == (
         "worker process died (tcp://10.0.0.7:40211); Dask does not say how: see that worker's log"
     )
+
+
+def test_the_jobs_of_a_lost_dask_scheduler_fail_saying_so(tmp_path):
+    # bug: the jobs on the cluster when the scheduler went away ended "aborted: cancelled
+    # on the cluster", which nobody asked; once the client gave up reconnecting a job
+    # failed as "ClosedClientError: Client is closed. Can't send update-graph message."
+    import dask
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=0, processes=False, dashboard_address=":0")
+    address = cluster.scheduler_address
+    with dask.config.set({"distributed.comm.timeouts.connect": "0.3s"}):  # reconnecting
+        engine = dahu.engine.configure(
+            workdir=str(tmp_path / "work"),
+            executor_kind="dask",
+            executor_options={"scheduler": address},
+        )
+    try:
+        queued = Job("example.square", {"x": 1})  # no worker: it waits on the scheduler
+        queued.start()
+        cluster.close()
+        queued.join(30)
+        assert (queued.status, queued.error) == (
+            "failure",
+            f"lost the connection to the dask scheduler {address}",
+        )
+        deadline = time.monotonic() + 30
+        while engine.executor.client.status != "closed" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        later = run("example.square", {"x": 2}, timeout=30)
+        assert (later.status, later.error) == (
+            "failure",
+            "cannot submit to the dask cluster: ConnectionError: lost the connection to the "
+            f"dask scheduler {address} (restart the server to connect again)",
+        )
+    finally:
+        engine.executor.shutdown(wait=True, timeout=10)
+
+
+def test_a_dask_job_is_not_sent_to_a_client_that_is_closing():
+    # bug: a job sent while the client closed (its scheduler gone for good) was never
+    # ended: the client dropped it; the job stayed "running" and a stop waited for it
+    pytest.importorskip("distributed")
+    from dahu.executors.cluster import DaskExecution, DaskExecutor
+
+    def submit(*args, **kwargs):
+        pytest.fail("sent to a closing client")
+
+    executor = DaskExecutor(scheduler="tcp://10.0.0.7:8786")  # never attached
+    executor.client = type("Client", (), {"status": "closing", "submit": submit})()
+    executor.host = SimpleNamespace(workdir="/work", factory=SimpleNamespace(directories=[]))
+    task = type("Task", (), {"plugin_name": "example.square", "input_data": {}, "job_id": 1})()
+    with pytest.raises(ConnectionError, match="lost the connection to the dask scheduler"):
+        DaskExecution(executor, task).launch()
 
 
 def test_a_dead_dask_worker_s_job_is_sent_again_only_if_its_events_tell_it_never_began():

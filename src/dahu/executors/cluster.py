@@ -31,6 +31,7 @@ The task itself, what runs on a worker, is :func:`.dask_task.run_task`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import queue
@@ -83,6 +84,8 @@ class DaskExecution:
     def launch(self) -> None:
         """Submit the task; its outcome reaches the engine through the collector thread."""
         executor = self.executor
+        if executor.client.status in ("closing", "closed"):  # it would never end
+            raise ConnectionError(f"{executor.lost_text} (restart the server to connect again)")
         self.sent = time.time()  # this attempt's (its worker's events tell if it began)
         self.future = executor.client.submit(
             run_task,
@@ -220,6 +223,10 @@ class DaskExecution:
 
                 Event(self.event_name, client=self.executor.client).clear()
         if future.cancelled() or future.status == "cancelled":
+            if self.abort_reason is None and self.executor.lost(future):
+                return Outcome(
+                    State.FAILURE, {}, self.executor.lost_text, self.started, time.time()
+                )
             reason = self.abort_reason or "cancelled on the cluster"
             return Outcome(State.ABORTED, {}, reason, self.started, time.time())
         try:
@@ -316,6 +323,23 @@ class DaskExecutor:
             return f"worker process died: {exit_text(code)}"
         where = f" ({address})" if address else ""
         return f"worker process died{where}; Dask does not say how: see that worker's log"
+
+    @property
+    def lost_text(self) -> str:
+        """The error of the jobs the client lost with its scheduler."""
+        return f"lost the connection to the dask scheduler {self.scheduler}"
+
+    def lost(self, future: Any) -> bool:
+        """Whether the client cancelled ``future`` as it lost its scheduler (it cancels
+        every task then, and ends after ``distributed.comm.timeouts.connect`` if the
+        scheduler is not back)."""
+        if self.client.status != "running":
+            return True
+        try:
+            future.result(timeout=1)
+        except (Exception, asyncio.CancelledError) as err:  # a FutureCancelledError
+            return getattr(err, "reason", None) == "scheduler-connection-lost"
+        return False
 
     def keep_workers(self) -> None:
         """A worker of the local cluster is restarted: watch that the cluster gets back
