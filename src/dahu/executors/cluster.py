@@ -31,7 +31,6 @@ The task itself, what runs on a worker, is :func:`.dask_task.run_task`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import queue
@@ -337,7 +336,7 @@ class DaskExecutor:
             return True
         try:
             future.result(timeout=1)
-        except (Exception, asyncio.CancelledError) as err:  # a FutureCancelledError
+        except Exception as err:  # a FutureCancelledError
             return getattr(err, "reason", None) == "scheduler-connection-lost"
         return False
 
