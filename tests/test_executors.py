@@ -1473,6 +1473,16 @@ def test_the_jobs_of_a_lost_dask_scheduler_fail_saying_so(tmp_path):
         engine.executor.shutdown(wait=True, timeout=10)
 
 
+def test_a_dask_executor_of_a_negative_size_runs_jobs_as_the_pools_do():
+    # bug: max_workers=-1 (or --max-workers -1) made a local cluster of no worker and no
+    # room for a job: every job stayed "starting" for ever (thread, process: one slot)
+    pytest.importorskip("distributed")
+    from dahu.executors.cluster import DaskExecutor
+
+    executor = DaskExecutor(max_workers=-1)  # never attached
+    assert (executor.max_workers, executor.in_flight_limit) == (1, 10)
+
+
 def test_a_dask_job_is_not_sent_to_a_client_that_is_closing():
     # bug: a job sent while the client closed (its scheduler gone for good) was never
     # ended: the client dropped it; the job stayed "running" and a stop waited for it

@@ -266,7 +266,7 @@ class DaskExecutor:
         abort_grace: float = 2.0,
     ):
         self.scheduler = scheduler or "local"
-        self.max_workers = int(max_workers or default_workers())
+        self.max_workers = max(1, int(max_workers or default_workers()))  # as the pools
         self.abort_grace = abort_grace
         self.in_flight_limit = 100_000 if self.scheduler != "local" else 10 * self.max_workers
         self.host: Any = None
