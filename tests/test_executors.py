@@ -1473,6 +1473,42 @@ def test_the_jobs_of_a_lost_dask_scheduler_fail_saying_so(tmp_path):
         engine.executor.shutdown(wait=True, timeout=10)
 
 
+def test_a_dask_task_that_ended_before_its_scheduler_went_away_warns_of_nothing(
+    monkeypatch, caplog, tmp_path
+):
+    # bug: a stop closing the cluster just after a job ended logged, from the job's
+    # worker, "job 7: cannot watch for aborts: CommClosedError(...)" for that job
+    distributed = pytest.importorskip("distributed")
+    from dahu.executors import dask_task
+
+    class ClosingEvent:  # the scheduler closes while the watcher waits on the event
+        def __init__(self, name, client=None):
+            pass
+
+        def is_set(self):
+            return False
+
+        def wait(self, timeout):
+            returned.wait(10)
+            raise OSError("Stream is closed")
+
+    returned = threading.Event()
+    worker = SimpleNamespace(address="tcp://127.0.0.1:1", get_current_task=lambda: "k")
+    monkeypatch.setattr(distributed, "Event", ClosingEvent)
+    monkeypatch.setattr(distributed, "get_worker", lambda: worker)
+    monkeypatch.setattr(
+        distributed, "get_client", lambda: SimpleNamespace(log_event=lambda topic, msg: None)
+    )
+    monkeypatch.setattr(dask_task, "_prepare_worker", lambda workdir, plugin_dirs: None)
+    message = dask_task.run_task("example.square", {"x": 3}, 7, str(tmp_path), [], "e")
+    returned.set()
+    assert message["state"] == "success"
+    for thread in threading.enumerate():
+        if thread.name == "dahu-abort-7":
+            thread.join(5)
+    assert "cannot watch for aborts" not in caplog.text
+
+
 def test_a_dask_executor_of_a_negative_size_runs_jobs_as_the_pools_do():
     # bug: max_workers=-1 (or --max-workers -1) made a local cluster of no worker and no
     # room for a job: every job stayed "starting" for ever (thread, process: one slot)

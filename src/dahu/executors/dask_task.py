@@ -119,7 +119,8 @@ def run_task(
                     execution.abort("aborted on request")
                     return
             except Exception as err:  # the scheduler went away: nothing to watch
-                logger.warning("job %s: cannot watch for aborts: %r", job_id, err)
+                if not finished.is_set():  # a job ended just before a stop says nothing
+                    logger.warning("job %s: cannot watch for aborts: %r", job_id, err)
                 return
 
     watcher = threading.Thread(target=watch, name=f"dahu-abort-{job_id}", daemon=True)
