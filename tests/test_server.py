@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import tango
@@ -1050,3 +1051,26 @@ def test_a_stop_while_an_ended_job_has_its_files_written_tells_its_client(
     finally:
         with contextlib.suppress(Exception):
             context.__exit__(None, None, None)
+
+
+def test_init_says_a_new_dask_scheduler_waits_for_a_restart(monkeypatch, caplog):
+    # bug: a new scheduler property, then Init, was ignored in silence (a new executor or
+    # work directory is logged)
+    from dahu import server_settings
+
+    executor = SimpleNamespace(name="dask", scheduler="tcp://10.0.0.7:8786", max_workers=4)
+    engine = SimpleNamespace(
+        executor=executor,
+        workdir="/work",
+        default_timeout=None,
+        journal_fault=None,
+        factory=SimpleNamespace(add_directory=lambda directory: None),
+    )
+    monkeypatch.setattr(server_settings, "_engine", engine)
+    server_settings.configure_engine(None, None, [], "dask", "tcp://10.0.0.7:8786")
+    assert "ignored" not in caplog.text
+    server_settings.configure_engine(None, None, [], "dask", "tcp://10.0.0.8:8786")
+    assert (
+        "scheduler tcp://10.0.0.8:8786 ignored: the server uses tcp://10.0.0.7:8786 until it "
+        "restarts" in caplog.text
+    )

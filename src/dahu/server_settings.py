@@ -145,6 +145,13 @@ def configure_engine(
                     executor,
                     engine.executor.name,
                 )
+            in_use = getattr(engine.executor, "scheduler", None)
+            if executor == "dask" and in_use is not None and (scheduler or "local") != in_use:
+                logger.warning(
+                    "scheduler %s ignored: the server uses %s until it restarts",
+                    scheduler or "local",
+                    in_use,
+                )
             if workdir and os.path.abspath(workdir) != engine.workdir:
                 logger.warning(
                     "work directory %s ignored: the server uses %s until it restarts",
