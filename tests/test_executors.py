@@ -232,6 +232,21 @@ def test_jobs_waiting_on_a_dask_worker_a_plugin_crashes_run_all_the_same(kind, t
     assert [(job.status, job.error) for job in others] == [("success", "")] * 3
 
 
+def test_the_local_dask_cluster_s_dashboard_is_not_served_to_the_network(kind):
+    # bug: the dashboard of the local cluster (tasks, workers' logs and call stacks, no
+    # login) listened on every interface of the beamline computer
+    if kind != "dask":
+        pytest.skip("a Dask cluster's dashboard")
+    cluster = dahu.engine.get_engine().executor.cluster
+    port = cluster.scheduler.http_server.port
+    listening = [
+        c.laddr.ip
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    ]
+    assert listening and set(listening) <= {"127.0.0.1"}
+
+
 def test_a_restarted_dask_worker_comes_back_even_when_the_cluster_gave_up_on_it(
     tmp_path, monkeypatch
 ):

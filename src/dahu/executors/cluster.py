@@ -299,7 +299,7 @@ class DaskExecutor:
                     n_workers=self.max_workers,
                     threads_per_worker=1,
                     processes=True,
-                    dashboard_address=":0",
+                    dashboard_address="127.0.0.1:0",  # no login: not for the network
                 )
             self.client = Client(self.cluster)
             self.client.register_plugin(ExitWatch())  # its nannies note how workers end
