@@ -1534,6 +1534,35 @@ def test_a_dask_executor_of_a_negative_size_runs_jobs_as_the_pools_do():
     assert (executor.max_workers, executor.in_flight_limit) == (1, 10)
 
 
+def test_a_hung_dask_job_whose_worker_cannot_be_restarted_ends_all_the_same(caplog):
+    # bug: on a worker without a nanny (dask worker --no-nanny), which cannot be
+    # restarted, a job whose plugin ignored its abort stayed "running" for ever, and a
+    # stop waited for it
+    pytest.importorskip("distributed")
+    from dahu.executors.cluster import DaskExecution, DaskExecutor
+
+    worker = "tcp://10.0.0.7:40211"
+    cancelled = []
+    future = SimpleNamespace(key="k", cancel=lambda: cancelled.append("k"))
+
+    def restart_workers(workers):
+        raise ValueError("Restarting workers requires a nanny to be used.")
+
+    executor = DaskExecutor(scheduler="tcp://10.0.0.7:8786")  # never attached
+    executor.client = SimpleNamespace(
+        processing=lambda: {worker: ["k"]},
+        run=lambda function, keys, workers: {worker: ["k"]},  # its plugin has begun
+        restart_workers=restart_workers,
+    )
+    task = SimpleNamespace(plugin_name="trouble.hang", input_data={}, job_id=1)
+    DaskExecution(executor, task)._restart_worker(future)
+    assert cancelled == ["k"]  # the job ends (aborted)
+    assert (
+        "job 1: cannot restart its worker (ValueError: Restarting workers requires a nanny "
+        "to be used.): its plugin is left running there" in caplog.text
+    )
+
+
 def test_a_dask_job_is_not_sent_to_a_client_that_is_closing():
     # bug: a job sent while the client closed (its scheduler gone for good) was never
     # ended: the client dropped it; the job stayed "running" and a stop waited for it

@@ -149,8 +149,15 @@ class DaskExecution:
                     close_orphans(self.executor.host)  # the jobs its plugins made
                     return
             future.cancel()
-        except Exception as err:
-            logger.warning("job %s: cannot restart its worker: %s", self.job_id, err)
+        except Exception as err:  # e.g. a worker without a nanny: the job ends all the
+            # same, its plugin left running there (as the thread executor abandons one)
+            logger.warning(
+                "job %s: cannot restart its worker (%s): its plugin is left running there",
+                self.job_id,
+                error_line(err),
+            )
+            with contextlib.suppress(Exception):
+                future.cancel()
 
     def time_left(self, limit: float) -> float:
         """The job's time of ``limit`` s seems up: the seconds more it gets, its clock
