@@ -1563,6 +1563,26 @@ def test_a_hung_dask_job_whose_worker_cannot_be_restarted_ends_all_the_same(capl
     )
 
 
+def test_aborted_dask_jobs_that_had_not_begun_are_cancelled_without_a_word(caplog):
+    # bug: a stop with 500 jobs waiting on an external cluster logged, for each, "job N
+    # did not stop after abort: restarting its worker"; none was, they were cancelled
+    pytest.importorskip("distributed")
+    from dahu.executors.cluster import DaskExecution, DaskExecutor
+
+    cancelled = []
+    future = SimpleNamespace(key="k", cancel=lambda: cancelled.append("k"), done=lambda: False)
+    executor = DaskExecutor(scheduler="tcp://10.0.0.7:8786")  # never attached
+    executor.client = SimpleNamespace(processing=lambda: {"tcp://10.0.0.7:40211": []})
+    execution = DaskExecution(executor, SimpleNamespace(plugin_name="p", input_data={}, job_id=1))
+    execution.future = future
+    execution._give_up()  # the abort's grace is over
+    deadline = time.monotonic() + 10
+    while not cancelled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cancelled == ["k"]
+    assert "restarting its worker" not in caplog.text
+
+
 def test_a_dask_job_is_not_sent_to_a_client_that_is_closing():
     # bug: a job sent while the client closed (its scheduler gone for good) was never
     # ended: the client dropped it; the job stayed "running" and a stop waited for it

@@ -128,7 +128,6 @@ class DaskExecution:
         future = self.future
         if future is None or future.done():
             return
-        logger.warning("job %s did not stop after abort: restarting its worker", self.job_id)
         threading.Thread(target=self._restart_worker, args=(future,), daemon=True).start()
 
     def _restart_worker(self, future: Any) -> None:
@@ -142,7 +141,10 @@ class DaskExecution:
             if workers:
                 begun = client.run(begun_tasks, [future.key], workers=workers)
                 running = [w for w in workers if begun.get(w)]
-                if running:
+                if running:  # (one not begun ends as it is cancelled: nothing to say)
+                    logger.warning(
+                        "job %s did not stop after abort: restarting its worker", self.job_id
+                    )
                     self.executor.restarted.update(running)
                     self.executor.keep_workers()
                     client.restart_workers(running)
