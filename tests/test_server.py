@@ -1074,3 +1074,20 @@ def test_init_says_a_new_dask_scheduler_waits_for_a_restart(monkeypatch, caplog)
         "scheduler tcp://10.0.0.8:8786 ignored: the server uses tcp://10.0.0.7:8786 until it "
         "restarts" in caplog.text
     )
+
+
+def test_the_ready_line_of_a_server_on_a_dask_cluster_names_its_scheduler():
+    # bug: it gave the server's CPU count as its "job slots", which an external cluster's
+    # workers bound instead
+    from dahu import server_settings
+
+    executor = SimpleNamespace(name="dask", scheduler="tcp://10.0.0.7:8786", max_workers=2)
+    engine = SimpleNamespace(
+        executor=executor, workdir="/work", factory=SimpleNamespace(directories=["/p"])
+    )
+    assert server_settings.ready_line("id00/dahu/1", "1.0", engine) == (
+        "DahuDS id00/dahu/1 ready (Dahu 1.0): workdir /work, dask executor, "
+        "scheduler tcp://10.0.0.7:8786, plugins in /p"
+    )
+    executor.scheduler = "local"
+    assert ", dask executor, 2 job slots, " in server_settings.ready_line("d", "1", engine)
