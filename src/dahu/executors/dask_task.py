@@ -168,8 +168,11 @@ def plugin_began(events: Any, key: str, since: float) -> bool:
     (``Client.get_events(address)``: ``(time, message)``, the oldest first).  True when
     they cannot tell: the scheduler keeps the last 1000 events of a worker, and those
     from the task's sending on, or since the worker joined, may be gone."""
-    actions = [(m.get("action"), m.get("key")) for _, m in events if isinstance(m, dict)]
-    if (BEGUN, key) in actions:
+    messages = [message for _, message in events if isinstance(message, dict)]
+    if any(m.get("action") == BEGUN and m.get("key") == key for m in messages):
         return True
-    complete = bool(events) and (events[0][0] <= since or actions[:1] == [("add-worker", None)])
-    return not complete
+    if not events:
+        return True
+    oldest_time, oldest = events[0]
+    joined = isinstance(oldest, dict) and oldest.get("action") == "add-worker"
+    return not (joined or oldest_time <= since)  # all kept since it joined, or was sent
