@@ -81,6 +81,36 @@ def test_normal_jobs_and_files(kind):
     assert Job.getStatusFromID(jobs[3].id) == "success"
 
 
+LATECOMER = """
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Here(Plugin):
+    def process(self):
+        time.sleep(0.2)  # two at once: one on each worker
+        self.output["here"] = True
+"""
+
+
+def test_a_plugin_directory_added_after_the_first_jobs_serves_the_next(kind, tmp_path):
+    # bug (dask): a worker added the plugin directories at its first job only: one added
+    # later (a device Init with a new plugins_directory) was never searched there, and
+    # its jobs failed "unknown plugin 'latecomer_dask.here': no module 'latecomer_dask' ..."
+    first = [Job("example.sleep", {"t": 0.2}) for _ in range(2)]  # on each worker
+    (tmp_path / f"latecomer_{kind}.py").write_text(LATECOMER)  # the factory is global
+    for jobs in (first, [Job(f"latecomer_{kind}.here", {}) for _ in range(2)]):
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join(60)
+        assert [(job.status, job.error) for job in jobs] == [("success", "")] * 2
+        dahu.engine.get_engine().factory.add_directory(str(tmp_path))
+
+
 def test_plugin_that_raises(kind):
     job = run("example.error", {"message": "bad frame"})
     assert job.status == "failure"

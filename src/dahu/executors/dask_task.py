@@ -32,22 +32,25 @@ logger = logging.getLogger(__name__)
 __all__ = ["begun_tasks", "plugin_began", "run_task", "running_for"]
 
 _configured: set[str] = set()
+_directories: set[str] = set()  # the plugin directories added here
 _configure_lock = threading.Lock()
 
 
 def _prepare_worker(workdir: str, plugin_dirs: list[str]) -> None:
-    """Once per worker process: read jobs from the shared journal, add the plugin
-    directories; a job a plugin makes here (``Job(...)``) goes to the server's work
-    directory (the first server's, on a cluster several servers share)."""
+    """Once per worker process: read jobs from the shared journal; a job a plugin makes
+    here (``Job(...)``) goes to the server's work directory (the first server's, on a
+    cluster several servers share).  Add the plugin directories this process has not
+    (a server adds some at a device ``Init``: until 2026-11-30 a worker never saw them)."""
     with _configure_lock:
-        if workdir in _configured:
-            return
-        if not _configured:  # this process's own engine, made on first use, opens it
-            os.environ["DAHU_WORKDIR"] = workdir
-        use_reader(workdir)
+        if workdir not in _configured:
+            if not _configured:  # this process's own engine, made on first use, opens it
+                os.environ["DAHU_WORKDIR"] = workdir
+            use_reader(workdir)
+            _configured.add(workdir)
         for directory in plugin_dirs:
-            plugin_factory.add_directory(directory)
-        _configured.add(workdir)
+            if directory not in _directories:
+                plugin_factory.add_directory(directory)
+                _directories.add(directory)
 
 
 @contextlib.contextmanager
