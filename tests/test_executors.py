@@ -1589,7 +1589,7 @@ def test_a_hung_dask_job_whose_worker_cannot_be_restarted_ends_all_the_same(capl
     assert cancelled == ["k"]  # the job ends (aborted)
     assert (
         "job 1: cannot restart its worker (ValueError: Restarting workers requires a nanny "
-        "to be used.): its plugin is left running there" in caplog.text
+        "to be used.): the job ends, its plugin may run on there" in caplog.text
     )
 
 
@@ -1611,6 +1611,34 @@ def test_aborted_dask_jobs_that_had_not_begun_are_cancelled_without_a_word(caplo
         time.sleep(0.01)
     assert cancelled == ["k"]
     assert "restarting its worker" not in caplog.text
+
+
+def test_an_abort_waits_not_for_a_dask_client_reconnecting(monkeypatch, caplog):
+    # bug: an abort signalled through the scheduler while the client reconnected to it
+    # waited until it gave up, 30 s: abortJob, and a stop aborting the jobs, hung so long
+    distributed = pytest.importorskip("distributed")
+    from dahu.executors.cluster import DaskExecution, DaskExecutor
+
+    class Event:
+        def __init__(self, name, client=None):
+            pass
+
+        def set(self):
+            pytest.fail("waits for the scheduler")
+
+    monkeypatch.setattr(distributed, "Event", Event)
+    executor = DaskExecutor(scheduler="tcp://10.0.0.7:8786")  # never attached
+    executor.client = SimpleNamespace(status="connecting")
+    later = []
+    watchdog = SimpleNamespace(call_later=lambda *args: later.append(args))
+    executor.host = SimpleNamespace(workdir="/work", watchdog=watchdog)
+    task = SimpleNamespace(plugin_name="p", input_data={}, job_id=1)
+    DaskExecution(executor, task).abort()
+    assert len(later) == 1  # its grace still runs: the task is cancelled after it
+    assert (
+        "job 1: cannot signal the abort to the cluster: lost the connection to the dask "
+        "scheduler tcp://10.0.0.7:8786" in caplog.text
+    )
 
 
 def test_a_dask_job_is_not_sent_to_a_client_that_is_closing():

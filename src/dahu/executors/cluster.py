@@ -117,6 +117,8 @@ class DaskExecution:
         if self.abort_reason is None:
             self.abort_reason = reason
         try:
+            if self.executor.client.status != "running":  # reconnecting, it would wait for
+                raise ConnectionError(self.executor.lost_text)  # that, 30 s (abortJob, a stop)
             from distributed import Event
 
             Event(self.event_name, client=self.executor.client).set()
@@ -154,7 +156,7 @@ class DaskExecution:
         except Exception as err:  # e.g. a worker without a nanny: the job ends all the
             # same, its plugin left running there (as the thread executor abandons one)
             logger.warning(
-                "job %s: cannot restart its worker (%s): its plugin is left running there",
+                "job %s: cannot restart its worker (%s): the job ends, its plugin may run on there",
                 self.job_id,
                 error_line(err),
             )
