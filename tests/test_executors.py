@@ -1641,6 +1641,43 @@ def test_an_abort_waits_not_for_a_dask_client_reconnecting(monkeypatch, caplog):
     )
 
 
+def test_a_dask_scheduler_address_where_another_service_listens_fails_the_start(tmp_path):
+    # bug: Dask's connection waits for ever for the greeting of what listens at the
+    # address: given a port of another service (the dashboard's, 8787, for 8786), the
+    # server's start hung, silent
+    import socket
+
+    import dask
+
+    pytest.importorskip("distributed")
+    with socket.socket() as silent:  # accepts connections, never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        raised = []
+
+        def start():
+            try:
+                dahu.engine.configure(
+                    workdir=str(tmp_path / "work"),
+                    executor_kind="dask",
+                    executor_options={"scheduler": address},
+                )
+            except Exception as err:
+                raised.append(err)
+
+        with dask.config.set({"distributed.comm.timeouts.connect": "0.3s"}):
+            starting = threading.Thread(target=start, daemon=True)
+            starting.start()
+            starting.join(30)
+    assert not starting.is_alive()
+    assert [str(err) for err in raised] == [
+        f"no Dask scheduler answers at {address} within 0.3 s (a service that is not one "
+        "listens there: the dashboard's port?)"
+    ]
+    assert isinstance(raised[0], ConnectionError)
+
+
 def test_a_dask_job_is_not_sent_to_a_client_that_is_closing():
     # bug: a job sent while the client closed (its scheduler gone for good) was never
     # ended: the client dropped it; the job stayed "running" and a stop waited for it

@@ -301,6 +301,7 @@ class DaskExecutor:
         import dask
         from distributed import Client, LocalCluster
 
+        from .dask_connect import check_scheduler
         from .dask_exits import ExitWatch
 
         self.host = host
@@ -315,6 +316,7 @@ class DaskExecutor:
             self.client = Client(self.cluster)
             self.client.register_plugin(ExitWatch())  # its nannies note how workers end
         else:
+            check_scheduler(self.scheduler)  # Client() would wait for ever for some
             self.client = Client(self.scheduler)
         self._collector = threading.Thread(
             target=self._collect, name="dahu-dask-collector", daemon=True
