@@ -22,13 +22,17 @@ def check_scheduler(address: str) -> None:
     import dask
     from dask.utils import parse_timedelta
     from distributed.comm import connect
+    from distributed.security import Security
 
     timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
     margin = min(timeout, 5.0)  # past Dask's own "Timed out trying to connect" (refused)
+    args = Security().get_connection_args("client")  # as the client's (tls:// addresses)
 
     async def probe() -> None:
         try:
-            comm = await asyncio.wait_for(connect(address, timeout=timeout), timeout + margin)
+            comm = await asyncio.wait_for(
+                connect(address, timeout=timeout, **args), timeout + margin
+            )
         except TimeoutError:
             raise ConnectionError(
                 f"no Dask scheduler answers at {address} within {timeout:g} s "
