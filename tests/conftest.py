@@ -133,9 +133,14 @@ from dahu.plugin import Plugin
 
 @register
 class Crash(Plugin):
-    """Kill the process running it: os._exit(1), os.abort() or a segfault."""
+    """Kill the process running it: os._exit(1), os.abort() or a segfault (creates the
+    file ``flag``, if given, on entering; then waits for the file ``go``, if given)."""
 
     def process(self):
+        if "flag" in self.input:
+            open(self.input["flag"], "w").close()
+        while "go" in self.input and not os.path.exists(self.input["go"]):
+            time.sleep(0.01)
         if self.input.get("how") == "exit":
             os._exit(1)
         if self.input.get("how") == "abort":

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import psutil
@@ -79,6 +80,36 @@ def test_normal_jobs_and_files(kind):
     stem = job_file_stem(engine.workdir, jobs[3].id, "example.square")
     assert open(stem + ".out").read().count('"result": 9') == 1
     assert Job.getStatusFromID(jobs[3].id) == "success"
+
+
+LATECOMER = """
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Here(Plugin):
+    def process(self):
+        time.sleep(0.2)  # two at once: one on each worker
+        self.output["here"] = True
+"""
+
+
+def test_a_plugin_directory_added_after_the_first_jobs_serves_the_next(kind, tmp_path):
+    # bug (dask): a worker added the plugin directories at its first job only: one added
+    # later (a device Init with a new plugins_directory) was never searched there, and
+    # its jobs failed "unknown plugin 'latecomer_dask.here': no module 'latecomer_dask' ..."
+    first = [Job("example.sleep", {"t": 0.2}) for _ in range(2)]  # on each worker
+    (tmp_path / f"latecomer_{kind}.py").write_text(LATECOMER)  # the factory is global
+    for jobs in (first, [Job(f"latecomer_{kind}.here", {}) for _ in range(2)]):
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join(60)
+        assert [(job.status, job.error) for job in jobs] == [("success", "")] * 2
+        dahu.engine.get_engine().factory.add_directory(str(tmp_path))
 
 
 def test_plugin_that_raises(kind):
@@ -203,6 +234,48 @@ def test_a_worker_restarted_for_a_hung_plugin_spares_the_jobs_waiting_on_it(kind
         job.join(60)
     assert hung.status == "aborted"
     assert [(job.status, job.error) for job in others] == [("success", "")] * 6
+
+
+def test_jobs_waiting_on_a_dask_worker_a_plugin_crashes_run_all_the_same(kind, tmp_path):
+    # bug: a worker holds a task waiting for its thread besides the one it runs; when a
+    # plugin crashed the worker, the job waiting there failed too, "worker process died:
+    # signal 6 (SIGABRT)", though its plugin never began
+    if kind != "dask":
+        pytest.skip("only a Dask worker holds tasks it has not begun")
+    flag, go = tmp_path / "flag", tmp_path / "go"
+    crash = Job("trouble.crash", {"how": "abort", "flag": str(flag), "go": str(go)})
+    crash.start()
+    deadline = time.monotonic() + 30
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    others = [Job("example.sleep", {"t": 0.3}) for _ in range(3)]
+    for job in others:  # two per worker: one waits behind the crash
+        job.start()
+    processing = dahu.engine.get_engine().executor.client.processing
+    while sorted(map(len, processing().values())) != [2, 2] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(map(len, processing().values())) == [2, 2]
+    go.touch()
+    crash.join(30)
+    for job in others:
+        job.join(30)
+    assert (crash.status, crash.error) == ("failure", "worker process died: signal 6 (SIGABRT)")
+    assert [(job.status, job.error) for job in others] == [("success", "")] * 3
+
+
+def test_the_local_dask_cluster_s_dashboard_is_not_served_to_the_network(kind):
+    # bug: the dashboard of the local cluster (tasks, workers' logs and call stacks, no
+    # login) listened on every interface of the beamline computer
+    if kind != "dask":
+        pytest.skip("a Dask cluster's dashboard")
+    cluster = dahu.engine.get_engine().executor.cluster
+    port = cluster.scheduler.http_server.port
+    listening = [
+        c.laddr.ip
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    ]
+    assert listening and set(listening) <= {"127.0.0.1"}
 
 
 def test_a_restarted_dask_worker_comes_back_even_when_the_cluster_gave_up_on_it(
@@ -1427,6 +1500,225 @@ def test_a_dask_worker_dead_on_an_external_cluster_is_named_in_one_line():
     assert executor.death_reason(error) == (
         "worker process died (tcp://10.0.0.7:40211); Dask does not say how: see that worker's log"
     )
+
+
+def test_the_jobs_of_a_lost_dask_scheduler_fail_saying_so(tmp_path):
+    # bug: the jobs on the cluster when the scheduler went away ended "aborted: cancelled
+    # on the cluster", which nobody asked; once the client gave up reconnecting a job
+    # failed as "ClosedClientError: Client is closed. Can't send update-graph message."
+    import dask
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=0, processes=False, dashboard_address=":0")
+    address = cluster.scheduler_address
+    with dask.config.set({"distributed.comm.timeouts.connect": "0.3s"}):  # reconnecting
+        engine = dahu.engine.configure(
+            workdir=str(tmp_path / "work"),
+            executor_kind="dask",
+            executor_options={"scheduler": address},
+        )
+    try:
+        queued = Job("example.square", {"x": 1})  # no worker: it waits on the scheduler
+        queued.start()
+        cluster.close()
+        queued.join(30)
+        assert (queued.status, queued.error) == (
+            "failure",
+            f"lost the connection to the dask scheduler {address}",
+        )
+        deadline = time.monotonic() + 30
+        while engine.executor.client.status != "closed" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        later = run("example.square", {"x": 2}, timeout=30)
+        assert (later.status, later.error) == (
+            "failure",
+            "cannot submit to the dask cluster: ConnectionError: lost the connection to the "
+            f"dask scheduler {address} (restart the server to connect again)",
+        )
+    finally:
+        engine.executor.shutdown(wait=True, timeout=10)
+
+
+def test_a_dask_task_that_ended_before_its_scheduler_went_away_warns_of_nothing(
+    monkeypatch, caplog, tmp_path
+):
+    # bug: a stop closing the cluster just after a job ended logged, from the job's
+    # worker, "job 7: cannot watch for aborts: CommClosedError(...)" for that job
+    distributed = pytest.importorskip("distributed")
+    from dahu.executors import dask_task
+
+    class ClosingEvent:  # the scheduler closes while the watcher waits on the event
+        def __init__(self, name, client=None):
+            pass
+
+        def is_set(self):
+            return False
+
+        def wait(self, timeout):
+            returned.wait(10)
+            raise OSError("Stream is closed")
+
+    returned = threading.Event()
+    worker = SimpleNamespace(address="tcp://127.0.0.1:1", get_current_task=lambda: "k")
+    monkeypatch.setattr(distributed, "Event", ClosingEvent)
+    monkeypatch.setattr(distributed, "get_worker", lambda: worker)
+    monkeypatch.setattr(
+        distributed, "get_client", lambda: SimpleNamespace(log_event=lambda topic, msg: None)
+    )
+    monkeypatch.setattr(dask_task, "_prepare_worker", lambda workdir, plugin_dirs: None)
+    message = dask_task.run_task("example.square", {"x": 3}, 7, str(tmp_path), [], "e")
+    returned.set()
+    assert message["state"] == "success"
+    for thread in threading.enumerate():
+        if thread.name == "dahu-abort-7":
+            thread.join(5)
+    assert "cannot watch for aborts" not in caplog.text
+
+
+def test_a_hung_dask_job_whose_worker_cannot_be_restarted_ends_all_the_same(caplog):
+    # bug: on a worker without a nanny (dask worker --no-nanny), which cannot be
+    # restarted, a job whose plugin ignored its abort stayed "running" for ever, and a
+    # stop waited for it
+    pytest.importorskip("distributed")
+    from dahu.executors.cluster import DaskExecution, DaskExecutor
+
+    worker = "tcp://10.0.0.7:40211"
+    cancelled = []
+    future = SimpleNamespace(key="k", cancel=lambda: cancelled.append("k"))
+
+    def restart_workers(workers):
+        raise ValueError("Restarting workers requires a nanny to be used.")
+
+    executor = DaskExecutor(scheduler="tcp://10.0.0.7:8786")  # never attached
+    executor.client = SimpleNamespace(
+        processing=lambda: {worker: ["k"]},
+        run=lambda function, keys, workers: {worker: ["k"]},  # its plugin has begun
+        restart_workers=restart_workers,
+    )
+    task = SimpleNamespace(plugin_name="trouble.hang", input_data={}, job_id=1)
+    DaskExecution(executor, task)._restart_worker(future)
+    assert cancelled == ["k"]  # the job ends (aborted)
+    assert (
+        "job 1: cannot restart its worker (ValueError: Restarting workers requires a nanny "
+        "to be used.): the job ends, its plugin may run on there" in caplog.text
+    )
+
+
+def test_aborted_dask_jobs_that_had_not_begun_are_cancelled_without_a_word(caplog):
+    # bug: a stop with 500 jobs waiting on an external cluster logged, for each, "job N
+    # did not stop after abort: restarting its worker"; none was, they were cancelled
+    pytest.importorskip("distributed")
+    from dahu.executors.cluster import DaskExecution, DaskExecutor
+
+    cancelled = []
+    future = SimpleNamespace(key="k", cancel=lambda: cancelled.append("k"), done=lambda: False)
+    executor = DaskExecutor(scheduler="tcp://10.0.0.7:8786")  # never attached
+    executor.client = SimpleNamespace(processing=lambda: {"tcp://10.0.0.7:40211": []})
+    execution = DaskExecution(executor, SimpleNamespace(plugin_name="p", input_data={}, job_id=1))
+    execution.future = future
+    execution._give_up()  # the abort's grace is over
+    deadline = time.monotonic() + 10
+    while not cancelled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cancelled == ["k"]
+    assert "restarting its worker" not in caplog.text
+
+
+def test_an_abort_waits_not_for_a_dask_client_reconnecting(monkeypatch, caplog):
+    # bug: an abort signalled through the scheduler while the client reconnected to it
+    # waited until it gave up, 30 s: abortJob, and a stop aborting the jobs, hung so long
+    distributed = pytest.importorskip("distributed")
+    from dahu.executors.cluster import DaskExecution, DaskExecutor
+
+    class Event:
+        def __init__(self, name, client=None):
+            pass
+
+        def set(self):
+            pytest.fail("waits for the scheduler")
+
+    monkeypatch.setattr(distributed, "Event", Event)
+    executor = DaskExecutor(scheduler="tcp://10.0.0.7:8786")  # never attached
+    executor.client = SimpleNamespace(status="connecting")
+    later = []
+    watchdog = SimpleNamespace(call_later=lambda *args: later.append(args))
+    executor.host = SimpleNamespace(workdir="/work", watchdog=watchdog)
+    task = SimpleNamespace(plugin_name="p", input_data={}, job_id=1)
+    DaskExecution(executor, task).abort()
+    assert len(later) == 1  # its grace still runs: the task is cancelled after it
+    assert (
+        "job 1: cannot signal the abort to the cluster: lost the connection to the dask "
+        "scheduler tcp://10.0.0.7:8786" in caplog.text
+    )
+
+
+def test_a_dask_scheduler_address_where_another_service_listens_fails_the_start(tmp_path):
+    # bug: Dask's connection waits for ever for the greeting of what listens at the
+    # address: given a port of another service (the dashboard's, 8787, for 8786), the
+    # server's start hung, silent
+    import socket
+
+    import dask
+
+    pytest.importorskip("distributed")
+    with socket.socket() as silent:  # accepts connections, never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        raised = []
+
+        def start():
+            try:
+                dahu.engine.configure(
+                    workdir=str(tmp_path / "work"),
+                    executor_kind="dask",
+                    executor_options={"scheduler": address},
+                )
+            except Exception as err:
+                raised.append(err)
+
+        with dask.config.set({"distributed.comm.timeouts.connect": "0.3s"}):
+            starting = threading.Thread(target=start, daemon=True)
+            starting.start()
+            starting.join(30)
+    assert not starting.is_alive()
+    assert [str(err) for err in raised] == [
+        f"no Dask scheduler answers at {address} within 0.3 s (a service that is not one "
+        "listens there: the dashboard's port?)"
+    ]
+    assert isinstance(raised[0], ConnectionError)
+
+
+def test_a_dask_job_is_not_sent_to_a_client_that_is_closing():
+    # bug: a job sent while the client closed (its scheduler gone for good) was never
+    # ended: the client dropped it; the job stayed "running" and a stop waited for it
+    pytest.importorskip("distributed")
+    from dahu.executors.cluster import DaskExecution, DaskExecutor
+
+    def submit(*args, **kwargs):
+        pytest.fail("sent to a closing client")
+
+    executor = DaskExecutor(scheduler="tcp://10.0.0.7:8786")  # never attached
+    executor.client = type("Client", (), {"status": "closing", "submit": submit})()
+    executor.host = SimpleNamespace(workdir="/work", factory=SimpleNamespace(directories=[]))
+    task = type("Task", (), {"plugin_name": "example.square", "input_data": {}, "job_id": 1})()
+    with pytest.raises(ConnectionError, match="lost the connection to the dask scheduler"):
+        DaskExecution(executor, task).launch()
+
+
+def test_a_dead_dask_worker_s_job_is_sent_again_only_if_its_events_tell_it_never_began():
+    # the events the scheduler keeps of a dead worker (its last 1000): a job is sent
+    # again only when they show its plugin had not begun, never when some may be gone
+    from dahu.executors.dask_task import BEGUN, plugin_began
+
+    joined = (10.0, {"action": "add-worker"})
+    begun = (12.0, {"action": BEGUN, "key": "k1"})
+    other = (13.0, {"action": BEGUN, "key": "k2"})
+    assert plugin_began([joined, begun, other], "k1", since=11.0)
+    assert not plugin_began([joined, begun, other], "k3", since=11.0)
+    assert not plugin_began([begun, other], "k3", since=12.5)  # kept since it was sent
+    assert plugin_began([begun, other], "k3", since=11.5)  # some since then may be gone
+    assert plugin_began([], "k3", since=11.0)
 
 
 def test_a_dask_executor_ends_thousands_of_jobs_halted_in_a_row(caplog):

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import tango
@@ -1131,3 +1132,43 @@ def test_max_workers_0_on_the_command_line_wins_over_the_property(monkeypatch):
     assert settings.job_slots(0) == default_workers()
     with pytest.raises(ValueError, match="max_workers must be a whole number .* not -2"):
         settings.job_slots(-2)
+
+
+def test_init_says_a_new_dask_scheduler_waits_for_a_restart(monkeypatch, caplog):
+    # bug: a new scheduler property, then Init, was ignored in silence (a new executor or
+    # work directory is logged)
+    from dahu import server_settings
+
+    executor = SimpleNamespace(name="dask", scheduler="tcp://10.0.0.7:8786", max_workers=4)
+    engine = SimpleNamespace(
+        executor=executor,
+        workdir="/work",
+        default_timeout=None,
+        journal_fault=None,
+        factory=SimpleNamespace(add_directory=lambda directory: None),
+    )
+    monkeypatch.setattr(server_settings, "_engine", engine)
+    server_settings.configure_engine(None, None, [], "dask", "tcp://10.0.0.7:8786")
+    assert "ignored" not in caplog.text
+    server_settings.configure_engine(None, None, [], "dask", "tcp://10.0.0.8:8786")
+    assert (
+        "scheduler tcp://10.0.0.8:8786 ignored: the server uses tcp://10.0.0.7:8786 until it "
+        "restarts" in caplog.text
+    )
+
+
+def test_the_ready_line_of_a_server_on_a_dask_cluster_names_its_scheduler():
+    # bug: it gave the server's CPU count as its "job slots", which an external cluster's
+    # workers bound instead
+    from dahu import server_settings
+
+    executor = SimpleNamespace(name="dask", scheduler="tcp://10.0.0.7:8786", max_workers=2)
+    engine = SimpleNamespace(
+        executor=executor, workdir="/work", factory=SimpleNamespace(directories=["/p"])
+    )
+    assert server_settings.ready_line("id00/dahu/1", "1.0", engine) == (
+        "DahuDS id00/dahu/1 ready (Dahu 1.0): workdir /work, dask executor, "
+        "scheduler tcp://10.0.0.7:8786, plugins in /p"
+    )
+    executor.scheduler = "local"
+    assert ", dask executor, 2 job slots, " in server_settings.ready_line("d", "1", engine)

@@ -152,6 +152,13 @@ def configure_engine(
                     executor,
                     engine.executor.name,
                 )
+            in_use = getattr(engine.executor, "scheduler", None)
+            if executor == "dask" and in_use is not None and (scheduler or "local") != in_use:
+                logger.warning(
+                    "scheduler %s ignored: the server uses %s until it restarts",
+                    scheduler or "local",
+                    in_use,
+                )
             if workdir and os.path.abspath(workdir) != engine.workdir:
                 logger.warning(
                     "work directory %s ignored: the server uses %s until it restarts",
@@ -324,10 +331,16 @@ def current(device: Any) -> Any:
 
 def ready_line(name: str, version: str, engine: dahu_engine.Engine) -> str:
     """What the log says when the device ``name`` is ready."""
+    executor = engine.executor
+    scheduler = getattr(executor, "scheduler", "local")
+    where = (  # an external cluster's workers bound its jobs, not max_workers
+        f"{getattr(executor, 'max_workers', '?')} job slots"
+        if scheduler == "local"
+        else f"scheduler {scheduler}"
+    )
     return (
         f"DahuDS {name} ready (Dahu {version}): workdir {engine.workdir}, "
-        f"{engine.executor.name} executor, "
-        f"{getattr(engine.executor, 'max_workers', '?')} job slots, "
+        f"{executor.name} executor, {where}, "
         f"plugins in {', '.join(engine.factory.directories)}"
     )
 

@@ -20,9 +20,11 @@ plugin modules once per process and a plugin's ``wait_for`` reads the shared jou
   ignores the abort; it counts from the begin of the plugin on its worker, not the
   task's wait there (:meth:`DaskExecution.time_left`).
 * A worker that dies running a task (segfault, ``os._exit``) makes the job ``failure``
-  with the reason; the local cluster's nanny restarts the worker.  With an external
-  scheduler, set ``distributed.scheduler.allowed-failures: 0`` so a killing task is not
-  retried on other workers.
+  with the reason; the local cluster's nanny restarts the worker.  The tasks that only
+  waited on that worker (their plugin had not begun: :func:`.dask_task.plugin_began`)
+  are sent again.  With an external scheduler, set
+  ``distributed.scheduler.allowed-failures: 0`` so a killing task is not retried on
+  other workers.
 
 The task itself, what runs on a worker, is :func:`.dask_task.run_task`.
 """
@@ -42,7 +44,7 @@ from ..errors import error_line
 from ..factory import Factory
 from ..states import State
 from .base import Task, close_orphans
-from .dask_task import begun_tasks, run_task, running_for
+from .dask_task import begun_tasks, plugin_began, run_task, running_for
 from .process import exit_text
 from .runner import Outcome
 from .slot import serving
@@ -52,6 +54,10 @@ from .worker import outcome_from_message
 logger = logging.getLogger(__name__)
 
 __all__ = ["DaskExecutor", "run_task"]
+
+ATTEMPTS = 3
+"""How many times a job is sent to the cluster at most: its worker died, or was
+restarted, before its plugin began there (:meth:`DaskExecution.relaunched`)."""
 
 
 class DaskExecution:
@@ -72,10 +78,14 @@ class DaskExecution:
         self.settled = False  # the job's outcome was handed over (once only)
         self.lock = threading.Lock()
         self.attempt = 0
+        self.sent = 0.0
 
     def launch(self) -> None:
         """Submit the task; its outcome reaches the engine through the collector thread."""
         executor = self.executor
+        if executor.client.status in ("closing", "closed"):  # it would never end
+            raise ConnectionError(f"{executor.lost_text} (restart the server to connect again)")
+        self.sent = time.time()  # this attempt's (its worker's events tell if it began)
         self.future = executor.client.submit(
             run_task,
             self.plugin_name,
@@ -107,6 +117,8 @@ class DaskExecution:
         if self.abort_reason is None:
             self.abort_reason = reason
         try:
+            if self.executor.client.status != "running":  # reconnecting, it would wait for
+                raise ConnectionError(self.executor.lost_text)  # that, 30 s (abortJob, a stop)
             from distributed import Event
 
             Event(self.event_name, client=self.executor.client).set()
@@ -118,7 +130,6 @@ class DaskExecution:
         future = self.future
         if future is None or future.done():
             return
-        logger.warning("job %s did not stop after abort: restarting its worker", self.job_id)
         threading.Thread(target=self._restart_worker, args=(future,), daemon=True).start()
 
     def _restart_worker(self, future: Any) -> None:
@@ -132,15 +143,25 @@ class DaskExecution:
             if workers:
                 begun = client.run(begun_tasks, [future.key], workers=workers)
                 running = [w for w in workers if begun.get(w)]
-                if running:
+                if running:  # (one not begun ends as it is cancelled: nothing to say)
+                    logger.warning(
+                        "job %s did not stop after abort: restarting its worker", self.job_id
+                    )
                     self.executor.restarted.update(running)
                     self.executor.keep_workers()
                     client.restart_workers(running)
                     close_orphans(self.executor.host)  # the jobs its plugins made
                     return
             future.cancel()
-        except Exception as err:
-            logger.warning("job %s: cannot restart its worker: %s", self.job_id, err)
+        except Exception as err:  # e.g. a worker without a nanny: the job ends all the
+            # same, its plugin left running there (as the thread executor abandons one)
+            logger.warning(
+                "job %s: cannot restart its worker (%s): the job ends, its plugin may run on there",
+                self.job_id,
+                error_line(err),
+            )
+            with contextlib.suppress(Exception):
+                future.cancel()
 
     def time_left(self, limit: float) -> float:
         """The job's time of ``limit`` s seems up: the seconds more it gets, its clock
@@ -161,12 +182,14 @@ class DaskExecution:
         return max(0.0, limit - max(ran_for)) if ran_for else limit
 
     def relaunched(self) -> bool:
-        """Send again, once, a job that one of our restarts of a worker (for another
-        job's hung plugin) failed: it waited on that worker, or began there while the
-        restart was on its way (a worker takes its next task until it stops).  True if
-        it was sent."""
+        """Send again a job whose worker died (``KilledWorker``) before its plugin began
+        there: it waited on that worker behind another job, whose plugin crashed it; or
+        one that one of our restarts of a worker (for another job's hung plugin) failed:
+        it waited on that worker, or began there while the restart was on its way (a
+        worker takes its next task until it stops).  A job is sent ``ATTEMPTS`` times at
+        most.  True if it was sent."""
         future = self.future
-        if self.abort_reason is not None or self.attempt > 1:
+        if self.abort_reason is not None or self.attempt >= ATTEMPTS:
             return False
         if future.status != "error":  # it ran to its end, or was cancelled
             return False
@@ -175,15 +198,31 @@ class DaskExecution:
             if type(error).__name__ != "KilledWorker":
                 return False
             died_on = getattr(getattr(error, "last_worker", None), "address", None)
-            if died_on not in self.executor.restarted:
+            restarted = died_on in self.executor.restarted
+            if not restarted and self._began_on(died_on, future.key):
                 return False
-            logger.info("job %s: sent again (its worker was restarted)", self.job_id)
+            why = "restarted" if restarted else "died before its plugin began"
+            logger.info("job %s: sent again (its worker %s)", self.job_id, why)
             self.launch()
         except Exception:  # reported as the task's outcome
             logger.exception("job %s: cannot send it again", self.job_id)
             self.future = future
             return False
         return True
+
+    def _began_on(self, address: str | None, key: str) -> bool:
+        """Whether the plugin of task ``key`` had begun on the dead worker ``address``
+        (True if the scheduler cannot tell)."""
+        if address is None:
+            return True
+        try:
+            events = self.executor.client.get_events(address)
+        except Exception as err:
+            logger.warning(
+                "job %s: cannot ask the scheduler what its worker began: %s", self.job_id, err
+            )
+            return True
+        return plugin_began(events, key, self.sent)
 
     def outcome(self) -> Outcome:
         """The job's outcome once its future is done."""
@@ -194,6 +233,10 @@ class DaskExecution:
 
                 Event(self.event_name, client=self.executor.client).clear()
         if future.cancelled() or future.status == "cancelled":
+            if self.abort_reason is None and self.executor.lost(future):
+                return Outcome(
+                    State.FAILURE, {}, self.executor.lost_text, self.started, time.time()
+                )
             reason = self.abort_reason or "cancelled on the cluster"
             return Outcome(State.ABORTED, {}, reason, self.started, time.time())
         try:
@@ -258,6 +301,7 @@ class DaskExecutor:
         import dask
         from distributed import Client, LocalCluster
 
+        from .dask_connect import check_scheduler
         from .dask_exits import ExitWatch
 
         self.host = host
@@ -267,11 +311,12 @@ class DaskExecutor:
                     n_workers=self.max_workers,
                     threads_per_worker=1,
                     processes=True,
-                    dashboard_address=":0",
+                    dashboard_address="127.0.0.1:0",  # no login: not for the network
                 )
             self.client = Client(self.cluster)
             self.client.register_plugin(ExitWatch())  # its nannies note how workers end
         else:
+            check_scheduler(self.scheduler)  # Client() would wait for ever for some
             self.client = Client(self.scheduler)
         self._collector = threading.Thread(
             target=self._collect, name="dahu-dask-collector", daemon=True
@@ -290,6 +335,23 @@ class DaskExecutor:
             return f"worker process died: {exit_text(code)}"
         where = f" ({address})" if address else ""
         return f"worker process died{where}; Dask does not say how: see that worker's log"
+
+    @property
+    def lost_text(self) -> str:
+        """The error of the jobs the client lost with its scheduler."""
+        return f"lost the connection to the dask scheduler {self.scheduler}"
+
+    def lost(self, future: Any) -> bool:
+        """Whether the client cancelled ``future`` as it lost its scheduler (it cancels
+        every task then, and ends after ``distributed.comm.timeouts.connect`` if the
+        scheduler is not back)."""
+        if self.client.status != "running":
+            return True
+        try:
+            future.result(timeout=1)
+        except Exception as err:  # a FutureCancelledError
+            return getattr(err, "reason", None) == "scheduler-connection-lost"
+        return False
 
     def keep_workers(self) -> None:
         """A worker of the local cluster is restarted: watch that the cluster gets back

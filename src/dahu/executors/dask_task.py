@@ -5,6 +5,8 @@ watches for an abort (a Dask ``Event``) and applies the plugin's ``JOB_TIMEOUT``
 notes when the plugin begins; the server asks the workers (``Client.run``) which tasks'
 plugins have begun (:func:`begun_tasks`: only their workers are restarted after an
 ignored abort) and for how long (:func:`running_for`: a job's timeout counts from there).
+It notes it on the scheduler too, among the events of its worker: when the worker dies,
+the server sends again the tasks whose plugins had not begun there (:func:`plugin_began`).
 """
 
 from __future__ import annotations
@@ -27,25 +29,28 @@ from .worker import outcome_message
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["begun_tasks", "run_task", "running_for"]
+__all__ = ["begun_tasks", "plugin_began", "run_task", "running_for"]
 
 _configured: set[str] = set()
+_directories: set[str] = set()  # the plugin directories added here
 _configure_lock = threading.Lock()
 
 
 def _prepare_worker(workdir: str, plugin_dirs: list[str]) -> None:
-    """Once per worker process: read jobs from the shared journal, add the plugin
-    directories; a job a plugin makes here (``Job(...)``) goes to the server's work
-    directory (the first server's, on a cluster several servers share)."""
+    """Once per worker process: read jobs from the shared journal; a job a plugin makes
+    here (``Job(...)``) goes to the server's work directory (the first server's, on a
+    cluster several servers share).  Add the plugin directories this process has not
+    (a server adds some at a device ``Init``: until 2026-11-30 a worker never saw them)."""
     with _configure_lock:
-        if workdir in _configured:
-            return
-        if not _configured:  # this process's own engine, made on first use, opens it
-            os.environ["DAHU_WORKDIR"] = workdir
-        use_reader(workdir)
+        if workdir not in _configured:
+            if not _configured:  # this process's own engine, made on first use, opens it
+                os.environ["DAHU_WORKDIR"] = workdir
+            use_reader(workdir)
+            _configured.add(workdir)
         for directory in plugin_dirs:
-            plugin_factory.add_directory(directory)
-        _configured.add(workdir)
+            if directory not in _directories:
+                plugin_factory.add_directory(directory)
+                _directories.add(directory)
 
 
 @contextlib.contextmanager
@@ -101,7 +106,11 @@ def run_task(
     if event.is_set():  # aborted while the task waited for a worker: do not begin
         now = time.time()
         return outcome_message(Outcome(State.ABORTED, {}, "aborted on request", now, now), job_id)
-    key = get_worker().get_current_task()
+    worker = get_worker()
+    key = worker.get_current_task()
+    # noted on the scheduler before the plugin begins: should the worker die, the jobs
+    # whose plugins had not begun there are sent again (:func:`plugin_began`)
+    get_client().log_event(worker.address, {"action": BEGUN, "key": key})
     _plugin_begun[key] = time.monotonic()  # from now on an abort past its grace restarts it
 
     def watch() -> None:
@@ -113,7 +122,8 @@ def run_task(
                     execution.abort("aborted on request")
                     return
             except Exception as err:  # the scheduler went away: nothing to watch
-                logger.warning("job %s: cannot watch for aborts: %r", job_id, err)
+                if not finished.is_set():  # a job ended just before a stop says nothing
+                    logger.warning("job %s: cannot watch for aborts: %r", job_id, err)
                 return
 
     watcher = threading.Thread(target=watch, name=f"dahu-abort-{job_id}", daemon=True)
@@ -131,6 +141,9 @@ def run_task(
     threading.Thread(target=held.clear, name=f"dahu-drop-{job_id}", daemon=True).start()
     return message
 
+
+BEGUN = "dahu-plugin-begun"
+"""The action of the event a task logs, under its worker's address, as its plugin begins."""
 
 _plugin_begun: dict[str, float] = {}
 """On a worker: the tasks whose plugin has begun (past the abort check), by key: when
@@ -150,3 +163,19 @@ def running_for(key: str, dask_worker: Any = None) -> float | None:
     None if it has not (it waits for a thread of the worker, or is not there)."""
     began = _plugin_begun.get(key)
     return None if began is None else time.monotonic() - began
+
+
+def plugin_began(events: Any, key: str, since: float) -> bool:
+    """On the server: whether the plugin of task ``key``, sent at ``since`` (``time.time()``),
+    had begun on a worker now dead, from that worker's ``events`` on the scheduler
+    (``Client.get_events(address)``: ``(time, message)``, the oldest first).  True when
+    they cannot tell: the scheduler keeps the last 1000 events of a worker, and those
+    from the task's sending on, or since the worker joined, may be gone."""
+    messages = [message for _, message in events if isinstance(message, dict)]
+    if any(m.get("action") == BEGUN and m.get("key") == key for m in messages):
+        return True
+    if not events:
+        return True
+    oldest_time, oldest = events[0]
+    joined = isinstance(oldest, dict) and oldest.get("action") == "add-worker"
+    return not (joined or oldest_time <= since)  # all kept since it joined, or was sent
