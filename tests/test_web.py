@@ -11,10 +11,12 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -103,6 +105,23 @@ def browser():
         pytest.skip("chromium is not installed and could not be (.ci/run installs Debian's)")
     with Browser(width=1400, height=1000) as b:
         yield b
+
+
+def test_a_closed_browser_leaves_nothing_in_the_temporary_directory(monkeypatch):
+    # bug: each browser left a directory of its own (org.chromium.Chromium.XXXXXX, its
+    # singleton socket) in the temporary directory: hundreds after a few test runs
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed and could not be (.ci/run installs Debian's)")
+    # a short directory: a unix socket's path (chromium's, in there) is at most 107 bytes
+    short = Path(tempfile.mkdtemp(prefix="dahu-t-", dir="/tmp"))
+    try:
+        monkeypatch.setenv("TMPDIR", str(short))
+        monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+        with Browser(width=400, height=300) as b:
+            assert b.profile.startswith(str(short))
+        assert list(short.iterdir()) == []
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
 
 
 # ---- the page, in a browser ---------------------------------------------------------------

@@ -97,8 +97,14 @@ class Browser:
             f"--window-size={width},{height}",
             "about:blank",
         ]
+        # its temporary files (a directory of its singleton socket, left behind at each
+        # run otherwise) go in the profile, removed with it
         self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "TMPDIR": self.profile},
         )
         try:
             port = self._devtools_port()
