@@ -344,6 +344,7 @@ def test_get_statistics_while_a_collection_is_being_started_answers(monkeypatch)
     import dahu.server
 
     device = SimpleNamespace(
+        _name="test/dahu/unserved",  # no DevRestart replaced it
         _lock=threading.Lock(),
         _stats_thread=None,
         _stats_text="",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import sqlite3
 import tempfile
@@ -15,7 +16,7 @@ import time
 import pytest
 import tango
 
-from dahu import server_events, server_settings
+from dahu import server, server_events, server_settings
 from dahu.app.localserver import LocalServer
 from dahu.client import DahuClient, JobAborted
 
@@ -296,6 +297,27 @@ def test_a_dev_restart_slow_to_give_the_subscribers_to_the_new_object_loses_no_e
     server_settings.adopt(new)
     server_events.ready_when_subscribed(new, True)
     assert new.pushed == [7]
+
+
+def test_statistics_collected_across_a_dev_restart_are_what_the_new_device_shows(monkeypatch):
+    # bug: statistics collected while a DevRestart replaced the device object were kept
+    # by the deleted one: the new one's statisticsCollected and getStatistics gave the
+    # text collected before, unlike the statisticsCollected event just pushed
+    monkeypatch.setattr(server_settings, "_devices", {})
+    old, new = Served(), Served()
+    server_settings.adopt(old)
+    old._stats_text, old._events = "before", queue.SimpleQueue()
+
+    def collect() -> str:
+        server_settings.adopt(new)  # a DevRestart meanwhile
+        return "after"
+
+    monkeypatch.setattr(server, "statistics_text", collect)
+    server.DahuDS._collect_statistics(old)
+    assert (new._stats_text, old._events.get_nowait()) == (
+        "after",
+        ("statisticsCollected", "after"),
+    )
 
 
 def test_a_dev_restart_while_another_client_waits_keeps_the_subscribers_told(tmp_path):

@@ -436,7 +436,7 @@ class DahuDS(Device):
             self._stats_thread = thread
 
     def _collect_statistics(self) -> None:
-        self._stats_text = text = statistics_text()
+        current(self)._stats_text = text = statistics_text()  # self: maybe replaced since
         self._events.put(("statisticsCollected", text))
 
     @command(dtype_out=str, doc_out="the statistics, as a text table")
