@@ -36,7 +36,7 @@ from .job import Job
 from .properties import DEFAULT_RETENTION_INTERVAL, MAX_WAIT_TIMEOUT, PROPERTIES
 from .retention import parse_retention
 from .server_errors import client_errors, input_answer, job_answer, latin1_text
-from .server_events import push_event, ready_when_subscribed
+from .server_events import push_event, ready_when_subscribed, stop_pushing
 from .server_plugins import PluginCatalog
 from .server_settings import (
     EVENTS_LINGER,
@@ -52,7 +52,6 @@ from .server_settings import (
     configure_retention,
     current,
     freeze_batch,
-    push_lock,
     ready_line,
     recording_jobs,
     serving,
@@ -173,8 +172,7 @@ class DahuDS(Device):
         the server stops, first abort the jobs and push their events (clients hear)."""
         if getattr(self, "_engine", None) and tango.Util.instance().is_svr_shutting_down():
             abort_while_serving(EVENTS_LINGER)  # not done yet: stopped by the admin's Kill
-        with push_lock:
-            self._ready = False  # no event is pushed through this object from now on
+        stop_pushing(self)  # no event is pushed through this object from now on
         pusher = getattr(self, "_pusher", None)
         if pusher is not None:
             self._events.put(None)
@@ -438,7 +436,7 @@ class DahuDS(Device):
             self._stats_thread = thread
 
     def _collect_statistics(self) -> None:
-        self._stats_text = text = statistics_text()
+        current(self)._stats_text = text = statistics_text()  # self: maybe replaced since
         self._events.put(("statisticsCollected", text))
 
     @command(dtype_out=str, doc_out="the statistics, as a text table")

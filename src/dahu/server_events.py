@@ -21,11 +21,12 @@ from .server_settings import current, push_lock, stopping
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["push_event", "ready_to_push", "ready_when_subscribed"]
+__all__ = ["push_event", "ready_to_push", "ready_when_subscribed", "stop_pushing"]
 
 EVENTS = ("jobSuccess", "jobFailure", "statisticsCollected")
-RESUBSCRIBED_WITHIN = 2.0
-"""Longest wait, after a ``DevRestart``, for Tango to give the new object its subscribers."""
+RESUBSCRIBED_WITHIN = 30.0
+"""Longest wait, after a ``DevRestart``, for Tango to give the new object its subscribers
+(1.3 s after the object is made on a loaded machine: a 2 s wait gave up too early)."""
 
 
 def push_event(device: Any, name: str, value: Any) -> None:
@@ -41,9 +42,20 @@ def push_event(device: Any, name: str, value: Any) -> None:
         _send(device, name, value)
 
 
+def stop_pushing(device: Any) -> None:
+    """``device`` is being deleted (``Init``, ``DevRestart``, stop): no event is pushed
+    through it from now on, even if its event thread still waits for its subscribers."""
+    with push_lock:
+        device._ready = False
+        device._deleted = True
+
+
 def ready_to_push(device: Any) -> None:
-    """``device`` is made: push the events held meanwhile, then every later one."""
+    """``device`` is made: push the events held meanwhile, then every later one (none if
+    it was deleted meanwhile: the object made next pushes them)."""
     with push_lock:  # the files thread waits for it: the held events go first
+        if getattr(device, "_deleted", False):
+            return
         device._ready = True
         held, device._held[:] = device._held[:], []
         for name, value in held:
@@ -65,10 +77,14 @@ def ready_when_subscribed(device: Any, replaced: bool) -> None:
     ``DevRestart``), once it has a subscriber, at most :data:`RESUBSCRIBED_WITHIN` s.
     Tango gives that new object the subscribers of the one it deleted only once it is
     made (and the deleted one may already say it has none): the events held meanwhile,
-    pushed before, reached nobody."""
-    deadline = time.monotonic() + RESUBSCRIBED_WITHIN
-    while replaced and time.monotonic() < deadline and not subscribed(device):
-        time.sleep(0.002)
+    pushed before, reached nobody.  A ``DevRestart`` that deletes ``device`` meanwhile
+    ends the wait: the events stay held for the object made next."""
+    start = time.monotonic()
+    while replaced and not subscribed(device) and not getattr(device, "_deleted", False):
+        waited = time.monotonic() - start
+        if waited >= RESUBSCRIBED_WITHIN:
+            break
+        time.sleep(0.002 if waited < 1.0 else 0.02)  # nobody subscribed: a slow poll
     ready_to_push(device)
 
 

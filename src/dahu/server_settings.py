@@ -321,6 +321,7 @@ def adopt(device: Any) -> None:
                 setattr(device, attribute, getattr(previous, attribute))
     device._name = name
     device._replaced = previous is not None and previous is not device  # a DevRestart
+    device._deleted = False  # (Init: the same object is made again)
     _devices[name] = device
 
 
