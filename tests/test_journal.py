@@ -431,6 +431,7 @@ def test_files_a_killed_process_left_unwritten_are_written_at_the_next_start(wor
     proc.wait(timeout=30)
 
     engine = dahu.engine.configure(workdir=str(workdir))
+    assert engine.wait_recovered(10)  # in a thread: the engine answers at once
     assert engine.recovered == 3
     assert json.loads(open(stem + ".out").read()) == written
     assert json.loads(open(stem + ".inp").read())["x"] == 2
@@ -439,7 +440,8 @@ def test_files_a_killed_process_left_unwritten_are_written_at_the_next_start(wor
         assert json.loads(open(cut + ".inp").read())["job_id"] == job_id
         assert json.loads(open(cut + ".out").read()) == {"error": [INTERRUPTED]}
     engine.close()
-    assert dahu.engine.configure(workdir=str(workdir)).recovered == 0  # once only
+    again = dahu.engine.configure(workdir=str(workdir))
+    assert again.wait_recovered(10) and again.recovered == 0  # once only
 
 
 def of_a_dead_process(workdir) -> None:
@@ -473,6 +475,7 @@ def test_every_interrupted_job_gets_its_files_however_long_the_queue_was(workdir
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
         assert sorted(engine.interrupted) == ids
+        assert engine.wait_recovered(10)  # in a thread: the engine answers at once
         assert engine.recovered == len(ids)
         assert len([pid for pid in asked if pid]) <= 2  # once to close them, once for files
         for job_id in ids:
@@ -481,6 +484,47 @@ def test_every_interrupted_job_gets_its_files_however_long_the_queue_was(workdir
             assert json.loads(open(stem + ".inp").read())["job_id"] == job_id
     finally:
         engine.close()
+
+
+def test_a_start_answers_before_the_interrupted_jobs_files_are_written(workdir, monkeypatch):
+    # bug: the start wrote the files of every job queued at a kill before it returned:
+    # the device answered nothing, not even State, for 8 to 15 s after a kill with
+    # 100,000 jobs queued (37 s for 20,000 on a busy disk)
+    from dahu.engine import recovery
+
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(300)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    gate, write = threading.Event(), recovery.Recovery.write
+
+    def slow(self, record):  # the recovery thread's disk is slow until the gate opens
+        gate.wait(10)
+        return write(self, record)
+
+    monkeypatch.setattr(recovery.Recovery, "write", slow)
+    engine = dahu.engine.configure(workdir=str(workdir))
+    try:
+        assert sorted(engine.interrupted) == ids
+        assert not engine.wait_recovered(0) and engine.recovered == 0
+        assert engine.files_settled() == 0.0  # a prune waits for them
+        job = Job("example.square", {"x": 3})
+        job.start()
+        job.join(5)
+        assert job.output_data["result"] == 9
+        stem = job_file_stem(str(workdir), ids[-1], "example.square")
+        assert not os.path.exists(stem + ".out")
+        # a client asking for a job's files does not wait for the others'
+        assert Job.cleanJobfromID(ids[-1]) == f"job {ids[-1]} cleaned"
+        assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
+    finally:
+        gate.set()
+        engine.close()  # it waits for them all
+    assert engine.recovered == len(ids) - 1  # (the one cleaned was written by cleanJob)
+    for job_id in ids:
+        stem = job_file_stem(str(workdir), job_id, "example.square")
+        assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
+        assert json.loads(open(stem + ".inp").read())["job_id"] == job_id
 
 
 def test_a_files_thread_far_behind_at_a_kill_leaves_no_job_without_files(workdir, monkeypatch):
@@ -504,6 +548,7 @@ def test_a_files_thread_far_behind_at_a_kill_leaves_no_job_without_files(workdir
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
         assert sorted(engine.interrupted) == queued
+        assert engine.wait_recovered(10)  # in a thread: the engine answers at once
         assert engine.recovered == 91 + len(queued)
         for job_id in ids[59:]:
             stem = job_file_stem(str(workdir), job_id, "example.square")
@@ -526,6 +571,7 @@ def test_the_files_of_a_live_process_jobs_are_left_to_it(workdir):
         os.remove(stem + ext)  # as if still queued for the server's files thread
     beside = dahu.engine.Engine(workdir=str(workdir))
     try:
+        assert beside.wait_recovered(10)  # in a thread: the engine answers at once
         assert beside.recovered == 0
         assert not os.path.exists(stem + ".inp") and not os.path.exists(stem + ".out")
     finally:
@@ -1042,6 +1088,7 @@ def test_an_ended_job_left_without_files_behind_later_ends_gets_them(workdir, mo
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
         assert len(engine.interrupted) == 50
+        assert engine.wait_recovered(10)  # in a thread: the engine answers at once
         assert engine.recovered == 51  # the interrupted ones, and the last that ran
         stem = job_file_stem(str(workdir), ran[-1], "example.square")
         assert json.loads(open(stem + ".out").read())["result"] == ran[-1]
@@ -1070,6 +1117,7 @@ def test_the_last_ends_among_a_queue_cut_short_get_their_files(workdir, monkeypa
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
         assert len(engine.interrupted) == 40
+        assert engine.wait_recovered(10)  # in a thread: the engine answers at once
         assert engine.recovered == 42
         for job_id in ran[-2:]:
             stem = job_file_stem(str(workdir), job_id, "example.square")
@@ -1098,6 +1146,7 @@ def test_the_last_ends_of_a_startjobs_far_below_later_ids_get_their_files(workdi
 
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
+        assert engine.wait_recovered(10)  # in a thread: the engine answers at once
         assert engine.recovered == 40 + 10
         for job_id in batch[-10:]:
             stem = job_file_stem(str(workdir), job_id, "example.square")
@@ -1121,6 +1170,7 @@ def test_files_deleted_by_a_user_are_not_all_written_again(workdir, monkeypatch)
     of_a_dead_process(workdir)
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
+        assert engine.wait_recovered(10)  # in a thread: the engine answers at once
         assert engine.recovered == 30
         assert os.path.exists(job_file_stem(str(workdir), ids[-30], "example.square") + ".out")
         assert not os.path.exists(job_file_stem(str(workdir), ids[-31], "example.square") + ".out")

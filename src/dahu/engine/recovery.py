@@ -16,12 +16,18 @@ come, it goes on down while a window holds jobs that ended after the last of the
 stops at once at a window where only live processes ended jobs).  It looks :data:`REACH`
 ids back at most (files a user deleted are not all written again).  The interrupted
 jobs all get theirs.
+
+It runs in a thread of its own (:class:`Recovery`, started by the engine): the engine,
+and the device, answer at once however many jobs were queued at the kill (100,000 took
+8 to 15 s to write); the engine's stop waits for it, and :meth:`Recovery.ensure` writes a
+job's files at once if asked for them (``cleanJob``) before the thread got to them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from ..journal import job_file_stem
@@ -30,23 +36,78 @@ from ..states import State
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_missing_files", "SETTLED", "WINDOW", "REACH"]
+__all__ = ["Recovery", "write_missing_files", "SETTLED", "WINDOW", "REACH"]
 
 SETTLED = 50  # ended jobs in a row with their files: the older ones have theirs
 WINDOW = 2000  # ids looked at at once (from the last one down)
 REACH = 100_000  # ids looked at, at most: files a user deleted are not all written again
 
 
-def write_missing_files(engine: Any, interrupted: list[int]) -> int:
-    """Write the missing files of the latest ended jobs of ``engine``'s journal and of
-    the ``interrupted`` ones (closed at this start); return how many jobs got files."""
+class Recovery:
+    """Writes, in a thread, the files a dead process left unwritten (see the module):
+    ``interrupted``, the jobs closed at this start; ``top``, the last id at the start."""
+
+    def __init__(self, engine: Any, interrupted: list[int], top: int):
+        self.engine, self.interrupted, self.top = engine, interrupted, top
+        self.written = 0  # jobs that got files so far
+        self.done = threading.Event()
+        self.lock = threading.Lock()  # one job's files written by one thread at a time
+        self.ensured: set[int] = set()  # the jobs whose files ensure() saw to
+        self.thread = threading.Thread(target=self._run, name="dahu-recovery", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            write_missing_files(self.engine, self.interrupted, self.top, self)
+        except Exception:  # the journal closed under it (the process exits), a bug
+            logger.exception("the files left unwritten by a dead process: not all written")
+        finally:
+            self.done.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the thread is done; True if it is."""
+        return self.done.wait(timeout)
+
+    def ensure(self, job_id: int) -> None:
+        """Write now the files of job ``job_id`` if the thread may still have to, and
+        they are not whole: a client asking for them does not wait for the thread."""
+        if self.done.is_set():
+            return
+        record = self.engine.journal.get(job_id)
+        if record is None or record.state not in State.FINAL:
+            return
+        with self.lock:
+            if job_id not in self.ensured:
+                stem = job_file_stem(self.engine.workdir, job_id, record.plugin)
+                if not (_whole(stem + ".inp") and _whole(stem + ".out")):
+                    _write(self.engine, record)
+                self.ensured.add(job_id)
+
+    def write(self, record: Any) -> bool:
+        """Write the files of ``record``, unless :meth:`ensure` saw to them."""
+        with self.lock:
+            return record.id not in self.ensured and _write(self.engine, record)
+
+
+def write_missing_files(
+    engine: Any, interrupted: list[int], top: int | None = None, recovery: Any = None
+) -> int:
+    """Write the missing files of the latest ended jobs of ``engine``'s journal, ids up
+    to ``top`` (default the last), and of the ``interrupted`` ones (closed at this
+    start); return how many jobs got files (counted in ``recovery.written`` as they do)."""
     journal = engine.journal
     closed = set(interrupted)
-    # the interrupted ones never had files, however many were queued
-    written = sum(_write(engine, r) for r in map(journal.get, sorted(closed)) if r is not None)
+    write = recovery.write if recovery is not None else (lambda record: _write(engine, record))
+    written = 0
+    for job_id in sorted(closed):  # the interrupted ones never had files, however many
+        record = journal.get(job_id)
+        if record is not None and write(record):
+            written += 1
+            if recovery is not None:
+                recovery.written = written
     alive: dict[tuple, bool] = {}  # (host, pid) -> its process runs (asked once each)
     present, since = 0, None  # since: once 50 in a row have files, the end of the 50th
-    top = journal.last_id()
+    top = journal.last_id() if top is None else top
     floor = max(0, top - REACH)
     # first the ids of the queue cut short and a window below: the jobs that ended last
     # were submitted among them (a startJobs queues its jobs while other clients' come)
@@ -59,8 +120,10 @@ def write_missing_files(engine: Any, interrupted: list[int]) -> int:
             if not ended:
                 break  # none here: the older ids ended before, with their files
         ended.sort(key=lambda r: r.ended or 0.0, reverse=True)
-        more, present, looked, settled = _write_missing(engine, ended, alive, present, since)
+        more, present, looked, settled = _write_missing(engine, ended, alive, present, since, write)
         written += more
+        if recovery is not None:
+            recovery.written = written
         if since is None and settled is None and not looked and len(ended) == len(records):
             break  # only live processes ended jobs here: they write their files
         since = settled if since is None else since
@@ -75,7 +138,12 @@ def write_missing_files(engine: Any, interrupted: list[int]) -> int:
 
 
 def _write_missing(
-    engine: Any, records: list[Any], alive: dict[tuple, bool], present: int, since: float | None
+    engine: Any,
+    records: list[Any],
+    alive: dict[tuple, bool],
+    present: int,
+    since: float | None,
+    write: Any,
 ) -> tuple[int, int, int, float | None]:
     """Write the files that ``records`` (newest end first) of dead processes lack; until
     :data:`SETTLED` jobs in a row (``present`` so far) have theirs, unless ``since`` is
@@ -97,7 +165,7 @@ def _write_missing(
             continue
         present = 0
         whole = next(iter(engine.journal.select(record.id, record.id)), None)  # with its data
-        written += _write(engine, whole or record)  # (select: a damaged field is named)
+        written += write(whole or record)  # (select: a damaged field is named)
     return written, present, looked, None
 
 
