@@ -527,6 +527,35 @@ def test_a_start_answers_before_the_interrupted_jobs_files_are_written(workdir, 
         assert json.loads(open(stem + ".inp").read())["job_id"] == job_id
 
 
+def test_a_full_disk_at_a_start_logs_the_refused_files_once(workdir, monkeypatch, caplog):
+    # bug: a start on a full disk logged one error per job left by the dead server
+    # (100,000 lines "job N: cannot write its .inp/.out files: [Errno 28] ...")
+    from dahu.engine import recovery
+
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(200)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(recovery, "write_job_files", full)
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.wait_recovered(10)
+        assert (engine.recovered, engine.files_failed) == (0, len(ids))
+    finally:
+        engine.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"job {ids[0]}: cannot write its .inp/.out files: [Errno 28] No space left on device"
+        " (the next ones refused at this start are counted, not logged each)",
+        f"{len(ids)} job(s) left by a dead process got no .inp/.out files: the disk"
+        " refused them",
+    ]
+
+
 def test_a_files_thread_far_behind_at_a_kill_leaves_no_job_without_files(workdir, monkeypatch):
     # bug: a burst of trivial jobs outruns the files thread (60,000 ended jobs without
     # files at a kill -9 here); the next start wrote those of the last 2,000 ids only,

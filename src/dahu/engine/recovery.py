@@ -30,7 +30,8 @@ import os
 import threading
 from typing import Any
 
-from ..journal import job_file_stem
+from ..errors import one_line
+from ..journal import job_file_stem, write_job_files
 from ..journal.sqlite import process_alive
 from ..states import State
 
@@ -53,12 +54,13 @@ class Recovery:
         self.done = threading.Event()
         self.lock = threading.Lock()  # one job's files written by one thread at a time
         self.ensured: set[int] = set()  # the jobs whose files ensure() saw to
+        self.refused = 0  # jobs whose files the disk refused (full: logged once, counted)
         self.thread = threading.Thread(target=self._run, name="dahu-recovery", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         try:
-            write_missing_files(self.engine, self.interrupted, self.top, self)
+            write_missing_files(self)
         except Exception:  # the journal closed under it (the process exits), a bug
             logger.exception("the files left unwritten by a dead process: not all written")
         finally:
@@ -80,34 +82,59 @@ class Recovery:
             if job_id not in self.ensured:
                 stem = job_file_stem(self.engine.workdir, job_id, record.plugin)
                 if not (_whole(stem + ".inp") and _whole(stem + ".out")):
-                    _write(self.engine, record)
+                    self._write(record)
                 self.ensured.add(job_id)
 
     def write(self, record: Any) -> bool:
         """Write the files of ``record``, unless :meth:`ensure` saw to them."""
         with self.lock:
-            return record.id not in self.ensured and _write(self.engine, record)
+            return record.id not in self.ensured and self._write(record)
+
+    def _write(self, record: Any) -> bool:
+        """Write the ``.inp``/``.out`` files of the job of ``record``; False if they
+        cannot be (the first refusal is logged, the next ones counted: a full disk)."""
+        damaged = sorted(set(record.unreadable) & {"input", "output"})
+        if damaged:  # no file from what the journal no longer holds
+            reason = " and ".join(damaged)
+            logger.warning(
+                "job %d: its %s in the journal is unreadable: no files", record.id, reason
+            )
+            return False
+        output = record.output
+        if output is None:  # closed without an outcome: the error is what is known
+            output = {"error": (record.error or "").splitlines()}
+        engine = self.engine
+        try:
+            write_job_files(engine.workdir, record.id, record.plugin, record.input, output)
+            return True
+        except Exception as err:  # the disk, or plugin data no JSON text can hold
+            engine.files_failed += 1
+            self.refused += 1
+            if self.refused == 1:
+                logger.error(
+                    "job %d: cannot write its .inp/.out files: %s (the next ones refused "
+                    "at this start are counted, not logged each)",
+                    record.id,
+                    one_line(str(err)),
+                )
+            return False
 
 
-def write_missing_files(
-    engine: Any, interrupted: list[int], top: int | None = None, recovery: Any = None
-) -> int:
-    """Write the missing files of the latest ended jobs of ``engine``'s journal, ids up
-    to ``top`` (default the last), and of the ``interrupted`` ones (closed at this
+def write_missing_files(recovery: Recovery) -> int:
+    """Write the missing files of the latest ended jobs of the engine's journal, ids up
+    to ``recovery.top``, and of the ``recovery.interrupted`` ones (closed at this
     start); return how many jobs got files (counted in ``recovery.written`` as they do)."""
+    engine, write, top = recovery.engine, recovery.write, recovery.top
     journal = engine.journal
-    closed = set(interrupted)
-    write = recovery.write if recovery is not None else (lambda record: _write(engine, record))
+    closed = set(recovery.interrupted)
     written = 0
     for job_id in sorted(closed):  # the interrupted ones never had files, however many
         record = journal.get(job_id)
         if record is not None and write(record):
             written += 1
-            if recovery is not None:
-                recovery.written = written
+            recovery.written = written
     alive: dict[tuple, bool] = {}  # (host, pid) -> its process runs (asked once each)
     present, since = 0, None  # since: once 50 in a row have files, the end of the 50th
-    top = journal.last_id() if top is None else top
     floor = max(0, top - REACH)
     # first the ids of the queue cut short and a window below: the jobs that ended last
     # were submitted among them (a startJobs queues its jobs while other clients' come)
@@ -122,8 +149,7 @@ def write_missing_files(
         ended.sort(key=lambda r: r.ended or 0.0, reverse=True)
         more, present, looked, settled = _write_missing(engine, ended, alive, present, since, write)
         written += more
-        if recovery is not None:
-            recovery.written = written
+        recovery.written = written
         if since is None and settled is None and not looked and len(ended) == len(records):
             break  # only live processes ended jobs here: they write their files
         since = settled if since is None else since
@@ -133,6 +159,11 @@ def write_missing_files(
         logger.warning(
             "%d job(s) ended without their .inp/.out files (a process died): written now",
             written,
+        )
+    if recovery.refused > 1:  # the first one was logged with its reason
+        logger.error(
+            "%d job(s) left by a dead process got no .inp/.out files: the disk refused them",
+            recovery.refused,
         )
     return written
 
@@ -178,16 +209,3 @@ def _whole(path: str) -> bool:
             return file.read(1) in (b"}", b"]")  # the end of a JSON object or list
     except OSError:  # none, or empty (no byte before its end)
         return False
-
-
-def _write(engine: Any, record: Any) -> bool:
-    """Write the ``.inp``/``.out`` files of the job of ``record``; False if they cannot be."""
-    damaged = sorted(set(record.unreadable) & {"input", "output"})
-    if damaged:  # no file from what the journal no longer holds
-        reason = " and ".join(damaged)
-        logger.warning("job %d: its %s in the journal is unreadable: no files", record.id, reason)
-        return False
-    output = record.output
-    if output is None:  # closed without an outcome: the error is what is known
-        output = {"error": (record.error or "").splitlines()}
-    return engine.write_files(record.id, record.plugin, record.input, output)
