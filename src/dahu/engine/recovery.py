@@ -10,8 +10,9 @@ jobs end, so only the latest ends are
 looked at: the search reads :data:`WINDOW` ids at a time, from the last one down (a
 burst can leave tens of thousands unwritten; the first read takes in the ids of the
 interrupted jobs and a window below them), until :data:`SETTLED` ended jobs in a row
-have both files whole, in the order of their ends (the files follow the order of the
-commits, close to it); then, since a startJobs queues its jobs while other clients'
+have both files whole, in the order of their ends, the newest id first among equal ends
+(the files follow the order of the commits, close to it; a start writes those of the
+jobs it closed, which share one end, in the order of their ids); then, since a startJobs queues its jobs while other clients'
 come, it goes on down while a window holds jobs that ended after the last of them (it
 stops at once at a window where only live processes ended jobs).  It looks :data:`REACH`
 ids back at most (files a user deleted are not all written again).  The interrupted
@@ -146,7 +147,10 @@ def write_missing_files(recovery: Recovery) -> int:
             ended = [r for r in ended if (r.ended or 0.0) > since]
             if not ended:
                 break  # none here: the older ids ended before, with their files
-        ended.sort(key=lambda r: r.ended or 0.0, reverse=True)
+        # the newest id first among equal ends: the jobs a start closed as interrupted
+        # (one end time) get their files in the order of their ids; a kill (or a full
+        # disk) in the middle left the last ones without
+        ended.sort(key=lambda r: (r.ended or 0.0, r.id), reverse=True)
         more, present, looked, settled = _write_missing(engine, ended, alive, present, since, write)
         written += more
         recovery.written = written
