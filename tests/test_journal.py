@@ -582,6 +582,33 @@ def test_a_kill_while_a_start_wrote_the_interrupted_jobs_files_loses_none(workdi
         engine.close()
 
 
+SLOW_DISK_EXIT = """
+import sys, time
+import dahu.engine
+from dahu.engine import recovery
+write = recovery.Recovery.write
+def slow(self, record):  # a slow disk: 1 ms a job
+    time.sleep(0.001)
+    return write(self, record)
+recovery.Recovery.write = slow
+dahu.engine.configure(workdir=sys.argv[1])  # and the script ends without closing it
+"""
+
+
+def test_a_script_ending_at_once_leaves_the_interrupted_jobs_files_written(workdir):
+    # bug (of the start writing them in a thread): a script that opened an engine on
+    # the work directory and ended left none of them written
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(200)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    code = [sys.executable, "-c", SLOW_DISK_EXIT, str(workdir)]
+    subprocess.run(code, env=child_env(), timeout=60, check=True)
+    for job_id in ids:
+        stem = job_file_stem(str(workdir), job_id, "example.square")
+        assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
+
+
 def test_a_files_thread_far_behind_at_a_kill_leaves_no_job_without_files(workdir, monkeypatch):
     # bug: a burst of trivial jobs outruns the files thread (60,000 ended jobs without
     # files at a kill -9 here); the next start wrote those of the last 2,000 ids only,

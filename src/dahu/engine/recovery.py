@@ -20,15 +20,17 @@ jobs all get theirs.
 
 It runs in a thread of its own (:class:`Recovery`, started by the engine): the engine,
 and the device, answer at once however many jobs were queued at the kill (100,000 took
-8 to 15 s to write); the engine's stop waits for it, and :meth:`Recovery.ensure` writes a
+8 to 15 s to write); the engine's stop waits for it (and so does the process's exit), and :meth:`Recovery.ensure` writes a
 job's files at once if asked for them (``cleanJob``) before the thread got to them.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
+import weakref
 from typing import Any
 
 from ..errors import one_line
@@ -58,6 +60,9 @@ class Recovery:
         self.refused = 0  # jobs whose files the disk refused (full: logged once, counted)
         self.thread = threading.Thread(target=self._run, name="dahu-recovery", daemon=True)
         self.thread.start()
+        # a script that ends without closing its engine: the files written first (before
+        # the journal's own atexit close, registered earlier, runs)
+        atexit.register(_wait_at_exit, weakref.ref(self), os.getpid())
 
     def _run(self) -> None:
         try:
@@ -119,6 +124,12 @@ class Recovery:
                     one_line(str(err)),
                 )
             return False
+
+
+def _wait_at_exit(ref: weakref.ref, pid: int) -> None:
+    recovery = ref()
+    if recovery is not None and pid == os.getpid():  # (a forked child has no such thread)
+        recovery.wait()
 
 
 def write_missing_files(recovery: Recovery) -> int:
