@@ -609,6 +609,30 @@ def test_a_script_ending_at_once_leaves_the_interrupted_jobs_files_written(workd
         assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
 
 
+def test_a_journal_copied_from_another_machine_names_the_jobs_it_leaves_unfinished(workdir, caplog):
+    # bug: a journal copied from a crashed machine kept its jobs queued or running for
+    # good, and nothing said why (another host's jobs are left alone: a server of a
+    # shared work directory may run them there)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(3)], 1.0)
+    journal.close()
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    with db:
+        db.execute("UPDATE jobs SET host = 'beamline-old'")
+    db.close()
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.interrupted == []
+        assert engine.journal.get(ids[0]).state == "uninitialized"
+    finally:
+        engine.close()
+    path = workdir / SQLiteJournal.FILENAME
+    assert (
+        f"journal {path}: 3 unfinished job(s) of another host, beamline-old, left as they"
+        " are: their server may run there (only a start there closes them)"
+    ) in [r.getMessage() for r in caplog.records]
+
+
 def test_a_files_thread_far_behind_at_a_kill_leaves_no_job_without_files(workdir, monkeypatch):
     # bug: a burst of trivial jobs outruns the files thread (60,000 ended jobs without
     # files at a kill -9 here); the next start wrote those of the last 2,000 ids only,

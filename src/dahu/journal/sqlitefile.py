@@ -4,22 +4,26 @@ again, whether the process that wrote a record runs."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
 import os
 import shutil
 import sqlite3
+import time
 import urllib.parse
 import uuid
 from typing import Any
 
 from ..errors import JournalError
-from .base import HOST
+from ..states import State
+from .base import HOST, INTERRUPTED
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "close_dead",
     "connect_file",
     "connect_writer",
     "file_identity",
@@ -270,6 +274,28 @@ def process_alive(
         return False
     except psutil.AccessDenied:
         return False
+
+
+_UNFINISHED = tuple(state for state in State.ALL if state not in State.FINAL)
+
+
+def close_dead(db: Any) -> tuple[list[int], dict[str, int]]:
+    """In the transaction ``db``: close as ``failure``/``interrupted`` the unfinished
+    jobs whose process is gone; return their ids, and per other host how many unfinished
+    jobs it has (left alone: their process may run there)."""
+    rows = db.execute(  # a few seeks in the state index, not a scan of the table
+        f"SELECT id, host, pid, submitted FROM jobs "
+        f"WHERE state IN ({', '.join('?' * len(_UNFINISHED))})",
+        _UNFINISHED,
+    ).fetchall()
+    gone: set[int] = set()  # a dead server's pid: asked once, not once a job
+    dead = [r[0] for r in rows if not process_alive(r[1], r[2], r[3], gone)]
+    now = time.time()
+    db.executemany(
+        "UPDATE jobs SET state = ?, error = ?, ended = ? WHERE id = ?",
+        [(State.FAILURE, INTERRUPTED, now, i) for i in dead],
+    )
+    return dead, dict(collections.Counter(str(r[1]) for r in rows if r[1] != HOST))
 
 
 def journal_token(journal: Any) -> str:
