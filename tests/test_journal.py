@@ -221,8 +221,8 @@ class TestJournalContract:
         assert list(journal.select(state="success")) == []
 
     def test_jobs_of_this_live_process_are_never_marked_interrupted(self, journal):
-        job_id = journal.create("example.noop", {}, 1.0)
-        journal.set_state(job_id, "running", 1.0)
+        job_id = journal.create("example.noop", {}, time.time())  # (a real submission time:
+        journal.set_state(job_id, "running", time.time())  # a pid is told apart by it)
         assert journal.mark_interrupted() == []
         assert journal.state(job_id) == "running"
 
@@ -631,6 +631,28 @@ def test_a_journal_copied_from_another_machine_names_the_jobs_it_leaves_unfinish
         f"journal {path}: 3 unfinished job(s) of another host, beamline-old, left as they"
         " are: their server may run there (only a start there closes them)"
     ) in [r.getMessage() for r in caplog.records]
+
+
+def test_the_jobs_of_a_dead_server_with_this_process_pid_are_interrupted(workdir):
+    # bug: a server started again with the pid of the one that was killed (pid 1 in a
+    # container restarted) took its jobs for its own: they stayed queued or running for
+    # good, without files, and nothing was logged
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": 1}, {"x": 2}], time.time() - 3600)
+    journal.close()  # recorded with this process's pid, an hour before it started
+    engine = dahu.engine.configure(workdir=str(workdir))
+    try:
+        assert sorted(engine.interrupted) == ids
+        assert engine.wait_recovered(10) and engine.recovered == 2
+        job = Job("example.sleep", {"t": 0.2})  # its own jobs are not taken for dead ones
+        job.start()
+        beside = dahu.engine.Engine(workdir=str(workdir))
+        beside.close()
+        assert beside.interrupted == []
+        job.join(10)
+        assert job.status == "success"
+    finally:
+        engine.close()
 
 
 def test_a_files_thread_far_behind_at_a_kill_leaves_no_job_without_files(workdir, monkeypatch):

@@ -35,6 +35,9 @@ __all__ = [
     "write_again",
 ]
 
+LOADED = time.time()
+"""When this module was loaded: a job this process recorded was submitted after."""
+
 OPEN_WAIT = 10.0
 """Seconds the opening of a journal by a writer waits for another process's lock."""
 
@@ -260,8 +263,8 @@ def process_alive(
         return True  # another machine: cannot tell, leave its jobs alone
     if pid is None or (gone is not None and pid in gone):
         return False
-    if pid == os.getpid():
-        return True
+    if pid == os.getpid():  # this process, or one before it with its pid (a container's
+        return since is None or since >= LOADED - 1.0  # server started again: pid 1)
     import psutil  # only here: the largest import of a journal otherwise
 
     try:
