@@ -12,16 +12,18 @@ burst can leave tens of thousands unwritten; the first read takes in the ids of 
 interrupted jobs and a window below them), until :data:`SETTLED` ended jobs in a row
 have both files whole, in the order of their ends, the newest id first among equal ends
 (the files follow the order of the commits, close to it; a start writes those of the
-jobs it closed, which share one end, in the order of their ids); then, since a startJobs queues its jobs while other clients'
-come, it goes on down while a window holds jobs that ended after the last of them (it
-stops at once at a window where only live processes ended jobs).  It looks :data:`REACH`
+jobs it closed, which share one end, in the order of their ids); then, since a
+startJobs queues its jobs while other clients' come, it goes on down while a window
+holds jobs that ended after the last of them (it stops at once at a window where only
+live processes ended jobs).  It looks :data:`REACH`
 ids back at most (files a user deleted are not all written again).  The interrupted
 jobs all get theirs.
 
 It runs in a thread of its own (:class:`Recovery`, started by the engine): the engine,
 and the device, answer at once however many jobs were queued at the kill (100,000 took
-8 to 15 s to write); the engine's stop waits for it (and so does the process's exit), and :meth:`Recovery.ensure` writes a
-job's files at once if asked for them (``cleanJob``) before the thread got to them.
+8 to 15 s to write); the engine's stop waits for it (and so does the process's exit),
+and :meth:`Recovery.ensure` writes a job's files at once if asked for them
+(``cleanJob``) before the thread got to them.
 """
 
 from __future__ import annotations

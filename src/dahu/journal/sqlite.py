@@ -64,8 +64,6 @@ __all__ = ["SQLiteJournal", "SCHEMA_VERSION", "process_alive"]
 
 SCHEMA_VERSION = 1
 
-"""The states a record can have before its job ends (looked up with the state index)."""
-
 
 def _close_at_exit(ref: weakref.ref) -> None:
     journal = ref()

@@ -280,6 +280,7 @@ def process_alive(
 
 
 _UNFINISHED = tuple(state for state in State.ALL if state not in State.FINAL)
+"""The states a record can have before its job ends (looked up with the state index)."""
 
 
 def close_dead(db: Any) -> tuple[list[int], dict[str, int]]:
