@@ -477,6 +477,8 @@ def test_every_interrupted_job_gets_its_files_however_long_the_queue_was(workdir
         assert sorted(engine.interrupted) == ids
         assert engine.wait_recovered(10)  # in a thread: the engine answers at once
         assert engine.recovered == len(ids)
+        # bug: their output (getJobOutput) read {}, their .out file {"error": [...]}
+        assert json.loads(engine.output_text(ids[0])) == {"error": [INTERRUPTED]}
         assert len([pid for pid in asked if pid]) <= 2  # once to close them, once for files
         for job_id in ids:
             stem = job_file_stem(str(workdir), job_id, "example.square")

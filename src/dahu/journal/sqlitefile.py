@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import json
 import logging
 import os
 import shutil
@@ -295,9 +296,11 @@ def close_dead(db: Any) -> tuple[list[int], dict[str, int]]:
     gone: set[int] = set()  # a dead server's pid: asked once, not once a job
     dead = [r[0] for r in rows if not process_alive(r[1], r[2], r[3], gone)]
     now = time.time()
+    output = json.dumps({"error": [INTERRUPTED]}, separators=(",", ":"))  # as its .out
     db.executemany(
-        "UPDATE jobs SET state = ?, error = ?, ended = ? WHERE id = ?",
-        [(State.FAILURE, INTERRUPTED, now, i) for i in dead],
+        "UPDATE jobs SET state = ?, error = ?, ended = ?, output = COALESCE(output, ?) "
+        "WHERE id = ?",
+        [(State.FAILURE, INTERRUPTED, now, output, i) for i in dead],
     )
     return dead, dict(collections.Counter(str(r[1]) for r in rows if r[1] != HOST))
 
