@@ -143,6 +143,7 @@ def test_an_engine_starts_on_a_journal_with_a_damaged_row(workdir):
         job.start()
         job.join()
         assert job.status == "success"
+        assert engine.wait_recovered(10)  # the files: in a thread
         stems = [job_file_stem(str(workdir), i, "example.square") for i in ids]
         assert [os.path.exists(stem + ".inp") for stem in stems] == [True, False, True]
         monitor = Monitor()

@@ -221,8 +221,8 @@ class TestJournalContract:
         assert list(journal.select(state="success")) == []
 
     def test_jobs_of_this_live_process_are_never_marked_interrupted(self, journal):
-        job_id = journal.create("example.noop", {}, 1.0)
-        journal.set_state(job_id, "running", 1.0)
+        job_id = journal.create("example.noop", {}, time.time())  # (a real submission time:
+        journal.set_state(job_id, "running", time.time())  # a pid is told apart by it)
         assert journal.mark_interrupted() == []
         assert journal.state(job_id) == "running"
 
@@ -431,6 +431,7 @@ def test_files_a_killed_process_left_unwritten_are_written_at_the_next_start(wor
     proc.wait(timeout=30)
 
     engine = dahu.engine.configure(workdir=str(workdir))
+    assert engine.wait_recovered(10)  # in a thread: the engine answers at once
     assert engine.recovered == 3
     assert json.loads(open(stem + ".out").read()) == written
     assert json.loads(open(stem + ".inp").read())["x"] == 2
@@ -439,7 +440,8 @@ def test_files_a_killed_process_left_unwritten_are_written_at_the_next_start(wor
         assert json.loads(open(cut + ".inp").read())["job_id"] == job_id
         assert json.loads(open(cut + ".out").read()) == {"error": [INTERRUPTED]}
     engine.close()
-    assert dahu.engine.configure(workdir=str(workdir)).recovered == 0  # once only
+    again = dahu.engine.configure(workdir=str(workdir))
+    assert again.wait_recovered(10) and again.recovered == 0  # once only
 
 
 def of_a_dead_process(workdir) -> None:
@@ -473,12 +475,184 @@ def test_every_interrupted_job_gets_its_files_however_long_the_queue_was(workdir
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
         assert sorted(engine.interrupted) == ids
+        assert engine.wait_recovered(10)  # in a thread: the engine answers at once
         assert engine.recovered == len(ids)
+        # bug: their output (getJobOutput) read {}, their .out file {"error": [...]}
+        assert json.loads(engine.output_text(ids[0])) == {"error": [INTERRUPTED]}
         assert len([pid for pid in asked if pid]) <= 2  # once to close them, once for files
         for job_id in ids:
             stem = job_file_stem(str(workdir), job_id, "example.square")
             assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
             assert json.loads(open(stem + ".inp").read())["job_id"] == job_id
+    finally:
+        engine.close()
+
+
+def test_a_start_answers_before_the_interrupted_jobs_files_are_written(workdir, monkeypatch):
+    # bug: the start wrote the files of every job queued at a kill before it returned:
+    # the device answered nothing, not even State, for 8 to 15 s after a kill with
+    # 100,000 jobs queued (37 s for 20,000 on a busy disk)
+    from dahu.engine import recovery
+
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(300)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    gate, write = threading.Event(), recovery.Recovery.write
+
+    def slow(self, record):  # the recovery thread's disk is slow until the gate opens
+        gate.wait(10)
+        return write(self, record)
+
+    monkeypatch.setattr(recovery.Recovery, "write", slow)
+    engine = dahu.engine.configure(workdir=str(workdir))
+    try:
+        assert sorted(engine.interrupted) == ids
+        assert not engine.wait_recovered(0) and engine.recovered == 0
+        assert engine.files_settled() == 0.0  # a prune waits for them
+        job = Job("example.square", {"x": 3})
+        job.start()
+        job.join(5)
+        assert job.output_data["result"] == 9
+        stem = job_file_stem(str(workdir), ids[-1], "example.square")
+        assert not os.path.exists(stem + ".out")
+        # a client asking for a job's files does not wait for the others'
+        assert Job.cleanJobfromID(ids[-1]) == f"job {ids[-1]} cleaned"
+        assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
+    finally:
+        gate.set()
+        engine.close()  # it waits for them all
+    assert engine.recovered == len(ids) - 1  # (the one cleaned was written by cleanJob)
+    for job_id in ids:
+        stem = job_file_stem(str(workdir), job_id, "example.square")
+        assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
+        assert json.loads(open(stem + ".inp").read())["job_id"] == job_id
+
+
+def test_a_full_disk_at_a_start_logs_the_refused_files_once(workdir, monkeypatch, caplog):
+    # bug: a start on a full disk logged one error per job left by the dead server
+    # (100,000 lines "job N: cannot write its .inp/.out files: [Errno 28] ...")
+    from dahu.engine import recovery
+
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(200)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(recovery, "write_job_files", full)
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.wait_recovered(10)
+        assert (engine.recovered, engine.files_failed) == (0, len(ids))
+    finally:
+        engine.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"job {ids[0]}: cannot write its .inp/.out files: [Errno 28] No space left on device"
+        " (the next ones refused at this start are counted, not logged each)",
+        f"{len(ids)} job(s) left by a dead process got no .inp/.out files: the disk refused them",
+    ]
+
+
+def test_a_kill_while_a_start_wrote_the_interrupted_jobs_files_loses_none(workdir):
+    # bug: a start writes the files of the jobs it closed as interrupted (one end time
+    # for all) in the order of their ids; killed meanwhile (or refused by a full disk),
+    # the next start saw the first ids' files, stopped there, and the others never got
+    # theirs (here 100 of 300; 4,770 of 5,000 after a full disk was given room again)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(300)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    with db:  # closed by that start, all at once
+        db.execute("UPDATE jobs SET state = 'failure', error = ?, ended = 5.0", (INTERRUPTED,))
+    db.close()
+    for job_id in ids[:200]:  # it had written these when it was killed
+        write_job_files(str(workdir), job_id, "example.square", {}, {"error": [INTERRUPTED]})
+
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.wait_recovered(10)
+        assert engine.recovered == 100
+        for job_id in ids[200:]:
+            stem = job_file_stem(str(workdir), job_id, "example.square")
+            assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
+    finally:
+        engine.close()
+
+
+SLOW_DISK_EXIT = """
+import sys, time
+import dahu.engine
+from dahu.engine import recovery
+write = recovery.Recovery.write
+def slow(self, record):  # a slow disk: 1 ms a job
+    time.sleep(0.001)
+    return write(self, record)
+recovery.Recovery.write = slow
+dahu.engine.configure(workdir=sys.argv[1])  # and the script ends without closing it
+"""
+
+
+def test_a_script_ending_at_once_leaves_the_interrupted_jobs_files_written(workdir):
+    # bug (of the start writing them in a thread): a script that opened an engine on
+    # the work directory and ended left none of them written
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(200)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    code = [sys.executable, "-c", SLOW_DISK_EXIT, str(workdir)]
+    subprocess.run(code, env=child_env(), timeout=60, check=True)
+    for job_id in ids:
+        stem = job_file_stem(str(workdir), job_id, "example.square")
+        assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
+
+
+def test_a_journal_copied_from_another_machine_names_the_jobs_it_leaves_unfinished(workdir, caplog):
+    # bug: a journal copied from a crashed machine kept its jobs queued or running for
+    # good, and nothing said why (another host's jobs are left alone: a server of a
+    # shared work directory may run them there)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(3)], 1.0)
+    journal.close()
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    with db:
+        db.execute("UPDATE jobs SET host = 'beamline-old'")
+    db.close()
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.interrupted == []
+        assert engine.journal.get(ids[0]).state == "uninitialized"
+    finally:
+        engine.close()
+    path = workdir / SQLiteJournal.FILENAME
+    assert (
+        f"journal {path}: 3 unfinished job(s) of another host, beamline-old, left as they"
+        " are: their server may run there (only a start there closes them)"
+    ) in [r.getMessage() for r in caplog.records]
+
+
+def test_the_jobs_of_a_dead_server_with_this_process_pid_are_interrupted(workdir):
+    # bug: a server started again with the pid of the one that was killed (pid 1 in a
+    # container restarted) took its jobs for its own: they stayed queued or running for
+    # good, without files, and nothing was logged
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": 1}, {"x": 2}], time.time() - 3600)
+    journal.close()  # recorded with this process's pid, an hour before it started
+    engine = dahu.engine.configure(workdir=str(workdir))
+    try:
+        assert sorted(engine.interrupted) == ids
+        assert engine.wait_recovered(10) and engine.recovered == 2
+        job = Job("example.sleep", {"t": 0.2})  # its own jobs are not taken for dead ones
+        job.start()
+        beside = dahu.engine.Engine(workdir=str(workdir))
+        beside.close()
+        assert beside.interrupted == []
+        job.join(10)
+        assert job.status == "success"
     finally:
         engine.close()
 
@@ -504,6 +678,7 @@ def test_a_files_thread_far_behind_at_a_kill_leaves_no_job_without_files(workdir
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
         assert sorted(engine.interrupted) == queued
+        assert engine.wait_recovered(10)  # in a thread: the engine answers at once
         assert engine.recovered == 91 + len(queued)
         for job_id in ids[59:]:
             stem = job_file_stem(str(workdir), job_id, "example.square")
@@ -526,6 +701,7 @@ def test_the_files_of_a_live_process_jobs_are_left_to_it(workdir):
         os.remove(stem + ext)  # as if still queued for the server's files thread
     beside = dahu.engine.Engine(workdir=str(workdir))
     try:
+        assert beside.wait_recovered(10)  # in a thread: the engine answers at once
         assert beside.recovered == 0
         assert not os.path.exists(stem + ".inp") and not os.path.exists(stem + ".out")
     finally:
@@ -1042,6 +1218,7 @@ def test_an_ended_job_left_without_files_behind_later_ends_gets_them(workdir, mo
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
         assert len(engine.interrupted) == 50
+        assert engine.wait_recovered(10)  # in a thread: the engine answers at once
         assert engine.recovered == 51  # the interrupted ones, and the last that ran
         stem = job_file_stem(str(workdir), ran[-1], "example.square")
         assert json.loads(open(stem + ".out").read())["result"] == ran[-1]
@@ -1070,6 +1247,7 @@ def test_the_last_ends_among_a_queue_cut_short_get_their_files(workdir, monkeypa
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
         assert len(engine.interrupted) == 40
+        assert engine.wait_recovered(10)  # in a thread: the engine answers at once
         assert engine.recovered == 42
         for job_id in ran[-2:]:
             stem = job_file_stem(str(workdir), job_id, "example.square")
@@ -1098,6 +1276,7 @@ def test_the_last_ends_of_a_startjobs_far_below_later_ids_get_their_files(workdi
 
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
+        assert engine.wait_recovered(10)  # in a thread: the engine answers at once
         assert engine.recovered == 40 + 10
         for job_id in batch[-10:]:
             stem = job_file_stem(str(workdir), job_id, "example.square")
@@ -1121,6 +1300,7 @@ def test_files_deleted_by_a_user_are_not_all_written_again(workdir, monkeypatch)
     of_a_dead_process(workdir)
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
+        assert engine.wait_recovered(10)  # in a thread: the engine answers at once
         assert engine.recovered == 30
         assert os.path.exists(job_file_stem(str(workdir), ids[-30], "example.square") + ".out")
         assert not os.path.exists(job_file_stem(str(workdir), ids[-31], "example.square") + ".out")

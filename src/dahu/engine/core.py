@@ -28,7 +28,7 @@ from ..states import State
 from ..statistics import RunningStatistics
 from ..utils import compact_json
 from .lifecycle import NOTE_RUNNING_AFTER, JobRun, LifeCycle
-from .recovery import write_missing_files
+from .recovery import Recovery
 from .stopping import close, shut_down
 from .table import DROP_AFTER, DROP_WAVE, JobTable, drop_later
 
@@ -113,7 +113,19 @@ class Engine:
         self.executor = executor
         if hasattr(executor, "attach"):
             executor.attach(self)
-        self.recovered = write_missing_files(self, self.interrupted) if recover else 0
+        # the files a dead process left unwritten: in a thread (the engine answers now)
+        self.recovery = Recovery(self, self.interrupted, self.first_id - 1) if recover else None
+
+    @property
+    def recovered(self) -> int:
+        """How many jobs got the files a dead process left unwritten, so far (all of
+        them once :meth:`wait_recovered` returns True)."""
+        return self.recovery.written if self.recovery is not None else 0
+
+    def wait_recovered(self, timeout: float | None = None) -> bool:
+        """Wait until the files a dead process left unwritten are written (the stop waits
+        for it too); True if they are."""
+        return self.recovery is None or self.recovery.wait(timeout)
 
     # ---- jobs ---------------------------------------------------------------------------
     def create(self, plugin: str, input_data: dict[str, Any], later: bool = False) -> JobRun:
@@ -377,7 +389,9 @@ class Engine:
         """A time (epoch s) before which every job that ended has its ``.inp``/``.out``
         files written by :meth:`clean_later`: now when none is waiting for the writer.
         The retention prunes only such jobs, so that no file is written after its job's
-        record is gone."""
+        record is gone (none while the start writes those a dead process left)."""
+        if not self.wait_recovered(0):  # those of jobs that ended before the start
+            return 0.0
         with self._lock:
             return min(self._unwritten) if self._unwritten else time.time()
 
@@ -466,20 +480,6 @@ class Engine:
         :meth:`retry_journal`), 0 when it holds them all.  A job starting meanwhile ends
         aborted, ``the engine is closing``."""
         return close(self)
-
-    def _last_retry(self) -> int:
-        """Before the journal closes: retry it if at fault; return how many outcomes it
-        still refuses (lost, logged)."""
-        if self.journal_fault is None or self.retry_journal():
-            return 0
-        lost = len(self.table.unrecorded())
-        if lost:
-            logger.error(
-                "%d job outcome(s) the journal refused are lost: those jobs will read "
-                "failed (interrupted) at the next start",
-                lost,
-            )
-        return lost
 
 
 _current: Engine | None = None

@@ -10,43 +10,145 @@ jobs end, so only the latest ends are
 looked at: the search reads :data:`WINDOW` ids at a time, from the last one down (a
 burst can leave tens of thousands unwritten; the first read takes in the ids of the
 interrupted jobs and a window below them), until :data:`SETTLED` ended jobs in a row
-have both files whole, in the order of their ends (the files follow the order of the
-commits, close to it); then, since a startJobs queues its jobs while other clients'
-come, it goes on down while a window holds jobs that ended after the last of them (it
-stops at once at a window where only live processes ended jobs).  It looks :data:`REACH`
+have both files whole, in the order of their ends, the newest id first among equal ends
+(the files follow the order of the commits, close to it; a start writes those of the
+jobs it closed, which share one end, in the order of their ids); then, since a
+startJobs queues its jobs while other clients' come, it goes on down while a window
+holds jobs that ended after the last of them (it stops at once at a window where only
+live processes ended jobs).  It looks :data:`REACH`
 ids back at most (files a user deleted are not all written again).  The interrupted
 jobs all get theirs.
+
+It runs in a thread of its own (:class:`Recovery`, started by the engine): the engine,
+and the device, answer at once however many jobs were queued at the kill (100,000 took
+8 to 15 s to write); the engine's stop waits for it (and so does the process's exit),
+and :meth:`Recovery.ensure` writes a job's files at once if asked for them
+(``cleanJob``) before the thread got to them.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import threading
+import weakref
 from typing import Any
 
-from ..journal import job_file_stem
+from ..errors import one_line
+from ..journal import job_file_stem, write_job_files
 from ..journal.sqlite import process_alive
 from ..states import State
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_missing_files", "SETTLED", "WINDOW", "REACH"]
+__all__ = ["Recovery", "write_missing_files", "SETTLED", "WINDOW", "REACH"]
 
 SETTLED = 50  # ended jobs in a row with their files: the older ones have theirs
 WINDOW = 2000  # ids looked at at once (from the last one down)
 REACH = 100_000  # ids looked at, at most: files a user deleted are not all written again
 
 
-def write_missing_files(engine: Any, interrupted: list[int]) -> int:
-    """Write the missing files of the latest ended jobs of ``engine``'s journal and of
-    the ``interrupted`` ones (closed at this start); return how many jobs got files."""
+class Recovery:
+    """Writes, in a thread, the files a dead process left unwritten (see the module):
+    ``interrupted``, the jobs closed at this start; ``top``, the last id at the start."""
+
+    def __init__(self, engine: Any, interrupted: list[int], top: int):
+        self.engine, self.interrupted, self.top = engine, interrupted, top
+        self.written = 0  # jobs that got files so far
+        self.done = threading.Event()
+        self.lock = threading.Lock()  # one job's files written by one thread at a time
+        self.ensured: set[int] = set()  # the jobs whose files ensure() saw to
+        self.refused = 0  # jobs whose files the disk refused (full: logged once, counted)
+        self.thread = threading.Thread(target=self._run, name="dahu-recovery", daemon=True)
+        self.thread.start()
+        # a script that ends without closing its engine: the files written first (before
+        # the journal's own atexit close, registered earlier, runs)
+        atexit.register(_wait_at_exit, weakref.ref(self), os.getpid())
+
+    def _run(self) -> None:
+        try:
+            write_missing_files(self)
+        except Exception:  # the journal closed under it (the process exits), a bug
+            logger.exception("the files left unwritten by a dead process: not all written")
+        finally:
+            self.done.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the thread is done; True if it is."""
+        return self.done.wait(timeout)
+
+    def ensure(self, job_id: int) -> None:
+        """Write now the files of job ``job_id`` if the thread may still have to, and
+        they are not whole: a client asking for them does not wait for the thread."""
+        if self.done.is_set():
+            return
+        record = self.engine.journal.get(job_id)
+        if record is None or record.state not in State.FINAL:
+            return
+        with self.lock:
+            if job_id not in self.ensured:
+                stem = job_file_stem(self.engine.workdir, job_id, record.plugin)
+                if not (_whole(stem + ".inp") and _whole(stem + ".out")):
+                    self._write(record)
+                self.ensured.add(job_id)
+
+    def write(self, record: Any) -> bool:
+        """Write the files of ``record``, unless :meth:`ensure` saw to them."""
+        with self.lock:
+            return record.id not in self.ensured and self._write(record)
+
+    def _write(self, record: Any) -> bool:
+        """Write the ``.inp``/``.out`` files of the job of ``record``; False if they
+        cannot be (the first refusal is logged, the next ones counted: a full disk)."""
+        damaged = sorted(set(record.unreadable) & {"input", "output"})
+        if damaged:  # no file from what the journal no longer holds
+            reason = " and ".join(damaged)
+            logger.warning(
+                "job %d: its %s in the journal is unreadable: no files", record.id, reason
+            )
+            return False
+        output = record.output
+        if output is None:  # closed without an outcome: the error is what is known
+            output = {"error": (record.error or "").splitlines()}
+        engine = self.engine
+        try:
+            write_job_files(engine.workdir, record.id, record.plugin, record.input, output)
+            return True
+        except Exception as err:  # the disk, or plugin data no JSON text can hold
+            engine.files_failed += 1
+            self.refused += 1
+            if self.refused == 1:
+                logger.error(
+                    "job %d: cannot write its .inp/.out files: %s (the next ones refused "
+                    "at this start are counted, not logged each)",
+                    record.id,
+                    one_line(str(err)),
+                )
+            return False
+
+
+def _wait_at_exit(ref: weakref.ref, pid: int) -> None:
+    recovery = ref()
+    if recovery is not None and pid == os.getpid():  # (a forked child has no such thread)
+        recovery.wait()
+
+
+def write_missing_files(recovery: Recovery) -> int:
+    """Write the missing files of the latest ended jobs of the engine's journal, ids up
+    to ``recovery.top``, and of the ``recovery.interrupted`` ones (closed at this
+    start); return how many jobs got files (counted in ``recovery.written`` as they do)."""
+    engine, write, top = recovery.engine, recovery.write, recovery.top
     journal = engine.journal
-    closed = set(interrupted)
-    # the interrupted ones never had files, however many were queued
-    written = sum(_write(engine, r) for r in map(journal.get, sorted(closed)) if r is not None)
+    closed = set(recovery.interrupted)
+    written = 0
+    for job_id in sorted(closed):  # the interrupted ones never had files, however many
+        record = journal.get(job_id)
+        if record is not None and write(record):
+            written += 1
+            recovery.written = written
     alive: dict[tuple, bool] = {}  # (host, pid) -> its process runs (asked once each)
     present, since = 0, None  # since: once 50 in a row have files, the end of the 50th
-    top = journal.last_id()
     floor = max(0, top - REACH)
     # first the ids of the queue cut short and a window below: the jobs that ended last
     # were submitted among them (a startJobs queues its jobs while other clients' come)
@@ -58,9 +160,13 @@ def write_missing_files(engine: Any, interrupted: list[int]) -> int:
             ended = [r for r in ended if (r.ended or 0.0) > since]
             if not ended:
                 break  # none here: the older ids ended before, with their files
-        ended.sort(key=lambda r: r.ended or 0.0, reverse=True)
-        more, present, looked, settled = _write_missing(engine, ended, alive, present, since)
+        # the newest id first among equal ends: the jobs a start closed as interrupted
+        # (one end time) get their files in the order of their ids; a kill (or a full
+        # disk) in the middle left the last ones without
+        ended.sort(key=lambda r: (r.ended or 0.0, r.id), reverse=True)
+        more, present, looked, settled = _write_missing(engine, ended, alive, present, since, write)
         written += more
+        recovery.written = written
         if since is None and settled is None and not looked and len(ended) == len(records):
             break  # only live processes ended jobs here: they write their files
         since = settled if since is None else since
@@ -71,11 +177,21 @@ def write_missing_files(engine: Any, interrupted: list[int]) -> int:
             "%d job(s) ended without their .inp/.out files (a process died): written now",
             written,
         )
+    if recovery.refused > 1:  # the first one was logged with its reason
+        logger.error(
+            "%d job(s) left by a dead process got no .inp/.out files: the disk refused them",
+            recovery.refused,
+        )
     return written
 
 
 def _write_missing(
-    engine: Any, records: list[Any], alive: dict[tuple, bool], present: int, since: float | None
+    engine: Any,
+    records: list[Any],
+    alive: dict[tuple, bool],
+    present: int,
+    since: float | None,
+    write: Any,
 ) -> tuple[int, int, int, float | None]:
     """Write the files that ``records`` (newest end first) of dead processes lack; until
     :data:`SETTLED` jobs in a row (``present`` so far) have theirs, unless ``since`` is
@@ -97,7 +213,7 @@ def _write_missing(
             continue
         present = 0
         whole = next(iter(engine.journal.select(record.id, record.id)), None)  # with its data
-        written += _write(engine, whole or record)  # (select: a damaged field is named)
+        written += write(whole or record)  # (select: a damaged field is named)
     return written, present, looked, None
 
 
@@ -110,16 +226,3 @@ def _whole(path: str) -> bool:
             return file.read(1) in (b"}", b"]")  # the end of a JSON object or list
     except OSError:  # none, or empty (no byte before its end)
         return False
-
-
-def _write(engine: Any, record: Any) -> bool:
-    """Write the ``.inp``/``.out`` files of the job of ``record``; False if they cannot be."""
-    damaged = sorted(set(record.unreadable) & {"input", "output"})
-    if damaged:  # no file from what the journal no longer holds
-        reason = " and ".join(damaged)
-        logger.warning("job %d: its %s in the journal is unreadable: no files", record.id, reason)
-        return False
-    output = record.output
-    if output is None:  # closed without an outcome: the error is what is known
-        output = {"error": (record.error or "").splitlines()}
-    return engine.write_files(record.id, record.plugin, record.input, output)

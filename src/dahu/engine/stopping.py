@@ -53,7 +53,8 @@ def shut_down(engine: Any, abort: bool, timeout: float, since: float | None) -> 
     if cleaner is not None:
         engine._to_clean.put(None)
         cleaner.join(max(1.0, deadline - time.monotonic()))
-    lost = engine._last_retry()
+    engine.wait_recovered()  # the files a dead process left: all written, as promised
+    lost = _last_retry(engine)
     engine.journal.close()
     return not unfinished and not lost
 
@@ -68,8 +69,24 @@ def close(engine: Any) -> int:
     engine.executor.shutdown(wait=True)
     engine.journal.flush()  # the outcomes queued are committed and reported
     engine.flush_files()
-    lost = engine._last_retry()
+    engine.wait_recovered()
+    lost = _last_retry(engine)
     with cycle.stop_lock:  # a start refused from now on leaves the journal alone
         cycle.journal_closing = True
     engine.journal.close()
+    return lost
+
+
+def _last_retry(engine: Any) -> int:
+    """Before the journal closes: retry it if at fault; return how many outcomes it
+    still refuses (lost, logged)."""
+    if engine.journal_fault is None or engine.retry_journal():
+        return 0
+    lost = len(engine.table.unrecorded())
+    if lost:
+        logger.error(
+            "%d job outcome(s) the journal refused are lost: those jobs will read "
+            "failed (interrupted) at the next start",
+            lost,
+        )
     return lost

@@ -36,7 +36,6 @@ from ..utils import utf8_text
 from . import sqlitefile
 from .base import (
     HOST,
-    INTERRUPTED,
     MAX_ID,
     JobRecord,
     Journal,
@@ -49,7 +48,14 @@ from .base import (
     storable_id,
 )
 from .files import highest_file_id
-from .sqlitefile import connect_file, connect_writer, file_identity, full_disk_reason, process_alive
+from .sqlitefile import (
+    close_dead,
+    connect_file,
+    connect_writer,
+    file_identity,
+    full_disk_reason,
+    process_alive,
+)
 from .writer import BatchedWriter, _Write
 
 logger = logging.getLogger(__name__)
@@ -57,9 +63,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["SQLiteJournal", "SCHEMA_VERSION", "process_alive"]
 
 SCHEMA_VERSION = 1
-
-_UNFINISHED = tuple(state for state in State.ALL if state not in State.FINAL)
-"""The states a record can have before its job ends (looked up with the state index)."""
 
 
 def _close_at_exit(ref: weakref.ref) -> None:
@@ -473,26 +476,17 @@ class SQLiteJournal(BatchedWriter, Journal):
         if self._closed:  # a worker process that ended after the stop: the next start
             return []
         try:
-            dead = self._close_dead()
+            with self.transaction() as db:
+                dead, others = close_dead(db)
         except sqlite3.Error as err:
             raise JournalError(f"cannot write the journal {self.path}: {err}") from err
         if dead:
             logger.warning("journal %s: %d interrupted job(s) marked failed", self.path, len(dead))
-        return dead
-
-    def _close_dead(self) -> list[int]:
-        with self.transaction() as db:
-            rows = db.execute(  # a few seeks in the state index, not a scan of the table
-                f"SELECT id, host, pid, submitted FROM jobs "
-                f"WHERE state IN ({', '.join('?' * len(_UNFINISHED))})",
-                _UNFINISHED,
-            ).fetchall()
-            gone: set[int] = set()  # a dead server's pid: asked once, not once a job
-            dead = [r[0] for r in rows if not process_alive(r[1], r[2], r[3], gone)]
-            now = time.time()
-            db.executemany(
-                "UPDATE jobs SET state = ?, error = ?, ended = ? WHERE id = ?",
-                [(State.FAILURE, INTERRUPTED, now, i) for i in dead],
+        for host, count in sorted(others.items()):
+            logger.warning(
+                "journal %s: %d unfinished job(s) of another host, %s, left as they are: "
+                "their server may run there (only a start there closes them)",
+                *(self.path, count, host),
             )
         return dead
 

@@ -4,22 +4,27 @@ again, whether the process that wrote a record runs."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
+import json
 import logging
 import os
 import shutil
 import sqlite3
+import time
 import urllib.parse
 import uuid
 from typing import Any
 
 from ..errors import JournalError
-from .base import HOST
+from ..states import State
+from .base import HOST, INTERRUPTED
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "close_dead",
     "connect_file",
     "connect_writer",
     "file_identity",
@@ -30,6 +35,9 @@ __all__ = [
     "process_alive",
     "write_again",
 ]
+
+LOADED = time.time()
+"""When this module was loaded: a job this process recorded was submitted after."""
 
 OPEN_WAIT = 10.0
 """Seconds the opening of a journal by a writer waits for another process's lock."""
@@ -256,8 +264,8 @@ def process_alive(
         return True  # another machine: cannot tell, leave its jobs alone
     if pid is None or (gone is not None and pid in gone):
         return False
-    if pid == os.getpid():
-        return True
+    if pid == os.getpid():  # this process, or one before it with its pid (a container's
+        return since is None or since >= LOADED - 1.0  # server started again: pid 1)
     import psutil  # only here: the largest import of a journal otherwise
 
     try:
@@ -270,6 +278,31 @@ def process_alive(
         return False
     except psutil.AccessDenied:
         return False
+
+
+_UNFINISHED = tuple(state for state in State.ALL if state not in State.FINAL)
+"""The states a record can have before its job ends (looked up with the state index)."""
+
+
+def close_dead(db: Any) -> tuple[list[int], dict[str, int]]:
+    """In the transaction ``db``: close as ``failure``/``interrupted`` the unfinished
+    jobs whose process is gone; return their ids, and per other host how many unfinished
+    jobs it has (left alone: their process may run there)."""
+    rows = db.execute(  # a few seeks in the state index, not a scan of the table
+        f"SELECT id, host, pid, submitted FROM jobs "
+        f"WHERE state IN ({', '.join('?' * len(_UNFINISHED))})",
+        _UNFINISHED,
+    ).fetchall()
+    gone: set[int] = set()  # a dead server's pid: asked once, not once a job
+    dead = [r[0] for r in rows if not process_alive(r[1], r[2], r[3], gone)]
+    now = time.time()
+    output = json.dumps({"error": [INTERRUPTED]}, separators=(",", ":"))  # as its .out
+    db.executemany(
+        "UPDATE jobs SET state = ?, error = ?, ended = ?, output = COALESCE(output, ?) "
+        "WHERE id = ?",
+        [(State.FAILURE, INTERRUPTED, now, output, i) for i in dead],
+    )
+    return dead, dict(collections.Counter(str(r[1]) for r in rows if r[1] != HOST))
 
 
 def journal_token(journal: Any) -> str:
