@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tango
 import tango.test_context
 
 import dahu.engine
@@ -31,6 +32,10 @@ tango.test_context.multiprocessing = multiprocessing.get_context("spawn")
 def forked_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     """Devices this test starts are forked from the test process, so that they see its
     monkeypatches (a test that patches the device's code in the test process)."""
+    if tango.__version_info__[:2] < (10, 3):
+        # PyTango 10.1 (the lowest pyproject.toml allows): a device forked from a test
+        # process that has started others in new interpreters hangs as it stops
+        pytest.skip(f"a forked test device hangs as it stops under PyTango {tango.__version__}")
     monkeypatch.setattr(tango.test_context, "multiprocessing", multiprocessing.get_context("fork"))
 
 
