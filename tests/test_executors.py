@@ -466,6 +466,36 @@ def test_a_bad_max_workers_is_refused_naming_it(tmp_path, name):
         assert executor.max_workers == default_workers()
 
 
+@pytest.mark.parametrize("name", ["thread", "process", "dask"])
+def test_an_option_of_the_wrong_type_is_refused_naming_it(tmp_path, name):
+    # bug: abort_grace="x" made Job.abort() raise a TypeError, recycle_rss_mb="big" failed
+    # the second job ("cannot start the job: TypeError"), default_timeout="5" meant no limit
+    bad = [({"abort_grace": "x"}, None), ({"abort_grace": float("nan")}, None)]
+    bad.append(({}, "5"))
+    bad.append(({}, -1))
+    if name == "process":
+        bad += [({"recycle_rss_mb": "big"}, None), ({"recycle_jobs": -1}, None)]
+        bad.append(({"recycle_jobs": 2.5}, None))
+    for options, timeout in bad:
+        with pytest.raises(ValueError) as info:
+            dahu.engine.Engine(
+                workdir=str(tmp_path),
+                executor_kind=name,
+                executor_options=options,
+                default_timeout=timeout,
+            )
+        message = str(info.value)
+        named, value = next(iter(options.items())) if options else ("default_timeout", timeout)
+        assert message.startswith(f"{named} must be a ") and "\n" not in message
+        assert message.endswith(f", not {value!r}")
+    assert not (tmp_path / "journal.sqlite").exists()  # refused before the journal opened
+    executor = make_executor(name, 1, abort_grace=0)
+    assert executor.abort_grace == 0
+    if name == "process":
+        executor = make_executor(name, 1, recycle_jobs=0, recycle_rss_mb=float("inf"))
+        assert (executor.recycle_jobs, executor.recycle_rss_mb) == (0, float("inf"))
+
+
 def test_wait_for_chain_longer_than_the_pool(kind):
     head = Job("example.square", {"x": 2})
     chain = [head]
