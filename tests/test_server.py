@@ -1131,3 +1131,22 @@ def test_max_workers_0_on_the_command_line_wins_over_the_property(monkeypatch):
     assert settings.job_slots(0) == default_workers()
     with pytest.raises(ValueError, match="max_workers must be a whole number .* not -2"):
         settings.job_slots(-2)
+
+
+def test_0_on_the_command_line_wins_over_the_property(monkeypatch):
+    # bug: dahu_server --timeout 0 (no limit), --recycle-jobs 0 and --recycle-rss-mb 0
+    # (never) took the property's number
+    from types import SimpleNamespace
+
+    from dahu.server_settings import settings
+
+    device = SimpleNamespace(
+        max_workers=2, queue_limit=5, default_timeout=60.0, recycle_jobs=10, recycle_rss_mb=500.0
+    )
+    assert settings.numbers(device) == (2, 60.0, 10, 500.0)  # no option: the properties
+    for name in ("timeout", "recycle_jobs", "recycle_rss_mb"):
+        monkeypatch.setattr(settings, name, 0)
+    assert settings.numbers(device) == (2, None, 0, 0.0)
+    device.recycle_rss_mb = float("nan")  # a property set by hand (Jive)
+    with pytest.raises(ValueError, match="^recycle_rss_mb must be 0 or more, not nan$"):
+        settings.numbers(device)

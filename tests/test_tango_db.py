@@ -471,3 +471,19 @@ def test_init_with_a_bad_property_keeps_the_device_serving_in_fault(database, tm
         db.delete_device_property(DEVICE, ["max_workers"])
         proxy.Init()
         assert proxy.state() == tango.DevState.ON
+        # bug: a negative recycle_jobs/recycle_rss_mb meant "never" without a word, and a
+        # negative queue_limit kept the device in ALARM ("0 jobs queued, more than -1")
+        for name, value in (
+            ("queue_limit", "-1"),
+            ("recycle_jobs", "-3"),
+            ("recycle_rss_mb", "-1.5"),
+        ):
+            db.put_device_property(DEVICE, {name: [value]})
+            proxy.Init()
+            assert proxy.state() == tango.DevState.FAULT
+            status = proxy.status()
+            assert f"FAULT: bad device property: {name} must be 0 or more, not {value}:" in status
+            assert "ALARM" not in status  # the queue limit in force is kept
+            db.delete_device_property(DEVICE, [name])
+        proxy.Init()
+        assert proxy.state() == tango.DevState.ON

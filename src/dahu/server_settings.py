@@ -76,6 +76,22 @@ class ServerSettings:
         meant all CPUs)."""
         return worker_count(prop if self.max_workers is None else self.max_workers)
 
+    def numbers(self, device: Any) -> tuple[int, float | None, int, float]:
+        """The job slots, default timeout (None: no limit) and recycling (0: never) in
+        force: the options, also when 0, else the device's properties.  A negative (or
+        NaN) ``max_workers``, ``queue_limit``, ``recycle_jobs`` or ``recycle_rss_mb``
+        property is a ``ValueError`` naming it (the device is FAULT; until 2026-11-30 the
+        last two meant never, and ``queue_limit`` kept the device in ALARM; an option of
+        0 took the property's number)."""
+        for name in ("queue_limit", "recycle_jobs", "recycle_rss_mb"):
+            if not getattr(device, name) >= 0:
+                raise ValueError(f"{name} must be 0 or more, not {getattr(device, name)!r}")
+        prop = device.default_timeout if device.default_timeout > 0 else None
+        timeout = prop if self.timeout is None else (self.timeout or None)
+        jobs = device.recycle_jobs if self.recycle_jobs is None else self.recycle_jobs
+        rss_mb = device.recycle_rss_mb if self.recycle_rss_mb is None else self.recycle_rss_mb
+        return self.job_slots(device.max_workers), timeout, int(jobs), float(rss_mb)
+
 
 settings = ServerSettings()
 """The process's server settings (set by ``dahu_server`` before the server starts)."""
