@@ -835,6 +835,26 @@ def test_numeric_options_refuse_what_the_server_cannot_use(capsys, tool, args, m
     assert getattr(accepted, action.dest) == 0
 
 
+@pytest.mark.parametrize("tool", ["server", "register"])
+@pytest.mark.parametrize("option", ["--workdir", "--plugins"])
+def test_an_empty_directory_is_refused_not_the_default_one(capsys, tool, option):
+    # bug: dahu_server --workdir "$DIR" with DIR unset used the default work directory,
+    # --plugins '' added the current one, and dahu-register --workdir '' registered it
+    from dahu.app import register
+    from dahu.app import server as dahu_server
+
+    parser = (dahu_server if tool == "server" else register).build_parser()
+    positional = ["x"] if tool == "server" else ["x", "a/b/c"]
+    for empty in ("", " "):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args([*positional, option, empty])
+        assert info.value.code == 2
+        line = capsys.readouterr().err.splitlines()[-1]
+        assert line.endswith(
+            f"argument {option}: an empty name (an unset variable?): give a directory"
+        )
+
+
 @pytest.mark.parametrize("option", ["--workdir", "--max-workers", "-l", "--timeout"])
 def test_an_option_missing_its_value_is_named_by_the_server(capsys, option):
     # bug: "dahu_server id00 --workdir" (value forgotten) said "the following arguments

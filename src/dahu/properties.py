@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_WAIT_TIMEOUT",
     "DEFAULT_QUEUE_LIMIT",
     "DEFAULT_RETENTION_INTERVAL",
+    "directory",
 ]
 
 EXECUTORS = ("thread", "process", "dask")
@@ -63,11 +64,22 @@ class Property:
             kwargs["choices"] = list(self.choices)
         else:
             kwargs["metavar"] = self.metavar
+        if self.path:  # -w "$DIR" with DIR unset must not mean the default or "."
+            kwargs["type"] = directory
         if self.repeated:
             kwargs.update(action="append", default=[])
         elif self.dtype in (int, float):
             kwargs["type"] = _number(self.dtype, self.minimum, self.maximum)
         parser.add_argument(option or self.option, dest=self.name, **kwargs)
+
+
+def directory(text: str) -> str:
+    """An ``argparse`` type: a directory name; an empty or blank one is refused (until
+    2026-11-30 ``--workdir ''`` meant the default work directory, and ``--plugins ''``
+    or ``dahu-register --workdir ''`` the current one)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty name (an unset variable?): give a directory")
+    return text
 
 
 def _number(dtype: type, minimum: float | None, maximum: float | None) -> Callable[[str], Any]:
