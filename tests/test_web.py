@@ -479,6 +479,8 @@ def test_every_endpoint_answers_json(server, jobs):
     assert only["jobs"] and {j["plugin"] for j in only["jobs"]} == {"example.square"}
     _, spelled = get_json(base + "/api/jobs?plugin=Example.Square")
     assert [j["id"] for j in spelled["jobs"]] == [j["id"] for j in only["jobs"]]
+    _, spaced = get_json(base + "/api/jobs?plugin=%20example.square%09")  # as the device
+    assert [j["id"] for j in spaced["jobs"]] == [j["id"] for j in only["jobs"]]
     _, failures = get_json(base + "/api/failures?limit=100")
     assert {jobs["bad"], jobs["aborted"]} <= {j["id"] for j in failures["failures"]}
 

@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the work directory (default: $DAHU_WORKDIR, else ~/.local/state/dahu)",
     )
     filters = argparse.ArgumentParser(add_help=False)
-    filters.add_argument("--plugin", metavar="NAME", help="only jobs of this plugin (any case)")
+    filters.add_argument(
+        "--plugin", type=types.plugin, metavar="NAME", help="only jobs of this plugin (any case)"
+    )
     filters.add_argument(
         "--state",
         choices=State.ALL,
