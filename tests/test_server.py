@@ -815,6 +815,10 @@ def test_the_benchmark_runs_on_a_tiny_size():
         ("server", ["--timeout", "-1"], "--timeout: expected 0 or more, not -1"),
         ("server", ["--timeout", "nan"], "--timeout: expected a finite number, not 'nan'"),
         ("server", ["--retention-interval", "inf"], "expected a finite number, not 'inf'"),
+        # bug: --shutdown-timeout inf (or 1e10) ended the stop in an OverflowError traceback
+        ("server", ["--shutdown-timeout", "inf"], "expected a finite number, not 'inf'"),
+        ("server", ["--shutdown-timeout", "1e10"], "expected 86400 or less, not 1e10"),
+        ("server", ["--shutdown-timeout", "-1"], "--shutdown-timeout: expected 0 or more"),
         ("register", ["--wait-timeout", "-2"], "--wait-timeout: expected 0 or more, not -2"),
         ("register", ["--queue-limit", "-1"], "--queue-limit: expected 0 or more, not -1"),
     ],

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_QUEUE_LIMIT",
     "DEFAULT_RETENTION_INTERVAL",
     "directory",
+    "number",
 ]
 
 EXECUTORS = ("thread", "process", "dask")
@@ -69,7 +70,7 @@ class Property:
         if self.repeated:
             kwargs.update(action="append", default=[])
         elif self.dtype in (int, float):
-            kwargs["type"] = _number(self.dtype, self.minimum, self.maximum)
+            kwargs["type"] = number(self.dtype, self.minimum, self.maximum)
         parser.add_argument(option or self.option, dest=self.name, **kwargs)
 
 
@@ -82,7 +83,7 @@ def directory(text: str) -> str:
     return text
 
 
-def _number(dtype: type, minimum: float | None, maximum: float | None) -> Callable[[str], Any]:
+def number(dtype: type, minimum: float | None, maximum: float | None) -> Callable[[str], Any]:
     """An ``argparse`` type: a finite ``dtype`` from ``minimum`` to ``maximum``, or a
     one-line reason."""
 

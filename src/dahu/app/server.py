@@ -22,12 +22,14 @@ from typing import Any
 
 from .. import __version__
 from ..errors import tango_line
-from ..properties import PROPERTIES
+from ..properties import PROPERTIES, number
 from . import leave
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["main", "split_args"]
+
+MAX_SHUTDOWN_TIMEOUT = 86400.0  # a day; 1e10 s overflows the system's timers
 
 # Own options: flags, then options taking a value (each also in build_parser()).
 FLAGS = {"-d", "--debug", "-V", "--version", "-h", "--help"}
@@ -95,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--shutdown-timeout",
         metavar="S",
-        type=float,
+        type=number(float, 0, MAX_SHUTDOWN_TIMEOUT),  # inf: a traceback at the stop
         default=30.0,
         help="on SIGINT/SIGTERM, how long to wait for aborted jobs to end (default 30)",
     )
