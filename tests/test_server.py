@@ -839,6 +839,20 @@ def test_numeric_options_refuse_what_the_server_cannot_use(capsys, tool, args, m
     assert getattr(accepted, action.dest) == 0
 
 
+def test_register_refuses_a_token_the_server_would_not_apply(capsys, monkeypatch):
+    # bug: dahu-register --http-token short wrote it; the server then served no web page
+    # (an error in its log only), though dahu-register refuses what the server cannot apply
+    from dahu.app import register
+
+    monkeypatch.delenv("TANGO_HOST", raising=False)  # never a database of this machine
+
+    with pytest.raises(SystemExit) as info:
+        register.main(["x", "a/b/c", "--http", "8080", "--http-token", "short"])
+    assert info.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.endswith("argument --http-token: an access token has at least 16 characters")
+
+
 @pytest.mark.parametrize("tool", ["server", "register"])
 @pytest.mark.parametrize("option", ["--workdir", "--plugins"])
 def test_an_empty_directory_is_refused_not_the_default_one(capsys, tool, option):
