@@ -839,7 +839,7 @@ def test_numeric_options_refuse_what_the_server_cannot_use(capsys, tool, args, m
     assert getattr(accepted, action.dest) == 0
 
 
-def test_register_refuses_a_token_the_server_would_not_apply(capsys, monkeypatch):
+def test_a_token_the_server_would_not_apply_is_refused(capsys, monkeypatch):
     # bug: dahu-register --http-token short wrote it; the server then served no web page
     # (an error in its log only), though dahu-register refuses what the server cannot apply
     from dahu.app import register
@@ -848,6 +848,18 @@ def test_register_refuses_a_token_the_server_would_not_apply(capsys, monkeypatch
 
     with pytest.raises(SystemExit) as info:
         register.main(["x", "a/b/c", "--http", "8080", "--http-token", "short"])
+    assert info.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.endswith("argument --http-token: an access token has at least 16 characters")
+    # dahu_server too, without --http (the http property's page was not served, logged)
+    from dahu.app import server as dahu_server
+
+    def not_refused(*args):
+        raise AssertionError("the server would start")
+
+    monkeypatch.setattr(dahu_server, "setup_logging", not_refused)
+    with pytest.raises(SystemExit) as info:
+        dahu_server.main(["x", "--http-token", "short", "-nodb", "-dlist", "a/b/c"])
     assert info.value.code == 2
     line = capsys.readouterr().err.splitlines()[-1]
     assert line.endswith("argument --http-token: an access token has at least 16 characters")

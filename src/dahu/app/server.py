@@ -62,10 +62,15 @@ _SERVER_HELP = {
 }
 
 
-def _check_retention(args: argparse.Namespace) -> str | None:
-    """Why ``--retention``/``--retention-interval`` cannot be applied (None if they can)."""
+def _check_values(args: argparse.Namespace) -> str | None:
+    """Why ``--retention``/``--retention-interval`` or ``--http-token`` cannot be applied
+    (None if they can)."""
     from ..retention import parse_retention
     from ..timespec import BadTime
+    from ..web.access import MIN_TOKEN_CHARS
+
+    if args.http_token and len(args.http_token) < MIN_TOKEN_CHARS:  # also for the property's page
+        return f"argument --http-token: an access token has at least {MIN_TOKEN_CHARS} characters"
 
     if args.retention is not None:
         try:
@@ -208,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(own)
     if instance is None or unknown:
         parser.error("the instance name must come first: dahu_server INSTANCE [options]")
-    problem = _check_retention(args)
+    problem = _check_values(args)
     if problem:
         parser.error(problem)
     setup_logging(args.debug, args.log, instance)
