@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import queue
 import sqlite3
 import subprocess
@@ -1190,13 +1191,20 @@ def test_0_on_the_command_line_wins_over_the_property(monkeypatch):
 
     from dahu.server_settings import settings
 
-    device = SimpleNamespace(
-        max_workers=2, queue_limit=5, default_timeout=60.0, recycle_jobs=10, recycle_rss_mb=500.0
-    )
+    device = SimpleNamespace(max_workers=2, queue_limit=5, default_timeout=60.0, wait_timeout=2.0)
+    device.recycle_jobs, device.recycle_rss_mb = 10, 500.0
     assert settings.numbers(device) == (2, 60.0, 10, 500.0)  # no option: the properties
     for name in ("timeout", "recycle_jobs", "recycle_rss_mb"):
         monkeypatch.setattr(settings, name, 0)
     assert settings.numbers(device) == (2, None, 0, 0.0)
-    device.recycle_rss_mb = float("nan")  # a property set by hand (Jive)
-    with pytest.raises(ValueError, match="^recycle_rss_mb must be 0 or more, not nan$"):
+    # properties set by hand (Jive): NaN or negative ones meant never, no limit or no wait
+    for name, bad in [("recycle_rss_mb", math.nan), ("wait_timeout", math.nan)]:
+        good = getattr(device, name)
+        setattr(device, name, bad)
+        with pytest.raises(ValueError) as info:
+            settings.numbers(device)
+        assert str(info.value) == f"{name} must be 0 or more, not {bad!r}"
+        setattr(device, name, good)
+    device.default_timeout = -1.0
+    with pytest.raises(ValueError, match="^default_timeout must be 0 or more, not -1.0$"):
         settings.numbers(device)

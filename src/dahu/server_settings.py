@@ -79,11 +79,12 @@ class ServerSettings:
     def numbers(self, device: Any) -> tuple[int, float | None, int, float]:
         """The job slots, default timeout (None: no limit) and recycling (0: never) in
         force: the options, also when 0, else the device's properties.  A negative (or
-        NaN) ``max_workers``, ``queue_limit``, ``recycle_jobs`` or ``recycle_rss_mb``
-        property is a ``ValueError`` naming it (the device is FAULT; until 2026-11-30 the
-        last two meant never, and ``queue_limit`` kept the device in ALARM; an option of
-        0 took the property's number)."""
-        for name in ("queue_limit", "recycle_jobs", "recycle_rss_mb"):
+        NaN) ``max_workers``, ``queue_limit``, ``recycle_jobs``, ``recycle_rss_mb``,
+        ``default_timeout`` or ``wait_timeout`` property is a ``ValueError`` naming it (the
+        device is FAULT; until 2026-11-30 they meant never, no limit or no wait, and
+        ``queue_limit`` kept the device in ALARM; an option of 0 took the property's)."""
+        numbers = "queue_limit recycle_jobs recycle_rss_mb default_timeout wait_timeout"
+        for name in numbers.split():
             if not getattr(device, name) >= 0:
                 raise ValueError(f"{name} must be 0 or more, not {getattr(device, name)!r}")
         prop = device.default_timeout if device.default_timeout > 0 else None
