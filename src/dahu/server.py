@@ -129,7 +129,7 @@ class DahuDS(Device):
         )
         self._engine.thread_context = tango.EnsureOmniThread  # it pushes the job events
         configure_recycling(self._engine, *recycling)
-        self._wait = min(max(0.0, float(self.wait_timeout)), MAX_WAIT_TIMEOUT)  # NaN: 0
+        self._wait = min(float(self.wait_timeout), MAX_WAIT_TIMEOUT)  # negative, NaN: FAULT
         self._retention_error = ""
         spec = settings.retention if settings.retention is not None else self.retention
         interval = settings.retention_interval or (
