@@ -496,6 +496,20 @@ def test_an_option_of_the_wrong_type_is_refused_naming_it(tmp_path, name):
         assert (executor.recycle_jobs, executor.recycle_rss_mb) == (0, float("inf"))
 
 
+def test_an_empty_workdir_is_refused_not_the_default_one(tmp_path, monkeypatch):
+    # bug: configure(workdir=os.environ.get("DIR", "")) used the default work directory,
+    # and workdir=" " made a directory named " " in the current one
+    monkeypatch.setenv("DAHU_WORKDIR", str(tmp_path / "default"))
+    monkeypatch.chdir(tmp_path)
+    for blank in ("", " "):
+        with pytest.raises(ValueError) as info:
+            dahu.engine.configure(workdir=blank)
+        assert (
+            str(info.value) == f"workdir must name a directory (None: the default), not {blank!r}"
+        )
+    assert os.listdir(tmp_path) == []
+
+
 def test_wait_for_chain_longer_than_the_pool(kind):
     head = Job("example.square", {"x": 2})
     chain = [head]

@@ -47,7 +47,7 @@ __all__ = ["Engine", "configure", "get_engine", "activate"]
 class Engine:
     """Holds what every job of the process shares, and owns the jobs while they live.
 
-    :param workdir: the stable work directory (journal, ``.inp``/``.out`` files)
+    :param workdir: the stable work directory (journal, files); not blank (``ValueError``)
     :param journal: a journal; default a :class:`~dahu.journal.SQLiteJournal` in ``workdir``
     :param executor: where plugins run; default a :class:`~dahu.executors.ThreadExecutor`
     :param max_workers: slots of the executor (None or 0: the number of CPUs; a negative
@@ -78,6 +78,8 @@ class Engine:
         recover: bool = True,
         batch_outcomes: bool = False,
     ):
+        if isinstance(workdir, str) and not workdir.strip():  # os.environ.get("DIR", "")
+            raise ValueError(f"workdir must name a directory (None: the default), not {workdir!r}")
         timeout = option_number("default_timeout", default_timeout, "seconds", NO_LIMIT)
         if executor is None:  # first: a bad option leaves the journal untouched
             executor = make_executor(executor_kind, max_workers, **(executor_options or {}))
