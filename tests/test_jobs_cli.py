@@ -569,6 +569,9 @@ def test_an_empty_work_directory_is_refused_not_the_default_one(tmp_path):
         assert "argument -w/--workdir: an empty name (an unset variable?)" in line, line
     proc = run("stats", "--plugin", " ", workdir=tmp_path)
     assert "argument --plugin: an empty plugin name" in one_line_error(proc, 2)
+    # bug: export -o "$OUT" with OUT unset wrote to standard output
+    proc = run("export", "-o", "", workdir=tmp_path)
+    assert "argument -o/--output: an empty name (an unset variable?)" in one_line_error(proc, 2)
     assert "example.noop" in run("list", workdir=tmp_path).stdout  # not pruned
 
 

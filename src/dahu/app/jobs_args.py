@@ -8,7 +8,7 @@ import argparse
 from ..journal.base import MAX_ID
 from ..timespec import BadTime, parse_duration, parse_when
 
-__all__ = ["workdir", "plugin", "when", "count", "job_id", "seconds"]
+__all__ = ["workdir", "output", "plugin", "when", "count", "job_id", "seconds"]
 
 
 def workdir(text: str) -> str:
@@ -16,6 +16,16 @@ def workdir(text: str) -> str:
     not read, or prune, the default work directory (the server's)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty name (an unset variable?): give a directory")
+    return text
+
+
+def output(text: str) -> str:
+    """A file to write; an empty name is refused (``-o "$OUT"`` with ``OUT`` unset wrote
+    to standard output until 2026-11-30): ``-`` is standard output."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty name (an unset variable?): give a file, or - for standard output"
+        )
     return text
 
 
