@@ -1257,12 +1257,14 @@ def test_the_page_fits_a_phone(engine, monkeypatch, browser):
     [
         (["--http", "0.0.0.0:1", "--http-token", "short"], "at least 16 characters"),
         (["--http", "localhost:notaport"], "expected PORT or HOST:PORT"),
+        # bug: --http "$ADDR" with ADDR unset served no page, without a word
+        (["--http", ""], "argument --http: web address '': expected PORT or HOST:PORT"),
     ],
 )
 def test_bad_web_options_stop_the_server_in_one_line(tmp_path, args, message):
     process = start_server(tmp_path, *args)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 1
+    assert process.returncode == 2  # bad usage, as for dahu-register (was 1, or served)
     assert err.strip().splitlines()[-1].startswith("dahu_server: ") and message in err
 
 

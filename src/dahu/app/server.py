@@ -63,14 +63,19 @@ _SERVER_HELP = {
 
 
 def _check_values(args: argparse.Namespace) -> str | None:
-    """Why ``--retention``/``--retention-interval`` or ``--http-token`` cannot be applied
-    (None if they can)."""
+    """Why ``--retention``/``--retention-interval``, ``--http`` or ``--http-token`` cannot
+    be applied (None if they can)."""
     from ..retention import parse_retention
     from ..timespec import BadTime
-    from ..web.access import MIN_TOKEN_CHARS
+    from ..web.access import MIN_TOKEN_CHARS, WebError, parse_address
 
     if args.http_token and len(args.http_token) < MIN_TOKEN_CHARS:  # also for the property's page
         return f"argument --http-token: an access token has at least {MIN_TOKEN_CHARS} characters"
+    try:
+        if args.http is not None:  # --http "" was no page, without a word
+            parse_address(args.http)
+    except WebError as err:
+        return f"argument --http: {err}"
 
     if args.retention is not None:
         try:
