@@ -866,6 +866,20 @@ def test_a_token_the_server_would_not_apply_is_refused(capsys, monkeypatch):
     assert line.endswith("argument --http-token: an access token has at least 16 characters")
 
 
+def test_a_log_directory_that_cannot_be_made_is_one_line(tmp_path):
+    # bug: dahu_server -l FILE (or a directory it cannot make) ended in a traceback
+    (tmp_path / "file").write_text("")
+    command = [sys.executable, "-m", "dahu.app.server", "x", "-l", str(tmp_path / "file")]
+    proc = subprocess.run(
+        [*command, "-nodb", "-port", "1", "-dlist", "a/b/c"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == f"dahu_server: cannot log to {tmp_path}/file: File exists"
+
+
 @pytest.mark.parametrize("tool", ["server", "register"])
 @pytest.mark.parametrize("option", ["--workdir", "--plugins"])
 def test_an_empty_directory_is_refused_not_the_default_one(capsys, tool, option):

@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import tango_line
-from ..properties import PROPERTIES, number
+from ..properties import PROPERTIES, directory, number
 from . import leave
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="version", version=f"dahu {__version__}")
     parser.add_argument("-d", "--debug", action="store_true", help="log at DEBUG level")
     parser.add_argument(
-        "-l", "--log", metavar="DIR", help="also log to DIR/dahu_server_INSTANCE.log"
+        "-l",
+        "--log",
+        type=directory,
+        metavar="DIR",
+        help="also log to DIR/dahu_server_INSTANCE.log",
     )
     for prop in PROPERTIES:
         if prop.server_option:
@@ -221,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     problem = _check_values(args)
     if problem:
         parser.error(problem)
-    setup_logging(args.debug, args.log, instance)
+    try:
+        setup_logging(args.debug, args.log, instance)
+    except OSError as err:  # -l /etc/passwd: a traceback until 2026-11-30
+        sys.stderr.write(f"dahu_server: cannot log to {args.log}: {err.strerror or err}\n")
+        return 1
 
     # Imported here so that --help and --version answer without loading Tango.
     import tango
