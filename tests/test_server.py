@@ -880,6 +880,24 @@ def test_a_log_directory_that_cannot_be_made_is_one_line(tmp_path):
     assert proc.stderr.strip() == f"dahu_server: cannot log to {tmp_path}/file: File exists"
 
 
+def test_an_empty_scheduler_is_refused(capsys, monkeypatch):
+    # bug: dahu_server --executor dask --scheduler "$SCHED" with SCHED unset started a
+    # local cluster (or took the property's address) without a word
+    from dahu.app import server as dahu_server
+
+    def not_refused(*args):
+        raise AssertionError("the server would start")
+
+    monkeypatch.setattr(dahu_server, "setup_logging", not_refused)
+    with pytest.raises(SystemExit) as info:
+        dahu_server.main(["x", "--executor", "dask", "--scheduler", " ", "-nodb"])
+    assert info.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.endswith(
+        "argument --scheduler: an empty address (an unset variable?): give one, or local"
+    )
+
+
 @pytest.mark.parametrize("tool", ["server", "register"])
 @pytest.mark.parametrize("option", ["--workdir", "--plugins"])
 def test_an_empty_directory_is_refused_not_the_default_one(capsys, tool, option):

@@ -63,14 +63,16 @@ _SERVER_HELP = {
 
 
 def _check_values(args: argparse.Namespace) -> str | None:
-    """Why ``--retention``/``--retention-interval``, ``--http`` or ``--http-token`` cannot
-    be applied (None if they can)."""
+    """Why ``--retention``/``--retention-interval``, ``--scheduler``, ``--http`` or
+    ``--http-token`` cannot be applied (None if they can)."""
     from ..retention import parse_retention
     from ..timespec import BadTime
     from ..web.access import MIN_TOKEN_CHARS, WebError, parse_address
 
     if args.http_token and len(args.http_token) < MIN_TOKEN_CHARS:  # also for the property's page
         return f"argument --http-token: an access token has at least {MIN_TOKEN_CHARS} characters"
+    if args.scheduler is not None and not args.scheduler.strip():  # it meant the property's
+        return "argument --scheduler: an empty address (an unset variable?): give one, or local"
     try:
         if args.http is not None:  # --http "" was no page, without a word
             parse_address(args.http)
