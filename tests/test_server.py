@@ -1216,6 +1216,18 @@ def test_max_workers_0_on_the_command_line_wins_over_the_property(monkeypatch):
         settings.job_slots(-2)
 
 
+def test_a_workdir_property_may_start_with_a_tilde(monkeypatch):
+    # bug: a workdir property "~/dahu" (typed in Jive: no shell expands it) was a
+    # directory "~" in the server's current directory
+    from dahu.server_settings import settings
+
+    monkeypatch.setenv("HOME", "/home/opid02")
+    assert settings.work_directory(" ~/dahu ") == "/home/opid02/dahu"
+    assert settings.work_directory(" ") is None  # the default
+    monkeypatch.setattr(settings, "workdir", "~/other")  # --workdir '~/other': wins
+    assert settings.work_directory("~/dahu") == "/home/opid02/other"
+
+
 def test_0_on_the_command_line_wins_over_the_property(monkeypatch):
     # bug: dahu_server --timeout 0 (no limit), --recycle-jobs 0 and --recycle-rss-mb 0
     # (never) took the property's number

@@ -248,17 +248,21 @@ def test_server_of_an_instance_not_registered_says_so(database, tmp_path):
 def test_register_takes_the_original_options_and_defaults(database):
     # bug: "the following arguments are required: instance, device" for the original's
     # dahu-register --server NAME --domain D --family F --member M (all optional)
-    env = dict(os.environ, TANGO_HOST=database)
+    env = dict(os.environ, TANGO_HOST=database, HOME="/home/opid02")
     for argv, server, device in (
         (["--server", INSTANCE, "--domain", "id02", "--member", "7"], INSTANCE, "id02/dahu/7"),
         ([], "dahu", "id00/dahu/1"),
     ):
+        # bug: a quoted "~/dahu" was registered as a directory "~" in the current one
+        argv += ["--workdir", "~/dahu"]
         registered = subprocess.run(
             [tool("dahu-register"), *argv], env=env, capture_output=True, text=True, timeout=60
         )
         assert registered.returncode == 0, registered.stderr
-        info = tango.Database(*database.split(":")).get_device_info(device)
+        db = tango.Database(*database.split(":"))
+        info = db.get_device_info(device)
         assert (info.class_name, info.ds_full_name) == ("DahuDS", f"DahuDS/{server}")
+        assert list(db.get_device_property(device, "workdir")["workdir"]) == ["/home/opid02/dahu"]
     clash = subprocess.run(
         [tool("dahu-register"), INSTANCE, DEVICE, "--member", "2"],
         env=env,

@@ -117,7 +117,7 @@ class DahuDS(Device):
             return self._start_pusher()
         # Requests must not queue behind each other (waitJob blocks its caller only).
         tango.Util.instance().set_serial_model(tango.SerialModel.NO_SYNC)
-        workdir = settings.workdir or self.workdir.strip() or None
+        workdir = settings.work_directory(self.workdir)
         dirs = [d for d in (self.plugins_directory or []) if d.strip()] + list(settings.plugins)
         self._engine = configure_engine(
             workdir,

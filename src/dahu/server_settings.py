@@ -76,6 +76,12 @@ class ServerSettings:
         meant all CPUs)."""
         return worker_count(prop if self.max_workers is None else self.max_workers)
 
+    def work_directory(self, prop: str) -> str | None:
+        """``--workdir``, else the ``workdir`` property ``prop`` (None: the default); ``~``
+        is the user's home, as in ``plugins_directory`` and ``$DAHU_WORKDIR`` (until
+        2026-11-30 a property ``~/dahu`` was a directory ``~`` in the server's current one)."""
+        return os.path.expanduser(self.workdir or prop.strip()) or None
+
     def numbers(self, device: Any) -> tuple[int, float | None, int, float]:
         """The job slots, default timeout (None: no limit) and recycling (0: never) in
         force: the options, also when 0, else the device's properties.  A negative (or

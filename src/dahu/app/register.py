@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         values = value if prop.repeated else [value]
         if prop.path:
-            values = [os.path.abspath(v) for v in values]
+            values = [os.path.abspath(os.path.expanduser(v)) for v in values]  # "~/dahu"
         properties[prop.name] = [str(v) for v in values]
 
     info = tango.DbDevInfo()
