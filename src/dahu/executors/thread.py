@@ -67,20 +67,24 @@ def worker_count(value: Any) -> int:
     return whole or default_workers()
 
 
-def option_number(name: str, value: Any, unit: str, never: str = "", whole: bool = False) -> Any:
+def option_number(
+    name: str, value: Any, unit: str, never: str = "", whole: bool = False, most: float = math.inf
+) -> Any:
     """``value`` of the option ``name`` (an executor's, ``default_timeout``): a number of
-    ``unit`` 0 or more (``whole``: a whole number; finite, unless ``never`` says what None,
-    0 or infinity mean), else a one-line ``ValueError`` naming it (until 2026-11-30 text
-    such as ``"5"`` was taken and failed later, or meant ``never``, as did a negative one)."""
+    ``unit`` from 0 to ``most`` (``whole``: a whole number; finite, unless ``never`` says
+    what None, 0 or infinity mean), else a one-line ``ValueError`` naming it (until
+    2026-11-30 text such as ``"5"`` was taken and failed later, or meant ``never``, as did
+    a negative one)."""
     if never and value is None:
         return None
     kind = numbers.Integral if whole else numbers.Real
     if isinstance(value, kind) and not isinstance(value, bool):
-        if value >= 0 and (math.isfinite(value) or (never and not whole)):  # NaN: refused
+        if 0 <= value <= most and (math.isfinite(value) or (never and not whole)):  # not NaN
             return value
     also = f" ({never})" if never else ""
     number = "a whole number" if whole else "a number"
-    raise ValueError(f"{name} must be {number} of {unit}, 0 or more{also}, not {value!r}")
+    span = "0 or more" if most == math.inf else f"from 0 to {most:g}"
+    raise ValueError(f"{name} must be {number} of {unit}, {span}{also}, not {value!r}")
 
 
 def _aborted(task: Any) -> bool:
@@ -99,7 +103,8 @@ class ThreadExecutor:
         self, max_workers: int | None = None, idle_timeout: float = 30.0, abort_grace: float = 5.0
     ):
         self._max_workers = worker_count(max_workers)
-        self.idle_timeout = option_number("idle_timeout", idle_timeout, "seconds")
+        # a wait of 1e10 s overflows the system's timers: the pool thread died
+        self.idle_timeout = option_number("idle_timeout", idle_timeout, "seconds", most=86400)
         self.abort_grace = option_number("abort_grace", abort_grace, "seconds")
         self._abandoned: set[int] = set()
         self._threads_of: dict[int, int] = {}  # job id -> the pool thread running it
