@@ -816,6 +816,9 @@ def test_the_benchmark_runs_on_a_tiny_size():
         ("server", ["--timeout", "-1"], "--timeout: expected 0 or more, not -1"),
         ("server", ["--timeout", "nan"], "--timeout: expected a finite number, not 'nan'"),
         ("server", ["--retention-interval", "inf"], "expected a finite number, not 'inf'"),
+        # bug: 1e10 s killed the retention thread after its first prune (OverflowError)
+        ("server", ["--retention-interval", "1e10"], "expected 31536000 or less, not 1e10"),
+        ("register", ["--retention-interval", "1e10"], "expected 31536000 or less, not 1e10"),
         # bug: --shutdown-timeout inf (or 1e10) ended the stop in an OverflowError traceback
         ("server", ["--shutdown-timeout", "inf"], "expected a finite number, not 'inf'"),
         ("server", ["--shutdown-timeout", "1e10"], "expected 86400 or less, not 1e10"),
@@ -916,6 +919,27 @@ def test_an_empty_directory_is_refused_not_the_default_one(capsys, tool, option)
         assert line.endswith(
             f"argument {option}: an empty name (an unset variable?): give a directory"
         )
+
+
+def test_a_huge_retention_interval_property_keeps_the_schedule_alive(tmp_path):
+    # bug: a retention_interval property of 1e10 (dahu-register now refuses it) killed
+    # the retention thread after its first prune (OverflowError: a traceback in the log)
+    from dahu.journal import SQLiteJournal
+    from dahu.properties import MAX_RETENTION_INTERVAL
+    from dahu.retention import RetentionSchedule, parse_retention
+
+    SQLiteJournal(str(tmp_path)).close()
+    schedule = RetentionSchedule(str(tmp_path), parse_retention("10"), 1e10, first_delay=0)
+    waits = []
+
+    def wait(timeout):  # the first one ends at once (a prune), the second stops the thread
+        waits.append(timeout)
+        return len(waits) > 1
+
+    schedule._stop.wait = wait
+    schedule.start()
+    schedule._thread.join(30)
+    assert schedule.runs == 1 and waits == [0, MAX_RETENTION_INTERVAL]  # not 1e10
 
 
 @pytest.mark.parametrize("option", ["--workdir", "--max-workers", "-l", "--timeout"])

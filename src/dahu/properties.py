@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_WAIT_TIMEOUT",
     "DEFAULT_QUEUE_LIMIT",
     "DEFAULT_RETENTION_INTERVAL",
+    "MAX_RETENTION_INTERVAL",
     "directory",
     "number",
 ]
@@ -26,6 +27,7 @@ DEFAULT_WAIT_TIMEOUT = 2.0
 MAX_WAIT_TIMEOUT = 3600.0  # a longer wait overflows the system's timers (1e10 s did)
 DEFAULT_QUEUE_LIMIT = 1000
 DEFAULT_RETENTION_INTERVAL = 3600.0
+MAX_RETENTION_INTERVAL = 365 * 86400.0  # a year; 1e10 s overflows the system's timers
 
 
 @dataclass(frozen=True)
@@ -96,9 +98,9 @@ def number(dtype: type, minimum: float | None, maximum: float | None) -> Callabl
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, not {text!r}")
         if minimum is not None and value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {minimum:g} or more, not {text}")
+            raise argparse.ArgumentTypeError(f"expected {minimum:.15g} or more, not {text}")
         if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"expected {maximum:g} or less, not {text}")
+            raise argparse.ArgumentTypeError(f"expected {maximum:.15g} or less, not {text}")
         return value
 
     return parse
@@ -239,6 +241,7 @@ PROPERTIES: tuple[Property, ...] = (
         "--retention-interval",
         "S",
         server_option="--retention-interval",
+        maximum=MAX_RETENTION_INTERVAL,
     ),
 )
 """Every device property of ``DahuDS``, in the order the docs list them."""
