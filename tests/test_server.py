@@ -883,6 +883,22 @@ def test_a_log_directory_that_cannot_be_made_is_one_line(tmp_path):
     assert proc.stderr.strip() == f"dahu_server: cannot log to {tmp_path}/file: File exists"
 
 
+@pytest.mark.parametrize("instance", ["", " ", "a/b"])
+def test_a_bad_instance_name_is_refused_as_by_register(capsys, monkeypatch, instance):
+    # bug: dahu_server "" (or "$NAME" unset) started a server named "DahuDS/"
+    from dahu.app import server as dahu_server
+
+    def not_refused(*args):
+        raise AssertionError("the server would start")
+
+    monkeypatch.setattr(dahu_server, "setup_logging", not_refused)
+    with pytest.raises(SystemExit) as info:
+        dahu_server.main([instance, "-nodb", "-dlist", "a/b/c"])
+    assert info.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line == f"dahu_server: error: invalid instance name {instance!r}"
+
+
 def test_an_empty_scheduler_is_refused(capsys, monkeypatch):
     # bug: dahu_server --executor dask --scheduler "$SCHED" with SCHED unset started a
     # local cluster (or took the property's address) without a word

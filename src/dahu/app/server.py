@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(own)
     if instance is None or unknown:
         parser.error("the instance name must come first: dahu_server INSTANCE [options]")
+    if "/" in instance or not instance.strip():  # as dahu-register (DahuDS/INSTANCE)
+        parser.error(f"invalid instance name {instance!r}")
     problem = _check_values(args)
     if problem:
         parser.error(problem)
