@@ -539,6 +539,52 @@ def test_a_bad_max_workers_is_refused_naming_it(tmp_path, name):
         assert executor.max_workers == default_workers()
 
 
+@pytest.mark.parametrize("name", ["thread", "process", "dask"])
+def test_an_option_of_the_wrong_type_is_refused_naming_it(tmp_path, name):
+    # bug: abort_grace="x" made Job.abort() raise a TypeError, recycle_rss_mb="big" failed
+    # the second job ("cannot start the job: TypeError"), default_timeout="5" meant no limit
+    bad = [({"abort_grace": "x"}, None), ({"abort_grace": float("nan")}, None)]
+    if name != "dask":  # bug: 1e10 s killed the pool thread (OverflowError): jobs stalled
+        bad.append(({"idle_timeout": 1e10}, None))
+    bad.append(({}, "5"))
+    bad.append(({}, -1))
+    if name == "process":
+        bad += [({"recycle_rss_mb": "big"}, None), ({"recycle_jobs": -1}, None)]
+        bad.append(({"recycle_jobs": 2.5}, None))
+    for options, timeout in bad:
+        with pytest.raises(ValueError) as info:
+            dahu.engine.Engine(
+                workdir=str(tmp_path),
+                executor_kind=name,
+                executor_options=options,
+                default_timeout=timeout,
+            )
+        message = str(info.value)
+        named, value = next(iter(options.items())) if options else ("default_timeout", timeout)
+        assert message.startswith(f"{named} must be a ") and "\n" not in message
+        assert message.endswith(f", not {value!r}")
+    assert not (tmp_path / "journal.sqlite").exists()  # refused before the journal opened
+    executor = make_executor(name, 1, abort_grace=0)
+    assert executor.abort_grace == 0
+    if name == "process":
+        executor = make_executor(name, 1, recycle_jobs=0, recycle_rss_mb=float("inf"))
+        assert (executor.recycle_jobs, executor.recycle_rss_mb) == (0, float("inf"))
+
+
+def test_an_empty_workdir_is_refused_not_the_default_one(tmp_path, monkeypatch):
+    # bug: configure(workdir=os.environ.get("DIR", "")) used the default work directory,
+    # and workdir=" " made a directory named " " in the current one
+    monkeypatch.setenv("DAHU_WORKDIR", str(tmp_path / "default"))
+    monkeypatch.chdir(tmp_path)
+    for blank in ("", " "):
+        with pytest.raises(ValueError) as info:
+            dahu.engine.configure(workdir=blank)
+        assert (
+            str(info.value) == f"workdir must name a directory (None: the default), not {blank!r}"
+        )
+    assert os.listdir(tmp_path) == []
+
+
 def test_wait_for_chain_longer_than_the_pool(kind):
     head = Job("example.square", {"x": 2})
     chain = [head]

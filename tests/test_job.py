@@ -144,6 +144,12 @@ def test_join_before_start_waits_instead_of_raising(engine):
     job.start()
     waiter.join(20)
     assert result["state"] == Job.STATE_SUCCESS
+    # bug: a wait "forever" as a huge number raised OverflowError while the job ran
+    for forever in (1e10, float("inf")):
+        job = Job("example.sleep", {"t": 0.05})
+        job.start()
+        job.join(forever)
+        assert job.status == Job.STATE_SUCCESS
 
 
 def test_abort_running_job(engine):

@@ -124,8 +124,11 @@ def test_list_filters_and_limit(history):
         run("list", "--json", "--plugin", "example.square", "--limit", "0", workdir=workdir).stdout
     )
     assert [item["id"] for item in items] == ids["squares"]
-    # plugin names are not case-sensitive, in the filters as for the factory
-    spelled = run("list", "--json", "--plugin", "Example.SQUARE", "--limit", "0", workdir=workdir)
+    # plugin names are not case-sensitive, in the filters as for the factory; the spaces
+    # around one are not part of it, as for the device (bug: ' example.square ' found none)
+    spelled = run(
+        "list", "--json", "--plugin", " Example.SQUARE\t", "--limit", "0", workdir=workdir
+    )
     assert [item["id"] for item in json.loads(spelled.stdout)] == ids["squares"]
     proc = run("list", "--json", "--limit", "3", "--plugin", "example.square", workdir=workdir)
     assert len(json.loads(proc.stdout)) == 3 and "the last 3 of 40" in proc.stderr
@@ -564,6 +567,11 @@ def test_an_empty_work_directory_is_refused_not_the_default_one(tmp_path):
         )
         line = one_line_error(proc, 2)
         assert "argument -w/--workdir: an empty name (an unset variable?)" in line, line
+    proc = run("stats", "--plugin", " ", workdir=tmp_path)
+    assert "argument --plugin: an empty plugin name" in one_line_error(proc, 2)
+    # bug: export -o "$OUT" with OUT unset wrote to standard output
+    proc = run("export", "-o", "", workdir=tmp_path)
+    assert "argument -o/--output: an empty name (an unset variable?)" in one_line_error(proc, 2)
     assert "example.noop" in run("list", workdir=tmp_path).stdout  # not pruned
 
 

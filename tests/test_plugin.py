@@ -69,6 +69,18 @@ def test_function_plugin_job_with_wrong_arguments_fails_clearly(engine):
     job.join(10)
     assert job.status == Job.STATE_FAILURE
     assert "unexpected keyword argument 'y'" in job.error.splitlines()[0]
+    # bug: a misspelt key said only "unexpected keyword argument": the close parameter
+    # name is suggested, after the original's message (a client may parse it)
+    job = Job(name, {"x": 1, "ofset": 2})
+    job.start()
+    job.join(10)
+    assert job.status == Job.STATE_FAILURE
+    assert job.error.splitlines()[0] == (
+        "TypeError: triple_it() got an unexpected keyword argument 'ofset'; did you mean 'offset'?"
+    )
+    instance = Factory()(name)  # a TypeError the function raises itself is left alone
+    with pytest.raises(TypeError, match="^can only concatenate str"):
+        instance(x="a", offset=1)
 
 
 def test_profiling_writes_a_profile_file(engine):

@@ -29,6 +29,7 @@ import h5py
 import numpy
 import pytest
 
+from dahu.app import reprocess_args
 from dahu.compare import compare, compare_files, first_difference
 from dahu.testdata import make_dataset
 
@@ -363,7 +364,7 @@ def test_quiet_prints_only_the_summary(archive: Path, tmp_path: Path):
     assert "example.error" in proc.stdout
 
 
-def test_bad_usage_exits_2(tmp_path: Path):
+def test_bad_usage_exits_2(tmp_path: Path, capsys):
     assert reprocess().returncode == 2
     assert reprocess("-j", "0", tmp_path).returncode == 2
     assert reprocess("--rtol", "-1", tmp_path).returncode == 2
@@ -376,6 +377,13 @@ def test_bad_usage_exits_2(tmp_path: Path):
         proc = reprocess(option, value, tmp_path)
         assert proc.returncode == 2
         assert proc.stderr.splitlines()[-1] == f"dahu-reprocess: error: argument {reason}"
+    # bug: --workdir "$DIR" or -o "$DIR" with DIR unset meant the default directory
+    parser = reprocess_args.build_parser()
+    for option in ("--workdir", "-o", "--plugins"):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args([option, "", "1"])
+        assert info.value.code == 2
+        assert "an empty name (an unset variable?)" in capsys.readouterr().err.splitlines()[-1]
     proc = reprocess("--plugins", tmp_path / "nowhere", tmp_path)
     assert proc.returncode == 2
     assert "plugin directory" in proc.stderr.splitlines()[-1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import queue
 import sqlite3
 import subprocess
@@ -819,6 +820,13 @@ def test_the_benchmark_runs_on_a_tiny_size():
         ("server", ["--timeout", "-1"], "--timeout: expected 0 or more, not -1"),
         ("server", ["--timeout", "nan"], "--timeout: expected a finite number, not 'nan'"),
         ("server", ["--retention-interval", "inf"], "expected a finite number, not 'inf'"),
+        # bug: 1e10 s killed the retention thread after its first prune (OverflowError)
+        ("server", ["--retention-interval", "1e10"], "expected 31536000 or less, not 1e10"),
+        ("register", ["--retention-interval", "1e10"], "expected 31536000 or less, not 1e10"),
+        # bug: --shutdown-timeout inf (or 1e10) ended the stop in an OverflowError traceback
+        ("server", ["--shutdown-timeout", "inf"], "expected a finite number, not 'inf'"),
+        ("server", ["--shutdown-timeout", "1e10"], "expected 86400 or less, not 1e10"),
+        ("server", ["--shutdown-timeout", "-1"], "--shutdown-timeout: expected 0 or more"),
         ("register", ["--wait-timeout", "-2"], "--wait-timeout: expected 0 or more, not -2"),
         ("register", ["--queue-limit", "-1"], "--queue-limit: expected 0 or more, not -1"),
     ],
@@ -837,6 +845,121 @@ def test_numeric_options_refuse_what_the_server_cannot_use(capsys, tool, args, m
     (action,) = [a for a in parser._actions if args[0] in a.option_strings]
     accepted = parser.parse_args([*positional, args[0], "0"])  # 0 is fine everywhere
     assert getattr(accepted, action.dest) == 0
+
+
+def test_a_token_the_server_would_not_apply_is_refused(capsys, monkeypatch):
+    # bug: dahu-register --http-token short wrote it; the server then served no web page
+    # (an error in its log only), though dahu-register refuses what the server cannot apply
+    from dahu.app import register
+
+    monkeypatch.delenv("TANGO_HOST", raising=False)  # never a database of this machine
+
+    with pytest.raises(SystemExit) as info:
+        register.main(["x", "a/b/c", "--http", "8080", "--http-token", "short"])
+    assert info.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.endswith("argument --http-token: an access token has at least 16 characters")
+    # dahu_server too, without --http (the http property's page was not served, logged)
+    from dahu.app import server as dahu_server
+
+    def not_refused(*args):
+        raise AssertionError("the server would start")
+
+    monkeypatch.setattr(dahu_server, "setup_logging", not_refused)
+    with pytest.raises(SystemExit) as info:
+        dahu_server.main(["x", "--http-token", "short", "-nodb", "-dlist", "a/b/c"])
+    assert info.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.endswith("argument --http-token: an access token has at least 16 characters")
+
+
+def test_a_log_directory_that_cannot_be_made_is_one_line(tmp_path):
+    # bug: dahu_server -l FILE (or a directory it cannot make) ended in a traceback
+    (tmp_path / "file").write_text("")
+    command = [sys.executable, "-m", "dahu.app.server", "x", "-l", str(tmp_path / "file")]
+    proc = subprocess.run(
+        [*command, "-nodb", "-port", "1", "-dlist", "a/b/c"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == f"dahu_server: cannot log to {tmp_path}/file: File exists"
+
+
+@pytest.mark.parametrize("instance", ["", " ", "a/b"])
+def test_a_bad_instance_name_is_refused_as_by_register(capsys, monkeypatch, instance):
+    # bug: dahu_server "" (or "$NAME" unset) started a server named "DahuDS/"
+    from dahu.app import server as dahu_server
+
+    def not_refused(*args):
+        raise AssertionError("the server would start")
+
+    monkeypatch.setattr(dahu_server, "setup_logging", not_refused)
+    with pytest.raises(SystemExit) as info:
+        dahu_server.main([instance, "-nodb", "-dlist", "a/b/c"])
+    assert info.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line == f"dahu_server: error: invalid instance name {instance!r}"
+
+
+def test_an_empty_scheduler_is_refused(capsys, monkeypatch):
+    # bug: dahu_server --executor dask --scheduler "$SCHED" with SCHED unset started a
+    # local cluster (or took the property's address) without a word
+    from dahu.app import server as dahu_server
+
+    def not_refused(*args):
+        raise AssertionError("the server would start")
+
+    monkeypatch.setattr(dahu_server, "setup_logging", not_refused)
+    with pytest.raises(SystemExit) as info:
+        dahu_server.main(["x", "--executor", "dask", "--scheduler", " ", "-nodb"])
+    assert info.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.endswith(
+        "argument --scheduler: an empty address (an unset variable?): give one, or local"
+    )
+
+
+@pytest.mark.parametrize("tool", ["server", "register"])
+@pytest.mark.parametrize("option", ["--workdir", "--plugins"])
+def test_an_empty_directory_is_refused_not_the_default_one(capsys, tool, option):
+    # bug: dahu_server --workdir "$DIR" with DIR unset used the default work directory,
+    # --plugins '' added the current one, and dahu-register --workdir '' registered it
+    from dahu.app import register
+    from dahu.app import server as dahu_server
+
+    parser = (dahu_server if tool == "server" else register).build_parser()
+    positional = ["x"] if tool == "server" else ["x", "a/b/c"]
+    for empty in ("", " "):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args([*positional, option, empty])
+        assert info.value.code == 2
+        line = capsys.readouterr().err.splitlines()[-1]
+        assert line.endswith(
+            f"argument {option}: an empty name (an unset variable?): give a directory"
+        )
+
+
+def test_a_huge_retention_interval_property_keeps_the_schedule_alive(tmp_path):
+    # bug: a retention_interval property of 1e10 (dahu-register now refuses it) killed
+    # the retention thread after its first prune (OverflowError: a traceback in the log)
+    from dahu.journal import SQLiteJournal
+    from dahu.properties import MAX_RETENTION_INTERVAL
+    from dahu.retention import RetentionSchedule, parse_retention
+
+    SQLiteJournal(str(tmp_path)).close()
+    schedule = RetentionSchedule(str(tmp_path), parse_retention("10"), 1e10, first_delay=0)
+    waits = []
+
+    def wait(timeout):  # the first one ends at once (a prune), the second stops the thread
+        waits.append(timeout)
+        return len(waits) > 1
+
+    schedule._stop.wait = wait
+    schedule.start()
+    schedule._thread.join(30)
+    assert schedule.runs == 1 and waits == [0, MAX_RETENTION_INTERVAL]  # not 1e10
 
 
 @pytest.mark.parametrize("option", ["--workdir", "--max-workers", "-l", "--timeout"])
@@ -1175,3 +1298,41 @@ def test_the_ready_line_of_a_server_on_a_dask_cluster_names_its_scheduler():
     )
     executor.scheduler = "local"
     assert ", dask executor, 2 job slots, " in server_settings.ready_line("d", "1", engine)
+
+
+def test_a_workdir_property_may_start_with_a_tilde(monkeypatch):
+    # bug: a workdir property "~/dahu" (typed in Jive: no shell expands it) was a
+    # directory "~" in the server's current directory
+    from dahu.server_settings import settings
+
+    monkeypatch.setenv("HOME", "/home/opid02")
+    assert settings.work_directory(" ~/dahu ") == "/home/opid02/dahu"
+    assert settings.work_directory(" ") is None  # the default
+    monkeypatch.setattr(settings, "workdir", "~/other")  # --workdir '~/other': wins
+    assert settings.work_directory("~/dahu") == "/home/opid02/other"
+
+
+def test_0_on_the_command_line_wins_over_the_property(monkeypatch):
+    # bug: dahu_server --timeout 0 (no limit), --recycle-jobs 0 and --recycle-rss-mb 0
+    # (never) took the property's number
+    from types import SimpleNamespace
+
+    from dahu.server_settings import settings
+
+    device = SimpleNamespace(max_workers=2, queue_limit=5, default_timeout=60.0, wait_timeout=2.0)
+    device.recycle_jobs, device.recycle_rss_mb = 10, 500.0
+    assert settings.numbers(device) == (2, 60.0, 10, 500.0)  # no option: the properties
+    for name in ("timeout", "recycle_jobs", "recycle_rss_mb"):
+        monkeypatch.setattr(settings, name, 0)
+    assert settings.numbers(device) == (2, None, 0, 0.0)
+    # properties set by hand (Jive): NaN or negative ones meant never, no limit or no wait
+    for name, bad in [("recycle_rss_mb", math.nan), ("wait_timeout", math.nan)]:
+        good = getattr(device, name)
+        setattr(device, name, bad)
+        with pytest.raises(ValueError) as info:
+            settings.numbers(device)
+        assert str(info.value) == f"{name} must be 0 or more, not {bad!r}"
+        setattr(device, name, good)
+    device.default_timeout = -1.0
+    with pytest.raises(ValueError, match="^default_timeout must be 0 or more, not -1.0$"):
+        settings.numbers(device)

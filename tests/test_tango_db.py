@@ -248,17 +248,21 @@ def test_server_of_an_instance_not_registered_says_so(database, tmp_path):
 def test_register_takes_the_original_options_and_defaults(database):
     # bug: "the following arguments are required: instance, device" for the original's
     # dahu-register --server NAME --domain D --family F --member M (all optional)
-    env = dict(os.environ, TANGO_HOST=database)
+    env = dict(os.environ, TANGO_HOST=database, HOME="/home/opid02")
     for argv, server, device in (
         (["--server", INSTANCE, "--domain", "id02", "--member", "7"], INSTANCE, "id02/dahu/7"),
         ([], "dahu", "id00/dahu/1"),
     ):
+        # bug: a quoted "~/dahu" was registered as a directory "~" in the current one
+        argv += ["--workdir", "~/dahu"]
         registered = subprocess.run(
             [tool("dahu-register"), *argv], env=env, capture_output=True, text=True, timeout=60
         )
         assert registered.returncode == 0, registered.stderr
-        info = tango.Database(*database.split(":")).get_device_info(device)
+        db = tango.Database(*database.split(":"))
+        info = db.get_device_info(device)
         assert (info.class_name, info.ds_full_name) == ("DahuDS", f"DahuDS/{server}")
+        assert list(db.get_device_property(device, "workdir")["workdir"]) == ["/home/opid02/dahu"]
     clash = subprocess.run(
         [tool("dahu-register"), INSTANCE, DEVICE, "--member", "2"],
         env=env,
@@ -469,5 +473,21 @@ def test_init_with_a_bad_property_keeps_the_device_serving_in_fault(database, tm
         assert "FAULT: bad device property: max_workers must be a whole" in proxy.status()
         assert "not -2" in proxy.status()
         db.delete_device_property(DEVICE, ["max_workers"])
+        proxy.Init()
+        assert proxy.state() == tango.DevState.ON
+        # bug: a negative recycle_jobs/recycle_rss_mb meant "never" without a word, and a
+        # negative queue_limit kept the device in ALARM ("0 jobs queued, more than -1")
+        for name, value in (
+            ("queue_limit", "-1"),
+            ("recycle_jobs", "-3"),
+            ("recycle_rss_mb", "-1.5"),
+        ):
+            db.put_device_property(DEVICE, {name: [value]})
+            proxy.Init()
+            assert proxy.state() == tango.DevState.FAULT
+            status = proxy.status()
+            assert f"FAULT: bad device property: {name} must be 0 or more, not {value}:" in status
+            assert "ALARM" not in status  # the queue limit in force is kept
+            db.delete_device_property(DEVICE, [name])
         proxy.Init()
         assert proxy.state() == tango.DevState.ON

@@ -498,6 +498,8 @@ def test_every_endpoint_answers_json(server, jobs):
     assert only["jobs"] and {j["plugin"] for j in only["jobs"]} == {"example.square"}
     _, spelled = get_json(base + "/api/jobs?plugin=Example.Square")
     assert [j["id"] for j in spelled["jobs"]] == [j["id"] for j in only["jobs"]]
+    _, spaced = get_json(base + "/api/jobs?plugin=%20example.square%09")  # as the device
+    assert [j["id"] for j in spaced["jobs"]] == [j["id"] for j in only["jobs"]]
     _, failures = get_json(base + "/api/failures?limit=100")
     assert {jobs["bad"], jobs["aborted"]} <= {j["id"] for j in failures["failures"]}
 
@@ -1274,12 +1276,14 @@ def test_the_page_fits_a_phone(engine, monkeypatch, browser):
     [
         (["--http", "0.0.0.0:1", "--http-token", "short"], "at least 16 characters"),
         (["--http", "localhost:notaport"], "expected PORT or HOST:PORT"),
+        # bug: --http "$ADDR" with ADDR unset served no page, without a word
+        (["--http", ""], "argument --http: web address '': expected PORT or HOST:PORT"),
     ],
 )
 def test_bad_web_options_stop_the_server_in_one_line(tmp_path, args, message):
     process = start_server(tmp_path, *args)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 1
+    assert process.returncode == 2  # bad usage, as for dahu-register (was 1, or served)
     assert err.strip().splitlines()[-1].startswith("dahu_server: ") and message in err
 
 

@@ -9,6 +9,8 @@ another thread at any time and sets ``is_aborted``, which a long ``process`` sho
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -179,7 +181,34 @@ class PluginFromFunction(Plugin):
     def process(self) -> None:
         """Call the function with the input (less Dahu's own keys) as keyword arguments."""
         kwargs = {k: v for k, v in self.input.items() if k not in RESERVED_KEYS}
-        self.output["result"] = self.function(**kwargs)
+        try:
+            self.output["result"] = self.function(**kwargs)
+        except TypeError as err:
+            if err.__traceback__ is None or err.__traceback__.tb_next is not None:
+                raise  # raised inside the function, not by the call
+            hint = _did_you_mean(self.function, kwargs, str(err))
+            if not hint:
+                raise
+            raise TypeError(f"{err}; {hint}") from None
+
+
+def _did_you_mean(function: Callable[..., Any], kwargs: dict[str, Any], error: str) -> str:
+    """``did you mean 'npt'?`` when ``error`` (of calling ``function(**kwargs)``) names an
+    unexpected key close to one of its parameters ("" otherwise): the job fails as in the
+    original, with its message (``f() got an unexpected keyword argument 'npt_rad'``)."""
+    try:
+        params = [
+            name
+            for name, param in inspect.signature(function).parameters.items()
+            if param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+        ]
+    except (TypeError, ValueError):  # no signature (a builtin)
+        return ""
+    for key in kwargs:
+        if key not in params and error.endswith(f"keyword argument {key!r}"):
+            close = difflib.get_close_matches(key, params, n=1)
+            return f"did you mean {close[0]!r}?" if close else ""
+    return ""
 
 
 def plugin_from_function(function: Callable[..., Any]) -> str:

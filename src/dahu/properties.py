@@ -17,6 +17,9 @@ __all__ = [
     "DEFAULT_WAIT_TIMEOUT",
     "DEFAULT_QUEUE_LIMIT",
     "DEFAULT_RETENTION_INTERVAL",
+    "MAX_RETENTION_INTERVAL",
+    "directory",
+    "number",
 ]
 
 EXECUTORS = ("thread", "process", "dask")
@@ -24,6 +27,7 @@ DEFAULT_WAIT_TIMEOUT = 2.0
 MAX_WAIT_TIMEOUT = 3600.0  # a longer wait overflows the system's timers (1e10 s did)
 DEFAULT_QUEUE_LIMIT = 1000
 DEFAULT_RETENTION_INTERVAL = 3600.0
+MAX_RETENTION_INTERVAL = 365 * 86400.0  # a year; 1e10 s overflows the system's timers
 
 
 @dataclass(frozen=True)
@@ -63,14 +67,25 @@ class Property:
             kwargs["choices"] = list(self.choices)
         else:
             kwargs["metavar"] = self.metavar
+        if self.path:  # -w "$DIR" with DIR unset must not mean the default or "."
+            kwargs["type"] = directory
         if self.repeated:
             kwargs.update(action="append", default=[])
         elif self.dtype in (int, float):
-            kwargs["type"] = _number(self.dtype, self.minimum, self.maximum)
+            kwargs["type"] = number(self.dtype, self.minimum, self.maximum)
         parser.add_argument(option or self.option, dest=self.name, **kwargs)
 
 
-def _number(dtype: type, minimum: float | None, maximum: float | None) -> Callable[[str], Any]:
+def directory(text: str) -> str:
+    """An ``argparse`` type: a directory name; an empty or blank one is refused (until
+    2026-11-30 ``--workdir ''`` meant the default work directory, and ``--plugins ''``
+    or ``dahu-register --workdir ''`` the current one)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty name (an unset variable?): give a directory")
+    return text
+
+
+def number(dtype: type, minimum: float | None, maximum: float | None) -> Callable[[str], Any]:
     """An ``argparse`` type: a finite ``dtype`` from ``minimum`` to ``maximum``, or a
     one-line reason."""
 
@@ -83,9 +98,9 @@ def _number(dtype: type, minimum: float | None, maximum: float | None) -> Callab
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, not {text!r}")
         if minimum is not None and value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {minimum:g} or more, not {text}")
+            raise argparse.ArgumentTypeError(f"expected {minimum:.15g} or more, not {text}")
         if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"expected {maximum:g} or less, not {text}")
+            raise argparse.ArgumentTypeError(f"expected {maximum:.15g} or less, not {text}")
         return value
 
     return parse
@@ -226,6 +241,7 @@ PROPERTIES: tuple[Property, ...] = (
         "--retention-interval",
         "S",
         server_option="--retention-interval",
+        maximum=MAX_RETENTION_INTERVAL,
     ),
 )
 """Every device property of ``DahuDS``, in the order the docs list them."""

@@ -37,6 +37,7 @@ from .errors import DahuError
 from .jobquery import open_journal
 from .journal import JournalError, SQLiteJournal, job_file_stem
 from .journal.base import MAX_ID
+from .properties import MAX_RETENTION_INTERVAL
 from .states import State
 from .timespec import BadTime, parse_duration
 
@@ -387,4 +388,4 @@ class RetentionSchedule:
                 self.run_once()
             except Exception:  # a loop boundary: try again at the next period
                 logger.exception("retention: pruning %s failed", self.workdir)
-            delay = max(0.1, self.interval)
+            delay = max(0.1, min(self.interval, MAX_RETENTION_INTERVAL))  # 1e10: OverflowError

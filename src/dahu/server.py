@@ -101,12 +101,14 @@ class DahuDS(Device):
         property of the wrong type at an ``Init`` keeps the settings in force (FAULT)."""
         self._bad_property = ""
         adopt(self)  # after a DevRestart: what the deleted object knew
+        kept = getattr(self, "queue_limit", None)  # in force while the property is bad
         try:
             super().init_device()
-            max_workers = settings.job_slots(self.max_workers)  # a negative one: FAULT
+            max_workers, timeout, *recycling = settings.numbers(self)  # a negative one: FAULT
         except (tango.DevFailed, ValueError, TypeError) as err:  # PyTango's ValueError
             if not hasattr(self, "_engine"):  # at start: the server refuses to run
                 raise
+            self.queue_limit = kept
             self._bad_property = one_line(
                 tango_line(err) if isinstance(err, tango.DevFailed) else str(err)
             )
@@ -114,9 +116,8 @@ class DahuDS(Device):
             return self._start_pusher()
         # Requests must not queue behind each other (waitJob blocks its caller only).
         tango.Util.instance().set_serial_model(tango.SerialModel.NO_SYNC)
-        workdir = settings.workdir or self.workdir.strip() or None
+        workdir = settings.work_directory(self.workdir)
         dirs = [d for d in (self.plugins_directory or []) if d.strip()] + list(settings.plugins)
-        timeout = settings.timeout or (self.default_timeout if self.default_timeout > 0 else None)
         self._engine = configure_engine(
             workdir,
             max_workers,
@@ -126,12 +127,8 @@ class DahuDS(Device):
             timeout=timeout,
         )
         self._engine.thread_context = tango.EnsureOmniThread  # it pushes the job events
-        configure_recycling(
-            self._engine,
-            settings.recycle_jobs or int(self.recycle_jobs),
-            settings.recycle_rss_mb or float(self.recycle_rss_mb),
-        )
-        self._wait = min(max(0.0, float(self.wait_timeout)), MAX_WAIT_TIMEOUT)  # NaN: 0
+        configure_recycling(self._engine, *recycling)
+        self._wait = min(float(self.wait_timeout), MAX_WAIT_TIMEOUT)  # negative, NaN: FAULT
         self._retention_error = ""
         spec = settings.retention if settings.retention is not None else self.retention
         interval = settings.retention_interval or (

@@ -76,6 +76,29 @@ class ServerSettings:
         meant all CPUs)."""
         return worker_count(prop if self.max_workers is None else self.max_workers)
 
+    def work_directory(self, prop: str) -> str | None:
+        """``--workdir``, else the ``workdir`` property ``prop`` (None: the default); ``~``
+        is the user's home, as in ``plugins_directory`` and ``$DAHU_WORKDIR`` (until
+        2026-11-30 a property ``~/dahu`` was a directory ``~`` in the server's current one)."""
+        return os.path.expanduser(self.workdir or prop.strip()) or None
+
+    def numbers(self, device: Any) -> tuple[int, float | None, int, float]:
+        """The job slots, default timeout (None: no limit) and recycling (0: never) in
+        force: the options, also when 0, else the device's properties.  A negative (or
+        NaN) ``max_workers``, ``queue_limit``, ``recycle_jobs``, ``recycle_rss_mb``,
+        ``default_timeout`` or ``wait_timeout`` property is a ``ValueError`` naming it (the
+        device is FAULT; until 2026-11-30 they meant never, no limit or no wait, and
+        ``queue_limit`` kept the device in ALARM; an option of 0 took the property's)."""
+        numbers = "queue_limit recycle_jobs recycle_rss_mb default_timeout wait_timeout"
+        for name in numbers.split():
+            if not getattr(device, name) >= 0:
+                raise ValueError(f"{name} must be 0 or more, not {getattr(device, name)!r}")
+        prop = device.default_timeout if device.default_timeout > 0 else None
+        timeout = prop if self.timeout is None else (self.timeout or None)
+        jobs = device.recycle_jobs if self.recycle_jobs is None else self.recycle_jobs
+        rss_mb = device.recycle_rss_mb if self.recycle_rss_mb is None else self.recycle_rss_mb
+        return self.job_slots(device.max_workers), timeout, int(jobs), float(rss_mb)
+
 
 settings = ServerSettings()
 """The process's server settings (set by ``dahu_server`` before the server starts)."""

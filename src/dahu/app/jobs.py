@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the work directory (default: $DAHU_WORKDIR, else ~/.local/state/dahu)",
     )
     filters = argparse.ArgumentParser(add_help=False)
-    filters.add_argument("--plugin", metavar="NAME", help="only jobs of this plugin (any case)")
+    filters.add_argument(
+        "--plugin", type=types.plugin, metavar="NAME", help="only jobs of this plugin (any case)"
+    )
     filters.add_argument(
         "--state",
         choices=State.ALL,
@@ -155,7 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON lines (one object per job) or CSV (input and output as JSON text); "
         "default: csv when the output file ends with .csv, else jsonl",
     )
-    add.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default, or -: stdout)")
+    add.add_argument(
+        "-o",
+        "--output",
+        type=types.output,
+        metavar="FILE",
+        help="write to FILE (default, or -: stdout)",
+    )
     add = commands.add_parser(
         "prune",
         parents=[common, as_json],

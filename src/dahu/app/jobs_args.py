@@ -8,7 +8,7 @@ import argparse
 from ..journal.base import MAX_ID
 from ..timespec import BadTime, parse_duration, parse_when
 
-__all__ = ["workdir", "when", "count", "job_id", "seconds"]
+__all__ = ["workdir", "output", "plugin", "when", "count", "job_id", "seconds"]
 
 
 def workdir(text: str) -> str:
@@ -17,6 +17,24 @@ def workdir(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty name (an unset variable?): give a directory")
     return text
+
+
+def output(text: str) -> str:
+    """A file to write; an empty name is refused (``-o "$OUT"`` with ``OUT`` unset wrote
+    to standard output until 2026-11-30): ``-`` is standard output."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty name (an unset variable?): give a file, or - for standard output"
+        )
+    return text
+
+
+def plugin(text: str) -> str:
+    """A plugin name, without the spaces around it (the device strips them from the names
+    of the jobs it starts; until 2026-11-30 ``--plugin ' example.square '`` found none)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty plugin name: give one (any case)")
+    return text.strip()
 
 
 def when(text: str) -> float:

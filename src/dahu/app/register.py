@@ -71,12 +71,15 @@ def names(args: argparse.Namespace) -> tuple[str, str]:
     return instance, device
 
 
-def _check_values(retention: str | None, http: str | None) -> str | None:
-    """Why ``--retention`` or ``--http`` is a value the server would not apply (None if
-    both are right)."""
+def _check_values(retention: str | None, http: str | None, token: str | None) -> str | None:
+    """Why ``--retention``, ``--http`` or ``--http-token`` is a value the server would
+    not apply (None if they are right)."""
     from ..retention import parse_retention
     from ..timespec import BadTime
-    from ..web.access import WebError, parse_address
+    from ..web.access import MIN_TOKEN_CHARS, WebError, parse_address
+
+    if token and len(token.strip()) < MIN_TOKEN_CHARS:  # the server: no web page, logged
+        return f"argument --http-token: an access token has at least {MIN_TOKEN_CHARS} characters"
 
     try:
         if retention is not None:
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dahu-register``; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    problem = _check_values(args.retention, args.http)
+    problem = _check_values(args.retention, args.http, args.http_token)
     if problem:  # the server would not apply it: say so now, not in its Status later
         parser.error(problem)
     try:
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         values = value if prop.repeated else [value]
         if prop.path:
-            values = [os.path.abspath(v) for v in values]
+            values = [os.path.abspath(os.path.expanduser(v)) for v in values]  # "~/dahu"
         properties[prop.name] = [str(v) for v in values]
 
     info = tango.DbDevInfo()

@@ -6,6 +6,7 @@ import argparse
 
 from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_RTOL
+from ..properties import directory
 
 __all__ = ["PROG", "build_parser"]
 
@@ -58,10 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("sources", nargs="+", metavar="SOURCE", help=_HELP["sources"])
-    add("-o", "--output", metavar="DIR", help=_HELP["output"])
+    add("-o", "--output", type=directory, metavar="DIR", help=_HELP["output"])
     add("-j", "--jobs", type=_positive_int, default=1, metavar="N", help="jobs run at once")
-    add("--workdir", metavar="DIR", help=_HELP["workdir"])
-    add("--plugins", action="append", default=[], metavar="DIR", help=_HELP["plugins"])
+    add("--workdir", type=directory, metavar="DIR", help=_HELP["workdir"])
+    add(
+        "--plugins",
+        action="append",
+        default=[],
+        type=directory,
+        metavar="DIR",
+        help=_HELP["plugins"],
+    )
     add(
         "--executor",
         choices=["thread", "process"],

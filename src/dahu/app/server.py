@@ -22,12 +22,14 @@ from typing import Any
 
 from .. import __version__
 from ..errors import tango_line
-from ..properties import PROPERTIES
+from ..properties import PROPERTIES, directory, number
 from . import leave
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["main", "split_args"]
+
+MAX_SHUTDOWN_TIMEOUT = 86400.0  # a day; 1e10 s overflows the system's timers
 
 # Own options: flags, then options taking a value (each also in build_parser()).
 FLAGS = {"-d", "--debug", "-V", "--version", "-h", "--help"}
@@ -60,10 +62,22 @@ _SERVER_HELP = {
 }
 
 
-def _check_retention(args: argparse.Namespace) -> str | None:
-    """Why ``--retention``/``--retention-interval`` cannot be applied (None if they can)."""
+def _check_values(args: argparse.Namespace) -> str | None:
+    """Why ``--retention``/``--retention-interval``, ``--scheduler``, ``--http`` or
+    ``--http-token`` cannot be applied (None if they can)."""
     from ..retention import parse_retention
     from ..timespec import BadTime
+    from ..web.access import MIN_TOKEN_CHARS, WebError, parse_address
+
+    if args.http_token and len(args.http_token) < MIN_TOKEN_CHARS:  # also for the property's page
+        return f"argument --http-token: an access token has at least {MIN_TOKEN_CHARS} characters"
+    if args.scheduler is not None and not args.scheduler.strip():  # it meant the property's
+        return "argument --scheduler: an empty address (an unset variable?): give one, or local"
+    try:
+        if args.http is not None:  # --http "" was no page, without a word
+            parse_address(args.http)
+    except WebError as err:
+        return f"argument --http: {err}"
 
     if args.retention is not None:
         try:
@@ -87,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="version", version=f"dahu {__version__}")
     parser.add_argument("-d", "--debug", action="store_true", help="log at DEBUG level")
     parser.add_argument(
-        "-l", "--log", metavar="DIR", help="also log to DIR/dahu_server_INSTANCE.log"
+        "-l",
+        "--log",
+        type=directory,
+        metavar="DIR",
+        help="also log to DIR/dahu_server_INSTANCE.log",
     )
     for prop in PROPERTIES:
         if prop.server_option:
@@ -95,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--shutdown-timeout",
         metavar="S",
-        type=float,
+        type=number(float, 0, MAX_SHUTDOWN_TIMEOUT),  # inf: a traceback at the stop
         default=30.0,
         help="on SIGINT/SIGTERM, how long to wait for aborted jobs to end (default 30)",
     )
@@ -206,10 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(own)
     if instance is None or unknown:
         parser.error("the instance name must come first: dahu_server INSTANCE [options]")
-    problem = _check_retention(args)
+    if "/" in instance or not instance.strip():  # as dahu-register (DahuDS/INSTANCE)
+        parser.error(f"invalid instance name {instance!r}")
+    problem = _check_values(args)
     if problem:
         parser.error(problem)
-    setup_logging(args.debug, args.log, instance)
+    try:
+        setup_logging(args.debug, args.log, instance)
+    except OSError as err:  # -l /etc/passwd: a traceback until 2026-11-30
+        sys.stderr.write(f"dahu_server: cannot log to {args.log}: {err.strerror or err}\n")
+        return 1
 
     # Imported here so that --help and --version answer without loading Tango.
     import tango

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import DahuError, JournalError, one_line
 from ..executors import Watchdog, make_executor
+from ..executors.thread import option_number
 from ..factory import Factory, plugin_factory
 from ..journal import Journal, SQLiteJournal, write_job_files
 from ..journal.base import encode_output, storable_id
@@ -33,6 +34,7 @@ from .stopping import close, shut_down
 from .table import DROP_AFTER, DROP_WAVE, JobTable, drop_later
 
 logger = logging.getLogger(__name__)
+NO_LIMIT = "None or 0: no limit"
 
 JOURNAL_RETRY = 10.0
 """Seconds between two tries to give the journal the outcomes it refused (disk full...)."""
@@ -45,7 +47,7 @@ __all__ = ["Engine", "configure", "get_engine", "activate"]
 class Engine:
     """Holds what every job of the process shares, and owns the jobs while they live.
 
-    :param workdir: the stable work directory (journal, ``.inp``/``.out`` files)
+    :param workdir: the stable work directory (journal, files); not blank (``ValueError``)
     :param journal: a journal; default a :class:`~dahu.journal.SQLiteJournal` in ``workdir``
     :param executor: where plugins run; default a :class:`~dahu.executors.ThreadExecutor`
     :param max_workers: slots of the executor (None or 0: the number of CPUs; a negative
@@ -53,8 +55,8 @@ class Engine:
     :param executor_kind: ``thread`` (default), ``process`` or ``dask`` when no executor
         is given; ``executor_options`` go to its constructor
     :param default_timeout: seconds after which a running job is aborted as timed out
-        (None: no limit); a plugin's ``JOB_TIMEOUT`` or the input key ``job_timeout``
-        override it
+        (None or 0: no limit; not a number, or a negative one: ``ValueError``); a plugin's
+        ``JOB_TIMEOUT`` or the input key ``job_timeout`` override it
     :param recover: close the unfinished jobs of dead processes as ``interrupted``
     :param batch_outcomes: let the outcome of a job that ends while others wait for a
         slot wait for theirs to share a commit (at most 32 of them, 2 ms): for batch
@@ -76,7 +78,10 @@ class Engine:
         recover: bool = True,
         batch_outcomes: bool = False,
     ):
-        if executor is None:  # first: a bad max_workers leaves the journal untouched
+        if isinstance(workdir, str) and not workdir.strip():  # os.environ.get("DIR", "")
+            raise ValueError(f"workdir must name a directory (None: the default), not {workdir!r}")
+        timeout = option_number("default_timeout", default_timeout, "seconds", NO_LIMIT)
+        if executor is None:  # first: a bad option leaves the journal untouched
             executor = make_executor(executor_kind, max_workers, **(executor_options or {}))
         self.journal = journal if journal is not None else SQLiteJournal(workdir)
         self.workdir = os.path.abspath(
@@ -85,7 +90,7 @@ class Engine:
         self.interrupted = self.journal.mark_interrupted() if recover else []
         self.first_id = self.journal.last_id() + 1
         self.factory = factory
-        self.default_timeout = default_timeout
+        self.default_timeout = timeout
         self.batch_outcomes = batch_outcomes
         self.watchdog = Watchdog()
         if hasattr(self.journal, "drain_some"):  # a client's command never commits for long

@@ -182,8 +182,8 @@ class JobRun:
             return False
         if me == self.runner or serves(self):
             raise RuntimeError(SELF_JOIN)
-        with released():
-            return self.done.wait(timeout)
+        with released():  # past 1e9 s, forever: 1e10 overflowed the system's timers
+            return self.done.wait(None if timeout is None or timeout > 1e9 else timeout)
 
 
 def final_output(run: JobRun, outcome: Outcome) -> dict[str, Any]:

@@ -48,7 +48,7 @@ from .dask_task import begun_tasks, plugin_began, run_task, running_for
 from .process import exit_text
 from .runner import Outcome
 from .slot import serving
-from .thread import worker_count
+from .thread import option_number, worker_count
 from .worker import outcome_from_message
 
 logger = logging.getLogger(__name__)
@@ -278,7 +278,7 @@ class DaskExecutor:
     ):
         self.scheduler = scheduler or "local"
         self.max_workers = worker_count(max_workers)
-        self.abort_grace = abort_grace
+        self.abort_grace = option_number("abort_grace", abort_grace, "seconds")
         self.in_flight_limit = 100_000 if self.scheduler != "local" else 10 * self.max_workers
         self.host: Any = None
         self.client: Any = None

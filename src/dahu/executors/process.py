@@ -33,10 +33,11 @@ from typing import Any
 from ..states import State
 from .base import Task, close_orphans
 from .runner import Outcome
-from .thread import ThreadExecutor
+from .thread import ThreadExecutor, option_number
 from .worker import LOST_PIPE, outcome_from_message
 
 logger = logging.getLogger(__name__)
+NEVER = "0 or None: never"
 
 __all__ = ["ProcessExecutor", "WorkerProcess"]
 
@@ -271,9 +272,9 @@ class ProcessExecutor(ThreadExecutor):
         idle_timeout: float = 600.0,
     ):
         super().__init__(max_workers, idle_timeout=idle_timeout)
-        self.recycle_jobs = recycle_jobs
-        self.recycle_rss_mb = recycle_rss_mb
-        self.abort_grace = abort_grace
+        self.recycle_jobs = option_number("recycle_jobs", recycle_jobs, "jobs", NEVER, whole=True)
+        self.recycle_rss_mb = option_number("recycle_rss_mb", recycle_rss_mb, "MB", NEVER)
+        self.abort_grace = option_number("abort_grace", abort_grace, "seconds")
         self._local = threading.local()
         self._workers: set[WorkerProcess] = set()
         self._workers_lock = threading.Lock()

@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
+import numbers
 import operator
 import os
 import threading
@@ -37,7 +39,7 @@ from .slot import serving
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ThreadExecutor", "default_workers"]
+__all__ = ["ThreadExecutor", "default_workers", "option_number"]
 
 
 def default_workers() -> int:
@@ -65,6 +67,26 @@ def worker_count(value: Any) -> int:
     return whole or default_workers()
 
 
+def option_number(
+    name: str, value: Any, unit: str, never: str = "", whole: bool = False, most: float = math.inf
+) -> Any:
+    """``value`` of the option ``name`` (an executor's, ``default_timeout``): a number of
+    ``unit`` from 0 to ``most`` (``whole``: a whole number; finite, unless ``never`` says
+    what None, 0 or infinity mean), else a one-line ``ValueError`` naming it (until
+    2026-11-30 text such as ``"5"`` was taken and failed later, or meant ``never``, as did
+    a negative one)."""
+    if never and value is None:
+        return None
+    kind = numbers.Integral if whole else numbers.Real
+    if isinstance(value, kind) and not isinstance(value, bool):
+        if 0 <= value <= most and (math.isfinite(value) or (never and not whole)):  # not NaN
+            return value
+    also = f" ({never})" if never else ""
+    number = "a whole number" if whole else "a number"
+    span = "0 or more" if most == math.inf else f"from 0 to {most:g}"
+    raise ValueError(f"{name} must be {number} of {unit}, {span}{also}, not {value!r}")
+
+
 def _aborted(task: Any) -> bool:
     """Whether the engine is aborting ``task`` (None: a thread that runs no task)."""
     return getattr(task, "abort_reason", None) is not None
@@ -81,8 +103,9 @@ class ThreadExecutor:
         self, max_workers: int | None = None, idle_timeout: float = 30.0, abort_grace: float = 5.0
     ):
         self._max_workers = worker_count(max_workers)
-        self.idle_timeout = idle_timeout
-        self.abort_grace = abort_grace
+        # a wait of 1e10 s overflows the system's timers: the pool thread died
+        self.idle_timeout = option_number("idle_timeout", idle_timeout, "seconds", most=86400)
+        self.abort_grace = option_number("abort_grace", abort_grace, "seconds")
         self._abandoned: set[int] = set()
         self._threads_of: dict[int, int] = {}  # job id -> the pool thread running it
         self._tasks: dict[int, Task] = {}  # pool thread -> the task it runs
