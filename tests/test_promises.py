@@ -171,7 +171,8 @@ def test_an_outcome_held_for_a_batch_is_reported_while_the_next_job_runs(workdir
         for job in (first, gate, after):
             job.start()
         assert reported.wait(10), "the held outcome was not committed while the gate ran"
-        assert first.status == "success" and gate.status == "running"
+        # the gate has not ended (it cannot, _GATE is shut): it may not have begun yet
+        assert first.status == "success" and gate.status in ("starting", "running")
         assert committed(workdir, first.id) == ("success", first.output_data)
     finally:
         _GATE.set()
