@@ -1337,3 +1337,19 @@ def test_an_output_sqlite_cannot_hold_is_recorded_as_a_note(
     with open(job.data_on_disk + ".out") as out:  # whole: the worker sent it all
         assert json.load(out)["result"] == "x" * 200_000
     engine.shutdown(timeout=30)
+
+
+@pytest.mark.parametrize("name", ["a b", "x#y", "q?r", "%41", "p%20c", "é ü"])
+def test_a_work_directory_of_any_name_holds_its_own_journal(tmp_path, name):
+    # the journal is opened through a SQLite URI: the characters that end its path (?, #)
+    # or begin an escape (%) must name this directory, not another one
+    workdir = tmp_path / name
+    journal = SQLiteJournal(str(workdir))
+    job_id = journal.create("example.square", {"x": 3}, time.time())
+    journal.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    reader = SQLiteJournal(str(workdir), create=False)
+    try:
+        assert reader.get(job_id).input["x"] == 3
+    finally:
+        reader.close()

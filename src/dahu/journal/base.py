@@ -34,7 +34,6 @@ import functools
 import json
 import logging
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -253,7 +252,7 @@ class Journal(abc.ABC):
         """A token naming this journal: the same in every process that writes it (an id
         is the same job), another one for another journal (a fresh work directory numbers
         its jobs from 1 again).  Clients compare it across a server restart."""
-        return uuid.uuid4().hex
+        return os.urandom(16).hex()  # not uuid: 1.6 ms more of a command line's start
 
     @abc.abstractmethod
     def create(self, plugin: str, input_data: dict[str, Any], submitted: float) -> int:

@@ -13,8 +13,6 @@ import os
 import shutil
 import sqlite3
 import time
-import urllib.parse
-import uuid
 from typing import Any
 
 from ..errors import JournalError
@@ -171,9 +169,16 @@ def _lower(text: object) -> object:
     return text.lower() if isinstance(text, str) else text
 
 
+def _uri_path(path: str) -> str:
+    """``path`` in a SQLite URI: the characters that end a URI's path (``?``, ``#``) or
+    begin an escape (``%``) escaped, the rest as it is (SQLite reads it as UTF-8);
+    not urllib.parse, whose import is 2 ms of every command line's start."""
+    return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+
+
 def _open(path: str, write: bool, immutable: bool) -> sqlite3.Connection:
     """:func:`connect_file`."""
-    uri = f"file:{urllib.parse.quote(path)}?mode={'rw' if write else 'ro'}"
+    uri = f"file:{_uri_path(path)}?mode={'rw' if write else 'ro'}"
     if immutable:
         uri += "&immutable=1"
     db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False)
@@ -314,7 +319,7 @@ def journal_token(journal: Any) -> str:
             db.execute("CREATE TABLE IF NOT EXISTS identity (token TEXT NOT NULL)")
             db.execute(
                 "INSERT INTO identity SELECT ? WHERE NOT EXISTS (SELECT 1 FROM identity)",
-                (uuid.uuid4().hex,),
+                (os.urandom(16).hex(),),
             )
             return db.execute("SELECT token FROM identity ORDER BY rowid LIMIT 1").fetchone()[0]
     except sqlite3.Error as err:
