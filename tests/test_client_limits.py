@@ -353,6 +353,47 @@ def test_an_output_slower_to_arrive_than_the_timeout_is_read_all_the_same(server
         assert dahu._proxy().get_timeout_millis() == 3000  # only that call had more time
 
 
+class _Outage:
+    """A proxy whose getJobOutput fails while ``down`` (as during a ``DevRestart``)."""
+
+    down = True
+    failed = 0
+
+    def __init__(self, proxy):
+        self._proxy = proxy
+
+    def __getattr__(self, name):
+        return getattr(self._proxy, name)
+
+    def command_inout(self, command, *args):
+        if command == "getJobOutput" and _Outage.down:
+            _Outage.failed += 1
+            raise _devfailed(("API_CommunicationFailed", "Failed to connect: OBJECT_NOT_EXIST"))
+        return self._proxy.command_inout(command, *args)
+
+
+def test_an_outage_is_one_warning_not_one_per_job(server, caplog):
+    # bug: a DevRestart while outcomes were fetched logged one warning per job
+    # ("job N: getJobOutput: Failed to connect to device ..."): 1,200 lines for 1,500 jobs
+    caplog.set_level("DEBUG", logger="dahu.client")
+    _Outage.down, _Outage.failed = True, 0
+    with DahuClient(server.url, poll_interval=0.05, sweep_interval=0.05) as dahu:
+        real = dahu._new_proxy
+        dahu._new_proxy = lambda: _Outage(real())
+        futures = dahu.map("example.square", [{"x": i} for i in range(20)])
+        deadline = time.monotonic() + 20
+        while _Outage.failed < 40:  # every job failed, most of them twice
+            assert time.monotonic() < deadline, f"{_Outage.failed} failures"
+            time.sleep(0.01)
+        _Outage.down = False
+        assert [f.result(timeout=20)["result"] for f in futures] == [i * i for i in range(20)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings
+    assert "getJobOutput: Failed to connect: OBJECT_NOT_EXIST (asked again, as " in warnings[0]
+    assert "pending job(s) are, until the server answers)" in warnings[0]
+    assert warnings[1].startswith(f"{server.url}: the server answers again (")
+
+
 def test_pickling_a_future_says_what_to_pickle_instead(server):
     # bug: pickle and copy failed with "cannot pickle '_thread.RLock' object", which
     # says nothing of the future nor of what to do

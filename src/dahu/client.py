@@ -37,7 +37,7 @@ import tango
 
 from .client_args import check_settings, chunks, encode_input, encode_inputs, job_number, wait_time
 from .client_calls import ask, call, callers, close_at_exit, patience, plugin_list, within
-from .client_watch import check_journal, read_journal, watch
+from .client_watch import check_journal, fetched, not_fetched, read_journal, watch
 from .futures import (
     ClientClosed,
     ClientError,
@@ -132,6 +132,7 @@ class DahuClient:
         self._closed = False
         self._suspect = False  # events may have been lost: check every pending job
         self._fresh = False  # jobs were submitted since the watcher last looked
+        self._unfetched = 0  # outcomes not fetched since the last one fetched (an outage)
         self._last_event = time.monotonic()  # last job of ours learnt from an event
         self._wake = threading.Event()
         self._outcomes: queue.SimpleQueue = queue.SimpleQueue()
@@ -407,12 +408,14 @@ class DahuClient:
                 return
             if err.reason == "API_DeviceTimedOut":  # too slow to send: allow twice as long
                 future._patience = 2 * max(future._patience, self._proxy().get_timeout_millis())
-            logger.warning("%s: job %s: %s", self.device, future.job_id, err)
+            not_fetched(self, future, err)  # one warning for an outage, not one per job
             self._requeue(future)
             self._suspect = True
         except Exception as err:  # a loop boundary: the future must not hang
             logger.exception("%s: job %s: cannot fetch its outcome", self.device, future.job_id)
             future._settle(None, error=ClientError(f"job {future.job_id}: {err}"))
+        else:
+            fetched(self)
 
     def _help(self, future: JobFuture, timeout: float | None) -> float | None:
         """A wait for ``future`` in a done-callback, run by one of our threads: fetch
