@@ -36,8 +36,8 @@ from typing import Any
 import tango
 
 from .client_args import check_settings, chunks, encode_input, encode_inputs, job_number, wait_time
-from .client_calls import call, caller_thread, close_at_exit, patience, plugin_list, within
-from .client_watch import check_journal, read_journal, watch
+from .client_calls import ask, call, callers, close_at_exit, patience, plugin_list, within
+from .client_watch import check_journal, fetched, not_fetched, read_journal, watch
 from .futures import (
     ClientClosed,
     ClientError,
@@ -132,6 +132,7 @@ class DahuClient:
         self._closed = False
         self._suspect = False  # events may have been lost: check every pending job
         self._fresh = False  # jobs were submitted since the watcher last looked
+        self._unfetched = 0  # outcomes not fetched since the last one fetched (an outage)
         self._last_event = time.monotonic()  # last job of ours learnt from an event
         self._wake = threading.Event()
         self._outcomes: queue.SimpleQueue = queue.SimpleQueue()
@@ -191,19 +192,10 @@ class DahuClient:
         return proxy
 
     _call = call  # (self, command, argument=None, millis=0): a refusal tried again
+    _ask = ask  # (self, command, argument=None, millis=0, deadline=0): call, bounded
     _within = within  # (self, deadline, what, function, *args): JobFuture.cancel's
     _patience = patience  # (self): seconds a call may take
-
-    def _caller(self) -> concurrent.futures.ThreadPoolExecutor | None:
-        """The thread that makes the calls of :func:`within` (None once closed)."""
-        with self._lock:
-            if self._closed:
-                return None
-            if self._callers is None:
-                self._callers = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="dahu-client-call", initializer=caller_thread
-                )
-            return self._callers
+    _caller = callers  # (self): the threads making the calls of within (None once closed)
 
     # ---- submitting ----------------------------------------------------------------------
     def submit(
@@ -217,10 +209,10 @@ class DahuClient:
         input too large), :class:`ClientError` for an input JSON cannot encode.
         """
         text = encode_input(plugin, input, kwargs)
-        self._begin()
+        deadline = self._begin()
         ids: list[int] = []
         try:
-            ids = [int(self._call("startJob", [plugin, text]))]
+            ids = [int(self._ask("startJob", [plugin, text], 0, deadline))]
         finally:
             futures = self._track(ids, plugin)
         return futures[0]
@@ -238,12 +230,12 @@ class DahuClient:
         if not texts:
             return futures
         for chunk in chunks(texts, MAX_INPUT_CHARS - 2):
-            self._begin()
+            self._begin("startJobs")
             ids: list[int] = []
             try:
                 # a large batch takes longer to record than one call's default timeout
                 text, millis = "[" + ",".join(chunk) + "]", 10_000 + 2 * len(chunk)
-                ids = [int(i) for i in self._call("startJobs", [plugin, text], millis)]
+                ids = [int(i) for i in self._ask("startJobs", [plugin, text], millis)]
             finally:
                 futures += self._track(ids, plugin)
         return futures
@@ -258,14 +250,15 @@ class DahuClient:
         if not -(2**31) <= job_id < 2**31:  # Tango's DevLong: the device could not be asked
             raise JobNotFound(f"no job {job_id}: job ids are 32-bit", "Dahu_UnknownJob")
         if job_id < 0:
-            job_id = int(json.loads(self._call("getJobInfo", job_id))["id"])
-        check_journal(self, self.poll_interval)  # not a pending future of another journal
+            job_id = int(json.loads(self._ask("getJobInfo", job_id))["id"])
+        deadline = time.monotonic() + self._patience()  # not a future of another journal:
+        self._within(deadline, "getJobInfo", check_journal, self, self.poll_interval)
         future = JobFuture(self, job_id)
         tracked = self._register(future)  # before asking: an event from now on is not missed
         if tracked is not future:
             return tracked
         try:
-            info = json.loads(self._call("getJobInfo", job_id))
+            info = json.loads(self._ask("getJobInfo", job_id, 0, deadline))
         except ServerError:
             self._forget(future)
             raise
@@ -281,7 +274,7 @@ class DahuClient:
             if self._closed:
                 raise ClientClosed(f"the client of {self.device} is closed")
             try:
-                text = self._call("listPlugins")
+                text = self._ask("listPlugins")
                 break
             except ServerError as err:  # still loading the modules (or too busy to say)
                 if err.reason not in _RETRY_REASONS or time.monotonic() > deadline:
@@ -311,13 +304,17 @@ class DahuClient:
             return len(self._pending)
 
     # ---- bookkeeping ---------------------------------------------------------------------
-    def _begin(self) -> None:
-        """A submission starts: events of jobs not tracked yet are kept until it ends."""
-        check_journal(self, self.poll_interval)  # its ids: of the journal of our futures
+    def _begin(self, command: str = "startJob") -> float:
+        """A submission starts: events of jobs not tracked yet are kept until it ends;
+        return the deadline of its call (the journal check's too: its ids are of the
+        journal of our futures)."""
+        deadline = time.monotonic() + self._patience()
+        self._within(deadline, command, check_journal, self, self.poll_interval)
         with self._lock:
             if self._closed:
                 raise ClientClosed(f"the client of {self.device} is closed")
             self._submitting += 1
+        return deadline
 
     def _track(self, ids: list[int], plugin: str) -> list[JobFuture]:
         """A submission ended: make the futures of its ``ids``."""
@@ -411,12 +408,14 @@ class DahuClient:
                 return
             if err.reason == "API_DeviceTimedOut":  # too slow to send: allow twice as long
                 future._patience = 2 * max(future._patience, self._proxy().get_timeout_millis())
-            logger.warning("%s: job %s: %s", self.device, future.job_id, err)
+            not_fetched(self, future, err)  # one warning for an outage, not one per job
             self._requeue(future)
             self._suspect = True
         except Exception as err:  # a loop boundary: the future must not hang
             logger.exception("%s: job %s: cannot fetch its outcome", self.device, future.job_id)
             future._settle(None, error=ClientError(f"job {future.job_id}: {err}"))
+        else:
+            fetched(self)
 
     def _help(self, future: JobFuture, timeout: float | None) -> float | None:
         """A wait for ``future`` in a done-callback, run by one of our threads: fetch

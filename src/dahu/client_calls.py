@@ -1,6 +1,7 @@
 """The device calls of :mod:`dahu.client`: a ``DevFailed`` as one line, a connection
-refused tried again within the call's timeout (a server restarting), and calls bounded
-in time (``JobFuture.cancel``), see ``docs/client.md``.  Also the closing of the clients
+refused tried again within the call's timeout (a server restarting), and the calls made
+for the client's users bounded in time (a server stopped by a signal), see
+``docs/client.md``.  Also the closing of the clients
 still open when the interpreter exits.
 """
 
@@ -19,11 +20,13 @@ from .futures import ServerError
 
 __all__ = [
     "call",
+    "ask",
     "within",
     "plugin_list",
     "patience",
     "close_at_exit",
     "caller_thread",
+    "callers",
     "TANGO_TIMEOUT",
 ]
 
@@ -74,20 +77,51 @@ def _call_once(client: Any, command: str, argument: Any, millis: int) -> Any:
         raise ServerError.from_devfailed(err, command) from None
 
 
-_caller_thread = threading.local()  # is_it: in the caller thread of a client
+_caller_thread = threading.local()  # is_it: in a caller thread of a client
+
+
+CALLERS = 8  # threads of a client making the calls of its users (a few may be stuck)
 
 
 def caller_thread() -> None:
-    """Mark the running thread as the caller thread of a client (its initializer)."""
+    """Mark the running thread as a caller thread of a client (its initializer)."""
     _caller_thread.is_it = True
 
 
-def within(client: Any, deadline: float, what: str, function: Any, *args: Any) -> Any:
-    """``function(*args)`` run by the client's caller thread, waited for until
+def callers(client: Any) -> concurrent.futures.ThreadPoolExecutor | None:
+    """The threads of ``client`` that make the calls of :func:`within` (None once the
+    client is closed)."""
+    with client._lock:
+        if client._closed:
+            return None
+        if client._callers is None:
+            client._callers = concurrent.futures.ThreadPoolExecutor(
+                CALLERS, thread_name_prefix="dahu-client-call", initializer=caller_thread
+            )
+        return client._callers
+
+
+def ask(
+    client: Any, command: str, argument: Any = None, millis: int = 0, deadline: float = 0.0
+) -> Any:
+    """:func:`call` made for a user of the client (``submit``, ``state``...): answered,
+    or failed with ``API_DeviceTimedOut``, within the client's timeout (``millis`` ms if
+    longer), or by ``deadline`` if given.  Never made again once sent: a ``startJob``
+    whose answer is lost is reported, not repeated (it would make a second job)."""
+    span = max(patience(client), millis / 1000)
+    deadline = deadline or time.monotonic() + span
+    return within(client, deadline, command, call, client, command, argument, millis, span=span)
+
+
+def within(
+    client: Any, deadline: float, what: str, function: Any, *args: Any, span: float = 0.0
+) -> Any:
+    """``function(*args)`` run by one of the client's caller threads, waited for until
     ``deadline`` (``time.monotonic()``): a server that does not answer (stopped by a
-    signal, swapping) makes Tango take two or three times the timeout for one call.
-    Past the deadline, :class:`ServerError` (``API_DeviceTimedOut``) in one line; the
-    call may still reach the server later."""
+    signal, swapping) makes Tango take two or three times the timeout for one call, and
+    its 3 s of reconnection.  Past the deadline, :class:`ServerError`
+    (``API_DeviceTimedOut``: not answered within ``span`` s, the client's timeout if 0)
+    in one line; the call may still reach the server later."""
     executor = client._caller()
     if executor is None or getattr(_caller_thread, "is_it", False):
         return function(*args)  # closed, or in a callback run by that thread: no waiting
@@ -99,7 +133,7 @@ def within(client: Any, deadline: float, what: str, function: Any, *args: Any) -
         return work.result(max(0.0, deadline - time.monotonic()) + GRACE)
     except concurrent.futures.TimeoutError:
         work.cancel()  # not started yet: never made
-        seconds = patience(client)
+        seconds = span or patience(client)
         raise ServerError(
             f"{what}: the device {client.device} did not answer within {seconds:g} s "
             f"(is its server running, at this address?)",

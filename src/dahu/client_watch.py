@@ -19,7 +19,7 @@ from .states import State
 
 logger = logging.getLogger("dahu.client")
 
-__all__ = ["watch", "read_journal", "check_journal"]
+__all__ = ["watch", "read_journal", "check_journal", "not_fetched", "fetched"]
 
 
 def watch(client: Any) -> None:
@@ -139,6 +139,39 @@ def _sweep(client: Any, forced: bool) -> int:
     if found:
         logger.info("%s: %d job(s) ended without an event", client.device, found)
     return found
+
+
+def not_fetched(client: Any, future: Any, err: ServerError) -> None:
+    """The outcome of ``future`` could not be fetched (it is asked again): a warning for
+    the first of an outage (a server restarting, stopped), not one for each of its jobs."""
+    with client._lock:
+        client._unfetched += 1
+        first, pending = client._unfetched == 1, len(client._pending) + 1
+    if first:
+        logger.warning(
+            "%s: job %s: %s (asked again, as the outcomes of the %d pending job(s) are, "
+            "until the server answers)",
+            client.device,
+            future.job_id,
+            err,
+            pending,
+        )
+    else:
+        logger.debug("%s: job %s: %s", client.device, future.job_id, err)
+
+
+def fetched(client: Any) -> None:
+    """An outcome was fetched: the end of an outage, if there was one."""
+    if not client._unfetched:  # the usual case: no lock taken
+        return
+    with client._lock:
+        failed, client._unfetched = client._unfetched, 0
+    if failed:
+        logger.warning(
+            "%s: the server answers again (%d fetch(es) of an outcome had failed meanwhile)",
+            client.device,
+            failed,
+        )
 
 
 def read_journal(proxy: tango.DeviceProxy) -> str | None:

@@ -259,35 +259,36 @@ class JobFuture(concurrent.futures.Future):
         when the client was closed before the job ended: it goes on on the server)."""
         if self.cancelled():
             return State.ABORTED
+        client, deadline = self._client, time.monotonic() + self._client._patience()
         if not self.done():  # its job N, not that of a server restarted on another journal
-            self._client._check_journal(self._client.poll_interval)
+            client._within(deadline, "getJobState", client._check_journal, client.poll_interval)
         if self._final_state is not None:
             return self._final_state
-        return self._client._call("getJobState", self.job_id)
+        return client._ask("getJobState", self.job_id, 0, deadline)
 
     @property
     def input(self) -> dict[str, Any]:
         """The job's input as the server recorded it (with ``job_id`` and ``plugin_name``)."""
-        return json.loads(self._client._call("getJobInput", self.job_id))
+        return json.loads(self._client._ask("getJobInput", self.job_id))
 
     @property
     def output(self) -> dict[str, Any]:
         """The job's output: the result once it succeeded, else what the server has now."""
         if self.done() and not self.cancelled() and self.exception(0) is None:
             return self.result(0)
-        return json.loads(self._client._call("getJobOutput", self.job_id))
+        return json.loads(self._client._ask("getJobOutput", self.job_id))
 
     @property
     def error(self) -> str:
         """The job's error text: a one-line reason, then the traceback ("" if none)."""
-        return self._client._call("getJobError", self.job_id)
+        return self._client._ask("getJobError", self.job_id)
 
     @property
     def info(self) -> dict[str, Any]:
         """Times, state and provenance of the job (``getJobInfo``): id, plugin, state,
         submitted/started/ended (epoch s), runtime (s), error line, host, pid, version,
         module_file, plugin_version."""
-        return json.loads(self._client._call("getJobInfo", self.job_id))
+        return json.loads(self._client._ask("getJobInfo", self.job_id))
 
     # -- settled by the client
     def _settle(
