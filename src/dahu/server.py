@@ -122,7 +122,7 @@ class DahuDS(Device):
             workdir,
             max_workers,
             dirs,
-            executor=settings.executor or self.executor.strip() or "thread",
+            executor=settings.executor or self.executor.strip().lower() or "thread",
             scheduler=settings.scheduler or self.scheduler.strip() or "local",
             timeout=timeout,
         )
