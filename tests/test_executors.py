@@ -1362,6 +1362,7 @@ def test_executor_kind_is_read_as_the_word_it_is(tmp_path):
         ({"recycle_job": 2}, "the process executor has no option 'recycle_job': did you mean "),
         ({"max_workers": 3}, "max_workers is not one of the executor options: give it as its "),
         ({"colour": 2}, "the process executor has no option 'colour': it takes recycle_jobs, "),
+        (["recycle_jobs"], "executor options are a dict, not list"),
     ],
 )
 def test_a_wrong_executor_option_is_named_in_one_line(tmp_path, options, message):

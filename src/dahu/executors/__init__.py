@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from .base import Executor, Task, execute
@@ -52,6 +53,8 @@ def make_executor(kind: str = "thread", max_workers: int | None = None, **option
 def make_executor_with(kind: str, max_workers: int | None, options: dict[str, Any] | None) -> Any:
     """:func:`make_executor` with its options in a dict (``executor_options``), where a
     ``max_workers`` is refused in one line."""
+    if not isinstance(options, Mapping | None):
+        raise TypeError(f"executor options are a dict, not {type(options).__name__}")
     options = dict(options or {})
     if "max_workers" in options:
         raise TypeError(
