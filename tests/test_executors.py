@@ -1354,6 +1354,11 @@ def test_executor_kind_is_read_as_the_word_it_is(tmp_path):
         assert engine.executor.name == "process"
     finally:
         engine.executor.shutdown(wait=True, timeout=30)
+    # and a scheduler of ' Local ' (a property as typed) is the local cluster, not an
+    # address: the server stopped, "missing port number in address 'Local'"
+    cluster = make_executor(" Dask ", 1, scheduler=" Local ")  # not started before attach
+    assert (cluster.name, cluster.scheduler) == ("dask", "local")
+    assert make_executor("dask", 1, scheduler=" tcp://host:8786 ").scheduler == "tcp://host:8786"
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ __all__ = [
     "default_workers",
     "make_executor",
     "make_executor_with",
+    "scheduler_address",
     "KINDS",
 ]
 
@@ -72,6 +73,13 @@ def make_executor_with(kind: str, max_workers: int | None, options: dict[str, An
         raise ValueError(f"unknown executor {kind!r}: expected thread, process or dask")
     check_options(name, klass, options)
     return klass(max_workers, **options)
+
+
+def scheduler_address(text: str | None) -> str:
+    """The dask executor's scheduler: an address as given, blanks around it ignored, or
+    ``local`` (also for none, or ``Local``: a word, read in any case)."""
+    address = (text or "").strip()
+    return "local" if address.lower() in ("", "local") else address
 
 
 def check_options(kind: str, klass: Any, options: dict[str, Any]) -> None:
