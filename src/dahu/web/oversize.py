@@ -31,8 +31,8 @@ LINGER = 2.0  # seconds the rest of a refused request is read before the socket 
 TORNADO_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"  # what Tornado writes, with no body
 MALFORMED = (
     "the request is not HTTP this server can read: a malformed request line or header "
-    "(a header line without a colon, two Host headers, a Content-Length that is no number "
-    "or over 100 MB)"
+    "(a header line without a colon, no Host header or two, a Content-Length that is no "
+    "number or over 100 MB)"
 )
 TOO_LONG = (
     f"the request's address and headers are longer than {MAX_HEADER_BYTES} bytes: ask with "
