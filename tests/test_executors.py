@@ -1346,6 +1346,41 @@ def test_unknown_executor_is_refused(tmp_path):
         dahu.engine.configure(workdir=str(tmp_path), executor_kind="gpu")
 
 
+def test_executor_kind_is_read_as_the_word_it_is(tmp_path):
+    # bug: an executor property or option of ' Process ' stopped the server with
+    # "unknown executor 'Process'"
+    engine = dahu.engine.configure(workdir=str(tmp_path), executor_kind=" Process ")
+    try:
+        assert engine.executor.name == "process"
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+    # and a scheduler of ' Local ' (a property as typed) is the local cluster, not an
+    # address: the server stopped, "missing port number in address 'Local'"
+    cluster = make_executor(" Dask ", 1, scheduler=" Local ")  # not started before attach
+    assert (cluster.name, cluster.scheduler) == ("dask", "local")
+    assert make_executor("dask", 1, scheduler=" tcp://host:8786 ").scheduler == "tcp://host:8786"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"recycle_job": 2}, "the process executor has no option 'recycle_job': did you mean "),
+        ({"max_workers": 3}, "max_workers is not one of the executor options: give it as its "),
+        ({"colour": 2}, "the process executor has no option 'colour': it takes recycle_jobs, "),
+        (["recycle_jobs"], "executor options are a dict, not list"),
+    ],
+)
+def test_a_wrong_executor_option_is_named_in_one_line(tmp_path, options, message):
+    # bugs: recycle_job gave "ProcessExecutor.__init__() got an unexpected keyword
+    # argument", max_workers "make_executor() got multiple values for argument"
+    with pytest.raises(TypeError) as raised:
+        dahu.engine.configure(
+            workdir=str(tmp_path), executor_kind="process", executor_options=options
+        )
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+    assert not (tmp_path / "journal.sqlite").exists()  # refused before the journal opened
+
+
 def test_watchdog_refuses_a_nan_delay_and_keeps_its_order():
     # a NaN deadline compares false with every other: in the heap it would delay others
     from dahu.executors import Watchdog

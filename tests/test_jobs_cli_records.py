@@ -76,6 +76,13 @@ def test_a_damaged_row_is_named_and_the_other_jobs_are_read(tmp_path):
     proc = run("show", "4", workdir=tmp_path)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr
     assert "submitted  1e+300 (not a date)\nstarted    inf (not a date)\n" in proc.stdout
+    # bug: a runtime no job has (1e300) was a number of hours 300 digits long
+    _damage(tmp_path, "UPDATE jobs SET runtime = 1e300 WHERE id = 4")
+    proc = run("show", "4", workdir=tmp_path)
+    assert "\nruntime    1e+300 (not a duration)\n" in proc.stdout
+    for command in ("list", "stats"):
+        proc = run(command, workdir=tmp_path)
+        assert "e+300 (not a duration)" in proc.stdout and " h " not in proc.stdout, command
 
 
 def test_the_engine_names_a_damaged_field_in_one_line(engine, workdir):

@@ -380,13 +380,15 @@ def test_init_says_which_changed_properties_wait_for_a_restart(database, tmp_pat
     # in silence (docs/server.md said that Init re-reads them)
     with registered_server(database, tmp_path) as proxy:
         db = tango.Database(*database.split(":"))
-        db.put_device_property(DEVICE, {"http": ["127.0.0.1:0"]})
+        # the executor in use, written by hand: not a change (it was "Thread ignored")
+        db.put_device_property(DEVICE, {"http": ["127.0.0.1:0"], "executor": [" Thread "]})
         proxy.Init()  # the first address is served
         assert "web page: http://127.0.0.1:" in proxy.status()
         db.put_device_property(DEVICE, {"executor": ["process"], "http": ["127.0.0.1:1"]})
         proxy.Init()
     log = (tmp_path / "server.err").read_text()
     assert "executor process ignored: the server uses the thread executor until it restarts" in log
+    assert "executor Thread ignored" not in log and "executor thread ignored" not in log
     assert "web page address 127.0.0.1:1 ignored: the page is served on 127.0.0.1:0" in log
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import tornado
 from tango.test_context import DeviceTestContext
 
 import dahu.engine.core
@@ -800,6 +801,35 @@ def test_bad_requests_get_a_clear_4xx(server, jobs, path, status, reason):
     assert got == status, body
     error = json.loads(body)["error"]
     assert reason in error and "\n" not in error and "Traceback" not in body
+
+
+# Tornado reads a Host header since 6.5: before, two of them or host@evil.com went to the page
+HOSTS = pytest.mark.skipif(tornado.version_info < (6, 5), reason="Tornado < 6.5 lets them pass")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param("GET /api/counters HTTP/1.1\r\nHost: {host}\r\nHost: {host}\r\n", marks=HOSTS),
+        pytest.param("GET /api/counters HTTP/1.1\r\nHost: {host}@evil.com\r\n", marks=HOSTS),
+        "GET /api/counters HTTP/1.1\r\nHost: {host}\r\nContent-Length: x\r\n",
+        "GET /api/counters HTTP/1.1\r\nHost: {host}\r\nno colon here\r\n",
+        "GARBAGE\r\n",
+    ],
+)
+def test_a_request_that_is_not_http_gets_the_one_line_json_400(server, head):
+    # bug: Tornado's own 400 for a request it could not read had an empty body
+    host = server[0].http.split("//", 1)[1]
+    address, port = host.rsplit(":", 1)
+    with socket.create_connection((address, int(port)), timeout=10) as connection:
+        connection.sendall((head.format(host=host) + "\r\n").encode())
+        answer = b""
+        while chunk := connection.recv(65536):  # the server closes the connection
+            answer += chunk
+    status, body = answer.split(b"\r\n", 1)[0], answer.split(b"\r\n\r\n", 1)[1]
+    assert status == b"HTTP/1.1 400 Bad Request"
+    assert json.loads(body) == {"error": json.loads(body)["error"], "status": 400}
+    assert json.loads(body)["error"].startswith("the request is not HTTP this server can read")
 
 
 def test_a_damaged_row_is_shown_with_its_unreadable_field(server):

@@ -31,6 +31,7 @@ from tango.server import Device, attribute, command, device_property
 from . import __version__
 from .engine import SHUTDOWN_REASON, nonblocking
 from .errors import DahuError, InvalidInput, TryAgain, UnknownJob, one_line, tango_line
+from .executors import scheduler_address
 from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_inputs
 from .job import Job
 from .properties import DEFAULT_RETENTION_INTERVAL, MAX_WAIT_TIMEOUT, PROPERTIES
@@ -122,8 +123,8 @@ class DahuDS(Device):
             workdir,
             max_workers,
             dirs,
-            executor=settings.executor or self.executor.strip() or "thread",
-            scheduler=settings.scheduler or self.scheduler.strip() or "local",
+            executor=settings.executor or self.executor.strip().lower() or "thread",
+            scheduler=scheduler_address(settings.scheduler or self.scheduler),
             timeout=timeout,
         )
         self._engine.thread_context = tango.EnsureOmniThread  # it pushes the job events

@@ -8,13 +8,20 @@ retention setting.  Every refusal is a :class:`BadTime` whose message is one lin
 from __future__ import annotations
 
 import datetime
-import math
 import re
 import time
 
 from .errors import DahuError
 
-__all__ = ["BadTime", "UNITS", "parse_duration", "parse_when", "format_time", "format_duration"]
+__all__ = [
+    "BadTime",
+    "UNITS",
+    "LONGEST_RUNTIME",
+    "parse_duration",
+    "parse_when",
+    "format_time",
+    "format_duration",
+]
 
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 """Seconds per unit of a duration."""
@@ -84,15 +91,22 @@ def _significant(value: float) -> str:
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
+LONGEST_RUNTIME = 100 * 365.25 * 86400.0
+"""Seconds past which a runtime is no job's (a hand-edited journal's ``1e300``)."""
+
+
 def format_duration(seconds: float | None, micro: str = "µs") -> str:
     """A runtime as a person reads it, three significant digits below a minute:
     ``0.4 µs``, ``3.21 µs``, ``105 µs``, ``5.86 ms``, ``2.5 s``, ``12.3 s``, then
     ``2 min 5.0 s``, ``1 h 2 min`` ("" for None).  ``micro`` is the unit of microseconds
-    (``us`` where ``µ`` cannot be shown)."""
+    (``us`` where ``µ`` cannot be shown).  A number no runtime is (negative, over a
+    century, infinity, NaN) is shown as it is: ``1e+300 (not a duration)``."""
     if seconds is None:
         return ""
-    if not math.isfinite(seconds) or seconds <= 0:
-        return f"{seconds:g} s"  # 0 s; inf s, nan s as they are, not a made-up figure
+    if not 0 <= seconds <= LONGEST_RUNTIME:  # NaN too: not a made-up figure
+        return f"{seconds:g} (not a duration)"
+    if seconds == 0:
+        return "0 s"
     for scale, unit in ((1e-6, micro), (1e-3, "ms"), (1.0, "s")):
         value = float(f"{seconds / scale:.3g}")  # 999.7 µs is 1 ms, not 1e+03 µs
         if value < 1000 and (unit != "s" or value < 60):

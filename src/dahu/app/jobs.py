@@ -29,7 +29,7 @@ from ..journal import JournalError, default_workdir, job_file_stem
 from ..journal.sqlite import SQLiteJournal, process_alive
 from ..retention import DEFAULT_MIN_AGE, prune
 from ..states import State
-from ..timespec import format_duration, format_time
+from ..timespec import LONGEST_RUNTIME, format_duration, format_time
 from ..utils import one_line, standard_json
 from . import jobs_args as types
 from .jobtable import Unreadable, cut, micro, runtime_text, shown, write_table
@@ -279,8 +279,8 @@ def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
         f"started    {format_time(record.started)}",
         f"ended      {format_time(record.ended)}",
         f"runtime    {runtime_text(record.runtime, out)} ({record.runtime:.9g} s)"
-        if record.runtime is not None
-        else "runtime",
+        if record.runtime is not None and 0 <= record.runtime <= LONGEST_RUNTIME
+        else f"runtime    {runtime_text(record.runtime, out)}".rstrip(),
         f"host       {record.host or ''} (pid {record.pid}), Dahu {record.version or '?'}",
         f"plugin     {record.module_file or '?'}, version {record.plugin_version or '?'}",
         f"files      {files['inp'] or '(no .inp)'}, {files['out'] or '(no .out)'}",

@@ -20,7 +20,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from ..errors import DahuError, JournalError, one_line
-from ..executors import Watchdog, make_executor
+from ..executors import Watchdog, make_executor_with
 from ..executors.thread import option_number
 from ..factory import Factory, plugin_factory
 from ..journal import Journal, SQLiteJournal, write_job_files
@@ -82,7 +82,7 @@ class Engine:
             raise ValueError(f"workdir must name a directory (None: the default), not {workdir!r}")
         timeout = option_number("default_timeout", default_timeout, "seconds", NO_LIMIT)
         if executor is None:  # first: a bad option leaves the journal untouched
-            executor = make_executor(executor_kind, max_workers, **(executor_options or {}))
+            executor = make_executor_with(executor_kind, max_workers, executor_options)
         self.journal = journal if journal is not None else SQLiteJournal(workdir)
         self.workdir = os.path.abspath(
             workdir or getattr(self.journal, "workdir", None) or os.getcwd()

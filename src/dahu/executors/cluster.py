@@ -43,6 +43,7 @@ from typing import Any
 from ..errors import error_line
 from ..factory import Factory
 from ..states import State
+from . import scheduler_address
 from .base import Task, close_orphans
 from .dask_task import begun_tasks, plugin_began, run_task, running_for
 from .process import exit_text
@@ -276,7 +277,7 @@ class DaskExecutor:
         scheduler: str = "local",
         abort_grace: float = 2.0,
     ):
-        self.scheduler = scheduler or "local"
+        self.scheduler = scheduler_address(scheduler)
         self.max_workers = worker_count(max_workers)
         self.abort_grace = option_number("abort_grace", abort_grace, "seconds")
         self.in_flight_limit = 100_000 if self.scheduler != "local" else 10 * self.max_workers

@@ -1,6 +1,9 @@
 """The page's HTTP server: Tornado's, but a request whose address and headers are longer
 than Tornado reads (:data:`MAX_HEADER_BYTES`) gets an answer, 431 with a one-line reason,
-instead of a connection closed without a word (an empty reply, for curl or a browser).
+instead of a connection closed without a word (an empty reply, for curl or a browser),
+and one Tornado cannot read as HTTP (a garbage request line, two ``Host`` headers, a
+``Content-Length`` that is no number) the 400 Tornado writes with the one-line JSON
+reason every other error of the page has, instead of an empty body.
 
 Tornado closes such a connection at once.  The server keeps a duplicate of each
 connection's socket; when Tornado closed one for a request too long to read, the answer
@@ -25,16 +28,23 @@ MAX_HEADER_BYTES = 65536  # Tornado's default
 LINGER = 2.0  # seconds the rest of a refused request is read before the socket is closed
 
 
-def _answer() -> bytes:
-    body = json.dumps(
-        {
-            "error": f"the request's address and headers are longer than {MAX_HEADER_BYTES} "
-            "bytes: ask with a shorter address",
-            "status": 431,
-        }
-    ).encode()
+TORNADO_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"  # what Tornado writes, with no body
+MALFORMED = (
+    "the request is not HTTP this server can read: a malformed request line or header "
+    "(a header line without a colon, no Host header or two, a Content-Length that is no "
+    "number or over 100 MB)"
+)
+TOO_LONG = (
+    f"the request's address and headers are longer than {MAX_HEADER_BYTES} bytes: ask with "
+    "a shorter address"
+)
+
+
+def _answer(status: int = 431, reason: str = TOO_LONG) -> bytes:
+    body = json.dumps({"error": reason, "status": status}).encode()
+    title = "Request Header Fields Too Large" if status == 431 else "Bad Request"
     head = (
-        "HTTP/1.1 431 Request Header Fields Too Large\r\n"
+        f"HTTP/1.1 {status} {title}\r\n"
         "Content-Type: application/json; charset=UTF-8\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Cache-Control: no-store\r\n"
@@ -44,7 +54,8 @@ def _answer() -> bytes:
 
 
 class HTTPServer(tornado.httpserver.HTTPServer):
-    """Tornado's HTTP server, answering 431 to a request too long to read."""
+    """Tornado's HTTP server, answering 431 to a request too long to read, and a
+    one-line JSON 400 to one it cannot read."""
 
     def initialize(self, *args: Any, **kwargs: Any) -> None:
         super().initialize(*args, max_header_size=MAX_HEADER_BYTES, **kwargs)
@@ -55,6 +66,12 @@ class HTTPServer(tornado.httpserver.HTTPServer):
             self._spares[stream] = stream.socket.dup()
         except OSError:  # out of file descriptors: served, without the answer
             pass
+        write = stream.write
+
+        def answer(data: Any) -> Any:  # Tornado's 400 to a request it could not read
+            return write(_answer(400, MALFORMED) if data == TORNADO_400 else data)
+
+        stream.write = answer  # type: ignore[method-assign]
         super().handle_stream(stream, address)
 
     def on_close(self, server_conn: Any) -> None:
