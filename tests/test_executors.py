@@ -4,6 +4,7 @@ Each executor gets one engine for the module (a local Dask cluster takes a secon
 start); every test runs real jobs through ``dahu.job.Job``.
 """
 
+import logging
 import os
 import signal
 import threading
@@ -367,6 +368,7 @@ def test_a_plugin_whose_abort_never_returns_stalls_no_timeout(kind):
 
 
 SLOW_ABORTS = """
+import logging
 import os
 import time
 
@@ -1117,6 +1119,7 @@ def test_a_job_a_plugin_makes_in_a_worker_is_in_the_same_journal(kind, tmp_path,
 
 
 LEAVER = """
+import logging
 import os
 import threading
 import time
@@ -1185,6 +1188,7 @@ def test_the_jobs_a_plugin_made_end_with_their_worker_process(kind, how, tmp_pat
 
 
 SLOW_IMPORT = """
+import logging
 import os
 import time
 
@@ -1425,6 +1429,7 @@ def run_job(name, data):
 FORKING = '''
 import json
 import multiprocessing
+import logging
 import os
 import subprocess
 import sys
@@ -1791,3 +1796,21 @@ def test_a_dask_executor_ends_thousands_of_jobs_halted_in_a_row(caplog):
     executor.submit(Halted(5000))  # now they all get their slot, one after the other
     assert executor.counts() == {"queued": 0, "running": 0, "waiting": 0}
     assert "RecursionError" not in caplog.text
+
+
+def test_a_dask_stop_with_a_job_s_abort_watcher_waiting_logs_no_traceback(tmp_path, caplog):
+    # bug: every stop of a Dask server logged "ERROR distributed.event ... CancelledError"
+    # with a traceback: the scheduler closed with the wait (0.25 s) of the abort watcher
+    # of a job just ended on it
+    pytest.importorskip("distributed")
+    module_engine = dahu.engine.get_engine()
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"), max_workers=1, executor_kind="dask"
+    )
+    try:
+        job = run("example.square", {"x": 3})  # a short job, the stop right after it
+        assert job.status == "success"
+        engine.executor.shutdown(wait=True, timeout=30)
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    finally:
+        dahu.engine.activate(module_engine)
