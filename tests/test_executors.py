@@ -1814,3 +1814,24 @@ def test_a_dask_stop_with_a_job_s_abort_watcher_waiting_logs_no_traceback(tmp_pa
         assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     finally:
         dahu.engine.activate(module_engine)
+
+
+def test_the_dask_scheduler_local_is_read_in_any_case():
+    # bug: --scheduler LOCAL, or " local " (the scheduler property), failed the start with
+    # "ValueError: missing port number in address 'LOCAL'"
+    pytest.importorskip("distributed")
+    from dahu.executors.cluster import DaskExecutor
+
+    for given in ("LOCAL", " local ", "Local", "", None):
+        executor = DaskExecutor(scheduler=given)  # not attached: no cluster started
+        assert (executor.scheduler, executor.in_flight_limit) == (
+            "local",
+            10 * executor.max_workers,
+        )
+    assert DaskExecutor(scheduler=" tcp://10.0.0.7:8786 ").scheduler == "tcp://10.0.0.7:8786"
+    with pytest.raises(ValueError) as info:
+        DaskExecutor(scheduler="LOCAL:")
+    assert str(info.value) == (
+        "scheduler: 'LOCAL:' is no scheduler address (invalid literal for int() with base 10: "
+        "''): give tcp://host:8786, or local"
+    )

@@ -276,7 +276,12 @@ class DaskExecutor:
         scheduler: str = "local",
         abort_grace: float = 2.0,
     ):
-        self.scheduler = scheduler or "local"
+        from .dask_connect import scheduler_address
+
+        try:
+            self.scheduler = scheduler_address(scheduler)
+        except ValueError as err:
+            raise ValueError(f"scheduler: {err}") from None
         self.max_workers = worker_count(max_workers)
         self.abort_grace = option_number("abort_grace", abort_grace, "seconds")
         self.in_flight_limit = 100_000 if self.scheduler != "local" else 10 * self.max_workers
