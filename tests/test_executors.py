@@ -1835,3 +1835,30 @@ def test_the_dask_scheduler_local_is_read_in_any_case():
         "scheduler: 'LOCAL:' is no scheduler address (invalid literal for int() with base 10: "
         "''): give tcp://host:8786, or local"
     )
+
+
+def test_a_dask_worker_whose_plugin_closed_its_sockets_fails_its_job_with_its_exit_code(
+    monkeypatch,
+):
+    # bug: a plugin doing os.closerange(3, 4096) on a local cluster failed its job, 5 s
+    # later, with "worker process died (tcp://...); Dask does not say how": the worker
+    # process lives on ~5 s (its Dask client gives up closing after 3 s at exit), the
+    # server waited 5 s for its exit code.  A fake clock: the nanny notes the exit 5.5 s on
+    pytest.importorskip("distributed")
+    from dahu.executors import dask_exits
+    from dahu.executors.cluster import DaskExecutor
+
+    address = "tcp://127.0.0.1:40939"
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+        if now[0] >= 5.5:
+            monkeypatch.setitem(dask_exits._exits, address, 1)
+
+    clock = SimpleNamespace(monotonic=lambda: now[0], sleep=sleep)
+    monkeypatch.setattr(dask_exits, "time", clock)
+    executor = DaskExecutor(max_workers=1)
+    executor.cluster = object()  # a local cluster: its nannies are in this process
+    error = SimpleNamespace(last_worker=SimpleNamespace(address=address))
+    assert executor.death_reason(error) == "worker process died: exit code 1"
