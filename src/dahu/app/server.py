@@ -77,9 +77,9 @@ def _check_values(args: argparse.Namespace) -> str | None:
         from ..executors.dask_connect import scheduler_address
 
         try:
-            scheduler_address(args.scheduler)
+            scheduler_address(args.scheduler, "argument --scheduler")
         except ValueError as err:
-            return f"argument --scheduler: {err}"
+            return str(err)
     try:
         if args.http is not None:  # --http "" was no page, without a word
             parse_address(args.http)

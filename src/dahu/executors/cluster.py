@@ -278,10 +278,7 @@ class DaskExecutor:
     ):
         from .dask_connect import scheduler_address
 
-        try:
-            self.scheduler = scheduler_address(scheduler)
-        except ValueError as err:
-            raise ValueError(f"scheduler: {err}") from None
+        self.scheduler = scheduler_address(scheduler)
         self.max_workers = worker_count(max_workers)
         self.abort_grace = option_number("abort_grace", abort_grace, "seconds")
         self.in_flight_limit = 100_000 if self.scheduler != "local" else 10 * self.max_workers

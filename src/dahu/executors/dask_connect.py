@@ -46,10 +46,11 @@ def check_scheduler(address: str) -> None:
         pool.submit(asyncio.run, probe()).result()
 
 
-def scheduler_address(text: str | None) -> str:
+def scheduler_address(text: str | None, option: str = "scheduler") -> str:
     """``local`` for ``text`` empty or the word local (any case, blanks around), else the
-    address, stripped; ``ValueError`` in one line for one Dask cannot read (until
-    2026-11-30 ``LOCAL`` failed with ``missing port number in address 'LOCAL'``)."""
+    address, stripped; ``ValueError`` in one line, naming ``option``, for one Dask cannot
+    read (until 2026-11-30 ``LOCAL`` failed with ``missing port number in address
+    'LOCAL'``)."""
     address = (text or "").strip()
     if not address or address.lower() == "local":
         return "local"
@@ -64,6 +65,6 @@ def scheduler_address(text: str | None) -> str:
     except ValueError as err:
         why = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(
-            f"{address!r} is no scheduler address ({why}): give tcp://host:8786, or local"
+            f"{option}: {address!r} is no scheduler address ({why}): give tcp://host:8786, or local"
         ) from None
     return address
