@@ -1862,3 +1862,39 @@ def test_a_dask_worker_whose_plugin_closed_its_sockets_fails_its_job_with_its_ex
     executor.cluster = object()  # a local cluster: its nannies are in this process
     error = SimpleNamespace(last_worker=SimpleNamespace(address=address))
     assert executor.death_reason(error) == "worker process died: exit code 1"
+
+
+def test_a_dask_stop_lets_the_restart_of_a_hung_plugin_s_worker_end(monkeypatch):
+    # bug: a stop with a plugin ignoring its abort closed the client while the restart of
+    # its worker was under way: "ERROR distributed.scheduler ... CancelledError" with a
+    # traceback, and "job 1: cannot restart its worker (CommClosedError ...): the job
+    # ends, its plugin may run on there", untrue: the cluster closed with it
+    pytest.importorskip("distributed")
+    from dahu.executors import cluster
+    from dahu.executors.cluster import DaskExecution, DaskExecutor
+
+    said = []
+
+    def restart_workers(workers):
+        said.append("restart begins")
+        time.sleep(0.2)  # the nanny kills the hung worker and starts a new one
+        said.append("restart ends")
+
+    worker = "tcp://127.0.0.1:1"
+    executor = DaskExecutor(max_workers=1)
+    executor.client = SimpleNamespace(
+        processing=lambda: {worker: ["k"]},
+        run=lambda function, keys, workers: {worker: keys},  # its plugin began there
+        restart_workers=restart_workers,
+        close=lambda: said.append("client closes"),
+    )
+    monkeypatch.setattr(cluster, "close_orphans", lambda host: None)
+    task = SimpleNamespace(plugin_name="trouble.hang", input_data={}, job_id=1)
+    execution = DaskExecution(executor, task)
+    execution.future = SimpleNamespace(key="k", done=lambda: False)
+    execution._give_up()  # the abort's grace is over: its worker is restarted
+    deadline = time.monotonic() + 10
+    while not said and time.monotonic() < deadline:
+        time.sleep(0.01)
+    executor.shutdown(wait=True, timeout=10)
+    assert said == ["restart begins", "restart ends", "client closes"]

@@ -130,7 +130,11 @@ class DaskExecution:
         future = self.future
         if future is None or future.done():
             return
-        threading.Thread(target=self._restart_worker, args=(future,), daemon=True).start()
+        restart = threading.Thread(target=self._restart_worker, args=(future,), daemon=True)
+        with self.executor._lock:  # a stop lets it end (:meth:`DaskExecutor.shutdown`)
+            restarts = self.executor._restarts
+            restarts[:] = [thread for thread in restarts if thread.is_alive()] + [restart]
+        restart.start()
 
     def _restart_worker(self, future: Any) -> None:
         """Restart the worker running the hung task (its nanny starts a fresh one); a task
@@ -297,6 +301,7 @@ class DaskExecutor:
         self._keep_until = 0.0  # the local cluster's size is watched until then
         self._keeper: threading.Thread | None = None
         self._closing = threading.Event()
+        self._restarts: list[threading.Thread] = []  # restarting a worker (a hung plugin's)
 
     def attach(self, host: Any) -> None:
         """Connect to (or start) the cluster for the engine ``host``."""
@@ -503,6 +508,9 @@ class DaskExecutor:
                 self._drained.wait_for(lambda: not self._pending and not self._in_flight, timeout)
         self._completed.put(None)
         self._closing.set()
+        deadline = time.monotonic() + 10  # cut short, Dask logged its CancelledError
+        for restart in list(self._restarts):
+            restart.join(max(0.0, deadline - time.monotonic()))
         if self._keeper is not None:
             self._keeper.join(5)
         if self.client is not None:
