@@ -1300,6 +1300,10 @@ def test_init_says_a_new_dask_scheduler_waits_for_a_restart(monkeypatch, caplog)
         "scheduler tcp://10.0.0.8:8786 ignored: the server uses tcp://10.0.0.7:8786 until it "
         "restarts" in caplog.text
     )
+    caplog.clear()  # the same local cluster, however it is written (LOCAL: until 2026-11-30
+    executor.scheduler = "local"  # "scheduler LOCAL ignored: the server uses local")
+    server_settings.configure_engine(None, None, [], "dask", " LOCAL ")
+    assert "ignored" not in caplog.text
 
 
 def test_the_ready_line_of_a_server_on_a_dask_cluster_names_its_scheduler():
