@@ -1898,3 +1898,47 @@ def test_a_dask_stop_lets_the_restart_of_a_hung_plugin_s_worker_end(monkeypatch)
         time.sleep(0.01)
     executor.shutdown(wait=True, timeout=10)
     assert said == ["restart begins", "restart ends", "client closes"]
+
+
+def test_a_dask_worker_s_death_holds_up_no_other_job_s_outcome(monkeypatch):
+    # bug: the server waited for a dead worker's exit code (up to 5 s, some 5 s for a
+    # plugin that closed its sockets) on the thread collecting every job's outcome: a 1
+    # ms job on another worker took 4.7 s to end
+    pytest.importorskip("distributed")
+    from dahu.executors import dask_exits
+    from dahu.executors.cluster import DaskExecutor
+    from dahu.executors.runner import Outcome
+    from dahu.states import State
+
+    noted = threading.Event()  # the dead worker's nanny notes its exit code
+    monkeypatch.setattr(dask_exits, "exit_code", lambda address: 1 if noted.wait(30) else None)
+    executor = DaskExecutor(max_workers=2)
+    executor.cluster = SimpleNamespace(close=lambda: None)  # a local cluster
+    ended = {}
+
+    def execution(job_id, outcome):
+        task = SimpleNamespace(job_id=job_id, finish=lambda result: ended.update({job_id: result}))
+        return SimpleNamespace(
+            future=SimpleNamespace(key=f"k{job_id}"),
+            task=task,
+            relaunched=lambda: False,
+            outcome=outcome,
+        )
+
+    killed = SimpleNamespace(last_worker=SimpleNamespace(address="tcp://127.0.0.1:1"))
+    died = execution(1, lambda: Outcome(State.FAILURE, {}, executor.death_reason(killed)))
+    quick = execution(2, lambda: Outcome(State.SUCCESS, {"result": 4}, ""))
+    executor._in_flight = 2
+    executor._collector = threading.Thread(target=executor._collect, daemon=True)
+    executor._collector.start()
+    executor._completed.put(died)
+    executor._completed.put(quick)
+    try:
+        deadline = time.monotonic() + 10
+        while 2 not in ended and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert list(ended) == [2]  # the quick job ended while the exit code was awaited
+    finally:
+        noted.set()
+        executor.shutdown(wait=True, timeout=10)
+    assert ended[1].error == "worker process died: exit code 1"

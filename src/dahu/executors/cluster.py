@@ -45,7 +45,6 @@ from ..factory import Factory
 from ..states import State
 from .base import Task, close_orphans
 from .dask_task import begun_tasks, plugin_began, run_task, running_for
-from .process import exit_text
 from .runner import Outcome
 from .slot import serving
 from .thread import option_number, worker_count
@@ -331,17 +330,13 @@ class DaskExecutor:
         self._collector.start()
 
     def death_reason(self, error: Any) -> str:
-        """Why a task's worker died (a ``KilledWorker``), in one line: its exit code if a
-        nanny of the local cluster noted it, else the worker's address."""
-        from .dask_exits import exit_code
+        """Why a task's worker died (a ``KilledWorker``): :func:`.dask_exits.death_reason`;
+        the wait for its exit code holds up no other job's outcome (until 2026-11-30 a 1 ms
+        job took 5 s to end while a worker's death was looked into)."""
+        from .dask_exits import death_reason
 
-        worker = getattr(error, "last_worker", None)
-        address = getattr(worker, "address", None)
-        code = exit_code(address) if self.cluster is not None else None
-        if code is not None:
-            return f"worker process died: {exit_text(code)}"
-        where = f" ({address})" if address else ""
-        return f"worker process died{where}; Dask does not say how: see that worker's log"
+        with self._hand_over():  # a new thread collects the outcomes meanwhile
+            return death_reason(error, self.cluster is not None)
 
     @property
     def lost_text(self) -> str:
@@ -469,8 +464,9 @@ class DaskExecutor:
 
     @contextlib.contextmanager
     def _hand_over(self) -> Iterator[None]:
-        """A callback on the collector thread waits for a job: a new thread collects the
-        outcomes meanwhile (this one ends after the callbacks)."""
+        """A callback on the collector thread waits for a job (or the collector for a dead
+        worker's exit code): a new thread collects the outcomes meanwhile (this one ends
+        after the callbacks)."""
         with self._lock:
             if threading.current_thread() is self._collector:
                 self._collector = threading.Thread(

@@ -11,7 +11,9 @@ from typing import Any
 
 from distributed.diagnostics.plugin import NannyPlugin
 
-__all__ = ["EXIT_WAIT", "ExitWatch", "exit_code"]
+from .process import exit_text
+
+__all__ = ["EXIT_WAIT", "ExitWatch", "death_reason", "exit_code"]
 
 KEEP = 1000
 """How many worker exits are remembered (an address is not given again soon)."""
@@ -67,3 +69,14 @@ def exit_code(address: str | None, wait: float = EXIT_WAIT) -> int | None:
             break
         time.sleep(0.01)
     return None
+
+
+def death_reason(error: Any, local: bool) -> str:
+    """Why a task's worker died (a ``KilledWorker`` ``error``), in one line: its exit code
+    if a nanny of the ``local`` cluster noted it, else the worker's address."""
+    address = getattr(getattr(error, "last_worker", None), "address", None)
+    code = exit_code(address) if local else None
+    if code is not None:
+        return f"worker process died: {exit_text(code)}"
+    where = f" ({address})" if address else ""
+    return f"worker process died{where}; Dask does not say how: see that worker's log"
