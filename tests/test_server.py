@@ -921,6 +921,25 @@ def test_an_empty_scheduler_is_refused(capsys, monkeypatch):
     )
 
 
+def test_a_malformed_scheduler_is_refused_in_one_line(capsys, monkeypatch):
+    # bug: --scheduler tcp://host (no port) started the server, which then failed with
+    # "ValueError: missing port number in address 'host'" naming no option
+    pytest.importorskip("distributed")
+    from dahu.app import server as dahu_server
+
+    def not_refused(*args):
+        raise AssertionError("the server would start")
+
+    monkeypatch.setattr(dahu_server, "setup_logging", not_refused)
+    with pytest.raises(SystemExit) as info:
+        dahu_server.main(["x", "--executor", "dask", "--scheduler", "tcp://host", "-nodb"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "dahu_server: error: argument --scheduler: 'tcp://host' is no scheduler address "
+        "(missing port number in address 'host'): give tcp://host:8786, or local"
+    )
+
+
 @pytest.mark.parametrize("tool", ["server", "register"])
 @pytest.mark.parametrize("option", ["--workdir", "--plugins"])
 def test_an_empty_directory_is_refused_not_the_default_one(capsys, tool, option):
@@ -1281,6 +1300,10 @@ def test_init_says_a_new_dask_scheduler_waits_for_a_restart(monkeypatch, caplog)
         "scheduler tcp://10.0.0.8:8786 ignored: the server uses tcp://10.0.0.7:8786 until it "
         "restarts" in caplog.text
     )
+    caplog.clear()  # the same local cluster, however it is written (LOCAL: until 2026-11-30
+    executor.scheduler = "local"  # "scheduler LOCAL ignored: the server uses local")
+    server_settings.configure_engine(None, None, [], "dask", " LOCAL ")
+    assert "ignored" not in caplog.text
 
 
 def test_the_ready_line_of_a_server_on_a_dask_cluster_names_its_scheduler():

@@ -176,10 +176,12 @@ def configure_engine(
                     engine.executor.name,
                 )
             in_use = getattr(engine.executor, "scheduler", None)
-            if executor == "dask" and in_use is not None and (scheduler or "local") != in_use:
+            asked = (scheduler or "").strip()
+            asked = "local" if asked.lower() in ("", "local") else asked
+            if executor == "dask" and in_use is not None and asked != in_use:
                 logger.warning(
                     "scheduler %s ignored: the server uses %s until it restarts",
-                    scheduler or "local",
+                    asked,
                     in_use,
                 )
             if workdir and os.path.abspath(workdir) != engine.workdir:

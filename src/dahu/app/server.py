@@ -73,6 +73,13 @@ def _check_values(args: argparse.Namespace) -> str | None:
         return f"argument --http-token: an access token has at least {MIN_TOKEN_CHARS} characters"
     if args.scheduler is not None and not args.scheduler.strip():  # it meant the property's
         return "argument --scheduler: an empty address (an unset variable?): give one, or local"
+    if args.scheduler is not None and args.scheduler.strip().lower() != "local":
+        from ..executors.dask_connect import scheduler_address
+
+        try:
+            scheduler_address(args.scheduler, "argument --scheduler")
+        except ValueError as err:
+            return str(err)
     try:
         if args.http is not None:  # --http "" was no page, without a word
             parse_address(args.http)

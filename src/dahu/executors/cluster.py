@@ -43,10 +43,8 @@ from typing import Any
 from ..errors import error_line
 from ..factory import Factory
 from ..states import State
-from . import scheduler_address
 from .base import Task, close_orphans
 from .dask_task import begun_tasks, plugin_began, run_task, running_for
-from .process import exit_text
 from .runner import Outcome
 from .slot import serving
 from .thread import option_number, worker_count
@@ -131,7 +129,11 @@ class DaskExecution:
         future = self.future
         if future is None or future.done():
             return
-        threading.Thread(target=self._restart_worker, args=(future,), daemon=True).start()
+        restart = threading.Thread(target=self._restart_worker, args=(future,), daemon=True)
+        with self.executor._lock:  # a stop lets it end (:meth:`DaskExecutor.shutdown`)
+            restarts = self.executor._restarts
+            restarts[:] = [thread for thread in restarts if thread.is_alive()] + [restart]
+        restart.start()
 
     def _restart_worker(self, future: Any) -> None:
         """Restart the worker running the hung task (its nanny starts a fresh one); a task
@@ -277,6 +279,8 @@ class DaskExecutor:
         scheduler: str = "local",
         abort_grace: float = 2.0,
     ):
+        from .dask_connect import scheduler_address
+
         self.scheduler = scheduler_address(scheduler)
         self.max_workers = worker_count(max_workers)
         self.abort_grace = option_number("abort_grace", abort_grace, "seconds")
@@ -296,6 +300,7 @@ class DaskExecutor:
         self._keep_until = 0.0  # the local cluster's size is watched until then
         self._keeper: threading.Thread | None = None
         self._closing = threading.Event()
+        self._restarts: list[threading.Thread] = []  # restarting a worker (a hung plugin's)
 
     def attach(self, host: Any) -> None:
         """Connect to (or start) the cluster for the engine ``host``."""
@@ -325,17 +330,13 @@ class DaskExecutor:
         self._collector.start()
 
     def death_reason(self, error: Any) -> str:
-        """Why a task's worker died (a ``KilledWorker``), in one line: its exit code if a
-        nanny of the local cluster noted it, else the worker's address."""
-        from .dask_exits import exit_code
+        """Why a task's worker died (a ``KilledWorker``): :func:`.dask_exits.death_reason`;
+        the wait for its exit code holds up no other job's outcome (until 2026-11-30 a 1 ms
+        job took 5 s to end while a worker's death was looked into)."""
+        from .dask_exits import death_reason
 
-        worker = getattr(error, "last_worker", None)
-        address = getattr(worker, "address", None)
-        code = exit_code(address) if self.cluster is not None else None
-        if code is not None:
-            return f"worker process died: {exit_text(code)}"
-        where = f" ({address})" if address else ""
-        return f"worker process died{where}; Dask does not say how: see that worker's log"
+        with self._hand_over():  # a new thread collects the outcomes meanwhile
+            return death_reason(error, self.cluster is not None)
 
     @property
     def lost_text(self) -> str:
@@ -463,8 +464,9 @@ class DaskExecutor:
 
     @contextlib.contextmanager
     def _hand_over(self) -> Iterator[None]:
-        """A callback on the collector thread waits for a job: a new thread collects the
-        outcomes meanwhile (this one ends after the callbacks)."""
+        """A callback on the collector thread waits for a job (or the collector for a dead
+        worker's exit code): a new thread collects the outcomes meanwhile (this one ends
+        after the callbacks)."""
         with self._lock:
             if threading.current_thread() is self._collector:
                 self._collector = threading.Thread(
@@ -502,6 +504,9 @@ class DaskExecutor:
                 self._drained.wait_for(lambda: not self._pending and not self._in_flight, timeout)
         self._completed.put(None)
         self._closing.set()
+        deadline = time.monotonic() + 10  # cut short, Dask logged its CancelledError
+        for restart in list(self._restarts):
+            restart.join(max(0.0, deadline - time.monotonic()))
         if self._keeper is not None:
             self._keeper.join(5)
         if self.client is not None:

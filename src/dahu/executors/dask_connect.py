@@ -4,6 +4,8 @@ Dask's own connection waits for ever for the greeting of whatever listens at the
 address: a service that is no Dask scheduler (an HTTP server, such as the scheduler's
 dashboard on port 8787 given for its port 8786) never sends one, and ``Client(address)``
 never returns.  :func:`check_scheduler` tries first, within the connect timeout.
+:func:`scheduler_address` reads the address a user gives (``--scheduler``, the
+``scheduler`` property).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["check_scheduler"]
+from . import scheduler_address as plain_address  # the word local, blanks
+
+__all__ = ["check_scheduler", "scheduler_address"]
 
 
 def check_scheduler(address: str) -> None:
@@ -42,3 +46,27 @@ def check_scheduler(address: str) -> None:
 
     with ThreadPoolExecutor(1) as pool:  # a loop of its own, even under a running one
         pool.submit(asyncio.run, probe()).result()
+
+
+def scheduler_address(text: str | None, option: str = "scheduler") -> str:
+    """``local`` for ``text`` empty or the word local (any case, blanks around), else the
+    address, stripped; ``ValueError`` in one line, naming ``option``, for one Dask cannot
+    read (until 2026-11-30 ``LOCAL`` failed with ``missing port number in address
+    'LOCAL'``)."""
+    address = plain_address(text)
+    if address == "local":
+        return address
+    from distributed.comm.addressing import get_address_host_port, parse_address
+    from distributed.comm.registry import get_backend
+
+    try:
+        scheme, _ = parse_address(address)
+        get_backend(scheme)  # a scheme Dask knows
+        if scheme in ("tcp", "tls"):
+            get_address_host_port(address)
+    except ValueError as err:
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"{option}: {address!r} is no scheduler address ({why}): give tcp://host:8786, or local"
+        ) from None
+    return address

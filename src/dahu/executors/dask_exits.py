@@ -11,7 +11,9 @@ from typing import Any
 
 from distributed.diagnostics.plugin import NannyPlugin
 
-__all__ = ["ExitWatch", "exit_code"]
+from .process import exit_text
+
+__all__ = ["EXIT_WAIT", "ExitWatch", "death_reason", "exit_code"]
 
 KEEP = 1000
 """How many worker exits are remembered (an address is not given again soon)."""
@@ -46,10 +48,18 @@ class ExitWatch(NannyPlugin):
             nanny.process.on_exit = watch(nanny.process.on_exit)
 
 
-def exit_code(address: str | None, wait: float = 5.0) -> int | None:
+EXIT_WAIT = 10.0
+"""Seconds the server waits for a dead worker's exit code.  The scheduler may report the
+task lost well before the process exits: one whose plugin closed the worker's sockets
+(``os.closerange``) lives on some 5 s, the Dask client in it giving up closing its
+dead connections after 3 s at exit (until 2026-11-30 the wait was 5 s, and such a job
+failed ``worker process died (...); Dask does not say how``)."""
+
+
+def exit_code(address: str | None, wait: float = EXIT_WAIT) -> int | None:
     """The exit code of the worker process at ``address`` once its nanny noted it (the
-    scheduler may report the task lost a moment before), None if not within ``wait`` s
-    (a nanny in another process: an external cluster)."""
+    scheduler may report the task lost before: :data:`EXIT_WAIT`), None if not within
+    ``wait`` s (a nanny in another process: an external cluster)."""
     deadline = time.monotonic() + wait
     while address is not None:
         with _exits_lock:
@@ -59,3 +69,14 @@ def exit_code(address: str | None, wait: float = 5.0) -> int | None:
             break
         time.sleep(0.01)
     return None
+
+
+def death_reason(error: Any, local: bool) -> str:
+    """Why a task's worker died (a ``KilledWorker`` ``error``), in one line: its exit code
+    if a nanny of the ``local`` cluster noted it, else the worker's address."""
+    address = getattr(getattr(error, "last_worker", None), "address", None)
+    code = exit_code(address) if local else None
+    if code is not None:
+        return f"worker process died: {exit_text(code)}"
+    where = f" ({address})" if address else ""
+    return f"worker process died{where}; Dask does not say how: see that worker's log"

@@ -114,11 +114,13 @@ def run_task(
     _plugin_begun[key] = time.monotonic()  # from now on an abort past its grace restarts it
 
     def watch() -> None:
-        while not finished.is_set():
+        # polls the event: a wait on it would stay on the scheduler after the job ended,
+        # and a stop closing the scheduler then logged its CancelledError's traceback
+        while not finished.wait(0.25):
             if clock and time.monotonic() >= clock[0][0]:
                 execution.abort(f"timed out after {clock.pop()[1]:g} s")
             try:
-                if event.wait(0.25):
+                if event.is_set():
                     execution.abort("aborted on request")
                     return
             except Exception as err:  # the scheduler went away: nothing to watch
