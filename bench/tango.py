@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 
 # This file is named like PyTango's package: keep its directory out of the import path,
 # once machine.py is taken from it (bench/client.py loads this file by its path).
@@ -161,6 +162,21 @@ def pairs_in_turns(
     return turns
 
 
+def wait_subscribed(proxy: tango.DeviceProxy, heard: Callable[[int], bool]) -> None:
+    """Return once a ``jobSuccess`` subscription made just now is live: Tango may drop
+    the events pushed before it reaches the server (a probe job's event is lost, then).
+    Starts probe jobs until ``heard(job_id)`` is true of one of them."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        probe = proxy.startJob(["example.square", '{"x": 0}'])
+        until = time.monotonic() + 0.5
+        while time.monotonic() < until:
+            if heard(probe):
+                return
+            time.sleep(0.005)  # polled: the event arrives on Tango's thread
+    raise SystemExit("no jobSuccess event arrived within 10 s of subscribing")
+
+
 class EventWatch:
     """A ``jobSuccess`` subscription that can start jobs and wait for their events."""
 
@@ -171,6 +187,11 @@ class EventWatch:
         self.event_id = proxy.subscribe_event(
             "jobSuccess", tango.EventType.CHANGE_EVENT, self.on_event
         )
+        wait_subscribed(proxy, self.heard)
+
+    def heard(self, job_id: int) -> bool:
+        with self.arrived:
+            return job_id in self.seen
 
     def on_event(self, event: tango.EventData) -> None:
         if event.err or event.attr_value is None:
@@ -248,8 +269,14 @@ def event_latencies(proxy: tango.DeviceProxy, count: int, rate: float) -> list[f
 
     event_id = proxy.subscribe_event("jobSuccess", tango.EventType.CHANGE_EVENT, on_event)
     try:
+
+        def heard(job_id: int) -> bool:
+            with lock:
+                return job_id in arrived
+
+        wait_subscribed(proxy, heard)
         with lock:
-            arrived.clear()  # the event sent on subscription
+            arrived.clear()  # the events sent on subscription and of the probes
         period = 1.0 / rate
         started = time.perf_counter()
         for i in range(count):
