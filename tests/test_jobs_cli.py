@@ -119,6 +119,8 @@ def test_list_filters_and_limit(history):
     workdir, ids, _ = history
     items = json.loads(run("list", "--json", "--state", "failure", workdir=workdir).stdout)
     assert [item["id"] for item in items] == [ids["failed"]]
+    spelled = run("list", "--json", "--state", "FAILURE", workdir=workdir).stdout  # any case
+    assert [item["id"] for item in json.loads(spelled)] == [ids["failed"]]
     assert items[0]["error"] == "ValueError: no beam"
     items = json.loads(
         run("list", "--json", "--plugin", "example.square", "--limit", "0", workdir=workdir).stdout

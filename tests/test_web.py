@@ -495,6 +495,8 @@ def test_every_endpoint_answers_json(server, jobs):
     assert by_id[jobs["bad"]]["reason"].endswith("detector on fire")
     _, failed = get_json(base + "/api/jobs?state=failure&limit=5")
     assert failed["jobs"] and all(j["state"] == "failure" for j in failed["jobs"])
+    _, spelled = get_json(base + "/api/jobs?state=Failure&limit=5")  # any case, as plugin=
+    assert spelled["jobs"] == failed["jobs"]
     _, only = get_json(base + "/api/jobs?plugin=example.square")
     assert only["jobs"] and {j["plugin"] for j in only["jobs"]} == {"example.square"}
     _, spelled = get_json(base + "/api/jobs?plugin=Example.Square")

@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     filters.add_argument(
         "--state",
+        type=str.lower,
         choices=State.ALL,
-        help="only jobs in this state (the journal records a queued job as uninitialized: "
+        help="only jobs in this state, any case (the journal records a queued job as uninitialized: "
         "starting finds those)",
     )
     filters.add_argument(

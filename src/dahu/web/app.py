@@ -154,6 +154,7 @@ class _Base(tornado.web.RequestHandler):
 
     def state_argument(self) -> str | None:
         state = self.get_query_argument("state", None)
+        state = state.lower() if state is not None else None  # any case, as plugin=
         if state is not None and state not in State.ALL:
             raise ClientError(400, f"state must be one of {', '.join(State.ALL)}")
         return state
