@@ -6,17 +6,10 @@ from __future__ import annotations
 import argparse
 
 from ..journal.base import MAX_ID
+from ..properties import directory as workdir  # -w "$DIR", DIR unset: refused
 from ..timespec import BadTime, parse_duration, parse_when
 
 __all__ = ["workdir", "output", "plugin", "when", "count", "job_id", "seconds"]
-
-
-def workdir(text: str) -> str:
-    """A work directory; an empty one is refused: ``-w "$DIR"`` with ``DIR`` unset must
-    not read, or prune, the default work directory (the server's)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty name (an unset variable?): give a directory")
-    return text
 
 
 def output(text: str) -> str:
