@@ -36,7 +36,17 @@ from typing import Any
 import tango
 
 from .client_args import check_settings, chunks, encode_input, encode_inputs, job_number, wait_time
-from .client_calls import ask, call, callers, close_at_exit, patience, plugin_list, within
+from .client_calls import (
+    ask,
+    call,
+    callers,
+    close_at_exit,
+    new_proxy,
+    patience,
+    plugin_list,
+    spare_proxies,
+    within,
+)
 from .client_watch import check_journal, fetched, not_fetched, read_journal, watch
 from .futures import (
     ClientClosed,
@@ -141,6 +151,7 @@ class DahuClient:
         self._callers: concurrent.futures.ThreadPoolExecutor | None = None
         try:
             self._events_proxy.ping()
+            self._spares = spare_proxies(self, resolvers + 1)  # and the watcher
             self._journal, self._journal_seen = read_journal(self._events_proxy), time.monotonic()
             for name in ("jobSuccess", "jobFailure"):  # each event handed over at once
                 handler = lambda event, name=name: self._event(name, event)  # noqa: E731
@@ -151,13 +162,11 @@ class DahuClient:
         except tango.DevFailed as err:
             self._unsubscribe()
             raise ServerError.from_devfailed(err, f"cannot connect to {device}") from None
+        loops = [(self._resolve_loop, (), f"dahu-client-{i}") for i in range(resolvers)]
+        loops.append((watch, (self,), "dahu-client-watch"))
         self._threads = [
-            threading.Thread(target=self._resolve_loop, name=f"dahu-client-{i}", daemon=True)
-            for i in range(resolvers)
+            threading.Thread(target=f, args=a, name=n, daemon=True) for f, a, n in loops
         ]
-        self._threads.append(
-            threading.Thread(target=watch, args=(self,), name="dahu-client-watch", daemon=True)
-        )
         for thread in self._threads:
             thread.start()
         close_at_exit(self)
@@ -175,14 +184,7 @@ class DahuClient:
         return f"<DahuClient {self.device}: {len(self._pending)} pending>"
 
     # ---- calls ---------------------------------------------------------------------------
-    def _new_proxy(self) -> tango.DeviceProxy:
-        try:
-            proxy = tango.DeviceProxy(self.device)
-        except tango.DevFailed as err:
-            raise ServerError.from_devfailed(err, f"cannot reach {self.device}") from None
-        if self.timeout is not None:
-            proxy.set_timeout_millis(max(1, int(self.timeout * 1000)))  # 0: no timeout at all
-        return proxy
+    _new_proxy = new_proxy  # (self): a proxy of the device for one thread
 
     def _proxy(self) -> tango.DeviceProxy:
         """This thread's proxy (DeviceProxy calls from many threads are kept apart)."""
@@ -274,12 +276,10 @@ class DahuClient:
             if self._closed:
                 raise ClientClosed(f"the client of {self.device} is closed")
             try:
-                text = self._ask("listPlugins")
-                break
+                return plugin_list(self._ask("listPlugins"))
             except ServerError as err:  # still loading the modules (or too busy to say)
                 if err.reason not in _RETRY_REASONS or time.monotonic() > deadline:
                     raise
-        return plugin_list(text)
 
     @staticmethod
     def as_completed(
