@@ -372,9 +372,14 @@ def test_bad_usage_exits_2(tmp_path: Path, capsys):
     # the reason names what is wrong, not the program's own functions (_positive_int)
     for option, value, reason in [
         ("-j", "abc", "-j/--jobs: expected a whole number, not 'abc'"),
-        ("--rtol", "abc", "--rtol: must be a number >= 0, not abc"),
+        ("--rtol", "abc", "--rtol: must be a finite number >= 0, not abc"),
+        # bug: inf (or 1e400) was taken, and then every output compared the same
+        ("--rtol", "inf", "--rtol: must be a finite number >= 0, not inf"),
+        ("--rtol", "nan", "--rtol: must be a finite number >= 0, not nan"),
+        ("--atol", "1e400", "--atol: must be a finite number >= 0, not 1e400"),
+        ("--atol=-Infinity", None, "--atol: must be a finite number >= 0, not -Infinity"),
     ]:
-        proc = reprocess(option, value, tmp_path)
+        proc = reprocess(option, *([] if value is None else [value]), tmp_path)
         assert proc.returncode == 2
         assert proc.stderr.splitlines()[-1] == f"dahu-reprocess: error: argument {reason}"
     # bug: --workdir "$DIR" or -o "$DIR" with DIR unset meant the default directory

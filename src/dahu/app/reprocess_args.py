@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_RTOL
@@ -28,8 +29,8 @@ def _tolerance(text: str) -> float:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text}")
+    if not (value >= 0 and math.isfinite(value)):  # inf would make every number the same
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
     return value
 
 
