@@ -102,6 +102,21 @@ def test_configured_directory_searched_before_builtin(tmp_path):
     assert factory.directories.index(str(tmp_path)) < factory.directories.index(BUILTIN_PLUGIN_DIR)
 
 
+def test_a_directory_not_there_is_ignored_with_one_line_until_added_again(tmp_path, caplog):
+    """dahu_server --plugins on a mount not there yet: one line naming it, in the log and
+    (through Factory.ignored) in the device's Status; an Init adding it again finds it."""
+    late, file = tmp_path / "late", write(tmp_path / "file", "")
+    factory = Factory(plugin_path=[str(late), str(file)])
+    assert list(factory.ignored.values()) == [
+        f"plugin directory {late} does not exist: ignored",
+        f"plugin directory {file} is not a directory: ignored",  # it said: does not exist
+    ]
+    assert [r.getMessage() for r in caplog.records] == list(factory.ignored.values())
+    late.mkdir()  # mounted
+    factory.add_directory(str(late))
+    assert str(late) in factory.directories and str(late) not in factory.ignored
+
+
 @pytest.mark.parametrize("name", ["../x", "os.system", "nomodule.plugin", "", "example"])
 def test_unknown_or_outside_names_give_a_one_line_reason(name):
     factory = Factory()

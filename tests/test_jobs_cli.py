@@ -65,8 +65,18 @@ def wait_journal_state(workdir: Path, job_id: int, state: str, timeout: float = 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("jobs"), "test/dahu/jobs") as local:
+    base = tmp_path_factory.mktemp("jobs")  # --plugins: a mount not there (a warning only)
+    extra = ["--plugins", str(base / "not-mounted")]
+    with running_server(base, "test/dahu/jobs", extra_args=extra) as local:
         yield local
+
+
+def test_a_plugin_directory_not_there_is_one_line_in_the_log_and_status(server):
+    missing = Path(server.workdir).parent / "not-mounted"
+    line = f"plugin directory {missing} does not exist: ignored"
+    log = Path(server.log_path).read_text().splitlines()
+    assert [entry.split(" dahu.factory: ")[-1] for entry in log if str(missing) in entry] == [line]
+    assert f"\n{line} until an Init finds it\n" in server.proxy.status()  # bug: not there
 
 
 @pytest.fixture(scope="module")

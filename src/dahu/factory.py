@@ -121,6 +121,7 @@ class Factory:
     def __init__(self, workdir: str | None = None, plugin_path: list[str] | str | None = None):
         self.workdir = workdir
         self._dirs: list[str] = []
+        self.ignored: dict[str, str] = {}  # directory: why add_directory left it out
         self._env_seen: str | None = None
         self._env_lock = threading.Lock()
         if isinstance(plugin_path, str):
@@ -154,9 +155,12 @@ class Factory:
         or before all of them when ``first`` is true.
         """
         directory = os.path.abspath(os.path.expanduser(directory))
-        if not os.path.isdir(directory):
-            logger.warning("plugin directory %s does not exist: ignored", directory)
+        if not os.path.isdir(directory):  # not mounted yet? a server then warns, not fails
+            why = "is not a directory" if os.path.exists(directory) else "does not exist"
+            self.ignored[directory] = f"plugin directory {directory} {why}: ignored"
+            logger.warning("%s", self.ignored[directory])
             return
+        self.ignored.pop(directory, None)
         modules = _list_modules(directory)
         with self.reg_sem:
             Factory.plugin_dirs[directory] = modules

@@ -50,6 +50,8 @@ def status_text(
         lines.append(f"FAULT: the journal cannot be written: {one_line(engine.journal_fault)}")
     if bad_property:
         lines.append(f"FAULT: bad device property: {bad_property}: fix it, then Init")
+    for reason in engine.factory.ignored.values():  # a mount not there yet: Init finds it
+        lines.append(f"{reason} until an Init finds it")
     if counts["queued"] > queue_limit:
         lines.append(f"ALARM: {counts['queued']} jobs queued, more than {queue_limit}")
     schedule = current_retention()
