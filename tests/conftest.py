@@ -118,6 +118,14 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def damage(path) -> None:
+    """Overwrite the header of the first page of the SQLite file ``path``: SQLite then
+    finds it damaged (a journal cut short), not another kind of file."""
+    with open(path, "r+b") as file:
+        file.seek(100)
+        file.write(b"\xff" * 8)
+
+
 def wait_for_file(path: Path, timeout: float = 30.0) -> None:
     """Wait until ``path`` exists (a plugin says it is in ``process``)."""
     deadline = time.monotonic() + timeout

@@ -21,7 +21,7 @@ from dahu.journal import SQLiteJournal, job_file_stem
 from dahu.retention import parse_retention, prune
 from dahu.timespec import BadTime, parse_duration, parse_when
 
-from .conftest import VENV_BIN, child_env, running_server
+from .conftest import VENV_BIN, child_env, damage, running_server
 
 DAHU_JOBS = str(VENV_BIN / "dahu-jobs")
 
@@ -519,6 +519,14 @@ def test_bad_work_directories(tmp_path):
     (foreign / "journal.sqlite").write_bytes(b"not a database at all" * 100)
     line = one_line_error(run("show", "1", workdir=foreign), 3)
     assert "is not a Dahu journal" in line
+    (foreign / "journal.sqlite").unlink()
+    db = sqlite3.connect(foreign / "journal.sqlite")
+    db.execute("CREATE TABLE jobs (id)")
+    db.commit()
+    db.close()
+    damage(foreign / "journal.sqlite")  # a journal cut short is damaged, not foreign
+    line = one_line_error(run("list", workdir=foreign), 3)
+    assert line.endswith("journal.sqlite is damaged: database disk image is malformed")
     other = tmp_path / "other"
     other.mkdir()
     sqlite3.connect(other / "journal.sqlite").execute("CREATE TABLE t (x)").connection.commit()

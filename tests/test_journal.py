@@ -26,7 +26,7 @@ from dahu.journal import (
     write_job_files,
 )
 
-from .conftest import child_env
+from .conftest import child_env, damage
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -304,6 +304,7 @@ def test_journal_refuses_a_newer_schema(tmp_path):
         ("CREATE TABLE jobs (name TEXT, salary INT)", "its jobs table has no column id"),
         ("CREATE TABLE photos (name TEXT)", "it has tables of its own ('photos')"),
         (None, "file is not a database"),
+        ("damaged", "database disk image is malformed"),  # a journal cut short
     ],
 )
 def test_another_programs_file_is_refused_in_one_line_and_left_as_it_was(tmp_path, make, reason):
@@ -315,14 +316,18 @@ def test_another_programs_file_is_refused_in_one_line_and_left_as_it_was(tmp_pat
         path.write_bytes(b"not a database" * 100)
     else:
         db = sqlite3.connect(path)
-        db.execute(make)
+        db.execute("CREATE TABLE jobs (id)" if make == "damaged" else make)
         db.commit()
         db.close()
+    if make == "damaged":
+        damage(path)
     before = path.read_bytes()
     with pytest.raises(JournalError) as refused:
         SQLiteJournal(str(tmp_path))
     message = str(refused.value)
-    assert message.startswith(f"{path} is not a Dahu journal: {reason}")
+    # bug: a damaged journal "is not a Dahu journal"
+    what = "damaged" if make == "damaged" else "not a Dahu journal"
+    assert message.startswith(f"{path} is {what}: {reason}")
     assert message.endswith("; nothing was written to it") and "\n" not in message
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["journal.sqlite"]

@@ -18,7 +18,7 @@ from typing import Any
 
 from .journal import SCHEMA_VERSION, JobRecord, JournalError, SQLiteJournal
 from .journal.base import MAX_ID, as_text, storable_id, unreadable_numbers
-from .journal.sqlitefile import connect_file, foreign_reason
+from .journal.sqlitefile import connect_file, foreign_reason, is_damaged
 from .states import State
 
 __all__ = [
@@ -137,7 +137,8 @@ def open_journal(workdir: str, write: bool = False) -> sqlite3.Connection:
     except sqlite3.DatabaseError as err:
         if isinstance(err, sqlite3.OperationalError):  # could not open or read it
             raise NotAJournal(f"cannot open {path}: {err}{_unwritable(workdir)}") from None
-        raise NotAJournal(f"{path} is not a Dahu journal: {err}") from None
+        what = "damaged" if is_damaged(err) else "not a Dahu journal"  # cut short: damaged
+        raise NotAJournal(f"{path} is {what}: {err}") from None
     if "jobs" not in tables:
         db.close()
         raise NotAJournal(f"{path} is not a Dahu journal: it has no jobs table")

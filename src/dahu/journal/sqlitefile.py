@@ -27,6 +27,7 @@ __all__ = [
     "connect_writer",
     "file_identity",
     "foreign_reason",
+    "is_damaged",
     "refuse_foreign",
     "full_disk_reason",
     "journal_identity",
@@ -151,6 +152,12 @@ def foreign_reason(db: sqlite3.Connection) -> str:
     return f"its jobs table has no column {', '.join(missing[:3])}{', ...' if missing[3:] else ''}"
 
 
+def is_damaged(err: sqlite3.Error) -> bool:
+    """Whether ``err`` says that a database is damaged (cut short, overwritten), not that
+    the file is no database at all."""
+    return getattr(err, "sqlite_errorname", "") == "SQLITE_CORRUPT"
+
+
 def refuse_foreign(db: sqlite3.Connection, path: str) -> None:
     """:class:`JournalError` (one line) if the database of ``db`` at ``path`` is not a
     Dahu journal: another program's file is neither read as one nor written into."""
@@ -160,6 +167,9 @@ def refuse_foreign(db: sqlite3.Connection, path: str) -> None:
         if isinstance(err, sqlite3.OperationalError):  # locked, cannot read: not a verdict
             raise
         reason = str(err)  # "file is not a database"
+        if is_damaged(err):  # a journal cut short: it is one, and not written either
+            db.close()
+            raise JournalError(f"{path} is damaged: {reason}; nothing was written to it") from None
     if reason:
         db.close()
         raise JournalError(f"{path} is not a Dahu journal: {reason}; nothing was written to it")
