@@ -903,6 +903,32 @@ def test_a_bad_instance_name_is_refused_as_by_register(capsys, monkeypatch, inst
     assert line == f"dahu_server: error: invalid instance name {instance!r}"
 
 
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (["--max-worker", "2"], "unrecognized option --max-worker: did you mean --max-workers?"),
+        (["--timout=3"], "unrecognized option --timout=3: did you mean --timeout?"),
+        (["--foo"], "unrecognized option --foo (see dahu_server --help)"),
+    ],
+)
+def test_a_misspelt_option_is_named_in_one_line(capsys, monkeypatch, args, reason):
+    # bug: it went to Tango, which refused it with its own usage ("DahuDS instance_name
+    # [-v[trace level]] ..."), naming no option of Dahu's, after "dahu_server: stopping"
+    from dahu.app import server as dahu_server
+
+    def not_refused(*args):
+        raise AssertionError("the server would start")
+
+    monkeypatch.setattr(dahu_server, "setup_logging", not_refused)
+    with pytest.raises(SystemExit) as info:
+        dahu_server.main(["x", *args, "-nodb", "-port", "1", "-dlist", "a/b/c"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"dahu_server: error: {reason}"
+    # Tango's own options with two dashes still go to Tango
+    own, rest = dahu_server.split_args(["x", "--port=1", "--nodb", "--ORBendPoint", "giop:tcp::1"])
+    assert dahu_server.stray_option(rest[1:], dahu_server.build_parser()) is None
+
+
 def test_an_empty_scheduler_is_refused(capsys, monkeypatch):
     # bug: dahu_server --executor dask --scheduler "$SCHED" with SCHED unset started a
     # local cluster (or took the property's address) without a word

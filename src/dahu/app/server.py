@@ -13,6 +13,7 @@ and their outcome recorded in the journal before the process exits.
 from __future__ import annotations
 
 import argparse
+import difflib
 import gc
 import logging
 import logging.handlers
@@ -160,6 +161,26 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return own, rest
 
 
+# Tango's options spelt with two dashes (PyTango also takes their abbreviations)
+TANGO_LONG = ("host", "port", "nodb", "dlist", "dbg")
+
+
+def stray_option(tango_args: list[str], parser: argparse.ArgumentParser) -> str | None:
+    """Why a ``--name`` left for Tango is neither Dahu's nor Tango's (a misspelt option:
+    Tango would refuse it with its own usage, naming no option of Dahu), or None."""
+    for token in tango_args:
+        name = token[2:].split("=", 1)[0]
+        if not token.startswith("--") or not name or name.startswith("ORB"):
+            continue
+        if any(option.startswith(name) for option in TANGO_LONG):
+            continue
+        ours = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+        close = difflib.get_close_matches(token.split("=", 1)[0], ours, n=1, cutoff=0.7)
+        hint = f": did you mean {close[0]}?" if close else " (see dahu_server --help)"
+        return f"unrecognized option {token}{hint}"
+    return None
+
+
 def setup_logging(debug: bool, log_dir: str | None, instance: str) -> None:
     """Log to stderr, and to a rotating file in ``log_dir`` when given."""
     level = logging.DEBUG if debug else logging.INFO
@@ -233,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the instance name must come first: dahu_server INSTANCE [options]")
     if "/" in instance or not instance.strip():  # as dahu-register (DahuDS/INSTANCE)
         parser.error(f"invalid instance name {instance!r}")
-    problem = _check_values(args)
+    problem = stray_option(tango_args, parser) or _check_values(args)
     if problem:
         parser.error(problem)
     try:
