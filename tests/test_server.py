@@ -925,7 +925,8 @@ def test_a_misspelt_option_is_named_in_one_line(capsys, monkeypatch, args, reaso
     assert info.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"dahu_server: error: {reason}"
     # Tango's own options with two dashes still go to Tango
-    own, rest = dahu_server.split_args(["x", "--port=1", "--nodb", "--ORBendPoint", "giop:tcp::1"])
+    tango = ["--port=1", "--nodb", "--ORBendPoint", "giop:tcp::1", "--verbose", "-nodb"]
+    own, rest = dahu_server.split_args(["x", *tango])
     assert dahu_server.stray_option(rest[1:], dahu_server.build_parser()) is None
 
 

@@ -162,7 +162,7 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 # Tango's options spelt with two dashes (PyTango also takes their abbreviations)
-TANGO_LONG = ("host", "port", "nodb", "dlist", "dbg")
+TANGO_LONG = ("host", "port", "nodb", "dlist", "verbose", "file", "dbg")
 
 
 def stray_option(tango_args: list[str], parser: argparse.ArgumentParser) -> str | None:
