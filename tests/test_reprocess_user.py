@@ -4,6 +4,7 @@ blocks) and the command's output read by other programs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -303,6 +304,34 @@ def test_one_sigterm_ends_a_run_while_a_plugin_module_is_imported(tmp_path: Path
         proc.kill()
     assert proc.returncode == 130, stderr
     assert "cannot load plugin" not in stderr and "KeyboardInterrupt" not in stderr
+    summary = json.loads(stdout)
+    assert (summary["total"]["jobs"], summary["not_started"]) == (0, 2)
+
+
+def test_one_sigterm_ends_a_run_reading_a_pipe_no_one_writes(tmp_path: Path):
+    # bug: the first signal said "interrupted" and the read went on (Python retries it):
+    # a SOURCE such as <(ssh host cat f) that stalls kept a run that got its single
+    # SIGTERM going for ever
+    (tmp_path / "a.inp").write_text(json.dumps({"plugin_name": "example.square", "x": 2}))
+    fifo = tmp_path / "b.inp"
+    os.mkfifo(fifo)
+    proc = start_run("-o", str(tmp_path / "out"), str(tmp_path / "a.inp"), str(fifo))
+    writer = None
+    try:
+        deadline = time.monotonic() + 30
+        while writer is None:  # opens once the run opened the pipe to read it
+            assert time.monotonic() < deadline and proc.poll() is None, "the pipe is not read"
+            with contextlib.suppress(OSError):
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            time.sleep(0.01)
+        proc.terminate()  # once
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        if writer is not None:
+            os.close(writer)
+    assert proc.returncode == 130, stderr
+    assert "KeyboardInterrupt" not in stderr and "Traceback" not in stderr
     summary = json.loads(stdout)
     assert (summary["total"]["jobs"], summary["not_started"]) == (0, 2)
 

@@ -140,7 +140,8 @@ class Reprocessor:
         self.wake = threading.Event()  # set by a callback when the main thread is needed
         self.stop = threading.Event()
         self.forced = False
-        self.importing = False  # the main thread is in the factory (a plugin module import)
+        # the main thread imports a plugin module or reads an input: either may never end
+        self.interruptible = False
         self.aborting = False
         self.give_up_at = float("inf")
         self.started = self.ended = time.monotonic()
@@ -204,7 +205,14 @@ class Reprocessor:
             if item is None:
                 more = False
                 break
-            ready.append(load(item))
+            self.interruptible = True  # a read may block (a pipe no one writes): a signal stops it
+            try:
+                ready.append(load(item))
+            except KeyboardInterrupt:
+                if not self.stop.is_set():  # not a signal of ours: as it was
+                    raise
+            finally:
+                self.interruptible = False
         if not self.stop.is_set():  # interrupted while reading: those are not started
             self._submit(ready)
         return more
@@ -240,7 +248,7 @@ class Reprocessor:
             # said at once, even when the main thread is busy (importing a slow plugin
             # module): os.write, as print() may be the call this handler interrupted
             os.write(2, f"{'' if self.bar.disable else chr(10)}{PROG}: interrupted\n".encode())
-            if self.importing:  # for jobs that will not start: stop it (it may never end)
+            if self.interruptible:  # for jobs that will not start: stop it (it may never end)
                 raise KeyboardInterrupt
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -284,11 +292,11 @@ class Reprocessor:
             try:
                 if loaded.error is not None:
                     raise loaded.error
-                self.importing = True
+                self.interruptible = True
                 try:
                     settings = self.settings(plugin)
                 finally:
-                    self.importing = False
+                    self.interruptible = False
             except (DahuError, KeyboardInterrupt) as err:
                 if self.stop.is_set():  # a signal broke the import: not the input's fault
                     return
