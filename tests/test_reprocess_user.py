@@ -336,6 +336,20 @@ def test_one_sigterm_ends_a_run_reading_a_pipe_no_one_writes(tmp_path: Path):
     assert (summary["total"]["jobs"], summary["not_started"]) == (0, 2)
 
 
+def test_spaces_around_a_plugin_name_are_dropped_as_by_the_device(tmp_path: Path):
+    # bug: " example.square " was an invalid plugin name, counted in a row of its own
+    # that the table showed as a second "example.square"
+    sources = write_inputs(
+        tmp_path / "in",
+        {"plugin_name": " example.square ", "x": 2},
+        {"plugin_name": "Example.Square\t", "x": 3},
+    )
+    status, summary, stderr = summary_of("-o", tmp_path / "out", sources)
+    assert status == 0, stderr
+    assert list(summary["plugins"]) == ["example.square"]
+    assert summary["plugins"]["example.square"]["success"] == 2
+
+
 def test_jobs_aborted_by_ctrl_c_are_not_counted_without_archive(tmp_path: Path):
     # bug: --compare counted every job it did not compare as "without archive", the jobs
     # a Ctrl-C aborted too, whose archive was there

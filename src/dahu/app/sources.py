@@ -197,6 +197,7 @@ def load_input(item: Item) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
     plugin = data.get("plugin_name")
     if plugin is not None and not isinstance(plugin, str):
         raise InputError(f"not a job input: plugin_name is a JSON {json_kind(plugin)}")
+    plugin = plugin and plugin.strip()  # as the device drops the spaces around a name
     if not plugin:
         raise InputError("not a job input: no plugin_name")
     return plugin, data, None
