@@ -350,6 +350,23 @@ def test_spaces_around_a_plugin_name_are_dropped_as_by_the_device(tmp_path: Path
     assert summary["plugins"]["example.square"]["success"] == 2
 
 
+def test_a_job_that_timed_out_names_its_input(tmp_path: Path):
+    # bug: a job aborted by its timeout was counted (aborted 1, exit status 1) but its
+    # input was named nowhere: among thousands, which one was it?
+    sources = write_inputs(
+        tmp_path / "in",
+        {"plugin_name": "example.square", "x": 2},
+        {"plugin_name": "example.sleep", "t": 600, "job_timeout": 0.2},
+    )
+    status, summary, stderr = summary_of("-o", tmp_path / "out", sources)
+    assert status == 1
+    source = str(sources / "00002_example.sleep.inp")
+    assert f"dahu-reprocess: {source}: job 2 aborted: timed out after 0.2 s" in stderr
+    assert summary["aborted_jobs"] == [
+        {"source": source, "plugin": "example.sleep", "job_id": 2, "error": "timed out after 0.2 s"}
+    ]
+
+
 def test_jobs_aborted_by_ctrl_c_are_not_counted_without_archive(tmp_path: Path):
     # bug: --compare counted every job it did not compare as "without archive", the jobs
     # a Ctrl-C aborted too, whose archive was there

@@ -398,10 +398,12 @@ class Reprocessor:
     def _record(self, result: Result) -> None:
         self.results.append(result)
         self.bar.update(1)
+        ended = {State.FAILURE: "failed", State.ABORTED: "aborted"}.get(result.state)
         if result.invalid:
             self.say(f"{PROG}: {result.source}: {result.error}")
-        elif result.state == State.FAILURE and not self.args.quiet:
-            self.say(f"{PROG}: {result.source}: job {result.job_id} failed: {result.error}")
+        elif ended and not self.args.quiet and not (self.stop.is_set() and ended == "aborted"):
+            # an abort but Ctrl-C's is a timeout (JOB_TIMEOUT, job_timeout): which input?
+            self.say(f"{PROG}: {result.source}: job {result.job_id} {ended}: {result.error}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,6 +79,7 @@ def summarize(run: Any, output_dir: str) -> dict[str, Any]:
         "wall_time": wall,
         "jobs_per_s": ran / wall if wall > 0 else 0.0,
         "errors": [_brief(r, error=r.error) for r in run.results if r.state == State.FAILURE],
+        "aborted_jobs": [_brief(r, error=r.error) for r in run.results if r.state == State.ABORTED],
         "compare": None,
         "interrupted": run.stop.is_set(),
     }
