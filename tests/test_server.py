@@ -987,6 +987,28 @@ def test_an_empty_directory_is_refused_not_the_default_one(capsys, tool, option)
         )
 
 
+def test_a_quoted_tilde_is_the_home_directory_for_the_tools(monkeypatch, tmp_path):
+    # bug: dahu-reprocess -o '~/out' ("$OUT" holding ~/out) made a directory named ~ in
+    # the current one (and dahu-jobs -w '~/dahu' looked there), though the server reads
+    # its --workdir '~/dahu' as the home's
+    from dahu.app import jobs, register, reprocess_args
+    from dahu.app import server as dahu_server
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = reprocess_args.build_parser().parse_args(
+        ["-o", "~/out", "--workdir", "~/w", "--plugins", "~/p", "1"]
+    )
+    assert (args.output, args.workdir, args.plugins) == (
+        f"{tmp_path}/out",
+        f"{tmp_path}/w",
+        [f"{tmp_path}/p"],
+    )
+    assert jobs.build_parser().parse_args(["list", "-w", "~/w"]).workdir == f"{tmp_path}/w"
+    assert dahu_server.build_parser().parse_args(["x", "-l", "~/log"]).log == f"{tmp_path}/log"
+    # a property is read by the server, as its user: dahu-register writes it as it is
+    assert register.build_parser().parse_args(["x", "a/b/c", "--workdir", "~/w"]).workdir == "~/w"
+
+
 def test_a_huge_retention_interval_property_keeps_the_schedule_alive(tmp_path):
     # bug: a retention_interval property of 1e10 (dahu-register now refuses it) killed
     # the retention thread after its first prune (OverflowError: a traceback in the log)

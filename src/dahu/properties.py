@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_RETENTION_INTERVAL",
     "MAX_RETENTION_INTERVAL",
     "directory",
+    "local_directory",
     "number",
 ]
 
@@ -83,6 +85,13 @@ def directory(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty name (an unset variable?): give a directory")
     return text
+
+
+def local_directory(text: str) -> str:
+    """:func:`directory`, for a tool that uses it itself: a leading ``~`` is the home
+    directory, as the server reads its ``--workdir`` (until 2026-11-30 ``-o '~/x'``, the
+    ``~`` quoted or from a variable, made a directory named ``~`` in the current one)."""
+    return os.path.expanduser(directory(text))
 
 
 def number(dtype: type, minimum: float | None, maximum: float | None) -> Callable[[str], Any]:

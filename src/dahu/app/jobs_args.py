@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..journal.base import MAX_ID
-from ..properties import directory as workdir  # -w "$DIR", DIR unset: refused
+from ..properties import local_directory as workdir  # -w "$DIR", DIR unset: refused
 from ..timespec import BadTime, parse_duration, parse_when
 
 __all__ = ["workdir", "output", "plugin", "when", "count", "job_id", "seconds"]

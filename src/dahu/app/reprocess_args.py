@@ -7,7 +7,7 @@ import math
 
 from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_RTOL
-from ..properties import directory
+from ..properties import local_directory as directory  # ~ is the home directory
 
 __all__ = ["PROG", "build_parser"]
 

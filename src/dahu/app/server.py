@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import tango_line
-from ..properties import PROPERTIES, directory, number
+from ..properties import PROPERTIES, local_directory, number
 from . import leave
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-l",
         "--log",
-        type=directory,
+        type=local_directory,
         metavar="DIR",
         help="also log to DIR/dahu_server_INSTANCE.log",
     )
