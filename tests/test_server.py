@@ -1004,6 +1004,7 @@ def test_a_quoted_tilde_is_the_home_directory_for_the_tools(monkeypatch, tmp_pat
         [f"{tmp_path}/p"],
     )
     assert jobs.build_parser().parse_args(["list", "-w", "~/w"]).workdir == f"{tmp_path}/w"
+    assert jobs.build_parser().parse_args(["export", "-o", "~/j.csv"]).output == f"{tmp_path}/j.csv"
     assert dahu_server.build_parser().parse_args(["x", "-l", "~/log"]).log == f"{tmp_path}/log"
     # a property is read by the server, as its user: dahu-register writes it as it is
     assert register.build_parser().parse_args(["x", "a/b/c", "--workdir", "~/w"]).workdir == "~/w"

@@ -4,6 +4,7 @@ in one line (``argparse`` prefixes the option's name)."""
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..journal.base import MAX_ID
 from ..properties import local_directory as workdir  # -w "$DIR", DIR unset: refused
@@ -14,12 +15,13 @@ __all__ = ["workdir", "output", "plugin", "when", "count", "job_id", "seconds"]
 
 def output(text: str) -> str:
     """A file to write; an empty name is refused (``-o "$OUT"`` with ``OUT`` unset wrote
-    to standard output until 2026-11-30): ``-`` is standard output."""
+    to standard output until 2026-11-30): ``-`` is standard output; a leading ``~`` is the
+    home directory, as in ``-w``."""
     if not text.strip():
         raise argparse.ArgumentTypeError(
             "an empty name (an unset variable?): give a file, or - for standard output"
         )
-    return text
+    return os.path.expanduser(text)
 
 
 def plugin(text: str) -> str:
