@@ -107,11 +107,14 @@ def test_a_directory_not_there_is_ignored_with_one_line_until_added_again(tmp_pa
     (through Factory.ignored) in the device's Status; an Init adding it again finds it."""
     late, file = tmp_path / "late", write(tmp_path / "file", "")
     factory = Factory(plugin_path=[str(late), str(file)])
-    assert list(factory.ignored.values()) == [
-        f"plugin directory {late} does not exist: ignored",
-        f"plugin directory {file} is not a directory: ignored",  # it said: does not exist
-    ]
+    late_line = f"plugin directory {late} does not exist: ignored"
+    file_line = f"plugin directory {file} is not a directory: ignored"  # "does not exist"
+    assert list(factory.ignored.values()) == [late_line, file_line]
     assert [r.getMessage() for r in caplog.records] == list(factory.ignored.values())
+    # a job of a plugin there is told why its module is not found
+    with pytest.raises(UnknownPlugin) as info:
+        factory("latemod.f")
+    assert str(info.value).endswith(f"({late_line}) ({file_line})")
     late.mkdir()  # mounted
     factory.add_directory(str(late))
     assert str(late) in factory.directories and str(late) not in factory.ignored

@@ -263,7 +263,8 @@ class Factory:
         dirs = ", ".join(self._search_order()) or "(none)"
         if module_name in Factory.modules:
             return f"unknown plugin {name}: module {module} does not define it"
-        return f"unknown plugin {name}: no module {module} found in {dirs}"
+        left_out = "".join(f" ({why})" for why in self.ignored.values())  # not mounted?
+        return f"unknown plugin {name}: no module {module} found in {dirs}{left_out}"
 
     def get_class(self, plugin_name: str) -> type:
         """Return the registered class of ``plugin_name`` or raise :class:`UnknownPlugin`."""
