@@ -590,6 +590,27 @@ def test_a_module_crashing_at_import_under_the_process_executor_fails_its_inputs
     assert echoed["keys"] == ["job_id", "plugin_name", "x"]  # REPROCESS_IGNORE still read
 
 
+def test_a_reprocess_ignore_of_one_name_without_its_list_drops_that_key(tmp_path: Path):
+    # bug: REPROCESS_IGNORE = "output_file" (a string) dropped the keys "o", "u", "t"...
+    # (as the original did): the rerun wrote over the archived result
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "writer.py").write_text(
+        "from dahu.factory import register\nfrom dahu.plugin import Plugin\n\n"
+        "@register\nclass Out(Plugin):\n    REPROCESS_IGNORE = 'output_file'\n\n"
+        "    def process(self):\n        if 'output_file' in self.input:\n"
+        "            open(self.input['output_file'], 'w').write('rerun')\n"
+    )
+    archived = tmp_path / "result.txt"
+    archived.write_text("archived")
+    sources = write_inputs(
+        tmp_path / "in", {"plugin_name": "writer.out", "output_file": str(archived)}
+    )
+    status, _, stderr = summary_of("--plugins", plugins, "-o", tmp_path / "out", sources)
+    assert status == 0, stderr
+    assert archived.read_text() == "archived"
+
+
 WAITING_IMPORT = """
 import pathlib, time
 here = pathlib.Path(__file__)

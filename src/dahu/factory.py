@@ -336,12 +336,13 @@ REPROCESS_SETTINGS = ("REPROCESS_IGNORE", "REPROCESS_COMPARE_IGNORE", "REPROCESS
 
 def plugin_settings(klass: Any) -> dict[str, tuple[str, ...]]:
     """A plugin's ``REPROCESS_*`` lists: the class attributes, or for a plugin made from a
-    function, the function's attributes of those names (empty when not given)."""
+    function, the function's attributes of those names (empty when not given; a single
+    string is a list of that name: the original Dahu dropped the keys named by its letters,
+    and a rerun wrote over the archived file)."""
     function = getattr(klass, "function", None)
-    return {
-        name: tuple(getattr(klass, name, None) or getattr(function, name, None) or ())
-        for name in REPROCESS_SETTINGS
-    }
+    found = {n: getattr(klass, n, None) or getattr(function, n, None) for n in REPROCESS_SETTINGS}
+    # one name written without its list ("output_file") is that name, not its letters
+    return {n: (v,) if isinstance(v, str) else tuple(v or ()) for n, v in found.items()}
 
 
 _NAMES = reprlib.Repr()  # a plugin name in a reason: cut in its middle, about 200 characters
