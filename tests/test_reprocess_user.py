@@ -611,6 +611,26 @@ def test_a_reprocess_ignore_of_one_name_without_its_list_drops_that_key(tmp_path
     assert archived.read_text() == "archived"
 
 
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_the_plugins_option_comes_before_dahu_plugins(tmp_path: Path, executor: str):
+    # bug: DAHU_PLUGINS (the production plugins, set at login) came first: --plugins
+    # ~/dev/plugins, the plugin under test, was never run, and --compare said "the same"
+    for version in ("prod", "dev"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "mymod.py").write_text(
+            "from dahu.factory import register\nfrom dahu.plugin import Plugin\n\n"
+            f"@register\nclass Calc(Plugin):\n    REPROCESS_IGNORE = ['{version}']\n\n"
+            f"    def process(self):\n        self.output['keys'] = sorted(self.input)\n"
+        )
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "mymod.calc", "prod": 1, "dev": 2})
+    env = {"DAHU_PLUGINS": str(tmp_path / "prod")}
+    args = ("--executor", executor, "--plugins", tmp_path / "dev", "-o", tmp_path / "out")
+    status, _, stderr = summary_of(*args, sources, env=env)
+    assert status == 0, stderr
+    output = json.loads(next((tmp_path / "out").rglob("*.out")).read_text())
+    assert output["keys"] == ["job_id", "plugin_name", "prod"]  # dev's code and settings
+
+
 WAITING_IMPORT = """
 import pathlib, time
 here = pathlib.Path(__file__)

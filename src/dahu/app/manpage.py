@@ -159,7 +159,10 @@ PAGES: dict[str, Page] = {
             "summary of what finished is still printed. A second Ctrl-C stops waiting.",
         ],
         environment=[
-            _ENV_PLUGINS,
+            (
+                "DAHU_PLUGINS",
+                "Plugin directories, separated by ':', searched after those of --plugins.",
+            ),
             ("DAHU_WORKDIR", "The work directory whose journal holds job ids (see --workdir)."),
             ("TMPDIR", "Where the default output directory is made."),
         ],

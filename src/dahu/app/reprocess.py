@@ -446,8 +446,8 @@ def _not_a_job_failure(record: logging.LogRecord) -> bool:
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     """Run the jobs of ``args``, print the summary on ``out``; the exit status."""
-    for directory in args.plugins:
-        plugin_factory.add_directory(directory)
+    for directory in reversed(args.plugins):  # before DAHU_PLUGINS': the plugin under test
+        plugin_factory.add_directory(directory, first=True)
     output_dir = os.path.abspath(args.output or get_workdir())
     try:
         os.makedirs(output_dir, exist_ok=True)

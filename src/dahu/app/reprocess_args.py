@@ -41,7 +41,7 @@ _HELP = {
     "(default: a new work directory, <tmp>/dahu_<user>/<date-time>_<pid>)",
     "workdir": "work directory whose journal holds the job ids given as SOURCE "
     "(default: $DAHU_WORKDIR, else ~/.local/state/dahu)",
-    "plugins": "add a plugin directory (repeatable; DAHU_PLUGINS is honoured too)",
+    "plugins": "add a plugin directory, searched before those of DAHU_PLUGINS (repeatable)",
     "compare": "compare each new output with the archived one (the .out next to the .inp, "
     "or the journal's); list the jobs that differ",
     "rtol": "relative tolerance on numbers for --compare (default %(default)g)",
