@@ -584,6 +584,38 @@ def test_a_kill_while_a_start_wrote_the_interrupted_jobs_files_loses_none(workdi
         engine.close()
 
 
+def test_a_kill_while_a_start_wrote_more_interrupted_files_than_it_looks_back_loses_none(
+    workdir, monkeypatch
+):
+    # bug: past REACH (100,000) ids, a start killed while it wrote the files of the jobs
+    # it closed as interrupted left the oldest of them without files for good: the next
+    # start looked REACH ids back only (here REACH 30: ids[20:70] never got theirs)
+    from dahu.engine import recovery
+
+    monkeypatch.setattr(recovery, "WINDOW", 10)
+    monkeypatch.setattr(recovery, "REACH", 30)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(100)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    with db:  # closed by that start, all at once
+        db.execute("UPDATE jobs SET state = 'failure', error = ?, ended = 5.0", (INTERRUPTED,))
+    db.close()
+    for job_id in ids[:20]:  # it had written these when it was killed
+        write_job_files(str(workdir), job_id, "example.square", {}, {"error": [INTERRUPTED]})
+
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.wait_recovered(10)
+        assert engine.recovered == 80
+        for job_id in ids[20:]:
+            stem = job_file_stem(str(workdir), job_id, "example.square")
+            assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
+    finally:
+        engine.close()
+
+
 SLOW_DISK_EXIT = """
 import sys, time
 import dahu.engine

@@ -16,8 +16,9 @@ jobs it closed, which share one end, in the order of their ids); then, since a
 startJobs queues its jobs while other clients' come, it goes on down while a window
 holds jobs that ended after the last of them (it stops at once at a window where only
 live processes ended jobs).  It looks :data:`REACH`
-ids back at most (files a user deleted are not all written again).  The interrupted
-jobs all get theirs.
+ids back at most (files a user deleted are not all written again), except for the jobs
+an earlier start closed as interrupted, when it was killed writing more than that many
+of theirs.  The interrupted jobs all get theirs.
 
 It runs in a thread of its own (:class:`Recovery`, started by the engine): the engine,
 and the device, answer at once however many jobs were queued at the kill (100,000 took
@@ -36,7 +37,7 @@ import weakref
 from typing import Any
 
 from ..errors import one_line
-from ..journal import job_file_stem, write_job_files
+from ..journal import INTERRUPTED, job_file_stem, write_job_files
 from ..journal.sqlite import process_alive
 from ..states import State
 
@@ -172,6 +173,9 @@ def write_missing_files(recovery: Recovery) -> int:
         since = settled if since is None else since
         top = first - 1
         first = max(1, top - WINDOW + 1)
+    else:  # REACH ids looked at, files missing all along: a start's interrupted ones?
+        if since is None and floor > 0:
+            written += _beyond_reach(recovery, floor, alive)
     if written:
         logger.warning(
             "%d job(s) ended without their .inp/.out files (a process died): written now",
@@ -182,6 +186,31 @@ def write_missing_files(recovery: Recovery) -> int:
             "%d job(s) left by a dead process got no .inp/.out files: the disk refused them",
             recovery.refused,
         )
+    return written
+
+
+def _beyond_reach(recovery: Recovery, floor: int, alive: dict[tuple, bool]) -> int:
+    """The jobs a start closed as interrupted share one end and got their files in the
+    order of their ids: a kill in the middle of more than :data:`REACH` of them left
+    the oldest without files below ``floor``.  Those of the closings just above it get
+    theirs, window by window down, while a window holds some without; return how many."""
+    engine, journal = recovery.engine, recovery.engine.journal
+    above = journal.select(floor + 1, floor + WINDOW, data=False)
+    ends = {r.ended for r in above if r.state == State.FAILURE and r.error == INTERRUPTED}
+    written, top = 0, floor
+    while ends and top > 0:
+        first = max(1, top - WINDOW + 1)
+        closed = [
+            r
+            for r in journal.select(first, top, data=False)
+            if r.state == State.FAILURE and r.error == INTERRUPTED and r.ended in ends
+        ]
+        more = _write_missing(engine, closed, alive, 0, 0.0, recovery.write)[0]
+        if not more:
+            break  # (those below got theirs before these)
+        written += more
+        recovery.written += more
+        top = first - 1
     return written
 
 
