@@ -539,7 +539,7 @@ def test_a_full_disk_at_a_start_logs_the_refused_files_once(workdir, monkeypatch
     journal.close()
     of_a_dead_process(workdir)
 
-    def full(*args):
+    def full(*args, **named):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(recovery, "write_job_files", full)
@@ -612,6 +612,46 @@ def test_a_kill_while_a_start_wrote_more_interrupted_files_than_it_looks_back_lo
         for job_id in ids[20:]:
             stem = job_file_stem(str(workdir), job_id, "example.square")
             assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
+    finally:
+        engine.close()
+
+
+def test_files_another_process_writes_too_at_its_start_are_never_seen_empty(workdir, monkeypatch):
+    # bug: a start's recovery and another process's (a worker process's own engine, a
+    # second server started with it) may both find a dead job's files missing and both
+    # write them: the second one truncated the files the first had written whole, and a
+    # reader then found an empty .out (a client told the job ended reads it)
+    from dahu.journal import files
+
+    journal = SQLiteJournal(str(workdir))
+    (job_id,) = journal.create_many("example.square", [{"x": 3}], 1.0)
+    journal.finish_many([(job_id, "success", {"result": 9}, None, 1.0, 2.0)])
+    journal.close()
+    of_a_dead_process(workdir)
+    stem = job_file_stem(str(workdir), job_id, "example.square")
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.wait_recovered(10) and engine.recovered == 1
+        seen = []
+
+        class Reader:  # what a reader finds while a writer has written nothing yet
+            def __getattr__(self, name):
+                return getattr(os, name)
+
+            def write(self, fd, data):
+                for ext in (".inp", ".out"):
+                    with open(stem + ext) as file:
+                        seen.append(file.read())
+                return os.write(fd, data)
+
+        monkeypatch.setattr(files, "os", Reader())
+        # the other process's writer: it found them missing before this one wrote them
+        assert engine.recovery.write(engine.journal.get(job_id))
+        monkeypatch.undo()
+        assert [text for text in seen if not text.endswith("}")] == []  # none empty
+        assert len(seen) == 4 and json.loads(seen[-1]) == {"result": 9}
+        assert json.loads(open(stem + ".out").read()) == {"result": 9}
+        assert not [name for name in os.listdir(os.path.dirname(stem)) if "part" in name]
     finally:
         engine.close()
 

@@ -114,7 +114,9 @@ class Recovery:
             output = {"error": (record.error or "").splitlines()}
         engine = self.engine
         try:
-            write_job_files(engine.workdir, record.id, record.plugin, record.input, output)
+            write_job_files(
+                engine.workdir, record.id, record.plugin, record.input, output, aside=True
+            )
             return True
         except Exception as err:  # the disk, or plugin data no JSON text can hold
             engine.files_failed += 1
