@@ -656,6 +656,75 @@ def test_files_another_process_writes_too_at_its_start_are_never_seen_empty(work
         engine.close()
 
 
+def dead_jobs_ended_without_files(workdir, count):
+    """``count`` jobs that a killed process ended (long ago) and left without files."""
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(count)], 1.0)
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, 2.0 + i) for i in ids])
+    journal.close()
+    of_a_dead_process(workdir)
+    return ids
+
+
+def test_a_prune_while_a_start_writes_a_job_files_leaves_no_file_without_record(
+    workdir, monkeypatch
+):
+    # bug: "dahu-jobs prune --min-age 0" in another process while a start wrote the
+    # files a killed server left unwritten: the prune removed a job (no files yet), then
+    # the start wrote its files: .inp/.out files of a job no journal knows
+    from dahu import retention
+    from dahu.engine import recovery
+
+    ids = dead_jobs_ended_without_files(workdir, 3)
+    write = recovery.write_job_files
+
+    def pruned_meanwhile(workdir_, job_id, *args, **named):  # the start read the record
+        if job_id == ids[0]:
+            retention.prune(str(workdir), keep_last=2, min_age=0)
+        return write(workdir_, job_id, *args, **named)
+
+    monkeypatch.setattr(recovery, "write_job_files", pruned_meanwhile)
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.wait_recovered(10)
+        assert engine.journal.get(ids[0]) is None
+        stem = job_file_stem(str(workdir), ids[0], "example.square")
+        assert not os.path.exists(stem + ".inp") and not os.path.exists(stem + ".out")
+        assert os.path.exists(job_file_stem(str(workdir), ids[1], "example.square") + ".out")
+    finally:
+        engine.close()
+
+
+def test_a_start_writing_a_job_files_during_a_prune_leaves_no_file_without_record(
+    workdir, monkeypatch
+):
+    # the other order: the prune removed the job's files (none), the start wrote them
+    # and found the record still there, then the prune removed the record
+    from dahu import retention
+
+    ids = dead_jobs_ended_without_files(workdir, 3)
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.wait_recovered(10) and engine.recovered == 3
+        stem = job_file_stem(str(workdir), ids[0], "example.square")
+        for ext in (".inp", ".out"):
+            os.remove(stem + ext)  # as if not written yet when the prune came
+        remove, record, came = retention._remove_files, engine.journal.get(ids[0]), []
+
+        def start_writes_meanwhile(workdir_, job_id, *args):
+            remove(workdir_, job_id, *args)
+            if job_id == ids[0] and not came:
+                came.append(job_id)  # the start's recovery, between files and record
+                assert engine.recovery.write(record)
+                engine.recovery.confirm()
+
+        monkeypatch.setattr(retention, "_remove_files", start_writes_meanwhile)
+        assert retention.prune(str(workdir), keep_last=2, min_age=0).removed == 1
+        assert not os.path.exists(stem + ".inp") and not os.path.exists(stem + ".out")
+    finally:
+        engine.close()
+
+
 SLOW_DISK_EXIT = """
 import sys, time
 import dahu.engine

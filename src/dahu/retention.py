@@ -11,7 +11,8 @@ Safe beside a running server:
   own writes wait milliseconds, not the whole prune;
 * a job's files are removed before its record: if the prune is interrupted, what is left
   is a record whose files are gone (a later prune removes it), never files that no
-  record names;
+  record names; and again after it (those a start's recovery wrote in between: it removes
+  those it writes of a job whose record is gone, :mod:`dahu.engine.recovery`);
 * the space is reclaimed in small steps (``PRAGMA incremental_vacuum``), then the WAL
   file is truncated (unless a reader keeps an older snapshot for over 0.2 s: later).
   A journal made before this version is rewritten once by
@@ -208,6 +209,8 @@ def prune(
                         f"DELETE FROM jobs WHERE id IN ({marks}) AND state IN (?, ?, ?)",
                         [*(r[0] for r in rows), *_FINAL],
                     ).rowcount
+                for job_id, plugin in rows:  # again: those a start's recovery wrote
+                    _remove_files(workdir, job_id, plugin, dry_run, report, directories)
             report.removed += gone
             if progress is not None:
                 progress(report.removed, going)

@@ -30,6 +30,7 @@ and :meth:`Recovery.ensure` writes a job's files at once if asked for them
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -61,6 +62,7 @@ class Recovery:
         self.lock = threading.Lock()  # one job's files written by one thread at a time
         self.ensured: set[int] = set()  # the jobs whose files ensure() saw to
         self.refused = 0  # jobs whose files the disk refused (full: logged once, counted)
+        self.fresh: list[tuple[int, str]] = []  # (id, plugin) written, record not seen since
         self.thread = threading.Thread(target=self._run, name="dahu-recovery", daemon=True)
         self.thread.start()
         # a script that ends without closing its engine: the files written first (before
@@ -92,12 +94,36 @@ class Recovery:
                 stem = job_file_stem(self.engine.workdir, job_id, record.plugin)
                 if not (_whole(stem + ".inp") and _whole(stem + ".out")):
                     self._write(record)
+                    self._confirm()
                 self.ensured.add(job_id)
 
     def write(self, record: Any) -> bool:
         """Write the files of ``record``, unless :meth:`ensure` saw to them."""
         with self.lock:
-            return record.id not in self.ensured and self._write(record)
+            written = record.id not in self.ensured and self._write(record)
+            if len(self.fresh) >= WINDOW:
+                self._confirm()
+            return written
+
+    def confirm(self) -> None:
+        """Remove the files just written of jobs whose record is gone since: a prune in
+        another process (``dahu-jobs prune``) removes a job's files, then its record,
+        then its files again; those written in between go at one step or the other."""
+        with self.lock:
+            self._confirm()
+
+    def _confirm(self) -> None:
+        fresh, self.fresh = self.fresh, []
+        if not fresh:
+            return
+        ids = sorted(job_id for job_id, _ in fresh)
+        kept = {r.id for r in self.engine.journal.select(ids[0], ids[-1], data=False)}
+        for job_id, plugin in fresh:
+            if job_id not in kept:
+                stem = job_file_stem(self.engine.workdir, job_id, plugin)
+                for ext in (".inp", ".out"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(stem + ext)
 
     def _write(self, record: Any) -> bool:
         """Write the ``.inp``/``.out`` files of the job of ``record``; False if they
@@ -117,6 +143,7 @@ class Recovery:
             write_job_files(
                 engine.workdir, record.id, record.plugin, record.input, output, aside=True
             )
+            self.fresh.append((record.id, record.plugin))
             return True
         except Exception as err:  # the disk, or plugin data no JSON text can hold
             engine.files_failed += 1
@@ -178,6 +205,7 @@ def write_missing_files(recovery: Recovery) -> int:
     else:  # REACH ids looked at, files missing all along: a start's interrupted ones?
         if since is None and floor > 0:
             written += _beyond_reach(recovery, floor, alive)
+    recovery.confirm()
     if written:
         logger.warning(
             "%d job(s) ended without their .inp/.out files (a process died): written now",
