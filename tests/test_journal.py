@@ -725,6 +725,56 @@ def test_a_start_writing_a_job_files_during_a_prune_leaves_no_file_without_recor
         engine.close()
 
 
+def test_a_start_killed_while_it_wrote_a_dead_server_files_leaves_none_to_the_next(
+    workdir, monkeypatch
+):
+    # bug: a start writes the files of the queue it closed as interrupted first, then
+    # those of the jobs the dead server had ended without them; killed in between (or
+    # after its own jobs had ended, their files written), the next start saw those
+    # newest files first, took every older end for written, and 100 jobs never got theirs
+    from dahu.engine import recovery
+
+    ended = dead_jobs_ended_without_files(workdir, 100)
+    journal = SQLiteJournal(str(workdir))
+    queued = journal.create_many("example.square", [{"x": i} for i in range(60)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    write = recovery.Recovery.write
+
+    def killed_after_the_queue(self, record):
+        if record.id in ended:
+            raise RuntimeError("killed")  # stands for the kill: the thread ends there
+        return write(self, record)
+
+    monkeypatch.setattr(recovery.Recovery, "write", killed_after_the_queue)
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    assert engine.wait_recovered(10) and engine.recovered == len(queued)
+    engine.close()
+    monkeypatch.undo()
+    of_a_dead_process(workdir)
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    with db:  # that start's process is gone too
+        db.execute("UPDATE recoveries SET pid = (SELECT pid FROM jobs LIMIT 1)")
+    db.close()
+
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.wait_recovered(10) and engine.recovered == len(ended)
+        for job_id in ended:
+            stem = job_file_stem(str(workdir), job_id, "example.square")
+            assert json.loads(open(stem + ".out").read()) == {"result": job_id}
+    finally:
+        engine.close()
+    again = dahu.engine.Engine(workdir=str(workdir))  # done with: not looked at again
+    try:
+        assert again.wait_recovered(10) and again.recovered == 0
+    finally:
+        again.close()
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    assert db.execute("SELECT COUNT(*) FROM recoveries").fetchone() == (0,)
+    db.close()
+
+
 SLOW_DISK_EXIT = """
 import sys, time
 import dahu.engine

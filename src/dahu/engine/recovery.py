@@ -18,7 +18,9 @@ holds jobs that ended after the last of them (it stops at once at a window where
 live processes ended jobs).  It looks :data:`REACH`
 ids back at most (files a user deleted are not all written again), except for the jobs
 an earlier start closed as interrupted, when it was killed writing more than that many
-of theirs.  The interrupted jobs all get theirs.
+of theirs.  The interrupted jobs all get theirs.  A start killed while it writes them leaves a row
+in the journal (:mod:`dahu.journal.pending`): the next start looks at every job that
+one had to look at (:func:`_look_at_all`).
 
 It runs in a thread of its own (:class:`Recovery`, started by the engine): the engine,
 and the device, answer at once however many jobs were queued at the kill (100,000 took
@@ -38,7 +40,7 @@ import weakref
 from typing import Any
 
 from ..errors import one_line
-from ..journal import INTERRUPTED, job_file_stem, write_job_files
+from ..journal import INTERRUPTED, job_file_stem, pending, write_job_files
 from ..journal.sqlite import process_alive
 from ..states import State
 
@@ -170,6 +172,8 @@ def write_missing_files(recovery: Recovery) -> int:
     start); return how many jobs got files (counted in ``recovery.written`` as they do)."""
     engine, write, top = recovery.engine, recovery.write, recovery.top
     journal = engine.journal
+    mark = pending.begin(journal, top)  # until done: a kill meanwhile, the next start
+    cut_short = pending.left_by_dead(journal)  # looks at all we may not have written
     closed = set(recovery.interrupted)
     written = 0
     for job_id in sorted(closed):  # the interrupted ones never had files, however many
@@ -205,7 +209,11 @@ def write_missing_files(recovery: Recovery) -> int:
     else:  # REACH ids looked at, files missing all along: a start's interrupted ones?
         if since is None and floor > 0:
             written += _beyond_reach(recovery, floor, alive)
+    for last in sorted({start.top for start in cut_short}):  # starts killed while writing
+        written += _look_at_all(recovery, last, alive)
     recovery.confirm()
+    if not recovery.refused:  # (refused: the next start tries again)
+        pending.end(journal, [mark, *(start.rowid for start in cut_short)])
     if written:
         logger.warning(
             "%d job(s) ended without their .inp/.out files (a process died): written now",
@@ -217,6 +225,22 @@ def write_missing_files(recovery: Recovery) -> int:
             recovery.refused,
         )
     return written
+
+
+def _look_at_all(recovery: Recovery, top: int, alive: dict[tuple, bool]) -> int:
+    """A start killed while it wrote the files left unwritten up to id ``top``: every
+    ended job of a dead process of the :data:`REACH` ids up to ``top`` gets those it
+    lacks (what that start wrote first tells nothing of the rest), and the rest of the
+    jobs it closed (:func:`_beyond_reach`); return how many jobs got files."""
+    journal, floor, written = recovery.engine.journal, max(0, top - REACH), 0
+    while top > floor:
+        first = max(1, floor + 1, top - WINDOW + 1)
+        ended = [r for r in journal.select(first, top, data=False) if r.state in State.FINAL]
+        more = _write_missing(recovery.engine, ended, alive, 0, 0.0, recovery.write)[0]
+        written += more
+        recovery.written += more
+        top = first - 1
+    return written + (_beyond_reach(recovery, floor, alive) if floor > 0 else 0)
 
 
 def _beyond_reach(recovery: Recovery, floor: int, alive: dict[tuple, bool]) -> int:
