@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Pending", "begin", "end", "left_by_dead"]
 
+WAIT = 5.0
+"""Seconds a row waits at most for another process's lock (then: no row, no harm but
+a longer look at the next start)."""
+
 _TABLE = "CREATE TABLE IF NOT EXISTS recoveries (host TEXT, pid INTEGER, started REAL, top INTEGER)"
 
 
@@ -47,7 +51,7 @@ def begin(journal: Any, top: int) -> int | None:
     if not isinstance(journal, SQLiteJournal):
         return None  # (a journal in memory outlives no process)
     try:
-        with journal.transaction() as db:
+        with journal.transaction(WAIT) as db:
             db.execute(_TABLE)
             row = (HOST, os.getpid(), time.time(), top)
             return db.execute("INSERT INTO recoveries VALUES (?, ?, ?, ?)", row).lastrowid
@@ -72,7 +76,7 @@ def end(journal: Any, rowids: list[int | None]) -> None:
     """The writing of the rows ``rowids`` is done: they go."""
     rowids = [rowid for rowid in rowids if rowid is not None]
     if rowids:
-        with contextlib.suppress(JournalError, sqlite3.Error), journal.transaction() as db:
+        with contextlib.suppress(JournalError, sqlite3.Error), journal.transaction(WAIT) as db:
             db.execute(
                 f"DELETE FROM recoveries WHERE rowid IN ({','.join('?' * len(rowids))})", rowids
             )
