@@ -118,8 +118,11 @@ class Recovery:
         fresh, self.fresh = self.fresh, []
         if not fresh:
             return
-        ids = sorted(job_id for job_id, _ in fresh)
-        kept = {r.id for r in self.engine.journal.select(ids[0], ids[-1], data=False)}
+        ids, journal = sorted(job_id for job_id, _ in fresh), self.engine.journal
+        if ids[-1] - ids[0] < 4 * len(ids) + WINDOW:  # close together: read at once
+            kept = {r.id for r in journal.select(ids[0], ids[-1], data=False)}
+        else:  # (a job interrupted after days, far below its queue)
+            kept = {i for i in ids if journal.get(i, data=False) is not None}
         for job_id, plugin in fresh:
             if job_id not in kept:
                 stem = job_file_stem(self.engine.workdir, job_id, plugin)
