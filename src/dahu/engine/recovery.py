@@ -18,9 +18,9 @@ holds jobs that ended after the last of them (it stops at once at a window where
 live processes ended jobs).  It looks :data:`REACH`
 ids back at most (files a user deleted are not all written again), except for the jobs
 an earlier start closed as interrupted, when it was killed writing more than that many
-of theirs.  The interrupted jobs all get theirs.  A start killed while it writes them leaves a row
-in the journal (:mod:`dahu.journal.pending`): the next start looks at every job that
-one had to look at (:func:`_look_at_all`).
+of theirs.  The interrupted jobs all get theirs.  A start killed while it writes them
+leaves a row in the journal (:mod:`dahu.journal.pending`): the next start looks at
+every job that one had to look at (:func:`_look_at_all`).
 
 It runs in a thread of its own (:class:`Recovery`, started by the engine): the engine,
 and the device, answer at once however many jobs were queued at the kill (100,000 took
