@@ -701,6 +701,7 @@ def test_a_start_writing_a_job_files_during_a_prune_leaves_no_file_without_recor
     # the other order: the prune removed the job's files (none), the start wrote them
     # and found the record still there, then the prune removed the record
     from dahu import retention
+    from dahu.journal import pending
 
     ids = dead_jobs_ended_without_files(workdir, 3)
     engine = dahu.engine.Engine(workdir=str(workdir))
@@ -719,7 +720,9 @@ def test_a_start_writing_a_job_files_during_a_prune_leaves_no_file_without_recor
                 engine.recovery.confirm()
 
         monkeypatch.setattr(retention, "_remove_files", start_writes_meanwhile)
+        under_way = pending.begin(engine.journal, ids[-1])  # as while it writes them
         assert retention.prune(str(workdir), keep_last=2, min_age=0).removed == 1
+        pending.end(engine.journal, [under_way])
         assert not os.path.exists(stem + ".inp") and not os.path.exists(stem + ".out")
     finally:
         engine.close()
