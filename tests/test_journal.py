@@ -529,6 +529,42 @@ def test_a_start_answers_before_the_interrupted_jobs_files_are_written(workdir, 
         assert json.loads(open(stem + ".inp").read())["job_id"] == job_id
 
 
+def test_a_stop_waiting_for_a_dead_server_files_says_so(workdir, monkeypatch, caplog):
+    # bug: a server stopped soon after a start that had 130,000 files of a killed
+    # server's queue to write waited 19 s (minutes on a slow disk) after "stopping"
+    # without a word of why
+    from dahu.engine import recovery
+
+    journal = SQLiteJournal(str(workdir))
+    journal.create_many("example.square", [{"x": i} for i in range(20)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    gate, write = threading.Event(), recovery.Recovery.write
+
+    def slow(self, record):  # the recovery thread's disk is slow until the gate opens
+        gate.wait(10)
+        return write(self, record)
+
+    monkeypatch.setattr(recovery.Recovery, "write", slow)
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    stop = threading.Thread(target=engine.shutdown)
+    try:
+        with caplog.at_level(logging.INFO, logger="dahu.engine"):
+            stop.start()
+            deadline = time.monotonic() + 10
+            while "are written first" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert stop.is_alive()  # it waits for them, and says so
+    finally:
+        gate.set()
+        stop.join(10)
+    said = [r.getMessage() for r in caplog.records if "are written first" in r.getMessage()]
+    assert said == [
+        "stopping: the .inp/.out files a dead process left unwritten are written first "
+        "(0 so far; a kill now leaves the rest to the next start)"
+    ]
+
+
 def test_a_full_disk_at_a_start_logs_the_refused_files_once(workdir, monkeypatch, caplog):
     # bug: a start on a full disk logged one error per job left by the dead server
     # (100,000 lines "job N: cannot write its .inp/.out files: [Errno 28] ...")
