@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import subprocess
 import time
 
 import pytest
@@ -169,6 +170,39 @@ def test_a_journal_that_cannot_open_on_a_full_disk_says_the_disk_is_full(tmp_pat
     monkeypatch.setattr(module.shutil, "disk_usage", lambda path: usage._replace(free=0))
     with pytest.raises(JournalError, match=r"\(its file system is full: 0 bytes free\)$"):
         SQLiteJournal(str(tmp_path))
+
+
+def test_a_journal_that_opens_but_cannot_record_on_a_full_disk_says_the_disk_is_full(
+    tmp_path, monkeypatch
+):
+    # bug: a server started on a disk with room for the journal's shared-memory file but
+    # not for closing a dead server's jobs stopped with "cannot write the journal ...:
+    # database or disk is full", without the reason it gives when it cannot open
+    import dahu.journal.sqlitefile as module
+
+    journal = SQLiteJournal(str(tmp_path))
+    journal.create_many("example.square", [{"x": i} for i in range(300)], 1.0)
+    journal.close()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    db = sqlite3.connect(str(tmp_path / SQLiteJournal.FILENAME))
+    with db:  # queued by a server that was killed
+        db.execute("UPDATE jobs SET pid = ?", (gone.pid,))
+    db.close()
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(module.shutil, "disk_usage", lambda path: usage._replace(free=4096))
+    journal = SQLiteJournal(str(tmp_path))
+    try:  # the disk fills up: the journal cannot grow
+        pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
+        journal._db.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(JournalError) as refused:
+            journal.mark_interrupted()
+        assert str(refused.value) == (
+            f"cannot write the journal {tmp_path / SQLiteJournal.FILENAME}: database or disk "
+            "is full (its file system is full: 4096 bytes free)"
+        )
+    finally:
+        journal.close()
 
 
 def test_a_journal_that_cannot_open_on_a_read_only_file_system_says_so(tmp_path, monkeypatch):

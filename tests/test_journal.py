@@ -534,6 +534,42 @@ def test_a_start_answers_before_the_interrupted_jobs_files_are_written(workdir, 
         assert json.loads(open(stem + ".inp").read())["job_id"] == job_id
 
 
+def test_a_stop_waiting_for_a_dead_server_files_says_so(workdir, monkeypatch, caplog):
+    # bug: a server stopped soon after a start that had 130,000 files of a killed
+    # server's queue to write waited 19 s (minutes on a slow disk) after "stopping"
+    # without a word of why
+    from dahu.engine import recovery
+
+    journal = SQLiteJournal(str(workdir))
+    journal.create_many("example.square", [{"x": i} for i in range(20)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    gate, write = threading.Event(), recovery.Recovery.write
+
+    def slow(self, record):  # the recovery thread's disk is slow until the gate opens
+        gate.wait(10)
+        return write(self, record)
+
+    monkeypatch.setattr(recovery.Recovery, "write", slow)
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    stop = threading.Thread(target=engine.shutdown)
+    try:
+        with caplog.at_level(logging.INFO, logger="dahu.engine"):
+            stop.start()
+            deadline = time.monotonic() + 10
+            while "are written first" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert stop.is_alive()  # it waits for them, and says so
+    finally:
+        gate.set()
+        stop.join(10)
+    said = [r.getMessage() for r in caplog.records if "are written first" in r.getMessage()]
+    assert said == [
+        "stopping: the .inp/.out files a dead process left unwritten are written first "
+        "(0 so far; a kill now leaves the rest to the next start)"
+    ]
+
+
 def test_a_full_disk_at_a_start_logs_the_refused_files_once(workdir, monkeypatch, caplog):
     # bug: a start on a full disk logged one error per job left by the dead server
     # (100,000 lines "job N: cannot write its .inp/.out files: [Errno 28] ...")
@@ -544,7 +580,7 @@ def test_a_full_disk_at_a_start_logs_the_refused_files_once(workdir, monkeypatch
     journal.close()
     of_a_dead_process(workdir)
 
-    def full(*args):
+    def full(*args, **named):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(recovery, "write_job_files", full)
@@ -587,6 +623,200 @@ def test_a_kill_while_a_start_wrote_the_interrupted_jobs_files_loses_none(workdi
             assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
     finally:
         engine.close()
+
+
+def test_a_kill_while_a_start_wrote_more_interrupted_files_than_it_looks_back_loses_none(
+    workdir, monkeypatch
+):
+    # bug: past REACH (100,000) ids, a start killed while it wrote the files of the jobs
+    # it closed as interrupted left the oldest of them without files for good: the next
+    # start looked REACH ids back only (here REACH 30: ids[20:70] never got theirs)
+    from dahu.engine import recovery
+
+    monkeypatch.setattr(recovery, "WINDOW", 10)
+    monkeypatch.setattr(recovery, "REACH", 30)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(100)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    with db:  # closed by that start, all at once
+        db.execute("UPDATE jobs SET state = 'failure', error = ?, ended = 5.0", (INTERRUPTED,))
+    db.close()
+    for job_id in ids[:20]:  # it had written these when it was killed
+        write_job_files(str(workdir), job_id, "example.square", {}, {"error": [INTERRUPTED]})
+
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.wait_recovered(10)
+        assert engine.recovered == 80
+        for job_id in ids[20:]:
+            stem = job_file_stem(str(workdir), job_id, "example.square")
+            assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
+    finally:
+        engine.close()
+
+
+def test_files_another_process_writes_too_at_its_start_are_never_seen_empty(workdir, monkeypatch):
+    # bug: a start's recovery and another process's (a worker process's own engine, a
+    # second server started with it) may both find a dead job's files missing and both
+    # write them: the second one truncated the files the first had written whole, and a
+    # reader then found an empty .out (a client told the job ended reads it)
+    from dahu.journal import files
+
+    journal = SQLiteJournal(str(workdir))
+    (job_id,) = journal.create_many("example.square", [{"x": 3}], 1.0)
+    journal.finish_many([(job_id, "success", {"result": 9}, None, 1.0, 2.0)])
+    journal.close()
+    of_a_dead_process(workdir)
+    stem = job_file_stem(str(workdir), job_id, "example.square")
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.wait_recovered(10) and engine.recovered == 1
+        seen = []
+
+        class Reader:  # what a reader finds while a writer has written nothing yet
+            def __getattr__(self, name):
+                return getattr(os, name)
+
+            def write(self, fd, data):
+                for ext in (".inp", ".out"):
+                    with open(stem + ext) as file:
+                        seen.append(file.read())
+                return os.write(fd, data)
+
+        monkeypatch.setattr(files, "os", Reader())
+        # the other process's writer: it found them missing before this one wrote them
+        assert engine.recovery.write(engine.journal.get(job_id))
+        monkeypatch.undo()
+        assert [text for text in seen if not text.endswith("}")] == []  # none empty
+        assert len(seen) == 4 and json.loads(seen[-1]) == {"result": 9}
+        assert json.loads(open(stem + ".out").read()) == {"result": 9}
+        assert not [name for name in os.listdir(os.path.dirname(stem)) if "part" in name]
+    finally:
+        engine.close()
+
+
+def dead_jobs_ended_without_files(workdir, count):
+    """``count`` jobs that a killed process ended (long ago) and left without files."""
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(count)], 1.0)
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, 2.0 + i) for i in ids])
+    journal.close()
+    of_a_dead_process(workdir)
+    return ids
+
+
+def test_a_prune_while_a_start_writes_a_job_files_leaves_no_file_without_record(
+    workdir, monkeypatch
+):
+    # bug: "dahu-jobs prune --min-age 0" in another process while a start wrote the
+    # files a killed server left unwritten: the prune removed a job (no files yet), then
+    # the start wrote its files: .inp/.out files of a job no journal knows
+    from dahu import retention
+    from dahu.engine import recovery
+
+    ids = dead_jobs_ended_without_files(workdir, 3)
+    write = recovery.write_job_files
+
+    def pruned_meanwhile(workdir_, job_id, *args, **named):  # the start read the record
+        if job_id == ids[0]:
+            retention.prune(str(workdir), keep_last=2, min_age=0)
+        return write(workdir_, job_id, *args, **named)
+
+    monkeypatch.setattr(recovery, "write_job_files", pruned_meanwhile)
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.wait_recovered(10)
+        assert engine.journal.get(ids[0]) is None
+        stem = job_file_stem(str(workdir), ids[0], "example.square")
+        assert not os.path.exists(stem + ".inp") and not os.path.exists(stem + ".out")
+        assert os.path.exists(job_file_stem(str(workdir), ids[1], "example.square") + ".out")
+    finally:
+        engine.close()
+
+
+def test_a_start_writing_a_job_files_during_a_prune_leaves_no_file_without_record(
+    workdir, monkeypatch
+):
+    # the other order: the prune removed the job's files (none), the start wrote them
+    # and found the record still there, then the prune removed the record
+    from dahu import retention
+    from dahu.journal import pending
+
+    ids = dead_jobs_ended_without_files(workdir, 3)
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.wait_recovered(10) and engine.recovered == 3
+        stem = job_file_stem(str(workdir), ids[0], "example.square")
+        for ext in (".inp", ".out"):
+            os.remove(stem + ext)  # as if not written yet when the prune came
+        remove, record, came = retention._remove_files, engine.journal.get(ids[0]), []
+
+        def start_writes_meanwhile(workdir_, job_id, *args):
+            remove(workdir_, job_id, *args)
+            if job_id == ids[0] and not came:
+                came.append(job_id)  # the start's recovery, between files and record
+                assert engine.recovery.write(record)
+                engine.recovery.confirm()
+
+        monkeypatch.setattr(retention, "_remove_files", start_writes_meanwhile)
+        under_way = pending.begin(engine.journal, ids[-1])  # as while it writes them
+        assert retention.prune(str(workdir), keep_last=2, min_age=0).removed == 1
+        pending.end(engine.journal, [under_way])
+        assert not os.path.exists(stem + ".inp") and not os.path.exists(stem + ".out")
+    finally:
+        engine.close()
+
+
+def test_a_start_killed_while_it_wrote_a_dead_server_files_leaves_none_to_the_next(
+    workdir, monkeypatch
+):
+    # bug: a start writes the files of the queue it closed as interrupted first, then
+    # those of the jobs the dead server had ended without them; killed in between (or
+    # after its own jobs had ended, their files written), the next start saw those
+    # newest files first, took every older end for written, and 100 jobs never got theirs
+    from dahu.engine import recovery
+
+    ended = dead_jobs_ended_without_files(workdir, 100)
+    journal = SQLiteJournal(str(workdir))
+    queued = journal.create_many("example.square", [{"x": i} for i in range(60)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    write = recovery.Recovery.write
+
+    def killed_after_the_queue(self, record):
+        if record.id in ended:
+            raise RuntimeError("killed")  # stands for the kill: the thread ends there
+        return write(self, record)
+
+    monkeypatch.setattr(recovery.Recovery, "write", killed_after_the_queue)
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    assert engine.wait_recovered(10) and engine.recovered == len(queued)
+    engine.close()
+    monkeypatch.undo()
+    of_a_dead_process(workdir)
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    with db:  # that start's process is gone too
+        db.execute("UPDATE recoveries SET pid = (SELECT pid FROM jobs LIMIT 1)")
+    db.close()
+
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.wait_recovered(10) and engine.recovered == len(ended)
+        for job_id in ended:
+            stem = job_file_stem(str(workdir), job_id, "example.square")
+            assert json.loads(open(stem + ".out").read()) == {"result": job_id}
+    finally:
+        engine.close()
+    again = dahu.engine.Engine(workdir=str(workdir))  # done with: not looked at again
+    try:
+        assert again.wait_recovered(10) and again.recovered == 0
+    finally:
+        again.close()
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    assert db.execute("SELECT COUNT(*) FROM recoveries").fetchone() == (0,)
+    db.close()
 
 
 SLOW_DISK_EXIT = """

@@ -11,7 +11,9 @@ Safe beside a running server:
   own writes wait milliseconds, not the whole prune;
 * a job's files are removed before its record: if the prune is interrupted, what is left
   is a record whose files are gone (a later prune removes it), never files that no
-  record names;
+  record names; and again after it while a start writes the files a dead process left
+  (those it wrote in between: it removes those it writes of a job whose record is gone,
+  :mod:`dahu.engine.recovery`);
 * the space is reclaimed in small steps (``PRAGMA incremental_vacuum``), then the WAL
   file is truncated (unless a reader keeps an older snapshot for over 0.2 s: later).
   A journal made before this version is rewritten once by
@@ -208,6 +210,9 @@ def prune(
                         f"DELETE FROM jobs WHERE id IN ({marks}) AND state IN (?, ?, ?)",
                         [*(r[0] for r in rows), *_FINAL],
                     ).rowcount
+                if _recovering(db):  # again: those a start's recovery wrote meanwhile
+                    for job_id, plugin in rows:
+                        _remove_files(workdir, job_id, plugin, dry_run, report, directories)
             report.removed += gone
             if progress is not None:
                 progress(report.removed, going)
@@ -228,6 +233,16 @@ def prune(
     report.journal_bytes_after = _journal_bytes(path)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _recovering(db: sqlite3.Connection) -> bool:
+    """Whether a start writes (or was killed writing) the files a dead process left
+    unwritten (:mod:`dahu.journal.pending`): one that began after the records were
+    deleted finds them gone, and removes what it wrote."""
+    try:
+        return db.execute("SELECT 1 FROM recoveries LIMIT 1").fetchone() is not None
+    except sqlite3.OperationalError:  # no such table: no start ever wrote them
+        return False
 
 
 class _transaction:

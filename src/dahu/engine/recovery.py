@@ -16,8 +16,11 @@ jobs it closed, which share one end, in the order of their ids); then, since a
 startJobs queues its jobs while other clients' come, it goes on down while a window
 holds jobs that ended after the last of them (it stops at once at a window where only
 live processes ended jobs).  It looks :data:`REACH`
-ids back at most (files a user deleted are not all written again).  The interrupted
-jobs all get theirs.
+ids back at most (files a user deleted are not all written again), except for the jobs
+an earlier start closed as interrupted, when it was killed writing more than that many
+of theirs.  The interrupted jobs all get theirs.  A start killed while it writes them
+leaves a row in the journal (:mod:`dahu.journal.pending`): the next start looks at
+every job that one had to look at (:func:`_look_at_all`).
 
 It runs in a thread of its own (:class:`Recovery`, started by the engine): the engine,
 and the device, answer at once however many jobs were queued at the kill (100,000 took
@@ -29,6 +32,7 @@ and :meth:`Recovery.ensure` writes a job's files at once if asked for them
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -36,7 +40,7 @@ import weakref
 from typing import Any
 
 from ..errors import one_line
-from ..journal import job_file_stem, write_job_files
+from ..journal import INTERRUPTED, job_file_stem, pending, write_job_files
 from ..journal.sqlite import process_alive
 from ..states import State
 
@@ -60,6 +64,7 @@ class Recovery:
         self.lock = threading.Lock()  # one job's files written by one thread at a time
         self.ensured: set[int] = set()  # the jobs whose files ensure() saw to
         self.refused = 0  # jobs whose files the disk refused (full: logged once, counted)
+        self.fresh: list[tuple[int, str]] = []  # (id, plugin) written, record not seen since
         self.thread = threading.Thread(target=self._run, name="dahu-recovery", daemon=True)
         self.thread.start()
         # a script that ends without closing its engine: the files written first (before
@@ -91,12 +96,39 @@ class Recovery:
                 stem = job_file_stem(self.engine.workdir, job_id, record.plugin)
                 if not (_whole(stem + ".inp") and _whole(stem + ".out")):
                     self._write(record)
+                    self._confirm()
                 self.ensured.add(job_id)
 
     def write(self, record: Any) -> bool:
         """Write the files of ``record``, unless :meth:`ensure` saw to them."""
         with self.lock:
-            return record.id not in self.ensured and self._write(record)
+            written = record.id not in self.ensured and self._write(record)
+            if len(self.fresh) >= WINDOW:
+                self._confirm()
+            return written
+
+    def confirm(self) -> None:
+        """Remove the files just written of jobs whose record is gone since: a prune in
+        another process (``dahu-jobs prune``) removes a job's files, then its record,
+        then its files again; those written in between go at one step or the other."""
+        with self.lock:
+            self._confirm()
+
+    def _confirm(self) -> None:
+        fresh, self.fresh = self.fresh, []
+        if not fresh:
+            return
+        ids, journal = sorted(job_id for job_id, _ in fresh), self.engine.journal
+        if ids[-1] - ids[0] < 4 * len(ids) + WINDOW:  # close together: read at once
+            kept = {r.id for r in journal.select(ids[0], ids[-1], data=False)}
+        else:  # (a job interrupted after days, far below its queue)
+            kept = {i for i in ids if journal.get(i, data=False) is not None}
+        for job_id, plugin in fresh:
+            if job_id not in kept:
+                stem = job_file_stem(self.engine.workdir, job_id, plugin)
+                for ext in (".inp", ".out"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(stem + ext)
 
     def _write(self, record: Any) -> bool:
         """Write the ``.inp``/``.out`` files of the job of ``record``; False if they
@@ -113,7 +145,10 @@ class Recovery:
             output = {"error": (record.error or "").splitlines()}
         engine = self.engine
         try:
-            write_job_files(engine.workdir, record.id, record.plugin, record.input, output)
+            write_job_files(
+                engine.workdir, record.id, record.plugin, record.input, output, aside=True
+            )
+            self.fresh.append((record.id, record.plugin))
             return True
         except Exception as err:  # the disk, or plugin data no JSON text can hold
             engine.files_failed += 1
@@ -140,6 +175,8 @@ def write_missing_files(recovery: Recovery) -> int:
     start); return how many jobs got files (counted in ``recovery.written`` as they do)."""
     engine, write, top = recovery.engine, recovery.write, recovery.top
     journal = engine.journal
+    mark = pending.begin(journal, top)  # until done: a kill meanwhile, the next start
+    cut_short = pending.left_by_dead(journal)  # looks at all we may not have written
     closed = set(recovery.interrupted)
     written = 0
     for job_id in sorted(closed):  # the interrupted ones never had files, however many
@@ -172,6 +209,14 @@ def write_missing_files(recovery: Recovery) -> int:
         since = settled if since is None else since
         top = first - 1
         first = max(1, top - WINDOW + 1)
+    else:  # REACH ids looked at, files missing all along: a start's interrupted ones?
+        if since is None and floor > 0:
+            written += _beyond_reach(recovery, floor, alive)
+    for last in sorted({start.top for start in cut_short}):  # starts killed while writing
+        written += _look_at_all(recovery, last, alive)
+    recovery.confirm()
+    if not recovery.refused:  # (refused: the next start tries again)
+        pending.end(journal, [mark, *(start.rowid for start in cut_short)])
     if written:
         logger.warning(
             "%d job(s) ended without their .inp/.out files (a process died): written now",
@@ -182,6 +227,47 @@ def write_missing_files(recovery: Recovery) -> int:
             "%d job(s) left by a dead process got no .inp/.out files: the disk refused them",
             recovery.refused,
         )
+    return written
+
+
+def _look_at_all(recovery: Recovery, top: int, alive: dict[tuple, bool]) -> int:
+    """A start killed while it wrote the files left unwritten up to id ``top``: every
+    ended job of a dead process of the :data:`REACH` ids up to ``top`` gets those it
+    lacks (what that start wrote first tells nothing of the rest), and the rest of the
+    jobs it closed (:func:`_beyond_reach`); return how many jobs got files."""
+    journal, floor, written = recovery.engine.journal, max(0, top - REACH), 0
+    while top > floor:
+        first = max(1, floor + 1, top - WINDOW + 1)
+        ended = [r for r in journal.select(first, top, data=False) if r.state in State.FINAL]
+        more = _write_missing(recovery.engine, ended, alive, 0, 0.0, recovery.write)[0]
+        written += more
+        recovery.written += more
+        top = first - 1
+    return written + (_beyond_reach(recovery, floor, alive) if floor > 0 else 0)
+
+
+def _beyond_reach(recovery: Recovery, floor: int, alive: dict[tuple, bool]) -> int:
+    """The jobs a start closed as interrupted share one end and got their files in the
+    order of their ids: a kill in the middle of more than :data:`REACH` of them left
+    the oldest without files below ``floor``.  Those of the closings just above it get
+    theirs, window by window down, while a window holds some without; return how many."""
+    engine, journal = recovery.engine, recovery.engine.journal
+    above = journal.select(floor + 1, floor + WINDOW, data=False)
+    ends = {r.ended for r in above if r.state == State.FAILURE and r.error == INTERRUPTED}
+    written, top = 0, floor
+    while ends and top > 0:
+        first = max(1, top - WINDOW + 1)
+        closed = [
+            r
+            for r in journal.select(first, top, data=False)
+            if r.state == State.FAILURE and r.error == INTERRUPTED and r.ended in ends
+        ]
+        more = _write_missing(engine, closed, alive, 0, 0.0, recovery.write)[0]
+        if not more:
+            break  # (those below got theirs before these)
+        written += more
+        recovery.written += more
+        top = first - 1
     return written
 
 

@@ -53,7 +53,13 @@ def shut_down(engine: Any, abort: bool, timeout: float, since: float | None) -> 
     if cleaner is not None:
         engine._to_clean.put(None)
         cleaner.join(max(1.0, deadline - time.monotonic()))
-    engine.wait_recovered()  # the files a dead process left: all written, as promised
+    if not engine.wait_recovered(0):  # the files a dead process left: all written first
+        logger.info(
+            "stopping: the .inp/.out files a dead process left unwritten are written first "
+            "(%d so far; a kill now leaves the rest to the next start)",
+            engine.recovered,
+        )
+    engine.wait_recovered()
     lost = _last_retry(engine)
     engine.journal.close()
     return not unfinished and not lost

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from typing import Any
 
 from ..utils import NumpyEncoder, jsonable, text_of
@@ -171,9 +172,11 @@ def fitted_name(name: str, room: int, whole: str | None = None) -> str:
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
 
 
-def _write(path: str, text: bytes) -> None:
-    """Create (or truncate) ``path`` with all of ``text``."""
-    fd = os.open(path, _FLAGS, 0o644)
+def _write(path: str, text: bytes, aside: str | None = None) -> None:
+    """Create (or truncate) ``path`` with all of ``text``; written as ``aside`` first, if
+    given, then renamed ``path``."""
+    target = aside or path
+    fd = os.open(target, _FLAGS, 0o644)
     try:
         try:
             done = 0
@@ -181,9 +184,11 @@ def _write(path: str, text: bytes) -> None:
                 done += os.write(fd, text[done:])
         finally:
             os.close(fd)
+        if aside:
+            os.replace(aside, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(path)  # no truncated file (disk full...): a reader finds none instead
+            os.unlink(target)  # no truncated file (disk full...): a reader finds none instead
         raise
 
 
@@ -206,11 +211,15 @@ def highest_file_id(workdir: str) -> int:
 
 
 def write_job_files(
-    workdir: str, job_id: int, plugin: str, input_data: Any, output_data: Any
+    workdir: str, job_id: int, plugin: str, input_data: Any, output_data: Any, aside: bool = False
 ) -> tuple[str, str]:
-    """Write ``<stem>.inp`` and ``<stem>.out`` (indented, numpy-aware JSON); return the paths."""
+    """Write ``<stem>.inp`` and ``<stem>.out`` (indented, numpy-aware JSON); return the
+    paths.  ``aside``: each one under a name of this thread first (``.PID-THREAD.part``
+    in the same directory), then renamed: files that another process may be writing too
+    (a start's recovery) are never found empty or cut short, only whole or not yet."""
     directory = job_file_dir(workdir, job_id)
     stem = _stem_in(directory, job_id, plugin)
+    part = f"{directory}{os.sep}.{os.getpid()}-{threading.get_ident()}.part" if aside else None
     if directory not in _known_dirs:
         os.makedirs(directory, exist_ok=True)
         _known_dirs.add(directory)
@@ -226,9 +235,9 @@ def write_job_files(
                 kept = {f"unserializable_{'input' if ext == '.inp' else 'output'}": text_of(data)}
                 text = pretty_json(kept).encode("ascii")
         try:
-            _write(path, text)
+            _write(path, text, part)
         except FileNotFoundError:  # the directory was removed behind our back
             os.makedirs(directory, exist_ok=True)
-            _write(path, text)
+            _write(path, text, part)
         paths.append(path)
     return paths[0], paths[1]

@@ -55,6 +55,7 @@ from .sqlitefile import (
     file_identity,
     full_disk_reason,
     process_alive,
+    write_refused,
 )
 from .writer import BatchedWriter, _Write
 
@@ -277,7 +278,7 @@ class SQLiteJournal(BatchedWriter, Journal):
                 ).rowcount:
                     db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)", (end,))
         except sqlite3.Error as err:
-            raise JournalError(f"cannot write the journal {self.path}: {err}") from err
+            raise write_refused(self.path, err) from err
         self._block_end = end
         return first
 
@@ -479,7 +480,7 @@ class SQLiteJournal(BatchedWriter, Journal):
             with self.transaction() as db:
                 dead, others = close_dead(db)
         except sqlite3.Error as err:
-            raise JournalError(f"cannot write the journal {self.path}: {err}") from err
+            raise write_refused(self.path, err) from err
         if dead:
             logger.warning("journal %s: %d interrupted job(s) marked failed", self.path, len(dead))
         for host, count in sorted(others.items()):

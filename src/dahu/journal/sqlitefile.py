@@ -31,6 +31,7 @@ __all__ = [
     "refuse_foreign",
     "full_disk_reason",
     "journal_identity",
+    "write_refused",
     "process_alive",
     "write_again",
 ]
@@ -246,6 +247,15 @@ def full_disk_reason(workdir: str, err: BaseException | None = None) -> str:
         if free < 1 << 20:
             return f" (its file system is full: {free} bytes free)"
     return ""
+
+
+def write_refused(path: str, err: BaseException) -> JournalError:
+    """The error of a write of the journal at ``path`` that SQLite refused with ``err``:
+    its reason, and why when the disk is the cause (SQLite's ``database or disk is
+    full`` does not say which, nor how full it is; a lock has a message of its own)."""
+    busy = getattr(err, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+    why = "" if busy else full_disk_reason(os.path.dirname(path))
+    return JournalError(f"cannot write the journal {path}: {err}{why}")
 
 
 def write_again(db: sqlite3.Connection, path: str) -> None:

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import JournalError
+from .sqlitefile import write_refused
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,7 @@ class _Write:
 
 
 class BatchedWriter:
-    """The write path of a journal over ``self._db`` (a SQLite connection in autocommit
-    mode) at ``self.path``; call :meth:`_init_writer` before the first write."""
+    """The write path of a journal at ``self.path`` over ``self._db`` (autocommit mode)."""
 
     _db: sqlite3.Connection
     path: str
@@ -236,7 +236,7 @@ class BatchedWriter:
             err = write.error
             if isinstance(err, JournalLocked):  # refused: its own error, one per write
                 raise err
-            raise JournalError(f"cannot write the journal {self.path}: {err}") from err
+            raise write_refused(self.path, err) from err
 
     HOLD_WRITES = 32
     """Writes queued with ``hold`` that make a batch worth committing at once."""

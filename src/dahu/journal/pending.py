@@ -1,0 +1,82 @@
+"""The starts whose writing of the files a dead process left unwritten is under way
+(:mod:`dahu.engine.recovery`), kept in the journal: a start killed in the middle of it
+leaves its row, and the next start looks again at every job that one had to look at.
+
+Without them the next start saw, first, the files that start had written (those of the
+jobs it closed as interrupted, or of the jobs it ran meanwhile), took the older ends for
+written, and the rest never got theirs.  A row names its process; the rows of a live
+one (another server on the directory, a worker process's own engine) are left to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import JournalError, one_line
+from .base import HOST
+from .sqlite import SQLiteJournal
+from .sqlitefile import process_alive
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Pending", "begin", "end", "left_by_dead"]
+
+WAIT = 5.0
+"""Seconds a row waits at most for another process's lock (then: no row, no harm but
+a longer look at the next start)."""
+
+_TABLE = "CREATE TABLE IF NOT EXISTS recoveries (host TEXT, pid INTEGER, started REAL, top INTEGER)"
+
+
+@dataclass
+class Pending:
+    """A start's writing of files, under way or cut short: ``top``, its last id then."""
+
+    rowid: int
+    host: str | None
+    pid: int | None
+    started: float | None
+    top: int
+
+
+def begin(journal: Any, top: int) -> int | None:
+    """Record that this process starts writing the files left unwritten up to id ``top``;
+    its row id (None: not a SQLite journal, or the journal refused it)."""
+    if not isinstance(journal, SQLiteJournal):
+        return None  # (a journal in memory outlives no process)
+    try:
+        with journal.transaction(WAIT) as db:
+            db.execute(_TABLE)
+            row = (HOST, os.getpid(), time.time(), top)
+            return db.execute("INSERT INTO recoveries VALUES (?, ?, ?, ?)", row).lastrowid
+    except (JournalError, sqlite3.Error) as err:  # a full disk: the files are written anyway
+        logger.warning("journal %s: cannot record this start: %s", journal.path, one_line(str(err)))
+        return None
+
+
+def left_by_dead(journal: Any) -> list[Pending]:
+    """The starts of processes that are gone, whose writing was cut short."""
+    if not isinstance(journal, SQLiteJournal):
+        return []
+    try:
+        rows = journal._read("SELECT rowid, host, pid, started, top FROM recoveries")
+    except JournalError:  # no such table: no start recorded one
+        return []
+    pending = [Pending(*row) for row in rows]
+    return [p for p in pending if not process_alive(p.host, p.pid, p.started)]
+
+
+def end(journal: Any, rowids: list[int | None]) -> None:
+    """The writing of the rows ``rowids`` is done: they go."""
+    rowids = [rowid for rowid in rowids if rowid is not None]
+    if rowids:
+        with contextlib.suppress(JournalError, sqlite3.Error), journal.transaction(WAIT) as db:
+            db.execute(
+                f"DELETE FROM recoveries WHERE rowid IN ({','.join('?' * len(rowids))})", rowids
+            )
