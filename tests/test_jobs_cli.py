@@ -653,9 +653,6 @@ def test_prune_on_a_running_server(server, history):
     assert (
         json.loads(run("prune", "--before", "1h", "--json", workdir=workdir).stdout)["matched"] == 0
     )
-    # the default minimum age keeps every job that ended in the last minute
-    recent = json.loads(run("prune", "--keep-last", "5", "--json", workdir=workdir).stdout)
-    assert recent["removed"] == 0 and recent["kept_recent"] == dry["removed"]
     # a server writes new jobs while we prune: a long job takes the second slot, so the
     # new ones are still queued when the prune runs (once they ran, their outputs could
     # be pruned before the client reads them: --min-age 0 asks for that)
@@ -686,6 +683,10 @@ def test_prune_on_a_running_server(server, history):
     # the server still reads and runs jobs; ids go on
     assert dahu.submit("example.square", x=12).result(30)["result"] == 144
     assert dahu.job(more[-1].job_id).result(30)["result"] == 49**2
+    # the default minimum age keeps every job that ended in the last minute: these did
+    # (bug of the test: it asked it of the module's first jobs, over a minute old under load)
+    recent = run("prune", "--keep-last", "0", "--dry-run", "--json", workdir=workdir)
+    assert json.loads(recent.stdout)["kept_recent"] >= len(more) + 1
     one_line_error(run("show", str(ids["failed"]), workdir=workdir), 1)
 
 
