@@ -757,13 +757,35 @@ def test_prune_counts_only_the_jobs_it_removed(tmp_path, monkeypatch):
     remove_files = dahu.retention._remove_files
 
     def racing(workdir, job_id, *args):
-        remove_files(workdir, job_id, *args)
+        removed = remove_files(workdir, job_id, *args)
         if job_id % 2:  # the other prune deletes this record meanwhile
             with sqlite3.connect(tmp_path / "journal.sqlite") as other:
                 other.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return removed
 
     monkeypatch.setattr(dahu.retention, "_remove_files", racing)
     assert prune(str(tmp_path), keep_last=0).removed == 5
+
+
+def test_a_job_whose_file_cannot_be_removed_keeps_its_record(tmp_path):
+    # bug: its record was pruned all the same, leaving a file no record names (the
+    # directory of another account's server, a file made read-only...), against the rule
+    journal = SQLiteJournal(str(tmp_path))
+    for job_id in journal.create_many("example.square", [{"x": 1}] * 3, time.time() - 3600):
+        journal.finish(job_id, "success", {}, None, time.time() - 3600, time.time() - 3600)
+        stem = Path(job_file_stem(str(tmp_path), job_id, "example.square"))
+        stem.parent.mkdir(exist_ok=True)
+        stem.with_name(stem.name + ".out").write_text("{}")
+        stuck = stem.with_name(stem.name + ".inp")
+        stuck.mkdir() if job_id == 2 else stuck.write_text("{}")  # unlink() cannot remove it
+    journal.close()
+    proc = run("prune", "--keep-last", "0", "--min-age", "0", "--json", workdir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert (report["removed"], report["kept_stuck"]) == (2, 1)
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("dahu-jobs: job 2: cannot remove ") and line.endswith("the job is kept")
+    assert [row["id"] for row in json.loads(run("list", "--json", workdir=tmp_path).stdout)] == [2]
 
 
 def test_prune_reclaims_space_and_ids_are_never_reused(tmp_path):

@@ -69,6 +69,7 @@ class PruneReport:
     removed: int = 0
     kept_unfinished: int = 0
     kept_recent: int = 0
+    kept_stuck: int = 0  # finished, but a file of theirs could not be removed
     files_removed: int = 0
     file_bytes: int = 0
     journal_bytes_before: int = 0
@@ -100,6 +101,8 @@ class PruneReport:
             kept.append(f"{self.kept_unfinished} unfinished")
         if self.kept_recent:
             kept.append(f"{self.kept_recent} ended less than the minimum age ago")
+        if self.kept_stuck:
+            kept.append(f"{self.kept_stuck} whose files could not be removed")
         if kept:
             text += "; kept " + " and ".join(kept)
         return text
@@ -196,14 +199,15 @@ def prune(
             ).fetchall()
             if not rows:
                 break
-            last = rows[-1][0]
+            last, batch_rows = rows[-1][0], len(rows)
             if report.first_id is None:
                 report.first_id = rows[0][0]
             report.last_id = last
-            for job_id, plugin in rows:
-                _remove_files(workdir, job_id, plugin, dry_run, report, directories)
+            # a job whose file stays keeps its record: no file is left that no record names
+            rows = [r for r in rows if _remove_files(workdir, *r, dry_run, report, directories)]
+            report.kept_stuck += batch_rows - len(rows)
             gone = len(rows)
-            if not dry_run:
+            if not dry_run and rows:
                 marks = ",".join("?" * len(rows))
                 with _transaction(db):
                     gone = db.execute(  # not those another prune (the server's) took first
@@ -260,9 +264,11 @@ class _transaction:
 
 def _remove_files(
     workdir: str, job_id: int, plugin: str, dry_run: bool, report: PruneReport, dirs: set[str]
-) -> None:
+) -> bool:
+    """Remove the job's files; whether none is left."""
     stem = job_file_stem(workdir, job_id, plugin)
     dirs.add(os.path.dirname(stem))
+    removed = True
     for ext in (".inp", ".out"):
         try:
             size = os.stat(stem + ext).st_size
@@ -271,10 +277,12 @@ def _remove_files(
         except FileNotFoundError:
             continue
         except OSError as err:
-            logger.warning("job %s: cannot remove %s: %s", job_id, stem + ext, err)
+            logger.warning("job %s: cannot remove %s: %s: the job is kept", job_id, stem + ext, err)
+            removed = False
             continue
         report.files_removed += 1
         report.file_bytes += size
+    return removed
 
 
 def _reclaim(db: sqlite3.Connection) -> None:

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import csv
 import json
+import logging
 import os
 import sys
 from typing import IO, Any, NoReturn
@@ -434,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or bad usage
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.workdir = os.path.abspath(getattr(args, "workdir", None) or default_workdir())
+    logging.basicConfig(format=f"{PROG}: %(message)s")  # a prune's warnings: one line each
     out = sys.stdout
     if out is None:  # started with standard output closed (>&-): nothing is done
         sys.stderr.write(f"{PROG}: standard output is closed: nowhere to write\n")
