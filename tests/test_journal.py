@@ -754,11 +754,12 @@ def test_a_start_writing_a_job_files_during_a_prune_leaves_no_file_without_recor
         remove, record, came = retention._remove_files, engine.journal.get(ids[0]), []
 
         def start_writes_meanwhile(workdir_, job_id, *args):
-            remove(workdir_, job_id, *args)
+            removed = remove(workdir_, job_id, *args)
             if job_id == ids[0] and not came:
                 came.append(job_id)  # the start's recovery, between files and record
                 assert engine.recovery.write(record)
                 engine.recovery.confirm()
+            return removed
 
         monkeypatch.setattr(retention, "_remove_files", start_writes_meanwhile)
         under_way = pending.begin(engine.journal, ids[-1])  # as while it writes them
