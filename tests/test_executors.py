@@ -264,6 +264,62 @@ def test_jobs_waiting_on_a_dask_worker_a_plugin_crashes_run_all_the_same(kind, t
     assert [(job.status, job.error) for job in others] == [("success", "")] * 3
 
 
+ONCE = """
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Once(Plugin):
+    # must not run twice for one job (it writes a file, moves a motor)
+    def process(self):
+        with open(self.input["log"], "a") as log:
+            log.write("ran\\n")
+"""
+
+
+def test_a_dask_job_whose_worker_died_with_its_result_does_not_run_twice(
+    kind, tmp_path, monkeypatch
+):
+    # bug: a worker died after its task ended, before the server had fetched the result:
+    # Dask ran the task again on another worker, and the job's plugin ran twice
+    if kind != "dask":
+        pytest.skip("only Dask runs a task again")
+    from dahu.executors.cluster import DaskExecution
+    from dahu.executors.dask_task import RAN_BEFORE
+
+    (tmp_path / "once_dask.py").write_text(ONCE)
+    engine = dahu.engine.get_engine()
+    engine.factory.add_directory(str(tmp_path))
+    client = engine.executor.client
+    outcome = DaskExecution.outcome
+
+    def killed_first(execution):  # its worker dies before the server has the result
+        if execution.plugin_name == "once_dask.once":
+            (worker,) = client.who_has(execution.future)[execution.future.key]
+            os.kill(client.run(os.getpid, workers=[worker])[worker], signal.SIGKILL)
+        return outcome(execution)
+
+    monkeypatch.setattr(DaskExecution, "outcome", killed_first)
+    log = tmp_path / "runs.log"
+    job = run("once_dask.once", {"log": str(log)})
+    monkeypatch.undo()
+    assert log.read_text() == "ran\n"
+    assert (job.status, job.error) == ("failure", RAN_BEFORE)
+    assert run("example.square", {"x": 3}).output_data["result"] == 9
+
+    def events(dask_scheduler):
+        return [str(name) for name in dask_scheduler.extensions["events"]._events]
+
+    deadline = time.monotonic() + 30  # the events the tasks set go; both workers are back
+    while time.monotonic() < deadline and (
+        len(client.scheduler_info()["workers"]) < 2
+        or [name for name in client.run_on_scheduler(events) if "dahu-ran-" in name]
+    ):
+        time.sleep(0.05)
+    assert [name for name in client.run_on_scheduler(events) if "dahu-ran-" in name] == []
+
+
 def test_the_local_dask_cluster_s_dashboard_is_not_served_to_the_network(kind):
     # bug: the dashboard of the local cluster (tasks, workers' logs and call stacks, no
     # login) listened on every interface of the beamline computer
@@ -1637,9 +1693,14 @@ def test_a_dask_task_that_ended_before_its_scheduler_went_away_warns_of_nothing(
         looks = 0
 
         def __init__(self, name, client=None):
+            self.name = name
+
+        def set(self):
             pass
 
         def is_set(self):
+            if self.name != "e":  # the event of the task's run, not of its abort
+                return False
             ClosingEvent.looks += 1
             if ClosingEvent.looks > 1:  # the task's own look, before its plugin, is fine
                 returned.wait(10)

@@ -24,7 +24,8 @@ plugin modules once per process and a plugin's ``wait_for`` reads the shared jou
   waited on that worker (their plugin had not begun: :func:`.dask_task.plugin_began`)
   are sent again.  With an external scheduler, set
   ``distributed.scheduler.allowed-failures: 0`` so a killing task is not retried on
-  other workers.
+  other workers.  A task Dask runs again once its plugin began (its result lost with its
+  worker) fails without running the plugin twice (:data:`.dask_task.RAN_BEFORE`).
 
 The task itself, what runs on a worker, is :func:`.dask_task.run_task`.
 """
@@ -44,7 +45,7 @@ from ..errors import error_line
 from ..factory import Factory
 from ..states import State
 from .base import Task, close_orphans
-from .dask_task import begun_tasks, plugin_began, run_task, running_for
+from .dask_task import begun_tasks, plugin_began, ran_event, run_task, running_for
 from .runner import Outcome
 from .slot import serving
 from .thread import option_number, worker_count
@@ -78,6 +79,7 @@ class DaskExecution:
         self.lock = threading.Lock()
         self.attempt = 0
         self.sent = 0.0
+        self.keys: list[str] = []  # of its tasks, one per attempt
 
     def launch(self) -> None:
         """Submit the task; its outcome reaches the engine through the collector thread."""
@@ -97,6 +99,7 @@ class DaskExecution:
             pure=False,
         )
         self.attempt += 1
+        self.keys.append(self.future.key)
         with executor._lock:
             executor._launched[self.future.key] = self
         # The plugin runs remotely and its module is not imported here: its JOB_TIMEOUT
@@ -230,6 +233,12 @@ class DaskExecution:
     def outcome(self) -> Outcome:
         """The job's outcome once its future is done."""
         future, self.future = self.future, None
+        try:
+            return self._outcome(future)
+        finally:  # had, it is not run again: the events its tasks set can go
+            self.executor.clear_events([ran_event(key) for key in self.keys])
+
+    def _outcome(self, future: Any) -> Outcome:
         if self.abort_reason is not None:  # its abort event, set, would stay for good
             with contextlib.suppress(Exception):
                 from distributed import Event
@@ -297,9 +306,7 @@ class DaskExecutor:
         self._collector: threading.Thread | None = None
         self._launched: dict[str, DaskExecution] = {}  # by task key, until settled
         self.restarted: set[str] = set()  # the addresses of the workers it restarted
-        self._keep_until = 0.0  # the local cluster's size is watched until then
-        self._keeper: threading.Thread | None = None
-        self._closing = threading.Event()
+        self.keeper: Any = None  # the local cluster's (:class:`.dask_keeper.Keeper`)
         self._restarts: list[threading.Thread] = []  # restarting a worker (a hung plugin's)
 
     def attach(self, host: Any) -> None:
@@ -309,6 +316,7 @@ class DaskExecutor:
 
         from .dask_connect import check_scheduler
         from .dask_exits import ExitWatch
+        from .dask_keeper import Keeper
 
         self.host = host
         if self.scheduler == "local":
@@ -321,6 +329,7 @@ class DaskExecutor:
                 )
             self.client = Client(self.cluster)
             self.client.register_plugin(ExitWatch())  # its nannies note how workers end
+            self.keeper = Keeper(self.cluster, self.client, self.max_workers)
         else:
             check_scheduler(self.scheduler)  # Client() would wait for ever for some
             self.client = Client(self.scheduler)
@@ -337,6 +346,18 @@ class DaskExecutor:
 
         with self._hand_over():  # a new thread collects the outcomes meanwhile
             return death_reason(error, self.cluster is not None)
+
+    def clear_events(self, names: list[str]) -> None:
+        """Clear the Dask events ``names`` on the scheduler, without waiting for it."""
+        client = self.client
+
+        async def clear() -> None:
+            with contextlib.suppress(Exception):  # the scheduler is gone: they went too
+                for name in names:
+                    await client.scheduler.event_clear(name=name)
+
+        with contextlib.suppress(Exception):  # the client is closed
+            client.loop.add_callback(clear)
 
     @property
     def lost_text(self) -> str:
@@ -357,40 +378,9 @@ class DaskExecutor:
 
     def keep_workers(self) -> None:
         """A worker of the local cluster is restarted: watch that the cluster gets back
-        to ``max_workers``.  The cluster closes the nanny of a worker still away
-        ``distributed.deploy.lost-worker-timeout`` (15 s) after it left, even one of ours
-        restarting (a hung plugin's worker is killed 4 s after it is told to close; on a
-        busy machine, or restarted twice, it is away longer); such a nanny is started again
-        (until 2026-11-30 the cluster stayed a worker short, or with none left)."""
-        if self.cluster is None:
-            return
-        import dask
-        from dask.utils import parse_timedelta
-
-        lost = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
-        with self._lock:
-            self._keep_until = time.monotonic() + lost + 30
-            if self._keeper is None or not self._keeper.is_alive():
-                self._keeper = threading.Thread(
-                    target=self._keep, name="dahu-dask-keeper", daemon=True
-                )
-                self._keeper.start()
-
-    def _keep(self) -> None:
-        cluster = self.cluster
-        while not self._closing.wait(0.5) and time.monotonic() < self._keep_until:
-            closed = set(cluster.worker_spec) - set(list(cluster.workers))
-            if closed:
-                logger.warning("starting again the closed worker(s) %s", sorted(closed))
-                cluster.scale(self.max_workers)
-        with contextlib.suppress(Exception):
-            left = len(self.client.scheduler_info()["workers"])
-            if not self._closing.is_set() and left < self.max_workers:
-                logger.warning(
-                    "the local cluster has %d of its %d workers: the jobs run on those left",
-                    left,
-                    self.max_workers,
-                )
+        to ``max_workers`` (:class:`.dask_keeper.Keeper`)."""
+        if self.keeper is not None:
+            self.keeper.keep()
 
     @property
     def serialize(self) -> bool:
@@ -503,12 +493,11 @@ class DaskExecutor:
             with self._lock:
                 self._drained.wait_for(lambda: not self._pending and not self._in_flight, timeout)
         self._completed.put(None)
-        self._closing.set()
+        if self.keeper is not None:
+            self.keeper.close()
         deadline = time.monotonic() + 10  # cut short, Dask logged its CancelledError
         for restart in list(self._restarts):
             restart.join(max(0.0, deadline - time.monotonic()))
-        if self._keeper is not None:
-            self._keeper.join(5)
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:
