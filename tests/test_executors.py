@@ -1644,20 +1644,26 @@ def test_a_dask_worker_dead_on_an_external_cluster_is_named_in_one_line():
     )
 
 
-def test_the_jobs_of_a_lost_dask_scheduler_fail_saying_so(tmp_path):
+def test_the_jobs_of_a_lost_dask_scheduler_fail_saying_so_until_it_is_back(tmp_path, monkeypatch):
     # bug: the jobs on the cluster when the scheduler went away ended "aborted: cancelled
     # on the cluster", which nobody asked; once the client gave up reconnecting a job
     # failed as "ClosedClientError: Client is closed. Can't send update-graph message."
+    # bug: once the client had given up, every job failed "... (restart the server to
+    # connect again)", even with the scheduler back at its address
     import dask
     from distributed import LocalCluster
 
-    cluster = LocalCluster(n_workers=0, processes=False, dashboard_address=":0")
+    from dahu.executors import dask_connect
+
+    monkeypatch.setattr(dask_connect, "RETRY", 0)  # each job tries to connect again
+
+    cluster = LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=":0")
     address = cluster.scheduler_address
     with dask.config.set({"distributed.comm.timeouts.connect": "0.3s"}):  # reconnecting
         engine = dahu.engine.configure(
             workdir=str(tmp_path / "work"),
             executor_kind="dask",
-            executor_options={"scheduler": address},
+            executor_options={"scheduler": address, "abort_grace": 0.1},
         )
     try:
         queued = Job("example.square", {"x": 1})  # no worker: it waits on the scheduler
@@ -1675,10 +1681,31 @@ def test_the_jobs_of_a_lost_dask_scheduler_fail_saying_so(tmp_path):
         assert (later.status, later.error) == (
             "failure",
             "cannot submit to the dask cluster: ConnectionError: lost the connection to the "
-            f"dask scheduler {address} (restart the server to connect again)",
+            f"dask scheduler {address} (not back at that address yet: the server connects "
+            "again once it is)",
         )
+        port = int(address.rsplit(":", 1)[1])
+        cluster = LocalCluster(
+            n_workers=0,
+            processes=False,
+            protocol="tcp",
+            scheduler_port=port,
+            dashboard_address=":0",
+        )
+        assert cluster.scheduler_address == address
+        back = Job("example.square", {"x": 3})  # no worker: it waits on the scheduler
+        back.start()
+        deadline = time.monotonic() + 30
+        while not cluster.scheduler.tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(cluster.scheduler.tasks) == 1
+        assert back.status == "running"
+        assert back.abort()
+        back.join(30)
+        assert back.status == "aborted"
     finally:
         engine.executor.shutdown(wait=True, timeout=10)
+        cluster.close()
 
 
 def test_a_dask_task_that_ended_before_its_scheduler_went_away_warns_of_nothing(

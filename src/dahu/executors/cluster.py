@@ -84,10 +84,9 @@ class DaskExecution:
     def launch(self) -> None:
         """Submit the task; its outcome reaches the engine through the collector thread."""
         executor = self.executor
-        if executor.client.status in ("closing", "closed"):  # it would never end
-            raise ConnectionError(f"{executor.lost_text} (restart the server to connect again)")
+        client = executor.connected()
         self.sent = time.time()  # this attempt's (its worker's events tell if it began)
-        self.future = executor.client.submit(
+        self.future = client.submit(
             run_task,
             self.plugin_name,
             self.input_data,
@@ -307,6 +306,8 @@ class DaskExecutor:
         self._launched: dict[str, DaskExecution] = {}  # by task key, until settled
         self.restarted: set[str] = set()  # the addresses of the workers it restarted
         self.keeper: Any = None  # the local cluster's (:class:`.dask_keeper.Keeper`)
+        self.connecting = threading.Lock()  # a new client is made (:meth:`connected`)
+        self.retry_at = 0.0  # not before then
         self._restarts: list[threading.Thread] = []  # restarting a worker (a hung plugin's)
 
     def attach(self, host: Any) -> None:
@@ -358,6 +359,13 @@ class DaskExecutor:
 
         with contextlib.suppress(Exception):  # the client is closed
             client.loop.add_callback(clear)
+
+    def connected(self) -> Any:
+        """The client; made again if its external scheduler is back
+        (:func:`.dask_connect.connected`)."""
+        from .dask_connect import connected
+
+        return connected(self)
 
     @property
     def lost_text(self) -> str:
@@ -417,8 +425,11 @@ class DaskExecutor:
             try:
                 execution.launch()
             except Exception as err:
-                logger.exception("job %s: cannot submit to the cluster", task.job_id)
                 reason = f"cannot submit to the dask cluster: {error_line(err)}"
+                if isinstance(err, ConnectionError):  # no scheduler: one line a job
+                    logger.warning("job %s: %s", task.job_id, reason)
+                else:
+                    logger.exception("job %s: cannot submit to the cluster", task.job_id)
                 failed = Outcome(State.FAILURE, {}, reason, None, time.time())
                 self._settle(task, failed, pump=False)
 
