@@ -264,6 +264,30 @@ def test_jobs_waiting_on_a_dask_worker_a_plugin_crashes_run_all_the_same(kind, t
     assert [(job.status, job.error) for job in others] == [("success", "")] * 3
 
 
+def test_a_dask_worker_dying_before_its_nanny_heard_from_it_says_how(kind, tmp_path):
+    # bug: a nanny noted its worker's exit code under the address it knew, that of the
+    # worker before until the new one's greeting reached it: a plugin crashing a freshly
+    # restarted worker (the next job after a crash) failed its job 10 s later, "worker
+    # process died (tcp://...); Dask does not say how: see that worker's log"
+    if kind != "dask":
+        pytest.skip("a Dask nanny")
+    flag, go = tmp_path / "flag", tmp_path / "go"
+    crash = Job("trouble.crash", {"how": "abort", "flag": str(flag), "go": str(go)})
+    crash.start()
+    deadline = time.monotonic() + 30
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    executor = dahu.engine.get_engine().executor
+    (worker,) = [w for w, keys in executor.client.processing().items() if keys]
+    (nanny,) = [n for n in executor.cluster.workers.values() if n.worker_address == worker]
+    nanny.process.worker_address = "tcp://127.0.0.1:1"  # as if it had not heard from it
+    t0 = time.monotonic()
+    go.touch()
+    crash.join(30)
+    assert (crash.status, crash.error) == ("failure", "worker process died: signal 6 (SIGABRT)")
+    assert time.monotonic() - t0 < 5
+
+
 ONCE = """
 from dahu.factory import register
 from dahu.plugin import Plugin
@@ -2036,7 +2060,7 @@ def test_a_dask_worker_s_death_holds_up_no_other_job_s_outcome(monkeypatch):
     from dahu.states import State
 
     noted = threading.Event()  # the dead worker's nanny notes its exit code
-    monkeypatch.setattr(dask_exits, "exit_code", lambda address: 1 if noted.wait(30) else None)
+    monkeypatch.setattr(dask_exits, "exit_code", lambda *worker: 1 if noted.wait(30) else None)
     executor = DaskExecutor(max_workers=2)
     executor.cluster = SimpleNamespace(close=lambda: None)  # a local cluster
     ended = {}
