@@ -1824,6 +1824,35 @@ def test_aborted_dask_jobs_that_had_not_begun_are_cancelled_without_a_word(caplo
     assert "restarting its worker" not in caplog.text
 
 
+def test_a_dask_job_whose_plugin_began_on_a_worker_restarted_for_another_is_not_run_again():
+    # bug: a job whose plugin began on a worker as it was restarted for another job's hung
+    # plugin (a worker takes its next task until it stops) was sent to the cluster again:
+    # its plugin ran twice
+    pytest.importorskip("distributed")
+    from dahu.executors.cluster import DaskExecution, DaskExecutor
+    from dahu.executors.dask_task import BEGUN
+
+    worker = "tcp://10.0.0.7:40211"
+    error = type("KilledWorker", (Exception,), {})()
+    error.last_worker = SimpleNamespace(address=worker)
+    executor = DaskExecutor(scheduler="tcp://10.0.0.7:8786")  # never attached
+    executor.restarted.add(worker)
+    events = [(1.0, {"action": "add-worker"}), (3.0, {"action": BEGUN, "key": "k"})]
+    executor.client = SimpleNamespace(get_events=lambda address: events)
+    task = SimpleNamespace(plugin_name="p", input_data={}, job_id=1)
+    execution = DaskExecution(executor, task)
+    execution.attempt, execution.sent = 1, 2.0
+    execution.future = SimpleNamespace(key="k", status="error", exception=lambda: error)
+    execution.launch = lambda: pytest.fail("sent again")
+    assert not execution.relaunched()
+    assert executor.death_reason(error) == (
+        "worker process restarted: another job's plugin there ignored its abort"
+    )
+    events.pop()  # its plugin had not begun there: sent again
+    execution.launch = lambda: setattr(execution, "attempt", 2)
+    assert execution.relaunched()
+
+
 def test_an_abort_waits_not_for_a_dask_client_reconnecting(monkeypatch, caplog):
     # bug: an abort signalled through the scheduler while the client reconnected to it
     # waited until it gave up, 30 s: abortJob, and a stop aborting the jobs, hung so long

@@ -189,10 +189,10 @@ class DaskExecution:
     def relaunched(self) -> bool:
         """Send again a job whose worker died (``KilledWorker``) before its plugin began
         there: it waited on that worker behind another job, whose plugin crashed it; or
-        one that one of our restarts of a worker (for another job's hung plugin) failed:
-        it waited on that worker, or began there while the restart was on its way (a
-        worker takes its next task until it stops).  A job is sent ``ATTEMPTS`` times at
-        most.  True if it was sent."""
+        one that one of our restarts of a worker (for another job's hung plugin) failed
+        while it waited on that worker.  One whose plugin began there is not sent again
+        (until 2026-11-30 it was after a restart of ours: its plugin ran twice).  A job is
+        sent ``ATTEMPTS`` times at most.  True if it was sent."""
         future = self.future
         if self.abort_reason is not None or self.attempt >= ATTEMPTS:
             return False
@@ -203,9 +203,9 @@ class DaskExecution:
             if type(error).__name__ != "KilledWorker":
                 return False
             died_on = getattr(getattr(error, "last_worker", None), "address", None)
-            restarted = died_on in self.executor.restarted
-            if not restarted and self._began_on(died_on, future.key):
+            if self._began_on(died_on, future.key):
                 return False
+            restarted = died_on in self.executor.restarted
             why = "restarted" if restarted else "died before its plugin began"
             logger.info("job %s: sent again (its worker %s)", self.job_id, why)
             self.launch()
@@ -345,6 +345,8 @@ class DaskExecutor:
         job took 5 s to end while a worker's death was looked into)."""
         from .dask_exits import death_reason
 
+        if getattr(getattr(error, "last_worker", None), "address", None) in self.restarted:
+            return "worker process restarted: another job's plugin there ignored its abort"
         with self._hand_over():  # a new thread collects the outcomes meanwhile
             return death_reason(error, self.cluster is not None)
 
