@@ -1791,6 +1791,7 @@ def test_a_hung_dask_job_whose_worker_cannot_be_restarted_ends_all_the_same(capl
 
     executor = DaskExecutor(scheduler="tcp://10.0.0.7:8786")  # never attached
     executor.client = SimpleNamespace(
+        status="running",
         processing=lambda: {worker: ["k"]},
         run=lambda function, keys, workers: {worker: ["k"]},  # its plugin has begun
         restart_workers=restart_workers,
@@ -1802,6 +1803,29 @@ def test_a_hung_dask_job_whose_worker_cannot_be_restarted_ends_all_the_same(capl
         "job 1: cannot restart its worker (ValueError: Restarting workers requires a nanny "
         "to be used.): the job ends, its plugin may run on there" in caplog.text
     )
+
+
+def test_an_aborted_dask_job_lost_with_its_scheduler_is_not_said_to_run_on(caplog):
+    # bug: a job aborted while the client reconnected to its scheduler (the job waited
+    # there) ended with the warning "job 3: cannot restart its worker (CommClosedError:
+    # ConnectionPool closing.): the job ends, its plugin may run on there", untrue
+    pytest.importorskip("distributed")
+    from distributed.comm.core import CommClosedError
+
+    from dahu.executors.cluster import DaskExecution, DaskExecutor
+
+    def processing():
+        executor.client.status = "closed"  # it gave up on the scheduler meanwhile
+        raise CommClosedError("ConnectionPool closing.")
+
+    cancelled = []
+    future = SimpleNamespace(key="k", cancel=lambda: cancelled.append("k"))
+    executor = DaskExecutor(scheduler="tcp://10.0.0.7:8786")  # never attached
+    executor.client = SimpleNamespace(status="connecting", processing=processing)
+    task = SimpleNamespace(plugin_name="example.sleep", input_data={}, job_id=3)
+    DaskExecution(executor, task)._restart_worker(future)
+    assert cancelled == ["k"]
+    assert "cannot restart its worker" not in caplog.text
 
 
 def test_aborted_dask_jobs_that_had_not_begun_are_cancelled_without_a_word(caplog):

@@ -45,7 +45,7 @@ from ..errors import error_line
 from ..factory import Factory
 from ..states import State
 from .base import Task, close_orphans
-from .dask_task import begun_tasks, plugin_began, ran_event, run_task, running_for
+from .dask_task import begun_tasks, forget_runs, plugin_began, run_task, running_for
 from .runner import Outcome
 from .slot import serving
 from .thread import option_number, worker_count
@@ -159,12 +159,15 @@ class DaskExecution:
                     return
             future.cancel()
         except Exception as err:  # e.g. a worker without a nanny: the job ends all the
-            # same, its plugin left running there (as the thread executor abandons one)
-            logger.warning(
-                "job %s: cannot restart its worker (%s): the job ends, its plugin may run on there",
-                self.job_id,
-                error_line(err),
-            )
+            # same, its plugin left running there (as the thread executor abandons one);
+            # not said of one lost with the scheduler (until 2026-11-30 it was)
+            if client.status == "running":
+                logger.warning(
+                    "job %s: cannot restart its worker (%s): the job ends, its plugin may "
+                    "run on there",
+                    self.job_id,
+                    error_line(err),
+                )
             with contextlib.suppress(Exception):
                 future.cancel()
 
@@ -235,7 +238,7 @@ class DaskExecution:
         try:
             return self._outcome(future)
         finally:  # had, it is not run again: the events its tasks set can go
-            self.executor.clear_events([ran_event(key) for key in self.keys])
+            forget_runs(self.executor.client, self.keys)
 
     def _outcome(self, future: Any) -> Outcome:
         if self.abort_reason is not None:  # its abort event, set, would stay for good
@@ -349,18 +352,6 @@ class DaskExecutor:
             return "worker process restarted: another job's plugin there ignored its abort"
         with self._hand_over():  # a new thread collects the outcomes meanwhile
             return death_reason(error, self.cluster is not None)
-
-    def clear_events(self, names: list[str]) -> None:
-        """Clear the Dask events ``names`` on the scheduler, without waiting for it."""
-        client = self.client
-
-        async def clear() -> None:
-            with contextlib.suppress(Exception):  # the scheduler is gone: they went too
-                for name in names:
-                    await client.scheduler.event_clear(name=name)
-
-        with contextlib.suppress(Exception):  # the client is closed
-            client.loop.add_callback(clear)
 
     def connected(self) -> Any:
         """The client; made again if its external scheduler is back

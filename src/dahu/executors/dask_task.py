@@ -31,7 +31,15 @@ from .worker import outcome_message
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RAN_BEFORE", "begun_tasks", "plugin_began", "ran_event", "run_task", "running_for"]
+__all__ = [
+    "RAN_BEFORE",
+    "begun_tasks",
+    "forget_runs",
+    "plugin_began",
+    "ran_event",
+    "run_task",
+    "running_for",
+]
 
 _configured: set[str] = set()
 _directories: set[str] = set()  # the plugin directories added here
@@ -161,6 +169,19 @@ def ran_event(key: str) -> str:
     """The name of the Dask event a task sets as it begins its plugin (see
     :data:`RAN_BEFORE`)."""
     return f"dahu-ran-{key}"
+
+
+def forget_runs(client: Any, keys: list[str]) -> None:
+    """On the server, once it has a job's outcome: clear the events its tasks ``keys``
+    set (:func:`ran_event`), without waiting for the scheduler."""
+
+    async def clear() -> None:
+        with contextlib.suppress(Exception):  # the scheduler is gone: they went too
+            for key in keys:
+                await client.scheduler.event_clear(name=ran_event(key))
+
+    with contextlib.suppress(Exception):  # the client is closed
+        client.loop.add_callback(clear)
 
 
 BEGUN = "dahu-plugin-begun"
