@@ -344,6 +344,61 @@ def test_a_dask_job_whose_worker_died_with_its_result_does_not_run_twice(
     assert [name for name in client.run_on_scheduler(events) if "dahu-ran-" in name] == []
 
 
+HOG = """
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Hog(Plugin):
+    # takes more memory than its worker may have
+    def process(self):
+        held = b"x" * (self.input["mb"] << 20)
+        time.sleep(30)
+        self.output["held"] = len(held)
+"""
+
+
+def test_a_dask_worker_ended_for_its_memory_says_so(kind, tmp_path):
+    # bug: a plugin taking more memory than Dask allows a worker (its nanny ends it at
+    # distributed.worker.memory.terminate, 95% of its memory limit: total memory / number
+    # of workers) failed its job with "worker process died: signal 15 (SIGTERM)", no more
+    if kind != "dask":
+        pytest.skip("a Dask nanny's memory budget")
+    import dask.utils
+
+    engine = dahu.engine.get_engine()
+    (tmp_path / "hog_dask.py").write_text(HOG)
+    engine.factory.add_directory(str(tmp_path))
+    managers = [nanny.memory_manager for nanny in engine.executor.cluster.workers.values()]
+    rss = max(
+        psutil.Process(pid).memory_info().rss
+        for pid in engine.executor.client.run(os.getpid).values()
+    )
+    fractions = [manager.memory_terminate_fraction for manager in managers]
+    try:
+        for manager in managers:  # a budget 200 MB over what a worker takes now
+            manager.memory_terminate_fraction = (rss + (200 << 20)) / manager.memory_limit
+        job = run("hog_dask.hog", {"mb": 400})
+    finally:
+        for manager, fraction in zip(managers, fractions, strict=True):
+            manager.memory_terminate_fraction = fraction
+    assert job.status == "failure"
+    assert job.error.startswith(
+        "worker process died: signal 15 (SIGTERM), ended by its nanny: its memory, "
+    )
+    assert job.error.endswith(
+        "passed the worker's budget (distributed.worker.memory.terminate of its "
+        f"{dask.utils.format_bytes(managers[0].memory_limit)} memory limit)"
+    )
+    client = engine.executor.client
+    deadline = time.monotonic() + 30  # the next tests find both workers
+    while len(client.scheduler_info()["workers"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_the_local_dask_cluster_s_dashboard_is_not_served_to_the_network(kind):
     # bug: the dashboard of the local cluster (tasks, workers' logs and call stacks, no
     # login) listened on every interface of the beamline computer

@@ -351,7 +351,7 @@ class DaskExecutor:
         if getattr(getattr(error, "last_worker", None), "address", None) in self.restarted:
             return "worker process restarted: another job's plugin there ignored its abort"
         with self._hand_over():  # a new thread collects the outcomes meanwhile
-            return death_reason(error, self.cluster is not None)
+            return death_reason(error, self.cluster is not None, self.client)
 
     def connected(self) -> Any:
         """The client; made again if its external scheduler is back

@@ -13,7 +13,7 @@ from distributed.diagnostics.plugin import NannyPlugin
 
 from .process import exit_text
 
-__all__ = ["EXIT_WAIT", "ExitWatch", "death_reason", "exit_code"]
+__all__ = ["EXIT_WAIT", "ExitWatch", "death_reason", "exit_code", "memory_note"]
 
 KEEP = 1000
 """How many worker exits are remembered (a pid or an address is not given again soon)."""
@@ -104,13 +104,44 @@ def exit_code(address: str | None, pid: int | None = None, wait: float = EXIT_WA
     return None
 
 
-def death_reason(error: Any, local: bool) -> str:
+MEMORY = "worker-restart-memory"
+"""The topic of the event a Dask nanny logs on the scheduler as it ends its worker for
+its memory (``distributed.worker.memory.terminate``)."""
+
+
+def memory_note(client: Any, worker: Any) -> str:
+    """``, ended by its nanny: its memory ...`` if the nanny of ``worker`` (the
+    scheduler's ``WorkerState`` of a dead worker) ended it for its memory, else ``""``."""
+    from dask.utils import format_bytes
+
+    pid = getattr(worker, "pid", None)
+    try:
+        events = client.get_events(MEMORY) if pid else ()
+    except Exception:  # no scheduler to ask: the exit code says what it can
+        return ""
+    for _, event in reversed(events):
+        if isinstance(event, dict) and event.get("pid") == pid:
+            rss = format_bytes(event.get("rss") or 0)
+            limit = format_bytes(getattr(worker, "memory_limit", None) or 0)
+            return (
+                f", ended by its nanny: its memory, {rss}, passed the worker's budget "
+                f"(distributed.worker.memory.terminate of its {limit} memory limit)"
+            )
+    return ""
+
+
+def death_reason(error: Any, local: bool, client: Any = None) -> str:
     """Why a task's worker died (a ``KilledWorker`` ``error``), in one line: its exit code
-    if a nanny of the ``local`` cluster noted it, else the worker's address."""
+    if a nanny of the ``local`` cluster noted it, else the worker's address; and whether
+    its nanny ended it for its memory, if the scheduler of ``client`` says so (until
+    2026-11-30 such a job failed ``worker process died: signal 15 (SIGTERM)``, no more)."""
     worker = getattr(error, "last_worker", None)
     address = getattr(worker, "address", None)
     code = exit_code(address, getattr(worker, "pid", None)) if local else None
+    memory = memory_note(client, worker)
     if code is not None:
-        return f"worker process died: {exit_text(code)}"
+        return f"worker process died: {exit_text(code)}{memory}"
     where = f" ({address})" if address else ""
+    if memory:
+        return f"worker process died{where}{memory}"
     return f"worker process died{where}; Dask does not say how: see that worker's log"
