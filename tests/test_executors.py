@@ -264,6 +264,141 @@ def test_jobs_waiting_on_a_dask_worker_a_plugin_crashes_run_all_the_same(kind, t
     assert [(job.status, job.error) for job in others] == [("success", "")] * 3
 
 
+def test_a_dask_worker_dying_before_its_nanny_heard_from_it_says_how(kind, tmp_path):
+    # bug: a nanny noted its worker's exit code under the address it knew, that of the
+    # worker before until the new one's greeting reached it: a plugin crashing a freshly
+    # restarted worker (the next job after a crash) failed its job 10 s later, "worker
+    # process died (tcp://...); Dask does not say how: see that worker's log"
+    if kind != "dask":
+        pytest.skip("a Dask nanny")
+    flag, go = tmp_path / "flag", tmp_path / "go"
+    crash = Job("trouble.crash", {"how": "abort", "flag": str(flag), "go": str(go)})
+    crash.start()
+    deadline = time.monotonic() + 30
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    executor = dahu.engine.get_engine().executor
+    (worker,) = [w for w, keys in executor.client.processing().items() if keys]
+    (nanny,) = [n for n in executor.cluster.workers.values() if n.worker_address == worker]
+    nanny.process.worker_address = "tcp://127.0.0.1:1"  # as if it had not heard from it
+    t0 = time.monotonic()
+    go.touch()
+    crash.join(30)
+    assert (crash.status, crash.error) == ("failure", "worker process died: signal 6 (SIGABRT)")
+    assert time.monotonic() - t0 < 5
+
+
+ONCE = """
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Once(Plugin):
+    # must not run twice for one job (it writes a file, moves a motor)
+    def process(self):
+        with open(self.input["log"], "a") as log:
+            log.write("ran\\n")
+"""
+
+
+def test_a_dask_job_whose_worker_died_with_its_result_does_not_run_twice(
+    kind, tmp_path, monkeypatch
+):
+    # bug: a worker died after its task ended, before the server had fetched the result:
+    # Dask ran the task again on another worker, and the job's plugin ran twice
+    if kind != "dask":
+        pytest.skip("only Dask runs a task again")
+    from dahu.executors.cluster import DaskExecution
+    from dahu.executors.dask_task import RAN_BEFORE
+
+    (tmp_path / "once_dask.py").write_text(ONCE)
+    engine = dahu.engine.get_engine()
+    engine.factory.add_directory(str(tmp_path))
+    client = engine.executor.client
+    outcome = DaskExecution.outcome
+
+    def killed_first(execution):  # its worker dies before the server has the result
+        if execution.plugin_name == "once_dask.once":
+            (worker,) = client.who_has(execution.future)[execution.future.key]
+            os.kill(client.run(os.getpid, workers=[worker])[worker], signal.SIGKILL)
+        return outcome(execution)
+
+    monkeypatch.setattr(DaskExecution, "outcome", killed_first)
+    log = tmp_path / "runs.log"
+    job = run("once_dask.once", {"log": str(log)})
+    monkeypatch.undo()
+    assert log.read_text() == "ran\n"
+    assert (job.status, job.error) == ("failure", RAN_BEFORE)
+    assert run("example.square", {"x": 3}).output_data["result"] == 9
+
+    def events(dask_scheduler):
+        return [str(name) for name in dask_scheduler.extensions["events"]._events]
+
+    deadline = time.monotonic() + 30  # the events the tasks set go; both workers are back
+    while time.monotonic() < deadline and (
+        len(client.scheduler_info()["workers"]) < 2
+        or [name for name in client.run_on_scheduler(events) if "dahu-ran-" in name]
+    ):
+        time.sleep(0.05)
+    assert [name for name in client.run_on_scheduler(events) if "dahu-ran-" in name] == []
+
+
+HOG = """
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Hog(Plugin):
+    # takes more memory than its worker may have
+    def process(self):
+        held = b"x" * (self.input["mb"] << 20)
+        time.sleep(30)
+        self.output["held"] = len(held)
+"""
+
+
+def test_a_dask_worker_ended_for_its_memory_says_so(kind, tmp_path):
+    # bug: a plugin taking more memory than Dask allows a worker (its nanny ends it at
+    # distributed.worker.memory.terminate, 95% of its memory limit: total memory / number
+    # of workers) failed its job with "worker process died: signal 15 (SIGTERM)", no more
+    if kind != "dask":
+        pytest.skip("a Dask nanny's memory budget")
+    import dask.utils
+
+    engine = dahu.engine.get_engine()
+    (tmp_path / "hog_dask.py").write_text(HOG)
+    engine.factory.add_directory(str(tmp_path))
+    managers = [nanny.memory_manager for nanny in engine.executor.cluster.workers.values()]
+    rss = max(
+        psutil.Process(pid).memory_info().rss
+        for pid in engine.executor.client.run(os.getpid).values()
+    )
+    fractions = [manager.memory_terminate_fraction for manager in managers]
+    try:
+        for manager in managers:  # a budget 200 MB over what a worker takes now
+            manager.memory_terminate_fraction = (rss + (200 << 20)) / manager.memory_limit
+        job = run("hog_dask.hog", {"mb": 400})
+    finally:
+        for manager, fraction in zip(managers, fractions, strict=True):
+            manager.memory_terminate_fraction = fraction
+    assert job.status == "failure"
+    assert job.error.startswith(
+        "worker process died: signal 15 (SIGTERM), ended by its nanny: its memory, "
+    )
+    assert job.error.endswith(
+        "passed the worker's budget (distributed.worker.memory.terminate of its "
+        f"{dask.utils.format_bytes(managers[0].memory_limit)} memory limit)"
+    )
+    client = engine.executor.client
+    deadline = time.monotonic() + 30  # the next tests find both workers
+    while len(client.scheduler_info()["workers"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_the_local_dask_cluster_s_dashboard_is_not_served_to_the_network(kind):
     # bug: the dashboard of the local cluster (tasks, workers' logs and call stacks, no
     # login) listened on every interface of the beamline computer
@@ -1588,20 +1723,26 @@ def test_a_dask_worker_dead_on_an_external_cluster_is_named_in_one_line():
     )
 
 
-def test_the_jobs_of_a_lost_dask_scheduler_fail_saying_so(tmp_path):
+def test_the_jobs_of_a_lost_dask_scheduler_fail_saying_so_until_it_is_back(tmp_path, monkeypatch):
     # bug: the jobs on the cluster when the scheduler went away ended "aborted: cancelled
     # on the cluster", which nobody asked; once the client gave up reconnecting a job
     # failed as "ClosedClientError: Client is closed. Can't send update-graph message."
+    # bug: once the client had given up, every job failed "... (restart the server to
+    # connect again)", even with the scheduler back at its address
     import dask
     from distributed import LocalCluster
 
-    cluster = LocalCluster(n_workers=0, processes=False, dashboard_address=":0")
+    from dahu.executors import dask_connect
+
+    monkeypatch.setattr(dask_connect, "RETRY", 0)  # each job tries to connect again
+
+    cluster = LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=":0")
     address = cluster.scheduler_address
     with dask.config.set({"distributed.comm.timeouts.connect": "0.3s"}):  # reconnecting
         engine = dahu.engine.configure(
             workdir=str(tmp_path / "work"),
             executor_kind="dask",
-            executor_options={"scheduler": address},
+            executor_options={"scheduler": address, "abort_grace": 0.1},
         )
     try:
         queued = Job("example.square", {"x": 1})  # no worker: it waits on the scheduler
@@ -1619,10 +1760,31 @@ def test_the_jobs_of_a_lost_dask_scheduler_fail_saying_so(tmp_path):
         assert (later.status, later.error) == (
             "failure",
             "cannot submit to the dask cluster: ConnectionError: lost the connection to the "
-            f"dask scheduler {address} (restart the server to connect again)",
+            f"dask scheduler {address} (not back at that address yet: the server connects "
+            "again once it is)",
         )
+        port = int(address.rsplit(":", 1)[1])
+        cluster = LocalCluster(
+            n_workers=0,
+            processes=False,
+            protocol="tcp",
+            scheduler_port=port,
+            dashboard_address=":0",
+        )
+        assert cluster.scheduler_address == address
+        back = Job("example.square", {"x": 3})  # no worker: it waits on the scheduler
+        back.start()
+        deadline = time.monotonic() + 30
+        while not cluster.scheduler.tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(cluster.scheduler.tasks) == 1
+        assert back.status == "running"
+        assert back.abort()
+        back.join(30)
+        assert back.status == "aborted"
     finally:
         engine.executor.shutdown(wait=True, timeout=10)
+        cluster.close()
 
 
 def test_a_dask_task_that_ended_before_its_scheduler_went_away_warns_of_nothing(
@@ -1637,9 +1799,14 @@ def test_a_dask_task_that_ended_before_its_scheduler_went_away_warns_of_nothing(
         looks = 0
 
         def __init__(self, name, client=None):
+            self.name = name
+
+        def set(self):
             pass
 
         def is_set(self):
+            if self.name != "e":  # the event of the task's run, not of its abort
+                return False
             ClosingEvent.looks += 1
             if ClosingEvent.looks > 1:  # the task's own look, before its plugin, is fine
                 returned.wait(10)
@@ -1679,6 +1846,7 @@ def test_a_hung_dask_job_whose_worker_cannot_be_restarted_ends_all_the_same(capl
 
     executor = DaskExecutor(scheduler="tcp://10.0.0.7:8786")  # never attached
     executor.client = SimpleNamespace(
+        status="running",
         processing=lambda: {worker: ["k"]},
         run=lambda function, keys, workers: {worker: ["k"]},  # its plugin has begun
         restart_workers=restart_workers,
@@ -1690,6 +1858,29 @@ def test_a_hung_dask_job_whose_worker_cannot_be_restarted_ends_all_the_same(capl
         "job 1: cannot restart its worker (ValueError: Restarting workers requires a nanny "
         "to be used.): the job ends, its plugin may run on there" in caplog.text
     )
+
+
+def test_an_aborted_dask_job_lost_with_its_scheduler_is_not_said_to_run_on(caplog):
+    # bug: a job aborted while the client reconnected to its scheduler (the job waited
+    # there) ended with the warning "job 3: cannot restart its worker (CommClosedError:
+    # ConnectionPool closing.): the job ends, its plugin may run on there", untrue
+    pytest.importorskip("distributed")
+    from distributed.comm.core import CommClosedError
+
+    from dahu.executors.cluster import DaskExecution, DaskExecutor
+
+    def processing():
+        executor.client.status = "closed"  # it gave up on the scheduler meanwhile
+        raise CommClosedError("ConnectionPool closing.")
+
+    cancelled = []
+    future = SimpleNamespace(key="k", cancel=lambda: cancelled.append("k"))
+    executor = DaskExecutor(scheduler="tcp://10.0.0.7:8786")  # never attached
+    executor.client = SimpleNamespace(status="connecting", processing=processing)
+    task = SimpleNamespace(plugin_name="example.sleep", input_data={}, job_id=3)
+    DaskExecution(executor, task)._restart_worker(future)
+    assert cancelled == ["k"]
+    assert "cannot restart its worker" not in caplog.text
 
 
 def test_aborted_dask_jobs_that_had_not_begun_are_cancelled_without_a_word(caplog):
@@ -1710,6 +1901,35 @@ def test_aborted_dask_jobs_that_had_not_begun_are_cancelled_without_a_word(caplo
         time.sleep(0.01)
     assert cancelled == ["k"]
     assert "restarting its worker" not in caplog.text
+
+
+def test_a_dask_job_whose_plugin_began_on_a_worker_restarted_for_another_is_not_run_again():
+    # bug: a job whose plugin began on a worker as it was restarted for another job's hung
+    # plugin (a worker takes its next task until it stops) was sent to the cluster again:
+    # its plugin ran twice
+    pytest.importorskip("distributed")
+    from dahu.executors.cluster import DaskExecution, DaskExecutor
+    from dahu.executors.dask_task import BEGUN
+
+    worker = "tcp://10.0.0.7:40211"
+    error = type("KilledWorker", (Exception,), {})()
+    error.last_worker = SimpleNamespace(address=worker)
+    executor = DaskExecutor(scheduler="tcp://10.0.0.7:8786")  # never attached
+    executor.restarted.add(worker)
+    events = [(1.0, {"action": "add-worker"}), (3.0, {"action": BEGUN, "key": "k"})]
+    executor.client = SimpleNamespace(get_events=lambda address: events)
+    task = SimpleNamespace(plugin_name="p", input_data={}, job_id=1)
+    execution = DaskExecution(executor, task)
+    execution.attempt, execution.sent = 1, 2.0
+    execution.future = SimpleNamespace(key="k", status="error", exception=lambda: error)
+    execution.launch = lambda: pytest.fail("sent again")
+    assert not execution.relaunched()
+    assert executor.death_reason(error) == (
+        "worker process restarted: another job's plugin there ignored its abort"
+    )
+    events.pop()  # its plugin had not begun there: sent again
+    execution.launch = lambda: setattr(execution, "attempt", 2)
+    assert execution.relaunched()
 
 
 def test_an_abort_waits_not_for_a_dask_client_reconnecting(monkeypatch, caplog):
@@ -1948,7 +2168,7 @@ def test_a_dask_worker_s_death_holds_up_no_other_job_s_outcome(monkeypatch):
     from dahu.states import State
 
     noted = threading.Event()  # the dead worker's nanny notes its exit code
-    monkeypatch.setattr(dask_exits, "exit_code", lambda address: 1 if noted.wait(30) else None)
+    monkeypatch.setattr(dask_exits, "exit_code", lambda *worker: 1 if noted.wait(30) else None)
     executor = DaskExecutor(max_workers=2)
     executor.cluster = SimpleNamespace(close=lambda: None)  # a local cluster
     ended = {}

@@ -24,7 +24,8 @@ plugin modules once per process and a plugin's ``wait_for`` reads the shared jou
   waited on that worker (their plugin had not begun: :func:`.dask_task.plugin_began`)
   are sent again.  With an external scheduler, set
   ``distributed.scheduler.allowed-failures: 0`` so a killing task is not retried on
-  other workers.
+  other workers.  A task Dask runs again once its plugin began (its result lost with its
+  worker) fails without running the plugin twice (:data:`.dask_task.RAN_BEFORE`).
 
 The task itself, what runs on a worker, is :func:`.dask_task.run_task`.
 """
@@ -44,7 +45,7 @@ from ..errors import error_line
 from ..factory import Factory
 from ..states import State
 from .base import Task, close_orphans
-from .dask_task import begun_tasks, plugin_began, run_task, running_for
+from .dask_task import begun_tasks, forget_runs, plugin_began, run_task, running_for
 from .runner import Outcome
 from .slot import serving
 from .thread import option_number, worker_count
@@ -78,14 +79,14 @@ class DaskExecution:
         self.lock = threading.Lock()
         self.attempt = 0
         self.sent = 0.0
+        self.keys: list[str] = []  # of its tasks, one per attempt
 
     def launch(self) -> None:
         """Submit the task; its outcome reaches the engine through the collector thread."""
         executor = self.executor
-        if executor.client.status in ("closing", "closed"):  # it would never end
-            raise ConnectionError(f"{executor.lost_text} (restart the server to connect again)")
+        client = executor.connected()
         self.sent = time.time()  # this attempt's (its worker's events tell if it began)
-        self.future = executor.client.submit(
+        self.future = client.submit(
             run_task,
             self.plugin_name,
             self.input_data,
@@ -97,6 +98,7 @@ class DaskExecution:
             pure=False,
         )
         self.attempt += 1
+        self.keys.append(self.future.key)
         with executor._lock:
             executor._launched[self.future.key] = self
         # The plugin runs remotely and its module is not imported here: its JOB_TIMEOUT
@@ -157,12 +159,15 @@ class DaskExecution:
                     return
             future.cancel()
         except Exception as err:  # e.g. a worker without a nanny: the job ends all the
-            # same, its plugin left running there (as the thread executor abandons one)
-            logger.warning(
-                "job %s: cannot restart its worker (%s): the job ends, its plugin may run on there",
-                self.job_id,
-                error_line(err),
-            )
+            # same, its plugin left running there (as the thread executor abandons one);
+            # not said of one lost with the scheduler (until 2026-11-30 it was)
+            if client.status == "running":
+                logger.warning(
+                    "job %s: cannot restart its worker (%s): the job ends, its plugin may "
+                    "run on there",
+                    self.job_id,
+                    error_line(err),
+                )
             with contextlib.suppress(Exception):
                 future.cancel()
 
@@ -187,10 +192,10 @@ class DaskExecution:
     def relaunched(self) -> bool:
         """Send again a job whose worker died (``KilledWorker``) before its plugin began
         there: it waited on that worker behind another job, whose plugin crashed it; or
-        one that one of our restarts of a worker (for another job's hung plugin) failed:
-        it waited on that worker, or began there while the restart was on its way (a
-        worker takes its next task until it stops).  A job is sent ``ATTEMPTS`` times at
-        most.  True if it was sent."""
+        one that one of our restarts of a worker (for another job's hung plugin) failed
+        while it waited on that worker.  One whose plugin began there is not sent again
+        (until 2026-11-30 it was after a restart of ours: its plugin ran twice).  A job is
+        sent ``ATTEMPTS`` times at most.  True if it was sent."""
         future = self.future
         if self.abort_reason is not None or self.attempt >= ATTEMPTS:
             return False
@@ -201,9 +206,9 @@ class DaskExecution:
             if type(error).__name__ != "KilledWorker":
                 return False
             died_on = getattr(getattr(error, "last_worker", None), "address", None)
-            restarted = died_on in self.executor.restarted
-            if not restarted and self._began_on(died_on, future.key):
+            if self._began_on(died_on, future.key):
                 return False
+            restarted = died_on in self.executor.restarted
             why = "restarted" if restarted else "died before its plugin began"
             logger.info("job %s: sent again (its worker %s)", self.job_id, why)
             self.launch()
@@ -230,6 +235,12 @@ class DaskExecution:
     def outcome(self) -> Outcome:
         """The job's outcome once its future is done."""
         future, self.future = self.future, None
+        try:
+            return self._outcome(future)
+        finally:  # had, it is not run again: the events its tasks set can go
+            forget_runs(self.executor.client, self.keys)
+
+    def _outcome(self, future: Any) -> Outcome:
         if self.abort_reason is not None:  # its abort event, set, would stay for good
             with contextlib.suppress(Exception):
                 from distributed import Event
@@ -297,9 +308,9 @@ class DaskExecutor:
         self._collector: threading.Thread | None = None
         self._launched: dict[str, DaskExecution] = {}  # by task key, until settled
         self.restarted: set[str] = set()  # the addresses of the workers it restarted
-        self._keep_until = 0.0  # the local cluster's size is watched until then
-        self._keeper: threading.Thread | None = None
-        self._closing = threading.Event()
+        self.keeper: Any = None  # the local cluster's (:class:`.dask_keeper.Keeper`)
+        self.connecting = threading.Lock()  # a new client is made (:meth:`connected`)
+        self.retry_at = 0.0  # not before then
         self._restarts: list[threading.Thread] = []  # restarting a worker (a hung plugin's)
 
     def attach(self, host: Any) -> None:
@@ -309,6 +320,7 @@ class DaskExecutor:
 
         from .dask_connect import check_scheduler
         from .dask_exits import ExitWatch
+        from .dask_keeper import Keeper
 
         self.host = host
         if self.scheduler == "local":
@@ -321,6 +333,7 @@ class DaskExecutor:
                 )
             self.client = Client(self.cluster)
             self.client.register_plugin(ExitWatch())  # its nannies note how workers end
+            self.keeper = Keeper(self.cluster, self.client, self.max_workers)
         else:
             check_scheduler(self.scheduler)  # Client() would wait for ever for some
             self.client = Client(self.scheduler)
@@ -335,8 +348,17 @@ class DaskExecutor:
         job took 5 s to end while a worker's death was looked into)."""
         from .dask_exits import death_reason
 
+        if getattr(getattr(error, "last_worker", None), "address", None) in self.restarted:
+            return "worker process restarted: another job's plugin there ignored its abort"
         with self._hand_over():  # a new thread collects the outcomes meanwhile
-            return death_reason(error, self.cluster is not None)
+            return death_reason(error, self.cluster is not None, self.client)
+
+    def connected(self) -> Any:
+        """The client; made again if its external scheduler is back
+        (:func:`.dask_connect.connected`)."""
+        from .dask_connect import connected
+
+        return connected(self)
 
     @property
     def lost_text(self) -> str:
@@ -357,40 +379,9 @@ class DaskExecutor:
 
     def keep_workers(self) -> None:
         """A worker of the local cluster is restarted: watch that the cluster gets back
-        to ``max_workers``.  The cluster closes the nanny of a worker still away
-        ``distributed.deploy.lost-worker-timeout`` (15 s) after it left, even one of ours
-        restarting (a hung plugin's worker is killed 4 s after it is told to close; on a
-        busy machine, or restarted twice, it is away longer); such a nanny is started again
-        (until 2026-11-30 the cluster stayed a worker short, or with none left)."""
-        if self.cluster is None:
-            return
-        import dask
-        from dask.utils import parse_timedelta
-
-        lost = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
-        with self._lock:
-            self._keep_until = time.monotonic() + lost + 30
-            if self._keeper is None or not self._keeper.is_alive():
-                self._keeper = threading.Thread(
-                    target=self._keep, name="dahu-dask-keeper", daemon=True
-                )
-                self._keeper.start()
-
-    def _keep(self) -> None:
-        cluster = self.cluster
-        while not self._closing.wait(0.5) and time.monotonic() < self._keep_until:
-            closed = set(cluster.worker_spec) - set(list(cluster.workers))
-            if closed:
-                logger.warning("starting again the closed worker(s) %s", sorted(closed))
-                cluster.scale(self.max_workers)
-        with contextlib.suppress(Exception):
-            left = len(self.client.scheduler_info()["workers"])
-            if not self._closing.is_set() and left < self.max_workers:
-                logger.warning(
-                    "the local cluster has %d of its %d workers: the jobs run on those left",
-                    left,
-                    self.max_workers,
-                )
+        to ``max_workers`` (:class:`.dask_keeper.Keeper`)."""
+        if self.keeper is not None:
+            self.keeper.keep()
 
     @property
     def serialize(self) -> bool:
@@ -427,8 +418,11 @@ class DaskExecutor:
             try:
                 execution.launch()
             except Exception as err:
-                logger.exception("job %s: cannot submit to the cluster", task.job_id)
                 reason = f"cannot submit to the dask cluster: {error_line(err)}"
+                if isinstance(err, ConnectionError):  # no scheduler: one line a job
+                    logger.warning("job %s: %s", task.job_id, reason)
+                else:
+                    logger.exception("job %s: cannot submit to the cluster", task.job_id)
                 failed = Outcome(State.FAILURE, {}, reason, None, time.time())
                 self._settle(task, failed, pump=False)
 
@@ -503,12 +497,11 @@ class DaskExecutor:
             with self._lock:
                 self._drained.wait_for(lambda: not self._pending and not self._in_flight, timeout)
         self._completed.put(None)
-        self._closing.set()
+        if self.keeper is not None:
+            self.keeper.close()
         deadline = time.monotonic() + 10  # cut short, Dask logged its CancelledError
         for restart in list(self._restarts):
             restart.join(max(0.0, deadline - time.monotonic()))
-        if self._keeper is not None:
-            self._keeper.join(5)
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:

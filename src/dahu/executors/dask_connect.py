@@ -4,6 +4,7 @@ Dask's own connection waits for ever for the greeting of whatever listens at the
 address: a service that is no Dask scheduler (an HTTP server, such as the scheduler's
 dashboard on port 8787 given for its port 8786) never sends one, and ``Client(address)``
 never returns.  :func:`check_scheduler` tries first, within the connect timeout.
+:func:`connect_again` makes a new client once a scheduler the old one gave up on is back.
 :func:`scheduler_address` reads the address a user gives (``--scheduler``, the
 ``scheduler`` property).
 """
@@ -11,11 +12,25 @@ never returns.  :func:`check_scheduler` tries first, within the connect timeout.
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+from ..errors import error_line
 from . import scheduler_address as plain_address  # the word local, blanks
 
-__all__ = ["check_scheduler", "scheduler_address"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["RETRY", "check_scheduler", "connect_again", "connected", "scheduler_address"]
+
+RETRY = 2.0
+"""Seconds at least between two tries to connect again to a scheduler the client gave up
+on; the jobs sent meanwhile fail at once."""
+
+PROBE = 2.0
+"""Seconds a try waits for the scheduler's host to answer at all."""
 
 
 def check_scheduler(address: str) -> None:
@@ -46,6 +61,49 @@ def check_scheduler(address: str) -> None:
 
     with ThreadPoolExecutor(1) as pool:  # a loop of its own, even under a running one
         pool.submit(asyncio.run, probe()).result()
+
+
+def connect_again(address: str) -> Any:
+    """A new ``Client`` of the scheduler at ``address``, back after the old client gave up
+    on it; ``OSError`` within :data:`PROBE` s if nothing listens there (Dask's own
+    connection would try again for ``distributed.comm.timeouts.connect``, 30 s)."""
+    from distributed import Client
+    from distributed.comm.addressing import get_address_host_port
+
+    try:
+        where = get_address_host_port(address)
+    except ValueError:  # not on a host's port (inproc://)
+        pass
+    else:
+        socket.create_connection(where, timeout=PROBE).close()
+    check_scheduler(address)
+    return Client(address)
+
+
+def connected(executor: Any) -> Any:
+    """The client of the ``DaskExecutor`` ``executor``; ``ConnectionError`` if it is
+    closed (a job sent to it would never end).  One that gave up on its external
+    scheduler is made again once that is back at its address (tried every :data:`RETRY`
+    s at most; until 2026-11-30 the server had to be restarted)."""
+    client = executor.client
+    if client.status not in ("closing", "closed"):
+        return client
+    if executor.cluster is not None:  # the local one closed: the server stops
+        raise ConnectionError(f"{executor.lost_text} (restart the server to connect again)")
+    with executor.connecting:
+        if executor.client is client and time.monotonic() >= executor.retry_at:
+            executor.retry_at = time.monotonic() + RETRY
+            try:
+                executor.client = connect_again(executor.scheduler)
+                logger.warning("connected again to the dask scheduler %s", executor.scheduler)
+            except Exception as err:
+                logger.info("the dask scheduler is not back: %s", error_line(err))
+        if executor.client.status in ("closing", "closed"):
+            raise ConnectionError(
+                f"{executor.lost_text} (not back at that address yet: the server connects "
+                "again once it is)"
+            )
+        return executor.client
 
 
 def scheduler_address(text: str | None, option: str = "scheduler") -> str:

@@ -13,39 +13,70 @@ from distributed.diagnostics.plugin import NannyPlugin
 
 from .process import exit_text
 
-__all__ = ["EXIT_WAIT", "ExitWatch", "death_reason", "exit_code"]
+__all__ = ["EXIT_WAIT", "ExitWatch", "death_reason", "exit_code", "memory_note"]
 
 KEEP = 1000
-"""How many worker exits are remembered (an address is not given again soon)."""
+"""How many worker exits are remembered (a pid or an address is not given again soon)."""
 
-_exits: dict[str, int] = {}  # worker address -> exit code (negative: the signal)
+WATCHED = "_dahu_exits_watched"  # marks a nanny's WorkerProcess whose exits are noted
+
+_exits: dict[int | str, int] = {}  # worker pid (or address) -> exit code (<0: the signal)
 _exits_lock = threading.Lock()
+
+
+def _note(key: int | str, exitcode: int) -> None:
+    with _exits_lock:
+        if len(_exits) >= KEEP:  # the oldest first (dicts keep order)
+            del _exits[next(iter(_exits))]
+        _exits[key] = exitcode
 
 
 class ExitWatch(NannyPlugin):
     """Registered on a local cluster: each nanny notes the exit code of its worker
-    process, by the worker's address, before it starts a new one."""
+    process, by the process's pid (the scheduler knows a worker's), before it starts a
+    new one.  Until 2026-11-30 it was noted by the worker's address as the nanny knew it:
+    the last worker's for a worker dying before the nanny heard from it (a plugin crashing
+    a freshly restarted worker), whose job failed 10 s later ``... Dask does not say how``."""
 
     name = "dahu-exit-watch"
     idempotent = True
 
     def setup(self, nanny: Any) -> None:
-        def watch(on_exit: Any) -> Any:
-            def noted(exitcode: int) -> None:
-                address = getattr(nanny.process, "worker_address", None)
-                if address is not None:
-                    with _exits_lock:
-                        if len(_exits) >= KEEP:  # the oldest first (dicts keep order)
-                            del _exits[next(iter(_exits))]
-                        _exits[address] = exitcode
-                on_exit(exitcode)
+        def watch(process: Any) -> None:  # the nanny's WorkerProcess, kept across restarts
+            if process is None or getattr(process, WATCHED, False):
+                return
+            setattr(process, WATCHED, True)
+            on_exit, on_worker_exit = process._on_exit, process.on_exit
 
-            return noted
+            def noted(ended: Any) -> None:  # a worker process (AsyncProcess) that ended
+                _note(ended.pid, ended.exitcode)
+                on_exit(ended)
 
-        # the nanny reuses its WorkerProcess across restarts, or makes one with this
-        nanny._on_worker_exit_sync = watch(nanny._on_worker_exit_sync)
-        if nanny.process is not None:
-            nanny.process.on_exit = watch(nanny.process.on_exit)
+            process._on_exit = noted  # the exit callback of each worker process it starts
+            if process.process is not None:  # the one running now, with its callback
+                pid = process.process.pid
+
+                def exited(exitcode: int) -> None:
+                    process.on_exit = on_worker_exit
+                    _note(pid, exitcode)
+                    on_worker_exit(exitcode)
+
+                process.on_exit = exited
+
+        on_worker_exit = nanny._on_worker_exit_sync
+
+        def exited(exitcode: int) -> None:
+            # a WorkerProcess the nanny made since (one starting): its first worker's exit
+            # is noted by its address, if the nanny heard from it, the next ones by pid
+            process = nanny.process
+            address = getattr(process, "worker_address", None)
+            if address is not None and not getattr(process, WATCHED, False):
+                _note(address, exitcode)
+            watch(process)
+            on_worker_exit(exitcode)
+
+        nanny._on_worker_exit_sync = exited  # given to the WorkerProcess it makes
+        watch(nanny.process)
 
 
 EXIT_WAIT = 10.0
@@ -56,27 +87,61 @@ dead connections after 3 s at exit (until 2026-11-30 the wait was 5 s, and such 
 failed ``worker process died (...); Dask does not say how``)."""
 
 
-def exit_code(address: str | None, wait: float = EXIT_WAIT) -> int | None:
-    """The exit code of the worker process at ``address`` once its nanny noted it (the
-    scheduler may report the task lost before: :data:`EXIT_WAIT`), None if not within
-    ``wait`` s (a nanny in another process: an external cluster)."""
+def exit_code(address: str | None, pid: int | None = None, wait: float = EXIT_WAIT) -> int | None:
+    """The exit code of the worker process ``pid`` (at ``address``) once its nanny noted
+    it (the scheduler may report the task lost before: :data:`EXIT_WAIT`), None if not
+    within ``wait`` s (a nanny in another process: an external cluster)."""
     deadline = time.monotonic() + wait
-    while address is not None:
-        with _exits_lock:
-            if address in _exits:  # kept: the tasks queued on it died with it too
-                return _exits[address]
+    keys = [key for key in (pid, address) if key is not None]
+    while keys:
+        with _exits_lock:  # kept: the tasks queued on it died with it too
+            for key in keys:
+                if key in _exits:
+                    return _exits[key]
         if time.monotonic() >= deadline:
             break
         time.sleep(0.01)
     return None
 
 
-def death_reason(error: Any, local: bool) -> str:
+MEMORY = "worker-restart-memory"
+"""The topic of the event a Dask nanny logs on the scheduler as it ends its worker for
+its memory (``distributed.worker.memory.terminate``)."""
+
+
+def memory_note(client: Any, worker: Any) -> str:
+    """``, ended by its nanny: its memory ...`` if the nanny of ``worker`` (the
+    scheduler's ``WorkerState`` of a dead worker) ended it for its memory, else ``""``."""
+    from dask.utils import format_bytes
+
+    pid = getattr(worker, "pid", None)
+    try:
+        events = client.get_events(MEMORY) if pid else ()
+    except Exception:  # no scheduler to ask: the exit code says what it can
+        return ""
+    for _, event in reversed(events):
+        if isinstance(event, dict) and event.get("pid") == pid:
+            rss = format_bytes(event.get("rss") or 0)
+            limit = format_bytes(getattr(worker, "memory_limit", None) or 0)
+            return (
+                f", ended by its nanny: its memory, {rss}, passed the worker's budget "
+                f"(distributed.worker.memory.terminate of its {limit} memory limit)"
+            )
+    return ""
+
+
+def death_reason(error: Any, local: bool, client: Any = None) -> str:
     """Why a task's worker died (a ``KilledWorker`` ``error``), in one line: its exit code
-    if a nanny of the ``local`` cluster noted it, else the worker's address."""
-    address = getattr(getattr(error, "last_worker", None), "address", None)
-    code = exit_code(address) if local else None
+    if a nanny of the ``local`` cluster noted it, else the worker's address; and whether
+    its nanny ended it for its memory, if the scheduler of ``client`` says so (until
+    2026-11-30 such a job failed ``worker process died: signal 15 (SIGTERM)``, no more)."""
+    worker = getattr(error, "last_worker", None)
+    address = getattr(worker, "address", None)
+    code = exit_code(address, getattr(worker, "pid", None)) if local else None
+    memory = memory_note(client, worker)
     if code is not None:
-        return f"worker process died: {exit_text(code)}"
+        return f"worker process died: {exit_text(code)}{memory}"
     where = f" ({address})" if address else ""
+    if memory:
+        return f"worker process died{where}{memory}"
     return f"worker process died{where}; Dask does not say how: see that worker's log"

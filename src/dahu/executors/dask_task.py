@@ -7,6 +7,8 @@ plugins have begun (:func:`begun_tasks`: only their workers are restarted after 
 ignored abort) and for how long (:func:`running_for`: a job's timeout counts from there).
 It notes it on the scheduler too, among the events of its worker: when the worker dies,
 the server sends again the tasks whose plugins had not begun there (:func:`plugin_began`).
+A task Dask runs again after its plugin began fails instead of running it twice
+(:data:`RAN_BEFORE`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ from .worker import outcome_message
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["begun_tasks", "plugin_began", "run_task", "running_for"]
+__all__ = [
+    "RAN_BEFORE",
+    "begun_tasks",
+    "forget_runs",
+    "plugin_began",
+    "ran_event",
+    "run_task",
+    "running_for",
+]
 
 _configured: set[str] = set()
 _directories: set[str] = set()  # the plugin directories added here
@@ -103,11 +113,15 @@ def run_task(
     )
     finished = threading.Event()
     event = Event(abort_event, client=get_client())
+    now = time.time()
     if event.is_set():  # aborted while the task waited for a worker: do not begin
-        now = time.time()
         return outcome_message(Outcome(State.ABORTED, {}, "aborted on request", now, now), job_id)
     worker = get_worker()
     key = worker.get_current_task()
+    ran = Event(ran_event(key), client=get_client())
+    if ran.is_set():  # Dask runs it again: its worker died, and the outcome with it
+        return outcome_message(Outcome(State.FAILURE, {}, RAN_BEFORE, now, now), job_id)
+    ran.set()  # the server clears it once it has the outcome
     # noted on the scheduler before the plugin begins: should the worker die, the jobs
     # whose plugins had not begun there are sent again (:func:`plugin_began`)
     get_client().log_event(worker.address, {"action": BEGUN, "key": key})
@@ -142,6 +156,32 @@ def run_task(
     held, execution.plugin = [execution.plugin], None
     threading.Thread(target=held.clear, name=f"dahu-drop-{job_id}", daemon=True).start()
     return message
+
+
+RAN_BEFORE = "worker process died after the plugin began; its outcome is lost (not run twice)"
+"""The error of a job whose task Dask runs again: a worker died running it (with
+``allowed-failures`` above 0), or with its result before the server had it (Dask
+recomputes a lost result, even with ``allowed-failures`` 0): until 2026-11-30 its plugin
+ran twice, as would one that writes files or moves motors."""
+
+
+def ran_event(key: str) -> str:
+    """The name of the Dask event a task sets as it begins its plugin (see
+    :data:`RAN_BEFORE`)."""
+    return f"dahu-ran-{key}"
+
+
+def forget_runs(client: Any, keys: list[str]) -> None:
+    """On the server, once it has a job's outcome: clear the events its tasks ``keys``
+    set (:func:`ran_event`), without waiting for the scheduler."""
+
+    async def clear() -> None:
+        with contextlib.suppress(Exception):  # the scheduler is gone: they went too
+            for key in keys:
+                await client.scheduler.event_clear(name=ran_event(key))
+
+    with contextlib.suppress(Exception):  # the client is closed
+        client.loop.add_callback(clear)
 
 
 BEGUN = "dahu-plugin-begun"
