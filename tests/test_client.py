@@ -425,15 +425,15 @@ def test_the_watcher_outlives_a_server_it_cannot_reach_yet(server):
     with DahuClient(server.url, poll_interval=0.1, sweep_interval=0.2) as dahu:
         for subscription in dahu._subscriptions:  # no events: the watcher is the only way
             dahu._events_proxy.unsubscribe_event(subscription)
-        real, refused = dahu._new_proxy, []
+        real, refused = dahu._proxy, []
 
-        def restarting():
-            if threading.current_thread().name == "dahu-client-watch" and len(refused) < 3:
+        def restarting():  # the watcher's calls are made by the caller threads
+            if getattr(dahu, "_watch_held", False) and len(refused) < 3:
                 refused.append(1)
                 raise ServerError("cannot reach it: OBJECT_NOT_EXIST", "API_CorbaException")
             return real()
 
-        dahu._new_proxy = restarting
+        dahu._proxy = restarting
         future = dahu.submit("example.square", x=4)
         assert future.result(timeout=30)["result"] == 16
         assert len(refused) == 3

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import tango
 
+from dahu import client_watch
 from dahu.client import ClientClosed, DahuClient, JobAborted, JobFailed, JobNotFound, ServerError
 
 from .conftest import running_server
@@ -179,6 +180,36 @@ def test_a_thread_s_first_call_to_a_stopped_server_does_not_freeze_the_others(se
             os.kill(server.process.pid, signal.SIGCONT)
         assert len(calls) == 1 and max(gaps) < 1.0, (calls, max(gaps))
         assert dahu.submit("example.square", x=3).result(timeout=30)["result"] == 9
+
+
+def test_close_with_the_server_stopped_takes_about_the_client_s_timeout(server, monkeypatch):
+    # bug: close() waits for the watcher, whose call to a server stopped by a signal took
+    # Tango's timeout and its 3 s of reconnection: 3.5 s with timeout=0.5, 9 s with the
+    # default (and a close(timeout) shorter than that left the call in a daemon thread:
+    # the script then died at exit, SIGSEGV or "terminate called")
+    stopped, asked = threading.Event(), threading.Event()
+    real_read = client_watch.read_journal
+
+    def read_journal(proxy):
+        if stopped.is_set():
+            asked.set()
+        return real_read(proxy)
+
+    monkeypatch.setattr(client_watch, "read_journal", read_journal)
+    dahu = DahuClient(server.url, timeout=0.5, poll_interval=0.05)
+    slow = dahu.submit("example.sleep", t=60)  # pending: the watcher asks every round
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        wait_stopped(server.process.pid)
+        stopped.set()
+        assert asked.wait(10)  # the watcher's call to the stopped server has started
+        started = time.monotonic()
+        dahu.close()
+        took = time.monotonic() - started
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    tango.DeviceProxy(server.url).abort(slow.job_id)
+    assert took < 2.0, took
 
 
 def _devfailed(*errors: tuple[str, str]) -> tango.DevFailed:

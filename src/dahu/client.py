@@ -151,7 +151,7 @@ class DahuClient:
         self._callers: concurrent.futures.ThreadPoolExecutor | None = None
         try:
             self._events_proxy.ping()
-            self._spares = spare_proxies(self, resolvers + 1)  # and the watcher
+            self._spares = spare_proxies(self, resolvers)  # the watcher asks through callers
             self._journal, self._journal_seen = read_journal(self._events_proxy), time.monotonic()
             for name in ("jobSuccess", "jobFailure"):  # each event handed over at once
                 handler = lambda event, name=name: self._event(name, event)  # noqa: E731
