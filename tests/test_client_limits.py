@@ -238,6 +238,28 @@ def test_a_call_that_timed_out_has_the_reason_api_device_timed_out():
     assert isinstance(unknown, JobNotFound) and str(unknown) == "abort: no job 5"
 
 
+def test_a_journal_id_read_that_did_not_reach_the_server_is_not_a_check():
+    # bug: a read Tango did not even try ("The connection request was delayed", a plain
+    # DevFailed) counted as a server that cannot tell its journal: the check passed, and
+    # was not made again for poll_interval s, while the server back was another one
+    class Proxy:
+        def __init__(self, *errors):
+            self.errors = errors
+
+        def read_attribute(self, name):
+            raise _devfailed(*self.errors)
+
+    delayed = ("API_CantConnectToDevice", "The connection request was delayed.")
+    with pytest.raises(tango.DevFailed):
+        client_watch.read_journal(Proxy(delayed))
+    timed_out = ("API_DeviceTimedOut", "Timeout (3000 mS) exceeded on device d/e/f")
+    with pytest.raises(tango.DevFailed):
+        client_watch.read_journal(Proxy(("API_CorbaException", "TRANSIENT"), timed_out))
+    # the server's own answers: no such attribute (an earlier Dahu), or it cannot tell
+    assert client_watch.read_journal(Proxy(("API_AttrNotFound", "no journalId"))) is None
+    assert client_watch.read_journal(Proxy(("PyDs_PythonError", "no identity yet"))) == ""
+
+
 def test_a_timeout_under_a_millisecond_is_one_not_none(server):
     # bug: timeout=0.0004 became Tango's 0 ms, which is no timeout at all: a call waited
     # for as long as the server took, the opposite of what was asked

@@ -18,6 +18,8 @@ from .futures import JobNotFound, ServerError
 from .states import State
 
 logger = logging.getLogger("dahu.client")
+# a read that did not reach the server (refused, delayed by Tango, timed out)
+UNREACHED = {"API_CantConnectToDevice", "API_ServerNotRunning", "API_DeviceTimedOut"}
 
 __all__ = ["watch", "read_journal", "check_journal", "not_fetched", "fetched"]
 
@@ -211,6 +213,8 @@ def read_journal(proxy: tango.DeviceProxy) -> str | None:
     except (tango.ConnectionFailed, tango.CommunicationFailed):
         raise
     except tango.DevFailed as err:
+        if {error.reason for error in err.args} & UNREACHED:  # Tango's own: not the server's
+            raise  # (a refused read "delayed" was a server that cannot tell: not checked)
         return None if err.args[0].reason == "API_AttrNotFound" else ""
 
 

@@ -203,6 +203,12 @@ class JobFuture(concurrent.futures.Future):
             client._forget(self)  # the event of the abort must not settle it meanwhile
             try:
                 stopping = client._within(deadline, "abort", client._call, "abort", self.job_id)
+            except JobNotFound as err:  # refused, then back on another journal: not ours
+                if err.reason != "Dahu_JournalChanged":
+                    client._retrack(self)
+                    raise
+                self._settle(State.INEXISTANT, error=err)
+                return False
             except BaseException:
                 client._retrack(self)
                 raise
