@@ -212,6 +212,29 @@ def test_close_with_the_server_stopped_takes_about_the_client_s_timeout(server, 
     assert took < 2.0, took
 
 
+def test_the_exit_waits_for_the_threads_of_a_closed_client_still_in_a_call(monkeypatch):
+    # bug: close(timeout) returned with resolver threads still inside a Tango call to a
+    # server stopped by a signal; a script ending then died as Python finalized while
+    # they were (SIGABRT, "terminate called without an active exception", 3 times in 3)
+    from dahu import client_calls
+
+    calling = threading.Event()
+
+    class Closed:  # a client closed, one of its threads still in a device call
+        timeout = 0.5
+        _threads = [threading.Thread(target=calling.wait, args=(30,), daemon=True)]
+
+        def close(self, timeout):
+            pass
+
+    client = Closed()
+    client._threads[0].start()
+    monkeypatch.setattr(client_calls, "_open", {client})
+    threading.Timer(0.2, calling.set).start()  # the call ends (the server answers again)
+    client_calls._close_all()  # what runs at exit
+    assert not client._threads[0].is_alive()
+
+
 def _devfailed(*errors: tuple[str, str]) -> tango.DevFailed:
     stack = []
     for reason, desc in errors:
@@ -368,6 +391,41 @@ def test_a_cancel_that_overlaps_close_does_not_leave_its_future_pending(server):
     with pytest.raises(ClientClosed):
         future.result(timeout=10)
     assert real_call("abort", future.job_id)
+
+
+def test_outcomes_left_in_the_queue_at_close_are_not_asked_for(server):
+    # bug: the resolvers went on fetching every outcome queued before close() (their
+    # futures failed with ClientClosed all the same): with the server stopped by a signal
+    # each call took Tango's timeout and reconnection, and close() its whole 10 s
+    dahu = DahuClient(server.url, resolvers=1)
+    inside, release, asked_after_close = threading.Event(), threading.Event(), []
+    real_call = dahu._call
+
+    def held_call(command, argument=None, millis=0):
+        if dahu._closed:
+            asked_after_close.append(argument)
+        elif not inside.is_set():  # the first outcome's fetch waits: the others queue up
+            inside.set()
+            assert release.wait(30)
+        return real_call(command, argument, millis)
+
+    dahu._call = held_call
+    futures = dahu.map("example.square", [{"x": x} for x in range(20)])
+    assert inside.wait(30)
+    deadline = time.monotonic() + 30
+    while dahu.pending:  # every job's event has come: its outcome is queued
+        assert time.monotonic() < deadline, dahu.pending
+        time.sleep(0.01)
+    closer = threading.Thread(target=dahu.close)
+    closer.start()
+    while not dahu._closed:
+        time.sleep(0.001)
+    release.set()
+    closer.join(30)
+    assert asked_after_close == []
+    assert all(future.done() for future in futures)
+    failed = [future for future in futures if isinstance(future.exception(0), ClientClosed)]
+    assert len(failed) >= 19  # the first one's fetch may end as a success
 
 
 def test_a_cancel_as_close_shuts_its_caller_thread_down_answers_false(server):

@@ -220,3 +220,11 @@ def close_at_exit(client: Any) -> None:
 def _close_all() -> None:
     for client in list(_open):
         client.close(timeout=1.0)
+    # a thread of a client (closed now or before) still inside a Tango call as Python
+    # finalizes kills the process (SIGABRT, "terminate called without an active
+    # exception"): a server stopped by a signal holds a call for two or three timeouts
+    # and Tango's 3 s of reconnection; wait for them
+    for client in list(_open):
+        deadline = time.monotonic() + 3 * patience(client) + 2 * TANGO_TIMEOUT
+        for thread in client._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
