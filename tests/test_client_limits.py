@@ -428,6 +428,28 @@ def test_outcomes_left_in_the_queue_at_close_are_not_asked_for(server):
     assert len(failed) >= 19  # the first one's fetch may end as a success
 
 
+def test_the_state_of_a_future_failed_by_the_retry_of_its_own_call_is_inexistant(server):
+    # bug: state's getJobState, refused then made again once the server was back on
+    # another journal, raised JobNotFound although the future had failed, "inexistant"
+    with DahuClient(server.url, poll_interval=300, sweep_interval=300) as dahu:
+        future = dahu.submit("example.sleep", t=600)
+        real_ask = dahu._ask
+
+        def restarted(command, argument=None, millis=0, deadline=0.0):
+            if command != "getJobState":
+                return real_ask(command, argument, millis, deadline)
+            error = JobNotFound(f"job {argument}: another journal", "Dahu_JournalChanged")
+            future._settle("inexistant", error=error)  # what the journal check does
+            raise error
+
+        dahu._ask = restarted
+        dahu._journal_seen = time.monotonic()  # checked just before: not again
+        assert future.state == "inexistant"
+        with pytest.raises(JobNotFound):
+            future.result(0)
+        assert real_ask("abort", future.job_id)
+
+
 def test_a_cancel_as_close_shuts_its_caller_thread_down_answers_false(server):
     # bug: a cancel() that found the client open, then its caller thread shut down by
     # close(), raised RuntimeError: cannot schedule new futures after shutdown
