@@ -425,15 +425,15 @@ def test_the_watcher_outlives_a_server_it_cannot_reach_yet(server):
     with DahuClient(server.url, poll_interval=0.1, sweep_interval=0.2) as dahu:
         for subscription in dahu._subscriptions:  # no events: the watcher is the only way
             dahu._events_proxy.unsubscribe_event(subscription)
-        real, refused = dahu._new_proxy, []
+        real, refused = dahu._proxy, []
 
-        def restarting():
-            if threading.current_thread().name == "dahu-client-watch" and len(refused) < 3:
+        def restarting():  # the watcher's calls are made by the caller threads
+            if getattr(dahu, "_watch_held", False) and len(refused) < 3:
                 refused.append(1)
                 raise ServerError("cannot reach it: OBJECT_NOT_EXIST", "API_CorbaException")
             return real()
 
-        dahu._new_proxy = restarting
+        dahu._proxy = restarting
         future = dahu.submit("example.square", x=4)
         assert future.result(timeout=30)["result"] == 16
         assert len(refused) == 3
@@ -446,11 +446,15 @@ def test_a_job_cut_by_a_server_crash_fails_after_the_restart(tmp_path):
     first.start(timeout=60)
     second = LocalServer(workdir, str(tmp_path / "second.log"), device=device, port=first.port)
     try:
-        with DahuClient(first.url, timeout=1, poll_interval=0.2) as dahu:
+        quick = DahuClient(first.url, timeout=0.5, poll_interval=0.2)  # under 1 s: see below
+        with quick, DahuClient(first.url, timeout=1, poll_interval=0.2) as dahu:
             future = dahu.submit("example.sleep", t=600)
             wait_running(future)
             first.process.kill()  # no shutdown: the job is left running in the journal
             first.process.wait()
+            with pytest.raises(ServerError) as refused:  # one try: the next one is Tango's
+                quick.submit("example.square", x=6)  # no sooner than 1 s later
+            assert refused.value.reason in ("API_CantConnectToDevice", "API_ServerNotRunning")
             # bug: a cancel() of a job whose server is gone said "abort: the device ...
             # did not answer within 1 s", its bounded wait ending with the refused retries
             with pytest.raises(ServerError) as cancelled:
@@ -466,6 +470,8 @@ def test_a_job_cut_by_a_server_crash_fails_after_the_restart(tmp_path):
             # bug: a submit within 1 s of a refused call (above) failed at once, "startJob:
             # Failed to connect to device ...": Tango does not connect again any sooner
             assert dahu.submit("example.square", x=5).result(timeout=30)["result"] == 25
+            # more than 1 s after its refused call (the map's refusals took 1 s): reached
+            assert quick.submit("example.square", x=6).result(timeout=30)["result"] == 36
             with pytest.raises(JobFailed) as info:
                 future.result(timeout=60)
             assert info.value.reason == "interrupted"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import tango
 
+from dahu import client_watch
 from dahu.client import ClientClosed, DahuClient, JobAborted, JobFailed, JobNotFound, ServerError
 
 from .conftest import running_server
@@ -181,6 +182,59 @@ def test_a_thread_s_first_call_to_a_stopped_server_does_not_freeze_the_others(se
         assert dahu.submit("example.square", x=3).result(timeout=30)["result"] == 9
 
 
+def test_close_with_the_server_stopped_takes_about_the_client_s_timeout(server, monkeypatch):
+    # bug: close() waits for the watcher, whose call to a server stopped by a signal took
+    # Tango's timeout and its 3 s of reconnection: 3.5 s with timeout=0.5, 9 s with the
+    # default (and a close(timeout) shorter than that left the call in a daemon thread:
+    # the script then died at exit, SIGSEGV or "terminate called")
+    stopped, asked = threading.Event(), threading.Event()
+    real_read = client_watch.read_journal
+
+    def read_journal(proxy):
+        if stopped.is_set():
+            asked.set()
+        return real_read(proxy)
+
+    monkeypatch.setattr(client_watch, "read_journal", read_journal)
+    dahu = DahuClient(server.url, timeout=0.5, poll_interval=0.05)
+    slow = dahu.submit("example.sleep", t=60)  # pending: the watcher asks every round
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        wait_stopped(server.process.pid)
+        stopped.set()
+        assert asked.wait(10)  # the watcher's call to the stopped server has started
+        started = time.monotonic()
+        dahu.close()
+        took = time.monotonic() - started
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    tango.DeviceProxy(server.url).abort(slow.job_id)
+    assert took < 2.0, took
+
+
+def test_the_exit_waits_for_the_threads_of_a_closed_client_still_in_a_call(monkeypatch):
+    # bug: close(timeout) returned with resolver threads still inside a Tango call to a
+    # server stopped by a signal; a script ending then died as Python finalized while
+    # they were (SIGABRT, "terminate called without an active exception", 3 times in 3)
+    from dahu import client_calls
+
+    calling = threading.Event()
+
+    class Closed:  # a client closed, one of its threads still in a device call
+        timeout = 0.5
+        _threads = [threading.Thread(target=calling.wait, args=(30,), daemon=True)]
+
+        def close(self, timeout):
+            pass
+
+    client = Closed()
+    client._threads[0].start()
+    monkeypatch.setattr(client_calls, "_open", {client})
+    threading.Timer(0.2, calling.set).start()  # the call ends (the server answers again)
+    client_calls._close_all()  # what runs at exit
+    assert not client._threads[0].is_alive()
+
+
 def _devfailed(*errors: tuple[str, str]) -> tango.DevFailed:
     stack = []
     for reason, desc in errors:
@@ -205,6 +259,28 @@ def test_a_call_that_timed_out_has_the_reason_api_device_timed_out():
     )
     unknown = ServerError.from_devfailed(_devfailed(("Dahu_UnknownJob", "no job 5")), "abort")
     assert isinstance(unknown, JobNotFound) and str(unknown) == "abort: no job 5"
+
+
+def test_a_journal_id_read_that_did_not_reach_the_server_is_not_a_check():
+    # bug: a read Tango did not even try ("The connection request was delayed", a plain
+    # DevFailed) counted as a server that cannot tell its journal: the check passed, and
+    # was not made again for poll_interval s, while the server back was another one
+    class Proxy:
+        def __init__(self, *errors):
+            self.errors = errors
+
+        def read_attribute(self, name):
+            raise _devfailed(*self.errors)
+
+    delayed = ("API_CantConnectToDevice", "The connection request was delayed.")
+    with pytest.raises(tango.DevFailed):
+        client_watch.read_journal(Proxy(delayed))
+    timed_out = ("API_DeviceTimedOut", "Timeout (3000 mS) exceeded on device d/e/f")
+    with pytest.raises(tango.DevFailed):
+        client_watch.read_journal(Proxy(("API_CorbaException", "TRANSIENT"), timed_out))
+    # the server's own answers: no such attribute (an earlier Dahu), or it cannot tell
+    assert client_watch.read_journal(Proxy(("API_AttrNotFound", "no journalId"))) is None
+    assert client_watch.read_journal(Proxy(("PyDs_PythonError", "no identity yet"))) == ""
 
 
 def test_a_timeout_under_a_millisecond_is_one_not_none(server):
@@ -315,6 +391,63 @@ def test_a_cancel_that_overlaps_close_does_not_leave_its_future_pending(server):
     with pytest.raises(ClientClosed):
         future.result(timeout=10)
     assert real_call("abort", future.job_id)
+
+
+def test_outcomes_left_in_the_queue_at_close_are_not_asked_for(server):
+    # bug: the resolvers went on fetching every outcome queued before close() (their
+    # futures failed with ClientClosed all the same): with the server stopped by a signal
+    # each call took Tango's timeout and reconnection, and close() its whole 10 s
+    dahu = DahuClient(server.url, resolvers=1)
+    inside, release, asked_after_close = threading.Event(), threading.Event(), []
+    real_call = dahu._call
+
+    def held_call(command, argument=None, millis=0):
+        if dahu._closed:
+            asked_after_close.append(argument)
+        elif not inside.is_set():  # the first outcome's fetch waits: the others queue up
+            inside.set()
+            assert release.wait(30)
+        return real_call(command, argument, millis)
+
+    dahu._call = held_call
+    futures = dahu.map("example.square", [{"x": x} for x in range(20)])
+    assert inside.wait(30)
+    deadline = time.monotonic() + 30
+    while dahu.pending:  # every job's event has come: its outcome is queued
+        assert time.monotonic() < deadline, dahu.pending
+        time.sleep(0.01)
+    closer = threading.Thread(target=dahu.close)
+    closer.start()
+    while not dahu._closed:
+        time.sleep(0.001)
+    release.set()
+    closer.join(30)
+    assert asked_after_close == []
+    assert all(future.done() for future in futures)
+    failed = [future for future in futures if isinstance(future.exception(0), ClientClosed)]
+    assert len(failed) >= 19  # the first one's fetch may end as a success
+
+
+def test_the_state_of_a_future_failed_by_the_retry_of_its_own_call_is_inexistant(server):
+    # bug: state's getJobState, refused then made again once the server was back on
+    # another journal, raised JobNotFound although the future had failed, "inexistant"
+    with DahuClient(server.url, poll_interval=300, sweep_interval=300) as dahu:
+        future = dahu.submit("example.sleep", t=600)
+        real_ask = dahu._ask
+
+        def restarted(command, argument=None, millis=0, deadline=0.0):
+            if command != "getJobState":
+                return real_ask(command, argument, millis, deadline)
+            error = JobNotFound(f"job {argument}: another journal", "Dahu_JournalChanged")
+            future._settle("inexistant", error=error)  # what the journal check does
+            raise error
+
+        dahu._ask = restarted
+        dahu._journal_seen = time.monotonic()  # checked just before: not again
+        assert future.state == "inexistant"
+        with pytest.raises(JobNotFound):
+            future.result(0)
+        assert real_ask("abort", future.job_id)
 
 
 def test_a_cancel_as_close_shuts_its_caller_thread_down_answers_false(server):

@@ -9,10 +9,9 @@ import time
 import pytest
 import tango
 
+from dahu import client_calls
 from dahu.app.localserver import LocalServer
 from dahu.client import DahuClient, JobFuture, ServerError
-
-from .conftest import finish
 
 
 def wait_running(future: JobFuture, timeout: float = 30.0) -> None:
@@ -22,7 +21,7 @@ def wait_running(future: JobFuture, timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def test_a_server_restarted_on_a_new_journal_does_not_settle_the_old_jobs(tmp_path):
+def test_a_server_restarted_on_a_new_journal_does_not_settle_the_old_jobs(tmp_path, monkeypatch):
     # bug: the new server numbers its jobs from 1 again, and the client's future of the
     # old server's job 1 took the outcome of the new server's job 1 (another job)
     device = "test/dahu/fresh"
@@ -35,16 +34,29 @@ def test_a_server_restarted_on_a_new_journal_does_not_settle_the_old_jobs(tmp_pa
     with contextlib.closing(sqlite3.connect(journal, uri=True)) as db:  # made at start: a
         assert db.execute("SELECT count(*) FROM identity").fetchone() == (1,)  # read waits not
     try:
-        with DahuClient(first.url, poll_interval=0.2) as dahu:
+        quick = DahuClient(first.url, timeout=10, poll_interval=0.2)
+        with quick, DahuClient(first.url, poll_interval=0.2) as dahu:
             old = dahu.submit("example.sleep", t=600)
             wait_running(old)
-            first.process.kill()
-            first.process.wait()
-            second.start(timeout=60)
-            proxy = tango.DeviceProxy(second.url)
-            other = proxy.startJob(["example.square", '{"x": 3}'])
+            real_call_once, restarted = client_calls._call_once, []
+
+            def restarted_as_it_is_called(client, command, *args):
+                if client is quick and command == "startJob" and not restarted:
+                    restarted.append(command)  # the journal was checked just before
+                    first.process.kill()
+                    first.process.wait()
+                    second.start(timeout=60)
+                    raise ServerError("startJob: Failed to connect", "API_CantConnectToDevice")
+                return real_call_once(client, command, *args)
+
+            monkeypatch.setattr(client_calls, "_call_once", restarted_as_it_is_called)
+            # bug: the refused startJob, tried again, made the new server's job 1, whose
+            # future then failed "the server now has another journal" (Dahu_JournalChanged)
+            submitted = quick.submit("example.square", x=3)
+            assert restarted
+            other = submitted.job_id
             assert other == old.job_id  # the same id: another job
-            assert finish(proxy, other) == "success"
+            assert submitted.result(timeout=30)["result"] == 9
             with pytest.raises(ServerError) as info:
                 old.result(timeout=60)
             assert info.value.reason == "Dahu_JournalChanged"
@@ -58,7 +70,10 @@ def test_a_server_restarted_on_a_new_journal_does_not_settle_the_old_jobs(tmp_pa
         assert second.stop() == 0
 
 
-def test_cancelling_a_job_of_the_old_journal_leaves_the_new_servers_job_alone(tmp_path):
+@pytest.mark.parametrize("refused", [False, True], ids=["checked", "refused-then-back"])
+def test_cancelling_a_job_of_the_old_journal_leaves_the_new_servers_job_alone(
+    tmp_path, monkeypatch, refused
+):
     # bug: cancel() of the old server's job 1 aborted the new server's job 1, another
     # job, before anything had noticed the restart (the watcher idle: long intervals),
     # and its state was that job's
@@ -83,9 +98,23 @@ def test_cancelling_a_job_of_the_old_journal_leaves_the_new_servers_job_alone(tm
             other = proxy.startJob(["example.sleep", '{"t": 600}'])
             assert other == old.job_id
             dahu._journal_seen -= 300  # as if the last check were older than poll_interval
+            if refused:  # bug: checked just before, the abort refused (the server was
+                # restarting) was made again on the new server: its job 1 aborted
+                dahu._journal_seen = time.monotonic()
+                real_call_once = client_calls._call_once
+
+                def restarting(client, command, *args):
+                    if command == "abort" and not refused_once:
+                        refused_once.append(command)
+                        raise ServerError("abort: Failed to connect", "API_CantConnectToDevice")
+                    return real_call_once(client, command, *args)
+
+                refused_once: list = []
+                monkeypatch.setattr(client_calls, "_call_once", restarting)
             started = time.monotonic()
             assert old.cancel() is False  # not this server's job: nothing to abort
-            assert heard == [False] and time.monotonic() - started < 2
+            # (refused: once, then asked again after Tango's 1 s of reconnection)
+            assert heard == [False] and time.monotonic() - started < 2 + refused
             assert old.state == "inexistant"  # not the new server's job 1's "running"
             with pytest.raises(ServerError, match="another journal"):
                 old.result(timeout=10)

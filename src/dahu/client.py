@@ -151,7 +151,7 @@ class DahuClient:
         self._callers: concurrent.futures.ThreadPoolExecutor | None = None
         try:
             self._events_proxy.ping()
-            self._spares = spare_proxies(self, resolvers + 1)  # and the watcher
+            self._spares = spare_proxies(self, resolvers)  # the watcher asks through callers
             self._journal, self._journal_seen = read_journal(self._events_proxy), time.monotonic()
             for name in ("jobSuccess", "jobFailure"):  # each event handed over at once
                 handler = lambda event, name=name: self._event(name, event)  # noqa: E731
@@ -439,10 +439,10 @@ class DahuClient:
         return None if timeout is None else max(0.0, deadline - time.monotonic())
 
     def _fetch(self, future: JobFuture, state: str | None) -> None:
+        if future.done() or self._closed:  # settled meanwhile (cancelled, of another
+            return future._settle(None, error=self._closed_error(future))  # journal), closed
         if not check_journal(self, math.inf):  # after a lost connection: the same journal?
             raise ServerError(f"{self.device}: journalId cannot be read", "API_CantConnectToDevice")
-        if future.done():  # settled meanwhile (cancelled, or of another journal)
-            return
         job_id = future.job_id
         if state is None:
             state = self._call("getJobState", job_id)

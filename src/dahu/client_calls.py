@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import math
 import threading
 import time
 import weakref
@@ -16,7 +17,7 @@ from typing import Any
 
 import tango
 
-from .futures import ServerError
+from .futures import JobNotFound, ServerError
 
 __all__ = [
     "new_proxy",
@@ -76,16 +77,39 @@ def call(client: Any, command: str, argument: Any = None, millis: int = 0) -> An
     client's timeout is over (not ``millis``, the time the server may take to answer),
     once a second: Tango does not try to connect again sooner (a call within 1 s of a
     refused one fails at once, "The connection request was delayed"), so that a server
-    back within the timeout gets the call."""
-    deadline = time.monotonic() + patience(client)
+    back within the timeout gets the call, once its journal is checked (the server back
+    may number its jobs in another one)."""
+    deadline, refused = time.monotonic() + patience(client), None
     while True:
-        try:
-            return _call_once(client, command, argument, millis)
-        except ServerError as err:
-            left = deadline - time.monotonic()
-            if err.reason not in REFUSED or left <= 0:
-                raise
+        if refused is None or _same_journal(client, argument):
+            try:
+                return _call_once(client, command, argument, millis)
+            except ServerError as err:
+                if err.reason not in REFUSED:
+                    raise
+                refused = err
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise refused
+        client._journal_seen = -math.inf  # the server back may be another one
         time.sleep(min(left, RECONNECTION_DELAY))
+
+
+def _same_journal(client: Any, argument: Any) -> bool:
+    """Before a refused call is made again: the server back may have been restarted on
+    another journal, whose ids are of other jobs (a ``startJob`` then made the future of
+    the new server's job fail, ``Dahu_JournalChanged``; a job's command would read or
+    abort another job).  False while the server cannot be asked."""
+    before = client._journal
+    if not client._check_journal(math.inf):
+        return False
+    if client._journal != before and isinstance(argument, int):  # a job id
+        raise JobNotFound(
+            f"job {argument}: the server {client.device} now has another journal (restarted "
+            f"on another work directory?): its job {argument} is another job",
+            "Dahu_JournalChanged",
+        )
+    return True
 
 
 def _call_once(client: Any, command: str, argument: Any, millis: int) -> Any:
@@ -196,3 +220,11 @@ def close_at_exit(client: Any) -> None:
 def _close_all() -> None:
     for client in list(_open):
         client.close(timeout=1.0)
+    # a thread of a client (closed now or before) still inside a Tango call as Python
+    # finalizes kills the process (SIGABRT, "terminate called without an active
+    # exception"): a server stopped by a signal holds a call for two or three timeouts
+    # and Tango's 3 s of reconnection; wait for them
+    for client in list(_open):
+        deadline = time.monotonic() + 3 * patience(client) + 2 * TANGO_TIMEOUT
+        for thread in client._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))

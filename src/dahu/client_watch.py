@@ -18,6 +18,8 @@ from .futures import JobNotFound, ServerError
 from .states import State
 
 logger = logging.getLogger("dahu.client")
+# a read that did not reach the server (refused, delayed by Tango, timed out)
+UNREACHED = {"API_CantConnectToDevice", "API_ServerNotRunning", "API_DeviceTimedOut"}
 
 __all__ = ["watch", "read_journal", "check_journal", "not_fetched", "fetched"]
 
@@ -50,7 +52,7 @@ def _round(client: Any, state: dict[str, float]) -> None:
         with client._lock:
             head = next(iter(client._pending.values()), None)
             fresh, client._fresh = client._fresh, False
-        if head is None or not check_journal(client, 0.0):
+        if head is None or not _journal_ok(client):
             return  # nothing to watch, or the server is away: next round
         now = time.monotonic()
         if fresh:
@@ -86,11 +88,45 @@ def _round(client: Any, state: dict[str, float]) -> None:
             return
 
 
+def _bounded(client: Any, function: Any, *args: Any) -> Any:
+    """``function(*args)``, a call of the watcher, made by one of the client's caller
+    threads and waited for at most the client's timeout: a server stopped by a signal
+    holds a Tango call for two or three timeouts and 3 s of reconnection, and close()
+    waits for the watcher (it took 9 s).  While a call left so is still held, the server
+    is away: ``ServerError`` at once (the watcher would take every caller thread)."""
+    if client._closed or getattr(client, "_watch_held", False):
+        raise ServerError(f"{client.device} is closed or away", "API_DeviceTimedOut")
+    deadline = time.monotonic() + client._patience()
+    return client._within(deadline, "watch", _held, client, function, *args)
+
+
+def _held(client: Any, function: Any, *args: Any) -> Any:
+    client._watch_held = True
+    try:
+        return function(*args)
+    finally:
+        client._watch_held = False
+
+
+def _command(client: Any, command: str, job_id: int) -> Any:
+    return client._proxy().command_inout(command, job_id)
+
+
+def _journal_ok(client: Any) -> bool:
+    """:func:`check_journal` for the watcher, bounded (False: the server is away)."""
+    try:
+        return _bounded(client, check_journal, client, 0.0)
+    except ServerError:
+        client._journal_seen = -math.inf
+        return False
+
+
 def _wait_head(client: Any, head: Any, command: str = "waitJob") -> bool:
     """``waitJob`` (or ``command``) on the oldest pending job; True if it has ended."""
     try:
-        state = client._proxy().command_inout(command, head.job_id)
-    except ServerError:  # no proxy could be made (a server restarting): next round
+        state = _bounded(client, _command, client, command, head.job_id)
+    except ServerError:  # no answer in time, or no proxy could be made: next round
+        client._journal_seen = -math.inf
         return False
     except tango.DevFailed as err:
         if err.args[0].reason == "Dahu_UnknownJob":
@@ -113,19 +149,13 @@ def _sweep(client: Any, forced: bool) -> int:
     with client._lock:
         futures = [f for f in client._pending.values() if f._since <= cutoff]
     found = 0
-    try:
-        proxy = client._proxy()
-    except ServerError:  # no proxy could be made (a server restarting)
-        client._suspect = client._suspect or forced
-        client._journal_seen = -math.inf
-        return -1
     for future in futures:
         if client._closed:
             break
         try:
-            state = proxy.command_inout("getJobState", future.job_id)
-        except tango.DevFailed as err:
-            if err.args[0].reason != "Dahu_UnknownJob":
+            state = _bounded(client, _command, client, "getJobState", future.job_id)
+        except (tango.DevFailed, ServerError) as err:  # no answer, or no proxy made
+            if isinstance(err, ServerError) or err.args[0].reason != "Dahu_UnknownJob":
                 client._suspect = client._suspect or forced  # the server is away
                 client._journal_seen = -math.inf
                 return -1
@@ -183,6 +213,8 @@ def read_journal(proxy: tango.DeviceProxy) -> str | None:
     except (tango.ConnectionFailed, tango.CommunicationFailed):
         raise
     except tango.DevFailed as err:
+        if {error.reason for error in err.args} & UNREACHED:  # Tango's own: not the server's
+            raise  # (a refused read "delayed" was a server that cannot tell: not checked)
         return None if err.args[0].reason == "API_AttrNotFound" else ""
 
 

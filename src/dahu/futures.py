@@ -203,6 +203,12 @@ class JobFuture(concurrent.futures.Future):
             client._forget(self)  # the event of the abort must not settle it meanwhile
             try:
                 stopping = client._within(deadline, "abort", client._call, "abort", self.job_id)
+            except JobNotFound as err:  # refused, then back on another journal: not ours
+                if err.reason != "Dahu_JournalChanged":
+                    client._retrack(self)
+                    raise
+                self._settle(State.INEXISTANT, error=err)
+                return False
             except BaseException:
                 client._retrack(self)
                 raise
@@ -264,7 +270,12 @@ class JobFuture(concurrent.futures.Future):
             client._within(deadline, "getJobState", client._check_journal, client.poll_interval)
         if self._final_state is not None:
             return self._final_state
-        return client._ask("getJobState", self.job_id, 0, deadline)
+        try:
+            return client._ask("getJobState", self.job_id, 0, deadline)
+        except JobNotFound:  # refused, then back on another journal: the future failed
+            if self._final_state is None:
+                raise
+            return self._final_state
 
     @property
     def input(self) -> dict[str, Any]:
