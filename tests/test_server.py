@@ -508,21 +508,25 @@ def test_a_blocked_wait_job_does_not_delay_other_clients(proxy, other):
     waiter.start()
     try:
         time.sleep(0.2)  # let the first waitJob reach the device
-        window_start = time.monotonic()
-        latencies = []
+        spans = []
         for i in range(20):
             begun = time.monotonic()
             new = other.startJob(["example.square", json.dumps({"x": i})])
             other.getJobState(new)
-            latencies.append(time.monotonic() - begun)
-        window_end = time.monotonic()
+            spans.append((begun, time.monotonic()))
     finally:
         stop.set()
         proxy.abort(job_id)
         waiter.join(10)
-    assert max(latencies) < 0.3, latencies
-    # at least one waitJob was blocked in the device during the whole window
-    assert any(b <= window_start and e >= window_end for b, e, _ in calls), calls
+    # a device serving one request at a time keeps each call waiting for the waitJob in
+    # progress: up to WAIT (1 s); a few milliseconds each otherwise
+    latencies = [end - begun for begun, end in spans]
+    assert max(latencies) < WAIT / 2, latencies
+    # most of the calls were answered while a waitJob was blocked in the device (not
+    # all in one: on a loaded machine the 20 calls may take longer than one WAIT, and
+    # a call made as one waitJob returns and the next is sent is in none)
+    during = [any(b <= begun and end <= e for b, e, _ in calls) for begun, end in spans]
+    assert sum(during) >= len(spans) // 2, (spans, calls)
     assert calls[0][2] in ("running", "aborted")  # ended by the abort at the latest
 
 
