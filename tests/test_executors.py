@@ -5,6 +5,7 @@ start); every test runs real jobs through ``dahu.job.Job``.
 """
 
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -671,6 +672,72 @@ def test_a_plugin_s_slow_finaliser_delays_not_the_next_job_of_its_worker(tmp_pat
         assert time.monotonic() - t0 < 2
     finally:
         engine.executor.shutdown(wait=True, timeout=30)
+
+
+MARKS_ITS_FINALISER = """
+import threading
+from pathlib import Path
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Marks(Plugin):
+    # says which thread let it go
+    def __del__(self):
+        Path(self.input["mark"]).write_text(threading.current_thread().name)
+"""
+
+
+class _StartedThenEnded(threading.Thread):
+    """A thread whose ``start()`` returns once it has ended: a job that ends before the
+    thread that started it goes on (as on a loaded machine, now and then)."""
+
+    def start(self):
+        super().start()
+        self.join(30)
+
+
+def test_a_job_that_ends_at_once_is_let_go_by_its_own_thread_not_the_worker_s_loop(
+    tmp_path, monkeypatch
+):
+    # bug: the worker's loop held the job's execution for a moment after starting its
+    # thread: a job that ended before the loop went on had its plugin let go (its
+    # __del__ run) by the loop, and a slow finaliser held the next job for its whole
+    # length (the test above, once in 25 runs on a loaded machine: 3.0 s)
+    from dahu.executors import worker
+
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "letgo.py").write_text(MARKS_ITS_FINALISER)
+    monkeypatch.setattr("dahu.journal.reader._current", None)  # worker_main sets them
+    monkeypatch.setenv("DAHU_WORKDIR", str(tmp_path))
+    monkeypatch.setattr(logging, "basicConfig", lambda **_: None)
+    monkeypatch.setattr(
+        worker, "threading", SimpleNamespace(Thread=_StartedThenEnded, Lock=threading.Lock)
+    )
+    ours, its = multiprocessing.Pipe()
+    loop = threading.Thread(
+        target=worker.worker_main,
+        args=(its, str(tmp_path), [str(tmp_path / "plugins")], logging.WARNING),
+        name="the worker's loop",
+    )
+    loop.start()
+    try:
+        mark = tmp_path / "mark"
+        ours.send(("run", 1, "letgo.marks", {"mark": str(mark)}))
+        assert ours.poll(30)
+        assert ours.recv()[:2] == ("plugin", 1)
+        assert ours.poll(30)
+        assert ours.recv()[:2] == ("done", 1)
+        assert ours.poll(0) is False
+        ours.send(("stop",))
+        loop.join(30)
+        assert not loop.is_alive()
+        assert mark.read_text() not in ("", "the worker's loop")
+    finally:
+        ours.close()
+        loop.join(30)
 
 
 FINALISED = """
