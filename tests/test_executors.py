@@ -23,7 +23,7 @@ from dahu.job import Job
 from dahu.journal import job_file_stem
 from dahu.testdata import make_dataset
 
-from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS
+from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS, wait_for_file
 
 KINDS = ["thread", "process", "dask"]
 
@@ -1217,7 +1217,7 @@ class Leaver(Plugin):
 )
 def test_the_jobs_a_plugin_made_end_with_their_worker_process(kind, how, tmp_path, monkeypatch):
     # bug: a job a plugin made runs in the worker process; when that process ended
-    # (recycled, killed after a timeout, died between jobs) the job stayed
+    # (recycled, killed after an abort or a timeout, died between jobs) the job stayed
     # "uninitialized" or "running" for
     # ever in the journal: the server answered that, and wait_for it never returned
     plugins = tmp_path / "plugins"
@@ -1232,11 +1232,16 @@ def test_the_jobs_a_plugin_made_end_with_their_worker_process(kind, how, tmp_pat
     )
     id_file = tmp_path / "child"
     try:
-        data = {"id_file": str(id_file)}
+        data = {"id_file": str(id_file), "hang": how == "killed", "die": how == "died"}
+        parent = Job("leaver.Leaver", data)
+        parent.start()
         if how == "killed":
-            data.update(hang=True, job_timeout=0.5)
-        data["die"] = how == "died"
-        parent = run("leaver.Leaver", data)
+            # aborted once it made its job (not by a timeout of 0.5 s: on a loaded
+            # machine a fresh worker took longer to start, the job timed out before
+            # its plugin existed), it hangs: its worker is killed after the grace
+            wait_for_file(id_file)
+            assert parent.abort()
+        parent.join(60)
         assert parent.status == ("aborted" if how == "killed" else "success")
         child = int(id_file.read_text())
         if how == "died":
@@ -1291,7 +1296,6 @@ def test_a_plugin_whose_import_hangs_times_out(kind, where, tmp_path, monkeypatc
     monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
     release = tmp_path / "release"
     monkeypatch.setenv("DAHU_TEST_RELEASE", str(release))
-    monkeypatch.setattr(dahu.engine.lifecycle, "LOADING_AT_LEAST", 0.5)  # 60 s
     engine = dahu.engine.configure(
         workdir=str(tmp_path / "work"),
         max_workers=1,
@@ -1302,7 +1306,11 @@ def test_a_plugin_whose_import_hangs_times_out(kind, where, tmp_path, monkeypatc
     try:
         assert run("example.square", {"x": 2}, timeout=20).output_data["result"] == 4
         data = {"job_timeout": 0.5} if where == "input" else {}
-        job = run(f"{module}.anything", data, timeout=20)
+        # for this job only: the next one's fresh worker (this one's is killed) took
+        # longer than 0.5 s to start on a loaded machine, its job timed out as it loaded
+        with monkeypatch.context() as patch:
+            patch.setattr(dahu.engine.lifecycle, "LOADING_AT_LEAST", 0.5)  # 60 s
+            job = run(f"{module}.anything", data, timeout=20)
         assert job.status == "aborted"
         assert job.error.startswith("timed out after 0.5 s (the plugin was still loading)")
         assert run("example.square", {"x": 3}, timeout=20).output_data["result"] == 9
