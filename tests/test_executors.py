@@ -201,13 +201,15 @@ def test_an_aborted_dask_job_leaves_no_event_on_the_scheduler(kind):
     assert [name for name in names if name.endswith(f"-{job.id}")] == []
 
 
-def test_abort_hung_plugin_ends_it_after_grace(kind):
+def test_abort_hung_plugin_ends_it_after_grace(kind, tmp_path):
     # process: the worker is killed; dask: the worker is restarted; thread: the thread
     # cannot be killed, it is abandoned and another one takes its slot
-    job = Job("trouble.hang", {})
+    flag = tmp_path / "in"
+    job = Job("trouble.hang", {"flag": str(flag)})
     job.start()
-    wait_running(job)
-    time.sleep(0.2)  # let the plugin enter its loop in the worker
+    # in its loop (not after a fixed 0.2 s: one aborted as its module loaded, on a
+    # loaded machine, would never begin its process() and end at once)
+    wait_for_file(flag)
     t0 = time.monotonic()
     assert job.abort()
     job.join(20)
