@@ -113,7 +113,7 @@ def test_a_server_killed_through_its_admin_device_still_pushes_the_events(tmp_pa
     # and (bug) a LocalServer whose port, free when picked, was taken before its server
     # bound it (by another program, or as any connection's local port): the server
     # exited with status 1, "Failed to bind to address 0.0.0.0 port N" (the pyFAI
-    # benchmark's test, once in 4 runs under load): it starts on another port
+    # benchmark's test, once in 26 runs under load): it starts on another port
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     port = taken.getsockname()[1]
