@@ -70,16 +70,19 @@ def wait_until(condition, timeout: float = 30.0, what: str = "a condition"):
 def server(tmp_path_factory):
     """A real ``dahu_server --http PORT`` (database-less), with its Tango proxy."""
     base = tmp_path_factory.mktemp("web")
-    port = free_port()
+    # a port the server picks as it binds (a port free when picked here could be taken
+    # before the server bound it): its log says which
     local = LocalServer(
         str(base / "work"),
         str(base / "server.log"),
         max_workers=2,
         device="test/dahu/web",
-        extra_args=["--http", str(port)],
+        extra_args=["--http", "0"],
     )
     proxy = local.start(timeout=60)
-    local.http = f"http://127.0.0.1:{port}"
+    said = re.search(r"web page at (http://127\.0\.0\.1:\d+)/", (base / "server.log").read_text())
+    assert said, (base / "server.log").read_text()[-2000:]
+    local.http = said.group(1)
     try:
         yield local, proxy
     finally:
