@@ -216,12 +216,15 @@ def test_a_timeout_under_a_millisecond_is_one_not_none(server):
         try:
             proxy = dahu._new_proxy()
             millis = proxy.get_timeout_millis()
+            assert millis == 1
             proxy.set_timeout_millis(3000)  # what PyTango asks once first, not timed here
             proxy.command_query("waitJob")
             proxy.set_timeout_millis(millis)
             with pytest.raises(tango.DevFailed) as info:
                 proxy.command_inout("waitJob", job.job_id)  # the server waits for seconds
-            assert "API_DeviceTimedOut" in [error.reason for error in info.value.args]
+            # timed out as it called, or (a loaded machine, once) as it connected again
+            reasons = {error.reason for error in info.value.args}
+            assert reasons & {"API_DeviceTimedOut", "API_CantConnectToDevice"}, reasons
         finally:
             dahu.timeout = None  # cancel()'s calls could not be made in under 1 ms
             assert job.cancel()
