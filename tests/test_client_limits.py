@@ -428,6 +428,33 @@ def test_an_outage_is_one_warning_not_one_per_job(server, caplog):
     assert warnings[1].startswith(f"{server.url}: the server answers again (")
 
 
+def test_a_fetch_that_fails_just_after_an_outage_ended_starts_no_new_one(caplog):
+    # bug: a fetch asked during the outage that failed just after another one had
+    # succeeded (two threads fetch) made a new outage: a second warning, and a second
+    # "the server answers again (1 fetch(es) ...)" (the test above, once under load)
+    from types import SimpleNamespace
+
+    from dahu.client_watch import fetched, not_fetched
+
+    client = SimpleNamespace(
+        _lock=threading.Lock(), _unfetched=0, _pending={}, timeout=None, device="d"
+    )
+    job = SimpleNamespace(job_id=7)
+    error = ServerError("getJobOutput: Failed to connect", "API_CommunicationFailed")
+    with caplog.at_level("DEBUG", logger="dahu.client"):
+        not_fetched(client, job, error)  # the outage
+        not_fetched(client, job, error)
+        fetched(client)  # its end
+        not_fetched(client, job, error)  # asked before its end, failed after
+        fetched(client)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings
+    assert (
+        warnings[1]
+        == "d: the server answers again (2 fetch(es) of an outcome had failed meanwhile)"
+    )
+
+
 def test_pickling_a_future_says_what_to_pickle_instead(server):
     # bug: pickle and copy failed with "cannot pickle '_thread.RLock' object", which
     # says nothing of the future nor of what to do
