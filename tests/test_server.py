@@ -686,6 +686,10 @@ def test_a_large_batch_is_kept_out_of_the_collector_until_it_has_run(
     monkeypatch.setattr("dahu.server_settings.FREEZE_BATCH", batch)  # the device is forked
     monkeypatch.setattr("dahu.server.FREEZE_CHECK", 100)
     with start_device(tmp_path / "work", plugin_dir) as proxy:
+        # forked from the test process, the device has its large heap: a full collection
+        # scanning it once the batch's objects were let go (unfrozen) took waitJob past
+        # 3 s once, on a loaded machine; the counts below show the freeze
+        proxy.set_timeout_millis(15_000)
         sleepers = [start_running(proxy) for _ in range(2)]  # the batch stays queued
         if how == "startJobs":
             ids = list(proxy.startJobs(["dahutest.gcfrozen", json.dumps([{}] * batch)]))
