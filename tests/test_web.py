@@ -913,7 +913,8 @@ def test_a_non_loopback_bind_without_a_token_is_refused():
 
 
 def start_server(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    port = free_port()
+    # Tango's port picked as it binds: a port free when picked here could be taken
+    # before the server bound it (these tests do not call the device)
     command = [
         sys.executable,
         "-m",
@@ -921,7 +922,7 @@ def start_server(tmp_path: Path, *args: str, env: dict | None = None) -> subproc
         "tok",
         "-nodb",
         "-port",
-        str(port),
+        "0",
         "-dlist",
         "test/dahu/token",
         "--workdir",
@@ -937,6 +938,11 @@ def start_server(tmp_path: Path, *args: str, env: dict | None = None) -> subproc
     )
 
 
+def web_port(line: str) -> int:
+    """The port of the page in the server's line ``web page at http://HOST:PORT/...``."""
+    return int(re.search(r"web page at http://\S+?:(\d+)/", line).group(1))
+
+
 def read_stderr_until(process: subprocess.Popen, pattern: str, timeout: float = 60.0) -> str:
     """Lines of the server's stderr up to the one matching ``pattern``."""
     deadline = time.monotonic() + timeout
@@ -950,10 +956,10 @@ def read_stderr_until(process: subprocess.Popen, pattern: str, timeout: float = 
 
 
 def test_other_address_gets_a_generated_token_and_refuses_requests_without_it(tmp_path):
-    port = free_port()
-    process = start_server(tmp_path, "--http", f"0.0.0.0:{port}")
+    process = start_server(tmp_path, "--http", "0.0.0.0:0")  # a port it picks as it binds
     try:
         line = read_stderr_until(process, r"web page at http://")
+        port = web_port(line)
         token = re.search(r"\?token=([\w-]+)", line).group(1)
         assert len(token) >= 16
         base = f"http://127.0.0.1:{port}"
@@ -977,12 +983,12 @@ def test_other_address_gets_a_generated_token_and_refuses_requests_without_it(tm
 
 
 def test_given_token_is_required_on_loopback_too(tmp_path, browser):
-    port = free_port()
     token = "beamline-secret-0123456789"
-    process = start_server(tmp_path, "--http", str(port), env=child_env(DAHU_HTTP_TOKEN=token))
+    process = start_server(tmp_path, "--http", "0", env=child_env(DAHU_HTTP_TOKEN=token))
     try:
         line = read_stderr_until(process, r"web page at http://")
         assert token in line
+        port = web_port(line)
         read_stderr_until(process, r"ready")
         base = f"http://127.0.0.1:{port}"
         assert http(base + "/api/counters")[0] == 401
