@@ -29,7 +29,7 @@ import tornado
 from tango.test_context import DeviceTestContext
 
 import dahu.engine.core
-from dahu.app.localserver import LocalServer, free_port
+from dahu.app.localserver import LocalServer
 from dahu.errors import MAX_ERROR_CHARS
 from dahu.server import DahuDS
 from dahu.web import Monitor, WebError, WebService
@@ -1369,9 +1369,9 @@ def test_without_http_nothing_but_tango_listens(tmp_path):
 
 
 def test_device_property_serves_the_page(tmp_path):
-    port = free_port()
-    properties = {"workdir": str(tmp_path / "work"), "http": f"127.0.0.1:{port}"}
+    properties = {"workdir": str(tmp_path / "work"), "http": "127.0.0.1:0"}  # picked as bound
     with DeviceTestContext(DahuDS, process=True, properties=properties, timeout=60) as proxy:
+        port = int(re.search(r"web page: http://127\.0\.0\.1:(\d+)/", proxy.status()).group(1))
         job = proxy.startJob(["example.square", json.dumps({"x": 9})])
         finish(proxy, job)
         status, details = get_json(f"http://127.0.0.1:{port}/api/jobs/{job}")
@@ -1393,9 +1393,9 @@ def test_status_gives_a_usable_ipv6_address(engine):
 def test_device_property_page_takes_the_token_of_the_environment(tmp_path, monkeypatch):
     token = "beamline-secret-0123456789"
     monkeypatch.setenv("DAHU_HTTP_TOKEN", token)  # the documented default of the token
-    port = free_port()
-    properties = {"workdir": str(tmp_path / "work"), "http": f"127.0.0.1:{port}"}
-    with DeviceTestContext(DahuDS, process=True, properties=properties, timeout=60):
+    properties = {"workdir": str(tmp_path / "work"), "http": "127.0.0.1:0"}  # picked as bound
+    with DeviceTestContext(DahuDS, process=True, properties=properties, timeout=60) as proxy:
+        port = int(re.search(r"web page: http://127\.0\.0\.1:(\d+)/", proxy.status()).group(1))
         base = f"http://127.0.0.1:{port}"
         assert http(base + "/api/counters")[0] == 401
         assert http(base + "/api/counters", headers={"Authorization": f"Bearer {token}"})[0] == 200
