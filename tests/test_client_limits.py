@@ -292,12 +292,15 @@ def test_a_timeout_under_a_millisecond_is_one_not_none(server):
         try:
             proxy = dahu._new_proxy()
             millis = proxy.get_timeout_millis()
+            assert millis == 1
             proxy.set_timeout_millis(3000)  # what PyTango asks once first, not timed here
             proxy.command_query("waitJob")
             proxy.set_timeout_millis(millis)
             with pytest.raises(tango.DevFailed) as info:
                 proxy.command_inout("waitJob", job.job_id)  # the server waits for seconds
-            assert "API_DeviceTimedOut" in [error.reason for error in info.value.args]
+            # timed out as it called, or (a loaded machine, once) as it connected again
+            reasons = {error.reason for error in info.value.args}
+            assert reasons & {"API_DeviceTimedOut", "API_CantConnectToDevice"}, reasons
         finally:
             dahu.timeout = None  # cancel()'s calls could not be made in under 1 ms
             assert job.cancel()
@@ -556,6 +559,33 @@ def test_an_outage_is_one_warning_not_one_per_job(server, caplog):
     assert "getJobOutput: Failed to connect: OBJECT_NOT_EXIST (asked again, as " in warnings[0]
     assert "pending job(s) are, until the server answers)" in warnings[0]
     assert warnings[1].startswith(f"{server.url}: the server answers again (")
+
+
+def test_a_fetch_that_fails_just_after_an_outage_ended_starts_no_new_one(caplog):
+    # bug: a fetch asked during the outage that failed just after another one had
+    # succeeded (two threads fetch) made a new outage: a second warning, and a second
+    # "the server answers again (1 fetch(es) ...)" (the test above, once under load)
+    from types import SimpleNamespace
+
+    from dahu.client_watch import fetched, not_fetched
+
+    client = SimpleNamespace(
+        _lock=threading.Lock(), _unfetched=0, _pending={}, timeout=None, device="d"
+    )
+    job = SimpleNamespace(job_id=7)
+    error = ServerError("getJobOutput: Failed to connect", "API_CommunicationFailed")
+    with caplog.at_level("DEBUG", logger="dahu.client"):
+        not_fetched(client, job, error)  # the outage
+        not_fetched(client, job, error)
+        fetched(client)  # its end
+        not_fetched(client, job, error)  # asked before its end, failed after
+        fetched(client)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings
+    assert (
+        warnings[1]
+        == "d: the server answers again (2 fetch(es) of an outcome had failed meanwhile)"
+    )
 
 
 def test_pickling_a_future_says_what_to_pickle_instead(server):

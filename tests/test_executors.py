@@ -5,6 +5,7 @@ start); every test runs real jobs through ``dahu.job.Job``.
 """
 
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -22,7 +23,7 @@ from dahu.job import Job
 from dahu.journal import job_file_stem
 from dahu.testdata import make_dataset
 
-from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS
+from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS, wait_for_file
 
 KINDS = ["thread", "process", "dask"]
 
@@ -200,13 +201,15 @@ def test_an_aborted_dask_job_leaves_no_event_on_the_scheduler(kind):
     assert [name for name in names if name.endswith(f"-{job.id}")] == []
 
 
-def test_abort_hung_plugin_ends_it_after_grace(kind):
+def test_abort_hung_plugin_ends_it_after_grace(kind, tmp_path):
     # process: the worker is killed; dask: the worker is restarted; thread: the thread
     # cannot be killed, it is abandoned and another one takes its slot
-    job = Job("trouble.hang", {})
+    flag = tmp_path / "in"
+    job = Job("trouble.hang", {"flag": str(flag)})
     job.start()
-    wait_running(job)
-    time.sleep(0.2)  # let the plugin enter its loop in the worker
+    # in its loop (not after a fixed 0.2 s: one aborted as its module loaded, on a
+    # loaded machine, would never begin its process() and end at once)
+    wait_for_file(flag)
     t0 = time.monotonic()
     assert job.abort()
     job.join(20)
@@ -808,6 +811,72 @@ def test_a_plugin_s_slow_finaliser_delays_not_the_next_job_of_its_worker(tmp_pat
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+MARKS_ITS_FINALISER = """
+import threading
+from pathlib import Path
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Marks(Plugin):
+    # says which thread let it go
+    def __del__(self):
+        Path(self.input["mark"]).write_text(threading.current_thread().name)
+"""
+
+
+class _StartedThenEnded(threading.Thread):
+    """A thread whose ``start()`` returns once it has ended: a job that ends before the
+    thread that started it goes on (as on a loaded machine, now and then)."""
+
+    def start(self):
+        super().start()
+        self.join(30)
+
+
+def test_a_job_that_ends_at_once_is_let_go_by_its_own_thread_not_the_worker_s_loop(
+    tmp_path, monkeypatch
+):
+    # bug: the worker's loop held the job's execution for a moment after starting its
+    # thread: a job that ended before the loop went on had its plugin let go (its
+    # __del__ run) by the loop, and a slow finaliser held the next job for its whole
+    # length (the test above, once in 25 runs on a loaded machine: 3.0 s)
+    from dahu.executors import worker
+
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "letgo.py").write_text(MARKS_ITS_FINALISER)
+    monkeypatch.setattr("dahu.journal.reader._current", None)  # worker_main sets them
+    monkeypatch.setenv("DAHU_WORKDIR", str(tmp_path))
+    monkeypatch.setattr(logging, "basicConfig", lambda **_: None)
+    monkeypatch.setattr(
+        worker, "threading", SimpleNamespace(Thread=_StartedThenEnded, Lock=threading.Lock)
+    )
+    ours, its = multiprocessing.Pipe()
+    loop = threading.Thread(
+        target=worker.worker_main,
+        args=(its, str(tmp_path), [str(tmp_path / "plugins")], logging.WARNING),
+        name="the worker's loop",
+    )
+    loop.start()
+    try:
+        mark = tmp_path / "mark"
+        ours.send(("run", 1, "letgo.marks", {"mark": str(mark)}))
+        assert ours.poll(30)
+        assert ours.recv()[:2] == ("plugin", 1)
+        assert ours.poll(30)
+        assert ours.recv()[:2] == ("done", 1)
+        assert ours.poll(0) is False
+        ours.send(("stop",))
+        loop.join(30)
+        assert not loop.is_alive()
+        assert mark.read_text() not in ("", "the worker's loop")
+    finally:
+        ours.close()
+        loop.join(30)
+
+
 FINALISED = """
 from pathlib import Path
 
@@ -1285,7 +1354,7 @@ class Leaver(Plugin):
 )
 def test_the_jobs_a_plugin_made_end_with_their_worker_process(kind, how, tmp_path, monkeypatch):
     # bug: a job a plugin made runs in the worker process; when that process ended
-    # (recycled, killed after a timeout, died between jobs) the job stayed
+    # (recycled, killed after an abort or a timeout, died between jobs) the job stayed
     # "uninitialized" or "running" for
     # ever in the journal: the server answered that, and wait_for it never returned
     plugins = tmp_path / "plugins"
@@ -1300,11 +1369,16 @@ def test_the_jobs_a_plugin_made_end_with_their_worker_process(kind, how, tmp_pat
     )
     id_file = tmp_path / "child"
     try:
-        data = {"id_file": str(id_file)}
+        data = {"id_file": str(id_file), "hang": how == "killed", "die": how == "died"}
+        parent = Job("leaver.Leaver", data)
+        parent.start()
         if how == "killed":
-            data.update(hang=True, job_timeout=0.5)
-        data["die"] = how == "died"
-        parent = run("leaver.Leaver", data)
+            # aborted once it made its job (not by a timeout of 0.5 s: on a loaded
+            # machine a fresh worker took longer to start, the job timed out before
+            # its plugin existed), it hangs: its worker is killed after the grace
+            wait_for_file(id_file)
+            assert parent.abort()
+        parent.join(60)
         assert parent.status == ("aborted" if how == "killed" else "success")
         child = int(id_file.read_text())
         if how == "died":
@@ -1359,7 +1433,6 @@ def test_a_plugin_whose_import_hangs_times_out(kind, where, tmp_path, monkeypatc
     monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
     release = tmp_path / "release"
     monkeypatch.setenv("DAHU_TEST_RELEASE", str(release))
-    monkeypatch.setattr(dahu.engine.lifecycle, "LOADING_AT_LEAST", 0.5)  # 60 s
     engine = dahu.engine.configure(
         workdir=str(tmp_path / "work"),
         max_workers=1,
@@ -1370,7 +1443,11 @@ def test_a_plugin_whose_import_hangs_times_out(kind, where, tmp_path, monkeypatc
     try:
         assert run("example.square", {"x": 2}, timeout=20).output_data["result"] == 4
         data = {"job_timeout": 0.5} if where == "input" else {}
-        job = run(f"{module}.anything", data, timeout=20)
+        # for this job only: the next one's fresh worker (this one's is killed) took
+        # longer than 0.5 s to start on a loaded machine, its job timed out as it loaded
+        with monkeypatch.context() as patch:
+            patch.setattr(dahu.engine.lifecycle, "LOADING_AT_LEAST", 0.5)  # 60 s
+            job = run(f"{module}.anything", data, timeout=20)
         assert job.status == "aborted"
         assert job.error.startswith("timed out after 0.5 s (the plugin was still loading)")
         assert run("example.square", {"x": 3}, timeout=20).output_data["result"] == 9

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dahu.app import jobs as jobs_app
 from dahu.app.localserver import LocalServer
 from dahu.client import DahuClient, JobNotFound, wait
 from dahu.journal import SQLiteJournal, job_file_stem
@@ -653,6 +654,13 @@ def test_prune_on_a_running_server(server, history):
     assert (
         json.loads(run("prune", "--before", "1h", "--json", workdir=workdir).stdout)["matched"] == 0
     )
+    # the minimum age keeps every job that ended since: the default, 60 s, did here until
+    # this test came more than a minute after the jobs ended (a loaded machine, once)
+    assert jobs_app.build_parser().parse_args(["prune", "--keep-last", "5"]).min_age == 60
+    recent = json.loads(
+        run("prune", "--keep-last", "5", "--min-age", "1h", "--json", workdir=workdir).stdout
+    )
+    assert recent["removed"] == 0 and recent["kept_recent"] == dry["removed"]
     # a server writes new jobs while we prune: a long job takes the second slot, so the
     # new ones are still queued when the prune runs (once they ran, their outputs could
     # be pruned before the client reads them: --min-age 0 asks for that)

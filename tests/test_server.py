@@ -495,6 +495,9 @@ def test_wait_job_is_bounded_and_waits_for_jobs_not_started(proxy):
 
 def test_a_blocked_wait_job_does_not_delay_other_clients(proxy, other):
     job_id = start_running(proxy, 60)
+    # a new proxy's first command first reads the device's list of commands (0.7 s once
+    # under load): not timed below
+    assert other.getJobState(job_id) == "running"
     calls: list[tuple[float, float, str]] = []
     stop = threading.Event()
 
@@ -508,21 +511,25 @@ def test_a_blocked_wait_job_does_not_delay_other_clients(proxy, other):
     waiter.start()
     try:
         time.sleep(0.2)  # let the first waitJob reach the device
-        window_start = time.monotonic()
-        latencies = []
+        spans = []
         for i in range(20):
             begun = time.monotonic()
             new = other.startJob(["example.square", json.dumps({"x": i})])
             other.getJobState(new)
-            latencies.append(time.monotonic() - begun)
-        window_end = time.monotonic()
+            spans.append((begun, time.monotonic()))
     finally:
         stop.set()
         proxy.abort(job_id)
         waiter.join(10)
-    assert max(latencies) < 0.3, latencies
-    # at least one waitJob was blocked in the device during the whole window
-    assert any(b <= window_start and e >= window_end for b, e, _ in calls), calls
+    # a device serving one request at a time keeps each call waiting for the waitJob in
+    # progress: up to WAIT (1 s); a few milliseconds each otherwise
+    latencies = [end - begun for begun, end in spans]
+    assert max(latencies) < WAIT / 2, latencies
+    # most of the calls were answered while a waitJob was blocked in the device (not
+    # all in one: on a loaded machine the 20 calls may take longer than one WAIT, and
+    # a call made as one waitJob returns and the next is sent is in none)
+    during = [any(b <= begun and end <= e for b, e, _ in calls) for begun, end in spans]
+    assert sum(during) >= len(spans) // 2, (spans, calls)
     assert calls[0][2] in ("running", "aborted")  # ended by the abort at the latest
 
 
@@ -679,6 +686,10 @@ def test_a_large_batch_is_kept_out_of_the_collector_until_it_has_run(
     monkeypatch.setattr("dahu.server_settings.FREEZE_BATCH", batch)  # the device is forked
     monkeypatch.setattr("dahu.server.FREEZE_CHECK", 100)
     with start_device(tmp_path / "work", plugin_dir) as proxy:
+        # forked from the test process, the device has its large heap: a full collection
+        # scanning it once the batch's objects were let go (unfrozen) took waitJob past
+        # 3 s once, on a loaded machine; the counts below show the freeze
+        proxy.set_timeout_millis(15_000)
         sleepers = [start_running(proxy) for _ in range(2)]  # the batch stays queued
         if how == "startJobs":
             ids = list(proxy.startJobs(["dahutest.gcfrozen", json.dumps([{}] * batch)]))

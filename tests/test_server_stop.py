@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import sqlite3
 import tempfile
 import threading
@@ -17,7 +18,8 @@ import pytest
 import tango
 
 from dahu import server, server_events, server_settings
-from dahu.app.localserver import LocalServer
+from dahu.app import localserver
+from dahu.app.localserver import LocalServer, free_port
 from dahu.client import DahuClient, JobAborted
 
 from .conftest import TROUBLE_PLUGINS, finish, wait_for_file
@@ -107,9 +109,20 @@ def test_a_stopping_server_refuses_new_jobs_and_still_answers(tmp_path):
     assert row == ("aborted", f"{REASON} (the plugin had not stopped after 4 s)")
 
 
-def test_a_server_killed_through_its_admin_device_still_pushes_the_events(tmp_path):
-    local = LocalServer(str(tmp_path / "work"), str(tmp_path / "log"), 1, device=DEVICE)
-    proxy = local.start(timeout=60)
+def test_a_server_killed_through_its_admin_device_still_pushes_the_events(tmp_path, monkeypatch):
+    # and (bug) a LocalServer whose port, free when picked, was taken before its server
+    # bound it (by another program, or as any connection's local port): the server
+    # exited with status 1, "Failed to bind to address 0.0.0.0 port N" (the pyFAI
+    # benchmark's test, once in 26 runs under load): it starts on another port
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    picked = [port]
+    monkeypatch.setattr(localserver, "free_port", lambda: picked.pop() if picked else free_port())
+    with taken:
+        local = LocalServer(str(tmp_path / "work"), str(tmp_path / "log"), 1, device=DEVICE)
+        proxy = local.start(timeout=60)
+    assert local.port != port and f":{local.port}/" in local.url
     failures = Failures(proxy)
     try:
         sleeping = proxy.startJob(["example.sleep", '{"t": 600}'])

@@ -90,6 +90,30 @@ def test_fully_qualified_name_is_lower_module_dot_name():
     assert fully_qualified_name(NumpyEncoder()) == "dahu.utils.numpyencoder"
 
 
+def test_freeze_while_busy_keeps_what_was_frozen_before():
+    # bug: once a large batch was done, the objects dahu_server froze at its start (39,165
+    # there) were unfrozen with the batch's: every full collection scanned them again
+    import gc
+    import threading
+
+    from dahu import utils
+
+    gc.freeze()  # as dahu_server at its start
+    try:
+        busy = threading.Event()
+        busy.set()
+        later = lambda delay, f: threading.Timer(delay, f).start()  # noqa: E731
+        utils.freeze_while(busy.is_set, later, 0.02, 60)
+        busy.clear()
+        deadline = time.monotonic() + 10
+        while utils._frozen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with utils._gc_lock:  # released (the release holds the lock)
+            assert not utils._frozen and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
 def test_freeze_while_busy_still_frees_the_cycles_made_meanwhile():
     # a server kept busy (a queue that never empties after a large batch) froze every
     # object made since, for ever: garbage cycles (plugins' objects) were never freed

@@ -29,7 +29,7 @@ import tornado
 from tango.test_context import DeviceTestContext
 
 import dahu.engine.core
-from dahu.app.localserver import LocalServer, free_port
+from dahu.app.localserver import LocalServer
 from dahu.errors import MAX_ERROR_CHARS
 from dahu.server import DahuDS
 from dahu.web import Monitor, WebError, WebService
@@ -70,16 +70,19 @@ def wait_until(condition, timeout: float = 30.0, what: str = "a condition"):
 def server(tmp_path_factory):
     """A real ``dahu_server --http PORT`` (database-less), with its Tango proxy."""
     base = tmp_path_factory.mktemp("web")
-    port = free_port()
+    # a port the server picks as it binds (a port free when picked here could be taken
+    # before the server bound it): its log says which
     local = LocalServer(
         str(base / "work"),
         str(base / "server.log"),
         max_workers=2,
         device="test/dahu/web",
-        extra_args=["--http", str(port)],
+        extra_args=["--http", "0"],
     )
     proxy = local.start(timeout=60)
-    local.http = f"http://127.0.0.1:{port}"
+    said = re.search(r"web page at (http://127\.0\.0\.1:\d+)/", (base / "server.log").read_text())
+    assert said, (base / "server.log").read_text()[-2000:]
+    local.http = said.group(1)
     try:
         yield local, proxy
     finally:
@@ -910,7 +913,8 @@ def test_a_non_loopback_bind_without_a_token_is_refused():
 
 
 def start_server(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    port = free_port()
+    # Tango's port picked as it binds: a port free when picked here could be taken
+    # before the server bound it (these tests do not call the device)
     command = [
         sys.executable,
         "-m",
@@ -918,7 +922,7 @@ def start_server(tmp_path: Path, *args: str, env: dict | None = None) -> subproc
         "tok",
         "-nodb",
         "-port",
-        str(port),
+        "0",
         "-dlist",
         "test/dahu/token",
         "--workdir",
@@ -934,6 +938,11 @@ def start_server(tmp_path: Path, *args: str, env: dict | None = None) -> subproc
     )
 
 
+def web_port(line: str) -> int:
+    """The port of the page in the server's line ``web page at http://HOST:PORT/...``."""
+    return int(re.search(r"web page at http://\S+?:(\d+)/", line).group(1))
+
+
 def read_stderr_until(process: subprocess.Popen, pattern: str, timeout: float = 60.0) -> str:
     """Lines of the server's stderr up to the one matching ``pattern``."""
     deadline = time.monotonic() + timeout
@@ -947,10 +956,10 @@ def read_stderr_until(process: subprocess.Popen, pattern: str, timeout: float = 
 
 
 def test_other_address_gets_a_generated_token_and_refuses_requests_without_it(tmp_path):
-    port = free_port()
-    process = start_server(tmp_path, "--http", f"0.0.0.0:{port}")
+    process = start_server(tmp_path, "--http", "0.0.0.0:0")  # a port it picks as it binds
     try:
         line = read_stderr_until(process, r"web page at http://")
+        port = web_port(line)
         token = re.search(r"\?token=([\w-]+)", line).group(1)
         assert len(token) >= 16
         base = f"http://127.0.0.1:{port}"
@@ -974,12 +983,12 @@ def test_other_address_gets_a_generated_token_and_refuses_requests_without_it(tm
 
 
 def test_given_token_is_required_on_loopback_too(tmp_path, browser):
-    port = free_port()
     token = "beamline-secret-0123456789"
-    process = start_server(tmp_path, "--http", str(port), env=child_env(DAHU_HTTP_TOKEN=token))
+    process = start_server(tmp_path, "--http", "0", env=child_env(DAHU_HTTP_TOKEN=token))
     try:
         line = read_stderr_until(process, r"web page at http://")
         assert token in line
+        port = web_port(line)
         read_stderr_until(process, r"ready")
         base = f"http://127.0.0.1:{port}"
         assert http(base + "/api/counters")[0] == 401
@@ -1360,9 +1369,9 @@ def test_without_http_nothing_but_tango_listens(tmp_path):
 
 
 def test_device_property_serves_the_page(tmp_path):
-    port = free_port()
-    properties = {"workdir": str(tmp_path / "work"), "http": f"127.0.0.1:{port}"}
+    properties = {"workdir": str(tmp_path / "work"), "http": "127.0.0.1:0"}  # picked as bound
     with DeviceTestContext(DahuDS, process=True, properties=properties, timeout=60) as proxy:
+        port = int(re.search(r"web page: http://127\.0\.0\.1:(\d+)/", proxy.status()).group(1))
         job = proxy.startJob(["example.square", json.dumps({"x": 9})])
         finish(proxy, job)
         status, details = get_json(f"http://127.0.0.1:{port}/api/jobs/{job}")
@@ -1384,9 +1393,9 @@ def test_status_gives_a_usable_ipv6_address(engine):
 def test_device_property_page_takes_the_token_of_the_environment(tmp_path, monkeypatch):
     token = "beamline-secret-0123456789"
     monkeypatch.setenv("DAHU_HTTP_TOKEN", token)  # the documented default of the token
-    port = free_port()
-    properties = {"workdir": str(tmp_path / "work"), "http": f"127.0.0.1:{port}"}
-    with DeviceTestContext(DahuDS, process=True, properties=properties, timeout=60):
+    properties = {"workdir": str(tmp_path / "work"), "http": "127.0.0.1:0"}  # picked as bound
+    with DeviceTestContext(DahuDS, process=True, properties=properties, timeout=60) as proxy:
+        port = int(re.search(r"web page: http://127\.0\.0\.1:(\d+)/", proxy.status()).group(1))
         base = f"http://127.0.0.1:{port}"
         assert http(base + "/api/counters")[0] == 401
         assert http(base + "/api/counters", headers={"Authorization": f"Bearer {token}"})[0] == 200

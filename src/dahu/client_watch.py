@@ -23,6 +23,9 @@ UNREACHED = {"API_CantConnectToDevice", "API_ServerNotRunning", "API_DeviceTimed
 
 __all__ = ["watch", "read_journal", "check_journal", "not_fetched", "fetched"]
 
+DEFAULT_CALL_TIMEOUT = 3.0
+"""Seconds a call may take with no client timeout given (Tango's default)."""
+
 
 def watch(client: Any) -> None:
     """The loop of ``client``'s watcher thread (``client`` is a ``DahuClient``).
@@ -173,10 +176,17 @@ def _sweep(client: Any, forced: bool) -> int:
 
 def not_fetched(client: Any, future: Any, err: ServerError) -> None:
     """The outcome of ``future`` could not be fetched (it is asked again): a warning for
-    the first of an outage (a server restarting, stopped), not one for each of its jobs."""
+    the first of an outage (a server restarting, stopped), not one for each of its jobs.
+
+    A fetch that fails less than a call's timeout after another one succeeded may have
+    been asked before that, during the outage it ended: it starts no new one (a second
+    warning, and a second "answers again", came so now and then)."""
     with client._lock:
-        client._unfetched += 1
-        first, pending = client._unfetched == 1, len(client._pending) + 1
+        late = time.monotonic() - getattr(client, "_answered", -math.inf) < (
+            client.timeout or DEFAULT_CALL_TIMEOUT
+        )
+        client._unfetched += not late
+        first, pending = client._unfetched == 1 and not late, len(client._pending) + 1
     if first:
         logger.warning(
             "%s: job %s: %s (asked again, as the outcomes of the %d pending job(s) are, "
@@ -196,6 +206,7 @@ def fetched(client: Any) -> None:
         return
     with client._lock:
         failed, client._unfetched = client._unfetched, 0
+        client._answered = time.monotonic()  # the end of an outage
     if failed:
         logger.warning(
             "%s: the server answers again (%d fetch(es) of an outcome had failed meanwhile)",

@@ -294,9 +294,13 @@ def freeze_while(
     for 400,000 jobs).  Frozen objects that become cyclic garbage are collected once they
     are released; while ``busy()`` stays true, every ``limit`` s they are released and
     collected (one full collection), then frozen again: that garbage does not pile up.
+    Objects frozen before (``dahu_server`` freezes its long-lived ones as it starts) are
+    frozen again at the end, after a full collection, with those made since that
+    survive it (until 2026-11-30 the release left them all to the collector for good).
     """
     global _frozen
     since = time.monotonic()
+    kept = gc.get_freeze_count() > 0
 
     def check() -> None:
         global _frozen
@@ -305,6 +309,9 @@ def freeze_while(
             if not busy():
                 _frozen = False
                 gc.unfreeze()
+                if kept:
+                    gc.collect()
+                    gc.freeze()
                 return
             if time.monotonic() - since >= limit:
                 gc.unfreeze()

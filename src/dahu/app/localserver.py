@@ -1,7 +1,8 @@
 """A database-less ``dahu_server`` subprocess on a free local port, with a client.
 
 Used by the demo, the benchmarks and the tests that need a server in its own, fresh
-process.
+process.  A port is free when picked, not when the server binds it a second later: a
+server that finds its port taken starts again on another one.
 """
 
 from __future__ import annotations
@@ -75,27 +76,39 @@ class LocalServer:
     ) -> None:
         self.workdir = workdir
         self.log_path = log_path
-        self.port = port or free_port()
-        self.url = f"tango://127.0.0.1:{self.port}/{device}#dbase=no"
+        self.device = device
+        self._port_given = port is not None
         script = os.path.join(os.path.dirname(sys.executable), "dahu_server")
         launcher = (
             [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "dahu.app.server"]
         )
-        self.command = [
-            *die_with_parent(launcher),
-            instance,
-            "-nodb",
-            "-port",
-            str(self.port),
-            "-dlist",
-            device,
-        ]
-        self.command += ["--workdir", workdir]
+        self._launcher = [*die_with_parent(launcher), instance, "-nodb"]
+        self._options = ["-dlist", device, "--workdir", workdir]
         if max_workers:
-            self.command += ["--max-workers", str(max_workers)]
-        self.command += list(extra_args or [])
+            self._options += ["--max-workers", str(max_workers)]
+        self._options += list(extra_args or [])
+        self._use_port(port or free_port())
         self.process: subprocess.Popen | None = None
         self.proxy: Any = None
+
+    def _use_port(self, port: int) -> None:
+        """Run the server on ``port``: its :attr:`url` and :attr:`command`."""
+        self.port = port
+        self.url = f"tango://127.0.0.1:{port}/{self.device}#dbase=no"
+        self.command = [*self._launcher, "-port", str(port), *self._options]
+
+    def _lost_its_port(self) -> bool:
+        """True if the server exited as the port it was given was taken (free when it
+        was picked, taken meanwhile: by another program, or any connection's local
+        port), and the port was one we picked: then it may run on another one."""
+        if self._port_given:
+            return False
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as log:
+                text = log.read()
+        except OSError:
+            return False
+        return f"Failed to bind to address 0.0.0.0 port {self.port}." in text
 
     def start(self, timeout: float = 30.0) -> Any:
         """Start the server and return a ``DeviceProxy`` once the device answers ``ping``."""
@@ -113,6 +126,9 @@ class LocalServer:
         try:
             while True:
                 if self.process.poll() is not None:
+                    if self._lost_its_port() and time.monotonic() < deadline:
+                        self._use_port(free_port())
+                        return self.start(max(0.0, deadline - time.monotonic()))
                     raise ServerFailed(
                         f"dahu_server exited with status {self.process.returncode} "
                         f"(see {self.log_path})"

@@ -142,7 +142,8 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
         with send_lock:
             conn.send(message)
 
-    def run(job_id: int, execution: Execution) -> None:
+    def run(job_id: int) -> None:
+        execution = current[job_id]
         try:
             outcome = execution.run()
         except BaseException as err:  # Execution.run does not raise; belt and braces
@@ -157,6 +158,11 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
             # nobody to serve; waiting on the pipe would leave the job running for ever
             logger.error("job %s: cannot send its outcome, the worker ends: %s", job_id, err)
             os._exit(LOST_PIPE)
+
+    def abort(job_id: int, reason: str) -> None:
+        execution = current.get(job_id)
+        if execution is not None:
+            execution.abort(reason)
 
     while True:
         try:
@@ -187,7 +193,10 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
                             del waits[job_id]
                             send(("resumed", job_id))
 
-            execution = Execution(
+            # never held by this loop, not even for a moment: a job that ended before
+            # the loop went on had its plugin let go (its __del__ run) here, and the
+            # next job waited for it; its own thread lets it go, after its outcome
+            current[job_id] = Execution(
                 plugin_name,
                 input_data,
                 job_id,
@@ -196,16 +205,10 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
                 profile_dir=workdir,
                 on_plugin=lambda t, job_id=job_id: send(("plugin", job_id, t)),
             )
-            current[job_id] = execution
-            threading.Thread(target=run, args=(job_id, execution), daemon=True).start()
-        elif kind == "abort":
-            execution = current.get(message[1])
-            if execution is not None:
-                execution.abort(message[2])
-        # not kept here: its plugin is let go (its __del__ run) by the job's own thread,
-        # after its outcome, not by this loop when the next job comes
-        execution = None
-        if kind == "stop":
+            threading.Thread(target=run, args=(job_id,), daemon=True).start()
+        elif kind == "abort":  # in a thread of its own, for the same reason
+            threading.Thread(target=abort, args=message[1:3], daemon=True).start()
+        elif kind == "stop":
             break
 
 
