@@ -237,11 +237,22 @@ def test_journal_ids(archive: Path, tmp_path: Path):
 
 
 def test_journal_ids_without_journal(tmp_path: Path):
+    (tmp_path / "no").mkdir()
     status, summary, stderr = summary_of("-o", tmp_path / "out", "--workdir", tmp_path / "no", "1")
     assert status == 1
     assert summary["total"]["failure"] == 1
     assert f"no journal in {tmp_path / 'no'}" in stderr
-    assert not (tmp_path / "no").exists()  # reading ids never creates a journal
+    assert not list((tmp_path / "no").iterdir())  # reading ids never creates a journal
+
+
+def test_workdir_that_does_not_exist_is_refused(tmp_path: Path):
+    # bug: a --workdir typo still made the output directory, with an empty journal
+    proc = reprocess("-o", tmp_path / "out", "--workdir", tmp_path / "typo", "1-5")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        f"dahu-reprocess: error: work directory {tmp_path / 'typo'} does not exist"
+    )
+    assert proc.stdout == "" and not (tmp_path / "out").exists()
 
 
 def test_parallel_jobs(tmp_path: Path):

@@ -418,10 +418,11 @@ def main(argv: list[str] | None = None) -> int:
         format=f"{PROG}: %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    problems = [
-        f"plugin directory {d} {'is not a directory' if os.path.exists(d) else 'does not exist'}"
-        for d in args.plugins
-        if not os.path.isdir(d)
+    named = [("plugin directory", d) for d in args.plugins] + [("work directory", args.workdir)]
+    problems = [  # a --workdir typo: no output directory made for jobs that cannot run
+        f"{what} {d} {'is not a directory' if os.path.exists(d) else 'does not exist'}"
+        for what, d in named
+        if d and not os.path.isdir(d)
     ]
     if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
         problems.append(f"output {args.output} is not a directory")
