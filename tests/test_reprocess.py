@@ -255,6 +255,24 @@ def test_workdir_that_does_not_exist_is_refused(tmp_path: Path):
     assert proc.stdout == "" and not (tmp_path / "out").exists()
 
 
+def test_output_directory_that_is_a_source_is_refused(tmp_path: Path):
+    # bug: -o SRC SRC ran the NNNN/*.inp files of the earlier runs again: 3, 6, 12 jobs...
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.inp").write_text('{"plugin_name": "example.square", "x": 2}')
+    for output in (tmp_path / "src", f"{tmp_path}/src/."):  # also spelt otherwise
+        proc = reprocess("-o", output, tmp_path / "src")
+        assert proc.returncode == 2
+        assert proc.stderr.splitlines()[-1] == (
+            f"dahu-reprocess: error: the output directory {output} is also a SOURCE: the inputs "
+            "its earlier runs wrote there would run again (give another -o)"
+        )
+    assert [p.name for p in (tmp_path / "src").iterdir()] == ["a.inp"]
+    # an output directory below the source is skipped, run after run
+    for _ in range(2):
+        status, summary, _ = summary_of("-o", tmp_path / "src" / "out", tmp_path / "src")
+        assert status == 0 and summary["total"]["jobs"] == 1
+
+
 def test_parallel_jobs(tmp_path: Path):
     sources = tmp_path / "in"
     sources.mkdir()

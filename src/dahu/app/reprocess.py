@@ -38,7 +38,7 @@ from ..journal import default_workdir
 from ..states import State
 from ..utils import get_workdir
 from . import leave
-from .reprocess_args import PROG, build_parser
+from .reprocess_args import PROG, build_parser, usage_problems
 from .reprocess_summary import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -418,14 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         format=f"{PROG}: %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    named = [("plugin directory", d) for d in args.plugins] + [("work directory", args.workdir)]
-    problems = [  # a --workdir typo: no output directory made for jobs that cannot run
-        f"{what} {d} {'is not a directory' if os.path.exists(d) else 'does not exist'}"
-        for what, d in named
-        if d and not os.path.isdir(d)
-    ]
-    if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
-        problems.append(f"output {args.output} is not a directory")
+    problems = usage_problems(args)
     if problems:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: {problems[0]}", file=sys.stderr)
