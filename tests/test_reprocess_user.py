@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from .test_reprocess import REPROCESS, interrupted_run, start_run, summary_of, wait_running
+from .test_reprocess import (
+    REPROCESS,
+    interrupted_run,
+    reprocess,
+    start_run,
+    summary_of,
+    wait_running,
+)
 
 USER_PLUGINS = '''
 """Plugins written as a beamline user writes them."""
@@ -728,3 +735,26 @@ def test_a_failed_job_archived_by_the_original_dahu_compares_by_its_reason(tmp_p
 
     original = ["Traceback ...", "<class 'id00.BeamLost'>: no beam\nat all", "  File ..."]
     assert reason_only({"error": original}) == {"error": ["BeamLost: no beam"]}
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_quiet_pyfai_runs_print_no_third_party_warning(tmp_path: Path, executor: str):
+    # bug: with pyFAI plugins every -q run printed silx's "WARNING silx.opencl.common:
+    # Unable to import pyOpenCl" (once per worker process): -q is the summary alone
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "ocl.py").write_text(
+        "import silx.opencl.common  # as pyFAI imports it: warns without pyopencl\n"
+        "from dahu.plugin import plugin_from_function\n\n\n"
+        "def f(x=0):\n"
+        "    return x\n\n\n"
+        "plugin_from_function(f)\n"
+    )
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "ocl.f", "x": 7})
+    args = ("-q", "--executor", executor, "--plugins", plugins, "-o", tmp_path / "out", sources)
+    proc = reprocess(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.splitlines()[2].startswith("ocl.f ")
+    # -d shows it, with everything else
+    assert "Unable to import pyOpenCl" in reprocess("-d", *args).stderr

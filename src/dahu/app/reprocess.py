@@ -37,7 +37,7 @@ from ..job import Job
 from ..journal import default_workdir
 from ..states import State
 from ..utils import get_workdir
-from . import leave
+from . import leave, quiet_third_parties
 from .reprocess_args import PROG, build_parser, usage_problems
 from .reprocess_summary import (
     EXIT_FAILED,
@@ -418,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         format=f"{PROG}: %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.debug:
+        quiet_third_parties()  # silx's "Unable to import pyOpenCl", once per worker
     problems = usage_problems(args)
     if problems:
         parser.print_usage(sys.stderr)
