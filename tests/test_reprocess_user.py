@@ -429,6 +429,34 @@ def test_another_ctrl_c_while_the_summary_is_printed_is_not_a_traceback(tmp_path
     assert "interrupted: 1 input(s) not started" in proc.stdout
 
 
+CTRL_C_TWICE_AS_A_RESULT_IS_RECORDED = """
+import os, signal
+import dahu.app.reprocess as reprocess
+
+record = reprocess.Reprocessor._record
+
+def impatient_record(self, result):  # a user's Ctrl-C twice, as the last result is recorded
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGINT)
+    record(self, result)
+
+reprocess.Reprocessor._record = impatient_record
+reprocess.cli()
+"""
+
+
+def test_a_second_ctrl_c_with_no_job_left_keeps_the_last_result(tmp_path: Path):
+    # bug: it said "not waiting for 0 job(s) that did not stop", and the result being
+    # recorded was lost: the job that had succeeded was missing from the summary
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "example.square", "x": 2})
+    script = CTRL_C_TWICE_AS_A_RESULT_IS_RECORDED
+    command = [sys.executable, "-c", script, "--json", "-o", str(tmp_path / "o"), str(sources)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "dahu-reprocess: interrupted\n"
+    assert json.loads(proc.stdout)["total"]["success"] == 1
+
+
 def test_a_directory_that_cannot_be_read_is_reported(tmp_path: Path, monkeypatch):
     # bug: os.walk skips what it cannot list: the inputs under a directory of another
     # user (or a flaky network disk) were left out without a word, and a source
