@@ -41,7 +41,7 @@ def test_show_minus_one_is_the_last_job(tmp_path):
     _journal(empty, 0)
     for job_id in ("-1", "1"):
         line = one_line_error(run("show", job_id, workdir=empty), 1)
-        assert line == f"dahu-jobs: no job {job_id} yet: the journal of {empty} is empty"
+        assert line == f"dahu-jobs: no job {job_id}: the journal of {empty} is empty"
 
 
 def _damage(workdir, sql: str) -> None:
