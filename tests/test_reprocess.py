@@ -267,6 +267,15 @@ def test_output_directory_that_is_a_source_is_refused(tmp_path: Path):
             "its earlier runs wrote there would run again (give another -o)"
         )
     assert [p.name for p in (tmp_path / "src").iterdir()] == ["a.inp"]
+    # ... or one of its directories of job files (a server's work directory, say)
+    (tmp_path / "src" / "0000").mkdir()
+    proc = reprocess("-o", tmp_path / "src", tmp_path / "src" / "0000")
+    assert (proc.returncode, proc.stderr.splitlines()[-1]) == (
+        2,
+        f"dahu-reprocess: error: the output directory {tmp_path / 'src'} holds, in 0000/, "
+        "a SOURCE: the inputs its earlier runs wrote there would run again (give another -o)",
+    )
+    (tmp_path / "src" / "0000").rmdir()
     # an output directory below the source is skipped, run after run
     for _ in range(2):
         status, summary, _ = summary_of("-o", tmp_path / "src" / "out", tmp_path / "src")

@@ -101,10 +101,14 @@ def usage_problems(args: argparse.Namespace) -> list[str]:
     if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
         problems.append(f"output {args.output} is not a directory")
     output = os.path.realpath(args.output) if args.output else None
-    if any(os.path.isdir(s) and os.path.realpath(s) == output for s in args.sources):
+    for source in args.sources if output else []:
         # its NNNN/*.inp files, from earlier runs, would run again: twice as many each time
-        problems.append(
-            f"the output directory {args.output} is also a SOURCE: the inputs its earlier "
-            "runs wrote there would run again (give another -o)"
-        )
+        below = os.path.relpath(os.path.realpath(source), output).split(os.sep)[0]
+        if os.path.isdir(source) and (below == os.curdir or below.isdigit()):
+            where = "is also" if below == os.curdir else f"holds, in {below}/,"
+            problems.append(
+                f"the output directory {args.output} {where} a SOURCE: the inputs its "
+                "earlier runs wrote there would run again (give another -o)"
+            )
+            break
     return problems
