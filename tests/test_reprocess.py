@@ -255,6 +255,20 @@ def test_workdir_that_does_not_exist_is_refused(tmp_path: Path):
     assert proc.stdout == "" and not (tmp_path / "out").exists()
 
 
+def test_directories_linked_from_a_source_are_searched(tmp_path: Path):
+    # bug: a symbolic link to a directory of inputs (an archive of links to each day's
+    # directory) was skipped: "no .inp or .json file in this directory"
+    (tmp_path / "day1").mkdir()
+    (tmp_path / "day1" / "a.inp").write_text('{"plugin_name": "example.square", "x": 2}')
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "day1").symlink_to(tmp_path / "day1")
+    (tmp_path / "src" / "same").symlink_to(tmp_path / "day1")  # the same directory: once
+    (tmp_path / "src" / "day1" / "up").symlink_to(tmp_path / "src")  # a loop: no hang
+    status, summary, stderr = summary_of("-o", tmp_path / "out", tmp_path / "src")
+    assert status == 0, stderr
+    assert summary["total"]["success"] == 1
+
+
 def test_output_directory_that_is_a_source_is_refused(tmp_path: Path):
     # bug: -o SRC SRC ran the NNNN/*.inp files of the earlier runs again: 3, 6, 12 jobs...
     (tmp_path / "src").mkdir()

@@ -57,20 +57,26 @@ class Item:
 
 # ---- sources ------------------------------------------------------------------------
 def _walk(directory: str, exclude: str | None) -> Iterator[Item]:
-    """Input files under ``directory``, sorted, skipping the ``exclude`` directory; a
-    directory that cannot be read is an item in error (os.walk would skip it silently)."""
+    """Input files under ``directory``, sorted, skipping the ``exclude`` directory, through
+    symbolic links to directories; a directory that cannot be read is an item in error
+    (os.walk would skip it silently)."""
     unreadable: list[Item] = []
 
     def refused(err: OSError) -> None:
         reason = f"cannot read this directory: {err.strerror or err}"
         unreadable.append(Item(err.filename or directory, error=reason))
 
-    for root, dirs, files in os.walk(directory, onerror=refused):
+    seen = {os.path.realpath(directory)}  # a directory linked twice (or to its parent): once
+    for root, dirs, files in os.walk(directory, onerror=refused, followlinks=True):
         yield from unreadable
         unreadable.clear()
-        dirs[:] = sorted(
-            d for d in dirs if exclude is None or os.path.realpath(os.path.join(root, d)) != exclude
-        )
+        kept = []
+        for name in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, name))
+            if real != exclude and real not in seen:
+                seen.add(real)
+                kept.append(name)
+        dirs[:] = kept
         for name in sorted(files):
             if name.endswith(INPUT_EXTENSIONS):
                 path = os.path.join(root, name)
