@@ -253,6 +253,15 @@ def test_workdir_that_does_not_exist_is_refused(tmp_path: Path):
         f"dahu-reprocess: error: work directory {tmp_path / 'typo'} does not exist"
     )
     assert proc.stdout == "" and not (tmp_path / "out").exists()
+    # the same from $DAHU_WORKDIR
+    env = {"DAHU_WORKDIR": str(tmp_path / "typo")}
+    proc = reprocess("-o", tmp_path / "out", "1-5", env=env)
+    assert (proc.returncode, proc.stderr.splitlines()[-1]) == (
+        2,
+        f"dahu-reprocess: error: job ids 1-5: no work directory {tmp_path / 'typo'} "
+        "($DAHU_WORKDIR): give --workdir DIR",
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_directories_linked_from_a_source_are_searched(tmp_path: Path):

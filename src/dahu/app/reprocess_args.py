@@ -8,7 +8,9 @@ import os
 
 from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_RTOL
+from ..journal import default_workdir
 from ..properties import local_directory as directory  # ~ is the home directory
+from .sources import IDS
 
 __all__ = ["PROG", "build_parser", "usage_problems"]
 
@@ -98,6 +100,12 @@ def usage_problems(args: argparse.Namespace) -> list[str]:
         for what, d in named
         if d and not os.path.isdir(d)
     ]
+    ids = [s for s in args.sources if IDS.match(s) and not os.path.exists(s)]
+    if ids and not args.workdir and not os.path.isdir(default := default_workdir()):
+        origin = "$DAHU_WORKDIR" if os.environ.get("DAHU_WORKDIR") else "the default"
+        problems.append(
+            f"job ids {ids[0]}: no work directory {default} ({origin}): give --workdir DIR"
+        )
     if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
         problems.append(f"output {args.output} is not a directory")
     output = os.path.realpath(args.output) if args.output else None

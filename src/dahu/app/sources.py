@@ -22,6 +22,7 @@ from ..journal.base import MAX_ID
 from ..utils import dumps, jsonable
 
 __all__ = [
+    "IDS",
     "InputError",
     "Item",
     "Loaded",
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 INPUT_EXTENSIONS = (".inp", ".json")
-_IDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+IDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")  # job ids: 3, 1-5, 1-3,7
 # the reason of a failed job in an archive of the original Dahu (2024.2.0): the second
 # line of its error, after the traceback text ("<class 'id00.BeamLost'>: no beam")
 _ORIGINAL_REASON = re.compile(r"<class '(?:[\w.]*\.)?(\w+)'>: ?(.*)", re.DOTALL)
@@ -151,7 +152,7 @@ def expand_sources(sources: list[str], workdir: str, exclude: str | None = None)
             items.extend(found or [Item(source, error="no .inp or .json file in this directory")])
         elif os.path.exists(source):  # a file, or a pipe (<(...), /dev/stdin)
             items.append(Item(source, path=source))
-        elif _IDS.match(source):
+        elif IDS.match(source):
             try:
                 journal = journal or _Journal(workdir)
             except DahuError as err:
