@@ -89,10 +89,11 @@ def raw(proxy: tango.DeviceProxy, count: int, batch: bool) -> float:
             ended.get()
         started = time.perf_counter()
         if batch:
-            proxy.set_timeout_millis(60000)
+            patience = proxy.get_timeout_millis()
+            proxy.set_timeout_millis(max(patience, 60000))
             text = json.dumps([{"x": x} for x in range(count)])
             ids = {int(i) for i in proxy.startJobs(["example.square", text])}
-            proxy.set_timeout_millis(3000)
+            proxy.set_timeout_millis(patience)
         else:
             ids = {proxy.startJob(["example.square", f'{{"x": {x}}}']) for x in range(count)}
         results = []
@@ -122,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     server = LocalServer(
         workdir, os.path.join(workdir, "server.log"), device=DEVICE, instance="benchclient"
     )
-    proxy = server.start(timeout=60)
     bench = tango_bench()
+    proxy = server.start(timeout=60)
+    proxy.set_timeout_millis(bench.CLIENT_TIMEOUT_MS)
     try:
         with DahuClient(server.url) as client:
             client.submit("example.square", x=1).result(60)  # load the plugin module

@@ -41,6 +41,9 @@ from dahu.journal import SQLiteJournal  # noqa: E402
 DEVICE = "id00/dahu/longlife"
 CHUNK = 10000
 CALLS_PER_TURN = 20
+# The client's timeout for each command: well above the server's waitJob limit (2 s), which
+# a loaded machine's reply can pass (Tango's default, 3 s, left 0.8 s).
+CLIENT_TIMEOUT_MS = 30_000
 
 
 def fill(workdir: str, count: int) -> float:
@@ -104,8 +107,10 @@ class Subject:
         t0 = time.perf_counter()
         self.proxy = proxy = self.server.start(timeout=120)
         self.startup = time.perf_counter() - t0
+        proxy.set_timeout_millis(CLIENT_TIMEOUT_MS)
         self.first = proxy.startJob(["example.square", '{"x": 1}'])
-        proxy.waitJob(self.first)
+        while proxy.waitJob(self.first) not in ("success", "failure", "aborted"):
+            pass
         proxy.getStatistics()  # warm
         self.times: dict[str, list[float]] = {}
 

@@ -43,6 +43,9 @@ DATASET_JSON = "dataset.json"
 DEVICE = "bench/pyfai/1"
 TARGET_RATIO = 0.95
 FINAL = ("success", "failure", "aborted")
+# The client's timeout for each command: well above the server's waitJob limit (2 s), which
+# a loaded machine's reply can pass (2.17 s was seen against Tango's default of 3 s).
+CLIENT_TIMEOUT_MS = 30_000
 BIN = os.path.dirname(sys.executable)
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -175,6 +178,7 @@ class Server:
         log = os.path.join(workdir, "server.log")
         self.server = LocalServer(workdir, log, max_workers=workers, device=DEVICE)
         self.proxy = self.server.start(timeout=60)
+        self.proxy.set_timeout_millis(CLIENT_TIMEOUT_MS)
 
     def run(self, inputs: list[dict]) -> tuple[float, list[dict]]:
         """Submit ``inputs`` in one ``startJobs`` call; seconds until the last job ended,

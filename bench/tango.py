@@ -64,6 +64,9 @@ import tango  # noqa: E402
 from dahu.app.localserver import LocalServer, die_with_parent  # noqa: E402
 
 DEVICE = "id00/dahu/bench"
+# The client's timeout for each command: well above the server's waitJob limit (2 s), which
+# a loaded machine's reply can pass (Tango's default, 3 s, left 0.8 s).
+CLIENT_TIMEOUT_MS = 30_000
 
 
 def python_command_rate(proxy: tango.DeviceProxy, job_id: int, count: int) -> float:
@@ -372,13 +375,14 @@ def reference_server_main(argv: list[str]) -> int:
 def batch_rates(proxy: tango.DeviceProxy, count: int) -> tuple[float, float]:
     inputs = json.dumps([{"x": i} for i in range(count)])
     finished0 = proxy.jobsFinished
-    proxy.set_timeout_millis(60000)
+    patience = proxy.get_timeout_millis()
+    proxy.set_timeout_millis(max(patience, 60000))
     try:
         started = time.perf_counter()
         ids = proxy.startJobs(["example.square", inputs])
         submitted = time.perf_counter()
     finally:
-        proxy.set_timeout_millis(3000)
+        proxy.set_timeout_millis(patience)
     if len(ids) != count:
         raise SystemExit(f"startJobs returned {len(ids)} ids for {count} inputs")
     while proxy.jobsFinished - finished0 < count:
@@ -392,6 +396,8 @@ def batch_rates(proxy: tango.DeviceProxy, count: int) -> tuple[float, float]:
 def waiter_main(url: str, ids: list[int]) -> int:
     """Helper process: one client per id, each blocked in waitJob until killed."""
     proxies = [tango.DeviceProxy(url) for _ in ids]
+    for proxy in proxies:
+        proxy.set_timeout_millis(CLIENT_TIMEOUT_MS)
     calls = [0] * len(ids)
 
     def wait(index: int) -> None:
@@ -478,11 +484,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     reference = ReferenceDevice(workdir, os.path.join(workdir, "reference.log"))
     proxy = server.start(timeout=60)
+    proxy.set_timeout_millis(CLIENT_TIMEOUT_MS)
     try:
         reference_proxy = reference.start(timeout=60)
         first = proxy.startJob(["example.square", "{}"])  # load the plugin module
         proxy.startJob(["example.noop", "{}"])
-        proxy.waitJob(first)
+        while proxy.waitJob(first) not in ("success", "failure", "aborted"):
+            pass
         alone = [python_command_rate(proxy, first, args.trivial)]
         pairs = pairs_in_turns(proxy, first, args.pairs, pairs_turn, reference_proxy)
         alone.append(python_command_rate(proxy, first, args.trivial))

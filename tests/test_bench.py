@@ -148,3 +148,40 @@ def test_client_bench_small():
         "tango_batch_done_per_s",
     ):
         assert figures[key] > 0, key
+
+
+def test_pyfai_bench_waits_longer_than_a_loaded_servers_reply(tmp_path, monkeypatch):
+    """Each ``waitJob`` may last the server's wait limit (2 s) and more on a loaded machine:
+    the benchmark's client must not give up at Tango's default 3 s (a 2.17 s reply was seen)."""
+    import dahu.app.localserver
+
+    class Proxy:
+        timeout_ms = 3000  # Tango's default
+
+        def set_timeout_millis(self, millis):
+            self.timeout_ms = millis
+
+        def startJobs(self, args):
+            return [1, 2]
+
+        def waitJob(self, job_id):
+            if self.timeout_ms < 5000:  # the reply of a loaded machine: 5 s
+                raise TimeoutError(f"API_DeviceTimedOut: waitJob({job_id}) after 3000 ms")
+            return "success"
+
+        def getJobOutput(self, job_id):
+            return "{}"
+
+    class Local:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def start(self, timeout):
+            return Proxy()
+
+    monkeypatch.setattr(dahu.app.localserver, "LocalServer", Local)
+    spec = importlib.util.spec_from_file_location("bench_pyfai", ROOT / "bench" / "pyfai.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    server = bench.Server(str(tmp_path), workers=2)
+    assert server.run([{}, {}])[1] == [{}, {}]

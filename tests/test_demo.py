@@ -81,3 +81,19 @@ def test_a_problem_is_one_line_and_exit_1(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert result.stderr.startswith("dahu-demo: failed: cannot generate the data set")
+
+
+def test_bad_seconds_are_refused_before_anything_runs(tmp_path):
+    # bug: --timeout -1 started the server and ran every job, then failed with
+    # "no end event for job(s) [6, 7] within -1 s"
+    for option, value, bound in (
+        ("--timeout", "-1", "more than 0"),
+        ("--load", "nan", "0 or more"),
+    ):
+        result = run_demo("--output", str(tmp_path / "out"), option, value)
+        assert result.returncode == 2
+        assert result.stderr.splitlines()[-1] == (
+            f"dahu-demo: error: argument {option}: expected a number of seconds, {bound}, "
+            f"not '{value}'"
+        )
+        assert not (tmp_path / "out").exists()

@@ -36,6 +36,12 @@ def test_show_minus_one_is_the_last_job(tmp_path):
     assert line == f"dahu-jobs: no job -4 in the journal of {tmp_path}"
     line = one_line_error(run("show", "0", workdir=tmp_path), 2)
     assert "job ids start at 1 (-1: the last job)" in line
+    # bug: on an empty journal, "no job -1 in the journal of DIR", as if it held others
+    empty = tmp_path / "empty"
+    _journal(empty, 0)
+    for job_id in ("-1", "1"):
+        line = one_line_error(run("show", job_id, workdir=empty), 1)
+        assert line == f"dahu-jobs: no job {job_id}: the journal of {empty} is empty"
 
 
 def _damage(workdir, sql: str) -> None:

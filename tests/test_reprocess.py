@@ -237,11 +237,72 @@ def test_journal_ids(archive: Path, tmp_path: Path):
 
 
 def test_journal_ids_without_journal(tmp_path: Path):
+    (tmp_path / "no").mkdir()
     status, summary, stderr = summary_of("-o", tmp_path / "out", "--workdir", tmp_path / "no", "1")
     assert status == 1
     assert summary["total"]["failure"] == 1
     assert f"no journal in {tmp_path / 'no'}" in stderr
-    assert not (tmp_path / "no").exists()  # reading ids never creates a journal
+    assert not list((tmp_path / "no").iterdir())  # reading ids never creates a journal
+
+
+def test_workdir_that_does_not_exist_is_refused(tmp_path: Path):
+    # bug: a --workdir typo still made the output directory, with an empty journal
+    proc = reprocess("-o", tmp_path / "out", "--workdir", tmp_path / "typo", "1-5")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        f"dahu-reprocess: error: work directory {tmp_path / 'typo'} does not exist"
+    )
+    assert proc.stdout == "" and not (tmp_path / "out").exists()
+    # the same from $DAHU_WORKDIR
+    env = {"DAHU_WORKDIR": str(tmp_path / "typo")}
+    proc = reprocess("-o", tmp_path / "out", "1-5", env=env)
+    assert (proc.returncode, proc.stderr.splitlines()[-1]) == (
+        2,
+        f"dahu-reprocess: error: job ids 1-5: no work directory {tmp_path / 'typo'} "
+        "($DAHU_WORKDIR): give --workdir DIR",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_directories_linked_from_a_source_are_searched(tmp_path: Path):
+    # bug: a symbolic link to a directory of inputs (an archive of links to each day's
+    # directory) was skipped: "no .inp or .json file in this directory"
+    (tmp_path / "day1").mkdir()
+    (tmp_path / "day1" / "a.inp").write_text('{"plugin_name": "example.square", "x": 2}')
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "day1").symlink_to(tmp_path / "day1")
+    (tmp_path / "src" / "same").symlink_to(tmp_path / "day1")  # the same directory: once
+    (tmp_path / "src" / "day1" / "up").symlink_to(tmp_path / "src")  # a loop: no hang
+    status, summary, stderr = summary_of("-o", tmp_path / "out", tmp_path / "src")
+    assert status == 0, stderr
+    assert summary["total"]["success"] == 1
+
+
+def test_output_directory_that_is_a_source_is_refused(tmp_path: Path):
+    # bug: -o SRC SRC ran the NNNN/*.inp files of the earlier runs again: 3, 6, 12 jobs...
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.inp").write_text('{"plugin_name": "example.square", "x": 2}')
+    for output in (tmp_path / "src", f"{tmp_path}/src/."):  # also spelt otherwise
+        proc = reprocess("-o", output, tmp_path / "src")
+        assert proc.returncode == 2
+        assert proc.stderr.splitlines()[-1] == (
+            f"dahu-reprocess: error: the output directory {output} is also a SOURCE: the inputs "
+            "its earlier runs wrote there would run again (give another -o)"
+        )
+    assert [p.name for p in (tmp_path / "src").iterdir()] == ["a.inp"]
+    # ... or one of its directories of job files (a server's work directory, say)
+    (tmp_path / "src" / "0000").mkdir()
+    proc = reprocess("-o", tmp_path / "src", tmp_path / "src" / "0000")
+    assert (proc.returncode, proc.stderr.splitlines()[-1]) == (
+        2,
+        f"dahu-reprocess: error: the output directory {tmp_path / 'src'} holds, in 0000/, "
+        "a SOURCE: the inputs its earlier runs wrote there would run again (give another -o)",
+    )
+    (tmp_path / "src" / "0000").rmdir()
+    # an output directory below the source is skipped, run after run
+    for _ in range(2):
+        status, summary, _ = summary_of("-o", tmp_path / "src" / "out", tmp_path / "src")
+        assert status == 0 and summary["total"]["jobs"] == 1
 
 
 def test_parallel_jobs(tmp_path: Path):
@@ -651,6 +712,7 @@ def test_pyfai_curves_of_a_rerun_go_to_the_output_directory(tmp_path: Path):
     assert status == 0, (stderr, summary["compare"]["differences"])
     assert (summary["compare"]["same"], summary["compare"]["differ"]) == (2, 0)
     assert [(path.read_bytes(), path.stat().st_mtime_ns) for path in archived] == before
+    assert "pyOpenCl" not in stderr  # silx's warning when pyFAI is imported: noise here
     new = [
         Path(
             read_json(tmp_path / f"a/0000/0000{i}_pyfai.integrate_simple.out")["result"]["out_file"]

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from .test_reprocess import REPROCESS, interrupted_run, start_run, summary_of, wait_running
+from .test_reprocess import (
+    REPROCESS,
+    interrupted_run,
+    reprocess,
+    start_run,
+    summary_of,
+    wait_running,
+)
 
 USER_PLUGINS = '''
 """Plugins written as a beamline user writes them."""
@@ -422,6 +429,34 @@ def test_another_ctrl_c_while_the_summary_is_printed_is_not_a_traceback(tmp_path
     assert "interrupted: 1 input(s) not started" in proc.stdout
 
 
+CTRL_C_TWICE_AS_A_RESULT_IS_RECORDED = """
+import os, signal
+import dahu.app.reprocess as reprocess
+
+record = reprocess.Reprocessor._record
+
+def impatient_record(self, result):  # a user's Ctrl-C twice, as the last result is recorded
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGINT)
+    record(self, result)
+
+reprocess.Reprocessor._record = impatient_record
+reprocess.cli()
+"""
+
+
+def test_a_second_ctrl_c_with_no_job_left_keeps_the_last_result(tmp_path: Path):
+    # bug: it said "not waiting for 0 job(s) that did not stop", and the result being
+    # recorded was lost: the job that had succeeded was missing from the summary
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "example.square", "x": 2})
+    script = CTRL_C_TWICE_AS_A_RESULT_IS_RECORDED
+    command = [sys.executable, "-c", script, "--json", "-o", str(tmp_path / "o"), str(sources)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "dahu-reprocess: interrupted\n"
+    assert json.loads(proc.stdout)["total"]["success"] == 1
+
+
 def test_a_directory_that_cannot_be_read_is_reported(tmp_path: Path, monkeypatch):
     # bug: os.walk skips what it cannot list: the inputs under a directory of another
     # user (or a flaky network disk) were left out without a word, and a source
@@ -728,3 +763,26 @@ def test_a_failed_job_archived_by_the_original_dahu_compares_by_its_reason(tmp_p
 
     original = ["Traceback ...", "<class 'id00.BeamLost'>: no beam\nat all", "  File ..."]
     assert reason_only({"error": original}) == {"error": ["BeamLost: no beam"]}
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_quiet_pyfai_runs_print_no_third_party_warning(tmp_path: Path, executor: str):
+    # bug: with pyFAI plugins every -q run printed silx's "WARNING silx.opencl.common:
+    # Unable to import pyOpenCl" (once per worker process): -q is the summary alone
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "ocl.py").write_text(
+        "import silx.opencl.common  # as pyFAI imports it: warns without pyopencl\n"
+        "from dahu.plugin import plugin_from_function\n\n\n"
+        "def f(x=0):\n"
+        "    return x\n\n\n"
+        "plugin_from_function(f)\n"
+    )
+    sources = write_inputs(tmp_path / "in", {"plugin_name": "ocl.f", "x": 7})
+    args = ("-q", "--executor", executor, "--plugins", plugins, "-o", tmp_path / "out", sources)
+    proc = reprocess(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.splitlines()[2].startswith("ocl.f ")
+    # -d shows it, with everything else
+    assert "Unable to import pyOpenCl" in reprocess("-d", *args).stderr

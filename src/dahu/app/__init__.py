@@ -14,6 +14,20 @@ logger = logging.getLogger(__name__)
 #: seconds the tools wait, at exit, for threads that plugins started and left running
 THREAD_GRACE = 2.0
 
+#: third-party loggers whose warnings are noise in a tool's output: silx's "Unable to import
+#: pyOpenCl" when pyFAI is imported (the plugins integrate on the CPU)
+NOISY_LOGGERS = ("silx.opencl.common",)
+#: the environment variable naming them (space-separated) to the worker processes
+QUIET_LOGGERS = "DAHU_QUIET_LOGGERS"
+
+
+def quiet_third_parties() -> None:
+    """Show only the errors of :data:`NOISY_LOGGERS`, in this process and in the worker
+    processes it starts (``--executor process``)."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ[QUIET_LOGGERS] = " ".join(NOISY_LOGGERS)
+
 
 def leave(status: int, grace: float = THREAD_GRACE) -> NoReturn:
     """Exit with ``status``, even if plugins left threads running.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import queue
 import sys
@@ -246,6 +247,18 @@ def check_rings(h5_path: str, curve_path: str, data: dict[str, Any]) -> str:
     )
 
 
+def _seconds(text: str, least: float = 0.0, strict: bool = True) -> float:
+    """A finite number of seconds above ``least`` (or at least it, not ``strict``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < least or (strict and value == least):
+        bound = f"more than {least:g}" if strict else f"{least:g} or more"
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, {bound}, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``dahu-demo``."""
     parser = argparse.ArgumentParser(
@@ -266,11 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="only write the synthetic data set (frames, HDF5 stack, geometry) into DIR",
     )
     parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds to wait for the jobs (60)"
+        "--timeout", type=_seconds, default=60.0, help="seconds to wait for the jobs (60)"
     )
     parser.add_argument(
         "--load",
-        type=float,
+        type=lambda text: _seconds(text, strict=False),
         default=0.0,
         metavar="SECONDS",
         help="after the demo's jobs, keep the server busy this long (about 200 jobs/s) "

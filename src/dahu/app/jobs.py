@@ -262,7 +262,9 @@ def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     """``show ID``."""
     record = get(db, args.job_id)
     if record is None:
-        sys.stderr.write(f"{PROG}: no job {args.job_id} in the journal of {args.workdir}\n")
+        where = f"the journal of {args.workdir}"  # empty: none yet, or all pruned
+        why = f" in {where}" if count(db, Filters()) else f": {where} is empty"
+        sys.stderr.write(f"{PROG}: no job {args.job_id}{why}\n")
         return EXIT_NOT_FOUND
     args.unreadable.record(record)
     files = _files(args.workdir, record.id, record.plugin)

@@ -37,8 +37,8 @@ from ..job import Job
 from ..journal import default_workdir
 from ..states import State
 from ..utils import get_workdir
-from . import leave
-from .reprocess_args import PROG, build_parser
+from . import leave, quiet_third_parties
+from .reprocess_args import PROG, build_parser, usage_problems
 from .reprocess_summary import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -143,6 +143,7 @@ class Reprocessor:
         # the main thread imports a plugin module or reads an input: either may never end
         self.interruptible = False
         self.aborting = False
+        self.hurry = False  # a second Ctrl-C: stop waiting for the aborted jobs
         self.give_up_at = float("inf")
         self.started = self.ended = time.monotonic()
         self.relocate = Relocator(engine.workdir)  # REPROCESS_RELOCATE's paths
@@ -168,10 +169,7 @@ class Reprocessor:
                 from tqdm.contrib.logging import logging_redirect_tqdm
 
                 stack.enter_context(logging_redirect_tqdm())
-            try:
-                self._loop()
-            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
-                self._give_up()
+            self._loop()
         self.ended = time.monotonic()
         self.bar.close()
 
@@ -185,7 +183,7 @@ class Reprocessor:
                     return
                 if not self.aborting:
                     self._abort_all()
-                elif time.monotonic() > self.give_up_at:
+                elif self.hurry or time.monotonic() > self.give_up_at:
                     self._give_up()
                     return
             elif more and len(self.pending) <= self.low:
@@ -242,8 +240,9 @@ class Reprocessor:
             return
 
         def handler(signum: int, frame: Any) -> None:
-            if self.stop.is_set():
-                raise KeyboardInterrupt
+            if self.stop.is_set():  # the loop gives up at its next turn: not a raise, which
+                self.hurry = True  # would lose the result being recorded
+                return
             self.stop.set()
             # said at once, even when the main thread is busy (importing a slow plugin
             # module): os.write, as print() may be the call this handler interrupted
@@ -418,13 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         format=f"{PROG}: %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    problems = [
-        f"plugin directory {d} {'is not a directory' if os.path.exists(d) else 'does not exist'}"
-        for d in args.plugins
-        if not os.path.isdir(d)
-    ]
-    if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
-        problems.append(f"output {args.output} is not a directory")
+    if not args.debug:
+        quiet_third_parties()  # silx's "Unable to import pyOpenCl", once per worker
+    problems = usage_problems(args)
     if problems:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: {problems[0]}", file=sys.stderr)

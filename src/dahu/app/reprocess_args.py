@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_RTOL
+from ..journal import default_workdir
 from ..properties import local_directory as directory  # ~ is the home directory
+from .sources import IDS
 
-__all__ = ["PROG", "build_parser"]
+__all__ = ["PROG", "build_parser", "usage_problems"]
 
 PROG = "dahu-reprocess"
 
@@ -87,3 +90,33 @@ def build_parser() -> argparse.ArgumentParser:
     add("-d", "--debug", action="store_true", help="log debugging messages")
     add("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+def usage_problems(args: argparse.Namespace) -> list[str]:
+    """What makes the parsed ``args`` unusable, found before anything is made: one line each."""
+    named = [("plugin directory", d) for d in args.plugins] + [("work directory", args.workdir)]
+    problems = [  # a --workdir typo: no output directory made for jobs that cannot run
+        f"{what} {d} {'is not a directory' if os.path.exists(d) else 'does not exist'}"
+        for what, d in named
+        if d and not os.path.isdir(d)
+    ]
+    ids = [s for s in args.sources if IDS.match(s) and not os.path.exists(s)]
+    if ids and not args.workdir and not os.path.isdir(default := default_workdir()):
+        origin = "$DAHU_WORKDIR" if os.environ.get("DAHU_WORKDIR") else "the default"
+        problems.append(
+            f"job ids {ids[0]}: no work directory {default} ({origin}): give --workdir DIR"
+        )
+    if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
+        problems.append(f"output {args.output} is not a directory")
+    output = os.path.realpath(args.output) if args.output else None
+    for source in args.sources if output else []:
+        # its NNNN/*.inp files, from earlier runs, would run again: twice as many each time
+        below = os.path.relpath(os.path.realpath(source), output).split(os.sep)[0]
+        if os.path.isdir(source) and (below == os.curdir or below.isdigit()):
+            where = "is also" if below == os.curdir else f"holds, in {below}/,"
+            problems.append(
+                f"the output directory {args.output} {where} a SOURCE: the inputs its "
+                "earlier runs wrote there would run again (give another -o)"
+            )
+            break
+    return problems

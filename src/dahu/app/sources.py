@@ -22,6 +22,7 @@ from ..journal.base import MAX_ID
 from ..utils import dumps, jsonable
 
 __all__ = [
+    "IDS",
     "InputError",
     "Item",
     "Loaded",
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 INPUT_EXTENSIONS = (".inp", ".json")
-_IDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+IDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")  # job ids: 3, 1-5, 1-3,7
 # the reason of a failed job in an archive of the original Dahu (2024.2.0): the second
 # line of its error, after the traceback text ("<class 'id00.BeamLost'>: no beam")
 _ORIGINAL_REASON = re.compile(r"<class '(?:[\w.]*\.)?(\w+)'>: ?(.*)", re.DOTALL)
@@ -57,20 +58,26 @@ class Item:
 
 # ---- sources ------------------------------------------------------------------------
 def _walk(directory: str, exclude: str | None) -> Iterator[Item]:
-    """Input files under ``directory``, sorted, skipping the ``exclude`` directory; a
-    directory that cannot be read is an item in error (os.walk would skip it silently)."""
+    """Input files under ``directory``, sorted, skipping the ``exclude`` directory, through
+    symbolic links to directories; a directory that cannot be read is an item in error
+    (os.walk would skip it silently)."""
     unreadable: list[Item] = []
 
     def refused(err: OSError) -> None:
         reason = f"cannot read this directory: {err.strerror or err}"
         unreadable.append(Item(err.filename or directory, error=reason))
 
-    for root, dirs, files in os.walk(directory, onerror=refused):
+    seen = {os.path.realpath(directory)}  # a directory linked twice (or to its parent): once
+    for root, dirs, files in os.walk(directory, onerror=refused, followlinks=True):
         yield from unreadable
         unreadable.clear()
-        dirs[:] = sorted(
-            d for d in dirs if exclude is None or os.path.realpath(os.path.join(root, d)) != exclude
-        )
+        kept = []
+        for name in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, name))
+            if real != exclude and real not in seen:
+                seen.add(real)
+                kept.append(name)
+        dirs[:] = kept
         for name in sorted(files):
             if name.endswith(INPUT_EXTENSIONS):
                 path = os.path.join(root, name)
@@ -145,7 +152,7 @@ def expand_sources(sources: list[str], workdir: str, exclude: str | None = None)
             items.extend(found or [Item(source, error="no .inp or .json file in this directory")])
         elif os.path.exists(source):  # a file, or a pipe (<(...), /dev/stdin)
             items.append(Item(source, path=source))
-        elif _IDS.match(source):
+        elif IDS.match(source):
             try:
                 journal = journal or _Journal(workdir)
             except DahuError as err:

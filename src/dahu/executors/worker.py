@@ -121,9 +121,13 @@ def leave_fork(job_id: int, outcome: Outcome) -> None:
 
 def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int) -> None:
     """Serve jobs from the server until told to stop or the pipe closes."""
+    from ..app import QUIET_LOGGERS
+
     logging.basicConfig(
         level=log_level, format=f"%(asctime)s worker-{os.getpid()} %(levelname)s %(message)s"
     )
+    for name in os.environ.get(QUIET_LOGGERS, "").split():  # as in the tool that started us
+        logging.getLogger(name).setLevel(logging.ERROR)
     use_reader(workdir)
     # a job a plugin makes here (Job(...)) goes to the server's work directory: this
     # process's own engine, made on first use, opens the same journal
