@@ -1002,6 +1002,39 @@ def test_a_worker_dying_between_jobs_is_said_in_the_log(tmp_path, monkeypatch, c
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+INTERRUPTS = """
+import os
+import signal
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Interrupts(Plugin):
+    # as a library's _thread.interrupt_main() does
+    def process(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        self.output["result"] = 1
+"""
+
+
+def test_a_sigint_to_a_worker_is_ignored(tmp_path, monkeypatch):
+    # bug (process): a SIGINT to a worker (its plugin's _thread.interrupt_main(), a kill
+    # -INT) ended its loop with a KeyboardInterrupt traceback: the worker died, the job's
+    # outcome sent or not (its caches lost, the job a success or not by chance)
+    engine = one_process_engine(tmp_path, monkeypatch)
+    (tmp_path / "plugins" / "interrupting.py").write_text(INTERRUPTS)
+    try:
+        assert run("example.square", {"x": 2}).status == "success"
+        pids = engine.executor.worker_pids()
+        assert run("interrupting.interrupts").output_data["result"] == 1
+        assert run("example.square", {"x": 3}).output_data["result"] == 9
+        assert engine.executor.worker_pids() == pids
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_a_waiter_whose_worker_dies_ends_without_waiting_for_a_slot(tmp_path, monkeypatch):
     # bug: its worker dead (the OOM killer), a job whose plugin waited for another one
     # stayed running until a slot was free, here until the long job ended

@@ -23,6 +23,10 @@ process is killed while the kernel dumps its core, and a ``done`` sent meanwhile
 job's thread made the job a ``success``.  One sent to an idle worker (no job thread) waits
 for the next ``run``, and ends the worker before it sends ``begin``.
 
+SIGINT is said in the log and ignored: it ended the worker's loop with a
+``KeyboardInterrupt`` traceback, and the worker, as the job's thread sent its outcome or
+not.
+
 A plugin's ``wait_for`` reads the other job's record in the server's journal through a
 :class:`~dahu.journal.reader.JournalReader` (the work directory is shared), so jobs in
 different workers can wait for each other; no engine is made in a worker.
@@ -142,6 +146,12 @@ def leave_fork(job_id: int, outcome: Outcome) -> None:
     os._exit(fork_exit_code(outcome))
 
 
+def _ignore_interrupt(signum: int, frame: Any) -> None:
+    """SIGINT (a plugin's ``os.kill(os.getpid(), SIGINT)`` or ``_thread.interrupt_main()``,
+    a ``kill -INT``): said and ignored; the server stops its workers itself."""
+    logger.warning("worker %d: SIGINT ignored (the server stops its workers)", os.getpid())
+
+
 def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int) -> None:
     """Serve jobs from the server until told to stop or the pipe closes."""
     logging.basicConfig(
@@ -154,6 +164,8 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
     for directory in plugin_dirs:
         plugin_factory.add_directory(directory)
     signal.pthread_sigmask(signal.SIG_BLOCK, CORE_SIGNALS)
+    if threading.current_thread() is threading.main_thread():  # (not in the tests' thread)
+        signal.signal(signal.SIGINT, _ignore_interrupt)
     send_lock = threading.Lock()
     current: dict[int, Execution] = {}
     waits: dict[int, int] = {}  # job id -> waits for other jobs (its plugin's threads')
