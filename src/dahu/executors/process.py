@@ -7,7 +7,9 @@ and reused, so caches stay warm between jobs.
 
 * A worker that dies (segfault, ``os._exit``, out of memory) turns its job into
   ``failure`` with the reason (``worker process died: signal 11 (SIGSEGV)``); the next
-  job on that slot gets a new worker.  The server keeps serving.
+  job on that slot gets a new worker.  The server keeps serving.  A job whose worker
+  died before it began there (before the worker's ``begin``) is never blamed: it is sent
+  to a new worker, once.
 * ``abort`` asks the plugin first; if the job has not ended ``abort_grace`` seconds
   later the worker is killed.  The job ends ``aborted`` either way.
 * Workers can be recycled after ``recycle_jobs`` jobs or once their resident memory
