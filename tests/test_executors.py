@@ -879,6 +879,46 @@ def test_a_job_that_ends_at_once_is_let_go_by_its_own_thread_not_the_worker_s_lo
         loop.join(30)
 
 
+class _NoThread(threading.Thread):
+    """A thread that cannot start (the process has as many as it may have)."""
+
+    def start(self):
+        raise RuntimeError("can't start new thread")
+
+
+def test_a_worker_that_cannot_start_a_job_s_thread_fails_the_job_and_ends(tmp_path, monkeypatch):
+    # bug (process): a worker whose plugins left as many threads as it may have died of
+    # the RuntimeError in its loop (a traceback), the job it was given blamed for it,
+    # "worker process died: exit code 1"; an abort then ended it too
+    from dahu.executors import worker
+
+    monkeypatch.setattr("dahu.journal.reader._current", None)  # worker_main sets them
+    monkeypatch.setenv("DAHU_WORKDIR", str(tmp_path))
+    monkeypatch.setattr(logging, "basicConfig", lambda **_: None)
+    monkeypatch.setattr(worker, "threading", SimpleNamespace(Thread=_NoThread, Lock=threading.Lock))
+    ours, its = multiprocessing.Pipe()
+    loop = threading.Thread(
+        target=worker.worker_main, args=(its, str(tmp_path), [], logging.WARNING)
+    )
+    loop.start()
+    try:
+        ours.send(("abort", 1, "aborted on request"))  # for no job: its thread fails too
+        ours.send(("run", 1, "example.square", {"x": 2}))
+        assert ours.poll(30)
+        assert ours.recv() == ("begin", 1)
+        assert ours.poll(30)
+        kind, job_id, outcome = ours.recv()
+        assert (kind, job_id, outcome["state"]) == ("done", 1, "failure")
+        assert outcome["error"] == (
+            "cannot start a thread to run it: can't start new thread; the worker ends"
+        )
+        loop.join(30)
+        assert not loop.is_alive()  # ended: the next job gets a new worker
+    finally:
+        ours.close()
+        loop.join(30)
+
+
 FINALISED = """
 from pathlib import Path
 

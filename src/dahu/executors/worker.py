@@ -44,6 +44,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -248,9 +249,20 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
                 profile_dir=workdir,
                 on_plugin=lambda t, job_id=job_id: send(("plugin", job_id, t)),
             )
-            threading.Thread(target=run, args=(job_id,), daemon=True).start()
+            try:
+                threading.Thread(target=run, args=(job_id,), daemon=True).start()
+            except RuntimeError as err:  # no thread to be had: plugins left too many
+                del current[job_id]
+                reason = f"cannot start a thread to run it: {err}; the worker ends"
+                logger.error("job %s: %s", job_id, reason)
+                outcome = Outcome(State.FAILURE, {}, reason, None, time.time())
+                send(("done", job_id, outcome_message(outcome, job_id)))
+                break  # the next job gets a new worker, without those threads
         elif kind == "abort":  # in a thread of its own, for the same reason
-            threading.Thread(target=abort, args=message[1:3], daemon=True).start()
+            try:
+                threading.Thread(target=abort, args=message[1:3], daemon=True).start()
+            except RuntimeError:  # no thread to be had: here, then
+                abort(*message[1:3])
         elif kind == "stop":
             break
 
