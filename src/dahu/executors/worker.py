@@ -6,8 +6,8 @@ It talks to the server over a pipe:
 server → worker: ``("run", job_id, plugin, input)``, ``("abort", job_id, reason)``,
 ``("stop",)``; worker → server: ``("begin", job_id)`` as it takes the job (before anything
 of it runs: a worker that dies before the server heard it never began the job),
-``("plugin", job_id, job_timeout)`` once the plugin is instantiated, ``("waiting", job_id)`` / ``("resumed", job_id)`` around ``wait_for``, and
-``("done", job_id, outcome)`` with the output as JSON text.  The server matches every
+``("plugin", job_id, job_timeout)`` once the plugin is instantiated, ``("waiting",
+job_id)`` / ``("resumed", job_id)`` around ``wait_for``, and ``("done", job_id, outcome)`` with the output as JSON text.  The server matches every
 message to its job by ``job_id`` and ignores one for another job.
 
 A process a plugin forks (``os.fork()`` without ``exec``) that returns from the plugin
@@ -17,15 +17,15 @@ outcome is never reported.
 ``multiprocessing``, ``subprocess`` and fork + ``exec`` are not affected.
 
 The signals that dump core (``SIGSEGV``, ``SIGABRT``...) are blocked in the worker's loop
-and taken by the thread of the job running (and the threads its plugin starts): one a plugin sends its own process (``os.kill(os.getpid(),
-signal.SIGSEGV)``) ends the thread that runs it, which so never sends a ``done``: the
-process is killed while the kernel dumps its core, and a ``done`` sent meanwhile by the
-job's thread made the job a ``success``.  One sent to an idle worker (no job thread) waits
-for the next ``run``, and ends the worker before it sends ``begin``.
+and taken by the thread of the running job (and the threads its plugin starts): one a
+plugin sends its own process (``os.kill(os.getpid(), signal.SIGSEGV)``) ends the thread
+that runs it, which so never sends a ``done`` (the process dies only once the kernel
+starts dumping its core: a ``done`` sent meanwhile by the job's thread made the job a
+``success``).  One sent to an idle worker (no job thread) waits for the next ``run``, and
+ends the worker before it sends ``begin``.
 
-SIGINT is said in the log and ignored: it ended the worker's loop with a
-``KeyboardInterrupt`` traceback, and the worker, as the job's thread sent its outcome or
-not.
+SIGINT is said in the log and ignored (it used to end the worker's loop with a
+``KeyboardInterrupt`` traceback: the worker died, its job's outcome sent or not).
 
 A plugin's ``wait_for`` reads the other job's record in the server's journal through a
 :class:`~dahu.journal.reader.JournalReader` (the work directory is shared), so jobs in
