@@ -138,6 +138,7 @@ TROUBLE_PLUGINS = '''\
 """Plugins that misbehave, for the executor tests."""
 import ctypes
 import os
+import signal
 import time
 
 from dahu.factory import register
@@ -146,8 +147,9 @@ from dahu.plugin import Plugin
 
 @register
 class Crash(Plugin):
-    """Kill the process running it: os._exit(1), os.abort() or a segfault (creates the
-    file ``flag``, if given, on entering; then waits for the file ``go``, if given)."""
+    """Kill the process running it: os._exit(1), os.abort(), a segfault, or a SIGSEGV it
+    sends its process before it returns (creates the file ``flag``, if given, on entering;
+    then waits for the file ``go``, if given)."""
 
     def process(self):
         if "flag" in self.input:
@@ -158,6 +160,10 @@ class Crash(Plugin):
             os._exit(1)
         if self.input.get("how") == "abort":
             os.abort()
+        if self.input.get("how") == "kill":
+            os.kill(os.getpid(), signal.SIGSEGV)
+            self.output["survived"] = True
+            return
         ctypes.string_at(0)
 
 

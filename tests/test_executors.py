@@ -869,6 +869,8 @@ def test_a_job_that_ends_at_once_is_let_go_by_its_own_thread_not_the_worker_s_lo
         mark = tmp_path / "mark"
         ours.send(("run", 1, "letgo.marks", {"mark": str(mark)}))
         assert ours.poll(30)
+        assert ours.recv()[:2] == ("begin", 1)
+        assert ours.poll(30)
         assert ours.recv()[:2] == ("plugin", 1)
         assert ours.poll(30)
         assert ours.recv()[:2] == ("done", 1)
@@ -877,6 +879,46 @@ def test_a_job_that_ends_at_once_is_let_go_by_its_own_thread_not_the_worker_s_lo
         loop.join(30)
         assert not loop.is_alive()
         assert mark.read_text() not in ("", "the worker's loop")
+    finally:
+        ours.close()
+        loop.join(30)
+
+
+class _NoThread(threading.Thread):
+    """A thread that cannot start (the process has as many as it may have)."""
+
+    def start(self):
+        raise RuntimeError("can't start new thread")
+
+
+def test_a_worker_that_cannot_start_a_job_s_thread_fails_the_job_and_ends(tmp_path, monkeypatch):
+    # bug (process): a worker whose plugins left as many threads as it may have died of
+    # the RuntimeError in its loop (a traceback), the job it was given blamed for it,
+    # "worker process died: exit code 1"; an abort then ended it too
+    from dahu.executors import worker
+
+    monkeypatch.setattr("dahu.journal.reader._current", None)  # worker_main sets them
+    monkeypatch.setenv("DAHU_WORKDIR", str(tmp_path))
+    monkeypatch.setattr(logging, "basicConfig", lambda **_: None)
+    monkeypatch.setattr(worker, "threading", SimpleNamespace(Thread=_NoThread, Lock=threading.Lock))
+    ours, its = multiprocessing.Pipe()
+    loop = threading.Thread(
+        target=worker.worker_main, args=(its, str(tmp_path), [], logging.WARNING)
+    )
+    loop.start()
+    try:
+        ours.send(("abort", 1, "aborted on request"))  # for no job: its thread fails too
+        ours.send(("run", 1, "example.square", {"x": 2}))
+        assert ours.poll(30)
+        assert ours.recv() == ("begin", 1)
+        assert ours.poll(30)
+        kind, job_id, outcome = ours.recv()
+        assert (kind, job_id, outcome["state"]) == ("done", 1, "failure")
+        assert outcome["error"] == (
+            "cannot start a thread to run it: can't start new thread; the worker ends"
+        )
+        loop.join(30)
+        assert not loop.is_alive()  # ended: the next job gets a new worker
     finally:
         ours.close()
         loop.join(30)
@@ -940,6 +982,100 @@ def test_a_job_aborted_as_it_is_handed_to_its_worker_is_not_left_running(tmp_pat
         assert (outcome.state, outcome.error) == ("aborted", "aborted on request")
         assert time.monotonic() - t0 < 1.5
         assert execution.worker.is_alive()
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+def test_a_plugin_that_signals_its_own_process_fails_its_job_not_the_next(tmp_path, monkeypatch):
+    # bug (process): a plugin sending its process a SIGSEGV (which dumps core: the process
+    # dies a moment later) and returning raced with its job's "done": 1 run in 2 the job
+    # was a success and no failure was seen at all (the signal was taken by the thread of
+    # the job before, still ending); with two workers the next job sent to that worker
+    # failed instead, "worker process died: signal 11 (SIGSEGV)"
+    engine = one_process_engine(tmp_path, monkeypatch)
+    try:
+        for _ in range(4):
+            assert run("example.square", {"x": 2}).output_data["result"] == 4
+            job = run("trouble.crash", {"how": "kill"})
+            assert (job.status, job.error) == (
+                "failure",
+                "worker process died: signal 11 (SIGSEGV)",
+            )
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+def test_a_job_whose_worker_died_before_it_began_runs_on_a_new_one(tmp_path, monkeypatch, caplog):
+    # bug (process): a worker that died after one job's result and before the next job
+    # began there (a thread the first job's plugin left killed it) failed that next job,
+    # "worker process died: signal 9 (SIGKILL)": an innocent job blamed, and lost
+    engine = one_process_engine(tmp_path, monkeypatch)
+    try:
+        task = Handed()
+        task.plugin_name, task.input_data = "example.square", {"x": 5}
+        execution = engine.executor.execution(task)  # the worker it is sent to...
+        dead = execution.worker
+        os.kill(dead.pid, signal.SIGKILL)  # ...dies before the job is sent
+        dead.process.wait(30)
+        with caplog.at_level("WARNING", logger="dahu.executors.process"):
+            outcome = execution.run()
+        assert (outcome.state, outcome.output["result"]) == ("success", 25)
+        assert execution.worker is not dead and execution.worker.is_alive()
+        assert dead.pid not in engine.executor.worker_pids()
+        (line,) = [r.getMessage() for r in caplog.records if "before the job began" in r.message]
+        assert line.startswith(f"job {task.job_id}: worker process died: signal 9 (SIGKILL)")
+        assert line.endswith("before the job began: it is sent to a new worker")
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+def test_a_worker_dying_between_jobs_is_said_in_the_log(tmp_path, monkeypatch, caplog):
+    # bug (process): a worker that died while idle was replaced without a word
+    engine = one_process_engine(tmp_path, monkeypatch)
+    try:
+        job = run("example.square", {"x": 2})
+        (pid,) = engine.executor.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with caplog.at_level("WARNING", logger="dahu.executors.process"):
+            assert run("example.square", {"x": 3}).output_data["result"] == 9
+        said = f"worker {pid}: worker process died: signal 9 (SIGKILL) after job {job.id} ended"
+        assert said in [r.getMessage() for r in caplog.records]
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+INTERRUPTS = """
+import os
+import signal
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Interrupts(Plugin):
+    # as a library's _thread.interrupt_main() does
+    def process(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        self.output["result"] = 1
+"""
+
+
+def test_a_sigint_to_a_worker_is_ignored(tmp_path, monkeypatch):
+    # bug (process): a SIGINT to a worker (its plugin's _thread.interrupt_main(), a kill
+    # -INT) ended its loop with a KeyboardInterrupt traceback: the worker died, the job's
+    # outcome sent or not (its caches lost, the job a success or not by chance)
+    engine = one_process_engine(tmp_path, monkeypatch)
+    (tmp_path / "plugins" / "interrupting.py").write_text(INTERRUPTS)
+    try:
+        assert run("example.square", {"x": 2}).status == "success"
+        pids = engine.executor.worker_pids()
+        assert run("interrupting.interrupts").output_data["result"] == 1
+        assert run("example.square", {"x": 3}).output_data["result"] == 9
+        assert engine.executor.worker_pids() == pids
     finally:
         engine.executor.shutdown(wait=True, timeout=30)
 

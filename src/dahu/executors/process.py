@@ -7,7 +7,9 @@ and reused, so caches stay warm between jobs.
 
 * A worker that dies (segfault, ``os._exit``, out of memory) turns its job into
   ``failure`` with the reason (``worker process died: signal 11 (SIGSEGV)``); the next
-  job on that slot gets a new worker.  The server keeps serving.
+  job on that slot gets a new worker.  The server keeps serving.  A job whose worker
+  died before it began there (before the worker's ``begin``) is never blamed: it is sent
+  to a new worker, once.
 * ``abort`` asks the plugin first; if the job has not ended ``abort_grace`` seconds
   later the worker is killed.  The job ends ``aborted`` either way.
 * Workers can be recycled after ``recycle_jobs`` jobs or once their resident memory
@@ -30,6 +32,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ..errors import error_line
 from ..states import State
 from .base import Task, close_orphans
 from .runner import Outcome
@@ -65,6 +68,11 @@ def death_reason(exitcode: int | None) -> str:
     return f"worker process died: {exit_text(exitcode)}"
 
 
+def after_job(worker: WorkerProcess) -> str:
+    """`` after job 12 ended`` (the last job that worker ran), or ""."""
+    return f" after job {worker.last_job} ended" if worker.last_job is not None else ""
+
+
 class WorkerProcess:
     """One worker process (``python -m dahu.executors.worker``) and the server's end of
     its pipe.
@@ -90,6 +98,7 @@ class WorkerProcess:
         self.conn = Connection(ours.detach())
         self.plugin_dirs = list(plugin_dirs)
         self.jobs = 0
+        self.last_job: int | None = None  # the last job whose outcome came back
         self.rss = 0
         self._send_lock = threading.Lock()
         self._stopped = False
@@ -186,21 +195,39 @@ class RemoteExecution:
     def run(self) -> Outcome:
         """Send the job, follow the worker's messages, never raise."""
         started = time.time()
+        try:
+            outcome = self._follow(started, again=True)
+            if outcome is None:  # its worker died before it began: once more, on a new one
+                try:
+                    self.worker = self.executor.worker_process()
+                except Exception as err:  # as ThreadExecutor._run says it
+                    logger.exception("job %s: cannot start", self.job_id)
+                    reason = f"cannot start the job: {error_line(err)}"
+                    return Outcome(State.FAILURE, {}, reason, started, time.time())
+                outcome = self._follow(started, again=False)
+            return outcome
+        finally:
+            self._done.set()
+
+    def _follow(self, started: float, again: bool) -> Outcome | None:
+        """Send the job to :attr:`worker` and follow its messages; None if the worker died
+        before it began the job (before its ``begin``), which may then be sent again."""
         waiting = None
+        begun = False
         try:
             if not self.worker.send(("run", self.job_id, self.plugin_name, self.input_data)):
-                return self._died(started)
+                return self._died(started, begun, again)
             if self.abort_reason is not None:  # an abort sent before the job was: again
                 self.worker.send(("abort", self.job_id, self.abort_reason))
             while True:
                 if not self.worker.conn.poll(0.25):
                     if not self.worker.is_alive() and not self.worker.conn.poll(0):
-                        return self._died(started)
+                        return self._died(started, begun, again)
                     continue
                 try:
                     message = self.worker.conn.recv()
                 except (EOFError, OSError):
-                    return self._died(started)
+                    return self._died(started, begun, again)
                 kind = message[0]
                 if len(message) < 2 or message[1] != self.job_id:
                     # not this job's (a stale or stray message): never its outcome
@@ -212,7 +239,9 @@ class RemoteExecution:
                         message[1] if len(message) > 1 else None,
                     )
                     continue
-                if kind == "plugin" and self.on_plugin is not None:
+                if kind == "begin":
+                    begun = True
+                elif kind == "plugin" and self.on_plugin is not None:
                     self.on_plugin(message[2])
                 elif kind == "waiting" and waiting is None:
                     waiting = self.executor.waiting(self._done.is_set)
@@ -223,16 +252,19 @@ class RemoteExecution:
                 elif kind == "done":
                     return self._outcome(message[2])
         finally:
-            self._done.set()
             if waiting is not None:  # the worker died waiting: no slot to wait for
+                self._done.set()
                 waiting.__exit__(None, None, None)
 
     def _outcome(self, data: dict[str, Any]) -> Outcome:
         self.worker.jobs += 1
+        self.worker.last_job = self.job_id
         self.worker.rss = data.get("rss", 0)
         return outcome_from_message(data)
 
-    def _died(self, started: float) -> Outcome:
+    def _died(self, started: float, begun: bool, again: bool) -> Outcome | None:
+        """The outcome of a job whose worker died: None if it may be sent again (``again``:
+        the worker died before it began the job, which is never blamed for it)."""
         try:
             self.worker.process.wait(5)
         except subprocess.TimeoutExpired:
@@ -245,6 +277,18 @@ class RemoteExecution:
                 reason += f" (worker killed after {self.executor.abort_grace:g} s)"
             return Outcome(State.ABORTED, {}, reason, started, time.time())
         reason = death_reason(self.worker.exitcode)
+        if not begun:
+            logger.warning(
+                "job %s: %s (pid %s) before the job began%s: %s",
+                self.job_id,
+                reason,
+                self.worker.pid,
+                after_job(self.worker),
+                "it is sent to a new worker" if again else "it is not sent again",
+            )
+            if again:
+                return None
+            reason += ", before the job began"
         # marked: a tool that reports every failed job itself leaves this line out
         logger.error("job %s: %s", self.job_id, reason, extra={"job_failure": True})
         return Outcome(State.FAILURE, {}, reason, started, time.time())
@@ -279,9 +323,17 @@ class ProcessExecutor(ThreadExecutor):
         self._workers: set[WorkerProcess] = set()
         self._workers_lock = threading.Lock()
 
-    def _worker_process(self) -> WorkerProcess:
+    def worker_process(self) -> WorkerProcess:
+        """This slot's worker process: a new one if it has none, or a dead or worn-out
+        one."""
         worker = getattr(self._local, "worker", None)
         if worker is not None and not worker.is_alive():  # it died between two jobs
+            logger.warning(
+                "worker %s: %s%s",
+                worker.pid,
+                death_reason(worker.exitcode),
+                after_job(worker),
+            )
             self.discard(worker)
             self.close_orphans()
             worker = None
@@ -324,7 +376,7 @@ class ProcessExecutor(ThreadExecutor):
 
     def execution(self, task: Task) -> RemoteExecution:
         """A :class:`RemoteExecution` on this slot's worker process."""
-        return RemoteExecution(self, self._worker_process(), task)
+        return RemoteExecution(self, self.worker_process(), task)
 
     def worker_pids(self) -> list[int]:
         """The process ids of the live workers."""

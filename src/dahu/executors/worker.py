@@ -4,9 +4,10 @@ It imports plugin modules once and keeps them (and their ``DataCache``) between 
 It talks to the server over a pipe:
 
 server → worker: ``("run", job_id, plugin, input)``, ``("abort", job_id, reason)``,
-``("stop",)``; worker → server: ``("plugin", job_id, job_timeout)`` once the plugin is
-instantiated, ``("waiting", job_id)`` / ``("resumed", job_id)`` around ``wait_for``, and
-``("done", job_id, outcome)`` with the output as JSON text.  The server matches every
+``("stop",)``; worker → server: ``("begin", job_id)`` as it takes the job (before anything
+of it runs: a worker that dies before the server heard it never began the job),
+``("plugin", job_id, job_timeout)`` once the plugin is instantiated, ``("waiting",
+job_id)`` / ``("resumed", job_id)`` around ``wait_for``, and ``("done", job_id, outcome)`` with the output as JSON text.  The server matches every
 message to its job by ``job_id`` and ignores one for another job.
 
 A process a plugin forks (``os.fork()`` without ``exec``) that returns from the plugin
@@ -14,6 +15,17 @@ instead of ending ends there (``os._exit``: 0 if the plugin succeeded, the code 
 ``sys.exit(code)``, else 1): only the worker itself talks to the server, and the fork's
 outcome is never reported.
 ``multiprocessing``, ``subprocess`` and fork + ``exec`` are not affected.
+
+The signals that dump core (``SIGSEGV``, ``SIGABRT``...) are blocked in the worker's loop
+and taken by the thread of the running job (and the threads its plugin starts): one a
+plugin sends its own process (``os.kill(os.getpid(), signal.SIGSEGV)``) ends the thread
+that runs it, which so never sends a ``done`` (the process dies only once the kernel
+starts dumping its core: a ``done`` sent meanwhile by the job's thread made the job a
+``success``).  One sent to an idle worker (no job thread) waits for the next ``run``, and
+ends the worker before it sends ``begin``.
+
+SIGINT is said in the log and ignored (it used to end the worker's loop with a
+``KeyboardInterrupt`` traceback: the worker died, its job's outcome sent or not).
 
 A plugin's ``wait_for`` reads the other job's record in the server's journal through a
 :class:`~dahu.journal.reader.JournalReader` (the work directory is shared), so jobs in
@@ -29,8 +41,10 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +64,20 @@ __all__ = ["LOST_PIPE", "worker_main", "outcome_message", "outcome_from_message"
 LOST_PIPE = 86
 """The exit code of a worker that cannot send an outcome on its pipe (closed by its
 plugin, or the server is gone)."""
+
+CORE_SIGNALS = {
+    signal.SIGABRT,
+    signal.SIGBUS,
+    signal.SIGFPE,
+    signal.SIGILL,
+    signal.SIGQUIT,
+    signal.SIGSEGV,
+    signal.SIGSYS,
+    signal.SIGTRAP,
+    signal.SIGXCPU,
+    signal.SIGXFSZ,
+}
+"""The signals whose default action dumps core: taken by the job threads (module doc)."""
 
 _self: psutil.Process | None = None  # this process, for the memory reported per outcome
 
@@ -119,6 +147,12 @@ def leave_fork(job_id: int, outcome: Outcome) -> None:
     os._exit(fork_exit_code(outcome))
 
 
+def _ignore_interrupt(signum: int, frame: Any) -> None:
+    """SIGINT (a plugin's ``os.kill(os.getpid(), SIGINT)`` or ``_thread.interrupt_main()``,
+    a ``kill -INT``): said and ignored; the server stops its workers itself."""
+    logger.warning("worker %d: SIGINT ignored (the server stops its workers)", os.getpid())
+
+
 def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int) -> None:
     """Serve jobs from the server until told to stop or the pipe closes."""
     from ..app import QUIET_LOGGERS
@@ -134,6 +168,9 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
     os.environ["DAHU_WORKDIR"] = workdir
     for directory in plugin_dirs:
         plugin_factory.add_directory(directory)
+    signal.pthread_sigmask(signal.SIG_BLOCK, CORE_SIGNALS)
+    with contextlib.suppress(ValueError):  # not the main thread (a test's)
+        signal.signal(signal.SIGINT, _ignore_interrupt)
     send_lock = threading.Lock()
     current: dict[int, Execution] = {}
     waits: dict[int, int] = {}  # job id -> waits for other jobs (its plugin's threads')
@@ -147,11 +184,15 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
             conn.send(message)
 
     def run(job_id: int) -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, CORE_SIGNALS)  # (inherited: blocked)
         execution = current[job_id]
         try:
             outcome = execution.run()
         except BaseException as err:  # Execution.run does not raise; belt and braces
             outcome = Outcome(State.FAILURE, {}, f"worker error: {error_line(err)}")
+        # blocked again: this thread, still alive while the next job runs, must not take
+        # a signal that job's plugin sends, and leave that job's thread to say "done"
+        signal.pthread_sigmask(signal.SIG_BLOCK, CORE_SIGNALS)
         if os.getpid() != worker_pid:
             leave_fork(job_id, outcome)
         current.pop(job_id, None)
@@ -179,6 +220,9 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
         kind = message[0]
         if kind == "run":
             job_id, plugin_name, input_data = message[1:4]
+            # one sent while no job ran ends this worker now, before the job begins
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signal.sigpending() & CORE_SIGNALS)
+            send(("begin", job_id))
 
             @contextlib.contextmanager
             def waiting(job_id: int = job_id) -> Iterator[None]:
@@ -209,9 +253,20 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
                 profile_dir=workdir,
                 on_plugin=lambda t, job_id=job_id: send(("plugin", job_id, t)),
             )
-            threading.Thread(target=run, args=(job_id,), daemon=True).start()
+            try:
+                threading.Thread(target=run, args=(job_id,), daemon=True).start()
+            except RuntimeError as err:  # no thread to be had: plugins left too many
+                del current[job_id]
+                reason = f"cannot start a thread to run it: {err}; the worker ends"
+                logger.error("job %s: %s", job_id, reason)
+                outcome = Outcome(State.FAILURE, {}, reason, None, time.time())
+                send(("done", job_id, outcome_message(outcome, job_id)))
+                break  # the next job gets a new worker, without those threads
         elif kind == "abort":  # in a thread of its own, for the same reason
-            threading.Thread(target=abort, args=message[1:3], daemon=True).start()
+            try:
+                threading.Thread(target=abort, args=message[1:3], daemon=True).start()
+            except RuntimeError:  # no thread to be had: here, then
+                abort(*message[1:3])
         elif kind == "stop":
             break
 
