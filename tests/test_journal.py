@@ -4,6 +4,7 @@ import http
 import json
 import logging
 import os
+import pathlib
 import signal
 import sqlite3
 import subprocess
@@ -26,7 +27,7 @@ from dahu.journal import (
     write_job_files,
 )
 
-from .conftest import child_env, damage
+from .conftest import child_env, damage, wait_for_file
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -419,6 +420,34 @@ def test_sigkill_mid_job_marks_it_interrupted(workdir):
     # skipped (at most one block of them)
     new_id = Job("example.noop", {}).id
     assert queued_id < new_id <= queued_id + SQLiteJournal.ID_BLOCK
+
+
+def test_a_running_engine_closes_the_jobs_of_a_process_that_died_beside_it(workdir, monkeypatch):
+    # bug: two servers on one work directory (or a server and a dahu-reprocess), one
+    # killed with jobs running and queued: the other answered "running" (waitJob,
+    # getJobState) and "uninitialized" for them for good, until a server started again
+    from dahu.engine import orphans
+    from dahu.journal.base import HOST
+
+    monkeypatch.setattr(orphans, "CHECK_EVERY", 0.1)
+    engine = dahu.engine.configure(workdir=str(workdir))
+    try:
+        proc = child(workdir, "hang")
+        running_id, queued_id = map(int, proc.stdout.readline().split())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        reason = f"interrupted: its process, pid {proc.pid} on {HOST}, died"
+        assert Job.synchronize_job(running_id, 30) == "failure"  # as waitJob follows it
+        for job_id, plugin in ((running_id, "example.sleep"), (queued_id, "example.square")):
+            assert Job.getStatusFromID(job_id) == "failure"
+            assert Job.getErrorFromID(job_id) == reason
+            stem = job_file_stem(str(workdir), job_id, plugin)
+            wait_for_file(pathlib.Path(stem + ".out"))  # written as at a start
+            assert json.loads(open(stem + ".out").read()) == {"error": [reason]}
+            assert json.loads(open(stem + ".inp").read())["job_id"] == job_id
+        assert Job("example.square", {"x": 3}).id > queued_id  # this engine goes on
+    finally:
+        engine.close()
 
 
 def test_files_a_killed_process_left_unwritten_are_written_at_the_next_start(workdir):

@@ -255,7 +255,10 @@ def _json_field(record: Any, name: str) -> str:
     return "(none)" if value is None else json.dumps(value, indent=2, ensure_ascii=False)
 
 
-GONE = "the next server or engine on this work directory records it failure, interrupted"
+GONE = (
+    "a server or engine running on this work directory (within seconds) or the next one "
+    "to start records it failure, interrupted"
+)
 
 
 def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:

@@ -309,9 +309,20 @@ _UNFINISHED = tuple(state for state in State.ALL if state not in State.FINAL)
 """The states a record can have before its job ends (looked up with the state index)."""
 
 
-def close_dead(db: Any) -> tuple[list[int], dict[str, int]]:
+def unfinished_owners(journal: Any) -> list[tuple[str, int, float]]:
+    """``(host, pid, oldest submitted)`` of each process of this host that has unfinished
+    jobs in the SQLite ``journal`` (read in the state index: no write, no scan)."""
+    return journal._read(
+        f"SELECT host, pid, MIN(submitted) FROM jobs "
+        f"WHERE state IN ({', '.join('?' * len(_UNFINISHED))}) AND host = ? GROUP BY pid",
+        (*_UNFINISHED, HOST),
+    )
+
+
+def close_dead(db: Any, named: bool = False) -> tuple[list[int], dict[str, int]]:
     """In the transaction ``db``: close as ``failure``/``interrupted`` the unfinished
-    jobs whose process is gone; return their ids, and per other host how many unfinished
+    jobs whose process is gone (``named``: the error names it, ``interrupted: its process,
+    pid N on HOST, died``); return their ids, and per other host how many unfinished
     jobs it has (left alone: their process may run there)."""
     rows = db.execute(  # a few seeks in the state index, not a scan of the table
         f"SELECT id, host, pid, submitted FROM jobs "
@@ -319,15 +330,20 @@ def close_dead(db: Any) -> tuple[list[int], dict[str, int]]:
         _UNFINISHED,
     ).fetchall()
     gone: set[int] = set()  # a dead server's pid: asked once, not once a job
-    dead = [r[0] for r in rows if not process_alive(r[1], r[2], r[3], gone)]
+    dead = [r for r in rows if not process_alive(r[1], r[2], r[3], gone)]
     now = time.time()
-    output = json.dumps({"error": [INTERRUPTED]}, separators=(",", ":"))  # as its .out
+
+    def closing(job_id: int, host: str, pid: int) -> tuple:
+        error = f"{INTERRUPTED}: its process, pid {pid} on {host}, died" if named else INTERRUPTED
+        output = json.dumps({"error": [error]}, separators=(",", ":"))  # as its .out
+        return (State.FAILURE, error, now, output, job_id)
+
     db.executemany(
         "UPDATE jobs SET state = ?, error = ?, ended = ?, output = COALESCE(output, ?) "
         "WHERE id = ?",
-        [(State.FAILURE, INTERRUPTED, now, output, i) for i in dead],
+        [closing(*r[:3]) for r in dead],
     )
-    return dead, dict(collections.Counter(str(r[1]) for r in rows if r[1] != HOST))
+    return [r[0] for r in dead], dict(collections.Counter(str(r[1]) for r in rows if r[1] != HOST))
 
 
 def journal_token(journal: Any) -> str:
