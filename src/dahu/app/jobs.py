@@ -256,8 +256,8 @@ def _json_field(record: Any, name: str) -> str:
 
 
 GONE = (
-    "a server or engine running on this work directory (within seconds) or the next one "
-    "to start records it failure, interrupted"
+    "the next server or engine on this work directory (a running one: within seconds) "
+    "records it failure, interrupted"
 )
 
 
