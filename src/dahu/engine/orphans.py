@@ -46,6 +46,8 @@ def watch_dead(engine: Any) -> None:
     if not isinstance(engine.journal, SQLiteJournal):  # nothing outlives the process
         return
 
+    refused = [""]  # the journal's last refusal to close them (logged once)
+
     def check() -> None:
         if engine._closed:
             return
@@ -72,6 +74,7 @@ def watch_dead(engine: Any) -> None:
             journal = engine.journal
             with journal.transaction() as db:
                 closed, _ = close_dead(db, named=True)
+            refused[0] = ""
             if closed:
                 names = ", ".join(f"pid {pid} on {host}" for host, pid in dead)
                 logger.warning(
@@ -79,9 +82,13 @@ def watch_dead(engine: Any) -> None:
                     "closed as failed: interrupted",
                     *(journal.path, len(closed), names),
                 )
-                engine.recovery = Recovery(engine, closed, journal.last_id())
+                if not engine._closed:  # (else the next start writes their files)
+                    engine.recovery = Recovery(engine, closed, journal.last_id())
         except (DahuError, sqlite3.Error) as err:  # the next look tries again
-            logger.error("the jobs of a dead process: not closed: %s", one_line(str(err)))
+            text = one_line(str(err))
+            if text != refused[0]:  # (a full disk: once, not every look)
+                logger.error("the jobs of a dead process: not closed: %s", text)
+            refused[0] = text
         finally:
             if not engine._closed:
                 engine.watchdog.call_later(CHECK_EVERY, check)
