@@ -450,6 +450,24 @@ def test_a_running_engine_closes_the_jobs_of_a_process_that_died_beside_it(workd
         engine.close()
 
 
+def test_the_jobs_of_a_killed_process_not_yet_reaped_are_closed(workdir, monkeypatch):
+    # bug: a server killed by a script that had not waited for it yet (a zombie) was
+    # taken for a running one: its jobs stayed unfinished for the other servers
+    from dahu.engine import orphans
+
+    monkeypatch.setattr(orphans, "CHECK_EVERY", 0.1)
+    engine = dahu.engine.configure(workdir=str(workdir))
+    proc = child(workdir, "hang")
+    try:
+        running_id = int(proc.stdout.readline().split()[0])
+        proc.send_signal(signal.SIGKILL)  # and not waited for
+        assert Job.synchronize_job(running_id, 30) == "failure"
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        engine.close()
+
+
 def test_files_a_killed_process_left_unwritten_are_written_at_the_next_start(workdir):
     # bug: a server killed after a job's outcome was committed but before its files were
     # written left it without .inp/.out files for good; interrupted jobs never had any

@@ -295,8 +295,11 @@ def process_alive(
 
     try:
         proc = psutil.Process(pid)
-        # a recycled pid belongs to a process started after the job was submitted
-        return since is None or proc.create_time() <= since + 1.0
+        with proc.oneshot():  # killed, not yet reaped by its parent: a zombie, dead
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                raise psutil.NoSuchProcess(pid)
+            # a recycled pid belongs to a process started after the job was submitted
+            return since is None or proc.create_time() <= since + 1.0
     except psutil.NoSuchProcess:
         if gone is not None:
             gone.add(pid)
