@@ -468,6 +468,39 @@ def test_the_jobs_of_a_killed_process_not_yet_reaped_are_closed(workdir, monkeyp
         engine.close()
 
 
+@pytest.mark.parametrize("refusal", ["NoSuchProcess", "AccessDenied"])
+def test_the_jobs_of_a_process_that_cannot_be_looked_at_are_left_alone(
+    workdir, monkeypatch, refusal
+):
+    # bug: a server of another user on the work directory, /proc mounted with hidepid
+    # (its entry hidden, or unreadable): taken for dead, its running jobs were closed as
+    # interrupted by a start, and now by a running server every 2 s
+    import psutil
+
+    journal = SQLiteJournal(str(workdir))
+    job_id = journal.create("example.sleep", {"t": 60}, time.time())
+    journal.close()
+    of_a_dead_process(workdir)
+    reader = SQLiteJournal(str(workdir))
+    pid = reader.get(job_id).pid
+    reader.close()
+
+    def hidden(asked):
+        raise getattr(psutil, refusal)(asked)
+
+    def kill(asked, signal):  # a process of another user: signals refused
+        raise PermissionError(1, "Operation not permitted") if asked == pid else OSError()
+
+    monkeypatch.setattr(psutil, "Process", hidden)
+    monkeypatch.setattr(os, "kill", kill)
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.interrupted == []
+        assert engine.journal.get(job_id).state == "uninitialized"
+    finally:
+        engine.close()
+
+
 def test_files_a_killed_process_left_unwritten_are_written_at_the_next_start(workdir):
     # bug: a server killed after a job's outcome was committed but before its files were
     # written left it without .inp/.out files for good; interrupted jobs never had any

@@ -300,12 +300,24 @@ def process_alive(
                 raise psutil.NoSuchProcess(pid)
             # a recycled pid belongs to a process started after the job was submitted
             return since is None or proc.create_time() <= since + 1.0
-    except psutil.NoSuchProcess:
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        if _hidden(pid):  # may run: its jobs are not closed under it
+            return True
         if gone is not None:
             gone.add(pid)
         return False
-    except psutil.AccessDenied:
+
+
+def _hidden(pid: int) -> bool:
+    """Whether ``pid`` runs, as a process of another user that this one cannot look at
+    (``/proc`` mounted with ``hidepid``): a signal to it is refused, not unheard of."""
+    try:
+        os.kill(pid, 0)  # (signal 0: none sent, only the checks)
+    except PermissionError:
+        return True
+    except OSError:
         return False
+    return False  # ours: psutil could have looked at it, a zombie
 
 
 _UNFINISHED = tuple(state for state in State.ALL if state not in State.FINAL)
