@@ -15,7 +15,6 @@ without files."""
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from typing import Any
 
@@ -58,6 +57,9 @@ def watch_dead(engine: Any) -> None:
         except DahuError as err:  # the journal cannot be read now: the next look
             logger.debug("dead processes: not looked for: %s", err)
             dead = []
+        except Exception:  # a bug must not end the looks
+            logger.exception("dead processes: the look failed")
+            dead = []
         recovering = engine.recovery is not None and not engine.recovery.wait(0)
         if dead and not recovering:  # (after the start's recovery: one at a time)
             engine.watchdog.call_later(0.0, lambda: close(engine, dead), own_thread=True)
@@ -84,8 +86,8 @@ def watch_dead(engine: Any) -> None:
                 )
                 if not engine._closed:  # (else the next start writes their files)
                     engine.recovery = Recovery(engine, closed, journal.last_id())
-        except (DahuError, sqlite3.Error) as err:  # the next look tries again
-            text = one_line(str(err))
+        except Exception as err:  # the journal refused (a full disk): the next look tries
+            text = one_line(str(err) or type(err).__name__)
             if text != refused[0]:  # (a full disk: once, not every look)
                 logger.error("the jobs of a dead process: not closed: %s", text)
             refused[0] = text
