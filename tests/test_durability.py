@@ -258,11 +258,21 @@ def test_a_second_server_on_the_same_work_directory_is_warned_of(tmp_path):
     workdir = tmp_path / "work"
     first = LocalServer(str(workdir), str(tmp_path / "first.log"), device=DEVICE)
     second = LocalServer(str(workdir), str(tmp_path / "second.log"), device=DEVICE + "2")
+    third = LocalServer(str(workdir), str(tmp_path / "third.log"), device=DEVICE)
     first.start(timeout=60)
     try:
         proxy = second.start(timeout=60)
         try:
             assert squares(proxy, 1)  # it serves all the same
+            first.stop()
+            # bug: the lock went with the first server and no one took it: a third one
+            # started beside the second was not warned of it
+            lock, deadline = workdir / "dahu_server.lock", time.monotonic() + 30
+            while lock.read_text().split()[:2] != ["pid", str(second.process.pid)]:
+                assert time.monotonic() < deadline, "the second server never took the lock"
+                time.sleep(0.05)
+            third.start(timeout=60)
+            third.stop()
         finally:
             second.stop()
     finally:
@@ -270,10 +280,8 @@ def test_a_second_server_on_the_same_work_directory_is_warned_of(tmp_path):
     warning = f"another dahu_server (pid {first.process.pid} on "
     assert warning in (tmp_path / "second.log").read_text()
     assert "another dahu_server" not in (tmp_path / "first.log").read_text()
-    third = LocalServer(str(workdir), str(tmp_path / "third.log"), device=DEVICE)
-    third.start(timeout=60)  # alone again: the lock went with the first server
-    third.stop()
-    assert "another dahu_server" not in (tmp_path / "third.log").read_text()
+    warning = f"another dahu_server (pid {second.process.pid} on "
+    assert warning in (tmp_path / "third.log").read_text()
 
 
 def test_a_journal_that_refuses_new_jobs_puts_the_server_at_fault(tmp_path):

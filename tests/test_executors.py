@@ -1784,6 +1784,9 @@ def test_a_thread_that_cannot_start_does_not_stall_the_pool(tmp_path, monkeypatc
     monkeypatch.setattr(pool.threading, "Thread", Limited)
     engine = dahu.engine.configure(workdir=str(tmp_path), max_workers=2, executor_options={})
     try:
+        # bug: with the watchdog's thread running (it commits outcomes), the job was still
+        # "starting" when start() raised, "failure" a moment later
+        engine.watchdog.call_later(0.0, lambda: None)
         refuse.set()
         job = Job("example.square", {"x": 2})
         with pytest.raises(Exception, match="cannot start a thread to run it: can't start new"):

@@ -2,13 +2,14 @@
 
 import datetime
 import json
+import os
 import threading
 import time
 
 import pytest
 
 from dahu.job import InvalidInput, Job
-from dahu.journal import job_file_stem
+from dahu.journal import SQLiteJournal, job_file_stem
 
 from .conftest import TROUBLE_PLUGINS
 
@@ -365,6 +366,20 @@ def test_clean_writes_files_and_frees_memory(engine):
     assert job.output_data["result"] == 36  # answered by the journal
     assert Job.cleanJobfromID(job.id) == f"job {job.id} cleaned"
     assert Job.cleanJobfromId(job.id) == f"job {job.id} cleaned"
+
+
+def test_clean_of_an_unfinished_job_of_another_process_writes_no_files(engine):
+    # bug: a second server on the work directory answered cleanJob of the first one's
+    # running job "job N cleaned", and wrote it a .out file of {} while it ran
+    other = SQLiteJournal(str(engine.workdir))  # as another server on the directory
+    try:
+        job_id = other.create("example.sleep", {"t": 60}, time.time())
+        other.set_state(job_id, "running", time.time())
+        assert Job.cleanJobfromID(job_id) == f"job {job_id} is running: not cleaned"
+        stem = job_file_stem(str(engine.workdir), job_id, "example.sleep")
+        assert not os.path.exists(stem + ".out") and not os.path.exists(stem + ".inp")
+    finally:
+        other.close()
 
 
 def test_clean_of_a_job_never_started_returns_at_once(engine):

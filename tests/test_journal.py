@@ -4,6 +4,7 @@ import http
 import json
 import logging
 import os
+import pathlib
 import signal
 import sqlite3
 import subprocess
@@ -26,7 +27,7 @@ from dahu.journal import (
     write_job_files,
 )
 
-from .conftest import child_env, damage
+from .conftest import child_env, damage, wait_for_file
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -419,6 +420,85 @@ def test_sigkill_mid_job_marks_it_interrupted(workdir):
     # skipped (at most one block of them)
     new_id = Job("example.noop", {}).id
     assert queued_id < new_id <= queued_id + SQLiteJournal.ID_BLOCK
+
+
+def test_a_running_engine_closes_the_jobs_of_a_process_that_died_beside_it(workdir, monkeypatch):
+    # bug: two servers on one work directory (or a server and a dahu-reprocess), one
+    # killed with jobs running and queued: the other answered "running" (waitJob,
+    # getJobState) and "uninitialized" for them for good, until a server started again
+    from dahu.engine import orphans
+    from dahu.journal.base import HOST
+
+    monkeypatch.setattr(orphans, "CHECK_EVERY", 0.1)
+    engine = dahu.engine.configure(workdir=str(workdir))
+    try:
+        proc = child(workdir, "hang")
+        running_id, queued_id = map(int, proc.stdout.readline().split())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        reason = f"interrupted: its process, pid {proc.pid} on {HOST}, died"
+        assert Job.synchronize_job(running_id, 30) == "failure"  # as waitJob follows it
+        for job_id, plugin in ((running_id, "example.sleep"), (queued_id, "example.square")):
+            assert Job.getStatusFromID(job_id) == "failure"
+            assert Job.getErrorFromID(job_id) == reason
+            stem = job_file_stem(str(workdir), job_id, plugin)
+            wait_for_file(pathlib.Path(stem + ".out"))  # written as at a start
+            assert json.loads(open(stem + ".out").read()) == {"error": [reason]}
+            assert json.loads(open(stem + ".inp").read())["job_id"] == job_id
+        assert Job("example.square", {"x": 3}).id > queued_id  # this engine goes on
+    finally:
+        engine.close()
+
+
+def test_the_jobs_of_a_killed_process_not_yet_reaped_are_closed(workdir, monkeypatch):
+    # bug: a server killed by a script that had not waited for it yet (a zombie) was
+    # taken for a running one: its jobs stayed unfinished for the other servers
+    from dahu.engine import orphans
+
+    monkeypatch.setattr(orphans, "CHECK_EVERY", 0.1)
+    engine = dahu.engine.configure(workdir=str(workdir))
+    proc = child(workdir, "hang")
+    try:
+        running_id = int(proc.stdout.readline().split()[0])
+        proc.send_signal(signal.SIGKILL)  # and not waited for
+        assert Job.synchronize_job(running_id, 30) == "failure"
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        engine.close()
+
+
+@pytest.mark.parametrize("refusal", ["NoSuchProcess", "AccessDenied"])
+def test_the_jobs_of_a_process_that_cannot_be_looked_at_are_left_alone(
+    workdir, monkeypatch, refusal
+):
+    # bug: a server of another user on the work directory, /proc mounted with hidepid
+    # (its entry hidden, or unreadable): taken for dead, its running jobs were closed as
+    # interrupted by a start, and now by a running server every 2 s
+    import psutil
+
+    journal = SQLiteJournal(str(workdir))
+    job_id = journal.create("example.sleep", {"t": 60}, time.time())
+    journal.close()
+    of_a_dead_process(workdir)
+    reader = SQLiteJournal(str(workdir))
+    pid = reader.get(job_id).pid
+    reader.close()
+
+    def hidden(asked):
+        raise getattr(psutil, refusal)(asked)
+
+    def kill(asked, signal):  # a process of another user: signals refused
+        raise PermissionError(1, "Operation not permitted") if asked == pid else OSError()
+
+    monkeypatch.setattr(psutil, "Process", hidden)
+    monkeypatch.setattr(os, "kill", kill)
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.interrupted == []
+        assert engine.journal.get(job_id).state == "uninitialized"
+    finally:
+        engine.close()
 
 
 def test_files_a_killed_process_left_unwritten_are_written_at_the_next_start(workdir):

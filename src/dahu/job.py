@@ -431,6 +431,8 @@ class Job(threading.Thread, metaclass=_JobClass):
             record = source.journal.get(job_id, data=False)
             if record is None:
                 return f"job {job_id} does not exist"
+            if record.state not in State.FINAL:  # another process's, at work: its files later
+                return f"job {job_id} is {record.state}: not cleaned"
             if getattr(source, "recovery", None) is not None:  # a start may be writing them
                 source.recovery.ensure(job_id)
             if _files_gone(source.workdir, job_id, record.plugin):

@@ -159,6 +159,7 @@ def configure_engine(
                     holder,
                     engine.workdir,
                 )
+                claim_later(engine)
             if engine.interrupted:
                 logger.warning(
                     "%d job(s) left unfinished by a previous server marked failed (interrupted)",
@@ -242,6 +243,17 @@ def claim_workdir(workdir: str) -> str | None:
     handle.flush()
     _claimed = handle
     return None
+
+
+def claim_later(engine: dahu_engine.Engine) -> None:
+    """Claim the work directory once the server holding it is gone (every 2 s, by the
+    engine's watchdog): a server started after that warns of this one."""
+
+    def again() -> None:
+        if not engine._closed and claim_workdir(engine.workdir):  # still held
+            engine.watchdog.call_later(2.0, again)
+
+    engine.watchdog.call_later(2.0, again)
 
 
 def configure_retention(

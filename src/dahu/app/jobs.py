@@ -255,7 +255,10 @@ def _json_field(record: Any, name: str) -> str:
     return "(none)" if value is None else json.dumps(value, indent=2, ensure_ascii=False)
 
 
-GONE = "the next server or engine on this work directory records it failure, interrupted"
+GONE = (
+    "the next server or engine on this work directory (a running one: within seconds) "
+    "records it failure, interrupted"
+)
 
 
 def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:

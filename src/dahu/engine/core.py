@@ -5,7 +5,7 @@ One engine is current per process.  It is made on first use from the environment
 (``DAHU_WORKDIR``, see :func:`dahu.journal.default_workdir`) or explicitly with
 :func:`configure` (the server and ``dahu-reprocess`` do).  Opening an engine on a work
 directory closes, as ``failure``/``interrupted``, the jobs that a dead process left
-unfinished there (and writes their files, :mod:`.recovery`); ids go on after the last."""
+unfinished there (writes their files: :mod:`.recovery`; later deaths: :mod:`.orphans`)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from ..states import State
 from ..statistics import RunningStatistics
 from ..utils import compact_json
 from .lifecycle import NOTE_RUNNING_AFTER, JobRun, LifeCycle
-from .recovery import Recovery
+from .orphans import recover_and_watch
 from .stopping import close, shut_down
 from .table import DROP_AFTER, DROP_WAVE, JobTable, drop_later
 
@@ -118,8 +118,8 @@ class Engine:
         self.executor = executor
         if hasattr(executor, "attach"):
             executor.attach(self)
-        # the files a dead process left unwritten: in a thread (the engine answers now)
-        self.recovery = Recovery(self, self.interrupted, self.first_id - 1) if recover else None
+        # the files a dead process left unwritten, in a thread; then those that die (.orphans)
+        self.recovery = recover_and_watch(self) if recover else None
 
     @property
     def recovered(self) -> int:

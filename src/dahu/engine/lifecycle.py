@@ -234,7 +234,8 @@ class LifeCycle:
                 with self.lock:
                     run.state = State.UNINITIALIZED  # not started, as if refused at once
                 self._refuse(run, self.refusing)
-            self.finish(run, Outcome(State.FAILURE, {}, f"cannot queue the job: {error_line(err)}"))
+            error = f"cannot queue the job: {error_line(err)}"
+            self.finish(run, Outcome(State.FAILURE, {}, error), now=True)  # failed as it raises
             raise
 
     def _refuse(self, run: JobRun, reason: str) -> None:
@@ -365,10 +366,11 @@ class LifeCycle:
             )
             self.finish(run, Outcome(State.ABORTED, {}, reason, run.started, time.time()))
 
-    def finish(self, run: JobRun, outcome: Outcome) -> None:
+    def finish(self, run: JobRun, outcome: Outcome, now: bool = False) -> None:
         """→ success | failure | aborted: record the outcome, run the callbacks, wake the
         waiters.  Called once per job (a late outcome of an abandoned plugin is ignored);
-        never raises, and the waiters are woken whatever happens.
+        never raises, and the waiters are woken whatever happens (``now``: before it
+        returns, as below for blocking callbacks: a start that raises).
 
         The outcome is committed before anyone is told.  When every callback of the job is
         marked :func:`nonblocking` (or it has none), the calling thread does not wait for
@@ -408,7 +410,7 @@ class LifeCycle:
                 outcome.plugin_version,
                 final_input,
             )
-            if all(getattr(method, "dahu_nonblocking", False) for method, _ in run.callbacks):
+            if not now and all(getattr(m, "dahu_nonblocking", False) for m, _ in run.callbacks):
                 state = outcome.state
                 run.runner = None  # its thread goes on with other jobs
 

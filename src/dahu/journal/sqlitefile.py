@@ -295,23 +295,49 @@ def process_alive(
 
     try:
         proc = psutil.Process(pid)
-        # a recycled pid belongs to a process started after the job was submitted
-        return since is None or proc.create_time() <= since + 1.0
-    except psutil.NoSuchProcess:
+        with proc.oneshot():  # killed, not yet reaped by its parent: a zombie, dead
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                raise psutil.NoSuchProcess(pid)
+            # a recycled pid belongs to a process started after the job was submitted
+            return since is None or proc.create_time() <= since + 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        if _hidden(pid):  # may run: its jobs are not closed under it
+            return True
         if gone is not None:
             gone.add(pid)
         return False
-    except psutil.AccessDenied:
+
+
+def _hidden(pid: int) -> bool:
+    """Whether ``pid`` runs, as a process of another user that this one cannot look at
+    (``/proc`` mounted with ``hidepid``): a signal to it is refused, not unheard of."""
+    try:
+        os.kill(pid, 0)  # (signal 0: none sent, only the checks)
+    except PermissionError:
+        return True
+    except OSError:
         return False
+    return False  # ours: psutil could have looked at it, a zombie
 
 
 _UNFINISHED = tuple(state for state in State.ALL if state not in State.FINAL)
 """The states a record can have before its job ends (looked up with the state index)."""
 
 
-def close_dead(db: Any) -> tuple[list[int], dict[str, int]]:
+def unfinished_owners(journal: Any) -> list[tuple[str, int, float]]:
+    """``(host, pid, oldest submitted)`` of each process of this host that has unfinished
+    jobs in the SQLite ``journal`` (read in the state index: no write, no scan)."""
+    return journal._read(
+        f"SELECT host, pid, MIN(submitted) FROM jobs "
+        f"WHERE state IN ({', '.join('?' * len(_UNFINISHED))}) AND host = ? GROUP BY pid",
+        (*_UNFINISHED, HOST),
+    )
+
+
+def close_dead(db: Any, named: bool = False) -> tuple[list[int], dict[str, int]]:
     """In the transaction ``db``: close as ``failure``/``interrupted`` the unfinished
-    jobs whose process is gone; return their ids, and per other host how many unfinished
+    jobs whose process is gone (``named``: the error names it, ``interrupted: its process,
+    pid N on HOST, died``); return their ids, and per other host how many unfinished
     jobs it has (left alone: their process may run there)."""
     rows = db.execute(  # a few seeks in the state index, not a scan of the table
         f"SELECT id, host, pid, submitted FROM jobs "
@@ -319,15 +345,20 @@ def close_dead(db: Any) -> tuple[list[int], dict[str, int]]:
         _UNFINISHED,
     ).fetchall()
     gone: set[int] = set()  # a dead server's pid: asked once, not once a job
-    dead = [r[0] for r in rows if not process_alive(r[1], r[2], r[3], gone)]
+    dead = [r for r in rows if not process_alive(r[1], r[2], r[3], gone)]
     now = time.time()
-    output = json.dumps({"error": [INTERRUPTED]}, separators=(",", ":"))  # as its .out
+
+    def closing(job_id: int, host: str, pid: int) -> tuple:
+        error = f"{INTERRUPTED}: its process, pid {pid} on {host}, died" if named else INTERRUPTED
+        output = json.dumps({"error": [error]}, separators=(",", ":"))  # as its .out
+        return (State.FAILURE, error, now, output, job_id)
+
     db.executemany(
         "UPDATE jobs SET state = ?, error = ?, ended = ?, output = COALESCE(output, ?) "
         "WHERE id = ?",
-        [(State.FAILURE, INTERRUPTED, now, output, i) for i in dead],
+        [closing(*r[:3]) for r in dead],
     )
-    return dead, dict(collections.Counter(str(r[1]) for r in rows if r[1] != HOST))
+    return [r[0] for r in dead], dict(collections.Counter(str(r[1]) for r in rows if r[1] != HOST))
 
 
 def journal_token(journal: Any) -> str:
