@@ -678,22 +678,28 @@ def test_a_full_disk_at_a_start_logs_the_refused_files_once(workdir, monkeypatch
     ]
 
 
-def test_a_kill_while_a_start_wrote_the_interrupted_jobs_files_loses_none(workdir):
-    # bug: a start writes the files of the jobs it closed as interrupted (one end time
-    # for all) in the order of their ids; killed meanwhile (or refused by a full disk),
-    # the next start saw the first ids' files, stopped there, and the others never got
-    # theirs (here 100 of 300; 4,770 of 5,000 after a full disk was given room again)
+def closed_by_a_start_killed_as_it_wrote(workdir, count: int, written: int) -> list[int]:
+    """``count`` jobs of a dead process, closed as interrupted all at once by a start
+    that was killed once it had written the files of the first ``written``: their ids."""
     journal = SQLiteJournal(str(workdir))
-    ids = journal.create_many("example.square", [{"x": i} for i in range(300)], 1.0)
+    ids = journal.create_many("example.square", [{"x": i} for i in range(count)], 1.0)
     journal.close()
     of_a_dead_process(workdir)
     db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
     with db:  # closed by that start, all at once
         db.execute("UPDATE jobs SET state = 'failure', error = ?, ended = 5.0", (INTERRUPTED,))
     db.close()
-    for job_id in ids[:200]:  # it had written these when it was killed
+    for job_id in ids[:written]:  # it had written these when it was killed
         write_job_files(str(workdir), job_id, "example.square", {}, {"error": [INTERRUPTED]})
+    return ids
 
+
+def test_a_kill_while_a_start_wrote_the_interrupted_jobs_files_loses_none(workdir):
+    # bug: a start writes the files of the jobs it closed as interrupted (one end time
+    # for all) in the order of their ids; killed meanwhile (or refused by a full disk),
+    # the next start saw the first ids' files, stopped there, and the others never got
+    # theirs (here 100 of 300; 4,770 of 5,000 after a full disk was given room again)
+    ids = closed_by_a_start_killed_as_it_wrote(workdir, 300, 200)
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
         assert engine.wait_recovered(10)
@@ -715,17 +721,7 @@ def test_a_kill_while_a_start_wrote_more_interrupted_files_than_it_looks_back_lo
 
     monkeypatch.setattr(recovery, "WINDOW", 10)
     monkeypatch.setattr(recovery, "REACH", 30)
-    journal = SQLiteJournal(str(workdir))
-    ids = journal.create_many("example.square", [{"x": i} for i in range(100)], 1.0)
-    journal.close()
-    of_a_dead_process(workdir)
-    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
-    with db:  # closed by that start, all at once
-        db.execute("UPDATE jobs SET state = 'failure', error = ?, ended = 5.0", (INTERRUPTED,))
-    db.close()
-    for job_id in ids[:20]:  # it had written these when it was killed
-        write_job_files(str(workdir), job_id, "example.square", {}, {"error": [INTERRUPTED]})
-
+    ids = closed_by_a_start_killed_as_it_wrote(workdir, 100, 20)
     engine = dahu.engine.Engine(workdir=str(workdir))
     try:
         assert engine.wait_recovered(10)
