@@ -261,7 +261,10 @@ def test_close_commits_and_reports_every_queued_outcome(workdir):
 def test_an_in_process_job_id_is_given_once_its_record_is_committed(workdir):
     """Job() queues its record; reading job.id commits it first (another process sees
     the job as soon as its id is known), and starting a job commits the queued records."""
-    dahu.engine.configure(workdir=str(workdir), max_workers=2)
+    engine = dahu.engine.configure(workdir=str(workdir), max_workers=2)
+    # a start's recovery reads the journal in its thread, committing in passing what is
+    # queued then: a commit start() leaves to it, under way as the records are read here
+    assert engine.wait_recovered(30)
     jobs = [Job("example.square", {"x": x}) for x in range(20)]
     jobs[10].start()  # commits every record queued before it too
     for job in jobs[:11]:
