@@ -573,23 +573,30 @@ def test_every_interrupted_job_gets_its_files_however_long_the_queue_was(workdir
         engine.close()
 
 
+def a_slow_recovery_disk(monkeypatch) -> threading.Event:
+    """The recovery thread's disk is slow (each file waits) until the gate returned is set."""
+    from dahu.engine import recovery
+
+    gate, write = threading.Event(), recovery.Recovery.write
+
+    def slow(self, record):
+        gate.wait(10)
+        return write(self, record)
+
+    monkeypatch.setattr(recovery.Recovery, "write", slow)
+    return gate
+
+
 def test_a_start_answers_before_the_interrupted_jobs_files_are_written(workdir, monkeypatch):
     # bug: the start wrote the files of every job queued at a kill before it returned:
     # the device answered nothing, not even State, for 8 to 15 s after a kill with
     # 100,000 jobs queued (37 s for 20,000 on a busy disk)
-    from dahu.engine import recovery
 
     journal = SQLiteJournal(str(workdir))
     ids = journal.create_many("example.square", [{"x": i} for i in range(300)], 1.0)
     journal.close()
     of_a_dead_process(workdir)
-    gate, write = threading.Event(), recovery.Recovery.write
-
-    def slow(self, record):  # the recovery thread's disk is slow until the gate opens
-        gate.wait(10)
-        return write(self, record)
-
-    monkeypatch.setattr(recovery.Recovery, "write", slow)
+    gate = a_slow_recovery_disk(monkeypatch)
     engine = dahu.engine.configure(workdir=str(workdir))
     try:
         assert sorted(engine.interrupted) == ids
@@ -618,19 +625,12 @@ def test_a_stop_waiting_for_a_dead_server_files_says_so(workdir, monkeypatch, ca
     # bug: a server stopped soon after a start that had 130,000 files of a killed
     # server's queue to write waited 19 s (minutes on a slow disk) after "stopping"
     # without a word of why
-    from dahu.engine import recovery
 
     journal = SQLiteJournal(str(workdir))
     journal.create_many("example.square", [{"x": i} for i in range(20)], 1.0)
     journal.close()
     of_a_dead_process(workdir)
-    gate, write = threading.Event(), recovery.Recovery.write
-
-    def slow(self, record):  # the recovery thread's disk is slow until the gate opens
-        gate.wait(10)
-        return write(self, record)
-
-    monkeypatch.setattr(recovery.Recovery, "write", slow)
+    gate = a_slow_recovery_disk(monkeypatch)
     engine = dahu.engine.Engine(workdir=str(workdir))
     stop = threading.Thread(target=engine.shutdown)
     try:
