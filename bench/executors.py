@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -93,20 +94,8 @@ def abort_latency(name: str, data: dict) -> float:
     return time.perf_counter() - t0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=5000)
-    parser.add_argument("--frames", type=int, default=200)
-    parser.add_argument("--shape", type=int, nargs=2, default=(1024, 1024))
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--pyfai-jobs", type=int, default=8, help="jobs the stack is split in")
-    parser.add_argument("--kinds", nargs="+", default=["thread", "process", "dask"])
-    parser.add_argument("--small", action="store_true", help="a tiny run (smoke test)")
-    parser.add_argument("--data", default=None, help="where the frames are (re)used")
-    args = parser.parse_args(argv)
-    if args.small:
-        args.jobs, args.frames, args.shape, args.pyfai_jobs = 200, 8, (256, 256), 2
-    base = Path(tempfile.mkdtemp(prefix="dahu-bench-exec-"))
+def run(args: argparse.Namespace, base: Path) -> dict:
+    """The runs of every executor kind, in work directories under ``base``."""
     plugins = base / "plugins"
     plugins.mkdir()
     (plugins / "benchhang.py").write_text(textwrap.dedent(HUNG))
@@ -141,6 +130,27 @@ def main(argv: list[str] | None = None) -> int:
             entry["abort_grace_s"] = options["abort_grace"]
         engine.executor.shutdown(wait=True, timeout=60)
         result["executors"][kind] = entry
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--shape", type=int, nargs=2, default=(1024, 1024))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--pyfai-jobs", type=int, default=8, help="jobs the stack is split in")
+    parser.add_argument("--kinds", nargs="+", default=["thread", "process", "dask"])
+    parser.add_argument("--small", action="store_true", help="a tiny run (smoke test)")
+    parser.add_argument("--data", default=None, help="where the frames are (re)used")
+    args = parser.parse_args(argv)
+    if args.small:
+        args.jobs, args.frames, args.shape, args.pyfai_jobs = 200, 8, (256, 256), 2
+    base = Path(tempfile.mkdtemp(prefix="dahu-bench-exec-"))
+    try:
+        result = run(args, base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # its journals, files and frames
     print(json.dumps(result))
     return 0
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +49,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         print("\nno test ran: this counts as a failure (see tests/conftest.py)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files_removed_after_the_run(tmp_path_factory: pytest.TempPathFactory):
+    """What the code under test puts in the system's temporary directory (the default
+    work directories of ``dahu-reprocess`` and of plugins, browsers' profiles), here and
+    in the programs the tests start, goes in a directory of this run, removed at its
+    end: a few hundred directories piled up in ``/tmp`` over a day of test runs. (A
+    short path: a unix socket's, such as Chromium's under it, is at most 107 bytes.)"""
+    tmp_path_factory.getbasetemp()  # pytest's own (tmp_path) stays where it was
+    path = tempfile.mkdtemp(prefix="dahu-tests-")
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = path
+    yield
+    if saved[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[0]
+    tempfile.tempdir = saved[1]
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ profile and ``--remote-debugging-port=0``; the port it picked is read from the p
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import logging
@@ -84,7 +85,7 @@ class Browser:
         if executable is None:
             raise BrowserError("chromium is not installed (apt-get install chromium)")
         self.timeout = timeout
-        self.profile = tempfile.mkdtemp(prefix="dahu-chromium-")
+        self.profile = tempfile.mkdtemp(prefix="dahu-chromium-", dir=_short_temporary_directory())
         self.errors: deque[str] = deque(maxlen=100)  # JavaScript exceptions and errors
         self._ids = itertools.count(1)
         self._events: deque[dict[str, Any]] = deque(maxlen=1000)
@@ -264,6 +265,7 @@ class Browser:
                 ws.close()
             except Exception:  # closing a broken socket: nothing left to do
                 logger.debug("closing the DevTools socket failed", exc_info=True)
+        helpers = self.pids()[1:]
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -271,6 +273,7 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        _end(helpers)
         shutil.rmtree(self.profile, ignore_errors=True)
 
     def __enter__(self) -> Browser:
@@ -278,3 +281,40 @@ class Browser:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _end(pids: list[int], timeout: float = 5.0) -> None:
+    """Wait until the browser's helper processes (network service, renderers) have
+    ended, killing those still running after ``timeout``: they may write into the
+    profile for a moment after the browser itself has exited, which left profiles
+    half-removed now and then."""
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+
+    def running(p: psutil.Process) -> bool:
+        try:  # an ended helper may stay a zombie until the system reaps it
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout
+    while (procs := [p for p in procs if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.02)  # they are ending: look again
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def _short_temporary_directory() -> str | None:
+    """The temporary directory, or ``/tmp`` where its path is too long for Chromium: its
+    singleton socket (``<profile>/.org.chromium.Chromium.XXXXXX/SingletonSocket``) must
+    fit a unix socket's 107 bytes, or it aborts as it starts."""
+    if len(tempfile.gettempdir()) <= 38 or not os.access("/tmp", os.W_OK):
+        return None
+    return "/tmp"
