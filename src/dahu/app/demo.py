@@ -39,6 +39,11 @@ __all__ = ["DemoFailed", "main", "ring_errors"]
 DEVICE = "demo/dahu/1"
 NPT = 500
 EXPECTED_FAILURE = "expected failure: this job fails on purpose"
+#: The smallest frame side the demo checks: below it, the generated rings are narrower than
+#: a pixel, and no integration finds their peaks within a quarter of their width.
+MIN_SIDE = 128
+#: The smallest frame side ``--generate-only`` writes (:func:`dahu.testdata.make_dataset`'s).
+MIN_GENERATED_SIDE = 16
 
 
 class DemoFailed(Exception):
@@ -48,17 +53,28 @@ class DemoFailed(Exception):
 def ring_errors(
     radial: numpy.ndarray, curve: numpy.ndarray, rings: Sequence[float], sigma: float
 ) -> numpy.ndarray:
-    """Distance from each ring to the peak of ``curve`` found within 4 ``sigma`` of it.
+    """Distance from each ring to the peak of ``curve`` found near it (inf when none is).
 
-    The peak position is the centroid of the part of the window above half its maximum.
+    The window around a ring is 4 ``sigma`` wide on each side, or 4 bins of ``radial`` when
+    its bins are wider than ``sigma``. The peak position is the centroid of the part of the
+    window above half its maximum.
     """
+    half_width = 4 * max(sigma, bin_width(radial))
     errors = []
     for ring in rings:
-        keep = (numpy.abs(radial - ring) < 4 * sigma) & numpy.isfinite(curve)
+        keep = (numpy.abs(radial - ring) < half_width) & numpy.isfinite(curve)
+        if not keep.any():
+            errors.append(numpy.inf)
+            continue
         x, y = radial[keep], curve[keep] - curve[keep].min()
         y[y < 0.5 * y.max()] = 0.0
         errors.append(abs(float((x * y).sum() / y.sum()) - ring) if y.sum() > 0 else numpy.inf)
     return numpy.array(errors)
+
+
+def bin_width(radial: numpy.ndarray) -> float:
+    """The width of the bins of a curve's radial axis (0 for fewer than two bins)."""
+    return float(numpy.median(numpy.diff(radial))) if len(radial) > 1 else 0.0
 
 
 @dataclass
@@ -225,17 +241,19 @@ def plot_curves(h5_path: str, curve_path: str, data: dict[str, Any], png_path: s
 def check_rings(h5_path: str, curve_path: str, data: dict[str, Any]) -> str:
     """Check that every curve peaks on the known rings; a one-line account of it.
 
-    Raise :class:`DemoFailed` when a peak is further than a quarter of a ring's width away.
+    Raise :class:`DemoFailed` when a peak is further than a quarter of a ring's width away,
+    or half a bin of its curve when the bins are wider (a peak one bin wide is found at the
+    bin's centre).
     """
     radial, intensity, simple = load_curves(h5_path, curve_path)
     sigma, rings = data["peak_sigma_q_nm"], data["ring_q_nm"]
-    errors = numpy.array(
-        [ring_errors(radial, curve, rings, sigma) for curve in intensity]
-        + [ring_errors(simple[:, 0], simple[:, 1], rings, sigma)]
-    )
-    worst, tolerance = float(errors.max()), 0.25 * sigma
+    curves = [(radial, curve) for curve in intensity] + [(simple[:, 0], simple[:, 1])]
+    errors = numpy.array([ring_errors(x, y, rings, sigma) for x, y in curves])
+    tolerances = numpy.array([max(0.25 * sigma, 0.5 * bin_width(x)) for x, _ in curves])
+    ratios = errors / tolerances[:, None]
+    frame, ring = numpy.unravel_index(int(numpy.argmax(ratios)), errors.shape)
+    worst, tolerance = float(errors[frame, ring]), float(tolerances[frame])
     if not worst < tolerance:
-        frame, ring = numpy.unravel_index(int(numpy.argmax(errors)), errors.shape)
         raise DemoFailed(
             f"curve {frame}: the peak of the ring at q={rings[ring]:.3f} nm^-1 is "
             f"{worst:.4f} nm^-1 away (tolerance {tolerance:.4f})"
@@ -243,7 +261,7 @@ def check_rings(h5_path: str, curve_path: str, data: dict[str, Any]) -> str:
     listed = ", ".join(f"{q:.3f}" for q in rings)
     return (
         f"peaks of all {len(errors)} curves on the rings at q = {listed} nm^-1 "
-        f"(largest distance {worst:.4f}, tolerance {tolerance:.4f} nm^-1)"
+        f"(furthest {worst:.4f} nm^-1 away, tolerance {tolerance:.4f} nm^-1)"
     )
 
 
@@ -259,6 +277,21 @@ def _seconds(text: str, least: float = 0.0, strict: bool = True) -> float:
     return value
 
 
+def _count(text: str, least: int = 1, what: str = "a number of frames") -> int:
+    """An integer of at least ``least``."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected {what}, {least} or more, not {text!r}")
+    return value
+
+
+def _side(text: str) -> int:
+    return _count(text, MIN_GENERATED_SIDE, "a number of pixels")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``dahu-demo``."""
     parser = argparse.ArgumentParser(
@@ -269,9 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-o", "--output", metavar="DIR", help="output directory (default ./demo-output/<time>)"
     )
-    parser.add_argument("-n", "--frames", type=int, default=10, help="frames to generate (10)")
+    parser.add_argument("-n", "--frames", type=_count, default=10, help="frames to generate (10)")
     parser.add_argument(
-        "--shape", type=int, nargs=2, default=(512, 512), metavar=("H", "W"), help="(512 512)"
+        "--shape",
+        type=_side,
+        nargs=2,
+        default=(512, 512),
+        metavar=("H", "W"),
+        help=f"frame size in pixels (512 512): {MIN_SIDE} or more, "
+        f"{MIN_GENERATED_SIDE} or more with --generate-only",
     )
     parser.add_argument(
         "--generate-only",
@@ -399,7 +438,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dahu-demo``: 0 when everything went as expected, else 1."""
     import tango
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.generate_only and min(args.shape) < MIN_SIDE:
+        parser.error(
+            f"argument --shape: frames of {args.shape[0]}x{args.shape[1]} are too small to "
+            f"check the rings (narrower than a pixel): give {MIN_SIDE} pixels or more a side"
+        )
     try:
         if args.generate_only:
             generate(os.path.abspath(args.generate_only), args.frames, args.shape)
