@@ -786,3 +786,59 @@ def test_quiet_pyfai_runs_print_no_third_party_warning(tmp_path: Path, executor:
     assert proc.stdout.splitlines()[2].startswith("ocl.f ")
     # -d shows it, with everything else
     assert "Unable to import pyOpenCl" in reprocess("-d", *args).stderr
+
+
+def test_an_input_that_is_not_utf8_is_one_line_naming_the_byte(tmp_path: Path):
+    # bug: a Latin-1 file ("caf\xe9") was "not JSON: 'utf-8' codec can't decode byte 0xe9
+    # in position 54: invalid continuation byte"; an archived .out the same, with its path
+    sources = tmp_path / "in"
+    sources.mkdir()
+    latin = b'{"plugin_name": "example.square", "name": "caf\xe9"}'
+    (sources / "1.inp").write_bytes(latin)
+    (sources / "2.inp").write_bytes(b"\xef\xbb\xbf" + latin)  # a byte-order mark first
+    (sources / "3.inp").write_text('{"plugin_name": "example.square", "x": 3}')
+    (sources / "3.out").write_bytes(latin)
+    status, summary, stderr = summary_of("--compare", "-o", tmp_path / "out", sources)
+    assert status == 1
+    reason = "not UTF-8 text (JSON must be UTF-8): byte 0xe9 at offset"
+    offset = latin.index(b"\xe9")
+    assert stderr.splitlines() == [
+        f"dahu-reprocess: {sources / '1.inp'}: {reason} {offset}",
+        f"dahu-reprocess: {sources / '2.inp'}: {reason} {offset + 3}",
+    ]
+    (difference,) = summary["compare"]["differences"]
+    assert difference["reason"] == (
+        f"cannot read the archived output {sources / '3.out'}: {reason} {offset}"
+    )
+
+
+def test_a_dash_reads_one_input_from_standard_input(tmp_path: Path):
+    # bug: `dahu-reprocess -` was a file named "-": "no such file or directory"
+    data = '{"plugin_name": "example.square", "x": 4}'
+    proc = subprocess.run(
+        [REPROCESS, "-q", "--json", "-o", str(tmp_path / "out"), "-"],
+        input=data,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["total"]["success"] == 1
+    (output,) = (tmp_path / "out").glob("0000/*.out")
+    assert json.loads(output.read_text())["result"] == 16
+    proc = subprocess.run(  # an input that cannot be run is named as standard input
+        [REPROCESS, "-q", "-o", str(tmp_path / "out"), "-"],
+        input="{",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("dahu-reprocess: (standard input): not JSON: "), proc.stderr
+    proc = reprocess("-o", tmp_path / "twice", "-", "-")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        "dahu-reprocess: error: SOURCE - (standard input) is given more than once: "
+        "it holds one input"
+    )
+    assert not (tmp_path / "twice").exists()
