@@ -17,6 +17,7 @@ import pytest
 from .test_reprocess import (
     REPROCESS,
     interrupted_run,
+    make_archive,
     reprocess,
     start_run,
     summary_of,
@@ -842,3 +843,20 @@ def test_a_dash_reads_one_input_from_standard_input(tmp_path: Path):
         "it holds one input"
     )
     assert not (tmp_path / "twice").exists()
+
+
+def test_ids_of_a_journal_damaged_past_its_first_page_are_one_line(tmp_path: Path):
+    # bug: a journal whose table of jobs is damaged (its schema, on the first page, is
+    # not) ended the run with a traceback of sqlite3.DatabaseError
+    workdir = tmp_path / "W"
+    make_archive(workdir, [["example.square", {"x": x}] for x in range(6)])
+    journal = workdir / "journal.sqlite"
+    page = int.from_bytes(journal.read_bytes()[16:18], "big")
+    with open(journal, "r+b") as file:
+        file.seek(page)
+        file.write(b"\xff" * (journal.stat().st_size - page))
+    proc = reprocess("-q", "-o", tmp_path / "out", "--workdir", workdir, "1-6")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"dahu-reprocess: 1-6: cannot read the journal {journal}: database disk image is malformed"
+    ]

@@ -130,7 +130,11 @@ def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
         if hi < lo:
             items.append(Item(part, error=f"empty id range in {workdir}"))
             continue
-        found = journal.ids(lo, hi)
+        try:
+            found = journal.ids(lo, hi)
+        except InputError as err:  # a damaged journal: one line, as for the other sources
+            items.append(Item(part, error=str(err)))
+            continue
         items.extend(Item(f"job {i}", journal=journal, job_id=i) for i in found)
         if not found:
             what = f"job {lo} is not" if lo == hi else f"no job {part} is"
