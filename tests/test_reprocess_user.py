@@ -860,3 +860,36 @@ def test_ids_of_a_journal_damaged_past_its_first_page_are_one_line(tmp_path: Pat
     assert proc.stderr.splitlines() == [
         f"dahu-reprocess: 1-6: cannot read the journal {journal}: database disk image is malformed"
     ]
+
+
+def test_a_summary_that_cannot_be_written_is_one_line_and_status_2(tmp_path: Path):
+    # bug: `--json > report.json` on a full disk ended with an OSError traceback (the
+    # journal left unclosed), and with standard output closed (>&-) the jobs ran and
+    # the summary went nowhere, status 0
+    import resource
+
+    inputs = write_inputs(tmp_path / "in", {"plugin_name": "example.square", "x": 3})
+    report = tmp_path / "report.json"
+    limit = 1 << 20
+    with open(report, "wb") as file:
+        file.truncate(limit)  # at the size limit below: any write fails, as on a full disk
+    with open(report, "ab") as stdout:
+        proc = subprocess.run(
+            [REPROCESS, "--json", "-o", str(tmp_path / "out"), str(inputs)],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "dahu-reprocess: cannot write the summary: File too large\n"
+    (output,) = (tmp_path / "out").glob("0000/*.out")  # the job ran and was recorded
+    assert json.loads(output.read_text())["result"] == 9
+    command = f"'{REPROCESS}' -o '{tmp_path / 'closed'}' '{inputs}' >&-"
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        "dahu-reprocess: error: standard output is closed: nowhere to print the summary"
+    )
+    assert not (tmp_path / "closed").exists()

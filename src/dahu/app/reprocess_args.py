@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 
 from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_RTOL
@@ -107,6 +108,8 @@ def usage_problems(args: argparse.Namespace) -> list[str]:
         problems.append(
             f"job ids {ids[0]}: no work directory {default} ({origin}): give --workdir DIR"
         )
+    if sys.stdout is None:  # started with standard output closed (>&-): as dahu-jobs
+        problems.append("standard output is closed: nowhere to print the summary")
     if args.sources.count("-") > 1:
         problems.append("SOURCE - (standard input) is given more than once: it holds one input")
     if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):

@@ -148,15 +148,23 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def print_summary(summary: dict[str, Any], as_json: bool, out: TextIO | None = None) -> None:
+def print_summary(summary: dict[str, Any], as_json: bool, out: TextIO | None = None) -> bool:
     """Print the summary on ``out`` (standard output), as JSON or tables; a reader that
-    went away (``| head``) is not an error: the run still ends as it should."""
+    went away (``| head``) is not an error: the run still ends as it should.  Whether the
+    summary could be written: not on a full disk (``--json > report.json``), which is
+    said in one line on standard error (until 2026-11-30 a traceback, the journal left
+    open)."""
     out = out or sys.stdout
     try:
         text = json.dumps(summary, indent=2) if as_json else format_summary(summary)
         print(text, file=out, flush=True)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+    except OSError as err:
+        sys.stderr.write(f"dahu-reprocess: cannot write the summary: {err.strerror or err}\n")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # its buffer would fail again
+        return False
+    return True
 
 
 @contextlib.contextmanager
