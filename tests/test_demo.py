@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import struct
 import subprocess
 
@@ -161,3 +162,19 @@ def test_bad_seconds_are_refused_before_anything_runs(tmp_path):
             f"not '{value}'"
         )
         assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_is_one_line_and_status_130(tmp_path):
+    # bug: Ctrl-C printed a KeyboardInterrupt traceback
+    proc = subprocess.Popen(
+        [DEMO, "--output", str(tmp_path), "--frames", "1", "--shape", "128", "128"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**child_env(), "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stdout.readline().startswith("dahu-demo: output directory")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stderr) == (130, "dahu-demo: interrupted\n")

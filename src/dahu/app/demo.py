@@ -435,7 +435,8 @@ def run_demo(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``dahu-demo``: 0 when everything went as expected, else 1."""
+    """Entry point of ``dahu-demo``: 0 when everything went as expected, else 1 (2: bad
+    usage, 130: interrupted)."""
     import tango
 
     parser = build_parser()
@@ -454,6 +455,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems = [str(err)]
     except tango.DevFailed as err:  # a refused call: Tango's own one-line description
         problems = [f"Tango: {err.args[0].desc.strip().partition(chr(10))[0]}"]
+    except KeyboardInterrupt:  # Ctrl-C: the server, if started, was stopped on the way out
+        sys.stderr.write("dahu-demo: interrupted\n")
+        return 130
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         sys.stderr.write(f"dahu-demo: failed: {problems[0]}{more}\n")
