@@ -893,3 +893,19 @@ def test_a_summary_that_cannot_be_written_is_one_line_and_status_2(tmp_path: Pat
         "dahu-reprocess: error: standard output is closed: nowhere to print the summary"
     )
     assert not (tmp_path / "closed").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_escaped_in_the_summary(tmp_path: Path):
+    # bug: an archive from a Latin-1 share ("caf\xe9.inp") whose output differed ended
+    # the run with a UnicodeEncodeError traceback instead of the summary
+    sources = tmp_path / "in"
+    sources.mkdir()
+    stem = os.fsencode(sources) + b"/caf\xe9"
+    with open(stem + b".inp", "w") as file:
+        file.write('{"plugin_name": "example.square", "x": 3}')
+    with open(stem + b".out", "w") as file:
+        file.write('{"result": 10}')
+    proc = reprocess("-q", "--compare", "-o", tmp_path / "out", sources)
+    assert (proc.returncode, proc.stderr) == (1, "")
+    (row,) = [line for line in proc.stdout.splitlines() if "10 != 9" in line]
+    assert row.split()[:3] == ["1", f"{sources}/caf\\udce9.inp", "example.square"]

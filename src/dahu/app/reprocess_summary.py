@@ -140,12 +140,23 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
         if comparison["differences"]:
             table = [
-                [d["job_id"], d["source"], d["plugin"], d["key"] or "(output)", d["reason"]]
+                [
+                    d["job_id"],
+                    _escaped(d["source"]),
+                    d["plugin"],
+                    d["key"] or "(output)",
+                    d["reason"],
+                ]
                 for d in comparison["differences"]
             ]
             headers = ["job", "source", "plugin", "first difference", "detail"]
             lines += ["", "jobs that differ from their archive:", tabulate(table, headers)]
     return "\n".join(lines)
+
+
+def _escaped(name: str) -> str:
+    """A file name with the bytes that are not UTF-8 escaped (``caf\\udce9.inp``)."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def print_summary(summary: dict[str, Any], as_json: bool, out: TextIO | None = None) -> bool:
@@ -179,7 +190,10 @@ def summary_stdout() -> Iterator[TextIO]:
         yield sys.stdout
         return
     os.dup2(2, 1)
-    out = open(saved, "w", closefd=False)  # the descriptor is closed below, once restored
+    # the descriptor is closed below, once restored; a file name that is not UTF-8 (an
+    # archive from a Latin-1 share: "caf\udce9.inp") is written escaped, as on stderr
+    # (until 2026-11-30 a UnicodeEncodeError traceback instead of the summary)
+    out = open(saved, "w", encoding=sys.stdout.encoding, errors="backslashreplace", closefd=False)
     try:
         yield out
     finally:
