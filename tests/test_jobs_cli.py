@@ -18,6 +18,8 @@ import pytest
 from dahu.app import jobs as jobs_app
 from dahu.app.localserver import LocalServer
 from dahu.client import DahuClient, JobNotFound, wait
+from dahu.errors import JournalError
+from dahu.jobquery import open_journal
 from dahu.journal import SQLiteJournal, job_file_stem
 from dahu.retention import parse_retention, prune
 from dahu.timespec import BadTime, parse_duration, parse_when
@@ -330,6 +332,30 @@ def test_a_work_directory_this_user_cannot_write_is_read(tmp_path):
         assert line.startswith("dahu-jobs: cannot ") and f"{tmp_path}/journal.sqlite" in line
     finally:
         tmp_path.chmod(0o755)
+
+
+def test_a_journal_sqlite_opens_read_only_is_not_pruned_nor_its_files(tmp_path, monkeypatch):
+    # bug: a journal SQLite could open only read-only (a read-only file system, a file of
+    # another account's in a directory this one may write) lost the files of its first
+    # 500 jobs, then failed on the records; on a read-only file system each job was a
+    # line on stderr ("cannot remove ...: the job is kept"), and the status was 0
+    journal = SQLiteJournal(str(tmp_path))
+    stems = []
+    for x in range(3):
+        job_id = journal.create("example.square", {"x": x}, time.time() - 3600)
+        journal.finish(job_id, "success", {"result": x * x}, None, time.time(), time.time())
+        stems.append(job_file_stem(str(tmp_path), job_id, "example.square"))
+        os.makedirs(os.path.dirname(stems[-1]), exist_ok=True)
+        Path(stems[-1] + ".inp").write_text("{}")
+    journal.close()
+
+    def read_only(workdir, write=False):  # as SQLite opens a journal it cannot write
+        return open_journal(workdir)
+
+    monkeypatch.setattr("dahu.retention.open_journal", read_only)
+    with pytest.raises(JournalError, match="cannot prune the journal .*: attempt to write a "):
+        prune(str(tmp_path), keep_last=0, min_age=0)
+    assert all(os.path.exists(stem + ".inp") for stem in stems)
 
 
 def test_an_interrupted_export_leaves_no_file(tmp_path):

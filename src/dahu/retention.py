@@ -160,6 +160,9 @@ def prune(
     report = PruneReport(workdir, dry_run, journal_bytes_before=_journal_bytes(path))
     db = open_journal(workdir, write=not dry_run)
     try:
+        if not dry_run:  # a journal SQLite opened read-only (a read-only file system, a
+            with _transaction(db):  # file of another account's): refused before any file
+                db.execute("DELETE FROM jobs WHERE 0")  # goes (until 2026-11-30 after)
         clauses, args = [], []
         if before is not None:
             clauses.append("submitted < ?")
