@@ -822,6 +822,20 @@ def test_a_job_whose_file_cannot_be_removed_keeps_its_record(tmp_path):
     assert [row["id"] for row in json.loads(run("list", "--json", workdir=tmp_path).stdout)] == [2]
 
 
+def test_a_prune_that_removed_no_job_names_no_ids(tmp_path):
+    # bug: with every job's file stuck it said "removed 0 job(s) (ids 1-2) and 0 file(s)"
+    journal = SQLiteJournal(str(tmp_path))
+    for job_id in journal.create_many("example.square", [{"x": 1}] * 2, time.time() - 3600):
+        journal.finish(job_id, "success", {}, None, time.time() - 3600, time.time() - 3600)
+        stem = Path(job_file_stem(str(tmp_path), job_id, "example.square"))
+        stem.parent.mkdir(exist_ok=True)
+        stem.with_name(stem.name + ".inp").mkdir()  # unlink() cannot remove it
+    journal.close()
+    summary = prune(str(tmp_path), keep_last=0, min_age=0).summary()
+    assert summary.startswith("removed 0 job(s) and 0 file(s), 0 B of files;"), summary
+    assert summary.endswith("; kept 2 whose files could not be removed")
+
+
 def test_prune_reclaims_space_and_ids_are_never_reused(tmp_path):
     workdir = tmp_path / "work"
     local = LocalServer(str(workdir), str(tmp_path / "server.log"), device="test/dahu/prune")

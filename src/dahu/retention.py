@@ -86,7 +86,8 @@ class PruneReport:
     def summary(self) -> str:
         """One line for people."""
         verb = "would remove" if self.dry_run else "removed"
-        ids = f" (ids {self.first_id}-{self.last_id})" if self.first_id is not None else ""
+        # none removed (every file stuck): no ids (until 2026-11-30 "removed 0 job(s) (ids 1-3)")
+        ids = f" (ids {self.first_id}-{self.last_id})" if self.removed else ""
         text = f"{verb} {self.removed} job(s){ids} and {self.files_removed} file(s), " + (
             f"{_size(self.file_bytes)} of files"
         )
