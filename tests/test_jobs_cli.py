@@ -358,6 +358,22 @@ def test_a_journal_sqlite_opens_read_only_is_not_pruned_nor_its_files(tmp_path, 
     assert all(os.path.exists(stem + ".inp") for stem in stems)
 
 
+def test_a_journal_damaged_past_its_first_page_is_named_damaged(tmp_path):
+    # bug: "dahu-jobs: cannot read the journal: database disk image is malformed", no
+    # path, unlike a journal damaged where it is opened ("PATH is damaged: ...")
+    journal = SQLiteJournal(str(tmp_path))
+    journal.create_many("example.square", [{"x": x} for x in range(50)], time.time())
+    journal.close()
+    path = tmp_path / "journal.sqlite"
+    page = int.from_bytes(path.read_bytes()[16:18], "big")
+    with open(path, "r+b") as file:  # the schema, on the first page, is left as it was
+        file.seek(page)
+        file.write(b"\xff" * (path.stat().st_size - page))
+    for command in (["stats"], ["export", "-o", str(tmp_path / "x.csv")]):
+        line = one_line_error(run(*command, workdir=tmp_path), 3)
+        assert line == f"dahu-jobs: {path} is damaged: database disk image is malformed"
+
+
 def test_an_interrupted_export_leaves_no_file(tmp_path):
     journal = SQLiteJournal(str(tmp_path))
     journal.create_many("example.noop", [{"x": "y" * 10_000}] * 5000, time.time())
