@@ -909,3 +909,17 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped_in_the_summary(tmp_path: 
     assert (proc.returncode, proc.stderr) == (1, "")
     (row,) = [line for line in proc.stdout.splitlines() if "10 != 9" in line]
     assert row.split()[:3] == ["1", f"{sources}/caf\\udce9.inp", "example.square"]
+
+
+def test_an_empty_input_says_so(tmp_path: Path):
+    # bug: an empty .inp (a disk that filled up as it was archived) was "not JSON:
+    # Expecting value: line 1 column 1 (char 0)"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "empty.inp").write_bytes(b"")
+    (tmp_path / "in" / "blank.inp").write_bytes(b" \r\n")
+    proc = reprocess("-q", "-o", tmp_path / "out", tmp_path / "in")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"dahu-reprocess: {tmp_path / 'in' / name}: not JSON: it is empty"
+        for name in ("blank.inp", "empty.inp")
+    ]

@@ -208,7 +208,10 @@ def load_input(item: Item) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
             raise InputError(f"job {item.job_id} vanished from the journal")
         return record.plugin, record.input, record.output
     try:
-        data = json.loads(_read_text(item.path))
+        text = _read_text(item.path)
+        if not text.strip():  # a disk that filled up as it was written; stdin of a cron job
+            raise InputError("not JSON: it is empty")  # not "Expecting value: line 1 ..."
+        data = json.loads(text)
     except OSError as err:
         raise InputError(f"cannot read: {err.strerror or err}") from err
     except (ValueError, RecursionError) as err:
