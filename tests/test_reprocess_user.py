@@ -923,3 +923,15 @@ def test_an_empty_input_says_so(tmp_path: Path):
         f"dahu-reprocess: {tmp_path / 'in' / name}: not JSON: it is empty"
         for name in ("blank.inp", "empty.inp")
     ]
+
+
+def test_a_journal_given_as_an_input_file_says_how_to_give_its_jobs(tmp_path: Path):
+    # bug: `dahu-reprocess W/journal.sqlite` was "not UTF-8 text ... byte 0xeb at offset 31"
+    workdir = tmp_path / "W"
+    make_archive(workdir, [["example.square", {"x": 2}]])
+    proc = reprocess("-q", "-o", tmp_path / "out", workdir / "journal.sqlite")
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"dahu-reprocess: {workdir}/journal.sqlite: a journal, not a job input: give job "
+        f"ids, e.g. --workdir {workdir} 1-10\n"
+    )

@@ -157,6 +157,14 @@ def expand_sources(sources: list[str], workdir: str, exclude: str | None = None)
         elif os.path.isdir(source):
             found = list(_walk(source, exclude))
             items.extend(found or [Item(source, error="no .inp or .json file in this directory")])
+        elif os.path.basename(source) == SQLiteJournal.FILENAME and os.path.isfile(source):
+            where = os.path.dirname(source) or "."  # not "not UTF-8 text ... at offset 31"
+            items.append(
+                Item(
+                    source,
+                    error=f"a journal, not a job input: give job ids, e.g. --workdir {where} 1-10",
+                )
+            )
         elif os.path.exists(source):  # a file, or a pipe (<(...), /dev/stdin)
             items.append(Item(source, path=source))
         elif IDS.match(source):
