@@ -159,12 +159,8 @@ def expand_sources(sources: list[str], workdir: str, exclude: str | None = None)
             items.extend(found or [Item(source, error="no .inp or .json file in this directory")])
         elif os.path.basename(source) == SQLiteJournal.FILENAME and os.path.isfile(source):
             where = os.path.dirname(source) or "."  # not "not UTF-8 text ... at offset 31"
-            items.append(
-                Item(
-                    source,
-                    error=f"a journal, not a job input: give job ids, e.g. --workdir {where} 1-10",
-                )
-            )
+            hint = f"give job ids, e.g. --workdir {where} 1-10"
+            items.append(Item(source, error=f"a journal, not a job input: {hint}"))
         elif os.path.exists(source):  # a file, or a pipe (<(...), /dev/stdin)
             items.append(Item(source, path=source))
         elif IDS.match(source):
