@@ -372,6 +372,7 @@ def test_a_journal_damaged_past_its_first_page_is_named_damaged(tmp_path):
     for command in (["stats"], ["export", "-o", str(tmp_path / "x.csv")]):
         line = one_line_error(run(*command, workdir=tmp_path), 3)
         assert line == f"dahu-jobs: {path} is damaged: database disk image is malformed"
+    assert not (tmp_path / "x.csv").exists()  # bug: its header (and first jobs) were left
 
 
 def test_an_interrupted_export_leaves_no_file(tmp_path):
