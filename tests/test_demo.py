@@ -123,19 +123,25 @@ def peaks(radial, centres, sigma):
 
 
 @pytest.mark.parametrize(
-    "step, shift, right",
+    "gap, sigma, step, shift, right",
     [
-        (0.001, 0.0, True),  # bins narrower than the rings: a quarter of their width
-        (0.001, 0.004, False),
-        (0.04, 0.0, True),  # bins wider than the rings: half a bin (was an empty window)
-        (0.04, 0.05, False),  # a wrong integration is still caught
+        (1.0, 0.01, 0.001, 0.0, True),  # bins narrower than the rings: a quarter of their
+        (1.0, 0.01, 0.001, 0.004, False),  # width
+        (1.0, 0.01, 0.04, 0.0, True),  # bins wider than the rings: half a bin (was an
+        (1.0, 0.01, 0.04, 0.05, False),  # empty window); a wrong integration is caught
+        # bins so wide (8192 x 128 frames) that 4 of them reach the next ring
+        (0.6, 0.04, 0.155, 0.0, True),
+        (0.6, 0.04, 0.155, 0.2, False),
     ],
 )
-def test_the_peak_check_allows_for_the_bins_and_catches_a_wrong_curve(tmp_path, step, shift, right):
-    data = {"ring_q_nm": [1.0, 2.0], "peak_sigma_q_nm": 0.01}
+def test_the_peak_check_allows_for_the_bins_and_catches_a_wrong_curve(
+    tmp_path, gap, sigma, step, shift, right
+):
+    rings = [1.0, 1.0 + gap]
+    data = {"ring_q_nm": rings, "peak_sigma_q_nm": sigma}
     radial = numpy.arange(0.5, 2.5, step) + step / 3  # the rings off the bins' centres
     fine = numpy.arange(0.5, 2.5, 0.0001)
-    exact = peaks(fine, [1.0 + shift, 2.0 + shift], 0.01)
+    exact = peaks(fine, [ring + shift for ring in rings], sigma)
     # each bin holds the mean of the profile over its width, as an integration gives
     curve = numpy.interp(
         radial, fine, numpy.convolve(exact, numpy.ones(int(step / 0.0001)), "same")

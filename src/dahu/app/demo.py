@@ -55,11 +55,13 @@ def ring_errors(
 ) -> numpy.ndarray:
     """Distance from each ring to the peak of ``curve`` found near it (inf when none is).
 
-    The window around a ring is 4 ``sigma`` wide on each side, or 4 bins of ``radial`` when
-    its bins are wider than ``sigma``. The peak position is the centroid of the part of the
-    window above half its maximum.
+    The window around a ring is 4 ``sigma`` wide on each side, or 2 bins of ``radial``
+    when they are wider, but never reaches half-way to another ring (the bins of a frame
+    much longer than wide span a large q range). The peak position is the centroid of
+    the part of the window above half its maximum.
     """
-    half_width = 4 * max(sigma, bin_width(radial))
+    gap = float(numpy.diff(sorted(rings)).min()) if len(rings) > 1 else numpy.inf
+    half_width = min(max(4 * sigma, 2 * bin_width(radial)), gap / 2)
     errors = []
     for ring in rings:
         keep = (numpy.abs(radial - ring) < half_width) & numpy.isfinite(curve)
