@@ -102,6 +102,10 @@ def test_bad_frames_and_shapes_are_refused_before_anything_is_made(tmp_path):
             ["--generate-only", str(tmp_path / "out"), "--shape", "8", "32"],
             "argument --shape: expected a number of pixels, 16 or more, not '8'",
         ),
+        (  # bug: --generate-only "$DIR", DIR unset, ran the whole demo in ./demo-output
+            ["--generate-only", ""],
+            "argument --generate-only: an empty name (an unset variable?): give a directory",
+        ),
     ):
         result = run_demo("--output", str(tmp_path / "out"), *args)
         assert result.returncode == 2, result.stderr

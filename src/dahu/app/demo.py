@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy
 
+from ..properties import local_directory  # ~ is the home directory; "" is refused
 from .demopage import keep_busy, save_screenshot
 from .localserver import LocalServer, ServerFailed, free_port
 
@@ -301,8 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a database-less Dahu server, submit example and pyFAI jobs through "
         "Tango, follow them by events, show the results and plot the integrated curves.",
     )
-    parser.add_argument(
-        "-o", "--output", metavar="DIR", help="output directory (default ./demo-output/<time>)"
+    parser.add_argument(  # an empty DIR ("$DIR", DIR unset) is refused, as by the other tools
+        "-o",
+        "--output",
+        type=local_directory,
+        metavar="DIR",
+        help="output directory (default ./demo-output/<time>)",
     )
     parser.add_argument("-n", "--frames", type=_count, default=10, help="frames to generate (10)")
     parser.add_argument(
@@ -314,8 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"frame size in pixels (512 512): {MIN_SIDE} or more, "
         f"{MIN_GENERATED_SIDE} or more with --generate-only",
     )
-    parser.add_argument(
+    parser.add_argument(  # empty: until 2026-11-30 the whole demo ran, in ./demo-output
         "--generate-only",
+        type=local_directory,
         metavar="DIR",
         help="only write the synthetic data set (frames, HDF5 stack, geometry) into DIR",
     )
