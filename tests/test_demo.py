@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 import struct
 import subprocess
 
 import h5py
+import numpy
+import pytest
 
+from dahu.app.demo import DemoFailed, check_rings
 from dahu.web.browser import find_chromium
 
 from .conftest import VENV_BIN, child_env
@@ -77,10 +81,81 @@ def test_generate_only_writes_the_data_set(tmp_path):
 
 
 def test_a_problem_is_one_line_and_exit_1(tmp_path):
-    result = run_demo("--output", str(tmp_path), "--frames", "0")
+    (tmp_path / "file").write_text("")
+    result = run_demo("--output", str(tmp_path / "file" / "out"))
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0, result.stderr
-    assert result.stderr.startswith("dahu-demo: failed: cannot generate the data set")
+    assert result.stderr.startswith("dahu-demo: failed: [Errno 20] Not a directory")
+
+
+def test_bad_frames_and_shapes_are_refused_before_anything_is_made(tmp_path):
+    # bugs: -n 0 made the output directory, then failed with status 1; --shape 64 64 ran
+    # everything, then failed its own peak check (rings narrower than a pixel)
+    for args, message in (
+        (["-n", "0"], "argument -n/--frames: expected a number of frames, 1 or more, not '0'"),
+        (
+            ["--shape", "64", "64"],
+            "argument --shape: frames of 64x64 are too small to check "
+            "the rings (narrower than a pixel): give 128 pixels or more a side",
+        ),
+        (
+            ["--generate-only", str(tmp_path / "out"), "--shape", "8", "32"],
+            "argument --shape: expected a number of pixels, 16 or more, not '8'",
+        ),
+        (  # bug: --generate-only "$DIR", DIR unset, ran the whole demo in ./demo-output
+            ["--generate-only", ""],
+            "argument --generate-only: an empty name (an unset variable?): give a directory",
+        ),
+    ):
+        result = run_demo("--output", str(tmp_path / "out"), *args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines()[-1] == f"dahu-demo: error: {message}"
+        assert not (tmp_path / "out").exists()
+
+
+def write_curves(tmp_path, radial, curves):
+    """An integratemanyframes file of ``curves`` and an integrate_simple file of the first."""
+    with h5py.File(tmp_path / "many.h5", "w") as h5:
+        h5["entry/integrated/q_nm^-1"] = radial
+        h5["entry/integrated/intensity"] = numpy.array(curves)
+    numpy.savetxt(tmp_path / "simple.dat", numpy.column_stack([radial, curves[0]]))
+    return str(tmp_path / "many.h5"), str(tmp_path / "simple.dat")
+
+
+def peaks(radial, centres, sigma):
+    return 10 + sum(100 * numpy.exp(-0.5 * ((radial - c) / sigma) ** 2) for c in centres)
+
+
+@pytest.mark.parametrize(
+    "gap, sigma, step, shift, right",
+    [
+        (1.0, 0.01, 0.001, 0.0, True),  # bins narrower than the rings: a quarter of their
+        (1.0, 0.01, 0.001, 0.004, False),  # width
+        (1.0, 0.01, 0.04, 0.0, True),  # bins wider than the rings: half a bin (was an
+        (1.0, 0.01, 0.04, 0.05, False),  # empty window); a wrong integration is caught
+        # bins so wide (8192 x 128 frames) that 4 of them reach the next ring
+        (0.6, 0.04, 0.155, 0.0, True),
+        (0.6, 0.04, 0.155, 0.2, False),
+    ],
+)
+def test_the_peak_check_allows_for_the_bins_and_catches_a_wrong_curve(
+    tmp_path, gap, sigma, step, shift, right
+):
+    rings = [1.0, 1.0 + gap]
+    data = {"ring_q_nm": rings, "peak_sigma_q_nm": sigma}
+    radial = numpy.arange(0.5, 2.5, step) + step / 3  # the rings off the bins' centres
+    fine = numpy.arange(0.5, 2.5, 0.0001)
+    exact = peaks(fine, [ring + shift for ring in rings], sigma)
+    # each bin holds the mean of the profile over its width, as an integration gives
+    curve = numpy.interp(
+        radial, fine, numpy.convolve(exact, numpy.ones(int(step / 0.0001)), "same")
+    )
+    paths = write_curves(tmp_path, radial, [curve, curve])
+    if right:
+        assert check_rings(*paths, data).startswith("peaks of all 3 curves on the rings")
+    else:
+        with pytest.raises(DemoFailed, match="the peak of the ring at q="):
+            check_rings(*paths, data)
 
 
 def test_bad_seconds_are_refused_before_anything_runs(tmp_path):
@@ -97,3 +172,19 @@ def test_bad_seconds_are_refused_before_anything_runs(tmp_path):
             f"not '{value}'"
         )
         assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_is_one_line_and_status_130(tmp_path):
+    # bug: Ctrl-C printed a KeyboardInterrupt traceback
+    proc = subprocess.Popen(
+        [DEMO, "--output", str(tmp_path), "--frames", "1", "--shape", "128", "128"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**child_env(), "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stdout.readline().startswith("dahu-demo: output directory")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stderr) == (130, "dahu-demo: interrupted\n")

@@ -18,6 +18,8 @@ import pytest
 from dahu.app import jobs as jobs_app
 from dahu.app.localserver import LocalServer
 from dahu.client import DahuClient, JobNotFound, wait
+from dahu.errors import JournalError
+from dahu.jobquery import open_journal
 from dahu.journal import SQLiteJournal, job_file_stem
 from dahu.retention import parse_retention, prune
 from dahu.timespec import BadTime, parse_duration, parse_when
@@ -330,6 +332,47 @@ def test_a_work_directory_this_user_cannot_write_is_read(tmp_path):
         assert line.startswith("dahu-jobs: cannot ") and f"{tmp_path}/journal.sqlite" in line
     finally:
         tmp_path.chmod(0o755)
+
+
+def test_a_journal_sqlite_opens_read_only_is_not_pruned_nor_its_files(tmp_path, monkeypatch):
+    # bug: a journal SQLite could open only read-only (a read-only file system, a file of
+    # another account's in a directory this one may write) lost the files of its first
+    # 500 jobs, then failed on the records; on a read-only file system each job was a
+    # line on stderr ("cannot remove ...: the job is kept"), and the status was 0
+    journal = SQLiteJournal(str(tmp_path))
+    stems = []
+    for x in range(3):
+        job_id = journal.create("example.square", {"x": x}, time.time() - 3600)
+        journal.finish(job_id, "success", {"result": x * x}, None, time.time(), time.time())
+        stems.append(job_file_stem(str(tmp_path), job_id, "example.square"))
+        os.makedirs(os.path.dirname(stems[-1]), exist_ok=True)
+        Path(stems[-1] + ".inp").write_text("{}")
+    journal.close()
+
+    def read_only(workdir, write=False):  # as SQLite opens a journal it cannot write
+        return open_journal(workdir)
+
+    monkeypatch.setattr("dahu.retention.open_journal", read_only)
+    with pytest.raises(JournalError, match="cannot prune the journal .*: attempt to write a "):
+        prune(str(tmp_path), keep_last=0, min_age=0)
+    assert all(os.path.exists(stem + ".inp") for stem in stems)
+
+
+def test_a_journal_damaged_past_its_first_page_is_named_damaged(tmp_path):
+    # bug: "dahu-jobs: cannot read the journal: database disk image is malformed", no
+    # path, unlike a journal damaged where it is opened ("PATH is damaged: ...")
+    journal = SQLiteJournal(str(tmp_path))
+    journal.create_many("example.square", [{"x": x} for x in range(50)], time.time())
+    journal.close()
+    path = tmp_path / "journal.sqlite"
+    page = int.from_bytes(path.read_bytes()[16:18], "big")
+    with open(path, "r+b") as file:  # the schema, on the first page, is left as it was
+        file.seek(page)
+        file.write(b"\xff" * (path.stat().st_size - page))
+    for command in (["stats"], ["export", "-o", str(tmp_path / "x.csv")]):
+        line = one_line_error(run(*command, workdir=tmp_path), 3)
+        assert line == f"dahu-jobs: {path} is damaged: database disk image is malformed"
+    assert not (tmp_path / "x.csv").exists()  # bug: its header (and first jobs) were left
 
 
 def test_an_interrupted_export_leaves_no_file(tmp_path):
@@ -794,6 +837,20 @@ def test_a_job_whose_file_cannot_be_removed_keeps_its_record(tmp_path):
     (line,) = proc.stderr.splitlines()
     assert line.startswith("dahu-jobs: job 2: cannot remove ") and line.endswith("the job is kept")
     assert [row["id"] for row in json.loads(run("list", "--json", workdir=tmp_path).stdout)] == [2]
+
+
+def test_a_prune_that_removed_no_job_names_no_ids(tmp_path):
+    # bug: with every job's file stuck it said "removed 0 job(s) (ids 1-2) and 0 file(s)"
+    journal = SQLiteJournal(str(tmp_path))
+    for job_id in journal.create_many("example.square", [{"x": 1}] * 2, time.time() - 3600):
+        journal.finish(job_id, "success", {}, None, time.time() - 3600, time.time() - 3600)
+        stem = Path(job_file_stem(str(tmp_path), job_id, "example.square"))
+        stem.parent.mkdir(exist_ok=True)
+        stem.with_name(stem.name + ".inp").mkdir()  # unlink() cannot remove it
+    journal.close()
+    summary = prune(str(tmp_path), keep_last=0, min_age=0).summary()
+    assert summary.startswith("removed 0 job(s) and 0 file(s), 0 B of files;"), summary
+    assert summary.endswith("; kept 2 whose files could not be removed")
 
 
 def test_prune_reclaims_space_and_ids_are_never_reused(tmp_path):

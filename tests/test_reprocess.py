@@ -403,18 +403,22 @@ def test_many_inputs_keep_their_order_across_plugins_and_bad_inputs(tmp_path: Pa
 
 def test_input_files_are_read_as_utf8_text(tmp_path: Path):
     """Windows newlines and a byte-order mark (a Windows editor's) are fine; bytes that
-    are not UTF-8 are not JSON, reported on their line."""
+    are not UTF-8 are reported on their line, with the first one's offset."""
     sources = tmp_path / "in"
     sources.mkdir()
     (sources / "1_crlf.inp").write_bytes(b'{"plugin_name": "example.square",\r\n "x": 3}\r\n')
     (sources / "2_bom.inp").write_bytes(b'\xef\xbb\xbf{"plugin_name": "example.square"}')
-    (sources / "3_latin1.inp").write_bytes(b'{"plugin_name": "example.square", "t": "\xe9"}')
+    latin1 = b'{"plugin_name": "example.square", "t": "\xe9"}'
+    (sources / "3_latin1.inp").write_bytes(latin1)
     status, summary, stderr = summary_of("-o", tmp_path / "out", sources)
     assert status == 1
     assert summary["total"]["success"] == 2 and summary["total"]["invalid"] == 1
     assert read_json(tmp_path / "out/0000/00001_example.square.out")["result"] == 9
-    (latin1,) = stderr.splitlines()  # bug: the BOM was "not JSON: Unexpected UTF-8 BOM"
-    assert "3_latin1.inp: not JSON: 'utf-8' codec can't decode byte 0xe9" in latin1
+    (line,) = stderr.splitlines()  # bug: the BOM was "not JSON: Unexpected UTF-8 BOM"
+    offset = latin1.index(b"\xe9")
+    assert line.endswith(
+        f"3_latin1.inp: not UTF-8 text (JSON must be UTF-8): byte 0xe9 at offset {offset}"
+    )
 
 
 def test_quiet_prints_only_the_summary(archive: Path, tmp_path: Path):

@@ -17,6 +17,7 @@ import pytest
 from .test_reprocess import (
     REPROCESS,
     interrupted_run,
+    make_archive,
     reprocess,
     start_run,
     summary_of,
@@ -786,3 +787,151 @@ def test_quiet_pyfai_runs_print_no_third_party_warning(tmp_path: Path, executor:
     assert proc.stdout.splitlines()[2].startswith("ocl.f ")
     # -d shows it, with everything else
     assert "Unable to import pyOpenCl" in reprocess("-d", *args).stderr
+
+
+def test_an_input_that_is_not_utf8_is_one_line_naming_the_byte(tmp_path: Path):
+    # bug: a Latin-1 file ("caf\xe9") was "not JSON: 'utf-8' codec can't decode byte 0xe9
+    # in position 54: invalid continuation byte"; an archived .out the same, with its path
+    sources = tmp_path / "in"
+    sources.mkdir()
+    latin = b'{"plugin_name": "example.square", "name": "caf\xe9"}'
+    (sources / "1.inp").write_bytes(latin)
+    (sources / "2.inp").write_bytes(b"\xef\xbb\xbf" + latin)  # a byte-order mark first
+    (sources / "3.inp").write_text('{"plugin_name": "example.square", "x": 3}')
+    (sources / "3.out").write_bytes(latin)
+    status, summary, stderr = summary_of("--compare", "-o", tmp_path / "out", sources)
+    assert status == 1
+    reason = "not UTF-8 text (JSON must be UTF-8): byte 0xe9 at offset"
+    offset = latin.index(b"\xe9")
+    assert stderr.splitlines() == [
+        f"dahu-reprocess: {sources / '1.inp'}: {reason} {offset}",
+        f"dahu-reprocess: {sources / '2.inp'}: {reason} {offset + 3}",
+    ]
+    (difference,) = summary["compare"]["differences"]
+    assert difference["reason"] == (
+        f"cannot read the archived output {sources / '3.out'}: {reason} {offset}"
+    )
+
+
+def test_a_dash_reads_one_input_from_standard_input(tmp_path: Path):
+    # bug: `dahu-reprocess -` was a file named "-": "no such file or directory"
+    data = '{"plugin_name": "example.square", "x": 4}'
+    proc = subprocess.run(
+        [REPROCESS, "-q", "--json", "-o", str(tmp_path / "out"), "-"],
+        input=data,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["total"]["success"] == 1
+    (output,) = (tmp_path / "out").glob("0000/*.out")
+    assert json.loads(output.read_text())["result"] == 16
+    proc = subprocess.run(  # an input that cannot be run is named as standard input
+        [REPROCESS, "-q", "-o", str(tmp_path / "out"), "-"],
+        input="{",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("dahu-reprocess: (standard input): not JSON: "), proc.stderr
+    proc = reprocess("-o", tmp_path / "twice", "-", "-")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        "dahu-reprocess: error: SOURCE - (standard input) is given more than once: "
+        "it holds one input"
+    )
+    assert not (tmp_path / "twice").exists()
+
+
+def test_ids_of_a_journal_damaged_past_its_first_page_are_one_line(tmp_path: Path):
+    # bug: a journal whose table of jobs is damaged (its schema, on the first page, is
+    # not) ended the run with a traceback of sqlite3.DatabaseError
+    workdir = tmp_path / "W"
+    make_archive(workdir, [["example.square", {"x": x}] for x in range(6)])
+    journal = workdir / "journal.sqlite"
+    page = int.from_bytes(journal.read_bytes()[16:18], "big")
+    with open(journal, "r+b") as file:
+        file.seek(page)
+        file.write(b"\xff" * (journal.stat().st_size - page))
+    proc = reprocess("-q", "-o", tmp_path / "out", "--workdir", workdir, "1-6")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"dahu-reprocess: 1-6: cannot read the journal {journal}: database disk image is malformed"
+    ]
+
+
+def test_a_summary_that_cannot_be_written_is_one_line_and_status_2(tmp_path: Path):
+    # bug: `--json > report.json` on a full disk ended with an OSError traceback (the
+    # journal left unclosed), and with standard output closed (>&-) the jobs ran and
+    # the summary went nowhere, status 0
+    import resource
+
+    inputs = write_inputs(tmp_path / "in", {"plugin_name": "example.square", "x": 3})
+    report = tmp_path / "report.json"
+    limit = 1 << 20
+    with open(report, "wb") as file:
+        file.truncate(limit)  # at the size limit below: any write fails, as on a full disk
+    with open(report, "ab") as stdout:
+        proc = subprocess.run(
+            [REPROCESS, "--json", "-o", str(tmp_path / "out"), str(inputs)],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "dahu-reprocess: cannot write the summary: File too large\n"
+    (output,) = (tmp_path / "out").glob("0000/*.out")  # the job ran and was recorded
+    assert json.loads(output.read_text())["result"] == 9
+    command = f"'{REPROCESS}' -o '{tmp_path / 'closed'}' '{inputs}' >&-"
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        "dahu-reprocess: error: standard output is closed: nowhere to print the summary"
+    )
+    assert not (tmp_path / "closed").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_escaped_in_the_summary(tmp_path: Path):
+    # bug: an archive from a Latin-1 share ("caf\xe9.inp") whose output differed ended
+    # the run with a UnicodeEncodeError traceback instead of the summary
+    sources = tmp_path / "in"
+    sources.mkdir()
+    stem = os.fsencode(sources) + b"/caf\xe9"
+    with open(stem + b".inp", "w") as file:
+        file.write('{"plugin_name": "example.square", "x": 3}')
+    with open(stem + b".out", "w") as file:
+        file.write('{"result": 10}')
+    proc = reprocess("-q", "--compare", "-o", tmp_path / "out", sources)
+    assert (proc.returncode, proc.stderr) == (1, "")
+    (row,) = [line for line in proc.stdout.splitlines() if "10 != 9" in line]
+    assert row.split()[:3] == ["1", f"{sources}/caf\\udce9.inp", "example.square"]
+
+
+def test_an_empty_input_says_so(tmp_path: Path):
+    # bug: an empty .inp (a disk that filled up as it was archived) was "not JSON:
+    # Expecting value: line 1 column 1 (char 0)"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "empty.inp").write_bytes(b"")
+    (tmp_path / "in" / "blank.inp").write_bytes(b" \r\n")
+    proc = reprocess("-q", "-o", tmp_path / "out", tmp_path / "in")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"dahu-reprocess: {tmp_path / 'in' / name}: not JSON: it is empty"
+        for name in ("blank.inp", "empty.inp")
+    ]
+
+
+def test_a_journal_given_as_an_input_file_says_how_to_give_its_jobs(tmp_path: Path):
+    # bug: `dahu-reprocess W/journal.sqlite` was "not UTF-8 text ... byte 0xeb at offset 31"
+    workdir = tmp_path / "W"
+    make_archive(workdir, [["example.square", {"x": 2}]])
+    proc = reprocess("-q", "-o", tmp_path / "out", workdir / "journal.sqlite")
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"dahu-reprocess: {workdir}/journal.sqlite: a journal, not a job input: give job "
+        f"ids, e.g. --workdir {workdir} 1-10\n"
+    )

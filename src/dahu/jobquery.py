@@ -162,7 +162,20 @@ def _read(db: sqlite3.Connection, sql: str, args: Any = ()) -> list[tuple]:
     try:
         return db.execute(sql, args).fetchall()
     except sqlite3.Error as err:
-        raise JournalError(f"cannot read the journal: {err}") from None
+        raise _unreadable(db, err) from None
+
+
+def _unreadable(db: sqlite3.Connection, err: sqlite3.Error) -> JournalError:
+    """One line naming the journal: damaged past its first page (found by a query, not
+    when opened), ``PATH is damaged: ...`` as when opened (until 2026-11-30 ``cannot read
+    the journal: ...``)."""
+    try:
+        path = db.execute("PRAGMA database_list").fetchone()[2] or "the journal"
+    except sqlite3.Error:
+        path = "the journal"
+    if is_damaged(err):
+        return JournalError(f"{path} is damaged: {err}")
+    return JournalError(f"cannot read {path}: {err}")
 
 
 def count(db: sqlite3.Connection, filters: Filters) -> int:
@@ -288,7 +301,7 @@ def statistics(
             elif runtime is not None:
                 runtimes[plugin].append(runtime)
     except sqlite3.Error as err:
-        raise JournalError(f"cannot read the journal: {err}") from None
+        raise _unreadable(db, err) from None
     everything: list[float] = []
     for plugin, entry in per.items():
         everything += runtimes[plugin]

@@ -86,7 +86,8 @@ class PruneReport:
     def summary(self) -> str:
         """One line for people."""
         verb = "would remove" if self.dry_run else "removed"
-        ids = f" (ids {self.first_id}-{self.last_id})" if self.first_id is not None else ""
+        # none removed (every file stuck): no ids (until 2026-11-30 "removed 0 job(s) (ids 1-3)")
+        ids = f" (ids {self.first_id}-{self.last_id})" if self.removed else ""
         text = f"{verb} {self.removed} job(s){ids} and {self.files_removed} file(s), " + (
             f"{_size(self.file_bytes)} of files"
         )
@@ -160,6 +161,9 @@ def prune(
     report = PruneReport(workdir, dry_run, journal_bytes_before=_journal_bytes(path))
     db = open_journal(workdir, write=not dry_run)
     try:
+        if not dry_run:  # a journal SQLite opened read-only (a read-only file system, a
+            with _transaction(db):  # file of another account's): refused before any file
+                db.execute("DELETE FROM jobs WHERE 0")  # goes (until 2026-11-30 after)
         clauses, args = [], []
         if before is not None:
             clauses.append("submitted < ?")

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy
 
+from ..properties import local_directory  # ~ is the home directory; "" is refused
 from .demopage import keep_busy, save_screenshot
 from .localserver import LocalServer, ServerFailed, free_port
 
@@ -39,6 +40,11 @@ __all__ = ["DemoFailed", "main", "ring_errors"]
 DEVICE = "demo/dahu/1"
 NPT = 500
 EXPECTED_FAILURE = "expected failure: this job fails on purpose"
+#: The smallest frame side the demo checks: below it, the generated rings are narrower than
+#: a pixel, and no integration finds their peaks within a quarter of their width.
+MIN_SIDE = 128
+#: The smallest frame side ``--generate-only`` writes (:func:`dahu.testdata.make_dataset`'s).
+MIN_GENERATED_SIDE = 16
 
 
 class DemoFailed(Exception):
@@ -48,17 +54,30 @@ class DemoFailed(Exception):
 def ring_errors(
     radial: numpy.ndarray, curve: numpy.ndarray, rings: Sequence[float], sigma: float
 ) -> numpy.ndarray:
-    """Distance from each ring to the peak of ``curve`` found within 4 ``sigma`` of it.
+    """Distance from each ring to the peak of ``curve`` found near it (inf when none is).
 
-    The peak position is the centroid of the part of the window above half its maximum.
+    The window around a ring is 4 ``sigma`` wide on each side, or 2 bins of ``radial``
+    when they are wider, but never reaches half-way to another ring (the bins of a frame
+    much longer than wide span a large q range). The peak position is the centroid of
+    the part of the window above half its maximum.
     """
+    gap = float(numpy.diff(sorted(rings)).min()) if len(rings) > 1 else numpy.inf
+    half_width = min(max(4 * sigma, 2 * bin_width(radial)), gap / 2)
     errors = []
     for ring in rings:
-        keep = (numpy.abs(radial - ring) < 4 * sigma) & numpy.isfinite(curve)
+        keep = (numpy.abs(radial - ring) < half_width) & numpy.isfinite(curve)
+        if not keep.any():
+            errors.append(numpy.inf)
+            continue
         x, y = radial[keep], curve[keep] - curve[keep].min()
         y[y < 0.5 * y.max()] = 0.0
         errors.append(abs(float((x * y).sum() / y.sum()) - ring) if y.sum() > 0 else numpy.inf)
     return numpy.array(errors)
+
+
+def bin_width(radial: numpy.ndarray) -> float:
+    """The width of the bins of a curve's radial axis (0 for fewer than two bins)."""
+    return float(numpy.median(numpy.diff(radial))) if len(radial) > 1 else 0.0
 
 
 @dataclass
@@ -225,17 +244,19 @@ def plot_curves(h5_path: str, curve_path: str, data: dict[str, Any], png_path: s
 def check_rings(h5_path: str, curve_path: str, data: dict[str, Any]) -> str:
     """Check that every curve peaks on the known rings; a one-line account of it.
 
-    Raise :class:`DemoFailed` when a peak is further than a quarter of a ring's width away.
+    Raise :class:`DemoFailed` when a peak is further than a quarter of a ring's width away,
+    or half a bin of its curve when the bins are wider (a peak one bin wide is found at the
+    bin's centre).
     """
     radial, intensity, simple = load_curves(h5_path, curve_path)
     sigma, rings = data["peak_sigma_q_nm"], data["ring_q_nm"]
-    errors = numpy.array(
-        [ring_errors(radial, curve, rings, sigma) for curve in intensity]
-        + [ring_errors(simple[:, 0], simple[:, 1], rings, sigma)]
-    )
-    worst, tolerance = float(errors.max()), 0.25 * sigma
+    curves = [(radial, curve) for curve in intensity] + [(simple[:, 0], simple[:, 1])]
+    errors = numpy.array([ring_errors(x, y, rings, sigma) for x, y in curves])
+    tolerances = numpy.array([max(0.25 * sigma, 0.5 * bin_width(x)) for x, _ in curves])
+    ratios = errors / tolerances[:, None]
+    frame, ring = numpy.unravel_index(int(numpy.argmax(ratios)), errors.shape)
+    worst, tolerance = float(errors[frame, ring]), float(tolerances[frame])
     if not worst < tolerance:
-        frame, ring = numpy.unravel_index(int(numpy.argmax(errors)), errors.shape)
         raise DemoFailed(
             f"curve {frame}: the peak of the ring at q={rings[ring]:.3f} nm^-1 is "
             f"{worst:.4f} nm^-1 away (tolerance {tolerance:.4f})"
@@ -243,7 +264,7 @@ def check_rings(h5_path: str, curve_path: str, data: dict[str, Any]) -> str:
     listed = ", ".join(f"{q:.3f}" for q in rings)
     return (
         f"peaks of all {len(errors)} curves on the rings at q = {listed} nm^-1 "
-        f"(largest distance {worst:.4f}, tolerance {tolerance:.4f} nm^-1)"
+        f"(furthest {worst:.4f} nm^-1 away, tolerance {tolerance:.4f} nm^-1)"
     )
 
 
@@ -259,6 +280,21 @@ def _seconds(text: str, least: float = 0.0, strict: bool = True) -> float:
     return value
 
 
+def _count(text: str, least: int = 1, what: str = "a number of frames") -> int:
+    """An integer of at least ``least``."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected {what}, {least} or more, not {text!r}")
+    return value
+
+
+def _side(text: str) -> int:
+    return _count(text, MIN_GENERATED_SIDE, "a number of pixels")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``dahu-demo``."""
     parser = argparse.ArgumentParser(
@@ -266,15 +302,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a database-less Dahu server, submit example and pyFAI jobs through "
         "Tango, follow them by events, show the results and plot the integrated curves.",
     )
-    parser.add_argument(
-        "-o", "--output", metavar="DIR", help="output directory (default ./demo-output/<time>)"
+    parser.add_argument(  # an empty DIR ("$DIR", DIR unset) is refused, as by the other tools
+        "-o",
+        "--output",
+        type=local_directory,
+        metavar="DIR",
+        help="output directory (default ./demo-output/<time>)",
     )
-    parser.add_argument("-n", "--frames", type=int, default=10, help="frames to generate (10)")
+    parser.add_argument("-n", "--frames", type=_count, default=10, help="frames to generate (10)")
     parser.add_argument(
-        "--shape", type=int, nargs=2, default=(512, 512), metavar=("H", "W"), help="(512 512)"
+        "--shape",
+        type=_side,
+        nargs=2,
+        default=(512, 512),
+        metavar=("H", "W"),
+        help=f"frame size in pixels (512 512): {MIN_SIDE} or more, "
+        f"{MIN_GENERATED_SIDE} or more with --generate-only",
     )
-    parser.add_argument(
+    parser.add_argument(  # empty: until 2026-11-30 the whole demo ran, in ./demo-output
         "--generate-only",
+        type=local_directory,
         metavar="DIR",
         help="only write the synthetic data set (frames, HDF5 stack, geometry) into DIR",
     )
@@ -396,10 +443,17 @@ def run_demo(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``dahu-demo``: 0 when everything went as expected, else 1."""
+    """Entry point of ``dahu-demo``: 0 when everything went as expected, else 1 (2: bad
+    usage, 130: interrupted)."""
     import tango
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.generate_only and min(args.shape) < MIN_SIDE:
+        parser.error(
+            f"argument --shape: frames of {args.shape[0]}x{args.shape[1]} are too small to "
+            f"check the rings (narrower than a pixel): give {MIN_SIDE} pixels or more a side"
+        )
     try:
         if args.generate_only:
             generate(os.path.abspath(args.generate_only), args.frames, args.shape)
@@ -409,6 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems = [str(err)]
     except tango.DevFailed as err:  # a refused call: Tango's own one-line description
         problems = [f"Tango: {err.args[0].desc.strip().partition(chr(10))[0]}"]
+    except KeyboardInterrupt:  # Ctrl-C: the server, if started, was stopped on the way out
+        sys.stderr.write("dahu-demo: interrupted\n")
+        return 130
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         sys.stderr.write(f"dahu-demo: failed: {problems[0]}{more}\n")

@@ -379,14 +379,14 @@ def cmd_export(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
                 written += 1
         if target is not out:
             target.close()
-    except (OSError, KeyboardInterrupt) as err:  # disk full, ^C: no half-written file is left
-        if target is out:
-            raise
+    except (OSError, KeyboardInterrupt, JournalError) as err:  # disk full, ^C, a damaged
+        if target is out:  # journal (until 2026-11-30 its first jobs were left in the file):
+            raise  # no half-written file is left
         with contextlib.suppress(OSError):
             target.close()
         with contextlib.suppress(OSError):
             os.remove(args.output)
-        if isinstance(err, KeyboardInterrupt):
+        if isinstance(err, (KeyboardInterrupt, JournalError)):
             raise
         sys.stderr.write(f"{PROG}: cannot write {args.output}: {err.strerror or err}\n")
         return EXIT_USAGE

@@ -473,8 +473,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     run.run()
     with _signals_ignored(run.stop.is_set()):
         summary = summarize(run, output_dir)
-        print_summary(summary, args.json, out)
-        status = summary["exit_status"]
+        written = print_summary(summary, args.json, out)  # not on a full disk (> FILE)
+        status = summary["exit_status"] if written else max(summary["exit_status"], EXIT_USAGE)
         if not run.forced:  # else jobs still run in their threads: leave the journal open
             lost = engine.close()
             if lost or engine.files_failed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 
 from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_RTOL
@@ -38,7 +39,8 @@ def _tolerance(text: str) -> float:
 
 
 _HELP = {
-    "sources": "a job input file (.inp or .json), a directory searched recursively for them, "
+    "sources": "a job input file (.inp or .json), - for one input read from standard input, "
+    "a directory searched recursively for them, "
     "or job ids (3, 1-5, 1-3,7) from the journal of --workdir",
     "output": "directory for the new journal and .inp/.out files "
     "(default: a new work directory, <tmp>/dahu_<user>/<date-time>_<pid>)",
@@ -106,6 +108,10 @@ def usage_problems(args: argparse.Namespace) -> list[str]:
         problems.append(
             f"job ids {ids[0]}: no work directory {default} ({origin}): give --workdir DIR"
         )
+    if sys.stdout is None:  # started with standard output closed (>&-): as dahu-jobs
+        problems.append("standard output is closed: nowhere to print the summary")
+    if args.sources.count("-") > 1:
+        problems.append("SOURCE - (standard input) is given more than once: it holds one input")
     if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
         problems.append(f"output {args.output} is not a directory")
     output = os.path.realpath(args.output) if args.output else None

@@ -140,7 +140,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
         if comparison["differences"]:
             table = [
-                [d["job_id"], d["source"], d["plugin"], d["key"] or "(output)", d["reason"]]
+                [
+                    d["job_id"],
+                    _escaped(d["source"]),
+                    d["plugin"],
+                    d["key"] or "(output)",
+                    d["reason"],
+                ]
                 for d in comparison["differences"]
             ]
             headers = ["job", "source", "plugin", "first difference", "detail"]
@@ -148,15 +154,28 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def print_summary(summary: dict[str, Any], as_json: bool, out: TextIO | None = None) -> None:
+def _escaped(name: str) -> str:
+    """A file name with the bytes that are not UTF-8 escaped (``caf\\udce9.inp``)."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def print_summary(summary: dict[str, Any], as_json: bool, out: TextIO | None = None) -> bool:
     """Print the summary on ``out`` (standard output), as JSON or tables; a reader that
-    went away (``| head``) is not an error: the run still ends as it should."""
+    went away (``| head``) is not an error: the run still ends as it should.  Whether the
+    summary could be written: not on a full disk (``--json > report.json``), which is
+    said in one line on standard error (until 2026-11-30 a traceback, the journal left
+    open)."""
     out = out or sys.stdout
     try:
         text = json.dumps(summary, indent=2) if as_json else format_summary(summary)
         print(text, file=out, flush=True)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+    except OSError as err:
+        sys.stderr.write(f"dahu-reprocess: cannot write the summary: {err.strerror or err}\n")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # its buffer would fail again
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -171,7 +190,10 @@ def summary_stdout() -> Iterator[TextIO]:
         yield sys.stdout
         return
     os.dup2(2, 1)
-    out = open(saved, "w", closefd=False)  # the descriptor is closed below, once restored
+    # the descriptor is closed below, once restored; a file name that is not UTF-8 (an
+    # archive from a Latin-1 share: "caf\udce9.inp") is written escaped, as on stderr
+    # (until 2026-11-30 a UnicodeEncodeError traceback instead of the summary)
+    out = open(saved, "w", encoding=sys.stdout.encoding, errors="backslashreplace", closefd=False)
     try:
         yield out
     finally:

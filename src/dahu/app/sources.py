@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 INPUT_EXTENSIONS = (".inp", ".json")
+STDIN = "(standard input)"  # how the SOURCE "-" is named in messages and the summary
 IDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")  # job ids: 3, 1-5, 1-3,7
 # the reason of a failed job in an archive of the original Dahu (2024.2.0): the second
 # line of its error, after the traceback text ("<class 'id00.BeamLost'>: no beam")
@@ -129,7 +130,11 @@ def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
         if hi < lo:
             items.append(Item(part, error=f"empty id range in {workdir}"))
             continue
-        found = journal.ids(lo, hi)
+        try:
+            found = journal.ids(lo, hi)
+        except InputError as err:  # a damaged journal: one line, as for the other sources
+            items.append(Item(part, error=str(err)))
+            continue
         items.extend(Item(f"job {i}", journal=journal, job_id=i) for i in found)
         if not found:
             what = f"job {lo} is not" if lo == hi else f"no job {part} is"
@@ -147,9 +152,15 @@ def expand_sources(sources: list[str], workdir: str, exclude: str | None = None)
     journal: Any = None
     exclude = os.path.realpath(exclude) if exclude else None
     for source in sources:
-        if os.path.isdir(source):
+        if source == "-":  # as Unix tools: one input, read from standard input (./- is a file)
+            items.append(Item(STDIN, path="/dev/stdin"))
+        elif os.path.isdir(source):
             found = list(_walk(source, exclude))
             items.extend(found or [Item(source, error="no .inp or .json file in this directory")])
+        elif os.path.basename(source) == SQLiteJournal.FILENAME and os.path.isfile(source):
+            where = os.path.dirname(source) or "."  # not "not UTF-8 text ... at offset 31"
+            hint = f"give job ids, e.g. --workdir {where} 1-10"
+            items.append(Item(source, error=f"a journal, not a job input: {hint}"))
         elif os.path.exists(source):  # a file, or a pipe (<(...), /dev/stdin)
             items.append(Item(source, path=source))
         elif IDS.match(source):
@@ -178,7 +189,14 @@ def _read_text(path: str) -> str:
             chunks.append(chunk)
     finally:
         os.close(fd)
-    text = b"".join(chunks).decode("utf-8-sig")  # a byte-order mark (Windows editors) too
+    data = b"".join(chunks)
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark (Windows editors) too
+    except UnicodeDecodeError as err:  # Latin-1 ("caf\xe9"): utf-8-sig counts after the mark
+        offset = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        raise InputError(
+            f"not UTF-8 text (JSON must be UTF-8): byte 0x{data[offset]:02x} at offset {offset}"
+        ) from None
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text
@@ -194,7 +212,10 @@ def load_input(item: Item) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
             raise InputError(f"job {item.job_id} vanished from the journal")
         return record.plugin, record.input, record.output
     try:
-        data = json.loads(_read_text(item.path))
+        text = _read_text(item.path)
+        if not text.strip():  # a disk that filled up as it was written; stdin of a cron job
+            raise InputError("not JSON: it is empty")  # not "Expecting value: line 1 ..."
+        data = json.loads(text)
     except OSError as err:
         raise InputError(f"cannot read: {err.strerror or err}") from err
     except (ValueError, RecursionError) as err:
@@ -216,10 +237,10 @@ def load_archive(item: Item) -> tuple[bool, Any]:
     if not os.path.isfile(path):
         return False, None
     try:
-        with open(path, encoding="utf-8-sig") as handle:
-            return True, json.load(handle)
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot read the archived output {path}: {err}") from err
+        return True, json.loads(_read_text(path))
+    except (OSError, ValueError, InputError) as err:
+        reason = getattr(err, "strerror", None) or one_line(err)
+        raise InputError(f"cannot read the archived output {path}: {reason}") from err
 
 
 def as_archived(output: Any) -> Any:
