@@ -211,3 +211,26 @@ def test_list_plugins_sees_the_modules_added_and_removed_since(tmp_path):
     listing = factory.list_plugins()
     assert listing.get("added.new") == "new."
     assert not [name for name in listing if name.startswith("gone.")]
+
+
+def test_a_module_hidden_by_one_of_the_same_name_earlier_is_named_in_the_reason(
+    tmp_path, monkeypatch
+):
+    # bug: "module 'twin' does not define it" only, although the user's twin.py of the
+    # second directory defines it: nothing said which file was loaded, nor that the
+    # first directory's module of that name hides the second's
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    plugin = "from dahu.plugin import Plugin\nfrom dahu.factory import register\n\n"
+    write(first / "twin.py", plugin + "@register\nclass Hello(Plugin):\n    pass\n")
+    write(second / "twin.py", plugin + "@register\nclass OnlyHere(Plugin):\n    pass\n")
+    monkeypatch.setenv("DAHU_PLUGINS", f"{first}:{second}")
+    factory = Factory()
+    assert type(factory("twin.hello")).__module__ == "twin"  # the first directory's
+    with pytest.raises(UnknownPlugin) as info:
+        factory("twin.onlyhere")
+    assert str(info.value) == (
+        f"unknown plugin 'twin.onlyhere': module 'twin' ({first / 'twin.py'}) does not "
+        f"define it (the module 'twin' of {second} is hidden by it)"
+    )

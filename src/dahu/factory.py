@@ -262,7 +262,24 @@ class Factory:
         self._sync_env()
         dirs = ", ".join(self._search_order()) or "(none)"
         if module_name in Factory.modules:
-            return f"unknown plugin {name}: module {module} does not define it"
+            # which file, and the same module name in later directories, hidden by it
+            where = getattr(Factory.modules[module_name], "__file__", None)
+            home = os.path.dirname(where or "")
+            if os.path.basename(where or "") == "__init__.py":  # a package
+                home = os.path.dirname(home)
+            hidden = [
+                d
+                for d in self._search_order()
+                if d != home and module_name in (m.lower() for m in Factory.plugin_dirs.get(d, ()))
+            ]
+            also = (
+                f" (the module {module} of {', '.join(hidden)} is hidden by it)" if hidden else ""
+            )
+            return (
+                f"unknown plugin {name}: module {module} ({where}) does not define it{also}"
+                if where
+                else f"unknown plugin {name}: module {module} does not define it"
+            )
         left_out = "".join(f" ({why})" for why in self.ignored.values())  # not mounted?
         return f"unknown plugin {name}: no module {module} found in {dirs}{left_out}"
 
