@@ -281,6 +281,11 @@ class Factory:
                 else f"unknown plugin {name}: module {module} does not define it"
             )
         left_out = "".join(f" ({why})" for why in self.ignored.values())  # not mounted?
+        if module_name == "__main__":  # a script's plugin, asked for in a worker process
+            left_out += (
+                " (a plugin that a script registers is known to the script's process only: "
+                "put it in a plugin directory for the process and dask executors)"
+            )
         return f"unknown plugin {name}: no module {module} found in {dirs}{left_out}"
 
     def get_class(self, plugin_name: str) -> type:
