@@ -234,3 +234,19 @@ def test_a_module_hidden_by_one_of_the_same_name_earlier_is_named_in_the_reason(
         f"unknown plugin 'twin.onlyhere': module 'twin' ({first / 'twin.py'}) does not "
         f"define it (the module 'twin' of {second} is hidden by it)"
     )
+
+
+def test_a_name_registered_again_by_another_module_is_said_in_the_log(caplog):
+    # bug: a module registering a name another module had registered replaced its plugin
+    # without a word; which one ran depended on which module a job had loaded last
+    first = type("Hello", (Plugin,), {"__module__": "twin_first"})
+    second = type("Hello", (Plugin,), {"__module__": "twin_second"})
+    register(first, "twins.hello")
+    register(first, "twins.hello")  # the same again (a module loaded again): nothing said
+    assert not caplog.records
+    register(second, "twins.hello")
+    assert Factory.registry["twins.hello"] is second
+    assert [r.getMessage() for r in caplog.records] == [
+        "plugin twins.hello: twin_second.Hello replaces twin_first.Hello "
+        "(the last one registered runs)"
+    ]

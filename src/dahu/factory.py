@@ -342,7 +342,15 @@ class Factory:
         Usable as a class decorator: ``@register``.
         """
         name = (fqn or fully_qualified_name(klass)).lower()
+        previous = Factory.registry.get(name)
         Factory.registry[name] = klass
+        if previous is not None and _where(previous) != _where(klass):  # not a reload
+            logger.warning(
+                "plugin %s: %s replaces %s (the last one registered runs)",
+                name,
+                _where(klass),
+                _where(previous),
+            )
         return klass
 
 
@@ -365,6 +373,11 @@ def plugin_settings(klass: Any) -> dict[str, tuple[str, ...]]:
     found = {n: getattr(klass, n, None) or getattr(function, n, None) for n in REPROCESS_SETTINGS}
     # one name written without its list ("output_file") is that name, not its letters
     return {n: (v,) if isinstance(v, str) else tuple(v or ()) for n, v in found.items()}
+
+
+def _where(klass: Any) -> str:
+    """``module.Class`` of a plugin class, for the log."""
+    return f"{getattr(klass, '__module__', '?')}.{getattr(klass, '__qualname__', klass)}"
 
 
 _NAMES = reprlib.Repr()  # a plugin name in a reason: cut in its middle, about 200 characters
