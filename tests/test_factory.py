@@ -250,3 +250,17 @@ def test_a_name_registered_again_by_another_module_is_said_in_the_log(caplog):
         "plugin twins.hello: twin_second.Hello replaces twin_first.Hello "
         "(the last one registered runs)"
     ]
+
+
+def test_a_plugin_module_file_with_a_dash_in_its_name_runs(plugin_dir, engine):
+    # bug: "invalid plugin name 'id-02.v'": the original ran the plugins of id-02.py
+    write(
+        plugin_dir / "id-02.py",
+        "from dahu.plugin import plugin_from_function\n\n\n"
+        "def v(x=1):\n    'Seven times x.'\n    return 7 * x\n\n\nplugin_from_function(v)\n",
+    )
+    job = Job("ID-02.v", {"x": 2})
+    job.start()
+    job.join(30)
+    assert (job.status, job.output_data["result"]) == ("success", 14)
+    assert Factory().list_plugins()["id-02.v"] == "Seven times x."

@@ -35,7 +35,8 @@ __all__ = [
 ]
 
 BUILTIN_PLUGIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+# the module part may have dashes: a file id-02.py is a plugin module (as in the original)
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
 def load_source(module_name: str, file_path: str) -> ModuleType:
