@@ -365,3 +365,13 @@ def test_the_original_launchers_names_of_the_device_classes_import():
 
     assert DahuDSClass is DahuDS.TangoClassClass
     assert issubclass(DahuDSClass, tango.DeviceClass)
+
+
+def test_the_factory_imports_from_the_modules_the_original_had_it_in():
+    # bug: "from dahu.plugin import plugin_factory" (and from dahu.job), which the
+    # original's modules offered, failed with an ImportError
+    import dahu.factory
+    from dahu.job import plugin_factory as from_job
+    from dahu.plugin import plugin_factory as from_plugin
+
+    assert from_plugin is from_job is dahu.factory.plugin_factory

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .executors.slot import SELF_JOIN, current_job_id, released
-from .factory import Factory
+from .factory import Factory, plugin_factory  # noqa: F401  (the original's name here)
 from .utils import fully_qualified_name
 
 logger = logging.getLogger(__name__)
