@@ -2442,3 +2442,35 @@ def test_a_plugin_a_script_registers_fails_in_a_worker_saying_why(kind):
         " (a plugin that a script registers is known to the script's process only: put it "
         "in a plugin directory for the process and dask executors)"
     )
+
+
+COPIES_ITSELF = '''
+import copy
+import pickle
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Twin(Plugin):
+    """Copies and pickles itself, as a pool.map(self.method, ...) pickles it."""
+
+    def process(self):
+        twin = copy.deepcopy(self)
+        back = pickle.loads(pickle.dumps(self))
+        self.output["copied"] = [type(twin).__name__, type(back).__name__]
+'''
+
+
+def test_a_plugin_can_copy_and_pickle_itself(kind, kind_engine):
+    # bug: copy.deepcopy(self) and pickle.dumps(self) in a plugin package failed, "cannot
+    # pickle '_thread.lock' object" (thread) or "Can't pickle local object
+    # 'worker_main.<locals>.waiting'" (process): Dahu's hook on the plugin; the original's
+    # plugins copy themselves, and pickle themselves as a process pool's tasks
+    package = Path(kind_engine[1].workdir).parent / "plugins" / "copies_itself"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").write_text(COPIES_ITSELF)
+    job = run("copies_itself.twin")
+    assert job.status == "success", job.error
+    assert job.output_data["copied"] == ["Twin", "Twin"]
