@@ -22,6 +22,7 @@ import dahu.engine
 from dahu.executors import default_workers, make_executor
 from dahu.job import Job
 from dahu.journal import job_file_stem
+from dahu.plugin import plugin_from_function
 from dahu.testdata import make_dataset
 
 from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS, wait_for_file
@@ -2420,3 +2421,56 @@ def test_a_dask_worker_s_death_holds_up_no_other_job_s_outcome(monkeypatch):
         noted.set()
         executor.shutdown(wait=True, timeout=10)
     assert ended[1].error == "worker process died: exit code 1"
+
+
+def test_a_plugin_a_script_registers_fails_in_a_worker_saying_why(kind):
+    # bug: under process and dask, "no module '__main__' found in <dirs>" only, for a
+    # plugin_from_function(f) of the script: the plugin was there, in the script
+    def tripled(x):
+        return 3 * x
+
+    tripled.__module__ = "__main__"
+    name = plugin_from_function(tripled)
+    job = run(name, {"x": 2})
+    if kind == "thread":
+        assert job.status == "success" and job.output_data["result"] == 6
+        return
+    assert job.status == "failure"
+    assert "\n" not in job.error
+    assert job.error.startswith("unknown plugin '__main__.tripled': no module '__main__' found")
+    assert job.error.endswith(
+        " (a plugin that a script registers is known to the script's process only: put it "
+        "in a plugin directory for the process and dask executors)"
+    )
+
+
+COPIES_ITSELF = '''
+import copy
+import pickle
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Twin(Plugin):
+    """Copies and pickles itself, as a pool.map(self.method, ...) pickles it."""
+
+    def process(self):
+        twin = copy.deepcopy(self)
+        back = pickle.loads(pickle.dumps(self))
+        self.output["copied"] = [type(twin).__name__, type(back).__name__]
+'''
+
+
+def test_a_plugin_can_copy_and_pickle_itself(kind, kind_engine):
+    # bug: copy.deepcopy(self) and pickle.dumps(self) in a plugin package failed, "cannot
+    # pickle '_thread.lock' object" (thread) or "Can't pickle local object
+    # 'worker_main.<locals>.waiting'" (process): Dahu's hook on the plugin; the original's
+    # plugins copy themselves, and pickle themselves as a process pool's tasks
+    package = Path(kind_engine[1].workdir).parent / "plugins" / "copies_itself"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").write_text(COPIES_ITSELF)
+    job = run("copies_itself.twin")
+    assert job.status == "success", job.error
+    assert job.output_data["copied"] == ["Twin", "Twin"]

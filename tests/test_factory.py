@@ -211,3 +211,56 @@ def test_list_plugins_sees_the_modules_added_and_removed_since(tmp_path):
     listing = factory.list_plugins()
     assert listing.get("added.new") == "new."
     assert not [name for name in listing if name.startswith("gone.")]
+
+
+def test_a_module_hidden_by_one_of_the_same_name_earlier_is_named_in_the_reason(
+    tmp_path, monkeypatch
+):
+    # bug: "module 'twin' does not define it" only, although the user's twin.py of the
+    # second directory defines it: nothing said which file was loaded, nor that the
+    # first directory's module of that name hides the second's
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    plugin = "from dahu.plugin import Plugin\nfrom dahu.factory import register\n\n"
+    write(first / "twin.py", plugin + "@register\nclass Hello(Plugin):\n    pass\n")
+    write(second / "twin.py", plugin + "@register\nclass OnlyHere(Plugin):\n    pass\n")
+    monkeypatch.setenv("DAHU_PLUGINS", f"{first}:{second}")
+    factory = Factory()
+    assert type(factory("twin.hello")).__module__ == "twin"  # the first directory's
+    with pytest.raises(UnknownPlugin) as info:
+        factory("twin.onlyhere")
+    assert str(info.value) == (
+        f"unknown plugin 'twin.onlyhere': module 'twin' ({first / 'twin.py'}) does not "
+        f"define it (the module 'twin' of {second} is hidden by it)"
+    )
+
+
+def test_a_name_registered_again_by_another_module_is_said_in_the_log(caplog):
+    # bug: a module registering a name another module had registered replaced its plugin
+    # without a word; which one ran depended on which module a job had loaded last
+    first = type("Hello", (Plugin,), {"__module__": "twin_first"})
+    second = type("Hello", (Plugin,), {"__module__": "twin_second"})
+    register(first, "twins.hello")
+    register(first, "twins.hello")  # the same again (a module loaded again): nothing said
+    assert not caplog.records
+    register(second, "twins.hello")
+    assert Factory.registry["twins.hello"] is second
+    assert [r.getMessage() for r in caplog.records] == [
+        "plugin twins.hello: twin_second.Hello replaces twin_first.Hello "
+        "(the last one registered runs)"
+    ]
+
+
+def test_a_plugin_module_file_with_a_dash_in_its_name_runs(plugin_dir, engine):
+    # bug: "invalid plugin name 'id-02.v'": the original ran the plugins of id-02.py
+    write(
+        plugin_dir / "id-02.py",
+        "from dahu.plugin import plugin_from_function\n\n\n"
+        "def v(x=1):\n    'Seven times x.'\n    return 7 * x\n\n\nplugin_from_function(v)\n",
+    )
+    job = Job("ID-02.v", {"x": 2})
+    job.start()
+    job.join(30)
+    assert (job.status, job.output_data["result"]) == ("success", 14)
+    assert Factory().list_plugins()["id-02.v"] == "Seven times x."

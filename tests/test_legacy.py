@@ -354,3 +354,24 @@ def test_hexversion_grows_from_the_originals():
     major, minor, micro = version.version_info[:3]
     assert version.hexversion == major << 24 | minor << 16 | micro << 8 | 0xF << 4
     assert version.hexversion > original_2024_2_0
+
+
+def test_the_original_launchers_names_of_the_device_classes_import():
+    # bug: "from dahu.server import DahuDSClass, DahuDS" (the original's tango_server,
+    # and servers of several classes built as it) failed with an ImportError
+    import tango
+
+    from dahu.server import DahuDSClass
+
+    assert DahuDSClass is DahuDS.TangoClassClass
+    assert issubclass(DahuDSClass, tango.DeviceClass)
+
+
+def test_the_factory_imports_from_the_modules_the_original_had_it_in():
+    # bug: "from dahu.plugin import plugin_factory" (and from dahu.job), which the
+    # original's modules offered, failed with an ImportError
+    import dahu.factory
+    from dahu.job import plugin_factory as from_job
+    from dahu.plugin import plugin_factory as from_plugin
+
+    assert from_plugin is from_job is dahu.factory.plugin_factory

@@ -221,6 +221,27 @@ def test_a_plugin_that_cannot_be_instantiated_fails_its_job(engine, plugin_dir):
     assert job.error.splitlines()[0] == "SystemExit: 5"
 
 
+def test_a_plugin_module_or_init_that_raises_shows_where_in_the_error(engine, plugin_dir):
+    # bug: the error was the one-line reason only (the original gave the traceback):
+    # nothing said which line of the plugin's file raised
+    (plugin_dir / "typo_at_import.py").write_text("x = 1\ny = undefined_name + x\n")
+    (plugin_dir / "init_needs_detector.py").write_text(
+        "from dahu.factory import register\nfrom dahu.plugin import Plugin\n\n"
+        "@register\nclass Cam(Plugin):\n    def __init__(self):\n        Plugin.__init__(self)\n"
+        "        raise RuntimeError('no detector here')\n"
+    )
+    imported = run("typo_at_import.f")
+    made = run("init_needs_detector.cam")
+    assert imported.status == made.status == "failure"
+    assert imported.error.splitlines()[0] == (
+        "cannot load plugin 'typo_at_import.f': NameError: name 'undefined_name' is not defined"
+    )
+    assert f'File "{plugin_dir / "typo_at_import.py"}", line 2' in imported.error
+    assert made.error.splitlines()[0] == "RuntimeError: no detector here"
+    assert f'File "{plugin_dir / "init_needs_detector.py"}", line 8, in __init__' in made.error
+    assert made.output_data["error"] == made.error.splitlines()
+
+
 def test_abort_of_a_queued_job_ends_it_without_running_it(engine):
     engine.executor.serialize = True
     first = Job("example.sleep", {"t": 0.3})

@@ -1,5 +1,6 @@
 """dahu.plugin: the plugin base class, function plugins, logging, profiling."""
 
+import functools
 import os
 
 import pytest
@@ -156,3 +157,22 @@ def test_a_plugin_may_keep_its_own_waiting_attribute(engine, plugin_dir):
         job.join(20)
         assert job.status == Job.STATE_SUCCESS, job.error
         assert job.output_data[key] == value
+
+
+class _Scaler:
+    def __call__(self, x):
+        return 10 * x
+
+
+@pytest.mark.parametrize(
+    "thing, kind",
+    [(functools.partial(triple_it, offset=1), "partial"), (_Scaler(), "_Scaler"), ("f", "str")],
+)
+def test_plugin_from_function_of_a_thing_without_a_name_says_what_it_needs(thing, kind):
+    # bug: AttributeError: 'functools.partial' object has no attribute '__name__' (as the
+    # original): it said neither what plugin_from_function wants nor what it was given
+    with pytest.raises(TypeError) as info:
+        plugin_from_function(thing)
+    assert str(info.value).startswith(
+        f"plugin_from_function needs a function with a name (def), not {kind}: "
+    )

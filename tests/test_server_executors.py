@@ -188,7 +188,7 @@ def answer(command, *args):
 def test_list_and_init_plugins_never_import_plugin_code_in_an_isolating_server(device):
     # bug: listPlugins and initPlugin imported the plugin modules in the server: a
     # module whose import segfaults (or calls os._exit) ended the server
-    proxy, _, kind = device
+    proxy, workdir, kind = device
     if kind == "thread":
         pytest.skip("the thread executor imports plugins in the server by design")
     lines = answer(proxy.listPlugins).splitlines()
@@ -214,7 +214,7 @@ def test_list_and_init_plugins_never_import_plugin_code_in_an_isolating_server(d
     )
     assert answer(proxy.initPlugin, "devfork.nothing") == (
         "Plugin not found: devfork.nothing, unknown plugin 'devfork.nothing': "
-        "module 'devfork' does not define it"
+        f"module 'devfork' ({workdir.parent / 'plugins' / 'devfork.py'}) does not define it"
     )
     assert proxy.state() == tango.DevState.ON
     assert finish(proxy, start(proxy, "example.square", x=7), timeout=60) == "success"

@@ -84,6 +84,17 @@ def test_workdir_is_created_under_basedir(tmp_path):
     assert "dahu_" in path
 
 
+def test_the_workdir_module_variable_of_the_original_is_the_workdir(tmp_path):
+    # bug: dahu.utils.workdir, the original's module variable, raised AttributeError
+    import dahu.utils
+
+    path = get_workdir(str(tmp_path))  # made here, not in the system's temporary directory
+    assert dahu.utils.workdir == path == get_workdir()
+    assert os.path.isdir(dahu.utils.workdir)
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        dahu.utils.nothing  # noqa: B018
+
+
 def test_fully_qualified_name_is_lower_module_dot_name():
     assert fully_qualified_name(NumpyEncoder) == "dahu.utils.numpyencoder"
     assert fully_qualified_name(get_workdir) == "dahu.utils.get_workdir"

@@ -35,7 +35,8 @@ __all__ = [
 ]
 
 BUILTIN_PLUGIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+# the module part may have dashes: a file id-02.py is a plugin module (as in the original)
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
 def load_source(module_name: str, file_path: str) -> ModuleType:
@@ -262,8 +263,30 @@ class Factory:
         self._sync_env()
         dirs = ", ".join(self._search_order()) or "(none)"
         if module_name in Factory.modules:
-            return f"unknown plugin {name}: module {module} does not define it"
+            # which file, and the same module name in later directories, hidden by it
+            where = getattr(Factory.modules[module_name], "__file__", None)
+            home = os.path.dirname(where or "")
+            if os.path.basename(where or "") == "__init__.py":  # a package
+                home = os.path.dirname(home)
+            hidden = [
+                d
+                for d in self._search_order()
+                if d != home and module_name in (m.lower() for m in Factory.plugin_dirs.get(d, ()))
+            ]
+            also = (
+                f" (the module {module} of {', '.join(hidden)} is hidden by it)" if hidden else ""
+            )
+            return (
+                f"unknown plugin {name}: module {module} ({where}) does not define it{also}"
+                if where
+                else f"unknown plugin {name}: module {module} does not define it"
+            )
         left_out = "".join(f" ({why})" for why in self.ignored.values())  # not mounted?
+        if module_name == "__main__":  # a script's plugin, asked for in a worker process
+            left_out += (
+                " (a plugin that a script registers is known to the script's process only: "
+                "put it in a plugin directory for the process and dask executors)"
+            )
         return f"unknown plugin {name}: no module {module} found in {dirs}{left_out}"
 
     def get_class(self, plugin_name: str) -> type:
@@ -320,7 +343,15 @@ class Factory:
         Usable as a class decorator: ``@register``.
         """
         name = (fqn or fully_qualified_name(klass)).lower()
+        previous = Factory.registry.get(name)
         Factory.registry[name] = klass
+        if previous is not None and _where(previous) != _where(klass):  # not a reload
+            logger.warning(
+                "plugin %s: %s replaces %s (the last one registered runs)",
+                name,
+                _where(klass),
+                _where(previous),
+            )
         return klass
 
 
@@ -343,6 +374,11 @@ def plugin_settings(klass: Any) -> dict[str, tuple[str, ...]]:
     found = {n: getattr(klass, n, None) or getattr(function, n, None) for n in REPROCESS_SETTINGS}
     # one name written without its list ("output_file") is that name, not its letters
     return {n: (v,) if isinstance(v, str) else tuple(v or ()) for n, v in found.items()}
+
+
+def _where(klass: Any) -> str:
+    """``module.Class`` of a plugin class, for the log."""
+    return f"{getattr(klass, '__module__', '?')}.{getattr(klass, '__qualname__', klass)}"
 
 
 _NAMES = reprlib.Repr()  # a plugin name in a reason: cut in its middle, about 200 characters

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .executors.slot import SELF_JOIN, current_job_id, released
-from .factory import Factory
+from .factory import Factory, plugin_factory  # noqa: F401  (the original's name here)
 from .utils import fully_qualified_name
 
 logger = logging.getLogger(__name__)
@@ -216,8 +216,14 @@ def plugin_from_function(function: Callable[..., Any]) -> str:
 
     The name is the function's lower-case ``module.name`` (e.g. ``example.square``).  The
     class is named ``module.name`` as the function is spelt, as in the original: that is
-    what ``get_name()`` returns.
+    what ``get_name()`` returns.  Anything without a ``__name__`` (a ``functools.partial``,
+    a callable object) is a ``TypeError``.
     """
+    if not callable(function) or not isinstance(getattr(function, "__name__", None), str):
+        raise TypeError(
+            f"plugin_from_function needs a function with a name (def), not "
+            f"{type(function).__name__}: {function!r:.100}"
+        )
     name = fully_qualified_name(function)
     klass = type(
         f"{function.__module__}.{function.__name__}",

@@ -242,6 +242,14 @@ def get_workdir(basedir: str | None = None) -> str:
         return path
 
 
+def __getattr__(name: str) -> Any:
+    """``dahu.utils.workdir``: the original's module variable, the directory of
+    :func:`get_workdir` (the original made it when ``dahu`` was imported)."""
+    if name == "workdir":
+        return get_workdir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def fully_qualified_name(obj: Any) -> str:
     """Return the lower-case ``module.name`` of a class, a function or an instance."""
     if not hasattr(obj, "__qualname__") and not hasattr(obj, "__name__"):

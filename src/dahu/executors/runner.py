@@ -10,7 +10,6 @@ runs it.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import logging
 import os
@@ -26,7 +25,7 @@ from ..errors import DahuError, cut_error, error_line
 from ..factory import Factory, plugin_factory
 from ..journal.files import job_file_name
 from ..states import State
-from .slot import released, serving
+from .slot import SlotHook, serving
 
 logger = logging.getLogger(__name__)
 
@@ -206,11 +205,15 @@ class Execution:
         try:
             plugin = self.factory(self.plugin_name)
         except BaseException as err:
-            # Dahu's own reasons (unknown plugin...) are one line already
+            # Dahu's own reasons (unknown plugin...) are one line already; the traceback
+            # of plugin code (its module's import, its __init__) follows, as for setup
             reason = str(err) if isinstance(err, DahuError) and str(err) else error_line(err)
+            cause = err if not isinstance(err, DahuError) else err.__cause__
+            if cause is not None:
+                reason += "\n" + "".join(traceback.format_exception(cause)).rstrip("\n")
             return Outcome(State.FAILURE, {}, cut_error(reason), started, time.time())
         # wait_for from a thread the plugin started gives the job's slot back too
-        plugin._dahu_waiting = functools.partial(released, self.waiting)
+        plugin._dahu_waiting = SlotHook(self.waiting)
         self.plugin = plugin
         with serving(self.job_id, self.waiting):
             return self._run(plugin, started)

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["serving", "released", "current_job_id", "serves", "SELF_JOIN"]
+__all__ = ["serving", "released", "SlotHook", "current_job_id", "serves", "SELF_JOIN"]
 
 SELF_JOIN = "cannot join current thread"
 """The error of a job that waits for itself (the original's ``Thread.join`` text)."""
@@ -80,3 +80,32 @@ def released(fallback: Callable[[], Any] | None = None) -> Iterator[None]:
             yield
     finally:
         mark.waiting = waiting
+
+
+class SlotHook:
+    """A plugin's ``_dahu_waiting`` while it runs a job: :func:`released` with the
+    executor's ``fallback`` (a wait from a thread the plugin started frees the slot too).
+
+    A copy of the plugin (``copy.deepcopy(self)``) shares it; a pickled plugin
+    (``pickle.dumps(self)``, ``pool.map(self.method, ...)``) gets the plain
+    :func:`released`: the executor's own objects (locks) cannot be copied nor pickled,
+    and plugins of the original copy and pickle themselves."""
+
+    __slots__ = ("fallback",)
+
+    def __init__(self, fallback: Callable[[], Any]):
+        self.fallback = fallback
+
+    def __call__(self) -> Any:
+        return released(self.fallback)
+
+    def __deepcopy__(self, memo: dict) -> SlotHook:
+        return self
+
+    def __reduce__(self) -> tuple:
+        return (_plain, ())
+
+
+def _plain() -> Callable[..., Any]:
+    """What a pickled :class:`SlotHook` becomes: :func:`released`."""
+    return released
