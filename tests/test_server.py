@@ -349,7 +349,7 @@ def test_get_statistics_while_a_collection_is_being_started_answers(monkeypatch)
         _name="test/dahu/unserved",  # no DevRestart replaced it
         _lock=threading.Lock(),
         _stats_thread=None,
-        _stats_text="",
+        _last={"statisticsCollected": ""},
         _wait=WAIT,
         _events=queue.Queue(),
     )

@@ -335,12 +335,14 @@ _devices: dict[str, Any] = {}
 ``RestartServer``) replaces the object; the jobs the old one started run on and end
 through the new one (their events, ``jobSuccess``/``jobFailure``)."""
 ADOPTED = tuple(
-    "_last_success _last_failure _stats_text _events _held _engine _wait _retention_error _web "
+    "_last _events _held _engine _wait _retention_error _web "
     "_lock _stats_thread _plugins_thread _plugins_text _plugins queue_limit".split()
 )
 """What a new object serving a device takes over from the one it replaces: the last job
-ids, the statistics, the events still to push, and the settings in force (kept if a
-device property is now bad: `queue_limit`, read by the state)."""
+ids and statistics (`_last`, one dict shared, not copied: what a job ending as the object
+is replaced records is what the new one shows), the events still to push, and the
+settings in force (kept if a device property is now bad: `queue_limit`, read by the
+state)."""
 
 
 push_lock = threading.Lock()
