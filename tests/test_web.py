@@ -795,6 +795,11 @@ def test_stopping_closes_the_idle_connections_of_pages(engine):
         ("/api/failures?limit=1e9", 400, "limit must be an integer"),
         ("/api/series?window=5", 400, "window must be from 10 to 3600"),
         ("/api/series?window=x", 400, "window must be an integer"),
+        # bug: Python's int() read these: /api/jobs/1_0 was job 10, a limit of '١٠' was 10
+        ("/api/jobs/1_0", 400, "a job id is an integer, not '1_0'"),
+        ("/api/jobs/%D9%A3", 400, "a job id is an integer, not '\u0663'"),
+        ("/api/jobs?limit=1_0", 400, "limit must be an integer, not '1_0'"),
+        ("/api/series?window=%EF%BC%91%EF%BC%90", 400, "window must be an integer"),
         ("/api/nothing", 404, "no such page"),
         ("/static/../server.py", 404, "no such page"),
         # bug: past Tornado's 64 KiB of headers, the connection closed without an answer
