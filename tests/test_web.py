@@ -253,6 +253,24 @@ def test_runtimes_of_a_short_burst_are_drawn(engine, monkeypatch, browser):
         service.stop()
 
 
+def test_the_plots_of_a_server_just_started_span_a_bucket(engine, browser):
+    """bug: in the first 10 s of a server (one bucket to draw), Plotly's own range of the
+    time axis was a millisecond: ticks read 14:25:19.999, 14:25:19.9995, 14:25:20..."""
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    try:
+        browser.open(f"http://127.0.0.1:{service.port}/")
+        span = "(r => r[1] - r[0])(document.getElementById('{}')._fullLayout.xaxis.range.map(Date.parse))"
+        browser.wait_for("!!document.getElementById('plot-rate')._fullLayout", timeout=10)
+        assert browser.evaluate("document.getElementById('plot-rate').data[0].x.length") == 1
+        for plot in ("plot-rate", "plot-runtime", "plot-queue"):
+            assert browser.evaluate(span.format(plot)) >= 10_000, plot  # ms: a bucket at least
+        assert list(browser.errors) == []
+    finally:
+        service.stop()
+
+
 def test_the_running_table_says_when_it_shows_only_some(engine, monkeypatch, browser):
     service = WebService("127.0.0.1:0")
     service.monitor.attach(engine)
