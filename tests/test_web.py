@@ -809,6 +809,9 @@ def test_stopping_closes_the_idle_connections_of_pages(engine):
         ("/api/jobs?limit=0", 400, "limit must be from 1 to 1000"),
         ("/api/jobs?limit=ten", 400, "limit must be an integer"),
         ("/api/jobs?state=exploded", 400, "state must be one of"),
+        # bug: an empty plugin (a script's unset variable) answered no job at all, 200
+        ("/api/jobs?plugin=", 400, "plugin must be a plugin name, not empty"),
+        ("/api/jobs?plugin=%20", 400, "plugin must be a plugin name, not empty"),
         ("/api/running?limit=-3", 400, "limit must be from 1"),
         ("/api/failures?limit=1e9", 400, "limit must be an integer"),
         ("/api/series?window=5", 400, "window must be from 10 to 3600"),

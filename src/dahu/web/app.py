@@ -256,6 +256,8 @@ class JobsHandler(_Base):
         limit = self.int_argument("limit", 25, 1, MAX_LIMIT)
         state = self.state_argument()
         plugin = self.get_query_argument("plugin", None)
+        if plugin is not None and not plugin.strip():  # as state=: not "no job"
+            raise ClientError(400, "plugin must be a plugin name, not empty")
         states = ENDED if state is None else journal_states(state)
         jobs = await self.read_journal(limit, states, plugin)
         if jobs is None:
