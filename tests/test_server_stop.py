@@ -100,6 +100,11 @@ def test_a_stopping_server_refuses_new_jobs_and_still_answers(tmp_path):
                 break
             time.sleep(0.01)
         assert proxy.getJobState(hung) == "running"  # reads are still answered
+        # bug: an Init meanwhile (an operator's, a script's) undid the stop: startJob took
+        # new jobs again, and started them, as the server went on stopping
+        proxy.Init()
+        with pytest.raises(tango.DevFailed, match="the server is shutting down"):
+            proxy.startJob(["example.square", '{"x": 3}'])
         assert local.process.wait(30) == 1  # a job outlived the timeout: said by the status
     finally:
         local.stop()

@@ -55,7 +55,6 @@ from .server_settings import (
     freeze_batch,
     ready_line,
     recording_jobs,
-    serving,
     settings,
     shutdown,
     shutting_down,
@@ -152,7 +151,6 @@ class DahuDS(Device):
         self._start_pusher()
         for signo in STOP_SIGNALS:
             self.register_signal(int(signo), False)  # in the signal thread
-        serving()
         logger.info("%s", ready_line(self.get_name(), __version__, self._engine))
 
     def _start_pusher(self) -> None:

@@ -34,7 +34,6 @@ __all__ = [
     "shutdown",
     "abort_while_serving",
     "shutting_down",
-    "serving",
     "start_web",
     "stopping",
     "web_service",
@@ -447,14 +446,6 @@ def recording_jobs() -> Iterator[None]:
         with _recorded:
             _recording -= 1
             _recorded.notify_all()
-
-
-def serving() -> None:
-    """A device serves (again: a Tango server may be started again in this process)."""
-    global _stop_began
-    _stop_began = None
-    if _engine is not None:
-        _engine.cycle.halted = None
 
 
 def shutting_down() -> bool:
