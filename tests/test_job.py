@@ -430,6 +430,23 @@ def test_stats_table(engine):
     assert stats["plugins"]["example.error"]["failure"] == 1
 
 
+def test_stats_table_writes_long_runtimes_whole_and_a_falling_regression_plainly():
+    # bug: tabulate read the table's numbers again and wrote them its own way: 14 days of
+    # runtime read "1.23457e+06" and a mean of 72 min "4.3215e+06"; and a regression
+    # falling with the job order read "1.000 ms + -0.000001 ms per job"
+    from dahu.statistics import format_statistics
+
+    entry = {"count": 3, "success": 3, "failure": 0, "aborted": 0}
+    summary = {
+        "plugins": {"id00.integrate": {**entry, "runtime": 1234567.891, "mean": 4321.5}},
+        "regression": {"intercept": 0.001, "slope": -1e-9},
+        **{"jobs": 3, "finished": 3, "total_runtime": 1234567.891, "wall_time": 9, "speedup": 1},
+    }
+    text = format_statistics(summary)
+    assert text.splitlines()[2].split()[-2:] == ["1234567.891", "4321500.000"]
+    assert text.endswith("execution time regression: 1.000 ms - 0.000001 ms per job")
+
+
 def test_mean_runtime_is_that_of_the_jobs_that_ran(engine):
     # bug: the mean divided the runtime by every ended job, those aborted before they
     # started too (dahu-jobs stats, which reads the journal, divided by those that ran)

@@ -349,7 +349,7 @@ def test_get_statistics_while_a_collection_is_being_started_answers(monkeypatch)
         _name="test/dahu/unserved",  # no DevRestart replaced it
         _lock=threading.Lock(),
         _stats_thread=None,
-        _stats_text="",
+        _last={"statisticsCollected": ""},
         _wait=WAIT,
         _events=queue.Queue(),
     )
@@ -623,6 +623,16 @@ def test_an_input_file_is_held_to_the_same_limits(proxy, tmp_path):
     assert f"job input file {huge} is 17,825,801 bytes, more than the 16 MiB limit" in error
     error = refused(proxy.startJob, ["example.square", str(deep)]).desc
     assert f"nested deeper than {MAX_DEPTH}" in error
+    # bug: a file that is not UTF-8 text (saved in Latin-1, a binary file) was a bug of
+    # the server for the client: Dahu_InternalError, "UnicodeDecodeError: 'utf-8' codec..."
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes('{"sample": "caf\u00e9"}'.encode("latin-1"))
+    error = refused(proxy.startJob, ["example.square", str(latin1)])
+    assert (error.reason, error.desc) == (
+        "Dahu_InvalidInput",
+        f"job input file {latin1} is not UTF-8 text: 'utf-8' codec can't decode byte 0xe9 "
+        "in position 15: invalid continuation byte",
+    )
     fine = tmp_path / "fine.json"
     fine.write_text('{"x": 6}')
     job = proxy.startJob(["example.square", str(fine)])

@@ -13,6 +13,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import types
 
 import pytest
 import tango
@@ -99,6 +100,11 @@ def test_a_stopping_server_refuses_new_jobs_and_still_answers(tmp_path):
                 break
             time.sleep(0.01)
         assert proxy.getJobState(hung) == "running"  # reads are still answered
+        # bug: an Init meanwhile (an operator's, a script's) undid the stop: startJob took
+        # new jobs again, and started them, as the server went on stopping
+        proxy.Init()
+        with pytest.raises(tango.DevFailed, match="the server is shutting down"):
+            proxy.startJob(["example.square", '{"x": 3}'])
         assert local.process.wait(30) == 1  # a job outlived the timeout: said by the status
     finally:
         local.stop()
@@ -337,7 +343,7 @@ def test_statistics_collected_across_a_dev_restart_are_what_the_new_device_shows
     monkeypatch.setattr(server_settings, "_devices", {})
     old, new = Served(), Served()
     server_settings.adopt(old)
-    old._stats_text, old._events = "before", queue.SimpleQueue()
+    old._last, old._events = {"statisticsCollected": "before"}, queue.SimpleQueue()
 
     def collect() -> str:
         server_settings.adopt(new)  # a DevRestart meanwhile
@@ -345,10 +351,35 @@ def test_statistics_collected_across_a_dev_restart_are_what_the_new_device_shows
 
     monkeypatch.setattr(server, "statistics_text", collect)
     server.DahuDS._collect_statistics(old)
-    assert (new._stats_text, old._events.get_nowait()) == (
+    assert (server.DahuDS.statisticsCollected.fget(new), old._events.get_nowait()) == (
         "after",
         ("statisticsCollected", "after"),
     )
+
+
+def test_a_job_ending_as_a_dev_restart_hands_the_device_over_is_what_it_shows(monkeypatch):
+    # bug: a job that ended as DevRestart's new object took over (after it had copied the
+    # last job ids, before it served the device) was recorded by the deleted object only:
+    # the new one's jobSuccess kept the id of the job before, although the event pushed
+    # through it told of this one, until another job succeeded
+    old, new = Served(), Served()
+    done = types.SimpleNamespace(id=8, status="success")
+    pushed: list[tuple[str, int]] = []
+
+    class Handover(dict):  # the job ends just before the new object serves the device
+        def __setitem__(self, name: str, device: object) -> None:
+            if device is new:
+                server.DahuDS._job_ended(old, done)
+            super().__setitem__(name, device)
+
+    monkeypatch.setattr(server_settings, "_devices", Handover())
+    server_settings.adopt(old)
+    old._web, old._engine = None, types.SimpleNamespace(clean_later=lambda job, push: push())
+    old._push = lambda name, value: pushed.append((name, value))
+    old._last = {"jobSuccess": 7, "jobFailure": -1, "statisticsCollected": ""}
+    server_settings.adopt(new)
+    assert pushed == [("jobSuccess", 8)]
+    assert server.DahuDS.jobSuccess.fget(new) == 8
 
 
 def test_a_dev_restart_while_another_client_waits_keeps_the_subscribers_told(tmp_path):

@@ -272,7 +272,12 @@ def test_runtimes_of_a_short_burst_are_drawn(engine, monkeypatch, browser):
         service.stop()
 
 
-def test_the_running_table_says_when_it_shows_only_some(engine, monkeypatch, browser):
+def test_a_busy_server_just_started_shows_its_longest_running_and_a_bucket(
+    engine, monkeypatch, browser
+):
+    """The running table says when it shows only some; and (bug) in the first 10 s of a
+    server (one bucket to draw), Plotly's own range of the time axis was a millisecond:
+    ticks read 14:25:19.999, 14:25:19.9995, 14:25:20..."""
     service = WebService("127.0.0.1:0")
     service.monitor.attach(engine)
     summary = service.monitor.summary
@@ -283,6 +288,9 @@ def test_the_running_table_says_when_it_shows_only_some(engine, monkeypatch, bro
         data["running"] = [
             {"id": i, "plugin": "p.q", "started": 0.0, "elapsed": 1.0} for i in range(1, 31)
         ]
+        series = data["series"]  # one bucket, whatever the clock (a boundary may pass)
+        data["series"] = {key: values[-1:] for key, values in series.items() if key != "bucket"}
+        data["series"]["bucket"] = series["bucket"]
         return data
 
     monkeypatch.setattr(service.monitor, "summary", busy)
@@ -291,6 +299,13 @@ def test_the_running_table_says_when_it_shows_only_some(engine, monkeypatch, bro
         browser.open(f"http://127.0.0.1:{service.port}/")
         browser.wait_for("document.querySelectorAll('#running tbody tr').length === 30", 10)
         assert browser.text("#n-running") == "(the 30 longest of 64)"
+        plot = "document.getElementById('{}')"
+        browser.wait_for(f"!!{plot.format('plot-queue')}._fullLayout", timeout=10)
+        assert browser.evaluate(f"{plot.format('plot-rate')}.data[0].x.length") == 1
+        span = "(r => r[1] - r[0])({}._fullLayout.xaxis.range.map(Date.parse))"
+        for name in ("plot-rate", "plot-runtime", "plot-queue"):  # ms: a bucket at least
+            assert browser.evaluate(span.format(plot.format(name))) >= 10_000, name
+        assert list(browser.errors) == []
     finally:
         service.stop()
 
@@ -810,10 +825,18 @@ def test_stopping_closes_the_idle_connections_of_pages(engine):
         ("/api/jobs?limit=0", 400, "limit must be from 1 to 1000"),
         ("/api/jobs?limit=ten", 400, "limit must be an integer"),
         ("/api/jobs?state=exploded", 400, "state must be one of"),
+        # bug: an empty plugin (a script's unset variable) answered no job at all, 200
+        ("/api/jobs?plugin=", 400, "plugin must be a plugin name, not empty"),
+        ("/api/jobs?plugin=%20", 400, "plugin must be a plugin name, not empty"),
         ("/api/running?limit=-3", 400, "limit must be from 1"),
         ("/api/failures?limit=1e9", 400, "limit must be an integer"),
         ("/api/series?window=5", 400, "window must be from 10 to 3600"),
         ("/api/series?window=x", 400, "window must be an integer"),
+        # bug: Python's int() read these: /api/jobs/1_0 was job 10, a limit of '١٠' was 10
+        ("/api/jobs/1_0", 400, "a job id is an integer, not '1_0'"),
+        ("/api/jobs/%D9%A3", 400, "a job id is an integer, not '\u0663'"),
+        ("/api/jobs?limit=1_0", 400, "limit must be an integer, not '1_0'"),
+        ("/api/series?window=%EF%BC%91%EF%BC%90", 400, "window must be an integer"),
         ("/api/nothing", 404, "no such page"),
         ("/static/../server.py", 404, "no such page"),
         # bug: past Tornado's 64 KiB of headers, the connection closed without an answer

@@ -58,6 +58,8 @@ def parse_input(input_data: Any) -> dict[str, Any]:
                 text = handle.read()
         except OSError as err:
             raise InvalidInput(f"cannot read job input file {input_data}: {err}") from err
+        except UnicodeDecodeError as err:  # saved in Latin-1, or not text at all
+            raise InvalidInput(f"job input file {path} is not UTF-8 text: {err}") from err
     try:
         value = json.loads(text)
     except ValueError as err:  # JSONDecodeError, or an integer of over 4,300 digits

@@ -55,7 +55,6 @@ from .server_settings import (
     freeze_batch,
     ready_line,
     recording_jobs,
-    serving,
     settings,
     shutdown,
     shutting_down,
@@ -142,9 +141,8 @@ class DahuDS(Device):
             self._retention_error = one_line(str(err))
             logger.error("retention not applied: %s", self._retention_error)
         self._web = attach_web(self._engine, self.http, self.http_token)
-        if not hasattr(self, "_last_success"):  # kept across Init, as the jobs are
-            self._last_success = self._last_failure = NO_JOB_YET
-            self._stats_text = ""
+        if not hasattr(self, "_last"):  # kept across Init and shared across DevRestart
+            self._last = dict(jobSuccess=NO_JOB_YET, jobFailure=NO_JOB_YET, statisticsCollected="")
         self._lock = threading.Lock()
         self._stats_thread: threading.Thread | None = None
         self._plugins_thread: threading.Thread | None = None
@@ -154,7 +152,6 @@ class DahuDS(Device):
         self._start_pusher()
         for signo in STOP_SIGNALS:
             self.register_signal(int(signo), False)  # in the signal thread
-        serving()
         logger.info("%s", ready_line(self.get_name(), __version__, self._engine))
 
     def _start_pusher(self) -> None:
@@ -202,12 +199,8 @@ class DahuDS(Device):
         web = device._web
         if web is not None:
             web.monitor.job_ended(job)
-        if job.status == State.SUCCESS:
-            device._last_success = job_id
-            name = "jobSuccess"
-        else:
-            device._last_failure = job_id
-            name = "jobFailure"
+        name = "jobSuccess" if job.status == State.SUCCESS else "jobFailure"
+        self._last[name] = job_id  # the one dict of every object that served the device
         device._engine.clean_later(job, functools.partial(device._push, name, job_id))
 
     def _push(self, name: str, value: Any) -> None:
@@ -435,7 +428,7 @@ class DahuDS(Device):
             self._stats_thread = thread
 
     def _collect_statistics(self) -> None:
-        current(self)._stats_text = text = statistics_text()  # self: maybe replaced since
+        self._last["statisticsCollected"] = text = statistics_text()  # shared by its objects
         self._events.put(("statisticsCollected", text))
 
     @command(dtype_out=str, doc_out="the statistics, as a text table")
@@ -445,20 +438,20 @@ class DahuDS(Device):
         thread = self._stats_thread
         if thread is not None:
             thread.join(self._wait)
-        if not self._stats_text:
+        if not self._last["statisticsCollected"]:
             self._collect_statistics()
-        return self._stats_text
+        return self._last["statisticsCollected"]
 
     # ---- attributes ------------------------------------------------------------------------
     @attribute(dtype=DevLong)
     def jobSuccess(self) -> int:  # noqa: N802
         """Id of the last job that ended in success."""
-        return self._last_success
+        return self._last["jobSuccess"]
 
     @attribute(dtype=DevLong)
     def jobFailure(self) -> int:  # noqa: N802
         """Id of the last job that ended in failure or was aborted."""
-        return self._last_failure
+        return self._last["jobFailure"]
 
     @attribute(dtype=str)
     def journalId(self) -> str:  # noqa: N802
@@ -469,7 +462,7 @@ class DahuDS(Device):
     def statisticsCollected(self) -> str:  # noqa: N802
         """The last statistics collected by collectStatistics (the original's text until
         then)."""
-        return self._stats_text or NO_STATISTICS_YET
+        return self._last["statisticsCollected"] or NO_STATISTICS_YET
 
     @attribute(dtype=bool, access=AttrWriteType.READ_WRITE)
     def serialize(self) -> bool:

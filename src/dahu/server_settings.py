@@ -34,7 +34,6 @@ __all__ = [
     "shutdown",
     "abort_while_serving",
     "shutting_down",
-    "serving",
     "start_web",
     "stopping",
     "web_service",
@@ -335,12 +334,14 @@ _devices: dict[str, Any] = {}
 ``RestartServer``) replaces the object; the jobs the old one started run on and end
 through the new one (their events, ``jobSuccess``/``jobFailure``)."""
 ADOPTED = tuple(
-    "_last_success _last_failure _stats_text _events _held _engine _wait _retention_error _web "
+    "_last _events _held _engine _wait _retention_error _web "
     "_lock _stats_thread _plugins_thread _plugins_text _plugins queue_limit".split()
 )
 """What a new object serving a device takes over from the one it replaces: the last job
-ids, the statistics, the events still to push, and the settings in force (kept if a
-device property is now bad: `queue_limit`, read by the state)."""
+ids and statistics (`_last`, one dict shared, not copied: what a job ending as the object
+is replaced records is what the new one shows), the events still to push, and the
+settings in force (kept if a device property is now bad: `queue_limit`, read by the
+state)."""
 
 
 push_lock = threading.Lock()
@@ -445,14 +446,6 @@ def recording_jobs() -> Iterator[None]:
         with _recorded:
             _recording -= 1
             _recorded.notify_all()
-
-
-def serving() -> None:
-    """A device serves (again: a Tango server may be started again in this process)."""
-    global _stop_began
-    _stop_began = None
-    if _engine is not None:
-        _engine.cycle.halted = None
 
 
 def shutting_down() -> bool:

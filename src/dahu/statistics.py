@@ -168,16 +168,18 @@ def format_statistics(summary: dict[str, Any]) -> str:
             entry["success"],
             entry["failure"],
             entry["aborted"],
-            f"{entry['runtime']:.3f}",
-            f"{entry['mean'] * 1000:.3f}",
+            float(entry["runtime"]),
+            entry["mean"] * 1000,
         ]
         for name, entry in sorted(summary["plugins"].items())
     ]
-    table = tabulate(
+    table = tabulate(  # floats written so, not read again from text (1.23457e+06)
         rows,
         headers=["plugin", "jobs", "success", "failure", "aborted", "total s", "mean ms"],
+        floatfmt=".3f",
     )
     reg = summary["regression"]
+    slope = f"{'-' if reg['slope'] < 0 else '+'} {abs(reg['slope']) * 1000:.6f}"
     lines = [
         table,
         "",
@@ -185,7 +187,6 @@ def format_statistics(summary: dict[str, Any]) -> str:
         f"total execution time: {summary['total_runtime']:.3f} s",
         f"total wall time: {summary['wall_time']:.3f} s",
         f"speed-up: {summary['speedup']:.2f}",
-        "execution time regression: "
-        f"{reg['intercept'] * 1000:.3f} ms + {reg['slope'] * 1000:.6f} ms per job",
+        f"execution time regression: {reg['intercept'] * 1000:.3f} ms {slope} ms per job",
     ]
     return "\n".join(lines)

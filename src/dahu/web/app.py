@@ -145,7 +145,7 @@ class _Base(tornado.web.RequestHandler):
                 400, f"{name} must be from {low} to {high}, not {raw.strip()[:20]}..."
             )
         try:
-            value = int(raw)
+            value = _integer(raw)
         except ValueError:
             raise ClientError(400, f"{name} must be an integer, not {raw[:40]!r}") from None
         if not low <= value <= high:
@@ -256,6 +256,8 @@ class JobsHandler(_Base):
         limit = self.int_argument("limit", 25, 1, MAX_LIMIT)
         state = self.state_argument()
         plugin = self.get_query_argument("plugin", None)
+        if plugin is not None and not plugin.strip():  # as state=: not "no job"
+            raise ClientError(400, "plugin must be a plugin name, not empty")
         states = ENDED if state is None else journal_states(state)
         jobs = await self.read_journal(limit, states, plugin)
         if jobs is None:
@@ -310,6 +312,15 @@ def _too_long(raw: str) -> bool:
     return len(digits) > 40 and digits.isascii() and digits.isdigit()
 
 
+def _integer(raw: str) -> int:
+    """``raw`` as an integer in ASCII digits, with an optional sign; ``ValueError`` else
+    (``int()`` alone also reads ``1_0`` as 10, and the digits of other scripts)."""
+    digits = raw.strip().removeprefix("-").removeprefix("+") if raw.isascii() else ""
+    if not digits.isdigit():
+        raise ValueError(raw)
+    return int(raw)
+
+
 def _job_answer(engine: Any, job_id: int) -> str | None:
     """The JSON text of one job, or None; read and encoded off the event loop."""
     details = job_details(engine, job_id)
@@ -325,7 +336,7 @@ class JobHandler(_Base):
             reason = engine.no_such_job(MAX_ID + 1).split(": ", 1)[1]
             raise ClientError(404, f"no job {raw_id.strip()[:20]}... (too many digits): {reason}")
         try:
-            job_id = int(raw_id)
+            job_id = _integer(raw_id)
         except ValueError:
             raise ClientError(400, f"a job id is an integer, not {raw_id[:40]!r}") from None
         if job_id < 0:  # -1 is the last job, as for the device and Job.getJobFromID

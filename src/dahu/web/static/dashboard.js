@@ -157,22 +157,30 @@ function percentileTrace(x, values, name, color) {
            marker: { color, size: alone.map(a => (a ? 6 : 0)) } };
 }
 
+// the time axis; a server just started has one bucket, whose own range Plotly makes a
+// millisecond wide (ticks of 14:25:19.9995): a bucket on either side of it instead
+function timeAxis(x, bucket) {
+  if (x.length !== 1) return LAYOUT.xaxis;
+  return Object.assign({}, LAYOUT.xaxis, { range: [x[0] - bucket * 1000, x[0] + bucket * 1000] });
+}
+
 function renderPlots(series) {
   if (!window.Plotly) return;
   const x = series.t.map(t => t * 1000);
+  const xaxis = timeAxis(x, series.bucket || 10);
   Plotly.react("plot-rate", [
     { x, y: series.jobs_per_s, name: "ended", type: "scatter", mode: "lines", line: { color: "#2457c5" }, fill: "tozeroy" },
     { x, y: series.failed_per_s, name: "failed or aborted", type: "scatter", mode: "lines", line: { color: "#c62828" } },
-  ], layout({ yaxis: Object.assign({}, LAYOUT.yaxis, { title: { text: "jobs/s" } }) }), CONFIG);
+  ], layout({ xaxis, yaxis: Object.assign({}, LAYOUT.yaxis, { title: { text: "jobs/s" } }) }), CONFIG);
   Plotly.react("plot-runtime", [
     percentileTrace(x, series.p50, "p50", "#1a7f37"),
     percentileTrace(x, series.p90, "p90", "#b26a00"),
     percentileTrace(x, series.p99, "p99", "#c62828"),
-  ], layout({ yaxis: { type: "log", dtick: "D2", title: { text: "ms" }, tickfont: { size: 10 }, automargin: true } }), CONFIG);
+  ], layout({ xaxis, yaxis: { type: "log", dtick: "D2", title: { text: "ms" }, tickfont: { size: 10 }, automargin: true } }), CONFIG);
   Plotly.react("plot-queue", [
     { x, y: series.queue, name: "queued", type: "scatter", mode: "lines", line: { color: "#6a3d9a", shape: "hv" }, fill: "tozeroy" },
     { x, y: series.running, name: "running", type: "scatter", mode: "lines", line: { color: "#2457c5", shape: "hv" } },
-  ], layout({ yaxis: Object.assign({}, LAYOUT.yaxis, { title: { text: "jobs" } }) }), CONFIG);
+  ], layout({ xaxis, yaxis: Object.assign({}, LAYOUT.yaxis, { title: { text: "jobs" } }) }), CONFIG);
 }
 
 function share(message) {
