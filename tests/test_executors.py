@@ -1080,6 +1080,53 @@ def test_a_sigint_to_a_worker_is_ignored(tmp_path, monkeypatch):
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+GATED = """
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Gated(Plugin):
+    # creates the file flag, then runs until the file go appears
+    def process(self):
+        open(self.input["flag"], "w").close()
+        while not os.path.exists(self.input["go"]):
+            time.sleep(0.01)
+        self.output["pid"] = os.getpid()
+"""
+
+
+def test_a_sigterm_to_a_worker_while_its_server_runs_is_ignored(tmp_path, monkeypatch, capfd):
+    # bug (process): systemd stops a service with a SIGTERM to each of its processes at
+    # once: the workers died of it, and their jobs failed "worker process died: signal 15
+    # (SIGTERM)" (when the server heard of it before it aborted them itself) instead of
+    # ending "aborted: the server is shutting down"
+    engine = one_process_engine(tmp_path, monkeypatch)
+    (tmp_path / "plugins" / "gate.py").write_text(GATED)
+    flag, go = tmp_path / "flag", tmp_path / "go"
+    job = Job("gate.gated", {"flag": str(flag), "go": str(go)})
+    try:
+        job.start()
+        wait_for_file(flag)
+        (pid,) = engine.executor.worker_pids()
+        os.kill(pid, signal.SIGTERM)
+        said, deadline = "", time.monotonic() + 30
+        while f"worker {pid}: SIGTERM ignored" not in said and running(pid):
+            assert time.monotonic() < deadline
+            said += capfd.readouterr().err
+            time.sleep(0.01)
+        go.touch()
+        job.join(30)
+        assert (job.status, job.output_data.get("pid")) == ("success", pid)
+        assert engine.executor.worker_pids() == [pid]
+    finally:
+        go.touch()
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_a_waiter_whose_worker_dies_ends_without_waiting_for_a_slot(tmp_path, monkeypatch):
     # bug: its worker dead (the OOM killer), a job whose plugin waited for another one
     # stayed running until a slot was free, here until the long job ended

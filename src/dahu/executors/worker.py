@@ -25,7 +25,10 @@ starts dumping its core: a ``done`` sent meanwhile by the job's thread made the 
 ends the worker before it sends ``begin``.
 
 SIGINT is said in the log and ignored (it used to end the worker's loop with a
-``KeyboardInterrupt`` traceback: the worker died, its job's outcome sent or not).
+``KeyboardInterrupt`` traceback: the worker died, its job's outcome sent or not).  So is
+SIGTERM while the server that started the worker runs (systemd's stop sends it to every
+process of the service at once: the server aborts the jobs, then stops its workers); a
+worker whose server is gone ends on it.
 
 A plugin's ``wait_for`` reads the other job's record in the server's journal through a
 :class:`~dahu.journal.reader.JournalReader` (the work directory is shared), so jobs in
@@ -153,6 +156,26 @@ def _ignore_interrupt(signum: int, frame: Any) -> None:
     logger.warning("worker %d: SIGINT ignored (the server stops its workers)", os.getpid())
 
 
+def _defer_termination(server_pid: int) -> Any:
+    """The worker's SIGTERM handler: while the server that started it runs, the signal is
+    said in the log and ignored (systemd sends it to every process of the service at
+    once: the server, stopping, aborts the jobs and then stops its workers); without the
+    server (or in a process a plugin forked), it ends the process as it would have."""
+    worker_pid = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() == worker_pid and os.getppid() == server_pid:
+            logger.warning(
+                "worker %d: SIGTERM ignored while the server runs (it stops its workers)",
+                worker_pid,
+            )
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    return handler
+
+
 def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int) -> None:
     """Serve jobs from the server until told to stop or the pipe closes."""
     from ..app import QUIET_LOGGERS
@@ -171,6 +194,7 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
     signal.pthread_sigmask(signal.SIG_BLOCK, CORE_SIGNALS)
     with contextlib.suppress(ValueError):  # not the main thread (a test's)
         signal.signal(signal.SIGINT, _ignore_interrupt)
+        signal.signal(signal.SIGTERM, _defer_termination(os.getppid()))
     send_lock = threading.Lock()
     current: dict[int, Execution] = {}
     waits: dict[int, int] = {}  # job id -> waits for other jobs (its plugin's threads')
