@@ -1005,6 +1005,65 @@ def test_a_plugin_that_signals_its_own_process_fails_its_job_not_the_next(tmp_pa
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+MASKS = """
+import subprocess
+import sys
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+CHILD = "import signal; print(sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])))"
+
+
+def child_mask(path):
+    # the signals a program started here has blocked
+    child = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True)
+    with open(path, "w") as f:
+        f.write(child.stdout.strip())
+
+
+@register
+class Masks(Plugin):
+    def process(self):
+        child_mask(self.input["out"] + ".process")
+        while not self.is_aborted:
+            time.sleep(0.01)
+
+    def abort(self):
+        super().abort()
+        child_mask(self.input["out"] + ".abort")
+
+    def __del__(self):
+        child_mask(self.input["out"] + ".del")
+"""
+
+
+def test_a_program_a_plugin_starts_has_no_signal_blocked(tmp_path, monkeypatch):
+    # bug (process): the worker blocks the signals that dump core outside its job threads:
+    # a program a plugin started from its abort() or __del__ inherited them blocked (a
+    # SIGSEGV or SIGABRT it got or sent itself was ignored, or left pending for ever)
+    engine = one_process_engine(tmp_path, monkeypatch)
+    (tmp_path / "plugins" / "masking.py").write_text(MASKS)
+    out = tmp_path / "mask"
+    try:
+        job = Job("masking.masks", {"out": str(out)})
+        job.start()
+        wait_for_file(tmp_path / "mask.process")
+        job.abort()
+        job.join(30)
+        assert job.status == "aborted"
+        for where in ("process", "abort", "del"):
+            wait_for_file(tmp_path / f"mask.{where}")
+            deadline = time.monotonic() + 30
+            while not (tmp_path / f"mask.{where}").read_text():
+                assert time.monotonic() < deadline, where
+                time.sleep(0.01)
+            assert (where, (tmp_path / f"mask.{where}").read_text()) == (where, "[]")
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_a_job_whose_worker_died_before_it_began_runs_on_a_new_one(tmp_path, monkeypatch, caplog):
     # bug (process): a worker that died after one job's result and before the next job
     # began there (a thread the first job's plugin left killed it) failed that next job,

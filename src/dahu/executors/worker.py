@@ -34,6 +34,12 @@ A plugin's ``wait_for`` reads the other job's record in the server's journal thr
 :class:`~dahu.journal.reader.JournalReader` (the work directory is shared), so jobs in
 different workers can wait for each other; no engine is made in a worker.
 
+The threads that run plugin code (the job's, which also lets the plugin go once its
+outcome is sent, and the one calling its ``abort()``) take those signals: a program the
+plugin starts there inherits the default mask (until 2026-11-30 one started from its
+``abort()`` or ``__del__`` had them blocked, and ignored a ``SIGSEGV``/``SIGABRT`` it sent
+itself or got).
+
 ``python -m dahu.executors.worker`` (or ``python -m dahu.worker``) runs it.
 """
 
@@ -214,9 +220,6 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
             outcome = execution.run()
         except BaseException as err:  # Execution.run does not raise; belt and braces
             outcome = Outcome(State.FAILURE, {}, f"worker error: {error_line(err)}")
-        # blocked again: this thread, still alive while the next job runs, must not take
-        # a signal that job's plugin sends, and leave that job's thread to say "done"
-        signal.pthread_sigmask(signal.SIG_BLOCK, CORE_SIGNALS)
         if os.getpid() != worker_pid:
             leave_fork(job_id, outcome)
         current.pop(job_id, None)
@@ -227,8 +230,14 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
             # nobody to serve; waiting on the pipe would leave the job running for ever
             logger.error("job %s: cannot send its outcome, the worker ends: %s", job_id, err)
             os._exit(LOST_PIPE)
+        # the plugin is let go here (its __del__ runs), with the signals still unblocked:
+        # a program it starts inherits this thread's mask.  Then the thread ends: it
+        # takes no signal the next job's plugin sends (that job's thread is to take it)
+        del execution
 
     def abort(job_id: int, reason: str) -> None:
+        # the plugin's abort() runs here: a program it starts inherits this mask
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, CORE_SIGNALS)
         execution = current.get(job_id)
         if execution is not None:
             execution.abort(reason)
