@@ -856,7 +856,11 @@ def test_a_job_that_ends_at_once_is_let_go_by_its_own_thread_not_the_worker_s_lo
     monkeypatch.setenv("DAHU_WORKDIR", str(tmp_path))
     monkeypatch.setattr(logging, "basicConfig", lambda **_: None)
     monkeypatch.setattr(
-        worker, "threading", SimpleNamespace(Thread=_StartedThenEnded, Lock=threading.Lock)
+        worker,
+        "threading",
+        SimpleNamespace(
+            Thread=_StartedThenEnded, Lock=threading.Lock, Condition=threading.Condition
+        ),
     )
     ours, its = multiprocessing.Pipe()
     loop = threading.Thread(
@@ -900,7 +904,11 @@ def test_a_worker_that_cannot_start_a_job_s_thread_fails_the_job_and_ends(tmp_pa
     monkeypatch.setattr("dahu.journal.reader._current", None)  # worker_main sets them
     monkeypatch.setenv("DAHU_WORKDIR", str(tmp_path))
     monkeypatch.setattr(logging, "basicConfig", lambda **_: None)
-    monkeypatch.setattr(worker, "threading", SimpleNamespace(Thread=_NoThread, Lock=threading.Lock))
+    monkeypatch.setattr(
+        worker,
+        "threading",
+        SimpleNamespace(Thread=_NoThread, Lock=threading.Lock, Condition=threading.Condition),
+    )
     ours, its = multiprocessing.Pipe()
     loop = threading.Thread(
         target=worker.worker_main, args=(its, str(tmp_path), [], logging.WARNING)
@@ -910,7 +918,7 @@ def test_a_worker_that_cannot_start_a_job_s_thread_fails_the_job_and_ends(tmp_pa
         ours.send(("abort", 1, "aborted on request"))  # for no job: its thread fails too
         ours.send(("run", 1, "example.square", {"x": 2}))
         assert ours.poll(30)
-        assert ours.recv() == ("begin", 1)
+        assert ours.recv() == ("begin", 1, [])
         assert ours.poll(30)
         kind, job_id, outcome = ours.recv()
         assert (kind, job_id, outcome["state"]) == ("done", 1, "failure")
@@ -1064,6 +1072,73 @@ def test_a_program_a_plugin_starts_has_no_signal_blocked(tmp_path, monkeypatch):
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+GATED = """
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Gated(Plugin):
+    # creates the file flag, then runs until the file go appears
+    def process(self):
+        open(self.input["flag"], "w").close()
+        while not os.path.exists(self.input["go"]):
+            time.sleep(0.01)
+        self.output["pid"] = os.getpid()
+"""
+
+
+DEL_SIGNALS = """
+import os
+import signal
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class DelSignals(Plugin):
+    # its __del__ crashes the process once the file go appears
+    def __del__(self):
+        while not os.path.exists(self.input["go"]):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGSEGV)
+"""
+
+
+def test_a_worker_crashed_by_the_last_job_s_finaliser_does_not_blame_the_next_alone(
+    tmp_path, monkeypatch
+):
+    # bug (process): a plugin whose __del__ (run once its job's outcome is sent) crashed
+    # the worker as the next job ran there failed that next job, "worker process died:
+    # signal 11 (SIGSEGV)", as if its own plugin had crashed
+    engine = one_process_engine(tmp_path, monkeypatch)
+    (tmp_path / "plugins" / "delsig.py").write_text(DEL_SIGNALS)
+    (tmp_path / "plugins" / "gate.py").write_text(GATED)
+    go, flag = tmp_path / "go", tmp_path / "flag"
+    try:
+        first = run("delsig.delsignals", {"go": str(go)})
+        assert first.status == "success"
+        job = Job("gate.gated", {"flag": str(flag), "go": str(tmp_path / "never")})
+        job.start()
+        wait_for_file(flag)
+        go.touch()
+        job.join(30)
+        assert (job.status, job.error) == (
+            "failure",
+            f"worker process died: signal 11 (SIGSEGV), as the plugin of job {first.id} "
+            "was still being let go there (its __del__): this job may be innocent",
+        )
+        assert run("example.square", {"x": 3}).output_data["result"] == 9
+    finally:
+        go.touch()
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_a_job_whose_worker_died_before_it_began_runs_on_a_new_one(tmp_path, monkeypatch, caplog):
     # bug (process): a worker that died after one job's result and before the next job
     # began there (a thread the first job's plugin left killed it) failed that next job,
@@ -1137,25 +1212,6 @@ def test_a_sigint_to_a_worker_is_ignored(tmp_path, monkeypatch):
         assert engine.executor.worker_pids() == pids
     finally:
         engine.executor.shutdown(wait=True, timeout=30)
-
-
-GATED = """
-import os
-import time
-
-from dahu.factory import register
-from dahu.plugin import Plugin
-
-
-@register
-class Gated(Plugin):
-    # creates the file flag, then runs until the file go appears
-    def process(self):
-        open(self.input["flag"], "w").close()
-        while not os.path.exists(self.input["go"]):
-            time.sleep(0.01)
-        self.output["pid"] = os.getpid()
-"""
 
 
 def test_a_sigterm_to_a_worker_while_its_server_runs_is_ignored(tmp_path, monkeypatch, capfd):

@@ -9,7 +9,8 @@ and reused, so caches stay warm between jobs.
   ``failure`` with the reason (``worker process died: signal 11 (SIGSEGV)``); the next
   job on that slot gets a new worker.  The server keeps serving.  A job whose worker
   died before it began there (before the worker's ``begin``) is never blamed: it is sent
-  to a new worker, once.
+  to a new worker, once.  One that died while the previous job's plugin was still being
+  let go there (its ``__del__``, which may have done it) says the job may be innocent.
 * ``abort`` asks the plugin first; if the job has not ended ``abort_grace`` seconds
   later the worker is killed.  The job ends ``aborted`` either way.
 * Workers can be recycled after ``recycle_jobs`` jobs or once their resident memory
@@ -99,6 +100,8 @@ class WorkerProcess:
         self.plugin_dirs = list(plugin_dirs)
         self.jobs = 0
         self.last_job: int | None = None  # the last job whose outcome came back
+        # earlier jobs whose plugin was still being let go (its __del__) as this one began
+        self.letting_go: set[int] = set()
         self.rss = 0
         self._send_lock = threading.Lock()
         self._stopped = False
@@ -229,6 +232,9 @@ class RemoteExecution:
                 except (EOFError, OSError):
                     return self._died(started, begun, again)
                 kind = message[0]
+                if kind == "released" and len(message) == 2:
+                    self.worker.letting_go.discard(message[1])
+                    continue
                 if len(message) < 2 or message[1] != self.job_id:
                     # not this job's (a stale or stray message): never its outcome
                     logger.warning(
@@ -241,6 +247,7 @@ class RemoteExecution:
                     continue
                 if kind == "begin":
                     begun = True
+                    self.worker.letting_go = set(message[2] if len(message) > 2 else ())
                 elif kind == "plugin" and self.on_plugin is not None:
                     self.on_plugin(message[2])
                 elif kind == "waiting" and waiting is None:
@@ -289,6 +296,13 @@ class RemoteExecution:
             if again:
                 return None
             reason += ", before the job began"
+        elif self.worker.letting_go:  # its __del__ may have done it: the job may be innocent
+            earlier = ", ".join(str(job) for job in sorted(self.worker.letting_go))
+            jobs = "jobs" if len(self.worker.letting_go) > 1 else "job"
+            reason += (
+                f", as the plugin of {jobs} {earlier} was still being let go there (its "
+                "__del__): this job may be innocent"
+            )
         # marked: a tool that reports every failed job itself leaves this line out
         logger.error("job %s: %s", self.job_id, reason, extra={"job_failure": True})
         return Outcome(State.FAILURE, {}, reason, started, time.time())

@@ -4,11 +4,14 @@ It imports plugin modules once and keeps them (and their ``DataCache``) between 
 It talks to the server over a pipe:
 
 server → worker: ``("run", job_id, plugin, input)``, ``("abort", job_id, reason)``,
-``("stop",)``; worker → server: ``("begin", job_id)`` as it takes the job (before anything
-of it runs: a worker that dies before the server heard it never began the job),
-``("plugin", job_id, job_timeout)`` once the plugin is instantiated, ``("waiting",
-job_id)`` / ``("resumed", job_id)`` around ``wait_for``, and ``("done", job_id, outcome)`` with the output as JSON text.  The server matches every
-message to its job by ``job_id`` and ignores one for another job.
+``("stop",)``; worker → server: ``("begin", job_id, earlier)`` as it takes the job (before
+anything of it runs: a worker that dies before the server heard it never began the job;
+``earlier``: the jobs whose plugin is still being let go, its ``__del__`` run, after their
+outcome), ``("plugin", job_id, job_timeout)`` once the plugin is instantiated,
+``("waiting", job_id)`` / ``("resumed", job_id)`` around ``wait_for``, ``("done", job_id,
+outcome)`` with the output as JSON text, and ``("released", job_id)`` once a job a
+``begin`` named as ``earlier`` is let go.  The server matches every message to its job by
+``job_id`` and ignores one for another job (``released`` aside).
 
 A process a plugin forks (``os.fork()`` without ``exec``) that returns from the plugin
 instead of ending ends there (``os._exit``: 0 if the plugin succeeded, the code of a
@@ -87,6 +90,10 @@ CORE_SIGNALS = {
     signal.SIGXFSZ,
 }
 """The signals whose default action dumps core: taken by the job threads (module doc)."""
+
+LET_GO_WAIT = 0.25
+"""Seconds a job waits, before its ``begin``, for the plugins of the jobs before it to be
+let go (a slow ``__del__`` holds it no longer)."""
 
 _self: psutil.Process | None = None  # this process, for the memory reported per outcome
 
@@ -202,6 +209,11 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
         signal.signal(signal.SIGINT, _ignore_interrupt)
         signal.signal(signal.SIGTERM, _defer_termination(os.getppid()))
     send_lock = threading.Lock()
+    # jobs whose plugin is being let go (its __del__ run) after their outcome; told: those
+    # a "begin" named, whose end of it the server is to hear ("released")
+    let_go = threading.Condition(send_lock)
+    letting_go: set[int] = set()
+    told: set[int] = set()
     current: dict[int, Execution] = {}
     waits: dict[int, int] = {}  # job id -> waits for other jobs (its plugin's threads')
     waits_lock = threading.Lock()
@@ -223,6 +235,8 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
         if os.getpid() != worker_pid:
             leave_fork(job_id, outcome)
         current.pop(job_id, None)
+        with send_lock:
+            letting_go.add(job_id)
         try:
             send(("done", job_id, outcome_message(outcome, job_id)))
         except OSError as err:
@@ -231,9 +245,17 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
             logger.error("job %s: cannot send its outcome, the worker ends: %s", job_id, err)
             os._exit(LOST_PIPE)
         # the plugin is let go here (its __del__ runs), with the signals still unblocked:
-        # a program it starts inherits this thread's mask.  Then the thread ends: it
-        # takes no signal the next job's plugin sends (that job's thread is to take it)
+        # a program it starts inherits this thread's mask.  Then they are blocked: this
+        # thread takes no signal the next job's plugin sends (that job's thread is to)
         del execution
+        signal.pthread_sigmask(signal.SIG_BLOCK, CORE_SIGNALS)
+        with let_go:
+            letting_go.discard(job_id)
+            let_go.notify_all()
+            if job_id in told:
+                told.discard(job_id)
+                with contextlib.suppress(OSError):  # the next "done" says it
+                    conn.send(("released", job_id))
 
     def abort(job_id: int, reason: str) -> None:
         # the plugin's abort() runs here: a program it starts inherits this mask
@@ -255,7 +277,12 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
             job_id, plugin_name, input_data = message[1:4]
             # one sent while no job ran ends this worker now, before the job begins
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signal.sigpending() & CORE_SIGNALS)
-            send(("begin", job_id))
+            with let_go:  # and the earlier jobs whose plugin is still being let go
+                # given a moment first: a job's thread that has not run since it sent its
+                # outcome (the GIL) would have the job it lets go named for nothing
+                let_go.wait_for(lambda: not letting_go, LET_GO_WAIT)
+                told.update(letting_go)
+                conn.send(("begin", job_id, sorted(letting_go)))
 
             @contextlib.contextmanager
             def waiting(job_id: int = job_id) -> Iterator[None]:
