@@ -2029,6 +2029,17 @@ def stray(other=0):
     return {"own": True}
 
 
+def sigterm_in_child():
+    """Whether a process it forks ends on SIGTERM at once, as any (its default action)."""
+    import signal
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else 1)
+    _, status = os.waitpid(pid, 0)
+    return {"default": os.waitstatus_to_exitcode(status) == 0}
+
+
 def closes_fds():
     """Closes every file descriptor it inherited (as code that daemonises does), the
     worker's pipe included."""
@@ -2040,6 +2051,7 @@ plugin_from_function(fork_returns)
 plugin_from_function(spawns)
 plugin_from_function(stray)
 plugin_from_function(closes_fds)
+plugin_from_function(sigterm_in_child)
 '''
 
 
@@ -2074,6 +2086,14 @@ def test_a_process_a_plugin_forks_never_reports_an_outcome(forking_engine):
     job = run("forking.spawns", {"x": 5})  # multiprocessing and fork + exec still work
     assert job.output_data["result"] == {"squared": 25, "exitcode": 0, "echoed": "42"}
     assert len(forking_engine.executor.worker_pids()) == 1  # the same worker throughout
+
+
+def test_a_process_a_plugin_forks_ends_on_sigterm_at_once(forking_engine):
+    # bug: it inherited the worker's SIGTERM handler (Python code), which runs only
+    # between two bytecodes: a multiprocessing child in a long numpy call outlived its
+    # terminate() until that call returned
+    job = run("forking.sigterm_in_child", {})
+    assert job.output_data["result"] == {"default": True}
 
 
 def test_a_worker_message_for_another_job_is_ignored(forking_engine):

@@ -173,7 +173,8 @@ def _defer_termination(server_pid: int) -> Any:
     """The worker's SIGTERM handler: while the server that started it runs, the signal is
     said in the log and ignored (systemd sends it to every process of the service at
     once: the server, stopping, aborts the jobs and then stops its workers); without the
-    server (or in a process a plugin forked), it ends the process as it would have."""
+    server, it ends the process as it would have.  (A process a plugin forks has the
+    default action back.)"""
     worker_pid = os.getpid()
 
     def handler(signum: int, frame: Any) -> None:
@@ -208,6 +209,9 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
     with contextlib.suppress(ValueError):  # not the main thread (a test's)
         signal.signal(signal.SIGINT, _ignore_interrupt)
         signal.signal(signal.SIGTERM, _defer_termination(os.getppid()))
+        # a process a plugin forks (multiprocessing) ends on it at once, as usual: a
+        # Python handler would run only once its C code (numpy) returned
+        os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
     send_lock = threading.Lock()
     # jobs whose plugin is being let go (its __del__ run) after their outcome; told: those
     # a "begin" named, whose end of it the server is to hear ("released")
