@@ -816,6 +816,36 @@ def test_a_plugin_s_slow_finaliser_delays_not_the_next_job_of_its_worker(tmp_pat
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+SLOW_CLOSE = """
+import time
+from pathlib import Path
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class SlowClose(Plugin):
+    # its __del__ closes its file, which takes a moment (an HDF5 file flushed)
+    def __del__(self):
+        time.sleep(0.5)
+        Path(self.input["mark"]).write_text("closed")
+"""
+
+
+def test_a_worker_stopped_lets_its_plugins_finalisers_end(tmp_path, monkeypatch):
+    # bug (process): a worker told to stop (recycled, or at shutdown) ended at once, its
+    # last plugin's __del__ cut short: the file it was closing was left unfinished
+    engine = one_process_engine(tmp_path, monkeypatch)
+    (tmp_path / "plugins" / "slowclose.py").write_text(SLOW_CLOSE)
+    mark = tmp_path / "mark"
+    try:
+        assert run("slowclose.slowclose", {"mark": str(mark)}).status == "success"
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+    assert mark.read_text() == "closed"
+
+
 MARKS_ITS_FINALISER = """
 import threading
 from pathlib import Path

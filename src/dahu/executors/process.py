@@ -141,9 +141,11 @@ class WorkerProcess:
             self.process.kill()
         self.process.wait(10)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask the worker to stop; kill it if it does not.  Safe to call more than once,
-        from several threads (the pool thread and ``shutdown`` may both do it)."""
+    def stop(self, timeout: float = 5.0, wait: bool = True) -> None:
+        """Ask the worker to stop (it gives a plugin still being let go, its ``__del__``,
+        up to 4 s); kill it if it does not, with ``wait`` (else :meth:`finish` does).
+        Safe to call more than once, from several threads (the pool thread and
+        ``shutdown`` may both do it)."""
         with self._send_lock:
             if self._stopped:
                 return
@@ -152,8 +154,13 @@ class WorkerProcess:
                 self.conn.send(("stop",))
             except (OSError, ValueError):
                 pass
+        if wait:
+            self.finish(timeout)
+
+    def finish(self, timeout: float = 5.0) -> None:
+        """Wait for a worker told to stop; kill it if it has not ended within ``timeout``."""
         try:
-            self.process.wait(timeout)
+            self.process.wait(max(0.0, timeout))
         except subprocess.TimeoutExpired:
             self.kill()
         with self._send_lock:
@@ -410,7 +417,10 @@ class ProcessExecutor(ThreadExecutor):
         with self._workers_lock:
             workers = list(self._workers)
             self._workers.clear()
+        for worker in workers:  # all at once: each may give its plugin's __del__ its time
+            worker.stop(wait=False)
+        deadline = time.monotonic() + 5.0
         for worker in workers:
-            worker.stop()
+            worker.finish(deadline - time.monotonic())
         if workers:
             self.close_orphans()

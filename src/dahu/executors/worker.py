@@ -95,6 +95,10 @@ LET_GO_WAIT = 0.25
 """Seconds a job waits, before its ``begin``, for the plugins of the jobs before it to be
 let go (a slow ``__del__`` holds it no longer)."""
 
+LET_GO_AT_STOP = 4.0
+"""Seconds a worker told to stop (or whose server is gone) gives the plugins still being
+let go (a ``__del__`` closing a file) before it ends (the server kills it after 5)."""
+
 _self: psutil.Process | None = None  # this process, for the memory reported per outcome
 
 
@@ -333,6 +337,14 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
                 abort(*message[1:3])
         elif kind == "stop":
             break
+    with let_go:  # a plugin whose __del__ still runs (closing its files) is given its time
+        if not let_go.wait_for(lambda: not letting_go, LET_GO_AT_STOP):
+            logger.warning(
+                "the worker ends while the plugin of job(s) %s is still being let go (its "
+                "__del__ took over %g s)",
+                ", ".join(str(job) for job in sorted(letting_go)),
+                LET_GO_AT_STOP,
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
