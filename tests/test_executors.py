@@ -1612,6 +1612,40 @@ def test_a_worker_recycled_for_its_memory_says_so(tmp_path, caplog):
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+HOLDS = """
+import os
+
+import numpy
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Holds(Plugin):
+    # holds a stack of frames (mb MB) while its job runs: let go with the plugin
+    def process(self):
+        self.stack = numpy.ones(self.input["mb"] * 2**17)
+        self.output["pid"] = os.getpid()
+"""
+
+
+def test_a_worker_is_recycled_for_what_it_leaks_not_what_its_plugin_held(tmp_path, monkeypatch):
+    # bug (process): recycle_rss_mb was checked against the memory measured as the job
+    # ended, its plugin (and the frames it held) not let go yet: a worker whose jobs each
+    # held more than that was replaced after every job, its caches lost every time
+    engine = one_process_engine(tmp_path, monkeypatch)
+    (tmp_path / "plugins" / "holding.py").write_text(HOLDS)
+    try:
+        job = run("holding.holds", {"mb": 0})  # numpy imported: the worker's own memory
+        (worker,) = engine.executor._workers
+        engine.executor.recycle_rss_mb = worker.rss / 2**20 + 50
+        pids = [run("holding.holds", {"mb": 100}).output_data["pid"] for _ in range(3)]
+        assert pids == [job.output_data["pid"]] * 3
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 PARENT = """
 from dahu.job import Job
 from dahu.plugin import Plugin

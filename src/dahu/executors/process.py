@@ -102,7 +102,8 @@ class WorkerProcess:
         self.last_job: int | None = None  # the last job whose outcome came back
         # earlier jobs whose plugin was still being let go (its __del__) as this one began
         self.letting_go: set[int] = set()
-        self.rss = 0
+        self.rss = 0  # its memory after its last job (settled: once its plugin was let go)
+        self.settled = True
         self._send_lock = threading.Lock()
         self._stopped = False
 
@@ -130,6 +131,33 @@ class WorkerProcess:
             return True
         except (OSError, ValueError):
             return False
+
+    def released(self, message: tuple) -> bool:
+        """Take a ``released`` message (a job's plugin let go) or a ``memory`` one (the
+        memory once they are); False for any other message."""
+        if message[0] == "released" and len(message) == 2:
+            self.letting_go.discard(message[1])
+        elif message[0] == "memory" and len(message) == 3:
+            self.rss, self.settled = message[2], True
+        else:
+            return False
+        return True
+
+    def settle(self, timeout: float = 2.0) -> None:
+        """Between two jobs: its memory once the plugins of the jobs before are let go
+        (``timeout`` s at most)."""
+        if self.settled or not self.send(("memory",)):
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            while not self.settled and self.conn.poll(max(0.0, deadline - time.monotonic())):
+                message = self.conn.recv()
+                if not self.released(message):
+                    logger.warning(
+                        "worker %s: ignored a %r message between jobs", self.pid, message[0]
+                    )
+        except (EOFError, OSError):  # it died: the next job finds out
+            pass
 
     def kill(self) -> None:
         """Kill the worker now, with the processes its plugins started (its process
@@ -239,8 +267,7 @@ class RemoteExecution:
                 except (EOFError, OSError):
                     return self._died(started, begun, again)
                 kind = message[0]
-                if kind == "released" and len(message) == 2:
-                    self.worker.letting_go.discard(message[1])
+                if self.worker.released(message):
                     continue
                 if len(message) < 2 or message[1] != self.job_id:
                     # not this job's (a stale or stray message): never its outcome
@@ -273,7 +300,8 @@ class RemoteExecution:
     def _outcome(self, data: dict[str, Any]) -> Outcome:
         self.worker.jobs += 1
         self.worker.last_job = self.job_id
-        self.worker.rss = data.get("rss", 0)
+        self.worker.rss = data.get("rss", 0)  # with its plugin still held: see settle
+        self.worker.settled = False
         return outcome_from_message(data)
 
     def _died(self, started: float, begun: bool, again: bool) -> Outcome | None:
@@ -377,7 +405,10 @@ class ProcessExecutor(ThreadExecutor):
             return "for the new plugin directories"
         if self.recycle_jobs and worker.jobs >= self.recycle_jobs:
             return f"after {worker.jobs} jobs"
-        if self.recycle_rss_mb and worker.rss > self.recycle_rss_mb * 2**20:
+        limit = (self.recycle_rss_mb or 0) * 2**20
+        if limit and worker.rss > limit:
+            worker.settle()  # its memory once the plugin it held is let go
+        if limit and worker.rss > limit:
             return (
                 f"at {worker.rss / 2**20:.0f} MB of memory (recycle_rss_mb {self.recycle_rss_mb:g})"
             )

@@ -11,7 +11,9 @@ outcome), ``("plugin", job_id, job_timeout)`` once the plugin is instantiated,
 ``("waiting", job_id)`` / ``("resumed", job_id)`` around ``wait_for``, ``("done", job_id,
 outcome)`` with the output as JSON text, and ``("released", job_id)`` once a job a
 ``begin`` named as ``earlier`` is let go.  The server matches every message to its job by
-``job_id`` and ignores one for another job (``released`` aside).
+``job_id`` and ignores one for another job (``released`` aside).  Between two jobs, the
+server may ask ``("memory",)``: the worker answers ``("memory", None, rss)`` once the
+plugins of the jobs before are let go (1 s at most), what they held no longer counted.
 
 A process a plugin forks (``os.fork()`` without ``exec``) that returns from the plugin
 instead of ending ends there (``os._exit``: 0 if the plugin succeeded, the code of a
@@ -335,6 +337,10 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
                 threading.Thread(target=abort, args=message[1:3], daemon=True).start()
             except RuntimeError:  # no thread to be had: here, then
                 abort(*message[1:3])
+        elif kind == "memory":  # recycle_rss_mb: what it leaks, not what plugins held
+            with let_go:
+                let_go.wait_for(lambda: not letting_go, 1.0)
+                conn.send(("memory", None, _rss()))
         elif kind == "stop":
             break
     with let_go:  # a plugin whose __del__ still runs (closing its files) is given its time
