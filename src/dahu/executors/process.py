@@ -171,7 +171,7 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 5.0, wait: bool = True) -> None:
         """Ask the worker to stop (it gives a plugin still being let go, its ``__del__``,
-        up to 4 s); kill it if it does not, with ``wait`` (else :meth:`finish` does).
+        up to 3 s); kill it if it does not, with ``wait`` (else :meth:`finish` does).
         Safe to call more than once, from several threads (the pool thread and
         ``shutdown`` may both do it)."""
         with self._send_lock:

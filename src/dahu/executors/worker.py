@@ -97,7 +97,7 @@ LET_GO_WAIT = 0.25
 """Seconds a job waits, before its ``begin``, for the plugins of the jobs before it to be
 let go (a slow ``__del__`` holds it no longer)."""
 
-LET_GO_AT_STOP = 4.0
+LET_GO_AT_STOP = 3.0
 """Seconds a worker told to stop (or whose server is gone) gives the plugins still being
 let go (a ``__del__`` closing a file) before it ends (the server kills it after 5)."""
 
