@@ -788,6 +788,7 @@ def one_process_engine(tmp_path, monkeypatch, kind="process", max_workers=1):
 
 
 SLOW_DEL = """
+import os
 import time
 
 from dahu.factory import register
@@ -796,9 +797,12 @@ from dahu.plugin import Plugin
 
 @register
 class SlowDel(Plugin):
-    # its finaliser takes 3 s (closing a detector, releasing a GPU)
+    # its finaliser takes 3 s (closing a detector, releasing a GPU), or until the file go
+    # appears (a stopped worker waits for it)
     def __del__(self):
-        time.sleep(3)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not os.path.exists(self.input["go"]):
+            time.sleep(0.01)
 """
 
 
@@ -807,12 +811,14 @@ def test_a_plugin_s_slow_finaliser_delays_not_the_next_job_of_its_worker(tmp_pat
     # let it go there: the plugin's __del__ ran before the next job could start
     engine = one_process_engine(tmp_path, monkeypatch)
     (tmp_path / "plugins" / "slow.py").write_text(SLOW_DEL)
+    go = tmp_path / "go"
     try:
-        assert run("slow.slowdel", {}).status == "success"
+        assert run("slow.slowdel", {"go": str(go)}).status == "success"
         t0 = time.monotonic()
         assert run("example.square", {"x": 5}, timeout=30).output_data["result"] == 25
         assert time.monotonic() - t0 < 2
     finally:
+        go.touch()
         engine.executor.shutdown(wait=True, timeout=30)
 
 
