@@ -789,6 +789,7 @@ def one_process_engine(tmp_path, monkeypatch, kind="process", max_workers=1):
 
 
 SLOW_DEL = """
+import os
 import time
 
 from dahu.factory import register
@@ -797,9 +798,12 @@ from dahu.plugin import Plugin
 
 @register
 class SlowDel(Plugin):
-    # its finaliser takes 3 s (closing a detector, releasing a GPU)
+    # its finaliser takes 3 s (closing a detector, releasing a GPU), or until the file go
+    # appears (a stopped worker waits for it)
     def __del__(self):
-        time.sleep(3)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not os.path.exists(self.input["go"]):
+            time.sleep(0.01)
 """
 
 
@@ -808,13 +812,45 @@ def test_a_plugin_s_slow_finaliser_delays_not_the_next_job_of_its_worker(tmp_pat
     # let it go there: the plugin's __del__ ran before the next job could start
     engine = one_process_engine(tmp_path, monkeypatch)
     (tmp_path / "plugins" / "slow.py").write_text(SLOW_DEL)
+    go = tmp_path / "go"
     try:
-        assert run("slow.slowdel", {}).status == "success"
+        assert run("slow.slowdel", {"go": str(go)}).status == "success"
         t0 = time.monotonic()
         assert run("example.square", {"x": 5}, timeout=30).output_data["result"] == 25
         assert time.monotonic() - t0 < 2
     finally:
+        go.touch()
         engine.executor.shutdown(wait=True, timeout=30)
+
+
+SLOW_CLOSE = """
+import time
+from pathlib import Path
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class SlowClose(Plugin):
+    # its __del__ closes its file, which takes a moment (an HDF5 file flushed)
+    def __del__(self):
+        time.sleep(0.5)
+        Path(self.input["mark"]).write_text("closed")
+"""
+
+
+def test_a_worker_stopped_lets_its_plugins_finalisers_end(tmp_path, monkeypatch):
+    # bug (process): a worker told to stop (recycled, or at shutdown) ended at once, its
+    # last plugin's __del__ cut short: the file it was closing was left unfinished
+    engine = one_process_engine(tmp_path, monkeypatch)
+    (tmp_path / "plugins" / "slowclose.py").write_text(SLOW_CLOSE)
+    mark = tmp_path / "mark"
+    try:
+        assert run("slowclose.slowclose", {"mark": str(mark)}).status == "success"
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+    assert mark.read_text() == "closed"
 
 
 MARKS_ITS_FINALISER = """
@@ -857,7 +893,11 @@ def test_a_job_that_ends_at_once_is_let_go_by_its_own_thread_not_the_worker_s_lo
     monkeypatch.setenv("DAHU_WORKDIR", str(tmp_path))
     monkeypatch.setattr(logging, "basicConfig", lambda **_: None)
     monkeypatch.setattr(
-        worker, "threading", SimpleNamespace(Thread=_StartedThenEnded, Lock=threading.Lock)
+        worker,
+        "threading",
+        SimpleNamespace(
+            Thread=_StartedThenEnded, Lock=threading.Lock, Condition=threading.Condition
+        ),
     )
     ours, its = multiprocessing.Pipe()
     loop = threading.Thread(
@@ -901,7 +941,11 @@ def test_a_worker_that_cannot_start_a_job_s_thread_fails_the_job_and_ends(tmp_pa
     monkeypatch.setattr("dahu.journal.reader._current", None)  # worker_main sets them
     monkeypatch.setenv("DAHU_WORKDIR", str(tmp_path))
     monkeypatch.setattr(logging, "basicConfig", lambda **_: None)
-    monkeypatch.setattr(worker, "threading", SimpleNamespace(Thread=_NoThread, Lock=threading.Lock))
+    monkeypatch.setattr(
+        worker,
+        "threading",
+        SimpleNamespace(Thread=_NoThread, Lock=threading.Lock, Condition=threading.Condition),
+    )
     ours, its = multiprocessing.Pipe()
     loop = threading.Thread(
         target=worker.worker_main, args=(its, str(tmp_path), [], logging.WARNING)
@@ -911,7 +955,7 @@ def test_a_worker_that_cannot_start_a_job_s_thread_fails_the_job_and_ends(tmp_pa
         ours.send(("abort", 1, "aborted on request"))  # for no job: its thread fails too
         ours.send(("run", 1, "example.square", {"x": 2}))
         assert ours.poll(30)
-        assert ours.recv() == ("begin", 1)
+        assert ours.recv() == ("begin", 1, [])
         assert ours.poll(30)
         kind, job_id, outcome = ours.recv()
         assert (kind, job_id, outcome["state"]) == ("done", 1, "failure")
@@ -1006,6 +1050,132 @@ def test_a_plugin_that_signals_its_own_process_fails_its_job_not_the_next(tmp_pa
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+MASKS = """
+import subprocess
+import sys
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+CHILD = "import signal; print(sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])))"
+
+
+def child_mask(path):
+    # the signals a program started here has blocked
+    child = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True)
+    with open(path, "w") as f:
+        f.write(child.stdout.strip())
+
+
+@register
+class Masks(Plugin):
+    def process(self):
+        child_mask(self.input["out"] + ".process")
+        while not self.is_aborted:
+            time.sleep(0.01)
+
+    def abort(self):
+        super().abort()
+        child_mask(self.input["out"] + ".abort")
+
+    def __del__(self):
+        child_mask(self.input["out"] + ".del")
+"""
+
+
+def test_a_program_a_plugin_starts_has_no_signal_blocked(tmp_path, monkeypatch):
+    # bug (process): the worker blocks the signals that dump core outside its job threads:
+    # a program a plugin started from its abort() or __del__ inherited them blocked (a
+    # SIGSEGV or SIGABRT it got or sent itself was ignored, or left pending for ever)
+    engine = one_process_engine(tmp_path, monkeypatch)
+    (tmp_path / "plugins" / "masking.py").write_text(MASKS)
+    out = tmp_path / "mask"
+    try:
+        job = Job("masking.masks", {"out": str(out)})
+        job.start()
+        wait_for_file(tmp_path / "mask.process")
+        job.abort()
+        job.join(30)
+        assert job.status == "aborted"
+        for where in ("process", "abort", "del"):
+            wait_for_file(tmp_path / f"mask.{where}")
+            deadline = time.monotonic() + 30
+            while not (tmp_path / f"mask.{where}").read_text():
+                assert time.monotonic() < deadline, where
+                time.sleep(0.01)
+            assert (where, (tmp_path / f"mask.{where}").read_text()) == (where, "[]")
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+GATED = """
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Gated(Plugin):
+    # creates the file flag, then runs until the file go appears
+    def process(self):
+        open(self.input["flag"], "w").close()
+        while not os.path.exists(self.input["go"]):
+            time.sleep(0.01)
+        self.output["pid"] = os.getpid()
+"""
+
+
+DEL_SIGNALS = """
+import os
+import signal
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class DelSignals(Plugin):
+    # its __del__ crashes the process once the file go appears
+    def __del__(self):
+        while not os.path.exists(self.input["go"]):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGSEGV)
+"""
+
+
+def test_a_worker_crashed_by_the_last_job_s_finaliser_does_not_blame_the_next_alone(
+    tmp_path, monkeypatch
+):
+    # bug (process): a plugin whose __del__ (run once its job's outcome is sent) crashed
+    # the worker as the next job ran there failed that next job, "worker process died:
+    # signal 11 (SIGSEGV)", as if its own plugin had crashed
+    engine = one_process_engine(tmp_path, monkeypatch)
+    (tmp_path / "plugins" / "delsig.py").write_text(DEL_SIGNALS)
+    (tmp_path / "plugins" / "gate.py").write_text(GATED)
+    go, flag = tmp_path / "go", tmp_path / "flag"
+    try:
+        first = run("delsig.delsignals", {"go": str(go)})
+        assert first.status == "success"
+        job = Job("gate.gated", {"flag": str(flag), "go": str(tmp_path / "never")})
+        job.start()
+        wait_for_file(flag)
+        go.touch()
+        job.join(30)
+        assert (job.status, job.error) == (
+            "failure",
+            f"worker process died: signal 11 (SIGSEGV), as the plugin of job {first.id} "
+            "was still being let go there (its __del__): this job may be innocent",
+        )
+        assert run("example.square", {"x": 3}).output_data["result"] == 9
+    finally:
+        go.touch()
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_a_job_whose_worker_died_before_it_began_runs_on_a_new_one(tmp_path, monkeypatch, caplog):
     # bug (process): a worker that died after one job's result and before the next job
     # began there (a thread the first job's plugin left killed it) failed that next job,
@@ -1078,6 +1248,34 @@ def test_a_sigint_to_a_worker_is_ignored(tmp_path, monkeypatch):
         assert run("example.square", {"x": 3}).output_data["result"] == 9
         assert engine.executor.worker_pids() == pids
     finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+def test_a_sigterm_to_a_worker_while_its_server_runs_is_ignored(tmp_path, monkeypatch, capfd):
+    # bug (process): systemd stops a service with a SIGTERM to each of its processes at
+    # once: the workers died of it, and their jobs failed "worker process died: signal 15
+    # (SIGTERM)" (when the server heard of it before it aborted them itself) instead of
+    # ending "aborted: the server is shutting down"
+    engine = one_process_engine(tmp_path, monkeypatch)
+    (tmp_path / "plugins" / "gate.py").write_text(GATED)
+    flag, go = tmp_path / "flag", tmp_path / "go"
+    job = Job("gate.gated", {"flag": str(flag), "go": str(go)})
+    try:
+        job.start()
+        wait_for_file(flag)
+        (pid,) = engine.executor.worker_pids()
+        os.kill(pid, signal.SIGTERM)
+        said, deadline = "", time.monotonic() + 30
+        while f"worker {pid}: SIGTERM ignored" not in said and running(pid):
+            assert time.monotonic() < deadline
+            said += capfd.readouterr().err
+            time.sleep(0.01)
+        go.touch()
+        job.join(30)
+        assert (job.status, job.output_data.get("pid")) == ("success", pid)
+        assert engine.executor.worker_pids() == [pid]
+    finally:
+        go.touch()
         engine.executor.shutdown(wait=True, timeout=30)
 
 
@@ -1417,6 +1615,40 @@ def test_a_worker_recycled_for_its_memory_says_so(tmp_path, caplog):
             assert [run("example.square", {"x": 2}).status for _ in range(2)] == ["success"] * 2
         lines = [r.getMessage() for r in caplog.records if "recycling worker" in r.getMessage()]
         assert lines and all(" MB of memory (recycle_rss_mb 1)" in line for line in lines)
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+HOLDS = """
+import os
+
+import numpy
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Holds(Plugin):
+    # holds a stack of frames (mb MB) while its job runs: let go with the plugin
+    def process(self):
+        self.stack = numpy.ones(self.input["mb"] * 2**17)
+        self.output["pid"] = os.getpid()
+"""
+
+
+def test_a_worker_is_recycled_for_what_it_leaks_not_what_its_plugin_held(tmp_path, monkeypatch):
+    # bug (process): recycle_rss_mb was checked against the memory measured as the job
+    # ended, its plugin (and the frames it held) not let go yet: a worker whose jobs each
+    # held more than that was replaced after every job, its caches lost every time
+    engine = one_process_engine(tmp_path, monkeypatch)
+    (tmp_path / "plugins" / "holding.py").write_text(HOLDS)
+    try:
+        job = run("holding.holds", {"mb": 0})  # numpy imported: the worker's own memory
+        (worker,) = engine.executor._workers
+        engine.executor.recycle_rss_mb = worker.rss / 2**20 + 50
+        pids = [run("holding.holds", {"mb": 100}).output_data["pid"] for _ in range(3)]
+        assert pids == [job.output_data["pid"]] * 3
     finally:
         engine.executor.shutdown(wait=True, timeout=30)
 
@@ -1868,6 +2100,17 @@ def stray(other=0):
     return {"own": True}
 
 
+def sigterm_in_child():
+    """Whether a process it forks ends on SIGTERM at once, as any (its default action)."""
+    import signal
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else 1)
+    _, status = os.waitpid(pid, 0)
+    return {"default": os.waitstatus_to_exitcode(status) == 0}
+
+
 def closes_fds():
     """Closes every file descriptor it inherited (as code that daemonises does), the
     worker's pipe included."""
@@ -1879,6 +2122,7 @@ plugin_from_function(fork_returns)
 plugin_from_function(spawns)
 plugin_from_function(stray)
 plugin_from_function(closes_fds)
+plugin_from_function(sigterm_in_child)
 '''
 
 
@@ -1913,6 +2157,14 @@ def test_a_process_a_plugin_forks_never_reports_an_outcome(forking_engine):
     job = run("forking.spawns", {"x": 5})  # multiprocessing and fork + exec still work
     assert job.output_data["result"] == {"squared": 25, "exitcode": 0, "echoed": "42"}
     assert len(forking_engine.executor.worker_pids()) == 1  # the same worker throughout
+
+
+def test_a_process_a_plugin_forks_ends_on_sigterm_at_once(forking_engine):
+    # bug: it inherited the worker's SIGTERM handler (Python code), which runs only
+    # between two bytecodes: a multiprocessing child in a long numpy call outlived its
+    # terminate() until that call returned
+    job = run("forking.sigterm_in_child", {})
+    assert job.output_data["result"] == {"default": True}
 
 
 def test_a_worker_message_for_another_job_is_ignored(forking_engine):

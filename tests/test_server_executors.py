@@ -18,7 +18,7 @@ from dahu.factory import Factory
 from dahu.journal import job_file_stem
 from dahu.server_plugins import PLUGINS_HEADER, PluginCatalog
 
-from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS, finish
+from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS, finish, wait_for_file
 
 
 @pytest.fixture(scope="module", params=["thread", "process", "dask"])
@@ -334,6 +334,25 @@ def test_the_server_recycles_its_worker_processes_as_told(tmp_path):
     assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4], pids
 
 
+FLAGS = '''
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Flags(Plugin):
+    """Creates the file flag, then runs until aborted."""
+
+    def process(self):
+        open(self.input["flag"], "w").close()
+        while not self.is_aborted:
+            time.sleep(0.01)
+'''
+
+
 def test_a_terminal_ctrl_c_stops_the_server_and_aborts_its_jobs(tmp_path):
     # bug: Ctrl-C in the terminal of a dahu_server --executor process sent SIGINT to its
     # worker processes too (one process group): they died with KeyboardInterrupt
@@ -342,16 +361,20 @@ def test_a_terminal_ctrl_c_stops_the_server_and_aborts_its_jobs(tmp_path):
     import signal
     import subprocess
 
+    import psutil
+
     from dahu.journal.reader import JournalReader
 
     workdir = tmp_path / "work"
     log = tmp_path / "server.log"
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "flagging.py").write_text(FLAGS)
     server = LocalServer(
         str(workdir),
         str(log),
         max_workers=2,
         device="test/dahu/ctrlc",
-        extra_args=["--executor", "process"],
+        extra_args=["--executor", "process", "--plugins", str(tmp_path / "plugins")],
     )
     with open(log, "w") as out:  # a process group of its own, as a terminal's job is
         process = subprocess.Popen(
@@ -371,10 +394,24 @@ def test_a_terminal_ctrl_c_stops_the_server_and_aborts_its_jobs(tmp_path):
             except tango.DevFailed:
                 assert process.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.05)
-        jobs = [start(proxy, "example.sleep", t=60) for _ in range(2)]
-        while any(proxy.getJobState(job) != "running" for job in jobs):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        flags = [tmp_path / f"flag{i}" for i in range(2)]
+        jobs = [start(proxy, "flagging.flags", flag=str(flag)) for flag in flags]
+        for flag in flags:
+            wait_for_file(flag)
+        # and, as systemd's stop does, a SIGTERM to each worker too: they leave the stop
+        # to the server (they died of it, their jobs failing "worker process died: signal
+        # 15 (SIGTERM)" when the server heard of it before it aborted them)
+        workers = [p for p in psutil.Process(process.pid).children() if "worker" in p.cmdline()[2]]
+        assert len(workers) == 2
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            said = f"worker {worker.pid}: SIGTERM ignored"
+            while said not in log.read_text() and (
+                worker.is_running() or all(proxy.getJobState(job) == "running" for job in jobs)
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
         os.killpg(process.pid, signal.SIGINT)
         assert process.wait(60) == 0
     finally:

@@ -9,7 +9,8 @@ and reused, so caches stay warm between jobs.
   ``failure`` with the reason (``worker process died: signal 11 (SIGSEGV)``); the next
   job on that slot gets a new worker.  The server keeps serving.  A job whose worker
   died before it began there (before the worker's ``begin``) is never blamed: it is sent
-  to a new worker, once.
+  to a new worker, once.  One that died while the previous job's plugin was still being
+  let go there (its ``__del__``, which may have done it) says the job may be innocent.
 * ``abort`` asks the plugin first; if the job has not ended ``abort_grace`` seconds
   later the worker is killed.  The job ends ``aborted`` either way.
 * Workers can be recycled after ``recycle_jobs`` jobs or once their resident memory
@@ -99,7 +100,10 @@ class WorkerProcess:
         self.plugin_dirs = list(plugin_dirs)
         self.jobs = 0
         self.last_job: int | None = None  # the last job whose outcome came back
-        self.rss = 0
+        # earlier jobs whose plugin was still being let go (its __del__) as this one began
+        self.letting_go: set[int] = set()
+        self.rss = 0  # its memory after its last job (settled: once its plugin was let go)
+        self.settled = True
         self._send_lock = threading.Lock()
         self._stopped = False
 
@@ -128,6 +132,33 @@ class WorkerProcess:
         except (OSError, ValueError):
             return False
 
+    def released(self, message: tuple) -> bool:
+        """Take a ``released`` message (a job's plugin let go) or a ``memory`` one (the
+        memory once they are); False for any other message."""
+        if message[0] == "released" and len(message) == 2:
+            self.letting_go.discard(message[1])
+        elif message[0] == "memory" and len(message) == 3:
+            self.rss, self.settled = message[2], True
+        else:
+            return False
+        return True
+
+    def settle(self, timeout: float = 2.0) -> None:
+        """Between two jobs: its memory once the plugins of the jobs before are let go
+        (``timeout`` s at most)."""
+        if self.settled or not self.send(("memory",)):
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            while not self.settled and self.conn.poll(max(0.0, deadline - time.monotonic())):
+                message = self.conn.recv()
+                if not self.released(message):
+                    logger.warning(
+                        "worker %s: ignored a %r message between jobs", self.pid, message[0]
+                    )
+        except (EOFError, OSError):  # it died: the next job finds out
+            pass
+
     def kill(self) -> None:
         """Kill the worker now, with the processes its plugins started (its process
         group): an external program a hung plugin waits for must not outlive its job."""
@@ -138,9 +169,11 @@ class WorkerProcess:
             self.process.kill()
         self.process.wait(10)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask the worker to stop; kill it if it does not.  Safe to call more than once,
-        from several threads (the pool thread and ``shutdown`` may both do it)."""
+    def stop(self, timeout: float = 5.0, wait: bool = True) -> None:
+        """Ask the worker to stop (it gives a plugin still being let go, its ``__del__``,
+        up to 3 s); kill it if it does not, with ``wait`` (else :meth:`finish` does).
+        Safe to call more than once, from several threads (the pool thread and
+        ``shutdown`` may both do it)."""
         with self._send_lock:
             if self._stopped:
                 return
@@ -149,8 +182,13 @@ class WorkerProcess:
                 self.conn.send(("stop",))
             except (OSError, ValueError):
                 pass
+        if wait:
+            self.finish(timeout)
+
+    def finish(self, timeout: float = 5.0) -> None:
+        """Wait for a worker told to stop; kill it if it has not ended within ``timeout``."""
         try:
-            self.process.wait(timeout)
+            self.process.wait(max(0.0, timeout))
         except subprocess.TimeoutExpired:
             self.kill()
         with self._send_lock:
@@ -229,6 +267,8 @@ class RemoteExecution:
                 except (EOFError, OSError):
                     return self._died(started, begun, again)
                 kind = message[0]
+                if self.worker.released(message):
+                    continue
                 if len(message) < 2 or message[1] != self.job_id:
                     # not this job's (a stale or stray message): never its outcome
                     logger.warning(
@@ -241,6 +281,7 @@ class RemoteExecution:
                     continue
                 if kind == "begin":
                     begun = True
+                    self.worker.letting_go = set(message[2] if len(message) > 2 else ())
                 elif kind == "plugin" and self.on_plugin is not None:
                     self.on_plugin(message[2])
                 elif kind == "waiting" and waiting is None:
@@ -259,7 +300,8 @@ class RemoteExecution:
     def _outcome(self, data: dict[str, Any]) -> Outcome:
         self.worker.jobs += 1
         self.worker.last_job = self.job_id
-        self.worker.rss = data.get("rss", 0)
+        self.worker.rss = data.get("rss", 0)  # with its plugin still held: see settle
+        self.worker.settled = False
         return outcome_from_message(data)
 
     def _died(self, started: float, begun: bool, again: bool) -> Outcome | None:
@@ -289,6 +331,13 @@ class RemoteExecution:
             if again:
                 return None
             reason += ", before the job began"
+        elif self.worker.letting_go:  # its __del__ may have done it: the job may be innocent
+            earlier = ", ".join(str(job) for job in sorted(self.worker.letting_go))
+            jobs = "jobs" if len(self.worker.letting_go) > 1 else "job"
+            reason += (
+                f", as the plugin of {jobs} {earlier} was still being let go there (its "
+                "__del__): this job may be innocent"
+            )
         # marked: a tool that reports every failed job itself leaves this line out
         logger.error("job %s: %s", self.job_id, reason, extra={"job_failure": True})
         return Outcome(State.FAILURE, {}, reason, started, time.time())
@@ -356,7 +405,10 @@ class ProcessExecutor(ThreadExecutor):
             return "for the new plugin directories"
         if self.recycle_jobs and worker.jobs >= self.recycle_jobs:
             return f"after {worker.jobs} jobs"
-        if self.recycle_rss_mb and worker.rss > self.recycle_rss_mb * 2**20:
+        limit = (self.recycle_rss_mb or 0) * 2**20
+        if limit and worker.rss > limit:
+            worker.settle()  # its memory once the plugin it held is let go
+        if limit and worker.rss > limit:
             return (
                 f"at {worker.rss / 2**20:.0f} MB of memory (recycle_rss_mb {self.recycle_rss_mb:g})"
             )
@@ -396,7 +448,10 @@ class ProcessExecutor(ThreadExecutor):
         with self._workers_lock:
             workers = list(self._workers)
             self._workers.clear()
+        for worker in workers:  # all at once: each may give its plugin's __del__ its time
+            worker.stop(wait=False)
+        deadline = time.monotonic() + 5.0
         for worker in workers:
-            worker.stop()
+            worker.finish(deadline - time.monotonic())
         if workers:
             self.close_orphans()

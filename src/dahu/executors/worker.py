@@ -4,11 +4,16 @@ It imports plugin modules once and keeps them (and their ``DataCache``) between 
 It talks to the server over a pipe:
 
 server → worker: ``("run", job_id, plugin, input)``, ``("abort", job_id, reason)``,
-``("stop",)``; worker → server: ``("begin", job_id)`` as it takes the job (before anything
-of it runs: a worker that dies before the server heard it never began the job),
-``("plugin", job_id, job_timeout)`` once the plugin is instantiated, ``("waiting",
-job_id)`` / ``("resumed", job_id)`` around ``wait_for``, and ``("done", job_id, outcome)`` with the output as JSON text.  The server matches every
-message to its job by ``job_id`` and ignores one for another job.
+``("stop",)``; worker → server: ``("begin", job_id, earlier)`` as it takes the job (before
+anything of it runs: a worker that dies before the server heard it never began the job;
+``earlier``: the jobs whose plugin is still being let go, its ``__del__`` run, after their
+outcome), ``("plugin", job_id, job_timeout)`` once the plugin is instantiated,
+``("waiting", job_id)`` / ``("resumed", job_id)`` around ``wait_for``, ``("done", job_id,
+outcome)`` with the output as JSON text, and ``("released", job_id)`` once a job a
+``begin`` named as ``earlier`` is let go.  The server matches every message to its job by
+``job_id`` and ignores one for another job (``released`` aside).  Between two jobs, the
+server may ask ``("memory",)``: the worker answers ``("memory", None, rss)`` once the
+plugins of the jobs before are let go (1 s at most), what they held no longer counted.
 
 A process a plugin forks (``os.fork()`` without ``exec``) that returns from the plugin
 instead of ending ends there (``os._exit``: 0 if the plugin succeeded, the code of a
@@ -25,11 +30,20 @@ starts dumping its core: a ``done`` sent meanwhile by the job's thread made the 
 ends the worker before it sends ``begin``.
 
 SIGINT is said in the log and ignored (it used to end the worker's loop with a
-``KeyboardInterrupt`` traceback: the worker died, its job's outcome sent or not).
+``KeyboardInterrupt`` traceback: the worker died, its job's outcome sent or not).  So is
+SIGTERM while the server that started the worker runs (systemd's stop sends it to every
+process of the service at once: the server aborts the jobs, then stops its workers); a
+worker whose server is gone ends on it.
 
 A plugin's ``wait_for`` reads the other job's record in the server's journal through a
 :class:`~dahu.journal.reader.JournalReader` (the work directory is shared), so jobs in
 different workers can wait for each other; no engine is made in a worker.
+
+The threads that run plugin code (the job's, which also lets the plugin go once its
+outcome is sent, and the one calling its ``abort()``) take those signals: a program the
+plugin starts there inherits the default mask (until 2026-11-30 one started from its
+``abort()`` or ``__del__`` had them blocked, and ignored a ``SIGSEGV``/``SIGABRT`` it sent
+itself or got).
 
 ``python -m dahu.executors.worker`` (or ``python -m dahu.worker``) runs it.
 """
@@ -78,6 +92,14 @@ CORE_SIGNALS = {
     signal.SIGXFSZ,
 }
 """The signals whose default action dumps core: taken by the job threads (module doc)."""
+
+LET_GO_WAIT = 0.25
+"""Seconds a job waits, before its ``begin``, for the plugins of the jobs before it to be
+let go (a slow ``__del__`` holds it no longer)."""
+
+LET_GO_AT_STOP = 3.0
+"""Seconds a worker told to stop (or whose server is gone) gives the plugins still being
+let go (a ``__del__`` closing a file) before it ends (the server kills it after 5)."""
 
 _self: psutil.Process | None = None  # this process, for the memory reported per outcome
 
@@ -153,6 +175,27 @@ def _ignore_interrupt(signum: int, frame: Any) -> None:
     logger.warning("worker %d: SIGINT ignored (the server stops its workers)", os.getpid())
 
 
+def _defer_termination(server_pid: int) -> Any:
+    """The worker's SIGTERM handler: while the server that started it runs, the signal is
+    said in the log and ignored (systemd sends it to every process of the service at
+    once: the server, stopping, aborts the jobs and then stops its workers); without the
+    server, it ends the process as it would have.  (A process a plugin forks has the
+    default action back.)"""
+    worker_pid = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() == worker_pid and os.getppid() == server_pid:
+            logger.warning(
+                "worker %d: SIGTERM ignored while the server runs (it stops its workers)",
+                worker_pid,
+            )
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    return handler
+
+
 def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int) -> None:
     """Serve jobs from the server until told to stop or the pipe closes."""
     from ..app import QUIET_LOGGERS
@@ -171,7 +214,16 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
     signal.pthread_sigmask(signal.SIG_BLOCK, CORE_SIGNALS)
     with contextlib.suppress(ValueError):  # not the main thread (a test's)
         signal.signal(signal.SIGINT, _ignore_interrupt)
+        signal.signal(signal.SIGTERM, _defer_termination(os.getppid()))
+        # a process a plugin forks (multiprocessing) ends on it at once, as usual: a
+        # Python handler would run only once its C code (numpy) returned
+        os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
     send_lock = threading.Lock()
+    # jobs whose plugin is being let go (its __del__ run) after their outcome; told: those
+    # a "begin" named, whose end of it the server is to hear ("released")
+    let_go = threading.Condition(send_lock)
+    letting_go: set[int] = set()
+    told: set[int] = set()
     current: dict[int, Execution] = {}
     waits: dict[int, int] = {}  # job id -> waits for other jobs (its plugin's threads')
     waits_lock = threading.Lock()
@@ -190,12 +242,11 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
             outcome = execution.run()
         except BaseException as err:  # Execution.run does not raise; belt and braces
             outcome = Outcome(State.FAILURE, {}, f"worker error: {error_line(err)}")
-        # blocked again: this thread, still alive while the next job runs, must not take
-        # a signal that job's plugin sends, and leave that job's thread to say "done"
-        signal.pthread_sigmask(signal.SIG_BLOCK, CORE_SIGNALS)
         if os.getpid() != worker_pid:
             leave_fork(job_id, outcome)
         current.pop(job_id, None)
+        with send_lock:
+            letting_go.add(job_id)
         try:
             send(("done", job_id, outcome_message(outcome, job_id)))
         except OSError as err:
@@ -203,8 +254,22 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
             # nobody to serve; waiting on the pipe would leave the job running for ever
             logger.error("job %s: cannot send its outcome, the worker ends: %s", job_id, err)
             os._exit(LOST_PIPE)
+        # the plugin is let go here (its __del__ runs), with the signals still unblocked:
+        # a program it starts inherits this thread's mask.  Then they are blocked: this
+        # thread takes no signal the next job's plugin sends (that job's thread is to)
+        del execution
+        signal.pthread_sigmask(signal.SIG_BLOCK, CORE_SIGNALS)
+        with let_go:
+            letting_go.discard(job_id)
+            let_go.notify_all()
+            if job_id in told:
+                told.discard(job_id)
+                with contextlib.suppress(OSError):  # the next "done" says it
+                    conn.send(("released", job_id))
 
     def abort(job_id: int, reason: str) -> None:
+        # the plugin's abort() runs here: a program it starts inherits this mask
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, CORE_SIGNALS)
         execution = current.get(job_id)
         if execution is not None:
             execution.abort(reason)
@@ -222,7 +287,12 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
             job_id, plugin_name, input_data = message[1:4]
             # one sent while no job ran ends this worker now, before the job begins
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signal.sigpending() & CORE_SIGNALS)
-            send(("begin", job_id))
+            with let_go:  # and the earlier jobs whose plugin is still being let go
+                # given a moment first: a job's thread that has not run since it sent its
+                # outcome (the GIL) would have the job it lets go named for nothing
+                let_go.wait_for(lambda: not letting_go, LET_GO_WAIT)
+                told.update(letting_go)
+                conn.send(("begin", job_id, sorted(letting_go)))
 
             @contextlib.contextmanager
             def waiting(job_id: int = job_id) -> Iterator[None]:
@@ -267,8 +337,20 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
                 threading.Thread(target=abort, args=message[1:3], daemon=True).start()
             except RuntimeError:  # no thread to be had: here, then
                 abort(*message[1:3])
+        elif kind == "memory":  # recycle_rss_mb: what it leaks, not what plugins held
+            with let_go:
+                let_go.wait_for(lambda: not letting_go, 1.0)
+                conn.send(("memory", None, _rss()))
         elif kind == "stop":
             break
+    with let_go:  # a plugin whose __del__ still runs (closing its files) is given its time
+        if not let_go.wait_for(lambda: not letting_go, LET_GO_AT_STOP):
+            logger.warning(
+                "the worker ends while the plugin of job(s) %s is still being let go (its "
+                "__del__ took over %g s)",
+                ", ".join(str(job) for job in sorted(letting_go)),
+                LET_GO_AT_STOP,
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
