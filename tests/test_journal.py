@@ -650,6 +650,40 @@ def test_a_stop_waiting_for_a_dead_server_files_says_so(workdir, monkeypatch, ca
     ]
 
 
+def test_a_stop_leaves_the_dead_server_files_to_the_next_start_at_its_timeout(
+    workdir, monkeypatch, caplog
+):
+    # bug: a stop waited for every file a dead server left, whatever its timeout said
+    # (dahu_server --shutdown-timeout 5 took 19 s after a start with 150,000 to write)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(20)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    gate = a_slow_recovery_disk(monkeypatch)  # each file: 10 s until the gate opens
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        begun = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="dahu.engine"):
+            assert engine.shutdown(timeout=0.2)
+        assert time.monotonic() - begun < 8  # (not 20 files of 10 s)
+    finally:
+        gate.set()
+    assert engine.recovery.wait(10)  # the thread ends without writing more
+    said = [r.getMessage() for r in caplog.records if "the next start" in r.getMessage()]
+    assert said[-1] == (
+        "stopping after 0.2 s: 0 job(s) got the .inp/.out files a dead process left "
+        "unwritten, the next start writes the rest"
+    )
+    again = dahu.engine.Engine(workdir=str(workdir))  # the rest: written now
+    try:
+        assert again.wait_recovered(10) and again.recovered == len(ids)
+    finally:
+        again.close()
+    for job_id in ids:
+        stem = job_file_stem(str(workdir), job_id, "example.square")
+        assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
+
+
 def test_a_full_disk_at_a_start_logs_the_refused_files_once(workdir, monkeypatch, caplog):
     # bug: a start on a full disk logged one error per job left by the dead server
     # (100,000 lines "job N: cannot write its .inp/.out files: [Errno 28] ...")

@@ -26,7 +26,9 @@ It runs in a thread of its own (:class:`Recovery`, started by the engine): the e
 and the device, answer at once however many jobs were queued at the kill (100,000 took
 8 to 15 s to write); the engine's stop waits for it (and so does the process's exit),
 and :meth:`Recovery.ensure` writes a job's files at once if asked for them
-(``cleanJob``) before the thread got to them.
+(``cleanJob``) before the thread got to them.  A stop with a timeout
+(:meth:`~dahu.engine.core.Engine.shutdown`) waits for it at most until then
+(:meth:`Recovery.stop`): its row in the journal stays, and the next start writes the rest.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Recovery:
         self.ensured: set[int] = set()  # the jobs whose files ensure() saw to
         self.refused = 0  # jobs whose files the disk refused (full: logged once, counted)
         self.fresh: list[tuple[int, str]] = []  # (id, plugin) written, record not seen since
+        self.stopped = False  # the engine stops before the thread is done: no more files
         self.thread = threading.Thread(target=self._run, name="dahu-recovery", daemon=True)
         self.thread.start()
         # a script that ends without closing its engine: the files written first (before
@@ -74,10 +77,19 @@ class Recovery:
     def _run(self) -> None:
         try:
             write_missing_files(self)
+        except _Stopped:
+            pass
         except Exception:  # the journal closed under it (the process exits), a bug
-            logger.exception("the files left unwritten by a dead process: not all written")
+            if not self.stopped:
+                logger.exception("the files left unwritten by a dead process: not all written")
         finally:
             self.done.set()
+
+    def stop(self) -> None:
+        """Write no more files (the engine stops before they are all written): the
+        journal's row of this writing stays (:mod:`dahu.journal.pending`), and the next
+        start writes the rest; neither the thread nor the process's exit waits."""
+        self.stopped = True
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the thread is done; True if it is."""
@@ -102,6 +114,8 @@ class Recovery:
     def write(self, record: Any) -> bool:
         """Write the files of ``record``, unless :meth:`ensure` saw to them."""
         with self.lock:
+            if self.stopped:
+                raise _Stopped
             written = record.id not in self.ensured and self._write(record)
             if len(self.fresh) >= WINDOW:
                 self._confirm()
@@ -163,10 +177,15 @@ class Recovery:
             return False
 
 
+class _Stopped(Exception):
+    """The engine stopped the writing (:meth:`Recovery.stop`)."""
+
+
 def _wait_at_exit(ref: weakref.ref, pid: int) -> None:
     recovery = ref()
     if recovery is not None and pid == os.getpid():  # (a forked child has no such thread)
-        recovery.wait()
+        if not recovery.stopped:
+            recovery.wait()
 
 
 def write_missing_files(recovery: Recovery) -> int:

@@ -59,7 +59,13 @@ def shut_down(engine: Any, abort: bool, timeout: float, since: float | None) -> 
             "(%d so far; a kill now leaves the rest to the next start)",
             engine.recovered,
         )
-    engine.wait_recovered()
+    if not engine.wait_recovered(max(0.0, deadline - time.monotonic())):
+        engine.recovery.stop()  # its row stays in the journal: the next start goes on
+        logger.warning(
+            "stopping after %g s: %d job(s) got the .inp/.out files a dead process left "
+            "unwritten, the next start writes the rest",
+            *(timeout, engine.recovered),
+        )
     lost = _last_retry(engine)
     engine.journal.close()
     return not unfinished and not lost
