@@ -817,6 +817,59 @@ def dead_jobs_ended_without_files(workdir, count):
     return ids
 
 
+KILLED_AS_IT_WRITES = """
+import os, sys, time, dahu.engine
+from dahu.journal import files
+replace = os.replace
+
+def hang(source, target):  # the kill comes as the first file is written aside
+    if source.endswith(".part"):
+        print("writing", flush=True)
+        time.sleep(600)
+    replace(source, target)
+
+files.os.replace = hang
+dahu.engine.Engine(workdir=sys.argv[1])
+time.sleep(600)
+"""
+
+
+def test_a_kill_in_the_middle_of_a_job_file_leaves_no_part_file(workdir):
+    # bug: a start killed -9 as it wrote a dead server's files left
+    # NNNN/.PID-THREAD.part beside the job files for good (and a prune of every job
+    # of that directory left it, and the directory)
+    from dahu.retention import prune
+
+    ids = dead_jobs_ended_without_files(workdir, 3)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_AS_IT_WRITES, str(workdir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert proc.stdout.readline() == "writing\n"
+    finally:
+        proc.kill()
+        proc.wait(30)
+    directory = workdir / "0000"
+    assert [n for n in os.listdir(directory) if n.endswith(".part")]  # left by the kill
+    parts = f"{directory}/.{os.getpid()}-1.part"  # one of a live process: kept
+    open(parts, "w").close()
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.wait_recovered(10) and engine.recovered == 3
+    finally:
+        engine.close()
+    assert [n for n in os.listdir(directory) if n.endswith(".part")] == [os.path.basename(parts)]
+    for job_id in ids:
+        stem = job_file_stem(str(workdir), job_id, "example.square")
+        assert json.loads(open(stem + ".out").read())["result"] == job_id
+    os.rename(parts, f"{directory}/.{proc.pid}-1.part")  # a dead one's, no start since
+    assert prune(str(workdir), keep_last=0, min_age=0).removed == 3
+    assert not directory.exists()
+
+
 def test_a_prune_while_a_start_writes_a_job_files_leaves_no_file_without_record(
     workdir, monkeypatch
 ):

@@ -39,6 +39,7 @@ from .errors import DahuError
 from .jobquery import open_journal
 from .journal import JournalError, SQLiteJournal, job_file_stem
 from .journal.base import MAX_ID
+from .journal.files import remove_dead_parts
 from .properties import MAX_RETENTION_INTERVAL
 from .states import State
 from .timespec import BadTime, parse_duration
@@ -223,6 +224,7 @@ def prune(
         if not dry_run:
             for directory in sorted(directories):
                 try:
+                    remove_dead_parts(directory)  # (a killed start's: no file of a job)
                     os.rmdir(directory)  # only if empty: the server may write there again
                 except OSError:
                     pass

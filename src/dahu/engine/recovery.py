@@ -43,6 +43,7 @@ from typing import Any
 
 from ..errors import one_line
 from ..journal import INTERRUPTED, job_file_stem, pending, write_job_files
+from ..journal.files import job_file_dir, remove_dead_parts
 from ..journal.sqlite import process_alive
 from ..states import State
 
@@ -233,6 +234,7 @@ def write_missing_files(recovery: Recovery) -> int:
             written += _beyond_reach(recovery, floor, alive)
     for last in sorted({start.top for start in cut_short}):  # starts killed while writing
         written += _look_at_all(recovery, last, alive)
+        _remove_parts(engine.workdir, last)
     recovery.confirm()
     if not recovery.refused:  # (refused: the next start tries again)
         pending.end(journal, [mark, *(start.rowid for start in cut_short)])
@@ -247,6 +249,17 @@ def write_missing_files(recovery: Recovery) -> int:
             recovery.refused,
         )
     return written
+
+
+def _remove_parts(workdir: str, top: int) -> None:
+    """Remove the ``.part`` files that a start killed as it wrote the files left unwritten
+    up to id ``top`` left in the directories of the :data:`REACH` ids it looked at."""
+    removed = sum(
+        remove_dead_parts(job_file_dir(workdir, number * 1000))
+        for number in range(max(0, top - REACH) // 1000, top // 1000 + 1)
+    )
+    if removed:
+        logger.info("%d .part file(s) of a process killed as it wrote them: removed", removed)
 
 
 def _look_at_all(recovery: Recovery, top: int, alive: dict[tuple, bool]) -> int:
