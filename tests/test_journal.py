@@ -450,6 +450,112 @@ def test_a_running_engine_closes_the_jobs_of_a_process_that_died_beside_it(workd
         engine.close()
 
 
+UNFINISHED = ("uninitialized", "starting", "running")
+
+
+def test_the_jobs_of_a_process_of_another_pid_namespace_are_closed_once_it_died(
+    workdir, monkeypatch
+):
+    # bug: two servers on one work directory in two containers of one host name, each
+    # with its own pid namespace: each took the other's pid for dead (it sees no such
+    # process) and closed its running jobs as interrupted, at a start and every 2 s
+    from dahu.engine import orphans
+    from dahu.journal.base import HOST
+
+    monkeypatch.setattr(orphans, "CHECK_EVERY", 0.1)
+    looks, owners = [], orphans.unfinished_owners
+    monkeypatch.setattr(orphans, "unfinished_owners", lambda j: looks.append(1) or owners(j))
+    engine = dahu.engine.configure(workdir=str(workdir))
+    proc = child(workdir, "hang")  # its lock held as long as it runs
+    try:
+        running_id, queued_id = map(int, proc.stdout.readline().split())
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+        with db:  # as another namespace sees it: a pid that runs nothing here
+            db.execute("UPDATE jobs SET pid = ? WHERE pid = ?", (gone.pid, proc.pid))
+            db.execute(
+                "UPDATE processes SET pid = ?, pidns = 'pid:[4026500000]' WHERE pid = ?",
+                (gone.pid, proc.pid),
+            )
+        db.close()
+        seen = len(looks)
+        deadline = time.monotonic() + 30
+        while len(looks) < seen + 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(looks) >= seen + 3  # the watch looked, and left them alone
+        assert Job.getStatusFromID(running_id) in UNFINISHED
+        beside = dahu.engine.Engine(workdir=str(workdir))  # and so does a start
+        try:
+            assert beside.interrupted == []
+        finally:
+            beside.close()
+        assert Job.getStatusFromID(running_id) in UNFINISHED
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    try:  # dead: its lock went with it
+        assert Job.synchronize_job(running_id, 30) == "failure"
+        reason = f"interrupted: its process, pid {gone.pid} on {HOST}, died"
+        assert Job.getErrorFromID(queued_id) == reason
+    finally:
+        engine.close()
+
+
+def test_a_process_of_an_earlier_boot_is_gone_one_of_another_machine_may_run():
+    # a journal written before the machine restarted: its pids are those of no process
+    # now; one of another machine of this host name (a shared directory): cannot tell
+    import psutil
+
+    from dahu.journal import processes
+
+    booted = psutil.boot_time()
+    known = processes.Known(
+        [(11, booted - 60, "an earlier boot", processes.PIDNS, 11)]
+        + [(12, booted + 1, "another machine", processes.PIDNS, 12)]
+        + [(13, 1.0, processes.BOOT, processes.PIDNS, 13)],
+        None,
+    )
+    assert known.alive(11, booted - 30) is False
+    assert known.alive(12, booted + 30) is True
+    assert known.alive(13, 2.0) is None  # this namespace: its pid tells
+    assert known.alive(14, 2.0) is None  # no row: its pid tells
+
+
+UNSHARE = ["unshare", "--pid", "--fork", "--map-root-user", "--mount-proc"]
+
+IN_ANOTHER_NAMESPACE = """
+import os, sys, dahu.engine
+engine = dahu.engine.Engine(workdir=sys.argv[1])
+print(os.getpid(), sorted(engine.interrupted), flush=True)
+engine.close()
+"""
+
+
+def test_a_start_in_another_pid_namespace_leaves_a_live_server_jobs_alone(workdir):
+    # the same in a real second pid namespace (a container of the same host name)
+    start = [*UNSHARE, sys.executable, "-c", IN_ANOTHER_NAMESPACE, str(workdir)]
+    try:
+        probe = subprocess.run([*UNSHARE, "true"], capture_output=True, timeout=30)
+    except OSError:
+        pytest.skip("no unshare here")
+    if probe.returncode:
+        pytest.skip(f"no pid namespace of our own here: {probe.stderr.decode().strip()}")
+    proc = child(workdir, "hang")
+    try:
+        running_id, queued_id = map(int, proc.stdout.readline().split())
+        there = subprocess.run(start, capture_output=True, text=True, timeout=60, env=child_env())
+        assert there.stdout.split(maxsplit=1) == ["1", "[]\n"], there.stderr
+        reader = SQLiteJournal(str(workdir), create=False)
+        assert reader.get(running_id).state in UNFINISHED
+        reader.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    there = subprocess.run(start, capture_output=True, text=True, timeout=60, env=child_env())
+    assert there.stdout.split(maxsplit=1) == ["1", f"[{running_id}, {queued_id}]\n"]
+
+
 def test_the_jobs_of_a_killed_process_not_yet_reaped_are_closed(workdir, monkeypatch):
     # bug: a server killed by a script that had not waited for it yet (a zombie) was
     # taken for a running one: its jobs stayed unfinished for the other servers

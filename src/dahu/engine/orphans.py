@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from ..errors import DahuError, one_line
-from ..journal import SQLiteJournal
+from ..journal import SQLiteJournal, processes
 from ..journal.sqlite import process_alive
 from ..journal.sqlitefile import close_dead, unfinished_owners
 from .recovery import Recovery
@@ -53,7 +53,7 @@ def watch_dead(engine: Any) -> None:
         begun = time.monotonic()
         try:
             owners = unfinished_owners(engine.journal)
-            dead = [(h, p) for h, p, since in owners if not process_alive(h, p, since)]
+            dead = [] if not owners else _dead(engine.journal, owners)
         except DahuError as err:  # the journal cannot be read now: the next look
             logger.debug("dead processes: not looked for: %s", err)
             dead = []
@@ -75,7 +75,7 @@ def watch_dead(engine: Any) -> None:
         try:
             journal = engine.journal
             with journal.transaction() as db:
-                closed, _ = close_dead(db, named=True)
+                closed, _ = close_dead(db, journal.path, named=True)
             refused[0] = ""
             if closed:
                 names = ", ".join(f"pid {pid} on {host}" for host, pid in dead)
@@ -96,3 +96,10 @@ def watch_dead(engine: Any) -> None:
                 engine.watchdog.call_later(CHECK_EVERY, check)
 
     engine.watchdog.call_later(CHECK_EVERY, check)
+
+
+def _dead(journal: Any, owners: list[tuple[str, int, float]]) -> list[tuple[str, int]]:
+    """The ``(host, pid)`` of ``owners`` (with the oldest submission of each) whose
+    process is gone, as far as the journal's :mod:`~dahu.journal.processes` tell too."""
+    known = processes.known(journal._read, journal.path)
+    return [(h, p) for h, p, since in owners if not process_alive(h, p, since, None, known)]

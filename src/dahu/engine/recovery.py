@@ -42,7 +42,7 @@ import weakref
 from typing import Any
 
 from ..errors import one_line
-from ..journal import INTERRUPTED, job_file_stem, pending, write_job_files
+from ..journal import INTERRUPTED, job_file_stem, pending, processes, write_job_files
 from ..journal.files import job_file_dir, remove_dead_parts
 from ..journal.sqlite import process_alive
 from ..states import State
@@ -178,6 +178,15 @@ class Recovery:
             return False
 
 
+class _Owners(dict):
+    """``(host, pid)`` -> whether its process runs (asked once each), with what the
+    journal knows of the processes (:mod:`dahu.journal.processes`)."""
+
+    def __init__(self, known: Any):
+        super().__init__()
+        self.known = known
+
+
 class _Stopped(Exception):
     """The engine stopped the writing (:meth:`Recovery.stop`)."""
 
@@ -204,7 +213,7 @@ def write_missing_files(recovery: Recovery) -> int:
         if record is not None and write(record):
             written += 1
             recovery.written = written
-    alive: dict[tuple, bool] = {}  # (host, pid) -> its process runs (asked once each)
+    alive = _Owners(processes.known(journal._read, journal.path))
     present, since = 0, None  # since: once 50 in a row have files, the end of the 50th
     floor = max(0, top - REACH)
     # first the ids of the queue cut short and a window below: the jobs that ended last
@@ -262,7 +271,7 @@ def _remove_parts(workdir: str, top: int) -> None:
         logger.info("%d .part file(s) of a process killed as it wrote them: removed", removed)
 
 
-def _look_at_all(recovery: Recovery, top: int, alive: dict[tuple, bool]) -> int:
+def _look_at_all(recovery: Recovery, top: int, alive: _Owners) -> int:
     """A start killed while it wrote the files left unwritten up to id ``top``: every
     ended job of a dead process of the :data:`REACH` ids up to ``top`` gets those it
     lacks (what that start wrote first tells nothing of the rest), and the rest of the
@@ -278,7 +287,7 @@ def _look_at_all(recovery: Recovery, top: int, alive: dict[tuple, bool]) -> int:
     return written + (_beyond_reach(recovery, floor, alive) if floor > 0 else 0)
 
 
-def _beyond_reach(recovery: Recovery, floor: int, alive: dict[tuple, bool]) -> int:
+def _beyond_reach(recovery: Recovery, floor: int, alive: _Owners) -> int:
     """The jobs a start closed as interrupted share one end and got their files in the
     order of their ids: a kill in the middle of more than :data:`REACH` of them left
     the oldest without files below ``floor``.  Those of the closings just above it get
@@ -306,7 +315,7 @@ def _beyond_reach(recovery: Recovery, floor: int, alive: dict[tuple, bool]) -> i
 def _write_missing(
     engine: Any,
     records: list[Any],
-    alive: dict[tuple, bool],
+    alive: _Owners,
     present: int,
     since: float | None,
     write: Any,
@@ -319,7 +328,9 @@ def _write_missing(
     for record in records:
         owner = (record.host, record.pid)
         if owner not in alive:  # newest record first: a pid used again since is told apart
-            alive[owner] = process_alive(record.host, record.pid, record.submitted)
+            alive[owner] = process_alive(
+                record.host, record.pid, record.submitted, None, alive.known
+            )
         if alive[owner]:
             continue  # its process writes its files (they may be queued there now)
         looked += 1
