@@ -450,6 +450,36 @@ def test_a_running_engine_closes_the_jobs_of_a_process_that_died_beside_it(workd
         engine.close()
 
 
+def test_a_process_dying_beside_a_start_writing_files_has_its_jobs_closed_at_once(
+    workdir, monkeypatch
+):
+    # bug: a server that had just started after a kill with 100,000 jobs queued closed
+    # the jobs of a server beside it killed meanwhile only once it had written the
+    # files of the first: their clients read "running" for 10 s more
+    from dahu.engine import orphans
+
+    monkeypatch.setattr(orphans, "CHECK_EVERY", 0.1)
+    journal = SQLiteJournal(str(workdir))
+    journal.create_many("example.square", [{"x": i} for i in range(20)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    gate = a_slow_recovery_disk(monkeypatch)  # each file: 10 s until the gate opens
+    engine = dahu.engine.configure(workdir=str(workdir))
+    proc = child(workdir, "hang")
+    try:
+        running_id = int(proc.stdout.readline().split()[0])
+        proc.kill()
+        proc.wait(timeout=30)
+        assert Job.synchronize_job(running_id, 30) == "failure"
+        assert not engine.wait_recovered(0)  # the start's files: still being written
+        gate.set()
+        stem = job_file_stem(str(workdir), running_id, "example.sleep")
+        wait_for_file(pathlib.Path(stem + ".out"))  # then its files
+    finally:
+        gate.set()
+        engine.close()
+
+
 UNFINISHED = ("uninitialized", "starting", "running")
 
 

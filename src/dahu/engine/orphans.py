@@ -10,7 +10,7 @@ state index: nothing is added to a job's path; less often when that takes long);
 of them is gone, its jobs are closed as ``failure``, their error ``interrupted: its
 process, pid N on HOST, died``, and their ``.inp``/``.out`` files written by the
 start's recovery (:class:`~.recovery.Recovery`), with those of the jobs it ended
-without files."""
+without files: once the start's own is done (their closing does not wait for it)."""
 
 from __future__ import annotations
 
@@ -60,8 +60,7 @@ def watch_dead(engine: Any) -> None:
         except Exception:  # a bug must not end the looks
             logger.exception("dead processes: the look failed")
             dead = []
-        recovering = engine.recovery is not None and not engine.recovery.wait(0)
-        if dead and not recovering:  # (after the start's recovery: one at a time)
+        if dead:
             engine.watchdog.call_later(0.0, lambda: close(engine, dead), own_thread=True)
         else:  # 100,000 jobs of its own queued: 70 ms a look, at most 2% of the time
             later = max(CHECK_EVERY, 50 * (time.monotonic() - begun))
@@ -84,6 +83,9 @@ def watch_dead(engine: Any) -> None:
                     "closed as failed: interrupted",
                     *(journal.path, len(closed), names),
                 )
+                earlier = engine.recovery  # (the start's, under way: one at a time)
+                if earlier is not None:
+                    earlier.wait()
                 if not engine._closed:  # (else the next start writes their files)
                     engine.recovery = Recovery(engine, closed, journal.last_id())
         except Exception as err:  # the journal refused (a full disk): the next look tries
