@@ -532,24 +532,22 @@ def test_the_jobs_of_a_process_of_another_pid_namespace_are_closed_once_it_died(
         engine.close()
 
 
-def test_a_process_of_an_earlier_boot_is_gone_one_of_another_machine_may_run():
-    # a journal written before the machine restarted: its pids are those of no process
-    # now; one of another machine of this host name (a shared directory): cannot tell
-    import psutil
-
+def test_a_process_of_another_boot_is_judged_by_its_pid():
+    # a journal written before the machine restarted, or copied from a machine of the
+    # same host name: no lock of this kernel tells of its processes, their pids do
     from dahu.journal import processes
 
-    booted = psutil.boot_time()
     known = processes.Known(
-        [(11, booted - 60, "an earlier boot", processes.PIDNS, 11)]
-        + [(12, booted + 1, "another machine", processes.PIDNS, 12)]
-        + [(13, 1.0, processes.BOOT, processes.PIDNS, 13)],
+        [(11, 10.0, "an earlier boot", "pid:[4026500000]", 11)]
+        + [(12, 10.0, processes.BOOT, "pid:[4026500000]", 12)]
+        + [(13, 10.0, processes.BOOT, processes.PIDNS, 13)],
         None,
     )
-    assert known.alive(11, booted - 30) is False
-    assert known.alive(12, booted + 30) is True
-    assert known.alive(13, 2.0) is None  # this namespace: its pid tells
-    assert known.alive(14, 2.0) is None  # no row: its pid tells
+    assert known.alive(11, 20.0) is None
+    assert known.alive(12, 20.0) is True  # another namespace, its lock file gone: it may run
+    assert known.alive(12, 5.0) is None  # a job before it began: not its
+    assert known.alive(13, 20.0) is None  # this namespace: its pid tells
+    assert known.alive(14, 20.0) is None  # no row: its pid tells
 
 
 UNSHARE = ["unshare", "--pid", "--fork", "--map-root-user", "--mount-proc"]

@@ -7,9 +7,9 @@ A pid means a process only in its pid namespace, and only until the machine rest
 two containers of one host name (``--network host``) with their own pid namespaces
 took each other's pids for dead, and closed each other's running jobs.  A process whose
 row names another namespace of this boot is alive while its lock is held (a lock goes
-with its process, whichever namespace looks at it); one of an earlier boot is gone; one
-of another boot since (another machine of this host name) may run: left alone.  A
-process without a row (an older Dahu, no lock file) is judged by its pid as before.
+with its process, whichever namespace looks at it).  One of another boot (this
+machine's before it restarted, or a journal copied from a machine of the same name), or
+without a row (an older Dahu, no lock file), is judged by its pid as before.
 
 Locks are open-file-description locks (``F_OFD_SETLK``): closing another descriptor of
 the file in the process does not release them; a process forked from the writer holds
@@ -162,10 +162,8 @@ class Known:
         if not rows:
             return None
         started, boot, pidns, lock = rows[-1]
-        if boot != BOOT:  # an earlier boot of this machine, or another one of its name
-            return started >= _boot_time()
-        if pidns == PIDNS:
-            return None
+        if boot != BOOT or pidns == PIDNS:  # (another boot: this machine's before, whose
+            return None  # pids are gone, or a journal copied from one of its name)
         if lock is None or self.path is None:
             return True  # another namespace, no lock: cannot tell, it may run
         try:
@@ -187,9 +185,3 @@ def known(read: Any, journal_path: str) -> Known:
         rows = []
     path = journal_path + "-processes"
     return Known(list(rows), path if os.path.exists(path) else None)
-
-
-def _boot_time() -> float:
-    import psutil  # (as process_alive: only when asked)
-
-    return psutil.boot_time()
