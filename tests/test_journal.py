@@ -1004,6 +1004,27 @@ def test_a_kill_in_the_middle_of_a_job_file_leaves_no_part_file(workdir):
     assert not directory.exists()
 
 
+def test_a_prune_removes_the_directories_a_killed_prune_emptied(workdir):
+    # bug: a dahu-jobs prune killed (or ^C) before its end had removed the files and
+    # records of its first batches, not yet their emptied directories: no later prune
+    # removed them (it removes only those of the jobs it removes itself)
+    from dahu.retention import prune
+
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(1002)], 1.0)
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, 2.0) for i in ids])
+    journal.close()
+    for job_id in ids[999:]:
+        write_job_files(str(workdir), job_id, "example.square", {}, {"result": job_id})
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    with db:  # the killed prune's first batches: their files and records gone
+        db.execute("DELETE FROM jobs WHERE id < 1000")
+    db.close()
+    (workdir / "0000").mkdir()
+    assert prune(str(workdir), keep_last=0, min_age=0).removed == 3
+    assert sorted(n for n in os.listdir(workdir) if n.isdigit()) == []
+
+
 def test_a_prune_while_a_start_writes_a_job_files_leaves_no_file_without_record(
     workdir, monkeypatch
 ):
