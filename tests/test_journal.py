@@ -1,6 +1,8 @@
 """The journal: one contract for every implementation, then restarts of real processes."""
 
+import contextlib
 import http
+import io
 import json
 import logging
 import os
@@ -489,6 +491,7 @@ def test_the_jobs_of_a_process_of_another_pid_namespace_are_closed_once_it_died(
     # bug: two servers on one work directory in two containers of one host name, each
     # with its own pid namespace: each took the other's pid for dead (it sees no such
     # process) and closed its running jobs as interrupted, at a start and every 2 s
+    from dahu.app.jobs import main as jobs_main
     from dahu.engine import orphans
     from dahu.journal.base import HOST
 
@@ -515,6 +518,10 @@ def test_the_jobs_of_a_process_of_another_pid_namespace_are_closed_once_it_died(
             time.sleep(0.01)
         assert len(looks) >= seen + 3  # the watch looked, and left them alone
         assert Job.getStatusFromID(running_id) in UNFINISHED
+        shown = io.StringIO()
+        with contextlib.redirect_stdout(shown):
+            assert jobs_main(["show", str(running_id), "-w", str(workdir)]) == 0
+        assert "is gone" not in shown.getvalue()  # nor does dahu-jobs show say it died
         beside = dahu.engine.Engine(workdir=str(workdir))  # and so does a start
         try:
             assert beside.interrupted == []
