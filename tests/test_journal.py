@@ -557,6 +557,23 @@ def test_a_process_of_another_boot_is_judged_by_its_pid():
     assert known.alive(14, 20.0) is None  # no row: its pid tells
 
 
+def test_a_writer_records_its_namespace_while_it_runs_and_not_after(workdir):
+    from dahu.journal import processes
+
+    journal = SQLiteJournal(str(workdir))
+    rows = journal._read("SELECT pid, boot, pidns, lock FROM processes")
+    assert rows == [(os.getpid(), processes.BOOT, processes.PIDNS, rows[0][3])]
+    known = processes.Known(
+        [(os.getpid() + 1, 1.0, *rows[0][1:2], "pid:[1]", rows[0][3])], processes.lock_path(journal)
+    )
+    assert known.alive(os.getpid() + 1, 2.0) is True  # its lock is held
+    journal.close()
+    assert known.alive(os.getpid() + 1, 2.0) is False  # gone with it
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    assert db.execute("SELECT COUNT(*) FROM processes").fetchone()[0] == 0  # its row too
+    db.close()
+
+
 UNSHARE = ["unshare", "--pid", "--fork", "--map-root-user", "--mount-proc"]
 
 IN_ANOTHER_NAMESPACE = """

@@ -11,6 +11,7 @@ with its process, whichever namespace looks at it).  One of another boot (this
 machine's before it restarted, or a journal copied from a machine of the same name), or
 without a row (an older Dahu, no lock file), is judged by its pid as before.
 
+A clean close deletes the process's row: the table keeps those of processes killed.
 Locks are open-file-description locks (``F_OFD_SETLK``): closing another descriptor of
 the file in the process does not release them; a process forked from the writer holds
 its lock until it ends too.  The table and the file are additions: a Dahu that does not
@@ -26,7 +27,6 @@ import struct
 import time
 from typing import Any
 
-from ..states import State
 from .base import HOST
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ PIDNS = _namespace()
 """This process's pid namespace (None: unknown)."""
 
 _OFD = getattr(fcntl, "F_OFD_SETLK", None), getattr(fcntl, "F_OFD_GETLK", None)
+WAIT = 1.0
+"""Seconds a row's write waits at most for another process's lock (then: none)."""
 _FLOCK = "hhqqi4x"  # struct flock (64-bit Linux): type, whence, start, len, pid
 
 
@@ -77,6 +79,7 @@ def _lock(fd: int, offset: int, kind: int, command: int) -> int:
 def register(journal: Any) -> None:
     """Record this process as a writer of the SQLite ``journal``, its lock held until
     :func:`release` (best effort: without a row or a lock, its pid tells as before)."""
+    journal._alive = None
     if BOOT is None or PIDNS is None:
         return
     setlk = _OFD[0]
@@ -85,7 +88,7 @@ def register(journal: Any) -> None:
         if setlk is not None:
             with contextlib.suppress(OSError):
                 fd = os.open(lock_path(journal), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        with journal.transaction() as db:
+        with journal.transaction(WAIT) as db:
             db.execute(_TABLE)
             row = (HOST, os.getpid(), time.time(), BOOT, PIDNS)
             rowid = db.execute("INSERT INTO processes VALUES (?, ?, ?, ?, ?, NULL)", row).lastrowid
@@ -96,43 +99,26 @@ def register(journal: Any) -> None:
                 except OSError:  # a file system without such locks: the pid tells
                     os.close(fd)
                     fd = None
-            _forget_the_gone(db, fd, rowid)
     except Exception as err:  # a full disk, a read-only journal: as before
         logger.debug("journal %s: this process not recorded: %s", journal.path, err)
         if fd is not None:
             os.close(fd)
-        fd = None
-    journal._alive_fd = fd
+        return
+    journal._alive = (fd, rowid)
 
 
 def release(journal: Any) -> None:
-    """The journal closes: its lock goes (its jobs are ended, or will read interrupted)."""
-    fd, journal._alive_fd = getattr(journal, "_alive_fd", None), None
+    """The journal closes, its outcomes committed: its row goes (the table keeps only
+    those of processes killed), then its lock."""
+    alive, journal._alive = getattr(journal, "_alive", None), None
+    if alive is None:
+        return
+    fd, rowid = alive
+    with contextlib.suppress(Exception), journal.transaction(WAIT) as db:
+        db.execute("DELETE FROM processes WHERE rowid = ?", (rowid,))
     if fd is not None:
         with contextlib.suppress(OSError):
             os.close(fd)
-
-
-def _forget_the_gone(db: Any, fd: int | None, own: int) -> None:
-    """Delete the rows of the processes of this host that are gone and left no
-    unfinished job (the table stays small); ``own``, this process's row."""
-    if fd is None:
-        return
-    unfinished = [state for state in State.ALL if state not in State.FINAL]
-    rows = db.execute(
-        "SELECT rowid, pid, lock FROM processes WHERE host = ? AND boot = ? AND lock IS NOT NULL",
-        (HOST, BOOT),
-    ).fetchall()
-    busy = {
-        pid
-        for (pid,) in db.execute(
-            f"SELECT DISTINCT pid FROM jobs WHERE state IN ({', '.join('?' * len(unfinished))}) "
-            "AND host = ?",
-            (*unfinished, HOST),
-        )
-    }
-    gone = [(r,) for r, pid, lock in rows if r != own and pid not in busy and not _held(fd, lock)]
-    db.executemany("DELETE FROM processes WHERE rowid = ?", gone)
 
 
 def _held(fd: int, offset: int) -> bool:

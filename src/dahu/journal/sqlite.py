@@ -512,7 +512,7 @@ class SQLiteJournal(BatchedWriter, Journal):
         if self._guarded:  # the last outcomes are in a file that can be read again
             with contextlib.suppress(JournalError):
                 self._check_file()
+        processes.release(self)
         with self._lock, self._read_lock:
             self._db.close()
             self._reader.close()
-        processes.release(self)
