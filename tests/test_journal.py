@@ -870,6 +870,45 @@ def test_a_full_disk_at_a_start_logs_the_refused_files_once(workdir, monkeypatch
     ]
 
 
+def test_a_full_disk_logs_the_files_it_refuses_once_not_once_a_job(workdir, monkeypatch, caplog):
+    # bug: a full disk logged one error line per job that ended ("job N: cannot write
+    # its .inp/.out files: [Errno 28] No space left on device: PATH"): as many lines as
+    # jobs in a burst
+    from dahu.engine import refusals
+
+    write, full = refusals.write_job_files, [True]
+
+    def disk(*args, **named):
+        if full[0]:
+            raise OSError(28, "No space left on device")
+        return write(*args, **named)
+
+    monkeypatch.setattr(refusals, "write_job_files", disk)
+    engine = dahu.engine.configure(workdir=str(workdir))
+    try:
+        jobs = [Job("example.square", {"x": x}) for x in range(30)]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join(30)
+            job.clean()  # its files: refused
+        full[0] = False  # room made: the next job's files are written
+        again = Job("example.square", {"x": 2})
+        again.start()
+        again.join(30)
+        again.clean()
+        assert os.path.exists(job_file_stem(str(workdir), again.id, "example.square") + ".out")
+        assert engine.files_failed == len(jobs)
+    finally:
+        engine.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"job {jobs[0].id}: cannot write its .inp/.out files: [Errno 28] No space left on "
+        "device (the next jobs refused so are counted, not logged each)",
+        "29 more job(s) got no .inp/.out files: No space left on device",
+    ]
+
+
 def closed_by_a_start_killed_as_it_wrote(workdir, count: int, written: int) -> list[int]:
     """``count`` jobs of a dead process, closed as interrupted all at once by a start
     that was killed once it had written the files of the first ``written``: their ids."""
