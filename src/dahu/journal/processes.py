@@ -31,7 +31,7 @@ from .base import HOST
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BOOT", "PIDNS", "Known", "known", "register", "release"]
+__all__ = ["BOOT", "PIDNS", "Known", "known", "lock_path", "register", "release"]
 
 _TABLE = (
     "CREATE TABLE IF NOT EXISTS processes "
