@@ -827,6 +827,10 @@ def test_a_stop_leaves_the_dead_server_files_to_the_next_start_at_its_timeout(
     finally:
         gate.set()
     assert engine.recovery.wait(10)  # the thread ends without writing more
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    kept = db.execute("SELECT COUNT(*) FROM processes WHERE pid = ?", (os.getpid(),))
+    assert kept.fetchone()[0] == 1  # its namespace too: the next start may be elsewhere
+    db.close()
     said = [r.getMessage() for r in caplog.records if "the next start" in r.getMessage()]
     assert said[-1] == (
         "stopping after 0.2 s: 0 job(s) got the .inp/.out files a dead process left "

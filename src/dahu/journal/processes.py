@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import sqlite3
 import struct
 import time
 from typing import Any
@@ -109,13 +110,21 @@ def register(journal: Any) -> None:
 
 def release(journal: Any) -> None:
     """The journal closes, its outcomes committed: its row goes (the table keeps only
-    those of processes killed), then its lock."""
+    those of processes killed, or whose writing of a dead one's files was cut short:
+    :mod:`.pending`, the next start tells them by it), then its lock."""
     alive, journal._alive = getattr(journal, "_alive", None), None
     if alive is None:
         return
     fd, rowid = alive
     with contextlib.suppress(Exception), journal.transaction(WAIT) as db:
-        db.execute("DELETE FROM processes WHERE rowid = ?", (rowid,))
+        try:
+            db.execute(
+                "DELETE FROM processes WHERE rowid = ? AND NOT EXISTS "
+                "(SELECT 1 FROM recoveries WHERE host = ? AND pid = ?)",
+                (rowid, HOST, os.getpid()),
+            )
+        except sqlite3.OperationalError:  # no such table: no start recorded one
+            db.execute("DELETE FROM processes WHERE rowid = ?", (rowid,))
     if fd is not None:
         with contextlib.suppress(OSError):
             os.close(fd)
