@@ -1,6 +1,8 @@
 """The journal: one contract for every implementation, then restarts of real processes."""
 
+import contextlib
 import http
+import io
 import json
 import logging
 import os
@@ -450,6 +452,162 @@ def test_a_running_engine_closes_the_jobs_of_a_process_that_died_beside_it(workd
         engine.close()
 
 
+def test_a_process_dying_beside_a_start_writing_files_has_its_jobs_closed_at_once(
+    workdir, monkeypatch
+):
+    # bug: a server that had just started after a kill with 100,000 jobs queued closed
+    # the jobs of a server beside it killed meanwhile only once it had written the
+    # files of the first: their clients read "running" for 10 s more
+    from dahu.engine import orphans
+
+    monkeypatch.setattr(orphans, "CHECK_EVERY", 0.1)
+    journal = SQLiteJournal(str(workdir))
+    journal.create_many("example.square", [{"x": i} for i in range(20)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    gate = a_slow_recovery_disk(monkeypatch)  # each file: 10 s until the gate opens
+    engine = dahu.engine.configure(workdir=str(workdir))
+    proc = child(workdir, "hang")
+    try:
+        running_id = int(proc.stdout.readline().split()[0])
+        proc.kill()
+        proc.wait(timeout=30)
+        assert Job.synchronize_job(running_id, 30) == "failure"
+        assert not engine.wait_recovered(0)  # the start's files: still being written
+        gate.set()
+        stem = job_file_stem(str(workdir), running_id, "example.sleep")
+        wait_for_file(pathlib.Path(stem + ".out"))  # then its files
+    finally:
+        gate.set()
+        engine.close()
+
+
+UNFINISHED = ("uninitialized", "starting", "running")
+
+
+def test_the_jobs_of_a_process_of_another_pid_namespace_are_closed_once_it_died(
+    workdir, monkeypatch
+):
+    # bug: two servers on one work directory in two containers of one host name, each
+    # with its own pid namespace: each took the other's pid for dead (it sees no such
+    # process) and closed its running jobs as interrupted, at a start and every 2 s
+    from dahu.app.jobs import main as jobs_main
+    from dahu.engine import orphans
+    from dahu.journal.base import HOST
+
+    monkeypatch.setattr(orphans, "CHECK_EVERY", 0.1)
+    looks, owners = [], orphans.unfinished_owners
+    monkeypatch.setattr(orphans, "unfinished_owners", lambda j: looks.append(1) or owners(j))
+    engine = dahu.engine.configure(workdir=str(workdir))
+    proc = child(workdir, "hang")  # its lock held as long as it runs
+    try:
+        running_id, queued_id = map(int, proc.stdout.readline().split())
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+        with db:  # as another namespace sees it: a pid that runs nothing here
+            db.execute("UPDATE jobs SET pid = ? WHERE pid = ?", (gone.pid, proc.pid))
+            db.execute(
+                "UPDATE processes SET pid = ?, pidns = 'pid:[4026500000]' WHERE pid = ?",
+                (gone.pid, proc.pid),
+            )
+        db.close()
+        seen = len(looks)
+        deadline = time.monotonic() + 30
+        while len(looks) < seen + 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(looks) >= seen + 3  # the watch looked, and left them alone
+        assert Job.getStatusFromID(running_id) in UNFINISHED
+        shown = io.StringIO()
+        with contextlib.redirect_stdout(shown):
+            assert jobs_main(["show", str(running_id), "-w", str(workdir)]) == 0
+        assert "is gone" not in shown.getvalue()  # nor does dahu-jobs show say it died
+        beside = dahu.engine.Engine(workdir=str(workdir))  # and so does a start
+        try:
+            assert beside.interrupted == []
+        finally:
+            beside.close()
+        assert Job.getStatusFromID(running_id) in UNFINISHED
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    try:  # dead: its lock went with it
+        assert Job.synchronize_job(running_id, 30) == "failure"
+        reason = f"interrupted: its process, pid {gone.pid} on {HOST}, died"
+        assert Job.getErrorFromID(queued_id) == reason
+    finally:
+        engine.close()
+
+
+def test_a_process_of_another_boot_is_judged_by_its_pid():
+    # a journal written before the machine restarted, or copied from a machine of the
+    # same host name: no lock of this kernel tells of its processes, their pids do
+    from dahu.journal import processes
+
+    known = processes.Known(
+        [(11, 10.0, "an earlier boot", "pid:[4026500000]", 11)]
+        + [(12, 10.0, processes.BOOT, "pid:[4026500000]", 12)]
+        + [(13, 10.0, processes.BOOT, processes.PIDNS, 13)],
+        None,
+    )
+    assert known.alive(11, 20.0) is None
+    assert known.alive(12, 20.0) is True  # another namespace, its lock file gone: it may run
+    assert known.alive(12, 5.0) is None  # a job before it began: not its
+    assert known.alive(13, 20.0) is None  # this namespace: its pid tells
+    assert known.alive(14, 20.0) is None  # no row: its pid tells
+
+
+def test_a_writer_records_its_namespace_while_it_runs_and_not_after(workdir):
+    from dahu.journal import processes
+
+    journal = SQLiteJournal(str(workdir))
+    rows = journal._read("SELECT pid, boot, pidns, lock FROM processes")
+    assert rows == [(os.getpid(), processes.BOOT, processes.PIDNS, rows[0][3])]
+    known = processes.Known(
+        [(os.getpid() + 1, 1.0, *rows[0][1:2], "pid:[1]", rows[0][3])], processes.lock_path(journal)
+    )
+    assert known.alive(os.getpid() + 1, 2.0) is True  # its lock is held
+    journal.close()
+    assert known.alive(os.getpid() + 1, 2.0) is False  # gone with it
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    assert db.execute("SELECT COUNT(*) FROM processes").fetchone()[0] == 0  # its row too
+    db.close()
+
+
+UNSHARE = ["unshare", "--pid", "--fork", "--map-root-user", "--mount-proc"]
+
+IN_ANOTHER_NAMESPACE = """
+import os, sys, dahu.engine
+engine = dahu.engine.Engine(workdir=sys.argv[1])
+print(os.getpid(), sorted(engine.interrupted), flush=True)
+engine.close()
+"""
+
+
+def test_a_start_in_another_pid_namespace_leaves_a_live_server_jobs_alone(workdir):
+    # the same in a real second pid namespace (a container of the same host name)
+    start = [*UNSHARE, sys.executable, "-c", IN_ANOTHER_NAMESPACE, str(workdir)]
+    try:
+        probe = subprocess.run([*UNSHARE, "true"], capture_output=True, timeout=30)
+    except OSError:
+        pytest.skip("no unshare here")
+    if probe.returncode:
+        pytest.skip(f"no pid namespace of our own here: {probe.stderr.decode().strip()}")
+    proc = child(workdir, "hang")
+    try:
+        running_id, queued_id = map(int, proc.stdout.readline().split())
+        there = subprocess.run(start, capture_output=True, text=True, timeout=60, env=child_env())
+        assert there.stdout.split(maxsplit=1) == ["1", "[]\n"], there.stderr
+        reader = SQLiteJournal(str(workdir), create=False)
+        assert reader.get(running_id).state in UNFINISHED
+        reader.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    there = subprocess.run(start, capture_output=True, text=True, timeout=60, env=child_env())
+    assert there.stdout.split(maxsplit=1) == ["1", f"[{running_id}, {queued_id}]\n"]
+
+
 def test_the_jobs_of_a_killed_process_not_yet_reaped_are_closed(workdir, monkeypatch):
     # bug: a server killed by a script that had not waited for it yet (a zombie) was
     # taken for a running one: its jobs stayed unfinished for the other servers
@@ -650,6 +808,44 @@ def test_a_stop_waiting_for_a_dead_server_files_says_so(workdir, monkeypatch, ca
     ]
 
 
+def test_a_stop_leaves_the_dead_server_files_to_the_next_start_at_its_timeout(
+    workdir, monkeypatch, caplog
+):
+    # bug: a stop waited for every file a dead server left, whatever its timeout said
+    # (dahu_server --shutdown-timeout 5 took 19 s after a start with 150,000 to write)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(20)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    gate = a_slow_recovery_disk(monkeypatch)  # each file: 10 s until the gate opens
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        begun = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="dahu.engine"):
+            assert engine.shutdown(timeout=0.2)
+        assert time.monotonic() - begun < 8  # (not 20 files of 10 s)
+    finally:
+        gate.set()
+    assert engine.recovery.wait(10)  # the thread ends without writing more
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    kept = db.execute("SELECT COUNT(*) FROM processes WHERE pid = ?", (os.getpid(),))
+    assert kept.fetchone()[0] == 1  # its namespace too: the next start may be elsewhere
+    db.close()
+    said = [r.getMessage() for r in caplog.records if "the next start" in r.getMessage()]
+    assert said[-1] == (
+        "stopping after 0.2 s: 0 job(s) got the .inp/.out files a dead process left "
+        "unwritten, the next start writes the rest"
+    )
+    again = dahu.engine.Engine(workdir=str(workdir))  # the rest: written now
+    try:
+        assert again.wait_recovered(10) and again.recovered == len(ids)
+    finally:
+        again.close()
+    for job_id in ids:
+        stem = job_file_stem(str(workdir), job_id, "example.square")
+        assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
+
+
 def test_a_full_disk_at_a_start_logs_the_refused_files_once(workdir, monkeypatch, caplog):
     # bug: a start on a full disk logged one error per job left by the dead server
     # (100,000 lines "job N: cannot write its .inp/.out files: [Errno 28] ...")
@@ -675,6 +871,45 @@ def test_a_full_disk_at_a_start_logs_the_refused_files_once(workdir, monkeypatch
         f"job {ids[0]}: cannot write its .inp/.out files: [Errno 28] No space left on device"
         " (the next ones refused at this start are counted, not logged each)",
         f"{len(ids)} job(s) left by a dead process got no .inp/.out files: the disk refused them",
+    ]
+
+
+def test_a_full_disk_logs_the_files_it_refuses_once_not_once_a_job(workdir, monkeypatch, caplog):
+    # bug: a full disk logged one error line per job that ended ("job N: cannot write
+    # its .inp/.out files: [Errno 28] No space left on device: PATH"): as many lines as
+    # jobs in a burst
+    from dahu.engine import refusals
+
+    write, full = refusals.write_job_files, [True]
+
+    def disk(*args, **named):
+        if full[0]:
+            raise OSError(28, "No space left on device")
+        return write(*args, **named)
+
+    monkeypatch.setattr(refusals, "write_job_files", disk)
+    engine = dahu.engine.configure(workdir=str(workdir))
+    try:
+        jobs = [Job("example.square", {"x": x}) for x in range(30)]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join(30)
+            job.clean()  # its files: refused
+        full[0] = False  # room made: the next job's files are written
+        again = Job("example.square", {"x": 2})
+        again.start()
+        again.join(30)
+        again.clean()
+        assert os.path.exists(job_file_stem(str(workdir), again.id, "example.square") + ".out")
+        assert engine.files_failed == len(jobs)
+    finally:
+        engine.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"job {jobs[0].id}: cannot write its .inp/.out files: [Errno 28] No space left on "
+        "device (the next jobs refused so are counted, not logged each)",
+        "29 more job(s) got no .inp/.out files: No space left on device",
     ]
 
 
@@ -781,6 +1016,80 @@ def dead_jobs_ended_without_files(workdir, count):
     journal.close()
     of_a_dead_process(workdir)
     return ids
+
+
+KILLED_AS_IT_WRITES = """
+import os, sys, time, dahu.engine
+from dahu.journal import files
+replace = os.replace
+
+def hang(source, target):  # the kill comes as the first file is written aside
+    if source.endswith(".part"):
+        print("writing", flush=True)
+        time.sleep(600)
+    replace(source, target)
+
+files.os.replace = hang
+dahu.engine.Engine(workdir=sys.argv[1])
+time.sleep(600)
+"""
+
+
+def test_a_kill_in_the_middle_of_a_job_file_leaves_no_part_file(workdir):
+    # bug: a start killed -9 as it wrote a dead server's files left
+    # NNNN/.PID-THREAD.part beside the job files for good (and a prune of every job
+    # of that directory left it, and the directory)
+    from dahu.retention import prune
+
+    ids = dead_jobs_ended_without_files(workdir, 3)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_AS_IT_WRITES, str(workdir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert proc.stdout.readline() == "writing\n"
+    finally:
+        proc.kill()
+        proc.wait(30)
+    directory = workdir / "0000"
+    assert [n for n in os.listdir(directory) if n.endswith(".part")]  # left by the kill
+    parts = f"{directory}/.{os.getpid()}-1.part"  # one of a live process: kept
+    open(parts, "w").close()
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        assert engine.wait_recovered(10) and engine.recovered == 3
+    finally:
+        engine.close()
+    assert [n for n in os.listdir(directory) if n.endswith(".part")] == [os.path.basename(parts)]
+    for job_id in ids:
+        stem = job_file_stem(str(workdir), job_id, "example.square")
+        assert json.loads(open(stem + ".out").read())["result"] == job_id
+    os.rename(parts, f"{directory}/.{proc.pid}-1.part")  # a dead one's, no start since
+    assert prune(str(workdir), keep_last=0, min_age=0).removed == 3
+    assert not directory.exists()
+
+
+def test_a_prune_removes_the_directories_a_killed_prune_emptied(workdir):
+    # bug: a dahu-jobs prune killed (or ^C) before its end had removed the files and
+    # records of its first batches, not yet their emptied directories: no later prune
+    # removed them (it removes only those of the jobs it removes itself)
+    from dahu.retention import prune
+
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(1002)], 1.0)
+    journal.finish_many([(i, "success", {"result": i}, None, 1.0, 2.0) for i in ids])
+    journal.close()
+    for job_id in ids[999:]:
+        write_job_files(str(workdir), job_id, "example.square", {}, {"result": job_id})
+    db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+    with db:  # the killed prune's first batches: their files and records gone
+        db.execute("DELETE FROM jobs WHERE id < 1000")
+    db.close()
+    (workdir / "0000").mkdir()
+    assert prune(str(workdir), keep_last=0, min_age=0).removed == 3
+    assert sorted(n for n in os.listdir(workdir) if n.isdigit()) == []
 
 
 def test_a_prune_while_a_start_writes_a_job_files_leaves_no_file_without_record(

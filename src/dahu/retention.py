@@ -39,6 +39,7 @@ from .errors import DahuError
 from .jobquery import open_journal
 from .journal import JournalError, SQLiteJournal, job_file_stem
 from .journal.base import MAX_ID
+from .journal.files import remove_dead_parts
 from .properties import MAX_RETENTION_INTERVAL
 from .states import State
 from .timespec import BadTime, parse_duration
@@ -225,8 +226,11 @@ def prune(
             if progress is not None:
                 progress(report.removed, going)
         if not dry_run:
+            if report.first_id is not None:  # and those a prune killed before left empty
+                directories.update(_job_dirs_below(workdir, report.first_id))
             for directory in sorted(directories):
                 try:
+                    remove_dead_parts(directory)  # (a killed start's: no file of a job)
                     os.rmdir(directory)  # only if empty: the server may write there again
                 except OSError:
                     pass
@@ -241,6 +245,21 @@ def prune(
     report.journal_bytes_after = _journal_bytes(path)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _job_dirs_below(workdir: str, job_id: int) -> list[str]:
+    """The job directories (``NNNN``) of ``workdir`` below that of ``job_id``: a prune
+    killed before its end left those it had emptied (each is removed only if empty)."""
+    try:
+        names = os.listdir(workdir)
+    except OSError:
+        return []
+    below = job_id // 1000
+    return [
+        os.path.join(workdir, name)
+        for name in names
+        if name.isdigit() and name == f"{int(name):04d}" and int(name) < below
+    ]
 
 
 def _recovering(db: sqlite3.Connection) -> bool:

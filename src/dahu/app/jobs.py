@@ -26,7 +26,7 @@ from tabulate import tabulate
 
 from .. import __version__
 from ..jobquery import Filters, count, get, latest, open_journal, records, statistics
-from ..journal import JournalError, default_workdir, job_file_stem
+from ..journal import JournalError, default_workdir, job_file_stem, processes
 from ..journal.sqlite import SQLiteJournal, process_alive
 from ..retention import DEFAULT_MIN_AGE, prune
 from ..states import State
@@ -272,8 +272,10 @@ def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     args.unreadable.record(record)
     files = _files(args.workdir, record.id, record.plugin)
     # not ended, and the process that ran it is gone (killed, and not started again)
+    path = os.path.join(args.workdir, SQLiteJournal.FILENAME)
+    known = processes.known(lambda sql, values: db.execute(sql, values).fetchall(), path)
     gone = record.state not in State.FINAL and not process_alive(
-        record.host, record.pid, record.submitted
+        record.host, record.pid, record.submitted, None, known
     )
     if args.json:
         record_json = {**_record_dict(record), "files": files, "gone": gone}

@@ -23,13 +23,14 @@ from ..errors import DahuError, JournalError, one_line
 from ..executors import Watchdog, make_executor_with
 from ..executors.thread import option_number
 from ..factory import Factory, plugin_factory
-from ..journal import Journal, SQLiteJournal, write_job_files
+from ..journal import Journal, SQLiteJournal
 from ..journal.base import encode_output, storable_id
 from ..states import State
 from ..statistics import RunningStatistics
 from ..utils import compact_json
 from .lifecycle import NOTE_RUNNING_AFTER, JobRun, LifeCycle
 from .orphans import recover_and_watch
+from .refusals import write_files
 from .stopping import close, shut_down
 from .table import DROP_AFTER, DROP_WAVE, JobTable, drop_later
 
@@ -331,14 +332,8 @@ class Engine:
             return self.journal_fault is None
 
     def write_files(self, job_id: int, plugin: str, input_data: Any, output: Any) -> bool:
-        """Write a job's ``.inp``/``.out`` files; False (logged) if they cannot be."""
-        try:
-            write_job_files(self.workdir, job_id, plugin, input_data, output)
-            return True
-        except Exception as err:  # the disk, or plugin data no JSON text can hold
-            logger.error("job %s: cannot write its .inp/.out files: %s", job_id, err)
-            self.files_failed += 1
-            return False
+        """Write a job's ``.inp``/``.out`` files; False (logged once: .refusals) if not."""
+        return write_files(self, job_id, plugin, input_data, output)
 
     def watch_running(self) -> None:
         """Start (once) the sweep that records long-running jobs as ``running``.

@@ -10,7 +10,7 @@ state index: nothing is added to a job's path; less often when that takes long);
 of them is gone, its jobs are closed as ``failure``, their error ``interrupted: its
 process, pid N on HOST, died``, and their ``.inp``/``.out`` files written by the
 start's recovery (:class:`~.recovery.Recovery`), with those of the jobs it ended
-without files."""
+without files: once the start's own is done (their closing does not wait for it)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from ..errors import DahuError, one_line
-from ..journal import SQLiteJournal
+from ..journal import SQLiteJournal, processes
 from ..journal.sqlite import process_alive
 from ..journal.sqlitefile import close_dead, unfinished_owners
 from .recovery import Recovery
@@ -53,15 +53,14 @@ def watch_dead(engine: Any) -> None:
         begun = time.monotonic()
         try:
             owners = unfinished_owners(engine.journal)
-            dead = [(h, p) for h, p, since in owners if not process_alive(h, p, since)]
+            dead = [] if not owners else _dead(engine.journal, owners)
         except DahuError as err:  # the journal cannot be read now: the next look
             logger.debug("dead processes: not looked for: %s", err)
             dead = []
         except Exception:  # a bug must not end the looks
             logger.exception("dead processes: the look failed")
             dead = []
-        recovering = engine.recovery is not None and not engine.recovery.wait(0)
-        if dead and not recovering:  # (after the start's recovery: one at a time)
+        if dead:
             engine.watchdog.call_later(0.0, lambda: close(engine, dead), own_thread=True)
         else:  # 100,000 jobs of its own queued: 70 ms a look, at most 2% of the time
             later = max(CHECK_EVERY, 50 * (time.monotonic() - begun))
@@ -75,7 +74,7 @@ def watch_dead(engine: Any) -> None:
         try:
             journal = engine.journal
             with journal.transaction() as db:
-                closed, _ = close_dead(db, named=True)
+                closed, _ = close_dead(db, journal.path, named=True)
             refused[0] = ""
             if closed:
                 names = ", ".join(f"pid {pid} on {host}" for host, pid in dead)
@@ -84,6 +83,9 @@ def watch_dead(engine: Any) -> None:
                     "closed as failed: interrupted",
                     *(journal.path, len(closed), names),
                 )
+                earlier = engine.recovery  # (the start's, under way: one at a time)
+                if earlier is not None:
+                    earlier.wait()
                 if not engine._closed:  # (else the next start writes their files)
                     engine.recovery = Recovery(engine, closed, journal.last_id())
         except Exception as err:  # the journal refused (a full disk): the next look tries
@@ -96,3 +98,10 @@ def watch_dead(engine: Any) -> None:
                 engine.watchdog.call_later(CHECK_EVERY, check)
 
     engine.watchdog.call_later(CHECK_EVERY, check)
+
+
+def _dead(journal: Any, owners: list[tuple[str, int, float]]) -> list[tuple[str, int]]:
+    """The ``(host, pid)`` of ``owners`` (with the oldest submission of each) whose
+    process is gone, as far as the journal's :mod:`~dahu.journal.processes` tell too."""
+    known = processes.known(journal._read, journal.path)
+    return [(h, p) for h, p, since in owners if not process_alive(h, p, since, None, known)]

@@ -26,7 +26,9 @@ It runs in a thread of its own (:class:`Recovery`, started by the engine): the e
 and the device, answer at once however many jobs were queued at the kill (100,000 took
 8 to 15 s to write); the engine's stop waits for it (and so does the process's exit),
 and :meth:`Recovery.ensure` writes a job's files at once if asked for them
-(``cleanJob``) before the thread got to them.
+(``cleanJob``) before the thread got to them.  A stop with a timeout
+(:meth:`~dahu.engine.core.Engine.shutdown`) waits for it at most until then
+(:meth:`Recovery.stop`): its row in the journal stays, and the next start writes the rest.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ import weakref
 from typing import Any
 
 from ..errors import one_line
-from ..journal import INTERRUPTED, job_file_stem, pending, write_job_files
+from ..journal import INTERRUPTED, job_file_stem, pending, processes, write_job_files
+from ..journal.files import job_file_dir, remove_dead_parts
 from ..journal.sqlite import process_alive
 from ..states import State
 
@@ -65,6 +68,7 @@ class Recovery:
         self.ensured: set[int] = set()  # the jobs whose files ensure() saw to
         self.refused = 0  # jobs whose files the disk refused (full: logged once, counted)
         self.fresh: list[tuple[int, str]] = []  # (id, plugin) written, record not seen since
+        self.stopped = False  # the engine stops before the thread is done: no more files
         self.thread = threading.Thread(target=self._run, name="dahu-recovery", daemon=True)
         self.thread.start()
         # a script that ends without closing its engine: the files written first (before
@@ -74,10 +78,19 @@ class Recovery:
     def _run(self) -> None:
         try:
             write_missing_files(self)
+        except _Stopped:
+            pass
         except Exception:  # the journal closed under it (the process exits), a bug
-            logger.exception("the files left unwritten by a dead process: not all written")
+            if not self.stopped:
+                logger.exception("the files left unwritten by a dead process: not all written")
         finally:
             self.done.set()
+
+    def stop(self) -> None:
+        """Write no more files (the engine stops before they are all written): the
+        journal's row of this writing stays (:mod:`dahu.journal.pending`), and the next
+        start writes the rest; neither the thread nor the process's exit waits."""
+        self.stopped = True
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the thread is done; True if it is."""
@@ -102,6 +115,8 @@ class Recovery:
     def write(self, record: Any) -> bool:
         """Write the files of ``record``, unless :meth:`ensure` saw to them."""
         with self.lock:
+            if self.stopped:
+                raise _Stopped
             written = record.id not in self.ensured and self._write(record)
             if len(self.fresh) >= WINDOW:
                 self._confirm()
@@ -163,10 +178,24 @@ class Recovery:
             return False
 
 
+class _Owners(dict):
+    """``(host, pid)`` -> whether its process runs (asked once each), with what the
+    journal knows of the processes (:mod:`dahu.journal.processes`)."""
+
+    def __init__(self, known: Any):
+        super().__init__()
+        self.known = known
+
+
+class _Stopped(Exception):
+    """The engine stopped the writing (:meth:`Recovery.stop`)."""
+
+
 def _wait_at_exit(ref: weakref.ref, pid: int) -> None:
     recovery = ref()
     if recovery is not None and pid == os.getpid():  # (a forked child has no such thread)
-        recovery.wait()
+        if not recovery.stopped:
+            recovery.wait()
 
 
 def write_missing_files(recovery: Recovery) -> int:
@@ -184,7 +213,7 @@ def write_missing_files(recovery: Recovery) -> int:
         if record is not None and write(record):
             written += 1
             recovery.written = written
-    alive: dict[tuple, bool] = {}  # (host, pid) -> its process runs (asked once each)
+    alive = _Owners(processes.known(journal._read, journal.path))
     present, since = 0, None  # since: once 50 in a row have files, the end of the 50th
     floor = max(0, top - REACH)
     # first the ids of the queue cut short and a window below: the jobs that ended last
@@ -214,6 +243,7 @@ def write_missing_files(recovery: Recovery) -> int:
             written += _beyond_reach(recovery, floor, alive)
     for last in sorted({start.top for start in cut_short}):  # starts killed while writing
         written += _look_at_all(recovery, last, alive)
+        _remove_parts(engine.workdir, last)
     recovery.confirm()
     if not recovery.refused:  # (refused: the next start tries again)
         pending.end(journal, [mark, *(start.rowid for start in cut_short)])
@@ -230,7 +260,18 @@ def write_missing_files(recovery: Recovery) -> int:
     return written
 
 
-def _look_at_all(recovery: Recovery, top: int, alive: dict[tuple, bool]) -> int:
+def _remove_parts(workdir: str, top: int) -> None:
+    """Remove the ``.part`` files that a start killed as it wrote the files left unwritten
+    up to id ``top`` left in the directories of the :data:`REACH` ids it looked at."""
+    removed = sum(
+        remove_dead_parts(job_file_dir(workdir, number * 1000))
+        for number in range(max(0, top - REACH) // 1000, top // 1000 + 1)
+    )
+    if removed:
+        logger.info("%d .part file(s) of a process killed as it wrote them: removed", removed)
+
+
+def _look_at_all(recovery: Recovery, top: int, alive: _Owners) -> int:
     """A start killed while it wrote the files left unwritten up to id ``top``: every
     ended job of a dead process of the :data:`REACH` ids up to ``top`` gets those it
     lacks (what that start wrote first tells nothing of the rest), and the rest of the
@@ -246,7 +287,7 @@ def _look_at_all(recovery: Recovery, top: int, alive: dict[tuple, bool]) -> int:
     return written + (_beyond_reach(recovery, floor, alive) if floor > 0 else 0)
 
 
-def _beyond_reach(recovery: Recovery, floor: int, alive: dict[tuple, bool]) -> int:
+def _beyond_reach(recovery: Recovery, floor: int, alive: _Owners) -> int:
     """The jobs a start closed as interrupted share one end and got their files in the
     order of their ids: a kill in the middle of more than :data:`REACH` of them left
     the oldest without files below ``floor``.  Those of the closings just above it get
@@ -274,7 +315,7 @@ def _beyond_reach(recovery: Recovery, floor: int, alive: dict[tuple, bool]) -> i
 def _write_missing(
     engine: Any,
     records: list[Any],
-    alive: dict[tuple, bool],
+    alive: _Owners,
     present: int,
     since: float | None,
     write: Any,
@@ -287,7 +328,9 @@ def _write_missing(
     for record in records:
         owner = (record.host, record.pid)
         if owner not in alive:  # newest record first: a pid used again since is told apart
-            alive[owner] = process_alive(record.host, record.pid, record.submitted)
+            alive[owner] = process_alive(
+                record.host, record.pid, record.submitted, None, alive.known
+            )
         if alive[owner]:
             continue  # its process writes its files (they may be queued there now)
         looked += 1

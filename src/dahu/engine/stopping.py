@@ -11,6 +11,7 @@ from typing import Any
 from ..executors.runner import Outcome
 from ..states import State
 from .lifecycle import SHUTDOWN_REASON
+from .refusals import tell_refused
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,14 @@ def shut_down(engine: Any, abort: bool, timeout: float, since: float | None) -> 
             "(%d so far; a kill now leaves the rest to the next start)",
             engine.recovered,
         )
-    engine.wait_recovered()
+    if not engine.wait_recovered(max(0.0, deadline - time.monotonic())):
+        engine.recovery.stop()  # its row stays in the journal: the next start goes on
+        logger.warning(
+            "stopping after %g s: %d job(s) got the .inp/.out files a dead process left "
+            "unwritten, the next start writes the rest",
+            *(timeout, engine.recovered),
+        )
+    tell_refused(engine)
     lost = _last_retry(engine)
     engine.journal.close()
     return not unfinished and not lost
@@ -76,6 +84,7 @@ def close(engine: Any) -> int:
     engine.journal.flush()  # the outcomes queued are committed and reported
     engine.flush_files()
     engine.wait_recovered()
+    tell_refused(engine)
     lost = _last_retry(engine)
     with cycle.stop_lock:  # a start refused from now on leaves the journal alone
         cycle.journal_closing = True

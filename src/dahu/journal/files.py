@@ -9,6 +9,8 @@ import threading
 from typing import Any
 
 from ..utils import NumpyEncoder, jsonable, text_of
+from .base import HOST
+from .sqlitefile import process_alive
 
 __all__ = [
     "fitted_name",
@@ -18,6 +20,7 @@ __all__ = [
     "write_job_files",
     "pretty_json",
     "highest_file_id",
+    "remove_dead_parts",
 ]
 
 _PRETTY = NumpyEncoder(indent=4)  # the original's indentation (and the fallback below)
@@ -241,3 +244,20 @@ def write_job_files(
             _write(path, text, part)
         paths.append(path)
     return paths[0], paths[1]
+
+
+def remove_dead_parts(directory: str) -> int:
+    """Remove the ``.PID-THREAD.part`` files (:func:`write_job_files` with ``aside``) of
+    ``directory`` whose writer is gone (a process of this host killed in the middle of
+    one: only a later one is not its writer); return how many went."""
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            pid, _, rest = entry.name[1:].partition("-")
+            if not (entry.name.startswith(".") and rest.endswith(".part") and pid.isdigit()):
+                continue
+            with contextlib.suppress(OSError):
+                if not process_alive(HOST, int(pid), entry.stat().st_mtime):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed

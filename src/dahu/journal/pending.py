@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import JournalError, one_line
+from . import processes
 from .base import HOST
 from .sqlite import SQLiteJournal
 from .sqlitefile import process_alive
@@ -69,7 +70,8 @@ def left_by_dead(journal: Any) -> list[Pending]:
     except JournalError:  # no such table: no start recorded one
         return []
     pending = [Pending(*row) for row in rows]
-    return [p for p in pending if not process_alive(p.host, p.pid, p.started)]
+    known = processes.known(journal._read, journal.path)
+    return [p for p in pending if not process_alive(p.host, p.pid, p.started, None, known)]
 
 
 def end(journal: Any, rowids: list[int | None]) -> None:

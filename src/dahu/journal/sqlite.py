@@ -33,7 +33,7 @@ from ..errors import JournalError
 from ..states import State
 from ..statistics import aggregate
 from ..utils import utf8_text
-from . import sqlitefile
+from . import processes, sqlitefile
 from .base import (
     HOST,
     MAX_ID,
@@ -113,6 +113,8 @@ class SQLiteJournal(BatchedWriter, Journal):
         self._guarded = create  # a writer's: close puts a removed file back
         # a process that ends without closing its journal still commits what it queued
         atexit.register(_close_at_exit, weakref.ref(self))
+        if create:  # a writer: its pid namespace and boot, its lock (.processes)
+            processes.register(self)
 
     def check_file(self) -> None:
         """Put the journal's file back if it was removed while this process wrote it
@@ -478,7 +480,7 @@ class SQLiteJournal(BatchedWriter, Journal):
             return []
         try:
             with self.transaction() as db:
-                dead, others = close_dead(db)
+                dead, others = close_dead(db, self.path)
         except sqlite3.Error as err:
             raise write_refused(self.path, err) from err
         if dead:
@@ -510,6 +512,7 @@ class SQLiteJournal(BatchedWriter, Journal):
         if self._guarded:  # the last outcomes are in a file that can be read again
             with contextlib.suppress(JournalError):
                 self._check_file()
+        processes.release(self)
         with self._lock, self._read_lock:
             self._db.close()
             self._reader.close()

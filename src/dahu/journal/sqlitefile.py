@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import JournalError
 from ..states import State
+from . import processes
 from .base import HOST, INTERRUPTED
 
 logger = logging.getLogger(__name__)
@@ -281,12 +282,20 @@ def write_again(db: sqlite3.Connection, path: str) -> None:
 
 
 def process_alive(
-    host: str | None, pid: int | None, since: float | None, gone: set[int] | None = None
+    host: str | None,
+    pid: int | None,
+    since: float | None,
+    gone: set[int] | None = None,
+    known: Any = None,
 ) -> bool:
     """Whether the process that wrote a record may still be running; ``gone``, the pids
-    of this host found running no process, is looked at and added to (asked once each)."""
+    of this host found running no process, is looked at and added to (asked once each);
+    ``known``, the journal's :class:`~.processes.Known` (its pid namespace, its boot)."""
     if host != HOST:
         return True  # another machine: cannot tell, leave its jobs alone
+    verdict = None if known is None else known.alive(pid, since)
+    if verdict is not None:  # another pid namespace, or boot: its pid tells nothing here
+        return verdict
     if pid is None or (gone is not None and pid in gone):
         return False
     if pid == os.getpid():  # this process, or one before it with its pid (a container's
@@ -334,18 +343,20 @@ def unfinished_owners(journal: Any) -> list[tuple[str, int, float]]:
     )
 
 
-def close_dead(db: Any, named: bool = False) -> tuple[list[int], dict[str, int]]:
-    """In the transaction ``db``: close as ``failure``/``interrupted`` the unfinished
-    jobs whose process is gone (``named``: the error names it, ``interrupted: its process,
-    pid N on HOST, died``); return their ids, and per other host how many unfinished
-    jobs it has (left alone: their process may run there)."""
+def close_dead(db: Any, path: str, named: bool = False) -> tuple[list[int], dict[str, int]]:
+    """In the transaction ``db`` of the journal at ``path``: close as
+    ``failure``/``interrupted`` the unfinished jobs whose process is gone (``named``: the
+    error names it, ``interrupted: its process, pid N on HOST, died``); return their ids,
+    and per other host how many unfinished jobs it has (left alone: their process may
+    run there)."""
     rows = db.execute(  # a few seeks in the state index, not a scan of the table
         f"SELECT id, host, pid, submitted FROM jobs "
         f"WHERE state IN ({', '.join('?' * len(_UNFINISHED))})",
         _UNFINISHED,
     ).fetchall()
     gone: set[int] = set()  # a dead server's pid: asked once, not once a job
-    dead = [r for r in rows if not process_alive(r[1], r[2], r[3], gone)]
+    known = processes.known(lambda sql, args: db.execute(sql, args).fetchall(), path)
+    dead = [r for r in rows if not process_alive(r[1], r[2], r[3], gone, known)]
     now = time.time()
 
     def closing(job_id: int, host: str, pid: int) -> tuple:
