@@ -212,6 +212,55 @@ def test_close_with_the_server_stopped_takes_about_the_client_s_timeout(server, 
     assert took < 2.0, took
 
 
+def test_close_does_not_wait_for_a_fetch_the_stopped_server_holds(server):
+    # bug: a resolver already fetching an outcome as the server was stopped by a signal
+    # held close() for Tango's timeouts and 3 s of reconnection: 3.9 s with timeout=0.5
+    # (and it logged "asked again ... until the server answers" after close() returned)
+    dahu = DahuClient(server.url, timeout=0.5, resolvers=1, poll_interval=60)
+    inside, release = threading.Event(), threading.Event()
+    real_call = dahu._call
+
+    def held_call(command, argument=None, millis=0):
+        if command == "getJobOutput" and not inside.is_set():
+            inside.set()
+            assert release.wait(30)  # then asks the stopped server
+        return real_call(command, argument, millis)
+
+    dahu._call = held_call
+    future = dahu.submit("example.square", x=3)
+    assert inside.wait(30)
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        wait_stopped(server.process.pid)
+        release.set()
+        started = time.monotonic()
+        dahu.close()
+        took = time.monotonic() - started
+        assert future.done()  # failed at once, not left pending by close()
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert took < 2.0, took
+    with pytest.raises(ClientClosed):
+        future.result(0)
+    dahu._threads[0].join(30)  # its call, left to Tango, ends: the thread with it
+    assert not dahu._threads[0].is_alive()
+
+
+def test_a_close_shorter_than_a_callback_still_stops_its_thread(server):
+    # bug: close() drained the stop signal of a resolver it had not waited for (running a
+    # done-callback past close's timeout): the thread waited for ever, and the script's
+    # exit waited for it (3 timeouts and 6 s)
+    dahu = DahuClient(server.url, resolvers=1)
+    entered, release = threading.Event(), threading.Event()
+    future = dahu.submit("example.square", x=2)
+    future.add_done_callback(lambda _: (entered.set(), release.wait(30)))
+    assert entered.wait(30)
+    dahu.close(timeout=0)
+    release.set()
+    dahu._threads[0].join(30)
+    assert not dahu._threads[0].is_alive()
+
+
 def test_the_exit_waits_for_the_threads_of_a_closed_client_still_in_a_call(monkeypatch):
     # bug: close(timeout) returned with resolver threads still inside a Tango call to a
     # server stopped by a signal; a script ending then died as Python finalized while

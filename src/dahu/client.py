@@ -47,6 +47,7 @@ from .client_calls import (
     spare_proxies,
     within,
 )
+from .client_close import close, resolver_call, unsubscribe
 from .client_watch import check_journal, fetched, not_fetched, read_journal, watch
 from .futures import (
     ClientClosed,
@@ -148,6 +149,7 @@ class DahuClient:
         self._outcomes: queue.SimpleQueue = queue.SimpleQueue()
         self._events_proxy = self._new_proxy()
         self._subscriptions: list[int] = []
+        self._in_call: dict[threading.Thread, tuple[JobFuture, float]] = {}  # resolvers'
         self._callers: concurrent.futures.ThreadPoolExecutor | None = None
         try:
             self._events_proxy.ping()
@@ -406,6 +408,9 @@ class DahuClient:
             if err.hopeless:
                 future._settle(None, error=ServerError(f"job {future.job_id}: {err}", err.reason))
                 return
+            if self._closed:  # a call close() did not wait for: not asked again
+                future._settle(None, error=self._closed_error(future))
+                return
             if err.reason == "API_DeviceTimedOut":  # too slow to send: allow twice as long
                 future._patience = 2 * max(future._patience, self._proxy().get_timeout_millis())
             not_fetched(self, future, err)  # one warning for an outage, not one per job
@@ -441,17 +446,18 @@ class DahuClient:
     def _fetch(self, future: JobFuture, state: str | None) -> None:
         if future.done() or self._closed:  # settled meanwhile (cancelled, of another
             return future._settle(None, error=self._closed_error(future))  # journal), closed
-        if not check_journal(self, math.inf):  # after a lost connection: the same journal?
+        # each call waited for by close() no longer than it may take (a stopped server)
+        if not resolver_call(self, future, 0, check_journal, self, math.inf):  # same journal
             raise ServerError(f"{self.device}: journalId cannot be read", "API_CantConnectToDevice")
-        job_id = future.job_id
+        job_id, millis = future.job_id, future._patience
         if state is None:
-            state = self._call("getJobState", job_id)
+            state = resolver_call(self, future, 0, self._call, "getJobState", job_id)
         if state == State.SUCCESS:
-            text = self._call("getJobOutput", job_id, future._patience)
+            text = resolver_call(self, future, millis, self._call, "getJobOutput", job_id, millis)
             future._settle(state, output=json.loads(text))
         elif state in State.FINAL:
             klass = JobAborted if state == State.ABORTED else JobFailed
-            text = self._call("getJobError", job_id, future._patience)
+            text = resolver_call(self, future, millis, self._call, "getJobError", job_id, millis)
             error = klass.from_error_text(job_id, text)
             future._settle(state, error=error)
         else:  # not ended after all (a stale value): keep waiting
@@ -475,45 +481,5 @@ class DahuClient:
         )
 
     # ---- closing -------------------------------------------------------------------------
-    def _unsubscribe(self) -> None:
-        for subscription in self._subscriptions:
-            try:
-                self._events_proxy.unsubscribe_event(subscription)
-            except tango.DevFailed as err:
-                logger.debug("%s: unsubscribe: %s", self.device, err.args[0].desc)
-            except KeyError:  # unsubscribed already, by someone else
-                logger.debug("%s: subscription %s was gone", self.device, subscription)
-        self._subscriptions = []
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Unsubscribe, stop the client's threads and fail the futures still pending with
-        :class:`ClientClosed` (their jobs go on on the server)."""
-        timeout = wait_time("timeout", timeout)  # before anything is closed
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            pending = list(self._pending.values())
-            self._pending.clear()
-        self._unsubscribe()
-        if self._callers is not None:  # a call it makes now may still end, unheard
-            self._callers.shutdown(wait=False, cancel_futures=True)
-        self._wake.set()
-        for _ in self._threads:
-            self._outcomes.put(None)
-        for future in pending:  # first: a callback of our threads may wait for one
-            future._settle(None, error=self._closed_error(future))
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
-        # outcomes fetched by nobody: their futures must not hang either
-        while True:
-            try:
-                item = self._outcomes.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None and not item[0].done():
-                item[0]._settle(None, error=self._closed_error(item[0]))
-        if threading.current_thread() in self._threads:  # from a callback: its stop signal
-            self._outcomes.put(None)  # was drained above
+    _unsubscribe = unsubscribe  # (self): the subscriptions that are left
+    close = close  # (self, timeout=10.0): see client_close
