@@ -631,6 +631,12 @@ def test_no_server_at_the_address_says_what_to_check():
     assert message.startswith(f"cannot connect to {url}: Failed to connect to device")
     assert message.endswith("(is its server running, at this address?)")
     assert "delayed" not in message and "\n" not in message
+    # bug: a device found through a database that does not answer said "cannot reach",
+    # where every other failure to connect says "cannot connect to"
+    url = f"tango://127.0.0.1:{port}/test/dahu/nobody"
+    with pytest.raises(ServerError) as info:
+        DahuClient(url)
+    assert str(info.value).startswith(f"cannot connect to {url}: Failed to connect to database")
 
 
 def test_a_lost_event_is_found_while_other_events_keep_coming(server):

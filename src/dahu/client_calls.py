@@ -57,7 +57,7 @@ def new_proxy(client: Any) -> tango.DeviceProxy:
         try:
             proxy = tango.DeviceProxy(client.device)
         except tango.DevFailed as err:
-            raise ServerError.from_devfailed(err, f"cannot reach {client.device}") from None
+            raise ServerError.from_devfailed(err, f"cannot connect to {client.device}") from None
     if client.timeout is not None:  # 0: no timeout at all
         proxy.set_timeout_millis(max(1, int(client.timeout * 1000)))
     return proxy
