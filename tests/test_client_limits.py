@@ -15,7 +15,7 @@ import tango
 from dahu import client_watch
 from dahu.client import ClientClosed, DahuClient, JobAborted, JobFailed, JobNotFound, ServerError
 
-from .conftest import running_server
+from .conftest import running_server, wait_stopped
 
 BULKY = '''\
 """A plugin with an output as large as asked."""
@@ -98,15 +98,6 @@ def test_threads_cancelling_one_future_all_hear_true(server):
                 future.result(0)
 
 
-def wait_stopped(pid: int, timeout: float = 10.0) -> None:
-    """Wait until the process ``pid`` is stopped (a signal is delivered a moment later)."""
-    deadline = time.monotonic() + timeout
-    stat = f"/proc/{pid}/stat"
-    while Path(stat).read_text().rpartition(")")[2].split()[0] not in "Tt":
-        assert time.monotonic() < deadline, f"process {pid} did not stop"
-        time.sleep(0.001)
-
-
 def test_a_server_that_does_not_answer_is_named_as_such(server):
     # bug: the reason was API_CorbaException and the message CORBA's words alone,
     # "startJob: TRANSIENT CORBA system exception: TRANSIENT_CallTimedout"
@@ -180,6 +171,42 @@ def test_a_thread_s_first_call_to_a_stopped_server_does_not_freeze_the_others(se
             os.kill(server.process.pid, signal.SIGCONT)
         assert len(calls) == 1 and max(gaps) < 1.0, (calls, max(gaps))
         assert dahu.submit("example.square", x=3).result(timeout=30)["result"] == 9
+
+
+def test_a_client_of_a_stopped_server_fails_in_its_timeout_freezing_nobody(server):
+    # bug: DahuClient() took 9 s to fail with timeout=0.5 (6 s with the default): making
+    # its first DeviceProxy waited 3 s holding Python's lock (every thread of the script
+    # stood still), then its first call took Tango's reconnection
+    gaps, done = [], threading.Event()
+
+    def tick() -> None:  # another thread of the user's process
+        last = time.monotonic()
+        while not done.is_set():
+            time.sleep(0.01)
+            gaps.append(time.monotonic() - last)
+            last = time.monotonic()
+
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        wait_stopped(server.process.pid)
+        ticker = threading.Thread(target=tick)
+        ticker.start()
+        started = time.monotonic()
+        with pytest.raises(ServerError) as info:
+            DahuClient(server.url, timeout=0.5)
+        took = time.monotonic() - started
+        done.set()
+        ticker.join(30)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert took < 2.0 and max(gaps) < 1.0, (took, max(gaps))
+    assert info.value.reason == "API_DeviceTimedOut"
+    assert str(info.value) == (
+        f"cannot connect to {server.url}: its server at 127.0.0.1:{server.port} does not "
+        "answer (nothing within 0.5 s: is it stopped?)"
+    )
+    with DahuClient(server.url, timeout=0.5) as dahu:  # a server that answers: no change
+        assert dahu.submit("example.square", x=5).result(timeout=30)["result"] == 25
 
 
 def test_close_with_the_server_stopped_takes_about_the_client_s_timeout(server, monkeypatch):

@@ -48,6 +48,7 @@ from .client_calls import (
     within,
 )
 from .client_close import close, resolver_call, unsubscribe
+from .client_probe import probe
 from .client_watch import check_journal, fetched, not_fetched, read_journal, watch
 from .futures import (
     ClientClosed,
@@ -147,6 +148,7 @@ class DahuClient:
         self._last_event = time.monotonic()  # last job of ours learnt from an event
         self._wake = threading.Event()
         self._outcomes: queue.SimpleQueue = queue.SimpleQueue()
+        probe(device, self._patience())  # a stopped server: fail in its time, not 6 to 9 s
         self._events_proxy = self._new_proxy()
         self._subscriptions: list[int] = []
         self._in_call: dict[threading.Thread, tuple[JobFuture, float]] = {}  # resolvers'
