@@ -558,6 +558,38 @@ def test_close_unsubscribes_and_fails_pending_futures(server, proxy):
     assert proxy.abort(future.job_id)
 
 
+def test_a_client_nobody_holds_is_collected_with_its_threads(server):
+    # bug: its threads held it: a script that made a client per scan without closing it
+    # kept six threads and two event subscriptions of each until it exited
+    import gc
+    import weakref
+
+    def scan(x):  # a client made, used and dropped, as in a scan's function
+        dahu = DahuClient(server.url, poll_interval=0.1)  # (let go 0.1 s after its jobs)
+        return dahu.submit("example.square", x=x).result(timeout=30)["result"], dahu
+
+    assert scan(3)[0] == 9
+    result, dahu = scan(4)
+    ref, threads, subscriptions = weakref.ref(dahu), dahu._threads, dahu._subscriptions
+    del dahu
+    deadline = time.monotonic() + 30
+    while ref() is not None or any(t.is_alive() for t in threads) or subscriptions:
+        assert time.monotonic() < deadline, (ref(), [t.name for t in threads if t.is_alive()])
+        gc.collect()
+        time.sleep(0.01)
+    with DahuClient(server.url) as dahu:  # the events of the next jobs disturb nobody
+        futures = dahu.map("example.square", [{"x": x} for x in range(20)])
+        assert [f.result(timeout=30)["result"] for f in futures] == [x * x for x in range(20)]
+    # not while it has jobs pending: their done-callbacks run, whoever holds the client
+    seen = []
+    DahuClient(server.url).submit("example.sleep", t=0.3).add_done_callback(seen.append)
+    while not seen:
+        assert time.monotonic() < deadline + 30, "the callback never ran"
+        gc.collect()
+        time.sleep(0.01)
+    assert seen[0].result(0)["slept"]
+
+
 def test_close_in_a_done_callback_stops_every_thread(server):
     # bug: close() drained the stop signal meant for the thread running the callback:
     # that thread (and the client it holds) stayed blocked for ever

@@ -30,6 +30,7 @@ import math
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -47,7 +48,16 @@ from .client_calls import (
     spare_proxies,
     within,
 )
-from .client_close import close, resolver_call, unsubscribe
+from .client_close import (
+    abandoned,
+    close,
+    handler,
+    hold,
+    release_if_idle,
+    resolver,
+    resolver_call,
+    unsubscribe,
+)
 from .client_probe import probe
 from .client_watch import check_journal, fetched, not_fetched, read_journal, watch
 from .futures import (
@@ -157,23 +167,27 @@ class DahuClient:
             self._events_proxy.ping()
             self._spares = spare_proxies(self, resolvers)  # the watcher asks through callers
             self._journal, self._journal_seen = read_journal(self._events_proxy), time.monotonic()
+            ref = weakref.ref(self)  # the threads and handlers hold it weakly: see there
             for name in ("jobSuccess", "jobFailure"):  # each event handed over at once
-                handler = lambda event, name=name: self._event(name, event)  # noqa: E731
                 with _SUBSCRIBING:  # see there
                     self._subscriptions.append(
-                        self._events_proxy.subscribe_event(name, CHANGE_EVENT, handler)
+                        self._events_proxy.subscribe_event(name, CHANGE_EVENT, handler(ref, name))
                     )
         except tango.DevFailed as err:
             self._unsubscribe()
             raise ServerError.from_devfailed(err, f"cannot connect to {device}") from None
-        loops = [(self._resolve_loop, (), f"dahu-client-{i}") for i in range(resolvers)]
-        loops.append((watch, (self,), "dahu-client-watch"))
+        loops = [(resolver, (ref, self._outcomes), f"dahu-client-{i}") for i in range(resolvers)]
+        loops.append((watch, (ref, self._events_proxy, self._subscriptions), "dahu-client-watch"))
         self._threads = [
             threading.Thread(target=f, args=a, name=n, daemon=True) for f, a, n in loops
         ]
         for thread in self._threads:
             thread.start()
         close_at_exit(self)
+        self._finalizer = weakref.finalize(
+            self, abandoned, self._outcomes, self._wake, self._threads
+        )
+        self._finalizer.atexit = False  # closed at exit (close_at_exit), not abandoned
 
     _check_journal = check_journal  # (self, max_age): JobFuture.cancel's too
 
@@ -330,6 +344,7 @@ class DahuClient:
                     self._outcomes.put((future, self._early.pop(future.job_id)))
                 elif not closed:  # job(id) may have asked for it meanwhile: that future
                     futures[i] = self._pending.setdefault(future.job_id, future)
+                    hold(self)
             self._submitting -= 1
             if not self._submitting:
                 self._early.clear()
@@ -344,6 +359,7 @@ class DahuClient:
         with self._lock:
             if self._closed:
                 raise ClientClosed(f"the client of {self.device} is closed")
+            hold(self)
             return self._pending.setdefault(future.job_id, future)
 
     def _retrack(self, future: JobFuture) -> None:
@@ -372,7 +388,9 @@ class DahuClient:
                 return
             if event:
                 self._last_event = time.monotonic()
-            self._outcomes.put((future, state))
+            self._outcomes.put((future, state))  # which holds the client until it is read
+            if not self._pending:
+                release_if_idle(self, locked=True)
 
     def _event(self, name: str, event: Any) -> None:
         """A change event of ``jobSuccess``/``jobFailure`` (Tango's event thread)."""
@@ -395,12 +413,6 @@ class DahuClient:
             self._ended(int(value), State.SUCCESS if name == "jobSuccess" else None, event=True)
 
     # ---- threads -------------------------------------------------------------------------
-    def _resolve_loop(self) -> None:
-        """Fetch the outcome of each ended job and settle its future."""
-        with tango.EnsureOmniThread():
-            while (item := self._outcomes.get()) is not None:
-                self._resolve(*item)
-
     def _resolve(self, future: JobFuture, state: str | None) -> None:
         try:
             self._fetch(future, state)
@@ -470,6 +482,7 @@ class DahuClient:
         with self._lock:
             if not self._closed and not future.done():
                 other = self._pending.setdefault(future.job_id, future)
+                hold(self)
                 if other is future:
                     return
         if other is not None:  # job(id) made another future of the job meanwhile:

@@ -31,6 +31,7 @@ __all__ = [
     "caller_thread",
     "callers",
     "TANGO_TIMEOUT",
+    "ending",
 ]
 
 TANGO_TIMEOUT = 3.0  # s: a DeviceProxy's timeout when the client sets none
@@ -207,6 +208,7 @@ def plugin_list(text: str) -> dict[str, str]:
 
 # ---- at exit ---------------------------------------------------------------------------
 _open: weakref.WeakSet = weakref.WeakSet()  # clients not closed yet
+ending: list[threading.Thread] = []  # threads of the clients collected without close()
 
 
 def close_at_exit(client: Any) -> None:
@@ -228,3 +230,6 @@ def _close_all() -> None:
         deadline = time.monotonic() + 3 * patience(client) + 2 * TANGO_TIMEOUT
         for thread in client._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+    deadline = time.monotonic() + 3 * TANGO_TIMEOUT  # (their client's timeout is gone)
+    for thread in ending:
+        thread.join(max(0.0, deadline - time.monotonic()))

@@ -10,16 +10,27 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from typing import Any
 
 import tango
 
 from .client_args import wait_time
-from .client_calls import GRACE, patience
+from .client_calls import GRACE, ending, patience
 
 logger = logging.getLogger("dahu.client")
 
-__all__ = ["close", "unsubscribe", "resolver_call"]
+__all__ = [
+    "close",
+    "unsubscribe",
+    "unsubscribe_all",
+    "resolver_call",
+    "handler",
+    "resolver",
+    "abandoned",
+    "hold",
+    "release_if_idle",
+]
 
 SLICE = 0.1  # s: how often close() looks whether a thread it waits for entered a call
 
@@ -40,14 +51,78 @@ def resolver_call(client: Any, future: Any, millis: int, function: Any, *args: A
 
 def unsubscribe(client: Any) -> None:
     """Remove ``client``'s event subscriptions (those that are left)."""
-    for subscription in client._subscriptions:
+    unsubscribe_all(client._events_proxy, client._subscriptions, client.device)
+
+
+def unsubscribe_all(proxy: tango.DeviceProxy, subscriptions: list[int], device: str) -> None:
+    """Remove the event ``subscriptions`` made through ``proxy`` (the list is emptied)."""
+    for subscription in subscriptions:
         try:
-            client._events_proxy.unsubscribe_event(subscription)
+            proxy.unsubscribe_event(subscription)
         except tango.DevFailed as err:
-            logger.debug("%s: unsubscribe: %s", client.device, err.args[0].desc)
+            logger.debug("%s: unsubscribe: %s", device, err.args[0].desc)
         except KeyError:  # unsubscribed already, by someone else
-            logger.debug("%s: subscription %s was gone", client.device, subscription)
-    client._subscriptions = []
+            logger.debug("%s: subscription %s was gone", device, subscription)
+    subscriptions.clear()  # the watcher's reference to it sees it too
+
+
+# ---- a client nobody closed nor holds any more -------------------------------------------
+# Its threads and event handlers hold it weakly, so that it is collected like any object
+# (a script that made a client per scan without closing it kept six threads and two
+# subscriptions of each, for ever); then its resolvers stop, and its watcher unsubscribes.
+# Not while it has futures pending: their callbacks must run, whoever holds them.
+_busy: set[Any] = set()  # clients with futures pending, or submitting
+
+
+def hold(client: Any) -> None:
+    """``client`` has futures pending (called under its lock): it is not collected."""
+    _busy.add(client)
+
+
+def release_if_idle(client: Any, locked: bool = False) -> None:
+    """``client`` may be collected once nobody holds it, unless futures are pending
+    (asked as its last pending job ends, and by each round of its watcher; ``locked``:
+    its lock is held).  Its futures ended are held by the queue of outcomes until read."""
+    if not locked:
+        with client._lock:
+            return release_if_idle(client, locked=True)
+    if client._closed or not (client._pending or client._submitting):
+        _busy.discard(client)
+
+
+def handler(ref: weakref.ref, name: str) -> Any:
+    """The handler of the change events of ``name`` for the client ``ref`` refers to."""
+
+    def on_event(event: Any) -> None:
+        client = ref()
+        if client is not None:
+            client._event(name, event)
+
+    return on_event
+
+
+def resolver(ref: weakref.ref, outcomes: queue.SimpleQueue) -> None:
+    """The loop of a resolver thread: fetch the outcome of each ended job and settle its
+    future, holding the client only meanwhile."""
+    with tango.EnsureOmniThread():
+        while (item := outcomes.get()) is not None:
+            client = ref()
+            if client is None:
+                return
+            client._resolve(*item)
+            del client, item
+
+
+def abandoned(
+    outcomes: queue.SimpleQueue, wake: threading.Event, threads: list[threading.Thread]
+) -> None:
+    """A client was collected without being closed: stop its ``threads`` (the watcher
+    unsubscribes: not here, which may run in Tango's event thread), which the exit waits
+    for (one in a Tango call as Python finalizes kills the process)."""
+    for _ in threads:
+        outcomes.put(None)
+    wake.set()
+    ending[:] = [thread for thread in ending if thread.is_alive()] + threads
 
 
 def close(client: Any, timeout: float = 10.0) -> None:
@@ -64,6 +139,8 @@ def close(client: Any, timeout: float = 10.0) -> None:
         client._closed = True
         pending = list(client._pending.values())
         client._pending.clear()
+    client._finalizer.detach()  # closed: nothing for the collector to do
+    _busy.discard(client)
     unsubscribe(client)
     if client._callers is not None:  # a call it makes now may still end, unheard
         client._callers.shutdown(wait=False, cancel_futures=True)
