@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -588,6 +589,43 @@ def test_a_client_nobody_holds_is_collected_with_its_threads(server):
         gc.collect()
         time.sleep(0.01)
     assert seen[0].result(0)["slept"]
+
+
+def _use_in_a_fork(dahu, future, answers) -> None:
+    """In a forked process: what a script using its parent's client is told."""
+    for call in (lambda: dahu.submit("example.square", x=1), lambda: future.result()):
+        started = time.monotonic()
+        try:
+            call()
+            answers.put("answered")
+        except ClientError as err:
+            answers.put((str(err), time.monotonic() - started))
+    dahu.close()  # no Tango call: omniORB aborts the process in a fork
+
+
+def test_a_client_used_in_a_forked_process_says_so(client):
+    # bug: a pool worker forked with the script's client got "startJob: the device URL did
+    # not answer within 3 s (is its server running, at this address?)" after 3 s (the
+    # client's threads stayed in the parent), and waited for ever in result()
+    import multiprocessing
+
+    future = client.submit("example.sleep", t=60)
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    child = context.Process(target=_use_in_a_fork, args=(client, future, answers))
+    child.start()
+    try:
+        got = [answers.get(timeout=30) for _ in range(2)]
+    finally:
+        child.join(30)
+        future.cancel()
+    expected = (
+        f"the client of {client.device} was made in process {os.getpid()}, not in this one "
+        f"({child.pid}, forked from it): make a DahuClient in each process"
+    )
+    assert [message for message, _ in got] == [expected] * 2
+    assert max(took for _, took in got) < 1.0 and child.exitcode == 0
+    assert client.submit("example.square", x=3).result(timeout=30)["result"] == 9
 
 
 def test_close_in_a_done_callback_stops_every_thread(server):

@@ -27,6 +27,7 @@ import concurrent.futures
 import json
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -45,6 +46,7 @@ from .client_calls import (
     new_proxy,
     patience,
     plugin_list,
+    same_process,
     spare_proxies,
     within,
 )
@@ -147,6 +149,7 @@ class DahuClient:
         self.sweep_interval = sweep_interval
         self.max_sweep_interval = max_sweep_interval
         self._local = threading.local()
+        self._pid = os.getpid()  # its threads run in this process only
         self._lock = threading.Lock()
         self._pending: dict[int, JobFuture] = {}  # insertion order: oldest first
         self._early: dict[int, str | None] = {}  # ended while a submission was in flight
@@ -440,7 +443,10 @@ class DahuClient:
         """A wait for ``future`` in a done-callback, run by one of our threads: fetch
         outcomes meanwhile (callbacks waiting idle could leave no thread to fetch them);
         return the time left of ``timeout``."""
-        if future.done() or threading.current_thread() not in self._threads:
+        if future.done():
+            return timeout
+        same_process(self)  # forked: nobody here would ever settle it
+        if threading.current_thread() not in self._threads:
             return timeout
         deadline = time.monotonic() + (math.inf if timeout is None else timeout)
         while not future.done() and not self._closed:

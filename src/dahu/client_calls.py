@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import math
+import os
 import threading
 import time
 import weakref
@@ -17,7 +18,7 @@ from typing import Any
 
 import tango
 
-from .futures import JobNotFound, ServerError
+from .futures import ClientError, JobNotFound, ServerError
 
 __all__ = [
     "new_proxy",
@@ -30,6 +31,7 @@ __all__ = [
     "close_at_exit",
     "caller_thread",
     "callers",
+    "same_process",
     "TANGO_TIMEOUT",
     "ending",
 ]
@@ -139,9 +141,21 @@ def caller_thread() -> None:
     _caller_thread.is_it = True
 
 
+def same_process(client: Any) -> None:
+    """Raise :class:`ClientError` in a process forked from the one that made ``client``:
+    its threads stayed there (a call waited for its timeout, then blamed the server:
+    "did not answer within 3 s (is its server running...)"; a ``result()`` for ever)."""
+    if client._pid != os.getpid():
+        raise ClientError(
+            f"the client of {client.device} was made in process {client._pid}, not in this "
+            f"one ({os.getpid()}, forked from it): make a DahuClient in each process"
+        )
+
+
 def callers(client: Any) -> concurrent.futures.ThreadPoolExecutor | None:
     """The threads of ``client`` that make the calls of :func:`within` (None once the
     client is closed)."""
+    same_process(client)
     with client._lock:
         if client._closed:
             return None

@@ -7,6 +7,7 @@ of reconnection), see ``docs/client.md``.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -141,7 +142,8 @@ def close(client: Any, timeout: float = 10.0) -> None:
         client._pending.clear()
     client._finalizer.detach()  # closed: nothing for the collector to do
     _busy.discard(client)
-    unsubscribe(client)
+    if client._pid == os.getpid():  # in a forked child, Tango's calls abort the process
+        unsubscribe(client)  # (omniORB's INV_OBJREF): its subscriptions are the parent's
     if client._callers is not None:  # a call it makes now may still end, unheard
         client._callers.shutdown(wait=False, cancel_futures=True)
     client._wake.set()
