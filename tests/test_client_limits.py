@@ -680,6 +680,16 @@ def test_pickling_a_future_says_what_to_pickle_instead(server):
                 f"job_id ({future.job_id}) and get the job back with DahuClient.job(job_id)"
             )
         assert dahu.job(future.job_id).result(timeout=30)["result"] == 4
+        # bug: the client itself (given to a process pool) said "cannot pickle
+        # '_thread._local' object", and copy.copy made a client sharing its state
+        for attempt in (pickle.dumps, copy.copy, copy.deepcopy):
+            with pytest.raises(TypeError) as info:
+                attempt(dahu)
+            assert str(info.value) == (
+                "a DahuClient cannot be pickled nor copied (its threads and subscriptions "
+                f"are its process's): pass the device name ({server.url!r}) and make a "
+                "DahuClient in each process"
+            )
 
 
 def test_a_future_followed_again_while_job_id_made_another_one_still_ends(server):

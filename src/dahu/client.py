@@ -204,6 +204,13 @@ class DahuClient:
     def __repr__(self) -> str:
         return f"<DahuClient {self.device}: {len(self._pending)} pending>"
 
+    def __reduce__(self) -> Any:  # not "cannot pickle '_thread._local' object"
+        raise TypeError(
+            f"a DahuClient cannot be pickled nor copied (its threads and subscriptions are "
+            f"its process's): pass the device name ({self.device!r}) and make a "
+            f"DahuClient in each process"
+        )
+
     # ---- calls ---------------------------------------------------------------------------
     _new_proxy = new_proxy  # (self): a proxy of the device for one thread
 
