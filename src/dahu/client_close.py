@@ -1,7 +1,8 @@
 """The closing of a :mod:`dahu.client` client: unsubscribe, stop its threads, fail the
 futures still pending, and wait for its threads no longer than their device calls may
 take (a server stopped by a signal holds a Tango call for two or three timeouts and 3 s
-of reconnection), see ``docs/client.md``.
+of reconnection), see ``docs/client.md``.  Also the end of a client nobody closed nor
+holds any more: it is collected, and its threads stop.
 """
 
 from __future__ import annotations
