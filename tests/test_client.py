@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import math
 import os
 import subprocess
@@ -601,6 +602,12 @@ def _use_in_a_fork(dahu, future, answers) -> None:
         except ClientError as err:
             answers.put((str(err), time.monotonic() - started))
     dahu.close()  # no Tango call: omniORB aborts the process in a fork
+    warnings = []  # a client of its own gets no event: it says so
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("dahu.client").addHandler(handler)
+    with DahuClient(dahu.device):
+        answers.put(warnings)
 
 
 def test_a_client_used_in_a_forked_process_says_so(client):
@@ -616,6 +623,7 @@ def test_a_client_used_in_a_forked_process_says_so(client):
     child.start()
     try:
         got = [answers.get(timeout=30) for _ in range(2)]
+        warnings = answers.get(timeout=30)
     finally:
         child.join(30)
         future.cancel()
@@ -625,6 +633,11 @@ def test_a_client_used_in_a_forked_process_says_so(client):
     )
     assert [message for message, _ in got] == [expected] * 2
     assert max(took for _, took in got) < 1.0 and child.exitcode == 0
+    # bug: its jobs ended a second or two late, each (through the watcher), unexplained
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"{client.device}: this process was forked from process {os.getpid()}, which had "
+        "subscribed to Tango events: Tango sends it none"
+    )
     assert client.submit("example.square", x=3).result(timeout=30)["result"] == 9
 
 

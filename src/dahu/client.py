@@ -48,6 +48,7 @@ from .client_calls import (
     plugin_list,
     same_process,
     spare_proxies,
+    subscribed,
     within,
 )
 from .client_close import (
@@ -179,6 +180,7 @@ class DahuClient:
         except tango.DevFailed as err:
             self._unsubscribe()
             raise ServerError.from_devfailed(err, f"cannot connect to {device}") from None
+        subscribed(self)  # (a process forked from one that subscribed gets no events)
         loops = [(resolver, (ref, self._outcomes), f"dahu-client-{i}") for i in range(resolvers)]
         loops.append((watch, (ref, self._events_proxy, self._subscriptions), "dahu-client-watch"))
         self._threads = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import logging
 import math
 import os
 import threading
@@ -32,6 +33,7 @@ __all__ = [
     "caller_thread",
     "callers",
     "same_process",
+    "subscribed",
     "TANGO_TIMEOUT",
     "ending",
 ]
@@ -130,6 +132,7 @@ def _call_once(client: Any, command: str, argument: Any, millis: int) -> Any:
         raise ServerError.from_devfailed(err, command) from None
 
 
+logger = logging.getLogger("dahu.client")
 _caller_thread = threading.local()  # is_it: in a caller thread of a client
 
 
@@ -150,6 +153,28 @@ def same_process(client: Any) -> None:
             f"the client of {client.device} was made in process {client._pid}, not in this "
             f"one ({os.getpid()}, forked from it): make a DahuClient in each process"
         )
+
+
+_events_pid = 0  # the process whose clients subscribed to events first
+
+
+def subscribed(client: Any) -> None:
+    """``client`` subscribed to its events: warn if this process was forked from one whose
+    clients had subscribed, which cppTango then sends no events (measured with PyTango
+    10.3: no event reached a client made in a fork, whose futures all ended through the
+    watcher's rounds, a second or two each)."""
+    global _events_pid
+    if _events_pid and _events_pid != os.getpid():
+        logger.warning(
+            "%s: this process was forked from process %d, which had subscribed to Tango "
+            "events: Tango sends it none, and its jobs are known to end only when the "
+            "client asks (every poll_interval, sweep_interval s); make clients in processes "
+            "started by multiprocessing's 'spawn' or 'forkserver'",
+            client.device,
+            _events_pid,
+        )
+    else:
+        _events_pid = os.getpid()
 
 
 def callers(client: Any) -> concurrent.futures.ThreadPoolExecutor | None:
