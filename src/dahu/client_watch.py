@@ -42,7 +42,7 @@ def watch(ref: Any, proxy: tango.DeviceProxy, subscriptions: list[int]) -> None:
     client = ref()
     state = {"period": client.sweep_interval, "head_asked": 0.0}
     state["next_sweep"] = time.monotonic() + state["period"]
-    wake, interval, device = client._wake, client.poll_interval, client.device
+    wake, device = client._wake, client.device
     del client
     with tango.EnsureOmniThread():
         while True:
@@ -52,6 +52,7 @@ def watch(ref: Any, proxy: tango.DeviceProxy, subscriptions: list[int]) -> None:
                 return
             if client._closed:
                 return
+            interval = client.poll_interval
             del client
             wake.wait(interval)
             wake.clear()
