@@ -615,6 +615,25 @@ class _Outage:
         return self._proxy.command_inout(command, *args)
 
 
+def test_an_outcome_whose_fetch_failed_is_asked_again_at_once(server):
+    # bug: a fetch that failed once (a server back a moment before: Tango's reconnection
+    # delay refused it) waited for the watcher's next round, poll_interval s later: with
+    # poll_interval=60 a test's result(timeout=30) failed so now and then
+    with DahuClient(server.url, poll_interval=60) as dahu:
+        real_call, refused = dahu._call, []
+
+        def refused_once(command, argument=None, millis=0):
+            if command == "getJobOutput" and not refused:
+                refused.append(argument)
+                raise ServerError("getJobOutput: delayed", "API_CantConnectToDevice")
+            return real_call(command, argument, millis)
+
+        dahu._call = refused_once
+        future = dahu.submit("example.square", x=3)
+        assert future.result(timeout=30)["result"] == 9
+        assert refused == [future.job_id]
+
+
 def test_an_outage_is_one_warning_not_one_per_job(server, caplog):
     # bug: a DevRestart while outcomes were fetched logged one warning per job
     # ("job N: getJobOutput: Failed to connect to device ..."): 1,200 lines for 1,500 jobs

@@ -442,6 +442,7 @@ class DahuClient:
             not_fetched(self, future, err)  # one warning for an outage, not one per job
             self._requeue(future)
             self._suspect = True
+            self._wake.set()  # asked again by the watcher now, not poll_interval s later
         except Exception as err:  # a loop boundary: the future must not hang
             logger.exception("%s: job %s: cannot fetch its outcome", self.device, future.job_id)
             future._settle(None, error=ClientError(f"job {future.job_id}: {err}"))
