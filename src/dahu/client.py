@@ -188,11 +188,11 @@ class DahuClient:
         ]
         for thread in self._threads:
             thread.start()
-        close_at_exit(self)
         self._finalizer = weakref.finalize(
             self, abandoned, self._outcomes, self._wake, self._threads
         )
         self._finalizer.atexit = False  # closed at exit (close_at_exit), not abandoned
+        close_at_exit(self)
 
     _check_journal = check_journal  # (self, max_age): JobFuture.cancel's too
 
