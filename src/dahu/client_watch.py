@@ -39,20 +39,20 @@ def watch(ref: Any, proxy: tango.DeviceProxy, subscriptions: list[int]) -> None:
     that ended behind a long one; while events flow, the state of the oldest pending job
     every ``max_sweep_interval`` s.  After an event error: a check of every pending job
     at once.  The thread never dies while the client is open: the futures depend on it."""
-    client = ref()
-    state = {"period": client.sweep_interval, "head_asked": 0.0}
-    state["next_sweep"] = time.monotonic() + state["period"]
-    wake, device = client._wake, client.device
-    del client
+    state: dict[str, float] = {}
+    device = ""
     with tango.EnsureOmniThread():
         while True:
             client = ref()
-            if client is None:  # collected, never closed
+            if client is None:  # collected, never closed (maybe before this line ran)
                 unsubscribe_all(proxy, subscriptions, device)
                 return
             if client._closed:
                 return
-            interval = client.poll_interval
+            if not state:
+                state["period"], state["head_asked"] = client.sweep_interval, 0.0
+                state["next_sweep"] = time.monotonic() + state["period"]
+            wake, interval, device = client._wake, client.poll_interval, client.device
             del client
             wake.wait(interval)
             wake.clear()
