@@ -120,6 +120,15 @@ def running_server(base: Path, device: str, **options):
     assert status == 0, Path(local.log_path).read_text()[-2000:]
 
 
+def wait_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Wait until the process ``pid`` is stopped (a signal is delivered a moment later)."""
+    deadline = time.monotonic() + timeout
+    stat = f"/proc/{pid}/stat"
+    while Path(stat).read_text().rpartition(")")[2].split()[0] not in "Tt":
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        time.sleep(0.001)
+
+
 FINAL = ("success", "failure", "aborted")
 
 

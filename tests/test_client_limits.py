@@ -15,7 +15,7 @@ import tango
 from dahu import client_watch
 from dahu.client import ClientClosed, DahuClient, JobAborted, JobFailed, JobNotFound, ServerError
 
-from .conftest import running_server
+from .conftest import running_server, wait_stopped
 
 BULKY = '''\
 """A plugin with an output as large as asked."""
@@ -98,15 +98,6 @@ def test_threads_cancelling_one_future_all_hear_true(server):
                 future.result(0)
 
 
-def wait_stopped(pid: int, timeout: float = 10.0) -> None:
-    """Wait until the process ``pid`` is stopped (a signal is delivered a moment later)."""
-    deadline = time.monotonic() + timeout
-    stat = f"/proc/{pid}/stat"
-    while Path(stat).read_text().rpartition(")")[2].split()[0] not in "Tt":
-        assert time.monotonic() < deadline, f"process {pid} did not stop"
-        time.sleep(0.001)
-
-
 def test_a_server_that_does_not_answer_is_named_as_such(server):
     # bug: the reason was API_CorbaException and the message CORBA's words alone,
     # "startJob: TRANSIENT CORBA system exception: TRANSIENT_CallTimedout"
@@ -182,6 +173,42 @@ def test_a_thread_s_first_call_to_a_stopped_server_does_not_freeze_the_others(se
         assert dahu.submit("example.square", x=3).result(timeout=30)["result"] == 9
 
 
+def test_a_client_of_a_stopped_server_fails_in_its_timeout_freezing_nobody(server):
+    # bug: DahuClient() took 9 s to fail with timeout=0.5 (6 s with the default): making
+    # its first DeviceProxy waited 3 s holding Python's lock (every thread of the script
+    # stood still), then its first call took Tango's reconnection
+    gaps, done = [], threading.Event()
+
+    def tick() -> None:  # another thread of the user's process
+        last = time.monotonic()
+        while not done.is_set():
+            time.sleep(0.01)
+            gaps.append(time.monotonic() - last)
+            last = time.monotonic()
+
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        wait_stopped(server.process.pid)
+        ticker = threading.Thread(target=tick)
+        ticker.start()
+        started = time.monotonic()
+        with pytest.raises(ServerError) as info:
+            DahuClient(server.url, timeout=0.5)
+        took = time.monotonic() - started
+        done.set()
+        ticker.join(30)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert took < 2.0 and max(gaps) < 1.0, (took, max(gaps))
+    assert info.value.reason == "API_DeviceTimedOut"
+    assert str(info.value) == (
+        f"cannot connect to {server.url}: its server at 127.0.0.1:{server.port} does not "
+        "answer (nothing within 0.5 s: is it stopped?)"
+    )
+    with DahuClient(server.url, timeout=0.5) as dahu:  # a server that answers: no change
+        assert dahu.submit("example.square", x=5).result(timeout=30)["result"] == 25
+
+
 def test_close_with_the_server_stopped_takes_about_the_client_s_timeout(server, monkeypatch):
     # bug: close() waits for the watcher, whose call to a server stopped by a signal took
     # Tango's timeout and its 3 s of reconnection: 3.5 s with timeout=0.5, 9 s with the
@@ -210,6 +237,55 @@ def test_close_with_the_server_stopped_takes_about_the_client_s_timeout(server, 
         os.kill(server.process.pid, signal.SIGCONT)
     tango.DeviceProxy(server.url).abort(slow.job_id)
     assert took < 2.0, took
+
+
+def test_close_does_not_wait_for_a_fetch_the_stopped_server_holds(server):
+    # bug: a resolver already fetching an outcome as the server was stopped by a signal
+    # held close() for Tango's timeouts and 3 s of reconnection: 3.9 s with timeout=0.5
+    # (and it logged "asked again ... until the server answers" after close() returned)
+    dahu = DahuClient(server.url, timeout=0.5, resolvers=1, poll_interval=60)
+    inside, release = threading.Event(), threading.Event()
+    real_call = dahu._call
+
+    def held_call(command, argument=None, millis=0):
+        if command == "getJobOutput" and not inside.is_set():
+            inside.set()
+            assert release.wait(30)  # then asks the stopped server
+        return real_call(command, argument, millis)
+
+    dahu._call = held_call
+    future = dahu.submit("example.square", x=3)
+    assert inside.wait(30)
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        wait_stopped(server.process.pid)
+        release.set()
+        started = time.monotonic()
+        dahu.close()
+        took = time.monotonic() - started
+        assert future.done()  # failed at once, not left pending by close()
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert took < 2.0, took
+    with pytest.raises(ClientClosed):
+        future.result(0)
+    dahu._threads[0].join(30)  # its call, left to Tango, ends: the thread with it
+    assert not dahu._threads[0].is_alive()
+
+
+def test_a_close_shorter_than_a_callback_still_stops_its_thread(server):
+    # bug: close() drained the stop signal of a resolver it had not waited for (running a
+    # done-callback past close's timeout): the thread waited for ever, and the script's
+    # exit waited for it (3 timeouts and 6 s)
+    dahu = DahuClient(server.url, resolvers=1)
+    entered, release = threading.Event(), threading.Event()
+    future = dahu.submit("example.square", x=2)
+    future.add_done_callback(lambda _: (entered.set(), release.wait(30)))
+    assert entered.wait(30)
+    dahu.close(timeout=0)
+    release.set()
+    dahu._threads[0].join(30)
+    assert not dahu._threads[0].is_alive()
 
 
 def test_the_exit_waits_for_the_threads_of_a_closed_client_still_in_a_call(monkeypatch):
@@ -539,6 +615,25 @@ class _Outage:
         return self._proxy.command_inout(command, *args)
 
 
+def test_an_outcome_whose_fetch_failed_is_asked_again_at_once(server):
+    # bug: a fetch that failed once (a server back a moment before: Tango's reconnection
+    # delay refused it) waited for the watcher's next round, poll_interval s later: with
+    # poll_interval=60 a test's result(timeout=30) failed so now and then
+    with DahuClient(server.url, poll_interval=60) as dahu:
+        real_call, refused = dahu._call, []
+
+        def refused_once(command, argument=None, millis=0):
+            if command == "getJobOutput" and not refused:
+                refused.append(argument)
+                raise ServerError("getJobOutput: delayed", "API_CantConnectToDevice")
+            return real_call(command, argument, millis)
+
+        dahu._call = refused_once
+        future = dahu.submit("example.square", x=3)
+        assert future.result(timeout=30)["result"] == 9
+        assert refused == [future.job_id]
+
+
 def test_an_outage_is_one_warning_not_one_per_job(server, caplog):
     # bug: a DevRestart while outcomes were fetched logged one warning per job
     # ("job N: getJobOutput: Failed to connect to device ..."): 1,200 lines for 1,500 jobs
@@ -604,6 +699,16 @@ def test_pickling_a_future_says_what_to_pickle_instead(server):
                 f"job_id ({future.job_id}) and get the job back with DahuClient.job(job_id)"
             )
         assert dahu.job(future.job_id).result(timeout=30)["result"] == 4
+        # bug: the client itself (given to a process pool) said "cannot pickle
+        # '_thread._local' object", and copy.copy made a client sharing its state
+        for attempt in (pickle.dumps, copy.copy, copy.deepcopy):
+            with pytest.raises(TypeError) as info:
+                attempt(dahu)
+            assert str(info.value) == (
+                "a DahuClient cannot be pickled nor copied (its threads and subscriptions "
+                f"are its process's): pass the device name ({server.url!r}) and make a "
+                "DahuClient in each process"
+            )
 
 
 def test_a_future_followed_again_while_job_id_made_another_one_still_ends(server):

@@ -22,6 +22,9 @@ import pytest
 import tango
 
 from dahu.app.localserver import free_port
+from dahu.client import DahuClient, ServerError
+
+from .conftest import wait_stopped
 
 BIN = Path(sys.executable).parent
 INSTANCE = "dbtest"
@@ -180,6 +183,21 @@ def test_register_then_serve_by_name_then_stop_cleanly(database, tmp_path):
         while proxy.getJobState(running) != "running":
             assert time.monotonic() < deadline, "the sleep job never ran"
             time.sleep(0.02)
+        # bug: a client of a device found through the database, whose server was stopped
+        # by a signal, took 9 s to fail with timeout=0.5 (holding Python's lock for 3 s)
+        url = f"tango://{database}/{DEVICE}"
+        server.send_signal(signal.SIGSTOP)
+        try:
+            wait_stopped(server.pid)
+            started = time.monotonic()
+            with pytest.raises(ServerError) as info:
+                DahuClient(url, timeout=0.5)
+            took = time.monotonic() - started
+        finally:
+            server.send_signal(signal.SIGCONT)
+        assert took < 2.0, took
+        assert str(info.value).startswith(f"cannot connect to {url}: its server at ")
+        assert info.value.reason == "API_DeviceTimedOut"
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
     finally:

@@ -27,9 +27,11 @@ import concurrent.futures
 import json
 import logging
 import math
+import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -44,9 +46,22 @@ from .client_calls import (
     new_proxy,
     patience,
     plugin_list,
+    same_process,
     spare_proxies,
+    subscribed,
     within,
 )
+from .client_close import (
+    abandoned,
+    close,
+    handler,
+    hold,
+    release_if_idle,
+    resolver,
+    resolver_call,
+    unsubscribe,
+)
+from .client_probe import probe
 from .client_watch import check_journal, fetched, not_fetched, read_journal, watch
 from .futures import (
     ClientClosed,
@@ -135,6 +150,7 @@ class DahuClient:
         self.sweep_interval = sweep_interval
         self.max_sweep_interval = max_sweep_interval
         self._local = threading.local()
+        self._pid = os.getpid()  # its threads run in this process only
         self._lock = threading.Lock()
         self._pending: dict[int, JobFuture] = {}  # insertion order: oldest first
         self._early: dict[int, str | None] = {}  # ended while a submission was in flight
@@ -146,29 +162,36 @@ class DahuClient:
         self._last_event = time.monotonic()  # last job of ours learnt from an event
         self._wake = threading.Event()
         self._outcomes: queue.SimpleQueue = queue.SimpleQueue()
+        probe(device, self._patience())  # a stopped server: fail in its time, not 6 to 9 s
         self._events_proxy = self._new_proxy()
         self._subscriptions: list[int] = []
+        self._in_call: dict[threading.Thread, tuple[JobFuture, float]] = {}  # resolvers'
         self._callers: concurrent.futures.ThreadPoolExecutor | None = None
         try:
             self._events_proxy.ping()
             self._spares = spare_proxies(self, resolvers)  # the watcher asks through callers
             self._journal, self._journal_seen = read_journal(self._events_proxy), time.monotonic()
+            ref = weakref.ref(self)  # the threads and handlers hold it weakly: see there
             for name in ("jobSuccess", "jobFailure"):  # each event handed over at once
-                handler = lambda event, name=name: self._event(name, event)  # noqa: E731
                 with _SUBSCRIBING:  # see there
                     self._subscriptions.append(
-                        self._events_proxy.subscribe_event(name, CHANGE_EVENT, handler)
+                        self._events_proxy.subscribe_event(name, CHANGE_EVENT, handler(ref, name))
                     )
         except tango.DevFailed as err:
             self._unsubscribe()
             raise ServerError.from_devfailed(err, f"cannot connect to {device}") from None
-        loops = [(self._resolve_loop, (), f"dahu-client-{i}") for i in range(resolvers)]
-        loops.append((watch, (self,), "dahu-client-watch"))
+        subscribed(self)  # (a process forked from one that subscribed gets no events)
+        loops = [(resolver, (ref, self._outcomes), f"dahu-client-{i}") for i in range(resolvers)]
+        loops.append((watch, (ref, self._events_proxy, self._subscriptions), "dahu-client-watch"))
         self._threads = [
             threading.Thread(target=f, args=a, name=n, daemon=True) for f, a, n in loops
         ]
         for thread in self._threads:
             thread.start()
+        self._finalizer = weakref.finalize(
+            self, abandoned, self._outcomes, self._wake, self._threads
+        )
+        self._finalizer.atexit = False  # closed at exit (close_at_exit), not abandoned
         close_at_exit(self)
 
     _check_journal = check_journal  # (self, max_age): JobFuture.cancel's too
@@ -182,6 +205,13 @@ class DahuClient:
 
     def __repr__(self) -> str:
         return f"<DahuClient {self.device}: {len(self._pending)} pending>"
+
+    def __reduce__(self) -> Any:  # not "cannot pickle '_thread._local' object"
+        raise TypeError(
+            f"a DahuClient cannot be pickled nor copied (its threads and subscriptions are "
+            f"its process's): pass the device name ({self.device!r}) and make a "
+            f"DahuClient in each process"
+        )
 
     # ---- calls ---------------------------------------------------------------------------
     _new_proxy = new_proxy  # (self): a proxy of the device for one thread
@@ -326,6 +356,7 @@ class DahuClient:
                     self._outcomes.put((future, self._early.pop(future.job_id)))
                 elif not closed:  # job(id) may have asked for it meanwhile: that future
                     futures[i] = self._pending.setdefault(future.job_id, future)
+                    hold(self)
             self._submitting -= 1
             if not self._submitting:
                 self._early.clear()
@@ -340,6 +371,7 @@ class DahuClient:
         with self._lock:
             if self._closed:
                 raise ClientClosed(f"the client of {self.device} is closed")
+            hold(self)
             return self._pending.setdefault(future.job_id, future)
 
     def _retrack(self, future: JobFuture) -> None:
@@ -368,7 +400,9 @@ class DahuClient:
                 return
             if event:
                 self._last_event = time.monotonic()
-            self._outcomes.put((future, state))
+            self._outcomes.put((future, state))  # which holds the client until it is read
+            if not self._pending:
+                release_if_idle(self, locked=True)
 
     def _event(self, name: str, event: Any) -> None:
         """A change event of ``jobSuccess``/``jobFailure`` (Tango's event thread)."""
@@ -391,12 +425,6 @@ class DahuClient:
             self._ended(int(value), State.SUCCESS if name == "jobSuccess" else None, event=True)
 
     # ---- threads -------------------------------------------------------------------------
-    def _resolve_loop(self) -> None:
-        """Fetch the outcome of each ended job and settle its future."""
-        with tango.EnsureOmniThread():
-            while (item := self._outcomes.get()) is not None:
-                self._resolve(*item)
-
     def _resolve(self, future: JobFuture, state: str | None) -> None:
         try:
             self._fetch(future, state)
@@ -406,11 +434,15 @@ class DahuClient:
             if err.hopeless:
                 future._settle(None, error=ServerError(f"job {future.job_id}: {err}", err.reason))
                 return
+            if self._closed:  # a call close() did not wait for: not asked again
+                future._settle(None, error=self._closed_error(future))
+                return
             if err.reason == "API_DeviceTimedOut":  # too slow to send: allow twice as long
                 future._patience = 2 * max(future._patience, self._proxy().get_timeout_millis())
             not_fetched(self, future, err)  # one warning for an outage, not one per job
             self._requeue(future)
             self._suspect = True
+            self._wake.set()  # asked again by the watcher now, not poll_interval s later
         except Exception as err:  # a loop boundary: the future must not hang
             logger.exception("%s: job %s: cannot fetch its outcome", self.device, future.job_id)
             future._settle(None, error=ClientError(f"job {future.job_id}: {err}"))
@@ -421,7 +453,10 @@ class DahuClient:
         """A wait for ``future`` in a done-callback, run by one of our threads: fetch
         outcomes meanwhile (callbacks waiting idle could leave no thread to fetch them);
         return the time left of ``timeout``."""
-        if future.done() or threading.current_thread() not in self._threads:
+        if future.done():
+            return timeout
+        same_process(self)  # forked: nobody here would ever settle it
+        if threading.current_thread() not in self._threads:
             return timeout
         deadline = time.monotonic() + (math.inf if timeout is None else timeout)
         while not future.done() and not self._closed:
@@ -441,17 +476,18 @@ class DahuClient:
     def _fetch(self, future: JobFuture, state: str | None) -> None:
         if future.done() or self._closed:  # settled meanwhile (cancelled, of another
             return future._settle(None, error=self._closed_error(future))  # journal), closed
-        if not check_journal(self, math.inf):  # after a lost connection: the same journal?
+        # each call waited for by close() no longer than it may take (a stopped server)
+        if not resolver_call(self, future, 0, check_journal, self, math.inf):  # same journal
             raise ServerError(f"{self.device}: journalId cannot be read", "API_CantConnectToDevice")
-        job_id = future.job_id
+        job_id, millis = future.job_id, future._patience
         if state is None:
-            state = self._call("getJobState", job_id)
+            state = resolver_call(self, future, 0, self._call, "getJobState", job_id)
         if state == State.SUCCESS:
-            text = self._call("getJobOutput", job_id, future._patience)
+            text = resolver_call(self, future, millis, self._call, "getJobOutput", job_id, millis)
             future._settle(state, output=json.loads(text))
         elif state in State.FINAL:
             klass = JobAborted if state == State.ABORTED else JobFailed
-            text = self._call("getJobError", job_id, future._patience)
+            text = resolver_call(self, future, millis, self._call, "getJobError", job_id, millis)
             error = klass.from_error_text(job_id, text)
             future._settle(state, error=error)
         else:  # not ended after all (a stale value): keep waiting
@@ -462,6 +498,7 @@ class DahuClient:
         with self._lock:
             if not self._closed and not future.done():
                 other = self._pending.setdefault(future.job_id, future)
+                hold(self)
                 if other is future:
                     return
         if other is not None:  # job(id) made another future of the job meanwhile:
@@ -475,45 +512,5 @@ class DahuClient:
         )
 
     # ---- closing -------------------------------------------------------------------------
-    def _unsubscribe(self) -> None:
-        for subscription in self._subscriptions:
-            try:
-                self._events_proxy.unsubscribe_event(subscription)
-            except tango.DevFailed as err:
-                logger.debug("%s: unsubscribe: %s", self.device, err.args[0].desc)
-            except KeyError:  # unsubscribed already, by someone else
-                logger.debug("%s: subscription %s was gone", self.device, subscription)
-        self._subscriptions = []
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Unsubscribe, stop the client's threads and fail the futures still pending with
-        :class:`ClientClosed` (their jobs go on on the server)."""
-        timeout = wait_time("timeout", timeout)  # before anything is closed
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            pending = list(self._pending.values())
-            self._pending.clear()
-        self._unsubscribe()
-        if self._callers is not None:  # a call it makes now may still end, unheard
-            self._callers.shutdown(wait=False, cancel_futures=True)
-        self._wake.set()
-        for _ in self._threads:
-            self._outcomes.put(None)
-        for future in pending:  # first: a callback of our threads may wait for one
-            future._settle(None, error=self._closed_error(future))
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
-        # outcomes fetched by nobody: their futures must not hang either
-        while True:
-            try:
-                item = self._outcomes.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None and not item[0].done():
-                item[0]._settle(None, error=self._closed_error(item[0]))
-        if threading.current_thread() in self._threads:  # from a callback: its stop signal
-            self._outcomes.put(None)  # was drained above
+    _unsubscribe = unsubscribe  # (self): the subscriptions that are left
+    close = close  # (self, timeout=10.0): see client_close

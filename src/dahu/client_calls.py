@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import logging
 import math
+import os
 import threading
 import time
 import weakref
@@ -17,7 +19,7 @@ from typing import Any
 
 import tango
 
-from .futures import JobNotFound, ServerError
+from .futures import ClientError, JobNotFound, ServerError
 
 __all__ = [
     "new_proxy",
@@ -30,7 +32,10 @@ __all__ = [
     "close_at_exit",
     "caller_thread",
     "callers",
+    "same_process",
+    "subscribed",
     "TANGO_TIMEOUT",
+    "ending",
 ]
 
 TANGO_TIMEOUT = 3.0  # s: a DeviceProxy's timeout when the client sets none
@@ -57,7 +62,7 @@ def new_proxy(client: Any) -> tango.DeviceProxy:
         try:
             proxy = tango.DeviceProxy(client.device)
         except tango.DevFailed as err:
-            raise ServerError.from_devfailed(err, f"cannot reach {client.device}") from None
+            raise ServerError.from_devfailed(err, f"cannot connect to {client.device}") from None
     if client.timeout is not None:  # 0: no timeout at all
         proxy.set_timeout_millis(max(1, int(client.timeout * 1000)))
     return proxy
@@ -127,6 +132,7 @@ def _call_once(client: Any, command: str, argument: Any, millis: int) -> Any:
         raise ServerError.from_devfailed(err, command) from None
 
 
+logger = logging.getLogger("dahu.client")
 _caller_thread = threading.local()  # is_it: in a caller thread of a client
 
 
@@ -138,9 +144,43 @@ def caller_thread() -> None:
     _caller_thread.is_it = True
 
 
+def same_process(client: Any) -> None:
+    """Raise :class:`ClientError` in a process forked from the one that made ``client``:
+    its threads stayed there (a call waited for its timeout, then blamed the server:
+    "did not answer within 3 s (is its server running...)"; a ``result()`` for ever)."""
+    if client._pid != os.getpid():
+        raise ClientError(
+            f"the client of {client.device} was made in process {client._pid}, not in this "
+            f"one ({os.getpid()}, forked from it): make a DahuClient in each process"
+        )
+
+
+_events_pid = 0  # the process whose clients subscribed to events first
+
+
+def subscribed(client: Any) -> None:
+    """``client`` subscribed to its events: warn if this process was forked from one whose
+    clients had subscribed, which cppTango then sends no events (measured with PyTango
+    10.3: no event reached a client made in a fork, whose futures all ended through the
+    watcher's rounds, a second or two each)."""
+    global _events_pid
+    if _events_pid and _events_pid != os.getpid():
+        logger.warning(
+            "%s: this process was forked from process %d, which had subscribed to Tango "
+            "events: Tango sends it none, and its jobs are known to end only when the "
+            "client asks (every poll_interval, sweep_interval s); make clients in processes "
+            "started by multiprocessing's 'spawn' or 'forkserver'",
+            client.device,
+            _events_pid,
+        )
+    else:
+        _events_pid = os.getpid()
+
+
 def callers(client: Any) -> concurrent.futures.ThreadPoolExecutor | None:
     """The threads of ``client`` that make the calls of :func:`within` (None once the
     client is closed)."""
+    same_process(client)
     with client._lock:
         if client._closed:
             return None
@@ -207,6 +247,7 @@ def plugin_list(text: str) -> dict[str, str]:
 
 # ---- at exit ---------------------------------------------------------------------------
 _open: weakref.WeakSet = weakref.WeakSet()  # clients not closed yet
+ending: list[threading.Thread] = []  # threads of the clients collected without close()
 
 
 def close_at_exit(client: Any) -> None:
@@ -228,3 +269,6 @@ def _close_all() -> None:
         deadline = time.monotonic() + 3 * patience(client) + 2 * TANGO_TIMEOUT
         for thread in client._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+    deadline = time.monotonic() + 3 * TANGO_TIMEOUT  # (their client's timeout is gone)
+    for thread in ending:
+        thread.join(max(0.0, deadline - time.monotonic()))

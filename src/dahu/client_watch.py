@@ -14,6 +14,7 @@ from typing import Any
 
 import tango
 
+from .client_close import release_if_idle, unsubscribe_all
 from .futures import JobNotFound, ServerError
 from .states import State
 
@@ -27,8 +28,10 @@ DEFAULT_CALL_TIMEOUT = 3.0
 """Seconds a call may take with no client timeout given (Tango's default)."""
 
 
-def watch(client: Any) -> None:
-    """The loop of ``client``'s watcher thread (``client`` is a ``DahuClient``).
+def watch(ref: Any, proxy: tango.DeviceProxy, subscriptions: list[int]) -> None:
+    """The loop of the watcher thread of the ``DahuClient`` that ``ref`` (a weak
+    reference) refers to, held only during a round; once it is collected without being
+    closed, its ``subscriptions`` (made through ``proxy``) are removed.
 
     Once no event has settled a job of ours for ``poll_interval`` s: ``waitJob`` on the
     oldest pending job, and every ``sweep_interval`` s (doubling while nothing is found;
@@ -36,16 +39,31 @@ def watch(client: Any) -> None:
     that ended behind a long one; while events flow, the state of the oldest pending job
     every ``max_sweep_interval`` s.  After an event error: a check of every pending job
     at once.  The thread never dies while the client is open: the futures depend on it."""
-    state = {"period": client.sweep_interval, "head_asked": 0.0}
-    state["next_sweep"] = time.monotonic() + state["period"]
+    state: dict[str, float] = {}
+    device = ""
     with tango.EnsureOmniThread():
-        while not client._closed:
-            client._wake.wait(client.poll_interval)
-            client._wake.clear()
+        while True:
+            client = ref()
+            if client is None:  # collected, never closed (maybe before this line ran)
+                unsubscribe_all(proxy, subscriptions, device)
+                return
+            if client._closed:
+                return
+            if not state:
+                state["period"], state["head_asked"] = client.sweep_interval, 0.0
+                state["next_sweep"] = time.monotonic() + state["period"]
+            wake, interval, device = client._wake, client.poll_interval, client.device
+            del client
+            wake.wait(interval)
+            wake.clear()
+            client = ref()
             try:
-                _round(client, state)
+                if client is not None:
+                    _round(client, state)
+                    release_if_idle(client)  # collected once nobody holds it
             except Exception:  # a loop boundary: log it, and try again after a pause
-                logger.exception("%s: the watcher's round failed", client.device)
+                logger.exception("%s: the watcher's round failed", device)
+            del client
 
 
 def _round(client: Any, state: dict[str, float]) -> None:

@@ -1,0 +1,132 @@
+"""Whether the server of a device answers at all, asked before :mod:`dahu.client` makes
+its first ``DeviceProxy``: making one connects holding Python's lock, and a server
+stopped by a signal (or swapping) held it 3 s, then the first call took Tango's
+reconnection: a client took 6 to 9 s to fail, every thread of the process frozen for
+3 s of them.  The question is a GIOP ``LocateRequest`` on a plain socket (no lock held
+while it waits), which a CORBA server answers at once from its own threads, whatever
+its device is doing; see ``docs/client.md``.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import time
+from typing import Any
+
+import tango
+
+from .futures import ServerError
+
+__all__ = ["probe", "address", "answers"]
+
+# [tango://][host:port/]domain/family/member[#dbase=no]; an alias is not probed
+_NAME = re.compile(r"(?:tango://)?(?:([^/:#]+):(\d+)/)?([^/#]+/[^/#]+/[^/#]+)(#dbase=no)?", re.I)
+TAG_INTERNET_IOP = 0
+
+
+def probe(device: str, seconds: float) -> None:
+    """Raise :class:`ServerError` (``API_DeviceTimedOut``) if the server of ``device`` is
+    reached but answers nothing within ``seconds``.  Anything else (no such device, a
+    refused connection, a name that cannot be resolved) is left to Tango, which says it
+    as it makes the proxy."""
+    where = address(device)
+    if where is not None and answers(*where, seconds) is False:
+        host, port, _ = where
+        raise ServerError(
+            f"cannot connect to {device}: its server at {host}:{port} does not answer "
+            f"(nothing within {seconds:g} s: is it stopped?)",
+            "API_DeviceTimedOut",
+        )
+
+
+def address(device: str) -> tuple[str, int, bytes] | None:
+    """The host, port and object key of ``device``'s server: from the name of a device
+    without database, from the database's record of the device otherwise (None when it
+    cannot be known: Tango will say why)."""
+    match = _NAME.fullmatch(device)
+    if match is None:
+        return None
+    host, port, name, no_database = match.groups()
+    if no_database:
+        return (host, int(port), name.encode()) if host else None
+    try:
+        database = tango.Database(host, int(port)) if host else tango.Database()
+        info = database.import_device(name)
+    except tango.DevFailed:
+        return None
+    return _iiop(info.ior) if info.exported else None
+
+
+def answers(host: str, port: int, key: bytes, seconds: float) -> bool | None:
+    """Whether the server at ``host``:``port`` answers a ``LocateRequest`` of ``key``
+    within ``seconds`` (any answer, "no such object" included); None when no connection
+    could be made (refused: the server is not running; unreachable: Tango may know other
+    addresses of it) or it broke: Tango says what it finds."""
+    body = struct.pack("<IH2xI", 1, 0, len(key)) + key  # request 1, a key address
+    request = b"GIOP\x01\x02\x01\x03" + struct.pack("<I", len(body)) + body
+    deadline = time.monotonic() + seconds
+    try:
+        sock = socket.create_connection((host, port), seconds)
+    except OSError:
+        return None
+    with sock:  # connected: the system took the call, whether the process runs or not
+        try:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            sock.sendall(request)
+            sock.recv(12)  # a reply, or the connection closed: the server answered
+            return True
+        except TimeoutError:
+            return False
+        except OSError:
+            return None
+
+
+def _iiop(ior: str) -> tuple[str, int, bytes] | None:
+    """Host, port and object key of the first IIOP profile of a stringified IOR."""
+    if not ior[:4].upper() == "IOR:":
+        return None
+    try:
+        data = _Cdr(bytes.fromhex(ior[4:]))
+        data.octets()  # the type id
+        for _ in range(data.ulong()):
+            tag, profile = data.ulong(), data.octets()
+            if tag == TAG_INTERNET_IOP:
+                inner = _Cdr(profile)
+                inner.pos += 2  # the IIOP version
+                return (
+                    inner.octets().rstrip(b"\0").decode("latin-1"),
+                    inner.ushort(),
+                    inner.octets(),
+                )
+    except (ValueError, struct.error, IndexError):
+        return None
+    return None
+
+
+class _Cdr:
+    """A reader of a CDR encapsulation (its first octet says the byte order)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 1
+        self.order = "<" if data[0] else ">"
+
+    def _read(self, code: str, size: int) -> Any:
+        self.pos += -self.pos % size  # aligned from the start of the encapsulation
+        (value,) = struct.unpack_from(self.order + code, self.data, self.pos)
+        self.pos += size
+        return value
+
+    def ulong(self) -> int:
+        return self._read("I", 4)
+
+    def ushort(self) -> int:
+        return self._read("H", 2)
+
+    def octets(self) -> bytes:
+        size = self.ulong()
+        if self.pos + size > len(self.data):
+            raise ValueError("an IOR cut short")
+        value, self.pos = self.data[self.pos : self.pos + size], self.pos + size
+        return value
