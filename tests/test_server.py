@@ -651,6 +651,12 @@ def test_an_input_file_is_held_to_the_same_limits(proxy, tmp_path):
         (["os.system", "[{}]"], "unknown plugin"),
         (["example.square", f"[{DEEP}]"], "nested deeper"),
         (["example.square", f"[{VERY_DEEP}]"], "nested deeper"),
+        # bug: 16 MiB of [{},{},...] made 5.6 million jobs, 7 GB, a minute of recording
+        (
+            ["example.square", "[" + ",".join(["{}"] * 100_001) + "]"],
+            "startJobs takes at most 100,000 jobs per call, got 100,001: split them into "
+            "several calls (dahu.client's map does)",
+        ),
     ],
 )
 def test_bad_start_jobs_is_refused_in_one_line(proxy, argin, expected):

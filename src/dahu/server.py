@@ -32,7 +32,7 @@ from . import __version__
 from .engine import SHUTDOWN_REASON, nonblocking
 from .errors import DahuError, InvalidInput, TryAgain, UnknownJob, one_line, tango_line
 from .executors import scheduler_address
-from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_inputs
+from .inputs import MAX_BATCH_JOBS, MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_inputs
 from .job import Job
 from .properties import DEFAULT_RETENTION_INTERVAL, MAX_WAIT_TIMEOUT, PROPERTIES
 from .retention import parse_retention
@@ -74,6 +74,7 @@ __all__ = [
     "shutdown",
     "parse_job_input",
     "MAX_INPUT_CHARS",
+    "MAX_BATCH_JOBS",
     "MAX_DEPTH",
     "UnknownJob",
     "TryAgain",
