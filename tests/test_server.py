@@ -844,6 +844,9 @@ def test_the_benchmark_runs_on_a_tiny_size():
     [
         ("server", ["--max-workers", "-3"], "--max-workers: expected 0 or more, not -3"),
         ("server", ["--max-workers", "2.5"], "--max-workers: expected a whole number, not '2.5'"),
+        # bug: 99999999999 was taken: the server logged 99999999999 job slots
+        ("server", ["--max-workers", "99999999999"], "expected 4096 or less, not 99999999999"),
+        ("register", ["--max-workers", "4097"], "--max-workers: expected 4096 or less, not 4097"),
         ("server", ["--timeout", "-1"], "--timeout: expected 0 or more, not -1"),
         ("server", ["--timeout", "nan"], "--timeout: expected a finite number, not 'nan'"),
         ("server", ["--retention-interval", "inf"], "expected a finite number, not 'inf'"),
@@ -1354,6 +1357,10 @@ def test_max_workers_0_on_the_command_line_wins_over_the_property(monkeypatch):
     assert settings.job_slots(0) == default_workers()
     with pytest.raises(ValueError, match="max_workers must be a whole number .* not -2"):
         settings.job_slots(-2)
+    # bug: a property of 99999999999 was taken (the device is FAULT at Init with this)
+    with pytest.raises(ValueError, match="^max_workers must be at most 4096 job slots, not 99999"):
+        settings.job_slots(99999999999)
+    assert settings.job_slots(4096) == 4096
 
 
 def test_init_says_a_new_dask_scheduler_waits_for_a_restart(monkeypatch, caplog):
