@@ -409,6 +409,10 @@ def test_list_plugins_and_init_plugin(proxy):
         missing = proxy.initPlugin(name)
         assert missing.startswith(f"Plugin not found: {shown}, invalid plugin name")
         assert "\n" not in missing and "\x1b" not in missing
+    # bug: a name of a megabyte came back whole (startJob's reason cuts it)
+    missing = proxy.initPlugin("id00." + "b" * 1_000_000)
+    assert missing.startswith(f"Plugin not found: id00.{'b' * 93}...{'b' * 99}, unknown plugin")
+    assert len(missing) < 1000, len(missing)
 
 
 def test_texts_with_characters_latin1_lacks_reach_the_client(proxy):
