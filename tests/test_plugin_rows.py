@@ -32,3 +32,17 @@ def test_the_web_page_folds_the_names_past_the_bound():
         monitor.job_ended(job)
     plugins = monitor.plugins()
     assert len(plugins) == PLUGIN_ROWS + 1 and plugins[OTHER_PLUGINS]["jobs"] == 44
+
+
+def test_a_plugin_name_of_a_megabyte_does_not_widen_the_statistics_table():
+    # bug: one job of "example.ccc..." (1 MB: startJob takes it, its module exists) made
+    # every row of getStatistics (and statisticsCollected) a megabyte wide: 4 MB for it
+    from dahu.statistics import format_statistics
+
+    stats = RunningStatistics()
+    for name in ("example.square", "example." + "c" * 1_000_000, "x.\n"):
+        stats.created(name)
+        stats.ended(name, "failure", 1.0, 2.0)
+    text = format_statistics(stats.summary())
+    assert max(len(line) for line in text.splitlines()) < 300, len(text)
+    assert f"example.{'c' * 90}...{'c' * 99} " in text and "x.\\n " in text

@@ -28,21 +28,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .errors import DahuError, UnknownPlugin, one_line
+from .errors import DahuError, UnknownPlugin, one_line, shown_name
 from .executors.process import exit_text
 from .factory import Factory, _list_modules, plugin_factory, plugin_settings
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PLUGINS_HEADER", "PluginCatalog", "ended_reason", "shown_name"]
-
-
-def shown_name(name: str) -> str:
-    """A plugin name as an answer shows it: a new line or an escape as its escape, and a
-    name past 200 characters cut in its middle, as the reasons of a refused job cut it
-    (a name of a megabyte is not echoed whole)."""
-    shown = name if name.isprintable() else repr(name)[1:-1]
-    return shown if len(shown) <= 200 else f"{shown[:98]}...{shown[-99:]}"
 
 
 # listPlugins' first line, as the original's (clients skip it)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from .errors import shown_name
 from .states import State
 
 __all__ = ["aggregate", "format_statistics", "RunningStatistics", "PLUGIN_ROWS", "plugin_row"]
@@ -163,7 +164,7 @@ def format_statistics(summary: dict[str, Any]) -> str:
 
     rows = [
         [
-            name,
+            shown_name(name),  # a name of a megabyte would widen every row to it
             entry["count"],
             entry["success"],
             entry["failure"],
