@@ -46,3 +46,16 @@ def test_a_plugin_name_of_a_megabyte_does_not_widen_the_statistics_table():
     text = format_statistics(stats.summary())
     assert max(len(line) for line in text.splitlines()) < 300, len(text)
     assert f"example.{'c' * 90}...{'c' * 99} " in text and "x.\\n " in text
+
+
+def test_the_statistics_count_as_finished_the_jobs_aborted_before_they_ran():
+    # bug: 10,000 jobs aborted in the queue read "jobs: 10000, finished: 1" (the one that
+    # ran), where the device's jobsFinished said 10000
+    from dahu.statistics import format_statistics
+
+    stats = RunningStatistics()
+    stats.created("example.sleep", 3)
+    stats.ended("example.sleep", "aborted", 1.0, 2.0)
+    for _ in range(2):
+        stats.ended("example.sleep", "aborted", None, 2.0)
+    assert "\njobs: 3, finished: 3, ran: 1\n" in format_statistics(stats.summary())

@@ -179,12 +179,14 @@ def format_statistics(summary: dict[str, Any]) -> str:
         headers=["plugin", "jobs", "success", "failure", "aborted", "total s", "mean ms"],
         floatfmt=".3f",
     )
+    # finished as the device's jobsFinished counts them (summary["finished"]: those that ran)
+    ended = sum(e["success"] + e["failure"] + e["aborted"] for e in summary["plugins"].values())
     reg = summary["regression"]
     slope = f"{'-' if reg['slope'] < 0 else '+'} {abs(reg['slope']) * 1000:.6f}"
     lines = [
         table,
         "",
-        f"jobs: {summary['jobs']}, finished: {summary['finished']}",
+        f"jobs: {summary['jobs']}, finished: {ended}, ran: {summary['finished']}",
         f"total execution time: {summary['total_runtime']:.3f} s",
         f"total wall time: {summary['wall_time']:.3f} s",
         f"speed-up: {summary['speedup']:.2f}",
