@@ -411,7 +411,7 @@ def test_list_plugins_and_init_plugin(proxy):
         assert "\n" not in missing and "\x1b" not in missing
     # bug: a name of a megabyte came back whole (startJob's reason cuts it)
     missing = proxy.initPlugin("id00." + "b" * 1_000_000)
-    assert missing.startswith(f"Plugin not found: id00.{'b' * 93}...{'b' * 99}, unknown plugin")
+    assert missing.startswith(f"Plugin not found: id00.{'b' * 93}...{'b' * 99}, invalid plugin")
     assert len(missing) < 1000, len(missing)
 
 
@@ -655,6 +655,8 @@ def test_an_input_file_is_held_to_the_same_limits(proxy, tmp_path):
         (["os.system", "[{}]"], "unknown plugin"),
         (["example.square", f"[{DEEP}]"], "nested deeper"),
         (["example.square", f"[{VERY_DEEP}]"], "nested deeper"),
+        # bug: a plugin name of 50 MB was taken (its module exists): 200 MB of journal
+        (["example." + "c" * 10**6, "[{}]"], "1,000,008 characters, more than the 1,000"),
         # bug: 16 MiB of [{},{},...] made 5.6 million jobs, 7 GB, a minute of recording
         (
             ["example.square", "[" + ",".join(["{}"] * 100_001) + "]"],
