@@ -59,3 +59,17 @@ def test_the_statistics_count_as_finished_the_jobs_aborted_before_they_ran():
     for _ in range(2):
         stats.ended("example.sleep", "aborted", None, 2.0)
     assert "\njobs: 3, finished: 3, ran: 1\n" in format_statistics(stats.summary())
+
+
+def test_the_statistics_count_a_plugin_however_its_jobs_spell_it():
+    # bug: jobs of Example.Square and example.square (one plugin: names are
+    # case-insensitive) had a row each in getStatistics and Job.stats(), and took two of
+    # the 256 rows; dahu-jobs stats counted them in one
+    stats = RunningStatistics()
+    for name in ("example.square", "Example.Square", "EXAMPLE.SQUARE"):
+        stats.created(name)
+        stats.ended(name, "success", 1.0, 2.0)
+    stats.created("Example.Square")  # still queued
+    plugins = stats.summary({"Example.Square": {"starting": 1}})["plugins"]
+    assert list(plugins) == ["example.square"]
+    assert (plugins["example.square"]["count"], plugins["example.square"]["starting"]) == (4, 1)

@@ -87,7 +87,8 @@ class RunningStatistics:
         self._last_end: float | None = None
 
     def _entry(self, plugin: str) -> dict[str, Any]:
-        plugin = plugin_row(self._plugins, plugin)
+        # one row however the jobs spell the name (it is case-insensitive), as dahu-jobs
+        plugin = plugin_row(self._plugins, plugin.lower())
         entry = self._plugins.get(plugin)
         if entry is None:
             entry = self._plugins[plugin] = {"count": 0, "ran": 0, "runtime": 0.0}
@@ -124,6 +125,7 @@ class RunningStatistics:
         with self._lock:
             live: dict[str, dict[str, int]] = {}  # the rows of the jobs not ended
             for name, states in (unfinished or {}).items():
+                name = name.lower()
                 row = live.setdefault(name if name in self._plugins else OTHER_PLUGINS, {})
                 for state, count in states.items():
                     row[state] = row.get(state, 0) + count
