@@ -14,6 +14,8 @@ import tango
 
 from dahu import client_watch
 from dahu.client import ClientClosed, DahuClient, JobAborted, JobFailed, JobNotFound, ServerError
+from dahu.client_args import chunks
+from dahu.inputs import MAX_BATCH_JOBS, MAX_INPUT_CHARS
 
 from .conftest import running_server, wait_stopped
 
@@ -562,6 +564,13 @@ def test_a_map_past_one_call_is_refused_whole_or_not_at_all(server):
         assert info.value.reason == "Dahu_InvalidInput"
         futures = dahu.map("example.noop", [{"x": big}, {"x": "c"}, {"x": big}])
         assert [len(f.result(timeout=60)["result"]) for f in futures] == [9_000_000, 1, 9_000_000]
+
+
+def test_a_map_is_split_under_the_server_s_cap_of_jobs_per_call():
+    # the server refuses a startJobs of more than MAX_BATCH_JOBS jobs: map splits them
+    texts = ["{}"] * (MAX_BATCH_JOBS + 1)
+    assert [len(batch) for batch in chunks(texts, MAX_INPUT_CHARS - 2)] == [MAX_BATCH_JOBS, 1]
+    assert [len(batch) for batch in chunks(["{}"] * 5, 100, most=2)] == [2, 2, 1]
 
 
 class _SlowOutputs:

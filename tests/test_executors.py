@@ -675,6 +675,8 @@ def test_a_bad_max_workers_is_refused_naming_it(tmp_path, name):
         message = str(info.value)
         assert message.startswith("max_workers must be a whole number") and "\n" not in message
         assert f"not {bad!r}" in message
+    with pytest.raises(ValueError, match="^max_workers must be at most 4096 job slots, not"):
+        dahu.engine.Engine(workdir=str(tmp_path), max_workers=10**11, executor_kind=name)
     assert not (tmp_path / "journal.sqlite").exists()  # refused before the journal opened
     executor = make_executor(name, 0)
     assert executor.max_workers == default_workers() == make_executor(name).max_workers

@@ -138,7 +138,20 @@ def test_the_reason_for_a_huge_name_is_short(name):
         Factory()(name)
     message = str(info.value)
     assert len(message) < 1000 and "\n" not in message
-    assert message.startswith(("unknown plugin 'aaaa", "invalid plugin name 'not a name"))
+    assert message.startswith(("invalid plugin name 'aaaa", "invalid plugin name 'not a name"))
+
+
+def test_a_plugin_name_past_1000_characters_is_refused_its_module_existing():
+    # bug: "example.ccc..." of 50 MB was taken (the module exists): one job recorded
+    # 200 MB of journal, and getJobInfo answered 50 MB
+    factory = Factory()
+    factory.locate("example." + "c" * 992)  # 1000 characters: found, as any name
+    with pytest.raises(UnknownPlugin) as info:
+        factory.locate("example." + "c" * 993)
+    assert str(info.value).endswith(
+        "ccc': 1,001 characters, more than the 1,000 a plugin name may have"
+    )
+    assert str(info.value).startswith("invalid plugin name 'example.ccc")
 
 
 def test_unknown_plugin_reason_lists_directories():

@@ -108,6 +108,10 @@ def test_unserialisable_output_ends_the_job_with_every_journal(tmp_path, kind):
         assert record.state == "success"
         assert record.output["handle"].startswith("<object object at")
         assert "output not JSON-serialisable" in record.error
+        # bug: under thread the job read error "" until clean(), then the journal's note
+        assert job.error == Job.getErrorFromId(job.id) == record.error
+        job.clean()
+        assert job.error == record.error
     finally:
         engine.close()
 

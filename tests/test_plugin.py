@@ -114,6 +114,8 @@ def test_a_plugin_name_too_long_for_a_file_name_gets_its_profile_under_a_cut_one
 
 
 PRIVATE = """
+import json
+
 from dahu.factory import register
 from dahu.plugin import Plugin
 
@@ -138,6 +140,12 @@ class InSetup(Plugin):
         for job_id in self._waiting:
             self.wait_for(job_id)
         self.output["waited"] = len(self._waiting)
+
+
+@register
+class Dumps(Plugin):
+    def process(self):
+        self.output["state"] = json.loads(json.dumps(vars(self)))
 """
 
 
@@ -151,11 +159,16 @@ def test_a_plugin_may_keep_its_own_waiting_attribute(engine, plugin_dir):
     for name, data, key, value in (
         ("private.ininit", {}, "pending", 2),
         ("private.insetup", {"wait_for": [first.id]}, "waited", 1),
+        # bug: json.dumps(vars(self)) failed on Dahu's hook (the original's works)
+        ("private.dumps", {}, "state", {"input": {}, "output": {}, "_logging": []}),
     ):
         job = Job(name, data)
         job.start()
         job.join(20)
         assert job.status == Job.STATE_SUCCESS, job.error
+        if name == "private.dumps":  # the plugin's own attributes, as in the original
+            value["input"] = {"plugin_name": name, "job_id": job.id}
+            value["is_aborted"] = False
         assert job.output_data[key] == value
 
 

@@ -409,6 +409,10 @@ def test_list_plugins_and_init_plugin(proxy):
         missing = proxy.initPlugin(name)
         assert missing.startswith(f"Plugin not found: {shown}, invalid plugin name")
         assert "\n" not in missing and "\x1b" not in missing
+    # bug: a name of a megabyte came back whole (startJob's reason cuts it)
+    missing = proxy.initPlugin("id00." + "b" * 1_000_000)
+    assert missing.startswith(f"Plugin not found: id00.{'b' * 93}...{'b' * 99}, invalid plugin")
+    assert len(missing) < 1000, len(missing)
 
 
 def test_texts_with_characters_latin1_lacks_reach_the_client(proxy):
@@ -651,6 +655,14 @@ def test_an_input_file_is_held_to_the_same_limits(proxy, tmp_path):
         (["os.system", "[{}]"], "unknown plugin"),
         (["example.square", f"[{DEEP}]"], "nested deeper"),
         (["example.square", f"[{VERY_DEEP}]"], "nested deeper"),
+        # bug: a plugin name of 50 MB was taken (its module exists): 200 MB of journal
+        (["example." + "c" * 10**6, "[{}]"], "1,000,008 characters, more than the 1,000"),
+        # bug: 16 MiB of [{},{},...] made 5.6 million jobs, 7 GB, a minute of recording
+        (
+            ["example.square", "[" + ",".join(["{}"] * 100_001) + "]"],
+            "startJobs takes at most 100,000 jobs per call, got 100,001: split them into "
+            "several calls (dahu.client's map does)",
+        ),
     ],
 )
 def test_bad_start_jobs_is_refused_in_one_line(proxy, argin, expected):
@@ -838,6 +850,9 @@ def test_the_benchmark_runs_on_a_tiny_size():
     [
         ("server", ["--max-workers", "-3"], "--max-workers: expected 0 or more, not -3"),
         ("server", ["--max-workers", "2.5"], "--max-workers: expected a whole number, not '2.5'"),
+        # bug: 99999999999 was taken: the server logged 99999999999 job slots
+        ("server", ["--max-workers", "99999999999"], "expected 4096 or less, not 99999999999"),
+        ("register", ["--max-workers", "4097"], "--max-workers: expected 4096 or less, not 4097"),
         ("server", ["--timeout", "-1"], "--timeout: expected 0 or more, not -1"),
         ("server", ["--timeout", "nan"], "--timeout: expected a finite number, not 'nan'"),
         ("server", ["--retention-interval", "inf"], "expected a finite number, not 'inf'"),
@@ -1348,6 +1363,10 @@ def test_max_workers_0_on_the_command_line_wins_over_the_property(monkeypatch):
     assert settings.job_slots(0) == default_workers()
     with pytest.raises(ValueError, match="max_workers must be a whole number .* not -2"):
         settings.job_slots(-2)
+    # bug: a property of 99999999999 was taken (the device is FAULT at Init with this)
+    with pytest.raises(ValueError, match="^max_workers must be at most 4096 job slots, not 99999"):
+        settings.job_slots(99999999999)
+    assert settings.job_slots(4096) == 4096
 
 
 def test_init_says_a_new_dask_scheduler_waits_for_a_restart(monkeypatch, caplog):

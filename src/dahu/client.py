@@ -254,7 +254,7 @@ class DahuClient:
         their futures in the order of the inputs.
 
         The whole batch is refused if one input is invalid.  More calls are made only
-        past the server's limit of one call (16 MiB of JSON), each input checked first;
+        past the server's limits of one call (16 MiB of JSON, 100,000 jobs), each checked;
         if a later call fails all the same (a timeout), the jobs of those before go on.
         """
         texts = encode_inputs(plugin, inputs)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .futures import ClientError, ServerError
-from .inputs import MAX_DEPTH, InvalidInput, parse_job_input
+from .inputs import MAX_BATCH_JOBS, MAX_DEPTH, InvalidInput, parse_job_input
 from .utils import NumpyEncoder
 
 __all__ = [
@@ -126,8 +126,9 @@ def encode_inputs(plugin: Any, inputs: Any) -> list[str]:
     return [_encode(item, f" (inputs[{i}])") for i, item in enumerate(inputs)]
 
 
-def chunks(texts: list[str], limit: int) -> list[list[str]]:
-    """Split encoded inputs into batches whose JSON array stays within ``limit`` chars.
+def chunks(texts: list[str], limit: int, most: int = MAX_BATCH_JOBS) -> list[list[str]]:
+    """Split encoded inputs into batches whose JSON array stays within ``limit`` chars
+    and ``most`` inputs (the server's limits of one ``startJobs`` call).
 
     Several batches are several calls, and a refusal of one would come after the jobs
     of the calls before it had started: each input is then checked first with the
@@ -135,7 +136,7 @@ def chunks(texts: list[str], limit: int) -> list[list[str]]:
     batches: list[list[str]] = [[]]
     size = 0
     for text in texts:
-        if batches[-1] and size + len(text) + 1 > limit:
+        if batches[-1] and (size + len(text) + 1 > limit or len(batches[-1]) >= most):
             batches.append([])
             size = 0
         batches[-1].append(text)

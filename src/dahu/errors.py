@@ -28,6 +28,7 @@ __all__ = [
     "ExecutorError",
     "error_line",
     "one_line",
+    "shown_name",
     "tango_line",
     "MAX_REASON",
     "MAX_ERROR_CHARS",
@@ -110,6 +111,14 @@ def tango_line(err: BaseException) -> str:
     args = getattr(err, "args", ())
     desc = getattr(args[0], "desc", None) if args else None
     return one_line(desc if desc is not None else err) or type(err).__name__
+
+
+def shown_name(name: str) -> str:
+    """A plugin name as an answer or a table shows it: a new line or an escape as its
+    escape, and a name past 200 characters cut in its middle, as the reasons of a refused
+    job cut it (a name of a megabyte is not echoed whole)."""
+    shown = name if name.isprintable() else repr(name)[1:-1]
+    return shown if len(shown) <= 200 else f"{shown[:98]}...{shown[-99:]}"
 
 
 def _cut(text: str, limit: int, sep: str = "") -> str:

@@ -37,6 +37,13 @@ __all__ = [
 BUILTIN_PLUGIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
 # the module part may have dashes: a file id-02.py is a plugin module (as in the original)
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+MAX_NAME_CHARS = 1000
+"""Longest plugin name: a job records its name (journal, events, files); a client's name
+of 50 MB, its module existing, made a job of 200 MB of journal."""
+
+
+def _valid_name(name: str) -> bool:
+    return len(name) <= MAX_NAME_CHARS and _NAME_RE.match(name) is not None
 
 
 def load_source(module_name: str, file_path: str) -> ModuleType:
@@ -215,7 +222,7 @@ class Factory:
         key = plugin_name.lower()
         if key in Factory.registry:
             return Factory.registry[key]
-        if not _NAME_RE.match(plugin_name):
+        if not _valid_name(plugin_name):
             return None
         self._sync_env()
         module_name = key.split(".", 1)[0]
@@ -239,7 +246,7 @@ class Factory:
         key = plugin_name.lower() if isinstance(plugin_name, str) else ""
         if key in Factory.registry:
             return
-        if _NAME_RE.match(key):
+        if _valid_name(key):
             self._sync_env()
             module_name = key.split(".", 1)[0]
             # no lock here: another thread may hold it for seconds, importing a module
@@ -254,6 +261,11 @@ class Factory:
         """A one-line reason why ``plugin_name`` cannot be instantiated (a name of
         100 kB is cut: the reason is read, not the name)."""
         name = _shown(plugin_name)
+        if isinstance(plugin_name, str) and len(plugin_name) > MAX_NAME_CHARS:
+            return (
+                f"invalid plugin name {name}: {len(plugin_name):,} characters, more than "
+                f"the {MAX_NAME_CHARS:,} a plugin name may have"
+            )
         if not isinstance(plugin_name, str) or not _NAME_RE.match(plugin_name):
             return (
                 f"invalid plugin name {name}: expected 'module.name' (letters, digits, underscores)"

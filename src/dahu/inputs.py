@@ -19,6 +19,7 @@ from .utils import compact_json
 
 __all__ = [
     "InvalidInput",
+    "MAX_BATCH_JOBS",
     "MAX_INPUT_CHARS",
     "MAX_DEPTH",
     "json_kind",
@@ -33,6 +34,9 @@ MAX_INPUT_CHARS = 16 * 2**20
 """Largest JSON text accepted for one ``startJob`` or ``startJobs`` call (16 MiB)."""
 MAX_DEPTH = 64
 """Deepest nesting of arrays/objects accepted in a job input."""
+MAX_BATCH_JOBS = 100_000
+"""Most jobs one ``startJobs`` call creates (16 MiB of ``{}`` would be 5.6 million jobs,
+7 GB of server memory; 100,000 take about 5 s to record and 140 MB)."""
 
 
 def parse_input(input_data: Any) -> dict[str, Any]:
@@ -187,6 +191,11 @@ def parse_job_inputs(text: Any) -> list[dict[str, Any]]:
         raise InvalidInput(f"job inputs are nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(items, list):
         raise InvalidInput(f"job inputs must be a JSON array of objects, got {json_kind(items)}")
+    if len(items) > MAX_BATCH_JOBS:
+        raise InvalidInput(
+            f"startJobs takes at most {MAX_BATCH_JOBS:,} jobs per call, got {len(items):,}: "
+            f"split them into several calls (dahu.client's map does)"
+        )
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise InvalidInput(f"job input #{index} must be a JSON object, got {json_kind(item)}")

@@ -51,6 +51,10 @@ class Plugin:
     REPROCESS_RELOCATE: list[str] = []
     TIMEOUT: float | None = 10.0
     JOB_TIMEOUT: float | None = None
+    # Dahu's own attribute is kept out of the instance's __dict__: a plugin that writes
+    # ``json.dumps(vars(self))`` (or copies its __dict__) sees only its own, as in the
+    # original; subclasses have a __dict__ as ever
+    __slots__ = ("_dahu_waiting", "__dict__", "__weakref__")
 
     def __init__(self) -> None:
         self.input: dict[str, Any] = {}

@@ -94,6 +94,11 @@ def local_directory(text: str) -> str:
     return os.path.expanduser(directory(text))
 
 
+MAX_WORKERS = 4096
+"""Most job slots (``max_workers``): a thread (or a worker process) each; a typo's
+99999999999 would start threads until the system refuses them."""
+
+
 def number(dtype: type, minimum: float | None, maximum: float | None) -> Callable[[str], Any]:
     """An ``argparse`` type: a finite ``dtype`` from ``minimum`` to ``maximum``, or a
     one-line reason."""
@@ -145,6 +150,7 @@ PROPERTIES: tuple[Property, ...] = (
         "N",
         server_option="--max-workers",
         minimum=0,
+        maximum=MAX_WORKERS,
     ),
     Property(
         "queue_limit",

@@ -32,13 +32,13 @@ from . import __version__
 from .engine import SHUTDOWN_REASON, nonblocking
 from .errors import DahuError, InvalidInput, TryAgain, UnknownJob, one_line, tango_line
 from .executors import scheduler_address
-from .inputs import MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_inputs
+from .inputs import MAX_BATCH_JOBS, MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_inputs
 from .job import Job
 from .properties import DEFAULT_RETENTION_INTERVAL, MAX_WAIT_TIMEOUT, PROPERTIES
 from .retention import parse_retention
 from .server_errors import client_errors, input_answer, job_answer, latin1_text
 from .server_events import push_event, ready_when_subscribed, stop_pushing
-from .server_plugins import PluginCatalog
+from .server_plugins import PluginCatalog, shown_name
 from .server_settings import (
     EVENTS_LINGER,
     FREEZE_CHECK,
@@ -74,6 +74,7 @@ __all__ = [
     "shutdown",
     "parse_job_input",
     "MAX_INPUT_CHARS",
+    "MAX_BATCH_JOBS",
     "MAX_DEPTH",
     "UnknownJob",
     "TryAgain",
@@ -383,7 +384,7 @@ class DahuDS(Device):
     def initPlugin(self, name: str) -> str:  # noqa: N802
         """Load a plugin; return its docstring, or why it cannot be loaded.  A module
         slower to import than ``wait_timeout``: ``Dahu_TryAgain``, as for listPlugins."""
-        busy = f"plugin {name.strip()} is still loading: call initPlugin again"
+        busy = f"plugin {shown_name(name.strip())} is still loading: call initPlugin again"
         return within(max(self._wait, 0.1), lambda: self._plugins.init_text(name), busy)
 
     @command(dtype_out=str, doc_out="one line per plugin: name: first line of its doc")

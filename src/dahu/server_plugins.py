@@ -28,13 +28,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .errors import DahuError, UnknownPlugin, one_line
+from .errors import DahuError, UnknownPlugin, one_line, shown_name
 from .executors.process import exit_text
 from .factory import Factory, _list_modules, plugin_factory, plugin_settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PLUGINS_HEADER", "PluginCatalog", "ended_reason"]
+__all__ = ["PLUGINS_HEADER", "PluginCatalog", "ended_reason", "shown_name"]
+
 
 # listPlugins' first line, as the original's (clients skip it)
 PLUGINS_HEADER = (
@@ -116,9 +117,8 @@ class PluginCatalog:
                 doc = self._ask(("doc", plugin.lower()), module, lambda d: self._one(plugin, d))
             else:
                 doc = _doc(self.factory.get_class(plugin))
-        except DahuError as err:  # a new line or an escape in the name: as its escape
-            shown = name if name.isprintable() else repr(name)[1:-1]
-            return f"Plugin not found: {shown}, {one_line(str(err))}"
+        except DahuError as err:
+            return f"Plugin not found: {shown_name(name)}, {one_line(str(err))}"
         return f"Plugin loaded: {plugin}\n{doc or '(no documentation)'}"
 
     def settings(self, name: str) -> dict[str, tuple[str, ...]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from .errors import shown_name
 from .states import State
 
 __all__ = ["aggregate", "format_statistics", "RunningStatistics", "PLUGIN_ROWS", "plugin_row"]
@@ -86,7 +87,8 @@ class RunningStatistics:
         self._last_end: float | None = None
 
     def _entry(self, plugin: str) -> dict[str, Any]:
-        plugin = plugin_row(self._plugins, plugin)
+        # one row however the jobs spell the name (it is case-insensitive), as dahu-jobs
+        plugin = plugin_row(self._plugins, plugin.lower())
         entry = self._plugins.get(plugin)
         if entry is None:
             entry = self._plugins[plugin] = {"count": 0, "ran": 0, "runtime": 0.0}
@@ -123,6 +125,7 @@ class RunningStatistics:
         with self._lock:
             live: dict[str, dict[str, int]] = {}  # the rows of the jobs not ended
             for name, states in (unfinished or {}).items():
+                name = name.lower()
                 row = live.setdefault(name if name in self._plugins else OTHER_PLUGINS, {})
                 for state, count in states.items():
                     row[state] = row.get(state, 0) + count
@@ -163,7 +166,7 @@ def format_statistics(summary: dict[str, Any]) -> str:
 
     rows = [
         [
-            name,
+            shown_name(name),  # a name of a megabyte would widen every row to it
             entry["count"],
             entry["success"],
             entry["failure"],
@@ -178,12 +181,14 @@ def format_statistics(summary: dict[str, Any]) -> str:
         headers=["plugin", "jobs", "success", "failure", "aborted", "total s", "mean ms"],
         floatfmt=".3f",
     )
+    # finished as the device's jobsFinished counts them (summary["finished"]: those that ran)
+    ended = sum(e["success"] + e["failure"] + e["aborted"] for e in summary["plugins"].values())
     reg = summary["regression"]
     slope = f"{'-' if reg['slope'] < 0 else '+'} {abs(reg['slope']) * 1000:.6f}"
     lines = [
         table,
         "",
-        f"jobs: {summary['jobs']}, finished: {summary['finished']}",
+        f"jobs: {summary['jobs']}, finished: {ended}, ran: {summary['finished']}",
         f"total execution time: {summary['total_runtime']:.3f} s",
         f"total wall time: {summary['wall_time']:.3f} s",
         f"speed-up: {summary['speedup']:.2f}",

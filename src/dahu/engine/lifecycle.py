@@ -17,6 +17,7 @@ them in the journal, arms the job's clock, runs the callbacks and wakes the wait
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -410,6 +411,7 @@ class LifeCycle:
                 outcome.plugin_version,
                 final_input,
             )
+            noted = functools.partial(setattr, run, "error")  # an output JSON cannot hold
             if not now and all(getattr(m, "dahu_nonblocking", False) for m, _ in run.callbacks):
                 state = outcome.state
                 run.runner = None  # its thread goes on with other jobs
@@ -426,7 +428,7 @@ class LifeCycle:
                 backlog = getattr(engine.executor, "backlog", None)
                 hold = bool(engine.batch_outcomes and backlog is not None and backlog())
                 try:
-                    engine.journal.finish_later(committed, *record, hold=hold)
+                    engine.journal.finish_later(committed, *record, hold=hold, noted=noted)
                     deferred = True
                 except Exception as err:  # e.g. the journal is closed: report it now
                     run.unrecorded = record
@@ -436,7 +438,7 @@ class LifeCycle:
                         self._commit_held_soon()
                 return
             try:
-                engine.journal.finish(*record)
+                engine.journal.finish(*record, noted=noted)
                 recorded = True
             except Exception as err:  # a journal must not leave a job running forever
                 run.unrecorded = record

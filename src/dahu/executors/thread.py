@@ -32,6 +32,7 @@ from typing import Any
 
 from ..errors import ExecutorError, error_line
 from ..factory import plugin_factory
+from ..properties import MAX_WORKERS
 from ..states import State
 from .base import Task, execute
 from .runner import Execution, Outcome
@@ -39,7 +40,7 @@ from .slot import serving
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ThreadExecutor", "default_workers", "option_number"]
+__all__ = ["MAX_WORKERS", "ThreadExecutor", "default_workers", "option_number"]
 
 
 def default_workers() -> int:
@@ -50,7 +51,8 @@ def default_workers() -> int:
 def worker_count(value: Any) -> int:
     """The job slots ``max_workers`` asks for: None or 0 is the number of CPUs; a
     negative or fractional number, or not a number, is a ``ValueError`` (until
-    2026-11-30 it was taken as 1, or rounded down, without a word)."""
+    2026-11-30 it was taken as 1, or rounded down, without a word), and so is one past
+    :data:`MAX_WORKERS` (until 2026-11-30 taken)."""
     if value is None:
         return default_workers()
     if isinstance(value, float) and value.is_integer():
@@ -64,6 +66,8 @@ def worker_count(value: Any) -> int:
             f"max_workers must be a whole number of job slots, 0 (the number of CPUs) or "
             f"more, not {value!r}"
         )
+    if whole > MAX_WORKERS:
+        raise ValueError(f"max_workers must be at most {MAX_WORKERS} job slots, not {whole}")
     return whole or default_workers()
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "default_workdir",
     "encode_input",
     "encode_final_input",
+    "encode_noted",
     "encode_output",
     "INTERRUPTED",
     "HOST",
@@ -147,6 +148,16 @@ def encode_output(
         except Exception:  # too deep, an int of over 4,300 digits...: all of it as text
             text = compact_json({"unserializable_output": text_of(output)})
         return text, (error + "\n" if error else "") + note
+
+
+def encode_noted(
+    output: Any, error: str | None, noted: Callable[[str], Any] | None
+) -> tuple[str | None, str | None]:
+    """:func:`encode_output`, calling ``noted`` with the error if it notes something."""
+    text, recorded = encode_output(output, error)
+    if noted is not None and recorded != error:
+        noted(recorded)
+    return text, recorded
 
 
 @dataclass
@@ -308,11 +319,14 @@ class Journal(abc.ABC):
         module_file: str | None = None,
         plugin_version: str | None = None,
         input_data: dict[str, Any] | None = None,
+        noted: Callable[[str], Any] | None = None,
     ) -> None:
         """Record the final state of a job, its output or error, and its times; with
         ``input_data``, replace the recorded input (the plugin's final input; kept as it
         was if that one is not serialisable).  An unknown id is ignored; an output that is
-        not serialisable is kept as its ``repr``."""
+        not serialisable is kept as its ``repr``, and ``noted`` (if given) is called with
+        the error as recorded, which notes it, before the outcome is recorded (the engine
+        shows the job with that error, as the journal will)."""
 
     def finish_later(
         self,

@@ -14,7 +14,7 @@ from .. import __version__
 from ..states import State
 from ..statistics import aggregate
 from ..utils import utf8_text
-from .base import HOST, JobRecord, Journal, encode_final_input, encode_input, encode_output
+from .base import HOST, JobRecord, Journal, encode_final_input, encode_input, encode_noted
 
 __all__ = ["MemoryJournal"]
 
@@ -72,8 +72,9 @@ class MemoryJournal(Journal):
         module_file: str | None = None,
         plugin_version: str | None = None,
         input_data: dict[str, Any] | None = None,
+        noted: Any = None,
     ) -> None:
-        text, error = encode_output(output, error)
+        text, error = encode_noted(output, error, noted)
         self.note_output(job_id, text)
         final_input = encode_final_input(job_id, input_data)
         with self._lock:

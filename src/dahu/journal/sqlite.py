@@ -44,6 +44,7 @@ from .base import (
     default_workdir,
     encode_final_input,
     encode_input,
+    encode_noted,
     encode_output,
     storable_id,
 )
@@ -376,10 +377,11 @@ class SQLiteJournal(BatchedWriter, Journal):
         module_file: str | None = None,
         plugin_version: str | None = None,
         input_data: dict[str, Any] | None = None,
+        noted: Any = None,
     ) -> _Write:
         """The write recording a job's outcome (arguments of :meth:`finish`)."""
         runtime = (ended - started) if started is not None and ended is not None else None
-        text, error = encode_output(output, error)
+        text, error = encode_noted(output, error, noted)
         self.note_output(job_id, text)
         module_file, plugin_version = utf8_text(module_file), utf8_text(plugin_version)
         values = (state, text, error, started, ended, runtime, module_file, plugin_version)
