@@ -203,6 +203,67 @@ def test_an_aborted_dask_job_leaves_no_event_on_the_scheduler(kind):
     assert [name for name in names if name.endswith(f"-{job.id}")] == []
 
 
+HELD = """
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Held(Plugin):
+    # runs until aborted, and once aborted until the file ``go`` exists
+    def process(self):
+        while not self.is_aborted:
+            time.sleep(0.02)
+        while not os.path.exists(self.input["go"]):
+            time.sleep(0.02)
+"""
+
+
+def test_two_servers_of_one_work_directory_path_on_a_dask_scheduler_abort_their_own_jobs(
+    kind, tmp_path
+):
+    # bug: the abort event was named after the work directory's path and the job id, the
+    # same for two servers on two computers sharing an external scheduler with one path
+    # (the default ~/.local/state/dahu of a beamline account, each journal its own):
+    # aborting job 1 of one aborted job 1 of the other, even one that began meanwhile
+    if kind != "dask":
+        pytest.skip("only Dask aborts through the scheduler")
+    from dahu.engine import Engine
+    from dahu.executors.cluster import DaskExecutor
+    from dahu.journal.memory import MemoryJournal
+
+    (tmp_path / "held_dask.py").write_text(HELD)
+    dahu.engine.get_engine().factory.add_directory(str(tmp_path))  # the factory is global
+    address = dahu.engine.get_engine().executor.cluster.scheduler_address
+    go = tmp_path / "go"
+    servers = [
+        Engine(
+            workdir=str(tmp_path / "work"),
+            journal=MemoryJournal(),  # each its own: job ids from 1
+            executor=DaskExecutor(scheduler=address, abort_grace=60),
+        )
+        for _ in range(2)
+    ]
+    try:
+        dahu.engine.activate(servers[0])
+        held = Job("held_dask.held", {"go": str(go)})
+        held.start()
+        wait_running(held)
+        assert held.abort()  # its abort stays on until ``go``
+        dahu.engine.activate(servers[1])
+        other = run("example.square", {"x": 3})
+        assert (other.id, other.status, other.output_data.get("result")) == (held.id, "success", 9)
+    finally:
+        go.touch()
+        held.join(30)
+        for server in servers:
+            server.executor.shutdown(wait=True, timeout=30)
+    assert held.status == "aborted"
+
+
 def test_abort_hung_plugin_ends_it_after_grace(kind, tmp_path):
     # process: the worker is killed; dask: the worker is restarted; thread: the thread
     # cannot be killed, it is abandoned and another one takes its slot

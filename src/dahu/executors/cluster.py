@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -94,7 +95,7 @@ class DaskExecution:
             executor.host.workdir,
             executor.host.factory.directories,
             self.event_name,
-            key=f"dahu-job-{self.job_id}-{id(self):x}-{self.attempt}",
+            key=f"dahu-job-{self.job_id}-{executor.token}-{self.attempt}",
             pure=False,
         )
         self.attempt += 1
@@ -110,8 +111,10 @@ class DaskExecution:
 
     @property
     def event_name(self) -> str:
-        """The name of the Dask event that aborts this job."""
-        return f"dahu-abort-{self.executor.host.workdir}-{self.job_id}"
+        """The name of the Dask event that aborts this job (until 2026-11-30 named after
+        the work directory's path: one shared scheduler's servers of one path, on two
+        computers, aborted each other's jobs of the same id)."""
+        return f"dahu-abort-{self.executor.token}-{self.job_id}"
 
     def abort(self, reason: str = "aborted on request") -> None:
         """Tell the task to stop; give up on it after the grace period."""
@@ -312,6 +315,8 @@ class DaskExecutor:
         self.connecting = threading.Lock()  # a new client is made (:meth:`connected`)
         self.retry_at = 0.0  # not before then
         self._restarts: list[threading.Thread] = []  # restarting a worker (a hung plugin's)
+        # in the names of its tasks and events: its own among the servers of a scheduler
+        self.token = secrets.token_hex(8)
 
     def attach(self, host: Any) -> None:
         """Connect to (or start) the cluster for the engine ``host``."""
