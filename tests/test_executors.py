@@ -2070,6 +2070,46 @@ def test_the_jobs_of_a_lost_dask_scheduler_fail_saying_so_until_it_is_back(tmp_p
         cluster.close()
 
 
+def test_jobs_past_the_bound_of_an_external_dask_scheduler_wait_in_the_server(
+    tmp_path, monkeypatch
+):
+    # bug: up to 100,000 jobs went to an external scheduler at once: a stop with 10,000
+    # queued there aborted them one round trip at a time, past the 30 s a server gives
+    # it, and those left were recorded "... (the plugin had not stopped after 30 s)",
+    # never begun; they read "running" meanwhile.  Those past the bound wait in the
+    # server, where a stop ends them at once (here a bound of 3 stands for its 1000)
+    from distributed import LocalCluster
+
+    from dahu.executors import cluster as dask_cluster
+
+    assert dask_cluster.IN_FLIGHT == 1000
+    monkeypatch.setattr(dask_cluster, "IN_FLIGHT", 3)
+    scheduler = LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=":0")
+    module_engine = dahu.engine.get_engine()
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"),
+        executor_kind="dask",
+        executor_options={"scheduler": scheduler.scheduler_address, "abort_grace": 0.1},
+    )
+    try:
+        jobs = [Job("example.square", {"x": x}) for x in range(10)]  # no worker to run them
+        for job in jobs:
+            job.start()
+        deadline = time.monotonic() + 30
+        while len(scheduler.scheduler.tasks) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(scheduler.scheduler.tasks) == 3
+        assert engine.executor.counts() == {"queued": 7, "running": 3, "waiting": 0}
+        assert engine.shutdown(abort=True, timeout=30)
+        assert {(job.status, job.error) for job in jobs} == {
+            ("aborted", "the server is shutting down")
+        }
+    finally:
+        engine.executor.shutdown(wait=False)
+        scheduler.close()
+        dahu.engine.activate(module_engine)
+
+
 def test_a_dask_task_that_ended_before_its_scheduler_went_away_warns_of_nothing(
     monkeypatch, caplog, tmp_path
 ):

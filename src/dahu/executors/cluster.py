@@ -61,6 +61,12 @@ ATTEMPTS = 3
 restarted, before its plugin began there (:meth:`DaskExecution.relaunched`)."""
 
 
+IN_FLIGHT = 1000
+"""Jobs on an external scheduler at once; the others wait in the server, where a stop ends
+them at once (until 2026-11-30, 100,000: a stop of 10,000 queued jobs took over the 30 s
+it has, and the rest read ``the plugin had not stopped after 30 s``, never begun)."""
+
+
 class DaskExecution:
     """One job on the cluster (the ``Execution`` interface of the executors)."""
 
@@ -277,7 +283,7 @@ class DaskExecutor:
     """Runs jobs on a Dask cluster (see the module doc).
 
     :param max_workers: workers of the local cluster (at most 10 jobs per worker are on
-        it at once); unused with an external scheduler, whose workers bound the jobs
+        it at once); unused with an external scheduler (:data:`IN_FLIGHT` jobs on it)
     :param scheduler: a scheduler address, or ``local``
     :param abort_grace: seconds a job has to stop after ``abort`` before its task is
         cancelled
@@ -298,7 +304,8 @@ class DaskExecutor:
         self.scheduler = scheduler_address(scheduler)
         self.max_workers = worker_count(max_workers)
         self.abort_grace = option_number("abort_grace", abort_grace, "seconds")
-        self.in_flight_limit = 100_000 if self.scheduler != "local" else 10 * self.max_workers
+        local = self.scheduler == "local"
+        self.in_flight_limit = 10 * self.max_workers if local else IN_FLIGHT
         self.host: Any = None
         self.client: Any = None
         self.cluster: Any = None
