@@ -264,6 +264,76 @@ def test_two_servers_of_one_work_directory_path_on_a_dask_scheduler_abort_their_
     assert held.status == "aborted"
 
 
+TWIN = """
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Which(Plugin):
+    # says whose it is; with ``flag`` and ``go``: creates ``flag``, waits for ``go``
+    def process(self):
+        if "flag" in self.input:
+            open(self.input["flag"], "w").close()
+            while not os.path.exists(self.input["go"]):
+                time.sleep(0.02)
+        self.output["whose"] = WHOSE
+"""
+
+
+def test_a_dask_worker_shared_by_servers_of_different_plugin_directories_runs_no_other_s(
+    kind, tmp_path
+):
+    # bug: two servers on one scheduler (production and test, two beamlines) whose plugin
+    # directories each have a module of one name: the workers ran the module of the server
+    # that sent them a job first for both, and the other's jobs were a success with its
+    # output, silently
+    if kind != "dask":
+        pytest.skip("only Dask workers serve several servers")
+    from dahu.engine import Engine
+    from dahu.executors.cluster import DaskExecutor
+    from dahu.factory import Factory
+    from dahu.journal.memory import MemoryJournal
+
+    address = dahu.engine.get_engine().executor.cluster.scheduler_address
+    servers = []
+    for whose in ("a", "b"):
+        (tmp_path / whose).mkdir()
+        (tmp_path / whose / "twin_dask.py").write_text(TWIN + f"\nWHOSE = {whose!r}\n")
+        factory = Factory(plugin_path=[str(tmp_path / whose)])
+        executor = DaskExecutor(scheduler=address)
+        work = str(tmp_path / whose / "work")
+        servers.append(Engine(work, MemoryJournal(), executor, factory=factory))
+    first, second = servers
+    try:
+        dahu.engine.activate(first)
+        flags = [tmp_path / f"in{n}" for n in range(2)]
+        held = [Job("twin_dask.which", {"flag": str(f), "go": str(tmp_path / "go")}) for f in flags]
+        for job in held:
+            job.start()
+        for flag in flags:  # held at once: one on each worker (one thread each)
+            wait_for_file(flag)
+        (tmp_path / "go").touch()
+        for job in held:
+            job.join(30)
+        assert [(job.status, job.output_data["whose"]) for job in held] == [("success", "a")] * 2
+        dahu.engine.activate(second)
+        job = run("twin_dask.which", {})
+        module = tmp_path / "a" / "twin_dask.py"
+        assert (job.status, job.error) == (
+            "failure",
+            f"plugin module 'twin_dask' is loaded on this Dask worker from {module}, not "
+            f"{tmp_path / 'b' / 'twin_dask.py'}: servers of different plugin directories "
+            "share the worker (give each its own workers)",
+        )
+    finally:
+        for server in servers:
+            server.executor.shutdown(wait=True, timeout=30)
+
+
 def test_abort_hung_plugin_ends_it_after_grace(kind, tmp_path):
     # process: the worker is killed; dask: the worker is restarted; thread: the thread
     # cannot be killed, it is abandoned and another one takes its slot
