@@ -334,6 +334,70 @@ def test_a_dask_worker_shared_by_servers_of_different_plugin_directories_runs_no
             server.executor.shutdown(wait=True, timeout=30)
 
 
+PEEK = """
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Held(Plugin):
+    # creates ``flag``, waits for ``go``; its result is ``x``
+    def process(self):
+        open(self.input["flag"], "w").close()
+        while not os.path.exists(self.input["go"]):
+            time.sleep(0.02)
+        self.output["result"] = self.input["x"]
+
+
+@register
+class Get(Plugin):
+    # the result of job ``other``
+    def process(self):
+        self.output["result"] = self.wait_for(self.input["other"]).output_data["result"]
+"""
+
+
+def test_a_dask_plugin_waits_for_its_own_server_s_job_on_a_worker_serving_two(kind, tmp_path):
+    # bug: a Dask worker answered a plugin's job lookups (wait_for) from the work directory
+    # of the last server new to it: on a scheduler two servers share, a plugin waiting for
+    # its server's job 1 got the other server's job 1, and its output
+    if kind != "dask":
+        pytest.skip("only Dask workers serve several servers")
+    from dahu.engine import Engine
+    from dahu.executors.cluster import DaskExecutor
+
+    (tmp_path / "peek_dask.py").write_text(PEEK)
+    dahu.engine.get_engine().factory.add_directory(str(tmp_path))  # the factory is global
+    address = dahu.engine.get_engine().executor.cluster.scheduler_address
+    mine, other = (
+        Engine(workdir=str(tmp_path / name), executor=DaskExecutor(scheduler=address))
+        for name in ("mine", "other")
+    )
+    try:
+        for server, x in ((mine, 2), (other, 100)):  # each one's jobs on both workers
+            dahu.engine.activate(server)
+            go = tmp_path / f"go{x}"
+            flags = [tmp_path / f"in{x}-{n}" for n in range(2)]
+            held = [Job("peek_dask.held", {"flag": str(f), "go": str(go), "x": x}) for f in flags]
+            for job in held:
+                job.start()
+            for flag in flags:  # held at once: one on each worker (one thread each)
+                wait_for_file(flag)
+            go.touch()
+            for job in held:
+                job.join(30)
+            assert [(job.id, job.status) for job in held] == [(1, "success"), (2, "success")]
+        dahu.engine.activate(mine)
+        job = run("peek_dask.get", {"other": 1})
+        assert (job.status, job.error, job.output_data.get("result")) == ("success", "", 2)
+    finally:
+        for server in (mine, other):
+            server.close()
+
+
 def test_abort_hung_plugin_ends_it_after_grace(kind, tmp_path):
     # process: the worker is killed; dask: the worker is restarted; thread: the thread
     # cannot be killed, it is abandoned and another one takes its slot

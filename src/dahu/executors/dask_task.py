@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..factory import BUILTIN_PLUGIN_DIR, Factory, plugin_factory
-from ..journal.reader import use_reader
+from ..journal.reader import reading, use_reader
 from ..states import State
 from ..utils import seconds
 from .runner import Execution, Outcome
@@ -176,7 +176,8 @@ def run_task(
     watcher = threading.Thread(target=watch, name=f"dahu-abort-{job_id}", daemon=True)
     watcher.start()
     try:
-        outcome = execution.run()
+        with reading(workdir):  # its own server's journal, of the several a worker serves
+            outcome = execution.run()
     finally:
         finished.set()
         _plugin_begun.pop(key, None)
