@@ -2287,6 +2287,36 @@ def test_a_dask_task_that_ended_before_its_scheduler_went_away_warns_of_nothing(
     assert "cannot watch for aborts" not in caplog.text
 
 
+def test_a_dask_task_run_again_after_its_worker_left_the_cluster_does_not_say_it_died(
+    monkeypatch, tmp_path
+):
+    # bug: a worker closed while its plugin ran (a cluster scaled down, dask-jobqueue's
+    # "dask worker --lifetime" before its walltime, Client.retire_workers) has its task
+    # run again elsewhere, which fails so as not to run the plugin twice: the job read
+    # "worker process died after the plugin began ...", and the worker had not died
+    distributed = pytest.importorskip("distributed")
+    from dahu.executors import dask_task
+
+    class RanEvent:  # the task's run was noted already: Dask runs it again
+        def __init__(self, name, client=None):
+            self.name = name
+
+        def is_set(self):
+            return self.name == dask_task.ran_event("k")
+
+    worker = SimpleNamespace(address="tcp://127.0.0.1:1", get_current_task=lambda: "k")
+    monkeypatch.setattr(distributed, "Event", RanEvent)
+    monkeypatch.setattr(distributed, "get_worker", lambda: worker)
+    monkeypatch.setattr(distributed, "get_client", lambda: None)
+    monkeypatch.setattr(dask_task, "_prepare_worker", lambda workdir, plugin_dirs: None)
+    message = dask_task.run_task("example.square", {"x": 3}, 7, str(tmp_path), [], "e")
+    assert (message["state"], message["error"]) == (
+        "failure",
+        "its worker died, or left the cluster, after the plugin began: its outcome is lost "
+        "(the plugin is not run twice)",
+    )
+
+
 def test_a_hung_dask_job_whose_worker_cannot_be_restarted_ends_all_the_same(caplog):
     # bug: on a worker without a nanny (dask worker --no-nanny), which cannot be
     # restarted, a job whose plugin ignored its abort stayed "running" for ever, and a

@@ -190,11 +190,16 @@ def run_task(
     return message
 
 
-RAN_BEFORE = "worker process died after the plugin began; its outcome is lost (not run twice)"
+RAN_BEFORE = (
+    "its worker died, or left the cluster, after the plugin began: its outcome is lost "
+    "(the plugin is not run twice)"
+)
 """The error of a job whose task Dask runs again: a worker died running it (with
 ``allowed-failures`` above 0), or with its result before the server had it (Dask
-recomputes a lost result, even with ``allowed-failures`` 0): until 2026-11-30 its plugin
-ran twice, as would one that writes files or moves motors."""
+recomputes a lost result, even with ``allowed-failures`` 0), or was closed while it ran
+(retired: a cluster scaled down, ``dask worker --lifetime``; until 2026-11-30 the error
+said the worker died): until 2026-11-30 its plugin ran twice, as would one that writes
+files or moves motors."""
 
 
 def ran_event(key: str) -> str:
