@@ -203,6 +203,201 @@ def test_an_aborted_dask_job_leaves_no_event_on_the_scheduler(kind):
     assert [name for name in names if name.endswith(f"-{job.id}")] == []
 
 
+HELD = """
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Held(Plugin):
+    # runs until aborted, and once aborted until the file ``go`` exists
+    def process(self):
+        while not self.is_aborted:
+            time.sleep(0.02)
+        while not os.path.exists(self.input["go"]):
+            time.sleep(0.02)
+"""
+
+
+def test_two_servers_of_one_work_directory_path_on_a_dask_scheduler_abort_their_own_jobs(
+    kind, tmp_path
+):
+    # bug: the abort event was named after the work directory's path and the job id, the
+    # same for two servers on two computers sharing an external scheduler with one path
+    # (the default ~/.local/state/dahu of a beamline account, each journal its own):
+    # aborting job 1 of one aborted job 1 of the other, even one that began meanwhile
+    if kind != "dask":
+        pytest.skip("only Dask aborts through the scheduler")
+    from dahu.engine import Engine
+    from dahu.executors.cluster import DaskExecutor
+    from dahu.journal.memory import MemoryJournal
+
+    (tmp_path / "held_dask.py").write_text(HELD)
+    dahu.engine.get_engine().factory.add_directory(str(tmp_path))  # the factory is global
+    address = dahu.engine.get_engine().executor.cluster.scheduler_address
+    go = tmp_path / "go"
+    servers = [
+        Engine(
+            workdir=str(tmp_path / "work"),
+            journal=MemoryJournal(),  # each its own: job ids from 1
+            executor=DaskExecutor(scheduler=address, abort_grace=60),
+        )
+        for _ in range(2)
+    ]
+    try:
+        dahu.engine.activate(servers[0])
+        held = Job("held_dask.held", {"go": str(go)})
+        held.start()
+        wait_running(held)
+        assert held.abort()  # its abort stays on until ``go``
+        dahu.engine.activate(servers[1])
+        other = run("example.square", {"x": 3})
+        assert (other.id, other.status, other.output_data.get("result")) == (held.id, "success", 9)
+    finally:
+        go.touch()
+        held.join(30)
+        for server in servers:
+            server.executor.shutdown(wait=True, timeout=30)
+    assert held.status == "aborted"
+
+
+TWIN = """
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Which(Plugin):
+    # says whose it is; with ``flag`` and ``go``: creates ``flag``, waits for ``go``
+    def process(self):
+        if "flag" in self.input:
+            open(self.input["flag"], "w").close()
+            while not os.path.exists(self.input["go"]):
+                time.sleep(0.02)
+        self.output["whose"] = WHOSE
+"""
+
+
+def test_a_dask_worker_shared_by_servers_of_different_plugin_directories_runs_no_other_s(
+    kind, tmp_path
+):
+    # bug: two servers on one scheduler (production and test, two beamlines) whose plugin
+    # directories each have a module of one name: the workers ran the module of the server
+    # that sent them a job first for both, and the other's jobs were a success with its
+    # output, silently
+    if kind != "dask":
+        pytest.skip("only Dask workers serve several servers")
+    from dahu.engine import Engine
+    from dahu.executors.cluster import DaskExecutor
+    from dahu.factory import Factory
+    from dahu.journal.memory import MemoryJournal
+
+    address = dahu.engine.get_engine().executor.cluster.scheduler_address
+    servers = []
+    for whose in ("a", "b"):
+        (tmp_path / whose).mkdir()
+        (tmp_path / whose / "twin_dask.py").write_text(TWIN + f"\nWHOSE = {whose!r}\n")
+        factory = Factory(plugin_path=[str(tmp_path / whose)])
+        executor = DaskExecutor(scheduler=address)
+        work = str(tmp_path / whose / "work")
+        servers.append(Engine(work, MemoryJournal(), executor, factory=factory))
+    first, second = servers
+    try:
+        dahu.engine.activate(first)
+        flags = [tmp_path / f"in{n}" for n in range(2)]
+        held = [Job("twin_dask.which", {"flag": str(f), "go": str(tmp_path / "go")}) for f in flags]
+        for job in held:
+            job.start()
+        for flag in flags:  # held at once: one on each worker (one thread each)
+            wait_for_file(flag)
+        (tmp_path / "go").touch()
+        for job in held:
+            job.join(30)
+        assert [(job.status, job.output_data["whose"]) for job in held] == [("success", "a")] * 2
+        dahu.engine.activate(second)
+        job = run("twin_dask.which", {})
+        module = tmp_path / "a" / "twin_dask.py"
+        assert (job.status, job.error) == (
+            "failure",
+            f"plugin module 'twin_dask' is loaded on this Dask worker from {module}, not "
+            f"{tmp_path / 'b' / 'twin_dask.py'}: servers of different plugin directories "
+            "share the worker (give each its own workers)",
+        )
+    finally:
+        for server in servers:
+            server.executor.shutdown(wait=True, timeout=30)
+
+
+PEEK = """
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Held(Plugin):
+    # creates ``flag``, waits for ``go``; its result is ``x``
+    def process(self):
+        open(self.input["flag"], "w").close()
+        while not os.path.exists(self.input["go"]):
+            time.sleep(0.02)
+        self.output["result"] = self.input["x"]
+
+
+@register
+class Get(Plugin):
+    # the result of job ``other``
+    def process(self):
+        self.output["result"] = self.wait_for(self.input["other"]).output_data["result"]
+"""
+
+
+def test_a_dask_plugin_waits_for_its_own_server_s_job_on_a_worker_serving_two(kind, tmp_path):
+    # bug: a Dask worker answered a plugin's job lookups (wait_for) from the work directory
+    # of the last server new to it: on a scheduler two servers share, a plugin waiting for
+    # its server's job 1 got the other server's job 1, and its output
+    if kind != "dask":
+        pytest.skip("only Dask workers serve several servers")
+    from dahu.engine import Engine
+    from dahu.executors.cluster import DaskExecutor
+
+    (tmp_path / "peek_dask.py").write_text(PEEK)
+    dahu.engine.get_engine().factory.add_directory(str(tmp_path))  # the factory is global
+    address = dahu.engine.get_engine().executor.cluster.scheduler_address
+    mine, other = (
+        Engine(workdir=str(tmp_path / name), executor=DaskExecutor(scheduler=address))
+        for name in ("mine", "other")
+    )
+    try:
+        for server, x in ((mine, 2), (other, 100)):  # each one's jobs on both workers
+            dahu.engine.activate(server)
+            go = tmp_path / f"go{x}"
+            flags = [tmp_path / f"in{x}-{n}" for n in range(2)]
+            held = [Job("peek_dask.held", {"flag": str(f), "go": str(go), "x": x}) for f in flags]
+            for job in held:
+                job.start()
+            for flag in flags:  # held at once: one on each worker (one thread each)
+                wait_for_file(flag)
+            go.touch()
+            for job in held:
+                job.join(30)
+            assert [(job.id, job.status) for job in held] == [(1, "success"), (2, "success")]
+        dahu.engine.activate(mine)
+        job = run("peek_dask.get", {"other": 1})
+        assert (job.status, job.error, job.output_data.get("result")) == ("success", "", 2)
+    finally:
+        for server in (mine, other):
+            server.close()
+
+
 def test_abort_hung_plugin_ends_it_after_grace(kind, tmp_path):
     # process: the worker is killed; dask: the worker is restarted; thread: the thread
     # cannot be killed, it is abandoned and another one takes its slot
@@ -2263,6 +2458,46 @@ def test_the_jobs_of_a_lost_dask_scheduler_fail_saying_so_until_it_is_back(tmp_p
         cluster.close()
 
 
+def test_jobs_past_the_bound_of_an_external_dask_scheduler_wait_in_the_server(
+    tmp_path, monkeypatch
+):
+    # bug: up to 100,000 jobs went to an external scheduler at once: a stop with 10,000
+    # queued there aborted them one round trip at a time, past the 30 s a server gives
+    # it, and those left were recorded "... (the plugin had not stopped after 30 s)",
+    # never begun; they read "running" meanwhile.  Those past the bound wait in the
+    # server, where a stop ends them at once (here a bound of 3 stands for its 1000)
+    from distributed import LocalCluster
+
+    from dahu.executors import cluster as dask_cluster
+
+    assert dask_cluster.IN_FLIGHT == 1000
+    monkeypatch.setattr(dask_cluster, "IN_FLIGHT", 3)
+    scheduler = LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=":0")
+    module_engine = dahu.engine.get_engine()
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"),
+        executor_kind="dask",
+        executor_options={"scheduler": scheduler.scheduler_address, "abort_grace": 0.1},
+    )
+    try:
+        jobs = [Job("example.square", {"x": x}) for x in range(10)]  # no worker to run them
+        for job in jobs:
+            job.start()
+        deadline = time.monotonic() + 30
+        while len(scheduler.scheduler.tasks) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(scheduler.scheduler.tasks) == 3
+        assert engine.executor.counts() == {"queued": 7, "running": 3, "waiting": 0}
+        assert engine.shutdown(abort=True, timeout=30)
+        assert {(job.status, job.error) for job in jobs} == {
+            ("aborted", "the server is shutting down")
+        }
+    finally:
+        engine.executor.shutdown(wait=False)
+        scheduler.close()
+        dahu.engine.activate(module_engine)
+
+
 def test_a_dask_task_that_ended_before_its_scheduler_went_away_warns_of_nothing(
     monkeypatch, caplog, tmp_path
 ):
@@ -2304,6 +2539,36 @@ def test_a_dask_task_that_ended_before_its_scheduler_went_away_warns_of_nothing(
         if thread.name == "dahu-abort-7":
             thread.join(5)
     assert "cannot watch for aborts" not in caplog.text
+
+
+def test_a_dask_task_run_again_after_its_worker_left_the_cluster_does_not_say_it_died(
+    monkeypatch, tmp_path
+):
+    # bug: a worker closed while its plugin ran (a cluster scaled down, dask-jobqueue's
+    # "dask worker --lifetime" before its walltime, Client.retire_workers) has its task
+    # run again elsewhere, which fails so as not to run the plugin twice: the job read
+    # "worker process died after the plugin began ...", and the worker had not died
+    distributed = pytest.importorskip("distributed")
+    from dahu.executors import dask_task
+
+    class RanEvent:  # the task's run was noted already: Dask runs it again
+        def __init__(self, name, client=None):
+            self.name = name
+
+        def is_set(self):
+            return self.name == dask_task.ran_event("k")
+
+    worker = SimpleNamespace(address="tcp://127.0.0.1:1", get_current_task=lambda: "k")
+    monkeypatch.setattr(distributed, "Event", RanEvent)
+    monkeypatch.setattr(distributed, "get_worker", lambda: worker)
+    monkeypatch.setattr(distributed, "get_client", lambda: None)
+    monkeypatch.setattr(dask_task, "_prepare_worker", lambda workdir, plugin_dirs: None)
+    message = dask_task.run_task("example.square", {"x": 3}, 7, str(tmp_path), [], "e")
+    assert (message["state"], message["error"]) == (
+        "failure",
+        "its worker died, or left the cluster, after the plugin began: its outcome is lost "
+        "(the plugin is not run twice)",
+    )
 
 
 def test_a_hung_dask_job_whose_worker_cannot_be_restarted_ends_all_the_same(caplog):

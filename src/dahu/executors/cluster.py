@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -58,6 +59,12 @@ __all__ = ["DaskExecutor", "run_task"]
 ATTEMPTS = 3
 """How many times a job is sent to the cluster at most: its worker died, or was
 restarted, before its plugin began there (:meth:`DaskExecution.relaunched`)."""
+
+
+IN_FLIGHT = 1000
+"""Jobs on an external scheduler at once; the others wait in the server, where a stop ends
+them at once (until 2026-11-30, 100,000: a stop of 10,000 queued jobs took over the 30 s
+it has, and the rest read ``the plugin had not stopped after 30 s``, never begun)."""
 
 
 class DaskExecution:
@@ -94,7 +101,7 @@ class DaskExecution:
             executor.host.workdir,
             executor.host.factory.directories,
             self.event_name,
-            key=f"dahu-job-{self.job_id}-{id(self):x}-{self.attempt}",
+            key=f"dahu-job-{self.job_id}-{executor.token}-{self.attempt}",
             pure=False,
         )
         self.attempt += 1
@@ -110,8 +117,10 @@ class DaskExecution:
 
     @property
     def event_name(self) -> str:
-        """The name of the Dask event that aborts this job."""
-        return f"dahu-abort-{self.executor.host.workdir}-{self.job_id}"
+        """The name of the Dask event that aborts this job (until 2026-11-30 named after
+        the work directory's path: one shared scheduler's servers of one path, on two
+        computers, aborted each other's jobs of the same id)."""
+        return f"dahu-abort-{self.executor.token}-{self.job_id}"
 
     def abort(self, reason: str = "aborted on request") -> None:
         """Tell the task to stop; give up on it after the grace period."""
@@ -274,7 +283,7 @@ class DaskExecutor:
     """Runs jobs on a Dask cluster (see the module doc).
 
     :param max_workers: workers of the local cluster (at most 10 jobs per worker are on
-        it at once); unused with an external scheduler, whose workers bound the jobs
+        it at once); unused with an external scheduler (:data:`IN_FLIGHT` jobs on it)
     :param scheduler: a scheduler address, or ``local``
     :param abort_grace: seconds a job has to stop after ``abort`` before its task is
         cancelled
@@ -295,7 +304,8 @@ class DaskExecutor:
         self.scheduler = scheduler_address(scheduler)
         self.max_workers = worker_count(max_workers)
         self.abort_grace = option_number("abort_grace", abort_grace, "seconds")
-        self.in_flight_limit = 100_000 if self.scheduler != "local" else 10 * self.max_workers
+        local = self.scheduler == "local"
+        self.in_flight_limit = 10 * self.max_workers if local else IN_FLIGHT
         self.host: Any = None
         self.client: Any = None
         self.cluster: Any = None
@@ -312,6 +322,8 @@ class DaskExecutor:
         self.connecting = threading.Lock()  # a new client is made (:meth:`connected`)
         self.retry_at = 0.0  # not before then
         self._restarts: list[threading.Thread] = []  # restarting a worker (a hung plugin's)
+        # in the names of its tasks and events: its own among the servers of a scheduler
+        self.token = secrets.token_hex(8)
 
     def attach(self, host: Any) -> None:
         """Connect to (or start) the cluster for the engine ``host``."""

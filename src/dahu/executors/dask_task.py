@@ -22,8 +22,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..factory import plugin_factory
-from ..journal.reader import use_reader
+from ..factory import BUILTIN_PLUGIN_DIR, Factory, plugin_factory
+from ..journal.reader import reading, use_reader
 from ..states import State
 from ..utils import seconds
 from .runner import Execution, Outcome
@@ -61,6 +61,33 @@ def _prepare_worker(workdir: str, plugin_dirs: list[str]) -> None:
             if directory not in _directories:
                 plugin_factory.add_directory(directory)
                 _directories.add(directory)
+        # its server's directories first: its module, not another server's of that name
+        own = [
+            d for d in plugin_dirs if d != BUILTIN_PLUGIN_DIR and d not in plugin_factory.ignored
+        ]
+        if plugin_factory.directories[: len(own)] != own:
+            for directory in reversed(own):
+                plugin_factory.add_directory(directory, first=True)
+
+
+def _foreign_module(plugin_name: str) -> str | None:
+    """Why the plugin ``plugin_name`` cannot run on this worker: its module is loaded here
+    from another file than its server's plugin directories give (another server's module
+    of that name: until 2026-11-30 it ran, and its output was the job's); else None."""
+    module_name = plugin_name.lower().split(".", 1)[0] if isinstance(plugin_name, str) else ""
+    loaded = getattr(Factory.modules.get(module_name), "__file__", None)
+    expected = plugin_factory._module_path(module_name) if loaded else None
+    if not loaded or not expected:
+        return None
+    if os.path.basename(loaded) == "__init__.py":  # a package: its directory
+        loaded = os.path.dirname(loaded)
+    if os.path.abspath(loaded) == os.path.abspath(expected):
+        return None
+    return (
+        f"plugin module {module_name!r} is loaded on this Dask worker from {loaded}, not "
+        f"{expected}: servers of different plugin directories share the worker (give each "
+        "its own workers)"
+    )
 
 
 @contextlib.contextmanager
@@ -90,6 +117,10 @@ def run_task(
     from distributed import Event, get_client, get_worker
 
     _prepare_worker(workdir, plugin_dirs)
+    foreign = _foreign_module(plugin_name)
+    if foreign is not None:
+        now = time.time()
+        return outcome_message(Outcome(State.FAILURE, {}, foreign, now, now), job_id)
     clock: list[tuple[float, float]] = []  # (deadline, timeout) of the plugin's JOB_TIMEOUT
 
     def plugin_loaded(job_timeout: float | None) -> None:
@@ -145,7 +176,8 @@ def run_task(
     watcher = threading.Thread(target=watch, name=f"dahu-abort-{job_id}", daemon=True)
     watcher.start()
     try:
-        outcome = execution.run()
+        with reading(workdir):  # its own server's journal, of the several a worker serves
+            outcome = execution.run()
     finally:
         finished.set()
         _plugin_begun.pop(key, None)
@@ -158,11 +190,16 @@ def run_task(
     return message
 
 
-RAN_BEFORE = "worker process died after the plugin began; its outcome is lost (not run twice)"
+RAN_BEFORE = (
+    "its worker died, or left the cluster, after the plugin began: its outcome is lost "
+    "(the plugin is not run twice)"
+)
 """The error of a job whose task Dask runs again: a worker died running it (with
 ``allowed-failures`` above 0), or with its result before the server had it (Dask
-recomputes a lost result, even with ``allowed-failures`` 0): until 2026-11-30 its plugin
-ran twice, as would one that writes files or moves motors."""
+recomputes a lost result, even with ``allowed-failures`` 0), or was closed while it ran
+(retired: a cluster scaled down, ``dask worker --lifetime``; until 2026-11-30 the error
+said the worker died): until 2026-11-30 its plugin ran twice, as would one that writes
+files or moves motors."""
 
 
 def ran_event(key: str) -> str:

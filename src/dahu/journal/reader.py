@@ -10,17 +10,25 @@ making an engine in the worker.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import JournalError
 from ..states import State
 from .base import JobRecord, Journal
 
-__all__ = ["JournalReader", "follow", "use_reader", "current_reader"]
+__all__ = ["JournalReader", "follow", "use_reader", "current_reader", "reading"]
 
 _current: JournalReader | None = None
+_readers: dict[str, JournalReader] = {}  # by work directory, for :func:`reading`
+_readers_lock = threading.Lock()
+_task_reader: contextvars.ContextVar[JournalReader | None] = contextvars.ContextVar(
+    "dahu_task_reader", default=None
+)
 
 
 def follow(journal: Journal, job_id: int, timeout: float | None = None) -> str:
@@ -106,6 +114,25 @@ def use_reader(workdir: str) -> JournalReader:
     return reader
 
 
+@contextlib.contextmanager
+def reading(workdir: str) -> Iterator[JournalReader]:
+    """Within it, the job lookups of this thread answer from the journal of ``workdir``,
+    whatever the process's reader: a Dask task's, on a worker serving several servers
+    (until 2026-11-30 a worker answered from the work directory of the last server new
+    to it: a plugin's ``wait_for`` got the other server's job of that id, its output).
+    A thread the plugin starts answers from the process's reader (:func:`use_reader`)."""
+    with _readers_lock:
+        reader = _readers.get(workdir)
+        if reader is None:
+            reader = _readers[workdir] = JournalReader(workdir)
+    token = _task_reader.set(reader)
+    try:
+        yield reader
+    finally:
+        _task_reader.reset(token)
+
+
 def current_reader() -> JournalReader | None:
-    """The reader set by :func:`use_reader` (None in a process that holds an engine)."""
-    return _current
+    """The reader of this thread's :func:`reading`, else the one set by
+    :func:`use_reader` (None in a process that holds an engine)."""
+    return _task_reader.get() or _current
