@@ -309,6 +309,23 @@ def test_control_characters_of_a_job_neither_break_rows_nor_drive_the_terminal(t
     assert "ValueError: \\x1b[2Jbad\\x00frame\nTraceback (most recent call last):\n\tline 1" in text
 
 
+def test_a_plugin_name_of_a_megabyte_is_cut_in_the_tables(tmp_path):
+    # bug: a script's job of a plugin name of megabytes (the device refuses such names, a
+    # script may record one) made each line of list, stats and show that wide
+    name = "example." + "c" * 1_000_000
+    journal = SQLiteJournal(str(tmp_path))
+    job_id = journal.create(name, {}, time.time())
+    journal.finish(job_id, "failure", None, "no such plugin", time.time(), time.time())
+    journal.close()
+    for command in ("list", "stats", "show"):
+        text = run(*([command, str(job_id)] if command == "show" else [command]), workdir=tmp_path)
+        assert text.returncode == 0, text.stderr
+        assert max(len(line) for line in text.stdout.splitlines()) < 400, command
+        assert "example.ccc" in text.stdout and "..." in text.stdout, command
+    exported = run("export", workdir=tmp_path).stdout  # the data itself stays whole
+    assert name in exported
+
+
 def test_a_work_directory_this_user_cannot_write_is_read(tmp_path):
     """Another account's work directory (the server's), or a copy on read-only media: a
     reader of a WAL journal needs to make its -shm file there, and cannot."""

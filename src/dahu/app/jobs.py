@@ -33,7 +33,7 @@ from ..states import State
 from ..timespec import LONGEST_RUNTIME, format_duration, format_time
 from ..utils import one_line, standard_json
 from . import jobs_args as types
-from .jobtable import Unreadable, cut, micro, runtime_text, shown, write_table
+from .jobtable import Unreadable, cut, micro, runtime_text, shown, shown_plugin, write_table
 
 __all__ = [
     "build_parser",
@@ -218,7 +218,7 @@ def cmd_list(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
         def cells(row: tuple) -> tuple[str, ...]:
             i, plugin, state, submitted, _, _, runtime, error = row
             runtime = format_duration(runtime, unit)
-            return str(i), shown(plugin), state, format_time(submitted), runtime, cut(error)
+            return str(i), shown_plugin(plugin), state, format_time(submitted), runtime, cut(error)
 
         headers = ["id", "plugin", "state", "submitted", "runtime", "error"]
         write_table(headers, rows, cells, out)
@@ -282,7 +282,7 @@ def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
         out.write(standard_json(record_json, indent=1) + "\n")
         return EXIT_OK
     lines = [
-        f"job {record.id}: {record.plugin}, {record.state}"
+        f"job {record.id}: {shown_plugin(record.plugin)}, {record.state}"
         + (f" (its process {record.pid} is gone: {GONE})" if gone else ""),
         f"submitted  {format_time(record.submitted)}",
         f"started    {format_time(record.started)}",
@@ -315,7 +315,7 @@ def cmd_stats(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
         unfinished = entry["jobs"] - sum(entry[s] for s in State.FINAL)
         rows.append(
             [
-                shown(name),
+                shown_plugin(name),
                 entry["jobs"],
                 entry["success"],
                 entry["failure"],

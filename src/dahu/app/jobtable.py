@@ -45,6 +45,13 @@ def shown(text: str, lines: bool = False) -> str:
     return control.sub(lambda match: repr(match.group())[1:-1], text)
 
 
+def shown_plugin(name: str) -> str:
+    """A plugin name as the tables show it: :func:`shown`, and past 200 characters cut
+    in its middle (a script may record a name of megabytes: each row was that wide)."""
+    text = shown(name)
+    return text if len(text) <= 200 else f"{text[:98]}...{text[-99:]}"
+
+
 def cut(text: str | None, width: int = 60) -> str:
     return shown(one_line(text or "", width))
 
