@@ -101,6 +101,14 @@ def test_a_result_may_wait_as_long_as_it_takes(client):
     assert client.submit("example.sleep", t=0.3).result(timeout=1e12)["logging"] == []
     with pytest.raises(TypeError, match="^timeout must be a number of seconds or None, not str$"):
         client.submit("example.sleep", t=0.3).result(timeout="10")
+    # bug: NaN raised TimeoutError at once, "job 7 has not ended within nan s"
+    future = client.submit("example.sleep", t=0.3)
+    for wait_for in (future.result, future.exception):
+        with pytest.raises(
+            ValueError, match="^timeout must be a number of seconds or None, not nan$"
+        ):
+            wait_for(timeout=float("nan"))
+    assert future.result(timeout=30)["slept"] is True
 
 
 def test_cancel_aborts_the_job(client, proxy):

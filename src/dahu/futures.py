@@ -141,6 +141,8 @@ def _wait_time(timeout: Any) -> float | None:
         raise TypeError(
             f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
         )
+    if timeout != timeout:  # NaN: a TimeoutError at once, "not ended within nan s"
+        raise ValueError(f"timeout must be a number of seconds or None, not {timeout!r}")
     return None if timeout > 1e9 else timeout
 
 
