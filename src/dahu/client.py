@@ -160,6 +160,7 @@ class DahuClient:
         self._fresh = False  # jobs were submitted since the watcher last looked
         self._unfetched = 0  # outcomes not fetched since the last one fetched (an outage)
         self._last_event = time.monotonic()  # last job of ours learnt from an event
+        self._high_event = 0  # the highest id of ours an event reported (client_watch)
         self._wake = threading.Event()
         self._outcomes: queue.SimpleQueue = queue.SimpleQueue()
         probe(device, self._patience())  # a stopped server: fail in its time, not 6 to 9 s
@@ -400,6 +401,7 @@ class DahuClient:
                 return
             if event:
                 self._last_event = time.monotonic()
+                self._high_event = max(self._high_event, job_id)
             self._outcomes.put((future, state))  # which holds the client until it is read
             if not self._pending:
                 release_if_idle(self, locked=True)

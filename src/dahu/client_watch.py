@@ -86,6 +86,7 @@ def _round(client: Any, state: dict[str, float]) -> None:
         if now - max(client._last_event, head._since) < client.poll_interval:
             state["period"] = client.sweep_interval  # events flow: leave it to them,
             state["next_sweep"] = now + state["period"]
+            _check_passed(client, now)  # those whose own event may be the one lost
             if now - max(head._since, state["head_asked"]) < client.max_sweep_interval:
                 return
             state["head_asked"] = now  # but for the oldest job, whose event may be lost
@@ -159,6 +160,35 @@ def _wait_head(client: Any, head: Any, command: str = "waitJob") -> bool:
         client._ended(head.job_id, state)
         return True
     return False
+
+
+def _check_passed(client: Any, now: float) -> None:
+    """Ask the state of the pending jobs that an event of a later job of ours passed:
+    first once the passing was seen ``poll_interval`` s ago (events may come a little
+    out of order), then every ``sweep_interval`` s, doubling up to ``max_sweep_interval``
+    while the job runs.  One call for each such job only (a long one, a lost event),
+    not for each pending job: those queued behind a long job are not passed."""
+    with client._lock:
+        high, passed = client._high_event, []
+        for future in client._pending.values():  # oldest first: in the order of the ids
+            if future.job_id > high:
+                break
+            passed.append(future)
+    found = 0
+    for future in passed:
+        due, period = future._checked or (now + client.poll_interval, 0.0)
+        if future._checked is None or now < due:
+            future._checked = due, period
+            continue
+        if client._closed:
+            return
+        if _wait_head(client, future, "getJobState"):
+            found += 1
+            continue
+        period = min(max(2 * period, client.sweep_interval), client.max_sweep_interval)
+        future._checked = time.monotonic() + period, period
+    if found:
+        logger.info("%s: %d job(s) ended without an event", client.device, found)
 
 
 def _sweep(client: Any, forced: bool) -> int:

@@ -164,6 +164,7 @@ class JobFuture(concurrent.futures.Future):
         self._final_state: str | None = None
         self._cancelling = threading.Lock()
         self._patience = 0  # ms a fetch of its outcome may take (0: the client's timeout)
+        self._checked: tuple[float, float] | None = None  # (next, period): client_watch
 
     def __repr__(self) -> str:
         state = _base._STATE_TO_DESCRIPTION_MAP.get(self._state, self._state.lower())
