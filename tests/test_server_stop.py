@@ -130,15 +130,22 @@ def test_a_server_killed_through_its_admin_device_still_pushes_the_events(tmp_pa
         proxy = local.start(timeout=60)
     assert local.port != port and f":{local.port}/" in local.url
     failures = Failures(proxy)
+    client = DahuClient(local.url, timeout=1)
     try:
         sleeping = proxy.startJob(["example.sleep", '{"t": 600}'])
         queued = proxy.startJob(["example.sleep", '{"t": 600}'])
+        future = client.submit("example.sleep", t=600)
         running(proxy, sleeping)
         admin = tango.DeviceProxy(f"tango://127.0.0.1:{local.port}/dserver/DahuDS/demo#dbase=no")
         admin.command_inout("Kill")
         assert failures.wait_for({sleeping, queued}) >= {sleeping, queued}
         assert local.process.wait(30) == 0
+        # bug: the future waited for the server's return, for ever: its device was gone
+        # when the event of its job came (OBJECT_NOT_EXIST), and its outcome unread
+        with pytest.raises(JobAborted, match="its server stopped before its outcome"):
+            future.result(timeout=20)
     finally:
+        client.close()
         local.stop()
 
 
