@@ -149,8 +149,11 @@ def _end_told(client: Any) -> None:
             f"or failed just before: 'dahu-jobs show {job_id}' on its work directory says)"
         )
         future._settle(None, error=JobAborted(job_id, "aborted", reason))
-    logger.warning(
-        "%s: the server has stopped: %d job(s) whose end an event told fail as aborted",
+    first, client._stop_seen = not getattr(client, "_stop_seen", False), True
+    logger.log(  # once for a stop (the resolvers hand the jobs over a few at a time)
+        logging.WARNING if first else logging.DEBUG,
+        "%s: the server has stopped: the futures of the jobs whose end an event told "
+        "fail as aborted, their outcomes unread (%d now)",
         client.device,
         ended,
     )
@@ -301,6 +304,7 @@ def fetched(client: Any) -> None:
     with client._lock:
         failed, client._unfetched = client._unfetched, 0
         client._answered = time.monotonic()  # the end of an outage
+        client._stop_seen = False
     if failed:
         logger.warning(
             "%s: the server answers again (%d fetch(es) of an outcome had failed meanwhile)",
