@@ -203,6 +203,11 @@ def test_a_client_of_a_stopped_server_fails_in_its_timeout_freezing_nobody(serve
         os.kill(server.process.pid, signal.SIGCONT)
     assert took < 2.0 and max(gaps) < 1.0, (took, max(gaps))
     assert client_probe.stopped(server.url, 5) is False  # it answers
+    *start, name = server.url.split("/", 3)  # bug: a name in capitals was a stopped server
+    assert (
+        client_probe.stopped("/".join([*start, name.upper()]).replace("#DBASE=NO", "#dbase=no"), 5)
+        is False
+    )
     assert client_probe.stopped(server.url.replace("/dahu/", "/gone/"), 5) is True
     assert info.value.reason == "API_DeviceTimedOut"
     assert str(info.value) == (

@@ -61,7 +61,7 @@ def _record(device: str) -> tuple[str, int, bytes] | str | None:
         return None
     host, port, name, no_database = match.groups()
     if no_database:
-        return (host, int(port), name.encode()) if host else None
+        return (host, int(port), name.lower().encode()) if host else None  # as Tango keys it
     try:
         database = tango.Database(host, int(port)) if host else tango.Database()
         info = database.import_device(name)
