@@ -15,6 +15,7 @@ import time
 import pytest
 import tango
 
+from dahu import client_watch
 from dahu.app.localserver import LocalServer
 from dahu.client import (
     FIRST_COMPLETED,
@@ -101,6 +102,14 @@ def test_a_result_may_wait_as_long_as_it_takes(client):
     assert client.submit("example.sleep", t=0.3).result(timeout=1e12)["logging"] == []
     with pytest.raises(TypeError, match="^timeout must be a number of seconds or None, not str$"):
         client.submit("example.sleep", t=0.3).result(timeout="10")
+    # bug: NaN raised TimeoutError at once, "job 7 has not ended within nan s"
+    future = client.submit("example.sleep", t=0.3)
+    for wait_for in (future.result, future.exception):
+        with pytest.raises(
+            ValueError, match="^timeout must be a number of seconds or None, not nan$"
+        ):
+            wait_for(timeout=float("nan"))
+    assert future.result(timeout=30)["slept"] is True
 
 
 def test_cancel_aborts_the_job(client, proxy):
@@ -722,11 +731,20 @@ def test_no_server_at_the_address_says_what_to_check():
     assert str(info.value).startswith(f"cannot connect to {url}: Failed to connect to database")
 
 
-def test_a_lost_event_is_found_while_other_events_keep_coming(server):
+def test_a_lost_event_is_found_while_other_events_keep_coming(server, monkeypatch):
     # bug: the watcher stayed idle as long as events of other jobs of the client kept
     # coming: a job whose own event was lost waited until the stream paused, for as long
-    # as a beamline scan lasts
-    with DahuClient(server.url, poll_interval=0.2, max_sweep_interval=1.0) as dahu:
+    # as a beamline scan lasts; then (until 2026-11-30) until the oldest pending job had
+    # waited max_sweep_interval (60 s by default): a minute's stall
+    asked: list[int] = []
+    command = client_watch._command
+
+    def counted(client, name, job_id):
+        asked.append(job_id)
+        return command(client, name, job_id)
+
+    monkeypatch.setattr(client_watch, "_command", counted)
+    with DahuClient(server.url, poll_interval=0.2) as dahu:
         lost: list[int] = []
         events = dahu._event
 
@@ -737,7 +755,7 @@ def test_a_lost_event_is_found_while_other_events_keep_coming(server):
         dahu._event = lossy
         stop, done = threading.Event(), []
 
-        def stream():  # a job of ours ends every 50 ms
+        def stream():  # a job of ours ends every 50 ms, others wait behind a long one
             while not stop.is_set():
                 done.append(dahu.submit("example.square", x=1).result(timeout=30))
                 time.sleep(0.05)
@@ -749,9 +767,13 @@ def test_a_lost_event_is_found_while_other_events_keep_coming(server):
             while len(done) < 5:  # events flow
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
+            waiting = dahu.map("example.sleep", [{"t": 30}] + [{"t": 0}] * 50)
             future = dahu.submit("example.sleep", t=0.3)
             lost.append(future.job_id)
-            assert future.result(timeout=10)["slept"] is True
+            assert future.result(timeout=10)["slept"] is True  # not 60 s late
+            # the long job and those queued behind it were not asked one by one
+            assert len(asked) < 20, asked
+            assert all(f.cancel() for f in waiting if not f.done())
         finally:
             stop.set()
             streamer.join(30)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import tango
 
-from dahu import client_watch
+from dahu import client_probe, client_watch
 from dahu.client import ClientClosed, DahuClient, JobAborted, JobFailed, JobNotFound, ServerError
 from dahu.client_args import chunks
 from dahu.inputs import MAX_BATCH_JOBS, MAX_INPUT_CHARS
@@ -199,9 +199,18 @@ def test_a_client_of_a_stopped_server_fails_in_its_timeout_freezing_nobody(serve
         took = time.monotonic() - started
         done.set()
         ticker.join(30)
+        # nor is it a server that has stopped for good (the failures told would end)
+        assert client_probe.stopped(server.url, 0.2) is False
     finally:
         os.kill(server.process.pid, signal.SIGCONT)
     assert took < 2.0 and max(gaps) < 1.0, (took, max(gaps))
+    assert client_probe.stopped(server.url, 5) is False  # it answers
+    *start, name = server.url.split("/", 3)  # bug: a name in capitals was a stopped server
+    assert (
+        client_probe.stopped("/".join([*start, name.upper()]).replace("#DBASE=NO", "#dbase=no"), 5)
+        is False
+    )
+    assert client_probe.stopped(server.url.replace("/dahu/", "/gone/"), 5) is True
     assert info.value.reason == "API_DeviceTimedOut"
     assert str(info.value) == (
         f"cannot connect to {server.url}: its server at 127.0.0.1:{server.port} does not "

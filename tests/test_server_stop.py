@@ -115,7 +115,9 @@ def test_a_stopping_server_refuses_new_jobs_and_still_answers(tmp_path):
     assert row == ("aborted", f"{REASON} (the plugin had not stopped after 4 s)")
 
 
-def test_a_server_killed_through_its_admin_device_still_pushes_the_events(tmp_path, monkeypatch):
+def test_a_server_killed_through_its_admin_device_still_pushes_the_events(
+    tmp_path, monkeypatch, caplog
+):
     # and (bug) a LocalServer whose port, free when picked, was taken before its server
     # bound it (by another program, or as any connection's local port): the server
     # exited with status 1, "Failed to bind to address 0.0.0.0 port N" (the pyFAI
@@ -130,15 +132,25 @@ def test_a_server_killed_through_its_admin_device_still_pushes_the_events(tmp_pa
         proxy = local.start(timeout=60)
     assert local.port != port and f":{local.port}/" in local.url
     failures = Failures(proxy)
+    client = DahuClient(local.url, timeout=1)
     try:
         sleeping = proxy.startJob(["example.sleep", '{"t": 600}'])
         queued = proxy.startJob(["example.sleep", '{"t": 600}'])
+        futures = client.map("example.sleep", [{"t": 600}] * 30)
         running(proxy, sleeping)
         admin = tango.DeviceProxy(f"tango://127.0.0.1:{local.port}/dserver/DahuDS/demo#dbase=no")
         admin.command_inout("Kill")
         assert failures.wait_for({sleeping, queued}) >= {sleeping, queued}
         assert local.process.wait(30) == 0
+        # bug: the future waited for the server's return, for ever: its device was gone
+        # when the event of its job came (OBJECT_NOT_EXIST), and its outcome unread
+        for future in futures:
+            with pytest.raises(JobAborted, match="its server stopped before its outcome"):
+                future.result(timeout=20)
+        said = [r for r in caplog.records if "the server has stopped" in r.getMessage()]
+        assert [r.levelname for r in said if r.levelname != "DEBUG"] == ["WARNING"]
     finally:
+        client.close()
         local.stop()
 
 

@@ -62,7 +62,7 @@ from .client_close import (
     unsubscribe,
 )
 from .client_probe import probe
-from .client_watch import check_journal, fetched, not_fetched, read_journal, watch
+from .client_watch import check_journal, evented, fetched, not_fetched, read_journal, watch
 from .futures import (
     ClientClosed,
     ClientError,
@@ -160,6 +160,7 @@ class DahuClient:
         self._fresh = False  # jobs were submitted since the watcher last looked
         self._unfetched = 0  # outcomes not fetched since the last one fetched (an outage)
         self._last_event = time.monotonic()  # last job of ours learnt from an event
+        self._high_event = 0  # the highest id of ours an event reported (client_watch)
         self._wake = threading.Event()
         self._outcomes: queue.SimpleQueue = queue.SimpleQueue()
         probe(device, self._patience())  # a stopped server: fail in its time, not 6 to 9 s
@@ -398,8 +399,8 @@ class DahuClient:
                     if len(self._early) > EARLY_MAX:  # submissions may overlap for ever
                         del self._early[next(iter(self._early))]
                 return
-            if event:
-                self._last_event = time.monotonic()
+            if event:  # the watcher's clues: events flow, jobs passed, a failure told
+                evented(self, future, state)
             self._outcomes.put((future, state))  # which holds the client until it is read
             if not self._pending:
                 release_if_idle(self, locked=True)

@@ -19,11 +19,15 @@ import tango
 
 from .futures import ServerError
 
-__all__ = ["probe", "address", "answers"]
+__all__ = ["probe", "address", "answers", "stopped"]
 
 # [tango://][host:port/]domain/family/member[#dbase=no]; an alias is not probed
 _NAME = re.compile(r"(?:tango://)?(?:([^/:#]+):(\d+)/)?([^/#]+/[^/#]+/[^/#]+)(#dbase=no)?", re.I)
 TAG_INTERNET_IOP = 0
+LOCATE_REPLY = 4  # a GIOP message type
+UNKNOWN_OBJECT = 0  # a LocateReply's status: the server has no such object
+REFUSED = "refused"  # nothing listens at the address
+UNEXPORTED = "unexported"  # the database's record of a device no server serves
 
 
 def probe(device: str, seconds: float) -> None:
@@ -45,18 +49,38 @@ def address(device: str) -> tuple[str, int, bytes] | None:
     """The host, port and object key of ``device``'s server: from the name of a device
     without database, from the database's record of the device otherwise (None when it
     cannot be known: Tango will say why)."""
+    where = _record(device)
+    return where if where != UNEXPORTED else None
+
+
+def _record(device: str) -> tuple[str, int, bytes] | str | None:
+    """:func:`address`, or ``UNEXPORTED`` when the database records the device as not
+    exported (a server that stopped unexports its devices)."""
     match = _NAME.fullmatch(device)
     if match is None:
         return None
     host, port, name, no_database = match.groups()
     if no_database:
-        return (host, int(port), name.encode()) if host else None
+        return (host, int(port), name.lower().encode()) if host else None  # as Tango keys it
     try:
         database = tango.Database(host, int(port)) if host else tango.Database()
         info = database.import_device(name)
     except tango.DevFailed:
         return None
-    return _iiop(info.ior) if info.exported else None
+    return _iiop(info.ior) if info.exported else UNEXPORTED
+
+
+def stopped(device: str, seconds: float) -> bool:
+    """Whether the server of ``device`` has stopped, for sure: nothing listens at its
+    address any more, its server answers that it has no such object (stopped by the
+    admin device's ``Kill``, it deletes its device before it ends), or the database
+    records the device as not exported.  False while it cannot be told (no answer within
+    ``seconds``: a server stopped by a signal, swapping; a host that cannot be reached)."""
+    where = _record(device)
+    if where is None or where == UNEXPORTED:
+        return where == UNEXPORTED
+    answer = _locate(*where, seconds)  # (not "in": False == 0, a status)
+    return answer == REFUSED or (type(answer) is int and answer == UNKNOWN_OBJECT)
 
 
 def answers(host: str, port: int, key: bytes, seconds: float) -> bool | None:
@@ -64,23 +88,41 @@ def answers(host: str, port: int, key: bytes, seconds: float) -> bool | None:
     within ``seconds`` (any answer, "no such object" included); None when no connection
     could be made (refused: the server is not running; unreachable: Tango may know other
     addresses of it) or it broke: Tango says what it finds."""
+    answer = _locate(host, port, key, seconds)
+    return None if answer in (None, REFUSED) else answer is not False
+
+
+def _locate(host: str, port: int, key: bytes, seconds: float) -> int | str | bool | None:
+    """The answer of the server at ``host``:``port`` to a ``LocateRequest`` of ``key``:
+    its locate status (``UNKNOWN_OBJECT``, 1: here...), True for another answer (the
+    connection closed...), False for none within ``seconds``, ``REFUSED`` when nothing
+    listens there, None when no connection could be made otherwise or it broke."""
     body = struct.pack("<IH2xI", 1, 0, len(key)) + key  # request 1, a key address
     request = b"GIOP\x01\x02\x01\x03" + struct.pack("<I", len(body)) + body
     deadline = time.monotonic() + seconds
     try:
         sock = socket.create_connection((host, port), seconds)
+    except ConnectionRefusedError:
+        return REFUSED
     except OSError:
         return None
     with sock:  # connected: the system took the call, whether the process runs or not
         try:
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             sock.sendall(request)
-            sock.recv(12)  # a reply, or the connection closed: the server answered
-            return True
+            reply = b""
+            while len(reply) < 20:  # the GIOP header, the request id, the status
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                if not (chunk := sock.recv(20 - len(reply))):
+                    return True  # the connection closed: the server answered
+                reply += chunk
         except TimeoutError:
-            return False
+            return bool(reply)
         except OSError:
             return None
+    if reply[:4] != b"GIOP" or reply[7] != LOCATE_REPLY:
+        return True
+    return struct.unpack_from("<I" if reply[6] & 1 else ">I", reply, 16)[0]
 
 
 def _iiop(ior: str) -> tuple[str, int, bytes] | None:

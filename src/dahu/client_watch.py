@@ -15,14 +15,15 @@ from typing import Any
 import tango
 
 from .client_close import release_if_idle, unsubscribe_all
-from .futures import JobNotFound, ServerError
+from .client_probe import stopped
+from .futures import JobAborted, JobNotFound, ServerError
 from .states import State
 
 logger = logging.getLogger("dahu.client")
 # a read that did not reach the server (refused, delayed by Tango, timed out)
 UNREACHED = {"API_CantConnectToDevice", "API_ServerNotRunning", "API_DeviceTimedOut"}
 
-__all__ = ["watch", "read_journal", "check_journal", "not_fetched", "fetched"]
+__all__ = ["watch", "evented", "read_journal", "check_journal", "not_fetched", "fetched"]
 
 DEFAULT_CALL_TIMEOUT = 3.0
 """Seconds a call may take with no client timeout given (Tango's default)."""
@@ -73,19 +74,24 @@ def _round(client: Any, state: dict[str, float]) -> None:
         with client._lock:
             head = next(iter(client._pending.values()), None)
             fresh, client._fresh = client._fresh, False
-        if head is None or not _journal_ok(client):
-            return  # nothing to watch, or the server is away: next round
+        if head is None:
+            return  # nothing to watch
+        if not _journal_ok(client):  # the server is away: next round
+            _end_told(client)  # unless it has stopped: the failures told end now
+            return
         now = time.monotonic()
         if fresh:
             state["period"] = client.sweep_interval
             state["next_sweep"] = min(state["next_sweep"], now + state["period"])
         if client._suspect:
             if _sweep(client, forced=True) < 0:
+                _end_told(client)
                 return  # the server is away: try again after a pause
             continue
         if now - max(client._last_event, head._since) < client.poll_interval:
             state["period"] = client.sweep_interval  # events flow: leave it to them,
             state["next_sweep"] = now + state["period"]
+            _check_passed(client, now)  # those whose own event may be the one lost
             if now - max(head._since, state["head_asked"]) < client.max_sweep_interval:
                 return
             state["head_asked"] = now  # but for the oldest job, whose event may be lost
@@ -107,6 +113,50 @@ def _round(client: Any, state: dict[str, float]) -> None:
             continue
         if not _wait_head(client, head):
             return
+
+
+def evented(client: Any, future: Any, state: str | None) -> None:
+    """An event told that ``future``'s job ended (``state``: ``success``, or None for a
+    ``jobFailure``): events flow; jobs of lower ids whose events did not come may have
+    lost them (:func:`_check_passed`); a failure told is not waited for once the server
+    has stopped (:func:`_end_told`).  Called under the client's lock."""
+    client._last_event = time.monotonic()
+    client._high_event = max(client._high_event, future.job_id)
+    future._failure_told = state is None
+
+
+def _end_told(client: Any) -> None:
+    """The server cannot be asked: if it has stopped for good (nothing listens at its
+    address, or its device is gone: stopped by its admin device's ``Kill``, whose device
+    is gone when the events of the jobs it aborted come), the futures whose jobs a
+    ``jobFailure`` event said had ended fail now with :class:`JobAborted` instead of
+    waiting for its return, maybe for ever (their outcomes are in its journal)."""
+    with client._lock:
+        told = [f for f in client._pending.values() if f._failure_told]
+    # answered at once by a server that runs: one that does not is not known stopped
+    if not told or not stopped(client.device, min(client._patience(), 0.5)):
+        return
+    ended = 0
+    for future in told:
+        with client._lock:
+            if client._pending.get(future.job_id) is not future:
+                continue  # settled meanwhile
+            del client._pending[future.job_id]
+        ended += 1
+        job_id = future.job_id
+        reason = (
+            f"its server stopped before its outcome could be read (aborted by the stop, "
+            f"or failed just before: 'dahu-jobs show {job_id}' on its work directory says)"
+        )
+        future._settle(None, error=JobAborted(job_id, "aborted", reason))
+    first, client._stop_seen = not getattr(client, "_stop_seen", False), True
+    logger.log(  # once for a stop (the resolvers hand the jobs over a few at a time)
+        logging.WARNING if first else logging.DEBUG,
+        "%s: the server has stopped: the futures of the jobs whose end an event told "
+        "fail as aborted, their outcomes unread (%d now)",
+        client.device,
+        ended,
+    )
 
 
 def _bounded(client: Any, function: Any, *args: Any) -> Any:
@@ -159,6 +209,35 @@ def _wait_head(client: Any, head: Any, command: str = "waitJob") -> bool:
         client._ended(head.job_id, state)
         return True
     return False
+
+
+def _check_passed(client: Any, now: float) -> None:
+    """Ask the state of the pending jobs that an event of a later job of ours passed:
+    first once the passing was seen ``poll_interval`` s ago (events may come a little
+    out of order), then every ``sweep_interval`` s, doubling up to ``max_sweep_interval``
+    while the job runs.  One call for each such job only (a long one, a lost event),
+    not for each pending job: those queued behind a long job are not passed."""
+    with client._lock:
+        high, passed = client._high_event, []
+        for future in client._pending.values():  # oldest first: in the order of the ids
+            if future.job_id > high:
+                break
+            passed.append(future)
+    found = 0
+    for future in passed:
+        due, period = future._checked or (now + client.poll_interval, 0.0)
+        if future._checked is None or now < due:
+            future._checked = due, period
+            continue
+        if client._closed:
+            return
+        if _wait_head(client, future, "getJobState"):
+            found += 1
+            continue
+        period = min(max(2 * period, client.sweep_interval), client.max_sweep_interval)
+        future._checked = time.monotonic() + period, period
+    if found:
+        logger.info("%s: %d job(s) ended without an event", client.device, found)
 
 
 def _sweep(client: Any, forced: bool) -> int:
@@ -225,6 +304,7 @@ def fetched(client: Any) -> None:
     with client._lock:
         failed, client._unfetched = client._unfetched, 0
         client._answered = time.monotonic()  # the end of an outage
+        client._stop_seen = False
     if failed:
         logger.warning(
             "%s: the server answers again (%d fetch(es) of an outcome had failed meanwhile)",

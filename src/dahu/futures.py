@@ -141,6 +141,8 @@ def _wait_time(timeout: Any) -> float | None:
         raise TypeError(
             f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
         )
+    if timeout != timeout:  # NaN: a TimeoutError at once, "not ended within nan s"
+        raise ValueError(f"timeout must be a number of seconds or None, not {timeout!r}")
     return None if timeout > 1e9 else timeout
 
 
@@ -162,6 +164,8 @@ class JobFuture(concurrent.futures.Future):
         self._final_state: str | None = None
         self._cancelling = threading.Lock()
         self._patience = 0  # ms a fetch of its outcome may take (0: the client's timeout)
+        self._checked: tuple[float, float] | None = None  # (next, period): client_watch
+        self._failure_told = False  # by a jobFailure event: ended, not a success
 
     def __repr__(self) -> str:
         state = _base._STATE_TO_DESCRIPTION_MAP.get(self._state, self._state.lower())
