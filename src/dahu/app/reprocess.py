@@ -54,11 +54,10 @@ from .sources import (
     Item,
     Loaded,
     Relocator,
-    as_archived,
+    comparable,
     expand_sources,
     load,
     load_archive,
-    reason_only,
 )
 
 logger = logging.getLogger(__name__)
@@ -376,22 +375,21 @@ class Reprocessor:
                 self.wake.set()
 
     def _compare(self, result: Result, loaded: Loaded, output: Any) -> None:
-        item, archive = loaded.item, loaded.archive
+        item, archive, path = loaded.item, loaded.archive, None
         if item.path is not None:
             try:
-                found, archive = load_archive(item)
+                path, archive = load_archive(item)
             except InputError as err:
                 result.compared, result.difference = True, Difference("", str(err))
                 return
-            if not found:
+            if path is None:
                 return
         elif archive is None:
             return
         result.compared = True
         args = self.args
         ignore = self.ignore | loaded.ignore
-        new = reason_only(as_archived(output))  # what the .out file holds, as the archive
-        old = reason_only(archive)
+        old, new = comparable(archive, output, path)  # as the .out file holds it
         result.difference = first_difference(old, new, args.rtol, args.atol, ignore)
 
     def _record(self, result: Result) -> None:
