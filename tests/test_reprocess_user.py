@@ -990,3 +990,32 @@ def test_a_journal_given_as_an_input_file_says_how_to_give_its_jobs(tmp_path: Pa
         f"dahu-reprocess: {workdir}/journal.sqlite: a journal, not a job input: give job "
         f"ids, e.g. --workdir {workdir} 1-10\n"
     )
+
+
+def test_file_names_with_new_lines_are_one_line_each_escaped(tmp_path: Path):
+    # bug: a file name holding a new line split dahu-reprocess's stderr line about it in
+    # two (and a row of the table of differences), and a terminal escape in one drove the
+    # terminal; dahu-jobs shows them escaped
+    sources = tmp_path / "in"
+    sources.mkdir()
+    (sources / "bad\nname.inp").write_text('{"plugin_name": "example.square", "x": "a"}')
+    (sources / "not\njson.inp").write_text("nojson")
+    (sources / "un\x1b[2Jknown.inp").write_text('{"plugin_name": "example.squar\\nre"}')
+    (sources / "d\nf.inp").write_text('{"plugin_name": "example.square", "x": 2}')
+    (sources / "d\nf.out").write_text('{"result": 5}')
+    out = tmp_path / "out\nput"
+    proc = reprocess("--compare", "-o", out, sources, tmp_path / "miss\ning")
+    assert proc.returncode == 1, proc.stderr
+    assert sorted(proc.stderr.splitlines()) == [
+        f"dahu-reprocess: {sources}/bad\\nname.inp: job 1 failed: TypeError: can't "
+        "multiply sequence by non-int of type 'str'",
+        f"dahu-reprocess: {sources}/not\\njson.inp: not JSON: Expecting value: line 1 "
+        "column 1 (char 0)",
+        f"dahu-reprocess: {sources}/un\\x1b[2Jknown.inp: invalid plugin name "
+        "'example.squar\\nre': expected 'module.name' (letters, digits, underscores)",
+        f"dahu-reprocess: {tmp_path}/miss\\ning: no such file or directory",
+    ]
+    lines = proc.stdout.splitlines()
+    assert "example.squar\\nre " in proc.stdout
+    assert f"output in {tmp_path}/out\\nput" in proc.stdout
+    assert lines[-1].split()[:4] == ["2", f"{sources}/d\\nf.inp", "example.square", "result"]

@@ -38,6 +38,7 @@ from ..journal import default_workdir
 from ..states import State
 from ..utils import get_workdir
 from . import leave, quiet_third_parties
+from .jobtable import shown
 from .reprocess_args import PROG, build_parser, usage_problems
 from .reprocess_summary import (
     EXIT_FAILED,
@@ -153,7 +154,9 @@ class Reprocessor:
             self.bar = tqdm(total=len(items), unit="job", file=sys.stderr)
 
     def say(self, text: str) -> None:
-        """Print one line on stderr, above the progress bar."""
+        """Print one line on stderr, above the progress bar (a file name's new lines and
+        terminal escapes shown escaped, ``\\n``, as ``dahu-jobs`` shows them)."""
+        text = shown(text)
         if self.bar.disable:
             print(text, file=sys.stderr, flush=True)
         else:
@@ -420,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = usage_problems(args)
     if problems:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: {problems[0]}", file=sys.stderr)
+        print(f"{PROG}: error: {shown(problems[0])}", file=sys.stderr)
         return EXIT_USAGE
     # each failed job is reported once, by this tool, with its reason (not by its executor)
     executor_log = logging.getLogger("dahu.executors.process")
@@ -452,9 +455,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         )
     except (OSError, JournalError) as err:  # a read-only or full disk...
         text = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) else str(err)
-        print(
-            f"{PROG}: error: cannot use the output directory {output_dir}: {text}", file=sys.stderr
-        )
+        text = shown(f"cannot use the output directory {output_dir}: {text}")
+        print(f"{PROG}: error: {text}", file=sys.stderr)
         return EXIT_USAGE
     # listing the inputs may take long (a large archive): a Ctrl-C or SIGTERM meanwhile
     # ends the run as one during the run does, nothing having started
@@ -478,7 +480,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             if lost or engine.files_failed:
                 print(
                     f"{PROG}: {lost} outcome(s) could not be recorded in the journal and "
-                    f"{engine.files_failed} job(s) have no .inp/.out files in {output_dir} "
+                    f"{engine.files_failed} job(s) have no .inp/.out files in {shown(output_dir)} "
                     "(disk full? see the errors above)",
                     file=sys.stderr,
                 )
