@@ -27,6 +27,7 @@ import fabio.edfimage
 import h5py
 import numpy
 import pyFAI.detectors
+from pyFAI.io.ponifile import PoniFile
 
 from dahu.integration import AzimuthalIntegrator
 
@@ -149,9 +150,11 @@ def make_dataset(
         raise ValueError(f"got {len(monitor_values)} monitor values for {n_frames} frames")
 
     poni_file = os.path.join(directory, PONI_NAME)
-    if os.path.exists(poni_file):
-        os.unlink(poni_file)  # pyFAI appends to an existing poni file
-    ai.save(poni_file)
+    # as ai.save() writes it, but that one appends to an existing file and, on a full disk,
+    # logs its own error line and returns as if it had written it (until 2026-11-30 a
+    # dahu-demo there printed that line before its own)
+    with open(poni_file, "w") as handle:
+        PoniFile(ai).write(handle)
 
     frames = numpy.empty((n_frames,) + shape, dtype=numpy.int32)
     for index, monitor in enumerate(monitor_values):
