@@ -209,3 +209,22 @@ def test_a_full_disk_is_one_line(tmp_path, caplog):
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert str(failed.value) == "cannot generate the data set: [Errno 27] File too large"
     assert [record.getMessage() for record in caplog.records] == []  # no line of pyFAI's
+
+
+def test_a_disk_too_full_for_the_data_set_is_found_before_writing(tmp_path, monkeypatch):
+    # bug: when the disk filled up as the HDF5 stack was written, h5py raised a
+    # RuntimeError (a traceback of many lines, not the demo's one line), and the process
+    # then crashed (SIGSEGV) as HDF5 freed the file it had failed to close
+    import os
+
+    import dahu.testdata  # noqa: F401 - imported before os.statvfs is replaced
+
+    full = os.statvfs_result((4096, 4096, 1000, 10, 10, 100, 10, 10, 0, 255))  # 40 kB free
+    monkeypatch.setattr(os, "statvfs", lambda path: full)
+    with pytest.raises(DemoFailed) as failed:
+        generate(str(tmp_path / "data"), 2, (128, 128))
+    assert str(failed.value) == (
+        "cannot generate the data set: [Errno 28] its disk is full: it needs 0.5 MB, "
+        f"0.0 MB are free: '{tmp_path / 'data'}'"
+    )
+    assert list((tmp_path / "data").iterdir()) == []  # nothing written

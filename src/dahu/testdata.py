@@ -15,6 +15,7 @@ Use it from Python (:func:`make_dataset`) or from the command line::
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -85,6 +86,24 @@ def _profile(
     return q, intensity
 
 
+def _check_room(directory: str, need: int) -> None:
+    """Raise ``OSError`` (ENOSPC) when the file system of ``directory`` has not ``need``
+    bytes free, and some more: a full disk is found before anything is written, as HDF5
+    cannot recover from a failed write (the process crashes, SIGSEGV, when the file is
+    freed: h5py issues 914 and 2160; until 2026-11-30 a traceback, then that crash)."""
+    try:
+        stat = os.statvfs(directory)
+    except OSError:
+        return  # the writes will say
+    if not stat.f_blocks or not stat.f_frsize:  # some FUSE file systems cannot say
+        return
+    need, free = need + 2**18, stat.f_bavail * stat.f_frsize
+    if need > free:
+        need_mb, free_mb = math.ceil(need * 10 / 2**20) / 10, math.floor(free * 10 / 2**20) / 10
+        why = f"its disk is full: it needs {need_mb} MB, {free_mb} MB are free"
+        raise OSError(errno.ENOSPC, why, directory)
+
+
 def make_dataset(
     directory: str | os.PathLike,
     n_frames: int = 3,
@@ -149,6 +168,8 @@ def make_dataset(
     elif len(monitor_values) != n_frames:
         raise ValueError(f"got {len(monitor_values)} monitor values for {n_frames} frames")
 
+    pixels = shape[0] * shape[1]
+    _check_room(directory, n_frames * pixels * 4 * (edf + hdf5) + (pixels if mask else 0))
     poni_file = os.path.join(directory, PONI_NAME)
     # as ai.save() writes it, but that one appends to an existing file and, on a full disk,
     # logs its own error line and returns as if it had written it (until 2026-11-30 a
