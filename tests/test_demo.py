@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import struct
 import subprocess
+import sys
 
 import h5py
 import numpy
@@ -228,3 +229,33 @@ def test_a_disk_too_full_for_the_data_set_is_found_before_writing(tmp_path, monk
         f"0.0 MB are free: '{tmp_path / 'data'}'"
     )
     assert list((tmp_path / "data").iterdir()) == []  # nothing written
+
+
+FILLING_DISK = """
+import gc, resource, sys
+from dahu.app.demo import DemoFailed, generate
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+try:  # 2 EDF files of 66 kB, then an HDF5 stack of 141 kB: it fails
+    generate(sys.argv[1], 2, (128, 128))
+except DemoFailed as error:
+    print(error)
+gc.collect()  # frees what h5py left: the crash came here
+"""
+
+
+def test_a_disk_that_fills_up_as_the_stack_is_written_is_one_line(tmp_path):
+    # bug: h5py raised a RuntimeError (a traceback of many lines, not the demo's one line)
+    # and the process then crashed (SIGSEGV) as HDF5 freed the file it failed to close;
+    # files may not grow past 100 kB here, as on a disk that fills up meanwhile
+    result = subprocess.run(
+        [sys.executable, "-c", FILLING_DISK, str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(PYTHONDONTWRITEBYTECODE="1"),  # no .pyc cut short at the limit
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == (
+        "cannot generate the data set: [Errno 27] File too large: "
+        f"'{tmp_path / 'data' / 'stack.h5'}'\n"
+    )

@@ -15,13 +15,15 @@ Use it from Python (:func:`make_dataset`) or from the command line::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
 import math
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import fabio.edfimage
@@ -102,6 +104,28 @@ def _check_room(directory: str, need: int) -> None:
         need_mb, free_mb = math.ceil(need * 10 / 2**20) / 10, math.floor(free * 10 / 2**20) / 10
         why = f"its disk is full: it needs {need_mb} MB, {free_mb} MB are free"
         raise OSError(errno.ENOSPC, why, directory)
+
+
+@contextlib.contextmanager
+def _written(h5: h5py.File, path: str) -> Iterator[None]:
+    """Write what the block puts in ``h5`` to the disk; a failure (the disk filled up
+    meanwhile) is an ``OSError`` naming ``path``, after which HDF5 writes to /dev/null:
+    a file whose close failed crashes the process as it is freed (as in
+    :class:`dahu.nexus.NexusWriter`; until 2026-11-30 a ``RuntimeError``, then SIGSEGV)."""
+    try:
+        yield
+        h5.flush()  # a full disk fails here, not when the file is closed
+    except (OSError, RuntimeError) as error:  # h5py raises either, as HDF5's words go
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, h5.id.get_vfd_handle())
+        finally:
+            os.close(null)
+        with contextlib.suppress(Exception):  # what HDF5 still holds goes to /dev/null
+            h5.flush()
+        found = re.search(r"errno = (\d+)", str(error))
+        number = getattr(error, "errno", None) or (int(found[1]) if found else errno.EIO)
+        raise OSError(number, os.strerror(number), path) from None
 
 
 def make_dataset(
@@ -192,7 +216,7 @@ def make_dataset(
     hdf5_file = hdf5_dataset = None
     if hdf5:
         hdf5_file = os.path.join(directory, STACK_NAME)
-        with h5py.File(hdf5_file, "w") as h5:
+        with h5py.File(hdf5_file, "w") as h5, _written(h5, hdf5_file):
             h5.attrs["NX_class"] = "NXroot"
             h5.attrs["default"] = "entry"
             entry = h5.create_group("entry")
