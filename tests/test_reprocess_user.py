@@ -766,6 +766,61 @@ def test_a_failed_job_archived_by_the_original_dahu_compares_by_its_reason(tmp_p
     assert reason_only({"error": original}) == {"error": ["BeamLost: no beam"]}
 
 
+def test_an_archive_of_the_original_reprocess_tool_compares_on_what_it_wrote(tmp_path: Path):
+    # bug: the original's dahu-reprocess (2024.2.0) wrote a failed job's .out without
+    # "error" (and without "logging" when its setup failed: it skipped the teardown);
+    # an unchanged rerun of its archive differed: "error: not in the archived output"
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "id00t.py").write_text(
+        "from dahu.factory import register\n"
+        "from dahu.plugin import Plugin\n\n\n"
+        "@register\n"
+        "class Fails(Plugin):\n"
+        "    def process(self):\n"
+        "        self.output['partial'] = self.input['x']\n"
+        "        raise RuntimeError('no beam')\n\n\n"
+        "@register\n"
+        "class FailSetup(Plugin):\n"
+        "    def setup(self, kwargs=None):\n"
+        "        raise ValueError('bad setup')\n"
+    )
+    # as that tool wrote them (checked against its real output): NNNNN_<class name>
+    # side by side in <tmp>/dahu_<time>, numbered from 0; plugin.output + job_runtime
+    archive = tmp_path / "dahu_2026-11-30T14h58m56"
+    archive.mkdir()
+    jobs = [
+        ("Fails", {"plugin_name": "id00t.fails", "x": 3}, {"partial": 3, "logging": []}),
+        ("FailSetup", {"plugin_name": "id00t.failsetup", "x": 3}, {}),
+        ("square", {"plugin_name": "example.square", "x": "a"}, {"logging": []}),
+        ("Fails", {"plugin_name": "id00t.fails", "x": 4}, {"partial": 5, "logging": []}),
+    ]
+    for i, (name, job, out) in enumerate(jobs):
+        name = "example.square" if name == "square" else name  # a function's plugin
+        (archive / f"{i:05d}_{name}.inp").write_text(json.dumps({**job, "job_id": i}, indent=4))
+        output = json.dumps({**out, "job_runtime": 0.000339508056640625}, indent=4)
+        (archive / f"{i:05d}_{name}.out").write_text(output)
+    args = ("--compare", "--plugins", plugins, "-o", tmp_path / "new", archive)
+    status, summary, stderr = summary_of(*args)
+    assert summary["total"]["failure"] == 4, stderr
+    compare = summary["compare"]
+    assert (compare["same"], compare["differ"]) == (3, 1), compare["differences"]
+    # what it wrote is still compared
+    assert [(d["job_id"], d["key"], d["reason"]) for d in compare["differences"]] == [
+        (4, "partial", "5 != 4")
+    ]
+    # the layout of a server (NNNN/): a job that succeeded there (writing no result key)
+    # and fails now differs
+    server = tmp_path / "W" / "0000"
+    server.mkdir(parents=True)
+    (server / "00004_example.square.inp").write_text(json.dumps(jobs[2][1]))
+    (server / "00004_example.square.out").write_text('{"logging": []}')  # no result
+    status, summary, stderr = summary_of("--compare", "-o", tmp_path / "new2", server)
+    assert [(d["key"], d["reason"]) for d in summary["compare"]["differences"]] == [
+        ("error", "not in the archived output")
+    ]
+
+
 @pytest.mark.parametrize("executor", ["thread", "process"])
 def test_quiet_pyfai_runs_print_no_third_party_warning(tmp_path: Path, executor: str):
     # bug: with pyFAI plugins every -q run printed silx's "WARNING silx.opencl.common:
@@ -935,3 +990,32 @@ def test_a_journal_given_as_an_input_file_says_how_to_give_its_jobs(tmp_path: Pa
         f"dahu-reprocess: {workdir}/journal.sqlite: a journal, not a job input: give job "
         f"ids, e.g. --workdir {workdir} 1-10\n"
     )
+
+
+def test_file_names_with_new_lines_are_one_line_each_escaped(tmp_path: Path):
+    # bug: a file name holding a new line split dahu-reprocess's stderr line about it in
+    # two (and a row of the table of differences), and a terminal escape in one drove the
+    # terminal; dahu-jobs shows them escaped
+    sources = tmp_path / "in"
+    sources.mkdir()
+    (sources / "bad\nname.inp").write_text('{"plugin_name": "example.square", "x": "a"}')
+    (sources / "not\njson.inp").write_text("nojson")
+    (sources / "un\x1b[2Jknown.inp").write_text('{"plugin_name": "example.squar\\nre"}')
+    (sources / "d\nf.inp").write_text('{"plugin_name": "example.square", "x": 2}')
+    (sources / "d\nf.out").write_text('{"result": 5}')
+    out = tmp_path / "out\nput"
+    proc = reprocess("--compare", "-o", out, sources, tmp_path / "miss\ning")
+    assert proc.returncode == 1, proc.stderr
+    assert sorted(proc.stderr.splitlines()) == [
+        f"dahu-reprocess: {sources}/bad\\nname.inp: job 1 failed: TypeError: can't "
+        "multiply sequence by non-int of type 'str'",
+        f"dahu-reprocess: {sources}/not\\njson.inp: not JSON: Expecting value: line 1 "
+        "column 1 (char 0)",
+        f"dahu-reprocess: {sources}/un\\x1b[2Jknown.inp: invalid plugin name "
+        "'example.squar\\nre': expected 'module.name' (letters, digits, underscores)",
+        f"dahu-reprocess: {tmp_path}/miss\\ning: no such file or directory",
+    ]
+    lines = proc.stdout.splitlines()
+    assert "example.squar\\nre " in proc.stdout
+    assert f"output in {tmp_path}/out\\nput" in proc.stdout
+    assert lines[-1].split()[:4] == ["2", f"{sources}/d\\nf.inp", "example.square", "result"]

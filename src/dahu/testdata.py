@@ -15,18 +15,22 @@ Use it from Python (:func:`make_dataset`) or from the command line::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
 import math
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import fabio.edfimage
 import h5py
 import numpy
 import pyFAI.detectors
+from pyFAI.io.ponifile import PoniFile
 
 from dahu.integration import AzimuthalIntegrator
 
@@ -82,6 +86,46 @@ def _profile(
     for position, amplitude, sigma in peaks:
         intensity += amplitude * numpy.exp(-0.5 * ((q - position) / sigma) ** 2)
     return q, intensity
+
+
+def _check_room(directory: str, need: int) -> None:
+    """Raise ``OSError`` (ENOSPC) when the file system of ``directory`` has not ``need``
+    bytes free, and some more: a full disk is found before anything is written, as HDF5
+    cannot recover from a failed write (the process crashes, SIGSEGV, when the file is
+    freed: h5py issues 914 and 2160; until 2026-11-30 a traceback, then that crash)."""
+    try:
+        stat = os.statvfs(directory)
+    except OSError:
+        return  # the writes will say
+    if not stat.f_blocks or not stat.f_frsize:  # some FUSE file systems cannot say
+        return
+    need, free = need + 2**18, stat.f_bavail * stat.f_frsize
+    if need > free:
+        need_mb, free_mb = math.ceil(need * 10 / 2**20) / 10, math.floor(free * 10 / 2**20) / 10
+        why = f"its disk is full: it needs {need_mb} MB, {free_mb} MB are free"
+        raise OSError(errno.ENOSPC, why, directory)
+
+
+@contextlib.contextmanager
+def _written(h5: h5py.File, path: str) -> Iterator[None]:
+    """Write what the block puts in ``h5`` to the disk; a failure (the disk filled up
+    meanwhile) is an ``OSError`` naming ``path``, after which HDF5 writes to /dev/null:
+    a file whose close failed crashes the process as it is freed (as in
+    :class:`dahu.nexus.NexusWriter`; until 2026-11-30 a ``RuntimeError``, then SIGSEGV)."""
+    try:
+        yield
+        h5.flush()  # a full disk fails here, not when the file is closed
+    except (OSError, RuntimeError) as error:  # h5py raises either, as HDF5's words go
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, h5.id.get_vfd_handle())
+        finally:
+            os.close(null)
+        with contextlib.suppress(Exception):  # what HDF5 still holds goes to /dev/null
+            h5.flush()
+        found = re.search(r"errno = (\d+)", str(error))
+        number = getattr(error, "errno", None) or (int(found[1]) if found else errno.EIO)
+        raise OSError(number, os.strerror(number), path) from None
 
 
 def make_dataset(
@@ -148,10 +192,14 @@ def make_dataset(
     elif len(monitor_values) != n_frames:
         raise ValueError(f"got {len(monitor_values)} monitor values for {n_frames} frames")
 
+    pixels = shape[0] * shape[1]
+    _check_room(directory, n_frames * pixels * 4 * (edf + hdf5) + (pixels if mask else 0))
     poni_file = os.path.join(directory, PONI_NAME)
-    if os.path.exists(poni_file):
-        os.unlink(poni_file)  # pyFAI appends to an existing poni file
-    ai.save(poni_file)
+    # as ai.save() writes it, but that one appends to an existing file and, on a full disk,
+    # logs its own error line and returns as if it had written it (until 2026-11-30 a
+    # dahu-demo there printed that line before its own)
+    with open(poni_file, "w") as handle:
+        PoniFile(ai).write(handle)
 
     frames = numpy.empty((n_frames,) + shape, dtype=numpy.int32)
     for index, monitor in enumerate(monitor_values):
@@ -168,7 +216,7 @@ def make_dataset(
     hdf5_file = hdf5_dataset = None
     if hdf5:
         hdf5_file = os.path.join(directory, STACK_NAME)
-        with h5py.File(hdf5_file, "w") as h5:
+        with h5py.File(hdf5_file, "w") as h5, _written(h5, hdf5_file):
             h5.attrs["NX_class"] = "NXroot"
             h5.attrs["default"] = "entry"
             entry = h5.create_group("entry")

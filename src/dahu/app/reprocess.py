@@ -38,6 +38,7 @@ from ..journal import default_workdir
 from ..states import State
 from ..utils import get_workdir
 from . import leave, quiet_third_parties
+from .jobtable import shown
 from .reprocess_args import PROG, build_parser, usage_problems
 from .reprocess_summary import (
     EXIT_FAILED,
@@ -54,11 +55,10 @@ from .sources import (
     Item,
     Loaded,
     Relocator,
-    as_archived,
+    comparable,
     expand_sources,
     load,
     load_archive,
-    reason_only,
 )
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,9 @@ class Reprocessor:
             self.bar = tqdm(total=len(items), unit="job", file=sys.stderr)
 
     def say(self, text: str) -> None:
-        """Print one line on stderr, above the progress bar."""
+        """Print one line on stderr, above the progress bar (a file name's new lines and
+        terminal escapes shown escaped, ``\\n``, as ``dahu-jobs`` shows them)."""
+        text = shown(text)
         if self.bar.disable:
             print(text, file=sys.stderr, flush=True)
         else:
@@ -376,22 +378,21 @@ class Reprocessor:
                 self.wake.set()
 
     def _compare(self, result: Result, loaded: Loaded, output: Any) -> None:
-        item, archive = loaded.item, loaded.archive
+        item, archive, path = loaded.item, loaded.archive, None
         if item.path is not None:
             try:
-                found, archive = load_archive(item)
+                path, archive = load_archive(item)
             except InputError as err:
                 result.compared, result.difference = True, Difference("", str(err))
                 return
-            if not found:
+            if path is None:
                 return
         elif archive is None:
             return
         result.compared = True
         args = self.args
         ignore = self.ignore | loaded.ignore
-        new = reason_only(as_archived(output))  # what the .out file holds, as the archive
-        old = reason_only(archive)
+        old, new = comparable(archive, output, path)  # as the .out file holds it
         result.difference = first_difference(old, new, args.rtol, args.atol, ignore)
 
     def _record(self, result: Result) -> None:
@@ -422,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = usage_problems(args)
     if problems:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: {problems[0]}", file=sys.stderr)
+        print(f"{PROG}: error: {shown(problems[0])}", file=sys.stderr)
         return EXIT_USAGE
     # each failed job is reported once, by this tool, with its reason (not by its executor)
     executor_log = logging.getLogger("dahu.executors.process")
@@ -454,9 +455,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         )
     except (OSError, JournalError) as err:  # a read-only or full disk...
         text = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) else str(err)
-        print(
-            f"{PROG}: error: cannot use the output directory {output_dir}: {text}", file=sys.stderr
-        )
+        text = shown(f"cannot use the output directory {output_dir}: {text}")
+        print(f"{PROG}: error: {text}", file=sys.stderr)
         return EXIT_USAGE
     # listing the inputs may take long (a large archive): a Ctrl-C or SIGTERM meanwhile
     # ends the run as one during the run does, nothing having started
@@ -480,7 +480,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             if lost or engine.files_failed:
                 print(
                     f"{PROG}: {lost} outcome(s) could not be recorded in the journal and "
-                    f"{engine.files_failed} job(s) have no .inp/.out files in {output_dir} "
+                    f"{engine.files_failed} job(s) have no .inp/.out files in {shown(output_dir)} "
                     "(disk full? see the errors above)",
                     file=sys.stderr,
                 )

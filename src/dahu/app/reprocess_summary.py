@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from ..states import State
+from .jobtable import shown
 
 __all__ = [
     "summarize",
@@ -115,14 +116,22 @@ def format_summary(summary: dict[str, Any]) -> str:
 
     headers = ["plugin", "jobs", "success", "failure", "aborted", "total s", "mean ms"]
     rows = [
-        [name, e["jobs"], e["success"], e["failure"], e["aborted"], e["runtime"], e["mean"] * 1e3]
+        [
+            _escaped(name),
+            e["jobs"],
+            e["success"],
+            e["failure"],
+            e["aborted"],
+            e["runtime"],
+            e["mean"] * 1e3,
+        ]
         for name, e in [*summary["plugins"].items(), ("total", summary["total"])]
     ]
     lines = [tabulate(rows, headers=headers, floatfmt=".3f"), ""]
     total = summary["total"]
     lines.append(
         f"{total['jobs'] - total['invalid']} job(s) in {summary['wall_time']:.2f} s "
-        f"({summary['jobs_per_s']:.1f} jobs/s); output in {summary['output_dir']}"
+        f"({summary['jobs_per_s']:.1f} jobs/s); output in {_escaped(summary['output_dir'])}"
     )
     if total["invalid"]:
         lines.append(f"{total['invalid']} input(s) could not be run")
@@ -143,9 +152,9 @@ def format_summary(summary: dict[str, Any]) -> str:
                 [
                     d["job_id"],
                     _escaped(d["source"]),
-                    d["plugin"],
-                    d["key"] or "(output)",
-                    d["reason"],
+                    _escaped(d["plugin"]),
+                    _escaped(d["key"] or "(output)"),
+                    _escaped(d["reason"]),
                 ]
                 for d in comparison["differences"]
             ]
@@ -155,8 +164,9 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def _escaped(name: str) -> str:
-    """A file name with the bytes that are not UTF-8 escaped (``caf\\udce9.inp``)."""
-    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    """A file name with the bytes that are not UTF-8 escaped (``caf\\udce9.inp``), and
+    its control characters (``\\n``, ``\\x1b``): one row of a table each."""
+    return shown(name).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def print_summary(summary: dict[str, Any], as_json: bool, out: TextIO | None = None) -> bool:

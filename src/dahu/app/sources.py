@@ -27,6 +27,7 @@ __all__ = [
     "Item",
     "Loaded",
     "as_archived",
+    "comparable",
     "expand_sources",
     "load",
     "load_input",
@@ -40,6 +41,11 @@ IDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")  # job ids: 3, 1-5, 1-3,7
 # the reason of a failed job in an archive of the original Dahu (2024.2.0): the second
 # line of its error, after the traceback text ("<class 'id00.BeamLost'>: no beam")
 _ORIGINAL_REASON = re.compile(r"<class '(?:[\w.]*\.)?(\w+)'>: ?(.*)", re.DOTALL)
+# the original's dahu-reprocess wrote NNNNN_<class>.inp/.out side by side in one directory
+# (the servers, its and this one, write them in NNNN/): it never wrote a failed job's
+# "error", nor, when its setup failed, the "logging" its teardown adds
+_ORIGINAL_TOOL_FILE = re.compile(r"\d{5,}_[^/]+\.out")
+_ORIGINAL_TOOL_NEVER_WROTE = frozenset({"error", "logging"})
 
 
 class InputError(DahuError):
@@ -231,13 +237,14 @@ def load_input(item: Item) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
     return plugin, data, None
 
 
-def load_archive(item: Item) -> tuple[bool, Any]:
-    """The archived output of a file item: ``(found, output)``; raises InputError if unreadable."""
+def load_archive(item: Item) -> tuple[str | None, Any]:
+    """The archived output of a file item: ``(its .out file, output)``, ``(None, None)``
+    if there is none; raises InputError if unreadable."""
     path = os.path.splitext(item.path)[0] + ".out"
     if not os.path.isfile(path):
-        return False, None
+        return None, None
     try:
-        return True, json.loads(_read_text(path))
+        return path, json.loads(_read_text(path))
     except (OSError, ValueError, InputError) as err:
         reason = getattr(err, "strerror", None) or one_line(err)
         raise InputError(f"cannot read the archived output {path}: {reason}") from err
@@ -267,6 +274,20 @@ def reason_only(output: Any) -> Any:
         text = one_line(found[2], limit=2**31)
         return {**output, "error": [f"{found[1]}: {text}" if text else found[1]]}
     return output
+
+
+def comparable(archive: Any, output: Any, path: str | None = None) -> tuple[Any, Any]:
+    """The archived output (of the ``.out`` file ``path``, if any) and a job's new output
+    as ``--compare`` compares them (:func:`reason_only`).  An archive of the original's
+    ``dahu-reprocess`` is compared on what that tool wrote: the keys it never wrote are
+    dropped from the new output (until 2026-11-30 an unchanged failed job differed,
+    ``error: not in the archived output``)."""
+    old, new = reason_only(archive), reason_only(as_archived(output))
+    if path and isinstance(old, dict) and isinstance(new, dict):
+        folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        if _ORIGINAL_TOOL_FILE.fullmatch(os.path.basename(path)) and not folder.isdigit():
+            new = {k: v for k, v in new.items() if k in old or k not in _ORIGINAL_TOOL_NEVER_WROTE}
+    return old, new
 
 
 @dataclass
