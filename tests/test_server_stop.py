@@ -421,3 +421,23 @@ def test_a_dev_restart_while_another_client_waits_keeps_the_subscribers_told(tmp
             assert not missed, f"{len(missed)} job(s) never told: {missed[:10]}"
         finally:
             assert local.stop(timeout=60) == 0
+
+
+def test_a_stop_just_after_an_event_was_pushed_answers_a_moment_more(monkeypatch):
+    # bug: SIGTERM just after a job's event was pushed (its files written, nothing left
+    # to wait for): the server went at once, its event still in ZeroMQ's queue (lost) and
+    # its client unable to read the job; after an event, it answers READS_LINGER s more
+    engine = types.SimpleNamespace(
+        cycle=types.SimpleNamespace(), files_settled=lambda: time.time() + 1.0, live=list
+    )
+    monkeypatch.setattr(server_settings, "_engine", engine)
+    monkeypatch.setattr(server_settings, "_stop_began", None)
+    monkeypatch.setattr(server_settings, "_pushed_at", -float("inf"))
+    start = time.monotonic()
+    server_settings.abort_while_serving(3600.0)  # no event lately: it goes at once
+    assert time.monotonic() - start < 1800
+    monkeypatch.setattr(server_settings, "_stop_began", None)
+    server_settings.pushed()
+    pushed = time.monotonic()
+    server_settings.abort_while_serving(server_settings.READS_LINGER)
+    assert time.monotonic() - pushed >= server_settings.READS_LINGER

@@ -42,6 +42,7 @@ __all__ = [
     "adopt",
     "current",
     "push_lock",
+    "pushed",
 ]
 
 
@@ -114,6 +115,7 @@ EVENTS_LINGER = 0.1
 """The same when the device is already gone (stopped by the admin device's ``Kill``):
 time for ZeroMQ to send the events."""
 _stop_began: float | None = None  # time.monotonic() when the jobs were aborted
+_pushed_at = -math.inf  # time.monotonic() when the device last pushed an event (pushed)
 _recording = 0  # startJob(s) calls recording and queueing their jobs (recording_jobs)
 _recorded = threading.Condition(_engine_lock)
 
@@ -387,10 +389,12 @@ def ready_line(name: str, version: str, engine: dahu_engine.Engine) -> str:
 def abort_while_serving(linger: float) -> None:
     """The server is stopping, its device still there: abort the jobs queued or running
     and wait, within ``settings.shutdown_timeout``, until their ends are recorded, their
-    files written and their events pushed; then, if there were any, wait ``linger`` s
-    more (ZeroMQ sends the events from its own thread and Tango closes its socket without
-    waiting; clients told may read the jobs' errors meanwhile).  From here on, new jobs
-    are refused (:func:`shutting_down`) and :func:`shutdown` counts its timeout from here.
+    files written and their events pushed; then, if there were any or the device pushed
+    an event lately (a job that ended just before the signal), answer until ``linger`` s
+    after the last (ZeroMQ sends the events from its own thread and Tango closes its
+    socket without waiting; clients told may read the jobs' errors meanwhile).  From
+    here on, new jobs are refused (:func:`shutting_down`) and :func:`shutdown` counts its
+    timeout from here.
     """
     global _stop_began
     engine = _engine
@@ -424,10 +428,19 @@ def abort_while_serving(linger: float) -> None:
     # those the stop aborted and those a slot took meanwhile (halted: aborted at once)
     if aborted := sum(run.abort_reason == SHUTDOWN_REASON for run in stopped):
         logger.info("stopping: %d job(s) aborted", aborted)
-    if (seen or waited or unwritten) and engine.flush_files(
-        max(0.0, deadline - time.monotonic())
-    ):  # the events too
-        time.sleep(linger)
+    if seen or waited or unwritten:
+        if not engine.flush_files(max(0.0, deadline - time.monotonic())):  # events too
+            return
+        pushed()  # (or there was nobody to push them to)
+    # ``linger`` s after the last event, also that of a job that ended just before the
+    # signal (its files written already); none lately: the server goes at once
+    time.sleep(max(0.0, _pushed_at + linger - time.monotonic()))
+
+
+def pushed() -> None:
+    """The device has just pushed an event: a stop now lets it reach its subscribers."""
+    global _pushed_at
+    _pushed_at = time.monotonic()
 
 
 @contextlib.contextmanager
