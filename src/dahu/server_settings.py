@@ -43,6 +43,7 @@ __all__ = [
     "current",
     "push_lock",
     "pushed",
+    "outcome_read",
 ]
 
 
@@ -116,6 +117,8 @@ EVENTS_LINGER = 0.1
 time for ZeroMQ to send the events."""
 _stop_began: float | None = None  # time.monotonic() when the jobs were aborted
 _pushed_at = -math.inf  # time.monotonic() when the device last pushed an event (pushed)
+_unread: set[int] = set()  # the jobs a stop aborted whose outcome no client read yet
+_read_at = -math.inf  # time.monotonic() when a client last read one (outcome_read)
 _recording = 0  # startJob(s) calls recording and queueing their jobs (recording_jobs)
 _recorded = threading.Condition(_engine_lock)
 
@@ -389,13 +392,10 @@ def ready_line(name: str, version: str, engine: dahu_engine.Engine) -> str:
 def abort_while_serving(linger: float) -> None:
     """The server is stopping, its device still there: abort the jobs queued or running
     and wait, within ``settings.shutdown_timeout``, until their ends are recorded, their
-    files written and their events pushed; then, if there were any or the device pushed
-    an event lately (a job that ended just before the signal), answer until ``linger`` s
-    after the last (ZeroMQ sends the events from its own thread and Tango closes its
-    socket without waiting; clients told may read the jobs' errors meanwhile).  From
-    here on, new jobs are refused (:func:`shutting_down`) and :func:`shutdown` counts its
-    timeout from here.
-    """
+    files written and their events pushed; then answer ``linger`` s after the last event
+    (ZeroMQ sends them from its own thread, Tango closes its socket without waiting) and
+    the last first read of an aborted job's outcome, so that clients told read them.
+    New jobs are refused from here on; :func:`shutdown` counts its timeout from here."""
     global _stop_began
     engine = _engine
     with _engine_lock:
@@ -420,6 +420,7 @@ def abort_while_serving(linger: float) -> None:
             seen.update(run.id for run in runs)
             waiting += runs
             stopped += runs
+            _unread.update(run.id for run in runs)  # (read once their events are pushed)
             engine.abort_all(runs, SHUTDOWN_REASON)
             continue
         for run in waiting:
@@ -431,14 +432,24 @@ def abort_while_serving(linger: float) -> None:
     if seen or waited or unwritten:
         if not engine.flush_files(max(0.0, deadline - time.monotonic())):  # events too
             return
-        pushed()  # (or there was nobody to push them to)
-    # ``linger`` s after the last event, also that of a job that ended just before the
-    # signal (its files written already); none lately: the server goes at once
-    time.sleep(max(0.0, _pushed_at + linger - time.monotonic()))
+        pushed()  # (or nobody was told)
+    # then until ``linger`` s after the last event (none lately: at once) and, within the
+    # timeout, after the last first read of an aborted job's outcome (clients reading many)
+    bound = max(deadline, _pushed_at + linger)
+    while (end := min(max(_pushed_at, _read_at) + linger, bound)) > (now := time.monotonic()):
+        time.sleep(end - now)
+
+
+def outcome_read(job_id: int) -> None:
+    """A client reads the outcome of ``job_id`` (:func:`abort_while_serving`)."""
+    global _read_at
+    if job_id in _unread:  # (empty but while a stop waits)
+        _unread.discard(job_id)
+        _read_at = time.monotonic()
 
 
 def pushed() -> None:
-    """The device has just pushed an event: a stop now lets it reach its subscribers."""
+    """The device has just pushed an event (:func:`abort_while_serving`)."""
     global _pushed_at
     _pushed_at = time.monotonic()
 
