@@ -450,12 +450,13 @@ def test_a_stopping_server_answers_while_its_clients_read_the_aborted_jobs(monke
     # answering READS_LINGER s more (within the shutdown timeout). A fake clock: each
     # wait of the stop is cut short by a client's read, halfway through
     clock = [1000.0]
-    reads = [7, 99, 8, 7]  # 99: not a job of the stop; 7 again: read already
+    # 7's state, then its error; 99: not a job of the stop; 7 again: read already
+    reads = [(7, False), (7, True), (99, True), (8, True), (7, True)]
 
     def sleep(seconds: float) -> None:
         clock[0] += seconds / 2 if reads else seconds
         if reads:
-            server_settings.outcome_read(reads.pop(0))
+            server_settings.outcome_read(*reads.pop(0))
 
     fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time, sleep=sleep)
     runs = [types.SimpleNamespace(id=n, done=threading.Event(), abort_reason=None) for n in (7, 8)]
@@ -484,6 +485,6 @@ def test_a_stopping_server_answers_while_its_clients_read_the_aborted_jobs(monke
     monkeypatch.setattr(server_settings, "_read_at", -float("inf"))
     monkeypatch.setattr(server_settings, "_pushed_at", -float("inf"))
     server_settings.abort_while_serving(0.5)
-    # read 7 at 1000.25, 99 at 1000.5 (no more time), 8 at 1000.625: answered until 1001.125
-    assert clock[0] == 1001.125
+    # 7 at 1000.25 and 1000.5, 99 at 1000.75 (no more time), 8 at 1000.875: until 1001.375
+    assert clock[0] == 1001.375
     assert not reads

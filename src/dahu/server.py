@@ -324,6 +324,7 @@ class DahuDS(Device):
         state = Job.getStatusFromID(job_id)
         if state == State.INEXISTANT:
             raise self._unknown(job_id)
+        outcome_read(job_id, final=False)  # (read next: its error or output)
         return state
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the job state")

@@ -433,19 +433,19 @@ def abort_while_serving(linger: float) -> None:
         if not engine.flush_files(max(0.0, deadline - time.monotonic())):  # events too
             return
         pushed()  # (or nobody was told)
-    # then until ``linger`` s after the last event (none lately: at once) and, within the
-    # timeout, after the last first read of an aborted job's outcome (clients reading many)
+    # linger s after the last event (none lately: at once), and read (within the timeout)
     bound = max(deadline, _pushed_at + linger)
     while (end := min(max(_pushed_at, _read_at) + linger, bound)) > (now := time.monotonic()):
         time.sleep(end - now)
 
 
-def outcome_read(job_id: int) -> None:
-    """A client reads the outcome of ``job_id`` (:func:`abort_while_serving`)."""
+def outcome_read(job_id: int, final: bool = True) -> None:
+    """A client reads the state (not ``final``) or outcome of ``job_id``."""
     global _read_at
-    if job_id in _unread:  # (empty but while a stop waits)
-        _unread.discard(job_id)
+    if job_id in _unread:  # (empty but while a stop waits: abort_while_serving)
         _read_at = time.monotonic()
+        if final:
+            _unread.discard(job_id)
 
 
 def pushed() -> None:
