@@ -433,3 +433,70 @@ def test_a_dev_restart_while_another_client_waits_keeps_the_subscribers_told(tmp
             assert not missed, f"{len(missed)} job(s) never told: {missed[:10]}"
         finally:
             assert local.stop(timeout=60) == 0
+
+
+def test_a_stop_just_after_an_event_was_pushed_answers_a_moment_more(monkeypatch):
+    # bug: SIGTERM just after a job's event was pushed (its files written, nothing left
+    # to wait for): the server went at once, its event still in ZeroMQ's queue (lost) and
+    # its client unable to read the job; after an event, it answers READS_LINGER s more
+    engine = types.SimpleNamespace(
+        cycle=types.SimpleNamespace(), files_settled=lambda: time.time() + 1.0, live=list
+    )
+    monkeypatch.setattr(server_settings, "_engine", engine)
+    monkeypatch.setattr(server_settings, "_stop_began", None)
+    monkeypatch.setattr(server_settings, "_pushed_at", -float("inf"))
+    start = time.monotonic()
+    server_settings.abort_while_serving(3600.0)  # no event lately: it goes at once
+    assert time.monotonic() - start < 1800
+    monkeypatch.setattr(server_settings, "_stop_began", None)
+    server_settings.pushed()
+    pushed = time.monotonic()
+    server_settings.abort_while_serving(server_settings.READS_LINGER)
+    assert time.monotonic() - pushed >= server_settings.READS_LINGER
+
+
+def test_a_stopping_server_answers_while_its_clients_read_the_aborted_jobs(monkeypatch):
+    # bug: a stop aborting 20,000 queued jobs answered 0.5 s after their events, then
+    # went: a client's futures whose errors it had not read yet (9,260 of them) waited
+    # for the server's return. Each first read of an aborted job's outcome now keeps it
+    # answering READS_LINGER s more (within the shutdown timeout). A fake clock: each
+    # wait of the stop is cut short by a client's read, halfway through
+    clock = [1000.0]
+    # 7's state, then its error; 99: not a job of the stop; 7 again: read already
+    reads = [(7, False), (7, True), (99, True), (8, True), (7, True)]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds / 2 if reads else seconds
+        if reads:
+            server_settings.outcome_read(*reads.pop(0))
+
+    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time, sleep=sleep)
+    runs = [types.SimpleNamespace(id=n, done=threading.Event(), abort_reason=None) for n in (7, 8)]
+    waves = [runs]
+
+    def abort_all(runs, reason):
+        for run in runs:
+            run.abort_reason = reason
+            run.done.set()
+
+    def flush_files(timeout):
+        server_settings.pushed()  # their events
+        return True
+
+    engine = types.SimpleNamespace(
+        cycle=types.SimpleNamespace(),
+        files_settled=lambda: time.time() + 1.0,
+        live=lambda: waves.pop() if waves else [],
+        abort_all=abort_all,
+        flush_files=flush_files,
+    )
+    monkeypatch.setattr(server_settings, "time", fake_time)
+    monkeypatch.setattr(server_settings, "_engine", engine)
+    monkeypatch.setattr(server_settings, "_stop_began", None)
+    monkeypatch.setattr(server_settings, "_unread", set())
+    monkeypatch.setattr(server_settings, "_read_at", -float("inf"))
+    monkeypatch.setattr(server_settings, "_pushed_at", -float("inf"))
+    server_settings.abort_while_serving(0.5)
+    # 7 at 1000.25 and 1000.5, 99 at 1000.75 (no more time), 8 at 1000.875: until 1001.375
+    assert clock[0] == 1001.375
+    assert not reads

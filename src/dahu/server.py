@@ -53,6 +53,7 @@ from .server_settings import (
     configure_retention,
     current,
     freeze_batch,
+    outcome_read,
     ready_line,
     recording_jobs,
     settings,
@@ -323,6 +324,7 @@ class DahuDS(Device):
         state = Job.getStatusFromID(job_id)
         if state == State.INEXISTANT:
             raise self._unknown(job_id)
+        outcome_read(job_id, final=False)  # (read next: its error or output)
         return state
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="the job state")
@@ -343,6 +345,7 @@ class DahuDS(Device):
         """The output of a job as a JSON object ({} while it has none)."""
         if (wanted := job_id) < 0 and (job_id := Job._resolve(wanted)) < 1:
             raise self._unknown(wanted)  # counted from the last job once only
+        outcome_read(job_id)
 
         def text() -> str:  # as the journal records it
             return self._engine.output_text(job_id) or compact_json(self._job(job_id).output_data)
@@ -359,6 +362,7 @@ class DahuDS(Device):
     @client_errors
     def getJobError(self, job_id: int) -> str:  # noqa: N802
         """The error of a job: one line of reason, then the traceback ("" if none)."""
+        outcome_read(job_id)  # (a stopping server answers while its clients read)
         return self._job(job_id).error
 
     @command(dtype_in=DevLong, dtype_out=str, doc_in="job id", doc_out="JSON object")

@@ -17,7 +17,7 @@ from typing import Any
 
 import tango
 
-from .server_settings import current, push_lock, stopping
+from .server_settings import current, push_lock, pushed, stopping
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ def _send(device: Any, name: str, value: Any) -> None:
     try:
         if device.is_there_subscriber(name, tango.EventType.CHANGE_EVENT):
             device.push_change_event(name, value)
+            pushed()
     except tango.DevFailed as err:
         logger.warning("cannot push %s=%s: %s", name, value, err.args[0].desc)
     except Exception:

@@ -42,6 +42,8 @@ __all__ = [
     "adopt",
     "current",
     "push_lock",
+    "pushed",
+    "outcome_read",
 ]
 
 
@@ -114,6 +116,9 @@ EVENTS_LINGER = 0.1
 """The same when the device is already gone (stopped by the admin device's ``Kill``):
 time for ZeroMQ to send the events."""
 _stop_began: float | None = None  # time.monotonic() when the jobs were aborted
+_pushed_at = -math.inf  # time.monotonic() when the device last pushed an event (pushed)
+_unread: set[int] = set()  # the jobs a stop aborted whose outcome no client read yet
+_read_at = -math.inf  # time.monotonic() when a client last read one (outcome_read)
 _recording = 0  # startJob(s) calls recording and queueing their jobs (recording_jobs)
 _recorded = threading.Condition(_engine_lock)
 
@@ -387,11 +392,10 @@ def ready_line(name: str, version: str, engine: dahu_engine.Engine) -> str:
 def abort_while_serving(linger: float) -> None:
     """The server is stopping, its device still there: abort the jobs queued or running
     and wait, within ``settings.shutdown_timeout``, until their ends are recorded, their
-    files written and their events pushed; then, if there were any, wait ``linger`` s
-    more (ZeroMQ sends the events from its own thread and Tango closes its socket without
-    waiting; clients told may read the jobs' errors meanwhile).  From here on, new jobs
-    are refused (:func:`shutting_down`) and :func:`shutdown` counts its timeout from here.
-    """
+    files written and their events pushed; then answer ``linger`` s after the last event
+    (ZeroMQ sends them from its own thread, Tango closes its socket without waiting) and
+    the last first read of an aborted job's outcome, so that clients told read them.
+    New jobs are refused from here on; :func:`shutdown` counts its timeout from here."""
     global _stop_began
     engine = _engine
     with _engine_lock:
@@ -416,6 +420,7 @@ def abort_while_serving(linger: float) -> None:
             seen.update(run.id for run in runs)
             waiting += runs
             stopped += runs
+            _unread.update(run.id for run in runs)  # (read once their events are pushed)
             engine.abort_all(runs, SHUTDOWN_REASON)
             continue
         for run in waiting:
@@ -424,10 +429,29 @@ def abort_while_serving(linger: float) -> None:
     # those the stop aborted and those a slot took meanwhile (halted: aborted at once)
     if aborted := sum(run.abort_reason == SHUTDOWN_REASON for run in stopped):
         logger.info("stopping: %d job(s) aborted", aborted)
-    if (seen or waited or unwritten) and engine.flush_files(
-        max(0.0, deadline - time.monotonic())
-    ):  # the events too
-        time.sleep(linger)
+    if seen or waited or unwritten:
+        if not engine.flush_files(max(0.0, deadline - time.monotonic())):  # events too
+            return
+        pushed()  # (or nobody was told)
+    # linger s after the last event (none lately: at once), and read (within the timeout)
+    bound = max(deadline, _pushed_at + linger)
+    while (end := min(max(_pushed_at, _read_at) + linger, bound)) > (now := time.monotonic()):
+        time.sleep(end - now)
+
+
+def outcome_read(job_id: int, final: bool = True) -> None:
+    """A client reads the state (not ``final``) or outcome of ``job_id``."""
+    global _read_at
+    if job_id in _unread:  # (empty but while a stop waits: abort_while_serving)
+        _read_at = time.monotonic()
+        if final:
+            _unread.discard(job_id)
+
+
+def pushed() -> None:
+    """The device has just pushed an event (:func:`abort_while_serving`)."""
+    global _pushed_at
+    _pushed_at = time.monotonic()
 
 
 @contextlib.contextmanager
