@@ -601,7 +601,7 @@ def test_a_client_nobody_holds_is_collected_with_its_threads(server):
     assert seen[0].result(0)["slept"]
 
 
-def _use_in_a_fork(dahu, future, answers) -> None:
+def _use_in_a_fork(dahu, future, answers, own_client: bool) -> None:
     """In a forked process: what a script using its parent's client is told."""
     for call in (lambda: dahu.submit("example.square", x=1), lambda: future.result()):
         started = time.monotonic()
@@ -611,6 +611,8 @@ def _use_in_a_fork(dahu, future, answers) -> None:
         except ClientError as err:
             answers.put((str(err), time.monotonic() - started))
     dahu.close()  # no Tango call: omniORB aborts the process in a fork
+    if not own_client:
+        return
     warnings = []  # a client of its own gets no event: it says so
     handler = logging.Handler()
     handler.emit = lambda record: warnings.append(record.getMessage())
@@ -628,13 +630,18 @@ def test_a_client_used_in_a_forked_process_says_so(client):
     future = client.submit("example.sleep", t=60)
     context = multiprocessing.get_context("fork")
     answers = context.Queue()
-    child = context.Process(target=_use_in_a_fork, args=(client, future, answers))
+    # a client made in the fork hangs as it connects under PyTango 10.1 (the lowest
+    # pyproject.toml allows), as a forked test device hangs as it stops
+    own_client = tango.__version_info__[:2] >= (10, 3)
+    child = context.Process(target=_use_in_a_fork, args=(client, future, answers, own_client))
     child.start()
     try:
         got = [answers.get(timeout=30) for _ in range(2)]
-        warnings = answers.get(timeout=30)
+        warnings = answers.get(timeout=30) if own_client else None
     finally:
         child.join(30)
+        if child.is_alive():
+            child.kill()
         future.cancel()
     expected = (
         f"the client of {client.device} was made in process {os.getpid()}, not in this one "
@@ -643,9 +650,13 @@ def test_a_client_used_in_a_forked_process_says_so(client):
     assert [message for message, _ in got] == [expected] * 2
     assert max(took for _, took in got) < 1.0 and child.exitcode == 0
     # bug: its jobs ended a second or two late, each (through the watcher), unexplained
-    assert len(warnings) == 1 and warnings[0].startswith(
-        f"{client.device}: this process was forked from process {os.getpid()}, which had "
-        "subscribed to Tango events: Tango sends it none"
+    assert (
+        not own_client
+        or len(warnings) == 1
+        and warnings[0].startswith(
+            f"{client.device}: this process was forked from process {os.getpid()}, which had "
+            "subscribed to Tango events: Tango sends it none"
+        )
     )
     assert client.submit("example.square", x=3).result(timeout=30)["result"] == 9
 
