@@ -348,6 +348,21 @@ def test_a_call_that_timed_out_has_the_reason_api_device_timed_out():
     assert isinstance(unknown, JobNotFound) and str(unknown) == "abort: no job 5"
 
 
+def test_a_call_to_a_server_that_no_longer_serves_the_device_says_what_to_check():
+    # the stack PyTango 10 raises for a call in the last moment of a server's stop (its
+    # device deleted, its port still open): it said only "OBJECT_NOT_EXIST_NoMatch"
+    err = _devfailed(
+        ("API_CorbaException", "OBJECT_NOT_EXIST CORBA system exception: OBJECT_NOT_EXIST_NoMatch"),
+        ("API_DeviceNotDefined", "Failed to connect to device test/dahu/m"),
+    )
+    error = ServerError.from_devfailed(err, "startJob")
+    assert error.reason == "API_DeviceNotDefined"
+    assert str(error) == (
+        "startJob: Failed to connect to device test/dahu/m: OBJECT_NOT_EXIST_NoMatch "
+        "(is its server stopping, or is the device served elsewhere?)"
+    )
+
+
 def test_a_journal_id_read_that_did_not_reach_the_server_is_not_a_check():
     # bug: a read Tango did not even try ("The connection request was delayed", a plain
     # DevFailed) counted as a server that cannot tell its journal: the check passed, and

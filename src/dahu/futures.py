@@ -64,6 +64,9 @@ class ServerError(ClientError):
             # delayed..."): say what a user can check instead
             desc = desc.split(" The connection request was delayed", 1)[0]
             desc += " (is its server running, at this address?)"
+        elif reason == "API_DeviceNotDefined" and "OBJECT_NOT_EXIST" in desc:
+            # a server that answers but serves no such device: the last moment of a stop
+            desc += " (is its server stopping, or is the device served elsewhere?)"
         elif reason == "API_AttrNotFound" and "job" in desc:  # no jobSuccess/jobFailure
             desc += " (is it a DahuDS device?)"
         elif "MessageSizeExceedLimit" in desc:  # CORBA's words for a message too large
