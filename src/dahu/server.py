@@ -30,7 +30,7 @@ from tango.server import Device, attribute, command, device_property
 
 from . import __version__
 from .engine import SHUTDOWN_REASON, nonblocking
-from .errors import DahuError, InvalidInput, TryAgain, UnknownJob, one_line, tango_line
+from .errors import DahuError, InvalidInput, TryAgain, UnknownJob, one_line, shown_name, tango_line
 from .executors import scheduler_address
 from .inputs import MAX_BATCH_JOBS, MAX_DEPTH, MAX_INPUT_CHARS, parse_job_input, parse_job_inputs
 from .job import Job
@@ -38,7 +38,7 @@ from .properties import DEFAULT_RETENTION_INTERVAL, MAX_WAIT_TIMEOUT, PROPERTIES
 from .retention import parse_retention
 from .server_errors import client_errors, input_answer, job_answer, latin1_text
 from .server_events import push_event, ready_when_subscribed, stop_pushing
-from .server_plugins import PluginCatalog, shown_name
+from .server_plugins import PluginCatalog
 from .server_settings import (
     EVENTS_LINGER,
     FREEZE_CHECK,

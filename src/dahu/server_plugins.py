@@ -34,7 +34,7 @@ from .factory import Factory, _list_modules, plugin_factory, plugin_settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PLUGINS_HEADER", "PluginCatalog", "ended_reason", "shown_name"]
+__all__ = ["PLUGINS_HEADER", "PluginCatalog", "ended_reason"]
 
 
 # listPlugins' first line, as the original's (clients skip it)

@@ -7,6 +7,7 @@ import re
 import sys
 from typing import IO, Any
 
+from ..errors import shown_name
 from ..journal.base import unreadable_field
 from ..timespec import format_duration
 from ..utils import one_line
@@ -47,9 +48,9 @@ def shown(text: str, lines: bool = False) -> str:
 
 def shown_plugin(name: str) -> str:
     """A plugin name as the tables show it: :func:`shown`, and past 200 characters cut
-    in its middle (a script may record a name of megabytes: each row was that wide)."""
-    text = shown(name)
-    return text if len(text) <= 200 else f"{text[:98]}...{text[-99:]}"
+    in its middle as the device's answers cut it (a script may record a name of
+    megabytes: each row was that wide)."""
+    return shown_name(shown(name))
 
 
 def cut(text: str | None, width: int = 60) -> str:
