@@ -268,11 +268,16 @@ def worker_main(conn: Any, workdir: str, plugin_dirs: list[str], log_level: int)
                     conn.send(("released", job_id))
 
     def abort(job_id: int, reason: str) -> None:
-        # the plugin's abort() runs here: a program it starts inherits this mask
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, CORE_SIGNALS)
-        execution = current.get(job_id)
-        if execution is not None:
-            execution.abort(reason)
+        # the plugin's abort() runs here: a program it starts inherits this mask (put
+        # back after: the loop's own thread runs it when no thread could be started)
+        mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, CORE_SIGNALS)
+        try:
+            execution = current.get(job_id)
+            if execution is not None:
+                execution.abort(reason)
+            del execution  # the last reference, maybe: its plugin's __del__ runs here
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     while True:
         try:
