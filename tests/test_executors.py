@@ -1753,10 +1753,14 @@ def test_a_killed_worker_takes_the_programs_its_plugin_started_along(tmp_path, m
 
 
 def running(pid: int) -> bool:
-    """Whether process ``pid`` runs (neither gone nor a zombie)."""
+    """Whether process ``pid`` runs: neither gone nor a zombie its parent can reap. The
+    main thread of a killed process shows as a zombie while its other threads still exit,
+    and until they have, its parent's ``waitpid`` does not see it ended."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except (psutil.NoSuchProcess, FileNotFoundError):
         return False
 
 
