@@ -248,6 +248,11 @@ def measure(
         server.stop()
 
 
+def significant(value: float) -> float:
+    """``value`` to three significant digits (a ratio of 0.0004 is not shown as 0)."""
+    return float(f"{value:.3g}")
+
+
 # ---- main -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The command line of the benchmark."""
@@ -322,8 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "repeat": args.repeat,
         "bare_fps": {k: round(v, 2) for k, v in bare.items()},
         "dahu_fps": {k: round(v, 2) for k, v in dahu.items()},
-        "ratio": {k: round(dahu[k] / bare[k], 3) for k in bare},
-        "ratio_paired_median": {k: round(v, 3) for k, v in paired.items()},
+        "ratio": {k: significant(dahu[k] / bare[k]) for k in bare},
+        "ratio_paired_median": {k: significant(v) for k, v in paired.items()},
         "target_ratio": TARGET_RATIO,
         "speedup_2_over_1": {"bare": speedup(bare), "dahu": speedup(dahu)},
         "dahu_jobs": details,

@@ -33,7 +33,7 @@ def test_pyfai_bench_small(tmp_path):
     assert figures["workers"] == [1, 2] and figures["omp_num_threads"] >= 1
     for key in ("bare_fps", "dahu_fps", "ratio", "ratio_paired_median"):
         assert set(figures[key]) == {"1", "2"}, key
-        assert all(value > 0 for value in figures[key].values()), key
+        assert all(value > 0 for value in figures[key].values()), (key, figures)
     assert set(figures["speedup_2_over_1"]) == {"bare", "dahu"}
     assert figures["target_ratio"] == 0.95
     for details in figures["dahu_jobs"].values():
