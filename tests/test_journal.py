@@ -846,6 +846,71 @@ def test_a_stop_leaves_the_dead_server_files_to_the_next_start_at_its_timeout(
         assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
 
 
+def test_a_close_leaves_the_dead_server_files_to_the_next_start_at_its_timeout(
+    workdir, monkeypatch, caplog
+):
+    # bug: Engine.close() (a script's, dahu-reprocess's) waited for every file a dead
+    # server left, without bound (3.5 s for 30,000 on tmpfs; minutes on a slow disk)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(20)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    gate = a_slow_recovery_disk(monkeypatch)  # each file: 10 s until the gate opens
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        begun = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="dahu.engine"):
+            assert engine.close(timeout=0.2) == 0
+        assert time.monotonic() - begun < 8  # (not 20 files of 10 s)
+    finally:
+        gate.set()
+    assert engine.recovery.wait(10)  # the thread ends without writing more
+    said = [r.getMessage() for r in caplog.records if "the next start" in r.getMessage()]
+    assert said[-1] == (
+        "stopping after 0.2 s: 0 job(s) got the .inp/.out files a dead process left "
+        "unwritten, the next start writes the rest"
+    )
+    again = dahu.engine.Engine(workdir=str(workdir))  # the rest: written now
+    try:
+        assert again.wait_recovered(10) and again.recovered == len(ids)
+    finally:
+        again.close()
+
+
+SLOW_DISK_EXIT_BOUNDED = """
+import sys, time
+import dahu.engine
+from dahu.engine import recovery
+recovery.EXIT_WAIT = 0.2
+write = recovery.Recovery.write
+def slow(self, record):  # a very slow disk: 60 s a job
+    time.sleep(60)
+    return write(self, record)
+recovery.Recovery.write = slow
+dahu.engine.configure(workdir=sys.argv[1])  # and the script ends without closing it
+"""
+
+
+def test_a_script_ending_without_closing_leaves_the_dead_server_files_to_the_next_start(
+    workdir,
+):
+    # bug: a script ending without closing its engine waited at its exit for every file
+    # a dead server left, without bound
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(5)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    code = [sys.executable, "-c", SLOW_DISK_EXIT_BOUNDED, str(workdir)]
+    done = subprocess.run(code, env=child_env(), timeout=50, capture_output=True, text=True)
+    assert done.returncode == 0
+    assert "exiting after 0.2 s: 0 job(s) got the .inp/.out files" in done.stderr
+    again = dahu.engine.Engine(workdir=str(workdir))  # the rest: written now
+    try:
+        assert again.wait_recovered(10) and again.recovered == len(ids)
+    finally:
+        again.close()
+
+
 def test_a_full_disk_at_a_start_logs_the_refused_files_once(workdir, monkeypatch, caplog):
     # bug: a start on a full disk logged one error per job left by the dead server
     # (100,000 lines "job N: cannot write its .inp/.out files: [Errno 28] ...")

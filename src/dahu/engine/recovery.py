@@ -24,10 +24,11 @@ every job that one had to look at (:func:`_look_at_all`).
 
 It runs in a thread of its own (:class:`Recovery`, started by the engine): the engine,
 and the device, answer at once however many jobs were queued at the kill (100,000 took
-8 to 15 s to write); the engine's stop waits for it (and so does the process's exit),
-and :meth:`Recovery.ensure` writes a job's files at once if asked for them
-(``cleanJob``) before the thread got to them.  A stop with a timeout
-(:meth:`~dahu.engine.core.Engine.shutdown`) waits for it at most until then
+8 to 15 s to write); the engine's stop and close wait for it (and so does the
+process's exit), and :meth:`Recovery.ensure` writes a job's files at once if asked for
+them (``cleanJob``) before the thread got to them.  A stop, a close or an exit waits for
+it at most its timeout (:meth:`~dahu.engine.core.Engine.shutdown`'s,
+:meth:`~dahu.engine.core.Engine.close`'s, :data:`EXIT_WAIT`), then stops it
 (:meth:`Recovery.stop`): its row in the journal stays, and the next start writes the rest.
 """
 
@@ -54,6 +55,7 @@ __all__ = ["Recovery", "write_missing_files", "SETTLED", "WINDOW", "REACH"]
 SETTLED = 50  # ended jobs in a row with their files: the older ones have theirs
 WINDOW = 2000  # ids looked at at once (from the last one down)
 REACH = 100_000  # ids looked at, at most: files a user deleted are not all written again
+EXIT_WAIT = 30.0  # s a process ending without closing its engine waits for them, at most
 
 
 class Recovery:
@@ -194,8 +196,13 @@ class _Stopped(Exception):
 def _wait_at_exit(ref: weakref.ref, pid: int) -> None:
     recovery = ref()
     if recovery is not None and pid == os.getpid():  # (a forked child has no such thread)
-        if not recovery.stopped:
-            recovery.wait()
+        if not recovery.stopped and not recovery.wait(EXIT_WAIT):
+            recovery.stop()  # its row stays in the journal: the next start goes on
+            logger.warning(
+                "exiting after %g s: %d job(s) got the .inp/.out files a dead process left "
+                "unwritten, the next start writes the rest",
+                *(EXIT_WAIT, recovery.written),
+            )
 
 
 def write_missing_files(recovery: Recovery) -> int:
