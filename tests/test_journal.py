@@ -539,15 +539,67 @@ def test_the_jobs_of_a_process_of_another_pid_namespace_are_closed_once_it_died(
         engine.close()
 
 
+def test_two_processes_of_one_pid_in_two_namespaces_are_told_apart_by_their_jobs(workdir):
+    # bug: two servers of one host name on one work directory, both pid 1 of their
+    # containers: the jobs one recorded after the other started were judged by the
+    # other's lock: closed as interrupted while their own server ran, once the other
+    # was killed; left unfinished after their own server died, while the other ran
+    import fcntl
+    import struct
+
+    from dahu.journal import processes
+    from dahu.journal.base import HOST
+
+    proc = child(workdir, "hang")  # A: its lock held as long as it runs
+    other = None
+    try:
+        running_id, queued_id = map(int, proc.stdout.readline().split())
+        db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+        with db:  # A as pid 1 of a container; B, pid 1 of another, begun after A
+            db.execute("UPDATE jobs SET pid = 1 WHERE pid = ?", (proc.pid,))
+            db.execute(
+                "UPDATE processes SET pid = 1, pidns = 'pid:[4026500000]' WHERE pid = ?",
+                (proc.pid,),
+            )
+            begun = db.execute("SELECT started FROM processes WHERE pid = 1").fetchone()[0]
+            db.execute(
+                "INSERT INTO processes VALUES (?, 1, ?, ?, 'pid:[4026500001]', 100000)",
+                (HOST, begun + 0.001, processes.BOOT),
+            )
+        db.close()
+        # B killed (its lock free), A running: a start leaves A's jobs alone
+        beside = dahu.engine.Engine(workdir=str(workdir))
+        try:
+            assert beside.interrupted == []
+        finally:
+            beside.close()
+        # B running (its lock held here), A killed: a start closes A's jobs
+        other = os.open(processes.lock_path(beside.journal), os.O_RDWR)
+        lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 100000, 1, 0)
+        fcntl.fcntl(other, fcntl.F_OFD_SETLK, lock)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    try:
+        again = dahu.engine.Engine(workdir=str(workdir))
+        try:
+            assert sorted(again.interrupted) == [running_id, queued_id]
+        finally:
+            again.close()
+    finally:
+        if other is not None:
+            os.close(other)
+
+
 def test_a_process_of_another_boot_is_judged_by_its_pid():
     # a journal written before the machine restarted, or copied from a machine of the
     # same host name: no lock of this kernel tells of its processes, their pids do
     from dahu.journal import processes
 
     known = processes.Known(
-        [(11, 10.0, "an earlier boot", "pid:[4026500000]", 11)]
-        + [(12, 10.0, processes.BOOT, "pid:[4026500000]", 12)]
-        + [(13, 10.0, processes.BOOT, processes.PIDNS, 13)],
+        [(1, 11, 10.0, "an earlier boot", "pid:[4026500000]", 11)]
+        + [(2, 12, 10.0, processes.BOOT, "pid:[4026500000]", 12)]
+        + [(3, 13, 10.0, processes.BOOT, processes.PIDNS, 13)],
         None,
     )
     assert known.alive(11, 20.0) is None
@@ -564,7 +616,8 @@ def test_a_writer_records_its_namespace_while_it_runs_and_not_after(workdir):
     rows = journal._read("SELECT pid, boot, pidns, lock FROM processes")
     assert rows == [(os.getpid(), processes.BOOT, processes.PIDNS, rows[0][3])]
     known = processes.Known(
-        [(os.getpid() + 1, 1.0, *rows[0][1:2], "pid:[1]", rows[0][3])], processes.lock_path(journal)
+        [(1, os.getpid() + 1, 1.0, *rows[0][1:2], "pid:[1]", rows[0][3])],
+        processes.lock_path(journal),
     )
     assert known.alive(os.getpid() + 1, 2.0) is True  # its lock is held
     journal.close()

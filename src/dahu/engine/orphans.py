@@ -100,8 +100,12 @@ def watch_dead(engine: Any) -> None:
     engine.watchdog.call_later(CHECK_EVERY, check)
 
 
-def _dead(journal: Any, owners: list[tuple[str, int, float]]) -> list[tuple[str, int]]:
-    """The ``(host, pid)`` of ``owners`` (with the oldest submission of each) whose
-    process is gone, as far as the journal's :mod:`~dahu.journal.processes` tell too."""
+def _dead(journal: Any, owners: list[tuple[str, int, float, int | None]]) -> list[tuple[str, int]]:
+    """The ``(host, pid)`` of ``owners`` (with the oldest submission of each, and its row
+    in ``processes``) whose process is gone, as far as the journal's
+    :mod:`~dahu.journal.processes` tell too."""
     known = processes.known(journal._read, journal.path)
-    return [(h, p) for h, p, since in owners if not process_alive(h, p, since, None, known)]
+    dead = [
+        (h, p) for h, p, since, row in owners if not process_alive(h, p, since, None, known, row)
+    ]
+    return list(dict.fromkeys(dead))  # (two processes of one pid, in two namespaces)

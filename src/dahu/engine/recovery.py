@@ -181,7 +181,7 @@ class Recovery:
 
 
 class _Owners(dict):
-    """``(host, pid)`` -> whether its process runs (asked once each), with what the
+    """``(host, pid, row in processes)`` -> whether its process runs (asked once each), with what the
     journal knows of the processes (:mod:`dahu.journal.processes`)."""
 
     def __init__(self, known: Any):
@@ -333,10 +333,10 @@ def _write_missing(
     jobs looked at, and the end of the last of :data:`SETTLED` in a row (None: not yet)."""
     written = looked = 0
     for record in records:
-        owner = (record.host, record.pid)
+        owner = (record.host, record.pid, record.process)
         if owner not in alive:  # newest record first: a pid used again since is told apart
             alive[owner] = process_alive(
-                record.host, record.pid, record.submitted, None, alive.known
+                record.host, record.pid, record.submitted, None, alive.known, record.process
             )
         if alive[owner]:
             continue  # its process writes its files (they may be queued there now)

@@ -11,6 +11,11 @@ with its process, whichever namespace looks at it).  One of another boot (this
 machine's before it restarted, or a journal copied from a machine of the same name), or
 without a row (an older Dahu, no lock file), is judged by its pid as before.
 
+Each job records its writer's row (in the column ``extra`` of ``jobs``, a JSON object:
+``{"process": ROWID}``), so that two such processes with the same pid (both pid 1 of
+their containers) are told apart: a job is judged by its own writer's row, not by the
+last process begun with its pid.  A job without (an older Dahu's) is judged by that one.
+
 A clean close deletes the process's row: the table keeps those of processes killed.
 Locks are open-file-description locks (``F_OFD_SETLK``): closing another descriptor of
 the file in the process does not release them; a process forked from the writer holds
@@ -32,12 +37,16 @@ from .base import HOST
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BOOT", "PIDNS", "Known", "known", "lock_path", "register", "release"]
+__all__ = ["BOOT", "PIDNS", "JOB_PROCESS", "Known", "known", "lock_path", "register", "release"]
 
 _TABLE = (
     "CREATE TABLE IF NOT EXISTS processes "
     "(host TEXT, pid INTEGER, started REAL, boot TEXT, pidns TEXT, lock INTEGER)"
 )
+
+
+JOB_PROCESS = "CASE WHEN json_valid(extra) THEN json_extract(extra, '$.process') END"
+"""SQL of a job's writer's rowid in ``processes`` (NULL: an older Dahu's job, or damaged)."""
 
 
 def _read_text(path: str) -> str | None:
@@ -80,7 +89,7 @@ def _lock(fd: int, offset: int, kind: int, command: int) -> int:
 def register(journal: Any) -> None:
     """Record this process as a writer of the SQLite ``journal``, its lock held until
     :func:`release` (best effort: without a row or a lock, its pid tells as before)."""
-    journal._alive = None
+    journal._alive, journal._extra = None, None
     if BOOT is None or PIDNS is None:
         return
     setlk = _OFD[0]
@@ -105,7 +114,7 @@ def register(journal: Any) -> None:
         if fd is not None:
             os.close(fd)
         return
-    journal._alive = (fd, rowid)
+    journal._alive, journal._extra = (fd, rowid), f'{{"process":{rowid}}}'
 
 
 def release(journal: Any) -> None:
@@ -144,19 +153,28 @@ class Known:
 
     def __init__(self, rows: list[tuple], path: str | None):
         self.rows: dict[int, list[tuple]] = {}
-        for pid, started, boot, pidns, lock in rows:
-            self.rows.setdefault(pid, []).append((started or 0.0, boot, pidns, lock))
+        self.by_id: dict[int, tuple] = {}
+        for rowid, pid, started, boot, pidns, lock in rows:
+            row = (started or 0.0, boot, pidns, lock)
+            self.rows.setdefault(pid, []).append(row)
+            self.by_id[rowid] = row
         self.path = path
 
-    def alive(self, pid: int | None, since: float | None) -> bool | None:
+    def alive(
+        self, pid: int | None, since: float | None, process: int | None = None
+    ) -> bool | None:
         """Whether the process ``pid`` of this host that recorded a job submitted at
-        ``since`` runs; None: its pid tells (this namespace of this boot, or no row)."""
-        rows = sorted(self.rows.get(pid, ()), key=lambda row: row[0])  # type: ignore[arg-type]
-        if since is not None:  # the process that was ``pid`` then: the last one begun
-            rows = [row for row in rows if row[0] <= since + 1.0]
-        if not rows:
-            return None
-        started, boot, pidns, lock = rows[-1]
+        ``since`` (its row ``process``, if the job names it) runs; None: its pid tells
+        (this namespace of this boot, or no row)."""
+        row = self.by_id.get(process) if process is not None else None  # type: ignore[arg-type]
+        if row is None:
+            rows = sorted(self.rows.get(pid, ()), key=lambda row: row[0])  # type: ignore[arg-type]
+            if since is not None:  # the process that was ``pid`` then: the last one begun
+                rows = [row for row in rows if row[0] <= since + 1.0]
+            if not rows:
+                return None
+            row = rows[-1]
+        started, boot, pidns, lock = row
         if boot != BOOT or pidns == PIDNS:  # (another boot: this machine's before, whose
             return None  # pids are gone, or a journal copied from one of its name)
         if lock is None or self.path is None:
@@ -175,7 +193,8 @@ def known(read: Any, journal_path: str) -> Known:
     """The :class:`Known` of the journal at ``journal_path``, read with ``read(sql,
     args)`` (its rows); empty if it has no such table (no Dahu recorded one)."""
     try:
-        rows = read("SELECT pid, started, boot, pidns, lock FROM processes WHERE host = ?", (HOST,))
+        sql = "SELECT rowid, pid, started, boot, pidns, lock FROM processes WHERE host = ?"
+        rows = read(sql, (HOST,))
     except Exception:  # no such table (an older journal), or unreadable now
         rows = []
     path = journal_path + "-processes"

@@ -65,6 +65,7 @@ JOB_COLUMNS = (
     "version",
     "module_file",
     "plugin_version",
+    "extra",
 )
 """The columns of the table ``jobs`` that Dahu reads and writes."""
 
@@ -287,13 +288,15 @@ def process_alive(
     since: float | None,
     gone: set[int] | None = None,
     known: Any = None,
+    process: int | None = None,
 ) -> bool:
     """Whether the process that wrote a record may still be running; ``gone``, the pids
     of this host found running no process, is looked at and added to (asked once each);
-    ``known``, the journal's :class:`~.processes.Known` (its pid namespace, its boot)."""
+    ``known``, the journal's :class:`~.processes.Known` (its pid namespace, its boot),
+    ``process`` the record's writer's row there (:data:`~.processes.JOB_PROCESS`)."""
     if host != HOST:
         return True  # another machine: cannot tell, leave its jobs alone
-    verdict = None if known is None else known.alive(pid, since)
+    verdict = None if known is None else known.alive(pid, since, process)
     if verdict is not None:  # another pid namespace, or boot: its pid tells nothing here
         return verdict
     if pid is None or (gone is not None and pid in gone):
@@ -333,12 +336,14 @@ _UNFINISHED = tuple(state for state in State.ALL if state not in State.FINAL)
 """The states a record can have before its job ends (looked up with the state index)."""
 
 
-def unfinished_owners(journal: Any) -> list[tuple[str, int, float]]:
-    """``(host, pid, oldest submitted)`` of each process of this host that has unfinished
-    jobs in the SQLite ``journal`` (read in the state index: no write, no scan)."""
+def unfinished_owners(journal: Any) -> list[tuple[str, int, float, int | None]]:
+    """``(host, pid, oldest submitted, row in processes)`` of each process of this host
+    that has unfinished jobs in the SQLite ``journal`` (read in the state index: no
+    write, no scan)."""
     return journal._read(
-        f"SELECT host, pid, MIN(submitted) FROM jobs "
-        f"WHERE state IN ({', '.join('?' * len(_UNFINISHED))}) AND host = ? GROUP BY pid",
+        f"SELECT host, pid, MIN(submitted), {processes.JOB_PROCESS} AS process FROM jobs "
+        f"WHERE state IN ({', '.join('?' * len(_UNFINISHED))}) AND host = ? "
+        f"GROUP BY pid, process",
         (*_UNFINISHED, HOST),
     )
 
@@ -350,13 +355,13 @@ def close_dead(db: Any, path: str, named: bool = False) -> tuple[list[int], dict
     and per other host how many unfinished jobs it has (left alone: their process may
     run there)."""
     rows = db.execute(  # a few seeks in the state index, not a scan of the table
-        f"SELECT id, host, pid, submitted FROM jobs "
+        f"SELECT id, host, pid, submitted, {processes.JOB_PROCESS} FROM jobs "
         f"WHERE state IN ({', '.join('?' * len(_UNFINISHED))})",
         _UNFINISHED,
     ).fetchall()
     gone: set[int] = set()  # a dead server's pid: asked once, not once a job
     known = processes.known(lambda sql, args: db.execute(sql, args).fetchall(), path)
-    dead = [r for r in rows if not process_alive(r[1], r[2], r[3], gone, known)]
+    dead = [r for r in rows if not process_alive(*r[1:4], gone, known, r[4])]
     now = time.time()
 
     def closing(job_id: int, host: str, pid: int) -> tuple:
