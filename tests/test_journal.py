@@ -591,6 +591,43 @@ def test_two_processes_of_one_pid_in_two_namespaces_are_told_apart_by_their_jobs
             os.close(other)
 
 
+def test_a_lock_file_deleted_while_processes_run_does_not_make_them_dead(workdir, caplog):
+    # bug: journal.sqlite-processes deleted while servers of other pid namespaces ran
+    # (a clean-up of the work directory): the next writer made a new one, where none of
+    # their locks were, and a start closed their running jobs as interrupted
+    from dahu.journal import processes
+
+    first = SQLiteJournal(str(workdir))
+    job_id = first.create("example.square", {"x": 1}, time.time())
+    second = None
+    try:
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        with first.transaction() as db:  # as if of another namespace: its lock tells
+            db.execute("UPDATE processes SET pid = ?, pidns = 'pid:[4026500000]'", (gone.pid,))
+            db.execute("UPDATE jobs SET pid = ?", (gone.pid,))
+        os.unlink(processes.lock_path(first))
+        second = SQLiteJournal(str(workdir))  # a start: makes the file again
+        assert second.mark_interrupted() == []
+        assert second.state(job_id) == "uninitialized"
+        with caplog.at_level(logging.WARNING, logger="dahu.journal"):
+            first.check_file()  # (twice a second): its lock taken again, on the new file
+        assert "its lock is taken again on the file there now" in caplog.text
+        known = processes.known(second._read, second.path)
+        rowid = first._alive[1]
+        there = os.stat(processes.lock_path(first))
+        assert known.files[rowid] == (there.st_dev, there.st_ino)
+        assert known.alive(gone.pid, time.time(), rowid) is True
+        assert second.mark_interrupted() == []
+        os.close(first._alive[0])  # as when it dies: its lock goes
+        first._alive = None
+        assert second.mark_interrupted() == [job_id]
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+
+
 def test_a_process_of_another_boot_is_judged_by_its_pid():
     # a journal written before the machine restarted, or copied from a machine of the
     # same host name: no lock of this kernel tells of its processes, their pids do

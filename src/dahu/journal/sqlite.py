@@ -119,16 +119,16 @@ class SQLiteJournal(BatchedWriter, Journal):
             processes.register(self)
 
     def check_file(self) -> None:
-        """Put the journal's file back if it was removed while this process wrote it
-        (its work directory deleted: the connection went on writing to a file nobody
-        can open again, lost at the exit): write it again, whole, from the connection.
+        """Put the journal's file back if it was removed while this process wrote it (its
+        work directory deleted: lost at the exit): write it again, whole, from the connection.
         Its ``-wal`` or ``-shm`` file removed: what the removed ``-wal`` holds goes into
         the journal file, and new connections make new ones.
-        A file replaced by another one is left alone: :class:`JournalError`.  The
-        engine calls it twice a second; :meth:`close` checks too (unless opened with
-        ``create=False``: a reader's)."""
+        A file replaced by another one is left alone: :class:`JournalError`.  The engine
+        calls it twice a second (its lock file too: :func:`.processes.keep_lock`);
+        :meth:`close` checks too (unless opened with ``create=False``)."""
         if not self._closed:
             self._check_file()
+            processes.keep_lock(self)
 
     def _check_file(self) -> None:
         with self._locked():
