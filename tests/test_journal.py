@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -999,6 +1000,52 @@ def test_a_script_ending_without_closing_leaves_the_dead_server_files_to_the_nex
         assert again.wait_recovered(10) and again.recovered == len(ids)
     finally:
         again.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A file system of 8 MB (tmpfs: as root only)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)], capture_output=True
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a small file system here: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def test_a_start_leaves_the_journal_room_on_a_nearly_full_disk(small_disk, caplog):
+    # bug: room made on a full disk was filled at once by the next start's writing of
+    # the files a dead server left (here 1,500 jobs): the journal refused every new job
+    # (database or disk is full), the server at fault again
+    from dahu.engine import recovery
+
+    journal = SQLiteJournal(str(small_disk))
+    pad = "p" * 1500
+    journal.create_many("example.square", [{"x": i, "pad": pad} for i in range(1500)], 1.0)
+    journal.close()
+    of_a_dead_process(small_disk)
+    engine = dahu.engine.configure(workdir=str(small_disk))
+    try:
+        with caplog.at_level(logging.WARNING, logger="dahu.engine"):
+            assert engine.wait_recovered(30)
+        for x in range(10):  # the journal's own writes: room for them
+            job = Job("example.square", {"x": x})
+            job.start()
+            assert job.join(10) is None and job.status == "success"
+        assert 0 < engine.recovered < 1500  # the files: as many as the room allows
+        keep = min(recovery.KEEP_FREE, shutil.disk_usage(small_disk).total // 20)
+        left = [
+            r.getMessage() for r in caplog.records if "left to the next start" in r.getMessage()
+        ]
+        assert len(left) == 1 and f"less than the {keep} kept for the journal" in left[0]
+        assert engine.journal_fault is None
+    finally:
+        engine.close()
 
 
 def test_a_full_disk_at_a_start_logs_the_refused_files_once(workdir, monkeypatch, caplog):

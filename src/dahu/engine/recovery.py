@@ -38,6 +38,7 @@ import atexit
 import contextlib
 import logging
 import os
+import shutil
 import threading
 import weakref
 from typing import Any
@@ -56,6 +57,10 @@ SETTLED = 50  # ended jobs in a row with their files: the older ones have theirs
 WINDOW = 2000  # ids looked at at once (from the last one down)
 REACH = 100_000  # ids looked at, at most: files a user deleted are not all written again
 EXIT_WAIT = 30.0  # s a process ending without closing its engine waits for them, at most
+KEEP_FREE = 64 << 20
+"""Bytes of the work directory's disk these files leave free (at most a twentieth of the
+disk), for the journal's own writes: below, the rest waits for the next start."""
+ROOM_EVERY = 16  # jobs written between two looks at the room left
 
 
 class Recovery:
@@ -71,6 +76,7 @@ class Recovery:
         self.refused = 0  # jobs whose files the disk refused (full: logged once, counted)
         self.fresh: list[tuple[int, str]] = []  # (id, plugin) written, record not seen since
         self.stopped = False  # the engine stops before the thread is done: no more files
+        self.until_look = 0  # jobs to write before the next look at the room left
         self.thread = threading.Thread(target=self._run, name="dahu-recovery", daemon=True)
         self.thread.start()
         # a script that ends without closing its engine: the files written first (before
@@ -119,10 +125,34 @@ class Recovery:
         with self.lock:
             if self.stopped:
                 raise _Stopped
+            self._look_at_room()
             written = record.id not in self.ensured and self._write(record)
             if len(self.fresh) >= WINDOW:
                 self._confirm()
             return written
+
+    def _look_at_room(self) -> None:
+        """Every :data:`ROOM_EVERY` jobs: if the disk has less room than :data:`KEEP_FREE`,
+        stop (the journal's own writes come first: these files would take the room made
+        on a full disk at once), once, saying so; the next start writes the rest."""
+        self.until_look -= 1
+        if self.until_look > 0:
+            return
+        self.until_look = ROOM_EVERY
+        try:
+            usage = shutil.disk_usage(self.engine.workdir)
+        except OSError:  # (the directory removed: the write says why)
+            return
+        keep = min(KEEP_FREE, usage.total // 20)
+        if usage.free < keep:
+            self.stopped = True  # its row stays in the journal: the next start goes on
+            logger.warning(
+                "the disk of %s has %d bytes free, less than the %d kept for the journal: "
+                "the .inp/.out files a dead process left unwritten are left to the next start "
+                "(%d job(s) got theirs; cleanJob writes a job's)",
+                *(self.engine.workdir, usage.free, keep, self.written),
+            )
+            raise _Stopped
 
     def confirm(self) -> None:
         """Remove the files just written of jobs whose record is gone since: a prune in
