@@ -540,7 +540,9 @@ def test_the_jobs_of_a_process_of_another_pid_namespace_are_closed_once_it_died(
         engine.close()
 
 
-def test_two_processes_of_one_pid_in_two_namespaces_are_told_apart_by_their_jobs(workdir):
+def test_two_processes_of_one_pid_in_two_namespaces_are_told_apart_by_their_jobs(
+    workdir, monkeypatch
+):
     # bug: two servers of one host name on one work directory, both pid 1 of their
     # containers: the jobs one recorded after the other started were judged by the
     # other's lock: closed as interrupted while their own server ran, once the other
@@ -548,11 +550,13 @@ def test_two_processes_of_one_pid_in_two_namespaces_are_told_apart_by_their_jobs
     import fcntl
     import struct
 
+    from dahu.engine import orphans
     from dahu.journal import processes
     from dahu.journal.base import HOST
 
+    monkeypatch.setattr(orphans, "CHECK_EVERY", 0.1)
     proc = child(workdir, "hang")  # A: its lock held as long as it runs
-    other = None
+    other = watching = None
     try:
         running_id, queued_id = map(int, proc.stdout.readline().split())
         db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
@@ -569,25 +573,27 @@ def test_two_processes_of_one_pid_in_two_namespaces_are_told_apart_by_their_jobs
             )
         db.close()
         # B killed (its lock free), A running: a start leaves A's jobs alone
-        beside = dahu.engine.Engine(workdir=str(workdir))
+        beside = SQLiteJournal(str(workdir))
         try:
-            assert beside.interrupted == []
+            assert beside.mark_interrupted() == []
         finally:
             beside.close()
-        # B running (its lock held here), A killed: a start closes A's jobs
-        other = os.open(processes.lock_path(beside.journal), os.O_RDWR)
+        # B running (its lock held here), A killed: a running engine closes A's jobs
+        other = os.open(processes.lock_path(beside), os.O_RDWR)
         lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 100000, 1, 0)
         fcntl.fcntl(other, fcntl.F_OFD_SETLK, lock)
+        watching = dahu.engine.configure(workdir=str(workdir))
+        assert watching.interrupted == []
     finally:
         proc.kill()
         proc.wait(timeout=30)
     try:
-        again = dahu.engine.Engine(workdir=str(workdir))
-        try:
-            assert sorted(again.interrupted) == [running_id, queued_id]
-        finally:
-            again.close()
+        assert Job.synchronize_job(running_id, 30) == "failure"
+        reason = f"interrupted: its process, pid 1 on {HOST}, died"
+        assert Job.getErrorFromID(queued_id) == reason
     finally:
+        if watching is not None:
+            watching.close()
         if other is not None:
             os.close(other)
 

@@ -100,12 +100,16 @@ def watch_dead(engine: Any) -> None:
     engine.watchdog.call_later(CHECK_EVERY, check)
 
 
-def _dead(journal: Any, owners: list[tuple[str, int, float, int | None]]) -> list[tuple[str, int]]:
-    """The ``(host, pid)`` of ``owners`` (with the oldest submission of each, and its row
-    in ``processes``) whose process is gone, as far as the journal's
-    :mod:`~dahu.journal.processes` tell too."""
+def _dead(journal: Any, owners: list[tuple]) -> list[tuple[str, int]]:
+    """The ``(host, pid)`` of ``owners`` (with the oldest submission of each) whose
+    process is gone, as far as the journal's :mod:`~dahu.journal.processes` tell too
+    (a pid of several processes, in several namespaces: each of its own jobs)."""
     known = processes.known(journal._read, journal.path)
-    dead = [
-        (h, p) for h, p, since, row in owners if not process_alive(h, p, since, None, known, row)
-    ]
-    return list(dict.fromkeys(dead))  # (two processes of one pid, in two namespaces)
+    dead = []
+    for host, pid, since in owners:
+        each = [(host, pid, since, None)]
+        if len(known.rows.get(pid, ())) > 1:
+            each = unfinished_owners(journal, pid)
+        if any(not process_alive(*owner[:3], None, known, owner[3]) for owner in each):
+            dead.append((host, pid))
+    return dead

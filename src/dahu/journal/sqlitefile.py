@@ -336,15 +336,19 @@ _UNFINISHED = tuple(state for state in State.ALL if state not in State.FINAL)
 """The states a record can have before its job ends (looked up with the state index)."""
 
 
-def unfinished_owners(journal: Any) -> list[tuple[str, int, float, int | None]]:
-    """``(host, pid, oldest submitted, row in processes)`` of each process of this host
-    that has unfinished jobs in the SQLite ``journal`` (read in the state index: no
-    write, no scan)."""
+def unfinished_owners(journal: Any, pid: int | None = None) -> list[tuple]:
+    """``(host, pid, oldest submitted)`` of each process of this host that has unfinished
+    jobs in the SQLite ``journal`` (read in the state index: no write, no scan); with
+    ``pid``, ``(host, pid, oldest submitted, row in processes)`` of each process of that
+    pid (two pid 1 of two containers: :data:`~.processes.JOB_PROCESS`, twice as long)."""
+    states = f"state IN ({', '.join('?' * len(_UNFINISHED))}) AND host = ?"
+    if pid is None:
+        sql = f"SELECT host, pid, MIN(submitted) FROM jobs WHERE {states} GROUP BY pid"
+        return journal._read(sql, (*_UNFINISHED, HOST))
     return journal._read(
         f"SELECT host, pid, MIN(submitted), {processes.JOB_PROCESS} AS process FROM jobs "
-        f"WHERE state IN ({', '.join('?' * len(_UNFINISHED))}) AND host = ? "
-        f"GROUP BY pid, process",
-        (*_UNFINISHED, HOST),
+        f"WHERE {states} AND pid = ? GROUP BY process",
+        (*_UNFINISHED, HOST, pid),
     )
 
 
