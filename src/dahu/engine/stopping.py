@@ -20,8 +20,13 @@ __all__ = ["shut_down", "close", "CLOSING"]
 CLOSING = "the engine is closing"
 
 
+FOREVER = 1e9
+"""Seconds that stand for no bound (``inf``, ``1e10``: they overflow the system's timers)."""
+
+
 def shut_down(engine: Any, abort: bool, timeout: float, since: float | None) -> bool:
     """See :meth:`~dahu.engine.core.Engine.shutdown`."""
+    timeout = min(timeout, FOREVER)
     deadline = (time.monotonic() if since is None else since) + timeout
     cycle = engine.cycle
     if not abort:  # let finish: also the jobs they start meanwhile, until none is left
@@ -79,8 +84,9 @@ def _files_of_the_dead(engine: Any, deadline: float, timeout: float) -> None:
         )
 
 
-def close(engine: Any, timeout: float) -> int:
+def close(engine: Any, timeout: float | None) -> int:
     """See :meth:`~dahu.engine.core.Engine.close`."""
+    timeout = FOREVER if timeout is None else min(timeout, FOREVER)
     cycle = engine.cycle
     engine._closed = True
     with cycle.lock:  # a job starting from now on ends aborted, not "cannot queue the job"
