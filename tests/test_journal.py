@@ -635,6 +635,29 @@ def test_a_lock_file_deleted_while_processes_run_does_not_make_them_dead(workdir
             second.close()
 
 
+def test_an_idle_engine_takes_its_lock_again_on_a_lock_file_made_again(workdir, caplog):
+    # bug: only an engine that had run a job checked its files: a server idle since its
+    # start kept its lock on the removed file (the others took it for a process that may
+    # run, also once it died), and the removed journal file went unnoticed
+    from dahu.journal import processes
+
+    engine = dahu.engine.configure(workdir=str(workdir))
+    try:
+        path = processes.lock_path(engine.journal)
+        with caplog.at_level(logging.WARNING, logger="dahu.journal"):
+            os.unlink(path)
+            deadline = time.monotonic() + 30
+            while "its lock is taken again" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert os.path.exists(path) and "its lock is taken again" in caplog.text
+        known = processes.known(engine.journal._read, engine.journal.path)
+        rowid = engine.journal._alive[1]
+        there = os.stat(path)
+        assert known.files[rowid] == (there.st_dev, there.st_ino)
+    finally:
+        engine.close()
+
+
 def test_a_process_of_another_boot_is_judged_by_its_pid():
     # a journal written before the machine restarted, or copied from a machine of the
     # same host name: no lock of this kernel tells of its processes, their pids do

@@ -34,8 +34,12 @@ CHECK_EVERY = 2.0
 
 def recover_and_watch(engine: Any) -> Recovery:
     """At the engine's start: write the files the dead processes left unwritten (a
-    :class:`~.recovery.Recovery` of the jobs it closed), and :func:`watch_dead`."""
+    :class:`~.recovery.Recovery` of the jobs it closed), :func:`watch_dead`, and check
+    the journal's files twice a second (the sweep of
+    :meth:`~dahu.engine.core.Engine.watch_running`) from now on, not from its first job:
+    its file or its lock file removed meanwhile is seen at once."""
     watch_dead(engine)
+    engine.watch_running()
     return Recovery(engine, engine.interrupted, engine.first_id - 1)
 
 
