@@ -138,11 +138,8 @@ class SQLiteJournal(BatchedWriter, Journal):
                 if self._side_files() != self._sides:
                     self._side_files_removed()
                 return
-            if now is not None:
-                raise JournalError(
-                    f"the journal {self.path} was replaced by another file while this "
-                    f"process wrote it: what it records from now on is lost when it stops"
-                )
+            if now is not None:  # put back by another writer of it (else JournalError)
+                return sqlitefile.follow_restored(self)
             try:
                 sqlitefile.write_again(self._db, self.path)
                 self._reconnect()

@@ -381,6 +381,36 @@ def close_dead(db: Any, path: str, named: bool = False) -> tuple[list[int], dict
     return [r[0] for r in dead], dict(collections.Counter(str(r[1]) for r in rows if r[1] != HOST))
 
 
+def follow_restored(journal: Any) -> None:
+    """The file at the path of the SQLite ``journal`` (writer lock held) is another one
+    than it writes: if it is that journal written again by another process writing it
+    (its file removed: a work directory deleted under two servers), holding the newest
+    job this one sees, write that one from now on; else (another journal, another
+    program's file, an older copy of it) :class:`JournalError`."""
+    newest = "SELECT id, submitted, host, pid FROM jobs ORDER BY id DESC LIMIT 1"
+    there = mine = None
+    with contextlib.suppress(sqlite3.Error):
+        db = sqlite3.connect(f"file:{_uri_path(journal.path)}?mode=ro", uri=True, timeout=1.0)
+        try:
+            mine = journal._db.execute(newest).fetchone()
+            if mine is not None:
+                there = db.execute(f"{newest.split(' ORDER')[0]} WHERE id = ?", mine[:1]).fetchone()
+        finally:
+            db.close()
+    if mine is None or there != mine:
+        raise JournalError(
+            f"the journal {journal.path} was replaced by another file while this "
+            f"process wrote it: what it records from now on is lost when it stops"
+        )
+    journal._reconnect()
+    journal._replaced = False
+    logger.warning(
+        "journal %s was written again by another process writing it (its file removed): "
+        "this process writes that one from now on",
+        journal.path,
+    )
+
+
 def journal_token(journal: Any) -> str:
     """The :attr:`~dahu.journal.Journal.identity` of the SQLite ``journal``: made at
     random by the first process that asks, kept in a table of its own (a journal of an
