@@ -116,6 +116,29 @@ def test_a_journal_replaced_under_a_running_engine_puts_it_at_fault(tmp_path):
         engine.close()
 
 
+def test_a_journal_removed_under_two_writers_is_written_again_once_for_both(tmp_path):
+    # bug: two servers on one work directory, its journal file removed: the first to see
+    # it wrote it again; the other then found "another file" there and went to FAULT for
+    # good, refusing every new job (what it recorded from then on: lost at its stop)
+    workdir = tmp_path / "work"
+    path = workdir / SQLiteJournal.FILENAME
+    first, second = SQLiteJournal(str(workdir)), SQLiteJournal(str(workdir))
+    try:
+        ids = [first.create("example.square", {"x": 1}, time.time())]
+        ids.append(second.create("example.square", {"x": 2}, time.time()))
+        path.unlink()
+        first.check_file()  # (each one twice a second): written again
+        assert sorted(recorded(path)) == sorted(ids)
+        second.check_file()  # the same journal, with all it recorded: it writes that one
+        ids.append(second.create("example.square", {"x": 3}, time.time()))
+        ids.append(first.create("example.square", {"x": 4}, time.time()))
+        assert sorted(recorded(path)) == sorted(ids)
+    finally:
+        first.close()
+        second.close()
+    assert sorted(recorded(path)) == sorted(ids)
+
+
 def test_minus_one_is_the_last_job_after_a_server_was_killed(tmp_path):
     # bug: after a kill -9, -1 stood for the last id the killed server had reserved
     # (64), not given: getJobState(-1) failed with "no job -1: job ids run from 1 to 64"

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -539,15 +540,133 @@ def test_the_jobs_of_a_process_of_another_pid_namespace_are_closed_once_it_died(
         engine.close()
 
 
+def test_two_processes_of_one_pid_in_two_namespaces_are_told_apart_by_their_jobs(
+    workdir, monkeypatch
+):
+    # bug: two servers of one host name on one work directory, both pid 1 of their
+    # containers: the jobs one recorded after the other started were judged by the
+    # other's lock: closed as interrupted while their own server ran, once the other
+    # was killed; left unfinished after their own server died, while the other ran
+    import fcntl
+    import struct
+
+    from dahu.engine import orphans
+    from dahu.journal import processes
+    from dahu.journal.base import HOST
+
+    monkeypatch.setattr(orphans, "CHECK_EVERY", 0.1)
+    proc = child(workdir, "hang")  # A: its lock held as long as it runs
+    other = watching = None
+    try:
+        running_id, queued_id = map(int, proc.stdout.readline().split())
+        db = sqlite3.connect(str(workdir / SQLiteJournal.FILENAME))
+        with db:  # A as pid 1 of a container; B, pid 1 of another, begun after A
+            db.execute("UPDATE jobs SET pid = 1 WHERE pid = ?", (proc.pid,))
+            db.execute(
+                "UPDATE processes SET pid = 1, pidns = 'pid:[4026500000]' WHERE pid = ?",
+                (proc.pid,),
+            )
+            begun = db.execute("SELECT started FROM processes WHERE pid = 1").fetchone()[0]
+            db.execute(
+                "INSERT INTO processes VALUES (?, 1, ?, ?, 'pid:[4026500001]', 100000)",
+                (HOST, begun + 0.001, processes.BOOT),
+            )
+        db.close()
+        # B killed (its lock free), A running: a start leaves A's jobs alone
+        beside = SQLiteJournal(str(workdir))
+        try:
+            assert beside.mark_interrupted() == []
+        finally:
+            beside.close()
+        # B running (its lock held here), A killed: a running engine closes A's jobs
+        other = os.open(processes.lock_path(beside), os.O_RDWR)
+        lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 100000, 1, 0)
+        fcntl.fcntl(other, fcntl.F_OFD_SETLK, lock)
+        watching = dahu.engine.configure(workdir=str(workdir))
+        assert watching.interrupted == []
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    try:
+        assert Job.synchronize_job(running_id, 30) == "failure"
+        reason = f"interrupted: its process, pid 1 on {HOST}, died"
+        assert Job.getErrorFromID(queued_id) == reason
+    finally:
+        if watching is not None:
+            watching.close()
+        if other is not None:
+            os.close(other)
+
+
+def test_a_lock_file_deleted_while_processes_run_does_not_make_them_dead(workdir, caplog):
+    # bug: journal.sqlite-processes deleted while servers of other pid namespaces ran
+    # (a clean-up of the work directory): the next writer made a new one, where none of
+    # their locks were, and a start closed their running jobs as interrupted
+    from dahu.journal import processes
+
+    first = SQLiteJournal(str(workdir))
+    job_id = first.create("example.square", {"x": 1}, time.time())
+    second = None
+    try:
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        with first.transaction() as db:  # as if of another namespace: its lock tells
+            db.execute("UPDATE processes SET pid = ?, pidns = 'pid:[4026500000]'", (gone.pid,))
+            db.execute("UPDATE jobs SET pid = ?", (gone.pid,))
+        os.unlink(processes.lock_path(first))
+        second = SQLiteJournal(str(workdir))  # a start: makes the file again
+        assert second.mark_interrupted() == []
+        assert second.state(job_id) == "uninitialized"
+        with caplog.at_level(logging.WARNING, logger="dahu.journal"):
+            first.check_file()  # (twice a second): its lock taken again, on the new file
+        assert "its lock is taken again on the file there now" in caplog.text
+        known = processes.known(second._read, second.path)
+        rowid = first._alive[1]
+        there = os.stat(processes.lock_path(first))
+        assert known.files[rowid] == (there.st_dev, there.st_ino)
+        assert known.alive(gone.pid, time.time(), rowid) is True
+        assert second.mark_interrupted() == []
+        os.close(first._alive[0])  # as when it dies: its lock goes
+        first._alive = None
+        assert second.mark_interrupted() == [job_id]
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+
+
+def test_an_idle_engine_takes_its_lock_again_on_a_lock_file_made_again(workdir, caplog):
+    # bug: only an engine that had run a job checked its files: a server idle since its
+    # start kept its lock on the removed file (the others took it for a process that may
+    # run, also once it died), and the removed journal file went unnoticed
+    from dahu.journal import processes
+
+    engine = dahu.engine.configure(workdir=str(workdir))
+    try:
+        path = processes.lock_path(engine.journal)
+        with caplog.at_level(logging.WARNING, logger="dahu.journal"):
+            os.unlink(path)
+            deadline = time.monotonic() + 30
+            while "its lock is taken again" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert os.path.exists(path) and "its lock is taken again" in caplog.text
+        known = processes.known(engine.journal._read, engine.journal.path)
+        rowid = engine.journal._alive[1]
+        there = os.stat(path)
+        assert known.files[rowid] == (there.st_dev, there.st_ino)
+    finally:
+        engine.close()
+
+
 def test_a_process_of_another_boot_is_judged_by_its_pid():
     # a journal written before the machine restarted, or copied from a machine of the
     # same host name: no lock of this kernel tells of its processes, their pids do
     from dahu.journal import processes
 
     known = processes.Known(
-        [(11, 10.0, "an earlier boot", "pid:[4026500000]", 11)]
-        + [(12, 10.0, processes.BOOT, "pid:[4026500000]", 12)]
-        + [(13, 10.0, processes.BOOT, processes.PIDNS, 13)],
+        [(1, 11, 10.0, "an earlier boot", "pid:[4026500000]", 11)]
+        + [(2, 12, 10.0, processes.BOOT, "pid:[4026500000]", 12)]
+        + [(3, 13, 10.0, processes.BOOT, processes.PIDNS, 13)],
         None,
     )
     assert known.alive(11, 20.0) is None
@@ -564,7 +683,8 @@ def test_a_writer_records_its_namespace_while_it_runs_and_not_after(workdir):
     rows = journal._read("SELECT pid, boot, pidns, lock FROM processes")
     assert rows == [(os.getpid(), processes.BOOT, processes.PIDNS, rows[0][3])]
     known = processes.Known(
-        [(os.getpid() + 1, 1.0, *rows[0][1:2], "pid:[1]", rows[0][3])], processes.lock_path(journal)
+        [(1, os.getpid() + 1, 1.0, *rows[0][1:2], "pid:[1]", rows[0][3])],
+        processes.lock_path(journal),
     )
     assert known.alive(os.getpid() + 1, 2.0) is True  # its lock is held
     journal.close()
@@ -844,6 +964,117 @@ def test_a_stop_leaves_the_dead_server_files_to_the_next_start_at_its_timeout(
     for job_id in ids:
         stem = job_file_stem(str(workdir), job_id, "example.square")
         assert json.loads(open(stem + ".out").read()) == {"error": [INTERRUPTED]}
+
+
+def test_a_close_leaves_the_dead_server_files_to_the_next_start_at_its_timeout(
+    workdir, monkeypatch, caplog
+):
+    # bug: Engine.close() (a script's, dahu-reprocess's) waited for every file a dead
+    # server left, without bound (3.5 s for 30,000 on tmpfs; minutes on a slow disk)
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(20)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    gate = a_slow_recovery_disk(monkeypatch)  # each file: 10 s until the gate opens
+    engine = dahu.engine.Engine(workdir=str(workdir))
+    try:
+        begun = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="dahu.engine"):
+            assert engine.close(timeout=0.2) == 0
+        assert time.monotonic() - begun < 8  # (not 20 files of 10 s)
+    finally:
+        gate.set()
+    assert engine.recovery.wait(10)  # the thread ends without writing more
+    said = [r.getMessage() for r in caplog.records if "the next start" in r.getMessage()]
+    assert said[-1] == (
+        "stopping after 0.2 s: 0 job(s) got the .inp/.out files a dead process left "
+        "unwritten, the next start writes the rest"
+    )
+    again = dahu.engine.Engine(workdir=str(workdir))  # the rest: written now
+    try:
+        assert again.wait_recovered(10) and again.recovered == len(ids)
+    finally:
+        again.close()
+
+
+SLOW_DISK_EXIT_BOUNDED = """
+import sys, time
+import dahu.engine
+from dahu.engine import recovery
+recovery.EXIT_WAIT = 0.2
+write = recovery.Recovery.write
+def slow(self, record):  # a very slow disk: 60 s a job
+    time.sleep(60)
+    return write(self, record)
+recovery.Recovery.write = slow
+dahu.engine.configure(workdir=sys.argv[1])  # and the script ends without closing it
+"""
+
+
+def test_a_script_ending_without_closing_leaves_the_dead_server_files_to_the_next_start(
+    workdir,
+):
+    # bug: a script ending without closing its engine waited at its exit for every file
+    # a dead server left, without bound
+    journal = SQLiteJournal(str(workdir))
+    ids = journal.create_many("example.square", [{"x": i} for i in range(5)], 1.0)
+    journal.close()
+    of_a_dead_process(workdir)
+    code = [sys.executable, "-c", SLOW_DISK_EXIT_BOUNDED, str(workdir)]
+    done = subprocess.run(code, env=child_env(), timeout=50, capture_output=True, text=True)
+    assert done.returncode == 0
+    assert "exiting after 0.2 s: 0 job(s) got the .inp/.out files" in done.stderr
+    again = dahu.engine.Engine(workdir=str(workdir))  # the rest: written now
+    try:
+        assert again.wait_recovered(10) and again.recovered == len(ids)
+    finally:
+        again.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A file system of 8 MB (tmpfs: as root only)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)], capture_output=True
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a small file system here: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def test_a_start_leaves_the_journal_room_on_a_nearly_full_disk(small_disk, caplog):
+    # bug: room made on a full disk was filled at once by the next start's writing of
+    # the files a dead server left (here 1,500 jobs): the journal refused every new job
+    # (database or disk is full), the server at fault again
+    from dahu.engine import recovery
+
+    journal = SQLiteJournal(str(small_disk))
+    pad = "p" * 1500
+    journal.create_many("example.square", [{"x": i, "pad": pad} for i in range(1500)], 1.0)
+    journal.close()
+    of_a_dead_process(small_disk)
+    engine = dahu.engine.configure(workdir=str(small_disk))
+    try:
+        with caplog.at_level(logging.WARNING, logger="dahu.engine"):
+            assert engine.wait_recovered(30)
+        for x in range(10):  # the journal's own writes: room for them
+            job = Job("example.square", {"x": x})
+            job.start()
+            assert job.join(10) is None and job.status == "success"
+        assert 0 < engine.recovered < 1500  # the files: as many as the room allows
+        keep = min(recovery.KEEP_FREE, shutil.disk_usage(small_disk).total // 20)
+        left = [
+            r.getMessage() for r in caplog.records if "left to the next start" in r.getMessage()
+        ]
+        assert len(left) == 1 and f"less than the {keep} kept for the journal" in left[0]
+        assert engine.journal_fault is None
+    finally:
+        engine.close()
 
 
 def test_a_full_disk_at_a_start_logs_the_refused_files_once(workdir, monkeypatch, caplog):

@@ -585,6 +585,20 @@ def test_a_shutdown_that_lets_jobs_finish_lets_them_start_their_children(tmp_pat
     assert (parent.status, parent.output_data.get("child")) == ("success", 49), parent.error
 
 
+@pytest.mark.parametrize("timeout", [float("inf"), 1e10])
+def test_a_shutdown_without_bound_waits_for_the_jobs(tmp_path, timeout):
+    # bug: Engine.shutdown(abort=False, timeout=float("inf")) (a script waiting as long
+    # as its jobs take) raised OverflowError while a job ran: the job ran on, the
+    # journal stayed open
+    engine = dahu.engine.configure(workdir=str(tmp_path))
+    job = Job("example.sleep", {"t": 0.3})
+    job.start()
+    assert engine.shutdown(abort=False, timeout=timeout)
+    assert job.status == "success"
+    again = dahu.engine.configure(workdir=str(tmp_path))
+    assert again.close(timeout=None) == 0  # None: no bound either
+
+
 def test_a_job_starting_while_the_engine_closes_ends_aborted(tmp_path, monkeypatch):
     # bug: a job whose start raced Engine.close() ended "failure: cannot queue the job:
     # the executor is shut down", as if it had failed, instead of aborted by the stop

@@ -275,7 +275,7 @@ def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     path = os.path.join(args.workdir, SQLiteJournal.FILENAME)
     known = processes.known(lambda sql, values: db.execute(sql, values).fetchall(), path)
     gone = record.state not in State.FINAL and not process_alive(
-        record.host, record.pid, record.submitted, None, known
+        record.host, record.pid, record.submitted, None, known, record.process
     )
     if args.json:
         record_json = {**_record_dict(record), "files": files, "gone": gone}

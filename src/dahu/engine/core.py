@@ -474,12 +474,13 @@ class Engine:
         counts["finished"] = sum(self.finished.values())
         return counts
 
-    def close(self) -> int:
-        """Stop the executor (waiting for its jobs), wait for the jobs' files and close
-        the journal; return how many outcomes the journal refused to the end (lost: see
-        :meth:`retry_journal`), 0 when it holds them all.  A job starting meanwhile ends
-        aborted, ``the engine is closing``."""
-        return close(self)
+    def close(self, timeout: float | None = 30.0) -> int:
+        """Stop the executor (waiting for its jobs), wait for the jobs' files, and for
+        the files a dead process left unwritten at most ``timeout`` s more (None: all;
+        the next start writes the rest), and close the journal; return how many outcomes
+        the journal refused to the end (lost: see :meth:`retry_journal`), 0 when it holds
+        them all.  A job starting meanwhile ends aborted, ``the engine is closing``."""
+        return close(self, timeout)
 
 
 _current: Engine | None = None

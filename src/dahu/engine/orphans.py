@@ -34,8 +34,12 @@ CHECK_EVERY = 2.0
 
 def recover_and_watch(engine: Any) -> Recovery:
     """At the engine's start: write the files the dead processes left unwritten (a
-    :class:`~.recovery.Recovery` of the jobs it closed), and :func:`watch_dead`."""
+    :class:`~.recovery.Recovery` of the jobs it closed), :func:`watch_dead`, and check
+    the journal's files twice a second (the sweep of
+    :meth:`~dahu.engine.core.Engine.watch_running`) from now on, not from its first job:
+    its file or its lock file removed meanwhile is seen at once."""
     watch_dead(engine)
+    engine.watch_running()
     return Recovery(engine, engine.interrupted, engine.first_id - 1)
 
 
@@ -100,8 +104,16 @@ def watch_dead(engine: Any) -> None:
     engine.watchdog.call_later(CHECK_EVERY, check)
 
 
-def _dead(journal: Any, owners: list[tuple[str, int, float]]) -> list[tuple[str, int]]:
+def _dead(journal: Any, owners: list[tuple]) -> list[tuple[str, int]]:
     """The ``(host, pid)`` of ``owners`` (with the oldest submission of each) whose
-    process is gone, as far as the journal's :mod:`~dahu.journal.processes` tell too."""
+    process is gone, as far as the journal's :mod:`~dahu.journal.processes` tell too
+    (a pid of several processes, in several namespaces: each of its own jobs)."""
     known = processes.known(journal._read, journal.path)
-    return [(h, p) for h, p, since in owners if not process_alive(h, p, since, None, known)]
+    dead = []
+    for host, pid, since in owners:
+        each = [(host, pid, since, None)]
+        if len(known.rows.get(pid, ())) > 1:
+            each = unfinished_owners(journal, pid)
+        if any(not process_alive(*owner[:3], None, known, owner[3]) for owner in each):
+            dead.append((host, pid))
+    return dead

@@ -24,10 +24,11 @@ every job that one had to look at (:func:`_look_at_all`).
 
 It runs in a thread of its own (:class:`Recovery`, started by the engine): the engine,
 and the device, answer at once however many jobs were queued at the kill (100,000 took
-8 to 15 s to write); the engine's stop waits for it (and so does the process's exit),
-and :meth:`Recovery.ensure` writes a job's files at once if asked for them
-(``cleanJob``) before the thread got to them.  A stop with a timeout
-(:meth:`~dahu.engine.core.Engine.shutdown`) waits for it at most until then
+8 to 15 s to write); the engine's stop and close wait for it (and so does the
+process's exit), and :meth:`Recovery.ensure` writes a job's files at once if asked for
+them (``cleanJob``) before the thread got to them.  A stop, a close or an exit waits for
+it at most its timeout (:meth:`~dahu.engine.core.Engine.shutdown`'s,
+:meth:`~dahu.engine.core.Engine.close`'s, :data:`EXIT_WAIT`), then stops it
 (:meth:`Recovery.stop`): its row in the journal stays, and the next start writes the rest.
 """
 
@@ -37,6 +38,7 @@ import atexit
 import contextlib
 import logging
 import os
+import shutil
 import threading
 import weakref
 from typing import Any
@@ -54,6 +56,11 @@ __all__ = ["Recovery", "write_missing_files", "SETTLED", "WINDOW", "REACH"]
 SETTLED = 50  # ended jobs in a row with their files: the older ones have theirs
 WINDOW = 2000  # ids looked at at once (from the last one down)
 REACH = 100_000  # ids looked at, at most: files a user deleted are not all written again
+EXIT_WAIT = 30.0  # s a process ending without closing its engine waits for them, at most
+KEEP_FREE = 64 << 20
+"""Bytes of the work directory's disk these files leave free (at most a twentieth of the
+disk), for the journal's own writes: below, the rest waits for the next start."""
+ROOM_EVERY = 16  # jobs written between two looks at the room left
 
 
 class Recovery:
@@ -69,6 +76,7 @@ class Recovery:
         self.refused = 0  # jobs whose files the disk refused (full: logged once, counted)
         self.fresh: list[tuple[int, str]] = []  # (id, plugin) written, record not seen since
         self.stopped = False  # the engine stops before the thread is done: no more files
+        self.until_look = 0  # jobs to write before the next look at the room left
         self.thread = threading.Thread(target=self._run, name="dahu-recovery", daemon=True)
         self.thread.start()
         # a script that ends without closing its engine: the files written first (before
@@ -117,10 +125,34 @@ class Recovery:
         with self.lock:
             if self.stopped:
                 raise _Stopped
+            self._look_at_room()
             written = record.id not in self.ensured and self._write(record)
             if len(self.fresh) >= WINDOW:
                 self._confirm()
             return written
+
+    def _look_at_room(self) -> None:
+        """Every :data:`ROOM_EVERY` jobs: if the disk has less room than :data:`KEEP_FREE`,
+        stop (the journal's own writes come first: these files would take the room made
+        on a full disk at once), once, saying so; the next start writes the rest."""
+        self.until_look -= 1
+        if self.until_look > 0:
+            return
+        self.until_look = ROOM_EVERY
+        try:
+            usage = shutil.disk_usage(self.engine.workdir)
+        except OSError:  # (the directory removed: the write says why)
+            return
+        keep = min(KEEP_FREE, usage.total // 20)
+        if usage.free < keep:
+            self.stopped = True  # its row stays in the journal: the next start goes on
+            logger.warning(
+                "the disk of %s has %d bytes free, less than the %d kept for the journal: "
+                "the .inp/.out files a dead process left unwritten are left to the next start "
+                "(%d job(s) got theirs; cleanJob writes a job's)",
+                *(self.engine.workdir, usage.free, keep, self.written),
+            )
+            raise _Stopped
 
     def confirm(self) -> None:
         """Remove the files just written of jobs whose record is gone since: a prune in
@@ -179,7 +211,7 @@ class Recovery:
 
 
 class _Owners(dict):
-    """``(host, pid)`` -> whether its process runs (asked once each), with what the
+    """``(host, pid, row in processes)`` -> whether its process runs (asked once each), with what the
     journal knows of the processes (:mod:`dahu.journal.processes`)."""
 
     def __init__(self, known: Any):
@@ -194,8 +226,13 @@ class _Stopped(Exception):
 def _wait_at_exit(ref: weakref.ref, pid: int) -> None:
     recovery = ref()
     if recovery is not None and pid == os.getpid():  # (a forked child has no such thread)
-        if not recovery.stopped:
-            recovery.wait()
+        if not recovery.stopped and not recovery.wait(EXIT_WAIT):
+            recovery.stop()  # its row stays in the journal: the next start goes on
+            logger.warning(
+                "exiting after %g s: %d job(s) got the .inp/.out files a dead process left "
+                "unwritten, the next start writes the rest",
+                *(EXIT_WAIT, recovery.written),
+            )
 
 
 def write_missing_files(recovery: Recovery) -> int:
@@ -326,10 +363,10 @@ def _write_missing(
     jobs looked at, and the end of the last of :data:`SETTLED` in a row (None: not yet)."""
     written = looked = 0
     for record in records:
-        owner = (record.host, record.pid)
+        owner = (record.host, record.pid, record.process)
         if owner not in alive:  # newest record first: a pid used again since is told apart
             alive[owner] = process_alive(
-                record.host, record.pid, record.submitted, None, alive.known
+                record.host, record.pid, record.submitted, None, alive.known, record.process
             )
         if alive[owner]:
             continue  # its process writes its files (they may be queued there now)

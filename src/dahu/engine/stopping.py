@@ -20,8 +20,13 @@ __all__ = ["shut_down", "close", "CLOSING"]
 CLOSING = "the engine is closing"
 
 
+FOREVER = 1e9
+"""Seconds that stand for no bound (``inf``, ``1e10``: they overflow the system's timers)."""
+
+
 def shut_down(engine: Any, abort: bool, timeout: float, since: float | None) -> bool:
     """See :meth:`~dahu.engine.core.Engine.shutdown`."""
+    timeout = min(timeout, FOREVER)
     deadline = (time.monotonic() if since is None else since) + timeout
     cycle = engine.cycle
     if not abort:  # let finish: also the jobs they start meanwhile, until none is left
@@ -54,6 +59,16 @@ def shut_down(engine: Any, abort: bool, timeout: float, since: float | None) -> 
     if cleaner is not None:
         engine._to_clean.put(None)
         cleaner.join(max(1.0, deadline - time.monotonic()))
+    _files_of_the_dead(engine, deadline, timeout)
+    tell_refused(engine)
+    lost = _last_retry(engine)
+    engine.journal.close()
+    return not unfinished and not lost
+
+
+def _files_of_the_dead(engine: Any, deadline: float, timeout: float) -> None:
+    """Wait until ``deadline`` at most for the files a dead process left unwritten
+    (:mod:`.recovery`); past it, leave the rest to the next start and say so."""
     if not engine.wait_recovered(0):  # the files a dead process left: all written first
         logger.info(
             "stopping: the .inp/.out files a dead process left unwritten are written first "
@@ -67,14 +82,11 @@ def shut_down(engine: Any, abort: bool, timeout: float, since: float | None) -> 
             "unwritten, the next start writes the rest",
             *(timeout, engine.recovered),
         )
-    tell_refused(engine)
-    lost = _last_retry(engine)
-    engine.journal.close()
-    return not unfinished and not lost
 
 
-def close(engine: Any) -> int:
+def close(engine: Any, timeout: float | None) -> int:
     """See :meth:`~dahu.engine.core.Engine.close`."""
+    timeout = FOREVER if timeout is None else min(timeout, FOREVER)
     cycle = engine.cycle
     engine._closed = True
     with cycle.lock:  # a job starting from now on ends aborted, not "cannot queue the job"
@@ -83,7 +95,7 @@ def close(engine: Any) -> int:
     engine.executor.shutdown(wait=True)
     engine.journal.flush()  # the outcomes queued are committed and reported
     engine.flush_files()
-    engine.wait_recovered()
+    _files_of_the_dead(engine, time.monotonic() + timeout, timeout)
     tell_refused(engine)
     lost = _last_retry(engine)
     with cycle.stop_lock:  # a start refused from now on leaves the journal alone

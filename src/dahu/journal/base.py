@@ -179,6 +179,9 @@ class JobRecord:
     version: str | None = None
     module_file: str | None = None
     plugin_version: str | None = None
+    #: the row of the process that recorded it in the journal's table ``processes``
+    #: (:mod:`dahu.journal.processes`; None: unknown)
+    process: int | None = None
     #: the fields whose stored value could not be read (a damaged or hand-edited row),
     #: each with its reason; those fields are None (the input: ``{}``)
     unreadable: dict[str, str] = field(default_factory=dict)
@@ -190,9 +193,9 @@ _TEXTS = (1, 2, 5, 10, 12, 13, 14)  # plugin, state, error, host, version, modul
 
 def decode_record(row: tuple, strict: bool = True) -> JobRecord:
     """The record of a journal row (``id, plugin, state, input, output, error, submitted,
-    started, ended, runtime, host, pid, version, module_file, plugin_version``).  A field
-    whose stored value cannot be read (an input or output that is not JSON, a time that is
-    not a number: a damaged or hand-edited row) raises a one-line :class:`JournalError`
+    started, ended, runtime, host, pid, version, module_file, plugin_version``, and maybe
+    ``process``).  A field whose stored value cannot be read (an input or output that is
+    not JSON, a time that is not a number: a damaged or hand-edited row) raises a one-line :class:`JournalError`
     naming the job and the field; unless not ``strict``: it is then None (the input
     ``{}``) and its reason is in :attr:`JobRecord.unreadable`."""
     data, unreadable = list(row), {}

@@ -80,6 +80,7 @@ class SQLiteJournal(BatchedWriter, Journal):
 
     FILENAME = "journal.sqlite"
     identity = sqlitefile.journal_identity  # a token kept in the file
+    _extra = None  # a job's column extra: {"process": its writer's row} (.processes)
 
     def __init__(
         self, workdir: str | None = None, filename: str | None = None, create: bool = True
@@ -118,16 +119,16 @@ class SQLiteJournal(BatchedWriter, Journal):
             processes.register(self)
 
     def check_file(self) -> None:
-        """Put the journal's file back if it was removed while this process wrote it
-        (its work directory deleted: the connection went on writing to a file nobody
-        can open again, lost at the exit): write it again, whole, from the connection.
+        """Put the journal's file back if it was removed while this process wrote it (its
+        work directory deleted: lost at the exit): write it again, whole, from the connection.
         Its ``-wal`` or ``-shm`` file removed: what the removed ``-wal`` holds goes into
         the journal file, and new connections make new ones.
-        A file replaced by another one is left alone: :class:`JournalError`.  The
-        engine calls it twice a second; :meth:`close` checks too (unless opened with
-        ``create=False``: a reader's)."""
+        A file replaced by another one is left alone: :class:`JournalError`.  The engine
+        calls it twice a second (its lock file too: :func:`.processes.keep_lock`);
+        :meth:`close` checks too (unless opened with ``create=False``)."""
         if not self._closed:
             self._check_file()
+            processes.keep_lock(self)
 
     def _check_file(self) -> None:
         with self._locked():
@@ -137,11 +138,8 @@ class SQLiteJournal(BatchedWriter, Journal):
                 if self._side_files() != self._sides:
                     self._side_files_removed()
                 return
-            if now is not None:
-                raise JournalError(
-                    f"the journal {self.path} was replaced by another file while this "
-                    f"process wrote it: what it records from now on is lost when it stops"
-                )
+            if now is not None:  # put back by another writer of it (else JournalError)
+                return sqlitefile.follow_restored(self)
             try:
                 sqlitefile.write_again(self._db, self.path)
                 self._reconnect()
@@ -180,9 +178,8 @@ class SQLiteJournal(BatchedWriter, Journal):
     def _reconnect(self) -> None:
         """New writer and reader connections to :attr:`path` (writer lock held), in place
         of those writing files that are no longer there."""
-        db = connect_writer(
-            self.path, self._guarded
-        )  # first: the old ones closing are not the last ones
+        # first: the old ones closing are not the last ones
+        db = connect_writer(self.path, self._guarded)
         with self._read_lock:
             self._db.close()
             self._reader.close()
@@ -201,7 +198,7 @@ class SQLiteJournal(BatchedWriter, Journal):
                     input TEXT, output TEXT, error TEXT,
                     submitted REAL, started REAL, ended REAL, runtime REAL,
                     host TEXT, pid INTEGER, version TEXT,
-                    module_file TEXT, plugin_version TEXT, extra TEXT)"""  # extra: unused, kept for schema 1
+                    module_file TEXT, plugin_version TEXT, extra TEXT)"""  # extra: JSON
             )
             db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)")
             current = db.execute("PRAGMA user_version").fetchone()[0]
@@ -230,8 +227,8 @@ class SQLiteJournal(BatchedWriter, Journal):
         return rows
 
     _INSERT = (
-        "INSERT INTO jobs (id, plugin, state, input, submitted, host, pid, version) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO jobs (id, plugin, state, input, submitted, host, pid, version, extra) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
 
     _HIGHEST = (
@@ -313,8 +310,8 @@ class SQLiteJournal(BatchedWriter, Journal):
 
     def _row(self, job_id: int, plugin: str, text: str, submitted: float) -> tuple:
         """The INSERT row (:attr:`_INSERT`) of a new job whose input is ``text``."""
-        plugin = utf8_text(plugin)
-        return (job_id, plugin, State.UNINITIALIZED, text, submitted, HOST, self._pid, __version__)
+        plugin, state = utf8_text(plugin), State.UNINITIALIZED  # extra: its writer's row
+        return (job_id, plugin, state, text, submitted, HOST, self._pid, __version__, self._extra)
 
     def create(self, plugin: str, input_data: dict[str, Any], submitted: float) -> int:
         rows = self._records(plugin, [input_data], submitted)
@@ -421,7 +418,7 @@ class SQLiteJournal(BatchedWriter, Journal):
 
     _COLUMNS = (
         "id, plugin, state, input, output, error, submitted, started, ended, runtime, "
-        "host, pid, version, module_file, plugin_version"
+        "host, pid, version, module_file, plugin_version, " + processes.JOB_PROCESS
     )
     _HEAD = _COLUMNS.replace("input, output", "NULL, NULL")  # get(data=False)
 

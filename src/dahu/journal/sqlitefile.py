@@ -65,6 +65,7 @@ JOB_COLUMNS = (
     "version",
     "module_file",
     "plugin_version",
+    "extra",
 )
 """The columns of the table ``jobs`` that Dahu reads and writes."""
 
@@ -287,13 +288,15 @@ def process_alive(
     since: float | None,
     gone: set[int] | None = None,
     known: Any = None,
+    process: int | None = None,
 ) -> bool:
     """Whether the process that wrote a record may still be running; ``gone``, the pids
     of this host found running no process, is looked at and added to (asked once each);
-    ``known``, the journal's :class:`~.processes.Known` (its pid namespace, its boot)."""
+    ``known``, the journal's :class:`~.processes.Known` (its pid namespace, its boot),
+    ``process`` the record's writer's row there (:data:`~.processes.JOB_PROCESS`)."""
     if host != HOST:
         return True  # another machine: cannot tell, leave its jobs alone
-    verdict = None if known is None else known.alive(pid, since)
+    verdict = None if known is None else known.alive(pid, since, process)
     if verdict is not None:  # another pid namespace, or boot: its pid tells nothing here
         return verdict
     if pid is None or (gone is not None and pid in gone):
@@ -333,13 +336,19 @@ _UNFINISHED = tuple(state for state in State.ALL if state not in State.FINAL)
 """The states a record can have before its job ends (looked up with the state index)."""
 
 
-def unfinished_owners(journal: Any) -> list[tuple[str, int, float]]:
+def unfinished_owners(journal: Any, pid: int | None = None) -> list[tuple]:
     """``(host, pid, oldest submitted)`` of each process of this host that has unfinished
-    jobs in the SQLite ``journal`` (read in the state index: no write, no scan)."""
+    jobs in the SQLite ``journal`` (read in the state index: no write, no scan); with
+    ``pid``, ``(host, pid, oldest submitted, row in processes)`` of each process of that
+    pid (two pid 1 of two containers: :data:`~.processes.JOB_PROCESS`, twice as long)."""
+    states = f"state IN ({', '.join('?' * len(_UNFINISHED))}) AND host = ?"
+    if pid is None:
+        sql = f"SELECT host, pid, MIN(submitted) FROM jobs WHERE {states} GROUP BY pid"
+        return journal._read(sql, (*_UNFINISHED, HOST))
     return journal._read(
-        f"SELECT host, pid, MIN(submitted) FROM jobs "
-        f"WHERE state IN ({', '.join('?' * len(_UNFINISHED))}) AND host = ? GROUP BY pid",
-        (*_UNFINISHED, HOST),
+        f"SELECT host, pid, MIN(submitted), {processes.JOB_PROCESS} AS process FROM jobs "
+        f"WHERE {states} AND pid = ? GROUP BY process",
+        (*_UNFINISHED, HOST, pid),
     )
 
 
@@ -350,13 +359,13 @@ def close_dead(db: Any, path: str, named: bool = False) -> tuple[list[int], dict
     and per other host how many unfinished jobs it has (left alone: their process may
     run there)."""
     rows = db.execute(  # a few seeks in the state index, not a scan of the table
-        f"SELECT id, host, pid, submitted FROM jobs "
+        f"SELECT id, host, pid, submitted, {processes.JOB_PROCESS} FROM jobs "
         f"WHERE state IN ({', '.join('?' * len(_UNFINISHED))})",
         _UNFINISHED,
     ).fetchall()
     gone: set[int] = set()  # a dead server's pid: asked once, not once a job
     known = processes.known(lambda sql, args: db.execute(sql, args).fetchall(), path)
-    dead = [r for r in rows if not process_alive(r[1], r[2], r[3], gone, known)]
+    dead = [r for r in rows if not process_alive(*r[1:4], gone, known, r[4])]
     now = time.time()
 
     def closing(job_id: int, host: str, pid: int) -> tuple:
@@ -370,6 +379,36 @@ def close_dead(db: Any, path: str, named: bool = False) -> tuple[list[int], dict
         [closing(*r[:3]) for r in dead],
     )
     return [r[0] for r in dead], dict(collections.Counter(str(r[1]) for r in rows if r[1] != HOST))
+
+
+def follow_restored(journal: Any) -> None:
+    """The file at the path of the SQLite ``journal`` (writer lock held) is another one
+    than it writes: if it is that journal written again by another process writing it
+    (its file removed: a work directory deleted under two servers), holding the newest
+    job this one sees, write that one from now on; else (another journal, another
+    program's file, an older copy of it) :class:`JournalError`."""
+    newest = "SELECT id, submitted, host, pid FROM jobs ORDER BY id DESC LIMIT 1"
+    there = mine = None
+    with contextlib.suppress(sqlite3.Error):
+        db = sqlite3.connect(f"file:{_uri_path(journal.path)}?mode=ro", uri=True, timeout=1.0)
+        try:
+            mine = journal._db.execute(newest).fetchone()
+            if mine is not None:
+                there = db.execute(f"{newest.split(' ORDER')[0]} WHERE id = ?", mine[:1]).fetchone()
+        finally:
+            db.close()
+    if mine is None or there != mine:
+        raise JournalError(
+            f"the journal {journal.path} was replaced by another file while this "
+            f"process wrote it: what it records from now on is lost when it stops"
+        )
+    journal._reconnect()
+    journal._replaced = False
+    logger.warning(
+        "journal %s was written again by another process writing it (its file removed): "
+        "this process writes that one from now on",
+        journal.path,
+    )
 
 
 def journal_token(journal: Any) -> str:
