@@ -62,7 +62,7 @@ from .client_close import (
     unsubscribe,
 )
 from .client_probe import probe
-from .client_watch import check_journal, evented, fetched, not_fetched, read_journal, watch
+from .client_watch import check_journal, fetched, not_fetched, read_journal, told, watch
 from .futures import (
     ClientClosed,
     ClientError,
@@ -399,8 +399,7 @@ class DahuClient:
                     if len(self._early) > EARLY_MAX:  # submissions may overlap for ever
                         del self._early[next(iter(self._early))]
                 return
-            if event:  # the watcher's clues: events flow, jobs passed, a failure told
-                evented(self, future, state)
+            told(self, future, state, event)  # the watcher's clues: events flow, jobs passed
             self._outcomes.put((future, state))  # which holds the client until it is read
             if not self._pending:
                 release_if_idle(self, locked=True)

@@ -23,7 +23,7 @@ logger = logging.getLogger("dahu.client")
 # a read that did not reach the server (refused, delayed by Tango, timed out)
 UNREACHED = {"API_CantConnectToDevice", "API_ServerNotRunning", "API_DeviceTimedOut"}
 
-__all__ = ["watch", "evented", "read_journal", "check_journal", "not_fetched", "fetched"]
+__all__ = ["watch", "told", "read_journal", "check_journal", "not_fetched", "fetched"]
 
 DEFAULT_CALL_TIMEOUT = 3.0
 """Seconds a call may take with no client timeout given (Tango's default)."""
@@ -115,35 +115,48 @@ def _round(client: Any, state: dict[str, float]) -> None:
             return
 
 
-def evented(client: Any, future: Any, state: str | None) -> None:
-    """An event told that ``future``'s job ended (``state``: ``success``, or None for a
-    ``jobFailure``): events flow; jobs of lower ids whose events did not come may have
-    lost them (:func:`_check_passed`); a failure told is not waited for once the server
-    has stopped (:func:`_end_told`).  Called under the client's lock."""
-    client._last_event = time.monotonic()
-    client._high_event = max(client._high_event, future.job_id)
-    future._failure_told = state is None
+def told(client: Any, future: Any, state: str | None, event: bool) -> None:
+    """``future``'s job ended (``state``: from the server, or ``success`` by a
+    ``jobSuccess`` event; None when only "not a success" is known), as an event told
+    (``event``) or the watcher found: once the server has stopped, its outcome unread, it
+    is not waited for (:func:`_end_told`).  An event also tells that events flow, and
+    that jobs of lower ids whose events did not come may have lost them
+    (:func:`_check_passed`).  Called under the client's lock."""
+    if event:
+        client._last_event = time.monotonic()
+        client._high_event = max(client._high_event, future.job_id)
+        future._told = state or State.FAILURE  # a jobFailure event: failure or aborted
+    elif state in State.FINAL:
+        future._told = state
 
 
 def _end_told(client: Any) -> None:
     """The server cannot be asked: if it has stopped for good (nothing listens at its
     address, or its device is gone: stopped by its admin device's ``Kill``, whose device
-    is gone when the events of the jobs it aborted come), the futures whose jobs a
-    ``jobFailure`` event said had ended fail now with :class:`JobAborted` instead of
-    waiting for its return, maybe for ever (their outcomes are in its journal)."""
+    is gone when the events of the jobs it aborted come), the futures whose jobs were
+    told ended fail now instead of waiting for its return, maybe for ever (their outcomes
+    are in its journal): :class:`JobAborted` for a failure told, :class:`ServerError`
+    (``Dahu_ServerStopped``) for a success whose output is unread."""
     with client._lock:
-        told = [f for f in client._pending.values() if f._failure_told]
+        ended = [f for f in client._pending.values() if f._told]
     # answered at once by a server that runs: one that does not is not known stopped
-    if not told or not stopped(client.device, min(client._patience(), 0.5)):
+    if not ended or not stopped(client.device, min(client._patience(), 0.5)):
         return
-    ended = 0
-    for future in told:
+    count = 0
+    for future in ended:
         with client._lock:
             if client._pending.get(future.job_id) is not future:
                 continue  # settled meanwhile
             del client._pending[future.job_id]
-        ended += 1
+        count += 1
         job_id = future.job_id
+        if future._told == State.SUCCESS:
+            reason = (
+                f"job {job_id} succeeded, but its server stopped before its output could "
+                f"be read: 'dahu-jobs show {job_id}' on its work directory gives it"
+            )
+            future._settle(State.SUCCESS, error=ServerError(reason, "Dahu_ServerStopped"))
+            continue
         reason = (
             f"its server stopped before its outcome could be read (aborted by the stop, "
             f"or failed just before: 'dahu-jobs show {job_id}' on its work directory says)"
@@ -152,10 +165,10 @@ def _end_told(client: Any) -> None:
     first, client._stop_seen = not getattr(client, "_stop_seen", False), True
     logger.log(  # once for a stop (the resolvers hand the jobs over a few at a time)
         logging.WARNING if first else logging.DEBUG,
-        "%s: the server has stopped: the futures of the jobs whose end an event told "
-        "fail as aborted, their outcomes unread (%d now)",
+        "%s: the server has stopped: the futures of the jobs it told ended fail, their "
+        "outcomes unread (%d now)",
         client.device,
-        ended,
+        count,
     )
 
 

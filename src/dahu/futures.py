@@ -168,7 +168,7 @@ class JobFuture(concurrent.futures.Future):
         self._cancelling = threading.Lock()
         self._patience = 0  # ms a fetch of its outcome may take (0: the client's timeout)
         self._checked: tuple[float, float] | None = None  # (next, period): client_watch
-        self._failure_told = False  # by a jobFailure event: ended, not a success
+        self._told: str | None = None  # its end as told (client_watch.told): success...
 
     def __repr__(self) -> str:
         state = _base._STATE_TO_DESCRIPTION_MAP.get(self._state, self._state.lower())
