@@ -429,6 +429,21 @@ def test_no_future_hangs_when_events_are_dropped(server):
         assert head.cancel()
 
 
+def test_a_lost_event_costs_a_second_or_two_while_no_other_event_comes(server):
+    # bug: with a long job pending and no event coming, the watcher waited for it
+    # (waitJob: the server's wait_timeout, 2 s, each round) and asked the others only at
+    # its sweeps, sweep_interval s apart: a quick job whose event was lost ended 4 to 5 s
+    # late with the default settings (here: at the sweep, 10 s on)
+    with DahuClient(server.url, poll_interval=0.2, sweep_interval=10) as dahu:
+        for subscription in dahu._subscriptions:  # no event comes
+            dahu._events_proxy.unsubscribe_event(subscription)
+        head = dahu.submit("example.sleep", t=60)
+        wait_running(head)
+        quick = dahu.submit("example.square", x=3)
+        assert quick.result(timeout=5)["result"] == 9
+        assert head.cancel()
+
+
 def test_the_watcher_outlives_a_server_it_cannot_reach_yet(server):
     # bug: a restarting server (OBJECT_NOT_EXIST while its device is not exported yet)
     # made the watcher's first DeviceProxy fail; the thread died and, without events,

@@ -17,8 +17,8 @@ and ``cancel()`` aborts the job on the server.
 
 Completion is learnt from the device's ``jobSuccess``/``jobFailure`` change events (one
 subscription each per client), read by a small pool of threads that fetch the outcome;
-a watcher thread sees to it that no future hangs when events are lost (``waitJob`` on
-the oldest pending job when no event came for a while, every pending job after an event
+a watcher thread sees to it that no future hangs when events are lost (``getJobState``
+of the pending jobs when no event came for a while, every pending job after an event
 error, all of them now and then).  ``docs/client.md`` is the reference."""
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ class DahuClient:
         3 s); ``map`` and the reading of a slow outcome allow themselves more
     :param resolvers: threads that fetch the outcome of ended jobs
     :param poll_interval: seconds without an event after which the watcher asks the
-        server (``waitJob``) about the oldest pending job
+        server about the pending jobs (``getJobState``)
     :param sweep_interval: seconds between two checks of every pending job (doubling up
         to ``max_sweep_interval`` while the checks find nothing that events missed)
 

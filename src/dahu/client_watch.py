@@ -34,8 +34,9 @@ def watch(ref: Any, proxy: tango.DeviceProxy, subscriptions: list[int]) -> None:
     reference) refers to, held only during a round; once it is collected without being
     closed, its ``subscriptions`` (made through ``proxy``) are removed.
 
-    Once no event has settled a job of ours for ``poll_interval`` s: ``waitJob`` on the
-    oldest pending job, and every ``sweep_interval`` s (doubling while nothing is found;
+    Once no event has settled a job of ours for ``poll_interval`` s: the state of the
+    oldest pending job each round, of each other one once as it becomes
+    ``poll_interval`` s old, and every ``sweep_interval`` s (doubling while nothing is found;
     back to the start when jobs are submitted) a check of every pending job, for those
     that ended behind a long one; while events flow, the state of the oldest pending job
     every ``max_sweep_interval`` s.  After an event error: a check of every pending job
@@ -95,7 +96,7 @@ def _round(client: Any, state: dict[str, float]) -> None:
             if now - max(head._since, state["head_asked"]) < client.max_sweep_interval:
                 return
             state["head_asked"] = now  # but for the oldest job, whose event may be lost
-            if _wait_head(client, head, "getJobState"):
+            if _ask_state(client, head):
                 client._suspect = True  # it was: others may have been lost too
                 continue
             return
@@ -111,7 +112,10 @@ def _round(client: Any, state: dict[str, float]) -> None:
             )
             state["next_sweep"] = time.monotonic() + state["period"]
             continue
-        if not _wait_head(client, head):
+        _check_young(client, head, now)
+        # the oldest job asked, not waited for (waitJob: the server's wait_timeout, 2 s,
+        # which put off the asking of the others: a lost event cost 4 to 5 s)
+        if not _ask_state(client, head):
             return
 
 
@@ -205,21 +209,21 @@ def _journal_ok(client: Any) -> bool:
         return False
 
 
-def _wait_head(client: Any, head: Any, command: str = "waitJob") -> bool:
-    """``waitJob`` (or ``command``) on the oldest pending job; True if it has ended."""
+def _ask_state(client: Any, future: Any) -> bool:
+    """Ask the state of ``future``'s job (``getJobState``); True if it has ended."""
     try:
-        state = _bounded(client, _command, client, command, head.job_id)
+        state = _bounded(client, _command, client, "getJobState", future.job_id)
     except ServerError:  # no answer in time, or no proxy could be made: next round
         client._journal_seen = -math.inf
         return False
     except tango.DevFailed as err:
         if err.args[0].reason == "Dahu_UnknownJob":
-            client._ended(head.job_id, None)  # the resolver reports it
+            client._ended(future.job_id, None)  # the resolver reports it
             return True
         client._journal_seen = -math.inf  # timed out, or the server is away: check it
         return False  # next round
     if state in State.FINAL:
-        client._ended(head.job_id, state)
+        client._ended(future.job_id, state)
         return True
     return False
 
@@ -244,11 +248,33 @@ def _check_passed(client: Any, now: float) -> None:
             continue
         if client._closed:
             return
-        if _wait_head(client, future, "getJobState"):
+        if _ask_state(client, future):
             found += 1
             continue
         period = min(max(2 * period, client.sweep_interval), client.max_sweep_interval)
         future._checked = time.monotonic() + period, period
+    if found:
+        logger.info("%s: %d job(s) ended without an event", client.device, found)
+
+
+def _check_young(client: Any, head: Any, now: float) -> None:
+    """No event told the client of a job for ``poll_interval`` s: ask the state of each
+    pending job but ``head`` once, as it becomes ``poll_interval`` s old (its event may
+    be the one lost: a second or two late, as when events flow, not the next sweep's
+    ``sweep_interval`` s and more); later ends are the sweeps' to find."""
+    cutoff = now - client.poll_interval
+    with client._lock:
+        young = [
+            f
+            for f in client._pending.values()
+            if f is not head and not f._asked and f._since <= cutoff
+        ]
+    found = 0
+    for future in young:
+        if client._closed:
+            return
+        future._asked = True
+        found += _ask_state(client, future)
     if found:
         logger.info("%s: %d job(s) ended without an event", client.device, found)
 
@@ -265,6 +291,7 @@ def _sweep(client: Any, forced: bool) -> int:
     for future in futures:
         if client._closed:
             break
+        future._asked = True  # (not asked again as young: _check_young)
         try:
             state = _bounded(client, _command, client, "getJobState", future.job_id)
         except (tango.DevFailed, ServerError) as err:  # no answer, or no proxy made

@@ -168,6 +168,7 @@ class JobFuture(concurrent.futures.Future):
         self._cancelling = threading.Lock()
         self._patience = 0  # ms a fetch of its outcome may take (0: the client's timeout)
         self._checked: tuple[float, float] | None = None  # (next, period): client_watch
+        self._asked = False  # its state asked by the watcher once (client_watch)
         self._told: str | None = None  # its end as told (client_watch.told): success...
 
     def __repr__(self) -> str:
