@@ -3,6 +3,7 @@ future, jobs that time out (against a real ``dahu_server`` process)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -310,6 +311,7 @@ def test_the_exit_waits_for_the_threads_of_a_closed_client_still_in_a_call(monke
     class Closed:  # a client closed, one of its threads still in a device call
         timeout = 0.5
         _threads = [threading.Thread(target=calling.wait, args=(30,), daemon=True)]
+        _in_call: dict = {}
 
         def close(self, timeout):
             pass
@@ -598,18 +600,22 @@ def test_a_map_is_split_under_the_server_s_cap_of_jobs_per_call():
 
 
 class _SlowOutputs:
-    """A proxy whose getJobOutput takes 7 s to arrive: with a shorter timeout, it times
-    out (as a large output on a busy network does)."""
+    """A proxy whose getJobOutput takes ``needed`` ms to arrive: with a shorter timeout,
+    it times out (as a large output on a busy machine or network does)."""
 
-    def __init__(self, proxy):
+    def __init__(self, proxy, needed=15_000):
         self._proxy = proxy
+        self.needed = needed
+        self.asked: list[int] = []  # the timeout of each getJobOutput, ms
 
     def __getattr__(self, name):
         return getattr(self._proxy, name)
 
     def command_inout(self, command, *args):
         millis = self._proxy.get_timeout_millis()
-        if command == "getJobOutput" and millis < 7000:
+        if command == "getJobOutput":
+            self.asked.append(millis)
+        if command == "getJobOutput" and millis < self.needed:
             raise _devfailed(
                 ("API_CorbaException", "TRANSIENT CORBA system exception: TRANSIENT_CallTimedout"),
                 ("API_DeviceTimedOut", f"Timeout ({millis} mS) exceeded, command getJobOutput"),
@@ -627,6 +633,21 @@ def test_an_output_slower_to_arrive_than_the_timeout_is_read_all_the_same(server
         future = dahu.submit("example.square", x=6)
         assert future.result(timeout=10)["result"] == 36
         assert dahu._proxy().get_timeout_millis() == 3000  # only that call had more time
+
+
+def test_a_large_output_is_read_at_the_first_try_without_a_warning(server, caplog):
+    # bug: a 100 MB output took 5 to 7 s to arrive on a busy machine, past the client's
+    # 3 s: its reading failed, with a warning that the server was away ("asked again
+    # ... until the server answers"), and was asked again: 8 to 10 s, the server
+    # encoding the output twice or three times
+    with DahuClient(server.url, poll_interval=0.1) as dahu:
+        real, slow = dahu._new_proxy, []
+        dahu._new_proxy = lambda: slow.append(_SlowOutputs(real(), needed=7000)) or slow[-1]
+        future = dahu.submit("example.square", x=6)
+        assert future.result(timeout=30)["result"] == 36
+        asked = [millis for proxy in slow for millis in proxy.asked]
+        assert asked == [10_000]  # once, allowed 10 s
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 class _Outage:

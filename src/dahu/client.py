@@ -166,7 +166,7 @@ class DahuClient:
         probe(device, self._patience())  # a stopped server: fail in its time, not 6 to 9 s
         self._events_proxy = self._new_proxy()
         self._subscriptions: list[int] = []
-        self._in_call: dict[threading.Thread, tuple[JobFuture, float]] = {}  # resolvers'
+        self._in_call: dict[threading.Thread, tuple[JobFuture, float, float]] = {}  # resolvers
         self._callers: concurrent.futures.ThreadPoolExecutor | None = None
         try:
             self._events_proxy.ping()

@@ -135,6 +135,12 @@ class ClientClosed(ClientError):
 
 
 # ---- futures ---------------------------------------------------------------------------
+OUTCOME_MILLIS = 10_000
+"""Milliseconds the first reading of a job's outcome is allowed, at least: a 100 MB
+output took 5 to 7 s to arrive on a busy machine, past Tango's 3 s (asked again then,
+allowed twice as long each time, the server encoded it each time)."""
+
+
 def _wait_time(timeout: Any) -> float | None:
     """``timeout`` for ``Future.result``: None (as long as it takes) for ``math.inf`` or
     any longer than a thread can wait (``Future`` raised ``OverflowError``)."""
@@ -166,7 +172,7 @@ class JobFuture(concurrent.futures.Future):
         self._since = time.monotonic()
         self._final_state: str | None = None
         self._cancelling = threading.Lock()
-        self._patience = 0  # ms a fetch of its outcome may take (0: the client's timeout)
+        self._patience = OUTCOME_MILLIS  # ms a fetch of its outcome may take, at least
         self._checked: tuple[float, float] | None = None  # (next, period): client_watch
         self._asked = False  # its state asked by the watcher once (client_watch)
         self._told: str | None = None  # its end as told (client_watch.told): success...
