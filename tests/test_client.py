@@ -676,6 +676,25 @@ def test_a_client_used_in_a_forked_process_says_so(client):
     assert client.submit("example.square", x=3).result(timeout=30)["result"] == 9
 
 
+@pytest.mark.parametrize("raised", [SystemExit, KeyboardInterrupt])
+def test_a_done_callback_calling_sys_exit_leaves_the_client_working(server, proxy, caplog, raised):
+    # bug: sys.exit() in a done-callback (SystemExit, not an Exception: concurrent.futures
+    # lets it through) silently ended the resolver thread running it: once every resolver
+    # had so ended, no future of the client was settled again (result() for ever)
+    def leave(future):
+        raise raised("enough")
+
+    with DahuClient(server.url, resolvers=1) as dahu:
+        first = dahu.submit("example.sleep", t=60)
+        first.add_done_callback(leave)  # pending: run by the client's resolver
+        proxy.abort(first.job_id)
+        with pytest.raises(JobAborted):
+            first.result(timeout=30)
+        assert dahu.submit("example.square", x=3).result(timeout=10)["result"] == 9
+    said = [r.getMessage() for r in caplog.records if "a done-callback raised" in r.getMessage()]
+    assert len(said) == 1 and f"job {first.job_id} " in said[0] and raised.__name__ in said[0]
+
+
 def test_close_in_a_done_callback_stops_every_thread(server):
     # bug: close() drained the stop signal meant for the thread running the callback:
     # that thread (and the client it holds) stayed blocked for ever

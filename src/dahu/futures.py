@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import numbers
 import threading
 import time
@@ -231,6 +232,27 @@ class JobFuture(concurrent.futures.Future):
                 return False
         self._invoke_callbacks()  # not holding the lock: they may cancel other futures
         return True
+
+    def _invoke_callbacks(self) -> None:
+        """Run the done-callbacks as ``Future`` does, logging what one raises; also a
+        ``SystemExit`` or ``KeyboardInterrupt`` (``sys.exit()`` in a callback), which
+        ended the client's thread running it (unless it is the main thread: raised
+        there): a client whose resolvers so ended never settled a future again."""
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except Exception:
+                _base.LOGGER.exception("exception calling callback for %r", self)
+            except BaseException as err:
+                if threading.current_thread() is threading.main_thread():
+                    raise
+                logging.getLogger("dahu.client").error(
+                    "%r: a done-callback raised %s in thread %s, which goes on (sys.exit() "
+                    "ends a thread, not the script: call it from the main thread)",
+                    self,
+                    type(err).__name__,
+                    threading.current_thread().name,
+                )
 
     def _cancel_now(self) -> bool:
         """Cancel the future as ``Future.cancel()`` does, and tell ``wait()`` and
