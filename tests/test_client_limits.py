@@ -623,7 +623,7 @@ class _SlowOutputs:
         return self._proxy.command_inout(command, *args)
 
 
-def test_an_output_slower_to_arrive_than_the_timeout_is_read_all_the_same(server):
+def test_an_output_slower_to_arrive_than_the_timeout_is_read_all_the_same(server, caplog):
     # bug: getJobOutput past the client's timeout was asked again, with the same timeout,
     # every second or so for ever: result() never returned, and the server encoded and
     # sent the whole output each time
@@ -633,6 +633,12 @@ def test_an_output_slower_to_arrive_than_the_timeout_is_read_all_the_same(server
         future = dahu.submit("example.square", x=6)
         assert future.result(timeout=10)["result"] == 36
         assert dahu._proxy().get_timeout_millis() == 3000  # only that call had more time
+    # (bug: its warning said the server was away: "... until the server answers")
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said[0].endswith(
+        "(asked again, allowed 20 s: a large output, or a server that does not answer; "
+        "a DahuClient timeout of more allows more at the first try)"
+    )
 
 
 def test_a_large_output_is_read_at_the_first_try_without_a_warning(server, caplog):

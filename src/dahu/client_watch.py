@@ -324,7 +324,16 @@ def not_fetched(client: Any, future: Any, err: ServerError) -> None:
         )
         client._unfetched += not late
         first, pending = client._unfetched == 1 and not late, len(client._pending) + 1
-    if first:
+    if first and err.reason == "API_DeviceTimedOut":  # sent too slowly, or no answer
+        logger.warning(
+            "%s: job %s: %s (asked again, allowed %g s: a large output, or a server that "
+            "does not answer; a DahuClient timeout of more allows more at the first try)",
+            client.device,
+            future.job_id,
+            err,
+            future._patience / 1000,
+        )
+    elif first:
         logger.warning(
             "%s: job %s: %s (asked again, as the outcomes of the %d pending job(s) are, "
             "until the server answers)",
