@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -219,6 +220,38 @@ def test_a_client_of_a_stopped_server_fails_in_its_timeout_freezing_nobody(serve
     )
     with DahuClient(server.url, timeout=0.5) as dahu:  # a server that answers: no change
         assert dahu.submit("example.square", x=5).result(timeout=30)["result"] == 25
+
+
+def test_a_database_that_does_not_answer_is_named_unless_another_one_does(server, monkeypatch):
+    # a database stopped by a signal made a client take minutes to fail (test_tango_db);
+    # Tango tries the next database of TANGO_HOST after a silent one: not refused then
+    with socket.socket() as silent:  # connections taken (its backlog), never answered
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        monkeypatch.setenv("TANGO_HOST", f"127.0.0.1:{port}")
+        with pytest.raises(ServerError) as info:
+            client_probe.probe("id00/dahu/1", 0.2)
+        assert str(info.value) == (
+            f"cannot connect to id00/dahu/1: its Tango database at 127.0.0.1:{port} does not "
+            f"answer (nothing within 0.2 s: is it stopped?)"
+        )
+        with socket.socket() as slow:  # answers (closes) 0.1 s after it is asked
+            slow.bind(("127.0.0.1", 0))
+            slow.listen()
+
+            def answer_late():
+                connection, _ = slow.accept()
+                with connection:
+                    connection.recv(100)
+                    time.sleep(0.1)
+
+            threading.Thread(target=answer_late, daemon=True).start()
+            second = f"127.0.0.1:{slow.getsockname()[1]}"
+            monkeypatch.setenv("TANGO_HOST", f"127.0.0.1:{port},{second}")
+            # (bug: the second one had only what the first one left of the 0.2 s)
+            assert client_probe.silent_database("id00/dahu/1", 0.2) is None
+        assert client_probe.silent_database(server.url, 0.2) is None  # no database
 
 
 def test_close_with_the_server_stopped_takes_about_the_client_s_timeout(server, monkeypatch):
