@@ -429,6 +429,21 @@ def test_no_future_hangs_when_events_are_dropped(server):
         assert head.cancel()
 
 
+def test_a_lost_event_costs_a_second_or_two_while_no_other_event_comes(server):
+    # bug: with a long job pending and no event coming, the watcher waited for it
+    # (waitJob: the server's wait_timeout, 2 s, each round) and asked the others only at
+    # its sweeps, sweep_interval s apart: a quick job whose event was lost ended 4 to 5 s
+    # late with the default settings (here: at the sweep, 10 s on)
+    with DahuClient(server.url, poll_interval=0.2, sweep_interval=10) as dahu:
+        for subscription in dahu._subscriptions:  # no event comes
+            dahu._events_proxy.unsubscribe_event(subscription)
+        head = dahu.submit("example.sleep", t=60)
+        wait_running(head)
+        quick = dahu.submit("example.square", x=3)
+        assert quick.result(timeout=5)["result"] == 9
+        assert head.cancel()
+
+
 def test_the_watcher_outlives_a_server_it_cannot_reach_yet(server):
     # bug: a restarting server (OBJECT_NOT_EXIST while its device is not exported yet)
     # made the watcher's first DeviceProxy fail; the thread died and, without events,
@@ -659,6 +674,25 @@ def test_a_client_used_in_a_forked_process_says_so(client):
         )
     )
     assert client.submit("example.square", x=3).result(timeout=30)["result"] == 9
+
+
+@pytest.mark.parametrize("raised", [SystemExit, KeyboardInterrupt])
+def test_a_done_callback_calling_sys_exit_leaves_the_client_working(server, proxy, caplog, raised):
+    # bug: sys.exit() in a done-callback (SystemExit, not an Exception: concurrent.futures
+    # lets it through) silently ended the resolver thread running it: once every resolver
+    # had so ended, no future of the client was settled again (result() for ever)
+    def leave(future):
+        raise raised("enough")
+
+    with DahuClient(server.url, resolvers=1) as dahu:
+        first = dahu.submit("example.sleep", t=60)
+        first.add_done_callback(leave)  # pending: run by the client's resolver
+        proxy.abort(first.job_id)
+        with pytest.raises(JobAborted):
+            first.result(timeout=30)
+        assert dahu.submit("example.square", x=3).result(timeout=10)["result"] == 9
+    said = [r.getMessage() for r in caplog.records if "a done-callback raised" in r.getMessage()]
+    assert len(said) == 1 and f"job {first.job_id} " in said[0] and raised.__name__ in said[0]
 
 
 def test_close_in_a_done_callback_stops_every_thread(server):

@@ -3,8 +3,10 @@ future, jobs that time out (against a real ``dahu_server`` process)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -220,6 +222,38 @@ def test_a_client_of_a_stopped_server_fails_in_its_timeout_freezing_nobody(serve
         assert dahu.submit("example.square", x=5).result(timeout=30)["result"] == 25
 
 
+def test_a_database_that_does_not_answer_is_named_unless_another_one_does(server, monkeypatch):
+    # a database stopped by a signal made a client take minutes to fail (test_tango_db);
+    # Tango tries the next database of TANGO_HOST after a silent one: not refused then
+    with socket.socket() as silent:  # connections taken (its backlog), never answered
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        monkeypatch.setenv("TANGO_HOST", f"127.0.0.1:{port}")
+        with pytest.raises(ServerError) as info:
+            client_probe.probe("id00/dahu/1", 0.2)
+        assert str(info.value) == (
+            f"cannot connect to id00/dahu/1: its Tango database at 127.0.0.1:{port} does not "
+            f"answer (nothing within 0.2 s: is it stopped?)"
+        )
+        with socket.socket() as slow:  # answers (closes) 0.1 s after it is asked
+            slow.bind(("127.0.0.1", 0))
+            slow.listen()
+
+            def answer_late():
+                connection, _ = slow.accept()
+                with connection:
+                    connection.recv(100)
+                    time.sleep(0.1)
+
+            threading.Thread(target=answer_late, daemon=True).start()
+            second = f"127.0.0.1:{slow.getsockname()[1]}"
+            monkeypatch.setenv("TANGO_HOST", f"127.0.0.1:{port},{second}")
+            # (bug: the second one had only what the first one left of the 0.2 s)
+            assert client_probe.silent_database("id00/dahu/1", 0.2) is None
+        assert client_probe.silent_database(server.url, 0.2) is None  # no database
+
+
 def test_close_with_the_server_stopped_takes_about_the_client_s_timeout(server, monkeypatch):
     # bug: close() waits for the watcher, whose call to a server stopped by a signal took
     # Tango's timeout and its 3 s of reconnection: 3.5 s with timeout=0.5, 9 s with the
@@ -310,6 +344,7 @@ def test_the_exit_waits_for_the_threads_of_a_closed_client_still_in_a_call(monke
     class Closed:  # a client closed, one of its threads still in a device call
         timeout = 0.5
         _threads = [threading.Thread(target=calling.wait, args=(30,), daemon=True)]
+        _in_call: dict = {}
 
         def close(self, timeout):
             pass
@@ -598,18 +633,22 @@ def test_a_map_is_split_under_the_server_s_cap_of_jobs_per_call():
 
 
 class _SlowOutputs:
-    """A proxy whose getJobOutput takes 7 s to arrive: with a shorter timeout, it times
-    out (as a large output on a busy network does)."""
+    """A proxy whose getJobOutput takes ``needed`` ms to arrive: with a shorter timeout,
+    it times out (as a large output on a busy machine or network does)."""
 
-    def __init__(self, proxy):
+    def __init__(self, proxy, needed=15_000):
         self._proxy = proxy
+        self.needed = needed
+        self.asked: list[int] = []  # the timeout of each getJobOutput, ms
 
     def __getattr__(self, name):
         return getattr(self._proxy, name)
 
     def command_inout(self, command, *args):
         millis = self._proxy.get_timeout_millis()
-        if command == "getJobOutput" and millis < 7000:
+        if command == "getJobOutput":
+            self.asked.append(millis)
+        if command == "getJobOutput" and millis < self.needed:
             raise _devfailed(
                 ("API_CorbaException", "TRANSIENT CORBA system exception: TRANSIENT_CallTimedout"),
                 ("API_DeviceTimedOut", f"Timeout ({millis} mS) exceeded, command getJobOutput"),
@@ -617,7 +656,7 @@ class _SlowOutputs:
         return self._proxy.command_inout(command, *args)
 
 
-def test_an_output_slower_to_arrive_than_the_timeout_is_read_all_the_same(server):
+def test_an_output_slower_to_arrive_than_the_timeout_is_read_all_the_same(server, caplog):
     # bug: getJobOutput past the client's timeout was asked again, with the same timeout,
     # every second or so for ever: result() never returned, and the server encoded and
     # sent the whole output each time
@@ -627,6 +666,27 @@ def test_an_output_slower_to_arrive_than_the_timeout_is_read_all_the_same(server
         future = dahu.submit("example.square", x=6)
         assert future.result(timeout=10)["result"] == 36
         assert dahu._proxy().get_timeout_millis() == 3000  # only that call had more time
+    # (bug: its warning said the server was away: "... until the server answers")
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said[0].endswith(
+        "(asked again, allowed 20 s: a large output, or a server that does not answer; "
+        "a DahuClient timeout of more allows more at the first try)"
+    )
+
+
+def test_a_large_output_is_read_at_the_first_try_without_a_warning(server, caplog):
+    # bug: a 100 MB output took 5 to 7 s to arrive on a busy machine, past the client's
+    # 3 s: its reading failed, with a warning that the server was away ("asked again
+    # ... until the server answers"), and was asked again: 8 to 10 s, the server
+    # encoding the output twice or three times
+    with DahuClient(server.url, poll_interval=0.1) as dahu:
+        real, slow = dahu._new_proxy, []
+        dahu._new_proxy = lambda: slow.append(_SlowOutputs(real(), needed=7000)) or slow[-1]
+        future = dahu.submit("example.square", x=6)
+        assert future.result(timeout=30)["result"] == 36
+        asked = [millis for proxy in slow for millis in proxy.asked]
+        assert asked == [10_000]  # once, allowed 10 s
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 class _Outage:

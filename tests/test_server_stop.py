@@ -21,7 +21,7 @@ import tango
 from dahu import server, server_events, server_settings
 from dahu.app import localserver
 from dahu.app.localserver import LocalServer, free_port
-from dahu.client import DahuClient, JobAborted
+from dahu.client import DahuClient, JobAborted, ServerError
 
 from .conftest import TROUBLE_PLUGINS, finish, wait_for_file
 
@@ -133,7 +133,18 @@ def test_a_server_killed_through_its_admin_device_still_pushes_the_events(
     assert local.port != port and f":{local.port}/" in local.url
     failures = Failures(proxy)
     client = DahuClient(local.url, timeout=1)
+    held = DahuClient(local.url, timeout=1, resolvers=1)  # its resolver kept busy below
+    gate = threading.Event()
     try:
+        first = held.submit("example.sleep", {"t": 600})
+        first.add_done_callback(lambda _: gate.wait(30))
+        running(proxy, first.job_id)
+        proxy.abort(first.job_id)  # its callback holds the only resolver of held
+        done = held.submit("example.square", {"x": 2})
+        deadline = time.monotonic() + 20
+        while held.pending:  # its success told; its output not read yet
+            assert time.monotonic() < deadline, "the success of the job was never told"
+            time.sleep(0.01)
         sleeping = proxy.startJob(["example.sleep", '{"t": 600}'])
         queued = proxy.startJob(["example.sleep", '{"t": 600}'])
         futures = client.map("example.sleep", [{"t": 600}] * 30)
@@ -147,9 +158,24 @@ def test_a_server_killed_through_its_admin_device_still_pushes_the_events(
         for future in futures:
             with pytest.raises(JobAborted, match="its server stopped before its outcome"):
                 future.result(timeout=20)
-        said = [r for r in caplog.records if "the server has stopped" in r.getMessage()]
-        assert [r.levelname for r in said if r.levelname != "DEBUG"] == ["WARNING"]
+        # bug: a job whose success was told, its output not read when the server went
+        # away, waited for the server's return, for ever: it fails, saying where it is
+        gate.set()
+        with pytest.raises(ServerError, match="succeeded, but its server stopped") as err:
+            done.result(timeout=20)
+        assert err.value.reason == "Dahu_ServerStopped" and done.state == "success"
+        assert f"'dahu-jobs show {done.job_id}'" in str(err.value)
+        deadline = time.monotonic() + 20  # one warning per client (logged once settled)
+        while True:
+            said = [r for r in caplog.records if "the server has stopped" in r.getMessage()]
+            said = [r.levelname for r in said if r.levelname != "DEBUG"]
+            if len(said) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert said == ["WARNING"] * 2
     finally:
+        gate.set()
+        held.close()
         client.close()
         local.stop()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import tango
 
+from dahu import client_probe
 from dahu.app.localserver import free_port
 from dahu.client import DahuClient, ServerError
 
@@ -28,6 +29,7 @@ from .conftest import wait_stopped
 
 BIN = Path(sys.executable).parent
 INSTANCE = "dbtest"
+DATABASES: dict[str, subprocess.Popen] = {}  # TANGO_HOST -> the database's process
 DEVICE = "id00/dahu/dbtest"
 
 PLUGIN = '''\
@@ -92,9 +94,11 @@ def database(tmp_path):
             pytest.fail("the Tango database did not answer within 60 s")
     else:
         pytest.fail(f"the Tango database did not start: {log.read_text()[-2000:]}")
+    DATABASES[f"127.0.0.1:{port}"] = proc
     try:
         yield f"127.0.0.1:{port}"
     finally:
+        DATABASES.pop(f"127.0.0.1:{port}", None)
         proc.terminate()
         try:
             proc.wait(20)
@@ -126,7 +130,7 @@ def finish(proxy: tango.DeviceProxy, job_id: int) -> str:
     return state
 
 
-def test_register_then_serve_by_name_then_stop_cleanly(database, tmp_path):
+def test_register_then_serve_by_name_then_stop_cleanly(database, tmp_path, monkeypatch):
     env = dict(os.environ, TANGO_HOST=database)
     plugins = tmp_path / "plugins"
     plugins.mkdir()
@@ -198,6 +202,30 @@ def test_register_then_serve_by_name_then_stop_cleanly(database, tmp_path):
         assert took < 2.0, took
         assert str(info.value).startswith(f"cannot connect to {url}: its server at ")
         assert info.value.reason == "API_DeviceTimedOut"
+        # bug: a client of a device whose Tango database was stopped by a signal took
+        # minutes to fail (66 s with timeout=0.5, 229 s with the default, on a loaded
+        # machine: each proxy it made waited for the database two or three times over)
+        stopped_db = DATABASES[database]
+        stopped_db.send_signal(signal.SIGSTOP)
+        try:
+            wait_stopped(stopped_db.pid)
+            started = time.monotonic()
+            with pytest.raises(ServerError) as info:
+                DahuClient(url, timeout=0.5)
+            took = time.monotonic() - started
+            monkeypatch.setenv("TANGO_HOST", database)  # a name alone: TANGO_HOST's
+            with pytest.raises(ServerError, match=f"its Tango database at {database} does"):
+                client_probe.probe(DEVICE, 0.5)
+        finally:
+            stopped_db.send_signal(signal.SIGCONT)
+        assert took < 2.0, took
+        assert str(info.value) == (
+            f"cannot connect to {url}: its Tango database at {database} does not answer "
+            f"(nothing within 0.5 s: is it stopped?)"
+        )
+        assert info.value.reason == "API_DeviceTimedOut"
+        with DahuClient(url, timeout=5) as dahu:  # the database answers again
+            assert dahu.job(job_id).result(timeout=30)["result"] == "hello tango"
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
     finally:

@@ -17,8 +17,8 @@ and ``cancel()`` aborts the job on the server.
 
 Completion is learnt from the device's ``jobSuccess``/``jobFailure`` change events (one
 subscription each per client), read by a small pool of threads that fetch the outcome;
-a watcher thread sees to it that no future hangs when events are lost (``waitJob`` on
-the oldest pending job when no event came for a while, every pending job after an event
+a watcher thread sees to it that no future hangs when events are lost (``getJobState``
+of the pending jobs when no event came for a while, every pending job after an event
 error, all of them now and then).  ``docs/client.md`` is the reference."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from .client_close import (
     unsubscribe,
 )
 from .client_probe import probe
-from .client_watch import check_journal, evented, fetched, not_fetched, read_journal, watch
+from .client_watch import check_journal, fetched, not_fetched, read_journal, told, watch
 from .futures import (
     ClientClosed,
     ClientError,
@@ -119,7 +119,7 @@ class DahuClient:
         3 s); ``map`` and the reading of a slow outcome allow themselves more
     :param resolvers: threads that fetch the outcome of ended jobs
     :param poll_interval: seconds without an event after which the watcher asks the
-        server (``waitJob``) about the oldest pending job
+        server about the pending jobs (``getJobState``)
     :param sweep_interval: seconds between two checks of every pending job (doubling up
         to ``max_sweep_interval`` while the checks find nothing that events missed)
 
@@ -166,7 +166,7 @@ class DahuClient:
         probe(device, self._patience())  # a stopped server: fail in its time, not 6 to 9 s
         self._events_proxy = self._new_proxy()
         self._subscriptions: list[int] = []
-        self._in_call: dict[threading.Thread, tuple[JobFuture, float]] = {}  # resolvers'
+        self._in_call: dict[threading.Thread, tuple[JobFuture, float, float]] = {}  # resolvers
         self._callers: concurrent.futures.ThreadPoolExecutor | None = None
         try:
             self._events_proxy.ping()
@@ -399,8 +399,7 @@ class DahuClient:
                     if len(self._early) > EARLY_MAX:  # submissions may overlap for ever
                         del self._early[next(iter(self._early))]
                 return
-            if event:  # the watcher's clues: events flow, jobs passed, a failure told
-                evented(self, future, state)
+            told(self, future, state, event)  # the watcher's clues: events flow, jobs passed
             self._outcomes.put((future, state))  # which holds the client until it is read
             if not self._pending:
                 release_if_idle(self, locked=True)

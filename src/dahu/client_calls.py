@@ -265,8 +265,9 @@ def _close_all() -> None:
     # finalizes kills the process (SIGABRT, "terminate called without an active
     # exception"): a server stopped by a signal holds a call for two or three timeouts
     # and Tango's 3 s of reconnection; wait for them
-    for client in list(_open):
-        deadline = time.monotonic() + 3 * patience(client) + 2 * TANGO_TIMEOUT
+    for client in list(_open):  # (an outcome's reading may be allowed longer)
+        longest = max([patience(client)] + [c[2] for c in list(client._in_call.values())])
+        deadline = time.monotonic() + 3 * longest + 2 * TANGO_TIMEOUT
         for thread in client._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
     deadline = time.monotonic() + 3 * TANGO_TIMEOUT  # (their client's timeout is gone)

@@ -40,11 +40,13 @@ SLICE = 0.1  # s: how often close() looks whether a thread it waits for entered 
 def resolver_call(client: Any, future: Any, millis: int, function: Any, *args: Any) -> Any:
     """``function(*args)``, a device call of a resolver thread fetching ``future``'s
     outcome (allowed ``millis`` ms if more than the client's timeout): :func:`close` waits
-    for it as long as the call may take, not Tango's two or three timeouts and 3 s of
-    reconnection, then fails ``future`` with ``ClientClosed`` (its answer is dropped)."""
+    for it no longer than the client's timeout (an outcome's longer allowance neither),
+    not Tango's two or three timeouts and 3 s of reconnection, then fails ``future``
+    with ``ClientClosed`` (its answer is dropped); the exit waits for it (its thread in
+    a Tango call as Python finalizes kills the process) as long as it may take."""
     thread = threading.current_thread()
-    span = max(patience(client), millis / 1000) + GRACE
-    client._in_call[thread] = (future, time.monotonic() + span)
+    span = max(patience(client), millis / 1000)
+    client._in_call[thread] = (future, time.monotonic() + patience(client) + GRACE, span)
     try:
         return function(*args)
     finally:
@@ -161,7 +163,7 @@ def close(client: Any, timeout: float = 10.0) -> None:
             if end <= time.monotonic():
                 break
             thread.join(max(0.0, min(SLICE, end - time.monotonic())))
-    for future, _ in list(client._in_call.values()):  # calls not answered in their time
+    for future, *_ in list(client._in_call.values()):  # calls not answered in their time
         future._settle(None, error=client._closed_error(future))
     # outcomes fetched by nobody: their futures must not hang either
     while True:

@@ -4,11 +4,13 @@ stopped by a signal (or swapping) held it 3 s, then the first call took Tango's
 reconnection: a client took 6 to 9 s to fail, every thread of the process frozen for
 3 s of them.  The question is a GIOP ``LocateRequest`` on a plain socket (no lock held
 while it waits), which a CORBA server answers at once from its own threads, whatever
-its device is doing; see ``docs/client.md``.
+its device is doing; see ``docs/client.md``.  The device's Tango database is asked so
+first (a stopped one made each proxy wait for it: minutes).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import struct
@@ -19,7 +21,7 @@ import tango
 
 from .futures import ServerError
 
-__all__ = ["probe", "address", "answers", "stopped"]
+__all__ = ["probe", "address", "answers", "stopped", "silent_database"]
 
 # [tango://][host:port/]domain/family/member[#dbase=no]; an alias is not probed
 _NAME = re.compile(r"(?:tango://)?(?:([^/:#]+):(\d+)/)?([^/#]+/[^/#]+/[^/#]+)(#dbase=no)?", re.I)
@@ -28,6 +30,7 @@ LOCATE_REPLY = 4  # a GIOP message type
 UNKNOWN_OBJECT = 0  # a LocateReply's status: the server has no such object
 REFUSED = "refused"  # nothing listens at the address
 UNEXPORTED = "unexported"  # the database's record of a device no server serves
+DATABASE_KEY = b"database"  # the object key of a Tango database server
 
 
 def probe(device: str, seconds: float) -> None:
@@ -35,6 +38,12 @@ def probe(device: str, seconds: float) -> None:
     reached but answers nothing within ``seconds``.  Anything else (no such device, a
     refused connection, a name that cannot be resolved) is left to Tango, which says it
     as it makes the proxy."""
+    if silent := silent_database(device, seconds):
+        raise ServerError(
+            f"cannot connect to {device}: its Tango database at {silent} does not answer "
+            f"(nothing within {seconds:g} s: is it stopped?)",
+            "API_DeviceTimedOut",
+        )
     where = address(device)
     if where is not None and answers(*where, seconds) is False:
         host, port, _ = where
@@ -43,6 +52,28 @@ def probe(device: str, seconds: float) -> None:
             f"(nothing within {seconds:g} s: is it stopped?)",
             "API_DeviceTimedOut",
         )
+
+
+def silent_database(device: str, seconds: float) -> str | None:
+    """The address of the Tango database of ``device`` (``HOST:PORT``; those of
+    ``TANGO_HOST``, comma-separated, for a name without one) when it is reached but
+    none answers a ``LocateRequest`` within ``seconds`` (stopped by a signal, swapping):
+    cppTango's calls to it wait its timeout two or three times over, for each proxy
+    made (a ``DahuClient`` took minutes to fail).  None otherwise (no database, one
+    that answers or cannot be reached: Tango says it)."""
+    match = _NAME.fullmatch(device)
+    if match is None or match.group(4):  # an alias (Tango's to find), or no database
+        return None
+    host, port = match.group(1, 2)
+    found = [(host, int(port))] if host else []
+    for item in [] if host else os.environ.get("TANGO_HOST", "").split(","):
+        name, _, number = item.strip().rpartition(":")
+        if name and number.isdigit():
+            found.append((name, int(number)))
+    for name, number in found:  # each its time: Tango tries the next after a silent one
+        if _locate(name, number, DATABASE_KEY, seconds) is not False:
+            return None
+    return ",".join(f"{name}:{number}" for name, number in found) or None
 
 
 def address(device: str) -> tuple[str, int, bytes] | None:
@@ -75,7 +106,10 @@ def stopped(device: str, seconds: float) -> bool:
     address any more, its server answers that it has no such object (stopped by the
     admin device's ``Kill``, it deletes its device before it ends), or the database
     records the device as not exported.  False while it cannot be told (no answer within
-    ``seconds``: a server stopped by a signal, swapping; a host that cannot be reached)."""
+    ``seconds``: a server stopped by a signal, swapping; a host that cannot be reached;
+    a database that does not answer)."""
+    if silent_database(device, seconds):
+        return False
     where = _record(device)
     if where is None or where == UNEXPORTED:
         return where == UNEXPORTED

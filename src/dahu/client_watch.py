@@ -23,7 +23,7 @@ logger = logging.getLogger("dahu.client")
 # a read that did not reach the server (refused, delayed by Tango, timed out)
 UNREACHED = {"API_CantConnectToDevice", "API_ServerNotRunning", "API_DeviceTimedOut"}
 
-__all__ = ["watch", "evented", "read_journal", "check_journal", "not_fetched", "fetched"]
+__all__ = ["watch", "told", "read_journal", "check_journal", "not_fetched", "fetched"]
 
 DEFAULT_CALL_TIMEOUT = 3.0
 """Seconds a call may take with no client timeout given (Tango's default)."""
@@ -34,8 +34,9 @@ def watch(ref: Any, proxy: tango.DeviceProxy, subscriptions: list[int]) -> None:
     reference) refers to, held only during a round; once it is collected without being
     closed, its ``subscriptions`` (made through ``proxy``) are removed.
 
-    Once no event has settled a job of ours for ``poll_interval`` s: ``waitJob`` on the
-    oldest pending job, and every ``sweep_interval`` s (doubling while nothing is found;
+    Once no event has settled a job of ours for ``poll_interval`` s: the state of the
+    oldest pending job each round, of each other one once as it becomes
+    ``poll_interval`` s old, and every ``sweep_interval`` s (doubling while nothing is found;
     back to the start when jobs are submitted) a check of every pending job, for those
     that ended behind a long one; while events flow, the state of the oldest pending job
     every ``max_sweep_interval`` s.  After an event error: a check of every pending job
@@ -95,7 +96,7 @@ def _round(client: Any, state: dict[str, float]) -> None:
             if now - max(head._since, state["head_asked"]) < client.max_sweep_interval:
                 return
             state["head_asked"] = now  # but for the oldest job, whose event may be lost
-            if _wait_head(client, head, "getJobState"):
+            if _ask_state(client, head):
                 client._suspect = True  # it was: others may have been lost too
                 continue
             return
@@ -111,39 +112,55 @@ def _round(client: Any, state: dict[str, float]) -> None:
             )
             state["next_sweep"] = time.monotonic() + state["period"]
             continue
-        if not _wait_head(client, head):
+        _check_young(client, head, now)
+        # the oldest job asked, not waited for (waitJob: the server's wait_timeout, 2 s,
+        # which put off the asking of the others: a lost event cost 4 to 5 s)
+        if not _ask_state(client, head):
             return
 
 
-def evented(client: Any, future: Any, state: str | None) -> None:
-    """An event told that ``future``'s job ended (``state``: ``success``, or None for a
-    ``jobFailure``): events flow; jobs of lower ids whose events did not come may have
-    lost them (:func:`_check_passed`); a failure told is not waited for once the server
-    has stopped (:func:`_end_told`).  Called under the client's lock."""
-    client._last_event = time.monotonic()
-    client._high_event = max(client._high_event, future.job_id)
-    future._failure_told = state is None
+def told(client: Any, future: Any, state: str | None, event: bool) -> None:
+    """``future``'s job ended (``state``: from the server, or ``success`` by a
+    ``jobSuccess`` event; None when only "not a success" is known), as an event told
+    (``event``) or the watcher found: once the server has stopped, its outcome unread, it
+    is not waited for (:func:`_end_told`).  An event also tells that events flow, and
+    that jobs of lower ids whose events did not come may have lost them
+    (:func:`_check_passed`).  Called under the client's lock."""
+    if event:
+        client._last_event = time.monotonic()
+        client._high_event = max(client._high_event, future.job_id)
+        future._told = state or State.FAILURE  # a jobFailure event: failure or aborted
+    elif state in State.FINAL:
+        future._told = state
 
 
 def _end_told(client: Any) -> None:
     """The server cannot be asked: if it has stopped for good (nothing listens at its
     address, or its device is gone: stopped by its admin device's ``Kill``, whose device
-    is gone when the events of the jobs it aborted come), the futures whose jobs a
-    ``jobFailure`` event said had ended fail now with :class:`JobAborted` instead of
-    waiting for its return, maybe for ever (their outcomes are in its journal)."""
+    is gone when the events of the jobs it aborted come), the futures whose jobs were
+    told ended fail now instead of waiting for its return, maybe for ever (their outcomes
+    are in its journal): :class:`JobAborted` for a failure told, :class:`ServerError`
+    (``Dahu_ServerStopped``) for a success whose output is unread."""
     with client._lock:
-        told = [f for f in client._pending.values() if f._failure_told]
+        ended = [f for f in client._pending.values() if f._told]
     # answered at once by a server that runs: one that does not is not known stopped
-    if not told or not stopped(client.device, min(client._patience(), 0.5)):
+    if not ended or not stopped(client.device, min(client._patience(), 0.5)):
         return
-    ended = 0
-    for future in told:
+    count = 0
+    for future in ended:
         with client._lock:
             if client._pending.get(future.job_id) is not future:
                 continue  # settled meanwhile
             del client._pending[future.job_id]
-        ended += 1
+        count += 1
         job_id = future.job_id
+        if future._told == State.SUCCESS:
+            reason = (
+                f"job {job_id} succeeded, but its server stopped before its output could "
+                f"be read: 'dahu-jobs show {job_id}' on its work directory gives it"
+            )
+            future._settle(State.SUCCESS, error=ServerError(reason, "Dahu_ServerStopped"))
+            continue
         reason = (
             f"its server stopped before its outcome could be read (aborted by the stop, "
             f"or failed just before: 'dahu-jobs show {job_id}' on its work directory says)"
@@ -152,10 +169,10 @@ def _end_told(client: Any) -> None:
     first, client._stop_seen = not getattr(client, "_stop_seen", False), True
     logger.log(  # once for a stop (the resolvers hand the jobs over a few at a time)
         logging.WARNING if first else logging.DEBUG,
-        "%s: the server has stopped: the futures of the jobs whose end an event told "
-        "fail as aborted, their outcomes unread (%d now)",
+        "%s: the server has stopped: the futures of the jobs it told ended fail, their "
+        "outcomes unread (%d now)",
         client.device,
-        ended,
+        count,
     )
 
 
@@ -192,21 +209,21 @@ def _journal_ok(client: Any) -> bool:
         return False
 
 
-def _wait_head(client: Any, head: Any, command: str = "waitJob") -> bool:
-    """``waitJob`` (or ``command``) on the oldest pending job; True if it has ended."""
+def _ask_state(client: Any, future: Any) -> bool:
+    """Ask the state of ``future``'s job (``getJobState``); True if it has ended."""
     try:
-        state = _bounded(client, _command, client, command, head.job_id)
+        state = _bounded(client, _command, client, "getJobState", future.job_id)
     except ServerError:  # no answer in time, or no proxy could be made: next round
         client._journal_seen = -math.inf
         return False
     except tango.DevFailed as err:
         if err.args[0].reason == "Dahu_UnknownJob":
-            client._ended(head.job_id, None)  # the resolver reports it
+            client._ended(future.job_id, None)  # the resolver reports it
             return True
         client._journal_seen = -math.inf  # timed out, or the server is away: check it
         return False  # next round
     if state in State.FINAL:
-        client._ended(head.job_id, state)
+        client._ended(future.job_id, state)
         return True
     return False
 
@@ -231,11 +248,33 @@ def _check_passed(client: Any, now: float) -> None:
             continue
         if client._closed:
             return
-        if _wait_head(client, future, "getJobState"):
+        if _ask_state(client, future):
             found += 1
             continue
         period = min(max(2 * period, client.sweep_interval), client.max_sweep_interval)
         future._checked = time.monotonic() + period, period
+    if found:
+        logger.info("%s: %d job(s) ended without an event", client.device, found)
+
+
+def _check_young(client: Any, head: Any, now: float) -> None:
+    """No event told the client of a job for ``poll_interval`` s: ask the state of each
+    pending job but ``head`` once, as it becomes ``poll_interval`` s old (its event may
+    be the one lost: a second or two late, as when events flow, not the next sweep's
+    ``sweep_interval`` s and more); later ends are the sweeps' to find."""
+    cutoff = now - client.poll_interval
+    with client._lock:
+        young = [
+            f
+            for f in client._pending.values()
+            if f is not head and not f._asked and f._since <= cutoff
+        ]
+    found = 0
+    for future in young:
+        if client._closed:
+            return
+        future._asked = True
+        found += _ask_state(client, future)
     if found:
         logger.info("%s: %d job(s) ended without an event", client.device, found)
 
@@ -252,6 +291,7 @@ def _sweep(client: Any, forced: bool) -> int:
     for future in futures:
         if client._closed:
             break
+        future._asked = True  # (not asked again as young: _check_young)
         try:
             state = _bounded(client, _command, client, "getJobState", future.job_id)
         except (tango.DevFailed, ServerError) as err:  # no answer, or no proxy made
@@ -284,7 +324,16 @@ def not_fetched(client: Any, future: Any, err: ServerError) -> None:
         )
         client._unfetched += not late
         first, pending = client._unfetched == 1 and not late, len(client._pending) + 1
-    if first:
+    if first and err.reason == "API_DeviceTimedOut":  # sent too slowly, or no answer
+        logger.warning(
+            "%s: job %s: %s (asked again, allowed %g s: a large output, or a server that "
+            "does not answer; a DahuClient timeout of more allows more at the first try)",
+            client.device,
+            future.job_id,
+            err,
+            future._patience / 1000,
+        )
+    elif first:
         logger.warning(
             "%s: job %s: %s (asked again, as the outcomes of the %d pending job(s) are, "
             "until the server answers)",

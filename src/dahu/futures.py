@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import numbers
 import threading
 import time
@@ -135,6 +136,12 @@ class ClientClosed(ClientError):
 
 
 # ---- futures ---------------------------------------------------------------------------
+OUTCOME_MILLIS = 10_000
+"""Milliseconds the first reading of a job's outcome is allowed, at least: a 100 MB
+output took 5 to 7 s to arrive on a busy machine, past Tango's 3 s (asked again then,
+allowed twice as long each time, the server encoded it each time)."""
+
+
 def _wait_time(timeout: Any) -> float | None:
     """``timeout`` for ``Future.result``: None (as long as it takes) for ``math.inf`` or
     any longer than a thread can wait (``Future`` raised ``OverflowError``)."""
@@ -166,9 +173,10 @@ class JobFuture(concurrent.futures.Future):
         self._since = time.monotonic()
         self._final_state: str | None = None
         self._cancelling = threading.Lock()
-        self._patience = 0  # ms a fetch of its outcome may take (0: the client's timeout)
+        self._patience = OUTCOME_MILLIS  # ms a fetch of its outcome may take, at least
         self._checked: tuple[float, float] | None = None  # (next, period): client_watch
-        self._failure_told = False  # by a jobFailure event: ended, not a success
+        self._asked = False  # its state asked by the watcher once (client_watch)
+        self._told: str | None = None  # its end as told (client_watch.told): success...
 
     def __repr__(self) -> str:
         state = _base._STATE_TO_DESCRIPTION_MAP.get(self._state, self._state.lower())
@@ -224,6 +232,27 @@ class JobFuture(concurrent.futures.Future):
                 return False
         self._invoke_callbacks()  # not holding the lock: they may cancel other futures
         return True
+
+    def _invoke_callbacks(self) -> None:
+        """Run the done-callbacks as ``Future`` does, logging what one raises; also a
+        ``SystemExit`` or ``KeyboardInterrupt`` (``sys.exit()`` in a callback), which
+        ended the client's thread running it (unless it is the main thread: raised
+        there): a client whose resolvers so ended never settled a future again."""
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except Exception:
+                _base.LOGGER.exception("exception calling callback for %r", self)
+            except BaseException as err:
+                if threading.current_thread() is threading.main_thread():
+                    raise
+                logging.getLogger("dahu.client").error(
+                    "%r: a done-callback raised %s in thread %s, which goes on (sys.exit() "
+                    "ends a thread, not the script: call it from the main thread)",
+                    self,
+                    type(err).__name__,
+                    threading.current_thread().name,
+                )
 
     def _cancel_now(self) -> bool:
         """Cancel the future as ``Future.cancel()`` does, and tell ``wait()`` and
