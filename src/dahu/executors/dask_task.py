@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from ..errors import DahuError
 from ..factory import BUILTIN_PLUGIN_DIR, Factory, plugin_factory
 from ..journal.reader import reading, use_reader
 from ..states import State
@@ -70,13 +71,45 @@ def _prepare_worker(workdir: str, plugin_dirs: list[str]) -> None:
                 plugin_factory.add_directory(directory, first=True)
 
 
-def _foreign_module(plugin_name: str) -> str | None:
+class _ServerFactory(Factory):
+    """The factory of one server's jobs on this worker: its directories first, whatever
+    another server's task here does meanwhile; a module of the plugin's name loaded from
+    another server's directory is refused, checked once the class is had (another task
+    of this worker may have loaded it meanwhile).  Until 2026-11-30 the tasks shared the
+    worker's factory, each putting its own server's directories first: on a worker of
+    several threads a job could load the other server's module of that name, and end a
+    ``success`` with that plugin's output."""
+
+    def __call__(self, plugin_name: str) -> Any:
+        klass = self.get_class(plugin_name)
+        foreign = _foreign_module(plugin_name, self)
+        if foreign is not None:
+            raise DahuError(foreign)
+        return klass()
+
+
+_factories: dict[tuple[str, ...], _ServerFactory] = {}  # by a server's plugin directories
+
+
+def _server_factory(plugin_dirs: list[str]) -> _ServerFactory:
+    """The factory of the jobs of the server of ``plugin_dirs`` (made once)."""
+    with _configure_lock:
+        factory = _factories.get(tuple(plugin_dirs))
+        if factory is None:
+            factory = _factories[tuple(plugin_dirs)] = _ServerFactory()
+            for directory in reversed(plugin_dirs):
+                if directory != BUILTIN_PLUGIN_DIR:
+                    factory.add_directory(directory, first=True)
+        return factory
+
+
+def _foreign_module(plugin_name: str, factory: Factory = plugin_factory) -> str | None:
     """Why the plugin ``plugin_name`` cannot run on this worker: its module is loaded here
     from another file than its server's plugin directories give (another server's module
     of that name: until 2026-11-30 it ran, and its output was the job's); else None."""
     module_name = plugin_name.lower().split(".", 1)[0] if isinstance(plugin_name, str) else ""
     loaded = getattr(Factory.modules.get(module_name), "__file__", None)
-    expected = plugin_factory._module_path(module_name) if loaded else None
+    expected = factory._module_path(module_name) if loaded else None
     if not loaded or not expected:
         return None
     if os.path.basename(loaded) == "__init__.py":  # a package: its directory
@@ -117,7 +150,8 @@ def run_task(
     from distributed import Event, get_client, get_worker
 
     _prepare_worker(workdir, plugin_dirs)
-    foreign = _foreign_module(plugin_name)
+    factory = _server_factory(plugin_dirs)
+    foreign = _foreign_module(plugin_name, factory)
     if foreign is not None:
         now = time.time()
         return outcome_message(Outcome(State.FAILURE, {}, foreign, now, now), job_id)
@@ -137,7 +171,7 @@ def run_task(
         plugin_name,
         input_data,
         job_id,
-        factory=plugin_factory,
+        factory=factory,
         waiting=lambda: _seceded(execution),
         profile_dir=workdir,
         on_plugin=plugin_loaded,

@@ -1,0 +1,124 @@
+"""A Dask worker of several threads that two servers share (``dask worker --nthreads 2``
+on a scheduler of production and test servers, or of two beamlines).
+
+One cluster for the module: a scheduler and one worker process of two threads.
+"""
+
+import time
+
+import dask
+import pytest
+
+import dahu.engine
+from dahu.engine import Engine
+from dahu.executors.cluster import DaskExecutor
+from dahu.factory import Factory
+from dahu.job import Job
+from dahu.journal.memory import MemoryJournal
+
+from .conftest import wait_for_file
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    from distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):  # as advised
+        cluster = LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
+        )
+    client = Client(cluster)
+    yield cluster.scheduler_address, client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture
+def servers(scheduler, tmp_path):
+    """Two servers on that scheduler, each with its plugin directory (``a``, ``b``)."""
+    previous = dahu.engine.core._current
+    made = {}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        factory = Factory(plugin_path=[str(tmp_path / name)])
+        executor = DaskExecutor(scheduler=scheduler[0], abort_grace=0.2)
+        made[name] = Engine(
+            str(tmp_path / name / "work"), MemoryJournal(), executor, factory=factory
+        )
+    yield made
+    for engine in made.values():
+        engine.executor.shutdown(wait=True, timeout=30)
+    if previous is not None:
+        dahu.engine.activate(previous)
+
+
+def start(engine, name, data):
+    dahu.engine.activate(engine)
+    job = Job(name, data)
+    job.start()
+    return job
+
+
+TWIN = """
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+if HOLD:  # its import waits for the file ``go``
+    open(HOLD + ".importing", "w").close()
+    while not os.path.exists(HOLD + ".go"):
+        time.sleep(0.01)
+
+
+@register
+class Which(Plugin):
+    def process(self):
+        self.output["whose"] = WHOSE
+"""
+
+
+def test_a_job_never_runs_the_other_server_s_module_loaded_by_another_thread(
+    scheduler, servers, tmp_path
+):
+    # bug: on a worker of two threads, a server's job whose module of that name the other
+    # server's job was loading meanwhile (from its own directory) ran the other server's
+    # plugin, and was a "success" with its output
+    hold = str(tmp_path / "hold")
+    for name, holds in (("a", hold), ("b", "")):
+        module = f"HOLD = {holds!r}\nWHOSE = {name!r}\n" + TWIN
+        (tmp_path / name / "twin_shared.py").write_text(module)
+    first = start(servers["a"], "twin_shared.which", {})
+    wait_for_file(tmp_path / "hold.importing")  # a's module is being imported
+    second = start(servers["b"], "twin_shared.which", {})
+
+    def loading(dask_worker=None):  # the worker's threads loading a plugin now
+        import sys
+
+        return sum(
+            any(f.f_code.co_name == "search_plugin" for f in _stack(frame))
+            for frame in sys._current_frames().values()
+        )
+
+    def _stack(frame):
+        while frame is not None:
+            yield frame
+            frame = frame.f_back
+
+    client = scheduler[1]
+    deadline = time.monotonic() + 30
+    while 2 not in client.run(loading).values():  # b's job waits for a's import
+        assert time.monotonic() < deadline, "b's job never began to load its plugin"
+        time.sleep(0.01)
+    (tmp_path / "hold.go").touch()
+    first.join(30)
+    second.join(30)
+    assert (first.status, first.output_data.get("whose")) == ("success", "a")
+    assert (second.status, second.error) == (
+        "failure",
+        f"plugin module 'twin_shared' is loaded on this Dask worker from "
+        f"{tmp_path / 'a' / 'twin_shared.py'}, not {tmp_path / 'b' / 'twin_shared.py'}: "
+        "servers of different plugin directories share the worker (give each its own "
+        "workers)",
+    )
