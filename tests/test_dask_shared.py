@@ -122,3 +122,59 @@ def test_a_job_never_runs_the_other_server_s_module_loaded_by_another_thread(
         "servers of different plugin directories share the worker (give each its own "
         "workers)",
     )
+
+
+HUNG = """
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Hang(Plugin):
+    # creates ``flag``, then ignores its abort until its worker is restarted
+    def process(self):
+        open(self.input["flag"], "w").close()
+        while True:
+            time.sleep(0.02)
+
+
+@register
+class Held(Plugin):
+    # creates ``flag``, waits for ``go``
+    def process(self):
+        open(self.input["flag"], "w").close()
+        while not os.path.exists(self.input["go"]):
+            time.sleep(0.02)
+        self.output["done"] = True
+"""
+
+
+def test_a_job_on_a_worker_another_server_restarted_says_so(servers, tmp_path):
+    # bug: a server restarts a worker whose plugin ignored its abort; the other server's
+    # job whose plugin ran there failed "worker process died (tcp://...); Dask does not
+    # say how: see that worker's log", as if its own plugin had crashed the worker
+    (tmp_path / "a" / "hang_shared.py").write_text(HUNG)  # two names: the worker runs both
+    (tmp_path / "b" / "held_shared.py").write_text(HUNG)
+    go = tmp_path / "go"
+    try:
+        hung = start(servers["a"], "hang_shared.hang", {"flag": str(tmp_path / "hung")})
+        wait_for_file(tmp_path / "hung")
+        held = start(
+            servers["b"], "held_shared.held", {"flag": str(tmp_path / "held"), "go": str(go)}
+        )
+        wait_for_file(tmp_path / "held")  # both threads of the worker are busy
+        dahu.engine.activate(servers["a"])
+        assert hung.abort()
+        hung.join(30)
+        held.join(30)
+        assert hung.status == "aborted"
+        assert (held.status, held.error) == (
+            "failure",
+            "worker process restarted by another server sharing the Dask worker (a plugin "
+            "of its there ignored its abort)",
+        )
+    finally:
+        go.touch()

@@ -45,6 +45,7 @@ from typing import Any
 from ..errors import error_line
 from ..factory import Factory
 from ..states import State
+from . import dask_task
 from .base import Task, close_orphans
 from .dask_task import begun_tasks, forget_runs, plugin_began, run_task, running_for
 from .runner import Outcome
@@ -161,7 +162,7 @@ class DaskExecution:
                     logger.warning(
                         "job %s did not stop after abort: restarting its worker", self.job_id
                     )
-                    self.executor.restarted.update(running)
+                    dask_task.note_restart(self.executor, processing, running)
                     self.executor.keep_workers()
                     client.restart_workers(running)
                     close_orphans(self.executor.host)  # the jobs its plugins made
@@ -355,13 +356,12 @@ class DaskExecutor:
         self._collector.start()
 
     def death_reason(self, error: Any) -> str:
-        """Why a task's worker died (a ``KilledWorker``): :func:`.dask_exits.death_reason`;
-        the wait for its exit code holds up no other job's outcome (until 2026-11-30 a 1 ms
-        job took 5 s to end while a worker's death was looked into)."""
+        """Why a task's worker died (a ``KilledWorker``): a server restarted it, or
+        :func:`.dask_exits.death_reason` (its wait holds up no other job's outcome)."""
         from .dask_exits import death_reason
 
-        if getattr(getattr(error, "last_worker", None), "address", None) in self.restarted:
-            return "worker process restarted: another job's plugin there ignored its abort"
+        if restarted := dask_task.restart_reason(self, error):  # this one, or another one
+            return restarted
         with self._hand_over():  # a new thread collects the outcomes meanwhile
             return death_reason(error, self.cluster is not None, self.client)
 

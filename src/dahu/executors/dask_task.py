@@ -36,8 +36,10 @@ __all__ = [
     "RAN_BEFORE",
     "begun_tasks",
     "forget_runs",
+    "note_restart",
     "plugin_began",
     "ran_event",
+    "restart_reason",
     "run_task",
     "running_for",
 ]
@@ -292,3 +294,44 @@ def plugin_began(events: Any, key: str, since: float) -> bool:
     oldest_time, oldest = events[0]
     joined = isinstance(oldest, dict) and oldest.get("action") == "add-worker"
     return not (joined or oldest_time <= since)  # all kept since it joined, or was sent
+
+
+RESTARTED = "dahu-worker-restarted"
+"""The action of the event a server logs on the scheduler, under a worker's address, as
+it restarts that worker (a plugin there ignored its abort), with the tasks it held."""
+
+
+def note_restart(executor: Any, processing: dict, addresses: list[str]) -> None:
+    """Before the ``DaskExecutor`` ``executor`` restarts the workers ``addresses``: note
+    it, for its own jobs that die with them, and on the scheduler, for those of the other
+    servers sharing the workers (the tasks each held: ``processing``)."""
+    executor.restarted.update(addresses)
+    for address in addresses:
+        keys = [str(key) for key in processing.get(address, ())]
+        with contextlib.suppress(Exception):  # its jobs then read as a death
+            executor.client.log_event(address, {"action": RESTARTED, "keys": keys})
+
+
+def restart_reason(executor: Any, error: Any) -> str:
+    """Why a task's worker died (a ``KilledWorker`` ``error``) if a server restarted it:
+    the ``DaskExecutor`` ``executor`` (a plugin of its own ignored its abort), or another
+    server sharing the worker (until 2026-11-30 that one's jobs there failed ``worker
+    process died (...); Dask does not say how``); else ``""``."""
+    address = getattr(getattr(error, "last_worker", None), "address", None)
+    if address is None:
+        return ""
+    if address in executor.restarted:
+        return "worker process restarted: another job's plugin there ignored its abort"
+    try:
+        events = executor.client.get_events(address)
+    except Exception:  # no scheduler to ask
+        return ""
+    key = str(getattr(error, "task", None))
+    for _, event in events:
+        if isinstance(event, dict) and event.get("action") == RESTARTED:
+            if key in event.get("keys", ()):
+                return (
+                    "worker process restarted by another server sharing the Dask worker "
+                    "(a plugin of its there ignored its abort)"
+                )
+    return ""
