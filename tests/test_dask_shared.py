@@ -14,7 +14,6 @@ from dahu.engine import Engine
 from dahu.executors.cluster import DaskExecutor
 from dahu.factory import Factory
 from dahu.job import Job
-from dahu.journal.memory import MemoryJournal
 
 from .conftest import wait_for_file
 
@@ -42,12 +41,10 @@ def servers(scheduler, tmp_path):
         (tmp_path / name).mkdir()
         factory = Factory(plugin_path=[str(tmp_path / name)])
         executor = DaskExecutor(scheduler=scheduler[0], abort_grace=0.2)
-        made[name] = Engine(
-            str(tmp_path / name / "work"), MemoryJournal(), executor, factory=factory
-        )
+        made[name] = Engine(str(tmp_path / name / "work"), executor=executor, factory=factory)
     yield made
     for engine in made.values():
-        engine.executor.shutdown(wait=True, timeout=30)
+        engine.close()
     if previous is not None:
         dahu.engine.activate(previous)
 
@@ -178,3 +175,34 @@ def test_a_job_on_a_worker_another_server_restarted_says_so(servers, tmp_path):
         )
     finally:
         go.touch()
+
+
+MAKER = """
+from dahu.factory import register
+from dahu.job import Job
+from dahu.plugin import Plugin
+
+
+@register
+class Make(Plugin):
+    # makes a job, waits for it: its id and result
+    def process(self):
+        job = Job("example.square", {"x": self.input["x"]})
+        job.start()
+        self.output["made"] = job.id
+        self.output["result"] = self.wait_for(job.id).output_data["result"]
+"""
+
+
+def test_a_job_a_plugin_makes_on_a_shared_worker_is_its_own_server_s(servers, tmp_path):
+    # bug: a job a plugin made on a Dask worker serving two servers went to the journal of
+    # the first server that sent the worker a job: the other server's plugin could not
+    # wait for it ("Not synchronizing job, invalid id"), nor that server answer for it
+    for name in ("a", "b"):
+        (tmp_path / name / f"maker_{name}.py").write_text(MAKER)
+    for name, x in (("a", 2), ("b", 3)):
+        job = start(servers[name], f"maker_{name}.make", {"x": x})
+        job.join(30)
+        assert (job.status, job.error, job.output_data.get("result")) == ("success", "", x * x)
+        made = servers[name].journal.get(job.output_data["made"])
+        assert (made.plugin, made.state) == ("example.square", "success")

@@ -51,9 +51,10 @@ _configure_lock = threading.Lock()
 
 def _prepare_worker(workdir: str, plugin_dirs: list[str]) -> None:
     """Once per worker process: read jobs from the shared journal; a job a plugin makes
-    here (``Job(...)``) goes to the server's work directory (the first server's, on a
-    cluster several servers share).  Add the plugin directories this process has not
-    (a server adds some at a device ``Init``: until 2026-11-30 a worker never saw them)."""
+    here (``Job(...)``) goes to its server's work directory (:mod:`dahu.engine.served`;
+    from a thread the plugin starts, the first server's).  Add the plugin directories
+    this process has not (a server adds some at a device ``Init``: until 2026-11-30 a
+    worker never saw them)."""
     with _configure_lock:
         if workdir not in _configured:
             if not _configured:  # this process's own engine, made on first use, opens it
