@@ -24,7 +24,7 @@ def scheduler():
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):  # as advised
         cluster = LocalCluster(
-            n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
+            n_workers=1, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0"
         )
     client = Client(cluster)
     yield cluster.scheduler_address, client
@@ -41,7 +41,7 @@ def servers(scheduler, tmp_path):
         (tmp_path / name).mkdir()
         factory = Factory(plugin_path=[str(tmp_path / name)])
         executor = DaskExecutor(scheduler=scheduler[0], abort_grace=0.2)
-        made[name] = Engine(str(tmp_path / name / "work"), executor=executor, factory=factory)
+        made[name] = Engine(str(tmp_path / f"work-{name}"), executor=executor, factory=factory)
     yield made
     for engine in made.values():
         engine.close()
@@ -206,3 +206,34 @@ def test_a_job_a_plugin_makes_on_a_shared_worker_is_its_own_server_s(servers, tm
         assert (job.status, job.error, job.output_data.get("result")) == ("success", "", x * x)
         made = servers[name].journal.get(job.output_data["made"])
         assert (made.plugin, made.state) == ("example.square", "success")
+
+
+LATE = """
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Here(Plugin):
+    def process(self):
+        self.output["here"] = True
+"""
+
+
+def test_a_plugin_directory_a_worker_lacked_at_first_is_found_once_there(servers, tmp_path):
+    # bug: a plugin directory that a worker did not have when its server first sent it a
+    # job (not mounted there yet) was ignored by that worker for good: once there, its
+    # jobs still failed "... (plugin directory /x does not exist: ignored)", untrue
+    plugins = tmp_path / "a"
+    (plugins / "late_shared.py").write_text(LATE)
+    plugins.rename(tmp_path / "away")  # known to the server, not there for the worker
+    try:
+        job = start(servers["a"], "late_shared.here", {})
+        job.join(30)
+        assert job.status == "failure"
+        assert job.error.endswith(f"(plugin directory {plugins} does not exist: ignored)")
+    finally:
+        (tmp_path / "away").rename(plugins)
+    job = start(servers["a"], "late_shared.here", {})
+    job.join(30)
+    assert (job.status, job.error, job.output_data.get("here")) == ("success", "", True)

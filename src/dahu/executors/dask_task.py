@@ -62,7 +62,10 @@ def _prepare_worker(workdir: str, plugin_dirs: list[str]) -> None:
             use_reader(workdir)
             _configured.add(workdir)
         for directory in plugin_dirs:
-            if directory not in _directories:
+            # one not there at first (not mounted yet) is added once it is (until
+            # 2026-11-30 never: its jobs failed "... does not exist: ignored", untrue)
+            late = directory in plugin_factory.ignored and os.path.isdir(directory)
+            if directory not in _directories or late:
                 plugin_factory.add_directory(directory)
                 _directories.add(directory)
         # its server's directories first: its module, not another server's of that name
@@ -98,7 +101,7 @@ def _server_factory(plugin_dirs: list[str]) -> _ServerFactory:
     """The factory of the jobs of the server of ``plugin_dirs`` (made once)."""
     with _configure_lock:
         factory = _factories.get(tuple(plugin_dirs))
-        if factory is None:
+        if factory is None or any(os.path.isdir(d) for d in factory.ignored):  # one is there now
             factory = _factories[tuple(plugin_dirs)] = _ServerFactory()
             for directory in reversed(plugin_dirs):
                 if directory != BUILTIN_PLUGIN_DIR:
