@@ -332,7 +332,7 @@ class DaskExecutor:
         from distributed import Client, LocalCluster
 
         from .dask_connect import check_scheduler
-        from .dask_exits import ExitWatch
+        from .dask_exits import watch_workers
         from .dask_keeper import Keeper
 
         self.host = host
@@ -345,7 +345,7 @@ class DaskExecutor:
                     dashboard_address="127.0.0.1:0",  # no login: not for the network
                 )
             self.client = Client(self.cluster)
-            self.client.register_plugin(ExitWatch())  # its nannies note how workers end
+            watch_workers(self.client)  # how its workers end; they ignore a Ctrl-C
             self.keeper = Keeper(self.cluster, self.client, self.max_workers)
         else:
             check_scheduler(self.scheduler)  # Client() would wait for ever for some
