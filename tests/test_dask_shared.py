@@ -4,6 +4,7 @@ on a scheduler of production and test servers, or of two beamlines).
 One cluster for the module: a scheduler and one worker process of two threads.
 """
 
+import logging
 import time
 
 import dask
@@ -58,6 +59,7 @@ def start(engine, name, data):
 
 TWIN = """
 import os
+import logging
 import time
 
 from dahu.factory import register
@@ -123,6 +125,7 @@ def test_a_job_never_runs_the_other_server_s_module_loaded_by_another_thread(
 
 HUNG = """
 import os
+import logging
 import time
 
 from dahu.factory import register
@@ -131,10 +134,10 @@ from dahu.plugin import Plugin
 
 @register
 class Hang(Plugin):
-    # creates ``flag``, then ignores its abort until its worker is restarted
+    # creates ``flag``, then ignores its abort until ``go`` exists
     def process(self):
         open(self.input["flag"], "w").close()
-        while True:
+        while not os.path.exists(self.input["go"]):
             time.sleep(0.02)
 
 
@@ -157,7 +160,9 @@ def test_a_job_on_a_worker_another_server_restarted_says_so(servers, tmp_path):
     (tmp_path / "b" / "held_shared.py").write_text(HUNG)
     go = tmp_path / "go"
     try:
-        hung = start(servers["a"], "hang_shared.hang", {"flag": str(tmp_path / "hung")})
+        hung = start(
+            servers["a"], "hang_shared.hang", {"flag": str(tmp_path / "hung"), "go": str(go)}
+        )
         wait_for_file(tmp_path / "hung")
         held = start(
             servers["b"], "held_shared.held", {"flag": str(tmp_path / "held"), "go": str(go)}
@@ -237,3 +242,23 @@ def test_a_plugin_directory_a_worker_lacked_at_first_is_found_once_there(servers
     job = start(servers["a"], "late_shared.here", {})
     job.join(30)
     assert (job.status, job.error, job.output_data.get("here")) == ("success", "", True)
+
+
+def test_a_stop_while_the_dask_scheduler_is_away_logs_no_dask_error(tmp_path, caplog):
+    # bug: a server stopped while its client tried to reconnect to its scheduler (gone
+    # less than 30 s before) logged a Dask ERROR: a CancelledError with a traceback of
+    # some 40 lines, or "Failed to reconnect to scheduler after 30.00 seconds", untrue
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=":0")
+    executor = DaskExecutor(scheduler=cluster.scheduler_address)
+    engine = Engine(str(tmp_path / "work"), executor=executor)
+    cluster.close()
+    deadline = time.monotonic() + 30
+    while executor.client.status != "connecting":  # it tries for 30 s
+        assert time.monotonic() < deadline, "the client never tried to reconnect"
+        time.sleep(0.01)
+    with caplog.at_level(logging.INFO, logger="distributed.client"):
+        engine.close()
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert said == []

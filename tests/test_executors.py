@@ -650,7 +650,7 @@ def test_a_ctrl_c_in_the_terminal_leaves_the_local_dask_cluster_s_workers_be(kin
     dahu.engine.get_engine().factory.add_directory(str(tmp_path))  # the factory is global
     client = dahu.engine.get_engine().executor.client
     ignored = client.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
-    assert list(ignored.values()) == [True, True]
+    assert ignored and set(ignored.values()) == {True}
     flag, go = tmp_path / "pid", tmp_path / "go"
     job = Job("pid_dask.held", {"flag": str(flag), "go": str(go)})
     job.start()

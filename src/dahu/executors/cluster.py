@@ -45,7 +45,7 @@ from typing import Any
 from ..errors import error_line
 from ..factory import Factory
 from ..states import State
-from . import dask_task
+from . import dask_connect, dask_task
 from .base import Task, close_orphans
 from .dask_task import begun_tasks, forget_runs, plugin_began, run_task, running_for
 from .runner import Outcome
@@ -515,6 +515,6 @@ class DaskExecutor:
         for restart in list(self._restarts):
             restart.join(max(0.0, deadline - time.monotonic()))
         if self.client is not None:
-            self.client.close()
+            dask_connect.close_client(self.client)
         if self.cluster is not None:
             self.cluster.close()

@@ -23,7 +23,14 @@ from . import scheduler_address as plain_address  # the word local, blanks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RETRY", "check_scheduler", "connect_again", "connected", "scheduler_address"]
+__all__ = [
+    "RETRY",
+    "check_scheduler",
+    "close_client",
+    "connect_again",
+    "connected",
+    "scheduler_address",
+]
 
 RETRY = 2.0
 """Seconds at least between two tries to connect again to a scheduler the client gave up
@@ -104,6 +111,26 @@ def connected(executor: Any) -> Any:
                 "again once it is)"
             )
         return executor.client
+
+
+def close_client(client: Any) -> None:
+    """Close ``client`` (the server stops).  One still trying to reconnect to its
+    scheduler (gone less than 30 s ago) says nothing of it: until 2026-11-30 Dask logged
+    as an ``ERROR`` the ``CancelledError`` of its attempt, with a traceback of some 40
+    lines, or ``Failed to reconnect to scheduler after 30.00 seconds``, untrue."""
+
+    def not_cancelled(record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, asyncio.CancelledError):
+            return False
+        return not str(record.msg).startswith("Failed to reconnect to scheduler")
+
+    dask_log = logging.getLogger("distributed.client")
+    dask_log.addFilter(not_cancelled)
+    try:
+        client.close()
+    finally:
+        dask_log.removeFilter(not_cancelled)
 
 
 def scheduler_address(text: str | None, option: str = "scheduler") -> str:
