@@ -2884,6 +2884,17 @@ def test_the_dask_scheduler_local_is_read_in_any_case():
     )
 
 
+def test_a_dask_scheduler_given_as_a_number_is_refused_naming_the_option():
+    # bug: executor_options={"scheduler": 8786} (the port alone, as a number) failed with
+    # "AttributeError: 'int' object has no attribute 'strip'", naming nothing
+    pytest.importorskip("distributed")
+    with pytest.raises(ValueError) as info:
+        make_executor("dask", 1, scheduler=8786)
+    assert str(info.value) == (
+        "scheduler: 8786 is no scheduler address (int, not text): give tcp://host:8786, or local"
+    )
+
+
 def test_a_dask_worker_whose_plugin_closed_its_sockets_fails_its_job_with_its_exit_code(
     monkeypatch,
 ):

@@ -136,8 +136,13 @@ def close_client(client: Any) -> None:
 def scheduler_address(text: str | None, option: str = "scheduler") -> str:
     """``local`` for ``text`` empty or the word local (any case, blanks around), else the
     address, stripped; ``ValueError`` in one line, naming ``option``, for one Dask cannot
-    read (until 2026-11-30 ``LOCAL`` failed with ``missing port number in address
-    'LOCAL'``)."""
+    read, or not text (until 2026-11-30 ``LOCAL`` failed with ``missing port number in
+    address 'LOCAL'``, and ``8786`` with an ``AttributeError``)."""
+    if text is not None and not isinstance(text, str):  # the port as a number (8786)
+        raise ValueError(
+            f"{option}: {text!r} is no scheduler address ({type(text).__name__}, not text): "
+            "give tcp://host:8786, or local"
+        )
     address = plain_address(text)
     if address == "local":
         return address
