@@ -618,6 +618,51 @@ def test_the_local_dask_cluster_s_dashboard_is_not_served_to_the_network(kind):
     assert listening and set(listening) <= {"127.0.0.1"}
 
 
+PID = """
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Held(Plugin):
+    # writes its process id in ``flag``, waits for ``go``
+    def process(self):
+        with open(self.input["flag"] + ".tmp", "w") as out:
+            out.write(str(os.getpid()))
+        os.rename(self.input["flag"] + ".tmp", self.input["flag"])
+        while not os.path.exists(self.input["go"]):
+            time.sleep(0.02)
+        self.output["pid"] = os.getpid()
+"""
+
+
+def test_a_ctrl_c_in_the_terminal_leaves_the_local_dask_cluster_s_workers_be(kind, tmp_path):
+    # bug: the local cluster's worker processes are in the server's process group, and a
+    # terminal's Ctrl-C reached them: each closed, and a job whose outcome came before
+    # the server's abort failed "worker process died (tcp://...); Dask does not say how"
+    # after 10 s, which the stop waited for (the process executor's workers ignore it)
+    if kind != "dask":
+        pytest.skip("a local Dask cluster's workers")
+    (tmp_path / "pid_dask.py").write_text(PID)
+    dahu.engine.get_engine().factory.add_directory(str(tmp_path))  # the factory is global
+    client = dahu.engine.get_engine().executor.client
+    ignored = client.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+    assert ignored and set(ignored.values()) == {True}
+    flag, go = tmp_path / "pid", tmp_path / "go"
+    job = Job("pid_dask.held", {"flag": str(flag), "go": str(go)})
+    job.start()
+    wait_for_file(flag)
+    pid = int(flag.read_text())
+    os.kill(pid, signal.SIGINT)
+    assert pid in client.run(os.getpid).values()  # answers after its SIGINT
+    go.touch()
+    job.join(30)
+    assert (job.status, job.error, job.output_data.get("pid")) == ("success", "", pid)
+
+
 def test_a_restarted_dask_worker_comes_back_even_when_the_cluster_gave_up_on_it(
     tmp_path, monkeypatch
 ):
@@ -2836,6 +2881,17 @@ def test_the_dask_scheduler_local_is_read_in_any_case():
     assert str(info.value) == (
         "scheduler: 'LOCAL:' is no scheduler address (invalid literal for int() with base 10: "
         "''): give tcp://host:8786, or local"
+    )
+
+
+def test_a_dask_scheduler_given_as_a_number_is_refused_naming_the_option():
+    # bug: executor_options={"scheduler": 8786} (the port alone, as a number) failed with
+    # "AttributeError: 'int' object has no attribute 'strip'", naming nothing
+    pytest.importorskip("distributed")
+    with pytest.raises(ValueError) as info:
+        make_executor("dask", 1, scheduler=8786)
+    assert str(info.value) == (
+        "scheduler: 8786 is no scheduler address (int, not text): give tcp://host:8786, or local"
     )
 
 

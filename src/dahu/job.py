@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .engine import NOTE_RUNNING_AFTER, Engine, JobRun, get_engine
+from .engine.served import making_engine
 from .errors import DahuError, InvalidInput, JournalError, UnknownJob, one_line
 from .executors.runner import Outcome
 from .executors.slot import SELF_JOIN, current_job_id, released
@@ -123,7 +124,7 @@ class Job(threading.Thread, metaclass=_JobClass):
         if not isinstance(name, str) or not name:
             raise InvalidInput("plugin name must be a non-empty string")
         data["plugin_name"] = name
-        engine = get_engine()
+        engine = making_engine()  # in a Dask task, its server's
         # its record is committed with the next batch (at the latest when it starts or
         # when its id is read: nobody learns the id of a job the journal does not hold)
         try:
@@ -166,7 +167,7 @@ class Job(threading.Thread, metaclass=_JobClass):
         datas = [parse_input(item) for item in inputs]
         for data in datas:
             data["plugin_name"] = name
-        engine = get_engine()
+        engine = making_engine()
         jobs: list[Job] = []
         with gc_paused():
             for first in range(0, len(datas), chunk):

@@ -45,6 +45,7 @@ from typing import Any
 from ..errors import error_line
 from ..factory import Factory
 from ..states import State
+from . import dask_connect, dask_task
 from .base import Task, close_orphans
 from .dask_task import begun_tasks, forget_runs, plugin_began, run_task, running_for
 from .runner import Outcome
@@ -161,7 +162,7 @@ class DaskExecution:
                     logger.warning(
                         "job %s did not stop after abort: restarting its worker", self.job_id
                     )
-                    self.executor.restarted.update(running)
+                    dask_task.note_restart(self.executor, processing, running)
                     self.executor.keep_workers()
                     client.restart_workers(running)
                     close_orphans(self.executor.host)  # the jobs its plugins made
@@ -331,7 +332,7 @@ class DaskExecutor:
         from distributed import Client, LocalCluster
 
         from .dask_connect import check_scheduler
-        from .dask_exits import ExitWatch
+        from .dask_exits import watch_workers
         from .dask_keeper import Keeper
 
         self.host = host
@@ -344,7 +345,7 @@ class DaskExecutor:
                     dashboard_address="127.0.0.1:0",  # no login: not for the network
                 )
             self.client = Client(self.cluster)
-            self.client.register_plugin(ExitWatch())  # its nannies note how workers end
+            watch_workers(self.client)  # how its workers end; they ignore a Ctrl-C
             self.keeper = Keeper(self.cluster, self.client, self.max_workers)
         else:
             check_scheduler(self.scheduler)  # Client() would wait for ever for some
@@ -355,15 +356,14 @@ class DaskExecutor:
         self._collector.start()
 
     def death_reason(self, error: Any) -> str:
-        """Why a task's worker died (a ``KilledWorker``): :func:`.dask_exits.death_reason`;
-        the wait for its exit code holds up no other job's outcome (until 2026-11-30 a 1 ms
-        job took 5 s to end while a worker's death was looked into)."""
+        """Why a task's worker died (a ``KilledWorker``): a server restarted it, or
+        :func:`.dask_exits.death_reason`; neither holds up another job's outcome (until
+        2026-11-30 a 1 ms job took 5 s to end while a worker's death was looked into)."""
         from .dask_exits import death_reason
 
-        if getattr(getattr(error, "last_worker", None), "address", None) in self.restarted:
-            return "worker process restarted: another job's plugin there ignored its abort"
         with self._hand_over():  # a new thread collects the outcomes meanwhile
-            return death_reason(error, self.cluster is not None, self.client)
+            restarted = dask_task.restart_reason(self, error)  # by this server, or another
+            return restarted or death_reason(error, self.cluster is not None, self.client)
 
     def connected(self) -> Any:
         """The client; made again if its external scheduler is back
@@ -515,6 +515,6 @@ class DaskExecutor:
         for restart in list(self._restarts):
             restart.join(max(0.0, deadline - time.monotonic()))
         if self.client is not None:
-            self.client.close()
+            dask_connect.close_client(self.client)
         if self.cluster is not None:
             self.cluster.close()

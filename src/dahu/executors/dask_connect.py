@@ -23,7 +23,14 @@ from . import scheduler_address as plain_address  # the word local, blanks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RETRY", "check_scheduler", "connect_again", "connected", "scheduler_address"]
+__all__ = [
+    "RETRY",
+    "check_scheduler",
+    "close_client",
+    "connect_again",
+    "connected",
+    "scheduler_address",
+]
 
 RETRY = 2.0
 """Seconds at least between two tries to connect again to a scheduler the client gave up
@@ -106,11 +113,36 @@ def connected(executor: Any) -> Any:
         return executor.client
 
 
+def close_client(client: Any) -> None:
+    """Close ``client`` (the server stops).  One still trying to reconnect to its
+    scheduler (gone less than 30 s ago) says nothing of it: until 2026-11-30 Dask logged
+    as an ``ERROR`` the ``CancelledError`` of its attempt, with a traceback of some 40
+    lines, or ``Failed to reconnect to scheduler after 30.00 seconds``, untrue."""
+
+    def not_cancelled(record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, asyncio.CancelledError):
+            return False
+        return not str(record.msg).startswith("Failed to reconnect to scheduler")
+
+    dask_log = logging.getLogger("distributed.client")
+    dask_log.addFilter(not_cancelled)
+    try:
+        client.close()
+    finally:
+        dask_log.removeFilter(not_cancelled)
+
+
 def scheduler_address(text: str | None, option: str = "scheduler") -> str:
     """``local`` for ``text`` empty or the word local (any case, blanks around), else the
     address, stripped; ``ValueError`` in one line, naming ``option``, for one Dask cannot
-    read (until 2026-11-30 ``LOCAL`` failed with ``missing port number in address
-    'LOCAL'``)."""
+    read, or not text (until 2026-11-30 ``LOCAL`` failed with ``missing port number in
+    address 'LOCAL'``, and ``8786`` with an ``AttributeError``)."""
+    if text is not None and not isinstance(text, str):  # the port as a number (8786)
+        raise ValueError(
+            f"{option}: {text!r} is no scheduler address ({type(text).__name__}, not text): "
+            "give tcp://host:8786, or local"
+        )
     address = plain_address(text)
     if address == "local":
         return address

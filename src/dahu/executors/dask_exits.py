@@ -1,19 +1,28 @@
 """How a local Dask cluster's worker process ended: its nanny (in this process) knows the
 exit code, Dask's ``KilledWorker`` does not tell it.  :class:`ExitWatch` notes it, so
 that a job whose worker died reads ``worker process died: signal 6 (SIGABRT)`` as under
-the process executor."""
+the process executor.  :class:`NoInterrupt` keeps a terminal's Ctrl-C from ending them."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from typing import Any
 
-from distributed.diagnostics.plugin import NannyPlugin
+from distributed.diagnostics.plugin import NannyPlugin, WorkerPlugin
 
 from .process import exit_text
 
-__all__ = ["EXIT_WAIT", "ExitWatch", "death_reason", "exit_code", "memory_note"]
+__all__ = [
+    "EXIT_WAIT",
+    "ExitWatch",
+    "NoInterrupt",
+    "death_reason",
+    "exit_code",
+    "memory_note",
+    "watch_workers",
+]
 
 KEEP = 1000
 """How many worker exits are remembered (a pid or an address is not given again soon)."""
@@ -77,6 +86,29 @@ class ExitWatch(NannyPlugin):
 
         nanny._on_worker_exit_sync = exited  # given to the WorkerProcess it makes
         watch(nanny.process)
+
+
+class NoInterrupt(WorkerPlugin):
+    """Registered on a local cluster: its worker processes ignore SIGINT, as the process
+    executor's do.  They are in the server's process group, and a terminal's Ctrl-C
+    reached them too: each closed, Dask's way, as the server began to stop; until
+    2026-11-30 a job whose outcome came before the server's abort failed ``worker process
+    died (tcp://...); Dask does not say how`` after 10 s, which the stop waited for.  The
+    server stops its cluster itself."""
+
+    name = "dahu-no-interrupt"
+    idempotent = True
+
+    def setup(self, worker: Any) -> None:
+        if threading.current_thread() is threading.main_thread():  # (where Dask runs it)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def watch_workers(client: Any) -> None:
+    """Register :class:`ExitWatch` and :class:`NoInterrupt` on the local cluster of
+    ``client``."""
+    client.register_plugin(ExitWatch())
+    client.register_plugin(NoInterrupt())
 
 
 EXIT_WAIT = 10.0

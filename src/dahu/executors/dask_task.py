@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from ..errors import DahuError
 from ..factory import BUILTIN_PLUGIN_DIR, Factory, plugin_factory
 from ..journal.reader import reading, use_reader
 from ..states import State
@@ -35,8 +36,10 @@ __all__ = [
     "RAN_BEFORE",
     "begun_tasks",
     "forget_runs",
+    "note_restart",
     "plugin_began",
     "ran_event",
+    "restart_reason",
     "run_task",
     "running_for",
 ]
@@ -48,9 +51,10 @@ _configure_lock = threading.Lock()
 
 def _prepare_worker(workdir: str, plugin_dirs: list[str]) -> None:
     """Once per worker process: read jobs from the shared journal; a job a plugin makes
-    here (``Job(...)``) goes to the server's work directory (the first server's, on a
-    cluster several servers share).  Add the plugin directories this process has not
-    (a server adds some at a device ``Init``: until 2026-11-30 a worker never saw them)."""
+    here (``Job(...)``) goes to its server's work directory (:mod:`dahu.engine.served`;
+    from a thread the plugin starts, the first server's).  Add the plugin directories
+    this process has not (a server adds some at a device ``Init``: until 2026-11-30 a
+    worker never saw them)."""
     with _configure_lock:
         if workdir not in _configured:
             if not _configured:  # this process's own engine, made on first use, opens it
@@ -58,7 +62,10 @@ def _prepare_worker(workdir: str, plugin_dirs: list[str]) -> None:
             use_reader(workdir)
             _configured.add(workdir)
         for directory in plugin_dirs:
-            if directory not in _directories:
+            # one not there at first (not mounted yet) is added once it is (until
+            # 2026-11-30 never: its jobs failed "... does not exist: ignored", untrue)
+            late = directory in plugin_factory.ignored and os.path.isdir(directory)
+            if directory not in _directories or late:
                 plugin_factory.add_directory(directory)
                 _directories.add(directory)
         # its server's directories first: its module, not another server's of that name
@@ -70,13 +77,45 @@ def _prepare_worker(workdir: str, plugin_dirs: list[str]) -> None:
                 plugin_factory.add_directory(directory, first=True)
 
 
-def _foreign_module(plugin_name: str) -> str | None:
+class _ServerFactory(Factory):
+    """The factory of one server's jobs on this worker: its directories first, whatever
+    another server's task here does meanwhile; a module of the plugin's name loaded from
+    another server's directory is refused, checked once the class is had (another task
+    of this worker may have loaded it meanwhile).  Until 2026-11-30 the tasks shared the
+    worker's factory, each putting its own server's directories first: on a worker of
+    several threads a job could load the other server's module of that name, and end a
+    ``success`` with that plugin's output."""
+
+    def __call__(self, plugin_name: str) -> Any:
+        klass = self.get_class(plugin_name)
+        foreign = _foreign_module(plugin_name, self)
+        if foreign is not None:
+            raise DahuError(foreign)
+        return klass()
+
+
+_factories: dict[tuple[str, ...], _ServerFactory] = {}  # by a server's plugin directories
+
+
+def _server_factory(plugin_dirs: list[str]) -> _ServerFactory:
+    """The factory of the jobs of the server of ``plugin_dirs`` (made once)."""
+    with _configure_lock:
+        factory = _factories.get(tuple(plugin_dirs))
+        if factory is None or any(os.path.isdir(d) for d in factory.ignored):  # one is there now
+            factory = _factories[tuple(plugin_dirs)] = _ServerFactory()
+            for directory in reversed(plugin_dirs):
+                if directory != BUILTIN_PLUGIN_DIR:
+                    factory.add_directory(directory, first=True)
+        return factory
+
+
+def _foreign_module(plugin_name: str, factory: Factory = plugin_factory) -> str | None:
     """Why the plugin ``plugin_name`` cannot run on this worker: its module is loaded here
     from another file than its server's plugin directories give (another server's module
     of that name: until 2026-11-30 it ran, and its output was the job's); else None."""
     module_name = plugin_name.lower().split(".", 1)[0] if isinstance(plugin_name, str) else ""
     loaded = getattr(Factory.modules.get(module_name), "__file__", None)
-    expected = plugin_factory._module_path(module_name) if loaded else None
+    expected = factory._module_path(module_name) if loaded else None
     if not loaded or not expected:
         return None
     if os.path.basename(loaded) == "__init__.py":  # a package: its directory
@@ -117,7 +156,8 @@ def run_task(
     from distributed import Event, get_client, get_worker
 
     _prepare_worker(workdir, plugin_dirs)
-    foreign = _foreign_module(plugin_name)
+    factory = _server_factory(plugin_dirs)
+    foreign = _foreign_module(plugin_name, factory)
     if foreign is not None:
         now = time.time()
         return outcome_message(Outcome(State.FAILURE, {}, foreign, now, now), job_id)
@@ -137,7 +177,7 @@ def run_task(
         plugin_name,
         input_data,
         job_id,
-        factory=plugin_factory,
+        factory=factory,
         waiting=lambda: _seceded(execution),
         profile_dir=workdir,
         on_plugin=plugin_loaded,
@@ -258,3 +298,44 @@ def plugin_began(events: Any, key: str, since: float) -> bool:
     oldest_time, oldest = events[0]
     joined = isinstance(oldest, dict) and oldest.get("action") == "add-worker"
     return not (joined or oldest_time <= since)  # all kept since it joined, or was sent
+
+
+RESTARTED = "dahu-worker-restarted"
+"""The action of the event a server logs on the scheduler, under a worker's address, as
+it restarts that worker (a plugin there ignored its abort), with the tasks it held."""
+
+
+def note_restart(executor: Any, processing: dict, addresses: list[str]) -> None:
+    """Before the ``DaskExecutor`` ``executor`` restarts the workers ``addresses``: note
+    it, for its own jobs that die with them, and on the scheduler, for those of the other
+    servers sharing the workers (the tasks each held: ``processing``)."""
+    executor.restarted.update(addresses)
+    for address in addresses:
+        keys = [str(key) for key in processing.get(address, ())]
+        with contextlib.suppress(Exception):  # its jobs then read as a death
+            executor.client.log_event(address, {"action": RESTARTED, "keys": keys})
+
+
+def restart_reason(executor: Any, error: Any) -> str:
+    """Why a task's worker died (a ``KilledWorker`` ``error``) if a server restarted it:
+    the ``DaskExecutor`` ``executor`` (a plugin of its own ignored its abort), or another
+    server sharing the worker (until 2026-11-30 that one's jobs there failed ``worker
+    process died (...); Dask does not say how``); else ``""``."""
+    address = getattr(getattr(error, "last_worker", None), "address", None)
+    if address is None:
+        return ""
+    if address in executor.restarted:
+        return "worker process restarted: another job's plugin there ignored its abort"
+    try:
+        events = executor.client.get_events(address)
+    except Exception:  # no scheduler to ask
+        return ""
+    key = str(getattr(error, "task", None))
+    for _, event in events:
+        if isinstance(event, dict) and event.get("action") == RESTARTED:
+            if key in event.get("keys", ()):
+                return (
+                    "worker process restarted by another server sharing the Dask worker "
+                    "(a plugin of its there ignored its abort)"
+                )
+    return ""

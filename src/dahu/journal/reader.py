@@ -21,7 +21,7 @@ from ..errors import JournalError
 from ..states import State
 from .base import JobRecord, Journal
 
-__all__ = ["JournalReader", "follow", "use_reader", "current_reader", "reading"]
+__all__ = ["JournalReader", "follow", "use_reader", "current_reader", "reading", "task_workdir"]
 
 _current: JournalReader | None = None
 _readers: dict[str, JournalReader] = {}  # by work directory, for :func:`reading`
@@ -136,3 +136,10 @@ def current_reader() -> JournalReader | None:
     """The reader of this thread's :func:`reading`, else the one set by
     :func:`use_reader` (None in a process that holds an engine)."""
     return _task_reader.get() or _current
+
+
+def task_workdir() -> str | None:
+    """The work directory of this thread's :func:`reading` (a Dask task's server's), else
+    None."""
+    reader = _task_reader.get()
+    return None if reader is None else reader.workdir
