@@ -185,6 +185,31 @@ def test_abort_cooperative_plugin(kind):
     assert time.monotonic() - t0 < 1.5
 
 
+def test_an_abort_taken_ends_its_job_aborted_even_if_the_plugin_returned_first(kind, caplog):
+    # bug (process, dask): the abort (a tiny job_timeout) reached a worker whose plugin had
+    # returned: the log said "timed out after 1e-09 s ...: aborting it", abort() True, yet
+    # the job ended success; here the abort never reaches the plugin, which returns
+    job = Job("example.sleep", {"t": 0.3})
+    job.start()
+    wait_running(job)
+    job._run.execution.abort = lambda reason="": None  # heard too late
+    assert job.abort()
+    job.join(30)
+    assert (job.status, job.error) == ("aborted", "aborted on request")
+    assert job.output_data["slept"] is True and "aborted" in job.output_data
+    # and a job whose plugin was still loading when it timed out says so once, not twice
+    # (the clock armed once it had loaded fired too: "timed out after 1e-09 s: aborting it")
+    module = f"slowload_{kind}"
+    plugins = Path(os.environ["DAHU_PLUGINS"])
+    code = "import time\nfrom dahu.plugin import plugin_from_function\ntime.sleep(0.3)\n"
+    (plugins / f"{module}.py").write_text(code + "def f():\n    pass\nplugin_from_function(f)\n")
+    with caplog.at_level(logging.WARNING, logger="dahu.engine.lifecycle"):
+        slow = run(f"{module}.f", {"job_timeout": 1e-9})
+    assert slow.status == "aborted" and slow.error.startswith("timed out after 1e-09 s")
+    said = [r.getMessage() for r in caplog.records if f"job {slow.id} timed out" in r.getMessage()]
+    assert len(said) == 1, said
+
+
 def test_an_aborted_dask_job_leaves_no_event_on_the_scheduler(kind):
     # bug: each aborted job left its abort Event set on the scheduler for good (memory
     # a long-lived scheduler, or the server with a local cluster, never got back)
