@@ -413,6 +413,16 @@ def test_list_plugins_and_init_plugin(proxy):
     missing = proxy.initPlugin("id00." + "b" * 1_000_000)
     assert missing.startswith(f"Plugin not found: id00.{'b' * 93}...{'b' * 99}, invalid plugin")
     assert len(missing) < 1000, len(missing)
+    # bug: an empty name answered "Plugin not found: , invalid plugin name '': ..." while
+    # startJob and startJobs refused it as "the plugin name is empty": now alike
+    for name in ("", "  "):
+        said = [
+            refused(proxy.initPlugin, name),
+            refused(proxy.startJob, [name, "{}"]),
+            refused(proxy.startJobs, [name, "[{}]"]),
+        ]
+        empty = "the plugin name is empty: expected 'module.name'"
+        assert {(e.reason, e.desc) for e in said} == {("Dahu_InvalidInput", empty)}
 
 
 def test_texts_with_characters_latin1_lacks_reach_the_client(proxy):
