@@ -440,7 +440,8 @@ def test_stats_table_writes_long_runtimes_whole_and_a_falling_regression_plainly
     summary = {
         "plugins": {"id00.integrate": {**entry, "runtime": 1234567.891, "mean": 4321.5}},
         "regression": {"intercept": 0.001, "slope": -1e-9},
-        **{"jobs": 3, "finished": 3, "total_runtime": 1234567.891, "wall_time": 9, "speedup": 1},
+        **{"jobs": 3, "finished": 3, "ran": 3, "total_runtime": 1234567.891},
+        **{"wall_time": 9, "speedup": 1},
     }
     text = format_statistics(summary)
     assert text.splitlines()[2].split()[-2:] == ["1234567.891", "4321500.000"]
@@ -466,6 +467,10 @@ def test_mean_runtime_is_that_of_the_jobs_that_ran(engine):
         entry = stats["plugins"]["example.sleep"]
         assert entry["aborted"] == 10 and entry["ran"] == 4
         assert entry["mean"] == pytest.approx(entry["runtime"] / 4)
+        # bug: the dict's "finished" counted the jobs that ran (4), where Job.stats()'s
+        # text and the device's jobsFinished say "finished" of the jobs ended (10)
+        assert (stats["finished"], stats["ran"]) == (10, 4)
+    assert "\njobs: 10, finished: 10, ran: 4\n" in Job.stats()
 
 
 WAITER = (
