@@ -62,6 +62,28 @@ def test_input_as_json_text_and_file(engine, tmp_path):
     assert run("example.noop", None).output_data["result"] is None  # None: no input
 
 
+def test_an_input_file_not_utf8_is_refused_as_dahu_reprocess_refuses_it(engine, tmp_path):
+    # bug: two texts for one fault: Job(path) and the device's startJob said "is not UTF-8
+    # text: 'utf-8' codec can't decode byte 0xe9 in position 10: invalid continuation
+    # byte", dahu-reprocess "not UTF-8 text (JSON must be UTF-8): byte 0xe9 at offset 10";
+    # and a byte-order mark (a Windows editor's) that dahu-reprocess took was "not valid
+    # JSON: Unexpected UTF-8 BOM" for Job(path)
+    from dahu.app.sources import InputError, expand_sources, load_input
+
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes('{"plugin_name": "example.cube", "t": "caf\u00e9"}'.encode("latin-1"))
+    reason = "not UTF-8 text (JSON must be UTF-8): byte 0xe9 at offset 41"
+    with pytest.raises(InvalidInput) as info:
+        Job("example.cube", str(latin1))
+    assert str(info.value) == f"job input file {latin1} is {reason}"
+    with pytest.raises(InputError) as info:
+        load_input(*expand_sources([str(latin1)], str(tmp_path)))
+    assert str(info.value) == reason
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b'\xef\xbb\xbf{"x": 2}')
+    assert run("example.cube", str(bom)).output_data["result"] == 8
+
+
 @pytest.mark.parametrize(
     "bad, reason",
     [

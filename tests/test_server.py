@@ -644,8 +644,7 @@ def test_an_input_file_is_held_to_the_same_limits(proxy, tmp_path):
     error = refused(proxy.startJob, ["example.square", str(latin1)])
     assert (error.reason, error.desc) == (
         "Dahu_InvalidInput",
-        f"job input file {latin1} is not UTF-8 text: 'utf-8' codec can't decode byte 0xe9 "
-        "in position 15: invalid continuation byte",
+        f"job input file {latin1} is not UTF-8 text (JSON must be UTF-8): byte 0xe9 at offset 15",
     )
     fine = tmp_path / "fine.json"
     fine.write_text('{"x": 6}')
