@@ -316,12 +316,11 @@ class LifeCycle:
             if more > 0:
                 target.timer = self.engine.watchdog.call_later(more, expire, own_thread=True)
                 return
-            logger.warning("job %s timed out after %g s%s: aborting it", target.id, timeout, note)
-            self.abort(target, f"timed out after {timeout:g} s{note}")
+            self.abort(target, f"timed out after {timeout:g} s{note}", warn=True)
 
         run.timer = self.engine.watchdog.call_later(timeout, expire, own_thread=True)
 
-    def abort(self, run: JobRun, reason: str, quiet: bool = False) -> bool:
+    def abort(self, run: JobRun, reason: str, quiet: bool = False, warn: bool = False) -> bool:
         """Ask a queued or running job to stop; True if it is now stopping.
 
         A queued job ends ``aborted`` at once (its plugin never runs); a running plugin is
@@ -336,9 +335,10 @@ class LifeCycle:
                 log = logger.debug if quiet else logger.info  # quiet: the engine's abort_all
                 log("job %s is %s: nothing to abort", run.id, doing)
                 return False
-            run.abort_reason = reason
-            run.aborted_at = time.time()
+            run.abort_reason, run.aborted_at = reason, time.time()
             execution = run.execution
+        if warn:  # by the abort taken: two clocks that expire at once say it once
+            logger.warning("job %s %s: aborting it", run.id, reason)
         executor = self.engine.executor
         if execution is not None:
             aborting = getattr(executor, "aborting", None)
