@@ -886,7 +886,7 @@ def test_more_slots_start_the_queued_jobs_at_once(kind_engine, kind):
 
 
 @pytest.mark.parametrize("name", ["thread", "process", "dask"])
-def test_a_bad_max_workers_is_refused_naming_it(tmp_path, name):
+def test_a_bad_max_workers_is_refused_naming_it(tmp_path, name, monkeypatch):
     # bug: max_workers=2.5 was rounded down to 2, and -1 meant 1 slot (dask: -1
     # workers), without a word; 0 (the number of CPUs) stays, as documented
     for bad in (2.5, -1, "4", True):
@@ -905,6 +905,23 @@ def test_a_bad_max_workers_is_refused_naming_it(tmp_path, name):
         with pytest.raises(ValueError, match="not -2"):
             executor.max_workers = -2
         assert executor.max_workers == default_workers()
+    else:  # bug: a local cluster of 4096 worker processes was started, each
+        # given 1/4096 of the memory: 6 MB on 24 GB, restarted by its nanny at once
+        from distributed.system import MEMORY_LIMIT
+
+        from dahu.executors import dask_connect
+
+        most = MEMORY_LIMIT // dask_connect.MIN_WORKER_MEMORY
+        with pytest.raises(ValueError) as info:
+            dahu.engine.Engine(workdir=str(tmp_path), max_workers=most + 1, executor_kind=name)
+        assert str(info.value).startswith(
+            f"max_workers {most + 1} is too many for a local Dask cluster: each worker would get"
+        )
+        assert str(info.value).endswith(f"give {most} or fewer, or the address of a scheduler")
+        assert make_executor(name, 4096, scheduler="tcp://127.0.0.1:8786").max_workers == 4096
+        # one per CPU (none given) is as many as the memory allows, not refused
+        monkeypatch.setattr(dask_connect, "MIN_WORKER_MEMORY", MEMORY_LIMIT)
+        assert make_executor(name).max_workers == make_executor(name, 0).max_workers == 1
 
 
 @pytest.mark.parametrize("name", ["thread", "process", "dask"])
