@@ -659,6 +659,11 @@ def test_an_input_file_is_held_to_the_same_limits(proxy, tmp_path):
         (["example.square", "{}"], "JSON array of objects, got object"),
         (["example.square", "[{}, 3]"], "job input #1 must be a JSON object"),
         (["example.square", "[{"], "not valid JSON"),
+        # bug: "job inputs are not valid JSON: Expecting value: line 1 column 1 (char 0)"
+        (
+            ["example.square", " "],
+            'job inputs are empty: give a JSON array of objects, e.g. "[{}]"',
+        ),
         (["example.square", '[{"x": 1' + "0" * 5000 + "}]"], "not valid JSON"),
         (["example.square"], "expects [plugin name"),
         (["os.system", "[{}]"], "unknown plugin"),

@@ -198,6 +198,8 @@ def parse_job_input(text: Any) -> dict[str, Any]:
 def parse_job_inputs(text: Any) -> list[dict[str, Any]]:
     """Decode the JSON array of job inputs of ``startJobs`` within the documented limits."""
     text = _check_text(text, "job inputs")
+    if not text.strip():  # as startJob's (not "Expecting value: line 1 column 1 (char 0)")
+        raise InvalidInput('job inputs are empty: give a JSON array of objects, e.g. "[{}]"')
     try:
         items = json.loads(text)
     except ValueError as err:  # JSONDecodeError, or an integer of over 4,300 digits
