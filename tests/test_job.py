@@ -373,6 +373,10 @@ def test_unknown_id(engine):
     assert Job.getJobFromID(99999) is None
     assert "does not exist" in Job.getErrorFromID(99999)
     assert Job.cleanJobfromID(99999) == "job 99999 does not exist"
+    # bug: a negative id past the first job was named as resolved: "job -3 does not
+    # exist" for -5 (with one job), where getErrorFromID said "job -5 does not exist"
+    run("example.square", {"x": 1})
+    assert Job.cleanJobfromID(-5) == Job.getErrorFromID(-5) == "job -5 does not exist"
 
 
 def test_clean_writes_files_and_frees_memory(engine):
