@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -1025,6 +1026,22 @@ def one_process_engine(tmp_path, monkeypatch, kind="process", max_workers=1):
     return dahu.engine.configure(
         workdir=str(tmp_path / "work"), max_workers=max_workers, executor_kind=kind
     )
+
+
+def test_a_process_job_s_timeout_counts_from_its_begin_in_its_worker(tmp_path, monkeypatch):
+    # bug: the clock counted the start of the worker process made for the job (0.45 s on a
+    # loaded machine): a first job of 1 ms with a job_timeout of 0.3 s ended "aborted:
+    # timed out after 0.3 s (the plugin was still loading)", its runtime recorded 7 ms
+    slow = tmp_path / "slowpython"  # an interpreter slow to start (a loaded machine, NFS)
+    slow.write_text(f'#!/bin/sh\nsleep 1\nexec {sys.executable} "$@"\n')
+    slow.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(slow))
+    engine = one_process_engine(tmp_path, monkeypatch)
+    try:
+        job = run("example.square", {"x": 3, "job_timeout": 0.5})
+        assert (job.status, job.error, job.output_data.get("result")) == ("success", "", 9)
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
 
 
 SLOW_DEL = """
