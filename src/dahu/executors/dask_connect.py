@@ -6,7 +6,8 @@ dashboard on port 8787 given for its port 8786) never sends one, and ``Client(ad
 never returns.  :func:`check_scheduler` tries first, within the connect timeout.
 :func:`connect_again` makes a new client once a scheduler the old one gave up on is back.
 :func:`scheduler_address` reads the address a user gives (``--scheduler``, the
-``scheduler`` property).
+``scheduler`` property); :func:`cluster_size` holds a local cluster to what the memory
+gives its workers.
 """
 
 from __future__ import annotations
