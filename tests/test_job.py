@@ -59,6 +59,11 @@ def test_input_as_json_text_and_file(engine, tmp_path):
     path.write_text('{"x": ')
     with pytest.raises(InvalidInput, match=f"job input file {path} is not valid JSON"):
         Job("example.cube", str(path))
+    # bug: an empty file was "not valid JSON: Expecting value: line 1 column 1 (char 0)"
+    path.write_text(" \n")
+    with pytest.raises(InvalidInput) as info:
+        Job("example.cube", str(path))
+    assert str(info.value) == f'job input file {path} is empty: give a JSON object, e.g. "{{}}"'
     assert run("example.noop", None).output_data["result"] is None  # None: no input
 
 

@@ -79,6 +79,8 @@ def parse_input(input_data: Any) -> dict[str, Any]:
             raise InvalidInput(f"cannot read job input file {input_data}: {err}") from err
         except InvalidInput as err:  # saved in Latin-1, or not text at all
             raise InvalidInput(f"job input file {path} is {err}") from None
+        if not text.strip():  # a disk that filled up as it was written
+            raise InvalidInput(f'job input file {path} is empty: give a JSON object, e.g. "{{}}"')
     try:
         value = json.loads(text)
     except ValueError as err:  # JSONDecodeError, or an integer of over 4,300 digits
