@@ -2173,7 +2173,10 @@ def test_an_abandoned_plugin_that_waits_for_a_job_frees_its_slot_once(tmp_path, 
         other = Job("example.square", {"x": 3})
         waiter = Job("joiner.joiner", {"other": other.id})
         waiter.start()
-        wait_running(waiter)
+        deadline = time.monotonic() + 30  # its plugin waits (running, it may still load:
+        while engine.counts()["waiting"] != 1:  # an abort then skipped its process())
+            assert time.monotonic() < deadline, waiter.status
+            time.sleep(0.01)
         waiter.abort()
         waiter.join(10)
         assert waiter.status == "aborted" and "did not stop within 0.2 s" in waiter.error
