@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -183,6 +184,32 @@ def test_abort_cooperative_plugin(kind):
     job.join(10)
     assert job.status == "aborted"
     assert time.monotonic() - t0 < 1.5
+
+
+def test_an_abort_taken_ends_its_job_aborted_even_if_the_plugin_returned_first(kind, caplog):
+    # bug (process, dask): the abort (a tiny job_timeout) reached a worker whose plugin had
+    # returned: the log said "timed out after 1e-09 s ...: aborting it", abort() True, yet
+    # the job ended success; here the abort never reaches the plugin, which returns
+    job = Job("example.sleep", {"t": 0.3})
+    job.start()
+    wait_running(job)
+    job._run.execution.abort = lambda reason="": None  # heard too late
+    assert job.abort()
+    job.join(30)
+    assert job.status == "aborted" and job.error.startswith("aborted on request"), job.error
+    if "did not stop" not in job.error:  # (thread: not abandoned after 1 s, a loaded machine)
+        assert job.output_data["slept"] is True and "aborted" in job.output_data
+    # and a job whose plugin was still loading when it timed out says so once, not twice
+    # (the clock armed once it had loaded fired too: "timed out after 1e-09 s: aborting it")
+    module = f"slowload_{kind}"
+    plugins = Path(os.environ["DAHU_PLUGINS"])
+    code = "import time\nfrom dahu.plugin import plugin_from_function\ntime.sleep(0.3)\n"
+    (plugins / f"{module}.py").write_text(code + "def f():\n    pass\nplugin_from_function(f)\n")
+    with caplog.at_level(logging.WARNING, logger="dahu.engine.lifecycle"):
+        slow = run(f"{module}.f", {"job_timeout": 1e-9})
+    assert slow.status == "aborted" and slow.error.startswith("timed out after 1e-09 s")
+    said = [r.getMessage() for r in caplog.records if f"job {slow.id} timed out" in r.getMessage()]
+    assert len(said) == 1, said
 
 
 def test_an_aborted_dask_job_leaves_no_event_on_the_scheduler(kind):
@@ -906,7 +933,7 @@ def test_more_slots_start_the_queued_jobs_at_once(kind_engine, kind):
 
 
 @pytest.mark.parametrize("name", ["thread", "process", "dask"])
-def test_a_bad_max_workers_is_refused_naming_it(tmp_path, name):
+def test_a_bad_max_workers_is_refused_naming_it(tmp_path, name, monkeypatch):
     # bug: max_workers=2.5 was rounded down to 2, and -1 meant 1 slot (dask: -1
     # workers), without a word; 0 (the number of CPUs) stays, as documented
     for bad in (2.5, -1, "4", True):
@@ -925,6 +952,23 @@ def test_a_bad_max_workers_is_refused_naming_it(tmp_path, name):
         with pytest.raises(ValueError, match="not -2"):
             executor.max_workers = -2
         assert executor.max_workers == default_workers()
+    else:  # bug: a local cluster of 4096 worker processes was started, each
+        # given 1/4096 of the memory: 6 MB on 24 GB, restarted by its nanny at once
+        from distributed.system import MEMORY_LIMIT
+
+        from dahu.executors import dask_connect
+
+        most = MEMORY_LIMIT // dask_connect.MIN_WORKER_MEMORY
+        with pytest.raises(ValueError) as info:
+            dahu.engine.Engine(workdir=str(tmp_path), max_workers=most + 1, executor_kind=name)
+        assert str(info.value).startswith(
+            f"max_workers {most + 1} is too many for a local Dask cluster: each worker would get"
+        )
+        assert str(info.value).endswith(f"give {most} or fewer, or the address of a scheduler")
+        assert make_executor(name, 4096, scheduler="tcp://127.0.0.1:8786").max_workers == 4096
+        # one per CPU (none given) is as many as the memory allows, not refused
+        monkeypatch.setattr(dask_connect, "MIN_WORKER_MEMORY", MEMORY_LIMIT)
+        assert make_executor(name).max_workers == make_executor(name, 0).max_workers == 1
 
 
 @pytest.mark.parametrize("name", ["thread", "process", "dask"])
@@ -1028,6 +1072,22 @@ def one_process_engine(tmp_path, monkeypatch, kind="process", max_workers=1):
     return dahu.engine.configure(
         workdir=str(tmp_path / "work"), max_workers=max_workers, executor_kind=kind
     )
+
+
+def test_a_process_job_s_timeout_counts_from_its_begin_in_its_worker(tmp_path, monkeypatch):
+    # bug: the clock counted the start of the worker process made for the job (0.45 s on a
+    # loaded machine): a first job of 1 ms with a job_timeout of 0.3 s ended "aborted:
+    # timed out after 0.3 s (the plugin was still loading)", its runtime recorded 7 ms
+    slow = tmp_path / "slowpython"  # an interpreter slow to start (a loaded machine, NFS)
+    slow.write_text(f'#!/bin/sh\nsleep 1\nexec {sys.executable} "$@"\n')
+    slow.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(slow))
+    engine = one_process_engine(tmp_path, monkeypatch)
+    try:
+        job = run("example.square", {"x": 3, "job_timeout": 0.5})
+        assert (job.status, job.error, job.output_data.get("result")) == ("success", "", 9)
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
 
 
 SLOW_DEL = """
@@ -2159,7 +2219,10 @@ def test_an_abandoned_plugin_that_waits_for_a_job_frees_its_slot_once(tmp_path, 
         other = Job("example.square", {"x": 3})
         waiter = Job("joiner.joiner", {"other": other.id})
         waiter.start()
-        wait_running(waiter)
+        deadline = time.monotonic() + 30  # its plugin waits (running, it may still load:
+        while engine.counts()["waiting"] != 1:  # an abort then skipped its process())
+            assert time.monotonic() < deadline, waiter.status
+            time.sleep(0.01)
         waiter.abort()
         waiter.join(10)
         assert waiter.status == "aborted" and "did not stop within 0.2 s" in waiter.error

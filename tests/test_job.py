@@ -59,7 +59,34 @@ def test_input_as_json_text_and_file(engine, tmp_path):
     path.write_text('{"x": ')
     with pytest.raises(InvalidInput, match=f"job input file {path} is not valid JSON"):
         Job("example.cube", str(path))
+    # bug: an empty file was "not valid JSON: Expecting value: line 1 column 1 (char 0)"
+    path.write_text(" \n")
+    with pytest.raises(InvalidInput) as info:
+        Job("example.cube", str(path))
+    assert str(info.value) == f'job input file {path} is empty: give a JSON object, e.g. "{{}}"'
     assert run("example.noop", None).output_data["result"] is None  # None: no input
+
+
+def test_an_input_file_not_utf8_is_refused_as_dahu_reprocess_refuses_it(engine, tmp_path):
+    # bug: two texts for one fault: Job(path) and the device's startJob said "is not UTF-8
+    # text: 'utf-8' codec can't decode byte 0xe9 in position 10: invalid continuation
+    # byte", dahu-reprocess "not UTF-8 text (JSON must be UTF-8): byte 0xe9 at offset 10";
+    # and a byte-order mark (a Windows editor's) that dahu-reprocess took was "not valid
+    # JSON: Unexpected UTF-8 BOM" for Job(path)
+    from dahu.app.sources import InputError, expand_sources, load_input
+
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes('{"plugin_name": "example.cube", "t": "caf\u00e9"}'.encode("latin-1"))
+    reason = "not UTF-8 text (JSON must be UTF-8): byte 0xe9 at offset 41"
+    with pytest.raises(InvalidInput) as info:
+        Job("example.cube", str(latin1))
+    assert str(info.value) == f"job input file {latin1} is {reason}"
+    with pytest.raises(InputError) as info:
+        load_input(*expand_sources([str(latin1)], str(tmp_path)))
+    assert str(info.value) == reason
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b'\xef\xbb\xbf{"x": 2}')
+    assert run("example.cube", str(bom)).output_data["result"] == 8
 
 
 @pytest.mark.parametrize(
@@ -351,6 +378,10 @@ def test_unknown_id(engine):
     assert Job.getJobFromID(99999) is None
     assert "does not exist" in Job.getErrorFromID(99999)
     assert Job.cleanJobfromID(99999) == "job 99999 does not exist"
+    # bug: a negative id past the first job was named as resolved: "job -3 does not
+    # exist" for -5 (with one job), where getErrorFromID said "job -5 does not exist"
+    run("example.square", {"x": 1})
+    assert Job.cleanJobfromID(-5) == Job.getErrorFromID(-5) == "job -5 does not exist"
 
 
 def test_clean_writes_files_and_frees_memory(engine):
@@ -440,7 +471,8 @@ def test_stats_table_writes_long_runtimes_whole_and_a_falling_regression_plainly
     summary = {
         "plugins": {"id00.integrate": {**entry, "runtime": 1234567.891, "mean": 4321.5}},
         "regression": {"intercept": 0.001, "slope": -1e-9},
-        **{"jobs": 3, "finished": 3, "total_runtime": 1234567.891, "wall_time": 9, "speedup": 1},
+        **{"jobs": 3, "finished": 3, "ran": 3, "total_runtime": 1234567.891},
+        **{"wall_time": 9, "speedup": 1},
     }
     text = format_statistics(summary)
     assert text.splitlines()[2].split()[-2:] == ["1234567.891", "4321500.000"]
@@ -466,6 +498,10 @@ def test_mean_runtime_is_that_of_the_jobs_that_ran(engine):
         entry = stats["plugins"]["example.sleep"]
         assert entry["aborted"] == 10 and entry["ran"] == 4
         assert entry["mean"] == pytest.approx(entry["runtime"] / 4)
+        # bug: the dict's "finished" counted the jobs that ran (4), where Job.stats()'s
+        # text and the device's jobsFinished say "finished" of the jobs ended (10)
+        assert (stats["finished"], stats["ran"]) == (10, 4)
+    assert "\njobs: 10, finished: 10, ran: 4\n" in Job.stats()
 
 
 WAITER = (

@@ -413,6 +413,16 @@ def test_list_plugins_and_init_plugin(proxy):
     missing = proxy.initPlugin("id00." + "b" * 1_000_000)
     assert missing.startswith(f"Plugin not found: id00.{'b' * 93}...{'b' * 99}, invalid plugin")
     assert len(missing) < 1000, len(missing)
+    # bug: an empty name answered "Plugin not found: , invalid plugin name '': ..." while
+    # startJob and startJobs refused it as "the plugin name is empty": now alike
+    for name in ("", "  "):
+        said = [
+            refused(proxy.initPlugin, name),
+            refused(proxy.startJob, [name, "{}"]),
+            refused(proxy.startJobs, [name, "[{}]"]),
+        ]
+        empty = "the plugin name is empty: expected 'module.name'"
+        assert {(e.reason, e.desc) for e in said} == {("Dahu_InvalidInput", empty)}
 
 
 def test_texts_with_characters_latin1_lacks_reach_the_client(proxy):
@@ -634,8 +644,7 @@ def test_an_input_file_is_held_to_the_same_limits(proxy, tmp_path):
     error = refused(proxy.startJob, ["example.square", str(latin1)])
     assert (error.reason, error.desc) == (
         "Dahu_InvalidInput",
-        f"job input file {latin1} is not UTF-8 text: 'utf-8' codec can't decode byte 0xe9 "
-        "in position 15: invalid continuation byte",
+        f"job input file {latin1} is not UTF-8 text (JSON must be UTF-8): byte 0xe9 at offset 15",
     )
     fine = tmp_path / "fine.json"
     fine.write_text('{"x": 6}')
@@ -650,6 +659,11 @@ def test_an_input_file_is_held_to_the_same_limits(proxy, tmp_path):
         (["example.square", "{}"], "JSON array of objects, got object"),
         (["example.square", "[{}, 3]"], "job input #1 must be a JSON object"),
         (["example.square", "[{"], "not valid JSON"),
+        # bug: "job inputs are not valid JSON: Expecting value: line 1 column 1 (char 0)"
+        (
+            ["example.square", " "],
+            'job inputs are empty: give a JSON array of objects, e.g. "[{}]"',
+        ),
         (["example.square", '[{"x": 1' + "0" * 5000 + "}]"], "not valid JSON"),
         (["example.square"], "expects [plugin name"),
         (["os.system", "[{}]"], "unknown plugin"),

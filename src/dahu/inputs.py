@@ -7,6 +7,7 @@ nested at most :data:`MAX_DEPTH` levels; anything else is refused with an
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import json
 import os
@@ -22,6 +23,7 @@ __all__ = [
     "MAX_BATCH_JOBS",
     "MAX_INPUT_CHARS",
     "MAX_DEPTH",
+    "json_file_text",
     "json_kind",
     "misspelt_keys",
     "parse_input",
@@ -37,6 +39,19 @@ MAX_DEPTH = 64
 MAX_BATCH_JOBS = 100_000
 """Most jobs one ``startJobs`` call creates (16 MiB of ``{}`` would be 5.6 million jobs,
 7 GB of server memory; 100,000 take about 5 s to record and 140 MB)."""
+
+
+def json_file_text(data: bytes) -> str:
+    """The text of a JSON file's bytes: UTF-8, a byte-order mark (as some Windows editors
+    write) left out; else :class:`InvalidInput` naming the first byte that is not (the
+    words of ``Job(path)``, the device's ``startJob`` and ``dahu-reprocess``)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:  # Latin-1 ("caf\xe9"): utf-8-sig counts after the mark
+        offset = err.start + (3 if data.startswith(codecs.BOM_UTF8) else 0)
+        raise InvalidInput(
+            f"not UTF-8 text (JSON must be UTF-8): byte 0x{data[offset]:02x} at offset {offset}"
+        ) from None
 
 
 def parse_input(input_data: Any) -> dict[str, Any]:
@@ -58,12 +73,14 @@ def parse_input(input_data: Any) -> dict[str, Any]:
     if not text.startswith(("{", "[", '"')) and os.path.isfile(text):
         path = text
         try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
+            with open(path, "rb") as handle:
+                text = json_file_text(handle.read())
         except OSError as err:
             raise InvalidInput(f"cannot read job input file {input_data}: {err}") from err
-        except UnicodeDecodeError as err:  # saved in Latin-1, or not text at all
-            raise InvalidInput(f"job input file {path} is not UTF-8 text: {err}") from err
+        except InvalidInput as err:  # saved in Latin-1, or not text at all
+            raise InvalidInput(f"job input file {path} is {err}") from None
+        if not text.strip():  # a disk that filled up as it was written
+            raise InvalidInput(f'job input file {path} is empty: give a JSON object, e.g. "{{}}"')
     try:
         value = json.loads(text)
     except ValueError as err:  # JSONDecodeError, or an integer of over 4,300 digits
@@ -183,6 +200,8 @@ def parse_job_input(text: Any) -> dict[str, Any]:
 def parse_job_inputs(text: Any) -> list[dict[str, Any]]:
     """Decode the JSON array of job inputs of ``startJobs`` within the documented limits."""
     text = _check_text(text, "job inputs")
+    if not text.strip():  # as startJob's (not "Expecting value: line 1 column 1 (char 0)")
+        raise InvalidInput('job inputs are empty: give a JSON array of objects, e.g. "[{}]"')
     try:
         items = json.loads(text)
     except ValueError as err:  # JSONDecodeError, or an integer of over 4,300 digits

@@ -431,8 +431,8 @@ class Job(threading.Thread, metaclass=_JobClass):
         run = source.find(job_id)
         if run is None or run.cycle is None:
             record = source.journal.get(job_id, data=False)
-            if record is None:
-                return f"job {job_id} does not exist"
+            if record is None:  # the id as given, as getErrorFromID says it (not -3 for -5)
+                return f"job {int(jobId)} does not exist"
             if record.state not in State.FINAL:  # another process's, at work: its files later
                 return f"job {job_id} is {record.state}: not cleaned"
             if getattr(source, "recovery", None) is not None:  # a start may be writing them

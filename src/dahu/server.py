@@ -38,7 +38,7 @@ from .properties import DEFAULT_RETENTION_INTERVAL, MAX_WAIT_TIMEOUT, PROPERTIES
 from .retention import parse_retention
 from .server_errors import client_errors, input_answer, job_answer, latin1_text
 from .server_events import push_event, ready_when_subscribed, stop_pushing
-from .server_plugins import PluginCatalog
+from .server_plugins import PluginCatalog, plugin_name_given
 from .server_settings import (
     EVENTS_LINGER,
     FREEZE_CHECK,
@@ -233,9 +233,7 @@ class DahuDS(Device):
     def _plugin(self, name: Any) -> str:
         if shutting_down():
             raise DahuError(f"{SHUTDOWN_REASON}: it takes no new job")
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidInput("the plugin name is empty")
-        name = name.strip()
+        name = plugin_name_given(name)
         # UnknownPlugin (one-line reason) if no plugin directory has its module; the
         # module is imported where the job runs (never here: a client must not wait
         # for, nor the server suffer from, a plugin module's import)
@@ -388,7 +386,8 @@ class DahuDS(Device):
     def initPlugin(self, name: str) -> str:  # noqa: N802
         """Load a plugin; return its docstring, or why it cannot be loaded.  A module
         slower to import than ``wait_timeout``: ``Dahu_TryAgain``, as for listPlugins."""
-        busy = f"plugin {shown_name(name.strip())} is still loading: call initPlugin again"
+        name = plugin_name_given(name)  # "" refused as startJob refuses it
+        busy = f"plugin {shown_name(name)} is still loading: call initPlugin again"
         return within(max(self._wait, 0.1), lambda: self._plugins.init_text(name), busy)
 
     @command(dtype_out=str, doc_out="one line per plugin: name: first line of its doc")

@@ -59,7 +59,8 @@ def aggregate(rows: list[tuple[str, str, float | None, float | None, float | Non
     return {
         "plugins": plugins,
         "jobs": len(rows),
-        "finished": n,
+        "finished": sum(state in State.FINAL for _, state, *_ in rows),  # jobsFinished's
+        "ran": n,  # of those, the jobs that ran (a job aborted in the queue did not)
         "total_runtime": total,
         "wall_time": wall,
         "speedup": (total / wall) if wall > 0 else 0.0,
@@ -80,7 +81,8 @@ class RunningStatistics:
         self._lock = threading.Lock()
         self._plugins: dict[str, dict[str, Any]] = {}
         self._jobs = 0
-        self._finished = 0
+        self._ended = 0
+        self._ran = 0  # of those, the jobs that ran
         self._sum_y = 0.0
         self._sum_iy = 0.0
         self._first_start: float | None = None
@@ -106,6 +108,7 @@ class RunningStatistics:
         with self._lock:
             entry = self._entry(plugin)
             entry[state] = entry.get(state, 0) + 1
+            self._ended += 1
             if started is not None:
                 if self._first_start is None or started < self._first_start:
                     self._first_start = started
@@ -113,9 +116,9 @@ class RunningStatistics:
                     runtime = ended - started
                     entry["runtime"] += runtime
                     entry["ran"] += 1
-                    self._sum_iy += self._finished * runtime
+                    self._sum_iy += self._ran * runtime
                     self._sum_y += runtime
-                    self._finished += 1
+                    self._ran += 1
             if ended is not None and (self._last_end is None or ended > self._last_end):
                 self._last_end = ended
 
@@ -138,8 +141,8 @@ class RunningStatistics:
                 entry["runtime"], entry["ran"] = counters["runtime"], counters["ran"]
                 entry["mean"] = counters["runtime"] / counters["ran"] if counters["ran"] else 0.0
                 plugins[name] = entry
-            n, total, sum_iy = self._finished, self._sum_y, self._sum_iy
-            first, last, jobs = self._first_start, self._last_end, self._jobs
+            n, total, sum_iy = self._ran, self._sum_y, self._sum_iy
+            first, last, jobs, ended = self._first_start, self._last_end, self._jobs, self._ended
         wall = (last - first) if first is not None and last is not None else 0.0
         slope = intercept = 0.0
         if n >= 2:
@@ -152,7 +155,8 @@ class RunningStatistics:
         return {
             "plugins": plugins,
             "jobs": jobs,
-            "finished": n,
+            "finished": ended,
+            "ran": n,
             "total_runtime": total,
             "wall_time": wall,
             "speedup": (total / wall) if wall > 0 else 0.0,
@@ -181,14 +185,12 @@ def format_statistics(summary: dict[str, Any]) -> str:
         headers=["plugin", "jobs", "success", "failure", "aborted", "total s", "mean ms"],
         floatfmt=".3f",
     )
-    # finished as the device's jobsFinished counts them (summary["finished"]: those that ran)
-    ended = sum(e["success"] + e["failure"] + e["aborted"] for e in summary["plugins"].values())
     reg = summary["regression"]
     slope = f"{'-' if reg['slope'] < 0 else '+'} {abs(reg['slope']) * 1000:.6f}"
     lines = [
         table,
         "",
-        f"jobs: {summary['jobs']}, finished: {ended}, ran: {summary['finished']}",
+        f"jobs: {summary['jobs']}, finished: {summary['finished']}, ran: {summary['ran']}",
         f"total execution time: {summary['total_runtime']:.3f} s",
         f"total wall time: {summary['wall_time']:.3f} s",
         f"speed-up: {summary['speedup']:.2f}",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DahuError, JournalError, one_line
-from ..inputs import json_kind
+from ..inputs import InvalidInput, json_file_text, json_kind
 from ..jobquery import get as get_record
 from ..jobquery import open_journal
 from ..journal import SQLiteJournal
@@ -195,14 +195,10 @@ def _read_text(path: str) -> str:
             chunks.append(chunk)
     finally:
         os.close(fd)
-    data = b"".join(chunks)
     try:
-        text = data.decode("utf-8-sig")  # a byte-order mark (Windows editors) too
-    except UnicodeDecodeError as err:  # Latin-1 ("caf\xe9"): utf-8-sig counts after the mark
-        offset = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
-        raise InputError(
-            f"not UTF-8 text (JSON must be UTF-8): byte 0x{data[offset]:02x} at offset {offset}"
-        ) from None
+        text = json_file_text(b"".join(chunks))
+    except InvalidInput as err:
+        raise InputError(str(err)) from None
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text

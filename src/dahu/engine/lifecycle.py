@@ -54,7 +54,6 @@ NOTE_RUNNING_AFTER = 0.5
 """Seconds after which a running job is recorded as ``running`` in the journal (at most
 twice that): short jobs cost one journal write less; other processes see long ones."""
 
-
 SHUTDOWN_REASON = "the server is shutting down"
 """The error of the jobs a stopping server or engine aborts."""
 
@@ -309,26 +308,25 @@ class LifeCycle:
 
         def expire() -> None:
             target = ref()
-            if target is None or target.state != State.RUNNING:
-                return
+            if target is None or target.state != State.RUNNING or target.abort_reason:
+                return  # (aborted already: by the clock of its plugin's loading, say)
             # the executor may know that its plugin began later (dask: it waited on the
             # cluster) and give it the rest of its time
             more = getattr(target.execution, "time_left", lambda limit: 0.0)(timeout)
             if more > 0:
                 target.timer = self.engine.watchdog.call_later(more, expire, own_thread=True)
                 return
-            logger.warning("job %s timed out after %g s%s: aborting it", target.id, timeout, note)
-            self.abort(target, f"timed out after {timeout:g} s{note}")
+            self.abort(target, f"timed out after {timeout:g} s{note}", warn=True)
 
         run.timer = self.engine.watchdog.call_later(timeout, expire, own_thread=True)
 
-    def abort(self, run: JobRun, reason: str, quiet: bool = False) -> bool:
+    def abort(self, run: JobRun, reason: str, quiet: bool = False, warn: bool = False) -> bool:
         """Ask a queued or running job to stop; True if it is now stopping.
 
         A queued job ends ``aborted`` at once (its plugin never runs); a running plugin is
-        asked to stop and the job ends ``aborted`` when it returns.  With an executor that
-        cannot kill plugins, one that ignores the abort for ``abort_grace`` seconds is
-        abandoned: its job ends ``aborted`` and its slot goes to another job.
+        asked to stop and the job ends ``aborted`` when it returns (if before it heard, too).
+        With an executor that cannot kill plugins, one that ignores the abort for
+        ``abort_grace`` seconds is abandoned: its job ends ``aborted``, its slot freed.
         """
         with self.lock:
             state = run.state
@@ -337,9 +335,10 @@ class LifeCycle:
                 log = logger.debug if quiet else logger.info  # quiet: the engine's abort_all
                 log("job %s is %s: nothing to abort", run.id, doing)
                 return False
-            run.abort_reason = reason
-            run.aborted_at = time.time()
+            run.abort_reason, run.aborted_at = reason, time.time()
             execution = run.execution
+        if warn:  # by the abort taken: two clocks that expire at once say it once
+            logger.warning("job %s %s: aborting it", run.id, reason)
         executor = self.engine.executor
         if execution is not None:
             aborting = getattr(executor, "aborting", None)
@@ -393,6 +392,8 @@ class LifeCycle:
             if run.timer is not None:
                 engine.watchdog.cancel(run.timer)
                 run.timer = None
+            if run.abort_reason and outcome.state != State.ABORTED:  # abort() said True:
+                outcome.state, outcome.error = State.ABORTED, run.abort_reason  # as it said
             output = final_output(run, outcome)
             final_input = None
             if outcome.input is not None and outcome.input != run.input_data:

@@ -50,7 +50,7 @@ from .base import Task, close_orphans
 from .dask_task import begun_tasks, forget_runs, plugin_began, run_task, running_for
 from .runner import Outcome
 from .slot import serving
-from .thread import option_number, worker_count
+from .thread import option_number
 from .worker import outcome_from_message
 
 logger = logging.getLogger(__name__)
@@ -300,10 +300,10 @@ class DaskExecutor:
         scheduler: str = "local",
         abort_grace: float = 2.0,
     ):
-        from .dask_connect import scheduler_address
+        from .dask_connect import cluster_size, scheduler_address
 
         self.scheduler = scheduler_address(scheduler)
-        self.max_workers = worker_count(max_workers)
+        self.max_workers = cluster_size(max_workers, self.scheduler)
         self.abort_grace = option_number("abort_grace", abort_grace, "seconds")
         local = self.scheduler == "local"
         self.in_flight_limit = 10 * self.max_workers if local else IN_FLIGHT

@@ -6,7 +6,8 @@ dashboard on port 8787 given for its port 8786) never sends one, and ``Client(ad
 never returns.  :func:`check_scheduler` tries first, within the connect timeout.
 :func:`connect_again` makes a new client once a scheduler the old one gave up on is back.
 :func:`scheduler_address` reads the address a user gives (``--scheduler``, the
-``scheduler`` property).
+``scheduler`` property); :func:`cluster_size` holds a local cluster to what the memory
+gives its workers.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from typing import Any
 
 from ..errors import error_line
 from . import scheduler_address as plain_address  # the word local, blanks
+from .thread import worker_count
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "MIN_WORKER_MEMORY",
     "RETRY",
     "check_scheduler",
     "close_client",
+    "cluster_size",
     "connect_again",
     "connected",
     "scheduler_address",
@@ -38,6 +42,12 @@ on; the jobs sent meanwhile fail at once."""
 
 PROBE = 2.0
 """Seconds a try waits for the scheduler's host to answer at all."""
+
+MIN_WORKER_MEMORY = 256 * 2**20
+"""Bytes of memory a worker of a local cluster needs at least.  Dask gives each worker the
+computer's memory divided by their number, pauses one past 80% of it and has its nanny
+restart one past 95%, while a worker takes about 70 MB before any job: 4096 workers on
+24 GB would get 6 MB each, and be restarted as soon as they started."""
 
 
 def check_scheduler(address: str) -> None:
@@ -131,6 +141,34 @@ def close_client(client: Any) -> None:
         client.close()
     finally:
         dask_log.removeFilter(not_cancelled)
+
+
+def cluster_size(max_workers: Any, scheduler: str) -> int:
+    """The workers of a cluster at ``scheduler`` (:func:`.thread.worker_count`); for a
+    local one, if this computer's memory gives each fewer than :data:`MIN_WORKER_MEMORY`
+    bytes, ``ValueError`` in one line (before any worker process starts), or, for the
+    number of CPUs (``max_workers`` None or 0), as many as it can have, logged."""
+    workers, given = worker_count(max_workers), bool(max_workers)
+    if scheduler != "local":
+        return workers  # its own workers: max_workers is not their number
+    from distributed.system import MEMORY_LIMIT  # as Dask counts it: cgroup, rlimit
+
+    most = max(1, MEMORY_LIMIT // MIN_WORKER_MEMORY)
+    if workers > most and not given:
+        logger.warning(
+            "a local Dask cluster of %d workers, not one per CPU (%d): %.1f GB of memory "
+            "gives %d MB to each of %d at most",
+            *(most, workers, MEMORY_LIMIT / 2**30, MIN_WORKER_MEMORY // 2**20, most),
+        )
+        return most
+    if workers > most:
+        raise ValueError(
+            f"max_workers {workers} is too many for a local Dask cluster: each worker would "
+            f"get {MEMORY_LIMIT / workers / 2**20:.0f} MB of this computer's "
+            f"{MEMORY_LIMIT / 2**30:.1f} GB, under the {MIN_WORKER_MEMORY // 2**20} MB one "
+            f"needs: give {most} or fewer, or the address of a scheduler"
+        )
+    return workers
 
 
 def scheduler_address(text: str | None, option: str = "scheduler") -> str:

@@ -43,6 +43,10 @@ from .worker import LOST_PIPE, outcome_from_message
 logger = logging.getLogger(__name__)
 NEVER = "0 or None: never"
 
+WORKER_START = 60.0
+"""Seconds a job's clock waits, at most, for the worker process started for it to take
+it (``begin``): an interpreter slow to start (a loaded machine) is not the job's time."""
+
 __all__ = ["ProcessExecutor", "WorkerProcess"]
 
 
@@ -211,6 +215,16 @@ class RemoteExecution:
         self.abort_reason: str | None = None
         self.killed = False
         self._done = threading.Event()
+        self.created = time.monotonic()
+        self.begun: float | None = None  # when its worker took it
+
+    def time_left(self, limit: float) -> float:
+        """The job's time of ``limit`` s seems up: the seconds more it gets, its clock
+        counting from its begin in its worker (started for it, maybe); ``limit`` again
+        while it has not begun, for :data:`WORKER_START` s; 0 once its time is up."""
+        if self.begun is None:
+            return limit if time.monotonic() - self.created < WORKER_START else 0.0
+        return max(0.0, limit - (time.monotonic() - self.begun))
 
     def abort(self, reason: str = "aborted on request") -> None:
         """Ask the plugin to stop; kill the worker if it has not after the grace period."""
@@ -280,7 +294,7 @@ class RemoteExecution:
                     )
                     continue
                 if kind == "begin":
-                    begun = True
+                    begun, self.begun = True, time.monotonic()
                     self.worker.letting_go = set(message[2] if len(message) > 2 else ())
                 elif kind == "plugin" and self.on_plugin is not None:
                     self.on_plugin(message[2])
