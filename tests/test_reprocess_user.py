@@ -1019,3 +1019,29 @@ def test_file_names_with_new_lines_are_one_line_each_escaped(tmp_path: Path):
     assert "example.squar\\nre " in proc.stdout
     assert f"output in {tmp_path}/out\\nput" in proc.stdout
     assert lines[-1].split()[:4] == ["2", f"{sources}/d\\nf.inp", "example.square", "result"]
+
+
+def test_a_job_aborted_in_its_archive_is_not_compared_as_a_difference(tmp_path: Path):
+    # bug: an archived job that was aborted (a timeout, an operator) left a partial output;
+    # its rerun, which ran to its end, was reported as a regression ("slept: False !=
+    # True"), with nothing saying the archive was aborted, and the run ended with status 1
+    from dahu.app.reprocess_summary import format_summary
+
+    sources = write_inputs(
+        tmp_path / "in",
+        {"plugin_name": "example.sleep", "t": 0.01},
+        {"plugin_name": "example.sleep", "t": 0.01},
+    )
+    outputs = [
+        {"slept": False, "t": 0.01, "aborted": "2026-11-30T17:30:43+00:00"},
+        {"slept": True, "t": 0.01},
+    ]
+    for source, output in zip(sorted(sources.glob("*.inp")), outputs, strict=True):
+        source.with_suffix(".out").write_text(json.dumps({**output, "logging": []}))
+    status, summary, stderr = summary_of("--compare", "-o", tmp_path / "out", sources)
+    compare = summary["compare"]
+    assert compare["differences"] == [], stderr
+    assert (compare["compared"], compare["same"], compare["no_archive"]) == (1, 1, 0)
+    assert compare["archive_aborted"] == 1
+    assert status == 0, stderr
+    assert "1 whose archived job was aborted (not compared)" in format_summary(summary)

@@ -92,6 +92,7 @@ class Result:
     invalid: bool = False
     compared: bool = False
     difference: Difference | None = None
+    archive_aborted: bool = False  # its archived output is partial: not compared
 
 
 # ---- running --------------------------------------------------------------------------
@@ -388,6 +389,9 @@ class Reprocessor:
             if path is None:
                 return
         elif archive is None:
+            return
+        if isinstance(archive, dict) and archive.get("aborted"):  # partial: no reference
+            result.archive_aborted = True
             return
         result.compared = True
         args = self.args

@@ -92,8 +92,11 @@ def summarize(run: Any, output_dir: str) -> dict[str, Any]:
             "no_archive": sum(
                 1
                 for r in run.results
-                if r.job_id is not None and r.state in ENDED and not r.compared
+                if r.job_id is not None
+                and r.state in ENDED
+                and not (r.compared or r.archive_aborted)
             ),
+            "archive_aborted": sum(1 for r in run.results if r.archive_aborted),
             "rtol": run.args.rtol,
             "atol": run.args.atol,
             "differences": [
@@ -146,6 +149,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"compared {comparison['compared']} output(s) with their archive: "
             f"{comparison['same']} the same, {comparison['differ']} differ, "
             f"{comparison['no_archive']} without archive"
+            + (
+                f", {comparison['archive_aborted']} whose archived job was aborted (not compared)"
+                if comparison.get("archive_aborted")
+                else ""
+            )
         )
         if comparison["differences"]:
             table = [
