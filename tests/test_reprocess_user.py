@@ -1045,3 +1045,23 @@ def test_a_job_aborted_in_its_archive_is_not_compared_as_a_difference(tmp_path: 
     assert compare["archive_aborted"] == 1
     assert status == 0, stderr
     assert "1 whose archived job was aborted (not compared)" in format_summary(summary)
+
+
+def test_an_archive_of_the_original_tool_in_a_folder_named_by_digits_is_still_one(
+    tmp_path: Path,
+):
+    # bug: the original tool's flat archive (NNNNN_<class>.out) copied into a folder whose
+    # name is all digits (a date: 20241130, a run number: 12) was taken for a server's
+    # NNNN/ folder: an unchanged failed job differed, "error: not in the archived output"
+    from dahu.app.sources import comparable
+    from dahu.compare import first_difference
+
+    archived = {"partial": 3, "logging": [], "job_runtime": 0.1}
+    new = {**archived, "error": ["RuntimeError: no beam", "Traceback ..."]}
+    for folder in ("20241130", "12", "0001", "dahu_2026-11-30T14h58m56"):
+        path = str(tmp_path / folder / "00004_Fails.out")
+        assert first_difference(*comparable(archived, new, path)) is None, folder
+    # where a server writes it, NNNN/ holding the ids of its thousand: "error" is compared
+    for path in ("W/0000/00004_id00t.fails.out", "W/0012/12004_id00t.fails.out"):
+        difference = first_difference(*comparable(archived, new, str(tmp_path / path)))
+        assert difference is not None and difference.path == "error", path

@@ -283,11 +283,22 @@ def comparable(archive: Any, output: Any, path: str | None = None) -> tuple[Any,
     dropped from the new output (until 2026-11-30 an unchanged failed job differed,
     ``error: not in the archived output``)."""
     old, new = reason_only(archive), reason_only(as_archived(output))
-    if path and isinstance(old, dict) and isinstance(new, dict):
-        folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
-        if _ORIGINAL_TOOL_FILE.fullmatch(os.path.basename(path)) and not folder.isdigit():
-            new = {k: v for k, v in new.items() if k in old or k not in _ORIGINAL_TOOL_NEVER_WROTE}
+    if path and isinstance(old, dict) and isinstance(new, dict) and _by_original_tool(path):
+        new = {k: v for k, v in new.items() if k in old or k not in _ORIGINAL_TOOL_NEVER_WROTE}
     return old, new
+
+
+def _by_original_tool(path: str) -> bool:
+    """Whether the ``.out`` file ``path`` is one the original's ``dahu-reprocess`` wrote:
+    ``NNNNN_<class>.out``, but not in the ``NNNN`` folder a server writes job NNNNN's
+    files in (``%04d`` of the id // 1000): the original tool's flat archive may have been
+    copied into a folder named by digits (a date, a run number)."""
+    name = os.path.basename(path)
+    if not _ORIGINAL_TOOL_FILE.fullmatch(name):
+        return False
+    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    job_id = int(name.partition("_")[0])
+    return not (folder.isdigit() and folder == f"{job_id // 1000:04d}")
 
 
 @dataclass
