@@ -1021,19 +1021,20 @@ def test_file_names_with_new_lines_are_one_line_each_escaped(tmp_path: Path):
     assert lines[-1].split()[:4] == ["2", f"{sources}/d\\nf.inp", "example.square", "result"]
 
 
-def test_a_job_aborted_in_its_archive_is_not_compared_as_a_difference(tmp_path: Path):
-    # bug: an archived job that was aborted (a timeout, an operator) left a partial output;
-    # its rerun, which ran to its end, was reported as a regression ("slept: False !=
-    # True"), with nothing saying the archive was aborted, and the run ended with status 1
+def test_a_job_aborted_or_interrupted_in_its_archive_is_not_compared_as_a_difference(
+    tmp_path: Path,
+):
+    # bug: an archived job that was aborted (a timeout, an operator), or left running by a
+    # server that died, has only part of its output; its rerun, which ran to its end, was
+    # reported as a regression ("slept: False != True", "error: missing from the new
+    # output"), with nothing saying why, and the run ended with status 1
     from dahu.app.reprocess_summary import format_summary
 
-    sources = write_inputs(
-        tmp_path / "in",
-        {"plugin_name": "example.sleep", "t": 0.01},
-        {"plugin_name": "example.sleep", "t": 0.01},
-    )
+    sources = write_inputs(tmp_path / "in", *[{"plugin_name": "example.sleep", "t": 0.01}] * 4)
     outputs = [
         {"slept": False, "t": 0.01, "aborted": "2026-11-30T17:30:43+00:00"},
+        {"error": ["interrupted: its process, pid 4242 on vm, died"]},
+        {"error": ["interrupted"]},
         {"slept": True, "t": 0.01},
     ]
     for source, output in zip(sorted(sources.glob("*.inp")), outputs, strict=True):
@@ -1042,9 +1043,10 @@ def test_a_job_aborted_in_its_archive_is_not_compared_as_a_difference(tmp_path: 
     compare = summary["compare"]
     assert compare["differences"] == [], stderr
     assert (compare["compared"], compare["same"], compare["no_archive"]) == (1, 1, 0)
-    assert compare["archive_aborted"] == 1
+    assert compare["incomplete_archive"] == 3
     assert status == 0, stderr
-    assert "1 whose archived job was aborted (not compared)" in format_summary(summary)
+    text = format_summary(summary)
+    assert "3 whose archived job was aborted or interrupted (not compared)" in text
 
 
 def test_an_archive_of_the_original_tool_in_a_folder_named_by_digits_is_still_one(

@@ -57,6 +57,7 @@ from .sources import (
     Relocator,
     comparable,
     expand_sources,
+    incomplete,
     load,
     load_archive,
 )
@@ -92,7 +93,7 @@ class Result:
     invalid: bool = False
     compared: bool = False
     difference: Difference | None = None
-    archive_aborted: bool = False  # its archived output is partial: not compared
+    incomplete_archive: bool = False  # its archived job was aborted or interrupted
 
 
 # ---- running --------------------------------------------------------------------------
@@ -390,8 +391,8 @@ class Reprocessor:
                 return
         elif archive is None:
             return
-        if isinstance(archive, dict) and archive.get("aborted"):  # partial: no reference
-            result.archive_aborted = True
+        if incomplete(archive):  # only part of an output: no reference for a rerun
+            result.incomplete_archive = True
             return
         result.compared = True
         args = self.args

@@ -94,9 +94,9 @@ def summarize(run: Any, output_dir: str) -> dict[str, Any]:
                 for r in run.results
                 if r.job_id is not None
                 and r.state in ENDED
-                and not (r.compared or r.archive_aborted)
+                and not (r.compared or r.incomplete_archive)
             ),
-            "archive_aborted": sum(1 for r in run.results if r.archive_aborted),
+            "incomplete_archive": sum(1 for r in run.results if r.incomplete_archive),
             "rtol": run.args.rtol,
             "atol": run.args.atol,
             "differences": [
@@ -150,8 +150,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{comparison['same']} the same, {comparison['differ']} differ, "
             f"{comparison['no_archive']} without archive"
             + (
-                f", {comparison['archive_aborted']} whose archived job was aborted (not compared)"
-                if comparison.get("archive_aborted")
+                f", {comparison['incomplete_archive']} whose archived job was aborted or interrupted "
+                "(not compared)"
+                if comparison.get("incomplete_archive")
                 else ""
             )
         )

@@ -17,7 +17,7 @@ from ..errors import DahuError, JournalError, one_line
 from ..inputs import json_kind
 from ..jobquery import get as get_record
 from ..jobquery import open_journal
-from ..journal import SQLiteJournal
+from ..journal import INTERRUPTED, SQLiteJournal
 from ..journal.base import MAX_ID
 from ..utils import dumps, jsonable
 
@@ -28,6 +28,7 @@ __all__ = [
     "Loaded",
     "as_archived",
     "comparable",
+    "incomplete",
     "expand_sources",
     "load",
     "load_input",
@@ -299,6 +300,20 @@ def _by_original_tool(path: str) -> bool:
     folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
     job_id = int(name.partition("_")[0])
     return not (folder.isdigit() and folder == f"{job_id // 1000:04d}")
+
+
+def incomplete(archive: Any) -> bool:
+    """Whether an archived output is only part of what its job would have given: the job
+    was aborted (its ``aborted`` key), or its server died as it ran (the next one recorded
+    its error as ``interrupted``, see :func:`dahu.journal.sqlitefile.close_dead`)."""
+    if not isinstance(archive, dict):
+        return False
+    error = archive.get("error")
+    reason = error[0] if isinstance(error, list) and error else None
+    died = reason == INTERRUPTED or (
+        isinstance(reason, str) and reason.startswith(f"{INTERRUPTED}: its process, pid ")
+    )
+    return bool(archive.get("aborted")) or died
 
 
 @dataclass
