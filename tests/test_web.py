@@ -839,6 +839,8 @@ def test_stopping_closes_the_idle_connections_of_pages(engine):
         ("/api/series?window=%EF%BC%91%EF%BC%90", 400, "window must be an integer"),
         ("/api/nothing", 404, "no such page"),
         ("/static/../server.py", 404, "no such page"),
+        # bug: a static file that is not there was {"error": "Not Found"}, naming nothing
+        ("/static/nothing.js", 404, "no such page: /static/nothing.js"),
         # bug: past Tornado's 64 KiB of headers, the connection closed without an answer
         ("/api/jobs?plugin=" + "x" * 70000, 431, "longer than 65536 bytes: ask with a shorter"),
     ],

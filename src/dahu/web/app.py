@@ -105,6 +105,8 @@ class _Base(tornado.web.RequestHandler):
             text = error.text
         elif status_code == 405:
             text = f"{self.request.method} refused: the page is read-only (GET only)"
+        elif status_code == 404:  # a static file that is not there: Tornado says "Not Found"
+            text = f"no such page: {self.request.path[:100]}"
         elif isinstance(error, tornado.web.HTTPError) and status_code < 500:
             text = error.log_message or self._reason
         else:
