@@ -1047,6 +1047,9 @@ def test_a_job_aborted_or_interrupted_in_its_archive_is_not_compared_as_a_differ
     assert status == 0, stderr
     text = format_summary(summary)
     assert "3 whose archived job was aborted or interrupted (not compared)" in text
+    from dahu.app.sources import incomplete  # a plugin's own key of that name: a whole output
+
+    assert not incomplete({"aborted": 3}) and not incomplete({"error": ["interrupted x"]})
 
 
 def test_an_archive_of_the_original_tool_in_a_folder_named_by_digits_is_still_one(

@@ -313,7 +313,7 @@ def incomplete(archive: Any) -> bool:
     died = reason == INTERRUPTED or (
         isinstance(reason, str) and reason.startswith(f"{INTERRUPTED}: its process, pid ")
     )
-    return bool(archive.get("aborted")) or died
+    return isinstance(archive.get("aborted"), str) or died  # the time of the abort
 
 
 @dataclass
