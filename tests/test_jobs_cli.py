@@ -610,6 +610,9 @@ def test_bad_work_directories(tmp_path):
         (["list", "--limit", "-1"], "expected 0 or more"),
         (["list", "--limit", "many"], "expected a whole number"),
         (["list", "--since", "0001-01-01"], "bad date '0001-01-01': out of the range"),
+        # bug: the bounds swapped found no job, without a word
+        (["stats", "--since", "1h", "--until", "2h"], "--since is after --until (a duration"),
+        (["list", "--since", "2026-11-30", "--until", "2026-11-29"], "--since is after --until"),
         (["list", "--state", "done"], "invalid choice: 'done'"),
         (["show", "abc"], "a job id is a whole number"),
         (["show"], "the following arguments are required: ID"),

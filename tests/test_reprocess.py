@@ -443,6 +443,14 @@ def test_bad_usage_exits_2(tmp_path: Path, capsys):
         assert proc.returncode == 2
         assert proc.stderr.splitlines()[-1] == f"dahu-reprocess: error: argument {reason}"
     parser = reprocess_args.build_parser()
+    # bug: more jobs at once than an engine has slots was a ValueError traceback, status 1,
+    # after the output directory was made
+    proc = reprocess("-j", "5000", "-o", tmp_path / "out", tmp_path)
+    assert (proc.returncode, proc.stderr.splitlines()[-1]) == (
+        2,
+        "dahu-reprocess: error: argument -j/--jobs: must be at most 4096, not 5000",
+    )
+    assert not (tmp_path / "out").exists()
     # bug: inf (or 1e400) was taken, and then every output compared the same
     for option in ("--rtol=inf", "--rtol=nan", "--atol=1e400", "--atol=-Infinity"):
         with pytest.raises(SystemExit) as info:

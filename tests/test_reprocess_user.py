@@ -1019,3 +1019,54 @@ def test_file_names_with_new_lines_are_one_line_each_escaped(tmp_path: Path):
     assert "example.squar\\nre " in proc.stdout
     assert f"output in {tmp_path}/out\\nput" in proc.stdout
     assert lines[-1].split()[:4] == ["2", f"{sources}/d\\nf.inp", "example.square", "result"]
+
+
+def test_a_job_aborted_or_interrupted_in_its_archive_is_not_compared_as_a_difference(
+    tmp_path: Path,
+):
+    # bug: an archived job that was aborted (a timeout, an operator), or left running by a
+    # server that died, has only part of its output; its rerun, which ran to its end, was
+    # reported as a regression ("slept: False != True", "error: missing from the new
+    # output"), with nothing saying why, and the run ended with status 1
+    from dahu.app.reprocess_summary import format_summary
+
+    sources = write_inputs(tmp_path / "in", *[{"plugin_name": "example.sleep", "t": 0.01}] * 4)
+    outputs = [
+        {"slept": False, "t": 0.01, "aborted": "2026-11-30T17:30:43+00:00"},
+        {"error": ["interrupted: its process, pid 4242 on vm, died"]},
+        {"error": ["interrupted"]},
+        {"slept": True, "t": 0.01},
+    ]
+    for source, output in zip(sorted(sources.glob("*.inp")), outputs, strict=True):
+        source.with_suffix(".out").write_text(json.dumps({**output, "logging": []}))
+    status, summary, stderr = summary_of("--compare", "-o", tmp_path / "out", sources)
+    compare = summary["compare"]
+    assert compare["differences"] == [], stderr
+    assert (compare["compared"], compare["same"], compare["no_archive"]) == (1, 1, 0)
+    assert compare["incomplete_archive"] == 3
+    assert status == 0, stderr
+    text = format_summary(summary)
+    assert "3 whose archived job was aborted or interrupted (not compared)" in text
+    from dahu.app.sources import incomplete  # a plugin's own key of that name: a whole output
+
+    assert not incomplete({"aborted": 3}) and not incomplete({"error": ["interrupted x"]})
+
+
+def test_an_archive_of_the_original_tool_in_a_folder_named_by_digits_is_still_one(
+    tmp_path: Path,
+):
+    # bug: the original tool's flat archive (NNNNN_<class>.out) copied into a folder whose
+    # name is all digits (a date: 20241130, a run number: 12) was taken for a server's
+    # NNNN/ folder: an unchanged failed job differed, "error: not in the archived output"
+    from dahu.app.sources import comparable
+    from dahu.compare import first_difference
+
+    archived = {"partial": 3, "logging": [], "job_runtime": 0.1}
+    new = {**archived, "error": ["RuntimeError: no beam", "Traceback ..."]}
+    for folder in ("20241130", "12", "0001", "dahu_2026-11-30T14h58m56"):
+        path = str(tmp_path / folder / "00004_Fails.out")
+        assert first_difference(*comparable(archived, new, path)) is None, folder
+    # where a server writes it, NNNN/ holding the ids of its thousand: "error" is compared
+    for path in ("W/0000/00004_id00t.fails.out", "W/0012/12004_id00t.fails.out"):
+        difference = first_difference(*comparable(archived, new, str(tmp_path / path)))
+        assert difference is not None and difference.path == "error", path

@@ -839,6 +839,12 @@ def test_stopping_closes_the_idle_connections_of_pages(engine):
         ("/api/series?window=%EF%BC%91%EF%BC%90", 400, "window must be an integer"),
         ("/api/nothing", 404, "no such page"),
         ("/static/../server.py", 404, "no such page"),
+        # bug: a static file that is not there was {"error": "Not Found"}, naming nothing
+        ("/static/nothing.js", 404, "no such page: /static/nothing.js"),
+        # bug: a parameter given twice kept the last one: only the aborted jobs were listed
+        ("/api/jobs?state=failure&state=aborted", 400, "state is given 2 times: give it once"),
+        ("/api/jobs?limit=5&limit=7", 400, "limit is given 2 times: give it once"),
+        ("/api/jobs?plugin=a&plugin=b", 400, "plugin is given 2 times: give it once"),
         # bug: past Tornado's 64 KiB of headers, the connection closed without an answer
         ("/api/jobs?plugin=" + "x" * 70000, 431, "longer than 65536 bytes: ask with a shorter"),
     ],

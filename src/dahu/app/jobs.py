@@ -439,6 +439,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        since, until = getattr(args, "since", None), getattr(args, "until", None)
+        if since is not None and until is not None and since > until:  # none could match
+            parser.error(
+                "--since is after --until (a duration is back from now: --since 2h --until 1h)"
+            )
     except SystemExit as exc:  # --help, --version, or bad usage
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.workdir = os.path.abspath(getattr(args, "workdir", None) or default_workdir())

@@ -57,6 +57,7 @@ from .sources import (
     Relocator,
     comparable,
     expand_sources,
+    incomplete,
     load,
     load_archive,
 )
@@ -92,6 +93,7 @@ class Result:
     invalid: bool = False
     compared: bool = False
     difference: Difference | None = None
+    incomplete_archive: bool = False  # its archived job was aborted or interrupted
 
 
 # ---- running --------------------------------------------------------------------------
@@ -388,6 +390,9 @@ class Reprocessor:
             if path is None:
                 return
         elif archive is None:
+            return
+        if incomplete(archive):  # only part of an output: no reference for a rerun
+            result.incomplete_archive = True
             return
         result.compared = True
         args = self.args

@@ -10,6 +10,7 @@ import sys
 from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_RTOL
 from ..journal import default_workdir
+from ..properties import MAX_WORKERS
 from ..properties import local_directory as directory  # ~ is the home directory
 from .sources import IDS
 
@@ -25,6 +26,8 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value > MAX_WORKERS:  # a thread (or a process) each: before anything is made
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_WORKERS}, not {value}")
     return value
 
 

@@ -92,8 +92,11 @@ def summarize(run: Any, output_dir: str) -> dict[str, Any]:
             "no_archive": sum(
                 1
                 for r in run.results
-                if r.job_id is not None and r.state in ENDED and not r.compared
+                if r.job_id is not None
+                and r.state in ENDED
+                and not (r.compared or r.incomplete_archive)
             ),
+            "incomplete_archive": sum(1 for r in run.results if r.incomplete_archive),
             "rtol": run.args.rtol,
             "atol": run.args.atol,
             "differences": [
@@ -146,6 +149,12 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"compared {comparison['compared']} output(s) with their archive: "
             f"{comparison['same']} the same, {comparison['differ']} differ, "
             f"{comparison['no_archive']} without archive"
+            + (
+                f", {comparison['incomplete_archive']} whose archived job was aborted or interrupted "
+                "(not compared)"
+                if comparison.get("incomplete_archive")
+                else ""
+            )
         )
         if comparison["differences"]:
             table = [

@@ -17,7 +17,7 @@ from ..errors import DahuError, JournalError, one_line
 from ..inputs import InvalidInput, json_file_text, json_kind
 from ..jobquery import get as get_record
 from ..jobquery import open_journal
-from ..journal import SQLiteJournal
+from ..journal import INTERRUPTED, SQLiteJournal
 from ..journal.base import MAX_ID
 from ..utils import dumps, jsonable
 
@@ -28,6 +28,7 @@ __all__ = [
     "Loaded",
     "as_archived",
     "comparable",
+    "incomplete",
     "expand_sources",
     "load",
     "load_input",
@@ -279,11 +280,36 @@ def comparable(archive: Any, output: Any, path: str | None = None) -> tuple[Any,
     dropped from the new output (until 2026-11-30 an unchanged failed job differed,
     ``error: not in the archived output``)."""
     old, new = reason_only(archive), reason_only(as_archived(output))
-    if path and isinstance(old, dict) and isinstance(new, dict):
-        folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
-        if _ORIGINAL_TOOL_FILE.fullmatch(os.path.basename(path)) and not folder.isdigit():
-            new = {k: v for k, v in new.items() if k in old or k not in _ORIGINAL_TOOL_NEVER_WROTE}
+    if path and isinstance(old, dict) and isinstance(new, dict) and _by_original_tool(path):
+        new = {k: v for k, v in new.items() if k in old or k not in _ORIGINAL_TOOL_NEVER_WROTE}
     return old, new
+
+
+def _by_original_tool(path: str) -> bool:
+    """Whether the ``.out`` file ``path`` is one the original's ``dahu-reprocess`` wrote:
+    ``NNNNN_<class>.out``, but not in the ``NNNN`` folder a server writes job NNNNN's
+    files in (``%04d`` of the id // 1000): the original tool's flat archive may have been
+    copied into a folder named by digits (a date, a run number)."""
+    name = os.path.basename(path)
+    if not _ORIGINAL_TOOL_FILE.fullmatch(name):
+        return False
+    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    job_id = int(name.partition("_")[0])
+    return not (folder.isdigit() and folder == f"{job_id // 1000:04d}")
+
+
+def incomplete(archive: Any) -> bool:
+    """Whether an archived output is only part of what its job would have given: the job
+    was aborted (its ``aborted`` key), or its server died as it ran (the next one recorded
+    its error as ``interrupted``, see :func:`dahu.journal.sqlitefile.close_dead`)."""
+    if not isinstance(archive, dict):
+        return False
+    error = archive.get("error")
+    reason = error[0] if isinstance(error, list) and error else None
+    died = reason == INTERRUPTED or (
+        isinstance(reason, str) and reason.startswith(f"{INTERRUPTED}: its process, pid ")
+    )
+    return isinstance(archive.get("aborted"), str) or died  # the time of the abort
 
 
 @dataclass

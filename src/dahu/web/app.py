@@ -105,6 +105,8 @@ class _Base(tornado.web.RequestHandler):
             text = error.text
         elif status_code == 405:
             text = f"{self.request.method} refused: the page is read-only (GET only)"
+        elif status_code == 404:  # a static file that is not there: Tornado says "Not Found"
+            text = f"no such page: {self.request.path[:100]}"
         elif isinstance(error, tornado.web.HTTPError) and status_code < 500:
             text = error.log_message or self._reason
         else:
@@ -135,9 +137,17 @@ class _Base(tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
         self.finish(web_json(data))
 
+    def one_argument(self, name: str) -> str | None:
+        """The query argument ``name``, or None; given twice, a 400 (Tornado keeps the last
+        one: ``state=failure&state=aborted`` would list the aborted jobs alone)."""
+        values = self.get_query_arguments(name)
+        if len(values) > 1:
+            raise ClientError(400, f"{name} is given {len(values)} times: give it once")
+        return values[0] if values else None
+
     def int_argument(self, name: str, default: int, low: int, high: int) -> int:
         """A query argument that must be an integer in [low, high]."""
-        raw = self.get_query_argument(name, None)
+        raw = self.one_argument(name)
         if raw is None:
             return default
         if _too_long(raw):
@@ -153,7 +163,7 @@ class _Base(tornado.web.RequestHandler):
         return value
 
     def state_argument(self) -> str | None:
-        state = self.get_query_argument("state", None)
+        state = self.one_argument("state")
         state = state.lower() if state is not None else None  # any case, as plugin=
         if state is not None and state not in State.ALL:
             raise ClientError(400, f"state must be one of {', '.join(State.ALL)}")
@@ -255,7 +265,7 @@ class JobsHandler(_Base):
         monitor = self.monitor
         limit = self.int_argument("limit", 25, 1, MAX_LIMIT)
         state = self.state_argument()
-        plugin = self.get_query_argument("plugin", None)
+        plugin = self.one_argument("plugin")
         if plugin is not None and not plugin.strip():  # as state=: not "no job"
             raise ClientError(400, "plugin must be a plugin name, not empty")
         states = ENDED if state is None else journal_states(state)
