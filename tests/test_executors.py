@@ -515,6 +515,43 @@ def test_a_dask_worker_dying_before_its_nanny_heard_from_it_says_how(kind, tmp_p
     assert time.monotonic() - t0 < 5
 
 
+def test_a_new_nanny_s_first_worker_is_noted_by_its_pid(monkeypatch):
+    # bug: a nanny's plugins are set up before it makes its worker process, so the exit
+    # of a new nanny's first worker (a LocalCluster replaces a nanny whose worker stayed
+    # away) was noted only under the address the nanny heard from it: a worker dying
+    # before it greeted its nanny failed its job "... Dask does not say how" (CI, once)
+    import asyncio
+
+    pytest.importorskip("distributed")
+    from dahu.executors import dask_exits
+
+    monkeypatch.setattr(dask_exits, "_exits", {})
+    ended = []
+
+    class Nanny:  # as distributed.Nanny makes its WorkerProcess (on_exit given then)
+        process = None
+
+        def _on_worker_exit_sync(self, exitcode):
+            ended.append(exitcode)
+
+        async def instantiate(self):
+            on_exit = self._on_worker_exit_sync
+            self.process = SimpleNamespace(
+                process=SimpleNamespace(pid=4242),
+                worker_address=None,  # it never greeted its nanny
+                on_exit=on_exit,
+                _on_exit=lambda ended: None,
+            )
+            return "running"
+
+    nanny = Nanny()
+    dask_exits.ExitWatch().setup(nanny)
+    assert asyncio.run(nanny.instantiate()) == "running"
+    nanny.process.on_exit(-6)  # the worker process died of SIGABRT
+    assert ended == [-6]  # the nanny heard of it as before
+    assert dask_exits.exit_code(None, 4242, wait=0) == -6
+
+
 ONCE = """
 from dahu.factory import register
 from dahu.plugin import Plugin

@@ -85,6 +85,19 @@ class ExitWatch(NannyPlugin):
             on_worker_exit(exitcode)
 
         nanny._on_worker_exit_sync = exited  # given to the WorkerProcess it makes
+        if nanny.process is None:  # a new nanny: its plugins are set up before its worker
+            instantiate = nanny.instantiate
+
+            async def instantiated() -> Any:
+                # its worker, started, noted by pid too (until 2026-11-30 a new nanny's
+                # first worker was noted by the address the nanny heard: one dying before
+                # it greeted its nanny failed its job "... Dask does not say how")
+                try:
+                    return await instantiate()
+                finally:
+                    watch(nanny.process)
+
+            nanny.instantiate = instantiated
         watch(nanny.process)
 
 
