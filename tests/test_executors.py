@@ -940,7 +940,9 @@ def test_wait_for_chain_longer_than_the_pool(kind):
     assert chain[-1].output_data["result"] == 4 + 5
 
 
-def test_an_aborted_waiter_ends_without_waiting_for_a_slot(kind_engine, kind, tmp_path):
+def test_an_aborted_waiter_ends_without_waiting_for_a_slot(
+    kind_engine, kind, tmp_path, monkeypatch
+):
     # bug: a job aborted (or timed out) while its plugin waited for another job needed
     # its slot back to end, and both slots ran long jobs: under process it stayed
     # running until one of them ended (hours), its worker killed meanwhile; under thread
@@ -948,6 +950,11 @@ def test_an_aborted_waiter_ends_without_waiting_for_a_slot(kind_engine, kind, tm
     # under dask it waited for a thread of its worker, which was restarted after the
     # grace: the long job running there failed (KilledWorker)
     executor = kind_engine[1].executor
+    # the waiter sees its abort within 0.5 s (its wait_for's slice; under dask + 0.25 s,
+    # the task's look at its abort event): on a loaded machine it took over the module's
+    # 1 s grace, and its worker was restarted (CI, dask). A grace longer than the join
+    # below: a waiter that waits for a slot still fails the test
+    monkeypatch.setattr(executor, "abort_grace", 30.0)
     long_jobs = [Job("example.sleep", {"t": 120}) for _ in range(2)]
     flag = tmp_path / "waiting"
     waiter = Job("trouble.addprevious", {"other": long_jobs[0].id, "x": 1, "flag": str(flag)})
