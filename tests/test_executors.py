@@ -2670,7 +2670,7 @@ def test_a_dask_job_whose_plugin_began_on_a_worker_restarted_for_another_is_not_
     error = type("KilledWorker", (Exception,), {})()
     error.last_worker = SimpleNamespace(address=worker)
     executor = DaskExecutor(scheduler="tcp://10.0.0.7:8786")  # never attached
-    executor.restarted.add(worker)
+    executor.restarted[worker] = 7  # for job 7's hung plugin
     events = [(1.0, {"action": "add-worker"}), (3.0, {"action": BEGUN, "key": "k"})]
     executor.client = SimpleNamespace(get_events=lambda address: events)
     task = SimpleNamespace(plugin_name="p", input_data={}, job_id=1)
@@ -2680,7 +2680,7 @@ def test_a_dask_job_whose_plugin_began_on_a_worker_restarted_for_another_is_not_
     execution.launch = lambda: pytest.fail("sent again")
     assert not execution.relaunched()
     assert executor.death_reason(error) == (
-        "worker process restarted: another job's plugin there ignored its abort"
+        "worker process restarted: job 7's plugin there ignored its abort"
     )
     events.pop()  # its plugin had not begun there: sent again
     execution.launch = lambda: setattr(execution, "attempt", 2)
