@@ -416,19 +416,22 @@ def test_abort_hung_plugin_ends_it_after_grace(kind, tmp_path):
     assert run("example.square", {"x": 2}).output_data["result"] == 4
 
 
-def test_a_worker_restarted_for_a_hung_plugin_spares_the_jobs_waiting_on_it(kind):
+def test_a_worker_restarted_for_a_hung_plugin_spares_the_jobs_waiting_on_it(kind, tmp_path):
     # bug (dask): a worker holds a task waiting for its thread besides the one it runs;
     # restarted for a plugin that ignored its abort, it failed that job, whose plugin had
     # not begun: "worker process died (dask KilledWorker ...)"
     if kind != "dask":
         pytest.skip("only a Dask worker holds tasks it has not begun")
-    hung = Job("trouble.hang", {})
+    flag = tmp_path / "hanging"
+    hung = Job("trouble.hang", {"flag": str(flag)})
     hung.start()
     others = [Job("example.sleep", {"t": 0.5}) for _ in range(6)]
     for job in others:  # two per worker: one runs, one waits for the worker's thread
         job.start()
-    wait_running(hung)
-    time.sleep(0.5)  # let the plugin enter its loop on the worker
+    # its plugin has begun on the worker (a wait of 0.5 s was not always enough on a
+    # loaded machine: the abort then found it not begun, no worker was restarted, and
+    # the test passed without testing anything)
+    wait_for_file(flag)
     assert hung.abort()
     hung.join(30)
     for job in others:
