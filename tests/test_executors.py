@@ -4,6 +4,7 @@ Each executor gets one engine for the module (a local Dask cluster takes a secon
 start); every test runs real jobs through ``dahu.job.Job``.
 """
 
+import contextlib
 import inspect
 import logging
 import multiprocessing
@@ -39,6 +40,17 @@ def kind_engine(request, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("DAHU_PLUGINS", str(plugins))
     options = {"abort_grace": 1.0}
+    settings = contextlib.ExitStack()
+    if request.param == "dask":
+        import dask
+
+        # this module's tests kill and restart its workers, often within 15 s of each
+        # other: a LocalCluster closes a worker's nanny lost-worker-timeout (15 s) after
+        # any exit of its worker if the worker is away at that moment (restarting after
+        # a later kill), and the job running on it fails "worker process died: exit code
+        # 0" (seen under load in test_a_dask_job_whose_worker_died_with_its_result_does_
+        # not_run_twice, the tests before it having crashed both workers)
+        settings.enter_context(dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"}))
     engine = dahu.engine.configure(
         workdir=str(base / "work"),
         max_workers=2,
@@ -47,6 +59,7 @@ def kind_engine(request, tmp_path_factory):
     )
     yield request.param, engine
     engine.executor.shutdown(wait=True, timeout=30)
+    settings.close()
     mp.undo()
 
 
