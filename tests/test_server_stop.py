@@ -201,7 +201,9 @@ def test_devrestart_again_and_again_while_jobs_end_keeps_the_server_up(tmp_path)
         Failures(proxy)  # a subscriber: the device pushes the events
         proxy.subscribe_event("jobSuccess", tango.EventType.CHANGE_EVENT, lambda event: None)
         admin = tango.DeviceProxy(f"tango://127.0.0.1:{local.port}/dserver/DahuDS/demo#dbase=no")
-        # jobs that end all along the restarts
+        # jobs that end all along the restarts (recording 30,000 of them took over the
+        # client's 3 s on a loaded machine: the call failed API_DeviceTimedOut)
+        proxy.set_timeout_millis(60_000)
         proxy.startJobs(["example.sleep", json.dumps([{"t": 0.001}] * 30_000)])
         try:
             for _ in range(60):
