@@ -121,10 +121,20 @@ def running_server(base: Path, device: str, **options):
 
 
 def wait_stopped(pid: int, timeout: float = 10.0) -> None:
-    """Wait until the process ``pid`` is stopped (a signal is delivered a moment later)."""
+    """Wait until the process ``pid`` is stopped (a signal is delivered a moment later),
+    every thread of it: each stops on its own, and a thread still running (its main
+    thread shown stopped already) may still answer a call sent right then."""
+
+    def states() -> list[str]:
+        tasks = Path(f"/proc/{pid}/task")
+        found = []
+        for task in tasks.iterdir():
+            with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+                found.append((task / "stat").read_text().rpartition(")")[2].split()[0])
+        return found
+
     deadline = time.monotonic() + timeout
-    stat = f"/proc/{pid}/stat"
-    while Path(stat).read_text().rpartition(")")[2].split()[0] not in "Tt":
+    while not all(state in "Tt" for state in states()):
         assert time.monotonic() < deadline, f"process {pid} did not stop"
         time.sleep(0.001)
 
