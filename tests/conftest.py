@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import queue
 import shutil
 import sys
 import tempfile
@@ -165,6 +166,30 @@ def damage(path) -> None:
     with open(path, "r+b") as file:
         file.seek(100)
         file.write(b"\xff" * 8)
+
+
+def next_item(items, seconds: float):
+    """The next item of the queue ``items`` within ``seconds``, or None."""
+    try:
+        return items.get(timeout=seconds)
+    except queue.Empty:
+        return None
+
+
+def wait_subscribed(proxy, next_heard, timeout: float = 30.0) -> int:
+    """Wait until a subscription to ``jobSuccess`` brings the event of a job started after
+    it: ``subscribe_event`` returns before ZeroMQ has taken the subscription to the
+    server (docs/server.md), and on a loaded machine the events of the jobs started right
+    after reached nobody.  ``next_heard(seconds)``: the next job id heard within that
+    time, or None.  Returns the last probe job's id (``example.noop`` jobs)."""
+    deadline = time.monotonic() + timeout
+    probe, heard = None, None
+    while heard is None or heard != probe:
+        assert time.monotonic() < deadline, "no event heard after subscribing"
+        if heard is None:  # (another job's event: read on)
+            probe = proxy.startJob(["example.noop", "{}"])
+        heard = next_heard(0.5)
+    return probe
 
 
 def wait_for_file(path: Path, timeout: float = 30.0) -> None:

@@ -22,7 +22,7 @@ from dahu.app.localserver import LocalServer
 from dahu.journal.sqlite import SQLiteJournal
 from dahu.server import DahuDS
 
-from .conftest import finish
+from .conftest import finish, next_item, wait_subscribed
 
 
 def start_device(workdir: Path, **properties) -> DeviceTestContext:
@@ -81,18 +81,7 @@ def test_every_job_has_its_event_across_init(proxy, other):
 
     subscription = other.subscribe_event("jobSuccess", tango.EventType.CHANGE_EVENT, on_event)
     try:
-        # subscribe_event returns before ZeroMQ has taken the subscription to the server
-        # (docs/server.md): on a loaded machine the first jobs' events could reach nobody.
-        # A probe job's event says it has
-        deadline, probe, seen = time.monotonic() + 30, None, None
-        while seen is None or seen != probe:
-            assert time.monotonic() < deadline, "no event heard after subscribing"
-            if seen is None:
-                probe = proxy.startJob(["example.noop", "{}"])
-            try:
-                seen = events.get(timeout=0.5)
-            except queue.Empty:
-                seen = None
+        wait_subscribed(proxy, lambda seconds: next_item(events, seconds))
         ids = [
             int(i) for i in proxy.startJobs(["example.sleep", json.dumps([{"t": 0.002}] * 2000)])
         ]
