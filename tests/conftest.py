@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import queue
 import shutil
 import sys
 import tempfile
@@ -121,10 +122,20 @@ def running_server(base: Path, device: str, **options):
 
 
 def wait_stopped(pid: int, timeout: float = 10.0) -> None:
-    """Wait until the process ``pid`` is stopped (a signal is delivered a moment later)."""
+    """Wait until the process ``pid`` is stopped (a signal is delivered a moment later),
+    every thread of it: each stops on its own, and a thread still running (its main
+    thread shown stopped already) may still answer a call sent right then."""
+
+    def states() -> list[str]:
+        tasks = Path(f"/proc/{pid}/task")
+        found = []
+        for task in tasks.iterdir():
+            with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+                found.append((task / "stat").read_text().rpartition(")")[2].split()[0])
+        return found
+
     deadline = time.monotonic() + timeout
-    stat = f"/proc/{pid}/stat"
-    while Path(stat).read_text().rpartition(")")[2].split()[0] not in "Tt":
+    while not all(state in "Tt" for state in states()):
         assert time.monotonic() < deadline, f"process {pid} did not stop"
         time.sleep(0.001)
 
@@ -155,6 +166,30 @@ def damage(path) -> None:
     with open(path, "r+b") as file:
         file.seek(100)
         file.write(b"\xff" * 8)
+
+
+def next_item(items, seconds: float):
+    """The next item of the queue ``items`` within ``seconds``, or None."""
+    try:
+        return items.get(timeout=seconds)
+    except queue.Empty:
+        return None
+
+
+def wait_subscribed(proxy, next_heard, timeout: float = 30.0) -> int:
+    """Wait until a subscription to ``jobSuccess`` brings the event of a job started after
+    it: ``subscribe_event`` returns before ZeroMQ has taken the subscription to the
+    server (docs/server.md), and on a loaded machine the events of the jobs started right
+    after reached nobody.  ``next_heard(seconds)``: the next job id heard within that
+    time, or None.  Returns the last probe job's id (``example.noop`` jobs)."""
+    deadline = time.monotonic() + timeout
+    probe, heard = None, None
+    while heard is None or heard != probe:
+        assert time.monotonic() < deadline, "no event heard after subscribing"
+        if heard is None:  # (another job's event: read on)
+            probe = proxy.startJob(["example.noop", "{}"])
+        heard = next_heard(0.5)
+    return probe
 
 
 def wait_for_file(path: Path, timeout: float = 30.0) -> None:

@@ -61,6 +61,31 @@ def test_pyfai_bench_helpers(tmp_path):
     assert len({item["output_file"] for item in inputs}) == 2
 
 
+def test_the_bare_pyfai_loop_is_timed_from_the_release_of_its_threads(tmp_path, monkeypatch):
+    # bug: its clock started once the main thread ran again after the threads' barrier:
+    # on a loaded machine they had integrated (some of) the frames by then, and the bare
+    # loop's rate was overstated, up to a ratio of 0.000 (CI: test_pyfai_bench_small)
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("bench_pyfai", ROOT / "bench" / "pyfai.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    dataset = bench.prepare(tmp_path / "data", frames=5, shape=(64, 64))
+
+    class LateMain(threading.Barrier):  # the main thread runs again 0.5 s after the release
+        def wait(self, timeout=None):
+            index = super().wait(timeout)
+            if threading.current_thread() is threading.main_thread():
+                time.sleep(0.5)
+            return index
+
+    late = SimpleNamespace(**{**vars(threading), "Barrier": LateMain})
+    monkeypatch.setattr(bench, "threading", late)
+    assert bench.bare_loop(dataset, 2) >= 0.5
+
+
 def test_engine_bench_small(tmp_path):
     figures = run_bench("engine.py", "-n", "200", "--warmup", "50", "--workdir", str(tmp_path))
     assert figures["benchmark"] == "engine" and figures["jobs"] == 200

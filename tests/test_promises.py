@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import json
+import math
+import queue
 import sqlite3
 import subprocess
 import sys
@@ -27,7 +29,7 @@ from dahu.job import Job
 from dahu.journal import SQLiteJournal, job_file_stem
 from dahu.plugin import Plugin
 
-from .conftest import child_env, finish, wait_for_file
+from .conftest import child_env, finish, next_item, wait_for_file, wait_subscribed
 
 DEVICE = "test/dahu/promises"
 
@@ -63,12 +65,17 @@ def test_events_come_after_the_outcome_is_committed_and_the_files_written(server
     lock = threading.Lock()
     all_seen = threading.Event()
     count = 60
+    probes: queue.SimpleQueue = queue.SimpleQueue()
+    floor = [math.inf]  # the jobs up to it are probes (wait_subscribed)
 
     def on_event(event: tango.EventData) -> None:
         if event.err or event.attr_value is None:
             return
         job_id = int(event.attr_value.value)
         if job_id <= 0:
+            return
+        if job_id <= floor[0]:
+            probes.put(job_id)
             return
         read = committed(workdir, job_id)  # read when the event arrives, not later
         # as in the original, the job's files are written before its event is pushed
@@ -81,6 +88,7 @@ def test_events_come_after_the_outcome_is_committed_and_the_files_written(server
 
     sub = proxy.subscribe_event("jobSuccess", tango.EventType.CHANGE_EVENT, on_event)
     try:
+        floor[0] = wait_subscribed(proxy, lambda seconds: next_item(probes, seconds))
         ids = [proxy.startJob(["example.square", json.dumps({"x": x})]) for x in range(count)]
         assert all_seen.wait(60), f"{len(seen)} of {count} events"
     finally:

@@ -22,7 +22,7 @@ from dahu.app.localserver import LocalServer
 from dahu.journal.sqlite import SQLiteJournal
 from dahu.server import DahuDS
 
-from .conftest import finish
+from .conftest import finish, next_item, wait_subscribed
 
 
 def start_device(workdir: Path, **properties) -> DeviceTestContext:
@@ -81,6 +81,7 @@ def test_every_job_has_its_event_across_init(proxy, other):
 
     subscription = other.subscribe_event("jobSuccess", tango.EventType.CHANGE_EVENT, on_event)
     try:
+        wait_subscribed(proxy, lambda seconds: next_item(events, seconds))
         ids = [
             int(i) for i in proxy.startJobs(["example.sleep", json.dumps([{"t": 0.002}] * 2000)])
         ]

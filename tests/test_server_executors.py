@@ -18,7 +18,14 @@ from dahu.factory import Factory
 from dahu.journal import job_file_stem
 from dahu.server_plugins import PLUGINS_HEADER, PluginCatalog
 
-from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS, finish, wait_for_file
+from .conftest import (
+    BASE_EXCEPTIONS,
+    TROUBLE_PLUGINS,
+    finish,
+    next_item,
+    wait_for_file,
+    wait_subscribed,
+)
 
 
 @pytest.fixture(scope="module", params=["thread", "process", "dask"])
@@ -89,6 +96,12 @@ def test_jobs_outputs_events_and_files(device):
     events: queue.SimpleQueue = queue.SimpleQueue()
     sub = proxy.subscribe_event("jobSuccess", tango.EventType.CHANGE_EVENT, lambda e: events.put(e))
     try:
+
+        def next_heard(seconds):
+            event = next_item(events, seconds)
+            return None if event is None or event.err else event.attr_value.value
+
+        wait_subscribed(proxy, next_heard)
         ids = [start(proxy, "example.square", x=x) for x in range(5)]
         assert [finish(proxy, i) for i in ids] == ["success"] * 5
         assert [json.loads(proxy.getJobOutput(i))["result"] for i in ids] == [0, 1, 4, 9, 16]

@@ -402,6 +402,7 @@ def abort_while_serving(linger: float) -> None:
         if engine is None or _stop_began is not None:
             return
         _stop_began = time.monotonic()
+    stopped = {r.id: r for r in engine.live()}  # counted: a slot may abort and end them now
     engine.cycle.halted = SHUTDOWN_REASON  # a job taken from now on: aborted
     deadline = _stop_began + settings.shutdown_timeout
     now = time.time()  # jobs ended before, their files (then their events) not written yet
@@ -412,22 +413,21 @@ def abort_while_serving(linger: float) -> None:
         _recorded.wait_for(lambda: not _recording, max(0.0, deadline - time.monotonic()))
     seen: set[int] = set()
     waiting: list[Any] = []
-    stopped: list[Any] = []
     # also the jobs made meanwhile (a startJobs already past the check, a plugin's): each
     # round aborts what is new, and waits only once nothing new comes
     while (runs := [run for run in engine.live() if run.id not in seen]) or waiting:
         if runs:
             seen.update(run.id for run in runs)
             waiting += runs
-            stopped += runs
+            stopped.update((run.id, run) for run in runs)
             _unread.update(run.id for run in runs)  # (read once their events are pushed)
             engine.abort_all(runs, SHUTDOWN_REASON)
             continue
         for run in waiting:
             run.done.wait(max(0.0, deadline - time.monotonic()))
         waiting = []
-    # those the stop aborted and those a slot took meanwhile (halted: aborted at once)
-    if aborted := sum(run.abort_reason == SHUTDOWN_REASON for run in stopped):
+    # the stop's and those a slot took meanwhile, halted (until 2026-11-30 not all of them)
+    if aborted := sum(run.abort_reason == SHUTDOWN_REASON for run in stopped.values()):
         logger.info("stopping: %d job(s) aborted", aborted)
     if seen or waited or unwritten:
         if not engine.flush_files(max(0.0, deadline - time.monotonic())):  # events too

@@ -162,7 +162,7 @@ class DaskExecution:
                     logger.warning(
                         "job %s did not stop after abort: restarting its worker", self.job_id
                     )
-                    dask_task.note_restart(self.executor, processing, running)
+                    dask_task.note_restart(self.executor, processing, running, self.job_id)
                     self.executor.keep_workers()
                     client.restart_workers(running)
                     close_orphans(self.executor.host)  # the jobs its plugins made
@@ -286,8 +286,7 @@ class DaskExecutor:
     :param max_workers: workers of the local cluster (at most 10 jobs per worker are on
         it at once); unused with an external scheduler (:data:`IN_FLIGHT` jobs on it)
     :param scheduler: a scheduler address, or ``local``
-    :param abort_grace: seconds a job has to stop after ``abort`` before its task is
-        cancelled
+    :param abort_grace: seconds a job has to stop after ``abort``: then its worker restarts
     """
 
     name = "dask"
@@ -305,8 +304,7 @@ class DaskExecutor:
         self.scheduler = scheduler_address(scheduler)
         self.max_workers = cluster_size(max_workers, self.scheduler)
         self.abort_grace = option_number("abort_grace", abort_grace, "seconds")
-        local = self.scheduler == "local"
-        self.in_flight_limit = 10 * self.max_workers if local else IN_FLIGHT
+        self.in_flight_limit = 10 * self.max_workers if self.scheduler == "local" else IN_FLIGHT
         self.host: Any = None
         self.client: Any = None
         self.cluster: Any = None
@@ -318,7 +316,7 @@ class DaskExecutor:
         self._completed: queue.SimpleQueue = queue.SimpleQueue()
         self._collector: threading.Thread | None = None
         self._launched: dict[str, DaskExecution] = {}  # by task key, until settled
-        self.restarted: set[str] = set()  # the addresses of the workers it restarted
+        self.restarted: dict[str, int] = {}  # the workers it restarted: for which job
         self.keeper: Any = None  # the local cluster's (:class:`.dask_keeper.Keeper`)
         self.connecting = threading.Lock()  # a new client is made (:meth:`connected`)
         self.retry_at = 0.0  # not before then

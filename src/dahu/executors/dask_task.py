@@ -305,11 +305,11 @@ RESTARTED = "dahu-worker-restarted"
 it restarts that worker (a plugin there ignored its abort), with the tasks it held."""
 
 
-def note_restart(executor: Any, processing: dict, addresses: list[str]) -> None:
-    """Before the ``DaskExecutor`` ``executor`` restarts the workers ``addresses``: note
-    it, for its own jobs that die with them, and on the scheduler, for those of the other
-    servers sharing the workers (the tasks each held: ``processing``)."""
-    executor.restarted.update(addresses)
+def note_restart(executor: Any, processing: dict, addresses: list[str], job_id: int) -> None:
+    """Before the ``DaskExecutor`` ``executor`` restarts the workers ``addresses`` for its
+    job ``job_id``: note it, for its own jobs that die with them, and on the scheduler, for
+    those of the other servers sharing the workers (the tasks each held: ``processing``)."""
+    executor.restarted.update(dict.fromkeys(addresses, job_id))
     for address in addresses:
         keys = [str(key) for key in processing.get(address, ())]
         with contextlib.suppress(Exception):  # its jobs then read as a death
@@ -324,8 +324,9 @@ def restart_reason(executor: Any, error: Any) -> str:
     address = getattr(getattr(error, "last_worker", None), "address", None)
     if address is None:
         return ""
-    if address in executor.restarted:
-        return "worker process restarted: another job's plugin there ignored its abort"
+    if address in executor.restarted:  # (until 2026-11-30 it did not say which job)
+        job_id = executor.restarted[address]
+        return f"worker process restarted: job {job_id}'s plugin there ignored its abort"
     try:
         events = executor.client.get_events(address)
     except Exception:  # no scheduler to ask
