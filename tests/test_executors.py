@@ -44,6 +44,9 @@ def kind_engine(request, tmp_path_factory):
     settings = contextlib.ExitStack()
     if request.param == "dask":
         import dask
+        import distributed  # noqa: F401 - its defaults first: a set() of a key dask.config
+        # lacks deletes, at its end, the whole part it made ("distributed" with dask
+        # 2024.1: the next LocalCluster of the process failed, KeyError 'comm')
 
         # this module's tests kill and restart its workers, often within 15 s of each
         # other: a LocalCluster closes a worker's nanny lost-worker-timeout (15 s) after
