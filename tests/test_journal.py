@@ -676,6 +676,48 @@ def test_a_process_of_another_boot_is_judged_by_its_pid():
     assert known.alive(14, 20.0) is None  # no row: its pid tells
 
 
+def test_a_dead_pid_1_recovery_and_part_files_are_told_from_another_pid_1(workdir):
+    # bug: two servers of one host name on one work directory, both pid 1 of their
+    # containers: a start of A killed as it wrote a dead process's files was taken for
+    # alive while B (begun after A) ran, and its .part files stayed; and B's, A's
+    import fcntl
+    import struct
+
+    from dahu.journal import pending, processes
+    from dahu.journal.base import HOST
+    from dahu.journal.files import remove_dead_parts
+
+    journal = SQLiteJournal(str(workdir))
+    held = None
+    try:
+        mark = pending.begin(journal, 10)
+        db = sqlite3.connect(journal.path)
+        with db:  # A (lock free: killed), then B (lock held: running), both pid 1
+            rows = []
+            for offset, ns in ((100001, "pid:[4026500000]"), (100000, "pid:[4026500001]")):
+                row = (HOST, time.time() - 60 + len(rows), processes.BOOT, ns, offset)
+                sql = "INSERT INTO processes VALUES (?, 1, ?, ?, ?, ?)"
+                rows.append(db.execute(sql, row).lastrowid)
+            a, b = rows
+            db.execute("UPDATE recoveries SET pid = 1, process = ? WHERE rowid = ?", (a, mark))
+        db.close()
+        held = os.open(processes.lock_path(journal), os.O_RDWR)
+        lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 100000, 1, 0)
+        fcntl.fcntl(held, fcntl.F_OFD_SETLK, lock)
+        assert [p.rowid for p in pending.left_by_dead(journal)] == [mark]
+        directory = workdir / "0000"
+        directory.mkdir()
+        for row in (a, b):
+            (directory / f".1-7-{row}.part").write_text("{")
+        known = processes.known(journal._read, journal.path)
+        assert remove_dead_parts(str(directory), known) == 1
+        assert os.listdir(directory) == [f".1-7-{b}.part"]
+    finally:
+        journal.close()
+        if held is not None:
+            os.close(held)
+
+
 def test_a_writer_records_its_namespace_while_it_runs_and_not_after(workdir):
     from dahu.journal import processes
 

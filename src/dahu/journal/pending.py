@@ -4,8 +4,10 @@ leaves its row, and the next start looks again at every job that one had to look
 
 Without them the next start saw, first, the files that start had written (those of the
 jobs it closed as interrupted, or of the jobs it ran meanwhile), took the older ends for
-written, and the rest never got theirs.  A row names its process; the rows of a live
-one (another server on the directory, a worker process's own engine) are left to it.
+written, and the rest never got theirs.  A row names its process (its host, pid and
+row in ``processes``, :mod:`.processes`: two processes of one pid in two pid namespaces
+are told apart); the rows of a live one (another server on the directory, a worker
+process's own engine) are left to it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ WAIT = 5.0
 """Seconds a row waits at most for another process's lock (then: no row, no harm but
 a longer look at the next start)."""
 
-_TABLE = "CREATE TABLE IF NOT EXISTS recoveries (host TEXT, pid INTEGER, started REAL, top INTEGER)"
+_TABLE = (
+    "CREATE TABLE IF NOT EXISTS recoveries "
+    "(host TEXT, pid INTEGER, started REAL, top INTEGER, process INTEGER)"
+)
 
 
 @dataclass
@@ -44,6 +49,7 @@ class Pending:
     pid: int | None
     started: float | None
     top: int
+    process: int | None = None  # its row in ``processes`` (None: an older Dahu's)
 
 
 def begin(journal: Any, top: int) -> int | None:
@@ -54,8 +60,12 @@ def begin(journal: Any, top: int) -> int | None:
     try:
         with journal.transaction(WAIT) as db:
             db.execute(_TABLE)
-            row = (HOST, os.getpid(), time.time(), top)
-            return db.execute("INSERT INTO recoveries VALUES (?, ?, ?, ?)", row).lastrowid
+            columns = [column[1] for column in db.execute("PRAGMA table_info(recoveries)")]
+            if "process" not in columns:  # (a table made before rows named their process)
+                db.execute("ALTER TABLE recoveries ADD COLUMN process INTEGER")
+            row = (HOST, os.getpid(), time.time(), top, processes.row_of(journal))
+            sql = "INSERT INTO recoveries (host, pid, started, top, process) VALUES (?, ?, ?, ?, ?)"
+            return db.execute(sql, row).lastrowid
     except (JournalError, sqlite3.Error) as err:  # a full disk: the files are written anyway
         logger.warning("journal %s: cannot record this start: %s", journal.path, one_line(str(err)))
         return None
@@ -65,13 +75,19 @@ def left_by_dead(journal: Any) -> list[Pending]:
     """The starts of processes that are gone, whose writing was cut short."""
     if not isinstance(journal, SQLiteJournal):
         return []
+    columns = "rowid, host, pid, started, top"
     try:
-        rows = journal._read("SELECT rowid, host, pid, started, top FROM recoveries")
-    except JournalError:  # no such table: no start recorded one
-        return []
+        rows = journal._read(f"SELECT {columns}, process FROM recoveries")
+    except JournalError:  # no such column (rows of an older Dahu), or table (none)
+        try:
+            rows = journal._read(f"SELECT {columns} FROM recoveries")
+        except JournalError:
+            return []
     pending = [Pending(*row) for row in rows]
     known = processes.known(journal._read, journal.path)
-    return [p for p in pending if not process_alive(p.host, p.pid, p.started, None, known)]
+    return [
+        p for p in pending if not process_alive(p.host, p.pid, p.started, None, known, p.process)
+    ]
 
 
 def end(journal: Any, rowids: list[int | None]) -> None:

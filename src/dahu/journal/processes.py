@@ -54,6 +54,7 @@ __all__ = [
     "lock_path",
     "register",
     "release",
+    "row_of",
 ]
 
 _TABLE = (
@@ -148,6 +149,12 @@ def register(journal: Any) -> None:
     journal._alive, journal._extra = (fd, rowid), f'{{"process":{rowid}}}'
 
 
+def row_of(journal: Any) -> int | None:
+    """This process's row in ``processes`` of ``journal`` (None: none recorded)."""
+    alive = getattr(journal, "_alive", None)
+    return None if alive is None else alive[1]
+
+
 def release(journal: Any) -> None:
     """The journal closes, its outcomes committed: its row goes (the table keeps only
     those of processes killed, or whose writing of a dead one's files was cut short:
@@ -159,11 +166,11 @@ def release(journal: Any) -> None:
     with contextlib.suppress(Exception), journal.transaction(WAIT) as db:
         try:
             db.execute(
-                "DELETE FROM processes WHERE rowid = ? AND NOT EXISTS "
-                "(SELECT 1 FROM recoveries WHERE host = ? AND pid = ?)",
-                (rowid, HOST, os.getpid()),
+                "DELETE FROM processes WHERE rowid = ? AND NOT EXISTS (SELECT 1 FROM "
+                "recoveries WHERE process = ? OR process IS NULL AND host = ? AND pid = ?)",
+                (rowid, rowid, HOST, os.getpid()),
             )
-        except sqlite3.OperationalError:  # no such table: no start recorded one
+        except sqlite3.OperationalError:  # no such table (or column): no start recorded one
             db.execute("DELETE FROM processes WHERE rowid = ?", (rowid,))
         with contextlib.suppress(sqlite3.OperationalError):  # (no such table: none)
             db.execute(
