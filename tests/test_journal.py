@@ -1291,6 +1291,23 @@ def dead_jobs_ended_without_files(workdir, count):
     return ids
 
 
+def test_a_script_that_did_not_clean_its_jobs_is_not_said_to_have_died(workdir, caplog):
+    # bug: the files of the jobs of a script that ended without clean() were written by
+    # the next start, logged "(a process died)", though nothing died
+    dead_jobs_ended_without_files(workdir, 2)
+    with caplog.at_level(logging.WARNING, logger="dahu.engine.recovery"):
+        engine = dahu.engine.Engine(workdir=str(workdir))
+        try:
+            assert engine.wait_recovered(10) and engine.recovered == 2
+        finally:
+            engine.close()
+    told = [r.getMessage() for r in caplog.records if "without their .inp/.out" in r.getMessage()]
+    assert told == [
+        "2 job(s) ended without their .inp/.out files (their process ended before it wrote "
+        "them: killed, or a script that did not clean() them): written now"
+    ]
+
+
 KILLED_AS_IT_WRITES = """
 import os, sys, time, dahu.engine
 from dahu.journal import files

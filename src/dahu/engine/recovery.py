@@ -287,7 +287,8 @@ def write_missing_files(recovery: Recovery) -> int:
         pending.end(journal, [mark, *(start.rowid for start in cut_short)])
     if written:
         logger.warning(
-            "%d job(s) ended without their .inp/.out files (a process died): written now",
+            "%d job(s) ended without their .inp/.out files (their process ended before it "
+            "wrote them: killed, or a script that did not clean() them): written now",
             written,
         )
     if recovery.refused > 1:  # the first one was logged with its reason
