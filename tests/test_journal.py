@@ -356,6 +356,29 @@ elif mode == "hang":
 """
 
 
+def test_a_script_that_ends_without_joining_its_jobs_waits_for_them(workdir):
+    # bug: a script that started jobs and ended without joining them exited at once:
+    # its jobs never ran, and the next start closed them as interrupted (the original's
+    # job threads made Python wait for them)
+    script = (
+        "import sys, dahu.engine\n"
+        "from dahu.job import Job\n"
+        "dahu.engine.configure(workdir=sys.argv[1])\n"
+        "Job('example.sleep', {'t': 0.3}).start()\n"
+        "Job('example.square', {'x': 4}).start()\n"
+        "Job('example.square', {'x': 5})  # created, never started: not waited for\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(workdir)], env=child_env(), timeout=60)
+    journal = SQLiteJournal(str(workdir))
+    try:
+        slept, square, never = journal.select(1, 3)
+        assert (slept.state, slept.output["slept"]) == ("success", True)
+        assert (square.state, square.output["result"]) == ("success", 16)
+        assert never.state == "uninitialized"
+    finally:
+        journal.close()
+
+
 def child(workdir, mode):
     return subprocess.Popen(
         [sys.executable, "-c", CHILD, str(workdir), mode],

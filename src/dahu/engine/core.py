@@ -31,7 +31,7 @@ from ..utils import compact_json
 from .lifecycle import NOTE_RUNNING_AFTER, JobRun, LifeCycle
 from .orphans import recover_and_watch
 from .refusals import write_files
-from .stopping import close, shut_down
+from .stopping import close, shut_down, wait_at_exit
 from .table import DROP_AFTER, DROP_WAVE, JobTable, drop_later
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ class Engine:
             executor.attach(self)
         # the files a dead process left unwritten, in a thread; then those that die (.orphans)
         self.recovery = recover_and_watch(self) if recover else None
+        wait_at_exit(self)  # a script that ends with jobs started: they run to their end
 
     @property
     def recovered(self) -> int:
