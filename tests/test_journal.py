@@ -722,7 +722,8 @@ def test_a_dead_pid_1_recovery_and_part_files_are_told_from_another_pid_1(workdi
                 sql = "INSERT INTO processes VALUES (?, 1, ?, ?, ?, ?)"
                 rows.append(db.execute(sql, row).lastrowid)
             a, b = rows
-            db.execute("UPDATE recoveries SET pid = 1, process = ? WHERE rowid = ?", (a, mark))
+            db.execute("UPDATE recoveries SET pid = 1 WHERE rowid = ?", (mark,))
+            db.execute("UPDATE recovery_processes SET process = ? WHERE recovery = ?", (a, mark))
         db.close()
         held = os.open(processes.lock_path(journal), os.O_RDWR)
         lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 100000, 1, 0)

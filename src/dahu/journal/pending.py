@@ -4,10 +4,11 @@ leaves its row, and the next start looks again at every job that one had to look
 
 Without them the next start saw, first, the files that start had written (those of the
 jobs it closed as interrupted, or of the jobs it ran meanwhile), took the older ends for
-written, and the rest never got theirs.  A row names its process (its host, pid and
-row in ``processes``, :mod:`.processes`: two processes of one pid in two pid namespaces
-are told apart); the rows of a live one (another server on the directory, a worker
-process's own engine) are left to it.
+written, and the rest never got theirs.  A row names its process: its host and pid,
+and its row in ``processes`` (:mod:`.processes`; in the table ``recovery_processes``,
+an addition a Dahu that does not know it ignores), so that two processes of one pid in
+two pid namespaces are told apart; the rows of a live one (another server on the
+directory, a worker process's own engine) are left to it.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ WAIT = 5.0
 """Seconds a row waits at most for another process's lock (then: no row, no harm but
 a longer look at the next start)."""
 
-_TABLE = (
-    "CREATE TABLE IF NOT EXISTS recoveries "
-    "(host TEXT, pid INTEGER, started REAL, top INTEGER, process INTEGER)"
+_TABLE = "CREATE TABLE IF NOT EXISTS recoveries (host TEXT, pid INTEGER, started REAL, top INTEGER)"
+_PROCESSES = (
+    "CREATE TABLE IF NOT EXISTS recovery_processes (recovery INTEGER PRIMARY KEY, process INTEGER)"
 )
 
 
@@ -60,12 +61,12 @@ def begin(journal: Any, top: int) -> int | None:
     try:
         with journal.transaction(WAIT) as db:
             db.execute(_TABLE)
-            columns = [column[1] for column in db.execute("PRAGMA table_info(recoveries)")]
-            if "process" not in columns:  # (a table made before rows named their process)
-                db.execute("ALTER TABLE recoveries ADD COLUMN process INTEGER")
-            row = (HOST, os.getpid(), time.time(), top, processes.row_of(journal))
-            sql = "INSERT INTO recoveries (host, pid, started, top, process) VALUES (?, ?, ?, ?, ?)"
-            return db.execute(sql, row).lastrowid
+            row = (HOST, os.getpid(), time.time(), top)
+            rowid = db.execute("INSERT INTO recoveries VALUES (?, ?, ?, ?)", row).lastrowid
+            db.execute(_PROCESSES)  # (and not an older Dahu's row of that rowid)
+            process = (rowid, processes.row_of(journal))
+            db.execute("INSERT OR REPLACE INTO recovery_processes VALUES (?, ?)", process)
+            return rowid
     except (JournalError, sqlite3.Error) as err:  # a full disk: the files are written anyway
         logger.warning("journal %s: cannot record this start: %s", journal.path, one_line(str(err)))
         return None
@@ -75,12 +76,15 @@ def left_by_dead(journal: Any) -> list[Pending]:
     """The starts of processes that are gone, whose writing was cut short."""
     if not isinstance(journal, SQLiteJournal):
         return []
-    columns = "rowid, host, pid, started, top"
+    columns = "r.rowid, r.host, r.pid, r.started, r.top"
     try:
-        rows = journal._read(f"SELECT {columns}, process FROM recoveries")
-    except JournalError:  # no such column (rows of an older Dahu), or table (none)
+        rows = journal._read(
+            f"SELECT {columns}, p.process FROM recoveries r "
+            "LEFT JOIN recovery_processes p ON p.recovery = r.rowid"
+        )
+    except JournalError:  # no such table: rows of an older Dahu only, or none
         try:
-            rows = journal._read(f"SELECT {columns} FROM recoveries")
+            rows = journal._read(f"SELECT {columns} FROM recoveries r")
         except JournalError:
             return []
     pending = [Pending(*row) for row in rows]
@@ -95,6 +99,7 @@ def end(journal: Any, rowids: list[int | None]) -> None:
     rowids = [rowid for rowid in rowids if rowid is not None]
     if rowids:
         with contextlib.suppress(JournalError, sqlite3.Error), journal.transaction(WAIT) as db:
-            db.execute(
-                f"DELETE FROM recoveries WHERE rowid IN ({','.join('?' * len(rowids))})", rowids
-            )
+            marks = ",".join("?" * len(rowids))
+            db.execute(f"DELETE FROM recoveries WHERE rowid IN ({marks})", rowids)
+            with contextlib.suppress(sqlite3.OperationalError):  # (no such table: none)
+                db.execute(f"DELETE FROM recovery_processes WHERE recovery IN ({marks})", rowids)

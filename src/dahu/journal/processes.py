@@ -164,13 +164,14 @@ def release(journal: Any) -> None:
         return
     fd, rowid = alive
     with contextlib.suppress(Exception), journal.transaction(WAIT) as db:
-        try:
+        try:  # (a row of this pid without a process: an older Dahu's, maybe ours)
             db.execute(
                 "DELETE FROM processes WHERE rowid = ? AND NOT EXISTS (SELECT 1 FROM "
-                "recoveries WHERE process = ? OR process IS NULL AND host = ? AND pid = ?)",
+                "recoveries r LEFT JOIN recovery_processes p ON p.recovery = r.rowid WHERE "
+                "p.process = ? OR p.process IS NULL AND r.host = ? AND r.pid = ?)",
                 (rowid, rowid, HOST, os.getpid()),
             )
-        except sqlite3.OperationalError:  # no such table (or column): no start recorded one
+        except sqlite3.OperationalError:  # no such table: no start recorded one
             db.execute("DELETE FROM processes WHERE rowid = ?", (rowid,))
         with contextlib.suppress(sqlite3.OperationalError):  # (no such table: none)
             db.execute(
