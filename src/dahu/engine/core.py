@@ -82,6 +82,8 @@ class Engine:
         if isinstance(workdir, str) and not workdir.strip():  # os.environ.get("DIR", "")
             raise ValueError(f"workdir must name a directory (None: the default), not {workdir!r}")
         timeout = option_number("default_timeout", default_timeout, "seconds", NO_LIMIT)
+        if isinstance(executor, str):  # executor="process": executor_kind's, a name
+            raise TypeError(f"executor takes an executor, not a name: executor_kind={executor!r}")
         if executor is None:  # first: a bad option leaves the journal untouched
             executor = make_executor_with(executor_kind, max_workers, executor_options)
         self.journal = journal if journal is not None else SQLiteJournal(workdir)
