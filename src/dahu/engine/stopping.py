@@ -141,7 +141,8 @@ def _jobs_at_exit(ref: weakref.ref, pid: int) -> None:
         while started:  # (and the jobs they start meanwhile: until none is left)
             for run in started:
                 while not run.done.wait(0.5):  # (in steps: a Ctrl-C is heard)
-                    pass
+                    if getattr(engine.executor, "_shutdown", False):
+                        return  # its executor was stopped (not the engine): none ends now
             started = [r for r in engine.live() if r.state != State.UNINITIALIZED]
     except KeyboardInterrupt:  # the rest: recorded failed (interrupted) by the next start
         logger.warning("exiting without waiting for %d job(s): interrupted", len(started))
