@@ -134,15 +134,21 @@ def _jobs_at_exit(ref: weakref.ref, pid: int) -> None:
     engine = ref()
     if engine is None or engine._closed or pid != os.getpid():  # (a forked child: not its)
         return
-    started = [r for r in engine.live() if r.state != State.UNINITIALIZED]
+    started = _started(engine)
     if started:
         logger.info("exiting: waiting for %d job(s) started to end", len(started))
     try:
         while started:  # (and the jobs they start meanwhile: until none is left)
             for run in started:
-                while not run.done.wait(0.5):  # (in steps: a Ctrl-C is heard)
+                while not run.done.wait(0.5) and not run.abort_reason:  # (a Ctrl-C heard)
                     if getattr(engine.executor, "_shutdown", False):
                         return  # its executor was stopped (not the engine): none ends now
-            started = [r for r in engine.live() if r.state != State.UNINITIALIZED]
+            started = _started(engine)
     except KeyboardInterrupt:  # the rest: recorded failed (interrupted) by the next start
         logger.warning("exiting without waiting for %d job(s): interrupted", len(started))
+
+
+def _started(engine: Any) -> list:
+    """The jobs of ``engine`` started and not ended, but those told to abort (a plugin
+    that ignores it: ``dahu-reprocess`` gave up on them, and so does the exit)."""
+    return [r for r in engine.live() if r.state != State.UNINITIALIZED and not r.abort_reason]
