@@ -1073,6 +1073,15 @@ def test_an_empty_workdir_is_refused_not_the_default_one(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_an_executor_given_by_its_name_is_refused_at_once(tmp_path):
+    # bug: Engine(executor="process") was taken; each job then failed "cannot queue the
+    # job: AttributeError: 'str' object has no attribute 'submit'"
+    with pytest.raises(TypeError) as info:
+        dahu.engine.Engine(workdir=str(tmp_path), executor="process")
+    assert str(info.value) == "executor takes an executor, not a name: executor_kind='process'"
+    assert os.listdir(tmp_path) == []  # no journal made
+
+
 def test_wait_for_chain_longer_than_the_pool(kind):
     head = Job("example.square", {"x": 2})
     chain = [head]

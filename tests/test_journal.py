@@ -356,6 +356,29 @@ elif mode == "hang":
 """
 
 
+def test_a_script_that_ends_without_joining_its_jobs_waits_for_them(workdir):
+    # bug: a script that started jobs and ended without joining them exited at once:
+    # its jobs never ran, and the next start closed them as interrupted (the original's
+    # job threads made Python wait for them)
+    script = (
+        "import sys, dahu.engine\n"
+        "from dahu.job import Job\n"
+        "dahu.engine.configure(workdir=sys.argv[1])\n"
+        "Job('example.sleep', {'t': 0.3}).start()\n"
+        "Job('example.square', {'x': 4}).start()\n"
+        "Job('example.square', {'x': 5})  # created, never started: not waited for\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(workdir)], env=child_env(), timeout=60)
+    journal = SQLiteJournal(str(workdir))
+    try:
+        slept, square, never = journal.select(1, 3)
+        assert (slept.state, slept.output["slept"]) == ("success", True)
+        assert (square.state, square.output["result"]) == ("success", 16)
+        assert never.state == "uninitialized"
+    finally:
+        journal.close()
+
+
 def child(workdir, mode):
     return subprocess.Popen(
         [sys.executable, "-c", CHILD, str(workdir), mode],
@@ -674,6 +697,49 @@ def test_a_process_of_another_boot_is_judged_by_its_pid():
     assert known.alive(12, 5.0) is None  # a job before it began: not its
     assert known.alive(13, 20.0) is None  # this namespace: its pid tells
     assert known.alive(14, 20.0) is None  # no row: its pid tells
+
+
+def test_a_dead_pid_1_recovery_and_part_files_are_told_from_another_pid_1(workdir):
+    # bug: two servers of one host name on one work directory, both pid 1 of their
+    # containers: a start of A killed as it wrote a dead process's files was taken for
+    # alive while B (begun after A) ran, and its .part files stayed; and B's, A's
+    import fcntl
+    import struct
+
+    from dahu.journal import pending, processes
+    from dahu.journal.base import HOST
+    from dahu.journal.files import remove_dead_parts
+
+    journal = SQLiteJournal(str(workdir))
+    held = None
+    try:
+        mark = pending.begin(journal, 10)
+        db = sqlite3.connect(journal.path)
+        with db:  # A (lock free: killed), then B (lock held: running), both pid 1
+            rows = []
+            for offset, ns in ((100001, "pid:[4026500000]"), (100000, "pid:[4026500001]")):
+                row = (HOST, time.time() - 60 + len(rows), processes.BOOT, ns, offset)
+                sql = "INSERT INTO processes VALUES (?, 1, ?, ?, ?, ?)"
+                rows.append(db.execute(sql, row).lastrowid)
+            a, b = rows
+            db.execute("UPDATE recoveries SET pid = 1 WHERE rowid = ?", (mark,))
+            db.execute("UPDATE recovery_processes SET process = ? WHERE recovery = ?", (a, mark))
+        db.close()
+        held = os.open(processes.lock_path(journal), os.O_RDWR)
+        lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 100000, 1, 0)
+        fcntl.fcntl(held, fcntl.F_OFD_SETLK, lock)
+        assert [p.rowid for p in pending.left_by_dead(journal)] == [mark]
+        directory = workdir / "0000"
+        directory.mkdir()
+        for row in (a, b):
+            (directory / f".1-7-{row}.part").write_text("{")
+        known = processes.known(journal._read, journal.path)
+        assert remove_dead_parts(str(directory), known) == 1
+        assert os.listdir(directory) == [f".1-7-{b}.part"]
+    finally:
+        journal.close()
+        if held is not None:
+            os.close(held)
 
 
 def test_a_writer_records_its_namespace_while_it_runs_and_not_after(workdir):
@@ -1247,6 +1313,23 @@ def dead_jobs_ended_without_files(workdir, count):
     journal.close()
     of_a_dead_process(workdir)
     return ids
+
+
+def test_a_script_that_did_not_clean_its_jobs_is_not_said_to_have_died(workdir, caplog):
+    # bug: the files of the jobs of a script that ended without clean() were written by
+    # the next start, logged "(a process died)", though nothing died
+    dead_jobs_ended_without_files(workdir, 2)
+    with caplog.at_level(logging.WARNING, logger="dahu.engine.recovery"):
+        engine = dahu.engine.Engine(workdir=str(workdir))
+        try:
+            assert engine.wait_recovered(10) and engine.recovered == 2
+        finally:
+            engine.close()
+    told = [r.getMessage() for r in caplog.records if "without their .inp/.out" in r.getMessage()]
+    assert told == [
+        "2 job(s) ended without their .inp/.out files (their process ended before it wrote "
+        "them: killed, or a script that did not clean() them): written now"
+    ]
 
 
 KILLED_AS_IT_WRITES = """

@@ -37,7 +37,7 @@ from typing import Any
 
 from .errors import DahuError
 from .jobquery import open_journal
-from .journal import JournalError, SQLiteJournal, job_file_stem
+from .journal import JournalError, SQLiteJournal, job_file_stem, processes
 from .journal.base import MAX_ID
 from .journal.files import remove_dead_parts
 from .properties import MAX_RETENTION_INTERVAL
@@ -228,9 +228,10 @@ def prune(
         if not dry_run:
             if report.first_id is not None:  # and those a prune killed before left empty
                 directories.update(_job_dirs_below(workdir, report.first_id))
+            known = processes.known(lambda sql, args: db.execute(sql, args).fetchall(), path)
             for directory in sorted(directories):
                 try:
-                    remove_dead_parts(directory)  # (a killed start's: no file of a job)
+                    remove_dead_parts(directory, known)  # (a killed start's: no job's file)
                     os.rmdir(directory)  # only if empty: the server may write there again
                 except OSError:
                     pass

@@ -31,7 +31,7 @@ from ..utils import compact_json
 from .lifecycle import NOTE_RUNNING_AFTER, JobRun, LifeCycle
 from .orphans import recover_and_watch
 from .refusals import write_files
-from .stopping import close, shut_down
+from .stopping import close, shut_down, wait_at_exit
 from .table import DROP_AFTER, DROP_WAVE, JobTable, drop_later
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ class Engine:
         if isinstance(workdir, str) and not workdir.strip():  # os.environ.get("DIR", "")
             raise ValueError(f"workdir must name a directory (None: the default), not {workdir!r}")
         timeout = option_number("default_timeout", default_timeout, "seconds", NO_LIMIT)
+        if isinstance(executor, str):  # executor="process": executor_kind's, a name
+            raise TypeError(f"executor takes an executor, not a name: executor_kind={executor!r}")
         if executor is None:  # first: a bad option leaves the journal untouched
             executor = make_executor_with(executor_kind, max_workers, executor_options)
         self.journal = journal if journal is not None else SQLiteJournal(workdir)
@@ -121,6 +123,7 @@ class Engine:
             executor.attach(self)
         # the files a dead process left unwritten, in a thread; then those that die (.orphans)
         self.recovery = recover_and_watch(self) if recover else None
+        wait_at_exit(self)  # a script that ends with jobs started: they run to their end
 
     @property
     def recovered(self) -> int:

@@ -192,8 +192,9 @@ class Recovery:
             output = {"error": (record.error or "").splitlines()}
         engine = self.engine
         try:
+            row = processes.row_of(engine.journal)
             write_job_files(
-                engine.workdir, record.id, record.plugin, record.input, output, aside=True
+                engine.workdir, record.id, record.plugin, record.input, output, True, row
             )
             self.fresh.append((record.id, record.plugin))
             return True
@@ -280,13 +281,14 @@ def write_missing_files(recovery: Recovery) -> int:
             written += _beyond_reach(recovery, floor, alive)
     for last in sorted({start.top for start in cut_short}):  # starts killed while writing
         written += _look_at_all(recovery, last, alive)
-        _remove_parts(engine.workdir, last)
+        _remove_parts(engine.workdir, last, alive.known)
     recovery.confirm()
     if not recovery.refused:  # (refused: the next start tries again)
         pending.end(journal, [mark, *(start.rowid for start in cut_short)])
     if written:
         logger.warning(
-            "%d job(s) ended without their .inp/.out files (a process died): written now",
+            "%d job(s) ended without their .inp/.out files (their process ended before it "
+            "wrote them: killed, or a script that did not clean() them): written now",
             written,
         )
     if recovery.refused > 1:  # the first one was logged with its reason
@@ -297,11 +299,11 @@ def write_missing_files(recovery: Recovery) -> int:
     return written
 
 
-def _remove_parts(workdir: str, top: int) -> None:
+def _remove_parts(workdir: str, top: int, known: Any) -> None:
     """Remove the ``.part`` files that a start killed as it wrote the files left unwritten
     up to id ``top`` left in the directories of the :data:`REACH` ids it looked at."""
     removed = sum(
-        remove_dead_parts(job_file_dir(workdir, number * 1000))
+        remove_dead_parts(job_file_dir(workdir, number * 1000), known)
         for number in range(max(0, top - REACH) // 1000, top // 1000 + 1)
     )
     if removed:

@@ -4,8 +4,11 @@ outcome is recorded before the journal closes."""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import time
+import weakref
 from typing import Any
 
 from ..executors.runner import Outcome
@@ -15,7 +18,7 @@ from .refusals import tell_refused
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["shut_down", "close", "CLOSING"]
+__all__ = ["shut_down", "close", "CLOSING", "wait_at_exit"]
 
 CLOSING = "the engine is closing"
 
@@ -117,3 +120,35 @@ def _last_retry(engine: Any) -> int:
             lost,
         )
     return lost
+
+
+def wait_at_exit(engine: Any) -> None:
+    """At the exit of a process that did not stop ``engine`` (a script that started jobs
+    and did not join them), wait for the jobs it started to end, as the original's job
+    threads made Python wait (registered after the journal's own atexit close, so run
+    before it: their outcomes are recorded)."""
+    atexit.register(_jobs_at_exit, weakref.ref(engine), os.getpid())
+
+
+def _jobs_at_exit(ref: weakref.ref, pid: int) -> None:
+    engine = ref()
+    if engine is None or engine._closed or pid != os.getpid():  # (a forked child: not its)
+        return
+    started = _started(engine)
+    if started:
+        logger.info("exiting: waiting for %d job(s) started to end", len(started))
+    try:
+        while started:  # (and the jobs they start meanwhile: until none is left)
+            for run in started:
+                while not run.done.wait(0.5) and not run.abort_reason:  # (a Ctrl-C heard)
+                    if getattr(engine.executor, "_shutdown", False):
+                        return  # its executor was stopped (not the engine): none ends now
+            started = _started(engine)
+    except KeyboardInterrupt:  # the rest: recorded failed (interrupted) by the next start
+        logger.warning("exiting without waiting for %d job(s): interrupted", len(started))
+
+
+def _started(engine: Any) -> list:
+    """The jobs of ``engine`` started and not ended, but those told to abort (a plugin
+    that ignores it: ``dahu-reprocess`` gave up on them, and so does the exit)."""
+    return [r for r in engine.live() if r.state != State.UNINITIALIZED and not r.abort_reason]

@@ -214,15 +214,26 @@ def highest_file_id(workdir: str) -> int:
 
 
 def write_job_files(
-    workdir: str, job_id: int, plugin: str, input_data: Any, output_data: Any, aside: bool = False
+    workdir: str,
+    job_id: int,
+    plugin: str,
+    input_data: Any,
+    output_data: Any,
+    aside: bool = False,
+    process: int | None = None,
 ) -> tuple[str, str]:
     """Write ``<stem>.inp`` and ``<stem>.out`` (indented, numpy-aware JSON); return the
     paths.  ``aside``: each one under a name of this thread first (``.PID-THREAD.part``
-    in the same directory), then renamed: files that another process may be writing too
-    (a start's recovery) are never found empty or cut short, only whole or not yet."""
+    in the same directory, ``.PID-THREAD-ROW.part`` with ``process``, this process's
+    row in the journal's ``processes``), then renamed: files that another process may
+    be writing too (a start's recovery) are never found empty or cut short, only whole
+    or not yet."""
     directory = job_file_dir(workdir, job_id)
     stem = _stem_in(directory, job_id, plugin)
-    part = f"{directory}{os.sep}.{os.getpid()}-{threading.get_ident()}.part" if aside else None
+    part = None
+    if aside:
+        row = "" if process is None else f"-{process}"
+        part = f"{directory}{os.sep}.{os.getpid()}-{threading.get_ident()}{row}.part"
     if directory not in _known_dirs:
         os.makedirs(directory, exist_ok=True)
         _known_dirs.add(directory)
@@ -246,18 +257,23 @@ def write_job_files(
     return paths[0], paths[1]
 
 
-def remove_dead_parts(directory: str) -> int:
-    """Remove the ``.PID-THREAD.part`` files (:func:`write_job_files` with ``aside``) of
-    ``directory`` whose writer is gone (a process of this host killed in the middle of
-    one: only a later one is not its writer); return how many went."""
+def remove_dead_parts(directory: str, known: Any = None) -> int:
+    """Remove the ``.PID-THREAD[-ROW].part`` files (:func:`write_job_files` with
+    ``aside``) of ``directory`` whose writer is gone (a process of this host killed in
+    the middle of one: only a later one is not its writer; ``known``, the journal's
+    :class:`~.processes.Known`, tells two processes of one pid apart by their ROW);
+    return how many went."""
     removed = 0
     with contextlib.suppress(OSError), os.scandir(directory) as entries:
         for entry in entries:
             pid, _, rest = entry.name[1:].partition("-")
             if not (entry.name.startswith(".") and rest.endswith(".part") and pid.isdigit()):
                 continue
+            row = rest[: -len(".part")].partition("-")[2]
+            process = int(row) if row.isdigit() else None
             with contextlib.suppress(OSError):
-                if not process_alive(HOST, int(pid), entry.stat().st_mtime):
+                since = entry.stat().st_mtime
+                if not process_alive(HOST, int(pid), since, None, known, process):
                     os.unlink(entry.path)
                     removed += 1
     return removed

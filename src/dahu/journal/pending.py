@@ -4,8 +4,11 @@ leaves its row, and the next start looks again at every job that one had to look
 
 Without them the next start saw, first, the files that start had written (those of the
 jobs it closed as interrupted, or of the jobs it ran meanwhile), took the older ends for
-written, and the rest never got theirs.  A row names its process; the rows of a live
-one (another server on the directory, a worker process's own engine) are left to it.
+written, and the rest never got theirs.  A row names its process: its host and pid,
+and its row in ``processes`` (:mod:`.processes`; in the table ``recovery_processes``,
+an addition a Dahu that does not know it ignores), so that two processes of one pid in
+two pid namespaces are told apart; the rows of a live one (another server on the
+directory, a worker process's own engine) are left to it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ WAIT = 5.0
 a longer look at the next start)."""
 
 _TABLE = "CREATE TABLE IF NOT EXISTS recoveries (host TEXT, pid INTEGER, started REAL, top INTEGER)"
+_PROCESSES = (
+    "CREATE TABLE IF NOT EXISTS recovery_processes (recovery INTEGER PRIMARY KEY, process INTEGER)"
+)
 
 
 @dataclass
@@ -44,6 +50,7 @@ class Pending:
     pid: int | None
     started: float | None
     top: int
+    process: int | None = None  # its row in ``processes`` (None: an older Dahu's)
 
 
 def begin(journal: Any, top: int) -> int | None:
@@ -55,7 +62,11 @@ def begin(journal: Any, top: int) -> int | None:
         with journal.transaction(WAIT) as db:
             db.execute(_TABLE)
             row = (HOST, os.getpid(), time.time(), top)
-            return db.execute("INSERT INTO recoveries VALUES (?, ?, ?, ?)", row).lastrowid
+            rowid = db.execute("INSERT INTO recoveries VALUES (?, ?, ?, ?)", row).lastrowid
+            db.execute(_PROCESSES)  # (and not an older Dahu's row of that rowid)
+            process = (rowid, processes.row_of(journal))
+            db.execute("INSERT OR REPLACE INTO recovery_processes VALUES (?, ?)", process)
+            return rowid
     except (JournalError, sqlite3.Error) as err:  # a full disk: the files are written anyway
         logger.warning("journal %s: cannot record this start: %s", journal.path, one_line(str(err)))
         return None
@@ -65,13 +76,22 @@ def left_by_dead(journal: Any) -> list[Pending]:
     """The starts of processes that are gone, whose writing was cut short."""
     if not isinstance(journal, SQLiteJournal):
         return []
+    columns = "r.rowid, r.host, r.pid, r.started, r.top"
     try:
-        rows = journal._read("SELECT rowid, host, pid, started, top FROM recoveries")
-    except JournalError:  # no such table: no start recorded one
-        return []
+        rows = journal._read(
+            f"SELECT {columns}, p.process FROM recoveries r "
+            "LEFT JOIN recovery_processes p ON p.recovery = r.rowid"
+        )
+    except JournalError:  # no such table: rows of an older Dahu only, or none
+        try:
+            rows = journal._read(f"SELECT {columns} FROM recoveries r")
+        except JournalError:
+            return []
     pending = [Pending(*row) for row in rows]
     known = processes.known(journal._read, journal.path)
-    return [p for p in pending if not process_alive(p.host, p.pid, p.started, None, known)]
+    return [
+        p for p in pending if not process_alive(p.host, p.pid, p.started, None, known, p.process)
+    ]
 
 
 def end(journal: Any, rowids: list[int | None]) -> None:
@@ -79,6 +99,7 @@ def end(journal: Any, rowids: list[int | None]) -> None:
     rowids = [rowid for rowid in rowids if rowid is not None]
     if rowids:
         with contextlib.suppress(JournalError, sqlite3.Error), journal.transaction(WAIT) as db:
-            db.execute(
-                f"DELETE FROM recoveries WHERE rowid IN ({','.join('?' * len(rowids))})", rowids
-            )
+            marks = ",".join("?" * len(rowids))
+            db.execute(f"DELETE FROM recoveries WHERE rowid IN ({marks})", rowids)
+            with contextlib.suppress(sqlite3.OperationalError):  # (no such table: none)
+                db.execute(f"DELETE FROM recovery_processes WHERE recovery IN ({marks})", rowids)

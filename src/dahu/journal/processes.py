@@ -54,6 +54,7 @@ __all__ = [
     "lock_path",
     "register",
     "release",
+    "row_of",
 ]
 
 _TABLE = (
@@ -148,6 +149,12 @@ def register(journal: Any) -> None:
     journal._alive, journal._extra = (fd, rowid), f'{{"process":{rowid}}}'
 
 
+def row_of(journal: Any) -> int | None:
+    """This process's row in ``processes`` of ``journal`` (None: none recorded)."""
+    alive = getattr(journal, "_alive", None)
+    return None if alive is None else alive[1]
+
+
 def release(journal: Any) -> None:
     """The journal closes, its outcomes committed: its row goes (the table keeps only
     those of processes killed, or whose writing of a dead one's files was cut short:
@@ -157,11 +164,12 @@ def release(journal: Any) -> None:
         return
     fd, rowid = alive
     with contextlib.suppress(Exception), journal.transaction(WAIT) as db:
-        try:
+        try:  # (a row of this pid without a process: an older Dahu's, maybe ours)
             db.execute(
-                "DELETE FROM processes WHERE rowid = ? AND NOT EXISTS "
-                "(SELECT 1 FROM recoveries WHERE host = ? AND pid = ?)",
-                (rowid, HOST, os.getpid()),
+                "DELETE FROM processes WHERE rowid = ? AND NOT EXISTS (SELECT 1 FROM "
+                "recoveries r LEFT JOIN recovery_processes p ON p.recovery = r.rowid WHERE "
+                "p.process = ? OR p.process IS NULL AND r.host = ? AND r.pid = ?)",
+                (rowid, rowid, HOST, os.getpid()),
             )
         except sqlite3.OperationalError:  # no such table: no start recorded one
             db.execute("DELETE FROM processes WHERE rowid = ?", (rowid,))
