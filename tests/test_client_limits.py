@@ -672,6 +672,11 @@ def test_an_output_slower_to_arrive_than_the_timeout_is_read_all_the_same(server
         "(asked again, allowed 20 s: a large output, or a server that does not answer; "
         "a DahuClient timeout of more allows more at the first try)"
     )
+    # bug: its arrival was told as the end of an outage: "the server answers again"
+    assert said[1:] == [
+        f"{server.url}: an outcome asked again with more time arrived (1 fetch(es) of an "
+        "outcome had failed meanwhile)"
+    ]
 
 
 def test_a_large_output_is_read_at_the_first_try_without_a_warning(server, caplog):
