@@ -70,6 +70,10 @@ class ServerError(ClientError):
             desc += " (is its server stopping, or is the device served elsewhere?)"
         elif reason == "API_AttrNotFound" and "job" in desc:  # no jobSuccess/jobFailure
             desc += " (is it a DahuDS device?)"
+        elif reason == "API_CantConnectToDatabase" and desc.endswith("OBJECT_NOT_EXIST_NoMatch"):
+            # a server answers there, but not as a database: a URL without #dbase=no
+            desc += " (a Tango server without database answers at this address: add "
+            desc += "'#dbase=no' to the device's URL)"
         elif "MessageSizeExceedLimit" in desc:  # CORBA's words for a message too large
             desc += " (the message is larger than the largest one Tango may carry)"
         return klass(f"{what}: {desc}", reason)
