@@ -188,6 +188,7 @@ class DahuClient:
             threading.Thread(target=f, args=a, name=n, daemon=True) for f, a, n in loops
         ]
         for thread in self._threads:
+            thread.dahu_client = ref  # whose outcomes it fetches while a callback waits
             thread.start()
         self._finalizer = weakref.finalize(
             self, abandoned, self._outcomes, self._wake, self._threads

@@ -287,7 +287,11 @@ class JobFuture(concurrent.futures.Future):
     def _wait(self, get: Any, timeout: float | None) -> Any:
         """``get(timeout)``, the ``Future`` method, with :class:`JobAborted` for a cancelled
         future and a ``TimeoutError`` that says which job (Future's says nothing)."""
-        left = self._client._help(self, _wait_time(timeout))  # in a callback: fetch meanwhile
+        # in a callback, its thread fetches its client's outcomes meanwhile, also while it
+        # waits for a job of another client (whose callbacks may wait for the first's)
+        owner = getattr(threading.current_thread(), "dahu_client", lambda: None)()
+        helper = self._client if owner is None else owner
+        left = helper._help(self, _wait_time(timeout))
         try:
             return get(left)
         except concurrent.futures.CancelledError as err:
