@@ -776,6 +776,19 @@ def test_no_server_at_the_address_says_what_to_check():
     assert str(info.value).startswith(f"cannot connect to {url}: Failed to connect to database")
 
 
+def test_a_database_less_server_reached_as_a_database_says_dbase_no(server):
+    # bug: a URL without "#dbase=no" of a server started without database said only
+    # "Failed to connect to database on host H with port P: OBJECT_NOT_EXIST_NoMatch"
+    url = server.url.removesuffix("#dbase=no")
+    with pytest.raises(ServerError) as info:
+        DahuClient(url)
+    assert str(info.value) == (
+        f"cannot connect to {url}: Failed to connect to database on host 127.0.0.1 with "
+        f"port {server.port}: OBJECT_NOT_EXIST_NoMatch (a Tango server without database "
+        "answers at this address: add '#dbase=no' to the device's URL)"
+    )
+
+
 def test_a_lost_event_is_found_while_other_events_keep_coming(server, monkeypatch):
     # bug: the watcher stayed idle as long as events of other jobs of the client kept
     # coming: a job whose own event was lost waited until the stream paused, for as long

@@ -481,6 +481,39 @@ def test_a_done_callback_may_wait_for_another_job(server):
         assert errors == [] and sorted(results) == [x**4 for x in range(4)]
 
 
+def test_done_callbacks_of_two_clients_may_wait_for_each_other_s_jobs(server):
+    # bug: a callback waiting for a job of another client fetched nothing meanwhile: with
+    # the callbacks of each client waiting for a job of the other, every resolver of both
+    # waited, and each callback ran out its timeout
+    with (
+        DahuClient(server.url, resolvers=1) as first,
+        DahuClient(server.url, resolvers=1) as second,
+    ):
+        results, errors = [], []
+
+        def back(future):  # a callback of second: waits for a job of first
+            try:
+                results.append(first.submit("example.square", x=2).result(timeout=10)["result"])
+            except Exception as err:  # a callback's error would only be logged
+                errors.append(repr(err))
+
+        def forth(future):  # a callback of first: waits for a job of second
+            try:
+                then = second.submit("example.square", x=3)
+                then.add_done_callback(back)
+                results.append(then.result(timeout=10)["result"])
+            except Exception as err:
+                errors.append(repr(err))
+
+        for future in first.map("example.square", [{"x": x} for x in range(4)]):
+            future.add_done_callback(forth)
+        deadline = time.monotonic() + 60
+        while len(results) + len(errors) < 8:
+            assert time.monotonic() < deadline, (results, errors)
+            time.sleep(0.01)
+        assert errors == [] and sorted(results) == [4] * 4 + [9] * 4
+
+
 def test_events_kept_while_submissions_overlap_are_bounded(small_server, monkeypatch):
     # bug: events of jobs not (yet) ours are kept while a submission is in flight, and
     # cleared only when none is: threads whose submissions always overlap made the store
@@ -672,6 +705,11 @@ def test_an_output_slower_to_arrive_than_the_timeout_is_read_all_the_same(server
         "(asked again, allowed 20 s: a large output, or a server that does not answer; "
         "a DahuClient timeout of more allows more at the first try)"
     )
+    # bug: its arrival was told as the end of an outage: "the server answers again"
+    assert said[1:] == [
+        f"{server.url}: an outcome asked again with more time arrived (1 fetch(es) of an "
+        "outcome had failed meanwhile)"
+    ]
 
 
 def test_a_large_output_is_read_at_the_first_try_without_a_warning(server, caplog):

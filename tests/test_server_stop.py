@@ -173,6 +173,10 @@ def test_a_server_killed_through_its_admin_device_still_pushes_the_events(
                 break
             time.sleep(0.01)
         assert said == ["WARNING"] * 2
+        # (bug: an outcome unread said the server's URL twice, "URL: job 7: URL: journalId
+        # cannot be read (asked again ...)")
+        messages = [r.getMessage() for r in caplog.records if r.name == "dahu.client"]
+        assert not [m for m in messages if m.count(local.url) > 1]
     finally:
         gate.set()
         held.close()

@@ -188,6 +188,7 @@ class DahuClient:
             threading.Thread(target=f, args=a, name=n, daemon=True) for f, a, n in loops
         ]
         for thread in self._threads:
+            thread.dahu_client = ref  # whose outcomes it fetches while a callback waits
             thread.start()
         self._finalizer = weakref.finalize(
             self, abandoned, self._outcomes, self._wake, self._threads
@@ -478,7 +479,7 @@ class DahuClient:
             return future._settle(None, error=self._closed_error(future))  # journal), closed
         # each call waited for by close() no longer than it may take (a stopped server)
         if not resolver_call(self, future, 0, check_journal, self, math.inf):  # same journal
-            raise ServerError(f"{self.device}: journalId cannot be read", "API_CantConnectToDevice")
+            raise ServerError("journalId cannot be read", "API_CantConnectToDevice")
         job_id, millis = future.job_id, future._patience
         if state is None:
             state = resolver_call(self, future, 0, self._call, "getJobState", job_id)

@@ -324,6 +324,8 @@ def not_fetched(client: Any, future: Any, err: ServerError) -> None:
         )
         client._unfetched += not late
         first, pending = client._unfetched == 1 and not late, len(client._pending) + 1
+        if first:  # what its end is told as (fetched)
+            client._slow = err.reason == "API_DeviceTimedOut"
     if first and err.reason == "API_DeviceTimedOut":  # sent too slowly, or no answer
         logger.warning(
             "%s: job %s: %s (asked again, allowed %g s: a large output, or a server that "
@@ -347,7 +349,8 @@ def not_fetched(client: Any, future: Any, err: ServerError) -> None:
 
 
 def fetched(client: Any) -> None:
-    """An outcome was fetched: the end of an outage, if there was one."""
+    """An outcome was fetched: the end of an outage, if there was one (or of a fetch
+    asked again with more time: not told as a server back)."""
     if not client._unfetched:  # the usual case: no lock taken
         return
     with client._lock:
@@ -356,8 +359,11 @@ def fetched(client: Any) -> None:
         client._stop_seen = False
     if failed:
         logger.warning(
-            "%s: the server answers again (%d fetch(es) of an outcome had failed meanwhile)",
+            "%s: %s (%d fetch(es) of an outcome had failed meanwhile)",
             client.device,
+            "an outcome asked again with more time arrived"
+            if getattr(client, "_slow", False)
+            else "the server answers again",
             failed,
         )
 

@@ -70,6 +70,10 @@ class ServerError(ClientError):
             desc += " (is its server stopping, or is the device served elsewhere?)"
         elif reason == "API_AttrNotFound" and "job" in desc:  # no jobSuccess/jobFailure
             desc += " (is it a DahuDS device?)"
+        elif reason == "API_CantConnectToDatabase" and desc.endswith("OBJECT_NOT_EXIST_NoMatch"):
+            # a server answers there, but not as a database: a URL without #dbase=no
+            desc += " (a Tango server without database answers at this address: add "
+            desc += "'#dbase=no' to the device's URL)"
         elif "MessageSizeExceedLimit" in desc:  # CORBA's words for a message too large
             desc += " (the message is larger than the largest one Tango may carry)"
         return klass(f"{what}: {desc}", reason)
@@ -283,7 +287,11 @@ class JobFuture(concurrent.futures.Future):
     def _wait(self, get: Any, timeout: float | None) -> Any:
         """``get(timeout)``, the ``Future`` method, with :class:`JobAborted` for a cancelled
         future and a ``TimeoutError`` that says which job (Future's says nothing)."""
-        left = self._client._help(self, _wait_time(timeout))  # in a callback: fetch meanwhile
+        # in a callback, its thread fetches its client's outcomes meanwhile, also while it
+        # waits for a job of another client (whose callbacks may wait for the first's)
+        owner = getattr(threading.current_thread(), "dahu_client", lambda: None)()
+        helper = self._client if owner is None else owner
+        left = helper._help(self, _wait_time(timeout))
         try:
             return get(left)
         except concurrent.futures.CancelledError as err:
