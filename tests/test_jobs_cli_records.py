@@ -13,6 +13,7 @@ import dahu.engine
 from dahu.errors import JournalError
 from dahu.job import Job
 from dahu.journal import SQLiteJournal, job_file_stem
+from dahu.retention import prune
 from dahu.web.monitor import Monitor
 
 from .test_jobs_cli import one_line_error, run
@@ -42,6 +43,25 @@ def test_show_minus_one_is_the_last_job(tmp_path):
     for job_id in ("-1", "1"):
         line = one_line_error(run("show", job_id, workdir=empty), 1)
         assert line == f"dahu-jobs: no job {job_id}: the journal of {empty} is empty"
+
+
+def test_show_of_a_pruned_job_says_it_was_pruned(tmp_path):
+    # bug: "no job -2 in the journal of DIR", naming neither the job nor why it is gone,
+    # while the device and the web page say "no job 3: it is no longer in the journal (pruned)"
+    journal = SQLiteJournal(str(tmp_path))
+    then = time.time() - 3600
+    ids = journal.create_many("example.noop", [{"n": n} for n in range(4)], then)
+    journal.finish_many([(i, "success", {}, None, then, then + 1) for i in ids])
+    journal.close()
+    assert prune(str(tmp_path), keep_last=1, min_age=0).removed == 3
+    pruned = f"it is no longer in the journal of {tmp_path} (pruned) or was never given"
+    assert (
+        one_line_error(run("show", "-2", workdir=tmp_path), 1)
+        == f"dahu-jobs: no job 3 (-2): {pruned}"
+    )
+    assert one_line_error(run("show", "1", workdir=tmp_path), 1) == f"dahu-jobs: no job 1: {pruned}"
+    line = one_line_error(run("show", "5", workdir=tmp_path), 1)
+    assert line == f"dahu-jobs: no job 5 in the journal of {tmp_path}"  # never given
 
 
 def _damage(workdir, sql: str) -> None:
