@@ -153,6 +153,38 @@ def test_unknown_plugin_fails_with_reason_naming_plugin_and_dirs(engine):
     assert "None" not in job.error
 
 
+def test_a_plugin_name_with_blanks_is_read_as_the_device_reads_it(engine):
+    # bug: Job(" ") made a job that failed "invalid plugin name" while Job("") raised,
+    # and Job("example.square ") failed where the device's startJob ran example.square
+    for blank in ("", " ", "\t\n"):
+        with pytest.raises(InvalidInput, match="^plugin name must be a non-empty string$"):
+            Job(blank, {})
+        with pytest.raises(InvalidInput, match="^plugin name must be a non-empty string$"):
+            Job.create_many(blank, [{}])
+    job = run(" example.square ", {"x": 3})
+    assert (job.status, job.output_data["result"], job.name) == ("success", 9, "example.square")
+    (many,) = Job.create_many("example.square\n", [{"x": 2}])
+    assert many.name == "example.square"
+
+
+def test_join_refuses_a_nan_timeout(engine):
+    # bug: join(float("nan")) returned at once, as if the job had ended (Thread.join raises)
+    job = Job("example.square", {"x": 5})
+    with pytest.raises(ValueError, match="^Job.join: timeout NaN is not a number of seconds$"):
+        job.join(float("nan"))
+
+
+def test_a_job_timeout_too_large_for_a_float_is_ignored_in_one_short_line(engine, caplog):
+    # bug: "ignoring timeout 1000...000: not a number", with all its 401 digits
+    job = run("example.square", {"x": 2, "job_timeout": 10**400})
+    assert job.status == "success"
+    (line,) = [r.getMessage() for r in caplog.records if "ignoring timeout" in r.getMessage()]
+    assert line == (
+        f"job {job.id}: ignoring timeout 10000000000000000000... (401 characters): "
+        "too large for a number of seconds"
+    )
+
+
 def test_callbacks_receive_the_finished_job(engine):
     seen = []
     job = Job("example.square", {"x": 2})

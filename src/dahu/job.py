@@ -55,6 +55,14 @@ def _source() -> Engine | JournalReader:
     return current_reader() or get_engine()
 
 
+def _plugin_name(name: Any) -> str:
+    """The plugin name given, the blanks around it left out (as the device's ``startJob``);
+    :class:`InvalidInput` if there is none (``""``, ``" "``)."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput("plugin name must be a non-empty string")
+    return name.strip()
+
+
 def _refuse_unrecordable(datas: list[dict[str, Any]]) -> None:
     """Raise :class:`InvalidInput` naming the first key or value JSON refuses in
     ``datas`` (the journal refused them): the journal records every input, to show and
@@ -121,9 +129,7 @@ class Job(threading.Thread, metaclass=_JobClass):
 
     def __init__(self, name: str = "plugin.Plugin", input_data: Any = None):
         data = parse_input(input_data)
-        if not isinstance(name, str) or not name:
-            raise InvalidInput("plugin name must be a non-empty string")
-        data["plugin_name"] = name
+        data["plugin_name"] = name = _plugin_name(name)
         engine = making_engine()  # in a Dask task, its server's
         # its record is committed with the next batch (at the latest when it starts or
         # when its id is read: nobody learns the id of a job the journal does not hold)
@@ -162,8 +168,7 @@ class Job(threading.Thread, metaclass=_JobClass):
     def create_many(cls, name: str, inputs: list[Any], chunk: int = 256) -> list[Job]:
         """Create one job per input (dicts, JSON texts or files), ``chunk`` journal
         records per transaction; all inputs are checked before any job is created."""
-        if not isinstance(name, str) or not name:
-            raise InvalidInput("plugin name must be a non-empty string")
+        name = _plugin_name(name)
         datas = [parse_input(item) for item in inputs]
         for data in datas:
             data["plugin_name"] = name
@@ -222,6 +227,8 @@ class Job(threading.Thread, metaclass=_JobClass):
         once; from its own plugin it raises ``RuntimeError("cannot join current
         thread")``, as the original did.
         """
+        if timeout is not None and timeout != timeout:  # NaN: Event.wait returned at once
+            raise ValueError("Job.join: timeout NaN is not a number of seconds")
         self._run.wait(timeout)
 
     synchronize = join
