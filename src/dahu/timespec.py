@@ -72,6 +72,11 @@ def parse_when(text: str, now: float | None = None) -> float:
     try:
         return when.timestamp()  # naive: local time
     except (ValueError, OverflowError):  # 0001-01-01 in local time may be year 0
+        pass
+    try:  # a date at the ends of the calendar, which the local clock has no offset for:
+        # read as UTC (hours off at most), as 99999999999d, before any job, is taken
+        return when.replace(tzinfo=when.tzinfo or datetime.UTC).timestamp()
+    except (ValueError, OverflowError):
         raise BadTime(f"bad date {text!r}: out of the range of this system's clock") from None
 
 
