@@ -560,6 +560,32 @@ def test_compare_without_archive(tmp_path: Path):
     assert summary["compare"]["compared"] == 0
 
 
+def test_jobs_a_live_server_has_not_run_yet_are_not_counted_as_without_archive(tmp_path: Path):
+    # bug: the ids of a live server's journal included its queued jobs: they were rerun
+    # and counted "without archive", as if their jobs had given no output
+    from dahu.app.reprocess_summary import format_summary
+    from dahu.journal import SQLiteJournal
+
+    workdir = tmp_path / "W"
+    journal = SQLiteJournal(str(workdir))
+    first, *queued = journal.create_many("example.square", [{"x": x} for x in (2, 3, 4)], 1.0)
+    journal.finish(first, "success", {"result": 4, "logging": []}, None, 1.0, 2.0)
+    journal.close()
+    status, summary, stderr = summary_of(
+        "--compare", "-o", tmp_path / "o", "--workdir", workdir, "1-3"
+    )
+    assert status == 0, stderr
+    compare = summary["compare"]
+    assert (compare["same"], compare["no_archive"], compare["unfinished_archive"]) == (1, 0, 2)
+    assert (
+        format_summary(summary)
+        .splitlines()[-1]
+        .endswith(
+            "0 without archive, 2 whose job had not ended in the journal (queued or running: no archive)"
+        )
+    )
+
+
 def test_compare_differing_output(archive_copy: Path, tmp_path: Path):
     out_file = archive_copy / "0000/00002_example.square.out"
     out_file.write_text(json.dumps({"result": 5, "logging": []}))

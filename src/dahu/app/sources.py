@@ -19,6 +19,7 @@ from ..jobquery import get as get_record
 from ..jobquery import open_journal
 from ..journal import INTERRUPTED, SQLiteJournal
 from ..journal.base import MAX_ID
+from ..states import State
 from ..utils import dumps, jsonable
 
 __all__ = [
@@ -62,6 +63,7 @@ class Item:
     journal: Any = None
     job_id: int | None = None
     error: str | None = None
+    unfinished: bool = False  # a job the journal has not seen end (queued, running)
 
 
 # ---- sources ------------------------------------------------------------------------
@@ -107,12 +109,13 @@ class _Journal:
             raise InputError(one_line(err)) from err
         self.path = os.path.join(workdir, SQLiteJournal.FILENAME)
 
-    def ids(self, first: int, last: int) -> list[int]:
-        """The ids from ``first`` to ``last`` that are in the journal, in order."""
+    def ids(self, first: int, last: int) -> list[tuple[int, str]]:
+        """The ids from ``first`` to ``last`` that are in the journal, in order, each with
+        its state."""
         last = min(last, MAX_ID)
-        sql = "SELECT id FROM jobs WHERE id BETWEEN ? AND ? ORDER BY id"
+        sql = "SELECT id, state FROM jobs WHERE id BETWEEN ? AND ? ORDER BY id"
         try:
-            return [row[0] for row in self.db.execute(sql, (first, last))] if first <= last else []
+            return list(self.db.execute(sql, (first, last))) if first <= last else []
         except sqlite3.Error as err:
             raise InputError(f"cannot read the journal {self.path}: {err}") from err
 
@@ -142,7 +145,10 @@ def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
         except InputError as err:  # a damaged journal: one line, as for the other sources
             items.append(Item(part, error=str(err)))
             continue
-        items.extend(Item(f"job {i}", journal=journal, job_id=i) for i in found)
+        items.extend(
+            Item(f"job {i}", journal=journal, job_id=i, unfinished=state not in State.FINAL)
+            for i, state in found
+        )
         if not found:
             what = f"job {lo} is not" if lo == hi else f"no job {part} is"
             items.append(Item(part, error=f"{what} in the journal of {workdir}"))
