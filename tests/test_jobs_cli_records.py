@@ -17,7 +17,7 @@ from dahu.retention import prune
 from dahu.web.monitor import Monitor
 
 from .test_jobs_cli import one_line_error, run
-from .test_reprocess import summary_of
+from .test_reprocess import reprocess, summary_of
 
 
 def _journal(workdir, count: int = 3) -> None:
@@ -62,6 +62,13 @@ def test_show_of_a_pruned_job_says_it_was_pruned(tmp_path):
     assert one_line_error(run("show", "1", workdir=tmp_path), 1) == f"dahu-jobs: no job 1: {pruned}"
     line = one_line_error(run("show", "5", workdir=tmp_path), 1)
     assert line == f"dahu-jobs: no job 5 in the journal of {tmp_path}"  # never given
+    # dahu-reprocess says it too (it said "job 1 is not in the journal of DIR")
+    proc = reprocess("-q", "-o", tmp_path / "out", "--workdir", tmp_path, "1", "2-3", "5")
+    assert proc.stderr.splitlines() == [
+        f"dahu-reprocess: 1: job 1 is not in the journal of {tmp_path} (pruned, or never given)",
+        f"dahu-reprocess: 2-3: no job 2-3 is in the journal of {tmp_path} (pruned, or never given)",
+        f"dahu-reprocess: 5: job 5 is not in the journal of {tmp_path}",
+    ]
 
 
 def _damage(workdir, sql: str) -> None:

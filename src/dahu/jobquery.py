@@ -245,14 +245,18 @@ def resolve(db: sqlite3.Connection, job_id: int) -> int:
     return job_id
 
 
+def highest_id(db: sqlite3.Connection) -> int:
+    """The highest id ever given (or reserved): pruned records count, 0 if none."""
+    return _read(db, f"SELECT MAX({SQLiteJournal._HIGHEST})")[0][0] or 0
+
+
 def missing(db: sqlite3.Connection, job_id: int, workdir: str) -> str:
     """Why :func:`get` found no job ``job_id``, in one line: ``no job 3 (-2): it is no
     longer in the journal of DIR (pruned) or was never given``, as the device says."""
     where = f"the journal of {workdir}"
     if not _read(db, "SELECT COUNT(*) FROM jobs")[0][0]:  # none yet, or all pruned
         return f"no job {job_id}: {where} is empty"
-    highest = _read(db, f"SELECT MAX({SQLiteJournal._HIGHEST})")[0][0] or 0  # pruned too
-    if 1 <= (wanted := resolve(db, job_id)) <= highest:
+    if 1 <= (wanted := resolve(db, job_id)) <= highest_id(db):
         named = f"{wanted} ({job_id})" if job_id < 0 else str(job_id)
         return f"no job {named}: it is no longer in {where} (pruned) or was never given"
     return f"no job {job_id} in {where}"

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import DahuError, JournalError, one_line
 from ..inputs import InvalidInput, json_file_text, json_kind
 from ..jobquery import get as get_record
-from ..jobquery import open_journal
+from ..jobquery import highest_id, open_journal
 from ..journal import INTERRUPTED, SQLiteJournal
 from ..journal.base import MAX_ID
 from ..states import State
@@ -119,6 +119,14 @@ class _Journal:
         except sqlite3.Error as err:
             raise InputError(f"cannot read the journal {self.path}: {err}") from err
 
+    def highest(self) -> int:
+        """The highest id ever given in this journal (pruned records count), 0 if it
+        cannot be read (it only words a message)."""
+        try:
+            return highest_id(self.db)
+        except JournalError:
+            return 0
+
     def get(self, job_id: int) -> Any:
         """The record of ``job_id``, or None."""
         try:
@@ -151,7 +159,9 @@ def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
         )
         if not found:
             what = f"job {lo} is not" if lo == hi else f"no job {part} is"
-            items.append(Item(part, error=f"{what} in the journal of {workdir}"))
+            # ids given before: as dahu-jobs show and the device say it
+            why = " (pruned, or never given)" if 1 <= lo <= journal.highest() else ""
+            items.append(Item(part, error=f"{what} in the journal of {workdir}{why}"))
     return items
 
 
