@@ -414,6 +414,13 @@ def test_unknown_id(engine):
     # exist" for -5 (with one job), where getErrorFromID said "job -5 does not exist"
     run("example.square", {"x": 1})
     assert Job.cleanJobfromID(-5) == Job.getErrorFromID(-5) == "job -5 does not exist"
+    # bug: an id that is not whole was cut: 1.5 gave job 1's state and output, and NaN
+    # raised "cannot convert float NaN to integer"; the original found no such job
+    for bad in (1.5, float("nan"), -0.5):
+        assert Job.getStatusFromID(bad) == Job.STATE_INEXISTANT
+        assert Job.getJobFromID(bad) is None and Job.getDataOutputFromID(bad) == {}
+        assert Job.synchronize_job(bad, 1) == Job.STATE_INEXISTANT
+        assert Job.cleanJobfromID(bad) == Job.getErrorFromID(bad) == f"job {bad} does not exist"
 
 
 def test_clean_writes_files_and_frees_memory(engine):

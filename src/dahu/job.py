@@ -55,6 +55,11 @@ def _source() -> Engine | JournalReader:
     return current_reader() or get_engine()
 
 
+def _given(job_id: Any) -> Any:
+    """A job id as the caller gave it, for a message: ``-5``, ``1.5`` (not ``1``)."""
+    return job_id if isinstance(job_id, float) else int(job_id)
+
+
 def _plugin_name(name: Any) -> str:
     """The plugin name given, the blanks around it left out (as the device's ``startJob``);
     :class:`InvalidInput` if there is none (``""``, ``" "``)."""
@@ -364,6 +369,8 @@ class Job(threading.Thread, metaclass=_JobClass):
     # ---- class-level API --------------------------------------------------------------
     @classmethod
     def _resolve(cls, jobId: Any) -> int:  # noqa: N803
+        if isinstance(jobId, float) and not jobId.is_integer():  # 1.5 was job 1; NaN
+            return 0  # no job's id, as in the original (``inexistant``, None)
         job_id = int(jobId)
         if job_id < 0:  # -1 is the last job, as in the original
             job_id = _source().last_id() + 1 + job_id
@@ -439,7 +446,7 @@ class Job(threading.Thread, metaclass=_JobClass):
         if run is None or run.cycle is None:
             record = source.journal.get(job_id, data=False)
             if record is None:  # the id as given, as getErrorFromID says it (not -3 for -5)
-                return f"job {int(jobId)} does not exist"
+                return f"job {_given(jobId)} does not exist"
             if record.state not in State.FINAL:  # another process's, at work: its files later
                 return f"job {job_id} is {record.state}: not cleaned"
             if getattr(source, "recovery", None) is not None:  # a start may be writing them
@@ -496,7 +503,7 @@ class Job(threading.Thread, metaclass=_JobClass):
     def getErrorFromID(cls, jobId: int) -> str:  # noqa: N802,N803
         """Return the error text of job ``jobId`` ("" when it has none)."""
         job = cls.getJobFromID(jobId)
-        return job.error if job is not None else f"job {int(jobId)} does not exist"
+        return job.error if job is not None else f"job {_given(jobId)} does not exist"
 
     getErrorFromId = getErrorFromID
 
