@@ -168,10 +168,13 @@ def test_a_plugin_name_with_blanks_is_read_as_the_device_reads_it(engine):
 
 
 def test_join_refuses_a_nan_timeout(engine):
-    # bug: join(float("nan")) returned at once, as if the job had ended (Thread.join raises)
+    # bug: join(float("nan")) and synchronize_job(id, NaN) returned at once, the job still
+    # running, as if it had ended (Thread.join raises)
     job = Job("example.square", {"x": 5})
-    with pytest.raises(ValueError, match="^Job.join: timeout NaN is not a number of seconds$"):
+    with pytest.raises(ValueError, match="^timeout NaN is not a number of seconds$"):
         job.join(float("nan"))
+    with pytest.raises(ValueError, match="^timeout NaN is not a number of seconds$"):
+        Job.synchronize_job(job.id, float("nan"))
 
 
 def test_a_job_timeout_too_large_for_a_float_is_ignored_in_one_short_line(engine, caplog):

@@ -39,7 +39,7 @@ from .journal.reader import JournalReader, current_reader, follow
 from .journal.writer import JournalLocked
 from .states import State
 from .statistics import format_statistics
-from .utils import NumpyEncoder, gc_paused, jsonable, text_of
+from .utils import NumpyEncoder, gc_paused, jsonable, text_of, wait_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +232,6 @@ class Job(threading.Thread, metaclass=_JobClass):
         once; from its own plugin it raises ``RuntimeError("cannot join current
         thread")``, as the original did.
         """
-        if timeout is not None and timeout != timeout:  # NaN: Event.wait returned at once
-            raise ValueError("Job.join: timeout NaN is not a number of seconds")
         self._run.wait(timeout)
 
     synchronize = join
@@ -418,7 +416,7 @@ class Job(threading.Thread, metaclass=_JobClass):
         # Not a job of this process (e.g. a worker waiting for a job of the server, or a
         # second process on the same work directory): follow its record in the journal.
         with released():
-            return follow(source.journal, job_id, timeout)
+            return follow(source.journal, job_id, wait_timeout(timeout))
 
     @classmethod
     def synchronize_all(cls) -> None:

@@ -358,3 +358,12 @@ def not_seconds(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{text}: too large for a number of seconds"
     return f"{text}: not a number"
+
+
+def wait_timeout(timeout: float | None) -> float | None:
+    """A timeout to wait with (``Event.wait``): None past 1e9 s (forever: 1e10 overflowed
+    the system's timers); NaN, which ``Event.wait`` took as no wait at all, is a
+    ``ValueError`` in one line, as ``Thread.join`` refuses it."""
+    if timeout is not None and timeout != timeout:
+        raise ValueError("timeout NaN is not a number of seconds")
+    return None if timeout is None or timeout > 1e9 else timeout
