@@ -623,6 +623,12 @@ def test_bad_work_directories(tmp_path):
         (["prune", "--keep-last", "1", "--min-age", "a while"], "bad duration 'a while'"),
         (["prune", "--keep-last", "1", "--min-age", "-5"], "0 s or more, not '-5'"),
         (["prune", "--keep-last", "1", "--min-age", "nan"], "0 s or more, not 'nan'"),
+        # bug: "a duration of 0 s or more, not '999...'" with all its 400 digits
+        (
+            ["prune", "--keep-last", "1", "--min-age", "9" * 400],
+            "a duration too long for a number of seconds: '99999999999999999999'... (400 char",
+        ),
+        (["prune", "--keep-last", "1", "--min-age", "inf"], "too long for a number of seconds"),
         (["export", "--format", "xml"], "invalid choice: 'xml'"),
         (["export", "-o", "/nonexistent/jobs.csv"], "cannot write /nonexistent/jobs.csv"),
     ],
