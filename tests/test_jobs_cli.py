@@ -696,6 +696,10 @@ def test_time_specs():
     assert parse_when("0001-01-01") < parse_when("0001-01-02") < 0
     assert parse_when("9999-12-31T23:59:59") > parse_when("9999-12-31") > time.time()
     assert parse_when("0001-01-01T00:00+14:00") < parse_when("0001-01-01")
+    # bug: a pasted text was quoted whole in the message (a page of it for a page)
+    for parse, what in ((parse_when, "date"), (parse_duration, "duration")):
+        with pytest.raises(BadTime, match=rf"^bad {what} 'xxxxxxxxxxxxxxxxxxxx'\.\.\. \(300 char"):
+            parse("x" * 300)
     for bad in ("", "1", "h", "-1h", "1y"):
         with pytest.raises(BadTime):
             parse_duration(bad)
