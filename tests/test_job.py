@@ -165,6 +165,12 @@ def test_a_plugin_name_with_blanks_is_read_as_the_device_reads_it(engine):
     assert (job.status, job.output_data["result"], job.name) == ("success", 9, "example.square")
     (many,) = Job.create_many("example.square\n", [{"x": 2}])
     assert many.name == "example.square"
+    # bug: chunk=-1 created none of the jobs and returned [], without a word
+    for chunk in (0, -1, 2.5):
+        with pytest.raises(
+            ValueError, match=f"^chunk must be a whole number of 1 or more, not {chunk}$"
+        ):
+            Job.create_many("example.square", [{"x": 2}] * 3, chunk=chunk)
 
 
 def test_join_refuses_a_nan_timeout(engine):

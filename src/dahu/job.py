@@ -174,6 +174,8 @@ class Job(threading.Thread, metaclass=_JobClass):
         """Create one job per input (dicts, JSON texts or files), ``chunk`` journal
         records per transaction; all inputs are checked before any job is created."""
         name = _plugin_name(name)
+        if not isinstance(chunk, int) or chunk < 1:  # -1 created no job, without a word
+            raise ValueError(f"chunk must be a whole number of 1 or more, not {chunk!r}")
         datas = [parse_input(item) for item in inputs]
         for data in datas:
             data["plugin_name"] = name
