@@ -238,6 +238,14 @@ def test_abort_running_job(engine):
     assert "logging" in job.output_data  # teardown ran
     assert called.is_set()
     assert "aborted" in job.error
+    # bug: a reason that is not text (abort(42)) was the job's error as it was: 42, an int
+    other = Job("example.sleep", {"t": 30})
+    other.start()
+    while other.status != Job.STATE_RUNNING and time.monotonic() < deadline + 10:
+        time.sleep(0.005)
+    assert other.abort(42) is True
+    other.join(10)
+    assert (other.status, other.error) == (Job.STATE_ABORTED, "42")
 
 
 BAD_ABORT = """

@@ -253,7 +253,7 @@ class Job(threading.Thread, metaclass=_JobClass):
         """
         if self._run.cycle is None:
             return False
-        return self._run.cycle.abort(self._run, reason)
+        return self._run.cycle.abort(self._run, reason if reason is None else str(reason))
 
     def _refuse(self, reason: str) -> None:
         """End this job, never started, as ``failure`` with ``reason`` (in the journal:
