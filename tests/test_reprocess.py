@@ -234,6 +234,11 @@ def test_journal_ids(archive: Path, tmp_path: Path):
     assert summary["total"]["failure"] == 2
     assert "job 99 is not in the journal" in stderr
     assert f"40-50: no job 40-50 is in the journal of {archive}" in stderr
+    # bug: an id of 5,000 digits (a paste gone wrong) was a ValueError traceback
+    status, summary, stderr = summary_of("-o", tmp_path / "m2", "--workdir", archive, "9" * 5000)
+    assert (status, summary["total"]["failure"]) == (1, 1)
+    cut = "99999999999999999999... (5000 characters)"
+    assert stderr == f"dahu-reprocess: {cut}: no job {cut} is in the journal of {archive}\n"
 
 
 def test_journal_ids_without_journal(tmp_path: Path):

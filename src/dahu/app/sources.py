@@ -144,7 +144,11 @@ def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
     items = []
     for part in spec.split(","):
         first, _, last = part.partition("-")
-        lo, hi = int(first), int(last or first)
+        # past 19 digits, no job's id (int() refused 4,300 of them: a traceback)
+        lo, hi = (
+            int(n) if len(n.lstrip("0")) <= 19 else MAX_ID + 1 for n in (first, last or first)
+        )
+        part = part if len(part) <= 40 else f"{part[:20]}... ({len(part)} characters)"
         if hi < lo:
             items.append(Item(part, error=f"empty id range in {workdir}"))
             continue
@@ -158,7 +162,7 @@ def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
             for i, state in found
         )
         if not found:
-            what = f"job {lo} is not" if lo == hi else f"no job {part} is"
+            what = f"job {lo} is not" if lo == hi <= MAX_ID else f"no job {part} is"
             # ids given before: as dahu-jobs show and the device say it
             why = " (pruned, or never given)" if 1 <= lo <= journal.highest() else ""
             items.append(Item(part, error=f"{what} in the journal of {workdir}{why}"))
