@@ -708,6 +708,10 @@ def test_time_specs():
     assert parse_retention("30d").max_age == 30 * 86400
     with pytest.raises(BadTime, match="bad retention 'forever'"):
         parse_retention("forever")
+    # bug: a retention of 5,000 digits (dahu_server --retention) was a ValueError traceback
+    assert parse_retention("9" * 5000).keep_last == parse_retention("9" * 30).keep_last > 10**18
+    with pytest.raises(BadTime, match=r"^bad retention 'xxxxxxxxxxxxxxxxxxxx'\.\.\. \(300 char"):
+        parse_retention("x" * 300)
 
 
 # ---- prune ----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ __all__ = [
     "parse_when",
     "format_time",
     "format_duration",
+    "quoted",
 ]
 
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
@@ -33,7 +34,7 @@ class BadTime(DahuError, ValueError):
     """A duration or a date that cannot be understood."""
 
 
-def _shown(text: str) -> str:
+def quoted(text: str) -> str:
     """``text`` quoted for a message, cut past 40 characters (a pasted file, not a date)."""
     return repr(text) if len(text or "") <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
 
@@ -44,7 +45,7 @@ def parse_duration(text: str) -> float:
     match = _DURATION.match(text or "")
     if not match:
         raise BadTime(
-            f"bad duration {_shown(text)}: expected a number and a unit s, m, h, d or w (e.g. 12h)"
+            f"bad duration {quoted(text)}: expected a number and a unit s, m, h, d or w (e.g. 12h)"
         )
     return float(match.group(1)) * UNITS[match.group(2).lower()]
 
@@ -71,7 +72,7 @@ def parse_when(text: str, now: float | None = None) -> float:
         when = datetime.datetime.fromisoformat(value)
     except ValueError:
         raise BadTime(
-            f"bad date {_shown(text)}: expected a date such as 2026-11-28 or 2026-11-28T10:00, "
+            f"bad date {quoted(text)}: expected a date such as 2026-11-28 or 2026-11-28T10:00, "
             "or a duration back from now such as 1h or 2d"
         ) from None
     try:
@@ -82,7 +83,7 @@ def parse_when(text: str, now: float | None = None) -> float:
         # read as UTC (hours off at most), as 99999999999d, before any job, is taken
         return when.replace(tzinfo=when.tzinfo or datetime.UTC).timestamp()
     except (ValueError, OverflowError):
-        raise BadTime(f"bad date {_shown(text)}: out of the range of this system's clock") from None
+        raise BadTime(f"bad date {quoted(text)}: out of the range of this system's clock") from None
 
 
 def format_time(epoch: float | None) -> str:
