@@ -456,6 +456,20 @@ def test_bad_usage_exits_2(tmp_path: Path, capsys):
         "dahu-reprocess: error: argument -j/--jobs: must be at most 4096, not 5000",
     )
     assert not (tmp_path / "out").exists()
+    # bug: a pasted page of digits or text was quoted whole ("expected a whole number" for
+    # 5,000 digits)
+    for option, value, reason in [
+        ("-j", "9" * 5000, "-j/--jobs: must be at most 4096, not '99999999999999999999'... (5000"),
+        (
+            "--rtol",
+            "x" * 500,
+            "--rtol: must be a finite number >= 0, not xxxxxxxxxxxxxxxxxxxx... (500",
+        ),
+    ]:
+        with pytest.raises(SystemExit):
+            parser.parse_args([option, value, "1"])
+        line = capsys.readouterr().err.splitlines()[-1]
+        assert line.startswith(f"dahu-reprocess: error: argument {reason} characters)")
     # bug: inf (or 1e400) was taken, and then every output compared the same
     for option in ("--rtol=inf", "--rtol=nan", "--atol=1e400", "--atol=-Infinity"):
         with pytest.raises(SystemExit) as info:
