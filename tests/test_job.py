@@ -165,6 +165,15 @@ def test_a_plugin_name_with_blanks_is_read_as_the_device_reads_it(engine):
     assert (job.status, job.output_data["result"], job.name) == ("success", 9, "example.square")
     (many,) = Job.create_many("example.square\n", [{"x": 2}])
     assert many.name == "example.square"
+    # bug: one input given alone was read as a list: a dict as its keys ("job input is
+    # neither JSON nor a file: 'x'"), a JSON text as its characters
+    for alone, kind in (({"x": 2}, "dict"), ('{"x": 2}', "str"), (None, "NoneType")):
+        with pytest.raises(InvalidInput) as info:
+            Job.create_many("example.square", alone)
+        assert str(info.value) == (
+            "job inputs must be a list of inputs (dicts, JSON texts or files); "
+            f"got {kind}: give [input] for one"
+        )
     # bug: chunk=-1 created none of the jobs and returned [], without a word
     for chunk in (0, -1, 2.5):
         with pytest.raises(

@@ -33,7 +33,7 @@ from .errors import DahuError, InvalidInput, JournalError, UnknownJob, one_line
 from .executors.runner import Outcome
 from .executors.slot import SELF_JOIN, current_job_id, released
 from .factory import plugin_factory  # noqa: F401  (the original's name here)
-from .inputs import parse_input, unrecordable
+from .inputs import parse_input, parse_inputs, plugin_name, unrecordable
 from .journal import job_file_stem, write_job_files
 from .journal.reader import JournalReader, current_reader, follow
 from .journal.writer import JournalLocked
@@ -58,14 +58,6 @@ def _source() -> Engine | JournalReader:
 def _given(job_id: Any) -> Any:
     """A job id as the caller gave it, for a message: ``-5``, ``1.5`` (not ``1``)."""
     return job_id if isinstance(job_id, float) else int(job_id)
-
-
-def _plugin_name(name: Any) -> str:
-    """The plugin name given, the blanks around it left out (as the device's ``startJob``);
-    :class:`InvalidInput` if there is none (``""``, ``" "``)."""
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidInput("plugin name must be a non-empty string")
-    return name.strip()
 
 
 def _refuse_unrecordable(datas: list[dict[str, Any]]) -> None:
@@ -134,7 +126,7 @@ class Job(threading.Thread, metaclass=_JobClass):
 
     def __init__(self, name: str = "plugin.Plugin", input_data: Any = None):
         data = parse_input(input_data)
-        data["plugin_name"] = name = _plugin_name(name)
+        data["plugin_name"] = name = plugin_name(name)
         engine = making_engine()  # in a Dask task, its server's
         # its record is committed with the next batch (at the latest when it starts or
         # when its id is read: nobody learns the id of a job the journal does not hold)
@@ -173,10 +165,10 @@ class Job(threading.Thread, metaclass=_JobClass):
     def create_many(cls, name: str, inputs: list[Any], chunk: int = 256) -> list[Job]:
         """Create one job per input (dicts, JSON texts or files), ``chunk`` journal
         records per transaction; all inputs are checked before any job is created."""
-        name = _plugin_name(name)
+        name = plugin_name(name)
         if not isinstance(chunk, int) or chunk < 1:  # -1 created no job, without a word
             raise ValueError(f"chunk must be a whole number of 1 or more, not {chunk!r}")
-        datas = [parse_input(item) for item in inputs]
+        datas = parse_inputs(inputs)
         for data in datas:
             data["plugin_name"] = name
         engine = making_engine()
