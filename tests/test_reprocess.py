@@ -605,6 +605,19 @@ def test_jobs_a_live_server_has_not_run_yet_are_not_counted_as_without_archive(t
     )
 
 
+def test_a_journal_job_whose_plugin_name_has_blanks_runs_as_its_inp_file_does(tmp_path: Path):
+    # bug: " example.square " (a job recorded with blanks around its name) failed "invalid
+    # plugin name" when given by id, and ran when given by its .inp file
+    from dahu.journal import SQLiteJournal
+
+    journal = SQLiteJournal(str(tmp_path / "W"))
+    journal.create_many(" example.square ", [{"x": 3}], 1.0)
+    journal.close()
+    status, summary, stderr = summary_of("-o", tmp_path / "o", "--workdir", tmp_path / "W", "1")
+    assert (status, summary["total"]["success"]) == (0, 1), stderr
+    assert list(summary["plugins"]) == ["example.square"]
+
+
 def test_compare_differing_output(archive_copy: Path, tmp_path: Path):
     out_file = archive_copy / "0000/00002_example.square.out"
     out_file.write_text(json.dumps({"result": 5, "logging": []}))

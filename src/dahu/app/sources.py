@@ -233,7 +233,7 @@ def load_input(item: Item) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
         record = item.journal.get(item.job_id)
         if record is None:
             raise InputError(f"job {item.job_id} vanished from the journal")
-        return record.plugin, record.input, record.output
+        return record.plugin.strip(), record.input, record.output  # as a file's name below
     try:
         text = _read_text(item.path)
         if not text.strip():  # a disk that filled up as it was written; stdin of a cron job
