@@ -153,6 +153,56 @@ def test_unknown_plugin_fails_with_reason_naming_plugin_and_dirs(engine):
     assert "None" not in job.error
 
 
+def test_a_plugin_name_with_blanks_is_read_as_the_device_reads_it(engine):
+    # bug: Job(" ") made a job that failed "invalid plugin name" while Job("") raised,
+    # and Job("example.square ") failed where the device's startJob ran example.square
+    for blank in ("", " ", "\t\n"):
+        with pytest.raises(InvalidInput, match="^plugin name must be a non-empty string$"):
+            Job(blank, {})
+        with pytest.raises(InvalidInput, match="^plugin name must be a non-empty string$"):
+            Job.create_many(blank, [{}])
+    job = run(" example.square ", {"x": 3})
+    assert (job.status, job.output_data["result"], job.name) == ("success", 9, "example.square")
+    (many,) = Job.create_many("example.square\n", [{"x": 2}])
+    assert many.name == "example.square"
+    # bug: one input given alone was read as a list: a dict as its keys ("job input is
+    # neither JSON nor a file: 'x'"), a JSON text as its characters
+    for alone, kind in (({"x": 2}, "dict"), ('{"x": 2}', "str"), (None, "NoneType")):
+        with pytest.raises(InvalidInput) as info:
+            Job.create_many("example.square", alone)
+        assert str(info.value) == (
+            "job inputs must be a list of inputs (dicts, JSON texts or files); "
+            f"got {kind}: give [input] for one"
+        )
+    # bug: chunk=-1 created none of the jobs and returned [], without a word
+    for chunk in (0, -1, 2.5):
+        with pytest.raises(
+            ValueError, match=f"^chunk must be a whole number of 1 or more, not {chunk}$"
+        ):
+            Job.create_many("example.square", [{"x": 2}] * 3, chunk=chunk)
+
+
+def test_join_refuses_a_nan_timeout(engine):
+    # bug: join(float("nan")) and synchronize_job(id, NaN) returned at once, the job still
+    # running, as if it had ended (Thread.join raises)
+    job = Job("example.square", {"x": 5})
+    with pytest.raises(ValueError, match="^timeout NaN is not a number of seconds$"):
+        job.join(float("nan"))
+    with pytest.raises(ValueError, match="^timeout NaN is not a number of seconds$"):
+        Job.synchronize_job(job.id, float("nan"))
+
+
+def test_a_job_timeout_too_large_for_a_float_is_ignored_in_one_short_line(engine, caplog):
+    # bug: "ignoring timeout 1000...000: not a number", with all its 401 digits
+    job = run("example.square", {"x": 2, "job_timeout": 10**400})
+    assert job.status == "success"
+    (line,) = [r.getMessage() for r in caplog.records if "ignoring timeout" in r.getMessage()]
+    assert line == (
+        f"job {job.id}: ignoring timeout 10000000000000000000... (401 characters): "
+        "too large for a number of seconds"
+    )
+
+
 def test_callbacks_receive_the_finished_job(engine):
     seen = []
     job = Job("example.square", {"x": 2})
@@ -197,6 +247,14 @@ def test_abort_running_job(engine):
     assert "logging" in job.output_data  # teardown ran
     assert called.is_set()
     assert "aborted" in job.error
+    # bug: a reason that is not text (abort(42)) was the job's error as it was: 42, an int
+    other = Job("example.sleep", {"t": 30})
+    other.start()
+    while other.status != Job.STATE_RUNNING and time.monotonic() < deadline + 10:
+        time.sleep(0.005)
+    assert other.abort(42) is True
+    other.join(10)
+    assert (other.status, other.error) == (Job.STATE_ABORTED, "42")
 
 
 BAD_ABORT = """
@@ -382,6 +440,13 @@ def test_unknown_id(engine):
     # exist" for -5 (with one job), where getErrorFromID said "job -5 does not exist"
     run("example.square", {"x": 1})
     assert Job.cleanJobfromID(-5) == Job.getErrorFromID(-5) == "job -5 does not exist"
+    # bug: an id that is not whole was cut: 1.5 gave job 1's state and output, and NaN
+    # raised "cannot convert float NaN to integer"; the original found no such job
+    for bad in (1.5, float("nan"), -0.5):
+        assert Job.getStatusFromID(bad) == Job.STATE_INEXISTANT
+        assert Job.getJobFromID(bad) is None and Job.getDataOutputFromID(bad) == {}
+        assert Job.synchronize_job(bad, 1) == Job.STATE_INEXISTANT
+        assert Job.cleanJobfromID(bad) == Job.getErrorFromID(bad) == f"job {bad} does not exist"
 
 
 def test_clean_writes_files_and_frees_memory(engine):

@@ -609,7 +609,6 @@ def test_bad_work_directories(tmp_path):
         (["list", "--until", "2026-13-45"], "bad date '2026-13-45'"),
         (["list", "--limit", "-1"], "expected 0 or more"),
         (["list", "--limit", "many"], "expected a whole number"),
-        (["list", "--since", "0001-01-01"], "bad date '0001-01-01': out of the range"),
         # bug: the bounds swapped found no job, without a word
         (["stats", "--since", "1h", "--until", "2h"], "--since is after --until (a duration"),
         (["list", "--since", "2026-11-30", "--until", "2026-11-29"], "--since is after --until"),
@@ -624,6 +623,12 @@ def test_bad_work_directories(tmp_path):
         (["prune", "--keep-last", "1", "--min-age", "a while"], "bad duration 'a while'"),
         (["prune", "--keep-last", "1", "--min-age", "-5"], "0 s or more, not '-5'"),
         (["prune", "--keep-last", "1", "--min-age", "nan"], "0 s or more, not 'nan'"),
+        # bug: "a duration of 0 s or more, not '999...'" with all its 400 digits
+        (
+            ["prune", "--keep-last", "1", "--min-age", "9" * 400],
+            "a duration too long for a number of seconds: '99999999999999999999'... (400 char",
+        ),
+        (["prune", "--keep-last", "1", "--min-age", "inf"], "too long for a number of seconds"),
         (["export", "--format", "xml"], "invalid choice: 'xml'"),
         (["export", "-o", "/nonexistent/jobs.csv"], "cannot write /nonexistent/jobs.csv"),
     ],
@@ -686,6 +691,15 @@ def test_time_specs():
     assert parse_when("now", now=5.0) == 5.0
     assert parse_when("2026-11-28T00:00:00+00:00") == 1795824000
     assert parse_when("today") <= time.time() and parse_when("yesterday") < parse_when("today")
+    # bug: --until 0001-01-01 was refused ("out of the range of this system's clock") while
+    # --since 99999999999d, further back, was taken: both are before any job
+    assert parse_when("0001-01-01") < parse_when("0001-01-02") < 0
+    assert parse_when("9999-12-31T23:59:59") > parse_when("9999-12-31") > time.time()
+    assert parse_when("0001-01-01T00:00+14:00") < parse_when("0001-01-01")
+    # bug: a pasted text was quoted whole in the message (a page of it for a page)
+    for parse, what in ((parse_when, "date"), (parse_duration, "duration")):
+        with pytest.raises(BadTime, match=rf"^bad {what} 'xxxxxxxxxxxxxxxxxxxx'\.\.\. \(300 char"):
+            parse("x" * 300)
     for bad in ("", "1", "h", "-1h", "1y"):
         with pytest.raises(BadTime):
             parse_duration(bad)
@@ -694,6 +708,10 @@ def test_time_specs():
     assert parse_retention("30d").max_age == 30 * 86400
     with pytest.raises(BadTime, match="bad retention 'forever'"):
         parse_retention("forever")
+    # bug: a retention of 5,000 digits (dahu_server --retention) was a ValueError traceback
+    assert parse_retention("9" * 5000).keep_last == parse_retention("9" * 30).keep_last > 10**18
+    with pytest.raises(BadTime, match=r"^bad retention 'xxxxxxxxxxxxxxxxxxxx'\.\.\. \(300 char"):
+        parse_retention("x" * 300)
 
 
 # ---- prune ----------------------------------------------------------------------------------

@@ -13,10 +13,11 @@ import dahu.engine
 from dahu.errors import JournalError
 from dahu.job import Job
 from dahu.journal import SQLiteJournal, job_file_stem
+from dahu.retention import prune
 from dahu.web.monitor import Monitor
 
 from .test_jobs_cli import one_line_error, run
-from .test_reprocess import summary_of
+from .test_reprocess import reprocess, summary_of
 
 
 def _journal(workdir, count: int = 3) -> None:
@@ -42,6 +43,32 @@ def test_show_minus_one_is_the_last_job(tmp_path):
     for job_id in ("-1", "1"):
         line = one_line_error(run("show", job_id, workdir=empty), 1)
         assert line == f"dahu-jobs: no job {job_id}: the journal of {empty} is empty"
+
+
+def test_show_of_a_pruned_job_says_it_was_pruned(tmp_path):
+    # bug: "no job -2 in the journal of DIR", naming neither the job nor why it is gone,
+    # while the device and the web page say "no job 3: it is no longer in the journal (pruned)"
+    journal = SQLiteJournal(str(tmp_path))
+    then = time.time() - 3600
+    ids = journal.create_many("example.noop", [{"n": n} for n in range(4)], then)
+    journal.finish_many([(i, "success", {}, None, then, then + 1) for i in ids])
+    journal.close()
+    assert prune(str(tmp_path), keep_last=1, min_age=0).removed == 3
+    pruned = f"it is no longer in the journal of {tmp_path} (pruned) or was never given"
+    assert (
+        one_line_error(run("show", "-2", workdir=tmp_path), 1)
+        == f"dahu-jobs: no job 3 (-2): {pruned}"
+    )
+    assert one_line_error(run("show", "1", workdir=tmp_path), 1) == f"dahu-jobs: no job 1: {pruned}"
+    line = one_line_error(run("show", "5", workdir=tmp_path), 1)
+    assert line == f"dahu-jobs: no job 5 in the journal of {tmp_path}"  # never given
+    # dahu-reprocess says it too (it said "job 1 is not in the journal of DIR")
+    proc = reprocess("-q", "-o", tmp_path / "out", "--workdir", tmp_path, "1", "2-3", "5")
+    assert proc.stderr.splitlines() == [
+        f"dahu-reprocess: 1: job 1 is not in the journal of {tmp_path} (pruned, or never given)",
+        f"dahu-reprocess: 2-3: no job 2-3 is in the journal of {tmp_path} (pruned, or never given)",
+        f"dahu-reprocess: 5: job 5 is not in the journal of {tmp_path}",
+    ]
 
 
 def _damage(workdir, sql: str) -> None:

@@ -234,6 +234,11 @@ def test_journal_ids(archive: Path, tmp_path: Path):
     assert summary["total"]["failure"] == 2
     assert "job 99 is not in the journal" in stderr
     assert f"40-50: no job 40-50 is in the journal of {archive}" in stderr
+    # bug: an id of 5,000 digits (a paste gone wrong) was a ValueError traceback
+    status, summary, stderr = summary_of("-o", tmp_path / "m2", "--workdir", archive, "9" * 5000)
+    assert (status, summary["total"]["failure"]) == (1, 1)
+    cut = "99999999999999999999... (5000 characters)"
+    assert stderr == f"dahu-reprocess: {cut}: no job {cut} is in the journal of {archive}\n"
 
 
 def test_journal_ids_without_journal(tmp_path: Path):
@@ -451,6 +456,20 @@ def test_bad_usage_exits_2(tmp_path: Path, capsys):
         "dahu-reprocess: error: argument -j/--jobs: must be at most 4096, not 5000",
     )
     assert not (tmp_path / "out").exists()
+    # bug: a pasted page of digits or text was quoted whole ("expected a whole number" for
+    # 5,000 digits)
+    for option, value, reason in [
+        ("-j", "9" * 5000, "-j/--jobs: must be at most 4096, not '99999999999999999999'... (5000"),
+        (
+            "--rtol",
+            "x" * 500,
+            "--rtol: must be a finite number >= 0, not xxxxxxxxxxxxxxxxxxxx... (500",
+        ),
+    ]:
+        with pytest.raises(SystemExit):
+            parser.parse_args([option, value, "1"])
+        line = capsys.readouterr().err.splitlines()[-1]
+        assert line.startswith(f"dahu-reprocess: error: argument {reason} characters)")
     # bug: inf (or 1e400) was taken, and then every output compared the same
     for option in ("--rtol=inf", "--rtol=nan", "--atol=1e400", "--atol=-Infinity"):
         with pytest.raises(SystemExit) as info:
@@ -558,6 +577,45 @@ def test_compare_without_archive(tmp_path: Path):
     assert status == 0
     assert summary["compare"]["no_archive"] == 1
     assert summary["compare"]["compared"] == 0
+
+
+def test_jobs_a_live_server_has_not_run_yet_are_not_counted_as_without_archive(tmp_path: Path):
+    # bug: the ids of a live server's journal included its queued jobs: they were rerun
+    # and counted "without archive", as if their jobs had given no output
+    from dahu.app.reprocess_summary import format_summary
+    from dahu.journal import SQLiteJournal
+
+    workdir = tmp_path / "W"
+    journal = SQLiteJournal(str(workdir))
+    first, *queued = journal.create_many("example.square", [{"x": x} for x in (2, 3, 4)], 1.0)
+    journal.finish(first, "success", {"result": 4, "logging": []}, None, 1.0, 2.0)
+    journal.close()
+    status, summary, stderr = summary_of(
+        "--compare", "-o", tmp_path / "o", "--workdir", workdir, "1-3"
+    )
+    assert status == 0, stderr
+    compare = summary["compare"]
+    assert (compare["same"], compare["no_archive"], compare["unfinished_archive"]) == (1, 0, 2)
+    assert (
+        format_summary(summary)
+        .splitlines()[-1]
+        .endswith(
+            "0 without archive, 2 whose job had not ended in the journal (queued or running: no archive)"
+        )
+    )
+
+
+def test_a_journal_job_whose_plugin_name_has_blanks_runs_as_its_inp_file_does(tmp_path: Path):
+    # bug: " example.square " (a job recorded with blanks around its name) failed "invalid
+    # plugin name" when given by id, and ran when given by its .inp file
+    from dahu.journal import SQLiteJournal
+
+    journal = SQLiteJournal(str(tmp_path / "W"))
+    journal.create_many(" example.square ", [{"x": 3}], 1.0)
+    journal.close()
+    status, summary, stderr = summary_of("-o", tmp_path / "o", "--workdir", tmp_path / "W", "1")
+    assert (status, summary["total"]["success"]) == (0, 1), stderr
+    assert list(summary["plugins"]) == ["example.square"]
 
 
 def test_compare_differing_output(archive_copy: Path, tmp_path: Path):

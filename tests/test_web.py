@@ -824,6 +824,9 @@ def test_stopping_closes_the_idle_connections_of_pages(engine):
         ("/api/jobs/-99999999", 404, "no job -99999999: job ids run from 1 to"),
         ("/api/jobs?limit=0", 400, "limit must be from 1 to 1000"),
         ("/api/jobs?limit=ten", 400, "limit must be an integer"),
+        # bug: "limit must be an integer, not ''" (Tornado strips the blanks it was given)
+        ("/api/jobs?limit=%20", 400, "limit is empty: give an integer from 1 to 1000"),
+        ("/api/series?window=", 400, "window is empty: give an integer from 10 to 3600"),
         ("/api/jobs?state=exploded", 400, "state must be one of"),
         # bug: an empty plugin (a script's unset variable) answered no job at all, 200
         ("/api/jobs?plugin=", 400, "plugin must be a plugin name, not empty"),

@@ -29,6 +29,8 @@ __all__ = [
     "parse_input",
     "parse_job_input",
     "parse_job_inputs",
+    "parse_inputs",
+    "plugin_name",
     "unrecordable",
 ]
 
@@ -93,6 +95,26 @@ def parse_input(input_data: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput(f"job input must be a JSON object, got {json_kind(value)}")
     return value
+
+
+def parse_inputs(inputs: Any) -> list[dict[str, Any]]:
+    """Each of ``inputs`` (``Job.create_many``'s: a list, or any iterable but a mapping or
+    a text) through :func:`parse_input`; one input given alone is refused in one line
+    (a dict was read as its keys: ``job input is neither JSON nor a file: 'x'``)."""
+    if isinstance(inputs, (Mapping, str, bytes)) or not hasattr(inputs, "__iter__"):
+        raise InvalidInput(
+            "job inputs must be a list of inputs (dicts, JSON texts or files); "
+            f"got {_type_name(inputs)}: give [input] for one"
+        )
+    return [parse_input(item) for item in inputs]
+
+
+def plugin_name(name: Any) -> str:
+    """The plugin name given, the blanks around it left out (as the device's ``startJob``);
+    :class:`InvalidInput` if there is none (``""``, ``" "``)."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput("plugin name must be a non-empty string")
+    return name.strip()
 
 
 def unrecordable(data: dict[str, Any]) -> str | None:

@@ -33,13 +33,13 @@ from .errors import DahuError, InvalidInput, JournalError, UnknownJob, one_line
 from .executors.runner import Outcome
 from .executors.slot import SELF_JOIN, current_job_id, released
 from .factory import plugin_factory  # noqa: F401  (the original's name here)
-from .inputs import parse_input, unrecordable
+from .inputs import parse_input, parse_inputs, plugin_name, unrecordable
 from .journal import job_file_stem, write_job_files
 from .journal.reader import JournalReader, current_reader, follow
 from .journal.writer import JournalLocked
 from .states import State
 from .statistics import format_statistics
-from .utils import NumpyEncoder, gc_paused, jsonable, text_of
+from .utils import NumpyEncoder, gc_paused, jsonable, text_of, wait_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ __all__ = ["Job", "parse_input", "InvalidInput"]
 def _source() -> Engine | JournalReader:
     """Where job ids are looked up: the engine, or the shared journal in a worker."""
     return current_reader() or get_engine()
+
+
+def _given(job_id: Any) -> Any:
+    """A job id as the caller gave it, for a message: ``-5``, ``1.5`` (not ``1``)."""
+    return job_id if isinstance(job_id, float) else int(job_id)
 
 
 def _refuse_unrecordable(datas: list[dict[str, Any]]) -> None:
@@ -121,9 +126,7 @@ class Job(threading.Thread, metaclass=_JobClass):
 
     def __init__(self, name: str = "plugin.Plugin", input_data: Any = None):
         data = parse_input(input_data)
-        if not isinstance(name, str) or not name:
-            raise InvalidInput("plugin name must be a non-empty string")
-        data["plugin_name"] = name
+        data["plugin_name"] = name = plugin_name(name)
         engine = making_engine()  # in a Dask task, its server's
         # its record is committed with the next batch (at the latest when it starts or
         # when its id is read: nobody learns the id of a job the journal does not hold)
@@ -162,9 +165,10 @@ class Job(threading.Thread, metaclass=_JobClass):
     def create_many(cls, name: str, inputs: list[Any], chunk: int = 256) -> list[Job]:
         """Create one job per input (dicts, JSON texts or files), ``chunk`` journal
         records per transaction; all inputs are checked before any job is created."""
-        if not isinstance(name, str) or not name:
-            raise InvalidInput("plugin name must be a non-empty string")
-        datas = [parse_input(item) for item in inputs]
+        name = plugin_name(name)
+        if not isinstance(chunk, int) or chunk < 1:  # -1 created no job, without a word
+            raise ValueError(f"chunk must be a whole number of 1 or more, not {chunk!r}")
+        datas = parse_inputs(inputs)
         for data in datas:
             data["plugin_name"] = name
         engine = making_engine()
@@ -241,7 +245,7 @@ class Job(threading.Thread, metaclass=_JobClass):
         """
         if self._run.cycle is None:
             return False
-        return self._run.cycle.abort(self._run, reason)
+        return self._run.cycle.abort(self._run, reason if reason is None else str(reason))
 
     def _refuse(self, reason: str) -> None:
         """End this job, never started, as ``failure`` with ``reason`` (in the journal:
@@ -357,6 +361,8 @@ class Job(threading.Thread, metaclass=_JobClass):
     # ---- class-level API --------------------------------------------------------------
     @classmethod
     def _resolve(cls, jobId: Any) -> int:  # noqa: N803
+        if isinstance(jobId, float) and not jobId.is_integer():  # 1.5 was job 1; NaN
+            return 0  # no job's id, as in the original (``inexistant``, None)
         job_id = int(jobId)
         if job_id < 0:  # -1 is the last job, as in the original
             job_id = _source().last_id() + 1 + job_id
@@ -404,7 +410,7 @@ class Job(threading.Thread, metaclass=_JobClass):
         # Not a job of this process (e.g. a worker waiting for a job of the server, or a
         # second process on the same work directory): follow its record in the journal.
         with released():
-            return follow(source.journal, job_id, timeout)
+            return follow(source.journal, job_id, wait_timeout(timeout))
 
     @classmethod
     def synchronize_all(cls) -> None:
@@ -432,7 +438,7 @@ class Job(threading.Thread, metaclass=_JobClass):
         if run is None or run.cycle is None:
             record = source.journal.get(job_id, data=False)
             if record is None:  # the id as given, as getErrorFromID says it (not -3 for -5)
-                return f"job {int(jobId)} does not exist"
+                return f"job {_given(jobId)} does not exist"
             if record.state not in State.FINAL:  # another process's, at work: its files later
                 return f"job {job_id} is {record.state}: not cleaned"
             if getattr(source, "recovery", None) is not None:  # a start may be writing them
@@ -489,7 +495,7 @@ class Job(threading.Thread, metaclass=_JobClass):
     def getErrorFromID(cls, jobId: int) -> str:  # noqa: N802,N803
         """Return the error text of job ``jobId`` ("" when it has none)."""
         job = cls.getJobFromID(jobId)
-        return job.error if job is not None else f"job {int(jobId)} does not exist"
+        return job.error if job is not None else f"job {_given(jobId)} does not exist"
 
     getErrorFromId = getErrorFromID
 

@@ -238,11 +238,34 @@ def records(db: sqlite3.Connection, filters: Filters) -> Iterator[JobRecord]:
         last = rows[-1][0]
 
 
+def resolve(db: sqlite3.Connection, job_id: int) -> int:
+    """``job_id``, a negative one counted back from the newest job recorded (``-1``)."""
+    if job_id < 0:
+        job_id += _read(db, "SELECT COALESCE(MAX(id), 0) FROM jobs")[0][0] + 1
+    return job_id
+
+
+def highest_id(db: sqlite3.Connection) -> int:
+    """The highest id ever given (or reserved): pruned records count, 0 if none."""
+    return _read(db, f"SELECT MAX({SQLiteJournal._HIGHEST})")[0][0] or 0
+
+
+def missing(db: sqlite3.Connection, job_id: int, workdir: str) -> str:
+    """Why :func:`get` found no job ``job_id``, in one line: ``no job 3 (-2): it is no
+    longer in the journal of DIR (pruned) or was never given``, as the device says."""
+    where = f"the journal of {workdir}"
+    if not _read(db, "SELECT COUNT(*) FROM jobs")[0][0]:  # none yet, or all pruned
+        return f"no job {job_id}: {where} is empty"
+    if 1 <= (wanted := resolve(db, job_id)) <= highest_id(db):
+        named = f"{wanted} ({job_id})" if job_id < 0 else str(job_id)
+        return f"no job {named}: it is no longer in {where} (pruned) or was never given"
+    return f"no job {job_id} in {where}"
+
+
 def get(db: sqlite3.Connection, job_id: int) -> JobRecord | None:
     """The whole record of ``job_id`` (as :func:`records`), or None; a negative id counts back from the newest
     job (``-1``: the last one), as the device's."""
-    if job_id < 0:
-        job_id += _read(db, "SELECT COALESCE(MAX(id), 0) FROM jobs")[0][0] + 1
+    job_id = resolve(db, job_id)
     if not storable_id(job_id):
         return None
     rows = _read(db, f"SELECT {SQLiteJournal._COLUMNS} FROM jobs WHERE id = ?", (job_id,))

@@ -42,7 +42,7 @@ from .journal.base import MAX_ID
 from .journal.files import remove_dead_parts
 from .properties import MAX_RETENTION_INTERVAL
 from .states import State
-from .timespec import BadTime, parse_duration
+from .timespec import BadTime, parse_duration, quoted
 
 logger = logging.getLogger(__name__)
 
@@ -354,13 +354,13 @@ def parse_retention(text: str) -> Retention | None:
     value = (text or "").strip()
     if not value:
         return None
-    if value.isdigit():
-        return Retention(keep_last=int(value))
+    if value.isdigit():  # past 19 digits, more than any journal holds (int() refused 4,300)
+        return Retention(keep_last=int(value) if len(value.lstrip("0")) <= 19 else MAX_ID)
     try:
         return Retention(max_age=parse_duration(value))
     except BadTime:
         raise BadTime(
-            f"bad retention {text!r}: expected a duration such as 30d or 12h, "
+            f"bad retention {quoted(text)}: expected a duration such as 30d or 12h, "
             "or a number of jobs to keep such as 100000"
         ) from None
 

@@ -21,6 +21,7 @@ __all__ = [
     "parse_when",
     "format_time",
     "format_duration",
+    "quoted",
 ]
 
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
@@ -33,13 +34,18 @@ class BadTime(DahuError, ValueError):
     """A duration or a date that cannot be understood."""
 
 
+def quoted(text: str) -> str:
+    """``text`` quoted for a message, cut past 40 characters (a pasted file, not a date)."""
+    return repr(text) if len(text or "") <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
+
+
 def parse_duration(text: str) -> float:
     """Seconds of a duration written as a number and a unit: ``90s``, ``10m``, ``1.5h``,
     ``2d``, ``1w``."""
     match = _DURATION.match(text or "")
     if not match:
         raise BadTime(
-            f"bad duration {text!r}: expected a number and a unit s, m, h, d or w (e.g. 12h)"
+            f"bad duration {quoted(text)}: expected a number and a unit s, m, h, d or w (e.g. 12h)"
         )
     return float(match.group(1)) * UNITS[match.group(2).lower()]
 
@@ -66,13 +72,18 @@ def parse_when(text: str, now: float | None = None) -> float:
         when = datetime.datetime.fromisoformat(value)
     except ValueError:
         raise BadTime(
-            f"bad date {text!r}: expected a date such as 2026-11-28 or 2026-11-28T10:00, "
+            f"bad date {quoted(text)}: expected a date such as 2026-11-28 or 2026-11-28T10:00, "
             "or a duration back from now such as 1h or 2d"
         ) from None
     try:
         return when.timestamp()  # naive: local time
     except (ValueError, OverflowError):  # 0001-01-01 in local time may be year 0
-        raise BadTime(f"bad date {text!r}: out of the range of this system's clock") from None
+        pass
+    try:  # a date at the ends of the calendar, which the local clock has no offset for:
+        # read as UTC (hours off at most), as 99999999999d, before any job, is taken
+        return when.replace(tzinfo=when.tzinfo or datetime.UTC).timestamp()
+    except (ValueError, OverflowError):
+        raise BadTime(f"bad date {quoted(text)}: out of the range of this system's clock") from None
 
 
 def format_time(epoch: float | None) -> str:

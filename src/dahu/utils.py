@@ -347,3 +347,23 @@ def seconds(value: Any) -> float | None:
     except (TypeError, ValueError, OverflowError):
         return None
     return None if math.isnan(number) else number
+
+
+def not_seconds(value: Any) -> str:
+    """Why :func:`seconds` found no number in ``value``, in one short line: its text
+    (cut past 40 characters) and ``not a number``, or ``too large`` for an integer of
+    hundreds of digits (no float holds it)."""
+    text = repr(value)
+    text = f"{text[:20]}... ({len(text)} characters)" if len(text) > 40 else text
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{text}: too large for a number of seconds"
+    return f"{text}: not a number"
+
+
+def wait_timeout(timeout: float | None) -> float | None:
+    """A timeout to wait with (``Event.wait``): None past 1e9 s (forever: 1e10 overflowed
+    the system's timers); NaN, which ``Event.wait`` took as no wait at all, is a
+    ``ValueError`` in one line, as ``Thread.join`` refuses it."""
+    if timeout is not None and timeout != timeout:
+        raise ValueError("timeout NaN is not a number of seconds")
+    return None if timeout is None or timeout > 1e9 else timeout

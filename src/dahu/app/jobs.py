@@ -25,7 +25,7 @@ from typing import IO, Any, NoReturn
 from tabulate import tabulate
 
 from .. import __version__
-from ..jobquery import Filters, count, get, latest, open_journal, records, statistics
+from ..jobquery import Filters, count, get, latest, missing, open_journal, records, statistics
 from ..journal import JournalError, default_workdir, job_file_stem, processes
 from ..journal.sqlite import SQLiteJournal, process_alive
 from ..retention import DEFAULT_MIN_AGE, prune
@@ -265,9 +265,7 @@ def cmd_show(db: Any, args: argparse.Namespace, out: IO[str]) -> int:
     """``show ID``."""
     record = get(db, args.job_id)
     if record is None:
-        where = f"the journal of {args.workdir}"  # empty: none yet, or all pruned
-        why = f" in {where}" if count(db, Filters()) else f": {where} is empty"
-        sys.stderr.write(f"{PROG}: no job {args.job_id}{why}\n")
+        sys.stderr.write(f"{PROG}: {missing(db, args.job_id, args.workdir)}\n")
         return EXIT_NOT_FOUND
     args.unreadable.record(record)
     files = _files(args.workdir, record.id, record.plugin)

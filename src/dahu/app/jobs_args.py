@@ -82,6 +82,13 @@ def seconds(text: str) -> float:
             value = parse_duration(text)
         except BadTime as err:
             raise argparse.ArgumentTypeError(str(err)) from None
-    if not value >= 0 or value == float("inf"):  # NaN too
-        raise argparse.ArgumentTypeError(f"a duration of 0 s or more, not {text!r}")
+    shown = (
+        f"{text.strip()[:20]!r}... ({len(text.strip())} characters)"
+        if len(text) > 40
+        else repr(text)
+    )
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"a duration of 0 s or more, not {shown}")
+    if value == float("inf"):  # 1e400, or 400 digits: not "0 s or more"
+        raise argparse.ArgumentTypeError(f"a duration too long for a number of seconds: {shown}")
     return value

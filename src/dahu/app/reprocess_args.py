@@ -12,6 +12,7 @@ from ..compare import DEFAULT_ATOL, DEFAULT_RTOL
 from ..journal import default_workdir
 from ..properties import MAX_WORKERS
 from ..properties import local_directory as directory  # ~ is the home directory
+from ..timespec import quoted
 from .sources import IDS
 
 __all__ = ["PROG", "build_parser", "usage_problems"]
@@ -22,8 +23,12 @@ PROG = "dahu-reprocess"
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    except ValueError:  # also past 4,300 digits
+        if text.strip().isdigit():
+            raise argparse.ArgumentTypeError(
+                f"must be at most {MAX_WORKERS}, not {quoted(text)}"
+            ) from None
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {quoted(text)}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     if value > MAX_WORKERS:  # a thread (or a process) each: before anything is made
@@ -37,7 +42,8 @@ def _tolerance(text: str) -> float:
     except ValueError:
         value = float("nan")
     if not (value >= 0 and math.isfinite(value)):  # inf would make every number the same
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
+        shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {shown}")
     return value
 
 

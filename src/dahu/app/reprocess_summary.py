@@ -84,6 +84,9 @@ def summarize(run: Any, output_dir: str) -> dict[str, Any]:
         "compare": None,
         "interrupted": run.stop.is_set(),
     }
+    # a job listed from a live server's journal that had not ended there (queued, running)
+    # has no archived output: not "without archive" as if its job had given none
+    unfinished = {item.label for item in run.items if getattr(item, "unfinished", False)}
     if run.args.compare:
         summary["compare"] = {
             "compared": len(compared),
@@ -95,8 +98,12 @@ def summarize(run: Any, output_dir: str) -> dict[str, Any]:
                 if r.job_id is not None
                 and r.state in ENDED
                 and not (r.compared or r.incomplete_archive)
+                and r.source not in unfinished
             ),
             "incomplete_archive": sum(1 for r in run.results if r.incomplete_archive),
+            "unfinished_archive": sum(
+                1 for r in run.results if r.source in unfinished and r.state in ENDED
+            ),
             "rtol": run.args.rtol,
             "atol": run.args.atol,
             "differences": [
@@ -153,6 +160,12 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f", {comparison['incomplete_archive']} whose archived job was aborted or interrupted "
                 "(not compared)"
                 if comparison.get("incomplete_archive")
+                else ""
+            )
+            + (
+                f", {comparison['unfinished_archive']} whose job had not ended in the journal "
+                "(queued or running: no archive)"
+                if comparison.get("unfinished_archive")
                 else ""
             )
         )

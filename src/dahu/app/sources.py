@@ -16,9 +16,10 @@ from typing import Any
 from ..errors import DahuError, JournalError, one_line
 from ..inputs import InvalidInput, json_file_text, json_kind
 from ..jobquery import get as get_record
-from ..jobquery import open_journal
+from ..jobquery import highest_id, open_journal
 from ..journal import INTERRUPTED, SQLiteJournal
 from ..journal.base import MAX_ID
+from ..states import State
 from ..utils import dumps, jsonable
 
 __all__ = [
@@ -62,6 +63,7 @@ class Item:
     journal: Any = None
     job_id: int | None = None
     error: str | None = None
+    unfinished: bool = False  # a job the journal has not seen end (queued, running)
 
 
 # ---- sources ------------------------------------------------------------------------
@@ -107,14 +109,23 @@ class _Journal:
             raise InputError(one_line(err)) from err
         self.path = os.path.join(workdir, SQLiteJournal.FILENAME)
 
-    def ids(self, first: int, last: int) -> list[int]:
-        """The ids from ``first`` to ``last`` that are in the journal, in order."""
+    def ids(self, first: int, last: int) -> list[tuple[int, str]]:
+        """The ids from ``first`` to ``last`` that are in the journal, in order, each with
+        its state."""
         last = min(last, MAX_ID)
-        sql = "SELECT id FROM jobs WHERE id BETWEEN ? AND ? ORDER BY id"
+        sql = "SELECT id, state FROM jobs WHERE id BETWEEN ? AND ? ORDER BY id"
         try:
-            return [row[0] for row in self.db.execute(sql, (first, last))] if first <= last else []
+            return list(self.db.execute(sql, (first, last))) if first <= last else []
         except sqlite3.Error as err:
             raise InputError(f"cannot read the journal {self.path}: {err}") from err
+
+    def highest(self) -> int:
+        """The highest id ever given in this journal (pruned records count), 0 if it
+        cannot be read (it only words a message)."""
+        try:
+            return highest_id(self.db)
+        except JournalError:
+            return 0
 
     def get(self, job_id: int) -> Any:
         """The record of ``job_id``, or None."""
@@ -133,7 +144,11 @@ def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
     items = []
     for part in spec.split(","):
         first, _, last = part.partition("-")
-        lo, hi = int(first), int(last or first)
+        # past 19 digits, no job's id (int() refused 4,300 of them: a traceback)
+        lo, hi = (
+            int(n) if len(n.lstrip("0")) <= 19 else MAX_ID + 1 for n in (first, last or first)
+        )
+        part = part if len(part) <= 40 else f"{part[:20]}... ({len(part)} characters)"
         if hi < lo:
             items.append(Item(part, error=f"empty id range in {workdir}"))
             continue
@@ -142,10 +157,15 @@ def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
         except InputError as err:  # a damaged journal: one line, as for the other sources
             items.append(Item(part, error=str(err)))
             continue
-        items.extend(Item(f"job {i}", journal=journal, job_id=i) for i in found)
+        items.extend(
+            Item(f"job {i}", journal=journal, job_id=i, unfinished=state not in State.FINAL)
+            for i, state in found
+        )
         if not found:
-            what = f"job {lo} is not" if lo == hi else f"no job {part} is"
-            items.append(Item(part, error=f"{what} in the journal of {workdir}"))
+            what = f"job {lo} is not" if lo == hi <= MAX_ID else f"no job {part} is"
+            # ids given before: as dahu-jobs show and the device say it
+            why = " (pruned, or never given)" if 1 <= lo <= journal.highest() else ""
+            items.append(Item(part, error=f"{what} in the journal of {workdir}{why}"))
     return items
 
 
@@ -213,7 +233,7 @@ def load_input(item: Item) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
         record = item.journal.get(item.job_id)
         if record is None:
             raise InputError(f"job {item.job_id} vanished from the journal")
-        return record.plugin, record.input, record.output
+        return record.plugin.strip(), record.input, record.output  # as a file's name below
     try:
         text = _read_text(item.path)
         if not text.strip():  # a disk that filled up as it was written; stdin of a cron job

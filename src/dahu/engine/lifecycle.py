@@ -31,7 +31,7 @@ from ..executors.runner import Outcome
 from ..executors.slot import SELF_JOIN, released, serves
 from ..journal.base import JobRecord
 from ..states import State
-from ..utils import get_isotime, seconds, utf8_text
+from ..utils import get_isotime, not_seconds, seconds, utf8_text, wait_timeout
 from .flag import Signal
 
 logger = logging.getLogger(__name__)
@@ -182,8 +182,8 @@ class JobRun:
             return False
         if me == self.runner or serves(self):
             raise RuntimeError(SELF_JOIN)
-        with released():  # past 1e9 s, forever: 1e10 overflowed the system's timers
-            return self.done.wait(None if timeout is None or timeout > 1e9 else timeout)
+        with released():  # past 1e9 s, forever; NaN: ValueError
+            return self.done.wait(wait_timeout(timeout))
 
 
 def final_output(run: JobRun, outcome: Outcome) -> dict[str, Any]:
@@ -295,7 +295,7 @@ class LifeCycle:
             number = seconds(value)
             if number is None:
                 if loading or source == 1:  # said once: the others were said at begin
-                    logger.warning("job %s: ignoring timeout %r: not a number", run.id, value)
+                    logger.warning("job %s: ignoring timeout %s", run.id, not_seconds(value))
                 continue
             if loading and source == 2 and 0 < number < math.inf:
                 number = max(number, LOADING_AT_LEAST)

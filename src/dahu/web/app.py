@@ -150,6 +150,8 @@ class _Base(tornado.web.RequestHandler):
         raw = self.one_argument(name)
         if raw is None:
             return default
+        if not raw:  # Tornado strips the blanks: "limit=%20" (an unset variable) is empty
+            raise ClientError(400, f"{name} is empty: give an integer from {low} to {high}")
         if _too_long(raw):
             raise ClientError(
                 400, f"{name} must be from {low} to {high}, not {raw.strip()[:20]}..."
