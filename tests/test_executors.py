@@ -754,10 +754,31 @@ def test_a_restarted_dask_worker_comes_back_even_when_the_cluster_gave_up_on_it(
     # restarted twice in a row): the cluster stayed a worker short for good. Here the
     # cluster gives up after 1 s, less than the restart of a hung plugin's worker takes.
     import dask
+    from dask.utils import parse_timedelta
 
     engine = one_process_engine(tmp_path, monkeypatch, kind="dask", max_workers=2)
     workers = engine.executor.client.scheduler_info
     try:
+        # bug: a server's worker that exited twice, 15 s apart, had its nanny closed by
+        # the cluster as it restarted the second time (Dask's lost-worker-timeout, read
+        # as a worker leaves): its job failed "worker process died: exit code 0", and a
+        # cluster of one worker had none left. The server's cluster keeps its workers.
+        lost = dask.config.get("distributed.deploy.lost-worker-timeout")
+        assert parse_timedelta(lost) >= 86400
+        pids = engine.executor.client.run(os.getpid)
+        os.kill(next(iter(pids.values())), signal.SIGKILL)  # the nanny starts it again
+
+        def pids_now():
+            with contextlib.suppress(Exception):  # the dead one cannot answer
+                return set(engine.executor.client.run(os.getpid).values())
+
+        deadline = time.monotonic() + 30
+        while pids_now() in (None, set(pids.values())) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        while len(workers()["workers"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert set(engine.executor.cluster.workers) == {0, 1}
+        assert run("example.square", {"x": 3}).output_data["result"] == 9
         with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}):
             hung = run("trouble.hang", {"job_timeout": 0.3}, timeout=30)
             assert (hung.status, hung.error) == ("aborted", "timed out after 0.3 s")

@@ -10,7 +10,19 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Keeper"]
+__all__ = ["LOST_WORKER_TIMEOUT", "WATCH", "Keeper"]
+
+LOST = "distributed.deploy.lost-worker-timeout"
+LOST_WORKER_TIMEOUT = "1000d"
+"""The server's ``distributed.deploy.lost-worker-timeout`` (Dask's is 15 s): a local
+cluster closes for good the nanny of a worker away that long after any exit of its worker,
+even one back and gone again (restarting after a second exit about that much later): the
+job that had begun there failed ``worker process died: exit code 0``, and the cluster could
+be left with no workers, a task sent then never ending.  Its nannies run in the server's
+process: one is never lost but with the server."""
+
+WATCH = 45.0
+"""Seconds the cluster's size is watched after a restart of ours."""
 
 
 class Keeper:
@@ -20,9 +32,14 @@ class Keeper:
     timeout`` (15 s) after it left, even one of ours restarting (a hung plugin's worker is
     killed 4 s after it is told to close; on a busy machine, or restarted twice, it is
     away longer); such a nanny is started again (until 2026-11-30 the cluster stayed a
-    worker short, or with none left)."""
+    worker short, or with none left).  Made with the cluster, it sets the timeout to
+    :data:`LOST_WORKER_TIMEOUT` in the server's process: the cluster reads it as a worker
+    leaves."""
 
     def __init__(self, cluster: Any, client: Any, size: int):
+        import dask
+
+        dask.config.set({LOST: LOST_WORKER_TIMEOUT})  # for good, not only for a block
         self.cluster = cluster
         self.client = client
         self.size = size
@@ -33,12 +50,8 @@ class Keeper:
 
     def keep(self) -> None:
         """A worker is restarted: watch the cluster's size for a while."""
-        import dask
-        from dask.utils import parse_timedelta
-
-        lost = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
         with self._lock:
-            self._until = time.monotonic() + lost + 30
+            self._until = time.monotonic() + WATCH
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._keep, name="dahu-dask-keeper", daemon=True
