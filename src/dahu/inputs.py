@@ -109,11 +109,11 @@ def parse_inputs(inputs: Any) -> list[dict[str, Any]]:
     return [parse_input(item) for item in inputs]
 
 
-def plugin_name(name: Any) -> str:
+def plugin_name(name: Any, empty: str = "plugin name must be a non-empty string") -> str:
     """The plugin name given, the blanks around it left out (as the device's ``startJob``);
-    :class:`InvalidInput` if there is none (``""``, ``" "``)."""
+    :class:`InvalidInput` ``empty`` if there is none (``""``, ``" "``)."""
     if not isinstance(name, str) or not name.strip():
-        raise InvalidInput("plugin name must be a non-empty string")
+        raise InvalidInput(empty)
     return name.strip()
 
 

@@ -28,9 +28,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .errors import DahuError, InvalidInput, UnknownPlugin, one_line, shown_name
+from .errors import DahuError, UnknownPlugin, one_line, shown_name
 from .executors.process import exit_text
 from .factory import Factory, _list_modules, plugin_factory, plugin_settings
+from .inputs import plugin_name
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +41,7 @@ __all__ = ["PLUGINS_HEADER", "PluginCatalog", "ended_reason", "plugin_name_given
 def plugin_name_given(name: Any) -> str:
     """The plugin name a client sent (``startJob``, ``startJobs``, ``initPlugin``), the
     blanks around it left out; :class:`InvalidInput` in one line if there is none."""
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidInput("the plugin name is empty: expected 'module.name'")
-    return name.strip()
+    return plugin_name(name, "the plugin name is empty: expected 'module.name'")
 
 
 # listPlugins' first line, as the original's (clients skip it)
