@@ -182,6 +182,23 @@ def test_register_then_serve_by_name_then_stop_cleanly(database, tmp_path, monke
         assert second.stderr.startswith(f"dahu_server: DahuDS/{INSTANCE} is already running (pid ")
         assert second.stderr.count("\n") == 1, second.stderr
         assert proxy.getJobState(job_id) == "success"  # the first one serves on
+        # bug: registering again while the server ran (to update a property, as
+        # documented) marked the device not exported: every new client was refused,
+        # "Device id00/dahu/dbtest is not exported", until the server restarted
+        again = [tool("dahu-register"), INSTANCE, DEVICE, "--max-workers", "3"]
+        registered = subprocess.run(again, env=env, capture_output=True, text=True, timeout=60)
+        assert registered.returncode == 0, registered.stderr
+        assert tango.DeviceProxy(f"tango://{database}/{DEVICE}").getJobState(job_id) == "success"
+        # and a move to another instance while it runs is refused (it was moved, and
+        # the running server's device was no longer exported)
+        move = [tool("dahu-register"), "other", DEVICE]
+        moved = subprocess.run(move, env=env, capture_output=True, text=True, timeout=60)
+        assert moved.returncode == 1
+        assert moved.stderr == (
+            f"dahu-register: {DEVICE} is served by DahuDS/{INSTANCE} (pid {server.pid} on "
+            f"{socket.gethostname()}): stop it first to register it in DahuDS/other\n"
+        )
+        assert tango.DeviceProxy(f"tango://{database}/{DEVICE}").getJobState(job_id) == "success"
         running = proxy.startJob(["example.sleep", json.dumps({"t": 600})])
         deadline = time.monotonic() + 30
         while proxy.getJobState(running) != "running":

@@ -3,7 +3,8 @@
 Registers the server ``DahuDS/INSTANCE`` with the device ``DEVICE`` (``domain/family/member``)
 of class ``DahuDS`` in the Tango database named by ``TANGO_HOST``, and writes the device
 properties given (one option per property of :data:`dahu.properties.PROPERTIES`).
-Registering again updates the properties.  The original's options (``--server``,
+Registering again updates the properties (a device its server serves stays exported:
+it is not registered anew).  The original's options (``--server``,
 ``--domain``, ``--family``, ``--member``, with its defaults ``dahu`` and ``id00/dahu/1``)
 name them too.
 """
@@ -14,6 +15,7 @@ import argparse
 import os
 import re
 import sys
+from typing import Any
 
 from ..errors import tango_line
 from ..properties import PROPERTIES
@@ -94,6 +96,28 @@ def _check_values(retention: str | None, http: str | None, token: str | None) ->
     return None
 
 
+def _registered(tango: Any, database: Any, device: str) -> Any:
+    """The database's record of ``device`` (None if it is not registered)."""
+    try:
+        return database.get_device_info(device)
+    except tango.DevFailed:  # DB_DeviceNotDefined
+        return None
+
+
+def _serving(tango: Any, record: Any) -> str | None:
+    """``DEVICE is served by SERVER (pid N on HOST)`` if a running server answers for the
+    device ``record`` names; None if it is not exported or does not answer."""
+    if not record.exported:
+        return None
+    try:
+        proxy = tango.DeviceProxy(record.name)
+        proxy.set_timeout_millis(2000)
+        proxy.ping()
+    except tango.DevFailed:  # left exported by a server that died
+        return None
+    return f"{record.name} is served by {record.ds_full_name} (pid {record.pid} on {record.host})"
+
+
 def _fail(message: str) -> int:
     sys.stderr.write(f"dahu-register: {message}\n")
     return 1
@@ -140,7 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     info._class = "DahuDS"
     info.name = args.device
     try:
-        database.add_device(info)
+        current = _registered(tango, database, args.device)
+        if current is None or (current.ds_full_name, current.class_name) != (
+            info.server,
+            info._class,
+        ):
+            serving = None if current is None else _serving(tango, current)
+            if serving:
+                return _fail(f"{serving}: stop it first to register it in {info.server}")
+            database.add_device(info)  # marks the device not exported: not while it runs
         if properties:
             database.put_device_property(args.device, properties)
     except tango.DevFailed as err:
