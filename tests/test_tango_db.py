@@ -386,6 +386,10 @@ def test_server_version_and_split_of_tango_options():
     for words in (["--verbose", "4", "-f", "/t.log"], ["-v", "4", "--file=/t.log"]):
         own, rest = split_args(["test", "-nodb", *words, "-d"])
         assert (own, rest) == (["-d"], ["test", "-nodb", "-v4", "-file=/t.log"])
+    # bug: the original's order, its options before the instance, was refused: "the
+    # instance name must come first" for dahu_server -v 4 id00
+    own, rest = split_args(["-v", "4", "-f", "/t.log", "-d", "test", "-nodb"])
+    assert (own, rest) == (["-d"], ["test", "-nodb", "-v4", "-file=/t.log"])
 
 
 @contextlib.contextmanager

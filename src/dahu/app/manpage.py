@@ -78,7 +78,11 @@ PAGES: dict[str, Page] = {
                     ("-port N", "listen on TCP port N"),
                     ("-dlist DEV", "the device(s) to export when running without database"),
                     ("-vN", "Tango's own trace level N (1 to 5); also -v N, --verbose N"),
-                    ("-file=FILE", "Tango's trace file; also -f FILE, --file FILE"),
+                    (
+                        "-file=FILE",
+                        "Tango's file database: the devices and properties are read from "
+                        "FILE, not from TANGO_HOST; also -f FILE, --file FILE",
+                    ),
                     ("-ORBendPoint giop:tcp:HOST:PORT", "the CORBA end point to listen on"),
                 ],
             )

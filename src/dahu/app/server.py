@@ -135,9 +135,11 @@ TANGO_SPELLINGS = {"-v": "-v{}", "--verbose": "-v{}", "-f": "-file={}", "--file"
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
     """Split the command line into Dahu's own options and the rest (for Tango).  The
     original's ``-v/--verbose LEVEL`` and ``-f/--file FILE`` become Tango's ``-vLEVEL``
-    and ``-file=FILE``."""
+    and ``-file=FILE``, put after the rest: the original took them before the instance
+    (``dahu_server -v 4 id00``), which Tango wants first."""
     own: list[str] = []
     rest: list[str] = []
+    spelt: list[str] = []
     tokens = iter(argv)
     for token in tokens:
         key = token.split("=", 1)[0] if token.startswith("--") else token
@@ -146,7 +148,7 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
             if value is None or (key in ("-v", "--verbose") and not value.isdigit()):
                 rest += [token] if value is None else [token, value]
             else:
-                rest.append(TANGO_SPELLINGS[key].format(value))
+                spelt.append(TANGO_SPELLINGS[key].format(value))
             continue
         if key in FLAGS:
             own.append(token)
@@ -158,7 +160,7 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
                     own.append(value)
         else:
             rest.append(token)
-    return own, rest
+    return own, rest + spelt
 
 
 # Tango's options spelt with two dashes (PyTango also takes their abbreviations)
