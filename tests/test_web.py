@@ -603,6 +603,30 @@ def test_a_job_that_just_started_is_listed_as_running(engine, monkeypatch):
             job.abort()
 
 
+def test_jobs_a_plugin_makes_are_counted_on_the_page(engine):
+    # bug: the page counted only the jobs started through the device (its job callback
+    # fed the page): a job a plugin made (Job(...) in its process(), run by the server's
+    # engine) was in the device's counters and the journal, but not in the last hour's
+    # counts, the latest jobs or the plugin table (a parent of 5 children: 6 succeeded,
+    # 1 in the last hour)
+    from dahu.job import Job
+
+    service = WebService("127.0.0.1:0")
+    service.monitor.attach(engine)
+    service.start()
+    try:
+        job = Job("example.square", {"x": 4})  # made as a plugin makes one: no device
+        job.start()
+        job.join()
+        _, counters = get_json(f"http://127.0.0.1:{service.port}/api/counters")
+        _, summary = get_json(f"http://127.0.0.1:{service.port}/api/summary")
+    finally:
+        service.stop()
+    assert (counters["succeeded"], counters["succeeded_last_hour"]) == (1, 1)
+    assert [item["id"] for item in summary["recent"]] == [job.id]
+    assert summary["plugins"]["example.square"]["jobs"] == 1
+
+
 def test_job_endpoint_gives_error_input_and_output(server, jobs):
     base = server[0].http
     status, ok = get_json(f"{base}/api/jobs/{jobs['ok']}")

@@ -195,12 +195,9 @@ class DahuDS(Device):
     @nonblocking
     def _job_ended(self, job: Job) -> None:
         """Job callback: record the id; the engine's files thread writes its files, then
-        pushes its event."""
+        pushes its event (the engine tells the web page itself)."""
         job_id = job.id
         device = current(self)  # a DevRestart may have replaced self
-        web = device._web
-        if web is not None:
-            web.monitor.job_ended(job)
         name = "jobSuccess" if job.status == State.SUCCESS else "jobFailure"
         self._last[name] = job_id  # the one dict of every object that served the device
         device._engine.clean_later(job, functools.partial(device._push, name, job_id))

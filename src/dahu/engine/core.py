@@ -114,9 +114,9 @@ class Engine:
         self._cleaner: threading.Thread | None = None
         #: the plugins of the jobs the files thread ended, for :func:`.table.drop_later`
         self.dropping: list[list] = []
-        #: a context manager factory the files thread runs in (the device's Tango threads
-        #: need ``tango.EnsureOmniThread``); set before the first :meth:`clean_later`
+        #: the files thread's context manager factory (the device's: EnsureOmniThread)
         self.thread_context: Callable[[], Any] | None = None
+        self.on_finished: Callable[[JobRun], Any] | None = None  # told of each ended job
         self._sweeping = self._closed = False
         self.executor = executor
         if hasattr(executor, "attach"):
@@ -455,10 +455,12 @@ class Engine:
         return shut_down(self, abort, timeout, since)
 
     def count_finished(self, run: JobRun) -> None:
-        """Count one job ended (its state and times in the statistics)."""
+        """Count one job ended (its state and times in the statistics, the web page's)."""
         with self._lock:
             self.finished[run.state] = self.finished.get(run.state, 0) + 1
         self.stats.ended(run.plugin_name, run.state, run.started, run.ended)
+        if self.on_finished is not None:  # every job: a plugin's too, not only a client's
+            self.on_finished(run)
 
     def statistics(self) -> dict[str, Any]:
         """The statistics of this engine's jobs (see :func:`dahu.statistics.aggregate`),

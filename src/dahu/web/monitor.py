@@ -1,7 +1,7 @@
 """What the web page shows, kept in bounded memory: counters, time series, recent jobs.
 
-The device hands every ended job to :meth:`Monitor.job_ended` (a few microseconds, on
-the worker thread that ended it).  The monitor keeps, in memory that does not grow:
+The engine hands every ended job to :meth:`Monitor.run_ended` (a few microseconds, on
+the thread that ended it), those a plugin made too.  The monitor keeps, in memory that does not grow:
 
 * a ring of :data:`BUCKET`-second buckets covering the last hour: jobs ended per state,
   a histogram of their runtimes (log-spaced bins, ten per decade) and the longest queue
@@ -134,6 +134,7 @@ class Monitor:
         if self.engine is engine:
             return
         self.engine = engine
+        engine.on_finished = self.run_ended
         last = engine.journal.newest_id()  # not ids a killed server reserved
         seed = [
             r
@@ -165,18 +166,26 @@ class Monitor:
         return bucket
 
     def job_ended(self, job: Any) -> None:
-        """Count one ended job (called by the device's job callback)."""
-        state = job.status
-        runtime = job.runtime
-        plugin = job.name
+        """Count one ended job (a :class:`dahu.job.Job`)."""
+        self._ended(job.id, job.name, job.status, job.runtime, job.error)
+
+    def run_ended(self, run: Any) -> None:
+        """Count one ended job of the engine (its :class:`~dahu.engine.lifecycle.JobRun`;
+        the engine calls it, :meth:`attach`)."""
+        runtime = None if run.started is None or run.ended is None else run.ended - run.started
+        self._ended(run.id, run.plugin_name, run.state, runtime, run.error or "")
+
+    def _ended(
+        self, job_id: int, plugin: str, state: str, runtime: float | None, error: str
+    ) -> None:
         now = self._clock()
         item = {
-            "id": job.id,
+            "id": job_id,
             "plugin": plugin,
             "state": state,
             "runtime": runtime,
             "ended": now,
-            "reason": reason_line(job.error) if state != State.SUCCESS else "",
+            "reason": reason_line(error) if state != State.SUCCESS else "",
         }
         index = runtime_bin(runtime) if runtime is not None else None
         with self._lock:
