@@ -165,10 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     info.name = args.device
     try:
         current = _registered(tango, database, args.device)
-        if current is None or (current.ds_full_name, current.class_name) != (
-            info.server,
-            info._class,
-        ):
+        # Tango's names are not case-sensitive: DahuDS/ID00 is the server DahuDS/id00
+        where = f"{current.ds_full_name}/{current.class_name}" if current else ""
+        if where.lower() != f"{info.server}/{info._class}".lower():
             serving = None if current is None else _serving(tango, current)
             if serving:
                 return _fail(f"{serving}: stop it first to register it in {info.server}")
