@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -560,3 +561,38 @@ def test_init_with_a_bad_property_keeps_the_device_serving_in_fault(database, tm
             db.delete_device_property(DEVICE, [name])
         proxy.Init()
         assert proxy.state() == tango.DevState.ON
+
+
+def test_an_init_reaching_the_object_a_dev_restart_replaced_keeps_the_events(database, tmp_path):
+    # bug: an Init sent just after the admin's DevRestart, while a command of the
+    # replaced object still ran (another client's waitJob), reached that object: Tango
+    # refused it ("Can't find new device in device list"), but the device had taken the
+    # replaced object back as its own, and pushed every later event through it: to
+    # nobody, until another Init
+    with registered_server(database, tmp_path) as proxy:
+        heard: set[int] = set()
+        proxy.subscribe_event(
+            "jobSuccess",
+            tango.EventType.CHANGE_EVENT,
+            lambda event: event.err or heard.add(int(event.attr_value.value)),
+        )
+        other = tango.DeviceProxy(f"tango://{database}/{DEVICE}")
+        slow = proxy.startJob(["example.sleep", json.dumps({"t": 30})])
+        deadline = time.monotonic() + 30
+        while proxy.getJobState(slow) != "running":
+            assert time.monotonic() < deadline, "the sleep job never ran"
+            time.sleep(0.02)
+        waiter = threading.Thread(target=lambda: other.waitJob(slow))  # 2 s: wait_timeout
+        waiter.start()
+        admin = tango.DeviceProxy(proxy.adm_name())
+        admin.DevRestart(DEVICE)  # while the waitJob goes on
+        with contextlib.suppress(tango.DevFailed):
+            proxy.Init()
+        waiter.join(30)
+        proxy.abort(slow)
+        job = proxy.startJob(["example.square", json.dumps({"x": 2})])
+        assert finish(proxy, job) == "success"
+        deadline = time.monotonic() + 20
+        while job not in heard:
+            assert time.monotonic() < deadline, "the job's event never came"
+            time.sleep(0.05)

@@ -102,6 +102,9 @@ class DahuDS(Device):
     def init_device(self) -> None:
         """Configure the engine, set up the events and start the event thread; a device
         property of the wrong type at an ``Init`` keeps the settings in force (FAULT)."""
+        if hasattr(self, "_name") and current(self) is not self:  # replaced by DevRestart,
+            # reached while a command of it still ran: Tango refuses this Init afterwards
+            return logger.warning("Init of the device object a DevRestart replaced: ignored")
         self._bad_property = ""
         adopt(self)  # after a DevRestart: what the deleted object knew
         kept = getattr(self, "queue_limit", None)  # in force while the property is bad
