@@ -277,3 +277,29 @@ def test_a_plugin_module_file_with_a_dash_in_its_name_runs(plugin_dir, engine):
     job.join(30)
     assert (job.status, job.output_data["result"]) == ("success", 14)
     assert Factory().list_plugins()["id-02.v"] == "Seven times x."
+
+
+def test_a_module_an_added_directory_now_hides_is_named_in_the_log(tmp_path, caplog):
+    # bug: an Init adding a directory before the one a plugin module was imported from
+    # (the original's plugins, with their own example.py) gave no word: listPlugins and
+    # startJob looked at the new one, while the thread executor's jobs ran the module
+    # imported before, until the server restarted (the process executor's ran the new)
+    first, later = tmp_path / "first", tmp_path / "later"
+    for directory, text in ((later, "later"), (first, "first")):
+        directory.mkdir()
+        write(
+            directory / "hiddenmod.py",
+            "from dahu.plugin import plugin_from_function\n\n\n"
+            f"def which():\n    return {text!r}\n\n\nplugin_from_function(which)\n",
+        )
+    factory = Factory(plugin_path=[str(later)])
+    assert factory("hiddenmod.which").function() == "later"  # imported from there
+    caplog.clear()
+    factory.add_directories([str(later)])  # an Init changing nothing: no word
+    assert not caplog.records
+    factory.add_directories([str(first), str(later)])  # an Init putting first before it
+    assert [r.getMessage() for r in caplog.records] == [
+        f"plugin module hiddenmod: {first / 'hiddenmod.py'} comes first in the plugin "
+        f"directories now, but {later / 'hiddenmod.py'} was imported: its jobs run that "
+        "one until the server restarts"
+    ]

@@ -1394,7 +1394,7 @@ def test_init_says_a_new_dask_scheduler_waits_for_a_restart(monkeypatch, caplog)
         workdir="/work",
         default_timeout=None,
         journal_fault=None,
-        factory=SimpleNamespace(add_directory=lambda directory: None),
+        factory=SimpleNamespace(add_directories=lambda directories: None),
     )
     monkeypatch.setattr(server_settings, "_engine", engine)
     server_settings.configure_engine(None, None, [], "dask", "tcp://10.0.0.7:8786")

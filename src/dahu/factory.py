@@ -184,6 +184,24 @@ class Factory:
             else:
                 self._dirs.append(directory)
 
+    def add_directories(self, directories: Collection[str]) -> None:
+        """:meth:`add_directory` each, in order (a device's ``Init``); then log each plugin
+        module imported from a directory that another one now comes before: the process
+        keeps the module it imported (its registered plugins) until it restarts."""
+        for directory in directories:
+            self.add_directory(directory)
+        with self.reg_sem:
+            for name, module in sorted(Factory.modules.items()):
+                path, loaded = self._module_path(name), getattr(module, "__file__", None)
+                if path and loaded and path not in (loaded, os.path.dirname(loaded)):
+                    logger.warning(
+                        "plugin module %s: %s comes first in the plugin directories now, "
+                        "but %s was imported: its jobs run that one until the server restarts",
+                        name,
+                        path,
+                        loaded,
+                    )
+
     def _search_order(self) -> list[str]:
         """This factory's directories, then those other factories were given, then the
         built-in one (a snapshot: read without the lock too)."""
