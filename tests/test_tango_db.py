@@ -307,6 +307,25 @@ def test_server_of_an_instance_not_registered_says_so(database, tmp_path):
         f"dahu_server: DahuDS/nowhere is not registered in the Tango database at "
         f"TANGO_HOST={database}: run dahu-register nowhere DOMAIN/FAMILY/MEMBER first"
     )
+    # bug: an instance whose device was deleted (or moved to another instance) started,
+    # said "ready" and served no device
+    db = tango.Database(*database.split(":"))
+    info = tango.DbDevInfo()
+    info.name, info._class, info.server = "id00/dahu/gone", "DahuDS", "DahuDS/emptied"
+    db.add_device(info)
+    db.delete_device(info.name)  # the admin device dserver/DahuDS/emptied stays
+    result = subprocess.run(
+        [tool("dahu_server"), "emptied", "--workdir", str(tmp_path)],
+        env=dict(os.environ, TANGO_HOST=database),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"dahu_server: DahuDS/emptied has no DahuDS device in the Tango database at "
+        f"TANGO_HOST={database}: run dahu-register emptied DOMAIN/FAMILY/MEMBER first"
+    )
 
 
 def test_register_takes_the_original_options_and_defaults(database):

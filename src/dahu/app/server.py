@@ -219,6 +219,11 @@ def _database_problem(tango: Any, instance: str, tango_args: list[str]) -> str |
             f"DahuDS/{instance} is not registered in the Tango database{at}: "
             f"run dahu-register {instance} DOMAIN/FAMILY/MEMBER first"
         )
+    if not any(kind.lower() == "dahuds" for kind in registered[1::2]):  # its device deleted
+        return (  # or moved: Tango would serve its admin device alone, and we say ready
+            f"DahuDS/{instance} has no DahuDS device in the Tango database{at}: "
+            f"run dahu-register {instance} DOMAIN/FAMILY/MEMBER first"
+        )
     return _running_already(tango, database, instance)
 
 
