@@ -1465,6 +1465,26 @@ def test_status_gives_a_usable_ipv6_address(engine):
     assert "web page: http://[::1]:8080/" in text
 
 
+def test_status_says_why_the_page_of_the_http_property_is_not_served(engine, monkeypatch):
+    # bug: a page the http property asked for that could not be served (its port busy)
+    # was said in the log only: Status gave no word of a page
+    import socket
+
+    from dahu import server_settings
+    from dahu.server_status import status_text
+
+    monkeypatch.setattr(server_settings, "_web", None)  # no page served in this process
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        assert server_settings.attach_web(engine, address, "") is None
+        lines = status_text(engine, None, 1000, "", "").splitlines()
+    assert lines[1].startswith("no web page: ") and address in lines[1], lines
+    assert server_settings.attach_web(engine, "", "") is None  # the property taken out
+    assert "web page" not in status_text(engine, None, 1000, "", "")
+
+
 def test_device_property_page_takes_the_token_of_the_environment(tmp_path, monkeypatch):
     token = "beamline-secret-0123456789"
     monkeypatch.setenv("DAHU_HTTP_TOKEN", token)  # the documented default of the token

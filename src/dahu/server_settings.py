@@ -19,7 +19,7 @@ from typing import Any
 
 from . import engine as dahu_engine
 from .engine import SHUTDOWN_REASON
-from .errors import DahuError, JournalError
+from .errors import DahuError, JournalError, one_line
 from .executors.thread import default_workers, worker_count
 from .retention import Retention, RetentionSchedule
 from .utils import freeze_while
@@ -49,11 +49,8 @@ __all__ = [
 
 @dataclass
 class ServerSettings:
-    """Settings given on the ``dahu_server`` command line; they win over device properties.
-
-    ``engine_options`` are extra keyword arguments for :func:`dahu.engine.configure`
-    (the place for future options such as the executor kind).
-    """
+    """Settings given on the ``dahu_server`` command line; they win over device properties
+    (``engine_options``: more keyword arguments of :func:`dahu.engine.configure`)."""
 
     workdir: str | None = None
     plugins: list[str] = field(default_factory=list)
@@ -69,6 +66,7 @@ class ServerSettings:
     http_token: str | None = None  # --http-token, else $DAHU_HTTP_TOKEN
     shutdown_timeout: float = 30.0
     engine_options: dict[str, Any] = field(default_factory=dict)
+    web_error: str = ""  # why the page the http property asks for is not served (Status)
 
     def job_slots(self, prop: int) -> int:
         """The job slots asked for: ``--max-workers`` (0: the number of CPUs; it wins over
@@ -314,13 +312,15 @@ def attach_web(engine: dahu_engine.Engine, http: str, token: str) -> Any:
     """The web page of the process, started by the device's ``http`` property when the
     command line started none (a failure is logged: the device runs without it), and
     shown ``engine``'s jobs; None without a page."""
+    settings.web_error = ""
     if web_service() is None and http.strip():
         # as documented: the option wins over the property, $DAHU_HTTP_TOKEN is the default
         given = settings.http_token or token.strip() or os.environ.get("DAHU_HTTP_TOKEN")
         try:
             start_web(http.strip(), given or None)
         except Exception as err:  # WebError (a DahuError): busy port, bad address...
-            logger.error("no web page: %s", err)
+            settings.web_error = f"no web page: {one_line(str(err))}"
+            logger.error("%s", settings.web_error)
     web = web_service()
     if web is not None:
         if http.strip() and http.strip() != web.address:

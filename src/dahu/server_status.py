@@ -10,7 +10,7 @@ from . import __version__
 from .engine import Engine
 from .errors import one_line
 from .job import Job
-from .server_settings import current_retention
+from .server_settings import current_retention, settings
 
 __all__ = ["status_text", "statistics_text", "NO_STATISTICS_YET"]
 
@@ -46,6 +46,8 @@ def status_text(
     if web is not None:
         host = f"[{web.host}]" if ":" in web.host else web.host  # IPv6: http://[::1]:8080/
         lines.append(f"web page: http://{host}:{web.port}/")
+    elif settings.web_error:  # the http property's page could not be served
+        lines.append(settings.web_error)
     if engine.journal_fault:
         lines.append(f"FAULT: the journal cannot be written: {one_line(engine.journal_fault)}")
     if bad_property:
