@@ -375,6 +375,12 @@ def test_register_refuses_a_bad_device_name():
     [
         (["--retention", "30x"], "argument --retention: bad retention '30x': expected a duration"),
         (["--http", "web"], "argument --http: web address 'web': expected PORT or HOST:PORT"),
+        # bug: registered; a dask server then refused to start, "ValueError: scheduler:
+        # 'tcp://host' is no scheduler address (missing port number in address 'host')"
+        (
+            ["--scheduler", "tcp://host"],
+            "argument --scheduler: 'tcp://host' is no scheduler address (missing port number",
+        ),
     ],
 )
 def test_register_refuses_what_the_server_would_not_apply(option, line):

@@ -73,9 +73,11 @@ def names(args: argparse.Namespace) -> tuple[str, str]:
     return instance, device
 
 
-def _check_values(retention: str | None, http: str | None, token: str | None) -> str | None:
-    """Why ``--retention``, ``--http`` or ``--http-token`` is a value the server would
-    not apply (None if they are right)."""
+def _check_values(
+    retention: str | None, http: str | None, token: str | None, scheduler: str | None
+) -> str | None:
+    """Why ``--retention``, ``--http``, ``--http-token`` or ``--scheduler`` is a value the
+    server would not apply (None if they are right)."""
     from ..retention import parse_retention
     from ..timespec import BadTime
     from ..web.access import MIN_TOKEN_CHARS, WebError, parse_address
@@ -93,6 +95,13 @@ def _check_values(retention: str | None, http: str | None, token: str | None) ->
             parse_address(http)
     except WebError as err:
         return f"argument --http: {err}"
+    if scheduler is not None and scheduler.strip().lower() not in ("", "local"):
+        from ..executors.dask_connect import scheduler_address  # imports Dask: only then
+
+        try:
+            scheduler_address(scheduler, "argument --scheduler")
+        except ValueError as err:  # a dask server would not start
+            return str(err)
     return None
 
 
@@ -127,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dahu-register``; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    problem = _check_values(args.retention, args.http, args.http_token)
+    problem = _check_values(args.retention, args.http, args.http_token, args.scheduler)
     if problem:  # the server would not apply it: say so now, not in its Status later
         parser.error(problem)
     try:
