@@ -1447,7 +1447,7 @@ def test_0_on_the_command_line_wins_over_the_property(monkeypatch):
     from dahu.server_settings import settings
 
     device = SimpleNamespace(max_workers=2, queue_limit=5, default_timeout=60.0, wait_timeout=2.0)
-    device.recycle_jobs, device.recycle_rss_mb = 10, 500.0
+    device.recycle_jobs, device.recycle_rss_mb, device.executor = 10, 500.0, "thread"
     assert settings.numbers(device) == (2, 60.0, 10, 500.0)  # no option: the properties
     for name in ("timeout", "recycle_jobs", "recycle_rss_mb"):
         monkeypatch.setattr(settings, name, 0)
@@ -1463,3 +1463,12 @@ def test_0_on_the_command_line_wins_over_the_property(monkeypatch):
     device.default_timeout = -1.0
     with pytest.raises(ValueError, match="^default_timeout must be 0 or more, not -1.0$"):
         settings.numbers(device)
+    # bug: an Init with executor "threads" (a typo in Jive) logged "executor threads
+    # ignored: the server uses the thread executor until it restarts"; the restart then
+    # refused to start: "unknown executor 'threads'"
+    device.default_timeout, device.executor = 60.0, "threads"
+    with pytest.raises(ValueError) as info:
+        settings.numbers(device)
+    assert str(info.value) == "executor must be thread, process or dask, not 'threads'"
+    device.executor = " Process "  # as the device reads it: any case, blanks around
+    assert settings.numbers(device) == (2, None, 0, 0.0)

@@ -82,12 +82,13 @@ class ServerSettings:
         return os.path.expanduser(self.workdir or prop.strip()) or None
 
     def numbers(self, device: Any) -> tuple[int, float | None, int, float]:
-        """The job slots, default timeout (None: no limit) and recycling (0: never) in
-        force: the options, also when 0, else the device's properties.  A negative (or
-        NaN) ``max_workers``, ``queue_limit``, ``recycle_jobs``, ``recycle_rss_mb``,
-        ``default_timeout`` or ``wait_timeout`` property is a ``ValueError`` naming it (the
-        device is FAULT; until 2026-11-30 they meant never, no limit or no wait, and
-        ``queue_limit`` kept the device in ALARM; an option of 0 took the property's)."""
+        """The job slots, default timeout (None: no limit) and recycling (0: never) in force:
+        the options, also when 0, else the device's properties.  A negative (or NaN)
+        ``max_workers``, ``queue_limit``, ``recycle_jobs``, ``recycle_rss_mb``,
+        ``default_timeout`` or ``wait_timeout``, or an unknown ``executor``, is a ``ValueError``
+        naming it (the device is FAULT; docs/server.md says what they meant before)."""
+        if device.executor.strip().lower() not in ("", "thread", "process", "dask"):
+            raise ValueError(f"executor must be thread, process or dask, not {device.executor!r}")
         numbers = "queue_limit recycle_jobs recycle_rss_mb default_timeout wait_timeout"
         for name in numbers.split():
             if not getattr(device, name) >= 0:
