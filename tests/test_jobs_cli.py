@@ -856,6 +856,19 @@ def test_prune_counts_only_the_jobs_it_removed(tmp_path, monkeypatch):
     assert prune(str(tmp_path), keep_last=0).removed == 5
 
 
+def test_keep_last_keeps_that_many_ended_jobs_besides_the_unfinished(tmp_path):
+    # bug: "--keep-last 2" with 3 jobs queued counted them among the 2: every ended
+    # job's record went, those the user had asked to keep too
+    old_jobs(tmp_path, 5)
+    journal = SQLiteJournal(str(tmp_path))
+    queued = journal.create_many("example.square", [{"x": 1}] * 3, time.time() - 3600)
+    journal.close()
+    report = prune(str(tmp_path), keep_last=2, min_age=0)
+    assert (report.removed, report.first_id, report.last_id) == (3, 1, 3)
+    listed = json.loads(run("list", "--json", workdir=tmp_path).stdout)
+    assert [row["id"] for row in listed] == [4, 5, *queued]
+
+
 def test_a_job_whose_file_cannot_be_removed_keeps_its_record(tmp_path):
     # bug: its record was pruned all the same, leaving a file no record names (the
     # directory of another account's server, a file made read-only...), against the rule

@@ -140,7 +140,7 @@ def prune(
     progress: Callable[[int, int], None] | None = None,
 ) -> PruneReport:
     """Remove the finished jobs submitted before ``before`` (epoch s) and/or not among the
-    ``keep_last`` most recent jobs, with their files; reclaim the space.
+    ``keep_last`` most recent finished jobs, with their files; reclaim the space.
 
     At least one of ``before`` and ``keep_last`` must be given (both: a job must match
     both to go).  ``dry_run`` only counts.  A job must have ended ``min_age`` s before
@@ -170,11 +170,12 @@ def prune(
             clauses.append("submitted < ?")
             args.append(before)
         if keep_last is not None:
-            row = db.execute(
-                "SELECT id FROM jobs ORDER BY id DESC LIMIT 1 OFFSET ?",
-                (min(keep_last, MAX_ID),),  # SQLite's integers have 64 bits
+            row = db.execute(  # the last N that ended: those queued or running are
+                "SELECT id FROM jobs WHERE state IN (?, ?, ?) "  # kept besides (until
+                "ORDER BY id DESC LIMIT 1 OFFSET ?",  # 2026-11-30 they were among the N)
+                (*_FINAL, min(keep_last, MAX_ID)),  # SQLite's integers have 64 bits
             ).fetchone()
-            if row is None:  # no more than keep_last jobs: nothing to remove
+            if row is None:  # no more than keep_last ended jobs: nothing to remove
                 clauses.append("0")
             else:
                 clauses.append("id <= ?")
@@ -349,7 +350,7 @@ class Retention:
 
 def parse_retention(text: str) -> Retention | None:
     """The retention written ``30d`` (a duration: keep the jobs submitted since then) or
-    ``100000`` (a count: keep that many most recent jobs); None for an empty text (keep
+    ``100000`` (a count: keep that many most recent jobs that ended); None for an empty text (keep
     everything)."""
     value = (text or "").strip()
     if not value:
