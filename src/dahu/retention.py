@@ -38,8 +38,9 @@ from typing import Any
 from .errors import DahuError
 from .jobquery import open_journal
 from .journal import JournalError, SQLiteJournal, job_file_stem, processes
-from .journal.base import MAX_ID
+from .journal.base import HOST, MAX_ID
 from .journal.files import remove_dead_parts
+from .journal.sqlitefile import process_alive
 from .properties import MAX_RETENTION_INTERVAL
 from .states import State
 from .timespec import BadTime, parse_duration, quoted
@@ -71,6 +72,7 @@ class PruneReport:
     kept_unfinished: int = 0
     kept_recent: int = 0
     kept_stuck: int = 0  # finished, but a file of theirs could not be removed
+    kept_owed: int = 0  # finished, their files not written yet by their live process
     files_removed: int = 0
     file_bytes: int = 0
     journal_bytes_before: int = 0
@@ -105,6 +107,8 @@ class PruneReport:
             kept.append(f"{self.kept_recent} ended less than the minimum age ago")
         if self.kept_stuck:
             kept.append(f"{self.kept_stuck} whose files could not be removed")
+        if self.kept_owed:
+            kept.append(f"{self.kept_owed} whose files a live process has yet to write")
         if kept:
             text += "; kept " + " and ".join(kept)
         return text
@@ -196,16 +200,24 @@ def prune(
             [*args, *_FINAL, cutoff],
         ).fetchone()[0]
         directories: set[str] = set()
+        known = processes.known(lambda sql, args: db.execute(sql, args).fetchall(), path)
+        owed = _Owed(workdir, known)
         last = 0
         going = report.matched - report.kept_unfinished - report.kept_recent
         while True:
             rows = db.execute(
-                f"SELECT id, plugin FROM jobs WHERE {eligible} AND id > ? ORDER BY id LIMIT ?",
+                f"SELECT id, plugin, host, pid, submitted, {processes.JOB_PROCESS} FROM jobs "
+                f"WHERE {eligible} AND id > ? ORDER BY id LIMIT ?",
                 [*eligible_args, last, batch],
             ).fetchall()
             if not rows:
                 break
             last, batch_rows = rows[-1][0], len(rows)
+            rows = [row[:2] for row in rows if not owed(*row)]
+            report.kept_owed += batch_rows - len(rows)
+            batch_rows = len(rows)
+            if not rows:
+                continue
             if report.first_id is None:
                 report.first_id = rows[0][0]
             report.last_id = last
@@ -229,7 +241,6 @@ def prune(
         if not dry_run:
             if report.first_id is not None:  # and those a prune killed before left empty
                 directories.update(_job_dirs_below(workdir, report.first_id))
-            known = processes.known(lambda sql, args: db.execute(sql, args).fetchall(), path)
             for directory in sorted(directories):
                 try:
                     remove_dead_parts(directory, known)  # (a killed start's: no job's file)
@@ -247,6 +258,29 @@ def prune(
     report.journal_bytes_after = _journal_bytes(path)
     report.seconds = time.monotonic() - started
     return report
+
+
+class _Owed:
+    """Whether a finished job's files are still to be written by its process, alive: a
+    script holding its ended jobs writes them at its ``clean()``, maybe hours later (a
+    server writes them as the job ends).  Its record stays until they are there, or its
+    process is gone (the next start writes them): else its files would name no record.
+    The writer is known by its row in ``processes`` (:mod:`.journal.processes`); none
+    there: it closed its journal, writes no more (or an older Dahu's, another host's)."""
+
+    def __init__(self, workdir: str, known: processes.Known):
+        self.workdir, self.known = workdir, known
+        self.verdicts: dict[int, bool] = {}  # row in processes -> whether it runs
+
+    def __call__(self, job_id: int, plugin: str, host: Any, pid: Any, since: Any, row: Any) -> bool:
+        if host != HOST or row not in self.known.by_id or pid == os.getpid():
+            return False  # (this process: the server's retention knows when it wrote them)
+        stem = job_file_stem(self.workdir, job_id, plugin)
+        if os.path.exists(stem + ".inp") and os.path.exists(stem + ".out"):
+            return False
+        if row not in self.verdicts:
+            self.verdicts[row] = process_alive(host, pid, since, None, self.known, row)
+        return self.verdicts[row]
 
 
 def _job_dirs_below(workdir: str, job_id: int) -> list[str]:
