@@ -6,7 +6,8 @@ Safe beside a running server:
 
 * only jobs in a final state (``success``, ``failure``, ``aborted``) are removed, and
   only those that ended at least ``min_age`` seconds ago (the server writes a job's files
-  just after it ends); a job still queued or running is never touched;
+  just after it ends); a job still queued or running is never touched, nor one whose
+  files its live process (a script, before its ``clean()``) has yet to write;
 * records are deleted in short transactions of at most ``batch`` jobs, so the server's
   own writes wait milliseconds, not the whole prune;
 * a job's files are removed before its record: if the prune is interrupted, what is left
