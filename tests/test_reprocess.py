@@ -241,6 +241,21 @@ def test_journal_ids(archive: Path, tmp_path: Path):
     assert stderr == f"dahu-reprocess: {cut}: no job {cut} is in the journal of {archive}\n"
 
 
+def test_negative_journal_ids_count_back_from_the_newest_job(archive: Path, tmp_path: Path):
+    # bug: "-1", the last job for "dahu-jobs show -1" and the device, was a file name:
+    # "-1: no such file or directory"; a range of them, "-4--3", a usage error (an option)
+    status, summary, stderr = summary_of(
+        "-o", tmp_path / "out", "--workdir", archive, "-2", "-4--3", "-9,1--6", "-q"
+    )
+    assert stderr == f"dahu-reprocess: -9: job -9 is not in the journal of {archive}\n"
+    assert (status, summary["total"]["success"], summary["total"]["failure"]) == (1, 4, 1)
+    with sqlite3.connect(tmp_path / "out" / "journal.sqlite") as db:
+        rows = db.execute("SELECT plugin, input FROM jobs ORDER BY id").fetchall()
+    # -2: job 5 (the cube of 2); -4--3: jobs 3 and 4; 1--6: job 1 to the sixth last, 1
+    ran = [(plugin, json.loads(text)["x"]) for plugin, text in rows]
+    assert ran == [("example.cube", 2), *(("example.square", x) for x in (3, 4, 1))]
+
+
 def test_journal_ids_without_journal(tmp_path: Path):
     (tmp_path / "no").mkdir()
     status, summary, stderr = summary_of("-o", tmp_path / "out", "--workdir", tmp_path / "no", "1")

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import DahuError, JournalError, one_line
 from ..inputs import InvalidInput, json_file_text, json_kind
 from ..jobquery import get as get_record
-from ..jobquery import highest_id, open_journal
+from ..jobquery import highest_id, open_journal, resolve
 from ..journal import INTERRUPTED, SQLiteJournal
 from ..journal.base import MAX_ID
 from ..states import State
@@ -39,7 +39,8 @@ __all__ = [
 
 INPUT_EXTENSIONS = (".inp", ".json")
 STDIN = "(standard input)"  # how the SOURCE "-" is named in messages and the summary
-IDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")  # job ids: 3, 1-5, 1-3,7
+IDS = re.compile(r"^-?\d+(--?\d+)?(,-?\d+(--?\d+)?)*$")  # job ids: 3, 1-5, 1-3,7, -1, -3--1
+_RANGE = re.compile(r"(-?\d+)(?:-(-?\d+))?")  # one part: 1-5, -3--1 (from the third last)
 # the reason of a failed job in an archive of the original Dahu (2024.2.0): the second
 # line of its error, after the traceback text ("<class 'id00.BeamLost'>: no beam")
 _ORIGINAL_REASON = re.compile(r"<class '(?:[\w.]*\.)?(\w+)'>: ?(.*)", re.DOTALL)
@@ -127,6 +128,14 @@ class _Journal:
         except JournalError:
             return 0
 
+    def resolve(self, job_id: int) -> int:
+        """``job_id``; a negative one counted back from the newest job (``-1``), as
+        ``dahu-jobs show`` and the device count it."""
+        try:
+            return resolve(self.db, job_id)
+        except JournalError as err:
+            raise InputError(one_line(err)) from err
+
     def get(self, job_id: int) -> Any:
         """The record of ``job_id``, or None."""
         try:
@@ -143,16 +152,17 @@ class _Journal:
 def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
     items = []
     for part in spec.split(","):
-        first, _, last = part.partition("-")
+        first, last = _RANGE.fullmatch(part).groups()  # type: ignore[union-attr]
         # past 19 digits, no job's id (int() refused 4,300 of them: a traceback)
-        lo, hi = (
-            int(n) if len(n.lstrip("0")) <= 19 else MAX_ID + 1 for n in (first, last or first)
-        )
+        given = [
+            int(n) if len(n.lstrip("-0")) <= 19 else MAX_ID + 1 for n in (first, last or first)
+        ]
         part = part if len(part) <= 40 else f"{part[:20]}... ({len(part)} characters)"
-        if hi < lo:
-            items.append(Item(part, error=f"empty id range in {workdir}"))
-            continue
-        try:
+        try:  # -1: the newest job (until 2026-11-30 a file name: no such file)
+            lo, hi = (journal.resolve(n) if n < 0 else n for n in given)
+            if hi < lo:
+                items.append(Item(part, error=f"empty id range in {workdir}"))
+                continue
             found = journal.ids(lo, hi)
         except InputError as err:  # a damaged journal: one line, as for the other sources
             items.append(Item(part, error=str(err)))
@@ -162,7 +172,8 @@ def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
             for i, state in found
         )
         if not found:
-            what = f"job {lo} is not" if lo == hi <= MAX_ID else f"no job {part} is"
+            named = f"{lo} ({given[0]})" if given[0] < 0 < lo else str(given[0])
+            what = f"job {named} is not" if lo == hi <= MAX_ID else f"no job {part} is"
             # ids given before: as dahu-jobs show and the device say it
             why = " (pruned, or never given)" if 1 <= lo <= journal.highest() else ""
             items.append(Item(part, error=f"{what} in the journal of {workdir}{why}"))
