@@ -358,28 +358,34 @@ def test_bad_inputs_are_reported_and_counted(archive: Path, tmp_path: Path):
     (bad / "garbage.json").write_text("this is { not JSON")
     (bad / "no_plugin.inp").write_text(json.dumps({"x": 1}))
     (bad / "number_plugin.inp").write_text(json.dumps({"plugin_name": 123}))
+    (bad / "blank_plugin.inp").write_text(json.dumps({"plugin_name": "  ", "x": 1}))
     (bad / "unknown.inp").write_text(json.dumps({"plugin_name": "nosuch.plugin", "x": 1}))
     missing = tmp_path / "missing.inp"
     good = inputs(archive, range(1, 3))
     status, summary, stderr = summary_of("-o", tmp_path / "out", good[0], bad, missing, good[1])
     assert status == 1
     assert summary["total"]["success"] == 2
-    assert summary["total"]["failure"] == 5
-    assert summary["total"]["invalid"] == 5
+    assert summary["total"]["failure"] == 6
+    assert summary["total"]["invalid"] == 6
     assert summary["plugins"]["nosuch.plugin"]["failure"] == 1
     lines = stderr.splitlines()
-    assert len(lines) == 5, stderr
+    assert len(lines) == 6, stderr
     by_source = {line.split(": ")[1]: line for line in lines}
     assert "not JSON" in by_source[str(bad / "garbage.json")]
     assert "no plugin_name" in by_source[str(bad / "no_plugin.inp")]
     # bug: a plugin_name that is not a string was "no plugin_name"
     assert "plugin_name is a JSON number" in by_source[str(bad / "number_plugin.inp")]
+    # bug: an empty (or blank) one was "no plugin_name" too, where the file has one
+    assert by_source[str(bad / "blank_plugin.inp")].endswith(
+        ": not a job input: plugin_name is empty: expected 'module.name'"
+    )
     assert "unknown plugin 'nosuch.plugin'" in by_source[str(bad / "unknown.inp")]
     assert "no such file or directory" in by_source[str(missing)]
     assert {e["source"] for e in summary["errors"]} == {
         str(bad / "garbage.json"),
         str(bad / "no_plugin.inp"),
         str(bad / "number_plugin.inp"),
+        str(bad / "blank_plugin.inp"),
         str(bad / "unknown.inp"),
         str(missing),
     }

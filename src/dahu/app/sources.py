@@ -260,8 +260,9 @@ def load_input(item: Item) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
     if plugin is not None and not isinstance(plugin, str):
         raise InputError(f"not a job input: plugin_name is a JSON {json_kind(plugin)}")
     plugin = plugin and plugin.strip()  # as the device drops the spaces around a name
-    if not plugin:
-        raise InputError("not a job input: no plugin_name")
+    if not plugin:  # "" or blanks: as the device words an empty name
+        why = "plugin_name is empty: expected 'module.name'" if "plugin_name" in data else ""
+        raise InputError(f"not a job input: {why or 'no plugin_name'}")
     return plugin, data, None
 
 
