@@ -40,6 +40,9 @@ __all__ = [
 INPUT_EXTENSIONS = (".inp", ".json")
 STDIN = "(standard input)"  # how the SOURCE "-" is named in messages and the summary
 IDS = re.compile(r"^-?\d+(--?\d+)?(,-?\d+(--?\d+)?)*$")  # job ids: 3, 1-5, 1-3,7, -1, -3--1
+MAX_INPUT_BYTES = 1_000_000_000
+"""Bytes of an input file read at most: SQLite refuses a longer row, no job records it
+(a data file named ``.json``, a pipe that never ends, were read until memory ran out)."""
 _RANGE = re.compile(r"(-?\d+)(?:-(-?\d+))?")  # one part: 1-5, -3--1 (from the third last)
 # the reason of a failed job in an archive of the original Dahu (2024.2.0): the second
 # line of its error, after the traceback text ("<class 'id00.BeamLost'>: no beam")
@@ -222,9 +225,15 @@ def _read_text(path: str) -> str:
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        chunks = []
+        chunks, size = [], 0
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_INPUT_BYTES:  # (until 2026-11-30 read whole: a MemoryError)
+                raise InputError(
+                    f"too large for a job input: over {MAX_INPUT_BYTES:,} bytes, "
+                    "more than the journal records"
+                )
     finally:
         os.close(fd)
     try:
