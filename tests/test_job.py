@@ -447,7 +447,7 @@ def test_unknown_id(engine):
     # raised "cannot convert float NaN to integer"; the original found no such job
     # (and numpy's and the standard library's numbers that are not whole: numpy.float32(1.5)
     # read job 1 until 2026-11-30)
-    halves = (numpy.float32(1.5), numpy.float64(-0.5), decimal.Decimal("1.5"), Fraction(3, 2))
+    halves = (numpy.float32(1.5), numpy.array(1.5), decimal.Decimal("1.5"), Fraction(3, 2))
     for bad in (1.5, float("nan"), -0.5, *halves):
         assert Job.getStatusFromID(bad) == Job.STATE_INEXISTANT
         assert Job.getJobFromID(bad) is None and Job.getDataOutputFromID(bad) == {}

@@ -362,7 +362,7 @@ class Job(threading.Thread, metaclass=_JobClass):
     # ---- class-level API --------------------------------------------------------------
     @classmethod
     def _resolve(cls, jobId: Any) -> int:  # noqa: N803
-        if isinstance(jobId, numbers.Number) and not isinstance(jobId, numbers.Integral):
+        if not isinstance(jobId, (numbers.Integral, str)) and hasattr(jobId, "__float__"):
             try:  # 1.5 was job 1, numpy.float32(1.5) too (until 2026-11-30); NaN, inf
                 whole = jobId == int(jobId)  # type: ignore[call-overload]
             except (ValueError, OverflowError, TypeError):
