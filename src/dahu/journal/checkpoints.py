@@ -39,6 +39,6 @@ class Checkpoints:
         done = super()._commit(*args, **named)  # type: ignore[misc]
         if time.monotonic() - self._checkpointed >= EVERY and not self._db.in_transaction:
             self._checkpointed = time.monotonic()
-            if file_identity(self.path) == self._file:  # its file: not a removed one
+            if file_identity(self.path) == getattr(self, "_file", None):  # not a removed one
                 checkpoint(self._db)
         return done
