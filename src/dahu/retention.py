@@ -276,12 +276,12 @@ class _Owed:
     def __call__(self, job_id: int, plugin: str, host: Any, pid: Any, since: Any, row: Any) -> bool:
         if host != HOST or row not in self.known.by_id or pid == os.getpid():
             return False  # (this process: the server's retention knows when it wrote them)
-        stem = job_file_stem(self.workdir, job_id, plugin)
-        if os.path.exists(stem + ".inp") and os.path.exists(stem + ".out"):
-            return False
         if row not in self.verdicts:
             self.verdicts[row] = process_alive(host, pid, since, None, self.known, row)
-        return self.verdicts[row]
+        stem = job_file_stem(self.workdir, job_id, plugin)  # (a dead one's: not looked at)
+        return self.verdicts[row] and not (
+            os.path.exists(stem + ".inp") and os.path.exists(stem + ".out")
+        )
 
 
 def _job_dirs_below(workdir: str, job_id: int) -> list[str]:
