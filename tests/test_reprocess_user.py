@@ -1087,3 +1087,18 @@ def test_an_input_file_larger_than_a_journal_row_is_one_line(tmp_path: Path, mon
     )
     big.write_text(json.dumps({"plugin_name": "example.square", "pad": "x" * 4000}))
     assert sources.load(sources.Item(str(big), path=str(big))).error is None
+
+
+def test_a_named_pipe_in_a_directory_source_does_not_hang_the_run(tmp_path: Path):
+    # bug: a FIFO named .inp below a directory SOURCE was opened as a file: the run
+    # waited for good for a writer, and no input of the directory ever ran
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "a.inp").write_text(json.dumps({"plugin_name": "example.square", "x": 3}))
+    os.mkfifo(inputs / "b.inp")
+    status, summary, stderr = summary_of("-o", tmp_path / "out", inputs)
+    assert (status, summary["total"]["success"], summary["total"]["failure"]) == (1, 1, 1)
+    assert stderr == (
+        f"dahu-reprocess: {inputs / 'b.inp'}: a named pipe, not a file: a directory SOURCE "
+        "runs its files (give it by name to read it)\n"
+    )

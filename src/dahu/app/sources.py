@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,8 +96,23 @@ def _walk(directory: str, exclude: str | None) -> Iterator[Item]:
         for name in sorted(files):
             if name.endswith(INPUT_EXTENSIONS):
                 path = os.path.join(root, name)
-                yield Item(path, path=path)
+                yield Item(path, path=path, error=_not_a_file(path))
     yield from unreadable
+
+
+def _not_a_file(path: str) -> str | None:
+    """Why ``path``, found in a directory, is not read: a named pipe (its reading waits
+    for a writer: until 2026-11-30 the run hung there), a socket, a device; else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # (a dangling link: its reading says why)
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = (
+        "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    )
+    return f"{kind}, not a file: a directory SOURCE runs its files (give it by name to read it)"
 
 
 class _Journal:
