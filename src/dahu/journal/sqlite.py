@@ -48,7 +48,6 @@ from .base import (
     encode_output,
     storable_id,
 )
-from .checkpoints import Checkpoints
 from .files import highest_file_id
 from .sqlitefile import (
     close_dead,
@@ -76,7 +75,7 @@ def _close_at_exit(ref: weakref.ref) -> None:
                 journal.close()
 
 
-class SQLiteJournal(Checkpoints, BatchedWriter, Journal):
+class SQLiteJournal(BatchedWriter, Journal):
     """The journal as a SQLite file (WAL mode; one writer connection behind a lock)."""
 
     FILENAME = "journal.sqlite"
@@ -137,8 +136,8 @@ class SQLiteJournal(Checkpoints, BatchedWriter, Journal):
             self._replaced = now is not None and now != self._file  # no new job then
             if now == self._file:
                 if self._side_files() != self._sides:
-                    return self._side_files_removed()
-                return sqlitefile.checkpoint(self._db)  # its file: not a removed one
+                    self._side_files_removed()
+                return
             if now is not None:  # put back by another writer of it (else JournalError)
                 return sqlitefile.follow_restored(self)
             try:

@@ -99,17 +99,8 @@ def connect_writer(path: str, writer: bool = True) -> sqlite3.Connection:
             raise
     # the journal's writes wait longer, in steps of it (BatchedWriter._patiently)
     db.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
-    db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoint() instead: see there
     db.execute("PRAGMA cache_size=-512")
     return db
-
-
-def checkpoint(db: sqlite3.Connection) -> None:
-    """Copy the ``-wal`` file into the journal's file (passive: no reader is waited for),
-    once the journal has seen that the file at its path is still the one ``db`` writes
-    (:mod:`.checkpoints`: SQLite's own, ``wal_autocheckpoint``, are off)."""
-    with contextlib.suppress(sqlite3.Error):  # busy, a full disk: the next check tries
-        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _set_up(db: sqlite3.Connection, path: str, writer: bool) -> None:
