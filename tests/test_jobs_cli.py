@@ -869,6 +869,8 @@ def test_keep_last_keeps_that_many_ended_jobs_besides_the_unfinished(tmp_path):
     journal.close()
     report = prune(str(tmp_path), keep_last=2, min_age=0)
     assert (report.removed, report.first_id, report.last_id) == (3, 1, 3)
+    assert (report.kept_unfinished, report.unfinished_ids) == (3, queued)  # said kept
+    assert prune(str(tmp_path), keep_last=9, min_age=0).kept_unfinished == 3
     listed = json.loads(run("list", "--json", workdir=tmp_path).stdout)
     assert [row["id"] for row in listed] == [4, 5, *queued]
 

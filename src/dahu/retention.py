@@ -180,11 +180,14 @@ def prune(
                 "ORDER BY id DESC LIMIT 1 OFFSET ?",  # 2026-11-30 they were among the N)
                 (*_FINAL, min(keep_last, MAX_ID)),  # SQLite's integers have 64 bits
             ).fetchone()
+            # the unfinished ones are kept, and counted, wherever they are
+            unfinished = "state NOT IN (?, ?, ?)"
             if row is None:  # no more than keep_last ended jobs: nothing to remove
-                clauses.append("0")
+                clauses.append(unfinished)
+                args.extend(_FINAL)
             else:
-                clauses.append("id <= ?")
-                args.append(row[0])
+                clauses.append(f"(id <= ? OR {unfinished})")
+                args.extend([row[0], *_FINAL])
         match = " AND ".join(clauses)
         report.matched = db.execute(f"SELECT COUNT(*) FROM jobs WHERE {match}", args).fetchone()[0]
         unfinished = db.execute(
