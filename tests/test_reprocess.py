@@ -245,8 +245,8 @@ def test_negative_journal_ids_count_back_from_the_newest_job(archive: Path, tmp_
     # bug: "-1", the last job for "dahu-jobs show -1" and the device, was a file name:
     # "-1: no such file or directory"; a range of them, "-4--3", a usage error (an option)
     status, summary, stderr = summary_of(
-        "-o", tmp_path / "out", "--workdir", archive, "-2", "-4--3", "-9,1--6", "-q"
-    )
+        "-o", tmp_path / "out", "--workdir", archive, "-2", "-q", "-4--3", "-9,1--6"
+    )  # (bug: SOURCEs after an option were "unrecognized arguments: -4--3 -9,1--6")
     assert stderr == f"dahu-reprocess: -9: job -9 is not in the journal of {archive}\n"
     assert (status, summary["total"]["success"], summary["total"]["failure"]) == (1, 4, 1)
     with sqlite3.connect(tmp_path / "out" / "journal.sqlite") as db:
