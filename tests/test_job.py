@@ -1,11 +1,14 @@
 """dahu.job.Job through the public API: states, aliases, input forms, abort, wait_for."""
 
 import datetime
+import decimal
 import json
 import os
 import threading
 import time
+from fractions import Fraction
 
+import numpy
 import pytest
 
 from dahu.job import InvalidInput, Job
@@ -442,7 +445,10 @@ def test_unknown_id(engine):
     assert Job.cleanJobfromID(-5) == Job.getErrorFromID(-5) == "job -5 does not exist"
     # bug: an id that is not whole was cut: 1.5 gave job 1's state and output, and NaN
     # raised "cannot convert float NaN to integer"; the original found no such job
-    for bad in (1.5, float("nan"), -0.5):
+    # (and numpy's and the standard library's numbers that are not whole: numpy.float32(1.5)
+    # read job 1 until 2026-11-30)
+    halves = (numpy.float32(1.5), numpy.array(1.5), decimal.Decimal("1.5"), Fraction(3, 2))
+    for bad in (1.5, float("nan"), -0.5, *halves):
         assert Job.getStatusFromID(bad) == Job.STATE_INEXISTANT
         assert Job.getJobFromID(bad) is None and Job.getDataOutputFromID(bad) == {}
         assert Job.synchronize_job(bad, 1) == Job.STATE_INEXISTANT

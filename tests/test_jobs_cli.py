@@ -765,8 +765,12 @@ def test_prune_on_a_running_server(server, history):
     left = json.loads(run("list", "--json", "--limit", "0", workdir=workdir).stdout)
     left_ids = [item["id"] for item in left]
     assert ids["running"] in left_ids  # unfinished: never pruned
-    assert ids["failed"] not in left_ids and ids["squares"][0] not in left_ids
-    for job_id in ids["squares"]:
+    # the last 5 that ended are kept, the queued ones besides (until 2026-11-30 these
+    # were counted among the 5, and the failed job went)
+    final = ("success", "failure", "aborted")
+    last_ended = [item["id"] for item in before_list if item["state"] in final][-5:]
+    assert set(last_ended) <= set(left_ids) and ids["squares"][0] not in left_ids
+    for job_id in set(ids["squares"]) - set(last_ended):
         stem = job_file_stem(str(workdir), job_id, "example.square")
         assert not os.path.exists(stem + ".inp") and not os.path.exists(stem + ".out")
     # the server still reads and runs jobs; ids go on
@@ -776,7 +780,7 @@ def test_prune_on_a_running_server(server, history):
     # (bug of the test: it asked it of the module's first jobs, over a minute old under load)
     recent = run("prune", "--keep-last", "0", "--dry-run", "--json", workdir=workdir)
     assert json.loads(recent.stdout)["kept_recent"] >= len(more) + 1
-    one_line_error(run("show", str(ids["failed"]), workdir=workdir), 1)
+    one_line_error(run("show", str(ids["squares"][0]), workdir=workdir), 1)
 
 
 def on_a_terminal(*args: str) -> tuple[int, str, str]:
@@ -854,6 +858,44 @@ def test_prune_counts_only_the_jobs_it_removed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(dahu.retention, "_remove_files", racing)
     assert prune(str(tmp_path), keep_last=0).removed == 5
+
+
+def test_keep_last_keeps_that_many_ended_jobs_besides_the_unfinished(tmp_path):
+    # bug: "--keep-last 2" with 3 jobs queued counted them among the 2: every ended
+    # job's record went, those the user had asked to keep too
+    old_jobs(tmp_path, 5)
+    journal = SQLiteJournal(str(tmp_path))
+    queued = journal.create_many("example.square", [{"x": 1}] * 3, time.time() - 3600)
+    journal.close()
+    report = prune(str(tmp_path), keep_last=2, min_age=0)
+    assert (report.removed, report.first_id, report.last_id) == (3, 1, 3)
+    assert (report.kept_unfinished, report.unfinished_ids) == (3, queued)  # said kept
+    assert prune(str(tmp_path), keep_last=9, min_age=0).kept_unfinished == 3
+    listed = json.loads(run("list", "--json", workdir=tmp_path).stdout)
+    assert [row["id"] for row in listed] == [4, 5, *queued]
+
+
+def test_a_prune_keeps_the_jobs_whose_files_a_live_script_has_yet_to_write(engine, workdir):
+    # bug: a script holding ended jobs, to clean() later: "dahu-jobs prune" removed their
+    # records, then clean() wrote .inp/.out files that no record named
+    from dahu.job import Job
+
+    jobs = [Job("example.square", {"x": x}) for x in range(3)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+    proc = run("prune", "--keep-last", "0", "--min-age", "0", workdir=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("removed 0 job(s) and 0 file(s)")
+    assert proc.stdout.rstrip().endswith("; kept 3 whose files a live process has yet to write")
+    for job in jobs:
+        job.clean()
+    report = json.loads(
+        run("prune", "--keep-last", "0", "--min-age", "0", "--json", workdir=workdir).stdout
+    )
+    assert (report["removed"], report["files_removed"], report["kept_owed"]) == (3, 6, 0)
+    assert not list(workdir.glob("*/*.inp")) and not list(workdir.glob("*/*.out"))
 
 
 def test_a_job_whose_file_cannot_be_removed_keeps_its_record(tmp_path):

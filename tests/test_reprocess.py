@@ -241,6 +241,21 @@ def test_journal_ids(archive: Path, tmp_path: Path):
     assert stderr == f"dahu-reprocess: {cut}: no job {cut} is in the journal of {archive}\n"
 
 
+def test_negative_journal_ids_count_back_from_the_newest_job(archive: Path, tmp_path: Path):
+    # bug: "-1", the last job for "dahu-jobs show -1" and the device, was a file name:
+    # "-1: no such file or directory"; a range of them, "-4--3", a usage error (an option)
+    status, summary, stderr = summary_of(
+        "-o", tmp_path / "out", "--workdir", archive, "-2", "-q", "-4--3", "-9,1--6"
+    )  # (bug: SOURCEs after an option were "unrecognized arguments: -4--3 -9,1--6")
+    assert stderr == f"dahu-reprocess: -9: job -9 is not in the journal of {archive}\n"
+    assert (status, summary["total"]["success"], summary["total"]["failure"]) == (1, 4, 1)
+    with sqlite3.connect(tmp_path / "out" / "journal.sqlite") as db:
+        rows = db.execute("SELECT plugin, input FROM jobs ORDER BY id").fetchall()
+    # -2: job 5 (the cube of 2); -4--3: jobs 3 and 4; 1--6: job 1 to the sixth last, 1
+    ran = [(plugin, json.loads(text)["x"]) for plugin, text in rows]
+    assert ran == [("example.cube", 2), *(("example.square", x) for x in (3, 4, 1))]
+
+
 def test_journal_ids_without_journal(tmp_path: Path):
     (tmp_path / "no").mkdir()
     status, summary, stderr = summary_of("-o", tmp_path / "out", "--workdir", tmp_path / "no", "1")
@@ -343,28 +358,34 @@ def test_bad_inputs_are_reported_and_counted(archive: Path, tmp_path: Path):
     (bad / "garbage.json").write_text("this is { not JSON")
     (bad / "no_plugin.inp").write_text(json.dumps({"x": 1}))
     (bad / "number_plugin.inp").write_text(json.dumps({"plugin_name": 123}))
+    (bad / "blank_plugin.inp").write_text(json.dumps({"plugin_name": "  ", "x": 1}))
     (bad / "unknown.inp").write_text(json.dumps({"plugin_name": "nosuch.plugin", "x": 1}))
     missing = tmp_path / "missing.inp"
     good = inputs(archive, range(1, 3))
     status, summary, stderr = summary_of("-o", tmp_path / "out", good[0], bad, missing, good[1])
     assert status == 1
     assert summary["total"]["success"] == 2
-    assert summary["total"]["failure"] == 5
-    assert summary["total"]["invalid"] == 5
+    assert summary["total"]["failure"] == 6
+    assert summary["total"]["invalid"] == 6
     assert summary["plugins"]["nosuch.plugin"]["failure"] == 1
     lines = stderr.splitlines()
-    assert len(lines) == 5, stderr
+    assert len(lines) == 6, stderr
     by_source = {line.split(": ")[1]: line for line in lines}
     assert "not JSON" in by_source[str(bad / "garbage.json")]
     assert "no plugin_name" in by_source[str(bad / "no_plugin.inp")]
     # bug: a plugin_name that is not a string was "no plugin_name"
     assert "plugin_name is a JSON number" in by_source[str(bad / "number_plugin.inp")]
+    # bug: an empty (or blank) one was "no plugin_name" too, where the file has one
+    assert by_source[str(bad / "blank_plugin.inp")].endswith(
+        ": not a job input: plugin_name is empty: expected 'module.name'"
+    )
     assert "unknown plugin 'nosuch.plugin'" in by_source[str(bad / "unknown.inp")]
     assert "no such file or directory" in by_source[str(missing)]
     assert {e["source"] for e in summary["errors"]} == {
         str(bad / "garbage.json"),
         str(bad / "no_plugin.inp"),
         str(bad / "number_plugin.inp"),
+        str(bad / "blank_plugin.inp"),
         str(bad / "unknown.inp"),
         str(missing),
     }

@@ -1070,3 +1070,35 @@ def test_an_archive_of_the_original_tool_in_a_folder_named_by_digits_is_still_on
     for path in ("W/0000/00004_id00t.fails.out", "W/0012/12004_id00t.fails.out"):
         difference = first_difference(*comparable(archived, new, str(tmp_path / path)))
         assert difference is not None and difference.path == "error", path
+
+
+def test_an_input_file_larger_than_a_journal_row_is_one_line(tmp_path: Path, monkeypatch):
+    # bug: a file no job input can be (a data dump named .json in a directory given as
+    # SOURCE, a pipe that never ends) was read whole: a MemoryError traceback ended the
+    # run, after the machine ran out of memory
+    from dahu.app import sources
+
+    monkeypatch.setattr(sources, "MAX_INPUT_BYTES", 4096, raising=False)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"plugin_name": "example.square", "pad": "x" * 5000}))
+    loaded = sources.load(sources.Item(str(big), path=str(big)))
+    assert str(loaded.error) == (
+        "too large for a job input: over 4,096 bytes, more than the journal records"
+    )
+    big.write_text(json.dumps({"plugin_name": "example.square", "pad": "x" * 4000}))
+    assert sources.load(sources.Item(str(big), path=str(big))).error is None
+
+
+def test_a_named_pipe_in_a_directory_source_does_not_hang_the_run(tmp_path: Path):
+    # bug: a FIFO named .inp below a directory SOURCE was opened as a file: the run
+    # waited for good for a writer, and no input of the directory ever ran
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "a.inp").write_text(json.dumps({"plugin_name": "example.square", "x": 3}))
+    os.mkfifo(inputs / "b.inp")
+    status, summary, stderr = summary_of("-o", tmp_path / "out", inputs)
+    assert (status, summary["total"]["success"], summary["total"]["failure"]) == (1, 1, 1)
+    assert stderr == (
+        f"dahu-reprocess: {inputs / 'b.inp'}: a named pipe, not a file: a directory SOURCE "
+        "runs its files (give it by name to read it)\n"
+    )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import numbers
 import os
 import sys
 import threading
@@ -57,7 +58,7 @@ def _source() -> Engine | JournalReader:
 
 def _given(job_id: Any) -> Any:
     """A job id as the caller gave it, for a message: ``-5``, ``1.5`` (not ``1``)."""
-    return job_id if isinstance(job_id, float) else int(job_id)
+    return int(job_id) if isinstance(job_id, (numbers.Integral, str)) else job_id
 
 
 def _refuse_unrecordable(datas: list[dict[str, Any]]) -> None:
@@ -361,8 +362,13 @@ class Job(threading.Thread, metaclass=_JobClass):
     # ---- class-level API --------------------------------------------------------------
     @classmethod
     def _resolve(cls, jobId: Any) -> int:  # noqa: N803
-        if isinstance(jobId, float) and not jobId.is_integer():  # 1.5 was job 1; NaN
-            return 0  # no job's id, as in the original (``inexistant``, None)
+        if not isinstance(jobId, (numbers.Integral, str)) and hasattr(jobId, "__float__"):
+            try:  # 1.5 was job 1, numpy.float32(1.5) too (until 2026-11-30); NaN, inf
+                whole = jobId == int(jobId)  # type: ignore[call-overload]
+            except (ValueError, OverflowError, TypeError):
+                whole = False
+            if not whole:
+                return 0  # no job's id, as in the original (``inexistant``, None)
         job_id = int(jobId)
         if job_id < 0:  # -1 is the last job, as in the original
             job_id = _source().last_id() + 1 + job_id

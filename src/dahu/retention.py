@@ -6,7 +6,8 @@ Safe beside a running server:
 
 * only jobs in a final state (``success``, ``failure``, ``aborted``) are removed, and
   only those that ended at least ``min_age`` seconds ago (the server writes a job's files
-  just after it ends); a job still queued or running is never touched;
+  just after it ends); a job still queued or running is never touched, nor one whose
+  files its live process (a script, before its ``clean()``) has yet to write;
 * records are deleted in short transactions of at most ``batch`` jobs, so the server's
   own writes wait milliseconds, not the whole prune;
 * a job's files are removed before its record: if the prune is interrupted, what is left
@@ -38,8 +39,9 @@ from typing import Any
 from .errors import DahuError
 from .jobquery import open_journal
 from .journal import JournalError, SQLiteJournal, job_file_stem, processes
-from .journal.base import MAX_ID
+from .journal.base import HOST, MAX_ID
 from .journal.files import remove_dead_parts
+from .journal.sqlitefile import process_alive
 from .properties import MAX_RETENTION_INTERVAL
 from .states import State
 from .timespec import BadTime, parse_duration, quoted
@@ -71,6 +73,7 @@ class PruneReport:
     kept_unfinished: int = 0
     kept_recent: int = 0
     kept_stuck: int = 0  # finished, but a file of theirs could not be removed
+    kept_owed: int = 0  # finished, their files not written yet by their live process
     files_removed: int = 0
     file_bytes: int = 0
     journal_bytes_before: int = 0
@@ -105,6 +108,8 @@ class PruneReport:
             kept.append(f"{self.kept_recent} ended less than the minimum age ago")
         if self.kept_stuck:
             kept.append(f"{self.kept_stuck} whose files could not be removed")
+        if self.kept_owed:
+            kept.append(f"{self.kept_owed} whose files a live process has yet to write")
         if kept:
             text += "; kept " + " and ".join(kept)
         return text
@@ -140,7 +145,7 @@ def prune(
     progress: Callable[[int, int], None] | None = None,
 ) -> PruneReport:
     """Remove the finished jobs submitted before ``before`` (epoch s) and/or not among the
-    ``keep_last`` most recent jobs, with their files; reclaim the space.
+    ``keep_last`` most recent finished jobs, with their files; reclaim the space.
 
     At least one of ``before`` and ``keep_last`` must be given (both: a job must match
     both to go).  ``dry_run`` only counts.  A job must have ended ``min_age`` s before
@@ -170,15 +175,19 @@ def prune(
             clauses.append("submitted < ?")
             args.append(before)
         if keep_last is not None:
-            row = db.execute(
-                "SELECT id FROM jobs ORDER BY id DESC LIMIT 1 OFFSET ?",
-                (min(keep_last, MAX_ID),),  # SQLite's integers have 64 bits
+            row = db.execute(  # the last N that ended: those queued or running are
+                "SELECT id FROM jobs WHERE state IN (?, ?, ?) "  # kept besides (until
+                "ORDER BY id DESC LIMIT 1 OFFSET ?",  # 2026-11-30 they were among the N)
+                (*_FINAL, min(keep_last, MAX_ID)),  # SQLite's integers have 64 bits
             ).fetchone()
-            if row is None:  # no more than keep_last jobs: nothing to remove
-                clauses.append("0")
+            # the unfinished ones are kept, and counted, wherever they are
+            unfinished = "state NOT IN (?, ?, ?)"
+            if row is None:  # no more than keep_last ended jobs: nothing to remove
+                clauses.append(unfinished)
+                args.extend(_FINAL)
             else:
-                clauses.append("id <= ?")
-                args.append(row[0])
+                clauses.append(f"(id <= ? OR {unfinished})")
+                args.extend([row[0], *_FINAL])
         match = " AND ".join(clauses)
         report.matched = db.execute(f"SELECT COUNT(*) FROM jobs WHERE {match}", args).fetchone()[0]
         unfinished = db.execute(
@@ -195,16 +204,24 @@ def prune(
             [*args, *_FINAL, cutoff],
         ).fetchone()[0]
         directories: set[str] = set()
+        known = processes.known(lambda sql, args: db.execute(sql, args).fetchall(), path)
+        owed = _Owed(workdir, known)
         last = 0
         going = report.matched - report.kept_unfinished - report.kept_recent
         while True:
             rows = db.execute(
-                f"SELECT id, plugin FROM jobs WHERE {eligible} AND id > ? ORDER BY id LIMIT ?",
+                f"SELECT id, plugin, host, pid, submitted, {processes.JOB_PROCESS} FROM jobs "
+                f"WHERE {eligible} AND id > ? ORDER BY id LIMIT ?",
                 [*eligible_args, last, batch],
             ).fetchall()
             if not rows:
                 break
             last, batch_rows = rows[-1][0], len(rows)
+            rows = [row[:2] for row in rows if not owed(*row)]
+            report.kept_owed += batch_rows - len(rows)
+            batch_rows = len(rows)
+            if not rows:
+                continue
             if report.first_id is None:
                 report.first_id = rows[0][0]
             report.last_id = last
@@ -228,7 +245,6 @@ def prune(
         if not dry_run:
             if report.first_id is not None:  # and those a prune killed before left empty
                 directories.update(_job_dirs_below(workdir, report.first_id))
-            known = processes.known(lambda sql, args: db.execute(sql, args).fetchall(), path)
             for directory in sorted(directories):
                 try:
                     remove_dead_parts(directory, known)  # (a killed start's: no job's file)
@@ -246,6 +262,29 @@ def prune(
     report.journal_bytes_after = _journal_bytes(path)
     report.seconds = time.monotonic() - started
     return report
+
+
+class _Owed:
+    """Whether a finished job's files are still to be written by its process, alive: a
+    script holding its ended jobs writes them at its ``clean()``, maybe hours later (a
+    server writes them as the job ends).  Its record stays until they are there, or its
+    process is gone (the next start writes them): else its files would name no record.
+    The writer is known by its row in ``processes`` (:mod:`.journal.processes`); none
+    there: it closed its journal, writes no more (or an older Dahu's, another host's)."""
+
+    def __init__(self, workdir: str, known: processes.Known):
+        self.workdir, self.known = workdir, known
+        self.verdicts: dict[int, bool] = {}  # row in processes -> whether it runs
+
+    def __call__(self, job_id: int, plugin: str, host: Any, pid: Any, since: Any, row: Any) -> bool:
+        if host != HOST or row not in self.known.by_id or pid == os.getpid():
+            return False  # (this process: the server's retention knows when it wrote them)
+        if row not in self.verdicts:
+            self.verdicts[row] = process_alive(host, pid, since, None, self.known, row)
+        stem = job_file_stem(self.workdir, job_id, plugin)  # (a dead one's: not looked at)
+        return self.verdicts[row] and not (
+            os.path.exists(stem + ".inp") and os.path.exists(stem + ".out")
+        )
 
 
 def _job_dirs_below(workdir: str, job_id: int) -> list[str]:
@@ -349,7 +388,7 @@ class Retention:
 
 def parse_retention(text: str) -> Retention | None:
     """The retention written ``30d`` (a duration: keep the jobs submitted since then) or
-    ``100000`` (a count: keep that many most recent jobs); None for an empty text (keep
+    ``100000`` (a count: keep that many most recent jobs that ended); None for an empty text (keep
     everything)."""
     value = (text or "").strip()
     if not value:

@@ -178,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--before", type=types.when, metavar="WHEN", help="remove jobs submitted before WHEN"
     )
     which.add_argument(
-        "--keep-last", type=types.count, metavar="N", help="remove all but the N most recent jobs"
+        "--keep-last",
+        type=types.count,
+        metavar="N",
+        help="remove all but the N most recent jobs that ended (unfinished ones are kept)",
     )
     add.add_argument("--dry-run", action="store_true", help="only tell what would be removed")
     add.add_argument(

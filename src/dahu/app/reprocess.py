@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``dahu-reprocess`` with ``argv`` (default: the command line); the exit status."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_intermixed_args(argv)  # SOURCEs after options too
     except SystemExit as exc:  # --help, --version, or bad usage (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(

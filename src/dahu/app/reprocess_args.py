@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import sys
+from typing import Any
 
 from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_RTOL
@@ -50,7 +51,8 @@ def _tolerance(text: str) -> float:
 _HELP = {
     "sources": "a job input file (.inp or .json), - for one input read from standard input, "
     "a directory searched recursively for them, "
-    "or job ids (3, 1-5, 1-3,7) from the journal of --workdir",
+    "or job ids (3, 1-5, 1-3,7; -1 the newest, -3--1 the last three) from the journal of "
+    "--workdir",
     "output": "directory for the new journal and .inp/.out files "
     "(default: a new work directory, <tmp>/dahu_<user>/<date-time>_<pid>)",
     "workdir": "work directory whose journal holds the job ids given as SOURCE "
@@ -65,9 +67,17 @@ _HELP = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Job ids counted back from the newest (``-3--1``, ``-2,-1``) are SOURCEs, not
+    options (argparse takes only ``-1`` for one, as a negative number)."""
+
+    def _parse_optional(self, arg_string: str) -> Any:
+        return None if IDS.match(arg_string) else super()._parse_optional(arg_string)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dahu-reprocess`` (also used to write its man page)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Run archived Dahu jobs again, in parallel, print a summary, and "
         "optionally compare the new outputs with the archived ones.",

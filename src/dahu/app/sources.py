@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 from ..errors import DahuError, JournalError, one_line
 from ..inputs import InvalidInput, json_file_text, json_kind
 from ..jobquery import get as get_record
-from ..jobquery import highest_id, open_journal
+from ..jobquery import highest_id, open_journal, resolve
 from ..journal import INTERRUPTED, SQLiteJournal
 from ..journal.base import MAX_ID
 from ..states import State
@@ -39,7 +40,11 @@ __all__ = [
 
 INPUT_EXTENSIONS = (".inp", ".json")
 STDIN = "(standard input)"  # how the SOURCE "-" is named in messages and the summary
-IDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")  # job ids: 3, 1-5, 1-3,7
+IDS = re.compile(r"^-?\d+(--?\d+)?(,-?\d+(--?\d+)?)*$")  # job ids: 3, 1-5, 1-3,7, -1, -3--1
+MAX_INPUT_BYTES = 1_000_000_000
+"""Bytes of an input file read at most: SQLite refuses a longer row, no job records it
+(a data file named ``.json``, a pipe that never ends, were read until memory ran out)."""
+_RANGE = re.compile(r"(-?\d+)(?:-(-?\d+))?")  # one part: 1-5, -3--1 (from the third last)
 # the reason of a failed job in an archive of the original Dahu (2024.2.0): the second
 # line of its error, after the traceback text ("<class 'id00.BeamLost'>: no beam")
 _ORIGINAL_REASON = re.compile(r"<class '(?:[\w.]*\.)?(\w+)'>: ?(.*)", re.DOTALL)
@@ -91,8 +96,23 @@ def _walk(directory: str, exclude: str | None) -> Iterator[Item]:
         for name in sorted(files):
             if name.endswith(INPUT_EXTENSIONS):
                 path = os.path.join(root, name)
-                yield Item(path, path=path)
+                yield Item(path, path=path, error=_not_a_file(path))
     yield from unreadable
+
+
+def _not_a_file(path: str) -> str | None:
+    """Why ``path``, found in a directory, is not read: a named pipe (its reading waits
+    for a writer: until 2026-11-30 the run hung there), a socket, a device; else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # (a dangling link: its reading says why)
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = (
+        "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    )
+    return f"{kind}, not a file: a directory SOURCE runs its files (give it by name to read it)"
 
 
 class _Journal:
@@ -127,6 +147,14 @@ class _Journal:
         except JournalError:
             return 0
 
+    def resolve(self, job_id: int) -> int:
+        """``job_id``; a negative one counted back from the newest job (``-1``), as
+        ``dahu-jobs show`` and the device count it."""
+        try:
+            return resolve(self.db, job_id)
+        except JournalError as err:
+            raise InputError(one_line(err)) from err
+
     def get(self, job_id: int) -> Any:
         """The record of ``job_id``, or None."""
         try:
@@ -143,16 +171,17 @@ class _Journal:
 def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
     items = []
     for part in spec.split(","):
-        first, _, last = part.partition("-")
+        first, last = _RANGE.fullmatch(part).groups()  # type: ignore[union-attr]
         # past 19 digits, no job's id (int() refused 4,300 of them: a traceback)
-        lo, hi = (
-            int(n) if len(n.lstrip("0")) <= 19 else MAX_ID + 1 for n in (first, last or first)
-        )
+        given = [
+            int(n) if len(n.lstrip("-0")) <= 19 else MAX_ID + 1 for n in (first, last or first)
+        ]
         part = part if len(part) <= 40 else f"{part[:20]}... ({len(part)} characters)"
-        if hi < lo:
-            items.append(Item(part, error=f"empty id range in {workdir}"))
-            continue
-        try:
+        try:  # -1: the newest job (until 2026-11-30 a file name: no such file)
+            lo, hi = (journal.resolve(n) if n < 0 else n for n in given)
+            if hi < lo:
+                items.append(Item(part, error=f"empty id range in {workdir}"))
+                continue
             found = journal.ids(lo, hi)
         except InputError as err:  # a damaged journal: one line, as for the other sources
             items.append(Item(part, error=str(err)))
@@ -162,7 +191,8 @@ def _journal_items(spec: str, workdir: str, journal: Any) -> list[Item]:
             for i, state in found
         )
         if not found:
-            what = f"job {lo} is not" if lo == hi <= MAX_ID else f"no job {part} is"
+            named = f"{lo} ({given[0]})" if given[0] < 0 < lo else str(given[0])
+            what = f"job {named} is not" if lo == hi <= MAX_ID else f"no job {part} is"
             # ids given before: as dahu-jobs show and the device say it
             why = " (pruned, or never given)" if 1 <= lo <= journal.highest() else ""
             items.append(Item(part, error=f"{what} in the journal of {workdir}{why}"))
@@ -211,9 +241,15 @@ def _read_text(path: str) -> str:
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        chunks = []
+        chunks, size = [], 0
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_INPUT_BYTES:  # (until 2026-11-30 read whole: a MemoryError)
+                raise InputError(
+                    f"too large for a job input: over {MAX_INPUT_BYTES:,} bytes, "
+                    "more than the journal records"
+                )
     finally:
         os.close(fd)
     try:
@@ -249,8 +285,9 @@ def load_input(item: Item) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
     if plugin is not None and not isinstance(plugin, str):
         raise InputError(f"not a job input: plugin_name is a JSON {json_kind(plugin)}")
     plugin = plugin and plugin.strip()  # as the device drops the spaces around a name
-    if not plugin:
-        raise InputError("not a job input: no plugin_name")
+    if not plugin:  # "" or blanks: as the device words an empty name
+        why = "plugin_name is empty: expected 'module.name'" if "plugin_name" in data else ""
+        raise InputError(f"not a job input: {why or 'no plugin_name'}")
     return plugin, data, None
 
 
