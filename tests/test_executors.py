@@ -2172,6 +2172,31 @@ def test_the_jobs_a_plugin_made_end_with_their_worker_process(kind, how, tmp_pat
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+def test_a_job_a_plugin_made_is_aborted_from_the_server(tmp_path, monkeypatch):
+    # bug: the job a plugin made runs on the worker's own engine; abort() of it in the
+    # server (the device's abort command) answered False and it ran on to its end
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "leaver.py").write_text(LEAVER)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"), max_workers=1, executor_kind=kind
+    )
+    id_file = tmp_path / "child"
+    try:
+        parent = run("leaver.Leaver", {"id_file": str(id_file)}, timeout=60)
+        assert parent.status == "success"
+        child = int(id_file.read_text())
+        assert Job.getJobFromID(child).abort("enough") is True
+        deadline = time.monotonic() + 30  # (it sleeps 60 s unless aborted)
+        while Job.getStatusFromID(child) not in ("success", "failure", "aborted"):
+            assert time.monotonic() < deadline, Job.getStatusFromID(child)
+            time.sleep(0.02)
+        assert (Job.getStatusFromID(child), Job.getErrorFromID(child)) == ("aborted", "enough")
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 SLOW_IMPORT = """
 import logging
 import os

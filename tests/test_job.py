@@ -3,11 +3,14 @@
 import datetime
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
+import dahu.engine.aborts
 from dahu.job import InvalidInput, Job
 from dahu.journal import SQLiteJournal, job_file_stem
 
@@ -474,6 +477,50 @@ def test_clean_of_an_unfinished_job_of_another_process_writes_no_files(engine):
         assert Job.cleanJobfromID(job_id) == f"job {job_id} is running: not cleaned"
         stem = job_file_stem(str(engine.workdir), job_id, "example.sleep")
         assert not os.path.exists(stem + ".out") and not os.path.exists(stem + ".inp")
+    finally:
+        other.close()
+
+
+_OWNER = """
+import sys, time, dahu.engine
+from dahu.job import Job
+dahu.engine.configure(workdir=sys.argv[1])
+job = Job("example.sleep", {"t": 120}); job.start()
+print(job.id, flush=True)
+begun = time.monotonic(); job.join(120)
+print(job.status, time.monotonic() - begun, Job.getErrorFromID(job.id), flush=True)
+"""
+
+
+def test_abort_of_a_running_job_of_another_process_stops_it(engine):
+    # bug: abort() of a job that another process runs (a second server on the work
+    # directory, a worker process whose plugin made it) answered False, the job ran on
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER, str(engine.workdir)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        job_id = int(owner.stdout.readline())
+        job = Job.getJobFromID(job_id)
+        assert job.status not in Job.FINAL_STATES and job.plugin is None  # not ours
+        assert job.abort("stop that") is True
+        state, seconds, error = owner.stdout.readline().split(maxsplit=2)
+        assert (state, error.strip()) == ("aborted", "stop that")
+        assert float(seconds) < 60
+        assert Job.getJobFromID(job_id).abort() is False  # ended: nothing to abort
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_abort_of_a_job_whose_process_does_not_answer_is_false(engine, monkeypatch):
+    monkeypatch.setattr(dahu.engine.aborts, "ANSWER_WAIT", 0.3)
+    other = SQLiteJournal(str(engine.workdir))  # a process that takes no abort
+    try:
+        job_id = other.create("example.sleep", {"t": 60}, time.time())
+        other.set_state(job_id, "running", time.time())
+        assert Job.getJobFromID(job_id).abort() is False
+        assert engine.journal._read("SELECT * FROM abort_requests") == []  # withdrawn
+        assert Job.getStatusFromID(job_id) == "running"
     finally:
         other.close()
 

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .engine import NOTE_RUNNING_AFTER, Engine, JobRun, get_engine
+from .engine.aborts import abort_elsewhere
 from .engine.served import making_engine
 from .errors import DahuError, InvalidInput, JournalError, UnknownJob, one_line
 from .executors.runner import Outcome
@@ -242,9 +243,14 @@ class Job(threading.Thread, metaclass=_JobClass):
         With the thread executor, a plugin that ignores the abort cannot be killed: after
         the executor's grace period its job ends ``aborted`` and the plugin is abandoned
         (it runs on in its thread); the process executor kills its worker instead.
+        A job another process runs is asked of it through the journal (False if it
+        does not answer within 2 s: :mod:`dahu.engine.aborts`).
         """
-        if self._run.cycle is None:
-            return False
+        run = self._run
+        if run.cycle is None:  # an ended job, or another process's: asked of it
+            if not run.from_journal or run.state in State.FINAL:
+                return False
+            return abort_elsewhere((self._engine or _source()).journal, run.id, str(reason))
         return self._run.cycle.abort(self._run, reason if reason is None else str(reason))
 
     def _refuse(self, reason: str) -> None:

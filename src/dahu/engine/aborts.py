@@ -1,0 +1,86 @@
+"""Aborting a job that another process runs: a second server on the work directory, or
+a worker process whose plugin made the job (``process`` and ``dask`` executors).
+
+The asker writes a request in the journal (:mod:`dahu.journal.aborts`) and waits, at
+most :data:`ANSWER_WAIT` seconds, for the answer of the engine that runs the job: each
+engine reads the requests in the sweep it makes every
+:data:`~dahu.engine.lifecycle.NOTE_RUNNING_AFTER` seconds while it has jobs, aborts
+those of its jobs (as a local ``abort`` does) and answers.  Until 2026-11-30 such an
+abort answered False and the job ran on."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from typing import Any
+
+from ..errors import JournalError, one_line
+from ..journal import aborts
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ANSWER_WAIT", "abort_elsewhere", "take_asked"]
+
+ANSWER_WAIT = 2.0
+"""Seconds an abort of another process's job waits at most for that process's answer
+(its engine looks every 0.5 s; a device's client waits 3 s for a command)."""
+
+
+def abort_elsewhere(journal: Any, job_id: int, reason: str) -> bool:
+    """Ask the process that runs ``job_id`` to abort it with ``reason``; True if it was
+    queued or running there and is now stopping.  False if it ended, or if its process
+    did not answer within :data:`ANSWER_WAIT` s (dead, stopping, or a Dahu that does
+    not read such requests): the request is withdrawn then, the job runs on."""
+    try:
+        rowid = aborts.ask(journal, job_id, reason)
+        if rowid is None:
+            return False
+        deadline = time.monotonic() + ANSWER_WAIT
+        delay = 0.01
+        while time.monotonic() < deadline:
+            answer = aborts.answer_of(journal, rowid)
+            if answer is not None:
+                return answer
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        answer = aborts.withdraw(journal, rowid)
+    except (JournalError, sqlite3.Error) as err:
+        logger.warning("job %s: cannot ask its process to abort it: %s", job_id, one_line(str(err)))
+        return False
+    if answer is None:
+        logger.warning(
+            "job %s: its process did not answer the abort within %g s: not aborted",
+            *(job_id, ANSWER_WAIT),
+        )
+    return bool(answer)
+
+
+def take_asked(engine: Any, live: list[Any]) -> None:
+    """In the engine's sweep: abort the jobs of ``live`` (its jobs queued or running)
+    that another process asked to abort, in a thread of their own (a plugin's
+    ``abort()`` may take a second), and answer each."""
+    if not live:
+        return
+    mine = {run.id: run for run in live}
+    taking = engine.__dict__.setdefault("_aborts_taken", set())
+    try:
+        wanted = [row for row in aborts.asked(engine.journal) if row[1] in mine]
+    except Exception:  # a bug must not end the sweep
+        logger.exception("the aborts asked by other processes: not read")
+        return
+    wanted = [row for row in wanted if row[0] not in taking]
+    if not wanted:
+        return
+    taking.update(row[0] for row in wanted)
+
+    def take() -> None:
+        for rowid, job_id, reason in wanted:
+            try:
+                stopping = engine.cycle.abort(mine[job_id], reason)
+                aborts.answer(engine.journal, rowid, stopping)
+                taking.discard(rowid)  # (answered: no sweep sees it again)
+            except Exception:  # (kept in ``taking``: not aborted twice)
+                logger.exception("job %s: the abort asked by another process failed", job_id)
+
+    engine.watchdog.call_later(0.0, take, own_thread=True)
