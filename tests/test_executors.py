@@ -1029,7 +1029,20 @@ def test_a_bad_max_workers_is_refused_naming_it(tmp_path, name, monkeypatch):
         with pytest.raises(ValueError, match="not -2"):
             executor.max_workers = -2
         assert executor.max_workers == default_workers()
-    else:  # bug: a local cluster of 4096 worker processes was started, each
+    if name == "process":  # bug: 4096 worker processes were taken, 20 MB each idle
+        from dahu.executors import pool_size
+
+        most = pool_size.memory_limit() // pool_size.MIN_WORKER_MEMORY
+        with pytest.raises(ValueError) as info:
+            dahu.engine.Engine(workdir=str(tmp_path), max_workers=most + 1, executor_kind=name)
+        message = str(info.value)
+        assert message.startswith(f"max_workers {most + 1} is too many worker processes: each")
+        assert message.endswith(f"give {most} or fewer") and "\n" not in message
+        with pytest.raises(ValueError, match="too many worker processes"):
+            executor.max_workers = most + 1  # a device Init's new max_workers
+        monkeypatch.setattr(pool_size, "MIN_WORKER_MEMORY", pool_size.memory_limit())
+        assert make_executor(name).max_workers == make_executor(name, 0).max_workers == 1
+    elif name == "dask":  # bug: a local cluster of 4096 worker processes was started, each
         # given 1/4096 of the memory: 6 MB on 24 GB, restarted by its nanny at once
         from distributed.system import MEMORY_LIMIT
 
