@@ -1410,6 +1410,27 @@ def test_init_says_a_new_dask_scheduler_waits_for_a_restart(monkeypatch, caplog)
     assert "ignored" not in caplog.text
 
 
+def test_init_gives_a_process_executor_as_many_workers_as_the_memory_allows(monkeypatch):
+    # bug: a device Init with max_workers 0 asked for one worker process per CPU as a
+    # number given: where the memory holds fewer, Init failed "too many worker processes"
+    from dahu import server_settings
+    from dahu.executors import make_executor, pool_size
+
+    monkeypatch.setattr(pool_size, "MIN_WORKER_MEMORY", pool_size.memory_limit())
+    monkeypatch.setattr("dahu.executors.thread.default_workers", lambda: 2)
+    engine = SimpleNamespace(
+        executor=make_executor("process", 0),
+        workdir="/work",
+        default_timeout=None,
+        journal_fault=None,
+        factory=SimpleNamespace(add_directory=lambda directory: None),
+    )
+    assert engine.executor.max_workers == 1  # one per CPU: 2, the memory holds 1
+    monkeypatch.setattr(server_settings, "_engine", engine)
+    server_settings.configure_engine(None, 0, [], "process")
+    assert engine.executor.max_workers == 1
+
+
 def test_the_ready_line_of_a_server_on_a_dask_cluster_names_its_scheduler():
     # bug: it gave the server's CPU count as its "job slots", which an external cluster's
     # workers bound instead

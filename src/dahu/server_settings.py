@@ -20,7 +20,7 @@ from typing import Any
 from . import engine as dahu_engine
 from .engine import SHUTDOWN_REASON
 from .errors import DahuError, JournalError
-from .executors.thread import default_workers, worker_count
+from .executors.thread import worker_count
 from .retention import Retention, RetentionSchedule
 from .utils import freeze_while
 
@@ -196,7 +196,7 @@ def configure_engine(
                     engine.workdir,
                 )
             if engine.executor.name != "dask":  # 0 or none: the default again
-                engine.executor.max_workers = max_workers or default_workers()
+                engine.executor.max_workers = max_workers or 0  # (process: what memory allows)
             elif max_workers and engine.executor.max_workers != max_workers:
                 # the cluster was made with its workers
                 logger.warning("max_workers %d ignored: Dask keeps its workers", max_workers)
