@@ -1370,11 +1370,11 @@ def test_max_workers_0_on_the_command_line_wins_over_the_property(monkeypatch):
     from dahu.executors import default_workers
     from dahu.server_settings import settings
 
-    monkeypatch.setattr(settings, "max_workers", 0)
-    assert settings.job_slots(default_workers() + 3) == default_workers()
+    monkeypatch.setattr(settings, "max_workers", 0)  # (0: the executor's number of CPUs)
+    assert settings.job_slots(default_workers() + 3) == 0
     monkeypatch.setattr(settings, "max_workers", None)  # no option: the property's
     assert settings.job_slots(default_workers() + 3) == default_workers() + 3
-    assert settings.job_slots(0) == default_workers()
+    assert settings.job_slots(0) == 0
     with pytest.raises(ValueError, match="max_workers must be a whole number .* not -2"):
         settings.job_slots(-2)
     # bug: a property of 99999999999 was taken (the device is FAULT at Init with this)
@@ -1429,6 +1429,30 @@ def test_init_gives_a_process_executor_as_many_workers_as_the_memory_allows(monk
     monkeypatch.setattr(server_settings, "_engine", engine)
     server_settings.configure_engine(None, 0, [], "process")
     assert engine.executor.max_workers == 1
+
+
+def test_a_server_of_one_worker_process_per_cpu_starts_where_the_memory_holds_fewer(
+    monkeypatch, tmp_path
+):
+    # bug: dahu_server --executor process (or dask) without --max-workers gave the number
+    # of CPUs as if asked for: where the memory holds fewer workers it refused to start,
+    # "max_workers 2 is too many ...", where the docs say the number is lowered, logged
+    from dahu import server_settings
+    from dahu.executors import pool_size
+    from dahu.server_settings import settings
+
+    monkeypatch.setattr(pool_size, "MIN_WORKER_MEMORY", pool_size.memory_limit())
+    monkeypatch.setattr("dahu.executors.thread.default_workers", lambda: 2)
+    monkeypatch.setattr(settings, "max_workers", None)
+    monkeypatch.setattr(server_settings, "_engine", None)
+    monkeypatch.setattr("dahu.engine.core._current", None)  # (the process's, restored)
+    monkeypatch.setattr(server_settings, "claim_workdir", lambda workdir: "")
+    slots = settings.job_slots(0)  # the max_workers property's default
+    engine = server_settings.configure_engine(str(tmp_path), slots, [], "process")
+    try:
+        assert engine.executor.max_workers == 1
+    finally:
+        engine.close()
 
 
 def test_the_ready_line_of_a_server_on_a_dask_cluster_names_its_scheduler():

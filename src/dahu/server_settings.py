@@ -71,11 +71,11 @@ class ServerSettings:
     engine_options: dict[str, Any] = field(default_factory=dict)
 
     def job_slots(self, prop: int) -> int:
-        """The job slots asked for: ``--max-workers`` (0: the number of CPUs; it wins over
-        the property), else the ``max_workers`` property ``prop`` (0: the number of CPUs);
-        a negative ``prop`` is a ``ValueError`` (the device is FAULT; until 2026-11-30 it
-        meant all CPUs)."""
-        return worker_count(prop if self.max_workers is None else self.max_workers)
+        """The job slots asked for: ``--max-workers`` (it wins), else the property ``prop``;
+        0: one per CPU, that the memory allows (process, dask: until 2026-11-30 given as a
+        number, refused); a negative ``prop`` is a ``ValueError`` (the device is FAULT)."""
+        asked = prop if self.max_workers is None else self.max_workers
+        return worker_count(asked) and asked
 
     def work_directory(self, prop: str) -> str | None:
         """``--workdir``, else the ``workdir`` property ``prop`` (None: the default); ``~``
