@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import JournalError, one_line
 from ..journal import aborts
+from ..states import State
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +43,15 @@ def abort_elsewhere(journal: Any, job_id: int, reason: str) -> bool:
             answer = aborts.answer_of(journal, rowid)
             if answer is not None:
                 return answer
+            if journal.state(job_id) in State.FINAL:  # (its process may end with it)
+                break
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
         answer = aborts.withdraw(journal, rowid)
+        if answer is None:  # ended by this abort, its process gone before it answered?
+            record = journal.get(job_id, data=False)
+            ours = record is not None and record.state == State.ABORTED
+            answer = True if ours and (record.error or "").startswith(reason) else None
     except (JournalError, sqlite3.Error) as err:
         logger.warning("job %s: cannot ask its process to abort it: %s", job_id, one_line(str(err)))
         return False
