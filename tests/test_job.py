@@ -503,6 +503,9 @@ def test_abort_of_a_running_job_of_another_process_stops_it(engine):
         job = Job.getJobFromID(job_id)
         assert job.status not in Job.FINAL_STATES and job.plugin is None  # not ours
         assert job.abort("stop that") is True
+        # bug: join() of another process's job returned at once, its status kept as seen
+        job.join(60)
+        assert (job.status, job.error, job.is_alive()) == ("aborted", "stop that", False)
         state, seconds, error = owner.stdout.readline().split(maxsplit=2)
         assert (state, error.strip()) == ("aborted", "stop that")
         assert float(seconds) < 60

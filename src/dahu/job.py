@@ -29,6 +29,7 @@ from typing import Any
 
 from .engine import NOTE_RUNNING_AFTER, Engine, JobRun, get_engine
 from .engine.aborts import abort_elsewhere
+from .engine.foreign import settled
 from .engine.served import making_engine
 from .errors import DahuError, InvalidInput, JournalError, UnknownJob, one_line
 from .executors.runner import Outcome
@@ -227,13 +228,15 @@ class Job(threading.Thread, metaclass=_JobClass):
         once; from its own plugin it raises ``RuntimeError("cannot join current
         thread")``, as the original did.
         """
+        if self._run.from_journal and self.status not in State.FINAL:  # another process's
+            Job.synchronize_job(self._run.id, timeout)
         self._run.wait(timeout)
 
     synchronize = join
 
     def is_alive(self) -> bool:
         """True while the job is queued or running."""
-        return self._run.is_alive()
+        return self.status in (State.STARTING, State.RUNNING)
 
     def abort(self, reason: str = "aborted on request") -> bool:
         """Ask the job to stop; True if it was queued or running and is now stopping.
@@ -308,8 +311,8 @@ class Job(threading.Thread, metaclass=_JobClass):
 
     @property
     def status(self) -> str:
-        """The job state, one of ``Job.STATE``."""
-        return self._run.state
+        """The job state, one of ``Job.STATE`` (another process's: read in the journal)."""
+        return settled(self._run, self._engine or _source())
 
     def _record(self) -> Any:
         source = self._engine if self._engine is not None else _source()
