@@ -65,29 +65,28 @@ def abort_elsewhere(journal: Any, job_id: int, reason: str) -> bool:
 
 def take_asked(engine: Any, live: list[Any]) -> None:
     """In the engine's sweep: abort the jobs of ``live`` (its jobs queued or running)
-    that another process asked to abort, in a thread of their own (a plugin's
-    ``abort()`` may take a second), and answer each."""
-    if not live:
-        return
+    that another process asked to abort, and answer each; in a thread of its own (the
+    read may wait for the journal; a plugin's ``abort()`` may take a second): nothing
+    holds up the watchdog, whose clocks time the jobs out."""
+    if live:
+        engine.watchdog.call_later(0.0, lambda: _take(engine, live), own_thread=True)
+
+
+def _take(engine: Any, live: list[Any]) -> None:
     mine = {run.id: run for run in live}
     taking = engine.__dict__.setdefault("_aborts_taken", set())
     try:
-        wanted = [row for row in aborts.asked(engine.journal) if row[1] in mine]
+        asked = [row for row in aborts.asked(engine.journal) if row[1] in mine]
     except Exception:  # a bug must not end the sweep
         logger.exception("the aborts asked by other processes: not read")
         return
-    wanted = [row for row in wanted if row[0] not in taking]
-    if not wanted:
-        return
-    taking.update(row[0] for row in wanted)
-
-    def take() -> None:
-        for rowid, job_id, reason in wanted:
-            try:
-                stopping = engine.cycle.abort(mine[job_id], reason)
-                aborts.answer(engine.journal, rowid, stopping)
-                taking.discard(rowid)  # (answered: no sweep sees it again)
-            except Exception:  # (kept in ``taking``: not aborted twice)
-                logger.exception("job %s: the abort asked by another process failed", job_id)
-
-    engine.watchdog.call_later(0.0, take, own_thread=True)
+    for rowid, job_id, reason in asked:
+        if rowid in taking:  # (taken by the look before, still at it)
+            continue
+        taking.add(rowid)
+        try:
+            stopping = engine.cycle.abort(mine[job_id], reason)
+            aborts.answer(engine.journal, rowid, stopping)
+            taking.discard(rowid)  # (answered: no look sees it again)
+        except Exception:  # (kept in ``taking``: not aborted twice)
+            logger.exception("job %s: the abort asked by another process failed", job_id)
