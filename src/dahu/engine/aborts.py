@@ -55,7 +55,7 @@ def abort_elsewhere(journal: Any, job_id: int, reason: str) -> bool:
     except (JournalError, sqlite3.Error) as err:
         logger.warning("job %s: cannot ask its process to abort it: %s", job_id, one_line(str(err)))
         return False
-    if answer is None:
+    if answer is None and time.monotonic() >= deadline:
         logger.warning(
             "job %s: its process did not answer the abort within %g s: not aborted",
             *(job_id, ANSWER_WAIT),
