@@ -481,6 +481,22 @@ def test_clean_of_an_unfinished_job_of_another_process_writes_no_files(engine):
         other.close()
 
 
+def test_abort_with_no_reason_is_an_abort_asked(engine):
+    # bug: abort(None) recorded no reason: a queued job ended aborted with no error, and
+    # a second abort(None) answered True again, as if none had been asked before
+    engine.executor.max_workers = 1
+    first = Job("example.sleep", {"t": 60})
+    first.start()
+    queued = Job("example.square", {"x": 1})
+    queued.start()
+    assert queued.abort(None) is True and queued.abort(None) is False
+    queued.join(30)
+    assert (queued.status, queued.error) == ("aborted", "aborted on request")
+    assert first.abort(None) is True and first.abort(None) is False
+    first.join(30)
+    assert (first.status, first.error) == ("aborted", "aborted on request")
+
+
 _OWNER = """
 import sys, time, dahu.engine
 from dahu.job import Job

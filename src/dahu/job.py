@@ -249,12 +249,12 @@ class Job(threading.Thread, metaclass=_JobClass):
         A job another process runs is asked of it through the journal (False if it
         does not answer within 2 s: :mod:`dahu.engine.aborts`).
         """
-        run = self._run
+        run, reason = self._run, "aborted on request" if reason is None else str(reason)
         if run.cycle is None:  # an ended job, or another process's: asked of it
             if not run.from_journal or run.state in State.FINAL:
                 return False
-            return abort_elsewhere((self._engine or _source()).journal, run.id, str(reason))
-        return self._run.cycle.abort(self._run, reason if reason is None else str(reason))
+            return abort_elsewhere((self._engine or _source()).journal, run.id, reason)
+        return run.cycle.abort(run, reason)  # (None: as no reason, not "not aborted")
 
     def _refuse(self, reason: str) -> None:
         """End this job, never started, as ``failure`` with ``reason`` (in the journal:
