@@ -60,6 +60,6 @@ def process_workers(max_workers: Any) -> int:
         return most
     raise ValueError(
         f"max_workers {workers} is too many worker processes: each would get "
-        f"{memory / workers / 2**20:.0f} MB of this computer's {memory / 2**30:.1f} GB, "
+        f"{memory // workers // 2**20} MB of this computer's {memory / 2**30:.1f} GB, "
         f"under the {MIN_WORKER_MEMORY // 2**20} MB one needs: give {most} or fewer"
     )
