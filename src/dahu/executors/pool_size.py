@@ -13,8 +13,6 @@ import contextlib
 import logging
 from typing import Any
 
-import psutil
-
 from .thread import worker_count
 
 logger = logging.getLogger(__name__)
@@ -34,6 +32,8 @@ _CGROUP_LIMITS = (
 def memory_limit() -> int:
     """Bytes of memory this process and its children may use: the computer's, or its
     control group's when that is less (a container, a batch job)."""
+    import psutil  # (here: it imports socket, which a quiet dahu-reprocess need not)
+
     limit = psutil.virtual_memory().total
     for path in _CGROUP_LIMITS:
         with contextlib.suppress(OSError, ValueError):
