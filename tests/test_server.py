@@ -1137,6 +1137,30 @@ def test_a_stop_while_a_batch_is_recorded_tells_its_client_of_every_job(
             context.__exit__(None, None, None)
 
 
+def test_init_with_more_worker_processes_than_the_memory_holds_is_fault(
+    tmp_path, plugin_dir, monkeypatch, forked_devices
+):
+    # bug: Init with a max_workers the process executor refuses (more worker processes
+    # than the memory holds) gave the client "UNKNOWN CORBA system exception", and the
+    # device's state and status said nothing
+    from dahu.executors import pool_size
+
+    small = tmp_path / "small"  # made: the device's memory holds one worker process
+    real = pool_size.memory_limit
+    monkeypatch.setattr(pool_size, "memory_limit", lambda: 2**20 if small.exists() else real())
+    with start_device(tmp_path / "work", plugin_dir, executor="process") as proxy:
+        small.touch()
+        proxy.Init()
+        assert proxy.state() == tango.DevState.FAULT
+        status = proxy.status()
+        assert "FAULT: bad device property: max_workers 2 is too many worker processes" in status
+        job = proxy.startJob(["example.square", json.dumps({"x": 3})])  # still serving
+        wait_until(lambda: proxy.getJobState(job) == "success", what="the job to end")
+        small.unlink()
+        proxy.Init()
+        assert proxy.state() == tango.DevState.ON
+
+
 def test_a_stop_while_a_single_job_is_queued_tells_its_client(
     tmp_path, plugin_dir, monkeypatch, forked_devices
 ):
