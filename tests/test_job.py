@@ -544,6 +544,33 @@ def test_abort_of_a_job_whose_process_does_not_answer_is_false(engine, monkeypat
         other.close()
 
 
+def test_an_abort_its_process_took_late_is_told_true(engine, monkeypatch):
+    # an engine that took the request just as its asker's wait ran out aborts the job:
+    # the asker must not withdraw it and say False (the job ended aborted all the same)
+    from dahu.journal import aborts
+
+    monkeypatch.setattr(dahu.engine.aborts, "ANSWER_WAIT", 1.0)
+    other = SQLiteJournal(str(engine.workdir))  # the process running the job
+    try:
+        job_id = other.create("example.sleep", {"t": 60}, time.time())
+        other.set_state(job_id, "running", time.time())
+
+        def late_owner():
+            while not (rows := aborts.asked(other)):
+                time.sleep(0.01)
+            assert aborts.take(other, rows[0][0])
+            time.sleep(1.1)  # (past the asker's wait: it withdraws, or waits for this)
+            aborts.answer(other, rows[0][0], True)
+
+        owner = threading.Thread(target=late_owner)
+        owner.start()
+        assert Job.getJobFromID(job_id).abort() is True
+        owner.join(10)
+        assert engine.journal._read("SELECT * FROM abort_requests") == []
+    finally:
+        other.close()
+
+
 def test_clean_of_a_job_never_started_returns_at_once(engine):
     # bug: clean() (wait=True) waited for the job to be started and to end: the thread
     # that would start it hung for ever; the original returns at once, writing nothing

@@ -247,7 +247,7 @@ class Job(threading.Thread, metaclass=_JobClass):
         the executor's grace period its job ends ``aborted`` and the plugin is abandoned
         (it runs on in its thread); the process executor kills its worker instead.
         A job another process runs is asked of it through the journal (False if it
-        does not answer within 2 s: :mod:`dahu.engine.aborts`).
+        does not take it within 1.5 s: :mod:`dahu.engine.aborts`).
         """
         run, reason = self._run, "aborted on request" if reason is None else str(reason)
         if run.cycle is None:  # an ended job, or another process's: asked of it

@@ -2,10 +2,10 @@
 a worker process whose plugin made the job (``process`` and ``dask`` executors).
 
 The asker writes a request in the journal (:mod:`dahu.journal.aborts`) and waits, at
-most :data:`ANSWER_WAIT` seconds, for the answer of the engine that runs the job: each
+most :data:`ANSWER_WAIT` seconds, for the engine that runs the job to take it: each
 engine reads the requests in the sweep it makes every
-:data:`~dahu.engine.lifecycle.NOTE_RUNNING_AFTER` seconds while it has jobs, aborts
-those of its jobs (as a local ``abort`` does) and answers.  Until 2026-11-30 such an
+:data:`~dahu.engine.lifecycle.NOTE_RUNNING_AFTER` seconds while it has jobs, marks
+those of its jobs taken, aborts them (as a local ``abort`` does) and answers.  Until 2026-11-30 such an
 abort answered False and the job ran on."""
 
 from __future__ import annotations
@@ -21,18 +21,23 @@ from ..states import State
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANSWER_WAIT", "abort_elsewhere", "take_asked"]
+__all__ = ["ANSWER_WAIT", "TAKEN_WAIT", "abort_elsewhere", "take_asked"]
 
-ANSWER_WAIT = 2.0
-"""Seconds an abort of another process's job waits at most for that process's answer
+ANSWER_WAIT = 1.5
+"""Seconds an abort of another process's job waits at most for that process to take it
 (its engine looks every 0.5 s; a device's client waits 3 s for a command)."""
+
+TAKEN_WAIT = 1.2
+"""Seconds more it waits for the answer of a process that took it (a plugin's
+``abort()`` is waited for 1 s at most)."""
 
 
 def abort_elsewhere(journal: Any, job_id: int, reason: str) -> bool:
     """Ask the process that runs ``job_id`` to abort it with ``reason``; True if it was
     queued or running there and is now stopping.  False if it ended, or if its process
-    did not answer within :data:`ANSWER_WAIT` s (dead, stopping, or a Dahu that does
-    not read such requests): the request is withdrawn then, the job runs on."""
+    did not take the request within :data:`ANSWER_WAIT` s (dead, stopping, or a Dahu
+    that does not read such requests): the request is withdrawn then (atomically: a
+    request taken is carried out, one withdrawn never), the job runs on."""
     try:
         rowid = aborts.ask(journal, job_id, reason)
         if rowid is None:
@@ -48,7 +53,14 @@ def abort_elsewhere(journal: Any, job_id: int, reason: str) -> bool:
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
         answer = aborts.withdraw(journal, rowid)
-        if answer is None:  # ended by this abort, its process gone before it answered?
+        taken = time.monotonic() + TAKEN_WAIT  # (taken: its plugin's abort() may take 1 s)
+        while answer == aborts.TAKEN and time.monotonic() < taken:
+            time.sleep(delay)
+            answer = aborts.answer_of(journal, rowid)
+            answer = aborts.TAKEN if answer is None else answer
+        if answer == aborts.TAKEN:  # (the row is left: the next request deletes it in time)
+            answer = True  # taken: it is being aborted there
+        elif answer is None:  # ended by this abort, its process gone before it answered?
             record = journal.get(job_id, data=False)
             ours = record is not None and record.state == State.ABORTED
             answer = True if ours and (record.error or "").startswith(reason) else None
@@ -85,6 +97,9 @@ def _take(engine: Any, live: list[Any]) -> None:
             continue
         taking.add(rowid)
         try:
+            if not aborts.take(engine.journal, rowid):  # its asker gave up: not aborted
+                taking.discard(rowid)
+                continue
             stopping = engine.cycle.abort(mine[job_id], reason)
             aborts.answer(engine.journal, rowid, stopping)
             taking.discard(rowid)  # (answered: no look sees it again)

@@ -6,8 +6,9 @@ Another process cannot stop it itself; it writes a row in the table ``abort_requ
 (an addition: a Dahu that does not know it ignores it), which every engine that runs
 jobs reads in its sweep (:mod:`dahu.engine.aborts`), and waits for the answer the
 owning engine writes in the row: whether it was queued or running there and is now
-stopping.  A row nobody answers in time is withdrawn (its asker says False): no abort
-reaches a job later than its asker was told.
+stopping.  The engine marks a row taken (:func:`take`) before it aborts the job; a row
+nobody took in time is withdrawn (its asker says False): a request taken is carried
+out, one withdrawn never, whatever the timing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..errors import JournalError
 from ..states import State
 from .sqlite import SQLiteJournal
 
-__all__ = ["WAIT", "ask", "asked", "answer", "answer_of", "withdraw"]
+__all__ = ["TAKEN", "WAIT", "ask", "asked", "answer", "answer_of", "take", "withdraw"]
 
 WAIT = 1.25
 """Seconds a row waits at most for another process's write lock."""
@@ -55,25 +56,33 @@ def ask(journal: Any, job_id: int, reason: str) -> int | None:
         return db.execute("INSERT INTO abort_requests VALUES (?, ?, ?, NULL)", row).lastrowid
 
 
+TAKEN = -1
+"""The answer column of a request its owning engine took and is carrying out."""
+
+
 def answer_of(journal: Any, rowid: int) -> bool | None:
-    """The answer written in the row ``rowid`` (deleted once read), or None: none yet."""
+    """The answer written in the row ``rowid`` (deleted once read), or None: none yet
+    (or taken, not answered yet)."""
     rows = journal._read("SELECT answer FROM abort_requests WHERE rowid = ?", (rowid,))
-    if not rows or rows[0][0] is None:
+    if not rows or rows[0][0] in (None, TAKEN):
         return None
     withdraw(journal, rowid, answered=True)
     return bool(rows[0][0])
 
 
-def withdraw(journal: Any, rowid: int, answered: bool = False) -> bool | None:
-    """Delete the row ``rowid`` if nobody answered it (``answered``: in any case): None
-    if it was withdrawn so, else the answer written meanwhile."""
+def withdraw(journal: Any, rowid: int, answered: bool = False) -> int | None:
+    """Delete the row ``rowid`` unless its engine took it (``answered``: in any case):
+    None if it was withdrawn so (or is not there), :data:`TAKEN` if it was taken and is
+    left to its answer, else the answer written meanwhile (1 or 0)."""
     with journal.transaction(WAIT) as db:
         if not answered:
             rows = db.execute("SELECT answer FROM abort_requests WHERE rowid = ?", (rowid,))
             found = rows.fetchone()
+            if found is not None and found[0] == TAKEN:
+                return TAKEN
             if found is not None and found[0] is not None:
                 db.execute("DELETE FROM abort_requests WHERE rowid = ?", (rowid,))
-                return bool(found[0])
+                return int(found[0])
         db.execute("DELETE FROM abort_requests WHERE rowid = ?", (rowid,))
     return None
 
@@ -87,6 +96,14 @@ def asked(journal: Any) -> list[tuple[int, int, str]]:
         return journal._read("SELECT rowid, job, reason FROM abort_requests WHERE answer IS NULL")
     except JournalError:  # no such table (or unreadable now: the next sweep)
         return []
+
+
+def take(journal: Any, rowid: int) -> bool:
+    """Mark the row ``rowid`` taken by its owning engine; False if its asker withdrew it
+    (it answered False: the job must not be aborted)."""
+    with journal.transaction(WAIT) as db:
+        sql = "UPDATE abort_requests SET answer = ? WHERE rowid = ? AND answer IS NULL"
+        return db.execute(sql, (TAKEN, rowid)).rowcount == 1
 
 
 def answer(journal: Any, rowid: int, stopping: bool) -> None:
