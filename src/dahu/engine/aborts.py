@@ -58,18 +58,14 @@ def abort_elsewhere(journal: Any, job_id: int, reason: str) -> bool:
             time.sleep(delay)
             answer = aborts.answer_of(journal, rowid)
             answer = aborts.TAKEN if answer is None else answer
-        if answer == aborts.TAKEN:  # (the row is left: the next request deletes it in time)
+        if answer == aborts.TAKEN:  # (its process gone since? the row goes in an hour)
             answer = True  # taken: it is being aborted there
-        elif answer is None:  # ended by this abort, its process gone before it answered?
-            record = journal.get(job_id, data=False)
-            ours = record is not None and record.state == State.ABORTED
-            answer = True if ours and (record.error or "").startswith(reason) else None
     except (JournalError, sqlite3.Error) as err:
         logger.warning("job %s: cannot ask its process to abort it: %s", job_id, one_line(str(err)))
         return False
     if answer is None and time.monotonic() >= deadline:
         logger.warning(
-            "job %s: its process did not answer the abort within %g s: not aborted",
+            "job %s: its process did not take the abort within %g s: not aborted",
             *(job_id, ANSWER_WAIT),
         )
     return bool(answer)
