@@ -76,27 +76,27 @@ def take_asked(engine: Any, live: list[Any]) -> None:
     that another process asked to abort, and answer each; in a thread of its own (the
     read may wait for the journal; a plugin's ``abort()`` may take a second): nothing
     holds up the watchdog, whose clocks time the jobs out."""
-    if live:
-        engine.watchdog.call_later(0.0, lambda: _take(engine, live), own_thread=True)
+    if live:  # (none: no request can be for it)
+        engine.watchdog.call_later(0.0, lambda: _take(engine), own_thread=True)
 
 
-def _take(engine: Any, live: list[Any]) -> None:
-    mine = {run.id: run for run in live}
+def _take(engine: Any) -> None:
     taking = engine.__dict__.setdefault("_aborts_taken", set())
     try:
-        asked = [row for row in aborts.asked(engine.journal) if row[1] in mine]
+        asked = aborts.asked(engine.journal)
     except Exception:  # a bug must not end the sweep
         logger.exception("the aborts asked by other processes: not read")
         return
     for rowid, job_id, reason in asked:
-        if rowid in taking:  # (taken by the look before, still at it)
+        run = engine.find(job_id)  # (None: another process's job, or one ended long ago)
+        if run is None or run.from_journal or rowid in taking:  # (taken, still at it)
             continue
         taking.add(rowid)
         try:
             if not aborts.take(engine.journal, rowid):  # its asker gave up: not aborted
                 taking.discard(rowid)
                 continue
-            stopping = engine.cycle.abort(mine[job_id], reason)
+            stopping = engine.cycle.abort(run, reason)
             aborts.answer(engine.journal, rowid, stopping)
             taking.discard(rowid)  # (answered: no look sees it again)
         except Exception:  # (kept in ``taking``: not aborted twice)
