@@ -1029,7 +1029,20 @@ def test_a_bad_max_workers_is_refused_naming_it(tmp_path, name, monkeypatch):
         with pytest.raises(ValueError, match="not -2"):
             executor.max_workers = -2
         assert executor.max_workers == default_workers()
-    else:  # bug: a local cluster of 4096 worker processes was started, each
+    if name == "process":  # bug: 4096 worker processes were taken, 20 MB each idle
+        from dahu.executors import pool_size
+
+        most = pool_size.memory_limit() // pool_size.MIN_WORKER_MEMORY
+        with pytest.raises(ValueError) as info:
+            dahu.engine.Engine(workdir=str(tmp_path), max_workers=most + 1, executor_kind=name)
+        message = str(info.value)
+        assert message.startswith(f"max_workers {most + 1} is too many worker processes: each")
+        assert message.endswith(f"give {most} or fewer") and "\n" not in message
+        with pytest.raises(ValueError, match="too many worker processes"):
+            executor.max_workers = most + 1  # a device Init's new max_workers
+        monkeypatch.setattr(pool_size, "MIN_WORKER_MEMORY", pool_size.memory_limit())
+        assert make_executor(name).max_workers == make_executor(name, 0).max_workers == 1
+    elif name == "dask":  # bug: a local cluster of 4096 worker processes was started, each
         # given 1/4096 of the memory: 6 MB on 24 GB, restarted by its nanny at once
         from distributed.system import MEMORY_LIMIT
 
@@ -2168,6 +2181,31 @@ def test_the_jobs_a_plugin_made_end_with_their_worker_process(kind, how, tmp_pat
             time.sleep(0.02)
         assert Job.getStatusFromID(child) == "failure"
         assert Job.getErrorFromId(child).startswith("interrupted")
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+def test_a_job_a_plugin_made_is_aborted_from_the_server(tmp_path, monkeypatch):
+    # bug: the job a plugin made runs on the worker's own engine; abort() of it in the
+    # server (the device's abort command) answered False and it ran on to its end
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "leaver.py").write_text(LEAVER)
+    monkeypatch.setenv("DAHU_PLUGINS", str(plugins))
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"), max_workers=1, executor_kind="process"
+    )
+    id_file = tmp_path / "child"
+    try:  # (under dask too; its cluster takes 3 s to start: not here)
+        parent = run("leaver.Leaver", {"id_file": str(id_file)}, timeout=60)
+        assert parent.status == "success"
+        child = int(id_file.read_text())
+        assert Job.getJobFromID(child).abort("enough") is True
+        deadline = time.monotonic() + 30  # (it sleeps 60 s unless aborted)
+        while Job.getStatusFromID(child) not in ("success", "failure", "aborted"):
+            assert time.monotonic() < deadline, Job.getStatusFromID(child)
+            time.sleep(0.02)
+        assert (Job.getStatusFromID(child), Job.getErrorFromID(child)) == ("aborted", "enough")
     finally:
         engine.executor.shutdown(wait=True, timeout=30)
 

@@ -4,6 +4,8 @@ import datetime
 import decimal
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from fractions import Fraction
@@ -11,6 +13,7 @@ from fractions import Fraction
 import numpy
 import pytest
 
+import dahu.engine.aborts
 from dahu.job import InvalidInput, Job
 from dahu.journal import SQLiteJournal, job_file_stem
 
@@ -480,6 +483,96 @@ def test_clean_of_an_unfinished_job_of_another_process_writes_no_files(engine):
         assert Job.cleanJobfromID(job_id) == f"job {job_id} is running: not cleaned"
         stem = job_file_stem(str(engine.workdir), job_id, "example.sleep")
         assert not os.path.exists(stem + ".out") and not os.path.exists(stem + ".inp")
+    finally:
+        other.close()
+
+
+def test_abort_with_no_reason_is_an_abort_asked(engine):
+    # bug: abort(None) recorded no reason: a queued job ended aborted with no error, and
+    # a second abort(None) answered True again, as if none had been asked before
+    engine.executor.max_workers = 1
+    first = Job("example.sleep", {"t": 60})
+    first.start()
+    queued = Job("example.square", {"x": 1})
+    queued.start()
+    assert queued.abort(None) is True and queued.abort(None) is False
+    queued.join(30)
+    assert (queued.status, queued.error) == ("aborted", "aborted on request")
+    assert first.abort(None) is True and first.abort(None) is False
+    first.join(30)
+    assert (first.status, first.error) == ("aborted", "aborted on request")
+
+
+_OWNER = """
+import sys, time, dahu.engine
+from dahu.job import Job
+dahu.engine.configure(workdir=sys.argv[1])
+job = Job("example.sleep", {"t": 120}); job.start()
+print(job.id, flush=True)
+begun = time.monotonic(); job.join(120)
+print(job.status, time.monotonic() - begun, Job.getErrorFromID(job.id), flush=True)
+"""
+
+
+def test_abort_of_a_running_job_of_another_process_stops_it(engine):
+    # bug: abort() of a job that another process runs (a second server on the work
+    # directory, a worker process whose plugin made it) answered False, the job ran on
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER, str(engine.workdir)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        job_id = int(owner.stdout.readline())
+        job = Job.getJobFromID(job_id)
+        assert job.status not in Job.FINAL_STATES and job.plugin is None  # not ours
+        assert job.abort("stop that") is True
+        # bug: join() of another process's job returned at once, its status kept as seen
+        job.join(60)
+        assert (job.status, job.error, job.is_alive()) == ("aborted", "stop that", False)
+        state, seconds, error = owner.stdout.readline().split(maxsplit=2)
+        assert (state, error.strip()) == ("aborted", "stop that")
+        assert float(seconds) < 60
+        assert Job.getJobFromID(job_id).abort() is False  # ended: nothing to abort
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_abort_of_a_job_whose_process_does_not_answer_is_false(engine, monkeypatch):
+    monkeypatch.setattr(dahu.engine.aborts, "ANSWER_WAIT", 0.3)
+    other = SQLiteJournal(str(engine.workdir))  # a process that takes no abort
+    try:
+        job_id = other.create("example.sleep", {"t": 60}, time.time())
+        other.set_state(job_id, "running", time.time())
+        assert Job.getJobFromID(job_id).abort() is False
+        assert engine.journal._read("SELECT * FROM abort_requests") == []  # withdrawn
+        assert Job.getStatusFromID(job_id) == "running"
+    finally:
+        other.close()
+
+
+def test_an_abort_its_process_took_late_is_told_true(engine, monkeypatch):
+    # an engine that took the request just as its asker's wait ran out aborts the job:
+    # the asker must not withdraw it and say False (the job ended aborted all the same)
+    from dahu.journal import aborts
+
+    monkeypatch.setattr(dahu.engine.aborts, "ANSWER_WAIT", 1.0)
+    other = SQLiteJournal(str(engine.workdir))  # the process running the job
+    try:
+        job_id = other.create("example.sleep", {"t": 60}, time.time())
+        other.set_state(job_id, "running", time.time())
+
+        def late_owner():
+            while not (rows := aborts.asked(other)):
+                time.sleep(0.01)
+            assert aborts.take(other, rows[0][0])
+            time.sleep(1.1)  # (past the asker's wait: it withdraws, or waits for this)
+            aborts.answer(other, rows[0][0], True)
+
+        owner = threading.Thread(target=late_owner)
+        owner.start()
+        assert Job.getJobFromID(job_id).abort() is True
+        owner.join(10)
+        assert engine.journal._read("SELECT * FROM abort_requests") == []
     finally:
         other.close()
 

@@ -477,6 +477,12 @@ def test_bad_usage_exits_2(tmp_path: Path, capsys):
         "dahu-reprocess: error: argument -j/--jobs: must be at most 4096, not 5000",
     )
     assert not (tmp_path / "out").exists()
+    # bug: so was -j 4096 --executor process (a worker process each, 20 MB when idle)
+    proc = reprocess("-j", "4096", "--executor", "process", "-o", tmp_path / "out", tmp_path)
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    assert proc.stderr.splitlines()[-1].startswith(
+        "dahu-reprocess: error: argument -j/--jobs: 4096 is too many worker processes: each"
+    )
     # bug: a pasted page of digits or text was quoted whole ("expected a whole number" for
     # 5,000 digits)
     for option, value, reason in [

@@ -1137,6 +1137,30 @@ def test_a_stop_while_a_batch_is_recorded_tells_its_client_of_every_job(
             context.__exit__(None, None, None)
 
 
+def test_init_with_more_worker_processes_than_the_memory_holds_is_fault(
+    tmp_path, plugin_dir, monkeypatch, forked_devices
+):
+    # bug: Init with a max_workers the process executor refuses (more worker processes
+    # than the memory holds) gave the client "UNKNOWN CORBA system exception", and the
+    # device's state and status said nothing
+    from dahu.executors import pool_size
+
+    small = tmp_path / "small"  # made: the device's memory holds one worker process
+    real = pool_size.memory_limit
+    monkeypatch.setattr(pool_size, "memory_limit", lambda: 2**20 if small.exists() else real())
+    with start_device(tmp_path / "work", plugin_dir, executor="process") as proxy:
+        small.touch()
+        proxy.Init()
+        assert proxy.state() == tango.DevState.FAULT
+        status = proxy.status()
+        assert "FAULT: bad device property: max_workers 2 is too many worker processes" in status
+        job = proxy.startJob(["example.square", json.dumps({"x": 3})])  # still serving
+        wait_until(lambda: proxy.getJobState(job) == "success", what="the job to end")
+        small.unlink()
+        proxy.Init()
+        assert proxy.state() == tango.DevState.ON
+
+
 def test_a_stop_while_a_single_job_is_queued_tells_its_client(
     tmp_path, plugin_dir, monkeypatch, forked_devices
 ):
@@ -1370,11 +1394,11 @@ def test_max_workers_0_on_the_command_line_wins_over_the_property(monkeypatch):
     from dahu.executors import default_workers
     from dahu.server_settings import settings
 
-    monkeypatch.setattr(settings, "max_workers", 0)
-    assert settings.job_slots(default_workers() + 3) == default_workers()
+    monkeypatch.setattr(settings, "max_workers", 0)  # (0: the executor's number of CPUs)
+    assert settings.job_slots(default_workers() + 3) == 0
     monkeypatch.setattr(settings, "max_workers", None)  # no option: the property's
     assert settings.job_slots(default_workers() + 3) == default_workers() + 3
-    assert settings.job_slots(0) == default_workers()
+    assert settings.job_slots(0) == 0
     with pytest.raises(ValueError, match="max_workers must be a whole number .* not -2"):
         settings.job_slots(-2)
     # bug: a property of 99999999999 was taken (the device is FAULT at Init with this)
@@ -1408,6 +1432,51 @@ def test_init_says_a_new_dask_scheduler_waits_for_a_restart(monkeypatch, caplog)
     executor.scheduler = "local"  # "scheduler LOCAL ignored: the server uses local")
     server_settings.configure_engine(None, None, [], "dask", " LOCAL ")
     assert "ignored" not in caplog.text
+
+
+def test_init_gives_a_process_executor_as_many_workers_as_the_memory_allows(monkeypatch):
+    # bug: a device Init with max_workers 0 asked for one worker process per CPU as a
+    # number given: where the memory holds fewer, Init failed "too many worker processes"
+    from dahu import server_settings
+    from dahu.executors import make_executor, pool_size
+
+    monkeypatch.setattr(pool_size, "MIN_WORKER_MEMORY", pool_size.memory_limit())
+    monkeypatch.setattr("dahu.executors.thread.default_workers", lambda: 2)
+    engine = SimpleNamespace(
+        executor=make_executor("process", 0),
+        workdir="/work",
+        default_timeout=None,
+        journal_fault=None,
+        factory=SimpleNamespace(add_directory=lambda directory: None),
+    )
+    assert engine.executor.max_workers == 1  # one per CPU: 2, the memory holds 1
+    monkeypatch.setattr(server_settings, "_engine", engine)
+    server_settings.configure_engine(None, 0, [], "process")
+    assert engine.executor.max_workers == 1
+
+
+def test_a_server_of_one_worker_process_per_cpu_starts_where_the_memory_holds_fewer(
+    monkeypatch, tmp_path
+):
+    # bug: dahu_server --executor process (or dask) without --max-workers gave the number
+    # of CPUs as if asked for: where the memory holds fewer workers it refused to start,
+    # "max_workers 2 is too many ...", where the docs say the number is lowered, logged
+    from dahu import server_settings
+    from dahu.executors import pool_size
+    from dahu.server_settings import settings
+
+    monkeypatch.setattr(pool_size, "MIN_WORKER_MEMORY", pool_size.memory_limit())
+    monkeypatch.setattr("dahu.executors.thread.default_workers", lambda: 2)
+    monkeypatch.setattr(settings, "max_workers", None)
+    monkeypatch.setattr(server_settings, "_engine", None)
+    monkeypatch.setattr("dahu.engine.core._current", None)  # (the process's, restored)
+    monkeypatch.setattr(server_settings, "claim_workdir", lambda workdir: "")
+    slots = settings.job_slots(0)  # the max_workers property's default
+    engine = server_settings.configure_engine(str(tmp_path), slots, [], "process")
+    try:
+        assert engine.executor.max_workers == 1
+    finally:
+        engine.close()
 
 
 def test_the_ready_line_of_a_server_on_a_dask_cluster_names_its_scheduler():

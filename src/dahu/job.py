@@ -29,6 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .engine import NOTE_RUNNING_AFTER, Engine, JobRun, get_engine
+from .engine.aborts import abort_elsewhere
+from .engine.foreign import settled
 from .engine.served import making_engine
 from .errors import DahuError, InvalidInput, JournalError, UnknownJob, one_line
 from .executors.runner import Outcome
@@ -227,13 +229,15 @@ class Job(threading.Thread, metaclass=_JobClass):
         once; from its own plugin it raises ``RuntimeError("cannot join current
         thread")``, as the original did.
         """
+        if self._run.from_journal and self.status not in State.FINAL:  # another process's
+            Job.synchronize_job(self._run.id, timeout)
         self._run.wait(timeout)
 
     synchronize = join
 
     def is_alive(self) -> bool:
         """True while the job is queued or running."""
-        return self._run.is_alive()
+        return self.status in (State.STARTING, State.RUNNING)
 
     def abort(self, reason: str = "aborted on request") -> bool:
         """Ask the job to stop; True if it was queued or running and is now stopping.
@@ -243,10 +247,15 @@ class Job(threading.Thread, metaclass=_JobClass):
         With the thread executor, a plugin that ignores the abort cannot be killed: after
         the executor's grace period its job ends ``aborted`` and the plugin is abandoned
         (it runs on in its thread); the process executor kills its worker instead.
+        A job another process runs is asked of it through the journal (False if it
+        does not take it within 1.5 s: :mod:`dahu.engine.aborts`).
         """
-        if self._run.cycle is None:
-            return False
-        return self._run.cycle.abort(self._run, reason if reason is None else str(reason))
+        run, reason = self._run, "aborted on request" if reason is None else str(reason)
+        if run.cycle is None:  # an ended job, or another process's: asked of it
+            if not run.from_journal or run.state in State.FINAL:
+                return False
+            return abort_elsewhere((self._engine or _source()).journal, run.id, reason)
+        return run.cycle.abort(run, reason)  # (None: as no reason, not "not aborted")
 
     def _refuse(self, reason: str) -> None:
         """End this job, never started, as ``failure`` with ``reason`` (in the journal:
@@ -303,8 +312,8 @@ class Job(threading.Thread, metaclass=_JobClass):
 
     @property
     def status(self) -> str:
-        """The job state, one of ``Job.STATE``."""
-        return self._run.state
+        """The job state, one of ``Job.STATE`` (another process's: read in the journal)."""
+        return settled(self._run, self._engine or _source())
 
     def _record(self) -> Any:
         source = self._engine if self._engine is not None else _source()

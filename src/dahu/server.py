@@ -111,6 +111,18 @@ class DahuDS(Device):
         try:
             super().init_device()
             max_workers, timeout, *recycling = settings.numbers(self)  # a negative one: FAULT
+            # Requests must not queue behind each other (waitJob blocks its caller only).
+            tango.Util.instance().set_serial_model(tango.SerialModel.NO_SYNC)
+            workdir = settings.work_directory(self.workdir)
+            dirs = [d for d in (self.plugins_directory or []) if d.strip()] + list(settings.plugins)
+            self._engine = configure_engine(  # (process: more workers than memory: FAULT)
+                workdir,
+                max_workers,
+                dirs,
+                executor=settings.executor or self.executor.strip().lower() or "thread",
+                scheduler=scheduler_address(settings.scheduler or self.scheduler),
+                timeout=timeout,
+            )
         except (tango.DevFailed, ValueError, TypeError) as err:  # PyTango's ValueError
             if not hasattr(self, "_engine"):  # at start: the server refuses to run
                 raise
@@ -120,18 +132,6 @@ class DahuDS(Device):
             )
             logger.error("Init: %s: the settings in force are kept", self._bad_property)
             return self._start_pusher()
-        # Requests must not queue behind each other (waitJob blocks its caller only).
-        tango.Util.instance().set_serial_model(tango.SerialModel.NO_SYNC)
-        workdir = settings.work_directory(self.workdir)
-        dirs = [d for d in (self.plugins_directory or []) if d.strip()] + list(settings.plugins)
-        self._engine = configure_engine(
-            workdir,
-            max_workers,
-            dirs,
-            executor=settings.executor or self.executor.strip().lower() or "thread",
-            scheduler=scheduler_address(settings.scheduler or self.scheduler),
-            timeout=timeout,
-        )
         self._engine.thread_context = tango.EnsureOmniThread  # it pushes the job events
         configure_recycling(self._engine, *recycling)
         self._wait = min(float(self.wait_timeout), MAX_WAIT_TIMEOUT)  # negative, NaN: FAULT

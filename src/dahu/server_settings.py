@@ -20,7 +20,7 @@ from typing import Any
 from . import engine as dahu_engine
 from .engine import SHUTDOWN_REASON
 from .errors import DahuError, JournalError, one_line
-from .executors.thread import default_workers, worker_count
+from .executors.thread import worker_count
 from .retention import Retention, RetentionSchedule
 from .utils import freeze_while
 
@@ -69,11 +69,11 @@ class ServerSettings:
     web_error: str = ""  # why the page the http property asks for is not served (Status)
 
     def job_slots(self, prop: int) -> int:
-        """The job slots asked for: ``--max-workers`` (0: the number of CPUs; it wins over
-        the property), else the ``max_workers`` property ``prop`` (0: the number of CPUs);
-        a negative ``prop`` is a ``ValueError`` (the device is FAULT; until 2026-11-30 it
-        meant all CPUs)."""
-        return worker_count(prop if self.max_workers is None else self.max_workers)
+        """The job slots asked for: ``--max-workers`` (it wins), else the property ``prop``;
+        0: one per CPU, that the memory allows (process, dask: until 2026-11-30 given as a
+        number, refused); a negative ``prop`` is a ``ValueError`` (the device is FAULT)."""
+        asked = prop if self.max_workers is None else self.max_workers
+        return worker_count(asked) and asked
 
     def work_directory(self, prop: str) -> str | None:
         """``--workdir``, else the ``workdir`` property ``prop`` (None: the default); ``~``
@@ -195,7 +195,7 @@ def configure_engine(
                     engine.workdir,
                 )
             if engine.executor.name != "dask":  # 0 or none: the default again
-                engine.executor.max_workers = max_workers or default_workers()
+                engine.executor.max_workers = max_workers or 0  # (process: what memory allows)
             elif max_workers and engine.executor.max_workers != max_workers:
                 # the cluster was made with its workers
                 logger.warning("max_workers %d ignored: Dask keeps its workers", max_workers)

@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import __version__
 from ..compare import DEFAULT_ATOL, DEFAULT_RTOL
+from ..executors.pool_size import process_workers
 from ..journal import default_workdir
 from ..properties import MAX_WORKERS
 from ..properties import local_directory as directory  # ~ is the home directory
@@ -127,6 +128,11 @@ def usage_problems(args: argparse.Namespace) -> list[str]:
         problems.append(
             f"job ids {ids[0]}: no work directory {default} ({origin}): give --workdir DIR"
         )
+    if args.executor == "process":  # -j 4096: a worker process each, 20 MB when idle
+        try:
+            process_workers(args.jobs)
+        except ValueError as err:
+            problems.append(f"argument -j/--jobs: {err}".replace("max_workers ", "", 1))
     if sys.stdout is None:  # started with standard output closed (>&-): as dahu-jobs
         problems.append("standard output is closed: nowhere to print the summary")
     if args.sources.count("-") > 1:

@@ -28,6 +28,7 @@ from ..journal.base import encode_output, storable_id
 from ..states import State
 from ..statistics import RunningStatistics
 from ..utils import compact_json
+from .aborts import take_asked
 from .lifecycle import NOTE_RUNNING_AFTER, JobRun, LifeCycle
 from .orphans import recover_and_watch
 from .refusals import write_files
@@ -343,8 +344,8 @@ class Engine:
 
         Every :data:`~dahu.engine.lifecycle.NOTE_RUNNING_AFTER` seconds the jobs running
         since at least that long get their state written to the journal: readers in
-        other processes see long ones as running; and the journal's file is checked
-        (put back if the work directory was deleted).
+        other processes see long ones as running; the journal's file is checked (put
+        back if the work directory was deleted); aborts asked by others are taken (.aborts).
         """
         if self._sweeping:
             return
@@ -355,11 +356,12 @@ class Engine:
         period = NOTE_RUNNING_AFTER
 
         def sweep() -> None:
-            now = time.time()
-            for run in self.live():
+            now, live = time.time(), self.live()
+            for run in live:
                 started = run.started
                 if started is not None and now - started >= period:
                     self.cycle.note_running(run)
+            take_asked(self, live)  # the aborts other processes ask of its jobs
             if self.journal_fault is None:  # at fault: the retry's probe checks it
                 try:
                     self.journal.check_file()

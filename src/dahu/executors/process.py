@@ -36,6 +36,7 @@ from typing import Any
 from ..errors import error_line
 from ..states import State
 from .base import Task, close_orphans
+from .pool_size import process_workers
 from .runner import Outcome
 from .thread import ThreadExecutor, option_number
 from .worker import LOST_PIPE, outcome_from_message
@@ -367,6 +368,7 @@ class ProcessExecutor(ThreadExecutor):
     """
 
     name = "process"
+    _count = staticmethod(process_workers)  # as many as the memory allows
     abandons_hung_jobs = False  # its workers are killed instead
     isolates_plugins = True
 

@@ -100,13 +100,14 @@ class ThreadExecutor:
     """A bounded pool of worker threads in this process (see the module doc)."""
 
     name = "thread"
+    _count = staticmethod(worker_count)  # the slots a max_workers gives
     abandons_hung_jobs = True  # a thread cannot be killed: give its slot away instead
     isolates_plugins = False
 
     def __init__(
         self, max_workers: int | None = None, idle_timeout: float = 30.0, abort_grace: float = 5.0
     ):
-        self._max_workers = worker_count(max_workers)
+        self._max_workers = self._count(max_workers)
         # a wait of 1e10 s overflows the system's timers: the pool thread died
         self.idle_timeout = option_number("idle_timeout", idle_timeout, "seconds", most=86400)
         self.abort_grace = option_number("abort_grace", abort_grace, "seconds")
@@ -151,7 +152,7 @@ class ThreadExecutor:
 
     @max_workers.setter
     def max_workers(self, value: int) -> None:
-        slots = worker_count(value)
+        slots = self._count(value)
         with self._cond:
             self._max_workers = slots
             self._wake()  # more slots: start the queued jobs now
