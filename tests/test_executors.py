@@ -2250,13 +2250,17 @@ class Long(Plugin):
     JOB_TIMEOUT = 30
 
     def process(self):
+        time.sleep(self.input.get("t", 0))
         self.output["result"] = 1
 """
 
 
-def test_the_default_timeout_leaves_a_slow_import_its_time(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["process", "dask"])
+def test_the_default_timeout_leaves_a_slow_import_its_time(kind, tmp_path, monkeypatch):
     # the plugin's JOB_TIMEOUT, which lifts the default, is known only once it is loaded:
-    # while loading, the default gives it LOADING_AT_LEAST seconds at least
+    # while loading, the default gives it LOADING_AT_LEAST seconds at least (bug, dask:
+    # until 2026-11-30 the clock started as the task was sent, with the default as it
+    # is: the job ended "aborted: timed out after 0.3 s", its plugin still importing)
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "slowloading.py").write_text(SLOW_LOADING)
@@ -2265,11 +2269,14 @@ def test_the_default_timeout_leaves_a_slow_import_its_time(tmp_path, monkeypatch
     engine = dahu.engine.configure(
         workdir=str(tmp_path / "work"),
         max_workers=1,
-        executor_kind="process",
+        executor_kind=kind,
         default_timeout=0.3,
     )
     try:
         job = run("slowloading.Long", timeout=20)
+        assert job.status == "success", job.error
+        # its JOB_TIMEOUT (30 s), known once it is loaded, lifts the default (0.3 s)
+        job = run("slowloading.Long", {"t": 1}, timeout=20)
         assert job.status == "success", job.error
     finally:
         engine.executor.shutdown(wait=True, timeout=30)

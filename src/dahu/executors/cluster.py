@@ -15,10 +15,10 @@ plugin modules once per process and a plugin's ``wait_for`` reads the shared jou
   the job ends ``aborted`` anyway (a task still waiting on a worker for a free thread is
   cancelled instead: the worker's running job goes on).
 * A plugin's ``JOB_TIMEOUT`` is applied on the worker (the server never imports plugin
-  code): the task aborts its plugin when it runs out.  A timeout known to the server
-  (input ``job_timeout``, the server's default) also restarts a worker whose plugin
-  ignores the abort; it counts from the begin of the plugin on its worker, not the
-  task's wait there (:meth:`DaskExecution.time_left`).
+  code): the task aborts its plugin when it runs out.  The task tells the server as its
+  plugin exists (:func:`.dask_task.watch_loading`), whose clock then restarts a worker
+  whose plugin ignores the abort; it counts from the plugin's existence on its worker,
+  not the task's wait there (:meth:`DaskExecution.time_left`).
 * A worker that dies running a task (segfault, ``os._exit``) makes the job ``failure``
   with the reason; the local cluster's nanny restarts the worker.  The tasks that only
   waited on that worker (their plugin had not begun: :func:`.dask_task.plugin_began`)
@@ -43,7 +43,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import error_line
-from ..factory import Factory
 from ..states import State
 from . import dask_connect, dask_task
 from .base import Task, close_orphans
@@ -94,6 +93,7 @@ class DaskExecution:
         executor = self.executor
         client = executor.connected()
         self.sent = time.time()  # this attempt's (its worker's events tell if it began)
+        dask_task.watch_loading(executor, client)  # its clock: from its plugin on a worker
         self.future = client.submit(
             run_task,
             self.plugin_name,
@@ -102,6 +102,7 @@ class DaskExecution:
             executor.host.workdir,
             executor.host.factory.directories,
             self.event_name,
+            dask_task.loading_topic(executor.token),
             key=f"dahu-job-{self.job_id}-{executor.token}-{self.attempt}",
             pure=False,
         )
@@ -109,11 +110,6 @@ class DaskExecution:
         self.keys.append(self.future.key)
         with executor._lock:
             executor._launched[self.future.key] = self
-        # The plugin runs remotely and its module is not imported here: its JOB_TIMEOUT
-        # is known only if the class is registered in this process already; the worker
-        # applies it anyway.
-        klass = Factory.registry.get(self.plugin_name.lower())
-        self.task.plugin_loaded(getattr(klass, "JOB_TIMEOUT", None))
         self.future.add_done_callback(lambda future: executor._completed.put(self))
 
     @property
