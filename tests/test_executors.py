@@ -31,6 +31,22 @@ from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS, wait_for_file
 
 KINDS = ["thread", "process", "dask"]
 
+DEAF = """
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Deaf(Plugin):
+    JOB_TIMEOUT = 0.3
+
+    def process(self):
+        while True:  # ignores its abort
+            time.sleep(0.02)
+"""
+
 
 @pytest.fixture(scope="module", params=KINDS)
 def kind_engine(request, tmp_path_factory):
@@ -38,6 +54,7 @@ def kind_engine(request, tmp_path_factory):
     plugins = base / "plugins"
     plugins.mkdir()
     (plugins / "trouble.py").write_text(TROUBLE_PLUGINS)
+    (plugins / "deaf.py").write_text(DEAF)
     mp = pytest.MonkeyPatch()
     mp.setenv("DAHU_PLUGINS", str(plugins))
     options = {"abort_grace": 1.0}
@@ -829,6 +846,11 @@ def test_timeouts(kind):
     for bad in ("soon", float("nan"), True, [1]):
         patient = run("trouble.patient", {"job_timeout": bad})
         assert (patient.status, patient.error) == ("aborted", "timed out after 0.5 s"), bad
+    if kind == "dask":  # (the others' restart or abandon of a plugin is tested above)
+        # bug: a plugin's JOB_TIMEOUT was applied by its task only, the server not
+        # knowing it: a plugin ignoring that abort ran on for ever, its job "running"
+        deaf = run("deaf.deaf", {}, timeout=30)
+        assert (deaf.status, deaf.error) == ("aborted", "timed out after 0.3 s")
 
 
 def test_a_plugin_whose_abort_never_returns_stalls_no_timeout(kind):
