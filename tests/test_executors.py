@@ -2695,6 +2695,51 @@ def test_the_jobs_of_a_lost_dask_scheduler_fail_saying_so_until_it_is_back(tmp_p
         cluster.close()
 
 
+def test_a_dask_job_s_clock_starts_on_its_worker_after_its_scheduler_restarted(tmp_path):
+    # a job's clock starts as its task reports its plugin exists, an event on the
+    # scheduler (until then the loading's clock runs: 60 s at least); the client that
+    # connects again to a restarted scheduler does not subscribe again by itself: the
+    # reports were lost, and the server's default timeout (0.5 s) no longer applied
+    from distributed import LocalCluster
+
+    def cluster(workers, port=0):
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=False,
+            protocol="tcp",
+            scheduler_port=port,
+            dashboard_address=":0",
+        )
+
+    first = cluster(0)
+    address, second = first.scheduler_address, None
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"),
+        executor_kind="dask",
+        executor_options={"scheduler": address, "abort_grace": 1.0},
+        default_timeout=0.5,
+    )
+    try:
+        lost = Job("example.square", {"x": 1})  # subscribes; waits with no worker
+        lost.start()
+        first.close()
+        lost.join(30)
+        assert lost.status == "failure"
+        second = cluster(1, int(address.rsplit(":", 1)[1]))  # Dask's client reconnects
+        client = engine.executor.client
+        deadline = time.monotonic() + 30
+        while client.status != "running" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.executor.client is client  # the same client, connected again
+        job = run("example.sleep", {"t": 30}, timeout=60)
+        assert (job.status, job.error) == ("aborted", "timed out after 0.5 s")
+    finally:
+        engine.executor.shutdown(wait=True, timeout=10)
+        if second is not None:
+            second.close()
+
+
 def test_jobs_past_the_bound_of_an_external_dask_scheduler_wait_in_the_server(
     tmp_path, monkeypatch
 ):

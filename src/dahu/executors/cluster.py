@@ -94,22 +94,20 @@ class DaskExecution:
         client = executor.connected()
         self.sent = time.time()  # this attempt's (its worker's events tell if it began)
         dask_task.watch_loading(executor, client)  # its clock: from its plugin on a worker
-        self.future = client.submit(
-            run_task,
-            self.plugin_name,
-            self.input_data,
-            self.job_id,
-            executor.host.workdir,
-            executor.host.factory.directories,
-            self.event_name,
-            dask_task.loading_topic(executor.token),
-            key=f"dahu-job-{self.job_id}-{executor.token}-{self.attempt}",
-            pure=False,
-        )
+        key = f"dahu-job-{self.job_id}-{executor.token}-{self.attempt}"
+        with executor._lock:  # before it is sent: its report may come at once
+            executor._launched[key] = self
+        where = (executor.host.workdir, executor.host.factory.directories, self.event_name)
+        topic = dask_task.loading_topic(executor.token)
+        try:
+            args = (self.plugin_name, self.input_data, self.job_id, *where, topic)
+            self.future = client.submit(run_task, *args, key=key, pure=False)
+        except BaseException:
+            with executor._lock:
+                executor._launched.pop(key, None)
+            raise
         self.attempt += 1
-        self.keys.append(self.future.key)
-        with executor._lock:
-            executor._launched[self.future.key] = self
+        self.keys.append(key)
         self.future.add_done_callback(lambda future: executor._completed.put(self))
 
     @property

@@ -313,9 +313,13 @@ def watch_loading(executor: Any, client: Any) -> None:
     started as the task was sent, the plugin's import counted in the job's time (with
     ``--timeout 2``, a module taking 5 s to import ended ``timed out after 2 s``), and a
     ``JOB_TIMEOUT`` above the server's default did not lift it."""
-    if getattr(executor, "loading_client", None) is client:
+    connection = (client, getattr(client, "scheduler_comm", None))
+    watched = getattr(executor, "loading_watched", (None, None))
+    if watched[0] is connection[0] and watched[1] is connection[1]:
         return
-    executor.loading_client = client
+    # a client connected again to a scheduler back at its address (restarted) does not
+    # subscribe again by itself: until 2026-11-30 the reports were lost from then on
+    executor.loading_watched = connection
 
     def loaded(event: Any) -> None:
         message = event[1] if isinstance(event[1], dict) else {}
