@@ -45,6 +45,14 @@ class Deaf(Plugin):
     def process(self):
         while True:  # ignores its abort
             time.sleep(0.02)
+
+
+@register
+class Worded(Plugin):
+    JOB_TIMEOUT = "ten"
+
+    def process(self):
+        self.output["result"] = 1
 """
 
 
@@ -851,6 +859,20 @@ def test_timeouts(kind):
         # knowing it: a plugin ignoring that abort ran on for ever, its job "running"
         deaf = run("deaf.deaf", {}, timeout=30)
         assert (deaf.status, deaf.error) == ("aborted", "timed out after 0.3 s")
+
+
+def test_a_plugin_s_job_timeout_that_is_no_number_is_said_once_and_ignored(kind, caplog):
+    # bug (dask): the worker ignored it without a word in the server's log, where the
+    # thread and process executors log one line
+    caplog.set_level(logging.WARNING)
+    job = run("deaf.worded", {}, timeout=30)
+    assert (job.status, job.output_data.get("result")) == ("success", 1)
+    deadline = time.monotonic() + 10  # (under dask it may come just after the outcome)
+    while not [r for r in caplog.records if "ignoring" in r.getMessage()]:
+        assert time.monotonic() < deadline, "nothing said"
+        time.sleep(0.01)
+    lines = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+    assert lines == [f"job {job.id}: ignoring timeout 'ten': not a number"]
 
 
 def test_a_plugin_whose_abort_never_returns_stalls_no_timeout(kind):

@@ -27,7 +27,7 @@ from ..errors import DahuError
 from ..factory import BUILTIN_PLUGIN_DIR, Factory, plugin_factory
 from ..journal.reader import reading, use_reader
 from ..states import State
-from ..utils import seconds
+from ..utils import not_seconds, seconds
 from .runner import Execution, Outcome
 from .worker import outcome_message
 
@@ -178,8 +178,11 @@ def run_task(
         ):
             clock.append((time.monotonic() + limit, limit))
         if loaded_topic:  # the server starts the job's clock (:func:`watch_loading`)
+            report = {"key": key, "job_timeout": limit}
+            if limit is None and job_timeout is not None:  # the server logs it (as others)
+                report["ignored"] = not_seconds(job_timeout)
             with contextlib.suppress(Exception):
-                get_client().log_event(loaded_topic, {"key": key, "job_timeout": limit})
+                get_client().log_event(loaded_topic, report)
 
     execution = Execution(
         plugin_name,
@@ -318,13 +321,15 @@ def watch_loading(executor: Any, client: Any) -> None:
     if watched[0] is connection[0] and watched[1] is connection[1]:
         return
     # a client connected again to a scheduler back at its address (restarted) does not
-    # subscribe again by itself: until 2026-11-30 the reports were lost from then on
+    # subscribe again by itself: the reports would be lost from then on
     executor.loading_watched = connection
 
     def loaded(event: Any) -> None:
         message = event[1] if isinstance(event[1], dict) else {}
         execution = executor._launched.get(message.get("key"))  # None once settled
         if execution is not None:
+            if message.get("ignored"):  # as the other executors say it
+                logger.warning("job %s: ignoring timeout %s", execution.job_id, message["ignored"])
             try:
                 execution.task.plugin_loaded(message.get("job_timeout"))
             except Exception:
