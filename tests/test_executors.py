@@ -1721,6 +1721,35 @@ def test_a_sigterm_to_a_worker_while_its_server_runs_is_ignored(tmp_path, monkey
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+def test_a_dask_job_whose_worker_dies_of_the_sigterm_of_a_stop_ends_aborted(tmp_path, monkeypatch):
+    # bug (dask): systemd stops a service with a SIGTERM to each of its processes at once:
+    # a local worker died of it before the server began its stop, and its job failed
+    # "worker process died: signal 15 (SIGTERM)", not "aborted: the server is shutting
+    # down" as under the other executors
+    from dahu.executors import dask_exits, dask_task
+
+    monkeypatch.setattr(dask_exits, "STOP_WAIT", 60.0)  # (2 s: the stop comes late here)
+    engine = one_process_engine(tmp_path, monkeypatch, kind="dask")
+    client = engine.executor.client
+    job = Job("example.sleep", {"t": 60})
+    try:
+        job.start()
+        deadline = time.monotonic() + 30
+        while not any(client.run(dask_task.begun_tasks, list(engine.executor._launched)).values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        ((address, pid),) = client.run(os.getpid).items()
+        os.kill(pid, signal.SIGTERM)
+        # its nanny starts a new worker: the old one's death was heard of meanwhile
+        while job.status == "running" and set(client.scheduler_info()["workers"]) <= {address}:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        engine.shutdown(abort=True, timeout=30)
+        assert (job.status, job.error) == ("aborted", "the server is shutting down")
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_a_waiter_whose_worker_dies_ends_without_waiting_for_a_slot(tmp_path, monkeypatch):
     # bug: its worker dead (the OOM killer), a job whose plugin waited for another one
     # stayed running until a slot was free, here until the long job ended

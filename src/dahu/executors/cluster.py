@@ -263,6 +263,9 @@ class DaskExecution:
             name = type(err).__name__
             if name == "KilledWorker":
                 reason = self.executor.death_reason(err) if not self.abort_reason else ""
+                from .dask_exits import stopped_meanwhile
+
+                stopped_meanwhile(self, reason)  # by systemd's stop: aborted
                 close_orphans(self.executor.host)  # the jobs its plugins made
             else:
                 reason = f"dask task failed: {error_line(err)}"
