@@ -87,6 +87,7 @@ class DaskExecution:
         self.attempt = 0
         self.sent = 0.0
         self.keys: list[str] = []  # of its tasks, one per attempt
+        self.data: Any = None  # its task's result, fetched as it ended (:func:`.collect_when_done`)
 
     def launch(self) -> None:
         """Submit the task; its outcome reaches the engine through the collector thread."""
@@ -108,7 +109,7 @@ class DaskExecution:
             raise
         self.attempt += 1
         self.keys.append(key)
-        self.future.add_done_callback(lambda future: executor._completed.put(self))
+        dask_task.collect_when_done(self, executor._completed)
 
     @property
     def event_name(self) -> str:
@@ -250,7 +251,8 @@ class DaskExecution:
                 from distributed import Event
 
                 Event(self.event_name, client=self.executor.client).clear()
-        if future.cancelled() or future.status == "cancelled":
+        data, self.data = self.data, None  # read as its task ended (not kept with the job)
+        if data is None and (future.cancelled() or future.status == "cancelled"):
             if self.abort_reason is None and self.executor.lost(future):
                 return Outcome(
                     State.FAILURE, {}, self.executor.lost_text, self.started, time.time()
@@ -258,7 +260,7 @@ class DaskExecution:
             reason = self.abort_reason or "cancelled on the cluster"
             return Outcome(State.ABORTED, {}, reason, self.started, time.time())
         try:
-            data = future.result()
+            data = data if data is not None else future.result()
         except Exception as err:
             name = type(err).__name__
             if name == "KilledWorker":
