@@ -864,6 +864,23 @@ def test_timeouts(kind):
         assert (deaf.status, deaf.error) == ("aborted", "timed out after 0.3 s")
 
 
+def test_a_dask_job_whose_plugin_loaded_report_is_lost_still_times_out(kind, monkeypatch):
+    # the server starts a job's clock as its task reports its plugin exists (an event on
+    # the scheduler); were that report lost, the clock of the loading bounds the job
+    if kind != "dask":
+        pytest.skip("the others' workers tell their server through their own pipe")
+    from dahu.executors import dask_task
+
+    monkeypatch.setattr(dahu.engine.get_engine(), "default_timeout", 0.3)
+    monkeypatch.setattr(dahu.engine.lifecycle, "LOADING_AT_LEAST", 0.6)  # 60 s
+    monkeypatch.setattr(dask_task, "loading_topic", lambda token: "dahu-nobody-listens")
+    job = run("example.sleep", {"t": 60}, timeout=30)
+    assert (job.status, job.error) == (
+        "aborted",
+        "timed out after 0.6 s (the plugin was still loading)",
+    )
+
+
 def test_a_plugin_s_job_timeout_that_is_no_number_is_said_once_and_ignored(kind, caplog):
     # bug (dask): the worker ignored it without a word in the server's log, where the
     # thread and process executors log one line
