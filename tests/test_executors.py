@@ -31,6 +31,30 @@ from .conftest import BASE_EXCEPTIONS, TROUBLE_PLUGINS, wait_for_file
 
 KINDS = ["thread", "process", "dask"]
 
+DEAF = """
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Deaf(Plugin):
+    JOB_TIMEOUT = 0.3
+
+    def process(self):
+        while True:  # ignores its abort
+            time.sleep(0.02)
+
+
+@register
+class Worded(Plugin):
+    JOB_TIMEOUT = "ten"
+
+    def process(self):
+        self.output["result"] = 1
+"""
+
 
 @pytest.fixture(scope="module", params=KINDS)
 def kind_engine(request, tmp_path_factory):
@@ -38,6 +62,7 @@ def kind_engine(request, tmp_path_factory):
     plugins = base / "plugins"
     plugins.mkdir()
     (plugins / "trouble.py").write_text(TROUBLE_PLUGINS)
+    (plugins / "deaf.py").write_text(DEAF)
     mp = pytest.MonkeyPatch()
     mp.setenv("DAHU_PLUGINS", str(plugins))
     options = {"abort_grace": 1.0}
@@ -592,22 +617,25 @@ def test_a_dask_job_whose_worker_died_with_its_result_does_not_run_twice(
     # Dask ran the task again on another worker, and the job's plugin ran twice
     if kind != "dask":
         pytest.skip("only Dask runs a task again")
-    from dahu.executors.cluster import DaskExecution
+    from dahu.executors import dask_task
     from dahu.executors.dask_task import RAN_BEFORE
 
     (tmp_path / "once_dask.py").write_text(ONCE)
     engine = dahu.engine.get_engine()
     engine.factory.add_directory(str(tmp_path))
     client = engine.executor.client
-    outcome = DaskExecution.outcome
+    collect = dask_task.collect_when_done
 
-    def killed_first(execution):  # its worker dies before the server has the result
+    def kill(future):  # its worker dies before the server has the result
+        (worker,) = client.who_has(future)[future.key]
+        os.kill(client.run(os.getpid, workers=[worker])[worker], signal.SIGKILL)
+
+    def killed_first(execution, completed):
         if execution.plugin_name == "once_dask.once":
-            (worker,) = client.who_has(execution.future)[execution.future.key]
-            os.kill(client.run(os.getpid, workers=[worker])[worker], signal.SIGKILL)
-        return outcome(execution)
+            execution.future.add_done_callback(kill)  # (before the server reads the result)
+        collect(execution, completed)
 
-    monkeypatch.setattr(DaskExecution, "outcome", killed_first)
+    monkeypatch.setattr(dask_task, "collect_when_done", killed_first)
     log = tmp_path / "runs.log"
     job = run("once_dask.once", {"log": str(log)})
     monkeypatch.undo()
@@ -829,6 +857,42 @@ def test_timeouts(kind):
     for bad in ("soon", float("nan"), True, [1]):
         patient = run("trouble.patient", {"job_timeout": bad})
         assert (patient.status, patient.error) == ("aborted", "timed out after 0.5 s"), bad
+    if kind == "dask":  # (the others' restart or abandon of a plugin is tested above)
+        # bug: a plugin's JOB_TIMEOUT was applied by its task only, the server not
+        # knowing it: a plugin ignoring that abort ran on for ever, its job "running"
+        deaf = run("deaf.deaf", {}, timeout=30)
+        assert (deaf.status, deaf.error) == ("aborted", "timed out after 0.3 s")
+
+
+def test_a_dask_job_whose_plugin_loaded_report_is_lost_still_times_out(kind, monkeypatch):
+    # the server starts a job's clock as its task reports its plugin exists (an event on
+    # the scheduler); were that report lost, the clock of the loading bounds the job
+    if kind != "dask":
+        pytest.skip("the others' workers tell their server through their own pipe")
+    from dahu.executors import dask_task
+
+    monkeypatch.setattr(dahu.engine.get_engine(), "default_timeout", 0.3)
+    monkeypatch.setattr(dahu.engine.lifecycle, "LOADING_AT_LEAST", 0.6)  # 60 s
+    monkeypatch.setattr(dask_task, "loading_topic", lambda token: "dahu-nobody-listens")
+    job = run("example.sleep", {"t": 60}, timeout=30)
+    assert (job.status, job.error) == (
+        "aborted",
+        "timed out after 0.6 s (the plugin was still loading)",
+    )
+
+
+def test_a_plugin_s_job_timeout_that_is_no_number_is_said_once_and_ignored(kind, caplog):
+    # bug (dask): the worker ignored it without a word in the server's log, where the
+    # thread and process executors log one line
+    caplog.set_level(logging.WARNING)
+    job = run("deaf.worded", {}, timeout=30)
+    assert (job.status, job.output_data.get("result")) == ("success", 1)
+    deadline = time.monotonic() + 10  # (under dask it may come just after the outcome)
+    while not [r for r in caplog.records if "ignoring" in r.getMessage()]:
+        assert time.monotonic() < deadline, "nothing said"
+        time.sleep(0.01)
+    lines = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+    assert lines == [f"job {job.id}: ignoring timeout 'ten': not a number"]
 
 
 def test_a_plugin_whose_abort_never_returns_stalls_no_timeout(kind):
@@ -1690,6 +1754,78 @@ def test_a_sigterm_to_a_worker_while_its_server_runs_is_ignored(tmp_path, monkey
         engine.executor.shutdown(wait=True, timeout=30)
 
 
+def test_a_dask_job_whose_worker_dies_of_the_sigterm_of_a_stop_ends_aborted(tmp_path, monkeypatch):
+    # bug (dask): systemd stops a service with a SIGTERM to each of its processes at once:
+    # a local worker died of it before the server began its stop, and its job failed
+    # "worker process died: signal 15 (SIGTERM)", not "aborted: the server is shutting
+    # down" as under the other executors
+    from dahu.executors import dask_exits, dask_task
+
+    monkeypatch.setattr(dask_exits, "STOP_WAIT", 60.0)  # (2 s: the stop comes late here)
+    engine = one_process_engine(tmp_path, monkeypatch, kind="dask")
+    client = engine.executor.client
+    job = Job("example.sleep", {"t": 60})
+    try:
+        job.start()
+        deadline = time.monotonic() + 30
+        while not any(client.run(dask_task.begun_tasks, list(engine.executor._launched)).values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        ((address, pid),) = client.run(os.getpid).items()
+        os.kill(pid, signal.SIGTERM)
+        # its nanny starts a new worker: the old one's death was heard of meanwhile
+        while job.status == "running" and set(client.scheduler_info()["workers"]) <= {address}:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        engine.shutdown(abort=True, timeout=30)
+        assert (job.status, job.error) == ("aborted", "the server is shutting down")
+    finally:
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
+def test_the_outcomes_of_dask_jobs_ended_before_their_worker_crashed_are_kept(
+    tmp_path, monkeypatch
+):
+    # bug (dask): a job's result stayed on its worker until the server's collector thread,
+    # which records the outcomes one after the other, read it: a crash of the worker
+    # meanwhile (the next job's plugin) lost it, Dask ran the task again, and the job,
+    # ended, failed "its worker died, or left the cluster, after the plugin began: its
+    # outcome is lost" (16 of 200 jobs on a busy cluster with a crash in every 33 jobs)
+    engine = one_process_engine(tmp_path, monkeypatch, kind="dask")
+    ((pid,),) = [engine.executor.client.run(os.getpid).values()]
+    gate = threading.Event()
+    slow = Job("example.square", {"x": 1})
+    slow.connect_callback(lambda job: gate.wait(30))  # a slow callback holds the collector
+    flag, go = tmp_path / "flag", tmp_path / "go"
+    ended = [Job("example.square", {"x": x}) for x in (2, 3, 4)]
+    crash = Job("trouble.crash", {"how": "exit", "flag": str(flag), "go": str(go)})
+    try:
+        for job in (slow, *ended, crash):
+            job.start()
+        wait_for_file(flag)  # the others ended before it, on the worker's one thread
+        deadline = time.monotonic() + 30
+        while engine.executor._completed.qsize() < len(ended):  # for the collector
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        go.touch()
+        while running(pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        gate.set()
+        for job in (slow, *ended, crash):
+            job.join(30)
+        assert [(job.status, job.output_data.get("result")) for job in ended] == [
+            ("success", 4),
+            ("success", 9),
+            ("success", 16),
+        ], [job.error for job in ended]
+        assert (crash.status, crash.error) == ("failure", "worker process died: exit code 1")
+    finally:
+        gate.set()
+        go.touch()
+        engine.executor.shutdown(wait=True, timeout=30)
+
+
 def test_a_waiter_whose_worker_dies_ends_without_waiting_for_a_slot(tmp_path, monkeypatch):
     # bug: its worker dead (the OOM killer), a job whose plugin waited for another one
     # stayed running until a slot was free, here until the long job ended
@@ -2288,13 +2424,17 @@ class Long(Plugin):
     JOB_TIMEOUT = 30
 
     def process(self):
+        time.sleep(self.input.get("t", 0))
         self.output["result"] = 1
 """
 
 
-def test_the_default_timeout_leaves_a_slow_import_its_time(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["process", "dask"])
+def test_the_default_timeout_leaves_a_slow_import_its_time(kind, tmp_path, monkeypatch):
     # the plugin's JOB_TIMEOUT, which lifts the default, is known only once it is loaded:
-    # while loading, the default gives it LOADING_AT_LEAST seconds at least
+    # while loading, the default gives it LOADING_AT_LEAST seconds at least (bug, dask:
+    # until 2026-11-30 the clock started as the task was sent, with the default as it
+    # is: the job ended "aborted: timed out after 0.3 s", its plugin still importing)
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "slowloading.py").write_text(SLOW_LOADING)
@@ -2303,11 +2443,14 @@ def test_the_default_timeout_leaves_a_slow_import_its_time(tmp_path, monkeypatch
     engine = dahu.engine.configure(
         workdir=str(tmp_path / "work"),
         max_workers=1,
-        executor_kind="process",
+        executor_kind=kind,
         default_timeout=0.3,
     )
     try:
         job = run("slowloading.Long", timeout=20)
+        assert job.status == "success", job.error
+        # its JOB_TIMEOUT (30 s), known once it is loaded, lifts the default (0.3 s)
+        job = run("slowloading.Long", {"t": 1}, timeout=20)
         assert job.status == "success", job.error
     finally:
         engine.executor.shutdown(wait=True, timeout=30)
@@ -2702,6 +2845,51 @@ def test_the_jobs_of_a_lost_dask_scheduler_fail_saying_so_until_it_is_back(tmp_p
     finally:
         engine.executor.shutdown(wait=True, timeout=10)
         cluster.close()
+
+
+def test_a_dask_job_s_clock_starts_on_its_worker_after_its_scheduler_restarted(tmp_path):
+    # a job's clock starts as its task reports its plugin exists, an event on the
+    # scheduler (until then the loading's clock runs: 60 s at least); the client that
+    # connects again to a restarted scheduler does not subscribe again by itself: the
+    # reports were lost, and the server's default timeout (0.5 s) no longer applied
+    from distributed import LocalCluster
+
+    def cluster(workers, port=0):
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=False,
+            protocol="tcp",
+            scheduler_port=port,
+            dashboard_address=":0",
+        )
+
+    first = cluster(0)
+    address, second = first.scheduler_address, None
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"),
+        executor_kind="dask",
+        executor_options={"scheduler": address, "abort_grace": 1.0},
+        default_timeout=0.5,
+    )
+    try:
+        lost = Job("example.square", {"x": 1})  # subscribes; waits with no worker
+        lost.start()
+        first.close()
+        lost.join(30)
+        assert lost.status == "failure"
+        second = cluster(1, int(address.rsplit(":", 1)[1]))  # Dask's client reconnects
+        client = engine.executor.client
+        deadline = time.monotonic() + 30
+        while client.status != "running" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.executor.client is client  # the same client, connected again
+        job = run("example.sleep", {"t": 30}, timeout=60)
+        assert (job.status, job.error) == ("aborted", "timed out after 0.5 s")
+    finally:
+        engine.executor.shutdown(wait=True, timeout=10)
+        if second is not None:
+            second.close()
 
 
 def test_jobs_past_the_bound_of_an_external_dask_scheduler_wait_in_the_server(

@@ -15,10 +15,10 @@ plugin modules once per process and a plugin's ``wait_for`` reads the shared jou
   the job ends ``aborted`` anyway (a task still waiting on a worker for a free thread is
   cancelled instead: the worker's running job goes on).
 * A plugin's ``JOB_TIMEOUT`` is applied on the worker (the server never imports plugin
-  code): the task aborts its plugin when it runs out.  A timeout known to the server
-  (input ``job_timeout``, the server's default) also restarts a worker whose plugin
-  ignores the abort; it counts from the begin of the plugin on its worker, not the
-  task's wait there (:meth:`DaskExecution.time_left`).
+  code): the task aborts its plugin when it runs out.  The task tells the server as its
+  plugin exists (:func:`.dask_task.watch_loading`), whose clock then restarts a worker
+  whose plugin ignores the abort; it counts from the plugin's existence on its worker,
+  not the task's wait there (:meth:`DaskExecution.time_left`).
 * A worker that dies running a task (segfault, ``os._exit``) makes the job ``failure``
   with the reason; the local cluster's nanny restarts the worker.  The tasks that only
   waited on that worker (their plugin had not begun: :func:`.dask_task.plugin_began`)
@@ -43,7 +43,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import error_line
-from ..factory import Factory
 from ..states import State
 from . import dask_connect, dask_task
 from .base import Task, close_orphans
@@ -88,33 +87,29 @@ class DaskExecution:
         self.attempt = 0
         self.sent = 0.0
         self.keys: list[str] = []  # of its tasks, one per attempt
+        self.data: Any = None  # its task's result, fetched as it ended (:func:`.collect_when_done`)
 
     def launch(self) -> None:
         """Submit the task; its outcome reaches the engine through the collector thread."""
         executor = self.executor
         client = executor.connected()
         self.sent = time.time()  # this attempt's (its worker's events tell if it began)
-        self.future = client.submit(
-            run_task,
-            self.plugin_name,
-            self.input_data,
-            self.job_id,
-            executor.host.workdir,
-            executor.host.factory.directories,
-            self.event_name,
-            key=f"dahu-job-{self.job_id}-{executor.token}-{self.attempt}",
-            pure=False,
-        )
+        dask_task.watch_loading(executor, client)  # its clock: from its plugin on a worker
+        key = f"dahu-job-{self.job_id}-{executor.token}-{self.attempt}"
+        with executor._lock:  # before it is sent: its report may come at once
+            executor._launched[key] = self
+        where = (executor.host.workdir, executor.host.factory.directories, self.event_name)
+        topic = dask_task.loading_topic(executor.token)
+        try:
+            args = (self.plugin_name, self.input_data, self.job_id, *where, topic)
+            self.future = client.submit(run_task, *args, key=key, pure=False)
+        except BaseException:
+            with executor._lock:
+                executor._launched.pop(key, None)
+            raise
         self.attempt += 1
-        self.keys.append(self.future.key)
-        with executor._lock:
-            executor._launched[self.future.key] = self
-        # The plugin runs remotely and its module is not imported here: its JOB_TIMEOUT
-        # is known only if the class is registered in this process already; the worker
-        # applies it anyway.
-        klass = Factory.registry.get(self.plugin_name.lower())
-        self.task.plugin_loaded(getattr(klass, "JOB_TIMEOUT", None))
-        self.future.add_done_callback(lambda future: executor._completed.put(self))
+        self.keys.append(key)
+        dask_task.collect_when_done(self, executor._completed)
 
     @property
     def event_name(self) -> str:
@@ -256,7 +251,8 @@ class DaskExecution:
                 from distributed import Event
 
                 Event(self.event_name, client=self.executor.client).clear()
-        if future.cancelled() or future.status == "cancelled":
+        data, self.data = self.data, None  # read as its task ended (not kept with the job)
+        if data is None and (future.cancelled() or future.status == "cancelled"):
             if self.abort_reason is None and self.executor.lost(future):
                 return Outcome(
                     State.FAILURE, {}, self.executor.lost_text, self.started, time.time()
@@ -264,11 +260,14 @@ class DaskExecution:
             reason = self.abort_reason or "cancelled on the cluster"
             return Outcome(State.ABORTED, {}, reason, self.started, time.time())
         try:
-            data = future.result()
+            data = data if data is not None else future.result()
         except Exception as err:
             name = type(err).__name__
             if name == "KilledWorker":
                 reason = self.executor.death_reason(err) if not self.abort_reason else ""
+                from .dask_exits import stopped_meanwhile
+
+                stopped_meanwhile(self, reason)  # by systemd's stop: aborted
                 close_orphans(self.executor.host)  # the jobs its plugins made
             else:
                 reason = f"dask task failed: {error_line(err)}"

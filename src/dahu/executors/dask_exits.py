@@ -18,9 +18,11 @@ __all__ = [
     "EXIT_WAIT",
     "ExitWatch",
     "NoInterrupt",
+    "STOP_WAIT",
     "death_reason",
     "exit_code",
     "memory_note",
+    "stopped_meanwhile",
     "watch_workers",
 ]
 
@@ -190,3 +192,27 @@ def death_reason(error: Any, local: bool, client: Any = None) -> str:
     if memory:
         return f"worker process died{where}{memory}"
     return f"worker process died{where}; Dask does not say how: see that worker's log"
+
+
+STOP_WAIT = 2.0
+"""Seconds the outcome of a job whose local worker died of a SIGTERM (not its nanny's, for
+its memory) waits for its server's stop to begin: systemd stops a service with a SIGTERM
+to each of its processes at once, and the workers may die of it before the server, which
+got it too, aborts their jobs."""
+
+
+def stopped_meanwhile(execution: Any, reason: str) -> None:
+    """The worker of the ``DaskExecution`` ``execution`` died for ``reason``: if that is a
+    SIGTERM, and its server begins to stop within :data:`STOP_WAIT` s, the job is one the
+    stop aborts (its ``abort_reason``), as under the other executors (until 2026-11-30
+    a systemd stop failed it ``worker process died: signal 15 (SIGTERM)``)."""
+    if reason != f"worker process died: {exit_text(-signal.SIGTERM)}":
+        return
+    cycle = getattr(execution.executor.host, "cycle", None)
+    deadline = time.monotonic() + STOP_WAIT
+    while execution.abort_reason is None and time.monotonic() < deadline:
+        halted = getattr(cycle, "halted", None)
+        if halted is not None:  # the stop has begun: it aborts the job too
+            execution.abort_reason = halted
+            return
+        time.sleep(0.01)
