@@ -184,6 +184,52 @@ def test_a_server_killed_through_its_admin_device_still_pushes_the_events(
         local.stop()
 
 
+@pytest.mark.parametrize("stop", ["Kill", "SIGKILL"])
+def test_no_future_waits_for_ever_for_a_server_stopped_for_good(tmp_path, caplog, stop):
+    # bug: the events a server pushes as it ends (its admin device's Kill) are lost when
+    # the client takes them slowly (ZeroMQ's queue dies with the server's process; 501
+    # of 3,000 with a script that held Python's lock 1.5 s), and a crash pushes none:
+    # those futures waited for the server's return, for ever (a script that never ended)
+    local = LocalServer(str(tmp_path / "work"), str(tmp_path / "log"), 1, device=DEVICE)
+    proxy = local.start(timeout=60)
+    client = DahuClient(local.url, timeout=1, max_sweep_interval=1)
+    lost: set[int] = set()  # the jobs whose events never reach the client
+    event = client._event
+    client._event = lambda name, e: (
+        None
+        if not e.err and e.attr_value is not None and e.attr_value.value in lost
+        else event(name, e)
+    )
+    try:
+        futures = client.map("example.sleep", [{"t": 600}] * 6)
+        lost.update(f.job_id for f in futures[::2])
+        running(proxy, futures[0].job_id)
+        if stop == "Kill":
+            admin = f"tango://127.0.0.1:{local.port}/dserver/DahuDS/demo#dbase=no"
+            tango.DeviceProxy(admin).command_inout("Kill")
+            assert local.process.wait(30) == 0
+        else:
+            local.process.kill()
+            local.process.wait(30)
+        for future in futures:
+            with pytest.raises((JobAborted, ServerError)) as err:
+                future.result(timeout=30)
+            if stop == "SIGKILL" or future.job_id in lost:
+                assert err.value.reason == "Dahu_ServerStopped"
+                assert str(err.value) == (
+                    f"job {future.job_id}: its server stopped before it told how the job "
+                    f"ended, and has not come back within 1 s: 'dahu-jobs show "
+                    f"{future.job_id}' on its work directory says"
+                )
+        said = [r.getMessage() for r in caplog.records if "not back" in r.getMessage()]
+        assert len(said) == 1 and said[0].endswith(
+            f"of the {len(lost) if stop == 'Kill' else 6} job(s) whose end it did not tell fail"
+        )
+    finally:
+        client.close()
+        local.stop()
+
+
 @pytest.mark.parametrize("command", ["DevRestart", "RestartServer"])
 def test_jobs_running_across_a_restart_of_the_device_end_through_the_new_one(tmp_path, command):
     # bug: the admin device's DevRestart (or RestartServer) made a new device object but
