@@ -178,15 +178,12 @@ def _ask_state(client: Any, future: Any) -> bool:
         client._journal_seen = -math.inf
         return False
     except tango.DevFailed as err:
-        if err.args[0].reason == "Dahu_UnknownJob":
-            client._ended(future.job_id, None)  # the resolver reports it
-            return True
+        if err.args[0].reason == "Dahu_UnknownJob":  # the resolver reports it
+            return client._ended(future.job_id, None)
         client._journal_seen = -math.inf  # timed out, or the server is away: check it
         return False  # next round
-    if state in State.FINAL:
-        client._ended(future.job_id, state)
-        return True
-    return False
+    # False when its event came as the server answered: not an event lost
+    return state in State.FINAL and client._ended(future.job_id, state)
 
 
 def _check_passed(client: Any, now: float) -> None:
@@ -261,12 +258,8 @@ def _sweep(client: Any, forced: bool) -> int:
                 client._journal_seen = -math.inf
                 return -1
             state = None
-        if state is None or state in State.FINAL:
-            with client._lock:
-                ended = client._pending.get(future.job_id) is future
-            if ended:
-                found += 1
-                client._ended(future.job_id, state)
+        if state is None or state in State.FINAL:  # (its event may have come meanwhile)
+            found += client._ended(future.job_id, state)
     if found:
         logger.info("%s: %d job(s) ended without an event", client.device, found)
     return found
