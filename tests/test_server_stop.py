@@ -184,7 +184,7 @@ def test_a_server_killed_through_its_admin_device_still_pushes_the_events(
         local.stop()
 
 
-@pytest.mark.parametrize("stop", ["Kill", "SIGKILL"])
+@pytest.mark.parametrize("stop", ["Kill", "SIGKILL", "SIGTERM"])
 def test_no_future_waits_for_ever_for_a_server_stopped_for_good(tmp_path, caplog, stop):
     # bug: the events a server pushes as it ends (its admin device's Kill) are lost when
     # the client takes them slowly (ZeroMQ's queue dies with the server's process; 501
@@ -192,7 +192,7 @@ def test_no_future_waits_for_ever_for_a_server_stopped_for_good(tmp_path, caplog
     # those futures waited for the server's return, for ever (a script that never ended)
     local = LocalServer(str(tmp_path / "work"), str(tmp_path / "log"), 1, device=DEVICE)
     proxy = local.start(timeout=60)
-    client = DahuClient(local.url, timeout=1, max_sweep_interval=1)
+    client = DahuClient(local.url, timeout=1, poll_interval=0.2, max_sweep_interval=1)
     lost: set[int] = set()  # the jobs whose events never reach the client
     event = client._event
     client._event = lambda name, e: (
@@ -208,6 +208,12 @@ def test_no_future_waits_for_ever_for_a_server_stopped_for_good(tmp_path, caplog
             admin = f"tango://127.0.0.1:{local.port}/dserver/DahuDS/demo#dbase=no"
             tango.DeviceProxy(admin).command_inout("Kill")
             assert local.process.wait(30) == 0
+        elif stop == "SIGTERM":  # the lost ones are asked while the server answers
+            local.process.send_signal(signal.SIGTERM)
+            for future in futures:
+                with pytest.raises(JobAborted, match=REASON):
+                    future.result(timeout=30)
+            return
         else:
             local.process.kill()
             local.process.wait(30)
@@ -608,6 +614,21 @@ def test_a_stopping_server_answers_while_its_clients_read_the_aborted_jobs(monke
     monkeypatch.setattr(server_settings, "_read_at", -float("inf"))
     monkeypatch.setattr(server_settings, "_pushed_at", -float("inf"))
     server_settings.abort_while_serving(0.5)
-    # 7 at 1000.25 and 1000.5, 99 at 1000.75 (no more time), 8 at 1000.875: until 1001.375
-    assert clock[0] == 1001.375
+    # polled each 0.05 s (0.025 while reads come): 7 at 1000.025 and 1000.05, 99, 8 at
+    # 1000.1, the last unread: until 1000.6, the first poll past it
+    assert clock[0] == pytest.approx(1000.625)
     assert not reads
+    # bug: a client whose events of some aborted jobs were lost (ZeroMQ dropped them in
+    # the burst) asks their states through its watcher, after its poll_interval (1 s by
+    # default) without events: the server had gone 0.5 s after the last read, and those
+    # futures waited for its return (66 of 60,000 under load). While one is unread, the
+    # server answers UNREAD_LINGER s after a read
+    runs[:] = [
+        types.SimpleNamespace(id=n, done=threading.Event(), abort_reason=None) for n in (9, 10)
+    ]
+    reads[:] = [(9, True)]  # 10 never read: its client lost its event
+    monkeypatch.setattr(server_settings, "_stop_began", None)
+    clock[0] = 2000.0
+    server_settings.abort_while_serving(0.5)
+    assert server_settings.UNREAD_LINGER >= 2 * 1.0  # a default poll_interval, and a round
+    assert clock[0] == pytest.approx(2000.025 + server_settings.UNREAD_LINGER, abs=0.06)
