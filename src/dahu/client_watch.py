@@ -159,10 +159,14 @@ def _command(client: Any, command: str, job_id: int) -> Any:
 
 
 def _journal_ok(client: Any) -> bool:
-    """:func:`check_journal` for the watcher, bounded (False: the server is away)."""
+    """:func:`check_journal` for the watcher, bounded (False: the server is away); a
+    server without ``journalId`` (an earlier Dahu: nothing to check) is pinged, so that
+    its stop is seen too (the futures whose end it did not tell waited for ever)."""
     try:
         ok = _bounded(client, check_journal, client, 0.0)
-    except ServerError:
+        if client._journal is None:
+            _bounded(client, lambda: client._proxy().ping())
+    except (ServerError, tango.DevFailed):
         client._journal_seen = -math.inf
         return False
     if ok:
