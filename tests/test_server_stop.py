@@ -133,7 +133,8 @@ def test_a_server_killed_through_its_admin_device_still_pushes_the_events(
     assert local.port != port and f":{local.port}/" in local.url
     failures = Failures(proxy)
     client = DahuClient(local.url, timeout=1)
-    held = DahuClient(local.url, timeout=1, resolvers=1)  # its resolver kept busy below
+    # its resolver kept busy below; a success told waits max_sweep_interval for a return
+    held = DahuClient(local.url, timeout=1, resolvers=1, max_sweep_interval=0.3)
     gate = threading.Event()
     try:
         first = held.submit("example.sleep", {"t": 600})
@@ -181,6 +182,45 @@ def test_a_server_killed_through_its_admin_device_still_pushes_the_events(
         gate.set()
         held.close()
         client.close()
+        local.stop()
+
+
+def test_a_success_told_gets_its_output_from_a_server_back_after_a_kill(tmp_path):
+    # bug: a job whose success was told, its output unread when its server was stopped
+    # by its admin device's Kill (a restart: Kill, then start), failed at once
+    # (Dahu_ServerStopped), the server back a second later with the output in its journal
+    local = LocalServer(str(tmp_path / "work"), str(tmp_path / "log"), 1, device=DEVICE)
+    proxy = local.start(timeout=60)
+    held = DahuClient(local.url, timeout=1, resolvers=1, poll_interval=0.2, max_sweep_interval=30)
+    gate, again = threading.Event(), None
+    try:
+        first = held.submit("example.sleep", {"t": 600})
+        first.add_done_callback(lambda _: gate.wait(30))  # holds the only resolver
+        running(proxy, first.job_id)
+        proxy.abort(first.job_id)
+        done = held.submit("example.square", {"x": 3})
+        deadline = time.monotonic() + 20
+        while held.pending:  # its success told; its output not read yet
+            assert time.monotonic() < deadline, "the success of the job was never told"
+            time.sleep(0.01)
+        admin = f"tango://127.0.0.1:{local.port}/dserver/DahuDS/demo#dbase=no"
+        tango.DeviceProxy(admin).command_inout("Kill")
+        assert local.process.wait(30) == 0
+        gate.set()  # its output asked while the server is away: the watcher then sees it gone
+        deadline = time.monotonic() + 20
+        while getattr(held, "_stopped_since", None) is None and not done.done():
+            assert time.monotonic() < deadline, "the watcher never saw the server stopped"
+            time.sleep(0.01)
+        again = LocalServer(
+            str(tmp_path / "work"), str(tmp_path / "log2"), 1, device=DEVICE, port=local.port
+        )
+        again.start(timeout=60)
+        assert done.result(timeout=20)["result"] == 9
+    finally:
+        gate.set()
+        held.close()
+        if again is not None:
+            again.stop()
         local.stop()
 
 

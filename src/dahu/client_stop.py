@@ -27,13 +27,12 @@ def end_stopped(client: Any) -> None:
     """The server cannot be asked: if it has stopped for good (nothing listens at its
     address, or its device is gone: stopped by its admin device's ``Kill``, whose device
     is gone when the events of the jobs it aborted come), the futures whose jobs were
-    told ended fail now instead of waiting for its return, maybe for ever (their outcomes
-    are in its journal): :class:`JobAborted` for a failure told, :class:`ServerError`
-    (``Dahu_ServerStopped``) for a success whose output is unread.  Those whose end was
-    never told (their events lost as the server ended: ZeroMQ's queue dies with its
-    process) fail once it has been seen stopped for ``max_sweep_interval`` s without
-    coming back (a restart tells their real outcome): ``ServerError``
-    (``Dahu_ServerStopped``), their state unknown."""
+    told failed fail now instead of waiting for its return, maybe for ever (their outcomes
+    are in its journal): :class:`JobAborted`.  A success whose output is unread, and the
+    jobs whose end was never told (their events lost as the server ended: ZeroMQ's queue
+    dies with its process), fail once it has been seen stopped for ``max_sweep_interval``
+    s without coming back (a restart gives their real outcome): ``ServerError``
+    (``Dahu_ServerStopped``)."""
     with client._lock:
         pending = list(client._pending.values())
     # answered at once by a server that runs: one that does not is not known stopped
@@ -48,7 +47,7 @@ def end_stopped(client: Any) -> None:
         for future in pending:
             if client._pending.get(future.job_id) is not future:
                 continue  # settled meanwhile
-            if future._told or gone:
+            if gone or future._told not in (None, State.SUCCESS):
                 del client._pending[future.job_id]
                 (told if future._told else untold).append(future)
     if told:
@@ -69,7 +68,7 @@ def end_stopped(client: Any) -> None:
             len(untold),
         )
     for future in told:
-        _fail_told(future)
+        _fail_told(future, client.max_sweep_interval)
     for future in untold:
         job_id = future.job_id
         reason = (
@@ -80,12 +79,13 @@ def end_stopped(client: Any) -> None:
         future._settle(None, error=ServerError(reason, "Dahu_ServerStopped"))
 
 
-def _fail_told(future: Any) -> None:
+def _fail_told(future: Any, waited: float) -> None:
     job_id = future.job_id
     if future._told == State.SUCCESS:
         reason = (
             f"job {job_id} succeeded, but its server stopped before its output could "
-            f"be read: 'dahu-jobs show {job_id}' on its work directory gives it"
+            f"be read, and has not come back within {waited:g} s: 'dahu-jobs show "
+            f"{job_id}' on its work directory gives it"
         )
         future._settle(State.SUCCESS, error=ServerError(reason, "Dahu_ServerStopped"))
         return
