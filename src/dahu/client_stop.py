@@ -29,8 +29,8 @@ def end_stopped(client: Any) -> None:
     is gone when the events of the jobs it aborted come), the futures whose jobs were
     told failed fail now instead of waiting for its return, maybe for ever (their outcomes
     are in its journal): :class:`JobAborted`.  A success whose output is unread, and the
-    jobs whose end was never told (their events lost as the server ended: ZeroMQ's queue
-    dies with its process), fail once it has been seen stopped for ``max_sweep_interval``
+    jobs whose end was never told (their events lost as the server ended, or none sent:
+    a crash), fail once it has been seen stopped for ``max_sweep_interval``
     s without coming back (a restart gives their real outcome): ``ServerError``
     (``Dahu_ServerStopped``)."""
     with client._lock:

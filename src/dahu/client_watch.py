@@ -123,9 +123,9 @@ def told(client: Any, future: Any, state: str | None, event: bool) -> None:
     """``future``'s job ended (``state``: from the server, or ``success`` by a
     ``jobSuccess`` event; None when only "not a success" is known), as an event told
     (``event``) or the watcher found: once the server has stopped, its outcome unread, it
-    is not waited for (:func:`.client_stop.end_stopped`).  An event also tells that events flow, and
-    that jobs of lower ids whose events did not come may have lost them
-    (:func:`_check_passed`).  Called under the client's lock."""
+    is waited for no longer than a return (:func:`.client_stop.end_stopped`).  An event
+    also tells that events flow, and that jobs of lower ids whose events did not come
+    may have lost them (:func:`_check_passed`).  Called under the client's lock."""
     if event:
         client._last_event = time.monotonic()
         client._high_event = max(client._high_event, future.job_id)
