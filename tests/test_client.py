@@ -837,6 +837,31 @@ def test_a_lost_event_is_found_while_other_events_keep_coming(server, monkeypatc
             streamer.join(30)
 
 
+def test_a_job_whose_event_comes_as_the_watcher_asks_is_not_one_lost(server, monkeypatch, caplog):
+    # bug: the watcher's question about a job whose event came while the server answered
+    # counted the job as ended without its event: a line saying so, and for the oldest
+    # job while events flowed, a check of every pending job (one call each)
+    command = client_watch._command
+
+    def late(client, name, job_id):  # the answer arrives after the job's event
+        deadline = time.monotonic() + 30
+        while not future.done():
+            assert time.monotonic() < deadline, "the job's event never came"
+            time.sleep(0.01)
+        return command(client, name, job_id)
+
+    monkeypatch.setattr(client_watch, "_command", late)
+    caplog.set_level(logging.INFO, logger="dahu.client")
+    with DahuClient(server.url, timeout=30, poll_interval=60) as dahu:  # its watcher idle
+        head = dahu.submit("example.sleep", t=30)
+        future = dahu.submit("example.sleep", t=1)  # still pending as the watcher looks
+        client_watch._check_young(dahu, head, time.monotonic() + dahu.poll_interval)
+        assert future.result(timeout=1)["slept"] is True  # its outcome, once
+        assert not client_watch._ask_state(dahu, future)
+        assert not [r for r in caplog.records if "without an event" in r.getMessage()]
+        assert head.cancel()
+
+
 def test_a_device_that_is_not_dahu_is_named_as_such(server):
     # bug: "cannot connect to URL: jobsuccess attribute not found", which reads like a
     # broken server rather than the wrong device

@@ -389,9 +389,10 @@ class DahuClient:
             if self._pending.get(future.job_id) is future:
                 del self._pending[future.job_id]
 
-    def _ended(self, job_id: int, state: str | None, event: bool = False) -> None:
+    def _ended(self, job_id: int, state: str | None, event: bool = False) -> bool:
         """Job ``job_id`` ended (``state``, or None when only "not a success" is known);
-        ``event``: learnt from a change event (the watcher then stays idle)."""
+        ``event``: learnt from a change event (the watcher then stays idle).  False if
+        no pending future of ours was ended so (told already, or none)."""
         with self._lock:
             future = self._pending.pop(job_id, None)
             if future is None:
@@ -399,11 +400,12 @@ class DahuClient:
                     self._early[job_id] = state
                     if len(self._early) > EARLY_MAX:  # submissions may overlap for ever
                         del self._early[next(iter(self._early))]
-                return
+                return False
             told(self, future, state, event)  # the watcher's clues: events flow, jobs passed
             self._outcomes.put((future, state))  # which holds the client until it is read
             if not self._pending:
                 release_if_idle(self, locked=True)
+        return True
 
     def _event(self, name: str, event: Any) -> None:
         """A change event of ``jobSuccess``/``jobFailure`` (Tango's event thread)."""

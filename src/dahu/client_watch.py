@@ -15,8 +15,8 @@ from typing import Any
 import tango
 
 from .client_close import release_if_idle, unsubscribe_all
-from .client_probe import stopped
-from .futures import JobAborted, JobNotFound, ServerError
+from .client_stop import answered, end_stopped
+from .futures import JobNotFound, ServerError
 from .states import State
 
 logger = logging.getLogger("dahu.client")
@@ -78,7 +78,7 @@ def _round(client: Any, state: dict[str, float]) -> None:
         if head is None:
             return  # nothing to watch
         if not _journal_ok(client):  # the server is away: next round
-            _end_told(client)  # unless it has stopped: the failures told end now
+            end_stopped(client)  # unless it has stopped: the futures end (client_stop)
             return
         now = time.monotonic()
         if fresh:
@@ -86,7 +86,7 @@ def _round(client: Any, state: dict[str, float]) -> None:
             state["next_sweep"] = min(state["next_sweep"], now + state["period"])
         if client._suspect:
             if _sweep(client, forced=True) < 0:
-                _end_told(client)
+                end_stopped(client)
                 return  # the server is away: try again after a pause
             continue
         if now - max(client._last_event, head._since) < client.poll_interval:
@@ -123,57 +123,15 @@ def told(client: Any, future: Any, state: str | None, event: bool) -> None:
     """``future``'s job ended (``state``: from the server, or ``success`` by a
     ``jobSuccess`` event; None when only "not a success" is known), as an event told
     (``event``) or the watcher found: once the server has stopped, its outcome unread, it
-    is not waited for (:func:`_end_told`).  An event also tells that events flow, and
-    that jobs of lower ids whose events did not come may have lost them
-    (:func:`_check_passed`).  Called under the client's lock."""
+    is waited for no longer than a return (:func:`.client_stop.end_stopped`).  An event
+    also tells that events flow, and that jobs of lower ids whose events did not come
+    may have lost them (:func:`_check_passed`).  Called under the client's lock."""
     if event:
         client._last_event = time.monotonic()
         client._high_event = max(client._high_event, future.job_id)
         future._told = state or State.FAILURE  # a jobFailure event: failure or aborted
     elif state in State.FINAL:
         future._told = state
-
-
-def _end_told(client: Any) -> None:
-    """The server cannot be asked: if it has stopped for good (nothing listens at its
-    address, or its device is gone: stopped by its admin device's ``Kill``, whose device
-    is gone when the events of the jobs it aborted come), the futures whose jobs were
-    told ended fail now instead of waiting for its return, maybe for ever (their outcomes
-    are in its journal): :class:`JobAborted` for a failure told, :class:`ServerError`
-    (``Dahu_ServerStopped``) for a success whose output is unread."""
-    with client._lock:
-        ended = [f for f in client._pending.values() if f._told]
-    # answered at once by a server that runs: one that does not is not known stopped
-    if not ended or not stopped(client.device, min(client._patience(), 0.5)):
-        return
-    count = 0
-    for future in ended:
-        with client._lock:
-            if client._pending.get(future.job_id) is not future:
-                continue  # settled meanwhile
-            del client._pending[future.job_id]
-        count += 1
-        job_id = future.job_id
-        if future._told == State.SUCCESS:
-            reason = (
-                f"job {job_id} succeeded, but its server stopped before its output could "
-                f"be read: 'dahu-jobs show {job_id}' on its work directory gives it"
-            )
-            future._settle(State.SUCCESS, error=ServerError(reason, "Dahu_ServerStopped"))
-            continue
-        reason = (
-            f"its server stopped before its outcome could be read (aborted by the stop, "
-            f"or failed just before: 'dahu-jobs show {job_id}' on its work directory says)"
-        )
-        future._settle(None, error=JobAborted(job_id, "aborted", reason))
-    first, client._stop_seen = not getattr(client, "_stop_seen", False), True
-    logger.log(  # once for a stop (the resolvers hand the jobs over a few at a time)
-        logging.WARNING if first else logging.DEBUG,
-        "%s: the server has stopped: the futures of the jobs it told ended fail, their "
-        "outcomes unread (%d now)",
-        client.device,
-        count,
-    )
 
 
 def _bounded(client: Any, function: Any, *args: Any) -> Any:
@@ -201,12 +159,19 @@ def _command(client: Any, command: str, job_id: int) -> Any:
 
 
 def _journal_ok(client: Any) -> bool:
-    """:func:`check_journal` for the watcher, bounded (False: the server is away)."""
+    """:func:`check_journal` for the watcher, bounded (False: the server is away); a
+    server without ``journalId`` (an earlier Dahu: nothing to check) is pinged, so that
+    its stop is seen too (the futures whose end it did not tell waited for ever)."""
     try:
-        return _bounded(client, check_journal, client, 0.0)
-    except ServerError:
+        ok = _bounded(client, check_journal, client, 0.0)
+        if client._journal is None:
+            _bounded(client, lambda: client._proxy().ping())
+    except (ServerError, tango.DevFailed):
         client._journal_seen = -math.inf
         return False
+    if ok:
+        answered(client)
+    return ok
 
 
 def _ask_state(client: Any, future: Any) -> bool:
@@ -217,15 +182,12 @@ def _ask_state(client: Any, future: Any) -> bool:
         client._journal_seen = -math.inf
         return False
     except tango.DevFailed as err:
-        if err.args[0].reason == "Dahu_UnknownJob":
-            client._ended(future.job_id, None)  # the resolver reports it
-            return True
+        if err.args[0].reason == "Dahu_UnknownJob":  # the resolver reports it
+            return client._ended(future.job_id, None)
         client._journal_seen = -math.inf  # timed out, or the server is away: check it
         return False  # next round
-    if state in State.FINAL:
-        client._ended(future.job_id, state)
-        return True
-    return False
+    # False when its event came as the server answered: not an event lost
+    return state in State.FINAL and client._ended(future.job_id, state)
 
 
 def _check_passed(client: Any, now: float) -> None:
@@ -300,12 +262,8 @@ def _sweep(client: Any, forced: bool) -> int:
                 client._journal_seen = -math.inf
                 return -1
             state = None
-        if state is None or state in State.FINAL:
-            with client._lock:
-                ended = client._pending.get(future.job_id) is future
-            if ended:
-                found += 1
-                client._ended(future.job_id, state)
+        if state is None or state in State.FINAL:  # (its event may have come meanwhile)
+            found += client._ended(future.job_id, state)
     if found:
         logger.info("%s: %d job(s) ended without an event", client.device, found)
     return found

@@ -108,12 +108,12 @@ _engine_lock = threading.Lock()
 _stopping = threading.Event()
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 """The signals that stop Tango's server: the device aborts its jobs first."""
-READS_LINGER = 0.5
+READS_LINGER, UNREAD_LINGER, EVENTS_LINGER = 0.5, 2.0, 0.1
 """Seconds a server stopped by a signal still answers after pushing the events of the
-jobs it aborted, so that clients told can read their errors."""
-EVENTS_LINGER = 0.1
-"""The same when the device is already gone (stopped by the admin device's ``Kill``):
-time for ZeroMQ to send the events."""
+jobs it aborted, so that clients told read their errors; after a client's last read while
+some are unread (its watcher asks about those whose events it lost: a ``dahu.client``'s
+each ``poll_interval``, 1 s by default); when the device is already gone (the admin
+device's ``Kill``), for ZeroMQ to send the events."""
 _stop_began: float | None = None  # time.monotonic() when the jobs were aborted
 _pushed_at = -math.inf  # time.monotonic() when the device last pushed an event (pushed)
 _unread: set[int] = set()  # the jobs a stop aborted whose outcome no client read yet
@@ -434,9 +434,9 @@ def abort_while_serving(linger: float) -> None:
             return
         pushed()  # (or nobody was told)
     # linger s after the last event (none lately: at once), and read (within the timeout)
-    bound = max(deadline, _pushed_at + linger)
-    while (end := min(max(_pushed_at, _read_at) + linger, bound)) > (now := time.monotonic()):
-        time.sleep(end - now)
+    bound, unread = max(deadline, _pushed_at + linger), lambda: UNREAD_LINGER if _unread else linger
+    while min(max(_pushed_at + linger, _read_at + unread()), bound) > time.monotonic():
+        time.sleep(0.05)  # (polled: the read of the last unread one shortens it)
 
 
 def outcome_read(job_id: int, final: bool = True) -> None:
