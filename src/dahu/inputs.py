@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import difflib
 import json
+import numbers
 import os
 from collections import deque
 from collections.abc import Collection, Mapping
@@ -270,3 +271,15 @@ def misspelt_keys(
         if guess is not None:
             warnings.append(f"unknown key {key!r} (did you mean {guess!r}?): it is ignored")
     return warnings
+
+
+def whole_number(value: Any) -> bool:
+    """False for a number that is not whole (1.5, ``numpy.float32(1.5)``, NaN, inf): no
+    job's id (until 2026-11-30 such a number was truncated to a job's); True otherwise
+    (integers, strings and what is no number are left to ``int``)."""
+    if isinstance(value, (numbers.Integral, str)) or not hasattr(value, "__float__"):
+        return True
+    try:
+        return bool(value == int(value))
+    except (ValueError, OverflowError, TypeError):
+        return False

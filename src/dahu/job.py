@@ -36,7 +36,7 @@ from .errors import DahuError, InvalidInput, JournalError, UnknownJob, one_line
 from .executors.runner import Outcome
 from .executors.slot import SELF_JOIN, current_job_id, released
 from .factory import plugin_factory  # noqa: F401  (the original's name here)
-from .inputs import parse_input, parse_inputs, plugin_name, unrecordable
+from .inputs import parse_input, parse_inputs, plugin_name, unrecordable, whole_number
 from .journal import job_file_stem, write_job_files
 from .journal.reader import JournalReader, current_reader, follow
 from .journal.writer import JournalLocked
@@ -246,9 +246,8 @@ class Job(threading.Thread, metaclass=_JobClass):
         callbacks still run.  A job not started or already finished is left unchanged.
         With the thread executor, a plugin that ignores the abort cannot be killed: after
         the executor's grace period its job ends ``aborted`` and the plugin is abandoned
-        (it runs on in its thread); the process executor kills its worker instead.
-        A job another process runs is asked of it through the journal (False if it
-        does not take it within 1.5 s: :mod:`dahu.engine.aborts`).
+        (it runs on in its thread); the process executor kills its worker instead.  A job
+        another process runs is asked of it (:mod:`dahu.engine.aborts`: False after 1.5 s).
         """
         run, reason = self._run, "aborted on request" if reason is None else str(reason)
         if run.cycle is None:  # an ended job, or another process's: asked of it
@@ -371,13 +370,8 @@ class Job(threading.Thread, metaclass=_JobClass):
     # ---- class-level API --------------------------------------------------------------
     @classmethod
     def _resolve(cls, jobId: Any) -> int:  # noqa: N803
-        if not isinstance(jobId, (numbers.Integral, str)) and hasattr(jobId, "__float__"):
-            try:  # 1.5 was job 1, numpy.float32(1.5) too (until 2026-11-30); NaN, inf
-                whole = jobId == int(jobId)  # type: ignore[call-overload]
-            except (ValueError, OverflowError, TypeError):
-                whole = False
-            if not whole:
-                return 0  # no job's id, as in the original (``inexistant``, None)
+        if not whole_number(jobId):  # 1.5 was job 1, numpy.float32(1.5) too; NaN, inf
+            return 0  # no job's id, as in the original (``inexistant``, None)
         job_id = int(jobId)
         if job_id < 0:  # -1 is the last job, as in the original
             job_id = _source().last_id() + 1 + job_id

@@ -340,13 +340,10 @@ class Engine:
         return write_files(self, job_id, plugin, input_data, output)
 
     def watch_running(self) -> None:
-        """Start (once) the sweep that records long-running jobs as ``running``.
-
-        Every :data:`~dahu.engine.lifecycle.NOTE_RUNNING_AFTER` seconds the jobs running
-        since at least that long get their state written to the journal: readers in
-        other processes see long ones as running; the journal's file is checked (put
-        back if the work directory was deleted); aborts asked by others are taken (.aborts).
-        """
+        """Start (once) the sweep: every :data:`~.lifecycle.NOTE_RUNNING_AFTER` s the jobs
+        running since that long are written ``running`` (readers in other processes see
+        them), the journal's file is checked (put back if the work directory was
+        deleted) and the aborts other processes ask are taken (:mod:`.aborts`)."""
         if self._sweeping:
             return
         with self._lock:
