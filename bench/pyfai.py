@@ -199,11 +199,17 @@ class Server:
 
     def warm_up(self, dataset: dict[str, Any], workers: int, out_dir: str) -> None:
         """One single-frame job per slot, at once: each builds an integrator and leaves it in
-        the cache, as on a server that has been running for a while."""
+        the cache, as on a server that has been running for a while.  Again until every
+        job of a round found one (at most 5 rounds): on a loaded machine the jobs of the
+        first round may run one after the other, the second reusing the first's, and
+        the cache then holds fewer integrators than slots."""
         warm = job_inputs(dataset, workers, out_dir)
         for item, (start, _) in zip(warm, shares(dataset["n_frames"], workers), strict=True):
             item["input_files"] = [f"{dataset['hdf5_dataset']}[{start}]"]
-        self.run(warm)
+        for round_ in range(5):
+            _, outputs = self.run(warm)
+            if round_ and all(output["integrator"]["cached"] for output in outputs):
+                return
 
     def stop(self) -> None:
         """Stop the server (SIGTERM) and wait for it to exit."""

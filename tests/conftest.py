@@ -82,6 +82,26 @@ def _plugin_directories_of_this_test_only():
     Factory.configured[:] = before
 
 
+@pytest.fixture(autouse=True)
+def _journal_reader_of_this_test_only():
+    """A Dask task run in the test process (an in-process cluster's worker, or a call of
+    ``run_task``) makes the process read jobs from its journal, as a worker does
+    (``use_reader``, ``DAHU_WORKDIR``): forget it, or the next test's ``Job.getStatusFromID``
+    reads that journal rather than its engine's."""
+    from dahu.journal import reader
+
+    before, workdir = reader._current, os.environ.get("DAHU_WORKDIR")
+    yield
+    reader._current = before
+    if workdir is None:
+        os.environ.pop("DAHU_WORKDIR", None)
+    else:
+        os.environ["DAHU_WORKDIR"] = workdir
+    task = sys.modules.get("dahu.executors.dask_task")
+    if before is None and task is not None:
+        task._configured.clear()
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A work directory for the engine under test."""

@@ -1447,7 +1447,7 @@ def test_init_gives_a_process_executor_as_many_workers_as_the_memory_allows(monk
         workdir="/work",
         default_timeout=None,
         journal_fault=None,
-        factory=SimpleNamespace(add_directory=lambda directory: None),
+        factory=SimpleNamespace(add_directories=lambda directories: None),
     )
     assert engine.executor.max_workers == 1  # one per CPU: 2, the memory holds 1
     monkeypatch.setattr(server_settings, "_engine", engine)

@@ -251,7 +251,10 @@ def write_missing_files(recovery: Recovery) -> int:
         if record is not None and write(record):
             written += 1
             recovery.written = written
-    alive = _Owners(processes.known(journal._read, journal.path))
+    # a journal in memory (tests) knows no processes: the files are this process's
+    read = getattr(journal, "_read", None)
+    known = processes.Known([], None, {}) if read is None else processes.known(read, journal.path)
+    alive = _Owners(known)
     present, since = 0, None  # since: once 50 in a row have files, the end of the 50th
     floor = max(0, top - REACH)
     # first the ids of the queue cut short and a window below: the jobs that ended last
