@@ -1269,6 +1269,7 @@ def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(tmp_path, p
     work = tmp_path / "work"
     prepare = functools.partial(small_answers_read_lightly, later)
     with start_device(work, plugin_dir, prepare) as proxy:
+        proxy.set_timeout_millis(15_000)  # (a startJob of 2 MiB took 3 s once, at load 20)
         job_id = proxy.startJob(["dahutest.big", json.dumps({"n": 3 * 2**20})])
         assert finish(proxy, job_id) == "success"
         error = refused(proxy.getJobOutput, job_id)  # in memory: its files are not written
