@@ -186,18 +186,19 @@ def next_item(items, seconds: float):
         return None
 
 
-def wait_subscribed(proxy, next_heard, timeout: float = 30.0) -> int:
+def wait_subscribed(proxy, next_heard, timeout: float = 30.0, plugin="example.noop") -> int:
     """Wait until a subscription to ``jobSuccess`` brings the event of a job started after
     it: ``subscribe_event`` returns before ZeroMQ has taken the subscription to the
     server (docs/server.md), and on a loaded machine the events of the jobs started right
     after reached nobody.  ``next_heard(seconds)``: the next job id heard within that
-    time, or None.  Returns the last probe job's id (``example.noop`` jobs)."""
+    time, or None.  Returns the last probe job's id (``plugin`` jobs: ``example.error``
+    for a subscription to ``jobFailure``)."""
     deadline = time.monotonic() + timeout
     probe, heard = None, None
     while heard is None or heard != probe:
         assert time.monotonic() < deadline, "no event heard after subscribing"
         if heard is None:  # (another job's event: read on)
-            probe = proxy.startJob(["example.noop", "{}"])
+            probe = proxy.startJob([plugin, "{}"])
         heard = next_heard(0.5)
     return probe
 

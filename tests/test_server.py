@@ -24,8 +24,9 @@ import tango
 from tango.test_context import DeviceTestContext
 
 from dahu.server import MAX_DEPTH, DahuDS
+from dahu.server_settings import READS_LINGER
 
-from .conftest import FINAL, PreparedDevice, finish
+from .conftest import FINAL, PreparedDevice, finish, next_item, wait_subscribed
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 1.0  # the device's wait_timeout in these tests
@@ -1106,6 +1107,23 @@ def test_an_option_missing_its_value_is_named_by_the_server(capsys, option):
     assert f"argument {option}" in capsys.readouterr().err
 
 
+def subscribe(proxy, name: str, heard: set[int]) -> None:
+    """Subscribe to the event ``name``, adding the job ids heard to ``heard``, and wait
+    until the subscription has reached the server (the event of a probe job is heard)."""
+    ids: queue.SimpleQueue = queue.SimpleQueue()
+
+    def on_event(event) -> None:
+        if not event.err and event.attr_value.value > 0:
+            heard.add(int(event.attr_value.value))
+            ids.put(int(event.attr_value.value))
+
+    proxy.subscribe_event(name, tango.EventType.CHANGE_EVENT, on_event)
+    plugin = "example.noop" if name == "jobSuccess" else "example.error"
+    wait_subscribed(proxy, lambda seconds: next_item(ids, seconds), plugin=plugin)
+    # a stop answers READS_LINGER s after the last event: not after the probe's, here
+    time.sleep(READS_LINGER)
+
+
 def wait_for_the_stop(what: str) -> None:
     """In the device's process: wait until the stop began (its signal handler set it), so
     that what the test means happens while the server stops (else the call fails)."""
@@ -1143,11 +1161,7 @@ def test_a_stop_while_a_batch_is_recorded_tells_its_client_of_every_job(tmp_path
     proxy = context.__enter__()
     proxy.set_timeout_millis(15_000)  # (its call waits for the signal)
     try:
-        proxy.subscribe_event(
-            "jobFailure",
-            tango.EventType.CHANGE_EVENT,
-            lambda event: event.err or heard.add(int(event.attr_value.value)),
-        )
+        subscribe(proxy, "jobFailure", heard)
         given: list[int] = []
         batch = ["example.sleep", json.dumps([{"t": 30}] * 50)]
         sender = threading.Thread(target=lambda: given.extend(proxy.startJobs(batch)))
@@ -1174,16 +1188,18 @@ def queueing_after_the_stop(queueing: Path) -> None:
     write_files = Engine.write_files
 
     def slowly(job):
+        if job._name != "example.sleep":  # (the probes of the subscription)
+            return start(job)
         queueing.touch()
         wait_for_the_stop("while the job is recorded")
         start(job)
         wait_until(lambda: job.status == "aborted", what="a slot to take the job")
 
-    def slow_disk(engine, *args):
+    def slow_disk(engine, job_id, plugin, *args):
         deadline = time.monotonic() + 1.0
-        while not stopping() and time.monotonic() < deadline:
+        while plugin == "example.sleep" and not stopping() and time.monotonic() < deadline:
             time.sleep(0.01)
-        return write_files(engine, *args)
+        return write_files(engine, job_id, plugin, *args)
 
     Job.start = slowly
     Engine.write_files = slow_disk
@@ -1204,11 +1220,7 @@ def test_a_stop_while_a_single_job_is_queued_tells_its_client(tmp_path, plugin_d
     proxy = context.__enter__()
     proxy.set_timeout_millis(15_000)  # (its call waits for the signal)
     try:
-        proxy.subscribe_event(
-            "jobFailure",
-            tango.EventType.CHANGE_EVENT,
-            lambda event: event.err or heard.add(int(event.attr_value.value)),
-        )
+        subscribe(proxy, "jobFailure", heard)
         given: list[int] = []
         job = ["example.sleep", json.dumps({"t": 30})]
         sender = threading.Thread(target=lambda: given.append(proxy.startJob(job)))
@@ -1366,10 +1378,11 @@ def writing_until_the_stop(writing: Path) -> None:
 
     write_files = Engine.write_files
 
-    def slow_disk(engine, *args):
-        writing.touch()
-        wait_for_the_stop("while the job's files are written")
-        return write_files(engine, *args)
+    def slow_disk(engine, job_id, plugin, *args):
+        if plugin == "example.cube":  # (not the probes of the subscription)
+            writing.touch()
+            wait_for_the_stop("while the job's files are written")
+        return write_files(engine, job_id, plugin, *args)
 
     Engine.write_files = slow_disk
 
@@ -1387,11 +1400,7 @@ def test_a_stop_while_an_ended_job_has_its_files_written_tells_its_client(tmp_pa
     context = start_device(tmp_path / "work", plugin_dir, prepare)
     proxy = context.__enter__()
     try:
-        proxy.subscribe_event(
-            "jobSuccess",
-            tango.EventType.CHANGE_EVENT,
-            lambda event: event.err or heard.add(int(event.attr_value.value)),
-        )
+        subscribe(proxy, "jobSuccess", heard)
         job_id = proxy.startJob(["example.cube", json.dumps({"x": 3})])
         assert finish(proxy, job_id) == "success"
         wait_until(writing.exists, what="its files to be written")
