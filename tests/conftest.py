@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
 import queue
@@ -31,15 +32,24 @@ VENV_BIN = Path(sys.executable).parent
 tango.test_context.multiprocessing = multiprocessing.get_context("spawn")
 
 
-@pytest.fixture
-def forked_devices(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Devices this test starts are forked from the test process, so that they see its
-    monkeypatches (a test that patches the device's code in the test process)."""
-    if tango.__version_info__[:2] < (10, 3):
-        # PyTango 10.1 (the lowest pyproject.toml allows): a device forked from a test
-        # process that has started others in new interpreters hangs as it stops
-        pytest.skip(f"a forked test device hangs as it stops under PyTango {tango.__version__}")
-    monkeypatch.setattr(tango.test_context, "multiprocessing", multiprocessing.get_context("fork"))
+class PreparedDevice(tango.test_context.DeviceTestContext):
+    """A device under test whose new interpreter first calls ``prepare`` (a module-level
+    function or a ``functools.partial`` of one: it is pickled), for a test that patches
+    the device's code.  (Such devices were forked from the test process, to see its
+    monkeypatches: under load one now and then never finished starting, or its admin
+    device refused a connection; it had inherited the test process's omniORB threads.)"""
+
+    def __init__(self, *args, prepare, **kwargs):
+        self._prepare = prepare
+        super().__init__(*args, **kwargs)
+
+    def target(self, runserver, process=False):
+        # (an error in prepare is reported as the start's: the server runs nothing)
+        super().target(functools.partial(self._prepared, runserver), process)
+
+    def _prepared(self, runserver, **kwargs):
+        self._prepare()
+        return runserver(**kwargs)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -196,18 +206,19 @@ def next_item(items, seconds: float):
         return None
 
 
-def wait_subscribed(proxy, next_heard, timeout: float = 30.0) -> int:
+def wait_subscribed(proxy, next_heard, timeout: float = 30.0, plugin="example.noop") -> int:
     """Wait until a subscription to ``jobSuccess`` brings the event of a job started after
     it: ``subscribe_event`` returns before ZeroMQ has taken the subscription to the
     server (docs/server.md), and on a loaded machine the events of the jobs started right
     after reached nobody.  ``next_heard(seconds)``: the next job id heard within that
-    time, or None.  Returns the last probe job's id (``example.noop`` jobs)."""
+    time, or None.  Returns the last probe job's id (``plugin`` jobs: ``example.error``
+    for a subscription to ``jobFailure``)."""
     deadline = time.monotonic() + timeout
     probe, heard = None, None
     while heard is None or heard != probe:
         assert time.monotonic() < deadline, "no event heard after subscribing"
         if heard is None:  # (another job's event: read on)
-            probe = proxy.startJob(["example.noop", "{}"])
+            probe = proxy.startJob([plugin, "{}"])
         heard = next_heard(0.5)
     return probe
 

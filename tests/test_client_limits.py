@@ -3,6 +3,7 @@ future, jobs that time out (against a real ``dahu_server`` process)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import signal
@@ -33,6 +34,21 @@ def text(n=1):
 
 plugin_from_function(text)
 '''
+
+
+def heard_of_a_job(dahu: DahuClient) -> None:
+    """Submit ``example.square`` jobs until the event of one settles its future: a client
+    whose watcher is kept idle (``poll_interval=60``) finds a lost event 60 s late, and
+    the event of a job that ends before the client's subscription has reached the server
+    is lost (once in 7 runs at load 39: "job 7 has not ended within 30 s")."""
+    deadline = time.monotonic() + 30
+    while True:
+        future = dahu.submit("example.square", x=2)
+        try:
+            assert future.result(timeout=1)["result"] == 4
+            return
+        except concurrent.futures.TimeoutError:
+            assert time.monotonic() < deadline, "no event reached the client"
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +122,7 @@ def test_a_server_that_does_not_answer_is_named_as_such(server):
     # bug: the reason was API_CorbaException and the message CORBA's words alone,
     # "startJob: TRANSIENT CORBA system exception: TRANSIENT_CallTimedout"
     with DahuClient(server.url, timeout=0.5, poll_interval=60) as dahu:  # watcher idle
-        assert dahu.submit("example.square", x=2).result(timeout=30)["result"] == 4
+        heard_of_a_job(dahu)
         slow = dahu.submit("example.sleep", t=60)
         os.kill(server.process.pid, signal.SIGSTOP)  # a server that does not answer
         try:
@@ -152,7 +168,7 @@ def test_a_thread_s_first_call_to_a_stopped_server_does_not_freeze_the_others(se
     # holding Python's lock: with the server stopped every other thread of the client
     # stood still 3 s (the calls above, bounded to 0.5 s, took 3 to 10 s now and then)
     with DahuClient(server.url, timeout=0.5, poll_interval=60) as dahu:
-        assert dahu.submit("example.square", x=2).result(timeout=30)["result"] == 4
+        heard_of_a_job(dahu)
         gaps, calls = [], []
 
         def first_call() -> None:  # a thread of the client that has no proxy yet

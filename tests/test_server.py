@@ -7,6 +7,7 @@ a state of their own (restart, a broken journal) start their own.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import queue
@@ -23,8 +24,9 @@ import tango
 from tango.test_context import DeviceTestContext
 
 from dahu.server import MAX_DEPTH, DahuDS
+from dahu.server_settings import READS_LINGER
 
-from .conftest import FINAL, finish
+from .conftest import FINAL, PreparedDevice, finish, next_item, wait_subscribed
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 1.0  # the device's wait_timeout in these tests
@@ -108,7 +110,9 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("work")
 
 
-def start_device(workdir: Path, plugin_dir: Path, **properties) -> DeviceTestContext:
+def start_device(workdir: Path, plugin_dir: Path, prepare=None, **properties) -> DeviceTestContext:
+    """A device in a new interpreter; ``prepare`` (picklable), if given, is called there
+    first (a test that patches the device's code)."""
     props = {
         "workdir": str(workdir),
         "plugins_directory": [str(plugin_dir)],
@@ -117,7 +121,9 @@ def start_device(workdir: Path, plugin_dir: Path, **properties) -> DeviceTestCon
         "wait_timeout": WAIT,
         **properties,
     }
-    return DeviceTestContext(DahuDS, process=True, properties=props, timeout=60)
+    if prepare is None:
+        return DeviceTestContext(DahuDS, process=True, properties=props, timeout=60)
+    return PreparedDevice(DahuDS, process=True, properties=props, timeout=60, prepare=prepare)
 
 
 @pytest.fixture(scope="module")
@@ -710,21 +716,29 @@ def test_unknown_job_ids_are_refused_in_one_line(proxy, command):
 
 
 # ---- restart, journal fault, benchmark ----------------------------------------------------------
+def small_batches(batch: int) -> None:
+    """In the device's process: a batch of ``batch`` jobs is large, the queue's length is
+    looked at every 100 jobs."""
+    import dahu.server
+    import dahu.server_settings
+
+    dahu.server_settings.FREEZE_BATCH = batch
+    dahu.server.FREEZE_CHECK = 100
+
+
 @pytest.mark.parametrize("how", ["startJobs", "startJob"])
-def test_a_large_batch_is_kept_out_of_the_collector_until_it_has_run(
-    tmp_path, plugin_dir, monkeypatch, forked_devices, how
-):
+def test_a_large_batch_is_kept_out_of_the_collector_until_it_has_run(tmp_path, plugin_dir, how):
     # bug: with 400,000 jobs queued (by one startJobs, or one startJob at a time), each
     # full collection of the garbage collector scanned their millions of objects, holding
     # the GIL for 1 to 6 s: every other client's command (State too) waited past its 3 s
     # timeout
     batch = 300
-    monkeypatch.setattr("dahu.server_settings.FREEZE_BATCH", batch)  # the device is forked
-    monkeypatch.setattr("dahu.server.FREEZE_CHECK", 100)
-    with start_device(tmp_path / "work", plugin_dir) as proxy:
-        # forked from the test process, the device has its large heap: a full collection
-        # scanning it once the batch's objects were let go (unfrozen) took waitJob past
-        # 3 s once, on a loaded machine; the counts below show the freeze
+    with start_device(
+        tmp_path / "work", plugin_dir, functools.partial(small_batches, batch)
+    ) as proxy:
+        # the counts below show the freeze (not the time of a command: on a loaded
+        # machine, a full collection once the batch's objects were let go took waitJob
+        # past 3 s once)
         proxy.set_timeout_millis(15_000)
         sleepers = [start_running(proxy) for _ in range(2)]  # the batch stays queued
         if how == "startJobs":
@@ -1093,36 +1107,61 @@ def test_an_option_missing_its_value_is_named_by_the_server(capsys, option):
     assert f"argument {option}" in capsys.readouterr().err
 
 
-def test_a_stop_while_a_batch_is_recorded_tells_its_client_of_every_job(
-    tmp_path, plugin_dir, monkeypatch, forked_devices
-):
+def subscribe(proxy, name: str, heard: set[int]) -> None:
+    """Subscribe to the event ``name``, adding the job ids heard to ``heard``, and wait
+    until the subscription has reached the server (the event of a probe job is heard)."""
+    ids: queue.SimpleQueue = queue.SimpleQueue()
+
+    def on_event(event) -> None:
+        if not event.err and event.attr_value.value > 0:
+            heard.add(int(event.attr_value.value))
+            ids.put(int(event.attr_value.value))
+
+    proxy.subscribe_event(name, tango.EventType.CHANGE_EVENT, on_event)
+    plugin = "example.noop" if name == "jobSuccess" else "example.error"
+    wait_subscribed(proxy, lambda seconds: next_item(ids, seconds), plugin=plugin)
+    # a stop answers READS_LINGER s after the last event: not after the probe's, here
+    time.sleep(READS_LINGER)
+
+
+def wait_for_the_stop(what: str) -> None:
+    """In the device's process: wait until the stop began (its signal handler set it), so
+    that what the test means happens while the server stops (else the call fails)."""
+    from dahu.engine import get_engine
+
+    wait_until(lambda: get_engine().cycle.halted, timeout=30, what=f"the stop {what}")
+
+
+def recording_until_the_stop(recording: Path) -> None:
+    """In the device's process: ``startJobs`` records its batch, then waits for the stop."""
+    from dahu.job import Job
+
+    create_many = Job.create_many.__func__
+
+    def slowly(cls, *args, **kwargs):
+        jobs = create_many(cls, *args, **kwargs)
+        recording.touch()
+        wait_for_the_stop("while the batch is recorded")
+        return jobs
+
+    Job.create_many = classmethod(slowly)
+
+
+def test_a_stop_while_a_batch_is_recorded_tells_its_client_of_every_job(tmp_path, plugin_dir):
     # bug: SIGTERM while a startJobs call recorded its batch: the stop found none of its
     # jobs yet and let the device go; the client got the ids, and never heard of the jobs
     # (of 200,000: 194,062 jobFailure events missing), ended aborted after the device left
     import os
     import signal
 
-    from dahu.job import Job
-
     recording = tmp_path / "recording"
-    create_many = Job.create_many.__func__
-
-    def slowly(cls, *args, **kwargs):  # in the device's (forked) process
-        jobs = create_many(cls, *args, **kwargs)
-        recording.touch()
-        time.sleep(1.0)  # the signal comes now
-        return jobs
-
-    monkeypatch.setattr(Job, "create_many", classmethod(slowly))
     heard: set[int] = set()
-    context = start_device(tmp_path / "work", plugin_dir)
+    prepare = functools.partial(recording_until_the_stop, recording)
+    context = start_device(tmp_path / "work", plugin_dir, prepare)
     proxy = context.__enter__()
+    proxy.set_timeout_millis(15_000)  # (its call waits for the signal)
     try:
-        proxy.subscribe_event(
-            "jobFailure",
-            tango.EventType.CHANGE_EVENT,
-            lambda event: event.err or heard.add(int(event.attr_value.value)),
-        )
+        subscribe(proxy, "jobFailure", heard)
         given: list[int] = []
         batch = ["example.sleep", json.dumps([{"t": 30}] * 50)]
         sender = threading.Thread(target=lambda: given.extend(proxy.startJobs(batch)))
@@ -1137,18 +1176,21 @@ def test_a_stop_while_a_batch_is_recorded_tells_its_client_of_every_job(
             context.__exit__(None, None, None)
 
 
-def test_init_with_more_worker_processes_than_the_memory_holds_is_fault(
-    tmp_path, plugin_dir, monkeypatch, forked_devices
-):
+def memory_held_to_one_worker_once(small: Path) -> None:
+    """In the device's process: the memory holds one worker process once ``small`` exists."""
+    from dahu.executors import pool_size
+
+    real = pool_size.memory_limit
+    pool_size.memory_limit = lambda: 2**20 if small.exists() else real()
+
+
+def test_init_with_more_worker_processes_than_the_memory_holds_is_fault(tmp_path, plugin_dir):
     # bug: Init with a max_workers the process executor refuses (more worker processes
     # than the memory holds) gave the client "UNKNOWN CORBA system exception", and the
     # device's state and status said nothing
-    from dahu.executors import pool_size
-
-    small = tmp_path / "small"  # made: the device's memory holds one worker process
-    real = pool_size.memory_limit
-    monkeypatch.setattr(pool_size, "memory_limit", lambda: 2**20 if small.exists() else real())
-    with start_device(tmp_path / "work", plugin_dir, executor="process") as proxy:
+    small = tmp_path / "small"
+    prepare = functools.partial(memory_held_to_one_worker_once, small)
+    with start_device(tmp_path / "work", plugin_dir, prepare, executor="process") as proxy:
         small.touch()
         proxy.Init()
         assert proxy.state() == tango.DevState.FAULT
@@ -1161,9 +1203,36 @@ def test_init_with_more_worker_processes_than_the_memory_holds_is_fault(
         assert proxy.state() == tango.DevState.ON
 
 
-def test_a_stop_while_a_single_job_is_queued_tells_its_client(
-    tmp_path, plugin_dir, monkeypatch, forked_devices
-):
+def queueing_after_the_stop(queueing: Path) -> None:
+    """In the device's process: ``startJob`` queues its job once the stop began, and
+    returns once a slot took it (aborted at once); the job's files are written once the
+    Tango loop ended, or after 1 s (its event comes after its files)."""
+    from dahu.engine.core import Engine
+    from dahu.job import Job
+    from dahu.server_settings import stopping
+
+    start = Job.start
+    write_files = Engine.write_files
+
+    def slowly(job):
+        if job._name != "example.sleep":  # (the probes of the subscription)
+            return start(job)
+        queueing.touch()
+        wait_for_the_stop("while the job is recorded")
+        start(job)
+        wait_until(lambda: job.status == "aborted", what="a slot to take the job")
+
+    def slow_disk(engine, job_id, plugin, *args):
+        deadline = time.monotonic() + 1.0
+        while plugin == "example.sleep" and not stopping() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return write_files(engine, job_id, plugin, *args)
+
+    Job.start = slowly
+    Engine.write_files = slow_disk
+
+
+def test_a_stop_while_a_single_job_is_queued_tells_its_client(tmp_path, plugin_dir):
     # bug: SIGTERM between startJob's "shutting down" check and the job being queued: the
     # stop found no job queued or running and let the device go at once; the client got
     # the id, and its job ended aborted with nobody told (a slot takes it at once and
@@ -1171,34 +1240,14 @@ def test_a_stop_while_a_single_job_is_queued_tells_its_client(
     import os
     import signal
 
-    from dahu.engine.core import Engine
-    from dahu.job import Job
-
     queueing = tmp_path / "queueing"
-    start = Job.start
-    write_files = Engine.write_files
-
-    def slowly(job):  # in the device's (forked) process
-        queueing.touch()
-        time.sleep(1.0)  # the signal comes now
-        start(job)
-        time.sleep(0.3)  # a slot takes it meanwhile: aborted at once (the stop began)
-
-    def slow_disk(engine, *args):  # the job's event comes after its files
-        time.sleep(1.0)
-        return write_files(engine, *args)
-
-    monkeypatch.setattr(Job, "start", slowly)
-    monkeypatch.setattr(Engine, "write_files", slow_disk)
     heard: set[int] = set()
-    context = start_device(tmp_path / "work", plugin_dir)
+    prepare = functools.partial(queueing_after_the_stop, queueing)
+    context = start_device(tmp_path / "work", plugin_dir, prepare)
     proxy = context.__enter__()
+    proxy.set_timeout_millis(15_000)  # (its call waits for the signal)
     try:
-        proxy.subscribe_event(
-            "jobFailure",
-            tango.EventType.CHANGE_EVENT,
-            lambda event: event.err or heard.add(int(event.attr_value.value)),
-        )
+        subscribe(proxy, "jobFailure", heard)
         given: list[int] = []
         job = ["example.sleep", json.dumps({"t": 30})]
         sender = threading.Thread(target=lambda: given.append(proxy.startJob(job)))
@@ -1213,28 +1262,23 @@ def test_a_stop_while_a_single_job_is_queued_tells_its_client(
             context.__exit__(None, None, None)
 
 
-def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(
-    tmp_path, plugin_dir, monkeypatch, forked_devices
-):
-    # bug: a job output over Tango's 256 MiB message ("x" * 300_000_000) failed
-    # getJobOutput with API_CorbaException MARSHAL_MessageSizeExceedLimitOnServer and
-    # no Dahu reason nor where to read it (the limit is lowered here: a light test)
-    # bug: the output still in memory was encoded whole to be refused (1 s for 300 MB):
-    # its size is known from the journal's encoding (here, the files thread waits, and
-    # the device fails the command if it encodes the output whole again)
+def small_answers_read_lightly(later: Path) -> None:
+    """In the device's process: answers of 50,000 characters at most; an output encoded
+    whole again, or an input of 1 MiB decoded, fails the command; a job's files are
+    written once ``later`` exists (or after 20 s)."""
     import dahu.engine.core
     import dahu.server_errors
     from dahu.engine import Engine
     from dahu.journal import SQLiteJournal
 
-    monkeypatch.setattr(dahu.server_errors, "MAX_ANSWER_CHARS", 50_000, raising=False)
+    dahu.server_errors.MAX_ANSWER_CHARS = 50_000
     encode = dahu.engine.core.encode_output
 
     def not_whole(output, *args):
         assert len(output.get("data", "")) < 2**20, "the whole output encoded again"
         return encode(output, *args)
 
-    later, write_files = tmp_path / "write the files", Engine.write_files
+    write_files = Engine.write_files
 
     def held(engine, *args):
         deadline = time.monotonic() + 20
@@ -1244,15 +1288,27 @@ def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(
 
     record = SQLiteJournal._record
 
-    def small_input(row, *args, **kwargs):  # in the forked device
+    def small_input(row, *args, **kwargs):
         assert not row[3] or len(row[3]) < 2**20, "the whole input decoded"
         return record(row, *args, **kwargs)
 
-    monkeypatch.setattr(dahu.engine.core, "encode_output", not_whole)
-    monkeypatch.setattr(Engine, "write_files", held)
-    monkeypatch.setattr(SQLiteJournal, "_record", staticmethod(small_input))
+    dahu.engine.core.encode_output = not_whole
+    Engine.write_files = held
+    SQLiteJournal._record = staticmethod(small_input)
+
+
+def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(tmp_path, plugin_dir):
+    # bug: a job output over Tango's 256 MiB message ("x" * 300_000_000) failed
+    # getJobOutput with API_CorbaException MARSHAL_MessageSizeExceedLimitOnServer and
+    # no Dahu reason nor where to read it (the limit is lowered here: a light test)
+    # bug: the output still in memory was encoded whole to be refused (1 s for 300 MB):
+    # its size is known from the journal's encoding (here, the files thread waits, and
+    # the device fails the command if it encodes the output whole again)
+    later = tmp_path / "write the files"
     work = tmp_path / "work"
-    with start_device(work, plugin_dir) as proxy:
+    prepare = functools.partial(small_answers_read_lightly, later)
+    with start_device(work, plugin_dir, prepare) as proxy:
+        proxy.set_timeout_millis(15_000)  # (a startJob of 2 MiB took 3 s once, at load 20)
         job_id = proxy.startJob(["dahutest.big", json.dumps({"n": 3 * 2**20})])
         assert finish(proxy, job_id) == "success"
         error = refused(proxy.getJobOutput, job_id)  # in memory: its files are not written
@@ -1291,22 +1347,24 @@ def test_an_input_or_output_tango_cannot_send_is_refused_in_one_line(
             assert error.reason == "Dahu_UnknownJob", error.desc
 
 
-def test_the_info_of_a_job_with_a_huge_output_does_not_read_it(
-    tmp_path, plugin_dir, monkeypatch, forked_devices
-):
-    # bug: getJobInfo of a job with 300 MB of input and 300 MB of output took 4.5 s, past
-    # a client's 3 s timeout: the journal decoded both to answer its state and times
-    # (here, a record read whole past 1 MiB fails the command: a light test)
+def outputs_never_read_whole() -> None:
+    """In the device's process: a record read with its output of 1 MiB or more fails."""
     from dahu.journal import SQLiteJournal
 
     record = SQLiteJournal._record
 
-    def no_bulk(row, *args, **kwargs):  # in the forked device
+    def no_bulk(row, *args, **kwargs):
         assert not row[4] or len(row[4]) < 2**20, "the whole output read"
         return record(row, *args, **kwargs)
 
-    monkeypatch.setattr(SQLiteJournal, "_record", staticmethod(no_bulk))
-    with start_device(tmp_path / "work", plugin_dir) as proxy:
+    SQLiteJournal._record = staticmethod(no_bulk)
+
+
+def test_the_info_of_a_job_with_a_huge_output_does_not_read_it(tmp_path, plugin_dir):
+    # bug: getJobInfo of a job with 300 MB of input and 300 MB of output took 4.5 s, past
+    # a client's 3 s timeout: the journal decoded both to answer its state and times
+    # (here, a record read whole past 1 MiB fails the command: a light test)
+    with start_device(tmp_path / "work", plugin_dir, outputs_never_read_whole) as proxy:
         job_id = proxy.startJob(["dahutest.big", json.dumps({"n": 3 * 2**20})])
         assert finish(proxy, job_id) == "success"
         info = json.loads(proxy.getJobInfo(job_id))
@@ -1314,30 +1372,21 @@ def test_the_info_of_a_job_with_a_huge_output_does_not_read_it(
         assert len(proxy.getJobOutput(job_id)) > 3 * 2**20  # read as text, not decoded
 
 
-def test_the_error_of_an_old_job_with_a_huge_output_does_not_read_it(
-    tmp_path, plugin_dir, monkeypatch, forked_devices
-):
+def test_the_error_of_an_old_job_with_a_huge_output_does_not_read_it(tmp_path, plugin_dir):
     # bug: getJobError (and abort, cleanJob) of a job ended before the server started
     # decoded its whole input and output: 200 MB of each, 0.9 s for getJobError, 1 s for
     # abort (here a record read whole past 1 MiB fails the command: a light test)
-    from dahu.journal import SQLiteJournal
-
     work = tmp_path / "work"
     with start_device(work, plugin_dir) as proxy:
         big = proxy.startJob(["dahutest.big", json.dumps({"n": 3 * 2**20})])
         assert finish(proxy, big) == "success"
         failed = proxy.startJob(["example.error", json.dumps({"message": "bad frame"})])
         assert finish(proxy, failed) == "failure"
-    record = SQLiteJournal._record
-
-    def no_bulk(row, *args, **kwargs):  # in the forked device
-        assert not row[4] or len(row[4]) < 2**20, "the whole output read"
-        return record(row, *args, **kwargs)
-
-    monkeypatch.setattr(SQLiteJournal, "_record", staticmethod(no_bulk))
     # the start too: it looked for missing files in the last 2000 records, read whole (20
     # jobs of 50 MB of output: 1.9 GB of memory and 1.6 to 7.4 s before the device was up)
-    with start_device(work, plugin_dir) as proxy:  # the jobs are the journal's only
+    with start_device(
+        work, plugin_dir, outputs_never_read_whole
+    ) as proxy:  # (the journal's only jobs)
         assert proxy.getJobError(big) == ""
         assert proxy.getJobError(failed).startswith("ValueError: bad frame")
         assert proxy.abort(big) is False
@@ -1350,35 +1399,35 @@ def test_the_error_of_an_old_job_with_a_huge_output_does_not_read_it(
         assert json.loads(out.read_text())["error"][0].startswith("ValueError: bad frame")
 
 
-def test_a_stop_while_an_ended_job_has_its_files_written_tells_its_client(
-    tmp_path, plugin_dir, monkeypatch, forked_devices
-):
+def writing_until_the_stop(writing: Path) -> None:
+    """In the device's process: a job's files are written once the stop began."""
+    from dahu.engine.core import Engine
+
+    write_files = Engine.write_files
+
+    def slow_disk(engine, job_id, plugin, *args):
+        if plugin == "example.cube":  # (not the probes of the subscription)
+            writing.touch()
+            wait_for_the_stop("while the job's files are written")
+        return write_files(engine, job_id, plugin, *args)
+
+    Engine.write_files = slow_disk
+
+
+def test_a_stop_while_an_ended_job_has_its_files_written_tells_its_client(tmp_path, plugin_dir):
     # bug: SIGTERM while the files of a job that had just ended were being written (a
     # large output: 300 MB of .out take seconds): the stop found no job queued or running
     # and let the device go at once; the job's event, pushed after its files, reached nobody
     import os
     import signal
 
-    from dahu.engine.core import Engine
-
     writing = tmp_path / "writing"
-    write_files = Engine.write_files
-
-    def slow_disk(engine, *args):  # in the device's (forked) process
-        writing.touch()
-        time.sleep(1.0)  # the signal comes now
-        return write_files(engine, *args)
-
-    monkeypatch.setattr(Engine, "write_files", slow_disk)
     heard: set[int] = set()
-    context = start_device(tmp_path / "work", plugin_dir)
+    prepare = functools.partial(writing_until_the_stop, writing)
+    context = start_device(tmp_path / "work", plugin_dir, prepare)
     proxy = context.__enter__()
     try:
-        proxy.subscribe_event(
-            "jobSuccess",
-            tango.EventType.CHANGE_EVENT,
-            lambda event: event.err or heard.add(int(event.attr_value.value)),
-        )
+        subscribe(proxy, "jobSuccess", heard)
         job_id = proxy.startJob(["example.cube", json.dumps({"x": 3})])
         assert finish(proxy, job_id) == "success"
         wait_until(writing.exists, what="its files to be written")

@@ -683,3 +683,59 @@ def test_a_stopping_server_answers_while_its_clients_read_the_aborted_jobs(monke
     server_settings.abort_while_serving(0.5)
     assert server_settings.UNREAD_LINGER >= 2 * 1.0  # a default poll_interval, and a round
     assert clock[0] == pytest.approx(2000.025 + server_settings.UNREAD_LINGER, abs=0.06)
+
+
+DEAF = '''
+import os
+import time
+
+from dahu.factory import register
+from dahu.plugin import Plugin
+
+
+@register
+class Deaf(Plugin):
+    """Ignores its abort: returns once the file ``release`` exists (creates ``flag``)."""
+
+    def process(self):
+        open(self.input["flag"], "w").close()
+        while not os.path.exists(self.input["release"]):
+            time.sleep(0.02)
+'''
+
+
+def test_a_plugin_hung_past_a_stop_shorter_than_the_abort_grace_is_not_abandoned(
+    tmp_path, plugin_dir, monkeypatch
+):
+    # bug (a loaded machine): --shutdown-timeout 4 and a plugin that ignores its abort:
+    # when the stop came to record it more than 1 s past its timeout, the thread executor
+    # had abandoned it meanwhile (5 s after the abort): its job read "did not stop within
+    # 5 s; its thread is abandoned" and the server exited with status 0, where on a quiet
+    # machine it read "had not stopped after 4 s", status 1. Here the abandon comes first.
+    import dahu.engine
+    from dahu.job import Job
+
+    (plugin_dir / "deaf.py").write_text(DEAF)
+    grace = 0.2
+    engine = dahu.engine.configure(
+        workdir=str(tmp_path / "work"), max_workers=1, executor_options={"abort_grace": grace}
+    )
+    flag, release = tmp_path / "in-process", tmp_path / "release"
+    job = Job("deaf.deaf", {"flag": str(flag), "release": str(release)})
+    job.start()
+    try:
+        wait_for_file(flag)
+        monkeypatch.setattr(server_settings, "_engine", engine)
+        monkeypatch.setattr(server_settings, "_stop_began", None)
+        monkeypatch.setattr(server_settings, "_unread", set())
+        monkeypatch.setattr(server_settings, "_pushed_at", -float("inf"))
+        monkeypatch.setattr(server_settings.settings, "shutdown_timeout", 0.1)
+        server_settings.abort_while_serving(0.0)  # the signal: the job is aborted
+        later = threading.Event()
+        engine.watchdog.call_later(grace, later.set)  # after the abandon's time (one thread)
+        assert later.wait(30)
+        assert not engine.shutdown(abort=True, timeout=0.1, since=server_settings._stop_began)
+        assert job.status == "aborted"
+        assert job.error == f"{REASON} (the plugin had not stopped after 0.1 s)"
+    finally:
+        release.touch()

@@ -403,8 +403,8 @@ def abort_while_serving(linger: float) -> None:
             return
         _stop_began = time.monotonic()
     stopped = {r.id: r for r in engine.live()}  # counted: a slot may abort and end them now
+    deadline = engine.cycle.stop_deadline = _stop_began + settings.shutdown_timeout
     engine.cycle.halted = SHUTDOWN_REASON  # a job taken from now on: aborted
-    deadline = _stop_began + settings.shutdown_timeout
     now = time.time()  # jobs ended before, their files (then their events) not written yet
     unwritten = engine.files_settled() < now  # (none: it answers a time after ``now``)
     with _recorded:  # their clients get the ids: their jobs are aborted below (or, taken

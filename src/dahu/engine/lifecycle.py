@@ -210,6 +210,7 @@ class LifeCycle:
         self.files_lock = threading.Lock()  # a job's files are written by one thread
         self.halted: str | None = None  # set (a reason): queued jobs end aborted, none begins
         self.refusing: str | None = None  # set (a reason) by Engine.shutdown/close: none starts
+        self.stop_deadline = math.inf  # past it a stop records its hung jobs: none abandoned
         #: a refused start records its job's end before the journal closes, or not at all
         self.stop_lock = threading.RLock()
         self.journal_closing = False
@@ -354,9 +355,9 @@ class LifeCycle:
         return True
 
     def abandon_if_stuck(self, run: JobRun) -> None:
-        """running → aborted although the plugin runs on: it ignored its abort."""
+        """running → aborted, its plugin running on: it ignored its abort (before a stop's deadline)."""
         executor = self.engine.executor
-        if run.state != State.RUNNING or run.recorded:
+        if run.state != State.RUNNING or run.recorded or time.monotonic() >= self.stop_deadline:
             return
         if executor.abandon(run):
             grace = executor.abort_grace
@@ -496,8 +497,7 @@ class LifeCycle:
             run.callback_thread = None
 
     def clean(self, run: JobRun) -> None:
-        """Write the ended job's ``.inp``/``.out`` files once, and free its data when the
-        journal holds it."""
+        """Write an ended job's ``.inp``/``.out`` files once; free its data once journaled."""
         if run.state not in State.FINAL or run.cleaned:
             return
         engine = self.engine

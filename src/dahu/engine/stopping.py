@@ -40,6 +40,8 @@ def shut_down(engine: Any, abort: bool, timeout: float, since: float | None) -> 
         cycle.refusing = SHUTDOWN_REASON
         if abort and cycle.halted is None:
             cycle.halted = SHUTDOWN_REASON  # a queued job a slot takes now: aborted
+        # a job still running at the deadline is recorded below, not abandoned meanwhile
+        cycle.stop_deadline = min(cycle.stop_deadline, deadline)
     runs = engine.live()  # all of them: none can start any more
     if abort and (aborted := engine.abort_all(runs, SHUTDOWN_REASON)):
         logger.info("shutting down: %d job(s) aborted", aborted)
