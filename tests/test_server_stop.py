@@ -715,13 +715,13 @@ def test_a_plugin_hung_past_a_stop_shorter_than_the_abort_grace_is_not_abandoned
     import dahu.engine
     from dahu.job import Job
 
-    (plugin_dir / "deaf.py").write_text(DEAF)
+    (plugin_dir / "stop_deaf.py").write_text(DEAF)  # (test_executors has a deaf.py)
     grace = 0.2
     engine = dahu.engine.configure(
         workdir=str(tmp_path / "work"), max_workers=1, executor_options={"abort_grace": grace}
     )
     flag, release = tmp_path / "in-process", tmp_path / "release"
-    job = Job("deaf.deaf", {"flag": str(flag), "release": str(release)})
+    job = Job("stop_deaf.deaf", {"flag": str(flag), "release": str(release)})
     job.start()
     try:
         wait_for_file(flag)
