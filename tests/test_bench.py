@@ -27,6 +27,15 @@ def run_bench(script: str, *args: str, timeout: float = 120) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def test_floor_bench_small():
+    figures = run_bench("floor.py", "--small")
+    assert figures["benchmark"] == "floor"
+    assert (figures["pairs"], figures["events"]) == (20, 50)
+    for key in ("pairs_vs_echo", "events_vs_echo", "pairs_per_s", "events_per_s"):
+        assert figures[key] > 0, (key, figures)
+    assert figures["targets"] == {"pairs_vs_echo": 0.75, "events_vs_echo": 0.6}
+
+
 def test_pyfai_bench_small(tmp_path):
     figures = run_bench("pyfai.py", "--small", "--data", str(tmp_path / "data"))
     assert figures["benchmark"] == "pyfai" and figures["frames"] == 8
