@@ -295,13 +295,16 @@ def test_server_without_a_database_says_where_it_looked(tmp_path):
 def test_server_of_an_instance_not_registered_says_so(database, tmp_path):
     # it was Tango's "The device server DahuDS/x is not defined in database. Exiting!",
     # status 255
-    result = subprocess.run(
-        [tool("dahu_server"), "nowhere", "--workdir", str(tmp_path)],
-        env=dict(os.environ, TANGO_HOST=database),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    def serve(instance: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [tool("dahu_server"), instance, "--workdir", str(tmp_path)],
+            env=dict(os.environ, TANGO_HOST=database),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    result = serve("nowhere")
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"dahu_server: DahuDS/nowhere is not registered in the Tango database at "
@@ -314,13 +317,7 @@ def test_server_of_an_instance_not_registered_says_so(database, tmp_path):
     info.name, info._class, info.server = "id00/dahu/gone", "DahuDS", "DahuDS/emptied"
     db.add_device(info)
     db.delete_device(info.name)  # the admin device dserver/DahuDS/emptied stays
-    result = subprocess.run(
-        [tool("dahu_server"), "emptied", "--workdir", str(tmp_path)],
-        env=dict(os.environ, TANGO_HOST=database),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = serve("emptied")
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"dahu_server: DahuDS/emptied has no DahuDS device in the Tango database at "
