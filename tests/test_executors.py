@@ -273,6 +273,7 @@ def test_an_aborted_dask_job_leaves_no_event_on_the_scheduler(kind):
 
 HELD = """
 import os
+import re
 import time
 
 from dahu.factory import register
@@ -334,6 +335,7 @@ def test_two_servers_of_one_work_directory_path_on_a_dask_scheduler_abort_their_
 
 TWIN = """
 import os
+import re
 import time
 
 from dahu.factory import register
@@ -404,6 +406,7 @@ def test_a_dask_worker_shared_by_servers_of_different_plugin_directories_runs_no
 
 PEEK = """
 import os
+import re
 import time
 
 from dahu.factory import register
@@ -731,6 +734,7 @@ def test_the_local_dask_cluster_s_dashboard_is_not_served_to_the_network(kind):
 
 PID = """
 import os
+import re
 import time
 
 from dahu.factory import register
@@ -922,6 +926,7 @@ def test_a_plugin_whose_abort_never_returns_stalls_no_timeout(kind):
 SLOW_ABORTS = """
 import logging
 import os
+import re
 import time
 
 from dahu.factory import register
@@ -1119,6 +1124,12 @@ def test_a_bad_max_workers_is_refused_naming_it(tmp_path, name, monkeypatch):
             f"max_workers {most + 1} is too many for a local Dask cluster: each worker would get"
         )
         assert str(info.value).endswith(f"give {most} or fewer, or the address of a scheduler")
+        # bug: the share was rounded up: "each worker would get 256 MB ..., under the 256 MB
+        # one needs" (1023.8 MB for 4 workers)
+        monkeypatch.setattr("distributed.system.MEMORY_LIMIT", int(1023.8 * 2**20))
+        monkeypatch.setattr(dask_connect, "MIN_WORKER_MEMORY", 256 * 2**20)
+        with pytest.raises(ValueError, match="would get 255 MB .* under the 256 MB one needs"):
+            dask_connect.cluster_size(4, "local")
         assert make_executor(name, 4096, scheduler="tcp://127.0.0.1:8786").max_workers == 4096
         # one per CPU (none given) is as many as the memory allows, not refused
         monkeypatch.setattr(dask_connect, "MIN_WORKER_MEMORY", MEMORY_LIMIT)
@@ -1262,6 +1273,7 @@ def test_a_process_job_s_timeout_counts_from_its_begin_in_its_worker(tmp_path, m
 
 SLOW_DEL = """
 import os
+import re
 import time
 
 from dahu.factory import register
@@ -1586,6 +1598,7 @@ def test_a_program_a_plugin_starts_has_no_signal_blocked(tmp_path, monkeypatch):
 
 GATED = """
 import os
+import re
 import time
 
 from dahu.factory import register
@@ -1605,6 +1618,7 @@ class Gated(Plugin):
 
 DEL_SIGNALS = """
 import os
+import re
 import signal
 import time
 
@@ -1695,6 +1709,7 @@ def test_a_worker_dying_between_jobs_is_said_in_the_log(tmp_path, monkeypatch, c
 
 INTERRUPTS = """
 import os
+import re
 import signal
 
 from dahu.factory import register
@@ -2172,6 +2187,7 @@ def test_a_worker_recycled_for_its_memory_says_so(tmp_path, caplog):
 
 HOLDS = """
 import os
+import re
 
 import numpy
 
@@ -2250,6 +2266,7 @@ def test_a_job_a_plugin_makes_in_a_worker_is_in_the_same_journal(kind, tmp_path,
 LEAVER = """
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -2349,6 +2366,7 @@ def test_a_job_a_plugin_made_is_aborted_from_the_server(tmp_path, monkeypatch):
 SLOW_IMPORT = """
 import logging
 import os
+import re
 import time
 
 while not os.path.exists(os.environ["DAHU_TEST_RELEASE"]):  # an import that hangs
@@ -2641,6 +2659,7 @@ import json
 import multiprocessing
 import logging
 import os
+import re
 import subprocess
 import sys
 from multiprocessing.connection import Connection

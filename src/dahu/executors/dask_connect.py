@@ -164,7 +164,7 @@ def cluster_size(max_workers: Any, scheduler: str) -> int:
     if workers > most:
         raise ValueError(
             f"max_workers {workers} is too many for a local Dask cluster: each worker would "
-            f"get {MEMORY_LIMIT / workers / 2**20:.0f} MB of this computer's "
+            f"get {MEMORY_LIMIT // workers // 2**20} MB of this computer's "
             f"{MEMORY_LIMIT / 2**30:.1f} GB, under the {MIN_WORKER_MEMORY // 2**20} MB one "
             f"needs: give {most} or fewer, or the address of a scheduler"
         )
