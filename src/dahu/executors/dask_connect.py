@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import error_line
 from . import scheduler_address as plain_address  # the word local, blanks
+from .pool_size import fitted
 from .thread import worker_count
 
 logger = logging.getLogger(__name__)
@@ -148,27 +149,17 @@ def cluster_size(max_workers: Any, scheduler: str) -> int:
     local one, if this computer's memory gives each fewer than :data:`MIN_WORKER_MEMORY`
     bytes, ``ValueError`` in one line (before any worker process starts), or, for the
     number of CPUs (``max_workers`` None or 0), as many as it can have, logged."""
-    workers, given = worker_count(max_workers), bool(max_workers)
     if scheduler != "local":
-        return workers  # its own workers: max_workers is not their number
+        return worker_count(max_workers)  # its own workers: max_workers is not their number
     from distributed.system import MEMORY_LIMIT  # as Dask counts it: cgroup, rlimit
 
-    most = max(1, MEMORY_LIMIT // MIN_WORKER_MEMORY)
-    if workers > most and not given:
-        logger.warning(
-            "a local Dask cluster of %d workers, not one per CPU (%d): %.1f GB of memory "
-            "gives %d MB to each of %d at most",
-            *(most, workers, MEMORY_LIMIT / 2**30, MIN_WORKER_MEMORY // 2**20, most),
-        )
-        return most
-    if workers > most:
-        raise ValueError(
-            f"max_workers {workers} is too many for a local Dask cluster: each worker would "
-            f"get {MEMORY_LIMIT // workers // 2**20} MB of this computer's "
-            f"{MEMORY_LIMIT / 2**30:.1f} GB, under the {MIN_WORKER_MEMORY // 2**20} MB one "
-            f"needs: give {most} or fewer, or the address of a scheduler"
-        )
-    return workers
+    return fitted(
+        *(max_workers, MEMORY_LIMIT, MIN_WORKER_MEMORY, logger),
+        many="for a local Dask cluster",
+        each="each worker",
+        lowered="a local Dask cluster of %d workers",
+        advice=", or the address of a scheduler",
+    )
 
 
 def scheduler_address(text: str | None, option: str = "scheduler") -> str:

@@ -17,7 +17,7 @@ from .thread import worker_count
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MIN_WORKER_MEMORY", "memory_limit", "process_workers"]
+__all__ = ["MIN_WORKER_MEMORY", "fitted", "memory_limit", "process_workers"]
 
 MIN_WORKER_MEMORY = 128 * 2**20
 """Bytes of memory a worker process needs at least: about 20 MB idle, and its plugin's
@@ -42,24 +42,38 @@ def memory_limit() -> int:
     return limit
 
 
-def process_workers(max_workers: Any) -> int:
-    """The worker processes ``max_workers`` asks for (:func:`.thread.worker_count`),
-    if the memory gives each :data:`MIN_WORKER_MEMORY`: else ``ValueError`` in one line,
-    or, for the number of CPUs (None or 0), as many as it can have, logged."""
+def fitted(
+    max_workers: Any,
+    memory: int,
+    minimum: int,
+    log: logging.Logger,
+    many: str = "worker processes",
+    each: str = "each",
+    lowered: str = "%d worker processes",
+    advice: str = "",
+) -> int:
+    """The workers ``max_workers`` asks for (:func:`.thread.worker_count`), if ``memory``
+    gives each ``minimum`` bytes: else ``ValueError`` in one line ("too many ``many``:
+    ``each`` would get ...", then ``advice``), or, for the number of CPUs (None or 0), as
+    many as it can have, logged on ``log`` (``lowered``: their kind, with ``%d``)."""
     workers, given = worker_count(max_workers), bool(max_workers)
-    memory = memory_limit()
-    most = max(1, memory // MIN_WORKER_MEMORY)
+    most = max(1, memory // minimum)
     if workers <= most:
         return workers
     if not given:
-        logger.warning(
-            "%d worker processes, not one per CPU (%d): %.1f GB of memory gives %d MB to "
-            "each of %d at most",
-            *(most, workers, memory / 2**30, MIN_WORKER_MEMORY // 2**20, most),
+        log.warning(
+            f"{lowered}, not one per CPU (%d): %.1f GB of memory gives %d MB to each of %d at most",
+            *(most, workers, memory / 2**30, minimum // 2**20, most),
         )
         return most
     raise ValueError(
-        f"max_workers {workers} is too many worker processes: each would get "
+        f"max_workers {workers} is too many {many}: {each} would get "
         f"{memory // workers // 2**20} MB of this computer's {memory / 2**30:.1f} GB, "
-        f"under the {MIN_WORKER_MEMORY // 2**20} MB one needs: give {most} or fewer"
+        f"under the {minimum // 2**20} MB one needs: give {most} or fewer{advice}"
     )
+
+
+def process_workers(max_workers: Any) -> int:
+    """The worker processes ``max_workers`` asks for, if the memory gives each
+    :data:`MIN_WORKER_MEMORY` (:func:`fitted`)."""
+    return fitted(max_workers, memory_limit(), MIN_WORKER_MEMORY, logger)
