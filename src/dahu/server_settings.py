@@ -21,6 +21,7 @@ from . import engine as dahu_engine
 from .engine import SHUTDOWN_REASON
 from .errors import DahuError, JournalError, one_line
 from .executors.thread import worker_count
+from .properties import EXECUTORS
 from .retention import Retention, RetentionSchedule
 from .utils import freeze_while
 
@@ -83,11 +84,10 @@ class ServerSettings:
 
     def numbers(self, device: Any) -> tuple[int, float | None, int, float]:
         """The job slots, default timeout (None: no limit) and recycling (0: never) in force:
-        the options, also when 0, else the device's properties.  A negative (or NaN)
-        ``max_workers``, ``queue_limit``, ``recycle_jobs``, ``recycle_rss_mb``,
-        ``default_timeout`` or ``wait_timeout``, or an unknown ``executor``, is a ``ValueError``
+        the options, also when 0, else the device's properties; a negative (or NaN) number
+        property (``max_workers``, those below), or an unknown ``executor``, is a ``ValueError``
         naming it (the device is FAULT; docs/server.md says what they meant before)."""
-        if device.executor.strip().lower() not in ("", "thread", "process", "dask"):
+        if device.executor.strip().lower() not in ("", *EXECUTORS):
             raise ValueError(f"executor must be thread, process or dask, not {device.executor!r}")
         numbers = "queue_limit recycle_jobs recycle_rss_mb default_timeout wait_timeout"
         for name in numbers.split():

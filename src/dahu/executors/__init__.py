@@ -17,6 +17,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from ..properties import EXECUTORS
 from .base import Executor, Task, execute
 from .runner import Execution, Outcome
 from .thread import ThreadExecutor, default_workers
@@ -37,7 +38,7 @@ __all__ = [
     "KINDS",
 ]
 
-KINDS = ("thread", "process", "dask")
+KINDS = EXECUTORS
 """The executors :func:`make_executor` knows."""
 
 
