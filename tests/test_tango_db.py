@@ -604,6 +604,9 @@ def test_an_init_reaching_the_object_a_dev_restart_replaced_keeps_the_events(dat
         while proxy.getJobState(slow) != "running":
             assert time.monotonic() < deadline, "the sleep job never ran"
             time.sleep(0.02)
+        assert other.getJobState(slow) == "running"  # connected, its commands known: the
+        # waitJob below is sent at once (else it could come after the DevRestart, unsent:
+        # AttributeError, its command list unreadable then, and the race not run)
         waiter = threading.Thread(target=lambda: other.waitJob(slow))  # 2 s: wait_timeout
         waiter.start()
         admin = tango.DeviceProxy(proxy.adm_name())
